@@ -1,0 +1,156 @@
+"""The program as the user wrote it: plain dataclasses, every node with its source location.
+
+The parser builds these; the checker, the reference interpreter and the dataflow builder all
+walk them (through `tcompile.walk.Walker`), so they agree on what a program means.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import SourceLocation
+
+
+# ---- expressions ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Number:
+    value: float
+    loc: SourceLocation
+
+
+@dataclass(frozen=True)
+class Name:
+    id: str
+    loc: SourceLocation
+
+
+@dataclass(frozen=True)
+class BinOp:
+    op: str            # one of + - * / @ **
+    left: "Expr"
+    right: "Expr"
+    loc: SourceLocation
+
+
+@dataclass(frozen=True)
+class Neg:
+    operand: "Expr"
+    loc: SourceLocation
+
+
+@dataclass(frozen=True)
+class Transpose:
+    operand: "Expr"
+    loc: SourceLocation
+
+
+@dataclass(frozen=True)
+class Interval:
+    lo: "Expr"
+    hi: "Expr"
+    loc: SourceLocation
+
+
+@dataclass(frozen=True)
+class Call:
+    func: str
+    args: tuple["Expr", ...]
+    loc: SourceLocation
+    domain: Interval | None = None     # `on [lo, hi]`: where an approximated function is used
+    tol: "Expr | None" = None          # `tol 1e-6`: its absolute error budget
+
+
+Expr = Number | Name | BinOp | Neg | Transpose | Call
+
+
+# ---- statements ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Assign:
+    target: str
+    value: Expr
+    loc: SourceLocation
+
+
+@dataclass(frozen=True)
+class Repeat:
+    count: Expr
+    body: tuple["Stmt", ...]
+    loc: SourceLocation
+
+
+@dataclass(frozen=True)
+class Return:
+    value: Expr
+    loc: SourceLocation
+
+
+Stmt = Assign | Repeat | Return
+
+
+# ---- declarations --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    value: Expr
+    loc: SourceLocation
+
+
+@dataclass(frozen=True)
+class Dim:
+    name: str
+    value: Expr
+    loc: SourceLocation
+
+
+@dataclass(frozen=True)
+class ShapeDim:
+    """One axis of a declared shape: the token axis `n`, a dim name, or an integer."""
+    value: str | int
+    loc: SourceLocation
+
+
+@dataclass(frozen=True)
+class Qualifier:
+    """An assumption on an input: sign, flag, symmetric, range, row_norm, norm, spectrum."""
+    kind: str
+    loc: SourceLocation
+    bound: Expr | None = None          # row_norm / norm
+    interval: Interval | None = None   # range / spectrum
+
+
+@dataclass(frozen=True)
+class Input:
+    name: str
+    shape: tuple[ShapeDim, ...]
+    qualifiers: tuple[Qualifier, ...]
+    loc: SourceLocation
+
+
+@dataclass(frozen=True)
+class Output:
+    name: str
+    loc: SourceLocation
+
+
+@dataclass(frozen=True)
+class FuncDef:
+    name: str
+    params: tuple[str, ...]
+    body: tuple[Stmt, ...]
+    loc: SourceLocation
+
+
+@dataclass
+class Program:
+    name: str
+    loc: SourceLocation
+    source: str
+    file: str
+    params: list[Param] = field(default_factory=list)
+    dims: list[Dim] = field(default_factory=list)
+    inputs: list[Input] = field(default_factory=list)
+    outputs: list[Output] = field(default_factory=list)
+    functions: dict[str, FuncDef] = field(default_factory=dict)
+    body: list[Stmt] = field(default_factory=list)

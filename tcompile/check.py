@@ -1,0 +1,567 @@
+"""Checking: what every expression is (shape, token axis, constness, value bounds) and whether
+the target machine can hold it.
+
+`Walker` evaluates a program abstractly. Every value carries a `Ty`; the `apply` hook is the
+only thing subclasses change: the checker keeps types only, the reference interpreter
+(`interpret.py`) attaches numpy arrays, the dataflow builder (`dataflow.py`) attaches graph
+nodes. One walk means one meaning: the three cannot disagree about shapes, scoping, function
+inlining or loop unrolling.
+
+Shapes are tuples whose entries are ints or the token axis ``"n"``. The machine holds scalars,
+small vectors and matrices, token vectors ``[n]``, token data ``[n, k]`` and its transpose
+``[k, n]``; never ``[n, n]``. ``shape is None`` marks a multiple of the identity `I` whose size
+is fixed by the first square matrix it meets.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+from . import ast
+from .functions import EXACT as _EXACT_FUNCTIONS
+from .errors import ParamError, ProgramError, SourceLocation
+
+TOKEN = "n"
+SCALAR_FUNCTIONS = {"sigmoid", "sqrt", "reciprocal", "exp", "log", "softplus", "abs", "relu"}
+EXACT_PL_FUNCTIONS = {"abs", "relu", "clip"}
+BUILTINS = SCALAR_FUNCTIONS | {"clip", "sum"}
+RESERVED = {TOKEN, "I"} | BUILTINS
+MAX_UNROLLED_STATEMENTS = 200_000
+MAX_CALL_DEPTH = 50
+
+_FUNC_RANGE = {  # image of a monotone function on an interval; None where undefined
+    "sigmoid": lambda lo, hi: (_sig(lo), _sig(hi)),
+    "exp": lambda lo, hi: (_safe(math.exp, lo), _safe(math.exp, hi)),
+    "softplus": lambda lo, hi: (_softplus(lo), _softplus(hi)),
+    "sqrt": lambda lo, hi: (math.sqrt(lo), math.sqrt(hi)) if lo >= 0 else None,
+    "log": lambda lo, hi: (math.log(lo), math.log(hi)) if lo > 0 else None,
+    "reciprocal": lambda lo, hi: (1 / hi, 1 / lo) if lo > 0 or hi < 0 else None,
+    "relu": lambda lo, hi: (max(lo, 0.0), max(hi, 0.0)),
+    "abs": lambda lo, hi: (0.0 if lo <= 0 <= hi else min(abs(lo), abs(hi)), max(abs(lo), abs(hi))),
+}
+
+
+def _sig(x):
+    return 1 / (1 + math.exp(-x)) if x > -700 else 0.0
+
+
+def _safe(f, x):
+    try:
+        return f(x)
+    except OverflowError:
+        return math.inf
+
+
+def _softplus(x):
+    return x + math.log1p(math.exp(-x)) if x > 0 else math.log1p(math.exp(x))
+
+
+def fmt_shape(shape) -> str:
+    if shape is None:
+        return "I (any square size)"
+    return "[" + ", ".join(str(s) for s in shape) + "]"
+
+
+@dataclass(frozen=True)
+class Ty:
+    """What the checker knows about a value. `lo`/`hi` bound every entry (None: unknown)."""
+    shape: tuple | None
+    const: float | None = None       # compile-time scalar value
+    lo: float | None = None
+    hi: float | None = None
+    sign: bool = False               # every entry is -1 or +1
+    flag: bool = False               # every entry is 0 or 1
+    symmetric: bool = False
+
+    @property
+    def is_token(self) -> bool:
+        return self.shape is not None and TOKEN in self.shape
+
+    @property
+    def is_scalar(self) -> bool:
+        return self.shape == ()
+
+    @property
+    def bounded(self) -> bool:
+        return self.lo is not None and self.hi is not None and math.isfinite(self.lo) and math.isfinite(self.hi)
+
+
+@dataclass
+class Val:
+    """A value during a walk: its type plus whatever the walker attaches (array, graph node)."""
+    ty: Ty
+    data: Any = None
+
+
+# ---- type rules ----------------------------------------------------------------------------
+
+def _interval(op, a: Ty, b: Ty):
+    if not (a.bounded and b.bounded):
+        return None, None
+    if op == "+":
+        return a.lo + b.lo, a.hi + b.hi
+    if op == "-":
+        return a.lo - b.hi, a.hi - b.lo
+    if op == "*":
+        c = [a.lo * b.lo, a.lo * b.hi, a.hi * b.lo, a.hi * b.hi]
+        return min(c), max(c)
+    if op == "/" and (b.lo > 0 or b.hi < 0):
+        c = [a.lo / b.lo, a.lo / b.hi, a.hi / b.lo, a.hi / b.hi]
+        return min(c), max(c)
+    return None, None
+
+
+def elementwise_shape(op: str, a: Ty, b: Ty, loc, src) -> tuple | None:
+    sa, sb = a.shape, b.shape
+    if sa is None or sb is None:
+        other = sb if sa is None else sa
+        if other is None or other == ():
+            if op in "*/" or other is None:
+                return None
+        if op in "+-" and other is not None and len(other) == 2 and other[0] == other[1] \
+                and TOKEN not in other:
+            return other
+        if op in "*/" and other == ():
+            return None
+        raise ProgramError(f"cannot combine I with a value of shape {fmt_shape(other)} using '{op}'",
+                           loc, expected="I added to a square matrix, or I scaled by a scalar", source=src)
+    if sa == sb:
+        return sa
+    if sa == ():
+        return sb
+    if sb == ():
+        return sa
+    # per-token scaling: [n] with [n, k] (numpy would need u[:, None])
+    for x, y in ((sa, sb), (sb, sa)):
+        if x == (TOKEN,) and len(y) == 2 and y[0] == TOKEN:
+            return y
+        if len(x) == 1 and x[0] != TOKEN and y == (TOKEN, x[0]):   # numpy broadcast over tokens
+            return y
+    raise ProgramError(f"shapes {fmt_shape(sa)} and {fmt_shape(sb)} do not match for '{op}'",
+                       loc, expected="equal shapes, a scalar, or [n] with [n, k]", source=src)
+
+
+def matmul_shape(a: Ty, b: Ty, loc, src) -> tuple | None:
+    sa, sb = a.shape, b.shape
+    if sa is None:
+        return sb
+    if sb is None:
+        return sa
+    if sa == () or sb == ():
+        raise ProgramError("'@' needs vectors or matrices, not a scalar", loc,
+                           expected="'*' to scale by a scalar", source=src)
+    la = sa if len(sa) == 2 else (None, sa[0])      # 1-D left operand acts as a row
+    lb = sb if len(sb) == 2 else (sb[0], None)      # 1-D right operand acts as a column
+    if la[1] != lb[0]:
+        raise ProgramError(f"inner dimensions of {fmt_shape(sa)} @ {fmt_shape(sb)} differ "
+                           f"({la[1]} vs {lb[0]})", loc,
+                           expected=f"a right operand whose first axis is {la[1]}", source=src)
+    return tuple(x for x in (la[0], lb[1]) if x is not None)
+
+
+def check_holdable(shape, loc, src):
+    if shape is None:
+        return
+    if len(shape) > 2:
+        raise ProgramError(f"values have at most 2 axes, got {fmt_shape(shape)}", loc, source=src)
+    if shape.count(TOKEN) > 1:
+        raise ProgramError(f"the target cannot hold an {fmt_shape(shape)} value (one column per "
+                           "token, so at most one token axis)", loc,
+                           expected="a product that contracts the token axis, e.g. A.T @ B", source=src)
+
+
+# ---- params --------------------------------------------------------------------------------
+
+def resolve_params(program: ast.Program, overrides: dict | None = None) -> dict[str, float]:
+    """Evaluate `param` and `dim` declarations in order, applying user overrides."""
+    overrides = dict(overrides or {})
+    declared = [*program.params, *program.dims]
+    known = {d.name for d in declared}
+    for name, value in overrides.items():
+        if name not in known:
+            raise ParamError(f"unknown parameter '{name}'; this program has: "
+                             f"{', '.join(sorted(known)) or 'none'}")
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ParamError(f"parameter '{name}' must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ParamError(f"parameter '{name}' must be a finite number, got {value!r}")
+        overrides[name] = float(value)
+    values: dict[str, float] = {}
+    seen: dict[str, SourceLocation] = {}
+    for decl in sorted(declared, key=lambda d: (d.loc.line, d.loc.column)):
+        if decl.name in seen:
+            raise ProgramError(f"'{decl.name}' is declared twice (first at line {seen[decl.name].line})",
+                               decl.loc, expected="a new name", source=program.source)
+        if decl.name in RESERVED:
+            raise ProgramError(f"'{decl.name}' is reserved and cannot be declared", decl.loc,
+                               expected="another name", source=program.source)
+        seen[decl.name] = decl.loc
+        value = overrides.get(decl.name)
+        if value is None:
+            value = _const_expr(decl.value, values, program)
+        if isinstance(decl, ast.Dim) and (value != int(value) or value < 1):
+            raise ParamError(f"dim '{decl.name}' must be a positive integer, got {value:g}",
+                             decl.loc, source=program.source)
+        values[decl.name] = value
+    return values
+
+
+def _const_expr(e, values, program) -> float:
+    walker = Walker(program, values)
+    ty = walker.eval(e, {}).ty
+    if ty.const is None:
+        raise ProgramError("a param or dim must be a compile-time number", e.loc,
+                           expected="numbers, other params and arithmetic", source=program.source)
+    return ty.const
+
+
+# ---- the walk ------------------------------------------------------------------------------
+
+class Walker:
+    """Evaluates the program statement by statement; `apply` attaches data to each value."""
+
+    def __init__(self, program: ast.Program, params: dict[str, float]):
+        self.program = program
+        self.src = program.source
+        self.params = params
+        self.dims = {d.name for d in program.dims}
+        self.statements = 0
+        self.call_stack: list[str] = []
+
+    # hooks -------------------------------------------------------------------------------
+    def apply(self, op: str, ty: Ty, args: tuple[Val, ...], node) -> Val:
+        """Attach data for `op` applied to `args` (result type `ty`). The checker attaches none."""
+        return Val(ty)
+
+    def input_value(self, decl: ast.Input, ty: Ty) -> Val:
+        return Val(ty)
+
+    def has_token_axis(self) -> bool:
+        return any(any(d.value == TOKEN for d in i.shape) for i in self.program.inputs)
+
+    # errors ------------------------------------------------------------------------------
+    def err(self, msg, loc, expected=None):
+        return ProgramError(msg, loc, expected=expected, source=self.src)
+
+    # program -----------------------------------------------------------------------------
+    def input_type(self, decl: ast.Input) -> Ty:
+        shape = []
+        for d in decl.shape:
+            if d.value == TOKEN:
+                shape.append(TOKEN)
+            elif isinstance(d.value, int):
+                if d.value < 1:
+                    raise self.err("axis lengths must be positive", d.loc)
+                shape.append(d.value)
+            elif d.value in self.dims:
+                shape.append(int(self.params[d.value]))
+            else:
+                raise self.err(f"unknown dimension '{d.value}'", d.loc,
+                               expected="n (the token axis), a declared dim, or an integer")
+        shape = tuple(shape)
+        check_holdable(shape, decl.loc, self.src)
+        ty = Ty(shape)
+        for q in decl.qualifiers:
+            ty = self._qualify(ty, q)
+        return ty
+
+    def _qualify(self, ty: Ty, q: ast.Qualifier) -> Ty:
+        if q.kind == "sign":
+            return replace(ty, sign=True, lo=-1.0, hi=1.0)
+        if q.kind == "flag":
+            return replace(ty, flag=True, lo=0.0, hi=1.0)
+        if q.kind in ("symmetric", "spectrum") and not (
+                ty.shape and len(ty.shape) == 2 and ty.shape[0] == ty.shape[1]):
+            raise self.err(f"'{q.kind}' needs a square matrix, not {fmt_shape(ty.shape)}", q.loc)
+        if q.kind == "symmetric":
+            return replace(ty, symmetric=True)
+        if q.kind == "row_norm" and not (ty.shape and ty.shape[0] == TOKEN and len(ty.shape) == 2):
+            raise self.err(f"'row_norm' bounds the rows of token data [n, k], not {fmt_shape(ty.shape)}",
+                           q.loc, expected="'in [lo, hi]' or 'norm <= b'")
+        if q.kind in ("row_norm", "norm"):
+            b = self.const_of(q.bound, f"the bound of '{q.kind}'")
+            if b <= 0:
+                raise self.err(f"'{q.kind}' bound must be positive, got {b:g}", q.bound.loc)
+            return replace(ty, lo=-b, hi=b)
+        lo = self.const_of(q.interval.lo, "an interval bound")
+        hi = self.const_of(q.interval.hi, "an interval bound")
+        if not lo <= hi:
+            raise self.err(f"empty interval [{lo:g}, {hi:g}]", q.interval.loc, expected="lo <= hi")
+        if q.kind == "spectrum":
+            m = max(abs(lo), abs(hi))
+            return replace(ty, symmetric=True, lo=-m, hi=m)
+        return replace(ty, lo=lo, hi=hi)
+
+    def const_of(self, e, what: str, env=None) -> float:
+        ty = self.eval(e, env or {}).ty
+        if ty.const is None:
+            raise self.err(f"{what} must be a compile-time number", e.loc,
+                           expected="numbers, params and arithmetic on them")
+        return ty.const
+
+    def run(self, inputs: dict[str, Val] | None = None) -> dict[str, Val]:
+        """Walk the whole program; return the values of its outputs."""
+        env: dict[str, Val] = {}
+        seen: dict[str, SourceLocation] = {}
+        for decl in self.program.inputs:
+            if decl.name in RESERVED or decl.name in self.params:
+                raise self.err(f"input '{decl.name}' clashes with a reserved name or a param",
+                               decl.loc, expected="another name")
+            if decl.name in seen:
+                raise self.err(f"input '{decl.name}' is declared twice (first at line "
+                               f"{seen[decl.name].line})", decl.loc, expected="a new name")
+            seen[decl.name] = decl.loc
+            ty = self.input_type(decl)
+            env[decl.name] = inputs[decl.name] if inputs is not None else self.input_value(decl, ty)
+        self.inputs = set(env)
+        self.exec_block(self.program.body, env, in_function=False)
+        outputs: dict[str, Val] = {}
+        for out in self.program.outputs:
+            if out.name in outputs:
+                raise self.err(f"output '{out.name}' is listed twice", out.loc)
+            if out.name not in env:
+                raise self.err(f"output '{out.name}' is never assigned", out.loc,
+                               expected="an assignment to it in the program body")
+            val = env[out.name]
+            if val.ty.shape is None:
+                raise self.err(f"the size of output '{out.name}' cannot be inferred (it is a multiple "
+                               "of I)", out.loc, expected="a value of known shape")
+            outputs[out.name] = val
+        if not self.program.outputs:
+            raise self.err("the program declares no output", self.program.loc,
+                           expected="a line 'output NAME'")
+        return outputs
+
+    def exec_block(self, stmts, env, in_function: bool):
+        for i, stmt in enumerate(stmts):
+            self.statements += 1
+            if self.statements > MAX_UNROLLED_STATEMENTS:
+                raise self.err("the program unrolls to too many statements "
+                               f"(> {MAX_UNROLLED_STATEMENTS})", stmt.loc, expected="fewer repeats")
+            if isinstance(stmt, ast.Assign):
+                self._assign(stmt, env)
+            elif isinstance(stmt, ast.Repeat):
+                count = self.const_of(stmt.count, "a repeat count", env)
+                if count != int(count) or count < 0:
+                    raise self.err(f"a repeat count must be a non-negative integer, got {count:g}",
+                                   stmt.count.loc)
+                for _ in range(int(count)):
+                    ret = self.exec_block(stmt.body, env, in_function)
+                    if ret is not None:
+                        return ret
+                if int(count) == 0:   # still check the body's names and shapes once
+                    self.exec_block(stmt.body, dict(env), in_function)
+            elif isinstance(stmt, ast.Return):
+                if not in_function:
+                    raise self.err("'return' outside a function", stmt.loc)
+                if i != len(stmts) - 1:
+                    raise self.err("statements after 'return' are never run", stmts[i + 1].loc,
+                                   expected="'return' as the last statement")
+                return self.eval(stmt.value, env)
+        return None
+
+    def _assign(self, stmt: ast.Assign, env):
+        name = stmt.target
+        if name in RESERVED or name in self.program.functions:
+            raise self.err(f"cannot assign to '{name}': it is reserved", stmt.loc, expected="another name")
+        if name in self.params:
+            raise self.err(f"cannot assign to '{name}': it is a param", stmt.loc, expected="another name")
+        if name in self.inputs and env.get(name) is not None and not self.call_stack:
+            raise self.err(f"cannot assign to input '{name}'", stmt.loc,
+                           expected="a new variable, e.g. x = x0")
+        val = self.eval(stmt.value, env)
+        env[name] = val
+
+    # expressions -------------------------------------------------------------------------
+    def eval(self, e, env) -> Val:
+        if isinstance(e, ast.Number):
+            return self.apply("const", Ty((), const=e.value, lo=e.value, hi=e.value), (), e)
+        if isinstance(e, ast.Name):
+            return self._name(e, env)
+        if isinstance(e, ast.Neg):
+            a = self.eval(e.operand, env)
+            t = a.ty
+            ty = replace(t, const=None if t.const is None else -t.const, flag=False,
+                         lo=None if t.hi is None else -t.hi, hi=None if t.lo is None else -t.lo)
+            return self.apply("neg", ty, (a,), e)
+        if isinstance(e, ast.Transpose):
+            a = self.eval(e.operand, env)
+            shape = a.ty.shape
+            if shape is not None and len(shape) == 2:
+                shape = (shape[1], shape[0])
+            return self.apply("T", replace(a.ty, shape=shape), (a,), e)
+        if isinstance(e, ast.BinOp):
+            return self._binop(e, self.eval(e.left, env), self.eval(e.right, env))
+        if isinstance(e, ast.Call):
+            return self._call(e, env)
+        raise TypeError(f"unknown expression node {e!r}")  # pragma: no cover - parser makes none
+
+    def _name(self, e: ast.Name, env) -> Val:
+        if e.id in env:
+            return env[e.id]
+        if e.id in self.params:
+            v = self.params[e.id]
+            return self.apply("const", Ty((), const=v, lo=v, hi=v), (), e)
+        if e.id == TOKEN:
+            if not self.has_token_axis():
+                raise self.err("'n' (the token count) is used but no input has the token axis",
+                               e.loc, expected="an input of shape [n, ...]")
+            return self.apply("n", Ty((), lo=1.0, hi=math.inf), (), e)
+        if e.id == "I":
+            return self.apply("I", Ty(None, symmetric=True), (), e)
+        if e.id in self.program.functions or e.id in BUILTINS:
+            raise self.err(f"'{e.id}' is a function; call it with arguments", e.loc,
+                           expected=f"{e.id}(...)")
+        raise self.err(f"undefined name '{e.id}'", e.loc,
+                       expected="an input, param, dim, or a variable assigned earlier")
+
+    def _binop(self, e: ast.BinOp, a: Val, b: Val) -> Val:
+        op, ta, tb = e.op, a.ty, b.ty
+        if op == "@":
+            shape = matmul_shape(ta, tb, e.loc, self.src)
+            check_holdable(shape, e.loc, self.src)
+            return self.apply("@", Ty(shape), (a, b), e)
+        if op == "**":
+            if tb.const is None:
+                raise self.err("an exponent must be a compile-time number", e.right.loc,
+                               expected="a number or param")
+            const = None
+            if ta.const is not None:
+                try:
+                    const = float(ta.const ** tb.const)
+                except (OverflowError, ZeroDivisionError):
+                    raise self.err("this power overflows or divides by zero", e.loc) from None
+                if isinstance(const, complex) or not math.isfinite(const):
+                    raise self.err("this power has no real value", e.loc)
+            if ta.const is None and tb.const not in (1.0, 2.0, 0.5, -1.0, 0.0):
+                raise self.err(f"unsupported exponent {tb.const:g} on a runtime value", e.right.loc,
+                               expected="0, 0.5, 1, 2 or -1 (or sqrt/reciprocal)")
+            return self.apply("**", Ty(ta.shape, const=const, lo=const, hi=const,
+                                       symmetric=False), (a, b), e)
+        if op == "/" and tb.shape not in ((),) and ta.shape != tb.shape:
+            raise self.err(f"cannot divide {fmt_shape(ta.shape)} by {fmt_shape(tb.shape)}",
+                           e.loc, expected="a scalar divisor or equal shapes")
+        shape = elementwise_shape(op, ta, tb, e.loc, self.src)
+        const = None
+        if ta.const is not None and tb.const is not None:
+            try:
+                const = {"+": lambda: ta.const + tb.const, "-": lambda: ta.const - tb.const,
+                         "*": lambda: ta.const * tb.const, "/": lambda: ta.const / tb.const}[op]()
+            except ZeroDivisionError:
+                raise self.err("division by zero", e.loc) from None
+        lo, hi = (const, const) if const is not None else _interval(op, ta, tb)
+        sym = (op in "+-" and _sym_or_scalar(ta) and _sym_or_scalar(tb)) or \
+              (op in "*/" and (ta.shape == () and tb.symmetric or tb.shape == () and ta.symmetric))
+        sign = op in "*/" and ta.sign and tb.sign
+        return self.apply(op, Ty(shape, const=const, lo=lo, hi=hi, symmetric=bool(sym),
+                                 sign=sign, flag=op == "*" and ta.flag and tb.flag), (a, b), e)
+
+    def _call(self, e: ast.Call, env) -> Val:
+        if e.func in self.program.functions:
+            return self._call_user(e, env)
+        if e.func not in BUILTINS:
+            raise self.err(f"unknown function '{e.func}'", e.loc,
+                           expected="a builtin (" + ", ".join(sorted(BUILTINS)) + ") or a def")
+        arity = {"clip": 3}.get(e.func, 1)
+        if len(e.args) != arity:
+            raise self.err(f"{e.func}() takes {arity} argument{'s' * (arity > 1)}, got {len(e.args)}",
+                           e.loc, expected=f"{e.func}(" + ", ".join(["x", "lo", "hi"][:arity]) + ")")
+        args = tuple(self.eval(a, env) for a in e.args)
+        x = args[0]
+        if x.ty.shape is None:
+            raise self.err(f"{e.func}() of I: the size of I is unknown here", e.args[0].loc,
+                           expected="a value of known shape")
+        if e.func == "sum":
+            if e.domain is not None or e.tol is not None:
+                raise self.err("sum() is exact: it takes no domain or tolerance", e.loc)
+            if x.ty.shape == ():
+                raise self.err("sum() of a scalar", e.args[0].loc, expected="a vector or matrix")
+            return self.apply("sum", Ty(x.ty.shape[1:]), args, e)
+        domain = tol = None
+        if e.domain is not None:
+            domain = (self.const_of(e.domain.lo, "a domain bound", env),
+                      self.const_of(e.domain.hi, "a domain bound", env))
+            if not domain[0] < domain[1]:
+                raise self.err(f"empty domain [{domain[0]:g}, {domain[1]:g}]", e.domain.loc,
+                               expected="lo < hi")
+        if e.tol is not None:
+            tol = self.const_of(e.tol, "a tolerance", env)
+            if not tol > 0:
+                raise self.err(f"a tolerance must be positive, got {tol:g}", e.tol.loc)
+        if e.func == "clip":
+            lo, hi = (self.const_of(a, "a clip bound", env) for a in e.args[1:])
+            if not lo <= hi:
+                raise self.err(f"clip bounds [{lo:g}, {hi:g}] are empty", e.loc, expected="lo <= hi")
+            t = x.ty
+            ty = Ty(t.shape, const=None if t.const is None else min(max(t.const, lo), hi),
+                    lo=lo if t.lo is None else min(max(t.lo, lo), hi),
+                    hi=hi if t.hi is None else min(max(t.hi, lo), hi))
+            return self.apply("call", ty, args, (e, domain, tol))
+        t = x.ty
+        if t.const is not None:
+            try:
+                value = float(_EXACT_FUNCTIONS[e.func](t.const))
+            except (ValueError, OverflowError, ZeroDivisionError):
+                value = math.nan
+            if not math.isfinite(value):
+                raise self.err(f"{e.func}({t.const:g}) has no finite value", e.loc)
+            return self.apply("call", Ty((), const=value, lo=value, hi=value), args, (e, None, None))
+        if domain is None:
+            if e.func not in EXACT_PL_FUNCTIONS and not t.bounded:
+                raise self.err(f"cannot tell which values reach {e.func}(): its argument has no "
+                               "known bounds", e.loc,
+                               expected=f"a domain, e.g. {e.func}(...) on [lo, hi]")
+            domain = (t.lo, t.hi) if t.bounded else None
+        if domain is not None:
+            image = _FUNC_RANGE[e.func](*domain)
+            if image is None:
+                raise self.err(f"{e.func}() is undefined on part of [{domain[0]:g}, {domain[1]:g}]",
+                               e.domain.loc if e.domain else e.loc,
+                               expected="a domain where the function is finite")
+            lo, hi = image
+        else:
+            lo = hi = None
+        return self.apply("call", Ty(t.shape, lo=lo, hi=hi), args, (e, domain, tol))
+
+    def _call_user(self, e: ast.Call, env) -> Val:
+        fn = self.program.functions[e.func]
+        if e.domain is not None or e.tol is not None:
+            raise self.err(f"'on'/'tol' apply to builtin functions, not to '{e.func}'", e.loc)
+        if len(e.args) != len(fn.params):
+            raise self.err(f"{e.func}() takes {len(fn.params)} arguments, got {len(e.args)}", e.loc,
+                           expected=f"{e.func}({', '.join(fn.params)})")
+        if e.func in self.call_stack or len(self.call_stack) >= MAX_CALL_DEPTH:
+            raise self.err(f"'{e.func}' calls itself; functions are inlined and cannot recurse",
+                           e.loc, expected="a repeat loop instead")
+        local = {}
+        for pname, arg in zip(fn.params, e.args):
+            if pname in RESERVED or pname in self.params:
+                raise self.err(f"parameter '{pname}' of '{fn.name}' shadows a reserved name or a param",
+                               fn.loc, expected="another parameter name")
+            local[pname] = self.eval(arg, env)
+        if len(set(fn.params)) != len(fn.params):
+            raise self.err(f"'{fn.name}' has two parameters with the same name", fn.loc)
+        self.call_stack.append(e.func)
+        try:
+            ret = self.exec_block(fn.body, local, in_function=True)
+        finally:
+            self.call_stack.pop()
+        if ret is None:
+            raise self.err(f"function '{fn.name}' does not end with 'return'", fn.loc,
+                           expected="'return EXPR' as its last statement")
+        return ret
+
+
+def _sym_or_scalar(t: Ty) -> bool:
+    return t.symmetric or t.shape is None or t.shape == ()
+
+
+def check_program(program: ast.Program, params: dict | None = None) -> dict[str, float]:
+    """Check a parsed program; return its resolved params. Raises ProgramError/ParamError."""
+    values = resolve_params(program, params)
+    Walker(program, values).run()
+    return values

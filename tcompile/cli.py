@@ -1,0 +1,91 @@
+"""Command line: `tcompile build|run|check|report|trace|plot ...` (also `python -m tcompile`).
+
+Exit codes: 0 ok, 1 program/data/artifact error, 2 usage error, 3 `check` out of tolerance.
+User errors are printed as `FILE:LINE:COL: error: ...` with the source line and a caret; no
+traceback ever reaches the terminal for them.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import TcompileError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CHECK_FAILED = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # usage errors exit 2 with a short message, as argparse does
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def parse_param_overrides(items: list[str]) -> dict[str, str]:
+    params = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise _UsageError(f"-p expects NAME=VALUE, got {item!r}")
+        params[name.strip()] = value.strip()
+    return params
+
+
+class _UsageError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="tcompile", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    b = sub.add_parser("build", help="compile a .tp program into DIR/NAME.safetensors + DIR/NAME.json")
+    b.add_argument("file")
+    b.add_argument("-o", "--out", default="build", help="output directory (default: build/)")
+    b.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
+    b.add_argument("--tol", type=float, default=None, help="default tolerance of approximated functions")
+    c = sub.add_parser("check", help="compile, run on random valid inputs, compare with the interpreter")
+    c.add_argument("file")
+    c.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
+    c.add_argument("--tol", type=float, default=None)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--batch", type=int, default=8)
+    c.add_argument("--n", type=int, default=None, help="token count of the random inputs")
+    c.add_argument("--rtol", type=float, default=None, help="tolerance on the relative error (default: from the report)")
+    r = sub.add_parser("run", help="run a built artifact on inputs from an .npz file")
+    r.add_argument("artifact")
+    r.add_argument("--inputs", required=True)
+    r.add_argument("-o", "--out", default=None)
+    r.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    r.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    rep = sub.add_parser("report", help="print the model card of a built artifact")
+    rep.add_argument("artifact")
+    t = sub.add_parser("trace", help="layer-by-layer comparison with the interpreter")
+    t.add_argument("artifact")
+    t.add_argument("--inputs", required=True)
+    t.add_argument("-o", "--out", default=None, help="write the table as CSV (.csv) or JSON (.json)")
+    pl = sub.add_parser("plot", help="draw layout / weights / convergence pictures")
+    pl.add_argument("artifact")
+    pl.add_argument("--what", required=True, choices=["layout", "weights", "convergence"])
+    pl.add_argument("--inputs", default=None)
+    pl.add_argument("-o", "--out", default="plots")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from . import commands
+    try:
+        return getattr(commands, f"cmd_{args.command}")(args)
+    except _UsageError as e:
+        parser.print_usage(sys.stderr)
+        print(f"tcompile: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except TcompileError as e:
+        print(e.format(), file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Errors a user can cause, and how they are shown.
+
+Every problem that stems from the user's program, parameters or data is a `TcompileError`,
+so the CLI can print it without a traceback and exit with status 1. Errors about a program
+carry a `SourceLocation`, and `format()` renders the compiler convention
+``FILE:LINE:COL: error: message`` followed by the offending line, a caret under the column,
+and (when known) what was expected there.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SourceLocation:
+    file: str
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+class TcompileError(Exception):
+    """Base class of every error caused by user input (program, parameters, data, files)."""
+
+    def __init__(self, message: str, loc: SourceLocation | None = None,
+                 expected: str | None = None, source: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.loc = loc
+        self.expected = expected
+        self.source = source
+
+    @property
+    def file(self) -> str | None:
+        return self.loc.file if self.loc else None
+
+    @property
+    def line(self) -> int | None:
+        return self.loc.line if self.loc else None
+
+    @property
+    def column(self) -> int | None:
+        return self.loc.column if self.loc else None
+
+    def format(self) -> str:
+        head = f"{self.loc}: error: {self.message}" if self.loc else f"error: {self.message}"
+        lines = [head]
+        if self.loc and self.source is not None:
+            src_lines = self.source.splitlines()
+            if 1 <= self.loc.line <= len(src_lines):
+                text = src_lines[self.loc.line - 1].expandtabs(1)
+                lines.append(f"    {text}")
+                lines.append("    " + " " * max(self.loc.column - 1, 0) + "^")
+        if self.expected:
+            lines.append(f"  expected: {self.expected}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.format()
+
+
+class ProgramSyntaxError(TcompileError):
+    """The text is not a program of the language (reported by the parser)."""
+
+
+class ProgramError(TcompileError):
+    """The program parses but is not valid: names, shapes, arity, domains, unsupported forms."""
+
+
+class ParamError(TcompileError):
+    """A `-p NAME=VALUE` / `params={...}` override names no param or has a bad value."""
+
+
+class InputError(TcompileError):
+    """Input data does not match the program's declarations (missing, shape, NaN, assumption)."""
+
+
+class ApproxError(TcompileError):
+    """A scalar function cannot be approximated as asked (bad domain, too many neurons)."""
+
+
+class CompileError(TcompileError):
+    """The program is valid but the back end cannot map it onto the target machine."""
+
+
+class ArtifactError(TcompileError):
+    """A saved artifact is missing, corrupt, truncated, or inconsistent with its manifest."""

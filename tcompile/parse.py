@@ -1,0 +1,225 @@
+"""Text → AST. Lark (LALR) reads `grammar.lark`; a Transformer turns its tree into `ast` nodes.
+
+Lark's own exceptions never escape: they become `ProgramSyntaxError` with the file, line,
+column, the source line, and the tokens that would have been accepted, in words.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import lark
+from lark import Lark, Transformer, v_args
+
+from . import ast
+from .errors import ProgramError, ProgramSyntaxError, SourceLocation, TcompileError
+
+_TOKEN_WORDS = {
+    "NAME": "a name", "NUMBER": "a number", "INT": "an integer", "_NL": "end of line",
+    "LPAR": "'('", "RPAR": "')'", "LSQB": "'['", "RSQB": "']'", "LBRACE": "'{'",
+    "RBRACE": "'}'", "COMMA": "','", "COLON": "':'", "EQUAL": "'='", "PLUS": "'+'",
+    "MINUS": "'-'", "STAR": "'*'", "SLASH": "'/'", "__ANON_0": "'@'", "SEMICOLON": "';'",
+    "_ON": "'on'", "_TOL": "'tol'", "_ASSUME": "'assume'", "$END": "end of file",
+}
+
+
+@lru_cache(maxsize=1)
+def _parser() -> Lark:
+    grammar = (Path(__file__).parent / "grammar.lark").read_text()
+    return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True)
+
+
+def _describe_expected(parser: Lark, names) -> str:
+    words = set()
+    for name in names:
+        if name in _TOKEN_WORDS:
+            words.add(_TOKEN_WORDS[name])
+            continue
+        try:
+            pattern = parser.get_terminal(name).pattern
+        except KeyError:
+            words.add(name.lower())
+            continue
+        if isinstance(pattern, lark.lexer.PatternStr):
+            words.add(f"'{pattern.value}'")
+        else:
+            words.add(name.lower())
+    return ", ".join(sorted(words))
+
+
+@v_args(meta=True)
+class _ToAst(Transformer):
+    def __init__(self, file: str, source: str):
+        super().__init__()
+        self.file = file
+        self.source = source
+
+    def _loc(self, meta) -> SourceLocation:
+        return SourceLocation(self.file, getattr(meta, "line", 1), getattr(meta, "column", 1))
+
+    def _tok_loc(self, tok) -> SourceLocation:
+        return SourceLocation(self.file, tok.line, tok.column)
+
+    # expressions
+    def number(self, meta, children):
+        return ast.Number(float(children[0]), self._loc(meta))
+
+    def name(self, meta, children):
+        return ast.Name(str(children[0]), self._loc(meta))
+
+    def _bin(op):  # noqa: N805 - helper building one method per operator
+        def method(self, meta, children):
+            return ast.BinOp(op, children[0], children[1], self._loc(meta))
+        return method
+
+    add, sub, mul, div = _bin("+"), _bin("-"), _bin("*"), _bin("/")
+    matmul, pow = _bin("@"), _bin("**")
+
+    def neg(self, meta, children):
+        return ast.Neg(children[0], self._loc(meta))
+
+    def transpose(self, meta, children):
+        return ast.Transpose(children[0], self._loc(meta))
+
+    def interval(self, meta, children):
+        return ast.Interval(children[0], children[1], self._loc(meta))
+
+    def call(self, meta, children):
+        name, *rest = children
+        domain, tol = rest[-2], rest[-1]
+        args = tuple(a for a in rest[:-2] if a is not None)
+        return ast.Call(str(name), args, self._tok_loc(name), domain, tol)
+
+    # statements
+    def assign(self, meta, children):
+        return ast.Assign(str(children[0]), children[1], self._tok_loc(children[0]))
+
+    def repeat(self, meta, children):
+        return ast.Repeat(children[0], children[1], self._loc(meta))
+
+    def return_stmt(self, meta, children):
+        return ast.Return(children[0], self._loc(meta))
+
+    def block(self, meta, children):
+        return tuple(children)
+
+    # declarations
+    def header(self, meta, children):
+        return ("header", str(children[0]), self._loc(meta))
+
+    def param(self, meta, children):
+        return ast.Param(str(children[0]), children[1], self._tok_loc(children[0]))
+
+    def dim(self, meta, children):
+        return ast.Dim(str(children[0]), children[1], self._tok_loc(children[0]))
+
+    def shape(self, meta, children):
+        dims = []
+        for tok in children:
+            if tok is None:
+                continue
+            value = int(tok) if tok.type == "INT" else str(tok)
+            dims.append(ast.ShapeDim(value, self._tok_loc(tok)))
+        return tuple(dims)
+
+    def _qual(kind):  # noqa: N805
+        def method(self, meta, children):
+            loc = self._loc(meta)
+            if kind in ("range", "spectrum"):
+                return ast.Qualifier(kind, loc, interval=children[0])
+            if kind in ("row_norm", "norm"):
+                return ast.Qualifier(kind, loc, bound=children[0])
+            return ast.Qualifier(kind, loc)
+        return method
+
+    q_sign, q_flag, q_symmetric = _qual("sign"), _qual("flag"), _qual("symmetric")
+    q_range, q_row_norm = _qual("range"), _qual("row_norm")
+    q_norm, q_spectrum = _qual("norm"), _qual("spectrum")
+
+    def input(self, meta, children):
+        name, shape, *quals = children
+        return ast.Input(str(name), shape, tuple(q for q in quals if q is not None),
+                         self._tok_loc(name))
+
+    def output(self, meta, children):
+        return [ast.Output(str(t), self._tok_loc(t)) for t in children]
+
+    def funcdef(self, meta, children):
+        name, *rest = children
+        body = rest[-1]
+        params = tuple(str(p) for p in rest[:-1] if p is not None)
+        return ast.FuncDef(str(name), params, body, self._tok_loc(name))
+
+
+def parse_source(source: str, file: str = "<string>") -> ast.Program:
+    """Parse program text; raise ProgramSyntaxError/ProgramError (never a Lark exception)."""
+    parser = _parser()
+    try:
+        tree = parser.parse(source)
+    except lark.exceptions.UnexpectedCharacters as e:
+        raise ProgramSyntaxError(
+            f"unexpected character {source[e.pos_in_stream]!r}" if e.pos_in_stream < len(source)
+            else "unexpected end of input",
+            SourceLocation(file, e.line, e.column),
+            expected=_describe_expected(parser, e.allowed or ()) or None, source=source) from None
+    except lark.exceptions.UnexpectedEOF as e:
+        lines = source.splitlines() or [""]
+        raise ProgramSyntaxError("unexpected end of file",
+                                 SourceLocation(file, len(lines), len(lines[-1]) + 1),
+                                 expected=_describe_expected(parser, e.expected), source=source) from None
+    except lark.exceptions.UnexpectedToken as e:
+        tok = e.token
+        what = "end of file" if tok.type == "$END" else (
+            "end of line" if tok.type == "_NL" else f"{str(tok)!r}")
+        line = tok.line if tok.line is not None else 1
+        col = tok.column if tok.column is not None else 1
+        if tok.type == "$END":
+            lines = source.splitlines() or [""]
+            line, col = len(lines), len(lines[-1]) + 1
+        raise ProgramSyntaxError(f"unexpected {what}", SourceLocation(file, line, col),
+                                 expected=_describe_expected(parser, e.accepts or e.expected),
+                                 source=source) from None
+    except lark.exceptions.LarkError as e:  # anything else Lark may raise on odd input
+        raise ProgramSyntaxError(f"cannot parse: {e}", SourceLocation(file, 1, 1), source=source) from None
+    try:
+        return _build_program(_ToAst(file, source).transform(tree), file, source)
+    except lark.exceptions.VisitError as e:
+        if isinstance(e.orig_exc, TcompileError):
+            raise e.orig_exc from None
+        raise
+
+
+def _build_program(tree, file: str, source: str) -> ast.Program:
+    header = tree.children[0]
+    _, name, loc = header
+    prog = ast.Program(name=name, loc=loc, source=source, file=file)
+    for item in tree.children[1:]:
+        if isinstance(item, ast.Param):
+            prog.params.append(item)
+        elif isinstance(item, ast.Dim):
+            prog.dims.append(item)
+        elif isinstance(item, ast.Input):
+            prog.inputs.append(item)
+        elif isinstance(item, list):
+            prog.outputs.extend(item)
+        elif isinstance(item, ast.FuncDef):
+            if item.name in prog.functions:
+                first = prog.functions[item.name].loc
+                raise ProgramError(f"function '{item.name}' is defined twice (first at line {first.line})",
+                                   item.loc, expected="a new function name", source=source)
+            prog.functions[item.name] = item
+        elif isinstance(item, ast.Return):
+            raise ProgramError("'return' outside a function", item.loc,
+                               expected="an assignment or 'repeat'", source=source)
+        else:
+            prog.body.append(item)
+    return prog
+
+
+def parse_file(path) -> ast.Program:
+    p = Path(path)
+    try:
+        source = p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise TcompileError(f"cannot read program file {str(path)!r}: {e}") from None
+    return parse_source(source, str(path))
