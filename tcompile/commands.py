@@ -8,7 +8,7 @@ from .errors import CompileError
 
 
 def cmd_build(args) -> int:
-    from .api import compile_file
+    from .compiler import compile_file
     prog = compile_file(args.file, params=parse_param_overrides(args.param))
     paths = prog.save_to_dir(args.out)
     print(prog.report_text())

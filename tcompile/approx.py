@@ -1,0 +1,355 @@
+"""Continuous piecewise-linear (PL) approximation of scalar functions, in MLP form.
+
+An MLP sublayer W_2 ReLU(W_1 h) has no biases: constants enter through a gate row that is 1
+where the function applies and 0 elsewhere (where the input is 0 as well).  So every hidden unit
+here is ReLU(a*u + b*gate) and the whole piece outputs 0 when u = gate = 0.
+
+Knot placement is what buys accuracy per neuron (DESIGN §5): the interval a knot may span shrinks
+like sqrt(tol/|f''|), so knots are placed by a greedy sweep that makes every interval as long as
+the tolerance allows.  Greedy reach is optimal for covering [lo, hi] with intervals whose error
+grows with their length, and it needs no smoothness: sqrt's infinite curvature at 0 only makes
+the first intervals tiny.  The sweep runs in independent chunks (cut where the curvature integral
+∫sqrt|f''| is equal) advanced in lockstep, so numpy vectorises over chunks; each chunk boundary
+costs at most one extra knot.
+
+By default the PL function is not the interpolant: knot values are f(t) -/+ tol where f is
+convex/concave, so the error band [-tol, tol] is used on both sides and each interval may be
+sqrt(2) longer than an interpolant's (about ∫sqrt|f''| / sqrt(16 tol) knots instead of
+/ sqrt(8 tol)).  `interpolate=True` gives plain interpolation (values == f(knots)).
+
+Outside [lo, hi] the PL function is constant (clamped to its end values), which the ReLU form
+reproduces exactly; abs, relu and clip are instead their exact ReLU forms on all of R.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from . import functions as _fn
+from .errors import ApproxError
+
+FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = dict(_fn.EXACT)
+PIECEWISE_LINEAR_EXACT = {"abs", "relu", "clip"}
+
+_GRID = 2**18 + 1      # dense check grid (> 200k points), also the curvature estimate
+_M = 32                # samples per interval while placing knots
+_MARGIN = 2e-3         # placement aims below tol: _M samples miss a parabola's peak by < 1/_M**2
+_RTOL = 1e-3           # interval lengths are searched to this relative precision
+_EPS = np.finfo(float).eps
+
+
+def exact_function(name: str, *args: float) -> Callable[[np.ndarray], np.ndarray]:
+    if name == "clip":
+        if len(args) != 2 or not args[0] <= args[1]:
+            raise ApproxError(f"clip needs two bounds lo <= hi, got {args}")
+        lo_c, hi_c = map(float, args)
+        return lambda x: _fn.clip(np.asarray(x, dtype=float), lo_c, hi_c)
+    if name not in FUNCTIONS:
+        raise ApproxError(f"unknown function {name!r}; known: {sorted(FUNCTIONS) + ['clip']}")
+    if args:
+        raise ApproxError(f"{name} takes no parameters, got {args}")
+    return FUNCTIONS[name]
+
+
+@dataclass(frozen=True, eq=False)
+class PLApprox:
+    name: str
+    lo: float
+    hi: float
+    knots: np.ndarray = field(repr=False)
+    values: np.ndarray = field(repr=False)
+    max_error: float
+    tol: float
+    exact: bool
+    # abs/relu/clip: the exact function and its ReLU form, both valid on all of R.
+    _f: Callable | None = field(default=None, repr=False)
+    _form: tuple | None = field(default=None, repr=False)
+
+    def __call__(self, x) -> np.ndarray:
+        x = np.asarray(x, dtype=float)
+        if self._f is not None:
+            return self._f(x)
+        return np.interp(x, self.knots, self.values)   # np.interp clamps outside the knots
+
+    @property
+    def neurons(self) -> int:
+        return len(self.relu_form()[2])
+
+    def relu_form(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(a, b, c) with pl(u) == sum_j c[j] * relu(a[j]*u + b[j]*gate) at gate = 1, on all of R.
+
+        One unit per knot carries that knot's slope change; the constant comes from a unit
+        relu(1*gate) (a = 0), which is 0 when the gate is.  The units all face away from the end
+        with the steeper slope, so steep units (sqrt near 0) are only active near that end and
+        their large coefficients never cancel inside the domain.  Units with c == 0 are dropped.
+        """
+        if self._form is not None:
+            return self._form
+        t, v = self.knots, self.values
+        s = np.diff(v) / np.diff(t)
+        c = np.diff(np.concatenate([[0.0], s, [0.0]]))          # slope change at each knot
+        if abs(s[0]) > abs(s[-1]):      # relu(t - u): zero right of hi, so constant = v[-1]
+            a, b, const = -np.ones_like(t), t.copy(), v[-1]
+        else:                           # relu(u - t): zero left of lo, so constant = v[0]
+            a, b, const = np.ones_like(t), -t, v[0]
+        a, b, c = np.append(a, 0.0), np.append(b, 1.0), np.append(c, const)
+        keep = c != 0
+        return a[keep], b[keep], c[keep]
+
+
+def approximate(name: str, lo: float, hi: float, tol: float, *args: float,
+                max_neurons: int = 200_000, interpolate: bool = False) -> PLApprox:
+    f = exact_function(name, *args)
+    lo, hi, tol = float(lo), float(hi), float(tol)
+    _check_interval(name, lo, hi, tol)
+    need = {"sqrt": (lo >= 0, "lo >= 0"), "log": (lo > 0, "lo > 0"),
+            "reciprocal": (not lo <= 0 <= hi, "0 outside the domain")}
+    if name in need and not need[name][0]:
+        raise ApproxError(f"{name} on [{lo:g}, {hi:g}]: undefined there, needs {need[name][1]}")
+    if name in PIECEWISE_LINEAR_EXACT:
+        return _exact(name, f, lo, hi, tol, args)
+    return approximate_callable(name, f, lo, hi, tol, max_neurons, interpolate=interpolate)
+
+
+def approximate_callable(name: str, f: Callable, lo: float, hi: float, tol: float,
+                         max_neurons: int = 200_000, *, interpolate: bool = False) -> PLApprox:
+    """f must be vectorised (any array shape) and continuous on [lo, hi]."""
+    lo, hi, tol = float(lo), float(hi), float(tol)
+    _check_interval(name, lo, hi, tol)
+    where = f"{name} on [{lo:g}, {hi:g}] at tol {tol:g}"
+    xg = np.linspace(lo, hi, _GRID)
+    with np.errstate(all="ignore"):
+        fg = _feval(f, xg)
+    if not np.all(np.isfinite(fg)):
+        raise ApproxError(f"{where}: the function is not finite on the domain")
+    target = tol * (1 - _MARGIN)
+    shift = 0.0 if interpolate else target
+    sig = _convexity_sign(xg, fg)
+    # sqrt|f''| on the grid: it sizes the chunks, the first guesses, and the early size check.
+    step = xg[1] - xg[0]
+    w = np.sqrt(np.abs(np.diff(fg, 2))) / step
+    w = np.concatenate([w[:1], w, w[-1:]])
+    total = float(np.sum((w[1:] + w[:-1]) / 2) * step)
+    per_knot = np.sqrt(8 * target * (1 if interpolate else 2))
+    estimate = total / per_knot
+    if estimate > 2 * max_neurons:
+        raise ApproxError(f"{where}: needs about {estimate:.3g} neurons > max_neurons {max_neurons}")
+    n_chunks = int(min(max(estimate // 250, 1), 4096))
+    cum = np.concatenate([[0.0], np.cumsum((w[1:] + w[:-1]) / 2 + 1e-3 * total / (hi - lo) + 1e-300)])
+    ends = np.unique(np.interp(np.linspace(0, cum[-1], n_chunks + 1), cum, xg))
+    ends[0], ends[-1] = lo, hi
+    w_at = w[np.clip(np.rint((ends[:-1] - lo) / step).astype(int), 0, _GRID - 1)]
+    with np.errstate(divide="ignore"):
+        h0 = np.minimum(per_knot / w_at, np.diff(ends))
+    t, v = _sweep(f, ends, h0, target, shift, sig, max_neurons, where)
+    t, v = _prune(f, t, v, target)
+    t, v, err = _verify(f, t, v, tol, xg, fg, where, max_neurons)
+    out = PLApprox(name, lo, hi, _frozen(t), _frozen(v), err, tol, bool(err <= 4 * _EPS * np.max(np.abs(fg))))
+    if out.neurons > max_neurons:
+        raise ApproxError(f"{where}: needs {out.neurons} neurons > max_neurons {max_neurons}")
+    return out
+
+
+def best_uniform_neurons(f: Callable, lo: float, hi: float, tol: float) -> int:
+    """Neurons (knots + 1, as PLApprox.neurons counts) of the uniform-knot interpolant with
+    error <= tol, for comparing against adapted knots.  Counts far beyond a dense evaluation
+    (sqrt near 0 needs ~1e11) are found by checking the end intervals, the intervals at the
+    largest |f''| and a uniform sample of the rest."""
+    lo, hi = float(lo), float(hi)
+    xg = np.linspace(lo, hi, 2**16 + 1)
+    hot = xg[1:-1][np.argsort(-np.abs(np.diff(_feval(f, xg), 2)))[:1024]]
+
+    def error(n: int) -> float:
+        if n <= 2**16:
+            idx = np.arange(n)
+        else:
+            idx = np.concatenate([np.arange(512), n - 1 - np.arange(512),
+                                  np.linspace(0, n - 1, 4096).astype(np.int64),
+                                  np.minimum(((hot - lo) / (hi - lo) * n).astype(np.int64), n - 1)])
+        idx = np.unique(idx)
+        a, b = lo + (hi - lo) * idx / n, lo + (hi - lo) * (idx + 1) / n
+        return float(_segment_errors(f, a, _feval(f, a), b, _feval(f, b), _M).max())
+
+    n = 1
+    while error(n) > tol:
+        n *= 2
+        if n > 2**62:
+            raise ApproxError(f"uniform knots cannot reach tol {tol:g} on [{lo:g}, {hi:g}]")
+    good, bad = n, n // 2
+    while good - bad > 1:
+        mid = (good + bad) // 2
+        good, bad = (mid, bad) if error(mid) <= tol else (good, mid)
+    return good + 2
+
+
+# --- internals ---------------------------------------------------------------------------
+
+
+def _check_interval(name, lo, hi, tol):
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise ApproxError(f"{name} on [{lo:g}, {hi:g}]: the domain needs finite lo < hi")
+    if not (np.isfinite(tol) and tol > 0):
+        raise ApproxError(f"{name} on [{lo:g}, {hi:g}]: tol must be > 0, got {tol:g}")
+
+
+def _feval(f, x):
+    x = np.asarray(x, dtype=float)
+    return np.asarray(f(x.ravel()), dtype=float).reshape(x.shape)
+
+
+def _frozen(a):
+    a = np.array(a, dtype=float)
+    a.setflags(write=False)
+    return a
+
+
+def _exact(name, f, lo, hi, tol, args):
+    """abs, relu, clip: their natural ReLU forms are exact on all of R, so no clamping."""
+    if name == "clip":
+        lo_c, hi_c = map(float, args)
+        breaks = [lo_c, hi_c]
+        units = [(1.0, -lo_c, 1.0), (1.0, -hi_c, -1.0), (0.0, 1.0, lo_c)] if lo_c < hi_c else [(0.0, 1.0, lo_c)]
+    else:
+        breaks = [0.0]
+        units = [(1.0, 0.0, 1.0)] + ([(-1.0, 0.0, 1.0)] if name == "abs" else [])
+    a, b, c = (np.array(col) for col in zip(*[u for u in units if u[2] != 0]))
+    t = np.unique([lo, hi] + [x for x in breaks if lo < x < hi])
+    xs = np.concatenate([np.linspace(lo, hi, _GRID), t])
+    err = float(np.max(np.abs(_relu_eval((a, b, c), xs) - f(xs))))
+    return PLApprox(name, lo, hi, _frozen(t), _frozen(f(t)), err, tol, True, f, (a, b, c))
+
+
+def _relu_eval(form, u):
+    a, b, c = form
+    return np.maximum(np.multiply.outer(u, a) + b, 0.0) @ c
+
+
+def _convexity_sign(xg, fg, stride=64):
+    """-sign(f'') on a coarse grid (wide enough that tiny curvature beats rounding): knot values
+    move down where f is convex, up where concave, and stay put where f is linear."""
+    xc, fc = xg[::stride], fg[::stride]
+    d2 = np.diff(fc, 2)
+    s = np.where(np.abs(d2) > 64 * _EPS * np.max(np.abs(fc)), -np.sign(d2), 0.0)
+    lo, dx = xc[0], xc[1] - xc[0]
+    return lambda x: s[np.minimum(np.maximum(np.rint((x - lo) / dx).astype(int) - 1, 0), len(s) - 1)]
+
+
+def _segment_errors(f, a, va, b, vb, m):
+    """Max |f - line| over m-1 interior samples of each segment [a, b]."""
+    s = np.arange(1, m) / m
+    x = a[:, None] + (b - a)[:, None] * s
+    return np.abs(_feval(f, x) - (va[:, None] + (vb - va)[:, None] * s)).max(axis=1)
+
+
+def _sweep(f, ends, h0, target, shift, sig, cap, where):
+    """Greedy reach in every chunk at once: the longest interval from the current knot whose
+    error is <= target, found by secant steps on log(error) vs log(length) inside a bracket."""
+    a, stop = ends[:-1].copy(), ends[1:]
+    va = _feval(f, a) + shift * sig(a)
+    xs, vs = [a[:1]], [va[:1]]
+    live = np.ones(len(a), bool)
+    h, last, tries = h0.copy(), np.full_like(h0, np.nan), np.zeros(len(h0), int)
+    ok_h, ok_e, ok_b, ok_v = np.zeros_like(a), np.zeros_like(a), a.copy(), va.copy()
+    bad_h, prev_h, prev_e = np.full_like(a, np.inf), np.full_like(a, np.nan), np.full_like(a, np.nan)
+    count, aim = 1, target * (1 - 1.5 * _RTOL)
+    with np.errstate(all="ignore"):   # 0/0 and inf/inf in masked-off lanes
+        while live.any():
+            rem = stop - a
+            b = np.where(h >= rem, stop, a + h)
+            vb = _feval(f, b) + shift * sig(b)
+            e = _segment_errors(f, a, va, b, vb, _M)
+            good = e <= target
+            ok_h, ok_e = np.where(good, h, ok_h), np.where(good, e, ok_e)
+            ok_b, ok_v = np.where(good, b, ok_b), np.where(good, vb, ok_v)
+            bad_h = np.where(good, bad_h, h)
+            done = live & (ok_h > 0) & ((ok_b >= stop) | (bad_h <= ok_h * (1 + _RTOL))
+                                        | (ok_e >= target * (1 - 3 * _RTOL)))
+            if np.any(live & (ok_h == 0) & (bad_h <= 1e-15 * (np.abs(a) + rem))):
+                x = a[live & (ok_h == 0) & (bad_h <= 1e-15 * (np.abs(a) + rem))][0]
+                raise ApproxError(f"{where}: cannot meet tol near x = {x:g} "
+                                  "(the function is not continuous there, or tol is below rounding)")
+            # next trial length: secant in log-log (exponent p from the last two trials)
+            p = np.clip(np.log(e / prev_e) / np.log(h / prev_h), 0.25, 4.0)
+            p = np.where(np.isfinite(p), p, 2.0)
+            hn = h * (aim / np.maximum(e, 1e-300)) ** (1 / p)
+            ratio = bad_h / ok_h
+            # stay inside the bracket; with one side unknown, move by bounded factors
+            low = np.where(ok_h == 0, bad_h * 1e-6, np.where(np.isinf(bad_h), ok_h * (1 + _RTOL), ok_h * ratio**0.05))
+            high = np.where(ok_h == 0, bad_h * 0.9, np.where(np.isinf(bad_h), ok_h * 16, ok_h * ratio**0.95))
+            hn = np.minimum(np.maximum(hn, low), high)
+            tries += 1                      # every third try bisects, in case secant stalls
+            hn = np.where((tries % 3 == 0) & np.isfinite(ratio), ok_h * np.sqrt(ratio), hn)
+            prev_h, prev_e = np.where(done, np.nan, h), np.where(done, np.nan, e)
+            if done.any():
+                xs.append(ok_b[done])
+                vs.append(ok_v[done])
+                count += int(done.sum())
+                if count + 1 > cap:
+                    raise ApproxError(f"{where}: needs more than max_neurons {cap} neurons")
+                a, va = np.where(done, ok_b, a), np.where(done, ok_v, va)
+                # lengths vary smoothly: extrapolate the last two accepted ones
+                grow = np.where(np.isfinite(last), np.minimum(np.maximum(ok_h / last, 0.5), 2.0), 1.0)
+                hn = np.where(done, ok_h * grow, hn)
+                last = np.where(done, ok_h, last)
+                ok_h, ok_e = np.where(done, 0.0, ok_h), np.where(done, 0.0, ok_e)
+                bad_h = np.where(done, np.inf, bad_h)
+                tries = np.where(done, 0, tries)
+                live &= ~(done & (ok_b >= stop))
+            h = np.where(live, np.minimum(hn, stop - a), 0.0)
+    t, v = np.concatenate(xs), np.concatenate(vs)
+    order = np.argsort(t)
+    return t[order], v[order]
+
+
+def _prune(f, t, v, target):
+    """Drop knots whose neighbours' chord already meets the target (chunk ends, flat parts);
+    alternating parities keep the removed knots non-adjacent, so each check stays valid."""
+    for parity in (1, 0, 1, 0):
+        i = np.arange(1, len(t) - 1)
+        i = i[i % 2 == parity]
+        if len(i) == 0:
+            continue
+        drop = i[_segment_errors(f, t[i - 1], v[i - 1], t[i + 1], v[i + 1], _M) <= target]
+        keep = np.ones(len(t), bool)
+        keep[drop] = False
+        t, v = t[keep], v[keep]
+    return t, v
+
+
+def _interval_max(f, t, v, m=64, iters=40):
+    """Per-interval max |f - pl|: m samples, then a ternary search around the largest."""
+    a, h, va, dv = t[:-1, None], np.diff(t)[:, None], v[:-1, None], np.diff(v)[:, None]
+    s = np.arange(m + 1) / m
+    e = np.abs(_feval(f, a + h * s) - (va + dv * s))
+    k = np.argmax(e, axis=1)
+    left, right = s[np.maximum(k - 1, 0)][:, None], s[np.minimum(k + 1, m)][:, None]
+
+    def err(q):
+        return np.abs(_feval(f, a + h * q) - (va + dv * q))
+
+    for _ in range(iters):
+        m1, m2 = left + (right - left) / 3, right - (right - left) / 3
+        up = err(m1) < err(m2)
+        left, right = np.where(up, m1, left), np.where(up, right, m2)
+    return np.maximum(e.max(axis=1), err((left + right) / 2)[:, 0])
+
+
+def _verify(f, t, v, tol, xg, fg, where, cap):
+    """Measure the error independently of the sweep's sampling; split any interval over tol."""
+    for _ in range(64):
+        per = _interval_max(f, t, v)
+        dense = np.abs(fg - np.interp(xg, t, v))
+        cell = np.clip(np.searchsorted(t, xg, side="right") - 1, 0, len(t) - 2)
+        np.maximum.at(per, cell, dense)
+        bad = per > tol
+        if not bad.any():
+            return t, v, float(per.max())
+        if len(t) + bad.sum() + 1 > cap:
+            break
+        mid = (t[:-1][bad] + t[1:][bad]) / 2
+        t, v = np.concatenate([t, mid]), np.concatenate([v, _feval(f, mid)])
+        order = np.argsort(t)
+        t, v = t[order], v[order]
+    raise ApproxError(f"{where}: could not meet tol within max_neurons {cap}")

@@ -1,0 +1,69 @@
+"""The pipeline, one stage per module:
+
+    parse → check → dataflow → lower → plan (orient, schedule, allocate) → emit → runtime
+
+`compile_program` runs the stages and returns a `CompiledProgram` (program.py): the weights
+as numpy arrays plus the manifest (a JSON-able dict) that the encoder, decoder, report, trace
+and artifact files all read.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from . import __version__
+from .check import check_program, fmt_shape
+from .dataflow import build_dataflow
+from .emit import emit
+from .lower import lower
+from .parse import parse_file, parse_source
+from .plan import plan_program
+from .program import CompiledProgram
+
+
+def compile_source(source: str, file: str = "<string>", params: dict | None = None) -> CompiledProgram:
+    return compile_program(parse_source(source, file), params)
+
+
+def compile_file(path, params: dict | None = None) -> CompiledProgram:
+    """Compile the .tp program at `path` (params override its `param`/`dim` defaults)."""
+    return compile_program(parse_file(Path(path)), params)
+
+
+def compile_program(program, params: dict | None = None) -> CompiledProgram:
+    values = check_program(program, params)
+    df = build_dataflow(program, values)
+    df.source = program.source
+    atoms, inv_n = lower(df)
+    plan = plan_program(atoms, inv_n, df.outputs)
+    layers, blocks, keys = emit(plan, df.outputs)
+    small_cols = [c for b in blocks for c in b.cshape if c != "n"]
+    min_tokens = max([1, plan.identity_size, plan.inv_n_identity_size] +
+                     [b.cshape[0] if b.transposed else b.cshape[1] for b in blocks
+                      if "n" not in b.cshape])
+    manifest = {
+        "format": "tcompile-artifact",
+        "format_version": 1,
+        "compiler_version": __version__,
+        "program": program.name,
+        "file": program.file,
+        "source": program.source,
+        "source_sha256": hashlib.sha256(program.source.encode()).hexdigest(),
+        "params": {k: (int(v) if float(v).is_integer() else v) for k, v in values.items()},
+        "inputs": [{"name": name, "shape": list(ty.shape)} for name, ty in df.input_types.items()],
+        "outputs": [{"name": name, "shape": list(ty.shape),
+                     "block": keys[(df.outputs[name], plan.orient[df.outputs[name]])]}
+                    for name, ty in df.output_types.items()],
+        "width": plan.width,
+        "n_layers": plan.n_layers,
+        "min_tokens": int(min_tokens),
+        "max_small_dim": max(small_cols, default=1),
+        "blocks": [vars(b) for b in blocks],
+        "layers": [{"heads": int(w.W_K.shape[0]), "dk": int(w.W_K.shape[1]),
+                    "mlp_hidden": int(w.W_1.shape[0]), "head_labels": w.head_labels} for w in layers],
+        "approximations": [],
+    }
+    return CompiledProgram(manifest, layers)
+
+
+__all__ = ["compile_file", "compile_source", "compile_program", "fmt_shape"]

@@ -1,0 +1,268 @@
+"""Checked program → dataflow graph (networkx DiGraph), loops unrolled, functions inlined.
+
+The graph speaks of *canonical matrices*: every value is 2-D. A scalar is 1×1, a vector [k]
+is a k×1 column, a token vector [n] is n×1, token data [n, k] is n×k. numpy's 1-D matmul
+rules become explicit transposes here, so later passes see only matrix algebra:
+
+    op        args        meaning
+    input     -           a program input (attr name)
+    const     -           compile-time scalar (attr value), 1×1
+    n/inv_n   -           the token count and its reciprocal: runtime scalars the encoder writes
+    ones      -           the n×1 column of ones (a constant row of the embedding)
+    eye       -           identity (attr k; None until it meets a square matrix)
+    matmul    a, b        a @ b
+    T         a           aᵀ
+    add       a, b        a + b
+    scale     a           attr c · a (compile-time c)
+    smul      a, s        a · s for a runtime scalar s (1×1)
+    ewmul     a, b        elementwise product (per-token broadcast allowed)
+    call      a           elementwise scalar function (attrs func, domain, tol, args)
+    sum       a           1ᵀ a (sum over the first axis)
+
+Nodes are hash-consed, so a loop-invariant subexpression (A.T, say) is one node however often
+the unrolled loop mentions it. Each node records where in the program it came from.
+"""
+from __future__ import annotations
+
+import networkx as nx
+
+from .check import TOKEN, Ty, Val, Walker, resolve_params
+from .errors import CompileError
+
+
+def canonical_shape(shape) -> tuple:
+    if shape is None:
+        return None
+    if len(shape) == 0:
+        return (1, 1)
+    if len(shape) == 1:
+        return (shape[0], 1)
+    return tuple(shape)
+
+
+class GraphBuilder(Walker):
+    """The checker's walk, emitting graph nodes instead of arrays."""
+
+    def __init__(self, program, params):
+        super().__init__(program, params)
+        self.graph = nx.DiGraph()
+        self._memo: dict = {}
+        self.assign_counts: dict[str, int] = {}
+
+    # node construction ------------------------------------------------------------------
+    def node(self, op: str, args: tuple = (), cshape=None, loc=None, **attrs) -> int:
+        key = (op, args, tuple(sorted(attrs.items())))
+        if key in self._memo:
+            return self._memo[key]
+        nid = self.graph.number_of_nodes()
+        self.graph.add_node(nid, op=op, args=args, cshape=cshape, loc=loc, **attrs)
+        for a in args:
+            self.graph.add_edge(a, nid)
+        self._memo[key] = nid
+        return nid
+
+    def cshape(self, nid):
+        return self.graph.nodes[nid]["cshape"]
+
+    def transpose(self, nid, loc=None):
+        g = self.graph.nodes[nid]
+        if g["op"] == "T":
+            return g["args"][0]
+        if g["op"] == "eye" or g.get("symmetric"):
+            return nid
+        r, c = self.cshape(nid)
+        return self.node("T", (nid,), (c, r), loc)
+
+    def matmul(self, a, b, loc=None):
+        if self.graph.nodes[a]["op"] == "eye":
+            return b
+        if self.graph.nodes[b]["op"] == "eye":
+            return a
+        (r, k1), (k2, c) = self.cshape(a), self.cshape(b)
+        assert k1 == k2, (self.cshape(a), self.cshape(b))
+        return self.node("matmul", (a, b), (r, c), loc)
+
+    def sized_eye(self, nid, k):
+        """A still-unsized c·I becomes c·I_k (c folded as scale nodes above the eye)."""
+        g = self.graph.nodes[nid]
+        if g["cshape"] is not None:
+            return nid
+        if g["op"] == "eye":
+            return self.node("eye", (), (k, k), k=k)
+        if g["op"] == "scale":
+            return self.node("scale", (self.sized_eye(g["args"][0], k),), (k, k), c=g["c"])
+        if g["op"] == "smul":
+            return self.node("smul", (self.sized_eye(g["args"][0], k), g["args"][1]), (k, k))
+        raise AssertionError(g)  # pragma: no cover
+
+    def scale(self, a, c, loc=None):
+        if c == 1.0:
+            return a
+        return self.node("scale", (a,), self.cshape(a), loc, c=float(c))
+
+    def _assign(self, stmt, env):
+        """Name the node after the variable (and how many times it was assigned) for the manifest."""
+        super()._assign(stmt, env)
+        count = self.assign_counts.get(stmt.target, 0)
+        self.assign_counts[stmt.target] = count + 1
+        nid = env[stmt.target].data
+        if isinstance(nid, int) and not self.call_stack:
+            self.graph.nodes[nid].setdefault("vars", []).append(f"{stmt.target}@{count}")
+
+    # the walker's hooks -------------------------------------------------------------------
+    def input_value(self, decl, ty: Ty) -> Val:
+        return Val(ty, self.node("input", (), canonical_shape(ty.shape), decl.loc, name=decl.name,
+                                 symmetric=ty.symmetric))
+
+    def apply(self, op, ty: Ty, args, node) -> Val:
+        loc = getattr(node, "loc", None) if not isinstance(node, tuple) else node[0].loc
+        xs = [a.data for a in args]
+        tys = [a.ty for a in args]
+        cs = canonical_shape(ty.shape)
+        if ty.const is not None and op != "call":
+            return Val(ty, self.node("const", (), (1, 1), value=float(ty.const)))
+        if op == "const":
+            return Val(ty, self.node("const", (), (1, 1), value=float(ty.const)))
+        if op == "n":
+            return Val(ty, self.node("n", (), (1, 1)))
+        if op == "I":
+            return Val(ty, self.node("eye", (), None, k=None))
+        if op == "neg":
+            return Val(ty, self.node("scale", (xs[0],), cs, loc, c=-1.0))
+        if op == "T":
+            return Val(ty, self.transpose(xs[0], loc) if len(tys[0].shape or (0, 0)) == 2 else xs[0])
+        if op == "sum":
+            ones = self.node("ones", (), (TOKEN, 1)) if tys[0].shape[0] == TOKEN else None
+            if ones is None:
+                raise CompileError("sum() over a small axis is not supported by the back end yet",
+                                   loc, source=self.src)
+            return Val(ty, self.transpose_if_vector(self.matmul(self.transpose(xs[0], loc), ones, loc),
+                                                    ty, loc))
+        if op == "call":
+            e, domain, tol = node
+            if ty.const is not None:
+                return Val(ty, self.node("const", (), (1, 1), value=float(ty.const)))
+            extra = tuple(float(t.const) for t in tys[1:])
+            return Val(ty, self.node("call", (xs[0],), cs, loc, func=e.func, domain=domain, tol=tol,
+                                     fargs=extra))
+        a, b = xs
+        ta, tb = tys
+        if op == "@":
+            return Val(ty, self._matmul_numpy(a, ta, b, tb, ty, loc))
+        if op == "**":
+            p = float(tb.const)
+            if p == 1.0:
+                return Val(ty, a)
+            if p == 2.0:
+                return Val(ty, self._elementwise("*", a, ta, a, ta, ty, loc))
+            func = {0.5: "sqrt", -1.0: "reciprocal"}.get(p)
+            if func is None:
+                raise CompileError(f"the back end cannot raise a runtime value to the power {p:g}",
+                                   loc, source=self.src)
+            return Val(ty, self.node("call", (a,), cs, loc, func=func, domain=_dom(ta), tol=None, fargs=()))
+        return Val(ty, self._elementwise(op, a, ta, b, tb, ty, loc))
+
+    def transpose_if_vector(self, nid, ty, loc):
+        """1ᵀA is a row; the program's [k] result is a column."""
+        r, c = self.cshape(nid)
+        return self.transpose(nid, loc) if r == 1 and c != 1 else nid
+
+    def _matmul_numpy(self, a, ta, b, tb, ty, loc):
+        if ta.shape is None or tb.shape is None:          # c·I @ M or M @ c·I
+            ident, other, ot = (a, b, tb) if ta.shape is None else (b, a, ta)
+            k = canonical_shape(ot.shape)[0 if ta.shape is None else 1]
+            return self.matmul(self.sized_eye(ident, k), other, loc) if ta.shape is None else \
+                self.matmul(other, self.sized_eye(ident, k), loc)
+        if len(ta.shape) == 1 and len(tb.shape) == 1:
+            return self.matmul(self.transpose(a, loc), b, loc)
+        if len(ta.shape) == 1:                             # aᵀ B, returned as a column
+            return self.transpose(self.matmul(self.transpose(a, loc), b, loc), loc)
+        return self.matmul(a, b, loc)
+
+    def _elementwise(self, op, a, ta, b, tb, ty, loc):
+        cs = canonical_shape(ty.shape)
+        if op == "-":
+            b, tb, op = self.scale(b, -1.0, loc), tb, "+"
+        if ta.shape is None and tb.shape is not None and op == "+":
+            a = self.sized_eye(a, cs[0])
+        if tb.shape is None and ta.shape is not None and op == "+":
+            b = self.sized_eye(b, cs[0])
+        if op == "+":
+            a, b = self._broadcast_scalar(a, ta, cs, loc), self._broadcast_scalar(b, tb, cs, loc)
+            return self.node("add", tuple(sorted((a, b))), cs, loc)
+        # * and / with a scalar on one side
+        for x, tx, s, ts in ((a, ta, b, tb), (b, tb, a, ta)):
+            if op == "/" and x is b:
+                break
+            if ts.shape == () and ts.const is not None:
+                c = ts.const if op == "*" else 1.0 / ts.const
+                return self.scale(x, c, loc)
+            if ts.shape == ():
+                if op == "/":
+                    g = self.graph.nodes[s]
+                    if g["op"] == "n":
+                        s = self.node("inv_n", (), (1, 1))
+                    else:
+                        s = self.node("call", (s,), (1, 1), loc, func="reciprocal", domain=_dom(ts),
+                                      tol=None, fargs=())
+                if self.graph.nodes[x]["cshape"] is None:
+                    return self.node("smul", (x, s), None, loc)
+                return self.node("smul", (x, s), cs, loc)
+        if op == "/":
+            r = self.node("call", (b,), canonical_shape(tb.shape), loc, func="reciprocal",
+                          domain=_dom(tb), tol=None, fargs=())
+            return self.node("ewmul", tuple(sorted((a, r))), cs, loc)
+        return self.node("ewmul", tuple(sorted((a, b))), cs, loc)
+
+    def _broadcast_scalar(self, x, tx, cs, loc):
+        """A scalar added to a token vector [n] is c·ones; other broadcasts are not lowered yet."""
+        if tx.shape != () or cs == (1, 1):
+            if tx.shape is not None and len(tx.shape) == 1 and tx.shape[0] != TOKEN and cs[1] != 1:
+                raise CompileError("adding a vector to every token row is not supported by the back "
+                                   "end yet", loc, source=self.src)
+            return x
+        if cs == (TOKEN, 1):
+            return self.smul_or_scale(self.node("ones", (), (TOKEN, 1)), x, loc)
+        raise CompileError(f"adding a scalar to a {cs[0]}×{cs[1]} value is not supported by the "
+                           "back end yet (only to scalars and token vectors [n])", loc, source=self.src)
+
+    def smul_or_scale(self, base, s, loc):
+        g = self.graph.nodes[s]
+        if g["op"] == "const":
+            return self.scale(base, g["value"], loc)
+        return self.node("smul", (base, s), self.cshape(base), loc)
+
+
+def _dom(ty: Ty):
+    return (ty.lo, ty.hi) if ty.bounded else None
+
+
+class DataflowGraph:
+    """The unrolled program: the graph, its input and output nodes, and the resolved params."""
+
+    def __init__(self, graph: nx.DiGraph, inputs: dict[str, int], outputs: dict[str, int],
+                 output_types: dict[str, Ty], input_types: dict[str, Ty], params: dict[str, float]):
+        self.graph = graph
+        self.inputs = inputs
+        self.outputs = outputs
+        self.output_types = output_types
+        self.input_types = input_types
+        self.params = params
+
+    def live_nodes(self) -> set[int]:
+        """Nodes some output depends on (dead code is never lowered)."""
+        live = set(self.outputs.values())
+        for o in list(live):
+            live |= nx.ancestors(self.graph, o)
+        return live
+
+
+def build_dataflow(program, params: dict | None = None) -> DataflowGraph:
+    values = resolve_params(program, params)
+    builder = GraphBuilder(program, values)
+    outputs = builder.run()
+    inputs = {n: d["name"] for n, d in builder.graph.nodes(data=True) if d["op"] == "input"}
+    input_types = {d.name: builder.input_type(d) for d in program.inputs}
+    return DataflowGraph(builder.graph, {v: k for k, v in inputs.items()},
+                         {name: val.data for name, val in outputs.items()},
+                         {name: val.ty for name, val in outputs.items()}, input_types, values)

@@ -1,0 +1,350 @@
+"""Lowering: dataflow graph → atoms, each defined by one sublayer of the target machine.
+
+An *atom* is a value that gets rows in the embedding. Everything else stays symbolic: a node
+is expanded into a polynomial over atoms, `Poly = {Mono: coefficient}`, where a monomial is a
+chain of matrix factors `(atom, transposed)` times runtime scalars (1×1 atoms, which commute).
+One attention head computes X Yᵀ Z for three stored blocks, so a polynomial whose monomials
+each need at most three factors is ONE attention sublayer (one head per monomial, coefficients
+folded into W_V). When a node's expansion needs more, its widest operand is made an atom and
+the expansion retried: the greedy keeps as much as possible symbolic, which is what keeps the
+depth down (X₁ = 2I − S is never stored; X₂ = 4I − 6S + 4S² − S³ is one sublayer from S).
+
+Elementwise functions and products are MLP atoms (their inputs must be atoms); this module
+only records them: how they become ReLUs is `mlp.py`'s business.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+from .check import TOKEN
+from .dataflow import DataflowGraph
+from .errors import CompileError
+
+MAX_FACTORS = 3                 # X Yᵀ Z
+Factor = tuple[int, bool]       # (atom id, transposed)
+
+
+@dataclass(frozen=True)
+class Mono:
+    chain: tuple[Factor, ...]
+    scalars: tuple[int, ...] = ()   # runtime 1×1 atoms, sorted
+
+    @property
+    def degree(self) -> int:
+        return len(self.chain) + len(self.scalars)
+
+
+Poly = dict  # Mono -> float
+
+
+@dataclass
+class Atom:
+    """A value with rows in the embedding. kind: input | const | attn | mlp."""
+    id: int
+    kind: str
+    cshape: tuple                      # canonical shape (rows, cols), 'n' for the token axis
+    poly: Poly | None = None           # attn: its definition over other atoms
+    node: dict = field(default_factory=dict)   # the graph node's attributes (mlp, const)
+    name: str | None = None            # program variable or input name, for the manifest
+    symmetric: bool = False
+
+    @property
+    def is_token(self) -> bool:
+        return TOKEN in self.cshape
+
+    def storable(self, transposed: bool) -> bool:
+        """Stored blocks have the token axis (if any) as their columns."""
+        rows = self.cshape[1] if transposed else self.cshape[0]
+        return rows != TOKEN
+
+
+def dims(atoms: dict[int, Atom], f: Factor) -> tuple:
+    r, c = atoms[f[0]].cshape
+    return (c, r) if f[1] else (r, c)
+
+
+def norm_factor(atoms, f: Factor) -> Factor:
+    return (f[0], False) if atoms[f[0]].symmetric else f
+
+
+def transpose_mono(atoms, m: Mono) -> Mono:
+    return Mono(tuple(norm_factor(atoms, (a, not t)) for a, t in reversed(m.chain)), m.scalars)
+
+
+def transpose_poly(atoms, p: Poly) -> Poly:
+    return {transpose_mono(atoms, m): c for m, c in p.items()}
+
+
+def poly_is_symmetric(atoms, p: Poly) -> bool:
+    return transpose_poly(atoms, p) == p
+
+
+def add_polys(*terms: tuple[float, Poly]) -> Poly:
+    out: Poly = {}
+    for coef, p in terms:
+        for m, c in p.items():
+            out[m] = out.get(m, 0.0) + coef * c
+    return {m: c for m, c in out.items() if c != 0.0}
+
+
+def mul_polys(atoms, a: Poly, b: Poly) -> Poly:
+    out: Poly = {}
+    for ma, ca in a.items():
+        for mb, cb in b.items():
+            m = Mono(ma.chain + mb.chain, tuple(sorted(ma.scalars + mb.scalars)))
+            out[m] = out.get(m, 0.0) + ca * cb
+    return {m: c for m, c in out.items() if c != 0.0}
+
+
+def max_degree(p: Poly) -> int:
+    return max((m.degree for m in p), default=0)
+
+
+# ---- realising one monomial as X Yᵀ Z ------------------------------------------------------
+
+@dataclass(frozen=True)
+class Operand:
+    """One of X, Y, Z: an atom's stored block in some orientation, or a constant identity.
+
+    kind 'atom': rows of atom `atom` stored transposed or not. kind 'eye': I_k (the first k
+    rows of the identity block). kind 'eye_inv_n': I_k / n (a constant block the encoder fills).
+    """
+    kind: str
+    atom: int | None = None
+    transposed: bool = False
+    k: int | None = None
+
+
+@dataclass(frozen=True)
+class Realization:
+    x: Operand
+    y: Operand
+    z: Operand
+
+    def needs(self) -> set[tuple[int, bool]]:
+        return {(o.atom, o.transposed) for o in (self.x, self.y, self.z) if o.kind == "atom"}
+
+
+def _is_small(d) -> bool:
+    return d != TOKEN
+
+
+def realizations(atoms: dict[int, Atom], m: Mono, out_shape: tuple, transposed_out: bool,
+                 inv_n_atom: int | None) -> list[Realization]:
+    """Every way to compute monomial `m` (its storage: transposed when `transposed_out`).
+
+    A factor sequence G1 G2 G3 is computed by the head X=G1, Y=G2ᵀ, Z=G3. Scalars go where a
+    neighbouring dimension is 1; 1/n may also become I_k/n at any small boundary; identities
+    pad short chains at small boundaries. Contractions X·Yᵀ run over stored columns, so Y and
+    Z must not have the token axis as rows.
+    """
+    chain = list(transpose_mono(atoms, m).chain if transposed_out else m.chain)
+    p, q = (out_shape[1], out_shape[0]) if transposed_out else out_shape
+    items = [("f", f) for f in chain]
+    seqs = _place_scalars(atoms, items, list(m.scalars), p, q, inv_n_atom)
+    found = []
+    for seq in seqs:
+        for padded in _pad(atoms, seq, p, q):
+            r = _as_heads(atoms, padded, p, q)
+            if r is not None and r not in found:
+                found.append(r)
+    return found
+
+
+def _item_dims(atoms, item):
+    kind, v = item
+    if kind == "f":
+        return dims(atoms, v)
+    if kind == "s":
+        return (1, 1)
+    return (v, v)   # 'eye' / 'eye_inv_n' of size v
+
+
+def _boundaries(atoms, items, p, q):
+    """Dimension at each gap 0..len(items) of the sequence."""
+    out = [p]
+    for it in items:
+        out.append(_item_dims(atoms, it)[1])
+    return out
+
+
+def _place_scalars(atoms, items, scalars, p, q, inv_n_atom):
+    if not scalars:
+        return [items]
+    s, rest = scalars[0], scalars[1:]
+    results = []
+    bounds = _boundaries(atoms, items, p, q) if items else [p]
+    for pos, dim in enumerate(bounds):
+        if dim == 1:
+            results += _place_scalars(atoms, items[:pos] + [("s", s)] + items[pos:], rest, p, q, inv_n_atom)
+        elif s == inv_n_atom and _is_small(dim):
+            results += _place_scalars(atoms, items[:pos] + [("eye_inv_n", dim)] + items[pos:], rest,
+                                      p, q, inv_n_atom)
+    return results
+
+
+def _pad(atoms, items, p, q):
+    if len(items) > MAX_FACTORS:
+        return []
+    if len(items) == MAX_FACTORS:
+        return [items]
+    out = []
+    bounds = _boundaries(atoms, items, p, q) if items else [p]
+    for pos, dim in enumerate(bounds):
+        if _is_small(dim):
+            out += _pad(atoms, items[:pos] + [("eye", dim)] + items[pos:], p, q)
+    return out
+
+
+def _operand(atoms, item, flip: bool) -> Operand | None:
+    kind, v = item
+    if kind == "f":
+        a, t = v
+        t = (not t) if flip else t
+        if atoms[a].symmetric:
+            t = False
+        if not atoms[a].storable(t):
+            return None
+        return Operand("atom", a, t)
+    if kind == "s":
+        return Operand("atom", v, False)
+    return Operand(kind, k=v)
+
+
+def _as_heads(atoms, seq, p, q) -> Realization | None:
+    (r1, c1), (r2, c2), (r3, c3) = (_item_dims(atoms, it) for it in seq)
+    if r1 != p or c3 != q or c1 != r2 or c2 != r3 or not _is_small(p) or not _is_small(c2):
+        return None
+    ops = (_operand(atoms, seq[0], False), _operand(atoms, seq[1], True), _operand(atoms, seq[2], False))
+    if any(o is None for o in ops):
+        return None
+    return Realization(*ops)
+
+
+# ---- building the atoms --------------------------------------------------------------------
+
+class Lowering:
+    """Expand every live node into a Poly, making atoms where three factors are not enough."""
+
+    def __init__(self, df: DataflowGraph):
+        self.df = df
+        self.g = df.graph
+        self.atoms: dict[int, Atom] = {}
+        self.polys: dict[int, Poly] = {}
+        self.inv_n: int | None = None
+        self.current: int | None = None
+        self.restart = False
+
+    def error(self, msg, nid):
+        loc = self.g.nodes[nid].get("loc")
+        src = self.df.source if hasattr(self.df, "source") else None
+        return CompileError(msg, loc, source=src)
+
+    def make_atom(self, nid: int, kind: str, poly: Poly | None = None) -> Poly:
+        node = self.g.nodes[nid]
+        atom = self.atoms.get(nid)
+        if atom is None:
+            atom = self.atoms[nid] = Atom(nid, kind, node["cshape"], None, dict(node), node.get("name"))
+            atom.symmetric = kind == "input" and bool(node.get("symmetric"))
+        if poly is not None:
+            atom.poly = poly
+            atom.symmetric = node["cshape"][0] == node["cshape"][1] and poly_is_symmetric(self.atoms, poly)
+        me = Mono((), (nid,)) if node["cshape"] == (1, 1) else Mono(((nid, False),))
+        self.polys[nid] = {me: 1.0}
+        return self.polys[nid]
+
+    def materialize(self, nid: int) -> Poly:
+        """Turn a symbolic node into an attention atom (its Poly becomes its definition)."""
+        if nid in self.atoms:
+            return self.polys[nid]
+        poly = self.polys[nid]
+        if any(s in self.polys and s != self.current for s in self.g.successors(nid)):
+            self.restart = True        # consumers expanded it symbolically: redo them
+        if self.g.nodes[nid]["cshape"] is None:
+            raise self.error("the size of this multiple of I cannot be inferred", nid)
+        return self.make_atom(nid, "attn", poly)
+
+    def run(self) -> dict[int, Atom]:
+        live = self.live = self.df.live_nodes()
+        order = [nid for nid in nx.topological_sort(self.g) if nid in live]
+        self.restart = True
+        while self.restart:           # the atom set only grows, so this ends
+            self.restart = False
+            self.polys = {}
+            kinds = {a: atom.kind for a, atom in self.atoms.items()}
+            for nid in order:
+                self.current = nid
+                if kinds.get(nid) == "attn":
+                    self.make_atom(nid, "attn", self.expand(nid))
+                else:
+                    self.polys[nid] = self.expand(nid)
+                if self.restart:
+                    break
+        for nid in self.df.outputs.values():
+            self.materialize(nid)
+        return self.atoms
+
+    def expand(self, nid: int) -> Poly:
+        node = self.g.nodes[nid]
+        op, args = node["op"], node["args"]
+        if op == "input":
+            return self.make_atom(nid, "input")
+        if op in ("ones", "n", "inv_n"):
+            if op == "inv_n":
+                self.inv_n = nid
+            return self.make_atom(nid, "const")
+        if op == "const":
+            return {Mono(()): node["value"]} if node["value"] != 0 else {}
+        if op == "eye":
+            return {Mono(()): 1.0}
+        if op in ("call", "ewmul"):
+            for a in args:
+                self.materialize(a)
+            return self.make_atom(nid, "mlp")
+        ps = [self.polys[a] for a in args]
+        if op == "scale":
+            return add_polys((node["c"], ps[0]))
+        if op == "add":
+            return add_polys((1.0, ps[0]), (1.0, ps[1]))
+        if op == "T":
+            return transpose_poly(self.atoms, ps[0])
+        if op in ("matmul", "smul"):
+            while True:
+                prod = mul_polys(self.atoms, self.polys[args[0]], self.polys[args[1]])
+                if max_degree(prod) <= MAX_FACTORS and self._realizable(prod, node["cshape"]):
+                    return prod
+                # store the operand most consumers share (a loop variable, typically), else
+                # the one with the longest expansion
+                widest = max(args, key=lambda a: (a not in self.atoms and max_degree(self.polys[a]) > 0,
+                                                  bool(self.g.nodes[a].get("vars")),
+                                                  self.fanout(a), max_degree(self.polys[a])))
+                if widest in self.atoms:
+                    raise self.error("this product cannot be computed by attention heads "
+                                     f"(shapes {self.g.nodes[args[0]]['cshape']} and "
+                                     f"{self.g.nodes[args[1]]['cshape']})", nid)
+                self.materialize(widest)
+        raise self.error(f"the back end cannot lower '{op}' yet", nid)  # pragma: no cover
+
+    def fanout(self, nid) -> int:
+        return sum(1 for s in self.g.successors(nid) if s in self.live)
+
+    def _realizable(self, poly: Poly, cshape) -> bool:
+        """Some orientation of the result admits a head for every monomial."""
+        if cshape is None:
+            return True
+        for t in (False, True):
+            if TOKEN == (cshape[1] if t else cshape[0]):
+                continue
+            if all(realizations(self.atoms, m, cshape, t, self.inv_n) for m in poly):
+                return True
+        return False
+
+
+def lower(df: DataflowGraph) -> tuple[dict[int, Atom], int | None]:
+    low = Lowering(df)
+    atoms = low.run()
+    return atoms, low.inv_n
+
+
+__all__ = ["Atom", "Mono", "Operand", "Realization", "lower", "realizations"]
