@@ -236,44 +236,53 @@ def _convexity_sign(xg, fg, stride=64):
     return lambda x: s[np.minimum(np.maximum(np.rint((x - lo) / dx).astype(int) - 1, 0), len(s) - 1)]
 
 
-def _segment_errors(f, a, va, b, vb, m):
-    """Max |f - line| over m-1 interior samples of each segment [a, b]."""
+def _segment_errors(f, a, va, b, vb, m, fa=None, fb=None):
+    """Max |f - line| over m-1 interior samples of each segment [a, b], and the same for the
+    chord through (a, fa), (b, fb): that one vanishes like h**2 even when the knot values are
+    shifted, which makes it the quantity to solve for."""
     s = np.arange(1, m) / m
-    x = a[:, None] + (b - a)[:, None] * s
-    return np.abs(_feval(f, x) - (va[:, None] + (vb - va)[:, None] * s)).max(axis=1)
+    fx = _feval(f, a[:, None] + (b - a)[:, None] * s)
+    err = np.abs(fx - (va[:, None] + (vb - va)[:, None] * s)).max(axis=1)
+    if fa is None:
+        return err
+    return err, np.abs(fx - (fa[:, None] + (fb - fa)[:, None] * s)).max(axis=1)
 
 
 def _sweep(f, ends, h0, target, shift, sig, cap, where):
     """Greedy reach in every chunk at once: the longest interval from the current knot whose
-    error is <= target, found by secant steps on log(error) vs log(length) inside a bracket."""
+    error is <= target, found by secant steps on log(chord error) vs log(length) in a bracket.
+    With both ends shifted by `shift` the way f bends, the error is <= target while the chord
+    error is <= target + shift: that is the level the secant aims at."""
     a, stop = ends[:-1].copy(), ends[1:]
-    va = _feval(f, a) + shift * sig(a)
+    fa = _feval(f, a)
+    va = fa + shift * sig(a)
     xs, vs = [a[:1]], [va[:1]]
     live = np.ones(len(a), bool)
     h, last, tries = h0.copy(), np.full_like(h0, np.nan), np.zeros(len(h0), int)
-    ok_h, ok_e, ok_b, ok_v = np.zeros_like(a), np.zeros_like(a), a.copy(), va.copy()
-    bad_h, prev_h, prev_e = np.full_like(a, np.inf), np.full_like(a, np.nan), np.full_like(a, np.nan)
-    count, aim = 1, target * (1 - 1.5 * _RTOL)
+    ok_h, ok_c, ok_b, ok_v, ok_f = np.zeros_like(a), np.zeros_like(a), a.copy(), va.copy(), fa.copy()
+    bad_h, prev_h, prev_c = np.full_like(a, np.inf), np.full_like(a, np.nan), np.full_like(a, np.nan)
+    count, level = 1, target + shift
     with np.errstate(all="ignore"):   # 0/0 and inf/inf in masked-off lanes
         while live.any():
             rem = stop - a
             b = np.where(h >= rem, stop, a + h)
-            vb = _feval(f, b) + shift * sig(b)
-            e = _segment_errors(f, a, va, b, vb, _M)
+            fb = _feval(f, b)
+            vb = fb + shift * sig(b)
+            e, c = _segment_errors(f, a, va, b, vb, _M, fa, fb)
             good = e <= target
-            ok_h, ok_e = np.where(good, h, ok_h), np.where(good, e, ok_e)
-            ok_b, ok_v = np.where(good, b, ok_b), np.where(good, vb, ok_v)
+            ok_h, ok_c, ok_b = np.where(good, h, ok_h), np.where(good, c, ok_c), np.where(good, b, ok_b)
+            ok_v, ok_f = np.where(good, vb, ok_v), np.where(good, fb, ok_f)
             bad_h = np.where(good, bad_h, h)
             done = live & (ok_h > 0) & ((ok_b >= stop) | (bad_h <= ok_h * (1 + _RTOL))
-                                        | (ok_e >= target * (1 - 3 * _RTOL)))
+                                        | (ok_c >= level * (1 - 3 * _RTOL)))
             if np.any(live & (ok_h == 0) & (bad_h <= 1e-15 * (np.abs(a) + rem))):
                 x = a[live & (ok_h == 0) & (bad_h <= 1e-15 * (np.abs(a) + rem))][0]
                 raise ApproxError(f"{where}: cannot meet tol near x = {x:g} "
                                   "(the function is not continuous there, or tol is below rounding)")
             # next trial length: secant in log-log (exponent p from the last two trials)
-            p = np.clip(np.log(e / prev_e) / np.log(h / prev_h), 0.25, 4.0)
+            p = np.clip(np.log(c / prev_c) / np.log(h / prev_h), 0.25, 4.0)
             p = np.where(np.isfinite(p), p, 2.0)
-            hn = h * (aim / np.maximum(e, 1e-300)) ** (1 / p)
+            hn = h * (level * (1 - 1.5 * _RTOL) / np.maximum(c, 1e-300)) ** (1 / p)
             ratio = bad_h / ok_h
             # stay inside the bracket; with one side unknown, move by bounded factors
             low = np.where(ok_h == 0, bad_h * 1e-6, np.where(np.isinf(bad_h), ok_h * (1 + _RTOL), ok_h * ratio**0.05))
@@ -281,19 +290,19 @@ def _sweep(f, ends, h0, target, shift, sig, cap, where):
             hn = np.minimum(np.maximum(hn, low), high)
             tries += 1                      # every third try bisects, in case secant stalls
             hn = np.where((tries % 3 == 0) & np.isfinite(ratio), ok_h * np.sqrt(ratio), hn)
-            prev_h, prev_e = np.where(done, np.nan, h), np.where(done, np.nan, e)
+            prev_h, prev_c = np.where(done, np.nan, h), np.where(done, np.nan, c)
             if done.any():
                 xs.append(ok_b[done])
                 vs.append(ok_v[done])
                 count += int(done.sum())
                 if count + 1 > cap:
                     raise ApproxError(f"{where}: needs more than max_neurons {cap} neurons")
-                a, va = np.where(done, ok_b, a), np.where(done, ok_v, va)
+                a, va, fa = np.where(done, ok_b, a), np.where(done, ok_v, va), np.where(done, ok_f, fa)
                 # lengths vary smoothly: extrapolate the last two accepted ones
                 grow = np.where(np.isfinite(last), np.minimum(np.maximum(ok_h / last, 0.5), 2.0), 1.0)
                 hn = np.where(done, ok_h * grow, hn)
                 last = np.where(done, ok_h, last)
-                ok_h, ok_e = np.where(done, 0.0, ok_h), np.where(done, 0.0, ok_e)
+                ok_h, ok_c = np.where(done, 0.0, ok_h), np.where(done, 0.0, ok_c)
                 bad_h = np.where(done, np.inf, bad_h)
                 tries = np.where(done, 0, tries)
                 live &= ~(done & (ok_b >= stop))
