@@ -55,14 +55,21 @@ def exact_function(name: str, *args: float) -> Callable[[np.ndarray], np.ndarray
 
 @dataclass(frozen=True, eq=False)
 class PLApprox:
+    """A PL function of one variable with its measured error, and the ReLU units it costs.
+
+    Called outside [lo, hi] it returns the end values (clamped), exactly what the ReLU form
+    computes there, so an out-of-domain input gives a bounded, predictable output rather than a
+    wild extrapolation.  abs/relu/clip are the exception: their ReLU forms are the functions
+    themselves on all of R, so they extend exactly.
+    """
     name: str
     lo: float
     hi: float
-    knots: np.ndarray = field(repr=False)
-    values: np.ndarray = field(repr=False)
-    max_error: float
+    knots: np.ndarray = field(repr=False)    # strictly increasing, lo ... hi
+    values: np.ndarray = field(repr=False)   # pl(knots): f(knots) shifted by <= tol, see module doc
+    max_error: float                         # max |pl - f| on [lo, hi], measured
     tol: float
-    exact: bool
+    exact: bool                              # pl == f on [lo, hi] (to rounding)
     # abs/relu/clip: the exact function and its ReLU form, both valid on all of R.
     _f: Callable | None = field(default=None, repr=False)
     _form: tuple | None = field(default=None, repr=False)
@@ -102,8 +109,7 @@ class PLApprox:
 def approximate(name: str, lo: float, hi: float, tol: float, *args: float,
                 max_neurons: int = 200_000, interpolate: bool = False) -> PLApprox:
     f = exact_function(name, *args)
-    lo, hi, tol = float(lo), float(hi), float(tol)
-    _check_interval(name, lo, hi, tol)
+    lo, hi, tol = _check_interval(name, lo, hi, tol)
     need = {"sqrt": (lo >= 0, "lo >= 0"), "log": (lo > 0, "lo > 0"),
             "reciprocal": (not lo <= 0 <= hi, "0 outside the domain")}
     if name in need and not need[name][0]:
@@ -116,8 +122,7 @@ def approximate(name: str, lo: float, hi: float, tol: float, *args: float,
 def approximate_callable(name: str, f: Callable, lo: float, hi: float, tol: float,
                          max_neurons: int = 200_000, *, interpolate: bool = False) -> PLApprox:
     """f must be vectorised (any array shape) and continuous on [lo, hi]."""
-    lo, hi, tol = float(lo), float(hi), float(tol)
-    _check_interval(name, lo, hi, tol)
+    lo, hi, tol = _check_interval(name, lo, hi, tol)
     where = f"{name} on [{lo:g}, {hi:g}] at tol {tol:g}"
     xg = np.linspace(lo, hi, _GRID)
     with np.errstate(all="ignore"):
@@ -188,10 +193,12 @@ def best_uniform_neurons(f: Callable, lo: float, hi: float, tol: float) -> int:
 
 
 def _check_interval(name, lo, hi, tol):
+    lo, hi, tol = float(lo), float(hi), float(tol)
     if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
         raise ApproxError(f"{name} on [{lo:g}, {hi:g}]: the domain needs finite lo < hi")
     if not (np.isfinite(tol) and tol > 0):
         raise ApproxError(f"{name} on [{lo:g}, {hi:g}]: tol must be > 0, got {tol:g}")
+    return lo, hi, tol
 
 
 def _feval(f, x):
@@ -332,8 +339,8 @@ def _interval_max(f, t, v, m=64, iters=40):
     a, h, va, dv = t[:-1, None], np.diff(t)[:, None], v[:-1, None], np.diff(v)[:, None]
     s = np.arange(m + 1) / m
     e = np.abs(_feval(f, a + h * s) - (va + dv * s))
-    k = np.argmax(e, axis=1)
-    left, right = s[np.maximum(k - 1, 0)][:, None], s[np.minimum(k + 1, m)][:, None]
+    k = np.argmax(e[:, 1:-1], axis=1) + 1      # interior peak: the ends are exact samples already
+    left, right = s[k - 1][:, None], s[k + 1][:, None]
 
     def err(q):
         return np.abs(_feval(f, a + h * q) - (va + dv * q))
@@ -350,11 +357,10 @@ def _verify(f, t, v, tol, xg, fg, where, cap):
     for _ in range(64):
         per = _interval_max(f, t, v)
         dense = np.abs(fg - np.interp(xg, t, v))
-        cell = np.clip(np.searchsorted(t, xg, side="right") - 1, 0, len(t) - 2)
-        np.maximum.at(per, cell, dense)
         bad = per > tol
+        bad[np.clip(np.searchsorted(t, xg[dense > tol], side="right") - 1, 0, len(t) - 2)] = True
         if not bad.any():
-            return t, v, float(per.max())
+            return t, v, float(max(per.max(), dense.max()))
         if len(t) + bad.sum() + 1 > cap:
             break
         mid = (t[:-1][bad] + t[1:][bad]) / 2

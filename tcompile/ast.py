@@ -70,6 +70,7 @@ class Assign:
     target: str
     value: Expr
     loc: SourceLocation
+    tol: "Expr | None" = None          # `x = ... tol 1e-4`: default budget of its approximations
 
 
 @dataclass(frozen=True)

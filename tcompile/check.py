@@ -373,6 +373,10 @@ class Walker:
         if name in self.inputs and env.get(name) is not None and not self.call_stack:
             raise self.err(f"cannot assign to input '{name}'", stmt.loc,
                            expected="a new variable, e.g. x = x0")
+        if stmt.tol is not None:
+            tol = self.const_of(stmt.tol, "a tolerance", env)
+            if not tol > 0:
+                raise self.err(f"a tolerance must be positive, got {tol:g}", stmt.tol.loc)
         val = self.eval(stmt.value, env)
         env[name] = val
 

@@ -48,6 +48,7 @@ class GraphBuilder(Walker):
         self.graph = nx.DiGraph()
         self._memo: dict = {}
         self.assign_counts: dict[str, int] = {}
+        self.stmt_tol: float | None = None
 
     # node construction ------------------------------------------------------------------
     def node(self, op: str, args: tuple = (), cshape=None, loc=None, **attrs) -> int:
@@ -102,7 +103,11 @@ class GraphBuilder(Walker):
 
     def _assign(self, stmt, env):
         """Name the node after the variable (and how many times it was assigned) for the manifest."""
-        super()._assign(stmt, env)
+        self.stmt_tol = self.const_of(stmt.tol, "a tolerance", env) if stmt.tol is not None else None
+        try:
+            super()._assign(stmt, env)
+        finally:
+            self.stmt_tol = None
         count = self.assign_counts.get(stmt.target, 0)
         self.assign_counts[stmt.target] = count + 1
         nid = env[stmt.target].data
@@ -111,10 +116,20 @@ class GraphBuilder(Walker):
 
     # the walker's hooks -------------------------------------------------------------------
     def input_value(self, decl, ty: Ty) -> Val:
-        return Val(ty, self.node("input", (), canonical_shape(ty.shape), decl.loc, name=decl.name,
-                                 symmetric=ty.symmetric))
+        nid = self.node("input", (), canonical_shape(ty.shape), decl.loc, name=decl.name,
+                        symmetric=ty.symmetric, sign=ty.sign, flag=ty.flag)
+        if ty.bounded:
+            self.graph.nodes[nid]["lo"], self.graph.nodes[nid]["hi"] = ty.lo, ty.hi
+        return Val(ty, nid)
 
     def apply(self, op, ty: Ty, args, node) -> Val:
+        val = self._apply(op, ty, args, node)
+        attrs = self.graph.nodes[val.data]
+        if ty.bounded and "lo" not in attrs:          # the checker's bounds, for MLP domains
+            attrs["lo"], attrs["hi"] = ty.lo, ty.hi
+        return val
+
+    def _apply(self, op, ty: Ty, args, node) -> Val:
         loc = getattr(node, "loc", None) if not isinstance(node, tuple) else node[0].loc
         xs = [a.data for a in args]
         tys = [a.ty for a in args]
@@ -143,8 +158,8 @@ class GraphBuilder(Walker):
             if ty.const is not None:
                 return Val(ty, self.node("const", (), (1, 1), value=float(ty.const)))
             extra = tuple(float(t.const) for t in tys[1:])
-            return Val(ty, self.node("call", (xs[0],), cs, loc, func=e.func, domain=domain, tol=tol,
-                                     fargs=extra))
+            return Val(ty, self.node("call", (xs[0],), cs, loc, func=e.func, domain=domain,
+                                     tol=tol if tol is not None else self.stmt_tol, fargs=extra))
         a, b = xs
         ta, tb = tys
         if op == "@":
@@ -159,7 +174,8 @@ class GraphBuilder(Walker):
             if func is None:
                 raise CompileError(f"the back end cannot raise a runtime value to the power {p:g}",
                                    loc, source=self.src)
-            return Val(ty, self.node("call", (a,), cs, loc, func=func, domain=_dom(ta), tol=None, fargs=()))
+            return Val(ty, self.node("call", (a,), cs, loc, func=func, domain=_dom(ta), tol=self.stmt_tol,
+                                     fargs=()))
         return Val(ty, self._elementwise(op, a, ta, b, tb, ty, loc))
 
     def transpose_if_vector(self, nid, ty, loc):
@@ -204,15 +220,15 @@ class GraphBuilder(Walker):
                         s = self.node("inv_n", (), (1, 1))
                     else:
                         s = self.node("call", (s,), (1, 1), loc, func="reciprocal", domain=_dom(ts),
-                                      tol=None, fargs=())
+                                      tol=self.stmt_tol, fargs=())
                 if self.graph.nodes[x]["cshape"] is None:
                     return self.node("smul", (x, s), None, loc)
                 return self.node("smul", (x, s), cs, loc)
         if op == "/":
             r = self.node("call", (b,), canonical_shape(tb.shape), loc, func="reciprocal",
-                          domain=_dom(tb), tol=None, fargs=())
-            return self.node("ewmul", tuple(sorted((a, r))), cs, loc)
-        return self.node("ewmul", tuple(sorted((a, b))), cs, loc)
+                          domain=_dom(tb), tol=self.stmt_tol, fargs=())
+            return self.node("ewmul", tuple(sorted((a, r))), cs, loc, tol=self.stmt_tol)
+        return self.node("ewmul", tuple(sorted((a, b))), cs, loc, tol=self.stmt_tol)
 
     def _broadcast_scalar(self, x, tx, cs, loc):
         """A scalar added to a token vector [n] is c·ones; other broadcasts are not lowered yet."""

@@ -14,7 +14,8 @@ import numpy as np
 
 from .check import TOKEN
 from .lower import Operand
-from .plan import EYE, EYE_INV_N, Plan
+from .mlp import piece_units
+from .plan import EYE, EYE_INV_N, Plan, mlp_input_pair
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Block:
     last_read: int         # last sublayer that reads it; -1 if it is an output (live to the end)
     vars: list[str] = field(default_factory=list)   # program variables it is (name@assignment)
     name: str | None = None                          # input or output name
+    const: str | None = None                         # which constant the encoder writes
 
 
 def block_key(plan: Plan, pair) -> str:
@@ -50,7 +52,7 @@ def block_key(plan: Plan, pair) -> str:
     else:
         vs = atom.node.get("vars") or []
         base = vs[-1] if vs else f"tmp{atom.id}"
-    return base + (".T" if pair[1] and atom.kind != "input" else "")
+    return base + (".T" if pair[1] and atom.kind not in ("input", "const") else "")
 
 
 def emit(plan: Plan, outputs: dict[str, int]) -> tuple[list[LayerWeights], list[Block], dict]:
@@ -70,7 +72,8 @@ def emit(plan: Plan, outputs: dict[str, int]) -> tuple[list[LayerWeights], list[
             cshape=list(atom.cshape), written=slot.write,
             last_read=-1 if slot.last_read >= 10**9 else slot.last_read,
             vars=list(atom.node.get("vars") or []),
-            name=atom.name if atom.kind == "input" else out_pairs.get(pair)))
+            name=atom.name if atom.kind == "input" else out_pairs.get(pair),
+            const=atom.node["op"] if atom.kind == "const" else None))
 
     def rows_of(op: Operand) -> list[int]:
         if op.kind == "atom":
@@ -124,18 +127,36 @@ def _head_label(terms, y, z, keys) -> str:
 
 
 def _mlp_weights(plan: Plan, t_mlp: int, D: int):
-    """Clears (ReLU(u) − ReLU(−u) = u, subtracted) — elementwise functions come with mlp.py."""
-    units = []
+    """The pieces written in this MLP sublayer, plus clears of dead values under their rows
+    (ReLU(u) − ReLU(−u) = u, subtracted)."""
+    units = []       # (W_1 entries {row: w}, W_2 entries {row: c})
+    for a, atom in plan.atoms.items():
+        pair = (a, plan.orient.get(a))
+        if atom.kind != "mlp" or plan.write_time.get(pair) != t_mlp:
+            continue
+        out_rows = plan.slots[pair].rows
+        if atom.is_token:
+            gate = plan.slots[(atom.inputs[-1], True)].rows
+        else:
+            cols = len(plan.slots[(a, not pair[1])].rows) if (a, not pair[1]) in plan.slots else \
+                (atom.cshape[0] if pair[1] else atom.cshape[1])
+            gate = plan.slots[(EYE, False)].rows[:cols]
+
+        def rows_of(arg, a=a):
+            return plan.slots[mlp_input_pair(plan.atoms, arg, a, plan.orient)].rows
+        units += piece_units(atom.piece, rows_of, out_rows, gate)
     for q, idx, _p in plan.clear_terms.get(t_mlp, []):
         for i in idx:
             r = plan.slots[q].rows[i]
-            units.append((r, 1.0, -1.0))
-            units.append((r, -1.0, 1.0))
+            units.append(({r: 1.0}, {r: -1.0}))
+            units.append(({r: -1.0}, {r: 1.0}))
     W_1 = np.zeros((len(units), D))
     W_2 = np.zeros((D, len(units)))
-    for j, (r, a, c) in enumerate(units):
-        W_1[j, r] = a
-        W_2[r, j] = c
+    for j, (w1, w2) in enumerate(units):
+        for r, w in w1.items():
+            W_1[j, r] += w
+        for r, c in w2.items():
+            W_2[r, j] += c
     return W_1, W_2
 
 

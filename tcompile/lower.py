@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import networkx as nx
+from . import mlp
 from .check import TOKEN
 from .dataflow import DataflowGraph
 from .errors import CompileError
@@ -48,6 +49,9 @@ class Atom:
     node: dict = field(default_factory=dict)   # the graph node's attributes (mlp, const)
     name: str | None = None            # program variable or input name, for the manifest
     symmetric: bool = False
+    piece: object = None               # mlp: the MLP piece computing it (mlp.py)
+    diag_of: int | None = None         # mlp: this is u ⊙ V for a token vector u (so Vᵀ(u⊙V) is symmetric)
+    inputs: list = field(default_factory=list)   # mlp: atoms its piece reads (leaves, gate)
 
     @property
     def is_token(self) -> bool:
@@ -69,7 +73,13 @@ def norm_factor(atoms, f: Factor) -> Factor:
 
 
 def transpose_mono(atoms, m: Mono) -> Mono:
-    return Mono(tuple(norm_factor(atoms, (a, not t)) for a, t in reversed(m.chain)), m.scalars)
+    chain = [norm_factor(atoms, (a, not t)) for a, t in reversed(m.chain)]
+    # (D V)ᵀ V = Vᵀ (D V) for a diagonal (per-token) scaling D: one spelling for both
+    for i in range(len(chain) - 1):
+        (p, tp), (v, tv) = chain[i], chain[i + 1]
+        if tp and not tv and getattr(atoms[p], "diag_of", None) == v:
+            chain[i], chain[i + 1] = (v, True), (p, False)
+    return Mono(tuple(chain), m.scalars)
 
 
 def transpose_poly(atoms, p: Poly) -> Poly:
@@ -224,6 +234,20 @@ def _as_heads(atoms, seq, p, q) -> Realization | None:
 
 # ---- building the atoms --------------------------------------------------------------------
 
+class _Restart(Exception):
+    """An atom was made after its consumers were expanded symbolically: expand again."""
+
+
+class Ew:
+    """An elementwise expression tree over atoms (see mlp.py); `product` marks u * v of two
+    real atoms, which becomes a product piece with tolerance `tol`."""
+
+    def __init__(self, expr, product: bool = False, tol: float | None = None):
+        self.expr = expr
+        self.product = product
+        self.tol = tol
+
+
 class Lowering:
     """Expand every live node into a Poly, making atoms where three factors are not enough."""
 
@@ -234,7 +258,8 @@ class Lowering:
         self.polys: dict[int, Poly] = {}
         self.inv_n: int | None = None
         self.current: int | None = None
-        self.restart = False
+        self.pieces = mlp.PieceBuilder(getattr(df, "default_tol", None))
+        self.piece_ranges: dict[int, tuple] = {}
 
     def error(self, msg, nid):
         loc = self.g.nodes[nid].get("loc")
@@ -259,33 +284,47 @@ class Lowering:
         if nid in self.atoms:
             return self.polys[nid]
         poly = self.polys[nid]
-        if any(s in self.polys and s != self.current for s in self.g.successors(nid)):
-            self.restart = True        # consumers expanded it symbolically: redo them
+        stale = any(s in self.polys and s != self.current for s in self.g.successors(nid))
         if self.g.nodes[nid]["cshape"] is None:
             raise self.error("the size of this multiple of I cannot be inferred", nid)
-        return self.make_atom(nid, "attn", poly)
+        result = self.make_atom(nid, "attn", poly)
+        if stale:       # consumers already expanded it symbolically: redo the pass
+            raise _Restart
+        return result
 
     def run(self) -> dict[int, Atom]:
         live = self.live = self.df.live_nodes()
         order = [nid for nid in nx.topological_sort(self.g) if nid in live]
-        self.restart = True
-        while self.restart:           # the atom set only grows, so this ends
-            self.restart = False
-            self.polys = {}
-            kinds = {a: atom.kind for a, atom in self.atoms.items()}
-            for nid in order:
-                self.current = nid
-                if kinds.get(nid) == "attn":
-                    self.make_atom(nid, "attn", self.expand(nid))
-                else:
-                    self.polys[nid] = self.expand(nid)
-                if self.restart:
-                    break
+        while True:           # the atom set only grows, so this ends
+            try:
+                self._pass(order)
+                break
+            except _Restart:
+                continue
         for nid in self.df.outputs.values():
-            self.materialize(nid)
-        return self.atoms
+            if isinstance(self.polys[nid], Ew):
+                self.materialize_mlp(nid)
+            else:
+                self.materialize(nid)
+        rank = {nid: i for i, nid in enumerate(order)}
+        return {a: self.atoms[a] for a in sorted(self.atoms, key=lambda a: rank.get(a, -1))}
 
-    def expand(self, nid: int) -> Poly:
+    def _pass(self, order):
+        self.polys = {}
+        kinds = {a: atom.kind for a, atom in self.atoms.items()}
+        for nid in order:
+            self.current = nid
+            if kinds.get(nid) == "attn":
+                self.make_atom(nid, "attn", self.expand(nid))
+            elif kinds.get(nid) == "mlp":
+                self.polys[nid] = self.expand(nid)
+                del self.atoms[nid]
+                self.materialize_mlp(nid)
+            else:
+                self.polys[nid] = self.expand(nid)
+
+    def expand(self, nid: int):
+        """A node's value over atoms: a Poly (attention) or an `Ew` tree (elementwise)."""
         node = self.g.nodes[nid]
         op, args = node["op"], node["args"]
         if op == "input":
@@ -298,11 +337,26 @@ class Lowering:
             return {Mono(()): node["value"]} if node["value"] != 0 else {}
         if op == "eye":
             return {Mono(()): 1.0}
-        if op in ("call", "ewmul"):
+        if op == "call":
+            arg = self.ew_operand(args[0], allow_products=False)
+            return Ew(("call", node["func"], node["fargs"], arg, node["domain"], node["tol"]))
+        if op == "ewmul":
+            a, b = (self.ew_operand(x, allow_products=False) for x in args)
+            if len(self.real_leaves(("mul", a, b))) <= 1:
+                return Ew(("mul", a, b))
+            for x in args:                 # two real factors: a product piece of two atoms
+                self.need_poly(x)
+            tol = node.get("tol")
+            return Ew(("mul", self.ew_operand(args[0]), self.ew_operand(args[1])), product=True, tol=tol)
+        if op in ("scale", "add") and any(isinstance(self.polys[a], Ew) for a in args):
+            exprs = [self.ew_operand(a, allow_products=False) for a in args]
+            if op == "scale":
+                return Ew(("mul", ("const", node["c"]), exprs[0]))
+            if len(self.real_leaves(("add", *exprs))) <= 1:
+                return Ew(("add", *exprs))
             for a in args:
-                self.materialize(a)
-            return self.make_atom(nid, "mlp")
-        ps = [self.polys[a] for a in args]
+                self.need_poly(a)
+        ps = [self.need_poly(a) for a in args]
         if op == "scale":
             return add_polys((node["c"], ps[0]))
         if op == "add":
@@ -325,6 +379,121 @@ class Lowering:
                                      f"{self.g.nodes[args[1]]['cshape']})", nid)
                 self.materialize(widest)
         raise self.error(f"the back end cannot lower '{op}' yet", nid)  # pragma: no cover
+
+    # ---- elementwise -----------------------------------------------------------------------
+    def is_gate(self, atom_id) -> str | None:
+        node = self.g.nodes[atom_id]
+        if node["op"] == "input" and (node.get("sign") or node.get("flag")):
+            return "sign" if node.get("sign") else "flag"
+        return None
+
+    def real_leaves(self, expr) -> set[int]:
+        return {a for a in mlp.leaves(expr) if self.is_gate(a) is None}
+
+    def ew_operand(self, nid, allow_products=True):
+        """The node as an elementwise expression; products of two reals become atoms first."""
+        p = self.polys[nid]
+        if isinstance(p, Ew):
+            if p.product or len(self.real_leaves(p.expr)) > 1:
+                if not allow_products:
+                    self.materialize_mlp(nid)
+                    return ("leaf", nid)
+            return p.expr
+        if not p:
+            return ("const", 0.0)
+        if len(p) == 1:
+            (m, c), = p.items()
+            atom_ids = [a for a, t in m.chain if not t] + list(m.scalars)
+            if m.degree == 0 and self.g.nodes[nid]["cshape"] == (1, 1):
+                return ("const", c)
+            if m.degree == 1 and len(atom_ids) == 1:
+                a = atom_ids[0]
+                if self.atoms[a].node.get("op") == "ones":
+                    return ("const", c)
+                return ("leaf", a) if c == 1.0 else ("mul", ("const", c), ("leaf", a))
+        self.materialize(nid)
+        return ("leaf", nid)
+
+    def need_poly(self, nid) -> Poly:
+        if isinstance(self.polys[nid], Ew):
+            return self.materialize_mlp(nid)
+        return self.polys[nid]
+
+    def ones_atom(self) -> int:
+        for a, atom in self.atoms.items():
+            if atom.node.get("op") == "ones":
+                return a
+        nid = max(self.g.nodes) + 1
+        self.g.add_node(nid, op="ones", args=(), cshape=(TOKEN, 1), loc=None)
+        self.make_atom(nid, "const")
+        return nid
+
+    def materialize_mlp(self, nid) -> Poly:
+        """Give an elementwise node rows: one MLP piece of its leaves."""
+        if nid in self.atoms:
+            return self.polys[nid]
+        ew = self.polys[nid]
+        stale = any(s in self.polys and s != self.current for s in self.g.successors(nid))
+        e = ew.expr
+        node = self.g.nodes[nid]
+        gates = sorted((a, k) for a in mlp.leaves(e) for k in [self.is_gate(a)] if k)
+        real = sorted(self.real_leaves(e))
+        loc_error = lambda msg: self.error(msg, nid)  # noqa: E731
+        if ew.product or len(real) > 1:
+            if not (e[0] == "mul" and e[1][0] == "leaf" and e[2][0] == "leaf"):
+                raise self.error("an elementwise expression of two real values other than a "
+                                 "plain product u * v is not supported", nid)
+            u, v = e[1][1], e[2][1]
+            piece = self.pieces.product(u, v, self.bounds_of(u, nid), self.bounds_of(v, nid),
+                                        ew.tol, self.names())
+        else:
+            if len(gates) > mlp.MAX_SIGN_LEAVES:
+                raise self.error(f"an elementwise expression gated by more than "
+                                 f"{mlp.MAX_SIGN_LEAVES} sign inputs is not supported", nid)
+            cont = real[0] if real else None
+            aff = mlp._affine(e, cont, {}) if cont is not None else None
+            if aff is not None and aff[1] == 0.0:       # linear in one atom: no MLP needed
+                return add_polys((aff[0], self.polys[cont]))
+            bounds = {}
+            if cont is not None:
+                node_c = self.g.nodes[cont]
+                if "lo" in node_c:
+                    bounds[cont] = (node_c["lo"], node_c["hi"])
+                elif cont in self.piece_ranges:
+                    bounds[cont] = self.piece_ranges[cont]
+            piece = self.pieces.unary(e, cont, gates, bounds, self.names(), loc_error)
+        self.piece_ranges[nid] = piece.range
+        poly = self.make_atom(nid, "mlp")
+        atom = self.atoms[nid]
+        atom.piece = piece
+        atom.inputs = list(piece.inputs)
+        if piece.kind == "product":
+            for a, b in ((piece.u, piece.v), (piece.v, piece.u)):
+                if self.g.nodes[a]["cshape"] == (TOKEN, 1) and self.g.nodes[b]["cshape"] == node["cshape"]:
+                    atom.diag_of = b
+        if TOKEN in node["cshape"]:
+            atom.inputs.append(self.ones_atom())
+        if stale:
+            raise _Restart
+        return poly
+
+    def bounds_of(self, atom_id, nid):
+        node = self.g.nodes[atom_id]
+        if atom_id in self.piece_ranges:
+            return self.piece_ranges[atom_id]
+        if "lo" in node:
+            return (node["lo"], node["hi"])
+        raise self.error("a product of two real values needs bounds on both: give the "
+                         f"factor '{self.names().get(atom_id, atom_id)}' a domain or an input "
+                         "assumption", nid)
+
+    def names(self) -> dict:
+        out = {}
+        for a in self.atoms:
+            node = self.g.nodes[a]
+            vs = node.get("vars")
+            out[a] = node.get("name") or (vs[-1].split("@")[0] if vs else f"t{a}")
+        return out
 
     def fanout(self, nid) -> int:
         return sum(1 for s in self.g.successors(nid) if s in self.live)

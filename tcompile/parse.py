@@ -92,7 +92,7 @@ class _ToAst(Transformer):
 
     # statements
     def assign(self, meta, children):
-        return ast.Assign(str(children[0]), children[1], self._tok_loc(children[0]))
+        return ast.Assign(str(children[0]), children[1], self._tok_loc(children[0]), children[2])
 
     def repeat(self, meta, children):
         return ast.Repeat(children[0], children[1], self._loc(meta))

@@ -67,6 +67,15 @@ def _rows(atoms, pair: Pair) -> int:
     return c if pair[1] else r
 
 
+def mlp_input_pair(atoms, arg: int, mlp_atom: int, orient) -> Pair:
+    """How an MLP piece reads an input: elementwise, so in the piece's own orientation
+    (token values have only one; 1×1 values and broadcast rows are the same either way)."""
+    atom = atoms[arg]
+    if atom.is_token or atom.cshape == (1, 1) or atom.cshape != atoms[mlp_atom].cshape:
+        return (arg, orient[arg] if atom.cshape != (1, 1) else False)
+    return (arg, orient[mlp_atom])
+
+
 def _default_orientation(atom: Atom) -> bool:
     return atom.cshape[0] == TOKEN
 
@@ -93,8 +102,8 @@ class Planner:
         for a in self.order:
             atom = self.atoms[a]
             if atom.kind == "mlp":
-                for arg in atom.node["args"]:
-                    pairs.add((arg, orient[a] if self.atoms[arg].cshape != (1, 1) else False))
+                for arg in atom.inputs:
+                    pairs.add(self.input_pair(arg, a, orient))
                 continue
             if atom.kind != "attn":
                 continue
@@ -107,6 +116,9 @@ class Planner:
                 choice[(a, m)] = best
         extra = sum(1 for (a, t) in pairs if t != orient[a])
         return sum(_rows(self.atoms, p) for p in pairs) + 1000 * extra, pairs, choice
+
+    def input_pair(self, arg: int, mlp_atom: int, orient) -> Pair:
+        return mlp_input_pair(self.atoms, arg, mlp_atom, orient)
 
     def choose_orientations(self) -> dict[int, bool]:
         orient = {a: _default_orientation(atom) for a, atom in self.atoms.items()}
@@ -127,10 +139,6 @@ class Planner:
                 c = self.evaluate(trial)[0]
                 if c < cost:
                     orient, cost, improved = trial, c, True
-        for a, atom in self.atoms.items():
-            if atom.kind == "mlp":
-                arg = atom.node["args"][0]
-                orient[a] = orient[arg] if self.atoms[arg].cshape == atom.cshape else orient[a]
         return orient
 
     # 2. schedule -------------------------------------------------------------------------
@@ -151,11 +159,11 @@ class Planner:
                     ready[p], write[p] = 0, 0
                 continue
             if atom.kind == "mlp":
+                # the MLP of layer L reads what attention L wrote; an MLP input waits a layer
                 layer = 1
-                for arg in atom.node["args"]:
-                    for p in pairs:
-                        if p[0] == arg:
-                            layer = max(layer, ready[p] + (1 if write[p] % 2 == 0 and write[p] > 0 else 0))
+                for arg in atom.inputs:
+                    q = self.input_pair(arg, a, orient)
+                    layer = max(layer, ready[q] + (1 if write[q] % 2 == 0 and write[q] > 0 else 0))
                 for p in mine:
                     ready[p], write[p] = layer, 2 * layer
                 continue
@@ -183,9 +191,8 @@ class Planner:
                     readers.setdefault(q, []).append(c)
         for a, atom in self.atoms.items():
             if atom.kind == "mlp":
-                for q in plan.pairs:
-                    if q[0] in atom.node["args"]:
-                        readers.setdefault(q, []).append((a, plan.orient[a]))
+                for arg in atom.inputs:
+                    readers.setdefault(self.input_pair(arg, a, plan.orient), []).append((a, plan.orient[a]))
         outputs = {(o, plan.orient[o]) for o in self.outputs.values()}
         for a in reversed(self.order):
             mine = [p for p in plan.pairs if p[0] == a]
@@ -237,9 +244,9 @@ class Planner:
         for a, atom in self.atoms.items():
             if atom.kind == "mlp":
                 t = plan.write_time[(a, plan.orient[a])]
-                for q in plan.pairs:
-                    if q[0] in atom.node["args"]:
-                        last_read[q] = max(last_read[q], t)
+                for arg in atom.inputs:
+                    q = self.input_pair(arg, a, plan.orient)
+                    last_read[q] = max(last_read[q], t)
         for o in self.outputs.values():
             last_read[(o, plan.orient[o])] = END
         order = sorted(plan.pairs, key=lambda p: (plan.write_time[p], p))
@@ -316,7 +323,9 @@ def plan_program(atoms, inv_n, outputs) -> Plan:
         if late:
             planner.delay(plan)
         operands = [o for ts in plan.terms.values() for t in ts for o in (t.real.x, t.real.y, t.real.z)]
-        plan.identity_size = max((o.k for o in operands if o.kind == "eye"), default=0)
+        gate_sizes = [_rows(atoms, (a, not plan.orient[a])) for a, atom in atoms.items()
+                      if atom.kind == "mlp" and not atom.is_token]      # small pieces gate on I rows
+        plan.identity_size = max([o.k for o in operands if o.kind == "eye"] + gate_sizes, default=0)
         plan.inv_n_identity_size = max((o.k for o in operands if o.kind == "eye_inv_n"), default=0)
         planner.allocate(plan)
         if best is None or plan.width < best.width:

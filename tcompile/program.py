@@ -102,7 +102,7 @@ class CompiledProgram:
         if blk["kind"] == "input":
             C = _canonical(arrays[blk["name"]])
         else:
-            op = blk["key"].split(":", 1)[1]
+            op = blk["const"]
             k = len(blk["rows"])
             C = {"eye": lambda: np.eye(k),
                  "eye_inv_n": lambda: np.eye(k) / n,

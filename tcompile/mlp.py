@@ -1,0 +1,342 @@
+"""Elementwise work → MLP pieces: what one ReLU sublayer can compute, and its weights.
+
+The lowering collects every elementwise subexpression (functions, products, sums with
+constants) into an expression tree `Ew` over *leaf* atoms. A tree is one MLP piece when:
+
+  * unary — it depends on at most one real-valued leaf u and on sign (±1) or flag (0/1)
+    leaves: for each sign pattern s it is a function F_s(u), approximated by a continuous PL
+    function on u's domain; patterns are selected exactly by a large-offset gate
+    (ReLU(a u + b − M(1 − σ y)) is zero whenever σy = −1). sigmoid(−y·z), y·sigmoid(−y·z)
+    and p(1 − p) are each ONE piece of z. Patterns whose functions coincide share units.
+  * product — u ⊙ v of two real leaves: ((u+v)² − (u−v)²)/4 with PL squares, each within
+    2·tol, so the product is within tol.
+
+Domains come from the `on [lo, hi]` of the calls inside the tree, pulled back to the leaf
+through affine steps (negation, constants, multiplication by a sign of the pattern), and from
+the checker's interval bounds on the leaf. Outside its domain a piece is clamped (constant
+extension of each PL function); the runtime reports when that happens.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .approx import PLApprox, approximate_callable, exact_function
+from .errors import CompileError
+
+DEFAULT_TOL = 1e-6
+MAX_SIGN_LEAVES = 2
+
+# Ew trees are tuples: ('leaf', atom) ('const', c) ('add', a, b) ('mul', a, b)
+#                      ('call', func, fargs, arg, domain, tol)
+
+
+def leaves(e) -> set[int]:
+    if e[0] == "leaf":
+        return {e[1]}
+    if e[0] == "const":
+        return set()
+    if e[0] == "call":
+        return leaves(e[3])
+    return leaves(e[1]) | leaves(e[2])
+
+
+def evaluate(e, env: dict):
+    kind = e[0]
+    if kind == "leaf":
+        return env[e[1]]
+    if kind == "const":
+        return e[1]
+    if kind == "add":
+        return evaluate(e[1], env) + evaluate(e[2], env)
+    if kind == "mul":
+        return evaluate(e[1], env) * evaluate(e[2], env)
+    _, func, fargs, arg, _domain, _tol = e
+    with np.errstate(all="ignore"):
+        return exact_function(func, *fargs)(evaluate(arg, env))
+
+
+def to_text(e, names: dict) -> str:
+    kind = e[0]
+    if kind == "leaf":
+        return names.get(e[1], f"t{e[1]}")
+    if kind == "const":
+        return f"{e[1]:g}"
+    if kind == "add":
+        return f"({to_text(e[1], names)} + {to_text(e[2], names)})"
+    if kind == "mul":
+        return f"{to_text(e[1], names)}*{to_text(e[2], names)}"
+    return f"{e[1]}({to_text(e[3], names)})"
+
+
+def tolerances(e) -> list[float]:
+    if e[0] in ("leaf", "const"):
+        return []
+    if e[0] == "call":
+        return ([e[5]] if e[5] is not None else []) + tolerances(e[3])
+    return tolerances(e[1]) + tolerances(e[2])
+
+
+def _affine(e, leaf, env):
+    """e = α·leaf + β for fixed signs (env), or None."""
+    kind = e[0]
+    if kind == "leaf":
+        return (1.0, 0.0) if e[1] == leaf else (0.0, float(env[e[1]])) if e[1] in env else None
+    if kind == "const":
+        return (0.0, float(e[1]))
+    if kind == "call":
+        return None if leaf in leaves(e) else (0.0, float(evaluate(e, env)))
+    a, b = _affine(e[1], leaf, env), _affine(e[2], leaf, env)
+    if a is None or b is None:
+        return None
+    if kind == "add":
+        return (a[0] + b[0], a[1] + b[1])
+    if a[0] == 0.0:
+        return (a[1] * b[0], a[1] * b[1])
+    if b[0] == 0.0:
+        return (b[1] * a[0], b[1] * a[1])
+    return None
+
+
+def pulled_back_domains(e, leaf, env) -> list[tuple[float, float]]:
+    """The leaf intervals the calls' declared domains imply (affine paths only)."""
+    out = []
+    if e[0] == "call":
+        domain = e[4]
+        aff = _affine(e[3], leaf, env)
+        if domain is not None and aff is not None and aff[0] != 0.0:
+            lo, hi = ((d - aff[1]) / aff[0] for d in domain)
+            out.append((min(lo, hi), max(lo, hi)))
+        return out + pulled_back_domains(e[3], leaf, env)
+    if e[0] in ("add", "mul"):
+        return pulled_back_domains(e[1], leaf, env) + pulled_back_domains(e[2], leaf, env)
+    return out
+
+
+# ---- pieces --------------------------------------------------------------------------------
+
+@dataclass
+class Approximation:
+    """One PL function inside a piece, for the report."""
+    label: str
+    lo: float
+    hi: float
+    pl: PLApprox
+    rows: int = 1
+
+    def as_dict(self) -> dict:
+        return {"name": self.label, "lo": self.lo, "hi": self.hi, "neurons": self.pl.neurons * self.rows,
+                "neurons_per_entry": self.pl.neurons, "max_error": float(self.pl.max_error),
+                "tol": float(self.pl.tol), "exact": bool(self.pl.exact)}
+
+
+@dataclass
+class UnaryPiece:
+    leaf: int | None                       # the real-valued leaf (None: a function of signs only)
+    gates: list[tuple[int, str]]           # (atom, 'sign' | 'flag')
+    branches: dict[tuple, PLApprox]        # sign pattern → PL function of u (one entry: ungated)
+    lo: float
+    hi: float
+    label: str
+    kind: str = "unary"
+    approximations: list[Approximation] = field(default_factory=list)
+
+    @property
+    def inputs(self) -> list[int]:
+        return ([self.leaf] if self.leaf is not None else []) + [g for g, _ in self.gates]
+
+    @property
+    def range(self) -> tuple[float, float]:
+        vals = np.concatenate([pl.values for pl in self.branches.values()])
+        return float(vals.min()), float(vals.max())
+
+
+@dataclass
+class ProductPiece:
+    u: int
+    v: int
+    plus: PLApprox                         # x ↦ x² on the range of u + v
+    minus: PLApprox                        # x ↦ x² on the range of u − v
+    u_range: tuple
+    v_range: tuple
+    label: str
+    kind: str = "product"
+    approximations: list[Approximation] = field(default_factory=list)
+
+    @property
+    def inputs(self) -> list[int]:
+        return [self.u, self.v]
+
+    @property
+    def range(self) -> tuple[float, float]:
+        c = [a * b for a in self.u_range for b in self.v_range]
+        return min(c), max(c)
+
+
+class PieceBuilder:
+    """Turns Ew trees into pieces; caches PL fits by function shape, so the unrolled loop's
+    iterations (same function, new leaf) cost one fit."""
+
+    def __init__(self, default_tol: float | None = None):
+        self.default_tol = default_tol or DEFAULT_TOL
+        self._cache: dict = {}
+
+    def fit(self, label, f, lo, hi, tol, key) -> PLApprox:
+        k = (key, lo, hi, tol)
+        if k not in self._cache:
+            self._cache[k] = approximate_callable(label, f, lo, hi, tol)
+        return self._cache[k]
+
+    def unary(self, e, cont: int | None, gates: list[tuple[int, str]], bounds: dict, names: dict,
+              loc_error) -> UnaryPiece:
+        tol = min(tolerances(e), default=self.default_tol)
+        label = to_text(e, names)
+        patterns = list(itertools.product(*[(1.0, -1.0) if kind == "sign" else (1.0, 0.0)
+                                             for _, kind in gates]))
+        lo, hi = -math.inf, math.inf
+        for pat in patterns:
+            env = {g: v for (g, _), v in zip(gates, pat)}
+            for a, b in (pulled_back_domains(e, cont, env) if cont is not None else []):
+                lo, hi = max(lo, a), min(hi, b)
+        if cont is not None and cont in bounds:
+            blo, bhi = bounds[cont]
+            lo, hi = max(lo, blo), min(hi, bhi)
+        if cont is None:
+            lo, hi = 0.0, 1.0
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise loc_error(f"cannot tell the domain of {label}: give its function a domain "
+                            "with 'on [lo, hi]'")
+        if not lo < hi:
+            raise loc_error(f"the domains declared inside {label} leave no room for "
+                            f"{names.get(cont, 'its argument')} ([{lo:g}, {hi:g}])")
+        shape_key = _shape_key(e, cont, gates)
+        fits: dict[tuple, PLApprox] = {}
+        grid = np.linspace(lo, hi, 257)
+        for pat in patterns:
+            env = {g: v for (g, _), v in zip(gates, pat)}
+
+            def f(u, env=env):
+                return np.broadcast_to(evaluate(e, {**env, cont: u} if cont is not None else env),
+                                       np.shape(u)).astype(float)
+
+            fits[pat] = (f, f(grid))
+        # patterns with the same function share one ungated fit (p(1−p) does not depend on y)
+        first = next(iter(fits.values()))[1]
+        if all(np.array_equal(vals, first) or np.allclose(vals, first, rtol=0, atol=1e-15)
+               for _, vals in fits.values()):
+            f = next(iter(fits.values()))[0]
+            branches = {(): self.fit(label, f, lo, hi, tol, (shape_key, "all"))}
+            gates_used: list = []
+        else:
+            branches = {pat: self.fit(label, f, lo, hi, tol, (shape_key, pat))
+                        for pat, (f, _) in fits.items()}
+            gates_used = gates
+        for pl in branches.values():
+            bad = np.asarray(pl.values)
+            if not np.all(np.isfinite(bad)):
+                raise loc_error(f"{label} is not finite on [{lo:g}, {hi:g}]")
+        piece = UnaryPiece(cont, gates_used, branches, lo, hi, label)
+        for pat, pl in branches.items():
+            suffix = "" if not pat else " [" + ", ".join(
+                f"{names.get(g, g)}={v:+g}" for (g, _), v in zip(gates_used, pat)) + "]"
+            piece.approximations.append(Approximation(label + suffix, lo, hi, pl))
+        return piece
+
+    def product(self, u, v, u_range, v_range, tol, names) -> ProductPiece:
+        tol = tol or self.default_tol
+        plus_lo, plus_hi = u_range[0] + v_range[0], u_range[1] + v_range[1]
+        minus_lo, minus_hi = u_range[0] - v_range[1], u_range[1] - v_range[0]
+        square = np.square
+
+        def fit(lo, hi):
+            if hi - lo < 1e-12:
+                hi = lo + 1e-12
+            return self.fit("square", square, lo, hi, 2 * tol, ("square",))
+        label = f"{names.get(u, u)}*{names.get(v, v)}"
+        piece = ProductPiece(u, v, fit(plus_lo, plus_hi), fit(minus_lo, minus_hi),
+                             tuple(u_range), tuple(v_range), label)
+        piece.approximations = [Approximation(f"({label}) via (u+v)^2", plus_lo, plus_hi, piece.plus),
+                                Approximation(f"({label}) via (u-v)^2", minus_lo, minus_hi, piece.minus)]
+        return piece
+
+
+def _shape_key(e, cont, gates):
+    """e with its leaves renamed: the same function of (u, signs) gives the same key."""
+    ren = {cont: "u", **{g: f"s{i}" for i, (g, _) in enumerate(gates)}}
+
+    def walk(x):
+        if x[0] == "leaf":
+            return ("leaf", ren.get(x[1], x[1]))
+        if x[0] == "const":
+            return x
+        if x[0] == "call":
+            return ("call", x[1], x[2], walk(x[3]), x[4], x[5])
+        return (x[0], walk(x[1]), walk(x[2]))
+    return walk(e)
+
+
+# ---- weights -------------------------------------------------------------------------------
+
+def gate_margin(a: np.ndarray, b: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Offsets M that switch a unit off for a non-matching pattern: above |a u + b| on the
+    domain widened by its own length on each side (beyond that the input is flagged anyway)."""
+    span = hi - lo
+    ends = np.stack([a * (lo - span) + b, a * (hi + span) + b])
+    return np.abs(ends).max(axis=0) + 1.0
+
+
+def piece_units(piece, rows_of, out_rows: list[int], gate_rows: list[int]):
+    """Hidden units of one piece: a list of (W_1 column entries {row: weight}, W_2 entries {row: c}).
+
+    rows_of(atom) gives an input's rows; an input with one row broadcasts over out_rows.
+    """
+    units = []
+    R = len(out_rows)
+
+    def row(atom, r):
+        rs = rows_of(atom)
+        return rs[r] if len(rs) > 1 else rs[0]
+
+    if piece.kind == "unary":
+        for r in range(R):
+            for pat, pl in piece.branches.items():
+                a, b, c = pl.relu_form()
+                margins = gate_margin(a, b, piece.lo, piece.hi)
+                for j in range(len(c)):
+                    w1 = {}
+                    if piece.leaf is not None and a[j] != 0:
+                        w1[row(piece.leaf, r)] = w1.get(row(piece.leaf, r), 0.0) + a[j]
+                    gate_w = b[j]
+                    for (g, kind), val in zip(piece.gates, pat):
+                        m = margins[j]
+                        if kind == "sign":       # −M(1 − σy)
+                            gate_w -= m
+                            w1[row(g, r)] = w1.get(row(g, r), 0.0) + m * val
+                        elif val == 1.0:         # flag on: −M(1 − y)
+                            gate_w -= m
+                            w1[row(g, r)] = w1.get(row(g, r), 0.0) + m
+                        else:                    # flag off: −M y
+                            w1[row(g, r)] = w1.get(row(g, r), 0.0) - m
+                    for gr in gate_rows:
+                        w1[gr] = w1.get(gr, 0.0) + gate_w
+                    units.append((w1, {out_rows[r]: c[j]}))
+        return units
+    for r in range(R):
+        for pl, sign in ((piece.plus, 1.0), (piece.minus, -1.0)):
+            a, b, c = pl.relu_form()
+            for j in range(len(c)):
+                w1 = {}
+                if a[j] != 0:
+                    w1[row(piece.u, r)] = a[j]
+                    w1[row(piece.v, r)] = w1.get(row(piece.v, r), 0.0) + sign * a[j]
+                for gr in gate_rows:
+                    w1[gr] = w1.get(gr, 0.0) + b[j]
+                units.append((w1, {out_rows[r]: sign * c[j] / 4.0}))
+    return units
+
+
+__all__ = ["UnaryPiece", "ProductPiece", "PieceBuilder", "piece_units", "leaves", "evaluate",
+           "CompileError"]
