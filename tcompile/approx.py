@@ -108,6 +108,8 @@ class PLApprox:
 
 def approximate(name: str, lo: float, hi: float, tol: float, *args: float,
                 max_neurons: int = 200_000, interpolate: bool = False) -> PLApprox:
+    """The named functions know where they are defined, so a bad domain fails here, by name,
+    before any sampling; abs/relu/clip skip the search (their ReLU forms are exact)."""
     f = exact_function(name, *args)
     lo, hi, tol = _check_interval(name, lo, hi, tol)
     need = {"sqrt": (lo >= 0, "lo >= 0"), "log": (lo > 0, "lo > 0"),
@@ -130,28 +132,32 @@ def approximate_callable(name: str, f: Callable, lo: float, hi: float, tol: floa
     if not np.all(np.isfinite(fg)):
         raise ApproxError(f"{where}: the function is not finite on the domain")
     target = tol * (1 - _MARGIN)
-    shift = 0.0 if interpolate else target
+    # Knot values sit a hair inside the band: where f is straight the error is the shift itself,
+    # and rounding must not push it over the target.
+    shift = 0.0 if interpolate else max(target * (1 - _RTOL) - 256 * _EPS * np.max(np.abs(fg)), 0.0)
     sig = _convexity_sign(xg, fg)
     # sqrt|f''| on the grid: it sizes the chunks, the first guesses, and the early size check.
     step = xg[1] - xg[0]
-    w = np.sqrt(np.abs(np.diff(fg, 2))) / step
-    w = np.concatenate([w[:1], w, w[-1:]])
-    total = float(np.sum((w[1:] + w[:-1]) / 2) * step)
+    w = np.sqrt(np.abs(np.diff(fg, 2))) / step                              # at xg[1:-1]
+    cell = np.concatenate([w[:1], (w[1:] + w[:-1]) / 2, w[-1:]]) * step     # per grid cell
+    total = float(cell.sum())
     per_knot = np.sqrt(8 * target * (1 if interpolate else 2))
     estimate = total / per_knot
     if estimate > 2 * max_neurons:
-        raise ApproxError(f"{where}: needs about {estimate:.3g} neurons > max_neurons {max_neurons}")
+        raise ApproxError(f"{where}: needs about {estimate:.3g} neurons "
+                          f"> max_neurons {max_neurons}")
     n_chunks = int(min(max(estimate // 250, 1), 4096))
-    cum = np.concatenate([[0.0], np.cumsum((w[1:] + w[:-1]) / 2 + 1e-3 * total / (hi - lo) + 1e-300)])
+    cum = np.concatenate([[0.0], np.cumsum(cell + 1e-3 * total / len(cell) + 1e-300)])
     ends = np.unique(np.interp(np.linspace(0, cum[-1], n_chunks + 1), cum, xg))
     ends[0], ends[-1] = lo, hi
-    w_at = w[np.clip(np.rint((ends[:-1] - lo) / step).astype(int), 0, _GRID - 1)]
-    with np.errstate(divide="ignore"):
+    w_at = w[np.minimum(np.rint((ends[:-1] - lo) / step).astype(int), len(w) - 1)]
+    with np.errstate(divide="ignore"):       # first guess: the length where h**2 |f''| / 8 = tol
         h0 = np.minimum(per_knot / w_at, np.diff(ends))
     t, v = _sweep(f, ends, h0, target, shift, sig, max_neurons, where)
     t, v = _prune(f, t, v, target)
     t, v, err = _verify(f, t, v, tol, xg, fg, where, max_neurons)
-    out = PLApprox(name, lo, hi, _frozen(t), _frozen(v), err, tol, bool(err <= 4 * _EPS * np.max(np.abs(fg))))
+    exact = bool(err <= 4 * _EPS * np.max(np.abs(fg)))
+    out = PLApprox(name, lo, hi, _frozen(t), _frozen(v), err, tol, exact)
     if out.neurons > max_neurons:
         raise ApproxError(f"{where}: needs {out.neurons} neurons > max_neurons {max_neurons}")
     return out
@@ -217,7 +223,9 @@ def _exact(name, f, lo, hi, tol, args):
     if name == "clip":
         lo_c, hi_c = map(float, args)
         breaks = [lo_c, hi_c]
-        units = [(1.0, -lo_c, 1.0), (1.0, -hi_c, -1.0), (0.0, 1.0, lo_c)] if lo_c < hi_c else [(0.0, 1.0, lo_c)]
+        units = [(0.0, 1.0, lo_c)]                                  # (a, b, c) of each unit
+        if lo_c < hi_c:
+            units += [(1.0, -lo_c, 1.0), (1.0, -hi_c, -1.0)]
     else:
         breaks = [0.0]
         units = [(1.0, 0.0, 1.0)] + ([(-1.0, 0.0, 1.0)] if name == "abs" else [])
@@ -240,7 +248,8 @@ def _convexity_sign(xg, fg, stride=64):
     d2 = np.diff(fc, 2)
     s = np.where(np.abs(d2) > 64 * _EPS * np.max(np.abs(fc)), -np.sign(d2), 0.0)
     lo, dx = xc[0], xc[1] - xc[0]
-    return lambda x: s[np.minimum(np.maximum(np.rint((x - lo) / dx).astype(int) - 1, 0), len(s) - 1)]
+    last = len(s) - 1
+    return lambda x: s[np.minimum(np.maximum(np.rint((x - lo) / dx).astype(int) - 1, 0), last)]
 
 
 def _segment_errors(f, a, va, b, vb, m, fa=None, fb=None):
@@ -266,7 +275,9 @@ def _sweep(f, ends, h0, target, shift, sig, cap, where):
     xs, vs = [a[:1]], [va[:1]]
     live = np.ones(len(a), bool)
     h, last, tries = h0.copy(), np.full_like(h0, np.nan), np.zeros(len(h0), int)
-    ok_h, ok_c, ok_b, ok_v, ok_f = np.zeros_like(a), np.zeros_like(a), a.copy(), va.copy(), fa.copy()
+    # per chunk: the longest length known good (with its chord error, end, value, f there),
+    # the shortest known bad, and the previous trial for the secant
+    ok_h, ok_c, ok_b, ok_v, ok_f = np.zeros_like(a), np.zeros_like(a), a, va, fa
     bad_h, prev_h, prev_c = np.full_like(a, np.inf), np.full_like(a, np.nan), np.full_like(a, np.nan)
     count, level = 1, target + shift
     with np.errstate(all="ignore"):   # 0/0 and inf/inf in masked-off lanes
@@ -277,23 +288,26 @@ def _sweep(f, ends, h0, target, shift, sig, cap, where):
             vb = fb + shift * sig(b)
             e, c = _segment_errors(f, a, va, b, vb, _M, fa, fb)
             good = e <= target
-            ok_h, ok_c, ok_b = np.where(good, h, ok_h), np.where(good, c, ok_c), np.where(good, b, ok_b)
+            ok_h, ok_c = np.where(good, h, ok_h), np.where(good, c, ok_c)
+            ok_b = np.where(good, b, ok_b)
             ok_v, ok_f = np.where(good, vb, ok_v), np.where(good, fb, ok_f)
             bad_h = np.where(good, bad_h, h)
             done = live & (ok_h > 0) & ((ok_b >= stop) | (bad_h <= ok_h * (1 + _RTOL))
                                         | (ok_c >= level * (1 - 3 * _RTOL)))
-            if np.any(live & (ok_h == 0) & (bad_h <= 1e-15 * (np.abs(a) + rem))):
-                x = a[live & (ok_h == 0) & (bad_h <= 1e-15 * (np.abs(a) + rem))][0]
-                raise ApproxError(f"{where}: cannot meet tol near x = {x:g} "
-                                  "(the function is not continuous there, or tol is below rounding)")
+            stuck = live & (ok_h == 0) & (bad_h <= 1e-15 * (np.abs(a) + rem))
+            if stuck.any():
+                raise ApproxError(f"{where}: cannot meet tol near x = {a[stuck][0]:g} (the "
+                                  "function is not continuous there, or tol is below rounding)")
             # next trial length: secant in log-log (exponent p from the last two trials)
             p = np.clip(np.log(c / prev_c) / np.log(h / prev_h), 0.25, 4.0)
             p = np.where(np.isfinite(p), p, 2.0)
             hn = h * (level * (1 - 1.5 * _RTOL) / np.maximum(c, 1e-300)) ** (1 / p)
             ratio = bad_h / ok_h
             # stay inside the bracket; with one side unknown, move by bounded factors
-            low = np.where(ok_h == 0, bad_h * 1e-6, np.where(np.isinf(bad_h), ok_h * (1 + _RTOL), ok_h * ratio**0.05))
-            high = np.where(ok_h == 0, bad_h * 0.9, np.where(np.isinf(bad_h), ok_h * 16, ok_h * ratio**0.95))
+            low = np.where(np.isinf(bad_h), ok_h * (1 + _RTOL), ok_h * ratio**0.05)
+            high = np.where(np.isinf(bad_h), ok_h * 16, ok_h * ratio**0.95)
+            low = np.where(ok_h == 0, bad_h * 1e-6, low)
+            high = np.where(ok_h == 0, bad_h * 0.9, high)
             hn = np.minimum(np.maximum(hn, low), high)
             tries += 1                      # every third try bisects, in case secant stalls
             hn = np.where((tries % 3 == 0) & np.isfinite(ratio), ok_h * np.sqrt(ratio), hn)
@@ -304,9 +318,10 @@ def _sweep(f, ends, h0, target, shift, sig, cap, where):
                 count += int(done.sum())
                 if count + 1 > cap:
                     raise ApproxError(f"{where}: needs more than max_neurons {cap} neurons")
-                a, va, fa = np.where(done, ok_b, a), np.where(done, ok_v, va), np.where(done, ok_f, fa)
+                a, va = np.where(done, ok_b, a), np.where(done, ok_v, va)
+                fa = np.where(done, ok_f, fa)
                 # lengths vary smoothly: extrapolate the last two accepted ones
-                grow = np.where(np.isfinite(last), np.minimum(np.maximum(ok_h / last, 0.5), 2.0), 1.0)
+                grow = np.where(np.isfinite(last), np.clip(ok_h / last, 0.5, 2.0), 1.0)
                 hn = np.where(done, ok_h * grow, hn)
                 last = np.where(done, ok_h, last)
                 ok_h, ok_c = np.where(done, 0.0, ok_h), np.where(done, 0.0, ok_c)

@@ -61,9 +61,48 @@ def compile_program(program, params: dict | None = None) -> CompiledProgram:
         "blocks": [vars(b) for b in blocks],
         "layers": [{"heads": int(w.W_K.shape[0]), "dk": int(w.W_K.shape[1]),
                     "mlp_hidden": int(w.W_1.shape[0]), "head_labels": w.head_labels} for w in layers],
-        "approximations": [],
+        "approximations": _approximations(plan, keys),
+        "domains": _domain_checks(plan, keys),
     }
     return CompiledProgram(manifest, layers)
+
+
+def _approximations(plan, keys) -> list[dict]:
+    """Each distinct PL function once, with how many entries use it (the report's table)."""
+    seen: dict[int, dict] = {}
+    for atom in plan.atoms.values():
+        if atom.piece is None:
+            continue
+        rows = len(plan.slots[(atom.id, plan.orient[atom.id])].rows)
+        for ap in atom.piece.approximations:
+            entry = seen.get(id(ap.pl))
+            if entry is None:
+                entry = seen[id(ap.pl)] = {**ap.as_dict(), "neurons": 0, "entries": 0}
+            entry["entries"] += rows
+            entry["neurons"] += rows * ap.pl.neurons
+    return list(seen.values())
+
+
+def _domain_checks(plan, keys) -> list[dict]:
+    """Where each piece reads its real input, and the domain it was fitted on."""
+    from .plan import mlp_input_pair
+    out = []
+    for atom in plan.atoms.values():
+        piece = atom.piece
+        if piece is None:
+            continue
+        layer = plan.write_time[(atom.id, plan.orient[atom.id])] // 2
+        if piece.kind == "unary" and piece.leaf is not None:
+            checks = [(piece.leaf, piece.lo, piece.hi)]
+        elif piece.kind == "product":
+            checks = [(piece.u, *piece.u_range), (piece.v, *piece.v_range)]
+        else:
+            checks = []
+        for leaf, lo, hi in checks:
+            pair = mlp_input_pair(plan.atoms, leaf, atom.id, plan.orient)
+            out.append({"label": piece.label, "block": keys[pair], "lo": float(lo), "hi": float(hi),
+                        "layer": int(layer)})
+    return out
 
 
 __all__ = ["compile_file", "compile_source", "compile_program", "fmt_shape"]

@@ -284,7 +284,8 @@ class Lowering:
         if nid in self.atoms:
             return self.polys[nid]
         poly = self.polys[nid]
-        stale = any(s in self.polys and s != self.current for s in self.g.successors(nid))
+        stale = not self.stale_ok and any(s in self.polys and s != self.current
+                                          for s in self.g.successors(nid))
         if self.g.nodes[nid]["cshape"] is None:
             raise self.error("the size of this multiple of I cannot be inferred", nid)
         result = self.make_atom(nid, "attn", poly)
@@ -295,13 +296,17 @@ class Lowering:
     def run(self) -> dict[int, Atom]:
         live = self.live = self.df.live_nodes()
         order = [nid for nid in nx.topological_sort(self.g) if nid in live]
+        self.stale_ok = False
         while True:           # the atom set only grows, so this ends
             try:
                 self._pass(order)
                 break
             except _Restart:
                 continue
+        # outputs get rows too; their consumers keep using the definitions they inlined
         for nid in self.df.outputs.values():
+            self.current = nid
+            self.stale_ok = True
             if isinstance(self.polys[nid], Ew):
                 self.materialize_mlp(nid)
             else:
@@ -339,11 +344,12 @@ class Lowering:
             return {Mono(()): 1.0}
         if op == "call":
             arg = self.ew_operand(args[0], allow_products=False)
-            return Ew(("call", node["func"], node["fargs"], arg, node["domain"], node["tol"]))
+            return Ew(("call", node["func"], node["fargs"], arg, node["domain"], node["tol"]),
+                      tol=node["tol"])
         if op == "ewmul":
             a, b = (self.ew_operand(x, allow_products=False) for x in args)
             if len(self.real_leaves(("mul", a, b))) <= 1:
-                return Ew(("mul", a, b))
+                return Ew(("mul", a, b), tol=node.get("tol"))
             for x in args:                 # two real factors: a product piece of two atoms
                 self.need_poly(x)
             tol = node.get("tol")
@@ -433,7 +439,8 @@ class Lowering:
         if nid in self.atoms:
             return self.polys[nid]
         ew = self.polys[nid]
-        stale = any(s in self.polys and s != self.current for s in self.g.successors(nid))
+        stale = not self.stale_ok and any(s in self.polys and s != self.current
+                                          for s in self.g.successors(nid))
         e = ew.expr
         node = self.g.nodes[nid]
         gates = sorted((a, k) for a in mlp.leaves(e) for k in [self.is_gate(a)] if k)
@@ -461,7 +468,7 @@ class Lowering:
                     bounds[cont] = (node_c["lo"], node_c["hi"])
                 elif cont in self.piece_ranges:
                     bounds[cont] = self.piece_ranges[cont]
-            piece = self.pieces.unary(e, cont, gates, bounds, self.names(), loc_error)
+            piece = self.pieces.unary(e, cont, gates, bounds, self.names(), loc_error, tol=ew.tol)
         self.piece_ranges[nid] = piece.range
         poly = self.make_atom(nid, "mlp")
         atom = self.atoms[nid]

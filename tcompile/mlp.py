@@ -59,16 +59,27 @@ def evaluate(e, env: dict):
         return exact_function(func, *fargs)(evaluate(arg, env))
 
 
-def to_text(e, names: dict) -> str:
+def to_text(e, names: dict, top: bool = True) -> str:
     kind = e[0]
     if kind == "leaf":
         return names.get(e[1], f"t{e[1]}")
     if kind == "const":
         return f"{e[1]:g}"
     if kind == "add":
-        return f"({to_text(e[1], names)} + {to_text(e[2], names)})"
+        a, b = e[1], e[2]
+        if b[0] == "mul" and b[1] == ("const", -1.0):
+            text = f"{to_text(a, names, False)} - {to_text(b[2], names, False)}"
+        elif a[0] == "mul" and a[1] == ("const", -1.0):
+            text = f"{to_text(b, names, False)} - {to_text(a[2], names, False)}"
+        else:
+            text = f"{to_text(a, names, False)} + {to_text(b, names, False)}"
+        return text if top else f"({text})"
     if kind == "mul":
-        return f"{to_text(e[1], names)}*{to_text(e[2], names)}"
+        if e[1] == ("const", -1.0):
+            return f"-{to_text(e[2], names, False)}"
+        if e[2] == ("const", -1.0):
+            return f"-{to_text(e[1], names, False)}"
+        return f"{to_text(e[1], names, False)}*{to_text(e[2], names, False)}"
     return f"{e[1]}({to_text(e[3], names)})"
 
 
@@ -143,6 +154,7 @@ class UnaryPiece:
     label: str
     kind: str = "unary"
     approximations: list[Approximation] = field(default_factory=list)
+    offsets: dict[tuple, float] = field(default_factory=dict)   # pattern → constant added
 
     @property
     def inputs(self) -> list[int]:
@@ -151,7 +163,8 @@ class UnaryPiece:
     @property
     def range(self) -> tuple[float, float]:
         vals = np.concatenate([pl.values for pl in self.branches.values()])
-        return float(vals.min()), float(vals.max())
+        shifts = [0.0, *self.offsets.values()] if self.offsets else [0.0]
+        return float(vals.min() + min(shifts)), float(vals.max() + max(shifts))
 
 
 @dataclass
@@ -191,8 +204,11 @@ class PieceBuilder:
         return self._cache[k]
 
     def unary(self, e, cont: int | None, gates: list[tuple[int, str]], bounds: dict, names: dict,
-              loc_error) -> UnaryPiece:
-        tol = min(tolerances(e), default=self.default_tol)
+              loc_error, tol: float | None = None) -> UnaryPiece:
+        """`tol`: the budget of the value computed (its statement's or call's); without one the
+        tightest budget inside the expression, else the default."""
+        if tol is None:
+            tol = min(tolerances(e), default=self.default_tol)
         label = to_text(e, names)
         patterns = list(itertools.product(*[(1.0, -1.0) if kind == "sign" else (1.0, 0.0)
                                              for _, kind in gates]))
@@ -223,13 +239,18 @@ class PieceBuilder:
                                        np.shape(u)).astype(float)
 
             fits[pat] = (f, f(grid))
-        # patterns with the same function share one ungated fit (p(1−p) does not depend on y)
-        first = next(iter(fits.values()))[1]
-        if all(np.array_equal(vals, first) or np.allclose(vals, first, rtol=0, atol=1e-15)
-               for _, vals in fits.values()):
-            f = next(iter(fits.values()))[0]
-            branches = {(): self.fit(label, f, lo, hi, tol, (shape_key, "all"))}
-            gates_used: list = []
+        # patterns whose functions differ by constants share one fit plus gated constants:
+        # p(1 − p) does not depend on y at all, y·σ(−y z) = σ(−z) + (y − 1)/2
+        first_pat = next(iter(fits))
+        first = fits[first_pat][1]
+        diffs = {pat: vals - first for pat, (_, vals) in fits.items()}
+        scale = max(1.0, float(np.abs(first).max()))
+        offsets = {}
+        if all(np.ptp(dv) <= 1e-13 * scale for dv in diffs.values()):
+            f = fits[first_pat][0]
+            branches = {(): self.fit(label, f, lo, hi, tol, (shape_key, first_pat))}
+            offsets = {pat: float(np.mean(dv)) for pat, dv in diffs.items() if abs(np.mean(dv)) > 0}
+            gates_used = gates if offsets else []
         else:
             branches = {pat: self.fit(label, f, lo, hi, tol, (shape_key, pat))
                         for pat, (f, _) in fits.items()}
@@ -238,7 +259,7 @@ class PieceBuilder:
             bad = np.asarray(pl.values)
             if not np.all(np.isfinite(bad)):
                 raise loc_error(f"{label} is not finite on [{lo:g}, {hi:g}]")
-        piece = UnaryPiece(cont, gates_used, branches, lo, hi, label)
+        piece = UnaryPiece(cont, gates_used, branches, lo, hi, label, offsets=offsets)
         for pat, pl in branches.items():
             suffix = "" if not pat else " [" + ", ".join(
                 f"{names.get(g, g)}={v:+g}" for (g, _), v in zip(gates_used, pat)) + "]"
@@ -274,7 +295,8 @@ def _shape_key(e, cont, gates):
             return x
         if x[0] == "call":
             return ("call", x[1], x[2], walk(x[3]), x[4], x[5])
-        return (x[0], walk(x[1]), walk(x[2]))
+        a, b = sorted((walk(x[1]), walk(x[2])), key=repr)      # + and * commute
+        return (x[0], a, b)
     return walk(e)
 
 
@@ -302,7 +324,22 @@ def piece_units(piece, rows_of, out_rows: list[int], gate_rows: list[int]):
 
     if piece.kind == "unary":
         for r in range(R):
+            for pat, k in piece.offsets.items():      # k·[pattern]: ReLU(1 − Σ mismatches)
+                w1 = {gr: 1.0 for gr in gate_rows}
+                for (g, kind), val in zip(piece.gates, pat):
+                    if kind == "sign":               # 1 − σy is 0 or 2
+                        for gr in gate_rows:
+                            w1[gr] -= 1.0
+                        w1[row(g, r)] = w1.get(row(g, r), 0.0) + val
+                    elif val == 1.0:
+                        for gr in gate_rows:
+                            w1[gr] -= 1.0
+                        w1[row(g, r)] = w1.get(row(g, r), 0.0) + 1.0
+                    else:
+                        w1[row(g, r)] = w1.get(row(g, r), 0.0) - 1.0
+                units.append((w1, {out_rows[r]: k}))
             for pat, pl in piece.branches.items():
+                pat = pat if len(pat) == len(piece.gates) and not piece.offsets else ()
                 a, b, c = pl.relu_form()
                 margins = gate_margin(a, b, piece.lo, piece.hi)
                 for j in range(len(c)):
@@ -310,7 +347,7 @@ def piece_units(piece, rows_of, out_rows: list[int], gate_rows: list[int]):
                     if piece.leaf is not None and a[j] != 0:
                         w1[row(piece.leaf, r)] = w1.get(row(piece.leaf, r), 0.0) + a[j]
                     gate_w = b[j]
-                    for (g, kind), val in zip(piece.gates, pat):
+                    for (g, kind), val in zip(piece.gates if pat else [], pat):
                         m = margins[j]
                         if kind == "sign":       # −M(1 − σy)
                             gate_w -= m

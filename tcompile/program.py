@@ -143,6 +143,36 @@ class CompiledProgram:
         out = self.decode(y)
         return out if batch is not None else {k: v[0] for k, v in out.items()}
 
+    def forward_states(self, x: torch.Tensor, dtype=torch.float64, device="cpu"):
+        """The residual stream after every sublayer: [input, attn 1, mlp 1, attn 2, ...]."""
+        module = self.module_for(dtype, device)
+        states = [x]
+        from .model import exact_float32
+        with torch.no_grad(), exact_float32():
+            for layer in module.layers:
+                x = x + layer.attn(x)
+                states.append(x)
+                x = x + layer.mlp(x)
+                states.append(x)
+        return states
+
+    def check_domains(self, **inputs) -> list[dict]:
+        """For every MLP piece: the range of values its real input took on these inputs, and
+        whether any fell outside the domain it was fitted on (there it is clamped, i.e. wrong)."""
+        arrays, _batch, n = self._validated(inputs)
+        states = self.forward_states(self._encode_arrays(arrays, n, torch.float64, "cpu"))
+        blocks = {b["key"]: b for b in self.manifest["blocks"]}
+        out = []
+        for chk in self.manifest.get("domains", []):
+            h = states[2 * chk["layer"] - 1].numpy()          # after attention of that layer
+            blk = blocks[chk["block"]]
+            vals = self.read_block(h, blk, [0, 0])
+            lo, hi = float(vals.min()), float(vals.max())
+            slack = 1e-9 * max(1.0, abs(chk["lo"]), abs(chk["hi"]))
+            out.append({**chk, "min": lo, "max": hi,
+                        "outside": bool(lo < chk["lo"] - slack or hi > chk["hi"] + slack)})
+        return out
+
     # ---- files -----------------------------------------------------------------------------
     def save(self, path) -> list:
         """Write PATH.safetensors and PATH.json (PATH may end in either suffix or none)."""
