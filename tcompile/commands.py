@@ -12,7 +12,7 @@ from .errors import InputError, TcompileError
 
 def cmd_build(args) -> int:
     from .compiler import compile_file
-    prog = compile_file(args.file, params=parse_param_overrides(args.param))
+    prog = compile_file(args.file, params=parse_param_overrides(args.param), tol=args.tol)
     paths = prog.save_to_dir(args.out)
     print(prog.report_text())
     for p in paths:
@@ -63,7 +63,7 @@ def cmd_check(args) -> int:
     from .interpret import interpret_program
     from .sampling import sample_inputs
     params = parse_param_overrides(args.param)
-    prog = compile_file(args.file, params=params)
+    prog = compile_file(args.file, params=params, tol=args.tol)
     n = args.n or max(16, 2 * prog.manifest["min_tokens"])
     inputs = sample_inputs(prog.program, params, n=n, batch=args.batch, seed=args.seed)
     got = prog.run(**inputs)

@@ -15,25 +15,32 @@ from . import __version__
 from .check import check_program, fmt_shape
 from .dataflow import build_dataflow
 from .emit import emit
+from .errors import ParamError
+from .mlp import DEFAULT_TOL
 from .lower import lower
 from .parse import parse_file, parse_source
 from .plan import plan_program
 from .program import CompiledProgram
 
 
-def compile_source(source: str, file: str = "<string>", params: dict | None = None) -> CompiledProgram:
-    return compile_program(parse_source(source, file), params)
+def compile_source(source: str, file: str = "<string>", params: dict | None = None,
+                   tol: float | None = None) -> CompiledProgram:
+    return compile_program(parse_source(source, file), params, tol)
 
 
-def compile_file(path, params: dict | None = None) -> CompiledProgram:
-    """Compile the .tp program at `path` (params override its `param`/`dim` defaults)."""
-    return compile_program(parse_file(Path(path)), params)
+def compile_file(path, params: dict | None = None, tol: float | None = None) -> CompiledProgram:
+    """Compile the .tp program at `path` (params override its `param`/`dim` defaults; `tol` is
+    the error budget of approximations that neither their call nor their statement sets)."""
+    return compile_program(parse_file(Path(path)), params, tol)
 
 
-def compile_program(program, params: dict | None = None) -> CompiledProgram:
+def compile_program(program, params: dict | None = None, tol: float | None = None) -> CompiledProgram:
+    if tol is not None and not (isinstance(tol, (int, float)) and 0 < tol < 1):
+        raise ParamError(f"the default tolerance must be a number in (0, 1), got {tol!r}")
     values = check_program(program, params)
     df = build_dataflow(program, values)
     df.source = program.source
+    df.default_tol = tol
     atoms, inv_n = lower(df)
     plan = plan_program(atoms, inv_n, df.outputs)
     layers, blocks, keys = emit(plan, df.outputs)
@@ -46,9 +53,10 @@ def compile_program(program, params: dict | None = None) -> CompiledProgram:
         "format_version": 1,
         "compiler_version": __version__,
         "program": program.name,
-        "file": program.file,
+        "file": Path(program.file).name,
         "source": program.source,
         "source_sha256": hashlib.sha256(program.source.encode()).hexdigest(),
+        "default_tol": tol if tol is not None else DEFAULT_TOL,
         "params": {k: (int(v) if float(v).is_integer() else v) for k, v in values.items()},
         "inputs": [{"name": name, "shape": list(ty.shape)} for name, ty in df.input_types.items()],
         "outputs": [{"name": name, "shape": list(ty.shape),

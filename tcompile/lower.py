@@ -495,11 +495,21 @@ class Lowering:
                          "assumption", nid)
 
     def names(self) -> dict:
+        """Leaf names for labels: the program's variable, else what computes it."""
         out = {}
-        for a in self.atoms:
+        for a, atom in self.atoms.items():
             node = self.g.nodes[a]
             vs = node.get("vars")
-            out[a] = node.get("name") or (vs[-1].split("@")[0] if vs else f"t{a}")
+            if node.get("name") or vs:
+                out[a] = node.get("name") or vs[-1].split("@")[0]
+            elif atom.piece is not None:
+                out[a] = f"[{atom.piece.label}]"
+            elif atom.poly is not None and len(atom.poly) == 1:
+                (m, _), = atom.poly.items()
+                parts = [out.get(f, f"t{f}") + ("ᵀ" if t else "") for f, t in m.chain]
+                out[a] = "(" + "@".join(parts + [out.get(s, f"t{s}") for s in m.scalars]) + ")"
+            else:
+                out[a] = f"t{a}"
         return out
 
     def fanout(self, nid) -> int:

@@ -279,8 +279,8 @@ class PieceBuilder:
         label = f"{names.get(u, u)}*{names.get(v, v)}"
         piece = ProductPiece(u, v, fit(plus_lo, plus_hi), fit(minus_lo, minus_hi),
                              tuple(u_range), tuple(v_range), label)
-        piece.approximations = [Approximation(f"({label}) via (u+v)^2", plus_lo, plus_hi, piece.plus),
-                                Approximation(f"({label}) via (u-v)^2", minus_lo, minus_hi, piece.minus)]
+        piece.approximations = [Approximation(f"(u+v)^2 of u*v = {label}", plus_lo, plus_hi, piece.plus),
+                                Approximation(f"(u-v)^2 of u*v = {label}", minus_lo, minus_hi, piece.minus)]
         return piece
 
 

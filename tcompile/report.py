@@ -46,8 +46,11 @@ def format_report(rep: dict) -> str:
         lines.append(f"  {p['layer']:>5}  {p['heads']:>5}  {p['dk']:>2}  {p['mlp_hidden']:>10}  "
                      f"{p['parameters']:>10,}  {p['nonzero']:>7,}")
     if rep["approximations"]:
-        lines += ["", "  approximation           domain                 neurons   max error    tol"]
+        lines += ["", "  approximated function (leaf names)" + " " * 24 + "domain            ReLUs x uses"
+                  "    max error      tol"]
         for a in rep["approximations"]:
-            lines.append(f"  {a['name']:<22} [{a['lo']:.4g}, {a['hi']:.4g}]".ljust(48) +
-                         f"{a['neurons']:>8}   {a['max_error']:.2e}   {a['tol']:.0e}")
+            uses = a.get("entries", 1)
+            lines.append(f"  {a['name'][:56]:<56}  [{a['lo']:.4g}, {a['hi']:.4g}]".ljust(78) +
+                         f"{a.get('neurons_per_entry', a['neurons']):>6} x {uses:<4}"
+                         f"   {a['max_error']:.2e}   {a['tol']:.0e}")
     return "\n".join(lines)
