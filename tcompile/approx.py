@@ -153,7 +153,15 @@ def approximate_callable(name: str, f: Callable, lo: float, hi: float, tol: floa
     w_at = w[np.minimum(np.rint((ends[:-1] - lo) / step).astype(int), len(w) - 1)]
     with np.errstate(divide="ignore"):       # first guess: the length where h**2 |f''| / 8 = tol
         h0 = np.minimum(per_knot / w_at, np.diff(ends))
-    t, v = _sweep(f, ends, h0, target, shift, sig, max_neurons, where)
+    try:
+        t, v = _sweep(f, ends, h0, target, shift, sig, max_neurons, where)
+    except _Stuck as stuck:
+        # A shifted knot can leave no feasible next interval (convexity flips at a singular
+        # point, as cbrt at 0); interpolated knots always leave one where f is continuous.
+        if shift == 0:
+            raise ApproxError(f"{where}: cannot meet tol near x = {stuck.args[0]:g} (the "
+                              "function is not continuous there, or tol is below rounding)")
+        return approximate_callable(name, f, lo, hi, tol, max_neurons, interpolate=True)
     t, v = _prune(f, t, v, target)
     t, v, err = _verify(f, t, v, tol, xg, fg, where, max_neurons)
     exact = bool(err <= 4 * _EPS * np.max(np.abs(fg)))
@@ -264,6 +272,10 @@ def _segment_errors(f, a, va, b, vb, m, fa=None, fb=None):
     return err, np.abs(fx - (fa[:, None] + (fb - fa)[:, None] * s)).max(axis=1)
 
 
+class _Stuck(Exception):
+    """No interval from this knot meets the target, however short."""
+
+
 def _sweep(f, ends, h0, target, shift, sig, cap, where):
     """Greedy reach in every chunk at once: the longest interval from the current knot whose
     error is <= target, found by secant steps on log(chord error) vs log(length) in a bracket.
@@ -296,8 +308,7 @@ def _sweep(f, ends, h0, target, shift, sig, cap, where):
                                         | (ok_c >= level * (1 - 3 * _RTOL)))
             stuck = live & (ok_h == 0) & (bad_h <= 1e-15 * (np.abs(a) + rem))
             if stuck.any():
-                raise ApproxError(f"{where}: cannot meet tol near x = {a[stuck][0]:g} (the "
-                                  "function is not continuous there, or tol is below rounding)")
+                raise _Stuck(float(a[stuck][0]))
             # next trial length: secant in log-log (exponent p from the last two trials)
             p = np.clip(np.log(c / prev_c) / np.log(h / prev_h), 0.25, 4.0)
             p = np.where(np.isfinite(p), p, 2.0)

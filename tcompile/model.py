@@ -10,6 +10,11 @@ x has shape (batch, n, D) with x[b] = Hᵀ; one head's contribution is then
 q (kᵀ v) with k = x W_Kᵀ, q = x W_Qᵀ, v = x W_Vᵀ, which is (W_V H Kᵀ Q)ᵀ computed in O(n).
 W_K^h and W_Q^h are stored as dk×D (the paper's D×D with its zero rows dropped).
 
+Hook points carry TransformerLens names (blocks.{i}.hook_resid_pre, .attn.hook_result,
+.hook_attn_out, .hook_resid_mid, .mlp.hook_pre, .mlp.hook_post, .hook_mlp_out,
+.hook_resid_post), so `run_with_cache` and forward hooks read like TransformerLens code.
+TransformerLens itself hard-codes softmax attention and cannot load these models.
+
 TF32 is switched off inside `forward` (and restored after): Newton–Schulz loses about three
 digits to TF32 matmuls on NVIDIA GPUs, so the float32 path is true float32 whatever the
 caller's global setting.
@@ -22,24 +27,29 @@ import torch
 from torch import nn
 
 
+class HookPoint(nn.Module):
+    """Identity; a named place to read (or, with a forward hook, edit) an activation."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
 class LinearAttention(nn.Module):
     def __init__(self, W_K: torch.Tensor, W_Q: torch.Tensor, W_V: torch.Tensor):
         super().__init__()
         self.W_K = nn.Parameter(W_K)      # (heads, dk, D)
         self.W_Q = nn.Parameter(W_Q)      # (heads, dk, D)
         self.W_V = nn.Parameter(W_V)      # (heads, D, D)
-
-    def head_outputs(self, x: torch.Tensor) -> torch.Tensor:
-        """Each head's additive contribution, (batch, heads, n, D)."""
-        k = torch.einsum("bnd,hkd->bhnk", x, self.W_K)
-        q = torch.einsum("bnd,hkd->bhnk", x, self.W_Q)
-        v = torch.einsum("bnd,hed->bhne", x, self.W_V)
-        return q @ (k.transpose(-1, -2) @ v)
+        self.hook_result = HookPoint()    # each head's contribution, (batch, heads, n, D)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.W_K.shape[0] == 0:
             return torch.zeros_like(x)
-        return self.head_outputs(x).sum(dim=1)
+        k = torch.einsum("bnd,hkd->bhnk", x, self.W_K)
+        q = torch.einsum("bnd,hkd->bhnk", x, self.W_Q)
+        v = torch.einsum("bnd,hed->bhne", x, self.W_V)
+        heads = self.hook_result(q @ (k.transpose(-1, -2) @ v))
+        return heads.sum(dim=1)
 
 
 class MLP(nn.Module):
@@ -47,22 +57,28 @@ class MLP(nn.Module):
         super().__init__()
         self.W_1 = nn.Parameter(W_1)      # (hidden, D)
         self.W_2 = nn.Parameter(W_2)      # (D, hidden)
+        self.hook_pre = HookPoint()       # W_1 x, (batch, n, hidden)
+        self.hook_post = HookPoint()      # ReLU(W_1 x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.W_1.shape[0] == 0:
             return torch.zeros_like(x)
-        return torch.relu(x @ self.W_1.T) @ self.W_2.T
+        return self.hook_post(torch.relu(self.hook_pre(x @ self.W_1.T))) @ self.W_2.T
 
 
-class Layer(nn.Module):
+class Block(nn.Module):
     def __init__(self, attn: LinearAttention, mlp: MLP):
         super().__init__()
         self.attn = attn
         self.mlp = mlp
+        for name in ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out",
+                     "hook_resid_post"):
+            setattr(self, name, HookPoint())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(x)
-        return x + self.mlp(x)
+        x = self.hook_resid_pre(x)
+        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(x)))
+        return self.hook_resid_post(x + self.hook_mlp_out(self.mlp(x)))
 
 
 @contextlib.contextmanager
@@ -78,25 +94,48 @@ def exact_float32():
 
 
 class CompiledTransformer(nn.Module):
-    """A stack of `Layer`s; `forward(x)` maps the encoded embedding to the final residual."""
+    """A stack of `Block`s; `forward(x)` maps the encoded embedding to the final residual."""
 
-    def __init__(self, layers: list[Layer], width: int):
+    def __init__(self, blocks: list[Block], width: int):
         super().__init__()
-        self.layers = nn.ModuleList(layers)
+        self.blocks = nn.ModuleList(blocks)
         self.width = width
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.blocks
 
     @classmethod
     def from_arrays(cls, arrays: list, width: int, dtype=torch.float64, device="cpu"):
         def t(a):
             return torch.as_tensor(a, dtype=dtype, device=device)
-        layers = [Layer(LinearAttention(t(w.W_K), t(w.W_Q), t(w.W_V)), MLP(t(w.W_1), t(w.W_2)))
+        blocks = [Block(LinearAttention(t(w.W_K), t(w.W_Q), t(w.W_V)), MLP(t(w.W_1), t(w.W_2)))
                   for w in arrays]
-        model = cls(layers, width)
+        model = cls(blocks, width)
         model.requires_grad_(False)
         return model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with exact_float32():
-            for layer in self.layers:
-                x = layer(x)
+            for block in self.blocks:
+                x = block(x)
         return x
+
+    def hook_points(self) -> dict[str, HookPoint]:
+        return {name: m for name, m in self.named_modules() if isinstance(m, HookPoint)}
+
+    def run_with_cache(self, x: torch.Tensor, names=None) -> tuple[torch.Tensor, dict]:
+        """Like TransformerLens: (output, {hook name: activation}) for every (or the named) hook."""
+        cache: dict[str, torch.Tensor] = {}
+        handles = []
+        for name, hp in self.hook_points().items():
+            if names is None or name in names:
+                handles.append(hp.register_forward_hook(
+                    lambda _m, _i, out, name=name: cache.__setitem__(name, out.detach())))
+        try:
+            with torch.no_grad():
+                out = self(x)
+        finally:
+            for h in handles:
+                h.remove()
+        return out, cache

@@ -146,15 +146,10 @@ class CompiledProgram:
     def forward_states(self, x: torch.Tensor, dtype=torch.float64, device="cpu"):
         """The residual stream after every sublayer: [input, attn 1, mlp 1, attn 2, ...]."""
         module = self.module_for(dtype, device)
-        states = [x]
-        from .model import exact_float32
-        with torch.no_grad(), exact_float32():
-            for layer in module.layers:
-                x = x + layer.attn(x)
-                states.append(x)
-                x = x + layer.mlp(x)
-                states.append(x)
-        return states
+        names = [f"blocks.{i}.{h}" for i in range(len(module.blocks))
+                 for h in ("hook_resid_mid", "hook_resid_post")]
+        _, cache = module.run_with_cache(x, names=set(names))
+        return [x] + [cache[name] for name in names]
 
     def check_domains(self, **inputs) -> list[dict]:
         """For every MLP piece: the range of values its real input took on these inputs, and
@@ -172,6 +167,11 @@ class CompiledProgram:
             out.append({**chk, "min": lo, "max": hi,
                         "outside": bool(lo < chk["lo"] - slack or hi > chk["hi"] + slack)})
         return out
+
+    def trace(self, **inputs) -> list[dict]:
+        """Layer-by-layer comparison with the interpreter (see trace.py)."""
+        from .trace import trace_program
+        return trace_program(self, **inputs)
 
     # ---- files -----------------------------------------------------------------------------
     def save(self, path) -> list:
