@@ -8,12 +8,23 @@ __version__ = "0.1.0"
 
 from .errors import (ApproxError, ArtifactError, CompileError, InputError,  # noqa: E402
                      ParamError, ProgramError, ProgramSyntaxError, TcompileError)
-from .compiler import compile_file, compile_program, compile_source  # noqa: E402
+
+# (the function `interpret` deliberately shadows the submodule of the same name)
 from .interpret import interpret, interpret_program  # noqa: E402
-from .program import CompiledProgram  # noqa: E402
+
+# torch is imported on first use of the compiler, so `tcompile --help` and error paths are quick
+_LAZY = {"compile_file": "compiler", "compile_program": "compiler", "compile_source": "compiler",
+         "CompiledProgram": "program"}
 
 
-def load(path) -> CompiledProgram:
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'tcompile' has no attribute {name!r}")
+
+
+def load(path):
     """Load an artifact written by `CompiledProgram.save` (PATH, PATH.json or PATH.safetensors)."""
     from .artifact import load_artifact
     return load_artifact(path)

@@ -15,7 +15,8 @@ costs at most one extra knot.
 By default the PL function is not the interpolant: knot values are f(t) -/+ tol where f is
 convex/concave, so the error band [-tol, tol] is used on both sides and each interval may be
 sqrt(2) longer than an interpolant's (about ∫sqrt|f''| / sqrt(16 tol) knots instead of
-/ sqrt(8 tol)).  `interpolate=True` gives plain interpolation (values == f(knots)).
+/ sqrt(8 tol)).  `interpolate=True` gives plain interpolation (values == f(knots)), which is
+also the fallback when shifted values cannot get past a point (cbrt's flip of convexity at 0).
 
 Outside [lo, hi] the PL function is constant (clamped to its end values), which the ReLU form
 reproduces exactly; abs, relu and clip are instead their exact ReLU forms on all of R.
@@ -91,6 +92,8 @@ class PLApprox:
         relu(1*gate) (a = 0), which is 0 when the gate is.  The units all face away from the end
         with the steeper slope, so steep units (sqrt near 0) are only active near that end and
         their large coefficients never cancel inside the domain.  Units with c == 0 are dropped.
+        That is knots + 1 units: clamping both ends costs one more than a PL function that is
+        left to extrapolate linearly on one side (DESIGN §5 counts intervals + 1).
         """
         if self._form is not None:
             return self._form
@@ -131,14 +134,19 @@ def approximate_callable(name: str, f: Callable, lo: float, hi: float, tol: floa
         fg = _feval(f, xg)
     if not np.all(np.isfinite(fg)):
         raise ApproxError(f"{where}: the function is not finite on the domain")
+    noise = 16 * _EPS * float(np.max(np.abs(fg)))          # float64 rounding of the values
+    if tol <= noise:
+        raise ApproxError(f"{where}: tol is below the float64 rounding of values up to "
+                          f"{np.max(np.abs(fg)):.3g}, so no error could be checked")
     target = tol * (1 - _MARGIN)
     # Knot values sit a hair inside the band: where f is straight the error is the shift itself,
     # and rounding must not push it over the target.
     shift = 0.0 if interpolate else max(target * (1 - _RTOL) - 256 * _EPS * np.max(np.abs(fg)), 0.0)
     sig = _convexity_sign(xg, fg)
     # sqrt|f''| on the grid: it sizes the chunks, the first guesses, and the early size check.
-    step = xg[1] - xg[0]
-    w = np.sqrt(np.abs(np.diff(fg, 2))) / step                              # at xg[1:-1]
+    step = (hi - lo) / (_GRID - 1)
+    d2 = np.abs(np.diff(fg, 2))
+    w = np.sqrt(np.where(d2 > 4 * noise, d2, 0.0)) / step                  # at xg[1:-1]
     cell = np.concatenate([w[:1], (w[1:] + w[:-1]) / 2, w[-1:]]) * step     # per grid cell
     total = float(cell.sum())
     per_knot = np.sqrt(8 * target * (1 if interpolate else 2))

@@ -18,6 +18,8 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
+
 from . import ast
 from .functions import EXACT as _EXACT_FUNCTIONS
 from .errors import ParamError, ProgramError, SourceLocation
@@ -203,6 +205,9 @@ def resolve_params(program: ast.Program, overrides: dict | None = None) -> dict[
         value = overrides.get(decl.name)
         if value is None:
             value = _const_expr(decl.value, values, program)
+        if not math.isfinite(value):
+            raise ParamError(f"'{decl.name}' must be a finite number, got {value:g}", decl.loc,
+                             source=program.source)
         if isinstance(decl, ast.Dim) and (value != int(value) or value < 1):
             raise ParamError(f"dim '{decl.name}' must be a positive integer, got {value:g}",
                              decl.loc, source=program.source)
@@ -305,6 +310,17 @@ class Walker:
 
     def run(self, inputs: dict[str, Val] | None = None) -> dict[str, Val]:
         """Walk the whole program; return the values of its outputs."""
+        try:
+            return self._run(inputs)
+        except RecursionError:
+            from .parse import too_deep
+            raise too_deep(self.program.file, self.src) from None
+
+    def _run(self, inputs: dict[str, Val] | None = None) -> dict[str, Val]:
+        for fn in self.program.functions.values():
+            if fn.name in RESERVED or fn.name in self.params:
+                raise self.err(f"function name '{fn.name}' is reserved (a builtin, n, I, or a param)",
+                               fn.loc, expected="another name")
         env: dict[str, Val] = {}
         seen: dict[str, SourceLocation] = {}
         for decl in self.program.inputs:
@@ -346,9 +362,13 @@ class Walker:
                 self._assign(stmt, env)
             elif isinstance(stmt, ast.Repeat):
                 count = self.const_of(stmt.count, "a repeat count", env)
-                if count != int(count) or count < 0:
+                if not math.isfinite(count) or count != int(count) or count < 0:
                     raise self.err(f"a repeat count must be a non-negative integer, got {count:g}",
                                    stmt.count.loc)
+                self.statements += int(count) if count <= MAX_UNROLLED_STATEMENTS else count
+                if self.statements > MAX_UNROLLED_STATEMENTS:
+                    raise self.err("the program unrolls to too many statements "
+                                   f"(> {MAX_UNROLLED_STATEMENTS})", stmt.loc, expected="fewer repeats")
                 for _ in range(int(count)):
                     ret = self.exec_block(stmt.body, env, in_function)
                     if ret is not None:
@@ -436,16 +456,19 @@ class Walker:
             const = None
             if ta.const is not None:
                 try:
-                    const = float(ta.const ** tb.const)
+                    value = ta.const ** tb.const
                 except (OverflowError, ZeroDivisionError):
                     raise self.err("this power overflows or divides by zero", e.loc) from None
-                if isinstance(const, complex) or not math.isfinite(const):
-                    raise self.err("this power has no real value", e.loc)
+                if isinstance(value, complex) or not math.isfinite(value):
+                    raise self.err("this power has no finite real value", e.loc)
+                const = float(value)
             if ta.const is None and tb.const not in (1.0, 2.0, 0.5, -1.0, 0.0):
                 raise self.err(f"unsupported exponent {tb.const:g} on a runtime value", e.right.loc,
                                expected="0, 0.5, 1, 2 or -1 (or sqrt/reciprocal)")
             return self.apply("**", Ty(ta.shape, const=const, lo=const, hi=const,
                                        symmetric=False), (a, b), e)
+        if op == "/" and tb.const == 0.0:
+            raise self.err("division by zero", e.right.loc)
         if op == "/" and tb.shape not in ((),) and ta.shape != tb.shape:
             raise self.err(f"cannot divide {fmt_shape(ta.shape)} by {fmt_shape(tb.shape)}",
                            e.loc, expected="a scalar divisor or equal shapes")
@@ -508,7 +531,8 @@ class Walker:
         t = x.ty
         if t.const is not None:
             try:
-                value = float(_EXACT_FUNCTIONS[e.func](t.const))
+                with np.errstate(all="ignore"):
+                    value = float(_EXACT_FUNCTIONS[e.func](t.const))
             except (ValueError, OverflowError, ZeroDivisionError):
                 value = math.nan
             if not math.isfinite(value):

@@ -183,7 +183,41 @@ class GraphBuilder(Walker):
         r, c = self.cshape(nid)
         return self.transpose(nid, loc) if r == 1 and c != 1 else nid
 
+    def _unsized(self, nid):
+        """An unsized c·s·I as (c, s): compile-time c, runtime scalar node s or None."""
+        g = self.graph.nodes[nid]
+        if g["op"] == "eye":
+            return 1.0, None
+        if g["op"] == "scale":
+            c, s = self._unsized(g["args"][0])
+            return g["c"] * c, s
+        if g["op"] == "smul":
+            c, s = self._unsized(g["args"][0])
+            if s is not None:
+                raise CompileError("a product of two runtime scalars times I is not supported",
+                                   g["loc"], source=self.src)
+            return c, g["args"][1]
+        raise AssertionError(g)  # pragma: no cover
+
+    def _combine_unsized(self, op, a, b, loc):
+        """I op I (both unsized): fold into one c·s·I."""
+        (ca, sa), (cb, sb) = self._unsized(a), self._unsized(b)
+        if op in "+-":
+            if sa != sb:
+                raise CompileError("adding multiples of I with different runtime scales needs a "
+                                   "size: add them to a square matrix first", loc, source=self.src)
+            c, s = (ca + cb if op == "+" else ca - cb), sa
+        else:   # * (elementwise) and @ agree on multiples of I
+            if sa is not None and sb is not None:
+                raise CompileError("a product of two runtime scalars times I is not supported",
+                                   loc, source=self.src)
+            c, s = ca * cb, sa if sa is not None else sb
+        node = self.scale(self.node("eye", (), None, k=None), c, loc)
+        return node if s is None else self.node("smul", (node, s), None, loc)
+
     def _matmul_numpy(self, a, ta, b, tb, ty, loc):
+        if ta.shape is None and tb.shape is None:
+            return self._combine_unsized("@", a, b, loc)
         if ta.shape is None or tb.shape is None:          # c·I @ M or M @ c·I
             ident, other, ot = (a, b, tb) if ta.shape is None else (b, a, ta)
             k = canonical_shape(ot.shape)[0 if ta.shape is None else 1]
@@ -197,6 +231,8 @@ class GraphBuilder(Walker):
 
     def _elementwise(self, op, a, ta, b, tb, ty, loc):
         cs = canonical_shape(ty.shape)
+        if ta.shape is None and tb.shape is None:
+            return self._combine_unsized(op, a, b, loc)
         if op == "-":
             b, tb, op = self.scale(b, -1.0, loc), tb, "+"
         if ta.shape is None and tb.shape is not None and op == "+":

@@ -48,7 +48,7 @@ class TcompileError(Exception):
         head = f"{self.loc}: error: {self.message}" if self.loc else f"error: {self.message}"
         lines = [head]
         if self.loc and self.source is not None:
-            src_lines = self.source.splitlines()
+            src_lines = self.source.split("\n")
             if 1 <= self.loc.line <= len(src_lines):
                 text = src_lines[self.loc.line - 1].expandtabs(1)
                 lines.append(f"    {text}")

@@ -175,7 +175,7 @@ class NumpyWalker(Walker):
         ta, tb = tys
         if op == "@":
             if isinstance(a, _ScaledIdentity):
-                return b * a.scale if not isinstance(b, _ScaledIdentity) else _ScaledIdentity(a.scale * b.scale)
+                return _ScaledIdentity(a.scale * b.scale) if isinstance(b, _ScaledIdentity) else a.scale * b
             if isinstance(b, _ScaledIdentity):
                 return a * b.scale
             return a @ b
@@ -199,6 +199,11 @@ class _ScaledIdentity:
     def __mul__(self, c):
         return _ScaledIdentity(self.scale * c)
 
+    __rmul__ = __mul__
+
+    def __neg__(self):
+        return _ScaledIdentity(-self.scale)
+
 
 def _resolve(x, other):
     """Give c·I a size when it meets a square matrix."""
@@ -208,11 +213,17 @@ def _resolve(x, other):
 
 
 def _scaled_identity_op(op, a, b):
+    """Arithmetic among unsized multiples of I (and scalars): the result is one too."""
+    sa = a.scale if isinstance(a, _ScaledIdentity) else a
+    sb = b.scale if isinstance(b, _ScaledIdentity) else b
+    both = isinstance(a, _ScaledIdentity) and isinstance(b, _ScaledIdentity)
     if op == "*":
-        return _ScaledIdentity((a.scale * b) if isinstance(a, _ScaledIdentity) else (a * b.scale))
+        return _ScaledIdentity(sa * sb)
     if op == "/":
-        return _ScaledIdentity(a.scale / b)
-    raise AssertionError("the checker allows only scaling of an unsized I")  # pragma: no cover
+        return _ScaledIdentity(sa / sb)
+    if both and op in "+-":
+        return _ScaledIdentity(sa + sb if op == "+" else sa - sb)
+    raise AssertionError("the checker allows no other mix of unsized I")  # pragma: no cover
 
 
 def _align_tokens(a, ta: Ty, b, tb: Ty):

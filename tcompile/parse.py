@@ -156,6 +156,8 @@ def parse_source(source: str, file: str = "<string>") -> ast.Program:
     parser = _parser()
     try:
         tree = parser.parse(source)
+    except RecursionError:
+        raise too_deep(file, source) from None
     except lark.exceptions.UnexpectedCharacters as e:
         raise ProgramSyntaxError(
             f"unexpected character {source[e.pos_in_stream]!r}" if e.pos_in_stream < len(source)
@@ -163,7 +165,7 @@ def parse_source(source: str, file: str = "<string>") -> ast.Program:
             SourceLocation(file, e.line, e.column),
             expected=_describe_expected(parser, e.allowed or ()) or None, source=source) from None
     except lark.exceptions.UnexpectedEOF as e:
-        lines = source.splitlines() or [""]
+        lines = source.split("\n")
         raise ProgramSyntaxError("unexpected end of file",
                                  SourceLocation(file, len(lines), len(lines[-1]) + 1),
                                  expected=_describe_expected(parser, e.expected), source=source) from None
@@ -174,7 +176,7 @@ def parse_source(source: str, file: str = "<string>") -> ast.Program:
         line = tok.line if tok.line is not None else 1
         col = tok.column if tok.column is not None else 1
         if tok.type == "$END":
-            lines = source.splitlines() or [""]
+            lines = source.rstrip("\n").split("\n")
             line, col = len(lines), len(lines[-1]) + 1
         raise ProgramSyntaxError(f"unexpected {what}", SourceLocation(file, line, col),
                                  expected=_describe_expected(parser, e.accepts or e.expected),
@@ -186,7 +188,17 @@ def parse_source(source: str, file: str = "<string>") -> ast.Program:
     except lark.exceptions.VisitError as e:
         if isinstance(e.orig_exc, TcompileError):
             raise e.orig_exc from None
+        if isinstance(e.orig_exc, RecursionError):
+            raise too_deep(file, source) from None
         raise
+    except RecursionError:
+        raise too_deep(file, source) from None
+
+
+def too_deep(file: str, source: str) -> ProgramError:
+    return ProgramError("an expression is nested too deeply (hundreds of levels)",
+                        SourceLocation(file, 1, 1), expected="shorter expressions: use more statements",
+                        source=source)
 
 
 def _build_program(tree, file: str, source: str) -> ast.Program:

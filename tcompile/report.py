@@ -5,6 +5,28 @@ from __future__ import annotations
 import numpy as np
 
 
+# The paper's depth for the same computation (Giannou et al. 2024): layers per loop iteration.
+PAPER_DEPTH = {
+    "newton_inverse": ("2 per step (Lemma 4.1; 1 if A is symmetric)", lambda p: 2),
+    "least_squares": ("T + 3 in all (Theorem 4.2): 1 per step", lambda p: 1),
+    "newton_logistic": ("2k + 11 per damped Newton step (Theorem 5.2), k = inv_steps",
+                        lambda p: 2 * int(p.get("inv_steps", 1)) + 11),
+}
+
+
+def depth_per_iteration(manifest: dict) -> dict[str, float]:
+    """Layers between successive stored iterates of each output variable (its loop's depth)."""
+    out = {}
+    for spec in manifest["outputs"]:
+        name = spec["name"]
+        written = sorted({(b["written"] + 1) // 2 for b in manifest["blocks"]
+                          for v in b["vars"] if v.split("@")[0] == name and b["written"] > 0})
+        gaps = np.diff(written)
+        if len(gaps):
+            out[name] = float(np.median(gaps))
+    return out
+
+
 def build_report(manifest: dict, layers) -> dict:
     per_layer = []
     total_params = nonzero = 0
@@ -30,7 +52,17 @@ def build_report(manifest: dict, layers) -> dict:
         "nonzero_parameters": int(nonzero),
         "per_layer": per_layer,
         "approximations": manifest.get("approximations", []),
+        "depth_per_iteration": depth_per_iteration(manifest),
+        "paper_depth": _paper(manifest),
     }
+
+
+def _paper(manifest) -> dict | None:
+    entry = PAPER_DEPTH.get(manifest["program"])
+    if entry is None:
+        return None
+    text, per_iteration = entry
+    return {"formula": text, "per_iteration": per_iteration(manifest["params"])}
 
 
 def format_report(rep: dict) -> str:
@@ -45,6 +77,14 @@ def format_report(rep: dict) -> str:
     for p in rep["per_layer"]:
         lines.append(f"  {p['layer']:>5}  {p['heads']:>5}  {p['dk']:>2}  {p['mlp_hidden']:>10}  "
                      f"{p['parameters']:>10,}  {p['nonzero']:>7,}")
+    if rep["depth_per_iteration"]:
+        lines.append("")
+        for name, depth in rep["depth_per_iteration"].items():
+            line = f"  depth per loop iteration ({name}): {depth:g} layers"
+            if rep.get("paper_depth"):
+                line += (f"   paper: {rep['paper_depth']['per_iteration']} "
+                         f"({rep['paper_depth']['formula']})")
+            lines.append(line)
     if rep["approximations"]:
         lines += ["", "  approximated function (leaf names)" + " " * 24 + "domain            ReLUs x uses"
                   "    max error      tol"]
