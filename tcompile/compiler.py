@@ -67,12 +67,27 @@ def compile_program(program, params: dict | None = None, tol: float | None = Non
         "min_tokens": int(min_tokens),
         "max_small_dim": max(small_cols, default=1),
         "blocks": [vars(b) for b in blocks],
+        "row_map": _row_map(blocks, plan.width),
         "layers": [{"heads": int(w.W_K.shape[0]), "dk": int(w.W_K.shape[1]),
                     "mlp_hidden": int(w.W_1.shape[0]), "head_labels": w.head_labels} for w in layers],
         "approximations": _approximations(plan, keys),
         "domains": _domain_checks(plan, keys),
     }
     return CompiledProgram(manifest, layers)
+
+
+def _row_map(blocks, width: int) -> list[list[dict]]:
+    """For every row of the embedding, what it holds over time: which value, which element of
+    it (a row of the value, or a column when the value is stored transposed), and the
+    sublayers it is live (written .. last read; last read -1: kept to the end)."""
+    rows: list[list[dict]] = [[] for _ in range(width)]
+    for b in sorted(blocks, key=lambda b: b.written):
+        what = b.vars[-1] if b.vars else b.key
+        for i, r in enumerate(b.rows):
+            element = f"{what}[:, {i}]" if b.transposed else f"{what}[{i}, :]"
+            rows[r].append({"block": b.key, "element": element, "written": b.written,
+                            "last_read": b.last_read})
+    return rows
 
 
 def _approximations(plan, keys) -> list[dict]:

@@ -235,7 +235,11 @@ def _as_heads(atoms, seq, p, q) -> Realization | None:
 # ---- building the atoms --------------------------------------------------------------------
 
 class _Restart(Exception):
-    """An atom was made after its consumers were expanded symbolically: expand again."""
+    """An atom was made after its consumers were expanded symbolically: expand again from it."""
+
+    def __init__(self, nid: int):
+        super().__init__(nid)
+        self.nid = nid
 
 
 class Ew:
@@ -289,20 +293,23 @@ class Lowering:
         if self.g.nodes[nid]["cshape"] is None:
             raise self.error("the size of this multiple of I cannot be inferred", nid)
         result = self.make_atom(nid, "attn", poly)
-        if stale:       # consumers already expanded it symbolically: redo the pass
-            raise _Restart
+        if stale:       # consumers already expanded it symbolically: redo them
+            raise _Restart(nid)
         return result
 
     def run(self) -> dict[int, Atom]:
         live = self.live = self.df.live_nodes()
         order = [nid for nid in nx.topological_sort(self.g) if nid in live]
         self.stale_ok = False
+        position = {nid: i for i, nid in enumerate(order)}
+        start = 0
+        self.polys = {}
         while True:           # the atom set only grows, so this ends
             try:
-                self._pass(order)
+                self._pass(order, start)
                 break
-            except _Restart:
-                continue
+            except _Restart as r:       # nodes before the new atom cannot depend on it
+                start = position[r.nid]
         # outputs get rows too; their consumers keep using the definitions they inlined
         for nid in self.df.outputs.values():
             self.current = nid
@@ -314,10 +321,11 @@ class Lowering:
         rank = {nid: i for i, nid in enumerate(order)}
         return {a: self.atoms[a] for a in sorted(self.atoms, key=lambda a: rank.get(a, -1))}
 
-    def _pass(self, order):
-        self.polys = {}
+    def _pass(self, order, start: int):
+        for nid in order[start:]:
+            self.polys.pop(nid, None)
         kinds = {a: atom.kind for a, atom in self.atoms.items()}
-        for nid in order:
+        for nid in order[start:]:
             self.current = nid
             if kinds.get(nid) == "attn":
                 self.make_atom(nid, "attn", self.expand(nid))
@@ -481,7 +489,7 @@ class Lowering:
         if TOKEN in node["cshape"]:
             atom.inputs.append(self.ones_atom())
         if stale:
-            raise _Restart
+            raise _Restart(nid)
         return poly
 
     def bounds_of(self, atom_id, nid):

@@ -127,6 +127,73 @@ def pulled_back_domains(e, leaf, env) -> list[tuple[float, float]]:
     return out
 
 
+# ---- exact piecewise-linear expressions ----------------------------------------------------
+
+PL_CALLS = {"relu", "abs", "clip"}
+
+
+def _calls(e):
+    if e[0] in ("leaf", "const"):
+        return []
+    if e[0] == "call":
+        return [e] + _calls(e[3])
+    return _calls(e[1]) + _calls(e[2])
+
+
+def exact_pl(e, cont, env, label: str, tol: float) -> PLApprox | None:
+    """If e is piecewise linear in the leaf (affine steps, relu/abs/clip of affine arguments),
+    its exact ReLU form on all of R; else None."""
+    calls = _calls(e)
+    if any(c[1] not in PL_CALLS for c in calls):
+        return None
+    kinks = []
+    for c in calls:
+        aff = _affine(c[3], cont, env) if cont is not None else (0.0, 0.0)
+        if aff is None:
+            return None                      # nested PL calls: left to the general fit
+        if aff[0] != 0.0:
+            levels = [0.0] if c[1] != "clip" else list(c[2])
+            kinks += [(lv - aff[1]) / aff[0] for lv in levels]
+    # a function of u alone? (products of the leaf with itself are not PL)
+    kinks = sorted(set(kinks))
+
+    def f(u):
+        return np.broadcast_to(evaluate(e, {**env, cont: u} if cont is not None else env),
+                               np.shape(u)).astype(float)
+    span = max([1.0] + [abs(k) for k in kinks])
+    probe = np.array(sorted(set([kinks[0] - span if kinks else -span] + kinks +
+                               [kinks[-1] + span if kinks else span])))
+    # slopes between consecutive probes, checked linear on each piece
+    xs, slopes = [], []
+    for a, b in zip(probe[:-1], probe[1:]):
+        mid = (a + b) / 2
+        pts = np.array([a, (a + mid) / 2, mid, (mid + b) / 2, b])
+        vals = f(pts)
+        sl = (vals[-1] - vals[0]) / (b - a)
+        if np.max(np.abs(vals - (vals[0] + sl * (pts - a)))) > 1e-12 * max(1.0, np.max(np.abs(vals))):
+            return None                     # not linear between kinks (e.g. u * u)
+        xs.append(a)
+        slopes.append(sl)
+    left = slopes[0]
+    x0 = probe[0]
+    c0 = float(f(np.array([x0]))[0]) - left * x0     # f(u) = c0 + left·u left of every kink
+    a_, b_, c_ = [0.0], [1.0], [c0]                   # constant through the gate
+    if left != 0.0:                                   # left·u = left·(relu(u) − relu(−u))
+        a_ += [1.0, -1.0]
+        b_ += [0.0, 0.0]
+        c_ += [left, -left]
+    for k, (s_prev, s_next) in zip(probe[1:-1], zip(slopes[:-1], slopes[1:])):
+        if s_next != s_prev:
+            a_.append(1.0)
+            b_.append(-k)
+            c_.append(s_next - s_prev)
+    form = tuple(np.array(v) for v in (a_, b_, c_))
+    keep = form[2] != 0
+    form = tuple(v[keep] for v in form)
+    t = np.array(kinks) if kinks else np.array([0.0])
+    return PLApprox(label, -math.inf, math.inf, t, f(t), 0.0, tol, True, f, form)
+
+
 # ---- pieces --------------------------------------------------------------------------------
 
 @dataclass
@@ -162,7 +229,9 @@ class UnaryPiece:
 
     @property
     def range(self) -> tuple[float, float]:
-        vals = np.concatenate([pl.values for pl in self.branches.values()])
+        if not (math.isfinite(self.lo) and math.isfinite(self.hi)):
+            return (-math.inf, math.inf)
+        vals = np.concatenate([pl(np.linspace(self.lo, self.hi, 257)) for pl in self.branches.values()])
         shifts = [0.0, *self.offsets.values()] if self.offsets else [0.0]
         return float(vals.min() + min(shifts)), float(vals.max() + max(shifts))
 
@@ -212,6 +281,9 @@ class PieceBuilder:
         label = to_text(e, names)
         patterns = list(itertools.product(*[(1.0, -1.0) if kind == "sign" else (1.0, 0.0)
                                              for _, kind in gates]))
+        exact = self._exact_piece(e, cont, gates, patterns, bounds, label, tol)
+        if exact is not None:
+            return exact
         lo, hi = -math.inf, math.inf
         for pat in patterns:
             env = {g: v for (g, _), v in zip(gates, pat)}
@@ -264,6 +336,30 @@ class PieceBuilder:
             suffix = "" if not pat else " [" + ", ".join(
                 f"{names.get(g, g)}={v:+g}" for (g, _), v in zip(gates_used, pat)) + "]"
             piece.approximations.append(Approximation(label + suffix, lo, hi, pl))
+        return piece
+
+    def _exact_piece(self, e, cont, gates, patterns, bounds, label, tol) -> UnaryPiece | None:
+        """relu/abs/clip/sign-products need no approximation: exact ReLU forms, no domain
+        (gating by signs still needs bounds on the real leaf for its offsets)."""
+        forms = {}
+        for pat in patterns:
+            env = {g: v for (g, _), v in zip(gates, pat)}
+            pl = exact_pl(e, cont, env, label, tol)
+            if pl is None:
+                return None
+            forms[pat] = pl
+        first = next(iter(forms.values()))
+        same = all(np.array_equal(np.concatenate(p.relu_form()), np.concatenate(first.relu_form()))
+                   for p in forms.values())
+        if same:
+            piece = UnaryPiece(cont, [], {(): first}, -math.inf, math.inf, label)
+        else:
+            if cont is None or cont not in bounds:
+                return None
+            lo, hi = bounds[cont]
+            piece = UnaryPiece(cont, gates, forms, lo, hi, label)
+        for pat, pl in piece.branches.items():
+            piece.approximations.append(Approximation(label, piece.lo, piece.hi, pl))
         return piece
 
     def product(self, u, v, u_range, v_range, tol, names) -> ProductPiece:
@@ -341,7 +437,7 @@ def piece_units(piece, rows_of, out_rows: list[int], gate_rows: list[int]):
             for pat, pl in piece.branches.items():
                 pat = pat if len(pat) == len(piece.gates) and not piece.offsets else ()
                 a, b, c = pl.relu_form()
-                margins = gate_margin(a, b, piece.lo, piece.hi)
+                margins = gate_margin(a, b, piece.lo, piece.hi) if piece.gates else None
                 for j in range(len(c)):
                     w1 = {}
                     if piece.leaf is not None and a[j] != 0:

@@ -1,0 +1,64 @@
+"""Build time of the shipped programs: `tcompile build` end to end (a fresh process: imports,
+parse, check, lowering, approximation fits, planning, emission, writing the artifact) and the
+in-process compile alone. Prints a table and writes bench/results/build.json.
+
+    python bench/bench_build.py [--repeats 3] [--out bench/results/build.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PROGRAMS = ["newton_inverse", "least_squares", "newton_logistic"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "build.json"))
+    args = ap.parse_args()
+    import tcompile
+    records = []
+    print(f"{'program':<18} {'cli build (s)':>14} {'compile (s)':>12} {'layers':>7} {'width':>6} "
+          f"{'mlp max':>8}")
+    for name in PROGRAMS:
+        path = ROOT / "programs" / f"{name}.tp"
+        cli = []
+        for _ in range(args.repeats):
+            with tempfile.TemporaryDirectory() as out:
+                t = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "tcompile", "build", str(path), "-o", out],
+                               check=True, capture_output=True)
+                cli.append(time.perf_counter() - t)
+        inproc = []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            prog = tcompile.compile_file(path)
+            inproc.append(time.perf_counter() - t)
+        rep = prog.report
+        rec = {"program": name, "params": rep["params"], "cli_build_s": statistics.median(cli),
+               "compile_s": statistics.median(inproc), "layers": rep["layers"], "width": rep["width"],
+               "mlp_hidden_max": rep["mlp_hidden_max"], "heads_total": rep["heads_total"],
+               "parameters": rep["parameters"]}
+        records.append(rec)
+        print(f"{name:<18} {rec['cli_build_s']:>14.2f} {rec['compile_s']:>12.2f} {rec['layers']:>7} "
+              f"{rec['width']:>6} {rec['mlp_hidden_max']:>8}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": {"python": platform.python_version(),
+                                           "cpus": os.cpu_count(), "platform": platform.platform()},
+                               "records": records}, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
