@@ -108,16 +108,45 @@ def load_artifact(path):
         raise ArtifactError(f"weights {str(weights_path)!r} cannot be read: {e}") from None
     try:
         layers = _layers_from_tensors(manifest, tensors)
-    except (KeyError, TypeError, ValueError) as e:
+        _check_layout(manifest)
+    except KeyError as e:
+        raise ArtifactError(f"artifact {str(manifest_path)!r} is inconsistent: missing {e}") from None
+    except (TypeError, ValueError) as e:
         raise ArtifactError(f"artifact {str(manifest_path)!r} is inconsistent: {e}") from None
     return CompiledProgram(manifest, layers)
+
+
+def _check_layout(manifest: dict) -> None:
+    """The layout the encoder/decoder follow must fit the weights and the program source."""
+    if hashlib.sha256(manifest["source"].encode()).hexdigest() != manifest["source_sha256"]:
+        raise ValueError("the program source does not match its checksum")
+    D = int(manifest["width"])
+    if not isinstance(manifest["min_tokens"], int) or manifest["min_tokens"] < 1:
+        raise ValueError(f"min_tokens must be a positive integer, got {manifest['min_tokens']!r}")
+    keys = set()
+    for blk in manifest["blocks"]:
+        rows = blk["rows"]
+        if not rows or any(not isinstance(r, int) or not 0 <= r < D for r in rows):
+            raise ValueError(f"block {blk['key']!r} has rows outside the width {D}")
+        if len(blk["cshape"]) != 2:
+            raise ValueError(f"block {blk['key']!r} has a bad shape {blk['cshape']!r}")
+        keys.add(blk["key"])
+    for spec in manifest["outputs"]:
+        if spec["block"] not in keys:
+            raise ValueError(f"output {spec['name']!r} lives in no block ({spec['block']!r})")
 
 
 def _layers_from_tensors(manifest: dict, tensors: dict) -> list[LayerWeights]:
     D = int(manifest["width"])
     layers = []
     for i, spec in enumerate(manifest["layers"]):
+        missing = [_tensor_name(i, w) for w in WEIGHT_NAMES if _tensor_name(i, w) not in tensors]
+        if missing:
+            raise ValueError(f"missing tensor {missing[0]}")
         arrs = {w: tensors[_tensor_name(i, w)] for w in WEIGHT_NAMES}
+        for w, a in arrs.items():
+            if a.dtype != np.float64 or not np.all(np.isfinite(a)):
+                raise ValueError(f"{_tensor_name(i, w)} must hold finite float64 values")
         h, dk, hid = spec["heads"], spec["dk"], spec["mlp_hidden"]
         expected = {"W_K": (h, dk, D), "W_Q": (h, dk, D), "W_V": (h, D, D), "W_1": (hid, D), "W_2": (D, hid)}
         for w, shape in expected.items():

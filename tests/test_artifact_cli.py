@@ -309,11 +309,6 @@ def _min_tokens_none(m):
     m["min_tokens"] = None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: load_artifact validates only the weights against manifest['layers'/'width'/"
-    "'n_layers']; a manifest whose layout (blocks, outputs, min_tokens, source) is missing or "
-    "inconsistent loads fine and then fails in run() with IndexError/KeyError/TypeError, or "
-    "silently uses an edited source whose hash no longer matches source_sha256"))
 @pytest.mark.parametrize("mutate", [_no_blocks, _block_rows_out_of_range, _unknown_output_block,
                                     _edited_source, _min_tokens_none])
 def test_inconsistent_manifest_layout_is_an_artifact_error(saved, mutate):
