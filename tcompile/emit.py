@@ -14,6 +14,7 @@ import numpy as np
 
 from .check import TOKEN
 from .lower import Operand
+from .plan import HeadTerm
 from .mlp import piece_units
 from .plan import EYE, EYE_INV_N, Plan, mlp_input_pair
 
@@ -77,7 +78,8 @@ def emit(plan: Plan, outputs: dict[str, int]) -> tuple[list[LayerWeights], list[
 
     def rows_of(op: Operand) -> list[int]:
         if op.kind == "atom":
-            return plan.slots[(op.atom, op.transposed)].rows
+            rows = plan.slots[(op.atom, op.transposed)].rows
+            return rows if op.row is None else [rows[op.row]]
         pseudo = EYE if op.kind == "eye" else EYE_INV_N
         return plan.slots[(pseudo, False)].rows[:op.k]
 
@@ -89,6 +91,11 @@ def emit(plan: Plan, outputs: dict[str, int]) -> tuple[list[LayerWeights], list[
             if plan.write_time[pair] != t_att:
                 continue
             for term in terms:
+                if term.real.split:          # one head per row: (part, output row)
+                    for part, r in term.real.split:
+                        groups.setdefault((part.y, part.z), []).append(
+                            HeadTerm(part, term.coef, term.dest, (r,)))
+                    continue
                 groups.setdefault((term.real.y, term.real.z), []).append(term)
         heads = list(groups.items())
         dk = max((len(rows_of(y)) for (y, _), _ in heads), default=1)
@@ -105,6 +112,9 @@ def emit(plan: Plan, outputs: dict[str, int]) -> tuple[list[LayerWeights], list[
             for term in terms:
                 xr = rows_of(term.real.x)
                 dest = plan.slots[term.dest].rows
+                if len(xr) == 1 and term.x_rows is not None and term.real.z.row is not None:
+                    W_V[h, dest[term.x_rows[0]], xr[0]] += term.coef      # a row-split head
+                    continue
                 idx = term.x_rows if term.x_rows is not None else range(len(xr))
                 for i in idx:
                     W_V[h, dest[i], xr[i]] += term.coef

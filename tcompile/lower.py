@@ -124,15 +124,26 @@ class Operand:
     atom: int | None = None
     transposed: bool = False
     k: int | None = None
+    row: int | None = None          # one row of the stored block (row-split heads)
 
 
 @dataclass(frozen=True)
 class Realization:
-    x: Operand
-    y: Operand
-    z: Operand
+    """Heads for one monomial: X Yᵀ Z, or (`split`) one head per output row, each writing
+    (Realization, row index) — how a runtime scalar scales a block with no 1-wide side."""
+    x: Operand | None
+    y: Operand | None
+    z: Operand | None
+    split: tuple = ()
+
+    def operands(self) -> list[Operand]:
+        if self.split:
+            return [o for part, _ in self.split for o in part.operands()]
+        return [self.x, self.y, self.z]
 
     def needs(self) -> set[tuple[int, bool]]:
+        if self.split:
+            return set().union(*(part.needs() for part, _ in self.split))
         return {(o.atom, o.transposed) for o in (self.x, self.y, self.z) if o.kind == "atom"}
 
 
@@ -159,7 +170,22 @@ def realizations(atoms: dict[int, Atom], m: Mono, out_shape: tuple, transposed_o
             r = _as_heads(atoms, padded, p, q)
             if r is not None and r not in found:
                 found.append(r)
+    if not found and len(chain) == 1 and 1 <= len(m.scalars) <= 2 and _is_small(p):
+        found = _row_split(atoms, chain[0], m.scalars, p)
     return found
+
+
+def _row_split(atoms, factor: Factor, scalars, p) -> list[Realization]:
+    """s·G (s runtime, G with no side of length 1): row r of the result is s · (row r of G),
+    one head each: X = s₁, Y = s₂ or I₁, Z = row r of G's stored block."""
+    z = _operand(atoms, ("f", factor), False)
+    if z is None:
+        return []
+    x = Operand("atom", scalars[0], False)
+    y = Operand("atom", scalars[1], False) if len(scalars) == 2 else Operand("eye", k=1)
+    parts = tuple((Realization(x, y, Operand("atom", z.atom, z.transposed, row=r)), r)
+                  for r in range(p))
+    return [Realization(None, None, None, split=parts)]
 
 
 def _item_dims(atoms, item):

@@ -237,7 +237,7 @@ class Planner:
             for term in ts:
                 for q in term.real.needs():
                     last_read[q] = max(last_read[q], t)
-                if any(o.kind == "eye_inv_n" for o in (term.real.x, term.real.y, term.real.z)):
+                if any(o.kind == "eye_inv_n" for o in term.real.operands()):
                     last_read[(EYE_INV_N, False)] = max(last_read[(EYE_INV_N, False)], t)
         if plan.identity_size:
             last_read[(EYE, False)] = END     # subtraction heads may need it at any time
@@ -259,7 +259,7 @@ class Planner:
                 t > 0 and last_read[q] <= t and plan.write_time[q] < t
                 and (not attention_writer or _rows(plan.atoms, q) <= plan.identity_size))]
             # prefer the rows of a value this one overwrites in place (own previous value)
-            own = [q for term in plan.terms.get(p, []) if term.real.x.kind == "atom"
+            own = [q for term in plan.terms.get(p, []) if term.real.x is not None and term.real.x.kind == "atom"
                    for q in [(term.real.x.atom, term.real.x.transposed)]
                    if q in plan.slots and _rows(plan.atoms, q) == need
                    and set(plan.slots[q].rows) <= set(free)
@@ -307,6 +307,8 @@ class Planner:
 
 def _copies(real: Realization, q: Pair) -> bool:
     """Does this head compute exactly the stored block q (X=q, Y=Z=I or X=Y=I, Z=q)?"""
+    if real.split:
+        return False
     x, y, z = real.x, real.y, real.z
     as_q = Operand("atom", q[0], q[1])
     return (x == as_q and y.kind == "eye" and z.kind == "eye") or \
@@ -322,7 +324,7 @@ def plan_program(atoms, inv_n, outputs) -> Plan:
         plan = planner.schedule(orient)
         if late:
             planner.delay(plan)
-        operands = [o for ts in plan.terms.values() for t in ts for o in (t.real.x, t.real.y, t.real.z)]
+        operands = [o for ts in plan.terms.values() for t in ts for o in t.real.operands()]
         gate_sizes = [_rows(atoms, (a, not plan.orient[a])) for a, atom in atoms.items()
                       if atom.kind == "mlp" and not atom.is_token]      # small pieces gate on I rows
         plan.identity_size = max([o.k for o in operands if o.kind == "eye"] + gate_sizes, default=0)

@@ -383,8 +383,18 @@ def test_four_factor_product_stores_an_intermediate():
     assert rel(got, inputs["A"] @ inputs["B"] @ inputs["C"] @ inputs["D"]) <= 1e-12
 
 
+def test_runtime_scalar_times_matrix_is_row_split():
+    """s * B has no side of length 1 for the scalar to sit on: one head per row, one layer."""
+    src = "program u\ndim d = 3\ninput B : [d, d]\ninput s : []\noutput R\nR = s * B + s * s * B.T\n"
+    prog = compile_source(src, "u.tp")
+    assert prog.n_layers == 1
+    rng = np.random.default_rng(21)
+    inputs = dict(B=rng.standard_normal((3, 3)), s=np.array(1.3))
+    want = interpret_program(prog.program, None, **inputs)["R"]
+    assert rel(prog.run(**inputs)["R"], want) <= 1e-12
+
+
 @pytest.mark.parametrize("body, message", [
-    ("R = s * B", "cannot be computed by attention heads"),     # would need s*I stored
     ("R = B + s", "not supported by the back end"),              # scalar broadcast to a matrix
 ])
 def test_unsupported_forms_are_compile_errors(body, message):
