@@ -14,7 +14,9 @@ constants) into an expression tree `Ew` over *leaf* atoms. A tree is one MLP pie
 Domains come from the `on [lo, hi]` of the calls inside the tree, pulled back to the leaf
 through affine steps (negation, constants, multiplication by a sign of the pattern), and from
 the checker's interval bounds on the leaf. Outside its domain a piece is clamped (constant
-extension of each PL function); the runtime reports when that happens.
+extension of each PL function) — for sign-gated pieces only up to one domain length beyond
+either end, where the gate offsets stop covering it; past that the output is undefined.
+`CompiledProgram.check_domains` reports, per piece, whether any input left the domain.
 """
 from __future__ import annotations
 
@@ -206,7 +208,9 @@ class Approximation:
     rows: int = 1
 
     def as_dict(self) -> dict:
-        return {"name": self.label, "lo": self.lo, "hi": self.hi, "neurons": self.pl.neurons * self.rows,
+        """JSON-able; an exact piece valid on all of R has lo = hi = None."""
+        finite = math.isfinite(self.lo) and math.isfinite(self.hi)
+        return {"name": self.label, "lo": self.lo if finite else None, "hi": self.hi if finite else None, "neurons": self.pl.neurons * self.rows,
                 "neurons_per_entry": self.pl.neurons, "max_error": float(self.pl.max_error),
                 "tol": float(self.pl.tol), "exact": bool(self.pl.exact)}
 
@@ -231,7 +235,9 @@ class UnaryPiece:
     def range(self) -> tuple[float, float]:
         if not (math.isfinite(self.lo) and math.isfinite(self.hi)):
             return (-math.inf, math.inf)
-        vals = np.concatenate([pl(np.linspace(self.lo, self.hi, 257)) for pl in self.branches.values()])
+        # a PL function (clamped outside) takes its extremes at its knots
+        vals = np.concatenate([pl(np.concatenate([pl.knots, [self.lo, self.hi]]))
+                               for pl in self.branches.values()])
         shifts = [0.0, *self.offsets.values()] if self.offsets else [0.0]
         return float(vals.min() + min(shifts)), float(vals.max() + max(shifts))
 

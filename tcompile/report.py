@@ -90,7 +90,8 @@ def format_report(rep: dict) -> str:
                   "    max error      tol"]
         for a in rep["approximations"]:
             uses = a.get("entries", 1)
-            lines.append(f"  {a['name'][:56]:<56}  [{a['lo']:.4g}, {a['hi']:.4g}]".ljust(78) +
+            dom = "R (exact)" if a["lo"] is None else f"[{a['lo']:.4g}, {a['hi']:.4g}]"
+            lines.append(f"  {a['name'][:56]:<56}  {dom}".ljust(78) +
                          f"{a.get('neurons_per_entry', a['neurons']):>6} x {uses:<4}"
                          f"   {a['max_error']:.2e}   {a['tol']:.0e}")
     return "\n".join(lines)
