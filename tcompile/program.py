@@ -59,12 +59,9 @@ class CompiledProgram:
         return build_report(self.manifest, self.layers)
 
     def predicted_rtol(self) -> float:
-        """Relative error the compiled model may show against the interpreter in float64:
-        rounding only when nothing is approximated, else the approximations' budget."""
-        approx = self.manifest.get("approximations", [])
-        if not approx:
-            return 1e-10
-        return max(1e-10, 10 * max(a["max_error"] for a in approx))
+        """Relative gap to the interpreter the report predicts (report.predicted_rtol)."""
+        from .report import predicted_rtol
+        return predicted_rtol(self.manifest)
 
     def report_text(self) -> str:
         from .report import format_report

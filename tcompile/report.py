@@ -27,6 +27,17 @@ def depth_per_iteration(manifest: dict) -> dict[str, float]:
     return out
 
 
+def predicted_rtol(manifest: dict) -> float:
+    """How far (relative, max over outputs) the compiled model may be from the interpreter in
+    float64: rounding alone when nothing is approximated, else 10x the largest approximation
+    error. A heuristic, not a proof: errors are not propagated analytically through the
+    program (measured gaps are 1e-7..1e-5 of the largest error's scale; tests check it)."""
+    approx = manifest.get("approximations", [])
+    if not approx:
+        return 1e-10
+    return max(1e-10, 10 * max(a["max_error"] for a in approx))
+
+
 def build_report(manifest: dict, layers) -> dict:
     per_layer = []
     total_params = nonzero = 0
@@ -53,6 +64,7 @@ def build_report(manifest: dict, layers) -> dict:
         "per_layer": per_layer,
         "approximations": manifest.get("approximations", []),
         "depth_per_iteration": depth_per_iteration(manifest),
+        "predicted_rtol": predicted_rtol(manifest),
         "paper_depth": _paper(manifest),
     }
 
@@ -72,6 +84,7 @@ def format_report(rep: dict) -> str:
              f"MLP hidden max {rep['mlp_hidden_max']} (total {rep['mlp_hidden_total']})",
              f"  parameters {rep['parameters']:,} ({rep['nonzero_parameters']:,} nonzero)   "
              f"needs n >= {rep['min_tokens']} tokens",
+             f"  predicted gap to the interpreter (relative, float64): <= {rep['predicted_rtol']:.1e}",
              "",
              "  layer  heads  dk  mlp_hidden  parameters  nonzero"]
     for p in rep["per_layer"]:
