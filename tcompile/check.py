@@ -245,6 +245,9 @@ class Walker:
     def input_value(self, decl: ast.Input, ty: Ty) -> Val:
         return Val(ty)
 
+    def end_of_iteration(self, loop: ast.Repeat, env: dict) -> None:
+        """Called after each unrolled iteration of `loop` (the graph builder marks loop state)."""
+
     def has_token_axis(self) -> bool:
         return any(any(d.value == TOKEN for d in i.shape) for i in self.program.inputs)
 
@@ -373,6 +376,7 @@ class Walker:
                     ret = self.exec_block(stmt.body, env, in_function)
                     if ret is not None:
                         return ret
+                    self.end_of_iteration(stmt, env)
                 if int(count) == 0:   # still check the body's names and shapes once
                     self.exec_block(stmt.body, dict(env), in_function)
             elif isinstance(stmt, ast.Return):

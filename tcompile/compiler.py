@@ -18,6 +18,7 @@ from .dataflow import build_dataflow
 from .emit import emit
 from .errors import ParamError
 from .mlp import DEFAULT_TOL
+from .fuse import fuse
 from .lower import lower
 from .parse import parse_file, parse_source
 from .plan import plan_program
@@ -43,6 +44,7 @@ def compile_program(program, params: dict | None = None, tol: float | None = Non
     df.source = program.source
     df.default_tol = tol
     atoms, inv_n = lower(df)
+    atoms = fuse(atoms, inv_n, df.outputs)
     plan = plan_program(atoms, inv_n, df.outputs)
     layers, blocks, keys = emit(plan, df.outputs)
     small_cols = [c for b in blocks for c in b.cshape if c != "n"]

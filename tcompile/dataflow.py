@@ -114,6 +114,14 @@ class GraphBuilder(Walker):
         if isinstance(nid, int) and not self.call_stack:
             self.graph.nodes[nid].setdefault("vars", []).append(f"{stmt.target}@{count}")
 
+    def end_of_iteration(self, loop, env):
+        """The values a loop hands to its next iteration are its state: mark them, so the
+        lowering stores them (else x_t = x_0 − Σ η_s v_s would keep every v_s alive)."""
+        for name in _carried(loop.body):
+            val = env.get(name)
+            if val is not None and isinstance(val.data, int):
+                self.graph.nodes[val.data]["carried"] = True
+
     # the walker's hooks -------------------------------------------------------------------
     def input_value(self, decl, ty: Ty) -> Val:
         nid = self.node("input", (), canonical_shape(ty.shape), decl.loc, name=decl.name,
@@ -283,6 +291,36 @@ class GraphBuilder(Walker):
         if g["op"] == "const":
             return self.scale(base, g["value"], loc)
         return self.node("smul", (base, s), self.cshape(base), loc)
+
+
+def _names_read(e) -> set[str]:
+    from . import ast
+    if isinstance(e, ast.Name):
+        return {e.id}
+    if isinstance(e, (ast.BinOp,)):
+        return _names_read(e.left) | _names_read(e.right)
+    if isinstance(e, (ast.Neg, ast.Transpose)):
+        return _names_read(e.operand)
+    if isinstance(e, ast.Call):
+        return set().union(set(), *(_names_read(a) for a in e.args))
+    return set()
+
+
+def _carried(stmts) -> set[str]:
+    """Variables a loop body reads before assigning, and assigns: its state across iterations."""
+    assigned: set[str] = set()
+    read_first: set[str] = set()
+
+    def walk(body):
+        for s in body:
+            if hasattr(s, "target"):
+                read_first.update(_names_read(s.value) - assigned)
+                assigned.add(s.target)
+            elif hasattr(s, "body"):
+                read_first.update(_names_read(s.count) - assigned)
+                walk(s.body)
+    walk(stmts)
+    return read_first & assigned
 
 
 def _dom(ty: Ty):

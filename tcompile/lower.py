@@ -73,13 +73,25 @@ def norm_factor(atoms, f: Factor) -> Factor:
 
 
 def transpose_mono(atoms, m: Mono) -> Mono:
-    chain = [norm_factor(atoms, (a, not t)) for a, t in reversed(m.chain)]
-    # (D V)ᵀ V = Vᵀ (D V) for a diagonal (per-token) scaling D: one spelling for both
-    for i in range(len(chain) - 1):
-        (p, tp), (v, tv) = chain[i], chain[i + 1]
-        if tp and not tv and getattr(atoms[p], "diag_of", None) == v:
-            chain[i], chain[i + 1] = (v, True), (p, False)
-    return Mono(tuple(chain), m.scalars)
+    return Mono(tuple(norm_factor(atoms, (a, not t)) for a, t in reversed(m.chain)), m.scalars)
+
+
+def symmetrize_weighted_grams(atoms, p: Poly) -> Poly:
+    """Vᵀ(u⊙V) is symmetric in exact arithmetic, but u⊙V is an approximated MLP product, so
+    it is computed as ½(Vᵀ(u⊙V) + (u⊙V)ᵀV): exactly symmetric, as accurate, one more head.
+    Symmetry is then structural (poly == its transpose), which the heads rely on."""
+    out: Poly = {}
+    for m, c in p.items():
+        terms = [(m, c)]
+        for i in range(len(m.chain) - 1):
+            (v, tv), (q, tq) = m.chain[i], m.chain[i + 1]
+            if tv and not tq and getattr(atoms[q], "diag_of", None) == v:
+                swapped = Mono(m.chain[:i] + ((q, True), (v, False)) + m.chain[i + 2:], m.scalars)
+                terms = [(m, c / 2), (swapped, c / 2)]
+                break
+        for mm, cc in terms:
+            out[mm] = out.get(mm, 0.0) + cc
+    return {m: c for m, c in out.items() if c != 0.0}
 
 
 def transpose_poly(atoms, p: Poly) -> Poly:
@@ -303,6 +315,7 @@ class Lowering:
             atom = self.atoms[nid] = Atom(nid, kind, node["cshape"], None, dict(node), node.get("name"))
             atom.symmetric = kind == "input" and bool(node.get("symmetric"))
         if poly is not None:
+            poly = symmetrize_weighted_grams(self.atoms, poly)
             atom.poly = poly
             atom.symmetric = node["cshape"][0] == node["cshape"][1] and poly_is_symmetric(self.atoms, poly)
         me = Mono((), (nid,)) if node["cshape"] == (1, 1) else Mono(((nid, False),))
@@ -361,6 +374,17 @@ class Lowering:
                 self.materialize_mlp(nid)
             else:
                 self.polys[nid] = self.expand(nid)
+                if self.g.nodes[nid].get("carried") and nid not in self.atoms:
+                    self._store_loop_state(nid)
+
+    def _store_loop_state(self, nid):
+        """A loop's state gets rows unless it is trivially another value (c·atom, c·I)."""
+        p = self.polys[nid]
+        if isinstance(p, Ew):
+            if p.product or len(mlp.leaves(p.expr)) > 0 and p.expr[0] != "leaf":
+                self.materialize_mlp(nid)
+        elif len(p) > 1 or max_degree(p) > 1:
+            self.materialize(nid)
 
     def expand(self, nid: int):
         """A node's value over atoms: a Poly (attention) or an `Ew` tree (elementwise)."""
@@ -408,9 +432,9 @@ class Lowering:
                 prod = mul_polys(self.atoms, self.polys[args[0]], self.polys[args[1]])
                 if max_degree(prod) <= MAX_FACTORS and self._realizable(prod, node["cshape"]):
                     return prod
-                # store the operand most consumers share (a loop variable, typically), else
-                # the one with the longest expansion
-                widest = max(args, key=lambda a: (a not in self.atoms and max_degree(self.polys[a]) > 0,
+                # store an operand whose storing lowers the degree (2+ factors), preferring
+                # the one most consumers share (a loop variable, typically), else the longest
+                widest = max(args, key=lambda a: (a not in self.atoms and max_degree(self.polys[a]) > 1,
                                                   bool(self.g.nodes[a].get("vars")),
                                                   self.fanout(a), max_degree(self.polys[a])))
                 if widest in self.atoms:
