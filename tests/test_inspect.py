@@ -1,0 +1,569 @@
+"""Looking inside a compiled model: the layer-by-layer trace against the interpreter (and that
+it names the right layer and variable when a weight is wrong), the TransformerLens-style hook
+points and interventions, the model card's depth against the paper's, and the pictures
+(layout, weights, convergence), in-process and through the command line.
+
+Small step counts keep the whole file well under a minute: the three shipped programs are
+compiled once per module; the CLI subprocesses start together from one fixture.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import tcompile  # noqa: E402
+from tcompile import plots  # noqa: E402
+from tcompile.cli import main  # noqa: E402
+from tcompile.sampling import sample_inputs  # noqa: E402
+from tcompile.trace import first_departure, format_trace, interpreter_assignments  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PROGRAMS = {
+    "newton_inverse": {"steps": 5},
+    "least_squares": {"steps": 4},
+    "newton_logistic": {"steps": 2, "inv_steps": 2},
+}
+NAMES = list(PROGRAMS)
+HOOKS = ["hook_resid_pre", "attn.hook_result", "hook_attn_out", "hook_resid_mid", "mlp.hook_pre",
+         "mlp.hook_post", "hook_mlp_out", "hook_resid_post"]
+
+
+# ---- shared fixtures -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def progs():
+    return {name: tcompile.compile_file(ROOT / "programs" / f"{name}.tp", params=p)
+            for name, p in PROGRAMS.items()}
+
+
+@pytest.fixture(scope="module")
+def inputs(progs):
+    """Two random valid problems per program (n = 8 tokens)."""
+    return {name: sample_inputs(prog.program, PROGRAMS[name], n=max(8, prog.manifest["min_tokens"]),
+                                batch=2, seed=7)
+            for name, prog in progs.items()}
+
+
+@pytest.fixture(scope="module")
+def traces(progs, inputs):
+    return {name: prog.trace(**inputs[name]) for name, prog in progs.items()}
+
+
+def block_with_var(prog, var):
+    found = [b for b in prog.manifest["blocks"] if b["vars"] == [var]]
+    assert len(found) == 1, (var, found)
+    return found[0]
+
+
+def output_block(prog, name):
+    spec = next(o for o in prog.manifest["outputs"] if o["name"] == name)
+    return next(b for b in prog.manifest["blocks"] if b["key"] == spec["block"])
+
+
+# ---- trace ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", NAMES)
+def test_trace_every_row_within_its_tolerance(progs, traces, name):
+    rows = traces[name]
+    assert rows, "the trace is empty"
+    tol = progs[name].predicted_rtol()
+    for r in rows:
+        assert set(r) == {"layer", "sublayer", "variable", "block", "max_abs_err", "rel_err", "tol", "ok"}
+        assert r["tol"] == tol
+        assert np.isfinite(r["max_abs_err"]) and np.isfinite(r["rel_err"])
+        # ok means: within tol, relatively or absolutely (a value that converged to ~0)
+        assert r["ok"] is (r["rel_err"] <= r["tol"] or r["max_abs_err"] <= r["tol"]), r
+        assert r["ok"], r
+    assert first_departure(rows) is None
+    assert format_trace(rows).splitlines()[-1] == "every traced value matches the interpreter"
+    # rows come in time order: (layer, attn before mlp)
+    order = [2 * r["layer"] - (r["sublayer"] == "attn") for r in rows]
+    assert order == sorted(order)
+    assert 1 <= min(r["layer"] for r in rows) and max(r["layer"] for r in rows) == progs[name].n_layers
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_trace_covers_every_stored_variable_and_the_outputs(progs, traces, name):
+    prog, rows = progs[name], traces[name]
+    seen = {r["variable"] for r in rows}
+    stored = {v for b in prog.manifest["blocks"] for v in b["vars"]}
+    assert stored, "no stored program variable"
+    assert stored <= seen, f"never traced: {sorted(stored - seen)}"
+    # inputs too, unless the first sublayer already reuses their rows (the trace starts after it)
+    first = {r for b in prog.manifest["blocks"] if b["written"] == 1 for r in b["rows"]}
+    live_inputs = {f"input:{b['name']}" for b in prog.manifest["blocks"]
+                   if b["kind"] == "input" and not b["vars"]
+                   and not (b["last_read"] <= 1 and first & set(b["rows"]))}
+    assert live_inputs <= seen
+    # the final value of every output appears, in the last layer, in its output block
+    for spec in prog.manifest["outputs"]:
+        blk = output_block(prog, spec["name"])
+        final = max(blk["vars"], key=lambda v: int(v.split("@")[1]))
+        assert final.split("@")[0] == spec["name"]
+        last = [r for r in rows if r["variable"] == final and r["layer"] == prog.n_layers]
+        assert last and all(r["block"] == blk["key"] and r["ok"] for r in last), (final, last)
+    # one stored iterate per step: X@1..X@5 (X@0 = A^T is the input itself), w@0..w@4
+    loop = {"newton_inverse": ("X", range(1, 6)), "least_squares": ("w", range(0, 5))}.get(name)
+    if loop:
+        assert {f"{loop[0]}@{k}" for k in loop[1]} <= seen
+
+
+def ill_conditioned_least_squares(kappa=1e4, n=16, seed=0):
+    """A valid least_squares problem (rows of norm <= 1, full rank) with condition number kappa."""
+    rng = np.random.default_rng(seed)
+    U, _ = np.linalg.qr(rng.standard_normal((n, 4)))
+    V, _ = np.linalg.qr(rng.standard_normal((4, 4)))
+    M = (U * np.geomspace(1, 1 / kappa, 4)) @ V.T
+    A = M / np.linalg.norm(M, axis=1).max()
+    return dict(A=A, y=rng.standard_normal(n), a_test=rng.standard_normal(4))
+
+
+@pytest.fixture(scope="module")
+def ill_conditioned():
+    prog = tcompile.compile_file(ROOT / "programs" / "least_squares.tp", params={"steps": 34})
+    inp = ill_conditioned_least_squares()
+    return prog, inp, prog.trace(**inp)
+
+
+def test_ill_conditioned_least_squares_differs_only_by_rounding(ill_conditioned):
+    """kappa(A) = 1e4: the compiled model and the interpreter run the same exact algorithm and
+    differ only in float64 rounding, amplified by kappa(S) = kappa(A)^2 = 1e8."""
+    prog, inp, rows = ill_conditioned
+    assert np.linalg.cond(inp["A"]) == pytest.approx(1e4, rel=1e-6)
+    assert prog.manifest["approximations"] == [] and prog.predicted_rtol() == 1e-10
+    rounding = np.finfo(float).eps * np.linalg.cond(inp["A"]) ** 2          # ~2e-8
+    assert max(r["rel_err"] for r in rows) < 10 * rounding
+    # and both are as close to numpy's least squares as that rounding allows
+    w_ls = np.linalg.lstsq(inp["A"], inp["y"], rcond=None)[0]
+    got = prog.run(**inp)["w"]
+    want = tcompile.interpret_program(prog.program, {"steps": 34}, **inp)["w"]
+    for w in (got, want):
+        assert np.max(np.abs(w - w_ls)) / np.max(np.abs(w_ls)) < 10 * rounding
+
+
+def test_trace_reports_no_departure_for_rounding_on_an_ill_conditioned_problem(ill_conditioned):
+    _prog, _inp, rows = ill_conditioned
+    assert first_departure(rows) is None
+
+
+# (program, variable to corrupt): a loop variable in the middle of the computation
+CORRUPT = [("newton_inverse", "X@3"), ("least_squares", "w@2"), ("newton_logistic", "H@1")]
+
+
+@pytest.mark.parametrize("name,var", CORRUPT)
+def test_corrupted_weight_is_found_at_its_layer_and_variable(progs, inputs, traces, name, var):
+    prog = progs[name]
+    blk = block_with_var(prog, var)
+    t = blk["written"]
+    assert t % 2 == 1, "written by an attention sublayer"
+    ell = (t + 1) // 2
+    W_V = prog.layers[ell - 1].W_V                       # (heads, D, D): row = the row it writes
+    hits = [(h, r, c) for h in range(W_V.shape[0]) for r in blk["rows"] for c in range(W_V.shape[2])
+            if W_V[h, r, c] != 0]
+    assert hits, f"no head of layer {ell} writes the rows of {var}"
+    h, r, c = hits[0]
+    saved = W_V[h, r, c]
+    try:
+        W_V[h, r, c] = saved + 0.5 * abs(saved) + 0.1
+        prog._modules.clear()
+        rows = prog.trace(**inputs[name])
+    finally:
+        W_V[h, r, c] = saved
+        prog._modules.clear()
+    bad = first_departure(rows)
+    assert bad is not None, "the corrupted weight went unnoticed"
+    assert (bad["layer"], bad["sublayer"], bad["variable"], bad["block"]) == (ell, "attn", var, blk["key"])
+    assert not bad["ok"] and bad["rel_err"] > bad["tol"]
+    # everything before is fine, the error is carried on to what comes after
+    before = rows[:rows.index(bad)]
+    assert before and all(r["ok"] for r in before)
+    assert max(r["layer"] for r in before) <= ell
+    clean = {(r["layer"], r["sublayer"], r["block"]): r["max_abs_err"] for r in traces[name]}
+    final = [r for r in rows if r["layer"] == prog.n_layers and r["sublayer"] == "mlp"
+             and r["block"] in {o["block"] for o in prog.manifest["outputs"]}]
+    assert final and all(r["max_abs_err"] > 10 * clean[(r["layer"], r["sublayer"], r["block"])] + 1e-12
+                         for r in final), final
+    text = format_trace(rows)
+    assert f"first departure: layer {ell} (attn), variable {var}" in text
+    # restored weights: the trace is clean again
+    assert first_departure(prog.trace(**inputs[name])) is None
+
+
+# ---- hook points -----------------------------------------------------------------------------
+
+def cached(prog, inp):
+    x = prog.encode(**inp)
+    out, cache = prog.module.run_with_cache(x)
+    return x, out, cache
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_run_with_cache_has_the_hooks_of_every_nonempty_sublayer(progs, inputs, name):
+    prog = progs[name]
+    _, out, cache = cached(prog, inputs[name])
+    B, n, D = out.shape
+    for i, spec in enumerate(prog.manifest["layers"]):
+        for hook in ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post"):
+            assert cache[f"blocks.{i}.{hook}"].shape == (B, n, D)
+        if spec["heads"]:
+            assert cache[f"blocks.{i}.attn.hook_result"].shape == (B, spec["heads"], n, D)
+        if spec["mlp_hidden"]:
+            assert cache[f"blocks.{i}.mlp.hook_pre"].shape == (B, n, spec["mlp_hidden"])
+            assert cache[f"blocks.{i}.mlp.hook_post"].shape == (B, n, spec["mlp_hidden"])
+    assert set(cache) <= set(prog.module.hook_points())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_run_with_cache_has_every_hook_for_every_block(progs, inputs, name):
+    prog = progs[name]
+    _, out, cache = cached(prog, inputs[name])
+    B, n, D = out.shape
+    for i, spec in enumerate(prog.manifest["layers"]):
+        for hook in HOOKS:
+            assert f"blocks.{i}.{hook}" in cache, f"blocks.{i}.{hook}"
+        assert cache[f"blocks.{i}.attn.hook_result"].shape == (B, spec["heads"], n, D)
+        assert cache[f"blocks.{i}.mlp.hook_pre"].shape == (B, n, spec["mlp_hidden"])
+    assert set(cache) == set(prog.module.hook_points())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_hook_values_add_up(progs, inputs, name):
+    prog = progs[name]
+    x, out, cache = cached(prog, inputs[name])
+    L = prog.n_layers
+    torch.testing.assert_close(cache["blocks.0.hook_resid_pre"], x, rtol=0, atol=0)
+    torch.testing.assert_close(cache[f"blocks.{L - 1}.hook_resid_post"], out, rtol=0, atol=0)
+    for i, (spec, w) in enumerate(zip(prog.manifest["layers"], prog.layers)):
+        c = {h: cache.get(f"blocks.{i}.{h}") for h in HOOKS}
+        if spec["heads"]:
+            torch.testing.assert_close(c["attn.hook_result"].sum(dim=1), c["hook_attn_out"],
+                                       rtol=1e-12, atol=1e-12)
+        else:
+            assert not c["hook_attn_out"].any()
+        torch.testing.assert_close(c["hook_resid_mid"], c["hook_resid_pre"] + c["hook_attn_out"],
+                                   rtol=0, atol=0)
+        torch.testing.assert_close(c["hook_resid_post"], c["hook_resid_mid"] + c["hook_mlp_out"],
+                                   rtol=0, atol=0)
+        if spec["mlp_hidden"]:
+            W_1, W_2 = torch.as_tensor(w.W_1), torch.as_tensor(w.W_2)
+            torch.testing.assert_close(c["mlp.hook_pre"], c["hook_resid_mid"] @ W_1.T, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(c["mlp.hook_post"], torch.relu(c["mlp.hook_pre"]), rtol=0, atol=0)
+            torch.testing.assert_close(c["hook_mlp_out"], c["mlp.hook_post"] @ W_2.T, rtol=1e-12, atol=1e-12)
+        else:
+            assert not c["hook_mlp_out"].any()
+        if i + 1 < L:
+            torch.testing.assert_close(cache[f"blocks.{i + 1}.hook_resid_pre"], c["hook_resid_post"],
+                                       rtol=0, atol=0)
+    # the forward states the trace reads are the cached residuals
+    states = prog.forward_states(x)
+    assert len(states) == 2 * L + 1
+    torch.testing.assert_close(states[2 * L], out, rtol=0, atol=0)
+    torch.testing.assert_close(states[1], cache["blocks.0.hook_resid_mid"], rtol=0, atol=0)
+
+
+def test_interventions_through_forward_hooks(progs, inputs):
+    """Activation patching and head ablation, the TransformerLens way."""
+    prog = progs["newton_inverse"]
+    module = prog.module
+    inp = inputs["newton_inverse"]
+    other = sample_inputs(prog.program, PROGRAMS["newton_inverse"], n=8, batch=2, seed=99)
+    x, x_other = prog.encode(**inp), prog.encode(**other)
+    with torch.no_grad():
+        clean = module(x)
+    hp = module.hook_points()
+    assert set(f"blocks.{i}.{h}" for i in range(prog.n_layers) for h in HOOKS) == set(hp)
+
+    # 1. patch the whole input: the model then computes the other problem's inverse
+    handle = hp["blocks.0.hook_resid_pre"].register_forward_hook(lambda m, i, o: x_other)
+    try:
+        patched, cache = module.run_with_cache(x)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(cache["blocks.0.hook_resid_pre"], x_other, rtol=0, atol=0)
+    want = tcompile.interpret_program(prog.program, PROGRAMS["newton_inverse"], **other)["X"]
+    np.testing.assert_allclose(prog.decode(patched)["X"], want, rtol=1e-10, atol=1e-12)
+
+    # 2. ablate head 0 of the last layer: the output changes, only in rows that head writes
+    L = prog.n_layers
+
+    def ablate(_m, _i, out):
+        out = out.clone()
+        out[:, 0] = 0
+        return out
+
+    handle = hp[f"blocks.{L - 1}.attn.hook_result"].register_forward_hook(ablate)
+    try:
+        with torch.no_grad():
+            ablated = module(x)
+    finally:
+        handle.remove()
+    diff = (ablated - clean).abs().amax(dim=(0, 1))
+    assert diff.max() > 1e-3
+    writes = np.abs(prog.layers[L - 1].W_V[0]).sum(axis=1) > 0
+    assert not diff[torch.as_tensor(~writes)].any()
+
+    # 3. editing a residual hook point mid-model: scale X@2 right where it is written; the next
+    #    step then starts from the edited value
+    blk, nxt = block_with_var(prog, "X@2"), block_with_var(prog, "X@3")
+
+    def where(b):                           # the hook after the sublayer that writes block b
+        t = b["written"]
+        return f"blocks.{(t + 1) // 2 - 1}.{'hook_resid_mid' if t % 2 else 'hook_resid_post'}"
+
+    def scale(_m, _i, out):
+        out = out.clone()
+        out[..., blk["rows"]] *= 1.5
+        return out
+
+    handle = hp[where(blk)].register_forward_hook(scale)
+    try:
+        _, cache = module.run_with_cache(x)
+    finally:
+        handle.remove()
+    X2 = prog.read_block(cache[where(blk)].numpy(), blk, [4, 4])
+    X3 = prog.read_block(cache[where(nxt)].numpy(), nxt, [4, 4])
+    params = {k: float(v) for k, v in prog.manifest["params"].items()}
+    clean_X2 = interpreter_assignments(prog.program, params, {"A": inp["A"]}, 4)["X@2"]
+    np.testing.assert_allclose(X2, 1.5 * clean_X2, rtol=1e-12, atol=1e-14)
+    A = inp["A"]
+    np.testing.assert_allclose(X3, 2 * X2 - X2 @ A @ X2, rtol=1e-12, atol=1e-12)
+
+    # hooks removed: the same output as before
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), clean, rtol=0, atol=0)
+
+
+# ---- the model card ------------------------------------------------------------------------
+
+def compiled(progs, name, params):
+    if params == PROGRAMS[name]:
+        return progs[name]
+    return tcompile.compile_file(ROOT / "programs" / f"{name}.tp", params=params)
+
+
+# (program, params, loop variable, depth per iteration at most, paper's depth). README: newton_inverse
+# 1 layer per step (paper 2), least_squares 1 (paper 1), newton_logistic k + 4 (paper 2k + 11);
+# newton_logistic is held to "at most k + 4", so that a shallower compilation still passes.
+DEPTHS = [
+    ("newton_inverse", {"steps": 5}, "X", 1, 2),
+    ("least_squares", {"steps": 4}, "w", 1, 1),
+    ("newton_logistic", {"steps": 2, "inv_steps": 2}, "x", 2 + 4, 2 * 2 + 11),
+    ("newton_logistic", {"steps": 2, "inv_steps": 3}, "x", 3 + 4, 2 * 3 + 11),
+]
+
+
+@pytest.mark.parametrize("name,params,var,depth,paper", DEPTHS)
+def test_report_depth_per_iteration_vs_paper(progs, name, params, var, depth, paper):
+    prog = compiled(progs, name, params)
+    rep = prog.report
+    assert set(rep["depth_per_iteration"]) == {var}, rep["depth_per_iteration"]
+    got = rep["depth_per_iteration"][var]
+    assert got == depth if name != "newton_logistic" else 1 <= got <= depth
+    assert rep["paper_depth"]["per_iteration"] == paper
+    assert rep["paper_depth"]["formula"]
+    if name == "newton_inverse":                        # T layers for T steps (paper: 2T)
+        assert prog.n_layers == params["steps"]
+    # the depth the report claims is what one more iteration really costs
+    longer = compiled(progs, name, dict(params, steps=params["steps"] + 1))
+    assert longer.n_layers - prog.n_layers == got
+    assert f"depth per loop iteration ({var}): {got:g} layers   paper: {paper} (" in prog.report_text()
+
+
+# ---- pictures ------------------------------------------------------------------------------
+
+def check_pictures(paths, stem):
+    """Each picture as a PNG of reasonable size and a well-formed SVG."""
+    import matplotlib.image as mpimg
+    by_suffix = {p.suffix: p for p in paths}
+    assert set(by_suffix) == {".png", ".svg"}, paths
+    for p in paths:
+        assert p.name.startswith(stem) and p.is_file()
+    png, svg = by_suffix[".png"], by_suffix[".svg"]
+    assert png.stat().st_size > 5000
+    img = mpimg.imread(png)
+    assert img.ndim == 3 and img.shape[0] >= 200 and img.shape[1] >= 200, img.shape
+    assert img[..., :3].std() > 0.02, "a blank picture"
+    text = svg.read_text()
+    assert svg.stat().st_size > 5000 and "<svg" in text and text.rstrip().endswith("</svg>")
+
+
+# a couple of weight layers per program, chosen among the quicker ones to draw
+WEIGHT_LAYERS = {"newton_inverse": [1, 2], "least_squares": [2, -1], "newton_logistic": [1, 5]}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_plots_layout_weights_convergence(progs, inputs, name, tmp_path):
+    prog = progs[name]
+    paths = plots.plot_layout(prog, tmp_path)
+    check_pictures(paths, f"{name}_layout")
+    layers = [ell % (prog.n_layers + 1) for ell in WEIGHT_LAYERS[name]]     # -1: the last layer
+    paths = plots.plot_weights(prog, tmp_path, layers)
+    assert len(paths) == 2 * len(layers)
+    for ell in layers:
+        check_pictures([p for p in paths if p.stem == f"{name}_weights_layer{ell:03d}"],
+                       f"{name}_weights_layer{ell:03d}")
+    paths = plots.plot_convergence(prog, tmp_path, inputs[name])
+    check_pictures(paths, f"{name}_convergence")
+
+
+def test_convergence_data_matches_the_exact_iterates(progs, inputs):
+    """newton_inverse: the compiled error after layer ℓ is the exact algorithm's after step ℓ."""
+    prog = progs["newton_inverse"]
+    inp = inputs["newton_inverse"]
+    A_inv = np.linalg.inv(inp["A"])
+    data = plots.convergence_data(prog, inp, reference={"X": A_inv})["X"]
+    layers, errs = zip(*data["compiled"])
+    assert list(layers) == list(range(1, prog.n_layers + 1))
+    exact = {ell: e for ell, e, _var in data["exact"]}
+    assert set(exact) == set(layers)
+    for ell, e in data["compiled"]:
+        assert e == pytest.approx(exact[ell], rel=1e-8, abs=1e-13)
+    # numpy's own Newton–Schulz, X_0 = A^T
+    X = np.swapaxes(inp["A"], 1, 2).copy()
+    for ell in layers:
+        X = 2 * X - X @ inp["A"] @ X
+        want = float(np.max(np.linalg.norm((X - A_inv).reshape(len(X), -1), axis=1)))
+        assert exact[ell] == pytest.approx(want, rel=1e-8, abs=1e-13)
+    assert errs[-1] < errs[0]
+
+
+# ---- the command line, end to end ----------------------------------------------------------
+
+def _spawn(args):
+    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.Popen([sys.executable, "-m", "tcompile", *map(str, args)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def artifacts(progs, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("inspect_art")
+    for name, prog in progs.items():
+        prog.save(tmp / name)
+    return {name: tmp / name for name in progs}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cli_started(artifacts, inputs, tmp_path_factory):
+    """The CLI subprocesses, started together with the module's first test so that they run
+    beside the in-process tests: (name -> Popen, the paths they use)."""
+    tmp = tmp_path_factory.mktemp("inspect_cli")
+    paths = {"inputs": tmp / "ls_inputs.npz", "layout": tmp / "layout_out", "csv": tmp / "t" / "trace.csv",
+             "noinputs": tmp / "conv_out"}
+    np.savez(paths["inputs"], **inputs["least_squares"])
+    art = artifacts["least_squares"]
+    procs = {
+        "report": _spawn(["report", artifacts["newton_logistic"]]),
+        "layout": _spawn(["plot", art, "--what", "layout", "-o", paths["layout"]]),
+        "trace_csv": _spawn(["trace", art, "--inputs", paths["inputs"], "-o", paths["csv"]]),
+        "conv_noinputs": _spawn(["plot", art, "--what", "convergence", "-o", paths["noinputs"]]),
+    }
+    yield procs, paths
+    for proc in procs.values():          # only if a test failed before collecting them
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.fixture(scope="module")
+def cli(cli_started):
+    """name -> CompletedProcess for every CLI subprocess, plus the paths they used."""
+    procs, paths = cli_started
+    results = {}
+    for key, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=300)
+        results[key] = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    results["paths"] = paths
+    return results
+
+
+def depth_line(text, var):
+    m = re.search(rf"depth per loop iteration \({var}\): (\d+) layers\s+paper: (\d+) \(", text)
+    assert m, text
+    return int(m.group(1)), int(m.group(2))
+
+
+def test_cli_report_prints_depth_and_paper_depth(cli):
+    r = cli["report"]
+    assert r.returncode == 0, r.stderr
+    assert "program newton_logistic (" in r.stdout and "inv_steps=2" in r.stdout
+    depth, paper = depth_line(r.stdout, "x")
+    assert 1 <= depth <= 2 + 4 and paper == 2 * 2 + 11
+    assert "Theorem 5.2" in r.stdout
+
+
+@pytest.mark.parametrize("name,var", [("newton_inverse", "X"), ("least_squares", "w"), ("newton_logistic", "x")])
+def test_cli_report_in_process(artifacts, progs, capsys, name, var):
+    assert main(["report", str(artifacts[name])]) == 0
+    out = capsys.readouterr().out
+    assert f"program {name} (" in out
+    rep = progs[name].report
+    assert depth_line(out, var) == (rep["depth_per_iteration"][var], rep["paper_depth"]["per_iteration"])
+
+
+def test_cli_plot_layout(cli):
+    r = cli["layout"]
+    assert r.returncode == 0, r.stderr
+    out = cli["paths"]["layout"]
+    paths = sorted(out.iterdir())
+    assert [p.name for p in paths] == ["least_squares_layout.png", "least_squares_layout.svg"]
+    check_pictures(paths, "least_squares_layout")
+    for p in paths:
+        assert f"wrote {p}" in r.stdout
+
+
+def test_cli_trace_writes_csv(cli, traces):
+    import csv
+    r = cli["trace_csv"]
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.rstrip().endswith(f"every traced value matches the interpreter\nwrote {cli['paths']['csv']}")
+    want = traces["least_squares"]
+    with cli["paths"]["csv"].open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(want)
+    assert list(rows[0]) == ["layer", "sublayer", "variable", "block", "max_abs_err", "rel_err", "tol", "ok"]
+    for got, w in zip(rows, want):
+        assert (int(got["layer"]), got["sublayer"], got["variable"], got["block"], got["ok"]) == \
+            (w["layer"], w["sublayer"], w["variable"], w["block"], "True")
+        assert float(got["max_abs_err"]) == pytest.approx(w["max_abs_err"], abs=1e-14)
+        assert float(got["tol"]) == w["tol"]
+
+
+def test_cli_trace_writes_json(artifacts, inputs, traces, tmp_path, capsys):
+    import json
+    np.savez(tmp_path / "in.npz", **inputs["newton_logistic"])
+    out = tmp_path / "deep" / "trace.json"
+    assert main(["trace", str(artifacts["newton_logistic"]), "--inputs", str(tmp_path / "in.npz"),
+                 "-o", str(out)]) == 0
+    assert "every traced value matches the interpreter" in capsys.readouterr().out
+    rows = json.loads(out.read_text())
+    want = traces["newton_logistic"]
+    assert [(r["layer"], r["sublayer"], r["variable"]) for r in rows] == \
+        [(r["layer"], r["sublayer"], r["variable"]) for r in want]
+    assert all(r["ok"] is True for r in rows)
+
+
+def test_cli_convergence_without_inputs_is_a_clear_error(cli):
+    r = cli["conv_noinputs"]
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert r.stderr.strip() == "error: --what convergence needs --inputs FILE.npz"
+    assert "wrote" not in r.stdout
+    assert not cli["paths"]["noinputs"].exists()
+
+
+def test_cli_plot_convergence_in_process(artifacts, inputs, tmp_path, capsys):
+    np.savez(tmp_path / "in.npz", **inputs["newton_inverse"])
+    assert main(["plot", str(artifacts["newton_inverse"]), "--what", "convergence",
+                 "--inputs", str(tmp_path / "in.npz"), "-o", str(tmp_path / "o")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    check_pictures(sorted((tmp_path / "o").iterdir()), "newton_inverse_convergence")
