@@ -466,9 +466,9 @@ class Walker:
                 if isinstance(value, complex) or not math.isfinite(value):
                     raise self.err("this power has no finite real value", e.loc)
                 const = float(value)
-            if ta.const is None and tb.const not in (1.0, 2.0, 0.5, -1.0, 0.0):
+            if ta.const is None and tb.const not in (1.0, 2.0, 0.5, -1.0):
                 raise self.err(f"unsupported exponent {tb.const:g} on a runtime value", e.right.loc,
-                               expected="0, 0.5, 1, 2 or -1 (or sqrt/reciprocal)")
+                               expected="0.5, 1, 2 or -1 (or sqrt/reciprocal)")
             return self.apply("**", Ty(ta.shape, const=const, lo=const, hi=const,
                                        symmetric=False), (a, b), e)
         if op == "/" and tb.const == 0.0:

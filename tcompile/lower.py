@@ -355,7 +355,7 @@ class Lowering:
             self.stale_ok = True
             if isinstance(self.polys[nid], Ew):
                 self.materialize_mlp(nid)
-            else:
+            if nid not in self.atoms:          # a poly (or an Ew that proved linear)
                 self.materialize(nid)
         rank = {nid: i for i, nid in enumerate(order)}
         return {a: self.atoms[a] for a in sorted(self.atoms, key=lambda a: rank.get(a, -1))}
@@ -383,7 +383,8 @@ class Lowering:
         if isinstance(p, Ew):
             if p.product or len(mlp.leaves(p.expr)) > 0 and p.expr[0] != "leaf":
                 self.materialize_mlp(nid)
-        elif len(p) > 1 or max_degree(p) > 1:
+            return
+        if len(p) > 1 or max_degree(p) > 1:
             self.materialize(nid)
 
     def expand(self, nid: int):
@@ -518,7 +519,8 @@ class Lowering:
             cont = real[0] if real else None
             aff = mlp._affine(e, cont, {}) if cont is not None else None
             if aff is not None and aff[1] == 0.0:       # linear in one atom: no MLP needed
-                return add_polys((aff[0], self.polys[cont]))
+                self.polys[nid] = add_polys((aff[0], self.polys[cont]))
+                return self.polys[nid]
             bounds = {}
             if cont is not None:
                 node_c = self.g.nodes[cont]

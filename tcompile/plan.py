@@ -2,8 +2,9 @@
 
 1. Orientation. A small matrix may sit in the embedding as M or as Mᵀ; a head needs its
    middle factor transposed, so the choice decides whether extra transposes are needed.
-   Newton–Schulz on a general A needs none if X is kept as Xᵀ: Xᵀ ← 2Xᵀ − Xᵀ Aᵀ Xᵀ reads A
-   as stored. A local search over the atoms' orientations minimises rows (a second
+   Newton–Schulz on a general A needs none if A and X are stored in opposite orientations:
+   the head X (Aᵀ)ᵀ X reads A as stored when the encoder writes Aᵀ (equally, Xᵀ kept beside
+   A works). A local search over the atoms' orientations minimises rows (a second
    orientation, where unavoidable, costs rows and possibly a layer).
 2. Schedule (ASAP). An attention atom goes in the first layer after everything it reads; an
    MLP atom rides in the MLP of the layer that produced its inputs. Depth is then the longest

@@ -126,6 +126,12 @@ def test_least_squares_depth_two_steps():
     assert compiled(LEAST_SQUARES, d=4, steps=2).n_layers == 4
 
 
+def test_least_squares_width():
+    # S, X, w, the identity block (A's rows reused), a_test and b as rows, 1/n
+    for d in (2, 4, 6):
+        assert compiled(LEAST_SQUARES, d=d, steps=10).width == 4 * d + 2
+
+
 # ---- least_squares: numerics ---------------------------------------------------------------
 
 @pytest.mark.parametrize("kappa", [1, 10, 30])
