@@ -1,7 +1,6 @@
 """The CLI's subcommands, each a function of the parsed arguments returning an exit code."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -121,4 +120,4 @@ def cmd_plot(args) -> int:
     return EXIT_OK
 
 
-__all__ = ["cmd_build", "cmd_run", "cmd_check", "cmd_report", "cmd_trace", "cmd_plot", "json"]
+__all__ = ["cmd_build", "cmd_run", "cmd_check", "cmd_report", "cmd_trace", "cmd_plot"]

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 from . import __version__
-from .check import check_program, fmt_shape
+from .check import check_program
 from .dataflow import build_dataflow
 from .emit import emit
 from .errors import ParamError
@@ -133,4 +133,4 @@ def _domain_checks(plan, keys) -> list[dict]:
     return out
 
 
-__all__ = ["compile_file", "compile_source", "compile_program", "fmt_shape"]
+__all__ = ["compile_file", "compile_source", "compile_program"]

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .check import TOKEN
 from .lower import Operand
 from .plan import HeadTerm
 from .mlp import piece_units
@@ -169,10 +168,3 @@ def _mlp_weights(plan: Plan, t_mlp: int, D: int):
             W_2[r, j] += c
     return W_1, W_2
 
-
-def canonical_to_storage(C: np.ndarray, transposed: bool) -> np.ndarray:
-    return C.T if transposed else C
-
-
-def is_token_shape(cshape) -> bool:
-    return TOKEN in cshape

@@ -23,11 +23,6 @@ ASSUME_RTOL = 1e-9      # slack on declared bounds (row_norm, norm, range, spect
 
 # ---- inputs --------------------------------------------------------------------------------
 
-def declared_shapes(program: ast.Program, params: dict[str, float]) -> dict[str, tuple]:
-    walker = Walker(program, params)
-    return {d.name: walker.input_type(d).shape for d in program.inputs}
-
-
 def validate_inputs(program: ast.Program, params: dict[str, float], inputs: dict) -> tuple[dict[str, np.ndarray], int | None, int | None]:
     """Check names, shapes, finiteness and assumptions; return (arrays, batch size, n).
 

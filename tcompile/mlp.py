@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .approx import PLApprox, approximate_callable, exact_function
-from .errors import CompileError
 
 DEFAULT_TOL = 1e-6
 MAX_SIGN_LEAVES = 2
@@ -477,5 +476,4 @@ def piece_units(piece, rows_of, out_rows: list[int], gate_rows: list[int]):
     return units
 
 
-__all__ = ["UnaryPiece", "ProductPiece", "PieceBuilder", "piece_units", "leaves", "evaluate",
-           "CompileError"]
+__all__ = ["UnaryPiece", "ProductPiece", "PieceBuilder", "piece_units", "leaves", "evaluate"]
