@@ -80,7 +80,8 @@ def emit(plan: Plan, outputs: dict[str, int]) -> tuple[list[LayerWeights], list[
             rows = plan.slots[(op.atom, op.transposed)].rows
             return rows if op.row is None else [rows[op.row]]
         pseudo = EYE if op.kind == "eye" else EYE_INV_N
-        return plan.slots[(pseudo, False)].rows[:op.k]
+        rows = plan.slots[(pseudo, False)].rows[:op.k]
+        return rows if op.row is None else [rows[op.row]]
 
     layers = []
     for layer in range(1, plan.n_layers + 1):

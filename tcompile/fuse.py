@@ -63,10 +63,10 @@ def fuse(atoms: dict[int, Atom], inv_n: int | None, outputs: dict[str, int]) -> 
     for a, atom in atoms.items():
         if atom.kind != "attn":
             continue
-        while True:
+        while atom.poly:                      # an empty Poly (a zero value) has nothing to move
             layer = 1 + max((_mono_layer(m, lv) for m in atom.poly), default=0)
             trial = _lower_layer(atoms, atom, lv, layer, inv_n)
-            if trial is None:
+            if trial is None or trial == atom.poly:
                 break
             atom.poly = trial
             atom.symmetric = atom.cshape[0] == atom.cshape[1] and poly_is_symmetric(atoms, trial)

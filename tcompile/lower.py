@@ -182,20 +182,24 @@ def realizations(atoms: dict[int, Atom], m: Mono, out_shape: tuple, transposed_o
             r = _as_heads(atoms, padded, p, q)
             if r is not None and r not in found:
                 found.append(r)
-    if not found and len(chain) == 1 and 1 <= len(m.scalars) <= 2 and _is_small(p):
-        found = _row_split(atoms, chain[0], m.scalars, p)
+    if not found and len(chain) <= 1 and 1 <= len(m.scalars) <= 2 and _is_small(p) \
+            and (chain or p == q):
+        found = _row_split(atoms, chain[0] if chain else None, m.scalars, p)
     return found
 
 
-def _row_split(atoms, factor: Factor, scalars, p) -> list[Realization]:
-    """s·G (s runtime, G with no side of length 1): row r of the result is s · (row r of G),
-    one head each: X = s₁, Y = s₂ or I₁, Z = row r of G's stored block."""
-    z = _operand(atoms, ("f", factor), False)
-    if z is None:
-        return []
+def _row_split(atoms, factor: Factor | None, scalars, p) -> list[Realization]:
+    """s·G (s runtime, G with no side of length 1; G = I when `factor` is None): row r of the
+    result is s · (row r of G), one head each: X = s₁, Y = s₂ or I₁, Z = row r of G."""
+    if factor is None:
+        z = Operand("eye", k=p)
+    else:
+        z = _operand(atoms, ("f", factor), False)
+        if z is None:
+            return []
     x = Operand("atom", scalars[0], False)
     y = Operand("atom", scalars[1], False) if len(scalars) == 2 else Operand("eye", k=1)
-    parts = tuple((Realization(x, y, Operand("atom", z.atom, z.transposed, row=r)), r)
+    parts = tuple((Realization(x, y, Operand(z.kind, z.atom, z.transposed, z.k, row=r)), r)
                   for r in range(p))
     return [Realization(None, None, None, split=parts)]
 
@@ -318,6 +322,8 @@ class Lowering:
             poly = symmetrize_weighted_grams(self.atoms, poly)
             atom.poly = poly
             atom.symmetric = node["cshape"][0] == node["cshape"][1] and poly_is_symmetric(self.atoms, poly)
+        if node["cshape"] == (1, 1):
+            atom.symmetric = True            # a scalar is its own transpose
         me = Mono((), (nid,)) if node["cshape"] == (1, 1) else Mono(((nid, False),))
         self.polys[nid] = {me: 1.0}
         return self.polys[nid]

@@ -300,6 +300,10 @@ class PieceBuilder:
         if cont is None:
             lo, hi = 0.0, 1.0
         if not (math.isfinite(lo) and math.isfinite(hi)):
+            if not _calls(e):
+                raise loc_error(f"{label}: a sign or flag times a real value is exact only on a "
+                                f"known range of {names.get(cont, 'the value')}; bound it: an input "
+                                "assumption, or a function of it with a domain (on [lo, hi])")
             raise loc_error(f"cannot tell the domain of {label}: give its function a domain "
                             "with 'on [lo, hi]'")
         if not lo < hi:
@@ -353,15 +357,24 @@ class PieceBuilder:
             if pl is None:
                 return None
             forms[pat] = pl
-        first = next(iter(forms.values()))
-        same = all(np.array_equal(np.concatenate(p.relu_form()), np.concatenate(first.relu_form()))
-                   for p in forms.values())
-        if same:
-            piece = UnaryPiece(cont, [], {(): first}, -math.inf, math.inf, label)
+        first_pat, first = next(iter(forms.items()))
+        # the patterns' functions differ by constants (relu(u) + g): one form, gated offsets
+        probe = np.concatenate([[0.0], first.knots, first.knots + 1.0, first.knots - 1.0])
+        diffs = {pat: pl(probe) - first(probe) for pat, pl in forms.items()}
+        if all(np.ptp(dv) <= 1e-13 * max(1.0, float(np.abs(first(probe)).max())) for dv in diffs.values()):
+            offsets = {pat: float(dv[0]) for pat, dv in diffs.items() if dv[0] != 0.0}
+            piece = UnaryPiece(cont, gates if offsets else [], {(): first}, -math.inf, math.inf,
+                               label, offsets=offsets)
         else:
-            if cont is None or cont not in bounds:
+            lo, hi = -math.inf, math.inf        # gates need bounds: the leaf's, or declared domains
+            if cont is not None and cont in bounds:
+                lo, hi = bounds[cont]
+            for pat in patterns:
+                env = {g: v for (g, _), v in zip(gates, pat)}
+                for a, b in (pulled_back_domains(e, cont, env) if cont is not None else []):
+                    lo, hi = max(lo, a), min(hi, b)
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
                 return None
-            lo, hi = bounds[cont]
             piece = UnaryPiece(cont, gates, forms, lo, hi, label)
         for pat, pl in piece.branches.items():
             piece.approximations.append(Approximation(label, piece.lo, piece.hi, pl))
@@ -442,7 +455,7 @@ def piece_units(piece, rows_of, out_rows: list[int], gate_rows: list[int]):
             for pat, pl in piece.branches.items():
                 pat = pat if len(pat) == len(piece.gates) and not piece.offsets else ()
                 a, b, c = pl.relu_form()
-                margins = gate_margin(a, b, piece.lo, piece.hi) if piece.gates else None
+                margins = gate_margin(a, b, piece.lo, piece.hi) if pat else None
                 for j in range(len(c)):
                     w1 = {}
                     if piece.leaf is not None and a[j] != 0:

@@ -90,9 +90,15 @@ class Planner:
         self.order = list(atoms)          # atoms are created in dependency order
 
     def options(self, m: Mono, atom: Atom, transposed: bool) -> list[Realization]:
-        key = (m, atom.cshape, transposed)
+        """Heads for monomial m of `atom` stored as given; a symmetric value (a scalar, say)
+        is the same block either way, so heads for the other orientation serve too."""
+        key = (m, atom.cshape, transposed, atom.symmetric)
         if key not in self._cache:
-            self._cache[key] = realizations(self.atoms, m, atom.cshape, transposed, self.inv_n)
+            found = realizations(self.atoms, m, atom.cshape, transposed, self.inv_n)
+            if atom.symmetric:
+                found = found + [r for r in realizations(self.atoms, m, atom.cshape, not transposed,
+                                                         self.inv_n) if r not in found]
+            self._cache[key] = found
         return self._cache[key]
 
     # 1. orientation ----------------------------------------------------------------------
@@ -126,7 +132,13 @@ class Planner:
         free = [a for a, atom in self.atoms.items()
                 if not atom.is_token and not atom.symmetric and atom.cshape != (1, 1)
                 and atom.kind != "mlp"]
-        # start from each atom's own cheapest orientation, then improve by single flips
+        # start where each atom's own definition has heads at all, then take each atom's
+        # cheapest orientation, then improve by single flips
+        for a in free:
+            atom = self.atoms[a]
+            if atom.kind == "attn" and not all(self.options(m, atom, orient[a]) for m in atom.poly) \
+                    and all(self.options(m, atom, not orient[a]) for m in atom.poly):
+                orient[a] = not orient[a]
         for a in free:
             best = min((False, True), key=lambda t: self.evaluate({**orient, a: t})[0])
             orient[a] = best

@@ -1,0 +1,988 @@
+"""Random valid programs, compiled and run, against the reference interpreter.
+
+The generator writes LINEAR-ALGEBRA programs only (no scalar functions, no products of two
+real token values), so the compiled model computes exactly what the interpreter computes, up
+to float64 rounding: every output must agree to 1e-9 relative (absolute floor 1e-12). A few
+ELEMENTWISE programs use only the exact MLP pieces (a sign or flag input times a bounded real,
+and affine maps of those), with the same tolerance.
+
+What the linear generator mixes: token data `A, B : [n, d]`, `C : [n, e]`, token vectors
+`y, x : [n]`, small matrices `M, N, S (symmetric), H (spectrum in [0.5, 1]) : [d, d]`,
+`P : [d, e]`, `Q : [e, d]`, `R : [e, e]`, vectors `v, u : [d]`, `w0 : [e]`, scalars `s, t`
+(d in 2..4, e in 1..3); `@` (small, token-contracting and per-token products), `.T`, `+ -`,
+constants and params, `/ n`, runtime scalars times vectors / token vectors / scalars, `sum`
+over tokens, `c * I`, chains of 3-5 products, reassignments (also to a new shape), variables
+reused, short `repeat` loops (0-3 iterations) updating variables from themselves (Newton's
+`X = 2 * X - X @ H @ X`, `w = w + c * M @ w`, general contractions), outputs of every shape
+(an input passed through, a compile-time constant and `n` included).
+
+Magnitudes are kept tame by interval-free norm bounds tracked along the generation (spectral
+norm of small values, max row norm of token values): a value whose bound exceeds 4 is scaled
+down by a power of two, and loop coefficients are shrunk until the bound after the last
+iteration is moderate.
+
+The bugs found on the way are pinned by the strict-xfail regression tests at the end, each
+with its smallest program; the generator avoids the failing features (see EXCLUDED).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import signal
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, note, settings
+from hypothesis import strategies as st
+
+import tcompile
+from tcompile.interpret import interpret_program
+from tcompile.parse import parse_source
+from tcompile.sampling import sample_inputs
+
+SCALE = int(os.environ.get("TCOMPILE_RANDOM_EXAMPLES", "0")) or 1
+RANDOM = settings(deadline=None, database=None, derandomize=SCALE == 1,
+                  suppress_health_check=list(HealthCheck))
+RTOL, ATOL = 1e-9, 1e-12
+N_MAX = 16              # the largest token count the checks use (bounds of sum(y) without / n)
+
+# Features the generator leaves out, and why:
+#  * `s * X` for a runtime scalar s and a small matrix X or token data X: it was a
+#    CompileError when this generator was written and now compiles to row-split heads
+#    (test_backend.py::test_runtime_scalar_times_matrix_is_row_split); not generated yet.
+#  * a scalar added to a vector or matrix, a [k] vector added to token rows, sum() over a
+#    small axis: documented "not supported by the back end yet" CompileErrors.
+#  * nested relu / abs / clip: fitted, not exact (test_nested_pl_calls_are_approximated,
+#    strict xfail); products of two real values: approximated by design.
+EXCLUDED = None     # (documentation anchor for the comment above)
+
+
+# ---- the inputs the generator may use ------------------------------------------------------
+
+INPUTS = {
+    "A": (("n", "d"), "assume row_norm <= 1"),
+    "B": (("n", "d"), "assume row_norm <= 1"),
+    "C": (("n", "e"), "assume row_norm <= 1"),
+    "y": (("n",), "in [-1, 1]"),
+    "x": (("n",), "in [-1, 1]"),
+    "M": (("d", "d"), "assume norm <= 1"),
+    "N": (("d", "d"), "assume norm <= 1"),
+    "S": (("d", "d"), "symmetric, norm <= 1"),
+    "H": (("d", "d"), "spectrum in [0.5, 1]"),
+    "P": (("d", "e"), "assume norm <= 1"),
+    "Q": (("e", "d"), "assume norm <= 1"),
+    "R": (("e", "e"), "assume norm <= 1"),
+    "v": (("d",), "assume norm <= 1"),
+    "u": (("d",), "assume norm <= 1"),
+    "w0": (("e",), "assume norm <= 1"),
+    "s": ((), "in [-1, 1]"),
+    "t": ((), "in [-1, 1]"),
+}
+SMALL = ("d", "e")
+CONSTS = ("0.5", "2", "-1", "0.25", "1.5", "-0.5", "3", "0.75")
+PARAMS = {"a": 0.5, "b": -0.25, "k": 2}   # declared when used (k: a repeat count)
+
+
+def shape_text(shape) -> str:
+    return "[" + ", ".join(shape) + "]"
+
+
+class E:
+    """A generated expression: its text, shape, a bound (a function of the loop variables'
+    bounds), whether it can be an operand without parentheses, and whether it involves
+    token-axis values anywhere (`tok`)."""
+
+    def __init__(self, text, shape, bound, atomic=False, tok=False, vid=None):
+        self.text, self.shape, self.bound, self.atomic, self.tok = text, shape, bound, atomic, tok
+        self.vid = vid            # leaves: which value it is (a copy shares its source's)
+
+    def op(self) -> str:
+        return self.text if self.atomic else f"({self.text})"
+
+
+def const(c):
+    return lambda env: c
+
+
+def is_small(shape) -> bool:
+    return "n" not in shape
+
+
+class Gen:
+    """Writes one linear-algebra program. draw(lo, hi) -> an int in [lo, hi]; every random
+    choice goes through it, so hypothesis can drive (and shrink) it, or a seeded
+    random.Random can."""
+
+    def __init__(self, draw):
+        self.draw = draw
+        self.d = self.draw(2, 4)
+        self.e = self.draw(1, 3)
+        self.pool: dict[str, tuple] = {}      # variable -> (shape, bound fn, tok)
+        self.vid: dict[str, str] = {}         # variable -> value id (copies share it)
+        self.eye_vars: set[str] = set()       # variables whose value has an I term
+        self.used_inputs: set[str] = set()
+        self.params: set[str] = set()
+        self.uses_n = False
+        self.lines: list[str] = []
+        self.env: dict[str, float] = {}       # loop variables' bounds while generating a body
+        self.counter = 0
+
+    # -- helpers --------------------------------------------------------------------------
+    def chance(self, k: int) -> bool:
+        """True with probability 1/k."""
+        return self.draw(0, k - 1) == 0
+
+    def pick(self, seq):
+        return seq[self.draw(0, len(seq) - 1)]
+
+    def fresh(self) -> str:
+        self.counter += 1
+        return f"t{self.counter}"
+
+    def now(self, e: E) -> float:
+        return e.bound(self.env)
+
+    def coef(self):
+        """A compile-time coefficient: (text, value)."""
+        if self.chance(6):
+            p = self.pick(sorted(PARAMS))
+            self.params.add(p)
+            return p, PARAMS[p]
+        c = self.pick(CONSTS)
+        return c, float(c)
+
+    def tame(self, e: E, limit=4.0) -> E:
+        """Scale a value whose bound exceeds `limit` down by a power of two."""
+        b = self.now(e)
+        if b <= limit:
+            return e
+        k = max(1, math.ceil(math.log2(b / limit))) if math.isfinite(b) else 8
+        c = 2.0 ** -k
+        text = f"{e.op()} / {2 ** k}" if self.chance(2) else f"{c!r} * {e.op()}"
+        return E(text, e.shape, lambda env, f=e.bound: c * f(env), tok=e.tok)
+
+    # -- leaves ---------------------------------------------------------------------------
+    def leaf(self, shape, free=False) -> E | None:
+        cands = [(name, const(1.0), "n" in sh, False) for name, (sh, _) in INPUTS.items()
+                 if sh == shape]
+        cands += [(name, bf, tok, True) for name, (sh, bf, tok) in self.pool.items()
+                  if sh == shape and not (free and tok)]
+        if not cands:
+            return None
+        vars_ = [c for c in cands if c[3]]
+        if vars_ and self.draw(0, 2) > 0:          # prefer variables: values get reused
+            cands = vars_
+        name, bf, tok, is_var = self.pick(cands)
+        if not is_var:
+            self.used_inputs.add(name)
+        return E(name, shape, bf, atomic=True, tok=tok, vid=self.vid.get(name, name))
+
+    def plain_tokvec(self, depth=1) -> E:
+        """A token vector made of the inputs y, x only (+, -, constants, runtime scalars):
+        what the generator allows left of a token contraction that yields a scalar, and
+        inside sum() of a token vector (see test_token_contraction_to_a_scalar)."""
+        name = self.pick(["y", "x"])
+        self.used_inputs.add(name)
+        e = E(name, ("n",), const(1.0), atomic=True, tok=True)
+        if depth <= 0 or self.chance(2):
+            return e
+        k = self.draw(0, 3)
+        if k == 0:
+            other = self.plain_tokvec(depth - 1)
+            op = self.pick(["+", "-"]) if other.text != e.text else "+"    # not y - y
+            return E(f"{e.text} {op} {other.op()}", ("n",), lambda env: 1.0 + other.bound(env),
+                     tok=True)
+        if k == 1:
+            ct, cv = self.coef()
+            return E(f"{ct} * {e.text}", ("n",), const(abs(cv)), tok=True)
+        if k == 2:
+            s = self.pick(["s", "t"])
+            self.used_inputs.add(s)
+            return E(f"{s} * {e.text}", ("n",), const(1.0), tok=True)
+        return E(f"{e.text} + 0.5", ("n",), const(1.5), tok=True)
+
+    # -- expressions ----------------------------------------------------------------------
+    def expr(self, shape, depth: int, free=False) -> E:
+        """An expression of `shape`; `free`: without token-axis values anywhere."""
+        return self.tame(self._expr(shape, depth, free))
+
+    def _expr(self, shape, depth, free):
+        lf = self.leaf(shape, free)
+        if lf is not None and (depth <= 0 or self.chance(4)):
+            return lf
+        depth = max(depth, 1)
+        if len(shape) == 2 and shape[1] == "n":
+            # [k, n] values only as transposes of token data (and sums / multiples of those):
+            # products making a [k, n] intermediate are test_two_transposed_atoms' bug
+            prods = ["transpose", "transpose", "scale", "neg", "add", "smul"]
+        else:
+            prods = ["add", "scale", "matmul", "matmul", "neg", "divn", "divc", "smul"]
+            if len(shape) == 2:
+                prods += ["transpose"]
+            else:
+                prods += ["vecT"]
+            if not free and (shape == () or len(shape) == 1 and shape[0] != "n"):
+                prods += ["sum"]
+            if len(shape) == 2 and shape[0] == shape[1] and shape[0] != "n":
+                prods += ["plusI"]
+            if is_small(shape) and len(shape) >= 1:
+                prods += ["chain"]
+            if shape in (("n",), ()):
+                prods += ["addscalar"]
+        kind = self.pick(prods)
+        return getattr(self, "p_" + kind)(shape, depth - 1, free)
+
+    def p_add(self, shape, depth, free):
+        a, b = self.expr(shape, depth, free), self.expr(shape, depth, free)
+        op = self.pick(["+", "-"])
+        if a.vid is not None and a.vid == b.vid or a.text == b.text:
+            op = "+"        # X - X: an identically zero output hangs (test_zero_output_hangs)
+        return E(f"{a.text} {op} {b.op() if op == '-' else b.text}", shape,
+                 lambda env: a.bound(env) + b.bound(env), tok=a.tok or b.tok)
+
+    def p_scale(self, shape, depth, free):
+        a = self.expr(shape, depth, free)
+        ct, cv = self.coef()
+        text = f"{ct} * {a.op()}" if self.chance(2) else f"{a.op()} * {ct}"
+        return E(text, shape, lambda env: abs(cv) * a.bound(env), tok=a.tok)
+
+    def p_neg(self, shape, depth, free):
+        a = self.expr(shape, depth, free)
+        return E(f"-{a.op()}", shape, a.bound, tok=a.tok)
+
+    def p_divc(self, shape, depth, free):
+        a = self.expr(shape, depth, free)
+        c = self.pick(["2", "4", "0.5"])
+        return E(f"{a.op()} / {c}", shape, lambda env: a.bound(env) / float(c), tok=a.tok)
+
+    def p_divn(self, shape, depth, free):
+        a = self.expr(shape, depth, free)
+        self.uses_n = True
+        return E(f"{a.op()} / n", shape, a.bound, tok=a.tok)
+
+    def p_vecT(self, shape, depth, free):
+        a = self.expr(shape, depth, free)       # .T of a vector or scalar is the value itself
+        return E(f"{a.op()}.T", shape, a.bound, atomic=True, tok=a.tok)
+
+    def p_transpose(self, shape, depth, free):
+        a = self.expr((shape[1], shape[0]), depth, free)
+        return E(f"{a.op()}.T", shape, a.bound, atomic=True, tok=a.tok)
+
+    def scalar(self, depth, free) -> E:
+        """A runtime scalar factor: an input, a variable, or a small expression."""
+        if depth > 0 and self.chance(3):
+            return self.expr((), depth - 1, free)
+        return self.leaf((), free)
+
+    def has_eye(self, text: str) -> bool:
+        """Does the value (maybe through variables) have an I term?"""
+        names = set(re.findall(r"[A-Za-z_]\w*", text))
+        return "I" in names or bool(names & self.eye_vars)
+
+    def p_smul(self, shape, depth, free):
+        s = self.scalar(depth, free)
+        a = self.expr(shape, depth, free)
+        if len(shape) == 2 and is_small(shape) and self.has_eye(a.text):
+            # a runtime scalar times a matrix with an I term: test_runtime_scalar_times_identity
+            ct, cv = self.coef()
+            s = E(ct, (), const(abs(cv)), atomic=True)
+        text = f"{s.op()} * {a.op()}" if self.chance(2) else f"{a.op()} * {s.op()}"
+        return E(text, shape, lambda env: s.bound(env) * a.bound(env), tok=a.tok or s.tok)
+
+    def p_addscalar(self, shape, depth, free):
+        a = self.expr(shape, depth, free)
+        if self.chance(2):
+            ct, cv = self.coef()
+            b = E(ct, (), const(abs(cv)), atomic=True)
+        else:
+            b = self.scalar(depth, free)
+        return E(f"{a.text} + {b.text}", shape, lambda env: a.bound(env) + b.bound(env),
+                 tok=a.tok or b.tok)
+
+    def scalar_like(self, shape) -> bool:
+        """Stored as 1×1: a scalar, and with e = 1 also [e] and [e, e]."""
+        return shape == () or self.e == 1 and all(x == "e" for x in shape)
+
+    def p_sum(self, shape, depth, free):
+        # a 1×1 sum of token values only of plain ones: test_token_contraction_to_a_scalar
+        if not shape:
+            a = self.plain_tokvec()
+        elif self.scalar_like(shape):
+            a = E("C", ("n", "e"), const(1.0), atomic=True, tok=True)
+            self.used_inputs.add("C")
+        else:
+            a = self.expr(("n",) + shape, depth)
+        if self.chance(4):                 # without / n: up to N_MAX times larger
+            return E(f"sum({a.text})", shape, lambda env: N_MAX * a.bound(env), atomic=True,
+                     tok=True)
+        self.uses_n = True
+        return E(f"sum({a.text}) / n", shape, a.bound, tok=True)
+
+    def p_plusI(self, shape, depth, free):
+        a = self.expr(shape, depth, free)
+        ct, cv = self.coef()
+        form = self.draw(0, 3)
+        if form == 0:
+            return E(f"{a.text} + {ct} * I", shape, lambda env: a.bound(env) + abs(cv), tok=a.tok)
+        if form == 1:
+            return E(f"{ct} * I - {a.op()}", shape, lambda env: a.bound(env) + abs(cv), tok=a.tok)
+        if form == 2:
+            return E(f"{a.text} - I / 4", shape, lambda env: a.bound(env) + 0.25, tok=a.tok)
+        return E(f"I @ {a.op()} + {a.op()} @ I", shape, lambda env: 2 * a.bound(env), tok=a.tok)
+
+    def p_matmul(self, shape, depth, free):
+        # The right operand involves token values only when the left one has the token axis
+        # (the contraction is then over the tokens, or the result is token data): a small
+        # matrix times a token contraction, M @ (A.T @ y), is test_two_transposed_atoms' bug.
+        ks = list(SMALL) + ([] if free or not is_small(shape) else ["n"])
+        k = self.pick(ks)
+        if k == "n" and shape and self.scalar_like(shape):
+            # 1×1 by token contraction, e = 1: test_token_contraction_to_a_scalar
+            self.used_inputs.add("C")
+            a = E("C.T", ("e", "n"), const(1.0), atomic=True, tok=True)
+            b = self.expr(("n",) + shape[1:], depth)
+        elif len(shape) == 2:
+            r, c = shape
+            a = self.expr((r, k), depth, free)
+            b = self.expr((k, c), depth, free or "n" not in a.shape)
+        elif len(shape) == 1:
+            (r,) = shape
+            if self.chance(2):
+                a = self.expr((r, k), depth, free)
+                b = self.expr((k,), depth, free or "n" not in a.shape)
+            else:
+                a = self.expr((k,), depth, free)
+                b = self.expr((k, r), depth, free or "n" not in a.shape)
+        elif k == "n":
+            # a scalar by token contraction: plain token vector on the left
+            # (test_token_contraction_to_a_scalar)
+            a, b = self.plain_tokvec(), self.expr(("n",), depth)
+        else:
+            # a dot product of small vectors: no token values on the right
+            # (test_token_contraction_to_a_scalar)
+            a, b = self.expr((k,), depth, free), self.expr((k,), depth, True)
+        return self.product([a, b], [k == "n"], shape, "left")
+
+    def product(self, factors, k_tokens, shape, assoc) -> E:
+        """factors[0] @ factors[1] @ ... with the given association; `/ n` per token
+        contraction (so the bound needs no n)."""
+        if assoc == "left" or len(factors) == 2:
+            text = " @ ".join(f.op() for f in factors)
+        elif assoc == "right":
+            text = factors[-1].op()
+            for f in reversed(factors[:-1]):
+                text = f"{f.op()} @ ({text})"
+        else:                                        # split in two at a random point
+            i = self.draw(1, len(factors) - 1)
+            lt = " @ ".join(f.op() for f in factors[:i])
+            rt = " @ ".join(f.op() for f in factors[i:])
+            text = f"({lt}) @ ({rt})"
+        n_tok = sum(k_tokens)
+        if n_tok:
+            self.uses_n = True
+            text += " / n" * n_tok
+        fs = list(factors)
+        return E(text, shape, lambda env: math.prod(f.bound(env) for f in fs),
+                 tok=n_tok > 0 or any(f.tok for f in fs))
+
+    def p_chain(self, shape, depth, free):
+        """A product of 3-5 factors (a long chain forces stored intermediates)."""
+        length = self.draw(3, 5)
+        ends = [shape[0], shape[1] if len(shape) == 2 else None]
+        axes = [ends[0]] + [self.pick(SMALL) for _ in range(length - 1)] + [ends[1]]
+        if not free and not self.scalar_like(shape) and self.chance(3):
+            # a token contraction, only at the first gap: [r, n] @ [n, k] @ ... (further right,
+            # a small factor would multiply a token contraction: test_two_transposed_atoms)
+            axes[1] = "n"
+        factors, ktok = [], []
+        for i in range(length):
+            r, c = axes[i], axes[i + 1]
+            # token values only right of a token-axis factor (test_two_transposed_atoms)
+            f_free = free or (i > 0 and "n" not in factors[-1].shape)
+            factors.append(self.expr((r,) if c is None else (r, c), max(0, depth - 1), f_free))
+            if i:
+                ktok.append(r == "n")
+        # with a token contraction inside, right association (left association would make a
+        # [k, n] intermediate: test_two_transposed_atoms)
+        assoc = "right" if any(ktok) else self.pick(["left", "right", "split"])
+        return self.product(factors, ktok, shape, assoc)
+
+    # -- statements -----------------------------------------------------------------------
+    def random_shape(self):
+        return self.pick([(), ("d",), ("e",), ("d", "d"), ("d", "d"), ("d", "e"), ("e", "d"),
+                          ("e", "e"), ("n",), ("n",), ("n", "d"), ("n", "e"), ("d", "n")])
+
+    def set_var(self, name, e: E, indent=""):
+        self.lines.append(f"{indent}{name} = {e.text}")
+        (self.eye_vars.add if self.has_eye(e.text) else self.eye_vars.discard)(name)
+        self.counter += 1
+        self.vid[name] = e.vid if e.vid is not None else f"#{self.counter}"
+        bf = e.bound if self.env else const(self.now(e))
+        self.pool[name] = (e.shape, bf, e.tok)
+
+    def top_statement(self):
+        k = self.draw(0, 6)
+        if k <= 2:
+            name = self.fresh() if (not self.pool or self.draw(0, 3)) else self.pick(sorted(self.pool))
+            self.set_var(name, self.expr(self.random_shape(), self.draw(1, 3)))
+        elif k == 3:
+            self.newton_loop()
+        else:
+            self.generic_loop()
+
+    def count(self, param_ok=True):
+        if param_ok and self.chance(5):
+            self.params.add("k")
+            return "k", PARAMS["k"]
+        k = self.pick([1, 2, 3, 2, 1, 0] if not self.chance(10) else [0])
+        return str(k), k
+
+    def newton_loop(self):
+        """X = 2 X - X H X from X = c I (bounded: H's spectrum is in [0.5, 1]), optionally
+        with a companion vector w = 2 w - X H w (least squares' loop)."""
+        self.used_inputs.add("H")
+        X, w = self.fresh(), self.fresh()
+        c = self.pick(["1", "0.5", "0.75"])
+        self.lines.append(f"{X} = I" if c == "1" else f"{X} = {c} * I")
+        with_w = self.chance(2)
+        if with_w:
+            init = self.leaf(("d",))
+            self.lines.append(f"{w} = {init.text}")
+            wb, wtok = self.now(init), init.tok
+        ct, k = self.count(param_ok=False)     # (an override k = 0 would leave X = I unsized)
+        if k == 0:                  # X would stay an unsized I
+            ct, k = "1", 1
+        body = [f"  {X} = 2 * {X} - {X} @ H @ {X}"]
+        if with_w:
+            body.insert(self.draw(0, 1), f"  {w} = 2 * {w} - {X} @ H @ {w}")
+        self.lines += [f"repeat {ct} {{"] + body + ["}"]
+        self.pool[X] = (("d", "d"), const(2.0), False)
+        self.vid[X] = f"#{X}"
+        self.eye_vars.add(X)
+        if with_w:
+            self.pool[w] = (("d",), const(wb * 3.0 ** k), wtok)
+            self.vid[w] = f"#{w}"
+
+    def generic_loop(self):
+        """1-2 loop variables, each updated `V = a V + c E(V, ...)`, maybe through a
+        temporary computed in the body, maybe with a snapshot of the old value kept."""
+        loopvars = []
+        for _ in range(1 if self.chance(2) else 2):
+            shape = self.pick([("d",), ("d", "d"), ("d", "e"), ("n",), ("n", "d"), ("e",), (),
+                               ("e", "e"), ("n", "e")])
+            cands = [v for v, (sh, _, _) in self.pool.items()
+                     if sh == shape and v not in [lv[0] for lv in loopvars]]
+            if cands and self.chance(2):
+                V = self.pick(cands)
+            else:
+                V = self.fresh()
+                self.set_var(V, self.expr(shape, 1))
+            loopvars.append((V, shape, max(self.pool[V][1]({}), 1e-3), self.pool[V][2]))
+            if self.chance(4):                      # keep the value before the loop
+                snap = self.fresh()
+                self.lines.append(f"{snap} = {V}")
+                self.pool[snap] = self.pool[V]
+                self.vid[snap] = self.vid.get(V, V)
+                if V in self.eye_vars:
+                    self.eye_vars.add(snap)
+        ct, k = self.count()
+        saved = dict(self.pool)
+        self.env = {V: b for V, _, b, _ in loopvars}
+        for V, shape, b, tok in loopvars:
+            self.pool[V] = (shape, lambda env, V=V: env[V], tok)
+        body, temps = [], []
+        if self.chance(3):                          # a temporary inside the body
+            G = self.fresh()
+            ge = self.expr(self.random_shape(), 2)
+            body.append(f"  {G} = {ge.text}")
+            self.vid[G] = f"#{G}"
+            if self.has_eye(ge.text):
+                self.eye_vars.add(G)
+            self.pool[G] = (ge.shape, ge.bound, ge.tok)
+            temps.append(G)
+        updates = []
+        for V, shape, b, tok in loopvars:
+            a_t, a_v = self.pick([("", 1.0), ("0.5 * ", 0.5), ("-", 1.0), ("2 * ", 2.0)])
+            updates.append((V, a_t, a_v, self.update_expr(V, shape)))
+        # shrink the coefficient until the bounds after k iterations stay moderate
+        for shrink in range(40):
+            c = 0.9 * 2.0 ** -shrink      # 0.9: no exact cancellation against V's coefficient
+            env = dict(self.env)
+            ok = True
+            for _ in range(max(k, 1)):
+                for V, a_t, a_v, ex in updates:
+                    env[V] = a_v * env[V] + c * ex.bound(env)
+                    ok = ok and env[V] <= 64 * max(1.0, self.env[V])
+            if ok:
+                break
+        for V, a_t, a_v, ex in updates:
+            if self.chance(2):
+                body.append(f"  {V} = {a_t}{V} + {c!r} * {ex.op()}")
+            else:
+                body.append(f"  {V} = {a_t}{V} - {ex.op()} / {1 / c!r}")
+        self.lines += [f"repeat {ct} {{"] + body + ["}"]
+        final = {G: self.pool[G] for G in temps}
+        self.pool = saved
+        for V, shape, b, tok in loopvars:
+            self.pool[V] = (shape, const(max(env[V], self.env[V])), tok or any(
+                ex.tok for W, _, _, ex in updates if W == V))
+            if k > 0:
+                self.vid[V] = f"#{V}@{len(self.lines)}"
+                if any(self.has_eye(ex.text) for W, _, _, ex in updates if W == V):
+                    self.eye_vars.add(V)
+        if k > 0:
+            for G, (sh, bf, tok) in final.items():      # a temporary lives on after the loop
+                self.pool[G] = (sh, const(bf(env)), tok)
+        self.env = {}
+
+    def update_expr(self, V, shape):
+        Vx = E(V, shape, self.pool[V][1], True, self.pool[V][2])
+        form = self.draw(0, 3)
+        if form == 0 and len(shape) >= 1 and shape[0] != "n" and not Vx.tok:
+            F = self.expr((shape[0], shape[0]), 1)                    # F @ V
+            return self.product([F, Vx], [False], shape, "left")
+        if form == 1 and len(shape) == 2 and shape[0] == shape[1] and is_small(shape) and not Vx.tok:
+            F = self.expr(shape, 1)                                   # V @ F @ V
+            return self.product([Vx, F, Vx], [False, False], shape, self.pick(["left", "right"]))
+        if form == 2 and len(shape) == 2:
+            F = self.expr((shape[1], shape[1]), 1, "n" not in shape)  # V @ F
+            return self.product([Vx, F], [False], shape, "left")
+        return self.expr(shape, 2)
+
+    def program(self) -> tuple[str, list[str]]:
+        for _ in range(self.draw(1, 5)):
+            self.top_statement()
+        names = sorted(self.pool)
+        outs = [self.pick(names) for _ in range(self.draw(1, 4))]
+        if self.chance(12):
+            outs.append(self.pick(sorted(self.used_inputs or {"v"})))
+            self.used_inputs.add(outs[-1])
+        if self.chance(15):
+            self.lines.append("kc = 2 * 3 - 1")
+            outs.append("kc")
+        if self.chance(15):
+            self.lines.append("nn = n")
+            self.uses_n = True
+            outs.append("nn")
+        outs = list(dict.fromkeys(outs))
+        head = ["program r", f"dim d = {self.d}", f"dim e = {self.e}"]
+        head += [f"param {p} = {PARAMS[p]:g}" for p in sorted(self.params)]
+        used = set(self.used_inputs)
+        if self.uses_n and not any("n" in INPUTS[i][0] for i in used):
+            used.add("y")
+        head += [f"input {i} : {shape_text(INPUTS[i][0])} {INPUTS[i][1]}" for i in INPUTS if i in used]
+        head.append("output " + ", ".join(outs))
+        return "\n".join(head + self.lines) + "\n", outs
+
+
+# ---- elementwise programs (exact pieces only) ----------------------------------------------
+
+EW_INPUTS = {
+    "z": (("n",), "in [-2, 2]"),
+    "z2": (("n",), "in [-1, 3]"),
+    "g": (("n",), "sign"),
+    "h": (("n",), "sign"),
+    "f": (("n",), "flag"),
+    "A": (("n", "d"), "assume row_norm <= 1"),
+    "M": (("d", "d"), "assume norm <= 1"),
+    "v": (("d",), "assume norm <= 1"),
+    "vb": (("d",), "in [-1, 1]"),
+    "s": ((), "in [-1, 1]"),
+}
+
+
+class EwGen:
+    """Exact elementwise pieces, with linear algebra around them:
+      * relu / abs / clip of one value, bounded (an input with a range) or not (A @ v, M @ v,
+        A @ M, ...), with affine maps inside and out;
+      * a sign or flag token input times a bounded real, or times an exact piece of one.
+    Left out (each is a regression test below): nested relu/abs/clip calls
+    (test_nested_pl_calls_are_approximated); a sign or flag combined with an unbounded real
+    (test_sign_with_unbounded_real); a sign times a call whose only bound is its `on` domain
+    (test_gated_piece_ignores_declared_domain)."""
+
+    def __init__(self, draw):
+        self.draw, self.d = draw, draw(2, 4)
+        self.used: set[str] = set()
+
+    def pick(self, seq):
+        return seq[self.draw(0, len(seq) - 1)]
+
+    def use(self, *names):
+        self.used |= set(names)
+
+    def affine(self, u: str, shift=True) -> str:
+        """An affine map of u (`shift`: constants may be added; the back end adds a scalar
+        only to scalars and token vectors)."""
+        forms = [u, f"2 * {u} - 1", f"0.5 - {u}", f"{u} / 2 + 0.25", f"-{u}"] if shift else \
+            [u, f"2 * {u}", f"-{u}", f"{u} / 2"]
+        return self.pick(forms) if self.draw(0, 1) else u
+
+    def pl(self, u: str, affine_ok=True, shift=True) -> str:
+        """relu / abs / clip of (an affine map of) u."""
+        inner = self.affine(u, shift) if affine_ok else u
+        f = self.pick(["relu", "abs", "clip"])
+        if f == "clip":
+            lo, hi = self.pick([("-0.5", "1"), ("0", "0.25"), ("-2", "2"), ("0.5", "0.5")])
+            return f"clip({inner}, {lo}, {hi})"
+        return f"{f}({inner})"
+
+    def real_token(self, bounded: bool) -> str:
+        """A token vector: a bounded input, or an unbounded linear-algebra value."""
+        if bounded:
+            z = self.pick(["z", "z2"])
+            self.use(z)
+            return z
+        self.use("A", "v")
+        return self.pick(["(A @ v)", "(A @ (M @ v))", "(A @ v + z)", "(y_ @ A @ v)"]).replace(
+            "y_ @ ", "")
+
+    def token_piece(self) -> str:
+        k = self.draw(0, 4)
+        if k == 0:                                   # PL of an unbounded value
+            u = self.real_token(False)
+            if "M" in u:
+                self.use("M")
+            if "z" in u:
+                self.use("z")
+            return self.pl(u)
+        if k == 1:                                   # PL of a bounded input, maybe outer affine
+            e = self.pl(self.real_token(True))
+            return self.pick([e, f"2 * {e} - 1", f"{e} / 4"])
+        gate = self.pick(["g", "h", "f"])
+        self.use(gate)
+        z = self.real_token(True)
+        if k == 2:                                   # gate times a bounded real
+            inner = self.affine(z)
+            inner = inner if inner == z else f"({inner})"
+            return self.pick([f"{gate} * {inner}", f"{inner} * {gate}", f"-{gate} * {inner}",
+                              f"2 * {gate} * {inner} + {gate}"])
+        if k == 3:                                   # gate times an exact piece of a bounded real
+            return self.pick([f"{gate} * {self.pl(z)}", f"{self.pl(z)} * {gate}",
+                              f"{self.pl(z)} + {gate}"])
+        g2 = self.pick(["g", "h", "f"])              # two gates
+        self.use(g2)
+        return f"{gate} * {g2} * {z}" if g2 != gate else f"{gate} * {z}"
+
+    def small_piece(self) -> str:
+        """relu / abs / clip of a small vector, matrix or scalar (bounded or not)."""
+        k = self.draw(0, 3)
+        if k == 0:
+            self.use("vb")
+            return self.pl("vb", shift=False)
+        if k == 1:
+            self.use("M", "v")
+            return self.pl("(M @ v)", affine_ok=False)
+        if k == 2:
+            self.use("M")
+            return self.pl("M", affine_ok=False)
+        self.use("s")
+        return self.pl("s")
+
+    def program(self) -> tuple[str, list[str]]:
+        lines, outs = [], []
+        for i in range(self.draw(1, 3)):
+            q = f"q{i}"
+            token = self.draw(0, 2) > 0
+            lines.append(f"{q} = {self.token_piece() if token else self.small_piece()}")
+            outs.append(q)
+            k = self.draw(0, 3)
+            if token and k == 1:
+                self.use("A")
+                lines.append(f"r{i} = A.T @ {q} / n")
+                outs.append(f"r{i}")
+            elif token and k == 2:
+                self.use("A", "v")
+                lines.append(f"r{i} = {q} + A @ v")
+                outs.append(f"r{i}")
+            elif token and k == 3:
+                lines.append(f"r{i} = sum({q}) / n + 1")
+                outs.append(f"r{i}")
+            elif not token and k >= 2:
+                self.use("M")
+                if "(s" in lines[-1] or "s)" in lines[-1] or "s," in lines[-1]:
+                    lines.append(f"r{i} = {q} * M")           # q is a scalar
+                elif "M)" in lines[-1] or "M," in lines[-1]:
+                    lines.append(f"r{i} = {q} @ M")           # q is a matrix
+                else:
+                    lines.append(f"r{i} = M @ {q}")           # q is a vector
+                outs.append(f"r{i}")
+        if len(outs) > 1 and self.draw(0, 1):
+            outs = outs[1:]
+        head = ["program ew", f"dim d = {self.d}"]
+        if any(l.endswith("/ n") or "/ n " in l for l in lines) and not any(
+                "n" in EW_INPUTS[i][0] for i in self.used):
+            self.used.add("z")
+        head += [f"input {i} : {shape_text(EW_INPUTS[i][0])} {EW_INPUTS[i][1]}"
+                 for i in EW_INPUTS if i in self.used]
+        head.append("output " + ", ".join(outs))
+        return "\n".join(head + lines) + "\n", outs
+
+
+# ---- the check -----------------------------------------------------------------------------
+
+def rel_err(got, want) -> float:
+    got, want = np.asarray(got, dtype=float), np.asarray(want, dtype=float)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    return float(np.max(np.abs(got - want), initial=0.0))
+
+
+def within(got, want) -> bool:
+    got, want = np.asarray(got, dtype=float), np.asarray(want, dtype=float)
+    if got.shape != want.shape:
+        return False
+    scale = float(np.max(np.abs(want), initial=0.0))
+    return bool(np.all(np.isfinite(got))) and rel_err(got, want) <= max(RTOL * scale, ATOL)
+
+
+def compare(src: str, n: int = 8, batch: int = 3, seed: int = 0, skip_zero: bool = True,
+            params: dict | None = None):
+    """Compile, run a batch and each problem alone, compare with the interpreter. Returns
+    a list of (output, max abs error, max abs value) for outputs that disagree; None (not
+    compiled) when some output is identically zero and `skip_zero`."""
+    program = parse_source(src, "r.tp")
+    inputs = sample_inputs(program, params, n=n, batch=batch, seed=seed)
+    want = interpret_program(program, params, **inputs)
+    if skip_zero and any(np.all(np.asarray(w) == 0) for w in want.values()):
+        return None     # an identically zero output hangs the compiler: test_zero_output_hangs
+    prog = tcompile.compile_source(src, file="r.tp", params=params)
+    assert prog.n_layers >= 1
+    got = prog.run(**inputs)
+    assert set(got) == set(want)
+    bad = []
+    for name in want:
+        if not within(got[name], want[name]):
+            g, w = np.asarray(got[name]), np.asarray(want[name])
+            bad.append((name, rel_err(g, w) if g.shape == w.shape else (g.shape, w.shape),
+                        float(np.max(np.abs(w)))))
+    for b in range(batch):
+        one = prog.run(**{k: v[b] for k, v in inputs.items()})
+        for name in want:
+            g1, gb = np.asarray(one[name]), np.asarray(got[name][b])
+            assert g1.shape == gb.shape, (name, g1.shape, gb.shape)
+            scale = max(float(np.max(np.abs(gb), initial=0.0)), 1.0)
+            assert np.max(np.abs(g1 - gb), initial=0.0) <= 1e-12 * scale, (name, b)
+    return bad
+
+
+def generate(draw, elementwise: bool = False) -> tuple[str, list[str]]:
+    return (EwGen(draw) if elementwise else Gen(draw)).program()
+
+
+# ---- the generator tests -------------------------------------------------------------------
+
+@settings(RANDOM, max_examples=130 * SCALE)
+@given(st.data())
+def test_random_linear_programs_match_interpreter(data):
+    src, _ = generate(lambda lo, hi: data.draw(st.integers(lo, hi)))
+    note(src)
+    n = data.draw(st.sampled_from([5, 8, 13]))
+    params = {}             # overrides: a repeat count, the dims
+    if "param k" in src and data.draw(st.booleans()):
+        params["k"] = data.draw(st.sampled_from([1, 3]))   # (0: a body temporary unset)
+    if data.draw(st.integers(0, 3)) == 0:
+        params["e"] = data.draw(st.sampled_from([1, 4]))
+    bad = compare(src, n=n, params=params or None)
+    assume(bad is not None)
+    assert not bad, (src, bad)
+
+
+@settings(RANDOM, max_examples=20 * SCALE)
+@given(st.data())
+def test_random_elementwise_programs_match_interpreter(data):
+    src, _ = generate(lambda lo, hi: data.draw(st.integers(lo, hi)), elementwise=True)
+    note(src)
+    bad = compare(src, n=data.draw(st.sampled_from([6, 9])))
+    assume(bad is not None)
+    assert not bad, (src, bad)
+
+
+# ---- regressions: the smallest programs of the bugs the generator found -------------------
+
+def assert_matches(src: str, n: int = 8):
+    bad = compare(src, n=n, skip_zero=False)
+    assert not bad, bad
+
+
+class _Timeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float):
+    """Raise _Timeout in the block after `seconds` (a hang becomes a test failure)."""
+    def on_alarm(signum, frame):
+        raise _Timeout(f"still running after {seconds} s")
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+TOKEN_SCALAR_BUG = (
+    "a scalar from a token contraction whose token axis is not the first contraction, "
+    "v @ (A.T @ y) = vᵀAᵀy, is refused: CompileError 'no assignment of stored orientations lets "
+    "every product be computed by one head (please report this program)'. Its one head needs "
+    "the result stored transposed (yᵀ A v), but plan.Planner.choose_orientations never lets a "
+    "1×1 atom be transposed (only atoms that are not token / symmetric / 1×1 / mlp are `free`), "
+    "although a 1×1 block is the same either way; lower._realizable accepted it because it "
+    "tries both orientations. The same scalar written y @ (A @ v) compiles.")
+
+
+@pytest.mark.parametrize("body", ["t = v @ (A.T @ y)", "t = (A @ v) @ y", "t = sum(A @ v)",
+                                  "z = A @ v\nt = z @ y"])
+def test_token_contraction_to_a_scalar(body):
+    assert_matches("program r\ninput A : [n, 2]\ninput v : [2]\ninput y : [n]\noutput t\n"
+                   + body + "\n")
+
+
+def test_token_contraction_to_a_one_vector():
+    """The same with a [1] result (dim e = 1: a [1] vector is stored 1×1 as well)."""
+    assert_matches("program r\ninput B : [n, 2]\ninput P : [2, 1]\noutput t\nt = sum(B @ P)\n")
+
+
+def test_token_contraction_to_a_scalar_other_order_works():
+    """The control: the same value with the token vector first compiles and is exact."""
+    assert_matches("program r\ninput A : [n, 2]\ninput v : [2]\ninput y : [n]\noutput t\n"
+                   "t = y @ (A @ v)\n")
+
+
+TWO_TRANSPOSED_BUG = (
+    "two values that can each only be stored transposed (M Aᵀ y: its head is yᵀ A Mᵀ, the token "
+    "contraction must come first) make the program fail with CompileError 'no assignment of "
+    "stored orientations lets every product be computed by one head (please report this "
+    "program)'; either one alone compiles. plan.Planner.choose_orientations starts every free "
+    "atom untransposed, picks each atom's best orientation with the others fixed, then tries "
+    "single flips: with two such atoms every single flip still costs inf, so the search never "
+    "reaches the (both transposed) solution.")
+
+
+@pytest.mark.parametrize("body", [
+    "p = M @ (A.T @ y)\nq = M @ (A.T @ x)",
+    "p = M @ (A.T @ A)\nq = M @ (A.T @ y)",
+    # a loop makes two such values by itself (found as t = A; repeat 2 {t = t + A @ (M @ A.T @ t)})
+    "q = y\np = A @ (M @ A.T @ y)\nq = A @ (M @ A.T @ p)",
+])
+def test_two_transposed_atoms(body):
+    assert_matches("program r\ninput A : [n, 2]\ninput M : [2, 2]\ninput y : [n]\ninput x : [n]\n"
+                   "output p, q\n" + body + "\n")
+
+
+@pytest.mark.parametrize("body", ["p = M @ (A.T @ y)\nq = M", "p = M @ (A.T @ x)\nq = M"])
+def test_one_transposed_atom_works(body):
+    """The control: one such value alone compiles and is exact."""
+    assert_matches("program r\ninput A : [n, 2]\ninput M : [2, 2]\ninput y : [n]\ninput x : [n]\n"
+                   "output p, q\n" + body + "\n")
+
+
+ZERO_BUG = (
+    "an identically zero output (t = 0 * s, R - R, (R - R) @ R, a loop update that cancels "
+    "exactly) makes compile_source hang: its atom's Poly is empty, and in fuse.fuse the "
+    "`while True` loop gets {} back from _lower_layer every time (no monomials: nothing to "
+    "rewrite, and an empty Poly is 'realizable'), never None. It should compile to an output "
+    "that is 0.")
+
+
+@pytest.mark.parametrize("body", ["t = 0 * s", "t = R - R", "t = (R - R) @ R", "t = s - s"])
+def test_zero_output_hangs(body):
+    src = "program r\ninput R : [2, 2]\ninput s : []\noutput t\n" + body + "\n"
+    with time_limit(2):
+        prog = tcompile.compile_source(src, file="r.tp")
+    assert_matches(src)
+    assert np.all(prog.run(R=np.eye(2), s=np.array(0.5))["t"] == 0)
+
+
+EW_HEAD = ("program ew\ninput A : [n, 2] assume row_norm <= 1\ninput v : [2] assume norm <= 1\n"
+           "input z : [n] in [-2, 2]\ninput g : [n] sign\ninput f : [n] flag\noutput o\n")
+
+SIGN_UNBOUNDED_BUG = (
+    "a sign or flag input combined with a real value that has no interval bound (any result of "
+    "@) is refused with CompileError \"cannot tell the domain of g + relu((A@v)): give its "
+    "function a domain with 'on [lo, hi]'\". For `relu(A @ v) + g` both parts are exact on all "
+    "of R (relu needs no domain, language.md) and the sign only adds ±1: mlp.PieceBuilder."
+    "_exact_piece gives up when the per-pattern forms differ (here only by a constant, which "
+    "the general fit handles with gated offsets) and the leaf has no bounds, and the general "
+    "fit then needs a domain. For `g * (A @ v)` / `f * (A @ v)` there is no function at all to "
+    "give a domain to, so the message cannot be followed. Expected: compile (exactly), or a "
+    "message that says what the user can do.")
+
+
+@pytest.mark.parametrize("body", ["o = relu(A @ v) + g", "o = abs(A @ v) - 2 * f"])
+def test_sign_with_unbounded_real(body):
+    assert_matches(EW_HEAD + body + "\n")
+
+
+@pytest.mark.parametrize("body", ["o = g * (A @ v)", "o = f * (A @ v)"])
+def test_sign_times_unbounded_real_message(body):
+    src = EW_HEAD + body + "\n"
+    try:
+        tcompile.compile_source(src, file="r.tp")
+    except tcompile.CompileError as e:
+        assert "give its function a domain" not in e.message, e.message
+        return
+    assert_matches(src)
+
+
+def test_sign_with_bounded_real_is_exact():
+    """The control: the same forms with a bounded real (z in [-2, 2]) are exact."""
+    for body in ["o = relu(z) + g", "o = abs(z) - 2 * f", "o = g * z", "o = f * z",
+                 "o = g * relu(z)", "o = relu(A @ v)"]:
+        assert_matches(EW_HEAD + body + "\n")
+
+
+def test_gated_piece_ignores_declared_domain():
+    assert_matches(EW_HEAD + "o = g * relu(A @ v) on [-1, 1]\n")
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "nested relu/abs/clip calls (relu(relu(z)), clip(relu(z), 0, 1), abs(abs(z) - 1)) are "
+    "piecewise linear but are fitted, not built exactly: error ~1e-6 (the default tol, "
+    "manifest exact=False) where the interpreter is exact. mlp.exact_pl returns None when a "
+    "call's argument is not affine in the leaf ('nested PL calls: left to the general fit'). "
+    "A limitation rather than a wrong answer (it is within tol), pinned here because the "
+    "exact pieces are otherwise exact to rounding."))
+@pytest.mark.parametrize("body", ["o = relu(relu(z))", "o = clip(relu(z), 0, 1)",
+                                  "o = abs(abs(z) - 1)"])
+def test_nested_pl_calls_are_approximated(body):
+    assert_matches(EW_HEAD + body + "\n")
+
+
+SCALAR_I_BUG = (
+    "a runtime scalar times I, `M + s * I` (s an input; e.g. a runtime regulariser), `s * I @ M`, "
+    "`s * M - s * I`, is refused: CompileError 'this product cannot be computed by attention "
+    "heads (shapes (2, 2) and (1, 1))'. Its monomial s·I has no matrix factor: "
+    "lower.realizations finds no head (X Yᵀ Z needs the 1×1 s next to a side of length 1) and "
+    "the row split (_row_split) is only tried for exactly one chain factor; the identity is a "
+    "constant block the encoder writes, so s·(row r of I) would do. The same value written "
+    "s * (M - I) compiles (N - I is stored first).")
+
+
+@pytest.mark.parametrize("body", ["t = M + s * I", "t = s * I @ M", "t = s * M - s * I"])
+def test_runtime_scalar_times_identity(body):
+    assert_matches("program r\ninput M : [2, 2]\ninput s : []\noutput t\n" + body + "\n")
+
+
+NAMED_SCALAR_BUG = (
+    "naming the runtime scalar breaks `s * (M - I)`: with `u = s` (or any assignment that "
+    "names s's node, even a dead one: `t = s * (M - I)` followed by `t3 = s`) compile raises "
+    "'this product cannot be computed by attention heads'; without it the program compiles "
+    "and is exact. In lower.Lowering.expand (matmul/smul), `widest` ranks the operands by "
+    "(unstored and degree > 1, has a variable name, fanout, degree): M - I has degree 1, so "
+    "the named s wins, but s is already an atom and storing it changes nothing, so the error "
+    "is raised instead of storing M - I. Candidates that are already atoms should not win.")
+
+
+@pytest.mark.parametrize("body", ["u = s\nt = u * (M - I)", "t = s * (M - I)\nt3 = s"])
+def test_named_scalar_times_matrix_with_identity(body):
+    assert_matches("program r\ninput M : [2, 2]\ninput s : []\noutput t\n" + body + "\n")
+
+
+def test_scalar_times_matrix_with_identity_works():
+    """The controls: the unnamed form compiles and is exact."""
+    assert_matches("program r\ninput M : [2, 2]\ninput s : []\noutput t\nt = s * (M - I)\n")
+    assert_matches("program r\ninput M : [2, 2]\ninput s : []\noutput t\nt = s * M\n")
