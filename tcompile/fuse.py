@@ -69,7 +69,8 @@ def fuse(atoms: dict[int, Atom], inv_n: int | None, outputs: dict[str, int]) -> 
             if trial is None or trial == atom.poly:
                 break
             atom.poly = trial
-            atom.symmetric = atom.cshape[0] == atom.cshape[1] and poly_is_symmetric(atoms, trial)
+            atom.symmetric = atom.cshape == (1, 1) or (
+                atom.cshape[0] == atom.cshape[1] and poly_is_symmetric(atoms, trial))
         lv[a] = 1 + max((_mono_layer(m, lv) for m in atom.poly), default=0)
     return _drop_unread(atoms, outputs)
 

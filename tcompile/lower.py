@@ -377,7 +377,10 @@ class Lowering:
             elif kinds.get(nid) == "mlp":
                 self.polys[nid] = self.expand(nid)
                 del self.atoms[nid]
-                self.materialize_mlp(nid)
+                if isinstance(self.polys[nid], Ew):
+                    self.materialize_mlp(nid)
+                else:               # its inputs are stored now: linear, an attention atom
+                    self.materialize(nid)
             else:
                 self.polys[nid] = self.expand(nid)
                 if self.g.nodes[nid].get("carried") and nid not in self.atoms:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from .check import TOKEN
 from .errors import CompileError
-from .lower import Atom, Mono, Operand, Realization, realizations
+from .lower import Atom, Mono, Operand, Realization, realizations, transpose_mono
 
 Pair = tuple[int, bool]          # (atom, stored transposed)
 END = 10**9
@@ -92,10 +92,13 @@ class Planner:
     def options(self, m: Mono, atom: Atom, transposed: bool) -> list[Realization]:
         """Heads for monomial m of `atom` stored as given; a symmetric value (a scalar, say)
         is the same block either way, so heads for the other orientation serve too."""
-        key = (m, atom.cshape, transposed, atom.symmetric)
+        # only where the monomial itself is its own transpose: a head for the other
+        # orientation computes mᵀ, which equals m for a scalar or a symmetric m, not otherwise
+        either = atom.cshape == (1, 1) or (atom.symmetric and transpose_mono(self.atoms, m) == m)
+        key = (m, atom.cshape, transposed, either)
         if key not in self._cache:
             found = realizations(self.atoms, m, atom.cshape, transposed, self.inv_n)
-            if atom.symmetric:
+            if either:
                 found = found + [r for r in realizations(self.atoms, m, atom.cshape, not transposed,
                                                          self.inv_n) if r not in found]
             self._cache[key] = found
@@ -177,8 +180,13 @@ class Planner:
                 for arg in atom.inputs:
                     q = self.input_pair(arg, a, orient)
                     layer = max(layer, ready[q] + (1 if write[q] % 2 == 0 and write[q] > 0 else 0))
-                for p in mine:
-                    ready[p], write[p] = layer, 2 * layer
+                ready[primary], write[primary] = layer, 2 * layer
+                for p in mine:        # an MLP cannot write a transpose: a head does, a layer on
+                    if p != primary:
+                        k = _rows(self.atoms, primary)
+                        tr = Realization(Operand("eye", k=_rows(self.atoms, p)),
+                                         Operand("atom", *primary), Operand("eye", k=k))
+                        ready[p], write[p], terms[p] = layer + 1, 2 * layer + 1, [HeadTerm(tr, 1.0, p)]
                 continue
             layer = 1 + max((ready[q] for m in atom.poly for q in choice[(a, m)].needs()), default=0)
             ready[primary], write[primary] = layer, 2 * layer - 1
