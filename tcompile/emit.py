@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .lower import Operand
+from .heads import Operand
 from .plan import HeadTerm
 from .mlp import piece_units
 from .plan import EYE, EYE_INV_N, Plan, mlp_input_pair

@@ -12,8 +12,9 @@ atom's layer drops. Atoms no one reads any more are removed.
 """
 from __future__ import annotations
 
-from .lower import (MAX_FACTORS, Atom, Mono, Poly, add_polys, max_degree, poly_is_symmetric,
-                    realizations, transpose_poly)
+from .heads import realizations
+from .poly import (MAX_FACTORS, Atom, Mono, Poly, add_polys, max_degree, poly_is_symmetric,
+                   transpose_poly)
 
 
 def ready_layers(atoms: dict[int, Atom]) -> dict[int, int]:

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 from .check import TOKEN
 from .errors import CompileError
-from .lower import Atom, Mono, Operand, Realization, realizations, transpose_mono
+from .heads import Operand, Realization, realizations
+from .poly import Atom, Mono, transpose_mono
 
 Pair = tuple[int, bool]          # (atom, stored transposed)
 END = 10**9
@@ -44,7 +45,6 @@ class Slot:
     rows: list[int]
     write: int                    # sublayer that writes it (0: the encoder)
     last_read: int                # last sublayer that reads it (END: an output)
-    label: str = ""
 
 
 @dataclass

@@ -1,0 +1,162 @@
+"""One monomial as attention heads: X Yᵀ Z of three stored blocks.
+
+A head reads three stored blocks X, Y, Z (W_V, W_K, W_Q select their rows) and adds X Yᵀ Z;
+the contraction X·Yᵀ runs over stored columns (tokens, or a small matrix's columns), so a
+monomial's factors must be stored in the right orientations, identities pad short chains at
+small dimensions, runtime scalars sit where a dimension is 1 (or 1/n becomes the I/n block), and
+a scalar times a block with no side of length 1 is split into one head per row.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .check import TOKEN
+from .poly import Atom, Factor, MAX_FACTORS, Mono, dims, transpose_mono
+
+@dataclass(frozen=True)
+class Operand:
+    """One of X, Y, Z: an atom's stored block in some orientation, or a constant identity.
+
+    kind 'atom': rows of atom `atom` stored transposed or not. kind 'eye': I_k (the first k
+    rows of the identity block). kind 'eye_inv_n': I_k / n (a constant block the encoder fills).
+    """
+    kind: str
+    atom: int | None = None
+    transposed: bool = False
+    k: int | None = None
+    row: int | None = None          # one row of the stored block (row-split heads)
+
+
+@dataclass(frozen=True)
+class Realization:
+    """Heads for one monomial: X Yᵀ Z, or (`split`) one head per output row, each writing
+    (Realization, row index) — how a runtime scalar scales a block with no 1-wide side."""
+    x: Operand | None
+    y: Operand | None
+    z: Operand | None
+    split: tuple = ()
+
+    def operands(self) -> list[Operand]:
+        if self.split:
+            return [o for part, _ in self.split for o in part.operands()]
+        return [self.x, self.y, self.z]
+
+    def needs(self) -> set[tuple[int, bool]]:
+        if self.split:
+            return set().union(*(part.needs() for part, _ in self.split))
+        return {(o.atom, o.transposed) for o in (self.x, self.y, self.z) if o.kind == "atom"}
+
+
+def _is_small(d) -> bool:
+    return d != TOKEN
+
+
+def realizations(atoms: dict[int, Atom], m: Mono, out_shape: tuple, transposed_out: bool,
+                 inv_n_atom: int | None) -> list[Realization]:
+    """Every way to compute monomial `m` (its storage: transposed when `transposed_out`).
+
+    A factor sequence G1 G2 G3 is computed by the head X=G1, Y=G2ᵀ, Z=G3. Scalars go where a
+    neighbouring dimension is 1; 1/n may also become I_k/n at any small boundary; identities
+    pad short chains at small boundaries. Contractions X·Yᵀ run over stored columns, so Y and
+    Z must not have the token axis as rows.
+    """
+    chain = list(transpose_mono(atoms, m).chain if transposed_out else m.chain)
+    p, q = (out_shape[1], out_shape[0]) if transposed_out else out_shape
+    items = [("f", f) for f in chain]
+    seqs = _place_scalars(atoms, items, list(m.scalars), p, q, inv_n_atom)
+    found = []
+    for seq in seqs:
+        for padded in _pad(atoms, seq, p, q):
+            r = _as_heads(atoms, padded, p, q)
+            if r is not None and r not in found:
+                found.append(r)
+    if not found and len(chain) <= 1 and 1 <= len(m.scalars) <= 2 and _is_small(p) \
+            and (chain or p == q):
+        found = _row_split(atoms, chain[0] if chain else None, m.scalars, p)
+    return found
+
+
+def _row_split(atoms, factor: Factor | None, scalars, p) -> list[Realization]:
+    """s·G (s runtime, G with no side of length 1; G = I when `factor` is None): row r of the
+    result is s · (row r of G), one head each: X = s₁, Y = s₂ or I₁, Z = row r of G."""
+    if factor is None:
+        z = Operand("eye", k=p)
+    else:
+        z = _operand(atoms, ("f", factor), False)
+        if z is None:
+            return []
+    x = Operand("atom", scalars[0], False)
+    y = Operand("atom", scalars[1], False) if len(scalars) == 2 else Operand("eye", k=1)
+    parts = tuple((Realization(x, y, Operand(z.kind, z.atom, z.transposed, z.k, row=r)), r)
+                  for r in range(p))
+    return [Realization(None, None, None, split=parts)]
+
+
+def _item_dims(atoms, item):
+    kind, v = item
+    if kind == "f":
+        return dims(atoms, v)
+    if kind == "s":
+        return (1, 1)
+    return (v, v)   # 'eye' / 'eye_inv_n' of size v
+
+
+def _boundaries(atoms, items, p, q):
+    """Dimension at each gap 0..len(items) of the sequence."""
+    out = [p]
+    for it in items:
+        out.append(_item_dims(atoms, it)[1])
+    return out
+
+
+def _place_scalars(atoms, items, scalars, p, q, inv_n_atom):
+    if not scalars:
+        return [items]
+    s, rest = scalars[0], scalars[1:]
+    results = []
+    bounds = _boundaries(atoms, items, p, q) if items else [p]
+    for pos, dim in enumerate(bounds):
+        if dim == 1:
+            results += _place_scalars(atoms, items[:pos] + [("s", s)] + items[pos:], rest, p, q, inv_n_atom)
+        elif s == inv_n_atom and _is_small(dim):
+            results += _place_scalars(atoms, items[:pos] + [("eye_inv_n", dim)] + items[pos:], rest,
+                                      p, q, inv_n_atom)
+    return results
+
+
+def _pad(atoms, items, p, q):
+    if len(items) > MAX_FACTORS:
+        return []
+    if len(items) == MAX_FACTORS:
+        return [items]
+    out = []
+    bounds = _boundaries(atoms, items, p, q) if items else [p]
+    for pos, dim in enumerate(bounds):
+        if _is_small(dim):
+            out += _pad(atoms, items[:pos] + [("eye", dim)] + items[pos:], p, q)
+    return out
+
+
+def _operand(atoms, item, flip: bool) -> Operand | None:
+    kind, v = item
+    if kind == "f":
+        a, t = v
+        t = (not t) if flip else t
+        if atoms[a].symmetric:
+            t = False
+        if not atoms[a].storable(t):
+            return None
+        return Operand("atom", a, t)
+    if kind == "s":
+        return Operand("atom", v, False)
+    return Operand(kind, k=v)
+
+
+def _as_heads(atoms, seq, p, q) -> Realization | None:
+    (r1, c1), (r2, c2), (r3, c3) = (_item_dims(atoms, it) for it in seq)
+    if r1 != p or c3 != q or c1 != r2 or c2 != r3 or not _is_small(p) or not _is_small(c2):
+        return None
+    ops = (_operand(atoms, seq[0], False), _operand(atoms, seq[1], True), _operand(atoms, seq[2], False))
+    if any(o is None for o in ops):
+        return None
+    return Realization(*ops)

@@ -1,0 +1,111 @@
+"""The algebra the lowering works in: atoms (values with rows) and polynomials over them.
+
+A `Poly` maps monomials to coefficients; a `Mono` is a chain of matrix factors (atom, transposed)
+times runtime scalars (1×1 atoms, which commute). Transposition, sums and products of these are
+exact symbolic operations; symmetry is structural (a Poly equal to its own transpose).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .check import TOKEN
+
+MAX_FACTORS = 3                 # X Yᵀ Z
+Factor = tuple[int, bool]       # (atom id, transposed)
+
+
+@dataclass(frozen=True)
+class Mono:
+    chain: tuple[Factor, ...]
+    scalars: tuple[int, ...] = ()   # runtime 1×1 atoms, sorted
+
+    @property
+    def degree(self) -> int:
+        return len(self.chain) + len(self.scalars)
+
+
+Poly = dict  # Mono -> float
+
+
+@dataclass
+class Atom:
+    """A value with rows in the embedding. kind: input | const | attn | mlp."""
+    id: int
+    kind: str
+    cshape: tuple                      # canonical shape (rows, cols), 'n' for the token axis
+    poly: Poly | None = None           # attn: its definition over other atoms
+    node: dict = field(default_factory=dict)   # the graph node's attributes (mlp, const)
+    name: str | None = None            # program variable or input name, for the manifest
+    symmetric: bool = False
+    piece: object = None               # mlp: the MLP piece computing it (mlp.py)
+    diag_of: int | None = None         # mlp: this is u ⊙ V for a token vector u (so Vᵀ(u⊙V) is symmetric)
+    inputs: list = field(default_factory=list)   # mlp: atoms its piece reads (leaves, gate)
+
+    @property
+    def is_token(self) -> bool:
+        return TOKEN in self.cshape
+
+    def storable(self, transposed: bool) -> bool:
+        """Stored blocks have the token axis (if any) as their columns."""
+        rows = self.cshape[1] if transposed else self.cshape[0]
+        return rows != TOKEN
+
+
+def dims(atoms: dict[int, Atom], f: Factor) -> tuple:
+    r, c = atoms[f[0]].cshape
+    return (c, r) if f[1] else (r, c)
+
+
+def norm_factor(atoms, f: Factor) -> Factor:
+    return (f[0], False) if atoms[f[0]].symmetric else f
+
+
+def transpose_mono(atoms, m: Mono) -> Mono:
+    return Mono(tuple(norm_factor(atoms, (a, not t)) for a, t in reversed(m.chain)), m.scalars)
+
+
+def symmetrize_weighted_grams(atoms, p: Poly) -> Poly:
+    """Vᵀ(u⊙V) is symmetric in exact arithmetic, but u⊙V is an approximated MLP product, so
+    it is computed as ½(Vᵀ(u⊙V) + (u⊙V)ᵀV): exactly symmetric, as accurate, one more head.
+    Symmetry is then structural (poly == its transpose), which the heads rely on."""
+    out: Poly = {}
+    for m, c in p.items():
+        terms = [(m, c)]
+        for i in range(len(m.chain) - 1):
+            (v, tv), (q, tq) = m.chain[i], m.chain[i + 1]
+            if tv and not tq and getattr(atoms[q], "diag_of", None) == v:
+                swapped = Mono(m.chain[:i] + ((q, True), (v, False)) + m.chain[i + 2:], m.scalars)
+                terms = [(m, c / 2), (swapped, c / 2)]
+                break
+        for mm, cc in terms:
+            out[mm] = out.get(mm, 0.0) + cc
+    return {m: c for m, c in out.items() if c != 0.0}
+
+
+def transpose_poly(atoms, p: Poly) -> Poly:
+    return {transpose_mono(atoms, m): c for m, c in p.items()}
+
+
+def poly_is_symmetric(atoms, p: Poly) -> bool:
+    return transpose_poly(atoms, p) == p
+
+
+def add_polys(*terms: tuple[float, Poly]) -> Poly:
+    out: Poly = {}
+    for coef, p in terms:
+        for m, c in p.items():
+            out[m] = out.get(m, 0.0) + coef * c
+    return {m: c for m, c in out.items() if c != 0.0}
+
+
+def mul_polys(atoms, a: Poly, b: Poly) -> Poly:
+    out: Poly = {}
+    for ma, ca in a.items():
+        for mb, cb in b.items():
+            m = Mono(ma.chain + mb.chain, tuple(sorted(ma.scalars + mb.scalars)))
+            out[m] = out.get(m, 0.0) + ca * cb
+    return {m: c for m, c in out.items() if c != 0.0}
+
+
+def max_degree(p: Poly) -> int:
+    return max((m.degree for m in p), default=0)
