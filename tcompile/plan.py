@@ -270,6 +270,9 @@ class Planner:
                     last_read[q] = max(last_read[q], t)
         for o in self.outputs.values():
             last_read[(o, plan.orient[o])] = END
+        # a constant no head or piece reads (1/n when the I/n block serves) is not encoded
+        unread = {q for q in plan.pairs if plan.atoms[q[0]].kind == "const" and last_read[q] == 0}
+        plan.pairs -= unread
         order = sorted(plan.pairs, key=lambda p: (plan.write_time[p], p))
         occupant: list[Pair | None] = []       # row → pair currently there (or None)
         for p in order:
