@@ -1,0 +1,86 @@
+"""Write the fixed build corpus and its checksums (tests/test_build_identity.py reads them).
+
+Run only when a change is MEANT to alter compiled artifacts, and say so in the commit:
+
+    python tests/corpus/regenerate.py            # checksums of the existing programs
+    python tests/corpus/regenerate.py --programs # also redraw the random programs (seeded)
+
+The programs come from the random-program generators of tests/test_compile_random.py, driven
+by a seeded `random.Random` instead of hypothesis, and are kept as .tp files so the corpus does
+not move when the generator does. Only programs that compile are kept.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+N_LINEAR, N_ELEMENTWISE = 32, 10
+
+# Each shipped program at its defaults and at one other setting.
+SHIPPED = [
+    ("newton_inverse.tp", {}), ("newton_inverse.tp", {"steps": 7, "d": 3, "norm_bound": 2}),
+    ("least_squares.tp", {}), ("least_squares.tp", {"steps": 5, "d": 6}),
+    ("newton_logistic.tp", {}), ("newton_logistic.tp", {"steps": 3, "inv_steps": 4, "d": 3}),
+]
+
+
+def artifact_digests(path: Path, params: dict | None) -> dict[str, str]:
+    """sha256 of the two artifact files, byte for byte, of `path` built with `params`; only the
+    compiler version string is blanked in the manifest (it may move without the build moving)."""
+    import tcompile
+    prog = tcompile.compile_file(path, params=params or None)
+    with tempfile.TemporaryDirectory() as tmp:
+        weights, manifest = prog.save(Path(tmp) / "a")
+        text = re.sub(rb'"compiler_version": "[^"]*"', b'"compiler_version": ""',
+                      manifest.read_bytes(), count=1)
+        return {"weights": hashlib.sha256(weights.read_bytes()).hexdigest(),
+                "manifest": hashlib.sha256(text).hexdigest()}
+
+
+def draw_programs() -> None:
+    import tcompile
+    from test_compile_random import generate
+    for old in HERE.glob("*.tp"):
+        old.unlink()
+    for kind, count, elementwise in (("linear", N_LINEAR, False), ("ew", N_ELEMENTWISE, True)):
+        rng, kept = random.Random(f"corpus-{kind}"), 0
+        while kept < count:
+            src, _ = generate(rng.randint, elementwise=elementwise)
+            try:
+                tcompile.compile_source(src, file="r.tp")
+            except tcompile.TcompileError:
+                continue
+            (HERE / f"{kind}_{kept:02d}.tp").write_text(src)
+            kept += 1
+
+
+def corpus_entries() -> list[tuple[Path, dict]]:
+    programs = ROOT / "programs"
+    return ([(programs / f, p) for f, p in SHIPPED] +
+            [(p, {}) for p in sorted(HERE.glob("*.tp"))])
+
+
+def entry_id(path: Path, params: dict) -> str:
+    return path.name + ("" if not params else " " + json.dumps(params, sort_keys=True))
+
+
+def main() -> None:
+    if "--programs" in sys.argv:
+        draw_programs()
+    sums = {entry_id(path, params): artifact_digests(path, params)
+            for path, params in corpus_entries()}
+    (HERE / "checksums.json").write_text(json.dumps(sums, indent=1, sort_keys=True) + "\n")
+    print(f"{len(sums)} artifacts hashed")
+
+
+if __name__ == "__main__":
+    main()
