@@ -57,8 +57,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import tcompile  # noqa: E402
-from tcompile.model import exact_float32  # noqa: E402
-from tcompile.sampling import sample_inputs  # noqa: E402
+from tcompile.runtime.model import exact_float32  # noqa: E402
+from tcompile.inspection.sampling import sample_inputs  # noqa: E402
 
 PROGRAMS = {
     # name: (steps T, tokens n; None = the program has no token input, n = min_tokens)
@@ -352,7 +352,7 @@ def bench(args) -> dict:
                          "max_pairs_per_round": max_pairs,
                          "warmup": "2 pairs (1 if a pair takes > 0.5 s)",
                          "compile_runs": compile_runs, "max_gflop": args.max_gflop,
-                         "seed": 0, "tf32": "off for both (tcompile.model.exact_float32)"
+                         "seed": 0, "tf32": "off for both (tcompile.runtime.model.exact_float32)"
                          if cuda else None},
             "compile": compiles,
             "records": records,

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import tcompile  # noqa: E402
-from tcompile.trace import interpreter_assignments  # noqa: E402
+from tcompile.inspection.trace import interpreter_assignments  # noqa: E402
 
 D, N, MU = 5, 26, 0.1
 

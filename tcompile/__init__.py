@@ -10,11 +10,11 @@ from .errors import (ApproxError, ArtifactError, CompileError, InputError,  # no
                      ParamError, ProgramError, ProgramSyntaxError, TcompileError)
 
 # (the function `interpret` deliberately shadows the submodule of the same name)
-from .interpret import interpret, interpret_program  # noqa: E402
+from .language.interpreter import interpret, interpret_program  # noqa: E402
 
 # torch is imported on first use of the compiler, so `tcompile --help` and error paths are quick
-_LAZY = {"compile_file": "compiler", "compile_program": "compiler", "compile_source": "compiler",
-         "CompiledProgram": "program"}
+_LAZY = {"compile_file": "compiler.pipeline", "compile_program": "compiler.pipeline",
+         "compile_source": "compiler.pipeline", "CompiledProgram": "runtime.program"}
 
 
 def __getattr__(name):
@@ -26,7 +26,7 @@ def __getattr__(name):
 
 def load(path):
     """Load an artifact written by `CompiledProgram.save` (PATH, PATH.json or PATH.safetensors)."""
-    from .artifact import load_artifact
+    from .runtime.artifact import load_artifact
     return load_artifact(path)
 
 

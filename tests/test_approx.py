@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from tcompile.approx import (FUNCTIONS, PIECEWISE_LINEAR_EXACT, PLApprox, approximate,
+from tcompile.compiler.approx import (FUNCTIONS, PIECEWISE_LINEAR_EXACT, PLApprox, approximate,
                              approximate_callable, best_uniform_neurons, exact_function)
 from tcompile.errors import ApproxError
 

@@ -23,7 +23,7 @@ import torch
 
 import tcompile
 from tcompile import ArtifactError
-from tcompile.cli import main
+from tcompile.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 NEWTON_INVERSE = ROOT / "programs" / "newton_inverse.tp"

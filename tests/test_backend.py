@@ -16,8 +16,8 @@ import torch
 
 import tcompile
 from tcompile import CompileError, InputError
-from tcompile.compiler import compile_source
-from tcompile.interpret import interpret_program
+from tcompile.compiler.pipeline import compile_source
+from tcompile.language.interpreter import interpret_program
 
 ROOT = Path(__file__).resolve().parents[1]
 NEWTON_INVERSE = ROOT / "programs" / "newton_inverse.tp"

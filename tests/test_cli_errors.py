@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tcompile.cli import main
+from tcompile.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = "program t\ninput A : [n, 2]\noutput x\n"

@@ -44,9 +44,9 @@ from hypothesis import HealthCheck, assume, given, note, settings
 from hypothesis import strategies as st
 
 import tcompile
-from tcompile.interpret import interpret_program
-from tcompile.parse import parse_source
-from tcompile.sampling import sample_inputs
+from tcompile.language.interpreter import interpret_program
+from tcompile.language.parser import parse_source
+from tcompile.inspection.sampling import sample_inputs
 
 SCALE = int(os.environ.get("TCOMPILE_RANDOM_EXAMPLES", "0")) or 1
 RANDOM = settings(deadline=None, database=None, derandomize=SCALE == 1,
@@ -826,11 +826,11 @@ def symmetric_mix(src: str, params: dict | None) -> bool:
     (M N + Nᵀ Mᵀ)? Those compile wrong (test_symmetric_sum_of_products). Uses the compiler's
     internals; anything unexpected there answers False (the program is then tested)."""
     try:
-        from tcompile.check import check_program
-        from tcompile.dataflow import build_dataflow
-        from tcompile.fuse import fuse
-        from tcompile.lower import lower
-        from tcompile.poly import transpose_mono
+        from tcompile.language.checker import check_program
+        from tcompile.compiler.dataflow import build_dataflow
+        from tcompile.compiler.depth import fuse
+        from tcompile.compiler.lower import lower
+        from tcompile.compiler.poly import transpose_mono
         program = parse_source(src, "r.tp")
         df = build_dataflow(program, check_program(program, params))
         df.source = program.source

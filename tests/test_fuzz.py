@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tcompile
-import tcompile.check
-from tcompile.check import check_program
-from tcompile.parse import parse_source
+import tcompile.language.checker
+from tcompile.language.checker import check_program
+from tcompile.language.parser import parse_source
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRAMS = {p.stem: p.read_text() for p in sorted((ROOT / "programs").glob("*.tp"))}
@@ -40,7 +40,7 @@ ODD_LINE_BREAKS = set("\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
 
 def front_end(source: str) -> None:
     """Parse and check; fail on anything but a well-formed TcompileError."""
-    with mock.patch.object(tcompile.check, "MAX_UNROLLED_STATEMENTS", FAST_LIMIT):
+    with mock.patch.object(tcompile.language.checker, "MAX_UNROLLED_STATEMENTS", FAST_LIMIT):
         try:
             program = parse_source(source, "fuzz.tp")
             check_program(program)

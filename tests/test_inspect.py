@@ -21,10 +21,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import tcompile  # noqa: E402
-from tcompile import plots  # noqa: E402
-from tcompile.cli import main  # noqa: E402
-from tcompile.sampling import sample_inputs  # noqa: E402
-from tcompile.trace import first_departure, format_trace, interpreter_assignments  # noqa: E402
+from tcompile.inspection import plots  # noqa: E402
+from tcompile.cli.main import main  # noqa: E402
+from tcompile.inspection.sampling import sample_inputs  # noqa: E402
+from tcompile.inspection.trace import first_departure, format_trace, interpreter_assignments  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRAMS = {

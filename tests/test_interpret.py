@@ -12,8 +12,8 @@ from sklearn.datasets import load_breast_cancer, load_diabetes
 
 import tcompile
 from tcompile import InputError
-from tcompile.interpret import interpret_program
-from tcompile.parse import parse_source
+from tcompile.language.interpreter import interpret_program
+from tcompile.language.parser import parse_source
 
 ROOT = Path(__file__).resolve().parents[1]
 NEWTON_INVERSE = ROOT / "programs" / "newton_inverse.tp"

@@ -17,7 +17,7 @@ import scipy.optimize
 import torch
 
 import tcompile
-from tcompile.functions import sigmoid
+from tcompile.language.functions import sigmoid
 
 ROOT = Path(__file__).resolve().parents[1]
 LOGISTIC = ROOT / "programs" / "newton_logistic.tp"

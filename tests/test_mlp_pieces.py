@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import tcompile
-from tcompile.functions import EXACT, sigmoid
+from tcompile.language.functions import EXACT, sigmoid
 
 N_POINTS = 2000          # tokens per check: a dense grid over the domain, endpoints included
 EXACT_ATOL = 1e-12

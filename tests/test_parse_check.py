@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tcompile.check import check_program
+from tcompile.language.checker import check_program
 from tcompile.errors import ParamError, ProgramError, ProgramSyntaxError, TcompileError
-from tcompile.parse import parse_file, parse_source
+from tcompile.language.parser import parse_file, parse_source
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRAMS = ROOT / "programs"

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import ast
 from .functions import EXACT as _EXACT_FUNCTIONS
-from .errors import ParamError, ProgramError, SourceLocation
+from ..errors import ParamError, ProgramError, SourceLocation
 
 TOKEN = "n"
 SCALAR_FUNCTIONS = {"sigmoid", "sqrt", "reciprocal", "exp", "log", "softplus", "abs", "relu"}
@@ -316,7 +316,7 @@ class Walker:
         try:
             return self._run(inputs)
         except RecursionError:
-            from .parse import too_deep
+            from .parser import too_deep
             raise too_deep(self.program.file, self.src) from None
 
     def _run(self, inputs: dict[str, Val] | None = None) -> dict[str, Val]:

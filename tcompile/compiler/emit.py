@@ -14,7 +14,7 @@ import numpy as np
 
 from .heads import Operand
 from .plan import HeadTerm
-from .mlp import piece_units
+from .pieces import piece_units
 from .plan import EYE, EYE_INV_N, Plan, mlp_input_pair
 
 

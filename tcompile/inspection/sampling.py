@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .check import TOKEN, Walker, resolve_params
+from ..language.checker import TOKEN, Walker, resolve_params
 
 
 def sample_inputs(program, params: dict | None = None, n: int = 16, batch: int | None = None,

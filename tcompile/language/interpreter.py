@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from . import ast
-from .check import TOKEN, Ty, Val, Walker, fmt_shape, resolve_params
-from .errors import InputError
+from .checker import TOKEN, Ty, Val, Walker, fmt_shape, resolve_params
+from ..errors import InputError
 from .functions import EXACT, clip
-from .parse import parse_file
+from .parser import parse_file
 
 SIGN_TOL = 0.0          # a sign input must be exactly ±1
 ASSUME_RTOL = 1e-9      # slack on declared bounds (row_norm, norm, range, spectrum)

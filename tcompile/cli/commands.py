@@ -5,12 +5,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import EXIT_CHECK_FAILED, EXIT_OK, parse_param_overrides
-from .errors import InputError, TcompileError
+from .main import EXIT_CHECK_FAILED, EXIT_OK, parse_param_overrides
+from ..errors import InputError, TcompileError
 
 
 def cmd_build(args) -> int:
-    from .compiler import compile_file
+    from ..compiler.pipeline import compile_file
     prog = compile_file(args.file, params=parse_param_overrides(args.param), tol=args.tol)
     paths = prog.save_to_dir(args.out)
     print(prog.report_text())
@@ -33,7 +33,7 @@ def load_npz(path) -> dict[str, np.ndarray]:
 def cmd_run(args) -> int:
     import torch
 
-    from .artifact import load_artifact
+    from ..runtime.artifact import load_artifact
     prog = load_artifact(args.artifact)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise TcompileError("--device cuda was asked for, but no CUDA device is available")
@@ -58,9 +58,9 @@ def _save_npz(path: Path, arrays: dict) -> None:
 
 
 def cmd_check(args) -> int:
-    from .compiler import compile_file
-    from .interpret import interpret_program
-    from .sampling import sample_inputs
+    from ..compiler.pipeline import compile_file
+    from ..language.interpreter import interpret_program
+    from ..inspection.sampling import sample_inputs
     params = parse_param_overrides(args.param)
     prog = compile_file(args.file, params=params, tol=args.tol)
     n = args.n or max(16, 2 * prog.manifest["min_tokens"])
@@ -70,7 +70,7 @@ def cmd_check(args) -> int:
     if args.rtol is not None:
         rtol = args.rtol
     else:       # the report's prediction, or what rounding alone explains on these inputs
-        from .trace import ROUNDING_FACTOR, rounding_sensitivity
+        from ..inspection.trace import ROUNDING_FACTOR, rounding_sensitivity
         arrays, _batch, n_ = prog._validated(inputs)
         values = {k: float(v) for k, v in prog.manifest["params"].items()}
         sens = rounding_sensitivity(prog.program, values, arrays, n_)
@@ -92,15 +92,15 @@ def cmd_check(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .artifact import load_artifact
+    from ..runtime.artifact import load_artifact
     prog = load_artifact(args.artifact)
     print(prog.report_text())
     return EXIT_OK
 
 
 def cmd_trace(args) -> int:
-    from .artifact import load_artifact
-    from .trace import format_trace, write_trace
+    from ..runtime.artifact import load_artifact
+    from ..inspection.trace import format_trace, write_trace
     prog = load_artifact(args.artifact)
     rows = prog.trace(**load_npz(args.inputs))
     print(format_trace(rows))
@@ -111,8 +111,8 @@ def cmd_trace(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from .artifact import load_artifact
-    from .plots import plot
+    from ..runtime.artifact import load_artifact
+    from ..inspection.plots import plot
     prog = load_artifact(args.artifact)
     inputs = load_npz(args.inputs) if args.inputs else None
     for p in plot(prog, args.what, Path(args.out), inputs):

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .check import Val
-from .interpret import NumpyWalker
+from ..language.checker import Val
+from ..language.interpreter import NumpyWalker
 
 
 class RecordingWalker(NumpyWalker):

@@ -13,8 +13,8 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from .errors import InputError
-from .emit import LayerWeights
+from ..errors import InputError
+from ..compiler.emit import LayerWeights
 from .model import CompiledTransformer
 
 
@@ -39,7 +39,7 @@ class CompiledProgram:
 
     @cached_property
     def program(self):
-        from .parse import parse_source
+        from ..language.parser import parse_source
         return parse_source(self.manifest["source"], self.manifest["file"])
 
     @property
@@ -55,21 +55,21 @@ class CompiledProgram:
 
     @property
     def report(self) -> dict:
-        from .report import build_report
+        from ..inspection.report import build_report
         return build_report(self.manifest, self.layers)
 
     def predicted_rtol(self) -> float:
         """Relative gap to the interpreter the report predicts (report.predicted_rtol)."""
-        from .report import predicted_rtol
+        from ..inspection.report import predicted_rtol
         return predicted_rtol(self.manifest)
 
     def report_text(self) -> str:
-        from .report import format_report
+        from ..inspection.report import format_report
         return format_report(self.report)
 
     # ---- encode / decode -------------------------------------------------------------------
     def _validated(self, inputs: dict):
-        from .interpret import validate_inputs
+        from ..language.interpreter import validate_inputs
         params = {k: float(v) for k, v in self.manifest["params"].items()}
         arrays, batch, n = validate_inputs(self.program, params, inputs)
         if n is None:
@@ -167,7 +167,7 @@ class CompiledProgram:
 
     def trace(self, **inputs) -> list[dict]:
         """Layer-by-layer comparison with the interpreter (see trace.py)."""
-        from .trace import trace_program
+        from ..inspection.trace import trace_program
         return trace_program(self, **inputs)
 
     # ---- files -----------------------------------------------------------------------------

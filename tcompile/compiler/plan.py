@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .check import TOKEN
-from .errors import CompileError
+from ..language.checker import TOKEN
+from ..errors import CompileError
 from .heads import Operand, Realization, realizations
 from .poly import Atom, Mono, transpose_mono
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .emit import LayerWeights
-from .errors import ArtifactError
+from ..compiler.emit import LayerWeights
+from ..errors import ArtifactError
 
 WEIGHT_NAMES = ("W_K", "W_Q", "W_V", "W_1", "W_2")
 

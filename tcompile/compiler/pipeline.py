@@ -12,17 +12,17 @@ import hashlib
 import math
 from pathlib import Path
 
-from . import __version__
-from .check import check_program
+from .. import __version__
+from ..language.checker import check_program
 from .dataflow import build_dataflow
 from .emit import emit
-from .errors import ParamError
-from .mlp import DEFAULT_TOL
-from .fuse import fuse
+from ..errors import ParamError
+from .pieces import DEFAULT_TOL
+from .depth import fuse
 from .lower import lower
-from .parse import parse_file, parse_source
+from ..language.parser import parse_file, parse_source
 from .plan import plan_program
-from .program import CompiledProgram
+from ..runtime.program import CompiledProgram
 
 
 def compile_source(source: str, file: str = "<string>", params: dict | None = None,

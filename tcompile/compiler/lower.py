@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import networkx as nx
 
-from . import mlp
-from .check import TOKEN
+from . import pieces as mlp
+from ..language.checker import TOKEN
 from .dataflow import DataflowGraph
-from .errors import CompileError
+from ..errors import CompileError
 from .heads import Operand, Realization, realizations
 from .poly import (MAX_FACTORS, Atom, Mono, Poly, add_polys, max_degree, mul_polys,
                    poly_is_symmetric, symmetrize_weighted_grams, transpose_poly)

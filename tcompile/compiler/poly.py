@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .check import TOKEN
+from ..language.checker import TOKEN
 
 MAX_FACTORS = 3                 # X Yᵀ Z
 Factor = tuple[int, bool]       # (atom id, transposed)

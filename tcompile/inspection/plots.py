@@ -116,7 +116,7 @@ def convergence_data(prog, inputs: dict, reference: dict | None = None) -> dict:
     The exact answer is `reference` if given, else the interpreter run with twice the
     program's `steps` param (plus 10), else the interpreter's final output.
     """
-    from .interpret import interpret_program
+    from ..language.interpreter import interpret_program
     from .trace import interpreter_assignments
     params = {k: float(v) for k, v in prog.manifest["params"].items()}
     arrays, _batch, n = prog._validated(inputs)
@@ -185,6 +185,6 @@ def plot(prog, what: str, out: Path, inputs: dict | None = None) -> list[Path]:
     if what == "weights":
         return plot_weights(prog, out)
     if inputs is None:
-        from .errors import InputError
+        from ..errors import InputError
         raise InputError("--what convergence needs --inputs FILE.npz")
     return plot_convergence(prog, out, inputs)

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import networkx as nx
 
-from .check import TOKEN, Ty, Val, Walker, resolve_params
-from .errors import CompileError
+from ..language.checker import TOKEN, Ty, Val, Walker, resolve_params
+from ..errors import CompileError
 
 
 def canonical_shape(shape) -> tuple:
@@ -294,7 +294,7 @@ class GraphBuilder(Walker):
 
 
 def _names_read(e) -> set[str]:
-    from . import ast
+    from ..language import ast
     if isinstance(e, ast.Name):
         return {e.id}
     if isinstance(e, (ast.BinOp,)):

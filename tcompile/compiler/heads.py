@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .check import TOKEN
+from ..language.checker import TOKEN
 from .poly import Atom, Factor, MAX_FACTORS, Mono, dims, transpose_mono
 
 @dataclass(frozen=True)

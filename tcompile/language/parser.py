@@ -12,7 +12,7 @@ import lark
 from lark import Lark, Transformer, v_args
 
 from . import ast
-from .errors import ProgramError, ProgramSyntaxError, SourceLocation, TcompileError
+from ..errors import ProgramError, ProgramSyntaxError, SourceLocation, TcompileError
 
 _TOKEN_WORDS = {
     "NAME": "a name", "NUMBER": "a number", "INT": "an integer", "_NL": "end of line",

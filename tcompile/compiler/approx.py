@@ -28,8 +28,8 @@ from typing import Callable
 
 import numpy as np
 
-from . import functions as _fn
-from .errors import ApproxError
+from ..language import functions as _fn
+from ..errors import ApproxError
 
 FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = dict(_fn.EXACT)
 PIECEWISE_LINEAR_EXACT = {"abs", "relu", "clip"}
