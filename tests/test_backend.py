@@ -66,14 +66,10 @@ def lstsq_batch(seed, n, d, kappa, batch=3):
 def test_newton_inverse_one_layer_per_step(d, steps):
     prog = compiled(NEWTON_INVERSE, d=d, steps=steps)
     assert prog.n_layers == steps                      # the bound is steps + 1
-    assert prog.n_layers <= steps + 1
-    assert prog.report["layers"] == steps
     assert prog.report["heads_per_layer"] == [2] * steps     # (-X, A^T, X) and (X, I, I)
-    assert prog.report["width"] == prog.width
-    # width 3d: X, A^T (stored for the X A X head) and the identity block, the only constant.
-    # One step needs no identity (X_0 = A^T is the input itself): 2d, better than the target.
+    # width 3d (the target): X, A^T (stored for the X A X head) and the identity block, the
+    # only constant. One step needs no identity (X_0 = A^T is the input itself): 2d.
     assert prog.width == (2 * d if steps == 1 else 3 * d)
-    assert prog.width <= 3 * d
 
 
 # ---- newton_inverse: numerics --------------------------------------------------------------
@@ -114,12 +110,9 @@ def test_newton_inverse_matches_interpreter_before_convergence(kappa, steps):
 @pytest.mark.parametrize("steps", [1, 3, 10, 24])
 def test_least_squares_depth_and_width(d, steps):
     prog = compiled(LEAST_SQUARES, d=d, steps=steps)
-    assert prog.n_layers <= steps + 2
     # what the compiler promises today: T + 2 layers (T + 1 for a single step)
     assert prog.n_layers == (2 if steps == 1 else steps + 2)
-    assert prog.report["layers"] == prog.n_layers
     assert prog.width <= 4 * d + 3
-    assert prog.report["width"] == prog.width
 
 
 def test_least_squares_depth_two_steps():
