@@ -3,31 +3,38 @@
     prog = tcompile.compile_file("programs/least_squares.tp", params={"steps": 20})
     prog.run(A=A, y=y, a_test=a)        # -> {"w": ..., "y_hat": ...}
     tcompile.interpret("programs/least_squares.tp", A=A, y=y, a_test=a)   # the float64 oracle
+
+The stages are subpackages, in pipeline order: language (grammar, parser, checker,
+interpreter, input validation), compiler (dataflow → lowering → depth → plan → emit), runtime
+(layout, codec, model, compiled program, artifacts; imports no compiler module), inspection
+(report, trace, plots, sampling) and cli on top.
 """
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401
 
-from .errors import (ApproxError, ArtifactError, CompileError, InputError,  # noqa: E402
+from .errors import (ApproxError, ArtifactError, CompileError, InputError,
                      ParamError, ProgramError, ProgramSyntaxError, TcompileError)
+from .language.interpreter import interpret, interpret_program
 
-# (the function `interpret` deliberately shadows the submodule of the same name)
-from .language.interpreter import interpret, interpret_program  # noqa: E402
-
-# torch is imported on first use of the compiler, so `tcompile --help` and error paths are quick
-_LAZY = {"compile_file": "compiler.pipeline", "compile_program": "compiler.pipeline",
-         "compile_source": "compiler.pipeline", "CompiledProgram": "runtime.program"}
+_COMPILER = ("compile_file", "compile_program", "compile_source")
 
 
 def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    """The compiler and the runtime are imported on first use (they import torch), so that
+    `tcompile --help`, error paths and the interpreter stay quick."""
+    if name in _COMPILER:
+        from .compiler import pipeline
+        return getattr(pipeline, name)
+    if name == "CompiledProgram":
+        from .runtime.program import CompiledProgram
+        return CompiledProgram
     raise AttributeError(f"module 'tcompile' has no attribute {name!r}")
 
 
 def load(path):
-    """Load an artifact written by `CompiledProgram.save` (PATH, PATH.json or PATH.safetensors)."""
-    from .runtime.artifact import load_artifact
-    return load_artifact(path)
+    """Load an artifact written by `CompiledProgram.save` (PATH, PATH.json or PATH.safetensors).
+    Only the runtime is imported: loading and running an artifact never imports the compiler."""
+    from .runtime.program import load as load_program
+    return load_program(path)
 
 
 __all__ = ["compile_file", "compile_program", "compile_source", "interpret", "interpret_program",

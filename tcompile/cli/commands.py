@@ -1,12 +1,16 @@
-"""The CLI's subcommands, each a function of the parsed arguments returning an exit code."""
+"""The CLI's subcommands, each a function of the parsed arguments returning an exit code.
+
+Commands that read an artifact go through the runtime only (`CompiledProgram.load`); `build`
+and `check` compile, so they import the compiler, inside the function."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-from .main import EXIT_CHECK_FAILED, EXIT_OK, parse_param_overrides
+from .common import EXIT_CHECK_FAILED, EXIT_OK, parse_param_overrides
 from ..errors import InputError, TcompileError
+from ..runtime.program import CompiledProgram
 
 
 def cmd_build(args) -> int:
@@ -33,8 +37,7 @@ def load_npz(path) -> dict[str, np.ndarray]:
 def cmd_run(args) -> int:
     import torch
 
-    from ..runtime.artifact import load_artifact
-    prog = load_artifact(args.artifact)
+    prog = CompiledProgram.load(args.artifact)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise TcompileError("--device cuda was asked for, but no CUDA device is available")
     out = prog.run(dtype=args.dtype, device=args.device, **load_npz(args.inputs))
@@ -59,24 +62,15 @@ def _save_npz(path: Path, arrays: dict) -> None:
 
 def cmd_check(args) -> int:
     from ..compiler.pipeline import compile_file
-    from ..language.interpreter import interpret_program
     from ..inspection.sampling import sample_inputs
+    from ..language.interpreter import interpret_program
     params = parse_param_overrides(args.param)
     prog = compile_file(args.file, params=params, tol=args.tol)
-    n = args.n or max(16, 2 * prog.manifest["min_tokens"])
+    n = args.n or max(16, 2 * prog.layout.min_tokens)
     inputs = sample_inputs(prog.program, params, n=n, batch=args.batch, seed=args.seed)
     got = prog.run(**inputs)
     want = interpret_program(prog.program, params, **inputs)
-    if args.rtol is not None:
-        rtol = args.rtol
-    else:       # the report's prediction, or what rounding alone explains on these inputs
-        from ..inspection.trace import ROUNDING_FACTOR, rounding_sensitivity
-        arrays, _batch, n_ = prog._validated(inputs)
-        values = {k: float(v) for k, v in prog.manifest["params"].items()}
-        sens = rounding_sensitivity(prog.program, values, arrays, n_)
-        finals = [max(v for k, v in sens.items() if k.split("@")[0] == name) for name in want
-                  if any(k.split("@")[0] == name for k in sens)]
-        rtol = max([prog.predicted_rtol()] + [ROUNDING_FACTOR * s for s in finals])
+    rtol = args.rtol if args.rtol is not None else _check_tolerance(prog, inputs, want)
     print(prog.report_text())
     print(f"\ncompiled (float64) vs interpreter on {args.batch} random problems, n = {n}, "
           f"seed {args.seed}; tolerance {rtol:.1e} (relative, max over the batch)")
@@ -91,17 +85,22 @@ def cmd_check(args) -> int:
     return EXIT_OK if ok else EXIT_CHECK_FAILED
 
 
+def _check_tolerance(prog, inputs: dict, want: dict) -> float:
+    """The default --rtol: the policy `trace` applies (inspection/tolerance.py), loosest over
+    every assignment to the outputs compared."""
+    from ..inspection.tolerance import tolerances
+    return tolerances(prog, prog.prepare_inputs(inputs)).for_outputs(want)
+
+
 def cmd_report(args) -> int:
-    from ..runtime.artifact import load_artifact
-    prog = load_artifact(args.artifact)
+    prog = CompiledProgram.load(args.artifact)
     print(prog.report_text())
     return EXIT_OK
 
 
 def cmd_trace(args) -> int:
-    from ..runtime.artifact import load_artifact
     from ..inspection.trace import format_trace, write_trace
-    prog = load_artifact(args.artifact)
+    prog = CompiledProgram.load(args.artifact)
     rows = prog.trace(**load_npz(args.inputs))
     print(format_trace(rows))
     if args.out:
@@ -111,9 +110,8 @@ def cmd_trace(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from ..runtime.artifact import load_artifact
     from ..inspection.plots import plot
-    prog = load_artifact(args.artifact)
+    prog = CompiledProgram.load(args.artifact)
     inputs = load_npz(args.inputs) if args.inputs else None
     for p in plot(prog, args.what, Path(args.out), inputs):
         print(f"wrote {p}")

@@ -10,28 +10,13 @@ import argparse
 import sys
 
 from ..errors import TcompileError
-
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CHECK_FAILED = 0, 1, 2, 3
+from .common import EXIT_ERROR, EXIT_OK, EXIT_USAGE, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # usage errors exit 2 with a short message, as argparse does
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
-def parse_param_overrides(items: list[str]) -> dict[str, str]:
-    params = {}
-    for item in items or []:
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            raise _UsageError(f"-p expects NAME=VALUE, got {item!r}")
-        params[name.strip()] = value.strip()
-    return params
-
-
-class _UsageError(Exception):
-    pass
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,10 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from . import commands
+    from . import commands          # here, not above: `tcompile --help` stays quick (no numpy)
     try:
         return getattr(commands, f"cmd_{args.command}")(args)
-    except _UsageError as e:
+    except UsageError as e:
         parser.print_usage(sys.stderr)
         print(f"tcompile: error: {e}", file=sys.stderr)
         return EXIT_USAGE

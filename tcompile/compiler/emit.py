@@ -8,39 +8,14 @@ enter through the gate rows: ones for token values, the identity rows for small 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
+from ..runtime.layout import Block
+from ..runtime.weights import LayerWeights
 from .heads import Operand
 from .plan import HeadTerm
 from .pieces import piece_units
 from .plan import EYE, EYE_INV_N, Plan, mlp_input_pair
-
-
-@dataclass
-class LayerWeights:
-    W_K: np.ndarray        # (heads, dk, D)
-    W_Q: np.ndarray        # (heads, dk, D)
-    W_V: np.ndarray        # (heads, D, D)
-    W_1: np.ndarray        # (hidden, D)
-    W_2: np.ndarray        # (D, hidden)
-    head_labels: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Block:
-    """A stored block: `rows` of the embedding hold `storage` = C or Cᵀ of a value."""
-    key: str               # unique name, e.g. "X@3" or "input:A" or "const:eye"
-    kind: str              # input | const | attn | mlp
-    rows: list[int]
-    transposed: bool
-    cshape: list           # canonical (rows, cols) of the value, 'n' for tokens
-    written: int           # sublayer that writes it (0 = encoder); 2ℓ−1 attention, 2ℓ MLP of layer ℓ
-    last_read: int         # last sublayer that reads it; -1 if it is an output (live to the end)
-    vars: list[str] = field(default_factory=list)   # program variables it is (name@assignment)
-    name: str | None = None                          # input or output name
-    const: str | None = None                         # which constant the encoder writes
 
 
 def block_key(plan: Plan, pair) -> str:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..runtime.artifact import approximation_to_json
+from ..runtime.layout import Layout
+from ..runtime.manifest import Manifest, ProgramInfo
+
 
 # The paper's depth for the same computation (Giannou et al. 2024): layers per loop iteration.
 PAPER_DEPTH = {
@@ -14,46 +18,48 @@ PAPER_DEPTH = {
 }
 
 
-def depth_per_iteration(manifest: dict) -> dict[str, float]:
+def depth_per_iteration(layout: Layout) -> dict[str, float]:
     """Layers between successive stored iterates of each output variable (its loop's depth)."""
     out = {}
-    for spec in manifest["outputs"]:
-        name = spec["name"]
-        written = sorted({(b["written"] + 1) // 2 for b in manifest["blocks"]
-                          for v in b["vars"] if v.split("@")[0] == name and b["written"] > 0})
+    for spec in layout.outputs:
+        name = spec.name
+        written = sorted({(b.written + 1) // 2 for b in layout.blocks
+                          for v in b.vars if v.split("@")[0] == name and b.written > 0})
         gaps = np.diff(written)
         if len(gaps):
             out[name] = float(np.median(gaps))
     return out
 
 
-def predicted_rtol(manifest: dict) -> float:
+def predicted_rtol(approximations) -> float:
     """How far (relative, max over outputs) the compiled model may be from the interpreter in
     float64: rounding alone when nothing is approximated, else 10x the largest approximation
     error. A heuristic, not a proof: errors are not propagated analytically through the
     program (measured gaps are 1e-7..1e-5 of the largest error's scale; tests check it)."""
-    approx = manifest.get("approximations", [])
-    if not approx:
+    if not approximations:
         return 1e-10
-    return max(1e-10, 10 * max(a["max_error"] for a in approx))
+    return max(1e-10, 10 * max(a.max_error for a in approximations))
 
 
-def build_report(manifest: dict, layers) -> dict:
+def build_report(manifest: Manifest, layers) -> dict:
+    """The model card as a plain dict (`prog.report`; the artifact embeds it)."""
+    lay, info = manifest.layout, manifest.program
     per_layer = []
     total_params = nonzero = 0
-    for i, (spec, w) in enumerate(zip(manifest["layers"], layers), start=1):
-        params = sum(a.size for a in (w.W_K, w.W_Q, w.W_V, w.W_1, w.W_2))
-        nz = sum(int(np.count_nonzero(a)) for a in (w.W_K, w.W_Q, w.W_V, w.W_1, w.W_2))
+    for i, (spec, w) in enumerate(zip(lay.layers, layers), start=1):
+        arrays = list(w.arrays().values())
+        params = sum(a.size for a in arrays)
+        nz = sum(int(np.count_nonzero(a)) for a in arrays)
         total_params += params
         nonzero += nz
-        per_layer.append({"layer": i, "heads": spec["heads"], "dk": spec["dk"],
-                          "mlp_hidden": spec["mlp_hidden"], "parameters": int(params), "nonzero": nz})
+        per_layer.append({"layer": i, "heads": spec.heads, "dk": spec.dk,
+                          "mlp_hidden": spec.mlp_hidden, "parameters": int(params), "nonzero": nz})
     return {
-        "program": manifest["program"],
-        "params": manifest["params"],
-        "layers": manifest["n_layers"],
-        "width": manifest["width"],
-        "min_tokens": manifest["min_tokens"],
+        "program": info.name,
+        "params": dict(info.params),
+        "layers": lay.n_layers,
+        "width": lay.width,
+        "min_tokens": lay.min_tokens,
         "heads_total": sum(p["heads"] for p in per_layer),
         "heads_per_layer": [p["heads"] for p in per_layer],
         "mlp_hidden_per_layer": [p["mlp_hidden"] for p in per_layer],
@@ -62,19 +68,19 @@ def build_report(manifest: dict, layers) -> dict:
         "parameters": int(total_params),
         "nonzero_parameters": int(nonzero),
         "per_layer": per_layer,
-        "approximations": manifest.get("approximations", []),
-        "depth_per_iteration": depth_per_iteration(manifest),
-        "predicted_rtol": predicted_rtol(manifest),
-        "paper_depth": _paper(manifest),
+        "approximations": [approximation_to_json(a) for a in manifest.approximations],
+        "depth_per_iteration": depth_per_iteration(lay),
+        "predicted_rtol": predicted_rtol(manifest.approximations),
+        "paper_depth": _paper(info),
     }
 
 
-def _paper(manifest) -> dict | None:
-    entry = PAPER_DEPTH.get(manifest["program"])
+def _paper(info: ProgramInfo) -> dict | None:
+    entry = PAPER_DEPTH.get(info.name)
     if entry is None:
         return None
     text, per_iteration = entry
-    return {"formula": text, "per_iteration": per_iteration(manifest["params"])}
+    return {"formula": text, "per_iteration": per_iteration(info.params)}
 
 
 def format_report(rep: dict) -> str:

@@ -2,8 +2,8 @@
 
 It is the oracle every compiled model is judged against, so it is deliberately plain: the
 checker's walk with numpy arrays attached, one problem at a time (a leading batch axis is a
-Python loop). Input validation lives here too (`validate_inputs`), shared with the encoder, so
-bad data is refused with the same words whichever path it takes.
+Python loop). Inputs are checked by `validate_inputs` (inputs.py), which the encoder shares,
+so bad data is refused with the same words whichever path it takes.
 """
 from __future__ import annotations
 
@@ -12,127 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from . import ast
-from .checker import TOKEN, Ty, Val, Walker, fmt_shape, resolve_params
-from ..errors import InputError
+from .checker import TOKEN, Ty, Val, Walker, resolve_params
 from .functions import EXACT, clip
+from .inputs import validate_inputs
 from .parser import parse_file
-
-SIGN_TOL = 0.0          # a sign input must be exactly ±1
-ASSUME_RTOL = 1e-9      # slack on declared bounds (row_norm, norm, range, spectrum)
-
-
-# ---- inputs --------------------------------------------------------------------------------
-
-def validate_inputs(program: ast.Program, params: dict[str, float], inputs: dict) -> tuple[dict[str, np.ndarray], int | None, int | None]:
-    """Check names, shapes, finiteness and assumptions; return (arrays, batch size, n).
-
-    Arrays come back float64 and batched: shape (B, *declared) with the token axis filled in.
-    The batch size is None when no input had a batch axis (B = 1 then, squeezed by callers).
-    """
-    walker = Walker(program, params)
-    decls = {d.name: d for d in program.inputs}
-    unknown = sorted(set(inputs) - set(decls))
-    if unknown:
-        raise InputError(f"unknown input{'s' * (len(unknown) > 1)} {', '.join(unknown)}; "
-                         f"the program takes: {', '.join(decls) or 'none'}")
-    missing = [name for name in decls if name not in inputs]
-    if missing:
-        raise InputError(f"missing input{'s' * (len(missing) > 1)} {', '.join(missing)}; "
-                         f"expected shapes: " + ", ".join(
-                             f"{m} {fmt_shape(walker.input_type(decls[m]).shape)}" for m in missing))
-    arrays: dict[str, np.ndarray] = {}
-    batch: int | None = None
-    n: int | None = None
-    for name, decl in decls.items():
-        ty = walker.input_type(decl)
-        raw = inputs[name]
-        try:
-            arr = np.asarray(raw, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise InputError(f"input '{name}' must be numeric with shape {fmt_shape(ty.shape)}, "
-                             f"got {type(raw).__name__}") from None
-        rank = len(ty.shape)
-        if arr.ndim not in (rank, rank + 1):
-            raise InputError(f"input '{name}' must have shape {fmt_shape(ty.shape)} (optionally with a "
-                             f"leading batch axis), got shape {list(arr.shape)}")
-        if arr.ndim == rank + 1:
-            if batch is not None and arr.shape[0] != batch:
-                raise InputError(f"input '{name}' has batch size {arr.shape[0]}, but other inputs "
-                                 f"have batch size {batch}")
-            batch = arr.shape[0]
-            core = arr.shape[1:]
-        else:
-            core = arr.shape
-        for axis, (want, got) in enumerate(zip(ty.shape, core)):
-            if want == TOKEN:
-                if n is not None and got != n:
-                    raise InputError(f"input '{name}' has {got} tokens on axis {axis}, but other "
-                                     f"inputs have n = {n}")
-                n = got
-            elif want != got:
-                raise InputError(f"input '{name}' must have shape {fmt_shape(ty.shape)}, got shape "
-                                 f"{list(core)} (axis {axis} should be {want})")
-        if n == 0:
-            raise InputError(f"input '{name}' has no tokens (n = 0)")
-        if not np.all(np.isfinite(arr)):
-            raise InputError(f"input '{name}' contains NaN or infinity")
-        arrays[name] = arr
-    for name, arr in arrays.items():
-        rank = len(walker.input_type(decls[name]).shape)
-        if arr.ndim == rank:
-            arr = arr[None]
-        if batch is not None and arr.shape[0] == 1 and batch != 1:
-            arr = np.broadcast_to(arr, (batch, *arr.shape[1:]))
-        arrays[name] = arr
-        for q in decls[name].qualifiers:
-            _check_assumption(name, arr, q, walker)
-    return arrays, batch, n
-
-
-def _check_assumption(name: str, arr: np.ndarray, q: ast.Qualifier, walker: Walker):
-    if q.kind == "sign":
-        bad = arr[np.abs(np.abs(arr) - 1.0) > SIGN_TOL]
-        if bad.size:
-            raise InputError(f"input '{name}' is declared 'sign': every entry must be -1 or +1, "
-                             f"got {bad.flat[0]:g}")
-    elif q.kind == "flag":
-        bad = arr[(arr != 0.0) & (arr != 1.0)]
-        if bad.size:
-            raise InputError(f"input '{name}' is declared 'flag': every entry must be 0 or 1, "
-                             f"got {bad.flat[0]:g}")
-    elif q.kind == "range":
-        lo = walker.const_of(q.interval.lo, "")
-        hi = walker.const_of(q.interval.hi, "")
-        slack = ASSUME_RTOL * max(1.0, abs(lo), abs(hi))
-        if arr.size and (arr.min() < lo - slack or arr.max() > hi + slack):
-            raise InputError(f"input '{name}' is declared in [{lo:g}, {hi:g}], got values in "
-                             f"[{arr.min():g}, {arr.max():g}]")
-    elif q.kind == "row_norm":
-        bound = walker.const_of(q.bound, "")
-        worst = float(np.linalg.norm(arr, axis=-1).max())
-        if worst > bound * (1 + ASSUME_RTOL):
-            raise InputError(f"input '{name}' is declared row_norm <= {bound:g}, got a row of norm "
-                             f"{worst:.6g}")
-    elif q.kind == "norm":
-        bound = walker.const_of(q.bound, "")
-        mats = arr if arr.ndim >= 3 else arr.reshape(arr.shape[0], -1, 1) if arr.ndim == 2 else arr.reshape(-1, 1, 1)
-        worst = float(np.linalg.norm(mats, ord=2, axis=(-2, -1)).max())
-        if worst > bound * (1 + ASSUME_RTOL):
-            raise InputError(f"input '{name}' is declared norm <= {bound:g}, got norm {worst:.6g}")
-    elif q.kind in ("symmetric", "spectrum"):
-        asym = float(np.abs(arr - np.swapaxes(arr, -1, -2)).max())
-        if asym > ASSUME_RTOL * max(1.0, float(np.abs(arr).max())):
-            raise InputError(f"input '{name}' is declared {q.kind}: it must be symmetric, got "
-                             f"max |M - M.T| = {asym:.3g}")
-        if q.kind == "spectrum":
-            lo = walker.const_of(q.interval.lo, "")
-            hi = walker.const_of(q.interval.hi, "")
-            eig = np.linalg.eigvalsh((arr + np.swapaxes(arr, -1, -2)) / 2)
-            slack = ASSUME_RTOL * max(1.0, abs(lo), abs(hi))
-            if eig.min() < lo - slack or eig.max() > hi + slack:
-                raise InputError(f"input '{name}' is declared spectrum in [{lo:g}, {hi:g}], got "
-                                 f"eigenvalues in [{eig.min():.6g}, {eig.max():.6g}]")
-
 
 # ---- evaluation ----------------------------------------------------------------------------
 

@@ -1,0 +1,150 @@
+"""Input validation: are these arrays what the program's `input` declarations promise?
+
+Names, shapes (with the token axis n and an optional leading batch axis), finiteness and the
+declared assumptions (sign, flag, range, row_norm, norm, symmetric, spectrum). The interpreter
+and the runtime's encoder both call `validate_inputs`, so bad data is refused with the same
+words whichever path it takes; it lives apart from the interpreter so that the runtime can use
+it without importing the evaluator.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import ast
+from .checker import TOKEN, Walker, fmt_shape
+from ..errors import InputError
+
+SIGN_TOL = 0.0          # a sign input must be exactly ±1
+ASSUME_RTOL = 1e-9      # slack on declared bounds (row_norm, norm, range, spectrum)
+
+
+def validate_inputs(program: ast.Program, params: dict[str, float],
+                    inputs: dict) -> tuple[dict[str, np.ndarray], int | None, int | None]:
+    """Check names, shapes, finiteness and assumptions; return (arrays, batch size, n).
+
+    Arrays come back float64 and batched: shape (B, *declared) with the token axis filled in.
+    The batch size is None when no input had a batch axis (B = 1 then, squeezed by callers);
+    n is None when no input has a token axis.
+    """
+    walker = Walker(program, params)
+    decls = {d.name: d for d in program.inputs}
+    _check_names(decls, inputs, walker)
+    arrays: dict[str, np.ndarray] = {}
+    sizes = _Sizes()
+    for name, decl in decls.items():
+        arrays[name] = _checked_array(name, inputs[name], walker.input_type(decl).shape, sizes)
+    for name, arr in arrays.items():
+        rank = len(walker.input_type(decls[name]).shape)
+        if arr.ndim == rank:
+            arr = arr[None]
+        if sizes.batch is not None and arr.shape[0] == 1 and sizes.batch != 1:
+            arr = np.broadcast_to(arr, (sizes.batch, *arr.shape[1:]))
+        arrays[name] = arr
+        for q in decls[name].qualifiers:
+            _check_assumption(name, arr, q, walker)
+    return arrays, sizes.batch, sizes.n
+
+
+class _Sizes:
+    """The batch size and token count the inputs seen so far agree on (None: not yet known)."""
+
+    def __init__(self):
+        self.batch: int | None = None
+        self.n: int | None = None
+
+
+def _check_names(decls: dict, inputs: dict, walker: Walker) -> None:
+    unknown = sorted(set(inputs) - set(decls))
+    if unknown:
+        raise InputError(f"unknown input{'s' * (len(unknown) > 1)} {', '.join(unknown)}; "
+                         f"the program takes: {', '.join(decls) or 'none'}")
+    missing = [name for name in decls if name not in inputs]
+    if missing:
+        raise InputError(f"missing input{'s' * (len(missing) > 1)} {', '.join(missing)}; "
+                         f"expected shapes: " + ", ".join(
+                             f"{m} {fmt_shape(walker.input_type(decls[m]).shape)}" for m in missing))
+
+
+def _checked_array(name: str, raw, shape: tuple, sizes: _Sizes) -> np.ndarray:
+    """One input as float64, its shape checked against the declaration (a leading batch axis
+    allowed) and against the batch size and n of the inputs before it; finite."""
+    try:
+        arr = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"input '{name}' must be numeric with shape {fmt_shape(shape)}, "
+                         f"got {type(raw).__name__}") from None
+    rank = len(shape)
+    if arr.ndim not in (rank, rank + 1):
+        raise InputError(f"input '{name}' must have shape {fmt_shape(shape)} (optionally with a "
+                         f"leading batch axis), got shape {list(arr.shape)}")
+    core = arr.shape
+    if arr.ndim == rank + 1:
+        if sizes.batch is not None and arr.shape[0] != sizes.batch:
+            raise InputError(f"input '{name}' has batch size {arr.shape[0]}, but other inputs "
+                             f"have batch size {sizes.batch}")
+        sizes.batch = arr.shape[0]
+        core = arr.shape[1:]
+    for axis, (want, got) in enumerate(zip(shape, core)):
+        if want == TOKEN:
+            if sizes.n is not None and got != sizes.n:
+                raise InputError(f"input '{name}' has {got} tokens on axis {axis}, but other "
+                                 f"inputs have n = {sizes.n}")
+            sizes.n = got
+        elif want != got:
+            raise InputError(f"input '{name}' must have shape {fmt_shape(shape)}, got shape "
+                             f"{list(core)} (axis {axis} should be {want})")
+    if sizes.n == 0:
+        raise InputError(f"input '{name}' has no tokens (n = 0)")
+    if not np.all(np.isfinite(arr)):
+        raise InputError(f"input '{name}' contains NaN or infinity")
+    return arr
+
+
+def _check_assumption(name: str, arr: np.ndarray, q: ast.Qualifier, walker: Walker):
+    """One declared assumption, on the batched array. Bounds get ASSUME_RTOL of slack so data
+    that meets them up to rounding is accepted; sign and flag entries must be exact."""
+    if q.kind == "sign":
+        bad = arr[np.abs(np.abs(arr) - 1.0) > SIGN_TOL]
+        if bad.size:
+            raise InputError(f"input '{name}' is declared 'sign': every entry must be -1 or +1, "
+                             f"got {bad.flat[0]:g}")
+    elif q.kind == "flag":
+        bad = arr[(arr != 0.0) & (arr != 1.0)]
+        if bad.size:
+            raise InputError(f"input '{name}' is declared 'flag': every entry must be 0 or 1, "
+                             f"got {bad.flat[0]:g}")
+    elif q.kind == "range":
+        lo = walker.const_of(q.interval.lo, "")
+        hi = walker.const_of(q.interval.hi, "")
+        slack = ASSUME_RTOL * max(1.0, abs(lo), abs(hi))
+        if arr.size and (arr.min() < lo - slack or arr.max() > hi + slack):
+            raise InputError(f"input '{name}' is declared in [{lo:g}, {hi:g}], got values in "
+                             f"[{arr.min():g}, {arr.max():g}]")
+    elif q.kind == "row_norm":
+        bound = walker.const_of(q.bound, "")
+        worst = float(np.linalg.norm(arr, axis=-1).max())
+        if worst > bound * (1 + ASSUME_RTOL):
+            raise InputError(f"input '{name}' is declared row_norm <= {bound:g}, got a row of norm "
+                             f"{worst:.6g}")
+    elif q.kind == "norm":
+        bound = walker.const_of(q.bound, "")
+        mats = arr if arr.ndim >= 3 else arr.reshape(arr.shape[0], -1, 1) if arr.ndim == 2 else arr.reshape(-1, 1, 1)
+        worst = float(np.linalg.norm(mats, ord=2, axis=(-2, -1)).max())
+        if worst > bound * (1 + ASSUME_RTOL):
+            raise InputError(f"input '{name}' is declared norm <= {bound:g}, got norm {worst:.6g}")
+    elif q.kind in ("symmetric", "spectrum"):
+        asym = float(np.abs(arr - np.swapaxes(arr, -1, -2)).max())
+        if asym > ASSUME_RTOL * max(1.0, float(np.abs(arr).max())):
+            raise InputError(f"input '{name}' is declared {q.kind}: it must be symmetric, got "
+                             f"max |M - M.T| = {asym:.3g}")
+        if q.kind == "spectrum":
+            lo = walker.const_of(q.interval.lo, "")
+            hi = walker.const_of(q.interval.hi, "")
+            eig = np.linalg.eigvalsh((arr + np.swapaxes(arr, -1, -2)) / 2)
+            slack = ASSUME_RTOL * max(1.0, abs(lo), abs(hi))
+            if eig.min() < lo - slack or eig.max() > hi + slack:
+                raise InputError(f"input '{name}' is declared spectrum in [{lo:g}, {hi:g}], got "
+                                 f"eigenvalues in [{eig.min():.6g}, {eig.max():.6g}]")
+
+
+__all__ = ["validate_inputs", "SIGN_TOL", "ASSUME_RTOL"]

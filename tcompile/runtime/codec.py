@@ -1,0 +1,98 @@
+"""Encoder and decoder: named arrays ↔ the embedding, following a Layout.
+
+The encoder writes inputs and constants into an all-zero x of shape (batch, n, D) with
+x[b] = Hᵀ: a block's rows are columns of x, its storage (C, or Cᵀ when transposed) runs along
+the token axis from token 0. The decoder reads a block back into the program's shape. Both are
+pure numpy; only the caller turns x into a tensor.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .layout import Block, Layout
+
+
+@dataclass(frozen=True)
+class ValidatedInputs:
+    """Inputs checked against the program's declarations (language/inputs.py) and the
+    layout's token minimum: float64 arrays, each with a leading batch axis."""
+    arrays: dict[str, np.ndarray]
+    batch: int | None      # the caller's batch size; None when no input had a batch axis
+    n: int                 # tokens
+
+    @property
+    def size(self) -> int:
+        """The batch size of the arrays (1 when the caller gave none)."""
+        return next(iter(self.arrays.values())).shape[0] if self.arrays else 1
+
+    def unbatch(self, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Drop the batch axis from per-problem results if the caller gave none."""
+        return out if self.batch is not None else {k: v[0] for k, v in out.items()}
+
+
+def canonical(arr: np.ndarray) -> np.ndarray:
+    """Batched input (B, *shape) → canonical 2-D per problem (B, r, c)."""
+    if arr.ndim == 1:
+        return arr[:, None, None]
+    if arr.ndim == 2:
+        return arr[:, :, None]
+    return arr
+
+
+def constant_value(op: str, k: int, n: int) -> np.ndarray:
+    """The canonical value of an encoder-written constant block of k rows, with n tokens."""
+    return {"eye": lambda: np.eye(k),
+            "eye_inv_n": lambda: np.eye(k) / n,
+            "ones": lambda: np.ones((n, 1)),
+            "inv_n": lambda: np.full((1, 1), 1.0 / n),
+            "n": lambda: np.full((1, 1), float(n))}[op]()
+
+
+def storage_at_input(blk: Block, inputs: ValidatedInputs) -> np.ndarray:
+    """What the encoder writes for an input or constant block: (B, rows, cols)."""
+    if blk.kind == "input":
+        C = canonical(inputs.arrays[blk.name])
+    else:
+        C = constant_value(blk.const, len(blk.rows), inputs.n)
+        C = np.broadcast_to(C, (inputs.size, *C.shape))
+    return np.swapaxes(C, 1, 2) if blk.transposed else C
+
+
+def value_at_input(blk: Block, inputs: ValidatedInputs) -> np.ndarray:
+    """An encoder-written block's canonical value (B, r, c), as the encoder wrote it."""
+    storage = storage_at_input(blk, inputs)
+    return np.swapaxes(storage, 1, 2) if blk.transposed else np.asarray(storage)
+
+
+def encode(layout: Layout, inputs: ValidatedInputs) -> np.ndarray:
+    """The embedding x (B, n, D) holding the inputs and constants, zeros elsewhere."""
+    x = np.zeros((inputs.size, inputs.n, layout.width))
+    for blk in layout.input_blocks():
+        storage = storage_at_input(blk, inputs)                 # (B, rows, cols)
+        x[:, :storage.shape[2], list(blk.rows)] = np.swapaxes(storage, 1, 2)
+    return x
+
+
+def read_block(h: np.ndarray, blk: Block, shape) -> np.ndarray:
+    """The value a block holds in the embedding h (batch, n, D), in the program's `shape`
+    (only its rank matters: scalars come back (B,), vectors (B, k), matrices (B, r, c))."""
+    cols = blk.storage_cols(h.shape[1])
+    storage = np.swapaxes(h[:, :cols, list(blk.rows)], 1, 2)     # (B, rows, cols)
+    C = np.swapaxes(storage, 1, 2) if blk.transposed else storage
+    if len(shape) == 0:
+        return C[:, 0, 0]
+    if len(shape) == 1:
+        return C[:, :, 0]
+    return C
+
+
+def decode(layout: Layout, h: np.ndarray) -> dict[str, np.ndarray]:
+    """Every output, read from its block, each with a leading batch axis."""
+    return {spec.name: read_block(h, layout.block(spec.block), spec.shape)
+            for spec in layout.outputs}
+
+
+__all__ = ["ValidatedInputs", "canonical", "constant_value", "storage_at_input",
+           "value_at_input", "encode", "read_block", "decode"]

@@ -1,0 +1,70 @@
+"""What an artifact says besides its weights, as typed records.
+
+The compiler fills a `Manifest` in; `CompiledProgram` holds it; artifact.py alone converts it
+to and from the JSON file (so the file format is written down in one place, and everything
+else reads attributes, not string keys).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from .layout import Layout
+
+FORMAT = "tcompile-artifact"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ProgramInfo:
+    """The program the model was compiled from, and how."""
+    name: str
+    file: str              # the source file's name (no directory)
+    source: str
+    params: dict           # resolved params and dims (ints where integral); do not mutate
+    default_tol: float     # the error budget of approximations nothing else sets
+    compiler_version: str
+
+    @property
+    def source_sha256(self) -> str:
+        return hashlib.sha256(self.source.encode()).hexdigest()
+
+    def float_params(self) -> dict[str, float]:
+        """The params as the checker and interpreter take them (floats)."""
+        return {k: float(v) for k, v in self.params.items()}
+
+
+@dataclass(frozen=True)
+class ApproxRecord:
+    """One distinct piecewise-linear function in the model, with how much of it is used."""
+    name: str              # the approximated function, by leaf names
+    lo: float | None       # fitted domain; None for a piece exact on all of R
+    hi: float | None
+    neurons: int           # ReLUs over all its uses
+    neurons_per_entry: int
+    max_error: float       # measured on its domain
+    tol: float             # the budget it was fitted to
+    exact: bool
+    entries: int           # how many entries (rows of values) use it
+
+
+@dataclass(frozen=True)
+class DomainCheck:
+    """Where an MLP piece reads its real input, and the domain it was fitted on: outside it the
+    piece clamps, i.e. is wrong, so `CompiledProgram.check_domains` looks there."""
+    label: str
+    block: str             # key of the block holding the piece's input
+    lo: float
+    hi: float
+    layer: int             # the input is read after this layer's attention
+
+
+@dataclass(frozen=True)
+class Manifest:
+    program: ProgramInfo
+    layout: Layout
+    approximations: tuple[ApproxRecord, ...]
+    domains: tuple[DomainCheck, ...]
+
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "ProgramInfo", "ApproxRecord", "DomainCheck", "Manifest"]
