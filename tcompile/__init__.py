@@ -13,17 +13,21 @@ from .version import __version__  # noqa: F401
 
 from .errors import (ApproxError, ArtifactError, CompileError, InputError,
                      ParamError, ProgramError, ProgramSyntaxError, TcompileError)
-from .language.interpreter import interpret, interpret_program
 
 _COMPILER = ("compile_file", "compile_program", "compile_source")
+_INTERPRETER = ("interpret", "interpret_program")
 
 
 def __getattr__(name):
-    """The compiler and the runtime are imported on first use (they import torch), so that
-    `tcompile --help`, error paths and the interpreter stay quick."""
+    """Each stage is imported on first use: the compiler and runtime import torch, and a
+    program that only loads and runs an artifact never imports the compiler or interpreter
+    (tests/test_runtime_boundary.py), nor pays for them."""
     if name in _COMPILER:
         from .compiler import pipeline
         return getattr(pipeline, name)
+    if name in _INTERPRETER:
+        from .language import interpreter
+        return getattr(interpreter, name)
     if name == "CompiledProgram":
         from .runtime.program import CompiledProgram
         return CompiledProgram
