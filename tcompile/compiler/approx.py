@@ -284,6 +284,23 @@ class _Stuck(Exception):
     """No interval from this knot meets the target, however short."""
 
 
+def _next_length(h, c, prev_h, prev_c, ok_h, bad_h, level, tries):
+    """The next trial length per chunk: a secant step in log-log (exponent from the last two
+    trials) towards the chord-error level, kept inside the bracket [longest good, shortest
+    bad] (with one side unknown, moved by bounded factors); every third try bisects, in case
+    the secant stalls."""
+    p = np.clip(np.log(c / prev_c) / np.log(h / prev_h), 0.25, 4.0)
+    p = np.where(np.isfinite(p), p, 2.0)
+    hn = h * (level * (1 - 1.5 * _RTOL) / np.maximum(c, 1e-300)) ** (1 / p)
+    ratio = bad_h / ok_h
+    low = np.where(np.isinf(bad_h), ok_h * (1 + _RTOL), ok_h * ratio**0.05)
+    high = np.where(np.isinf(bad_h), ok_h * 16, ok_h * ratio**0.95)
+    low = np.where(ok_h == 0, bad_h * 1e-6, low)
+    high = np.where(ok_h == 0, bad_h * 0.9, high)
+    hn = np.minimum(np.maximum(hn, low), high)
+    return np.where((tries % 3 == 0) & np.isfinite(ratio), ok_h * np.sqrt(ratio), hn)
+
+
 def _sweep(f, ends, h0, target, shift, sig, cap, where):
     """Greedy reach in every chunk at once: the longest interval from the current knot whose
     error is <= target, found by secant steps on log(chord error) vs log(length) in a bracket.
@@ -317,19 +334,8 @@ def _sweep(f, ends, h0, target, shift, sig, cap, where):
             stuck = live & (ok_h == 0) & (bad_h <= 1e-15 * (np.abs(a) + rem))
             if stuck.any():
                 raise _Stuck(float(a[stuck][0]))
-            # next trial length: secant in log-log (exponent p from the last two trials)
-            p = np.clip(np.log(c / prev_c) / np.log(h / prev_h), 0.25, 4.0)
-            p = np.where(np.isfinite(p), p, 2.0)
-            hn = h * (level * (1 - 1.5 * _RTOL) / np.maximum(c, 1e-300)) ** (1 / p)
-            ratio = bad_h / ok_h
-            # stay inside the bracket; with one side unknown, move by bounded factors
-            low = np.where(np.isinf(bad_h), ok_h * (1 + _RTOL), ok_h * ratio**0.05)
-            high = np.where(np.isinf(bad_h), ok_h * 16, ok_h * ratio**0.95)
-            low = np.where(ok_h == 0, bad_h * 1e-6, low)
-            high = np.where(ok_h == 0, bad_h * 0.9, high)
-            hn = np.minimum(np.maximum(hn, low), high)
-            tries += 1                      # every third try bisects, in case secant stalls
-            hn = np.where((tries % 3 == 0) & np.isfinite(ratio), ok_h * np.sqrt(ratio), hn)
+            tries += 1
+            hn = _next_length(h, c, prev_h, prev_c, ok_h, bad_h, level, tries)
             prev_h, prev_c = np.where(done, np.nan, h), np.where(done, np.nan, c)
             if done.any():
                 xs.append(ok_b[done])

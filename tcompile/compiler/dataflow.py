@@ -1,28 +1,15 @@
 """Checked program → dataflow graph (networkx DiGraph), loops unrolled, functions inlined.
 
-The graph speaks of *canonical matrices*: every value is 2-D. A scalar is 1×1, a vector [k]
-is a k×1 column, a token vector [n] is n×1, token data [n, k] is n×k. numpy's 1-D matmul
-rules become explicit transposes here, so later passes see only matrix algebra:
-
-    op        args        meaning
-    input     -           a program input (attr name)
-    const     -           compile-time scalar (attr value), 1×1
-    n/inv_n   -           the token count and its reciprocal: runtime scalars the encoder writes
-    ones      -           the n×1 column of ones (a constant row of the embedding)
-    eye       -           identity (attr k; None until it meets a square matrix)
-    matmul    a, b        a @ b
-    T         a           aᵀ
-    add       a, b        a + b
-    scale     a           attr c · a (compile-time c)
-    smul      a, s        a · s for a runtime scalar s (1×1)
-    ewmul     a, b        elementwise product (per-token broadcast allowed)
-    call      a           elementwise scalar function (attrs func, domain, tol, args)
-    sum       a           1ᵀ a (sum over the first axis)
+The graph speaks of *canonical matrices* (every value 2-D, numpy's 1-D matmul rules made
+explicit transposes), so later passes see only matrix algebra. Every operation and node
+attribute is documented in nodes.py.
 
 Nodes are hash-consed, so a loop-invariant subexpression (A.T, say) is one node however often
 the unrolled loop mentions it. Each node records where in the program it came from.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import networkx as nx
 
@@ -327,17 +314,19 @@ def _dom(ty: Ty):
     return (ty.lo, ty.hi) if ty.bounded else None
 
 
+@dataclass
 class DataflowGraph:
-    """The unrolled program: the graph, its input and output nodes, and the resolved params."""
-
-    def __init__(self, graph: nx.DiGraph, inputs: dict[str, int], outputs: dict[str, int],
-                 output_types: dict[str, Ty], input_types: dict[str, Ty], params: dict[str, float]):
-        self.graph = graph
-        self.inputs = inputs
-        self.outputs = outputs
-        self.output_types = output_types
-        self.input_types = input_types
-        self.params = params
+    """The unrolled program: the graph, its input and output nodes, the resolved params, and
+    what the later passes need to know about the compile (error messages quote `source`;
+    approximations without a budget of their own get `default_tol`)."""
+    graph: nx.DiGraph
+    inputs: dict[str, int]                 # input name → node
+    outputs: dict[str, int]                # output name → node
+    output_types: dict[str, Ty]
+    input_types: dict[str, Ty]
+    params: dict[str, float]
+    source: str | None = None
+    default_tol: float | None = None
 
     def live_nodes(self) -> set[int]:
         """Nodes some output depends on (dead code is never lowered)."""
@@ -347,12 +336,14 @@ class DataflowGraph:
         return live
 
 
-def build_dataflow(program, params: dict | None = None) -> DataflowGraph:
+def build_dataflow(program, params: dict | None = None,
+                   default_tol: float | None = None) -> DataflowGraph:
     values = resolve_params(program, params)
     builder = GraphBuilder(program, values)
     outputs = builder.run()
-    inputs = {n: d["name"] for n, d in builder.graph.nodes(data=True) if d["op"] == "input"}
+    inputs = {d["name"]: n for n, d in builder.graph.nodes(data=True) if d["op"] == "input"}
     input_types = {d.name: builder.input_type(d) for d in program.inputs}
-    return DataflowGraph(builder.graph, {v: k for k, v in inputs.items()},
+    return DataflowGraph(builder.graph, inputs,
                          {name: val.data for name, val in outputs.items()},
-                         {name: val.ty for name, val in outputs.items()}, input_types, values)
+                         {name: val.ty for name, val in outputs.items()}, input_types, values,
+                         program.source, default_tol)

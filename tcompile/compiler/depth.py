@@ -12,21 +12,23 @@ atom's layer drops. Atoms no one reads any more are removed.
 """
 from __future__ import annotations
 
-from .heads import realizations
-from .poly import (MAX_FACTORS, Atom, Mono, Poly, add_polys, max_degree, poly_is_symmetric,
+from .heads import realizable
+from .poly import (MAX_FACTORS, Atom, AtomTable, Mono, Poly, add_polys, max_degree, mul_polys,
                    transpose_poly)
+from .schedule import ENCODER, attention_layer, mlp_layer
 
 
-def ready_layers(atoms: dict[int, Atom]) -> dict[int, int]:
-    """The layer after which each atom can be read by attention (ASAP, orientation ignored)."""
+def ready_layers(atoms: AtomTable) -> dict[int, int]:
+    """The layer that writes each atom, by the schedule's timing rules with orientations
+    ignored (an atom written by an MLP is taken to be read from its MLP's output)."""
     lv: dict[int, int] = {}
     for a, atom in atoms.items():
         if atom.kind in ("input", "const"):
-            lv[a] = 0
+            lv[a] = ENCODER
         elif atom.kind == "attn":
-            lv[a] = 1 + max((lv[f] for m in atom.poly for f in _factors(m)), default=0)
-        else:   # the MLP of the layer that wrote its inputs; an MLP input waits a layer
-            lv[a] = max([1] + [lv[i] + (atoms[i].kind == "mlp") for i in atom.inputs])
+            lv[a] = attention_layer(lv[f] for m in atom.poly for f in _factors(m))
+        else:
+            lv[a] = mlp_layer((lv[i], atoms[i].kind == "mlp") for i in atom.inputs)
     return lv
 
 
@@ -38,45 +40,31 @@ def _mono_layer(m: Mono, lv) -> int:
     return max((lv[f] for f in _factors(m)), default=0)
 
 
-def _substitute(atoms, m: Mono, i: int) -> Poly:
+def _substitute(atoms: AtomTable, m: Mono, i: int) -> Poly:
     """m with its i-th chain factor replaced by that atom's definition."""
     b, t = m.chain[i]
     definition = transpose_poly(atoms, atoms[b].poly) if t else atoms[b].poly
-    out: Poly = {}
-    for mb, cb in definition.items():
-        new = Mono(m.chain[:i] + mb.chain + m.chain[i + 1:], tuple(sorted(m.scalars + mb.scalars)))
-        out[new] = out.get(new, 0.0) + cb
-    return {k: v for k, v in out.items() if v != 0.0}
+    left, right = {Mono(m.chain[:i], m.scalars): 1.0}, {Mono(m.chain[i + 1:]): 1.0}
+    return mul_polys(atoms, mul_polys(atoms, left, definition), right)
 
 
-def _realizable(atoms, poly: Poly, cshape, inv_n) -> bool:
-    for t in (False, True):
-        rows = cshape[1] if t else cshape[0]
-        if rows == "n":
-            continue
-        if all(realizations(atoms, m, cshape, t, inv_n) for m in poly):
-            return True
-    return False
-
-
-def fuse(atoms: dict[int, Atom], inv_n: int | None, outputs: dict[str, int]) -> dict[int, Atom]:
+def reduce_depth(atoms: AtomTable, outputs: dict[str, int]) -> AtomTable:
+    """Rewrite attention atoms (in dependency order) while each rewrite lowers their layer."""
     lv = ready_layers(atoms)
     for a, atom in atoms.items():
         if atom.kind != "attn":
             continue
         while atom.poly:                      # an empty Poly (a zero value) has nothing to move
-            layer = 1 + max((_mono_layer(m, lv) for m in atom.poly), default=0)
-            trial = _lower_layer(atoms, atom, lv, layer, inv_n)
+            layer = attention_layer(_mono_layer(m, lv) for m in atom.poly)
+            trial = _lower_layer(atoms, atom, lv, layer)
             if trial is None or trial == atom.poly:
                 break
-            atom.poly = trial
-            atom.symmetric = atom.cshape == (1, 1) or (
-                atom.cshape[0] == atom.cshape[1] and poly_is_symmetric(atoms, trial))
-        lv[a] = 1 + max((_mono_layer(m, lv) for m in atom.poly), default=0)
+            atom.define(atoms, trial)
+        lv[a] = attention_layer(_mono_layer(m, lv) for m in atom.poly)
     return _drop_unread(atoms, outputs)
 
 
-def _lower_layer(atoms, atom: Atom, lv, layer: int, inv_n) -> Poly | None:
+def _lower_layer(atoms: AtomTable, atom: Atom, lv, layer: int) -> Poly | None:
     """Rewrite every monomial that sets `layer` so the atom can run a layer earlier; None if
     some critical monomial cannot be rewritten."""
     new_terms: list[tuple[float, Poly]] = []
@@ -99,14 +87,14 @@ def _lower_layer(atoms, atom: Atom, lv, layer: int, inv_n) -> Poly | None:
             return None
         new_terms.append((c, current))
     poly = add_polys(*new_terms)
-    if not _realizable(atoms, poly, atom.cshape, inv_n):
+    if not realizable(atoms, poly, atom.cshape):
         return None
     return poly
 
 
-def _drop_unread(atoms: dict[int, Atom], outputs: dict[str, int]) -> dict[int, Atom]:
+def _drop_unread(atoms: AtomTable, outputs: dict[str, int]) -> AtomTable:
     """Remove stored values nothing reads any more (their readers now read their definitions)."""
-    keep = dict(atoms)
+    keep = atoms.restricted(atoms)
     while True:
         read = set(outputs.values())
         for atom in keep.values():

@@ -12,17 +12,21 @@ import numpy as np
 
 from ..runtime.layout import Block
 from ..runtime.weights import LayerWeights
-from .heads import Operand
-from .plan import HeadTerm
+from ..runtime.layout import LIVE_TO_END
+from .heads import HeadTerm, Operand
 from .pieces import piece_units
-from .plan import EYE, EYE_INV_N, Plan, mlp_input_pair
+from .plan import Plan
+from .rows import AFTER_LAST_SUBLAYER, IDENTITY_BLOCK, IDENTITY_OVER_N_BLOCK
+from .schedule import attention_time, mlp_time
 
 
 def block_key(plan: Plan, pair) -> str:
+    """The block's name in the layout: the variable it holds (X@3: the fourth assignment to
+    X), an input or constant by name, or tmpID for a compiler temporary; .T if transposed."""
     atom = plan.atoms[pair[0]]
     if atom.kind == "input":
         base = f"input:{atom.name}"
-    elif atom.kind == "const" or pair[0] < 0:
+    elif atom.kind == "const":
         base = f"const:{atom.node['op']}"
     else:
         vs = atom.node.get("vars") or []
@@ -31,78 +35,107 @@ def block_key(plan: Plan, pair) -> str:
 
 
 def emit(plan: Plan, outputs: dict[str, int]) -> tuple[list[LayerWeights], list[Block], dict]:
-    D = plan.width
+    """(weights per layer, the stored blocks in write order, block key per stored pair)."""
+    keys = _block_keys(plan)
+    blocks = _blocks(plan, outputs, keys)
+    layers = []
+    for layer in range(1, plan.n_layers + 1):
+        W_K, W_Q, W_V, labels = _attention_weights(plan, attention_time(layer), keys)
+        W_1, W_2 = _mlp_weights(plan, mlp_time(layer))
+        layers.append(LayerWeights(W_K, W_Q, W_V, W_1, W_2, labels))
+    return layers, blocks, keys
+
+
+def _in_write_order(plan: Plan):
+    return sorted(plan.slots.items(), key=lambda kv: (kv[1].write, kv[1].rows))
+
+
+def _block_keys(plan: Plan) -> dict:
+    """Unique keys: a name taken by an earlier block gets primes (X@3, X@3')."""
     keys: dict = {}
-    out_pairs = {(o, plan.orient[o]): name for name, o in outputs.items()}
-    for pair, slot in sorted(plan.slots.items(), key=lambda kv: (kv[1].write, kv[1].rows)):
+    for pair, _slot in _in_write_order(plan):
         key = block_key(plan, pair)
         while key in keys.values():
             key += "'"
         keys[pair] = key
-    block_list = []
-    for pair, slot in sorted(plan.slots.items(), key=lambda kv: (kv[1].write, kv[1].rows)):
+    return keys
+
+
+def _blocks(plan: Plan, outputs: dict[str, int], keys: dict) -> list[Block]:
+    out_pairs = {(o, plan.orient[o]): name for name, o in outputs.items()}
+    blocks = []
+    for pair, slot in _in_write_order(plan):
         atom = plan.atoms[pair[0]]
-        block_list.append(Block(
+        blocks.append(Block(
             key=keys[pair], kind=atom.kind, rows=list(slot.rows), transposed=bool(pair[1]),
             cshape=list(atom.cshape), written=slot.write,
-            last_read=-1 if slot.last_read >= 10**9 else slot.last_read,
+            last_read=LIVE_TO_END if slot.last_read >= AFTER_LAST_SUBLAYER else slot.last_read,
             vars=list(atom.node.get("vars") or []),
             name=atom.name if atom.kind == "input" else out_pairs.get(pair),
             const=atom.node["op"] if atom.kind == "const" else None))
+    return blocks
 
-    def rows_of(op: Operand) -> list[int]:
-        if op.kind == "atom":
-            rows = plan.slots[(op.atom, op.transposed)].rows
-            return rows if op.row is None else [rows[op.row]]
-        pseudo = EYE if op.kind == "eye" else EYE_INV_N
+
+def _operand_rows(plan: Plan, op: Operand) -> list[int]:
+    """The rows a head operand reads: an atom's block, or the first k identity rows."""
+    if op.kind == "atom":
+        rows = plan.slots[(op.atom, op.transposed)].rows
+    else:
+        pseudo = IDENTITY_BLOCK if op.kind == "eye" else IDENTITY_OVER_N_BLOCK
         rows = plan.slots[(pseudo, False)].rows[:op.k]
-        return rows if op.row is None else [rows[op.row]]
+    return rows if op.row is None else [rows[op.row]]
 
-    layers = []
-    for layer in range(1, plan.n_layers + 1):
-        t_att, t_mlp = 2 * layer - 1, 2 * layer
-        groups: dict = {}
-        for pair, terms in sorted(plan.terms.items()):
-            if plan.write_time[pair] != t_att:
+
+def _heads_of(plan: Plan, t_att: int) -> list:
+    """The terms written at this attention sublayer, grouped into heads by their (K, Q)
+    operands; a row-split term contributes one part per output row."""
+    groups: dict = {}
+    for pair, terms in sorted(plan.terms.items()):
+        if plan.write_time[pair] != t_att:
+            continue
+        for term in terms:
+            if term.real.split:          # one head per row: (part, output row)
+                for part, r in term.real.split:
+                    groups.setdefault((part.y, part.z), []).append(
+                        HeadTerm(part, term.coef, term.dest, (r,)))
                 continue
-            for term in terms:
-                if term.real.split:          # one head per row: (part, output row)
-                    for part, r in term.real.split:
-                        groups.setdefault((part.y, part.z), []).append(
-                            HeadTerm(part, term.coef, term.dest, (r,)))
-                    continue
-                groups.setdefault((term.real.y, term.real.z), []).append(term)
-        heads = list(groups.items())
-        dk = max((len(rows_of(y)) for (y, _), _ in heads), default=1)
-        H = len(heads)
-        W_K = np.zeros((H, dk, D))
-        W_Q = np.zeros((H, dk, D))
-        W_V = np.zeros((H, D, D))
-        labels = []
-        for h, ((y, z), terms) in enumerate(heads):
-            for i, r in enumerate(rows_of(y)):
-                W_K[h, i, r] = 1.0
-            for i, r in enumerate(rows_of(z)):
-                W_Q[h, i, r] = 1.0
-            for term in terms:
-                xr = rows_of(term.real.x)
-                dest = plan.slots[term.dest].rows
-                if len(xr) == 1 and term.x_rows is not None and term.real.z.row is not None:
-                    W_V[h, dest[term.x_rows[0]], xr[0]] += term.coef      # a row-split head
-                    continue
-                idx = term.x_rows if term.x_rows is not None else range(len(xr))
-                for i in idx:
-                    W_V[h, dest[i], xr[i]] += term.coef
-            labels.append(_head_label(terms, y, z, keys))
-        W_1, W_2 = _mlp_weights(plan, t_mlp, D)
-        layers.append(LayerWeights(W_K, W_Q, W_V, W_1, W_2, labels))
-    return layers, block_list, keys
+            groups.setdefault((term.real.y, term.real.z), []).append(term)
+    return list(groups.items())
+
+
+def _attention_weights(plan: Plan, t_att: int, keys: dict):
+    heads = _heads_of(plan, t_att)
+    D = plan.width
+    dk = max((len(_operand_rows(plan, y)) for (y, _), _ in heads), default=1)
+    W_K, W_Q, W_V = np.zeros((len(heads), dk, D)), np.zeros((len(heads), dk, D)), \
+        np.zeros((len(heads), D, D))
+    labels = []
+    for h, ((y, z), terms) in enumerate(heads):
+        for i, r in enumerate(_operand_rows(plan, y)):
+            W_K[h, i, r] = 1.0
+        for i, r in enumerate(_operand_rows(plan, z)):
+            W_Q[h, i, r] = 1.0
+        for term in terms:
+            _add_value_term(plan, W_V[h], term)
+        labels.append(_head_label(terms, y, z, keys))
+    return W_K, W_Q, W_V, labels
+
+
+def _add_value_term(plan: Plan, W_V: np.ndarray, term: HeadTerm) -> None:
+    """coef · (rows of X) into the destination's rows; `x_rows` restricts to some of them
+    (a subtraction of part of a dead block, or one row of a row-split head)."""
+    xr = _operand_rows(plan, term.real.x)
+    dest = plan.slots[term.dest].rows
+    if len(xr) == 1 and term.x_rows is not None and term.real.z.row is not None:
+        W_V[dest[term.x_rows[0]], xr[0]] += term.coef      # a row-split head
+        return
+    for i in (term.x_rows if term.x_rows is not None else range(len(xr))):
+        W_V[dest[i], xr[i]] += term.coef
 
 
 def _operand_label(op: Operand, keys) -> str:
     if op.kind == "atom":
-        k = keys[(op.atom, op.transposed)]
-        return k
+        return keys[(op.atom, op.transposed)]
     return f"I{op.k}" if op.kind == "eye" else f"I{op.k}/n"
 
 
@@ -111,7 +144,18 @@ def _head_label(terms, y, z, keys) -> str:
     return f"K={_operand_label(y, keys)} Q={_operand_label(z, keys)} V: " + ", ".join(xs)
 
 
-def _mlp_weights(plan: Plan, t_mlp: int, D: int):
+def _gate_rows(plan: Plan, atom, pair) -> list[int]:
+    """Where a piece takes its constants from: the ones row for token values, else one
+    identity row per column of the value."""
+    if atom.is_token:
+        return plan.slots[(atom.gate, True)].rows
+    other = (atom.id, not pair[1])
+    cols = len(plan.slots[other].rows) if other in plan.slots else \
+        (atom.cshape[0] if pair[1] else atom.cshape[1])
+    return plan.slots[(IDENTITY_BLOCK, False)].rows[:cols]
+
+
+def _mlp_weights(plan: Plan, t_mlp: int):
     """The pieces written in this MLP sublayer, plus clears of dead values under their rows
     (ReLU(u) − ReLU(−u) = u, subtracted)."""
     units = []       # (W_1 entries {row: w}, W_2 entries {row: c})
@@ -119,28 +163,20 @@ def _mlp_weights(plan: Plan, t_mlp: int, D: int):
         pair = (a, plan.orient.get(a))
         if atom.kind != "mlp" or plan.write_time.get(pair) != t_mlp:
             continue
-        out_rows = plan.slots[pair].rows
-        if atom.is_token:
-            gate = plan.slots[(atom.inputs[-1], True)].rows
-        else:
-            cols = len(plan.slots[(a, not pair[1])].rows) if (a, not pair[1]) in plan.slots else \
-                (atom.cshape[0] if pair[1] else atom.cshape[1])
-            gate = plan.slots[(EYE, False)].rows[:cols]
 
         def rows_of(arg, a=a):
-            return plan.slots[mlp_input_pair(plan.atoms, arg, a, plan.orient)].rows
-        units += piece_units(atom.piece, rows_of, out_rows, gate)
+            return plan.slots[plan.mlp_input(arg, a)].rows
+        units += piece_units(atom.piece, rows_of, plan.slots[pair].rows, _gate_rows(plan, atom, pair))
     for q, idx, _p in plan.clear_terms.get(t_mlp, []):
         for i in idx:
             r = plan.slots[q].rows[i]
             units.append(({r: 1.0}, {r: -1.0}))
             units.append(({r: -1.0}, {r: 1.0}))
-    W_1 = np.zeros((len(units), D))
-    W_2 = np.zeros((D, len(units)))
+    W_1 = np.zeros((len(units), plan.width))
+    W_2 = np.zeros((plan.width, len(units)))
     for j, (w1, w2) in enumerate(units):
         for r, w in w1.items():
             W_1[j, r] += w
         for r, c in w2.items():
             W_2[r, j] += c
     return W_1, W_2
-

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..language.checker import TOKEN
-from .poly import Atom, Factor, MAX_FACTORS, Mono, dims, transpose_mono
+from .poly import AtomTable, Factor, MAX_FACTORS, Mono, Poly, dims, transpose_mono
 
 @dataclass(frozen=True)
 class Operand:
@@ -47,12 +47,35 @@ class Realization:
         return {(o.atom, o.transposed) for o in (self.x, self.y, self.z) if o.kind == "atom"}
 
 
+@dataclass
+class HeadTerm:
+    """coef · X Yᵀ Z written into the block `dest`; `x_rows` picks rows of X (None: all).
+    Terms of one layer that share Y and Z become one head (emit.py)."""
+    real: Realization
+    coef: float
+    dest: tuple[int, bool]
+    x_rows: tuple[int, ...] | None = None
+
+
 def _is_small(d) -> bool:
     return d != TOKEN
 
 
-def realizations(atoms: dict[int, Atom], m: Mono, out_shape: tuple, transposed_out: bool,
-                 inv_n_atom: int | None) -> list[Realization]:
+def realizable(atoms: AtomTable, poly: Poly, cshape) -> bool:
+    """Can one attention sublayer compute `poly`: is there a storage orientation of the
+    result (the token axis never as rows) in which every monomial has heads? The lowering
+    asks before it keeps a product symbolic, the depth pass before it keeps a rewrite."""
+    if cshape is None:          # an unsized c·I: sized (and checked) where it meets a matrix
+        return True
+    for t in (False, True):
+        if TOKEN == (cshape[1] if t else cshape[0]):
+            continue
+        if all(realizations(atoms, m, cshape, t) for m in poly):
+            return True
+    return False
+
+
+def realizations(atoms: AtomTable, m: Mono, out_shape: tuple, transposed_out: bool) -> list[Realization]:
     """Every way to compute monomial `m` (its storage: transposed when `transposed_out`).
 
     A factor sequence G1 G2 G3 is computed by the head X=G1, Y=G2ᵀ, Z=G3. Scalars go where a
@@ -63,7 +86,7 @@ def realizations(atoms: dict[int, Atom], m: Mono, out_shape: tuple, transposed_o
     chain = list(transpose_mono(atoms, m).chain if transposed_out else m.chain)
     p, q = (out_shape[1], out_shape[0]) if transposed_out else out_shape
     items = [("f", f) for f in chain]
-    seqs = _place_scalars(atoms, items, list(m.scalars), p, q, inv_n_atom)
+    seqs = _place_scalars(atoms, items, list(m.scalars), p, q)
     found = []
     for seq in seqs:
         for padded in _pad(atoms, seq, p, q):
@@ -109,7 +132,7 @@ def _boundaries(atoms, items, p, q):
     return out
 
 
-def _place_scalars(atoms, items, scalars, p, q, inv_n_atom):
+def _place_scalars(atoms, items, scalars, p, q):
     if not scalars:
         return [items]
     s, rest = scalars[0], scalars[1:]
@@ -117,10 +140,10 @@ def _place_scalars(atoms, items, scalars, p, q, inv_n_atom):
     bounds = _boundaries(atoms, items, p, q) if items else [p]
     for pos, dim in enumerate(bounds):
         if dim == 1:
-            results += _place_scalars(atoms, items[:pos] + [("s", s)] + items[pos:], rest, p, q, inv_n_atom)
-        elif s == inv_n_atom and _is_small(dim):
+            results += _place_scalars(atoms, items[:pos] + [("s", s)] + items[pos:], rest, p, q)
+        elif s == atoms.inv_n and _is_small(dim):
             results += _place_scalars(atoms, items[:pos] + [("eye_inv_n", dim)] + items[pos:], rest,
-                                      p, q, inv_n_atom)
+                                      p, q)
     return results
 
 

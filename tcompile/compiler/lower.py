@@ -12,19 +12,20 @@ iteration, so no symbolic sum grows with the loop. The algebra is in poly.py; ho
 becomes heads, in heads.py.
 
 Elementwise functions and products are MLP atoms (their inputs must be atoms); this module
-only records them: how they become ReLUs is `mlp.py`'s business.
+only records them (elementwise.py): how they become ReLUs is pieces.py's business.
 """
 from __future__ import annotations
 
 import networkx as nx
 
-from . import pieces as mlp
+from ..errors import CompileError
 from ..language.checker import TOKEN
 from .dataflow import DataflowGraph
-from ..errors import CompileError
-from .heads import Operand, Realization, realizations
-from .poly import (MAX_FACTORS, Atom, Mono, Poly, add_polys, max_degree, mul_polys,
-                   poly_is_symmetric, symmetrize_weighted_grams, transpose_poly)
+from .elementwise import Call, Const, Elementwise, Leaf, Product, Sum, affine, leaves
+from .heads import realizable
+from .pieces import MAX_SIGN_LEAVES, PieceBuilder
+from .poly import (MAX_FACTORS, Atom, AtomTable, Mono, Poly, add_polys, max_degree, mul_polys,
+                   symmetrize_weighted_grams, transpose_poly)
 
 
 # ---- building the atoms --------------------------------------------------------------------
@@ -37,46 +38,30 @@ class _Restart(Exception):
         self.nid = nid
 
 
-class Ew:
-    """An elementwise expression tree over atoms (see mlp.py); `product` marks u * v of two
-    real atoms, which becomes a product piece with tolerance `tol`."""
-
-    def __init__(self, expr, product: bool = False, tol: float | None = None):
-        self.expr = expr
-        self.product = product
-        self.tol = tol
-
-
 class Lowering:
     """Expand every live node into a Poly, making atoms where three factors are not enough."""
 
     def __init__(self, df: DataflowGraph):
         self.df = df
         self.g = df.graph
-        self.atoms: dict[int, Atom] = {}
-        self.polys: dict[int, Poly] = {}
-        self.inv_n: int | None = None
+        self.atoms = AtomTable()
+        self.polys: dict[int, Poly | Elementwise] = {}   # every expanded node, symbolically
         self.current: int | None = None
-        self.pieces = mlp.PieceBuilder(getattr(df, "default_tol", None))
+        self.pieces = PieceBuilder(df.default_tol)
         self.piece_ranges: dict[int, tuple] = {}
 
     def error(self, msg, nid):
-        loc = self.g.nodes[nid].get("loc")
-        src = self.df.source if hasattr(self.df, "source") else None
-        return CompileError(msg, loc, source=src)
+        return CompileError(msg, self.g.nodes[nid]["loc"], source=self.df.source)
 
     def make_atom(self, nid: int, kind: str, poly: Poly | None = None) -> Poly:
         node = self.g.nodes[nid]
         atom = self.atoms.get(nid)
         if atom is None:
             atom = self.atoms[nid] = Atom(nid, kind, node["cshape"], None, dict(node), node.get("name"))
-            atom.symmetric = kind == "input" and bool(node.get("symmetric"))
+            # a scalar is its own transpose; an input is symmetric when declared so
+            atom.symmetric = node["cshape"] == (1, 1) or (kind == "input" and bool(node.get("symmetric")))
         if poly is not None:
-            poly = symmetrize_weighted_grams(self.atoms, poly)
-            atom.poly = poly
-            atom.symmetric = node["cshape"][0] == node["cshape"][1] and poly_is_symmetric(self.atoms, poly)
-        if node["cshape"] == (1, 1):
-            atom.symmetric = True            # a scalar is its own transpose
+            atom.define(self.atoms, symmetrize_weighted_grams(self.atoms, poly))
         me = Mono((), (nid,)) if node["cshape"] == (1, 1) else Mono(((nid, False),))
         self.polys[nid] = {me: 1.0}
         return self.polys[nid]
@@ -95,7 +80,7 @@ class Lowering:
             raise _Restart(nid)
         return result
 
-    def run(self) -> dict[int, Atom]:
+    def run(self) -> AtomTable:
         live = self.live = self.df.live_nodes()
         order = [nid for nid in nx.topological_sort(self.g) if nid in live]
         self.stale_ok = False
@@ -112,12 +97,13 @@ class Lowering:
         for nid in self.df.outputs.values():
             self.current = nid
             self.stale_ok = True
-            if isinstance(self.polys[nid], Ew):
+            if isinstance(self.polys[nid], Elementwise):
                 self.materialize_mlp(nid)
-            if nid not in self.atoms:          # a poly (or an Ew that proved linear)
+            if nid not in self.atoms:          # a poly (or an elementwise tree that proved linear)
                 self.materialize(nid)
         rank = {nid: i for i, nid in enumerate(order)}
-        return {a: self.atoms[a] for a in sorted(self.atoms, key=lambda a: rank.get(a, -1))}
+        ordered = sorted(self.atoms, key=lambda a: rank.get(a, -1))
+        return AtomTable(((a, self.atoms[a]) for a in ordered), self.atoms.inv_n, self.atoms.ones)
 
     def _pass(self, order, start: int):
         for nid in order[start:]:
@@ -130,7 +116,7 @@ class Lowering:
             elif kinds.get(nid) == "mlp":
                 self.polys[nid] = self.expand(nid)
                 del self.atoms[nid]
-                if isinstance(self.polys[nid], Ew):
+                if isinstance(self.polys[nid], Elementwise):
                     self.materialize_mlp(nid)
                 else:               # its inputs are stored now: linear, an attention atom
                     self.materialize(nid)
@@ -142,22 +128,22 @@ class Lowering:
     def _store_loop_state(self, nid):
         """A loop's state gets rows unless it is trivially another value (c·atom, c·I)."""
         p = self.polys[nid]
-        if isinstance(p, Ew):
-            if p.product or len(mlp.leaves(p.expr)) > 0 and p.expr[0] != "leaf":
+        if isinstance(p, Elementwise):
+            if p.product or len(leaves(p.expr)) > 0 and not isinstance(p.expr, Leaf):
                 self.materialize_mlp(nid)
             return
         if len(p) > 1 or max_degree(p) > 1:
             self.materialize(nid)
 
     def expand(self, nid: int):
-        """A node's value over atoms: a Poly (attention) or an `Ew` tree (elementwise)."""
+        """A node's value over atoms: a Poly (attention) or an `Elementwise` tree."""
         node = self.g.nodes[nid]
         op, args = node["op"], node["args"]
         if op == "input":
             return self.make_atom(nid, "input")
         if op in ("ones", "n", "inv_n"):
             if op == "inv_n":
-                self.inv_n = nid
+                self.atoms.inv_n = nid
             return self.make_atom(nid, "const")
         if op == "const":
             return {Mono(()): node["value"]} if node["value"] != 0 else {}
@@ -165,22 +151,23 @@ class Lowering:
             return {Mono(()): 1.0}
         if op == "call":
             arg = self.ew_operand(args[0], allow_products=False)
-            return Ew(("call", node["func"], node["fargs"], arg, node["domain"], node["tol"]),
-                      tol=node["tol"])
+            return Elementwise(Call(node["func"], node["fargs"], arg, node["domain"], node["tol"]),
+                               tol=node["tol"])
         if op == "ewmul":
             a, b = (self.ew_operand(x, allow_products=False) for x in args)
-            if len(self.real_leaves(("mul", a, b))) <= 1:
-                return Ew(("mul", a, b), tol=node.get("tol"))
+            if len(self.real_leaves(Product(a, b))) <= 1:
+                return Elementwise(Product(a, b), tol=node.get("tol"))
             for x in args:                 # two real factors: a product piece of two atoms
                 self.need_poly(x)
             tol = node.get("tol")
-            return Ew(("mul", self.ew_operand(args[0]), self.ew_operand(args[1])), product=True, tol=tol)
-        if op in ("scale", "add") and any(isinstance(self.polys[a], Ew) for a in args):
+            return Elementwise(Product(self.ew_operand(args[0]), self.ew_operand(args[1])),
+                               product=True, tol=tol)
+        if op in ("scale", "add") and any(isinstance(self.polys[a], Elementwise) for a in args):
             exprs = [self.ew_operand(a, allow_products=False) for a in args]
             if op == "scale":
-                return Ew(("mul", ("const", node["c"]), exprs[0]))
-            if len(self.real_leaves(("add", *exprs))) <= 1:
-                return Ew(("add", *exprs))
+                return Elementwise(Product(Const(node["c"]), exprs[0]))
+            if len(self.real_leaves(Sum(*exprs))) <= 1:
+                return Elementwise(Sum(*exprs))
             for a in args:
                 self.need_poly(a)
         ps = [self.need_poly(a) for a in args]
@@ -193,7 +180,7 @@ class Lowering:
         if op in ("matmul", "smul"):
             while True:
                 prod = mul_polys(self.atoms, self.polys[args[0]], self.polys[args[1]])
-                if max_degree(prod) <= MAX_FACTORS and self._realizable(prod, node["cshape"]):
+                if max_degree(prod) <= MAX_FACTORS and realizable(self.atoms, prod, node["cshape"]):
                     return prod
                 # store an operand whose storing lowers the degree (2+ factors), preferring
                 # the one most consumers share (a loop variable, typically), else the longest
@@ -215,45 +202,48 @@ class Lowering:
         return None
 
     def real_leaves(self, expr) -> set[int]:
-        return {a for a in mlp.leaves(expr) if self.is_gate(a) is None}
+        return {a for a in leaves(expr) if self.is_gate(a) is None}
 
     def ew_operand(self, nid, allow_products=True):
         """The node as an elementwise expression; products of two reals become atoms first."""
         p = self.polys[nid]
-        if isinstance(p, Ew):
+        if isinstance(p, Elementwise):
             if p.product or len(self.real_leaves(p.expr)) > 1:
                 if not allow_products:
                     self.materialize_mlp(nid)
-                    return ("leaf", nid)
+                    return Leaf(nid)
             return p.expr
         if not p:
-            return ("const", 0.0)
+            return Const(0.0)
         if len(p) == 1:
             (m, c), = p.items()
             atom_ids = [a for a, t in m.chain if not t] + list(m.scalars)
             if m.degree == 0 and self.g.nodes[nid]["cshape"] == (1, 1):
-                return ("const", c)
+                return Const(c)
             if m.degree == 1 and len(atom_ids) == 1:
                 a = atom_ids[0]
                 if self.atoms[a].node.get("op") == "ones":
-                    return ("const", c)
-                return ("leaf", a) if c == 1.0 else ("mul", ("const", c), ("leaf", a))
+                    return Const(c)
+                return Leaf(a) if c == 1.0 else Product(Const(c), Leaf(a))
         self.materialize(nid)
-        return ("leaf", nid)
+        return Leaf(nid)
 
     def need_poly(self, nid) -> Poly:
-        if isinstance(self.polys[nid], Ew):
+        if isinstance(self.polys[nid], Elementwise):
             return self.materialize_mlp(nid)
         return self.polys[nid]
 
     def ones_atom(self) -> int:
-        for a, atom in self.atoms.items():
-            if atom.node.get("op") == "ones":
-                return a
-        nid = max(self.g.nodes) + 1
-        self.g.add_node(nid, op="ones", args=(), cshape=(TOKEN, 1), loc=None)
-        self.make_atom(nid, "const")
-        return nid
+        """The ones row (a token piece's gate): the program's own `ones` node if it has one,
+        else a node added for it."""
+        if self.atoms.ones is None:
+            nid = next((a for a, atom in self.atoms.items() if atom.node.get("op") == "ones"), None)
+            if nid is None:
+                nid = max(self.g.nodes) + 1
+                self.g.add_node(nid, op="ones", args=(), cshape=(TOKEN, 1), loc=None)
+                self.make_atom(nid, "const")
+            self.atoms.ones = nid
+        return self.atoms.ones
 
     def materialize_mlp(self, nid) -> Poly:
         """Give an elementwise node rows: one MLP piece of its leaves."""
@@ -264,22 +254,22 @@ class Lowering:
                                           for s in self.g.successors(nid))
         e = ew.expr
         node = self.g.nodes[nid]
-        gates = sorted((a, k) for a in mlp.leaves(e) for k in [self.is_gate(a)] if k)
+        gates = sorted((a, k) for a in leaves(e) for k in [self.is_gate(a)] if k)
         real = sorted(self.real_leaves(e))
         loc_error = lambda msg: self.error(msg, nid)  # noqa: E731
         if ew.product or len(real) > 1:
-            if not (e[0] == "mul" and e[1][0] == "leaf" and e[2][0] == "leaf"):
+            if not (isinstance(e, Product) and isinstance(e.a, Leaf) and isinstance(e.b, Leaf)):
                 raise self.error("an elementwise expression of two real values other than a "
                                  "plain product u * v is not supported", nid)
-            u, v = e[1][1], e[2][1]
+            u, v = e.a.atom, e.b.atom
             piece = self.pieces.product(u, v, self.bounds_of(u, nid), self.bounds_of(v, nid),
                                         ew.tol, self.names())
         else:
-            if len(gates) > mlp.MAX_SIGN_LEAVES:
+            if len(gates) > MAX_SIGN_LEAVES:
                 raise self.error(f"an elementwise expression gated by more than "
-                                 f"{mlp.MAX_SIGN_LEAVES} sign inputs is not supported", nid)
+                                 f"{MAX_SIGN_LEAVES} sign inputs is not supported", nid)
             cont = real[0] if real else None
-            aff = mlp._affine(e, cont, {}) if cont is not None else None
+            aff = affine(e, cont, {}) if cont is not None else None
             if aff is not None and aff[1] == 0.0:       # linear in one atom: no MLP needed
                 self.polys[nid] = add_polys((aff[0], self.polys[cont]))
                 return self.polys[nid]
@@ -295,13 +285,12 @@ class Lowering:
         poly = self.make_atom(nid, "mlp")
         atom = self.atoms[nid]
         atom.piece = piece
-        atom.inputs = list(piece.inputs)
         if piece.kind == "product":
             for a, b in ((piece.u, piece.v), (piece.v, piece.u)):
                 if self.g.nodes[a]["cshape"] == (TOKEN, 1) and self.g.nodes[b]["cshape"] == node["cshape"]:
                     atom.diag_of = b
         if TOKEN in node["cshape"]:
-            atom.inputs.append(self.ones_atom())
+            atom.gate = self.ones_atom()
         if stale:
             raise _Restart(nid)
         return poly
@@ -337,22 +326,9 @@ class Lowering:
     def fanout(self, nid) -> int:
         return sum(1 for s in self.g.successors(nid) if s in self.live)
 
-    def _realizable(self, poly: Poly, cshape) -> bool:
-        """Some orientation of the result admits a head for every monomial."""
-        if cshape is None:
-            return True
-        for t in (False, True):
-            if TOKEN == (cshape[1] if t else cshape[0]):
-                continue
-            if all(realizations(self.atoms, m, cshape, t, self.inv_n) for m in poly):
-                return True
-        return False
+
+def lower(df: DataflowGraph) -> AtomTable:
+    return Lowering(df).run()
 
 
-def lower(df: DataflowGraph) -> tuple[dict[int, Atom], int | None]:
-    low = Lowering(df)
-    atoms = low.run()
-    return atoms, low.inv_n
-
-
-__all__ = ["Atom", "Mono", "Operand", "Realization", "lower", "realizations"]
+__all__ = ["lower"]

@@ -1,7 +1,8 @@
 """Elementwise work → MLP pieces: what one ReLU sublayer can compute, and its weights.
 
 The lowering collects every elementwise subexpression (functions, products, sums with
-constants) into an expression tree `Ew` over *leaf* atoms. A tree is one MLP piece when:
+constants) into an expression tree over *leaf* atoms (elementwise.py). A tree is one MLP
+piece when:
 
   * unary — it depends on at most one real-valued leaf u and on sign (±1) or flag (0/1)
     leaves: for each sign pattern s it is a function F_s(u), approximated by a continuous PL
@@ -26,134 +27,31 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .approx import PLApprox, approximate_callable, exact_function
+from .approx import PLApprox, approximate_callable
+from .elementwise import (Expr, affine, calls, evaluate, pulled_back_domains, shape_key,
+                          to_text, tolerances)
 
 DEFAULT_TOL = 1e-6
 MAX_SIGN_LEAVES = 2
-
-# Ew trees are tuples: ('leaf', atom) ('const', c) ('add', a, b) ('mul', a, b)
-#                      ('call', func, fargs, arg, domain, tol)
-
-
-def leaves(e) -> set[int]:
-    if e[0] == "leaf":
-        return {e[1]}
-    if e[0] == "const":
-        return set()
-    if e[0] == "call":
-        return leaves(e[3])
-    return leaves(e[1]) | leaves(e[2])
-
-
-def evaluate(e, env: dict):
-    kind = e[0]
-    if kind == "leaf":
-        return env[e[1]]
-    if kind == "const":
-        return e[1]
-    if kind == "add":
-        return evaluate(e[1], env) + evaluate(e[2], env)
-    if kind == "mul":
-        return evaluate(e[1], env) * evaluate(e[2], env)
-    _, func, fargs, arg, _domain, _tol = e
-    with np.errstate(all="ignore"):
-        return exact_function(func, *fargs)(evaluate(arg, env))
-
-
-def to_text(e, names: dict, top: bool = True) -> str:
-    kind = e[0]
-    if kind == "leaf":
-        return names.get(e[1], f"t{e[1]}")
-    if kind == "const":
-        return f"{e[1]:g}"
-    if kind == "add":
-        a, b = e[1], e[2]
-        if b[0] == "mul" and b[1] == ("const", -1.0):
-            text = f"{to_text(a, names, False)} - {to_text(b[2], names, False)}"
-        elif a[0] == "mul" and a[1] == ("const", -1.0):
-            text = f"{to_text(b, names, False)} - {to_text(a[2], names, False)}"
-        else:
-            text = f"{to_text(a, names, False)} + {to_text(b, names, False)}"
-        return text if top else f"({text})"
-    if kind == "mul":
-        if e[1] == ("const", -1.0):
-            return f"-{to_text(e[2], names, False)}"
-        if e[2] == ("const", -1.0):
-            return f"-{to_text(e[1], names, False)}"
-        return f"{to_text(e[1], names, False)}*{to_text(e[2], names, False)}"
-    return f"{e[1]}({to_text(e[3], names)})"
-
-
-def tolerances(e) -> list[float]:
-    if e[0] in ("leaf", "const"):
-        return []
-    if e[0] == "call":
-        return ([e[5]] if e[5] is not None else []) + tolerances(e[3])
-    return tolerances(e[1]) + tolerances(e[2])
-
-
-def _affine(e, leaf, env):
-    """e = α·leaf + β for fixed signs (env), or None."""
-    kind = e[0]
-    if kind == "leaf":
-        return (1.0, 0.0) if e[1] == leaf else (0.0, float(env[e[1]])) if e[1] in env else None
-    if kind == "const":
-        return (0.0, float(e[1]))
-    if kind == "call":
-        return None if leaf in leaves(e) else (0.0, float(evaluate(e, env)))
-    a, b = _affine(e[1], leaf, env), _affine(e[2], leaf, env)
-    if a is None or b is None:
-        return None
-    if kind == "add":
-        return (a[0] + b[0], a[1] + b[1])
-    if a[0] == 0.0:
-        return (a[1] * b[0], a[1] * b[1])
-    if b[0] == 0.0:
-        return (b[1] * a[0], b[1] * a[1])
-    return None
-
-
-def pulled_back_domains(e, leaf, env) -> list[tuple[float, float]]:
-    """The leaf intervals the calls' declared domains imply (affine paths only)."""
-    out = []
-    if e[0] == "call":
-        domain = e[4]
-        aff = _affine(e[3], leaf, env)
-        if domain is not None and aff is not None and aff[0] != 0.0:
-            lo, hi = ((d - aff[1]) / aff[0] for d in domain)
-            out.append((min(lo, hi), max(lo, hi)))
-        return out + pulled_back_domains(e[3], leaf, env)
-    if e[0] in ("add", "mul"):
-        return pulled_back_domains(e[1], leaf, env) + pulled_back_domains(e[2], leaf, env)
-    return out
-
 
 # ---- exact piecewise-linear expressions ----------------------------------------------------
 
 PL_CALLS = {"relu", "abs", "clip"}
 
 
-def _calls(e):
-    if e[0] in ("leaf", "const"):
-        return []
-    if e[0] == "call":
-        return [e] + _calls(e[3])
-    return _calls(e[1]) + _calls(e[2])
-
-
-def exact_pl(e, cont, env, label: str, tol: float) -> PLApprox | None:
+def exact_pl(e: Expr, cont, env, label: str, tol: float) -> PLApprox | None:
     """If e is piecewise linear in the leaf (affine steps, relu/abs/clip of affine arguments),
     its exact ReLU form on all of R; else None."""
-    calls = _calls(e)
-    if any(c[1] not in PL_CALLS for c in calls):
+    found = calls(e)
+    if any(c.func not in PL_CALLS for c in found):
         return None
     kinks = []
-    for c in calls:
-        aff = _affine(c[3], cont, env) if cont is not None else (0.0, 0.0)
+    for c in found:
+        aff = affine(c.arg, cont, env) if cont is not None else (0.0, 0.0)
         if aff is None:
             return None                      # nested PL calls: left to the general fit
         if aff[0] != 0.0:
-            levels = [0.0] if c[1] != "clip" else list(c[2])
+            levels = [0.0] if c.func != "clip" else list(c.fargs)
             kinks += [(lv - aff[1]) / aff[0] for lv in levels]
     # a function of u alone? (products of the leaf with itself are not PL)
     kinks = sorted(set(kinks))
@@ -289,27 +187,8 @@ class PieceBuilder:
         exact = self._exact_piece(e, cont, gates, patterns, bounds, label, tol)
         if exact is not None:
             return exact
-        lo, hi = -math.inf, math.inf
-        for pat in patterns:
-            env = {g: v for (g, _), v in zip(gates, pat)}
-            for a, b in (pulled_back_domains(e, cont, env) if cont is not None else []):
-                lo, hi = max(lo, a), min(hi, b)
-        if cont is not None and cont in bounds:
-            blo, bhi = bounds[cont]
-            lo, hi = max(lo, blo), min(hi, bhi)
-        if cont is None:
-            lo, hi = 0.0, 1.0
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            if not _calls(e):
-                raise loc_error(f"{label}: a sign or flag times a real value is exact only on a "
-                                f"known range of {names.get(cont, 'the value')}; bound it: an input "
-                                "assumption, or a function of it with a domain (on [lo, hi])")
-            raise loc_error(f"cannot tell the domain of {label}: give its function a domain "
-                            "with 'on [lo, hi]'")
-        if not lo < hi:
-            raise loc_error(f"the domains declared inside {label} leave no room for "
-                            f"{names.get(cont, 'its argument')} ([{lo:g}, {hi:g}])")
-        shape_key = _shape_key(e, cont, gates)
+        lo, hi = self._domain(e, cont, gates, patterns, bounds, label, names, loc_error)
+        key = shape_key(e, cont, gates)
         fits: dict[tuple, PLApprox] = {}
         grid = np.linspace(lo, hi, 257)
         for pat in patterns:
@@ -329,11 +208,11 @@ class PieceBuilder:
         offsets = {}
         if all(np.ptp(dv) <= 1e-13 * scale for dv in diffs.values()):
             f = fits[first_pat][0]
-            branches = {(): self.fit(label, f, lo, hi, tol, (shape_key, first_pat))}
+            branches = {(): self.fit(label, f, lo, hi, tol, (key, first_pat))}
             offsets = {pat: float(np.mean(dv)) for pat, dv in diffs.items() if abs(np.mean(dv)) > 0}
             gates_used = gates if offsets else []
         else:
-            branches = {pat: self.fit(label, f, lo, hi, tol, (shape_key, pat))
+            branches = {pat: self.fit(label, f, lo, hi, tol, (key, pat))
                         for pat, (f, _) in fits.items()}
             gates_used = gates
         for pl in branches.values():
@@ -346,6 +225,33 @@ class PieceBuilder:
                 f"{names.get(g, g)}={v:+g}" for (g, _), v in zip(gates_used, pat)) + "]"
             piece.approximations.append(Approximation(label + suffix, lo, hi, pl))
         return piece
+
+    @staticmethod
+    def _domain(e, cont, gates, patterns, bounds, label, names, loc_error) -> tuple[float, float]:
+        """Where the piece is fitted: the declared domains pulled back to the leaf, for every
+        sign pattern, intersected with the leaf's own bounds; [0, 1] for a function of
+        signs only (its leaf-free value is read at any point)."""
+        lo, hi = -math.inf, math.inf
+        for pat in patterns:
+            env = {g: v for (g, _), v in zip(gates, pat)}
+            for a, b in (pulled_back_domains(e, cont, env) if cont is not None else []):
+                lo, hi = max(lo, a), min(hi, b)
+        if cont is not None and cont in bounds:
+            blo, bhi = bounds[cont]
+            lo, hi = max(lo, blo), min(hi, bhi)
+        if cont is None:
+            lo, hi = 0.0, 1.0
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            if not calls(e):
+                raise loc_error(f"{label}: a sign or flag times a real value is exact only on a "
+                                f"known range of {names.get(cont, 'the value')}; bound it: an input "
+                                "assumption, or a function of it with a domain (on [lo, hi])")
+            raise loc_error(f"cannot tell the domain of {label}: give its function a domain "
+                            "with 'on [lo, hi]'")
+        if not lo < hi:
+            raise loc_error(f"the domains declared inside {label} leave no room for "
+                            f"{names.get(cont, 'its argument')} ([{lo:g}, {hi:g}])")
+        return lo, hi
 
     def _exact_piece(self, e, cont, gates, patterns, bounds, label, tol) -> UnaryPiece | None:
         """relu/abs/clip/sign-products need no approximation: exact ReLU forms, no domain
@@ -398,22 +304,6 @@ class PieceBuilder:
         return piece
 
 
-def _shape_key(e, cont, gates):
-    """e with its leaves renamed: the same function of (u, signs) gives the same key."""
-    ren = {cont: "u", **{g: f"s{i}" for i, (g, _) in enumerate(gates)}}
-
-    def walk(x):
-        if x[0] == "leaf":
-            return ("leaf", ren.get(x[1], x[1]))
-        if x[0] == "const":
-            return x
-        if x[0] == "call":
-            return ("call", x[1], x[2], walk(x[3]), x[4], x[5])
-        a, b = sorted((walk(x[1]), walk(x[2])), key=repr)      # + and * commute
-        return (x[0], a, b)
-    return walk(e)
-
-
 # ---- weights -------------------------------------------------------------------------------
 
 def gate_margin(a: np.ndarray, b: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -429,64 +319,80 @@ def piece_units(piece, rows_of, out_rows: list[int], gate_rows: list[int]):
 
     rows_of(atom) gives an input's rows; an input with one row broadcasts over out_rows.
     """
-    units = []
-    R = len(out_rows)
-
     def row(atom, r):
         rs = rows_of(atom)
         return rs[r] if len(rs) > 1 else rs[0]
 
-    if piece.kind == "unary":
-        for r in range(R):
-            for pat, k in piece.offsets.items():      # k·[pattern]: ReLU(1 − Σ mismatches)
-                w1 = {gr: 1.0 for gr in gate_rows}
-                for (g, kind), val in zip(piece.gates, pat):
-                    if kind == "sign":               # 1 − σy is 0 or 2
-                        for gr in gate_rows:
-                            w1[gr] -= 1.0
-                        w1[row(g, r)] = w1.get(row(g, r), 0.0) + val
-                    elif val == 1.0:
-                        for gr in gate_rows:
-                            w1[gr] -= 1.0
-                        w1[row(g, r)] = w1.get(row(g, r), 0.0) + 1.0
-                    else:
-                        w1[row(g, r)] = w1.get(row(g, r), 0.0) - 1.0
-                units.append((w1, {out_rows[r]: k}))
-            for pat, pl in piece.branches.items():
-                pat = pat if len(pat) == len(piece.gates) and not piece.offsets else ()
-                a, b, c = pl.relu_form()
-                margins = gate_margin(a, b, piece.lo, piece.hi) if pat else None
-                for j in range(len(c)):
-                    w1 = {}
-                    if piece.leaf is not None and a[j] != 0:
-                        w1[row(piece.leaf, r)] = w1.get(row(piece.leaf, r), 0.0) + a[j]
-                    gate_w = b[j]
-                    for (g, kind), val in zip(piece.gates if pat else [], pat):
-                        m = margins[j]
-                        if kind == "sign":       # −M(1 − σy)
-                            gate_w -= m
-                            w1[row(g, r)] = w1.get(row(g, r), 0.0) + m * val
-                        elif val == 1.0:         # flag on: −M(1 − y)
-                            gate_w -= m
-                            w1[row(g, r)] = w1.get(row(g, r), 0.0) + m
-                        else:                    # flag off: −M y
-                            w1[row(g, r)] = w1.get(row(g, r), 0.0) - m
-                    for gr in gate_rows:
-                        w1[gr] = w1.get(gr, 0.0) + gate_w
-                    units.append((w1, {out_rows[r]: c[j]}))
-        return units
-    for r in range(R):
-        for pl, sign in ((piece.plus, 1.0), (piece.minus, -1.0)):
-            a, b, c = pl.relu_form()
-            for j in range(len(c)):
-                w1 = {}
-                if a[j] != 0:
-                    w1[row(piece.u, r)] = a[j]
-                    w1[row(piece.v, r)] = w1.get(row(piece.v, r), 0.0) + sign * a[j]
-                for gr in gate_rows:
-                    w1[gr] = w1.get(gr, 0.0) + b[j]
-                units.append((w1, {out_rows[r]: sign * c[j] / 4.0}))
+    units = []
+    for r in range(len(out_rows)):
+        if piece.kind == "unary":
+            units += [(w1, {out_rows[r]: k}) for w1, k in _offset_units(piece, row, r, gate_rows)]
+            units += [(w1, {out_rows[r]: c}) for w1, c in _branch_units(piece, row, r, gate_rows)]
+        else:
+            units += [(w1, {out_rows[r]: c}) for w1, c in _product_units(piece, row, r, gate_rows)]
     return units
 
 
-__all__ = ["UnaryPiece", "ProductPiece", "PieceBuilder", "piece_units", "leaves", "evaluate"]
+def _add(w1: dict, r: int, w: float) -> None:
+    w1[r] = w1.get(r, 0.0) + w
+
+
+def _mismatch_penalty(kind: str, val: float, m: float) -> tuple[float, float]:
+    """−m · (how far the gate is from the pattern's value `val`), as (constant, coefficient
+    of the gate): a sign y against σ is −m(1 − σy); a flag against 1 is −m(1 − y), against 0
+    is −m y. Zero when the gate matches, ≤ −m when it does not."""
+    if kind == "sign":
+        return -m, m * val
+    if val == 1.0:
+        return -m, m
+    return 0.0, -m
+
+
+def _offset_units(piece, row, r, gate_rows):
+    """k·[pattern] for each gated constant: ReLU(1 − Σ mismatches), exactly 0 or 1."""
+    for pat, k in piece.offsets.items():
+        w1 = {gr: 1.0 for gr in gate_rows}
+        for (g, kind), val in zip(piece.gates, pat):
+            const, coef = _mismatch_penalty(kind, val, 1.0)
+            for gr in gate_rows if const else ():
+                w1[gr] += const
+            _add(w1, row(g, r), coef)
+        yield w1, k
+
+
+def _branch_units(piece, row, r, gate_rows):
+    """The ReLUs of each branch's PL function of the leaf; a gated branch adds −M per
+    mismatching gate, which switches its units off for other patterns."""
+    for pat, pl in piece.branches.items():
+        pat = pat if len(pat) == len(piece.gates) and not piece.offsets else ()
+        a, b, c = pl.relu_form()
+        margins = gate_margin(a, b, piece.lo, piece.hi) if pat else None
+        for j in range(len(c)):
+            w1 = {}
+            if piece.leaf is not None and a[j] != 0:
+                _add(w1, row(piece.leaf, r), a[j])
+            gate_w = b[j]
+            for (g, kind), val in zip(piece.gates if pat else [], pat):
+                const, coef = _mismatch_penalty(kind, val, margins[j])
+                gate_w += const
+                _add(w1, row(g, r), coef)
+            for gr in gate_rows:
+                _add(w1, gr, gate_w)
+            yield w1, c[j]
+
+
+def _product_units(piece, row, r, gate_rows):
+    """u v = ((u+v)² − (u−v)²)/4 with PL squares."""
+    for pl, sign in ((piece.plus, 1.0), (piece.minus, -1.0)):
+        a, b, c = pl.relu_form()
+        for j in range(len(c)):
+            w1 = {}
+            if a[j] != 0:
+                w1[row(piece.u, r)] = a[j]
+                _add(w1, row(piece.v, r), sign * a[j])
+            for gr in gate_rows:
+                _add(w1, gr, b[j])
+            yield w1, sign * c[j] / 4.0
+
+
+__all__ = ["UnaryPiece", "ProductPiece", "PieceBuilder", "piece_units", "exact_pl"]

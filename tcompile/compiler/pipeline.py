@@ -1,6 +1,6 @@
 """The pipeline, one stage per module:
 
-    parse → check → dataflow → lower → plan (orient, schedule, allocate) → emit → runtime
+    parse → check → dataflow → lower → depth → plan (orient, schedule, rows) → emit → runtime
 
 `compile_program` runs the stages and returns a `CompiledProgram` (runtime/program.py): the
 weights as numpy arrays plus the typed manifest (runtime/manifest.py, runtime/layout.py) that
@@ -11,19 +11,19 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..version import __version__
-from ..language.checker import check_program
-from .dataflow import build_dataflow
-from .emit import emit
 from ..errors import ParamError
-from .pieces import DEFAULT_TOL
-from .depth import fuse
-from .lower import lower
+from ..language.checker import check_program
 from ..language.parser import parse_file, parse_source
-from .plan import plan_program
 from ..runtime.layout import InputSpec, LayerSpec, Layout, OutputSpec, max_small_dim
 from ..runtime.manifest import ApproxRecord, DomainCheck, Manifest, ProgramInfo
 from ..runtime.program import CompiledProgram
+from ..version import __version__
+from .dataflow import build_dataflow
+from .depth import reduce_depth
+from .emit import emit
+from .lower import lower
+from .pieces import DEFAULT_TOL
+from .plan import plan_program
 
 
 def compile_source(source: str, file: str = "<string>", params: dict | None = None,
@@ -41,12 +41,9 @@ def compile_program(program, params: dict | None = None, tol: float | None = Non
     if tol is not None and not (isinstance(tol, (int, float)) and 0 < tol < 1):
         raise ParamError(f"the default tolerance must be a number in (0, 1), got {tol!r}")
     values = check_program(program, params)
-    df = build_dataflow(program, values)
-    df.source = program.source
-    df.default_tol = tol
-    atoms, inv_n = lower(df)
-    atoms = fuse(atoms, inv_n, df.outputs)
-    plan = plan_program(atoms, inv_n, df.outputs)
+    df = build_dataflow(program, values, default_tol=tol)
+    atoms = reduce_depth(lower(df), df.outputs)
+    plan = plan_program(atoms, df.outputs)
     layers, blocks, keys = emit(plan, df.outputs)
     return CompiledProgram(_manifest(program, values, tol, df, plan, layers, blocks, keys), layers)
 
@@ -94,7 +91,6 @@ def _approximations(plan) -> tuple[ApproxRecord, ...]:
 
 def _domain_checks(plan, keys) -> tuple[DomainCheck, ...]:
     """Where each piece reads its real input, and the domain it was fitted on."""
-    from .plan import mlp_input_pair
     out = []
     for atom in plan.atoms.values():
         piece = atom.piece
@@ -110,7 +106,7 @@ def _domain_checks(plan, keys) -> tuple[DomainCheck, ...]:
         for leaf, lo, hi in checks:
             if not (math.isfinite(lo) and math.isfinite(hi)):
                 continue                        # exact on all of R: nothing to check
-            pair = mlp_input_pair(plan.atoms, leaf, atom.id, plan.orient)
+            pair = plan.mlp_input(leaf, atom.id)
             out.append(DomainCheck(piece.label, keys[pair], float(lo), float(hi), int(layer)))
     return tuple(out)
 

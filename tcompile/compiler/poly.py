@@ -34,21 +34,52 @@ class Atom:
     kind: str
     cshape: tuple                      # canonical shape (rows, cols), 'n' for the token axis
     poly: Poly | None = None           # attn: its definition over other atoms
-    node: dict = field(default_factory=dict)   # the graph node's attributes (mlp, const)
+    node: dict = field(default_factory=dict)   # the graph node's attributes (nodes.py)
     name: str | None = None            # program variable or input name, for the manifest
-    symmetric: bool = False
-    piece: object = None               # mlp: the MLP piece computing it (mlp.py)
+    symmetric: bool = False            # equal to its own transpose (see `define`)
+    piece: object = None               # mlp: the MLP piece computing it (pieces.py)
     diag_of: int | None = None         # mlp: this is u ⊙ V for a token vector u (so Vᵀ(u⊙V) is symmetric)
-    inputs: list = field(default_factory=list)   # mlp: atoms its piece reads (leaves, gate)
+    gate: int | None = None            # mlp over tokens: the ones atom its piece's constants ride on
 
     @property
     def is_token(self) -> bool:
         return TOKEN in self.cshape
 
+    @property
+    def inputs(self) -> list[int]:
+        """mlp: the atoms its piece reads (the piece's leaves, then the gate)."""
+        return list(self.piece.inputs) + ([self.gate] if self.gate is not None else [])
+
     def storable(self, transposed: bool) -> bool:
         """Stored blocks have the token axis (if any) as their columns."""
         rows = self.cshape[1] if transposed else self.cshape[0]
         return rows != TOKEN
+
+    def define(self, atoms: "AtomTable", poly: Poly) -> None:
+        """Give an attention atom its definition. Symmetry is structural — the value is its own
+        transpose when it is a scalar or its (square) Poly equals its transpose — and heads,
+        planner and depth pass all read it from here."""
+        self.poly = poly
+        self.symmetric = self.cshape == (1, 1) or (
+            self.cshape[0] == self.cshape[1] and poly_is_symmetric(atoms, poly))
+
+
+class AtomTable(dict):
+    """atom id → Atom, in dependency order (an atom after everything its definition reads),
+    plus the constants that heads and pieces treat specially:
+
+    inv_n   the 1/n atom: a runtime scalar, which a head may also read as an I/n block
+    ones    the row of ones: token-shaped MLP pieces take their constants (biases) from it
+    """
+
+    def __init__(self, items=(), inv_n: int | None = None, ones: int | None = None):
+        super().__init__(items)
+        self.inv_n = inv_n
+        self.ones = ones
+
+    def restricted(self, keep) -> "AtomTable":
+        """The same table with only the atoms in `keep` (order and constants preserved)."""
+        return AtomTable(((a, atom) for a, atom in self.items() if a in keep), self.inv_n, self.ones)
 
 
 def dims(atoms: dict[int, Atom], f: Factor) -> tuple:

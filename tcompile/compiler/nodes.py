@@ -1,0 +1,58 @@
+"""Every attribute a dataflow-graph node carries, in one place (as tracr's nodes.py does).
+
+The dataflow graph (dataflow.py) is a networkx DiGraph whose node ids are ints and whose
+node attributes are the entries below. Values are *canonical matrices*: every value is 2-D
+(a scalar is 1×1, a vector [k] is k×1, a token vector [n] is n×1, token data [n, k] is n×k;
+TOKEN = 'n' stands for the runtime token count). The lowering (lower.py) copies a node's
+attributes into its Atom's `node` dict, so the same names are read there too.
+
+Operations (attribute OP), with their arguments (attribute ARGS, node ids) and meaning:
+
+    input     -           a program input (NAME; SYMMETRIC, SIGN, FLAG; LO/HI if bounded)
+    const     -           compile-time scalar VALUE, 1×1
+    n, inv_n  -           the token count and its reciprocal: runtime scalars the encoder writes
+    ones      -           the n×1 column of ones (a constant row of the embedding)
+    eye       -           the identity, K rows (None until it meets a square matrix)
+    matmul    a, b        a @ b
+    T         a           aᵀ
+    add       a, b        a + b
+    scale     a           C · a for a compile-time C
+    smul      a, s        a · s for a runtime scalar s (1×1)
+    ewmul     a, b        elementwise product (per-token broadcast allowed); TOL
+    call      a           FUNC(a; *FARGS) elementwise, fitted on DOMAIN within TOL
+"""
+from __future__ import annotations
+
+OPS = frozenset({"input", "const", "n", "inv_n", "ones", "eye", "matmul", "T", "add", "scale",
+                 "smul", "ewmul", "call"})
+
+# attribute → what it holds. Every node has the first four.
+OP = "op"                # str, one of OPS
+ARGS = "args"            # tuple of argument node ids (its in-edges, in order)
+CSHAPE = "cshape"        # (rows, cols), ints or TOKEN; None for a still-unsized c·I
+LOC = "loc"              # SourceLocation of the program text it came from, or None
+NAME = "name"            # input: the input's name
+SYMMETRIC = "symmetric"  # input: declared symmetric (so stored once, either orientation)
+SIGN = "sign"            # input: entries are ±1 (an exact MLP gate)
+FLAG = "flag"            # input: entries are 0/1 (an exact MLP gate)
+LO, HI = "lo", "hi"      # the checker's interval bounds on every entry (MLP domains)
+VALUE = "value"          # const: the number
+K = "k"                  # eye: its size (None: unsized)
+C = "c"                  # scale: the compile-time coefficient
+FUNC = "func"            # call: the scalar function's name (language/functions.py)
+FARGS = "fargs"          # call: extra constant arguments (clip's bounds)
+DOMAIN = "domain"        # call: the declared `on [lo, hi]`, or the argument's bounds, or None
+TOL = "tol"              # call/ewmul: the statement's (or call's) error budget, or None
+VARS = "vars"            # the program variables this value is, as name@assignment-count
+CARRIED = "carried"      # True: a loop's state, handed to the next iteration (always stored)
+
+ATTRIBUTES = frozenset({OP, ARGS, CSHAPE, LOC, NAME, SYMMETRIC, SIGN, FLAG, LO, HI, VALUE, K, C,
+                        FUNC, FARGS, DOMAIN, TOL, VARS, CARRIED})
+REQUIRED = (OP, ARGS, CSHAPE, LOC)
+
+
+def undocumented(attrs: dict) -> set[str]:
+    """Attributes of a node that this module does not document (a test keeps it empty), plus
+    any required one that is missing."""
+    return (set(attrs) - ATTRIBUTES) | {a for a in REQUIRED if a not in attrs} | (
+        {f"op={attrs.get(OP)!r}"} if attrs.get(OP) not in OPS else set())

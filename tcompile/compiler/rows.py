@@ -1,0 +1,175 @@
+"""Rows: which rows of the embedding hold each stored block, and when.
+
+A linear scan over the blocks in write order with liveness: a block's rows are free once its
+last reader has run. A writer that lands on rows still holding a dead value subtracts it in
+the same sublayer — a head (merged with an identical monomial when the dead value is the
+variable's own previous value: that is an in-place update), or ReLU pairs in an MLP — so no
+sublayer is ever spent on clearing. Attention can clear only what fits in the identity block
+(the subtraction head is I Iᵀ old), so it reuses only such rows.
+
+The constant identity blocks [I 0] and [I/n 0] are allocated here like any block, as
+pseudo atoms with the ids below.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from .heads import HeadTerm, Operand, Realization
+from .orient import Pair, mlp_input_pair, pair_rows
+from .poly import Atom, AtomTable
+from .schedule import ENCODER, Schedule, written_by_mlp
+
+# Pseudo atom ids of the constant identity blocks. Negative, so at time 0 they sort before
+# every graph node in the allocator's (write time, pair) order, which fixes their rows.
+IDENTITY_BLOCK = -1              # [I 0]
+IDENTITY_OVER_N_BLOCK = -2       # [I/n 0]
+AFTER_LAST_SUBLAYER = 10**9      # the "last read" of an output: it is read after the last layer
+
+
+@dataclass
+class Slot:
+    pair: Pair
+    rows: list[int]
+    write: int                    # sublayer that writes it (0: the encoder)
+    last_read: int                # last sublayer that reads it (AFTER_LAST_SUBLAYER: an output)
+
+
+@dataclass
+class Allocation:
+    """The schedule's blocks with rows: also the constant blocks, and the subtraction terms
+    that clear dead values under new writers."""
+    atoms: AtomTable                              # the program's atoms + the identity blocks
+    pairs: set[Pair]
+    write_time: dict[Pair, int]
+    terms: dict[Pair, list[HeadTerm]]             # the schedule's heads + subtraction heads
+    identity_sizes: tuple[int, int]               # rows of [I 0] and [I/n 0] (0: none)
+    slots: dict[Pair, Slot] = field(default_factory=dict)
+    clear_terms: dict[int, list] = field(default_factory=dict)   # MLP sublayer → (old, row idx, new)
+    width: int = 0
+
+
+def identity_sizes(atoms: AtomTable, s: Schedule) -> tuple[int, int]:
+    """Sizes of the [I 0] and [I/n 0] blocks the heads read; small MLP pieces also take their
+    constants from the identity rows (one per column of the value)."""
+    operands = [o for ts in s.terms.values() for t in ts for o in t.real.operands()]
+    gate_sizes = [pair_rows(atoms, (a, not s.orient[a])) for a, atom in atoms.items()
+                  if atom.kind == "mlp" and not atom.is_token]
+    eye = max([o.k for o in operands if o.kind == "eye"] + gate_sizes, default=0)
+    eye_inv_n = max((o.k for o in operands if o.kind == "eye_inv_n"), default=0)
+    return eye, eye_inv_n
+
+
+def with_constant_blocks(atoms: AtomTable, s: Schedule, sizes: tuple[int, int]) -> Allocation:
+    """The allocation's starting point: the schedule's blocks plus the identity blocks."""
+    table = atoms.restricted(atoms)
+    pairs, write_time = set(s.pairs), dict(s.write_time)
+    for pseudo, size, op in ((IDENTITY_BLOCK, sizes[0], "eye"),
+                             (IDENTITY_OVER_N_BLOCK, sizes[1], "eye_inv_n")):
+        if size:
+            table[pseudo] = Atom(pseudo, "const", (size, size), node={"op": op})
+            pairs.add((pseudo, False))
+            write_time[(pseudo, False)] = ENCODER
+    terms = {p: [replace(t) for t in ts] for p, ts in s.terms.items()}
+    return Allocation(table, pairs, write_time, terms, sizes)
+
+
+def last_reads(al: Allocation, atoms: AtomTable, orient, outputs: dict[str, int],
+               identity_size: int) -> dict[Pair, int]:
+    """The last sublayer that reads each block (its write time if none does)."""
+    last = {p: al.write_time[p] for p in al.pairs}
+    over_n = (IDENTITY_OVER_N_BLOCK, False)
+    for p, ts in al.terms.items():
+        t = al.write_time[p]
+        for term in ts:
+            for q in term.real.needs():
+                last[q] = max(last[q], t)
+            if any(o.kind == "eye_inv_n" for o in term.real.operands()):
+                last[over_n] = max(last[over_n], t)
+    if identity_size:
+        last[(IDENTITY_BLOCK, False)] = AFTER_LAST_SUBLAYER     # subtraction heads may need it any time
+    for a, atom in atoms.items():
+        if atom.kind == "mlp":
+            t = al.write_time[(a, orient[a])]
+            for arg in atom.inputs:
+                q = mlp_input_pair(atoms, arg, a, orient)
+                last[q] = max(last[q], t)
+    for o in outputs.values():
+        last[(o, orient[o])] = AFTER_LAST_SUBLAYER
+    return last
+
+
+def allocate(atoms: AtomTable, s: Schedule, outputs: dict[str, int]) -> Allocation:
+    sizes = identity_sizes(atoms, s)
+    al = with_constant_blocks(atoms, s, sizes)
+    last = last_reads(al, atoms, s.orient, outputs, sizes[0])
+    # a constant no head or piece reads (1/n when the I/n block serves) is not encoded
+    al.pairs -= {q for q in al.pairs if al.atoms[q[0]].kind == "const" and last[q] == ENCODER}
+    occupant: list[Pair | None] = []       # row → the block there now (or None)
+    for p in sorted(al.pairs, key=lambda p: (al.write_time[p], p)):
+        t = al.write_time[p]
+        rows = _choose_rows(al, p, occupant, last, sizes[0])
+        while len(rows) < pair_rows(al.atoms, p):
+            occupant.append(None)
+            rows.append(len(occupant) - 1)
+        if t > ENCODER:
+            _subtract_previous(al, p, rows, occupant)
+        for r in rows:
+            occupant[r] = p
+        al.slots[p] = Slot(p, rows, t, last[p])
+    al.width = len(occupant)
+    return al
+
+
+def _choose_rows(al: Allocation, p: Pair, occupant, last, identity_size: int) -> list[int]:
+    """Free rows for p, preferring the rows of the value it overwrites in place (its own
+    previous value: an X of its heads of the same size, still whole in its rows)."""
+    t, need = al.write_time[p], pair_rows(al.atoms, p)
+    by_attention = t > ENCODER and not written_by_mlp(t)
+    free = [r for r, q in enumerate(occupant) if q is None or (
+        t > ENCODER and last[q] <= t and al.write_time[q] < t
+        and (not by_attention or pair_rows(al.atoms, q) <= identity_size))]
+    own = [q for term in al.terms.get(p, []) if term.real.x is not None and term.real.x.kind == "atom"
+           for q in [(term.real.x.atom, term.real.x.transposed)]
+           if q in al.slots and pair_rows(al.atoms, q) == need
+           and set(al.slots[q].rows) <= set(free)
+           and all(occupant[r] == q for r in al.slots[q].rows)]
+    if own:
+        return list(al.slots[own[0]].rows)
+    free.sort(key=lambda r: (occupant[r] is not None, r))
+    return free[:need]
+
+
+def _subtract_previous(al: Allocation, p: Pair, rows: list[int], occupant) -> None:
+    """The writer removes the dead value under its rows: delta = new − old."""
+    olds: dict[Pair, list[int]] = {}
+    for r in rows:
+        q = occupant[r]
+        if q is not None:
+            olds.setdefault(q, []).append(al.slots[q].rows.index(r))
+    if not olds:
+        return
+    t = al.write_time[p]
+    if written_by_mlp(t):                    # an MLP writer clears with ReLU pairs
+        al.clear_terms.setdefault(t, []).extend((q, tuple(idx), p) for q, idx in olds.items())
+        return
+    for q, idx in olds.items():
+        k = pair_rows(al.atoms, q)
+        if list(idx) == list(range(k)) and al.slots[q].rows == rows:
+            # in place: merge with a term that copies q into the same rows, if any
+            copy = next((term for term in al.terms[p] if term.x_rows is None
+                         and _copies(term.real, q)), None)
+            if copy is not None:
+                copy.coef -= 1.0
+                continue
+        real = Realization(Operand("eye", k=k), Operand("eye", k=k), Operand("atom", q[0], q[1]))
+        al.terms[p].append(HeadTerm(real, -1.0, q, tuple(idx)))
+
+
+def _copies(real: Realization, q: Pair) -> bool:
+    """Does this head compute exactly the stored block q (X=q, Y=Z=I or X=Y=I, Z=q)?"""
+    if real.split:
+        return False
+    x, y, z = real.x, real.y, real.z
+    as_q = Operand("atom", q[0], q[1])
+    return (x == as_q and y.kind == "eye" and z.kind == "eye") or \
+        (x.kind == "eye" and y.kind == "eye" and z == as_q)

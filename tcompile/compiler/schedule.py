@@ -1,0 +1,163 @@
+"""Schedule: the layer each stored block is written in.
+
+Time is counted in sublayers: 0 is the encoder, 2L−1 the attention of layer L, 2L its MLP.
+A block's *ready* layer is the layer that writes it (0 for the encoder's). The two rules
+below are the only place the machine's timing is written down; the depth pass (depth.py)
+applies them to atoms before orientations exist, the schedule here to stored blocks:
+
+  * attention of layer L reads the residual stream as layer L−1 left it, so an attention
+    atom goes one layer after the latest block it reads;
+  * the MLP of layer L reads what the attention of layer L wrote, so an MLP atom rides in
+    the layer that produced its inputs — but a value written by an MLP is read a layer on.
+
+ASAP places every block as early as these allow; `delay` then moves attention atoms as late
+as their readers allow (depth unchanged), so a loop variable dies where its successor is
+written and its rows are reused in place.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from ..errors import CompileError
+from .heads import HeadTerm, Operand, Realization
+from .orient import HeadOptions, OrientationCost, Pair, mlp_input_pair, pair_rows
+from .poly import Atom, AtomTable
+
+ENCODER = 0                      # the sublayer "time" of the encoder's writes
+
+
+def attention_time(layer: int) -> int:
+    return 2 * layer - 1
+
+
+def mlp_time(layer: int) -> int:
+    return 2 * layer
+
+
+def written_by_mlp(time: int) -> bool:
+    return time > ENCODER and time % 2 == 0
+
+
+def attention_layer(read_ready: Iterable[int]) -> int:
+    """The first layer whose attention can read blocks ready at these layers."""
+    return 1 + max(read_ready, default=0)
+
+
+def mlp_layer(reads: Iterable[tuple[int, bool]]) -> int:
+    """The first layer whose MLP can read inputs given as (ready layer, written by an MLP)."""
+    return max([1] + [ready + int(by_mlp) for ready, by_mlp in reads])
+
+
+def latest_write_layer(reader_layer: int, reader_time: int) -> int:
+    """The last layer a block may be written in and still be read by this reader."""
+    return reader_layer - (0 if written_by_mlp(reader_time) else 1)
+
+
+@dataclass
+class Schedule:
+    """Where every stored block (atom, orientation) is written and how attention makes it."""
+    orient: dict[int, bool]
+    pairs: set[Pair]
+    ready: dict[Pair, int]                       # the layer that writes it
+    write_time: dict[Pair, int]                  # the sublayer that writes it
+    terms: dict[Pair, list[HeadTerm]]            # heads for attention-written blocks
+    n_layers: int
+
+
+def _transpose_head(atoms: AtomTable, src: Pair, dest: Pair) -> HeadTerm:
+    """dest = srcᵀ by one head: I (src)ᵀ I."""
+    real = Realization(Operand("eye", k=pair_rows(atoms, dest)), Operand("atom", *src),
+                       Operand("eye", k=pair_rows(atoms, src)))
+    return HeadTerm(real, 1.0, dest)
+
+
+class AsapScheduler:
+    """Places every block in the first layer the timing rules allow."""
+
+    def __init__(self, atoms: AtomTable, options: HeadOptions, outputs: dict[str, int]):
+        self.atoms = atoms
+        self.options = options
+        self.outputs = outputs
+
+    def __call__(self, orient: dict[int, bool]) -> Schedule:
+        cost, pairs, choice = OrientationCost(self.atoms, self.options)(orient)
+        if cost == float("inf"):
+            raise CompileError("no assignment of stored orientations lets every product be computed "
+                               "by one head (please report this program)")
+        s = Schedule(orient, pairs, {}, {}, {}, 0)
+        for a, atom in self.atoms.items():            # dependency order
+            mine = sorted(p for p in pairs if p[0] == a)
+            if atom.kind in ("input", "const"):
+                for p in mine:
+                    s.ready[p], s.write_time[p] = ENCODER, ENCODER
+            elif atom.kind == "mlp":
+                self._place_mlp(s, atom, mine)
+            else:
+                self._place_attention(s, atom, mine, choice)
+        out_layers = [s.ready[(o, orient[o])] for o in self.outputs.values()]
+        s.n_layers = max([1, *out_layers, *s.ready.values()])
+        return s
+
+    def _place_mlp(self, s: Schedule, atom: Atom, mine: list[Pair]) -> None:
+        reads = [mlp_input_pair(self.atoms, arg, atom.id, s.orient) for arg in atom.inputs]
+        layer = mlp_layer((s.ready[q], written_by_mlp(s.write_time[q])) for q in reads)
+        primary = (atom.id, s.orient[atom.id])
+        s.ready[primary], s.write_time[primary] = layer, mlp_time(layer)
+        for p in mine:        # an MLP cannot write a transpose: a head does, a layer on
+            if p != primary:
+                s.ready[p], s.write_time[p] = layer + 1, attention_time(layer + 1)
+                s.terms[p] = [_transpose_head(self.atoms, primary, p)]
+
+    def _place_attention(self, s: Schedule, atom: Atom, mine: list[Pair], choice) -> None:
+        a = atom.id
+        layer = attention_layer(s.ready[q] for m in atom.poly for q in choice[(a, m)].needs())
+        primary = (a, s.orient[a])
+        s.ready[primary], s.write_time[primary] = layer, attention_time(layer)
+        s.terms[primary] = [HeadTerm(choice[(a, m)], c, primary) for m, c in atom.poly.items()]
+        for p in mine:
+            if p != primary:
+                self._place_other_orientation(s, atom, p, layer)
+
+    def _place_other_orientation(self, s: Schedule, atom: Atom, p: Pair, layer: int) -> None:
+        """The second stored orientation of an atom: from its own definition in the same layer
+        when every monomial allows it, else by transposing the stored block a layer later."""
+        same = []
+        for m, c in atom.poly.items():
+            opts = [r for r in self.options(m, atom, p[1])
+                    if r.needs() <= s.pairs and all(q in s.ready and s.ready[q] < layer
+                                                    for q in r.needs())]
+            if not opts:
+                break
+            same.append(HeadTerm(opts[0], c, p))
+        else:
+            s.ready[p], s.write_time[p], s.terms[p] = layer, attention_time(layer), same
+            return
+        s.ready[p], s.write_time[p] = layer + 1, attention_time(layer + 1)
+        s.terms[p] = [_transpose_head(self.atoms, (atom.id, not p[1]), p)]
+
+
+def delay(atoms: AtomTable, s: Schedule, outputs: dict[str, int]) -> None:
+    """ALAP: move each attention atom to the last layer its readers allow (depth unchanged).
+
+    A loop variable computed early stays alive beside its successor; computed late, it dies
+    where the next one is written, so its rows are reused in place."""
+    readers: dict[Pair, list[Pair]] = {}
+    for c, ts in s.terms.items():
+        for term in ts:
+            for q in term.real.needs():
+                readers.setdefault(q, []).append(c)
+    for a, atom in atoms.items():
+        if atom.kind == "mlp":
+            for arg in atom.inputs:
+                readers.setdefault(mlp_input_pair(atoms, arg, a, s.orient), []).append((a, s.orient[a]))
+    out_pairs = {(o, s.orient[o]) for o in outputs.values()}
+    for a in reversed(list(atoms)):
+        mine = [p for p in s.pairs if p[0] == a]
+        if atoms[a].kind != "attn" or len(mine) != 1:
+            continue
+        p = mine[0]
+        latest = min((latest_write_layer(s.ready[c], s.write_time[c]) for c in readers.get(p, [])),
+                     default=s.n_layers if p in out_pairs else s.ready[p])
+        if latest > s.ready[p]:
+            s.ready[p], s.write_time[p] = latest, attention_time(latest)
