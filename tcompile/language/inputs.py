@@ -68,11 +68,7 @@ def _check_names(decls: dict, inputs: dict, walker: Walker) -> None:
 def _checked_array(name: str, raw, shape: tuple, sizes: _Sizes) -> np.ndarray:
     """One input as float64, its shape checked against the declaration (a leading batch axis
     allowed) and against the batch size and n of the inputs before it; finite."""
-    try:
-        arr = np.asarray(raw, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InputError(f"input '{name}' must be numeric with shape {fmt_shape(shape)}, "
-                         f"got {type(raw).__name__}") from None
+    arr = _real_array(name, raw, shape)
     rank = len(shape)
     if arr.ndim not in (rank, rank + 1):
         raise InputError(f"input '{name}' must have shape {fmt_shape(shape)} (optionally with a "
@@ -98,6 +94,51 @@ def _checked_array(name: str, raw, shape: tuple, sizes: _Sizes) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise InputError(f"input '{name}' contains NaN or infinity")
     return arr
+
+
+_REAL_KINDS = "fiub"     # numpy dtype kinds taken as real numbers (bool: 0/1 flags)
+
+
+def _real_array(name: str, raw, shape: tuple) -> np.ndarray:
+    """`raw` as float64, refusing what numpy would convert with a loss or a guess: complex
+    numbers (numpy drops the imaginary part with only a warning) and text (numpy parses
+    '1.5'). A torch tensor is read through `detach()`: `run` returns arrays, so no gradient
+    could flow back anyway, and a tensor that requires grad cannot be read otherwise."""
+    if hasattr(raw, "detach") and hasattr(raw, "cpu"):          # a torch tensor, any device
+        raw = raw.detach().cpu()
+        if getattr(raw, "is_complex", lambda: False)():
+            raise _complex_error(name, str(raw.dtype).replace("torch.", ""))
+        raw = raw.numpy()
+    try:
+        arr = np.asarray(raw)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"input '{name}' must be numeric with shape {fmt_shape(shape)}, "
+                         f"got {type(raw).__name__} ({e})") from None
+    if arr.dtype.kind == "O":
+        odd = [v for v in arr.ravel() if isinstance(v, (complex, np.complexfloating))
+               or not isinstance(v, (int, float, np.number))][:1]
+        if odd:
+            odd = odd[0]
+            kind = "complex" if isinstance(odd, (complex, np.complexfloating)) else type(odd).__name__
+            raise InputError(f"input '{name}' must be real numbers with shape {fmt_shape(shape)}, "
+                             f"got an entry of type {kind}: {odd!r:.40}")
+    elif arr.dtype.kind == "c":
+        raise _complex_error(name, str(arr.dtype))
+    elif arr.dtype.kind not in _REAL_KINDS:
+        raise InputError(f"input '{name}' must be real numbers with shape {fmt_shape(shape)}, got "
+                         f"an array of {_kind_words(arr.dtype)} (dtype {arr.dtype.str}); convert "
+                         f"it to numbers first, e.g. numpy.asarray(x, dtype=float)")
+    return arr.astype(np.float64)
+
+
+def _complex_error(name: str, dtype: str) -> InputError:
+    return InputError(f"input '{name}' is complex ({dtype}); programs compute with real numbers "
+                      f"only: pass its real part (x.real) if that is what is meant")
+
+
+def _kind_words(dtype: np.dtype) -> str:
+    return {"U": "strings", "S": "bytes", "M": "dates", "m": "time spans",
+            "V": "raw records"}.get(dtype.kind, f"{dtype.kind!r} values")
 
 
 def _check_assumption(name: str, arr: np.ndarray, q: ast.Qualifier, walker: Walker):

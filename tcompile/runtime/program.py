@@ -120,6 +120,7 @@ class CompiledProgram:
 
     def encode(self, dtype=torch.float64, device="cpu", **inputs) -> torch.Tensor:
         """Named inputs → x of shape (batch, n, D); a batch axis of 1 is added if none was given."""
+        dtype, device = run_options(dtype, device, "encode")
         return self.encode_inputs(self.prepare_inputs(inputs), dtype, device)
 
     def encode_inputs(self, inputs: ValidatedInputs, dtype=torch.float64, device="cpu") -> torch.Tensor:
@@ -147,7 +148,7 @@ class CompiledProgram:
     # ---- run -------------------------------------------------------------------------------
     def run(self, dtype="float64", device="cpu", **inputs) -> dict[str, np.ndarray]:
         """Encode, run the transformer, decode. A leading batch axis on the inputs is optional."""
-        tdtype = _DTYPES[str(dtype).replace("torch.", "")]
+        tdtype, device = run_options(dtype, device, "run")
         prepared = self.prepare_inputs(inputs)
         x = self.encode_inputs(prepared, tdtype, device)
         with torch.no_grad():
@@ -196,9 +197,39 @@ class CompiledProgram:
         return self.save(Path(directory) / self.name)
 
 
+def run_options(dtype, device, method: str) -> tuple[torch.dtype, torch.device]:
+    """`dtype` and `device` of run/encode checked before any work, as InputErrors that say what
+    is accepted (not a bare KeyError or torch's AssertionError). A dict in the dtype slot is
+    the inputs passed positionally: say to pass them by name."""
+    if isinstance(dtype, dict):
+        raise InputError(f"{method}() takes the inputs by name: prog.{method}(**inputs) or "
+                         f"prog.{method}(A=..., ...), not a dict as its first argument "
+                         f"(which is the dtype)")
+    name = str(dtype).replace("torch.", "")
+    if not isinstance(dtype, (str, torch.dtype)):
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:
+            pass
+    if name not in _DTYPES:
+        raise InputError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(f"device must be 'cpu', 'cuda' or 'cuda:K', got {device!r}") from None
+    if dev.type != "cpu":
+        try:
+            torch.empty(0, device=dev)
+        except (RuntimeError, AssertionError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InputError(f"device {str(dev)!r} is not usable here ({first}); use device='cpu'"
+                             ) from None
+    return _DTYPES[name], dev
+
+
 def load(path) -> CompiledProgram:
     """Load an artifact written by `CompiledProgram.save` (PATH, PATH.json or PATH.safetensors)."""
     return CompiledProgram.load(path)
 
 
-__all__ = ["CompiledProgram", "load"]
+__all__ = ["CompiledProgram", "load", "run_options"]
