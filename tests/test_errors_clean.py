@@ -99,3 +99,26 @@ def test_numpy_and_torch_dtypes_are_accepted(prog):
     a = prog.run(dtype=np.float32, **data)["w"]
     b = prog.run(dtype=torch.float32, **data)["w"]
     np.testing.assert_array_equal(a, b)
+
+
+def _located(source: str):
+    with pytest.raises(ProgramError) as e:
+        from tcompile.language.checker import check_program
+        check_program(parse_source(source, "big.tp"))
+    return e.value
+
+
+def test_a_flat_ten_thousand_term_sum_is_too_long_at_its_expression():
+    body = "x = A\nrepeat 2 {\n  x = x + A\n}\nw = " + " + ".join(["y"] * 10_000) + "\n"
+    err = _located(PROGRAM.replace("w = A.T @ y / n\n", body))
+    assert (err.line, err.column) == (10, 5)
+    assert "too long (9999 operators" in err.message and "nested" not in err.message
+
+
+def test_deep_nesting_is_located_at_its_expression_inside_a_loop():
+    deep = "-" * 5000 + "y"
+    body = f"x = A\nrepeat 2 {{\n  x = x + A\n  v = {deep}\n}}\nw = A.T @ y / n\n"
+    err = _located(PROGRAM.replace("w = A.T @ y / n\n", body))
+    assert (err.line, err.column) == (9, 7)
+    assert "nested too deeply (5000 levels" in err.message
+    assert "v = ---" in err.format()                           # the offending line is shown

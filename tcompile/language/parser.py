@@ -12,6 +12,7 @@ import lark
 from lark import Lark, Transformer, v_args
 
 from . import ast
+from .nesting import too_deep  # noqa: F401  (the checker imports it from here)
 from ..errors import ProgramError, ProgramSyntaxError, SourceLocation, TcompileError
 
 _TOKEN_WORDS = {
@@ -195,10 +196,6 @@ def parse_source(source: str, file: str = "<string>") -> ast.Program:
         raise too_deep(file, source) from None
 
 
-def too_deep(file: str, source: str) -> ProgramError:
-    return ProgramError("an expression is nested too deeply (hundreds of levels)",
-                        SourceLocation(file, 1, 1), expected="shorter expressions: use more statements",
-                        source=source)
 
 
 def _build_program(tree, file: str, source: str) -> ast.Program:
