@@ -38,12 +38,27 @@ def emit(plan: Plan, outputs: dict[str, int]) -> tuple[list[LayerWeights], list[
     """(weights per layer, the stored blocks in write order, block key per stored pair)."""
     keys = _block_keys(plan)
     blocks = _blocks(plan, outputs, keys)
+    writers = _writers_by_time(plan)
     layers = []
     for layer in range(1, plan.n_layers + 1):
-        W_K, W_Q, W_V, labels = _attention_weights(plan, attention_time(layer), keys)
-        W_1, W_2 = _mlp_weights(plan, mlp_time(layer))
+        t_att, t_mlp = attention_time(layer), mlp_time(layer)
+        W_K, W_Q, W_V, labels = _attention_weights(plan, writers.get(t_att, []), keys)
+        W_1, W_2 = _mlp_weights(plan, writers.get(t_mlp, []), t_mlp)
         layers.append(LayerWeights(W_K, W_Q, W_V, W_1, W_2, labels))
     return layers, blocks, keys
+
+
+def _writers_by_time(plan: Plan) -> dict[int, list]:
+    """Sublayer → what it writes: (pair, head terms) in sorted pair order for attention,
+    MLP atoms in dependency order — grouped once, so emission is linear in the program."""
+    by_time: dict[int, list] = {}
+    for pair, terms in sorted(plan.terms.items()):
+        by_time.setdefault(plan.write_time[pair], []).append((pair, terms))
+    for a, atom in plan.atoms.items():
+        pair = (a, plan.orient.get(a))
+        if atom.kind == "mlp" and pair in plan.write_time:
+            by_time.setdefault(plan.write_time[pair], []).append(atom)
+    return by_time
 
 
 def _in_write_order(plan: Plan):
@@ -86,13 +101,11 @@ def _operand_rows(plan: Plan, op: Operand) -> list[int]:
     return rows if op.row is None else [rows[op.row]]
 
 
-def _heads_of(plan: Plan, t_att: int) -> list:
-    """The terms written at this attention sublayer, grouped into heads by their (K, Q)
+def _heads_of(written: list) -> list:
+    """The terms written at one attention sublayer, grouped into heads by their (K, Q)
     operands; a row-split term contributes one part per output row."""
     groups: dict = {}
-    for pair, terms in sorted(plan.terms.items()):
-        if plan.write_time[pair] != t_att:
-            continue
+    for _pair, terms in written:
         for term in terms:
             if term.real.split:          # one head per row: (part, output row)
                 for part, r in term.real.split:
@@ -103,8 +116,8 @@ def _heads_of(plan: Plan, t_att: int) -> list:
     return list(groups.items())
 
 
-def _attention_weights(plan: Plan, t_att: int, keys: dict):
-    heads = _heads_of(plan, t_att)
+def _attention_weights(plan: Plan, written: list, keys: dict):
+    heads = _heads_of(written)
     D = plan.width
     dk = max((len(_operand_rows(plan, y)) for (y, _), _ in heads), default=1)
     W_K, W_Q, W_V = np.zeros((len(heads), dk, D)), np.zeros((len(heads), dk, D)), \
@@ -155,14 +168,12 @@ def _gate_rows(plan: Plan, atom, pair) -> list[int]:
     return plan.slots[(IDENTITY_BLOCK, False)].rows[:cols]
 
 
-def _mlp_weights(plan: Plan, t_mlp: int):
+def _mlp_weights(plan: Plan, written: list, t_mlp: int):
     """The pieces written in this MLP sublayer, plus clears of dead values under their rows
     (ReLU(u) − ReLU(−u) = u, subtracted)."""
     units = []       # (W_1 entries {row: w}, W_2 entries {row: c})
-    for a, atom in plan.atoms.items():
-        pair = (a, plan.orient.get(a))
-        if atom.kind != "mlp" or plan.write_time.get(pair) != t_mlp:
-            continue
+    for atom in written:
+        a, pair = atom.id, (atom.id, plan.orient[atom.id])
 
         def rows_of(arg, a=a):
             return plan.slots[plan.mlp_input(arg, a)].rows

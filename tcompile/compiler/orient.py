@@ -89,9 +89,11 @@ class OrientationCost:
 
 def choose_orientations(atoms: AtomTable, options: HeadOptions) -> dict[int, bool]:
     """Token values have the token axis as columns; every other free atom starts where its own
-    definition has heads at all, then takes its cheapest orientation given the others, then
-    single flips improve the total while they can (at most 4 rounds)."""
-    cost = OrientationCost(atoms, options)
+    definition has heads at all, then takes its cheapest orientation given the others (ties:
+    as stored), then single flips improve the total while they can (at most 4 rounds). The
+    cost is kept up to date flip by flip (orient_search.py), so this is linear in the
+    program, not quadratic."""
+    from .orient_search import IncrementalCost
     orient = {a: atom.cshape[0] == TOKEN for a, atom in atoms.items()}
     free = [a for a, atom in atoms.items()
             if not atom.is_token and not atom.symmetric and atom.cshape != (1, 1)
@@ -101,15 +103,21 @@ def choose_orientations(atoms: AtomTable, options: HeadOptions) -> dict[int, boo
         if atom.kind == "attn" and not all(options(m, atom, orient[a]) for m in atom.poly) \
                 and all(options(m, atom, not orient[a]) for m in atom.poly):
             orient[a] = not orient[a]
+    search = IncrementalCost(atoms, options, orient)
     for a in free:
-        orient[a] = min((False, True), key=lambda t: cost({**orient, a: t})[0])
+        before = search.orient[a]
+        costs = {before: search.cost}
+        costs[not before] = search.flip(a)
+        if min((False, True), key=costs.__getitem__) == before:
+            search.flip(a)
     improved, rounds = True, 0
     while improved and rounds < 4:
         improved, rounds = False, rounds + 1
-        current = cost(orient)[0]
+        current = search.cost
         for a in free:
-            trial = {**orient, a: not orient[a]}
-            c = cost(trial)[0]
+            c = search.flip(a)
             if c < current:
-                orient, current, improved = trial, c, True
-    return orient
+                current, improved = c, True
+            else:
+                search.flip(a)
+    return search.orient

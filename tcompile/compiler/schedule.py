@@ -65,6 +65,14 @@ class Schedule:
     n_layers: int
 
 
+def pairs_by_atom(pairs) -> dict[int, list[Pair]]:
+    """Each atom's stored blocks (one or both orientations), sorted."""
+    out: dict[int, list[Pair]] = {}
+    for p in sorted(pairs):
+        out.setdefault(p[0], []).append(p)
+    return out
+
+
 def _transpose_head(atoms: AtomTable, src: Pair, dest: Pair) -> HeadTerm:
     """dest = srcᵀ by one head: I (src)ᵀ I."""
     real = Realization(Operand("eye", k=pair_rows(atoms, dest)), Operand("atom", *src),
@@ -86,8 +94,9 @@ class AsapScheduler:
             raise CompileError("no assignment of stored orientations lets every product be computed "
                                "by one head (please report this program)")
         s = Schedule(orient, pairs, {}, {}, {}, 0)
+        by_atom = pairs_by_atom(pairs)
         for a, atom in self.atoms.items():            # dependency order
-            mine = sorted(p for p in pairs if p[0] == a)
+            mine = by_atom.get(a, [])
             if atom.kind in ("input", "const"):
                 for p in mine:
                     s.ready[p], s.write_time[p] = ENCODER, ENCODER
@@ -152,8 +161,9 @@ def delay(atoms: AtomTable, s: Schedule, outputs: dict[str, int]) -> None:
             for arg in atom.inputs:
                 readers.setdefault(mlp_input_pair(atoms, arg, a, s.orient), []).append((a, s.orient[a]))
     out_pairs = {(o, s.orient[o]) for o in outputs.values()}
+    by_atom = pairs_by_atom(s.pairs)
     for a in reversed(list(atoms)):
-        mine = [p for p in s.pairs if p[0] == a]
+        mine = by_atom.get(a, [])
         if atoms[a].kind != "attn" or len(mine) != 1:
             continue
         p = mine[0]
