@@ -84,9 +84,9 @@ def test_trace_every_row_within_its_tolerance(progs, traces, name):
     assert first_departure(rows) is None
     assert format_trace(rows).splitlines()[-1] == "every traced value matches the interpreter"
     # rows come in time order: (layer, attn before mlp)
-    order = [2 * r["layer"] - (r["sublayer"] == "attn") for r in rows]
+    order = [2 * r["layer"] + (r["sublayer"] == "mlp") for r in rows]
     assert order == sorted(order)
-    assert 1 <= min(r["layer"] for r in rows) and max(r["layer"] for r in rows) == progs[name].n_layers
+    assert min(r["layer"] for r in rows) == 0 and max(r["layer"] for r in rows) == progs[name].n_layers - 1
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -107,7 +107,7 @@ def test_trace_covers_every_stored_variable_and_the_outputs(progs, inputs, trace
         blk = output_block(prog, spec["name"])
         final = max(blk["vars"], key=lambda v: int(v.split("@")[1]))
         assert final.split("@")[0] == spec["name"]
-        last = [r for r in rows if r["variable"] == final and r["layer"] == prog.n_layers]
+        last = [r for r in rows if r["variable"] == final and r["layer"] == prog.n_layers - 1]
         assert last and all(r["block"] == blk["key"] and r["ok"] for r in last), (final, last)
     # the last row of each output measures what run() and the interpreter disagree by
     got = prog.run(**inputs[name])
@@ -115,7 +115,7 @@ def test_trace_covers_every_stored_variable_and_the_outputs(progs, inputs, trace
     for spec in prog.manifest["outputs"]:
         blk = output_block(prog, spec["name"])
         final = max(blk["vars"], key=lambda v: int(v.split("@")[1]))
-        (row,) = [r for r in rows if r["variable"] == final and r["layer"] == prog.n_layers
+        (row,) = [r for r in rows if r["variable"] == final and r["layer"] == prog.n_layers - 1
                   and r["sublayer"] == "mlp"]
         gap = float(np.max(np.abs(got[spec["name"]] - want[spec["name"]])))
         assert row["max_abs_err"] == pytest.approx(gap, rel=1e-6, abs=1e-300), (final, row, gap)
@@ -173,8 +173,8 @@ def test_corrupted_weight_is_found_at_its_layer_and_variable(progs, inputs, trac
     blk = block_with_var(prog, var)
     t = blk["written"]
     assert t % 2 == 1, "written by an attention sublayer"
-    ell = (t + 1) // 2
-    W_V = prog.layers[ell - 1].W_V                       # (heads, D, D): row = the row it writes
+    ell = (t - 1) // 2                                   # layers count from 0, as in the hooks
+    W_V = prog.layers[ell].W_V                       # (heads, D, D): row = the row it writes
     hits = [(h, r, c) for h in range(W_V.shape[0]) for r in blk["rows"] for c in range(W_V.shape[2])
             if W_V[h, r, c] != 0]
     assert hits, f"no head of layer {ell} writes the rows of {var}"
@@ -195,7 +195,7 @@ def test_corrupted_weight_is_found_at_its_layer_and_variable(progs, inputs, trac
     assert before and all(r["ok"] for r in before)
     assert max(r["layer"] for r in before) <= ell
     clean = {(r["layer"], r["sublayer"], r["block"]): r["max_abs_err"] for r in traces[name]}
-    final = [r for r in rows if r["layer"] == prog.n_layers and r["sublayer"] == "mlp"
+    final = [r for r in rows if r["layer"] == prog.n_layers - 1 and r["sublayer"] == "mlp"
              and r["block"] in {o["block"] for o in prog.manifest["outputs"]}]
     assert final and all(r["max_abs_err"] > 10 * clean[(r["layer"], r["sublayer"], r["block"])] + 1e-12
                          for r in final), final
@@ -403,8 +403,8 @@ def check_pictures(paths, stem):
     assert svg.stat().st_size > 5000 and "<svg" in text and text.rstrip().endswith("</svg>")
 
 
-# a couple of weight layers per program, chosen among the quicker ones to draw
-WEIGHT_LAYERS = {"newton_inverse": [1, 2], "least_squares": [2, -1], "newton_logistic": [1, 5]}
+# a couple of weight layers per program (counted from 0), chosen among the quicker ones to draw
+WEIGHT_LAYERS = {"newton_inverse": [0, 1], "least_squares": [1, -1], "newton_logistic": [0, 4]}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -412,7 +412,7 @@ def test_plots_layout_weights_convergence(progs, inputs, name, tmp_path):
     prog = progs[name]
     paths = plots.plot_layout(prog, tmp_path)
     check_pictures(paths, f"{name}_layout")
-    layers = [ell % (prog.n_layers + 1) for ell in WEIGHT_LAYERS[name]]     # -1: the last layer
+    layers = [ell % prog.n_layers for ell in WEIGHT_LAYERS[name]]           # -1: the last layer
     paths = plots.plot_weights(prog, tmp_path, layers)
     assert len(paths) == 2 * len(layers)
     for ell in layers:
@@ -560,10 +560,11 @@ def test_cli_trace_writes_json(artifacts, inputs, traces, tmp_path, capsys):
     assert all(r["ok"] is True for r in rows)
 
 
-def test_cli_convergence_without_inputs_is_a_clear_error(cli):
+def test_cli_convergence_without_inputs_is_a_usage_error(cli):
     r = cli["conv_noinputs"]
-    assert r.returncode == 1, (r.stdout, r.stderr)
-    assert r.stderr.strip() == "error: --what convergence needs --inputs FILE.npz"
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert r.stderr.splitlines()[-1] == ("tcompile: error: --what convergence needs --inputs "
+                                         "FILE.npz (the problems to converge on)")
     assert "wrote" not in r.stdout
     assert not cli["paths"]["noinputs"].exists()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import EXIT_CHECK_FAILED, EXIT_OK, parse_param_overrides
+from .common import EXIT_CHECK_FAILED, EXIT_OK, UsageError, parse_param_overrides
 from ..errors import InputError, TcompileError
 from ..runtime.program import CompiledProgram
 
@@ -24,14 +24,46 @@ def cmd_build(args) -> int:
 
 
 def load_npz(path) -> dict[str, np.ndarray]:
+    """Named arrays from an .npz archive, never unpickling; anything else is an InputError
+    that says what the file is instead (numpy's own message for a non-archive talks about
+    pickles and `allow_pickle`, which is the wrong advice)."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"inputs {str(path)!r} is a directory, not an .npz file")
+    try:
+        with path.open("rb") as f:
+            magic = f.read(6)
+    except FileNotFoundError:
+        raise InputError(f"no inputs file {str(path)!r}") from None
+    except OSError as e:
+        raise InputError(f"cannot read inputs {str(path)!r}: {e.strerror or e}") from None
+    if magic == b"\x93NUMPY":
+        raise InputError(f"inputs {str(path)!r} is a single .npy array, not an .npz archive of "
+                         f"named inputs: write one with numpy.savez(FILE, A=..., y=...)")
+    if not magic.startswith(b"PK"):
+        raise InputError(f"inputs {str(path)!r} is not an npz archive (numpy.savez writes one: "
+                         f"numpy.savez(FILE, A=..., y=...))")
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
-    except FileNotFoundError:
-        raise InputError(f"no inputs file {str(path)!r}") from None
-    except (OSError, ValueError) as e:
-        raise InputError(f"cannot read inputs {str(path)!r} (an .npz written by numpy.savez is "
-                         f"expected): {e}") from None
+    except (OSError, ValueError, EOFError, KeyError) as e:
+        raise InputError(f"cannot read inputs {str(path)!r} as an npz archive of numeric "
+                         f"arrays: {e}") from None
+    except Exception as e:                          # zipfile.BadZipFile and friends
+        raise InputError(f"inputs {str(path)!r} is not a readable npz archive "
+                         f"({type(e).__name__}: {e})") from None
+
+
+def load_artifact(path) -> CompiledProgram:
+    """`CompiledProgram.load`, with a directory explained: artifacts are DIR/NAME pairs."""
+    p = Path(path)
+    if p.is_dir():
+        names = sorted({q.stem for q in p.glob("*.json")})
+        hint = (f"; it holds {', '.join(str(p / n) for n in names[:5])}" if names
+                else "; it holds no artifact (.json + .safetensors)")
+        raise UsageError(f"{str(path)!r} is a directory: pass DIR/NAME, the artifact's path "
+                         f"without suffix (e.g. build/newton_logistic){hint}")
+    return CompiledProgram.load(path)
 
 
 def cmd_run(args) -> int:
@@ -61,6 +93,8 @@ def _save_npz(path: Path, arrays: dict) -> None:
 
 
 def cmd_check(args) -> int:
+    """Compile, run on random valid inputs, compare with the interpreter; print the verdict
+    and a short summary (the full model card is `tcompile report`'s job)."""
     from ..compiler.pipeline import compile_file
     from ..inspection.sampling import sample_inputs
     from ..language.interpreter import interpret_program
@@ -71,18 +105,36 @@ def cmd_check(args) -> int:
     got = prog.run(**inputs)
     want = interpret_program(prog.program, params, **inputs)
     rtol = args.rtol if args.rtol is not None else _check_tolerance(prog, inputs, want)
-    print(prog.report_text())
-    print(f"\ncompiled (float64) vs interpreter on {args.batch} random problems, n = {n}, "
-          f"seed {args.seed}; tolerance {rtol:.1e} (relative, max over the batch)")
-    print("  output        max abs err    rel err      ok")
-    ok = True
-    for name in want:
-        err = float(np.max(np.abs(got[name] - want[name])))
-        rel = err / max(float(np.max(np.abs(want[name]))), 1e-300)
-        good = bool(rel <= rtol)
-        ok &= good
-        print(f"  {name:<12}  {err:11.3e}  {rel:11.3e}   {'yes' if good else 'NO'}")
-    return EXIT_OK if ok else EXIT_CHECK_FAILED
+    rows = [_compare(name, got[name], want[name], rtol) for name in want]
+    print(_check_summary(prog, args, n, rtol, rows))
+    return EXIT_OK if all(r[3] for r in rows) else EXIT_CHECK_FAILED
+
+
+def _compare(name: str, got, want, rtol: float) -> tuple[str, float, float, bool]:
+    err = float(np.max(np.abs(got - want))) if np.size(want) else 0.0
+    rel = err / max(float(np.max(np.abs(want))) if np.size(want) else 0.0, 1e-300)
+    return name, err, rel, bool(rel <= rtol)
+
+
+def _check_summary(prog, args, n: int, rtol: float, rows) -> str:
+    from ..inspection.report import summary_line
+    bad = [r[0] for r in rows if not r[3]]
+    worst = max((r[2] for r in rows), default=0.0)
+    verdict = (f"PASS: every output within {rtol:.1e} of the interpreter (worst relative error "
+               f"{worst:.2e})" if not bad else
+               f"FAIL: {', '.join(bad)} out of tolerance (worst relative error {worst:.2e} > "
+               f"{rtol:.1e})")
+    lines = [verdict, "", summary_line(prog.report),
+             f"compiled (float64) vs interpreter on {args.batch} random problem"
+             f"{'s' * (args.batch != 1)}, n = {n}, seed {args.seed}; tolerance {rtol:.1e} "
+             f"(relative, max over the batch)",
+             "  output        max abs err    rel err      ok"]
+    lines += [f"  {name:<12}  {err:11.3e}  {rel:11.3e}   {'yes' if ok else 'NO'}"
+              for name, err, rel, ok in rows]
+    lines.append(f"the model card's gap estimate (a heuristic, not a bound): "
+                 f"{prog.predicted_rtol():.1e}; measured here: {worst:.1e}. "
+                 f"Full card: tcompile report ARTIFACT")
+    return "\n".join(lines)
 
 
 def _check_tolerance(prog, inputs: dict, want: dict) -> float:
@@ -93,14 +145,14 @@ def _check_tolerance(prog, inputs: dict, want: dict) -> float:
 
 
 def cmd_report(args) -> int:
-    prog = CompiledProgram.load(args.artifact)
+    prog = load_artifact(args.artifact)
     print(prog.report_text())
     return EXIT_OK
 
 
 def cmd_trace(args) -> int:
     from ..inspection.trace import format_trace, write_trace
-    prog = CompiledProgram.load(args.artifact)
+    prog = load_artifact(args.artifact)
     rows = prog.trace(**load_npz(args.inputs))
     print(format_trace(rows))
     if args.out:
@@ -111,9 +163,18 @@ def cmd_trace(args) -> int:
 
 def cmd_plot(args) -> int:
     from ..inspection.plots import plot
-    prog = CompiledProgram.load(args.artifact)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"-o {args.out!r} is a file; plot writes pictures into a directory")
+    if args.what == "convergence" and not args.inputs:
+        raise UsageError("--what convergence needs --inputs FILE.npz (the problems to converge on)")
+    if args.layer is not None and args.what != "weights":
+        raise UsageError("--layer goes with --what weights")
+    prog = load_artifact(args.artifact)
+    if args.layer is not None and not 0 <= args.layer < prog.n_layers:
+        raise UsageError(f"--layer {args.layer}: {prog.name} has layers 0 to {prog.n_layers - 1}")
     inputs = load_npz(args.inputs) if args.inputs else None
-    for p in plot(prog, args.what, Path(args.out), inputs):
+    for p in plot(prog, args.what, out, inputs, layer=args.layer):
         print(f"wrote {p}")
     return EXIT_OK
 

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from ..errors import TcompileError
-from .common import EXIT_ERROR, EXIT_OK, EXIT_USAGE, UsageError
+from .common import EXIT_ERROR, EXIT_OK, EXIT_USAGE, UsageError, positive_float, positive_int
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,11 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="compile, run on random valid inputs, compare with the interpreter")
     c.add_argument("file")
     c.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
-    c.add_argument("--tol", type=float, default=None)
+    c.add_argument("--tol", type=positive_float, default=None)
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--batch", type=int, default=8)
-    c.add_argument("--n", type=int, default=None, help="token count of the random inputs")
-    c.add_argument("--rtol", type=float, default=None, help="tolerance on the relative error (default: from the report)")
+    c.add_argument("--batch", type=positive_int, default=8, help="random problems (default 8)")
+    c.add_argument("--n", type=positive_int, default=None, help="token count of the random inputs")
+    c.add_argument("--rtol", type=positive_float, default=None,
+                   help="tolerance on the relative error (default: the trace's policy)")
     r = sub.add_parser("run", help="run a built artifact on inputs from an .npz file")
     r.add_argument("artifact")
     r.add_argument("--inputs", required=True)
@@ -50,8 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="draw layout / weights / convergence pictures")
     pl.add_argument("artifact")
     pl.add_argument("--what", required=True, choices=["layout", "weights", "convergence"])
-    pl.add_argument("--inputs", default=None)
-    pl.add_argument("-o", "--out", default="plots")
+    pl.add_argument("--inputs", default=None, help="inputs .npz (needed by --what convergence)")
+    pl.add_argument("--layer", type=int, default=None, metavar="L",
+                    help="with --what weights: one layer's matrices (layer L, counted from 0)")
+    pl.add_argument("-o", "--out", default="plots", help="output directory (default: plots/)")
     return p
 
 

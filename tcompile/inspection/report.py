@@ -1,5 +1,9 @@
 """The model card: what was built (layers, width, heads, MLP sizes, parameters, approximations)
-and how it compares with the paper's construction for the same program."""
+and how it compares with the paper's construction for the same program.
+
+Layers are numbered from 0 everywhere (card, trace, plots, hooks): layer L is `module.blocks[L]`,
+`prog.layers[L]` and the hooks `blocks.L.*`, so a number read in the card indexes the model as is.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -83,19 +87,28 @@ def _paper(info: ProgramInfo) -> dict | None:
     return {"formula": text, "per_iteration": per_iteration(info.params)}
 
 
-def format_report(rep: dict) -> str:
+GAP_NOTE = ("a heuristic, not a bound: 10 x the largest approximation error (1e-10 with none), "
+            "errors are not propagated through the program; `tcompile check` measures the "
+            "real gap on random inputs")
+
+COLUMNS = ("columns: layer = L of module.blocks[L] and of the hooks blocks.L.* (counted from 0); "
+           "heads = attention heads; dk = width of each head's keys and queries; mlp_hidden = "
+           "ReLU neurons of the layer's MLP (0: it has none); parameters = entries of W_K, W_Q, "
+           "W_V, W_1, W_2 (zeros included); nonzero = those that are not 0")
+
+
+def summary_line(rep: dict) -> str:
+    """The card in one line (what `check` prints; `report` prints the whole card)."""
     params = ", ".join(f"{k}={v}" for k, v in rep["params"].items())
-    lines = [f"program {rep['program']} ({params})",
-             f"  layers {rep['layers']}   width D = {rep['width']}   heads {rep['heads_total']}   "
-             f"MLP hidden max {rep['mlp_hidden_max']} (total {rep['mlp_hidden_total']})",
-             f"  parameters {rep['parameters']:,} ({rep['nonzero_parameters']:,} nonzero)   "
-             f"needs n >= {rep['min_tokens']} tokens",
-             f"  predicted gap to the interpreter (relative, float64): <= {rep['predicted_rtol']:.1e}",
-             "",
-             "  layer  heads  dk  mlp_hidden  parameters  nonzero"]
-    for p in rep["per_layer"]:
-        lines.append(f"  {p['layer']:>5}  {p['heads']:>5}  {p['dk']:>2}  {p['mlp_hidden']:>10}  "
-                     f"{p['parameters']:>10,}  {p['nonzero']:>7,}")
+    return (f"{rep['program']} ({params}): {rep['layers']} layers, width D = {rep['width']}, "
+            f"{rep['heads_total']} heads, {rep['mlp_hidden_total']:,} MLP ReLUs, "
+            f"{rep['parameters']:,} parameters ({rep['nonzero_parameters']:,} nonzero)")
+
+
+def format_report(rep: dict, program=None) -> str:
+    """The printed model card. With the program's AST, approximations are named by the source
+    statements they come from (inspection/naming.py) instead of compiler temporaries."""
+    lines = _header(rep) + [""] + _layer_table(rep["per_layer"]) + _wrap(COLUMNS, "  ")
     if rep["depth_per_iteration"]:
         lines.append("")
         for name, depth in rep["depth_per_iteration"].items():
@@ -105,12 +118,58 @@ def format_report(rep: dict) -> str:
                          f"({rep['paper_depth']['formula']})")
             lines.append(line)
     if rep["approximations"]:
-        lines += ["", "  approximated function (leaf names)" + " " * 24 + "domain            ReLUs x uses"
-                  "    max error      tol"]
-        for a in rep["approximations"]:
-            uses = a.get("entries", 1)
-            dom = "R (exact)" if a["lo"] is None else f"[{a['lo']:.4g}, {a['hi']:.4g}]"
-            lines.append(f"  {a['name'][:56]:<56}  {dom}".ljust(78) +
-                         f"{a.get('neurons_per_entry', a['neurons']):>6} x {uses:<4}"
-                         f"   {a['max_error']:.2e}   {a['tol']:.0e}")
+        lines += ["", "  approximated functions (piecewise-linear ReLU pieces in the MLPs; 'from' "
+                  "lines matched by function name):"]
+        for i, a in enumerate(rep["approximations"], start=1):
+            lines += _approximation(i, a, program)
     return "\n".join(lines)
+
+
+def _header(rep: dict) -> list[str]:
+    params = ", ".join(f"{k}={v}" for k, v in rep["params"].items())
+    last = rep["layers"] - 1
+    return [f"program {rep['program']} ({params})",
+            f"  layers {rep['layers']} (numbered 0 to {last})   width D = {rep['width']} rows   "
+            f"heads {rep['heads_total']}   MLP hidden max {rep['mlp_hidden_max']:,} "
+            f"(total {rep['mlp_hidden_total']:,} ReLUs)",
+            f"  parameters {rep['parameters']:,} ({rep['nonzero_parameters']:,} nonzero)   "
+            f"needs n >= {rep['min_tokens']} tokens",
+            f"  estimated gap to the interpreter (relative, float64): {rep['predicted_rtol']:.1e}"]\
+        + _wrap(f"({GAP_NOTE})", "    ")
+
+
+def _layer_table(per_layer: list[dict]) -> list[str]:
+    """One row per run of identical consecutive layers (`3-8`: layers 3 to 8, each so)."""
+    lines = ["  layer     heads  dk  mlp_hidden  parameters  nonzero"]
+    keys = ("heads", "dk", "mlp_hidden", "parameters", "nonzero")
+    i = 0
+    while i < len(per_layer):
+        j = i
+        while j + 1 < len(per_layer) and all(per_layer[j + 1][k] == per_layer[i][k] for k in keys):
+            j += 1
+        p = per_layer[i]
+        span = f"{i}" if i == j else f"{i}-{j}"
+        lines.append(f"  {span:<8}  {p['heads']:>5}  {p['dk']:>2}  {p['mlp_hidden']:>10,}  "
+                     f"{p['parameters']:>10,}  {p['nonzero']:>7,}" + ("   each" if j > i else ""))
+        i = j + 1
+    return lines
+
+
+def _approximation(i: int, a: dict, program) -> list[str]:
+    """Two or more lines per approximated function: where in the source, then what it costs."""
+    from .naming import approximation_sources, readable
+    sources = approximation_sources(program, a["name"]) if program is not None else []
+    head = f"  {i}. {readable(a['name'])}"
+    where = ([f"       from {s}" for s in sources] if sources else
+             ["       (no source statement matched its function names)"] if program is not None else [])
+    dom = "all of R (exact)" if a["lo"] is None else f"[{a['lo']:.4g}, {a['hi']:.4g}]"
+    per, uses = a.get("neurons_per_entry", a["neurons"]), a.get("entries", 1)
+    cost = (f"on {dom}: {per:,} ReLUs for each of {uses} row{'s' * (uses != 1)} it is "
+            f"applied to ({a['neurons']:,} in all); max error {a['max_error']:.2e} measured on "
+            f"the domain, budget {a['tol']:.0e}")
+    return [head] + where + _wrap(cost, "       ")
+
+
+def _wrap(text: str, indent: str, width: int = 96) -> list[str]:
+    import textwrap
+    return textwrap.wrap(text, width, initial_indent=indent, subsequent_indent=indent)

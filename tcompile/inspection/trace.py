@@ -4,6 +4,10 @@ After every sublayer, every stored block that holds a program variable (`X@3` is
 assignment to X; inputs by name) is decoded from the residual stream and compared with the
 reference interpreter's value of that variable at that program point. Rows come out in time
 order, so the first row over tolerance names the first layer and variable that went wrong.
+
+Layers are counted from 0, as everywhere (report.py says why): a row of layer L was read after
+the attention (`attn`) or the MLP (`mlp`) of `module.blocks[L]`, i.e. from the hook
+`blocks.L.hook_resid_mid` or `blocks.L.hook_resid_post`.
 """
 from __future__ import annotations
 
@@ -52,7 +56,7 @@ def _row(t: int, var: str, blk, got: np.ndarray, ref: np.ndarray, tol: float) ->
     converged to about zero has no meaningful relative error)."""
     err = float(np.max(np.abs(got - ref))) if ref.size else 0.0
     rel = relative_error(got, ref)
-    return {"layer": (t + 1) // 2, "sublayer": "attn" if t % 2 else "mlp", "variable": var,
+    return {"layer": (t - 1) // 2, "sublayer": "attn" if t % 2 else "mlp", "variable": var,
             "block": blk.key, "max_abs_err": err, "rel_err": rel, "tol": tol,
             "ok": bool(rel <= tol or err <= tol)}
 

@@ -3,7 +3,7 @@
 This is the contract between the compiler and the runtime. The emitter fills it in; the
 encoder and decoder (codec.py), the report, the trace and the plots read it; artifact.py is
 the only place that turns it into JSON and back. Time is counted in sublayers: 0 is the
-encoder, 2ℓ−1 the attention of layer ℓ, 2ℓ its MLP.
+encoder, 2L+1 the attention of layer L (counted from 0, as module.blocks[L]), 2L+2 its MLP.
 
 A value is stored as a *block*: token data [n, k] as k rows whose columns are the tokens; a
 small r×c value C as r rows holding C in their first c columns, or transposed (c rows holding

@@ -100,7 +100,7 @@ class CompiledProgram:
 
     def report_text(self) -> str:
         from ..inspection.report import format_report
-        return format_report(self.report)
+        return format_report(self.report, self.program)
 
     # ---- encode / decode -------------------------------------------------------------------
     def prepare_inputs(self, inputs: dict) -> ValidatedInputs:

@@ -1,0 +1,106 @@
+"""What a user reads (issue 12 §5): the model card names approximations by the user's source
+lines (no compiler temporaries), explains its columns, labels its gap estimate a heuristic, and
+numbers layers from 0 like the hooks; `check` prints a verdict and a short summary, not the
+card. The oracles: the program's own source text, the weights (module.blocks), and the exit
+codes of the documented contract."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tcompile.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[1]
+LOGISTIC = ROOT / "programs" / "newton_logistic.tp"
+SMALL = {"d": 3, "steps": 2, "inv_steps": 2}
+TEMPORARY = re.compile(r"\b(?:tmp|t)\d+\b")
+
+
+@pytest.fixture(scope="module")
+def logistic():
+    from tcompile.compiler.pipeline import compile_file
+    return compile_file(LOGISTIC, params=SMALL)
+
+
+def test_card_names_each_approximation_by_its_source_line(logistic):
+    card = logistic.report_text()
+    source = LOGISTIC.read_text().split("\n")
+    found = re.findall(r"from line (\d+): (.*)", card)
+    assert len(found) >= len(logistic.report["approximations"])
+    for line, text in found:
+        assert source[int(line) - 1].split("#")[0].strip() == text
+    # the sigmoid pieces point at the statement calling sigmoid, the product ones at H's line,
+    # the step size's reciprocal at the division (oracle: the source text itself)
+    lines = {text.split("=")[0].strip() for _, text in found}
+    assert {"p", "H", "eta"} <= lines
+    assert not TEMPORARY.search(card), TEMPORARY.search(card)
+
+
+def test_card_labels_the_gap_a_heuristic_and_explains_its_columns(logistic):
+    card = logistic.report_text()
+    assert "estimated gap to the interpreter" in card and "heuristic, not a bound" in card
+    for column in ("heads =", "dk =", "mlp_hidden =", "parameters =", "nonzero ="):
+        assert column in " ".join(card.split())
+    assert "ReLUs for each of" in card                       # what "1746 x 8" meant
+
+
+def test_card_numbers_layers_from_0_like_the_hooks(logistic):
+    card = logistic.report_text()
+    rows = re.findall(r"^  (\d+)(?:-(\d+))?\s+(\d+)\s+(\d+)\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)",
+                      card, flags=re.M)
+    covered = []
+    for lo, hi, heads, dk, hidden, *_ in rows:
+        for L in range(int(lo), int(hi or lo) + 1):
+            covered.append(L)
+            block = logistic.module.blocks[L]                # the hook blocks.L is this layer
+            assert int(heads) == block.attn.W_K.shape[0]
+            assert int(dk) == block.attn.W_K.shape[1]
+            assert int(hidden.replace(",", "")) == logistic.layers[L].mlp_hidden
+    assert covered == list(range(logistic.n_layers))
+    assert f"numbered 0 to {logistic.n_layers - 1}" in card
+
+
+def _check(args, capsys):
+    code = main(["check", str(LOGISTIC), *[f"-p{k}={v}" for k, v in SMALL.items()], *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_check_prints_a_verdict_and_a_summary_not_the_card(logistic, capsys):
+    code, out, _ = _check(["--batch", "2"], capsys)
+    assert code == 0
+    assert out.splitlines()[0].startswith("PASS: every output within")
+    assert "layer     heads" not in out and "approximated functions" not in out
+    assert len(out.splitlines()) <= 12
+    assert f"{logistic.n_layers} layers" in out and "heuristic" in out
+
+
+def test_check_failing_says_fail_first_and_exits_3(capsys):
+    code, out, _ = _check(["--batch", "2", "--rtol", "1e-300"], capsys)
+    assert code == 3
+    assert out.splitlines()[0].startswith("FAIL: x out of tolerance")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--batch", "0"], "--batch: expected a whole number >= 1, got 0"),
+    (["--n", "-5"], "--n: expected a whole number >= 1, got -5"),
+    (["--rtol", "nan"], "--rtol: expected a finite number > 0"),
+])
+def test_check_usage_errors_exit_2(args, words, capsys):
+    with pytest.raises(SystemExit) as e:
+        _check(args, capsys)
+    assert e.value.code == 2
+    assert words in capsys.readouterr().err
+
+
+def test_trace_rows_count_layers_from_0(logistic):
+    """(test_inspect corrupts a weight of prog.layers[L] = module.blocks[L] and finds it at
+    trace layer L; here the range.)"""
+    rng = np.random.default_rng(1)
+    A = rng.normal(size=(8, 3))
+    A /= 1.5 * np.linalg.norm(A, axis=1, keepdims=True)
+    rows = logistic.trace(A=A, y=np.sign(rng.normal(size=8)), x0=np.zeros(3))
+    assert min(r["layer"] for r in rows) == 0 and max(r["layer"] for r in rows) == logistic.n_layers - 1
