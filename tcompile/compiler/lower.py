@@ -16,6 +16,8 @@ only records them (elementwise.py): how they become ReLUs is pieces.py's busines
 """
 from __future__ import annotations
 
+import math
+
 import networkx as nx
 
 from ..errors import CompileError
@@ -297,8 +299,9 @@ class Lowering:
 
     def bounds_of(self, atom_id, nid):
         node = self.g.nodes[atom_id]
-        if atom_id in self.piece_ranges:
-            return self.piece_ranges[atom_id]
+        if atom_id in self.piece_ranges and (math.isfinite(self.piece_ranges[atom_id][0]) and
+                                             math.isfinite(self.piece_ranges[atom_id][1]) or "lo" not in node):
+            return self.piece_ranges[atom_id]       # else an exact piece (relu): the checker's bounds
         if "lo" in node:
             return (node["lo"], node["hi"])
         raise self.error("a product of two real values needs bounds on both: give the "
