@@ -36,10 +36,11 @@ class GraphBuilder(Walker):
         self._memo: dict = {}
         self.assign_counts: dict[str, int] = {}
         self.stmt_tol: float | None = None
+        self.stmt_tol_rel = False
 
     # node construction ------------------------------------------------------------------
     def node(self, op: str, args: tuple = (), cshape=None, loc=None, **attrs) -> int:
-        key = (op, args, tuple(sorted(attrs.items())))
+        key = (op, args, cshape, tuple(sorted(attrs.items())))
         if key in self._memo:
             return self._memo[key]
         nid = self.graph.number_of_nodes()
@@ -83,6 +84,34 @@ class GraphBuilder(Walker):
             return self.node("smul", (self.sized_eye(g["args"][0], k), g["args"][1]), (k, k))
         raise AssertionError(g)  # pragma: no cover
 
+    def budget(self, tol=None, rel=False) -> dict:
+        """A call's error budget as node attributes: its own `tol`, else its statement's;
+        TOL_REL only when that budget is relative (absent: absolute)."""
+        if tol is None:
+            tol, rel = self.stmt_tol, self.stmt_tol_rel
+        return {"tol": tol, **({"tol_rel": True} if rel and tol is not None else {})}
+
+    def reciprocal(self, b, cshape, domain, loc, tol=None, rel=False):
+        """1/b elementwise, fitted on `domain` (the divisor's interval, which excludes 0)."""
+        return self.node("call", (b,), cshape, loc, func="reciprocal", domain=domain, fargs=(),
+                         **self.budget(tol, rel))
+
+    def fill(self, cshape, value: float = 1.0, loc=None):
+        """A constant matrix of `cshape` (every entry `value`). The n×1 ones column is the
+        encoder's `ones` row; any other shape is an exact MLP piece with no input — relu of
+        the constant 1, a 1×1 argument broadcast over the shape — written from the gate rows
+        (identity rows for small values, the ones row for token data), times `value`."""
+        if cshape == (1, 1):
+            return self.node("const", (), (1, 1), value=float(value))
+        if cshape == (TOKEN, 1):
+            base = self.node("ones", (), (TOKEN, 1))
+        else:
+            one = self.node("const", (), (1, 1), value=1.0)
+            base = self.node("call", (one,), cshape, loc, func="relu", domain=None, tol=None,
+                             fargs=())
+        return self.node("scale", (base,), cshape, loc, c=0.0) if value == 0.0 else \
+            self.scale(base, value, loc)
+
     def scale(self, a, c, loc=None):
         if c == 1.0:
             return a
@@ -91,10 +120,11 @@ class GraphBuilder(Walker):
     def _assign(self, stmt, env):
         """Name the node after the variable (and how many times it was assigned) for the manifest."""
         self.stmt_tol = self.const_of(stmt.tol, "a tolerance", env) if stmt.tol is not None else None
+        self.stmt_tol_rel = stmt.tol_rel
         try:
             super()._assign(stmt, env)
         finally:
-            self.stmt_tol = None
+            self.stmt_tol, self.stmt_tol_rel = None, False
         count = self.assign_counts.get(stmt.target, 0)
         self.assign_counts[stmt.target] = count + 1
         nid = env[stmt.target].data
@@ -141,20 +171,21 @@ class GraphBuilder(Walker):
             return Val(ty, self.node("scale", (xs[0],), cs, loc, c=-1.0))
         if op == "T":
             return Val(ty, self.transpose(xs[0], loc) if len(tys[0].shape or (0, 0)) == 2 else xs[0])
-        if op == "sum":
-            ones = self.node("ones", (), (TOKEN, 1)) if tys[0].shape[0] == TOKEN else None
-            if ones is None:
-                raise CompileError("sum() over a small axis is not supported by the back end yet",
-                                   loc, source=self.src)
+        if op == "sum":       # 1ᵀX: over tokens the ones row, over a small axis a ones block
+            ones = self.fill((tys[0].shape[0], 1), 1.0, loc)
             return Val(ty, self.transpose_if_vector(self.matmul(self.transpose(xs[0], loc), ones, loc),
                                                     ty, loc))
+        if op == "fill":
+            return Val(ty, self.fill(cs, node[1], loc))
+        if op in ("max", "min"):
+            return Val(ty, self._max_min(op, xs, tys, ty, loc))
         if op == "call":
-            e, domain, tol = node
+            e, domain, tol, rel = node
             if ty.const is not None:
                 return Val(ty, self.node("const", (), (1, 1), value=float(ty.const)))
             extra = tuple(float(t.const) for t in tys[1:])
             return Val(ty, self.node("call", (xs[0],), cs, loc, func=e.func, domain=domain,
-                                     tol=tol if tol is not None else self.stmt_tol, fargs=extra))
+                                     fargs=extra, **self.budget(tol, rel)))
         a, b = xs
         ta, tb = tys
         if op == "@":
@@ -164,14 +195,62 @@ class GraphBuilder(Walker):
             if p == 1.0:
                 return Val(ty, a)
             if p == 2.0:
+                self._check_square(ta, loc)
                 return Val(ty, self._elementwise("*", a, ta, a, ta, ty, loc))
             func = {0.5: "sqrt", -1.0: "reciprocal"}.get(p)
             if func is None:
                 raise CompileError(f"the back end cannot raise a runtime value to the power {p:g}",
                                    loc, source=self.src)
-            return Val(ty, self.node("call", (a,), cs, loc, func=func, domain=_dom(ta), tol=self.stmt_tol,
-                                     fargs=()))
+            return Val(ty, self.node("call", (a,), cs, loc, func=func, domain=_dom(ta), fargs=(),
+                                     **self.budget()))
+        if op == "/":
+            return Val(ty, self._divide(a, ta, b, tb, ty, loc, node))
         return Val(ty, self._elementwise(op, a, ta, b, tb, ty, loc))
+
+    def _divide(self, a, ta, b, tb, ty, loc, node):
+        """a / b. A constant divisor scales, `n` is the encoder's 1/n; a runtime divisor becomes
+        reciprocal(b) on the domain the checker resolved (`node` = (e, domain, tol, relative)),
+        times a."""
+        if not isinstance(node, tuple):
+            return self._elementwise("/", a, ta, b, tb, ty, loc)
+        cs = canonical_shape(ty.shape)
+        _e, domain, tol, rel = node
+        r = self.reciprocal(b, canonical_shape(tb.shape), domain, loc, tol, rel)
+        if tb.shape == ():                 # a · (1/b), c·I · (1/b) unsized
+            return self.node("smul", (a, r), None if ta.shape is None else cs, loc)
+        if ta.shape == ():                 # c / u, s / u: the reciprocal, scaled
+            return self.smul_or_scale(r, a, loc)
+        return self.node("ewmul", tuple(sorted((a, r))), cs, loc, **self._ew_tol())
+
+    def _ew_tol(self) -> dict:
+        return {"tol": self.stmt_tol, **({"tol_rel": True} if self.stmt_tol_rel and
+                                         self.stmt_tol is not None else {})}
+
+    def _max_min(self, op, xs, tys, ty, loc):
+        """max(u, v) = v + relu(u − v), min(u, v) = u − relu(u − v): exact, no domain."""
+        (u, v), (tu, tv) = xs, tys
+        u, v = (self._broadcast_scalar(x, t, canonical_shape(ty.shape), loc) for x, t in zip(xs, tys))
+        diff = self.node("add", tuple(sorted((u, self.scale(v, -1.0, loc)))),
+                         canonical_shape(ty.shape), loc)
+        r = self.node("call", (diff,), canonical_shape(ty.shape), loc, func="relu", domain=None,
+                      tol=None, fargs=())
+        if op == "max":
+            return self.node("add", tuple(sorted((v, r))), canonical_shape(ty.shape), loc)
+        return self.node("add", tuple(sorted((u, self.scale(r, -1.0, loc)))),
+                         canonical_shape(ty.shape), loc)
+
+    def _check_square(self, ta: Ty, loc):
+        """x ** 2 squares every entry: an MLP piece fitted on x's range, so x needs bounds
+        (a square matrix was perhaps meant as M @ M)."""
+        if ta.bounded:
+            return
+        matrix = ta.shape is not None and len(ta.shape) == 2 and ta.shape[0] == ta.shape[1]
+        raise CompileError("'**' is elementwise: x ** 2 squares every entry, which the compiled "
+                           "model approximates on a known range, and this value has no known "
+                           "bounds", loc, source=self.src,
+                           expected=("M @ M for the matrix square; for the entrywise square, "
+                                     if matrix else "") + "bounds on the base (an input "
+                           "assumption, or clip(x, lo, hi))")
 
     def transpose_if_vector(self, nid, ty, loc):
         """1ᵀA is a row; the program's [k] result is a column."""
@@ -245,33 +324,23 @@ class GraphBuilder(Walker):
                 c = ts.const if op == "*" else 1.0 / ts.const
                 return self.scale(x, c, loc)
             if ts.shape == ():
-                if op == "/":
-                    g = self.graph.nodes[s]
-                    if g["op"] == "n":
-                        s = self.node("inv_n", (), (1, 1))
-                    else:
-                        s = self.node("call", (s,), (1, 1), loc, func="reciprocal", domain=_dom(ts),
-                                      tol=self.stmt_tol, fargs=())
+                if op == "/":              # the checker allows only n here (runtime: _divide)
+                    assert self.graph.nodes[s]["op"] == "n", self.graph.nodes[s]
+                    s = self.node("inv_n", (), (1, 1))
                 if self.graph.nodes[x]["cshape"] is None:
                     return self.node("smul", (x, s), None, loc)
                 return self.node("smul", (x, s), cs, loc)
-        if op == "/":
-            r = self.node("call", (b,), canonical_shape(tb.shape), loc, func="reciprocal",
-                          domain=_dom(tb), tol=self.stmt_tol, fargs=())
-            return self.node("ewmul", tuple(sorted((a, r))), cs, loc, tol=self.stmt_tol)
-        return self.node("ewmul", tuple(sorted((a, b))), cs, loc, tol=self.stmt_tol)
+        return self.node("ewmul", tuple(sorted((a, b))), cs, loc, **self._ew_tol())
 
     def _broadcast_scalar(self, x, tx, cs, loc):
-        """A scalar added to a token vector [n] is c·ones; other broadcasts are not lowered yet."""
+        """A scalar added to a larger value is s·ones (the ones row for [n], a constant ones
+        block otherwise); a vector [k] added to every token row of [n, k] is 1ₙ bᵀ."""
         if tx.shape != () or cs == (1, 1):
             if tx.shape is not None and len(tx.shape) == 1 and tx.shape[0] != TOKEN and cs[1] != 1:
-                raise CompileError("adding a vector to every token row is not supported by the back "
-                                   "end yet", loc, source=self.src)
+                ones = self.node("ones", (), (TOKEN, 1))
+                return self.matmul(ones, self.transpose(x, loc), loc)
             return x
-        if cs == (TOKEN, 1):
-            return self.smul_or_scale(self.node("ones", (), (TOKEN, 1)), x, loc)
-        raise CompileError(f"adding a scalar to a {cs[0]}×{cs[1]} value is not supported by the "
-                           "back end yet (only to scalars and token vectors [n])", loc, source=self.src)
+        return self.smul_or_scale(self.fill(cs, 1.0, loc), x, loc)
 
     def smul_or_scale(self, base, s, loc):
         g = self.graph.nodes[s]

@@ -18,8 +18,18 @@ Operations (attribute OP), with their arguments (attribute ARGS, node ids) and m
     add       a, b        a + b
     scale     a           C · a for a compile-time C
     smul      a, s        a · s for a runtime scalar s (1×1)
-    ewmul     a, b        elementwise product (per-token broadcast allowed); TOL
-    call      a           FUNC(a; *FARGS) elementwise, fitted on DOMAIN within TOL
+    ewmul     a, b        elementwise product (per-token broadcast allowed); TOL (TOL_REL)
+    call      a           FUNC(a; *FARGS) elementwise, fitted on DOMAIN within TOL (TOL_REL);
+                          a 1×1 constant argument is broadcast over CSHAPE: relu(1) of shape
+                          (k, c) is the constant ones block `ones(k, c)` (an exact MLP piece
+                          with no input), which `sum` over a small axis and a scalar added
+                          to a matrix use
+
+Division by a runtime value is `call reciprocal` on the divisor, with the DOMAIN the checker
+resolved (`a / b on [lo, hi]`, or b's bounds) and the division's own TOL/TOL_REL, times the
+numerator (smul for a scalar divisor, ewmul otherwise). max(u, v) is v + relu(u − v) and
+min(u, v) is u − relu(u − v): add, scale and call nodes. Nodes are hash-consed on
+(OP, ARGS, CSHAPE, attributes).
 """
 from __future__ import annotations
 
@@ -43,11 +53,13 @@ FUNC = "func"            # call: the scalar function's name (language/functions.
 FARGS = "fargs"          # call: extra constant arguments (clip's bounds)
 DOMAIN = "domain"        # call: the declared `on [lo, hi]`, or the argument's bounds, or None
 TOL = "tol"              # call/ewmul: the statement's (or call's) error budget, or None
+TOL_REL = "tol_rel"      # call/ewmul: present (True) when TOL is relative (`tol rel eps`:
+                         #   |error| <= eps·|exact value|); absent when TOL is absolute
 VARS = "vars"            # the program variables this value is, as name@assignment-count
 CARRIED = "carried"      # True: a loop's state, handed to the next iteration (always stored)
 
 ATTRIBUTES = frozenset({OP, ARGS, CSHAPE, LOC, NAME, SYMMETRIC, SIGN, FLAG, LO, HI, VALUE, K, C,
-                        FUNC, FARGS, DOMAIN, TOL, VARS, CARRIED})
+                        FUNC, FARGS, DOMAIN, TOL, TOL_REL, VARS, CARRIED})
 REQUIRED = (OP, ARGS, CSHAPE, LOC)
 
 

@@ -30,6 +30,9 @@ class BinOp:
     left: "Expr"
     right: "Expr"
     loc: SourceLocation
+    domain: "Interval | None" = None   # `a / b on [lo, hi]`: the interval the divisor b lives in
+    tol: "Expr | None" = None          # `a / b on [..] tol eps`: the reciprocal's error budget
+    tol_rel: bool = False              # `tol rel eps`: that budget is relative (|err| <= eps |1/b|)
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,8 @@ class Call:
     args: tuple["Expr", ...]
     loc: SourceLocation
     domain: Interval | None = None     # `on [lo, hi]`: where an approximated function is used
-    tol: "Expr | None" = None          # `tol 1e-6`: its absolute error budget
+    tol: "Expr | None" = None          # `tol 1e-6`: its error budget
+    tol_rel: bool = False              # `tol rel 1e-6`: the budget is relative, |err| <= eps |f|
 
 
 Expr = Number | Name | BinOp | Neg | Transpose | Call
@@ -71,6 +75,7 @@ class Assign:
     value: Expr
     loc: SourceLocation
     tol: "Expr | None" = None          # `x = ... tol 1e-4`: default budget of its approximations
+    tol_rel: bool = False              # `x = ... tol rel 1e-4`: that default budget is relative
 
 
 @dataclass(frozen=True)

@@ -15,19 +15,20 @@ is fixed by the first square matrix it meets.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import replace
 
 import numpy as np
 
 from . import ast
 from .functions import EXACT as _EXACT_FUNCTIONS
+from .types import (TOKEN, Ty, Val, _divisible, _interval, check_holdable,  # noqa: F401 (re-exported)
+                    elementwise_shape, fmt_shape, matmul_shape)
 from ..errors import ParamError, ProgramError, SourceLocation
 
-TOKEN = "n"
 SCALAR_FUNCTIONS = {"sigmoid", "sqrt", "reciprocal", "exp", "log", "softplus", "abs", "relu"}
 EXACT_PL_FUNCTIONS = {"abs", "relu", "clip"}
-BUILTINS = SCALAR_FUNCTIONS | {"clip", "sum"}
+STRUCTURAL_FUNCTIONS = {"ones", "zeros", "sum", "max", "min"}    # structural.py
+BUILTINS = SCALAR_FUNCTIONS | {"clip"} | STRUCTURAL_FUNCTIONS
 RESERVED = {TOKEN, "I"} | BUILTINS
 MAX_UNROLLED_STATEMENTS = 200_000
 MAX_CALL_DEPTH = 50
@@ -57,120 +58,6 @@ def _safe(f, x):
 
 def _softplus(x):
     return x + math.log1p(math.exp(-x)) if x > 0 else math.log1p(math.exp(x))
-
-
-def fmt_shape(shape) -> str:
-    if shape is None:
-        return "I (any square size)"
-    return "[" + ", ".join(str(s) for s in shape) + "]"
-
-
-@dataclass(frozen=True)
-class Ty:
-    """What the checker knows about a value. `lo`/`hi` bound every entry (None: unknown)."""
-    shape: tuple | None
-    const: float | None = None       # compile-time scalar value
-    lo: float | None = None
-    hi: float | None = None
-    sign: bool = False               # every entry is -1 or +1
-    flag: bool = False               # every entry is 0 or 1
-    symmetric: bool = False
-
-    @property
-    def is_token(self) -> bool:
-        return self.shape is not None and TOKEN in self.shape
-
-    @property
-    def is_scalar(self) -> bool:
-        return self.shape == ()
-
-    @property
-    def bounded(self) -> bool:
-        return self.lo is not None and self.hi is not None and math.isfinite(self.lo) and math.isfinite(self.hi)
-
-
-@dataclass
-class Val:
-    """A value during a walk: its type plus whatever the walker attaches (array, graph node)."""
-    ty: Ty
-    data: Any = None
-
-
-# ---- type rules ----------------------------------------------------------------------------
-
-def _interval(op, a: Ty, b: Ty):
-    if not (a.bounded and b.bounded):
-        return None, None
-    if op == "+":
-        return a.lo + b.lo, a.hi + b.hi
-    if op == "-":
-        return a.lo - b.hi, a.hi - b.lo
-    if op == "*":
-        c = [a.lo * b.lo, a.lo * b.hi, a.hi * b.lo, a.hi * b.hi]
-        return min(c), max(c)
-    if op == "/" and (b.lo > 0 or b.hi < 0):
-        c = [a.lo / b.lo, a.lo / b.hi, a.hi / b.lo, a.hi / b.hi]
-        return min(c), max(c)
-    return None, None
-
-
-def elementwise_shape(op: str, a: Ty, b: Ty, loc, src) -> tuple | None:
-    sa, sb = a.shape, b.shape
-    if sa is None or sb is None:
-        other = sb if sa is None else sa
-        if other is None or other == ():
-            if op in "*/" or other is None:
-                return None
-        if op in "+-" and other is not None and len(other) == 2 and other[0] == other[1] \
-                and TOKEN not in other:
-            return other
-        if op in "*/" and other == ():
-            return None
-        raise ProgramError(f"cannot combine I with a value of shape {fmt_shape(other)} using '{op}'",
-                           loc, expected="I added to a square matrix, or I scaled by a scalar", source=src)
-    if sa == sb:
-        return sa
-    if sa == ():
-        return sb
-    if sb == ():
-        return sa
-    # per-token scaling: [n] with [n, k] (numpy would need u[:, None])
-    for x, y in ((sa, sb), (sb, sa)):
-        if x == (TOKEN,) and len(y) == 2 and y[0] == TOKEN:
-            return y
-        if len(x) == 1 and x[0] != TOKEN and y == (TOKEN, x[0]):   # numpy broadcast over tokens
-            return y
-    raise ProgramError(f"shapes {fmt_shape(sa)} and {fmt_shape(sb)} do not match for '{op}'",
-                       loc, expected="equal shapes, a scalar, or [n] with [n, k]", source=src)
-
-
-def matmul_shape(a: Ty, b: Ty, loc, src) -> tuple | None:
-    sa, sb = a.shape, b.shape
-    if sa is None:
-        return sb
-    if sb is None:
-        return sa
-    if sa == () or sb == ():
-        raise ProgramError("'@' needs vectors or matrices, not a scalar", loc,
-                           expected="'*' to scale by a scalar", source=src)
-    la = sa if len(sa) == 2 else (None, sa[0])      # 1-D left operand acts as a row
-    lb = sb if len(sb) == 2 else (sb[0], None)      # 1-D right operand acts as a column
-    if la[1] != lb[0]:
-        raise ProgramError(f"inner dimensions of {fmt_shape(sa)} @ {fmt_shape(sb)} differ "
-                           f"({la[1]} vs {lb[0]})", loc,
-                           expected=f"a right operand whose first axis is {la[1]}", source=src)
-    return tuple(x for x in (la[0], lb[1]) if x is not None)
-
-
-def check_holdable(shape, loc, src):
-    if shape is None:
-        return
-    if len(shape) > 2:
-        raise ProgramError(f"values have at most 2 axes, got {fmt_shape(shape)}", loc, source=src)
-    if shape.count(TOKEN) > 1:
-        raise ProgramError(f"the target cannot hold an {fmt_shape(shape)} value (one column per "
-                           "token, so at most one token axis)", loc,
-                           expected="a product that contracts the token axis, e.g. A.T @ B", source=src)
 
 
 # ---- params --------------------------------------------------------------------------------
@@ -397,12 +284,21 @@ class Walker:
         if name in self.inputs and env.get(name) is not None and not self.call_stack:
             raise self.err(f"cannot assign to input '{name}'", stmt.loc,
                            expected="a new variable, e.g. x = x0")
-        if stmt.tol is not None:
-            tol = self.const_of(stmt.tol, "a tolerance", env)
-            if not tol > 0:
-                raise self.err(f"a tolerance must be positive, got {tol:g}", stmt.tol.loc)
+        self.tolerance(stmt.tol, stmt.tol_rel, env)
         val = self.eval(stmt.value, env)
         env[name] = val
+
+    def tolerance(self, e, relative: bool, env) -> float | None:
+        """The budget of `tol eps` (absolute) or `tol rel eps` (relative: 0 < eps < 1)."""
+        if e is None:
+            return None
+        tol = self.const_of(e, "a tolerance", env)
+        if not tol > 0:
+            raise self.err(f"a tolerance must be positive, got {tol:g}", e.loc)
+        if relative and not tol < 1:
+            raise self.err(f"a relative tolerance must be below 1, got {tol:g}", e.loc,
+                           expected="e.g. tol rel 1e-6 (|error| <= 1e-6 |value|)")
+        return tol
 
     # expressions -------------------------------------------------------------------------
     def eval(self, e, env) -> Val:
@@ -423,7 +319,7 @@ class Walker:
                 shape = (shape[1], shape[0])
             return self.apply("T", replace(a.ty, shape=shape), (a,), e)
         if isinstance(e, ast.BinOp):
-            return self._binop(e, self.eval(e.left, env), self.eval(e.right, env))
+            return self._binop(e, self.eval(e.left, env), self.eval(e.right, env), env)
         if isinstance(e, ast.Call):
             return self._call(e, env)
         raise TypeError(f"unknown expression node {e!r}")  # pragma: no cover - parser makes none
@@ -447,7 +343,7 @@ class Walker:
         raise self.err(f"undefined name '{e.id}'", e.loc,
                        expected="an input, param, dim, or a variable assigned earlier")
 
-    def _binop(self, e: ast.BinOp, a: Val, b: Val) -> Val:
+    def _binop(self, e: ast.BinOp, a: Val, b: Val, env=None) -> Val:
         op, ta, tb = e.op, a.ty, b.ty
         if op == "@":
             shape = matmul_shape(ta, tb, e.loc, self.src)
@@ -469,13 +365,16 @@ class Walker:
             if ta.const is None and tb.const not in (1.0, 2.0, 0.5, -1.0):
                 raise self.err(f"unsupported exponent {tb.const:g} on a runtime value", e.right.loc,
                                expected="0.5, 1, 2 or -1 (or sqrt/reciprocal)")
+            if ta.const is None and tb.const in (0.5, -1.0):
+                self._power_domain(e, ta, tb.const)
             return self.apply("**", Ty(ta.shape, const=const, lo=const, hi=const,
                                        symmetric=False), (a, b), e)
-        if op == "/" and tb.const == 0.0:
-            raise self.err("division by zero", e.right.loc)
-        if op == "/" and tb.shape not in ((),) and ta.shape != tb.shape:
-            raise self.err(f"cannot divide {fmt_shape(ta.shape)} by {fmt_shape(tb.shape)}",
-                           e.loc, expected="a scalar divisor or equal shapes")
+        if op == "/":
+            node = self._division(e, ta, tb, env or {})
+            if node is not None:        # a runtime divisor: its domain rides with the node
+                tb = replace(tb, lo=node[1][0], hi=node[1][1])
+        else:
+            node = e
         shape = elementwise_shape(op, ta, tb, e.loc, self.src)
         const = None
         if ta.const is not None and tb.const is not None:
@@ -489,7 +388,57 @@ class Walker:
               (op in "*/" and (ta.shape == () and tb.symmetric or tb.shape == () and ta.symmetric))
         sign = op in "*/" and ta.sign and tb.sign
         return self.apply(op, Ty(shape, const=const, lo=lo, hi=hi, symmetric=bool(sym),
-                                 sign=sign, flag=op == "*" and ta.flag and tb.flag), (a, b), e)
+                                 sign=sign, flag=op == "*" and ta.flag and tb.flag), (a, b),
+                          e if node is None else node)
+
+    def _division(self, e: ast.BinOp, ta: Ty, tb: Ty, env):
+        """Check `a / b [on [lo, hi] [tol [rel] eps]]`. A runtime divisor (other than `n`) needs
+        an interval without 0: declared with `on`, else the checker's bounds. Returns
+        (e, domain, tol, relative) for a runtime divisor, None for a constant or `n`."""
+        if tb.const == 0.0:
+            raise self.err("division by zero", e.right.loc)
+        if not _divisible(ta.shape, tb.shape):
+            raise self.err(f"cannot divide {fmt_shape(ta.shape)} by {fmt_shape(tb.shape)}", e.loc,
+                           expected="a scalar divisor, equal shapes, a scalar divided by anything, "
+                                    "or [n, k] / [n] (per token)")
+        by_n = isinstance(e.right, ast.Name) and e.right.id == TOKEN
+        if tb.const is not None or by_n:
+            if e.domain is not None:
+                raise self.err("'on [lo, hi]' is for a runtime divisor; this one is "
+                               + ("n" if by_n else "a compile-time number"), e.domain.loc)
+            return None
+        tol = self.tolerance(e.tol, e.tol_rel, env)
+        if e.domain is not None:
+            lo = self.const_of(e.domain.lo, "a domain bound", env)
+            hi = self.const_of(e.domain.hi, "a domain bound", env)
+            if not lo < hi:
+                raise self.err(f"empty domain [{lo:g}, {hi:g}]", e.domain.loc, expected="lo < hi")
+            if not (lo > 0 or hi < 0):
+                raise self.err(f"the divisor's domain [{lo:g}, {hi:g}] contains 0", e.domain.loc,
+                               expected="an interval on one side of 0, e.g. on [1e-3, 10]")
+            return e, (lo, hi), tol, e.tol_rel
+        if not tb.bounded:
+            raise self.err("cannot tell which values the divisor takes: it has no known bounds",
+                           e.right.loc, expected="a domain for the divisor: a / (expr) on [lo, hi], "
+                                                 "an interval without 0")
+        if not (tb.lo > 0 or tb.hi < 0):
+            raise self.err(f"the divisor may be 0: its values lie in [{tb.lo:g}, {tb.hi:g}]",
+                           e.right.loc, expected="a divisor bounded away from 0, or "
+                                                 "a / (expr) on [lo, hi] with 0 outside [lo, hi]")
+        return e, (tb.lo, tb.hi), tol, e.tol_rel
+
+    def _power_domain(self, e: ast.BinOp, ta: Ty, p: float) -> None:
+        """x ** -1 and x ** 0.5 of a runtime value are approximated: they need bounds on x."""
+        what = "x ** -1" if p == -1.0 else "x ** 0.5"
+        ok = ta.bounded and ((ta.lo > 0 or ta.hi < 0) if p == -1.0 else ta.lo >= 0)
+        if ta.bounded and not ok:
+            raise self.err(f"{what} is undefined on part of [{ta.lo:g}, {ta.hi:g}], where the "
+                           "base lies", e.loc, expected="a base bounded away from 0" if p == -1.0
+                           else "a base bounded below by 0")
+        if not ok:
+            hint = "1 / (expr) on [lo, hi]" if p == -1.0 else "sqrt(expr) on [lo, hi]"
+            raise self.err(f"cannot tell which values reach {what}: the base has no known bounds",
+                           e.loc, expected=f"bounds on the base, or write {hint}")
 
     def _call(self, e: ast.Call, env) -> Val:
         if e.func in self.program.functions:
@@ -497,6 +446,9 @@ class Walker:
         if e.func not in BUILTINS:
             raise self.err(f"unknown function '{e.func}'", e.loc,
                            expected="a builtin (" + ", ".join(sorted(BUILTINS)) + ") or a def")
+        if e.func in STRUCTURAL_FUNCTIONS:
+            from .structural import call_structural
+            return call_structural(self, e, env)
         arity = {"clip": 3}.get(e.func, 1)
         if len(e.args) != arity:
             raise self.err(f"{e.func}() takes {arity} argument{'s' * (arity > 1)}, got {len(e.args)}",
@@ -506,12 +458,6 @@ class Walker:
         if x.ty.shape is None:
             raise self.err(f"{e.func}() of I: the size of I is unknown here", e.args[0].loc,
                            expected="a value of known shape")
-        if e.func == "sum":
-            if e.domain is not None or e.tol is not None:
-                raise self.err("sum() is exact: it takes no domain or tolerance", e.loc)
-            if x.ty.shape == ():
-                raise self.err("sum() of a scalar", e.args[0].loc, expected="a vector or matrix")
-            return self.apply("sum", Ty(x.ty.shape[1:]), args, e)
         domain = tol = None
         if e.domain is not None:
             domain = (self.const_of(e.domain.lo, "a domain bound", env),
@@ -519,10 +465,7 @@ class Walker:
             if not domain[0] < domain[1]:
                 raise self.err(f"empty domain [{domain[0]:g}, {domain[1]:g}]", e.domain.loc,
                                expected="lo < hi")
-        if e.tol is not None:
-            tol = self.const_of(e.tol, "a tolerance", env)
-            if not tol > 0:
-                raise self.err(f"a tolerance must be positive, got {tol:g}", e.tol.loc)
+        tol = self.tolerance(e.tol, e.tol_rel, env)
         if e.func == "clip":
             lo, hi = (self.const_of(a, "a clip bound", env) for a in e.args[1:])
             if not lo <= hi:
@@ -531,7 +474,7 @@ class Walker:
             ty = Ty(t.shape, const=None if t.const is None else min(max(t.const, lo), hi),
                     lo=lo if t.lo is None else min(max(t.lo, lo), hi),
                     hi=hi if t.hi is None else min(max(t.hi, lo), hi))
-            return self.apply("call", ty, args, (e, domain, tol))
+            return self.apply("call", ty, args, (e, domain, tol, e.tol_rel))
         t = x.ty
         if t.const is not None:
             try:
@@ -541,7 +484,8 @@ class Walker:
                 value = math.nan
             if not math.isfinite(value):
                 raise self.err(f"{e.func}({t.const:g}) has no finite value", e.loc)
-            return self.apply("call", Ty((), const=value, lo=value, hi=value), args, (e, None, None))
+            return self.apply("call", Ty((), const=value, lo=value, hi=value), args,
+                              (e, None, None, False))
         if domain is None:
             if e.func not in EXACT_PL_FUNCTIONS and not t.bounded:
                 raise self.err(f"cannot tell which values reach {e.func}(): its argument has no "
@@ -557,7 +501,7 @@ class Walker:
             lo, hi = image
         else:
             lo = hi = None
-        return self.apply("call", Ty(t.shape, lo=lo, hi=hi), args, (e, domain, tol))
+        return self.apply("call", Ty(t.shape, lo=lo, hi=hi), args, (e, domain, tol, e.tol_rel))
 
     def _call_user(self, e: ast.Call, env) -> Val:
         fn = self.program.functions[e.func]

@@ -43,8 +43,14 @@ class NumpyWalker(Walker):
             return x if isinstance(x, _ScaledIdentity) or np.ndim(x) < 2 else x.T
         if op == "sum":
             return xs[0].sum(axis=0)
+        if op == "fill":
+            return np.full([self.n if k == TOKEN else k for k in ty.shape], node[1])
+        if op in ("max", "min"):
+            a, b = (_resolve(x, other) for x, other in ((xs[0], xs[1]), (xs[1], xs[0])))
+            a, b = _align_tokens(a, tys[0], b, tys[1])
+            return (np.maximum if op == "max" else np.minimum)(a, b)
         if op == "call":
-            e, _domain, _tol = node
+            e = node[0]
             if e.func == "clip":
                 return clip(xs[0], float(xs[1]), float(xs[2]))
             with np.errstate(all="ignore"):

@@ -5,6 +5,7 @@ column, the source line, and the tokens that would have been accepted, in words.
 """
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -20,7 +21,7 @@ _TOKEN_WORDS = {
     "LPAR": "'('", "RPAR": "')'", "LSQB": "'['", "RSQB": "']'", "LBRACE": "'{'",
     "RBRACE": "'}'", "COMMA": "','", "COLON": "':'", "EQUAL": "'='", "PLUS": "'+'",
     "MINUS": "'-'", "STAR": "'*'", "SLASH": "'/'", "__ANON_0": "'@'", "SEMICOLON": "';'",
-    "_ON": "'on'", "_TOL": "'tol'", "_ASSUME": "'assume'", "$END": "end of file",
+    "_ON": "'on'", "_TOL": "'tol'", "REL": "'rel'", "_ASSUME": "'assume'", "$END": "end of file",
 }
 
 
@@ -76,6 +77,15 @@ class _ToAst(Transformer):
     add, sub, mul, div = _bin("+"), _bin("-"), _bin("*"), _bin("/")
     matmul, pow = _bin("@"), _bin("**")
 
+    def div_on(self, meta, children):
+        left, right, domain, tol = children
+        value, rel = tol if tol is not None else (None, False)
+        return ast.BinOp("/", left, right, self._loc(meta), domain, value, rel)
+
+    def tolerance(self, meta, children):
+        """(budget, relative?): `tol eps` or `tol rel eps`."""
+        return children[1], children[0] is not None
+
     def neg(self, meta, children):
         return ast.Neg(children[0], self._loc(meta))
 
@@ -89,11 +99,13 @@ class _ToAst(Transformer):
         name, *rest = children
         domain, tol = rest[-2], rest[-1]
         args = tuple(a for a in rest[:-2] if a is not None)
-        return ast.Call(str(name), args, self._tok_loc(name), domain, tol)
+        value, rel = tol if tol is not None else (None, False)
+        return ast.Call(str(name), args, self._tok_loc(name), domain, value, rel)
 
     # statements
     def assign(self, meta, children):
-        return ast.Assign(str(children[0]), children[1], self._tok_loc(children[0]), children[2])
+        value, rel = children[2] if children[2] is not None else (None, False)
+        return ast.Assign(str(children[0]), children[1], self._tok_loc(children[0]), value, rel)
 
     def repeat(self, meta, children):
         return ast.Repeat(children[0], children[1], self._loc(meta))
@@ -160,6 +172,7 @@ def parse_source(source: str, file: str = "<string>") -> ast.Program:
     except RecursionError:
         raise too_deep(file, source) from None
     except lark.exceptions.UnexpectedCharacters as e:
+        _refuse_control_flow(file, source, e.line)
         raise ProgramSyntaxError(
             f"unexpected character {source[e.pos_in_stream]!r}" if e.pos_in_stream < len(source)
             else "unexpected end of input",
@@ -171,6 +184,7 @@ def parse_source(source: str, file: str = "<string>") -> ast.Program:
                                  SourceLocation(file, len(lines), len(lines[-1]) + 1),
                                  expected=_describe_expected(parser, e.expected), source=source) from None
     except lark.exceptions.UnexpectedToken as e:
+        _refuse_control_flow(file, source, e.token.line)
         tok = e.token
         what = "end of file" if tok.type == "$END" else (
             "end of line" if tok.type == "_NL" else f"{str(tok)!r}")
@@ -196,6 +210,27 @@ def parse_source(source: str, file: str = "<string>") -> ast.Program:
         raise too_deep(file, source) from None
 
 
+
+
+_CONTROL_FLOW = re.compile(r"[ \t]*(if|while|for|else|elif)\b(?![ \t]*=[^=])")
+
+
+def _refuse_control_flow(file: str, source: str, line: int | None) -> None:
+    """A line that fails to parse and starts with `if`/`while`/...: say what the language has
+    instead of reporting the token after the keyword (which the grammar reads as a name)."""
+    lines = source.split("\n")
+    if line is None or not 1 <= line <= len(lines):
+        return
+    m = _CONTROL_FLOW.match(lines[line - 1])
+    if m is None:
+        return
+    raise ProgramSyntaxError(
+        f"'{m.group(1)}': the language has no data-dependent control flow (every program runs "
+        "the same fixed sequence of operations, unrolled at compile time)",
+        SourceLocation(file, line, m.start(1) + 1), source=source,
+        expected="'repeat COUNT { ... }' with a compile-time count for loops; for a choice, "
+                 "compute both sides and blend them: max(u, v), min(u, v), clip(x, lo, hi), relu, "
+                 "or a flag input f: f * a + (1 - f) * b")
 
 
 def _build_program(tree, file: str, source: str) -> ast.Program:

@@ -1,0 +1,74 @@
+"""Builtins that build or reshape values rather than map entries: `ones`, `zeros`, `sum`,
+`max`, `min`.
+
+They share the Walker (checker.py) with the scalar functions, so the checker, the interpreter
+and the dataflow builder read them the same way; this module only knows their shape and
+interval rules. None of them is approximated, so none takes `on` or `tol`:
+
+    ones(k), zeros(k)       [k] of ones / zeros; ones(r, c) is [r, c]; a size is a compile-time
+                            positive integer or `n` (ones(n) is the token axis' ones)
+    sum(x)                  over the first axis: [n, k] → [k], [k, c] → [c], [k] → []
+    max(u, v), min(u, v)    elementwise, broadcasting like `+`; exact with ReLUs
+                            (max(u, v) = v + relu(u − v)), so no domain is needed
+"""
+from __future__ import annotations
+
+import math
+
+from .types import TOKEN, Ty, check_holdable, elementwise_shape
+
+def call_structural(walker, e, env):
+    """Check (and, through walker.apply, evaluate) one structural builtin call."""
+    if e.domain is not None or e.tol is not None:
+        raise walker.err(f"{e.func}() is exact: it takes no domain or tolerance", e.loc)
+    if e.func in ("ones", "zeros"):
+        return _fill(walker, e, env)
+    arity = 1 if e.func == "sum" else 2
+    if len(e.args) != arity:
+        raise walker.err(f"{e.func}() takes {arity} argument{'s' * (arity > 1)}, got {len(e.args)}",
+                         e.loc, expected=f"{e.func}(" + ", ".join("uv"[:arity] if arity > 1 else "x") + ")")
+    args = tuple(walker.eval(a, env) for a in e.args)
+    for a, val in zip(e.args, args):
+        if val.ty.shape is None:
+            raise walker.err(f"{e.func}() of I: the size of I is unknown here", a.loc,
+                             expected="a value of known shape")
+    if e.func == "sum":
+        x = args[0]
+        if x.ty.shape == ():
+            raise walker.err("sum() of a scalar", e.args[0].loc, expected="a vector or matrix")
+        return walker.apply("sum", Ty(x.ty.shape[1:]), args, e)
+    return _max_min(walker, e, args)
+
+
+def _fill(walker, e, env):
+    if len(e.args) not in (1, 2):
+        raise walker.err(f"{e.func}() takes 1 or 2 sizes, got {len(e.args)}", e.loc,
+                         expected=f"{e.func}(k) or {e.func}(r, c)")
+    shape = []
+    for a in e.args:
+        if getattr(a, "id", None) == TOKEN and TOKEN not in env:
+            shape.append(TOKEN)
+            continue
+        k = walker.const_of(a, f"a size of {e.func}()", env)
+        if not (math.isfinite(k) and k == int(k) and k >= 1):
+            raise walker.err(f"a size must be a positive integer, got {k:g}", a.loc,
+                             expected="a dim, a positive integer, or n")
+        shape.append(int(k))
+    shape = tuple(shape)
+    check_holdable(shape, e.loc, walker.src)
+    value = 1.0 if e.func == "ones" else 0.0
+    return walker.apply("fill", Ty(shape, lo=value, hi=value, flag=True, symmetric=len(shape) == 2
+                                   and shape[0] == shape[1]), (), (e, value))
+
+
+def _max_min(walker, e, args):
+    (a, b) = args
+    ta, tb = a.ty, b.ty
+    shape = elementwise_shape("+", ta, tb, e.loc, walker.src)
+    pick = max if e.func == "max" else min
+    const = pick(ta.const, tb.const) if ta.const is not None and tb.const is not None else None
+    lo = hi = None
+    if ta.bounded and tb.bounded:
+        lo, hi = pick(ta.lo, tb.lo), pick(ta.hi, tb.hi)
+    sym = (ta.symmetric or ta.shape == ()) and (tb.symmetric or tb.shape == ())
+    return walker.apply(e.func, Ty(shape, const=const, lo=lo, hi=hi, symmetric=bool(sym)), args, e)

@@ -1,0 +1,138 @@
+"""What the checker knows about a value (`Ty`), and the shape and interval rules of the
+operators, apart from the walk itself (checker.py) so that the builtins that build or reshape
+values (structural.py) can use them without importing the walker back.
+
+Shapes are tuples whose entries are ints or the token axis ``"n"``; ``shape is None`` marks a
+multiple of the identity `I` whose size is fixed by the first square matrix it meets.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ProgramError
+
+TOKEN = "n"
+
+
+def fmt_shape(shape) -> str:
+    if shape is None:
+        return "I (any square size)"
+    return "[" + ", ".join(str(s) for s in shape) + "]"
+
+
+@dataclass(frozen=True)
+class Ty:
+    """What the checker knows about a value. `lo`/`hi` bound every entry (None: unknown)."""
+    shape: tuple | None
+    const: float | None = None       # compile-time scalar value
+    lo: float | None = None
+    hi: float | None = None
+    sign: bool = False               # every entry is -1 or +1
+    flag: bool = False               # every entry is 0 or 1
+    symmetric: bool = False
+
+    @property
+    def is_token(self) -> bool:
+        return self.shape is not None and TOKEN in self.shape
+
+    @property
+    def is_scalar(self) -> bool:
+        return self.shape == ()
+
+    @property
+    def bounded(self) -> bool:
+        return self.lo is not None and self.hi is not None and math.isfinite(self.lo) and math.isfinite(self.hi)
+
+
+@dataclass
+class Val:
+    """A value during a walk: its type plus whatever the walker attaches (array, graph node)."""
+    ty: Ty
+    data: Any = None
+
+
+# ---- type rules ----------------------------------------------------------------------------
+
+def _interval(op, a: Ty, b: Ty):
+    if not (a.bounded and b.bounded):
+        return None, None
+    if op == "+":
+        return a.lo + b.lo, a.hi + b.hi
+    if op == "-":
+        return a.lo - b.hi, a.hi - b.lo
+    if op == "*":
+        c = [a.lo * b.lo, a.lo * b.hi, a.hi * b.lo, a.hi * b.hi]
+        return min(c), max(c)
+    if op == "/" and (b.lo > 0 or b.hi < 0):
+        c = [a.lo / b.lo, a.lo / b.hi, a.hi / b.lo, a.hi / b.hi]
+        return min(c), max(c)
+    return None, None
+
+
+def elementwise_shape(op: str, a: Ty, b: Ty, loc, src) -> tuple | None:
+    sa, sb = a.shape, b.shape
+    if sa is None or sb is None:
+        other = sb if sa is None else sa
+        if other is None or other == ():
+            if op in "*/" or other is None:
+                return None
+        if op in "+-" and other is not None and len(other) == 2 and other[0] == other[1] \
+                and TOKEN not in other:
+            return other
+        if op in "*/" and other == ():
+            return None
+        raise ProgramError(f"cannot combine I with a value of shape {fmt_shape(other)} using '{op}'",
+                           loc, expected="I added to a square matrix, or I scaled by a scalar", source=src)
+    if sa == sb:
+        return sa
+    if sa == ():
+        return sb
+    if sb == ():
+        return sa
+    # per-token scaling: [n] with [n, k] (numpy would need u[:, None])
+    for x, y in ((sa, sb), (sb, sa)):
+        if x == (TOKEN,) and len(y) == 2 and y[0] == TOKEN:
+            return y
+        if len(x) == 1 and x[0] != TOKEN and y == (TOKEN, x[0]):   # numpy broadcast over tokens
+            return y
+    raise ProgramError(f"shapes {fmt_shape(sa)} and {fmt_shape(sb)} do not match for '{op}'",
+                       loc, expected="equal shapes, a scalar, or [n] with [n, k]", source=src)
+
+
+def matmul_shape(a: Ty, b: Ty, loc, src) -> tuple | None:
+    sa, sb = a.shape, b.shape
+    if sa is None:
+        return sb
+    if sb is None:
+        return sa
+    if sa == () or sb == ():
+        raise ProgramError("'@' needs vectors or matrices, not a scalar", loc,
+                           expected="'*' to scale by a scalar", source=src)
+    la = sa if len(sa) == 2 else (None, sa[0])      # 1-D left operand acts as a row
+    lb = sb if len(sb) == 2 else (sb[0], None)      # 1-D right operand acts as a column
+    if la[1] != lb[0]:
+        raise ProgramError(f"inner dimensions of {fmt_shape(sa)} @ {fmt_shape(sb)} differ "
+                           f"({la[1]} vs {lb[0]})", loc,
+                           expected=f"a right operand whose first axis is {la[1]}", source=src)
+    return tuple(x for x in (la[0], lb[1]) if x is not None)
+
+
+def check_holdable(shape, loc, src):
+    if shape is None:
+        return
+    if len(shape) > 2:
+        raise ProgramError(f"values have at most 2 axes, got {fmt_shape(shape)}", loc, source=src)
+    if shape.count(TOKEN) > 1:
+        raise ProgramError(f"the target cannot hold an {fmt_shape(shape)} value (one column per "
+                           "token, so at most one token axis)", loc,
+                           expected="a product that contracts the token axis, e.g. A.T @ B", source=src)
+
+
+def _divisible(sa, sb) -> bool:
+    """Shapes `/` accepts: a scalar or equal-shaped divisor, a scalar numerator (1 / u), or
+    token data divided per token by an [n] value."""
+    if sb == () or sa == sb or sa == ():
+        return True
+    return sb == (TOKEN,) and sa is not None and len(sa) == 2 and sa[0] == TOKEN
