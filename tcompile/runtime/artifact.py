@@ -1,13 +1,26 @@
-"""Artifacts on disk: NAME.safetensors (weights) + NAME.json (manifest). Never pickle.
+"""Artifacts on disk: ONE file, NAME.safetensors, holding the weights and the manifest.
 
-This is the only module that knows the file format: it turns the typed manifest
-(manifest.py, layout.py) into JSON and back, key by key, in a fixed order, so that the same
-build always gives the same bytes. The manifest carries the program source, params, compiler
-version, the layout and the report, plus the SHA-256 of the weights file: loading refuses a
-weights file that is not the one the manifest was written with (corrupt, truncated, or from
-another build). Both files are written to temporaries in the target directory and renamed into
-place, the manifest last, so an interrupted save never leaves a manifest pointing at partial
-weights.
+Format version 2 (this module is the only one that knows it):
+
+- three tensors, `weights.index`, `weights.values`, `weights.counts`: every weight matrix
+  (layer by layer, in WEIGHT_NAMES order) as its nonzeros (sparse.py `pack`), so the file grows
+  with the program, not with D²; shapes come from the manifest's layer specs;
+- the safetensors string metadata: `format`, `format_version`, `manifest` (the manifest as
+  compact JSON: program source, params, compiler version, layout; not the report or the row
+  map, which are derived on load) and `sha256`, a digest of
+  the manifest text and of every tensor's name, dtype, shape and bytes. Everything the runtime
+  reads is under that digest: an edited layout, params, output map or weight is an
+  ArtifactError, not a model that runs and answers wrongly. (A digest guards against damage
+  and careless edits, not against someone who recomputes it.)
+- NAME.json beside it is a readable copy of the manifest for people and tools (with the row
+  map and the model card), plus the sha256 of the .safetensors it was written with; tcompile
+  never reads it back.
+
+One file means one atomic rename (files.py): a reader sees the old artifact or the new one,
+never new weights with an old manifest. The JSON copy is renamed after it, with signals held
+across both. Format-1 artifacts (two files, manifest in the JSON) get a clear error asking for a
+rebuild. The manifest JSON is written key by key in a fixed order, so the same build always
+gives the same bytes.
 
 It returns and takes typed objects only; building a `CompiledProgram` from them is
 program.py's business (program imports this module, never the reverse).
@@ -16,8 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +38,9 @@ from ..errors import ArtifactError
 from .layout import Block, InputSpec, LayerSpec, Layout, OutputSpec, RowUse
 from .manifest import (FORMAT, FORMAT_VERSION, ApproxRecord, DomainCheck, Manifest,
                        ProgramInfo)
+from .codec import constant_value
+from .files import atomic_write_many
+from .sparse import pack, unpack
 from .weights import WEIGHT_NAMES, LayerWeights
 
 
@@ -95,6 +110,11 @@ def manifest_from_json(d: dict) -> Manifest:
         layers=tuple(LayerSpec(s["heads"], s["dk"], s["mlp_hidden"],
                                tuple(s.get("head_labels", []))) for s in d["layers"]))
     layout.validate()
+    _check_encoder_blocks(layout)
+    for i, spec in enumerate(layout.layers):
+        if len(spec.head_labels) != spec.heads:
+            raise ValueError(f"layer {i} has {spec.heads} heads and {len(spec.head_labels)} "
+                             "head labels")
     approximations = tuple(ApproxRecord(**{k: a[k] for k in _APPROX_KEYS}) for a in
                            d.get("approximations", []))
     domains = tuple(DomainCheck(c["label"], c["block"], c["lo"], c["hi"], c["layer"])
@@ -115,11 +135,36 @@ def _block_from_json(b: dict) -> Block:
                  vars=b.get("vars", []), name=b.get("name"), const=b.get("const"))
 
 
-# ---- files -----------------------------------------------------------------------------------
+
+
+def _check_encoder_blocks(layout: Layout) -> None:
+    """What the encoder will look up must exist: every input block names a declared input,
+    every declared input has a block, every constant block a constant the encoder knows."""
+    declared = {s.name for s in layout.inputs}
+    for b in layout.input_blocks():
+        if b.kind == "input" and b.name not in declared:
+            raise ValueError(f"block {b.key!r} holds input {b.name!r}, which the program does "
+                             f"not declare (inputs: {sorted(declared)})")
+        if b.kind == "const":
+            try:
+                constant_value(b.const, 1, 1)
+            except (KeyError, TypeError):
+                raise ValueError(f"block {b.key!r} holds an unknown constant {b.const!r}") from None
+        elif b.kind != "input":
+            raise ValueError(f"block {b.key!r} ({b.kind}) is written by the encoder")
+
+
+# ---- the file --------------------------------------------------------------------------------
+
+_PARTS = {"W_K": "attn", "W_Q": "attn", "W_V": "attn", "W_1": "mlp", "W_2": "mlp"}
+_DIGEST_TAG = b"tcompile-artifact-digest/2\0"
+
+
+_TENSORS = ("weights.index", "weights.values", "weights.counts")
+
 
 def _tensor_name(layer: int, weight: str) -> str:
-    part = "attn" if weight in ("W_K", "W_Q", "W_V") else "mlp"
-    return f"layers.{layer}.{part}.{weight}"
+    return f"layers.{layer}.{_PARTS[weight]}.{weight}"
 
 
 def artifact_paths(path) -> tuple[Path, Path]:
@@ -130,40 +175,91 @@ def artifact_paths(path) -> tuple[Path, Path]:
     return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _expected_shapes(layout: Layout, i: int) -> dict[str, tuple[int, ...]]:
+    spec, D = layout.layers[i], layout.width
+    h, dk, hid = spec.heads, spec.dk, spec.mlp_hidden
+    return {"W_K": (h, dk, D), "W_Q": (h, dk, D), "W_V": (h, D, D), "W_1": (hid, D),
+            "W_2": (D, hid)}
+
+
+def _weight_list(layout: Layout, layers: list[LayerWeights]) -> list[np.ndarray]:
+    """Every weight matrix in file order (layer, then WEIGHT_NAMES), checked against the
+    layout and for finiteness (ArtifactError), before anything is written."""
+    if len(layers) != layout.n_layers:
+        raise ArtifactError(f"{len(layers)} layers of weights, the layout says {layout.n_layers}")
+    out = []
+    for i, layer in enumerate(layers):
+        for w, shape in _expected_shapes(layout, i).items():
+            a = getattr(layer, w)
+            if tuple(a.shape) != shape or not np.all(np.isfinite(a)):
+                raise ArtifactError(f"cannot save {_tensor_name(i, w)}: it must be finite with "
+                                    f"shape {list(shape)}, got shape {list(a.shape)}")
+            out.append(a)
+    return out
+
+
+def content_sha256(manifest_text: str, tensors: dict[str, np.ndarray]) -> str:
+    """The digest stored in the file: the manifest text, then every tensor (sorted by name)
+    with its dtype and shape, each length-prefixed so no two contents hash alike."""
+    h = hashlib.sha256(_DIGEST_TAG)
+
+    def put(b: bytes):
+        h.update(struct.pack("<Q", len(b)))
+        h.update(b)
+    put(manifest_text.encode())
+    for name in sorted(tensors):
+        a = np.ascontiguousarray(tensors[name])
+        put(name.encode())
+        put(f"{a.dtype.str}{list(a.shape)}".encode())
+        put(a.tobytes())
+    return h.hexdigest()
 
 
 def write_artifact(path, manifest: Manifest, layers: list[LayerWeights], report: dict) -> list[Path]:
-    """Write PATH.safetensors and PATH.json; return both paths (weights first)."""
-    from safetensors.numpy import save as st_save
-    weights_path, manifest_path = artifact_paths(path)
-    try:
-        weights_path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ArtifactError(f"cannot create directory {str(weights_path.parent)!r}: {e}") from None
-    tensors = {_tensor_name(i, w): np.ascontiguousarray(a, dtype=np.float64)
-               for i, layer in enumerate(layers) for w, a in layer.arrays().items()}
-    blob = st_save(tensors)
+    """Write PATH.safetensors (the artifact) and PATH.json (a readable copy of its manifest);
+    return both paths, the artifact first. A failure writes nothing."""
+    st_path, json_path = artifact_paths(path)
+    index, values, counts = pack(_weight_list(manifest.layout, layers))
+    tensors = {"weights.index": index, "weights.values": values, "weights.counts": counts}
     doc = manifest_to_json(manifest)
-    doc["weights_file"] = weights_path.name
-    doc["weights_sha256"] = hashlib.sha256(blob).hexdigest()
+    embedded = {k: v for k, v in doc.items() if k != "row_map"}     # derived from the blocks
+    text = json.dumps(embedded, separators=(",", ":"), default=_jsonable)
+    blob = safetensors_bytes(tensors, {
+        "format": FORMAT, "format_version": str(FORMAT_VERSION), "manifest": text,
+        "sha256": content_sha256(text, tensors)})
     doc["report"] = report
-    text = json.dumps(doc, indent=1, sort_keys=False, default=_jsonable) + "\n"
+    copy = {"note": f"a readable copy of the manifest inside {st_path.name}; tcompile reads "
+                    "only that file", "artifact_file": st_path.name,
+            "artifact_sha256": hashlib.sha256(blob).hexdigest(), **doc}
+    copy_text = json.dumps(copy, indent=1, sort_keys=False, default=_jsonable) + "\n"
     try:
-        _atomic_write(weights_path, blob)
-        _atomic_write(manifest_path, text.encode())
+        st_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_many([(st_path, blob), (json_path, copy_text.encode())])
     except OSError as e:
-        raise ArtifactError(f"cannot write artifact {str(manifest_path)!r}: {e}") from None
-    return [weights_path, manifest_path]
+        raise ArtifactError(f"cannot write artifact {str(st_path)!r}: "
+                            f"{e.strerror or e}") from None
+    return [st_path, json_path]
+
+
+_DTYPES = {"<f8": "F64", "<i8": "I64", "<i4": "I32"}
+
+
+def safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+    """A safetensors file, written here rather than by the library because the library's
+    metadata is a hash map and comes out in a different key order in every process: here the
+    header's keys are sorted and the tensors laid out in the order given (8-byte aligned
+    first), so the same artifact is the same bytes. The loader reads it with the library."""
+    header: dict = {"__metadata__": dict(sorted(metadata.items()))}
+    data, offset = [], 0
+    for name, a in sorted(tensors.items(), key=lambda kv: (-kv[1].dtype.itemsize, kv[0])):
+        a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
+        header[name] = {"dtype": _DTYPES[a.dtype.str], "shape": list(a.shape),
+                        "data_offsets": [offset, offset + a.nbytes]}
+        data.append(a.tobytes())
+        offset += a.nbytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(data)
 
 
 def _jsonable(x):
@@ -174,81 +270,103 @@ def _jsonable(x):
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
-def _read_manifest_json(manifest_path: Path) -> dict:
+def read_artifact(path) -> tuple[Manifest, list[LayerWeights]]:
+    """Read and check an artifact (PATH, PATH.json or PATH.safetensors: the .safetensors is
+    what is read); every way it can be wrong is an ArtifactError."""
+    st_path, json_path = artifact_paths(path)
+    blob = _read_bytes(st_path, json_path)
+    meta = _metadata(blob, st_path, json_path)
+    tensors = _load_tensors(blob, st_path)
+    text = meta.get("manifest")
+    if not isinstance(text, str) or content_sha256(text, tensors) != meta.get("sha256"):
+        raise ArtifactError(f"artifact {str(st_path)!r} does not match its checksum: its "
+                            "manifest or weights were damaged or edited")
     try:
-        doc = json.loads(manifest_path.read_text())
+        doc = json.loads(text)
+        if not isinstance(doc, dict):
+            raise TypeError("the manifest is not a JSON object")
+        manifest = manifest_from_json(doc)
+        layers = _layers_from_tensors(manifest.layout, tensors)
+    except KeyError as e:
+        raise ArtifactError(f"artifact {str(st_path)!r} is inconsistent: missing {e}") from None
+    except (TypeError, ValueError, AttributeError) as e:
+        raise ArtifactError(f"artifact {str(st_path)!r} is inconsistent: {e}") from None
+    return manifest, layers
+
+
+def _read_bytes(st_path: Path, json_path: Path) -> bytes:
+    try:
+        return st_path.read_bytes()
     except FileNotFoundError:
-        raise ArtifactError(f"no artifact manifest at {str(manifest_path)!r}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ArtifactError(f"manifest {str(manifest_path)!r} is not valid JSON: {e}") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise ArtifactError(f"{str(manifest_path)!r} is not a tcompile artifact manifest")
-    if doc.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"{str(manifest_path)!r} has format version "
-                            f"{doc.get('format_version')!r}; this tcompile reads version "
+        where = f" (only {str(json_path)!r}, a readable copy, is there)" if json_path.exists() else ""
+        raise ArtifactError(f"no artifact at {str(st_path)!r}{where}") from None
+    except OSError as e:
+        raise ArtifactError(f"cannot read artifact {str(st_path)!r}: {e.strerror or e}") from None
+
+
+def _metadata(blob: bytes, st_path: Path, json_path: Path) -> dict:
+    """The safetensors header's string metadata, checked to be a tcompile artifact of this
+    format version."""
+    header = None
+    if len(blob) >= 8:
+        (n,) = struct.unpack("<Q", blob[:8])
+        if 8 + n <= len(blob):
+            try:
+                header = json.loads(blob[8:8 + n])
+            except (UnicodeDecodeError, ValueError):
+                header = None
+    if not isinstance(header, dict):
+        raise ArtifactError(f"{str(st_path)!r} cannot be read: not a safetensors file "
+                            "(damaged or truncated)")
+    meta = header.get("__metadata__")
+    meta = meta if isinstance(meta, dict) else {}
+    if meta.get("format") != FORMAT:
+        if _old_format(json_path):
+            raise ArtifactError(f"{str(st_path)!r} is a format-1 artifact (an older tcompile); "
+                                f"this tcompile reads format {FORMAT_VERSION}: rebuild it from "
+                                "its source with `tcompile build`")
+        raise ArtifactError(f"{str(st_path)!r} is not a tcompile artifact (no tcompile "
+                            "manifest inside)")
+    if meta.get("format_version") != str(FORMAT_VERSION):
+        raise ArtifactError(f"{str(st_path)!r} has artifact format version "
+                            f"{meta.get('format_version')!r}; this tcompile reads version "
                             f"{FORMAT_VERSION}")
-    return doc
+    return meta
 
 
-def _read_tensors(weights_path: Path, expected_sha256) -> dict:
+def _old_format(json_path: Path) -> bool:
+    """Is there a format-1 manifest beside (a two-file artifact of an older tcompile)?"""
+    try:
+        doc = json.loads(json_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("format") == FORMAT and doc.get("format_version") == 1
+
+
+def _load_tensors(blob: bytes, st_path: Path) -> dict:
     import safetensors
     from safetensors.numpy import load as st_load
     safetensor_error = getattr(safetensors, "SafetensorError", Exception)
     try:
-        blob = weights_path.read_bytes()
-    except OSError as e:
-        raise ArtifactError(f"cannot read weights {str(weights_path)!r}: {e}") from None
-    if hashlib.sha256(blob).hexdigest() != expected_sha256:
-        raise ArtifactError(f"weights {str(weights_path)!r} do not match the manifest's checksum "
-                            "(corrupt, truncated, or from another build)")
-    try:
         return st_load(blob)
-    except (safetensor_error, ValueError) as e:
-        raise ArtifactError(f"weights {str(weights_path)!r} cannot be read: {e}") from None
-
-
-def read_artifact(path) -> tuple[Manifest, list[LayerWeights]]:
-    """Read and check an artifact; every way it can be wrong is an ArtifactError."""
-    weights_path, manifest_path = artifact_paths(path)
-    doc = _read_manifest_json(manifest_path)
-    tensors = _read_tensors(weights_path, doc.get("weights_sha256"))
-    try:
-        manifest = manifest_from_json(doc)
-        layers = _layers_from_tensors(manifest.layout, tensors)
-    except KeyError as e:
-        raise ArtifactError(f"artifact {str(manifest_path)!r} is inconsistent: missing {e}") from None
-    except (TypeError, ValueError) as e:
-        raise ArtifactError(f"artifact {str(manifest_path)!r} is inconsistent: {e}") from None
-    return manifest, layers
+    except (safetensor_error, ValueError, TypeError) as e:
+        raise ArtifactError(f"{str(st_path)!r} cannot be read: {e}") from None
 
 
 def _layers_from_tensors(layout: Layout, tensors: dict) -> list[LayerWeights]:
-    """The weights, checked against the layer specs: present, float64, finite, right shapes."""
-    D = layout.width
-    layers = []
-    for i, spec in enumerate(layout.layers):
-        missing = [_tensor_name(i, w) for w in WEIGHT_NAMES if _tensor_name(i, w) not in tensors]
-        if missing:
-            raise ValueError(f"missing tensor {missing[0]}")
-        arrs = {w: tensors[_tensor_name(i, w)] for w in WEIGHT_NAMES}
-        for w, a in arrs.items():
-            if a.dtype != np.float64 or not np.all(np.isfinite(a)):
-                raise ValueError(f"{_tensor_name(i, w)} must hold finite float64 values")
-        h, dk, hid = spec.heads, spec.dk, spec.mlp_hidden
-        expected = {"W_K": (h, dk, D), "W_Q": (h, dk, D), "W_V": (h, D, D), "W_1": (hid, D),
-                    "W_2": (D, hid)}
-        for w, shape in expected.items():
-            if tuple(arrs[w].shape) != shape:
-                raise ValueError(f"{_tensor_name(i, w)} has shape {list(arrs[w].shape)}, the "
-                                 f"manifest says {list(shape)}")
-        layers.append(LayerWeights(**arrs, head_labels=list(spec.head_labels)))
-    extra = set(tensors) - {_tensor_name(i, w) for i in range(len(layers)) for w in WEIGHT_NAMES}
-    if extra:
-        raise ValueError(f"unexpected tensors {sorted(extra)[:3]}")
-    if len(layers) != layout.n_layers:
-        raise ValueError(f"{len(layers)} layers of weights, the manifest says {layout.n_layers}")
-    return layers
+    """The dense weights, rebuilt from their nonzeros and checked against the layer specs."""
+    if len(layout.layers) != layout.n_layers:
+        raise ValueError(f"{len(layout.layers)} layer specs, the manifest says {layout.n_layers} "
+                         "layers")
+    if set(tensors) != set(_TENSORS):
+        raise ValueError(f"the file holds tensors {sorted(tensors)}, expected {list(_TENSORS)}")
+    shapes = [shape for i in range(layout.n_layers) for shape in _expected_shapes(layout, i).values()]
+    dense = unpack(shapes, *(tensors[t] for t in _TENSORS))
+    per = len(WEIGHT_NAMES)
+    return [LayerWeights(**dict(zip(WEIGHT_NAMES, dense[i * per:(i + 1) * per])),
+                         head_labels=list(spec.head_labels))
+            for i, spec in enumerate(layout.layers)]
 
 
 __all__ = ["artifact_paths", "write_artifact", "read_artifact", "manifest_to_json",
-           "manifest_from_json", "block_to_json", "approximation_to_json"]
+           "manifest_from_json", "block_to_json", "approximation_to_json", "content_sha256"]

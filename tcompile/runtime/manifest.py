@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from .layout import Layout
 
 FORMAT = "tcompile-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2          # 2: one .safetensors holding sparse weights and the manifest
 
 
 @dataclass(frozen=True)

@@ -34,16 +34,30 @@ SHIPPED = [
 
 
 def artifact_digests(path: Path, params: dict | None) -> dict[str, str]:
-    """sha256 of the two artifact files, byte for byte, of `path` built with `params`; only the
-    compiler version string is blanked in the manifest (it may move without the build moving)."""
+    """sha256 of what the artifact of `path` built with `params` holds, byte for byte: its
+    tensors (names, dtypes, shapes, bytes), the manifest embedded in it and the JSON copy
+    beside it. Only the compiler version string is blanked (it may move without the build
+    moving), and with it the copy's digest of the whole file, which covers that string."""
+    import numpy as np
+    from safetensors import safe_open
     import tcompile
     prog = tcompile.compile_file(path, params=params or None)
     with tempfile.TemporaryDirectory() as tmp:
-        weights, manifest = prog.save(Path(tmp) / "a")
-        text = re.sub(rb'"compiler_version": "[^"]*"', b'"compiler_version": ""',
-                      manifest.read_bytes(), count=1)
-        return {"weights": hashlib.sha256(weights.read_bytes()).hexdigest(),
-                "manifest": hashlib.sha256(text).hexdigest()}
+        artifact, copy = prog.save(Path(tmp) / "a")
+        with safe_open(artifact, "np") as f:
+            manifest = f.metadata()["manifest"].encode()
+            tensors = hashlib.sha256()
+            for name in sorted(f.keys()):
+                a = np.ascontiguousarray(f.get_tensor(name))
+                tensors.update(f"{name} {a.dtype.str} {list(a.shape)}\n".encode() + a.tobytes())
+        copy_text = re.sub(rb'"artifact_sha256": "[^"]*"', b'"artifact_sha256": ""',
+                           copy.read_bytes(), count=1)
+        return {"tensors": tensors.hexdigest(), "manifest": hashlib.sha256(_blank(manifest)).hexdigest(),
+                "json_copy": hashlib.sha256(_blank(copy_text)).hexdigest()}
+
+
+def _blank(text: bytes) -> bytes:
+    return re.sub(rb'"compiler_version": "[^"]*"', b'"compiler_version": ""', text, count=1)
 
 
 def draw_programs() -> None:

@@ -1,0 +1,364 @@
+"""Artifact format 2: one .safetensors file holding sparse weights and the manifest, under one
+digest; the .json beside it a copy nobody trusts. Every way the file can be damaged or edited
+is an ArtifactError naming it; a save is atomic (killed saves leave the old or the new
+artifact, never a mix, never a temporary after SIGINT/SIGTERM); files respect the umask; a
+failed save writes nothing; the file grows with the nonzeros, not with D².
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+from safetensors.numpy import save as st_save
+
+import tcompile
+from tcompile import ArtifactError
+from tcompile.runtime.artifact import content_sha256
+from tcompile.runtime.sparse import pack, to_dense, to_sparse, unpack
+
+ROOT = Path(__file__).resolve().parents[1]
+LEAST_SQUARES = ROOT / "programs" / "least_squares.tp"
+WEIGHTS = ("W_K", "W_Q", "W_V", "W_1", "W_2")
+
+
+@pytest.fixture(scope="module")
+def progs():
+    return (tcompile.compile_file(LEAST_SQUARES, params={"steps": 2}),
+            tcompile.compile_file(LEAST_SQUARES, params={"steps": 3}))
+
+
+@pytest.fixture()
+def base(progs, tmp_path):
+    progs[0].save(tmp_path / "ls")
+    return tmp_path / "ls"
+
+
+def read_file(base: Path):
+    """(metadata, manifest dict, tensors) of an artifact, read with the safetensors library."""
+    with safe_open(base.with_name(base.name + ".safetensors"), "np") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return meta, json.loads(meta["manifest"]), tensors
+
+
+def rewrite(base: Path, doc=None, tensors=None, reseal=True, meta_edit=None):
+    """Write the artifact back with an edited manifest / tensors; `reseal` recomputes the
+    digest (an edit made with care), otherwise the old digest stays (an edit made by hand)."""
+    meta, old_doc, old_tensors = read_file(base)
+    doc = old_doc if doc is None else doc
+    tensors = old_tensors if tensors is None else tensors
+    text = json.dumps(doc, indent=1) + "\n"
+    meta = dict(meta, manifest=text)
+    if reseal:
+        meta["sha256"] = content_sha256(text, tensors)
+    meta.update(meta_edit or {})
+    base.with_name(base.name + ".safetensors").write_bytes(st_save(tensors, metadata=meta))
+
+
+def dense_equal(a, b) -> bool:
+    return all(np.array_equal(getattr(x, w), getattr(y, w)) and x.head_labels == y.head_labels
+               for x, y in zip(a.layers, b.layers) for w in WEIGHTS) and len(a.layers) == len(b.layers)
+
+
+# ---- the format ----------------------------------------------------------------------------
+
+def test_one_file_holds_everything_the_json_is_an_untrusted_copy(progs, base):
+    meta, doc, tensors = read_file(base)
+    assert meta["format"] == "tcompile-artifact" and meta["format_version"] == "2"
+    full = progs[0].manifest
+    assert doc == {k: v for k, v in full.items() if k != "row_map"}    # derived, so not stored
+    copy = json.loads(base.with_name("ls.json").read_text())
+    assert copy["artifact_sha256"] == hashlib.sha256(base.with_name("ls.safetensors").read_bytes()).hexdigest()
+    assert {k: copy[k] for k in full} == full and copy["report"] == progs[0].report
+    # the copy is never read: garbage or absence changes nothing
+    base.with_name("ls.json").write_text('{"format": "tcompile-artifact", "params": {"steps": 99}}')
+    assert dense_equal(tcompile.load(base), progs[0])
+    base.with_name("ls.json").unlink()
+    assert tcompile.load(str(base) + ".json").manifest == progs[0].manifest
+    # the stored tensors are each weight's nonzeros (layer by layer, W_K W_Q W_V W_1 W_2)
+    arrays = [getattr(layer, w) for layer in progs[0].layers for w in WEIGHTS]
+    assert sorted(tensors) == ["weights.counts", "weights.index", "weights.values"]
+    assert list(tensors["weights.counts"]) == [np.count_nonzero(a) for a in arrays]
+    assert np.array_equal(tensors["weights.index"], np.concatenate([np.flatnonzero(a) for a in arrays]))
+    assert np.array_equal(tensors["weights.values"], np.concatenate([a[a != 0] for a in arrays]))
+
+
+def test_artifact_bytes_follow_the_nonzeros(tmp_path):
+    """newton_inverse at d = 24: the dense weights are (3d)² per head; the file stays within
+    4× the nonzero bytes (the bench measures every shipped program)."""
+    prog = tcompile.compile_file(ROOT / "programs" / "newton_inverse.tp", params={"d": 24, "steps": 3})
+    path, _ = prog.save(tmp_path / "ni")
+    nnz = sum(int(np.count_nonzero(getattr(w, n))) for w in prog.layers for n in WEIGHTS)
+    dense = sum(getattr(w, n).size for w in prog.layers for n in WEIGHTS)
+    assert path.stat().st_size <= 4 * 8 * nnz < 8 * dense / 10
+    assert dense_equal(tcompile.load(path), prog)
+
+
+@pytest.mark.parametrize("a", [np.zeros((2, 3)), np.array([[0.0, -0.0, 1.5], [-2.0, 0.0, 1e-300]]),
+                               np.arange(24.0).reshape(2, 3, 4) - 5])
+def test_sparse_round_trip(a):
+    index, values = to_sparse(a)
+    back = to_dense(a.shape, index, values)
+    assert np.array_equal(back, a) and back.dtype == np.float64
+    assert np.count_nonzero(values) == values.size == np.count_nonzero(a)
+
+
+@pytest.mark.parametrize("index, values, message", [
+    ([1, 1], [1.0, 2.0], "strictly increasing"), ([2, 1], [1.0, 2.0], "strictly increasing"),
+    ([6], [1.0], "outside"), ([-1], [1.0], "outside"), ([0], [0.0], "nonzero"),
+    ([0], [np.nan], "finite"), ([0, 1], [1.0], "equal length"),
+])
+def test_sparse_refuses_non_canonical_pairs(index, values, message):
+    with pytest.raises(ValueError, match=message):
+        to_dense((2, 3), np.array(index, dtype=np.int64), np.array(values, dtype=np.float64))
+
+
+# ---- damage and edits ----------------------------------------------------------------------
+
+def flip(blob: bytes, where: int) -> bytes:
+    b = bytearray(blob)
+    b[where] ^= 0x01
+    return bytes(b)
+
+
+@pytest.mark.parametrize("case", ["flip_data", "flip_last", "flip_header", "flip_length",
+                                  "truncated", "empty", "appended", "garbage"])
+def test_damaged_files_are_artifact_errors(base, case):
+    path = base.with_name("ls.safetensors")
+    blob = path.read_bytes()
+    header = 8 + int.from_bytes(blob[:8], "little")
+    meta_at = blob.index(b'steps\\":')            # the params, inside the embedded manifest
+    new = {"flip_data": lambda: flip(blob, header + (len(blob) - header) // 2),
+           "flip_last": lambda: flip(blob, len(blob) - 1), "flip_header": lambda: flip(blob, meta_at + 1),
+           "flip_length": lambda: flip(blob, 0), "truncated": lambda: blob[:len(blob) // 3],
+           "empty": lambda: b"", "appended": lambda: blob + b"\0" * 8,
+           "garbage": lambda: b"\xff" * 64}[case]()
+    path.write_bytes(new)
+    with pytest.raises(ArtifactError, match=r"ls\.safetensors.*(checksum|cannot be read)"):
+        tcompile.load(base)
+
+
+def _permute_input_rows(doc):
+    blk = next(b for b in doc["blocks"] if b["kind"] == "input" and len(b["rows"]) > 1)
+    blk["rows"] = blk["rows"][::-1]
+
+
+def _steps_99(doc):
+    doc["params"]["steps"] = 99
+
+
+def _output_block(doc):
+    doc["outputs"][0]["block"] = doc["outputs"][1]["block"]
+
+
+def _rename_input_block(doc):
+    next(b for b in doc["blocks"] if b["kind"] == "input")["name"] = "B"
+
+
+def _written(doc):
+    doc["blocks"][-1]["written"] += 2
+
+
+EDITS = [_permute_input_rows, _steps_99, _output_block, _rename_input_block, _written]
+
+
+@pytest.mark.parametrize("edit", EDITS)
+def test_any_manifest_edit_breaks_the_checksum(base, edit):
+    """Everything the runtime reads is under the digest: layout, params, outputs, row map."""
+    _, doc, _ = read_file(base)
+    edit(doc)
+    rewrite(base, doc, reseal=False)
+    with pytest.raises(ArtifactError, match="checksum"):
+        tcompile.load(base)
+
+
+def _drop_tensor(t):
+    del t["weights.counts"]
+
+
+def _extra_tensor(t):
+    t["layers.9.attn.W_K"] = np.zeros(1)
+
+
+def _scale_weight(t):
+    t["weights.values"] = t["weights.values"] * 2
+
+
+@pytest.mark.parametrize("edit", [_drop_tensor, _extra_tensor, _scale_weight])
+def test_any_tensor_edit_breaks_the_checksum(base, edit):
+    _, _, tensors = read_file(base)
+    edit(tensors)
+    rewrite(base, tensors=tensors, reseal=False)
+    with pytest.raises(ArtifactError, match="checksum"):
+        tcompile.load(base)
+
+
+# ---- careful edits (digest recomputed): still refused where the runtime cannot follow -------
+
+def _layer_heads(doc, t):
+    doc["layers"][0]["heads"] += 1
+
+
+def _layers_dropped(doc, t):
+    doc["layers"].pop()
+
+
+def _layers_not_list(doc, t):
+    doc["layers"] = None
+
+
+def _no_blocks(doc, t):
+    del doc["blocks"]
+
+
+def _rows_out_of_range(doc, t):
+    doc["blocks"][0]["rows"] = [doc["width"] + 5]
+
+
+def _unknown_output_block(doc, t):
+    doc["outputs"][0]["block"] = "nope"
+
+
+def _source_edited(doc, t):
+    doc["source"] = doc["source"].replace("input a_test : [d]", "input a_test : [d, d]")
+
+
+def _unknown_constant(doc, t):
+    next(b for b in doc["blocks"] if b["kind"] == "const")["const"] = "pi"
+
+
+def _duplicate_position(doc, t):
+    t["weights.index"][1] = t["weights.index"][0]
+
+
+def _counts_off(doc, t):
+    t["weights.counts"][0] += 1
+
+
+def _values_float32(doc, t):
+    t["weights.values"] = t["weights.values"].astype(np.float32)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_rename_input_block, "holds input 'B', which the program does not declare"),
+    (_layer_heads, "1 heads and 0 head labels|heads and .* head labels"),
+    (_layers_dropped, "layer specs"), (_layers_not_list, "inconsistent"),
+    (_no_blocks, "missing 'blocks'"), (_rows_out_of_range, "outside the width"),
+    (_unknown_output_block, "lives in no block"), (_source_edited, "source does not match"),
+    (_unknown_constant, "unknown constant 'pi'"), (_duplicate_position, "strictly increasing"),
+    (_counts_off, "add up to"), (_values_float32, "float64"),
+])
+def test_resealed_edits_the_runtime_cannot_follow_are_artifact_errors(base, edit, message):
+    _, doc, tensors = read_file(base)
+    tensors = {k: v.copy() for k, v in tensors.items()}
+    edit(doc, tensors) if edit.__code__.co_argcount == 2 else edit(doc)
+    rewrite(base, doc, tensors)
+    with pytest.raises(ArtifactError, match=message):
+        tcompile.load(base)
+
+
+def test_format_1_artifacts_and_other_files_get_clear_errors(progs, base, tmp_path):
+    """An older two-file artifact (weights without metadata + format-1 JSON manifest) asks for a
+    rebuild; a newer version names both; a foreign safetensors file is not an artifact."""
+    _, doc, tensors = read_file(base)
+    old = tmp_path / "old"
+    old.with_name("old.safetensors").write_bytes(st_save({"layers.0.attn.W_K": np.zeros((1, 1, 3))}))
+    old.with_name("old.json").write_text(json.dumps(dict(doc, format_version=1)))
+    with pytest.raises(ArtifactError, match=r"old\.safetensors.*format-1 artifact.*rebuild"):
+        tcompile.load(old)
+    old.with_name("old.json").unlink()
+    with pytest.raises(ArtifactError, match="not a tcompile artifact"):
+        tcompile.load(old)
+    rewrite(base, meta_edit={"format_version": "3"})
+    with pytest.raises(ArtifactError, match="format version '3'; this tcompile reads version 2"):
+        tcompile.load(base)
+    with pytest.raises(ArtifactError, match=r"no artifact at .*nothing\.safetensors"):
+        tcompile.load(tmp_path / "nothing.json")
+    (tmp_path / "d.safetensors").mkdir()
+    with pytest.raises(ArtifactError, match="cannot read artifact"):
+        tcompile.load(tmp_path / "d")
+
+
+# ---- writing: modes, failures, interrupts --------------------------------------------------
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_files_respect_the_umask(progs, tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        paths = progs[0].save(tmp_path / "m")
+    finally:
+        os.umask(old)
+    assert [p.stat().st_mode & 0o777 for p in paths] == [mode, mode]
+
+
+def test_a_failed_save_writes_nothing(progs, tmp_path):
+    bad = tcompile.CompiledProgram(progs[0].typed_manifest, [
+        type(w)(**{n: getattr(w, n).copy() for n in WEIGHTS}, head_labels=w.head_labels)
+        for w in progs[0].layers])
+    bad.layers[-1].W_V[0, 0, 0] = np.inf
+    with pytest.raises(ArtifactError, match=r"cannot save layers\.\d+\.attn\.W_V: it must be finite"):
+        bad.save(tmp_path / "out" / "m")
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ArtifactError, match="cannot write artifact"):
+        progs[0].save(tmp_path / "file" / "m")              # a file where the directory goes
+    progs[1].save(tmp_path / "d" / "m")
+    (tmp_path / "d" / "m.json").unlink()
+    (tmp_path / "d" / "m.json").mkdir()                      # the copy cannot be written
+    before = (tmp_path / "d" / "m.safetensors").read_bytes()
+    with pytest.raises(ArtifactError, match="cannot write artifact"):
+        progs[0].save(tmp_path / "d" / "m")
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["m.json", "m.safetensors"]
+    assert (tmp_path / "d" / "m.safetensors").read_bytes() == before
+
+
+def _saving_child(progs, base: Path) -> int:
+    """Fork a process that saves the two programs over `base`, turn about, until killed."""
+    pid = os.fork()
+    if pid == 0:                                   # the child: never returns into pytest
+        try:
+            t0, i = time.monotonic(), 1
+            while time.monotonic() - t0 < 5:
+                progs[i % 2].save(base)
+                i += 1
+        finally:
+            os._exit(0)
+    return pid
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_killed_saves_leave_the_old_or_the_new_artifact(progs, tmp_path, sig):
+    """Kill a process saving over an artifact at random moments (during the report, the
+    packing, the writes, the renames): the artifact always loads, as one of the two programs;
+    after SIGINT/SIGTERM no temporary remains and the JSON copy describes the artifact."""
+    base = tmp_path / "ls"
+    progs[0].save(base)
+    rng = random.Random(sig)
+    steps = {2: 0, 3: 0}
+    for _ in range(15):
+        pid = _saving_child(progs, base)
+        time.sleep(rng.uniform(0.0, 0.08))
+        os.kill(pid, sig)
+        os.waitpid(pid, 0)
+        loaded = tcompile.load(base)
+        steps[loaded.manifest["params"]["steps"]] += 1
+        assert dense_equal(loaded, progs[loaded.manifest["params"]["steps"] - 2])
+        temps = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+        if sig == signal.SIGKILL:
+            for p in temps:
+                assert p.name.startswith((".ls.safetensors.", ".ls.json."))
+                p.unlink()
+            continue
+        assert not temps
+        copy = json.loads(base.with_name("ls.json").read_text())
+        assert copy["artifact_sha256"] == hashlib.sha256(base.with_name("ls.safetensors").read_bytes()).hexdigest()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ls.json", "ls.safetensors"]
+    assert min(steps.values()) >= 2, steps        # the kills did land between saves of both
