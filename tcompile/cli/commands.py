@@ -4,12 +4,14 @@ Commands that read an artifact go through the runtime only (`CompiledProgram.loa
 and `check` compile, so they import the compiler, inside the function."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from .common import EXIT_CHECK_FAILED, EXIT_OK, UsageError, parse_param_overrides
 from ..errors import InputError, TcompileError
+from .outputs import output_file, write_npz
 from ..runtime.program import CompiledProgram
 
 
@@ -56,6 +58,8 @@ def load_npz(path) -> dict[str, np.ndarray]:
 
 def load_artifact(path) -> CompiledProgram:
     """`CompiledProgram.load`, with a directory explained: artifacts are DIR/NAME pairs."""
+    if not str(path).strip():
+        raise UsageError("the artifact path is empty: pass DIR/NAME (e.g. build/newton_logistic)")
     p = Path(path)
     if p.is_dir():
         names = sorted({q.stem for q in p.glob("*.json")})
@@ -69,27 +73,17 @@ def load_artifact(path) -> CompiledProgram:
 def cmd_run(args) -> int:
     import torch
 
-    prog = CompiledProgram.load(args.artifact)
+    prog = load_artifact(args.artifact)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise TcompileError("--device cuda was asked for, but no CUDA device is available")
+    out_path = output_file(args.out, inputs=args.inputs) if args.out is not None else None
     out = prog.run(dtype=args.dtype, device=args.device, **load_npz(args.inputs))
     for name, value in out.items():
         print(f"{name} = {np.array2string(np.asarray(value), precision=10)}")
-    if args.out:
-        _save_npz(Path(args.out), out)
+    if out_path is not None:
+        write_npz(out_path, out)
         print(f"wrote {args.out}")
     return EXIT_OK
-
-
-def _save_npz(path: Path, arrays: dict) -> None:
-    import io
-    import os
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
 
 
 def cmd_check(args) -> int:
@@ -152,13 +146,26 @@ def cmd_report(args) -> int:
 
 def cmd_trace(args) -> int:
     from ..inspection.trace import format_trace, write_trace
+    if args.out and Path(args.out).is_dir():
+        raise UsageError(f"-o {args.out!r} is a directory; trace writes one .csv or .json file")
     prog = load_artifact(args.artifact)
     rows = prog.trace(**load_npz(args.inputs))
     print(format_trace(rows))
     if args.out:
-        write_trace(rows, Path(args.out))
+        with _writing(args.out):
+            write_trace(rows, Path(args.out))
         print(f"wrote {args.out}")
     return EXIT_OK
+
+
+@contextmanager
+def _writing(target):
+    """An OSError while writing output (a path through a file, no permission, a full disk) is
+    the user's to fix: say which target and why, without a traceback."""
+    try:
+        yield
+    except OSError as e:
+        raise TcompileError(f"cannot write {str(target)!r}: {e.strerror or e}") from None
 
 
 def cmd_plot(args) -> int:
@@ -174,7 +181,9 @@ def cmd_plot(args) -> int:
     if args.layer is not None and not 0 <= args.layer < prog.n_layers:
         raise UsageError(f"--layer {args.layer}: {prog.name} has layers 0 to {prog.n_layers - 1}")
     inputs = load_npz(args.inputs) if args.inputs else None
-    for p in plot(prog, args.what, out, inputs, layer=args.layer):
+    with _writing(out):
+        paths = plot(prog, args.what, out, inputs, layer=args.layer)
+    for p in paths:
         print(f"wrote {p}")
     return EXIT_OK
 

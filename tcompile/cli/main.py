@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    if any("\x00" in str(a) for a in (argv if argv is not None else sys.argv[1:])):
+        parser.error("an argument contains a NUL byte")   # no path can: refuse before using it
     args = parser.parse_args(argv)
     from . import commands          # here, not above: `tcompile --help` stays quick (no numpy)
     try:
