@@ -362,3 +362,45 @@ def test_killed_saves_leave_the_old_or_the_new_artifact(progs, tmp_path, sig):
         assert copy["artifact_sha256"] == hashlib.sha256(base.with_name("ls.safetensors").read_bytes()).hexdigest()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ls.json", "ls.safetensors"]
     assert min(steps.values()) >= 2, steps        # the kills did land between saves of both
+
+
+# ---- run -o: never the inputs, never a directory, atomic ------------------------------------
+
+@pytest.fixture()
+def run_setup(progs, tmp_path):
+    progs[0].save(tmp_path / "ls")
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((6, 4))
+    inputs = dict(A=A / np.linalg.norm(A, axis=1, keepdims=True), y=rng.standard_normal(6),
+                  a_test=rng.standard_normal(4))
+    np.savez(tmp_path / "in.npz", **inputs)
+    return tmp_path, inputs
+
+
+@pytest.mark.parametrize("target", ["in.npz", "./in.npz", "link.npz", "sub", "sub/"])
+def test_run_output_refuses_its_inputs_and_directories(run_setup, target, capsys):
+    from tcompile.cli.main import main
+    tmp, _ = run_setup
+    (tmp / "sub").mkdir()
+    os.symlink(tmp / "in.npz", tmp / "link.npz")
+    before = (tmp / "in.npz").read_bytes()
+    code = main(["run", str(tmp / "ls"), "--inputs", str(tmp / "in.npz"), "-o", str(tmp) + "/" + target])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert ("is the --inputs file" in err) if "npz" in target else ("is a directory" in err)
+    assert (tmp / "in.npz").read_bytes() == before
+    assert not [p for p in tmp.rglob("*") if p.name.endswith(".tmp")] and not any((tmp / "sub").iterdir())
+
+
+def test_run_output_is_written_whole(progs, run_setup, capsys):
+    from tcompile.cli.main import main
+    tmp, inputs = run_setup
+    (tmp / "res.npz").write_bytes(b"old")
+    assert main(["run", str(tmp / "ls"), "--inputs", str(tmp / "in.npz"), "-o", str(tmp / "res.npz")]) == 0
+    with np.load(tmp / "res.npz") as got:
+        want = progs[0].run(**inputs)
+        assert sorted(got.files) == sorted(want) and all(np.array_equal(got[k], want[k]) for k in want)
+    assert sorted(p.name for p in tmp.iterdir()) == ["in.npz", "ls.json", "ls.safetensors", "res.npz"]
+    (tmp / "file").write_text("x")
+    assert main(["run", str(tmp / "ls"), "--inputs", str(tmp / "in.npz"), "-o", str(tmp / "file" / "r.npz")]) == 1
+    assert "cannot write" in capsys.readouterr().err
