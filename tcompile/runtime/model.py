@@ -15,6 +15,11 @@ Hook points carry TransformerLens names (blocks.{i}.hook_resid_pre, .attn.hook_r
 .hook_resid_post), so `run_with_cache` and forward hooks read like TransformerLens code.
 TransformerLens itself hard-codes softmax attention and cannot load these models.
 
+Layers are counted from 0 here and everywhere else (model card, trace rows, plots): the layer
+the card calls "layer L" is `blocks[L]`, hooked as `blocks.L.*`, built from
+`CompiledProgram.layers[L]`. The hook names fix 0 (TransformerLens tooling expects
+`blocks.0`), so the human-facing tools follow them rather than the reverse.
+
 TF32 is switched off inside `forward` (and restored after): Newton–Schulz loses about three
 digits to TF32 matmuls on NVIDIA GPUs, so the float32 path is true float32 whatever the
 caller's global setting.
