@@ -104,3 +104,15 @@ def test_trace_rows_count_layers_from_0(logistic):
     A /= 1.5 * np.linalg.norm(A, axis=1, keepdims=True)
     rows = logistic.trace(A=A, y=np.sign(rng.normal(size=8)), x0=np.zeros(3))
     assert min(r["layer"] for r in rows) == 0 and max(r["layer"] for r in rows) == logistic.n_layers - 1
+
+
+def test_check_domains_names_the_layer_whose_mlp_reads_the_piece(logistic):
+    rng = np.random.default_rng(2)
+    A = rng.normal(size=(8, 3))
+    A /= 1.5 * np.linalg.norm(A, axis=1, keepdims=True)
+    checks = logistic.check_domains(A=A, y=np.sign(rng.normal(size=8)), x0=np.zeros(3))
+    assert checks
+    for c in checks:                         # oracle: the weights of module.blocks[layer]
+        rows = list(logistic.layout.block(c["block"]).rows)
+        W_1 = logistic.module.blocks[c["layer"]].mlp.W_1.numpy()
+        assert np.any(W_1[:, rows] != 0), c

@@ -179,7 +179,7 @@ class CompiledProgram:
             vals = codec.read_block(h, self.layout.block(chk.block), [0, 0])
             lo, hi = float(vals.min()), float(vals.max())
             slack = 1e-9 * max(1.0, abs(chk.lo), abs(chk.hi))
-            out.append({**asdict(chk), "min": lo, "max": hi,
+            out.append({**asdict(chk), "layer": chk.layer - 1, "min": lo, "max": hi,  # from 0
                         "outside": bool(lo < chk.lo - slack or hi > chk.hi + slack)})
         return out
 
