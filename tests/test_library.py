@@ -130,3 +130,29 @@ def test_ista_lasso_vs_sklearn():
     x = prog.run(A=A, y=y)["x"]
     assert np.array_equal(np.abs(x) <= 1e-15, ref == 0)     # the same support
     assert np.max(np.abs(x - ref)) <= 1e-9
+
+
+def newton_logistic_optimum(A, y, mu=0.1):
+    """x* by exact Newton steps in numpy (a dense solve each step), to rounding."""
+    n, d = A.shape
+    x = np.zeros(d)
+    for _ in range(30):
+        s = 1 / (1 + np.exp(y * (A @ x)))
+        g = mu * x - A.T @ (y * s) / n
+        x = x - np.linalg.solve(A.T @ (A * (s * (1 - s))[:, None]) / n + mu * np.eye(d), g)
+    return x
+
+
+def test_newton_logistic_warm_reaches_1e6_in_30_layers():
+    """The paper's setting, d = 5, n = 26, mu = 0.1: the Hessian inverse carried across damped
+    steps with one Newton–Schulz refinement each, 6 steps, 30 layers in all."""
+    prog = build("newton_logistic_warm")
+    assert shape_of(prog) == (30, 36)
+    rng = np.random.default_rng(8)
+    for _ in range(4):
+        A, y = logistic_data(rng, 26, 5)
+        x0 = rng.standard_normal(5)
+        x0 *= rng.uniform(0, 1) / np.linalg.norm(x0)
+        x = prog.run(A=A, y=y, x0=x0)["x"]
+        assert np.linalg.norm(x - newton_logistic_optimum(A, y)) <= 1e-6
+        assert not any(c["outside"] for c in prog.check_domains(A=A, y=y, x0=x0))
