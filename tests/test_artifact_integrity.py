@@ -320,12 +320,12 @@ def test_a_failed_save_writes_nothing(progs, tmp_path):
     assert (tmp_path / "d" / "m.safetensors").read_bytes() == before
 
 
-def _saving_child(progs, base: Path) -> int:
+def _saving_child(progs, base: Path, first: int) -> int:
     """Fork a process that saves the two programs over `base`, turn about, until killed."""
     pid = os.fork()
     if pid == 0:                                   # the child: never returns into pytest
         try:
-            t0, i = time.monotonic(), 1
+            t0, i = time.monotonic(), first
             while time.monotonic() - t0 < 5:
                 progs[i % 2].save(base)
                 i += 1
@@ -340,16 +340,18 @@ def test_killed_saves_leave_the_old_or_the_new_artifact(progs, tmp_path, sig):
     packing, the writes, the renames): the artifact always loads, as one of the two programs;
     after SIGINT/SIGTERM no temporary remains and the JSON copy describes the artifact."""
     base = tmp_path / "ls"
+    t0 = time.monotonic()
     progs[0].save(base)
+    one_save = time.monotonic() - t0               # kills fall within the first few saves
     rng = random.Random(sig)
-    steps = {2: 0, 3: 0}
-    for _ in range(15):
-        pid = _saving_child(progs, base)
-        time.sleep(rng.uniform(0.0, 0.08))
+    seen = []
+    for k in range(15):
+        pid = _saving_child(progs, base, first=k + 1)
+        time.sleep(rng.uniform(0.0, 4 * one_save))
         os.kill(pid, sig)
         os.waitpid(pid, 0)
         loaded = tcompile.load(base)
-        steps[loaded.manifest["params"]["steps"]] += 1
+        seen.append(loaded.manifest["params"]["steps"])
         assert dense_equal(loaded, progs[loaded.manifest["params"]["steps"] - 2])
         temps = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
         if sig == signal.SIGKILL:
@@ -361,7 +363,7 @@ def test_killed_saves_leave_the_old_or_the_new_artifact(progs, tmp_path, sig):
         copy = json.loads(base.with_name("ls.json").read_text())
         assert copy["artifact_sha256"] == hashlib.sha256(base.with_name("ls.safetensors").read_bytes()).hexdigest()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ls.json", "ls.safetensors"]
-    assert min(steps.values()) >= 2, steps        # the kills did land between saves of both
+    assert len(set(seen)) == 2, seen               # saves of both did complete between kills
 
 
 # ---- run -o: never the inputs, never a directory, atomic ------------------------------------

@@ -17,8 +17,13 @@ from ..runtime.program import CompiledProgram
 
 def cmd_build(args) -> int:
     from ..compiler.pipeline import compile_file
-    prog = compile_file(args.file, params=parse_param_overrides(args.param), tol=args.tol)
+    from ..compiler.progress import Progress
+    progress = Progress()
+    prog = compile_file(args.file, params=parse_param_overrides(args.param), tol=args.tol,
+                        max_memory=args.max_memory, progress=progress)
+    progress.stage("write")
     paths = prog.save_to_dir(args.out)
+    progress.finish()
     print(prog.report_text())
     for p in paths:
         print(f"wrote {p}")
@@ -93,7 +98,8 @@ def cmd_check(args) -> int:
     from ..inspection.sampling import sample_inputs
     from ..language.interpreter import interpret_program
     params = parse_param_overrides(args.param)
-    prog = compile_file(args.file, params=params, tol=args.tol)
+    prog = compile_file(args.file, params=params, tol=args.tol, max_memory=args.max_memory,
+                        progress=True)
     n = args.n or max(16, 2 * prog.layout.min_tokens)
     inputs = sample_inputs(prog.program, params, n=n, batch=args.batch, seed=args.seed)
     got = prog.run(**inputs)

@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from ..errors import TcompileError
+from .outputs import MAX_MEMORY_HELP, memory_size
 from .common import EXIT_ERROR, EXIT_OK, EXIT_USAGE, UsageError, positive_float, positive_int
 
 
@@ -27,10 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("-o", "--out", default="build", help="output directory (default: build/)")
     b.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
     b.add_argument("--tol", type=float, default=None, help="default tolerance of approximated functions")
+    b.add_argument("--max-memory", type=memory_size, default=None, metavar="SIZE", help=MAX_MEMORY_HELP)
     c = sub.add_parser("check", help="compile, run on random valid inputs, compare with the interpreter")
     c.add_argument("file")
     c.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
     c.add_argument("--tol", type=positive_float, default=None)
+    c.add_argument("--max-memory", type=memory_size, default=None, metavar="SIZE", help=MAX_MEMORY_HELP)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--batch", type=positive_int, default=8, help="random problems (default 8)")
     c.add_argument("--n", type=positive_int, default=None, help="token count of the random inputs")

@@ -34,13 +34,16 @@ def block_key(plan: Plan, pair) -> str:
     return base + (".T" if pair[1] and atom.kind not in ("input", "const") else "")
 
 
-def emit(plan: Plan, outputs: dict[str, int]) -> tuple[list[LayerWeights], list[Block], dict]:
-    """(weights per layer, the stored blocks in write order, block key per stored pair)."""
+def emit(plan: Plan, outputs: dict[str, int], progress=None) -> tuple[list[LayerWeights], list[Block], dict]:
+    """(weights per layer, the stored blocks in write order, block key per stored pair);
+    `progress(layer, n_layers)`, if given, is called as each layer is emitted."""
     keys = _block_keys(plan)
     blocks = _blocks(plan, outputs, keys)
     writers = _writers_by_time(plan)
     layers = []
     for layer in range(1, plan.n_layers + 1):
+        if progress is not None:
+            progress(layer, plan.n_layers)
         t_att, t_mlp = attention_time(layer), mlp_time(layer)
         W_K, W_Q, W_V, labels = _attention_weights(plan, writers.get(t_att, []), keys)
         W_1, W_2 = _mlp_weights(plan, writers.get(t_mlp, []), t_mlp)

@@ -2,6 +2,10 @@
 
     parse → check → dataflow → lower → depth → plan (orient, schedule, rows) → emit → runtime
 
+with the size checked twice before any dense array exists (budget.py: lower bounds after the
+depth pass, the exact shapes after planning) and progress reported per stage and layer
+(progress.py) when asked.
+
 `compile_program` runs the stages and returns a `CompiledProgram` (runtime/program.py): the
 weights as numpy arrays plus the typed manifest (runtime/manifest.py, runtime/layout.py) that
 the encoder, decoder, report, trace and artifact files all read.
@@ -18,34 +22,70 @@ from ..runtime.layout import InputSpec, LayerSpec, Layout, OutputSpec, max_small
 from ..runtime.manifest import ApproxRecord, DomainCheck, Manifest, ProgramInfo
 from ..runtime.program import CompiledProgram
 from ..version import __version__
+from .budget import check_early, check_plan, resolve_limit
 from .dataflow import build_dataflow
 from .depth import reduce_depth
 from .emit import emit
 from .lower import lower
 from .pieces import DEFAULT_TOL
 from .plan import plan_program
+from .progress import resolve as resolve_progress
 
 
 def compile_source(source: str, file: str = "<string>", params: dict | None = None,
-                   tol: float | None = None) -> CompiledProgram:
-    return compile_program(parse_source(source, file), params, tol)
+                   tol: float | None = None, *, max_memory=None, progress=None) -> CompiledProgram:
+    return compile_program(parse_source(source, file), params, tol, max_memory=max_memory,
+                           progress=progress)
 
 
-def compile_file(path, params: dict | None = None, tol: float | None = None) -> CompiledProgram:
+def compile_file(path, params: dict | None = None, tol: float | None = None, *,
+                 max_memory=None, progress=None) -> CompiledProgram:
     """Compile the .tp program at `path` (params override its `param`/`dim` defaults; `tol` is
-    the error budget of approximations that neither their call nor their statement sets)."""
-    return compile_program(parse_file(Path(path)), params, tol)
+    the error budget of approximations that neither their call nor their statement sets).
+    `max_memory` (bytes; default half the available memory) refuses a model whose dense
+    weights would not fit, before allocating them (budget.py); `progress=True` reports the
+    stages and layers of a build that runs for more than two seconds on stderr."""
+    return compile_program(parse_file(Path(path)), params, tol, max_memory=max_memory,
+                           progress=progress)
 
 
-def compile_program(program, params: dict | None = None, tol: float | None = None) -> CompiledProgram:
+def compile_program(program, params: dict | None = None, tol: float | None = None, *,
+                    max_memory=None, progress=None) -> CompiledProgram:
     if tol is not None and not (isinstance(tol, (int, float)) and 0 < tol < 1):
         raise ParamError(f"the default tolerance must be a number in (0, 1), got {tol!r}")
+    resolve_limit(max_memory)                     # a bad max_memory fails before any work
+    report = resolve_progress(progress)
+    stage = report.stage if report else (lambda _name: None)
+    stage("check")
     values = check_program(program, params)
+    stage("dataflow")
     df = build_dataflow(program, values, default_tol=tol)
-    atoms = reduce_depth(lower(df), df.outputs)
+    stage("lower")
+    lowered = lower(df)
+    stage("depth")
+    atoms = reduce_depth(lowered, df.outputs)
+    cause = _size_cause(params, values)
+    check_early(atoms, cause, max_memory)
+    stage("plan")
     plan = plan_program(atoms, df.outputs)
-    layers, blocks, keys = emit(plan, df.outputs)
-    return CompiledProgram(_manifest(program, values, tol, df, plan, layers, blocks, keys), layers)
+    stage("size check")
+    check_plan(plan, cause, max_memory)
+    stage("emit")
+    layers, blocks, keys = emit(plan, df.outputs, progress=report.layer if report else None)
+    prog = CompiledProgram(_manifest(program, values, tol, df, plan, layers, blocks, keys), layers)
+    if progress is True:
+        report.finish()
+    return prog
+
+
+def _size_cause(params: dict | None, values: dict) -> str:
+    """Which params set the size, for the refusal message."""
+    chosen = [k for k in (params or {}) if k in values]
+    if chosen:
+        return ("The size follows from " + ", ".join(f"{k} = {values[k]:g}" for k in chosen) +
+                " (set for this build); smaller values build a smaller model.")
+    return ("The size follows from the program's own defaults (" +
+            ", ".join(f"{k} = {v:g}" for k, v in values.items()) + ").")
 
 
 def _manifest(program, values, tol, df, plan, layers, blocks, keys) -> Manifest:

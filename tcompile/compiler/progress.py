@@ -1,0 +1,60 @@
+"""Progress of a long build on stderr: which stage, which layer of how many.
+
+Quiet for the builds that take a moment (almost all): nothing is printed until `after`
+seconds have passed; from then on each new stage gets a line, and emission a line per layer at
+most every `every` seconds (and the last one), so `-p steps=20000` shows it is alive without
+flooding a log. The CLI's build and check pass one; the API is quiet unless given
+`progress=True` (or a Progress).
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+
+class Progress:
+    def __init__(self, stream=None, after: float = 2.0, every: float = 1.0, clock=time.monotonic):
+        self.stream = stream if stream is not None else sys.stderr
+        self.after, self.every, self.clock = after, every, clock
+        self.start = clock()
+        self.current = None
+        self.last_print = None
+        self.printed = False
+
+    def _elapsed(self) -> float:
+        return self.clock() - self.start
+
+    def _say(self, text: str) -> None:
+        try:
+            print(f"tcompile: {text} ({self._elapsed():.1f} s)", file=self.stream, flush=True)
+        except (OSError, ValueError):      # a closed stderr stops progress, not the build
+            self.stream = None
+        self.printed, self.last_print = True, self.clock()
+
+    def stage(self, name: str) -> None:
+        """A new stage begins (shown once the build has run for `after` seconds)."""
+        self.current = name
+        if self.stream is not None and self._elapsed() >= self.after:
+            self._say(name)
+
+    def layer(self, i: int, n: int) -> None:
+        """Layer i of n is being emitted."""
+        if self.stream is None or self._elapsed() < self.after:
+            return
+        if i == n or self.last_print is None or self.clock() - self.last_print >= self.every:
+            self._say(f"{self.current or 'emit'}: layer {i}/{n}")
+
+    def finish(self) -> None:
+        """Close the report (one line, only if anything was shown)."""
+        if self.printed and self.stream is not None:
+            self._say("done")
+
+
+def resolve(progress) -> Progress | None:
+    """The `progress=` argument: None/False quiet, True a stderr Progress, or a Progress."""
+    if progress is None or progress is False:
+        return None
+    return Progress() if progress is True else progress
+
+
+__all__ = ["Progress", "resolve"]
