@@ -156,3 +156,22 @@ def test_newton_logistic_warm_reaches_1e6_in_30_layers():
         x = prog.run(A=A, y=y, x0=x0)["x"]
         assert np.linalg.norm(x - newton_logistic_optimum(A, y)) <= 1e-6
         assert not any(c["outside"] for c in prog.check_domains(A=A, y=y, x0=x0))
+
+
+def test_jacobi_vs_solve():
+    prog = build("jacobi", steps=20)
+    assert shape_of(prog) == (26, 26)           # D^-1 overlaps the first steps: 7 + 20 - 1
+    rng = np.random.default_rng(9)
+    R = rng.uniform(-1, 1, (5, 5))
+    np.fill_diagonal(R, 0)
+    diag = np.abs(R).sum(axis=1) / 0.3 * np.where(rng.random(5) < 0.5, -1, 1)
+    scale = 9 / np.abs(diag).max()                       # |m_ii| in [lo, hi] = [1, 10]
+    M, b = (R + np.diag(diag)) * scale, rng.standard_normal(5)
+    assert np.abs(np.diag(M)).min() >= 1
+    D = np.diag(np.diag(M))
+    if (np.diag(D) < 0).any():                           # the declared spectrum is [1, 10]
+        M, b, D = M * np.sign(np.diag(M))[:, None], b * np.sign(np.diag(M)), np.abs(D)
+    q = np.max(np.abs(M - D).sum(axis=1) / np.diag(D))
+    x_star = np.linalg.solve(M, b)
+    err = np.max(np.abs(prog.run(M=M, D=D, b=b)["x"] - x_star))
+    assert err <= q ** 20 * np.max(np.abs(x_star)) + 1e-14 and err <= 1e-9
