@@ -4,14 +4,13 @@ points and interventions, the model card's depth against the paper's, and the pi
 (layout, weights, convergence), in-process and through the command line.
 
 Small step counts keep the whole file well under a minute: the three shipped programs are
-compiled once per module; the CLI subprocesses start together from one fixture.
+compiled once per module; the CLI commands run in-process from one fixture.
 """
 from __future__ import annotations
 
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -446,11 +445,19 @@ def test_convergence_data_matches_the_exact_iterates(progs, inputs):
 
 # ---- the command line, end to end ----------------------------------------------------------
 
-def _spawn(args):
-    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.Popen([sys.executable, "-m", "tcompile", *map(str, args)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _run_cli(args) -> subprocess.CompletedProcess:
+    """The CLI in this process (tcompile.cli.main.main), stdout and stderr captured: the same
+    code path as `python -m tcompile` without starting torch again per command (test_artifact_cli
+    and test_cli_errors keep the real-process checks)."""
+    import contextlib
+    import io
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 2
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -461,36 +468,20 @@ def artifacts(progs, tmp_path_factory):
     return {name: tmp / name for name in progs}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cli_started(artifacts, inputs, tmp_path_factory):
-    """The CLI subprocesses, started together with the module's first test so that they run
-    beside the in-process tests: (name -> Popen, the paths they use)."""
+@pytest.fixture(scope="module")
+def cli(artifacts, inputs, tmp_path_factory):
+    """name -> CompletedProcess for the CLI commands these tests read, plus the paths they used."""
     tmp = tmp_path_factory.mktemp("inspect_cli")
     paths = {"inputs": tmp / "ls_inputs.npz", "layout": tmp / "layout_out", "csv": tmp / "t" / "trace.csv",
              "noinputs": tmp / "conv_out"}
     np.savez(paths["inputs"], **inputs["least_squares"])
     art = artifacts["least_squares"]
-    procs = {
-        "report": _spawn(["report", artifacts["newton_logistic"]]),
-        "layout": _spawn(["plot", art, "--what", "layout", "-o", paths["layout"]]),
-        "trace_csv": _spawn(["trace", art, "--inputs", paths["inputs"], "-o", paths["csv"]]),
-        "conv_noinputs": _spawn(["plot", art, "--what", "convergence", "-o", paths["noinputs"]]),
+    results = {
+        "report": _run_cli(["report", artifacts["newton_logistic"]]),
+        "layout": _run_cli(["plot", art, "--what", "layout", "-o", paths["layout"]]),
+        "trace_csv": _run_cli(["trace", art, "--inputs", paths["inputs"], "-o", paths["csv"]]),
+        "conv_noinputs": _run_cli(["plot", art, "--what", "convergence", "-o", paths["noinputs"]]),
     }
-    yield procs, paths
-    for proc in procs.values():          # only if a test failed before collecting them
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-
-
-@pytest.fixture(scope="module")
-def cli(cli_started):
-    """name -> CompletedProcess for every CLI subprocess, plus the paths they used."""
-    procs, paths = cli_started
-    results = {}
-    for key, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=300)
-        results[key] = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     results["paths"] = paths
     return results
 
