@@ -222,7 +222,7 @@ def test_encode_module_decode_equals_run_least_squares():
     assert isinstance(prog.module, torch.nn.Module)
     with torch.no_grad():
         out = prog.decode(prog.module(x))
-    ran = prog.run(**inputs)
+    ran = prog.run(executor="module", **inputs)
     assert set(out) == set(ran) == {"w", "y_hat"}
     for name in out:
         np.testing.assert_array_equal(out[name], ran[name])

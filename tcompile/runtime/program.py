@@ -20,6 +20,7 @@ import torch
 
 from . import artifact, codec
 from .codec import ValidatedInputs
+from .executor import executor_for
 from .layout import Block, Layout
 from .manifest import Manifest, ProgramInfo
 from .model import CompiledTransformer
@@ -146,10 +147,18 @@ class CompiledProgram:
         return self.layout.block(block["key"] if isinstance(block, dict) else block)
 
     # ---- run -------------------------------------------------------------------------------
-    def run(self, dtype="float64", device="cpu", **inputs) -> dict[str, np.ndarray]:
-        """Encode, run the transformer, decode. A leading batch axis on the inputs is optional."""
+    def run(self, dtype="float64", device="cpu", executor="structured",
+            **inputs) -> dict[str, np.ndarray]:
+        """Encode, run the transformer, decode. A leading batch axis on the inputs is optional.
+        executor: "structured" (executor.py: the same weights, only the work they define),
+        "module" (the paper-form nn.Module, the reference) or "compiled" (torch.compile of
+        the structured executor)."""
         tdtype, device = run_options(dtype, device, "run")
         prepared = self.prepare_inputs(inputs)
+        if executor != "module":
+            out = executor_for(self, executor).run_inputs(prepared, tdtype, device)
+            return prepared.unbatch({k: v.detach().to("cpu", torch.float64).numpy()
+                                     for k, v in out.items()})
         x = self.encode_inputs(prepared, tdtype, device)
         with torch.no_grad():
             y = self.module_for(tdtype, device)(x)

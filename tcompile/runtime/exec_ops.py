@@ -1,0 +1,181 @@
+"""The structured executor's operations for one n, dtype and device: reads of slot rows, heads,
+MLP groups and the residual sums, as small callables over the state (slot key → tensor).
+
+Tensors are (batch, rows, tokens): a slot holds its rows over the token columns it occupies;
+encoder constants are held once with batch 1 and broadcast. Constant operands (encoder
+constants, which depend on n only) are multiplied out here, once per n: a head whose K and V
+are constants (an identity, I/n, ones) is one matrix applied to Q, or one scalar when that
+matrix is a multiple of the identity.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .exec_plan import Read, concrete
+from .exec_sublayers import HeadSpec
+from .pl_tables import MlpGroup, build_table
+
+
+def scalar_of(W: np.ndarray):
+    """s when W = s·I (square), else None."""
+    if W.shape[0] != W.shape[1] or not W.size:
+        return None
+    s = W[0, 0]
+    return float(s) if np.array_equal(W, s * np.eye(W.shape[0])) else None
+
+
+class ReadOp:
+    """Materialise rows of the state over `e` token columns (slices where it can, no copy
+    when the rows are a whole slot)."""
+
+    def __init__(self, read: Read, slots: dict, e: int, n: int):
+        self.e, self.parts = e, []
+        start = 0
+        for seg in read.segments:
+            L = len(seg.positions)
+            if seg.key is None:
+                self.parts.append((None, L, 0))
+            else:
+                p = seg.positions
+                full = len(slots[seg.key].rows)
+                if p == tuple(range(p[0], p[0] + L)):
+                    idx = slice(None) if (p[0] == 0 and L == full) else slice(p[0], p[0] + L)
+                else:
+                    idx = list(p)
+                self.parts.append((seg.key, idx, concrete(slots[seg.key].ext, n)))
+            start += L
+        self.rows = start
+
+    def __call__(self, state: dict, like: torch.Tensor) -> torch.Tensor:
+        out = []
+        for key, idx, src_e in self.parts:
+            if key is None:
+                out.append(like.new_zeros((1, idx, self.e)))
+                continue
+            T = state[key]
+            if idx != slice(None):
+                T = T[:, idx]
+            out.append(fit(T, src_e, self.e))
+        if len(out) == 1:
+            return out[0]
+        B = max(t.shape[0] for t in out)
+        return torch.cat([t.expand(B, -1, -1) for t in out], dim=1)
+
+
+def fit(T: torch.Tensor, have: int, want: int) -> torch.Tensor:
+    """T over `want` token columns: cut, or padded with zeros."""
+    if have == want:
+        return T
+    if have > want:
+        return T[..., :want]
+    return torch.nn.functional.pad(T, (0, want - have))
+
+
+def const_value(op: ReadOp, consts: dict, like: torch.Tensor) -> torch.Tensor:
+    """A read of constant rows, evaluated once (batch 1)."""
+    return op(consts, like)
+
+
+class HeadOp:
+    """V Kᵀ G Q for one head, the cheaper multiplication order for this n."""
+
+    def __init__(self, spec: HeadSpec, slots, consts, n, dtype, device):
+        t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)  # noqa: E731
+        like = torch.zeros((), dtype=dtype, device=device)
+        m, e = concrete(spec.m, n), concrete(spec.ext, n)
+        self.k, self.v = ReadOp(spec.k, slots, m, n), ReadOp(spec.v, slots, m, n)
+        self.q = ReadOp(spec.q, slots, e, n)
+        self.M = self.scale = self.const = None
+        Wv = spec.Wv
+        if spec.k.const and spec.v.const:       # fold: one matrix (or scalar) applied to Q
+            K = const_value(self.k, consts, like).double().numpy()[0]
+            V = const_value(self.v, consts, like).double().numpy()[0]
+            M = (Wv @ V) @ K.T @ spec.G
+            if spec.q.const:
+                Q = const_value(self.q, consts, like).double().numpy()[0]
+                self.const = t(M @ Q)[None]
+            elif (s := scalar_of(M)) is not None:
+                self.scale = s
+            else:
+                self.M = t(M)
+            return
+        self._general(spec, Wv, m, e, t)
+
+    def _general(self, spec, Wv, m, e, t):
+        sG, sV = scalar_of(spec.G), scalar_of(Wv)
+        scale = (1.0 if sG is None else sG) * (1.0 if sV is None else sV)
+        G = None if sG is not None else spec.G * scale
+        if G is None and sV is None:
+            Wv, scale = Wv * scale, 1.0
+        elif G is not None:
+            scale = 1.0
+        self.G = None if G is None else t(G)
+        self.G_on_q = G is None or e <= m
+        self.Wv = None if sV is not None else t(Wv)
+        self.post = scale
+        vo, c = len(spec.out_rows), (spec.G.shape[0] if self.G_on_q else spec.G.shape[1])
+        self.kv_first = vo * m * c + vo * c * e <= m * c * e + vo * m * e
+
+    def __call__(self, state: dict, like) -> torch.Tensor:
+        if self.const is not None:
+            return self.const
+        Q = self.q(state, like)
+        if self.scale is not None:
+            return Q * self.scale if self.scale != 1.0 else Q
+        if self.M is not None:
+            return self.M @ Q
+        K, V = self.k(state, like), self.v(state, like)
+        if self.G is not None:
+            if self.G_on_q:
+                Q = self.G @ Q
+            else:
+                K = self.G.T @ K
+        if self.Wv is not None:
+            V = self.Wv @ V
+        out = (V @ K.mT) @ Q if self.kv_first else V @ (K.mT @ Q)
+        return out * self.post if self.post != 1.0 else out
+
+
+class MlpOp:
+    """One MLP group: a constant, ReLUs over the rows it reads, or a PL table."""
+
+    def __init__(self, g: MlpGroup, slots, consts, n, dtype, device):
+        t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)  # noqa: E731
+        like = torch.zeros((), dtype=dtype, device=device)
+        e = concrete(g.ext, n)
+        bias = np.zeros((g.W2.shape[1], e))
+        if g.gate.rows:
+            gate = const_value(ReadOp(g.gate, slots, e, n), consts, like).double().numpy()[0]
+            bias = g.W1c @ gate                                   # (U, e)
+        self.var = ReadOp(g.var, slots, e, n) if g.var.rows else None
+        self.kind, self.const = g.kind, None
+        if g.kind == "const":
+            self.const = t(g.W2 @ np.maximum(bias, 0.0))[None]
+            return
+        if g.kind == "table" and np.all(bias == bias[:, :1]):
+            a = g.W1v[:, 0]
+            bp, slope, icpt = build_table(a, bias[:, 0], g.W2)
+            self.dir = None if g.W1v.shape[1] == 1 else t(g.W1v[:1] / a[0])
+            self.bp, self.slope, self.icpt = t(bp), t(slope), t(icpt)
+            self.single = g.W2.shape[0] == 1
+            if self.single:
+                self.slope, self.icpt = self.slope[:, 0].contiguous(), self.icpt[:, 0].contiguous()
+            return
+        self.kind = "relu"
+        self.W1, self.bias, self.W2 = t(g.W1v), t(bias)[None], t(g.W2)
+
+    def __call__(self, state: dict, like) -> torch.Tensor:
+        if self.const is not None:
+            return self.const
+        X = self.var(state, like)
+        if self.kind == "relu":
+            return self.W2 @ torch.relu(self.W1 @ X + self.bias)
+        s = (X if self.dir is None else self.dir @ X)[:, 0]          # (B, e)
+        idx = torch.searchsorted(self.bp, s.contiguous())
+        if self.single:
+            return (self.slope[idx] * s + self.icpt[idx]).unsqueeze(1)
+        return (self.slope[idx] * s.unsqueeze(-1) + self.icpt[idx]).transpose(1, 2)
+
+
+__all__ = ["scalar_of", "ReadOp", "fit", "HeadOp", "MlpOp"]
