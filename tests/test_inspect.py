@@ -555,8 +555,8 @@ def test_cli_trace_writes_json(artifacts, inputs, traces, tmp_path, capsys):
 def test_cli_convergence_without_inputs_is_a_usage_error(cli):
     r = cli["conv_noinputs"]
     assert r.returncode == 2, (r.stdout, r.stderr)
-    assert r.stderr.splitlines()[-1] == ("tcompile: error: --what convergence needs --inputs "
-                                         "FILE.npz (the problems to converge on)")
+    assert r.stderr.splitlines()[-1] == ("tcompile plot: error: --what convergence needs --inputs "
+                                              "FILE.npz (the problems to converge on)")
     assert "wrote" not in r.stdout
     assert not cli["paths"]["noinputs"].exists()
 

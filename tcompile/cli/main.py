@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return getattr(commands, f"cmd_{args.command}")(args)
     except UsageError as e:
-        parser.print_usage(sys.stderr)
-        print(f"tcompile: error: {e}", file=sys.stderr)
+        _subparser(parser, args.command).print_usage(sys.stderr)
+        print(f"tcompile {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except TcompileError as e:
         print(e.format(), file=sys.stderr)
@@ -81,6 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:          # `tcompile build ... | head`: the reader left, not an error
         sys.stderr.close()
         return EXIT_OK
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The parser of one subcommand, to print its usage (as argparse does for its own errors)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(command, parser)
+    return parser
 
 
 if __name__ == "__main__":  # pragma: no cover
