@@ -50,6 +50,8 @@ EXACT = [  # (statement, numpy, (layers, width)) as built
     ("r = sum(A.T)", lambda A, **_: A.T.sum(axis=0), (2, 8)),
     ("r = A - b", lambda A, b, **_: A - b, (1, 8)),
     ("r = ones(n) * 2 + y", lambda y, **_: 2 + y, (1, 3)),
+    ("r = A - y", lambda A, y, **_: A - y[:, None], (2, 10)),          # per token
+    ("r = y + A @ M", lambda A, y, M, **_: y[:, None] + A @ M, (2, 13)),
 ]
 
 

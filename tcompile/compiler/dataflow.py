@@ -334,9 +334,12 @@ class GraphBuilder(Walker):
 
     def _broadcast_scalar(self, x, tx, cs, loc):
         """A scalar added to a larger value is s·ones (the ones row for [n], a constant ones
-        block otherwise); a vector [k] added to every token row of [n, k] is 1ₙ bᵀ."""
+        block otherwise); a vector [k] added to every token row of [n, k] is 1ₙ bᵀ, a token
+        vector [n] added per token to [n, k] is u 1ₖᵀ."""
         if tx.shape != () or cs == (1, 1):
-            if tx.shape is not None and len(tx.shape) == 1 and tx.shape[0] != TOKEN and cs[1] != 1:
+            if tx.shape is not None and len(tx.shape) == 1 and cs[1] != 1:
+                if tx.shape[0] == TOKEN:
+                    return self.matmul(x, self.transpose(self.fill((cs[1], 1), 1.0, loc), loc), loc)
                 ones = self.node("ones", (), (TOKEN, 1))
                 return self.matmul(ones, self.transpose(x, loc), loc)
             return x
