@@ -1,4 +1,4 @@
-"""Artifact format 2: one .safetensors file holding sparse weights and the manifest, under one
+"""Artifact format 3: one .safetensors file holding sparse weights and the manifest, under one
 digest; the .json beside it a copy nobody trusts. Every way the file can be damaged or edited
 is an ArtifactError naming it; a save is atomic (killed saves leave the old or the new
 artifact, never a mix, never a temporary after SIGINT/SIGTERM); files respect the umask; a
@@ -21,7 +21,7 @@ from safetensors.numpy import save as st_save
 
 import tcompile
 from tcompile import ArtifactError
-from tcompile.runtime.artifact import content_sha256
+from tcompile.runtime.artifact import _compact, _expand, content_sha256
 from tcompile.runtime.sparse import pack, to_dense, to_sparse, unpack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,20 +42,25 @@ def base(progs, tmp_path):
 
 
 def read_file(base: Path):
-    """(metadata, manifest dict, tensors) of an artifact, read with the safetensors library."""
+    """(metadata, manifest dict in its readable form, tensors) of an artifact, read with the
+    safetensors library."""
     with safe_open(base.with_name(base.name + ".safetensors"), "np") as f:
         meta = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    return meta, json.loads(meta["manifest"]), tensors
+    return meta, _expand(json.loads(meta["manifest"])), tensors
 
 
-def rewrite(base: Path, doc=None, tensors=None, reseal=True, meta_edit=None):
-    """Write the artifact back with an edited manifest / tensors; `reseal` recomputes the
-    digest (an edit made with care), otherwise the old digest stays (an edit made by hand)."""
+def rewrite(base: Path, doc=None, tensors=None, reseal=True, meta_edit=None, embedded_edit=None):
+    """Write the artifact back with an edited manifest / tensors (`embedded_edit` edits the
+    manifest in its embedded, tabular form); `reseal` recomputes the digest (an edit made with
+    care), otherwise the old digest stays (an edit made by hand)."""
     meta, old_doc, old_tensors = read_file(base)
     doc = old_doc if doc is None else doc
     tensors = old_tensors if tensors is None else tensors
-    text = json.dumps(doc, indent=1) + "\n"
+    embedded = _compact(dict(doc, row_map=[]))
+    if embedded_edit:
+        embedded_edit(embedded)
+    text = json.dumps(embedded)
     meta = dict(meta, manifest=text)
     if reseal:
         meta["sha256"] = content_sha256(text, tensors)
@@ -72,9 +77,10 @@ def dense_equal(a, b) -> bool:
 
 def test_one_file_holds_everything_the_json_is_an_untrusted_copy(progs, base):
     meta, doc, tensors = read_file(base)
-    assert meta["format"] == "tcompile-artifact" and meta["format_version"] == "2"
+    assert meta["format"] == "tcompile-artifact" and meta["format_version"] == "3"
     full = progs[0].manifest
     assert doc == {k: v for k, v in full.items() if k != "row_map"}    # derived, so not stored
+    assert json.loads(meta["manifest"])["blocks"]["fields"][:3] == ["key", "kind", "rows"]
     copy = json.loads(base.with_name("ls.json").read_text())
     assert copy["artifact_sha256"] == hashlib.sha256(base.with_name("ls.safetensors").read_bytes()).hexdigest()
     assert {k: copy[k] for k in full} == full and copy["report"] == progs[0].report
@@ -91,14 +97,11 @@ def test_one_file_holds_everything_the_json_is_an_untrusted_copy(progs, base):
     assert np.array_equal(tensors["weights.values"], np.concatenate([a[a != 0] for a in arrays]))
 
 
-def test_artifact_bytes_follow_the_nonzeros(tmp_path):
-    """newton_inverse at d = 24: the dense weights are (3d)² per head; the file stays within
-    4× the nonzero bytes (the bench measures every shipped program)."""
+def test_a_wider_model_round_trips(tmp_path):
+    """newton_inverse at d = 24 (width 72): the weights come back bit for bit from their
+    nonzeros. (How the bytes compare with the nonzeros is bench/bench_artifacts.py's to say.)"""
     prog = tcompile.compile_file(ROOT / "programs" / "newton_inverse.tp", params={"d": 24, "steps": 3})
     path, _ = prog.save(tmp_path / "ni")
-    nnz = sum(int(np.count_nonzero(getattr(w, n))) for w in prog.layers for n in WEIGHTS)
-    dense = sum(getattr(w, n).size for w in prog.layers for n in WEIGHTS)
-    assert path.stat().st_size <= 4 * 8 * nnz < 8 * dense / 10
     assert dense_equal(tcompile.load(path), prog)
 
 
@@ -211,12 +214,8 @@ def _layers_dropped(doc, t):
     doc["layers"].pop()
 
 
-def _layers_not_list(doc, t):
-    doc["layers"] = None
-
-
 def _no_blocks(doc, t):
-    del doc["blocks"]
+    doc["blocks"] = []
 
 
 def _rows_out_of_range(doc, t):
@@ -229,6 +228,10 @@ def _unknown_output_block(doc, t):
 
 def _source_edited(doc, t):
     doc["source"] = doc["source"].replace("input a_test : [d]", "input a_test : [d, d]")
+
+
+def _huge_width(doc, t):
+    doc["width"] = 10 ** 9
 
 
 def _unknown_constant(doc, t):
@@ -250,9 +253,9 @@ def _values_float32(doc, t):
 @pytest.mark.parametrize("edit, message", [
     (_rename_input_block, "holds input 'B', which the program does not declare"),
     (_layer_heads, "1 heads and 0 head labels|heads and .* head labels"),
-    (_layers_dropped, "layer specs"), (_layers_not_list, "inconsistent"),
-    (_no_blocks, "missing 'blocks'"), (_rows_out_of_range, "outside the width"),
-    (_unknown_output_block, "lives in no block"), (_source_edited, "source does not match"),
+    (_layers_dropped, "layer specs"),
+    (_no_blocks, "lives in no block"), (_rows_out_of_range, "outside the width"),
+    (_unknown_output_block, "lives in no block"), (_huge_width, "dense weights need .* more than"), (_source_edited, "source does not match"),
     (_unknown_constant, "unknown constant 'pi'"), (_duplicate_position, "strictly increasing"),
     (_counts_off, "add up to"), (_values_float32, "float64"),
 ])
@@ -261,6 +264,19 @@ def test_resealed_edits_the_runtime_cannot_follow_are_artifact_errors(base, edit
     tensors = {k: v.copy() for k, v in tensors.items()}
     edit(doc, tensors) if edit.__code__.co_argcount == 2 else edit(doc)
     rewrite(base, doc, tensors)
+    with pytest.raises(ArtifactError, match=message):
+        tcompile.load(base)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda e: e.__setitem__("layers", None), "layers table is malformed"),
+    (lambda e: e["blocks"]["fields"].reverse(), "blocks table is malformed"),
+    (lambda e: e["blocks"]["rows"][0].pop(), "wrong length"),
+    (lambda e: e.__setitem__("params", None), "inconsistent"),
+    (lambda e: e.clear(), "missing"),
+])
+def test_malformed_embedded_manifests_are_artifact_errors(base, edit, message):
+    rewrite(base, embedded_edit=edit)
     with pytest.raises(ArtifactError, match=message):
         tcompile.load(base)
 
@@ -277,8 +293,11 @@ def test_format_1_artifacts_and_other_files_get_clear_errors(progs, base, tmp_pa
     old.with_name("old.json").unlink()
     with pytest.raises(ArtifactError, match="not a tcompile artifact"):
         tcompile.load(old)
-    rewrite(base, meta_edit={"format_version": "3"})
-    with pytest.raises(ArtifactError, match="format version '3'; this tcompile reads version 2"):
+    rewrite(base, meta_edit={"format_version": "4"})
+    with pytest.raises(ArtifactError, match="format version '4'; this tcompile reads version 3$"):
+        tcompile.load(base)
+    rewrite(base, meta_edit={"format_version": "2"})
+    with pytest.raises(ArtifactError, match="format version '2'; this tcompile reads version 3: rebuild"):
         tcompile.load(base)
     with pytest.raises(ArtifactError, match=r"no artifact at .*nothing\.safetensors"):
         tcompile.load(tmp_path / "nothing.json")

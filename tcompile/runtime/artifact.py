@@ -1,13 +1,13 @@
 """Artifacts on disk: ONE file, NAME.safetensors, holding the weights and the manifest.
 
-Format version 2 (this module is the only one that knows it):
+Format version 3 (this module is the only one that knows it):
 
 - three tensors, `weights.index`, `weights.values`, `weights.counts`: every weight matrix
   (layer by layer, in WEIGHT_NAMES order) as its nonzeros (sparse.py `pack`), so the file grows
   with the program, not with D²; shapes come from the manifest's layer specs;
 - the safetensors string metadata: `format`, `format_version`, `manifest` (the manifest as
-  compact JSON: program source, params, compiler version, layout; not the report or the row
-  map, which are derived on load) and `sha256`, a digest of
+  compact JSON: program source, params, compiler version, layout with its blocks and layers as
+  tables; not the report or the row map, which are derived on load) and `sha256`, a digest of
   the manifest text and of every tensor's name, dtype, shape and bytes. Everything the runtime
   reads is under that digest: an edited layout, params, output map or weight is an
   ArtifactError, not a model that runs and answers wrongly. (A digest guards against damage
@@ -18,8 +18,8 @@ Format version 2 (this module is the only one that knows it):
 
 One file means one atomic rename (files.py): a reader sees the old artifact or the new one,
 never new weights with an old manifest. The JSON copy is renamed after it, with signals held
-across both. Format-1 artifacts (two files, manifest in the JSON) get a clear error asking for a
-rebuild. The manifest JSON is written key by key in a fixed order, so the same build always
+across both. Older artifacts (format 1: two files, manifest in the JSON; format 2: the manifest's
+blocks and layers not yet as tables) get a clear error asking for a rebuild. The manifest JSON is written key by key in a fixed order, so the same build always
 gives the same bytes.
 
 It returns and takes typed objects only; building a `CompiledProgram` from them is
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -36,6 +37,7 @@ import numpy as np
 
 from ..errors import ArtifactError
 from .layout import Block, InputSpec, LayerSpec, Layout, OutputSpec, RowUse
+from .resources import available_memory, format_bytes
 from .manifest import (FORMAT, FORMAT_VERSION, ApproxRecord, DomainCheck, Manifest,
                        ProgramInfo)
 from .codec import constant_value
@@ -99,7 +101,11 @@ def manifest_from_json(d: dict) -> Manifest:
     `row_map` is not read: it is derived from the blocks. The layout is validated here."""
     if hashlib.sha256(d["source"].encode()).hexdigest() != d["source_sha256"]:
         raise ValueError("the program source does not match its checksum")
-    info = ProgramInfo(name=d["program"], file=d["file"], source=d["source"], params=d["params"],
+    params = d["params"]
+    if not isinstance(params, dict) or any(
+            isinstance(v, bool) or not isinstance(v, (int, float)) for v in params.values()):
+        raise ValueError(f"params must map names to numbers, got {params!r}")
+    info = ProgramInfo(name=d["program"], file=d["file"], source=d["source"], params=params,
                        default_tol=d["default_tol"], compiler_version=d["compiler_version"])
     layout = Layout(
         width=int(d["width"]), n_layers=d["n_layers"], min_tokens=d["min_tokens"],
@@ -222,8 +228,8 @@ def write_artifact(path, manifest: Manifest, layers: list[LayerWeights], report:
     index, values, counts = pack(_weight_list(manifest.layout, layers))
     tensors = {"weights.index": index, "weights.values": values, "weights.counts": counts}
     doc = manifest_to_json(manifest)
-    embedded = {k: v for k, v in doc.items() if k != "row_map"}     # derived from the blocks
-    text = json.dumps(embedded, separators=(",", ":"), default=_jsonable)
+    text = json.dumps(_compact(doc), separators=(",", ":"), ensure_ascii=False,
+                      default=_jsonable)
     blob = safetensors_bytes(tensors, {
         "format": FORMAT, "format_version": str(FORMAT_VERSION), "manifest": text,
         "sha256": content_sha256(text, tensors)})
@@ -239,6 +245,37 @@ def write_artifact(path, manifest: Manifest, layers: list[LayerWeights], report:
         raise ArtifactError(f"cannot write artifact {str(st_path)!r}: "
                             f"{e.strerror or e}") from None
     return [st_path, json_path]
+
+
+_TABLES = {"blocks": ("key", "kind", "rows", "transposed", "cshape", "written", "last_read",
+                      "vars", "name", "const"),
+           "layers": ("heads", "dk", "mlp_hidden", "head_labels")}
+
+
+def _compact(doc: dict) -> dict:
+    """The manifest as embedded: the blocks and layers as tables (field names once, then one
+    row of values per block or layer) and without the row map, which is derived from the
+    blocks: about half the bytes of the readable form, which the JSON copy keeps."""
+    out = {k: v for k, v in doc.items() if k != "row_map"}
+    for key, fields in _TABLES.items():
+        out[key] = {"fields": list(fields), "rows": [[item[f] for f in fields] for item in doc[key]]}
+    return out
+
+
+def _expand(doc) -> dict:
+    """`_compact` undone (ValueError or TypeError if the tables are not as written)."""
+    if not isinstance(doc, dict):
+        raise TypeError("the manifest is not a JSON object")
+    out = dict(doc)
+    for key, fields in _TABLES.items():
+        table = doc[key]
+        if not isinstance(table, dict) or table.get("fields") != list(fields) or \
+                not isinstance(table.get("rows"), list):
+            raise ValueError(f"the manifest's {key} table is malformed")
+        if any(not isinstance(r, list) or len(r) != len(fields) for r in table["rows"]):
+            raise ValueError(f"a row of the manifest's {key} table has the wrong length")
+        out[key] = [dict(zip(fields, r)) for r in table["rows"]]
+    return out
 
 
 _DTYPES = {"<f8": "F64", "<i8": "I64", "<i4": "I32"}
@@ -257,7 +294,7 @@ def safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str]) 
                         "data_offsets": [offset, offset + a.nbytes]}
         data.append(a.tobytes())
         offset += a.nbytes
-    text = json.dumps(header, separators=(",", ":")).encode()
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     text += b" " * (-len(text) % 8)
     return struct.pack("<Q", len(text)) + text + b"".join(data)
 
@@ -282,10 +319,7 @@ def read_artifact(path) -> tuple[Manifest, list[LayerWeights]]:
         raise ArtifactError(f"artifact {str(st_path)!r} does not match its checksum: its "
                             "manifest or weights were damaged or edited")
     try:
-        doc = json.loads(text)
-        if not isinstance(doc, dict):
-            raise TypeError("the manifest is not a JSON object")
-        manifest = manifest_from_json(doc)
+        manifest = manifest_from_json(_expand(json.loads(text)))
         layers = _layers_from_tensors(manifest.layout, tensors)
     except KeyError as e:
         raise ArtifactError(f"artifact {str(st_path)!r} is inconsistent: missing {e}") from None
@@ -327,10 +361,12 @@ def _metadata(blob: bytes, st_path: Path, json_path: Path) -> dict:
                                 "its source with `tcompile build`")
         raise ArtifactError(f"{str(st_path)!r} is not a tcompile artifact (no tcompile "
                             "manifest inside)")
-    if meta.get("format_version") != str(FORMAT_VERSION):
-        raise ArtifactError(f"{str(st_path)!r} has artifact format version "
-                            f"{meta.get('format_version')!r}; this tcompile reads version "
-                            f"{FORMAT_VERSION}")
+    version = meta.get("format_version")
+    if version != str(FORMAT_VERSION):
+        older = isinstance(version, str) and version.isdigit() and int(version) < FORMAT_VERSION
+        raise ArtifactError(f"{str(st_path)!r} has artifact format version {version!r}; this "
+                            f"tcompile reads version {FORMAT_VERSION}" +
+                            (": rebuild it from its source with `tcompile build`" if older else ""))
     return meta
 
 
@@ -361,6 +397,10 @@ def _layers_from_tensors(layout: Layout, tensors: dict) -> list[LayerWeights]:
     if set(tensors) != set(_TENSORS):
         raise ValueError(f"the file holds tensors {sorted(tensors)}, expected {list(_TENSORS)}")
     shapes = [shape for i in range(layout.n_layers) for shape in _expected_shapes(layout, i).values()]
+    need, avail = 8 * sum(math.prod(s) for s in shapes), available_memory()
+    if avail is not None and need > avail:
+        raise ValueError(f"its dense weights need {format_bytes(need)}, more than the "
+                         f"{format_bytes(avail)} of memory available")
     dense = unpack(shapes, *(tensors[t] for t in _TENSORS))
     per = len(WEIGHT_NAMES)
     return [LayerWeights(**dict(zip(WEIGHT_NAMES, dense[i * per:(i + 1) * per])),

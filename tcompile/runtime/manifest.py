@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from .layout import Layout
 
 FORMAT = "tcompile-artifact"
-FORMAT_VERSION = 2          # 2: one .safetensors holding sparse weights and the manifest
+FORMAT_VERSION = 3          # 2: one .safetensors, sparse weights; 3: its manifest's tables compact
 
 
 @dataclass(frozen=True)
