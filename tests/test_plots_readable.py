@@ -96,3 +96,13 @@ def test_cli_plot_into_an_existing_file_is_a_usage_error(artifact, tmp_path, cap
     assert main(["plot", str(artifact), "--what", "layout", "-o", str(target)]) == 2
     assert "is a file" in capsys.readouterr().err
     assert target.read_bytes() == b"mine"
+
+
+def test_a_layer_with_nothing_to_do_says_so(tmp_path):
+    from tcompile.compiler.pipeline import compile_source
+    from tcompile.inspection import plots
+    prog = compile_source("program p\ninput a : [n]\noutput b\nb = a\n", "p.tp")
+    assert prog.layers[0].heads == 0 and prog.layers[0].mlp_hidden == 0
+    for layers in (None, [0]):
+        svg = next(p for p in plots.plot_weights(prog, tmp_path, layers) if p.suffix == ".svg")
+        assert "passes the stream through" in svg.read_text()

@@ -121,6 +121,9 @@ def _draw_diagram(ax, x0: float, y0: float, L: int, units, names: dict[str, str]
     ax.text(x0 + 0.1, y0 + LINE, f"layer {L}", fontsize=9, weight="bold", va="center")
     segments, y = [], y0 + 2 * LINE
     xr, xb, xw = x0 + 1.95, x0 + 2.4, x0 + 2.85
+    if not units:
+        ax.text(x0 + 0.3, y + LINE, "no heads, no MLP: passes the stream through", fontsize=7,
+                va="center", style="italic")
     for u in units:
         rows = max(len(u.reads), len(u.writes), 2)
         mid = y + LINE * rows / 2
@@ -160,6 +163,11 @@ def plot_layer_matrices(prog, L: int, out: Path) -> list[Path]:
             _draw_matrix(fig, ax, *panel)
         for ax in row_axes[len(row):]:
             ax.axis("off")
+    if not panels:
+        for ax in axes.flat:
+            ax.axis("off")
+        axes[0][0].text(0, 0.5, f"layer {L} has no heads and no MLP: it passes the stream through",
+                        fontsize=11, va="center")
     fig.suptitle(f"{prog.name} layer {L} (module.blocks[{L}]), nonzero rows and columns only: "
                  f"columns are what a matrix reads, rows what it writes (value[i] = row i of a "
                  f"stored value, ᵀ: stored transposed)", fontsize=11, y=1 - 0.3 / total)
