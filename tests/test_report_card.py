@@ -116,3 +116,10 @@ def test_check_domains_names_the_layer_whose_mlp_reads_the_piece(logistic):
         rows = list(logistic.layout.block(c["block"]).rows)
         W_1 = logistic.module.blocks[c["layer"]].mlp.W_1.numpy()
         assert np.any(W_1[:, rows] != 0), c
+
+
+def test_report_dict_counts_layers_from_0(logistic):
+    per_layer = logistic.report["per_layer"]
+    assert [p["layer"] for p in per_layer] == list(range(logistic.n_layers))
+    for p in per_layer:
+        assert p["heads"] == logistic.module.blocks[p["layer"]].attn.W_K.shape[0]

@@ -50,7 +50,7 @@ def build_report(manifest: Manifest, layers) -> dict:
     lay, info = manifest.layout, manifest.program
     per_layer = []
     total_params = nonzero = 0
-    for i, (spec, w) in enumerate(zip(lay.layers, layers), start=1):
+    for i, (spec, w) in enumerate(zip(lay.layers, layers)):       # layer i = module.blocks[i]
         arrays = list(w.arrays().values())
         params = sum(a.size for a in arrays)
         nz = sum(int(np.count_nonzero(a)) for a in arrays)
