@@ -35,9 +35,10 @@ SHIPPED = [
 
 def artifact_digests(path: Path, params: dict | None) -> dict[str, str]:
     """sha256 of what the artifact of `path` built with `params` holds, byte for byte: its
-    tensors (names, dtypes, shapes, bytes), the manifest embedded in it and the JSON copy
-    beside it. Only the compiler version string is blanked (it may move without the build
-    moving), and with it the copy's digest of the whole file, which covers that string."""
+    tensors (names, dtypes, shapes, bytes), the manifest embedded in it, and the readable JSON
+    copy beside it without its model card (the card's wording belongs to the report, not to
+    the build) and without its digest of the whole file. Only the compiler version string is
+    blanked (it may move without the build moving)."""
     import numpy as np
     from safetensors import safe_open
     import tcompile
@@ -50,8 +51,9 @@ def artifact_digests(path: Path, params: dict | None) -> dict[str, str]:
             for name in sorted(f.keys()):
                 a = np.ascontiguousarray(f.get_tensor(name))
                 tensors.update(f"{name} {a.dtype.str} {list(a.shape)}\n".encode() + a.tobytes())
-        copy_text = re.sub(rb'"artifact_sha256": "[^"]*"', b'"artifact_sha256": ""',
-                           copy.read_bytes(), count=1)
+        doc = json.loads(copy.read_text())
+        del doc["report"], doc["artifact_sha256"]
+        copy_text = json.dumps(doc, indent=1).encode()
         return {"tensors": tensors.hexdigest(), "manifest": hashlib.sha256(_blank(manifest)).hexdigest(),
                 "json_copy": hashlib.sha256(_blank(copy_text)).hexdigest()}
 
