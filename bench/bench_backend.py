@@ -1,42 +1,32 @@
-"""Back-end benchmark: the compiled linear-attention model against the same iteration
-written directly in batched PyTorch.
+"""Back-end benchmark: the compiled program run by the structured executor and by the dense
+paper-form module, beside the same iteration written directly in batched PyTorch.
 
-    python bench/bench_backend.py [--quick] [--device cpu|cuda] [--out PATH]
+    python bench/bench_backend.py [--quick] [--device cpu|cuda] [--threads T] [--torch-compile]
 
-For each program (newton_inverse, least_squares), width parameter d and batch size B:
+For each program (newton_inverse, least_squares, newton_logistic), width parameter d and
+batch size B, in float64 and float32:
 
-* compile time (median of a few `tcompile.compile_file` calls) and the model card numbers
-  (layers, width D, heads, parameters, nonzero parameters);
-* forward time of the compiled model (`prog.module_for(dtype, device)(x)` under no_grad,
-  encode excluded, warm-up first, median over repeats, `torch.cuda.synchronize()` around each
-  run on CUDA), in float64 and float32;
-* forward time of the SAME iteration written directly in batched torch (same dtype, device,
-  batch; input tensors prepared beforehand, as the encoded x is), and the ratio
-  compiled / direct;
-* the max relative difference between the compiled output and the direct output in float64
-  (and, for information, each float32 output against the float64 direct one).
+* compile time and the model card numbers (layers, width D, heads, parameters, nonzero);
+* forward time of `executor="structured"` (tcompile/runtime/executor.py, from the input slots,
+  encode excluded), of the dense module (`prog.module_for(dtype, device)(x)`, encode excluded)
+  and of the direct torch iteration (inputs prepared beforehand), warm-up first, median and
+  spread (min, max) over repeats, `torch.cuda.synchronize()` around each run on CUDA;
+* with --torch-compile, also `executor="compiled"` (torch.compile of the structured
+  executor) at the small sizes, with its one-off compile time;
+* the max relative difference structured vs module and structured vs direct (float64);
+* with --memory, peak memory of one forward at the largest size of each program, structured
+  vs direct (vs module where it fits), each measured in a fresh process (ru_maxrss growth on
+  CPU, max_memory_allocated on CUDA).
 
 Relative difference of an output: for matrix/vector outputs the worst problem in the batch of
-max|compiled - direct| / max|direct|; for scalar outputs (y_hat) the batch is one vector,
-max_b |compiled_b - direct_b| / max_b |direct_b|. The figure for a configuration is the worst
-over the program's outputs.
+max|a - b| / max|b|; for scalar outputs the batch is one vector. Worst over the outputs.
 
-FLOP counts (JSON fields flops_compiled / flops_direct) are analytic: for the compiled model
-the dense einsums/matmuls that tcompile/model.py executes (zero blocks included), for the
-direct code its matmuls. Their ratio says how much of the slowdown is arithmetic the dense
-D x D weights force, rather than per-op overhead.
-
-Timing: every configuration is first compiled, encoded, checked and warmed up; then the
-script makes `--rounds` passes over the whole grid, each taking, per configuration, pairs of
-runs (compiled, then direct) for about `--budget` seconds (at least one pair). Medians and
-minima are over all pairs of all rounds. Pairing puts both sides under the same machine load;
-rounds spread each configuration's samples over the whole run, so a burst of load from other
-processes (this benchmark was written on a shared 2-core machine) spoils a few samples of
-many configurations rather than all samples of one. `ratio_of_min` (min over min) is the
-better estimate of the unloaded ratio when the load average was high.
-
-torch.set_num_threads is left as found. Writes one JSON record per (program, d, batch, dtype)
-plus machine info; prints a table.
+Timing: every configuration is set up, checked and warmed up first; then `--rounds` passes over
+the grid, each taking, per configuration, triples of runs (structured, module, direct) for
+about `--budget` seconds. Triples put all sides under the same machine load; rounds spread
+each configuration's samples over the run. The load average is printed with every round.
+The dense module is skipped where its forward would need more than --max-gflop dense GFLOP
+(it is the reference, not the thing measured).
 """
 from __future__ import annotations
 
@@ -44,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -57,20 +48,24 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import tcompile  # noqa: E402
+from tcompile.runtime.executor import executor_for  # noqa: E402
 from tcompile.runtime.model import exact_float32  # noqa: E402
 from tcompile.inspection.sampling import sample_inputs  # noqa: E402
 
+# name: {d: tokens n (None: the program has no token input, n = min_tokens)}, params besides d
 PROGRAMS = {
-    # name: (steps T, tokens n; None = the program has no token input, n = min_tokens)
-    "newton_inverse": (20, None),
-    "least_squares": (20, 64),
+    "newton_inverse": ({5: None, 10: None, 32: None}, {"steps": 20}),
+    "least_squares": ({5: 64, 10: 64, 32: 64}, {"steps": 20}),
+    "newton_logistic": ({5: 26, 10: 64, 30: 569}, {}),
 }
+QUICK = {"newton_inverse": [5, 10], "least_squares": [5, 10], "newton_logistic": [5]}
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
+SIDES = ("structured", "module", "direct")
 
 
 # ---- the direct torch iterations --------------------------------------------------------------
 
-def direct_newton_inverse(A: torch.Tensor, steps: int, norm_bound: float = 1.0) -> dict:
+def direct_newton_inverse(A, steps: int, norm_bound: float = 1.0) -> dict:
     """X0 = Aᵀ / bound², X ← 2X − X A X, batched over the leading axis."""
     X = A.mT / norm_bound ** 2
     for _ in range(steps):
@@ -78,7 +73,7 @@ def direct_newton_inverse(A: torch.Tensor, steps: int, norm_bound: float = 1.0) 
     return {"X": X}
 
 
-def direct_least_squares(A: torch.Tensor, y: torch.Tensor, a_test: torch.Tensor, steps: int) -> dict:
+def direct_least_squares(A, y, a_test, steps: int) -> dict:
     """S = AᵀA/n, b = Aᵀy/n, X = I, w = b; w ← 2w − X S w, X ← 2X − X S X; ŷ = a_testᵀ w."""
     n = A.shape[-2]
     At = A.mT
@@ -91,35 +86,50 @@ def direct_least_squares(A: torch.Tensor, y: torch.Tensor, a_test: torch.Tensor,
     return {"w": w[..., 0], "y_hat": y_hat}
 
 
-def run_direct(name: str, t: dict, steps: int, params: dict) -> dict:
+def direct_newton_logistic(A, y, x0, mu: float, steps: int, inv_steps: int) -> dict:
+    """programs/newton_logistic.tp with exact functions: damped Newton, the Hessian inverted by
+    inv_steps Newton–Schulz steps from 2/(lo + hi) I, z = A x carried beside x."""
+    n, d = A.shape[-2], A.shape[-1]
+    eye = torch.eye(d, dtype=A.dtype, device=A.device)
+    x = x0.unsqueeze(-1)                                    # (B, d, 1)
+    z = A @ x                                               # (B, n, 1)
+    yc = y.unsqueeze(-1)
+    for _ in range(steps):
+        p = torch.sigmoid(-yc * z)
+        g = mu * x - A.mT @ (yc * p) / n
+        H = A.mT @ ((p * (1 - p)) * A) / n + mu * eye
+        X = (2 / (mu + mu + 0.25)) * eye.expand_as(H)
+        for _ in range(inv_steps):
+            X = 2 * X - X @ H @ X
+        v = X @ g
+        lam = torch.sqrt(g.mT @ v)
+        eta = 2 * mu ** 0.5 / (2 * mu ** 0.5 + lam)
+        x = x - eta * v
+        z = z - eta * (A @ v)
+    return {"x": x[..., 0]}
+
+
+def run_direct(name: str, t: dict, params: dict) -> dict:
     if name == "newton_inverse":
-        return direct_newton_inverse(t["A"], steps, float(params.get("norm_bound", 1.0)))
+        return direct_newton_inverse(t["A"], int(params["steps"]), float(params.get("norm_bound", 1.0)))
     if name == "least_squares":
-        return direct_least_squares(t["A"], t["y"], t["a_test"], steps)
+        return direct_least_squares(t["A"], t["y"], t["a_test"], int(params["steps"]))
+    if name == "newton_logistic":
+        return direct_newton_logistic(t["A"], t["y"], t["x0"], float(params["mu"]),
+                                      int(params["steps"]), int(params["inv_steps"]))
     raise KeyError(name)
 
 
-def flops_direct(name: str, B: int, d: int, n: int, steps: int) -> int:
-    if name == "newton_inverse":
-        return B * steps * 4 * d ** 3
-    if name == "least_squares":
-        return B * (2 * n * d * d + 2 * n * d + steps * (4 * d ** 3 + 4 * d * d) + 2 * d)
-    raise KeyError(name)
-
-
-def flops_compiled(prog, B: int, n: int) -> int:
-    """Dense flops of CompiledTransformer.forward as tcompile/model.py runs it."""
+def flops_module(prog, B: int, n: int) -> int:
+    """Dense flops of CompiledTransformer.forward as tcompile/runtime/model.py runs it."""
     D = prog.width
     total = 0
     for w in prog.layers:
-        h, dk = w.W_K.shape[0], w.W_K.shape[1]
-        hidden = w.W_1.shape[0]
+        h, dk, hidden = w.W_K.shape[0], w.W_K.shape[1], w.W_1.shape[0]
         if h:
-            total += 2 * B * n * D * h * dk * 2        # k and q projections
-            total += 2 * B * n * D * h * D             # v projection (W_V is D x D per head)
-            total += 2 * B * h * dk * n * D * 2        # kᵀv, then q (kᵀv)
+            total += 2 * B * n * D * h * (2 * dk + D) + 2 * B * h * dk * n * D * 2
         if hidden:
-            total += 2 * B * n * D * hidden * 2        # W_1, W_2
+            total += 2 * B * n * D * hidden * 2
     return total
 
 
@@ -138,38 +148,31 @@ def timed(fn, device: str) -> float:
 
 
 class Timing:
-    """Samples of one configuration: pairs of runs (compiled, then direct), so that both see
-    the same machine load. Pairs are taken in rounds over the whole grid (see `bench`), so a
-    burst of load from other processes hits a few samples of many configurations instead of
-    every sample of one."""
+    """Samples of one configuration: runs of every side in turn (so that all see the same
+    machine load), taken in rounds over the whole grid (see `bench`)."""
 
-    def __init__(self, f_compiled, f_direct, device: str):
-        self.f_compiled, self.f_direct, self.device = f_compiled, f_direct, device
-        self.tc: list[float] = []
-        self.td: list[float] = []
-        self.pair_s = 0.0
+    def __init__(self, fns: dict, device: str):
+        self.fns, self.device = fns, device
+        self.samples = {k: [] for k in fns}
 
-    def warm_up(self, runs: int = 2):
-        """One pair, a second unless the first took over half a second."""
-        for i in range(runs):
-            c, d = timed(self.f_compiled, self.device), timed(self.f_direct, self.device)
-            self.pair_s = c + d
-            if self.pair_s > 0.5:
-                break
+    def warm_up(self):
+        for f in self.fns.values():
+            f()
 
-    def sample(self, budget_s: float, max_pairs: int):
-        """At least one pair; more while the round's budget for this configuration lasts."""
+    def sample(self, budget_s: float, max_reps: int):
         t_end = time.perf_counter() + budget_s
-        for _ in range(max_pairs):
-            self.tc.append(timed(self.f_compiled, self.device))
-            self.td.append(timed(self.f_direct, self.device))
+        for _ in range(max_reps):
+            for k, f in self.fns.items():
+                self.samples[k].append(timed(f, self.device))
             if time.perf_counter() >= t_end:
                 break
 
     def result(self) -> dict:
-        return {"compiled_s": statistics.median(self.tc), "direct_s": statistics.median(self.td),
-                "compiled_min_s": min(self.tc), "direct_min_s": min(self.td),
-                "repeats": len(self.tc)}
+        out = {}
+        for k, ts in self.samples.items():
+            out[k] = {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts),
+                      "repeats": len(ts)}
+        return out
 
 
 def rel_diff(out: dict, ref: dict) -> float:
@@ -192,20 +195,17 @@ def to_numpy(out: dict) -> dict:
     return {k: v.detach().to("cpu", torch.float64).numpy() for k, v in out.items()}
 
 
+def loadavg():
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
 # ---- machine info ---------------------------------------------------------------------------
 
 def machine_info(device: str) -> dict:
-    info = {
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch_num_threads": torch.get_num_threads(),
-        "device": device,
-        "tcompile": tcompile.__version__,
-        "loadavg_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
+    info = {"torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "cpu_count": os.cpu_count(), "torch_num_threads": torch.get_num_threads(),
+            "device": device, "tcompile": tcompile.__version__}
     try:       # which compiler was measured (the tree may have uncommitted changes)
         info["git_head"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                                           text=True, timeout=10).stdout.strip() or None
@@ -217,234 +217,241 @@ def machine_info(device: str) -> dict:
     cpu_name = platform.processor() or ""
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu_name = line.split(":", 1)[1].strip()
-                    break
+            cpu_name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
+                            cpu_name)
     except OSError:
         pass
     info["cpu_name"] = cpu_name
-    if device.startswith("cuda"):
-        info["device_name"] = torch.cuda.get_device_name(torch.device(device))
-        info["cuda"] = torch.version.cuda
-    else:
-        info["device_name"] = cpu_name
+    info["device_name"] = torch.cuda.get_device_name(torch.device(device)) \
+        if device.startswith("cuda") else cpu_name
     return info
 
 
+# ---- one configuration ----------------------------------------------------------------------
+
+def setup(name: str, d: int, B: int, dt_name: str, device: str, cache: dict) -> dict:
+    """Program, inputs and the three callables of one configuration."""
+    ds, extra = PROGRAMS[name]
+    n_tokens = ds[d]
+    key = (name, d)
+    if key not in cache:
+        t0 = time.perf_counter()
+        prog = tcompile.compile_file(ROOT / "programs" / f"{name}.tp", params={"d": d, **extra})
+        cache[key] = (prog, time.perf_counter() - t0)
+    prog, compile_s = cache[key]
+    params = {k: float(v) for k, v in prog.manifest["params"].items()}
+    inputs = sample_inputs(prog.program, {"d": d, **extra}, n=n_tokens or 16, batch=B, seed=0)
+    dtype = DTYPES[dt_name]
+    prep = prog.prepare_inputs(inputs)
+    ex = executor_for(prog, "structured")
+    state = ex.input_state(prep, dtype, device)
+    x = prog.encode_inputs(prep, dtype, device)
+    model = prog.module_for(dtype, device)
+    tin = {k: torch.as_tensor(v, dtype=dtype, device=device) for k, v in inputs.items()}
+
+    def f_module():
+        with torch.no_grad():
+            return model(x)
+
+    def f_direct():
+        with torch.no_grad(), exact_float32():       # same matmul precision as the model
+            return run_direct(name, tin, params)
+
+    return {"prog": prog, "compile_s": compile_s, "n": prep.n, "dtype": dtype, "params": params,
+            "prep": prep, "x": x, "tin": tin, "state": state, "f_module": f_module,
+            "f_direct": f_direct,
+            "f_structured": lambda: ex.run_state(state, prep.n, dtype, device)}
+
 # ---- the benchmark --------------------------------------------------------------------------
 
+def card_of(prog) -> dict:
+    rep = prog.report
+    return {"layers": rep["layers"], "width": rep["width"], "heads": rep["heads_total"],
+            "parameters": rep["parameters"], "nonzero": rep["nonzero_parameters"],
+            "min_tokens": rep["min_tokens"]}
+
+
+def grid(args) -> list[tuple[str, int]]:
+    pick = QUICK if args.quick else {k: list(v[0]) for k, v in PROGRAMS.items()}
+    return [(name, d) for name in (args.programs or PROGRAMS) for d in pick[name]
+            if not args.d or d in args.d]
+
+
 def bench(args) -> dict:
-    device = args.device
-    ds = args.d or ([4, 8] if args.quick else [4, 8, 16, 32])
+    device, cuda = args.device, args.device.startswith("cuda")
     batches = args.batch or ([1, 64] if args.quick else [1, 64, 1024])
-    rounds = args.rounds or 3
-    budget = args.budget if args.budget is not None else (0.1 if args.quick else 0.12)
-    max_pairs = 25
-    compile_runs = 3
-    cuda = device.startswith("cuda")
-
-    # phase 1: compile, encode, check accuracy, warm up -- every configuration
-    configs = []          # (record without timings, Timing)
-    compiles = []
-    skipped = []
-    print(f"{'program':<15}{'d':>4}{'layers':>7}{'D':>5}{'heads':>6}{'params':>10}{'nonzero':>9}"
-          f"{'compile':>9}   max rel diff compiled vs direct (float64, per batch)")
-    for name, (steps, n_tokens) in PROGRAMS.items():
-        path = ROOT / "programs" / f"{name}.tp"
-        for d in ds:
-            params = {"d": d, "steps": steps}
-            ctimes = []
-            for _ in range(compile_runs):
-                t0 = time.perf_counter()
-                prog = tcompile.compile_file(path, params=params)
-                ctimes.append(time.perf_counter() - t0)
-            rep = prog.report
-            card = {"layers": rep["layers"], "width": rep["width"], "heads": rep["heads_total"],
-                    "parameters": rep["parameters"], "nonzero": rep["nonzero_parameters"],
-                    "min_tokens": rep["min_tokens"]}
-            compile_s = statistics.median(ctimes)
-            compiles.append({"program": name, "d": d, "steps": steps, "compile_s": compile_s,
-                             "compile_runs": compile_runs, **card})
-            allp = {k: float(v) for k, v in prog.manifest["params"].items()}
-            diffs = []
-            for B in batches:
-                n_est = n_tokens or prog.manifest["min_tokens"]
-                est = flops_compiled(prog, B, n_est) / 1e9
-                if args.max_gflop is not None and est > args.max_gflop:
-                    skipped.append({"program": name, "d": d, "batch": B,
-                                    "flops_compiled": int(est * 1e9),
-                                    "reason": f"compiled forward ~{est:.0f} GFLOP > --max-gflop "
-                                              f"{args.max_gflop:g}"})
-                    diffs.append(f"B={B}: skipped (~{est:.0f} GFLOP)")
-                    continue
-                inputs = sample_inputs(prog.program, params, n=n_tokens or 16, batch=B, seed=0)
-                ref64 = None
-                for dt_name in ("float64", "float32"):
-                    dtype = DTYPES[dt_name]
-                    x = prog.encode(dtype=dtype, device=device, **inputs)
-                    n = x.shape[1]
-                    model = prog.module_for(dtype, device)
-                    tin = {k: torch.as_tensor(v, dtype=dtype, device=device) for k, v in inputs.items()}
-
-                    def f_compiled(model=model, x=x):
-                        with torch.no_grad():
-                            return model(x)
-
-                    def f_direct(name=name, tin=tin, steps=steps, allp=allp):
-                        with torch.no_grad(), exact_float32():   # same matmul precision as the model
-                            return run_direct(name, tin, steps, allp)
-
-                    out_c = prog.decode(f_compiled())
-                    out_d = to_numpy(f_direct())
-                    if dt_name == "float64":
-                        ref64 = out_d
-                    fc, fd = flops_compiled(prog, B, n), flops_direct(name, B, d, n, steps)
-                    rec = {
-                        "program": name, "d": d, "steps": steps, "n": n, "batch": B,
-                        "dtype": dt_name, "device": device, "compile_s": compile_s, **card,
-                        "flops_compiled": fc, "flops_direct": fd, "flops_ratio": fc / fd,
-                        # compiled vs direct in this dtype; float64 is the sanity check (~1e-13)
-                        "max_rel_diff": rel_diff(out_c, out_d),
-                        # this dtype against the float64 direct result (float32: its precision)
-                        "max_rel_diff_compiled_vs_direct64": rel_diff(out_c, ref64),
-                        "max_rel_diff_direct_vs_direct64": rel_diff(out_d, ref64),
-                    }
-                    if dt_name == "float64":
-                        diffs.append(f"B={B}: {rec['max_rel_diff']:.1e}")
-                    tm = Timing(f_compiled, f_direct, device)
-                    tm.warm_up()
-                    configs.append((rec, tm))
-            print(f"{name:<15}{d:>4}{card['layers']:>7}{card['width']:>5}{card['heads']:>6}"
-                  f"{card['parameters']:>10}{card['nonzero']:>9}{compile_s:>8.3f}s   "
-                  + ", ".join(diffs), flush=True)
-
-    # phase 2: timing, in rounds over the grid (alternate rounds run it backwards)
-    for r in range(rounds):
+    cache, configs, skipped = {}, [], []
+    for name, d in grid(args):
+        for B in batches:
+            for dt_name in DTYPES:
+                c = setup(name, d, B, dt_name, device, cache)
+                prog = c["prog"]
+                gflop = flops_module(prog, B, c["n"]) / 1e9
+                fns = {"structured": c["f_structured"], "direct": c["f_direct"]}
+                if gflop <= args.max_gflop:
+                    fns["module"] = c["f_module"]
+                else:
+                    skipped.append(f"{name} d={d} B={B} {dt_name}: module ~{gflop:.0f} GFLOP")
+                out_s = to_numpy(c["f_structured"]())
+                rec = {"program": name, "d": d, "n": c["n"], "batch": B, "dtype": dt_name,
+                       "device": device, "compile_s": c["compile_s"], **card_of(prog),
+                       "module_gflop": gflop,
+                       "rel_diff_structured_vs_direct": rel_diff(out_s, to_numpy(c["f_direct"]()))}
+                if "module" in fns:
+                    rec["rel_diff_structured_vs_module"] = rel_diff(
+                        out_s, prog.decode(c["f_module"]()))
+                if args.torch_compile and B <= 64:
+                    comp = executor_for(prog, "compiled")
+                    t0 = time.perf_counter()
+                    comp.run_state(c["state"], c["n"], c["dtype"], device)
+                    rec["torch_compile_s"] = time.perf_counter() - t0
+                    fns["compiled"] = lambda comp=comp, c=c: comp.run_state(
+                        c["state"], c["n"], c["dtype"], device)
+                tm = Timing(fns, device)
+                tm.warm_up()
+                configs.append((rec, tm))
+        print(f"set up {name} d={d} ({cache[(name, d)][1]:.2f} s compile)", flush=True)
+        if not args.keep_modules:
+            cache[(name, d)][0]._modules.clear()
+    for r in range(args.rounds):
         t0 = time.perf_counter()
-        order = configs if r % 2 == 0 else configs[::-1]
-        for rec, tm in order:
-            tm.sample(budget, max_pairs)
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        print(f"timing round {r + 1}/{rounds}: {time.perf_counter() - t0:.1f} s "
-              f"(load average {load:.1f})", flush=True)
-
-    # phase 3: results
+        for rec, tm in (configs if r % 2 == 0 else configs[::-1]):
+            tm.sample(args.budget, 25)
+        print(f"timing round {r + 1}/{args.rounds}: {time.perf_counter() - t0:.1f} s "
+              f"(load average {loadavg()[0]:.1f})", flush=True)
     records = []
-    print()
-    for i, (rec, tm) in enumerate(configs):
-        t = tm.result()
-        rec.update({"compiled_s": t["compiled_s"], "direct_s": t["direct_s"],
-                    "ratio": t["compiled_s"] / t["direct_s"],
-                    "compiled_min_s": t["compiled_min_s"], "direct_min_s": t["direct_min_s"],
-                    "ratio_of_min": t["compiled_min_s"] / t["direct_min_s"],
-                    "repeats": t["repeats"],
-                    "compiled_gflops": rec["flops_compiled"] / t["compiled_s"] / 1e9,
-                    "direct_gflops": rec["flops_direct"] / t["direct_s"] / 1e9})
+    for rec, tm in configs:
+        res = tm.result()
+        rec["times"] = res
+        for side in res:
+            if side != "direct":
+                rec[f"ratio_{side}"] = res[side]["median_s"] / res["direct"]["median_s"]
+                rec[f"ratio_{side}_of_min"] = res[side]["min_s"] / res["direct"]["min_s"]
         records.append(rec)
-        print_row(rec, header=i == 0)
-    for sk in skipped:
-        print(f"{sk['program']:<15}{sk['d']:>4}{sk['batch']:>6}  skipped: {sk['reason']}")
-    return {"machine": machine_info(device),
-            "settings": {"quick": bool(args.quick), "d": ds, "batches": batches,
-                         "programs": {k: {"steps": s, "n": n} for k, (s, n) in PROGRAMS.items()},
-                         "rounds": rounds, "budget_per_round_s": budget,
-                         "max_pairs_per_round": max_pairs,
-                         "warmup": "2 pairs (1 if a pair takes > 0.5 s)",
-                         "compile_runs": compile_runs, "max_gflop": args.max_gflop,
-                         "seed": 0, "tf32": "off for both (tcompile.runtime.model.exact_float32)"
-                         if cuda else None},
-            "compile": compiles,
-            "records": records,
-            "skipped": skipped}
+    return {"records": records, "skipped": skipped}
 
 
-HEADER = (f"{'program':<15}{'d':>4}{'B':>6} {'dtype':<8}{'layers':>7}{'D':>5}{'heads':>6}"
-          f"{'params':>10}{'nonzero':>9}{'compile':>9}{'compiled':>11}{'direct':>11}"
-          f"{'ratio':>8}{'(min)':>8}{'flops×':>8}{'rel diff':>10}{'reps':>6}")
+# ---- memory (fresh process per measurement) ---------------------------------------------------
 
+def memory_probe(name: str, d: int, B: int, side: str, device: str) -> dict:
+    """Peak memory growth of one forward of `side`, set up first (inputs, encode, plan)."""
+    c = setup(name, d, B, "float64", device, {})
+    f = c[f"f_{side}"]
+    if side == "structured":
+        executor_for(c["prog"], "structured").resolved(c["n"], c["dtype"], device)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        f()
+        torch.cuda.synchronize()
+        return {"peak_bytes": torch.cuda.max_memory_allocated() - base}
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    f()
+    return {"peak_bytes": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024,
+            "note": "ru_maxrss growth (includes allocator caching)"}
+
+
+def memory(args) -> list[dict]:
+    out = []
+    for name in (args.programs or PROGRAMS):
+        d = max(d for n2, d in grid(args) if n2 == name)
+        B = max(args.batch or [1024])
+        for side in ("structured", "direct", "module"):
+            cmd = [sys.executable, __file__, "--memory-probe", name, str(d), str(B), side,
+                   "--device", args.device, "--threads", str(torch.get_num_threads())]
+            if side == "module":
+                prog = tcompile.compile_file(ROOT / "programs" / f"{name}.tp",
+                                             params={"d": d, **PROGRAMS[name][1]})
+                n = PROGRAMS[name][0][d] or prog.layout.min_tokens
+                if flops_module(prog, B, n) / 1e9 > args.max_gflop:
+                    out.append({"program": name, "d": d, "batch": B, "side": side,
+                                "skipped": "over --max-gflop"})
+                    continue
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+            rec = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else \
+                {"error": p.stderr.strip().splitlines()[-1:]}
+            out.append({"program": name, "d": d, "batch": B, "side": side, **rec})
+            print(f"memory {name} d={d} B={B} {side}: "
+                  f"{rec.get('peak_bytes', 0) / 2**20:.1f} MiB {rec.get('error', '')}", flush=True)
+    return out
+
+
+# ---- printing -------------------------------------------------------------------------------
 
 def fmt_t(s: float) -> str:
-    return f"{s * 1e3:.3f}ms" if s < 1 else f"{s:.3f}s"
+    return f"{s * 1e3:.3g}ms" if s < 1 else f"{s:.3g}s"
 
 
-def print_row(r: dict, header: bool = False):
-    if header:
-        print(HEADER)
-        print("-" * len(HEADER))
-    print(f"{r['program']:<15}{r['d']:>4}{r['batch']:>6} {r['dtype']:<8}{r['layers']:>7}"
-          f"{r['width']:>5}{r['heads']:>6}{r['parameters']:>10}{r['nonzero']:>9}"
-          f"{r['compile_s']:>8.3f}s{fmt_t(r['compiled_s']):>11}{fmt_t(r['direct_s']):>11}"
-          f"{r['ratio']:>7.1f}x{r['ratio_of_min']:>7.1f}x{r['flops_ratio']:>7.1f}x{r['max_rel_diff']:>10.1e}"
-          f"{r['repeats']:>6}", flush=True)
-
-
-def print_summary(result: dict):
+def print_table(result: dict):
     recs = result["records"]
-    batches = sorted({r["batch"] for r in recs})
-    keys = sorted({(r["program"], r["d"], r["dtype"]) for r in recs},
-                  key=lambda k: (list(PROGRAMS).index(k[0]), k[2] != "float64", k[1]))
-    for field, title in (("ratio", "median"), ("ratio_of_min", "min")):
-        print(f"\nratio compiled / direct, forward time ({title} over repeats)")
-        head = f"{'program':<15}{'d':>4} {'dtype':<8}" + "".join(f"{'B=' + str(b):>9}" for b in batches)
-        print(head)
-        print("-" * len(head))
-        for prog, d, dt in keys:
-            cells = []
-            for b in batches:
-                m = [r for r in recs if (r["program"], r["d"], r["dtype"], r["batch"]) == (prog, d, dt, b)]
-                cells.append(f"{m[0][field]:>8.1f}x" if m else f"{'-':>9}")
-            print(f"{prog:<15}{d:>4} {dt:<8}" + "".join(cells))
-    f64 = [r["max_rel_diff"] for r in recs if r["dtype"] == "float64"]
-    f32 = [r["max_rel_diff_compiled_vs_direct64"] for r in recs if r["dtype"] == "float32"]
-    if f64:
-        print(f"\nmax rel diff compiled vs direct, float64: {max(f64):.1e} (worst configuration)")
-    if f32:
-        print(f"max rel diff compiled float32 vs direct float64: {max(f32):.1e}")
-    load = result["machine"].get("loadavg_at_start")
-    if load:
-        print(f"load average at start {load[0]:.1f}, at end {result['machine']['loadavg_at_end'][0]:.1f} "
-              f"({result['machine']['cpu_count']} CPUs)")
+    print(f"\n{'program':<16}{'d':>3}{'n':>5}{'B':>6} {'dtype':<8}{'direct':>10}{'struct':>10}"
+          f"{'×':>7}{'(min)':>7}{'module':>10}{'×':>8}{'compiled':>10}{'×':>7}{'diff vs mod':>12}"
+          f"{'reps':>5}")
+    for r in recs:
+        t = r["times"]
+        mod = t.get("module")
+        cmp = t.get("compiled")
+        print(f"{r['program']:<16}{r['d']:>3}{r['n']:>5}{r['batch']:>6} {r['dtype']:<8}"
+              f"{fmt_t(t['direct']['median_s']):>10}{fmt_t(t['structured']['median_s']):>10}"
+              f"{r['ratio_structured']:>6.2f}x{r['ratio_structured_of_min']:>6.2f}x"
+              f"{fmt_t(mod['median_s']) if mod else '-':>10}"
+              f"{(format(r['ratio_module'], '7.1f') + 'x') if mod else '-':>8}"
+              f"{fmt_t(cmp['median_s']) if cmp else '-':>10}"
+              f"{(format(r['ratio_compiled'], '6.2f') + 'x') if cmp else '-':>7}"
+              f"{r.get('rel_diff_structured_vs_module', float('nan')):>12.1e}"
+              f"{t['structured']['repeats']:>5}")
+    for s in result["skipped"]:
+        print(f"module skipped: {s}")
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="d in (4, 8), batch in (1, 64), short timing")
+    ap.add_argument("--quick", action="store_true", help="small d, batch in (1, 64)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/backend_<device>.json)")
-    ap.add_argument("--d", type=int, nargs="+", default=None, help="override the d values")
+    ap.add_argument("--programs", nargs="+", choices=list(PROGRAMS), default=None)
+    ap.add_argument("--d", type=int, nargs="+", default=None, help="only these d values")
     ap.add_argument("--batch", type=int, nargs="+", default=None, help="override the batch sizes")
-    ap.add_argument("--rounds", type=int, default=None,
-                    help="timing rounds over the whole grid (default 3)")
-    ap.add_argument("--budget", type=float, default=None,
-                    help="seconds of timed pairs per configuration and round, at least one pair "
-                         "(default 0.1 quick, 0.12 full)")
-    ap.add_argument("--max-gflop", type=float, default=None,
-                    help="skip configurations whose compiled forward needs more dense GFLOP "
-                         "(default: 100 for the full run, i.e. least_squares d=32 B=1024; none for --quick)")
+    ap.add_argument("--rounds", type=int, default=3, help="timing rounds over the grid")
+    ap.add_argument("--budget", type=float, default=0.15,
+                    help="seconds of timed triples per configuration and round (at least one)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--max-gflop", type=float, default=30.0,
+                    help="skip the dense module where its forward needs more GFLOP (default 30)")
+    ap.add_argument("--torch-compile", action="store_true",
+                    help="also time executor='compiled' (torch.compile) at B <= 64")
+    ap.add_argument("--memory", action="store_true",
+                    help="peak memory at the largest size, fresh process per side")
+    ap.add_argument("--keep-modules", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--memory-probe", nargs=4, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.max_gflop is None and not args.quick:
-        args.max_gflop = 100.0
-    if args.max_gflop is not None and args.max_gflop <= 0:
-        args.max_gflop = None
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error("--device cuda requested but torch.cuda.is_available() is False")
+    if args.memory_probe:
+        name, d, B, side = args.memory_probe
+        print(json.dumps(memory_probe(name, int(d), int(B), side, args.device)))
+        return
     out = Path(args.out) if args.out else ROOT / "bench" / "results" / \
         f"backend_{args.device.split(':')[0]}{'_quick' if args.quick else ''}.json"
-
-    t0 = time.perf_counter()
-    load0 = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    if load0 and load0[0] > 0.5 * (os.cpu_count() or 1) and not args.device.startswith("cuda"):
-        print(f"warning: load average {load0[0]:.1f} on {os.cpu_count()} CPUs: other processes compete "
-              f"with torch's {torch.get_num_threads()} threads, CPU timings will be noisy and the "
-              f"compiled model (hundreds of small parallel ops) suffers most", file=sys.stderr)
+    t0, load0 = time.perf_counter(), loadavg()
+    print(f"load average at start {load0}, {os.cpu_count()} CPUs, torch threads "
+          f"{torch.get_num_threads()}", flush=True)
     result = bench(args)
-    result["machine"]["loadavg_at_start"] = load0
+    result["memory"] = memory(args) if args.memory else []
+    result["machine"] = {**machine_info(args.device), "loadavg_at_start": load0,
+                         "loadavg_at_end": loadavg()}
+    result["settings"] = {k: v for k, v in vars(args).items() if k != "memory_probe"}
+    result["settings"]["programs_grid"] = {k: {"d_to_n": v[0], "params": v[1]}
+                                           for k, v in PROGRAMS.items()}
     result["total_s"] = time.perf_counter() - t0
-    print_summary(result)
+    print_table(result)
+    print(f"load average at start {load0}, at end {result['machine']['loadavg_at_end']}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
+    tmp.write_text(json.dumps(result, indent=1, default=str))
     tmp.replace(out)
     print(f"\nwrote {out}  (total {result['total_s']:.1f} s)")
 

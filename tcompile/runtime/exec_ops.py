@@ -86,7 +86,8 @@ class HeadOp:
         m, e = concrete(spec.m, n), concrete(spec.ext, n)
         self.k, self.v = ReadOp(spec.k, slots, m, n), ReadOp(spec.v, slots, m, n)
         self.q = ReadOp(spec.q, slots, e, n)
-        self.M = self.scale = self.const = None
+        self.M = self.M_np = self.scale = self.const = None
+        self.alpha, self.q_rows, self._t = 1.0, spec.q.rows, t
         Wv = spec.Wv
         if spec.k.const and spec.v.const:       # fold: one matrix (or scalar) applied to Q
             K = const_value(self.k, consts, like).double().numpy()[0]
@@ -95,10 +96,8 @@ class HeadOp:
             if spec.q.const:
                 Q = const_value(self.q, consts, like).double().numpy()[0]
                 self.const = t(M @ Q)[None]
-            elif (s := scalar_of(M)) is not None:
-                self.scale = s
             else:
-                self.M = t(M)
+                self.set_linear(M)
             return
         self._general(spec, Wv, m, e, t)
 
@@ -113,16 +112,28 @@ class HeadOp:
         self.G = None if G is None else t(G)
         self.G_on_q = G is None or e <= m
         self.Wv = None if sV is not None else t(Wv)
-        self.post = scale
+        self.alpha = scale
         vo, c = len(spec.out_rows), (spec.G.shape[0] if self.G_on_q else spec.G.shape[1])
         self.kv_first = vo * m * c + vo * c * e <= m * c * e + vo * m * e
 
+    def set_linear(self, M: np.ndarray) -> None:
+        """The head is M @ Q: a scalar (returned as Q with alpha = s) or a matrix."""
+        self.M_np = M
+        s = scalar_of(M)
+        self.scale, self.alpha = (s, s) if s is not None else (None, 1.0)
+        self.M = None if s is not None else self._t(M)
+
+    def linear_map(self):
+        """M (rows out × q rows) when the head is linear in Q, else None."""
+        return None if self.const is not None else self.M_np
+
     def __call__(self, state: dict, like) -> torch.Tensor:
+        """The head's output divided by `alpha` (the residual sum multiplies it in)."""
         if self.const is not None:
             return self.const
         Q = self.q(state, like)
         if self.scale is not None:
-            return Q * self.scale if self.scale != 1.0 else Q
+            return Q
         if self.M is not None:
             return self.M @ Q
         K, V = self.k(state, like), self.v(state, like)
@@ -134,11 +145,16 @@ class HeadOp:
         if self.Wv is not None:
             V = self.Wv @ V
         out = (V @ K.mT) @ Q if self.kv_first else V @ (K.mT @ Q)
-        return out * self.post if self.post != 1.0 else out
+        return out
 
 
 class MlpOp:
     """One MLP group: a constant, ReLUs over the rows it reads, or a PL table."""
+
+    alpha = 1.0
+
+    def linear_map(self):
+        return None
 
     def __init__(self, g: MlpGroup, slots, consts, n, dtype, device):
         t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)  # noqa: E731

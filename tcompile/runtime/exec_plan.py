@@ -69,6 +69,14 @@ class Read:
     def zero(self) -> bool:
         return all(s.key is None for s in self.segments)
 
+    def owner_of(self, i: int) -> str | None:
+        """The slot holding operand row i (None: the row is zero)."""
+        for seg in self.segments:
+            if i < len(seg.positions):
+                return seg.key
+            i -= len(seg.positions)
+        raise IndexError(i)
+
 
 @dataclass
 class Occupancy:

@@ -34,42 +34,99 @@ from .weights import LayerWeights
 
 
 class _Sublayer:
-    """One sublayer resolved: contributions, then each written slot = residual + terms."""
+    """One sublayer resolved: contributions, then each written slot = residual + terms.
+
+    Two exact simplifications of the residual sum: a linear head term that writes −(old
+    value) onto every row of a slot that held something (the compiler's clearing of rows it
+    reuses) is dropped together with the old value (x + (−x) = 0); and a linear head then
+    computes only the rows some term still adds."""
 
     def __init__(self, plan: SublayerPlan, slots: dict, consts: dict, n, dtype, device):
         make = lambda c: (HeadOp if isinstance(c, HeadSpec) else MlpOp)(  # noqa: E731
             c, slots, consts, n, dtype, device)
-        self.ops = [make(c) for c in plan.contribs]
-        self.writes = []
+        ops = [make(c) for c in plan.contribs]
+        writes = []
         for slot, old, terms in zip(plan.slots, plan.olds, plan.terms):
+            ts = [(tm.index, tm.src, tm.dst) for tm in terms]
+            held = {i for i, r in enumerate(old.rows) if old.owner_of(i) is not None}
+            cleared = [tm for tm in ts if _clears(ops[tm[0]], tm, slot.rows)]
+            if held and held <= {d for tm in cleared for d in tm[2]}:
+                old, ts = None, [tm for tm in ts if tm not in cleared]
             e = concrete(slot.ext, n)
-            old_op = None if old.zero else ReadOp(old, slots, e, n)
+            writes.append((slot, None if old is None or old.zero else ReadOp(old, slots, e, n), ts))
+        ops, writes = _prune_linear(ops, writes)
+        self.ops = ops
+        self.writes = []
+        for slot, old_op, ts in writes:
             resolved = []
-            for tm in terms:
-                c = plan.contribs[tm.index]
-                src = None if tm.src == tuple(range(len(c.out_rows))) else list(tm.src)
-                dst = None if tm.dst == tuple(range(len(slot.rows))) else \
-                    torch.tensor(tm.dst, device=device)
-                resolved.append((tm.index, src, concrete(c.ext, n), dst))
-            self.writes.append((slot.key, len(slot.rows), e, old_op, resolved))
+            for i, src, dst in ts:
+                width = len(ops[i].linear_map()) if ops[i].linear_map() is not None \
+                    else len(plan.contribs[i].out_rows)
+                resolved.append((i, None if src == tuple(range(width)) else list(src),
+                                 concrete(plan.contribs[i].ext, n),
+                                 None if dst == tuple(range(len(slot.rows)))
+                                 else torch.tensor(dst, device=device), ops[i].alpha))
+            self.writes.append((slot.key, len(slot.rows), concrete(slot.ext, n), old_op, resolved))
 
     def __call__(self, state: dict, like: torch.Tensor) -> None:
-        outs = [op(state, like) for op in self.ops]
+        outs = [None if op is None else op(state, like) for op in self.ops]
         new = {}
         for key, rows, e, old_op, terms in self.writes:
             acc = None if old_op is None else old_op(state, like)
-            for i, src, have, dst in terms:
+            for i, src, have, dst, alpha in terms:
                 part = outs[i] if src is None else outs[i][:, src]
                 part = fit(part, have, e)
                 if dst is None:
-                    acc = part if acc is None else acc + part
+                    if acc is None:
+                        acc = part * alpha if alpha != 1.0 else part
+                    else:
+                        acc = acc.add(part, alpha=alpha) if alpha != 1.0 else acc + part
                 else:
                     if acc is None:
                         acc = like.new_zeros((part.shape[0], rows, e))
                     B = max(acc.shape[0], part.shape[0])
-                    acc = acc.expand(B, -1, -1).index_add(1, dst, part.expand(B, -1, -1))
+                    acc = acc.expand(B, -1, -1).index_add(1, dst, part.expand(B, -1, -1),
+                                                          alpha=alpha)
             new[key] = acc if acc is not None else like.new_zeros((1, rows, e))
         state.update(new)
+
+
+def _clears(op, term, slot_rows) -> bool:
+    """Does this term add exactly −(old value) of each slot row it writes?"""
+    M = op.linear_map()
+    if M is None:
+        return False
+    q = {r: j for j, r in enumerate(op.q_rows)}
+    for s, d in zip(term[1], term[2]):
+        r = slot_rows[d]
+        if r not in q:
+            return False
+        want = np.zeros(M.shape[1])
+        want[q[r]] = -1.0
+        if not np.array_equal(M[s], want):
+            return False
+    return True
+
+
+def _prune_linear(ops, writes):
+    """Linear heads compute only the rows a term adds; ops no term uses are dropped (None)."""
+    used = [set() for _ in ops]
+    for _, _, ts in writes:
+        for i, src, _ in ts:
+            used[i] |= set(src)
+    remap = [None] * len(ops)
+    for i, op in enumerate(ops):
+        if not used[i]:
+            ops[i] = None
+            continue
+        M = op.linear_map()
+        if M is not None and len(used[i]) < len(M):
+            keep = sorted(used[i])
+            op.set_linear(M[keep])
+            remap[i] = {s: k for k, s in enumerate(keep)}
+    writes = [(slot, old, [(i, tuple(remap[i][s] for s in src) if remap[i] else src, dst)
+                           for i, src, dst in ts]) for slot, old, ts in writes]
+    return ops, writes
 
 
 class _Resolved:
