@@ -74,6 +74,7 @@ class PLApprox:
     # abs/relu/clip: the exact function and its ReLU form, both valid on all of R.
     _f: Callable | None = field(default=None, repr=False)
     _form: tuple | None = field(default=None, repr=False)
+    relative: bool = False                   # max_error and tol are relative: |pl - f| / |f|
 
     def __call__(self, x) -> np.ndarray:
         x = np.asarray(x, dtype=float)
@@ -177,6 +178,77 @@ def approximate_callable(name: str, f: Callable, lo: float, hi: float, tol: floa
     if out.neurons > max_neurons:
         raise ApproxError(f"{where}: needs {out.neurons} neurons > max_neurons {max_neurons}")
     return out
+
+
+def power_relative(name: str, p: float, lo: float, hi: float, rtol: float,
+                   max_neurons: int = 200_000) -> PLApprox:
+    """x ** p on [lo, hi] (0 < lo) within a *relative* error rtol, with geometric knots.
+
+    x ** p is homogeneous, so the chord's relative error on [t, q t] does not depend on t: knots
+    t_j = lo q^j with one ratio q make the relative error the same in every interval, and the
+    count grows with log(hi / lo), not with 1 / lo (reciprocal on [1e-9, 1] at rtol 1/2 is
+    10 knots). Values are f(t_j) scaled by one factor k that centres the chord's relative
+    error band [e_lo, e_hi] on 0, so the error is (e_hi - e_lo) / (2 + e_hi + e_lo) instead of
+    the chord's e_hi - e_lo. The error is measured afterwards, like every fit's."""
+    lo, hi, rtol = _check_interval(name, lo, hi, rtol)
+    if lo <= 0:
+        raise ApproxError(f"{name} on [{lo:g}, {hi:g}]: a relative fit needs 0 < lo")
+    if not rtol < 1:
+        raise ApproxError(f"{name}: a relative tolerance must be below 1, got {rtol:g}")
+
+    def f(x):
+        return np.asarray(x, dtype=float) ** p
+
+    s = np.linspace(0.0, 1.0, 257)
+
+    def band(q):                     # chord relative errors on [1, q], centred by the factor k
+        x = 1 + (q - 1) * s
+        e = (1 + (q ** p - 1) * s) / x ** p - 1
+        k = 2 / (2 + e.max() + e.min())
+        return k, max(k * (1 + e.max()) - 1, 1 - k * (1 + e.min()))
+
+    target = rtol * (1 - _MARGIN)
+    a, b = 0.0, 64.0                 # bisection on log q
+    for _ in range(100):
+        m = (a + b) / 2
+        a, b = (m, b) if band(np.exp(m))[1] <= target else (a, m)
+    q = float(np.exp(a))
+    count = int(np.ceil(np.log(hi / lo) / np.log(q))) if q > 1 else max_neurons + 1
+    if count + 2 > max_neurons:
+        raise ApproxError(f"{name} on [{lo:g}, {hi:g}] at relative tol {rtol:g}: needs "
+                          f"{count + 2} neurons > max_neurons {max_neurons}")
+    t = np.minimum(lo * q ** np.arange(count + 1), hi)
+    t[-1] = hi
+    t = np.unique(t)
+    k = band(q)[0]
+    v = k * f(t)
+    if not np.all(np.isfinite(np.diff(v) / np.diff(t))) or np.max(np.abs(np.diff(v) / np.diff(t))) > 1e300:
+        raise ApproxError(f"{name} on [{lo:g}, {hi:g}]: slopes beyond float64 range "
+                          "(narrow the domain)")
+    err = _relative_error(f, t, v)
+    if err > rtol:
+        raise ApproxError(f"{name} on [{lo:g}, {hi:g}]: relative error {err:.3g} over {rtol:g}")
+    return PLApprox(name, lo, hi, _frozen(t), _frozen(v), err, rtol, False, relative=True)
+
+
+def _relative_error(f, t, v, m=1024, iters=40):
+    """max |pl - f| / |f| over every interval: m samples, then a ternary search at the peak."""
+    fabs = lambda x: np.abs(_feval(f, x))            # noqa: E731
+    a, h, va, dv = t[:-1, None], np.diff(t)[:, None], v[:-1, None], np.diff(v)[:, None]
+    s = np.arange(m + 1) / m
+
+    def err(q):
+        x = a + h * q
+        return np.abs(_feval(f, x) - (va + dv * q)) / fabs(x)
+
+    e = err(s)
+    k = np.clip(np.argmax(e, axis=1), 1, m - 1)
+    left, right = s[k - 1][:, None], s[k + 1][:, None]
+    for _ in range(iters):
+        m1, m2 = left + (right - left) / 3, right - (right - left) / 3
+        up = err(m1) < err(m2)
+        left, right = np.where(up, m1, left), np.where(up, right, m2)
+    return float(max(e.max(), err((left + right) / 2).max()))
 
 
 def best_uniform_neurons(f: Callable, lo: float, hi: float, tol: float) -> int:

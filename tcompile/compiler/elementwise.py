@@ -15,7 +15,7 @@ Every operation is a plain recursive function with one case per class.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Union
 
 import numpy as np
@@ -52,6 +52,8 @@ class Call:
     arg: "Expr"
     domain: tuple | None               # declared `on [lo, hi]`, if any
     tol: float | None                  # the call's (or its statement's) error budget
+    rel: bool = False                  # that budget is relative (`tol rel eps`): |err| <= eps |f|
+    note: str = field(default="", compare=False)   # why a direct fit (refine.choose), for the report
 
 
 Expr = Union[Leaf, Const, Sum, Product, Call]
@@ -65,6 +67,7 @@ class Elementwise:
     expr: Expr
     product: bool = False
     tol: float | None = None
+    rel: bool = False                  # `tol` is relative
 
 
 def leaves(e: Expr) -> set[int]:
@@ -174,7 +177,7 @@ def shape_key(e: Expr, cont: int | None, gates) -> tuple:
         if isinstance(x, Const):
             return ("const", x.value)
         if isinstance(x, Call):
-            return ("call", x.func, x.fargs, walk(x.arg), x.domain, x.tol)
+            return ("call", x.func, x.fargs, walk(x.arg), x.domain, x.tol, x.rel)
         a, b = sorted((walk(x.a), walk(x.b)), key=repr)      # + and * commute
         return ("add" if isinstance(x, Sum) else "mul", a, b)
     return walk(e)

@@ -22,6 +22,7 @@ import networkx as nx
 
 from ..errors import CompileError
 from ..language.checker import TOKEN
+from . import refine
 from .dataflow import DataflowGraph
 from .elementwise import Call, Const, Elementwise, Leaf, Product, Sum, affine, leaves
 from .heads import realizable
@@ -51,6 +52,10 @@ class Lowering:
         self.current: int | None = None
         self.pieces = PieceBuilder(df.default_tol)
         self.piece_ranges: dict[int, tuple] = {}
+        self.notes: dict[int, str] = {}                 # call → why it is fitted directly
+        self._choices: dict[tuple, tuple] = {}          # (kind, domain, tol, rel) → refine.choose
+        self._refined: dict[int, list[int]] = {}        # call → its seed and iterate nodes
+        self._chains: dict[tuple, int] = {}             # (argument, refinement) → that call
 
     def error(self, msg, nid):
         return CompileError(msg, self.g.nodes[nid]["loc"], source=self.df.source)
@@ -103,7 +108,10 @@ class Lowering:
                 self.materialize_mlp(nid)
             if nid not in self.atoms:          # a poly (or an elementwise tree that proved linear)
                 self.materialize(nid)
-        rank = {nid: i for i, nid in enumerate(order)}
+        rank = {nid: float(i) for i, nid in enumerate(order)}
+        for call, made in self._refined.items():     # seed and iterates: just before their call
+            for i, a in enumerate(made):
+                rank[a] = rank[call] - 1 + (i + 1) / (len(made) + 1)
         ordered = sorted(self.atoms, key=lambda a: rank.get(a, -1))
         return AtomTable(((a, self.atoms[a]) for a in ordered), self.atoms.inv_n, self.atoms.ones)
 
@@ -152,9 +160,13 @@ class Lowering:
         if op == "eye":
             return {Mono(()): 1.0}
         if op == "call":
+            refined = self.refined_call(nid)
+            if refined is not None:
+                return refined
             arg = self.ew_operand(args[0], allow_products=False)
-            return Elementwise(Call(node["func"], node["fargs"], arg, node["domain"], node["tol"]),
-                               tol=node["tol"])
+            rel = bool(node.get("tol_rel"))
+            return Elementwise(Call(node["func"], node["fargs"], arg, node["domain"], node["tol"],
+                                    rel, note=self.notes.get(nid, "")), tol=node["tol"], rel=rel)
         if op == "ewmul":
             a, b = (self.ew_operand(x, allow_products=False) for x in args)
             if len(self.real_leaves(Product(a, b))) <= 1:
@@ -195,6 +207,96 @@ class Lowering:
                                      f"{self.g.nodes[args[1]]['cshape']})", nid)
                 self.materialize(widest)
         raise self.error(f"the back end cannot lower '{op}' yet", nid)  # pragma: no cover
+
+    # ---- scalar division and roots: seed + Newton in heads (refine.py) ------------------------
+    def refined_call(self, nid) -> Poly | None:
+        """1/a, √a or 1/√a of a runtime scalar a as a seed piece and Newton iterates (atoms),
+        its value the last iterate kept symbolic; None where the direct fit is chosen (the
+        reason goes to the call's note, hence to the report)."""
+        node = self.g.nodes[nid]
+        if node["cshape"] != (1, 1) or node["func"] not in ("reciprocal", "sqrt") or node["fargs"]:
+            return None
+        kind, arg, domain = node["func"], node["args"][0], node["domain"]
+        inner = self.g.nodes[arg]
+        if kind == "reciprocal" and inner["op"] == "call" and inner["func"] == "sqrt" \
+                and inner["cshape"] == (1, 1):
+            kind, arg, domain = "rsqrt", inner["args"][0], inner["domain"]
+        elif kind == "sqrt" and self._only_reciprocals(nid):
+            return None                     # they refine it as an rsqrt
+        if domain is None or isinstance(self.polys.get(arg), Elementwise) or self.is_gate(arg):
+            return None
+        tol = node["tol"] or self.pieces.default_tol
+        key = (kind, tuple(domain), tol, bool(node.get("tol_rel")))
+        if key not in self._choices:
+            direct = refine.direct_neurons(kind, *domain, tol, key[3])
+            self._choices[key] = refine.choose(kind, *domain, tol, key[3], direct)
+        ref, why = self._choices[key]
+        if ref is None:
+            self.notes[nid] = why
+            return None
+        self.g.nodes[nid]["refined"] = "w" if kind == "sqrt" else "r"
+        a = self.scalar_atom(arg)
+        self.g.nodes[a]["refined"] = self.atoms[a].node["refined"] = "arg"
+        return self._newton_atoms(nid, kind, a, ref)
+
+    def _newton_atoms(self, nid, kind, a, ref) -> Poly:
+        # one chain per (argument, refinement): expanded again after a restart, or shared by
+        # sqrt(a) and 1/sqrt(a) (w and r of the same iteration)
+        family = "reciprocal" if kind == "reciprocal" else "rsqrt"
+        chain = self._chains.setdefault((family, a, ref.seed.neurons, ref.steps, ref.lo, ref.hi), nid)
+        made = self._refined.setdefault(chain, [])
+
+        def fresh(i, role="r"):
+            if i == len(made):
+                new = max(self.g.nodes) + 1
+                node = self.g.nodes[nid]
+                self.g.add_node(new, op="call", args=(a,), cshape=(1, 1), loc=node["loc"],
+                                func=node["func"], fargs=(), domain=node["domain"], tol=node["tol"],
+                                refined=role)
+                self.g.add_edge(a, new)
+                made.append(new)
+            return made[i]
+
+        def scalar_poly(terms):
+            return {Mono((), tuple(sorted(f))): c for f, c in terms.items()}
+        r, w = fresh(0), None
+        label = f"{kind}({self.names().get(a, f't{a}')})"
+        if r not in self.atoms:
+            self.make_atom(r, "mlp")
+            self.atoms[r].piece = self.pieces.seed(a, ref, label)
+            self.piece_ranges[r] = self.atoms[r].piece.range
+        i = 1
+        if kind != "reciprocal":            # w₀ = a r₀ exactly: the iteration keeps w / (a r)
+            w = fresh(i, "w")
+            self.make_atom(w, "attn", scalar_poly({(a, r): 1.0}))
+            i += 1
+        for _ in range(ref.steps - 1):
+            rp, wp = refine.iteration(kind, a, r, w)
+            r_next = fresh(i)
+            self.make_atom(r_next, "attn", scalar_poly(rp))
+            i += 1
+            if wp is not None:
+                w = fresh(i, "w")
+                self.make_atom(w, "attn", scalar_poly(wp))
+                i += 1
+            r = r_next
+        rp, wp = refine.iteration(kind, a, r, w)
+        return scalar_poly(wp if kind == "sqrt" else rp)
+
+    def scalar_atom(self, nid) -> int:
+        """The atom holding scalar `nid` (itself, made one if it is a sum or product)."""
+        p = self.polys[nid]
+        if len(p) == 1:
+            (m, c), = p.items()
+            if c == 1.0 and not m.chain and len(m.scalars) == 1:
+                return m.scalars[0]
+        self.materialize(nid)
+        return nid
+
+    def _only_reciprocals(self, nid) -> bool:
+        users = [s for s in self.g.successors(nid) if s in self.live]
+        return bool(users) and nid not in self.df.outputs.values() and all(self.g.nodes[s]["op"] == "call" and self.g.nodes[s]["func"]
+                                   == "reciprocal" for s in users)
 
     # ---- elementwise -----------------------------------------------------------------------
     def is_gate(self, atom_id) -> str | None:
@@ -264,6 +366,10 @@ class Lowering:
                 raise self.error("an elementwise expression of two real values other than a "
                                  "plain product u * v is not supported", nid)
             u, v = e.a.atom, e.b.atom
+            if ew.rel:
+                raise self.error("a relative tolerance (tol rel) applies to a function of one "
+                                 "value (reciprocal, sqrt); a product u * v of two takes an "
+                                 "absolute one", nid)
             piece = self.pieces.product(u, v, self.bounds_of(u, nid), self.bounds_of(v, nid),
                                         ew.tol, self.names())
         else:
@@ -282,7 +388,8 @@ class Lowering:
                     bounds[cont] = (node_c["lo"], node_c["hi"])
                 elif cont in self.piece_ranges:
                     bounds[cont] = self.piece_ranges[cont]
-            piece = self.pieces.unary(e, cont, gates, bounds, self.names(), loc_error, tol=ew.tol)
+            piece = self.pieces.unary(e, cont, gates, bounds, self.names(), loc_error, tol=ew.tol,
+                                      rel=ew.rel)
         self.piece_ranges[nid] = piece.range
         poly = self.make_atom(nid, "mlp")
         atom = self.atoms[nid]

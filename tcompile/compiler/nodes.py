@@ -57,9 +57,12 @@ TOL_REL = "tol_rel"      # call/ewmul: present (True) when TOL is relative (`tol
                          #   |error| <= eps·|exact value|); absent when TOL is absolute
 VARS = "vars"            # the program variables this value is, as name@assignment-count
 CARRIED = "carried"      # True: a loop's state, handed to the next iteration (always stored)
+REFINED = "refined"      # set by the lowering on a scalar refinement's values (refine.py): 'r' or
+                         #   'w' on its seed/iterate nodes (calls it adds) and the refined call,
+                         #   'arg' on its argument; rows.py clears their rows exactly
 
 ATTRIBUTES = frozenset({OP, ARGS, CSHAPE, LOC, NAME, SYMMETRIC, SIGN, FLAG, LO, HI, VALUE, K, C,
-                        FUNC, FARGS, DOMAIN, TOL, TOL_REL, VARS, CARRIED})
+                        FUNC, FARGS, DOMAIN, TOL, TOL_REL, VARS, CARRIED, REFINED})
 REQUIRED = (OP, ARGS, CSHAPE, LOC)
 
 

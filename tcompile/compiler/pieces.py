@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .approx import PLApprox, approximate_callable
+from .approx import PLApprox, approximate_callable, power_relative
 from .elementwise import (Expr, affine, calls, evaluate, pulled_back_domains, shape_key,
                           to_text, tolerances)
 
@@ -103,13 +103,18 @@ class Approximation:
     hi: float
     pl: PLApprox
     rows: int = 1
+    choice: str = ""                   # how it is computed and why (refine.choose), if chosen
+    error: float | None = None         # a refinement's predicted error (else the fit's measured)
+    target: float | None = None        # and the budget it was refined to (else the fit's tol)
 
     def as_dict(self) -> dict:
         """JSON-able; an exact piece valid on all of R has lo = hi = None."""
         finite = math.isfinite(self.lo) and math.isfinite(self.hi)
+        err = self.pl.max_error if self.error is None else self.error
+        tol = self.pl.tol if self.target is None else self.target
         return {"name": self.label, "lo": self.lo if finite else None, "hi": self.hi if finite else None, "neurons": self.pl.neurons * self.rows,
-                "neurons_per_entry": self.pl.neurons, "max_error": float(self.pl.max_error),
-                "tol": float(self.pl.tol), "exact": bool(self.pl.exact)}
+                "neurons_per_entry": self.pl.neurons, "max_error": float(err),
+                "tol": float(tol), "exact": bool(self.pl.exact), "choice": self.choice}
 
 
 @dataclass
@@ -176,12 +181,20 @@ class PieceBuilder:
         return self._cache[k]
 
     def unary(self, e, cont: int | None, gates: list[tuple[int, str]], bounds: dict, names: dict,
-              loc_error, tol: float | None = None) -> UnaryPiece:
+              loc_error, tol: float | None = None, rel: bool = False) -> UnaryPiece:
         """`tol`: the budget of the value computed (its statement's or call's); without one the
-        tightest budget inside the expression, else the default."""
+        tightest budget inside the expression, else the default. `rel`: that budget is
+        relative (|err| <= tol |f|), which a power c·u^p meets with geometric knots."""
         if tol is None:
-            tol = min(tolerances(e), default=self.default_tol)
+            tight = [c for c in calls(e) if c.tol is not None]
+            tol = min((c.tol for c in tight), default=self.default_tol)
+            rel = any(c.rel and c.tol == tol for c in tight)
         label = to_text(e, names)
+        if rel:
+            lo, hi = self._domain(e, cont, gates, [()] if not gates else
+                                  list(itertools.product((1.0, -1.0), repeat=len(gates))),
+                                  bounds, label, names, loc_error)
+            return self._relative(e, cont, gates, lo, hi, tol, label, loc_error)
         patterns = list(itertools.product(*[(1.0, -1.0) if kind == "sign" else (1.0, 0.0)
                                              for _, kind in gates]))
         exact = self._exact_piece(e, cont, gates, patterns, bounds, label, tol)
@@ -220,10 +233,46 @@ class PieceBuilder:
             if not np.all(np.isfinite(bad)):
                 raise loc_error(f"{label} is not finite on [{lo:g}, {hi:g}]")
         piece = UnaryPiece(cont, gates_used, branches, lo, hi, label, offsets=offsets)
+        choice = "; ".join(c.note for c in calls(e) if c.note)
         for pat, pl in branches.items():
             suffix = "" if not pat else " [" + ", ".join(
                 f"{names.get(g, g)}={v:+g}" for (g, _), v in zip(gates_used, pat)) + "]"
-            piece.approximations.append(Approximation(label + suffix, lo, hi, pl))
+            piece.approximations.append(Approximation(label + suffix, lo, hi, pl, choice=choice))
+        return piece
+
+    def _relative(self, e, cont, gates, lo, hi, rtol, label, loc_error) -> UnaryPiece:
+        """A relative budget: e must be c·u^p (reciprocal, sqrt, 1/sqrt, scaled), fitted with
+        geometric knots (approx.power_relative), so [1e-9, 1] costs neurons ∝ log(hi/lo)."""
+        if gates or cont is None:
+            raise loc_error(f"{label}: a relative tolerance applies to a function of one real "
+                            "value, without sign or flag inputs")
+        power = _power_of(e, cont, lo, hi)
+        if power is None:
+            raise loc_error(f"{label}: a relative tolerance (tol rel) is supported for "
+                            "c * x ** p (reciprocal, sqrt, 1/sqrt of one value, scaled)")
+        c, p = power
+        if lo <= 0 <= hi or (p != -1.0 and lo < 0):
+            raise loc_error(f"{label} on [{lo:g}, {hi:g}]: a relative tolerance needs a domain "
+                            "on one side of 0 (and x > 0 for a root)")
+        key = ("relative", p, abs(lo) if lo > 0 else -hi, hi if lo > 0 else -lo, rtol)
+        if key not in self._cache:
+            self._cache[key] = power_relative(label, p, key[2], key[3], rtol)
+        base = self._cache[key]
+        t, v = (base.knots, base.values) if lo > 0 else (-base.knots[::-1], -base.values[::-1])
+        pl = PLApprox(label, lo, hi, t, c * v, base.max_error, rtol, False, relative=True)
+        piece = UnaryPiece(cont, [], {(): pl}, lo, hi, label)
+        piece.approximations.append(Approximation(f"{label} (relative)", lo, hi, pl))
+        return piece
+
+    def seed(self, leaf: int, ref, label: str) -> UnaryPiece:
+        """The PL seed of a scalar refinement (refine.py): one relative fit of the leaf, whose
+        record carries the refined value's predicted relative error and the choice."""
+        from .refine import seed_approx
+        pl = seed_approx(ref)
+        piece = UnaryPiece(leaf, [], {(): pl}, pl.lo, pl.hi, f"seed of {label}")
+        piece.approximations.append(Approximation(
+            f"{label} (relative error; seed + {ref.steps} Newton steps)", pl.lo, pl.hi, pl,
+            choice=ref.choice, error=ref.rel_error, target=max(ref.target, ref.rel_error)))
         return piece
 
     @staticmethod
@@ -302,6 +351,23 @@ class PieceBuilder:
         piece.approximations = [Approximation(f"(u+v)^2 of u*v = {label}", plus_lo, plus_hi, piece.plus),
                                 Approximation(f"(u-v)^2 of u*v = {label}", minus_lo, minus_hi, piece.minus)]
         return piece
+
+
+def _power_of(e, cont, lo, hi) -> tuple[float, float] | None:
+    """(c, p) with e(u) = c·u^p on [lo, hi] for p in {-1, -1/2, 1/2}, else None (checked on
+    a geometric sample of the domain, to rounding)."""
+    a, b = (lo, hi) if lo > 0 else (-hi, -lo)
+    if not 0 < a < b:
+        return None
+    x = np.geomspace(a, b, 33) * (1 if lo > 0 else -1)
+    with np.errstate(all="ignore"):
+        y = np.asarray(evaluate(e, {cont: x}), dtype=float)
+    for p in (-1.0, -0.5, 0.5):
+        base = np.sign(x) * np.abs(x) ** p if p == -1.0 else np.abs(x) ** p
+        c = y[0] / base[0]
+        if np.all(np.isfinite(y)) and np.allclose(y, c * base, rtol=1e-12, atol=0):
+            return float(c), p
+    return None
 
 
 # ---- weights -------------------------------------------------------------------------------

@@ -132,9 +132,15 @@ def _choose_rows(al: Allocation, p: Pair, occupant, last, identity_size: int) ->
            for q in [(term.real.x.atom, term.real.x.transposed)]
            if q in al.slots and pair_rows(al.atoms, q) == need
            and set(al.slots[q].rows) <= set(free)
-           and all(occupant[r] == q for r in al.slots[q].rows)]
+           and all(occupant[r] == q for r in al.slots[q].rows)
+           and _role(al.atoms[q[0]]) == _role(al.atoms[p[0]])]
     if own:
         return list(al.slots[own[0]].rows)
+    # rows change hands between a sensitive value and another only where an MLP can clear
+    # them exactly first
+    free = [r for r in free if occupant[r] is None
+            or not (_wide(al.atoms[occupant[r][0]]) or _wide(al.atoms[p[0]]))
+            or _clearing_mlp(al, occupant[r], t, last) is not None]
     free.sort(key=lambda r: (occupant[r] is not None, r))
     return free[:need]
 
@@ -149,6 +155,15 @@ def _subtract_previous(al: Allocation, p: Pair, rows: list[int], occupant) -> No
     if not olds:
         return
     t = al.write_time[p]
+    for q in list(olds):
+        sensitive = _wide(al.atoms[q[0]]) or _wide(al.atoms[p[0]])
+        m = _clearing_mlp(al, q, t, {q: al.slots[q].last_read}) if sensitive else None
+        in_place = _role(al.atoms[p[0]]) == _role(al.atoms[q[0]]) and any(
+            term.real.x == Operand("atom", q[0], q[1]) for term in al.terms.get(p, []))
+        if m is not None and not in_place:
+            # exact: an MLP between its last read and this write clears it alone (x − x = 0),
+            # where subtracting it beside the new value would leave ulp(old) in the new value
+            al.clear_terms.setdefault(m, []).append((q, tuple(olds.pop(q)), p))
     if written_by_mlp(t):                    # an MLP writer clears with ReLU pairs
         al.clear_terms.setdefault(t, []).extend((q, tuple(idx), p) for q, idx in olds.items())
         return
@@ -163,6 +178,27 @@ def _subtract_previous(al: Allocation, p: Pair, rows: list[int], occupant) -> No
                 continue
         real = Realization(Operand("eye", k=k), Operand("eye", k=k), Operand("atom", q[0], q[1]))
         al.terms[p].append(HeadTerm(real, -1.0, q, tuple(idx)))
+
+
+def _clearing_mlp(al: Allocation, q: Pair, t: int, last) -> int | None:
+    """The latest MLP sublayer before t that runs after q's last read and after q is written,
+    where q can be cleared on its own; None if there is none."""
+    m = t - 1 if not written_by_mlp(t) else t - 2
+    return m if m > ENCODER and last[q] <= m and al.write_time[q] < m else None
+
+
+def _role(atom) -> str | None:
+    """r, w or arg for a value of a scalar refinement (below), None for others: an iterate
+    may overwrite its own predecessor in place (the same magnitude), nothing else."""
+    return atom.node.get("refined")
+
+
+def _wide(atom) -> bool:
+    """A value of a scalar refinement (refine.py): its seed and iterates (1/a, 1/√a may dwarf
+    the next occupant of their rows) and its argument (a tiny a must keep its relative
+    precision). Rows pass between such a value and another only through an exact clear: an
+    attention writer that subtracts the old value beside the new one leaves ulp(old) in it."""
+    return bool(atom.node.get("refined"))
 
 
 def _copies(real: Realization, q: Pair) -> bool:

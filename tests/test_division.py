@@ -1,0 +1,189 @@
+"""Division and roots of runtime scalars to float64 precision (issue 11 §1), against numpy.
+
+A scalar's 1/a, √a and 1/√a are a PL seed with geometric knots (relative error, neurons
+∝ log(hi/lo)) refined by Newton–Raphson in attention heads (refine.py); relative tolerances
+(`tol rel`) fit c·x^p elementwise with the same knots. The compiled models are run as the
+paper-form module (encode → module → decode) and judged against numpy / numpy.linalg.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import tcompile
+from tcompile.compiler import refine
+from tcompile.compiler.approx import power_relative
+
+EPS = np.finfo(float).eps
+
+
+def run_module(prog, **inputs):
+    """The paper's equations: encode, the nn.Module, decode."""
+    with torch.no_grad():
+        return prog.decode(prog.module(prog.encode(**inputs)))
+
+
+# ---- the seed: geometric knots, relative error ------------------------------------------------
+
+@pytest.mark.parametrize("p", [-1.0, -0.5, 0.5])
+def test_geometric_seed_meets_its_relative_error_with_log_many_knots(p):
+    fit = power_relative("f", p, 1e-9, 1.0, 1e-3)
+    x = np.geomspace(1e-9, 1.0, 400_001)
+    assert np.max(np.abs(fit(x) - x ** p) / x ** p) <= 1e-3
+    wide = power_relative("f", p, 1e-18, 1.0, 1e-3)
+    # twice the decades, at most twice the intervals: log(hi/lo), not 1/lo
+    assert wide.neurons - 2 <= 2 * (fit.neurons - 2) + 1
+    assert power_relative("f", -1.0, 1e-9, 1.0, 0.5).neurons == 12
+
+
+def test_newton_error_recursions_bound_the_iterations():
+    """refine.next_error against the iterations themselves, run in numpy."""
+    a = np.geomspace(1e-6, 1e6, 101)
+    for e0 in (-0.5, -0.1, 0.03, 0.3, 0.5):
+        r = (1 + e0) / a
+        r1 = 2 * r - a * r * r
+        assert np.all(np.abs(a * r1 - 1) <= refine.next_error("reciprocal", abs(e0)) * (1 + 1e-12))
+        r, w = (1 + e0) / np.sqrt(a), (1 + e0) * np.sqrt(a)        # w = a r
+        r1, w1 = (3 * r - w * r * r) / 2, (3 * w - w * w * r) / 2
+        bound = refine.next_error("rsqrt", abs(e0)) * (1 + 1e-12)
+        assert np.all(np.abs(r1 * np.sqrt(a) - 1) <= bound)
+        assert np.all(np.abs(w1 / np.sqrt(a) - 1) <= bound)
+    assert refine.steps_for("reciprocal", 0.1, 1e-16)[0] == 4        # 0.1^16 = 1e-16
+    assert refine.steps_for("reciprocal", 0.5, 1e-18)[0] == 6        # floored at rounding: 0.5^64
+
+
+def test_the_choice_between_a_direct_fit_and_a_refinement_is_by_cost():
+    lo, hi = 2 * np.sqrt(0.1), 2 * np.sqrt(0.1) + 5          # newton_logistic's 1/(2√μ + λ)
+    direct = refine.direct_neurons("reciprocal", lo, hi, 1e-6, False)
+    ref, why = refine.choose("reciprocal", lo, hi, 1e-6, False, direct)
+    assert ref is None and why.startswith(f"direct fit: {direct} neurons")
+    assert refine.direct_neurons("reciprocal", 1e-12, 1.0, 1e-6, False) is None
+    ref, why = refine.choose("reciprocal", 1e-12, 1.0, 1e-6, False, None)
+    assert ref is not None and ref.rel_error <= 2 * EPS and "no direct fit" in why
+    assert ref.seed.neurons + refine.NEURONS_PER_LAYER * ref.layers == int(why.split("cost ")[1].split()[0])
+
+
+# ---- compiled scalars ---------------------------------------------------------------------------
+
+SCALARS = """program scalars
+input c : [] in [1e-30, 1e6]
+input v : [3]
+output r, s, q
+r = reciprocal(c)
+s = sqrt(c) tol rel 1e-16
+q = v / sqrt(c)
+"""
+
+
+def test_scalar_reciprocal_sqrt_rsqrt_reach_float64_precision():
+    prog = tcompile.compile_source(SCALARS)
+    v = np.array([1.0, -2.0, 3.0])
+    for c in np.geomspace(1e-30, 1e6, 37):
+        out = run_module(prog, c=np.array(c), v=v)
+        assert abs(out["r"] * c - 1) <= 4 * EPS
+        assert abs(out["s"] / np.sqrt(c) - 1) <= 4 * EPS
+        # q is written over v's dead row, by a head that subtracts v beside it: ulp(v) in q
+        assert np.max(np.abs(out["q"] * np.sqrt(c) / v - 1)) <= 4 * EPS * (1 + np.sqrt(c))
+    rep = prog.report
+    # seeds in layer 0's MLP; rsqrt: w0 = c r0, then 3 steps (√c is its w, 1/√c its r: one
+    # chain); reciprocal: 3 steps; q = v r in the last layer
+    assert rep["layers"] == 6
+    names = [a["name"] for a in rep["approximations"]]
+    assert names == ["reciprocal(c) (relative error; seed + 3 Newton steps)",
+                     "sqrt(c) (relative error; seed + 3 Newton steps)"]
+    assert all(a["max_error"] <= 2 * EPS for a in rep["approximations"])
+
+
+def test_a_refined_value_is_cleared_exactly_before_its_rows_are_reused():
+    """alpha = rr / pSp lands in rows that held 1/pSp (~1e4 here): subtracting that beside the
+    new value left ulp(1e4) in alpha (5e-14 relative); an MLP clears it first now."""
+    src = """program alpha
+dim d = 3
+input S : [d, d] symmetric
+input p : [d]
+input rr : []
+output alpha
+alpha = rr * reciprocal(p @ S @ p) on [1e-120, 1e6]
+"""
+    prog = tcompile.compile_source(src)
+    rng = np.random.default_rng(0)
+    for scale in (1e-2, 1e-4, 1e-40):
+        M = rng.standard_normal((3, 3))
+        S, p = M @ M.T, rng.standard_normal(3) * scale
+        alpha = run_module(prog, S=S, p=p, rr=np.array(0.37))["alpha"]
+        assert abs(alpha / (0.37 / (p @ S @ p)) - 1) <= 8 * EPS
+
+
+# ---- relative tolerances, elementwise -------------------------------------------------------------
+
+def test_tol_rel_fits_vectors_with_geometric_knots():
+    src = """program rel
+input u : [n] in [1e-9, 1]
+input v : [4] in [0.001, 100]
+output a, b
+a = reciprocal(u) tol rel 1e-6
+b = 2 * sqrt(v) tol rel 1e-6
+"""
+    prog = tcompile.compile_source(src)
+    u, v = np.geomspace(1e-9, 1, 64), np.array([1e-3, 0.37, 5.0, 100.0])
+    out = run_module(prog, u=u, v=v)
+    assert np.max(np.abs(out["a"] * u - 1)) <= 1e-6
+    assert np.max(np.abs(out["b"] / (2 * np.sqrt(v)) - 1)) <= 1e-6
+    per_entry = {a["name"]: a["neurons_per_entry"] for a in prog.report["approximations"]}
+    assert per_entry == {"reciprocal(u) (relative)": 7337, "2*sqrt(v) (relative)": 1443}
+
+
+# ---- the programs -------------------------------------------------------------------------------
+
+def ill_conditioned(rng, d, n, kappa):
+    """A with singular values geometric from 1 to 1/kappa, rows scaled to norm <= 1; y in [-1, 1]."""
+    U, _ = np.linalg.qr(rng.standard_normal((n, d)))
+    V, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    A = U @ np.diag(np.geomspace(1, 1 / kappa, d)) @ V.T
+    A /= np.linalg.norm(A, axis=1).max()
+    y = rng.standard_normal(n)
+    return A, y / np.abs(y).max()
+
+
+@pytest.fixture(scope="module")
+def cg():
+    return tcompile.compile_file("programs/conjugate_gradient.tp")
+
+
+def test_conjugate_gradient_matches_numpy_solve(cg):
+    rep = cg.report
+    assert (rep["layers"], rep["width"], rep["mlp_hidden_max"]) == (142, 31, 642)
+    assert rep["mlp_hidden_max"] <= 1000
+    rng = np.random.default_rng(11)
+    worst = {}
+    for kappa in (10.0, 1e3):
+        for _ in range(4):
+            A, y = ill_conditioned(rng, 8, int(rng.integers(12, 40)), kappa)
+            w_star = np.linalg.solve(A.T @ A, A.T @ y)
+            w = run_module(cg, A=A, y=y)["w"]
+            worst[kappa] = max(worst.get(kappa, 0.0),
+                               np.linalg.norm(w - w_star) / np.linalg.norm(w_star))
+    assert worst[10.0] <= 1e-13
+    # cond(S) = 1e6: numpy's own CG (the interpreter) is ~5e-11 from solve here
+    assert worst[1e3] <= 3e-10
+
+
+def test_power_iteration_matches_numpy_eigh():
+    prog = tcompile.compile_file("programs/power_iteration.tp")
+    rep = prog.report
+    assert (rep["layers"], rep["width"], rep["mlp_hidden_max"]) == (283, 21, 290)
+    rng = np.random.default_rng(3)
+    d, n = 6, 30
+    for _ in range(3):
+        U, _ = np.linalg.qr(rng.standard_normal((n, d)))
+        V, _ = np.linalg.qr(rng.standard_normal((d, d)))
+        lam = np.array([1.0, 0.5, 0.3, 0.2, 0.1, 0.05]) * rng.uniform(0.2, 1)   # λ1/λ2 = 2
+        A = U @ np.diag(np.sqrt(lam * n)) @ V.T
+        A /= max(1.0, np.linalg.norm(A, axis=1).max())
+        vals, vecs = np.linalg.eigh(A.T @ A / n)
+        u0 = rng.standard_normal(d)
+        out = run_module(prog, A=A, u0=u0 / np.linalg.norm(u0))
+        u = out["u"] * np.sign(out["u"] @ vecs[:, -1])
+        assert np.linalg.norm(u - vecs[:, -1]) <= 1e-10
+        assert abs(out["lam"] / vals[-1] - 1) <= 1e-13
