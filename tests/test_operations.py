@@ -51,6 +51,9 @@ EXACT = [  # (statement, numpy, (layers, width)) as built
     ("r = A - b", lambda A, b, **_: A - b, (1, 8)),
     ("r = ones(n) * 2 + y", lambda y, **_: 2 + y, (1, 3)),
     ("r = A - y", lambda A, y, **_: A - y[:, None], (2, 10)),          # per token
+    ("r = diag(u)", lambda u, **_: np.diag(u), (3, 15)),
+    ("r = diag(clip(M, -3, 3))", lambda M, **_: np.diag(np.clip(M, -3, 3)), (3, 15)),
+    ("r = M @ diag(u)", lambda M, u, **_: M @ np.diag(u), (4, 14)),
     ("r = y + A @ M", lambda A, y, M, **_: y[:, None] + A @ M, (2, 13)),
 ]
 
@@ -154,6 +157,8 @@ def test_if_is_still_a_name():
     ("r = ones(d) on [0, 1]", ["exact", "no domain"]),
     ("r = max(u)", ["takes 2 arguments"]),
     ("r = max(u, M)", ["do not match"]),
+    ("r = diag(A)", ["diag() of a [n, 3] value", "square matrix"]),
+    ("r = diag(s)", ["diag() of a [] value"]),
 ])
 def test_structural_builtin_errors(stmt, words):
     err = _error(HEAD + stmt + "\n")
@@ -179,6 +184,12 @@ def test_relu_output_times_a_bounded_value_compiles():
     data = dict(b=rng.uniform(-10, 10, 4), dinv=rng.uniform(0.1, 1, 4))
     got = tcompile.compile_source(src, file="p.tp").run(**data)["x"]
     assert np.max(np.abs(got - data["dinv"] * np.maximum(data["b"], 0))) <= 1e-7
+
+
+def test_diag_of_unbounded_value_needs_bounds():
+    err = _error(HEAD + "r = diag(M)\n", compile_too=True)
+    assert (err.line, err.column) == (12, 5)
+    assert "diag()" in err.message and "bounds" in err.expected
 
 
 @pytest.mark.parametrize("stmt, matrix", [("r = (A.T @ A) ** 2", True), ("r = (M @ v) ** 2", False)])

@@ -179,6 +179,8 @@ class GraphBuilder(Walker):
             return Val(ty, self.fill(cs, node[1], loc))
         if op in ("max", "min"):
             return Val(ty, self._max_min(op, xs, tys, ty, loc))
+        if op == "diag":
+            return Val(ty, self._diag(xs[0], tys[0], loc))
         if op == "call":
             e, domain, tol, rel = node
             if ty.const is not None:
@@ -225,6 +227,33 @@ class GraphBuilder(Walker):
     def _ew_tol(self) -> dict:
         return {"tol": self.stmt_tol, **({"tol_rel": True} if self.stmt_tol_rel and
                                          self.stmt_tol is not None else {})}
+
+    def _diag(self, x, tx: Ty, loc):
+        """diag(v) = (v 1ᵀ) ⊙ I, diag(M) = (M ⊙ I) 1. The mask X ⊙ I is exact with ReLUs gated by
+        the identity: with c >= max |X|, X ⊙ I = X − relu(X − cI) + relu(−X − cI) — off the
+        diagonal the relus give X exactly, on it they give 0 (no cancellation either way)."""
+        if not tx.bounded:
+            raise CompileError("diag() is computed with ReLUs gated by the identity, which need "
+                               "bounds on its argument, and this one has none", loc,
+                               source=self.src, expected="bounds on the argument: an input "
+                               "assumption, clip(x, lo, hi), or a bounded function of it")
+        k = tx.shape[0]
+        c = max(abs(tx.lo), abs(tx.hi), 1e-300)
+        ones = self.fill((k, 1), 1.0, loc)
+        full = self.matmul(x, self.transpose(ones, loc), loc) if len(tx.shape) == 1 else x
+        eye = self.node("eye", (), (k, k), k=k)
+        parts = []
+        for sign in (1.0, -1.0):
+            arg = self.node("add", tuple(sorted((self.scale(full, sign, loc), self.scale(eye, -c, loc)))),
+                            (k, k), loc)
+            r = self.node("call", (arg,), (k, k), loc, func="relu", domain=None, tol=None, fargs=())
+            parts.append(self.scale(r, -sign, loc))
+        masked = self.node("add", tuple(sorted((full, self.node("add", tuple(sorted(parts)), (k, k),
+                                                                       loc)))), (k, k), loc)
+        if len(tx.shape) == 1:
+            return masked
+        return self.transpose_if_vector(self.matmul(self.transpose(masked, loc), ones, loc),
+                                        Ty((k,)), loc)
 
     def _max_min(self, op, xs, tys, ty, loc):
         """max(u, v) = v + relu(u − v), min(u, v) = u − relu(u − v): exact, no domain."""

@@ -27,7 +27,7 @@ from ..errors import ParamError, ProgramError, SourceLocation
 
 SCALAR_FUNCTIONS = {"sigmoid", "sqrt", "reciprocal", "exp", "log", "softplus", "abs", "relu"}
 EXACT_PL_FUNCTIONS = {"abs", "relu", "clip"}
-STRUCTURAL_FUNCTIONS = {"ones", "zeros", "sum", "max", "min"}    # structural.py
+STRUCTURAL_FUNCTIONS = {"ones", "zeros", "sum", "max", "min", "diag"}    # structural.py
 BUILTINS = SCALAR_FUNCTIONS | {"clip"} | STRUCTURAL_FUNCTIONS
 RESERVED = {TOKEN, "I"} | BUILTINS
 MAX_UNROLLED_STATEMENTS = 200_000

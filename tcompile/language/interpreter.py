@@ -43,6 +43,8 @@ class NumpyWalker(Walker):
             return x if isinstance(x, _ScaledIdentity) or np.ndim(x) < 2 else x.T
         if op == "sum":
             return xs[0].sum(axis=0)
+        if op == "diag":
+            return np.diag(xs[0])
         if op == "fill":
             return np.full([self.n if k == TOKEN else k for k in ty.shape], node[1])
         if op in ("max", "min"):

@@ -1,5 +1,5 @@
 """Builtins that build or reshape values rather than map entries: `ones`, `zeros`, `sum`,
-`max`, `min`.
+`max`, `min`, `diag`.
 
 They share the Walker (checker.py) with the scalar functions, so the checker, the interpreter
 and the dataflow builder read them the same way; this module only knows their shape and
@@ -10,12 +10,15 @@ interval rules. None of them is approximated, so none takes `on` or `tol`:
     sum(x)                  over the first axis: [n, k] → [k], [k, c] → [c], [k] → []
     max(u, v), min(u, v)    elementwise, broadcasting like `+`; exact with ReLUs
                             (max(u, v) = v + relu(u − v)), so no domain is needed
+    diag(v), diag(M)        [k] → [k, k] with v on the diagonal; [k, k] → [k], its diagonal
+                            (numpy's np.diag); exact, but compiled with ReLUs gated by the
+                            identity, which need bounds on the argument (the checker's)
 """
 from __future__ import annotations
 
 import math
 
-from .types import TOKEN, Ty, check_holdable, elementwise_shape
+from .types import TOKEN, Ty, check_holdable, elementwise_shape, fmt_shape
 
 def call_structural(walker, e, env):
     """Check (and, through walker.apply, evaluate) one structural builtin call."""
@@ -23,7 +26,7 @@ def call_structural(walker, e, env):
         raise walker.err(f"{e.func}() is exact: it takes no domain or tolerance", e.loc)
     if e.func in ("ones", "zeros"):
         return _fill(walker, e, env)
-    arity = 1 if e.func == "sum" else 2
+    arity = 1 if e.func in ("sum", "diag") else 2
     if len(e.args) != arity:
         raise walker.err(f"{e.func}() takes {arity} argument{'s' * (arity > 1)}, got {len(e.args)}",
                          e.loc, expected=f"{e.func}(" + ", ".join("uv"[:arity] if arity > 1 else "x") + ")")
@@ -32,6 +35,8 @@ def call_structural(walker, e, env):
         if val.ty.shape is None:
             raise walker.err(f"{e.func}() of I: the size of I is unknown here", a.loc,
                              expected="a value of known shape")
+    if e.func == "diag":
+        return _diag(walker, e, args[0])
     if e.func == "sum":
         x = args[0]
         if x.ty.shape == ():
@@ -59,6 +64,23 @@ def _fill(walker, e, env):
     value = 1.0 if e.func == "ones" else 0.0
     return walker.apply("fill", Ty(shape, lo=value, hi=value, flag=True, symmetric=len(shape) == 2
                                    and shape[0] == shape[1]), (), (e, value))
+
+
+def _diag(walker, e, x):
+    shape = x.ty.shape
+    if len(shape) == 1 and shape[0] != TOKEN:
+        out = (shape[0], shape[0])
+    elif len(shape) == 2 and shape[0] == shape[1] and TOKEN not in shape:
+        out = (shape[0],)
+    else:
+        raise walker.err(f"diag() of a {fmt_shape(shape)} value", e.args[0].loc,
+                         expected="a small vector [k] (gives [k, k]) or a square matrix [k, k] "
+                                  "(gives its diagonal [k])")
+    t = x.ty
+    lo = hi = None
+    if t.bounded:
+        lo, hi = (min(t.lo, 0.0), max(t.hi, 0.0)) if len(out) == 2 else (t.lo, t.hi)
+    return walker.apply("diag", Ty(out, lo=lo, hi=hi, symmetric=len(out) == 2), (x,), e)
 
 
 def _max_min(walker, e, args):
