@@ -229,10 +229,6 @@ G = A * g - 2 * g * A
 """
 
 
-@pytest.mark.xfail(strict=True, raises=tcompile.CompileError, reason=(
-    "a token vector added to token rows ([n] + [n, k], per token: language.md's broadcasting "
-    "table) is refused with 'no assignment of stored orientations lets every product be "
-    "computed by one head (please report this program)'; the interpreter runs it"))
 @pytest.mark.parametrize("body", ["G = A + A @ b", "G = A + g", "G = g * A + A @ b"])
 def test_token_vector_added_to_token_rows_compiles(body):
     src = ("program t\ninput A : [n, 3] in [-1, 1]\ninput g : [n] sign\ninput b : [3]\n"
