@@ -7,6 +7,7 @@ The oracles: the emitted arrays' sizes (the exact estimate must equal them), the
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import pytest
@@ -130,7 +131,8 @@ class FakeClock:
 def test_slow_builds_show_stages_and_layers():
     out = io.StringIO()
     prog = tcompile.compile_file(PROGRAMS["newton_inverse"], params={"steps": 6},
-                                 progress=Progress(out, after=2.0, every=1.0, clock=FakeClock(0.5)))
+                                 progress=Progress(out, after=2.0, every=1.0, clock=FakeClock(0.5),
+                                                   heartbeat=False))
     lines = out.getvalue().splitlines()
     assert all(line.startswith("tcompile: ") and line.endswith(" s)") for line in lines)
     text = "\n".join(lines)
@@ -141,10 +143,32 @@ def test_slow_builds_show_stages_and_layers():
 
 def test_quick_builds_are_quiet():
     out = io.StringIO()
-    progress = Progress(out, after=2.0, clock=FakeClock(0.0))
+    progress = Progress(out, after=2.0, clock=FakeClock(0.0), heartbeat=False)
     tcompile.compile_file(PROGRAMS["newton_inverse"], params={"steps": 6}, progress=progress)
     progress.finish()
     assert out.getvalue() == ""
+
+
+def test_a_long_stage_is_announced_while_it_runs():
+    """The heartbeat names a stage that began before the threshold and is still running."""
+    out = io.StringIO()
+    progress = Progress(out, after=0.05)
+    progress.stage("plan")
+    deadline = time.monotonic() + 10
+    while "tcompile: plan (" not in out.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    progress.finish(ok=False)
+    assert out.getvalue().startswith("tcompile: plan (") and "done" not in out.getvalue()
+
+
+def test_a_failed_build_stops_its_progress_quietly(monkeypatch):
+    out = io.StringIO()
+    progress = Progress(out, after=0.0, heartbeat=False)
+    with pytest.raises(ModelTooLarge):
+        tcompile.compile_file(PROGRAMS["newton_inverse"], max_memory=1, progress=progress)
+    progress.finish(ok=False)
+    lines = out.getvalue().splitlines()
+    assert lines[-1].startswith("tcompile: depth (") and not any("done" in line for line in lines)
 
 
 # ---- the command line ----------------------------------------------------------------------

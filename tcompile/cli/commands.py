@@ -18,12 +18,15 @@ from ..runtime.program import CompiledProgram
 def cmd_build(args) -> int:
     from ..compiler.pipeline import compile_file
     from ..compiler.progress import Progress
-    progress = Progress()
-    prog = compile_file(args.file, params=parse_param_overrides(args.param), tol=args.tol,
-                        max_memory=args.max_memory, progress=progress)
-    progress.stage("write")
-    paths = prog.save_to_dir(args.out)
-    progress.finish()
+    progress, ok = Progress(), False
+    try:
+        prog = compile_file(args.file, params=parse_param_overrides(args.param), tol=args.tol,
+                            max_memory=args.max_memory, progress=progress)
+        progress.stage("write")
+        paths = prog.save_to_dir(args.out)
+        ok = True
+    finally:
+        progress.finish(ok)
     print(prog.report_text())
     for p in paths:
         print(f"wrote {p}")

@@ -55,6 +55,19 @@ def compile_program(program, params: dict | None = None, tol: float | None = Non
         raise ParamError(f"the default tolerance must be a number in (0, 1), got {tol!r}")
     resolve_limit(max_memory)                     # a bad max_memory fails before any work
     report = resolve_progress(progress)
+    if progress is not True:                      # the caller's Progress: the caller finishes it
+        return _compile(program, params, tol, max_memory, report)
+    ok = False
+    try:
+        prog = _compile(program, params, tol, max_memory, report)
+        ok = True
+        return prog
+    finally:
+        report.finish(ok)
+
+
+def _compile(program, params, tol, max_memory, report) -> CompiledProgram:
+    """The stages, in order, with the two size checks before any dense array exists."""
     stage = report.stage if report else (lambda _name: None)
     stage("check")
     values = check_program(program, params)
@@ -72,10 +85,7 @@ def compile_program(program, params: dict | None = None, tol: float | None = Non
     check_plan(plan, cause, max_memory)
     stage("emit")
     layers, blocks, keys = emit(plan, df.outputs, progress=report.layer if report else None)
-    prog = CompiledProgram(_manifest(program, values, tol, df, plan, layers, blocks, keys), layers)
-    if progress is True:
-        report.finish()
-    return prog
+    return CompiledProgram(_manifest(program, values, tol, df, plan, layers, blocks, keys), layers)
 
 
 def _size_cause(params: dict | None, values: dict) -> str:
@@ -125,7 +135,7 @@ def _approximations(plan) -> tuple[ApproxRecord, ...]:
         records.append(ApproxRecord(
             name=d["name"], lo=d["lo"], hi=d["hi"], neurons=entries * ap.pl.neurons,
             neurons_per_entry=d["neurons_per_entry"], max_error=d["max_error"], tol=d["tol"],
-            exact=d["exact"], entries=entries))
+            exact=d["exact"], entries=entries, choice=d["choice"]))
     return tuple(records)
 
 
