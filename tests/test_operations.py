@@ -108,6 +108,8 @@ def _error(src: str, compile_too=False) -> TcompileError:
     ("r = u / 2 on [1, 2]", 14, ["compile-time number"]),
     ("r = (M @ v) ** -1", 5, ["x ** -1", "no known bounds", "1 / (expr) on [lo, hi]"]),
     ("r = u / (s * s) on [1, 4] tol rel 2", 35, ["relative tolerance must be below 1"]),
+    ("r = u / v on [1e-9, 1] tol 1e-12", 28, ["below the float64 rounding of 1 / divisor",
+                                              "1e+09", "tol rel 1e-12"]),
 ])
 def test_division_refusals_name_what_was_written(stmt, col, words):
     err = _error(HEAD + stmt + "\n")

@@ -416,6 +416,7 @@ class Walker:
             if not (lo > 0 or hi < 0):
                 raise self.err(f"the divisor's domain [{lo:g}, {hi:g}] contains 0", e.domain.loc,
                                expected="an interval on one side of 0, e.g. on [1e-3, 10]")
+            self._quotient_rounding(e, (lo, hi), tol)
             return e, (lo, hi), tol, e.tol_rel
         if not tb.bounded:
             raise self.err("cannot tell which values the divisor takes: it has no known bounds",
@@ -425,7 +426,20 @@ class Walker:
             raise self.err(f"the divisor may be 0: its values lie in [{tb.lo:g}, {tb.hi:g}]",
                            e.right.loc, expected="a divisor bounded away from 0, or "
                                                  "a / (expr) on [lo, hi] with 0 outside [lo, hi]")
+        self._quotient_rounding(e, (tb.lo, tb.hi), tol)
         return e, (tb.lo, tb.hi), tol, e.tol_rel
+
+    def _quotient_rounding(self, e: ast.BinOp, domain, tol) -> None:
+        """An absolute `tol` below float64 rounding of 1/b on the domain cannot be met (nor
+        checked): say so about the division, with the relative budget as the way out."""
+        if tol is None or e.tol_rel:
+            return
+        largest = 1 / min(abs(domain[0]), abs(domain[1]))
+        if tol <= 16 * np.finfo(float).eps * largest:      # approx.py's rounding floor
+            raise self.err(f"an absolute tol {tol:g} is below the float64 rounding of 1 / divisor, "
+                           f"which reaches {largest:.3g} on [{domain[0]:g}, {domain[1]:g}]",
+                           e.tol.loc, expected=f"a relative budget (tol rel {tol:g}) or a "
+                                               "larger tol")
 
     def _power_domain(self, e: ast.BinOp, ta: Ty, p: float) -> None:
         """x ** -1 and x ** 0.5 of a runtime value are approximated: they need bounds on x."""
