@@ -15,7 +15,7 @@ import tcompile
 from tcompile.errors import InputError
 from tcompile.inspection.sampling import sample_inputs
 from tcompile.runtime.executor import StructuredExecutor, executor_for
-from tcompile.runtime.pl_tables import build_table
+from tcompile.runtime.pl_tables import bucket_index, build_table
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRAMS = ROOT / "programs"
@@ -73,7 +73,7 @@ def test_logistic_runs_its_sigmoid_as_a_table_and_its_products_as_tables():
     ex = StructuredExecutor(prog.layers, prog.layout)
     kinds = [op.kind for sub in ex.resolved(n).sublayers for op in sub.ops if hasattr(op, "kind")]
     assert kinds.count("table") >= 3 * params["steps"]
-    units_in_tables = sum(g.W2.shape[1] for p in ex.plans for g in p.contribs
+    units_in_tables = sum(g.W2.shape[1] * g.instances for p in ex.plans for g in p.contribs
                           if getattr(g, "kind", None) == "table")
     units = sum(int(np.count_nonzero(np.any(w.W_1 != 0, axis=1))) for w in prog.layers)
     assert units_in_tables >= 0.9 * units
@@ -132,3 +132,21 @@ def test_pl_table_is_the_relu_sum(seed):
     i = np.searchsorted(bp, s)
     got = slope[i] * s[:, None] + icpt[i]
     assert np.max(np.abs(got - want)) <= 1e-13 * np.max(np.abs(C).sum(1) * 5)
+
+
+@pytest.mark.parametrize("spread", ["uniform", "clustered"])
+def test_bucket_index_counts_like_searchsorted(spread):
+    """The grid lookup gives #{breakpoints < s} exactly: on the breakpoints, one ulp either
+    side, between them and beyond both ends (or declines: None, and searchsorted is used)."""
+    rng = np.random.default_rng(7)
+    bp = np.sort(rng.uniform(-6, 6, 300) if spread == "uniform" else
+                 np.concatenate([rng.uniform(-6, 6, 100), rng.uniform(0, 0.05, 6)]))
+    grid = bucket_index(bp)
+    assert grid is not None
+    origin, inv_h, base, padded, m = grid
+    s = np.concatenate([bp, np.nextafter(bp, np.inf), np.nextafter(bp, -np.inf),
+                        rng.uniform(-9, 9, 5000), [-np.inf, np.inf]])
+    j = np.clip(np.floor((s - origin) * inv_h), 0, len(base) - 1).astype(np.int64)
+    idx = base[j] + sum((padded[base[j] + i] < s).astype(np.int64) for i in range(m))
+    assert np.array_equal(idx, np.searchsorted(bp, s))
+    assert bucket_index(np.array([0.0, 1e-12, 1.0]), max_probe=1, max_cells=64) is None

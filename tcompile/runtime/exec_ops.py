@@ -14,7 +14,7 @@ import torch
 
 from .exec_plan import Read, concrete
 from .exec_sublayers import HeadSpec
-from .pl_tables import MlpGroup, build_table
+from .pl_tables import MlpGroup, bucket_index, build_table
 
 
 def scalar_of(W: np.ndarray):
@@ -172,14 +172,32 @@ class MlpOp:
         if g.kind == "table" and np.all(bias == bias[:, :1]):
             a = g.W1v[:, 0]
             bp, slope, icpt = build_table(a, bias[:, 0], g.W2)
-            self.dir = None if g.W1v.shape[1] == 1 else t(g.W1v[:1] / a[0])
+            self.k, self.inst = g.W1v.shape[1], g.instances
+            self.dir = None if self.k == 1 else t(g.W1v[:1] / a[0])
             self.bp, self.slope, self.icpt = t(bp), t(slope), t(icpt)
+            grid = bucket_index(bp)
+            self.grid = None if grid is None else (
+                grid[0], grid[1], torch.as_tensor(grid[2], device=device), t(grid[3]), grid[4])
             self.single = g.W2.shape[0] == 1
             if self.single:
                 self.slope, self.icpt = self.slope[:, 0].contiguous(), self.icpt[:, 0].contiguous()
             return
+        assert g.instances == 1, "stacked tables are gated by the ones row (pl_tables.py)"
         self.kind = "relu"
         self.W1, self.bias, self.W2 = t(g.W1v), t(bias)[None], t(g.W2)
+
+    def index(self, s: torch.Tensor) -> torch.Tensor:
+        """#{breakpoints < s}: torch.searchsorted, or the same count from the uniform grid
+        (pl_tables.bucket_index) in a few elementwise ops."""
+        if self.grid is None:
+            return torch.searchsorted(self.bp, s.contiguous())
+        origin, inv_h, base, padded, m = self.grid
+        j = ((s - origin) * inv_h).clamp(0, base.shape[0] - 1).long()
+        b = base[j]
+        idx = b
+        for i in range(m):
+            idx = idx + (padded[b + i] < s)
+        return idx
 
     def __call__(self, state: dict, like) -> torch.Tensor:
         if self.const is not None:
@@ -187,10 +205,16 @@ class MlpOp:
         X = self.var(state, like)
         if self.kind == "relu":
             return self.W2 @ torch.relu(self.W1 @ X + self.bias)
+        if self.single:                       # (B, instances, e): one row per instance
+            if self.dir is None:
+                s = X
+            else:
+                B, _, e = X.shape
+                s = (self.dir @ X.reshape(B, self.inst, self.k, e))[:, :, 0]
+            idx = self.index(s)
+            return self.slope[idx] * s + self.icpt[idx]
         s = (X if self.dir is None else self.dir @ X)[:, 0]          # (B, e)
-        idx = torch.searchsorted(self.bp, s.contiguous())
-        if self.single:
-            return (self.slope[idx] * s + self.icpt[idx]).unsqueeze(1)
+        idx = self.index(s)
         return (self.slope[idx] * s.unsqueeze(-1) + self.icpt[idx]).transpose(1, 2)
 
 

@@ -39,10 +39,11 @@ class MlpGroup:
     W2: np.ndarray             # (|out|, U)
     out_rows: tuple[int, ...]
     ext: object                # tokens it is computed on (clipped to its destinations later)
+    instances: int = 1         # a table applied to this many stacked row groups
 
     @property
     def label(self) -> str:
-        return f"mlp {self.kind} ({self.W2.shape[1]} units)"
+        return f"mlp {self.kind} ({self.W2.shape[1]} units × {self.instances})"
 
 
 def _direction_key(row: np.ndarray):
@@ -74,7 +75,32 @@ def plan_mlp(W1: np.ndarray, W2: np.ndarray, occ: Occupancy) -> list[MlpGroup]:
     if relu_units:
         v = tuple(r for r in var_rows if np.any(W1[relu_units, r] != 0))
         groups.append(_group("relu", sorted(relu_units), v, const_rows, W1, W2, occ))
-    return groups
+    return _stack_tables(groups, occ)
+
+
+def _stack_tables(groups: list[MlpGroup], occ: Occupancy) -> list[MlpGroup]:
+    """Tables of the same function (same weights unit for unit, gates, one output row each),
+    applied to different rows, become one table over stacked rows: `instances` > 1, `var`
+    reads instances × k rows, output row i is instance i's. Only with the ones row as gate
+    (the same number on every token, so the table holds on every instance's tokens)."""
+    out, sets = [], {}
+    for g in groups:
+        gates = {occ.slots[seg.key].const for seg in g.gate.segments if seg.key is not None}
+        if g.kind != "table" or len(g.out_rows) != 1 or not gates <= {"ones"}:
+            out.append(g)
+            continue
+        sig = (g.W1v.tobytes(), g.W1v.shape, g.W1c.tobytes(), g.gate.rows, g.W2.tobytes())
+        sets.setdefault(sig, []).append(g)
+    for gs in sets.values():
+        rows = [r for g in gs for r in g.out_rows]
+        if len(gs) == 1 or len(set(rows)) != len(rows):
+            out += gs
+            continue
+        g0 = gs[0]
+        var = occ.read(tuple(r for g in gs for r in g.var.rows))
+        out.append(MlpGroup("table", var, g0.W1v, g0.gate, g0.W1c, g0.W2, tuple(rows),
+                            emax(var.ext, g0.gate.ext), instances=len(gs)))
+    return out
 
 
 def _group(kind, units, var_rows, const_rows, W1, W2, occ) -> MlpGroup:
@@ -111,4 +137,35 @@ def build_table(a: np.ndarray, b: np.ndarray, C: np.ndarray):
     return bp.astype(np.float64), slope, icpt
 
 
-__all__ = ["MIN_TABLE_UNITS", "MlpGroup", "plan_mlp", "build_table"]
+
+
+def bucket_index(bp: np.ndarray, max_probe: int = 4, max_cells: int = 1 << 16):
+    """A uniform grid over the breakpoints for an exact searchsorted in O(1): with
+    j = clamp(floor((s − bp[0]) / h), 0, G − 1),
+
+        #{bp < s} = base[j] + Σ_{i < m} (bp_padded[base[j] + i] < s)
+
+    holds for every s even when rounding puts s one cell off (base[j] counts the breakpoints
+    below the cell before j; m covers the three cells around it; beyond both ends the clamped
+    cells count everything). Returns (origin, 1/h, base, bp_padded, m), or None when no grid of
+    at most max_cells cells keeps m <= max_probe (very uneven breakpoints)."""
+    K = len(bp)
+    span = float(bp[-1] - bp[0])
+    if K < 2 or not span > 0:
+        return None
+    G = max(4, 2 * K)
+    while G <= max_cells:
+        h = span / G
+        lo = bp[0] + h * np.arange(G + 2)
+        below = np.searchsorted(bp, lo, side="left")            # #bp < lo_j
+        base = np.concatenate([[0], below[:G - 1]])             # #bp < lo_{j-1}
+        top = np.concatenate([below[2:G], [K, K]])              # #bp < lo_{j+2}, ends: all
+        m = int(np.max(top - base))
+        if m <= max_probe:
+            padded = np.concatenate([bp, np.full(m, np.inf)])
+            return float(bp[0]), 1.0 / h, base.astype(np.int64), padded, m
+        G *= 2
+    return None
+
+
+__all__ = ["MIN_TABLE_UNITS", "MlpGroup", "plan_mlp", "build_table", "bucket_index"]
