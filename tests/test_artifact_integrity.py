@@ -425,3 +425,32 @@ def test_run_output_is_written_whole(progs, run_setup, capsys):
     (tmp / "file").write_text("x")
     assert main(["run", str(tmp / "ls"), "--inputs", str(tmp / "in.npz"), "-o", str(tmp / "file" / "r.npz")]) == 1
     assert "cannot write" in capsys.readouterr().err
+
+
+def test_an_interrupted_picture_leaves_the_old_file(tmp_path, monkeypatch):
+    """plots.py writes through runtime.files.atomic_open: a drawing interrupted half way
+    leaves the previous picture as it was and no temporary."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+    from tcompile.inspection import plots
+    fig = Figure()
+    fig.add_subplot().plot([0, 1], [1, 0])
+    (tmp_path / "p.png").write_bytes(b"old picture")
+
+    def half_then_interrupt(self, f, **kw):
+        f.write(b"\x89PNG half")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Figure, "savefig", half_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        plots._save(fig, tmp_path / "p")
+    assert (tmp_path / "p.png").read_bytes() == b"old picture"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.png"]
+    monkeypatch.undo()
+    assert [p.name for p in plots._save(fig, tmp_path / "p")] == ["p.png", "p.svg"]
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "p.png").stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    old = os.umask(0)
+    os.umask(old)
+    return old

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..runtime.files import atomic_open
+
 
 def _plt():
     import matplotlib
@@ -30,7 +32,8 @@ def _save(fig, path: Path, dpi: int = 110, tight: bool = True) -> list[Path]:
     out = []
     for ext in (".png", ".svg"):
         p = path.with_suffix(ext)
-        fig.savefig(p, dpi=dpi, bbox_inches="tight" if tight else None)
+        with atomic_open(p) as f:            # an interrupted plot leaves the old file or none
+            fig.savefig(f, format=ext[1:], dpi=dpi, bbox_inches="tight" if tight else None)
         out.append(p)
     _plt().close(fig)
     return out
