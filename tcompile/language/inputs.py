@@ -120,14 +120,15 @@ def _real_array(name: str, raw, shape: tuple) -> np.ndarray:
         if odd:
             odd = odd[0]
             kind = "complex" if isinstance(odd, (complex, np.complexfloating)) else type(odd).__name__
-            raise InputError(f"input '{name}' must be real numbers with shape {fmt_shape(shape)}, "
+            raise InputError(f"input '{name}' must be numeric with shape {fmt_shape(shape)}, "
                              f"got an entry of type {kind}: {odd!r:.40}")
     elif arr.dtype.kind == "c":
         raise _complex_error(name, str(arr.dtype))
     elif arr.dtype.kind not in _REAL_KINDS:
-        raise InputError(f"input '{name}' must be real numbers with shape {fmt_shape(shape)}, got "
-                         f"an array of {_kind_words(arr.dtype)} (dtype {arr.dtype.str}); convert "
-                         f"it to numbers first, e.g. numpy.asarray(x, dtype=float)")
+        what = (type(raw).__name__ if isinstance(raw, (str, bytes)) else
+                f"an array of {_kind_words(arr.dtype)} (dtype {arr.dtype.str})")
+        raise InputError(f"input '{name}' must be numeric with shape {fmt_shape(shape)}, got "
+                         f"{what}; convert it to numbers first, e.g. numpy.asarray(x, dtype=float)")
     return arr.astype(np.float64)
 
 
