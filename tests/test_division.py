@@ -93,6 +93,25 @@ def test_scalar_reciprocal_sqrt_rsqrt_reach_float64_precision():
     assert names == ["reciprocal(c) (relative error; seed + 3 Newton steps)",
                      "sqrt(c) (relative error; seed + 3 Newton steps)"]
     assert all(a["max_error"] <= 2 * EPS for a in rep["approximations"])
+    assert all(a["choice"].startswith("refined: seed ") and "no direct fit meets the budget"
+               in a["choice"] for a in rep["approximations"])
+
+
+def test_the_choice_is_in_the_saved_manifest(tmp_path):
+    """newton_logistic's step size: a direct fit (no layer on the damped step's path), and why."""
+    src = """program eta
+input t : [] in [0, 25]
+output eta
+eta = 1 / (2 + sqrt(t))
+"""
+    prog = tcompile.compile_source(src)
+    prog.save(tmp_path / "eta")
+    (rec,) = tcompile.load(tmp_path / "eta").report["approximations"]
+    assert rec["choice"].startswith("direct fit: its argument is itself an elementwise function")
+    assert "cheaper than seed + " in rec["choice"]
+    t = np.linspace(0, 25, 101)
+    eta = np.array([run_module(prog, t=np.array(x))["eta"] for x in t]).ravel()
+    assert np.max(np.abs(eta - 1 / (2 + np.sqrt(t)))) <= rec["tol"]
 
 
 def test_a_refined_value_is_cleared_exactly_before_its_rows_are_reused():

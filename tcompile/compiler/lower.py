@@ -223,7 +223,11 @@ class Lowering:
             kind, arg, domain = "rsqrt", inner["args"][0], inner["domain"]
         elif kind == "sqrt" and self._only_reciprocals(nid):
             return None                     # they refine it as an rsqrt
-        if domain is None or isinstance(self.polys.get(arg), Elementwise) or self.is_gate(arg):
+        if isinstance(self.polys.get(arg), Elementwise) and not self.is_gate(arg):
+            self.notes[nid] = ("direct fit: its argument is itself an elementwise function, "
+                               "fitted with it as one piece")
+            return None
+        if domain is None or self.is_gate(arg):
             return None
         tol = node["tol"] or self.pieces.default_tol
         key = (kind, tuple(domain), tol, bool(node.get("tol_rel")))

@@ -91,7 +91,7 @@ def approximation_to_json(a: ApproxRecord) -> dict:
     """One row of the approximations table (also the report's, which embeds it)."""
     return {"name": a.name, "lo": a.lo, "hi": a.hi, "neurons": a.neurons,
             "neurons_per_entry": a.neurons_per_entry, "max_error": a.max_error, "tol": a.tol,
-            "exact": a.exact, "entries": a.entries}
+            "exact": a.exact, "entries": a.entries, **({"choice": a.choice} if a.choice else {})}
 
 
 # ---- JSON → typed manifest -------------------------------------------------------------------
@@ -121,7 +121,8 @@ def manifest_from_json(d: dict) -> Manifest:
         if len(spec.head_labels) != spec.heads:
             raise ValueError(f"layer {i} has {spec.heads} heads and {len(spec.head_labels)} "
                              "head labels")
-    approximations = tuple(ApproxRecord(**{k: a[k] for k in _APPROX_KEYS}) for a in
+    approximations = tuple(ApproxRecord(**{k: a[k] for k in _APPROX_KEYS},
+                                        choice=a.get("choice", "")) for a in
                            d.get("approximations", []))
     domains = tuple(DomainCheck(c["label"], c["block"], c["lo"], c["hi"], c["layer"])
                     for c in d.get("domains", []))

@@ -46,6 +46,8 @@ class ApproxRecord:
     tol: float             # the budget it was fitted to
     exact: bool
     entries: int           # how many entries (rows of values) use it
+    choice: str = ""       # how the compiler chose to compute it and why (a scalar division or
+                           #   root: direct fit or seed + Newton in heads, compiler/refine.py)
 
 
 @dataclass(frozen=True)
