@@ -70,9 +70,9 @@ def load_artifact(path) -> CompiledProgram:
         raise UsageError("the artifact path is empty: pass DIR/NAME (e.g. build/newton_logistic)")
     p = Path(path)
     if p.is_dir():
-        names = sorted({q.stem for q in p.glob("*.json")})
+        names = sorted({q.stem for q in p.glob("*.safetensors")})
         hint = (f"; it holds {', '.join(str(p / n) for n in names[:5])}" if names
-                else "; it holds no artifact (.json + .safetensors)")
+                else "; it holds no artifact (NAME.safetensors)")
         raise UsageError(f"{str(path)!r} is a directory: pass DIR/NAME, the artifact's path "
                          f"without suffix (e.g. build/newton_logistic){hint}")
     return CompiledProgram.load(path)
