@@ -1,11 +1,14 @@
 """The command line's error output, end to end in a subprocess: `FILE:LINE:COL: error:`, the
 source line, a caret, what was expected, no traceback, the right exit status, nothing written.
 
-Starting Python and importing tcompile takes seconds, so the four subprocesses run at once (one
-module-scoped fixture) and the tests read their results; cheaper cases call `cli.main` in-process.
+Starting Python and importing torch takes seconds, so only one case runs as a real process (a
+usage error: argparse's exit path); the others call `cli.main` in-process with stdout and
+stderr captured, the same code `python -m tcompile` runs.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -36,15 +39,24 @@ def runs(tmp_path_factory):
     jobs["unknown_param"] = (["build", ROOT / "programs" / "least_squares.tp", "-o", out, "-p", "zz=1"],
                              None, out)
     jobs["no_file"] = (["build"], None, None)
-    procs = {name: subprocess.Popen([sys.executable, "-m", "tcompile", *map(str, args)], cwd=ROOT,
-                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for name, (args, _, _) in jobs.items()}
-    results = {}
-    for name, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=180)
-        results[name] = (subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr),
-                         jobs[name][1], jobs[name][2])
+    args = [sys.executable, "-m", "tcompile", *map(str, jobs["no_file"][0])]
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    results = {name: (_in_process(list(map(str, job[0]))), job[1], job[2])
+               for name, job in jobs.items() if name != "no_file"}
+    stdout, stderr = proc.communicate(timeout=180)
+    results["no_file"] = (subprocess.CompletedProcess(args, proc.returncode, stdout, stderr), None, None)
     return results
+
+
+def _in_process(argv: list[str]) -> subprocess.CompletedProcess:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 2
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def is_empty(directory: Path) -> bool:
