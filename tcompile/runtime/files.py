@@ -23,7 +23,7 @@ import signal
 import threading
 from pathlib import Path
 
-_HELD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_HELD = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
 
 
 def _temp_path(path: Path) -> tuple[Path, int]:
