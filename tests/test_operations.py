@@ -194,9 +194,11 @@ def test_diag_of_unbounded_value_needs_bounds():
     assert "diag()" in err.message and "bounds" in err.expected
 
 
-@pytest.mark.parametrize("stmt, matrix", [("r = (A.T @ A) ** 2", True), ("r = (M @ v) ** 2", False)])
-def test_elementwise_square_of_unbounded_value_says_so(stmt, matrix):
+@pytest.mark.parametrize("stmt, words, matrix", [
+    ("r = (A.T @ A) ** 2", "'**' is elementwise", True), ("r = (M @ v) ** 2", "'**'", False),
+    ("t = M @ v\nr = t * t", "x * x squares every entry", False)])
+def test_elementwise_square_of_unbounded_value_says_so(stmt, words, matrix):
     err = _error(HEAD + stmt + "\n", compile_too=True)
-    assert (err.line, err.column) == (12, 5)
-    assert "'**' is elementwise" in err.message and "sign or flag" not in err.format()
+    assert (err.line, err.column) == (12 + stmt.count("\n"), 5)
+    assert words in err.message and "sign or flag" not in err.format()
     assert ("M @ M" in err.expected) == matrix

@@ -268,13 +268,13 @@ class GraphBuilder(Walker):
         return self.node("add", tuple(sorted((u, self.scale(r, -1.0, loc)))),
                          canonical_shape(ty.shape), loc)
 
-    def _check_square(self, ta: Ty, loc):
-        """x ** 2 squares every entry: an MLP piece fitted on x's range, so x needs bounds
-        (a square matrix was perhaps meant as M @ M)."""
+    def _check_square(self, ta: Ty, loc, written: str = "'**' is elementwise: x ** 2"):
+        """x ** 2 (or x * x) squares every entry: an MLP piece fitted on x's range, so x needs
+        bounds (a square matrix was perhaps meant as M @ M)."""
         if ta.bounded:
             return
         matrix = ta.shape is not None and len(ta.shape) == 2 and ta.shape[0] == ta.shape[1]
-        raise CompileError("'**' is elementwise: x ** 2 squares every entry, which the compiled "
+        raise CompileError(f"{written} squares every entry, which the compiled "
                            "model approximates on a known range, and this value has no known "
                            "bounds", loc, source=self.src,
                            expected=("M @ M for the matrix square; for the entrywise square, "
@@ -359,6 +359,8 @@ class GraphBuilder(Walker):
                 if self.graph.nodes[x]["cshape"] is None:
                     return self.node("smul", (x, s), None, loc)
                 return self.node("smul", (x, s), cs, loc)
+        if a == b and op == "*":
+            self._check_square(ta, loc, "x * x")
         return self.node("ewmul", tuple(sorted((a, b))), cs, loc, **self._ew_tol())
 
     def _broadcast_scalar(self, x, tx, cs, loc):
