@@ -123,3 +123,23 @@ def test_report_dict_counts_layers_from_0(logistic):
     assert [p["layer"] for p in per_layer] == list(range(logistic.n_layers))
     for p in per_layer:
         assert p["heads"] == logistic.module.blocks[p["layer"]].attn.W_K.shape[0]
+
+
+def test_trace_table_names_each_variable_by_its_source_line(logistic):
+    from tcompile.inspection.trace import format_trace, source_lines
+    rng = np.random.default_rng(3)
+    A = rng.normal(size=(8, 3))
+    A /= 1.5 * np.linalg.norm(A, axis=1, keepdims=True)
+    rows = logistic.trace(A=A, y=np.sign(rng.normal(size=8)), x0=np.zeros(3))
+    source = LOGISTIC.read_text().split("\n")
+    text = format_trace(rows, source_lines(logistic)).splitlines()
+    named = 0
+    for row, line in zip(rows, text[1:]):
+        m = re.search(r"line (\d+)$", line)
+        if row["variable"].startswith("input:"):
+            assert m and source[int(m.group(1)) - 1].startswith(f"input {row['variable'][6:]} ")
+        elif "@" in row["variable"]:                       # x@3: the line assigning x
+            target = row["variable"].split("@")[0]
+            assert m and re.match(rf"\s*{target}\s*=", source[int(m.group(1)) - 1]), line
+            named += 1
+    assert named > 0

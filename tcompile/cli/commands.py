@@ -154,12 +154,12 @@ def cmd_report(args) -> int:
 
 
 def cmd_trace(args) -> int:
-    from ..inspection.trace import format_trace, write_trace
+    from ..inspection.trace import format_trace, source_lines, write_trace
     if args.out and Path(args.out).is_dir():
         raise UsageError(f"-o {args.out!r} is a directory; trace writes one .csv or .json file")
     prog = load_artifact(args.artifact)
     rows = prog.trace(**load_npz(args.inputs))
-    print(format_trace(rows))
+    print(format_trace(rows, source_lines(prog)))
     if args.out:
         with _writing(args.out):
             write_trace(rows, Path(args.out))

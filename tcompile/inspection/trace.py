@@ -65,17 +65,32 @@ def first_departure(rows: list[dict]) -> dict | None:
     return next((r for r in rows if not r["ok"]), None)
 
 
-def format_trace(rows: list[dict]) -> str:
-    lines = [" layer  sub   variable          block             max abs err    rel err   ok"]
+def format_trace(rows: list[dict], sources: dict[str, int] | None = None) -> str:
+    """The trace as a table; with `sources` (`source_lines`), each variable's source line."""
+    head = " layer  sub   variable          block             max abs err    rel err   ok"
+    lines = [head + ("   source" if sources else "")]
     for r in rows:
+        where = sources.get(r["variable"]) if sources else None
         lines.append(f" {r['layer']:>5}  {r['sublayer']:<4}  {r['variable']:<16}  {r['block']:<16}"
-                     f"  {r['max_abs_err']:11.3e}  {r['rel_err']:9.2e}   {'yes' if r['ok'] else 'NO'}")
+                     f"  {r['max_abs_err']:11.3e}  {r['rel_err']:9.2e}   {'yes' if r['ok'] else 'NO '}"
+                     + (f"  line {where}" if where else "").rstrip())
     bad = first_departure(rows)
     lines.append("")
+    where = sources.get(bad["variable"]) if sources and bad else None
     lines.append("every traced value matches the interpreter" if bad is None else
                  f"first departure: layer {bad['layer']} ({bad['sublayer']}), variable "
-                 f"{bad['variable']}, relative error {bad['rel_err']:.2e} > {bad['tol']:.1e}")
+                 f"{bad['variable']}" + (f" (line {where})" if where else "") +
+                 f", relative error {bad['rel_err']:.2e} > {bad['tol']:.1e}")
     return "\n".join(lines)
+
+
+def source_lines(prog) -> dict[str, int]:
+    """Traced name → source line: `x@3` the statement of its assignment, `input:A` its
+    declaration (what `format_trace` prints beside each row)."""
+    from .naming import assignment_lines
+    out = assignment_lines(prog.program, prog.info.float_params())
+    out.update({f"input:{d.name}": d.loc.line for d in prog.program.inputs})
+    return out
 
 
 def write_trace(rows: list[dict], path: Path) -> None:
@@ -90,5 +105,5 @@ def write_trace(rows: list[dict], path: Path) -> None:
 
 
 # interpreter_assignments is re-exported: callers have long imported it from here.
-__all__ = ["trace_program", "first_departure", "format_trace", "write_trace",
+__all__ = ["trace_program", "first_departure", "format_trace", "source_lines", "write_trace",
            "interpreter_assignments"]
