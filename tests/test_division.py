@@ -21,7 +21,7 @@ EPS = np.finfo(float).eps
 def run_module(prog, **inputs):
     """The paper's equations: encode, the nn.Module, decode."""
     with torch.no_grad():
-        return prog.decode(prog.module(prog.encode(**inputs)))
+        return {k: v[0] for k, v in prog.decode(prog.module(prog.encode(**inputs))).items()}
 
 
 # ---- the seed: geometric knots, relative error ------------------------------------------------
@@ -181,6 +181,8 @@ def test_conjugate_gradient_matches_numpy_solve(cg):
             A, y = ill_conditioned(rng, 8, int(rng.integers(12, 40)), kappa)
             w_star = np.linalg.solve(A.T @ A, A.T @ y)
             w = run_module(cg, A=A, y=y)["w"]
+            # the structured executor (PL seeds as tables) agrees with the paper-form module
+            np.testing.assert_allclose(cg.run(A=A, y=y)["w"], w, rtol=1e-9, atol=0)
             worst[kappa] = max(worst.get(kappa, 0.0),
                                np.linalg.norm(w - w_star) / np.linalg.norm(w_star))
     assert worst[10.0] <= 1e-13

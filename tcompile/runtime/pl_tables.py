@@ -116,25 +116,26 @@ def build_table(a: np.ndarray, b: np.ndarray, C: np.ndarray):
     """f(s) = C @ ReLU(a s + b) (a: (U,) all nonzero, b: (U,), C: (O, U)) as a table:
     sorted breakpoints (K,), and slope, intercept (K + 1, O): on the interval i (the s with i
     breakpoints below them) f(s) = slope[i] s + intercept[i]. Each interval's sums are
-    accumulated in extended precision and rounded once."""
+    accumulated in extended precision and rounded once. Only units that are on are summed:
+    a unit on above its breakpoint enters a prefix sum, one on below it a suffix sum, so no
+    interval subtracts units that are off (a seed of 1/a on [1e-120, 1e6] has coefficients
+    from 1e-12 to 1e240, and subtracting the big ones left nothing of the small)."""
     t = -b / a
     bp, rank = np.unique(t, return_inverse=True)
     K = len(bp)
     ld = np.longdouble
     ca = (C * a).T.astype(ld)                       # (U, O): slope of each unit when on
     cb = (C * b).T.astype(ld)
-    d_slope = np.zeros((K + 2, C.shape[0]), dtype=ld)
-    d_icpt = np.zeros_like(d_slope)
     up = a > 0                 # on for s > t: intervals rank+1 .. K; else 0 .. rank
-    start = np.where(up, rank + 1, 0)
-    stop = np.where(up, K + 1, rank + 1)
-    np.add.at(d_slope, start, ca)
-    np.add.at(d_slope, stop, -ca)
-    np.add.at(d_icpt, start, cb)
-    np.add.at(d_icpt, stop, -cb)
-    slope = np.cumsum(d_slope, axis=0)[:K + 1].astype(np.float64)
-    icpt = np.cumsum(d_icpt, axis=0)[:K + 1].astype(np.float64)
-    return bp.astype(np.float64), slope, icpt
+    sums = []
+    for v in (ca, cb):
+        d_up = np.zeros((K + 1, C.shape[0]), dtype=ld)
+        d_down = np.zeros_like(d_up)
+        np.add.at(d_up, rank[up] + 1, v[up])
+        np.add.at(d_down, rank[~up], v[~up])
+        sums.append((np.cumsum(d_up, axis=0) + np.cumsum(d_down[::-1], axis=0)[::-1])
+                    .astype(np.float64))
+    return bp.astype(np.float64), sums[0], sums[1]
 
 
 
