@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from passes import atoms
-from tcompile.compiler.orient import HeadOptions, OrientationCost, choose_orientations
-from tcompile.compiler.orient_search import IncrementalCost
+from tcompile.compiler.orient import HeadOptions, OrientationCost
+from tcompile.compiler.orient_search import IncrementalCost, choose_orientations
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRAMS = ([ROOT / "programs" / "newton_inverse.tp", ROOT / "programs" / "least_squares.tp"] +

@@ -3,15 +3,15 @@
 A head X Yᵀ Z reads its middle factor transposed, so the orientations decide whether extra
 transposed copies are needed. Newton–Schulz on a general A needs none if A and X are stored
 in opposite orientations: the head X (Aᵀ)ᵀ X reads A as stored when the encoder writes Aᵀ.
-A local search over the atoms' orientations minimises rows (a second orientation of an
-atom, where unavoidable, costs rows and possibly a layer, so it is priced at 1000 rows).
+Here: the cost of a choice of orientations (rows; a second orientation of an atom, where
+unavoidable, costs rows and possibly a layer, so it is priced at 1000 rows) and the head
+options it picks from. The local search over orientations is orient_search.py.
 
 Also the one home of how an MLP piece reads its inputs (`mlp_input_pair`), which the
 orientation cost, the schedule, the row allocator and the emitter all follow.
 """
 from __future__ import annotations
 
-from ..language.checker import TOKEN
 from .heads import Realization, realizations
 from .poly import Atom, AtomTable, Mono, transpose_mono
 
@@ -85,39 +85,3 @@ class OrientationCost:
         extra = sum(1 for (a, t) in pairs if t != orient[a])
         rows = sum(pair_rows(self.atoms, p) for p in pairs)
         return rows + SECOND_ORIENTATION_COST * extra, pairs, choice
-
-
-def choose_orientations(atoms: AtomTable, options: HeadOptions) -> dict[int, bool]:
-    """Token values have the token axis as columns; every other free atom starts where its own
-    definition has heads at all, then takes its cheapest orientation given the others (ties:
-    as stored), then single flips improve the total while they can (at most 4 rounds). The
-    cost is kept up to date flip by flip (orient_search.py), so this is linear in the
-    program, not quadratic."""
-    from .orient_search import IncrementalCost
-    orient = {a: atom.cshape[0] == TOKEN for a, atom in atoms.items()}
-    free = [a for a, atom in atoms.items()
-            if not atom.is_token and not atom.symmetric and atom.cshape != (1, 1)
-            and atom.kind != "mlp"]
-    for a in free:
-        atom = atoms[a]
-        if atom.kind == "attn" and not all(options(m, atom, orient[a]) for m in atom.poly) \
-                and all(options(m, atom, not orient[a]) for m in atom.poly):
-            orient[a] = not orient[a]
-    search = IncrementalCost(atoms, options, orient)
-    for a in free:
-        before = search.orient[a]
-        costs = {before: search.cost}
-        costs[not before] = search.flip(a)
-        if min((False, True), key=costs.__getitem__) == before:
-            search.flip(a)
-    improved, rounds = True, 0
-    while improved and rounds < 4:
-        improved, rounds = False, rounds + 1
-        current = search.cost
-        for a in free:
-            c = search.flip(a)
-            if c < current:
-                current, improved = c, True
-            else:
-                search.flip(a)
-    return search.orient

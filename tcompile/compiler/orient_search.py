@@ -22,6 +22,7 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left, insort
 
+from ..language.checker import TOKEN
 from .orient import SECOND_ORIENTATION_COST, HeadOptions, Pair, mlp_input_pair, pair_rows
 from .poly import AtomTable
 
@@ -175,3 +176,38 @@ class IncrementalCost:
                         seen.add(j)
                         heapq.heappush(dirty, j)
         return self.cost
+
+
+def choose_orientations(atoms: AtomTable, options: HeadOptions) -> dict[int, bool]:
+    """Token values have the token axis as columns; every other free atom starts where its own
+    definition has heads at all, then takes its cheapest orientation given the others (ties:
+    as stored), then single flips improve the total while they can (at most 4 rounds). The
+    cost is kept up to date flip by flip (IncrementalCost), so this is linear in the
+    program, not quadratic."""
+    orient = {a: atom.cshape[0] == TOKEN for a, atom in atoms.items()}
+    free = [a for a, atom in atoms.items()
+            if not atom.is_token and not atom.symmetric and atom.cshape != (1, 1)
+            and atom.kind != "mlp"]
+    for a in free:
+        atom = atoms[a]
+        if atom.kind == "attn" and not all(options(m, atom, orient[a]) for m in atom.poly) \
+                and all(options(m, atom, not orient[a]) for m in atom.poly):
+            orient[a] = not orient[a]
+    search = IncrementalCost(atoms, options, orient)
+    for a in free:
+        before = search.orient[a]
+        costs = {before: search.cost}
+        costs[not before] = search.flip(a)
+        if min((False, True), key=costs.__getitem__) == before:
+            search.flip(a)
+    improved, rounds = True, 0
+    while improved and rounds < 4:
+        improved, rounds = False, rounds + 1
+        current = search.cost
+        for a in free:
+            c = search.flip(a)
+            if c < current:
+                current, improved = c, True
+            else:
+                search.flip(a)
+    return search.orient

@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .heads import HeadTerm
-from .orient import HeadOptions, Pair, choose_orientations, mlp_input_pair
+from .orient import HeadOptions, Pair, mlp_input_pair
+from .orient_search import choose_orientations
 from .poly import AtomTable
 from .rows import Slot, allocate
 from .schedule import AsapScheduler, delay
