@@ -1,6 +1,7 @@
 """Input validation: are these arrays what the program's `input` declarations promise?
 
-Names, shapes (with the token axis n and an optional leading batch axis), finiteness and the
+Names, real numbers (complex and text are refused, not silently converted the way numpy
+would), shapes (with the token axis n and an optional leading batch axis), finiteness and the
 declared assumptions (sign, flag, range, row_norm, norm, symmetric, spectrum). The interpreter
 and the runtime's encoder both call `validate_inputs`, so bad data is refused with the same
 words whichever path it takes; it lives apart from the interpreter so that the runtime can use
