@@ -143,3 +143,17 @@ def test_trace_table_names_each_variable_by_its_source_line(logistic):
             assert m and re.match(rf"\s*{target}\s*=", source[int(m.group(1)) - 1]), line
             named += 1
     assert named > 0
+
+
+def test_card_says_what_each_layer_writes_in_the_programs_words(logistic):
+    card = logistic.report_text()
+    source = LOGISTIC.read_text().split("\n")
+    mentions = re.findall(r"(?:part of )?(\w+) \(line (\d+)\)", card.split("approximated")[0])
+    assert mentions
+    for name, line in mentions:                 # "x (line 54)": line 54 assigns x
+        assert re.match(rf"\s*{name}\s*=", source[int(line) - 1]), (name, line)
+    # the layer writing the output's final value names it
+    final = logistic.layout.output_block("x")
+    L = (final.written - 1) // 2
+    row = next(r for r in card.splitlines() if re.match(rf"  {L}(-\d+)?\s", r))
+    assert re.search(r"\bx \(line \d+\)", row), row

@@ -105,10 +105,36 @@ def summary_line(rep: dict) -> str:
             f"{rep['parameters']:,} parameters ({rep['nonzero_parameters']:,} nonzero)")
 
 
-def format_report(rep: dict, program=None) -> str:
+def card_text(prog) -> str:
+    """`prog.report_text()`: the card of a compiled program, with what each layer writes and
+    where each approximation comes from named in the program's own words."""
+    return format_report(prog.report, prog.program, layer_writes(prog))
+
+
+def layer_writes(prog) -> list[str]:
+    """Per layer, the values its heads and MLP write, named as the user would (flows.py):
+    "z (line 39), part of g (line 42)"."""
+    from .flows import all_units, display_names
+    units = all_units(prog)
+    names = display_names(prog, units)
+    out = []
+    for layer in units:
+        seen: list[str] = []
+        for key in (k for u in layer for k in u.writes):
+            name = names.get(key, key).rstrip("ᵀ")
+            if name not in seen:
+                seen.append(name)
+        seen.sort(key=lambda n: (n.startswith("part of "), n.lower()))   # stable: runs merge
+        out.append(", ".join(seen))
+    return out
+
+
+def format_report(rep: dict, program=None, writes: list[str] | None = None) -> str:
     """The printed model card. With the program's AST, approximations are named by the source
-    statements they come from (inspection/naming.py) instead of compiler temporaries."""
-    lines = _header(rep) + [""] + _layer_table(rep["per_layer"]) + _wrap(COLUMNS, "  ")
+    statements they come from (inspection/naming.py) instead of compiler temporaries; with
+    `writes` (layer_writes), each row of the layer table says what that layer computes."""
+    lines = _header(rep) + [""] + _layer_table(rep["per_layer"], writes) + _wrap(
+        COLUMNS + ("; writes = the values the layer's heads and MLP write" if writes else ""), "  ")
     if rep["depth_per_iteration"]:
         lines.append("")
         for name, depth in rep["depth_per_iteration"].items():
@@ -138,19 +164,22 @@ def _header(rep: dict) -> list[str]:
         + _wrap(f"({GAP_NOTE})", "    ")
 
 
-def _layer_table(per_layer: list[dict]) -> list[str]:
+def _layer_table(per_layer: list[dict], writes: list[str] | None = None) -> list[str]:
     """One row per run of identical consecutive layers (`3-8`: layers 3 to 8, each so)."""
-    lines = ["  layer     heads  dk  mlp_hidden  parameters  nonzero"]
-    keys = ("heads", "dk", "mlp_hidden", "parameters", "nonzero")
+    lines = ["  layer     heads  dk  mlp_hidden  parameters  nonzero" + ("          writes" if writes else "")]
+    key = lambda L: (tuple(per_layer[L][k] for k in ("heads", "dk", "mlp_hidden", "parameters",  # noqa: E731
+                                                     "nonzero")), writes[L] if writes else "")
     i = 0
     while i < len(per_layer):
         j = i
-        while j + 1 < len(per_layer) and all(per_layer[j + 1][k] == per_layer[i][k] for k in keys):
+        while j + 1 < len(per_layer) and key(j + 1) == key(i):
             j += 1
         p = per_layer[i]
         span = f"{i}" if i == j else f"{i}-{j}"
-        lines.append(f"  {span:<8}  {p['heads']:>5}  {p['dk']:>2}  {p['mlp_hidden']:>10,}  "
-                     f"{p['parameters']:>10,}  {p['nonzero']:>7,}" + ("   each" if j > i else ""))
+        row = (f"  {span:<8}  {p['heads']:>5}  {p['dk']:>2}  {p['mlp_hidden']:>10,}  "
+               f"{p['parameters']:>10,}  {p['nonzero']:>7,}")
+        row += "   each" if j > i else "       "
+        lines.append((row + f"  {writes[i]}") if writes else row.rstrip())
         i = j + 1
     return lines
 

@@ -100,8 +100,8 @@ class CompiledProgram:
         return predicted_rtol(self.typed_manifest.approximations)
 
     def report_text(self) -> str:
-        from ..inspection.report import format_report
-        return format_report(self.report, self.program)
+        from ..inspection.report import card_text
+        return card_text(self)
 
     # ---- encode / decode -------------------------------------------------------------------
     def prepare_inputs(self, inputs: dict) -> ValidatedInputs:
