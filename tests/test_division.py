@@ -208,3 +208,13 @@ def test_power_iteration_matches_numpy_eigh():
         u = out["u"] * np.sign(out["u"] @ vecs[:, -1])
         assert np.linalg.norm(u - vecs[:, -1]) <= 1e-10
         assert abs(out["lam"] / vals[-1] - 1) <= 1e-13
+
+
+def test_a_fit_that_cannot_meet_its_budget_names_the_statement():
+    from tcompile.errors import ApproxError
+    src = "program t\ninput z : [n]\noutput q\nq = sigmoid(z) on [-1000, 1000] tol 1e-17\n"
+    with pytest.raises(ApproxError) as err:
+        tcompile.compile_source(src, file="t.tp")
+    text = str(err.value)
+    assert "t.tp:4:5" in text and "below the float64 rounding" in text
+    assert text.rstrip().endswith("^")

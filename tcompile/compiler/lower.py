@@ -20,7 +20,7 @@ import math
 
 import networkx as nx
 
-from ..errors import CompileError
+from ..errors import ApproxError, CompileError
 from ..language.checker import TOKEN
 from . import refine
 from .dataflow import DataflowGraph
@@ -59,6 +59,10 @@ class Lowering:
 
     def error(self, msg, nid):
         return CompileError(msg, self.g.nodes[nid]["loc"], source=self.df.source)
+
+    def approx_error(self, msg, nid):
+        """A fit that cannot meet its budget, located at the statement that asked for it."""
+        return ApproxError(msg, self.g.nodes[nid]["loc"], source=self.df.source)
 
     def make_atom(self, nid: int, kind: str, poly: Poly | None = None) -> Poly:
         node = self.g.nodes[nid]
@@ -374,8 +378,14 @@ class Lowering:
                 raise self.error("a relative tolerance (tol rel) applies to a function of one "
                                  "value (reciprocal, sqrt); a product u * v of two takes an "
                                  "absolute one", nid)
-            piece = self.pieces.product(u, v, self.bounds_of(u, nid), self.bounds_of(v, nid),
-                                        ew.tol, self.names())
+            try:
+                piece = self.pieces.product(u, v, self.bounds_of(u, nid), self.bounds_of(v, nid),
+                                            ew.tol, self.names())
+            except ApproxError as err:       # say where, and which product
+                label = f"{self.names().get(u, u)} * {self.names().get(v, v)}"
+                raise self.approx_error(f"the product {label} of two real values (fitted to an "
+                                        f"absolute budget): {err.args[0] if err.args else err}",
+                                        nid) from None
         else:
             if len(gates) > MAX_SIGN_LEAVES:
                 raise self.error(f"an elementwise expression gated by more than "
@@ -392,8 +402,11 @@ class Lowering:
                     bounds[cont] = (node_c["lo"], node_c["hi"])
                 elif cont in self.piece_ranges:
                     bounds[cont] = self.piece_ranges[cont]
-            piece = self.pieces.unary(e, cont, gates, bounds, self.names(), loc_error, tol=ew.tol,
-                                      rel=ew.rel)
+            try:
+                piece = self.pieces.unary(e, cont, gates, bounds, self.names(), loc_error,
+                                          tol=ew.tol, rel=ew.rel)
+            except ApproxError as err:       # say where
+                raise self.approx_error(err.args[0] if err.args else str(err), nid) from None
         self.piece_ranges[nid] = piece.range
         poly = self.make_atom(nid, "mlp")
         atom = self.atoms[nid]
