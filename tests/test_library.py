@@ -148,6 +148,7 @@ def test_newton_logistic_warm_reaches_1e6_in_30_layers():
     steps with one Newton–Schulz refinement each, 6 steps, 30 layers in all."""
     prog = build("newton_logistic_warm")
     assert shape_of(prog) == (30, 36)
+    assert prog.report["mlp_hidden_max"] == 5578
     rng = np.random.default_rng(8)
     for _ in range(4):
         A, y = logistic_data(rng, 26, 5)
@@ -160,15 +161,30 @@ def test_newton_logistic_warm_reaches_1e6_in_30_layers():
 
 def test_jacobi_vs_solve():
     prog = build("jacobi", steps=20)
-    assert shape_of(prog) == (31, 32)           # diag (2 layers) and D^-1 (7), overlapping the steps
+    assert shape_of(prog) == (35, 47)           # diag (3 layers) and D^-1 (7) overlap the steps
     rng = np.random.default_rng(9)
-    R = rng.uniform(-1, 1, (5, 5))
-    np.fill_diagonal(R, 0)
-    diag = np.abs(R).sum(axis=1) / 0.3                  # dominance q = 0.3
-    scale = 9 / diag.max()                               # m_ii in [lo, hi] = [1, 10]
-    M, b = (R + np.diag(diag)) * scale, rng.standard_normal(5)
-    assert np.diag(M).min() >= 1
-    q = np.max(np.abs(R).sum(axis=1) / diag)
+    m, C, b = rng.uniform(1, 10, 5), rng.uniform(-0.2, 0.2, (5, 5)), rng.standard_normal(5)
+    M = np.diag(m) + C - np.diag(np.diag(C))
+    q = np.max((np.abs(M).sum(axis=1) - m) / m)
     x_star = np.linalg.solve(M, b)
-    err = np.max(np.abs(prog.run(M=M, b=b)["x"] - x_star))
+    err = np.max(np.abs(prog.run(m=m, C=C, b=b)["x"] - x_star))
     assert err <= q ** 20 * np.max(np.abs(x_star)) + 1e-14 and err <= 1e-9
+
+
+def test_softmax_regression_vs_sklearn():
+    """Multinomial logistic regression, K = 3: sklearn's multinomial LogisticRegression with
+    C = 1 / (n mu) has the same minimiser; the error is the header's contraction 1 - mu/L = 1/2
+    per step plus the fitted exp/log budgets (1e-7, divided by mu and s >= K e^-B)."""
+    from sklearn.linear_model import LogisticRegression
+    prog = build("softmax_regression", steps=8)
+    assert shape_of(prog) == (33, 29)           # four layers per step, + Z = A W
+    assert prog.report["mlp_hidden_max"] == 11934
+    rng = np.random.default_rng(10)
+    n = 60
+    A = unit_rows(rng, n, 4)
+    labels = np.argmax(2 * A @ rng.standard_normal((4, 3)) + 0.5 * rng.standard_normal((n, 3)), 1)
+    Y = np.eye(3)[labels]
+    ref = LogisticRegression(C=1 / (n * 0.5), fit_intercept=False, tol=1e-12,
+                             max_iter=10_000).fit(A, labels).coef_.T
+    W = prog.run(A=A, Y=Y)["W"]
+    assert np.linalg.norm(W - ref) <= 0.5 ** 8 * np.linalg.norm(ref) + 1e-6
