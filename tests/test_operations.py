@@ -139,6 +139,15 @@ def test_tol_rel_reaches_the_graph():
         assert not nodes.undocumented(attrs), attrs
 
 
+def test_tol_rel_statement_refuses_products_of_two_values():
+    """A relative budget is for functions of one value; a product piece of two is fitted to
+    an absolute one, so a `tol rel` statement with such a product is refused, not silently
+    treated as absolute."""
+    err = _error(HEAD + "r = u * v tol rel 1e-6\n", compile_too=True)
+    assert (err.line, err.column) == (12, 5)
+    assert "relative tolerance (tol rel)" in err.message and "absolute tol" in err.expected
+
+
 @pytest.mark.parametrize("text, keyword", [
     ("if x > 0 {\n  r = u\n}", "if"), ("while (s) {\n}", "while"), ("  for i in 3 {\n}", "for")])
 def test_control_flow_is_explained(text, keyword):

@@ -9,7 +9,7 @@ the unrolled loop mentions it. Each node records where in the program it came fr
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import networkx as nx
 
@@ -222,11 +222,7 @@ class GraphBuilder(Walker):
             return self.node("smul", (a, r), None if ta.shape is None else cs, loc)
         if ta.shape == ():                 # c / u, s / u: the reciprocal, scaled
             return self.smul_or_scale(r, a, loc)
-        return self.node("ewmul", tuple(sorted((a, r))), cs, loc, **self._ew_tol())
-
-    def _ew_tol(self) -> dict:
-        return {"tol": self.stmt_tol, **({"tol_rel": True} if self.stmt_tol_rel and
-                                         self.stmt_tol is not None else {})}
+        return self.ewmul(a, ta, r, replace(tb, sign=False, flag=False), cs, loc)
 
     def _diag(self, x, tx: Ty, loc):
         """diag(v) = (v 1ᵀ) ⊙ I, diag(M) = (M ⊙ I) 1. The mask X ⊙ I is exact with ReLUs gated by
@@ -361,7 +357,21 @@ class GraphBuilder(Walker):
                 return self.node("smul", (x, s), cs, loc)
         if a == b and op == "*":
             self._check_square(ta, loc, "x * x")
-        return self.node("ewmul", tuple(sorted((a, b))), cs, loc, **self._ew_tol())
+        return self.ewmul(a, ta, b, tb, cs, loc)
+
+    def ewmul(self, a, ta: Ty, b, tb: Ty, cs, loc):
+        """An elementwise product; it carries its statement's absolute budget. A relative one
+        (`tol rel`) is for functions of one value: a product of two real values (neither a
+        sign nor a flag, which gate exactly) under it is refused rather than fitted to an
+        absolute budget the statement did not ask for."""
+        gated = ta.sign or ta.flag or tb.sign or tb.flag
+        if self.stmt_tol_rel and self.stmt_tol is not None and not gated:
+            raise CompileError("a relative tolerance (tol rel) applies to functions of one value "
+                               "(reciprocal, sqrt, exp, ...); this statement multiplies two "
+                               "values elementwise", loc, source=self.src,
+                               expected="an absolute tol for the statement, or the function "
+                                        "in a statement of its own with tol rel")
+        return self.node("ewmul", tuple(sorted((a, b))), cs, loc, tol=self.stmt_tol)
 
     def _broadcast_scalar(self, x, tx, cs, loc):
         """A scalar added to a larger value is s·ones (the ones row for [n], a constant ones

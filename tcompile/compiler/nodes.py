@@ -18,7 +18,8 @@ Operations (attribute OP), with their arguments (attribute ARGS, node ids) and m
     add       a, b        a + b
     scale     a           C · a for a compile-time C
     smul      a, s        a · s for a runtime scalar s (1×1)
-    ewmul     a, b        elementwise product (per-token broadcast allowed); TOL (TOL_REL)
+    ewmul     a, b        elementwise product (per-token broadcast allowed); TOL (absolute:
+                          a `tol rel` statement refuses products of two real values)
     call      a           FUNC(a; *FARGS) elementwise, fitted on DOMAIN within TOL (TOL_REL);
                           a 1×1 constant argument is broadcast over CSHAPE: relu(1) of shape
                           (k, c) is the constant ones block `ones(k, c)` (an exact MLP piece
@@ -53,7 +54,7 @@ FUNC = "func"            # call: the scalar function's name (language/functions.
 FARGS = "fargs"          # call: extra constant arguments (clip's bounds)
 DOMAIN = "domain"        # call: the declared `on [lo, hi]`, or the argument's bounds, or None
 TOL = "tol"              # call/ewmul: the statement's (or call's) error budget, or None
-TOL_REL = "tol_rel"      # call/ewmul: present (True) when TOL is relative (`tol rel eps`:
+TOL_REL = "tol_rel"      # call: present (True) when TOL is relative (`tol rel eps`:
                          #   |error| <= eps·|exact value|); absent when TOL is absolute
 VARS = "vars"            # the program variables this value is, as name@assignment-count
 CARRIED = "carried"      # True: a loop's state, handed to the next iteration (always stored)
