@@ -10,7 +10,11 @@ inlining or loop unrolling.
 Shapes are tuples whose entries are ints or the token axis ``"n"``. The machine holds scalars,
 small vectors and matrices, token vectors ``[n]``, token data ``[n, k]`` and its transpose
 ``[k, n]``; never ``[n, n]``. ``shape is None`` marks a multiple of the identity `I` whose size
-is fixed by the first square matrix it meets.
+is fixed by the first square matrix it meets. `Ty` and the operators' shape and interval rules
+live in types.py; the builtins that build or reshape values (ones, zeros, sum, max, min, diag)
+in structural.py. A division by a runtime value is checked here like a function call: its
+divisor needs an interval without 0 (declared with `on`, or inferred), because the compiled
+model fits 1/b there.
 """
 from __future__ import annotations
 
