@@ -114,7 +114,8 @@ def run_cli(argv: list[str]) -> tuple[int, str]:
     return code, out.getvalue() + err.getvalue()
 
 
-def test_random_command_lines_end_with_a_documented_exit_status(files):
+def test_random_command_lines_end_with_a_documented_exit_status(files, monkeypatch):
+    monkeypatch.chdir(files)             # default outputs (build/, plots/) land in the temp dir
     rnd = random.Random(12)
     pool = pools(files)
     seen = set()
@@ -138,7 +139,8 @@ def test_random_command_lines_end_with_a_documented_exit_status(files):
      "input 'A' is complex"),
     (lambda t: ["report", str(t / "art")], "is a directory: pass DIR/NAME"),
 ])
-def test_named_refusals(files, argv_of, words):
+def test_named_refusals(files, argv_of, words, monkeypatch):
+    monkeypatch.chdir(files)
     code, text = run_cli(argv_of(files))
     assert code in (1, 2) and words in text, text
     assert "allow_pickle" not in text and "Traceback" not in text
