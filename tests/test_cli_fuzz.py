@@ -53,7 +53,8 @@ def pools(tmp: Path) -> dict[str, list[str]]:
                                           "garbage.npz", "absent.npz")] + [str(tmp), ""],
         "out": [str(tmp / "o1"), str(tmp / "o2" / "deep"), str(tmp / "taken.txt"), str(tmp / "t.csv"),
                 str(tmp / "t.json")],
-        "run_out": [str(tmp / "r.npz"), str(tmp / "r2" / "out.npz")],
+        "run_out": [str(tmp / "r.npz"), str(tmp / "r2" / "out.npz"), str(tmp), str(tmp / "good.npz"),
+                    str(tmp / "taken.txt" / "x.npz")],
         "number": ["2", "1", "0", "-5", "3.5", "1e-300", "nan", "inf", "-inf", "abc", "", "1e400"],
         "param": ["steps=2", "steps=1", "d=3", "d=-1", "d=abc", "zz=1", "steps", "=3", "steps=0.5",
                   "d=1e0", "steps=1e-3"],
@@ -65,8 +66,6 @@ OPTIONS = {
     "build": {"-o": "out", "-p": "param", "--tol": "number"},
     "check": {"-p": "param", "--tol": "number", "--seed": "number", "--batch": "number",
               "--n": "number", "--rtol": "number"},
-    # run -o: only file targets here; `run -o DIR` is the output-file handling's own item
-    # (issue 12 §2, tests of its own), not yet clean when this test was written
     "run": {"--inputs": "inputs", "-o": "run_out", "--device": ["cpu", "cuda", "tpu"],
             "--dtype": ["float64", "float32", "float16"]},
     "report": {},
