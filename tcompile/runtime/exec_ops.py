@@ -174,6 +174,7 @@ class MlpOp:
             bp, slope, icpt = build_table(a, bias[:, 0], g.W2)
             self.k, self.inst = g.W1v.shape[1], g.instances
             self.dir = None if self.k == 1 else t(g.W1v[:1] / a[0])
+            self.dir_coef = [float(c) for c in g.W1v[0] / a[0]]
             self.bp, self.slope, self.icpt = t(bp), t(slope), t(icpt)
             grid = bucket_index(bp)
             self.grid = None if grid is None else (
@@ -210,7 +211,10 @@ class MlpOp:
                 s = X
             else:
                 B, _, e = X.shape
-                s = (self.dir @ X.reshape(B, self.inst, self.k, e))[:, :, 0]
+                X = X.reshape(B, self.inst, self.k, e)
+                s = X[:, :, 0]
+                for i in range(1, self.k):       # s = dir · x, elementwise (k is 2 or 3)
+                    s = s.add(X[:, :, i], alpha=self.dir_coef[i])
             idx = self.index(s)
             return self.slope[idx] * s + self.icpt[idx]
         s = (X if self.dir is None else self.dir @ X)[:, 0]          # (B, e)
