@@ -164,13 +164,7 @@ class Lowering:
         if op == "eye":
             return {Mono(()): 1.0}
         if op == "call":
-            refined = self.refined_call(nid)
-            if refined is not None:
-                return refined
-            arg = self.ew_operand(args[0], allow_products=False)
-            rel = bool(node.get("tol_rel"))
-            return Elementwise(Call(node["func"], node["fargs"], arg, node["domain"], node["tol"],
-                                    rel, note=self.notes.get(nid, "")), tol=node["tol"], rel=rel)
+            return self.call(nid)
         if op == "ewmul":
             a, b = (self.ew_operand(x, allow_products=False) for x in args)
             if len(self.real_leaves(Product(a, b))) <= 1:
@@ -211,6 +205,18 @@ class Lowering:
                                      f"{self.g.nodes[args[1]]['cshape']})", nid)
                 self.materialize(widest)
         raise self.error(f"the back end cannot lower '{op}' yet", nid)  # pragma: no cover
+
+    def call(self, nid) -> Poly | Elementwise:
+        """A scalar function: refined in heads (a 1×1 division or root, when cheaper), else an
+        elementwise call for an MLP piece."""
+        refined = self.refined_call(nid)
+        if refined is not None:
+            return refined
+        node = self.g.nodes[nid]
+        arg = self.ew_operand(node["args"][0], allow_products=False)
+        rel = bool(node.get("tol_rel"))
+        return Elementwise(Call(node["func"], node["fargs"], arg, node["domain"], node["tol"],
+                                rel, note=self.notes.get(nid, "")), tol=node["tol"], rel=rel)
 
     # ---- scalar division and roots: seed + Newton in heads (refine.py) ------------------------
     def refined_call(self, nid) -> Poly | None:
@@ -373,19 +379,7 @@ class Lowering:
             if not (isinstance(e, Product) and isinstance(e.a, Leaf) and isinstance(e.b, Leaf)):
                 raise self.error("an elementwise expression of two real values other than a "
                                  "plain product u * v is not supported", nid)
-            u, v = e.a.atom, e.b.atom
-            if ew.rel:
-                raise self.error("a relative tolerance (tol rel) applies to a function of one "
-                                 "value (reciprocal, sqrt); a product u * v of two takes an "
-                                 "absolute one", nid)
-            try:
-                piece = self.pieces.product(u, v, self.bounds_of(u, nid), self.bounds_of(v, nid),
-                                            ew.tol, self.names())
-            except ApproxError as err:       # say where, and which product
-                label = f"{self.names().get(u, u)} * {self.names().get(v, v)}"
-                raise self.approx_error(f"the product {label} of two real values (fitted to an "
-                                        f"absolute budget): {err.args[0] if err.args else err}",
-                                        nid) from None
+            piece = self._product_piece(nid, ew, e.a.atom, e.b.atom)
         else:
             if len(gates) > MAX_SIGN_LEAVES:
                 raise self.error(f"an elementwise expression gated by more than "
@@ -420,6 +414,21 @@ class Lowering:
         if stale:
             raise _Restart(nid)
         return poly
+
+    def _product_piece(self, nid, ew, u, v):
+        """u ⊙ v of two real atoms; a fit that cannot meet the budget says where and which."""
+        if ew.rel:
+            raise self.error("a relative tolerance (tol rel) applies to a function of one "
+                             "value (reciprocal, sqrt); a product u * v of two takes an "
+                             "absolute one", nid)
+        try:
+            return self.pieces.product(u, v, self.bounds_of(u, nid), self.bounds_of(v, nid),
+                                       ew.tol, self.names())
+        except ApproxError as err:
+            label = f"{self.names().get(u, u)} * {self.names().get(v, v)}"
+            raise self.approx_error(f"the product {label} of two real values (fitted to an "
+                                    f"absolute budget): {err.args[0] if err.args else err}",
+                                    nid) from None
 
     def bounds_of(self, atom_id, nid):
         node = self.g.nodes[atom_id]

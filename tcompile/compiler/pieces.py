@@ -28,8 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .approx import PLApprox, approximate_callable, power_relative
-from .elementwise import (Expr, affine, calls, evaluate, pulled_back_domains, shape_key,
-                          to_text, tolerances)
+from .elementwise import Expr, affine, calls, evaluate, pulled_back_domains, shape_key, to_text
 
 DEFAULT_TOL = 1e-6
 MAX_SIGN_LEAVES = 2
