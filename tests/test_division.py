@@ -116,6 +116,15 @@ eta = 1 / (2 + sqrt(t))
     assert np.max(np.abs(eta - 1 / (2 + np.sqrt(t)))) <= rec["tol"]
 
 
+def test_the_model_card_says_how_each_division_was_chosen():
+    card = tcompile.compile_source(SCALARS).report_text()
+    assert "chosen: refined: seed " in card
+    assert "(bound implied by the seed's measured error)" in card
+    eta = tcompile.compile_source("program eta\ninput t : [] in [0, 25]\noutput eta\n"
+                                  "eta = 1 / (2 + sqrt(t))\n").report_text()
+    assert "chosen: direct fit: " in eta and "(measured on the domain)" in eta
+
+
 def test_a_refined_value_is_cleared_exactly_before_its_rows_are_reused():
     """alpha = rr / pSp lands in rows that held 1/pSp (~1e4 here): subtracting that beside the
     new value left ulp(1e4) in alpha (5e-14 relative); an MLP clears it first now."""

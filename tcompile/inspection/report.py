@@ -193,10 +193,16 @@ def _approximation(i: int, a: dict, program) -> list[str]:
              ["       (no source statement matched its function names)"] if program is not None else [])
     dom = "all of R (exact)" if a["lo"] is None else f"[{a['lo']:.4g}, {a['hi']:.4g}]"
     per, uses = a.get("neurons_per_entry", a["neurons"]), a.get("entries", 1)
+    choice = a.get("choice", "")
+    # a refined value's error is the bound the seed's measured error implies after the
+    # Newton steps (refine.py), not a measurement of the refined value itself
+    how = ("bound implied by the seed's measured error" if choice.startswith("refined")
+           else "measured on the domain")
     cost = (f"on {dom}: {per:,} ReLUs for each of {uses} row{'s' * (uses != 1)} it is "
-            f"applied to ({a['neurons']:,} in all); max error {a['max_error']:.2e} measured on "
-            f"the domain, budget {a['tol']:.0e}")
-    return [head] + where + _wrap(cost, "       ")
+            f"applied to ({a['neurons']:,} in all); max error {a['max_error']:.2e} ({how}), "
+            f"budget {a['tol']:.0e}")
+    lines = [head] + where + _wrap(cost, "       ")
+    return lines + (_wrap(f"chosen: {choice}", "       ") if choice else [])
 
 
 def _wrap(text: str, indent: str, width: int = 96) -> list[str]:
