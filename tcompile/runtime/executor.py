@@ -234,8 +234,8 @@ class StructuredExecutor:
 
 
 class CompiledExecutor:
-    """torch.compile of StructuredExecutor.body, one graph per (n, dtype, device); shapes
-    static (a new batch size recompiles). Whether it pays is in bench/README.md."""
+    """torch.compile of StructuredExecutor.body, one graph per (n, batch, dtype, device),
+    shapes static. Whether it pays is in bench/README.md (on CPU it does not)."""
 
     def __init__(self, base: StructuredExecutor):
         self.base = base
@@ -248,8 +248,13 @@ class CompiledExecutor:
         return self.run_state(self.base.state_from_embedding(x), x.shape[1], x.dtype, x.device)
 
     def run_state(self, state: dict, n: int, dtype, device) -> dict:
-        key = (n, dtype, str(device))
+        B = next(iter(state.values())).shape[0] if state else 1
+        key = (n, B, dtype, str(device))
         if key not in self._fns:
+            # every graph is a recompile of the one code object StructuredExecutor.body:
+            # past dynamo's limit (8) it would silently run eager, so raise it (process-wide)
+            import torch._dynamo.config as dynamo_config
+            dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 256)
             res = self.base.resolved(n, dtype, device)
             self._fns[key] = torch.compile(functools.partial(self.base.body, res), dynamic=False)
         with torch.no_grad(), exact_float32():
