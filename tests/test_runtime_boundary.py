@@ -180,6 +180,24 @@ def test_loading_and_running_an_artifact_imports_no_compiler(tmp_path):
         np.testing.assert_array_equal(got[name], want[name])
 
 
+BUILD_ONLY = """
+import sys
+import tcompile
+prog = tcompile.compile_file(sys.argv[1], params={"steps": 3})
+prog.save(sys.argv[2])
+print(prog.report_text()[:0] + "ok" if "torch" not in sys.modules else "torch imported")
+"""
+
+
+def test_building_and_saving_never_imports_torch(tmp_path):
+    """A build needs no torch (its import is most of a CLI build's time): only running does."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-c", BUILD_ONLY, str(LEAST_SQUARES), str(tmp_path / "ls")],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.stdout, r.stderr)
+    assert tcompile.load(tmp_path / "ls").n_layers == 5
+
+
 # ---- the typed manifest and its JSON -------------------------------------------------------
 
 @pytest.fixture(scope="module")

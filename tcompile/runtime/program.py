@@ -14,21 +14,24 @@ from __future__ import annotations
 from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from . import artifact, codec
 from .codec import ValidatedInputs
-from .executor import executor_for
 from .layout import Block, Layout
 from .manifest import Manifest, ProgramInfo
-from .model import CompiledTransformer
 from .weights import LayerWeights
 from ..errors import InputError
 from ..language.inputs import validate_inputs
 
-_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+if TYPE_CHECKING:       # torch is imported on first use: building and saving never need it
+    import torch
+
+    from .model import CompiledTransformer
+
+_DTYPES = ("float64", "float32")
 
 
 class CompiledProgram:
@@ -79,10 +82,13 @@ class CompiledProgram:
     @property
     def module(self) -> CompiledTransformer:
         """The model as a torch.nn.Module (float64, CPU)."""
-        return self.module_for(torch.float64, "cpu")
+        return self.module_for("float64", "cpu")
 
-    def module_for(self, dtype=torch.float64, device="cpu") -> CompiledTransformer:
-        """The model in this dtype on this device (built once per pair, then reused)."""
+    def module_for(self, dtype="float64", device="cpu") -> CompiledTransformer:
+        """The model in this dtype (a torch dtype or its name) on this device (built once per
+        pair, then reused)."""
+        from .model import CompiledTransformer
+        dtype = _torch_dtype(dtype)
         key = (dtype, str(device))
         if key not in self._modules:
             self._modules[key] = CompiledTransformer.from_arrays(self.layers, self.width, dtype, device)
@@ -119,14 +125,16 @@ class CompiledProgram:
                              f"columns), got n = {n}")
         return ValidatedInputs(arrays, batch, n)
 
-    def encode(self, dtype=torch.float64, device="cpu", **inputs) -> torch.Tensor:
+    def encode(self, dtype="float64", device="cpu", **inputs) -> torch.Tensor:
         """Named inputs → x of shape (batch, n, D); a batch axis of 1 is added if none was given."""
         dtype, device = run_options(dtype, device, "encode")
         return self.encode_inputs(self.prepare_inputs(inputs), dtype, device)
 
-    def encode_inputs(self, inputs: ValidatedInputs, dtype=torch.float64, device="cpu") -> torch.Tensor:
+    def encode_inputs(self, inputs: ValidatedInputs, dtype="float64", device="cpu") -> torch.Tensor:
         """Prepared inputs (`prepare_inputs`) → x of shape (batch, n, D)."""
-        return torch.as_tensor(codec.encode(self.layout, inputs), dtype=dtype, device=device)
+        import torch
+        return torch.as_tensor(codec.encode(self.layout, inputs), dtype=_torch_dtype(dtype),
+                               device=device)
 
     def value_at_input(self, block: Block | str, inputs: ValidatedInputs) -> np.ndarray:
         """The canonical value (batch, r, c) the encoder writes into an input or constant block."""
@@ -134,7 +142,7 @@ class CompiledProgram:
 
     def decode(self, x: torch.Tensor) -> dict[str, np.ndarray]:
         """x (batch, n, D) → outputs, each with a leading batch axis, float64 numpy."""
-        return codec.decode(self.layout, x.detach().to("cpu", torch.float64).numpy())
+        return codec.decode(self.layout, x.detach().to("cpu", _torch_dtype("float64")).numpy())
 
     def read_block(self, h: np.ndarray, block: Block | str | dict, shape) -> np.ndarray:
         """The value a block holds in the embedding h (batch, n, D), in the program's shape.
@@ -153,6 +161,9 @@ class CompiledProgram:
         executor: "structured" (executor.py: the same weights, only the work they define),
         "module" (the paper-form nn.Module, the reference) or "compiled" (torch.compile of
         the structured executor)."""
+        import torch
+
+        from .executor import executor_for
         tdtype, device = run_options(dtype, device, "run")
         prepared = self.prepare_inputs(inputs)
         if executor != "module":
@@ -164,7 +175,7 @@ class CompiledProgram:
             y = self.module_for(tdtype, device)(x)
         return prepared.unbatch(self.decode(y))
 
-    def forward_states(self, x: torch.Tensor, dtype=torch.float64, device="cpu"):
+    def forward_states(self, x: torch.Tensor, dtype="float64", device="cpu"):
         """The residual stream after every sublayer: [input, attn 1, mlp 1, attn 2, ...]."""
         module = self.module_for(dtype, device)
         names = [f"blocks.{i}.{h}" for i in range(len(module.blocks))
@@ -175,7 +186,7 @@ class CompiledProgram:
     def sublayer_states(self, inputs: ValidatedInputs) -> list[np.ndarray]:
         """`forward_states` of prepared inputs in float64 on the CPU, as numpy arrays: entry t
         is the embedding after sublayer t (0: the encoder's), what trace and plots decode."""
-        states = self.forward_states(self.encode_inputs(inputs, torch.float64, "cpu"))
+        states = self.forward_states(self.encode_inputs(inputs, "float64", "cpu"))
         return [s.numpy() for s in states]
 
     def check_domains(self, **inputs) -> list[dict]:
@@ -210,6 +221,7 @@ def run_options(dtype, device, method: str) -> tuple[torch.dtype, torch.device]:
     """`dtype` and `device` of run/encode checked before any work, as InputErrors that say what
     is accepted (not a bare KeyError or torch's AssertionError). A dict in the dtype slot is
     the inputs passed positionally: say to pass them by name."""
+    import torch
     if isinstance(dtype, dict):
         raise InputError(f"{method}() takes the inputs by name: prog.{method}(**inputs) or "
                          f"prog.{method}(A=..., ...), not a dict as its first argument "
@@ -233,7 +245,13 @@ def run_options(dtype, device, method: str) -> tuple[torch.dtype, torch.device]:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise InputError(f"device {str(dev)!r} is not usable here ({first}); use device='cpu'"
                              ) from None
-    return _DTYPES[name], dev
+    return getattr(torch, name), dev
+
+
+def _torch_dtype(dtype) -> torch.dtype:
+    """A torch dtype given itself or its name ("float64", "float32")."""
+    import torch
+    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
 
 
 def load(path) -> CompiledProgram:
