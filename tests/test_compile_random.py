@@ -56,7 +56,9 @@ N_MAX = 16              # the largest token count the checks use (bounds of sum(
 
 # Features the generator leaves out, and why:
 #  * a scalar added to a vector or matrix, a [k] vector added to token rows, sum() over a
-#    small axis: documented "not supported by the back end yet" CompileErrors.
+#    small axis, division, ones/zeros, max/min, diag: written after the generator and tested
+#    against numpy in tests/test_operations.py (the generator's output, and so the corpus of
+#    tests/corpus/, is kept as it was).
 #  * nested relu / abs / clip: fitted, not exact (test_nested_pl_calls_are_approximated,
 #    strict xfail); products of two real values: approximated by design.
 

@@ -138,7 +138,7 @@ def test_slow_builds_show_stages_and_layers():
     text = "\n".join(lines)
     for stage in ("plan", "emit"):
         assert f"tcompile: {stage} (" in text
-    assert f"emit: layer {prog.n_layers}/{prog.n_layers}" in text
+    assert f"emit: {prog.n_layers}/{prog.n_layers} layers" in text
 
 
 def test_quick_builds_are_quiet():

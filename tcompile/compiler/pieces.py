@@ -166,7 +166,7 @@ class ProductPiece:
 
 
 class PieceBuilder:
-    """Turns Ew trees into pieces; caches PL fits by function shape, so the unrolled loop's
+    """Turns elementwise trees into pieces; caches PL fits by function shape, so the unrolled loop's
     iterations (same function, new leaf) cost one fit."""
 
     def __init__(self, default_tol: float | None = None):

@@ -146,7 +146,7 @@ def _domain_checks(plan, keys) -> tuple[DomainCheck, ...]:
         piece = atom.piece
         if piece is None:
             continue
-        layer = plan.write_time[(atom.id, plan.orient[atom.id])] // 2
+        layer = plan.write_time[(atom.id, plan.orient[atom.id])] // 2 - 1   # counted from 0
         if piece.kind == "unary" and piece.leaf is not None:
             checks = [(piece.leaf, piece.lo, piece.hi)]
         elif piece.kind == "product":

@@ -64,7 +64,7 @@ class Progress:
             if self.stream is None or self._elapsed() < self.after:
                 return
             if i == n or self.last_print is None or self.clock() - self.last_print >= self.every:
-                self._say(f"{self.current or 'emit'}: layer {i}/{n}")
+                self._say(f"{self.current or 'emit'}: {i}/{n} layers")
 
     def finish(self, ok: bool = True) -> None:
         """Stop the heartbeat; say 'done' if anything was shown (and the build succeeded)."""

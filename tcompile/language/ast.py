@@ -1,7 +1,7 @@
 """The program as the user wrote it: plain dataclasses, every node with its source location.
 
 The parser builds these; the checker, the reference interpreter and the dataflow builder all
-walk them (through `tcompile.walk.Walker`), so they agree on what a program means.
+walk them (through `checker.Walker`), so they agree on what a program means.
 """
 from __future__ import annotations
 

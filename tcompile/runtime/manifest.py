@@ -58,7 +58,7 @@ class DomainCheck:
     block: str             # key of the block holding the piece's input
     lo: float
     hi: float
-    layer: int             # the input is read after this layer's attention
+    layer: int             # the input is read after this layer's attention (from 0)
 
 
 @dataclass(frozen=True)

@@ -176,7 +176,7 @@ class CompiledProgram:
         return prepared.unbatch(self.decode(y))
 
     def forward_states(self, x: torch.Tensor, dtype="float64", device="cpu"):
-        """The residual stream after every sublayer: [input, attn 1, mlp 1, attn 2, ...]."""
+        """The residual stream after every sublayer: [input, attn 0, mlp 0, attn 1, ...]."""
         module = self.module_for(dtype, device)
         names = [f"blocks.{i}.{h}" for i in range(len(module.blocks))
                  for h in ("hook_resid_mid", "hook_resid_post")]
@@ -195,11 +195,11 @@ class CompiledProgram:
         states = self.sublayer_states(self.prepare_inputs(inputs))
         out = []
         for chk in self.typed_manifest.domains:
-            h = states[2 * chk.layer - 1]                     # after attention of that layer
+            h = states[2 * chk.layer + 1]                     # after attention of that layer
             vals = codec.read_block(h, self.layout.block(chk.block), [0, 0])
             lo, hi = float(vals.min()), float(vals.max())
             slack = 1e-9 * max(1.0, abs(chk.lo), abs(chk.hi))
-            out.append({**asdict(chk), "layer": chk.layer - 1, "min": lo, "max": hi,  # from 0
+            out.append({**asdict(chk), "min": lo, "max": hi,
                         "outside": bool(lo < chk.lo - slack or hi > chk.hi + slack)})
         return out
 
