@@ -567,3 +567,26 @@ def test_cli_plot_convergence_in_process(artifacts, inputs, tmp_path, capsys):
                  "--inputs", str(tmp_path / "in.npz"), "-o", str(tmp_path / "o")]) == 0
     assert "wrote" in capsys.readouterr().out
     check_pictures(sorted((tmp_path / "o").iterdir()), "newton_inverse_convergence")
+
+
+def test_a_def_local_named_like_a_variable_does_not_shift_program_points():
+    """Blocks, the interpreter's record and the card count top-level assignments alike
+    (Walker.program_point): an X assigned inside a def is not X@1, so every stored X@k is
+    traced against the interpreter's X@k."""
+    src = """program t
+dim d = 2
+input A : [d, d] assume norm <= 1
+output X
+def f(M) {
+  X = 2 * M
+  return X
+}
+X = A
+X = f(X) + X @ X
+X = X @ X
+"""
+    prog = tcompile.compile_source(src)
+    stored = {v for b in prog.layout.blocks for v in b.vars}
+    assert stored == {"X@0", "X@1", "X@2"}                 # X@0 is the input block A
+    rows = prog.trace(A=np.array([[0.5, 0.1], [0.2, 0.3]]))
+    assert {r["variable"] for r in rows} >= {"X@1", "X@2"} and all(r["ok"] for r in rows)

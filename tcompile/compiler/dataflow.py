@@ -34,7 +34,6 @@ class GraphBuilder(Walker):
         super().__init__(program, params)
         self.graph = nx.DiGraph()
         self._memo: dict = {}
-        self.assign_counts: dict[str, int] = {}
         self.stmt_tol: float | None = None
         self.stmt_tol_rel = False
 
@@ -125,11 +124,10 @@ class GraphBuilder(Walker):
             super()._assign(stmt, env)
         finally:
             self.stmt_tol, self.stmt_tol_rel = None, False
-        count = self.assign_counts.get(stmt.target, 0)
-        self.assign_counts[stmt.target] = count + 1
+        point = self.program_point(stmt)
         nid = env[stmt.target].data
-        if isinstance(nid, int) and not self.call_stack:
-            self.graph.nodes[nid].setdefault("vars", []).append(f"{stmt.target}@{count}")
+        if point is not None and isinstance(nid, int):
+            self.graph.nodes[nid].setdefault("vars", []).append(point)
 
     def end_of_iteration(self, loop, env):
         """The values a loop hands to its next iteration are its state: mark them, so the

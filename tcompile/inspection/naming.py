@@ -36,14 +36,12 @@ class _AssignmentLines(Walker):
     def __init__(self, program, params):
         super().__init__(program, params)
         self.lines: dict[str, int] = {}
-        self.counts: dict[str, int] = {}
 
     def _assign(self, stmt, env):
         super()._assign(stmt, env)
-        if not self.call_stack:
-            k = self.counts.get(stmt.target, 0)
-            self.counts[stmt.target] = k + 1
-            self.lines[f"{stmt.target}@{k}"] = stmt.loc.line
+        point = self.program_point(stmt)
+        if point is not None:
+            self.lines[point] = stmt.loc.line
 
 
 def assignment_lines(program: ast.Program, params: dict[str, float]) -> dict[str, int]:

@@ -14,15 +14,12 @@ class RecordingWalker(NumpyWalker):
     def __init__(self, program, params, n):
         super().__init__(program, params, n)
         self.record: dict[str, np.ndarray] = {}
-        self.counts: dict[str, int] = {}
 
     def _assign(self, stmt, env):
         super()._assign(stmt, env)
-        if not self.call_stack:
-            k = self.counts.get(stmt.target, 0)
-            self.counts[stmt.target] = k + 1
-            if env[stmt.target].ty.shape is not None:       # an unsized c·I is never stored
-                self.record[f"{stmt.target}@{k}"] = np.asarray(env[stmt.target].data, dtype=np.float64)
+        point = self.program_point(stmt)
+        if point is not None and env[stmt.target].ty.shape is not None:   # unsized c·I: never stored
+            self.record[point] = np.asarray(env[stmt.target].data, dtype=np.float64)
 
 
 def interpreter_assignments(program, params, arrays: dict, n) -> dict[str, np.ndarray]:

@@ -127,6 +127,18 @@ class Walker:
         self.dims = {d.name for d in program.dims}
         self.statements = 0
         self.call_stack: list[str] = []
+        self._assignments: dict[str, int] = {}
+
+    def program_point(self, stmt: ast.Assign) -> str | None:
+        """`name@k` for the k-th top-level assignment to name: how stored blocks, the trace
+        and the model card all name a program point, so this is the one place it is counted.
+        An assignment inside a def's body is not a program point (None) and does not count.
+        Call once per executed assignment."""
+        if self.call_stack:
+            return None
+        k = self._assignments.get(stmt.target, 0)
+        self._assignments[stmt.target] = k + 1
+        return f"{stmt.target}@{k}"
 
     # hooks -------------------------------------------------------------------------------
     def apply(self, op: str, ty: Ty, args: tuple[Val, ...], node) -> Val:
