@@ -11,19 +11,9 @@ from tcompile.compiler.approx import (FUNCTIONS, PIECEWISE_LINEAR_EXACT, PLAppro
                              approximate_callable, best_uniform_neurons, exact_function)
 from tcompile.errors import ApproxError
 
-MU = 0.1
+from references import REFERENCE  # numpy/scipy, not tcompile's own table
 
-# The functions the fits are checked against: numpy / scipy, not tcompile's own FUNCTIONS table
-# (which is what approximate() fits, so a mistake there would hide in both).
-REFERENCE = {
-    "sigmoid": expit,
-    "sqrt": np.sqrt,
-    "reciprocal": np.reciprocal,
-    "exp": np.exp,
-    "log": np.log,
-    "softplus": lambda x: np.logaddexp(0.0, x),
-    "square": lambda x: x * x,
-}
+MU = 0.1
 
 
 def step_size(z):
