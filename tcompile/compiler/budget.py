@@ -104,16 +104,16 @@ def check_plan(plan, cause: str, max_memory=None) -> SizeEstimate:
     from . import emit
     from .pieces import piece_units
     D, params, heads = plan.width, 0, 0
-    writers = emit._writers_by_time(plan)
+    writers = emit.writers_by_time(plan)
     for layer in range(1, plan.n_layers + 1):
-        groups = emit._heads_of(writers.get(attention_time(layer), []))
-        dk = max((len(emit._operand_rows(plan, y)) for (y, _), _ in groups), default=1)
+        groups = emit.heads_of(writers.get(attention_time(layer), []))
+        dk = max((len(emit.operand_rows(plan, y)) for (y, _), _ in groups), default=1)
         hidden = 2 * sum(len(idx) for _q, idx, _p in plan.clear_terms.get(mlp_time(layer), []))
         for atom in writers.get(mlp_time(layer), []):
             pair = (atom.id, plan.orient[atom.id])
             hidden += len(piece_units(atom.piece, lambda arg, a=atom.id: plan.slots[
                 plan.mlp_input(arg, a)].rows, plan.slots[pair].rows,
-                emit._gate_rows(plan, atom, pair)))
+                emit.gate_rows(plan, atom, pair)))
         heads += len(groups)
         params += len(groups) * (2 * dk * D + D * D) + 2 * hidden * D
     est = SizeEstimate(D, plan.n_layers, heads, params, exact=True)

@@ -39,7 +39,7 @@ def emit(plan: Plan, outputs: dict[str, int], progress=None) -> tuple[list[Layer
     `progress(layer, n_layers)`, if given, is called as each layer is emitted."""
     keys = _block_keys(plan)
     blocks = _blocks(plan, outputs, keys)
-    writers = _writers_by_time(plan)
+    writers = writers_by_time(plan)
     layers = []
     for layer in range(1, plan.n_layers + 1):
         if progress is not None:
@@ -51,7 +51,7 @@ def emit(plan: Plan, outputs: dict[str, int], progress=None) -> tuple[list[Layer
     return layers, blocks, keys
 
 
-def _writers_by_time(plan: Plan) -> dict[int, list]:
+def writers_by_time(plan: Plan) -> dict[int, list]:
     """Sublayer → what it writes: (pair, head terms) in sorted pair order for attention,
     MLP atoms in dependency order — grouped once, so emission is linear in the program."""
     by_time: dict[int, list] = {}
@@ -94,7 +94,7 @@ def _blocks(plan: Plan, outputs: dict[str, int], keys: dict) -> list[Block]:
     return blocks
 
 
-def _operand_rows(plan: Plan, op: Operand) -> list[int]:
+def operand_rows(plan: Plan, op: Operand) -> list[int]:
     """The rows a head operand reads: an atom's block, or the first k identity rows."""
     if op.kind == "atom":
         rows = plan.slots[(op.atom, op.transposed)].rows
@@ -104,7 +104,7 @@ def _operand_rows(plan: Plan, op: Operand) -> list[int]:
     return rows if op.row is None else [rows[op.row]]
 
 
-def _heads_of(written: list) -> list:
+def heads_of(written: list) -> list:
     """The terms written at one attention sublayer, grouped into heads by their (K, Q)
     operands; a row-split term contributes one part per output row."""
     groups: dict = {}
@@ -120,16 +120,16 @@ def _heads_of(written: list) -> list:
 
 
 def _attention_weights(plan: Plan, written: list, keys: dict):
-    heads = _heads_of(written)
+    heads = heads_of(written)
     D = plan.width
-    dk = max((len(_operand_rows(plan, y)) for (y, _), _ in heads), default=1)
+    dk = max((len(operand_rows(plan, y)) for (y, _), _ in heads), default=1)
     W_K, W_Q, W_V = np.zeros((len(heads), dk, D)), np.zeros((len(heads), dk, D)), \
         np.zeros((len(heads), D, D))
     labels = []
     for h, ((y, z), terms) in enumerate(heads):
-        for i, r in enumerate(_operand_rows(plan, y)):
+        for i, r in enumerate(operand_rows(plan, y)):
             W_K[h, i, r] = 1.0
-        for i, r in enumerate(_operand_rows(plan, z)):
+        for i, r in enumerate(operand_rows(plan, z)):
             W_Q[h, i, r] = 1.0
         for term in terms:
             _add_value_term(plan, W_V[h], term)
@@ -140,7 +140,7 @@ def _attention_weights(plan: Plan, written: list, keys: dict):
 def _add_value_term(plan: Plan, W_V: np.ndarray, term: HeadTerm) -> None:
     """coef · (rows of X) into the destination's rows; `x_rows` restricts to some of them
     (a subtraction of part of a dead block, or one row of a row-split head)."""
-    xr = _operand_rows(plan, term.real.x)
+    xr = operand_rows(plan, term.real.x)
     dest = plan.slots[term.dest].rows
     if len(xr) == 1 and term.x_rows is not None and term.real.z.row is not None:
         W_V[dest[term.x_rows[0]], xr[0]] += term.coef      # a row-split head
@@ -160,7 +160,7 @@ def _head_label(terms, y, z, keys) -> str:
     return f"K={_operand_label(y, keys)} Q={_operand_label(z, keys)} V: " + ", ".join(xs)
 
 
-def _gate_rows(plan: Plan, atom, pair) -> list[int]:
+def gate_rows(plan: Plan, atom, pair) -> list[int]:
     """Where a piece takes its constants from: the ones row for token values, else one
     identity row per column of the value."""
     if atom.is_token:
@@ -180,7 +180,7 @@ def _mlp_weights(plan: Plan, written: list, t_mlp: int):
 
         def rows_of(arg, a=a):
             return plan.slots[plan.mlp_input(arg, a)].rows
-        units += piece_units(atom.piece, rows_of, plan.slots[pair].rows, _gate_rows(plan, atom, pair))
+        units += piece_units(atom.piece, rows_of, plan.slots[pair].rows, gate_rows(plan, atom, pair))
     for q, idx, _p in plan.clear_terms.get(t_mlp, []):
         for i in idx:
             r = plan.slots[q].rows[i]
