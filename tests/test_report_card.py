@@ -157,3 +157,15 @@ def test_card_says_what_each_layer_writes_in_the_programs_words(logistic):
     L = (final.written - 1) // 2
     row = next(r for r in card.splitlines() if re.match(rf"  {L}(-\d+)?\s", r))
     assert re.search(r"\bx \(line \d+\)", row), row
+
+
+def test_identical_functions_are_listed_once_with_the_lines_that_apply_them():
+    """ISTA applies one exact soft-threshold per iteration: one record for all of them, its
+    entries summed, pointing at the statement that applies it (issue 11: 100 identical rows)."""
+    from tcompile.compiler.pipeline import compile_file
+    prog = compile_file(ROOT / "programs" / "ista_lasso.tp", params={"steps": 7, "d": 3})
+    (rec,) = prog.report["approximations"]
+    source = (ROOT / "programs" / "ista_lasso.tp").read_text().split("\n")
+    assert rec["entries"] == 7 * 3 and rec["neurons"] == rec["entries"] * rec["neurons_per_entry"]
+    assert [source[n - 1].strip() for n in rec["lines"]] == [
+        "x = u - clip(u, -eta * alpha, eta * alpha)"]

@@ -54,6 +54,7 @@ class Call:
     tol: float | None                  # the call's (or its statement's) error budget
     rel: bool = False                  # that budget is relative (`tol rel eps`): |err| <= eps |f|
     note: str = field(default="", compare=False)   # why a direct fit (refine.choose), for the report
+    line: int | None = field(default=None, compare=False)   # the source line that calls it
 
 
 Expr = Union[Leaf, Const, Sum, Product, Call]

@@ -24,7 +24,7 @@ from ..errors import ApproxError, CompileError
 from ..language.checker import TOKEN
 from . import refine
 from .dataflow import DataflowGraph
-from .elementwise import Call, Const, Elementwise, Leaf, Product, Sum, affine, leaves
+from .elementwise import Call, Const, Elementwise, Leaf, Product, Sum, affine, calls, leaves
 from .heads import realizable
 from .pieces import MAX_SIGN_LEAVES, PieceBuilder
 from .poly import (MAX_FACTORS, Atom, AtomTable, Mono, Poly, add_polys, max_degree, mul_polys,
@@ -215,8 +215,10 @@ class Lowering:
         node = self.g.nodes[nid]
         arg = self.ew_operand(node["args"][0], allow_products=False)
         rel = bool(node.get("tol_rel"))
+        line = node["loc"].line if node["loc"] is not None else None
         return Elementwise(Call(node["func"], node["fargs"], arg, node["domain"], node["tol"],
-                                rel, note=self.notes.get(nid, "")), tol=node["tol"], rel=rel)
+                                rel, note=self.notes.get(nid, ""), line=line),
+                           tol=node["tol"], rel=rel)
 
     # ---- scalar division and roots: seed + Newton in heads (refine.py) ------------------------
     def refined_call(self, nid) -> Poly | None:
@@ -278,6 +280,8 @@ class Lowering:
         if r not in self.atoms:
             self.make_atom(r, "mlp")
             self.atoms[r].piece = self.pieces.seed(a, ref, label)
+            loc = self.g.nodes[r]["loc"]
+            self.atoms[r].lines = (loc.line,) if loc is not None else ()
             self.piece_ranges[r] = self.atoms[r].piece.range
         i = 1
         if kind != "reciprocal":            # w₀ = a r₀ exactly: the iteration keeps w / (a r)
@@ -405,6 +409,8 @@ class Lowering:
         poly = self.make_atom(nid, "mlp")
         atom = self.atoms[nid]
         atom.piece = piece
+        atom.lines = tuple(sorted({c.line for c in calls(e) if c.line is not None} |
+                                  ({node["loc"].line} if node["loc"] is not None else set())))
         if piece.kind == "product":
             for a, b in ((piece.u, piece.v), (piece.v, piece.u)):
                 if self.g.nodes[a]["cshape"] == (TOKEN, 1) and self.g.nodes[b]["cshape"] == node["cshape"]:

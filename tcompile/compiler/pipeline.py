@@ -120,23 +120,31 @@ def _manifest(program, values, tol, df, plan, layers, blocks, keys) -> Manifest:
 
 
 def _approximations(plan) -> tuple[ApproxRecord, ...]:
-    """Each distinct PL function once, with how many entries use it (the report's table)."""
-    seen: dict[int, tuple] = {}          # id(pl) → (its first use, entries using it)
+    """Each distinct PL function once — the same function of the same leaves on the same
+    domain, however many statements and loop iterations apply it — with how many entries use
+    it and the source lines that apply it (the report's table). A piece with no units
+    approximates nothing and is not listed."""
+    seen: dict[tuple, list] = {}         # identity → [its first use, entries, lines]
     for atom in plan.atoms.values():
         if atom.piece is None:
             continue
         rows = len(plan.slots[(atom.id, plan.orient[atom.id])].rows)
         for ap in atom.piece.approximations:
-            first, entries = seen.get(id(ap.pl), (ap, 0))
-            seen[id(ap.pl)] = (first, entries + rows)
-    records = []
-    for ap, entries in seen.values():
-        d = ap.as_dict()
-        records.append(ApproxRecord(
-            name=d["name"], lo=d["lo"], hi=d["hi"], neurons=entries * ap.pl.neurons,
-            neurons_per_entry=d["neurons_per_entry"], max_error=d["max_error"], tol=d["tol"],
-            exact=d["exact"], entries=entries, choice=d["choice"]))
-    return tuple(records)
+            d = ap.as_dict()
+            if not d["neurons_per_entry"]:
+                continue
+            # a fitted function is one fit object however its leaves are named; exact pieces
+            # are made per use, so those are the same function when they read the same
+            key = (id(ap.pl) if not ap.pl.exact else d["name"],) + tuple(
+                d[k] for k in ("lo", "hi", "neurons_per_entry", "max_error", "tol", "exact", "choice"))
+            entry = seen.setdefault(key, [d, 0, set()])
+            entry[1] += rows
+            entry[2].update(atom.lines)
+    return tuple(ApproxRecord(
+        name=d["name"], lo=d["lo"], hi=d["hi"], neurons=entries * d["neurons_per_entry"],
+        neurons_per_entry=d["neurons_per_entry"], max_error=d["max_error"], tol=d["tol"],
+        exact=d["exact"], entries=entries, choice=d["choice"], lines=tuple(sorted(lines)))
+        for d, entries, lines in seen.values())
 
 
 def _domain_checks(plan, keys) -> tuple[DomainCheck, ...]:

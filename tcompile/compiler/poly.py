@@ -40,6 +40,7 @@ class Atom:
     piece: object = None               # mlp: the MLP piece computing it (pieces.py)
     diag_of: int | None = None         # mlp: this is u ⊙ V for a token vector u (so Vᵀ(u⊙V) is symmetric)
     gate: int | None = None            # mlp over tokens: the ones atom its piece's constants ride on
+    lines: tuple[int, ...] = ()        # mlp: source lines of the statements its piece computes
 
     @property
     def is_token(self) -> bool:

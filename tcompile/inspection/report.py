@@ -145,7 +145,7 @@ def format_report(rep: dict, program=None, writes: list[str] | None = None) -> s
             lines.append(line)
     if rep["approximations"]:
         lines += ["", "  approximated functions (piecewise-linear ReLU pieces in the MLPs; 'from' "
-                  "lines matched by function name):"]
+                  "the statements that apply each):"]
         for i, a in enumerate(rep["approximations"], start=1):
             lines += _approximation(i, a, program)
     return "\n".join(lines)
@@ -186,11 +186,10 @@ def _layer_table(per_layer: list[dict], writes: list[str] | None = None) -> list
 
 def _approximation(i: int, a: dict, program) -> list[str]:
     """Two or more lines per approximated function: where in the source, then what it costs."""
-    from .naming import approximation_sources, readable
-    sources = approximation_sources(program, a["name"]) if program is not None else []
+    from .naming import readable, source_lines
+    sources = source_lines(program, a.get("lines", ())) if program is not None else []
     head = f"  {i}. {readable(a['name'])}"
-    where = ([f"       from {s}" for s in sources] if sources else
-             ["       (no source statement matched its function names)"] if program is not None else [])
+    where = [f"       from {s}" for s in sources]
     dom = "all of R (exact)" if a["lo"] is None else f"[{a['lo']:.4g}, {a['hi']:.4g}]"
     per, uses = a.get("neurons_per_entry", a["neurons"]), a.get("entries", 1)
     choice = a.get("choice", "")

@@ -91,7 +91,8 @@ def approximation_to_json(a: ApproxRecord) -> dict:
     """One row of the approximations table (also the report's, which embeds it)."""
     return {"name": a.name, "lo": a.lo, "hi": a.hi, "neurons": a.neurons,
             "neurons_per_entry": a.neurons_per_entry, "max_error": a.max_error, "tol": a.tol,
-            "exact": a.exact, "entries": a.entries, **({"choice": a.choice} if a.choice else {})}
+            "exact": a.exact, "entries": a.entries, **({"choice": a.choice} if a.choice else {}),
+            **({"lines": list(a.lines)} if a.lines else {})}
 
 
 # ---- JSON → typed manifest -------------------------------------------------------------------
@@ -121,9 +122,10 @@ def manifest_from_json(d: dict) -> Manifest:
         if len(spec.head_labels) != spec.heads:
             raise ValueError(f"layer {i} has {spec.heads} heads and {len(spec.head_labels)} "
                              "head labels")
-    approximations = tuple(ApproxRecord(**{k: a[k] for k in _APPROX_KEYS},
-                                        choice=a.get("choice", "")) for a in
-                           d.get("approximations", []))
+    approximations = tuple(
+        ApproxRecord(**{k: a[k] for k in _APPROX_KEYS}, choice=a.get("choice", ""),
+                     lines=tuple(int(x) for x in a.get("lines", ())))
+        for a in d.get("approximations", []))
     domains = tuple(DomainCheck(c["label"], c["block"], c["lo"], c["hi"], c["layer"])
                     for c in d.get("domains", []))
     return Manifest(info, layout, approximations, domains)

@@ -48,6 +48,7 @@ class ApproxRecord:
     entries: int           # how many entries (rows of values) use it
     choice: str = ""       # how the compiler chose to compute it and why (a scalar division or
                            #   root: direct fit or seed + Newton in heads, compiler/refine.py)
+    lines: tuple[int, ...] = ()   # the source lines of the statements that apply it
 
 
 @dataclass(frozen=True)
