@@ -112,8 +112,8 @@ def initial_occupancy(layout: Layout) -> Occupancy:
     """The slots the encoder fills: inputs and constants."""
     occ = Occupancy()
     for blk in layout.input_blocks():
-        ext = blk.cshape[0] if blk.transposed else blk.cshape[1]
-        occ.place(Slot(blk.key, blk.rows, ext, blk.const if blk.kind == "const" else None))
+        occ.place(Slot(blk.key, blk.rows, blk.storage_ext,
+                       blk.const if blk.kind == "const" else None))
     return occ
 
 
@@ -128,8 +128,7 @@ def new_slots(layout: Layout, t: int, occ: Occupancy, written: dict[int, object]
         if claimed & set(blk.rows):
             raise ValueError(f"blocks written in sublayer {t} share rows ({blk.key!r})")
         claimed |= set(blk.rows)
-        ext = blk.cshape[0] if blk.transposed else blk.cshape[1]
-        slots.append(Slot(blk.key, blk.rows, ext))
+        slots.append(Slot(blk.key, blk.rows, blk.storage_ext))
     rest = tuple(sorted(r for r in written if r not in claimed))
     if rest:
         ext = 0

@@ -55,10 +55,14 @@ class Block:
     def has_tokens(self) -> bool:
         return TOKENS in self.cshape
 
+    @property
+    def storage_ext(self):
+        """The columns (tokens) of its rows the block occupies: an int, or TOKENS for all n."""
+        return self.cshape[0] if self.transposed else self.cshape[1]
+
     def storage_cols(self, n: int) -> int:
         """How many columns (tokens) of its rows the block occupies when there are n tokens."""
-        r, c = (n if d == TOKENS else d for d in self.cshape)
-        return r if self.transposed else c
+        return n if self.storage_ext == TOKENS else self.storage_ext
 
     def live_until(self, n_sublayers: int) -> int:
         """The last sublayer it is live in; an output lives to the end (`n_sublayers`)."""
