@@ -50,13 +50,18 @@ def constant_value(op: str, k: int, n: int) -> np.ndarray:
             "n": lambda: np.full((1, 1), float(n))}[op]()
 
 
+def constant_storage(blk: Block, n: int) -> np.ndarray:
+    """What the encoder writes into a constant block's rows with n tokens: (rows, cols)."""
+    C = constant_value(blk.const, len(blk.rows), n)
+    return C.T if blk.transposed else C
+
+
 def storage_at_input(blk: Block, inputs: ValidatedInputs) -> np.ndarray:
     """What the encoder writes for an input or constant block: (B, rows, cols)."""
-    if blk.kind == "input":
-        C = canonical(inputs.arrays[blk.name])
-    else:
-        C = constant_value(blk.const, len(blk.rows), inputs.n)
-        C = np.broadcast_to(C, (inputs.size, *C.shape))
+    if blk.kind != "input":
+        st = constant_storage(blk, inputs.n)
+        return np.broadcast_to(st, (inputs.size, *st.shape))
+    C = canonical(inputs.arrays[blk.name])
     return np.swapaxes(C, 1, 2) if blk.transposed else C
 
 
@@ -80,7 +85,12 @@ def read_block(h: np.ndarray, blk: Block, shape) -> np.ndarray:
     (only its rank matters: scalars come back (B,), vectors (B, k), matrices (B, r, c))."""
     cols = blk.storage_cols(h.shape[1])
     storage = np.swapaxes(h[:, :cols, list(blk.rows)], 1, 2)     # (B, rows, cols)
-    C = np.swapaxes(storage, 1, 2) if blk.transposed else storage
+    return in_shape(np.swapaxes(storage, 1, 2) if blk.transposed else storage, shape)
+
+
+def in_shape(C, shape):
+    """Canonical values C (B, r, c), numpy or torch, in the rank of the program's `shape`:
+    scalars (B,), vectors (B, k), matrices as they are."""
     if len(shape) == 0:
         return C[:, 0, 0]
     if len(shape) == 1:
@@ -94,5 +104,5 @@ def decode(layout: Layout, h: np.ndarray) -> dict[str, np.ndarray]:
             for spec in layout.outputs}
 
 
-__all__ = ["ValidatedInputs", "canonical", "constant_value", "storage_at_input",
-           "value_at_input", "encode", "read_block", "decode"]
+__all__ = ["ValidatedInputs", "canonical", "constant_value", "constant_storage",
+           "storage_at_input", "value_at_input", "encode", "read_block", "in_shape", "decode"]

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .codec import ValidatedInputs, constant_value, storage_at_input
+from .codec import ValidatedInputs, constant_storage, in_shape, storage_at_input
 from .exec_ops import HeadOp, MlpOp, ReadOp, fit
 from .exec_plan import concrete, initial_occupancy
 from .exec_sublayers import HeadSpec, SublayerPlan, plan_program
@@ -139,10 +139,9 @@ class _Resolved:
         self.consts = {}
         for s in ex.initial.slots.values():
             if s.const is not None:
-                C = constant_value(s.const, len(s.rows), n)
-                blk = ex.layout.block(s.key)
+                st = constant_storage(ex.layout.block(s.key), n)
                 self.consts[s.key] = torch.as_tensor(
-                    np.ascontiguousarray(C.T if blk.transposed else C), dtype=dtype, device=device)[None]
+                    np.ascontiguousarray(st), dtype=dtype, device=device)[None]
         self.sublayers = [_Sublayer(p, slots, self.consts, n, dtype, device) for p in ex.plans]
 
 
@@ -227,9 +226,7 @@ class StructuredExecutor:
             blk = self.layout.block(spec.block)
             S = state[spec.block]
             S = fit(S, S.shape[-1], blk.storage_cols(n)).expand(B, -1, -1)
-            C = S.mT if blk.transposed else S
-            out[spec.name] = C[:, 0, 0] if len(spec.shape) == 0 else \
-                C[:, :, 0] if len(spec.shape) == 1 else C
+            out[spec.name] = in_shape(S.mT if blk.transposed else S, spec.shape)
         return out
 
 
