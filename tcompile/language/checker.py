@@ -198,14 +198,18 @@ class Walker:
             if b <= 0:
                 raise self.err(f"'{q.kind}' bound must be positive, got {b:g}", q.bound.loc)
             return replace(ty, lo=-b, hi=b)
-        lo = self.const_of(q.interval.lo, "an interval bound")
-        hi = self.const_of(q.interval.hi, "an interval bound")
+        lo, hi = self.interval_of(q)
         if not lo <= hi:
             raise self.err(f"empty interval [{lo:g}, {hi:g}]", q.interval.loc, expected="lo <= hi")
         if q.kind == "spectrum":
             m = max(abs(lo), abs(hi))
             return replace(ty, symmetric=True, lo=-m, hi=m)
         return replace(ty, lo=lo, hi=hi)
+
+    def interval_of(self, q: ast.Qualifier) -> tuple[float, float]:
+        """The bounds of a `range` or `spectrum` qualifier's interval, as numbers."""
+        return (self.const_of(q.interval.lo, "an interval bound"),
+                self.const_of(q.interval.hi, "an interval bound"))
 
     def const_of(self, e, what: str, env=None) -> float:
         ty = self.eval(e, env or {}).ty

@@ -146,48 +146,77 @@ def _kind_words(dtype: np.dtype) -> str:
 def _check_assumption(name: str, arr: np.ndarray, q: ast.Qualifier, walker: Walker):
     """One declared assumption, on the batched array. Bounds get ASSUME_RTOL of slack so data
     that meets them up to rounding is accepted; sign and flag entries must be exact."""
-    if q.kind == "sign":
-        bad = arr[np.abs(np.abs(arr) - 1.0) > SIGN_TOL]
-        if bad.size:
-            raise InputError(f"input '{name}' is declared 'sign': every entry must be -1 or +1, "
-                             f"got {bad.flat[0]:g}")
-    elif q.kind == "flag":
-        bad = arr[(arr != 0.0) & (arr != 1.0)]
-        if bad.size:
-            raise InputError(f"input '{name}' is declared 'flag': every entry must be 0 or 1, "
-                             f"got {bad.flat[0]:g}")
-    elif q.kind == "range":
-        lo = walker.const_of(q.interval.lo, "")
-        hi = walker.const_of(q.interval.hi, "")
-        slack = ASSUME_RTOL * max(1.0, abs(lo), abs(hi))
-        if arr.size and (arr.min() < lo - slack or arr.max() > hi + slack):
-            raise InputError(f"input '{name}' is declared in [{lo:g}, {hi:g}], got values in "
-                             f"[{arr.min():g}, {arr.max():g}]")
-    elif q.kind == "row_norm":
-        bound = walker.const_of(q.bound, "")
-        worst = float(np.linalg.norm(arr, axis=-1).max())
-        if worst > bound * (1 + ASSUME_RTOL):
-            raise InputError(f"input '{name}' is declared row_norm <= {bound:g}, got a row of norm "
-                             f"{worst:.6g}")
-    elif q.kind == "norm":
-        bound = walker.const_of(q.bound, "")
-        mats = arr if arr.ndim >= 3 else arr.reshape(arr.shape[0], -1, 1) if arr.ndim == 2 else arr.reshape(-1, 1, 1)
-        worst = float(np.linalg.norm(mats, ord=2, axis=(-2, -1)).max())
-        if worst > bound * (1 + ASSUME_RTOL):
-            raise InputError(f"input '{name}' is declared norm <= {bound:g}, got norm {worst:.6g}")
-    elif q.kind in ("symmetric", "spectrum"):
-        asym = float(np.abs(arr - np.swapaxes(arr, -1, -2)).max())
-        if asym > ASSUME_RTOL * max(1.0, float(np.abs(arr).max())):
-            raise InputError(f"input '{name}' is declared {q.kind}: it must be symmetric, got "
-                             f"max |M - M.T| = {asym:.3g}")
-        if q.kind == "spectrum":
-            lo = walker.const_of(q.interval.lo, "")
-            hi = walker.const_of(q.interval.hi, "")
-            eig = np.linalg.eigvalsh((arr + np.swapaxes(arr, -1, -2)) / 2)
-            slack = ASSUME_RTOL * max(1.0, abs(lo), abs(hi))
-            if eig.min() < lo - slack or eig.max() > hi + slack:
-                raise InputError(f"input '{name}' is declared spectrum in [{lo:g}, {hi:g}], got "
-                                 f"eigenvalues in [{eig.min():.6g}, {eig.max():.6g}]")
+    _ASSUMPTIONS[q.kind](name, arr, q, walker)
+
+
+def _check_sign(name, arr, q, walker):
+    bad = arr[np.abs(np.abs(arr) - 1.0) > SIGN_TOL]
+    if bad.size:
+        raise InputError(f"input '{name}' is declared 'sign': every entry must be -1 or +1, "
+                         f"got {bad.flat[0]:g}")
+
+
+def _check_flag(name, arr, q, walker):
+    bad = arr[(arr != 0.0) & (arr != 1.0)]
+    if bad.size:
+        raise InputError(f"input '{name}' is declared 'flag': every entry must be 0 or 1, "
+                         f"got {bad.flat[0]:g}")
+
+
+def _slack(lo: float, hi: float) -> float:
+    """ASSUME_RTOL of slack on an interval [lo, hi], relative to its larger end (at least 1)."""
+    return ASSUME_RTOL * max(1.0, abs(lo), abs(hi))
+
+
+def _check_range(name, arr, q, walker):
+    lo, hi = walker.interval_of(q)
+    slack = _slack(lo, hi)
+    if arr.size and (arr.min() < lo - slack or arr.max() > hi + slack):
+        raise InputError(f"input '{name}' is declared in [{lo:g}, {hi:g}], got values in "
+                         f"[{arr.min():g}, {arr.max():g}]")
+
+
+def _check_row_norm(name, arr, q, walker):
+    bound = walker.const_of(q.bound, "")
+    worst = float(np.linalg.norm(arr, axis=-1).max())
+    if worst > bound * (1 + ASSUME_RTOL):
+        raise InputError(f"input '{name}' is declared row_norm <= {bound:g}, got a row of norm "
+                         f"{worst:.6g}")
+
+
+def _check_norm(name, arr, q, walker):
+    bound = walker.const_of(q.bound, "")
+    if arr.ndim == 2:               # a batch of vectors: each a column
+        mats = arr.reshape(arr.shape[0], -1, 1)
+    elif arr.ndim < 2:
+        mats = arr.reshape(-1, 1, 1)
+    else:
+        mats = arr
+    worst = float(np.linalg.norm(mats, ord=2, axis=(-2, -1)).max())
+    if worst > bound * (1 + ASSUME_RTOL):
+        raise InputError(f"input '{name}' is declared norm <= {bound:g}, got norm {worst:.6g}")
+
+
+def _check_symmetric(name, arr, q, walker):
+    asym = float(np.abs(arr - np.swapaxes(arr, -1, -2)).max())
+    if asym > ASSUME_RTOL * max(1.0, float(np.abs(arr).max())):
+        raise InputError(f"input '{name}' is declared {q.kind}: it must be symmetric, got "
+                         f"max |M - M.T| = {asym:.3g}")
+
+
+def _check_spectrum(name, arr, q, walker):
+    _check_symmetric(name, arr, q, walker)
+    lo, hi = walker.interval_of(q)
+    eig = np.linalg.eigvalsh((arr + np.swapaxes(arr, -1, -2)) / 2)
+    slack = _slack(lo, hi)
+    if eig.min() < lo - slack or eig.max() > hi + slack:
+        raise InputError(f"input '{name}' is declared spectrum in [{lo:g}, {hi:g}], got "
+                         f"eigenvalues in [{eig.min():.6g}, {eig.max():.6g}]")
+
+
+_ASSUMPTIONS = {"sign": _check_sign, "flag": _check_flag, "range": _check_range,
+                "row_norm": _check_row_norm, "norm": _check_norm,
+                "symmetric": _check_symmetric, "spectrum": _check_spectrum}
 
 
 __all__ = ["validate_inputs", "SIGN_TOL", "ASSUME_RTOL"]
