@@ -264,28 +264,13 @@ class Walker:
 
     def exec_block(self, stmts, env, in_function: bool):
         for i, stmt in enumerate(stmts):
-            self.statements += 1
-            if self.statements > MAX_UNROLLED_STATEMENTS:
-                raise self.err("the program unrolls to too many statements "
-                               f"(> {MAX_UNROLLED_STATEMENTS})", stmt.loc, expected="fewer repeats")
+            self._count_statements(1, stmt)
             if isinstance(stmt, ast.Assign):
                 self._assign(stmt, env)
             elif isinstance(stmt, ast.Repeat):
-                count = self.const_of(stmt.count, "a repeat count", env)
-                if not math.isfinite(count) or count != int(count) or count < 0:
-                    raise self.err(f"a repeat count must be a non-negative integer, got {count:g}",
-                                   stmt.count.loc)
-                self.statements += int(count) if count <= MAX_UNROLLED_STATEMENTS else count
-                if self.statements > MAX_UNROLLED_STATEMENTS:
-                    raise self.err("the program unrolls to too many statements "
-                                   f"(> {MAX_UNROLLED_STATEMENTS})", stmt.loc, expected="fewer repeats")
-                for _ in range(int(count)):
-                    ret = self.exec_block(stmt.body, env, in_function)
-                    if ret is not None:
-                        return ret
-                    self.end_of_iteration(stmt, env)
-                if int(count) == 0:   # still check the body's names and shapes once
-                    self.exec_block(stmt.body, dict(env), in_function)
+                ret = self._repeat(stmt, env, in_function)
+                if ret is not None:
+                    return ret
             elif isinstance(stmt, ast.Return):
                 if not in_function:
                     raise self.err("'return' outside a function", stmt.loc)
@@ -293,6 +278,29 @@ class Walker:
                     raise self.err("statements after 'return' are never run", stmts[i + 1].loc,
                                    expected="'return' as the last statement")
                 return self.eval(stmt.value, env)
+        return None
+
+    def _count_statements(self, k, stmt) -> None:
+        """Charge `k` more unrolled statements; refuse a program past MAX_UNROLLED_STATEMENTS."""
+        self.statements += k
+        if self.statements > MAX_UNROLLED_STATEMENTS:
+            raise self.err("the program unrolls to too many statements "
+                           f"(> {MAX_UNROLLED_STATEMENTS})", stmt.loc, expected="fewer repeats")
+
+    def _repeat(self, stmt: ast.Repeat, env, in_function: bool):
+        """Unroll a repeat loop; the value of a `return` inside it, else None."""
+        count = self.const_of(stmt.count, "a repeat count", env)
+        if not math.isfinite(count) or count != int(count) or count < 0:
+            raise self.err(f"a repeat count must be a non-negative integer, got {count:g}",
+                           stmt.count.loc)
+        self._count_statements(int(count) if count <= MAX_UNROLLED_STATEMENTS else count, stmt)
+        for _ in range(int(count)):
+            ret = self.exec_block(stmt.body, env, in_function)
+            if ret is not None:
+                return ret
+            self.end_of_iteration(stmt, env)
+        if int(count) == 0:   # still check the body's names and shapes once
+            self.exec_block(stmt.body, dict(env), in_function)
         return None
 
     def _assign(self, stmt: ast.Assign, env):
