@@ -223,7 +223,7 @@ class Walker:
         try:
             return self._run(inputs)
         except RecursionError:
-            from .parser import too_deep
+            from .nesting import too_deep
             raise too_deep(self.program.file, self.src) from None
 
     def _run(self, inputs: dict[str, Val] | None = None) -> dict[str, Val]:
@@ -496,36 +496,22 @@ class Walker:
             raise self.err(f"{e.func}() takes {arity} argument{'s' * (arity > 1)}, got {len(e.args)}",
                            e.loc, expected=f"{e.func}(" + ", ".join(["x", "lo", "hi"][:arity]) + ")")
         args = tuple(self.eval(a, env) for a in e.args)
-        x = args[0]
-        if x.ty.shape is None:
+        t = args[0].ty
+        if t.shape is None:
             raise self.err(f"{e.func}() of I: the size of I is unknown here", e.args[0].loc,
                            expected="a value of known shape")
-        domain = tol = None
-        if e.domain is not None:
-            domain = (self.const_of(e.domain.lo, "a domain bound", env),
-                      self.const_of(e.domain.hi, "a domain bound", env))
-            if not domain[0] < domain[1]:
-                raise self.err(f"empty domain [{domain[0]:g}, {domain[1]:g}]", e.domain.loc,
-                               expected="lo < hi")
+        domain = self._declared_domain(e, env)
         tol = self.tolerance(e.tol, e.tol_rel, env)
         if e.func == "clip":
             lo, hi = (self.const_of(a, "a clip bound", env) for a in e.args[1:])
             if not lo <= hi:
                 raise self.err(f"clip bounds [{lo:g}, {hi:g}] are empty", e.loc, expected="lo <= hi")
-            t = x.ty
             ty = Ty(t.shape, const=None if t.const is None else min(max(t.const, lo), hi),
                     lo=lo if t.lo is None else min(max(t.lo, lo), hi),
                     hi=hi if t.hi is None else min(max(t.hi, lo), hi))
             return self.apply("call", ty, args, (e, domain, tol, e.tol_rel))
-        t = x.ty
         if t.const is not None:
-            try:
-                with np.errstate(all="ignore"):
-                    value = float(_EXACT_FUNCTIONS[e.func](t.const))
-            except (ValueError, OverflowError, ZeroDivisionError):
-                value = math.nan
-            if not math.isfinite(value):
-                raise self.err(f"{e.func}({t.const:g}) has no finite value", e.loc)
+            value = self._exact_value(e, t.const)
             return self.apply("call", Ty((), const=value, lo=value, hi=value), args,
                               (e, None, None, False))
         if domain is None:
@@ -534,16 +520,40 @@ class Walker:
                                "known bounds", e.loc,
                                expected=f"a domain, e.g. {e.func}(...) on [lo, hi]")
             domain = (t.lo, t.hi) if t.bounded else None
-        if domain is not None:
-            image = _FUNC_RANGE[e.func](*domain)
-            if image is None:
-                raise self.err(f"{e.func}() is undefined on part of [{domain[0]:g}, {domain[1]:g}]",
-                               e.domain.loc if e.domain else e.loc,
-                               expected="a domain where the function is finite")
-            lo, hi = image
-        else:
-            lo = hi = None
+        lo, hi = self._image(e, domain)
         return self.apply("call", Ty(t.shape, lo=lo, hi=hi), args, (e, domain, tol, e.tol_rel))
+
+    def _declared_domain(self, e: ast.Call, env) -> tuple[float, float] | None:
+        """The `on [lo, hi]` of a builtin call as numbers (None without one); never empty."""
+        if e.domain is None:
+            return None
+        lo = self.const_of(e.domain.lo, "a domain bound", env)
+        hi = self.const_of(e.domain.hi, "a domain bound", env)
+        if not lo < hi:
+            raise self.err(f"empty domain [{lo:g}, {hi:g}]", e.domain.loc, expected="lo < hi")
+        return lo, hi
+
+    def _exact_value(self, e: ast.Call, x: float) -> float:
+        """A builtin of a compile-time number, computed now; refused where it is not finite."""
+        try:
+            with np.errstate(all="ignore"):
+                value = float(_EXACT_FUNCTIONS[e.func](x))
+        except (ValueError, OverflowError, ZeroDivisionError):
+            value = math.nan
+        if not math.isfinite(value):
+            raise self.err(f"{e.func}({x:g}) has no finite value", e.loc)
+        return value
+
+    def _image(self, e: ast.Call, domain) -> tuple[float | None, float | None]:
+        """The bounds of a builtin's values over `domain` ((None, None) without a domain)."""
+        if domain is None:
+            return None, None
+        image = _FUNC_RANGE[e.func](*domain)
+        if image is None:
+            raise self.err(f"{e.func}() is undefined on part of [{domain[0]:g}, {domain[1]:g}]",
+                           e.domain.loc if e.domain else e.loc,
+                           expected="a domain where the function is finite")
+        return image
 
     def _call_user(self, e: ast.Call, env) -> Val:
         fn = self.program.functions[e.func]
