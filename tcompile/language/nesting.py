@@ -28,46 +28,61 @@ class _Statement:
 
 def _statements(source: str) -> list[_Statement]:
     """Every statement of the source with its expression's start, depth and operator count."""
-    out: list[_Statement] = []
-    cur: _Statement | None = None
-    depth = unary = 0
-    prev = ""                                  # last significant character ("" = start)
+    scan = _Scan()
     for lineno, text in enumerate(source.split("\n"), start=1):
         code = text.split("#", 1)[0]
         for col, ch in enumerate(code, start=1):
-            if ch.isspace():
-                continue
-            if cur is None:
-                cur, prev = _Statement(lineno, col), ""
-                out.append(cur)
-            if ch == "=" and depth == 0 and prev not in "<>=!":
-                cur.line, cur.column, prev = lineno, col + 1, "="
-                _skip_to_expression(cur, code, col)
-                continue
-            if ch in _OPEN:
-                depth += 1
-            elif ch in _CLOSE:
-                depth = max(depth - 1, 0)
-            elif ch in _OPERATORS:
-                if prev == "" or prev in _OPERATORS + _OPEN + "=,":
-                    unary += 1                # a sign: nests like a bracket
-                else:
-                    cur.operators += 1
-            if ch not in _OPERATORS:
-                unary = 0 if ch not in _OPEN else unary
-            cur.depth = max(cur.depth, depth + unary)
-            prev = ch
-        if depth == 0:
-            cur, unary = None, 0
-    return out
+            if not ch.isspace():
+                scan.char(ch, lineno, col, code)
+        scan.end_of_line()
+    return scan.out
 
 
-def _skip_to_expression(stmt: _Statement, code: str, col: int) -> None:
-    """Move the statement's column past `=` and spaces to where its expression begins."""
+class _Scan:
+    """The scan's state between characters: brackets open, signs in a row, the statement."""
+
+    def __init__(self):
+        self.out: list[_Statement] = []
+        self.cur: _Statement | None = None
+        self.depth = self.unary = 0
+        self.prev = ""                         # last significant character ("" = start)
+
+    def char(self, ch: str, lineno: int, col: int, code: str) -> None:
+        """One significant (non-space) character at (lineno, col) of the line `code`."""
+        if self.cur is None:
+            self.cur, self.prev = _Statement(lineno, col), ""
+            self.out.append(self.cur)
+        if ch == "=" and self.depth == 0 and self.prev not in "<>=!":
+            self.cur.line, self.cur.column = lineno, _expression_column(code, col)
+            self.prev = "="
+            return
+        if ch in _OPEN:
+            self.depth += 1
+        elif ch in _CLOSE:
+            self.depth = max(self.depth - 1, 0)
+        elif ch in _OPERATORS:
+            if self.prev == "" or self.prev in _OPERATORS + _OPEN + "=,":
+                self.unary += 1                # a sign: nests like a bracket
+            else:
+                self.cur.operators += 1
+        if ch not in _OPERATORS and ch not in _OPEN:
+            self.unary = 0
+        self.cur.depth = max(self.cur.depth, self.depth + self.unary)
+        self.prev = ch
+
+    def end_of_line(self) -> None:
+        """A newline outside brackets ends the statement."""
+        if self.depth == 0:
+            self.cur, self.unary = None, 0
+
+
+def _expression_column(code: str, col: int) -> int:
+    """The column (1-based) where the expression after the `=` at column `col` begins: past
+    the `=` and any spaces."""
     i = col
     while i < len(code) and code[i].isspace():
         i += 1
-    stmt.column = i + 1
+    return i + 1
 
 
 def too_deep(file: str, source: str) -> ProgramError:

@@ -13,7 +13,7 @@ import lark
 from lark import Lark, Transformer, v_args
 
 from . import ast
-from .nesting import too_deep  # noqa: F401  (the checker imports it from here)
+from .nesting import too_deep
 from ..errors import ProgramError, ProgramSyntaxError, SourceLocation, TcompileError
 
 _TOKEN_WORDS = {
@@ -210,8 +210,6 @@ def parse_source(source: str, file: str = "<string>") -> ast.Program:
         raise too_deep(file, source) from None
 
 
-
-
 _CONTROL_FLOW = re.compile(r"[ \t]*(if|while|for|else|elif)\b(?![ \t]*=[^=])")
 
 
@@ -247,17 +245,21 @@ def _build_program(tree, file: str, source: str) -> ast.Program:
         elif isinstance(item, list):
             prog.outputs.extend(item)
         elif isinstance(item, ast.FuncDef):
-            if item.name in prog.functions:
-                first = prog.functions[item.name].loc
-                raise ProgramError(f"function '{item.name}' is defined twice (first at line {first.line})",
-                                   item.loc, expected="a new function name", source=source)
-            prog.functions[item.name] = item
+            _add_function(prog, item)
         elif isinstance(item, ast.Return):
             raise ProgramError("'return' outside a function", item.loc,
                                expected="an assignment or 'repeat'", source=source)
         else:
             prog.body.append(item)
     return prog
+
+
+def _add_function(prog: ast.Program, fn: ast.FuncDef) -> None:
+    if fn.name in prog.functions:
+        first = prog.functions[fn.name].loc
+        raise ProgramError(f"function '{fn.name}' is defined twice (first at line {first.line})",
+                           fn.loc, expected="a new function name", source=prog.source)
+    prog.functions[fn.name] = fn
 
 
 def parse_file(path) -> ast.Program:
