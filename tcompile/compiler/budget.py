@@ -10,7 +10,7 @@ spends time and memory growing with D. Two checks, both before any dense array e
   another needs a head with its own D×D W_V in a layer of its own. `-p d=1e9` is refused here
   in well under a second instead of planning for minutes.
 - `check_plan(plan, ...)`, after planning and before emitting: the exact layer shapes the
-  emitter will allocate (heads, dk and MLP units counted the way emit.py groups them).
+  emitter will allocate (heads, dk and MLP units counted by emit.py's own functions).
 
 Over the limit (`max_memory`; by default runtime/resources.DEFAULT_FRACTION of the available
 memory) is a `ModelTooLarge` error naming the estimate, the limit and the params that set the
@@ -102,18 +102,12 @@ def _attention_chain(atoms) -> int:
 def check_plan(plan, cause: str, max_memory=None) -> SizeEstimate:
     """The exact dense size of the planned model; ModelTooLarge if over the limit."""
     from . import emit
-    from .pieces import piece_units
     D, params, heads = plan.width, 0, 0
     writers = emit.writers_by_time(plan)
     for layer in range(1, plan.n_layers + 1):
         groups = emit.heads_of(writers.get(attention_time(layer), []))
-        dk = max((len(emit.operand_rows(plan, y)) for (y, _), _ in groups), default=1)
-        hidden = 2 * sum(len(idx) for _q, idx, _p in plan.clear_terms.get(mlp_time(layer), []))
-        for atom in writers.get(mlp_time(layer), []):
-            pair = (atom.id, plan.orient[atom.id])
-            hidden += len(piece_units(atom.piece, lambda arg, a=atom.id: plan.slots[
-                plan.mlp_input(arg, a)].rows, plan.slots[pair].rows,
-                emit.gate_rows(plan, atom, pair)))
+        dk = emit.head_width(plan, groups)
+        hidden = len(emit.mlp_units(plan, writers.get(mlp_time(layer), []), mlp_time(layer)))
         heads += len(groups)
         params += len(groups) * (2 * dk * D + D * D) + 2 * hidden * D
     est = SizeEstimate(D, plan.n_layers, heads, params, exact=True)

@@ -119,10 +119,15 @@ def heads_of(written: list) -> list:
     return list(groups.items())
 
 
+def head_width(plan: Plan, heads: list) -> int:
+    """dk of one attention sublayer: the most rows a head's K operand reads (1 if none)."""
+    return max((len(operand_rows(plan, y)) for (y, _), _ in heads), default=1)
+
+
 def _attention_weights(plan: Plan, written: list, keys: dict):
     heads = heads_of(written)
     D = plan.width
-    dk = max((len(operand_rows(plan, y)) for (y, _), _ in heads), default=1)
+    dk = head_width(plan, heads)
     W_K, W_Q, W_V = np.zeros((len(heads), dk, D)), np.zeros((len(heads), dk, D)), \
         np.zeros((len(heads), D, D))
     labels = []
@@ -172,9 +177,22 @@ def gate_rows(plan: Plan, atom, pair) -> list[int]:
 
 
 def _mlp_weights(plan: Plan, written: list, t_mlp: int):
-    """The pieces written in this MLP sublayer, plus clears of dead values under their rows
+    units = mlp_units(plan, written, t_mlp)
+    W_1 = np.zeros((len(units), plan.width))
+    W_2 = np.zeros((plan.width, len(units)))
+    for j, (w1, w2) in enumerate(units):
+        for r, w in w1.items():
+            W_1[j, r] += w
+        for r, c in w2.items():
+            W_2[r, j] += c
+    return W_1, W_2
+
+
+def mlp_units(plan: Plan, written: list, t_mlp: int) -> list:
+    """The hidden units of one MLP sublayer as (W_1 entries {row: w}, W_2 entries {row: c}):
+    the pieces written there, plus clears of dead values under their rows
     (ReLU(u) − ReLU(−u) = u, subtracted)."""
-    units = []       # (W_1 entries {row: w}, W_2 entries {row: c})
+    units = []
     for atom in written:
         a, pair = atom.id, (atom.id, plan.orient[atom.id])
 
@@ -186,11 +204,4 @@ def _mlp_weights(plan: Plan, written: list, t_mlp: int):
             r = plan.slots[q].rows[i]
             units.append(({r: 1.0}, {r: -1.0}))
             units.append(({r: -1.0}, {r: 1.0}))
-    W_1 = np.zeros((len(units), plan.width))
-    W_2 = np.zeros((plan.width, len(units)))
-    for j, (w1, w2) in enumerate(units):
-        for r, w in w1.items():
-            W_1[j, r] += w
-        for r, c in w2.items():
-            W_2[r, j] += c
-    return W_1, W_2
+    return units
