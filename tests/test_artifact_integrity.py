@@ -340,16 +340,27 @@ def test_a_failed_save_writes_nothing(progs, tmp_path):
 
 
 def _saving_child(progs, base: Path, first: int) -> int:
-    """Fork a process that saves the two programs over `base`, turn about, until killed."""
+    """Fork a process that saves the two programs over `base`, turn about, until killed.
+
+    Returns once the child is running Python code: Python drops a SIGINT that arrives while
+    the child is still settling after the fork, so a kill drawn near 0 s was lost and the child
+    saved on for its full 5 s (5 s of the suite's time each, and no save interrupted)."""
+    ready, go = os.pipe()
     pid = os.fork()
     if pid == 0:                                   # the child: never returns into pytest
         try:
+            os.close(ready)
+            os.write(go, b"1")
+            os.close(go)
             t0, i = time.monotonic(), first
             while time.monotonic() - t0 < 5:
                 progs[i % 2].save(base)
                 i += 1
         finally:
             os._exit(0)
+    os.close(go)
+    os.read(ready, 1)
+    os.close(ready)
     return pid
 
 
