@@ -72,17 +72,24 @@ def fit(T: torch.Tensor, have: int, want: int) -> torch.Tensor:
     return torch.nn.functional.pad(T, (0, want - have))
 
 
-def const_value(op: ReadOp, consts: dict, like: torch.Tensor) -> torch.Tensor:
-    """A read of constant rows, evaluated once (batch 1)."""
-    return op(consts, like)
+def const_array(op: ReadOp, consts: dict, like: torch.Tensor) -> np.ndarray:
+    """A read of constant rows, evaluated once at plan time: (rows, e) in float64 numpy, for
+    multiplying constant operands out before any input is seen."""
+    return op(consts, like).double().numpy()[0]
+
+
+def _converters(dtype, device):
+    """(numpy array → contiguous tensor of this dtype on this device, a 0-d tensor like it)."""
+    def t(a):
+        return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)
+    return t, torch.zeros((), dtype=dtype, device=device)
 
 
 class HeadOp:
     """V Kᵀ G Q for one head, the cheaper multiplication order for this n."""
 
     def __init__(self, spec: HeadSpec, slots, consts, n, dtype, device):
-        t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)  # noqa: E731
-        like = torch.zeros((), dtype=dtype, device=device)
+        t, like = _converters(dtype, device)
         m, e = concrete(spec.m, n), concrete(spec.ext, n)
         self.k, self.v = ReadOp(spec.k, slots, m, n), ReadOp(spec.v, slots, m, n)
         self.q = ReadOp(spec.q, slots, e, n)
@@ -90,11 +97,11 @@ class HeadOp:
         self.alpha, self.q_rows, self._t = 1.0, spec.q.rows, t
         Wv = spec.Wv
         if spec.k.const and spec.v.const:       # fold: one matrix (or scalar) applied to Q
-            K = const_value(self.k, consts, like).double().numpy()[0]
-            V = const_value(self.v, consts, like).double().numpy()[0]
+            K = const_array(self.k, consts, like)
+            V = const_array(self.v, consts, like)
             M = (Wv @ V) @ K.T @ spec.G
             if spec.q.const:
-                Q = const_value(self.q, consts, like).double().numpy()[0]
+                Q = const_array(self.q, consts, like)
                 self.const = t(M @ Q)[None]
             else:
                 self.set_linear(M)
@@ -144,8 +151,7 @@ class HeadOp:
                 K = self.G.T @ K
         if self.Wv is not None:
             V = self.Wv @ V
-        out = (V @ K.mT) @ Q if self.kv_first else V @ (K.mT @ Q)
-        return out
+        return (V @ K.mT) @ Q if self.kv_first else V @ (K.mT @ Q)
 
 
 class MlpOp:
@@ -157,12 +163,11 @@ class MlpOp:
         return None
 
     def __init__(self, g: MlpGroup, slots, consts, n, dtype, device):
-        t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)  # noqa: E731
-        like = torch.zeros((), dtype=dtype, device=device)
+        t, like = _converters(dtype, device)
         e = concrete(g.ext, n)
         bias = np.zeros((g.W2.shape[1], e))
         if g.gate.rows:
-            gate = const_value(ReadOp(g.gate, slots, e, n), consts, like).double().numpy()[0]
+            gate = const_array(ReadOp(g.gate, slots, e, n), consts, like)
             bias = g.W1c @ gate                                   # (U, e)
         self.var = ReadOp(g.var, slots, e, n) if g.var.rows else None
         self.kind, self.const = g.kind, None
