@@ -118,7 +118,7 @@ class GraphBuilder(Walker):
 
     def _assign(self, stmt, env):
         """Name the node after the variable (and how many times it was assigned) for the manifest."""
-        self.stmt_tol = self.const_of(stmt.tol, "a tolerance", env) if stmt.tol is not None else None
+        self.stmt_tol = self.tolerance(stmt.tol, stmt.tol_rel, env)
         self.stmt_tol_rel = stmt.tol_rel
         try:
             super()._assign(stmt, env)
@@ -157,9 +157,7 @@ class GraphBuilder(Walker):
         xs = [a.data for a in args]
         tys = [a.ty for a in args]
         cs = canonical_shape(ty.shape)
-        if ty.const is not None and op != "call":
-            return Val(ty, self.node("const", (), (1, 1), value=float(ty.const)))
-        if op == "const":
+        if ty.const is not None and op != "call":       # "const" included
             return Val(ty, self.node("const", (), (1, 1), value=float(ty.const)))
         if op == "n":
             return Val(ty, self.node("n", (), (1, 1)))
@@ -251,16 +249,13 @@ class GraphBuilder(Walker):
 
     def _max_min(self, op, xs, tys, ty, loc):
         """max(u, v) = v + relu(u − v), min(u, v) = u − relu(u − v): exact, no domain."""
-        (u, v), (tu, tv) = xs, tys
-        u, v = (self._broadcast_scalar(x, t, canonical_shape(ty.shape), loc) for x, t in zip(xs, tys))
-        diff = self.node("add", tuple(sorted((u, self.scale(v, -1.0, loc)))),
-                         canonical_shape(ty.shape), loc)
-        r = self.node("call", (diff,), canonical_shape(ty.shape), loc, func="relu", domain=None,
-                      tol=None, fargs=())
+        cs = canonical_shape(ty.shape)
+        u, v = (self._broadcast_scalar(x, t, cs, loc) for x, t in zip(xs, tys))
+        diff = self.node("add", tuple(sorted((u, self.scale(v, -1.0, loc)))), cs, loc)
+        r = self.node("call", (diff,), cs, loc, func="relu", domain=None, tol=None, fargs=())
         if op == "max":
-            return self.node("add", tuple(sorted((v, r))), canonical_shape(ty.shape), loc)
-        return self.node("add", tuple(sorted((u, self.scale(r, -1.0, loc)))),
-                         canonical_shape(ty.shape), loc)
+            return self.node("add", tuple(sorted((v, r))), cs, loc)
+        return self.node("add", tuple(sorted((u, self.scale(r, -1.0, loc)))), cs, loc)
 
     def _check_square(self, ta: Ty, loc, written: str = "'**' is elementwise: x ** 2"):
         """x ** 2 (or x * x) squares every entry: an MLP piece fitted on x's range, so x needs
@@ -331,7 +326,7 @@ class GraphBuilder(Walker):
         if ta.shape is None and tb.shape is None:
             return self._combine_unsized(op, a, b, loc)
         if op == "-":
-            b, tb, op = self.scale(b, -1.0, loc), tb, "+"
+            b, op = self.scale(b, -1.0, loc), "+"
         if ta.shape is None and tb.shape is not None and op == "+":
             a = self.sized_eye(a, cs[0])
         if tb.shape is None and ta.shape is not None and op == "+":
@@ -395,12 +390,12 @@ def _names_read(e) -> set[str]:
     from ..language import ast
     if isinstance(e, ast.Name):
         return {e.id}
-    if isinstance(e, (ast.BinOp,)):
+    if isinstance(e, ast.BinOp):
         return _names_read(e.left) | _names_read(e.right)
     if isinstance(e, (ast.Neg, ast.Transpose)):
         return _names_read(e.operand)
     if isinstance(e, ast.Call):
-        return set().union(set(), *(_names_read(a) for a in e.args))
+        return set().union(*(_names_read(a) for a in e.args))
     return set()
 
 
