@@ -25,7 +25,7 @@ approximation record so the report can show it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -53,6 +53,11 @@ class Refinement:
     negative: bool = False       # reciprocal of a negative a: 1/a = −1/|a|
     floor: float = 0.0           # sqrt: inputs below it give a value within tol/2 of √a
     choice: str = ""
+
+    @property
+    def cost(self) -> int:
+        """What the choice weighs: seed neurons plus NEURONS_PER_LAYER per head layer."""
+        return self.seed.neurons + NEURONS_PER_LAYER * self.layers
 
 
 def next_error(kind: str, e: float) -> float:
@@ -88,7 +93,7 @@ def choose(kind: str, lo: float, hi: float, tol: float, relative: bool = False,
     """The cheapest seeded refinement of `kind` on [lo, hi] for the budget, unless the direct
     fit (`direct` neurons; None where no direct fit meets the budget) costs less; and why."""
     ref = _cheapest(kind, lo, hi, tol, relative)
-    cost = None if ref is None else ref.seed.neurons + NEURONS_PER_LAYER * ref.layers
+    cost = None if ref is None else ref.cost
     if ref is None or (direct is not None and direct <= cost):
         if direct is None:
             return None, ""
@@ -102,7 +107,7 @@ def choose(kind: str, lo: float, hi: float, tol: float, relative: bool = False,
     why = (f"refined: seed {ref.seed.neurons} neurons (relative error {ref.seed.max_error:.2g}) "
            f"+ {ref.layers} head layers ({ref.steps} Newton steps) to relative error "
            f"{ref.rel_error:.2g}; cost {cost} at {NEURONS_PER_LAYER} neurons per layer, {alt}")
-    return Refinement(**{**ref.__dict__, "choice": why}), why
+    return replace(ref, choice=why), why
 
 
 def _cheapest(kind, lo, hi, tol, relative) -> Refinement | None:
@@ -126,11 +131,11 @@ def _cheapest(kind, lo, hi, tol, relative) -> Refinement | None:
         if found is None or found[0] == 0:
             continue
         steps, err = found
-        layers = steps + (kind != "reciprocal")
-        cost = seed.neurons + NEURONS_PER_LAYER * layers
-        if best is None or cost < best[0]:
-            best = (cost, Refinement(kind, lo, hi, seed, steps, err, target, layers, negative, floor))
-    return None if best is None else best[1]
+        ref = Refinement(kind, lo, hi, seed, steps, err, target, steps + (kind != "reciprocal"),
+                         negative, floor)
+        if best is None or ref.cost < best.cost:
+            best = ref
+    return best
 
 
 def direct_neurons(kind: str, lo: float, hi: float, tol: float, relative: bool,
