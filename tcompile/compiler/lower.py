@@ -313,15 +313,17 @@ class Lowering:
 
     def _only_reciprocals(self, nid) -> bool:
         users = [s for s in self.g.successors(nid) if s in self.live]
-        return bool(users) and nid not in self.df.outputs.values() and all(self.g.nodes[s]["op"] == "call" and self.g.nodes[s]["func"]
-                                   == "reciprocal" for s in users)
+        return bool(users) and nid not in self.df.outputs.values() and all(
+            self.g.nodes[s]["op"] == "call" and self.g.nodes[s]["func"] == "reciprocal"
+            for s in users)
 
     # ---- elementwise -----------------------------------------------------------------------
     def is_gate(self, atom_id) -> str | None:
+        """'sign' or 'flag' for an input declared so (an exact MLP gate), else None."""
         node = self.g.nodes[atom_id]
-        if node["op"] == "input" and (node.get("sign") or node.get("flag")):
-            return "sign" if node.get("sign") else "flag"
-        return None
+        if node["op"] != "input":
+            return None
+        return "sign" if node.get("sign") else "flag" if node.get("flag") else None
 
     def real_leaves(self, expr) -> set[int]:
         return {a for a in leaves(expr) if self.is_gate(a) is None}

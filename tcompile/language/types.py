@@ -38,10 +38,6 @@ class Ty:
         return self.shape is not None and TOKEN in self.shape
 
     @property
-    def is_scalar(self) -> bool:
-        return self.shape == ()
-
-    @property
     def bounded(self) -> bool:
         return self.lo is not None and self.hi is not None and math.isfinite(self.lo) and math.isfinite(self.hi)
 
