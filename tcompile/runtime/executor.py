@@ -14,7 +14,7 @@ derived from the same LayerWeights and the Layout (exec_plan.py, exec_sublayers.
 
 It computes the same function as the module (tests/test_executor.py: ≤ 1e-13 relative in
 float64); the module stays the reference for hooks, run_with_cache, trace and fine-tuning.
-Per (n, dtype, device) the plan is resolved once into tensors and cached (exec_ops.py).
+Per (n, dtype, device) the plan is resolved once into tensors (exec_ops.py) and kept.
 """
 from __future__ import annotations
 
@@ -60,8 +60,8 @@ class _Sublayer:
         for slot, old_op, ts in writes:
             resolved = []
             for i, src, dst in ts:
-                width = len(ops[i].linear_map()) if ops[i].linear_map() is not None \
-                    else len(plan.contribs[i].out_rows)
+                M = ops[i].linear_map()         # rows pruned: fewer than the contribution's
+                width = len(M) if M is not None else len(plan.contribs[i].out_rows)
                 resolved.append((i, None if src == tuple(range(width)) else list(src),
                                  concrete(plan.contribs[i].ext, n),
                                  None if dst == tuple(range(len(slot.rows)))
@@ -212,7 +212,7 @@ class StructuredExecutor:
     def body(self, res: _Resolved, state: dict) -> dict:
         """The sublayers on a state of input slots; what `executor="compiled"` captures."""
         state = dict(state)
-        B = next(iter(state.values())).shape[0] if state else 1
+        B = _batch(state)
         state.update(res.consts)
         for sub, drop in zip(res.sublayers, self._drop):
             sub(state, res.like)
@@ -245,8 +245,7 @@ class CompiledExecutor:
         return self.run_state(self.base.state_from_embedding(x), x.shape[1], x.dtype, x.device)
 
     def run_state(self, state: dict, n: int, dtype, device) -> dict:
-        B = next(iter(state.values())).shape[0] if state else 1
-        key = (n, B, dtype, str(device))
+        key = (n, _batch(state), dtype, str(device))
         if key not in self._fns:
             # every graph is a recompile of the one code object StructuredExecutor.body:
             # past dynamo's limit (8) it would silently run eager, so raise it (process-wide)
@@ -273,6 +272,11 @@ def executor_for(prog, kind: str):
     if kind == "compiled" and kind not in cache:
         cache["compiled"] = CompiledExecutor(cache["structured"])
     return cache[kind]
+
+
+def _batch(state: dict) -> int:
+    """The batch size of a state of input slots (1 for a program without inputs)."""
+    return next(iter(state.values())).shape[0] if state else 1
 
 
 def _reads(c):
