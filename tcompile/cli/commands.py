@@ -4,14 +4,13 @@ Commands that read an artifact go through the runtime only (`CompiledProgram.loa
 and `check` compile, so they import the compiler, inside the function."""
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from .common import EXIT_CHECK_FAILED, EXIT_OK, UsageError, parse_param_overrides
 from ..errors import InputError, TcompileError
-from .outputs import output_file, write_npz
+from .outputs import output_file, write_npz, writing
 from ..runtime.program import CompiledProgram
 
 
@@ -161,20 +160,10 @@ def cmd_trace(args) -> int:
     rows = prog.trace(**load_npz(args.inputs))
     print(format_trace(rows, source_lines(prog)))
     if args.out:
-        with _writing(args.out):
+        with writing(args.out):
             write_trace(rows, Path(args.out))
         print(f"wrote {args.out}")
     return EXIT_OK
-
-
-@contextmanager
-def _writing(target):
-    """An OSError while writing output (a path through a file, no permission, a full disk) is
-    the user's to fix: say which target and why, without a traceback."""
-    try:
-        yield
-    except OSError as e:
-        raise TcompileError(f"cannot write {str(target)!r}: {e.strerror or e}") from None
 
 
 def cmd_plot(args) -> int:
@@ -190,7 +179,7 @@ def cmd_plot(args) -> int:
     if args.layer is not None and not 0 <= args.layer < prog.n_layers:
         raise UsageError(f"--layer {args.layer}: {prog.name} has layers 0 to {prog.n_layers - 1}")
     inputs = load_npz(args.inputs) if args.inputs else None
-    with _writing(out):
+    with writing(out):
         paths = plot(prog, args.what, out, inputs, layer=args.layer)
     for p in paths:
         print(f"wrote {p}")

@@ -4,12 +4,15 @@ work and written atomically, and the memory a build may use (`--max-memory SIZE`
 A result file is checked before the model runs (so a mistake costs nothing): it must not be a
 directory, and must not be the `--inputs` file it would silently overwrite (the same path, or
 another name for the same file). It is then written through runtime/files.py: the old file or
-the new one, never a truncated one, never a temporary left behind.
+the new one, never a truncated one, never a temporary left behind. A write that fails (a path
+through a file, no permission, a full disk) is a TcompileError naming the target (`writing`,
+also what `trace -o` and `plot` write under).
 """
 from __future__ import annotations
 
 import io
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from .common import UsageError
@@ -52,16 +55,24 @@ MAX_MEMORY_HELP = ("refuse to build a model whose dense weights exceed SIZE (e.g
                    "none); default: half the memory available now")
 
 
+@contextmanager
+def writing(target):
+    """An OSError while writing output (a path through a file, no permission, a full disk) is
+    the user's to fix: say which target and why, without a traceback."""
+    try:
+        yield
+    except OSError as e:
+        raise TcompileError(f"cannot write {str(target)!r}: {e.strerror or e}") from None
+
+
 def write_npz(path: Path, arrays: dict) -> None:
     """Write an .npz of the arrays at exactly `path` (numpy would append .npz), atomically."""
     import numpy as np                   # here: `tcompile --help` imports this module
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    try:
+    with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, buf.getvalue())
-    except OSError as e:
-        raise TcompileError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
 
 
-__all__ = ["output_file", "write_npz", "memory_size", "MAX_MEMORY_HELP"]
+__all__ = ["output_file", "writing", "write_npz", "memory_size", "MAX_MEMORY_HELP"]
