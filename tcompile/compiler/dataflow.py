@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 import networkx as nx
 
 from ..language.checker import TOKEN, Ty, Val, Walker, resolve_params
+from ..language.types import is_square
 from ..errors import CompileError
 
 
@@ -262,7 +263,7 @@ class GraphBuilder(Walker):
         bounds (a square matrix was perhaps meant as M @ M)."""
         if ta.bounded:
             return
-        matrix = ta.shape is not None and len(ta.shape) == 2 and ta.shape[0] == ta.shape[1]
+        matrix = is_square(ta.shape)
         raise CompileError(f"{written} squares every entry, which the compiled "
                            "model approximates on a known range, and this value has no known "
                            "bounds", loc, source=self.src,

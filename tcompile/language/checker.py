@@ -26,7 +26,7 @@ import numpy as np
 from . import ast
 from .functions import EXACT as _EXACT_FUNCTIONS
 from .types import (TOKEN, Ty, Val, _divisible, _interval, check_holdable,  # noqa: F401 (re-exported)
-                    elementwise_shape, fmt_shape, matmul_shape)
+                    elementwise_shape, fmt_shape, is_square, matmul_shape)
 from ..errors import ParamError, ProgramError, SourceLocation
 
 SCALAR_FUNCTIONS = {"sigmoid", "sqrt", "reciprocal", "exp", "log", "softplus", "abs", "relu"}
@@ -185,8 +185,7 @@ class Walker:
             return replace(ty, sign=True, lo=-1.0, hi=1.0)
         if q.kind == "flag":
             return replace(ty, flag=True, lo=0.0, hi=1.0)
-        if q.kind in ("symmetric", "spectrum") and not (
-                ty.shape and len(ty.shape) == 2 and ty.shape[0] == ty.shape[1]):
+        if q.kind in ("symmetric", "spectrum") and not is_square(ty.shape):
             raise self.err(f"'{q.kind}' needs a square matrix, not {fmt_shape(ty.shape)}", q.loc)
         if q.kind == "symmetric":
             return replace(ty, symmetric=True)
@@ -496,10 +495,8 @@ class Walker:
             raise self.err(f"{e.func}() takes {arity} argument{'s' * (arity > 1)}, got {len(e.args)}",
                            e.loc, expected=f"{e.func}(" + ", ".join(["x", "lo", "hi"][:arity]) + ")")
         args = tuple(self.eval(a, env) for a in e.args)
+        self.require_size(e.func, e.args[0], args[0])
         t = args[0].ty
-        if t.shape is None:
-            raise self.err(f"{e.func}() of I: the size of I is unknown here", e.args[0].loc,
-                           expected="a value of known shape")
         domain = self._declared_domain(e, env)
         tol = self.tolerance(e.tol, e.tol_rel, env)
         if e.func == "clip":
@@ -522,6 +519,12 @@ class Walker:
             domain = (t.lo, t.hi) if t.bounded else None
         lo, hi = self._image(e, domain)
         return self.apply("call", Ty(t.shape, lo=lo, hi=hi), args, (e, domain, tol, e.tol_rel))
+
+    def require_size(self, func: str, arg: ast.Expr, val: Val) -> None:
+        """A builtin's argument must have a shape: an unsized multiple of I has none yet."""
+        if val.ty.shape is None:
+            raise self.err(f"{func}() of I: the size of I is unknown here", arg.loc,
+                           expected="a value of known shape")
 
     def _declared_domain(self, e: ast.Call, env) -> tuple[float, float] | None:
         """The `on [lo, hi]` of a builtin call as numbers (None without one); never empty."""

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import math
 
-from .types import TOKEN, Ty, check_holdable, elementwise_shape, fmt_shape
+from .types import TOKEN, Ty, check_holdable, elementwise_shape, fmt_shape, is_square
+
 
 def call_structural(walker, e, env):
     """Check (and, through walker.apply, evaluate) one structural builtin call."""
@@ -32,9 +33,7 @@ def call_structural(walker, e, env):
                          e.loc, expected=f"{e.func}(" + ", ".join("uv"[:arity] if arity > 1 else "x") + ")")
     args = tuple(walker.eval(a, env) for a in e.args)
     for a, val in zip(e.args, args):
-        if val.ty.shape is None:
-            raise walker.err(f"{e.func}() of I: the size of I is unknown here", a.loc,
-                             expected="a value of known shape")
+        walker.require_size(e.func, a, val)
     if e.func == "diag":
         return _diag(walker, e, args[0])
     if e.func == "sum":
@@ -62,15 +61,15 @@ def _fill(walker, e, env):
     shape = tuple(shape)
     check_holdable(shape, e.loc, walker.src)
     value = 1.0 if e.func == "ones" else 0.0
-    return walker.apply("fill", Ty(shape, lo=value, hi=value, flag=True, symmetric=len(shape) == 2
-                                   and shape[0] == shape[1]), (), (e, value))
+    return walker.apply("fill", Ty(shape, lo=value, hi=value, flag=True,
+                                   symmetric=is_square(shape)), (), (e, value))
 
 
 def _diag(walker, e, x):
     shape = x.ty.shape
     if len(shape) == 1 and shape[0] != TOKEN:
         out = (shape[0], shape[0])
-    elif len(shape) == 2 and shape[0] == shape[1] and TOKEN not in shape:
+    elif is_square(shape) and TOKEN not in shape:
         out = (shape[0],)
     else:
         raise walker.err(f"diag() of a {fmt_shape(shape)} value", e.args[0].loc,
@@ -84,7 +83,7 @@ def _diag(walker, e, x):
 
 
 def _max_min(walker, e, args):
-    (a, b) = args
+    a, b = args
     ta, tb = a.ty, b.ty
     shape = elementwise_shape("+", ta, tb, e.loc, walker.src)
     pick = max if e.func == "max" else min

@@ -74,8 +74,7 @@ def elementwise_shape(op: str, a: Ty, b: Ty, loc, src) -> tuple | None:
         if other is None or other == ():
             if op in "*/" or other is None:
                 return None
-        if op in "+-" and other is not None and len(other) == 2 and other[0] == other[1] \
-                and TOKEN not in other:
+        if op in "+-" and is_square(other) and TOKEN not in other:
             return other
         if op in "*/" and other == ():
             return None
@@ -113,6 +112,11 @@ def matmul_shape(a: Ty, b: Ty, loc, src) -> tuple | None:
                            f"({la[1]} vs {lb[0]})", loc,
                            expected=f"a right operand whose first axis is {la[1]}", source=src)
     return tuple(x for x in (la[0], lb[1]) if x is not None)
+
+
+def is_square(shape) -> bool:
+    """A [k, k] matrix ([n, n] never gets this far: check_holdable refuses it)."""
+    return shape is not None and len(shape) == 2 and shape[0] == shape[1]
 
 
 def check_holdable(shape, loc, src):
