@@ -19,8 +19,8 @@ Format version 3 (this module is the only one that knows it):
 One file means one atomic rename (files.py): a reader sees the old artifact or the new one,
 never new weights with an old manifest. The JSON copy is renamed after it, with signals held
 across both. Older artifacts (format 1: two files, manifest in the JSON; format 2: the manifest's
-blocks and layers not yet as tables) get a clear error asking for a rebuild. The manifest JSON is written key by key in a fixed order, so the same build always
-gives the same bytes.
+blocks and layers not yet as tables) get a clear error asking for a rebuild. The manifest
+JSON is written key by key in a fixed order, so the same build always gives the same bytes.
 
 It returns and takes typed objects only; building a `CompiledProgram` from them is
 program.py's business (program imports this module, never the reverse).
@@ -144,8 +144,6 @@ def _block_from_json(b: dict) -> Block:
                  vars=b.get("vars", []), name=b.get("name"), const=b.get("const"))
 
 
-
-
 def _check_encoder_blocks(layout: Layout) -> None:
     """What the encoder will look up must exist: every input block names a declared input,
     every declared input has a block, every constant block a constant the encoder knows."""
@@ -167,8 +165,6 @@ def _check_encoder_blocks(layout: Layout) -> None:
 
 _PARTS = {"W_K": "attn", "W_Q": "attn", "W_V": "attn", "W_1": "mlp", "W_2": "mlp"}
 _DIGEST_TAG = b"tcompile-artifact-digest/2\0"
-
-
 _TENSORS = ("weights.index", "weights.values", "weights.counts")
 
 
@@ -228,8 +224,7 @@ def write_artifact(path, manifest: Manifest, layers: list[LayerWeights], report:
     """Write PATH.safetensors (the artifact) and PATH.json (a readable copy of its manifest);
     return both paths, the artifact first. A failure writes nothing."""
     st_path, json_path = artifact_paths(path)
-    index, values, counts = pack(_weight_list(manifest.layout, layers))
-    tensors = {"weights.index": index, "weights.values": values, "weights.counts": counts}
+    tensors = dict(zip(_TENSORS, pack(_weight_list(manifest.layout, layers))))
     doc = manifest_to_json(manifest)
     text = json.dumps(_compact(doc), separators=(",", ":"), ensure_ascii=False,
                       default=_jsonable)

@@ -138,8 +138,6 @@ def build_table(a: np.ndarray, b: np.ndarray, C: np.ndarray):
     return bp.astype(np.float64), sums[0], sums[1]
 
 
-
-
 def bucket_index(bp: np.ndarray, max_probe: int = 4, max_cells: int = 1 << 16):
     """A uniform grid over the breakpoints for an exact searchsorted in O(1): with
     j = clamp(floor((s − bp[0]) / h), 0, G − 1),
