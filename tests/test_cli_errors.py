@@ -7,8 +7,6 @@ stderr captured, the same code `python -m tcompile` runs.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import subprocess
 import sys
@@ -16,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_in_process import run_in_process
 from tcompile.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,21 +41,11 @@ def runs(tmp_path_factory):
     args = [sys.executable, "-m", "tcompile", *map(str, jobs["no_file"][0])]
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    results = {name: (_in_process(list(map(str, job[0]))), job[1], job[2])
+    results = {name: (run_in_process(job[0]), job[1], job[2])
                for name, job in jobs.items() if name != "no_file"}
     stdout, stderr = proc.communicate(timeout=180)
     results["no_file"] = (subprocess.CompletedProcess(args, proc.returncode, stdout, stderr), None, None)
     return results
-
-
-def _in_process(argv: list[str]) -> subprocess.CompletedProcess:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(argv)
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 2
-    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def is_empty(directory: Path) -> bool:

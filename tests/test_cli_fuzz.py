@@ -8,14 +8,13 @@ has its own tests; here a case must be cheap.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cli_in_process import run_in_process
 from tcompile.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,15 +101,11 @@ def draw(rnd: random.Random, pool: dict[str, list[str]]) -> list[str]:
 
 
 def run_cli(argv: list[str]) -> tuple[int, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(argv)
-        except SystemExit as e:                      # argparse: --help (0) or usage (2)
-            code = e.code if isinstance(e.code, int) else 2
-        except Exception as e:                       # escaped main: would be a traceback
-            return -1, f"Traceback: {type(e).__name__}: {e}"
-    return code, out.getvalue() + err.getvalue()
+    try:
+        r = run_in_process(argv)
+    except Exception as e:                           # escaped main: would be a traceback
+        return -1, f"Traceback: {type(e).__name__}: {e}"
+    return r.returncode, r.stdout + r.stderr
 
 
 def test_random_command_lines_end_with_a_documented_exit_status(files, monkeypatch):

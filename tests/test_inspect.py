@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from pathlib import Path
 
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -20,6 +19,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import tcompile  # noqa: E402
+from cli_in_process import run_in_process  # noqa: E402
 from tcompile.inspection import plots  # noqa: E402
 from tcompile.cli.main import main  # noqa: E402
 from tcompile.inspection.sampling import sample_inputs  # noqa: E402
@@ -445,21 +445,6 @@ def test_convergence_data_matches_the_exact_iterates(progs, inputs):
 
 # ---- the command line, end to end ----------------------------------------------------------
 
-def _run_cli(args) -> subprocess.CompletedProcess:
-    """The CLI in this process (tcompile.cli.main.main), stdout and stderr captured: the same
-    code path as `python -m tcompile` without starting torch again per command (test_artifact_cli
-    and test_cli_errors keep the real-process checks)."""
-    import contextlib
-    import io
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 2
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
-
-
 @pytest.fixture(scope="module")
 def artifacts(progs, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("inspect_art")
@@ -477,10 +462,10 @@ def cli(artifacts, inputs, tmp_path_factory):
     np.savez(paths["inputs"], **inputs["least_squares"])
     art = artifacts["least_squares"]
     results = {
-        "report": _run_cli(["report", artifacts["newton_logistic"]]),
-        "layout": _run_cli(["plot", art, "--what", "layout", "-o", paths["layout"]]),
-        "trace_csv": _run_cli(["trace", art, "--inputs", paths["inputs"], "-o", paths["csv"]]),
-        "conv_noinputs": _run_cli(["plot", art, "--what", "convergence", "-o", paths["noinputs"]]),
+        "report": run_in_process(["report", artifacts["newton_logistic"]]),
+        "layout": run_in_process(["plot", art, "--what", "layout", "-o", paths["layout"]]),
+        "trace_csv": run_in_process(["trace", art, "--inputs", paths["inputs"], "-o", paths["csv"]]),
+        "conv_noinputs": run_in_process(["plot", art, "--what", "convergence", "-o", paths["noinputs"]]),
     }
     results["paths"] = paths
     return results
