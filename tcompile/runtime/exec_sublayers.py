@@ -55,7 +55,7 @@ def plan_heads(w: LayerWeights, occ: Occupancy) -> list[HeadSpec]:
     specs = []
     for h in range(w.heads):
         Wk, Wq, Wv = w.W_K[h], w.W_Q[h], w.W_V[h]
-        keep = np.flatnonzero(np.any(Wk != 0, axis=1) & np.any(Wq != 0, axis=1))
+        keep = np.intersect1d(nonzero_rows(Wk), nonzero_rows(Wq))    # rows of Kᵀ Q that count
         rk, rq = nonzero_cols(Wk[keep]), nonzero_cols(Wq[keep])
         out, rv = nonzero_rows(Wv), nonzero_cols(Wv)
         if not (len(keep) and len(out)):

@@ -52,7 +52,7 @@ def _direction_key(row: np.ndarray):
 
 def plan_mlp(W1: np.ndarray, W2: np.ndarray, occ: Occupancy) -> list[MlpGroup]:
     """Partition the units of one MLP that can write something nonzero into groups."""
-    units = np.flatnonzero(np.any(W1 != 0, axis=1) & np.any(W2 != 0, axis=0))
+    units = np.intersect1d(nonzero_rows(W1), nonzero_cols(W2))     # read and written
     if not len(units):
         return []
     rows = nonzero_cols(W1[units])
