@@ -52,17 +52,14 @@ def exact_pl(e: Expr, cont, env, label: str, tol: float) -> PLApprox | None:
         if aff[0] != 0.0:
             levels = [0.0] if c.func != "clip" else list(c.fargs)
             kinks += [(lv - aff[1]) / aff[0] for lv in levels]
-    # a function of u alone? (products of the leaf with itself are not PL)
     kinks = sorted(set(kinks))
-
-    def f(u):
-        return np.broadcast_to(evaluate(e, {**env, cont: u} if cont is not None else env),
-                               np.shape(u)).astype(float)
+    f = _leaf_function(e, cont, env)
     span = max([1.0] + [abs(k) for k in kinks])
     probe = np.array(sorted(set([kinks[0] - span if kinks else -span] + kinks +
                                [kinks[-1] + span if kinks else span])))
-    # slopes between consecutive probes, checked linear on each piece
-    xs, slopes = [], []
+    # slopes between consecutive probes, checked linear on each piece (products of the leaf
+    # with itself are not PL)
+    slopes = []
     for a, b in zip(probe[:-1], probe[1:]):
         mid = (a + b) / 2
         pts = np.array([a, (a + mid) / 2, mid, (mid + b) / 2, b])
@@ -70,7 +67,6 @@ def exact_pl(e: Expr, cont, env, label: str, tol: float) -> PLApprox | None:
         sl = (vals[-1] - vals[0]) / (b - a)
         if np.max(np.abs(vals - (vals[0] + sl * (pts - a)))) > 1e-12 * max(1.0, np.max(np.abs(vals))):
             return None                     # not linear between kinks (e.g. u * u)
-        xs.append(a)
         slopes.append(sl)
     left = slopes[0]
     x0 = probe[0]
@@ -204,12 +200,7 @@ class PieceBuilder:
         fits: dict[tuple, PLApprox] = {}
         grid = np.linspace(lo, hi, 257)
         for pat in patterns:
-            env = {g: v for (g, _), v in zip(gates, pat)}
-
-            def f(u, env=env):
-                return np.broadcast_to(evaluate(e, {**env, cont: u} if cont is not None else env),
-                                       np.shape(u)).astype(float)
-
+            f = _leaf_function(e, cont, _pattern_env(gates, pat))
             fits[pat] = (f, f(grid))
         # patterns whose functions differ by constants share one fit plus gated constants:
         # p(1 − p) does not depend on y at all, y·σ(−y z) = σ(−z) + (y − 1)/2
@@ -279,14 +270,7 @@ class PieceBuilder:
         """Where the piece is fitted: the declared domains pulled back to the leaf, for every
         sign pattern, intersected with the leaf's own bounds; [0, 1] for a function of
         signs only (its leaf-free value is read at any point)."""
-        lo, hi = -math.inf, math.inf
-        for pat in patterns:
-            env = {g: v for (g, _), v in zip(gates, pat)}
-            for a, b in (pulled_back_domains(e, cont, env) if cont is not None else []):
-                lo, hi = max(lo, a), min(hi, b)
-        if cont is not None and cont in bounds:
-            blo, bhi = bounds[cont]
-            lo, hi = max(lo, blo), min(hi, bhi)
+        lo, hi = _leaf_interval(e, cont, gates, patterns, bounds)
         if cont is None:
             lo, hi = 0.0, 1.0
         if not (math.isfinite(lo) and math.isfinite(hi)):
@@ -306,8 +290,7 @@ class PieceBuilder:
         (gating by signs still needs bounds on the real leaf for its offsets)."""
         forms = {}
         for pat in patterns:
-            env = {g: v for (g, _), v in zip(gates, pat)}
-            pl = exact_pl(e, cont, env, label, tol)
+            pl = exact_pl(e, cont, _pattern_env(gates, pat), label, tol)
             if pl is None:
                 return None
             forms[pat] = pl
@@ -320,13 +303,8 @@ class PieceBuilder:
             piece = UnaryPiece(cont, gates if offsets else [], {(): first}, -math.inf, math.inf,
                                label, offsets=offsets)
         else:
-            lo, hi = -math.inf, math.inf        # gates need bounds: the leaf's, or declared domains
-            if cont is not None and cont in bounds:
-                lo, hi = bounds[cont]
-            for pat in patterns:
-                env = {g: v for (g, _), v in zip(gates, pat)}
-                for a, b in (pulled_back_domains(e, cont, env) if cont is not None else []):
-                    lo, hi = max(lo, a), min(hi, b)
+            # gates need bounds: the leaf's, or declared domains
+            lo, hi = _leaf_interval(e, cont, gates, patterns, bounds)
             if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
                 return None
             piece = UnaryPiece(cont, gates, forms, lo, hi, label)
@@ -350,6 +328,34 @@ class PieceBuilder:
         piece.approximations = [Approximation(f"(u+v)^2 of u*v = {label}", plus_lo, plus_hi, piece.plus),
                                 Approximation(f"(u-v)^2 of u*v = {label}", minus_lo, minus_hi, piece.minus)]
         return piece
+
+
+def _pattern_env(gates, pat) -> dict:
+    """The gate atoms' values under one sign/flag pattern."""
+    return {g: v for (g, _), v in zip(gates, pat)}
+
+
+def _leaf_function(e, cont, env):
+    """e as a function of the leaf's values u (float arrays of u's shape), gates fixed by env."""
+    def f(u):
+        return np.broadcast_to(evaluate(e, {**env, cont: u} if cont is not None else env),
+                               np.shape(u)).astype(float)
+    return f
+
+
+def _leaf_interval(e, cont, gates, patterns, bounds) -> tuple[float, float]:
+    """The leaf's bounds intersected with the domains declared inside e, pulled back to the
+    leaf under every pattern; (−inf, inf) where nothing bounds it (or there is no leaf)."""
+    lo, hi = -math.inf, math.inf
+    if cont is None:
+        return lo, hi
+    for pat in patterns:
+        for a, b in pulled_back_domains(e, cont, _pattern_env(gates, pat)):
+            lo, hi = max(lo, a), min(hi, b)
+    if cont in bounds:
+        blo, bhi = bounds[cont]
+        lo, hi = max(lo, blo), min(hi, bhi)
+    return lo, hi
 
 
 def _power_of(e, cont, lo, hi) -> tuple[float, float] | None:
