@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import tcompile
+from arrays import rel
 from tcompile import ArtifactError
 from tcompile.cli.main import main
 
@@ -28,12 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 NEWTON_INVERSE = ROOT / "programs" / "newton_inverse.tp"
 LEAST_SQUARES = ROOT / "programs" / "least_squares.tp"
 CUDA = torch.cuda.is_available()
-
-
-def rel(got, want) -> float:
-    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
-    assert got.shape == want.shape, (got.shape, want.shape)
-    return float(np.max(np.abs(got - want)) / max(float(np.max(np.abs(want))), 1e-300))
 
 
 def ls_inputs(seed=0, n=10, d=4, batch=3):

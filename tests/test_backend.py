@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import tcompile
+from arrays import rel, with_singular_values
 from tcompile import CompileError, InputError
 from tcompile.compiler.pipeline import compile_source
 from tcompile.language.interpreter import interpret_program
@@ -24,22 +25,9 @@ NEWTON_INVERSE = ROOT / "programs" / "newton_inverse.tp"
 LEAST_SQUARES = ROOT / "programs" / "least_squares.tp"
 
 
-def rel(got, want) -> float:
-    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
-    assert got.shape == want.shape, (got.shape, want.shape)
-    return float(np.max(np.abs(got - want)) / max(float(np.max(np.abs(want))), 1e-300))
-
-
 @lru_cache(maxsize=None)
 def compiled(path: Path, **params):
     return tcompile.compile_file(path, params=params)
-
-
-def with_singular_values(rng, rows, cols, sv):
-    """A random NON-symmetric rows x cols matrix U diag(sv) V^T, U and V random orthogonal."""
-    u, _ = np.linalg.qr(rng.standard_normal((rows, cols)))
-    v, _ = np.linalg.qr(rng.standard_normal((cols, cols)))
-    return (u * np.asarray(sv)) @ v.T
 
 
 def inverse_batch(seed, d, kappa, batch=3):

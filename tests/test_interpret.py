@@ -11,6 +11,7 @@ from scipy.special import expit
 from sklearn.datasets import load_breast_cancer, load_diabetes
 
 import tcompile
+from arrays import with_singular_values
 from tcompile import InputError
 from tcompile.language.interpreter import interpret_program
 from tcompile.language.parser import parse_source
@@ -23,13 +24,6 @@ NEWTON_LOGISTIC = ROOT / "programs" / "newton_logistic.tp"
 
 def rel(x, ref) -> float:
     return float(np.linalg.norm(np.asarray(x) - ref) / np.linalg.norm(ref))
-
-
-def with_singular_values(rng, rows, cols, sv):
-    """A random (non-symmetric) rows x cols matrix with the given singular values."""
-    u, _ = np.linalg.qr(rng.standard_normal((rows, cols)))
-    v, _ = np.linalg.qr(rng.standard_normal((cols, cols)))
-    return u @ np.diag(sv) @ v.T
 
 
 # ---- data generators -----------------------------------------------------------------------
