@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import tcompile
+from arrays import rel
 from tcompile.errors import InputError
 from tcompile.inspection.sampling import sample_inputs
 from tcompile.runtime.executor import StructuredExecutor, executor_for
@@ -30,15 +31,8 @@ SHIPPED = [
 
 
 def rel_gap(got: dict, want: dict) -> float:
-    """Worst over outputs of max|got − want| / max|want| (a floor of 1e-300 for all-zero)."""
-    worst = 0.0
-    for k, w in want.items():
-        w = np.asarray(w, dtype=np.float64)
-        g = np.asarray(got[k], dtype=np.float64)
-        assert g.shape == w.shape, k
-        worst = max(worst, float(np.max(np.abs(g - w), initial=0.0) /
-                                 max(np.max(np.abs(w), initial=0.0), 1e-300)))
-    return worst
+    """Worst over outputs of arrays.rel: max|got − want| / max|want| (shapes must agree)."""
+    return max((rel(got[k], w) for k, w in want.items()), default=0.0)
 
 
 def module_outputs(prog, inputs: dict, dtype=torch.float64) -> dict:
