@@ -4,10 +4,8 @@ The layout names stored values `x@3` (the fourth assignment to x) and, for value
 variable holds, compiler temporaries (`tmp72`); approximated functions are named by their leaf
 expression (`reciprocal(sqrt((gᵀ@t72@g)) + 0.632456)`). The model card, plots and trace show
 instead the user's own text: `x@3` is "x (line 38)", found by re-walking the program's
-assignments with the checker; an approximation is the source statements that apply its
-functions. That second link is a match by function name (the manifest records no source
-position for a piece), which is exact for the usual one-call-per-function programs and lists
-every candidate line otherwise — the card says it matched by name.
+assignments with the checker; an approximation is the source statements that apply it, at the
+lines the compiler recorded for it in the manifest (`source_lines`).
 """
 from __future__ import annotations
 
@@ -16,7 +14,6 @@ from dataclasses import dataclass
 
 from ..language import ast
 from ..language.checker import Walker
-
 
 
 @dataclass(frozen=True)
