@@ -20,11 +20,13 @@ ROUNDING_PROBE = 1e-15        # relative input perturbation that stands in for f
 ROUNDING_FACTOR = 100.0       # how much worse than the interpreter's own rounding is tolerated
 
 
-def rounding_sensitivity(program, params, arrays: dict, n) -> dict[str, float]:
+def rounding_sensitivity(program, params, arrays: dict, n, base: dict | None = None) -> dict[str, float]:
     """How much each variable moves (relative) when the inputs move by ~1 ulp: the amount by
     which float64 rounding alone can separate two correct evaluations of this program on
-    these inputs."""
-    base = interpreter_assignments(program, params, arrays, n)
+    these inputs. `base`: the interpreter's values on these very inputs
+    (`interpreter_assignments`), if the caller has them already (trace does)."""
+    if base is None:
+        base = interpreter_assignments(program, params, arrays, n)
     rng = np.random.default_rng(0)
     nudged = {k: a * (1 + ROUNDING_PROBE * rng.choice([-1.0, 1.0], size=a.shape))
               for k, a in arrays.items()}
@@ -50,11 +52,12 @@ class Tolerances:
                                        if k.split("@")[0] in names])
 
 
-def tolerances(prog, inputs) -> Tolerances:
-    """The policy for compiled program `prog` on prepared inputs (`prog.prepare_inputs`)."""
+def tolerances(prog, inputs, reference: dict | None = None) -> Tolerances:
+    """The policy for compiled program `prog` on prepared inputs (`prog.prepare_inputs`);
+    `reference`: the interpreter's values on them, if already computed (rounding_sensitivity)."""
     params = prog.info.float_params()
     return Tolerances(prog.predicted_rtol(),
-                      rounding_sensitivity(prog.program, params, inputs.arrays, inputs.n))
+                      rounding_sensitivity(prog.program, params, inputs.arrays, inputs.n, reference))
 
 
 __all__ = ["ROUNDING_PROBE", "ROUNDING_FACTOR", "rounding_sensitivity", "Tolerances", "tolerances"]

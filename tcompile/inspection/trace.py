@@ -28,7 +28,7 @@ def trace_program(prog, **inputs) -> list[dict]:
     prepared = prog.prepare_inputs(inputs)
     want = interpreter_assignments(prog.program, prog.info.float_params(), prepared.arrays,
                                    prepared.n)
-    policy = tolerances(prog, prepared)
+    policy = tolerances(prog, prepared, want)          # before `want` gains the inputs
     want.update({f"input:{name}": a for name, a in prepared.arrays.items()})
     states = prog.sublayer_states(prepared)
     rows = []
