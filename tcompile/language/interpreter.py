@@ -48,8 +48,7 @@ class NumpyWalker(Walker):
         if op == "fill":
             return np.full([self.n if k == TOKEN else k for k in ty.shape], node[1])
         if op in ("max", "min"):
-            a, b = (_resolve(x, other) for x, other in ((xs[0], xs[1]), (xs[1], xs[0])))
-            a, b = _align_tokens(a, tys[0], b, tys[1])
+            a, b = _align_tokens(*_resolve_pair(*xs), tys[0], tys[1])
             return (np.maximum if op == "max" else np.minimum)(a, b)
         if op == "call":
             e = node[0]
@@ -57,7 +56,7 @@ class NumpyWalker(Walker):
                 return clip(xs[0], float(xs[1]), float(xs[2]))
             with np.errstate(all="ignore"):
                 return EXACT[e.func](xs[0])
-        a, b = (_resolve(x, other) for x, other in ((xs[0], xs[1]), (xs[1], xs[0])))
+        a, b = _resolve_pair(*xs)
         ta, tb = tys
         if op == "@":
             if isinstance(a, _ScaledIdentity):
@@ -71,7 +70,7 @@ class NumpyWalker(Walker):
             return np.power(a, float(b))
         if isinstance(a, _ScaledIdentity) or isinstance(b, _ScaledIdentity):
             return _scaled_identity_op(op, a, b)
-        a, b = _align_tokens(a, ta, b, tb)
+        a, b = _align_tokens(a, b, ta, tb)
         with np.errstate(divide="ignore", invalid="ignore"):
             return {"+": np.add, "-": np.subtract, "*": np.multiply, "/": np.divide}[op](a, b)
 
@@ -91,8 +90,12 @@ class _ScaledIdentity:
         return _ScaledIdentity(-self.scale)
 
 
+def _resolve_pair(a, b):
+    """Give c·I a size when it meets a square matrix (either operand)."""
+    return _resolve(a, b), _resolve(b, a)
+
+
 def _resolve(x, other):
-    """Give c·I a size when it meets a square matrix."""
     if isinstance(x, _ScaledIdentity) and isinstance(other, np.ndarray) and other.ndim == 2:
         return x.scale * np.eye(other.shape[0])
     return x
@@ -112,7 +115,7 @@ def _scaled_identity_op(op, a, b):
     raise AssertionError("the checker allows no other mix of unsized I")  # pragma: no cover
 
 
-def _align_tokens(a, ta: Ty, b, tb: Ty):
+def _align_tokens(a, b, ta: Ty, tb: Ty):
     """[n] with [n, k]: scale each token's row (numpy would need u[:, None])."""
     if ta.shape == (TOKEN,) and tb.shape is not None and len(tb.shape) == 2 and tb.shape[0] == TOKEN:
         return a[:, None], b
@@ -129,9 +132,7 @@ def interpret_program(program: ast.Program, params: dict | None = None, **inputs
     results: dict[str, list] = {}
     for b in range(size):
         walker = NumpyWalker(program, values, n)
-        walker.inputs = set(arrays)
-        env = {name: Val(walker.input_type(d), arrays[name][b]) for name, d in
-               ((d.name, d) for d in program.inputs)}
+        env = {d.name: Val(walker.input_type(d), arrays[d.name][b]) for d in program.inputs}
         for name, val in walker.run(env).items():
             results.setdefault(name, []).append(np.asarray(val.data, dtype=np.float64))
     out = {name: np.stack(v) for name, v in results.items()}
