@@ -266,7 +266,7 @@ def executor_for(prog, kind: str):
         raise InputError(f"executor must be one of {', '.join(EXECUTORS)}, got {kind!r}")
     if kind == "module":
         raise ValueError("executor 'module' is the nn.Module: use prog.module_for(dtype, device)")
-    cache = prog.__dict__.setdefault("_executors", {})
+    cache = prog._executors
     if "structured" not in cache:
         cache["structured"] = StructuredExecutor(prog.layers, prog.layout)
     if kind == "compiled" and kind not in cache:

@@ -40,7 +40,8 @@ class CompiledProgram:
     def __init__(self, manifest: Manifest, layers: list[LayerWeights]):
         self.typed_manifest = manifest
         self.layers = layers
-        self._modules: dict = {}
+        self._modules: dict = {}          # (dtype, device) → nn.Module (module_for)
+        self._executors: dict = {}        # kind → structured/compiled executor (executor_for)
 
     @classmethod
     def load(cls, path) -> "CompiledProgram":
