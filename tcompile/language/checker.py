@@ -435,11 +435,9 @@ class Walker:
                                + ("n" if by_n else "a compile-time number"), e.domain.loc)
             return None
         tol = self.tolerance(e.tol, e.tol_rel, env)
-        if e.domain is not None:
-            lo = self.const_of(e.domain.lo, "a domain bound", env)
-            hi = self.const_of(e.domain.hi, "a domain bound", env)
-            if not lo < hi:
-                raise self.err(f"empty domain [{lo:g}, {hi:g}]", e.domain.loc, expected="lo < hi")
+        domain = self._declared_domain(e, env)
+        if domain is not None:
+            lo, hi = domain
             if not (lo > 0 or hi < 0):
                 raise self.err(f"the divisor's domain [{lo:g}, {hi:g}] contains 0", e.domain.loc,
                                expected="an interval on one side of 0, e.g. on [1e-3, 10]")
@@ -526,8 +524,9 @@ class Walker:
             raise self.err(f"{func}() of I: the size of I is unknown here", arg.loc,
                            expected="a value of known shape")
 
-    def _declared_domain(self, e: ast.Call, env) -> tuple[float, float] | None:
-        """The `on [lo, hi]` of a builtin call as numbers (None without one); never empty."""
+    def _declared_domain(self, e: ast.Call | ast.BinOp, env) -> tuple[float, float] | None:
+        """The `on [lo, hi]` of a builtin call or a division as numbers (None without one);
+        never empty."""
         if e.domain is None:
             return None
         lo = self.const_of(e.domain.lo, "a domain bound", env)
