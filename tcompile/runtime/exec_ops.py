@@ -75,7 +75,7 @@ def fit(T: torch.Tensor, have: int, want: int) -> torch.Tensor:
 def const_array(op: ReadOp, consts: dict, like: torch.Tensor) -> np.ndarray:
     """A read of constant rows, evaluated once at plan time: (rows, e) in float64 numpy, for
     multiplying constant operands out before any input is seen."""
-    return op(consts, like).double().numpy()[0]
+    return op(consts, like).double().cpu().numpy()[0]      # constants may live on a GPU
 
 
 def _converters(dtype, device):
