@@ -243,12 +243,18 @@ def _relative_error(f, t, v, m=1024, iters=40):
 
     e = err(s)
     k = np.clip(np.argmax(e, axis=1), 1, m - 1)
-    left, right = s[k - 1][:, None], s[k + 1][:, None]
+    peak = _ternary_peak(err, s[k - 1][:, None], s[k + 1][:, None], iters)
+    return float(max(e.max(), err(peak).max()))
+
+
+def _ternary_peak(err, left, right, iters):
+    """Where `err` peaks in each row's bracket [left, right] (columns of interval fractions),
+    by `iters` steps of ternary search: the refinement that follows a sampled maximum."""
     for _ in range(iters):
         m1, m2 = left + (right - left) / 3, right - (right - left) / 3
         up = err(m1) < err(m2)
         left, right = np.where(up, m1, left), np.where(up, right, m2)
-    return float(max(e.max(), err((left + right) / 2).max()))
+    return (left + right) / 2
 
 
 def best_uniform_neurons(f: Callable, lo: float, hi: float, tol: float) -> int:
@@ -452,16 +458,12 @@ def _interval_max(f, t, v, m=64, iters=40):
     s = np.arange(m + 1) / m
     e = np.abs(_feval(f, a + h * s) - (va + dv * s))
     k = np.argmax(e[:, 1:-1], axis=1) + 1      # interior peak: the ends are exact samples already
-    left, right = s[k - 1][:, None], s[k + 1][:, None]
 
     def err(q):
         return np.abs(_feval(f, a + h * q) - (va + dv * q))
 
-    for _ in range(iters):
-        m1, m2 = left + (right - left) / 3, right - (right - left) / 3
-        up = err(m1) < err(m2)
-        left, right = np.where(up, m1, left), np.where(up, right, m2)
-    return np.maximum(e.max(axis=1), err((left + right) / 2)[:, 0])
+    peak = _ternary_peak(err, s[k - 1][:, None], s[k + 1][:, None], iters)
+    return np.maximum(e.max(axis=1), err(peak)[:, 0])
 
 
 def _verify(f, t, v, tol, xg, fg, where, cap):
