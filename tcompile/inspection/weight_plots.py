@@ -153,8 +153,8 @@ def _row_label(names: dict[str, str], owners: dict[int, str], r: int, lay) -> st
 
 
 def _cut(mat: np.ndarray, title: str, row_name, col_name) -> tuple:
-    rows = np.flatnonzero(np.any(mat != 0, axis=1))
-    cols = np.flatnonzero(np.any(mat != 0, axis=0))
+    from .flows import _nonzero                 # the rows and columns flows.py reads off too
+    rows, cols = _nonzero(mat, 1), _nonzero(mat, 0)
     if not len(rows) or not len(cols):
         return (np.zeros((1, 1)), title + " (all zero)", [""], [""])
     return (mat[np.ix_(rows, cols)], title, [row_name(r) for r in rows], [col_name(c) for c in cols])
