@@ -21,8 +21,7 @@ class Progress:
         self.after, self.every, self.clock = after, every, clock
         self.start = clock()
         self.current, self.announced = None, False
-        self.last_print = None
-        self.printed = False
+        self.last_print = None             # when the last line was printed (None: none yet)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._beat = None
@@ -39,7 +38,7 @@ class Progress:
             print(f"tcompile: {text} ({self._elapsed():.1f} s)", file=self.stream, flush=True)
         except (OSError, ValueError):      # a closed stderr stops progress, not the build
             self.stream = None
-        self.printed, self.last_print = True, self.clock()
+        self.last_print = self.clock()
 
     def _announce(self) -> None:
         if self.current and not self.announced and self.stream is not None and \
@@ -70,7 +69,7 @@ class Progress:
         """Stop the heartbeat; say 'done' if anything was shown (and the build succeeded)."""
         self._stop.set()
         with self._lock:
-            if ok and self.printed and self.stream is not None:
+            if ok and self.last_print is not None and self.stream is not None:
                 self._say("done")
 
 
