@@ -94,7 +94,7 @@ def _blocks(plan: Plan, outputs: dict[str, int], keys: dict) -> list[Block]:
     return blocks
 
 
-def operand_rows(plan: Plan, op: Operand) -> list[int]:
+def _operand_rows(plan: Plan, op: Operand) -> list[int]:
     """The rows a head operand reads: an atom's block, or the first k identity rows."""
     if op.kind == "atom":
         rows = plan.slots[(op.atom, op.transposed)].rows
@@ -121,7 +121,7 @@ def heads_of(written: list) -> list:
 
 def head_width(plan: Plan, heads: list) -> int:
     """dk of one attention sublayer: the most rows a head's K operand reads (1 if none)."""
-    return max((len(operand_rows(plan, y)) for (y, _), _ in heads), default=1)
+    return max((len(_operand_rows(plan, y)) for (y, _), _ in heads), default=1)
 
 
 def _attention_weights(plan: Plan, written: list, keys: dict):
@@ -132,9 +132,9 @@ def _attention_weights(plan: Plan, written: list, keys: dict):
         np.zeros((len(heads), D, D))
     labels = []
     for h, ((y, z), terms) in enumerate(heads):
-        for i, r in enumerate(operand_rows(plan, y)):
+        for i, r in enumerate(_operand_rows(plan, y)):
             W_K[h, i, r] = 1.0
-        for i, r in enumerate(operand_rows(plan, z)):
+        for i, r in enumerate(_operand_rows(plan, z)):
             W_Q[h, i, r] = 1.0
         for term in terms:
             _add_value_term(plan, W_V[h], term)
@@ -145,7 +145,7 @@ def _attention_weights(plan: Plan, written: list, keys: dict):
 def _add_value_term(plan: Plan, W_V: np.ndarray, term: HeadTerm) -> None:
     """coef · (rows of X) into the destination's rows; `x_rows` restricts to some of them
     (a subtraction of part of a dead block, or one row of a row-split head)."""
-    xr = operand_rows(plan, term.real.x)
+    xr = _operand_rows(plan, term.real.x)
     dest = plan.slots[term.dest].rows
     if len(xr) == 1 and term.x_rows is not None and term.real.z.row is not None:
         W_V[dest[term.x_rows[0]], xr[0]] += term.coef      # a row-split head
@@ -165,7 +165,7 @@ def _head_label(terms, y, z, keys) -> str:
     return f"K={_operand_label(y, keys)} Q={_operand_label(z, keys)} V: " + ", ".join(xs)
 
 
-def gate_rows(plan: Plan, atom, pair) -> list[int]:
+def _gate_rows(plan: Plan, atom, pair) -> list[int]:
     """Where a piece takes its constants from: the ones row for token values, else one
     identity row per column of the value."""
     if atom.is_token:
@@ -198,7 +198,7 @@ def mlp_units(plan: Plan, written: list, t_mlp: int) -> list:
 
         def rows_of(arg, a=a):
             return plan.slots[plan.mlp_input(arg, a)].rows
-        units += piece_units(atom.piece, rows_of, plan.slots[pair].rows, gate_rows(plan, atom, pair))
+        units += piece_units(atom.piece, rows_of, plan.slots[pair].rows, _gate_rows(plan, atom, pair))
     for q, idx, _p in plan.clear_terms.get(t_mlp, []):
         for i in idx:
             r = plan.slots[q].rows[i]
