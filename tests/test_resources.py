@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import tcompile
-import tcompile.compiler.pipeline as pipeline
+import tcompile.compiler.backend as backend
 from tcompile import ParamError
 from tcompile.cli.main import main
 from tcompile.compiler import budget
@@ -38,7 +38,7 @@ def estimates(monkeypatch):
         def spy(*a, _f=getattr(budget, name), _n=name, **k):
             seen[_n] = _f(*a, **k)
             return seen[_n]
-        monkeypatch.setattr(pipeline, name, spy)
+        monkeypatch.setattr(backend, name, spy)
     return seen
 
 
@@ -60,7 +60,7 @@ def test_estimates_match_the_emitted_weights(estimates, name, params):
 def test_huge_dims_are_refused_before_planning(monkeypatch, name, d):
     def no_planning(*a, **k):
         raise AssertionError("planned a model the early bound should have refused")
-    monkeypatch.setattr(pipeline, "plan_program", no_planning)
+    monkeypatch.setattr(backend, "plan_program", no_planning)
     with pytest.raises(ModelTooLarge) as e:
         tcompile.compile_file(PROGRAMS[name], params={"d": d}, max_memory=8 * 2 ** 30)
     msg = str(e.value)

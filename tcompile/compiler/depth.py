@@ -75,7 +75,8 @@ def _lower_layer(atoms: AtomTable, atom: Atom, lv, layer: int) -> Poly | None:
         current = {m: 1.0}
         for _ in range(MAX_FACTORS):          # a monomial may hold several late factors
             late = [(mm, i) for mm in current for i, (f, _t) in enumerate(mm.chain)
-                    if lv[f] == layer - 1 and atoms[f].kind == "attn"]
+                    if lv[f] == layer - 1 and atoms[f].kind == "attn"
+                    and not _crosses_iterations(atoms[f], atom)]
             if not late or any(lv[f] == layer - 1 for mm in current for f in mm.scalars):
                 break
             mm, i = late[0]
@@ -90,6 +91,13 @@ def _lower_layer(atoms: AtomTable, atom: Atom, lv, layer: int) -> Poly | None:
     if not realizable(atoms, poly, atom.cshape):
         return None
     return poly
+
+
+def _crosses_iterations(f: Atom, reader: Atom) -> bool:
+    """In a shared build, a loop's state is read stored by every later iteration: inlining
+    its definition there would let one layer run several iterations, which no stored body can
+    repeat. (Unrolled builds mark no loop state, and merge freely.)"""
+    return bool(f.node.get("loop_state")) and f.node.get("iteration") != reader.node.get("iteration")
 
 
 def _drop_unread(atoms: AtomTable, outputs: dict[str, int]) -> AtomTable:

@@ -44,13 +44,13 @@ class _Restart(Exception):
 class Lowering:
     """Expand every live node into a Poly, making atoms where three factors are not enough."""
 
-    def __init__(self, df: DataflowGraph):
+    def __init__(self, df: DataflowGraph, pieces: PieceBuilder | None = None):
         self.df = df
         self.g = df.graph
         self.atoms = AtomTable()
         self.polys: dict[int, Poly | Elementwise] = {}   # every expanded node, symbolically
         self.current: int | None = None
-        self.pieces = PieceBuilder(df.default_tol)
+        self.pieces = pieces or PieceBuilder(df.default_tol)
         self.piece_ranges: dict[int, tuple] = {}
         self.notes: dict[int, str] = {}                 # call → why it is fitted directly
         self._choices: dict[tuple, tuple] = {}          # (kind, domain, tol, rel) → refine.choose
@@ -471,8 +471,10 @@ class Lowering:
         return sum(1 for s in self.g.successors(nid) if s in self.live)
 
 
-def lower(df: DataflowGraph) -> AtomTable:
-    return Lowering(df).run()
+def lower(df: DataflowGraph, pieces: PieceBuilder | None = None) -> AtomTable:
+    """`pieces`: a PieceBuilder to take fits from (the shared build passes one to all the
+    unrollings it compiles, so each function is fitted once)."""
+    return Lowering(df, pieces).run()
 
 
 __all__ = ["lower"]

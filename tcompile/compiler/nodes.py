@@ -58,12 +58,18 @@ TOL_REL = "tol_rel"      # call: present (True) when TOL is relative (`tol rel e
                          #   |error| <= eps·|exact value|); absent when TOL is absolute
 VARS = "vars"            # the program variables this value is, as name@assignment-count
 CARRIED = "carried"      # True: a loop's state, handed to the next iteration (always stored)
+LOOP_STATE = "loop_state"  # shared builds only: "loop key/variable" on a loop's state at the end
+                         #   of an iteration; rows.py pins every iteration's value to one row set
+ITERATION = "iteration"  # shared builds only: ((loop key, index), ...) of the loop iterations
+                         #   being walked when the node was made; depth.py keeps a loop's state
+                         #   from being inlined into a later iteration (steady_state.py)
 REFINED = "refined"      # set by the lowering on a scalar refinement's values (refine.py): 'r' or
                          #   'w' on its seed/iterate nodes (calls it adds) and the refined call,
                          #   'arg' on its argument; rows.py clears their rows exactly
 
 ATTRIBUTES = frozenset({OP, ARGS, CSHAPE, LOC, NAME, SYMMETRIC, SIGN, FLAG, LO, HI, VALUE, K, C,
-                        FUNC, FARGS, DOMAIN, TOL, TOL_REL, VARS, CARRIED, REFINED})
+                        FUNC, FARGS, DOMAIN, TOL, TOL_REL, VARS, CARRIED, LOOP_STATE, ITERATION,
+                        REFINED})
 REQUIRED = (OP, ARGS, CSHAPE, LOC)
 
 

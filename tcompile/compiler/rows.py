@@ -134,6 +134,9 @@ def _choose_rows(al: Allocation, p: Pair, occupant, last, identity_size: int) ->
            and set(al.slots[q].rows) <= set(free)
            and all(occupant[r] == q for r in al.slots[q].rows)
            and _role(al.atoms[q[0]]) == _role(al.atoms[p[0]])]
+    pinned = _pinned_rows(al, p, occupant, free)
+    if pinned is not None:
+        return pinned
     if own:
         return list(al.slots[own[0]].rows)
     # rows change hands between a sensitive value and another only where an MLP can clear
@@ -143,6 +146,25 @@ def _choose_rows(al: Allocation, p: Pair, occupant, last, identity_size: int) ->
             or _clearing_mlp(al, occupant[r], t, last) is not None]
     free.sort(key=lambda r: (occupant[r] is not None, r))
     return free[:need]
+
+
+def _pinned_rows(al: Allocation, p: Pair, occupant, free) -> list[int] | None:
+    """A shared build's loop state takes the rows its previous iteration's value had, so that
+    every iteration of the stored body finds it in the same place (row pinning). Unrolled
+    builds mark no loop state (steady_state.py) and never come here."""
+    state = al.atoms[p[0]].node.get("loop_state")
+    if state is None:
+        return None
+    before = [q for q, slot in al.slots.items() if q[1] == p[1] and q[0] != p[0]
+              and al.atoms[q[0]].node.get("loop_state") == state]
+    if not before:
+        return None
+    q = max(before, key=lambda q: al.slots[q].write)
+    rows = al.slots[q].rows
+    if len(rows) == pair_rows(al.atoms, p) and set(rows) <= set(free) and \
+            all(occupant[r] == q for r in rows):
+        return list(rows)
+    return None
 
 
 def _subtract_previous(al: Allocation, p: Pair, rows: list[int], occupant) -> None:

@@ -127,6 +127,7 @@ class Walker:
         self.dims = {d.name for d in program.dims}
         self.statements = 0
         self.call_stack: list[str] = []
+        self.call_sites: list[ast.Call] = []      # the calls being inlined, outermost first
         self._assignments: dict[str, int] = {}
 
     def program_point(self, stmt: ast.Assign) -> str | None:
@@ -288,11 +289,19 @@ class Walker:
 
     def _repeat(self, stmt: ast.Repeat, env, in_function: bool):
         """Unroll a repeat loop; the value of a `return` inside it, else None."""
+        return self.unroll(stmt, self.repeat_count(stmt, env), env, in_function)
+
+    def repeat_count(self, stmt: ast.Repeat, env) -> int:
         count = self.const_of(stmt.count, "a repeat count", env)
         if not math.isfinite(count) or count != int(count) or count < 0:
             raise self.err(f"a repeat count must be a non-negative integer, got {count:g}",
                            stmt.count.loc)
         self._count_statements(int(count) if count <= MAX_UNROLLED_STATEMENTS else count, stmt)
+        return int(count)
+
+    def unroll(self, stmt: ast.Repeat, count: int, env, in_function: bool):
+        """Run `count` iterations of the loop body (the shared build's walker widens the loop
+        state between them: compiler/steady_state.py)."""
         for _ in range(int(count)):
             ret = self.exec_block(stmt.body, env, in_function)
             if ret is not None:
@@ -576,10 +585,12 @@ class Walker:
         if len(set(fn.params)) != len(fn.params):
             raise self.err(f"'{fn.name}' has two parameters with the same name", fn.loc)
         self.call_stack.append(e.func)
+        self.call_sites.append(e)
         try:
             ret = self.exec_block(fn.body, local, in_function=True)
         finally:
             self.call_stack.pop()
+            self.call_sites.pop()
         if ret is None:
             raise self.err(f"function '{fn.name}' does not end with 'return'", fn.loc,
                            expected="'return EXPR' as its last statement")

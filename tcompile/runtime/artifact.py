@@ -37,6 +37,7 @@ import numpy as np
 
 from ..errors import ArtifactError
 from .layout import Block, InputSpec, LayerSpec, Layout, OutputSpec, RowUse
+from .loops import loops_from_json, loops_to_json
 from .resources import available_memory, format_bytes
 from .manifest import (FORMAT, FORMAT_VERSION, ApproxRecord, DomainCheck, Manifest,
                        ProgramInfo)
@@ -74,6 +75,7 @@ def manifest_to_json(m: Manifest) -> dict:
         "approximations": [approximation_to_json(a) for a in m.approximations],
         "domains": [{"label": d.label, "block": d.block, "lo": d.lo, "hi": d.hi, "layer": d.layer}
                     for d in m.domains],
+        **({"loops": loops_to_json(m.loops)} if m.loops is not None else {}),
     }
 
 
@@ -128,7 +130,8 @@ def manifest_from_json(d: dict) -> Manifest:
         for a in d.get("approximations", []))
     domains = tuple(DomainCheck(c["label"], c["block"], c["lo"], c["hi"], c["layer"])
                     for c in d.get("domains", []))
-    return Manifest(info, layout, approximations, domains)
+    loops = loops_from_json(d["loops"], layout.n_layers) if "loops" in d else None
+    return Manifest(info, layout, approximations, domains, loops)
 
 
 _APPROX_KEYS = ("name", "lo", "hi", "neurons", "neurons_per_entry", "max_error", "tol", "exact",

@@ -10,6 +10,7 @@ import hashlib
 from dataclasses import dataclass
 
 from .layout import Layout
+from .loops import LoopProgram
 
 FORMAT = "tcompile-artifact"
 FORMAT_VERSION = 3          # 2: one .safetensors, sparse weights; 3: its manifest's tables compact
@@ -68,6 +69,7 @@ class Manifest:
     layout: Layout
     approximations: tuple[ApproxRecord, ...]
     domains: tuple[DomainCheck, ...]
+    loops: LoopProgram | None = None       # a shared build's loops (loops.py); None: unrolled
 
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ProgramInfo", "ApproxRecord", "DomainCheck", "Manifest"]

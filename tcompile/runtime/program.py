@@ -21,6 +21,7 @@ import numpy as np
 from . import artifact, codec
 from .codec import ValidatedInputs
 from .layout import Block, Layout
+from .loops import LoopProgram
 from .manifest import Manifest, ProgramInfo
 from .weights import LayerWeights
 from ..errors import InputError
@@ -87,13 +88,31 @@ class CompiledProgram:
 
     def module_for(self, dtype="float64", device="cpu") -> CompiledTransformer:
         """The model in this dtype (a torch dtype or its name) on this device (built once per
-        pair, then reused)."""
+        pair, then reused): a CompiledTransformer, or for a shared build a LoopedTransformer."""
         from .model import CompiledTransformer
         dtype = _torch_dtype(dtype)
         key = (dtype, str(device))
         if key not in self._modules:
-            self._modules[key] = CompiledTransformer.from_arrays(self.layers, self.width, dtype, device)
+            if self.loops is not None:
+                from .looped import LoopedTransformer
+                self._modules[key] = LoopedTransformer.from_arrays(
+                    self.layers, self.width, self.loops, dtype, device)
+            else:
+                self._modules[key] = CompiledTransformer.from_arrays(self.layers, self.width,
+                                                                     dtype, device)
         return self._modules[key]
+
+    @property
+    def loops(self) -> LoopProgram | None:
+        """A shared build's loops (loops.py); None for an unrolled build."""
+        return self.typed_manifest.loops
+
+    def _unrolled_only(self, what: str) -> None:
+        if self.loops is not None:
+            raise InputError(f"{what} reads an unrolled build's layers one by one; this is a "
+                             "shared build (loops run as loops): use prog.trace, or "
+                             "prog.module.run_with_cache, whose names carry the iteration, "
+                             "or build with loops='unrolled'")
 
     @property
     def report(self) -> dict:
@@ -156,17 +175,35 @@ class CompiledProgram:
         return self.layout.block(block["key"] if isinstance(block, dict) else block)
 
     # ---- run -------------------------------------------------------------------------------
-    def run(self, dtype="float64", device="cpu", executor="structured",
+    def run(self, dtype="float64", device="cpu", executor=None, until=None, max_steps=None,
             **inputs) -> dict[str, np.ndarray]:
         """Encode, run the transformer, decode. A leading batch axis on the inputs is optional.
-        executor: "structured" (executor.py: the same weights, only the work they define),
-        "module" (the paper-form nn.Module, the reference) or "compiled" (torch.compile of
-        the structured executor)."""
+        executor: "structured" (executor.py: the same weights, only the work they define; the
+        default for unrolled builds), "module" (the paper-form nn.Module, the reference; the
+        default and only executor of a shared build) or "compiled" (torch.compile of the
+        structured executor). A shared build also takes its run-time counts by name
+        (`steps=50`) and may halt: `until=("x", tol)` stops each problem of the batch once the
+        loop variable x moves less than tol (max abs change) in one iteration, at most
+        `max_steps` iterations; the result then has "steps", the count each problem ran."""
         import torch
 
         from .executor import executor_for
         tdtype, device = run_options(dtype, device, "run")
+        counts, inputs = self._split_counts(inputs, until, max_steps)
         prepared = self.prepare_inputs(inputs)
+        if self.loops is not None:
+            if executor not in (None, "module"):
+                raise InputError(f"executor={executor!r} runs unrolled builds; a shared build "
+                                 "runs its looped module (executor='module', the default)")
+            x = self.encode_inputs(prepared, tdtype, device)
+            with torch.no_grad():
+                if until is None:
+                    return prepared.unbatch(self.decode(self.module_for(tdtype, device)(x, counts)))
+                from .halting import run_until
+                y, steps = run_until(self, self.module_for(tdtype, device), x, counts, until,
+                                     max_steps)
+            return prepared.unbatch({**self.decode(y), "steps": steps})
+        executor = executor or "structured"
         if executor != "module":
             out = executor_for(self, executor).run_inputs(prepared, tdtype, device)
             return prepared.unbatch({k: v.detach().to("cpu", torch.float64).numpy()
@@ -176,8 +213,27 @@ class CompiledProgram:
             y = self.module_for(tdtype, device)(x)
         return prepared.unbatch(self.decode(y))
 
+    def _split_counts(self, kwargs: dict, until, max_steps) -> tuple[dict, dict]:
+        """run()'s keyword arguments → (run-time counts, inputs)."""
+        params = self.loops.params if self.loops is not None else {}
+        counts = {k: v for k, v in kwargs.items() if k in params}
+        inputs = {k: v for k, v in kwargs.items() if k not in params}
+        if self.loops is None:
+            fixed = [k for k in inputs if k in self.info.params]
+            if fixed or until is not None or max_steps is not None:
+                what = f"param {fixed[0]!r}" if fixed else "until/max_steps"
+                raise InputError(f"{what}: counts and halting are set at run time only in a "
+                                 "shared build (tcompile build --loops shared); this build "
+                                 f"is unrolled with {', '.join(f'{k} = {v}' for k, v in self.info.params.items())}")
+        else:
+            fixed = [k for k in inputs if k in self.info.params]
+            if fixed:
+                self.loops.counts({fixed[0]: 0})          # raises: says which params may be given
+        return counts, inputs
+
     def forward_states(self, x: torch.Tensor, dtype="float64", device="cpu"):
         """The residual stream after every sublayer: [input, attn 0, mlp 0, attn 1, ...]."""
+        self._unrolled_only("forward_states")
         module = self.module_for(dtype, device)
         names = [f"blocks.{i}.{h}" for i in range(len(module.blocks))
                  for h in ("hook_resid_mid", "hook_resid_post")]
@@ -193,6 +249,7 @@ class CompiledProgram:
     def check_domains(self, **inputs) -> list[dict]:
         """For every MLP piece: the range of values its real input took on these inputs, and
         whether any fell outside the domain it was fitted on (there it is clamped, i.e. wrong)."""
+        self._unrolled_only("check_domains")
         states = self.sublayer_states(self.prepare_inputs(inputs))
         out = []
         for chk in self.typed_manifest.domains:

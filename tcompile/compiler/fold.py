@@ -1,0 +1,121 @@
+"""Folding: find the loop bodies in a few small unrollings of the program.
+
+A shared build compiles the program unrolled a few times per loop (u, u + 1, u + 2 iterations;
+steady_state.py gives every iteration the same bounds and rows.py pins the loop state to the
+same rows) and compares the layer sequences. One more iteration of a loop inserts the same p
+layers at each place the loop runs; the maximal run of that period around the insertion is the
+loop's steady state: its body, repeated `count − offset` times, where the offset counts the
+iterations the schedule pipelines into the layers around it (the fill and drain of a software
+pipeline). Loops are folded innermost first, so an outer body holds its inner loops as single
+tokens; a fold is accepted only when u, u + 1 and u + 2 iterations all give the same folded
+sequence — otherwise the loop has no steady state (e.g. its iterations were merged into other
+layers) and the build says so.
+
+Sequences are lists of tokens: a layer's digest (its five weight matrices, bit for bit) or a
+`Loop` token.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..runtime.weights import WEIGHT_NAMES, LayerWeights
+
+
+@dataclass(frozen=True)
+class Loop:
+    """A folded loop in a sequence: `body` runs `count − offset` times there."""
+    key: str
+    body: tuple
+    offset: int
+
+
+def digest(layer: LayerWeights) -> str:
+    """Equal digests ⇔ equal weights (shapes and every bit), whatever the head labels say."""
+    h = hashlib.sha256()
+    for name in WEIGHT_NAMES:
+        a = np.ascontiguousarray(getattr(layer, name))
+        h.update(repr(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def fold_loop(key: str, count: int, seqs: list[list], line: int) -> list:
+    """Fold loop `key` in sequences compiled with `count`, `count + 1`, `count + 2` iterations
+    of it (its inner loops already folded); the folded sequence, the same for all three."""
+    folded = []
+    for i, (seq, longer) in enumerate(zip(seqs, seqs[1:])):
+        sites = _sites(seq, longer, line)
+        folded.append(_compress(longer, sites, key, count + i + 1))
+        if i == 0:
+            folded.insert(0, _compress(seq, [(_back(a, sites, k), reps - 1, body)
+                                             for k, (a, reps, body) in enumerate(sites)],
+                                       key, count))
+    if not all(f == folded[0] for f in folded[1:]):
+        raise _no_steady_state(line, "its iterations do not repeat the same layers")
+    return folded[0]
+
+
+def _sites(seq: list, longer: list, line: int) -> list[tuple[int, int, tuple]]:
+    """Where one more iteration inserted layers into `longer`: each site as (start in longer,
+    repetitions of the body there, body)."""
+    ops = difflib.SequenceMatcher(None, seq, longer, autojunk=False).get_opcodes()
+    inserts = [(j1, j2) for tag, _i1, _i2, j1, j2 in ops if tag != "equal"]
+    if not inserts or len(seq) == len(longer):
+        raise _no_steady_state(line, "it has no layers of its own: its iterations merge into "
+                                     "the layers around it", final=True)
+    if any(tag not in ("equal", "insert") for tag, *_ in ops):
+        raise _no_steady_state(line, "one more iteration changes layers instead of adding them: "
+                                     "e.g. a loop variable is still read after its next value "
+                                     "is written, so its rows alternate between iterations")
+    period = inserts[0][1] - inserts[0][0]
+    if any(j2 - j1 != period for j1, j2 in inserts):
+        raise _no_steady_state(line, "one more iteration adds different numbers of layers")
+    sites = []
+    for j1, _ in inserts:
+        a = j1
+        while a > 0 and a - 1 + period < len(longer) and longer[a - 1] == longer[a - 1 + period]:
+            a -= 1
+        e = j1 + period
+        while e < len(longer) and longer[e] == longer[e - period]:
+            e += 1
+        if sites and a < sites[-1][0] + sites[-1][1] * period:
+            raise _no_steady_state(line, "two of its runs overlap")
+        sites.append((a, (e - a) // period, tuple(longer[a:a + period])))
+    return sites
+
+
+def _back(a: int, sites, k: int) -> int:
+    """A site's start in the shorter sequence: one period less for each site before it."""
+    return a - k * len(sites[k][2])
+
+
+def _compress(seq: list, sites, key: str, count: int) -> list:
+    out, i = [], 0
+    for a, reps, body in sites:
+        if reps < 0 or tuple(seq[a:a + reps * len(body)]) != body * reps:
+            raise NoSteadyState("its runs do not line up from one unrolling to the next")
+        out.extend(seq[i:a])
+        out.append(Loop(key, body, count - reps))
+        i = a + reps * len(body)
+    out.extend(seq[i:])
+    return out
+
+
+class NoSteadyState(Exception):
+    """This loop does not fold; the shared build keeps it unrolled (`why` goes in the report).
+    `final`: no longer base unrolling would fold it either (it has no layers of its own)."""
+
+    def __init__(self, why: str, key: str | None = None, final: bool = False):
+        super().__init__(why)
+        self.why, self.key, self.final = why, key, final
+
+
+def _no_steady_state(line: int, why: str, final: bool = False) -> NoSteadyState:
+    return NoSteadyState(why, final=final)
+
+
+__all__ = ["Loop", "NoSteadyState", "digest", "fold_loop"]

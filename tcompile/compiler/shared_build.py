@@ -1,0 +1,206 @@
+"""The shared build: each repeat body compiled once and run as a loop.
+
+    check → loop sites (steady_state.py) → compile small unrollings (the unrolled pipeline,
+    with hull bounds and pinned loop state) → fold (fold.py) → stored layers + LoopProgram
+
+Why by unrolling: the unrolled pipeline already schedules across iterations (least squares'
+w and X in one layer per step, the damped Newton step's k + 3 layers with the inversion
+pipelined into it); a body compiled on its own would lose that overlap at every iteration
+boundary. So the shared build compiles the program with each loop unrolled u, u + 1 and
+u + 2 times and folds the layers that repeat: the stored body is the schedule's steady state,
+with the same depth per iteration as the unrolled build, and the iterations the schedule
+overlaps with the code around the loop (its fill and drain) become the layers before and after
+it. Every loop state value sits in the same rows at every iteration (rows.py pins it), so the
+stored body reads its state where the previous application left it.
+
+The artifact stores each tree position's layer once: its size does not depend on the counts.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+from ..runtime.layout import LayerSpec
+from ..runtime.loops import LoopItem, LoopProgram, LoopSpec
+from ..runtime.manifest import Manifest
+from ..runtime.program import CompiledProgram
+from ..runtime.weights import LayerWeights
+from .backend import build_manifest, compile_dataflow
+from .dataflow import DataflowGraph
+from .fold import Loop, NoSteadyState, digest, fold_loop
+from .pieces import PieceBuilder
+from .steady_state import LoopSite, SharedGraphBuilder, loop_sites
+
+UNROLLINGS = (2, 4)             # the shortest and longest base unrolling of a loop
+
+
+def shared_dataflow(program, values: dict, tol, unroll: dict[str, int] | None,
+                    plain: frozenset = frozenset()):
+    """The dataflow graph of the program with each loop unrolled `unroll[key]` times, its state
+    widened to the hull every iteration (steady_state.py); loops in `plain` are walked as the
+    unrolled build walks them."""
+    builder = SharedGraphBuilder(program, values, unroll, plain)
+    outputs = builder.run()
+    inputs = {d["name"]: n for n, d in builder.graph.nodes(data=True) if d["op"] == "input"}
+    input_types = {d.name: builder.input_type(d) for d in program.inputs}
+    return DataflowGraph(builder.graph, inputs, {name: val.data for name, val in outputs.items()},
+                         {name: val.ty for name, val in outputs.items()}, input_types, values,
+                         program.source, tol)
+
+
+class _Unrollings:
+    """Compiles of the program at given per-loop unroll counts, kept (the fold asks for the
+    same counts more than once), and every layer by digest."""
+
+    def __init__(self, program, values, tol, max_memory, report):
+        self.program, self.values, self.tol = program, values, tol
+        self.max_memory, self.report = max_memory, report
+        self.built: dict[tuple, tuple] = {}
+        self.layers: dict[str, LayerWeights] = {}
+        self.pieces = PieceBuilder(tol)          # every unrolling fits each function once
+
+    def compile(self, counts: dict[str, int], plain: frozenset = frozenset()) -> tuple:
+        key = (tuple(sorted(counts.items())), plain)
+        if key not in self.built:
+            df = shared_dataflow(self.program, self.values, self.tol, counts, plain)
+            plan, layers, blocks, keys = compile_dataflow(df, None, self.values, self.max_memory,
+                                                          None, self.pieces)
+            self.built[key] = (df, plan, layers, blocks, keys)
+            for layer in layers:
+                self.layers.setdefault(digest(layer), layer)
+        return self.built[key]
+
+    def sequence(self, counts: dict[str, int], plain: frozenset = frozenset()) -> list:
+        return [digest(layer) for layer in self.compile(counts, plain)[2]]
+
+
+def compile_shared(program, values: dict, tol, max_memory, report) -> CompiledProgram:
+    stage = report.stage if report else (lambda _name: None)
+    stage("loops")
+    sites = loop_sites(program, values)
+    runs = _Unrollings(program, values, tol, max_memory, report)
+    stage("fold")
+    folded, base, kept = _fold_all(runs, sites)
+    df, plan, layers, blocks, keys = runs.compile(base, frozenset(kept))
+    stored: list[LayerWeights] = []
+    sequence = _store(folded, runs.layers, stored, in_loop=False)
+    shared = {k: s for k, s in sites.items() if k not in kept}
+    specs = _specs(shared, sequence, base, plan, keys)
+    manifest = build_manifest(program, values, tol, df, plan, layers, blocks, keys)
+    unrolled = tuple((sites[k].line, sites[k].count, why.why) for k, why in kept.items())
+    loops = LoopProgram(specs, sequence, tuple(sorted(base.items())), unrolled)
+    return CompiledProgram(_shared_manifest(manifest, stored, loops), stored)
+
+
+def _fold_all(runs: _Unrollings, sites: dict[str, LoopSite]):
+    """Fold every loop, innermost first, from a base unrolling of UNROLLINGS[0] iterations per
+    loop; a loop whose pipeline needs more (its fill and drain hold more iterations) gets a
+    longer base unrolling, up to UNROLLINGS[-1]. A loop that still does not fold (its
+    iterations merge into other layers, its rows alternate, it runs fewer times than its
+    pipeline holds) is kept unrolled at its own count, and the others fold around it.
+    Returns (folded sequence, the base unrolling's counts, {kept loop: NoSteadyState})."""
+    order = sorted(sites.values(), key=lambda s: -s.depth)
+    base = {k: UNROLLINGS[0] for k in sites}
+    kept: dict[str, NoSteadyState] = {}
+
+    def folded(counts: dict[str, int], upto: int) -> list:
+        if upto == 0:
+            return runs.sequence(counts, frozenset(kept))
+        site = order[upto - 1]
+        if site.key in kept:
+            return folded(counts, upto - 1)
+        variants = [folded({**counts, site.key: counts[site.key] + i}, upto - 1) for i in range(3)]
+        try:
+            seq = fold_loop(site.key, counts[site.key], variants, site.line)
+        except NoSteadyState as e:
+            e.key = site.key
+            raise
+        low = max([base[site.key]] + [t.offset for t in _loops_of(seq, site.key)])
+        if site.count < low:
+            raise NoSteadyState(f"it runs {site.count} times, and the layers around its body "
+                                f"hold {low} pipelined iterations", site.key, final=True)
+        return seq
+
+    while True:
+        try:
+            return folded(base, len(order)), base, kept
+        except NoSteadyState as e:
+            if not e.final and base[e.key] < UNROLLINGS[-1]:
+                base[e.key] += 1
+            else:
+                kept[e.key] = e
+                base[e.key] = sites[e.key].count
+
+
+def _loops_of(seq, key: str):
+    for t in seq:
+        if isinstance(t, Loop):
+            if t.key == key:
+                yield t
+            yield from _loops_of(t.body, key)
+
+
+def _store(tokens, by_digest, stored: list, in_loop: bool) -> tuple:
+    """The folded token sequence with each layer stored once per position in it."""
+    out = []
+    for t in tokens:
+        if isinstance(t, Loop):
+            out.append(LoopItem(t.key, t.offset, _store(t.body, by_digest, stored, True)))
+        else:
+            layer = by_digest[t]
+            if in_loop:      # labels name one iteration's values (X@3): name the variable
+                layer = replace(layer, head_labels=[re.sub(r"@\d+", "", h) for h in layer.head_labels])
+            stored.append(layer)
+            out.append(len(stored) - 1)
+    return tuple(out)
+
+
+def _specs(sites, sequence, base, plan, keys) -> tuple[LoopSpec, ...]:
+    offsets: dict[str, list[int]] = {}
+    bodies: dict[str, tuple] = {}
+    _collect(sequence, offsets, bodies)
+    built = {k: s.count for k, s in sites.items()}
+    specs = []
+    for key, site in sites.items():
+        low = max([base[key]] + offsets.get(key, []))
+        probe = LoopProgram((), bodies[key], ())
+        specs.append(LoopSpec(key, site.line, site.count, site.param, low, site.max_count,
+                              probe.n_layers(built), site.depth,
+                              _state_blocks(site, plan, keys) if site.depth == 0 else ()))
+    return tuple(specs)
+
+
+def _collect(seq, offsets, bodies) -> None:
+    for item in seq:
+        if isinstance(item, LoopItem):
+            offsets.setdefault(item.loop, []).append(item.offset)
+            bodies.setdefault(item.loop, item.body)
+            _collect(item.body, offsets, bodies)
+
+
+def _state_blocks(site: LoopSite, plan, keys) -> tuple[tuple[str, str], ...]:
+    """For each variable a top-level loop carries, the block of its last stored iterate in the
+    base unrolling: every iterate has that block's rows (rows.py pins them)."""
+    out = []
+    for name in site.state:
+        tag = f"{site.key}/{name}"
+        pairs = [p for p in plan.slots if p[0] in plan.atoms
+                 and plan.atoms[p[0]].node.get("loop_state") == tag]
+        if pairs:
+            last = max(pairs, key=lambda p: plan.slots[p].write)
+            out.append((name, keys[last]))
+    return tuple(out)
+
+
+def _shared_manifest(m: Manifest, stored: list[LayerWeights], loops: LoopProgram) -> Manifest:
+    """The base unrolling's manifest, cut to what a shared build's runtime reads: the stored
+    layers, and the blocks the encoder writes, the decoder reads and the loop state lives in
+    (rows are the same at every iteration; their times are those of the base unrolling)."""
+    keep = {o.block for o in m.layout.outputs} | {k for s in loops.loops for _, k in s.state}
+    blocks = tuple(b for b in m.layout.blocks if b.written == 0 or b.key in keep)
+    layout = replace(m.layout, n_layers=len(stored), blocks=blocks,
+                     layers=tuple(LayerSpec.of(w) for w in stored))
+    return replace(m, layout=layout, domains=(), loops=loops)
+
+
+__all__ = ["compile_shared", "shared_dataflow"]

@@ -1,0 +1,196 @@
+"""The shared build's walk: every iteration of a loop sees the same loop state *type*.
+
+Unrolled, iteration k's values carry iteration k's bounds, so a piece fitted on x's interval
+may differ from one iteration to the next. A shared build stores one body for all iterations,
+so the walk gives every iteration the same bounds: the hull of the loop state's bounds over the
+iterations the build covers (found by a types-only probe walk of those iterations), widened
+onto the state at the start of every iteration and after the loop. Every value inside the
+body is then bounded by what the body computes from the hull — the same for every iteration,
+and sound for each, since interval arithmetic is monotone.
+
+The hull also decides how far the run time may go: if one more body from the hull stays in the
+hull, every count is covered (`LoopSite.max_count` None); otherwise only counts up to the built
+one are, and the runtime refuses more.
+
+The walk unrolls each loop `unroll[key]` times (the fold, fold.py, compiles a few small
+unrollings and finds the body's steady state); the real count is recorded in `LoopSite`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from ..errors import CompileError
+from ..language import ast
+from ..language.checker import Ty, Val, Walker
+from ..language.run_params import loop_param, run_time_counts
+from .dataflow import GraphBuilder, _carried
+
+
+@dataclass(frozen=True)
+class LoopSite:
+    """One loop of the program as the shared build sees it (a def's loop once per call)."""
+    key: str                 # "line:col" of the repeat, after the call sites inlining it
+    line: int
+    count: int               # the count the program (with this build's params) gives it
+    param: str | None        # the run-time param that sets the count (run_params.py)
+    max_count: int | None    # the largest count the fitted domains cover (None: any)
+    state: tuple[str, ...]   # the variables it carries from one iteration to the next
+    depth: int               # loops around it
+
+
+def loop_key(stmt: ast.Repeat, call_sites: list[ast.Call]) -> str:
+    where = [f"{c.loc.line}:{c.loc.column}" for c in call_sites]
+    return ">".join(where + [f"{stmt.loc.line}:{stmt.loc.column}"])
+
+
+class _SteadyState:
+    """The widening walk, mixed into a Walker (types only: the probe) or a GraphBuilder."""
+
+    unroll_counts: dict[str, int]
+    sites: dict[str, LoopSite]
+
+    def setup_steady(self, unroll: dict[str, int] | None, plain: frozenset = frozenset()):
+        self.unroll_counts = dict(unroll or {})
+        self.plain = plain               # loops kept unrolled: walked as an unrolled build does
+        self.sites = {}
+        self.counts = run_time_counts(self.program)
+        self.loops_around: list[str] = []
+        self.iteration: tuple = ()       # (loop key, index) of the iterations being walked
+
+    def unroll(self, stmt: ast.Repeat, count: int, env, in_function: bool):
+        key = loop_key(stmt, self.call_sites)
+        if key in self.plain:
+            self.loops_around.append(key)
+            try:
+                return Walker.unroll(self, stmt, count, env, in_function)
+            finally:
+                self.loops_around.pop()
+        state = tuple(sorted(n for n in _carried(stmt.body) if n in env))
+        hull, closed = self._hull(stmt, count, env, in_function, state)
+        site = LoopSite(key, stmt.loc.line, count,
+                        loop_param(self.program, stmt, self.call_sites, self.counts),
+                        None if closed else count, state, len(self.loops_around))
+        if key in self.sites and self.sites[key] != site:
+            raise CompileError(f"line {stmt.loc.line}: this loop runs with different counts or "
+                               "state bounds on different passes; a shared build needs one "
+                               "body for it (build it unrolled)")
+        self.sites[key] = site
+        times = self.unroll_counts.get(key, count)
+        self.loops_around.append(key)
+        try:
+            for i in range(times):
+                self.iteration = self.iteration + ((key, i),)
+                self._widen(env, hull)
+                ret = self.exec_block(stmt.body, env, in_function)
+                if ret is not None:
+                    raise CompileError(f"line {stmt.loc.line}: a 'return' inside a loop ends it "
+                                       "early; a shared build needs whole iterations")
+                self.end_of_iteration(stmt, env)
+                self.iteration = self.iteration[:-1]
+            if times == 0:
+                self.exec_block(stmt.body, dict(env), in_function)
+        finally:
+            self.loops_around.pop()
+        self._widen(env, hull)
+        return None
+
+    def _hull(self, stmt, count, env, in_function, state) -> tuple[dict[str, Ty], bool]:
+        """The loop state's bounds over the built iterations, and whether one more body from
+        them stays inside (then any count is covered)."""
+        probe = _Probe(self.program, self.params)
+        probe.call_stack, probe.call_sites = list(self.call_stack), list(self.call_sites)
+        probe.inputs = self.inputs
+        probe.loops_around = list(self.loops_around) + ["probe"]
+        types = {k: Val(v.ty) for k, v in env.items()}
+        hull = {n: types[n].ty for n in state}
+        for _ in range(count):
+            probe.exec_block(stmt.body, types, in_function)
+            hull = {n: _join(hull[n], types[n].ty, n, stmt) for n in state}
+        types = {k: Val(v.ty) for k, v in env.items()}
+        types.update({n: Val(hull[n]) for n in state})
+        probe.exec_block(stmt.body, types, in_function)
+        closed = all(_inside(types[n].ty, hull[n]) for n in state)
+        return hull, closed
+
+    def _widen(self, env, hull: dict[str, Ty]) -> None:
+        for name, ty in hull.items():
+            if env[name].ty.shape != ty.shape:      # the state before its first iteration
+                continue
+            env[name] = Val(ty, env[name].data)
+            self.widen_data(env[name].data, ty)
+
+    def widen_data(self, data, ty: Ty) -> None:
+        """Give the value's data the hull's bounds (the graph builder: its node's lo/hi)."""
+
+
+class _Probe(_SteadyState, Walker):
+    def __init__(self, program, params):
+        Walker.__init__(self, program, params)
+        self.setup_steady(None)
+
+
+class SharedGraphBuilder(_SteadyState, GraphBuilder):
+    """The dataflow builder of a shared build: loops unrolled `unroll[key]` times, their
+    state widened to its hull at every iteration (see the module docstring)."""
+
+    def __init__(self, program, params, unroll: dict[str, int] | None = None,
+                 plain: frozenset = frozenset()):
+        GraphBuilder.__init__(self, program, params)
+        self.setup_steady(unroll, plain)
+
+    def node(self, op: str, args: tuple = (), cshape=None, loc=None, **attrs) -> int:
+        nid = super().node(op, args, cshape, loc, **attrs)
+        self.graph.nodes[nid].setdefault("iteration", self.iteration)
+        return nid
+
+    def widen_data(self, data, ty: Ty) -> None:
+        if not isinstance(data, int):
+            return
+        attrs = self.graph.nodes[data]
+        if ty.bounded:
+            attrs["lo"], attrs["hi"] = ty.lo, ty.hi
+        else:
+            attrs.pop("lo", None)
+            attrs.pop("hi", None)
+
+    def end_of_iteration(self, loop, env):
+        super().end_of_iteration(loop, env)
+        key = self.loops_around[-1]
+        if key in self.plain:
+            return
+        for name in _carried(loop.body):
+            val = env.get(name)
+            if val is not None and isinstance(val.data, int):
+                self.graph.nodes[val.data]["loop_state"] = f"{key}/{name}"
+
+
+def loop_sites(program, values: dict) -> dict[str, LoopSite]:
+    """Every loop of the program, with its count, run-time param and covered counts (a
+    types-only walk, outermost loops first)."""
+    probe = _Probe(program, values)
+    probe.run()
+    return probe.sites
+
+
+def _join(a: Ty, b: Ty, name: str, stmt) -> Ty:
+    """The hull of two types of the same loop variable."""
+    if a.shape != b.shape:       # X = c I before the loop, [d, d] after one body: from then on
+        return b
+    if a.const != b.const:
+        raise CompileError(f"line {stmt.loc.line}: '{name}' is a compile-time number that "
+                           "changes every iteration; a shared build needs the same body every "
+                           "iteration (build it unrolled, or make it an input)")
+    both = dict(sign=a.sign and b.sign, flag=a.flag and b.flag,
+                symmetric=a.symmetric and b.symmetric)
+    if not (a.bounded and b.bounded):
+        return replace(a, lo=None, hi=None, **both)
+    return replace(a, lo=min(a.lo, b.lo), hi=max(a.hi, b.hi), **both)
+
+
+def _inside(a: Ty, hull: Ty) -> bool:
+    if not hull.bounded:
+        return True
+    return a.bounded and hull.lo <= a.lo and a.hi <= hull.hi
+
+
+__all__ = ["LoopSite", "SharedGraphBuilder", "loop_key", "loop_sites"]

@@ -1,0 +1,98 @@
+"""Which params a shared build may take at run time: those used only as whole repeat counts.
+
+A shared build (compiler/steady_state.py) stores each loop body once, so how often it runs is
+not part of the weights — but only when the count is nothing else: a param that also sets a
+domain (`on [0, steps]`), an input bound, another param or any arithmetic shapes the weights
+and stays fixed. The rule is syntactic, so the language reference can state it in one line:
+a param is a run-time count when every mention of it is a `repeat` count on its own
+(`repeat steps`), or an argument passed to a function parameter that is itself used only so
+(`inverse_newton(H, inv_steps, ...)` with `repeat k` inside).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from . import ast
+
+
+def run_time_counts(program: ast.Program) -> set[str]:
+    """The params of `program` that only count repeats (directly or through functions)."""
+    count_only = _count_only_function_params(program)
+    names = {p.name for p in program.params}
+    uses: dict[str, list] = {name: [] for name in names}
+    for node, parent in _walk(program, None):
+        if isinstance(node, ast.Name) and node.id in uses:
+            uses[node.id].append((node, parent))
+    return {name for name, found in uses.items()
+            if found and all(_counts(program, node, parent, count_only) for node, parent in found)}
+
+
+def loop_param(program: ast.Program, stmt: ast.Repeat, call_sites: list[ast.Call],
+               counts: set[str]) -> str | None:
+    """The run-time param that sets this loop's count (None if the count is fixed): follow a
+    function parameter out through the calls being inlined (outermost first)."""
+    e = stmt.count
+    for call in reversed(call_sites):
+        if not isinstance(e, ast.Name):
+            return None
+        if e.id in counts:
+            return e.id
+        fn = program.functions[call.func]
+        if e.id not in fn.params:
+            return None
+        e = call.args[fn.params.index(e.id)]
+    return e.id if isinstance(e, ast.Name) and e.id in counts else None
+
+
+def _counts(program: ast.Program, node: ast.Name, parent, count_only: dict[str, set[str]]) -> bool:
+    """Is this mention of a name a whole repeat count (or passed on to one)?"""
+    if isinstance(parent, ast.Repeat) and parent.count is node:
+        return True
+    if isinstance(parent, ast.Call) and parent.func in count_only:
+        params = program.functions[parent.func].params
+        idx = [i for i, a in enumerate(parent.args) if a is node]
+        return bool(idx) and all(i < len(params) and params[i] in count_only[parent.func]
+                                 for i in idx)
+    return False
+
+
+def _count_only_function_params(program: ast.Program) -> dict[str, set[str]]:
+    """For every function, its parameters used only as repeat counts (a greatest fixpoint:
+    start from all and drop any with another use until nothing changes)."""
+    result: dict[str, set[str]] = {name: set(fn.params) for name, fn in program.functions.items()}
+    changed = True
+    while changed:
+        changed = False
+        for name, fn in program.functions.items():
+            keep = set()
+            for p in result[name]:
+                found = [(n, parent) for n, parent in _walk(fn.body, None)
+                         if isinstance(n, ast.Name) and n.id == p]
+                assigned = any(isinstance(n, ast.Assign) and n.target == p for n, _ in _walk(fn.body, None))
+                if found and not assigned and all(_counts(program, n, parent, result) for n, parent in found):
+                    keep.add(p)
+            if keep != result[name]:
+                result[name], changed = keep, True
+    return result
+
+
+def _walk(node, parent):
+    """Every AST node under `node` with its parent (dataclass fields, tuples, dicts)."""
+    if isinstance(node, (list, tuple)):
+        for item in node:
+            yield from _walk(item, parent)
+        return
+    if isinstance(node, dict):
+        for item in node.values():
+            yield from _walk(item, parent)
+        return
+    if not dataclasses.is_dataclass(node):
+        return
+    yield node, parent
+    for f in dataclasses.fields(node):
+        if f.name in ("loc", "source", "file"):
+            continue
+        yield from _walk(getattr(node, f.name), node)
+
+
+__all__ = ["run_time_counts", "loop_param"]

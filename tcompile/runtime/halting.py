@@ -1,0 +1,67 @@
+"""Halting: each problem of a batch leaves a loop when its state stops moving.
+
+A universal transformer halts per position when a learned signal says so; here the signal is
+the loop variable itself, read from the rows the shared build pins it to (the same rows after
+every application of the body, loops.py `LoopSpec.state`). After each application, a problem
+whose variable moved by at most `tol` (max abs change over its rows) halts: from then on its
+residual stream is kept as it is while the rest of the batch goes on, and the loop stops when
+every problem has halted or after `max_steps` iterations. The layers after the loop (its
+drain, the epilogue) then run for all.
+
+A problem that halts after application j has the state a fixed-count run with
+`count = offset + j + 1` has there, and that is the count reported for it.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+
+
+def resolve_until(prog, until) -> tuple[str, str, float]:
+    """("x", tol) → (loop key, block key, tol), with clear errors."""
+    if not (isinstance(until, (tuple, list)) and len(until) == 2 and isinstance(until[0], str)):
+        raise InputError(f"until must be (variable name, tolerance), got {until!r}")
+    name, tol = until
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
+        raise InputError(f"until's tolerance must be a number >= 0, got {tol!r}")
+    options = [(spec.key, var, block) for spec in prog.loops.loops for var, block in spec.state]
+    for key, var, block in options:
+        if var == name:
+            return key, block, float(tol)
+    raise InputError(f"until names {name!r}, which no top-level loop carries; loop variables of "
+                     f"this build: {', '.join(sorted(v for _, v, _ in options)) or 'none'}")
+
+
+def run_until(prog, module, x: torch.Tensor, counts: dict, until, max_steps):
+    """Run the looped module with halting; (final residual, steps per problem)."""
+    key, block_key, tol = resolve_until(prog, until)
+    spec = prog.loops.spec(key)
+    if spec.param is None:
+        raise InputError(f"the loop at line {spec.line} has a fixed count; halting needs one "
+                         "set at run time")
+    limit = counts.get(spec.param, spec.count) if max_steps is None else max_steps
+    rows = torch.tensor(prog.layout.block(block_key).rows, device=x.device)
+    batch = x.shape[0]
+    active = torch.ones(batch, dtype=torch.bool, device=x.device)
+    steps = torch.full((batch,), -1, dtype=torch.long)
+
+    def halt(ctx, loop, before, after, it):
+        if loop.key != key:
+            return after
+        keep = active.view(-1, 1, 1)
+        after = torch.where(keep, after, before)
+        moved = (after.index_select(2, rows) - before.index_select(2, rows)).abs().amax(dim=(1, 2))
+        now = active & (moved <= tol)
+        steps[now.cpu()] = loop.offset + it + 1
+        active.copy_(active & ~now)
+        ctx.stop = not bool(active.any())
+        return after
+
+    y = module(x, {**counts, spec.param: limit}, halt=halt)
+    steps[steps < 0] = limit
+    return y, steps.numpy().astype(np.int64)
+
+
+__all__ = ["run_until", "resolve_until"]

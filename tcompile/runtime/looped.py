@@ -1,0 +1,187 @@
+"""A shared build as a torch module: each stored layer once, loops run as loops.
+
+The layers are model.py's `Block`s (the paper's attention + MLP, unchanged); what is new is
+only the control around them. For a program with one top-level loop:
+
+    LoopedTransformer
+      prologue   ModuleList of Blocks                 (layers before the loop)
+      body       LoopBlock: its Blocks, run count − offset times
+      epilogue   ModuleList of Blocks                 (layers after it)
+
+A loop body that holds a loop nests the same way (`pre`, `loop`, `post` inside the LoopBlock);
+several loops side by side are `body0`, `body1`, with `middle0`, ... between them. Weights are
+shared across iterations, so gradients from every application add up in one parameter — the
+weight-tied looped transformer of Giannou et al. 2023 / Yang et al. 2024.
+
+Hook names carry the iteration: `prologue.0.hook_resid_post`, `body.{iter}.{layer}.hook_...`,
+`body.{iter}.loop.{iter2}.{layer}.hook_...` (run_with_cache), from 0 like everything else.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .loops import LoopItem, LoopProgram
+from .model import MLP, Block, HookPoint, LinearAttention, exact_float32
+
+
+def _parts(seq, outer: bool, depth_of: dict[str, int]) -> list[tuple[str, object]]:
+    """A sequence cut at its outermost loops: named chunks in order. A chunk of layers between
+    them may hold instances of deeper loops (iterations the schedule pipelined out of a loop
+    body); such a chunk is a nested sequence itself. A sequence without loops is one chunk,
+    "layers"."""
+    loops = [it for it in seq if isinstance(it, LoopItem)]
+    if not loops:
+        return [("layers", list(seq))]
+    top = min(depth_of[it.loop] for it in loops)
+    own = [i for i, it in enumerate(seq) if isinstance(it, LoopItem) and depth_of[it.loop] == top]
+    out, single = [], len(own) == 1
+    for n, i in enumerate(own):
+        chunk = list(seq[(own[n - 1] + 1 if n else 0):i])
+        if chunk:
+            out.append(("prologue" if outer else "pre", chunk) if n == 0 else (f"middle{n - 1}", chunk))
+        out.append((("body" if outer else "loop") + ("" if single else str(n)), seq[i]))
+    tail = list(seq[own[-1] + 1:])
+    if tail:
+        out.append(("epilogue" if outer else "post", tail))
+    return out
+
+
+class _Sequence(nn.Module):
+    """Named parts run in order: each a ModuleList of Blocks, a LoopBlock, or a nested
+    _Sequence (a chunk holding instances of deeper loops). A sequence of layers only keeps
+    them as `layers`, and its hook names number them directly (body.{iter}.{layer})."""
+
+    def __init__(self, seq, blocks: list[Block], outer: bool, depth_of: dict[str, int]):
+        super().__init__()
+        self.order: list[str] = []
+        for name, part in _parts(seq, outer, depth_of):
+            if isinstance(part, LoopItem):
+                module = LoopBlock(part, blocks, depth_of)
+            elif any(isinstance(i, LoopItem) for i in part):
+                module = _Sequence(part, blocks, False, depth_of)
+            else:
+                module = nn.ModuleList([blocks[i] for i in part])
+            self.order.append(name)
+            self.add_module(name, module)
+
+    def run(self, x, counts, ctx, path):
+        for name in self.order:
+            part = getattr(self, name)
+            where = path if name == "layers" else path + (name,)
+            if isinstance(part, nn.ModuleList):
+                for j, block in enumerate(part):
+                    ctx.at(where + (j,))
+                    x = block(x)
+            else:
+                x = part.run(x, counts, ctx, where)
+        return x
+
+
+class LoopBlock(_Sequence):
+    """One loop: its body's parts (`layers`, or `pre`, `loop`, `post` around an inner loop),
+    run `count − offset` times."""
+
+    def __init__(self, item: LoopItem, blocks: list[Block], depth_of: dict[str, int]):
+        super().__init__(item.body, blocks, False, depth_of)
+        self.key, self.offset = item.loop, item.offset
+
+    def run(self, x, counts, ctx, path):
+        for it in range(counts[self.key] - self.offset):
+            x = ctx.after_iteration(self, x, self.apply(x, counts, ctx, path + (it,)), it)
+            if ctx.stop:
+                break
+        return x
+
+    def apply(self, x, counts, ctx, path):
+        """One application of the body."""
+        return _Sequence.run(self, x, counts, ctx, path)
+
+
+class _Context:
+    """What a forward pass tracks besides x: where it is (for hook names) and halting."""
+
+    def __init__(self, halt=None):
+        self.where: tuple = ()
+        self.halt = halt
+        self.stop = False           # set by halt: every problem of the batch has halted
+
+    def at(self, where: tuple) -> None:
+        self.where = where
+
+    def after_iteration(self, loop: LoopBlock, before, after, it: int):
+        return after if self.halt is None else self.halt(self, loop, before, after, it)
+
+
+class LoopedTransformer(_Sequence):
+    """The shared build's model: `forward(x, steps=50)` runs the loops that many times (any
+    run-time count param of the program by name; the built counts by default)."""
+
+    def __init__(self, blocks: list[Block], width: int, loops: LoopProgram):
+        super().__init__(loops.sequence, blocks, True,            # prologue, body, epilogue
+                         {spec.key: spec.depth for spec in loops.loops})
+        self.width = width
+        self.loops = loops
+        self._ctx = _Context()
+
+    @classmethod
+    def from_arrays(cls, arrays: list, width: int, loops: LoopProgram, dtype=torch.float64,
+                    device="cpu"):
+        def t(a):
+            return torch.as_tensor(a, dtype=dtype, device=device)
+        blocks = [Block(LinearAttention(t(w.W_K), t(w.W_Q), t(w.W_V)), MLP(t(w.W_1), t(w.W_2)))
+                  for w in arrays]
+        model = cls(blocks, width, loops)
+        model.requires_grad_(False)
+        return model
+
+    def forward(self, x: torch.Tensor, counts: dict | None = None, halt=None, **params) -> torch.Tensor:
+        """x (batch, n, D) → the final residual. `counts`/`params`: run-time counts by param
+        name (`steps=50`). `halt(ctx, loop, x_before, x_after, iteration)` (halting.py)
+        decides the state after each iteration of a loop (and may set ctx.stop)."""
+        resolved = self.loops.counts({**(counts or {}), **params})
+        self._ctx = _Context(halt)
+        try:
+            with exact_float32():
+                return self.run(x, resolved, self._ctx, ())
+        finally:
+            self._ctx = _Context()
+
+    def n_layers(self, counts: dict | None = None, **params) -> int:
+        """Layers a forward pass runs at these counts."""
+        return self.loops.n_layers(self.loops.counts({**(counts or {}), **params}))
+
+    def hook_points(self) -> dict[str, HookPoint]:
+        return {name: m for name, m in self.named_modules() if isinstance(m, HookPoint)}
+
+    def hook_name(self, module_name: str) -> str:
+        """The run-time name of a hook point: where the pass is now (iterations included),
+        then the hook's place in its Block (hook_resid_pre, attn.hook_result, ...)."""
+        parts = module_name.split(".")
+        tail = parts[-2:] if parts[-2] in ("attn", "mlp") else parts[-1:]
+        return ".".join([str(p) for p in self._ctx.where] + tail)
+
+    def run_with_cache(self, x: torch.Tensor, names=None, **params) -> tuple[torch.Tensor, dict]:
+        """(output, {hook name with iterations: activation}); `names` filters (a set, or a
+        predicate on the name)."""
+        cache: dict[str, torch.Tensor] = {}
+        keep = (lambda n: True) if names is None else (names if callable(names) else names.__contains__)
+
+        def record(module_name):
+            def hook(_m, _i, out):
+                name = self.hook_name(module_name)
+                if keep(name):
+                    cache[name] = out.detach()
+            return hook
+
+        handles = [hp.register_forward_hook(record(name)) for name, hp in self.hook_points().items()]
+        try:
+            with torch.no_grad():
+                out = self(x, **params)
+        finally:
+            for h in handles:
+                h.remove()
+        return out, cache
+
+
+__all__ = ["LoopedTransformer", "LoopBlock"]

@@ -1,0 +1,149 @@
+"""A shared build's loops: which stored layers run in which order, for given step counts.
+
+An unrolled build runs its layers once each, in order. A shared build (compiler/shared_build.py)
+stores each loop body once; its `LoopProgram` says how to run them: a sequence whose items are
+stored layer indices or `LoopItem`s (a body — itself such a sequence — run `count − offset`
+times, where `offset` counts the iterations the schedule pipelines into the layers around the
+loop). Every loop has a `LoopSpec`: its count as built, the run-time param that may change it,
+and the counts the build covers (`min_count`: the fold was checked from there on;
+`max_count`: where the fitted domains stop holding, None if they hold for every count).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import InputError
+
+
+@dataclass(frozen=True)
+class LoopSpec:
+    key: str                       # "line:col" of the repeat (after the calls inlining it)
+    line: int
+    count: int                     # the count it was built with (the default at run time)
+    param: str | None              # the run-time param setting it (None: fixed)
+    min_count: int
+    max_count: int | None
+    layers_per_iteration: int      # layers of its body, inner loops at their built counts
+    depth: int = 0                 # loops around it
+    state: tuple[tuple[str, str], ...] = ()   # top-level loops: (variable, block key) pinned
+
+
+@dataclass(frozen=True)
+class LoopItem:
+    loop: str                      # LoopSpec.key
+    offset: int
+    body: tuple                    # of int (a stored layer) | LoopItem
+
+
+@dataclass(frozen=True)
+class LoopProgram:
+    loops: tuple[LoopSpec, ...]
+    sequence: tuple                # of int | LoopItem
+    base_counts: tuple[tuple[str, int], ...]   # the unrolling the layout's blocks come from
+    unrolled: tuple[tuple[int, int, str], ...] = ()   # loops kept unrolled: (line, count, why)
+
+    def spec(self, key: str) -> LoopSpec:
+        return next(s for s in self.loops if s.key == key)
+
+    @property
+    def params(self) -> dict[str, int]:
+        """Run-time params and their built values."""
+        return {s.param: s.count for s in self.loops if s.param is not None}
+
+    def counts(self, given: dict | None = None) -> dict[str, int]:
+        """Every loop's count for these run-time params (the built ones where not given);
+        InputError for an unknown param, a bad value, or a count the build does not cover."""
+        given = dict(given or {})
+        unknown = sorted(set(given) - set(self.params))
+        if unknown:
+            fixed = "; ".join(f"{k} is not a run-time count of this build" for k in unknown)
+            raise InputError(f"{fixed} (run-time params: {', '.join(sorted(self.params)) or 'none'}; "
+                             "a param that sets anything besides repeat counts is fixed at build time, and so is the "
+                             "count of a loop the build kept unrolled: see .unrolled)")
+        out = {}
+        for s in self.loops:
+            n = given.get(s.param, s.count) if s.param is not None else s.count
+            if isinstance(n, bool) or not isinstance(n, (int, float)) or n != int(n):
+                raise InputError(f"{s.param} must be a whole number of iterations, got {n!r}")
+            n = int(n)
+            if n < s.min_count:
+                raise InputError(f"{s.param} = {n}: the loop at line {s.line} runs at least "
+                                 f"{s.min_count} times in this build (its pipeline fill and drain "
+                                 "are compiled around the body); build it unrolled for fewer")
+            if s.max_count is not None and n > s.max_count:
+                raise InputError(f"{s.param} = {n}: the loop at line {s.line} was built for at "
+                                 f"most {s.max_count} iterations — its fitted domains were derived "
+                                 "from bounds that grow with the count; rebuild with a larger "
+                                 f"{s.param}")
+            out[s.key] = n
+        return out
+
+    def expand(self, counts: dict[str, int]) -> list[int]:
+        """The stored layer indices in the order they run."""
+        out: list[int] = []
+        _expand(self.sequence, counts, out)
+        return out
+
+    def n_layers(self, counts: dict[str, int]) -> int:
+        return _count(self.sequence, counts)
+
+
+def _expand(seq, counts, out) -> None:
+    for item in seq:
+        if isinstance(item, LoopItem):
+            for _ in range(counts[item.loop] - item.offset):
+                _expand(item.body, counts, out)
+        else:
+            out.append(item)
+
+
+def _count(seq, counts) -> int:
+    return sum(_count(i.body, counts) * (counts[i.loop] - i.offset) if isinstance(i, LoopItem)
+               else 1 for i in seq)
+
+
+# ---- JSON ------------------------------------------------------------------------------------
+
+def loops_to_json(p: LoopProgram) -> dict:
+    return {"loops": [{"key": s.key, "line": s.line, "count": s.count, "param": s.param,
+                       "min_count": s.min_count, "max_count": s.max_count,
+                       "layers_per_iteration": s.layers_per_iteration, "depth": s.depth,
+                       "state": [list(x) for x in s.state]} for s in p.loops],
+            "sequence": _seq_to_json(p.sequence),
+            "base_counts": [list(x) for x in p.base_counts],
+            "unrolled": [list(x) for x in p.unrolled]}
+
+
+def _seq_to_json(seq) -> list:
+    return [{"loop": i.loop, "offset": i.offset, "body": _seq_to_json(i.body)}
+            if isinstance(i, LoopItem) else i for i in seq]
+
+
+def loops_from_json(d: dict, n_layers: int) -> LoopProgram:
+    """Read it back (KeyError, TypeError, ValueError where malformed)."""
+    loops = tuple(LoopSpec(str(s["key"]), int(s["line"]), int(s["count"]), s["param"],
+                           int(s["min_count"]), None if s["max_count"] is None else int(s["max_count"]),
+                           int(s["layers_per_iteration"]), int(s["depth"]),
+                           tuple((str(a), str(b)) for a, b in s["state"])) for s in d["loops"])
+    keys = {s.key for s in loops}
+    prog = LoopProgram(loops, _seq_from_json(d["sequence"], keys, n_layers),
+                       tuple((str(k), int(v)) for k, v in d["base_counts"]),
+                       tuple((int(a), int(b), str(c)) for a, b, c in d.get("unrolled", [])))
+    return prog
+
+
+def _seq_from_json(seq, keys, n_layers) -> tuple:
+    out = []
+    for i in seq:
+        if isinstance(i, dict):
+            if i["loop"] not in keys:
+                raise ValueError(f"the loop sequence names an unknown loop {i['loop']!r}")
+            out.append(LoopItem(i["loop"], int(i["offset"]), _seq_from_json(i["body"], keys, n_layers)))
+        elif isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n_layers:
+            out.append(i)
+        else:
+            raise ValueError(f"the loop sequence has a bad layer index {i!r}")
+    return tuple(out)
+
+
+__all__ = ["LoopSpec", "LoopItem", "LoopProgram", "loops_to_json", "loops_from_json"]

@@ -1,0 +1,399 @@
+"""Shared builds (`loops="shared"`): each repeat body stored once and run as a loop.
+
+Oracles: the unrolled build of the same program and params (the same weights' arithmetic,
+≤ 1e-14 relative in float64), and the reference interpreter at every step count tried.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+import tcompile
+from tcompile.errors import InputError
+from tcompile.language.interpreter import interpret_program
+from tcompile.language.parser import parse_file, parse_source
+from tcompile.language.run_params import run_time_counts
+
+from arrays import rel, with_singular_values
+
+PROGRAMS = "programs/"
+
+
+def random_inverse_problem(rng, d):
+    return {"A": with_singular_values(rng, d, d, np.linspace(1.0, 0.2, d))}
+
+
+def random_regression(rng, n, d):
+    A = rng.standard_normal((n, d))
+    A /= np.linalg.norm(A, axis=1).max()
+    return {"A": A, "y": A @ rng.standard_normal(d) + 0.1 * rng.standard_normal(n),
+            "a_test": rng.standard_normal(d)}
+
+
+def random_logistic_problem(rng, n, d):
+    A = rng.standard_normal((n, d))
+    A /= np.linalg.norm(A, axis=1, keepdims=True)
+    return {"A": A, "y": np.where(rng.standard_normal(n) > 0, 1.0, -1.0), "x0": np.zeros(d)}
+
+
+def interpreted(path, params, inputs):
+    prog = parse_file(path)
+    return interpret_program(prog, params, **inputs)
+
+
+@pytest.fixture(scope="module")
+def inverse():
+    return tcompile.compile_file(PROGRAMS + "newton_inverse.tp", {"d": 4}, loops="shared")
+
+
+@pytest.fixture(scope="module")
+def least_squares():
+    return tcompile.compile_file(PROGRAMS + "least_squares.tp", loops="shared")
+
+
+@pytest.fixture(scope="module")
+def logistic():
+    return tcompile.compile_file(PROGRAMS + "newton_logistic.tp", loops="shared")
+
+
+# ---- depth: the body is the unrolled schedule's steady state --------------------------------
+
+def test_newton_inverse_is_one_stored_layer_per_iteration(inverse):
+    (spec,) = inverse.loops.loops
+    assert spec.param == "steps" and spec.layers_per_iteration == 1
+    unrolled = tcompile.compile_file(PROGRAMS + "newton_inverse.tp", {"d": 4})
+    assert inverse.module.n_layers() == unrolled.n_layers == 30
+    assert len(inverse.layers) == 2              # the first step, then the body
+
+
+def test_least_squares_keeps_one_layer_per_step(least_squares):
+    (spec,) = least_squares.loops.loops
+    assert spec.layers_per_iteration == 1
+    unrolled = tcompile.compile_file(PROGRAMS + "least_squares.tp")
+    assert least_squares.module.n_layers() == unrolled.n_layers
+
+
+def test_logistic_nests_the_inversion_loop_inside_the_damped_step(logistic):
+    outer, inner = sorted(logistic.loops.loops, key=lambda s: s.depth)
+    k = logistic.info.params["inv_steps"]
+    assert (outer.param, inner.param) == ("steps", "inv_steps")
+    assert inner.layers_per_iteration == 1 and inner.depth == 1
+    assert outer.layers_per_iteration <= k + 4            # the issue's bound; it is k + 3
+    assert outer.layers_per_iteration == k + 3
+    unrolled = tcompile.compile_file(PROGRAMS + "newton_logistic.tp")
+    assert logistic.module.n_layers() == unrolled.n_layers
+    names = dict(logistic.module.named_children())
+    assert {"prologue", "body", "epilogue"} <= set(names) and hasattr(names["body"], "loop")
+
+
+# ---- shared vs unrolled, and the interpreter at other counts ---------------------------------
+
+def test_shipped_programs_match_their_unrolled_builds(inverse, least_squares, logistic):
+    rng = np.random.default_rng(3)
+    cases = [(inverse, "newton_inverse.tp", {"d": 4}, random_inverse_problem(rng, 4)),
+             (least_squares, "least_squares.tp", {}, random_regression(rng, 40, 4)),
+             (logistic, "newton_logistic.tp", {}, random_logistic_problem(rng, 26, 5))]
+    for shared, name, params, inputs in cases:
+        unrolled = tcompile.compile_file(PROGRAMS + name, params)
+        a, b = shared.run(**inputs), unrolled.run(executor="module", **inputs)
+        for key in b:
+            assert rel(a[key], b[key]) <= 1e-14, (name, key)
+
+
+@pytest.mark.parametrize("steps", [5, 20, 60])
+def test_newton_inverse_runs_any_step_count_built_once(inverse, steps):
+    A = random_inverse_problem(np.random.default_rng(steps), 4)["A"]
+    want = interpreted(PROGRAMS + "newton_inverse.tp", {"d": 4, "steps": steps}, {"A": A})["X"]
+    got = inverse.run(A=A, steps=steps)["X"]
+    assert rel(got, want) <= 1e-13
+    assert inverse.module.n_layers(steps=steps) == steps
+
+
+def test_logistic_runs_other_outer_and_inner_counts(logistic):
+    inputs = random_logistic_problem(np.random.default_rng(5), 26, 5)
+    for steps, inv in ((4, 6), (10, 9)):
+        params = {"steps": steps, "inv_steps": inv}
+        unrolled = tcompile.compile_file(PROGRAMS + "newton_logistic.tp", params)
+        want = unrolled.run(executor="module", **inputs)["x"]
+        assert rel(logistic.run(**inputs, **params)["x"], want) <= 1e-14
+
+
+def test_artifact_size_does_not_depend_on_the_step_count(tmp_path):
+    sizes = []
+    for steps in (10, 1000):
+        prog = tcompile.compile_file(PROGRAMS + "newton_inverse.tp", {"steps": steps},
+                                     loops="shared")
+        paths = prog.save(tmp_path / f"inv{steps}")
+        sizes.append(next(p for p in paths if p.suffix == ".safetensors").stat().st_size)
+    assert abs(sizes[0] - sizes[1]) <= 0.01 * sizes[0]
+
+
+def test_saved_shared_build_loads_and_runs_the_same(tmp_path, least_squares):
+    least_squares.save(tmp_path / "ls")
+    back = tcompile.load(tmp_path / "ls")
+    assert back.loops == least_squares.loops
+    inputs = random_regression(np.random.default_rng(1), 30, 4)
+    a, b = back.run(steps=9, **inputs), least_squares.run(steps=9, **inputs)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+# ---- run-time counts: what may change, and clear refusals ------------------------------------
+
+def test_run_time_counts_are_the_params_that_only_count_repeats():
+    for name, want in (("newton_inverse", {"steps"}), ("newton_logistic", {"steps", "inv_steps"})):
+        assert run_time_counts(parse_file(PROGRAMS + name + ".tp")) == want
+    src = """program p
+dim d = 2
+param steps = 4
+param k = 3
+param b = 2
+input v : [d] assume norm <= 1
+output w
+def twice(x, m) {
+  repeat m {
+    x = 0.5 * x + v
+  }
+  return x
+}
+w = v
+repeat steps {
+  w = twice(w, k) / b
+}
+repeat b {
+  w = 0.5 * w
+}
+"""
+    assert run_time_counts(parse_source(src)) == {"steps", "k"}
+
+
+def test_refusals_name_what_may_be_given(inverse):
+    A = random_inverse_problem(np.random.default_rng(0), 4)["A"]
+    with pytest.raises(InputError, match="norm_bound is not a run-time count"):
+        inverse.run(A=A, norm_bound=2)
+    with pytest.raises(InputError, match="at least 2 times"):
+        inverse.run(A=A, steps=1)
+    with pytest.raises(InputError, match="whole number"):
+        inverse.run(A=A, steps=2.5)
+    unrolled = tcompile.compile_file(PROGRAMS + "newton_inverse.tp", {"d": 4})
+    with pytest.raises(InputError, match="shared build"):
+        unrolled.run(A=A, steps=5)
+
+
+def test_a_count_the_domains_depend_on_is_capped_at_the_built_count():
+    src = """program grow
+param steps = 4
+input s : [] in [0, 1]
+output t
+t = s
+repeat steps {
+  t = sigmoid(t) + t
+}
+"""
+    prog = tcompile.compile_source(src, loops="shared")
+    (spec,) = prog.loops.loops
+    assert spec.max_count == 4                 # t's bound grows with every iteration
+    want = interpret_program(parse_source(src), {"steps": 3}, s=0.5)["t"]
+    assert rel(prog.run(s=0.5, steps=3)["t"], want) <= 1e-5
+    with pytest.raises(InputError, match="at most 4 iterations"):
+        prog.run(s=0.5, steps=5)
+
+
+def test_a_loop_that_does_not_fold_stays_unrolled_and_says_why():
+    src = """program p
+dim d = 2
+input v : [d] assume norm <= 1
+output w
+w = v
+repeat 3 {
+  w = 0.5 * w
+}
+"""
+    prog = tcompile.compile_source(src, loops="shared")
+    assert prog.loops.loops == ()
+    ((line, count, why),) = prog.loops.unrolled
+    assert (line, count) == (6, 3) and "no layers of its own" in why
+    assert rel(prog.run(v=np.array([0.3, -0.2]))["w"], 0.125 * np.array([0.3, -0.2])) <= 1e-15
+
+
+# ---- halting ----------------------------------------------------------------------------------
+
+def _iterate_w(A, y, steps):
+    """least_squares.tp's iteration in numpy: every w_t."""
+    n = len(A)
+    S, b = A.T @ A / n, A.T @ y / n
+    X, w, out = np.eye(A.shape[1]), b.copy(), [b.copy()]
+    for _ in range(steps):
+        w, X = 2 * w - X @ S @ w, 2 * X - X @ S @ X
+        out.append(w.copy())
+    return out
+
+
+def test_halting_stops_each_problem_where_its_iterate_settles(least_squares):
+    rng = np.random.default_rng(11)
+    B, n, d, tol, cap = 64, 40, 4, 1e-10, 40
+    As, ys = [], []
+    for kappa in np.logspace(0, 3, B):
+        U, _ = np.linalg.qr(rng.standard_normal((n, d)))
+        V, _ = np.linalg.qr(rng.standard_normal((d, d)))
+        A = U @ np.diag(np.linspace(1, 1 / kappa, d)) @ V.T
+        A /= np.linalg.norm(A, axis=1).max()
+        As.append(A)
+        ys.append(A @ rng.standard_normal(d) + 0.01 * rng.standard_normal(n))
+    out = least_squares.run(A=np.stack(As), y=np.stack(ys), a_test=np.zeros((B, d)),
+                            until=("w", tol), max_steps=cap)
+    steps = out["steps"]
+    for i in range(B):
+        ws = _iterate_w(As[i], ys[i], cap)
+        first = next((t for t in range(1, cap + 1) if np.abs(ws[t] - ws[t - 1]).max() <= tol), cap)
+        assert abs(int(steps[i]) - first) <= 2, (i, steps[i], first)
+        fixed = least_squares.run(A=As[i], y=ys[i], a_test=np.zeros(d), steps=int(steps[i]))
+        assert rel(out["w"][i], fixed["w"]) <= 1e-14      # a halted problem kept its state
+    assert len(set(steps.tolist())) > 3
+
+
+def test_until_names_a_loop_variable(least_squares):
+    inputs = random_regression(np.random.default_rng(2), 30, 4)
+    with pytest.raises(InputError, match="loop variables of this build: X, w"):
+        least_squares.run(until=("b", 1e-9), **inputs)
+
+
+# ---- the module shows the loop -----------------------------------------------------------------
+
+def test_hook_names_carry_the_iteration(inverse):
+    A = random_inverse_problem(np.random.default_rng(0), 4)["A"]
+    x = inverse.encode(A=A)
+    _, cache = inverse.module.run_with_cache(x, steps=4)
+    assert "prologue.0.hook_resid_post" in cache
+    assert {f"body.{i}.0.hook_resid_post" for i in range(3)} <= set(cache)
+    assert "body.3.0.hook_resid_post" not in cache          # offset 1: 3 applications
+    # the residual after body iteration i decodes to the interpreter's X after i + 2 steps
+    X = interpreted(PROGRAMS + "newton_inverse.tp", {"d": 4, "steps": 3}, {"A": A})["X"]
+    got = inverse.decode(cache["body.1.0.hook_resid_post"])["X"][0]
+    assert rel(got, X) <= 1e-13
+
+
+def test_parameters_do_not_grow_with_the_step_count():
+    counts = []
+    for steps in (10, 200):
+        prog = tcompile.compile_file(PROGRAMS + "newton_inverse.tp", {"steps": steps},
+                                     loops="shared")
+        counts.append(sum(p.numel() for p in prog.module.parameters()))
+    assert counts[0] == counts[1]
+
+
+@pytest.mark.parametrize("loops", ["unrolled", "shared"])
+def test_the_compiled_module_trains(loops):
+    prog = tcompile.compile_file(PROGRAMS + "newton_inverse.tp", {"d": 3, "steps": 6}, loops=loops)
+    model = prog.module_for("float64")
+    A = random_inverse_problem(np.random.default_rng(0), 3)["A"]
+    x = prog.encode(A=A)
+    target = torch.as_tensor(np.linalg.inv(A))
+    model.requires_grad_(True)
+    try:
+        y = model(x)
+        block = prog.layout.output_block("X")          # [d, d] in the first d token columns
+        X = y[0, :3, list(block.rows)]
+        X = X if block.transposed else X.T
+        ((X - target) ** 2).sum().backward()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert grads and any(float(g.abs().sum()) > 0 for g in grads)
+    finally:
+        model.requires_grad_(False)
+        model.zero_grad(set_to_none=True)
+
+
+# ---- random loop programs -----------------------------------------------------------------------
+
+HEADER = """program rand{seed}
+dim d = {d}
+param steps = {steps}
+input A : [n, d] assume row_norm <= 1
+input H : [d, d] assume spectrum in [0.5, 1]
+input M : [d, d] assume norm <= 1
+input v : [d] assume norm <= 1
+input s : [] in [-1, 1]
+output {outputs}
+"""
+
+# state variable → (initial value, updates it may take; {c} a coefficient in (0, 1))
+STATE = {
+    "X": ("I", ["2 * X - X @ H @ X", "X - {c} * (X @ H @ X - X)"]),
+    "w": ("v", ["w - {c} * (H @ w - v)", "{c} * w + (1 - {c}) * (M @ w)",
+                "clip(w - {c} * (H @ w - v), -1, 1)", "w - {c} * (X @ (H @ w - v))"]),
+    "z": ("A @ v", ["{c} * z + (1 - {c}) * (A @ w)", "relu(z) - {c} * (A @ v)",
+                    "{c} * z + s * (A @ w)"]),
+    "t": ("s", ["{c} * t + (1 - {c}) * (w @ v)", "{c} * t * s + w @ H @ w"]),
+}
+NEEDS = {"X": set(), "w": set(), "z": {"w"}, "t": {"w"}}
+
+
+def random_loop_program(seed: int) -> str:
+    """A program with one loop whose 1-3 state variables update from themselves and each
+    other (Newton–Schulz, gradient steps, clipped and rectified steps, token vectors, scalars);
+    every update is a contraction or Newton on H, so values stay tame."""
+    rng = np.random.default_rng(seed)
+    names = [str(x) for x in rng.choice(list(STATE), size=rng.integers(1, 4), replace=False)]
+    for name in list(names):
+        names += [m for m in NEEDS[name] if m not in names]
+    lines, body = [], []
+    for name in sorted(names, key=list(STATE).index):
+        init, updates = STATE[name]
+        options = [u for u in updates if "X @" not in u or "X" in names]
+        update = options[rng.integers(len(options))].format(c=rng.choice([0.25, 0.5, 0.75]))
+        lines.append(f"{name} = {init}")
+        body.append(f"  {name} = {update}")
+    rng.shuffle(body)
+    outputs = sorted(set(names) | ({"r"} if "w" in names else set()))
+    tail = ["r = v @ H @ w"] if "w" in names else []
+    return (HEADER.format(seed=seed, d=int(rng.integers(2, 5)), steps=int(rng.integers(4, 7)),
+                          outputs=", ".join(outputs))
+            + "\n".join(lines) + "\nrepeat steps {\n" + "\n".join(body) + "\n}\n" + "\n".join(tail) + "\n")
+
+
+def _inputs(seed: int, d: int, n: int = 7):
+    rng = np.random.default_rng(100 + seed)
+    A = rng.standard_normal((n, d))
+    A /= np.linalg.norm(A, axis=1).max()
+    Q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    M = with_singular_values(rng, d, d, np.linspace(1, 0.3, d))
+    v = rng.standard_normal(d)
+    return {"A": A, "H": (Q * np.linspace(0.5, 1, d)) @ Q.T, "M": M, "v": v / np.linalg.norm(v),
+            "s": float(rng.uniform(-1, 1))}
+
+
+SEEDS = range(24)
+
+
+@functools.lru_cache(maxsize=None)
+def shared_random(seed: int):
+    return tcompile.compile_source(random_loop_program(seed), loops="shared")
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_random_loop_programs_match_unrolled_and_interpreter(seed):
+    src = random_loop_program(seed)
+    shared = shared_random(seed)
+    if not shared.loops.loops:   # kept unrolled, and says why (a variable read late alternates rows)
+        assert "rows alternate" in shared.loops.unrolled[0][2], src
+    steps = shared.info.params["steps"]
+    inputs = _inputs(seed, shared.info.params["d"])
+    for k in (steps, steps + 3) if shared.loops.loops else (steps,):
+        unrolled = tcompile.compile_source(src, params={"steps": k})
+        counts = {"steps": k} if shared.loops.loops else {}
+        a, b = shared.run(**counts, **inputs), unrolled.run(executor="module", **inputs)
+        want = interpret_program(parse_source(src), {"steps": k}, **inputs)
+        for name in b:
+            # every value is bounded by 1 here (norm bounds), so the rounding floor is absolute:
+            # the unrolled build merges iterations, the shared one keeps them, and the two
+            # orders of operations differ by ulps of O(1) intermediates
+            scale = max(float(np.abs(b[name]).max()), 1.0)
+            assert np.abs(a[name] - b[name]).max() <= 1e-14 * scale, (src, name, k)
+            assert np.abs(a[name] - want[name]).max() <= 1e-9 * scale, (src, name, k)
+
+
+def test_most_random_loops_fold():
+    folded = [seed for seed in SEEDS if shared_random(seed).loops.loops]
+    assert len(folded) >= 20, folded
