@@ -15,8 +15,10 @@ import tcompile
 from arrays import rel
 from tcompile.errors import InputError
 from tcompile.inspection.sampling import sample_inputs
+from tcompile.runtime import exec_ops
+from tcompile.runtime.exec_ops import HeadOp, MlpOp, relu_pairs_linear
 from tcompile.runtime.executor import StructuredExecutor, executor_for
-from tcompile.runtime.pl_tables import bucket_index, build_table
+from tcompile.runtime.pl_tables import build_table, cell_index
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRAMS = ROOT / "programs"
@@ -71,6 +73,72 @@ def test_logistic_runs_its_sigmoid_as_a_table_and_its_products_as_tables():
                           if getattr(g, "kind", None) == "table")
     units = sum(int(np.count_nonzero(np.any(w.W_1 != 0, axis=1))) for w in prog.layers)
     assert units_in_tables >= 0.9 * units
+
+
+def logistic_ops(n: int, dtype=torch.float64):
+    name, params, _ = SHIPPED[2]
+    prog = tcompile.compile_file(PROGRAMS / f"{name}.tp", params=params)
+    ex = StructuredExecutor(prog.layers, prog.layout)
+    return prog, params, [[op for op in sub.ops if op is not None]
+                          for sub in ex.resolved(n, dtype).sublayers]
+
+
+def test_logistic_product_pieces_share_reads_and_the_hessian_shares_its_gram():
+    """The fast forms newton_logistic takes (agreement with the module is the test above):
+    each product piece's two squares are one op over the shared rows (A's d rows, p(1 − p) read
+    once and broadcast); the Hessian's two symmetric halves share V Kᵀ (one computes AMᵀ, the
+    other takes its transpose); the MLP clearing of reused rows is found linear and dropped."""
+    prog, params, subs = logistic_ops(12)
+    d, steps = params["d"], params["steps"]
+    pairs = [op for ops in subs for op in ops
+             if isinstance(op, MlpOp) and op.kind == "table" and len(op.tables) == 2]
+    assert len(pairs) == steps
+    for op in pairs:
+        assert op.inst == d and [rd.rows for rd in op.coords] == [d, 1]
+    keys = [{op.gram_key for op in ops if isinstance(op, HeadOp) and op.gram_key}
+            for ops in subs]
+    assert sum(any(k[::-1] in ks for k in ks) for ks in keys) == steps
+    relu_reads = [len(op.q_rows) for ops in subs for op in ops
+                  if isinstance(op, MlpOp) and op.kind in ("relu", "linear")]
+    assert max(relu_reads) <= 3          # y, and the pieces gated by it: no clearing of H
+
+
+@pytest.mark.parametrize("chunk", [1, 80, 1 << 20])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_logistic_chunked_tables_equal_module(monkeypatch, chunk, dtype):
+    """Tables looked up in passes over the batch (one problem per pass; two, the last pass
+    ragged, for the product pieces' 3 × 12 entries per problem; all at once) compute the same
+    function as the module, in float64 to RTOL and in float32 to float32 accuracy (the cell
+    lookup's margins are sized by the dtype)."""
+    monkeypatch.setitem(exec_ops.CHUNK, "cpu", chunk)
+    name, params, n = SHIPPED[2]
+    prog = tcompile.compile_file(PROGRAMS / f"{name}.tp", params=params)
+    batch = sample_inputs(prog.program, params, n=n, batch=5, seed=5)
+    ex = StructuredExecutor(prog.layers, prog.layout)
+    dt = getattr(torch, dtype)
+    got = ex.run_inputs(prog.prepare_inputs(batch), dt)
+    got = {k: v.double().numpy() for k, v in got.items()}
+    ref = module_outputs(prog, batch)
+    assert rel_gap(got, ref) <= (RTOL if dtype == "float64" else 1e-4)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_relu_pairs_are_the_linear_map(seed):
+    """relu_pairs_linear: W2 ReLU(W1 x) = M x when units pair as (w, c), (−w, −c), in any
+    order and with signed zeros; None as soon as one unit has no partner."""
+    rng = np.random.default_rng(seed)
+    w, c = rng.normal(size=(4, 3)), rng.normal(size=(2, 4))
+    w[0, 1] = 0.0
+    W1 = np.concatenate([w, -w])
+    W2 = np.concatenate([c, -c], axis=1)
+    perm = rng.permutation(8)
+    W1, W2 = W1[perm], W2[:, perm]
+    M = relu_pairs_linear(W1, W2)
+    x = rng.normal(size=(3, 50))
+    assert np.allclose(M @ x, W2 @ np.maximum(W1 @ x, 0), rtol=0, atol=1e-13)
+    W2[0, 0] *= 2
+    assert relu_pairs_linear(W1, W2) is None
+    assert relu_pairs_linear(W1[:7], W2[:, :7]) is None
 
 
 def corpus_programs():
@@ -128,19 +196,27 @@ def test_pl_table_is_the_relu_sum(seed):
     assert np.max(np.abs(got - want)) <= 1e-13 * np.max(np.abs(C).sum(1) * 5)
 
 
-@pytest.mark.parametrize("spread", ["uniform", "clustered"])
-def test_bucket_index_counts_like_searchsorted(spread):
-    """The grid lookup gives #{breakpoints < s} exactly: on the breakpoints, one ulp either
-    side, between them and beyond both ends (or declines: None, and searchsorted is used)."""
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("spread", ["uniform", "clustered", "square"])
+def test_cell_index_counts_like_searchsorted(spread, dtype):
+    """The cell lookup gives #{breakpoints < s} exactly, computed in the dtype as the
+    executor computes it: on the breakpoints, one ulp either side, on and beside every cell
+    edge, between them and beyond both ends (or declines: None, and searchsorted is used)."""
     rng = np.random.default_rng(7)
     bp = np.sort(rng.uniform(-6, 6, 300) if spread == "uniform" else
-                 np.concatenate([rng.uniform(-6, 6, 100), rng.uniform(0, 0.05, 6)]))
-    grid = bucket_index(bp)
-    assert grid is not None
-    origin, inv_h, base, padded, m = grid
-    s = np.concatenate([bp, np.nextafter(bp, np.inf), np.nextafter(bp, -np.inf),
-                        rng.uniform(-9, 9, 5000), [-np.inf, np.inf]])
-    j = np.clip(np.floor((s - origin) * inv_h), 0, len(base) - 1).astype(np.int64)
-    idx = base[j] + sum((padded[base[j] + i] < s).astype(np.int64) for i in range(m))
-    assert np.array_equal(idx, np.searchsorted(bp, s))
-    assert bucket_index(np.array([0.0, 1e-12, 1.0]), max_probe=1, max_cells=64) is None
+                 np.concatenate([rng.uniform(-6, 6, 100), rng.uniform(0, 0.05, 6)])
+                 if spread == "clustered" else np.linspace(-1.0, 1.25, 58) + rng.normal(0, 1e-3, 58))
+    cells = cell_index(bp, float(np.finfo(dtype).eps))
+    assert cells is not None
+    origin, inv_h, base, t, m = cells
+    assert m <= (1 if spread == "square" else 3)
+    bpd = bp.astype(dtype)
+    edges = (origin + np.arange(len(base) + 1) / inv_h).astype(dtype)
+    s = np.concatenate([bpd, np.nextafter(bpd, dtype(np.inf)), np.nextafter(bpd, dtype(-np.inf)),
+                        edges, np.nextafter(edges, dtype(np.inf)), np.nextafter(edges, dtype(-np.inf)),
+                        rng.uniform(-9, 9, 5000).astype(dtype), np.array([-np.inf, np.inf], dtype)])
+    j = np.clip((s - dtype(origin)) * dtype(inv_h), 0, len(base) - 1).astype(np.int64)
+    idx = base[j] + sum((t[i].astype(dtype)[j] < s).astype(np.int64) for i in range(m))
+    assert np.array_equal(idx, np.searchsorted(bpd, s))
+    assert cell_index(np.array([0.0, 1e-12, 2e-12, 1.0, 1 + 1e-12]), 2.2e-16, max_probe=1,
+                      max_cells=64) is None

@@ -5,16 +5,27 @@ Tensors are (batch, rows, tokens): a slot holds its rows over the token columns 
 encoder constants are held once with batch 1 and broadcast. Constant operands (encoder
 constants, which depend on n only) are multiplied out here, once per n: a head whose K and V
 are constants (an identity, I/n, ones) is one matrix applied to Q, or one scalar when that
-matrix is a multiple of the identity.
+matrix is a multiple of the identity; otherwise the head's chain Wv · V · Kᵀ · G · Q, its
+adjacent constants multiplied out, is evaluated in the order of fewest flops.
+
+Tables (pl_tables.py) are looked up by a uniform grid of cells (`cell_index`) in a dozen
+elementwise passes per entry, in chunks of entries; the two tables of a product piece, which
+read the same rows, are one op (`MlpOp.absorb`). ReLU units that pair up as (w, c), (−w, −c)
+are the linear map Σ c wᵀ (relu(t) − relu(−t) = t): the compiler's MLP clearing of rows it
+reuses, which the executor then drops with the value it clears (executor.py).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from .exec_plan import Read, concrete
+from .exec_plan import Read, concrete, sub_read
 from .exec_sublayers import HeadSpec
-from .pl_tables import MlpGroup, bucket_index, build_table
+from .pl_tables import MlpGroup, build_table, cell_index
+
+# Table entries looked up per pass on a CPU: a pass's temporaries (a dozen arrays of this many
+# entries) stay in cache, and its memory does not grow with the batch. Elsewhere: one pass.
+CHUNK = {"cpu": 1 << 16}
 
 
 def scalar_of(W: np.ndarray):
@@ -85,8 +96,15 @@ def _converters(dtype, device):
     return t, torch.zeros((), dtype=dtype, device=device)
 
 
+def _read_key(read: Read, e: int):
+    """What a read reads: (slot, positions) per segment, over e tokens."""
+    return tuple((seg.key, seg.positions) for seg in read.segments), e
+
+
 class HeadOp:
-    """V Kᵀ G Q for one head, the cheaper multiplication order for this n."""
+    """V Kᵀ G Q for one head (times W_V), in the cheapest multiplication order for this n."""
+
+    fresh = True        # __call__ returns a new tensor (the residual sum may add into it)
 
     def __init__(self, spec: HeadSpec, slots, consts, n, dtype, device):
         t, like = _converters(dtype, device)
@@ -95,6 +113,7 @@ class HeadOp:
         self.q = ReadOp(spec.q, slots, e, n)
         self.M = self.M_np = self.scale = self.const = None
         self.alpha, self.q_rows, self._t = 1.0, spec.q.rows, t
+        self.gram_key = self.gram_node = None
         Wv = spec.Wv
         if spec.k.const and spec.v.const:       # fold: one matrix (or scalar) applied to Q
             K = const_array(self.k, consts, like)
@@ -103,25 +122,54 @@ class HeadOp:
             if spec.q.const:
                 Q = const_array(self.q, consts, like)
                 self.const = t(M @ Q)[None]
+                self.fresh = False
             else:
                 self.set_linear(M)
             return
-        self._general(spec, Wv, m, e, t)
+        self._chain(spec, consts, like, m, t)
 
-    def _general(self, spec, Wv, m, e, t):
-        sG, sV = scalar_of(spec.G), scalar_of(Wv)
-        scale = (1.0 if sG is None else sG) * (1.0 if sV is None else sV)
-        G = None if sG is not None else spec.G * scale
-        if G is None and sV is None:
-            Wv, scale = Wv * scale, 1.0
-        elif G is not None:
-            scale = 1.0
-        self.G = None if G is None else t(G)
-        self.G_on_q = G is None or e <= m
-        self.Wv = None if sV is not None else t(Wv)
-        self.alpha = scale
-        vo, c = len(spec.out_rows), (spec.G.shape[0] if self.G_on_q else spec.G.shape[1])
-        self.kv_first = vo * m * c + vo * c * e <= m * c * e + vo * m * e
+    def _chain(self, spec, consts, like, m, t):
+        """Wv · V · Kᵀ · G · Q as a list of factors: scalar multiples of the identity leave as
+        alpha, adjacent constants are multiplied out (float64), and the product is bracketed
+        for the fewest flops (every product left involves a batched operand, so the batch
+        size scales every cost alike)."""
+        alpha = 1.0
+        factors = []
+        for f in (spec.Wv, "V", "K", spec.G, "Q"):
+            if isinstance(f, str):
+                read = {"V": spec.v, "K": spec.k, "Q": spec.q}[f]
+                if read.const:
+                    op = {"V": self.v, "K": self.k, "Q": self.q}[f]
+                    a = const_array(op, consts, like)
+                    f = a.T if f == "K" else a
+            if not isinstance(f, str):
+                sc = scalar_of(f)
+                if sc is not None:
+                    alpha *= sc
+                    continue
+                if factors and not isinstance(factors[-1], str):
+                    f = factors.pop() @ f
+            factors.append(f)
+        dims = {"V": (len(spec.v.rows), m), "K": (m, len(spec.k.rows)),
+                "Q": (len(spec.q.rows), self.q.e)}
+        consts_at = [i for i, f in enumerate(factors) if not isinstance(f, str)]
+        if alpha != 1.0 and consts_at:          # into a constant factor: no pass at run time
+            i = consts_at[0]
+            factors[i] = factors[i] * alpha
+            alpha = 1.0
+        self.alpha = alpha
+        p = [dims[f][0] if isinstance(f, str) else f.shape[0] for f in factors[:1]]
+        p += [dims[f][1] if isinstance(f, str) else f.shape[1] for f in factors]
+        self.leaves = [f if isinstance(f, str) else t(f) for f in factors]
+        self.tree = _bracket(p)
+        self.fresh = not isinstance(self.tree, int)     # one factor: a read, returned as is
+        names = [f if isinstance(f, str) else None for f in factors]
+        if "V" in names and "K" in names:
+            iv = names.index("V")
+            if names.index("K") == iv + 1 and _has_node(self.tree, (iv, iv + 1)) and \
+                    self.tree[:2] != (iv, iv + 1):      # shared, so never the output itself
+                self.gram_node = (iv, iv + 1)
+                self.gram_key = (_read_key(spec.v, m), _read_key(spec.k, m))
 
     def set_linear(self, M: np.ndarray) -> None:
         """The head is M @ Q: a scalar (returned as Q with alpha = s) or a matrix."""
@@ -129,38 +177,141 @@ class HeadOp:
         s = scalar_of(M)
         self.scale, self.alpha = (s, s) if s is not None else (None, 1.0)
         self.M = None if s is not None else self._t(M)
+        self.fresh = s is None
 
     def linear_map(self):
         """M (rows out × q rows) when the head is linear in Q, else None."""
         return None if self.const is not None else self.M_np
 
-    def __call__(self, state: dict, like) -> torch.Tensor:
-        """The head's output divided by `alpha` (the residual sum multiplies it in)."""
+    def __call__(self, state: dict, like, grams: dict | None = None) -> torch.Tensor:
+        """The head's output divided by `alpha` (the residual sum multiplies it in). `grams`:
+        V Kᵀ products already computed in this sublayer (a head whose V and K are another's
+        K and V uses the transpose: the Hessian's two symmetric halves)."""
         if self.const is not None:
             return self.const
-        Q = self.q(state, like)
-        if self.scale is not None:
-            return Q
-        if self.M is not None:
-            return self.M @ Q
-        K, V = self.k(state, like), self.v(state, like)
-        if self.G is not None:
-            if self.G_on_q:
-                Q = self.G @ Q
-            else:
-                K = self.G.T @ K
-        if self.Wv is not None:
-            V = self.Wv @ V
-        return (V @ K.mT) @ Q if self.kv_first else V @ (K.mT @ Q)
+        if self.M is not None or self.scale is not None:
+            Q = self.q(state, like)
+            return Q if self.M is None else self.M @ Q
+        return self._eval(self.tree, state, like, grams)
+
+    def _eval(self, node, state, like, grams):
+        if isinstance(node, int):
+            f = self.leaves[node]
+            if not isinstance(f, str):
+                return f
+            if f == "K":
+                return self.k(state, like).mT
+            return (self.v if f == "V" else self.q)(state, like)
+        i, j, left, right = node
+        if (i, j) == self.gram_node and grams is not None:
+            key = self.gram_key
+            if key in grams:
+                return grams[key]
+            if key[::-1] in grams:
+                return grams[key[::-1]].mT
+            g = grams[key] = self._eval(left, state, like, None) @ self._eval(right, state, like, None)
+            return g
+        return self._eval(left, state, like, grams) @ self._eval(right, state, like, grams)
+
+
+def _bracket(p: list[int]):
+    """The matrix-chain bracketing of factors with dims p[i] × p[i+1] of fewest flops (of
+    equal ones, the most left to right: (V Kᵀ) Q, the module's order and rounding): a leaf is
+    its index, a product (i, j, left, right) covers factors i..j."""
+    L = len(p) - 1
+    cost = [[0] * L for _ in range(L)]
+    split = [[0] * L for _ in range(L)]
+    for length in range(2, L + 1):
+        for i in range(L - length + 1):
+            j = i + length - 1
+            cost[i][j] = None
+            for k in range(i, j):
+                c = cost[i][k] + cost[k + 1][j] + p[i] * p[k + 1] * p[j + 1]
+                if cost[i][j] is None or c <= cost[i][j]:     # ties: left to right, as the module
+                    cost[i][j], split[i][j] = c, k
+
+    def build(i, j):
+        if i == j:
+            return i
+        k = split[i][j]
+        return (i, j, build(i, k), build(k + 1, j))
+    return build(0, L - 1)
+
+
+def _has_node(tree, span) -> bool:
+    if isinstance(tree, int):
+        return False
+    return tree[:2] == span or _has_node(tree[2], span) or _has_node(tree[3], span)
+
+
+def relu_pairs_linear(W1: np.ndarray, W2: np.ndarray):
+    """M with W2 @ relu(W1 x) = M x for every x, when the units pair up as (w, c) and (−w, −c)
+    (c·relu(w·x) − c·relu(−w·x) = c·(w·x)); else None."""
+    U = W1.shape[0]
+    if U % 2:
+        return None
+    key = lambda w, c: ((w + 0.0).tobytes(), (c + 0.0).tobytes())      # noqa: E731  (−0 = 0)
+    free: dict = {}
+    for u in range(U):
+        free.setdefault(key(W1[u], W2[:, u]), []).append(u)
+    M = np.zeros((W2.shape[0], W1.shape[1]))
+    done = set()
+    for u in range(U):
+        if u in done:
+            continue
+        mates = [v for v in free.get(key(-W1[u], -W2[:, u]), []) if v not in done and v != u]
+        if not mates:
+            return None
+        done |= {u, mates[0]}
+        M += np.outer(W2[:, u], W1[u])
+    return M
+
+
+class _Lookup:
+    """One PL table in one dtype on one device: s = Σ_i coef_i X_i, f(s) = slope[idx]·s +
+    icpt[idx] with idx = #{breakpoints < s} (pl_tables.build_table), by cells where
+    pl_tables.cell_index finds a grid, else by searchsorted."""
+
+    def __init__(self, bp, slope, icpt, coef, dtype, device):
+        def t(a):
+            return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)
+        self.coef = [float(c) for c in coef]
+        self.slopes = [t(slope[:, o]) for o in range(slope.shape[1])]
+        self.icpts = [t(icpt[:, o]) for o in range(icpt.shape[1])]
+        self.bp = t(bp)
+        self.cells = cell_index(bp, float(torch.finfo(dtype).eps))
+        if self.cells is not None:
+            origin, inv_h, base, tc, m = self.cells
+            self.origin, self.inv_h, self.last = origin, inv_h, float(len(base) - 1)
+            self.base = torch.as_tensor(base.astype(np.int32), device=device)
+            self.t = [t(tc[i]) for i in range(m)]
+
+    def s(self, xs: list) -> torch.Tensor:
+        s = xs[0]
+        for c, x in zip(self.coef[1:], xs[1:]):
+            s = s + x if c == 1.0 else s.add(x, alpha=c)
+        return s
+
+    def index(self, s: torch.Tensor) -> torch.Tensor:
+        """#{breakpoints < s} for a flat contiguous s."""
+        if self.cells is None:
+            return torch.searchsorted(self.bp, s)
+        j = (s - self.origin).mul_(self.inv_h).clamp_(0.0, self.last).to(torch.int32)
+        idx = self.base.index_select(0, j)
+        for t in self.t:
+            idx.add_(t.index_select(0, j) < s)
+        return idx
+
+    def value(self, o: int, idx: torch.Tensor, s: torch.Tensor, out=None) -> torch.Tensor:
+        return torch.addcmul(self.icpts[o].index_select(0, idx),
+                             self.slopes[o].index_select(0, idx), s, out=out)
 
 
 class MlpOp:
-    """One MLP group: a constant, ReLUs over the rows it reads, or a PL table."""
+    """One MLP group: a constant, a linear map, ReLUs over the rows it reads, or PL tables."""
 
     alpha = 1.0
-
-    def linear_map(self):
-        return None
+    fresh = True
 
     def __init__(self, g: MlpGroup, slots, consts, n, dtype, device):
         t, like = _converters(dtype, device)
@@ -170,61 +321,101 @@ class MlpOp:
             gate = const_array(ReadOp(g.gate, slots, e, n), consts, like)
             bias = g.W1c @ gate                                   # (U, e)
         self.var = ReadOp(g.var, slots, e, n) if g.var.rows else None
-        self.kind, self.const = g.kind, None
+        self.kind, self.const, self.M_np, self._t = g.kind, None, None, t
+        self.q_rows, self.read, self.e = g.var.rows, g.var, e
         if g.kind == "const":
             self.const = t(g.W2 @ np.maximum(bias, 0.0))[None]
+            self.fresh = False
             return
         if g.kind == "table" and np.all(bias == bias[:, :1]):
-            a = g.W1v[:, 0]
-            bp, slope, icpt = build_table(a, bias[:, 0], g.W2)
-            self.k, self.inst = g.W1v.shape[1], g.instances
-            self.dir = None if self.k == 1 else t(g.W1v[:1] / a[0])
-            self.dir_coef = [float(c) for c in g.W1v[0] / a[0]]
-            self.bp, self.slope, self.icpt = t(bp), t(slope), t(icpt)
-            grid = bucket_index(bp)
-            self.grid = None if grid is None else (
-                grid[0], grid[1], torch.as_tensor(grid[2], device=device), t(grid[3]), grid[4])
-            self.single = g.W2.shape[0] == 1
-            if self.single:
-                self.slope, self.icpt = self.slope[:, 0].contiguous(), self.icpt[:, 0].contiguous()
+            self._table(g, bias[:, 0], slots, n, e, dtype, device)
             return
         assert g.instances == 1, "stacked tables are gated by the ones row (pl_tables.py)"
+        M = relu_pairs_linear(g.W1v, g.W2) if not np.any(bias) else None
+        if M is not None:
+            self.kind = "linear"
+            self.set_linear(M)
+            return
         self.kind = "relu"
         self.W1, self.bias, self.W2 = t(g.W1v), t(bias)[None], t(g.W2)
 
-    def index(self, s: torch.Tensor) -> torch.Tensor:
-        """#{breakpoints < s}: torch.searchsorted, or the same count from the uniform grid
-        (pl_tables.bucket_index) in a few elementwise ops."""
-        if self.grid is None:
-            return torch.searchsorted(self.bp, s.contiguous())
-        origin, inv_h, base, padded, m = self.grid
-        j = ((s - origin) * inv_h).clamp(0, base.shape[0] - 1).long()
-        b = base[j]
-        idx = b
-        for i in range(m):
-            idx = idx + (padded[b + i] < s)
-        return idx
+    # ---- linear ------------------------------------------------------------------------
+    def set_linear(self, M: np.ndarray) -> None:
+        self.M_np = M
+        s = scalar_of(M)
+        self.alpha = 1.0 if s is None else s
+        self.M = None if s is not None else self._t(M)
+        self.fresh = s is None
+
+    def linear_map(self):
+        """M (rows out × var rows) when the group is linear in what it reads, else None."""
+        return self.M_np if self.kind == "linear" else None
+
+    # ---- tables ------------------------------------------------------------------------
+    def _table(self, g: MlpGroup, b, slots, n, e, dtype, device):
+        """Coordinate i of instance r is var row r·k + i: one read per coordinate, over all
+        instances (one row, broadcast, when every instance reads the same row)."""
+        a = g.W1v[:, 0]
+        bp, slope, icpt = build_table(a, b, g.W2)
+        self.k, self.inst, self.outs = g.W1v.shape[1], g.instances, g.W2.shape[0]
+        self.coords = []
+        for i in range(self.k):
+            rd = sub_read(g.var, [r * self.k + i for r in range(self.inst)], slots)
+            if self.inst > 1 and len(rd.segments) == 1 and len(set(rd.segments[0].positions)) == 1:
+                rd = sub_read(g.var, [i], slots)
+            self.coords.append(ReadOp(rd, slots, e, n))
+        self.tables = [_Lookup(bp, slope, icpt, g.W1v[0] / a[0], dtype, device)]
+        self.chunk = CHUNK.get(torch.device(device).type, 1 << 62)
+
+    def absorbable(self, other) -> bool:
+        """Does `other` (a later op of the same sublayer) read the same rows over the same
+        tokens, with one output row per instance like this one?"""
+        return (isinstance(other, MlpOp) and self.kind == other.kind == "table"
+                and self.outs == other.outs == 1 and self.inst == other.inst
+                and self.k == other.k and self.e == other.e
+                and self.read.rows == other.read.rows
+                and self.read.segments == other.read.segments)
+
+    def absorb(self, other) -> None:
+        """Evaluate `other`'s tables here too, summed into this op's output (the two squares
+        of a product piece: one read of the operands, one output, one term)."""
+        self.tables += other.tables
 
     def __call__(self, state: dict, like) -> torch.Tensor:
         if self.const is not None:
             return self.const
-        X = self.var(state, like)
-        if self.kind == "relu":
-            return self.W2 @ torch.relu(self.W1 @ X + self.bias)
-        if self.single:                       # (B, instances, e): one row per instance
-            if self.dir is None:
-                s = X
-            else:
-                B, _, e = X.shape
-                X = X.reshape(B, self.inst, self.k, e)
-                s = X[:, :, 0]
-                for i in range(1, self.k):       # s = dir · x, elementwise (k is 2 or 3)
-                    s = s.add(X[:, :, i], alpha=self.dir_coef[i])
-            idx = self.index(s)
-            return self.slope[idx] * s + self.icpt[idx]
-        s = (X if self.dir is None else self.dir @ X)[:, 0]          # (B, e)
-        idx = self.index(s)
-        return (self.slope[idx] * s.unsqueeze(-1) + self.icpt[idx]).transpose(1, 2)
+        if self.kind != "table":
+            X = self.var(state, like)
+            if self.kind == "relu":
+                return self.W2 @ torch.relu(self.W1 @ X + self.bias)
+            return X if self.M is None else self.M @ X
+        xs = [rd(state, like) for rd in self.coords]
+        B, e = max(x.shape[0] for x in xs), self.e
+        rows = self.inst * self.outs
+        out = like.new_empty((B, rows, e))
+        step = max(1, self.chunk // max(1, self.inst * e))
+        for b0 in range(0, B, step):
+            b1 = min(B, b0 + step)
+            part = [x[b0:b1] if x.shape[0] > 1 else x for x in xs]
+            shape = (b1 - b0, self.inst, e)
+            for n_t, tab in enumerate(self.tables):
+                s = tab.s(part)
+                s = (s if s.shape == shape else s.expand(shape)).reshape(-1)
+                idx = tab.index(s)
+                if self.outs == 1:
+                    dst = out[b0:b1].view(-1)
+                    if n_t == 0:
+                        tab.value(0, idx, s, out=dst)
+                    else:
+                        dst.add_(tab.value(0, idx, s))
+                    continue
+                for o in range(self.outs):        # one instance, several output rows
+                    v = tab.value(o, idx, s).view(b1 - b0, e)
+                    if n_t == 0:
+                        out[b0:b1, o].copy_(v)
+                    else:
+                        out[b0:b1, o].add_(v)
+        return out
 
 
-__all__ = ["scalar_of", "ReadOp", "fit", "HeadOp", "MlpOp"]
+__all__ = ["scalar_of", "ReadOp", "fit", "HeadOp", "MlpOp", "relu_pairs_linear", "CHUNK"]

@@ -78,6 +78,23 @@ class Read:
         raise IndexError(i)
 
 
+def sub_read(read: Read, idx, slots: dict) -> Read:
+    """The read of operand rows `idx` (positions in `read`, any order, repeats allowed)."""
+    owners = [(seg.key, p) for seg in read.segments for p in seg.positions]
+    segs: list[Segment] = []
+    ext, const = 0, True
+    for i in idx:
+        key, pos = owners[i]
+        if key is not None:
+            ext = emax(ext, slots[key].ext)
+            const = const and slots[key].const is not None
+        if segs and segs[-1].key == key:
+            segs[-1] = Segment(key, segs[-1].positions + (pos,))
+        else:
+            segs.append(Segment(key, (pos,)))
+    return Read(tuple(read.rows[i] for i in idx), tuple(segs), ext, const)
+
+
 @dataclass
 class Occupancy:
     """Which slot (and position in it) holds each row, at one point in time."""
@@ -147,5 +164,5 @@ def nonzero_cols(W: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.any(W != 0, axis=0))
 
 
-__all__ = ["emax", "emin", "concrete", "Slot", "Segment", "Read", "Occupancy",
+__all__ = ["emax", "emin", "concrete", "Slot", "Segment", "Read", "sub_read", "Occupancy",
            "initial_occupancy", "new_slots", "nonzero_rows", "nonzero_cols"]

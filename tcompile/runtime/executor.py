@@ -7,10 +7,15 @@ derived from the same LayerWeights and the Layout (exec_plan.py, exec_sublayers.
 * every stored value is its own contiguous (B, rows, tokens) tensor, over the token columns
   it occupies only ([n]-shaped values span n tokens, [d, d], [d] and scalars d or 1);
 * a head reads only the rows its W_K, W_Q, W_V read and writes only W_V's nonzero rows; its
-  products run over the operands' extents, in the cheaper order (V Kᵀ) Q or V (Kᵀ Q);
+  products run over the operands' extents, the chain W_V·V·Kᵀ·G·Q bracketed for the fewest
+  flops with its constants multiplied out; two heads of a sublayer whose V and K are each
+  other's K and V (the symmetric halves of AᵀDA) share one V Kᵀ;
 * heads whose K and V are encoder constants are one matrix (or scalar) applied to Q;
-* empty sublayers and heads or units that write nothing are skipped;
-* an MLP reads only its input rows; univariate PL pieces are tables (pl_tables.py).
+* empty sublayers and heads or units that write nothing are skipped; a row that a linear term
+  clears (adds −old) is neither read nor cleared;
+* an MLP reads only its input rows; univariate PL pieces are tables (pl_tables.py), looked up
+  in passes of bounded size; the two squares of a product piece are one op;
+* a written slot is summed in place, into an op's output made for it where there is one.
 
 It computes the same function as the module (tests/test_executor.py: ≤ 1e-13 relative in
 float64); the module stays the reference for hooks, run_with_cache, trace and fine-tuning.
@@ -26,7 +31,7 @@ import torch
 from ..errors import InputError
 from .codec import ValidatedInputs, constant_storage, in_shape, storage_at_input
 from .exec_ops import HeadOp, MlpOp, ReadOp, fit
-from .exec_plan import concrete, initial_occupancy
+from .exec_plan import concrete, initial_occupancy, sub_read
 from .exec_sublayers import HeadSpec, SublayerPlan, plan_program
 from .layout import Layout
 from .model import exact_float32
@@ -36,10 +41,13 @@ from .weights import LayerWeights
 class _Sublayer:
     """One sublayer resolved: contributions, then each written slot = residual + terms.
 
-    Two exact simplifications of the residual sum: a linear head term that writes −(old
-    value) onto every row of a slot that held something (the compiler's clearing of rows it
-    reuses) is dropped together with the old value (x + (−x) = 0); and a linear head then
-    computes only the rows some term still adds."""
+    Exact simplifications of the residual sum: where a linear term (a head linear in Q, or
+    ReLU units that pair up into a linear map) adds −(old value) onto a row that held
+    something — the compiler's clearing of rows it reuses — both are dropped, row by row
+    (x + (−x) = 0), and the old value is read only on the rows still held; a linear op then
+    computes only the rows some term still adds; and the sum is accumulated in place, into an
+    op's output made for that one term where there is one, so that a written slot costs one
+    tensor of its size."""
 
     def __init__(self, plan: SublayerPlan, slots: dict, consts: dict, n, dtype, device):
         make = lambda c: (HeadOp if isinstance(c, HeadSpec) else MlpOp)(  # noqa: E731
@@ -47,65 +55,111 @@ class _Sublayer:
         ops = [make(c) for c in plan.contribs]
         writes = []
         for slot, old, terms in zip(plan.slots, plan.olds, plan.terms):
-            ts = [(tm.index, tm.src, tm.dst) for tm in terms]
-            held = {i for i, r in enumerate(old.rows) if old.owner_of(i) is not None}
-            cleared = [tm for tm in ts if _clears(ops[tm[0]], tm, slot.rows)]
-            if held and held <= {d for tm in cleared for d in tm[2]}:
-                old, ts = None, [tm for tm in ts if tm not in cleared]
             e = concrete(slot.ext, n)
-            writes.append((slot, None if old is None or old.zero else ReadOp(old, slots, e, n), ts))
+            ts = [(tm.index, tm.src, tm.dst) for tm in terms]
+            held = {d for d in range(len(old.rows)) if old.owner_of(d) is not None}
+            cleared = set()
+            for i, src, dst in ts:
+                for s, d in zip(src, dst):
+                    if d in held and _clears_row(ops[i], s, slot.rows[d]) and \
+                            concrete(plan.contribs[i].ext, n) >= \
+                            concrete(slots[old.owner_of(d)].ext, n):
+                        cleared.add((i, s, d))
+            gone = {d for _, _, d in cleared}
+            ts = [(i, tuple(s for s, d in zip(src, dst) if (i, s, d) not in cleared),
+                   tuple(d for s, d in zip(src, dst) if (i, s, d) not in cleared))
+                  for i, src, dst in ts]
+            ts = [tm for tm in ts if tm[1]]
+            keep = sorted(held - gone)
+            old_read = None
+            if keep:
+                whole = keep == list(range(len(old.rows)))
+                old_read = (ReadOp(old if whole else sub_read(old, keep, slots), slots, e, n),
+                            None if whole else torch.tensor(keep, device=device))
+            writes.append((slot, old_read, ts))
         ops, writes = _prune_linear(ops, writes)
+        ops, writes = _merge_tables(ops, writes)
         self.ops = ops
+        self.heads = [isinstance(op, HeadOp) for op in ops]
+        uses = [0] * len(ops)
+        for _, _, ts in writes:
+            for i, _, _ in ts:
+                uses[i] += 1
         self.writes = []
-        for slot, old_op, ts in writes:
-            resolved = []
+        for slot, old_read, ts in writes:
+            e = concrete(slot.ext, n)
+            pieces = []
             for i, src, dst in ts:
                 M = ops[i].linear_map()         # rows pruned: fewer than the contribution's
                 width = len(M) if M is not None else len(plan.contribs[i].out_rows)
-                resolved.append((i, None if src == tuple(range(width)) else list(src),
-                                 concrete(plan.contribs[i].ext, n),
-                                 None if dst == tuple(range(len(slot.rows)))
-                                 else torch.tensor(dst, device=device), ops[i].alpha))
-            self.writes.append((slot.key, len(slot.rows), concrete(slot.ext, n), old_op, resolved))
+                whole = src == tuple(range(width))
+                have = concrete(plan.contribs[i].ext, n)
+                pieces.append((i, None if whole else list(src), have,
+                               None if dst == tuple(range(len(slot.rows)))
+                               else torch.tensor(dst, device=device), ops[i].alpha,
+                               ops[i].fresh and uses[i] == 1 and whole and have == e))
+            if old_read is not None:
+                pieces.insert(0, (old_read[0], None, e, old_read[1], 1.0, False))
+            base = [k for k, pc in enumerate(pieces) if pc[5] and pc[3] is None][:1]
+            pieces = [pieces[k] for k in base] + [pc for k, pc in enumerate(pieces) if k not in base]
+            self.writes.append((slot.key, len(slot.rows), e, pieces))
 
     def __call__(self, state: dict, like: torch.Tensor) -> None:
-        outs = [None if op is None else op(state, like) for op in self.ops]
+        grams: dict = {}
+        outs = [None if op is None else op(state, like, grams) if head else op(state, like)
+                for op, head in zip(self.ops, self.heads)]
         new = {}
-        for key, rows, e, old_op, terms in self.writes:
-            acc = None if old_op is None else old_op(state, like)
-            for i, src, have, dst, alpha in terms:
-                part = outs[i] if src is None else outs[i][:, src]
+        for key, rows, e, pieces in self.writes:
+            acc, own = None, False      # own: acc is this sum's own tensor, added into in place
+            for get, src, have, dst, alpha, spare in pieces:
+                if isinstance(get, int):
+                    part = outs[get] if src is None else outs[get][:, src]
+                    if spare:
+                        outs[get] = None            # its one use: it lives on in acc only
+                else:
+                    part = get(state, like)         # the old value
                 part = fit(part, have, e)
                 if dst is None:
-                    if acc is None:
-                        acc = part * alpha if alpha != 1.0 else part
-                    else:
-                        acc = acc.add(part, alpha=alpha) if alpha != 1.0 else acc + part
+                    acc, own = _accumulate(acc, own, part, spare, alpha)
+                    continue
+                if acc is None:
+                    acc, own = like.new_zeros((part.shape[0], rows, e)), True
+                B = max(acc.shape[0], part.shape[0])
+                if own and acc.shape[0] == B:
+                    acc.index_add_(1, dst, part.expand(B, -1, -1), alpha=alpha)
                 else:
-                    if acc is None:
-                        acc = like.new_zeros((part.shape[0], rows, e))
-                    B = max(acc.shape[0], part.shape[0])
                     acc = acc.expand(B, -1, -1).index_add(1, dst, part.expand(B, -1, -1),
                                                           alpha=alpha)
+                    own = True
             new[key] = acc if acc is not None else like.new_zeros((1, rows, e))
         state.update(new)
 
 
-def _clears(op, term, slot_rows) -> bool:
-    """Does this term add exactly −(old value) of each slot row it writes?"""
+def _accumulate(acc, own: bool, part, spare: bool, alpha: float):
+    """acc + alpha·part, in place where one of them is a tensor of this sum's own of the full
+    shape (acc after a first addition; part when its op made it for this term alone)."""
+    if acc is None:
+        if alpha == 1.0:
+            return part, spare
+        return (part.mul_(alpha), True) if spare else (part * alpha, True)
+    full = tuple(max(a, b) for a, b in zip(acc.shape, part.shape))   # (B, rows, e), broadcast
+    if own and acc.shape == full:
+        return acc.add_(part, alpha=alpha), True
+    if spare and part.shape == full:
+        if alpha != 1.0:
+            part.mul_(alpha)
+        return part.add_(acc), True
+    return (acc.add(part, alpha=alpha) if alpha != 1.0 else acc + part), True
+
+
+def _clears_row(op, s: int, r: int) -> bool:
+    """Does row s of this op add exactly −(old value of row r), read when it runs?"""
     M = op.linear_map()
-    if M is None:
+    if M is None or r not in op.q_rows:
         return False
-    q = {r: j for j, r in enumerate(op.q_rows)}
-    for s, d in zip(term[1], term[2]):
-        r = slot_rows[d]
-        if r not in q:
-            return False
-        want = np.zeros(M.shape[1])
-        want[q[r]] = -1.0
-        if not np.array_equal(M[s], want):
-            return False
-    return True
+    want = np.zeros(M.shape[1])
+    want[list(op.q_rows).index(r)] = -1.0
+    return np.array_equal(M[s], want)
 
 
 def _prune_linear(ops, writes):
@@ -126,6 +180,26 @@ def _prune_linear(ops, writes):
             remap[i] = {s: k for k, s in enumerate(keep)}
     writes = [(slot, old, [(i, tuple(remap[i][s] for s in src) if remap[i] else src, dst)
                            for i, src, dst in ts]) for slot, old, ts in writes]
+    return ops, writes
+
+
+def _merge_tables(ops, writes):
+    """A table op whose reads and terms another, earlier one repeats (the two squares of a
+    product piece) is evaluated by that one (MlpOp.absorb) and dropped with its terms."""
+    terms_of = {}
+    for w, (_, _, ts) in enumerate(writes):
+        for i, src, dst in ts:
+            terms_of.setdefault(i, []).append((w, src, dst))
+    for j, op in enumerate(ops):
+        if not isinstance(op, MlpOp) or op.kind != "table":
+            continue
+        for i in range(j):
+            if ops[i] is not None and ops[i].absorbable(op) and \
+                    sorted(terms_of.get(i, [])) == sorted(terms_of.get(j, [])):
+                ops[i].absorb(op)
+                ops[j] = None
+                break
+    writes = [(slot, old, [tm for tm in ts if ops[tm[0]] is not None]) for slot, old, ts in writes]
     return ops, writes
 
 

@@ -11,10 +11,12 @@ token the piece is computed on, form one function of s = dir·H[v]:
 
 which is linear between the sorted breakpoints −b_u/a_u. `build_table` derives, from the same
 weights, the breakpoints and each interval's slope and intercept (the exact PL sum, accumulated
-in extended precision), so `searchsorted` + one gather evaluates the same function in
-O(log units) instead of O(units) per entry (the sigmoid piece of newton_logistic is 1,794 units).
-Units over several directions (products: ((u+v)² − (u−v)²)/4 reads u and v along two) form
-one table per direction. Anything else (few units along a direction, or a gate that is not
+in extended precision), so finding the interval (`cell_index`: a uniform grid of cells, each
+holding the few breakpoints near it, an exact searchsorted in a dozen elementwise passes) and
+one gather per coefficient evaluate the same function in O(1) instead of O(units) per entry
+(the sigmoid piece of newton_logistic is 1,794 units). Units over several directions
+(products: ((u+v)² − (u−v)²)/4 reads u and v along two) form one table per direction; the
+executor evaluates the two tables of a product together (exec_ops.MlpOp.absorb). Anything else (few units along a direction, or a gate that is not
 constant across the tokens) stays ReLUs; units reading only constants are constants.
 """
 from __future__ import annotations
@@ -138,33 +140,52 @@ def build_table(a: np.ndarray, b: np.ndarray, C: np.ndarray):
     return bp.astype(np.float64), sums[0], sums[1]
 
 
-def bucket_index(bp: np.ndarray, max_probe: int = 4, max_cells: int = 1 << 16):
-    """A uniform grid over the breakpoints for an exact searchsorted in O(1): with
-    j = clamp(floor((s − bp[0]) / h), 0, G − 1),
+def cell_index(bp: np.ndarray, eps: float, max_probe: int = 3, max_cells: int = 1 << 14):
+    """A uniform grid of G cells over the breakpoints for an exact searchsorted in a few
+    elementwise passes: with the computed cell j = clamp(floor((s − bp[0]) · inv_h), 0, G − 1),
 
-        #{bp < s} = base[j] + Σ_{i < m} (bp_padded[base[j] + i] < s)
+        #{bp < s} = base[j] + Σ_{i < m} (t[i, j] < s)
 
-    holds for every s even when rounding puts s one cell off (base[j] counts the breakpoints
-    below the cell before j; m covers the three cells around it; beyond both ends the clamped
-    cells count everything). Returns (origin, 1/h, base, bp_padded, m), or None when no grid of
-    at most max_cells cells keeps m <= max_probe (very uneven breakpoints)."""
+    for every s. Rounding may compute a cell one off near its edges, so each cell c answers for
+    every s within `delta` cells of it ([c − delta, c + 1 + delta] in units of h, the end cells
+    unbounded outwards): base[c] counts the breakpoints below that widened cell and t[:, c]
+    holds the (at most m) breakpoints inside it, padded with +inf. delta covers the rounding of
+    (s − bp[0]) · inv_h and of the breakpoints themselves in a dtype of machine epsilon `eps`.
+    G is a power of two (at least the number of breakpoints) that minimises m. Returns
+    (origin, inv_h, base (G,), t (m, G), m), or None when no G <= max_cells keeps
+    m <= max_probe (breakpoints too uneven: searchsorted is used)."""
     K = len(bp)
-    span = float(bp[-1] - bp[0])
-    if K < 2 or not span > 0:
+    span = float(bp[-1] - bp[0]) if K else 0.0
+    if K < 2 or not span > 0 or not np.all(np.isfinite(bp)):
         return None
-    G = max(4, 2 * K)
+    reach = float(np.max(np.abs(bp)))
+    best = None
+    G = 4
+    while G < K:
+        G *= 2
     while G <= max_cells:
         h = span / G
-        lo = bp[0] + h * np.arange(G + 2)
-        below = np.searchsorted(bp, lo, side="left")            # #bp < lo_j
-        base = np.concatenate([[0], below[:G - 1]])             # #bp < lo_{j-1}
-        top = np.concatenate([below[2:G], [K, K]])              # #bp < lo_{j+2}, ends: all
+        delta = 8 * eps * (G + 2 + reach / h)
+        c = np.arange(G, dtype=np.float64)
+        lo = bp[0] + (c - delta) * h
+        hi = bp[0] + (c + 1 + delta) * h
+        lo[0], hi[-1] = -np.inf, np.inf
+        base = np.searchsorted(bp, lo, side="left")            # #bp < lo
+        top = np.searchsorted(bp, hi, side="right")            # #bp <= hi
         m = int(np.max(top - base))
-        if m <= max_probe:
-            padded = np.concatenate([bp, np.full(m, np.inf)])
-            return float(bp[0]), 1.0 / h, base.astype(np.int64), padded, m
+        if m <= max_probe and (best is None or m < best[-1]):
+            best = (h, base, top, m)
+        if m <= 1:
+            break
         G *= 2
-    return None
+    if best is None:
+        return None
+    h, base, top, m = best
+    t = np.full((m, len(base)), np.inf)
+    for i in range(m):
+        inside = base + i < top
+        t[i, inside] = bp[(base + i)[inside]]
+    return float(bp[0]), 1.0 / h, base.astype(np.int64), t, m
 
 
-__all__ = ["MIN_TABLE_UNITS", "MlpGroup", "plan_mlp", "build_table", "bucket_index"]
+__all__ = ["MIN_TABLE_UNITS", "MlpGroup", "plan_mlp", "build_table", "cell_index"]
