@@ -16,6 +16,7 @@ from tcompile.errors import InputError
 from tcompile.language.interpreter import interpret_program
 from tcompile.language.parser import parse_file, parse_source
 from tcompile.language.run_params import run_time_counts
+from tcompile.runtime.loops import LoopItem
 
 from arrays import rel, with_singular_values
 
@@ -397,3 +398,71 @@ def test_random_loop_programs_match_unrolled_and_interpreter(seed):
 def test_most_random_loops_fold():
     folded = [seed for seed in SEEDS if shared_random(seed).loops.loops]
     assert len(folded) >= 20, folded
+
+
+# ---- trace, card, command line, artifact -------------------------------------------------------
+
+def test_trace_compares_every_iteration_with_the_interpreter(least_squares):
+    inputs = random_regression(np.random.default_rng(4), 30, 4)
+    rows = least_squares.trace(steps=8, **inputs)
+    looped = [r for r in rows if r["iteration"] is not None]
+    assert all(r["ok"] for r in rows)
+    (item,) = [i for i in least_squares.loops.sequence if isinstance(i, LoopItem)]
+    assert sorted({r["iteration"] for r in looped}) == list(range(8 - item.offset))
+    ws = [r["variable"] for r in looped if r["variable"].startswith("w@")]
+    assert ws == [f"w@{k}" for k in range(2, 8)]        # w_2 .. w_7 after applications 0..5
+    assert rows[-1]["variable"] in ("w@8", "y_hat@0") and rows[-1]["layer"] == 8 + 2 - 1
+
+
+def test_the_card_gives_layers_per_iteration_and_run_time_counts(logistic):
+    text = logistic.report_text()
+    k = logistic.info.params["inv_steps"]
+    assert f"{k + 3} layers per iteration" in text and "1 layer per iteration  (nested)" in text
+    assert "repeat steps = 8, run-time: 3 or more" in text
+    assert "body.{i}.loop.{j}.0" in text and "73 run" in text
+    rep = logistic.report
+    assert rep["loops"]["layers_run"] == 73 and rep["layers"] == len(logistic.layers)
+
+
+def test_command_line_builds_runs_halts_and_traces(tmp_path):
+    from cli_in_process import run_in_process
+    out = run_in_process(["build", PROGRAMS + "least_squares.tp", "--loops", "shared",
+                          "-o", tmp_path])
+    assert out.returncode == 0 and "1 layer per iteration" in out.stdout, out.stderr
+    inputs = random_regression(np.random.default_rng(0), 30, 4)
+    np.savez(tmp_path / "in.npz", **inputs)
+    art = tmp_path / "least_squares"
+    ran = run_in_process(["run", art, "--inputs", tmp_path / "in.npz", "-p", "steps=30",
+                          "-o", tmp_path / "out.npz"])
+    assert ran.returncode == 0, ran.stderr
+    want = interpreted(PROGRAMS + "least_squares.tp", {"steps": 30}, inputs)
+    with np.load(tmp_path / "out.npz") as got:
+        assert rel(got["w"], want["w"]) <= 1e-12
+    halted = run_in_process(["run", art, "--inputs", tmp_path / "in.npz", "--until", "w=1e-12",
+                             "--max-steps", "60"])
+    assert halted.returncode == 0 and "steps = " in halted.stdout
+    bad = run_in_process(["run", art, "--inputs", tmp_path / "in.npz", "-p", "steps=1"])
+    assert bad.returncode != 0 and "at least 3 times" in bad.stderr
+    traced = run_in_process(["trace", art, "--inputs", tmp_path / "in.npz"])
+    assert traced.returncode == 0 and "every traced value matches" in traced.stdout
+
+
+def test_the_artifact_digest_covers_the_loops(tmp_path, inverse):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    from tcompile import ArtifactError
+    from tcompile.runtime.artifact import safetensors_bytes
+    paths = inverse.save(tmp_path / "inv")
+    st = next(p for p in paths if p.suffix == ".safetensors")
+    with safe_open(str(st), "np") as f:
+        meta = f.metadata()
+    tensors = load_file(str(st))
+    doc = json.loads(meta["manifest"])
+    doc["loops"]["loops"][0]["min_count"] = 1                 # claim fewer iterations work
+    meta = {**meta, "manifest": json.dumps(doc)}
+    st.write_bytes(safetensors_bytes(tensors, meta))
+    with pytest.raises(ArtifactError):
+        tcompile.load(tmp_path / "inv")

@@ -20,7 +20,7 @@ def cmd_build(args) -> int:
     progress, ok = Progress(), False
     try:
         prog = compile_file(args.file, params=parse_param_overrides(args.param), tol=args.tol,
-                            max_memory=args.max_memory, progress=progress)
+                            max_memory=args.max_memory, progress=progress, loops=args.loops)
         progress.stage("write")
         paths = prog.save_to_dir(args.out)
         ok = True
@@ -84,13 +84,38 @@ def cmd_run(args) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise TcompileError("--device cuda was asked for, but no CUDA device is available")
     out_path = output_file(args.out, inputs=args.inputs) if args.out is not None else None
-    out = prog.run(dtype=args.dtype, device=args.device, **load_npz(args.inputs))
+    counts = {k: _count(k, v) for k, v in parse_param_overrides(args.param).items()}
+    inputs = load_npz(args.inputs)
+    clash = sorted(set(counts) & set(inputs))
+    if clash:
+        raise UsageError(f"{clash[0]!r} is given both by -p and in {args.inputs}")
+    if args.max_steps is not None and args.until is None:
+        raise UsageError("--max-steps goes with --until")
+    until = _until(args.until) if args.until is not None else None
+    out = prog.run(dtype=args.dtype, device=args.device, until=until, max_steps=args.max_steps,
+                   **counts, **inputs)
     for name, value in out.items():
         print(f"{name} = {np.array2string(np.asarray(value), precision=10)}")
     if out_path is not None:
         write_npz(out_path, out)
         print(f"wrote {args.out}")
     return EXIT_OK
+
+
+def _count(name: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"-p {name}={text}: a run-time count is a whole number") from None
+
+
+def _until(text: str) -> tuple[str, float]:
+    name, sep, tol = text.partition("=")
+    try:
+        return name.strip(), float(tol)
+    except ValueError:
+        pass
+    raise UsageError(f"--until expects VAR=TOL (e.g. --until w=1e-10), got {text!r}")
 
 
 def cmd_check(args) -> int:
@@ -101,7 +126,7 @@ def cmd_check(args) -> int:
     from ..language.interpreter import interpret_program
     params = parse_param_overrides(args.param)
     prog = compile_file(args.file, params=params, tol=args.tol, max_memory=args.max_memory,
-                        progress=True)
+                        progress=True, loops=args.loops)
     n = args.n or max(16, 2 * prog.layout.min_tokens)
     inputs = sample_inputs(prog.program, params, n=n, batch=args.batch, seed=args.seed)
     got = prog.run(**inputs)

@@ -20,6 +20,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+LOOPS_HELP = ("unrolled (default): every iteration its own layers; shared: each repeat body "
+              "stored once and run as a loop, its count settable at run time")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="tcompile", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -29,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
     b.add_argument("--tol", type=float, default=None, help="default tolerance of approximated functions")
     b.add_argument("--max-memory", type=memory_size, default=None, metavar="SIZE", help=MAX_MEMORY_HELP)
+    b.add_argument("--loops", default="unrolled", choices=["unrolled", "shared"], help=LOOPS_HELP)
     c = sub.add_parser("check", help="compile, run on random valid inputs, compare with the interpreter")
     c.add_argument("file")
     c.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
@@ -39,12 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--n", type=positive_int, default=None, help="token count of the random inputs")
     c.add_argument("--rtol", type=positive_float, default=None,
                    help="tolerance on the relative error (default: the trace's policy)")
+    c.add_argument("--loops", default="unrolled", choices=["unrolled", "shared"], help=LOOPS_HELP)
     r = sub.add_parser("run", help="run a built artifact on inputs from an .npz file")
     r.add_argument("artifact")
     r.add_argument("--inputs", required=True)
     r.add_argument("-o", "--out", default=None)
     r.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     r.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    r.add_argument("-p", "--param", action="append", default=[], metavar="NAME=COUNT",
+                   help="a shared build's run-time repeat count (e.g. -p steps=50)")
+    r.add_argument("--until", default=None, metavar="VAR=TOL",
+                   help="shared builds: stop each problem once loop variable VAR moves less "
+                        "than TOL (max abs change) in an iteration; prints the steps taken")
+    r.add_argument("--max-steps", type=positive_int, default=None, metavar="N",
+                   help="with --until: the most iterations (default: the built count)")
     rep = sub.add_parser("report", help="print the model card of a built artifact")
     rep.add_argument("artifact")
     t = sub.add_parser("trace", help="layer-by-layer comparison with the interpreter")

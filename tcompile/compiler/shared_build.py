@@ -166,7 +166,8 @@ def _specs(sites, sequence, base, plan, keys) -> tuple[LoopSpec, ...]:
         probe = LoopProgram((), bodies[key], ())
         specs.append(LoopSpec(key, site.line, site.count, site.param, low, site.max_count,
                               probe.n_layers(built), site.depth,
-                              _state_blocks(site, plan, keys) if site.depth == 0 else ()))
+                              _state_blocks(site, sequence, base, plan, keys)
+                              if site.depth == 0 else ()))
     return tuple(specs)
 
 
@@ -178,25 +179,58 @@ def _collect(seq, offsets, bodies) -> None:
             _collect(item.body, offsets, bodies)
 
 
-def _state_blocks(site: LoopSite, plan, keys) -> tuple[tuple[str, str], ...]:
-    """For each variable a top-level loop carries, the block of its last stored iterate in the
-    base unrolling: every iterate has that block's rows (rows.py pins them)."""
+def _state_blocks(site: LoopSite, sequence, base, plan, keys) -> tuple[tuple, ...]:
+    """For each variable a top-level loop carries: (variable, block, first, stride) — the
+    block holding it between applications of the body (its rows are the same at every
+    iteration: rows.py pins them), and which assignment it then holds: `name@(first +
+    j·stride)` after application j (from 0), as the trace and halting read it."""
+    start = _loop_start(sequence, base, site.key)
     out = []
     for name in site.state:
         tag = f"{site.key}/{name}"
         pairs = [p for p in plan.slots if p[0] in plan.atoms
                  and plan.atoms[p[0]].node.get("loop_state") == tag]
-        if pairs:
-            last = max(pairs, key=lambda p: plan.slots[p].write)
-            out.append((name, keys[last]))
+        if not pairs or start is None:
+            continue
+        last = max(pairs, key=lambda p: plan.slots[p].write)
+        pairs = [p for p in pairs if p[1] == last[1]]
+        index = {p: _assignment(plan.atoms[p[0]], name) for p in pairs}
+        t = 2 * start                          # the sublayer before the first application
+        now = max((p for p in pairs if plan.slots[p].write <= t), default=None,
+                  key=lambda p: plan.slots[p].write)
+        ks = sorted(k for k in index.values() if k is not None)
+        steps = {b - a for a, b in zip(ks, ks[1:])}
+        if now is None or index[now] is None or len(steps) != 1:
+            continue
+        stride = steps.pop()
+        out.append((name, keys[last], index[now] + stride, stride))
     return tuple(out)
+
+
+def _assignment(atom, name: str) -> int | None:
+    """k of the `name@k` an atom holds (None if it holds none)."""
+    ks = [int(v.split("@")[1]) for v in atom.node.get("vars", ()) if v.split("@")[0] == name]
+    return max(ks) if ks else None
+
+
+def _loop_start(sequence, base, key) -> int | None:
+    """In the base unrolling, how many layers run before loop `key` (top level) starts."""
+    pos = 0
+    for item in sequence:
+        if isinstance(item, LoopItem):
+            if item.loop == key:
+                return pos
+            pos += LoopProgram((), item.body, ()).n_layers(base) * (base[item.loop] - item.offset)
+        else:
+            pos += 1
+    return None
 
 
 def _shared_manifest(m: Manifest, stored: list[LayerWeights], loops: LoopProgram) -> Manifest:
     """The base unrolling's manifest, cut to what a shared build's runtime reads: the stored
     layers, and the blocks the encoder writes, the decoder reads and the loop state lives in
     (rows are the same at every iteration; their times are those of the base unrolling)."""
-    keep = {o.block for o in m.layout.outputs} | {k for s in loops.loops for _, k in s.state}
+    keep = {o.block for o in m.layout.outputs} | {k for s in loops.loops for _, k, *_ in s.state}
     blocks = tuple(b for b in m.layout.blocks if b.written == 0 or b.key in keep)
     layout = replace(m.layout, n_layers=len(stored), blocks=blocks,
                      layers=tuple(LayerSpec.of(w) for w in stored))

@@ -76,6 +76,22 @@ def build_report(manifest: Manifest, layers) -> dict:
         "depth_per_iteration": depth_per_iteration(lay),
         "predicted_rtol": predicted_rtol(manifest.approximations),
         "paper_depth": _paper(info),
+        **({"loops": _loops(manifest.loops)} if manifest.loops is not None else {}),
+    }
+
+
+def _loops(program) -> dict:
+    """A shared build's loops: what the card says about them (layers per iteration, the layers
+    a forward pass runs at the built counts, the counts a run may ask for)."""
+    from ..runtime.loops import layer_paths
+    return {
+        "layers_run": program.n_layers(program.counts()),
+        "paths": layer_paths(program),
+        "loops": [{"line": s.line, "param": s.param, "count": s.count, "depth": s.depth,
+                   "layers_per_iteration": s.layers_per_iteration, "min_count": s.min_count,
+                   "max_count": s.max_count} for s in program.loops],
+        "kept_unrolled": [{"line": line, "count": count, "why": why}
+                          for line, count, why in program.unrolled],
     }
 
 
@@ -100,7 +116,9 @@ COLUMNS = ("columns: layer = L of module.blocks[L] and of the hooks blocks.L.* (
 def summary_line(rep: dict) -> str:
     """The card in one line (what `check` prints; `report` prints the whole card)."""
     params = ", ".join(f"{k}={v}" for k, v in rep["params"].items())
-    return (f"{rep['program']} ({params}): {rep['layers']} layers, width D = {rep['width']}, "
+    layers = (f"{rep['layers']} stored layers run as {rep['loops']['layers_run']}" if "loops" in rep
+              else f"{rep['layers']} layers")
+    return (f"{rep['program']} ({params}): {layers}, width D = {rep['width']}, "
             f"{rep['heads_total']} heads, {rep['mlp_hidden_total']:,} MLP ReLUs, "
             f"{rep['parameters']:,} parameters ({rep['nonzero_parameters']:,} nonzero)")
 
@@ -114,6 +132,8 @@ def card_text(prog) -> str:
 def layer_writes(prog) -> list[str]:
     """Per layer, the values its heads and MLP write, named as the user would (flows.py):
     "z (line 39), part of g (line 42)"."""
+    if prog.loops is not None:
+        return _shared_writes(prog)
     from .flows import all_units, display_names
     units = all_units(prog)
     names = display_names(prog, units)
@@ -129,12 +149,41 @@ def layer_writes(prog) -> list[str]:
     return out
 
 
+def _shared_writes(prog) -> list[str]:
+    """A shared build's layers: where each sits in the looped module, and which loop state it
+    writes (the state is pinned to the same rows in every iteration of its loop, so a body
+    layer's written rows name it; any other rows it writes hold temporaries)."""
+    from ..runtime.loops import layer_paths
+    paths = layer_paths(prog.loops)
+    state = {}
+    for spec in prog.loops.loops:
+        for var, key, *_ in spec.state:
+            for r in prog.layout.block(key).rows:
+                state[r] = var
+    out = []
+    for path, w in zip(paths, prog.layers):
+        rows = set(np.flatnonzero(np.abs(w.W_V).sum(axis=(0, 2)))) | \
+            set(np.flatnonzero(np.abs(w.W_2).sum(axis=1)))
+        in_loop = "{" in path
+        names = sorted({state[r] for r in rows if in_loop and r in state})
+        extra = ["temporaries"] if any(not in_loop or r not in state for r in rows) else []
+        out.append(f"{path}: " + ", ".join(names + extra) if rows else path)
+    return out
+
+
+SHARED_COLUMNS = ("columns: layer = L of prog.layers[L], a stored layer (the looped module runs "
+                  "it where `writes` says: body.{i}.0 = the body's layer 0 at iteration i; "
+                  "hooks carry the same names); heads, dk, mlp_hidden, parameters, nonzero as "
+                  "for an unrolled build; writes = the loop state its heads and MLP write")
+
+
 def format_report(rep: dict, program=None, writes: list[str] | None = None) -> str:
     """The printed model card. With the program's AST, approximations are named by the source
     statements they come from (inspection/naming.py) instead of compiler temporaries; with
     `writes` (layer_writes), each row of the layer table says what that layer computes."""
-    lines = _header(rep) + [""] + _layer_table(rep["per_layer"], writes) + _wrap(
-        COLUMNS + ("; writes = the values the layer's heads and MLP write" if writes else ""), "  ")
+    columns = SHARED_COLUMNS if "loops" in rep else \
+        COLUMNS + ("; writes = the values the layer's heads and MLP write" if writes else "")
+    lines = _header(rep) + [""] + _layer_table(rep["per_layer"], writes) + _wrap(columns, "  ")
     if rep["depth_per_iteration"]:
         lines.append("")
         for name, depth in rep["depth_per_iteration"].items():
@@ -143,6 +192,8 @@ def format_report(rep: dict, program=None, writes: list[str] | None = None) -> s
                 line += (f"   paper: {rep['paper_depth']['per_iteration']} "
                          f"({rep['paper_depth']['formula']})")
             lines.append(line)
+    if "loops" in rep:
+        lines += [""] + _loop_lines(rep)
     if rep["approximations"]:
         lines += ["", "  approximated functions (piecewise-linear ReLU pieces in the MLPs; 'from' "
                   "the statements that apply each):"]
@@ -151,11 +202,31 @@ def format_report(rep: dict, program=None, writes: list[str] | None = None) -> s
     return "\n".join(lines)
 
 
+def _loop_lines(rep: dict) -> list[str]:
+    loops = rep["loops"]
+    lines = [f"  loops (shared build: each body stored once; {loops['layers_run']} layers run at "
+             "the built counts):"]
+    for lp in loops["loops"]:
+        count = (f"{lp['param']} = {lp['count']}, run-time: {lp['min_count']} or more"
+                 + (f", at most {lp['max_count']} (its domains grow with the count)"
+                    if lp["max_count"] is not None else "")
+                 if lp["param"] else f"{lp['count']} (fixed)")
+        nested = "  (nested)" if lp["depth"] else ""
+        lines.append(f"    line {lp['line']:<4} repeat {count}   {lp['layers_per_iteration']} "
+                     f"layer{'s' * (lp['layers_per_iteration'] != 1)} per iteration{nested}")
+    for lp in loops["kept_unrolled"]:
+        lines += _wrap(f"line {lp['line']}: repeat {lp['count']} kept unrolled: {lp['why']}", "    ")
+    return lines
+
+
 def _header(rep: dict) -> list[str]:
     params = ", ".join(f"{k}={v}" for k, v in rep["params"].items())
     last = rep["layers"] - 1
+    stored = (f"  stored layers {rep['layers']} (numbered 0 to {last}; "
+              f"{rep['loops']['layers_run']} run)" if "loops" in rep
+              else f"  layers {rep['layers']} (numbered 0 to {last})")
     return [f"program {rep['program']} ({params})",
-            f"  layers {rep['layers']} (numbered 0 to {last})   width D = {rep['width']} rows   "
+            f"{stored}   width D = {rep['width']} rows   "
             f"heads {rep['heads_total']}   MLP hidden max {rep['mlp_hidden_max']:,} "
             f"(total {rep['mlp_hidden_total']:,} ReLUs)",
             f"  parameters {rep['parameters']:,} ({rep['nonzero_parameters']:,} nonzero)   "

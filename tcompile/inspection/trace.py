@@ -40,7 +40,7 @@ def trace_program(prog, **inputs) -> list[dict]:
                 if var not in want:
                     continue
                 got = prog.read_block(states[t], blk, list(want[var].shape[1:]))
-                rows.append(_row(t, var, blk, got, want[var], policy.for_variable(var)))
+                rows.append(trace_row(t, var, blk, got, want[var], policy.for_variable(var)))
     return rows
 
 
@@ -51,7 +51,7 @@ def _traced_names(blk) -> list[str]:
     return list(blk.vars) or ([f"input:{blk.name}"] if blk.kind == "input" else [])
 
 
-def _row(t: int, var: str, blk, got: np.ndarray, ref: np.ndarray, tol: float) -> dict:
+def trace_row(t: int, var: str, blk, got: np.ndarray, ref: np.ndarray, tol: float) -> dict:
     """One trace row; ok when the gap is within `tol` relatively, or absolutely (a value that
     converged to about zero has no meaningful relative error)."""
     err = float(np.max(np.abs(got - ref))) if ref.size else 0.0

@@ -26,7 +26,7 @@ def resolve_until(prog, until) -> tuple[str, str, float]:
     name, tol = until
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
         raise InputError(f"until's tolerance must be a number >= 0, got {tol!r}")
-    options = [(spec.key, var, block) for spec in prog.loops.loops for var, block in spec.state]
+    options = [(spec.key, var, block) for spec in prog.loops.loops for var, block, *_ in spec.state]
     for key, var, block in options:
         if var == name:
             return key, block, float(tol)

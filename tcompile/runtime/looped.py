@@ -21,30 +21,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .loops import LoopItem, LoopProgram
+from .loops import LoopItem, LoopProgram, parts as _parts
 from .model import MLP, Block, HookPoint, LinearAttention, exact_float32
-
-
-def _parts(seq, outer: bool, depth_of: dict[str, int]) -> list[tuple[str, object]]:
-    """A sequence cut at its outermost loops: named chunks in order. A chunk of layers between
-    them may hold instances of deeper loops (iterations the schedule pipelined out of a loop
-    body); such a chunk is a nested sequence itself. A sequence without loops is one chunk,
-    "layers"."""
-    loops = [it for it in seq if isinstance(it, LoopItem)]
-    if not loops:
-        return [("layers", list(seq))]
-    top = min(depth_of[it.loop] for it in loops)
-    own = [i for i, it in enumerate(seq) if isinstance(it, LoopItem) and depth_of[it.loop] == top]
-    out, single = [], len(own) == 1
-    for n, i in enumerate(own):
-        chunk = list(seq[(own[n - 1] + 1 if n else 0):i])
-        if chunk:
-            out.append(("prologue" if outer else "pre", chunk) if n == 0 else (f"middle{n - 1}", chunk))
-        out.append((("body" if outer else "loop") + ("" if single else str(n)), seq[i]))
-    tail = list(seq[own[-1] + 1:])
-    if tail:
-        out.append(("epilogue" if outer else "post", tail))
-    return out
 
 
 class _Sequence(nn.Module):
@@ -103,11 +81,13 @@ class _Context:
 
     def __init__(self, halt=None):
         self.where: tuple = ()
+        self.layers = 0             # layers run so far
         self.halt = halt
         self.stop = False           # set by halt: every problem of the batch has halted
 
     def at(self, where: tuple) -> None:
         self.where = where
+        self.layers += 1
 
     def after_iteration(self, loop: LoopBlock, before, after, it: int):
         return after if self.halt is None else self.halt(self, loop, before, after, it)

@@ -25,7 +25,9 @@ class LoopSpec:
     max_count: int | None
     layers_per_iteration: int      # layers of its body, inner loops at their built counts
     depth: int = 0                 # loops around it
-    state: tuple[tuple[str, str], ...] = ()   # top-level loops: (variable, block key) pinned
+    # top-level loops: (variable, block key, first, stride) — the rows the variable is pinned to,
+    # and which assignment they hold after application j of the body: name@(first + j·stride)
+    state: tuple[tuple[str, str, int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,49 @@ class LoopProgram:
         return _count(self.sequence, counts)
 
 
+def parts(seq, outer: bool, depth_of: dict[str, int]) -> list[tuple[str, object]]:
+    """A sequence cut at its outermost loops: named chunks in order — how the looped module
+    (looped.py) names its children and the card names stored layers. A chunk of layers between
+    loops may hold instances of deeper loops (iterations the schedule pipelined out of a loop
+    body); such a chunk is a nested sequence itself. A sequence without loops is one chunk,
+    "layers" (its layers are numbered directly: body.{iter}.{layer})."""
+    loops = [it for it in seq if isinstance(it, LoopItem)]
+    if not loops:
+        return [("layers", list(seq))]
+    top = min(depth_of[it.loop] for it in loops)
+    own = [i for i, it in enumerate(seq) if isinstance(it, LoopItem) and depth_of[it.loop] == top]
+    out, single = [], len(own) == 1
+    for n, i in enumerate(own):
+        chunk = list(seq[(own[n - 1] + 1 if n else 0):i])
+        if chunk:
+            out.append(("prologue" if outer else "pre", chunk) if n == 0 else (f"middle{n - 1}", chunk))
+        out.append((("body" if outer else "loop") + ("" if single else str(n)), seq[i]))
+    tail = list(seq[own[-1] + 1:])
+    if tail:
+        out.append(("epilogue" if outer else "post", tail))
+    return out
+
+
+def layer_paths(program: LoopProgram) -> list[str]:
+    """For every stored layer, its place in the looped module: "prologue.0", "body.{i}.0",
+    "body.{i}.loop.{j}.0" ({i}, {j}: the iteration, filled in at run time)."""
+    depth_of = {s.key: s.depth for s in program.loops}
+    out: dict[int, str] = {}
+
+    def walk(seq, outer, prefix, level):
+        for name, part in parts(seq, outer, depth_of):
+            here = prefix if name == "layers" else prefix + [name]
+            if isinstance(part, LoopItem):
+                walk(part.body, False, here + ["{" + "ijkl"[level] + "}"], level + 1)
+            elif any(isinstance(i, LoopItem) for i in part):
+                walk(tuple(part), False, here, level)
+            else:
+                for j, layer in enumerate(part):
+                    out[layer] = ".".join(here + [str(j)])
+    walk(program.sequence, True, [], 0)
+    return [out[i] for i in sorted(out)]
+
+
 def _expand(seq, counts, out) -> None:
     for item in seq:
         if isinstance(item, LoopItem):
@@ -124,7 +169,8 @@ def loops_from_json(d: dict, n_layers: int) -> LoopProgram:
     loops = tuple(LoopSpec(str(s["key"]), int(s["line"]), int(s["count"]), s["param"],
                            int(s["min_count"]), None if s["max_count"] is None else int(s["max_count"]),
                            int(s["layers_per_iteration"]), int(s["depth"]),
-                           tuple((str(a), str(b)) for a, b in s["state"])) for s in d["loops"])
+                           tuple((str(a), str(b), int(c), int(e)) for a, b, c, e in s["state"]))
+                  for s in d["loops"])
     keys = {s.key for s in loops}
     prog = LoopProgram(loops, _seq_from_json(d["sequence"], keys, n_layers),
                        tuple((str(k), int(v)) for k, v in d["base_counts"]),
@@ -146,4 +192,5 @@ def _seq_from_json(seq, keys, n_layers) -> tuple:
     return tuple(out)
 
 
-__all__ = ["LoopSpec", "LoopItem", "LoopProgram", "loops_to_json", "loops_from_json"]
+__all__ = ["LoopSpec", "LoopItem", "LoopProgram", "loops_to_json", "loops_from_json", "parts",
+           "layer_paths"]

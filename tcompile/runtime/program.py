@@ -262,7 +262,11 @@ class CompiledProgram:
         return out
 
     def trace(self, **inputs) -> list[dict]:
-        """Layer-by-layer comparison with the interpreter (inspection/trace.py)."""
+        """Layer-by-layer comparison with the interpreter (inspection/trace.py); for a shared
+        build, iteration by iteration (loop_trace.py; run-time counts may be given by name)."""
+        if self.loops is not None:            # every iteration of every loop (loop_trace.py)
+            from ..inspection.loop_trace import trace_loops
+            return trace_loops(self, **inputs)
         from ..inspection.trace import trace_program
         return trace_program(self, **inputs)
 
