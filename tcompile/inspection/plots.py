@@ -24,6 +24,12 @@ def _base(blk) -> str:
 
 
 def plot_layout(prog, out: Path) -> list[Path]:
+    if prog.loops is not None:
+        from ..errors import InputError
+        raise InputError("the layout picture draws an unrolled build's rows over every "
+                         "sublayer; this is a shared build, whose stored layers run many times "
+                         "(its card names each one's place in the loop): draw the unrolled "
+                         "build, or --what weights")
     plt = _plt()
     lay = prog.layout
     T = lay.n_sublayers
