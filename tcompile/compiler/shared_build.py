@@ -81,14 +81,17 @@ def compile_shared(program, values: dict, tol, max_memory, report) -> CompiledPr
     runs = _Unrollings(program, values, tol, max_memory, report)
     stage("fold")
     folded, base, kept = _fold_all(runs, sites)
-    df, plan, layers, blocks, keys = runs.compile(base, frozenset(kept))
+    # the layout and domain checks come from one more iteration than the base of every folded
+    # loop (compiled by the fold already), so that each body runs at least once in it
+    counts = {k: base[k] + (k not in kept) for k in base}
+    df, plan, layers, blocks, keys = runs.compile(counts, frozenset(kept))
     stored: list[LayerWeights] = []
     sequence = _store(folded, runs.layers, stored, in_loop=False)
     shared = {k: s for k, s in sites.items() if k not in kept}
-    specs = _specs(shared, sequence, base, plan, keys)
+    specs = _specs(shared, sequence, base, counts, plan, keys)
     manifest = build_manifest(program, values, tol, df, plan, layers, blocks, keys)
     unrolled = tuple((sites[k].line, sites[k].count, why.why) for k, why in kept.items())
-    loops = LoopProgram(specs, sequence, tuple(sorted(base.items())), unrolled)
+    loops = LoopProgram(specs, sequence, tuple(sorted(counts.items())), unrolled)
     return CompiledProgram(_shared_manifest(manifest, stored, loops), stored)
 
 
@@ -155,7 +158,9 @@ def _store(tokens, by_digest, stored: list, in_loop: bool) -> tuple:
     return tuple(out)
 
 
-def _specs(sites, sequence, base, plan, keys) -> tuple[LoopSpec, ...]:
+def _specs(sites, sequence, base, counts, plan, keys) -> tuple[LoopSpec, ...]:
+    """`base`: the fold's base unrolling (the counts from which it was checked); `counts`: the
+    unrolling `plan` comes from."""
     offsets: dict[str, list[int]] = {}
     bodies: dict[str, tuple] = {}
     _collect(sequence, offsets, bodies)
@@ -166,7 +171,7 @@ def _specs(sites, sequence, base, plan, keys) -> tuple[LoopSpec, ...]:
         probe = LoopProgram((), bodies[key], ())
         specs.append(LoopSpec(key, site.line, site.count, site.param, low, site.max_count,
                               probe.n_layers(built), site.depth,
-                              _state_blocks(site, sequence, base, plan, keys)
+                              _state_blocks(site, sequence, counts, plan, keys)
                               if site.depth == 0 else ()))
     return tuple(specs)
 
@@ -228,13 +233,23 @@ def _loop_start(sequence, base, key) -> int | None:
 
 def _shared_manifest(m: Manifest, stored: list[LayerWeights], loops: LoopProgram) -> Manifest:
     """The base unrolling's manifest, cut to what a shared build's runtime reads: the stored
-    layers, and the blocks the encoder writes, the decoder reads and the loop state lives in
-    (rows are the same at every iteration; their times are those of the base unrolling)."""
-    keep = {o.block for o in m.layout.outputs} | {k for s in loops.loops for _, k, *_ in s.state}
+    layers; the blocks the encoder writes, the decoder reads, the loop state lives in and the
+    pieces read their inputs from (rows are the same at every iteration; their times are those
+    of the base unrolling); each domain check once, at the stored layer it runs in."""
+    where = loops.expand(dict(loops.base_counts))      # base layer → stored layer
+    domains, seen = [], set()
+    for chk in m.domains:
+        moved = replace(chk, layer=where[chk.layer])
+        rows = m.layout.block(chk.block).rows
+        if (chk.label, rows, chk.lo, chk.hi, moved.layer) not in seen:
+            seen.add((chk.label, rows, chk.lo, chk.hi, moved.layer))
+            domains.append(moved)
+    keep = {o.block for o in m.layout.outputs} | {k for s in loops.loops for _, k, *_ in s.state} \
+        | {c.block for c in domains}
     blocks = tuple(b for b in m.layout.blocks if b.written == 0 or b.key in keep)
     layout = replace(m.layout, n_layers=len(stored), blocks=blocks,
                      layers=tuple(LayerSpec.of(w) for w in stored))
-    return replace(m, layout=layout, domains=(), loops=loops)
+    return replace(m, layout=layout, domains=tuple(domains), loops=loops)
 
 
 __all__ = ["compile_shared", "shared_dataflow"]

@@ -102,7 +102,8 @@ class LoopedTransformer(_Sequence):
                          {spec.key: spec.depth for spec in loops.loops})
         self.width = width
         self.loops = loops
-        self._ctx = _Context()
+        self.stored = tuple(blocks)     # stored layer i (prog.layers[i]) as a Block; a tuple,
+        self._ctx = _Context()          # so not registered twice
 
     @classmethod
     def from_arrays(cls, arrays: list, width: int, loops: LoopProgram, dtype=torch.float64,

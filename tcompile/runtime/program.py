@@ -248,14 +248,46 @@ class CompiledProgram:
 
     def check_domains(self, **inputs) -> list[dict]:
         """For every MLP piece: the range of values its real input took on these inputs, and
-        whether any fell outside the domain it was fitted on (there it is clamped, i.e. wrong)."""
-        self._unrolled_only("check_domains")
+        whether any fell outside the domain it was fitted on (there it is clamped, i.e. wrong).
+        A shared build takes run-time counts too, and checks every iteration."""
+        if self.loops is not None:
+            return self._check_loop_domains(inputs)
         states = self.sublayer_states(self.prepare_inputs(inputs))
         out = []
         for chk in self.typed_manifest.domains:
             h = states[2 * chk.layer + 1]                     # after attention of that layer
             vals = codec.read_block(h, self.layout.block(chk.block), [0, 0])
             lo, hi = float(vals.min()), float(vals.max())
+            slack = 1e-9 * max(1.0, abs(chk.lo), abs(chk.hi))
+            out.append({**asdict(chk), "min": lo, "max": hi,
+                        "outside": bool(lo < chk.lo - slack or hi > chk.hi + slack)})
+        return out
+
+    def _check_loop_domains(self, kwargs: dict) -> list[dict]:
+        """check_domains of a shared build: each check's stored layer runs many times; the
+        range is taken over all of them (a forward hook after that layer's attention)."""
+        import torch
+        counts, inputs = self._split_counts(kwargs, None, None)
+        module = self.module_for("float64", "cpu")
+        seen: dict[int, list] = {i: [np.inf, -np.inf] for i in range(len(self.typed_manifest.domains))}
+        handles = []
+        for i, chk in enumerate(self.typed_manifest.domains):
+            blk = self.layout.block(chk.block)
+
+            def hook(_m, _inp, out, i=i, blk=blk):
+                vals = codec.read_block(out.detach().numpy(), blk, [0, 0])
+                seen[i][0] = min(seen[i][0], float(vals.min()))
+                seen[i][1] = max(seen[i][1], float(vals.max()))
+            handles.append(module.stored[chk.layer].hook_resid_mid.register_forward_hook(hook))
+        try:
+            with torch.no_grad():
+                module(self.encode_inputs(self.prepare_inputs(inputs)), counts)
+        finally:
+            for h in handles:
+                h.remove()
+        out = []
+        for i, chk in enumerate(self.typed_manifest.domains):
+            lo, hi = seen[i]
             slack = 1e-9 * max(1.0, abs(chk.lo), abs(chk.hi))
             out.append({**asdict(chk), "min": lo, "max": hi,
                         "outside": bool(lo < chk.lo - slack or hi > chk.hi + slack)})
