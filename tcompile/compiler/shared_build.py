@@ -103,7 +103,10 @@ def _fold_all(runs: _Unrollings, sites: dict[str, LoopSite]):
     pipeline holds) is kept unrolled at its own count, and the others fold around it.
     Returns (folded sequence, the base unrolling's counts, {kept loop: NoSteadyState})."""
     order = sorted(sites.values(), key=lambda s: -s.depth)
-    base = {k: UNROLLINGS[0] for k in sites}
+    # nested loops pipeline deeper (newton_logistic's damped step holds 3 iterations around
+    # its body): start them one longer, which saves the unrollings a failed base costs
+    start = UNROLLINGS[0] + any(s.depth for s in sites.values())
+    base = {k: start for k in sites}
     kept: dict[str, NoSteadyState] = {}
 
     def folded(counts: dict[str, int], upto: int) -> list:
