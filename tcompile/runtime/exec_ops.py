@@ -57,8 +57,13 @@ class ReadOp:
                 self.parts.append((seg.key, idx, concrete(slots[seg.key].ext, n)))
             start += L
         self.rows = start
+        one = self.parts[0] if len(self.parts) == 1 else None
+        # the common read, a whole slot over its own extent: the slot's tensor itself
+        self.whole = one[0] if one and one[0] and one[1] == slice(None) and one[2] == e else None
 
     def __call__(self, state: dict, like: torch.Tensor) -> torch.Tensor:
+        if self.whole is not None:
+            return state[self.whole]
         out = []
         for key, idx, src_e in self.parts:
             if key is None:
@@ -160,7 +165,6 @@ class HeadOp:
         self.alpha = alpha
         p = [dims[f][0] if isinstance(f, str) else f.shape[0] for f in factors[:1]]
         p += [dims[f][1] if isinstance(f, str) else f.shape[1] for f in factors]
-        self.leaves = [f if isinstance(f, str) else t(f) for f in factors]
         self.tree = _bracket(p)
         self.fresh = not isinstance(self.tree, int)     # one factor: a read, returned as is
         names = [f if isinstance(f, str) else None for f in factors]
@@ -170,6 +174,44 @@ class HeadOp:
                     self.tree[:2] != (iv, iv + 1):      # shared, so never the output itself
                 self.gram_node = (iv, iv + 1)
                 self.gram_key = (_read_key(spec.v, m), _read_key(spec.k, m))
+        self._leaves = [f if isinstance(f, str) else t(f) for f in factors]
+        self.share_gram(None)
+
+    def share_gram(self, slot, transposed: bool = False) -> None:
+        """Take V Kᵀ from grams[slot] (its transpose if `transposed`), computing and storing it
+        there if no head of the sublayer has yet; slot None: compute it here, unshared."""
+        self._product = self._compile(self.tree, slot, transposed)
+
+    def _compile(self, node, slot, transposed):
+        """The bracketed product as nested closures of (state, like, grams); a leaf is a
+        closure of (state, like) (a read itself where it can be: fewer Python calls)."""
+        if isinstance(node, int):
+            f = self._leaves[node]
+            if not isinstance(f, str):
+                return lambda state, like: f
+            if f == "K":
+                k = self.k
+                return lambda state, like: k(state, like).mT
+            return self.v if f == "V" else self.q
+        i, j, left, right = node
+        a, b = self._compile(left, slot, transposed), self._compile(right, slot, transposed)
+        if slot is None or (i, j) != self.gram_node:
+            if isinstance(left, int) and isinstance(right, int):
+                return lambda state, like, grams: a(state, like) @ b(state, like)
+            if isinstance(left, int):
+                return lambda state, like, grams: a(state, like) @ b(state, like, grams)
+            if isinstance(right, int):
+                return lambda state, like, grams: a(state, like, grams) @ b(state, like)
+            return lambda state, like, grams: a(state, like, grams) @ b(state, like, grams)
+
+        def gram(state, like, grams):           # V Kᵀ: two reads
+            g = grams.get(slot)
+            if g is None:
+                g = a(state, like) @ b(state, like)
+                grams[slot] = g.mT if transposed else g
+                return g
+            return g.mT if transposed else g
+        return gram
 
     def set_linear(self, M: np.ndarray) -> None:
         """The head is M @ Q: a scalar (returned as Q with alpha = s) or a matrix."""
@@ -185,33 +227,15 @@ class HeadOp:
 
     def __call__(self, state: dict, like, grams: dict | None = None) -> torch.Tensor:
         """The head's output divided by `alpha` (the residual sum multiplies it in). `grams`:
-        V Kᵀ products already computed in this sublayer (a head whose V and K are another's
-        K and V uses the transpose: the Hessian's two symmetric halves)."""
+        the V Kᵀ products heads of this sublayer share (share_gram), by slot."""
         if self.const is not None:
             return self.const
         if self.M is not None or self.scale is not None:
             Q = self.q(state, like)
             return Q if self.M is None else self.M @ Q
-        return self._eval(self.tree, state, like, grams)
-
-    def _eval(self, node, state, like, grams):
-        if isinstance(node, int):
-            f = self.leaves[node]
-            if not isinstance(f, str):
-                return f
-            if f == "K":
-                return self.k(state, like).mT
-            return (self.v if f == "V" else self.q)(state, like)
-        i, j, left, right = node
-        if (i, j) == self.gram_node and grams is not None:
-            key = self.gram_key
-            if key in grams:
-                return grams[key]
-            if key[::-1] in grams:
-                return grams[key[::-1]].mT
-            g = grams[key] = self._eval(left, state, like, None) @ self._eval(right, state, like, None)
-            return g
-        return self._eval(left, state, like, grams) @ self._eval(right, state, like, grams)
+        if isinstance(self.tree, int):
+            return self._product(state, like)
+        return self._product(state, like, {} if grams is None else grams)
 
 
 def _bracket(p: list[int]):

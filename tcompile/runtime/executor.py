@@ -79,6 +79,7 @@ class _Sublayer:
             writes.append((slot, old_read, ts))
         ops, writes = _prune_linear(ops, writes)
         ops, writes = _merge_tables(ops, writes)
+        _share_grams(ops)
         self.ops = ops
         self.heads = [isinstance(op, HeadOp) for op in ops]
         uses = [0] * len(ops)
@@ -110,7 +111,13 @@ class _Sublayer:
                 for op, head in zip(self.ops, self.heads)]
         new = {}
         for key, rows, e, pieces in self.writes:
-            acc, own = None, False      # own: acc is this sum's own tensor, added into in place
+            if len(pieces) == 1 and pieces[0][3] is None and isinstance(pieces[0][0], int):
+                # one term, no residual
+                get, src, have, _, alpha, spare = pieces[0]
+                part = fit(outs[get] if src is None else outs[get][:, src], have, e)
+                new[key] = part if alpha == 1.0 else part.mul_(alpha) if spare else part * alpha
+                continue
+            acc = _Sum()
             for get, src, have, dst, alpha, spare in pieces:
                 if isinstance(get, int):
                     part = outs[get] if src is None else outs[get][:, src]
@@ -120,36 +127,68 @@ class _Sublayer:
                     part = get(state, like)         # the old value
                 part = fit(part, have, e)
                 if dst is None:
-                    acc, own = _accumulate(acc, own, part, spare, alpha)
-                    continue
-                if acc is None:
-                    acc, own = like.new_zeros((part.shape[0], rows, e)), True
-                B = max(acc.shape[0], part.shape[0])
-                if own and acc.shape[0] == B:
-                    acc.index_add_(1, dst, part.expand(B, -1, -1), alpha=alpha)
+                    acc.add(part, alpha, spare)
                 else:
-                    acc = acc.expand(B, -1, -1).index_add(1, dst, part.expand(B, -1, -1),
-                                                          alpha=alpha)
-                    own = True
-            new[key] = acc if acc is not None else like.new_zeros((1, rows, e))
+                    acc.index_add(part, alpha, dst, rows, e, like)
+            new[key] = acc.value() if acc.t is not None else like.new_zeros((1, rows, e))
         state.update(new)
 
 
-def _accumulate(acc, own: bool, part, spare: bool, alpha: float):
-    """acc + alpha·part, in place where one of them is a tensor of this sum's own of the full
-    shape (acc after a first addition; part when its op made it for this term alone)."""
-    if acc is None:
-        if alpha == 1.0:
-            return part, spare
-        return (part.mul_(alpha), True) if spare else (part * alpha, True)
-    full = tuple(max(a, b) for a, b in zip(acc.shape, part.shape))   # (B, rows, e), broadcast
-    if own and acc.shape == full:
-        return acc.add_(part, alpha=alpha), True
-    if spare and part.shape == full:
-        if alpha != 1.0:
-            part.mul_(alpha)
-        return part.add_(acc), True
-    return (acc.add(part, alpha=alpha) if alpha != 1.0 else acc + part), True
+class _Sum:
+    """scale · t, accumulated term by term: in place where t or the term is a tensor of this
+    sum's own of the full (broadcast) shape — t once an addition made it, a term when its op
+    made it for this term alone (`spare`) — so that a written slot costs one tensor of its
+    size; a term's alpha rides in the addition (one pass per term, none for a first term)."""
+
+    __slots__ = ("t", "scale", "own")
+
+    def __init__(self):
+        self.t, self.scale, self.own = None, 1.0, False
+
+    def add(self, part, alpha: float, spare: bool) -> None:
+        t = self.t
+        if t is None:
+            self.t, self.scale, self.own = part, alpha, spare
+            return
+        full = t.shape if t.shape == part.shape else \
+            tuple(max(a, b) for a, b in zip(t.shape, part.shape))
+        mine = self.own and t.shape == full
+        theirs = spare and part.shape == full
+        if self.scale == 1.0:                   # t + alpha·part
+            out = t if mine else part if theirs else None
+            self.t = torch.add(t, part, alpha=alpha, out=out) if out is not None else \
+                torch.add(t, part, alpha=alpha)
+        elif alpha == 1.0:                      # part + scale·t
+            out = t if mine else part if theirs else None
+            self.t = torch.add(part, t, alpha=self.scale, out=out) if out is not None else \
+                torch.add(part, t, alpha=self.scale)
+            self.scale = 1.0
+        else:
+            self.settle()
+            return self.add(part, alpha, spare)
+        self.own = True
+
+    def index_add(self, part, alpha: float, dst, rows: int, e: int, like) -> None:
+        """Rows dst of t += alpha·part."""
+        if self.t is None:
+            self.t, self.own = like.new_zeros((part.shape[0], rows, e)), True
+        self.settle()
+        B = max(self.t.shape[0], part.shape[0])
+        if self.own and self.t.shape[0] == B:
+            self.t.index_add_(1, dst, part.expand(B, -1, -1), alpha=alpha)
+        else:
+            self.t = self.t.expand(B, -1, -1).index_add(1, dst, part.expand(B, -1, -1),
+                                                        alpha=alpha)
+            self.own = True
+
+    def settle(self) -> None:
+        if self.scale != 1.0:
+            self.t = self.t.mul_(self.scale) if self.own else self.t * self.scale
+            self.scale, self.own = 1.0, True
+
+    def value(self):
+        self.settle()
+        return self.t
 
 
 def _clears_row(op, s: int, r: int) -> bool:
@@ -181,6 +220,20 @@ def _prune_linear(ops, writes):
     writes = [(slot, old, [(i, tuple(remap[i][s] for s in src) if remap[i] else src, dst)
                            for i, src, dst in ts]) for slot, old, ts in writes]
     return ops, writes
+
+
+def _share_grams(ops) -> None:
+    """Heads whose V Kᵀ is another's (or its transpose: V and K swapped, the two symmetric
+    halves of AᵀDA) compute it once per call."""
+    by = {}
+    for op in ops:
+        if isinstance(op, HeadOp) and op.gram_key is not None:
+            key = op.gram_key
+            by.setdefault(min(key, key[::-1]), []).append(op)
+    for slot, (canon, heads) in enumerate(by.items()):
+        if len(heads) > 1:
+            for op in heads:
+                op.share_gram(slot, op.gram_key != canon)
 
 
 def _merge_tables(ops, writes):
