@@ -142,7 +142,7 @@ def _choose_rows(al: Allocation, p: Pair, occupant, last, identity_size: int) ->
     # rows change hands between a sensitive value and another only where an MLP can clear
     # them exactly first
     free = [r for r in free if occupant[r] is None
-            or not (_wide(al.atoms[occupant[r][0]]) or _wide(al.atoms[p[0]]))
+            or not (_wide(al.atoms, occupant[r][0]) or _wide(al.atoms, p[0]))
             or _clearing_mlp(al, occupant[r], t, last) is not None]
     free.sort(key=lambda r: (occupant[r] is not None, r))
     return free[:need]
@@ -178,7 +178,7 @@ def _subtract_previous(al: Allocation, p: Pair, rows: list[int], occupant) -> No
         return
     t = al.write_time[p]
     for q in list(olds):
-        sensitive = _wide(al.atoms[q[0]]) or _wide(al.atoms[p[0]])
+        sensitive = _wide(al.atoms, q[0]) or _wide(al.atoms, p[0])
         m = _clearing_mlp(al, q, t, {q: al.slots[q].last_read}) if sensitive else None
         in_place = _role(al.atoms[p[0]]) == _role(al.atoms[q[0]]) and any(
             term.real.x == Operand("atom", q[0], q[1]) for term in al.terms.get(p, []))
@@ -215,12 +215,29 @@ def _role(atom) -> str | None:
     return atom.node.get("refined")
 
 
-def _wide(atom) -> bool:
+def _wide(atoms: AtomTable, a: int) -> bool:
     """A value of a scalar refinement (refine.py): its seed and iterates (1/a, 1/√a may dwarf
     the next occupant of their rows) and its argument (a tiny a must keep its relative
-    precision). Rows pass between such a value and another only through an exact clear: an
-    attention writer that subtracts the old value beside the new one leaves ulp(old) in it."""
-    return bool(atom.node.get("refined"))
+    precision); and a value a head scales by a refined result (rz · om in conjugate gradient:
+    1/x grows as x shrinks, and so does what it scales). Rows pass between such a value and
+    another only through an exact clear: an attention writer that subtracts the old value
+    beside the new one leaves ulp(old) in it."""
+    atom = atoms[a]
+    return bool(atom.node.get("refined")) or atom.kind == "attn" and any(
+        _refined_result(atoms, f) for m in atom.poly for f in _factors(m) if f in atoms)
+
+
+def _refined_result(atoms: AtomTable, a: int) -> bool:
+    """A refinement's seed or iterate, or the value a head assembles from them (1/√ρ)."""
+    atom = atoms[a]
+    if atom.node.get("refined") in ("r", "w"):
+        return True
+    return atom.kind == "attn" and any(atoms[f].node.get("refined") in ("r", "w")
+                                       for m in atom.poly for f in _factors(m) if f in atoms)
+
+
+def _factors(m) -> list[int]:
+    return [f for f, _ in m.chain] + list(m.scalars)
 
 
 def _copies(real: Realization, q: Pair) -> bool:
