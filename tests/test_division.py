@@ -297,3 +297,22 @@ def test_a_fit_that_cannot_meet_its_budget_names_the_statement():
     text = str(err.value)
     assert "t.tp:4:5" in text and "below the float64 rounding" in text
     assert text.rstrip().endswith("^")
+
+
+def test_the_tutorials_plain_cg_builds_as_it_says():
+    """docs/tutorial.md Part 3 quotes this program's build and its error on one problem."""
+    prog = tcompile.compile_file("docs/tutorial_programs/cg_plain.tp")
+    rep = prog.report
+    assert (rep["layers"], rep["width"], rep["mlp_hidden_max"]) == (142, 32, 642)
+    rng = np.random.default_rng(0)
+    d, n = 8, 30
+    U, _ = np.linalg.qr(rng.standard_normal((n, d)))
+    V, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    A = U @ np.diag(np.geomspace(1, 1e-3, d)) @ V.T
+    A /= np.linalg.norm(A, axis=1).max()
+    y = rng.standard_normal(n)
+    y /= np.abs(y).max()
+    w_star = np.linalg.solve(A.T @ A, A.T @ y)
+    assert rel(tcompile.interpret("docs/tutorial_programs/cg_plain.tp", None, A=A, y=y)["w"],
+               w_star) <= 2e-11
+    assert rel(prog.run(A=A, y=y)["w"], w_star) <= 1e-10
