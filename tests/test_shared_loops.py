@@ -422,6 +422,8 @@ def test_the_card_gives_layers_per_iteration_and_run_time_counts(logistic):
     assert f"{k + 3} layers per iteration" in text and "1 layer per iteration  (nested)" in text
     assert "repeat steps = 8, run-time: 3 or more" in text
     assert "body.{i}.loop.{j}.0" in text and "73 run" in text
+    assert "layers run at steps = K: 73 + 9 (K − 8)" in text
+    assert logistic.module.n_layers(steps=20) == 73 + 9 * (20 - 8)
     rep = logistic.report
     assert rep["loops"]["layers_run"] == 73 and rep["layers"] == len(logistic.layers)
 

@@ -214,6 +214,9 @@ def _loop_lines(rep: dict) -> list[str]:
         nested = "  (nested)" if lp["depth"] else ""
         lines.append(f"    line {lp['line']:<4} repeat {count}   {lp['layers_per_iteration']} "
                      f"layer{'s' * (lp['layers_per_iteration'] != 1)} per iteration{nested}")
+        if lp["param"] and not lp["depth"]:
+            lines.append(f"              layers run at {lp['param']} = K: {loops['layers_run']} + "
+                         f"{lp['layers_per_iteration']} (K − {lp['count']})")
     for lp in loops["kept_unrolled"]:
         lines += _wrap(f"line {lp['line']}: repeat {lp['count']} kept unrolled: {lp['why']}", "    ")
     return lines
