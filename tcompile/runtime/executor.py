@@ -95,7 +95,7 @@ class _Sublayer:
                 width = len(M) if M is not None else len(plan.contribs[i].out_rows)
                 whole = src == tuple(range(width))
                 have = concrete(plan.contribs[i].ext, n)
-                pieces.append((i, None if whole else list(src), have,
+                pieces.append((i, None if whole else _rows(src), have,
                                None if dst == tuple(range(len(slot.rows)))
                                else torch.tensor(dst, device=device), ops[i].alpha,
                                ops[i].fresh and uses[i] == 1 and whole and have == e))
@@ -189,6 +189,13 @@ class _Sum:
     def value(self):
         self.settle()
         return self.t
+
+
+def _rows(src):
+    """An index for rows src of an op's output: a slice (a view) where they are consecutive."""
+    if list(src) == list(range(src[0], src[0] + len(src))):
+        return slice(src[0], src[0] + len(src))
+    return list(src)
 
 
 def _clears_row(op, s: int, r: int) -> bool:
