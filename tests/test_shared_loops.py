@@ -499,3 +499,27 @@ def test_domain_checks_cover_every_iteration(logistic):
         for label in labels:
             assert np.allclose(ranges[("shared", label)], ranges[("unrolled", label)],
                                rtol=1e-9, atol=1e-12), label
+
+
+def test_a_loop_carrying_a_changing_constant_stays_unrolled():
+    src = """program p
+dim d = 2
+param steps = 4
+input v : [d] assume norm <= 1
+input H : [d, d] assume spectrum in [0.5, 1]
+output w, c
+w = v
+c = 0
+repeat steps {
+  c = c + 1
+  w = w - 0.5 * (H @ w - v)
+}
+"""
+    prog = tcompile.compile_source(src, loops="shared")
+    assert prog.loops.loops == ()
+    ((line, count, why),) = prog.loops.unrolled
+    assert (line, count) == (9, 4) and "'c' is a compile-time number" in why
+    inputs = {"v": np.array([0.6, -0.3]), "H": np.diag([0.5, 1.0])}
+    want = interpret_program(parse_source(src), None, **inputs)
+    got = prog.run(**inputs)
+    assert rel(got["w"], want["w"]) <= 1e-14 and got["c"] == 4

@@ -103,11 +103,12 @@ def _fold_all(runs: _Unrollings, sites: dict[str, LoopSite]):
     pipeline holds) is kept unrolled at its own count, and the others fold around it.
     Returns (folded sequence, the base unrolling's counts, {kept loop: NoSteadyState})."""
     order = sorted(sites.values(), key=lambda s: -s.depth)
+    kept: dict[str, NoSteadyState] = {s.key: NoSteadyState(s.unshareable, s.key, final=True)
+                                      for s in order if s.unshareable}
     # nested loops pipeline deeper (newton_logistic's damped step holds 3 iterations around
     # its body): start them one longer, which saves the unrollings a failed base costs
     start = UNROLLINGS[0] + any(s.depth for s in sites.values())
-    base = {k: start for k in sites}
-    kept: dict[str, NoSteadyState] = {}
+    base = {k: start if k not in kept else sites[k].count for k in sites}
 
     def folded(counts: dict[str, int], upto: int) -> list:
         if upto == 0:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ..errors import CompileError
 from ..language import ast
 from ..language.checker import Ty, Val, Walker
 from ..language.run_params import loop_param, run_time_counts
@@ -36,6 +35,7 @@ class LoopSite:
     max_count: int | None    # the largest count the fitted domains cover (None: any)
     state: tuple[str, ...]   # the variables it carries from one iteration to the next
     depth: int               # loops around it
+    unshareable: str | None = None   # why no iteration can be like the next (then unrolled)
 
 
 def loop_key(stmt: ast.Repeat, call_sites: list[ast.Call]) -> str:
@@ -66,15 +66,23 @@ class _SteadyState:
             finally:
                 self.loops_around.pop()
         state = tuple(sorted(n for n in _carried(stmt.body) if n in env))
-        hull, closed = self._hull(stmt, count, env, in_function, state)
+        try:
+            hull, closed, why = *self._hull(stmt, count, env, in_function, state), None
+        except _Unshareable as e:
+            hull, closed, why = {}, False, str(e)
         site = LoopSite(key, stmt.loc.line, count,
                         loop_param(self.program, stmt, self.call_sites, self.counts),
-                        None if closed else count, state, len(self.loops_around))
+                        None if closed else count, state, len(self.loops_around), why)
         if key in self.sites and self.sites[key] != site:
-            raise CompileError(f"line {stmt.loc.line}: this loop runs with different counts or "
-                               "state bounds on different passes; a shared build needs one "
-                               "body for it (build it unrolled)")
+            why = "it runs with different counts or state bounds on different passes"
+            site = replace(site, unshareable=why)
         self.sites[key] = site
+        if why is not None:                  # walked as the unrolled build walks it
+            self.loops_around.append(key)
+            try:
+                return Walker.unroll(self, stmt, count, env, in_function)
+            finally:
+                self.loops_around.pop()
         times = self.unroll_counts.get(key, count)
         self.loops_around.append(key)
         try:
@@ -82,9 +90,9 @@ class _SteadyState:
                 self.iteration = self.iteration + ((key, i),)
                 self._widen(env, hull)
                 ret = self.exec_block(stmt.body, env, in_function)
-                if ret is not None:
-                    raise CompileError(f"line {stmt.loc.line}: a 'return' inside a loop ends it "
-                                       "early; a shared build needs whole iterations")
+                if ret is not None:     # a return in the first iteration: nothing to repeat
+                    self.iteration = self.iteration[:-1]
+                    return ret
                 self.end_of_iteration(stmt, env)
                 self.iteration = self.iteration[:-1]
             if times == 0:
@@ -100,7 +108,7 @@ class _SteadyState:
         probe = _Probe(self.program, self.params)
         probe.call_stack, probe.call_sites = list(self.call_stack), list(self.call_sites)
         probe.inputs = self.inputs
-        probe.loops_around = list(self.loops_around) + ["probe"]
+        probe.loops_around = list(self.loops_around)
         types = {k: Val(v.ty) for k, v in env.items()}
         hull = {n: types[n].ty for n in state}
         for _ in range(count):
@@ -172,14 +180,16 @@ def loop_sites(program, values: dict) -> dict[str, LoopSite]:
     return probe.sites
 
 
+class _Unshareable(Exception):
+    """No two iterations of this loop can be the same body (said in the card)."""
+
+
 def _join(a: Ty, b: Ty, name: str, stmt) -> Ty:
     """The hull of two types of the same loop variable."""
     if a.shape != b.shape:       # X = c I before the loop, [d, d] after one body: from then on
         return b
     if a.const != b.const:
-        raise CompileError(f"line {stmt.loc.line}: '{name}' is a compile-time number that "
-                           "changes every iteration; a shared build needs the same body every "
-                           "iteration (build it unrolled, or make it an input)")
+        raise _Unshareable(f"'{name}' is a compile-time number that changes every iteration")
     both = dict(sign=a.sign and b.sign, flag=a.flag and b.flag,
                 symmetric=a.symmetric and b.symmetric)
     if not (a.bounded and b.bounded):
