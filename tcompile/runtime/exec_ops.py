@@ -23,9 +23,11 @@ from .exec_plan import Read, concrete, sub_read
 from .exec_sublayers import HeadSpec
 from .pl_tables import MlpGroup, build_table, cell_index
 
-# Table entries looked up per pass on a CPU: a pass's temporaries (a dozen arrays of this many
-# entries) stay in cache, and its memory does not grow with the batch. Elsewhere: one pass.
+# Table entries looked up per pass: a pass's temporaries (a dozen arrays of this many entries)
+# stay in cache on a CPU, and on any device their memory does not grow with the batch (on a GPU
+# a pass is large enough that launching its kernels costs little).
 CHUNK = {"cpu": 1 << 16}
+CHUNK_OTHER = 1 << 22
 
 
 def scalar_of(W: np.ndarray):
@@ -389,7 +391,7 @@ class MlpOp:
                 rd = sub_read(g.var, [i], slots)
             self.coords.append(ReadOp(rd, slots, e, n))
         self.tables = [_Lookup(bp, slope, icpt, g.W1v[0] / a[0], dtype, device)]
-        self.chunk = CHUNK.get(torch.device(device).type, 1 << 62)
+        self.chunk = CHUNK.get(torch.device(device).type, CHUNK_OTHER)
 
     def absorbable(self, other) -> bool:
         """Does `other` (a later op of the same sublayer) read the same rows over the same
