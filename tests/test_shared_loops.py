@@ -252,7 +252,8 @@ def test_halting_stops_each_problem_where_its_iterate_settles(least_squares):
         first = next((t for t in range(1, cap + 1) if np.abs(ws[t] - ws[t - 1]).max() <= tol), cap)
         assert abs(int(steps[i]) - first) <= 2, (i, steps[i], first)
     for i in range(0, B, 9):         # a halted problem kept its state: a fixed-count run's
-        fixed = least_squares.run(A=As[i], y=ys[i], a_test=np.zeros(d), steps=int(steps[i]))
+        fixed = least_squares.run(A=As[i], y=ys[i], a_test=np.zeros(d), steps=int(steps[i]),
+                                  executor="module")          # halting runs the looped module
         assert rel(out["w"][i], fixed["w"]) <= 1e-14
     assert len(set(steps.tolist())) > 3
 
@@ -476,7 +477,7 @@ def test_tools_that_read_an_unrolled_layout_refuse_a_shared_build(tmp_path, inve
     from tcompile.inspection.plots import plot_layout
     A = random_inverse_problem(np.random.default_rng(0), 4)["A"]
     for call in (lambda: inverse.forward_states(inverse.encode(A=A)),
-                 lambda: plot_layout(inverse, tmp_path), lambda: inverse.run(A=A, executor="structured")):
+                 lambda: plot_layout(inverse, tmp_path), lambda: inverse.run(A=A, executor="compiled")):
         with pytest.raises(InputError, match="shared build"):
             call()
 
@@ -523,3 +524,15 @@ repeat steps {
     want = interpret_program(parse_source(src), None, **inputs)
     got = prog.run(**inputs)
     assert rel(got["w"], want["w"]) <= 1e-14 and got["c"] == 4
+
+
+def test_the_structured_executor_runs_shared_builds_as_the_looped_module_does(least_squares,
+                                                                                logistic):
+    rng = np.random.default_rng(12)
+    for prog, inputs in ((least_squares, random_regression(rng, 30, 4)),
+                         (logistic, random_logistic_problem(rng, 26, 5))):
+        for steps in (prog.info.params["steps"], 11):
+            a = prog.run(steps=steps, **inputs)
+            b = prog.run(steps=steps, executor="module", **inputs)
+            for name in b:
+                assert rel(a[name], b[name]) <= 1e-13, (prog.name, steps, name)

@@ -236,10 +236,10 @@ def _loop_start(sequence, base, key) -> int | None:
 
 
 def _shared_manifest(m: Manifest, stored: list[LayerWeights], loops: LoopProgram) -> Manifest:
-    """The base unrolling's manifest, cut to what a shared build's runtime reads: the stored
-    layers; the blocks the encoder writes, the decoder reads, the loop state lives in and the
-    pieces read their inputs from (rows are the same at every iteration; their times are those
-    of the base unrolling); each domain check once, at the stored layer it runs in."""
+    """The base unrolling's manifest with the stored layers: its blocks keep the times of the
+    base unrolling (`LoopProgram.base_counts`; rows are the same at every iteration, and the
+    structured executor re-times them for a run's counts); each domain check once, at the
+    stored layer it runs in."""
     where = loops.expand(dict(loops.base_counts))      # base layer → stored layer
     domains, seen = [], set()
     for chk in m.domains:
@@ -248,11 +248,7 @@ def _shared_manifest(m: Manifest, stored: list[LayerWeights], loops: LoopProgram
         if (chk.label, rows, chk.lo, chk.hi, moved.layer) not in seen:
             seen.add((chk.label, rows, chk.lo, chk.hi, moved.layer))
             domains.append(moved)
-    keep = {o.block for o in m.layout.outputs} | {k for s in loops.loops for _, k, *_ in s.state} \
-        | {c.block for c in domains}
-    blocks = tuple(b for b in m.layout.blocks if b.written == 0 or b.key in keep)
-    layout = replace(m.layout, n_layers=len(stored), blocks=blocks,
-                     layers=tuple(LayerSpec.of(w) for w in stored))
+    layout = replace(m.layout, n_layers=len(stored), layers=tuple(LayerSpec.of(w) for w in stored))
     return replace(m, layout=layout, domains=tuple(domains), loops=loops)
 
 

@@ -24,6 +24,7 @@ Per (n, dtype, device) the plan is resolved once into tensors (exec_ops.py) and 
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -287,6 +288,7 @@ class StructuredExecutor:
         occ = initial_occupancy(layout)
         self.initial = occ.copy()
         self.plans = plan_program(layout, layers, occ)
+        self.final = occ                          # which slot holds each row at the end
         self.all_slots = dict(self.initial.slots)
         for p in self.plans:
             self.all_slots.update({s.key: s for s in p.slots})
@@ -364,6 +366,48 @@ class StructuredExecutor:
         return out
 
 
+class ExpandedExecutor(StructuredExecutor):
+    """A shared build at given counts: the structured executor over the stored layers in the
+    order its loops run them (loops.py `expand`). The layout's blocks carry the times of the
+    build's base unrolling; every stored layer writes the same blocks wherever it runs (its
+    rows are pinned), so each run of a stored layer takes the blocks its first run in the base
+    unrolling writes, re-timed and renamed per run (`X@3#17`). Outputs are read from the rows
+    the layout names, wherever they are at the end."""
+
+    def __init__(self, sequence: list[int], layers: list[LayerWeights], layout: Layout,
+                 base_sequence: list[int]):
+        self.outputs = {o.name: (layout.output_block(o.name), o.shape) for o in layout.outputs}
+        by_time: dict[int, list] = {}
+        for b in layout.blocks:
+            by_time.setdefault(b.written, []).append(b)
+        template = _block_templates(base_sequence, by_time)
+        blocks = list(by_time.get(0, []))
+        for pos, i in enumerate(sequence):
+            for sub in (1, 2):
+                blocks += [replace(b, key=f"{b.key}#{pos}", written=2 * pos + sub, last_read=-1)
+                           for b in template.get(i, {}).get(sub, [])]
+        super().__init__([layers[i] for i in sequence],
+                         replace(layout, blocks=tuple(blocks), n_layers=len(sequence)))
+
+    def _lifetimes(self) -> list[list[str]]:
+        keep = {seg.key for blk, _ in self.outputs.values()
+                for seg in self.final.read(blk.rows).segments if seg.key is not None}
+        return [[k for k in drop if k not in keep] for drop in super()._lifetimes()]
+
+    def _decode(self, state: dict, B: int, n: int) -> dict:
+        like = next(iter(state.values()))
+        out = {}
+        for name, (blk, shape) in self.outputs.items():
+            cols = blk.storage_cols(n)
+            parts = [like.new_zeros((B, len(seg.positions), cols)) if seg.key is None else
+                     fit(state[seg.key][:, list(seg.positions)], state[seg.key].shape[-1],
+                         cols).expand(B, -1, -1)
+                     for seg in self.final.read(blk.rows).segments]
+            S = torch.cat(parts, dim=1)
+            out[name] = in_shape(S.mT if blk.transposed else S, shape)
+        return out
+
+
 class CompiledExecutor:
     """torch.compile of StructuredExecutor.body, one graph per (n, batch, dtype, device),
     shapes static. Whether it pays is in bench/README.md (on CPU it does not)."""
@@ -401,11 +445,41 @@ def executor_for(prog, kind: str):
     if kind == "module":
         raise ValueError("executor 'module' is the nn.Module: use prog.module_for(dtype, device)")
     cache = prog._executors
+    if prog.loops is not None:
+        raise ValueError("a shared build's executor depends on its counts: expanded_executor_for")
     if "structured" not in cache:
         cache["structured"] = StructuredExecutor(prog.layers, prog.layout)
     if kind == "compiled" and kind not in cache:
         cache["compiled"] = CompiledExecutor(cache["structured"])
     return cache[kind]
+
+
+def _block_templates(base_sequence: list[int], by_time: dict) -> dict[int, dict[int, list]]:
+    """Stored layer → {1: blocks its attention writes, 2: its MLP's}, from its first run in
+    the base unrolling — only where every run there writes the same rows in the same shapes;
+    a layer that does not is left without blocks (its rows become anonymous slots: slower,
+    still exact)."""
+    runs: dict[int, list[int]] = {}
+    for pos, i in enumerate(base_sequence):
+        runs.setdefault(i, []).append(pos)
+
+    def writes(pos: int, sub: int):
+        return sorted((b.rows, b.transposed, tuple(b.cshape)) for b in by_time.get(2 * pos + sub, []))
+    out = {}
+    for i, positions in runs.items():
+        if all(writes(p, sub) == writes(positions[0], sub) for p in positions for sub in (1, 2)):
+            out[i] = {sub: by_time.get(2 * positions[0] + sub, []) for sub in (1, 2)}
+    return out
+
+
+def expanded_executor_for(prog, counts: dict[str, int]) -> ExpandedExecutor:
+    """A shared build's structured executor at these (resolved) loop counts, kept per counts."""
+    key = ("expanded",) + tuple(sorted(counts.items()))
+    cache = prog._executors
+    if key not in cache:
+        cache[key] = ExpandedExecutor(prog.loops.expand(counts), prog.layers, prog.layout,
+                                      prog.loops.expand(dict(prog.loops.base_counts)))
+    return cache[key]
 
 
 def _batch(state: dict) -> int:

@@ -179,12 +179,12 @@ class CompiledProgram:
             **inputs) -> dict[str, np.ndarray]:
         """Encode, run the transformer, decode. A leading batch axis on the inputs is optional.
         executor: "structured" (executor.py: the same weights, only the work they define; the
-        default for unrolled builds), "module" (the paper-form nn.Module, the reference; the
-        default and only executor of a shared build) or "compiled" (torch.compile of the
-        structured executor). A shared build also takes its run-time counts by name
-        (`steps=50`) and may halt: `until=("x", tol)` stops each problem of the batch once the
-        loop variable x moves less than tol (max abs change) in one iteration, at most
-        `max_steps` iterations; the result then has "steps", the count each problem ran."""
+        default), "module" (the paper-form nn.Module, the reference; a shared build's looped
+        module) or "compiled" (torch.compile of the structured executor; unrolled builds). A
+        shared build also takes its run-time counts by name (`steps=50`) and may halt:
+        `until=("x", tol)` stops each problem of the batch once the loop variable x moves less
+        than tol (max abs change) in one iteration, at most `max_steps` iterations (through the
+        looped module); the result then has "steps", the count each problem ran."""
         import torch
 
         from .executor import executor_for
@@ -192,9 +192,15 @@ class CompiledProgram:
         counts, inputs = self._split_counts(inputs, until, max_steps)
         prepared = self.prepare_inputs(inputs)
         if self.loops is not None:
-            if executor not in (None, "module"):
-                raise InputError(f"executor={executor!r} runs unrolled builds; a shared build "
-                                 "runs its looped module (executor='module', the default)")
+            if executor not in (None, "structured", "module"):
+                raise InputError(f"executor={executor!r}: a shared build runs 'structured' (the "
+                                 "default: its loops expanded) or 'module' (the looped module)")
+            if until is None and executor != "module":
+                from .executor import expanded_executor_for
+                out = expanded_executor_for(self, self.loops.counts(counts)).run_inputs(
+                    prepared, tdtype, device)
+                return prepared.unbatch({k: v.detach().to("cpu", torch.float64).numpy()
+                                         for k, v in out.items()})
             x = self.encode_inputs(prepared, tdtype, device)
             with torch.no_grad():
                 if until is None:
