@@ -122,8 +122,9 @@ class _SteadyState:
 
     def _widen(self, env, hull: dict[str, Ty]) -> None:
         for name, ty in hull.items():
-            if env[name].ty.shape != ty.shape:      # the state before its first iteration
-                continue
+            now = env[name].ty
+            if now.shape != ty.shape or (now.const is not None and ty.const is None):
+                continue                            # the state before its first iteration
             env[name] = Val(ty, env[name].data)
             self.widen_data(env[name].data, ty)
 
@@ -186,8 +187,8 @@ class _Unshareable(Exception):
 
 def _join(a: Ty, b: Ty, name: str, stmt) -> Ty:
     """The hull of two types of the same loop variable."""
-    if a.shape != b.shape:       # X = c I before the loop, [d, d] after one body: from then on
-        return b
+    if a.shape != b.shape or (a.const is not None and b.const is None):
+        return b      # X = c I, r = 1 before the loop; a [d, d] or runtime value after one body
     if a.const != b.const:
         raise _Unshareable(f"'{name}' is a compile-time number that changes every iteration")
     both = dict(sign=a.sign and b.sign, flag=a.flag and b.flag,

@@ -115,7 +115,7 @@ COLUMNS = ("columns: layer = L of module.blocks[L] and of the hooks blocks.L.* (
 
 def summary_line(rep: dict) -> str:
     """The card in one line (what `check` prints; `report` prints the whole card)."""
-    params = ", ".join(f"{k}={v}" for k, v in rep["params"].items())
+    params = ", ".join(f"{k}={v:g}" for k, v in rep["params"].items())
     layers = (f"{rep['layers']} stored layers run as {rep['loops']['layers_run']}" if "loops" in rep
               else f"{rep['layers']} layers")
     return (f"{rep['program']} ({params}): {layers}, width D = {rep['width']}, "
@@ -223,7 +223,7 @@ def _loop_lines(rep: dict) -> list[str]:
 
 
 def _header(rep: dict) -> list[str]:
-    params = ", ".join(f"{k}={v}" for k, v in rep["params"].items())
+    params = ", ".join(f"{k}={v:g}" for k, v in rep["params"].items())
     last = rep["layers"] - 1
     stored = (f"  stored layers {rep['layers']} (numbered 0 to {last}; "
               f"{rep['loops']['layers_run']} run)" if "loops" in rep
