@@ -161,9 +161,8 @@ def _pinned_rows(al: Allocation, p: Pair, occupant, free) -> list[int] | None:
         return None
     q = max(before, key=lambda q: al.slots[q].write)
     rows = al.slots[q].rows
-    if len(rows) == pair_rows(al.atoms, p) and set(rows) <= set(free) and \
-            all(occupant[r] == q for r in rows):
-        return list(rows)
+    if len(rows) == pair_rows(al.atoms, p) and set(rows) <= set(free):
+        return list(rows)       # the predecessor's rows (another dead value may hold them now)
     return None
 
 
