@@ -536,3 +536,31 @@ def test_the_structured_executor_runs_shared_builds_as_the_looped_module_does(le
             b = prog.run(steps=steps, executor="module", **inputs)
             for name in b:
                 assert rel(a[name], b[name]) <= 1e-13, (prog.name, steps, name)
+
+
+def test_the_expanded_executor_without_block_templates_is_still_exact(monkeypatch, logistic):
+    """A stored layer whose runs in the base unrolling write different blocks gets none: its
+    rows become anonymous slots (slower, still exact). Forced here for every layer."""
+    import tcompile.runtime.executor as executor
+    monkeypatch.setattr(executor, "_block_templates", lambda *_: {})
+    inputs = random_logistic_problem(np.random.default_rng(13), 26, 5)
+    plain = executor.ExpandedExecutor(logistic.loops.expand(logistic.loops.counts()),
+                                      logistic.layers, logistic.layout,
+                                      logistic.loops.expand(dict(logistic.loops.base_counts)))
+    got = plain.run_inputs(logistic.prepare_inputs(inputs))["x"].numpy()[0]
+    want = logistic.run(executor="module", **inputs)["x"]
+    assert rel(got, want) <= 1e-13
+
+
+def test_block_templates_skip_a_layer_whose_runs_write_differently():
+    from tcompile.runtime.executor import _block_templates
+    from tcompile.runtime.layout import Block
+
+    def blk(key, rows, t):
+        return Block(key=key, kind="attn", rows=rows, transposed=False, cshape=(len(rows), 1),
+                     written=t, last_read=t + 2)
+    by_time = {1: [blk("a@1", (0, 1), 1)], 3: [blk("a@2", (0, 1), 3)],
+               5: [blk("b@1", (2,), 5)], 7: [blk("b@2", (3,), 7)]}
+    # base sequence: stored layer 0 runs at positions 0 and 1 (same rows), layer 1 at 2 and 3
+    # (rows 2 then 3: not the same)
+    assert set(_block_templates([0, 0, 1, 1], by_time)) == {0}
