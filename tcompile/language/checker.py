@@ -285,7 +285,9 @@ class Walker:
         self.statements += k
         if self.statements > MAX_UNROLLED_STATEMENTS:
             raise self.err("the program unrolls to too many statements "
-                           f"(> {MAX_UNROLLED_STATEMENTS})", stmt.loc, expected="fewer repeats")
+                           f"(> {MAX_UNROLLED_STATEMENTS})", stmt.loc,
+                           expected="fewer repeats (a shared build, --loops shared, takes a "
+                                    "larger count at run time: build with a smaller one)")
 
     def _repeat(self, stmt: ast.Repeat, env, in_function: bool):
         """Unroll a repeat loop; the value of a `return` inside it, else None."""

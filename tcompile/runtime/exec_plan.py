@@ -139,9 +139,7 @@ def new_slots(layout: Layout, t: int, occ: Occupancy, written: dict[int, object]
     contribution writes to the widest extent written to it. Blocks the layout says sublayer t
     writes take their rows; rows written outside them form one anonymous slot."""
     slots, claimed = [], set()
-    for blk in layout.blocks:
-        if blk.written != t:
-            continue
+    for blk in layout.written_at(t):
         if claimed & set(blk.rows):
             raise ValueError(f"blocks written in sublayer {t} share rows ({blk.key!r})")
         claimed |= set(blk.rows)

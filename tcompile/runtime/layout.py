@@ -124,6 +124,17 @@ class Layout:
     def _by_key(self) -> dict[str, Block]:
         return {b.key: b for b in self.blocks}
 
+    @cached_property
+    def _by_written(self) -> dict[int, list[Block]]:
+        out: dict[int, list[Block]] = {}
+        for b in self.blocks:
+            out.setdefault(b.written, []).append(b)
+        return out
+
+    def written_at(self, t: int) -> list[Block]:
+        """The blocks sublayer t writes (0: the encoder's), in layout order."""
+        return self._by_written.get(t, [])
+
     def block(self, key: str) -> Block:
         """The block named `key` (KeyError if there is none)."""
         return self._by_key[key]
