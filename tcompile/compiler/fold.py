@@ -43,37 +43,37 @@ def digest(layer: LayerWeights) -> str:
     return h.hexdigest()
 
 
-def fold_loop(key: str, count: int, seqs: list[list], line: int) -> list:
+def fold_loop(key: str, count: int, seqs: list[list]) -> list:
     """Fold loop `key` in sequences compiled with `count`, `count + 1`, `count + 2` iterations
     of it (its inner loops already folded); the folded sequence, the same for all three."""
     folded = []
     for i, (seq, longer) in enumerate(zip(seqs, seqs[1:])):
-        sites = _sites(seq, longer, line)
+        sites = _sites(seq, longer)
         folded.append(_compress(longer, sites, key, count + i + 1))
         if i == 0:
             folded.insert(0, _compress(seq, [(_back(a, sites, k), reps - 1, body)
                                              for k, (a, reps, body) in enumerate(sites)],
                                        key, count))
     if not all(f == folded[0] for f in folded[1:]):
-        raise _no_steady_state(line, "its iterations do not repeat the same layers")
+        raise NoSteadyState("its iterations do not repeat the same layers")
     return folded[0]
 
 
-def _sites(seq: list, longer: list, line: int) -> list[tuple[int, int, tuple]]:
+def _sites(seq: list, longer: list) -> list[tuple[int, int, tuple]]:
     """Where one more iteration inserted layers into `longer`: each site as (start in longer,
     repetitions of the body there, body)."""
     ops = difflib.SequenceMatcher(None, seq, longer, autojunk=False).get_opcodes()
     inserts = [(j1, j2) for tag, _i1, _i2, j1, j2 in ops if tag != "equal"]
     if not inserts or len(seq) == len(longer):
-        raise _no_steady_state(line, "it has no layers of its own: its iterations merge into "
-                                     "the layers around it", final=True)
+        raise NoSteadyState("it has no layers of its own: its iterations merge into the layers "
+                            "around it", final=True)
     if any(tag not in ("equal", "insert") for tag, *_ in ops):
-        raise _no_steady_state(line, "one more iteration changes layers instead of adding them: "
-                                     "e.g. a loop variable is still read after its next value "
-                                     "is written, so its rows alternate between iterations")
+        raise NoSteadyState("one more iteration changes layers instead of adding them: e.g. a "
+                            "loop variable is still read after its next value is written, so "
+                            "its rows alternate between iterations")
     period = inserts[0][1] - inserts[0][0]
     if any(j2 - j1 != period for j1, j2 in inserts):
-        raise _no_steady_state(line, "one more iteration adds different numbers of layers")
+        raise NoSteadyState("one more iteration adds different numbers of layers")
     sites = []
     for j1, _ in inserts:
         a = j1
@@ -83,7 +83,7 @@ def _sites(seq: list, longer: list, line: int) -> list[tuple[int, int, tuple]]:
         while e < len(longer) and longer[e] == longer[e - period]:
             e += 1
         if sites and a < sites[-1][0] + sites[-1][1] * period:
-            raise _no_steady_state(line, "two of its runs overlap")
+            raise NoSteadyState("two of its runs overlap")
         sites.append((a, (e - a) // period, tuple(longer[a:a + period])))
     return sites
 
@@ -112,10 +112,6 @@ class NoSteadyState(Exception):
     def __init__(self, why: str, key: str | None = None, final: bool = False):
         super().__init__(why)
         self.why, self.key, self.final = why, key, final
-
-
-def _no_steady_state(line: int, why: str, final: bool = False) -> NoSteadyState:
-    return NoSteadyState(why, final=final)
 
 
 __all__ = ["Loop", "NoSteadyState", "digest", "fold_loop"]

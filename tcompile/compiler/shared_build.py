@@ -118,7 +118,7 @@ def _fold_all(runs: _Unrollings, sites: dict[str, LoopSite]):
             return folded(counts, upto - 1)
         variants = [folded({**counts, site.key: counts[site.key] + i}, upto - 1) for i in range(3)]
         try:
-            seq = fold_loop(site.key, counts[site.key], variants, site.line)
+            seq = fold_loop(site.key, counts[site.key], variants)
         except NoSteadyState as e:
             e.key = site.key
             raise
