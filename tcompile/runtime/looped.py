@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .loops import LoopItem, LoopProgram, parts as _parts
-from .model import MLP, Block, HookPoint, LinearAttention, exact_float32
+from .model import Block, HookPoint, blocks_from_arrays, exact_float32
 
 
 class _Sequence(nn.Module):
@@ -108,11 +108,7 @@ class LoopedTransformer(_Sequence):
     @classmethod
     def from_arrays(cls, arrays: list, width: int, loops: LoopProgram, dtype=torch.float64,
                     device="cpu"):
-        def t(a):
-            return torch.as_tensor(a, dtype=dtype, device=device)
-        blocks = [Block(LinearAttention(t(w.W_K), t(w.W_Q), t(w.W_V)), MLP(t(w.W_1), t(w.W_2)))
-                  for w in arrays]
-        model = cls(blocks, width, loops)
+        model = cls(blocks_from_arrays(arrays, dtype, device), width, loops)
         model.requires_grad_(False)
         return model
 

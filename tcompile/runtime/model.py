@@ -94,6 +94,14 @@ def exact_float32():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
+def blocks_from_arrays(arrays: list, dtype=torch.float64, device="cpu") -> list[Block]:
+    """One Block per LayerWeights, its weights as tensors of this dtype on this device."""
+    def t(a):
+        return torch.as_tensor(a, dtype=dtype, device=device)
+    return [Block(LinearAttention(t(w.W_K), t(w.W_Q), t(w.W_V)), MLP(t(w.W_1), t(w.W_2)))
+            for w in arrays]
+
+
 class CompiledTransformer(nn.Module):
     """A stack of `Block`s; `forward(x)` maps the encoded embedding to the final residual."""
 
@@ -108,11 +116,7 @@ class CompiledTransformer(nn.Module):
 
     @classmethod
     def from_arrays(cls, arrays: list, width: int, dtype=torch.float64, device="cpu"):
-        def t(a):
-            return torch.as_tensor(a, dtype=dtype, device=device)
-        blocks = [Block(LinearAttention(t(w.W_K), t(w.W_Q), t(w.W_V)), MLP(t(w.W_1), t(w.W_2)))
-                  for w in arrays]
-        model = cls(blocks, width)
+        model = cls(blocks_from_arrays(arrays, dtype, device), width)
         model.requires_grad_(False)
         return model
 
