@@ -564,3 +564,12 @@ def test_block_templates_skip_a_layer_whose_runs_write_differently():
     # base sequence: stored layer 0 runs at positions 0 and 1 (same rows), layer 1 at 2 and 3
     # (rows 2 then 3: not the same)
     assert set(_block_templates([0, 0, 1, 1], by_time)) == {0}
+
+
+def test_a_sweep_over_counts_keeps_only_the_last_few_executors(inverse):
+    from tcompile.runtime.executor import EXPANDED_KEPT
+    A = random_inverse_problem(np.random.default_rng(0), 4)["A"]
+    for steps in range(2, 12):
+        inverse.run(A=A, steps=steps)
+    kept = inverse._executors["expanded"]
+    assert len(kept) == EXPANDED_KEPT and (("15:1", 11),) in kept

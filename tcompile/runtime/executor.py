@@ -472,14 +472,23 @@ def _block_templates(base_sequence: list[int], by_time: dict) -> dict[int, dict[
     return out
 
 
+EXPANDED_KEPT = 4      # a shared build keeps the executors of its last few counts
+
+
 def expanded_executor_for(prog, counts: dict[str, int]) -> ExpandedExecutor:
-    """A shared build's structured executor at these (resolved) loop counts, kept per counts."""
-    key = ("expanded",) + tuple(sorted(counts.items()))
-    cache = prog._executors
-    if key not in cache:
-        cache[key] = ExpandedExecutor(prog.loops.expand(counts), prog.layers, prog.layout,
-                                      prog.loops.expand(dict(prog.loops.base_counts)))
-    return cache[key]
+    """A shared build's structured executor at these (resolved) loop counts. The last
+    EXPANDED_KEPT counts' executors are kept (a plan grows with the layers a count runs, so a
+    sweep over many counts must not keep them all)."""
+    key = tuple(sorted(counts.items()))
+    kept = prog._executors.setdefault("expanded", {})
+    if key in kept:
+        kept[key] = kept.pop(key)                         # most recent last
+    else:
+        kept[key] = ExpandedExecutor(prog.loops.expand(counts), prog.layers, prog.layout,
+                                     prog.loops.expand(dict(prog.loops.base_counts)))
+        while len(kept) > EXPANDED_KEPT:
+            kept.pop(next(iter(kept)))
+    return kept[key]
 
 
 def _batch(state: dict) -> int:
