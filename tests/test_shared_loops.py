@@ -177,8 +177,10 @@ def test_refusals_name_what_may_be_given(inverse):
         inverse.run(A=A, norm_bound=2)
     with pytest.raises(InputError, match="at least 2 times"):
         inverse.run(A=A, steps=1)
-    with pytest.raises(InputError, match="whole number"):
-        inverse.run(A=A, steps=2.5)
+    for bad in (2.5, float("nan"), float("inf"), "5", True):
+        with pytest.raises(InputError, match="whole number"):
+            inverse.run(A=A, steps=bad)
+    assert rel(inverse.run(A=A, steps=np.int64(7))["X"], inverse.run(A=A, steps=7)["X"]) == 0
     unrolled = tcompile.compile_file(PROGRAMS + "newton_inverse.tp", {"d": 4})
     with pytest.raises(InputError, match="shared build"):
         unrolled.run(A=A, steps=5)

@@ -10,6 +10,8 @@ and the counts the build covers (`min_count`: the fold was checked from there on
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 from ..errors import InputError
@@ -65,7 +67,8 @@ class LoopProgram:
         out = {}
         for s in self.loops:
             n = given.get(s.param, s.count) if s.param is not None else s.count
-            if isinstance(n, bool) or not isinstance(n, (int, float)) or n != int(n):
+            if isinstance(n, bool) or not isinstance(n, numbers.Real) or not math.isfinite(n) \
+                    or n != int(n):
                 raise InputError(f"{s.param} must be a whole number of iterations, got {n!r}")
             n = int(n)
             if n < s.min_count:
