@@ -304,14 +304,7 @@ def test_the_tutorials_plain_cg_builds_as_it_says():
     prog = tcompile.compile_file("docs/tutorial_programs/cg_plain.tp")
     rep = prog.report
     assert (rep["layers"], rep["width"], rep["mlp_hidden_max"]) == (142, 32, 642)
-    rng = np.random.default_rng(0)
-    d, n = 8, 30
-    U, _ = np.linalg.qr(rng.standard_normal((n, d)))
-    V, _ = np.linalg.qr(rng.standard_normal((d, d)))
-    A = U @ np.diag(np.geomspace(1, 1e-3, d)) @ V.T
-    A /= np.linalg.norm(A, axis=1).max()
-    y = rng.standard_normal(n)
-    y /= np.abs(y).max()
+    A, y = ill_conditioned(np.random.default_rng(0), 8, 30, 1e3)   # the tutorial's problem
     w_star = np.linalg.solve(A.T @ A, A.T @ y)
     assert rel(tcompile.interpret("docs/tutorial_programs/cg_plain.tp", None, A=A, y=y)["w"],
                w_star) <= 2e-11

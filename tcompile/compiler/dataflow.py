@@ -446,7 +446,13 @@ class DataflowGraph:
 def build_dataflow(program, params: dict | None = None,
                    default_tol: float | None = None) -> DataflowGraph:
     values = resolve_params(program, params)
-    builder = GraphBuilder(program, values)
+    return walk_to_graph(GraphBuilder(program, values), program, values, default_tol)
+
+
+def walk_to_graph(builder: GraphBuilder, program, values: dict,
+                  default_tol: float | None) -> DataflowGraph:
+    """Run a graph builder over the program (this module's, or the shared build's that
+    widens loop state: steady_state.py) and collect what it built."""
     outputs = builder.run()
     inputs = {d["name"]: n for n, d in builder.graph.nodes(data=True) if d["op"] == "input"}
     input_types = {d.name: builder.input_type(d) for d in program.inputs}

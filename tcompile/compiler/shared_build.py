@@ -26,7 +26,7 @@ from ..runtime.manifest import Manifest
 from ..runtime.program import CompiledProgram
 from ..runtime.weights import LayerWeights
 from .backend import build_manifest, compile_dataflow
-from .dataflow import DataflowGraph
+from .dataflow import walk_to_graph
 from .fold import Loop, NoSteadyState, digest, fold_loop
 from .pieces import PieceBuilder
 from .steady_state import LoopSite, SharedGraphBuilder, loop_sites
@@ -39,13 +39,7 @@ def shared_dataflow(program, values: dict, tol, unroll: dict[str, int] | None,
     """The dataflow graph of the program with each loop unrolled `unroll[key]` times, its state
     widened to the hull every iteration (steady_state.py); loops in `plain` are walked as the
     unrolled build walks them."""
-    builder = SharedGraphBuilder(program, values, unroll, plain)
-    outputs = builder.run()
-    inputs = {d["name"]: n for n, d in builder.graph.nodes(data=True) if d["op"] == "input"}
-    input_types = {d.name: builder.input_type(d) for d in program.inputs}
-    return DataflowGraph(builder.graph, inputs, {name: val.data for name, val in outputs.items()},
-                         {name: val.ty for name, val in outputs.items()}, input_types, values,
-                         program.source, tol)
+    return walk_to_graph(SharedGraphBuilder(program, values, unroll, plain), program, values, tol)
 
 
 class _Unrollings:

@@ -60,11 +60,7 @@ class _SteadyState:
     def unroll(self, stmt: ast.Repeat, count: int, env, in_function: bool):
         key = loop_key(stmt, self.call_sites)
         if key in self.plain:
-            self.loops_around.append(key)
-            try:
-                return Walker.unroll(self, stmt, count, env, in_function)
-            finally:
-                self.loops_around.pop()
+            return self._unroll_plainly(key, stmt, count, env, in_function)
         state = tuple(sorted(n for n in _carried(stmt.body) if n in env))
         try:
             hull, closed, why = *self._hull(stmt, count, env, in_function, state), None
@@ -77,12 +73,8 @@ class _SteadyState:
             why = "it runs with different counts or state bounds on different passes"
             site = replace(site, unshareable=why)
         self.sites[key] = site
-        if why is not None:                  # walked as the unrolled build walks it
-            self.loops_around.append(key)
-            try:
-                return Walker.unroll(self, stmt, count, env, in_function)
-            finally:
-                self.loops_around.pop()
+        if why is not None:
+            return self._unroll_plainly(key, stmt, count, env, in_function)
         times = self.unroll_counts.get(key, count)
         self.loops_around.append(key)
         try:
@@ -101,6 +93,14 @@ class _SteadyState:
             self.loops_around.pop()
         self._widen(env, hull)
         return None
+
+    def _unroll_plainly(self, key, stmt, count, env, in_function):
+        """A loop kept unrolled: walked as the unrolled build walks it (no hull, no pinning)."""
+        self.loops_around.append(key)
+        try:
+            return Walker.unroll(self, stmt, count, env, in_function)
+        finally:
+            self.loops_around.pop()
 
     def _hull(self, stmt, count, env, in_function, state) -> tuple[dict[str, Ty], bool]:
         """The loop state's bounds over the built iterations, and whether one more body from

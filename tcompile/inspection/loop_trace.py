@@ -17,7 +17,7 @@ from .trace import trace_row
 
 def trace_loops(prog, **kwargs) -> list[dict]:
     import torch
-    counts, inputs = prog._split_counts(kwargs, None, None)
+    counts, inputs = prog.split_counts(kwargs, None, None)
     prepared = prog.prepare_inputs(inputs)
     params = {**prog.info.float_params(), **{k: float(v) for k, v in counts.items()}}
     want = interpreter_assignments(prog.program, params, prepared.arrays, prepared.n)

@@ -189,7 +189,7 @@ class CompiledProgram:
 
         from .executor import executor_for
         tdtype, device = run_options(dtype, device, "run")
-        counts, inputs = self._split_counts(inputs, until, max_steps)
+        counts, inputs = self.split_counts(inputs, until, max_steps)
         prepared = self.prepare_inputs(inputs)
         if self.loops is not None:
             if executor not in (None, "structured", "module"):
@@ -219,8 +219,9 @@ class CompiledProgram:
             y = self.module_for(tdtype, device)(x)
         return prepared.unbatch(self.decode(y))
 
-    def _split_counts(self, kwargs: dict, until, max_steps) -> tuple[dict, dict]:
-        """run()'s keyword arguments → (run-time counts, inputs)."""
+    def split_counts(self, kwargs: dict, until, max_steps) -> tuple[dict, dict]:
+        """run()'s keyword arguments → (run-time counts, inputs), with clear errors for a
+        count this build cannot take (loop_trace and check_domains split theirs the same way)."""
         params = self.loops.params if self.loops is not None else {}
         counts = {k: v for k, v in kwargs.items() if k in params}
         inputs = {k: v for k, v in kwargs.items() if k not in params}
@@ -263,17 +264,14 @@ class CompiledProgram:
         for chk in self.typed_manifest.domains:
             h = states[2 * chk.layer + 1]                     # after attention of that layer
             vals = codec.read_block(h, self.layout.block(chk.block), [0, 0])
-            lo, hi = float(vals.min()), float(vals.max())
-            slack = 1e-9 * max(1.0, abs(chk.lo), abs(chk.hi))
-            out.append({**asdict(chk), "min": lo, "max": hi,
-                        "outside": bool(lo < chk.lo - slack or hi > chk.hi + slack)})
+            out.append(_domain_row(chk, float(vals.min()), float(vals.max())))
         return out
 
     def _check_loop_domains(self, kwargs: dict) -> list[dict]:
         """check_domains of a shared build: each check's stored layer runs many times; the
         range is taken over all of them (a forward hook after that layer's attention)."""
         import torch
-        counts, inputs = self._split_counts(kwargs, None, None)
+        counts, inputs = self.split_counts(kwargs, None, None)
         module = self.module_for("float64", "cpu")
         seen: dict[int, list] = {i: [np.inf, -np.inf] for i in range(len(self.typed_manifest.domains))}
         handles = []
@@ -291,13 +289,7 @@ class CompiledProgram:
         finally:
             for h in handles:
                 h.remove()
-        out = []
-        for i, chk in enumerate(self.typed_manifest.domains):
-            lo, hi = seen[i]
-            slack = 1e-9 * max(1.0, abs(chk.lo), abs(chk.hi))
-            out.append({**asdict(chk), "min": lo, "max": hi,
-                        "outside": bool(lo < chk.lo - slack or hi > chk.hi + slack)})
-        return out
+        return [_domain_row(chk, *seen[i]) for i, chk in enumerate(self.typed_manifest.domains)]
 
     def trace(self, **inputs) -> list[dict]:
         """Layer-by-layer comparison with the interpreter (inspection/trace.py); for a shared
@@ -315,6 +307,13 @@ class CompiledProgram:
 
     def save_to_dir(self, directory) -> list[Path]:
         return self.save(Path(directory) / self.name)
+
+
+def _domain_row(chk, lo: float, hi: float) -> dict:
+    """check_domains' row: the range seen, and whether it left the fitted domain."""
+    slack = 1e-9 * max(1.0, abs(chk.lo), abs(chk.hi))
+    return {**asdict(chk), "min": lo, "max": hi,
+            "outside": bool(lo < chk.lo - slack or hi > chk.hi + slack)}
 
 
 def run_options(dtype, device, method: str) -> tuple[torch.dtype, torch.device]:
