@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..runtime.codec import pattern_min_tokens
 from ..runtime.layout import InputSpec, LayerSpec, Layout, OutputSpec, max_small_dim
 from ..runtime.manifest import ApproxRecord, DomainCheck, Manifest, ProgramInfo
 from ..version import __version__
@@ -57,7 +58,8 @@ def build_manifest(program, values, tol, df, plan, layers, blocks, keys) -> Mani
     decoder follow, and the approximations (runtime/manifest.py, written by artifact.py)."""
     min_tokens = max([1, plan.identity_size, plan.inv_n_identity_size] +
                      [b.cshape[0] if b.transposed else b.cshape[1] for b in blocks
-                      if "n" not in b.cshape])
+                      if "n" not in b.cshape] +
+                     [pattern_min_tokens(b.const) for b in blocks if b.kind == "const"])
     info = ProgramInfo(
         name=program.name, file=Path(program.file).name, source=program.source,
         params={k: (int(v) if float(v).is_integer() else v) for k, v in values.items()},

@@ -14,7 +14,8 @@ from dataclasses import dataclass, replace
 import networkx as nx
 
 from ..language.checker import TOKEN, Ty, Val, Walker, resolve_params
-from ..language.types import is_square
+from ..language.types import is_square, is_unit
+from . import selection
 from ..errors import CompileError
 
 
@@ -178,6 +179,14 @@ class GraphBuilder(Walker):
             return Val(ty, self._max_min(op, xs, tys, ty, loc))
         if op == "diag":
             return Val(ty, self._diag(xs[0], tys[0], loc))
+        if op == "index":
+            return Val(ty, selection.index(self, xs[0], tys[0], node[1], ty, node[0].loc))
+        if op == "stack":
+            return Val(ty, selection.stack(self, xs, tys, loc))
+        if op in ("tril", "triu"):
+            return Val(ty, selection.triangle(self, xs[0], tys[0], op == "tril", node[1], loc))
+        if op == "outer":
+            return Val(ty, selection.outer(self, xs[0], xs[1], loc))
         if op == "call":
             e, domain, tol, rel = node
             if ty.const is not None:
@@ -214,6 +223,7 @@ class GraphBuilder(Walker):
             return self._elementwise("/", a, ta, b, tb, ty, loc)
         cs = canonical_shape(ty.shape)
         _e, domain, tol, rel = node
+        ta, tb = _as_scalar_if_unit(ta, cs), _as_scalar_if_unit(tb, cs)
         r = self.reciprocal(b, canonical_shape(tb.shape), domain, loc, tol, rel)
         if tb.shape == ():                 # a · (1/b), c·I · (1/b) unsized
             return self.node("smul", (a, r), None if ta.shape is None else cs, loc)
@@ -326,6 +336,12 @@ class GraphBuilder(Walker):
         cs = canonical_shape(ty.shape)
         if ta.shape is None and tb.shape is None:
             return self._combine_unsized(op, a, b, loc)
+        if op == "*" and _matrix_times_unsized_eye(ta, tb):          # M * (c·I): M's diagonal
+            ident, m = (a, b) if ta.shape is None else (b, a)
+            c, s = self._unsized(ident)
+            out = self.scale(selection.diagonal_part(self, m, cs[0], loc), c, loc)
+            return out if s is None else self.node("smul", (out, s), cs, loc)
+        ta, tb = _as_scalar_if_unit(ta, cs), _as_scalar_if_unit(tb, cs)
         if op == "-":
             b, op = self.scale(b, -1.0, loc), "+"
         if ta.shape is None and tb.shape is not None and op == "+":
@@ -397,6 +413,10 @@ def _names_read(e) -> set[str]:
         return _names_read(e.operand)
     if isinstance(e, ast.Call):
         return set().union(*(_names_read(a) for a in e.args))
+    if isinstance(e, ast.Index):
+        parts = [p for s in e.subscripts
+                 for p in ((s.start, s.stop, s.step) if isinstance(s, ast.Slice) else (s,))]
+        return _names_read(e.value).union(*(_names_read(p) for p in parts if p is not None))
     return set()
 
 
@@ -415,6 +435,19 @@ def _carried(stmts) -> set[str]:
                 walk(s.body)
     walk(stmts)
     return read_first & assigned
+
+
+def _matrix_times_unsized_eye(ta: Ty, tb: Ty) -> bool:
+    return any(x.shape is None and y.shape is not None and len(y.shape) == 2
+               for x, y in ((ta, tb), (tb, ta)))
+
+
+def _as_scalar_if_unit(t: Ty, cs) -> Ty:
+    """A [1] or [1, 1] meeting a larger value broadcasts like the scalar it holds (its
+    canonical shape is a scalar's, 1×1)."""
+    if is_unit(t.shape) and cs != (1, 1):
+        return replace(t, shape=())
+    return t
 
 
 def _dom(ty: Ty):

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..runtime.layout import Block
 from ..runtime.weights import LayerWeights
+from ..runtime.codec import pattern_name
 from ..runtime.layout import LIVE_TO_END
 from .heads import HeadTerm, Operand
 from .pieces import piece_units
@@ -27,11 +28,18 @@ def block_key(plan: Plan, pair) -> str:
     if atom.kind == "input":
         base = f"input:{atom.name}"
     elif atom.kind == "const":
-        base = f"const:{atom.node['op']}"
+        base = f"const:{const_name(atom.node)}"
     else:
         vs = atom.node.get("vars") or []
         base = vs[-1] if vs else f"tmp{atom.id}"
     return base + (".T" if pair[1] and atom.kind not in ("input", "const") else "")
+
+
+def const_name(node: dict) -> str:
+    """Which constant the encoder writes: `ones`, `n`, `inv_n`, or a 0/1 pattern by value."""
+    if node["op"] == "pattern":
+        return pattern_name(node["cshape"], node["entries"])
+    return node["op"]
 
 
 def emit(plan: Plan, outputs: dict[str, int], progress=None) -> tuple[list[LayerWeights], list[Block], dict]:
@@ -90,7 +98,7 @@ def _blocks(plan: Plan, outputs: dict[str, int], keys: dict) -> list[Block]:
             last_read=LIVE_TO_END if slot.last_read >= AFTER_LAST_SUBLAYER else slot.last_read,
             vars=list(atom.node.get("vars") or []),
             name=atom.name if atom.kind == "input" else out_pairs.get(pair),
-            const=atom.node["op"] if atom.kind == "const" else None))
+            const=const_name(atom.node) if atom.kind == "const" else None))
     return blocks
 
 

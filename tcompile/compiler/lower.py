@@ -70,7 +70,8 @@ class Lowering:
         if atom is None:
             atom = self.atoms[nid] = Atom(nid, kind, node["cshape"], None, dict(node), node.get("name"))
             # a scalar is its own transpose; an input is symmetric when declared so
-            atom.symmetric = node["cshape"] == (1, 1) or (kind == "input" and bool(node.get("symmetric")))
+            atom.symmetric = node["cshape"] == (1, 1) or (kind in ("input", "const") and
+                                                          bool(node.get("symmetric")))
         if poly is not None:
             atom.define(self.atoms, symmetrize_weighted_grams(self.atoms, poly))
         me = Mono((), (nid,)) if node["cshape"] == (1, 1) else Mono(((nid, False),))
@@ -155,6 +156,8 @@ class Lowering:
         op, args = node["op"], node["args"]
         if op == "input":
             return self.make_atom(nid, "input")
+        if op == "pattern":                 # a constant 0/1 block the encoder writes
+            return self.make_atom(nid, "const")
         if op in ("ones", "n", "inv_n"):
             if op == "inv_n":
                 self.atoms.inv_n = nid

@@ -13,6 +13,9 @@ Operations (attribute OP), with their arguments (attribute ARGS, node ids) and m
     n, inv_n  -           the token count and its reciprocal: runtime scalars the encoder writes
     ones      -           the n×1 column of ones (a constant row of the embedding)
     eye       -           the identity, K rows (None until it meets a square matrix)
+    pattern   -           a constant 0/1 matrix of CSHAPE with ones at ENTRIES (SYMMETRIC when
+                          it equals its transpose): the selectors of indexing, stack, tril/triu
+                          and M * I (selection.py); the encoder writes it, so it is exact
     matmul    a, b        a @ b
     T         a           aᵀ
     add       a, b        a + b
@@ -34,7 +37,7 @@ min(u, v) is u − relu(u − v): add, scale and call nodes. Nodes are hash-cons
 """
 from __future__ import annotations
 
-OPS = frozenset({"input", "const", "n", "inv_n", "ones", "eye", "matmul", "T", "add", "scale",
+OPS = frozenset({"input", "const", "n", "inv_n", "ones", "eye", "pattern", "matmul", "T", "add", "scale",
                  "smul", "ewmul", "call"})
 
 # attribute → what it holds. Every node has the first four.
@@ -43,7 +46,9 @@ ARGS = "args"            # tuple of argument node ids (its in-edges, in order)
 CSHAPE = "cshape"        # (rows, cols), ints or TOKEN; None for a still-unsized c·I
 LOC = "loc"              # SourceLocation of the program text it came from, or None
 NAME = "name"            # input: the input's name
-SYMMETRIC = "symmetric"  # input: declared symmetric (so stored once, either orientation)
+SYMMETRIC = "symmetric"  # input: declared symmetric (so stored once, either orientation);
+                         #   pattern: equal to its transpose
+ENTRIES = "entries"      # pattern: the (row, col) positions of its ones, sorted
 SIGN = "sign"            # input: entries are ±1 (an exact MLP gate)
 FLAG = "flag"            # input: entries are 0/1 (an exact MLP gate)
 LO, HI = "lo", "hi"      # the checker's interval bounds on every entry (MLP domains)
@@ -67,8 +72,8 @@ REFINED = "refined"      # set by the lowering on a scalar refinement's values (
                          #   'w' on its seed/iterate nodes (calls it adds) and the refined call,
                          #   'arg' on its argument; rows.py clears their rows exactly
 
-ATTRIBUTES = frozenset({OP, ARGS, CSHAPE, LOC, NAME, SYMMETRIC, SIGN, FLAG, LO, HI, VALUE, K, C,
-                        FUNC, FARGS, DOMAIN, TOL, TOL_REL, VARS, CARRIED, LOOP_STATE, ITERATION,
+ATTRIBUTES = frozenset({OP, ARGS, CSHAPE, LOC, NAME, SYMMETRIC, ENTRIES, SIGN, FLAG, LO, HI, VALUE,
+                        K, C, FUNC, FARGS, DOMAIN, TOL, TOL_REL, VARS, CARRIED, LOOP_STATE, ITERATION,
                         REFINED})
 REQUIRED = (OP, ARGS, CSHAPE, LOC)
 

@@ -48,6 +48,24 @@ class Transpose:
 
 
 @dataclass(frozen=True)
+class Slice:
+    """`start:stop:step` in a subscript, numpy's meaning; a part left out is None."""
+    start: "Expr | None"
+    stop: "Expr | None"
+    step: "Expr | None"
+    loc: SourceLocation
+
+
+@dataclass(frozen=True)
+class Index:
+    """`value[s0, s1, ...]`: each subscript a compile-time integer (the axis is dropped) or a
+    Slice (the axis is kept), numpy's basic indexing on at most two axes."""
+    value: "Expr"
+    subscripts: tuple["Expr | Slice", ...]
+    loc: SourceLocation
+
+
+@dataclass(frozen=True)
 class Interval:
     lo: "Expr"
     hi: "Expr"
@@ -64,7 +82,7 @@ class Call:
     tol_rel: bool = False              # `tol rel 1e-6`: the budget is relative, |err| <= eps |f|
 
 
-Expr = Number | Name | BinOp | Neg | Transpose | Call
+Expr = Number | Name | BinOp | Neg | Transpose | Call | Index
 
 
 # ---- statements ----------------------------------------------------------------------------

@@ -31,7 +31,8 @@ from ..errors import ParamError, ProgramError, SourceLocation
 
 SCALAR_FUNCTIONS = {"sigmoid", "sqrt", "reciprocal", "exp", "log", "softplus", "abs", "relu"}
 EXACT_PL_FUNCTIONS = {"abs", "relu", "clip"}
-STRUCTURAL_FUNCTIONS = {"ones", "zeros", "sum", "max", "min", "diag"}    # structural.py
+STRUCTURAL_FUNCTIONS = {"ones", "zeros", "sum", "max", "min", "diag",    # structural.py
+                        "stack", "tril", "triu", "outer"}
 BUILTINS = SCALAR_FUNCTIONS | {"clip"} | STRUCTURAL_FUNCTIONS
 RESERVED = {TOKEN, "I"} | BUILTINS
 MAX_UNROLLED_STATEMENTS = 200_000
@@ -360,6 +361,9 @@ class Walker:
             return self._binop(e, self.eval(e.left, env), self.eval(e.right, env), env)
         if isinstance(e, ast.Call):
             return self._call(e, env)
+        if isinstance(e, ast.Index):
+            from .indexing import index_value
+            return index_value(self, e, env)
         raise TypeError(f"unknown expression node {e!r}")  # pragma: no cover - parser makes none
 
     def _name(self, e: ast.Name, env) -> Val:

@@ -14,6 +14,8 @@ import numpy as np
 from . import ast
 from .checker import TOKEN, Ty, Val, Walker, resolve_params
 from .functions import EXACT, clip
+from .indexing import select, token_reach
+from ..errors import InputError
 from .inputs import validate_inputs
 from .parser import parse_file
 
@@ -45,6 +47,14 @@ class NumpyWalker(Walker):
             return xs[0].sum(axis=0)
         if op == "diag":
             return np.diag(xs[0])
+        if op == "index":
+            return self._index(xs[0], tys[0], node)
+        if op == "stack":
+            return np.stack([np.asarray(x, dtype=np.float64) for x in xs])
+        if op in ("tril", "triu"):
+            return (np.tril if op == "tril" else np.triu)(xs[0], node[1])
+        if op == "outer":
+            return np.outer(xs[0], xs[1])
         if op == "fill":
             return np.full([self.n if k == TOKEN else k for k in ty.shape], node[1])
         if op in ("max", "min"):
@@ -73,6 +83,21 @@ class NumpyWalker(Walker):
         a, b = _align_tokens(a, b, ta, tb)
         with np.errstate(divide="ignore", invalid="ignore"):
             return {"+": np.add, "-": np.subtract, "*": np.multiply, "/": np.divide}[op](a, b)
+
+
+    def _index(self, x, ty: Ty, node):
+        """numpy indexing with the checker's picks; a token index needs that many tokens."""
+        e, picks = node
+        reach = token_reach(picks, ty.shape)
+        if reach and reach > self.n:
+            raise InputError(f"{_describe(e)} reads token {reach - 1}, but the data has "
+                             f"{self.n} token{'s' * (self.n != 1)} (n = {self.n})")
+        return select(x, picks)
+
+
+def _describe(e) -> str:
+    """Where an index is, for a data error: the program line and column."""
+    return f"the subscript at line {e.loc.line}, column {e.loc.column}"
 
 
 class _ScaledIdentity:

@@ -92,6 +92,16 @@ class _ToAst(Transformer):
     def transpose(self, meta, children):
         return ast.Transpose(children[0], self._loc(meta))
 
+    def index(self, meta, children):
+        value, *subscripts = children
+        return ast.Index(value, tuple(subscripts), self._loc(meta))
+
+    def slice2(self, meta, children):
+        return ast.Slice(children[0], children[1], None, self._loc(meta))
+
+    def slice3(self, meta, children):
+        return ast.Slice(children[0], children[1], children[2], self._loc(meta))
+
     def interval(self, meta, children):
         return ast.Interval(children[0], children[1], self._loc(meta))
 

@@ -78,14 +78,18 @@ def elementwise_shape(op: str, a: Ty, b: Ty, loc, src) -> tuple | None:
             return other
         if op in "*/" and other == ():
             return None
+        if op == "*" and is_square(other) and TOKEN not in other:
+            return other                 # M * I: the diagonal of M (exact, selection heads)
         raise ProgramError(f"cannot combine I with a value of shape {fmt_shape(other)} using '{op}'",
-                           loc, expected="I added to a square matrix, or I scaled by a scalar", source=src)
+                           loc, expected="I added to or multiplied entrywise with a square matrix, "
+                                         "or I scaled by a scalar", source=src)
     if sa == sb:
         return sa
-    if sa == ():
+    if sa == () or (is_unit(sa) and len(sa) <= len(sb)):
         return sb
-    if sb == ():
+    if sb == () or (is_unit(sb) and len(sb) <= len(sa)):
         return sa
+    _refuse_outer_broadcast(op, sa, sb, loc, src)
     # per-token scaling: [n] with [n, k] (numpy would need u[:, None])
     for x, y in ((sa, sb), (sb, sa)):
         if x == (TOKEN,) and len(y) == 2 and y[0] == TOKEN:
@@ -94,6 +98,24 @@ def elementwise_shape(op: str, a: Ty, b: Ty, loc, src) -> tuple | None:
             return y
     raise ProgramError(f"shapes {fmt_shape(sa)} and {fmt_shape(sb)} do not match for '{op}'",
                        loc, expected="equal shapes, a scalar, or [n] with [n, k]", source=src)
+
+
+def is_unit(shape) -> bool:
+    """[1] or [1, 1]: one entry, broadcast like a scalar against a value of as many axes or
+    more (numpy's rule for them)."""
+    return shape is not None and len(shape) >= 1 and all(d == 1 for d in shape)
+
+
+def _refuse_outer_broadcast(op, sa, sb, loc, src) -> None:
+    """numpy would broadcast [k] against [m, 1] to [m, k] (an outer product): say so, and how
+    to write what was more likely meant."""
+    for x, y in ((sa, sb), (sb, sa)):
+        if len(x) == 1 and len(y) == 2 and y[1] == 1 and TOKEN not in (x[0], y[0]):
+            raise ProgramError(
+                f"shapes {fmt_shape(sa)} and {fmt_shape(sb)} do not match for '{op}': numpy would "
+                f"broadcast them to [{y[0]}, {x[0]}], an outer product", loc,
+                expected="v[:, 0] to use a [k, 1] value as a [k] vector, or outer(u, v) for "
+                         "the outer product", source=src)
 
 
 def matmul_shape(a: Ty, b: Ty, loc, src) -> tuple | None:
@@ -133,6 +155,6 @@ def check_holdable(shape, loc, src):
 def _divisible(sa, sb) -> bool:
     """Shapes `/` accepts: a scalar or equal-shaped divisor, a scalar numerator (1 / u), or
     token data divided per token by an [n] value."""
-    if sb == () or sa == sb or sa == ():
+    if sb == () or sa == sb or sa == () or (is_unit(sb) and sa is not None and len(sb) <= len(sa)):
         return True
     return sb == (TOKEN,) and sa is not None and len(sa) == 2 and sa[0] == TOKEN

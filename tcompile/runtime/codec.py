@@ -41,8 +41,45 @@ def canonical(arr: np.ndarray) -> np.ndarray:
     return arr
 
 
+PATTERN = "pattern:"
+
+
+def pattern_name(cshape, entries) -> str:
+    """The constant name of a 0/1 pattern block: `pattern:RxC:i.j,i.j,...` (C may be n)."""
+    r, c = cshape
+    return f"{PATTERN}{r}x{c}:" + ",".join(f"{i}.{j}" for i, j in entries)
+
+
+def _pattern(name: str, n: int) -> np.ndarray:
+    """A pattern's canonical value. Over the token axis its columns are tokens; the program
+    needs more tokens than its largest column (`pattern_min_tokens`), which the runtime
+    enforces, so a column past n (only when validating a layout) is left out."""
+    shape, _, entries = name[len(PATTERN):].partition(":")
+    r, c = shape.split("x")
+    cols = n if c == "n" else int(c)
+    out = np.zeros((int(r), cols))
+    for e in filter(None, entries.split(",")):
+        i, j = (int(v) for v in e.split("."))
+        if j < cols:
+            out[i, j] = 1.0
+    return out
+
+
+def pattern_min_tokens(name: str | None) -> int:
+    """The tokens a token-axis pattern reaches (0 for any other constant)."""
+    if not name or not name.startswith(PATTERN) or not name[len(PATTERN):].split(":")[0].endswith("xn"):
+        return 0
+    entries = name.split(":")[2]
+    return max((int(e.split(".")[1]) + 1 for e in filter(None, entries.split(","))), default=0)
+
+
 def constant_value(op: str, k: int, n: int) -> np.ndarray:
     """The canonical value of an encoder-written constant block of k rows, with n tokens."""
+    if isinstance(op, str) and op.startswith(PATTERN):
+        try:
+            return _pattern(op, n)
+        except ValueError:
+            raise KeyError(op) from None
     return {"eye": lambda: np.eye(k),
             "eye_inv_n": lambda: np.eye(k) / n,
             "ones": lambda: np.ones((n, 1)),
@@ -104,5 +141,5 @@ def decode(layout: Layout, h: np.ndarray) -> dict[str, np.ndarray]:
             for spec in layout.outputs}
 
 
-__all__ = ["ValidatedInputs", "canonical", "constant_value", "constant_storage",
+__all__ = ["ValidatedInputs", "canonical", "constant_value", "pattern_name", "pattern_min_tokens", "constant_storage",
            "storage_at_input", "value_at_input", "encode", "read_block", "in_shape", "decode"]

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import artifact, codec
-from .codec import ValidatedInputs
+from .codec import ValidatedInputs, pattern_min_tokens
 from .layout import Block, Layout
 from .loops import LoopProgram
 from .manifest import Manifest, ProgramInfo
@@ -140,9 +140,12 @@ class CompiledProgram:
         if n is None:
             n = min_tokens
         if n < min_tokens:
+            reach = max((pattern_min_tokens(b.const) for b in self.layout.blocks
+                         if b.kind == "const"), default=0)
+            why = (f"it reads token {reach - 1} (a subscript on the token axis)" if reach == min_tokens
+                   else "its identity blocks and small matrices live in the first columns")
             raise InputError(f"this compiled program needs at least {min_tokens} "
-                             f"tokens (its identity blocks and small matrices live in the first "
-                             f"columns), got n = {n}")
+                             f"tokens ({why}), got n = {n}")
         return ValidatedInputs(arrays, batch, n)
 
     def encode(self, dtype="float64", device="cpu", **inputs) -> torch.Tensor:
