@@ -9,8 +9,11 @@ batch size B, in float64 and float32:
 * compile time and the model card numbers (layers, width D, heads, parameters, nonzero);
 * forward time of `executor="structured"` (tcompile/runtime/executor.py, from the input slots,
   encode excluded), of the dense module (`prog.module_for(dtype, device)(x)`, encode excluded)
-  and of the direct torch iteration (inputs prepared beforehand), warm-up first, median and
-  spread (min, max) over repeats, `torch.cuda.synchronize()` around each run on CUDA;
+  and of the direct torch iteration (bench/references.py: bmm/baddbmm, buffers allocated
+  beforehand, no loop over problems), warm-up first, median and spread (min, max) over
+  repeats, `torch.cuda.synchronize()` around each run on CUDA;
+* the direct iteration against the float64 interpreter on the batch's first problem
+  (`rel_diff_direct_vs_interpreter`: the reference computes the program);
 * with --torch-compile, also `executor="compiled"` (torch.compile of the structured
   executor) at the small sizes, with its one-off compile time;
 * the max relative difference structured vs module and structured vs direct (float64);
@@ -52,6 +55,9 @@ from tcompile.runtime.executor import executor_for  # noqa: E402
 from tcompile.runtime.model import exact_float32  # noqa: E402
 from tcompile.inspection.sampling import sample_inputs  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from references import check_against_interpreter, make_direct  # noqa: E402
+
 # name: {d: tokens n (None: the program has no token input, n = min_tokens)}, params besides d
 PROGRAMS = {
     "newton_inverse": ({5: None, 10: None, 32: None}, {"steps": 20}),
@@ -63,62 +69,7 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32}
 SIDES = ("structured", "module", "direct")
 
 
-# ---- the direct torch iterations --------------------------------------------------------------
-
-def direct_newton_inverse(A, steps: int, norm_bound: float = 1.0) -> dict:
-    """X0 = Aᵀ / bound², X ← 2X − X A X, batched over the leading axis."""
-    X = A.mT / norm_bound ** 2
-    for _ in range(steps):
-        X = 2 * X - X @ A @ X
-    return {"X": X}
-
-
-def direct_least_squares(A, y, a_test, steps: int) -> dict:
-    """S = AᵀA/n, b = Aᵀy/n, X = I, w = b; w ← 2w − X S w, X ← 2X − X S X; ŷ = a_testᵀ w."""
-    n = A.shape[-2]
-    At = A.mT
-    S = At @ A / n
-    w = At @ y.unsqueeze(-1) / n                     # (B, d, 1)
-    X = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device).expand_as(S)
-    for _ in range(steps):
-        w, X = 2 * w - X @ (S @ w), 2 * X - X @ S @ X
-    y_hat = (a_test.unsqueeze(-2) @ w)[..., 0, 0]
-    return {"w": w[..., 0], "y_hat": y_hat}
-
-
-def direct_newton_logistic(A, y, x0, mu: float, steps: int, inv_steps: int) -> dict:
-    """programs/newton_logistic.tp with exact functions: damped Newton, the Hessian inverted by
-    inv_steps Newton–Schulz steps from 2/(lo + hi) I, z = A x carried beside x."""
-    n, d = A.shape[-2], A.shape[-1]
-    eye = torch.eye(d, dtype=A.dtype, device=A.device)
-    x = x0.unsqueeze(-1)                                    # (B, d, 1)
-    z = A @ x                                               # (B, n, 1)
-    yc = y.unsqueeze(-1)
-    for _ in range(steps):
-        p = torch.sigmoid(-yc * z)
-        g = mu * x - A.mT @ (yc * p) / n
-        H = A.mT @ ((p * (1 - p)) * A) / n + mu * eye
-        X = (2 / (mu + mu + 0.25)) * eye.expand_as(H)
-        for _ in range(inv_steps):
-            X = 2 * X - X @ H @ X
-        v = X @ g
-        lam = torch.sqrt(g.mT @ v)
-        eta = 2 * mu ** 0.5 / (2 * mu ** 0.5 + lam)
-        x = x - eta * v
-        z = z - eta * (A @ v)
-    return {"x": x[..., 0]}
-
-
-def run_direct(name: str, t: dict, params: dict) -> dict:
-    if name == "newton_inverse":
-        return direct_newton_inverse(t["A"], int(params["steps"]), float(params.get("norm_bound", 1.0)))
-    if name == "least_squares":
-        return direct_least_squares(t["A"], t["y"], t["a_test"], int(params["steps"]))
-    if name == "newton_logistic":
-        return direct_newton_logistic(t["A"], t["y"], t["x0"], float(params["mu"]),
-                                      int(params["steps"]), int(params["inv_steps"]))
-    raise KeyError(name)
-
+# ---- the direct torch iterations: bench/references.py ------------------------------------------
 
 def flops_module(prog, B: int, n: int) -> int:
     """Dense flops of CompiledTransformer.forward as tcompile/runtime/model.py runs it."""
@@ -192,7 +143,8 @@ def rel_diff(out: dict, ref: dict) -> float:
 
 
 def to_numpy(out: dict) -> dict:
-    return {k: v.detach().to("cpu", torch.float64).numpy() for k, v in out.items()}
+    """A copy (the direct side returns views of buffers its next call overwrites)."""
+    return {k: v.detach().to("cpu", torch.float64).numpy().copy() for k, v in out.items()}
 
 
 def loadavg():
@@ -248,6 +200,7 @@ def setup(name: str, d: int, B: int, dt_name: str, device: str, cache: dict) -> 
     x = prog.encode_inputs(prep, dtype, device)
     model = prog.module_for(dtype, device)
     tin = {k: torch.as_tensor(v, dtype=dtype, device=device) for k, v in inputs.items()}
+    direct = make_direct(name, tin, params)           # buffers allocated here, once
 
     def f_module():
         with torch.no_grad():
@@ -255,9 +208,9 @@ def setup(name: str, d: int, B: int, dt_name: str, device: str, cache: dict) -> 
 
     def f_direct():
         with torch.no_grad(), exact_float32():       # same matmul precision as the model
-            return run_direct(name, tin, params)
+            return direct()
 
-    return {"prog": prog, "compile_s": compile_s, "n": prep.n, "dtype": dtype, "params": params,
+    return {"prog": prog, "compile_s": compile_s, "inputs": inputs, "n": prep.n, "dtype": dtype, "params": params,
             "prep": prep, "x": x, "tin": tin, "state": state, "f_module": f_module,
             "f_direct": f_direct,
             "f_structured": lambda: ex.run_state(state, prep.n, dtype, device)}
@@ -297,6 +250,9 @@ def bench(args) -> dict:
                        "device": device, "compile_s": c["compile_s"], **card_of(prog),
                        "module_gflop": gflop,
                        "rel_diff_structured_vs_direct": rel_diff(out_s, to_numpy(c["f_direct"]()))}
+                if dt_name == "float64":           # the reference computes the program
+                    rec["rel_diff_direct_vs_interpreter"] = check_against_interpreter(
+                        name, ROOT / "programs" / f"{name}.tp", c["params"], c["inputs"])
                 if "module" in fns:
                     rec["rel_diff_structured_vs_module"] = rel_diff(
                         out_s, prog.decode(c["f_module"]()))
@@ -425,6 +381,10 @@ def print_table(result: dict):
               f"{(format(r['ratio_compiled'], '6.2f') + 'x') if cmp else '-':>7}"
               f"{r.get('rel_diff_structured_vs_module', float('nan')):>12.1e}"
               f"{t['structured']['repeats']:>5}")
+    gaps = [r["rel_diff_direct_vs_interpreter"] for r in recs
+            if "rel_diff_direct_vs_interpreter" in r]
+    if gaps:
+        print(f"direct vs interpreter (float64, worst): {max(gaps):.1e}")
     for s in result["skipped"]:
         print(f"module skipped: {s}")
 
