@@ -87,3 +87,8 @@ class CompileError(TcompileError):
 
 class ArtifactError(TcompileError):
     """A saved artifact is missing, corrupt, truncated, or inconsistent with its manifest."""
+
+
+class DomainError(TcompileError):
+    """At run time a fitted MLP piece saw values outside the domain it was fitted on (it clamps
+    there, so the result is wrong): raised by `run` after the run (runtime/domain_guard.py)."""

@@ -4,6 +4,8 @@ Commands that read an artifact go through the runtime only (`CompiledProgram.loa
 and `check` compile, so they import the compiler, inside the function."""
 from __future__ import annotations
 
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -92,8 +94,12 @@ def cmd_run(args) -> int:
     if args.max_steps is not None and args.until is None:
         raise UsageError("--max-steps goes with --until")
     until = _until(args.until) if args.until is not None else None
-    out = prog.run(dtype=args.dtype, device=args.device, until=until, max_steps=args.max_steps,
-                   **counts, **inputs)
+    with warnings.catch_warnings(record=True) as warned:     # --domains warn: one line each
+        warnings.simplefilter("always", RuntimeWarning)
+        out = prog.run(dtype=args.dtype, device=args.device, until=until,
+                       max_steps=args.max_steps, domains=args.domains, **counts, **inputs)
+    for w in warned:                # a DomainError (--domains raise) exits 1 through main
+        print(f"warning: {w.message}", file=sys.stderr)
     for name, value in out.items():
         print(f"{name} = {np.array2string(np.asarray(value), precision=10)}")
     if out_path is not None:

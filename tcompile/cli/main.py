@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "than TOL (max abs change) in an iteration; prints the steps taken")
     r.add_argument("--max-steps", type=positive_int, default=None, metavar="N",
                    help="with --until: the most iterations (default: the built count)")
+    r.add_argument("--domains", default="raise", choices=["raise", "warn", "off"],
+                   help="a fitted piece seeing values outside its domain: an error (exit 1, "
+                        "the default), a warning, or not watched")
     rep = sub.add_parser("report", help="print the model card of a built artifact")
     rep.add_argument("artifact")
     t = sub.add_parser("trace", help="layer-by-layer comparison with the interpreter")

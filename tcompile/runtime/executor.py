@@ -24,7 +24,7 @@ Per (n, dtype, device) the plan is resolved once into tensors (exec_ops.py) and 
 from __future__ import annotations
 
 import functools
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -34,7 +34,8 @@ from .codec import ValidatedInputs, constant_storage, in_shape, storage_at_input
 from .exec_ops import HeadOp, MlpOp, ReadOp, fit
 from .exec_plan import concrete, initial_occupancy, sub_read
 from .exec_sublayers import HeadSpec, SublayerPlan, plan_program
-from .layout import Layout
+from .domain_guard import settle
+from .layout import Block, Layout
 from .model import exact_float32
 from .weights import LayerWeights
 
@@ -278,12 +279,32 @@ class _Resolved:
                 self.consts[s.key] = torch.as_tensor(
                     np.ascontiguousarray(st), dtype=dtype, device=device)[None]
         self.sublayers = [_Sublayer(p, slots, self.consts, n, dtype, device) for p in ex.plans]
+        self.watches = [[(i, ReadOp(read, slots, blk.storage_cols(n), n)) for i, read, blk in at]
+                        for at in ex._watch_reads]
+
+
+@dataclass(frozen=True)
+class Watch:
+    """Domain check `check` reads `block`'s rows after sublayer `time` (2·layer + 1: after
+    that layer's attention, where the MLP piece reads its input)."""
+    check: int
+    time: int
+    block: Block
+
+
+def _watch(reads: list, state: dict, like, seen: list) -> None:
+    """Each watched block's (min, max), one reduction per check, kept as tensors (no sync)."""
+    for i, rd in reads:
+        seen.append((i, torch.aminmax(rd(state, like))))
 
 
 class StructuredExecutor:
     """Runs a compiled program from its LayerWeights and Layout (see the module docstring)."""
 
-    def __init__(self, layers: list[LayerWeights], layout: Layout):
+    def __init__(self, layers: list[LayerWeights], layout: Layout, domains=(),
+                 watches: list[Watch] | None = None):
+        """domains: the manifest's DomainChecks, whose ranges `run_watched` records (watches:
+        where each is read, when the caller knows better: ExpandedExecutor)."""
         self.layout = layout
         occ = initial_occupancy(layout)
         self.initial = occ.copy()
@@ -293,14 +314,35 @@ class StructuredExecutor:
         for p in self.plans:
             self.all_slots.update({s.key: s for s in p.slots})
         self.inputs = [s for s in self.initial.slots.values() if s.const is None]
+        if watches is None:
+            watches = [Watch(i, 2 * chk.layer + 1, layout.block(chk.block))
+                       for i, chk in enumerate(domains)]
+        self._watch_reads = self._place_watches(watches)
         self._drop = self._lifetimes()
         self._resolved: dict = {}
 
+    def _place_watches(self, watches: list["Watch"]) -> list[list[tuple]]:
+        """Per point of the run (0: the input state; k: after the k-th planned sublayer), the
+        watches read there: (check index, Read of the block's rows, block), the Read as of
+        the last planned sublayer at or before the watch's time."""
+        occ = self.initial.copy()
+        out: list[list[tuple]] = [[] for _ in range(len(self.plans) + 1)]
+        k = 0
+        for w in sorted(watches, key=lambda w: w.time):
+            while k < len(self.plans) and self.plans[k].t <= w.time:
+                for slot in self.plans[k].slots:
+                    occ.place(slot)
+                k += 1
+            out[k].append((w.check, occ.read(w.block.rows), w.block))
+        return out
+
     def _lifetimes(self) -> list[list[str]]:
-        """Slot keys no later sublayer reads (and no output needs), dropped after each one."""
+        """Slot keys no later sublayer reads (and no output or watch needs), dropped after
+        each one."""
         last = {}
         for i, p in enumerate(self.plans):
             reads = [r for c in p.contribs for r in _reads(c)] + list(p.olds)
+            reads += [r for _, r, _ in self._watch_reads[i + 1]]
             for r in reads:
                 for seg in r.segments:
                     if seg.key is not None:
@@ -340,21 +382,40 @@ class StructuredExecutor:
         return {s.key: x[:, :concrete(s.ext, n), list(s.rows)].transpose(1, 2)
                 for s in self.inputs}
 
+    def run_watched(self, inputs: ValidatedInputs, dtype=torch.float64, device="cpu"):
+        """run_inputs, and the range each domain check's block took: (outputs, {check index:
+        (min, max)}), for domain_guard.enforce."""
+        return self.run_state_watched(self.input_state(inputs, dtype, device), inputs.n, dtype,
+                                      device)
+
+    def run_state_watched(self, state: dict, n: int, dtype, device):
+        res = self.resolved(n, dtype, device)
+        with torch.no_grad(), exact_float32():
+            out, seen = self.body(res, state, watch=True)
+        return out, settle(seen)
+
     def run_state(self, state: dict, n: int, dtype, device) -> dict:
         res = self.resolved(n, dtype, device)
         with torch.no_grad(), exact_float32():
-            return self.body(res, state)
+            return self.body(res, state)[0]
 
-    def body(self, res: _Resolved, state: dict) -> dict:
-        """The sublayers on a state of input slots; what `executor="compiled"` captures."""
+    def body(self, res: _Resolved, state: dict, watch: bool = False) -> tuple[dict, list]:
+        """The sublayers on a state of input slots; what `executor="compiled"` captures.
+        Returns the outputs and, with `watch`, each domain check's (index, aminmax) as read
+        right after the sublayer that writes its block (else [])."""
         state = dict(state)
         B = _batch(state)
         state.update(res.consts)
-        for sub, drop in zip(res.sublayers, self._drop):
+        seen: list = []
+        if watch:
+            _watch(res.watches[0], state, res.like, seen)
+        for k, (sub, drop) in enumerate(zip(res.sublayers, self._drop), 1):
             sub(state, res.like)
+            if watch and res.watches[k]:
+                _watch(res.watches[k], state, res.like, seen)
             for key in drop:
                 state.pop(key, None)
-        return self._decode(state, B, res.n)
+        return self._decode(state, B, res.n), seen
 
     def _decode(self, state: dict, B: int, n: int) -> dict:
         out = {}
@@ -375,7 +436,12 @@ class ExpandedExecutor(StructuredExecutor):
     the layout names, wherever they are at the end."""
 
     def __init__(self, sequence: list[int], layers: list[LayerWeights], layout: Layout,
-                 base_sequence: list[int]):
+                 base_sequence: list[int], domains=()):
+        # a check names a stored layer and a block of the base unrolling; its rows are pinned,
+        # so every run of that layer is watched at those rows
+        watches = [Watch(c, 2 * pos + 1, layout.block(chk.block))
+                   for pos, i in enumerate(sequence)
+                   for c, chk in enumerate(domains) if chk.layer == i]
         self.outputs = {o.name: (layout.output_block(o.name), o.shape) for o in layout.outputs}
         by_time: dict[int, list] = {}
         for b in layout.blocks:
@@ -387,7 +453,8 @@ class ExpandedExecutor(StructuredExecutor):
                 blocks += [replace(b, key=f"{b.key}#{pos}", written=2 * pos + sub, last_read=-1)
                            for b in template.get(i, {}).get(sub, [])]
         super().__init__([layers[i] for i in sequence],
-                         replace(layout, blocks=tuple(blocks), n_layers=len(sequence)))
+                         replace(layout, blocks=tuple(blocks), n_layers=len(sequence)),
+                         watches=watches)
 
     def _lifetimes(self) -> list[list[str]]:
         keep = {seg.key for blk, _ in self.outputs.values()
@@ -422,15 +489,24 @@ class CompiledExecutor:
     def forward(self, x: torch.Tensor) -> dict:
         return self.run_state(self.base.state_from_embedding(x), x.shape[1], x.dtype, x.device)
 
+    def run_watched(self, inputs: ValidatedInputs, dtype=torch.float64, device="cpu"):
+        out, seen = self._call(self.base.input_state(inputs, dtype, device), inputs.n, dtype,
+                               device, True)
+        return out, settle(seen)
+
     def run_state(self, state: dict, n: int, dtype, device) -> dict:
-        key = (n, _batch(state), dtype, str(device))
+        return self._call(state, n, dtype, device, False)[0]
+
+    def _call(self, state: dict, n: int, dtype, device, watch: bool):
+        key = (n, _batch(state), dtype, str(device), watch)
         if key not in self._fns:
             # every graph is a recompile of the one code object StructuredExecutor.body:
             # past dynamo's limit (8) it would silently run eager, so raise it (process-wide)
             import torch._dynamo.config as dynamo_config
             dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 256)
             res = self.base.resolved(n, dtype, device)
-            self._fns[key] = torch.compile(functools.partial(self.base.body, res), dynamic=False)
+            self._fns[key] = torch.compile(functools.partial(self.base.body, res, watch=watch),
+                                           dynamic=False)
         with torch.no_grad(), exact_float32():
             return self._fns[key](state)
 
@@ -448,7 +524,8 @@ def executor_for(prog, kind: str):
     if prog.loops is not None:
         raise ValueError("a shared build's executor depends on its counts: expanded_executor_for")
     if "structured" not in cache:
-        cache["structured"] = StructuredExecutor(prog.layers, prog.layout)
+        cache["structured"] = StructuredExecutor(prog.layers, prog.layout,
+                                                 prog.typed_manifest.domains)
     if kind == "compiled" and kind not in cache:
         cache["compiled"] = CompiledExecutor(cache["structured"])
     return cache[kind]
@@ -485,7 +562,8 @@ def expanded_executor_for(prog, counts: dict[str, int]) -> ExpandedExecutor:
         kept[key] = kept.pop(key)                         # most recent last
     else:
         kept[key] = ExpandedExecutor(prog.loops.expand(counts), prog.layers, prog.layout,
-                                     prog.loops.expand(dict(prog.loops.base_counts)))
+                                     prog.loops.expand(dict(prog.loops.base_counts)),
+                                     prog.typed_manifest.domains)
         while len(kept) > EXPANDED_KEPT:
             kept.pop(next(iter(kept)))
     return kept[key]

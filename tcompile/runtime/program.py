@@ -179,7 +179,7 @@ class CompiledProgram:
 
     # ---- run -------------------------------------------------------------------------------
     def run(self, dtype="float64", device="cpu", executor=None, until=None, max_steps=None,
-            **inputs) -> dict[str, np.ndarray]:
+            domains="raise", **inputs) -> dict[str, np.ndarray]:
         """Encode, run the transformer, decode. A leading batch axis on the inputs is optional.
         executor: "structured" (executor.py: the same weights, only the work they define; the
         default), "module" (the paper-form nn.Module, the reference; a shared build's looped
@@ -187,40 +187,60 @@ class CompiledProgram:
         shared build also takes its run-time counts by name (`steps=50`) and may halt:
         `until=("x", tol)` stops each problem of the batch once the loop variable x moves less
         than tol (max abs change) in one iteration, at most `max_steps` iterations (through the
-        looped module); the result then has "steps", the count each problem ran."""
+        looped module); the result then has "steps", the count each problem ran.
+        domains: "raise" (the default) raises a DomainError after the run when a fitted MLP
+        piece saw a value outside its domain (where it clamps: the result is wrong), "warn"
+        warns, "off" does not watch (domain_guard.py)."""
+        from .domain_guard import check_mode, enforce
+        mode = check_mode(domains)
+        out, ranges = self._run_watched(dtype, device, executor, until, max_steps,
+                                        mode != "off", inputs)
+        enforce(self, ranges, mode)
+        return out
+
+    def _run_watched(self, dtype, device, executor, until, max_steps, watch: bool,
+                     inputs: dict) -> tuple[dict, dict]:
+        """run's work: (outputs, the range each domain check saw: {} when not `watch`)."""
         import torch
 
+        from .domain_guard import settle, watch_module
         from .executor import executor_for
         tdtype, device = run_options(dtype, device, "run")
         counts, inputs = self.split_counts(inputs, until, max_steps)
         prepared = self.prepare_inputs(inputs)
+
+        def numpy(out):
+            return prepared.unbatch({k: v.detach().to("cpu", torch.float64).numpy()
+                                     for k, v in out.items()})
+
+        def structured(ex):
+            if watch:
+                out, ranges = ex.run_watched(prepared, tdtype, device)
+                return numpy(out), ranges
+            return numpy(ex.run_inputs(prepared, tdtype, device)), {}
         if self.loops is not None:
             if executor not in (None, "structured", "module"):
                 raise InputError(f"executor={executor!r}: a shared build runs 'structured' (the "
                                  "default: its loops expanded) or 'module' (the looped module)")
             if until is None and executor != "module":
                 from .executor import expanded_executor_for
-                out = expanded_executor_for(self, self.loops.counts(counts)).run_inputs(
-                    prepared, tdtype, device)
-                return prepared.unbatch({k: v.detach().to("cpu", torch.float64).numpy()
-                                         for k, v in out.items()})
+                return structured(expanded_executor_for(self, self.loops.counts(counts)))
             x = self.encode_inputs(prepared, tdtype, device)
-            with torch.no_grad():
+            module = self.module_for(tdtype, device)
+            with torch.no_grad(), watch_module(self, module, watch) as seen:
                 if until is None:
-                    return prepared.unbatch(self.decode(self.module_for(tdtype, device)(x, counts)))
+                    return prepared.unbatch(self.decode(module(x, counts))), settle(seen)
                 from .halting import run_until
-                y, steps = run_until(self, self.module_for(tdtype, device), x, counts, until,
-                                     max_steps)
-            return prepared.unbatch({**self.decode(y), "steps": steps})
+                y, steps = run_until(self, module, x, counts, until, max_steps)
+            return prepared.unbatch({**self.decode(y), "steps": steps}), settle(seen)
         executor = executor or "structured"
         if executor != "module":
-            out = executor_for(self, executor).run_inputs(prepared, tdtype, device)
-            return prepared.unbatch({k: v.detach().to("cpu", torch.float64).numpy()
-                                     for k, v in out.items()})
+            return structured(executor_for(self, executor))
         x = self.encode_inputs(prepared, tdtype, device)
-        with torch.no_grad():
-            y = self.module_for(tdtype, device)(x)
-        return prepared.unbatch(self.decode(y))
+        module = self.module_for(tdtype, device)
+        with torch.no_grad(), watch_module(self, module, watch) as seen:
+            y = module(x)
+        return prepared.unbatch(self.decode(y)), settle(seen)
 
     def split_counts(self, kwargs: dict, until, max_steps) -> tuple[dict, dict]:
         """run()'s keyword arguments → (run-time counts, inputs), with clear errors for a
@@ -313,10 +333,10 @@ class CompiledProgram:
 
 
 def _domain_row(chk, lo: float, hi: float) -> dict:
-    """check_domains' row: the range seen, and whether it left the fitted domain."""
-    slack = 1e-9 * max(1.0, abs(chk.lo), abs(chk.hi))
-    return {**asdict(chk), "min": lo, "max": hi,
-            "outside": bool(lo < chk.lo - slack or hi > chk.hi + slack)}
+    """check_domains' row: the range seen, and whether it left the fitted domain (the rule
+    run's domain guard applies: domain_guard.outside)."""
+    from .domain_guard import outside
+    return {**asdict(chk), "min": lo, "max": hi, "outside": outside(chk.lo, chk.hi, lo, hi)}
 
 
 def run_options(dtype, device, method: str) -> tuple[torch.dtype, torch.device]:

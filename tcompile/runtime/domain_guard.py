@@ -1,0 +1,145 @@
+"""The run-time domain guard: did every fitted MLP piece see only values inside its domain?
+
+A piece fitted on [lo, hi] (a PL seed of a division, a sigmoid on [-6, 6]) clamps outside it:
+the run then returns numbers off by 1e-3 or more and nothing else says so. The manifest lists,
+per piece, the block holding its real input and the layer after whose attention it is read
+(manifest.DomainCheck). `run` records the min and max of each such block as the run goes (the
+structured executor: one reduction per check, right after the sublayer that writes it; the
+module: a forward hook on that layer's attention output) and, after the run, `enforce` raises
+a DomainError naming the statement, the variable, the domain and the range seen (or warns, or
+does nothing: run(..., domains="raise" | "warn" | "off")).
+
+`outside` is the one rule for "left its domain", shared with CompiledProgram.check_domains.
+"""
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+
+from ..errors import DomainError, InputError
+
+MODES = ("raise", "warn", "off")
+RTOL = 1e-9        # rounding slack, relative to the bound (domains span up to 1e-120 .. 1e120)
+
+
+def check_mode(mode) -> str:
+    if mode not in MODES:
+        raise InputError(f"domains must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
+    return mode
+
+
+def outside(lo: float, hi: float, seen_lo: float, seen_hi: float) -> bool:
+    """Did values in [seen_lo, seen_hi] leave [lo, hi]? Slack RTOL relative to each bound (a
+    bound of 0: relative to the other bound's size, at most 1), so rounding at a bound is not
+    an error and a geometric domain such as [1e-3, 1e15] is not widened by 1e-9 · 1e15."""
+    def slack(b, other):
+        return RTOL * (abs(b) if b != 0 else min(1.0, abs(other)))
+    if seen_lo != seen_lo or seen_hi != seen_hi:       # NaN seen: certainly not in the domain
+        return True
+    return seen_lo < lo - slack(lo, hi) or seen_hi > hi + slack(hi, lo)
+
+
+def merge(ranges) -> dict[int, tuple[float, float]]:
+    """(check index, min, max) triples (a check read many times: a loop) → check → range."""
+    out: dict[int, tuple[float, float]] = {}
+    for i, lo, hi in ranges:
+        if i in out:
+            a, b = out[i]
+            if any(v != v for v in (a, b, lo, hi)):        # NaN anywhere: the range is NaN
+                lo = hi = float("nan")
+            else:
+                lo, hi = min(a, lo), max(b, hi)
+        out[i] = (lo, hi)
+    return out
+
+
+def enforce(prog, ranges: dict[int, tuple[float, float]], mode: str) -> None:
+    """Raise (or warn about) the first check whose range left its domain, all of them named."""
+    if mode == "off":
+        return
+    checks = prog.typed_manifest.domains
+    bad = [(checks[i], lo, hi) for i, (lo, hi) in sorted(ranges.items())
+           if outside(checks[i].lo, checks[i].hi, lo, hi)]
+    if not bad:
+        return
+    source = prog.info.source.split("\n")
+    rows = [_describe(chk, lo, hi, _lines_of(prog, chk), source) for chk, lo, hi in bad]
+    shown = rows[:SHOWN] + ([f"and {len(rows) - SHOWN} more"] if len(rows) > SHOWN else [])
+    message = (f"{len(bad)} fitted piece{'s' if len(bad) > 1 else ''} saw values outside "
+               "its fitted domain (a piece clamps there: the result is wrong):\n"
+               + "\n".join(f"  {r}" for r in shown) + "\n"
+               "widen the domain (`on [lo, hi]`), rescale the inputs, or run with "
+               "domains='warn' or 'off'")
+    if mode == "warn":
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        return
+    raise DomainError(message)
+
+
+SHOWN = 5      # checks listed in a DomainError's message
+
+
+def _lines_of(prog, chk) -> tuple[int, ...]:
+    """The source lines of the statements applying the check's piece: the approximation
+    records of the same function (`reciprocal`, `sigmoid`, ...) on the same domain (a fit is
+    one record however many statements use it)."""
+    fn = _function(chk.label)
+    lines: set[int] = set()
+    for a in prog.typed_manifest.approximations:
+        if _function(a.name) == fn and a.lo == chk.lo and a.hi == chk.hi:
+            lines.update(a.lines)
+    return tuple(sorted(lines))
+
+
+def _function(label: str) -> str:
+    return label.removeprefix("seed of ").split("(")[0].strip()
+
+
+def _describe(chk, lo: float, hi: float, lines: tuple, source: list[str]) -> str:
+    """One line of the message: the statement, the piece, the variable (block), the range
+    seen and the domain."""
+    if lines:
+        text = source[lines[0] - 1].strip() if 0 < lines[0] <= len(source) else ""
+        others = f" (also line {', '.join(map(str, lines[1:]))})" if len(lines) > 1 else ""
+        at = f"line {lines[0]} `{text}`{others}: "
+    else:
+        at = ""
+    return (f"{at}{chk.label} read {chk.block} (after layer {chk.layer}): values in "
+            f"[{lo:.6g}, {hi:.6g}], fitted on [{chk.lo:.6g}, {chk.hi:.6g}]")
+
+
+@contextmanager
+def watch_module(prog, module, enabled: bool = True):
+    """Record each check's range while `module` runs (a CompiledTransformer: blocks[layer];
+    a LoopedTransformer: stored[layer], every iteration): yields the list of (check, min,
+    max) triples the hooks fill."""
+    import torch
+    seen: list = []
+    handles = []
+    if enabled:
+        layers = module.stored if hasattr(module, "stored") else module.blocks
+        for i, chk in enumerate(prog.typed_manifest.domains):
+            blk = prog.layout.block(chk.block)
+            rows = list(blk.rows)
+
+            def hook(_m, _inp, out, i=i, blk=blk, rows=rows):
+                vals = out[:, :blk.storage_cols(out.shape[1]), rows]
+                seen.append((i, torch.aminmax(vals)))
+            handles.append(layers[chk.layer].hook_resid_mid.register_forward_hook(hook))
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def settle(seen: list) -> dict[int, tuple[float, float]]:
+    """(check, (min tensor, max tensor)) pairs → check → (min, max) in floats, one transfer."""
+    if not seen:
+        return {}
+    import torch
+    vals = torch.stack([torch.stack([mm[0], mm[1]]) for _, mm in seen]).double().cpu().tolist()
+    return merge((i, lo, hi) for (i, _), (lo, hi) in zip(seen, vals))
+
+
+__all__ = ["MODES", "check_mode", "outside", "merge", "enforce", "watch_module", "settle"]

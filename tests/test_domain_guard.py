@@ -1,0 +1,128 @@
+"""The run-time domain guard (tcompile/runtime/domain_guard.py): `run` watches every fitted
+piece's input and raises a DomainError when one left the domain it was fitted on; oracles:
+numpy's lstsq (the out-of-domain result really is wrong, the in-domain one right) and
+check_domains (the module's ranges, read from the dense states)."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tcompile
+from cli_in_process import run_in_process
+from tcompile.errors import DomainError, InputError, TcompileError
+from tcompile.inspection.sampling import sample_inputs
+from tcompile.runtime.domain_guard import outside
+from tcompile.runtime.executor import executor_for, expanded_executor_for
+
+ROOT = Path(__file__).resolve().parents[1]
+CG = ROOT / "programs" / "conjugate_gradient.tp"
+
+
+def cg_problem(scale: float, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(12, 3))
+    A /= np.linalg.norm(A, axis=1, keepdims=True)
+    return {"A": scale * A, "y": rng.uniform(-1, 1, 12)}
+
+
+@pytest.fixture(scope="module")
+def cg_narrow():
+    """Conjugate gradient whose divisions are fitted on [1e-3, 1e15] only."""
+    return tcompile.compile_file(CG, {"d": 3, "lo": 1e-3})
+
+
+@pytest.mark.parametrize("executor", ["structured", "module"])
+def test_divisor_below_its_lo_is_a_domain_error(cg_narrow, executor):
+    small = cg_problem(0.01)                         # ||Aᵀy/n||² ~ 1e-6 < lo = 1e-3
+    assert issubclass(DomainError, TcompileError)
+    with pytest.raises(DomainError) as e:
+        cg_narrow.run(executor=executor, **small)
+    msg = str(e.value)
+    assert "line 48 `rs = 1 / sqrt(g @ g) on [lo, hi]`" in msg        # the statement
+    assert "seed of rsqrt((gᵀ@g))" in msg and "read tmp12" in msg     # the piece, its input
+    assert "fitted on [0.001, 1e+15]" in msg                           # the domain
+    seen = [r for r in cg_narrow.check_domains(**small) if r["block"] == "tmp12"][0]
+    assert f"values in [{seen['min']:.6g}, {seen['max']:.6g}]" in msg  # the range seen
+    # and it was right to: the clamped run is far from the least-squares solution
+    off = cg_narrow.run(executor=executor, domains="off", **small)["w"]
+    want = np.linalg.lstsq(small["A"], small["y"], rcond=None)[0]
+    assert np.max(np.abs(off - want)) > 1e-2 * np.max(np.abs(want))
+
+
+def test_in_domain_run_is_not_flagged_and_is_right(cg_narrow):
+    ok = cg_problem(1.0, seed=3)
+    assert not any(r["outside"] for r in cg_narrow.check_domains(**ok))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        w = cg_narrow.run(**ok)["w"]
+    want = np.linalg.lstsq(ok["A"], ok["y"], rcond=None)[0]
+    assert np.max(np.abs(w - want)) <= 1e-10 * np.max(np.abs(want))
+
+
+def test_warn_warns_and_off_is_silent(cg_narrow):
+    small = cg_problem(0.01)
+    with pytest.warns(RuntimeWarning, match="outside its fitted domain"):
+        warned = cg_narrow.run(domains="warn", **small)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        off = cg_narrow.run(domains="off", **small)
+    np.testing.assert_array_equal(warned["w"], off["w"])
+    with pytest.raises(InputError, match="domains must be one of"):
+        cg_narrow.run(domains="loud", **small)
+
+
+def test_one_bad_problem_in_a_batch_is_caught(cg_narrow):
+    good, bad = cg_problem(1.0, seed=3), cg_problem(0.01)
+    batch = {k: np.stack([good[k], bad[k], good[k]]) for k in good}
+    with pytest.raises(DomainError):
+        cg_narrow.run(**batch)
+
+
+def test_structured_ranges_equal_check_domains():
+    """The executor's watched ranges are the ranges check_domains reads from the module."""
+    params = {"d": 3, "steps": 2, "inv_steps": 3}
+    prog = tcompile.compile_file(ROOT / "programs" / "newton_logistic.tp", params)
+    inputs = sample_inputs(prog.program, params, n=10, batch=4, seed=5)
+    _, ranges = executor_for(prog, "structured").run_watched(prog.prepare_inputs(inputs))
+    rows = prog.check_domains(**inputs)
+    assert len(rows) == len(ranges) > 0
+    for i, r in enumerate(rows):
+        assert ranges[i] == pytest.approx((r["min"], r["max"]), rel=1e-12, abs=1e-14)
+
+
+def test_shared_build_watches_every_iteration():
+    prog = tcompile.compile_file(CG, {"d": 3, "lo": 1e-3}, loops="shared")
+    small = cg_problem(0.01)
+    with pytest.raises(DomainError, match="seed of"):
+        prog.run(**small)
+    ok = cg_problem(1.0, seed=3)
+    rows = prog.check_domains(**ok)                  # the looped module, every iteration
+    assert not any(r["outside"] for r in rows)
+    prog.run(**ok)
+    ex = expanded_executor_for(prog, prog.loops.counts({}))
+    _, ranges = ex.run_watched(prog.prepare_inputs(ok))
+    assert len(ranges) == len(rows) > 0
+    for i, r in enumerate(rows):
+        assert ranges[i] == pytest.approx((r["min"], r["max"]), rel=1e-12, abs=1e-14)
+
+
+def test_outside_rule():
+    assert outside(1e-3, 1e15, 2.5e-6, 1.0)                  # far below a small lo
+    assert not outside(1e-3, 1e15, 1e-3 * (1 - 1e-12), 1e15 * (1 + 1e-12))   # rounding
+    assert outside(-6.0, 6.0, -6.1, 0.0) and outside(-6.0, 6.0, 0.0, 6.1)
+    assert not outside(0.0, 25.0, -1e-17, 25.0)
+    assert outside(0.0, 1.0, float("nan"), float("nan"))
+
+
+def test_cli_run_exits_nonzero_on_a_domain_error(tmp_path, cg_narrow):
+    cg_narrow.save(tmp_path / "cg")
+    np.savez(tmp_path / "small.npz", **cg_problem(0.01))
+    r = run_in_process(["run", tmp_path / "cg", "--inputs", tmp_path / "small.npz"])
+    assert r.returncode == 1 and "fitted on [0.001, 1e+15]" in r.stderr
+    assert "Traceback" not in r.stderr and "w =" not in r.stdout
+    r = run_in_process(["run", tmp_path / "cg", "--inputs", tmp_path / "small.npz",
+                        "--domains", "warn"])
+    assert r.returncode == 0 and "warning: " in r.stderr and "w =" in r.stdout
