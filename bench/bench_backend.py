@@ -9,7 +9,7 @@ batch size B, in float64 and float32:
 * compile time and the model card numbers (layers, width D, heads, parameters, nonzero);
 * forward time of `executor="structured"` (tcompile/runtime/executor.py, from the input slots,
   encode excluded), of the dense module (`prog.module_for(dtype, device)(x)`, encode excluded)
-  and of the direct torch iteration (bench/references.py: bmm/baddbmm, buffers allocated
+  and of the direct torch iteration (bench/direct_reference.py: bmm/baddbmm, buffers allocated
   beforehand, no loop over problems), warm-up first, median and spread (min, max) over
   repeats, `torch.cuda.synchronize()` around each run on CUDA;
 * the direct iteration against the float64 interpreter on the batch's first problem
@@ -56,7 +56,7 @@ from tcompile.runtime.model import exact_float32  # noqa: E402
 from tcompile.inspection.sampling import sample_inputs  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
-from references import check_against_interpreter, make_direct  # noqa: E402
+from direct_reference import check_against_interpreter, make_direct  # noqa: E402
 
 # name: {d: tokens n (None: the program has no token input, n = min_tokens)}, params besides d
 PROGRAMS = {
@@ -69,7 +69,7 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32}
 SIDES = ("structured", "module", "direct")
 
 
-# ---- the direct torch iterations: bench/references.py ------------------------------------------
+# ---- the direct torch iterations: bench/direct_reference.py ------------------------------------------
 
 def flops_module(prog, B: int, n: int) -> int:
     """Dense flops of CompiledTransformer.forward as tcompile/runtime/model.py runs it."""

@@ -13,6 +13,7 @@ import pytest
 from scipy.special import expit
 
 import tcompile
+from tcompile.errors import DomainError
 
 from references import REFERENCE  # numpy/scipy, not tcompile's own table
 
@@ -297,8 +298,11 @@ def test_out_of_domain_is_detected_and_clamped():
     (chk,) = prog.check_domains(u=np.array([[0.0, 1.0], [-2.1, 0.0]]))   # any batch member
     assert chk["outside"] is True
 
-    # outside the domain the PL function is constant: the clamped value, σ(±2) within tol
-    got = prog.run(u=outside)["s"]
+    # run's domain guard says so (DomainError, by default) ...
+    with pytest.raises(DomainError, match=r"values in \[-1000, 100\], fitted on \[-2, 2\]"):
+        prog.run(u=outside)
+    # ... and outside the domain the PL function is constant: the clamped value, σ(±2) within tol
+    got = prog.run(u=outside, domains="off")["s"]
     assert np.max(np.abs(got - expit(np.clip(outside, -2.0, 2.0)))) <= 1e-6
     assert np.ptp(got[outside <= -2]) <= 1e-12 and np.ptp(got[outside >= 2]) <= 1e-12
 
@@ -320,7 +324,7 @@ def test_gated_piece_near_domain_is_clamped():
     z = np.array([-8.0, -4.0, -3.5, 3.5, 4.0, 8.0])
     for sign in (1.0, -1.0):
         y = np.full_like(z, sign)
-        got = prog.run(y=y, z=z)["s"]
+        got = prog.run(y=y, z=z, domains="off")["s"]      # the guard would raise (above)
         assert np.max(np.abs(got - expit(-y * np.clip(z, -3, 3)))) <= 1e-6
         assert prog.check_domains(y=y, z=z)[0]["outside"]
 

@@ -10,7 +10,7 @@ product, a scale and a subtraction, so a reference written with `@` flattered th
 
 The functions are exact (sigmoid, sqrt): the references reproduce the float64 interpreter
 (`tcompile.interpret`) to rounding, which `check_against_interpreter` measures (bench_backend.py
-runs it for every configuration and records the gap; tests/test_bench_references.py runs it on
+runs it for every configuration and records the gap; tests/test_bench_reference.py runs it on
 small problems). The outputs are views of the buffers: the next call overwrites them.
 """
 from __future__ import annotations

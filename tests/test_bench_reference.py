@@ -1,4 +1,4 @@
-"""bench/references.py, the direct-torch loops bench_backend.py divides by, against the float64
+"""bench/direct_reference.py, the direct-torch loops bench_backend.py divides by, against the float64
 interpreter: a fast reference that computed something else would make every ratio a lie."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from tcompile.language.parser import parse_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from references import check_against_interpreter  # noqa: E402
+from direct_reference import check_against_interpreter  # noqa: E402
 
 CASES = [
     ("newton_inverse", {"d": 4, "steps": 8}, 16),
