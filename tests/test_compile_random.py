@@ -890,16 +890,11 @@ def test_gated_piece_ignores_declared_domain():
     assert_matches(EW_HEAD + "o = g * relu(A @ v) on [-1, 1]\n")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "nested relu/abs/clip calls (relu(relu(z)), clip(relu(z), 0, 1), abs(abs(z) - 1)) are "
-    "piecewise linear but are fitted, not built exactly: error ~1e-6 (the default tol, "
-    "manifest exact=False) where the interpreter is exact. mlp.exact_pl returns None when a "
-    "call's argument is not affine in the leaf ('nested PL calls: left to the general fit'). "
-    "A limitation rather than a wrong answer (it is within tol), pinned here because the "
-    "exact pieces are otherwise exact to rounding."))
 @pytest.mark.parametrize("body", ["o = relu(relu(z))", "o = clip(relu(z), 0, 1)",
                                   "o = abs(abs(z) - 1)"])
-def test_nested_pl_calls_are_approximated(body):
+def test_nested_pl_calls_are_exact(body):
+    """relu/abs/clip of relu/abs/clip are composed exactly (elementwise.pl_of), exact to
+    rounding like the unnested pieces (they were fitted to the default tol before)."""
     assert_matches(EW_HEAD + body + "\n")
 
 

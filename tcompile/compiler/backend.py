@@ -112,7 +112,7 @@ def _domain_checks(plan, keys) -> tuple[DomainCheck, ...]:
             continue
         layer = plan.write_time[(atom.id, plan.orient[atom.id])] // 2 - 1   # counted from 0
         if piece.kind == "unary" and piece.leaf is not None:
-            checks = [(piece.leaf, piece.lo, piece.hi)]
+            checks = [(piece.leaf, *(piece.checked or (piece.lo, piece.hi)))]
         elif piece.kind == "product":
             checks = [(piece.u, *piece.u_range), (piece.v, *piece.v_range)]
         else:

@@ -167,6 +167,8 @@ class GraphBuilder(Walker):
             return Val(ty, self.node("eye", (), None, k=None))
         if op == "neg":
             return Val(ty, self.node("scale", (xs[0],), cs, loc, c=-1.0))
+        if op == "bound":          # (x) on [lo, hi]: the identity, carrying the user's domain
+            return Val(ty, self.node("bound", (xs[0],), cs, loc, domain=node[1]))
         if op == "T":
             return Val(ty, self.transpose(xs[0], loc) if len(tys[0].shape or (0, 0)) == 2 else xs[0])
         if op == "sum":       # 1ᵀX: over tokens the ones row, over a small axis a ones block
@@ -202,9 +204,12 @@ class GraphBuilder(Walker):
             p = float(tb.const)
             if p == 1.0:
                 return Val(ty, a)
-            if p == 2.0:
-                self._check_square(ta, loc)
-                return Val(ty, self._elementwise("*", a, ta, a, ta, ty, loc))
+            if p == int(p) and p >= 2:      # x·x·…·x: one elementwise tree of x, fitted as one
+                self._check_square(ta, loc, f"'**' is elementwise: x ** {p:g}")
+                power = a
+                for _ in range(int(p) - 1):
+                    power = self._elementwise("*", power, ta, a, ta, ty, loc)
+                return Val(ty, power)
             func = {0.5: "sqrt", -1.0: "reciprocal"}.get(p)
             if func is None:
                 raise CompileError(f"the back end cannot raise a runtime value to the power {p:g}",
@@ -274,7 +279,8 @@ class GraphBuilder(Walker):
         if ta.bounded:
             return
         matrix = is_square(ta.shape)
-        raise CompileError(f"{written} squares every entry, which the compiled "
+        verb = "squares" if written.endswith(("2", "x * x")) else "raises to that power"
+        raise CompileError(f"{written} {verb} every entry, which the compiled "
                            "model approximates on a known range, and this value has no known "
                            "bounds", loc, source=self.src,
                            expected=("M @ M for the matrix square; for the entrywise square, "
@@ -409,7 +415,7 @@ def _names_read(e) -> set[str]:
         return {e.id}
     if isinstance(e, ast.BinOp):
         return _names_read(e.left) | _names_read(e.right)
-    if isinstance(e, (ast.Neg, ast.Transpose)):
+    if isinstance(e, (ast.Neg, ast.Transpose, ast.Bound)):
         return _names_read(e.operand)
     if isinstance(e, ast.Call):
         return set().union(*(_names_read(a) for a in e.args))

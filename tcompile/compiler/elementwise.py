@@ -11,10 +11,14 @@ neither side reads tuples by position:
     Call(func, fargs, arg, domain, tol)
                                      func(arg; *fargs), fitted on `domain` within `tol`
 
-Every operation is a plain recursive function with one case per class.
+Every operation is a plain recursive function with one case per class. `PLFunction` and
+`active_interval` say where a tree of one real leaf varies: a PL fit clamps outside its
+domain, so a leaf that nothing bounds can still be fitted where clip, relu or a declared
+domain makes the tree constant beyond an interval (`clip(A @ x, -2, 2) ** 2`).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -59,6 +63,8 @@ class Call:
 
 Expr = Union[Leaf, Const, Sum, Product, Call]
 MINUS_ONE = Const(-1.0)
+BOUND = "bound"        # `(expr) on [lo, hi]`: the identity on a declared domain (the user's bound)
+EXACT_PL = ("relu", "abs", "clip")     # exactly piecewise linear: no fit, no domain
 
 
 @dataclass
@@ -94,18 +100,26 @@ def tolerances(e: Expr) -> list[float]:
     return [c.tol for c in calls(e) if c.tol is not None]
 
 
-def evaluate(e: Expr, env: dict):
-    """e with each leaf's value from env (numbers or numpy arrays); exact functions."""
+def evaluate(e: Expr, env: dict, clamped: bool = False):
+    """e with each leaf's value from env (numbers or numpy arrays); exact functions.
+    `clamped`: each call with a declared domain reads its argument clamped to that domain,
+    which is what the compiled model computes when the call is its own piece (a PL fit is
+    constant outside its domain), so a fused piece fitted this way means the same."""
     if isinstance(e, Leaf):
         return env[e.atom]
     if isinstance(e, Const):
         return e.value
     if isinstance(e, Sum):
-        return evaluate(e.a, env) + evaluate(e.b, env)
+        return evaluate(e.a, env, clamped) + evaluate(e.b, env, clamped)
     if isinstance(e, Product):
-        return evaluate(e.a, env) * evaluate(e.b, env)
+        return evaluate(e.a, env, clamped) * evaluate(e.b, env, clamped)
+    x = evaluate(e.arg, env, clamped)
+    if clamped and e.domain is not None and e.func not in EXACT_PL:
+        x = np.clip(x, *e.domain)
+    if e.func == BOUND:
+        return x
     with np.errstate(all="ignore"):
-        return exact_function(e.func, *e.fargs)(evaluate(e.arg, env))
+        return exact_function(e.func, *e.fargs)(x)
 
 
 def to_text(e: Expr, names: dict, top: bool = True) -> str:
@@ -129,6 +143,8 @@ def to_text(e: Expr, names: dict, top: bool = True) -> str:
         if e.b == MINUS_ONE:
             return f"-{to_text(e.a, names, False)}"
         return f"{to_text(e.a, names, False)}*{to_text(e.b, names, False)}"
+    if e.func == BOUND:
+        return f"({to_text(e.arg, names)}) on [{e.domain[0]:g}, {e.domain[1]:g}]"
     return f"{e.func}({to_text(e.arg, names)})"
 
 
@@ -166,6 +182,168 @@ def pulled_back_domains(e: Expr, leaf: int, env: dict) -> list[tuple[float, floa
     return out
 
 
+# ---- where a tree of one leaf varies ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class PLFunction:
+    """A continuous piecewise-linear function of one variable: its values at sorted knots,
+    linear between them, and its slopes left of the first knot and right of the last."""
+    knots: np.ndarray
+    values: np.ndarray
+    left: float
+    right: float
+
+    @staticmethod
+    def affine(a: float, b: float) -> "PLFunction":
+        return PLFunction(np.array([0.0]), np.array([b]), a, a)
+
+    def __call__(self, x):
+        x = np.asarray(x, dtype=float)
+        y = np.interp(x, self.knots, self.values)
+        y = np.where(x < self.knots[0], self.values[0] + self.left * (x - self.knots[0]), y)
+        return np.where(x > self.knots[-1], self.values[-1] + self.right * (x - self.knots[-1]), y)
+
+    @property
+    def constant(self) -> bool:
+        return self.left == 0.0 and self.right == 0.0 and np.ptp(self.values) == 0.0
+
+    def segments(self):
+        """(start, end, reference point, value there, slope) of every linear piece, the outer
+        two infinite (their reference point is their knot)."""
+        k, v = self.knots, self.values
+        yield -math.inf, k[0], k[0], v[0], self.left
+        for i in range(len(k) - 1):
+            yield k[i], k[i + 1], k[i], v[i], (v[i + 1] - v[i]) / (k[i + 1] - k[i])
+        yield k[-1], math.inf, k[-1], v[-1], self.right
+
+    def crossings(self, level: float) -> list[float]:
+        """Where the function meets `level` on a piece where it is not constant."""
+        out = []
+        for a, b, ref, value, slope in self.segments():
+            if slope != 0.0:
+                x = ref + (level - value) / slope
+                if a <= x <= b:
+                    out.append(float(x))
+        return out
+
+    def add(self, other: "PLFunction", c: float = 1.0) -> "PLFunction":
+        """self + c·other."""
+        k = np.union1d(self.knots, other.knots)
+        return PLFunction(k, self(k) + c * other(k), self.left + c * other.left,
+                          self.right + c * other.right)
+
+    def scale(self, c: float) -> "PLFunction":
+        return PLFunction(self.knots, c * self.values, c * self.left, c * self.right)
+
+    def compose(self, outer, levels) -> "PLFunction":
+        """outer(self) for a PL `outer` whose kinks are at `levels` (relu, abs, clip)."""
+        k = np.union1d(self.knots, np.array(sum((self.crossings(lv) for lv in levels), [])))
+        v = np.asarray(outer(self(k)), dtype=float)
+        beyond = np.asarray(outer(self(np.array([k[0] - 1.0, k[-1] + 1.0]))), dtype=float)
+        left, right = float(v[0] - beyond[0]), float(beyond[1] - v[-1])
+        return PLFunction(k, v, left, right)
+
+    def preimage_hull(self, lo: float, hi: float, within) -> tuple[float, float] | None:
+        """The smallest interval holding every x in `within` with lo <= f(x) <= hi; None if
+        there is no such x."""
+        a, b = within
+        pts = [x for x in (a, b) if math.isfinite(x)] + list(self.knots) + \
+            [x for lv in (lo, hi) if math.isfinite(lv) for x in self.crossings(lv)]
+        slack = 1e-12 * max(1.0, *(abs(x) for x in (lo, hi) if math.isfinite(x)))
+        inside = [x for x in pts if a <= x <= b and lo - slack <= float(self(x)) <= hi + slack]
+        start = -math.inf if not math.isfinite(a) and _stays_inside(self.left, self.values[0],
+                                                                     lo, hi, -1) else None
+        end = math.inf if not math.isfinite(b) and _stays_inside(self.right, self.values[-1],
+                                                                 lo, hi, 1) else None
+        if not inside and start is None and end is None:
+            return None
+        lo_x = start if start is not None else min(inside)
+        hi_x = end if end is not None else max(inside)
+        return float(lo_x), float(hi_x)
+
+
+def _stays_inside(slope, value, lo, hi, direction) -> bool:
+    """Whether an outer linear piece, going to ±inf, ends inside [lo, hi]."""
+    if slope == 0.0:
+        return lo <= value <= hi
+    return (hi == math.inf) if slope * direction > 0 else (lo == -math.inf)
+
+
+def pl_of(e: Expr, leaf: int, env: dict) -> PLFunction | None:
+    """e as an exact PL function of the leaf (the other leaves fixed by env), or None where
+    it is not PL (a smooth call, a product of two functions of the leaf, an unknown leaf)."""
+    if isinstance(e, Leaf):
+        if e.atom == leaf:
+            return PLFunction.affine(1.0, 0.0)
+        return PLFunction.affine(0.0, float(env[e.atom])) if e.atom in env else None
+    if isinstance(e, Const):
+        return PLFunction.affine(0.0, float(e.value))
+    if isinstance(e, Call):
+        if leaf not in leaves(e):
+            return PLFunction.affine(0.0, float(evaluate(e, env)))
+        if e.func not in EXACT_PL + (BOUND,):
+            return None
+        inner = pl_of(e.arg, leaf, env)
+        if inner is None:
+            return None
+        if e.func == BOUND:
+            return inner
+        levels = list(e.fargs) if e.func == "clip" else [0.0]
+        return inner.compose(exact_function(e.func, *e.fargs), levels)
+    a, b = pl_of(e.a, leaf, env), pl_of(e.b, leaf, env)
+    if a is None or b is None:
+        return None
+    if isinstance(e, Sum):
+        return a.add(b)
+    if a.constant:
+        return b.scale(float(a.values[0]))
+    if b.constant:
+        return a.scale(float(b.values[0]))
+    return None
+
+
+def clamp_set(c: Call) -> tuple[float, float] | None:
+    """Where a call reads its argument: clip's bounds, relu's [0, inf), a declared domain
+    (outside it the compiled call is constant); None for abs and undeclared calls."""
+    if c.func == "clip":
+        return tuple(c.fargs)
+    if c.func == "relu":
+        return (0.0, math.inf)
+    if c.func == "abs":
+        return None
+    return c.domain
+
+
+def active_interval(e: Expr, leaf: int, env: dict, bounds: tuple = (-math.inf, math.inf),
+                    declared_only: bool = False):
+    """An interval of the leaf outside which e (its calls clamped to their domains) is
+    constant: the leaf's bounds narrowed by every clip, relu and declared domain it passes
+    through, through PL steps exactly (else the argument's own interval). None: e does not
+    depend on the leaf. `declared_only`: narrow by declared domains only — outside that
+    interval some declared domain is left, so the compiled piece is wrong there (its domain
+    check); clip and relu saturate exactly and need no check."""
+    if isinstance(e, Leaf):
+        return tuple(bounds) if e.atom == leaf else None
+    if isinstance(e, Const):
+        return None
+    if isinstance(e, Call):
+        inner = active_interval(e.arg, leaf, env, bounds, declared_only)
+        clamp = clamp_set(e)
+        if declared_only and e.func in EXACT_PL:
+            clamp = None
+        if inner is None or clamp is None:
+            return inner
+        f = pl_of(e.arg, leaf, env)
+        if f is None:
+            return inner
+        return f.preimage_hull(*clamp, inner)
+    parts = [x for x in (active_interval(e.a, leaf, env, bounds, declared_only),
+                         active_interval(e.b, leaf, env, bounds, declared_only)) if x is not None]
+    if not parts:
+        return None
+    return min(p[0] for p in parts), max(p[1] for p in parts)
+
+
 def shape_key(e: Expr, cont: int | None, gates) -> tuple:
     """e with its leaves renamed (the real leaf `u`, the gates s0, s1, …), sums and products
     in a canonical order: the same function of (u, signs) gives the same key, so the fits of
@@ -185,4 +363,5 @@ def shape_key(e: Expr, cont: int | None, gates) -> tuple:
 
 
 __all__ = ["Leaf", "Const", "Sum", "Product", "Call", "Expr", "Elementwise", "leaves", "calls",
-           "tolerances", "evaluate", "to_text", "affine", "pulled_back_domains", "shape_key"]
+           "tolerances", "evaluate", "to_text", "affine", "pulled_back_domains", "shape_key",
+           "PLFunction", "pl_of", "active_interval", "BOUND", "EXACT_PL"]

@@ -24,7 +24,8 @@ from ..errors import ApproxError, CompileError
 from ..language.checker import TOKEN
 from . import refine
 from .dataflow import DataflowGraph
-from .elementwise import Call, Const, Elementwise, Leaf, Product, Sum, affine, calls, leaves
+from .elementwise import (BOUND, Call, Const, Elementwise, Leaf, Product, Sum, affine, calls,
+                          leaves)
 from .heads import realizable
 from .pieces import MAX_SIGN_LEAVES, PieceBuilder
 from .poly import (MAX_FACTORS, Atom, AtomTable, Mono, Poly, add_polys, max_degree, mul_polys,
@@ -56,6 +57,7 @@ class Lowering:
         self._choices: dict[tuple, tuple] = {}          # (kind, domain, tol, rel) → refine.choose
         self._refined: dict[int, list[int]] = {}        # call → its seed and iterate nodes
         self._chains: dict[tuple, int] = {}             # (argument, refinement) → that call
+        self.user_bounds: dict[int, tuple] = {}         # atom → the user's `(x) on [lo, hi]`
 
     def error(self, msg, nid):
         return CompileError(msg, self.g.nodes[nid]["loc"], source=self.df.source)
@@ -168,6 +170,8 @@ class Lowering:
             return {Mono(()): 1.0}
         if op == "call":
             return self.call(nid)
+        if op == "bound":
+            return self.bound(nid)
         if op == "ewmul":
             a, b = (self.ew_operand(x, allow_products=False) for x in args)
             if len(self.real_leaves(Product(a, b))) <= 1:
@@ -222,6 +226,37 @@ class Lowering:
         return Elementwise(Call(node["func"], node["fargs"], arg, node["domain"], node["tol"],
                                 rel, note=self.notes.get(nid, ""), line=line),
                            tol=node["tol"], rel=rel)
+
+    def bound(self, nid) -> Poly | Elementwise:
+        """`(x) on [lo, hi]`: x itself. Inside an elementwise tree it stays a call (the
+        identity on a declared domain, which the piece's fit domain and check honour); a
+        stored x (one atom, scaled) takes the bound on the atom; any other polynomial keeps
+        it on this node, which a piece reading it stores with its bounds."""
+        node = self.g.nodes[nid]
+        arg, (lo, hi) = node["args"][0], node["domain"]
+        p = self.polys[arg]
+        if isinstance(p, Elementwise):
+            e = self.ew_operand(arg, allow_products=False)
+            line = node["loc"].line if node["loc"] is not None else None
+            return Elementwise(Call(BOUND, (), e, (lo, hi), None, line=line), tol=p.tol, rel=p.rel)
+        if len(p) == 1:
+            (m, c), = p.items()
+            factors = [a for a, t in m.chain] + list(m.scalars)
+            if m.degree == 1 and len(factors) == 1 and c != 0.0:
+                a = factors[0]
+                ends = sorted((lo / c, hi / c))
+                old = self.user_bounds.get(a, (-math.inf, math.inf))
+                self.user_bounds[a] = (max(old[0], ends[0]), min(old[1], ends[1]))
+        return dict(p)
+
+    def leaf_bounds(self, a, bounds: tuple | None) -> tuple | None:
+        """`bounds` narrowed by the user's `(x) on [lo, hi]` of that atom, if any."""
+        user = self.user_bounds.get(a)
+        if user is None:
+            return bounds
+        if bounds is None:
+            return user
+        return max(bounds[0], user[0]), min(bounds[1], user[1])
 
     # ---- scalar division and roots: seed + Newton in heads (refine.py) ------------------------
     def refined_call(self, nid) -> Poly | None:
@@ -405,6 +440,8 @@ class Lowering:
                     bounds[cont] = (node_c["lo"], node_c["hi"])
                 elif cont in self.piece_ranges:
                     bounds[cont] = self.piece_ranges[cont]
+                if self.leaf_bounds(cont, bounds.get(cont)) is not None:
+                    bounds[cont] = self.leaf_bounds(cont, bounds.get(cont))
             try:
                 piece = self.pieces.unary(e, cont, gates, bounds, self.names(), loc_error,
                                           tol=ew.tol, rel=ew.rel)
@@ -442,15 +479,21 @@ class Lowering:
                                     nid) from None
 
     def bounds_of(self, atom_id, nid):
+        found = self.leaf_bounds(atom_id, self._known_bounds(atom_id))
+        if found is None:
+            raise self.error("a product of two real values needs bounds on both: give the "
+                             f"factor '{self.names().get(atom_id, atom_id)}' a domain or an "
+                             "input assumption", nid)
+        return found
+
+    def _known_bounds(self, atom_id):
         node = self.g.nodes[atom_id]
         if atom_id in self.piece_ranges and (math.isfinite(self.piece_ranges[atom_id][0]) and
                                              math.isfinite(self.piece_ranges[atom_id][1]) or "lo" not in node):
             return self.piece_ranges[atom_id]       # else an exact piece (relu): the checker's bounds
         if "lo" in node:
             return (node["lo"], node["hi"])
-        raise self.error("a product of two real values needs bounds on both: give the "
-                         f"factor '{self.names().get(atom_id, atom_id)}' a domain or an input "
-                         "assumption", nid)
+        return None
 
     def names(self) -> dict:
         """Leaf names for labels: the program's variable, else what computes it."""

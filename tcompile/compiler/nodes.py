@@ -28,6 +28,9 @@ Operations (attribute OP), with their arguments (attribute ARGS, node ids) and m
                           (k, c) is the constant ones block `ones(k, c)` (an exact MLP piece
                           with no input), which `sum` over a small axis and a scalar added
                           to a matrix use
+    bound     a           a itself, with the user's `(a) on [lo, hi]` as DOMAIN (LO/HI the
+                          bounds, intersected with the checker's): the domain of the pieces
+                          that read it, checked at run time like every domain
 
 Division by a runtime value is `call reciprocal` on the divisor, with the DOMAIN the checker
 resolved (`a / b on [lo, hi]`, or b's bounds) and the division's own TOL/TOL_REL, times the
@@ -38,7 +41,7 @@ min(u, v) is u − relu(u − v): add, scale and call nodes. Nodes are hash-cons
 from __future__ import annotations
 
 OPS = frozenset({"input", "const", "n", "inv_n", "ones", "eye", "pattern", "matmul", "T", "add", "scale",
-                 "smul", "ewmul", "call"})
+                 "smul", "ewmul", "call", "bound"})
 
 # attribute → what it holds. Every node has the first four.
 OP = "op"                # str, one of OPS
@@ -57,7 +60,8 @@ K = "k"                  # eye: its size (None: unsized)
 C = "c"                  # scale: the compile-time coefficient
 FUNC = "func"            # call: the scalar function's name (language/functions.py)
 FARGS = "fargs"          # call: extra constant arguments (clip's bounds)
-DOMAIN = "domain"        # call: the declared `on [lo, hi]`, or the argument's bounds, or None
+DOMAIN = "domain"        # call: the declared `on [lo, hi]`, or the argument's bounds, or None;
+                         #   bound: the user's interval
 TOL = "tol"              # call/ewmul: the statement's (or call's) error budget, or None
 TOL_REL = "tol_rel"      # call: present (True) when TOL is relative (`tol rel eps`:
                          #   |error| <= eps·|exact value|); absent when TOL is absolute

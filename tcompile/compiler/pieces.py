@@ -28,14 +28,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .approx import PLApprox, approximate_callable, power_relative
-from .elementwise import Expr, affine, calls, evaluate, pulled_back_domains, shape_key, to_text
+from .elementwise import (BOUND, Expr, active_interval, affine, calls, evaluate, pl_of,
+                          pulled_back_domains, shape_key, to_text)
 
 DEFAULT_TOL = 1e-6
 MAX_SIGN_LEAVES = 2
 
 # ---- exact piecewise-linear expressions ----------------------------------------------------
 
-PL_CALLS = {"relu", "abs", "clip"}
+PL_CALLS = {"relu", "abs", "clip", BOUND}      # a bound is the identity: exact where it holds
 
 
 def exact_pl(e: Expr, cont, env, label: str, tol: float) -> PLApprox | None:
@@ -47,10 +48,14 @@ def exact_pl(e: Expr, cont, env, label: str, tol: float) -> PLApprox | None:
     kinks = []
     for c in found:
         aff = affine(c.arg, cont, env) if cont is not None else (0.0, 0.0)
-        if aff is None:
-            return None                      # nested PL calls: left to the general fit
+        if aff is None:                      # nested PL calls: the kinks of the composition
+            pl = pl_of(e, cont, env)
+            if pl is None:
+                return None
+            kinks = list(pl.knots)
+            break
         if aff[0] != 0.0:
-            levels = [0.0] if c.func != "clip" else list(c.fargs)
+            levels = list(c.fargs) if c.func == "clip" else [] if c.func == BOUND else [0.0]
             kinks += [(lv - aff[1]) / aff[0] for lv in levels]
     kinks = sorted(set(kinks))
     f = _leaf_function(e, cont, env)
@@ -123,6 +128,9 @@ class UnaryPiece:
     kind: str = "unary"
     approximations: list[Approximation] = field(default_factory=list)
     offsets: dict[tuple, float] = field(default_factory=dict)   # pattern → constant added
+    # where the leaf must stay for the piece to be right, when not [lo, hi]: a domain found
+    # by saturation (clip(u, -2, 2) ** 2 is fitted on [-2, 2] and exact beyond) is wider
+    checked: tuple | None = None
 
     @property
     def inputs(self) -> list[int]:
@@ -186,21 +194,21 @@ class PieceBuilder:
             rel = any(c.rel and c.tol == tol for c in tight)
         label = to_text(e, names)
         if rel:
-            lo, hi = self._domain(e, cont, gates, [()] if not gates else
-                                  list(itertools.product((1.0, -1.0), repeat=len(gates))),
-                                  bounds, label, names, loc_error)
+            lo, hi, _ = self._domain(e, cont, gates, [()] if not gates else
+                                     list(itertools.product((1.0, -1.0), repeat=len(gates))),
+                                     bounds, label, names, loc_error, saturate=False)
             return self._relative(e, cont, gates, lo, hi, tol, label, loc_error)
         patterns = list(itertools.product(*[(1.0, -1.0) if kind == "sign" else (1.0, 0.0)
                                              for _, kind in gates]))
         exact = self._exact_piece(e, cont, gates, patterns, bounds, label, tol)
         if exact is not None:
             return exact
-        lo, hi = self._domain(e, cont, gates, patterns, bounds, label, names, loc_error)
+        lo, hi, checked = self._domain(e, cont, gates, patterns, bounds, label, names, loc_error)
         key = shape_key(e, cont, gates)
         fits: dict[tuple, PLApprox] = {}
         grid = np.linspace(lo, hi, 257)
         for pat in patterns:
-            f = _leaf_function(e, cont, _pattern_env(gates, pat))
+            f = _leaf_function(e, cont, _pattern_env(gates, pat), clamped=checked is not None)
             fits[pat] = (f, f(grid))
         # patterns whose functions differ by constants share one fit plus gated constants:
         # p(1 − p) does not depend on y at all, y·σ(−y z) = σ(−z) + (y − 1)/2
@@ -222,7 +230,8 @@ class PieceBuilder:
             bad = np.asarray(pl.values)
             if not np.all(np.isfinite(bad)):
                 raise loc_error(f"{label} is not finite on [{lo:g}, {hi:g}]")
-        piece = UnaryPiece(cont, gates_used, branches, lo, hi, label, offsets=offsets)
+        piece = UnaryPiece(cont, gates_used, branches, lo, hi, label, offsets=offsets,
+                           checked=checked)
         choice = "; ".join(c.note for c in calls(e) if c.note)
         for pat, pl in branches.items():
             suffix = "" if not pat else " [" + ", ".join(
@@ -266,13 +275,27 @@ class PieceBuilder:
         return piece
 
     @staticmethod
-    def _domain(e, cont, gates, patterns, bounds, label, names, loc_error) -> tuple[float, float]:
+    def _domain(e, cont, gates, patterns, bounds, label, names, loc_error,
+                saturate=True) -> tuple[float, float, tuple | None]:
         """Where the piece is fitted: the declared domains pulled back to the leaf, for every
         sign pattern, intersected with the leaf's own bounds; [0, 1] for a function of
-        signs only (its leaf-free value is read at any point)."""
+        signs only (its leaf-free value is read at any point). An ungated piece is narrowed
+        further to where it varies (`active_interval`: clip, relu and declared domains,
+        through PL steps): it is then fitted with its calls clamped to their domains, and the
+        third value is the interval its domain check watches (declared domains only); None
+        where nothing was narrowed."""
         lo, hi = _leaf_interval(e, cont, gates, patterns, bounds)
+        checked = None
         if cont is None:
             lo, hi = 0.0, 1.0
+        elif saturate and not gates:
+            leaf_bounds = bounds.get(cont, (-math.inf, math.inf))
+            active = active_interval(e, cont, {}, leaf_bounds)
+            if active is not None and (active[0] > lo or active[1] < hi):
+                declared = active_interval(e, cont, {}, leaf_bounds, declared_only=True)
+                declared = declared or (-math.inf, math.inf)
+                checked = (max(lo, declared[0]), min(hi, declared[1]))
+                lo, hi = max(lo, active[0]), min(hi, active[1])
         if not (math.isfinite(lo) and math.isfinite(hi)):
             if not calls(e):
                 raise loc_error(f"{label}: a sign or flag times a real value is exact only on a "
@@ -283,7 +306,7 @@ class PieceBuilder:
         if not lo < hi:
             raise loc_error(f"the domains declared inside {label} leave no room for "
                             f"{names.get(cont, 'its argument')} ([{lo:g}, {hi:g}])")
-        return lo, hi
+        return lo, hi, checked
 
     def _exact_piece(self, e, cont, gates, patterns, bounds, label, tol) -> UnaryPiece | None:
         """relu/abs/clip/sign-products need no approximation: exact ReLU forms, no domain
@@ -335,11 +358,12 @@ def _pattern_env(gates, pat) -> dict:
     return {g: v for (g, _), v in zip(gates, pat)}
 
 
-def _leaf_function(e, cont, env):
-    """e as a function of the leaf's values u (float arrays of u's shape), gates fixed by env."""
+def _leaf_function(e, cont, env, clamped=False):
+    """e as a function of the leaf's values u (float arrays of u's shape), gates fixed by env
+    (`clamped`: calls read their arguments clamped to their domains, elementwise.evaluate)."""
     def f(u):
-        return np.broadcast_to(evaluate(e, {**env, cont: u} if cont is not None else env),
-                               np.shape(u)).astype(float)
+        return np.broadcast_to(evaluate(e, {**env, cont: u} if cont is not None else env,
+                                        clamped), np.shape(u)).astype(float)
     return f
 
 

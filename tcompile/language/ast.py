@@ -66,6 +66,19 @@ class Index:
 
 
 @dataclass(frozen=True)
+class Bound:
+    """`(expr) on [lo, hi]`: the user's word that every entry of expr lies in [lo, hi] — a
+    bound the checker uses like an input assumption, and the compiled model checks where a
+    piece reads the value (`check_domains`). A trailing `tol` is the statement's, or, on a
+    divisor, the reciprocal's (the parser moves it there)."""
+    operand: "Expr"
+    domain: "Interval"
+    loc: SourceLocation
+    tol: "Expr | None" = None
+    tol_rel: bool = False
+
+
+@dataclass(frozen=True)
 class Interval:
     lo: "Expr"
     hi: "Expr"

@@ -26,7 +26,7 @@ import numpy as np
 from . import ast
 from .functions import EXACT as _EXACT_FUNCTIONS
 from .types import (TOKEN, Ty, Val, _divisible, _interval, check_holdable,  # noqa: F401 (re-exported)
-                    elementwise_shape, fmt_shape, is_square, matmul_shape)
+                    elementwise_shape, fmt_shape, is_square, matmul_shape, power_interval)
 from ..errors import ParamError, ProgramError, SourceLocation
 
 SCALAR_FUNCTIONS = {"sigmoid", "sqrt", "reciprocal", "exp", "log", "softplus", "abs", "relu"}
@@ -37,6 +37,7 @@ BUILTINS = SCALAR_FUNCTIONS | {"clip"} | STRUCTURAL_FUNCTIONS
 RESERVED = {TOKEN, "I"} | BUILTINS
 MAX_UNROLLED_STATEMENTS = 200_000
 MAX_CALL_DEPTH = 50
+MAX_WHOLE_POWER = 16          # x ** k of a runtime value: one fitted function of x, k <= this
 
 _FUNC_RANGE = {  # image of a monotone function on an interval; None where undefined
     "sigmoid": lambda lo, hi: (_sig(lo), _sig(hi)),
@@ -364,6 +365,8 @@ class Walker:
         if isinstance(e, ast.Index):
             from .indexing import index_value
             return index_value(self, e, env)
+        if isinstance(e, ast.Bound):
+            return self._bound(e, env)
         raise TypeError(f"unknown expression node {e!r}")  # pragma: no cover - parser makes none
 
     def _name(self, e: ast.Name, env) -> Val:
@@ -404,12 +407,15 @@ class Walker:
                 if isinstance(value, complex) or not math.isfinite(value):
                     raise self.err("this power has no finite real value", e.loc)
                 const = float(value)
-            if ta.const is None and tb.const not in (1.0, 2.0, 0.5, -1.0):
+            whole = tb.const == int(tb.const) and 1 <= tb.const <= MAX_WHOLE_POWER
+            if ta.const is None and not whole and tb.const not in (0.5, -1.0):
                 raise self.err(f"unsupported exponent {tb.const:g} on a runtime value", e.right.loc,
-                               expected="0.5, 1, 2 or -1 (or sqrt/reciprocal)")
+                               expected=f"a whole number from 1 to {MAX_WHOLE_POWER}, 0.5 or -1 "
+                                        "(or sqrt/reciprocal)")
             if ta.const is None and tb.const in (0.5, -1.0):
                 self._power_domain(e, ta, tb.const)
-            return self.apply("**", Ty(ta.shape, const=const, lo=const, hi=const,
+            lo, hi = (const, const) if const is not None else power_interval(ta, tb.const)
+            return self.apply("**", Ty(ta.shape, const=const, lo=lo, hi=hi,
                                        symmetric=False), (a, b), e)
         if op == "/":
             node = self._division(e, ta, tb, env or {})
@@ -432,6 +438,32 @@ class Walker:
         return self.apply(op, Ty(shape, const=const, lo=lo, hi=hi, symmetric=bool(sym),
                                  sign=sign, flag=op == "*" and ta.flag and tb.flag), (a, b),
                           e if node is None else node)
+
+    def _bound(self, e: ast.Bound, env) -> Val:
+        """`(expr) on [lo, hi]`: the value, with the user's bounds (trusted like a declared
+        domain, intersected with what the checker knows; the compiled model checks them)."""
+        if e.tol is not None:
+            raise self.err("a 'tol' after '(expr) on [lo, hi]' belongs to a division "
+                           "(a / (b) on [lo, hi] tol eps) or to the end of a statement",
+                           e.tol.loc, expected="the tol at the end of the statement")
+        a = self.eval(e.operand, env)
+        t = a.ty
+        if t.shape is None:
+            raise self.err("'on [lo, hi]' of I: the size of I is unknown here", e.loc,
+                           expected="a value of known shape")
+        lo, hi = self._declared_domain(e, env)
+        if t.const is not None:
+            raise self.err(f"'on [lo, hi]' bounds a runtime value; this one is the number "
+                           f"{t.const:g}", e.domain.loc, expected="no 'on' here")
+        if t.bounded:
+            if t.hi < lo or t.lo > hi:
+                raise self.err(f"the declared [{lo:g}, {hi:g}] misses every value this "
+                               f"expression can take ([{t.lo:g}, {t.hi:g}])", e.domain.loc,
+                               expected="an interval that meets the value's known bounds")
+            lo, hi = max(lo, t.lo), min(hi, t.hi)
+        ty = replace(t, lo=lo, hi=hi, sign=t.sign and lo <= -1 and hi >= 1,
+                     flag=t.flag and lo <= 0 and hi >= 1)
+        return self.apply("bound", ty, (a,), (e, (lo, hi)))
 
     def _division(self, e: ast.BinOp, ta: Ty, tb: Ty, env):
         """Check `a / b [on [lo, hi] [tol [rel] eps]]`. A runtime divisor (other than `n`) needs
@@ -539,7 +571,7 @@ class Walker:
             raise self.err(f"{func}() of I: the size of I is unknown here", arg.loc,
                            expected="a value of known shape")
 
-    def _declared_domain(self, e: ast.Call | ast.BinOp, env) -> tuple[float, float] | None:
+    def _declared_domain(self, e: ast.Call | ast.BinOp | ast.Bound, env) -> tuple[float, float] | None:
         """The `on [lo, hi]` of a builtin call or a division as numbers (None without one);
         never empty."""
         if e.domain is None:

@@ -40,6 +40,8 @@ class NumpyWalker(Walker):
             return _ScaledIdentity(1.0)
         if op == "neg":
             return -xs[0]
+        if op == "bound":          # the user's bound: trusted, the value unchanged
+            return xs[0]
         if op == "T":
             x = xs[0]
             return x if isinstance(x, _ScaledIdentity) or np.ndim(x) < 2 else x.T

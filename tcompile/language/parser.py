@@ -74,8 +74,22 @@ class _ToAst(Transformer):
             return ast.BinOp(op, children[0], children[1], self._loc(meta))
         return method
 
-    add, sub, mul, div = _bin("+"), _bin("-"), _bin("*"), _bin("/")
+    add, sub, mul = _bin("+"), _bin("-"), _bin("*")
     matmul, pow = _bin("@"), _bin("**")
+
+    def div(self, meta, children):
+        """`a / b`; `a / (b) on [lo, hi] [tol eps]` is the divisor's domain (and the
+        reciprocal's budget), the same node as `a / b on [lo, hi]`."""
+        left, right = children
+        if isinstance(right, ast.Bound):
+            return ast.BinOp("/", left, right.operand, self._loc(meta), right.domain, right.tol,
+                             right.tol_rel)
+        return ast.BinOp("/", left, right, self._loc(meta))
+
+    def bounded(self, meta, children):
+        operand, domain, tol = children
+        value, rel = tol if tol is not None else (None, False)
+        return ast.Bound(operand, domain, self._loc(meta), value, rel)
 
     def div_on(self, meta, children):
         left, right, domain, tol = children
@@ -115,7 +129,13 @@ class _ToAst(Transformer):
     # statements
     def assign(self, meta, children):
         value, rel = children[2] if children[2] is not None else (None, False)
-        return ast.Assign(str(children[0]), children[1], self._tok_loc(children[0]), value, rel)
+        expr = children[1]
+        if isinstance(expr, ast.Bound) and expr.tol is not None and value is None:
+            # `x = (e) on [lo, hi] tol eps`: the grammar hands the tol to the bound; it is the
+            # statement's budget
+            value, rel = expr.tol, expr.tol_rel
+            expr = ast.Bound(expr.operand, expr.domain, expr.loc)
+        return ast.Assign(str(children[0]), expr, self._tok_loc(children[0]), value, rel)
 
     def repeat(self, meta, children):
         return ast.Repeat(children[0], children[1], self._loc(meta))

@@ -67,6 +67,27 @@ def _interval(op, a: Ty, b: Ty):
     return None, None
 
 
+def power_interval(a: Ty, p: float):
+    """Bounds on x ** p for x in [a.lo, a.hi] (p a whole number >= 1, or 0.5 and -1 where the
+    checker found them defined)."""
+    if not a.bounded:
+        return None, None
+    lo, hi = a.lo, a.hi
+    if p == 0.5:
+        return (math.sqrt(lo), math.sqrt(hi)) if lo >= 0 else (None, None)
+    if p == -1.0:
+        return (1 / hi, 1 / lo) if lo > 0 or hi < 0 else (None, None)
+    if p != int(p) or p < 1:
+        return None, None
+    try:
+        ends = [lo ** p, hi ** p]
+    except OverflowError:
+        return None, None
+    if int(p) % 2 == 0 and lo < 0 < hi:
+        return 0.0, max(ends)
+    return min(ends), max(ends)
+
+
 def elementwise_shape(op: str, a: Ty, b: Ty, loc, src) -> tuple | None:
     sa, sb = a.shape, b.shape
     if sa is None or sb is None:

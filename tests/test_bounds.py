@@ -1,0 +1,155 @@
+"""Bounds that flow (issue 18 §1): through clip, abs, max, min, relu, products and sums of
+bounded values, and the user's `(expr) on [lo, hi]`; kept by the lowering when it fuses.
+
+Every compiled model is judged against the reference interpreter (float64, exact functions);
+where a domain comes from saturation (clip) the piece is exact beyond it and no check fires,
+where it comes from a declared domain `check_domains` says when data leaves it.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tcompile
+from tcompile.compiler.elementwise import Call, Leaf, PLFunction, active_interval, pl_of
+from tcompile.language.checker import check_program
+from tcompile.language.parser import parse_source
+
+CLIPPED_SQUARE = """program clipped_square
+dim d = 3
+input A : [n, d] assume row_norm <= 1
+input x : [d]
+output v
+g = clip(A @ x, -2, 2)
+v = g * g
+"""
+
+FLOORED_RECIPROCAL = """program floored_reciprocal
+input y : [n]
+input z : [n]
+output w
+w = 0.1 / (max(abs(y - z), 0.1)) on [0.1, 6]
+"""
+
+
+def _interpret(src, **inputs):
+    return tcompile.interpret_program(parse_source(src), None, **inputs)
+
+
+def test_a_clipped_value_squared_compiles_exact_beyond_the_clip():
+    """clip(A @ x) is unbounded inside (x has no bounds) but constant beyond ±2: the fused
+    piece is fitted on [-2, 2], clamps beyond, and matches the interpreter everywhere."""
+    prog = tcompile.compile_source(CLIPPED_SQUARE)
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(40, 3))
+    A /= np.linalg.norm(A, axis=1, keepdims=True)
+    x = rng.normal(size=3) * 3                         # |A @ x| well beyond 2 for many rows
+    assert np.abs(A @ x).max() > 3
+    want = _interpret(CLIPPED_SQUARE, A=A, x=x)["v"]
+    got = prog.run(A=A, x=x)["v"]
+    assert np.max(np.abs(got - want)) <= 1e-6
+    assert not any(row["outside"] for row in prog.check_domains(A=A, x=x))
+
+
+def test_a_reciprocal_of_a_floored_abs_compiles_and_checks_its_declared_domain():
+    prog = tcompile.compile_source(FLOORED_RECIPROCAL)
+    rng = np.random.default_rng(1)
+    y, z = rng.uniform(-3, 3, 50), rng.uniform(-3, 3, 50)
+    want = _interpret(FLOORED_RECIPROCAL, y=y, z=z)["w"]
+    got = prog.run(y=y, z=z)["w"]
+    assert np.max(np.abs(got - want)) <= 1e-6
+    (row,) = prog.check_domains(y=y, z=z)
+    assert (row["lo"], row["hi"]) == (-6.0, 6.0) and not row["outside"]
+    far = prog.check_domains(y=y + 10, z=z)            # |y - z| > 6: the declared domain is left
+    assert far[0]["outside"]
+
+
+def test_the_users_on_bounds_any_parenthesised_expression():
+    src = """program bounded
+dim d = 3
+input A : [n, d]
+input x : [d]
+input y : [n]
+output v, w, q
+g = (A @ x) on [-3, 3]
+v = g * g
+w = (y) on [-1, 1] * g tol 1e-4
+q = sigmoid((2 * y + 1) on [-2, 4])
+"""
+    prog = tcompile.compile_source(src)
+    rng = np.random.default_rng(2)
+    A, x, y = rng.uniform(-1, 1, (30, 3)), rng.uniform(-1, 1, 3), rng.uniform(-1, 1, 30)
+    want = _interpret(src, A=A, x=x, y=y)
+    got = prog.run(A=A, x=x, y=y)
+    assert np.max(np.abs(got["v"] - want["v"])) <= 1e-6
+    assert np.max(np.abs(got["w"] - want["w"])) <= 1e-4
+    assert np.max(np.abs(got["q"] - want["q"])) <= 1e-6
+    assert not any(r["outside"] for r in prog.check_domains(A=A, x=x, y=y))
+    rows = prog.check_domains(A=A, x=x * 10, y=y)      # A @ x leaves the user's [-3, 3]
+    assert any(r["outside"] for r in rows)
+
+
+def test_a_bound_on_a_divisor_is_the_division_domain_and_a_trailing_tol_the_statements():
+    a = parse_source("program p\ninput u : [n]\noutput w\nw = 1 / (u) on [1, 2] tol 1e-9\n")
+    b = parse_source("program p\ninput u : [n]\noutput w\nw = 1 / u on [1, 2] tol 1e-9\n")
+    div_a, div_b = a.body[0].value, b.body[0].value
+    assert (div_a.domain.lo.value, div_a.domain.hi.value) == (1.0, 2.0)
+    assert div_a.tol.value == div_b.tol.value == 1e-9
+    s = parse_source("program p\ninput u : [n]\noutput w\nw = (u) on [1, 2] tol 1e-3\n")
+    assert s.body[0].tol.value == 1e-3
+
+
+@pytest.mark.parametrize("expr, lo, hi", [
+    ("x ** 2", 0.0, 1.0),
+    ("(x + 1) ** 3", 0.0, 8.0),
+    ("max(abs(x - 1), 0.5) * clip(M, 0, 1) + relu(x)", 0.0, 3.0),
+    ("A @ x", None, None),                  # not bounded: it would grow with every loop
+    ("(A @ x) on [-2, 2] * 2", -4.0, 4.0),
+    ("(x) on [0, 3]", 0.0, 1.0),            # the user's bound, met with the input's
+])
+def test_the_checker_bounds_what_flows_through_exact_functions(expr, lo, hi):
+    from tcompile.language.checker import Walker, resolve_params
+    from tcompile.language import ast
+    src = f"""program p
+input A : [n, 3] in [-1, 1]
+input M : [3] in [-2, 2]
+input x : [3] in [-1, 1]
+output r
+r = {expr}
+"""
+    prog = parse_source(src)
+    seen = {}
+
+    class Spy(Walker):
+        def _assign(self, stmt, env):
+            super()._assign(stmt, env)
+            seen[stmt.target] = env[stmt.target].ty
+    Spy(prog, resolve_params(prog)).run()
+    assert (seen["r"].lo, seen["r"].hi) == (lo, hi)
+
+
+def test_pl_functions_compose_and_pull_domains_back_exactly():
+    u = 7
+    floor = Call("relu", (), Call("abs", (), Leaf(u), None, None), None, None)
+    f = pl_of(floor, u, {})
+    xs = np.linspace(-5, 5, 101)
+    assert np.allclose(f(xs), np.maximum(np.abs(xs), 0.0))
+    assert f.preimage_hull(1.0, 2.0, (-np.inf, np.inf)) == (-2.0, 2.0)
+    assert PLFunction.affine(2.0, 1.0).preimage_hull(-1.0, 3.0, (-np.inf, np.inf)) == (-1.0, 1.0)
+    clipped = Call("clip", (-2.0, 2.0), Leaf(u), None, None)
+    assert active_interval(clipped, u, {}) == (-2.0, 2.0)
+    assert active_interval(clipped, u, {}, declared_only=True) == (-np.inf, np.inf)
+    declared = Call("sigmoid", (), clipped, (-1.0, 1.0), None)
+    assert active_interval(declared, u, {}, declared_only=True) == (-1.0, 1.0)
+
+
+@pytest.mark.parametrize("body, message", [
+    ("w = (u) on [5, 6]", "misses every value"),
+    ("w = 1 + (u) on [0, 1] tol 1e-3 * 2", "belongs to a division"),
+    ("w = (2) on [0, 3]", "bounds a runtime value"),
+])
+def test_a_bound_that_cannot_hold_is_refused_at_the_bound(body, message):
+    src = f"program p\ninput u : [n] in [0, 1]\noutput w\n{body}\n"
+    with pytest.raises(tcompile.ProgramError, match=message) as err:
+        check_program(parse_source(src))
+    assert err.value.line == 4
