@@ -29,9 +29,11 @@ from typing import Callable
 import numpy as np
 
 from ..language import functions as _fn
+from ..language import portable_math as pm
 from ..errors import ApproxError
 
-FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = dict(_fn.EXACT)
+# Fits evaluate the bit-reproducible versions (portable_math's doc says why), not numpy's.
+FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = dict(pm.PORTABLE)
 PIECEWISE_LINEAR_EXACT = {"abs", "relu", "clip"}
 
 _GRID = 200_001        # dense check grid (plus knots, midpoints, 64 samples per interval)
@@ -197,13 +199,13 @@ def power_relative(name: str, p: float, lo: float, hi: float, rtol: float,
         raise ApproxError(f"{name}: a relative tolerance must be below 1, got {rtol:g}")
 
     def f(x):
-        return np.asarray(x, dtype=float) ** p
+        return pm.power(x, p)
 
     s = np.linspace(0.0, 1.0, 257)
 
     def band(q):                     # chord relative errors on [1, q], centred by the factor k
         x = 1 + (q - 1) * s
-        e = (1 + (q ** p - 1) * s) / x ** p - 1
+        e = (1 + (pm.power(q, p) - 1) * s) / pm.power(x, p) - 1
         k = 2 / (2 + e.max() + e.min())
         return k, max(k * (1 + e.max()) - 1, 1 - k * (1 + e.min()))
 
@@ -211,13 +213,13 @@ def power_relative(name: str, p: float, lo: float, hi: float, rtol: float,
     a, b = 0.0, 64.0                 # bisection on log q
     for _ in range(100):
         m = (a + b) / 2
-        a, b = (m, b) if band(np.exp(m))[1] <= target else (a, m)
-    q = float(np.exp(a))
-    count = int(np.ceil(np.log(hi / lo) / np.log(q))) if q > 1 else max_neurons + 1
+        a, b = (m, b) if band(pm.exp(m))[1] <= target else (a, m)
+    q = pm.exp(a)
+    count = int(np.ceil(pm.log(hi / lo) / pm.log(q))) if q > 1 else max_neurons + 1
     if count + 2 > max_neurons:
         raise ApproxError(f"{name} on [{lo:g}, {hi:g}] at relative tol {rtol:g}: needs "
                           f"{count + 2} neurons > max_neurons {max_neurons}")
-    t = np.minimum(lo * q ** np.arange(count + 1), hi)
+    t = np.minimum(lo * pm.exp(np.arange(count + 1) * pm.log(q)), hi)     # lo q**j
     t[-1] = hi
     t = np.unique(t)
     k = band(q)[0]
@@ -331,8 +333,13 @@ def _exact(name, f, lo, hi, tol, args):
 
 
 def _relu_eval(form, u):
+    """Σ_j c_j relu(a_j u + b_j), summed unit by unit in a fixed order (a matrix product
+    would let the BLAS kernel choose the order, and the measured error reaches the manifest)."""
     a, b, c = form
-    return np.maximum(np.multiply.outer(u, a) + b, 0.0) @ c
+    out = np.zeros(np.shape(u))
+    for aj, bj, cj in zip(a, b, c):
+        out = out + cj * np.maximum(aj * u + bj, 0.0)
+    return out
 
 
 def _convexity_sign(xg, fg, stride=64):
@@ -367,12 +374,12 @@ def _next_length(h, c, prev_h, prev_c, ok_h, bad_h, level, tries):
     trials) towards the chord-error level, kept inside the bracket [longest good, shortest
     bad] (with one side unknown, moved by bounded factors); every third try bisects, in case
     the secant stalls."""
-    p = np.clip(np.log(c / prev_c) / np.log(h / prev_h), 0.25, 4.0)
+    p = np.clip(pm.log(c / prev_c) / pm.log(h / prev_h), 0.25, 4.0)
     p = np.where(np.isfinite(p), p, 2.0)
-    hn = h * (level * (1 - 1.5 * _RTOL) / np.maximum(c, 1e-300)) ** (1 / p)
+    hn = h * pm.exp(pm.log(level * (1 - 1.5 * _RTOL) / np.maximum(c, 1e-300)) / p)
     ratio = bad_h / ok_h
-    low = np.where(np.isinf(bad_h), ok_h * (1 + _RTOL), ok_h * ratio**0.05)
-    high = np.where(np.isinf(bad_h), ok_h * 16, ok_h * ratio**0.95)
+    low = np.where(np.isinf(bad_h), ok_h * (1 + _RTOL), ok_h * pm.power(ratio, 0.05))
+    high = np.where(np.isinf(bad_h), ok_h * 16, ok_h * pm.power(ratio, 0.95))
     low = np.where(ok_h == 0, bad_h * 1e-6, low)
     high = np.where(ok_h == 0, bad_h * 0.9, high)
     hn = np.minimum(np.maximum(hn, low), high)

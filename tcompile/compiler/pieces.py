@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..language import portable_math as pm
 from .approx import PLApprox, approximate_callable, power_relative
 from .elementwise import (BOUND, Expr, active_interval, affine, calls, evaluate, pl_of,
                           pulled_back_domains, shape_key, to_text)
@@ -392,7 +393,7 @@ def _power_of(e, cont, lo, hi) -> tuple[float, float] | None:
     with np.errstate(all="ignore"):
         y = np.asarray(evaluate(e, {cont: x}), dtype=float)
     for p in (-1.0, -0.5, 0.5):
-        base = np.sign(x) * np.abs(x) ** p if p == -1.0 else np.abs(x) ** p
+        base = np.sign(x) * pm.power(np.abs(x), p) if p == -1.0 else pm.power(np.abs(x), p)
         c = y[0] / base[0]
         if np.all(np.isfinite(y)) and np.allclose(y, c * base, rtol=1e-12, atol=0):
             return float(c), p

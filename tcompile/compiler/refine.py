@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..errors import ApproxError
+from ..language import portable_math as pm
 from .approx import PLApprox, approximate_callable, power_relative
 
 NEURONS_PER_LAYER = 500      # what a layer of depth is worth in ReLU units, for the choice
@@ -153,7 +154,7 @@ def direct_neurons(kind: str, lo: float, hi: float, tol: float, relative: bool,
             return None
 
         def f(x):
-            return np.sign(x) * np.abs(x) ** p
+            return np.sign(x) * pm.power(np.abs(x), p)
         return approximate_callable(kind, f, lo, hi, tol, max_neurons=cap).neurons
     except ApproxError:
         return None

@@ -24,7 +24,7 @@ from dataclasses import replace
 import numpy as np
 
 from . import ast
-from .functions import EXACT as _EXACT_FUNCTIONS
+from . import portable_math as pm
 from .types import (TOKEN, Ty, Val, _divisible, _interval, check_holdable,  # noqa: F401 (re-exported)
                     elementwise_shape, fmt_shape, is_square, matmul_shape, power_interval)
 from ..errors import ParamError, ProgramError, SourceLocation
@@ -39,31 +39,18 @@ MAX_UNROLLED_STATEMENTS = 200_000
 MAX_CALL_DEPTH = 50
 MAX_WHOLE_POWER = 16          # x ** k of a runtime value: one fitted function of x, k <= this
 
-_FUNC_RANGE = {  # image of a monotone function on an interval; None where undefined
-    "sigmoid": lambda lo, hi: (_sig(lo), _sig(hi)),
-    "exp": lambda lo, hi: (_safe(math.exp, lo), _safe(math.exp, hi)),
-    "softplus": lambda lo, hi: (_softplus(lo), _softplus(hi)),
+# Image of a monotone function on an interval; None where undefined. Bounds reach the
+# weights (fit domains, gate margins), so they use the bit-reproducible functions.
+_FUNC_RANGE = {
+    "sigmoid": lambda lo, hi: (pm.sigmoid(lo), pm.sigmoid(hi)),
+    "exp": lambda lo, hi: (pm.exp(lo), pm.exp(hi)),
+    "softplus": lambda lo, hi: (pm.softplus(lo), pm.softplus(hi)),
     "sqrt": lambda lo, hi: (math.sqrt(lo), math.sqrt(hi)) if lo >= 0 else None,
-    "log": lambda lo, hi: (math.log(lo), math.log(hi)) if lo > 0 else None,
+    "log": lambda lo, hi: (pm.log(lo), pm.log(hi)) if lo > 0 else None,
     "reciprocal": lambda lo, hi: (1 / hi, 1 / lo) if lo > 0 or hi < 0 else None,
     "relu": lambda lo, hi: (max(lo, 0.0), max(hi, 0.0)),
     "abs": lambda lo, hi: (0.0 if lo <= 0 <= hi else min(abs(lo), abs(hi)), max(abs(lo), abs(hi))),
 }
-
-
-def _sig(x):
-    return 1 / (1 + math.exp(-x)) if x > -700 else 0.0
-
-
-def _safe(f, x):
-    try:
-        return f(x)
-    except OverflowError:
-        return math.inf
-
-
-def _softplus(x):
-    return x + math.log1p(math.exp(-x)) if x > 0 else math.log1p(math.exp(x))
 
 
 # ---- params --------------------------------------------------------------------------------
@@ -400,11 +387,12 @@ class Walker:
                                expected="a number or param")
             const = None
             if ta.const is not None:
-                try:
-                    value = ta.const ** tb.const
-                except (OverflowError, ZeroDivisionError):
-                    raise self.err("this power overflows or divides by zero", e.loc) from None
-                if isinstance(value, complex) or not math.isfinite(value):
+                # pm.power, not Python's **: the value may reach the weights (libm's pow
+                # differs by CPU in the last bit)
+                if ta.const == 0 and tb.const < 0:
+                    raise self.err("this power overflows or divides by zero", e.loc)
+                value = pm.power(ta.const, tb.const)
+                if not math.isfinite(value):
                     raise self.err("this power has no finite real value", e.loc)
                 const = float(value)
             whole = tb.const == int(tb.const) and 1 <= tb.const <= MAX_WHOLE_POWER
@@ -586,7 +574,7 @@ class Walker:
         """A builtin of a compile-time number, computed now; refused where it is not finite."""
         try:
             with np.errstate(all="ignore"):
-                value = float(_EXACT_FUNCTIONS[e.func](x))
+                value = float(pm.PORTABLE[e.func](x))
         except (ValueError, OverflowError, ZeroDivisionError):
             value = math.nan
         if not math.isfinite(value):

@@ -4,6 +4,7 @@ Run only when a change is MEANT to alter compiled artifacts, and say so in the c
 
     python tests/corpus/regenerate.py            # checksums of the existing programs
     python tests/corpus/regenerate.py --programs # also redraw the random programs (seeded)
+    python tests/corpus/regenerate.py --print    # print this machine's digests, write nothing
 
 The programs come from the random-program generators of tests/test_compile_random.py, driven
 by a seeded `random.Random` instead of hypothesis, and are kept as .tp files so the corpus does
@@ -25,12 +26,17 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 N_LINEAR, N_ELEMENTWISE = 32, 10
 
-# Each shipped program at its defaults and at one other setting.
+# The three seed programs at their defaults and at one other setting, and the other programs
+# of programs/ at their defaults (their fits exercise exp, log, log1p, powers and division).
 SHIPPED = [
     ("newton_inverse.tp", {}), ("newton_inverse.tp", {"steps": 7, "d": 3, "norm_bound": 2}),
     ("least_squares.tp", {}), ("least_squares.tp", {"steps": 5, "d": 6}),
     ("newton_logistic.tp", {}), ("newton_logistic.tp", {"steps": 3, "inv_steps": 4, "d": 3}),
-]
+] + [(name, {}) for name in (
+    "conjugate_gradient.tp", "cubic_newton_schulz.tp", "gd_least_squares.tp", "gd_logistic.tp",
+    "ista_lasso.tp", "jacobi.tp", "newton_logistic_warm.tp", "newton_schulz_sign.tp",
+    "newton_schulz_sqrt.tp", "power_iteration.tp", "ridge_newton_schulz.tp",
+    "softmax_regression.tp")]
 
 
 def artifact_digests(path: Path, params: dict | None) -> dict[str, str]:
@@ -89,11 +95,18 @@ def entry_id(path: Path, params: dict) -> str:
     return path.name + ("" if not params else " " + json.dumps(params, sort_keys=True))
 
 
+def all_digests() -> dict[str, dict[str, str]]:
+    return {entry_id(path, params): artifact_digests(path, params)
+            for path, params in corpus_entries()}
+
+
 def main() -> None:
+    if "--print" in sys.argv:        # the digests of this process's build, as JSON, nothing written
+        print(json.dumps(all_digests(), sort_keys=True))
+        return
     if "--programs" in sys.argv:
         draw_programs()
-    sums = {entry_id(path, params): artifact_digests(path, params)
-            for path, params in corpus_entries()}
+    sums = all_digests()
     (HERE / "checksums.json").write_text(json.dumps(sums, indent=1, sort_keys=True) + "\n")
     print(f"{len(sums)} artifacts hashed")
 

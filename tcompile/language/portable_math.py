@@ -1,0 +1,160 @@
+"""exp, log, log1p and powers whose float64 results are the same bits on every CPU.
+
+Why this module exists: numpy picks a SIMD implementation of exp/log/power by CPU (AVX-512
+SVML on one machine, AVX2 or libm on another) and glibc's libm picks FMA variants the same
+way. They all agree to about an ulp, but the compiler's knot search, its fitted values and its
+interval bounds feed those last bits into the weights, so the same program built on an AMD
+and an Intel machine gave different artifacts (issue 16). Everything here is built from
+IEEE-754 operations that are correctly rounded by definition: + − × ÷ and sqrt, exact
+scalings by powers of two (ldexp, frexp) and rint. numpy evaluates these elementwise without
+fusing (no FMA contraction across ufuncs), so the results depend on the inputs alone.
+
+The algorithms are fdlibm's (Sun Microsystems, 1993: e_exp.c, e_log.c), vectorised; both
+are within 1 ulp. log1p uses u = 1 + x and log(u)·x/(u − 1) (Goldberg 1991, a few ulps).
+Accuracy is checked against numpy and the interpreter in tests/test_portable_math.py; the
+reference interpreter itself keeps numpy (it is the oracle, and need not be reproducible
+bit for bit: only what reaches an artifact must).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_LN2_HI = 6.93147180369123816490e-01      # ln 2, its last 32 bits zero: k * _LN2_HI is exact
+_LN2_LO = 1.90821492927058770002e-10
+_INV_LN2 = 1.44269504088896338700e+00
+_EXP_OVER = 7.09782712893383973096e+02     # exp(x) overflows above this
+_EXP_UNDER = -7.45133219101941108420e+02   # and underflows to 0 below this
+_P = (1.66666666666666019037e-01, -2.77777777770155933842e-03, 6.61375632143793436117e-05,
+      -1.65339022054652515390e-06, 4.13813679705723846039e-08)
+_LG = (6.666666666666735130e-01, 3.999999999940941908e-01, 2.857142874366239149e-01,
+       2.222219843214978396e-01, 1.818357216161805012e-01, 1.531383769920937332e-01,
+       1.479819860511658591e-01)
+_SQRT_HALF = 0.70710678118654757
+
+
+def _array(x):
+    return np.asarray(x, dtype=np.float64)
+
+
+def _scalar_or_array(out, x):
+    return float(out) if np.ndim(x) == 0 else out
+
+
+def exp(x):
+    """e**x (fdlibm e_exp.c): x = k ln2 + r, |r| ≤ ln2/2, a rational approximation of e**r,
+    scaled by 2**k."""
+    xa = _array(x)
+    with np.errstate(all="ignore"):
+        finite = np.isfinite(xa) & (xa <= _EXP_OVER) & (xa >= _EXP_UNDER)
+        xs = np.where(finite, xa, 0.0)
+        k = np.rint(xs * _INV_LN2)
+        hi = xs - k * _LN2_HI
+        lo = k * _LN2_LO
+        r = hi - lo
+        t = r * r
+        c = r - t * (_P[0] + t * (_P[1] + t * (_P[2] + t * (_P[3] + t * _P[4]))))
+        y = 1.0 - ((lo - (r * c) / (2.0 - c)) - hi)
+        out = np.ldexp(y, k.astype(np.int64))
+        out = np.where(finite, out, np.where(xa > 0, np.inf, np.where(xa < 0, 0.0, xa)))
+    return _scalar_or_array(out, x)
+
+
+def log(x):
+    """Natural log (fdlibm e_log.c): x = 2**k m with √½ ≤ m < √2, f = m − 1, and
+    log(1 + f) from s = f / (2 + f) by a polynomial in s²."""
+    xa = _array(x)
+    with np.errstate(all="ignore"):
+        ok = np.isfinite(xa) & (xa > 0)
+        m, k = np.frexp(np.where(ok, xa, 1.0))            # m in [0.5, 1)
+        small = m < _SQRT_HALF
+        m = np.where(small, m * 2.0, m)
+        k = (k - small).astype(np.float64)
+        f = m - 1.0                                       # exact (Sterbenz)
+        s = f / (2.0 + f)
+        z = s * s
+        w = z * z
+        t1 = w * (_LG[1] + w * (_LG[3] + w * _LG[5]))
+        t2 = z * (_LG[0] + w * (_LG[2] + w * (_LG[4] + w * _LG[6])))
+        r = t2 + t1
+        hfsq = 0.5 * f * f
+        out = k * _LN2_HI - ((hfsq - (s * (hfsq + r) + k * _LN2_LO)) - f)
+        special = np.where(xa == 0, -np.inf, np.where(xa == np.inf, np.inf, np.nan))
+        out = np.where(ok, out, special)
+    return _scalar_or_array(out, x)
+
+
+def log1p(x):
+    """log(1 + x), accurate for tiny x: with u = 1 + x rounded, log(u) · x / (u − 1)."""
+    xa = _array(x)
+    with np.errstate(all="ignore"):
+        u = 1.0 + xa
+        d = u - 1.0
+        out = np.where(d == 0, xa, log(u) * (xa / np.where(d == 0, 1.0, d)))
+        out = np.where(np.isinf(xa) & (xa > 0), np.inf, out)
+    return _scalar_or_array(out, x)
+
+
+def power(x, p: float):
+    """x ** p for a constant p: halves and whole powers exactly as sqrt and products (in a
+    fixed order), anything else as exp(p log x) for x > 0 (a few ulps more per unit of
+    |p log x|). Negative x: whole p only; otherwise NaN, like numpy."""
+    xa = _array(x)
+    p = float(p)
+    with np.errstate(all="ignore"):
+        if p == 0.0:
+            out = np.ones_like(xa)
+        elif p == 0.5:
+            out = np.sqrt(xa)
+        elif p == -0.5:
+            out = 1.0 / np.sqrt(xa)
+        elif p.is_integer() and abs(p) <= 64:
+            out = _whole_power(xa, int(abs(p)))
+            if p < 0:
+                out = 1.0 / out
+        elif (2 * p).is_integer() and abs(p) <= 64:
+            out = _whole_power(np.sqrt(xa), int(abs(2 * p)))
+            if p < 0:
+                out = 1.0 / out
+        else:
+            out = exp(p * log(xa))
+            out = np.where(xa == 0, 0.0 if p > 0 else np.inf, out)
+            out = np.where(xa < 0, np.nan, out)
+    return _scalar_or_array(out, x)
+
+
+def _whole_power(x, n: int):
+    """x ** n by binary powering: the same products in the same order everywhere."""
+    result, base = np.ones_like(x), x
+    while n:
+        if n & 1:
+            result = result * base
+        n >>= 1
+        if n:
+            base = base * base
+    return result
+
+
+def sigmoid(x):
+    xa = _array(x)
+    e = exp(-np.abs(xa))
+    return _scalar_or_array(np.where(xa >= 0, 1.0 / (1.0 + e), e / (1.0 + e)), x)
+
+
+def softplus(x):
+    xa = _array(x)
+    return _scalar_or_array(np.maximum(xa, 0.0) + log1p(exp(-np.abs(xa))), x)
+
+
+# The language's scalar functions as the compiler evaluates them (same names as
+# functions.EXACT, which the interpreter uses).
+PORTABLE = {
+    "sigmoid": sigmoid,
+    "sqrt": np.sqrt,
+    "reciprocal": lambda x: 1.0 / np.asarray(x, dtype=np.float64),
+    "exp": exp,
+    "log": log,
+    "softplus": softplus,
+    "abs": np.abs,
+    "relu": lambda x: np.maximum(x, 0.0),
+    "square": np.square,
+}

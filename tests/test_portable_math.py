@@ -1,0 +1,61 @@
+"""portable_math against numpy and Python's math (independent implementations): within a few
+ulps everywhere, the same special values, and the compiler's fits use it."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from tcompile.compiler import approx
+from tcompile.language import functions, portable_math as pm
+
+RNG = np.random.default_rng(20261205)
+
+
+def ulps(got, want) -> float:
+    got, want = np.asarray(got, float), np.asarray(want, float)
+    return float(np.max(np.abs(got - want) / np.spacing(np.abs(want))))
+
+
+@pytest.mark.parametrize("name,fn,ref,xs,bound", [
+    ("exp", pm.exp, np.exp, np.concatenate([RNG.uniform(-745, 709.7, 50_000),
+                                            RNG.uniform(-1, 1, 20_000), RNG.uniform(-1e-9, 1e-9, 500)]), 1),
+    ("log", pm.log, np.log, np.concatenate([np.exp(RNG.uniform(-700, 700, 50_000)),
+                                            RNG.uniform(0.5, 2, 20_000), [5e-324, 1e-310, 1e308, 1.0]]), 1),
+    ("log1p", pm.log1p, np.log1p, np.concatenate([RNG.uniform(-0.999, 5, 20_000),
+                                                  RNG.uniform(-1e-10, 1e-10, 2_000),
+                                                  np.exp(RNG.uniform(-30, 30, 5_000))]), 2),
+    ("sigmoid", pm.sigmoid, functions.sigmoid, RNG.uniform(-40, 40, 20_000), 2),
+    ("softplus", pm.softplus, functions.softplus, RNG.uniform(-40, 40, 20_000), 3),
+])
+def test_within_a_few_ulps_of_numpy(name, fn, ref, xs, bound):
+    assert ulps(fn(xs), ref(xs)) <= bound
+
+
+@pytest.mark.parametrize("p,bound", [(-1, 0), (0.5, 0), (-0.5, 2), (2, 0), (3, 1), (-2, 2),
+                                     (1.5, 3), (1 / 3, 6), (0.7, 12), (-2.5, 8)])
+def test_powers_within_a_few_ulps_of_numpy(p, bound):
+    x = np.exp(RNG.uniform(-20, 20, 20_000))
+    assert ulps(pm.power(x, p), x ** p) <= bound
+
+
+def test_special_values_match_math():
+    assert np.isnan(pm.exp(np.nan)) and pm.exp(np.inf) == np.inf and pm.exp(-np.inf) == 0.0
+    assert pm.exp(800.0) == np.inf and pm.exp(-800.0) == 0.0 and pm.exp(0.0) == 1.0
+    assert pm.log(0.0) == -np.inf and pm.log(np.inf) == np.inf
+    assert np.isnan(pm.log(-1.0)) and np.isnan(pm.log(np.nan))
+    assert pm.log1p(-1.0) == -np.inf and pm.log1p(np.inf) == np.inf
+    assert pm.power(0.0, 0.7) == 0.0 and pm.power(0.0, -0.7) == np.inf
+    assert pm.power(-2.0, 3) == -8.0 and np.isnan(pm.power(-2.0, 0.7))
+    for x in (1e-300, 0.1, 1.0, 2.5, 700.0):
+        assert abs(pm.log(x) - math.log(x)) <= math.ulp(math.log(x))
+        assert abs(pm.exp(-x) - math.exp(-x)) <= 1.01 * math.ulp(math.exp(-x))
+    assert isinstance(pm.exp(1.0), float) and pm.exp(np.array([1.0])).shape == (1,)
+
+
+def test_the_fits_evaluate_the_portable_functions():
+    """The compiler's fits (approx.FUNCTIONS) are portable_math's, not numpy's SIMD ones."""
+    for name in ("exp", "log", "sigmoid", "softplus"):
+        assert approx.FUNCTIONS[name] is pm.PORTABLE[name]
+    assert set(pm.PORTABLE) == set(functions.EXACT)
