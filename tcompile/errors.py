@@ -44,8 +44,11 @@ class TcompileError(Exception):
     def column(self) -> int | None:
         return self.loc.column if self.loc else None
 
-    def format(self) -> str:
-        head = f"{self.loc}: error: {self.message}" if self.loc else f"error: {self.message}"
+    def format(self, label: str = "error: ") -> str:
+        """The error as the CLI prints it: ``FILE:LINE:COL: error: message``, the source line,
+        a caret under the column and what was expected (`label` is the word after the
+        location; `str(err)` leaves it out, since Python already prints the class name)."""
+        head = f"{self.loc}: {label}{self.message}" if self.loc else f"{label}{self.message}"
         lines = [head]
         if self.loc and self.source is not None:
             src_lines = self.source.split("\n")
@@ -58,7 +61,10 @@ class TcompileError(Exception):
         return "\n".join(lines)
 
     def __str__(self) -> str:
-        return self.format()
+        """``FILE:LINE:COL: message`` with the source line and caret, without the word
+        "error": a traceback already says `InputError: ...`, and `print(err)` in a user's
+        `except` block should not read "error: error: ..."."""
+        return self.format(label="")
 
 
 class ProgramSyntaxError(TcompileError):
@@ -92,3 +98,15 @@ class ArtifactError(TcompileError):
 class DomainError(TcompileError):
     """At run time a fitted MLP piece saw values outside the domain it was fitted on (it clamps
     there, so the result is wrong): raised by `run` after the run (runtime/domain_guard.py)."""
+
+
+class TcompileWarning(UserWarning):
+    """Base class of the warnings a run gives about its results (the CLI prints them)."""
+
+
+class NonFiniteOutputWarning(TcompileWarning):
+    """An output holds NaN or infinity: the computation overflowed (e.g. data near 1e308)."""
+
+
+class NotConvergedWarning(TcompileWarning):
+    """A halting run (`until=`) reached its step limit before a problem's variable settled."""

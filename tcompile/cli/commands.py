@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import sys
 import warnings
+from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
 
 from .common import EXIT_CHECK_FAILED, EXIT_OK, UsageError, parse_param_overrides
-from ..errors import InputError, TcompileError
+from ..errors import InputError, NonFiniteOutputWarning, TcompileError, TcompileWarning
 from .outputs import output_file, write_npz, writing
 from ..runtime.program import CompiledProgram
 
@@ -37,32 +38,43 @@ def cmd_build(args) -> int:
 def load_npz(path) -> dict[str, np.ndarray]:
     """Named arrays from an .npz archive, never unpickling; anything else is an InputError
     that says what the file is instead (numpy's own message for a non-archive talks about
-    pickles and `allow_pickle`, which is the wrong advice)."""
+    pickles and `allow_pickle`, which is the wrong advice). Only a regular file is opened (a
+    FIFO or a device such as /dev/zero is refused before one byte is read)."""
+    from ..runtime.files import open_regular
     path = Path(path)
     if path.is_dir():
         raise InputError(f"inputs {str(path)!r} is a directory, not an .npz file")
     try:
-        with path.open("rb") as f:
-            magic = f.read(6)
+        f = open_regular(path)
     except FileNotFoundError:
         raise InputError(f"no inputs file {str(path)!r}") from None
     except OSError as e:
         raise InputError(f"cannot read inputs {str(path)!r}: {e.strerror or e}") from None
-    if magic == b"\x93NUMPY":
-        raise InputError(f"inputs {str(path)!r} is a single .npy array, not an .npz archive of "
-                         f"named inputs: write one with numpy.savez(FILE, A=..., y=...)")
-    if not magic.startswith(b"PK"):
-        raise InputError(f"inputs {str(path)!r} is not an npz archive (numpy.savez writes one: "
-                         f"numpy.savez(FILE, A=..., y=...))")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError, KeyError) as e:
-        raise InputError(f"cannot read inputs {str(path)!r} as an npz archive of numeric "
-                         f"arrays: {e}") from None
-    except Exception as e:                          # zipfile.BadZipFile and friends
-        raise InputError(f"inputs {str(path)!r} is not a readable npz archive "
-                         f"({type(e).__name__}: {e})") from None
+    with f:
+        magic = f.read(6)
+        f.seek(0)
+        if magic == b"\x93NUMPY":
+            raise InputError(f"inputs {str(path)!r} is a single .npy array, not an .npz archive "
+                             f"of named inputs: write one with numpy.savez(FILE, A=..., y=...)")
+        if not magic.startswith(b"PK"):
+            raise InputError(f"inputs {str(path)!r} is not an npz archive (numpy.savez writes "
+                             f"one: numpy.savez(FILE, A=..., y=...))")
+        try:
+            with np.load(f, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        except ValueError as e:
+            if "allow_pickle" in str(e):
+                raise InputError(f"inputs {str(path)!r} holds an array of Python objects "
+                                 "(dtype=object), which tcompile does not unpickle: save "
+                                 "numbers, e.g. numpy.asarray(x, dtype=float)") from None
+            raise InputError(f"cannot read inputs {str(path)!r} as an npz archive of numeric "
+                             f"arrays: {e}") from None
+        except (OSError, EOFError, KeyError) as e:
+            raise InputError(f"cannot read inputs {str(path)!r} as an npz archive of numeric "
+                             f"arrays: {e}") from None
+        except Exception as e:                      # zipfile.BadZipFile and friends
+            raise InputError(f"inputs {str(path)!r} is not a readable npz archive "
+                             f"({type(e).__name__}: {e})") from None
 
 
 def load_artifact(path) -> CompiledProgram:
@@ -94,18 +106,35 @@ def cmd_run(args) -> int:
     if args.max_steps is not None and args.until is None:
         raise UsageError("--max-steps goes with --until")
     until = _until(args.until) if args.until is not None else None
-    with warnings.catch_warnings(record=True) as warned:     # --domains warn: one line each
+    with warnings.catch_warnings(record=True) as caught:   # --domains warn, halting: a line each
         warnings.simplefilter("always", RuntimeWarning)
+        warnings.simplefilter("always", TcompileWarning)
         out = prog.run(dtype=args.dtype, device=args.device, until=until,
                        max_steps=args.max_steps, domains=args.domains, **counts, **inputs)
-    for w in warned:                # a DomainError (--domains raise) exits 1 through main
-        print(f"warning: {w.message}", file=sys.stderr)
+    non_finite = _print_warnings(caught)   # a DomainError (--domains raise) exits 1 through main
     for name, value in out.items():
         print(f"{name} = {np.array2string(np.asarray(value), precision=10)}")
+    if non_finite is not None:             # NaN must not pass for a result: exit 1, no -o file
+        raise TcompileError(non_finite)
     if out_path is not None:
         write_npz(out_path, out)
         print(f"wrote {args.out}")
     return EXIT_OK
+
+
+def _print_warnings(caught) -> str | None:
+    """Print a run's warnings on stderr as `warning: ...`, except a NonFiniteOutputWarning,
+    whose message is returned (None if there is none) for the caller to decide: `run` makes it
+    an error, `check` a warning beside its FAIL."""
+    non_finite = None
+    for w in caught:
+        if issubclass(w.category, NonFiniteOutputWarning):
+            non_finite = str(w.message)
+        elif issubclass(w.category, (TcompileWarning, RuntimeWarning)):
+            print(f"warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return non_finite
 
 
 def _count(name: str, text: str) -> int:
@@ -134,8 +163,17 @@ def cmd_check(args) -> int:
     prog = compile_file(args.file, params=params, tol=args.tol, max_memory=args.max_memory,
                         progress=True, loops=args.loops)
     n = args.n or max(16, 2 * prog.layout.min_tokens)
+    if n < prog.layout.min_tokens:
+        raise UsageError(f"--n {n}: {prog.name} needs at least {prog.layout.min_tokens} tokens "
+                         "(its identity blocks and small matrices live in the first columns)")
+    prog.check_run_cost(args.batch, n)             # before drawing: --batch 100000000 is refused
     inputs = sample_inputs(prog.program, params, n=n, batch=args.batch, seed=args.seed)
-    got = prog.run(**inputs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TcompileWarning)
+        got = prog.run(**inputs)
+    non_finite = _print_warnings(caught)
+    if non_finite is not None:                     # check's comparison says FAIL for it
+        print(f"warning: {non_finite}", file=sys.stderr)
     want = interpret_program(prog.program, params, **inputs)
     rtol = args.rtol if args.rtol is not None else _check_tolerance(prog, inputs, want)
     rows = [_compare(name, got[name], want[name], rtol) for name in want]
@@ -180,6 +218,13 @@ def _check_tolerance(prog, inputs: dict, want: dict) -> float:
 
 
 def cmd_report(args) -> int:
+    """The model card of an artifact; given a .tp program, build it (into -o, build/ by
+    default) and print the card of what was built, as `tcompile build` does."""
+    if Path(args.artifact).suffix == ".tp":
+        return cmd_build(Namespace(file=args.artifact, out=args.out, param=args.param, tol=None,
+                                   max_memory=None, loops="unrolled"))
+    if args.param:
+        raise UsageError("-p goes with a .tp program (an artifact's params are built in)")
     prog = load_artifact(args.artifact)
     print(prog.report_text())
     return EXIT_OK
@@ -187,14 +232,13 @@ def cmd_report(args) -> int:
 
 def cmd_trace(args) -> int:
     from ..inspection.trace import format_trace, source_lines, write_trace
-    if args.out and Path(args.out).is_dir():
-        raise UsageError(f"-o {args.out!r} is a directory; trace writes one .csv or .json file")
+    out_path = output_file(args.out, inputs=args.inputs) if args.out is not None else None
     prog = load_artifact(args.artifact)
     rows = prog.trace(**load_npz(args.inputs))
     print(format_trace(rows, source_lines(prog)))
-    if args.out:
+    if out_path is not None:
         with writing(args.out):
-            write_trace(rows, Path(args.out))
+            write_trace(rows, out_path)
         print(f"wrote {args.out}")
     return EXIT_OK
 

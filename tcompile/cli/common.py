@@ -35,6 +35,41 @@ def positive_int(text: str) -> int:
     return value
 
 
+INT64_MAX = 2 ** 63 - 1
+
+
+def step_count(text: str) -> int:
+    """argparse type: a whole number from 1 to 2**63 - 1 (`--max-steps`: a step count has to
+    fit the int64 the run reports it in)."""
+    value = positive_int(text)
+    if value > INT64_MAX:
+        raise argparse.ArgumentTypeError(f"expected at most {INT64_MAX:,}, got {text}")
+    return value
+
+
+def seed(text: str) -> int:
+    """argparse type: a whole number >= 0 (what numpy's random generators accept as a seed)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+    return value
+
+
+def tolerance(text: str) -> float:
+    """argparse type of --tol: a number strictly between 0 and 1 (an approximation's error
+    budget; the compiler refuses any other, so the command line does too, as a usage error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), e.g. 1e-6, got {text}")
+    return value
+
+
 def positive_float(text: str) -> float:
     """argparse type: a finite number > 0 (a tolerance)."""
     try:
@@ -47,4 +82,5 @@ def positive_float(text: str) -> float:
 
 
 __all__ = ["EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_CHECK_FAILED", "UsageError",
-           "parse_param_overrides", "positive_int", "positive_float"]
+           "parse_param_overrides", "positive_int", "positive_float", "step_count", "seed",
+           "tolerance", "INT64_MAX"]

@@ -1,8 +1,9 @@
 """What the CLI's commands produce and may spend: output files (`run -o`), checked before any
 work and written atomically, and the memory a build may use (`--max-memory SIZE`).
 
-A result file is checked before the model runs (so a mistake costs nothing): it must not be a
-directory, and must not be the `--inputs` file it would silently overwrite (the same path, or
+A result file (`run -o`, `trace -o`) is checked before the model runs (so a mistake costs
+nothing): it must not be a directory, nor a device, FIFO or socket (a write renames a new
+file into place, which would replace /dev/null itself), and must not be the `--inputs` file it would silently overwrite (the same path, or
 another name for the same file). It is then written through runtime/files.py: the old file or
 the new one, never a truncated one, never a temporary left behind. A write that fails (a path
 through a file, no permission, a full disk) is a TcompileError naming the target (`writing`,
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from .common import UsageError
 from ..errors import TcompileError
-from ..runtime.files import atomic_write_bytes
+from ..runtime.files import atomic_write_bytes, refuse_special
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -35,6 +36,11 @@ def output_file(out, inputs=None) -> Path:
     if path.is_dir():
         raise UsageError(f"-o {str(out)!r} is a directory; give a file name such as "
                          f"{str(path / 'out.npz')!r}")
+    try:
+        refuse_special(path)
+    except OSError as e:
+        raise UsageError(f"-o {str(out)!r}: {e.strerror}; give a file name such as "
+                         "out.npz") from None
     if inputs is not None and _same_file(path, Path(inputs)):
         raise UsageError(f"-o {str(out)!r} is the --inputs file; it would be overwritten by the "
                          "results: give another name")

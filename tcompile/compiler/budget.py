@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import CompileError, ParamError
-from ..runtime.resources import DEFAULT_FRACTION, default_memory_limit, format_bytes
+from ..runtime.resources import DEFAULT_FRACTION, default_memory_limit, format_bytes, format_count
 from .poly import TOKEN
 from .schedule import attention_time, mlp_time
 
@@ -45,8 +45,8 @@ class SizeEstimate:
     def describe(self) -> str:
         ge = "" if self.exact else "≥ "
         return (f"{'' if self.exact else 'at least '}{format_bytes(self.bytes)} of dense float64 "
-                f"weights (width D = {ge}{self.width}, {ge}{self.layers} layers, {ge}{self.heads} "
-                f"heads each with a D×D W_V; {ge}{self.params:.3g} parameters)")
+                f"weights (width D = {ge}{self.width if self.width < 10 ** 15 else format_count(self.width)}, {ge}{self.layers} layers, {ge}{self.heads} "
+                f"heads each with a D×D W_V; {ge}{format_count(self.params)} parameters)")
 
 
 def resolve_limit(max_memory) -> tuple[float, str]:

@@ -12,6 +12,7 @@ the attention (`attn`) or the MLP (`mlp`) of `module.blocks[L]`, i.e. from the h
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -94,14 +95,18 @@ def source_lines(prog) -> dict[str, int]:
 
 
 def write_trace(rows: list[dict], path: Path) -> None:
+    """The rows as JSON (a .json path) or CSV, written atomically (runtime/files.py): a symlink
+    at `path` is replaced, not written through, and a failed write leaves the old file."""
+    from ..runtime.files import atomic_write_bytes
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".json":
-        path.write_text(json.dumps(rows, indent=1) + "\n")
+        atomic_write_bytes(path, (json.dumps(rows, indent=1) + "\n").encode())
         return
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["layer"])
-        writer.writeheader()
-        writer.writerows(rows)
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["layer"])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
 
 
 # interpreter_assignments is re-exported: callers have long imported it from here.

@@ -292,10 +292,18 @@ def _add_function(prog: ast.Program, fn: ast.FuncDef) -> None:
     prog.functions[fn.name] = fn
 
 
+MAX_PROGRAM_BYTES = 4 * 2 ** 20     # a program is text a person wrote: far less than this
+
+
 def parse_file(path) -> ast.Program:
-    p = Path(path)
+    """Parse a program file: a regular file (not a FIFO or a device such as /dev/zero) of at
+    most MAX_PROGRAM_BYTES of UTF-8 text (runtime/files.py reads it, bounded)."""
+    from ..runtime.files import read_regular
     try:
-        source = p.read_text()
-    except (OSError, UnicodeDecodeError) as e:
+        source = read_regular(path, MAX_PROGRAM_BYTES).decode()
+    except OSError as e:
+        raise TcompileError(f"cannot read program file {str(path)!r}: "
+                            f"{e.strerror or e}") from None
+    except UnicodeDecodeError as e:
         raise TcompileError(f"cannot read program file {str(path)!r}: {e}") from None
-    return parse_source(source, str(path))
+    return parse_source(source.replace("\r\n", "\n").replace("\r", "\n"), str(path))

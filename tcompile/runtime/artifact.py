@@ -42,7 +42,7 @@ from .resources import available_memory, format_bytes
 from .manifest import (FORMAT, FORMAT_VERSION, ApproxRecord, DomainCheck, Manifest,
                        ProgramInfo)
 from .codec import constant_value
-from .files import atomic_write_many
+from .files import atomic_write_many, read_regular
 from .sparse import pack, unpack
 from .weights import WEIGHT_NAMES, LayerWeights
 
@@ -111,7 +111,7 @@ def manifest_from_json(d: dict) -> Manifest:
     info = ProgramInfo(name=d["program"], file=d["file"], source=d["source"], params=params,
                        default_tol=d["default_tol"], compiler_version=d["compiler_version"])
     layout = Layout(
-        width=int(d["width"]), n_layers=d["n_layers"], min_tokens=d["min_tokens"],
+        width=_whole(d["width"], "width"), n_layers=d["n_layers"], min_tokens=d["min_tokens"],
         max_small_dim=d["max_small_dim"],
         inputs=tuple(InputSpec(s["name"], tuple(s["shape"])) for s in d["inputs"]),
         outputs=tuple(OutputSpec(s["name"], tuple(s["shape"]), s["block"]) for s in d["outputs"]),
@@ -132,6 +132,13 @@ def manifest_from_json(d: dict) -> Manifest:
                     for c in d.get("domains", []))
     loops = loops_from_json(d["loops"], layout.n_layers) if "loops" in d else None
     return Manifest(info, layout, approximations, domains, loops)
+
+
+def _whole(value, what: str) -> int:
+    """A count from the manifest: an int (1e400, read by JSON as infinity, or 3.5 is refused)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} must be a whole number, got {value!r}")
+    return value
 
 
 _APPROX_KEYS = ("name", "lo", "hi", "neurons", "neurons_per_entry", "max_error", "tol", "exact",
@@ -166,6 +173,8 @@ def _check_encoder_blocks(layout: Layout) -> None:
 
 # ---- the file --------------------------------------------------------------------------------
 
+MIN_READ_LIMIT = 2 ** 30            # an artifact may always be this large, whatever memory says
+MAX_OLD_MANIFEST_BYTES = 2 ** 28    # a format-1 manifest beside an artifact, read to name it
 _PARTS = {"W_K": "attn", "W_Q": "attn", "W_V": "attn", "W_1": "mlp", "W_2": "mlp"}
 _DIGEST_TAG = b"tcompile-artifact-digest/2\0"
 _TENSORS = ("weights.index", "weights.values", "weights.counts")
@@ -324,14 +333,19 @@ def read_artifact(path) -> tuple[Manifest, list[LayerWeights]]:
         layers = _layers_from_tensors(manifest.layout, tensors)
     except KeyError as e:
         raise ArtifactError(f"artifact {str(st_path)!r} is inconsistent: missing {e}") from None
-    except (TypeError, ValueError, AttributeError) as e:
+    except (TypeError, ValueError, AttributeError, OverflowError) as e:
         raise ArtifactError(f"artifact {str(st_path)!r} is inconsistent: {e}") from None
+    except RecursionError:
+        raise ArtifactError(f"artifact {str(st_path)!r} is inconsistent: its manifest is nested "
+                            "too deep to be one tcompile wrote") from None
     return manifest, layers
 
 
 def _read_bytes(st_path: Path, json_path: Path) -> bytes:
+    """The artifact's bytes: a regular file only (a FIFO or /dev/zero is refused before one
+    byte is read), no larger than the memory available (files.py reads it, bounded)."""
     try:
-        return st_path.read_bytes()
+        return read_regular(st_path, max(available_memory() or 0, MIN_READ_LIMIT))
     except FileNotFoundError:
         where = f" (only {str(json_path)!r}, a readable copy, is there)" if json_path.exists() else ""
         raise ArtifactError(f"no artifact at {str(st_path)!r}{where}") from None
@@ -348,8 +362,8 @@ def _metadata(blob: bytes, st_path: Path, json_path: Path) -> dict:
         if 8 + n <= len(blob):
             try:
                 header = json.loads(blob[8:8 + n])
-            except (UnicodeDecodeError, ValueError):
-                header = None
+            except (UnicodeDecodeError, ValueError, RecursionError):
+                header = None         # RecursionError: a header nested thousands deep
     if not isinstance(header, dict):
         raise ArtifactError(f"{str(st_path)!r} cannot be read: not a safetensors file "
                             "(damaged or truncated)")
@@ -374,8 +388,8 @@ def _metadata(blob: bytes, st_path: Path, json_path: Path) -> dict:
 def _old_format(json_path: Path) -> bool:
     """Is there a format-1 manifest beside (a two-file artifact of an older tcompile)?"""
     try:
-        doc = json.loads(json_path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
+        doc = json.loads(read_regular(json_path, MAX_OLD_MANIFEST_BYTES).decode())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return False
     return isinstance(doc, dict) and doc.get("format") == FORMAT and doc.get("format_version") == 1
 

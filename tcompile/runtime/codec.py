@@ -141,5 +141,24 @@ def decode(layout: Layout, h: np.ndarray) -> dict[str, np.ndarray]:
             for spec in layout.outputs}
 
 
-__all__ = ["ValidatedInputs", "canonical", "constant_value", "pattern_name", "pattern_min_tokens", "constant_storage",
+def non_finite_message(out: dict) -> str | None:
+    """What to tell the caller when outputs hold NaN or infinity (None when all are finite):
+    each such output by name, with how many of its entries. A float64 computation leaves its
+    range when the data is near it (y = 1e308 squares to infinity), and a NaN must not pass
+    for a result."""
+    bad = []
+    for name, value in out.items():
+        arr = np.asarray(value)
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            bad.append(f"'{name}' ({int(np.count_nonzero(~np.isfinite(arr)))} of {arr.size} "
+                       "entries)")
+    if not bad:
+        return None
+    return (f"output{'s' * (len(bad) > 1)} {', '.join(bad)} not finite (NaN or infinity): the "
+            "computation left the range of its number type — data as large as 1e308 overflows "
+            "on the way; scale the inputs down (or use float64 if this ran in float32)")
+
+
+__all__ = ["ValidatedInputs", "non_finite_message", "canonical", "constant_value", "pattern_name",
+           "pattern_min_tokens", "constant_storage",
            "storage_at_input", "value_at_input", "encode", "read_block", "in_shape", "decode"]

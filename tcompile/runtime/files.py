@@ -1,4 +1,12 @@
-"""Writing files so that nothing is ever lost: a reader sees the old file or the new one.
+"""Reading and writing files safely: bounded reads of regular files only; writes that a reader
+sees whole (the old file or the new one), never through onto a device.
+
+Every file tcompile reads (programs, artifacts, inputs) is opened through `open_regular` /
+`read_regular`: opened without blocking (a FIFO with no writer would hang an ordinary open),
+checked to be a regular file (a FIFO, a device such as /dev/zero — directly or through a
+symlink — or a socket is refused before one byte is read), and read up to a size limit (a
+program or a header can never grow memory without bound). Both raise OSError subclasses, so
+callers that already turn an OSError into a clear error need nothing new.
 
 Every file tcompile writes (artifacts, their JSON copies, `run -o` results, pictures) goes
 through `atomic_open` / `atomic_write_bytes`:
@@ -17,13 +25,74 @@ through `atomic_open` / `atomic_write_bytes`:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import signal
+import stat
 import threading
 from pathlib import Path
 
 _HELD = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+class NotRegularFileError(OSError):
+    """A path that names a FIFO, a device or a socket where a regular file is needed."""
+
+
+class FileTooLargeError(OSError):
+    """A regular file larger than the reader's limit."""
+
+
+def _kind(mode: int) -> str:
+    return ("a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or
+            stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else
+            "a directory" if stat.S_ISDIR(mode) else "not a regular file")
+
+
+def open_regular(path, limit: int | None = None):
+    """A binary file object of the regular file at `path` (symlinks followed), opened without
+    blocking; NotRegularFileError for a FIFO, device, socket or directory, FileTooLargeError
+    if it holds more than `limit` bytes, other OSErrors as the system reports them."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode, size = os.fstat(fd).st_mode, os.fstat(fd).st_size
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(errno.EINVAL, f"it is {_kind(mode)}, not a regular file",
+                                      str(path))
+        if limit is not None and size > limit:
+            raise FileTooLargeError(errno.EFBIG, f"it holds {size:,} bytes, more than the "
+                                    f"{limit:,} this reader accepts", str(path))
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path, limit: int) -> bytes:
+    """All bytes of the regular file at `path`, at most `limit` (see `open_regular`); a file
+    that grows past the limit while it is read is refused too."""
+    with open_regular(path, limit) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise FileTooLargeError(errno.EFBIG, f"it holds more than the {limit:,} bytes this "
+                                "reader accepts", str(path))
+    return data
+
+
+def refuse_special(path) -> None:
+    """NotRegularFileError if `path` exists and is neither a regular file nor a directory (a
+    device, FIFO or socket, directly or through a symlink): a write would rename a regular file
+    over a device node such as /dev/null. Directories are the callers' own message."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:                      # nothing there (yet), or not reachable: the write says
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise NotRegularFileError(errno.EINVAL, f"it is {_kind(mode)}: tcompile replaces only "
+                                  "regular files", str(path))
 
 
 def _temp_path(path: Path) -> tuple[Path, int]:
@@ -62,6 +131,7 @@ def atomic_open(path):
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{str(path)!r} is a directory")
+    refuse_special(path)
     tmp, fd = _temp_path(path)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -96,6 +166,7 @@ def atomic_write_many(files: list[tuple[Path, bytes]]) -> None:
                 path = Path(path)
                 if path.is_dir():
                     raise IsADirectoryError(21, "is a directory", str(path))
+                refuse_special(path)
                 tmp, fd = _temp_path(path)
                 temps.append(tmp)
                 with os.fdopen(fd, "wb") as f:
@@ -123,4 +194,6 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_many", "deferred_signals"]
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_many", "deferred_signals",
+           "open_regular", "read_regular", "refuse_special", "NotRegularFileError",
+           "FileTooLargeError"]

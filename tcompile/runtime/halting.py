@@ -6,17 +6,20 @@ every application of the body, loops.py `LoopSpec.state`). After each applicatio
 whose variable moved by at most `tol` (max abs change over its rows) halts: from then on its
 residual stream is kept as it is while the rest of the batch goes on, and the loop stops when
 every problem has halted or after `max_steps` iterations. The layers after the loop (its
-drain, the epilogue) then run for all.
+drain, the epilogue) then run for all. Problems still moving at the limit are named in a
+NotConvergedWarning (the CLI prints it).
 
 A problem that halts after application j has the state a fixed-count run with
 `count = offset + j + 1` has there, and that is the count reported for it.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, NotConvergedWarning
 
 
 def resolve_until(prog, until) -> tuple[str, str, float]:
@@ -60,7 +63,15 @@ def run_until(prog, module, x: torch.Tensor, counts: dict, until, max_steps):
         return after
 
     y = module(x, {**counts, spec.param: limit}, halt=halt)
+    stuck = (steps < 0).numpy()
     steps[steps < 0] = limit
+    if stuck.any():
+        which = ", ".join(map(str, np.flatnonzero(stuck)[:10])) + (", ..." if stuck.sum() > 10 else "")
+        warnings.warn(NotConvergedWarning(
+            f"{int(stuck.sum())} of {batch} problem{'s' * (batch != 1)} did not converge: "
+            f"{until[0]} still moved more than {tol:g} in iteration {limit} (problem"
+            f"{'s' * (int(stuck.sum()) != 1)} {which}); steps = {limit} there is the limit, not "
+            "a convergence: raise it with max_steps (--max-steps)"), stacklevel=3)
     return y, steps.numpy().astype(np.int64)
 
 

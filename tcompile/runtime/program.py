@@ -11,6 +11,8 @@ artifact loads and runs with the front end's parser and input checks only.
 """
 from __future__ import annotations
 
+import functools
+import warnings
 from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
@@ -23,9 +25,10 @@ from .codec import ValidatedInputs, pattern_min_tokens
 from .layout import Block, Layout
 from .loops import LoopProgram
 from .manifest import Manifest, ProgramInfo
+from .run_budget import RunEstimate, check_run, estimate_run, whole_count
 from .weights import LayerWeights
-from ..errors import InputError
-from ..language.inputs import validate_inputs
+from ..errors import InputError, NonFiniteOutputWarning
+from ..language.inputs import input_sizes, validate_inputs
 
 if TYPE_CHECKING:       # torch is imported on first use: building and saving never need it
     import torch
@@ -33,6 +36,19 @@ if TYPE_CHECKING:       # torch is imported on first use: building and saving ne
     from .model import CompiledTransformer
 
 _DTYPES = ("float64", "float32")
+
+
+def _warning_on_non_finite(run):
+    """`run`, plus a NonFiniteOutputWarning naming every output that holds NaN or infinity
+    (codec.non_finite_message): the values are returned as computed, never silently."""
+    @functools.wraps(run)
+    def checked(self, *args, **kwargs):
+        out = run(self, *args, **kwargs)
+        message = codec.non_finite_message(out)
+        if message is not None:
+            warnings.warn(NonFiniteOutputWarning(message), stacklevel=2)
+        return out
+    return checked
 
 
 class CompiledProgram:
@@ -178,6 +194,7 @@ class CompiledProgram:
         return self.layout.block(block["key"] if isinstance(block, dict) else block)
 
     # ---- run -------------------------------------------------------------------------------
+    @_warning_on_non_finite
     def run(self, dtype="float64", device="cpu", executor=None, until=None, max_steps=None,
             domains="raise", **inputs) -> dict[str, np.ndarray]:
         """Encode, run the transformer, decode. A leading batch axis on the inputs is optional.
@@ -207,7 +224,11 @@ class CompiledProgram:
         from .executor import executor_for
         tdtype, device = run_options(dtype, device, "run")
         counts, inputs = self.split_counts(inputs, until, max_steps)
+        batch, n = input_sizes(self.program, self.info.float_params(), inputs)
+        self.check_run_cost(batch or 1, n or self.layout.min_tokens, tdtype, until, max_steps,
+                            **counts)                       # before validation copies anything
         prepared = self.prepare_inputs(inputs)
+        self.check_run_cost(prepared.size, prepared.n, tdtype, until, max_steps, **counts)
 
         def numpy(out):
             return prepared.unbatch({k: v.detach().to("cpu", torch.float64).numpy()
@@ -241,6 +262,28 @@ class CompiledProgram:
         with torch.no_grad(), watch_module(self, module, watch) as seen:
             y = module(x)
         return prepared.unbatch(self.decode(y)), settle(seen)
+
+    def check_run_cost(self, batch: int, n: int, dtype="float64", until=None, max_steps=None,
+                       **counts) -> RunEstimate:
+        """The memory and time a run of `batch` problems of `n` tokens will take, estimated
+        from sizes before anything runs (run_budget.py); InputError when it would not fit in
+        memory or certainly takes longer than run_budget.MAX_RUN_SECONDS. `run` calls it; `tcompile
+        check` calls it before drawing its random problems."""
+        itemsize = 4 if str(dtype).endswith("float32") else 8
+        layer_runs, what, expanded = self.n_layers, "the built layers", False
+        if self.loops is not None:
+            counts = {name: whole_count(value, name, lo=0) for name, value in counts.items()}
+            if until is not None:
+                from .halting import resolve_until
+                spec = self.loops.spec(resolve_until(self, until)[0])
+                if spec.param is not None:
+                    limit = counts.get(spec.param, spec.count) if max_steps is None else \
+                        whole_count(max_steps, "max_steps")
+                    counts = {**counts, spec.param: limit}
+            layer_runs = self.loops.n_layers(self.loops.counts(counts))
+            what = ", ".join(f"{k} = {v:,}" for k, v in counts.items()) or "the built counts"
+            expanded = until is None
+        return check_run(estimate_run(self.layout, batch, n, layer_runs, itemsize, expanded), what)
 
     def split_counts(self, kwargs: dict, until, max_steps) -> tuple[dict, dict]:
         """run()'s keyword arguments → (run-time counts, inputs), with clear errors for a
@@ -360,6 +403,8 @@ def run_options(dtype, device, method: str) -> tuple[torch.dtype, torch.device]:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
         raise InputError(f"device must be 'cpu', 'cuda' or 'cuda:K', got {device!r}") from None
+    if dev.type not in ("cpu", "cuda"):         # 'meta' holds no numbers; others are untested
+        raise InputError(f"device must be 'cpu', 'cuda' or 'cuda:K', got {device!r}")
     if dev.type != "cpu":
         try:
             torch.empty(0, device=dev)

@@ -9,6 +9,7 @@ artifact (which rebuilds the dense weights) can use the same probe.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -74,16 +75,26 @@ def parse_size(text: str) -> float:
     return value
 
 
+def format_count(n) -> str:
+    """A count as '3e+40' style text, also for an int too large for a float (10**616)."""
+    if isinstance(n, int) and abs(n).bit_length() > 1000:
+        return f"about 1e{int(math.log10(abs(n)))}"
+    return f"{n:.3g}"
+
+
 def format_bytes(n: float) -> str:
-    """1536 → '1.5 KiB'; 4.8e10 → '44.7 GiB'."""
+    """1536 → '1.5 KiB'; 4.8e10 → '44.7 GiB'; an int too large for a float (the size of
+    `-p d=1e308`'s weights) → 'about 1e616 B'."""
     if n == float("inf"):
         return "unlimited"
+    if isinstance(n, int) and abs(n).bit_length() > 1000:
+        return f"{format_count(n)} B"
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if abs(n) < 1024 or unit == "PiB":
-            return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
+            return f"{n:.0f} B" if unit == "B" else f"{n:.{3 if n >= 1e4 else 1}{'g' if n >= 1e4 else 'f'}} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
 
 
 __all__ = ["DEFAULT_FRACTION", "available_memory", "default_memory_limit", "parse_size",
-           "format_bytes"]
+           "format_bytes", "format_count"]
