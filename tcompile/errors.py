@@ -34,14 +34,17 @@ class TcompileError(Exception):
 
     @property
     def file(self) -> str | None:
+        """The program file the error is in (None for errors about data or files)."""
         return self.loc.file if self.loc else None
 
     @property
     def line(self) -> int | None:
+        """The error's line in the program, from 1 (None without a location)."""
         return self.loc.line if self.loc else None
 
     @property
     def column(self) -> int | None:
+        """The error's column in the program, from 1 (None without a location)."""
         return self.loc.column if self.loc else None
 
     def format(self, label: str = "error: ") -> str:

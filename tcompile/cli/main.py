@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a shared build's run-time repeat count (e.g. -p steps=50)")
     r.add_argument("--until", default=None, metavar="VAR=TOL",
                    help="shared builds: stop each problem once loop variable VAR moves less "
-                        "than TOL (max abs change) in an iteration; prints the steps taken")
+                        "than TOL (max abs change) in an iteration; prints the steps taken, "
+                        "and a warning naming the problems still moving at the limit")
     r.add_argument("--max-steps", type=step_count, default=None, metavar="N",
                    help="with --until: the most iterations (default: the built count)")
     r.add_argument("--domains", default="raise", choices=["raise", "warn", "off"],

@@ -29,6 +29,8 @@ from .shared_build import compile_shared
 def compile_source(source: str, file: str = "<string>", params: dict | None = None,
                    tol: float | None = None, *, max_memory=None, progress=None,
                    loops: str = "unrolled") -> CompiledProgram:
+    """Compile a program given as text (`file` names it in error messages); the other
+    arguments are compile_file's."""
     return compile_program(parse_source(source, file), params, tol, max_memory=max_memory,
                            progress=progress, loops=loops)
 
@@ -48,6 +50,8 @@ def compile_file(path, params: dict | None = None, tol: float | None = None, *,
 
 def compile_program(program, params: dict | None = None, tol: float | None = None, *,
                     max_memory=None, progress=None, loops: str = "unrolled") -> CompiledProgram:
+    """Compile a parsed program (language.parser.parse_source / parse_file); the arguments
+    are compile_file's."""
     if loops not in ("unrolled", "shared"):
         raise ParamError(f"loops must be 'unrolled' or 'shared', got {loops!r}")
     if tol is not None and not (isinstance(tol, (int, float)) and 0 < tol < 1):

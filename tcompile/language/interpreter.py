@@ -152,6 +152,8 @@ def _align_tokens(a, b, ta: Ty, tb: Ty):
 
 
 def interpret_program(program: ast.Program, params: dict | None = None, **inputs) -> dict[str, np.ndarray]:
+    """Run a parsed program on `inputs` in float64 numpy, problem by problem: the oracle every
+    compiled model is compared with (a leading batch axis on the inputs is optional)."""
     values = resolve_params(program, params)
     Walker(program, values).run()                    # check first: errors name the program
     arrays, batch, n = validate_inputs(program, values, inputs)

@@ -68,23 +68,38 @@ class CompiledProgram:
     # ---- properties ------------------------------------------------------------------------
     @property
     def info(self) -> ProgramInfo:
+        """The program it was compiled from: name, file, source, params, compiler version."""
         return self.typed_manifest.program
 
     @property
     def layout(self) -> Layout:
+        """Which rows of the embedding hold what, and every layer's sizes (layout.py)."""
         return self.typed_manifest.layout
 
     @property
     def name(self) -> str:
+        """The program's name (its `program NAME` line): the artifact's default file name."""
         return self.info.name
 
     @property
     def width(self) -> int:
+        """The embedding width D (rows of H)."""
         return self.layout.width
 
     @property
     def n_layers(self) -> int:
+        """Layers stored (a shared build runs its loop bodies more often than this)."""
         return self.layout.n_layers
+
+    def __repr__(self) -> str:
+        """What it is at a glance: `<CompiledProgram least_squares: 26 layers, width 18,
+        params d=4 steps=24, unrolled>` (the model card is `report_text()`)."""
+        params = " ".join(f"{k}={v}" for k, v in self.info.params.items())
+        loops = ("unrolled" if self.loops is None else
+                 "shared, run-time counts " + (", ".join(self.loops.params) or "none"))
+        return (f"<CompiledProgram {self.name}: {self.n_layers} layer"
+                f"{'s' * (self.n_layers != 1)}, width {self.width}"
+                f"{', params ' + params if params else ''}, {loops}>")
 
     @property
     def manifest(self) -> dict:
@@ -142,6 +157,7 @@ class CompiledProgram:
         return predicted_rtol(self.typed_manifest.approximations)
 
     def report_text(self) -> str:
+        """The model card as text (what `tcompile build` and `tcompile report` print)."""
         from ..inspection.report import card_text
         return card_text(self)
 
@@ -372,6 +388,7 @@ class CompiledProgram:
         return artifact.write_artifact(path, self.typed_manifest, self.layers, self.report)
 
     def save_to_dir(self, directory) -> list[Path]:
+        """Save as DIRECTORY/NAME.safetensors and DIRECTORY/NAME.json (NAME: the program's)."""
         return self.save(Path(directory) / self.name)
 
 
