@@ -38,6 +38,7 @@ class GraphBuilder(Walker):
         self._memo: dict = {}
         self.stmt_tol: float | None = None
         self.stmt_tol_rel = False
+        self._head_products: dict[int, tuple] = {}     # diag(u) @ v → (diag(u), v, v's type)
 
     # node construction ------------------------------------------------------------------
     def node(self, op: str, args: tuple = (), cshape=None, loc=None, **attrs) -> int:
@@ -234,9 +235,11 @@ class GraphBuilder(Walker):
             return self.node("smul", (a, r), None if ta.shape is None else cs, loc)
         if ta.shape == ():                 # c / u, s / u: the reciprocal, scaled
             return self.smul_or_scale(r, a, loc)
-        return self.ewmul(a, ta, r, replace(tb, sign=False, flag=False), cs, loc)
+        lo, hi = domain
+        rty = Ty(tb.shape, lo=1.0 / hi, hi=1.0 / lo)       # 1/b on b's domain (without 0)
+        return self.ewmul(a, ta, r, rty, cs, loc)
 
-    def _diag(self, x, tx: Ty, loc):
+    def _diag(self, x, tx: Ty, loc, note: str = ""):
         """diag(v) = (v 1ᵀ) ⊙ I, diag(M) = (M ⊙ I) 1. The mask X ⊙ I is exact with ReLUs gated by
         the identity: with c >= max |X|, X ⊙ I = X − relu(X − cI) + relu(−X − cI) — off the
         diagonal the relus give X exactly, on it they give 0 (no cancellation either way)."""
@@ -254,7 +257,8 @@ class GraphBuilder(Walker):
         for sign in (1.0, -1.0):
             arg = self.node("add", tuple(sorted((self.scale(full, sign, loc), self.scale(eye, -c, loc)))),
                             (k, k), loc)
-            r = self.node("call", (arg,), (k, k), loc, func="relu", domain=None, tol=None, fargs=())
+            r = self.node("call", (arg,), (k, k), loc, func="relu", domain=None, tol=None,
+                          fargs=(), **({"note": note} if note else {}))
             parts.append(self.scale(r, -sign, loc))
         masked = self.node("add", tuple(sorted((full, self.node("add", tuple(sorted(parts)), (k, k),
                                                                        loc)))), (k, k), loc)
@@ -376,11 +380,15 @@ class GraphBuilder(Walker):
         return self.ewmul(a, ta, b, tb, cs, loc)
 
     def ewmul(self, a, ta: Ty, b, tb: Ty, cs, loc):
-        """An elementwise product; it carries its statement's absolute budget. A relative one
+        """An elementwise product: a head where it is diag(u) @ v (`_as_head_product`), else a
+        fitted product that carries its statement's absolute budget. A relative one
         (`tol rel`) is for functions of one value: a product of two real values (neither a
         sign nor a flag, which gate exactly) under it is refused rather than fitted to an
         absolute budget the statement did not ask for."""
         gated = ta.sign or ta.flag or tb.sign or tb.flag
+        exact = None if gated else self._as_head_product(a, ta, b, tb, loc)
+        if exact is not None:
+            return exact
         if self.stmt_tol_rel and self.stmt_tol is not None and not gated:
             raise CompileError("a relative tolerance (tol rel) applies to functions of one value "
                                "(reciprocal, sqrt, exp, ...); this statement multiplies two "
@@ -388,6 +396,47 @@ class GraphBuilder(Walker):
                                expected="an absolute tol for the statement, or the function "
                                         "in a statement of its own with tol rel")
         return self.node("ewmul", tuple(sorted((a, b))), cs, loc, tol=self.stmt_tol)
+
+    def _as_head_product(self, a, ta: Ty, b, tb: Ty, loc):
+        """u ⊙ v as diag(u) @ v when u is a small vector [k] and v a [k] vector (or token data
+        [n, k], whose rows it scales: v @ diag(u)), u bounded: diag(u) is exact (ReLUs gated
+        by the identity) and the product an attention head — no fitted squares. u is the
+        factor whose diag is cheapest to keep: an input (stored once), else the one computed
+        first (loop-invariant more often). None where no factor fits (a token vector [n]
+        times [n] or [n, k], small matrices, or no bounds): a fitted product."""
+        def small_vector(t):
+            return t.shape is not None and len(t.shape) == 1 and t.shape[0] != TOKEN \
+                and t.const is None and t.bounded
+        options = []
+        for u, tu, v, tv in ((a, ta, b, tb), (b, tb, a, ta)):
+            if not small_vector(tu) or tv.shape is None:
+                continue
+            k = tu.shape[0]
+            if tv.shape == (k,) or tv.shape == (TOKEN, k):
+                is_input = self.graph.nodes[u]["op"] == "input"
+                options.append((not is_input, u, (u, tu, v, tv)))
+        for x, tx, y, ty in ((a, ta, b, tb), (b, tb, a, ta)):
+            made = self._head_products.get(x)
+            if made is not None and tx.shape == ty.shape:
+                # (u ⊙ w) ⊙ y = diag(u) @ (w ⊙ y): r * r * a keeps the one diag(r)
+                d, w, tw = made
+                inner = self.ewmul(w, tw, y, ty, canonical_shape(ty.shape), loc)
+                return self._remember(self.matmul(d, inner, loc), d, inner, ty)
+        if not options:
+            return None
+        u, tu, v, tv = min(options)[2]
+        note = ("exact: the elementwise product is diag(u) @ v, an attention head; diag(u) is "
+                "these ReLUs gated by the identity, exact where |u| <= its bound")
+        d = self._diag(u, tu, loc, note)
+        if tv.shape == (TOKEN, tu.shape[0]):
+            return self.matmul(v, d, loc)        # row i of v scaled entrywise: v diag(u)
+        return self._remember(self.matmul(d, v, loc), d, v, tv)
+
+    def _remember(self, product, d, v, tv):
+        """A [k] head product diag(u) @ v, kept so a further factor can join v instead of
+        taking a diag of its own."""
+        self._head_products[product] = (d, v, tv)
+        return product
 
     def _broadcast_scalar(self, x, tx, cs, loc):
         """A scalar added to a larger value is s·ones (the ones row for [n], a constant ones

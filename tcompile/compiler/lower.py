@@ -223,8 +223,9 @@ class Lowering:
         arg = self.ew_operand(node["args"][0], allow_products=False)
         rel = bool(node.get("tol_rel"))
         line = node["loc"].line if node["loc"] is not None else None
+        note = self.notes.get(nid, node.get("note", ""))
         return Elementwise(Call(node["func"], node["fargs"], arg, node["domain"], node["tol"],
-                                rel, note=self.notes.get(nid, ""), line=line),
+                                rel, note=note, line=line),
                            tol=node["tol"], rel=rel)
 
     def bound(self, nid) -> Poly | Elementwise:

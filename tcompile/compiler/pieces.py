@@ -33,6 +33,8 @@ from .elementwise import (BOUND, Expr, active_interval, affine, calls, evaluate,
                           pulled_back_domains, shape_key, to_text)
 
 DEFAULT_TOL = 1e-6
+FITTED_PRODUCT = ("fitted: no head computes this product (neither factor is a bounded small "
+                  "vector u for diag(u) @ v), so it is ((u+v)^2 - (u-v)^2)/4 with fitted squares")
 MAX_SIGN_LEAVES = 2
 
 # ---- exact piecewise-linear expressions ----------------------------------------------------
@@ -332,8 +334,9 @@ class PieceBuilder:
             if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
                 return None
             piece = UnaryPiece(cont, gates, forms, lo, hi, label)
+        choice = "; ".join(c.note for c in calls(e) if c.note)
         for pat, pl in piece.branches.items():
-            piece.approximations.append(Approximation(label, piece.lo, piece.hi, pl))
+            piece.approximations.append(Approximation(label, piece.lo, piece.hi, pl, choice=choice))
         return piece
 
     def product(self, u, v, u_range, v_range, tol, names) -> ProductPiece:
@@ -349,8 +352,10 @@ class PieceBuilder:
         label = f"{names.get(u, u)}*{names.get(v, v)}"
         piece = ProductPiece(u, v, fit(plus_lo, plus_hi), fit(minus_lo, minus_hi),
                              tuple(u_range), tuple(v_range), label)
-        piece.approximations = [Approximation(f"(u+v)^2 of u*v = {label}", plus_lo, plus_hi, piece.plus),
-                                Approximation(f"(u-v)^2 of u*v = {label}", minus_lo, minus_hi, piece.minus)]
+        piece.approximations = [Approximation(f"(u+v)^2 of u*v = {label}", plus_lo, plus_hi,
+                                              piece.plus, choice=FITTED_PRODUCT),
+                                Approximation(f"(u-v)^2 of u*v = {label}", minus_lo, minus_hi,
+                                              piece.minus, choice=FITTED_PRODUCT)]
         return piece
 
 
