@@ -142,8 +142,9 @@ def test_tol_rel_reaches_the_graph():
 def test_tol_rel_statement_refuses_products_of_two_values():
     """A relative budget is for functions of one value; a product piece of two is fitted to
     an absolute one, so a `tol rel` statement with such a product is refused, not silently
-    treated as absolute."""
-    err = _error(HEAD + "r = u * v tol rel 1e-6\n", compile_too=True)
+    treated as absolute (u * v of a bounded small vector u is a head, exact: allowed)."""
+    tcompile.compile_source(HEAD + "r = u * v tol rel 1e-6\n", file="p.tp")
+    err = _error(HEAD + "r = y * B tol rel 1e-6\n", compile_too=True)
     assert (err.line, err.column) == (12, 5)
     assert "relative tolerance (tol rel)" in err.message and "absolute tol" in err.expected
 
