@@ -65,6 +65,8 @@ DOMAIN = "domain"        # call: the declared `on [lo, hi]`, or the argument's b
 TOL = "tol"              # call/ewmul: the statement's (or call's) error budget, or None
 TOL_REL = "tol_rel"      # call: present (True) when TOL is relative (`tol rel eps`:
                          #   |error| <= eps·|exact value|); absent when TOL is absolute
+NOTE = "note"            # call: why the compiler built it (the relu of an exact head product's
+                         #   diag, compiler/dataflow.py); shown as the card's 'chosen:' line
 VARS = "vars"            # the program variables this value is, as name@assignment-count
 CARRIED = "carried"      # True: a loop's state, handed to the next iteration (always stored)
 LOOP_STATE = "loop_state"  # shared builds only: "loop key/variable" on a loop's state at the end
@@ -78,7 +80,7 @@ REFINED = "refined"      # set by the lowering on a scalar refinement's values (
 
 ATTRIBUTES = frozenset({OP, ARGS, CSHAPE, LOC, NAME, SYMMETRIC, ENTRIES, SIGN, FLAG, LO, HI, VALUE,
                         K, C, FUNC, FARGS, DOMAIN, TOL, TOL_REL, VARS, CARRIED, LOOP_STATE, ITERATION,
-                        REFINED})
+                        REFINED, NOTE})
 REQUIRED = (OP, ARGS, CSHAPE, LOC)
 
 
