@@ -183,37 +183,49 @@ class HeadOp:
         """Take V Kᵀ from grams[slot] (its transpose if `transposed`), computing and storing it
         there if no head of the sublayer has yet; slot None: compute it here, unshared."""
         self._product = self._compile(self.tree, slot, transposed)
+        if isinstance(self.tree, int):
+            self._factors = None
+        else:
+            _, _, left, right = self.tree
+            self._factors = (self._compile(left, slot, transposed),
+                             self._compile(right, slot, transposed))
 
     def _compile(self, node, slot, transposed):
-        """The bracketed product as nested closures of (state, like, grams); a leaf is a
-        closure of (state, like) (a read itself where it can be: fewer Python calls)."""
+        """The bracketed product as nested closures of (state, like, grams)."""
         if isinstance(node, int):
             f = self._leaves[node]
             if not isinstance(f, str):
-                return lambda state, like: f
+                return lambda state, like, grams: f
             if f == "K":
                 k = self.k
-                return lambda state, like: k(state, like).mT
-            return self.v if f == "V" else self.q
+                return lambda state, like, grams: k(state, like).mT
+            rd = self.v if f == "V" else self.q
+            return lambda state, like, grams: rd(state, like)
         i, j, left, right = node
         a, b = self._compile(left, slot, transposed), self._compile(right, slot, transposed)
         if slot is None or (i, j) != self.gram_node:
-            if isinstance(left, int) and isinstance(right, int):
-                return lambda state, like, grams: a(state, like) @ b(state, like)
-            if isinstance(left, int):
-                return lambda state, like, grams: a(state, like) @ b(state, like, grams)
-            if isinstance(right, int):
-                return lambda state, like, grams: a(state, like, grams) @ b(state, like)
-            return lambda state, like, grams: a(state, like, grams) @ b(state, like, grams)
+            return lambda state, like, grams: mm(a(state, like, grams), b(state, like, grams))
 
         def gram(state, like, grams):           # V Kᵀ: two reads
             g = grams.get(slot)
             if g is None:
-                g = a(state, like) @ b(state, like)
+                g = mm(a(state, like, grams), b(state, like, grams))
                 grams[slot] = g.mT if transposed else g
                 return g
             return g.mT if transposed else g
         return gram
+
+    @property
+    def fusable(self) -> bool:
+        """Is the head one product L @ R, whose two factors `factors` gives (so that the
+        residual sum can add it with one baddbmm)?"""
+        return self.const is None and self.M is None and self.scale is None and \
+            self._factors is not None
+
+    def factors(self, state: dict, like, grams: dict):
+        """(L, R) with L @ R the head's output divided by alpha (fusable heads only)."""
+        a, b = self._factors
+        return a(state, like, grams), b(state, like, grams)
 
     def set_linear(self, M: np.ndarray) -> None:
         """The head is M @ Q: a scalar (returned as Q with alpha = s) or a matrix."""
@@ -234,10 +246,38 @@ class HeadOp:
             return self.const
         if self.M is not None or self.scale is not None:
             Q = self.q(state, like)
-            return Q if self.M is None else self.M @ Q
-        if isinstance(self.tree, int):
-            return self._product(state, like)
+            return Q if self.M is None else mm(self.M, Q)
         return self._product(state, like, {} if grams is None else grams)
+
+
+def _batched(a: torch.Tensor, b: torch.Tensor):
+    """a, b as 3-D operands of one batch size (a 2-D constant or a batch-1 operand expanded:
+    views, no copies)."""
+    if a.dim() == 2:
+        a = a.unsqueeze(0)
+    if b.dim() == 2:
+        b = b.unsqueeze(0)
+    if a.shape[0] != b.shape[0]:
+        B = max(a.shape[0], b.shape[0])
+        a, b = a.expand(B, -1, -1), b.expand(B, -1, -1)
+    return a, b
+
+
+def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b by torch.bmm, which on a CPU costs a third of `@` on small matrices."""
+    if a.dim() == 2 and b.dim() == 2:
+        return torch.mm(a, b)
+    return torch.bmm(*_batched(a, b))
+
+
+def baddbmm(base: torch.Tensor, beta: float, L: torch.Tensor, R: torch.Tensor, alpha: float,
+            inplace: bool) -> torch.Tensor:
+    """beta · base + alpha · L @ R in one call; into base when `inplace` (a tensor of the
+    residual sum's own) and it has the product's shape."""
+    L, R = _batched(L, R)
+    if inplace and base.shape == (L.shape[0], L.shape[1], R.shape[2]):
+        return base.baddbmm_(L, R, beta=beta, alpha=alpha)
+    return torch.baddbmm(base, L, R, beta=beta, alpha=alpha)
 
 
 def _bracket(p: list[int]):

@@ -15,7 +15,13 @@ derived from the same LayerWeights and the Layout (exec_plan.py, exec_sublayers.
   clears (adds −old) is neither read nor cleared;
 * an MLP reads only its input rows; univariate PL pieces are tables (pl_tables.py), looked up
   in passes of bounded size; the two squares of a product piece are one op;
-* a written slot is summed in place, into an op's output made for it where there is one.
+* a written slot is summed in place, into an op's output made for it where there is one; a
+  head that adds its query scaled (s·X) onto the same X adds to that term's coefficient, and
+  a head that is one product L @ R is added by one baddbmm (2X − X A X: bmm, then
+  baddbmm(X, X·A, X, beta=2, alpha=−1)); products are torch.bmm, not `@`;
+* the plan runs as generated straight-line code (exec_codegen.py): per input shapes, the
+  first run records its tensor calls and writes them out as one Python function, so a
+  forward pass is that list of calls and none of the plan's Python.
 
 It computes the same function as the module (tests/test_executor.py: ≤ 1e-13 relative in
 float64); the module stays the reference for hooks, run_with_cache, trace and fine-tuning.
@@ -31,7 +37,8 @@ import torch
 
 from ..errors import InputError
 from .codec import ValidatedInputs, constant_storage, in_shape, storage_at_input
-from .exec_ops import HeadOp, MlpOp, ReadOp, fit
+from .exec_codegen import NotTraceable, trace
+from .exec_ops import HeadOp, MlpOp, ReadOp, baddbmm, fit
 from .exec_plan import concrete, initial_occupancy, sub_read
 from .exec_sublayers import HeadSpec, SublayerPlan, plan_program
 from .domain_guard import settle
@@ -103,17 +110,59 @@ class _Sublayer:
                                ops[i].fresh and uses[i] == 1 and whole and have == e))
             if old_read is not None:
                 pieces.insert(0, (old_read[0], None, e, old_read[1], 1.0, False))
+            pieces = self._merge_same_reads(pieces, e, uses)
+            fused = self._fusable(pieces, e, uses)
+            if fused is not None:
+                pieces.remove(fused)
+                fused = (fused[0], fused[4])
             base = [k for k, pc in enumerate(pieces) if pc[5] and pc[3] is None][:1]
             pieces = [pieces[k] for k in base] + [pc for k, pc in enumerate(pieces) if k not in base]
-            self.writes.append((slot.key, len(slot.rows), e, pieces))
+            self.writes.append((slot.key, len(slot.rows), e, pieces, fused))
+        self.skip = {w[4][0] for w in self.writes if w[4] is not None}
+
+    def _merge_same_reads(self, pieces: list, e: int, uses: list) -> list:
+        """A head that returns its query scaled (s·Q) where Q is the residual's old value
+        (the same rows, the same columns) adds to that term's coefficient: 2X, not X + X."""
+        old = [pc for pc in pieces if not isinstance(pc[0], int) and pc[3] is None]
+        if not old:
+            return pieces
+        old = old[0]
+        alpha, out = old[4], []
+        for pc in pieces:
+            get, src, have, dst, a, _ = pc
+            op = self.ops[get] if isinstance(get, int) else None
+            if isinstance(op, HeadOp) and op.scale is not None and op.M is None and \
+                    op.const is None and src is None and dst is None and have == e and \
+                    uses[get] == 1 and _same_read(op.q, old[0]):
+                alpha += a
+                self.ops[get] = None
+                continue
+            out.append(pc)
+        return [(get, src, have, dst, alpha, spare) if pc is old else pc
+                for pc in out for get, src, have, dst, _, spare in [pc]]
+
+    def _fusable(self, pieces: list, e: int, uses: list):
+        """The term a baddbmm adds: a head that is one product L @ R over the whole slot,
+        used only here (beside at least one other term: else a plain product)."""
+        if len(pieces) < 2:
+            return None
+        for pc in pieces:
+            get, src, have, dst = pc[:4]
+            if isinstance(get, int) and isinstance(self.ops[get], HeadOp) and \
+                    self.ops[get].fusable and src is None and dst is None and have == e and \
+                    uses[get] == 1:
+                return pc
+        return None
 
     def __call__(self, state: dict, like: torch.Tensor) -> None:
         grams: dict = {}
-        outs = [None if op is None else op(state, like, grams) if head else op(state, like)
-                for op, head in zip(self.ops, self.heads)]
+        skip = self.skip
+        outs = [None if op is None or i in skip else op(state, like, grams) if head
+                else op(state, like) for i, (op, head) in enumerate(zip(self.ops, self.heads))]
         new = {}
-        for key, rows, e, pieces in self.writes:
-            if len(pieces) == 1 and pieces[0][3] is None and isinstance(pieces[0][0], int):
+        for key, rows, e, pieces, fused in self.writes:
+            if fused is None and len(pieces) == 1 and pieces[0][3] is None and \
+                    isinstance(pieces[0][0], int):
                 # one term, no residual
                 get, src, have, _, alpha, spare = pieces[0]
                 part = fit(outs[get] if src is None else outs[get][:, src], have, e)
@@ -132,6 +181,11 @@ class _Sublayer:
                     acc.add(part, alpha, spare)
                 else:
                     acc.index_add(part, alpha, dst, rows, e, like)
+            if fused is not None:                   # + alpha · L @ R, one call
+                i, alpha = fused
+                L, R = self.ops[i].factors(state, like, grams)
+                new[key] = baddbmm(acc.t, acc.scale, L, R, alpha, acc.own)
+                continue
             new[key] = acc.value() if acc.t is not None else like.new_zeros((1, rows, e))
         state.update(new)
 
@@ -191,6 +245,11 @@ class _Sum:
     def value(self):
         self.settle()
         return self.t
+
+
+def _same_read(a: ReadOp, b: ReadOp) -> bool:
+    """Do two reads give the same tensor (the same rows of the same slots, same columns)?"""
+    return a.parts == b.parts and a.e == b.e
 
 
 def _rows(src):
@@ -298,8 +357,13 @@ def _watch(reads: list, state: dict, like, seen: list) -> None:
         seen.append((i, torch.aminmax(rd(state, like))))
 
 
+TRACES_KEPT = 8     # generated forward functions kept per executor (one per input shapes)
+
+
 class StructuredExecutor:
     """Runs a compiled program from its LayerWeights and Layout (see the module docstring)."""
+
+    codegen = True      # run the generated straight-line code (exec_codegen.py); False: body
 
     def __init__(self, layers: list[LayerWeights], layout: Layout, domains=(),
                  watches: list[Watch] | None = None):
@@ -320,6 +384,7 @@ class StructuredExecutor:
         self._watch_reads = self._place_watches(watches)
         self._drop = self._lifetimes()
         self._resolved: dict = {}
+        self._traces: dict = {}                   # generated code per input shapes (LRU)
 
     def _place_watches(self, watches: list["Watch"]) -> list[list[tuple]]:
         """Per point of the run (0: the input state; k: after the k-th planned sublayer), the
@@ -391,13 +456,42 @@ class StructuredExecutor:
     def run_state_watched(self, state: dict, n: int, dtype, device):
         res = self.resolved(n, dtype, device)
         with torch.no_grad(), exact_float32():
-            out, seen = self.body(res, state, watch=True)
+            out, seen = self.forward_pass(res, state, True)
         return out, settle(seen)
 
     def run_state(self, state: dict, n: int, dtype, device) -> dict:
         res = self.resolved(n, dtype, device)
         with torch.no_grad(), exact_float32():
-            return self.body(res, state)[0]
+            return self.forward_pass(res, state, False)[0]
+
+    def forward_pass(self, res: _Resolved, state: dict, watch: bool) -> tuple[dict, list]:
+        """body's result, by the straight-line code generated for these input shapes
+        (exec_codegen.py; the first call of a shape traces body and returns what it computed),
+        or by body itself when `codegen` is off or the plan cannot be traced."""
+        if not self.codegen:
+            return self.body(res, state, watch)
+        keys = tuple(sorted(state))
+        args = [state[k] for k in keys]
+        key = (id(res), keys, tuple((a.shape, a.stride(), a.dtype, a.device) for a in args),
+               watch)
+        fn = self._traces.get(key)
+        if fn is None:
+            def flat(*ts):
+                return self.body(res, dict(zip(keys, ts)), watch)
+            try:
+                fn, result = trace(flat, args)
+            except NotTraceable:
+                fn, result = False, None
+            self._traces[key] = fn
+            while len(self._traces) > TRACES_KEPT:
+                self._traces.pop(next(iter(self._traces)))
+            if result is not None:
+                return result
+        else:
+            self._traces[key] = self._traces.pop(key)            # most recent last
+        if fn is False:
+            return self.body(res, state, watch)
+        return fn(*args)
 
     def body(self, res: _Resolved, state: dict, watch: bool = False) -> tuple[dict, list]:
         """The sublayers on a state of input slots; what `executor="compiled"` captures.

@@ -1,0 +1,217 @@
+"""Straight-line code for the structured executor: one generated Python function per plan and
+input shape, so that a forward pass is the list of tensor calls and nothing else.
+
+The resolved plan (executor.py, exec_ops.py) is a tree of small callables: reads that pick
+slots, heads that walk their bracketed product, residual sums that decide per term whether to
+add in place. At batch 1 that Python costs more than the arithmetic. Its decisions depend on
+the shapes only (n, the batch size, the dtype and device), never on values, so one run records
+the tensor calls it makes (a TorchFunctionMode sees every torch function and Tensor method)
+and `trace` writes them out as the body of a Python function:
+
+    def forward(s0, s1):
+        v0 = f0(s0, c0)          # torch.bmm(state['input:A'], <a weight>)
+        v1 = f1(v0, c1, ...)     # torch.Tensor.add_(...)
+        ...
+        return [v7, v12]
+
+f·: the functions called (torch.bmm, Tensor.add_, ...), c·: everything else they were given
+(weights, index tensors, slices, sizes, scalars), bound once as the function's globals.
+Calls that return no tensor (shape queries) were only the plan deciding something; their
+answers are already in the recorded arguments, so they are not replayed. Tensors are told
+apart by identity, so the recording keeps every tensor it saw alive until it ends (an id is
+never reused while it is being traced).
+
+Replaying the same calls on the same shapes computes the same numbers bit for bit (tests/
+test_executor.py). The traced function is specific to the shapes of its inputs: the executor
+keys it by (n, batch, dtype, device, watch).
+"""
+from __future__ import annotations
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+# calls whose answer depends on the values: a plan that makes one cannot be replayed as is
+_DATA_READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__float__,
+               torch.Tensor.__int__, torch.Tensor.__bool__, torch.Tensor.__index__,
+               torch.Tensor.numpy}
+
+
+class NotTraceable(Exception):
+    """The plan's run depended on the values it computed (it is interpreted instead)."""
+
+
+class _Recorder(TorchFunctionMode):
+    """Every torch function called while active, with its arguments and result."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        self.calls.append((func, args, kwargs, out))
+        return out
+
+
+class Traced:
+    """The generated function and the output template it fills."""
+
+    def __init__(self, fn, template, n_out: int, source: str, n_calls: int):
+        self.fn, self.template, self.n_out = fn, template, n_out
+        self.source, self.n_calls = source, n_calls
+
+    def __call__(self, *inputs):
+        flat = self.fn(*inputs)
+        return _fill(self.template, flat)
+
+
+def trace(body, inputs: list[torch.Tensor]) -> tuple[Traced, object]:
+    """Run body(*inputs) once, recording its tensor calls; returns the generated function and
+    the result of this run (so that tracing costs no extra forward)."""
+    rec = _Recorder()
+    with rec:
+        result = body(*inputs)
+    keep = [c[3] for c in rec.calls]            # noqa: F841  (ids stay unique until here)
+    names: dict[int, str] = {id(t): f"s{i}" for i, t in enumerate(inputs)}
+    glob: dict[str, object] = {}
+    consts: dict[int, str] = {}
+    lines = []
+
+    def const(obj) -> str:
+        key = id(obj)
+        if key not in consts:
+            consts[key] = f"c{len(consts)}"
+            glob[consts[key]] = obj
+        return consts[key]
+
+    def arg(a) -> str:
+        if isinstance(a, torch.Tensor):
+            return names.get(id(a)) or const(a)
+        if isinstance(a, (list, tuple)) and any(_has_tensor(x) for x in a):
+            inner = ", ".join(arg(x) for x in a)
+            return f"[{inner}]" if isinstance(a, list) else f"({inner}{',' if len(a) == 1 else ''})"
+        if a is None or isinstance(a, (bool, int)) or isinstance(a, float) and _plain(a):
+            return repr(a)
+        return const(a)
+
+    funcs: dict = {}
+    views: dict[str, str] = {}                   # a view's call → the variable holding it
+    for func, args, kwargs, out in rec.calls:
+        if func in _DATA_READS:
+            raise NotTraceable(f"the plan read a value ({getattr(func, '__name__', func)})")
+        if out is not None and not _has_tensor(out):
+            continue                             # a query (shape, dtype): its answer is baked
+        fk = _func_key(func)
+        if fk not in funcs:
+            funcs[fk] = f"f{len(funcs)}"
+            glob[funcs[fk]] = func
+        parts = [arg(a) for a in args] + [f"{k}={arg(v)}" for k, v in kwargs.items()]
+        call = f"{funcs[fk]}({', '.join(parts)})"
+        if isinstance(out, torch.Tensor) and _is_view(func, args, kwargs):
+            if call in views:                    # the same view of the same tensor: reuse it
+                names[id(out)] = views[call]
+                continue
+            views[call] = f"v{len(names)}"
+        if out is None:                          # __setitem__ and the like: a side effect
+            lines.append(f"    {call}")
+        elif isinstance(out, torch.Tensor):
+            if id(out) in names:                 # an in-place op or out=: the same tensor
+                lines.append(f"    {call}")
+            else:
+                names[id(out)] = f"v{len(names)}"
+                lines.append(f"    {names[id(out)]} = {call}")
+        else:                                    # a tuple of tensors (aminmax, ...)
+            tmp = f"r{len(lines)}"
+            lines.append(f"    {tmp} = {call}")
+            for j, t in enumerate(out):
+                if isinstance(t, torch.Tensor) and id(t) not in names:
+                    names[id(t)] = f"v{len(names)}"
+                    lines.append(f"    {names[id(t)]} = {tmp}[{j}]")
+    flat: list[str] = []
+    template = _template(result, lambda t: _out_slot(t, names, const, flat))
+    params = ", ".join(f"s{i}" for i in range(len(inputs)))
+    source = (f"def forward({params}):\n" + "\n".join(lines) +
+              f"\n    return [{', '.join(flat)}]\n")
+    code = compile(source, "<tcompile structured executor>", "exec")
+    exec(code, glob)
+    del keep
+    return Traced(glob["forward"], template, len(flat), source, len(lines)), result
+
+
+_VIEWS = {"mT", "T", "mH", "expand", "unsqueeze", "transpose", "narrow", "select", "__getitem__"}
+
+
+def _func_key(func):
+    """One key per function: a property's getter is a fresh method-wrapper on every access."""
+    if type(func).__name__ == "method-wrapper":
+        return (id(func.__self__), func.__name__)
+    return id(func)
+
+
+def _is_view(func, args, kwargs) -> bool:
+    """A call that returns a view of its first argument (so calling it again, even after that
+    tensor was written in place, gives the same view): basic indexing, transposes, expand."""
+    name = getattr(getattr(func, "__self__", None), "__name__", None) \
+        if type(func).__name__ == "method-wrapper" else getattr(func, "__name__", None)
+    if name not in _VIEWS or kwargs:
+        return False
+    if name == "__getitem__":
+        idx = args[1] if isinstance(args[1], tuple) else (args[1],)
+        return all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in idx)
+    return True
+
+
+def _plain(a) -> bool:
+    """A literal that repr() writes back exactly (floats: finite ones)."""
+    if isinstance(a, float):
+        return a == a and a not in (float("inf"), float("-inf"))
+    return True
+
+
+def _has_tensor(x) -> bool:
+    if isinstance(x, torch.Tensor):
+        return True
+    if isinstance(x, (list, tuple)):
+        return any(_has_tensor(y) for y in x)
+    return False
+
+
+def _out_slot(t, names, const, flat) -> int:
+    flat.append(names.get(id(t)) or const(t))
+    return len(flat) - 1
+
+
+class _Slot:
+    __slots__ = ("i",)
+
+    def __init__(self, i):
+        self.i = i
+
+
+def _template(obj, slot):
+    """The result's structure with every tensor replaced by its position in the flat list."""
+    if isinstance(obj, torch.Tensor):
+        return _Slot(slot(obj))
+    if isinstance(obj, dict):
+        return {k: _template(v, slot) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_template(v, slot) for v in obj]
+    if isinstance(obj, tuple):                   # named ones (aminmax) come back plain
+        return tuple(_template(v, slot) for v in obj)
+    return obj
+
+
+def _fill(tmpl, flat):
+    if isinstance(tmpl, _Slot):
+        return flat[tmpl.i]
+    if isinstance(tmpl, dict):
+        return {k: _fill(v, flat) for k, v in tmpl.items()}
+    if isinstance(tmpl, list):
+        return [_fill(v, flat) for v in tmpl]
+    if isinstance(tmpl, tuple):
+        return tuple(_fill(v, flat) for v in tmpl)
+    return tmpl
+
+
+__all__ = ["trace", "Traced", "NotTraceable"]
