@@ -8,7 +8,8 @@ batch size B, in float64 and float32:
 
 * compile time and the model card numbers (layers, width D, heads, parameters, nonzero);
 * forward time of `executor="structured"` (tcompile/runtime/executor.py, from the input slots,
-  encode excluded), of the dense module (`prog.module_for(dtype, device)(x)`, encode excluded)
+  encode excluded; "structured" without the domain guard, "guarded" with it, as `run` runs
+  by default: `guard_overhead` is guarded / structured − 1), of the dense module (`prog.module_for(dtype, device)(x)`, encode excluded)
   and of the direct torch iteration (bench/direct_reference.py: bmm/baddbmm, buffers allocated
   beforehand, no loop over problems), warm-up first, median and spread (min, max) over
   repeats, `torch.cuda.synchronize()` around each run on CUDA;
@@ -213,7 +214,8 @@ def setup(name: str, d: int, B: int, dt_name: str, device: str, cache: dict) -> 
     return {"prog": prog, "compile_s": compile_s, "inputs": inputs, "n": prep.n, "dtype": dtype, "params": params,
             "prep": prep, "x": x, "tin": tin, "state": state, "f_module": f_module,
             "f_direct": f_direct,
-            "f_structured": lambda: ex.run_state(state, prep.n, dtype, device)}
+            "f_structured": lambda: ex.run_state(state, prep.n, dtype, device),
+            "f_guarded": lambda: ex.run_state_watched(state, prep.n, dtype, device)}
 
 # ---- the benchmark --------------------------------------------------------------------------
 
@@ -240,11 +242,13 @@ def bench(args) -> dict:
                 c = setup(name, d, B, dt_name, device, cache)
                 prog = c["prog"]
                 gflop = flops_module(prog, B, c["n"]) / 1e9
-                fns = {"structured": c["f_structured"], "direct": c["f_direct"]}
-                if gflop <= args.max_gflop:
+                fns = {"structured": c["f_structured"], "guarded": c["f_guarded"],
+                       "direct": c["f_direct"]}
+                if gflop <= args.max_gflop and not args.no_module:
                     fns["module"] = c["f_module"]
                 else:
-                    skipped.append(f"{name} d={d} B={B} {dt_name}: module ~{gflop:.0f} GFLOP")
+                    skipped.append(f"{name} d={d} B={B} {dt_name}: module ~{gflop:.0f} GFLOP"
+                                   if not args.no_module else f"{name} d={d} B={B}: --no-module")
                 out_s = to_numpy(c["f_structured"]())
                 rec = {"program": name, "d": d, "n": c["n"], "batch": B, "dtype": dt_name,
                        "device": device, "compile_s": c["compile_s"], **card_of(prog),
@@ -253,7 +257,7 @@ def bench(args) -> dict:
                 if dt_name == "float64":           # the reference computes the program
                     rec["rel_diff_direct_vs_interpreter"] = check_against_interpreter(
                         name, ROOT / "programs" / f"{name}.tp", c["params"], c["inputs"])
-                if "module" in fns:
+                if gflop <= args.max_gflop:          # agreement, timed or not
                     rec["rel_diff_structured_vs_module"] = rel_diff(
                         out_s, prog.decode(c["f_module"]()))
                 if args.torch_compile and B <= 64:
@@ -283,6 +287,7 @@ def bench(args) -> dict:
             if side != "direct":
                 rec[f"ratio_{side}"] = res[side]["median_s"] / res["direct"]["median_s"]
                 rec[f"ratio_{side}_of_min"] = res[side]["min_s"] / res["direct"]["min_s"]
+        rec["guard_overhead"] = res["guarded"]["median_s"] / res["structured"]["median_s"] - 1
         records.append(rec)
     return {"records": records, "skipped": skipped}
 
@@ -366,7 +371,7 @@ def fmt_t(s: float) -> str:
 def print_table(result: dict):
     recs = result["records"]
     print(f"\n{'program':<16}{'d':>3}{'n':>5}{'B':>6} {'dtype':<8}{'direct':>10}{'struct':>10}"
-          f"{'×':>7}{'(min)':>7}{'module':>10}{'×':>8}{'compiled':>10}{'×':>7}{'diff vs mod':>12}"
+          f"{'×':>7}{'(min)':>7}{'guard':>7}{'module':>10}{'×':>8}{'compiled':>10}{'×':>7}{'diff vs mod':>12}"
           f"{'reps':>5}")
     for r in recs:
         t = r["times"]
@@ -375,6 +380,7 @@ def print_table(result: dict):
         print(f"{r['program']:<16}{r['d']:>3}{r['n']:>5}{r['batch']:>6} {r['dtype']:<8}"
               f"{fmt_t(t['direct']['median_s']):>10}{fmt_t(t['structured']['median_s']):>10}"
               f"{r['ratio_structured']:>6.2f}x{r['ratio_structured_of_min']:>6.2f}x"
+              f"{100 * r['guard_overhead']:>6.1f}%"
               f"{fmt_t(mod['median_s']) if mod else '-':>10}"
               f"{(format(r['ratio_module'], '7.1f') + 'x') if mod else '-':>8}"
               f"{fmt_t(cmp['median_s']) if cmp else '-':>10}"
@@ -405,6 +411,8 @@ def main(argv=None):
                     help="skip the dense module where its forward needs more GFLOP (default 30)")
     ap.add_argument("--torch-compile", action="store_true",
                     help="also time executor='compiled' (torch.compile) at B <= 64")
+    ap.add_argument("--no-module", action="store_true",
+                    help="do not time the dense module (it is the reference for agreement only)")
     ap.add_argument("--memory", action="store_true",
                     help="peak memory at the largest size, fresh process per side")
     ap.add_argument("--keep-modules", action="store_true", help=argparse.SUPPRESS)

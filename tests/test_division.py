@@ -16,7 +16,6 @@ import torch
 import tcompile
 from tcompile.compiler import refine
 from tcompile.compiler.approx import power_relative
-from tcompile.errors import DomainError
 
 EPS = np.finfo(float).eps
 
@@ -264,10 +263,10 @@ def test_conjugate_gradient_survives_early_convergence(cg):
         y = rng.uniform(-1, 1, n) if sv[-1] != 1e-2 else U[:, :2] @ np.array([0.5, -0.3])
         cases.append((A, y / max(1.0, np.abs(y).max())))
     A, y = (np.stack(x) for x in zip(*cases))
-    # the noise steps divide by exact zeros, below the seeds' lo (the program's header: they
-    # clamp harmlessly); run's domain guard says so, and is told to let it pass
-    with pytest.raises(DomainError, match=r"values in \[0, "):
-        cg.run(A=A, y=y)
+    # the noise steps divide rounding noise by rounding noise, exact zeros among them (the
+    # module sees some: below the seeds' lo; the program's header: they clamp harmlessly), so
+    # run's domain guard is told to let them pass
+    assert any(r["outside"] for r in cg.check_domains(A=A, y=y))
     w = cg.run(A=A, y=y, domains="off")["w"]     # the structured executor (= the module)
     for Ai, yi, wi in zip(A, y, w):
         assert np.all(np.isfinite(wi))

@@ -138,6 +138,8 @@ class _Sublayer:
                 self.ops[get] = None
                 continue
             out.append(pc)
+        if alpha == 0.0:                    # x − x: the clearing of a reused row, dropped
+            return [pc for pc in out if pc is not old]
         return [(get, src, have, dst, alpha, spare) if pc is old else pc
                 for pc in out for get, src, have, dst, _, spare in [pc]]
 
