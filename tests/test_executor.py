@@ -279,3 +279,17 @@ def test_a_plan_that_reads_values_is_not_traced():
     traced, first = trace(lambda x, y: {"s": torch.add(x, y).mul_(3.0)}, [torch.ones(2), torch.ones(2)])
     assert torch.equal(first["s"], torch.full((2,), 6.0))
     assert torch.equal(traced(torch.zeros(2), torch.ones(2))["s"], torch.full((2,), 3.0))
+
+
+@pytest.mark.parametrize("search_below", [0, 1 << 30])
+def test_table_lookup_by_cells_or_searchsorted_is_the_same(monkeypatch, search_below):
+    """The two ways a table pass finds intervals (cells; one searchsorted, for small passes)
+    give the same numbers bit for bit."""
+    name, params, n = SHIPPED[2]
+    prog = tcompile.compile_file(PROGRAMS / f"{name}.tp", params=params)
+    batch = sample_inputs(prog.program, params, n=n, batch=5, seed=4)
+    prep = prog.prepare_inputs(batch)
+    default = StructuredExecutor(prog.layers, prog.layout).run_inputs(prep)
+    monkeypatch.setattr(exec_ops, "SEARCH_BELOW", search_below)
+    got = StructuredExecutor(prog.layers, prog.layout).run_inputs(prep)
+    assert all(torch.equal(got[k], default[k]) for k in default)

@@ -28,6 +28,10 @@ from .pl_tables import MlpGroup, build_table, cell_index
 # a pass is large enough that launching its kernels costs little).
 CHUNK = {"cpu": 1 << 16}
 CHUNK_OTHER = 1 << 22
+# Below this many entries a table pass finds intervals by one searchsorted (a few calls in all)
+# rather than by cells (a dozen calls, each cheaper per entry): on a CPU the crossover is
+# between 256 and 1,664 entries for newton_logistic's tables (bench/README.md).
+SEARCH_BELOW = 512
 
 
 def scalar_of(W: np.ndarray):
@@ -342,8 +346,8 @@ class _Lookup:
         def t(a):
             return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)
         self.coef = [float(c) for c in coef]
-        self.slopes = [t(slope[:, o]) for o in range(slope.shape[1])]
-        self.icpts = [t(icpt[:, o]) for o in range(icpt.shape[1])]
+        # per output, the interval's (slope, intercept) side by side: one gather per entry
+        self.coefs = [t(np.stack([slope[:, o], icpt[:, o]], axis=1)) for o in range(slope.shape[1])]
         self.bp = t(bp)
         self.cells = cell_index(bp, float(torch.finfo(dtype).eps))
         if self.cells is not None:
@@ -359,8 +363,9 @@ class _Lookup:
         return s
 
     def index(self, s: torch.Tensor) -> torch.Tensor:
-        """#{breakpoints < s} for a flat contiguous s."""
-        if self.cells is None:
+        """#{breakpoints < s} for a flat contiguous s: by cells, or for fewer than
+        SEARCH_BELOW entries (where a call costs more than the work) by one searchsorted."""
+        if self.cells is None or s.numel() < SEARCH_BELOW:
             return torch.searchsorted(self.bp, s)
         j = (s - self.origin).mul_(self.inv_h).clamp_(0.0, self.last).to(torch.int32)
         idx = self.base.index_select(0, j)
@@ -369,8 +374,8 @@ class _Lookup:
         return idx
 
     def value(self, o: int, idx: torch.Tensor, s: torch.Tensor, out=None) -> torch.Tensor:
-        return torch.addcmul(self.icpts[o].index_select(0, idx),
-                             self.slopes[o].index_select(0, idx), s, out=out)
+        g = self.coefs[o].index_select(0, idx)
+        return torch.addcmul(g[:, 1], g[:, 0], s, out=out)
 
 
 class MlpOp:
