@@ -342,7 +342,7 @@ def memory(args) -> list[dict]:
     for name in (args.programs or PROGRAMS):
         d = max(d for n2, d in grid(args) if n2 == name)
         B = max(args.batch or [1024])
-        for side in ("structured", "direct", "module"):
+        for side in ("structured", "direct") + (() if args.no_module else ("module",)):
             cmd = [sys.executable, __file__, "--memory-probe", name, str(d), str(B), side,
                    "--device", args.device, "--threads", str(torch.get_num_threads())]
             if side == "module":

@@ -18,14 +18,16 @@ f·: the functions called (torch.bmm, Tensor.add_, ...), c·: everything else th
 (weights, index tensors, slices, sizes, scalars), bound once as the function's globals.
 Calls that return no tensor (shape queries) were only the plan deciding something; their
 answers are already in the recorded arguments, so they are not replayed. Tensors are told
-apart by identity, so the recording keeps every tensor it saw alive until it ends (an id is
-never reused while it is being traced).
+apart by identity while they live (a freed tensor's variable is forgotten, its id may come
+back), and lines are written as the calls happen, so tracing frees memory as a plain run does.
 
 Replaying the same calls on the same shapes computes the same numbers bit for bit (tests/
 test_executor.py). The traced function is specific to the shapes of its inputs: the executor
 keys it by (n, batch, dtype, device, watch).
 """
 from __future__ import annotations
+
+import weakref
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -40,17 +42,83 @@ class NotTraceable(Exception):
     """The plan's run depended on the values it computed (it is interpreted instead)."""
 
 
-class _Recorder(TorchFunctionMode):
-    """Every torch function called while active, with its arguments and result."""
+class _Writer(TorchFunctionMode):
+    """Writes every torch function called while active as a line of the generated function,
+    as it is called (so that the run frees its tensors as usual: a recording that kept them
+    would hold every intermediate of the forward at once)."""
 
-    def __init__(self):
+    def __init__(self, inputs):
         super().__init__()
-        self.calls: list = []
+        self.names: dict[int, str] = {}          # id of a live tensor → its variable
+        self.glob: dict[str, object] = {}
+        self.consts: dict[int, str] = {}
+        self.funcs: dict = {}
+        self.views: dict[str, str] = {}          # a view's call → the variable holding it
+        self.lines: list[str] = []
+        self.count = 0
+        for i, t in enumerate(inputs):
+            self.names[id(t)] = f"s{i}"
+
+    def name(self, t: torch.Tensor, var: str | None = None) -> str:
+        """Give t a variable (a new one unless `var`), forgotten when t is freed (its id may
+        then be another tensor's)."""
+        if var is None:
+            var = f"v{self.count}"
+            self.count += 1
+        self.names[id(t)] = var
+        weakref.finalize(t, self.names.pop, id(t), None)
+        return var
+
+    def const(self, obj) -> str:
+        key = id(obj)
+        if key not in self.consts:
+            self.consts[key] = f"c{len(self.consts)}"
+            self.glob[self.consts[key]] = obj
+        return self.consts[key]
+
+    def arg(self, a) -> str:
+        if isinstance(a, torch.Tensor):
+            return self.names.get(id(a)) or self.const(a)
+        if isinstance(a, (list, tuple)) and any(_has_tensor(x) for x in a):
+            inner = ", ".join(self.arg(x) for x in a)
+            return f"[{inner}]" if isinstance(a, list) else f"({inner}{',' if len(a) == 1 else ''})"
+        if a is None or isinstance(a, (bool, int)) or isinstance(a, float) and _plain(a):
+            return repr(a)
+        return self.const(a)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func in _DATA_READS:
+            raise NotTraceable(f"the plan read a value ({getattr(func, '__name__', func)})")
         out = func(*args, **kwargs)
-        self.calls.append((func, args, kwargs, out))
+        if out is not None and not _has_tensor(out):
+            return out                           # a query (shape, dtype): its answer is baked
+        fk = _func_key(func)
+        if fk not in self.funcs:
+            self.funcs[fk] = f"f{len(self.funcs)}"
+            self.glob[self.funcs[fk]] = func
+        parts = [self.arg(a) for a in args] + [f"{k}={self.arg(v)}" for k, v in kwargs.items()]
+        call = f"{self.funcs[fk]}({', '.join(parts)})"
+        lines = self.lines
+        if isinstance(out, torch.Tensor) and _is_view(func, args, kwargs):
+            if call in self.views:               # the same view of the same tensor: reuse it
+                self.name(out, self.views[call])
+                return out
+            self.views[call] = self.name(out)
+            lines.append(f"    {self.views[call]} = {call}")
+        elif out is None:                        # __setitem__ and the like: a side effect
+            lines.append(f"    {call}")
+        elif isinstance(out, torch.Tensor):
+            if any(out is a for a in args) or out is kwargs.get("out"):
+                lines.append(f"    {call}")      # in place, or into out=: the same tensor
+            else:
+                lines.append(f"    {self.name(out)} = {call}")
+        else:                                    # a tuple of tensors (aminmax, ...)
+            tmp = f"r{len(lines)}"
+            lines.append(f"    {tmp} = {call}")
+            for j, t in enumerate(out):
+                if isinstance(t, torch.Tensor):
+                    lines.append(f"    {self.name(t)} = {tmp}[{j}]")
         return out
 
 
@@ -67,76 +135,23 @@ class Traced:
 
 
 def trace(body, inputs: list[torch.Tensor]) -> tuple[Traced, object]:
-    """Run body(*inputs) once, recording its tensor calls; returns the generated function and
-    the result of this run (so that tracing costs no extra forward)."""
-    rec = _Recorder()
-    with rec:
+    """Run body(*inputs) once, writing its tensor calls out as a function; returns that
+    function and the result of this run (so that tracing costs no extra forward)."""
+    w = _Writer(inputs)
+    with w:
         result = body(*inputs)
-    keep = [c[3] for c in rec.calls]            # noqa: F841  (ids stay unique until here)
-    names: dict[int, str] = {id(t): f"s{i}" for i, t in enumerate(inputs)}
-    glob: dict[str, object] = {}
-    consts: dict[int, str] = {}
-    lines = []
-
-    def const(obj) -> str:
-        key = id(obj)
-        if key not in consts:
-            consts[key] = f"c{len(consts)}"
-            glob[consts[key]] = obj
-        return consts[key]
-
-    def arg(a) -> str:
-        if isinstance(a, torch.Tensor):
-            return names.get(id(a)) or const(a)
-        if isinstance(a, (list, tuple)) and any(_has_tensor(x) for x in a):
-            inner = ", ".join(arg(x) for x in a)
-            return f"[{inner}]" if isinstance(a, list) else f"({inner}{',' if len(a) == 1 else ''})"
-        if a is None or isinstance(a, (bool, int)) or isinstance(a, float) and _plain(a):
-            return repr(a)
-        return const(a)
-
-    funcs: dict = {}
-    views: dict[str, str] = {}                   # a view's call → the variable holding it
-    for func, args, kwargs, out in rec.calls:
-        if func in _DATA_READS:
-            raise NotTraceable(f"the plan read a value ({getattr(func, '__name__', func)})")
-        if out is not None and not _has_tensor(out):
-            continue                             # a query (shape, dtype): its answer is baked
-        fk = _func_key(func)
-        if fk not in funcs:
-            funcs[fk] = f"f{len(funcs)}"
-            glob[funcs[fk]] = func
-        parts = [arg(a) for a in args] + [f"{k}={arg(v)}" for k, v in kwargs.items()]
-        call = f"{funcs[fk]}({', '.join(parts)})"
-        if isinstance(out, torch.Tensor) and _is_view(func, args, kwargs):
-            if call in views:                    # the same view of the same tensor: reuse it
-                names[id(out)] = views[call]
-                continue
-            views[call] = f"v{len(names)}"
-        if out is None:                          # __setitem__ and the like: a side effect
-            lines.append(f"    {call}")
-        elif isinstance(out, torch.Tensor):
-            if id(out) in names:                 # an in-place op or out=: the same tensor
-                lines.append(f"    {call}")
-            else:
-                names[id(out)] = f"v{len(names)}"
-                lines.append(f"    {names[id(out)]} = {call}")
-        else:                                    # a tuple of tensors (aminmax, ...)
-            tmp = f"r{len(lines)}"
-            lines.append(f"    {tmp} = {call}")
-            for j, t in enumerate(out):
-                if isinstance(t, torch.Tensor) and id(t) not in names:
-                    names[id(t)] = f"v{len(names)}"
-                    lines.append(f"    {names[id(t)]} = {tmp}[{j}]")
     flat: list[str] = []
-    template = _template(result, lambda t: _out_slot(t, names, const, flat))
+
+    def slot(t) -> int:
+        flat.append(w.names.get(id(t)) or w.const(t))
+        return len(flat) - 1
+    template = _template(result, slot)
     params = ", ".join(f"s{i}" for i in range(len(inputs)))
-    source = (f"def forward({params}):\n" + "\n".join(lines) +
+    source = (f"def forward({params}):\n" + "\n".join(w.lines) +
               f"\n    return [{', '.join(flat)}]\n")
-    code = compile(source, "<tcompile structured executor>", "exec")
-    exec(code, glob)
-    del keep
-    return Traced(glob["forward"], template, len(flat), source, len(lines)), result
+    glob = w.glob
+    exec(compile(source, "<tcompile structured executor>", "exec"), glob)
+    return Traced(glob["forward"], template, len(flat), source, len(w.lines)), result
 
 
 _VIEWS = {"mT", "T", "mH", "expand", "unsqueeze", "transpose", "narrow", "select", "__getitem__"}
@@ -175,11 +190,6 @@ def _has_tensor(x) -> bool:
     if isinstance(x, (list, tuple)):
         return any(_has_tensor(y) for y in x)
     return False
-
-
-def _out_slot(t, names, const, flat) -> int:
-    flat.append(names.get(id(t)) or const(t))
-    return len(flat) - 1
 
 
 class _Slot:
