@@ -172,3 +172,21 @@ def test_a_subscript_takes_params_and_arithmetic():
     np.testing.assert_array_equal(interpret_program(parse_source(src), x=x)["y"], x[2:6:2])
     np.testing.assert_array_equal(
         interpret_program(parse_source(src), params={"k": 2}, x=x)["y"], x[1:4:2])
+
+
+def test_a_line_break_inside_brackets_continues_the_expression():
+    """As in Python: stack(...) and [..] may span lines; inside { } a line still ends a
+    statement."""
+    src = ("program t\ninput x: [3]\nM = stack(x,\n          x[::-1])\nrepeat 2 {\n"
+           "  M = M + outer(x[0:2],\n x)\n}\noutput M\n")
+    x = np.array([1.0, 2.0, 3.0])
+    got = interpret_program(parse_source(src, "t.tp"), x=x)["M"]
+    np.testing.assert_array_equal(got, np.stack([x, x[::-1]]) + 2 * np.outer(x[0:2], x))
+
+
+def test_an_unclosed_bracket_is_named_where_it_opens():
+    src = "program t\ninput x: [3]\nM = stack(x,\n          x\ny = x\noutput M\n"
+    with pytest.raises(TcompileError) as info:
+        parse_source(src, "t.tp")
+    assert (info.value.loc.line, info.value.loc.column) == (3, 10)
+    assert "this '(' is never closed" in str(info.value) and "^" in str(info.value)

@@ -121,7 +121,7 @@ BAD = [
     # syntax errors
     ("syntax_missing_rhs", H + IN + "x = \n", ProgramSyntaxError, "unexpected end of line", 4, 5),
     ("syntax_bad_character", H + IN + "x = A $ 2\n", ProgramSyntaxError, "unexpected character '$'", 4, 7),
-    ("syntax_unclosed_paren", H + IN + "x = (A + 1\n", ProgramSyntaxError, "unexpected end of line", 4, 11),
+    ("syntax_unclosed_paren", H + IN + "x = (A + 1\n", ProgramSyntaxError, "this '(' is never closed", 4, 5),
     ("syntax_missing_brace", H + IN + "x = A\nrepeat 3 {\n  x = x + 1\n", ProgramSyntaxError,
      "unexpected end of file", 6, 12),
     ("syntax_no_header", IN + "x = A\n", ProgramSyntaxError, "unexpected 'input'", 1, 1),

@@ -31,7 +31,8 @@ def _one(rng, decl, shape, walker) -> np.ndarray:
     if "range" in quals:
         lo = walker.const_of(quals["range"].interval.lo, "")
         hi = walker.const_of(quals["range"].interval.hi, "")
-        return rng.uniform(lo, hi, shape)
+        x = rng.uniform(lo, hi, shape)
+        return (x + x.T) / 2 if "symmetric" in quals else x     # still within [lo, hi]
     if "spectrum" in quals:
         lo = walker.const_of(quals["spectrum"].interval.lo, "")
         hi = walker.const_of(quals["spectrum"].interval.hi, "")

@@ -25,10 +25,32 @@ _TOKEN_WORDS = {
 }
 
 
+class _BracketsJoinLines:
+    """A line break inside ( ) or [ ] continues the expression, as in Python: the lexer's
+    end-of-line tokens there are dropped (inside { } they still separate statements)."""
+    always_accept = ("_NL",)
+
+    def __init__(self):
+        self.open: list = []        # the brackets open where the lexer is now (for errors)
+
+    def process(self, stream):
+        self.open = []
+        for tok in stream:
+            if tok.type in ("LPAR", "LSQB"):
+                self.open.append(tok)
+            elif tok.type in ("RPAR", "RSQB"):
+                if self.open:
+                    self.open.pop()
+            elif tok.type == "_NL" and self.open:
+                continue
+            yield tok
+
+
 @lru_cache(maxsize=1)
 def _parser() -> Lark:
     grammar = (Path(__file__).parent / "grammar.lark").read_text()
-    return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True)
+    return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True,
+                postlex=_BracketsJoinLines())
 
 
 def _describe_expected(parser: Lark, names) -> str:
@@ -216,6 +238,7 @@ def parse_source(source: str, file: str = "<string>") -> ast.Program:
     except lark.exceptions.UnexpectedToken as e:
         _refuse_control_flow(file, source, e.token.line)
         tok = e.token
+        _refuse_unclosed(parser, file, source, tok)
         what = "end of file" if tok.type == "$END" else (
             "end of line" if tok.type == "_NL" else f"{str(tok)!r}")
         line = tok.line if tok.line is not None else 1
@@ -238,6 +261,22 @@ def parse_source(source: str, file: str = "<string>") -> ast.Program:
         raise
     except RecursionError:
         raise too_deep(file, source) from None
+
+
+def _refuse_unclosed(parser: Lark, file: str, source: str, tok) -> None:
+    """A parse error on a later line than an unclosed '(' or '[' (whose line breaks were read
+    as continuing the expression): point at the bracket, as Python does."""
+    opened = parser.options.postlex.open
+    if not opened:
+        return
+    first = opened[-1]
+    line = tok.line if tok.type != "$END" and tok.line is not None else source.count("\n") + 1
+    if line <= first.line:
+        return
+    raise ProgramSyntaxError(f"this '{first}' is never closed", SourceLocation(file, first.line,
+                                                                              first.column),
+                             expected=f"'{')' if first == '(' else ']'}' before line {line}",
+                             source=source)
 
 
 _CONTROL_FLOW = re.compile(r"[ \t]*(if|while|for|else|elif)\b(?![ \t]*=[^=])")

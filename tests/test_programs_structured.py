@@ -1,0 +1,165 @@
+"""The programs written with indexing, slicing, stack, tril/triu and M * I (gram_schmidt_qr,
+lanczos, sor, kaczmarz, expm, denman_beavers): each against its numpy/scipy oracle and the
+interpreter, with the README row (layers, width, widest MLP) asserted exactly."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+import tcompile
+from arrays import rel
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@lru_cache(maxsize=None)
+def build(name: str):
+    """The default build and its README numbers (built once per test session)."""
+    prog = tcompile.compile_file(ROOT / "programs" / f"{name}.tp")
+    rep = prog.report
+    return prog, (rep["layers"], rep["width"], rep["mlp_hidden_max"])
+
+
+def interpret(name: str, **inputs):
+    return tcompile.interpret(ROOT / "programs" / f"{name}.tp", None, **inputs)
+
+
+def test_gram_schmidt_qr_matches_numpy_qr():
+    prog, row = build("gram_schmidt_qr")
+    assert row == (28, 28, 82)
+    rng = np.random.default_rng(0)
+    for n in (5, 30):
+        A = rng.standard_normal((n, 4))
+        Q, R = np.linalg.qr(A)
+        s = np.sign(np.diag(R))                 # numpy's signs: R's diagonal made positive
+        Q, R = Q * s, s[:, None] * R
+        out = prog.run(A=A)
+        assert out["Q"].shape == (n, 4) and out["R"].shape == (4, 4)
+        assert np.abs(out["Q"] - Q).max() <= 1e-10 and np.abs(out["R"] - R).max() <= 1e-10
+        assert np.array_equal(np.tril(out["R"], -1), np.zeros((4, 4)))
+        ref = interpret("gram_schmidt_qr", A=A)
+        assert rel(out["Q"], ref["Q"]) <= 1e-13 and rel(out["R"], ref["R"]) <= 1e-13
+
+
+def _lanczos(S, u0, k=4):
+    """Plain Lanczos in numpy, the same k steps (no reorthogonalisation)."""
+    q, q_prev, beta = u0 / np.linalg.norm(u0), np.zeros_like(u0), 0.0
+    Q, alphas, betas = [], [], []
+    for j in range(k):
+        Q.append(q)
+        w = S @ q - beta * q_prev
+        alphas.append(q @ w)
+        w = w - alphas[-1] * q
+        if j < k - 1:
+            beta = np.linalg.norm(w)
+            betas.append(beta)
+            q_prev, q = q, w / beta
+    return np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1), np.array(Q)
+
+
+def test_lanczos_matches_numpy_lanczos():
+    prog, row = build("lanczos")
+    assert row == (33, 35, 44)
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        V, _ = np.linalg.qr(rng.standard_normal((6, 6)))
+        S = V @ np.diag(rng.uniform(-1, 1, 6)) @ V.T
+        S = (S + S.T) / 2
+        u0 = rng.standard_normal(6)
+        u0 /= 1.01 * np.linalg.norm(u0)
+        T, Q = _lanczos(S, u0)
+        out = prog.run(S=S, u0=u0)
+        assert np.abs(out["T"] - T).max() <= 1e-13 and np.abs(out["Q"] - Q).max() <= 1e-13
+        assert np.abs(out["Q"] @ S @ out["Q"].T - out["T"]).max() <= 1e-13   # T = Q S Qᵀ
+        ref = interpret("lanczos", S=S, u0=u0)
+        assert rel(out["T"], ref["T"]) <= 1e-13
+
+
+def _sor(m, C, b, omega=1.2, steps=30):
+    """SOR in numpy, entry by entry, as textbooks write it."""
+    M = np.diag(m) + np.tril(C, -1) + np.triu(C, 1)
+    x = np.zeros(len(b))
+    for _ in range(steps):
+        for i in range(len(b)):
+            x[i] = (1 - omega) * x[i] + omega * (b[i] - M[i, :i] @ x[:i] - M[i, i + 1:] @ x[i + 1:]) / M[i, i]
+    return x, M
+
+
+def test_sor_matches_numpy_sor_and_solves():
+    prog, row = build("sor")
+    assert row == (42, 86, 30)
+    rng = np.random.default_rng(2)
+    for _ in range(3):
+        m, b = rng.uniform(1, 10, 5), rng.standard_normal(5)
+        C = rng.uniform(-0.2, 0.2, (5, 5))
+        C = (C + C.T) / 2
+        x, M = _sor(m, C, b)
+        out = prog.run(m=m, C=C, b=b)["x"]
+        assert rel(out, x) <= 1e-14
+        assert rel(out, np.linalg.solve(M, b)) <= 1e-14
+        assert rel(out, interpret("sor", m=m, C=C, b=b)["x"]) <= 1e-14
+
+
+def _kaczmarz(A, b, sweeps=10):
+    x = np.zeros(A.shape[1])
+    for _ in range(sweeps):
+        for i in range(A.shape[0]):
+            x = x + (b[i] - A[i] @ x) / (A[i] @ A[i]) * A[i]
+    return x
+
+
+def test_kaczmarz_matches_numpy_kaczmarz():
+    prog, row = build("kaczmarz")
+    assert row == (95, 56, 144)
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        A = rng.uniform(-1, 1, (6, 4))
+        b = A @ rng.standard_normal(4)
+        out = prog.run(A=A, b=b)["x"]
+        assert rel(out, _kaczmarz(A, b)) <= 1e-14
+        assert rel(out, interpret("kaczmarz", A=A, b=b)["x"]) <= 1e-14
+
+
+def test_expm_matches_scipy():
+    prog, row = build("expm")
+    assert row == (10, 16, 0)
+    rng = np.random.default_rng(4)
+    for _ in range(3):
+        M = rng.uniform(-1, 1, (4, 4))
+        out = prog.run(M=M)["E"]
+        assert rel(out, scipy.linalg.expm(M)) <= 1e-14
+        assert rel(out, interpret("expm", M=M)["E"]) <= 1e-14
+
+
+def test_denman_beavers_matches_scipy_sqrtm():
+    prog, row = build("denman_beavers")
+    assert row == (42, 20, 0)
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        V, _ = np.linalg.qr(rng.standard_normal((4, 4)))
+        lam = np.concatenate([[0.5, 4.0], rng.uniform(0.5, 4, 2)])     # the extremes included
+        A = V @ np.diag(lam) @ V.T
+        A = (A + A.T) / 2
+        root = scipy.linalg.sqrtm(A).real
+        out = prog.run(A=A)
+        assert rel(out["Y"], root) <= 1e-14
+        assert rel(out["Z"], np.linalg.inv(root)) <= 1e-14
+        assert rel(out["Y"], interpret("denman_beavers", A=A)["Y"]) <= 1e-14
+
+
+@pytest.mark.parametrize("name", ["gram_schmidt_qr", "lanczos", "sor", "kaczmarz", "expm",
+                                  "denman_beavers"])
+def test_the_readme_row_is_the_build(name):
+    """README's row: layers first in the second column, then 'WIDTH at d = ...' and the widest
+    MLP (or 'no MLP') in the third."""
+    _, (layers, width, mlp) = build(name)
+    row = next(line for line in (ROOT / "README.md").read_text().splitlines()
+               if line.startswith(f"| `{name}`"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[1].split()[0] == str(layers), row
+    assert cells[2].startswith(f"{width} at "), row
+    assert (f"widest MLP {mlp:,}" in cells[2]) if mlp else ("no MLP" in cells[2]), row
