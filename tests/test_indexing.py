@@ -43,7 +43,11 @@ o = outer(x[1:3], x)
 on = outer(col, x)
 u = stack(s)
 w = u * M[:, 0:1]
+zt = (A @ x)[2]
+Bt = A.T[:, 1]
+ns = triu(M[0:3, :], -1)
 output col, cols, row, head, xi, neg, part, rev, Mi, Mj, Mij, Mblock, Mt, sv, sm, sn, lo, up, band, D, Ds, o, on, u, w
+output zt, Bt, ns
 """
 
 
@@ -58,7 +62,8 @@ def _numpy(A, M, x, s):
                 sm=np.stack([x, M[:, 1], M[2, :]]), sn=np.stack([col, A[:, 0]]), lo=np.tril(M),
                 up=np.triu(M, 1), band=np.tril(M, 1) - np.tril(M, -2), D=M * np.eye(4),
                 Ds=(2 * np.eye(4)) * M, o=np.outer(x[1:3], x), on=np.outer(col, x), u=u,
-                w=u * M[:, 0:1])
+                w=u * M[:, 0:1], zt=(A @ x)[2], Bt=A.T[:, 1],
+                ns=np.triu(M[0:3, :], -1))
 
 
 def _data(n=6, seed=0):

@@ -187,7 +187,7 @@ class GraphBuilder(Walker):
         if op == "stack":
             return Val(ty, selection.stack(self, xs, tys, loc))
         if op in ("tril", "triu"):
-            return Val(ty, selection.triangle(self, xs[0], tys[0], op == "tril", node[1], loc))
+            return Val(ty, selection.triangle(self, xs[0], tys[0].shape, op == "tril", node[1], loc))
         if op == "outer":
             return Val(ty, selection.outer(self, xs[0], xs[1], loc))
         if op == "call":

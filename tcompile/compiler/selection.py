@@ -11,7 +11,8 @@ what heads compute exactly, so none of these forms is approximated:
                            the compiled model then needs more than i tokens (backend.py)
     stack(s_0, ..)         Σ_i e_i s_i  (scalars → [k]),  Σ_i e_i v_iᵀ  (vectors → [k, d])
     tril(M, k), triu(M, k) Σ_i D_i M P_i: D_i = e_i e_iᵀ keeps row i, P_i the diagonal 0/1
-                           pattern of the columns row i keeps (rows kept whole need no P_i)
+                           pattern of the columns row i keeps (rows kept whole need no P_i);
+                           triu(M, k) = tril(Mᵀ, −k)ᵀ, sharing tril's patterns
     M * I                  Σ_i D_i M D_i, the diagonal of M (times the scale of c·I)
     outer(u, v)            u vᵀ
 """
@@ -64,9 +65,14 @@ def stack(b, xs, tys, loc) -> int:
     return _sum(b, terms, loc)
 
 
-def triangle(b, m: int, tm, lower: bool, k: int, loc) -> int:
-    """tril(M, k) / triu(M, k) as Σ_i D_i M P_i (D_i keeps row i, P_i its kept columns)."""
-    rows, cols = tm.shape
+def triangle(b, m: int, shape: tuple, lower: bool, k: int, loc) -> int:
+    """tril(M, k) / triu(M, k) as Σ_i D_i M P_i (D_i keeps row i, P_i its kept columns);
+    triu(M, k) is tril(Mᵀ, −k)ᵀ, so a program using both (L and U of one matrix) stores one
+    set of patterns."""
+    if not lower:
+        mt = b.transpose(m, loc)
+        return b.transpose(triangle(b, mt, (shape[1], shape[0]), True, -k, loc), loc)
+    rows, cols = shape
     if _keeps_all(rows, cols, lower, k):
         return m
     terms = []
