@@ -22,6 +22,7 @@ col = A[:, j]
 cols = A[:, 1:3]
 row = A[1, :]
 head = A[0:3, j - 1]
+down = A[3::-2, 0]
 xi = x[j + 1]
 neg = x[-1]
 part = x[1:3]
@@ -47,7 +48,7 @@ zt = (A @ x)[2]
 Bt = A.T[:, 1]
 ns = triu(M[0:3, :], -1)
 output col, cols, row, head, xi, neg, part, rev, Mi, Mj, Mij, Mblock, Mt, sv, sm, sn, lo, up, band, D, Ds, o, on, u, w
-output zt, Bt, ns
+output zt, Bt, ns, down
 """
 
 
@@ -63,7 +64,7 @@ def _numpy(A, M, x, s):
                 up=np.triu(M, 1), band=np.tril(M, 1) - np.tril(M, -2), D=M * np.eye(4),
                 Ds=(2 * np.eye(4)) * M, o=np.outer(x[1:3], x), on=np.outer(col, x), u=u,
                 w=u * M[:, 0:1], zt=(A @ x)[2], Bt=A.T[:, 1],
-                ns=np.triu(M[0:3, :], -1))
+                ns=np.triu(M[0:3, :], -1), down=A[3::-2, 0])
 
 
 def _data(n=6, seed=0):
@@ -101,7 +102,8 @@ def test_every_form_is_exact_heads_and_constant_blocks(forms):
     0/1 blocks the encoder writes."""
     assert forms.typed_manifest.approximations == ()
     assert sum(layer.mlp_hidden for layer in forms.layers) == 0
-    patterns = [b for b in forms.layout.blocks if b.kind == "const" and b.const.startswith("pattern:")]
+    patterns = [b for b in forms.layout.blocks
+                if b.kind == "const" and b.const.startswith("pattern:")]
     assert patterns
 
 
@@ -113,7 +115,8 @@ def test_a_token_index_raises_the_token_minimum():
     out = prog.run(A=A)
     np.testing.assert_array_equal(out["r"], A[5])
     np.testing.assert_array_equal(out["v"], A[0:2, 1])
-    with pytest.raises(InputError, match="reads token 5"):
+    why = r"needs at least 6 tokens \(a subscript on the token axis reads token 5\)"
+    with pytest.raises(InputError, match=why):
         prog.run(A=A[:4])
     with pytest.raises(InputError, match="reads token 5, but the data has 4 tokens"):
         interpret_program(parse_source(src, "t.tp"), A=A[:4])
@@ -148,6 +151,9 @@ H = "program t\ndim d = 4\ninput x: [d]\ninput M: [d, d]\ninput A: [n, d]\ninput
     ("y = x[::0]\n", "a slice step cannot be 0", 7, 9),
     ("y = A[-1, :]\n", "counts from the end of the token axis", 7, 7),
     ("y = A[2:, 0]\n", "keeps a number of tokens that depends on n", 7, 7),
+    ("y = A[:-1, 0]\n", "keeps a number of tokens that depends on n", 7, 7),
+    ("y = A[::-1, 0]\n", "keeps a number of tokens that depends on n", 7, 7),
+    ("y = A[3:3, 0]\n", "this slice of the token axis is empty", 7, 7),
     ("y = x[A[0, 0]]\n", "an index must be a compile-time number", 7, 7),
     ("y = stack(x, M)\n", "stack() needs values of one shape", 7, 14),
     ("y = stack(M, M)\n", "would have 3 axes", 7, 11),

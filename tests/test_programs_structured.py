@@ -85,7 +85,8 @@ def _sor(m, C, b, omega=1.2, steps=30):
     x = np.zeros(len(b))
     for _ in range(steps):
         for i in range(len(b)):
-            x[i] = (1 - omega) * x[i] + omega * (b[i] - M[i, :i] @ x[:i] - M[i, i + 1:] @ x[i + 1:]) / M[i, i]
+            rest = b[i] - M[i, :i] @ x[:i] - M[i, i + 1:] @ x[i + 1:]
+            x[i] = (1 - omega) * x[i] + omega * rest / M[i, i]
     return x, M
 
 

@@ -62,6 +62,9 @@ def sized(e: Eye, other: V) -> V:
 
 def aligned(x: V, y: V):
     """Elementwise operands (language.md, 'Elementwise + - * / and broadcasting')."""
+    for u, w in ((x, y), (y, x)):               # [1] or [1, 1]: like a scalar
+        if u.a.ndim and u.a.size == 1 and u.a.ndim <= w.a.ndim and u.a.shape != w.a.shape:
+            return aligned(num(u.a.reshape(())), w) if u is x else aligned(w, num(u.a.reshape(())))
     if x.a.ndim == y.a.ndim:
         assert x.a.shape == y.a.shape and x.tok == y.tok, (x.a.shape, y.a.shape)
         return x.a, y.a, x.tok
@@ -155,7 +158,16 @@ class Evaluator:
         if isinstance(e, ast.Transpose):            # a vector or scalar is unchanged
             x = self.expr(e.operand, env)
             return x if isinstance(x, Eye) or x.a.ndim < 2 else V(x.a.T, x.tok[::-1])
+        if isinstance(e, ast.Index):
+            return self.index(e, env)
         args = [self.expr(a, env) for a in e.args]
+        if e.func == "stack":                        # np.stack on a new first axis
+            return V(np.stack([a.a for a in args]), (False,) + args[0].tok)
+        if e.func in ("tril", "triu"):
+            k = int(args[1].a) if len(args) > 1 else 0
+            return V((np.tril if e.func == "tril" else np.triu)(args[0].a, k), args[0].tok)
+        if e.func == "outer":
+            return V(np.outer(args[0].a, args[1].a), args[0].tok + args[1].tok)
         if e.func in self.program.functions:        # a macro: its own scope
             fn = self.program.functions[e.func]
             scope = dict(self.constants, **dict(zip(fn.params, args)))
@@ -170,6 +182,26 @@ class Evaluator:
         if e.func == "clip":
             return V(np.clip(x.a, float(args[1].a), float(args[2].a)), x.tok)
         return V(BUILTINS[e.func](x.a), x.tok)
+
+
+def _subscript(self, s, env):
+    """numpy's own subscript: an int, or a slice of ints (language.md, 'Indexing')."""
+    if isinstance(s, ast.Slice):
+        return slice(*(None if p is None else int(self.expr(p, env).a)
+                       for p in (s.start, s.stop, s.step)))
+    return int(self.expr(s, env).a)
+
+
+def _index(self, e, env) -> V:
+    x = self.expr(e.value, env)
+    subs = [_subscript(self, s, env) for s in e.subscripts]
+    subs += [slice(None)] * (x.a.ndim - len(subs))
+    # an axis kept whole keeps its kind; a token axis cut to fixed positions becomes small
+    tok = tuple(t and s == slice(None) for t, s in zip(x.tok, subs) if isinstance(s, slice))
+    return V(np.asarray(x.a[tuple(subs)]), tok)
+
+
+Evaluator.index = _index
 
 
 def evaluate(program, params, inputs) -> dict:
@@ -238,6 +270,21 @@ def test_token_vector_added_to_token_rows_compiles(body):
     inputs = sample_inputs(program, None, n=5, seed=0)
     assert close(prog.run(**inputs)["G"], evaluate(program, None, inputs)["G"], RTOL)
 
+INDEXING = """program indexing
+dim d = 4
+param j = 1
+input A : [n, d] assume in [-1, 1]
+input M : [d, d]
+input x : [d]
+input c : [1]
+output P, Q, R, S, T
+P = stack(A[:, j] @ A[:, j + 1], x[-1], M[j, 3]) * c
+Q = tril(M, -1) + triu(M.T, 2) - M * I + outer(x, M[:, 0])[::-1, 1:3] @ M[1:3, :]
+R = A[:, 0:2].T @ A[:, 2:4] / n + stack(x[0:2], x[2:4])
+S = A[2, :] + A[0:3, 0] @ M[0:3, :] + c * x
+T = stack(A[:, 0], A[:, 3]) @ A[:, 1] / n
+"""
+
 FUNCTIONS = """program functions
 dim d = 3
 param mu = 0.1
@@ -267,7 +314,7 @@ w = twice(M) @ v.T - v @ Minv
 def cases():
     out = {c[0]: c for c in random_programs("linear", 10) + random_programs("ew", 4)}
     out["broadcasting"] = ("broadcasting", BROADCASTING, None, None)     # interpreter only
-    for name, src in (("signed", SIGNED), ("functions", FUNCTIONS)):
+    for name, src in (("signed", SIGNED), ("functions", FUNCTIONS), ("indexing", INDEXING)):
         out[name] = (name, src, None, tcompile.compile_source(src, file=f"{name}.tp"))
     for name, params in (("newton_inverse", {"steps": 4, "d": 3}),
                          ("least_squares", {"steps": 3, "d": 4}),
@@ -277,7 +324,8 @@ def cases():
 
 
 NAMES = ([f"linear{i}" for i in range(10)] + [f"ew{i}" for i in range(4)] +
-         ["broadcasting", "signed", "functions", "newton_inverse", "least_squares", "newton_logistic"])
+         ["broadcasting", "signed", "functions", "indexing", "newton_inverse", "least_squares",
+          "newton_logistic"])
 # the compiled model approximates sigmoid and sqrt here (budgets 1e-7 .. 1e-4): a looser match
 APPROXIMATED = {"newton_logistic": 1e-3}
 

@@ -71,7 +71,8 @@ class Lowering:
         atom = self.atoms.get(nid)
         if atom is None:
             atom = self.atoms[nid] = Atom(nid, kind, node["cshape"], None, dict(node), node.get("name"))
-            # a scalar is its own transpose; an input is symmetric when declared so
+            # a scalar is its own transpose; an input is symmetric when declared so, a 0/1
+            # pattern (selection.py) when it equals its transpose
             atom.symmetric = node["cshape"] == (1, 1) or (kind in ("input", "const") and
                                                           bool(node.get("symmetric")))
         if poly is not None:

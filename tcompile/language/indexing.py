@@ -44,7 +44,8 @@ def index_value(walker, e: ast.Index, env):
                          f"{len(e.subscripts)}", e.subscripts[len(shape)].loc,
                          expected=f"at most {len(shape)} subscript{'s' * (len(shape) > 1)}")
     subs = list(e.subscripts) + [None] * (len(shape) - len(e.subscripts))
-    picks = tuple(_axis(walker, s, size, axis, env) for axis, (s, size) in enumerate(zip(subs, shape)))
+    picks = tuple(_axis(walker, s, size, axis, env)
+                  for axis, (s, size) in enumerate(zip(subs, shape)))
     out = tuple(size if p.picks is None else len(p.picks)
                 for p, size in zip(picks, shape) if not p.drop)
     check_holdable(out, e.loc, walker.src)
@@ -86,18 +87,22 @@ def _axis(walker, s, size, axis: int, env) -> AxisPick:
 
 
 def _token_slice(walker, s: ast.Slice, start, stop, step) -> AxisPick:
-    """A slice of the token axis: all of it, or fixed positions (which cannot depend on n)."""
+    """A slice of the token axis: all of it, or fixed positions, which cannot depend on n: the
+    end it runs towards must be given (going up) and no bound may count from the end."""
     if start is None and stop is None and step == 1:
         return AxisPick(None)
-    if stop is None or step < 0 or (start or 0) < 0 or stop < 0:
+    fixed = (stop is not None and stop >= 0 and (start or 0) >= 0) if step > 0 else \
+        (start is not None and start >= 0 and (stop is None or stop >= 0))
+    if not fixed:
         raise walker.err("this slice of the token axis keeps a number of tokens that depends on "
                          "n, known only at run time", s.loc,
                          expected="the whole axis ':', or fixed non-negative bounds such as 0:4 "
                                   "(a small vector of those tokens)")
-    kept = tuple(range(start or 0, stop, step))
+    kept = tuple(range(start or 0, stop, step)) if step > 0 else \
+        tuple(range(start, -1 if stop is None else stop, step))
     if not kept:
         raise walker.err("this slice of the token axis is empty", s.loc,
-                         expected="start < stop")
+                         expected="start < stop (start > stop going down)")
     return AxisPick(kept)
 
 

@@ -67,7 +67,9 @@ def _pattern(name: str, n: int) -> np.ndarray:
 
 def pattern_min_tokens(name: str | None) -> int:
     """The tokens a token-axis pattern reaches (0 for any other constant)."""
-    if not name or not name.startswith(PATTERN) or not name[len(PATTERN):].split(":")[0].endswith("xn"):
+    if not name or not name.startswith(PATTERN):
+        return 0
+    if not name[len(PATTERN):].split(":")[0].endswith("xn"):       # a small pattern
         return 0
     entries = name.split(":")[2]
     return max((int(e.split(".")[1]) + 1 for e in filter(None, entries.split(","))), default=0)

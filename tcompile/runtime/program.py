@@ -174,7 +174,7 @@ class CompiledProgram:
         if n < min_tokens:
             reach = max((pattern_min_tokens(b.const) for b in self.layout.blocks
                          if b.kind == "const"), default=0)
-            why = (f"it reads token {reach - 1} (a subscript on the token axis)" if reach == min_tokens
+            why = (f"a subscript on the token axis reads token {reach - 1}" if reach == min_tokens
                    else "its identity blocks and small matrices live in the first columns")
             raise InputError(f"this compiled program needs at least {min_tokens} "
                              f"tokens ({why}), got n = {n}")
