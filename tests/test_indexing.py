@@ -97,14 +97,15 @@ def test_the_compiled_model_matches_the_interpreter(forms):
         np.testing.assert_allclose(out[name], value, rtol=0, atol=1e-14, err_msg=name)
 
 
-def test_every_form_is_exact_heads_and_constant_blocks(forms):
+def test_every_form_is_exact_heads_that_select_identity_rows(forms):
     """No MLP piece: selection, stack, tril/triu, outer and M * I are products with constant
-    0/1 blocks the encoder writes."""
+    0/1 patterns, which heads read as rows of the identity block (labels I4[..]): no pattern
+    is stored."""
     assert forms.typed_manifest.approximations == ()
     assert sum(layer.mlp_hidden for layer in forms.layers) == 0
-    patterns = [b for b in forms.layout.blocks
-                if b.kind == "const" and b.const.startswith("pattern:")]
-    assert patterns
+    assert not [b for b in forms.layout.blocks if b.kind == "const" and "pattern" in b.const]
+    labels = [label for layer in forms.layers for label in layer.head_labels]
+    assert any("I4[" in label for label in labels)
 
 
 def test_a_token_index_raises_the_token_minimum():

@@ -30,7 +30,7 @@ def interpret(name: str, **inputs):
 
 def test_gram_schmidt_qr_matches_numpy_qr():
     prog, row = build("gram_schmidt_qr")
-    assert row == (28, 28, 82)
+    assert row == (28, 23, 82)
     rng = np.random.default_rng(0)
     for n in (5, 30):
         A = rng.standard_normal((n, 4))
@@ -63,7 +63,7 @@ def _lanczos(S, u0, k=4):
 
 def test_lanczos_matches_numpy_lanczos():
     prog, row = build("lanczos")
-    assert row == (33, 35, 44)
+    assert row == (33, 27, 44)
     rng = np.random.default_rng(1)
     for _ in range(3):
         V, _ = np.linalg.qr(rng.standard_normal((6, 6)))
@@ -92,7 +92,7 @@ def _sor(m, C, b, omega=1.2, steps=30):
 
 def test_sor_matches_numpy_sor_and_solves():
     prog, row = build("sor")
-    assert row == (42, 71, 30)
+    assert row == (42, 31, 30)
     rng = np.random.default_rng(2)
     for _ in range(3):
         m, b = rng.uniform(1, 10, 5), rng.standard_normal(5)
@@ -115,7 +115,7 @@ def _kaczmarz(A, b, sweeps=10):
 
 def test_kaczmarz_matches_numpy_kaczmarz():
     prog, row = build("kaczmarz")
-    assert row == (95, 56, 144)
+    assert row == (95, 52, 144)
     rng = np.random.default_rng(3)
     for _ in range(3):
         A = rng.uniform(-1, 1, (6, 4))

@@ -102,10 +102,14 @@ def _blocks(plan: Plan, outputs: dict[str, int], keys: dict) -> list[Block]:
     return blocks
 
 
-def _operand_rows(plan: Plan, op: Operand) -> list[int]:
-    """The rows a head operand reads: an atom's block, or the first k identity rows."""
+def _operand_rows(plan: Plan, op: Operand) -> list:
+    """The rows a head operand reads: an atom's block, or the first k identity rows; for a
+    selection, the identity row of each of its rows (None: a zero row, which reads nothing)."""
     if op.kind == "atom":
         rows = plan.slots[(op.atom, op.transposed)].rows
+    elif op.kind == "select":
+        eye = plan.slots[(IDENTITY_BLOCK, False)].rows
+        rows = [None if r is None else eye[r] for r in op.rows]
     else:
         pseudo = IDENTITY_BLOCK if op.kind == "eye" else IDENTITY_OVER_N_BLOCK
         rows = plan.slots[(pseudo, False)].rows[:op.k]
@@ -141,9 +145,11 @@ def _attention_weights(plan: Plan, written: list, keys: dict):
     labels = []
     for h, ((y, z), terms) in enumerate(heads):
         for i, r in enumerate(_operand_rows(plan, y)):
-            W_K[h, i, r] = 1.0
+            if r is not None:
+                W_K[h, i, r] = 1.0
         for i, r in enumerate(_operand_rows(plan, z)):
-            W_Q[h, i, r] = 1.0
+            if r is not None:
+                W_Q[h, i, r] = 1.0
         for term in terms:
             _add_value_term(plan, W_V[h], term)
         labels.append(_head_label(terms, y, z, keys))
@@ -156,15 +162,19 @@ def _add_value_term(plan: Plan, W_V: np.ndarray, term: HeadTerm) -> None:
     xr = _operand_rows(plan, term.real.x)
     dest = plan.slots[term.dest].rows
     if len(xr) == 1 and term.x_rows is not None and term.real.z.row is not None:
-        W_V[dest[term.x_rows[0]], xr[0]] += term.coef      # a row-split head
+        if xr[0] is not None:
+            W_V[dest[term.x_rows[0]], xr[0]] += term.coef      # a row-split head
         return
     for i in (term.x_rows if term.x_rows is not None else range(len(xr))):
-        W_V[dest[i], xr[i]] += term.coef
+        if xr[i] is not None:
+            W_V[dest[i], xr[i]] += term.coef
 
 
 def _operand_label(op: Operand, keys) -> str:
     if op.kind == "atom":
         return keys[(op.atom, op.transposed)]
+    if op.kind == "select":
+        return f"I{op.k}[" + ",".join("-" if r is None else str(r) for r in op.rows) + "]"
     return f"I{op.k}" if op.kind == "eye" else f"I{op.k}/n"
 
 

@@ -19,12 +19,16 @@ class Operand:
 
     kind 'atom': rows of atom `atom` stored transposed or not. kind 'eye': I_k (the first k
     rows of the identity block). kind 'eye_inv_n': I_k / n (a constant block the encoder fills).
+    kind 'select': a constant 0/1 pattern with at most one 1 per row (selection.py) read as
+    rows of the identity block: `rows[i]` is the identity row that is its row i (None: a zero
+    row), so the pattern itself is never stored — the weights select.
     """
     kind: str
     atom: int | None = None
     transposed: bool = False
     k: int | None = None
     row: int | None = None          # one row of the stored block (row-split heads)
+    rows: tuple | None = None       # select: identity row per operand row (None: zero)
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,8 @@ def _row_split(atoms, factor: Factor | None, scalars, p) -> list[Realization]:
             return []
     x = Operand("atom", scalars[0], False)
     y = Operand("atom", scalars[1], False) if len(scalars) == 2 else Operand("eye", k=1)
-    parts = tuple((Realization(x, y, Operand(z.kind, z.atom, z.transposed, z.k, row=r)), r)
+    parts = tuple((Realization(x, y, Operand(z.kind, z.atom, z.transposed, z.k, row=r,
+                                             rows=z.rows)), r)
                   for r in range(p))
     return [Realization(None, None, None, split=parts)]
 
@@ -167,12 +172,35 @@ def _operand(atoms, item, flip: bool) -> Operand | None:
         t = (not t) if flip else t
         if atoms[a].symmetric:
             t = False
+        selected = _selection(atoms[a], t)
+        if selected is not None:
+            return selected
         if not atoms[a].storable(t):
             return None
         return Operand("atom", a, t)
     if kind == "s":
         return Operand("atom", v, False)
     return Operand(kind, k=v)
+
+
+def _selection(atom, transposed: bool) -> Operand | None:
+    """A constant 0/1 pattern (transposed or not) with at most one 1 per row, as identity rows;
+    None for any other atom (or a pattern whose rows would be the token axis)."""
+    if atom.kind != "const" or atom.node.get("op") != "pattern":
+        return None
+    rows, cols = atom.cshape
+    entries = atom.node["entries"]
+    if transposed:
+        rows, cols, entries = cols, rows, tuple((j, i) for i, j in entries)
+    if rows == TOKEN:
+        return None
+    picked: list = [None] * rows
+    for i, j in entries:
+        if picked[i] is not None:
+            return None
+        picked[i] = j
+    width = cols if cols != TOKEN else 1 + max((j for j in picked if j is not None), default=0)
+    return Operand("select", k=width, rows=tuple(picked))
 
 
 def _as_heads(atoms, seq, p, q) -> Realization | None:

@@ -54,7 +54,7 @@ def identity_sizes(atoms: AtomTable, s: Schedule) -> tuple[int, int]:
     operands = [o for ts in s.terms.values() for t in ts for o in t.real.operands()]
     gate_sizes = [pair_rows(atoms, (a, not s.orient[a])) for a, atom in atoms.items()
                   if atom.kind == "mlp" and not atom.is_token]
-    eye = max([o.k for o in operands if o.kind == "eye"] + gate_sizes, default=0)
+    eye = max([o.k for o in operands if o.kind in ("eye", "select")] + gate_sizes, default=0)
     eye_inv_n = max((o.k for o in operands if o.kind == "eye_inv_n"), default=0)
     return eye, eye_inv_n
 

@@ -130,3 +130,4 @@ def token_reach(picks: tuple[AxisPick, ...], shape) -> int:
     """How many tokens the subscript needs (0 if it does not index the token axis)."""
     return max((max(p.picks) + 1 for p, size in zip(picks, shape)
                 if size == TOKEN and p.picks is not None), default=0)
+

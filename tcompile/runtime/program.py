@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import artifact, codec
-from .codec import ValidatedInputs, pattern_min_tokens
+from .codec import ValidatedInputs
 from .layout import Block, Layout
 from .loops import LoopProgram
 from .manifest import Manifest, ProgramInfo
@@ -172,8 +172,8 @@ class CompiledProgram:
         if n is None:
             n = min_tokens
         if n < min_tokens:
-            reach = max((pattern_min_tokens(b.const) for b in self.layout.blocks
-                         if b.kind == "const"), default=0)
+            from ..language.token_reads import tokens_read      # only on this error path
+            reach = tokens_read(self.program, self.info.float_params())
             why = (f"a subscript on the token axis reads token {reach - 1}" if reach == min_tokens
                    else "its identity blocks and small matrices live in the first columns")
             raise InputError(f"this compiled program needs at least {min_tokens} "
