@@ -15,7 +15,7 @@ Operations (attribute OP), with their arguments (attribute ARGS, node ids) and m
     eye       -           the identity, K rows (None until it meets a square matrix)
     pattern   -           a constant 0/1 matrix of CSHAPE with ones at ENTRIES (SYMMETRIC when
                           it equals its transpose): the selectors of indexing, stack, tril/triu
-                          and M * I (selection.py); the encoder writes it, so it is exact
+                          and M * I (selection.py); heads read it as identity rows (exact)
     matmul    a, b        a @ b
     T         a           aᵀ
     add       a, b        a + b

@@ -1,9 +1,10 @@
-"""Indexing, slicing and assembling as products with constant 0/1 blocks (dataflow nodes).
+"""Indexing, slicing and assembling as products with constant 0/1 matrices (dataflow nodes).
 
 What a subscript keeps is known at compile time (language/indexing.py), so every form here is
-a product with constant *patterns*: 0/1 matrices the encoder writes like the identity block
-(op `pattern`, nodes.py), which the lowering makes constant atoms. Products of stored blocks are
-what heads compute exactly, so none of these forms is approximated:
+a product with constant *patterns*: 0/1 matrices with at most one 1 per row (op `pattern`,
+nodes.py), which the lowering makes constant atoms and the heads read as rows of the identity
+block (heads.Operand kind 'select': W_K, W_Q, W_V pick those rows), so they take no width.
+Products are what heads compute exactly, so none of these forms is approximated:
 
     x[picks]               S x, with S = I[picks, :] (a selector: one 1 per row)
     M[rows, cols]          S_r M S_cᵀ (a dropped row axis: the transpose, numpy's [c] vector)

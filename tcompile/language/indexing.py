@@ -5,7 +5,7 @@ Every subscript is a compile-time integer (a number, a param, arithmetic on them
 `start:stop:step` of such integers; an integer subscript drops its axis, a slice keeps it. So
 what a subscript picks is known when the program is compiled: the checker turns it into the
 list of positions it keeps (`AxisPick`), and the interpreter and the dataflow builder both read
-that list (the compiled model multiplies by constant 0/1 selection blocks: exact).
+that list (the compiled model multiplies by constant 0/1 selections: exact).
 
 The token axis `n` is indexed only where the positions do not depend on n: a non-negative
 index `A[i, :]`, or a slice with non-negative start and stop `A[0:4, :]`; the compiled model

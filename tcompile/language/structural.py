@@ -14,7 +14,7 @@ interval rules. None of them is approximated, so none takes `on` or `tol`:
                             (numpy's np.diag); exact, but compiled with ReLUs gated by the
                             identity, which need bounds on the argument (the checker's)
     stack(a, b, ...)        numpy's np.stack on axis 0: k scalars → [k], k vectors [d] → [k, d]
-                            (d may be n: [k, n]); exact (constant selection blocks)
+                            (d may be n: [k, n]); exact (constant selections)
     tril(M, k), triu(M, k)  the entries on and below (above) the k-th diagonal of a small matrix,
                             the others 0 (k defaults to 0); exact
     outer(u, v)             u vᵀ of two vectors [a], [b] → [a, b]; exact (one head)
