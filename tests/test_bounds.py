@@ -7,6 +7,8 @@ where it comes from a declared domain `check_domains` says when data leaves it.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -153,3 +155,44 @@ def test_a_bound_that_cannot_hold_is_refused_at_the_bound(body, message):
     with pytest.raises(tcompile.ProgramError, match=message) as err:
         check_program(parse_source(src))
     assert err.value.line == 4
+
+
+# ---- errors in the user's terms ----------------------------------------------------------------
+
+def _compile_error(src):
+    with pytest.raises(tcompile.TcompileError) as err:
+        tcompile.compile_source(src, file="p.tp")
+    return err.value
+
+
+def test_an_unbounded_square_names_the_statement_and_its_variable_not_a_sign():
+    err = _compile_error("program p\ninput b : [n]\noutput w\nw = b\nrepeat 3 {\n"
+                         "  w = w - 0.1 * w * w\n}\n")
+    assert (err.line, err.column) == (6, 7)
+    assert "'w = w - 0.1 * w * w'" in err.message and "bound w" in err.message
+    assert "sign or flag" not in err.message and not re.search(r"\bb\b", err.message)
+
+
+def test_a_function_of_an_unbounded_value_shows_the_users_expression():
+    err = _compile_error("program p\ninput y : [n]\ninput z : [n]\noutput w\nt = y - z\n"
+                         "w = abs(t) * abs(2 * t) + 1\n")
+    assert "'w = abs(t) * abs(2 * t) + 1'" in err.message and "which values t takes" in err.message
+    assert not re.search(r"\bt\d+\b", err.message)          # no compiler temporaries
+
+
+def test_a_product_without_bounds_names_the_factor_as_the_statement_does():
+    err = _compile_error("program p\ninput y : [n]\ninput z : [n] in [0, 1]\noutput w\n"
+                         "t = y - z\nw = t * z\n")
+    assert "'w = t * z'" in err.message and "'t' has no known bounds" in err.message
+    assert "(t) on [lo, hi]" in err.expected
+
+
+@pytest.mark.parametrize("body, func", [("w = 1 / sum(sum(S)) on [1, 2]", "sum"),
+                                        ("w = 1 / f(S) on [1, 2]", "f")])
+def test_a_trailing_on_that_binds_to_an_inner_call_says_to_parenthesise(body, func):
+    src = ("program p\ninput S : [3, 3]\noutput w\ndef f(M) {\n  return sum(sum(M))\n}\n"
+           + body + "\n")
+    with pytest.raises(tcompile.ProgramError) as err:
+        check_program(parse_source(src))
+    assert "binds to that call" in err.value.message
+    assert "parenthes" in err.value.expected and f"({func}(...)) on [lo, hi]" in err.value.expected

@@ -284,7 +284,10 @@ class GraphBuilder(Walker):
             return
         matrix = is_square(ta.shape)
         verb = "squares" if written.endswith(("2", "x * x")) else "raises to that power"
-        raise CompileError(f"{written} {verb} every entry, which the compiled "
+        lines = (self.src or "").splitlines()
+        stmt = (f"'{lines[loc.line - 1].split('#')[0].strip()}': "
+                if loc is not None and 0 < loc.line <= len(lines) else "")
+        raise CompileError(f"{stmt}{written} {verb} every entry, which the compiled "
                            "model approximates on a known range, and this value has no known "
                            "bounds", loc, source=self.src,
                            expected=("M @ M for the matrix square; for the entrywise square, "

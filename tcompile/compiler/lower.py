@@ -17,6 +17,7 @@ only records them (elementwise.py): how they become ReLUs is pieces.py's busines
 from __future__ import annotations
 
 import math
+import re
 
 import networkx as nx
 
@@ -25,11 +26,14 @@ from ..language.checker import TOKEN
 from . import refine
 from .dataflow import DataflowGraph
 from .elementwise import (BOUND, Call, Const, Elementwise, Leaf, Product, Sum, affine, calls,
-                          leaves)
+                          leaves, to_text)
 from .heads import realizable
-from .pieces import MAX_SIGN_LEAVES, PieceBuilder
+from .pieces import MAX_SIGN_LEAVES, PieceBuilder, Words
 from .poly import (MAX_FACTORS, Atom, AtomTable, Mono, Poly, add_polys, max_degree, mul_polys,
                    symmetrize_weighted_grams, transpose_poly)
+
+
+UNNAMED = "a value computed in it"        # an error's name for a leaf no variable names
 
 
 # ---- building the atoms --------------------------------------------------------------------
@@ -59,8 +63,33 @@ class Lowering:
         self._chains: dict[tuple, int] = {}             # (argument, refinement) → that call
         self.user_bounds: dict[int, tuple] = {}         # atom → the user's `(x) on [lo, hi]`
 
-    def error(self, msg, nid):
-        return CompileError(msg, self.g.nodes[nid]["loc"], source=self.df.source)
+    def error(self, msg, nid, expected=None):
+        return CompileError(msg, self.g.nodes[nid]["loc"], source=self.df.source,
+                            expected=expected)
+
+    def statement(self, nid) -> str:
+        """The source statement that made node `nid`, as written (comment stripped), quoted:
+        how error messages show the user's expression rather than the compiler's expansion."""
+        loc = self.g.nodes[nid]["loc"]
+        lines = (self.df.source or "").splitlines()
+        if loc is None or not 0 < loc.line <= len(lines):
+            return "this statement"
+        return "'" + lines[loc.line - 1].split("#")[0].strip() + "'"
+
+    def words(self, nid, atoms) -> Words:
+        """The statement of `nid` and its leaves named as that statement names them: a leaf is
+        often several variables' value (w = b makes w and b one node); the name the statement
+        reads is the one the user knows it by here."""
+        text = self.statement(nid)
+        compiler = self.names()
+        names = {}
+        for a in atoms:
+            node = self.g.nodes[a]
+            known = [node["name"]] if node.get("name") else []
+            known += [v.split("@")[0] for v in node.get("vars", ())]
+            used = [k for k in known if re.search(rf"\b{re.escape(k)}\b", text)]
+            names[a] = used[-1] if used else (UNNAMED if not known else compiler.get(a, UNNAMED))
+        return Words(text, names)
 
     def approx_error(self, msg, nid):
         """A fit that cannot meet its budget, located at the statement that asked for it."""
@@ -423,8 +452,9 @@ class Lowering:
         loc_error = lambda msg: self.error(msg, nid)  # noqa: E731
         if ew.product or len(real) > 1:
             if not (isinstance(e, Product) and isinstance(e.a, Leaf) and isinstance(e.b, Leaf)):
-                raise self.error("an elementwise expression of two real values other than a "
-                                 "plain product u * v is not supported", nid)
+                raise self.error(f"{self.statement(nid)}: an elementwise expression of two real "
+                                 "values other than a plain product u * v is not supported", nid,
+                                 expected="the product in a statement of its own")
             piece = self._product_piece(nid, ew, e.a.atom, e.b.atom)
         else:
             if len(gates) > MAX_SIGN_LEAVES:
@@ -444,11 +474,14 @@ class Lowering:
                     bounds[cont] = self.piece_ranges[cont]
                 if self.leaf_bounds(cont, bounds.get(cont)) is not None:
                     bounds[cont] = self.leaf_bounds(cont, bounds.get(cont))
+            words = self.words(nid, leaves(e))
             try:
                 piece = self.pieces.unary(e, cont, gates, bounds, self.names(), loc_error,
-                                          tol=ew.tol, rel=ew.rel)
-            except ApproxError as err:       # say where
-                raise self.approx_error(err.args[0] if err.args else str(err), nid) from None
+                                          tol=ew.tol, rel=ew.rel, words=words)
+            except ApproxError as err:       # say where, in the user's words
+                msg = err.args[0] if err.args else str(err)
+                raise self.approx_error(msg.replace(to_text(e, self.names()), words.expr),
+                                        nid) from None
         self.piece_ranges[nid] = piece.range
         poly = self.make_atom(nid, "mlp")
         atom = self.atoms[nid]
@@ -476,24 +509,30 @@ class Lowering:
                                        ew.tol, self.names())
         except ApproxError as err:
             label = f"{self.names().get(u, u)} * {self.names().get(v, v)}"
-            raise self.approx_error(f"the product {label} of two real values (fitted to an "
-                                    f"absolute budget): {err.args[0] if err.args else err}",
+            names = self.words(nid, {u, v}).names
+            msg = err.args[0] if err.args else str(err)
+            raise self.approx_error(f"{self.statement(nid)}: the product {names[u]} * {names[v]} "
+                                    f"of two real values (fitted to an absolute budget): {msg}",
                                     nid) from None
 
     def bounds_of(self, atom_id, nid):
         found = self.leaf_bounds(atom_id, self._known_bounds(atom_id))
         if found is None:
-            raise self.error("a product of two real values needs bounds on both: give the "
-                             f"factor '{self.names().get(atom_id, atom_id)}' a domain or an "
-                             "input assumption", nid)
+            name = self.words(nid, {atom_id}).names[atom_id]
+            which, it = (f"'{name}'", name) if name != UNNAMED else (f"one factor ({name})",
+                                                                   "that factor")
+            raise self.error(f"{self.statement(nid)}: a product of two real values is fitted "
+                             f"on known ranges of both, and {which} has no known bounds",
+                             nid, expected=f"bounds on {which}: an input assumption, "
+                                           f"clip({it}, lo, hi), or ({it}) on [lo, hi]")
         return found
 
     def _known_bounds(self, atom_id):
         node = self.g.nodes[atom_id]
-        if atom_id in self.piece_ranges and (math.isfinite(self.piece_ranges[atom_id][0]) and
-                                             math.isfinite(self.piece_ranges[atom_id][1]) or "lo" not in node):
-            return self.piece_ranges[atom_id]       # else an exact piece (relu): the checker's bounds
-        if "lo" in node:
+        rng = self.piece_ranges.get(atom_id)
+        if rng is not None and math.isfinite(rng[0]) and math.isfinite(rng[1]):
+            return rng
+        if "lo" in node:                # an exact piece (relu) has no finite range: the checker's
             return (node["lo"], node["hi"])
         return None
 

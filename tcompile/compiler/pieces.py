@@ -98,6 +98,14 @@ def exact_pl(e: Expr, cont, env, label: str, tol: float) -> PLApprox | None:
 
 # ---- pieces --------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Words:
+    """A piece in the user's terms, for its error messages: the statement as written, and the
+    leaves named as that statement names them (the card's labels use the compiler's)."""
+    expr: str
+    names: dict
+
+
 @dataclass
 class Approximation:
     """One PL function inside a piece, for the report."""
@@ -187,26 +195,32 @@ class PieceBuilder:
         return self._cache[k]
 
     def unary(self, e, cont: int | None, gates: list[tuple[int, str]], bounds: dict, names: dict,
-              loc_error, tol: float | None = None, rel: bool = False) -> UnaryPiece:
+              loc_error, tol: float | None = None, rel: bool = False,
+              words: "Words | None" = None) -> UnaryPiece:
         """`tol`: the budget of the value computed (its statement's or call's); without one the
         tightest budget inside the expression, else the default. `rel`: that budget is
-        relative (|err| <= tol |f|), which a power c·u^p meets with geometric knots."""
+        relative (|err| <= tol |f|), which a power c·u^p meets with geometric knots. `words`:
+        the piece in the user's terms (the statement, the leaves as it names them), for error
+        messages; `names` label the card."""
         if tol is None:
             tight = [c for c in calls(e) if c.tol is not None]
             tol = min((c.tol for c in tight), default=self.default_tol)
             rel = any(c.rel and c.tol == tol for c in tight)
         label = to_text(e, names)
+        words = words or Words(label, names)
+        what = words.expr
         if rel:
             lo, hi, _ = self._domain(e, cont, gates, [()] if not gates else
                                      list(itertools.product((1.0, -1.0), repeat=len(gates))),
-                                     bounds, label, names, loc_error, saturate=False)
-            return self._relative(e, cont, gates, lo, hi, tol, label, loc_error)
+                                     bounds, what, words.names, loc_error, saturate=False)
+            return self._relative(e, cont, gates, lo, hi, tol, label, loc_error, what)
         patterns = list(itertools.product(*[(1.0, -1.0) if kind == "sign" else (1.0, 0.0)
                                              for _, kind in gates]))
         exact = self._exact_piece(e, cont, gates, patterns, bounds, label, tol)
         if exact is not None:
             return exact
-        lo, hi, checked = self._domain(e, cont, gates, patterns, bounds, label, names, loc_error)
+        lo, hi, checked = self._domain(e, cont, gates, patterns, bounds, what, words.names,
+                                       loc_error)
         key = shape_key(e, cont, gates)
         fits: dict[tuple, PLApprox] = {}
         grid = np.linspace(lo, hi, 257)
@@ -232,7 +246,9 @@ class PieceBuilder:
         for pl in branches.values():
             bad = np.asarray(pl.values)
             if not np.all(np.isfinite(bad)):
-                raise loc_error(f"{label} is not finite on [{lo:g}, {hi:g}]")
+                raise loc_error(f"{what} is not finite where "
+                                f"{words.names.get(cont, 'its argument')} "
+                                f"lies, [{lo:g}, {hi:g}]")
         piece = UnaryPiece(cont, gates_used, branches, lo, hi, label, offsets=offsets,
                            checked=checked)
         choice = "; ".join(c.note for c in calls(e) if c.note)
@@ -242,19 +258,19 @@ class PieceBuilder:
             piece.approximations.append(Approximation(label + suffix, lo, hi, pl, choice=choice))
         return piece
 
-    def _relative(self, e, cont, gates, lo, hi, rtol, label, loc_error) -> UnaryPiece:
+    def _relative(self, e, cont, gates, lo, hi, rtol, label, loc_error, what) -> UnaryPiece:
         """A relative budget: e must be c·u^p (reciprocal, sqrt, 1/sqrt, scaled), fitted with
         geometric knots (approx.power_relative), so [1e-9, 1] costs neurons ∝ log(hi/lo)."""
         if gates or cont is None:
-            raise loc_error(f"{label}: a relative tolerance applies to a function of one real "
+            raise loc_error(f"{what}: a relative tolerance applies to a function of one real "
                             "value, without sign or flag inputs")
         power = _power_of(e, cont, lo, hi)
         if power is None:
-            raise loc_error(f"{label}: a relative tolerance (tol rel) is supported for "
+            raise loc_error(f"{what}: a relative tolerance (tol rel) is supported for "
                             "c * x ** p (reciprocal, sqrt, 1/sqrt of one value, scaled)")
         c, p = power
         if lo <= 0 <= hi or (p != -1.0 and lo < 0):
-            raise loc_error(f"{label} on [{lo:g}, {hi:g}]: a relative tolerance needs a domain "
+            raise loc_error(f"{what} on [{lo:g}, {hi:g}]: a relative tolerance needs a domain "
                             "on one side of 0 (and x > 0 for a root)")
         key = ("relative", p, abs(lo) if lo > 0 else -hi, hi if lo > 0 else -lo, rtol)
         if key not in self._cache:
@@ -299,16 +315,24 @@ class PieceBuilder:
                 declared = declared or (-math.inf, math.inf)
                 checked = (max(lo, declared[0]), min(hi, declared[1]))
                 lo, hi = max(lo, active[0]), min(hi, active[1])
+        leaf = names.get(cont, "the value")
+        bound_it = (f"bound {leaf}: an input assumption, clip({leaf}, lo, hi), or "
+                    f"({leaf}) on [lo, hi]")
         if not (math.isfinite(lo) and math.isfinite(hi)):
+            if not calls(e) and gates:
+                raise loc_error(f"{label}: a sign or flag input times {leaf} is exact only on a "
+                                f"known range of {leaf}, and {leaf} has no known bounds; "
+                                + bound_it)
             if not calls(e):
-                raise loc_error(f"{label}: a sign or flag times a real value is exact only on a "
-                                f"known range of {names.get(cont, 'the value')}; bound it: an input "
-                                "assumption, or a function of it with a domain (on [lo, hi])")
-            raise loc_error(f"cannot tell the domain of {label}: give its function a domain "
-                            "with 'on [lo, hi]'")
+                raise loc_error(f"{label}: multiplies {leaf} by itself entry by entry (a square "
+                                f"or power, fitted on a known range), and {leaf} has no known "
+                                "bounds; " + bound_it)
+            raise loc_error(f"{label}: cannot tell which values {leaf} takes here, so the "
+                            "functions of it cannot be fitted; give the function a domain "
+                            f"(f(...) on [lo, hi]) or {bound_it}")
         if not lo < hi:
-            raise loc_error(f"the domains declared inside {label} leave no room for "
-                            f"{names.get(cont, 'its argument')} ([{lo:g}, {hi:g}])")
+            raise loc_error(f"the domains declared in {label} leave no room for {leaf} "
+                            f"([{lo:g}, {hi:g}])")
         return lo, hi, checked
 
     def _exact_piece(self, e, cont, gates, patterns, bounds, label, tol) -> UnaryPiece | None:
@@ -496,4 +520,4 @@ def _product_units(piece, row, r, gate_rows):
             yield w1, sign * c[j] / 4.0
 
 
-__all__ = ["UnaryPiece", "ProductPiece", "PieceBuilder", "piece_units", "exact_pl"]
+__all__ = ["UnaryPiece", "ProductPiece", "PieceBuilder", "Words", "piece_units", "exact_pl"]

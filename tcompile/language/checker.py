@@ -595,7 +595,10 @@ class Walker:
     def _call_user(self, e: ast.Call, env) -> Val:
         fn = self.program.functions[e.func]
         if e.domain is not None or e.tol is not None:
-            raise self.err(f"'on'/'tol' apply to builtin functions, not to '{e.func}'", e.loc)
+            raise self.err(f"'on'/'tol' apply to builtin functions, not to '{e.func}' (an "
+                           "'on'/'tol' right after a call binds to that call)", e.loc,
+                           expected=f"parentheses to bound its value or a larger expression: "
+                                    f"({e.func}(...)) on [lo, hi]")
         if len(e.args) != len(fn.params):
             raise self.err(f"{e.func}() takes {len(fn.params)} arguments, got {len(e.args)}", e.loc,
                            expected=f"{e.func}({', '.join(fn.params)})")

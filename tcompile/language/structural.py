@@ -29,7 +29,10 @@ from .types import TOKEN, Ty, _interval, check_holdable, elementwise_shape, fmt_
 def call_structural(walker, e, env):
     """Check (and, through walker.apply, evaluate) one structural builtin call."""
     if e.domain is not None or e.tol is not None:
-        raise walker.err(f"{e.func}() is exact: it takes no domain or tolerance", e.loc)
+        raise walker.err(f"{e.func}() is exact: it takes no domain or tolerance, and an "
+                         f"'on'/'tol' right after a call binds to that call", e.loc,
+                         expected=f"parentheses around what the 'on' is for, e.g. "
+                                  f"1 / ({e.func}(...)) on [lo, hi]")
     if e.func in ("ones", "zeros"):
         return _fill(walker, e, env)
     if e.func == "stack":
