@@ -4,6 +4,7 @@ on `device`, the table passes sized for it, the generated code, the domain guard
 the float64 module on the CPU (≤ 1e-13 in float64, float32 accuracy in float32)."""
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -29,6 +30,11 @@ if DEVICE.startswith("cuda") and not torch.cuda.is_available():
     pytest.skip("TCOMPILE_TEST_DEVICE=cuda but no CUDA device", allow_module_level=True)
 
 
+@functools.lru_cache(maxsize=None)
+def compiled(name: str, params: tuple):
+    return tcompile.compile_file(ROOT / "programs" / f"{name}.tp", params=dict(params))
+
+
 def module_cpu(prog, inputs: dict) -> dict:
     x = prog.encode(**inputs)
     with torch.no_grad():
@@ -40,7 +46,7 @@ def module_cpu(prog, inputs: dict) -> dict:
 def test_structured_on_device_equals_module(monkeypatch, name, params, n, dtype):
     if DEVICE == "cpu":      # the table passes a GPU takes (CHUNK_OTHER), here on the CPU
         monkeypatch.setitem(exec_ops.CHUNK, "cpu", exec_ops.CHUNK_OTHER)
-    prog = tcompile.compile_file(ROOT / "programs" / f"{name}.tp", params=params)
+    prog = compiled(name, tuple(sorted(params.items())))
     batch = sample_inputs(prog.program, params, n=n or 16, batch=4, seed=7)
     want = module_cpu(prog, batch)
     for _ in range(2):                              # traced, then the generated code

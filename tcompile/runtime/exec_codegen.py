@@ -27,6 +27,7 @@ keys it by (n, batch, dtype, device, watch).
 """
 from __future__ import annotations
 
+import re
 import weakref
 
 import torch
@@ -147,11 +148,34 @@ def trace(body, inputs: list[torch.Tensor]) -> tuple[Traced, object]:
         return len(flat) - 1
     template = _template(result, slot)
     params = ", ".join(f"s{i}" for i in range(len(inputs)))
-    source = (f"def forward({params}):\n" + "\n".join(w.lines) +
+    source = (f"def forward({params}):\n" + "\n".join(_freed(w.lines, set(flat))) +
               f"\n    return [{', '.join(flat)}]\n")
     glob = w.glob
     exec(compile(source, "<tcompile structured executor>", "exec"), glob)
     return Traced(glob["forward"], template, len(flat), source, len(w.lines)), result
+
+
+_VARIABLE = re.compile(r"\b[vr]\d+\b")
+
+
+def _freed(lines: list[str], returned: set[str]) -> list[str]:
+    """The lines with `del` after each variable's last use: a function's locals live until it
+    returns, so without this the generated forward would hold every intermediate at once
+    (the plan run as Python frees each as soon as it is dropped)."""
+    last: dict[str, int] = {}
+    for i, line in enumerate(lines):
+        for var in _VARIABLE.findall(line):
+            last[var] = i
+    dead: dict[int, list[str]] = {}
+    for var, i in last.items():
+        if var not in returned:
+            dead.setdefault(i, []).append(var)
+    out = []
+    for i, line in enumerate(lines):
+        out.append(line)
+        if i in dead:
+            out.append(f"    del {', '.join(sorted(dead[i]))}")
+    return out
 
 
 _VIEWS = {"mT", "T", "mH", "expand", "unsqueeze", "transpose", "narrow", "select", "__getitem__"}
