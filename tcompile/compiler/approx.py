@@ -233,6 +233,49 @@ def power_relative(name: str, p: float, lo: float, hi: float, rtol: float,
     return PLApprox(name, lo, hi, _frozen(t), _frozen(v), err, rtol, False, relative=True)
 
 
+def relative_callable(name: str, f: Callable, lo: float, hi: float, rtol: float,
+                      max_neurons: int = 200_000) -> PLApprox:
+    """f on [lo, hi] within a *relative* error rtol (|pl - f| <= rtol |f|), for any continuous
+    f without a zero there: the domain is cut where |f| has changed by a factor 2, each band is
+    fitted as an interpolant (so the bands join) to the absolute budget rtol · min |f| of that
+    band, and the bands' knots are joined. Within a band the budget is at most twice too tight,
+    so the count is within √2 of the best for the relative budget, and it grows with the
+    decades f spans (exp on [-20, 5], sigmoid far left), not with 1 / min |f|."""
+    lo, hi, rtol = _check_interval(name, lo, hi, rtol)
+    if not rtol < 1:
+        raise ApproxError(f"{name}: a relative tolerance must be below 1, got {rtol:g}")
+    where = f"{name} on [{lo:g}, {hi:g}] at relative tol {rtol:g}"
+    xg = np.linspace(lo, hi, _GRID)
+    with np.errstate(all="ignore"):
+        fg = np.abs(_feval(f, xg))
+    if not np.all(np.isfinite(fg)):
+        raise ApproxError(f"{where}: the function is not finite on the domain")
+    if fg.min() <= 0:
+        raise ApproxError(f"{where}: the function reaches 0 on the domain, where no relative "
+                          "error can be met (use an absolute tol)")
+    cuts, start, low, high = [lo], 0, fg[0], fg[0]
+    for i in range(1, len(xg)):
+        low, high = min(low, fg[i]), max(high, fg[i])
+        if high > 2 * low and i - 1 > start:
+            cuts.append(float(xg[i - 1]))
+            start, low, high = i - 1, min(fg[i - 1], fg[i]), max(fg[i - 1], fg[i])
+    cuts.append(hi)
+    ts, vs = [], []
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        band = fg[(xg >= a) & (xg <= b)]
+        piece = approximate_callable(name, f, a, b, rtol * float(band.min()),
+                                     max_neurons, interpolate=True)
+        ts.append(np.asarray(piece.knots)[:-1] if b < hi else np.asarray(piece.knots))
+        vs.append(np.asarray(piece.values)[:-1] if b < hi else np.asarray(piece.values))
+    t, v = np.concatenate(ts), np.concatenate(vs)
+    if len(t) - 1 + 2 > max_neurons:
+        raise ApproxError(f"{where}: needs {len(t) + 1} neurons > max_neurons {max_neurons}")
+    err = _relative_error(f, t, v)
+    if err > rtol:
+        raise ApproxError(f"{where}: relative error {err:.3g} over {rtol:g}")
+    return PLApprox(name, lo, hi, _frozen(t), _frozen(v), err, rtol, False, relative=True)
+
+
 def _relative_error(f, t, v, m=1024, iters=40):
     """max |pl - f| / |f| over every interval: m samples, then a ternary search at the peak."""
     fabs = lambda x: np.abs(_feval(f, x))            # noqa: E731

@@ -209,7 +209,7 @@ class GraphBuilder(Walker):
                 self._check_square(ta, loc, f"'**' is elementwise: x ** {p:g}")
                 power = a
                 for _ in range(int(p) - 1):
-                    power = self._elementwise("*", power, ta, a, ta, ty, loc)
+                    power = self._elementwise("*", power, ta, a, ta, ty, loc, power=True)
                 return Val(ty, power)
             func = {0.5: "sqrt", -1.0: "reciprocal"}.get(p)
             if func is None:
@@ -345,7 +345,7 @@ class GraphBuilder(Walker):
             return self.transpose(self.matmul(self.transpose(a, loc), b, loc), loc)
         return self.matmul(a, b, loc)
 
-    def _elementwise(self, op, a, ta, b, tb, ty, loc):
+    def _elementwise(self, op, a, ta, b, tb, ty, loc, power=False):
         cs = canonical_shape(ty.shape)
         if ta.shape is None and tb.shape is None:
             return self._combine_unsized(op, a, b, loc)
@@ -380,19 +380,24 @@ class GraphBuilder(Walker):
                 return self.node("smul", (x, s), cs, loc)
         if a == b and op == "*":
             self._check_square(ta, loc, "x * x")
-        return self.ewmul(a, ta, b, tb, cs, loc)
+        return self.ewmul(a, ta, b, tb, cs, loc, power)
 
-    def ewmul(self, a, ta: Ty, b, tb: Ty, cs, loc):
+    def ewmul(self, a, ta: Ty, b, tb: Ty, cs, loc, power=False):
         """An elementwise product: a head where it is diag(u) @ v (`_as_head_product`), else a
         fitted product that carries its statement's absolute budget. A relative one
         (`tol rel`) is for functions of one value: a product of two real values (neither a
         sign nor a flag, which gate exactly) under it is refused rather than fitted to an
-        absolute budget the statement did not ask for."""
+        absolute budget the statement did not ask for. A `power` (x ** k: x times itself, one
+        function of x) takes the relative budget (TOL_REL)."""
         gated = ta.sign or ta.flag or tb.sign or tb.flag
         exact = None if gated else self._as_head_product(a, ta, b, tb, loc)
         if exact is not None:
             return exact
-        if self.stmt_tol_rel and self.stmt_tol is not None and not gated:
+        relative = self.stmt_tol_rel and self.stmt_tol is not None
+        if power and relative:
+            return self.node("ewmul", tuple(sorted((a, b))), cs, loc, tol=self.stmt_tol,
+                             tol_rel=True)
+        if relative and not gated:
             raise CompileError("a relative tolerance (tol rel) applies to functions of one value "
                                "(reciprocal, sqrt, exp, ...); this statement multiplies two "
                                "values elementwise", loc, source=self.src,

@@ -204,8 +204,9 @@ class Lowering:
             return self.bound(nid)
         if op == "ewmul":
             a, b = (self.ew_operand(x, allow_products=False) for x in args)
-            if len(self.real_leaves(Product(a, b))) <= 1:
-                return Elementwise(Product(a, b), tol=node.get("tol"))
+            if len(self.real_leaves(Product(a, b))) <= 1:      # x ** k: tol rel allowed
+                return Elementwise(Product(a, b), tol=node.get("tol"),
+                                   rel=bool(node.get("tol_rel")))
             for x in args:                 # two real factors: a product piece of two atoms
                 self.need_poly(x)
             tol = node.get("tol")
@@ -214,6 +215,10 @@ class Lowering:
         if op in ("scale", "add") and any(isinstance(self.polys[a], Elementwise) for a in args):
             exprs = [self.ew_operand(a, allow_products=False) for a in args]
             if op == "scale":
+                inner = self.polys[args[0]]
+                if isinstance(inner, Elementwise) and inner.rel:   # survives scaling: -x ** 4
+                    return Elementwise(Product(Const(node["c"]), exprs[0]), tol=inner.tol,
+                                       rel=True)
                 return Elementwise(Product(Const(node["c"]), exprs[0]))
             if len(self.real_leaves(Sum(*exprs))) <= 1:
                 return Elementwise(Sum(*exprs))

@@ -63,7 +63,7 @@ FARGS = "fargs"          # call: extra constant arguments (clip's bounds)
 DOMAIN = "domain"        # call: the declared `on [lo, hi]`, or the argument's bounds, or None;
                          #   bound: the user's interval
 TOL = "tol"              # call/ewmul: the statement's (or call's) error budget, or None
-TOL_REL = "tol_rel"      # call: present (True) when TOL is relative (`tol rel eps`:
+TOL_REL = "tol_rel"      # call, and ewmul of x ** k: present (True) when TOL is relative (`tol rel eps`:
                          #   |error| <= eps·|exact value|); absent when TOL is absolute
 NOTE = "note"            # call: why the compiler built it (the relu of an exact head product's
                          #   diag, compiler/dataflow.py); shown as the card's 'chosen:' line

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..language import portable_math as pm
-from .approx import PLApprox, approximate_callable, power_relative
+from ..errors import ApproxError
+from .approx import PLApprox, approximate_callable, power_relative, relative_callable
 from .elementwise import (BOUND, Expr, active_interval, affine, calls, evaluate, pl_of,
                           pulled_back_domains, shape_key, to_text)
 
@@ -265,9 +266,8 @@ class PieceBuilder:
             raise loc_error(f"{what}: a relative tolerance applies to a function of one real "
                             "value, without sign or flag inputs")
         power = _power_of(e, cont, lo, hi)
-        if power is None:
-            raise loc_error(f"{what}: a relative tolerance (tol rel) is supported for "
-                            "c * x ** p (reciprocal, sqrt, 1/sqrt of one value, scaled)")
+        if power is None:           # any other smooth function: relative bands (approx.py)
+            return self._relative_general(e, cont, lo, hi, rtol, label, loc_error, what)
         c, p = power
         if lo <= 0 <= hi or (p != -1.0 and lo < 0):
             raise loc_error(f"{what} on [{lo:g}, {hi:g}]: a relative tolerance needs a domain "
@@ -278,6 +278,21 @@ class PieceBuilder:
         base = self._cache[key]
         t, v = (base.knots, base.values) if lo > 0 else (-base.knots[::-1], -base.values[::-1])
         pl = PLApprox(label, lo, hi, t, c * v, base.max_error, rtol, False, relative=True)
+        piece = UnaryPiece(cont, [], {(): pl}, lo, hi, label)
+        piece.approximations.append(Approximation(f"{label} (relative)", lo, hi, pl))
+        return piece
+
+    def _relative_general(self, e, cont, lo, hi, rtol, label, loc_error, what) -> UnaryPiece:
+        """A relative budget on exp, log, sigmoid, softplus, x ** k, ... of one leaf: fitted
+        band by band where the value changes by a factor 2 (approx.relative_callable)."""
+        key = ("relative", shape_key(e, cont, []), lo, hi, rtol)
+        if key not in self._cache:
+            try:
+                self._cache[key] = relative_callable(label, _leaf_function(e, cont, {}), lo, hi,
+                                                     rtol)
+            except ApproxError as err:
+                raise loc_error(f"{what}: {err.args[0] if err.args else err}") from None
+        pl = self._cache[key]
         piece = UnaryPiece(cont, [], {(): pl}, lo, hi, label)
         piece.approximations.append(Approximation(f"{label} (relative)", lo, hi, pl))
         return piece
