@@ -202,3 +202,11 @@ def test_an_unclosed_bracket_is_named_where_it_opens():
         parse_source(src, "t.tp")
     assert (info.value.loc.line, info.value.loc.column) == (3, 10)
     assert "this '(' is never closed" in str(info.value) and "^" in str(info.value)
+
+
+def test_assigning_to_an_entry_says_how_to_build_the_value():
+    src = "program t\ninput x: [3]\ny = x\n  y[0] = 1\noutput y\n"
+    with pytest.raises(TcompileError) as info:
+        parse_source(src, "t.tp")
+    assert (info.value.loc.line, info.value.loc.column) == (4, 3)
+    assert "cannot assign to part of 'y'" in str(info.value) and "stack(" in str(info.value)

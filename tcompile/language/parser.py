@@ -237,6 +237,7 @@ def parse_source(source: str, file: str = "<string>") -> ast.Program:
                                  expected=_describe_expected(parser, e.expected), source=source) from None
     except lark.exceptions.UnexpectedToken as e:
         _refuse_control_flow(file, source, e.token.line)
+        _refuse_index_assignment(file, source, e.token.line)
         tok = e.token
         _refuse_unclosed(parser, file, source, tok)
         what = "end of file" if tok.type == "$END" else (
@@ -277,6 +278,25 @@ def _refuse_unclosed(parser: Lark, file: str, source: str, tok) -> None:
                                                                               first.column),
                              expected=f"'{')' if first == '(' else ']'}' before line {line}",
                              source=source)
+
+
+_INDEX_ASSIGNMENT = re.compile(r"[ \t]*([A-Za-z_][A-Za-z0-9_]*)[ \t]*\[[^\n]*\][ \t]*=(?!=)")
+
+
+def _refuse_index_assignment(file: str, source: str, line: int | None) -> None:
+    """`y[0] = ...` fails to parse at the '['; say that values are assigned whole, and how
+    to build one from its entries."""
+    lines = source.split("\n")
+    if line is None or not 1 <= line <= len(lines):
+        return
+    m = _INDEX_ASSIGNMENT.match(lines[line - 1])
+    if m is None:
+        return
+    raise ProgramSyntaxError(
+        f"cannot assign to part of '{m.group(1)}': a variable is assigned whole",
+        SourceLocation(file, line, m.start(1) + 1), source=source,
+        expected="build the value from its parts, e.g. y = stack(a, b, c) for a vector or "
+                 "stack(row0, row1) for a matrix")
 
 
 _CONTROL_FLOW = re.compile(r"[ \t]*(if|while|for|else|elif)\b(?![ \t]*=[^=])")
