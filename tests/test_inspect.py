@@ -76,7 +76,8 @@ def test_trace_every_row_within_its_tolerance(progs, traces, name):
     assert rows, "the trace is empty"
     tol = progs[name].predicted_rtol()
     for r in rows:
-        assert set(r) == {"layer", "sublayer", "variable", "block", "max_abs_err", "rel_err", "tol", "ok"}
+        assert set(r) == {"layer", "sublayer", "variable", "block", "max_abs_err", "rel_err", "tol",
+                          "ok", "ref_scale", "judged"}
         assert r["tol"] == tol
         assert np.isfinite(r["max_abs_err"]) and np.isfinite(r["rel_err"])
         assert r["ok"], r
@@ -202,6 +203,99 @@ def test_corrupted_weight_is_found_at_its_layer_and_variable(progs, inputs, trac
     assert f"first departure: layer {ell} (attn), variable {var}" in text
     # restored weights: the trace is clean again
     assert first_departure(prog.trace(**inputs[name])) is None
+
+
+def test_compact_trace_keeps_each_value_once_and_every_change(progs, traces):
+    """The default view: each (value, block) where it first appears, again only where its
+    error changes; inputs and constants (which never change) once."""
+    from tcompile.inspection.trace import select_rows
+    rows = traces["newton_logistic"]
+    shown = select_rows(rows)
+    assert len(shown) < len(rows) / 5
+    keys = [(r["variable"], r["block"]) for r in rows]
+    assert {(r["variable"], r["block"]) for r in shown} == set(keys)      # nothing lost
+    for r in shown:
+        if r["variable"].startswith(("input:", "const:")):
+            assert keys.count((r["variable"], r["block"])) > 1            # repeated in the full trace
+            assert sum(1 for s in shown if (s["variable"], s["block"]) == (r["variable"], r["block"])) == 1
+    # a row left out repeats the error of the last shown row of its value
+    last = {}
+    for r in rows:
+        key = (r["variable"], r["block"])
+        if not any(r is s for s in shown):
+            assert last[key] == r["max_abs_err"]
+        last[key] = r["max_abs_err"]
+    assert select_rows(rows, every=True) == rows
+
+
+def test_trace_filters_by_variable_and_failing(progs, inputs, traces):
+    from tcompile.inspection.trace import select_rows
+    rows = traces["least_squares"]
+    w = select_rows(rows, var="w", every=True)
+    assert w and {r["variable"].split("@")[0] for r in w} == {"w"}
+    assert len(w) == sum(r["variable"].startswith("w@") for r in rows)
+    assert {r["variable"] for r in select_rows(rows, var="w@2")} == {"w@2"}
+    assert {r["variable"] for r in select_rows(rows, var="A")} == {"input:A"}
+    assert select_rows(rows, failing=True) == []
+    # a corrupted weight: --failing shows the departure first, and only rows over tolerance
+    prog = progs["least_squares"]
+    blk = block_with_var(prog, "w@2")
+    ell = (blk["written"] - 1) // 2
+    W_V = prog.layers[ell].W_V
+    h, r, c = next((h, r, c) for h in range(W_V.shape[0]) for r in blk["rows"]
+                   for c in range(W_V.shape[2]) if W_V[h, r, c] != 0)
+    saved = W_V[h, r, c]
+    try:
+        W_V[h, r, c] = saved + 0.5 * abs(saved) + 0.1
+        prog._modules.clear()
+        bad_rows = prog.trace(**inputs["least_squares"])
+    finally:
+        W_V[h, r, c] = saved
+        prog._modules.clear()
+    failing = select_rows(bad_rows, failing=True)
+    assert failing and not any(r["ok"] for r in failing)
+    assert failing[0] is first_departure(bad_rows)
+    assert select_rows(bad_rows, failing=True, every=True) == [r for r in bad_rows if not r["ok"]]
+    text = format_trace(bad_rows, failing=True, every=False)
+    assert "rows over tolerance" in text and "first departure: layer" in text.splitlines()[-1]
+
+
+def test_a_value_of_about_zero_is_judged_by_its_absolute_error():
+    """A gradient that converged to 1e-17: relative error 8 means nothing; the row says it is
+    judged by its absolute error and shows no relative error; a normal value is judged
+    relatively."""
+    from types import SimpleNamespace
+    from tcompile.inspection.trace import trace_row
+    blk = SimpleNamespace(key="g@7")
+    ref = np.full((1, 3), 1e-17)
+    tiny = trace_row(5, "g@7", blk, ref + 8e-17, ref, tol=1e-10)
+    assert tiny["ok"] and tiny["judged"] == "absolute" and tiny["rel_err"] == pytest.approx(8.0)
+    normal = trace_row(5, "w@1", blk, np.ones((1, 3)) + 1e-12, np.ones((1, 3)), tol=1e-10)
+    assert normal["ok"] and normal["judged"] == "relative"
+    wrong = trace_row(5, "w@1", blk, np.ones((1, 3)) + 1e-3, np.ones((1, 3)), tol=1e-10)
+    assert not wrong["ok"] and wrong["judged"] == "relative"
+    text = format_trace([tiny, normal])
+    line = next(ln for ln in text.splitlines() if "g@7" in ln)
+    assert "(≈0)" in line and "yes*" in line and "8.00e+00" not in line
+    assert "judged by its absolute error" in text
+    assert "judged by" not in format_trace([normal])
+
+
+def test_cli_trace_var_and_failing(artifacts, inputs, tmp_path, capsys):
+    np.savez(tmp_path / "in.npz", **inputs["least_squares"])
+    art, inp = str(artifacts["least_squares"]), str(tmp_path / "in.npz")
+    assert main(["trace", art, "--inputs", inp, "--var", "w"]) == 0
+    out = capsys.readouterr().out
+    table = [ln for ln in out.splitlines()[1:] if re.match(r"\s+\d+\s+(attn|mlp)", ln)]
+    assert table and all(ln.split()[2].startswith("w@") for ln in table)
+    assert "values of w" in out
+    assert main(["trace", art, "--inputs", inp, "--failing"]) == 0
+    out = capsys.readouterr().out
+    assert not [ln for ln in out.splitlines()[1:] if re.match(r"\s+\d+\s+(attn|mlp)", ln)]
+    assert out.rstrip().endswith("every traced value matches the interpreter")
+    assert main(["trace", art, "--inputs", inp, "--var", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert "--var nosuch: least_squares traces no such value; it traces" in err and " w," in err
 
 
 # ---- hook points -----------------------------------------------------------------------------
@@ -515,7 +609,8 @@ def test_cli_trace_writes_csv(cli, traces):
     with cli["paths"]["csv"].open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(want)
-    assert list(rows[0]) == ["layer", "sublayer", "variable", "block", "max_abs_err", "rel_err", "tol", "ok"]
+    assert list(rows[0]) == ["layer", "sublayer", "variable", "block", "max_abs_err", "rel_err", "tol",
+                             "ok", "ref_scale", "judged"]
     for got, w in zip(rows, want):
         assert (int(got["layer"]), got["sublayer"], got["variable"], got["block"], got["ok"]) == \
             (w["layer"], w["sublayer"], w["variable"], w["block"], "True")

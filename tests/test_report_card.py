@@ -132,7 +132,7 @@ def test_trace_table_names_each_variable_by_its_source_line(logistic):
     A /= 1.5 * np.linalg.norm(A, axis=1, keepdims=True)
     rows = logistic.trace(A=A, y=np.sign(rng.normal(size=8)), x0=np.zeros(3))
     source = LOGISTIC.read_text().split("\n")
-    text = format_trace(rows, source_lines(logistic)).splitlines()
+    text = format_trace(rows, source_lines(logistic), every=True).splitlines()
     named = 0
     for row, line in zip(rows, text[1:]):
         m = re.search(r"line (\d+)$", line)
@@ -169,3 +169,46 @@ def test_identical_functions_are_listed_once_with_the_lines_that_apply_them():
     assert rec["entries"] == 7 * 3 and rec["neurons"] == rec["entries"] * rec["neurons_per_entry"]
     assert [source[n - 1].strip() for n in rec["lines"]] == [
         "x = u - clip(u, -eta * alpha, eta * alpha)"]
+
+
+def test_card_groups_identical_exact_pieces_into_one_entry():
+    """Conjugate gradient's projection applies 2 exact ReLUs per step (relu and -relu, one
+    record each): the card lists them once with a count, and its entry count is the number of
+    distinct (statement, cost) groups, not of records. Oracle: the report's records."""
+    from tcompile.compiler.pipeline import compile_file
+    from tcompile.inspection.report import group_approximations
+    prog = compile_file(ROOT / "programs" / "conjugate_gradient.tp")
+    records = prog.report["approximations"]
+    exact = [a for a in records if a["exact"] and a["lines"] == [65]]
+    assert len(exact) >= 10                               # 2 per step: many records ...
+    card = prog.report_text().split("approximated functions")[1]
+    entries = re.findall(r"^  (\d+)\. (.*)$", card, flags=re.M)
+    assert len(entries) == len(group_approximations(records)) < len(records)
+    line65 = [text for _, text in entries if "relu((…))" in text]
+    assert len(line65) == 1                               # ... one entry
+    assert f"({len(exact)} identical exact pieces)" in line65[0]
+    assert sum(int(k) for k in re.findall(r"×(\d+)", line65[0])) == len(exact)
+    total = sum(a["neurons"] for a in exact)
+    assert f"({total:,} in all over the {len(exact)})" in card.replace("\n       ", " ")
+    # approximated records that differ in anything printed stay apart
+    assert [n for n, _ in entries] == [str(i) for i in range(1, len(entries) + 1)]
+
+
+def test_check_domains_summarises_all_inside_and_names_what_left(logistic):
+    import tcompile
+    rng = np.random.default_rng(2)
+    A = rng.normal(size=(8, 3))
+    A /= 1.5 * np.linalg.norm(A, axis=1, keepdims=True)
+    checks = logistic.check_domains(A=A, y=np.sign(rng.normal(size=8)), x0=np.zeros(3))
+    assert checks.all_inside and checks.outside == [] and not any(c["outside"] for c in checks)
+    assert str(checks) == checks.summary == (f"all {len(checks)} domain checks inside: every MLP "
+                                             f"piece read inputs within the domain it was fitted on")
+    prog = tcompile.compile_source("program t\ninput u : [n]\noutput s\ns = sigmoid(u) on [-2, 2]\n",
+                                   file="t.tp")
+    out = prog.check_domains(u=np.array([[0.0, 2.5], [-3.0, 0.0]]))
+    assert not out.all_inside and out.outside == [out[0]]
+    lines = out.summary.splitlines()
+    assert lines[0] == "1 of 1 domain checks left their domain (there the piece clamps, so its output is wrong):"
+    assert lines[1] == "  sigmoid(u), reading u (input), at layer 0: saw [-3, 2.5], fitted on [-2, 2]"
+    assert "no domain checks" in str(tcompile.compile_source(
+        "program t\ninput u : [n]\noutput s\ns = 2 * u\n", file="t.tp").check_domains(u=np.ones(3)))

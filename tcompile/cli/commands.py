@@ -231,11 +231,18 @@ def cmd_report(args) -> int:
 
 
 def cmd_trace(args) -> int:
-    from ..inspection.trace import format_trace, source_lines, write_trace
+    """The trace table (compact unless --all; --var, --failing filter it); -o writes every row."""
+    from ..inspection.trace import format_trace, source_lines, traced_names, write_trace
     out_path = output_file(args.out, inputs=args.inputs) if args.out is not None else None
     prog = load_artifact(args.artifact)
     rows = prog.trace(**load_npz(args.inputs))
-    print(format_trace(rows, source_lines(prog)))
+    names = traced_names(rows)
+    if args.var is not None and args.var not in names and \
+            not any(r["variable"] == args.var for r in rows):
+        raise UsageError(f"--var {args.var}: {prog.name} traces no such value; it traces "
+                         f"{', '.join(names)}")
+    print(format_trace(rows, source_lines(prog), var=args.var, failing=args.failing,
+                       every=args.every))
     if out_path is not None:
         with writing(args.out):
             write_trace(rows, out_path)

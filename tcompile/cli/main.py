@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("artifact", help=ARTIFACT_HELP)
     t.add_argument("--inputs", required=True, metavar="FILE.npz", help=INPUTS_HELP)
     t.add_argument("-o", "--out", default=None, help="write the table as CSV (.csv) or JSON (.json)")
+    t.add_argument("--var", default=None, metavar="NAME",
+                   help="only the values of program variable NAME (x: every x@k; x@3; an input)")
+    t.add_argument("--failing", action="store_true", help="only the rows over tolerance")
+    t.add_argument("--all", dest="every", action="store_true",
+                   help="every value after every sublayer (default: each value where it first "
+                        "appears and wherever its error changes)")
     pl = sub.add_parser("plot", help="draw layout / weights / convergence pictures")
     pl.add_argument("artifact", help=ARTIFACT_HELP)
     pl.add_argument("--what", required=True, choices=["layout", "weights", "convergence"],

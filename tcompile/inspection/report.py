@@ -197,9 +197,46 @@ def format_report(rep: dict, program=None, writes: list[str] | None = None) -> s
     if rep["approximations"]:
         lines += ["", "  approximated functions (piecewise-linear ReLU pieces in the MLPs; 'from' "
                   "the statements that apply each):"]
-        for i, a in enumerate(rep["approximations"], start=1):
-            lines += _approximation(i, a, program)
+        for i, group in enumerate(group_approximations(rep["approximations"]), start=1):
+            lines += (_approximation(i, group[0], program) if len(group) == 1
+                      else _approximation_group(i, group, program))
     return "\n".join(lines)
+
+
+def group_approximations(approximations: list[dict]) -> list[list[dict]]:
+    """The card's approximation entries: records that would print the same are one entry.
+    Exact pieces (relu, -relu, clip: no error) applied by the same statements to as many rows
+    are one entry whatever their names (a projection in a loop leaves dozens of them);
+    approximated ones merge only when everything printed agrees. In first-appearance order."""
+    from .naming import readable
+    groups: dict[tuple, list[dict]] = {}
+    for a in approximations:
+        per, uses = a.get("neurons_per_entry", a["neurons"]), a.get("entries", 1)
+        if a.get("exact"):
+            key = ("exact", tuple(a.get("lines", ())), per, uses)
+        else:
+            key = (readable(a["name"]), tuple(a.get("lines", ())), a["lo"], a["hi"], per, uses,
+                   a["max_error"], a["tol"], a.get("choice", ""))
+        groups.setdefault(key, []).append(a)
+    return list(groups.values())
+
+
+def _approximation_group(i: int, group: list[dict], program) -> list[str]:
+    """One entry for several records that print the same (group_approximations)."""
+    from collections import Counter
+    from .naming import readable, source_lines
+    a = group[0]
+    names = Counter(readable(g["name"]) for g in group)
+    head = f"  {i}. " + ", ".join(f"{n} ×{k}" for n, k in names.items()) + \
+        f"  ({len(group)} identical {'exact pieces' if a.get('exact') else 'records'})"
+    sources = source_lines(program, a.get("lines", ())) if program is not None else []
+    per, uses = a.get("neurons_per_entry", a["neurons"]), a.get("entries", 1)
+    dom = "all of R (exact)" if a["lo"] is None else f"[{a['lo']:.4g}, {a['hi']:.4g}]"
+    total = sum(g["neurons"] for g in group)
+    cost = (f"each on {dom}: {per:,} ReLU{'s' * (per != 1)} for each of {uses} row{'s' * (uses != 1)} it is "
+            f"applied to ({total:,} in all over the {len(group)}); max error "
+            f"{max(g['max_error'] for g in group):.2e}, budget {a['tol']:.0e}")
+    return [head] + [f"       from {s}" for s in sources] + _wrap(cost, "       ")
 
 
 def _loop_lines(rep: dict) -> list[str]:
@@ -271,7 +308,7 @@ def _approximation(i: int, a: dict, program) -> list[str]:
     # Newton steps (refine.py), not a measurement of the refined value itself
     how = ("bound implied by the seed's measured error" if choice.startswith("refined")
            else "measured on the domain")
-    cost = (f"on {dom}: {per:,} ReLUs for each of {uses} row{'s' * (uses != 1)} it is "
+    cost = (f"on {dom}: {per:,} ReLU{'s' * (per != 1)} for each of {uses} row{'s' * (uses != 1)} it is "
             f"applied to ({a['neurons']:,} in all); max error {a['max_error']:.2e} ({how}), "
             f"budget {a['tol']:.0e}")
     lines = [head] + where + _wrap(cost, "       ")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -54,35 +55,98 @@ def _traced_names(blk) -> list[str]:
 
 def trace_row(t: int, var: str, blk, got: np.ndarray, ref: np.ndarray, tol: float) -> dict:
     """One trace row; ok when the gap is within `tol` relatively, or absolutely (a value that
-    converged to about zero has no meaningful relative error)."""
+    converged to about zero has no meaningful relative error: `judged` says which test
+    passed, and `ref_scale` is max |value| the relative error divides by)."""
     err = float(np.max(np.abs(got - ref))) if ref.size else 0.0
     rel = relative_error(got, ref)
+    scale = float(np.max(np.abs(ref))) if ref.size else 0.0
+    ok = rel <= tol or err <= tol
+    # about zero (at most tol), or small enough that only the absolute test passes
+    absolute = ok and err <= tol and (scale <= tol or rel > tol)
     return {"layer": (t - 1) // 2, "sublayer": "attn" if t % 2 else "mlp", "variable": var,
-            "block": blk.key, "max_abs_err": err, "rel_err": rel, "tol": tol,
-            "ok": bool(rel <= tol or err <= tol)}
+            "block": blk.key, "max_abs_err": err, "rel_err": rel, "tol": tol, "ok": bool(ok),
+            "ref_scale": scale, "judged": "absolute" if absolute else "relative"}
 
 
 def first_departure(rows: list[dict]) -> dict | None:
     return next((r for r in rows if not r["ok"]), None)
 
 
-def format_trace(rows: list[dict], sources: dict[str, int] | None = None) -> str:
-    """The trace as a table; with `sources` (`source_lines`), each variable's source line."""
+def base_name(variable: str) -> str:
+    """The program's name of a traced value: `x@3` → x, `input:A` → A, `const:eye` → eye."""
+    return variable.split("@")[0].split(":")[-1]
+
+
+def select_rows(rows: list[dict], var: str | None = None, failing: bool = False,
+                every: bool = False) -> list[dict]:
+    """The rows `tcompile trace` prints. By default each stored value where it first appears
+    and again wherever its error changes (a value that sits unchanged in its rows for 40
+    sublayers is one row, an input or constant once), which keeps every row where something
+    happens, the first departure included. `every`: every row, every sublayer. `var`: only the
+    values of that program variable (`x`: every x@k; `x@3`; an input or constant by name).
+    `failing`: only the rows over tolerance."""
+    out, last = [], {}
+    for r in rows:
+        if var is not None and var not in (r["variable"], base_name(r["variable"])):
+            continue
+        if failing and r["ok"]:
+            continue
+        key = (r["variable"], r["block"])
+        state = (r["max_abs_err"], r["ok"])
+        if every or last.get(key) != state:
+            out.append(r)
+        last[key] = state
+    return out
+
+
+def traced_names(rows: list[dict]) -> list[str]:
+    """The names `select_rows(var=...)` accepts, in order of first appearance."""
+    return list(dict.fromkeys(base_name(r["variable"]) for r in rows))
+
+
+def format_trace(rows: list[dict], sources: dict[str, int] | None = None, *, var: str | None = None,
+                 failing: bool = False, every: bool = True) -> str:
+    """The trace as a table of `select_rows(rows, var, failing, every)` (every row unless
+    told otherwise; `tcompile trace` prints the compact view); with `sources`
+    (`source_lines`), each variable's source line. The verdict under it is the whole trace's.
+
+    A row judged by its absolute error (a small value, whose relative error divides by almost
+    nothing) is marked `yes*`, its relative error `(≈0)` when the value is at most the
+    tolerance, and the note under the table says why."""
+    shown = select_rows(rows, var, failing, every)
     head = " layer  sub   variable          block             max abs err    rel err   ok"
     lines = [head + ("   source" if sources else "")]
-    for r in rows:
+    for r in shown:
         where = sources.get(r["variable"]) if sources else None
-        lines.append(f" {r['layer']:>5}  {r['sublayer']:<4}  {r['variable']:<16}  {r['block']:<16}"
-                     f"  {r['max_abs_err']:11.3e}  {r['rel_err']:9.2e}   {'yes' if r['ok'] else 'NO '}"
-                     + (f"  line {where}" if where else "").rstrip())
-    bad = first_departure(rows)
+        absolute = r.get("judged") == "absolute"
+        rel = "(≈0)" if absolute and r["ref_scale"] <= r["tol"] else f"{r['rel_err']:9.2e}"
+        ok = ("yes*" if absolute else "yes ") if r["ok"] else "NO  "
+        lines.append((f" {r['layer']:>5}  {r['sublayer']:<4}  {r['variable']:<16}  {r['block']:<16}"
+                     f"  {r['max_abs_err']:11.3e}  {rel:>9}   {ok}"
+                     + (f" line {where}" if where else "")).rstrip())
     lines.append("")
+    if any(r.get("judged") == "absolute" for r in shown):
+        lines += textwrap.wrap("* judged by its absolute error, max abs err <= tol: the value is "
+                               "small ((≈0): its largest entry is at most tol, e.g. a gradient "
+                               "that converged to zero), so its relative error, which divides "
+                               "by it, means nothing", 96)
+    if len(shown) < len(rows):
+        lines += textwrap.wrap(_shown_note(len(shown), len(rows), var, failing, every), 96)
+    bad = first_departure(rows)
     where = sources.get(bad["variable"]) if sources and bad else None
     lines.append("every traced value matches the interpreter" if bad is None else
                  f"first departure: layer {bad['layer']} ({bad['sublayer']}), variable "
                  f"{bad['variable']}" + (f" (line {where})" if where else "") +
                  f", relative error {bad['rel_err']:.2e} > {bad['tol']:.1e}")
     return "\n".join(lines)
+
+
+def _shown_note(shown: int, total: int, var, failing: bool, every: bool) -> str:
+    what = [] if every else ["each value where it first appears or its error changes"]
+    what += [f"values of {var}"] if var else []
+    what += ["rows over tolerance"] if failing else []
+    more = "" if every else "; --all for every value after every sublayer"
+    return f"{shown:,} of {total:,} rows shown ({', '.join(what)}{more})"
 
 
 def source_lines(prog) -> dict[str, int]:
@@ -110,5 +174,5 @@ def write_trace(rows: list[dict], path: Path) -> None:
 
 
 # interpreter_assignments is re-exported: callers have long imported it from here.
-__all__ = ["trace_program", "first_departure", "format_trace", "source_lines", "write_trace",
-           "interpreter_assignments"]
+__all__ = ["trace_program", "first_departure", "select_rows", "traced_names", "base_name",
+           "format_trace", "source_lines", "write_trace", "interpreter_assignments"]

@@ -338,16 +338,19 @@ class CompiledProgram:
     def check_domains(self, **inputs) -> list[dict]:
         """For every MLP piece: the range of values its real input took on these inputs, and
         whether any fell outside the domain it was fitted on (there it is clamped, i.e. wrong).
-        A shared build takes run-time counts too, and checks every iteration."""
+        A shared build takes run-time counts too, and checks every iteration. The list is an
+        inspection.domains.DomainReport: `.all_inside`, `.outside`, and `.summary` (or `print`
+        it) naming the pieces and program values that left their domain."""
+        from ..inspection.domains import DomainReport
         if self.loops is not None:
-            return self._check_loop_domains(inputs)
+            return DomainReport(self, self._check_loop_domains(inputs))
         states = self.sublayer_states(self.prepare_inputs(inputs))
         out = []
         for chk in self.typed_manifest.domains:
             h = states[2 * chk.layer + 1]                     # after attention of that layer
             vals = codec.read_block(h, self.layout.block(chk.block), [0, 0])
             out.append(_domain_row(chk, float(vals.min()), float(vals.max())))
-        return out
+        return DomainReport(self, out)
 
     def _check_loop_domains(self, kwargs: dict) -> list[dict]:
         """check_domains of a shared build: each check's stored layer runs many times; the

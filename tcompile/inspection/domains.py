@@ -1,0 +1,83 @@
+"""`check_domains`' answer: one row per MLP piece (the range its input took, the domain it was
+fitted on, whether it left it) and a summary in the program's words: all inside, or which
+pieces, reading which values of the program, left their domain at which layers (outside its
+domain a piece clamps, so what it computes there is wrong)."""
+from __future__ import annotations
+
+
+class DomainReport(list):
+    """A list of check_domains rows (dicts, as before) that also says what they add up to:
+    `all_inside`, `outside` (the rows that left their domain) and `summary` (text; also
+    `str(report)`)."""
+
+    def __init__(self, prog, rows: list[dict]):
+        super().__init__(rows)
+        self._prog = prog
+
+    @property
+    def outside(self) -> list[dict]:
+        return [r for r in self if r["outside"]]
+
+    @property
+    def all_inside(self) -> bool:
+        return not self.outside
+
+    @property
+    def summary(self) -> str:
+        return domain_summary(self._prog, list(self))
+
+    def __str__(self) -> str:
+        return self.summary
+
+
+def domain_summary(prog, rows: list[dict]) -> str:
+    """All inside, or one line per (piece, value it reads) that left its domain, with the
+    layers where it did and the range seen against the domain fitted."""
+    if not rows:
+        return "no domain checks: this model has no approximated (clamping) MLP pieces"
+    bad = [r for r in rows if r["outside"]]
+    if not bad:
+        return (f"all {len(rows)} domain checks inside: every MLP piece read inputs within the "
+                f"domain it was fitted on")
+    names = _reads(prog)
+    groups: dict[tuple, list[dict]] = {}
+    for r in bad:
+        read = names.get(r["block"], r["block"]).rstrip("ᵀ")       # how it is stored: no matter
+        groups.setdefault((r["label"], read, r["lo"], r["hi"]), []).append(r)
+    lines = [f"{len(bad)} of {len(rows)} domain checks left their domain (there the piece clamps, "
+             f"so its output is wrong):"]
+    for (label, read, lo, hi), group in groups.items():
+        layers = _layers([r["layer"] for r in group])
+        seen = f"[{min(r['min'] for r in group):.4g}, {max(r['max'] for r in group):.4g}]"
+        lines.append(f"  {_readable(label)}, reading {read}, at {layers}: saw {seen}, fitted on "
+                     f"[{lo:.4g}, {hi:.4g}]")
+    return "\n".join(lines)
+
+
+def _layers(layers: list[int]) -> str:
+    """`layer 3`, `layers 3, 9`, or for an evenly spaced run of four or more (a piece in a
+    loop) `17 layers, 6 to 38 every 2`."""
+    if len(layers) == 1:
+        return f"layer {layers[0]}"
+    steps = {b - a for a, b in zip(layers, layers[1:])}
+    if len(layers) >= 4 and len(steps) == 1:
+        step = steps.pop()
+        return f"{len(layers)} layers, {layers[0]} to {layers[-1]}" + (f" every {step}" if step > 1 else "")
+    return "layers " + ", ".join(map(str, layers))
+
+
+def _reads(prog) -> dict[str, str]:
+    """Block key → the user's name for it (flows.display_names: `z (line 55)`, `A (input)`)."""
+    try:
+        from .flows import display_names
+        return display_names(prog)
+    except Exception:                       # a name is a courtesy: the keys still say where
+        return {}
+
+
+def _readable(label: str) -> str:
+    from .naming import readable
+    return readable(label)
+
+
+__all__ = ["DomainReport", "domain_summary"]
