@@ -106,3 +106,139 @@ def test_a_layer_with_nothing_to_do_says_so(tmp_path):
     for layers in (None, [0]):
         svg = next(p for p in plots.plot_weights(prog, tmp_path, layers) if p.suffix == ".svg")
         assert "passes the stream through" in svg.read_text()
+
+
+# ---- readable pictures (issue 16 §5): measured on the drawn figures -------------------------
+
+LOGISTIC = ROOT / "programs" / "newton_logistic.tp"
+
+
+@pytest.fixture(scope="module")
+def logistic():
+    from tcompile.compiler.pipeline import compile_file
+    return compile_file(LOGISTIC, params={"d": 3, "steps": 3, "inv_steps": 3})
+
+
+def extents(fig, artists):
+    renderer = fig.canvas.get_renderer()
+    return [a.get_window_extent(renderer) for a in artists]
+
+
+def overlapping(boxes) -> list[tuple[int, int]]:
+    return [(i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes))
+            if boxes[i].overlaps(boxes[j]) and boxes[i].width and boxes[j].width]
+
+
+def test_layout_labels_fit_their_bars_and_a_legend_names_every_colour(logistic):
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+    from tcompile.inspection.plots import layout_figure
+    fig = layout_figure(logistic)
+    try:
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        labels = [t for t in ax.texts if t.get_text()]
+        assert len(labels) >= 10
+        boxes = extents(fig, labels)
+        assert overlapping(boxes) == []
+        bars = [p for p in ax.patches if isinstance(p, Rectangle)]
+        bar_boxes = extents(fig, bars)
+        for t, box in zip(labels, boxes):               # every label inside one bar
+            assert any(b.x0 - 0.5 <= box.x0 and box.x1 <= b.x1 + 0.5 and b.y0 - 0.5 <= box.y0
+                       and box.y1 <= b.y1 + 0.5 for b in bar_boxes), t.get_text()
+        legend = ax.get_legend()
+        assert legend is not None
+        entries = [t.get_text() for t in legend.get_texts()]
+        for var in ("x", "z", "g", "H"):                 # the program's variables, with lines
+            assert any(re.fullmatch(rf"{var} \(lines? [\d, ]+\)", e) for e in entries), (var, entries)
+        assert "A (input)" in entries and "y (input)" in entries
+        assert any("temporary" in e for e in entries)
+    finally:
+        plt.close(fig)
+
+
+def test_weights_overview_merges_identical_consecutive_layers(logistic, tmp_path):
+    from tcompile.inspection.weight_plots import merged_layers, plot_weights_overview
+    units = all_units(logistic)
+    names = display_names(logistic, units)
+    panels = merged_layers(units, names)
+    assert sum(last - first + 1 for first, last, _ in panels) == logistic.n_layers
+    runs = [(a, b) for a, b, _ in panels if b > a]
+    assert runs, "no identical layers merged"
+
+    def named(L):                                        # oracle: each layer's own diagram
+        return [(u.name, u.size, [names[k] for k in u.reads], [names[k] for k in u.writes])
+                for u in units[L]]
+    for first, last, _ in panels:
+        assert all(named(L) == named(first) for L in range(first, last + 1))
+        if last + 1 < logistic.n_layers:
+            assert named(last + 1) != named(first)       # runs are maximal
+    svg = next(p for p in plot_weights_overview(logistic, tmp_path) if p.suffix == ".svg").read_text()
+    a, b = runs[0]
+    assert f">layers {a}-{b} ({b - a + 1} identical)<" in svg
+    assert f">layer {a + 1}<" not in svg
+
+
+def test_one_layer_picture_thins_ticks_scales_w2_and_keeps_labels_off_other_panels(logistic):
+    import matplotlib.pyplot as plt
+    from tcompile.inspection.weight_plots import TICK_PITCH, layer_figure
+    L = int(np.argmax([w.mlp_hidden for w in logistic.layers]))
+    hidden = logistic.layers[L].mlp_hidden
+    assert hidden > 500
+    fig = layer_figure(logistic, L)
+    try:
+        fig.canvas.draw()
+        panels = [ax for ax in fig.axes if ax.get_title()]
+        dpi = fig.dpi
+        for ax in panels:
+            box = ax.get_window_extent()
+            for ticks, length in ((ax.get_xticklabels(), box.width), (ax.get_yticklabels(), box.height)):
+                shown = [t for t in ticks if t.get_text()]
+                assert len(shown) <= max(1, length / dpi / TICK_PITCH) + 1, (ax.get_title(), len(shown))
+                assert overlapping(extents(fig, shown)) == [], ax.get_title()
+        mlp = [ax for ax in panels if ax.get_title().startswith("MLP")]
+        assert len(mlp) == 2 and len([t for t in mlp[0].get_yticklabels() if t.get_text()]) >= 1
+        assert 5 <= len([t for t in mlp[0].get_xticklabels() if t.get_text()]) <= 40 < hidden
+        # no tick label of one panel reaches into another panel
+        for ax in panels:
+            labels = [t for t in ax.get_xticklabels() + ax.get_yticklabels() if t.get_text()]
+            for other in panels:
+                if other is not ax:
+                    obox = other.get_window_extent()
+                    assert not any(b.overlaps(obox) for b in extents(fig, labels)), \
+                        (ax.get_title(), other.get_title())
+        # W_2: most of its nonzero entries are visibly coloured, not white
+        w2 = next(ax for ax in mlp if "W_2" in ax.get_title())
+        im = w2.images[0]
+        mat = np.asarray(im.get_array())
+        rgba = im.cmap(im.norm(mat[mat != 0]))
+        coloured = np.abs(rgba[:, :3] - 1).max(axis=1) > 0.1
+        assert coloured.mean() > 0.9, coloured.mean()
+    finally:
+        plt.close(fig)
+
+
+def test_thinned_ticks_are_round_steps_that_fit():
+    from tcompile.inspection.weight_plots import TICK_PITCH, thinned
+    assert thinned(5, 10.0) == [0, 1, 2, 3, 4]
+    ticks = thinned(1801, 3.6)
+    assert len(ticks) <= 3.6 / TICK_PITCH and ticks[1] - ticks[0] in (100, 200, 500)
+    assert ticks[0] == 0 and ticks[-1] > 1801 - (ticks[1] - ticks[0]) - 1
+
+
+def test_convergence_says_what_the_star_is_and_counts_whole_layers(logistic):
+    import matplotlib.pyplot as plt
+    from tcompile.inspection.plots import convergence_figure
+    from tcompile.inspection.sampling import sample_inputs
+    inputs = sample_inputs(logistic.program, {"d": 3, "steps": 3, "inv_steps": 3}, n=8, batch=2, seed=1)
+    fig = convergence_figure(logistic, inputs)
+    try:
+        fig.canvas.draw()
+        caption = " ".join(t.get_text() for t in fig.texts)
+        assert "x*: the exact answer, taken as the interpreter's x after 16 steps" in caption
+        for ax in fig.axes:
+            ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+            assert ticks and all(float(t).is_integer() for t in ticks), ticks
+            assert "x*" in ax.get_ylabel()
+    finally:
+        plt.close(fig)

@@ -23,35 +23,137 @@ def _base(blk) -> str:
     return blk.label.split("@")[0].split(":")[-1]
 
 
+LAYOUT_FONT = 7          # points, the labels inside the bars
+
+
 def plot_layout(prog, out: Path) -> list[Path]:
+    return _save(layout_figure(prog), out / f"{prog.name}_layout")
+
+
+def layout_figure(prog):
+    """Rows × sublayers: one bar per stored value over its lifetime, one colour per program
+    variable (its temporaries, values the program never named, in a lighter shade of the
+    variable they are computed for), a legend naming every colour by the program's words,
+    and a label inside a bar only where it fits (no label overlaps another or leaves its
+    bar: the legend names what is too short to label)."""
     if prog.loops is not None:
         from ..errors import InputError
         raise InputError("the layout picture draws an unrolled build's rows over every "
                          "sublayer; this is a shared build, whose stored layers run many times "
                          "(its card names each one's place in the loop): draw the unrolled "
                          "build, or --what weights")
+    from matplotlib.patches import Patch, Rectangle
+    from .flows import display_names
     plt = _plt()
     lay = prog.layout
     T = lay.n_sublayers
-    fig, ax = plt.subplots(figsize=(min(4 + 0.25 * T, 40), 2 + 0.28 * lay.width))
-    cmap = plt.get_cmap("tab20")
-    colour = {b: cmap(i % 20) for i, b in enumerate(sorted({_base(b) for b in lay.blocks}))}
-    from .flows import display_names
     names = display_names(prog)
+    owner = {blk.key: _owner(blk, names) for blk in lay.blocks}
+    colours = _layout_colours(prog, owner, plt)
+    fig = plt.figure(figsize=(min(5 + 0.2 * T, 40), 2.2 + 0.26 * lay.width))
+    ax = fig.add_axes((0.06, 0.14, 0.74, 0.76))
+    ax.set_ylim(lay.width - 0.5, -0.5)
+    ax.set_xlim(-0.5, T + 0.5)
+    px_x, px_y = (abs(d) for d in ax.transData.transform((1, 1)) - ax.transData.transform((0, 0)))
+    char_w, char_h = 0.62 * LAYOUT_FONT * fig.dpi / 72, 1.25 * LAYOUT_FONT * fig.dpi / 72
     for blk in lay.blocks:
-        end = blk.live_until(T)
-        for r in blk.rows:
-            ax.barh(r, max(end - blk.written, 0.6), left=blk.written, height=0.85,
-                    color=colour[_base(blk)], edgecolor="black", linewidth=0.3)
-        ax.text(blk.written + 0.1, min(blk.rows), names.get(blk.key, blk.label), va="center",
-                fontsize=7)
+        start = blk.written
+        length = max(blk.live_until(T) - start, 0.6)
+        base, temporary = owner[blk.key]
+        colour = colours[base]
+        face = _lighter(colour) if temporary else colour
+        for r0, n in _runs(sorted(blk.rows)):
+            ax.add_patch(Rectangle((start, r0 - 0.5), length, n, facecolor=face, edgecolor="0.25",
+                                   linewidth=0.3, hatch="///" if temporary else None))
+            text = None if temporary else _short(blk)
+            if text and len(text) * char_w + 4 <= length * px_x and char_h <= n * px_y:
+                ax.text(start + length / 2, r0 - 0.5 + n / 2, text, ha="center", va="center",
+                        fontsize=LAYOUT_FONT, clip_on=True)
+    handles = [Patch(facecolor=colours[b], edgecolor="0.25", label=_legend_label(b, prog, names))
+               for b in colours]
+    handles.append(Patch(facecolor="white", edgecolor="0.25", hatch="///",
+                         label="hatched, lighter: a temporary\n(unnamed) computed for that value"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
+              title="values (labels inside bars:\nx@k = k-th assignment to x)", title_fontsize=8,
+              frameon=False)
     ax.set_xlabel("sublayer (0 = the input; 2L+1 = attention of layer L, 2L+2 = its MLP; "
                   "layers counted from 0, as module.blocks[L])")
     ax.set_ylabel("row of the embedding")
-    ax.set_ylim(lay.width - 0.5, -0.5)
-    ax.set_xlim(-0.5, T + 0.5)
-    ax.set_title(f"{prog.name}: row allocation ({lay.n_layers} layers, width {lay.width})")
-    return _save(fig, out / f"{prog.name}_layout")
+    ax.set_title(f"{prog.name}: which value occupies which rows when ({lay.n_layers} layers, "
+                 f"width {lay.width})")
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig
+
+
+def _owner(blk, names: dict[str, str]) -> tuple[str, bool]:
+    """(the program name a block's colour is keyed by, whether it is a temporary)."""
+    if blk.vars or blk.kind in ("input", "const"):
+        return _base(blk), False
+    shown = names.get(blk.key, "")
+    if shown.startswith("part of "):
+        return shown[8:].split(" (")[0], True
+    return "temporaries", True
+
+
+def _layout_colours(prog, owner: dict, plt) -> dict[str, tuple]:
+    """One colour per program name, in order of first appearance (inputs and variables from a
+    qualitative palette, constants in greys)."""
+    order = []
+    for blk in sorted(prog.layout.blocks, key=lambda b: (b.written, min(b.rows))):
+        base = owner[blk.key][0]
+        if base not in order:
+            order.append(base)
+    consts = {_base(b) for b in prog.layout.blocks if b.kind == "const"}
+    palette = [plt.get_cmap("tab10")(i) for i in range(10)] + \
+        [plt.get_cmap("Dark2")(i) for i in range(8)] + [plt.get_cmap("Set1")(i) for i in range(9)]
+    out, i, g = {}, 0, 0
+    for base in order:
+        if base in consts or base == "temporaries":
+            out[base] = (0.55 + 0.1 * (g % 4),) * 3 + (1.0,)
+            g += 1
+        else:
+            out[base] = palette[i % len(palette)]
+            i += 1
+    return out
+
+
+def _lighter(colour, amount: float = 0.55):
+    r, g, b, a = colour
+    return (r + (1 - r) * amount, g + (1 - g) * amount, b + (1 - b) * amount, a)
+
+
+def _runs(rows: list[int]):
+    """Contiguous runs of sorted rows as (first row, length)."""
+    start = prev = rows[0]
+    for r in rows[1:]:
+        if r != prev + 1:
+            yield start, prev - start + 1
+            start = r
+        prev = r
+    yield start, prev - start + 1
+
+
+def _short(blk) -> str:
+    """The label inside a bar: `x@3` (the latest assignment it holds), an input's or a
+    constant's name."""
+    if blk.vars:
+        return blk.vars[-1] + ("ᵀ" if blk.transposed else "")
+    return {"eye": "I", "inv_n": "1/n", "eye_inv_n": "I/n"}.get(_base(blk), _base(blk))
+
+
+def _legend_label(base: str, prog, names: dict[str, str]) -> str:
+    """`x (lines 45, 54)`, `A (input)`, `I` — the legend's words for one colour."""
+    if base == "temporaries":
+        return "temporaries"
+    from .naming import assignment_lines
+    lines = assignment_lines(prog.program, prog.info.float_params())
+    mine = sorted({n for k, n in lines.items() if k.split("@")[0] == base})
+    if mine:
+        return f"{base} (line{'s' * (len(mine) > 1)} {', '.join(map(str, mine))})"
+    blk = next(b for b in prog.layout.blocks if _base(b) == base)
+    return names.get(blk.key, base).rstrip("ᵀ")
 
 
 def convergence_data(prog, inputs: dict, reference: dict | None = None) -> dict:
@@ -103,6 +205,14 @@ def _err(x, ref) -> float:
 
 
 def plot_convergence(prog, out: Path, inputs: dict, reference: dict | None = None) -> list[Path]:
+    return _save(convergence_figure(prog, inputs, reference), out / f"{prog.name}_convergence")
+
+
+def convergence_figure(prog, inputs: dict, reference: dict | None = None):
+    """Per loop output, its error to x* after each layer (whole layer counts on the axis),
+    compiled beside exact; the caption says what x* is (the reference `convergence_data`
+    used)."""
+    from matplotlib.ticker import MaxNLocator
     plt = _plt()
     data = convergence_data(prog, inputs, reference)
     iterated = {k: v for k, v in data.items() if len(v["exact"]) > 1}   # loop variables
@@ -118,10 +228,27 @@ def plot_convergence(prog, out: Path, inputs: dict, reference: dict | None = Non
         ax.set_xlabel("layers applied (0 = the input; after layer L of module.blocks: L + 1)")
         ax.set_ylabel(f"‖{name} − {name}*‖ (max over the batch)")
         ax.set_title(f"{prog.name}: {name}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, out / f"{prog.name}_convergence")
+    fig.text(0.01, 0.01, _star_caption(prog, data, reference), fontsize=8, va="bottom", wrap=True)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    return fig
+
+
+def _star_caption(prog, data: dict, reference: dict | None) -> str:
+    """What the starred value is: the reference given, or the interpreter run further."""
+    names = ", ".join(f"{n}*" for n in data)
+    if reference is not None:
+        return f"{names}: the reference answer given to the plot"
+    steps = prog.info.params.get("steps")
+    if steps is not None:
+        return (f"{names}: the exact answer, taken as the interpreter's {', '.join(data)} after "
+                f"{2 * int(steps) + 10} steps (2 × steps + 10: the exact algorithm, float64, run "
+                f"well past this build's {int(steps)}); errors are the largest over the problems "
+                f"in the inputs")
+    return (f"{names}: the interpreter's final {', '.join(data)} (float64, exact functions); "
+            f"errors are the largest over the problems in the inputs")
 
 
 def plot(prog, what: str, out: Path, inputs: dict | None = None, layer: int | None = None) -> list[Path]:

@@ -31,14 +31,17 @@ PANEL_W = 4.8        # inches per layer column
 def plot_weights_overview(prog, out: Path) -> list[Path]:
     """Every layer as a small block diagram: for each head and the MLP, a box with the list of
     named values it reads on its left and writes on its right (read off the weights' nonzero
-    columns and rows, flows.py). One axes in inch coordinates holds everything, with one text
+    columns and rows, flows.py); consecutive identical layers are one diagram
+    (`merged_layers`). One axes in inch coordinates holds everything, with one text
     per list, so even 73 layers draw in a few seconds."""
     from matplotlib.collections import LineCollection
     from .flows import all_units, display_names
     plt = _plt()
-    units = all_units(prog)
-    names = display_names(prog, units)
-    ncols = min(4, max(prog.n_layers, 1))
+    all_layer_units = all_units(prog)
+    names = display_names(prog, all_layer_units)
+    panels = merged_layers(all_layer_units, names)
+    units = [u for _, _, u in panels]
+    ncols = min(4, max(len(panels), 1))
     heights = [_diagram_height(u) for u in units]
     row_h = [max(heights[i:i + ncols]) for i in range(0, len(heights), ncols)]
     title_h = 0.6
@@ -51,21 +54,40 @@ def plot_weights_overview(prog, out: Path) -> list[Path]:
             f"layer by layer. Layer L is module.blocks[L]; `tcompile plot ARTIFACT --what weights "
             f"--layer L` draws its matrices.", fontsize=10, va="center")
     segments = []
-    for L, layer_units in enumerate(units):
-        x0 = PANEL_W * (L % ncols)
-        y0 = title_h + sum(row_h[:L // ncols])
-        segments += _draw_diagram(ax, x0, y0, L, layer_units, names)
+    for i, (first, last, layer_units) in enumerate(panels):
+        x0 = PANEL_W * (i % ncols)
+        y0 = title_h + sum(row_h[:i // ncols])
+        title = (f"layer {first}" if first == last else
+                 f"layers {first}-{last} ({last - first + 1} identical)")
+        segments += _draw_diagram(ax, x0, y0, title, layer_units, names)
     ax.add_collection(LineCollection(segments, colors="0.5", linewidths=0.7))
     return _save(fig, out / f"{prog.name}_weights", dpi=80, tight=False)
+
+
+def merged_layers(units: list[list], names: dict[str, str]) -> list[tuple[int, int, list]]:
+    """Runs of consecutive layers whose diagrams are identical (the same heads and MLP, each
+    reading and writing the same named values), as (first layer, last layer, units): drawn
+    once, as the model card merges identical consecutive layers."""
+    def diagram(layer_units):
+        return tuple((u.name, u.size, tuple(names.get(k, k) for k in u.reads),
+                      tuple(names.get(k, k) for k in u.writes)) for u in layer_units)
+    out: list[tuple[int, int, list]] = []
+    for L, layer_units in enumerate(units):
+        if out and diagram(out[-1][2]) == diagram(layer_units):
+            out[-1] = (out[-1][0], L, out[-1][2])
+        else:
+            out.append((L, L, layer_units))
+    return out
 
 
 def _diagram_height(units) -> float:
     return LINE * (2 + sum(max(len(u.reads), len(u.writes), 2) + 0.6 for u in units))
 
 
-def _draw_diagram(ax, x0: float, y0: float, L: int, units, names: dict[str, str]) -> list:
-    """One layer's block diagram at (x0, y0) inches; returns the connecting segments."""
-    ax.text(x0 + 0.1, y0 + LINE, f"layer {L}", fontsize=9, weight="bold", va="center")
+def _draw_diagram(ax, x0: float, y0: float, title: str, units, names: dict[str, str]) -> list:
+    """One layer's (or a run of identical layers') block diagram at (x0, y0) inches; returns
+    the connecting segments."""
+    ax.text(x0 + 0.1, y0 + LINE, title, fontsize=9, weight="bold", va="center")
     segments, y = [], y0 + 2 * LINE
     xr, xb, xw = x0 + 1.95, x0 + 2.4, x0 + 2.85
     if not units:
@@ -89,41 +111,74 @@ def _draw_diagram(ax, x0: float, y0: float, L: int, units, names: dict[str, str]
     return segments
 
 
+TICK_FONT = 7                        # points, tick labels of the matrix panels
+TICK_PITCH = 1.45 * TICK_FONT / 72   # inches between two tick labels that do not overlap
+LABEL_CHARS = 40                     # longer tick labels are cut (…)
+PANEL_PLOT_W = 3.6                   # inches of matrix per panel
+
+
 def plot_layer_matrices(prog, L: int, out: Path) -> list[Path]:
+    return _save(layer_figure(prog, L), out / f"{prog.name}_weights_layer{L:03d}", dpi=90)
+
+
+def layer_figure(prog, L: int):
     """Layer L's matrices, cut to the rows and columns they use, with colour bars and the
     user's names on the axes: one row of panels per head (W_K, W_Q, W_V) and one for the MLP
-    (W_1 transposed, so its inputs run down the rows, and W_2)."""
+    (W_1 transposed, so its inputs run down the rows, and W_2).
+
+    Laid out in inches, not by a layout engine: each panel row gets the room its rotated
+    column labels need below it, so no label reaches the next panel; tick labels are thinned
+    to what the axis has room for (a 1,801-neuron MLP gets a dozen, not 1,801); a matrix whose
+    entries span orders of magnitude (an MLP's W_2: many 1e-4, a few 1) gets a symmetric log
+    colour scale, so its small entries are not drawn white."""
     from .flows import display_names
     plt = _plt()
     panels = _matrix_panels(prog, L, display_names(prog))
-    nrows = len(panels) or 1
-    heights = [_row_height(r) for r in panels] or [1.0]
-    label_h = 1.7                         # inches under each row for its rotated column labels
-    total = sum(heights) + label_h * nrows + 1.0
-    fig, axes = plt.subplots(nrows, 3, figsize=(19, total), squeeze=False,
-                             gridspec_kw={"height_ratios": heights})
-    # fixed margins, not constrained layout: as readable, and seconds faster on big layers
-    fig.subplots_adjust(left=0.12, right=0.97, top=1 - 1.0 / total, bottom=label_h / total,
-                        wspace=0.75, hspace=label_h * nrows / max(sum(heights), 1e-9))
-    for row_axes, row in zip(axes, panels):
-        for ax, panel in zip(row_axes, row):
-            _draw_matrix(fig, ax, *panel)
-        for ax in row_axes[len(row):]:
-            ax.axis("off")
+    title_h, top, gap = 0.35, 0.9, 0.25
+    label_w = [max([_label_inches(p[2]) for row in panels for p in row[c:c + 1]] or [0.5])
+               for c in range(3)]
+    col_w = [label_w[c] + PANEL_PLOT_W + 1.1 for c in range(3)]          # + colour bar
+    heights = [_row_height(r) for r in panels]
+    below = [max(_label_inches(p[3]) for p in row) + 0.15 for row in panels]
+    fig_w = sum(col_w) + 0.4
+    fig_h = top + sum(title_h + h + b + gap for h, b in zip(heights, below)) + 0.2
+    fig = plt.figure(figsize=(fig_w, max(fig_h, 2.5)))
+    fig_h = fig.get_figheight()
+    y = top
+    for row, h, b in zip(panels, heights, below):
+        y += title_h
+        x = 0.2
+        for c, panel in enumerate(row):
+            left = x + label_w[c]
+            ax = fig.add_axes((left / fig_w, 1 - (y + h) / fig_h, PANEL_PLOT_W / fig_w, h / fig_h))
+            cax = fig.add_axes(((left + PANEL_PLOT_W + 0.1) / fig_w, 1 - (y + h) / fig_h,
+                                0.15 / fig_w, h / fig_h))
+            _draw_matrix(fig, ax, cax, *panel, size=(PANEL_PLOT_W, h))
+            x += col_w[c]
+        y += h + b + gap
     if not panels:
-        for ax in axes.flat:
-            ax.axis("off")
-        axes[0][0].text(0, 0.5, f"layer {L} has no heads and no MLP: it passes the stream through",
-                        fontsize=11, va="center")
+        fig.text(0.05, 0.5, f"layer {L} has no heads and no MLP: it passes the stream through",
+                 fontsize=11, va="center")
     fig.suptitle(f"{prog.name} layer {L} (module.blocks[{L}]), nonzero rows and columns only: "
                  f"columns are what a matrix reads, rows what it writes (value[i] = row i of a "
-                 f"stored value, ᵀ: stored transposed)", fontsize=11, y=1 - 0.3 / total)
-    return _save(fig, out / f"{prog.name}_weights_layer{L:03d}", dpi=90)
+                 f"stored value, ᵀ: stored transposed)", fontsize=11, x=0.01, ha="left",
+                 y=1 - 0.3 / fig_h)
+    return fig
 
 
 def _row_height(row) -> float:
-    """Inches for a row of panels: room for its row labels (at most 40 are drawn)."""
+    """Inches for a row of panels: room for its row labels (thinned beyond 6.5 inches)."""
     return min(max(max(len(p[2]) for p in row) * 0.16, 1.2), 6.5)
+
+
+def _label_inches(labels: list[str]) -> float:
+    """The length of the longest (cut) tick label, in inches at TICK_FONT."""
+    longest = max((len(_cut_label(t)) for t in labels), default=1)
+    return 0.6 * TICK_FONT / 72 * longest + 0.1
+
+
+def _cut_label(text: str) -> str:
+    return text if len(text) <= LABEL_CHARS else text[:LABEL_CHARS - 1] + "…"
 
 
 def _matrix_panels(prog, L: int, names: dict[str, str]) -> list[list[tuple]]:
@@ -160,14 +215,25 @@ def _cut(mat: np.ndarray, title: str, row_name, col_name) -> tuple:
     return (mat[np.ix_(rows, cols)], title, [row_name(r) for r in rows], [col_name(c) for c in cols])
 
 
-def _draw_matrix(fig, ax, mat: np.ndarray, title: str, ylabels: list, xlabels: list) -> None:
-    lim = float(np.abs(mat).max()) or 1.0
-    im = ax.imshow(mat, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
-    fig.colorbar(im, ax=ax, fraction=0.05, pad=0.02)
+def _draw_matrix(fig, ax, cax, mat: np.ndarray, title: str, ylabels: list, xlabels: list,
+                 size: tuple[float, float]) -> None:
+    from matplotlib.colors import SymLogNorm
+    nonzero = np.abs(mat[mat != 0])
+    lim = float(nonzero.max()) if nonzero.size else 1.0
+    norm = None
+    if nonzero.size and lim > 30 * float(np.median(nonzero)):       # spans orders of magnitude
+        thresh = float(np.percentile(nonzero, 10))
+        norm = SymLogNorm(linthresh=thresh, vmin=-lim, vmax=lim, base=10)
+        title += "  (log colour scale)"
+    im = ax.imshow(mat, cmap="RdBu_r", aspect="auto", interpolation="nearest",
+                   **({"norm": norm} if norm else {"vmin": -lim, "vmax": lim}))
+    fig.colorbar(im, cax=cax)
+    cax.tick_params(labelsize=TICK_FONT)
     ax.set_title(title, fontsize=9)
-    for setter, ticks, labels in ((ax.set_yticks, len(ylabels), ylabels), (ax.set_xticks, len(xlabels), xlabels)):
-        step = max(1, -(-ticks // 40))                  # at most 40 labels on an axis
-        setter(range(0, ticks, step), labels[::step], fontsize=7)
+    width, height = size
+    for setter, labels, room in ((ax.set_yticks, ylabels, height), (ax.set_xticks, xlabels, width)):
+        idx = thinned(len(labels), room)
+        setter(idx, [_cut_label(labels[i]) for i in idx], fontsize=TICK_FONT)
     ax.tick_params(axis="x", labelrotation=90)
     if mat.size <= 64:                                   # small: print the numbers as well
         for (i, j), v in np.ndenumerate(mat):
@@ -176,4 +242,15 @@ def _draw_matrix(fig, ax, mat: np.ndarray, title: str, ylabels: list, xlabels: l
                         color="white" if abs(v) > 0.6 * lim else "black")
 
 
-__all__ = ["plot_weights", "plot_weights_overview", "plot_layer_matrices"]
+def thinned(n: int, inches: float) -> list[int]:
+    """Which of n tick labels an axis of this length shows: all if they fit at TICK_PITCH,
+    else every k-th, k a round number (1, 2, 5, 10, 20, 50, ...) so that they fit."""
+    fit = max(1, int(inches / TICK_PITCH))
+    if n <= fit:
+        return list(range(n))
+    step = next(k * 10 ** e for e in range(12) for k in (1, 2, 5) if -(-n // (k * 10 ** e)) <= fit)
+    return list(range(0, n, step))
+
+
+__all__ = ["plot_weights", "plot_weights_overview", "plot_layer_matrices", "layer_figure",
+           "merged_layers", "thinned"]
