@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
 
 import tcompile
@@ -62,6 +63,106 @@ def check_error(name: str) -> float:
     got = prog.run(**inputs)
     want = tcompile.interpret_program(prog.program, {}, **inputs)
     return max(relative_error(got[k], want[k]) for k in want)
+
+
+# The library rows' oracles: one problem per seed, (inputs, the oracle's answer); README's
+# last column is the largest relative error (max |got - ref| / max |ref|) over seeds 0-4, at
+# the program's defaults. Data as tests/test_library.py draws it.
+
+def _unit_rows(rng, n: int, d: int) -> np.ndarray:
+    A = rng.standard_normal((n, d))
+    return A / np.linalg.norm(A, axis=1, keepdims=True) * rng.uniform(0.5, 1.0, (n, 1))
+
+
+def _orthogonal(rng, d: int = 4) -> np.ndarray:
+    return np.linalg.qr(rng.standard_normal((d, d)))[0]
+
+
+def _lstsq(rng):
+    A, y = _unit_rows(rng, 200, 4), rng.standard_normal(200)
+    return {"A": A, "y": y}, np.linalg.lstsq(A, y, rcond=None)[0]
+
+
+def _ridge(rng):
+    from sklearn.linear_model import Ridge
+    A, y = _unit_rows(rng, 30, 4), rng.standard_normal(30)
+    return {"A": A, "y": y}, Ridge(alpha=30 * 0.1, fit_intercept=False,
+                                   solver="cholesky").fit(A, y).coef_
+
+
+def _inverse(rng):
+    A = _orthogonal(rng) @ np.diag([1.0, 0.7, 0.4, 0.2]) @ _orthogonal(rng)
+    return {"A": A}, np.linalg.inv(A)
+
+
+def _sign(rng):
+    import scipy.linalg
+    Q = _orthogonal(rng)
+    A = Q @ np.diag([0.9, 0.1, -0.05, -0.6]) @ Q.T
+    return {"A": A}, scipy.linalg.signm(A)
+
+
+def _sqrt(rng):
+    import scipy.linalg
+    Q = _orthogonal(rng)
+    A = Q @ np.diag([1.0, 0.6, 0.25, 0.1]) @ Q.T
+    return {"A": A}, scipy.linalg.sqrtm(A).real
+
+
+def _logistic(rng):
+    from sklearn.linear_model import LogisticRegression
+    A = _unit_rows(rng, 26, 5)
+    y = np.where(A @ rng.standard_normal(5) + 0.3 * rng.standard_normal(26) > 0, 1.0, -1.0)
+    return {"A": A, "y": y}, LogisticRegression(C=1 / (26 * 0.1), fit_intercept=False, tol=1e-12,
+                                                max_iter=10_000).fit(A, y).coef_[0]
+
+
+def _lasso(rng):
+    from sklearn.linear_model import Lasso
+    A = _unit_rows(rng, 200, 5)
+    y = A @ np.array([1.0, 0.0, -0.5, 0.0, 0.02]) + 0.05 * rng.standard_normal(200)
+    return {"A": A, "y": y}, Lasso(alpha=0.05, fit_intercept=False, tol=1e-14,
+                                   max_iter=100_000).fit(A, y).coef_
+
+
+def _jacobi(rng):
+    m, C, b = rng.uniform(1, 10, 5), rng.uniform(-0.2, 0.2, (5, 5)), rng.standard_normal(5)
+    return {"m": m, "C": C, "b": b}, np.linalg.solve(np.diag(m) + C - np.diag(np.diag(C)), b)
+
+
+def _softmax(rng):
+    from sklearn.linear_model import LogisticRegression
+    n = 60
+    A = _unit_rows(rng, n, 4)
+    labels = np.argmax(2 * A @ rng.standard_normal((4, 3)) + 0.5 * rng.standard_normal((n, 3)), 1)
+    ref = LogisticRegression(C=1 / (n * 0.5), fit_intercept=False, tol=1e-12,
+                             max_iter=10_000).fit(A, labels).coef_.T
+    return {"A": A, "Y": np.eye(3)[labels]}, ref
+
+
+ORACLES = {   # program: (output compared, one seeded problem)
+    "gd_least_squares": ("w", _lstsq), "ridge_newton_schulz": ("w", _ridge),
+    "cubic_newton_schulz": ("X", _inverse), "newton_schulz_sign": ("X", _sign),
+    "newton_schulz_sqrt": ("R", _sqrt), "gd_logistic": ("x", _logistic),
+    "ista_lasso": ("x", _lasso), "jacobi": ("x", _jacobi), "softmax_regression": ("W", _softmax),
+}
+
+
+# Their first run costs seconds each (the executor plans 121 layers of wide MLPs): checked
+# with TCOMPILE_DOCS_ALL=1 only, so that this file stays near 15 s of CPU.
+EXPENSIVE = {"gd_logistic", "softmax_regression"}
+
+
+@functools.lru_cache(maxsize=None)
+def oracle_error(name: str) -> float:
+    """The largest relative error against the program's oracle over seeds 0-4 (one batched
+    run of the default build)."""
+    output, problem = ORACLES[name]
+    problems = [problem(np.random.default_rng(seed)) for seed in range(5)]
+    batch = {k: np.stack([p[0][k] for p in problems]) for k in problems[0][0]}
+    got = build(name).run(**batch)[output]
+    return max(float(np.max(np.abs(g - ref)) / np.max(np.abs(ref)))
+               for g, (_, ref) in zip(got, problems))
 
 
 def widest_mlp(name: str) -> int:
@@ -163,11 +264,17 @@ ARCH_PROGRAMS = "vs interpreter (`tcompile check`)"    # architecture.md §5
 
 def library_row(name: str, depth: int | None = None) -> list[Cell]:
     """A README program-table row below the first three: depth and width as numbers, the
-    widest MLP (or `no MLP`)."""
+    widest MLP (or `no MLP`), and for a program in ORACLES its error against the oracle."""
     row = f"`{name}`"
-    return [Cell("README.md", WHAT_IT_BUILDS, row, "layers", whole(layers(name))),
-            Cell("README.md", WHAT_IT_BUILDS, row, "width D",
-                 all_of(whole(width(name)), mlp_width(name)))]
+    cells = [Cell("README.md", WHAT_IT_BUILDS, row, "layers", whole(layers(name))),
+             Cell("README.md", WHAT_IT_BUILDS, row, "width D",
+                  all_of(whole(width(name)), mlp_width(name)))]
+    if name in ORACLES and (name not in EXPENSIVE or os.environ.get("TCOMPILE_DOCS_ALL")):
+        # rounding-level errors: within 10x; fitted or contraction-set: 3x
+        factor = lambda: 10 if oracle_error(name) < 1e-13 else 3         # noqa: E731
+        cells.append(Cell("README.md", WHAT_IT_BUILDS, row, WHAT_IT_BUILDS,
+                          lambda cell: error_within(lambda: oracle_error(name), factor())(cell)))
+    return cells
 
 
 def shared_rows(doc: str, unrolled_column: str) -> list[Cell]:
@@ -221,7 +328,7 @@ CLAIMS: list = [
     *[c for name in ("newton_logistic_warm", "gd_least_squares", "ridge_newton_schulz",
                      "cubic_newton_schulz", "newton_schulz_sign", "newton_schulz_sqrt",
                      "gd_logistic", "ista_lasso", "jacobi", "conjugate_gradient",
-                     "power_iteration", "softmax_regression") for c in library_row(name)],
+                     "power_iteration", "sinkhorn", "softmax_regression") for c in library_row(name)],
     *shared_rows("README.md", "unrolled layers"),
     *shared_rows("docs/architecture.md", "unrolled: layers = stored"),
     *[Cell("docs/architecture.md", SHARED, name, "artifact bytes, steps = 10 / 1000",
