@@ -165,10 +165,6 @@ def oracle_error(name: str) -> float:
                for g, (_, ref) in zip(got, problems))
 
 
-def widest_mlp(name: str) -> int:
-    return report(name)["mlp_hidden_max"]
-
-
 # ---- what a cell must hold -------------------------------------------------------------------
 
 NUMBER = re.compile(r"(?<![\w.])\d{1,3}(?:,\d{3})+(?![\d])|(?<![\w.,])\d+(?:\.\d+)?(?:e[+-]?\d+)?")
@@ -207,10 +203,10 @@ def error_within(measure: Callable[[], float], factor: float, index: int = 0) ->
     return check
 
 
-def mlp_width(name: str) -> Callable[[str], None]:
+def mlp_width(name: str, **params) -> Callable[[str], None]:
     """`widest MLP N` with the measured N, or `no MLP` when the program has none."""
     def check(cell: str) -> None:
-        widest = widest_mlp(name)
+        widest = report(name, **params)["mlp_hidden_max"]
         if widest == 0:
             assert "no MLP" in cell, f"{name} has no MLP; the cell says {cell!r}"
         else:
@@ -262,13 +258,13 @@ SHARED = "parameters unrolled → shared"                # README's and architec
 ARCH_PROGRAMS = "vs interpreter (`tcompile check`)"    # architecture.md §5
 
 
-def library_row(name: str, depth: int | None = None) -> list[Cell]:
+def library_row(name: str, **params) -> list[Cell]:
     """A README program-table row below the first three: depth and width as numbers, the
     widest MLP (or `no MLP`), and for a program in ORACLES its error against the oracle."""
     row = f"`{name}`"
-    cells = [Cell("README.md", WHAT_IT_BUILDS, row, "layers", whole(layers(name))),
+    cells = [Cell("README.md", WHAT_IT_BUILDS, row, "layers", whole(layers(name, **params))),
              Cell("README.md", WHAT_IT_BUILDS, row, "width D",
-                  all_of(whole(width(name)), mlp_width(name)))]
+                  all_of(whole(lambda: report(name, **params)["width"]), mlp_width(name, **params)))]
     if name in ORACLES and (name not in EXPENSIVE or os.environ.get("TCOMPILE_DOCS_ALL")):
         # rounding-level errors: within 10x; fitted or contraction-set: 3x
         factor = lambda: 10 if oracle_error(name) < 1e-13 else 3         # noqa: E731
@@ -328,7 +324,8 @@ CLAIMS: list = [
     *[c for name in ("newton_logistic_warm", "gd_least_squares", "ridge_newton_schulz",
                      "cubic_newton_schulz", "newton_schulz_sign", "newton_schulz_sqrt",
                      "gd_logistic", "ista_lasso", "jacobi", "conjugate_gradient",
-                     "power_iteration", "sinkhorn", "softmax_regression") for c in library_row(name)],
+                     "power_iteration", "softmax_regression") for c in library_row(name)],
+    *library_row("sinkhorn", iters=3),           # the row's "3 iterations unrolled"
     *shared_rows("README.md", "unrolled layers"),
     *shared_rows("docs/architecture.md", "unrolled: layers = stored"),
     *[Cell("docs/architecture.md", SHARED, name, "artifact bytes, steps = 10 / 1000",
