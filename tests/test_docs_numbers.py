@@ -324,7 +324,8 @@ CLAIMS: list = [
     *[c for name in ("newton_logistic_warm", "gd_least_squares", "ridge_newton_schulz",
                      "cubic_newton_schulz", "newton_schulz_sign", "newton_schulz_sqrt",
                      "gd_logistic", "ista_lasso", "jacobi", "conjugate_gradient",
-                     "power_iteration", "softmax_regression") for c in library_row(name)],
+                     "power_iteration", "softmax_regression", "gram_schmidt_qr", "lanczos", "sor",
+                     "kaczmarz", "expm", "denman_beavers") for c in library_row(name)],
     *library_row("sinkhorn", iters=3),           # the row's "3 iterations unrolled"
     *shared_rows("README.md", "unrolled layers"),
     *shared_rows("docs/architecture.md", "unrolled: layers = stored"),

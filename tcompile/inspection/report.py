@@ -205,15 +205,15 @@ def format_report(rep: dict, program=None, writes: list[str] | None = None) -> s
 
 def group_approximations(approximations: list[dict]) -> list[list[dict]]:
     """The card's approximation entries: records that would print the same are one entry.
-    Exact pieces (relu, -relu, clip: no error) applied by the same statements to as many rows
-    are one entry whatever their names (a projection in a loop leaves dozens of them);
+    Exact pieces (relu, -relu, clip: no error) applied by the same statements to as many rows,
+    chosen for the same reason, are one entry whatever their names (a projection in a loop leaves dozens of them);
     approximated ones merge only when everything printed agrees. In first-appearance order."""
     from .naming import readable
     groups: dict[tuple, list[dict]] = {}
     for a in approximations:
         per, uses = a.get("neurons_per_entry", a["neurons"]), a.get("entries", 1)
         if a.get("exact"):
-            key = ("exact", tuple(a.get("lines", ())), per, uses)
+            key = ("exact", tuple(a.get("lines", ())), per, uses, a.get("choice", ""))
         else:
             key = (readable(a["name"]), tuple(a.get("lines", ())), a["lo"], a["hi"], per, uses,
                    a["max_error"], a["tol"], a.get("choice", ""))
@@ -236,7 +236,9 @@ def _approximation_group(i: int, group: list[dict], program) -> list[str]:
     cost = (f"each on {dom}: {per:,} ReLU{'s' * (per != 1)} for each of {uses} row{'s' * (uses != 1)} it is "
             f"applied to ({total:,} in all over the {len(group)}); max error "
             f"{max(g['max_error'] for g in group):.2e}, budget {a['tol']:.0e}")
-    return [head] + [f"       from {s}" for s in sources] + _wrap(cost, "       ")
+    choice = a.get("choice", "")
+    return [head] + [f"       from {s}" for s in sources] + _wrap(cost, "       ") + \
+        (_wrap(f"chosen: {choice}", "       ") if choice else [])
 
 
 def _loop_lines(rep: dict) -> list[str]:
