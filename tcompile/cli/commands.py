@@ -20,12 +20,17 @@ from ..runtime.program import CompiledProgram
 def cmd_build(args) -> int:
     from ..compiler.pipeline import compile_file
     from ..compiler.progress import Progress
+    if args.rotate_keep_io and args.rotate is None:
+        raise UsageError("--rotate-keep-io goes with --rotate SEED")
     progress, ok = Progress(), False
     try:
         prog = compile_file(args.file, params=parse_param_overrides(args.param), tol=args.tol,
                             max_memory=args.max_memory, progress=progress, loops=args.loops)
         progress.stage("write")
         paths = prog.save_to_dir(args.out)
+        if args.rotate is not None:         # the rotated build's files beside the artifact
+            paths += prog.rotated(args.rotate, keep_io=args.rotate_keep_io).save_rotated(
+                Path(args.out) / f"{prog.name}.rotated")
         ok = True
     finally:
         progress.finish(ok)

@@ -1,4 +1,5 @@
-"""Command line: `tcompile build|run|check|report|trace|plot ...` (also `python -m tcompile`).
+"""Command line: `tcompile build|run|check|report|trace|plot|labels|export ...` (also
+`python -m tcompile`).
 
 Exit codes: 0 ok, 1 program/data/artifact error, 2 usage error, 3 `check` out of tolerance.
 User errors are printed as `FILE:LINE:COL: error: ...` with the source line and a caret; no
@@ -11,6 +12,7 @@ import sys
 
 from ..errors import TcompileError
 from .outputs import MAX_MEMORY_HELP, memory_size
+from . import research
 from .common import (EXIT_ERROR, EXIT_OK, EXIT_USAGE, UsageError, positive_float, positive_int,
                      seed, step_count, tolerance)
 
@@ -42,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--tol", type=tolerance, default=None, help=TOL_HELP)
     b.add_argument("--max-memory", type=memory_size, default=None, metavar="SIZE", help=MAX_MEMORY_HELP)
     b.add_argument("--loops", default="unrolled", choices=["unrolled", "shared"], help=LOOPS_HELP)
+    research.add_build_options(b)
     c = sub.add_parser("check", help="compile, run on random valid inputs, compare with the interpreter")
     c.add_argument("file", help="the program, a .tp file")
     c.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
@@ -103,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--layer", type=int, default=None, metavar="L",
                     help="with --what weights: one layer's matrices (layer L, counted from 0)")
     pl.add_argument("-o", "--out", default="plots", help="output directory (default: plots/)")
+    research.add_parsers(sub)
     return p
 
 
@@ -113,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from . import commands          # here, not above: `tcompile --help` stays quick (no numpy)
     try:
-        return getattr(commands, f"cmd_{args.command}")(args)
+        handler = research if args.command in research.COMMANDS else commands
+        return getattr(handler, f"cmd_{args.command}")(args)
     except UsageError as e:
         _subparser(parser, args.command).print_usage(sys.stderr)
         print(f"tcompile {args.command}: error: {e}", file=sys.stderr)

@@ -385,6 +385,24 @@ class CompiledProgram:
         from ..inspection.trace import trace_program
         return trace_program(self, **inputs)
 
+    # ---- research: labels, rotations, export -----------------------------------------------
+    def residual_labels(self) -> list:
+        """For every sublayer and residual row, which user variable it holds (or that it is
+        free): inspection/labels.py. Unrolled builds."""
+        from ..inspection.labels import residual_labels
+        return residual_labels(self)
+
+    def rotated(self, seed: int, keep_io: bool = False) -> "RotatedProgram":
+        """The same model in a random orthogonal residual basis (runtime/rotate.py): outputs
+        equal to rounding, weights dense; keep_io leaves input and output rows unrotated."""
+        return RotatedProgram(self, seed, keep_io)
+
+    def export_onnx(self, path, dtype="float64", **counts) -> Path:
+        """Write the forward pass (encoded x → residual stream and decoded outputs) as ONNX
+        (runtime/onnx_export.py); a shared build at these run-time counts (`steps=50`)."""
+        from .onnx_export import export_onnx
+        return export_onnx(self, path, dtype, **counts)
+
     # ---- files -----------------------------------------------------------------------------
     def save(self, path) -> list[Path]:
         """Write PATH.safetensors and PATH.json (PATH may end in either suffix or none)."""
@@ -393,6 +411,110 @@ class CompiledProgram:
     def save_to_dir(self, directory) -> list[Path]:
         """Save as DIRECTORY/NAME.safetensors and DIRECTORY/NAME.json (NAME: the program's)."""
         return self.save(Path(directory) / self.name)
+
+
+class RotatedProgram(CompiledProgram):
+    """A CompiledProgram whose residual basis is rotated by Q (runtime/rotate.py says how).
+
+    Encoding rotates (x' = x Qᵀ), decoding and `read_block` rotate back (x = x' Q), so `run`,
+    `trace`, `forward_states` and the module's hooks all work, the hooks seeing the rotated
+    stream. `original` is the axis-aligned build; `directions[:, r]` is where its row r went."""
+
+    def __init__(self, original: CompiledProgram, seed: int, keep_io: bool = False):
+        from .rotate import io_rows, rotate_layer, rotation_matrix
+        if isinstance(original, RotatedProgram):
+            raise InputError("this build is rotated already: rotate prog.original instead")
+        Q = rotation_matrix(original.width, seed, io_rows(original) if keep_io else ())
+        super().__init__(original.typed_manifest, [rotate_layer(w, Q) for w in original.layers])
+        self.original = original
+        self.seed = int(seed)
+        self.keep_io = bool(keep_io)
+        self.Q = Q
+
+    def __repr__(self) -> str:
+        return (f"<RotatedProgram {self.name!r}: seed {self.seed}"
+                f"{', inputs and outputs unrotated' if self.keep_io else ''}, "
+                f"{self.n_layers} layers, width {self.width}>")
+
+    @property
+    def directions(self) -> np.ndarray:
+        """D × D: column r is the direction of the rotated stream that holds original row r."""
+        return self.Q
+
+    def rotate_state(self, x):
+        """An original-basis stream (..., D), numpy or torch, in the rotated basis: x Qᵀ."""
+        return x @ self._Q_like(x).T
+
+    def unrotate_state(self, x):
+        """A rotated stream (..., D), numpy or torch, in the original basis: x Q."""
+        return x @ self._Q_like(x)
+
+    def _Q_like(self, x):
+        if isinstance(x, np.ndarray):
+            return self.Q
+        import torch
+        return torch.as_tensor(self.Q, dtype=x.dtype, device=x.device)
+
+    # encode / decode through Q ------------------------------------------------------------------
+    def encode_inputs(self, inputs: ValidatedInputs, dtype="float64", device="cpu"):
+        x = super().encode_inputs(inputs, "float64", "cpu")      # rotate in float64, then cast
+        return self.rotate_state(x).to(device=device, dtype=_torch_dtype(dtype))
+
+    def decode(self, x) -> dict[str, np.ndarray]:
+        import torch
+        return super().decode(self.unrotate_state(x.detach().to("cpu", torch.float64)))
+
+    def read_block(self, h: np.ndarray, block: Block | str | dict, shape) -> np.ndarray:
+        return super().read_block(self.unrotate_state(np.asarray(h)), block, shape)
+
+    # running: the module only ---------------------------------------------------------------------
+    def run(self, dtype="float64", device="cpu", executor=None, until=None, max_steps=None,
+            **inputs) -> dict[str, np.ndarray]:
+        """As CompiledProgram.run, through the module (the rotated weights are dense; the
+        structured executor's shortcuts assume the axis-aligned layout). No halting (`until`
+        reads the loop state's rows, which a rotation mixes)."""
+        if executor not in (None, "module"):
+            raise InputError(f"executor={executor!r}: a rotated build runs through its module "
+                             "(executor='module', the default here)")
+        if until is not None or max_steps is not None:
+            raise InputError("until/max_steps: halting reads the loop state's rows, which a "
+                             "rotated build mixes; run the original build (prog.original)")
+        return super().run(dtype=dtype, device=device, executor="module", **inputs)
+
+    def check_domains(self, **inputs) -> list[dict]:
+        """The original build's (the rotated one computes the same values, to rounding)."""
+        return self.original.check_domains(**inputs)
+
+    def residual_labels(self) -> list:
+        """The original build's labels: row r of a label is the direction `directions[:, r]`
+        of this build's stream (labels_json adds the directions)."""
+        return self.original.residual_labels()
+
+    def labels_json(self) -> str:
+        """The labels as JSON with the rotation: {"seed", "keep_io", "directions" (D lists:
+        entry r is the direction of original row r), "labels"}."""
+        from ..inspection.labels import labels_to_json
+        return labels_to_json(self.residual_labels(), {
+            "seed": self.seed, "keep_io": self.keep_io,
+            "directions": [self.Q[:, r].tolist() for r in range(self.width)]})
+
+    # files ------------------------------------------------------------------------------------
+    def save(self, path) -> list[Path]:
+        raise InputError("a rotated build is not an artifact (the artifact format stores the "
+                         "axis-aligned build): save the original and call .rotated(seed) after "
+                         "loading, or write the rotated weights with save_rotated(path)")
+
+    def save_rotated(self, path) -> list[Path]:
+        """PATH.safetensors: the rotated module's state dict (float64, names as
+        `prog.module.state_dict()`, so `module.load_state_dict` takes them) plus `rotation.Q`;
+        PATH.labels.json (unrolled builds): the labels with their directions (labels_json)."""
+        import json
+
+        from .rotate import write_rotated
+        meta = {"format": "tcompile-rotated", "program": self.name, "seed": self.seed,
+                "keep_io": json.dumps(self.keep_io), "params": json.dumps(self.info.params)}
+        return write_rotated(path, self.module.state_dict(), self.Q, meta,
+                             self.labels_json() if self.loops is None else None)
 
 
 def _domain_row(chk, lo: float, hi: float) -> dict:
@@ -446,4 +568,4 @@ def load(path) -> CompiledProgram:
     return CompiledProgram.load(path)
 
 
-__all__ = ["CompiledProgram", "load", "run_options"]
+__all__ = ["CompiledProgram", "RotatedProgram", "load", "run_options"]

@@ -1,0 +1,170 @@
+"""A labelled residual stream: for every sublayer and every row, which user variable it holds.
+
+Ground truth for probing and circuit-finding methods, read off the layout alone (no run): row r
+after sublayer t (0: the encoder, 2L+1: the attention of layer L, 2L+2: its MLP, as in
+layout.py) holds the block written last into r at or before t, if any:
+
+- `live`: the block's value is still to be read (or is an output, kept to the end);
+- `dead`: nothing reads it any more, but no later block has reused the row, so the value is
+  still there (the residual stream keeps what it is not told to change);
+- `free`: no block has written the row yet (it is zero).
+
+A block holding a C of shape r×c keeps row i of C in its i-th row (entries C[i, j] at tokens
+j < c), or, stored transposed, column i of C (entries C[j, i] at tokens j < r): `axis` says
+which ("row"/"col"), `index` which, `tokens` over how many token columns ("n": all).
+
+The variable is named as the trace names it: `x@3`, the fourth assignment to x (`point`), with
+its name, the source line of the assignment and its `iteration` (how many earlier assignments
+to the same name the same statement made: the loop iteration of a statement inside a repeat,
+counted from 0); inputs are `input:A`, encoder constants `const:eye` (I), `const:inv_n` (1/n).
+Several program points may share one block (a copy `w = b` stores nothing new): `points`
+lists them all, `point` is the last.
+
+Only an unrolled build has one layout sublayer per module sublayer; a shared build runs its
+stored layers many times, so `residual_labels` refuses it with a pointer to the unrolled build.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..runtime.layout import Block, Layout
+
+LIVE, DEAD, FREE = "live", "dead", "free"
+FIELDS = ("sublayer", "layer", "part", "row", "status", "kind", "name", "point", "points",
+          "line", "iteration", "axis", "index", "tokens", "block")
+
+
+@dataclass(frozen=True)
+class RowLabel:
+    """What row `row` of the residual stream holds just after `sublayer`."""
+    sublayer: int          # 0: encoder, 2L+1: attention of layer L, 2L+2: its MLP
+    layer: int | None      # L (None for the encoder)
+    part: str              # "embed" | "attn" | "mlp"
+    row: int
+    status: str            # live | dead | free
+    kind: str | None       # variable | input | const (None when free)
+    name: str | None       # the user's name: x, A, I, 1/n (None when free)
+    point: str | None      # x@3, input:A, const:eye
+    points: tuple[str, ...]
+    line: int | None       # source line of the assignment (of the input declaration)
+    iteration: int | None  # earlier assignments to the name by the same statement
+    axis: str | None       # "row": entries value[index, j]; "col": entries value[j, index]
+    index: int | None
+    tokens: int | str | None    # token columns holding entries ("n": every token)
+    block: str | None      # the layout block's key
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["points"] = list(self.points)
+        return d
+
+
+_CONST_NAMES = {"const:eye": "I", "const:eye_inv_n": "I/n", "const:ones": "ones",
+                "const:inv_n": "1/n", "const:n": "n"}
+
+
+def _where(t: int) -> tuple[int | None, str]:
+    return (None, "embed") if t == 0 else ((t - 1) // 2, "attn" if t % 2 else "mlp")
+
+
+def _describe(blk: Block, lines: dict[str, int], iterations: dict[str, int],
+              input_lines: dict[str, int]) -> dict:
+    """The fields a block gives every row it holds (all but row, index and status)."""
+    if blk.kind == "const":
+        return {"kind": "const", "name": _CONST_NAMES.get(blk.key, blk.key[6:]),
+                "point": blk.key, "points": (blk.key,), "line": None, "iteration": None}
+    if blk.kind == "input":
+        point = f"input:{blk.name}"
+        return {"kind": "input", "name": blk.name, "point": point, "points": (point,),
+                "line": input_lines.get(blk.name), "iteration": None}
+    points = tuple(blk.vars) or (blk.key,)
+    point = points[-1]
+    return {"kind": "variable", "name": point.partition("@")[0], "point": point,
+            "points": points, "line": lines.get(point), "iteration": iterations.get(point)}
+
+
+def iterations_of(lines: dict[str, int]) -> dict[str, int]:
+    """`x@k` → how many earlier assignments to x were made by the statement (line) of x@k."""
+    seen: dict[tuple[str, int], int] = {}
+    out = {}
+    for point in sorted(lines, key=lambda p: (p.partition("@")[0], int(p.partition("@")[2]))):
+        key = (point.partition("@")[0], lines[point])
+        out[point] = seen.get(key, 0)
+        seen[key] = out[point] + 1
+    return out
+
+
+def label_layout(layout: Layout, lines: dict[str, int],
+                 input_lines: dict[str, int] | None = None) -> list[RowLabel]:
+    """Every (sublayer, row) of this layout labelled, sublayer-major. `lines`: `x@k` → source
+    line (naming.assignment_lines)."""
+    iterations = iterations_of(lines)
+    input_lines = input_lines or {}
+    n_sub = layout.n_sublayers
+    order = sorted(layout.blocks, key=lambda b: b.written)       # stable: layout order in a time
+    described = {b.key: _describe(b, lines, iterations, input_lines) for b in order}
+    holder: list[tuple[Block, int] | None] = [None] * layout.width
+    out = []
+    by_time: dict[int, list[Block]] = {}
+    for b in order:
+        by_time.setdefault(b.written, []).append(b)
+    for t in range(n_sub + 1):
+        for b in by_time.get(t, []):
+            for i, r in enumerate(b.rows):
+                holder[r] = (b, i)
+        layer, part = _where(t)
+        for r in range(layout.width):
+            if holder[r] is None:
+                out.append(RowLabel(t, layer, part, r, FREE, None, None, None, (), None, None,
+                                    None, None, None, None))
+                continue
+            b, i = holder[r]
+            status = LIVE if t <= b.live_until(n_sub) else DEAD
+            out.append(RowLabel(t, layer, part, r, status, axis="col" if b.transposed else "row",
+                                index=i, tokens=b.storage_ext, block=b.key, **described[b.key]))
+    return out
+
+
+def residual_labels(prog) -> list[RowLabel]:
+    """`prog.residual_labels()`: the labels of an unrolled build (see the module docstring)."""
+    from .naming import assignment_lines
+    prog._unrolled_only("residual_labels")
+    lines = assignment_lines(prog.program, prog.info.float_params())
+    input_lines = {d.name: d.loc.line for d in prog.program.inputs}
+    return label_layout(prog.layout, lines, input_lines)
+
+
+def labels_to_json(labels: list[RowLabel], extra: dict | None = None) -> str:
+    """The labels as JSON: {"labels": [...], **extra} (extra: e.g. the rotation's directions)."""
+    return json.dumps({**(extra or {}), "labels": [lab.as_dict() for lab in labels]},
+                      indent=None, separators=(",", ":")) + "\n"
+
+
+def labels_to_csv(labels: list[RowLabel]) -> str:
+    """The labels as CSV, one line per (sublayer, row); `points` joined with '|'."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for lab in labels:
+        d = lab.as_dict()
+        d["points"] = "|".join(d["points"])
+        writer.writerow({k: "" if v is None else v for k, v in d.items()})
+    return buf.getvalue()
+
+
+def labels_text(labels: list[RowLabel], path: Path | str) -> str:
+    """The labels in the format `path`'s suffix names (.json or .csv)."""
+    suffix = Path(path).suffix
+    if suffix == ".json":
+        return labels_to_json(labels)
+    if suffix == ".csv":
+        return labels_to_csv(labels)
+    raise ValueError(f"labels are written as .csv or .json, not {suffix or 'a file without suffix'!r}")
+
+
+__all__ = ["RowLabel", "LIVE", "DEAD", "FREE", "FIELDS", "label_layout", "residual_labels",
+           "iterations_of", "labels_to_json", "labels_to_csv", "labels_text"]
