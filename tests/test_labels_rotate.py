@@ -218,3 +218,42 @@ def test_build_rotate_writes_the_rotated_state_dict(tmp_path):
     bad = run_in_process(["build", ROOT / "programs" / "newton_inverse.tp", "-o", tmp_path / "b",
                           "--rotate-keep-io"])
     assert bad.returncode == 2 and not (tmp_path / "b").exists()
+
+
+def test_rotated_run_guards_domains_like_the_original():
+    """The domain guard reads the rotated stream rotated back: each check's range is the
+    original build's (check_domains), and a domain the run leaves (narrowed here in the
+    manifest) is the same DomainError as in the original build."""
+    from dataclasses import replace
+
+    from tcompile.errors import DomainError
+    from tcompile.runtime.domain_guard import merge
+    name, params, n = SHIPPED[2]
+    prog = tcompile.compile_file(ROOT / "programs" / f"{name}.tp", params=params)
+    inputs = sample_inputs(prog.program, params, n=n, batch=2, seed=3)
+    rot = prog.rotated(4)
+    rot.run(**inputs)
+    seen: list = []
+    handles = rot._watch_domains(seen, "float64", "cpu")
+    try:
+        rot.run(domains="off", **inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    ranges = merge(seen)
+    want = prog.check_domains(**inputs)
+    assert len(ranges) == len(want) > 0
+    for i, row in enumerate(want):
+        scale = max(abs(row["min"]), abs(row["max"]), 1e-300)
+        assert abs(ranges[i][0] - row["min"]) <= 1e-12 * scale
+        assert abs(ranges[i][1] - row["max"]) <= 1e-12 * scale
+    chk = prog.typed_manifest.domains[0]
+    narrow = replace(chk, hi=(chk.lo + want[0]["min"]) / 2 if want[0]["min"] > chk.lo else chk.lo)
+    m = replace(prog.typed_manifest, domains=(narrow,) + prog.typed_manifest.domains[1:])
+    tight = type(prog)(m, prog.layers)
+    with pytest.raises(DomainError) as plain:
+        tight.run(**inputs)
+    with pytest.raises(DomainError) as rotated:
+        tight.rotated(4).run(**inputs)
+    assert str(rotated.value).splitlines()[1].split(": values")[0] == \
+        str(plain.value).splitlines()[1].split(": values")[0]

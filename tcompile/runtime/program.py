@@ -469,17 +469,45 @@ class RotatedProgram(CompiledProgram):
 
     # running: the module only ---------------------------------------------------------------------
     def run(self, dtype="float64", device="cpu", executor=None, until=None, max_steps=None,
-            **inputs) -> dict[str, np.ndarray]:
+            domains="raise", **inputs) -> dict[str, np.ndarray]:
         """As CompiledProgram.run, through the module (the rotated weights are dense; the
         structured executor's shortcuts assume the axis-aligned layout). No halting (`until`
-        reads the loop state's rows, which a rotation mixes)."""
+        reads the loop state's rows, which a rotation mixes). The domain guard reads each
+        checked block along its directions (the stream rotated back) and enforces as run does."""
+        from .domain_guard import check_mode, enforce, merge
         if executor not in (None, "module"):
             raise InputError(f"executor={executor!r}: a rotated build runs through its module "
                              "(executor='module', the default here)")
         if until is not None or max_steps is not None:
             raise InputError("until/max_steps: halting reads the loop state's rows, which a "
                              "rotated build mixes; run the original build (prog.original)")
-        return super().run(dtype=dtype, device=device, executor="module", **inputs)
+        mode = check_mode(domains)
+        seen: list = []
+        handles = self._watch_domains(seen, dtype, device) if mode != "off" else []
+        try:
+            out = super().run(dtype=dtype, device=device, executor="module", domains="off",
+                              **inputs)
+        finally:
+            for h in handles:
+                h.remove()
+        enforce(self, merge(seen), mode)
+        return out
+
+    def _watch_domains(self, seen: list, dtype, device) -> list:
+        """Forward hooks recording (check, min, max) of each domain check's block, read from
+        the rotated stream rotated back (domain_guard.watch_module reads rows as they are)."""
+        tdtype, dev = run_options(dtype, device, "run")
+        module = self.module_for(tdtype, dev)
+        layers = module.stored if hasattr(module, "stored") else module.blocks
+        handles = []
+        for i, chk in enumerate(self.typed_manifest.domains):
+            blk = self.layout.block(chk.block)
+
+            def hook(_m, _inp, out, i=i, blk=blk):
+                vals = self.unrotate_state(out)[:, :blk.storage_cols(out.shape[1]), list(blk.rows)]
+                seen.append((i, float(vals.min()), float(vals.max())))
+            handles.append(layers[chk.layer].hook_resid_mid.register_forward_hook(hook))
+        return handles
 
     def check_domains(self, **inputs) -> list[dict]:
         """The original build's (the rotated one computes the same values, to rounding)."""
