@@ -23,9 +23,18 @@ than the one they were trained at: the compiled weights are an iteration that ke
 (Newton-Schulz, quadratically); a model fitted at one depth need not be.
 
     python examples/train_from_compiled.py [--steps 300] [--seed 0] [--out DIR] [--depth 4] [--lr 1e-3]
+    torchrun --nproc_per_node 2 examples/train_from_compiled.py ...     # data parallel (DDP)
 
 Writes DIR/train_from_compiled.json (all numbers) and DIR/train_from_compiled.png (two panels),
-and prints a table. float64 throughout; one CPU thread (these tensors are tiny).
+prints each model's progress as it trains (test error every --eval-every steps, seconds so far)
+and then a table and the total time. float64 throughout; one CPU thread per process (these
+tensors are tiny).
+
+Under torchrun (WORLD_SIZE > 1) it trains with DistributedDataParallel: every process draws
+the same global batch of --batch tasks and takes its own 1/WORLD_SIZE share, DDP averages the
+gradients, so each step is the single-process step (same seed, same global batch: the same
+numbers up to the order of a sum). gloo on CPU, NCCL with --device cuda (one GPU per process,
+LOCAL_RANK). Only rank 0 prints and writes.
 """
 from __future__ import annotations
 
@@ -33,6 +42,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -101,7 +111,7 @@ def randomised(model: torch.nn.Module, std: float, seed: int, masks=None) -> tor
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for i, p in enumerate(out.parameters()):
-            noise = std * torch.randn(p.shape, generator=gen, dtype=p.dtype)
+            noise = std * torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device)
             p.copy_(noise if masks is None else noise * masks[i])
     out.requires_grad_(True)
     return out
@@ -126,6 +136,65 @@ def encode(prog, tasks: dict) -> torch.Tensor:
     return prog.encode(A=tasks["A"], y=tasks["y"], a_test=tasks["a_test"])
 
 
+# ---- processes (torchrun) ----------------------------------------------------------------------
+
+class Dist:
+    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
+
+    def __init__(self, device: str = "cpu"):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.device = torch.device("cpu")
+        if self.world > 1:
+            import torch.distributed as dist
+            if device == "cuda":
+                local = int(os.environ.get("LOCAL_RANK", "0"))
+                torch.cuda.set_device(local)
+                self.device = torch.device("cuda", local)
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if device == "cuda" else "gloo")
+        elif device == "cuda":
+            self.device = torch.device("cuda")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def share(self, idx: np.ndarray) -> np.ndarray:
+        """This process's share of a global batch (equal shares: the batch must divide)."""
+        if len(idx) % self.world:
+            raise SystemExit(f"--batch {len(idx)} does not divide among {self.world} processes")
+        per = len(idx) // self.world
+        return idx[self.rank * per:(self.rank + 1) * per]
+
+    def mean(self, loss: torch.Tensor) -> float:
+        """A batch's loss over the global batch (each process holds its share's mean)."""
+        value = loss.detach().clone()
+        if self.world > 1:
+            import torch.distributed as dist
+            dist.all_reduce(value)
+            value /= self.world
+        return float(value)
+
+    def wrap(self, model):
+        """DDP around the model when there are several processes (the model itself else)."""
+        if self.world == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+        return DistributedDataParallel(model, device_ids=None if self.device.type == "cpu"
+                                       else [self.device.index])
+
+    def close(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+SINGLE = Dist.__new__(Dist)
+SINGLE.world, SINGLE.rank, SINGLE.device = 1, 0, torch.device("cpu")
+
+
 # ---- training -----------------------------------------------------------------------------------
 
 def mse(a, b) -> float:
@@ -139,19 +208,22 @@ def evaluate(model, prog, x, tasks, y_oracle, steps=None) -> dict:
     """Test MSE against the noisy target y_test and against the lstsq oracle's prediction
     (inf where the model's output overflowed or is nan)."""
     with torch.no_grad():
-        y_hat = predict(model, prog, x, steps).numpy()
+        y_hat = predict(model, prog, x, steps).cpu().numpy()
     return {"mse_target": mse(y_hat, tasks["y_test"]), "mse_oracle": mse(y_hat, y_oracle)}
 
 
 def train(model, prog, x_train, y_train, x_test, test, y_oracle, *, steps: int, lr: float,
           batch: int, seed: int, eval_every: int, masks=None, clip: float = 1.0,
-          warmup: float = 0.1) -> list[dict]:
+          warmup: float = 0.1, dist: Dist = SINGLE, progress=None) -> list[dict]:
     """Adam on the MSE of y_hat vs the noisy y_test; lr: linear warmup over `warmup` of the
     steps, then cosine to 0; gradient norm clipped at `clip`; `masks` (optional) zero the
     gradient outside the given entries, which then stay exactly where they started (Adam's
     update of an entry whose gradient is always 0 is 0). The batch order depends only on
     `seed`, so every model sees the same batches. Returns the test errors at step 0, every
-    `eval_every` steps and at the end."""
+    `eval_every` steps and at the end. With several processes (`dist`) each takes its share of
+    every global batch and DDP averages the gradients; `progress(record)` is called at each
+    evaluation."""
+    net = dist.wrap(model)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     n_warm = max(1, round(warmup * steps))
 
@@ -161,11 +233,13 @@ def train(model, prog, x_train, y_train, x_test, test, y_oracle, *, steps: int, 
         return 0.5 * (1 + math.cos(math.pi * (s - n_warm) / max(1, steps - n_warm)))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     order = np.random.default_rng(seed)
-    y_train = torch.as_tensor(y_train)
+    y_train = torch.as_tensor(y_train, device=x_train.device)
     history = [{"step": 0, "train_loss": None, **evaluate(model, prog, x_test, test, y_oracle)}]
+    if progress:
+        progress(history[-1])
     for step in range(1, steps + 1):
-        idx = torch.as_tensor(order.choice(len(x_train), batch, replace=False))
-        loss = torch.mean((predict(model, prog, x_train[idx]) - y_train[idx]) ** 2)
+        idx = torch.as_tensor(dist.share(order.choice(len(x_train), batch, replace=False)))
+        loss = torch.mean((predict(net, prog, x_train[idx]) - y_train[idx]) ** 2)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if masks is not None:
@@ -176,8 +250,10 @@ def train(model, prog, x_train, y_train, x_test, test, y_oracle, *, steps: int, 
             opt.step()
         sched.step()
         if step % eval_every == 0 or step == steps:
-            history.append({"step": step, "train_loss": float(loss.detach()),
+            history.append({"step": step, "train_loss": dist.mean(loss),
                             **evaluate(model, prog, x_test, test, y_oracle)})
+            if progress:
+                progress(history[-1])
     return history
 
 
@@ -192,8 +268,10 @@ def depth_sweep(model, prog, x_test, test, y_oracle, counts) -> list[dict]:
 # ---- the experiment ----------------------------------------------------------------------------
 
 def run(*, steps=300, seed=0, d=4, n=32, depth=4, n_train=4096, n_test=512, noise=0.1, lr=1e-3,
-        batch=64, init_std=0.02, eval_every=20, max_k=None, models=MODELS) -> dict:
-    """The whole experiment; returns the numbers the JSON holds."""
+        batch=64, init_std=0.02, eval_every=20, max_k=None, models=MODELS, dist: Dist = SINGLE,
+        verbose=False) -> dict:
+    """The whole experiment; returns the numbers the JSON holds. `verbose`: print each model's
+    progress (rank 0 only)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     train_set = make_tasks(rng, n_train, n, d, noise)       # fixed split, one seeded rng
@@ -201,8 +279,8 @@ def run(*, steps=300, seed=0, d=4, n=32, depth=4, n_train=4096, n_test=512, nois
     y_oracle = oracle(test)
 
     prog = compile_program(d, depth)
-    x_train, x_test = encode(prog, train_set), encode(prog, test)
-    untrained = trainable_copy(prog)
+    x_train, x_test = encode(prog, train_set).to(dist.device), encode(prog, test).to(dist.device)
+    untrained = trainable_copy(prog).to(dist.device)
     masks = sparsity_masks(untrained)
     init = {"compiled": (lambda: copy.deepcopy(untrained), None),
             "random": (lambda: randomised(untrained, init_std, seed + 1), None),
@@ -217,9 +295,13 @@ def run(*, steps=300, seed=0, d=4, n=32, depth=4, n_train=4096, n_test=512, nois
         make, mask = init[name]
         model = make()
         t0 = time.perf_counter()
+
+        def show(rec, name=name, t0=t0):
+            print(f"  [{name}] step {rec['step']:>4d}/{steps}  test MSE vs lstsq "
+                  f"{rec['mse_oracle']:.3e}  ({time.perf_counter() - t0:.1f} s)", flush=True)
         hist[name] = train(model, prog, x_train, train_set["y_test"], x_test, test, y_oracle,
                            steps=steps, lr=lr, batch=batch, seed=seed + 2, eval_every=eval_every,
-                           masks=mask)
+                           masks=mask, dist=dist, progress=show if verbose and dist.main else None)
         seconds[name] = time.perf_counter() - t0
         sweeps[name + "_trained"] = depth_sweep(model, prog, x_test, test, y_oracle, counts)
     return {
@@ -227,6 +309,7 @@ def run(*, steps=300, seed=0, d=4, n=32, depth=4, n_train=4096, n_test=512, nois
                    "noise": noise, "train_steps": steps, "lr": lr,
                    "lr_schedule": "linear warmup 10%, cosine to 0", "batch": batch,
                    "optimizer": "Adam", "grad_clip": 1.0, "init_std": init_std, "seed": seed,
+                   "processes": dist.world,
                    "dtype": "float64", "trained": "all parameters (prologue, body, epilogue)",
                    "loss": "MSE(y_hat, noisy y_test)",
                    "random_init": ("N(0, init_std^2): dense (random) or on the compiled "
@@ -294,8 +377,10 @@ def table(result: dict) -> str:
               f"{b['zero_predictor_mse_oracle']:>9.3e}")]
     for name, hist in h.items():
         for rec in (hist[0], hist[-1]):
+            took = (f"   ({result['train_seconds'][name]:.1f} s)" if rec is hist[-1]
+                    and name in result.get("train_seconds", {}) else "")
             lines.append(f"  {name + ' init':21s} step {rec['step']:<4d}{rec['mse_target']:>12.3e}   "
-                         f"{rec['mse_oracle']:>9.3e}")
+                         f"{rec['mse_oracle']:>9.3e}{took}")
     sweeps = result["depth_sweep"]
     names = list(sweeps)
     lines.append(f"test MSE vs lstsq at loop count K (trained at K = {result['config']['depth']}; "
@@ -335,16 +420,48 @@ def main(argv=None) -> dict:
     ap.add_argument("--n", type=int, default=32, help="in-context examples (tokens) per task")
     ap.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate (all models)")
     ap.add_argument("--init-std", type=float, default=0.02, help="std of the random inits")
+    ap.add_argument("--batch", type=int, default=64, help="global batch (split among processes)")
+    ap.add_argument("--n-train", type=int, default=4096, help="training tasks")
+    ap.add_argument("--n-test", type=int, default=512, help="test tasks")
+    ap.add_argument("--eval-every", type=int, default=20, help="steps between test evaluations")
+    ap.add_argument("--models", default=",".join(MODELS),
+                    help=f"comma-separated inits to train (default: {','.join(MODELS)})")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="cuda: NCCL under torchrun, one GPU per process (LOCAL_RANK)")
+    ap.add_argument("--no-plot", action="store_true", help="write the JSON only")
     args = ap.parse_args(argv)
+    models = tuple(m for m in args.models.split(",") if m)
+    if not models or set(models) - set(MODELS):
+        ap.error(f"--models: choose among {', '.join(MODELS)}")
 
     torch.set_num_threads(1)        # tiny tensors: threads only add overhead (7x under load)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device is available here")
+    dist = Dist(args.device)
     t0 = time.perf_counter()
-    result = run(steps=args.steps, seed=args.seed, d=args.d, n=args.n, depth=args.depth,
-                 lr=args.lr, init_std=args.init_std)
+    if dist.main:
+        print(f"training {', '.join(models)} for {args.steps} steps each"
+              + (f" on {dist.world} processes" if dist.world > 1 else ""), flush=True)
+    try:
+        result = run(steps=args.steps, seed=args.seed, d=args.d, n=args.n, depth=args.depth,
+                     lr=args.lr, init_std=args.init_std, batch=args.batch, n_train=args.n_train,
+                     n_test=args.n_test, eval_every=args.eval_every, models=models, dist=dist,
+                     verbose=True)
+    finally:
+        dist.close()
     result["total_seconds"] = time.perf_counter() - t0
+    if not dist.main:
+        return result
+    if args.no_plot:
+        args.out.mkdir(parents=True, exist_ok=True)
+        js = args.out / "train_from_compiled.json"
+        js.write_text(json.dumps(_json_safe(result), indent=1) + "\n")
+        print(table(result))
+        print(f"wrote {js} (total {result['total_seconds']:.1f} s)")
+        return result
     png, js = write_outputs(result, args.out)
     print(table(result))
-    print(f"wrote {png} and {js.name} ({result['total_seconds']:.1f} s)")
+    print(f"wrote {png} and {js.name} (total {result['total_seconds']:.1f} s)")
     return result
 
 

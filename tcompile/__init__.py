@@ -28,6 +28,9 @@ def __getattr__(name):
     if name in _INTERPRETER:
         from .language import interpreter
         return getattr(interpreter, name)
+    if name == "probe":
+        from .inspection.probe import probe
+        return probe
     if name == "CompiledProgram":
         from .runtime.program import CompiledProgram
         return CompiledProgram
@@ -42,5 +45,5 @@ def load(path):
 
 
 __all__ = ["compile_file", "compile_program", "compile_source", "interpret", "interpret_program",
-           "load", "CompiledProgram", "TcompileError", "ProgramSyntaxError", "ProgramError",
+           "load", "probe", "CompiledProgram", "TcompileError", "ProgramSyntaxError", "ProgramError",
            "ParamError", "InputError", "ApproxError", "CompileError", "ArtifactError"]
