@@ -190,9 +190,15 @@ class Dist:
             if dist.is_initialized():
                 dist.destroy_process_group()
 
+    @classmethod
+    def single(cls) -> "Dist":
+        """One process on the CPU, whatever the environment says (what `run` uses by default)."""
+        out = cls.__new__(cls)
+        out.world, out.rank, out.device = 1, 0, torch.device("cpu")
+        return out
 
-SINGLE = Dist.__new__(Dist)
-SINGLE.world, SINGLE.rank, SINGLE.device = 1, 0, torch.device("cpu")
+
+SINGLE = Dist.single()
 
 
 # ---- training -----------------------------------------------------------------------------------
@@ -417,7 +423,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", type=Path, default=ROOT / "examples" / "out", help="output directory")
     ap.add_argument("--depth", type=int, default=4, help="Newton steps K the models are trained at")
     ap.add_argument("--d", type=int, default=4)
-    ap.add_argument("--n", type=int, default=32, help="in-context examples (tokens) per task")
+    ap.add_argument("--n", "--tokens", type=int, default=32, dest="n",
+                    help="in-context examples (tokens) per task (--tokens under torchrun, whose "
+                         "own parser takes --n for an abbreviation of its options)")
     ap.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate (all models)")
     ap.add_argument("--init-std", type=float, default=0.02, help="std of the random inits")
     ap.add_argument("--batch", type=int, default=64, help="global batch (split among processes)")

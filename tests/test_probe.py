@@ -28,7 +28,7 @@ def least_squares():
 
 def test_probing_the_compiled_model_finds_its_own_iterates_on_the_diagonal(least_squares):
     prog, inputs, acts = least_squares
-    res = probe(acts, prog, inputs, variables=["w", "X"])
+    res = tcompile.probe(acts, prog, inputs, variables=["w", "X"])     # the public name
     assert res.layers == ["embed"] + [str(L) for L in range(prog.n_layers)]
     assert res.points["w"] == [f"w@{k}" for k in range(PARAMS["steps"] + 1)]
     where = written_layer(prog)
@@ -91,3 +91,25 @@ def test_probe_errors_are_clear(least_squares):
         probe(acts, prog, {k: v[0] for k, v in inputs.items()})
     with pytest.raises(InputError, match="alpha"):
         probe(acts, prog, inputs, alpha=0)
+
+
+def test_the_probe_trained_example_runs_end_to_end(tmp_path):
+    """examples/probe_trained.py with a tiny model and a few steps: it trains, probes the
+    trained and the untrained model for both programs' iterates, and writes its outputs."""
+    pytest.importorskip("matplotlib")
+    import importlib.util
+    import sys
+    sys.path.insert(0, str(ROOT / "examples"))
+    spec = importlib.util.spec_from_file_location("probe_trained", ROOT / "examples" / "probe_trained.py")
+    ex = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ex)
+    result = ex.run(steps=3, layers=1, width=8, heads=2, n=8, n_train=64, n_probe=40,
+                    newton_steps=2, gd_steps=3, log_every=1)
+    newton, gd, *control = result.pop("_results")
+    assert newton.layers == ["embed", "0"] and newton.points["w"] == ["w@0", "w@1", "w@2"]
+    assert gd.points["w"] == [f"w@{k}" for k in range(4)]
+    assert np.isnan(gd.r2["w"][:, 0]).all()              # GD's w@0 = 0: nothing to explain
+    assert len(control) == 2 and result["untrained"]["newton"]["layers"] == newton.layers
+    assert [r["step"] for r in result["train_log"]] == [1, 2, 3]
+    ex.plot(result, tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"

@@ -63,7 +63,7 @@ def test_two_processes_match_one(tmp_path):
 
 def test_a_batch_that_does_not_divide_is_refused():
     ex = _load_example()
-    dist = ex.Dist.__new__(ex.Dist)
+    dist = ex.Dist.single()
     dist.world, dist.rank = 3, 1
     with pytest.raises(SystemExit, match="does not divide"):
         dist.share(list(range(16)))
