@@ -5,7 +5,7 @@ file atomically."""
 from __future__ import annotations
 
 
-from .common import EXIT_OK, UsageError, parse_param_overrides
+from .common import EXIT_OK, UsageError, parse_param_overrides, seed
 from .outputs import output_file, writing
 
 COMMANDS = ("labels", "export")
@@ -18,7 +18,7 @@ def add_parsers(sub) -> None:
     lab.add_argument("artifact", help="a built unrolled artifact (DIR/NAME)")
     lab.add_argument("-o", "--out", required=True, metavar="FILE.csv|FILE.json",
                      help="where to write the labels (.csv or .json)")
-    lab.add_argument("--rotate", type=_seed, default=None, metavar="SEED",
+    lab.add_argument("--rotate", type=seed, default=None, metavar="SEED",
                      help="label the build rotated with this seed: JSON gains each row's "
                           "direction in the rotated stream")
     ex = sub.add_parser("export", help="write the forward pass as an ONNX graph")
@@ -32,23 +32,12 @@ def add_parsers(sub) -> None:
 
 def add_build_options(build) -> None:
     """`build --rotate SEED [--rotate-keep-io]`."""
-    build.add_argument("--rotate", type=_seed, default=None, metavar="SEED",
+    build.add_argument("--rotate", type=seed, default=None, metavar="SEED",
                        help="also write the model in a random orthogonal residual basis: "
                             "DIR/NAME.rotated.safetensors (its module's state dict and Q) and "
                             "DIR/NAME.rotated.labels.json (labels as directions)")
     build.add_argument("--rotate-keep-io", action="store_true",
                        help="with --rotate: leave the input and output rows unrotated")
-
-
-def _seed(text: str) -> int:
-    import argparse
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
-    return value
 
 
 def cmd_labels(args) -> int:
