@@ -101,7 +101,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 def test_every_command_line_option_has_help_text():
     parser = build_parser()
     subs = _subparsers(parser)
-    assert set(subs) == {"build", "check", "run", "report", "trace", "plot"}
+    assert set(subs) == {"build", "check", "run", "report", "trace", "plot", "labels", "export"}
     missing = [f"{name} {a.option_strings or a.dest}" for name, sub in subs.items()
                for a in sub._actions if not isinstance(a, argparse._HelpAction)
                and not (a.help or "").strip()]

@@ -20,7 +20,8 @@ from ..runtime.program import CompiledProgram
 def cmd_build(args) -> int:
     from ..compiler.pipeline import compile_file
     from ..compiler.progress import Progress
-    if args.rotate_keep_io and args.rotate is None:
+    rotate = getattr(args, "rotate", None)          # `report FILE.tp` builds without these
+    if getattr(args, "rotate_keep_io", False) and rotate is None:
         raise UsageError("--rotate-keep-io goes with --rotate SEED")
     progress, ok = Progress(), False
     try:
@@ -28,8 +29,8 @@ def cmd_build(args) -> int:
                             max_memory=args.max_memory, progress=progress, loops=args.loops)
         progress.stage("write")
         paths = prog.save_to_dir(args.out)
-        if args.rotate is not None:         # the rotated build's files beside the artifact
-            paths += prog.rotated(args.rotate, keep_io=args.rotate_keep_io).save_rotated(
+        if rotate is not None:              # the rotated build's files beside the artifact
+            paths += prog.rotated(rotate, keep_io=args.rotate_keep_io).save_rotated(
                 Path(args.out) / f"{prog.name}.rotated")
         ok = True
     finally:
