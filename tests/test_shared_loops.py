@@ -56,9 +56,14 @@ def least_squares():
     return tcompile.compile_file(PROGRAMS + "least_squares.tp", loops="shared")
 
 
+@functools.lru_cache(maxsize=None)
+def shared_build(name: str, params: tuple = ()):
+    return tcompile.compile_file(PROGRAMS + name, dict(params), loops="shared")
+
+
 @pytest.fixture(scope="module")
 def logistic():
-    return tcompile.compile_file(PROGRAMS + "newton_logistic.tp", loops="shared")
+    return shared_build("newton_logistic.tp")
 
 
 # ---- depth: the body is the unrolled schedule's steady state --------------------------------
@@ -266,6 +271,93 @@ def test_until_names_a_loop_variable(least_squares):
         least_squares.run(until=("b", 1e-9), **inputs)
 
 
+RIDGE = """program ridge
+dim d = 4
+param steps = 30
+param eta = 1
+param lam = 0.3
+input A : [n, d] assume row_norm <= 1
+input y : [n] assume norm <= 1
+output w
+w = zeros(d)
+repeat steps {
+  w = w - eta * (A.T @ (A @ w - y) / n + lam * w)
+}
+"""
+
+
+def test_halting_watches_a_variable_the_loop_starts_from_a_constant():
+    """Ridge by gradient descent: w starts as zeros(d) and the body leaves it in the rows its
+    first application writes; halting stops each problem where numpy's iterate settles."""
+    prog = tcompile.compile_source(RIDGE, loops="shared")
+    (spec,) = prog.loops.loops
+    ((var, _block, first, stride),) = spec.state
+    assert var == "w" and stride == 1
+    (item,) = [i for i in prog.loops.sequence if isinstance(i, LoopItem)]
+    rng = np.random.default_rng(4)
+    B, n, d, tol, cap = 6, 12, 4, 1e-9, 120
+    A = rng.standard_normal((B, n, d))
+    A /= np.linalg.norm(A, axis=2).max(axis=1)[:, None, None]
+    A *= np.linspace(1, 0.4, B)[:, None, None]               # slower for smaller A
+    y = rng.standard_normal((B, n))
+    y /= 2 * np.linalg.norm(y, axis=1, keepdims=True)
+    out = prog.run(A=A, y=y, until=("w", tol), max_steps=cap)
+    assert out["converged"].all()
+    for i in range(B):
+        w, ws = np.zeros(d), [np.zeros(d)]
+        for _ in range(cap):
+            w = w - (A[i].T @ (A[i] @ w - y[i]) / n + 0.3 * w)
+            ws.append(w)
+        # after application j the rows hold w_(first + j); the count reported is offset + j + 1
+        t = next(t for t in range(1, cap + 1) if np.abs(ws[t] - ws[t - 1]).max() <= tol)
+        assert abs(int(out["steps"][i]) - (t + item.offset + 1 - first)) <= 1, (i, out["steps"][i], t)
+        assert rel(out["w"][i], ws[int(out["steps"][i])]) <= 1e-12
+    assert len(set(out["steps"].tolist())) > 2
+    short = prog.run(A=A, y=y, until=("w", 1e-300), max_steps=20)
+    assert not short["converged"].any() and (short["steps"] == 20).all()
+
+
+SHIPPED = sorted(p.name for p in __import__("pathlib").Path(PROGRAMS).glob("*.tp"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_until_accepts_every_variable_a_top_level_loop_carries(name):
+    """Every shipped program: each top-level loop's carried variables are the ones `until`
+    may watch (the card lists them); a halted run equals a fixed-count run at the count it
+    reports, and never reports fewer than the build runs."""
+    from tcompile.compiler.steady_state import loop_sites
+    from tcompile.inspection.sampling import sample_inputs
+    program = parse_file(PROGRAMS + name)
+    small = "logistic" not in name and any(p.name == "d" for p in program.dims)
+    # conjugate gradient's count defaults to d, and its domains cap it at the built count
+    prog = shared_build(name, (("d", 4),) * small + (("steps", 6),) * (name == "conjugate_gradient.tp"))
+    sites = loop_sites(program, {**prog.info.params})
+    inputs = sample_inputs(program, prog.info.params, n=8, batch=2, seed=0)
+    card = prog.report_text()
+    top = {key for key, site in sites.items() if site.depth == 0}
+    assert top <= {spec.key for spec in prog.loops.loops}, prog.loops.unrolled   # all folded
+    for spec in prog.loops.loops:
+        if spec.depth:
+            continue
+        carried = sorted(sites[spec.key].state)
+        assert sorted(var for var, *_ in spec.state) == carried, (name, spec.key)
+        assert f"until may watch: {', '.join(carried)}" in card
+        if spec.param is None:
+            continue
+        # the first count halting may report: one application of the body, and min_count
+        (item,) = [i for i in prog.loops.sequence if isinstance(i, LoopItem) and i.loop == spec.key]
+        first = max(spec.min_count, item.offset + 1)
+        cap = first + (spec.max_count is None or spec.max_count > first)
+        fixed = prog.run(executor="module", **{spec.param: first}, **inputs)
+        for var in carried:       # any movement is small enough: each halts as soon as it may
+            out = prog.run(until=(var, np.inf), max_steps=cap, **inputs)
+            assert out["converged"].all() and (out["steps"] == first).all()
+            for key in fixed:
+                assert rel(out[key], fixed[key]) <= 1e-14, (name, var, key)
+        out = prog.run(until=(carried[0], 0.0), max_steps=cap, **inputs)
+        assert (out["steps"] == np.where(out["converged"], first, cap)).all()
+
+
 # ---- the module shows the loop -----------------------------------------------------------------
 
 def test_hook_names_carry_the_iteration(inverse):
@@ -448,6 +540,10 @@ def test_command_line_builds_runs_halts_and_traces(tmp_path):
     halted = run_in_process(["run", art, "--inputs", tmp_path / "in.npz", "--until", "w=1e-12",
                              "--max-steps", "60"])
     assert halted.returncode == 0 and "steps = " in halted.stdout
+    assert "all 1 converged (w moved by at most 1e-12)" in halted.stdout
+    stuck = run_in_process(["run", art, "--inputs", tmp_path / "in.npz", "--until", "w=0",
+                            "--max-steps", "4"])
+    assert stuck.returncode == 0 and "1 of 1 did not converge" in stuck.stdout, stuck.stdout
     bad = run_in_process(["run", art, "--inputs", tmp_path / "in.npz", "-p", "steps=1"])
     assert bad.returncode != 0 and "at least 3 times" in bad.stderr
     traced = run_in_process(["trace", art, "--inputs", tmp_path / "in.npz"])

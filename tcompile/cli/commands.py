@@ -120,6 +120,8 @@ def cmd_run(args) -> int:
     non_finite = _print_warnings(caught)   # a DomainError (--domains raise) exits 1 through main
     for name, value in out.items():
         print(f"{name} = {np.array2string(np.asarray(value), precision=10)}")
+    if until is not None:
+        print(_convergence(np.atleast_1d(out["converged"]), until))
     if non_finite is not None:             # NaN must not pass for a result: exit 1, no -o file
         raise TcompileError(non_finite)
     if out_path is not None:
@@ -141,6 +143,13 @@ def _print_warnings(caught) -> str | None:
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return non_finite
+def _convergence(converged: np.ndarray, until) -> str:
+    """One line: how many problems halted, and how many hit the step limit still moving."""
+    missed = int((~converged).sum())
+    if not missed:
+        return f"all {converged.size} converged ({until[0]} moved by at most {until[1]:g})"
+    return (f"{missed} of {converged.size} did not converge: {until[0]} still moved by more than "
+            f"{until[1]:g} at the last step allowed (raise --max-steps or the tolerance)")
 
 
 def _count(name: str, text: str) -> int:

@@ -28,6 +28,7 @@ from ..runtime.weights import LayerWeights
 from .backend import build_manifest, compile_dataflow
 from .dataflow import walk_to_graph
 from .fold import Loop, NoSteadyState, digest, fold_loop
+from .nodes import LOOP_STATE
 from .pieces import PieceBuilder
 from .steady_state import LoopSite, SharedGraphBuilder, loop_sites
 
@@ -186,28 +187,42 @@ def _state_blocks(site: LoopSite, sequence, base, plan, keys) -> tuple[tuple, ..
     """For each variable a top-level loop carries: (variable, block, first, stride) — the
     block holding it between applications of the body (its rows are the same at every
     iteration: rows.py pins them), and which assignment it then holds: `name@(first +
-    j·stride)` after application j (from 0), as the trace and halting read it."""
+    j·stride)` after application j (from 0), as the trace and halting read it.
+
+    The block is the one the first application of the body leaves the variable in (in the
+    base unrolling): the value written last inside that application's layers. Values of the
+    variable in other rows or the other orientation (its fill before the loop, an output
+    written transposed after it) are not what the body carries, and do not count."""
     start = _loop_start(sequence, base, site.key)
+    if start is None:
+        return ()
+    body = next(i.body for i in _items(sequence) if i.loop == site.key)
+    end = start + LoopProgram((), body, ()).n_layers(base)
     out = []
     for name in site.state:
         tag = f"{site.key}/{name}"
-        pairs = [p for p in plan.slots if p[0] in plan.atoms
-                 and plan.atoms[p[0]].node.get("loop_state") == tag]
-        if not pairs or start is None:
+        tagged = [p for p in plan.slots if p[0] in plan.atoms
+                  and plan.atoms[p[0]].node.get(LOOP_STATE) == tag
+                  and _assignment(plan.atoms[p[0]], name) is not None]
+        inside = [p for p in tagged if 2 * start < plan.slots[p].write <= 2 * end]
+        if not inside:        # the body writes no value of it (e.g. `x = x`): nothing to watch
             continue
-        last = max(pairs, key=lambda p: plan.slots[p].write)
-        pairs = [p for p in pairs if p[1] == last[1]]
-        index = {p: _assignment(plan.atoms[p[0]], name) for p in pairs}
-        t = 2 * start                          # the sublayer before the first application
-        now = max((p for p in pairs if plan.slots[p].write <= t), default=None,
-                  key=lambda p: plan.slots[p].write)
-        ks = sorted(k for k in index.values() if k is not None)
+        held = max(inside, key=lambda p: (plan.slots[p].write, p))
+        rows = plan.slots[held].rows
+        ks = sorted({_assignment(plan.atoms[p[0]], name) for p in tagged
+                     if p[1] == held[1] and plan.slots[p].rows == rows})
         steps = {b - a for a, b in zip(ks, ks[1:])}
-        if now is None or index[now] is None or len(steps) != 1:
+        if len(steps) != 1:   # its rows do not hold one assignment per iteration
             continue
-        stride = steps.pop()
-        out.append((name, keys[last], index[now] + stride, stride))
+        out.append((name, keys[held], _assignment(plan.atoms[held[0]], name), steps.pop()))
     return tuple(out)
+
+
+def _items(seq):
+    for item in seq:
+        if isinstance(item, LoopItem):
+            yield item
+            yield from _items(item.body)
 
 
 def _assignment(atom, name: str) -> int | None:

@@ -73,11 +73,21 @@ def build_report(manifest: Manifest, layers) -> dict:
         "nonzero_parameters": int(nonzero),
         "per_layer": per_layer,
         "approximations": [approximation_to_json(a) for a in manifest.approximations],
-        "depth_per_iteration": depth_per_iteration(lay),
+        "depth_per_iteration": (depth_per_iteration(lay) if manifest.loops is None
+                                else _loop_depths(manifest.loops, lay)),
         "predicted_rtol": predicted_rtol(manifest.approximations),
         "paper_depth": _paper(info),
         **({"loops": _loops(manifest.loops)} if manifest.loops is not None else {}),
     }
+
+
+def _loop_depths(program, layout: Layout) -> dict[str, float]:
+    """A shared build's depth per iteration of each output a top-level loop carries: its
+    loop's layers per iteration — the one figure the card gives per loop (the base
+    unrolling's blocks would give the pipelined fill and drain too)."""
+    outputs = {o.name for o in layout.outputs}
+    return {var: float(s.layers_per_iteration) for s in program.loops if s.depth == 0
+            for var, *_ in s.state if var in outputs}
 
 
 def _loops(program) -> dict:
@@ -89,7 +99,8 @@ def _loops(program) -> dict:
         "paths": layer_paths(program),
         "loops": [{"line": s.line, "param": s.param, "count": s.count, "depth": s.depth,
                    "layers_per_iteration": s.layers_per_iteration, "min_count": s.min_count,
-                   "max_count": s.max_count} for s in program.loops],
+                   "max_count": s.max_count, "until": sorted(var for var, *_ in s.state)}
+                  for s in program.loops],
         "kept_unrolled": [{"line": line, "count": count, "why": why}
                           for line, count, why in program.unrolled],
     }
@@ -184,7 +195,7 @@ def format_report(rep: dict, program=None, writes: list[str] | None = None) -> s
     columns = SHARED_COLUMNS if "loops" in rep else \
         COLUMNS + ("; writes = the values the layer's heads and MLP write" if writes else "")
     lines = _header(rep) + [""] + _layer_table(rep["per_layer"], writes) + _wrap(columns, "  ")
-    if rep["depth_per_iteration"]:
+    if rep["depth_per_iteration"] and "loops" not in rep:     # a shared build: per loop below
         lines.append("")
         for name, depth in rep["depth_per_iteration"].items():
             line = f"  depth per loop iteration ({name}): {depth:g} layers"
@@ -256,6 +267,11 @@ def _loop_lines(rep: dict) -> list[str]:
         if lp["param"] and not lp["depth"]:
             lines.append(f"              layers run at {lp['param']} = K: {loops['layers_run']} + "
                          f"{lp['layers_per_iteration']} (K − {lp['count']})")
+        if not lp["depth"] and rep.get("paper_depth"):
+            lines.append(f"              paper: {rep['paper_depth']['per_iteration']} per "
+                         f"iteration ({rep['paper_depth']['formula']})")
+        if lp.get("until"):
+            lines.append(f"              until may watch: {', '.join(lp['until'])}")
     for lp in loops["kept_unrolled"]:
         lines += _wrap(f"line {lp['line']}: repeat {lp['count']} kept unrolled: {lp['why']}", "    ")
     return lines

@@ -38,7 +38,9 @@ def resolve_until(prog, until) -> tuple[str, str, float]:
 
 
 def run_until(prog, module, x: torch.Tensor, counts: dict, until, max_steps):
-    """Run the looped module with halting; (final residual, steps per problem)."""
+    """Run the looped module with halting; (final residual, steps per problem, converged per
+    problem: False where the variable still moved by more than the tolerance at the last
+    iteration allowed)."""
     key, block_key, tol = resolve_until(prog, until)
     spec = prog.loops.spec(key)
     if spec.param is None:
@@ -51,8 +53,8 @@ def run_until(prog, module, x: torch.Tensor, counts: dict, until, max_steps):
     steps = torch.full((batch,), -1, dtype=torch.long)
 
     def halt(ctx, loop, before, after, it):
-        if loop.key != key:
-            return after
+        if loop.key != key or loop.offset + it + 1 < spec.min_count:
+            return after             # a count below min_count is not one this build runs
         keep = active.view(-1, 1, 1)
         after = torch.where(keep, after, before)
         moved = (after.index_select(2, rows) - before.index_select(2, rows)).abs().amax(dim=(1, 2))
@@ -63,16 +65,23 @@ def run_until(prog, module, x: torch.Tensor, counts: dict, until, max_steps):
         return after
 
     y = module(x, {**counts, spec.param: limit}, halt=halt)
-    stuck = (steps < 0).numpy()
+    converged = (steps >= 0).numpy()
     steps[steps < 0] = limit
+    warn_not_converged(converged, until, tol, limit)
+    return y, steps.numpy().astype(np.int64), converged
+
+
+def warn_not_converged(converged: np.ndarray, until, tol: float, limit: int) -> None:
+    """A NotConvergedWarning naming the problems that hit the step limit still moving."""
+    stuck = ~converged
     if stuck.any():
+        batch = len(converged)
         which = ", ".join(map(str, np.flatnonzero(stuck)[:10])) + (", ..." if stuck.sum() > 10 else "")
         warnings.warn(NotConvergedWarning(
             f"{int(stuck.sum())} of {batch} problem{'s' * (batch != 1)} did not converge: "
             f"{until[0]} still moved more than {tol:g} in iteration {limit} (problem"
             f"{'s' * (int(stuck.sum()) != 1)} {which}); steps = {limit} there is the limit, not "
-            "a convergence: raise it with max_steps (--max-steps)"), stacklevel=3)
-    return y, steps.numpy().astype(np.int64)
+            "a convergence: raise it with max_steps (--max-steps)"), stacklevel=4)
 
 
-__all__ = ["run_until", "resolve_until"]
+__all__ = ["run_until", "resolve_until", "warn_not_converged"]

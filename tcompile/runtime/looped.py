@@ -68,6 +68,7 @@ class LoopBlock(_Sequence):
         for it in range(counts[self.key] - self.offset):
             x = ctx.after_iteration(self, x, self.apply(x, counts, ctx, path + (it,)), it)
             if ctx.stop:
+                ctx.stop = False        # halting stops this loop only: the ones after it run
                 break
         return x
 

@@ -220,7 +220,8 @@ class CompiledProgram:
         shared build also takes its run-time counts by name (`steps=50`) and may halt:
         `until=("x", tol)` stops each problem of the batch once the loop variable x moves less
         than tol (max abs change) in one iteration, at most `max_steps` iterations (through the
-        looped module); the result then has "steps", the count each problem ran.
+        looped module); the result then has "steps", the count each problem ran, and "converged",
+        False where the variable still moved by more than tol at the last step allowed.
         domains: "raise" (the default) raises a DomainError after the run when a fitted MLP
         piece saw a value outside its domain (where it clamps: the result is wrong), "warn"
         warns, "off" does not watch (domain_guard.py)."""
@@ -268,8 +269,9 @@ class CompiledProgram:
                 if until is None:
                     return prepared.unbatch(self.decode(module(x, counts))), settle(seen)
                 from .halting import run_until
-                y, steps = run_until(self, module, x, counts, until, max_steps)
-            return prepared.unbatch({**self.decode(y), "steps": steps}), settle(seen)
+                y, steps, converged = run_until(self, module, x, counts, until, max_steps)
+            return prepared.unbatch({**self.decode(y), "steps": steps, "converged": converged}), \
+                settle(seen)
         executor = executor or "structured"
         if executor != "module":
             return structured(executor_for(self, executor))
