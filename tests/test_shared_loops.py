@@ -6,6 +6,7 @@ Oracles: the unrolled build of the same program and params (the same weights' ar
 from __future__ import annotations
 
 import functools
+import warnings
 import re
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 import tcompile
-from tcompile.errors import InputError
+from tcompile.errors import InputError, NotConvergedWarning
 from tcompile.language.interpreter import interpret_program
 from tcompile.language.parser import parse_file, parse_source
 from tcompile.language.run_params import run_time_counts
@@ -350,13 +351,17 @@ def test_until_accepts_every_variable_a_top_level_loop_carries(name):
         (item,) = [i for i in prog.loops.sequence if isinstance(i, LoopItem) and i.loop == spec.key]
         first = max(spec.min_count, item.offset + 1)
         cap = first + (spec.max_count is None or spec.max_count > first)
-        fixed = prog.run(executor="module", **{spec.param: first}, **inputs)
+        # the halting mechanics, not the domains: sampled inputs need not keep a program's
+        # run-time values inside its declared domains (sinkhorn's K @ v on [1, 8])
+        fixed = prog.run(executor="module", **{spec.param: first}, domains="off", **inputs)
         for var in carried:       # any movement is small enough: each halts as soon as it may
-            out = prog.run(until=(var, np.inf), max_steps=cap, **inputs)
+            out = prog.run(until=(var, np.inf), max_steps=cap, domains="off", **inputs)
             assert out["converged"].all() and (out["steps"] == first).all()
             for key in fixed:
                 assert rel(out[key], fixed[key]) <= 1e-14, (name, var, key)
-        out = prog.run(until=(carried[0], 0.0), max_steps=cap, **inputs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotConvergedWarning)
+            out = prog.run(until=(carried[0], 0.0), max_steps=cap, domains="off", **inputs)
         assert (out["steps"] == np.where(out["converged"], first, cap)).all()
 
 
