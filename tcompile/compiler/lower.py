@@ -28,9 +28,10 @@ from .dataflow import DataflowGraph
 from .elementwise import (BOUND, Call, Const, Elementwise, Leaf, Product, Sum, affine, calls,
                           leaves, to_text)
 from .heads import realizable
+from .nodes import CARRIED, HOISTED, VARS
 from .pieces import MAX_SIGN_LEAVES, PieceBuilder, Words
-from .poly import (MAX_FACTORS, Atom, AtomTable, Mono, Poly, add_polys, max_degree, mul_polys,
-                   symmetrize_weighted_grams, transpose_poly)
+from .poly import (MAX_FACTORS, Atom, AtomTable, Mono, Poly, add_polys, dims, max_degree,
+                   mul_polys, symmetrize_weighted_grams, transpose_poly)
 
 
 UNNAMED = "a value computed in it"        # an error's name for a leaf no variable names
@@ -60,6 +61,8 @@ class Lowering:
         self.notes: dict[int, str] = {}                 # call → why it is fitted directly
         self._choices: dict[tuple, tuple] = {}          # (kind, domain, tol, rel) → refine.choose
         self._refined: dict[int, list[int]] = {}        # call → its seed and iterate nodes
+        self._variant: dict[int, bool] = {}             # node → depends on a loop's state
+        self._hoisted: dict[tuple, int] = {}            # invariant (chain, scalars) → its atom
         self._chains: dict[tuple, int] = {}             # (argument, refinement) → that call
         self.user_bounds: dict[int, tuple] = {}         # atom → the user's `(x) on [lo, hi]`
 
@@ -149,6 +152,8 @@ class Lowering:
         for call, made in self._refined.items():     # seed and iterates: just before their call
             for i, a in enumerate(made):
                 rank[a] = rank[call] - 1 + (i + 1) / (len(made) + 1)
+        for a in sorted(self._hoisted.values()):     # invariant products: after their factors
+            rank[a] = max(rank.get(f, -1) for f in self.g.nodes[a]["args"]) + 0.5
         ordered = sorted(self.atoms, key=lambda a: rank.get(a, -1))
         return AtomTable(((a, self.atoms[a]) for a in ordered), self.atoms.inv_n, self.atoms.ones)
 
@@ -241,6 +246,14 @@ class Lowering:
                 widest = max(args, key=lambda a: (a not in self.atoms and max_degree(self.polys[a]) > 1,
                                                   bool(self.g.nodes[a].get("vars")),
                                                   self.fanout(a), max_degree(self.polys[a])))
+                if widest not in self.atoms and self.variant(widest) and \
+                        self.fanout(widest) == 1 and not self.g.nodes[widest].get(VARS):
+                    # storing it would cost a layer every iteration, for this product alone:
+                    # first try storing the product's loop-invariant factors once instead
+                    hoisted = self.hoist_invariants(nid, prod)
+                    if hoisted is not None and max_degree(hoisted) <= MAX_FACTORS and \
+                            realizable(self.atoms, hoisted, node["cshape"]):
+                        return hoisted
                 if widest in self.atoms:
                     raise self.error("this product cannot be computed by attention heads "
                                      f"(shapes {self.g.nodes[args[0]]['cshape']} and "
@@ -540,6 +553,75 @@ class Lowering:
         if "lo" in node:                # an exact piece (relu) has no finite range: the checker's
             return (node["lo"], node["hi"])
         return None
+
+    # ---- loop-invariant code motion ----------------------------------------------------------
+    def variant(self, nid: int) -> bool:
+        """Whether a node depends on a loop's state (a `carried` node): an iterative walk of
+        its arguments, memoised (unrolled graphs are deep)."""
+        memo = self._variant
+        stack = [nid]
+        while stack:
+            n = stack[-1]
+            if n in memo:
+                stack.pop()
+                continue
+            node = self.g.nodes[n]
+            args = [a for a in node["args"] if a not in memo]
+            if args and not node.get(CARRIED):
+                stack.extend(args)
+                continue
+            memo[n] = bool(node.get(CARRIED)) or any(memo[a] for a in node["args"])
+            stack.pop()
+        return memo[nid]
+
+    def hoist_invariants(self, nid: int, prod: Poly) -> Poly | None:
+        """Loop-invariant code motion for a product that is not one sublayer as it stands: in
+        each monomial that reads a loop's state, the longest run of two or more factors that do
+        not (with its loop-invariant scalars) becomes an atom of its own — one node for every
+        iteration, so it is computed once, before the loop. `Aᵀ (A w − y) / n` then reads
+        S = AᵀA/n and w: one head per step, as with S written by hand. None if no monomial has
+        such a run."""
+        out: Poly = {}
+        changed = False
+        for m, c in prod.items():
+            fixed = [self.atoms[a].kind in ("input", "const") for a, _ in m.chain]
+            best, i = None, 0
+            while i < len(fixed):
+                j = i
+                while j < len(fixed) and fixed[j]:
+                    j += 1
+                if j - i >= 2 and (best is None or j - i > best[1] - best[0]):
+                    best = (i, j)
+                i = max(j, i + 1)
+            if best is None or all(fixed):
+                out[m] = out.get(m, 0.0) + c
+                continue
+            scalars = tuple(x for x in m.scalars if not self.variant(x))
+            atom = self.invariant_atom(nid, m.chain[best[0]:best[1]], scalars)
+            new = Mono(m.chain[:best[0]] + ((atom, False),) + m.chain[best[1]:],
+                       tuple(x for x in m.scalars if x not in scalars))
+            out[new] = out.get(new, 0.0) + c
+            changed = True
+        return out if changed else None
+
+    def invariant_atom(self, nid: int, chain: tuple, scalars: tuple) -> int:
+        """The atom holding the product of these loop-invariant factors (made once, a node of
+        its own marked `hoisted`, nodes.py)."""
+        key = (chain, scalars)
+        if key in self._hoisted:
+            return self._hoisted[key]
+        new = max(self.g.nodes) + 1
+        rows = dims(self.atoms, chain[0])[0]
+        cols = dims(self.atoms, chain[-1])[1]
+        args = tuple(a for a, _ in chain) + scalars
+        self.g.add_node(new, op="matmul", args=args, cshape=(rows, cols),
+                        loc=self.g.nodes[nid]["loc"], **{HOISTED: True})
+        for a in set(args):
+            self.g.add_edge(a, new)
+        self._variant[new] = False
+        self.make_atom(new, "attn", {Mono(chain, scalars): 1.0})
+        self._hoisted[key] = new
+        return new
 
     def names(self) -> dict:
         """Leaf names for labels: the program's variable, else what computes it."""

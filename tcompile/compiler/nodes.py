@@ -74,13 +74,16 @@ LOOP_STATE = "loop_state"  # shared builds only: "loop key/variable" on a loop's
 ITERATION = "iteration"  # shared builds only: ((loop key, index), ...) of the loop iterations
                          #   being walked when the node was made; depth.py keeps a loop's state
                          #   from being inlined into a later iteration (steady_state.py)
+HOISTED = "hoisted"      # set by the lowering on a node it adds: the loop-invariant part of a
+                         #   product (op matmul, ARGS its factors then its runtime scalars, in
+                         #   chain order), computed once before the loop (lower.hoist_invariants)
 REFINED = "refined"      # set by the lowering on a scalar refinement's values (refine.py): 'r' or
                          #   'w' on its seed/iterate nodes (calls it adds) and the refined call,
                          #   'arg' on its argument; rows.py clears their rows exactly
 
 ATTRIBUTES = frozenset({OP, ARGS, CSHAPE, LOC, NAME, SYMMETRIC, ENTRIES, SIGN, FLAG, LO, HI, VALUE,
                         K, C, FUNC, FARGS, DOMAIN, TOL, TOL_REL, VARS, CARRIED, LOOP_STATE, ITERATION,
-                        REFINED, NOTE})
+                        HOISTED, REFINED, NOTE})
 REQUIRED = (OP, ARGS, CSHAPE, LOC)
 
 
