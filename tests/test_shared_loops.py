@@ -260,8 +260,7 @@ def test_halting_stops_each_problem_where_its_iterate_settles(least_squares):
         first = next((t for t in range(1, cap + 1) if np.abs(ws[t] - ws[t - 1]).max() <= tol), cap)
         assert abs(int(steps[i]) - first) <= 2, (i, steps[i], first)
     for i in range(0, B, 9):         # a halted problem kept its state: a fixed-count run's
-        fixed = least_squares.run(A=As[i], y=ys[i], a_test=np.zeros(d), steps=int(steps[i]),
-                                  executor="module")          # halting runs the looped module
+        fixed = least_squares.run(A=As[i], y=ys[i], a_test=np.zeros(d), steps=int(steps[i]))
         assert rel(out["w"][i], fixed["w"]) <= 1e-14
     assert len(set(steps.tolist())) > 3
 
@@ -353,7 +352,7 @@ def test_until_accepts_every_variable_a_top_level_loop_carries(name):
         cap = first + (spec.max_count is None or spec.max_count > first)
         # the halting mechanics, not the domains: sampled inputs need not keep a program's
         # run-time values inside its declared domains (sinkhorn's K @ v on [1, 8])
-        fixed = prog.run(executor="module", **{spec.param: first}, domains="off", **inputs)
+        fixed = prog.run(**{spec.param: first}, domains="off", **inputs)
         for var in carried:       # any movement is small enough: each halts as soon as it may
             out = prog.run(until=(var, np.inf), max_steps=cap, domains="off", **inputs)
             assert out["converged"].all() and (out["steps"] == first).all()
@@ -643,6 +642,66 @@ def test_the_structured_executor_runs_shared_builds_as_the_looped_module_does(le
                 assert rel(a[name], b[name]) <= 1e-13, (prog.name, steps, name)
 
 
+def test_the_looping_executor_plans_each_body_once_and_matches_the_expanded_plan(
+        inverse, least_squares, logistic):
+    """The structured executor runs a loop body's plan in a loop (exec_loops.py): the same
+    sublayers as the plan expanded for one count, bit for bit, and one plan for every count."""
+    from tcompile.runtime.exec_loops import shared_executor_for
+    from tcompile.runtime.executor import expanded_executor_for
+    rng = np.random.default_rng(14)
+    for prog, inputs in ((inverse, random_inverse_problem(rng, 4)),
+                         (least_squares, random_regression(rng, 30, 4)),
+                         (logistic, random_logistic_problem(rng, 26, 5))):
+        looping = shared_executor_for(prog)
+        assert looping is not None
+        prepared = prog.prepare_inputs(inputs)
+        for steps in (prog.info.params["steps"], 13):
+            counts = prog.loops.counts({"steps": steps})
+            a, _, ranges = looping.run_inputs(prepared, counts, watch=True)
+            b, want = expanded_executor_for(prog, counts).run_watched(prepared)
+            for name in b:
+                assert torch.equal(a[name], b[name]), (prog.name, steps, name)
+            assert ranges == want                  # the domain guard's ranges, every check
+        assert (prepared.n, torch.float64, "cpu") in looping._runners
+        runners = len(looping._runners)
+        prog.run(steps=40, **inputs)
+        assert len(looping._runners) == runners    # planned and resolved once for every count
+
+
+def test_random_loop_programs_run_looping_as_expanded():
+    from tcompile.runtime.exec_loops import shared_executor_for
+    from tcompile.runtime.executor import expanded_executor_for
+    for seed in SEEDS:
+        prog = shared_random(seed)
+        if not prog.loops.loops:
+            continue
+        looping = shared_executor_for(prog)
+        assert looping is not None, seed
+        prepared = prog.prepare_inputs(_inputs(seed, prog.info.params["d"]))
+        counts = prog.loops.counts({"steps": prog.info.params["steps"] + 2})
+        a, _, _ = looping.run_inputs(prepared, counts)
+        b = expanded_executor_for(prog, counts).run_inputs(prepared)
+        assert all(torch.equal(a[name], b[name]) for name in b), seed
+
+
+def test_halting_on_the_structured_executor_agrees_with_the_looped_module(least_squares):
+    from tcompile.runtime.halting import run_until
+    rng = np.random.default_rng(15)
+    inputs = {k: np.stack([random_regression(rng, 30, 4)[k] for _ in range(8)])
+              for k in ("A", "y", "a_test")}
+    inputs["A"] *= np.linspace(1, 0.3, 8)[:, None, None]        # different halting steps
+    out = least_squares.run(until=("X", 1e-11), max_steps=40, **inputs)
+    x = least_squares.encode(**inputs)
+    with torch.no_grad():
+        y, steps, converged = run_until(least_squares, least_squares.module, x, {},
+                                        ("X", 1e-11), 40)
+    assert np.array_equal(out["steps"], steps) and np.array_equal(out["converged"], converged)
+    assert len(set(steps.tolist())) > 2
+    ref = least_squares.decode(y)
+    for name in ref:
+        assert rel(out[name], ref[name]) <= 1e-13, name
+
+
 def test_the_expanded_executor_without_block_templates_is_still_exact(monkeypatch, logistic):
     """A stored layer whose runs in the base unrolling write different blocks gets none: its
     rows become anonymous slots (slower, still exact). Forced here for every layer."""
@@ -672,9 +731,14 @@ def test_block_templates_skip_a_layer_whose_runs_write_differently():
 
 
 def test_a_sweep_over_counts_keeps_only_the_last_few_executors(inverse):
-    from tcompile.runtime.executor import EXPANDED_KEPT
+    """run plans a loop once for every count (exec_loops.py); the plan expanded per count,
+    which remains for counts that run a loop 0 times, keeps the last few only."""
+    from tcompile.runtime.executor import EXPANDED_KEPT, expanded_executor_for
     A = random_inverse_problem(np.random.default_rng(0), 4)["A"]
     for steps in range(2, 12):
         inverse.run(A=A, steps=steps)
+    assert not inverse._executors.get("expanded")
+    for steps in range(2, 12):
+        expanded_executor_for(inverse, inverse.loops.counts({"steps": steps}))
     kept = inverse._executors["expanded"]
     assert len(kept) == EXPANDED_KEPT and (("15:1", 11),) in kept

@@ -37,17 +37,40 @@ def resolve_until(prog, until) -> tuple[str, str, float]:
                      f"this build: {', '.join(sorted(v for _, v, _ in options)) or 'none'}")
 
 
-def run_until(prog, module, x: torch.Tensor, counts: dict, until, max_steps):
-    """Run the looped module with halting; (final residual, steps per problem, converged per
-    problem: False where the variable still moved by more than the tolerance at the last
-    iteration allowed)."""
+def _limit(prog, counts: dict, until, max_steps):
+    """(loop key, rows, tol, spec, the most iterations) for a halting run."""
     key, block_key, tol = resolve_until(prog, until)
     spec = prog.loops.spec(key)
     if spec.param is None:
         raise InputError(f"the loop at line {spec.line} has a fixed count; halting needs one "
                          "set at run time")
     limit = counts.get(spec.param, spec.count) if max_steps is None else max_steps
-    rows = torch.tensor(prog.layout.block(block_key).rows, device=x.device)
+    return key, prog.layout.block(block_key).rows, tol, spec, limit
+
+
+def structured_until(prog, executor, inputs, counts: dict, until, max_steps, dtype, device,
+                     watch: bool = False):
+    """Halting through the shared build's structured executor (exec_loops.py), which plans
+    each body once and tests the variable between applications; None where its plan does not
+    cover the run (a loop run 0 times), and the looped module must do it."""
+    from .exec_loops import Halting
+    key, rows, tol, spec, limit = _limit(prog, counts, until, max_steps)
+    resolved = prog.loops.counts({**counts, spec.param: limit})
+    if not executor.covers(resolved):
+        return None
+    out, (steps, converged), ranges = executor.run_inputs(
+        inputs, resolved, dtype, device, Halting(key, tuple(rows), tol, limit, spec.min_count),
+        watch)
+    warn_not_converged(converged, until, tol, limit)
+    return out, steps, converged, ranges
+
+
+def run_until(prog, module, x: torch.Tensor, counts: dict, until, max_steps):
+    """Run the looped module with halting; (final residual, steps per problem, converged per
+    problem: False where the variable still moved by more than the tolerance at the last
+    iteration allowed)."""
+    key, rows, tol, spec, limit = _limit(prog, counts, until, max_steps)
+    rows = torch.tensor(rows, device=x.device)
     batch = x.shape[0]
     active = torch.ones(batch, dtype=torch.bool, device=x.device)
     steps = torch.full((batch,), -1, dtype=torch.long)

@@ -219,8 +219,7 @@ class CompiledProgram:
         module) or "compiled" (torch.compile of the structured executor; unrolled builds). A
         shared build also takes its run-time counts by name (`steps=50`) and may halt:
         `until=("x", tol)` stops each problem of the batch once the loop variable x moves less
-        than tol (max abs change) in one iteration, at most `max_steps` iterations (through the
-        looped module); the result then has "steps", the count each problem ran, and "converged",
+        than tol (max abs change) in one iteration, at most `max_steps` iterations; the result then has "steps", the count each problem ran, and "converged",
         False where the variable still moved by more than tol at the last step allowed.
         domains: "raise" (the default) raises a DomainError after the run when a fitted MLP
         piece saw a value outside its domain (where it clamps: the result is wrong), "warn"
@@ -260,9 +259,11 @@ class CompiledProgram:
             if executor not in (None, "structured", "module"):
                 raise InputError(f"executor={executor!r}: a shared build runs 'structured' (the "
                                  "default: its loops expanded) or 'module' (the looped module)")
-            if until is None and executor != "module":
-                from .executor import expanded_executor_for
-                return structured(expanded_executor_for(self, self.loops.counts(counts)))
+            if executor != "module":
+                done = _run_shared(self, prepared, counts, until, max_steps, tdtype, device, watch)
+                if done is not None:
+                    out, ranges = done
+                    return prepared.unbatch(out), ranges
             x = self.encode_inputs(prepared, tdtype, device)
             module = self.module_for(tdtype, device)
             with torch.no_grad(), watch_module(self, module, watch) as seen:
@@ -585,6 +586,39 @@ def run_options(dtype, device, method: str) -> tuple[torch.dtype, torch.device]:
             raise InputError(f"device {str(dev)!r} is not usable here ({first}); use device='cpu'"
                              ) from None
     return getattr(torch, name), dev
+
+
+def _run_shared(prog, prepared, counts, until, max_steps, dtype, device, watch: bool):
+    """A shared build on the structured executor: the looping one (exec_loops.py: each body
+    planned once, halting tested between applications) where its plan covers the counts, else
+    the plan expanded for these counts (executor.py). (outputs as numpy, domain ranges), or
+    None where halting must go through the looped module (a loop run 0 times)."""
+    import torch
+
+    from .exec_loops import shared_executor_for
+    from .executor import expanded_executor_for
+    looping = shared_executor_for(prog)
+    extra, ranges = {}, {}
+    if until is not None:
+        if looping is None:
+            return None
+        from .halting import structured_until
+        done = structured_until(prog, looping, prepared, counts, until, max_steps, dtype, device,
+                                watch)
+        if done is None:
+            return None
+        out, steps, converged, ranges = done
+        extra = {"steps": steps, "converged": converged}
+    else:
+        resolved = prog.loops.counts(counts)
+        if looping is not None and looping.covers(resolved):
+            out, _, ranges = looping.run_inputs(prepared, resolved, dtype, device, watch=watch)
+        else:
+            ex = expanded_executor_for(prog, resolved)
+            out, ranges = ex.run_watched(prepared, dtype, device) if watch else \
+                (ex.run_inputs(prepared, dtype, device), {})
+    return {**{k: v.detach().to("cpu", torch.float64).numpy() for k, v in out.items()},
+            **extra}, ranges
 
 
 def _torch_dtype(dtype) -> torch.dtype:

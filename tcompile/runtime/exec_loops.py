@@ -1,0 +1,485 @@
+"""The structured executor for a shared build: each loop body planned once, run in a loop.
+
+`ExpandedExecutor` (executor.py) plans the stored layers in the order one count runs them: its
+plan grows with the count and is made again for every new count. Here the plan follows the
+`LoopProgram` instead: a stored layer outside loops is planned where it runs; a loop is planned
+twice — its *first* application, which reads what the layers before the loop left, and its
+*steady* application, which reads what the previous application left. Every application
+writes the same slots (a slot is named by the stored layer and block that writes it, the same
+at every iteration: rows.py pins the loop state), so the occupancy after the steady application
+is the one after the first — checked when planning (a fixed point), and if it does not hold the
+program falls back to the expanded executor. Nested loops nest the same way. The plan depends
+on no count: a run executes first once and steady `count − offset − 1` times.
+
+Between applications of a top-level loop the driver may test a halting condition (`until`):
+the rows a loop variable is pinned to are read before and after each application, a problem
+whose variable moved by at most the tolerance halts, and its slots are kept as they were then
+(the batch runs on; the kept values are put back when the loop ends). The count reported is
+the one a fixed-count run needs for the same output (halting.py's convention).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from .codec import in_shape
+from .exec_codegen import NotTraceable, trace
+from .exec_ops import ReadOp, fit
+from .exec_plan import Occupancy, concrete, initial_occupancy
+from .exec_sublayers import HeadSpec, SublayerPlan, plan_heads, plan_sublayer
+from .layout import Layout
+from .loops import LoopItem, LoopProgram
+from .model import exact_float32
+from .pl_tables import plan_mlp
+from .weights import LayerWeights
+
+
+class NotSteady(Exception):
+    """A loop body's plan does not reach a fixed point: run the expanded executor instead."""
+
+
+@dataclass
+class LayerStep:
+    """One stored layer where it runs: its sublayers' plans (empty sublayers skipped), and
+    the domain checks read after its attention: (check index, Read of the block's rows),
+    read after the first `watch_at` plans (0 or 1)."""
+    layer: int
+    plans: list[SublayerPlan]
+    watches: list = None
+    watch_at: int = 0
+
+
+@dataclass
+class LoopStep:
+    """A loop: `first` is its first application, `steady` every later one."""
+    key: str
+    offset: int
+    first: list
+    steady: list
+    entry: Occupancy              # the occupancy before the first application
+    exit: Occupancy               # after any application (the fixed point)
+
+
+class _StoredLayout:
+    """What plan_sublayer asks of a layout, per stored layer: sublayer t = 2·layer + 1 (its
+    attention) or 2·layer + 2 (its MLP) writes the blocks that layer's first run in the base
+    unrolling writes (executor._block_templates). With `separate_first`, the first application
+    of each loop plans its sublayers at t + 2·N·k (N stored layers, k counting first
+    applications): rows written outside any block form anonymous slots named by t (`~t`), and a
+    first application's may be wider than the steady one's (it reads what the layers before the
+    loop left) — such a slot, dead at the end of the body, is then a slot of its own."""
+
+    def __init__(self, templates: dict[int, dict[int, list]], n_layers: int,
+                 separate_first: bool):
+        self.templates, self.period = templates, 2 * n_layers
+        self.separate_first = separate_first
+        self.shift = 0                 # added to t while a first application is planned
+        self.firsts = 0
+
+    def written_at(self, t: int) -> list:
+        layer, sub = divmod((t - 1) % self.period, 2)
+        return self.templates.get(layer, {}).get(sub + 1, [])
+
+
+def plan_loops(loops: LoopProgram, layers: list[LayerWeights], layout: Layout,
+               templates: dict[int, dict[int, list]], separate_first: bool = False,
+               domains=()) -> tuple[list, Occupancy, Occupancy]:
+    """(steps, initial occupancy, final occupancy) — NotSteady where a body's plan does not
+    repeat. `domains`: the manifest's DomainChecks (each names a stored layer and a block
+    whose rows are pinned), read after that layer's attention wherever it runs."""
+    occ = initial_occupancy(layout)
+    initial = occ.copy()
+    stored = _StoredLayout(templates, len(layers), separate_first)
+    stored.checks = {}
+    for c, chk in enumerate(domains):
+        stored.checks.setdefault(chk.layer, []).append((c, layout.block(chk.block).rows))
+    steps = _plan_sequence(loops.sequence, layers, stored, occ)
+    return steps, initial, occ
+
+
+def _plan_sequence(seq, layers, stored: _StoredLayout, occ: Occupancy) -> list:
+    out = []
+    for item in seq:
+        if isinstance(item, LoopItem):
+            entry = occ.copy()
+            shift = stored.shift
+            if stored.separate_first:
+                stored.firsts += 1
+                stored.shift = stored.period * stored.firsts
+            first = _plan_sequence(item.body, layers, stored, occ)
+            stored.shift = shift
+            after_first = occ.copy()
+            steady = _plan_sequence(item.body, layers, stored, occ)
+            if not _same(after_first, occ):
+                raise NotSteady(f"loop {item.loop}: the body leaves its values in other slots "
+                                "after the second application than after the first")
+            out.append(LoopStep(item.loop, item.offset, first, steady, entry, occ.copy()))
+        else:
+            out.append(_plan_layer(item, layers[item], stored, occ))
+    return out
+
+
+def _plan_layer(i: int, w: LayerWeights, stored: _StoredLayout, occ: Occupancy) -> LayerStep:
+    plans = []
+    t = 2 * i + stored.shift
+    heads = plan_heads(w, occ)
+    if heads or stored.written_at(t + 1):
+        plans.append(plan_sublayer(stored, t + 1, heads, occ))
+    watches = [(c, occ.read(rows)) for c, rows in stored.checks.get(i, ())]
+    watch_at = len(plans)
+    groups = plan_mlp(w.W_1, w.W_2, occ)
+    if groups or stored.written_at(t + 2):
+        plans.append(plan_sublayer(stored, t + 2, groups, occ))
+    return LayerStep(i, plans, watches, watch_at)
+
+
+def _loop_items(seq):
+    for item in seq:
+        if isinstance(item, LoopItem):
+            yield item
+            yield from _loop_items(item.body)
+
+
+def _same(a: Occupancy, b: Occupancy) -> bool:
+    """The same rows held by the same slots (keys, positions, shapes)."""
+    if a.owner != b.owner:
+        return False
+    return all(a.slots[k] == b.slots[k] for k, _ in set(a.owner.values()))
+
+
+def _layer_steps(steps):
+    for s in steps:
+        if isinstance(s, LayerStep):
+            yield s
+        else:
+            yield from _layer_steps(s.first)
+            yield from _layer_steps(s.steady)
+
+
+def _all_plans(steps) -> list[SublayerPlan]:
+    out = []
+    for s in steps:
+        if isinstance(s, LayerStep):
+            out += s.plans
+        else:
+            out += _all_plans(s.first) + _all_plans(s.steady)
+    return out
+
+
+def _linear(steps, out: list, shadow: bool) -> None:
+    """The plans in a run order that repeats each steady body once more (its copy `shadow`):
+    a slot read by the next application is then read after the steady plan's last use. A
+    layer's domain-check reads count as read by its first plan after them."""
+    for s in steps:
+        if isinstance(s, LayerStep):
+            out += [(p, shadow, [r for _, r in s.watches] if k == s.watch_at else [])
+                    for k, p in enumerate(s.plans)]
+        else:
+            _linear(s.first, out, shadow)
+            _linear(s.steady, out, shadow)
+            _linear(s.steady, out, True)
+
+
+def _reads(c):
+    if isinstance(c, HeadSpec):
+        return [c.k, c.q, c.v]
+    return [c.var, c.gate]
+
+
+def lifetimes(steps, keep: set[str], constant: set[str]) -> dict[int, list[str]]:
+    """id(plan) → slot keys to drop after it: those no later sublayer reads in any run (the
+    steady copy that repeats decides; a key read again by the next application is kept)."""
+    order: list = []
+    _linear(steps, order, False)
+    last: dict[str, int] = {}
+    for i, (p, _shadow, watched) in enumerate(order):
+        for r in [r for c in p.contribs for r in _reads(c)] + list(p.olds) + watched:
+            for seg in r.segments:
+                if seg.key is not None:
+                    last[seg.key] = i
+    drop: dict[int, list[str]] = {}
+    for key, i in last.items():
+        plan, shadow, _ = order[i]
+        if key not in keep and key not in constant and not shadow:
+            drop.setdefault(id(plan), []).append(key)
+    return drop
+
+
+@dataclass
+class Halting:
+    """`until` resolved for the driver: the loop, the rows of the variable, the tolerance,
+    the most applications, and the least (below min_count a problem may not halt)."""
+    key: str
+    rows: tuple[int, ...]
+    tol: float
+    count: int
+    min_count: int
+
+
+class LoopRunner:
+    """Runs resolved steps (one (n, dtype, device)): layers, and loops as loops."""
+
+    def __init__(self, steps, sublayers: dict[int, object], drops: dict[int, list[str]],
+                 watches: dict[int, list], slots: dict, n: int):
+        self.steps, self.sublayers, self.drops = steps, sublayers, drops
+        self.slots, self.n = slots, n
+        self._halting_reads: dict = {}
+        self._held_keys: dict = {}
+        self._traces: dict = {}
+        self.codegen = True
+        self.watches = watches          # id(LayerStep) → [(check, ReadOp)]
+        self.seen: list | None = None
+
+    def run(self, state: dict, counts: dict[str, int], like, halting: Halting | None = None,
+            watch: bool = False):
+        """Runs every step on `state` (in place). Returns ((steps, converged) with halting
+        else None, the domain checks' (index, aminmax) pairs: [] without `watch`)."""
+        self.result = None
+        self.seen = [] if watch else None
+        try:
+            self._run(self.steps, state, counts, like, halting)
+            return self.result, self.seen or []
+        finally:
+            self.seen = None
+
+    def _run(self, steps, state, counts, like, halting):
+        segment: list = []
+        for s in steps + [None]:
+            if isinstance(s, LayerStep):
+                segment.append(s)
+                continue
+            if segment:
+                self._segment(segment, state, like)
+                segment = []
+            if s is None:
+                break
+            if halting is not None and s.key == halting.key:
+                self._halting_loop(s, state, counts, like, halting)
+            else:
+                n = counts[s.key] - s.offset
+                for it in range(n):
+                    self._run(s.first if it == 0 else s.steady, state, counts, like, None)
+
+    def _segment(self, segment: list, state: dict, like) -> None:
+        """Layers between loops, run by the straight-line code generated for these slot
+        shapes (exec_codegen.py, as the executor runs a whole plan; traced on first use,
+        bit for bit the interpreted sublayers), or interpreted where the plan cannot be."""
+        if not self.codegen:
+            return self._interpret(segment, state, like, self.seen)
+        keys = tuple(sorted(state))
+        args = [state[k] for k in keys]
+        watch = self.seen is not None
+        key = (id(segment[0]), len(segment), keys, watch,
+               tuple((a.shape, a.stride(), a.dtype, a.device) for a in args))
+        fn = self._traces.get(key)
+        if fn is None:
+            def flat(*ts):
+                st, seen = dict(zip(keys, ts)), [] if watch else None
+                self._interpret(segment, st, like, seen)
+                return st, seen or []
+            try:
+                fn, (out, seen) = trace(flat, args)
+            except NotTraceable:
+                fn, out = False, None
+            self._traces[key] = fn
+            if fn is not False:
+                self._settle(state, out, seen)
+                return
+        if fn is False:
+            return self._interpret(segment, state, like, self.seen)
+        self._settle(state, *fn(*args))
+
+    def _settle(self, state: dict, out: dict, seen: list) -> None:
+        state.clear()
+        state.update(out)
+        if self.seen is not None:
+            self.seen += seen
+
+    def _interpret(self, segment: list, state: dict, like, seen) -> None:
+        for s in segment:
+            for k, p in enumerate(s.plans):
+                if k == s.watch_at and seen is not None:
+                    self._watch(s, state, like, seen)
+                self.sublayers[id(p)](state, like)
+                for key in self.drops.get(id(p), ()):
+                    state.pop(key, None)
+            if s.watch_at == len(s.plans) and seen is not None:
+                self._watch(s, state, like, seen)
+
+    def _reads(self, s: LoopStep, rows) -> tuple:
+        """ReadOps of a loop variable's rows before the first application (None: all zero)
+        and after any, made once per runner."""
+        key = (id(s), rows)
+        if key not in self._halting_reads:
+            entry, exit_ = s.entry.read(rows), s.exit.read(rows)
+            e = max(concrete(self.slots[seg.key].ext, self.n)
+                    for seg in exit_.segments if seg.key is not None)
+            self._halting_reads[key] = (None if entry.zero else ReadOp(entry, self.slots, e, self.n),
+                                        ReadOp(exit_, self.slots, e, self.n))
+        return self._halting_reads[key]
+
+    def _held(self, s: LoopStep) -> list[str]:
+        """The slots the loop's applications write that hold rows when one ends: all a
+        halted problem needs kept (the rest of its state the loop does not change)."""
+        if id(s) not in self._held_keys:
+            written = {slot.key for p in _all_plans(s.steady) for slot in p.slots}
+            self._held_keys[id(s)] = sorted({k for k, _ in s.exit.owner.values()} & written)
+        return self._held_keys[id(s)]
+
+    def _watch(self, s: LayerStep, state, like, seen: list) -> None:
+        for c, rd in self.watches.get(id(s), ()):
+            seen.append((c, torch.aminmax(rd(state, like))))
+
+    def _halting_loop(self, s: LoopStep, state, counts, like, h: Halting) -> None:
+        """The loop with a test between applications; the bookkeeping is numpy (B flags, one
+        transfer of B numbers per application), so an application costs its sublayers and
+        four small tensor operations more."""
+        B = max((v.shape[0] for v in state.values()), default=1)
+        active = np.ones(B, dtype=bool)
+        steps = np.full(B, -1, dtype=np.int64)
+        entry, exit_ = self._reads(s, h.rows)
+        held = self._held(s)
+        kept: dict[str, torch.Tensor] = {}
+        before = entry(state, like) if entry is not None else like
+        for it in range(h.count - s.offset):
+            self._run(s.first if it == 0 else s.steady, state, counts, like, None)
+            after = exit_(state, like)
+            if s.offset + it + 1 < h.min_count:
+                before = after
+                continue
+            moved = torch.amax(torch.sub(after, before).abs_(), dim=(1, 2)).cpu().numpy()
+            before = after
+            now = active & (moved <= h.tol)
+            if now.any():
+                steps[now] = s.offset + it + 1
+                mask = torch.as_tensor(now, device=like.device).view(-1, 1, 1)
+                for key in held:
+                    v = state.get(key)       # a slot no later sublayer reads is gone already
+                    if v is not None:
+                        kept[key] = torch.where(mask, v, kept.get(key, v))
+                active &= ~now
+                if not active.any():
+                    break
+        halted = torch.as_tensor(steps >= 0, device=like.device).view(-1, 1, 1)
+        for key, v in kept.items():
+            if key in state:
+                state[key] = torch.where(halted, v, state[key])
+        converged = steps >= 0
+        steps[~converged] = h.count
+        self.result = (steps, converged)
+
+
+def decode(outputs: dict, final: Occupancy, state: dict, B: int, n: int) -> dict:
+    """The outputs, read from the rows the layout names wherever they are at the end."""
+    like = next(iter(state.values()))
+    out = {}
+    for name, (blk, shape) in outputs.items():
+        cols = blk.storage_cols(n)
+        parts = [like.new_zeros((B, len(seg.positions), cols)) if seg.key is None else
+                 fit(state[seg.key][:, list(seg.positions)], state[seg.key].shape[-1],
+                     cols).expand(B, -1, -1)
+                 for seg in final.read(blk.rows).segments]
+        S = torch.cat(parts, dim=1)
+        out[name] = in_shape(S.mT if blk.transposed else S, shape)
+    return out
+
+
+__all__ = ["plan_loops", "NotSteady", "LoopStep", "LayerStep", "LoopRunner", "Halting",
+           "lifetimes", "decode"]
+
+
+class SharedExecutor:
+    """A shared build's structured executor: `plan_loops`' steps resolved per (n, dtype,
+    device) by executor.py's own sublayer code, run by `LoopRunner` at any counts."""
+
+    def __init__(self, prog):
+        from .executor import _block_templates
+        loops, layout = prog.loops, prog.layout
+        by_time: dict[int, list] = {}
+        for b in layout.blocks:
+            by_time.setdefault(b.written, []).append(b)
+        templates = _block_templates(loops.expand(dict(loops.base_counts)), by_time)
+        self.layout, self.loops = layout, loops
+        self.domains = prog.typed_manifest.domains
+        try:
+            self._plan(prog, templates, False)
+        except NotSteady:               # a first application's anonymous slot differs
+            self._plan(prog, templates, True)
+        self.inputs = [s for s in self.initial.slots.values() if s.const is None]
+        self.outputs = {o.name: (layout.output_block(o.name), o.shape) for o in layout.outputs}
+        keep = {seg.key for blk, _ in self.outputs.values()
+                for seg in self.final.read(blk.rows).segments if seg.key is not None}
+        constant = {k for k, s in self.all_slots.items() if s.const is not None}
+        self.drops = lifetimes(self.steps, keep, constant)
+        self._runners: dict = {}
+
+    def _plan(self, prog, templates, separate_first: bool) -> None:
+        self.steps, self.initial, self.final = plan_loops(prog.loops, prog.layers, self.layout,
+                                                          templates, separate_first,
+                                                          prog.typed_manifest.domains)
+        self.plans = _all_plans(self.steps)
+        self.all_slots = dict(self.initial.slots)
+        for p in self.plans:
+            for s in p.slots:
+                if self.all_slots.setdefault(s.key, s) != s:
+                    raise NotSteady(f"slot {s.key} has different shapes in different applications")
+        self._watch_reads = [[] for _ in range(len(self.plans) + 1)]   # _Resolved's: see runner
+
+    def runner(self, n: int, dtype, device) -> tuple[LoopRunner, object]:
+        from .executor import _Resolved
+        key = (n, dtype, str(device))
+        if key not in self._runners:
+            res = _Resolved(self, n, dtype, device)
+            subs = {id(p): sub for p, sub in zip(self.plans, res.sublayers)}
+            watches = {id(s): [(c, ReadOp(rd, self.all_slots, self._cols(c, n), n))
+                               for c, rd in s.watches] for s in _layer_steps(self.steps)}
+            self._runners[key] = (LoopRunner(self.steps, subs, self.drops, watches,
+                                             self.all_slots, n), res)
+        return self._runners[key]
+
+    def covers(self, counts: dict[str, int]) -> bool:
+        """Whether these counts run every loop body at least once (the plan's layers after a
+        loop read what its applications leave; a loop run 0 times needs the expanded plan)."""
+        return all(counts[item.loop] - item.offset >= 1 for item in _loop_items(self.loops.sequence))
+
+    def input_state(self, inputs, dtype=torch.float64, device="cpu") -> dict:
+        from .codec import storage_at_input
+        return {s.key: torch.as_tensor(np.ascontiguousarray(
+                    storage_at_input(self.layout.block(s.key), inputs)), dtype=dtype, device=device)
+                for s in self.inputs}
+
+    def _cols(self, check: int, n: int) -> int:
+        return self.layout.block(self.domains[check].block).storage_cols(n)
+
+    def run_inputs(self, inputs, counts: dict[str, int], dtype=torch.float64, device="cpu",
+                   halting: Halting | None = None, watch: bool = False):
+        """Prepared inputs → (outputs as tensors, (steps, converged) with halting else None,
+        {domain check: (min, max)} with `watch` else {})."""
+        from .domain_guard import settle
+        state = self.input_state(inputs, dtype, device)
+        B = max((v.shape[0] for v in state.values()), default=1)
+        runner, res = self.runner(inputs.n, dtype, device)
+        state.update(res.consts)
+        with torch.no_grad(), exact_float32():
+            result, seen = runner.run(state, counts, res.like, halting, watch)
+            return decode(self.outputs, self.final, state, B, res.n), result, settle(seen)
+
+
+__all__ += ["SharedExecutor"]
+
+
+def shared_executor_for(prog) -> SharedExecutor | None:
+    """The shared build's looping executor, planned on first use and kept (None, also kept,
+    where a body's plan does not repeat: the expanded executor then runs it per count)."""
+    cache = prog._executors
+    if "shared" not in cache:
+        try:
+            cache["shared"] = SharedExecutor(prog)
+        except NotSteady:
+            cache["shared"] = None
+    return cache["shared"]
+
+
+__all__ += ["shared_executor_for"]
