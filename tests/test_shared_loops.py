@@ -577,10 +577,21 @@ def test_the_artifact_digest_covers_the_loops(tmp_path, inverse):
         tcompile.load(tmp_path / "inv")
 
 
+def test_forward_states_of_a_shared_build_follow_the_layers_it_runs(inverse):
+    A = random_inverse_problem(np.random.default_rng(0), 4)["A"]
+    x = inverse.encode(A=A)
+    for steps in (3, 9):
+        states = inverse.forward_states(x, steps=steps)
+        assert len(states) == 1 + 2 * inverse.module.n_layers(steps=steps)
+        assert torch.equal(states[-1], inverse.module(x, steps=steps))
+        X = interpreted(PROGRAMS + "newton_inverse.tp", {"d": 4, "steps": steps}, {"A": A})["X"]
+        assert rel(inverse.decode(states[-1])["X"][0], X) <= 1e-13
+
+
 def test_tools_that_read_an_unrolled_layout_refuse_a_shared_build(tmp_path, inverse):
     from tcompile.inspection.plots import plot_layout
     A = random_inverse_problem(np.random.default_rng(0), 4)["A"]
-    for call in (lambda: inverse.forward_states(inverse.encode(A=A)),
+    for call in (lambda: inverse.sublayer_states(inverse.prepare_inputs({"A": A})),
                  lambda: plot_layout(inverse, tmp_path), lambda: inverse.run(A=A, executor="compiled")):
         with pytest.raises(InputError, match="shared build"):
             call()

@@ -323,18 +323,38 @@ class CompiledProgram:
                 self.loops.counts({fixed[0]: 0})          # raises: says which params may be given
         return counts, inputs
 
-    def forward_states(self, x: torch.Tensor, dtype="float64", device="cpu"):
-        """The residual stream after every sublayer: [input, attn 0, mlp 0, attn 1, ...]."""
-        self._unrolled_only("forward_states")
+    def forward_states(self, x: torch.Tensor, dtype="float64", device="cpu", **counts):
+        """The residual stream after every sublayer: [input, attn 0, mlp 0, attn 1, ...]. A
+        shared build takes run-time counts (`steps=50`) and gives the states of every layer it
+        runs, in the order it runs them (a stored layer once per run)."""
+        if self.loops is not None:
+            return self._looped_states(x, dtype, device, counts)
         module = self.module_for(dtype, device)
         names = [f"blocks.{i}.{h}" for i in range(len(module.blocks))
                  for h in ("hook_resid_mid", "hook_resid_post")]
         _, cache = module.run_with_cache(x, names=set(names))
         return [x] + [cache[name] for name in names]
 
+    def _looped_states(self, x, dtype, device, counts: dict) -> list:
+        import torch
+        module = self.module_for(dtype, device)
+        states = [x]
+        hooks = [hp.register_forward_hook(lambda _m, _i, out: states.append(out.detach()))
+                 for name, hp in module.hook_points().items()
+                 if name.endswith(("hook_resid_mid", "hook_resid_post"))]
+        try:
+            with torch.no_grad():
+                module(x, counts)
+        finally:
+            for h in hooks:
+                h.remove()
+        return states
+
     def sublayer_states(self, inputs: ValidatedInputs) -> list[np.ndarray]:
         """`forward_states` of prepared inputs in float64 on the CPU, as numpy arrays: entry t
-        is the embedding after sublayer t (0: the encoder's), what trace and plots decode."""
+        is the embedding after sublayer t (0: the encoder's), what trace and plots decode
+        against the layout's sublayer times (an unrolled build's)."""
+        self._unrolled_only("sublayer_states")
         states = self.forward_states(self.encode_inputs(inputs, "float64", "cpu"))
         return [s.numpy() for s in states]
 
