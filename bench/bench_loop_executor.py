@@ -1,6 +1,7 @@
 """The structured executor on shared builds: each loop body planned once (exec_loops.py).
 
 Measures, side by side in one process (float64, CPU, 1 thread):
+  * the shared build of newton_inverse at 10 and at 10,000 steps;
   * newton_inverse (d = 4) at 10,000 steps: the first run (planning and resolving included)
     and a later one, and the process's peak RSS growth of the first — beside the executor
     that expands the plan per count (executor.ExpandedExecutor) at 1,000 steps;
@@ -55,6 +56,15 @@ def main() -> None:
     rng = np.random.default_rng(0)
     rows = {}
 
+    tcompile.compile_file(ROOT / "programs" / "newton_inverse.tp", {"d": 4}, loops="shared")
+    builds = {}
+    for steps in (10, 10_000):               # the checker walks types to a fixed point
+        builds[steps], _ = timed(lambda: tcompile.compile_file(
+            ROOT / "programs" / "newton_inverse.tp", {"d": 4, "steps": steps}, loops="shared"),
+            args.repeats)
+    rows["newton_inverse_shared_build_s"] = {str(k): v for k, v in builds.items()}
+    print(f"newton_inverse shared build: {builds[10]:.3f} s at 10 steps, "
+          f"{builds[10_000]:.3f} s at 10,000")
     inv = tcompile.compile_file(ROOT / "programs" / "newton_inverse.tp", {"d": 4}, loops="shared")
     A = rng.standard_normal((4, 4))
     A /= 1.01 * np.linalg.norm(A, 2)

@@ -31,6 +31,7 @@ def canonical_shape(shape) -> tuple:
 
 class GraphBuilder(Walker):
     """The checker's walk, emitting graph nodes instead of arrays."""
+    types_only = False          # makes every iteration's nodes: walks them all
 
     def __init__(self, program, params):
         super().__init__(program, params)

@@ -81,12 +81,15 @@ class _SteadyState:
             for i in range(times):
                 self.iteration = self.iteration + ((key, i),)
                 self._widen(env, hull)
+                before = {k: v.ty for k, v in env.items()} if self.types_only else None
                 ret = self.exec_block(stmt.body, env, in_function)
                 if ret is not None:     # a return in the first iteration: nothing to repeat
                     self.iteration = self.iteration[:-1]
                     return ret
                 self.end_of_iteration(stmt, env)
                 self.iteration = self.iteration[:-1]
+                if before is not None and {k: v.ty for k, v in env.items()} == before:
+                    break               # the probe: the later iterations walk the same types
             if times == 0:
                 self.exec_block(stmt.body, dict(env), in_function)
         finally:
@@ -112,8 +115,11 @@ class _SteadyState:
         types = {k: Val(v.ty) for k, v in env.items()}
         hull = {n: types[n].ty for n in state}
         for _ in range(count):
+            before = {k: v.ty for k, v in types.items()}
             probe.exec_block(stmt.body, types, in_function)
             hull = {n: _join(hull[n], types[n].ty, n, stmt) for n in state}
+            if {k: v.ty for k, v in types.items()} == before:
+                break             # a fixed point: the later iterations add nothing to the hull
         types = {k: Val(v.ty) for k, v in env.items()}
         types.update({n: Val(hull[n]) for n in state})
         probe.exec_block(stmt.body, types, in_function)

@@ -27,6 +27,7 @@ class SourceLine:
 
 class _AssignmentLines(Walker):
     """The checker's walk, keeping the source line of every top-level assignment (`x@k`)."""
+    types_only = False          # names every iteration's assignments: walks them all
 
     def __init__(self, program, params):
         super().__init__(program, params)

@@ -290,14 +290,23 @@ class Walker:
         self._count_statements(int(count) if count <= MAX_UNROLLED_STATEMENTS else count, stmt)
         return int(count)
 
+    # a walk of types only: once an iteration leaves every variable's type as it found it,
+    # the rest are the same walk (the graph builder, which makes nodes, sets this False)
+    types_only = True
+
     def unroll(self, stmt: ast.Repeat, count: int, env, in_function: bool):
         """Run `count` iterations of the loop body (the shared build's walker widens the loop
-        state between them: compiler/steady_state.py)."""
+        state between them: compiler/steady_state.py). A types-only walk stops at a fixed
+        point: an iteration that changes no variable's type (its checks then repeat as they
+        are), so checking 10,000 iterations costs as much as checking a few."""
         for _ in range(int(count)):
+            before = _types(env) if self.types_only else None
             ret = self.exec_block(stmt.body, env, in_function)
             if ret is not None:
                 return ret
             self.end_of_iteration(stmt, env)
+            if before is not None and _types(env) == before:
+                break
         if int(count) == 0:   # still check the body's names and shapes once
             self.exec_block(stmt.body, dict(env), in_function)
         return None
@@ -628,6 +637,10 @@ class Walker:
 
 def _sym_or_scalar(t: Ty) -> bool:
     return t.symmetric or t.shape is None or t.shape == ()
+
+
+def _types(env: dict) -> dict:
+    return {k: v.ty for k, v in env.items()}
 
 
 def check_program(program: ast.Program, params: dict | None = None) -> dict[str, float]:

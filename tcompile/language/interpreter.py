@@ -23,6 +23,7 @@ from .parser import parse_file
 
 class NumpyWalker(Walker):
     """The checker's walk with float64 arrays attached. One problem (no batch axis)."""
+    types_only = False          # computes values: every iteration is walked
 
     def __init__(self, program, params, n: int | None):
         super().__init__(program, params)
