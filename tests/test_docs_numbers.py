@@ -140,11 +140,19 @@ def _softmax(rng):
     return {"A": A, "Y": np.eye(3)[labels]}, ref
 
 
+def _elastic_net(rng):
+    from sklearn.linear_model import ElasticNet
+    A = _unit_rows(rng, 40, 5)
+    y = A @ rng.standard_normal(5) + 0.1 * rng.standard_normal(40)
+    return {"A": A, "y": y}, ElasticNet(alpha=0.1, l1_ratio=0.5, fit_intercept=False, tol=1e-15,
+                                        max_iter=100_000).fit(A, y).coef_
+
+
 ORACLES = {   # program: (output compared, one seeded problem)
     "gd_least_squares": ("w", _lstsq), "ridge_newton_schulz": ("w", _ridge),
     "cubic_newton_schulz": ("X", _inverse), "newton_schulz_sign": ("X", _sign),
     "newton_schulz_sqrt": ("R", _sqrt), "gd_logistic": ("x", _logistic),
-    "ista_lasso": ("x", _lasso), "jacobi": ("x", _jacobi), "softmax_regression": ("W", _softmax),
+    "ista_lasso": ("x", _lasso), "fista_elastic_net": ("x", _elastic_net), "jacobi": ("x", _jacobi), "softmax_regression": ("W", _softmax),
 }
 
 
@@ -325,7 +333,7 @@ CLAIMS: list = [
                      "cubic_newton_schulz", "newton_schulz_sign", "newton_schulz_sqrt",
                      "gd_logistic", "ista_lasso", "jacobi", "conjugate_gradient",
                      "power_iteration", "softmax_regression", "gram_schmidt_qr", "lanczos", "sor",
-                     "kaczmarz", "expm", "denman_beavers") for c in library_row(name)],
+                     "kaczmarz", "expm", "denman_beavers", "fista_elastic_net") for c in library_row(name)],
     *library_row("sinkhorn", iters=3),           # the row's "3 iterations unrolled"
     *shared_rows("README.md", "unrolled layers"),
     *shared_rows("docs/architecture.md", "unrolled: layers = stored"),

@@ -152,8 +152,27 @@ def test_denman_beavers_matches_scipy_sqrtm():
         assert rel(out["Y"], interpret("denman_beavers", A=A)["Y"]) <= 1e-14
 
 
+def test_fista_elastic_net_matches_sklearn_elastic_net():
+    """sklearn's ElasticNet(alpha, l1_ratio, fit_intercept=False) minimises the same objective
+    (run by coordinate descent to tol 1e-15); the ridge term makes FISTA contract by about
+    1 - sqrt(mu / L) per step for any data, so 120 steps reach rounding."""
+    from sklearn.linear_model import ElasticNet
+    prog, row = build("fista_elastic_net")
+    assert row == (121, 27, 35)
+    rng = np.random.default_rng(6)
+    for _ in range(3):
+        A = rng.standard_normal((40, 5))
+        A /= np.linalg.norm(A, axis=1, keepdims=True)
+        y = A @ rng.standard_normal(5) + 0.1 * rng.standard_normal(40)
+        ref = ElasticNet(alpha=0.1, l1_ratio=0.5, fit_intercept=False, tol=1e-15,
+                         max_iter=100_000).fit(A, y).coef_
+        out = prog.run(A=A, y=y)["x"]
+        assert rel(out, ref) <= 1e-13
+        assert rel(out, interpret("fista_elastic_net", A=A, y=y)["x"]) <= 1e-14
+
+
 @pytest.mark.parametrize("name", ["gram_schmidt_qr", "lanczos", "sor", "kaczmarz", "expm",
-                                  "denman_beavers"])
+                                  "denman_beavers", "fista_elastic_net"])
 def test_the_readme_row_is_the_build(name):
     """README's row: layers first in the second column, then 'WIDTH at d = ...' and the widest
     MLP (or 'no MLP') in the third."""

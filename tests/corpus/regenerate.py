@@ -36,7 +36,7 @@ SHIPPED = [
     "conjugate_gradient.tp", "cubic_newton_schulz.tp", "gd_least_squares.tp", "gd_logistic.tp",
     "ista_lasso.tp", "jacobi.tp", "newton_logistic_warm.tp", "newton_schulz_sign.tp",
     "newton_schulz_sqrt.tp", "power_iteration.tp", "ridge_newton_schulz.tp",
-    "softmax_regression.tp")]
+    "softmax_regression.tp", "fista_elastic_net.tp")]
 
 
 def artifact_digests(path: Path, params: dict | None) -> dict[str, str]:
