@@ -2,8 +2,7 @@
 patching one head's output (`blocks.L.attn.hook_result`, TransformerLens's name) is the same
 as editing that head's weights (the oracle: a copy of the module with the head's W_V zeroed,
 or with the head's contribution from another input added back), and patching a head with its
-own output changes nothing. nnsight is not a dependency (docs/training.md says why); this is
-the intervention it would make."""
+own output changes nothing. tests/test_nnsight.py makes the same interventions through nnsight."""
 from __future__ import annotations
 
 import copy
