@@ -20,7 +20,7 @@ from tcompile.inspection.sampling import sample_inputs
 from tcompile.runtime import exec_ops
 from tcompile.runtime.exec_ops import HeadOp, MlpOp, relu_pairs_linear
 from tcompile.runtime.executor import StructuredExecutor, executor_for
-from tcompile.runtime.pl_tables import build_table, cell_index
+from tcompile.runtime.pl_tables import build_table, grid_table
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRAMS = ROOT / "programs"
@@ -199,29 +199,42 @@ def test_pl_table_is_the_relu_sum(seed):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("spread", ["uniform", "clustered", "square"])
-def test_cell_index_counts_like_searchsorted(spread, dtype):
-    """The cell lookup gives #{breakpoints < s} exactly, computed in the dtype as the
-    executor computes it: on the breakpoints, one ulp either side, on and beside every cell
-    edge, between them and beyond both ends (or declines: None, and searchsorted is used)."""
+@pytest.mark.parametrize("spread", ["uniform", "clustered", "square", "grid"])
+def test_grid_table_is_the_table(spread, dtype):
+    """The grid lookup (cell j from a uniform grid, then #kinks of the cell below s) gives
+    build_table's function, computed in the dtype as the executor computes it: on the
+    breakpoints, one ulp either side, on and beside every cell edge, between them and beyond
+    both ends; within rounding of the exact interval's value (a cell one off at an edge, or a
+    kink snapped to it, costs |slope jump| × rounding). None when no grid keeps m kinks."""
     rng = np.random.default_rng(7)
     bp = np.sort(rng.uniform(-6, 6, 300) if spread == "uniform" else
                  np.concatenate([rng.uniform(-6, 6, 100), rng.uniform(0, 0.05, 6)])
-                 if spread == "clustered" else np.linspace(-1.0, 1.25, 58) + rng.normal(0, 1e-3, 58))
-    cells = cell_index(bp, float(np.finfo(dtype).eps))
-    assert cells is not None
-    origin, inv_h, base, t, m = cells
-    assert m <= (1 if spread == "square" else 3)
+                 if spread == "clustered" else np.linspace(-1.0, 1.25, 58) +
+                 (rng.normal(0, 1e-3, 58) if spread == "square" else 0.0))
+    U = len(bp)
+    a = rng.choice([-1.0, 1.0], U) * rng.uniform(0.5, 2, U)
+    C = rng.normal(size=(2, U))
+    bp, slope, icpt = build_table(a, -a * bp, C)
+    gt = None
+    for m in range(4):
+        gt = grid_table(bp, slope, icpt, m)
+        if gt is not None:
+            break
+    assert gt is not None and m <= (0 if spread == "grid" else 1 if spread == "square" else 3)
     bpd = bp.astype(dtype)
-    edges = (origin + np.arange(len(base) + 1) / inv_h).astype(dtype)
+    edges = (gt.lo + np.arange(gt.G + 1) / gt.inv_h).astype(dtype)
     s = np.concatenate([bpd, np.nextafter(bpd, dtype(np.inf)), np.nextafter(bpd, dtype(-np.inf)),
                         edges, np.nextafter(edges, dtype(np.inf)), np.nextafter(edges, dtype(-np.inf)),
-                        rng.uniform(-9, 9, 5000).astype(dtype), np.array([-np.inf, np.inf], dtype)])
-    j = np.clip((s - dtype(origin)) * dtype(inv_h), 0, len(base) - 1).astype(np.int64)
-    idx = base[j] + sum((t[i].astype(dtype)[j] < s).astype(np.int64) for i in range(m))
-    assert np.array_equal(idx, np.searchsorted(bpd, s))
-    assert cell_index(np.array([0.0, 1e-12, 2e-12, 1.0, 1 + 1e-12]), 2.2e-16, max_probe=1,
-                      max_cells=64) is None
+                        rng.uniform(-9, 9, 5000).astype(dtype)])
+    j = np.clip(s * dtype(gt.inv_h) + dtype(-gt.lo * gt.inv_h), 0, gt.G - 1).astype(np.int64)
+    k = (m + 1) * j + sum((gt.t[i].astype(dtype)[j] < s).astype(np.int64) for i in range(m))
+    got = gt.slope.astype(dtype)[k] * s[:, None] + gt.icpt.astype(dtype)[k]
+    s64 = s.astype(np.float64)
+    i = np.searchsorted(bp, s64)
+    want = slope[i] * s64[:, None] + icpt[i]
+    assert np.max(np.abs(got - want)) <= 8 * np.finfo(dtype).eps * np.max(np.abs(want))
+    assert grid_table(np.array([0.0, 1e-12, 2e-12, 1.0, 1 + 1e-12]), np.arange(6.0)[:, None] ** 2,
+                      np.zeros((6, 1)), 1, max_cells=64) is None
 
 
 # ---- generated straight-line code (exec_codegen.py) and fused BLAS calls ---------------------
@@ -283,9 +296,9 @@ def test_a_plan_that_reads_values_is_not_traced():
 
 
 @pytest.mark.parametrize("search_below", [0, 1 << 30])
-def test_table_lookup_by_cells_or_searchsorted_is_the_same(monkeypatch, search_below):
-    """The two ways a table pass finds intervals (cells; one searchsorted, for small passes)
-    give the same numbers bit for bit."""
+def test_table_lookup_by_grid_or_searchsorted_agrees(monkeypatch, search_below):
+    """The two ways a table pass finds intervals (the grid; one searchsorted, for small
+    passes) give the same function: the module's, and each other's to rounding."""
     name, params, n = SHIPPED[2]
     prog = tcompile.compile_file(PROGRAMS / f"{name}.tp", params=params)
     batch = sample_inputs(prog.program, params, n=n, batch=5, seed=4)
@@ -293,4 +306,63 @@ def test_table_lookup_by_cells_or_searchsorted_is_the_same(monkeypatch, search_b
     default = StructuredExecutor(prog.layers, prog.layout).run_inputs(prep)
     monkeypatch.setattr(exec_ops, "SEARCH_BELOW", search_below)
     got = StructuredExecutor(prog.layers, prog.layout).run_inputs(prep)
-    assert all(torch.equal(got[k], default[k]) for k in default)
+    assert rel_gap(got, {k: v.numpy() for k, v in default.items()}) <= RTOL
+    assert rel_gap(got, module_outputs(prog, batch)) <= RTOL
+
+
+_VIEWS = {"view", "_unsafe_view", "transpose", "select", "slice", "expand", "unbind", "as_strided",
+          "alias", "t", "unsqueeze", "reshape", "empty", "new_empty"}
+
+
+class _Passes(torch.utils._python_dispatch.TorchDispatchMode):
+    """The aten calls that touch every entry (views and allocations left out)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name not in _VIEWS:
+            self.calls.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("grid", [True, False])
+def test_table_op_values_and_passes(monkeypatch, grid):
+    """newton_logistic's sigmoid op (one table, two outputs) and a product op (two squares)
+    against build_table's function in numpy, and the passes each makes over its entries (a
+    deterministic proxy for its cost): by the grid 3 for the cell (add, clamp: one each per
+    table; one cast), 3 per kink a cell holds (gather, compare, add), 2 gathers and 1
+    multiply-add for all outputs and tables together (the sigmoid's two outputs: +1, their
+    offsets; a product: + its two s and the sum of its squares); by searchsorted the cell
+    passes are one call (+1 for the offsets of outputs or tables)."""
+    monkeypatch.setattr(exec_ops, "SEARCH_BELOW", 0 if grid else 1 << 30)
+    _, _, subs = logistic_ops(12)
+    ops = [op for ops in subs for op in ops if isinstance(op, MlpOp) and op.kind == "table"]
+    for op in (next(op for op in ops if op.outs == 2), next(op for op in ops if len(op.tables) == 2)):
+        op._lookup = exec_ops._Tables(op.tables, torch.float64, "cpu")      # SEARCH_BELOW read at call
+        lk, B = op._lookup, 40
+        shape = (B, op.inst, op.e)
+        rng = np.random.default_rng(0)
+        xs = [torch.as_tensor(rng.uniform(-1.5, 1.5, shape) * (8 if op.outs == 2 else 1))
+              for _ in range(op.k)]
+        dst = torch.empty((B, op.inst * op.outs, op.e), dtype=torch.float64)
+        with _Passes() as p:
+            lk(xs, shape, dst)
+        want = 0.0
+        for bp, slope, icpt, coef in op.tables:
+            s = sum(c * x.numpy() for c, x in zip(coef, xs))
+            i = np.searchsorted(bp, s)
+            want = want + slope[i] * s[..., None] + icpt[i]           # (B, inst, e, O)
+        want = np.moveaxis(want, -1, 1).reshape(dst.shape) if op.outs > 1 else want[..., 0]
+        assert np.max(np.abs(dst.numpy() - want)) <= 1e-14 * np.max(np.abs(want))
+        T, O = len(op.tables), op.outs
+        s_pass = 0 if T == 1 else T              # s = x0 ± x1 into each table's row
+        fixed = s_pass + (O * T > 1) + 3 + (T - 1)      # offsets, 2 gathers + 1 multiply-add, sum
+        if grid:
+            assert lk.grid is not None
+            cells = 3 if T == 1 else 2 * T + 1   # add + clamp per table, one cast
+            assert len(p.calls) == cells + 3 * lk.m + fixed - (T > 1), p.calls
+        else:
+            assert len(p.calls) == 1 + fixed, p.calls

@@ -8,9 +8,10 @@ are constants (an identity, I/n, ones) is one matrix applied to Q, or one scalar
 matrix is a multiple of the identity; otherwise the head's chain Wv · V · Kᵀ · G · Q, its
 adjacent constants multiplied out, is evaluated in the order of fewest flops.
 
-Tables (pl_tables.py) are looked up by a uniform grid of cells (`cell_index`) in a dozen
-elementwise passes per entry, in chunks of entries; the two tables of a product piece, which
-read the same rows, are one op (`MlpOp.absorb`). ReLU units that pair up as (w, c), (−w, −c)
+Tables (pl_tables.py) are looked up by a uniform grid of cells (`grid_table`: the cell
+straight from s, then the cell's few kinks compared) in chunks of entries, each pass one torch
+call over all of an op's tables and outputs; the two tables of a product piece, which read the
+same rows, are one op (`MlpOp.absorb`). ReLU units that pair up as (w, c), (−w, −c)
 are the linear map Σ c wᵀ (relu(t) − relu(−t) = t): the compiler's MLP clearing of rows it
 reuses, which the executor then drops with the value it clears (executor.py).
 """
@@ -21,17 +22,19 @@ import torch
 
 from .exec_plan import Read, concrete, sub_read
 from .exec_sublayers import HeadSpec
-from .pl_tables import MlpGroup, build_table, cell_index
+from .pl_tables import MlpGroup, build_table, grid_table
 
 # Table entries looked up per pass: a pass's temporaries (a dozen arrays of this many entries)
 # stay in cache on a CPU, and on any device their memory does not grow with the batch (on a GPU
 # a pass is large enough that launching its kernels costs little).
 CHUNK = {"cpu": 1 << 16}
 CHUNK_OTHER = 1 << 22
-# Below this many entries a table pass finds intervals by one searchsorted (a few calls in all)
-# rather than by cells (a dozen calls, each cheaper per entry): on a CPU the crossover is
-# between 256 and 1,664 entries for newton_logistic's tables (bench/README.md).
-SEARCH_BELOW = 512
+# Below this many entries a table pass finds intervals by one searchsorted (one call) rather
+# than by the grid (3 + 3m calls, each far cheaper per entry: searchsorted costs 25-60 ns per
+# entry for 58-1,792 breakpoints on this CPU, the grid's passes 1-2 ns each).
+SEARCH_BELOW = 256
+# kinks per grid cell tried, fewest first (each costs a gather, a compare and an add per entry)
+GRID_KINKS = (0, 1, 2, 3)
 
 
 def scalar_of(W: np.ndarray):
@@ -337,45 +340,135 @@ def relu_pairs_linear(W1: np.ndarray, W2: np.ndarray):
     return M
 
 
-class _Lookup:
-    """One PL table in one dtype on one device: s = Σ_i coef_i X_i, f(s) = slope[idx]·s +
-    icpt[idx] with idx = #{breakpoints < s} (pl_tables.build_table), by cells where
-    pl_tables.cell_index finds a grid, else by searchsorted."""
+class _Tables:
+    """The PL tables of one MLP op (one table, or the squares of a product piece: T tables of
+    one output each, reading the same rows) in one dtype on one device. Table i computes
+    s_i = Σ_c coef[i][c] x_c and f_i(s_i) = slope[k] s_i + icpt[k] with k its interval (the
+    op's output: the tables' sum). Each pass over entries is one torch call over all T tables
+    (s stacked (T, N)) and all O outputs (coefficients gathered (O, T·N)):
 
-    def __init__(self, bp, slope, icpt, coef, dtype, device):
-        def t(a):
-            return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)
-        self.coef = [float(c) for c in coef]
-        # per output, the interval's (slope, intercept) side by side: one gather per entry
-        self.coefs = [t(np.stack([slope[:, o], icpt[:, o]], axis=1)) for o in range(slope.shape[1])]
-        self.bp = t(bp)
-        self.cells = cell_index(bp, float(torch.finfo(dtype).eps))
-        if self.cells is not None:
-            origin, inv_h, base, tc, m = self.cells
-            self.origin, self.inv_h, self.last = origin, inv_h, float(len(base) - 1)
-            self.base = torch.as_tensor(base.astype(np.int32), device=device)
-            self.t = [t(tc[i]) for i in range(m)]
+    * by a uniform grid (pl_tables.grid_table, all tables with the same m): the cell
+      j = clamp(s · inv_h + shift) (one add, one clamp, one cast; the tables' cells are
+      numbered one after another, so shift and the clamp's bounds place each table's own),
+      then m kink comparisons (a gather, a compare, an add each) — k = (m + 1) j + #kinks
+      below s — and one gather per coefficient column;
+    * by one searchsorted (tables that have no grid, and passes of fewer than SEARCH_BELOW
+      entries, where a call costs more than the work): the breakpoints padded to (T, K).
 
-    def s(self, xs: list) -> torch.Tensor:
-        s = xs[0]
-        for c, x in zip(self.coef[1:], xs[1:]):
-            s = s + x if c == 1.0 else s.add(x, alpha=c)
-        return s
+    Coefficients are 1-D columns (a gather of a 2-D table's rows and the strided passes over
+    its columns cost 2-8x a contiguous gather on a CPU)."""
 
-    def index(self, s: torch.Tensor) -> torch.Tensor:
-        """#{breakpoints < s} for a flat contiguous s: by cells, or for fewer than
-        SEARCH_BELOW entries (where a call costs more than the work) by one searchsorted."""
-        if self.cells is None or s.numel() < SEARCH_BELOW:
-            return torch.searchsorted(self.bp, s)
-        j = (s - self.origin).mul_(self.inv_h).clamp_(0.0, self.last).to(torch.int32)
-        idx = self.base.index_select(0, j)
-        for t in self.t:
-            idx.add_(t.index_select(0, j) < s)
-        return idx
+    def __init__(self, tables: list, dtype, device):
+        def t(a, dt=dtype):
+            return torch.as_tensor(np.ascontiguousarray(a), dtype=dt, device=device)
+        self.coef = [[float(c) for c in coef] for _, _, _, coef in tables]
+        self.T, self.O = len(tables), tables[0][1].shape[1]
+        assert self.T == 1 or self.O == 1, "several tables: one output each"
+        T, O = self.T, self.O
+        # searchsorted: breakpoints (T, K) padded with +inf, coefficients (O, T, K + 1)
+        K = max(len(bp) for bp, _, _, _ in tables)
+        bps = np.full((T, K), np.inf)
+        sl = np.zeros((O, T, K + 1))
+        ic = np.zeros((O, T, K + 1))
+        for i, (bp, slope, icpt, _) in enumerate(tables):
+            bps[i, :len(bp)] = bp
+            sl[:, i, :len(bp) + 1], ic[:, i, :len(bp) + 1] = slope.T, icpt.T
+            sl[:, i, len(bp) + 1:], ic[:, i, len(bp) + 1:] = slope[-1:].T, icpt[-1:].T
+        self.bp = t(bps[0] if T == 1 else bps)
+        self.s_slope, self.s_icpt = t(sl.reshape(-1)), t(ic.reshape(-1))
+        off = (np.arange(O)[:, None, None] * T + np.arange(T)[None, :, None]) * (K + 1)
+        self.s_off = t(off[:, 0] if T == 1 else off[0], torch.int32) if O * T > 1 else None
+        # the grid, where every table has one with the same (fewest) kinks per cell
+        self.grid = None
+        for m in GRID_KINKS:
+            grids = [grid_table(bp, slope, icpt, m) for bp, slope, icpt, _ in tables]
+            if all(g is not None for g in grids):
+                self._grid(grids, m, t)
+                break
 
-    def value(self, o: int, idx: torch.Tensor, s: torch.Tensor, out=None) -> torch.Tensor:
-        g = self.coefs[o].index_select(0, idx)
-        return torch.addcmul(g[:, 1], g[:, 0], s, out=out)
+    def _grid(self, grids, m: int, t) -> None:
+        T, O = self.T, self.O
+        first = np.cumsum([0] + [g.G for g in grids])[:-1]          # each table's first cell
+        shift = [f - g.lo * g.inv_h for f, g in zip(first, grids)]
+        lo = [float(f) for f in first]
+        hi = [float(f + g.G - 1) for f, g in zip(first, grids)]
+        # per table: Python floats (scalar passes; broadcast (T, 1) operands cost 2-3x)
+        self.inv_h = [g.inv_h for g in grids]
+        self.shift = [t(sh) for sh in shift]      # add(shift, s, alpha=inv_h): one pass
+        self.jmin, self.jmax = lo, hi
+        self.m = m
+        self.kinks = [t(np.concatenate([g.t[i] for g in grids])) for i in range(m)]
+        L = sum(g.G for g in grids) * (m + 1)
+        self.g_slope = t(np.concatenate([g.slope[:, o] for o in range(O) for g in grids]))
+        self.g_icpt = t(np.concatenate([g.icpt[:, o] for o in range(O) for g in grids]))
+        self.g_off = t((np.arange(O) * L)[:, None], torch.int32) if O > 1 else None
+        self.grid = [(g.G, g.m) for g in grids]
+
+    def s_into(self, xs: list, shape: tuple, like: torch.Tensor) -> torch.Tensor:
+        """Each table's s over `shape` entries, flat (T · N,), contiguous."""
+        if self.T == 1:
+            s = xs[0]
+            for c, x in zip(self.coef[0][1:], xs[1:]):
+                s = s + x if c == 1.0 else s.add(x, alpha=c)
+            return (s if s.shape == shape else s.expand(shape)).reshape(-1)
+        S = like.new_empty((self.T,) + shape)
+        for coef, St in zip(self.coef, S.unbind(0)):
+            if len(xs) == 1:
+                St.copy_(xs[0])
+                continue
+            torch.add(xs[0], xs[1], alpha=coef[1], out=St)
+            for c, x in zip(coef[2:], xs[2:]):
+                St.add_(x, alpha=c)
+        return S.view(-1)
+
+    def index(self, s: torch.Tensor, N: int) -> tuple[torch.Tensor, bool]:
+        """Each entry's row of the coefficient columns (int32, (O · T · N,)) and whether they
+        are the grid's."""
+        T, O = self.T, self.O
+        if self.grid is None or N < SEARCH_BELOW:
+            k = torch.searchsorted(self.bp, s if T == 1 else s.view(T, N), out_int32=True)
+            if self.s_off is not None:
+                k = torch.add(k, self.s_off)
+            return (k if k.dim() == 1 else k.view(-1)), False
+        if T == 1:
+            j = torch.add(self.shift[0], s, alpha=self.inv_h[0]).clamp_(self.jmin[0], self.jmax[0])
+        else:
+            j = s.new_empty((T, N))
+            for i, (jt, st) in enumerate(zip(j.unbind(0), s.view(T, N).unbind(0))):
+                torch.add(self.shift[i], st, alpha=self.inv_h[i], out=jt)
+                jt.clamp_(self.jmin[i], self.jmax[i])
+            j = j.view(-1)
+        j = j.to(torch.int32)
+        if self.m:
+            k = torch.add(torch.lt(self.kinks[0].index_select(0, j), s), j, alpha=self.m + 1)
+            for tk in self.kinks[1:]:
+                k.add_(torch.lt(tk.index_select(0, j), s))
+        else:
+            k = j
+        if self.g_off is not None:
+            k = torch.add(k, self.g_off).view(-1)
+        return k, True
+
+    def __call__(self, xs: list, shape: tuple, dst: torch.Tensor) -> None:
+        """The tables' sum for entries of `shape` (batch, instances, tokens), written into
+        dst ((batch, instances · O, tokens), contiguous)."""
+        T, O = self.T, self.O
+        N = shape[0] * shape[1] * shape[2]
+        s = self.s_into(xs, shape, dst)
+        k, grid = self.index(s, N)
+        slope, icpt = (self.g_slope, self.g_icpt) if grid else (self.s_slope, self.s_icpt)
+        a, b = slope.index_select(0, k), icpt.index_select(0, k)
+        if T == 1 and O == 1:
+            torch.addcmul(b, a, s, out=dst.view(-1))
+        elif T == 1:                             # one instance, O output rows
+            B, _, e = shape
+            torch.addcmul(b.view(O, B, e), a.view(O, B, e), s.view(B, e),
+                          out=dst.transpose(0, 1))
+        else:
+            parts = torch.addcmul(b, a, s).view(T, N).unbind(0)
+            torch.add(parts[0], parts[1], out=dst.view(-1))
+            for p in parts[2:]:
+                dst.view(-1).add_(p)
 
 
 class MlpOp:
@@ -435,8 +528,10 @@ class MlpOp:
             if self.inst > 1 and len(rd.segments) == 1 and len(set(rd.segments[0].positions)) == 1:
                 rd = sub_read(g.var, [i], slots)
             self.coords.append(ReadOp(rd, slots, e, n))
-        self.tables = [_Lookup(bp, slope, icpt, g.W1v[0] / a[0], dtype, device)]
+        self.tables = [(bp, slope, icpt, g.W1v[0] / a[0])]
         self.chunk = CHUNK.get(torch.device(device).type, CHUNK_OTHER)
+        self._dtype, self._device = dtype, device
+        self._lookup = _Tables(self.tables, dtype, device)
 
     def absorbable(self, other) -> bool:
         """Does `other` (a later op of the same sublayer) read the same rows over the same
@@ -451,6 +546,7 @@ class MlpOp:
         """Evaluate `other`'s tables here too, summed into this op's output (the two squares
         of a product piece: one read of the operands, one output, one term)."""
         self.tables += other.tables
+        self._lookup = _Tables(self.tables, self._dtype, self._device)
 
     def __call__(self, state: dict, like) -> torch.Tensor:
         if self.const is not None:
@@ -462,30 +558,15 @@ class MlpOp:
             return X if self.M is None else self.M @ X
         xs = [rd(state, like) for rd in self.coords]
         B, e = max(x.shape[0] for x in xs), self.e
-        rows = self.inst * self.outs
-        out = like.new_empty((B, rows, e))
-        step = max(1, self.chunk // max(1, self.inst * e))
+        out = like.new_empty((B, self.inst * self.outs, e))
+        step = max(1, self.chunk // max(1, self.inst * e * len(self.tables)))
+        if step >= B:
+            self._lookup(xs, (B, self.inst, e), out)
+            return out
         for b0 in range(0, B, step):
             b1 = min(B, b0 + step)
             part = [x[b0:b1] if x.shape[0] > 1 else x for x in xs]
-            shape = (b1 - b0, self.inst, e)
-            for n_t, tab in enumerate(self.tables):
-                s = tab.s(part)
-                s = (s if s.shape == shape else s.expand(shape)).reshape(-1)
-                idx = tab.index(s)
-                if self.outs == 1:
-                    dst = out[b0:b1].view(-1)
-                    if n_t == 0:
-                        tab.value(0, idx, s, out=dst)
-                    else:
-                        dst.add_(tab.value(0, idx, s))
-                    continue
-                for o in range(self.outs):        # one instance, several output rows
-                    v = tab.value(o, idx, s).view(b1 - b0, e)
-                    if n_t == 0:
-                        out[b0:b1, o].copy_(v)
-                    else:
-                        out[b0:b1, o].add_(v)
+            self._lookup(part, (b1 - b0, self.inst, e), out[b0:b1])
         return out
 
 

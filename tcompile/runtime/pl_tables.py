@@ -11,9 +11,10 @@ token the piece is computed on, form one function of s = dir·H[v]:
 
 which is linear between the sorted breakpoints −b_u/a_u. `build_table` derives, from the same
 weights, the breakpoints and each interval's slope and intercept (the exact PL sum, accumulated
-in extended precision), so finding the interval (`cell_index`: a uniform grid of cells, each
-holding the few breakpoints near it, an exact searchsorted in a dozen elementwise passes) and
-one gather per coefficient evaluate the same function in O(1) instead of O(units) per entry
+in extended precision), so finding the interval (`grid_table`: a uniform grid of cells, the
+cell computed from s and at most m kinks per cell compared, no rounding margins since f is
+continuous) and one gather per coefficient evaluate the same function in O(1) instead of
+O(units) per entry
 (the sigmoid piece of newton_logistic is 1,794 units). Units over several directions
 (products: ((u+v)² − (u−v)²)/4 reads u and v along two) form one table per direction; the
 executor evaluates the two tables of a product together (exec_ops.MlpOp.absorb). Anything else (few units along a direction, or a gate that is not
@@ -140,52 +141,78 @@ def build_table(a: np.ndarray, b: np.ndarray, C: np.ndarray):
     return bp.astype(np.float64), sums[0], sums[1]
 
 
-def cell_index(bp: np.ndarray, eps: float, max_probe: int = 3, max_cells: int = 1 << 14):
-    """A uniform grid of G cells over the breakpoints for an exact searchsorted in a few
-    elementwise passes: with the computed cell j = clamp(floor((s − bp[0]) · inv_h), 0, G − 1),
+def kinks_of(slope: np.ndarray, icpt: np.ndarray) -> np.ndarray:
+    """Indices k of the breakpoints where some output's piece changes (interval k to k + 1):
+    a breakpoint whose units' contributions cancel exactly is no kink."""
+    return np.nonzero(np.any(slope[1:] != slope[:-1], axis=1) |
+                      np.any(icpt[1:] != icpt[:-1], axis=1))[0]
 
-        #{bp < s} = base[j] + Σ_{i < m} (t[i, j] < s)
 
-    for every s. Rounding may compute a cell one off near its edges, so each cell c answers for
-    every s within `delta` cells of it ([c − delta, c + 1 + delta] in units of h, the end cells
-    unbounded outwards): base[c] counts the breakpoints below that widened cell and t[:, c]
-    holds the (at most m) breakpoints inside it, padded with +inf. delta covers the rounding of
-    (s − bp[0]) · inv_h and of the breakpoints themselves in a dtype of machine epsilon `eps`.
-    G is a power of two (at least the number of breakpoints) that minimises m. Returns
-    (origin, inv_h, base (G,), t (m, G), m), or None when no G <= max_cells keeps
-    m <= max_probe (breakpoints too uneven: searchsorted is used)."""
+@dataclass
+class GridTable:
+    """A PL table by a uniform grid of G cells over [lo, hi] (the end cells unbounded
+    outwards), each holding at most m kinks: with the cell j = clamp(floor((s − lo) · inv_h),
+    0, G − 1) and r = #{i < m: t[i, j] < s} (t padded with +inf), the interval's coefficients
+    are slope[(m + 1) j + r], icpt[(m + 1) j + r] (rows of (G · (m + 1), O) arrays)."""
+    lo: float
+    inv_h: float
+    G: int
+    m: int
+    t: np.ndarray          # (m, G): each cell's kinks in order, +inf beyond its own
+    slope: np.ndarray      # (G · (m + 1), O)
+    icpt: np.ndarray
+
+
+def grid_table(bp: np.ndarray, slope: np.ndarray, icpt: np.ndarray, m: int,
+               max_cells: int = 1 << 14, min_cells: int = 16) -> GridTable | None:
+    """The table (build_table's bp, slope, icpt) on the coarsest power-of-two grid (or, for
+    m = 0, the grid of the kinks themselves when they are uniform) whose cells hold at most m
+    kinks each, or None when no grid of at most max_cells does.
+
+    No rounding margins are needed: f is continuous, so where the computed cell is one off
+    near a cell edge (s within rounding of it) the neighbouring cell's pieces, extended
+    linearly past its edge by that rounding, differ from f by |slope jump| × the rounding.
+    For the same reason a kink within 4 ulp of a cell edge counts for neither cell (breakpoints
+    on a uniform grid give m = 0). On its cell, the lookup uses exactly build_table's
+    coefficients of the interval containing s."""
+    k = kinks_of(slope, icpt)
     K = len(bp)
-    span = float(bp[-1] - bp[0]) if K else 0.0
-    if K < 2 or not span > 0 or not np.all(np.isfinite(bp)):
+    if K < 2 or not np.all(np.isfinite(bp)) or not bp[-1] > bp[0]:
         return None
-    reach = float(np.max(np.abs(bp)))
-    best = None
-    G = 4
-    while G < K:
+    lo, hi = float(bp[0]), float(bp[-1])
+    kinks = bp[k]
+    tol = 4 * np.finfo(np.float64).eps * max(abs(lo), abs(hi))
+    G = min_cells
+    while G < (len(k) + 1) // (m + 1) and G < max_cells:
         G *= 2
-    while G <= max_cells:
-        h = span / G
-        delta = 8 * eps * (G + 2 + reach / h)
-        c = np.arange(G, dtype=np.float64)
-        lo = bp[0] + (c - delta) * h
-        hi = bp[0] + (c + 1 + delta) * h
-        lo[0], hi[-1] = -np.inf, np.inf
-        base = np.searchsorted(bp, lo, side="left")            # #bp < lo
-        top = np.searchsorted(bp, hi, side="right")            # #bp <= hi
-        m = int(np.max(top - base))
-        if m <= max_probe and (best is None or m < best[-1]):
-            best = (h, base, top, m)
-        if m <= 1:
+    grids = [(lo, (hi - lo) / (G << i), G << i) for i in range(max_cells.bit_length())
+             if G << i <= max_cells]
+    nk = len(k)
+    if m == 0 and 1 < nk <= max_cells - 2:       # kinks on a uniform grid, a cell each side
+        h = float(kinks[-1] - kinks[0]) / (nk - 1)
+        grids.insert(0, (float(kinks[0]) - h, h, nk + 1))
+    for lo, h, G in grids:
+        e = lo + np.arange(G + 1) * h
+        left = np.searchsorted(kinks, e[:-1] + tol, side="right")      # first kink inside
+        right = np.searchsorted(kinks, e[1:] - tol, side="left")       # past the last one
+        left[0], right[-1] = 0, len(kinks)                             # end cells: unbounded
+        if np.max(right - left) <= m:
             break
-        G *= 2
-    if best is None:
+    else:
         return None
-    h, base, top, m = best
-    t = np.full((m, len(base)), np.inf)
-    for i in range(m):
-        inside = base + i < top
-        t[i, inside] = bp[(base + i)[inside]]
-    return float(bp[0]), 1.0 / h, base.astype(np.int64), t, m
+    count = np.maximum(right - left, 0)
+    kk = np.append(k, 0)                             # kk[left + i] valid for i < count
+    t = np.full((m, G), np.inf)
+    rows = np.empty((G, m + 1), dtype=np.int64)      # each entry's interval of build_table
+    mid = np.searchsorted(bp, (e[:-1] + e[1:]) / 2, side="left")
+    for i in range(m + 1):
+        if i < m:
+            t[i] = np.where(i < count, bp[kk[np.minimum(left + i, len(k))]], np.inf)
+        passed = np.minimum(i, count)                # kinks below entry i of the cell
+        rows[:, i] = np.where(passed > 0, kk[np.maximum(left + passed - 1, 0)] + 1,
+                              np.where(count > 0, kk[left], mid))
+    rows = rows.reshape(-1)
+    return GridTable(lo, 1.0 / h, G, m, t, slope[rows], icpt[rows])
 
 
-__all__ = ["MIN_TABLE_UNITS", "MlpGroup", "plan_mlp", "build_table", "cell_index"]
+__all__ = ["MIN_TABLE_UNITS", "MlpGroup", "plan_mlp", "build_table", "kinks_of", "GridTable", "grid_table"]
