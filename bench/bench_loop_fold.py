@@ -8,7 +8,7 @@ loop), stored layers, layers run, parameters, build times, and the largest outpu
 between the two builds on sampled inputs, relative to max(1, |unrolled output|).
 Prints a table and writes bench/results/loop_fold.json.
 
-    python bench/bench_loop_fold.py [--only NAME ...] [--no-random] [--out PATH]
+    python bench/bench_loop_fold.py [--only NAME|randomN|random ...] [--no-random] [--out PATH]
 """
 from __future__ import annotations
 
@@ -102,8 +102,6 @@ def shipped(only):
     from tcompile.inspection.sampling import sample_inputs
     from tcompile.language.parser import parse_file
     for path in sorted((ROOT / "programs").glob("*.tp")):
-        if only and path.stem not in only:
-            continue
         program = parse_file(path)
 
         def build(params, loops, path=path):
@@ -130,7 +128,7 @@ def random_programs():
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", nargs="*", default=None, help="shipped programs (stems) to run")
+    ap.add_argument("--only", nargs="*", default=None, help="programs to run: stems of programs/, randomN, or random for all 24")
     ap.add_argument("--no-random", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "loop_fold.json"))
     args = ap.parse_args()
@@ -141,9 +139,9 @@ def main() -> None:
           "count adds (unrolled / shared)")
     print(f"{'program':<22}{'kept':>5}{'unr':>4} {'per iteration u/s':<26}{'stored u/s':>13}"
           f"{'run u/s':>12}{'params u/s':>24}{'build s u/s':>14}{'max diff':>10}")
-    cases = list(shipped(args.only))
-    if not args.no_random and not args.only:
-        cases += list(random_programs())
+    cases = list(shipped(args.only)) + ([] if args.no_random else list(random_programs()))
+    if args.only:
+        cases = [c for c in cases if c[0] in args.only or "random" in args.only and c[0].startswith("random")]
     for label, build, inputs_for in cases:
         try:
             r = measure(label, build, inputs_for, {})
