@@ -408,6 +408,52 @@ def test_the_compiled_module_trains(loops):
         model.zero_grad(set_to_none=True)
 
 
+# ---- as deep as the unrolled build; loops that used to stay unrolled -----------------------------
+
+def _shared_vs_unrolled(name: str, params: dict, shared, counts: dict | None = None):
+    """The largest output gap, relative to max(1, |unrolled output|), between the shared build
+    run at `counts` and an unrolled build of those counts (and the unrolled build)."""
+    from tcompile.inspection.sampling import sample_inputs
+    unrolled = tcompile.compile_file(PROGRAMS + name, {**params, **(counts or {})})
+    inputs = sample_inputs(parse_file(PROGRAMS + name), unrolled.info.params, n=8, batch=2, seed=1)
+    a = shared.run(**(counts or {}), **inputs)
+    b = unrolled.run(executor="module", **inputs)
+    gap = max(float(np.abs(a[k] - b[k]).max()) / max(float(np.abs(b[k]).max()), 1.0) for k in b)
+    return gap, unrolled
+
+
+def test_code_after_a_loop_inlines_its_last_iteration_as_the_unrolled_build_does():
+    """A reader outside a loop (jacobi's sweep after the inner Newton–Schulz loop, the code
+    after a top-level loop) may read the last iteration's definition instead of its stored
+    value, as the unrolled build does (depth.py); only a later iteration of the same loop may
+    not. jacobi ran 56 layers shared against 55 unrolled, denman_beavers 49 against 42."""
+    jac = shared_build("jacobi.tp", (("d", 4),))
+    assert jac.loops.unrolled == () and len(jac.loops.loops) == 2
+    gap, unrolled = _shared_vs_unrolled("jacobi.tp", {"d": 4}, jac)
+    assert jac.loops.n_layers(jac.loops.counts()) == unrolled.n_layers == 55 and gap <= 1e-14
+    gap, unrolled = _shared_vs_unrolled("jacobi.tp", {"d": 4}, jac, {"steps": 13})
+    assert jac.module.n_layers(steps=13) == unrolled.n_layers and gap <= 1e-14
+    db = shared_build("denman_beavers.tp", (("d", 4),))
+    gap, unrolled = _shared_vs_unrolled("denman_beavers.tp", {"d": 4}, db)
+    # one layer more than unrolled remains (the outer loop stays unrolled: its bounds change)
+    assert (db.loops.n_layers(db.loops.counts()), unrolled.n_layers) == (43, 42) and gap <= 1e-14
+
+
+def test_a_variable_holding_another_ones_previous_value_keeps_rows_of_its_own():
+    """fista_elastic_net's `x_prev = x`: one value is x's state in one iteration and x_prev's
+    in the next. It stayed unrolled (its rows alternated); now x_prev is a copy with rows of
+    its own (steady_state.py), and the loop folds to 1 layer per iteration, as unrolled."""
+    prog = shared_build("fista_elastic_net.tp", (("d", 4),))
+    assert prog.loops.unrolled == ()
+    (spec,) = prog.loops.loops
+    assert spec.layers_per_iteration == 1 and len(prog.layers) == 5
+    assert sorted(var for var, *_ in spec.state) == ["x", "x_prev"]
+    gap, unrolled = _shared_vs_unrolled("fista_elastic_net.tp", {"d": 4}, prog)
+    assert prog.loops.n_layers(prog.loops.counts()) == unrolled.n_layers == 121 and gap <= 1e-14
+    gap, unrolled = _shared_vs_unrolled("fista_elastic_net.tp", {"d": 4}, prog, {"steps": 37})
+    assert prog.module.n_layers(steps=37) == unrolled.n_layers and gap <= 1e-14
+
+
 # ---- random loop programs -----------------------------------------------------------------------
 
 HEADER = """program rand{seed}

@@ -13,6 +13,7 @@ atom's layer drops. Atoms no one reads any more are removed.
 from __future__ import annotations
 
 from .heads import realizable
+from .nodes import ITERATION, LOOP_STATE
 from .poly import (MAX_FACTORS, Atom, AtomTable, Mono, Poly, add_polys, max_degree, mul_polys,
                    transpose_poly)
 from .schedule import ENCODER, attention_layer, mlp_layer
@@ -94,10 +95,21 @@ def _lower_layer(atoms: AtomTable, atom: Atom, lv, layer: int) -> Poly | None:
 
 
 def _crosses_iterations(f: Atom, reader: Atom) -> bool:
-    """In a shared build, a loop's state is read stored by every later iteration: inlining
-    its definition there would let one layer run several iterations, which no stored body can
-    repeat. (Unrolled builds mark no loop state, and merge freely.)"""
-    return bool(f.node.get("loop_state")) and f.node.get("iteration") != reader.node.get("iteration")
+    """In a shared build, a loop's state is read stored by every later iteration of its loop:
+    inlining its definition there would let one layer run several iterations, which no stored
+    body can repeat. A reader outside that loop (the code after it, another loop, the rest of
+    an outer body after an inner loop) may inline the last iteration's definition, as the
+    unrolled build does: it runs once, in the layers around the body. (Unrolled builds mark no
+    loop state, and merge freely.)"""
+    state = f.node.get(LOOP_STATE)
+    if not state:
+        return False
+    key = state.rsplit("/", 1)[0]
+    if reader.node.get(ITERATION) is None:     # made by the lowering: where, unknown
+        return True
+    mine = dict(f.node.get(ITERATION) or ())
+    theirs = dict(reader.node[ITERATION])
+    return key in theirs and theirs.get(key) != mine.get(key)
 
 
 def _drop_unread(atoms: AtomTable, outputs: dict[str, int]) -> AtomTable:

@@ -28,7 +28,7 @@ from .dataflow import DataflowGraph
 from .elementwise import (BOUND, Call, Const, Elementwise, Leaf, Product, Sum, affine, calls,
                           leaves, to_text)
 from .heads import realizable
-from .nodes import CARRIED, HOISTED, VARS
+from .nodes import CARRIED, COPY, HOISTED, VARS
 from .pieces import MAX_SIGN_LEAVES, PieceBuilder, Words
 from .poly import (MAX_FACTORS, Atom, AtomTable, Mono, Poly, add_polys, dims, max_degree,
                    mul_polys, symmetrize_weighted_grams, transpose_poly)
@@ -184,7 +184,7 @@ class Lowering:
             if p.product or len(leaves(p.expr)) > 0 and not isinstance(p.expr, Leaf):
                 self.materialize_mlp(nid)
             return
-        if len(p) > 1 or max_degree(p) > 1:
+        if len(p) > 1 or max_degree(p) > 1 or self.g.nodes[nid].get(COPY):
             self.materialize(nid)
 
     def expand(self, nid: int):

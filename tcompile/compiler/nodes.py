@@ -73,7 +73,11 @@ LOOP_STATE = "loop_state"  # shared builds only: "loop key/variable" on a loop's
                          #   of an iteration; rows.py pins every iteration's value to one row set
 ITERATION = "iteration"  # shared builds only: ((loop key, index), ...) of the loop iterations
                          #   being walked when the node was made; depth.py keeps a loop's state
-                         #   from being inlined into a later iteration (steady_state.py)
+                         #   from being inlined into a later iteration of its loop (code after
+                         #   the loop may inline it, as unrolled builds do) (steady_state.py)
+COPY = "copy"            # scale (C = 1) in a shared build: a loop state that is another state's
+                         #   value of the previous iteration (`x_prev = x`), stored in rows of
+                         #   its own (steady_state.py; the lowering stores it)
 HOISTED = "hoisted"      # set by the lowering on a node it adds: the loop-invariant part of a
                          #   product (op matmul, ARGS its factors then its runtime scalars, in
                          #   chain order), computed once before the loop (lower.hoist_invariants)
@@ -83,7 +87,7 @@ REFINED = "refined"      # set by the lowering on a scalar refinement's values (
 
 ATTRIBUTES = frozenset({OP, ARGS, CSHAPE, LOC, NAME, SYMMETRIC, ENTRIES, SIGN, FLAG, LO, HI, VALUE,
                         K, C, FUNC, FARGS, DOMAIN, TOL, TOL_REL, VARS, CARRIED, LOOP_STATE, ITERATION,
-                        HOISTED, REFINED, NOTE})
+                        COPY, HOISTED, REFINED, NOTE})
 REQUIRED = (OP, ARGS, CSHAPE, LOC)
 
 

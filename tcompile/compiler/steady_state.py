@@ -23,6 +23,7 @@ from ..language import ast
 from ..language.checker import Ty, Val, Walker
 from ..language.run_params import loop_param, run_time_counts
 from .dataflow import GraphBuilder, _carried
+from .nodes import CSHAPE, HI, LO, LOC, LOOP_STATE, VARS
 
 
 @dataclass(frozen=True)
@@ -169,14 +170,40 @@ class SharedGraphBuilder(_SteadyState, GraphBuilder):
             attrs.pop("hi", None)
 
     def end_of_iteration(self, loop, env):
-        super().end_of_iteration(loop, env)
         key = self.loops_around[-1]
+        if key not in self.plain:
+            self._copy_aliased_state(key, loop, env)
+        super().end_of_iteration(loop, env)
         if key in self.plain:
             return
         for name in _carried(loop.body):
             val = env.get(name)
             if val is not None and isinstance(val.data, int):
-                self.graph.nodes[val.data]["loop_state"] = f"{key}/{name}"
+                self.graph.nodes[val.data][LOOP_STATE] = f"{key}/{name}"
+
+    def _copy_aliased_state(self, key: str, loop, env) -> None:
+        """A variable that takes another's value from the previous iteration (`x_prev = x`)
+        holds that value for a second iteration, under another name: one value would be both
+        variables' state, and its rows could not be both variables' rows in every iteration
+        (they alternated: fista_elastic_net stayed unrolled). It gets a copy of its own (a
+        head, `copy` on the node, which the lowering stores), so each variable keeps its rows
+        and a move runs once per iteration, scheduled like any other head."""
+        for name in sorted(_carried(loop.body)):
+            val = env.get(name)
+            if val is None or not isinstance(val.data, int):
+                continue
+            owner = self.graph.nodes[val.data].get(LOOP_STATE)
+            if owner is None or not owner.startswith(key + "/") or owner == f"{key}/{name}":
+                continue
+            attrs = self.graph.nodes[val.data]
+            bounds = {k: attrs[k] for k in (LO, HI) if k in attrs}
+            nid = self.node("scale", (val.data,), attrs[CSHAPE], attrs[LOC], c=1.0, copy=True)
+            self.graph.nodes[nid].update(bounds)
+            mine = [v for v in attrs.get(VARS, ()) if v.split("@")[0] == name]
+            if mine:        # the assignment `x_prev@k` is the copy, not the value it copies
+                attrs[VARS] = [v for v in attrs[VARS] if v not in mine]
+                self.graph.nodes[nid][VARS] = mine
+            env[name] = Val(val.ty, nid)
 
 
 def loop_sites(program, values: dict) -> dict[str, LoopSite]:
