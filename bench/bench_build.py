@@ -5,6 +5,12 @@ which should grow linearly with the unrolled program (steps × d²-sized blocks)
 square. Prints tables and writes bench/results/build.json.
 
     python bench/bench_build.py [--repeats 3] [--out bench/results/build.json]
+
+`--times` instead builds every program in programs/ at its defaults, unrolled and shared
+(`--loops shared`), each in a fresh process (`tcompile build`, end to end, and the in-process
+compile timed inside that process), prints a table and writes bench/results/build_times.json:
+
+    python bench/bench_build.py --times [--repeats 1] [--only sinkhorn gd_logistic] [--unrolled-only]
 """
 from __future__ import annotations
 
@@ -44,11 +50,85 @@ def scaling(repeats: int) -> list[dict]:
     return out
 
 
+_TIMED_CHILD = """
+import sys, time
+t = time.perf_counter()
+from tcompile.compiler.pipeline import compile_file
+t_import = time.perf_counter() - t
+t = time.perf_counter()
+prog = compile_file(sys.argv[1], loops=sys.argv[2])
+print(t_import, time.perf_counter() - t, prog.n_layers)
+"""
+
+
+def _timed_build(path: Path, loops: str) -> dict:
+    """One build of `path` in a fresh process: the in-process compile time (imports excluded)
+    and the whole process's wall time (start, imports, compile)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+    t = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", _TIMED_CHILD, str(path), loops], env=env,
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
+    t_import, compile_s, layers = done.stdout.split()
+    return {"compile_s": float(compile_s), "process_s": wall, "import_s": float(t_import),
+            "layers": int(layers)}
+
+
+def build_times(args) -> None:
+    """Every program of programs/ at its defaults, unrolled and shared: the median over
+    `--repeats` fresh-process builds; the table and bench/results/build_times.json."""
+    names = args.only or sorted(p.stem for p in (ROOT / "programs").glob("*.tp"))
+    modes = ["unrolled"] if args.unrolled_only else ["unrolled", "shared"]
+    load_before = os.getloadavg()
+    print(f"{'program':<24}" + "".join(f" {m + ' (s)':>14} {'process (s)':>12}" for m in modes)
+          + f" {'layers':>7}")
+    rows = []
+    for name in names:
+        rec = {"program": name}
+        line = f"{name:<24}"
+        for mode in modes:
+            runs = [_timed_build(ROOT / "programs" / f"{name}.tp", mode) for _ in range(args.repeats)]
+            ok = [r for r in runs if "error" not in r]
+            if not ok:
+                rec[mode] = {"error": runs[0]["error"]}
+                line += f" {'error':>14} {'':>12}"
+                continue
+            rec[mode] = {"compile_s": statistics.median(r["compile_s"] for r in ok),
+                         "process_s": statistics.median(r["process_s"] for r in ok),
+                         "compile_s_all": [r["compile_s"] for r in ok], "layers": ok[0]["layers"]}
+            line += f" {rec[mode]['compile_s']:>14.2f} {rec[mode]['process_s']:>12.2f}"
+        rec["layers"] = rec.get("unrolled", {}).get("layers")
+        rows.append(rec)
+        print(line + f" {rec['layers'] if rec['layers'] is not None else '-':>7}", flush=True)
+    out = Path(args.out or ROOT / "bench" / "results" / "build_times.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": {"python": platform.python_version(),
+                                           "cpus": os.cpu_count(), "platform": platform.platform(),
+                                           "loadavg_before": load_before,
+                                           "loadavg_after": os.getloadavg()},
+                               "repeats": args.repeats, "records": rows}, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "build.json"))
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--times", action="store_true",
+                    help="build every program in programs/ unrolled and shared; "
+                         "write bench/results/build_times.json")
+    ap.add_argument("--only", nargs="+", default=None, help="with --times: these programs only")
+    ap.add_argument("--unrolled-only", action="store_true", help="with --times: skip shared builds")
     args = ap.parse_args()
+    if args.times:
+        args.repeats = args.repeats or 1
+        build_times(args)
+        return
+    args.repeats = args.repeats or 3
+    args.out = args.out or str(ROOT / "bench" / "results" / "build.json")
     import tcompile
     records = []
     print(f"{'program':<18} {'cli build (s)':>14} {'compile (s)':>12} {'layers':>7} {'width':>6} "

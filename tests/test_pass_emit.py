@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from passes import emitted
+from passes import emitted, plan
 from tcompile.inspection.sampling import sample_inputs
 from tcompile.language.interpreter import interpret_program
 from tcompile.language.parser import parse_source
@@ -102,3 +102,55 @@ def test_head_labels_name_the_blocks():
     assert any("input:A" in lab for lab in labels)
     assert all(lab.startswith("K=") and " V: " in lab for lab in labels)
     assert [b.key for b in blocks if b.kind == "attn"] == ["X@1", "X@2", "X@3"]
+
+
+def _dict_mlp_weights(plan, written, t):
+    """W_1, W_2 from emit.mlp_units' readable dicts, one unit at a time (the reference)."""
+    from tcompile.compiler.emit import mlp_units
+    units = mlp_units(plan, written, t)
+    W_1, W_2 = np.zeros((len(units), plan.width)), np.zeros((plan.width, len(units)))
+    for j, (w1, w2) in enumerate(units):
+        for r, w in w1.items():
+            W_1[j, r] += w
+        for r, c in w2.items():
+            W_2[r, j] += c
+    return W_1, W_2
+
+
+GATED = """program t
+dim d = 2
+input A : [n, d] assume row_norm <= 1
+input y : [n] sign
+input x : [d] assume norm <= 1
+input w : [d] assume norm <= 1
+output g, h, q
+z = A @ x
+p = sigmoid(-y * z) on [-2, 2] tol 1e-2
+g = A.T @ (y * p) / n
+h = A.T @ ((p * (1 - p)) * A) / n  tol 1e-2
+q = A.T @ (sigmoid(y * z) on [-2, 2] tol 1e-2) + A.T @ (clip(A @ x, -1, 1) * clip(A @ w, -1, 1)) tol 1e-2
+"""
+
+
+@pytest.mark.parametrize("name,params", [("gated", {}), ("kaczmarz", {"sweeps": 2})])
+def test_array_emission_is_the_dict_emission_bit_for_bit(name, params):
+    """The MLP weights are built from arrays (pieces.piece_unit_entries); they must be the
+    bytes the readable per-unit dicts (pieces.piece_units) give, layer by layer."""
+    from pathlib import Path
+    from tcompile.compiler import emit as em
+    from tcompile.compiler.schedule import mlp_time
+    # gated: sign-gated branches, gated constants, products (one and two output rows), clears
+    src = GATED if name == "gated" else \
+        (Path(__file__).resolve().parents[1] / "programs" / f"{name}.tp").read_text()
+    _, p = plan(src, params)
+    writers = em.writers_by_time(p)
+    hidden = 0
+    for layer in range(1, p.n_layers + 1):
+        t = mlp_time(layer)
+        got = em._mlp_weights(p, writers.get(t, []), t)
+        want = _dict_mlp_weights(p, writers.get(t, []), t)
+        for g, w in zip(got, want):
+            assert g.shape == w.shape and g.tobytes() == w.tobytes(), (name, layer)
+        assert em.mlp_hidden(p, writers.get(t, []), t) == got[0].shape[0]
+        hidden += got[0].shape[0]
+    assert hidden > 0

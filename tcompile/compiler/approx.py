@@ -100,6 +100,15 @@ class PLApprox:
         """
         if self._form is not None:
             return self._form
+        cached = self.__dict__.get("_relu_form")
+        if cached is None:            # computed once: emission asks for it per unit row
+            cached = self._relu_form_of_knots()
+            for arr in cached:
+                arr.flags.writeable = False
+            object.__setattr__(self, "_relu_form", cached)
+        return cached
+
+    def _relu_form_of_knots(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         t, v = self.knots, self.values
         s = np.diff(v) / np.diff(t)
         c = np.diff(np.concatenate([[0.0], s, [0.0]]))          # slope change at each knot

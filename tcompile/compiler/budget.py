@@ -107,7 +107,7 @@ def check_plan(plan, cause: str, max_memory=None) -> SizeEstimate:
     for layer in range(1, plan.n_layers + 1):
         groups = emit.heads_of(writers.get(attention_time(layer), []))
         dk = emit.head_width(plan, groups)
-        hidden = len(emit.mlp_units(plan, writers.get(mlp_time(layer), []), mlp_time(layer)))
+        hidden = emit.mlp_hidden(plan, writers.get(mlp_time(layer), []), mlp_time(layer))
         heads += len(groups)
         params += len(groups) * (2 * dk * D + D * D) + 2 * hidden * D
     est = SizeEstimate(D, plan.n_layers, heads, params, exact=True)

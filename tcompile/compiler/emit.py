@@ -15,7 +15,7 @@ from ..runtime.weights import LayerWeights
 from ..runtime.codec import pattern_name
 from ..runtime.layout import LIVE_TO_END
 from .heads import HeadTerm, Operand
-from .pieces import piece_units
+from .pieces import piece_unit_count, piece_unit_entries, piece_units
 from .plan import Plan
 from .rows import AFTER_LAST_SUBLAYER, IDENTITY_BLOCK, IDENTITY_OVER_N_BLOCK
 from .schedule import attention_time, mlp_time
@@ -195,28 +195,69 @@ def _gate_rows(plan: Plan, atom, pair) -> list[int]:
 
 
 def _mlp_weights(plan: Plan, written: list, t_mlp: int):
-    units = mlp_units(plan, written, t_mlp)
-    W_1 = np.zeros((len(units), plan.width))
-    W_2 = np.zeros((plan.width, len(units)))
-    for j, (w1, w2) in enumerate(units):
-        for r, w in w1.items():
-            W_1[j, r] += w
-        for r, c in w2.items():
-            W_2[r, j] += c
+    """W_1, W_2 of one MLP sublayer: mlp_units' numbers, built from piece_unit_entries'
+    arrays (the same additions into zeros, in the same order per entry)."""
+    hidden, (u1, r1, v1), (u2, r2, v2) = mlp_unit_entries(plan, written, t_mlp)
+    W_1 = np.zeros((hidden, plan.width))
+    W_2 = np.zeros((plan.width, hidden))
+    _add_entries(W_1, u1, r1, v1)
+    _add_entries(W_2, r2, u2, v2)
     return W_1, W_2
 
 
-def mlp_units(plan: Plan, written: list, t_mlp: int) -> list:
-    """The hidden units of one MLP sublayer as (W_1 entries {row: w}, W_2 entries {row: c}):
-    the pieces written there, plus clears of dead values under their rows
-    (ReLU(u) − ReLU(−u) = u, subtracted)."""
-    units = []
+def _add_entries(W: np.ndarray, i: np.ndarray, j: np.ndarray, v: np.ndarray) -> None:
+    """W[i, j] += v entry by entry, in order (repeated positions accumulate in order)."""
+    flat = i * W.shape[1] + j
+    if len(np.unique(flat)) == len(flat):
+        W.ravel()[flat] += v
+    else:
+        np.add.at(W.ravel(), flat, v)
+
+
+def _mlp_pieces(plan: Plan, written: list):
+    """(piece, rows_of, out rows, gate rows) of each MLP atom written at one sublayer."""
     for atom in written:
         a, pair = atom.id, (atom.id, plan.orient[atom.id])
 
         def rows_of(arg, a=a):
             return plan.slots[plan.mlp_input(arg, a)].rows
-        units += piece_units(atom.piece, rows_of, plan.slots[pair].rows, _gate_rows(plan, atom, pair))
+        yield atom.piece, rows_of, plan.slots[pair].rows, _gate_rows(plan, atom, pair)
+
+
+def mlp_hidden(plan: Plan, written: list, t_mlp: int) -> int:
+    """How many hidden units mlp_units gives (without building them)."""
+    return sum(piece_unit_count(p, len(out)) for p, _, out, _g in _mlp_pieces(plan, written)) + \
+        2 * sum(len(idx) for _q, idx, _p in plan.clear_terms.get(t_mlp, []))
+
+
+def mlp_unit_entries(plan: Plan, written: list, t_mlp: int):
+    """mlp_units as arrays: (hidden units, W_1 entries (unit, row, value), W_2 entries (unit,
+    row, value)), entries of one position in the order mlp_units' dicts add them."""
+    e1, e2, base = [], [], 0
+    for piece, rows_of, out, gates in _mlp_pieces(plan, written):
+        w1, w2 = piece_unit_entries(piece, rows_of, out, gates, base)
+        e1.append(w1), e2.append(w2)
+        base += piece_unit_count(piece, len(out))
+    clears = [plan.slots[q].rows[i] for q, idx, _p in plan.clear_terms.get(t_mlp, []) for i in idx]
+    if clears:
+        r = np.repeat(np.asarray(clears, dtype=np.intp), 2)
+        u = base + np.arange(len(r))
+        v = np.tile([1.0, -1.0], len(clears))
+        e1.append((u, r, v)), e2.append((u, r, -v))
+        base += len(r)
+    cat = (lambda parts, k, dt: np.concatenate([p[k] for p in parts]).astype(dt, copy=False)
+           if parts else np.zeros(0, dt))
+    return (base, tuple(cat(e1, k, dt) for k, dt in enumerate((np.intp, np.intp, float))),
+            tuple(cat(e2, k, dt) for k, dt in enumerate((np.intp, np.intp, float))))
+
+
+def mlp_units(plan: Plan, written: list, t_mlp: int) -> list:
+    """The hidden units of one MLP sublayer as (W_1 entries {row: w}, W_2 entries {row: c}):
+    the pieces written there, plus clears of dead values under their rows
+    (ReLU(u) − ReLU(−u) = u, subtracted). The readable reference for mlp_unit_entries."""
+    units = []
+    for piece, rows_of, out, gates in _mlp_pieces(plan, written):
+        units += piece_units(piece, rows_of, out, gates)
     for q, idx, _p in plan.clear_terms.get(t_mlp, []):
         for i in idx:
             r = plan.slots[q].rows[i]

@@ -454,10 +454,110 @@ def gate_margin(a: np.ndarray, b: np.ndarray, lo: float, hi: float) -> np.ndarra
     return np.abs(ends).max(axis=0) + 1.0
 
 
+def piece_unit_count(piece, n_out: int) -> int:
+    """How many hidden units piece_units (and piece_unit_entries) give for `n_out` output rows."""
+    if piece.kind == "unary":
+        per = len(piece.offsets) + sum(pl.neurons for pl in piece.branches.values())
+    else:
+        per = piece.plus.neurons + piece.minus.neurons
+    return n_out * per
+
+
+def piece_unit_entries(piece, rows_of, out_rows: list[int], gate_rows: list[int], base: int = 0):
+    """piece_units as arrays, for emission: (W_1 entries, W_2 entries), each (units, rows,
+    values) with units numbered from `base` in piece_units' order. Entries of one (unit, row)
+    come in the order piece_units adds them into its dict, so adding them in order to zeros
+    (emit.py) repeats its floating-point operations one for one: the same bytes, without a
+    Python call per unit."""
+    n_out = len(out_rows)
+
+    def rows(atom):                               # row(atom, r) of piece_units, for every r
+        got = rows_of(atom)
+        return np.asarray(got[:n_out] if len(got) > 1 else [got[0]] * n_out, dtype=np.intp)
+
+    gate_rows = [int(gr) for gr in gate_rows]
+    blocks = _unary_blocks(piece, rows, gate_rows) if piece.kind == "unary" else \
+        _product_blocks(piece, rows, gate_rows)
+    per = sum(len(c) for c, _ in blocks)
+    w1_units, w1_rows, w1_vals, w2_units, w2_rows, w2_vals = [], [], [], [], [], []
+    out = np.asarray(out_rows, dtype=np.intp)[:, None]
+    start = 0
+    for c, steps in blocks:
+        k = len(c)
+        units = base + np.arange(n_out)[:, None] * per + (start + np.arange(k))[None, :]
+        for row, vals, mask in steps:   # row: one int for every unit, or (n_out,) per out row
+            rr = np.broadcast_to(np.asarray(row)[:, None] if np.ndim(row) else row, units.shape)
+            vv = np.broadcast_to(vals, units.shape)
+            if mask is not None:
+                m = np.broadcast_to(mask, units.shape)
+                w1_units.append(units[m]), w1_rows.append(rr[m]), w1_vals.append(vv[m])
+            else:
+                w1_units.append(units.ravel()), w1_rows.append(rr.ravel()), w1_vals.append(vv.ravel())
+        w2_units.append(units.ravel())
+        w2_rows.append(np.broadcast_to(out, units.shape).ravel())
+        w2_vals.append(np.broadcast_to(c, units.shape).ravel())
+        start += k
+    cat = (lambda xs, dt: np.concatenate(xs).astype(dt, copy=False) if xs else np.zeros(0, dt))
+    return ((cat(w1_units, np.intp), cat(w1_rows, np.intp), cat(w1_vals, float)),
+            (cat(w2_units, np.intp), cat(w2_rows, np.intp), cat(w2_vals, float)))
+
+
+def _unary_blocks(piece, rows, gate_rows):
+    """The units of a unary piece for one output row, as piece_units orders them: blocks (W_2
+    values, W_1 steps (row, values, mask or None) in the order its dicts add them)."""
+    blocks = []
+    for pat, k in piece.offsets.items():              # _offset_units
+        steps = [(gr, 1.0, None) for gr in gate_rows]
+        for (g, kind), val in zip(piece.gates, pat):
+            const, coef = _mismatch_penalty(kind, val, 1.0)
+            steps += [(gr, const, None) for gr in (gate_rows if const else ())]
+            steps.append((rows(g), coef, None))
+        blocks.append((np.array([k], dtype=float), steps))
+    for pat, pl in piece.branches.items():            # _branch_units
+        pat = pat if len(pat) == len(piece.gates) and not piece.offsets else ()
+        a, b, c = pl.relu_form()
+        steps = []
+        if piece.leaf is not None:
+            steps.append((rows(piece.leaf), a, a != 0))
+        gate_w = b
+        if pat:
+            margins = gate_margin(a, b, piece.lo, piece.hi)
+            for (g, kind), val in zip(piece.gates, pat):
+                const, coef = _mismatch_penalty_array(kind, val, margins)
+                gate_w = gate_w + const
+                steps.append((rows(g), coef, None))
+        steps += [(gr, gate_w, None) for gr in gate_rows]
+        blocks.append((c, steps))
+    return blocks
+
+
+def _mismatch_penalty_array(kind: str, val: float, m: np.ndarray):
+    """_mismatch_penalty for an array of margins (the same operations entry by entry)."""
+    if kind == "sign":
+        return -m, m * val
+    if val == 1.0:
+        return -m, m
+    return 0.0, -m
+
+
+def _product_blocks(piece, rows, gate_rows):
+    """_product_units as blocks (see _unary_blocks)."""
+    blocks = []
+    for pl, sign in ((piece.plus, 1.0), (piece.minus, -1.0)):
+        a, b, c = pl.relu_form()
+        nz = a != 0
+        steps = [(rows(piece.u), a, nz), (rows(piece.v), sign * a, nz)]
+        steps += [(gr, b, None) for gr in gate_rows]
+        blocks.append((sign * c / 4.0, steps))
+    return blocks
+
+
 def piece_units(piece, rows_of, out_rows: list[int], gate_rows: list[int]):
     """Hidden units of one piece: a list of (W_1 column entries {row: weight}, W_2 entries {row: c}).
 
     rows_of(atom) gives an input's rows; an input with one row broadcasts over out_rows.
+    The readable form, kept as the reference the tests hold piece_unit_entries to; emission
+    uses piece_unit_entries.
     """
     def row(atom, r):
         rs = rows_of(atom)
@@ -535,4 +635,5 @@ def _product_units(piece, row, r, gate_rows):
             yield w1, sign * c[j] / 4.0
 
 
-__all__ = ["UnaryPiece", "ProductPiece", "PieceBuilder", "Words", "piece_units", "exact_pl"]
+__all__ = ["UnaryPiece", "ProductPiece", "PieceBuilder", "Words", "piece_units", "piece_unit_entries",
+           "piece_unit_count", "exact_pl"]
