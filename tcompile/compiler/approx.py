@@ -287,18 +287,25 @@ def relative_callable(name: str, f: Callable, lo: float, hi: float, rtol: float,
 
 def _relative_error(f, t, v, m=1024, iters=40):
     """max |pl - f| / |f| over every interval: m samples, then a ternary search at the peak."""
-    fabs = lambda x: np.abs(_feval(f, x))            # noqa: E731
     a, h, va, dv = t[:-1, None], np.diff(t)[:, None], v[:-1, None], np.diff(v)[:, None]
     s = np.arange(m + 1) / m
 
-    def err(q):
-        x = a + h * q
-        return np.abs(_feval(f, x) - (va + dv * q)) / fabs(x)
+    def err(q, rows=slice(None)):
+        x = a[rows] + h[rows] * q
+        fx = _feval(f, x)                            # once: it is both the error and the scale
+        return np.abs(fx - (va[rows] + dv[rows] * q)) / np.abs(fx)
 
-    e = err(s)
-    k = np.clip(np.argmax(e, axis=1), 1, m - 1)
+    # the m + 1 samples of every interval, a few intervals at a time (the same numbers as one
+    # (intervals, m + 1) array, without its memory traffic: 16,508 intervals are 17 M samples)
+    chunk = max(1, (1 << 16) // (m + 1))
+    highest, k = [], np.empty(len(a), dtype=np.intp)
+    for i in range(0, len(a), chunk):
+        e = err(s, slice(i, i + chunk))
+        highest.append(e.max())
+        k[i:i + chunk] = np.argmax(e, axis=1)
+    k = np.clip(k, 1, m - 1)
     peak = _ternary_peak(err, s[k - 1][:, None], s[k + 1][:, None], iters)
-    return float(max(e.max(), err(peak).max()))
+    return float(max(np.max(highest), err(peak).max()))
 
 
 def _ternary_peak(err, left, right, iters):

@@ -207,11 +207,7 @@ def _mlp_weights(plan: Plan, written: list, t_mlp: int):
 
 def _add_entries(W: np.ndarray, i: np.ndarray, j: np.ndarray, v: np.ndarray) -> None:
     """W[i, j] += v entry by entry, in order (repeated positions accumulate in order)."""
-    flat = i * W.shape[1] + j
-    if len(np.unique(flat)) == len(flat):
-        W.ravel()[flat] += v
-    else:
-        np.add.at(W.ravel(), flat, v)
+    np.add.at(W.ravel(), i * W.shape[1] + j, v)     # unbuffered: in order, repeats accumulate
 
 
 def _mlp_pieces(plan: Plan, written: list):

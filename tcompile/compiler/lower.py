@@ -623,26 +623,72 @@ class Lowering:
         self._hoisted[key] = new
         return new
 
-    def names(self) -> dict:
-        """Leaf names for labels: the program's variable, else what computes it."""
-        out = {}
-        for a, atom in self.atoms.items():
-            node = self.g.nodes[a]
-            vs = node.get("vars")
-            if node.get("name") or vs:
-                out[a] = node.get("name") or vs[-1].split("@")[0]
-            elif atom.piece is not None:
-                out[a] = f"[{atom.piece.label}]"
-            elif atom.poly is not None and len(atom.poly) == 1:
-                (m, _), = atom.poly.items()
-                parts = [out.get(f, f"t{f}") + ("ᵀ" if t else "") for f, t in m.chain]
-                out[a] = "(" + "@".join(parts + [out.get(s, f"t{s}") for s in m.scalars]) + ")"
-            else:
-                out[a] = f"t{a}"
-        return out
+    def names(self) -> "_Names":
+        """Leaf names for labels: the program's variable, else what computes it. Named on
+        demand (a label reads a few leaves; naming the whole table per piece was quadratic)."""
+        return _Names(self)
+
+    def _name_of(self, a: int, known) -> str | list:
+        """Atom a's label name; `known(f, a)`: f's name if f is an atom before a in the table
+        (the order in which a table-wide pass would have named it), else None; or, where
+        `known` answers ..., the factors whose names it needs first."""
+        atom, node = self.atoms[a], self.g.nodes[a]
+        vs = node.get("vars")
+        if node.get("name") or vs:
+            return node.get("name") or vs[-1].split("@")[0]
+        if atom.piece is not None:
+            return f"[{atom.piece.label}]"
+        if atom.poly is not None and len(atom.poly) == 1:
+            (m, _), = atom.poly.items()
+            factors = [f for f, _t in m.chain] + list(m.scalars)
+            missing = [f for f in factors if known(f, a) is ...]
+            if missing:
+                return missing
+            parts = [(known(f, a) or f"t{f}") + ("ᵀ" if t else "") for f, t in m.chain]
+            return "(" + "@".join(parts + [known(s, a) or f"t{s}" for s in m.scalars]) + ")"
+        return f"t{a}"
 
     def fanout(self, nid) -> int:
         return sum(1 for s in self.g.successors(nid) if s in self.live)
+
+
+class _Names:
+    """Lowering.names() as a read-only mapping, named on demand from the table as it stands
+    when asked: the same names a pass over the whole table in order gives (a factor named
+    only if it comes before its reader in the table), for the few leaves a label reads."""
+
+    def __init__(self, low: "Lowering"):
+        self._low, self._memo, self._pos = low, {}, None
+
+    def _before(self, f: int, a: int) -> bool:
+        if self._pos is None:
+            self._pos = {x: i for i, x in enumerate(self._low.atoms)}
+        return f in self._pos and self._pos[f] < self._pos[a]
+
+    def _known(self, f: int, a: int):
+        """f's name as a's label reads it; ... while it is not named yet."""
+        if not self._before(f, a):
+            return None
+        return self._memo.get(f, ...)
+
+    def __getitem__(self, a: int) -> str:
+        if a not in self._memo:
+            if a not in self._low.atoms:
+                raise KeyError(a)
+            todo = [a]                  # a stack, not recursion: chains of temporaries are long
+            while todo:
+                got = self._low._name_of(todo[-1], self._known)
+                if isinstance(got, list):
+                    todo += got
+                else:
+                    self._memo[todo.pop()] = got
+        return self._memo[a]
+
+    def __contains__(self, a) -> bool:
+        return a in self._low.atoms
+
+    def get(self, a, default=None):
+        return self[a] if a in self else default
 
 
 def lower(df: DataflowGraph, pieces: PieceBuilder | None = None) -> AtomTable:
