@@ -38,6 +38,18 @@ class _Step:
         self.blocks = blocks      # blocks whose presence its choice depends on
 
 
+class _PairRows(dict):
+    """pair_rows(atoms, p), computed once per block."""
+
+    def __init__(self, atoms: AtomTable):
+        super().__init__()
+        self.atoms = atoms
+
+    def __missing__(self, p: Pair) -> int:
+        self[p] = pair_rows(self.atoms, p)
+        return self[p]
+
+
 class IncrementalCost:
     def __init__(self, atoms: AtomTable, options: HeadOptions, orient: dict[int, bool]):
         self.atoms, self.orient = atoms, dict(orient)
@@ -59,6 +71,8 @@ class IncrementalCost:
                 self.readers.setdefault(x, []).append(i)
             for p in s.blocks:
                 self.block_readers.setdefault(p, []).append(i)
+        self._rows = _PairRows(atoms)                    # pair_rows, once per block
+        self._log: dict | None = None                   # what a flip changed, for undo()
         self.adders: dict[Pair, list[int]] = {}          # block → steps that store it (sorted)
         self.chosen: list[tuple | None] = [() for _ in self.steps]
         self.chosen_at: list[tuple[int, int]] = [(0, 0)] * len(self.steps)   # (option index, its cost)
@@ -81,19 +95,38 @@ class IncrementalCost:
         return bool(adders) and adders[0] < i
 
     def _choose(self, i: int) -> tuple[tuple | None, tuple[int, int]]:
-        """(the blocks step i stores, (which option, its cost)); None: no head at all."""
+        """(the blocks step i stores, (which option, its cost)); None: no head at all.
+        The rows of each option's blocks not present before step i (_present_before, inlined:
+        this is the search's inner loop)."""
         s = self.steps[i]
+        orient = self.orient
         if s.mono is None:
-            return tuple(sorted({mlp_input_pair(self.atoms, arg, s.atom, self.orient)
+            return tuple(sorted({mlp_input_pair(self.atoms, arg, s.atom, orient)
                                  for arg in self.atoms[s.atom].inputs})), (0, 0)
+        adders, rows = self.adders, self._rows
         best, at = None, (0, 0)
-        for k, needs in enumerate(s.options[self.orient[s.atom]]):
-            c = sum(pair_rows(self.atoms, p) for p in needs if not self._present_before(p, i))
+        for k, needs in enumerate(s.options[orient[s.atom]]):
+            c = 0
+            for p in needs:
+                if p[1] != orient[p[0]]:
+                    lst = adders.get(p)
+                    if not lst or lst[0] >= i:
+                        c += rows[p]
             if best is None or c < at[1]:                   # first minimum, as min() picks
                 best, at = needs, (k, c)
+                if c == 0:                                  # nothing later is below 0
+                    break
         return best, at
 
+    def _remember(self, i: int) -> None:
+        """Step i's state before this flip first changed it (undo())."""
+        steps = self._log["steps"]
+        if i not in steps:
+            steps[i] = (self.chosen[i], self.chosen_at[i], i in self.sensitive)
+
     def _set_at(self, i: int, at: tuple[int, int]) -> None:
+        if self._log is not None:
+            self._remember(i)
         self.chosen_at[i] = at
         if self.steps[i].mono is not None and self.chosen[i] is not None and at != (0, 0):
             self.sensitive.add(i)
@@ -110,8 +143,11 @@ class IncrementalCost:
             lst = self.adders.get(p, [])
             return [j for j in lst[bisect_left(lst, first + 1):] if j <= stop]
         out = []
-        for j in self.sensitive:
-            if first < j <= stop and p in self.steps[j].blocks:
+        readers = self.block_readers.get(p, [])       # the steps with p in their blocks, sorted
+        for j in readers[bisect_left(readers, first + 1):]:
+            if j > stop:
+                break
+            if j in self.sensitive:
                 k, cost = self.chosen_at[j]
                 opts = self.steps[j].options[self.orient[self.steps[j].atom]]
                 if cost > 0 or any(p in needs for needs in opts[:k]):
@@ -121,13 +157,15 @@ class IncrementalCost:
     def _contribution(self, p: Pair) -> int:
         if p[1] == self.orient[p[0]] or not self.adders.get(p):
             return 0
-        return pair_rows(self.atoms, p) + SECOND_ORIENTATION_COST
+        return self._rows[p] + SECOND_ORIENTATION_COST
 
     def _set_choice(self, i: int, new: tuple | None, at) -> list[tuple[Pair, int | None, bool]]:
         """Record step i's new choice; the secondary blocks whose first adder moved, each with
         the last step whose view of it changed (None: every later step) and whether those
         steps now see it."""
         old = self.chosen[i]
+        if self._log is not None:
+            self._remember(i)
         self.missing += (new is None) - (old is None)
         old_set, new_set = set(old or ()), set(new or ())
         moved = []
@@ -135,6 +173,8 @@ class IncrementalCost:
             before = self.adders.get(p, [])
             first = before[0] if before else None
             self.secondary_cost -= self._contribution(p)
+            if self._log is not None and p not in self._log["adders"]:
+                self._log["adders"][p] = list(before)
             lst = self.adders.setdefault(p, [])
             if p in new_set:
                 insort(lst, i)
@@ -151,7 +191,29 @@ class IncrementalCost:
 
     # ---- flips ---------------------------------------------------------------------------
     def flip(self, a: int) -> float:
-        """Flip atom a's orientation; the new cost."""
+        """Flip atom a's orientation; the new cost. undo() takes the last flip back."""
+        self._log = {"atom": a, "steps": {}, "adders": {},
+                     "totals": (self.primary_rows, self.secondary_cost, self.missing)}
+        return self._flip(a)
+
+    def undo(self) -> None:
+        """Restore the state before the last flip: what flipping the atom back would compute
+        (each step's choice is a function of the orientations alone), from the record of what
+        the flip changed instead of a second search through the steps."""
+        log, self._log = self._log, None
+        a = log["atom"]
+        self.orient[a] = not self.orient[a]
+        self.primary_rows, self.secondary_cost, self.missing = log["totals"]
+        for i, (chosen, at, sensitive) in log["steps"].items():
+            self.chosen[i], self.chosen_at[i] = chosen, at
+            if sensitive:
+                self.sensitive.add(i)
+            else:
+                self.sensitive.discard(i)
+        for p, lst in log["adders"].items():
+            self.adders[p] = lst
+
+    def _flip(self, a: int) -> float:
         pairs = [(a, False), (a, True)]
         for p in pairs:
             self.secondary_cost -= self._contribution(p)
@@ -199,7 +261,7 @@ def choose_orientations(atoms: AtomTable, options: HeadOptions) -> dict[int, boo
         costs = {before: search.cost}
         costs[not before] = search.flip(a)
         if min((False, True), key=costs.__getitem__) == before:
-            search.flip(a)
+            search.undo()
     improved, rounds = True, 0
     while improved and rounds < 4:
         improved, rounds = False, rounds + 1
@@ -209,5 +271,5 @@ def choose_orientations(atoms: AtomTable, options: HeadOptions) -> dict[int, boo
             if c < current:
                 current, improved = c, True
             else:
-                search.flip(a)
+                search.undo()
     return search.orient
