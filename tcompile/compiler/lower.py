@@ -59,7 +59,9 @@ class Lowering:
         self.pieces = pieces or PieceBuilder(df.default_tol)
         self.piece_ranges: dict[int, tuple] = {}
         self.notes: dict[int, str] = {}                 # call → why it is fitted directly
-        self._choices: dict[tuple, tuple] = {}          # (kind, domain, tol, rel) → refine.choose
+        # (kind, domain, tol, rel) → refine.choose: kept by the PieceBuilder, so a shared build's
+        # unrollings weigh each refinement once (it fits the direct alternative to count it)
+        self._choices: dict[tuple, tuple] = self.pieces.choices
         self._refined: dict[int, list[int]] = {}        # call → its seed and iterate nodes
         self._variant: dict[int, bool] = {}             # node → depends on a loop's state
         self._hoisted: dict[tuple, int] = {}            # invariant (chain, scalars) → its atom

@@ -188,6 +188,7 @@ class PieceBuilder:
     def __init__(self, default_tol: float | None = None):
         self.default_tol = default_tol or DEFAULT_TOL
         self._cache: dict = {}
+        self.choices: dict = {}        # lower.py's refine.choose results, by their arguments
 
     def fit(self, label, f, lo, hi, tol, key) -> PLApprox:
         k = (key, lo, hi, tol)
