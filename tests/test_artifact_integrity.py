@@ -114,6 +114,24 @@ def test_sparse_round_trip(a):
     assert np.count_nonzero(values) == values.size == np.count_nonzero(a)
 
 
+def test_sparse_matrix_from_entries_is_the_dense_sum_in_order():
+    """SparseMatrix.from_entries (how the emitter makes W_1, W_2 without dense arrays) is
+    np.add.at into zeros then to_sparse, bit for bit: repeated positions summed left to right
+    (0.1 + 0.2 - 0.3 is not 0.1 - 0.3 + 0.2), sums that cancel and -0.0 left out."""
+    from tcompile.runtime.sparse import SparseMatrix
+    rng = np.random.default_rng(0)
+    pos = np.concatenate([rng.integers(0, 40, 200), [7, 7, 7, 9, 9, 11]])
+    vals = np.concatenate([rng.standard_normal(200) * 10.0 ** rng.integers(-8, 8, 200),
+                           [0.1, 0.2, -0.3, 1.0, -1.0, -0.0]])
+    for order in (np.arange(len(pos)), rng.permutation(len(pos))):
+        dense = np.zeros(40)
+        np.add.at(dense, pos[order], vals[order])
+        got = SparseMatrix.from_entries((5, 8), pos[order], vals[order])
+        index, values = to_sparse(dense.reshape(5, 8))
+        assert got.index.tobytes() == index.tobytes() and got.values.tobytes() == values.tobytes()
+        assert got.dense().tobytes() == dense.reshape(5, 8).tobytes()
+
+
 @pytest.mark.parametrize("index, values, message", [
     ([1, 1], [1.0, 2.0], "strictly increasing"), ([2, 1], [1.0, 2.0], "strictly increasing"),
     ([6], [1.0], "outside"), ([-1], [1.0], "outside"), ([0], [0.0], "nonzero"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..runtime.layout import Block
+from ..runtime.sparse import SparseMatrix
 from ..runtime.weights import LayerWeights
 from ..runtime.codec import pattern_name
 from ..runtime.layout import LIVE_TO_END
@@ -55,7 +56,7 @@ def emit(plan: Plan, outputs: dict[str, int], progress=None) -> tuple[list[Layer
         t_att, t_mlp = attention_time(layer), mlp_time(layer)
         W_K, W_Q, W_V, labels = _attention_weights(plan, writers.get(t_att, []), keys)
         W_1, W_2 = _mlp_weights(plan, writers.get(t_mlp, []), t_mlp)
-        layers.append(LayerWeights(W_K, W_Q, W_V, W_1, W_2, labels))
+        layers.append(LayerWeights.with_sparse(W_K, W_Q, W_V, {"W_1": W_1, "W_2": W_2}, labels))
     return layers, blocks, keys
 
 
@@ -194,20 +195,14 @@ def _gate_rows(plan: Plan, atom, pair) -> list[int]:
     return plan.slots[(IDENTITY_BLOCK, False)].rows[:cols]
 
 
-def _mlp_weights(plan: Plan, written: list, t_mlp: int):
-    """W_1, W_2 of one MLP sublayer: mlp_units' numbers, built from piece_unit_entries'
-    arrays (the same additions into zeros, in the same order per entry)."""
+def _mlp_weights(plan: Plan, written: list, t_mlp: int) -> tuple[SparseMatrix, SparseMatrix]:
+    """W_1, W_2 of one MLP sublayer, as their nonzeros: mlp_units' numbers, built from
+    piece_unit_entries' arrays (the same additions into zeros, in the same order per entry,
+    SparseMatrix.from_entries), so `.dense()` is the array the per-unit dicts give bit for bit."""
     hidden, (u1, r1, v1), (u2, r2, v2) = mlp_unit_entries(plan, written, t_mlp)
-    W_1 = np.zeros((hidden, plan.width))
-    W_2 = np.zeros((plan.width, hidden))
-    _add_entries(W_1, u1, r1, v1)
-    _add_entries(W_2, r2, u2, v2)
-    return W_1, W_2
-
-
-def _add_entries(W: np.ndarray, i: np.ndarray, j: np.ndarray, v: np.ndarray) -> None:
-    """W[i, j] += v entry by entry, in order (repeated positions accumulate in order)."""
-    np.add.at(W.ravel(), i * W.shape[1] + j, v)     # unbuffered: in order, repeats accumulate
+    D = plan.width
+    return (SparseMatrix.from_entries((hidden, D), u1.astype(np.int64) * D + r1, v1),
+            SparseMatrix.from_entries((D, hidden), r2.astype(np.int64) * hidden + u2, v2))
 
 
 def _mlp_pieces(plan: Plan, written: list):

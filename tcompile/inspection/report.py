@@ -6,11 +6,14 @@ Layers are numbered from 0 everywhere (card, trace, plots, hooks): layer L is `m
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..runtime.artifact import approximation_to_json
 from ..runtime.layout import Layout
 from ..runtime.manifest import Manifest, ProgramInfo
+from ..runtime.weights import WEIGHT_NAMES
 
 
 # The paper's depth for the same computation (Giannou et al. 2024): layers per loop iteration.
@@ -51,9 +54,13 @@ def build_report(manifest: Manifest, layers) -> dict:
     per_layer = []
     total_params = nonzero = 0
     for i, (spec, w) in enumerate(zip(lay.layers, layers)):       # layer i = module.blocks[i]
-        arrays = list(w.arrays().values())
-        params = sum(a.size for a in arrays)
-        nz = sum(int(np.count_nonzero(a)) for a in arrays)
+        if hasattr(w, "shape_of"):       # LayerWeights: MLP matrices may be held as nonzeros
+            params = sum(math.prod(w.shape_of(n)) for n in WEIGHT_NAMES)
+            nz = sum(w.nonzero_count(n) for n in WEIGHT_NAMES)
+        else:
+            arrays = list(w.arrays().values())
+            params = sum(a.size for a in arrays)
+            nz = sum(int(np.count_nonzero(a)) for a in arrays)
         total_params += params
         nonzero += nz
         per_layer.append({"layer": i, "heads": spec.heads, "dk": spec.dk,

@@ -43,7 +43,7 @@ from .manifest import (FORMAT, FORMAT_VERSION, ApproxRecord, DomainCheck, Manife
                        ProgramInfo)
 from .codec import constant_value
 from .files import atomic_write_many, read_regular
-from .sparse import pack, unpack
+from .sparse import SparseMatrix, pack, unpack
 from .weights import WEIGHT_NAMES, LayerWeights
 
 
@@ -207,8 +207,9 @@ def _weight_list(layout: Layout, layers: list[LayerWeights]) -> list[np.ndarray]
     out = []
     for i, layer in enumerate(layers):
         for w, shape in _expected_shapes(layout, i).items():
-            a = getattr(layer, w)
-            if tuple(a.shape) != shape or not np.all(np.isfinite(a)):
+            a = layer.matrix(w) if hasattr(layer, "matrix") else getattr(layer, w)
+            finite = np.all(np.isfinite(a.values if isinstance(a, SparseMatrix) else a))
+            if tuple(a.shape) != shape or not finite:
                 raise ArtifactError(f"cannot save {_tensor_name(i, w)}: it must be finite with "
                                     f"shape {list(shape)}, got shape {list(a.shape)}")
             out.append(a)

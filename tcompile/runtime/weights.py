@@ -33,11 +33,51 @@ class LayerWeights:
 
     @property
     def mlp_hidden(self) -> int:
-        return int(self.W_1.shape[0])
+        return int(self.shape_of("W_1")[0])
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The five matrices by name (the order of WEIGHT_NAMES)."""
         return {name: getattr(self, name) for name in WEIGHT_NAMES}
+
+    # ---- matrices held as their nonzeros until read -----------------------------------------
+    @classmethod
+    def with_sparse(cls, W_K, W_Q, W_V, sparse: dict, head_labels=None) -> "LayerWeights":
+        """A layer whose matrices named in `sparse` (W_1, W_2: sparse.SparseMatrix) stay
+        nonzeros until something reads them as arrays (`layer.W_1` builds and keeps the dense
+        array); saving, the report and the shapes never need the dense form."""
+        dense = {name: None for name in ("W_1", "W_2")}
+        layer = cls(W_K, W_Q, W_V, dense["W_1"], dense["W_2"], list(head_labels or []))
+        for name in sparse:
+            del layer.__dict__[name]
+        layer.__dict__["_sparse"] = dict(sparse)
+        return layer
+
+    def __getattr__(self, name):        # only reached for a matrix not built yet
+        held = self.__dict__.get("_sparse")
+        if held is not None and name in held:
+            self.__dict__[name] = held[name].dense()
+            return self.__dict__[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _held(self, name: str):
+        """The SparseMatrix of `name` while no dense array has been built from it."""
+        held = self.__dict__.get("_sparse")
+        if name in self.__dict__ or held is None:
+            return None
+        return held.get(name)
+
+    def shape_of(self, name: str) -> tuple[int, ...]:
+        held = self._held(name)
+        return held.shape if held is not None else tuple(getattr(self, name).shape)
+
+    def matrix(self, name: str):
+        """The matrix as saving reads it: its SparseMatrix while held so, else the array."""
+        held = self._held(name)
+        return held if held is not None else getattr(self, name)
+
+    def nonzero_count(self, name: str) -> int:
+        held = self._held(name)
+        return held.nnz if held is not None else int(np.count_nonzero(getattr(self, name)))
 
 
 __all__ = ["LayerWeights", "WEIGHT_NAMES"]
