@@ -11,6 +11,7 @@ square. Prints tables and writes bench/results/build.json.
 compile timed inside that process), prints a table and writes bench/results/build_times.json:
 
     python bench/bench_build.py --times [--repeats 1] [--only sinkhorn gd_logistic] [--unrolled-only]
+                                [--root OTHER_CHECKOUT] [--out FILE]
 """
 from __future__ import annotations
 
@@ -50,56 +51,68 @@ def scaling(repeats: int) -> list[dict]:
     return out
 
 
+# what `tcompile build` does (compile, write the artifact, the model card), timed part by part
 _TIMED_CHILD = """
-import sys, time
+import sys, tempfile, time
 t = time.perf_counter()
 from tcompile.compiler.pipeline import compile_file
 t_import = time.perf_counter() - t
 t = time.perf_counter()
 prog = compile_file(sys.argv[1], loops=sys.argv[2])
-print(t_import, time.perf_counter() - t, prog.n_layers)
+t_compile = time.perf_counter() - t
+t = time.perf_counter()
+with tempfile.TemporaryDirectory() as out:
+    prog.save_to_dir(out)
+    prog.report_text()
+print(t_import, t_compile, time.perf_counter() - t, prog.n_layers)
 """
 
 
-def _timed_build(path: Path, loops: str) -> dict:
-    """One build of `path` in a fresh process: the in-process compile time (imports excluded)
-    and the whole process's wall time (start, imports, compile)."""
+def _timed_build(root: Path, path: Path, loops: str) -> dict:
+    """One build of `path` in a fresh process with `root`'s tcompile: the in-process compile
+    time, the save (artifact + model card), and the whole process's wall time (start,
+    imports, compile, save: `tcompile build` end to end)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+        [str(root)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
     t = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", _TIMED_CHILD, str(path), loops], env=env,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, cwd=str(root))
     wall = time.perf_counter() - t
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
-    t_import, compile_s, layers = done.stdout.split()
-    return {"compile_s": float(compile_s), "process_s": wall, "import_s": float(t_import),
-            "layers": int(layers)}
+    t_import, compile_s, save_s, layers = done.stdout.split()
+    return {"compile_s": float(compile_s), "save_s": float(save_s), "process_s": wall,
+            "import_s": float(t_import), "layers": int(layers)}
 
 
 def build_times(args) -> None:
     """Every program of programs/ at its defaults, unrolled and shared: the median over
     `--repeats` fresh-process builds; the table and bench/results/build_times.json."""
-    names = args.only or sorted(p.stem for p in (ROOT / "programs").glob("*.tp"))
+    root = Path(args.root).resolve() if args.root else ROOT
+    names = args.only or sorted(p.stem for p in (root / "programs").glob("*.tp"))
     modes = ["unrolled"] if args.unrolled_only else ["unrolled", "shared"]
     load_before = os.getloadavg()
-    print(f"{'program':<24}" + "".join(f" {m + ' (s)':>14} {'process (s)':>12}" for m in modes)
+    print(f"tcompile from {root}; compile: in-process compile_file; build: the whole "
+          "process (start, imports, compile, artifact, card) = `tcompile build`")
+    print(f"{'program':<24}" + "".join(f" {m + ' compile':>17} {'build (s)':>10}" for m in modes)
           + f" {'layers':>7}")
     rows = []
     for name in names:
         rec = {"program": name}
         line = f"{name:<24}"
         for mode in modes:
-            runs = [_timed_build(ROOT / "programs" / f"{name}.tp", mode) for _ in range(args.repeats)]
+            runs = [_timed_build(root, root / "programs" / f"{name}.tp", mode)
+                    for _ in range(args.repeats)]
             ok = [r for r in runs if "error" not in r]
             if not ok:
                 rec[mode] = {"error": runs[0]["error"]}
-                line += f" {'error':>14} {'':>12}"
+                line += f" {'error':>17} {'':>10}"
                 continue
             rec[mode] = {"compile_s": statistics.median(r["compile_s"] for r in ok),
+                         "save_s": statistics.median(r["save_s"] for r in ok),
                          "process_s": statistics.median(r["process_s"] for r in ok),
                          "compile_s_all": [r["compile_s"] for r in ok], "layers": ok[0]["layers"]}
-            line += f" {rec[mode]['compile_s']:>14.2f} {rec[mode]['process_s']:>12.2f}"
+            line += f" {rec[mode]['compile_s']:>17.2f} {rec[mode]['process_s']:>10.2f}"
         rec["layers"] = rec.get("unrolled", {}).get("layers")
         rows.append(rec)
         print(line + f" {rec['layers'] if rec['layers'] is not None else '-':>7}", flush=True)
@@ -109,7 +122,7 @@ def build_times(args) -> None:
                                            "cpus": os.cpu_count(), "platform": platform.platform(),
                                            "loadavg_before": load_before,
                                            "loadavg_after": os.getloadavg()},
-                               "repeats": args.repeats, "records": rows}, indent=1) + "\n")
+                               "root": str(root), "repeats": args.repeats, "records": rows}, indent=1) + "\n")
     print(f"wrote {out}")
 
 
@@ -122,6 +135,9 @@ def main() -> None:
                          "write bench/results/build_times.json")
     ap.add_argument("--only", nargs="+", default=None, help="with --times: these programs only")
     ap.add_argument("--unrolled-only", action="store_true", help="with --times: skip shared builds")
+    ap.add_argument("--root", default=None,
+                    help="with --times: the checkout whose tcompile and programs/ to time "
+                         "(default: this one), to compare two versions on the same machine")
     args = ap.parse_args()
     if args.times:
         args.repeats = args.repeats or 1
