@@ -81,7 +81,7 @@ def compile_shared(program, values: dict, tol, max_memory, report) -> CompiledPr
     counts = {k: base[k] + (k not in kept) for k in base}
     df, plan, layers, blocks, keys = runs.compile(counts, frozenset(kept))
     stored: list[LayerWeights] = []
-    sequence = _store(folded, runs.layers, stored, in_loop=False)
+    sequence = _store(folded, runs.layers, stored, in_loop=False, where={})
     shared = {k: s for k, s in sites.items() if k not in kept}
     specs = _specs(shared, sequence, base, counts, plan, keys)
     manifest = build_manifest(program, values, tol, df, plan, layers, blocks, keys)
@@ -142,17 +142,23 @@ def _loops_of(seq, key: str):
             yield from _loops_of(t.body, key)
 
 
-def _store(tokens, by_digest, stored: list, in_loop: bool) -> tuple:
-    """The folded token sequence with each layer stored once per position in it."""
+def _store(tokens, by_digest, stored: list, in_loop: bool, where: dict) -> tuple:
+    """The folded token sequence with each distinct layer stored once: positions whose
+    weights are equal bit for bit (a body layer and the same layer of a pipelined iteration in
+    the epilogue, an inner loop's body in each of its instances) run the same stored layer.
+    `where`: digest → its stored index."""
     out = []
     for t in tokens:
         if isinstance(t, Loop):
-            out.append(LoopItem(t.key, t.offset, _store(t.body, by_digest, stored, True)))
+            out.append(LoopItem(t.key, t.offset, _store(t.body, by_digest, stored, True, where)))
+        elif t in where:
+            out.append(where[t])
         else:
             layer = by_digest[t]
             if in_loop:      # labels name one iteration's values (X@3): name the variable
                 layer = replace(layer, head_labels=[re.sub(r"@\d+", "", h) for h in layer.head_labels])
             stored.append(layer)
+            where[t] = len(stored) - 1
             out.append(len(stored) - 1)
     return tuple(out)
 

@@ -117,10 +117,11 @@ def parts(seq, outer: bool, depth_of: dict[str, int]) -> list[tuple[str, object]
 
 
 def layer_paths(program: LoopProgram) -> list[str]:
-    """For every stored layer, its place in the looped module: "prologue.0", "body.{i}.0",
-    "body.{i}.loop.{j}.0" ({i}, {j}: the iteration, filled in at run time)."""
+    """For every stored layer, its places in the looped module: "prologue.0", "body.{i}.0",
+    "body.{i}.loop.{j}.0" ({i}, {j}: the iteration, filled in at run time); a layer that
+    runs in several places (equal weights are stored once) lists them, ", " between."""
     depth_of = {s.key: s.depth for s in program.loops}
-    out: dict[int, str] = {}
+    out: dict[int, list[str]] = {}
 
     def walk(seq, outer, prefix, level):
         for name, part in parts(seq, outer, depth_of):
@@ -131,9 +132,9 @@ def layer_paths(program: LoopProgram) -> list[str]:
                 walk(tuple(part), False, here, level)
             else:
                 for j, layer in enumerate(part):
-                    out[layer] = ".".join(here + [str(j)])
+                    out.setdefault(layer, []).append(".".join(here + [str(j)]))
     walk(program.sequence, True, [], 0)
-    return [out[i] for i in sorted(out)]
+    return [", ".join(out[i]) for i in sorted(out)]
 
 
 def _expand(seq, counts, out) -> None:
