@@ -196,3 +196,55 @@ def test_a_trailing_on_that_binds_to_an_inner_call_says_to_parenthesise(body, fu
         check_program(parse_source(src))
     assert "binds to that call" in err.value.message
     assert "parenthes" in err.value.expected and f"({func}(...)) on [lo, hi]" in err.value.expected
+
+
+# ---- a value times itself is a square ----------------------------------------------------------
+
+@pytest.mark.parametrize("lo, hi", [(-2.0, 2.0), (-3.0, 1.0), (0.5, 2.0), (-4.0, -1.0)])
+@pytest.mark.parametrize("body", [
+    "g = clip(x, LO, HI)\nr = g * g",                         # one variable read twice
+    "r = clip(x, LO, HI) * clip(x, LO, HI)",                  # one expression written twice
+    "g = clip(x, LO, HI)\nr = (g + 1) * (g + 1) - 1",
+    "g = clip(x, LO, HI)\nr = g * g * g",                     # a cube: (g * g) * g
+    "g = clip(x, LO, HI)\nh = clip(x, LO, HI)\nr = g * h",    # two variables: not known equal
+])
+def test_a_product_of_a_value_with_itself_is_bounded_like_its_square(lo, hi, body):
+    """The checker's interval of the result against brute force: the interpreter on a dense
+    grid of x through [lo - 1, hi + 1] (the clip's ends and the squares' zeros included). The
+    interval must hold every value; where both factors are one value (a name read twice, or
+    the same text) it must be the square's hull exactly — [0, 4] for g in [-2, 2], not the
+    [-4, 4] of two independent factors — and otherwise the product of two independent
+    factors' intervals."""
+    from tcompile.language.checker import Walker, resolve_params
+    src = ("program p\ninput x : [n]\noutput r\n"
+           + body.replace("LO", repr(lo)).replace("HI", repr(hi)) + "\n")
+    prog = parse_source(src)
+    seen = {}
+
+    class Spy(Walker):
+        def _assign(self, stmt, env):
+            super()._assign(stmt, env)
+            seen[stmt.target] = env[stmt.target].ty
+    Spy(prog, resolve_params(prog)).run()
+    grid = np.unique(np.concatenate([np.linspace(lo - 1, hi + 1, 4001), [lo, hi, 0.0, -1.0]]))
+    r = tcompile.interpret_program(prog, None, x=grid)["r"]
+    got = (seen["r"].lo, seen["r"].hi)
+    assert got[0] <= r.min() + 1e-12 and r.max() <= got[1] + 1e-12       # sound
+    if "g * h" in body:                                                   # independent factors
+        c = [lo * lo, lo * hi, hi * hi]
+        assert got == (min(c), max(c))
+    elif "g * g * g" not in body:                                         # a square: exact hull
+        assert got == pytest.approx((r.min(), r.max()), abs=1e-12)
+
+
+def test_a_clipped_square_under_sqrt_needs_no_domain_and_matches_the_interpreter():
+    """sqrt(g * g + 1) with g = clip(A @ x, -2, 2): the argument is in [1, 5], not [-3, 5]
+    (which sqrt is undefined on): it checks, compiles and matches the interpreter."""
+    src = CLIPPED_SQUARE.replace("output v", "output v, u") + "u = sqrt(v + 1)\n"
+    prog = tcompile.compile_source(src)
+    rng = np.random.default_rng(3)
+    A = rng.normal(size=(20, 3))
+    A /= np.linalg.norm(A, axis=1, keepdims=True)
+    x = rng.normal(size=3) * 3
+    want, got = _interpret(src, A=A, x=x), prog.run(A=A, x=x)
+    assert np.max(np.abs(got["u"] - want["u"])) <= 1e-6

@@ -26,7 +26,8 @@ import numpy as np
 from . import ast
 from . import portable_math as pm
 from .types import (TOKEN, Ty, Val, _divisible, _interval, check_holdable,  # noqa: F401 (re-exported)
-                    elementwise_shape, fmt_shape, is_square, matmul_shape, power_interval)
+                    elementwise_shape, fmt_shape, is_square, matmul_shape, power_interval,
+                    same_expression)
 from ..errors import ParamError, ProgramError, SourceLocation
 
 SCALAR_FUNCTIONS = {"sigmoid", "sqrt", "reciprocal", "exp", "log", "softplus", "abs", "relu"}
@@ -428,7 +429,12 @@ class Walker:
                          "*": lambda: ta.const * tb.const, "/": lambda: ta.const / tb.const}[op]()
             except ZeroDivisionError:
                 raise self.err("division by zero", e.loc) from None
-        lo, hi = (const, const) if const is not None else _interval(op, ta, tb)
+        if const is not None:
+            lo, hi = const, const
+        elif op == "*" and (a is b or same_expression(e.left, e.right)):
+            lo, hi = power_interval(ta, 2)      # a value times itself is a square: >= 0
+        else:
+            lo, hi = _interval(op, ta, tb)
         sym = (op in "+-" and _sym_or_scalar(ta) and _sym_or_scalar(tb)) or \
               (op in "*/" and (ta.shape == () and tb.symmetric or tb.shape == () and ta.symmetric))
         sign = op in "*/" and ta.sign and tb.sign

@@ -67,6 +67,20 @@ def _interval(op, a: Ty, b: Ty):
     return None, None
 
 
+def same_expression(x, y) -> bool:
+    """Whether two expressions of one statement are the same text up to where they stand:
+    equal nodes with equal fields, source locations aside. Within one expression nothing is
+    reassigned and every form is a function of its operands, so such twins take one value."""
+    if type(x) is not type(y):
+        return False
+    if isinstance(x, (tuple, list)):
+        return len(x) == len(y) and all(same_expression(u, v) for u, v in zip(x, y))
+    fields = getattr(x, "__dataclass_fields__", None)
+    if fields is None:
+        return x == y
+    return all(same_expression(getattr(x, f), getattr(y, f)) for f in fields if f != "loc")
+
+
 def power_interval(a: Ty, p: float):
     """Bounds on x ** p for x in [a.lo, a.hi] (p a whole number >= 1, or 0.5 and -1 where the
     checker found them defined)."""
