@@ -1,5 +1,6 @@
 """The programs written with indexing, slicing, stack, tril/triu and M * I (gram_schmidt_qr,
-lanczos, sor, kaczmarz, expm, denman_beavers): each against its numpy/scipy oracle and the
+lanczos, sor, kaczmarz, expm, denman_beavers), and the newer library programs
+(fista_elastic_net, huber_irls): each against its numpy/scipy/scikit-learn oracle and the
 interpreter, with the README row (layers, width, widest MLP) asserted exactly."""
 from __future__ import annotations
 
@@ -171,8 +172,71 @@ def test_fista_elastic_net_matches_sklearn_elastic_net():
         assert rel(out, interpret("fista_elastic_net", A=A, y=y)["x"]) <= 1e-14
 
 
+def huber_problem(rng, n=40, d=4):
+    """Rows of norm <= 1, a linear signal with small noise, about 15% gross outliers; y
+    clipped to the declared [-3, 3]."""
+    A = rng.standard_normal((n, d))
+    A /= np.linalg.norm(A, axis=1, keepdims=True)
+    y = A @ rng.standard_normal(d) + 0.1 * rng.standard_normal(n)
+    out = rng.random(n) < 0.15
+    y[out] += rng.uniform(-2.5, 2.5, out.sum())
+    return A, np.clip(y, -3, 3)
+
+
+def huber_irls_numpy(A, y, delta=1.0, mu=0.1, steps=30):
+    """Textbook IRLS in numpy: w = min(1, delta / |r|), then the weighted ridge problem solved
+    exactly, the same number of steps."""
+    n, d = A.shape
+    x = np.zeros(d)
+    for _ in range(steps):
+        r = y - A @ x
+        w = np.minimum(1.0, delta / np.maximum(np.abs(r), 1e-300))
+        x = np.linalg.solve(A.T @ (w[:, None] * A) / n + mu * np.eye(d), A.T @ (w * y) / n)
+    return x
+
+
+def huber_scipy(A, y, delta=1.0, mu=0.1):
+    """The minimiser of 1/n sum huber(y - A x) + mu/2 ||x||^2 by scipy.optimize (trust-exact
+    with the loss's gradient and its Hessian, the weights 1{|r| <= delta}), to gtol 1e-15."""
+    import scipy.optimize
+    n, d = A.shape
+
+    def f(x):
+        a = np.abs(y - A @ x)
+        return np.mean(np.where(a <= delta, a * a / 2, delta * (a - delta / 2))) + mu / 2 * x @ x
+
+    def grad(x):
+        return -A.T @ np.clip(y - A @ x, -delta, delta) / n + mu * x
+
+    def hess(x):
+        inside = np.abs(y - A @ x) <= delta
+        return A.T @ (inside[:, None] * A) / n + mu * np.eye(d)
+    res = scipy.optimize.minimize(f, np.zeros(d), jac=grad, hess=hess, method="trust-exact",
+                                  options={"gtol": 1e-15})
+    return res.x
+
+
+def test_huber_irls_matches_numpy_irls_and_scipy():
+    """The compiled IRLS (the step written as a correction by Huber's psi = clip, exact; the
+    weights, the weighted Gram matrix and the carried inverse loose, which only set the rate)
+    against textbook IRLS in numpy of the same 30 steps and against scipy.optimize on the Huber
+    loss: both converged, to rounding."""
+    prog, row = build("huber_irls")
+    assert row == (120, 24, 608)
+    rng = np.random.default_rng(7)
+    problems = [huber_problem(rng) for _ in range(4)]
+    A, y = np.stack([p[0] for p in problems]), np.stack([p[1] for p in problems])
+    out = prog.run(A=A, y=y)["x"]
+    ref = interpret("huber_irls", A=A, y=y)["x"]
+    for k, (Ak, yk) in enumerate(problems):
+        assert np.abs(yk - Ak @ out[k]).max() > 1.5              # outliers beyond delta = 1
+        assert rel(out[k], huber_irls_numpy(Ak, yk)) <= 1e-13
+        assert rel(out[k], huber_scipy(Ak, yk)) <= 1e-13
+        assert rel(out[k], ref[k]) <= 1e-13
+
+
 @pytest.mark.parametrize("name", ["gram_schmidt_qr", "lanczos", "sor", "kaczmarz", "expm",
-                                  "denman_beavers", "fista_elastic_net"])
+                                  "denman_beavers", "fista_elastic_net", "huber_irls"])
 def test_the_readme_row_is_the_build(name):
     """README's row: layers first in the second column, then 'WIDTH at d = ...' and the widest
     MLP (or 'no MLP') in the third."""
