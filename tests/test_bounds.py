@@ -205,16 +205,19 @@ def test_a_trailing_on_that_binds_to_an_inner_call_says_to_parenthesise(body, fu
     "g = clip(x, LO, HI)\nr = g * g",                         # one variable read twice
     "r = clip(x, LO, HI) * clip(x, LO, HI)",                  # one expression written twice
     "g = clip(x, LO, HI)\nr = (g + 1) * (g + 1) - 1",
-    "g = clip(x, LO, HI)\nr = g * g * g",                     # a cube: (g * g) * g
+    "g = clip(x, LO, HI)\nr = g * g * g",                     # a cube, (g * g) * g: its hull
+    "g = clip(x, LO, HI)\nr = 0.25 * g * g",                  # a chain: (0.25 * g) * g
+    "g = clip(x, LO, HI)\nr = g * (1 - 0.5) * g * g * g",     # a chain with a 4th power
+    "g = clip(x, LO, HI)\nr = -3 * g * (g + 1) * g",          # a square times another factor
     "g = clip(x, LO, HI)\nh = clip(x, LO, HI)\nr = g * h",    # two variables: not known equal
 ])
 def test_a_product_of_a_value_with_itself_is_bounded_like_its_square(lo, hi, body):
     """The checker's interval of the result against brute force: the interpreter on a dense
     grid of x through [lo - 1, hi + 1] (the clip's ends and the squares' zeros included). The
-    interval must hold every value; where both factors are one value (a name read twice, or
-    the same text) it must be the square's hull exactly — [0, 4] for g in [-2, 2], not the
-    [-4, 4] of two independent factors — and otherwise the product of two independent
-    factors' intervals."""
+    interval must hold every value; where factors of a chain of products are one value (a name
+    read twice, or the same text) they are bounded as its power, exactly — [0, 4] for g * g
+    with g in [-2, 2], not the [-4, 4] of two independent factors — and other factors as
+    independent values."""
     from tcompile.language.checker import Walker, resolve_params
     src = ("program p\ninput x : [n]\noutput r\n"
            + body.replace("LO", repr(lo)).replace("HI", repr(hi)) + "\n")
@@ -233,8 +236,12 @@ def test_a_product_of_a_value_with_itself_is_bounded_like_its_square(lo, hi, bod
     if "g * h" in body:                                                   # independent factors
         c = [lo * lo, lo * hi, hi * hi]
         assert got == (min(c), max(c))
-    elif "g * g * g" not in body:                                         # a square: exact hull
+    elif "(g + 1)" not in body:                                           # a power: exact hull
         assert got == pytest.approx((r.min(), r.max()), abs=1e-12)
+    elif "(g + 1) * g" in body:              # g² ∈ [0 or min, max] times g + 1, independent
+        sq = sorted([lo * lo, hi * hi]) if lo * hi > 0 else [0.0, max(lo * lo, hi * hi)]
+        c = [-3 * s * t for s in sq for t in (lo + 1, hi + 1)]
+        assert got == (min(c), max(c))
 
 
 def test_a_clipped_square_under_sqrt_needs_no_domain_and_matches_the_interpreter():

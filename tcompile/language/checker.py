@@ -119,6 +119,7 @@ class Walker:
         self.call_stack: list[str] = []
         self.call_sites: list[ast.Call] = []      # the calls being inlined, outermost first
         self._assignments: dict[str, int] = {}
+        self._factor_ty: dict[int, Ty] = {}      # id(ast operand of a `*`) -> its type, this walk
 
     def program_point(self, stmt: ast.Assign) -> str | None:
         """`name@k` for the k-th top-level assignment to name: how stored blocks, the trace
@@ -422,6 +423,8 @@ class Walker:
         else:
             node = e
         shape = elementwise_shape(op, ta, tb, e.loc, self.src)
+        if op == "*":
+            self._factor_ty[id(e.left)], self._factor_ty[id(e.right)] = ta, tb
         const = None
         if ta.const is not None and tb.const is not None:
             try:
@@ -433,6 +436,8 @@ class Walker:
             lo, hi = const, const
         elif op == "*" and (a is b or same_expression(e.left, e.right)):
             lo, hi = power_interval(ta, 2)      # a value times itself is a square: >= 0
+        elif op == "*":
+            lo, hi = self._product_interval(e, ta, tb)
         else:
             lo, hi = _interval(op, ta, tb)
         sym = (op in "+-" and _sym_or_scalar(ta) and _sym_or_scalar(tb)) or \
@@ -441,6 +446,44 @@ class Walker:
         return self.apply(op, Ty(shape, const=const, lo=lo, hi=hi, symmetric=bool(sym),
                                  sign=sign, flag=op == "*" and ta.flag and tb.flag), (a, b),
                           e if node is None else node)
+
+    def _product_interval(self, e: ast.BinOp, ta: Ty, tb: Ty):
+        """Bounds on a chain of products such as `(1 - beta2) * g * g`: its factors (the
+        operands of the `*` nodes it is made of, as this walk typed them), the same expression
+        gathered into a power (`g * g` is a square, >= 0), the groups multiplied as independent
+        values. Without a repeated factor this is `_interval` of the two operands."""
+        factor_ty = self._factor_ty      # every `*` node records its operands' types (in
+        factors: list = []               # _binop), so a chain's factors are typed afresh
+
+        def flatten(x):
+            if isinstance(x, ast.BinOp) and x.op == "*" and x.domain is None and id(x.left) in factor_ty:
+                flatten(x.left)
+                flatten(x.right)
+            else:
+                factors.append(x)
+        flatten(e)
+        groups: list[list] = []
+        for f in factors:
+            for grp in groups:
+                if same_expression(grp[0], f):
+                    grp.append(f)
+                    break
+            else:
+                groups.append([f])
+        if len(groups) == len(factors):
+            return _interval("*", ta, tb)
+        lo = hi = 1.0
+        for grp in groups:
+            t = factor_ty.get(id(grp[0]))
+            if t is None:
+                return _interval("*", ta, tb)
+            glo, ghi = power_interval(t, len(grp)) if len(grp) > 1 else (t.lo, t.hi)
+            if glo is None or ghi is None:
+                return _interval("*", ta, tb)
+            lo, hi = _interval("*", Ty((), lo=lo, hi=hi), Ty((), lo=glo, hi=ghi))
+            if lo is None:
+                return _interval("*", ta, tb)
+        return lo, hi
 
     def _bound(self, e: ast.Bound, env) -> Val:
         """`(expr) on [lo, hi]`: the value, with the user's bounds (trusted like a declared
