@@ -28,16 +28,13 @@ import numpy as np
 import pytest
 
 import tcompile
+from library_builds import build      # cached per session, shared with test_programs_structured
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRAMS = ROOT / "programs"
 
 
 # ---- measurements (cached: several claims read one build) ----------------------------------
-
-@functools.lru_cache(maxsize=None)
-def build(name: str, loops: str = "unrolled", **params):
-    return tcompile.compile_file(PROGRAMS / f"{name}.tp", params=params or None, loops=loops)
 
 
 def report(name: str, loops: str = "unrolled", **params) -> dict:
@@ -163,12 +160,26 @@ def _huber(rng):
     return {"A": A, "y": y}, x
 
 
+def _adam(rng):
+    """Adam in numpy as Kingma & Ba write it, the program's 10 steps at lr = 0.1 from x = 0."""
+    n, d = 40, 4
+    A = _unit_rows(rng, n, d)
+    y = np.clip(A @ rng.standard_normal(d) + 0.1 * rng.standard_normal(n), -3, 3)
+    S, b = A.T @ A / n, A.T @ y / n
+    x, m, v = np.zeros(d), np.zeros(d), np.zeros(d)
+    for t in range(1, 11):
+        g = S @ x - b
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+        x = x - 0.1 * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+    return {"A": A, "y": y}, x
+
+
 ORACLES = {   # program: (output compared, one seeded problem)
     "gd_least_squares": ("w", _lstsq), "ridge_newton_schulz": ("w", _ridge),
     "cubic_newton_schulz": ("X", _inverse), "newton_schulz_sign": ("X", _sign),
     "newton_schulz_sqrt": ("R", _sqrt), "gd_logistic": ("x", _logistic),
     "ista_lasso": ("x", _lasso), "fista_elastic_net": ("x", _elastic_net),
-    "huber_irls": ("x", _huber), "jacobi": ("x", _jacobi), "softmax_regression": ("W", _softmax),
+    "huber_irls": ("x", _huber), "adam_least_squares": ("x", _adam), "jacobi": ("x", _jacobi), "softmax_regression": ("W", _softmax),
 }
 
 
@@ -349,7 +360,8 @@ CLAIMS: list = [
                      "cubic_newton_schulz", "newton_schulz_sign", "newton_schulz_sqrt",
                      "gd_logistic", "ista_lasso", "jacobi", "conjugate_gradient",
                      "power_iteration", "softmax_regression", "gram_schmidt_qr", "lanczos", "sor",
-                     "kaczmarz", "expm", "denman_beavers", "fista_elastic_net", "huber_irls")
+                     "kaczmarz", "expm", "denman_beavers", "fista_elastic_net", "huber_irls",
+                     "adam_least_squares")
       for c in library_row(name)],
     *library_row("sinkhorn", iters=3),           # the row's "3 iterations unrolled"
     *shared_rows("README.md", "unrolled layers"),

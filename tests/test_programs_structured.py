@@ -1,26 +1,26 @@
 """The programs written with indexing, slicing, stack, tril/triu and M * I (gram_schmidt_qr,
 lanczos, sor, kaczmarz, expm, denman_beavers), and the newer library programs
-(fista_elastic_net, huber_irls): each against its numpy/scipy/scikit-learn oracle and the
+(fista_elastic_net, huber_irls, adam_least_squares): each against its numpy/scipy/scikit-learn oracle and the
 interpreter, with the README row (layers, width, widest MLP) asserted exactly."""
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.linalg
 
+import library_builds
 import tcompile
 from arrays import rel
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@lru_cache(maxsize=None)
 def build(name: str):
-    """The default build and its README numbers (built once per test session)."""
-    prog = tcompile.compile_file(ROOT / "programs" / f"{name}.tp")
+    """The default build and its README numbers (built once per test session, shared with
+    test_docs_numbers.py)."""
+    prog = library_builds.build(name)
     rep = prog.report
     return prog, (rep["layers"], rep["width"], rep["mlp_hidden_max"])
 
@@ -235,8 +235,56 @@ def test_huber_irls_matches_numpy_irls_and_scipy():
         assert rel(out[k], ref[k]) <= 1e-13
 
 
+def adam_numpy(A, y, steps=10, lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8):
+    """Adam as Kingma & Ba write it (and torch.optim.Adam computes it), in numpy float64, on
+    f(x) = ||A x - y||^2 / (2n) from x = 0; also returns the smallest bias-corrected second
+    moment it met (the program floors it at 1e-12)."""
+    n, d = A.shape
+    S, b = A.T @ A / n, A.T @ y / n
+    x, m, v, smallest = np.zeros(d), np.zeros(d), np.zeros(d), np.inf
+    for t in range(1, steps + 1):
+        g = S @ x - b
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+        vhat = v / (1 - beta2 ** t)
+        smallest = min(smallest, vhat.min())
+        x = x - lr * (m / (1 - beta1 ** t)) / (np.sqrt(vhat) + eps)
+    return x, smallest
+
+
+def test_adam_least_squares_matches_numpy_adam_of_the_same_steps():
+    """1 / (sqrt(vhat) + eps) by coarse seeds (tol rel 1e-3) refined by Newton steps whose
+    products are exact heads: the compiled Adam is numpy's to ~1e-12 relative (the target was
+    1e-8), with the floor on vhat inactive on this data."""
+    prog, row = build("adam_least_squares")
+    assert row == (182, 64, 896)
+    rng = np.random.default_rng(8)
+    A = rng.standard_normal((4, 40, 4))
+    A /= np.linalg.norm(A, axis=2, keepdims=True)
+    y = np.clip(np.einsum("bnd,bd->bn", A, rng.standard_normal((4, 4)))
+                + 0.1 * rng.standard_normal((4, 40)), -3, 3)
+    out = prog.run(A=A, y=y)["x"]
+    ref = interpret("adam_least_squares", A=A, y=y)["x"]
+    for k in range(4):
+        want, smallest = adam_numpy(A[k], y[k])
+        assert smallest > 1e-12
+        assert rel(out[k], want) <= 1e-11
+        assert rel(ref[k], want) <= 1e-14
+    import torch                                  # and torch's own Adam, the same steps
+    for k in range(2):
+        S, b = A[k].T @ A[k] / 40, A[k].T @ y[k] / 40
+        xt = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.Adam([xt], lr=0.1, betas=(0.9, 0.999), eps=1e-8)
+        for _ in range(10):
+            opt.zero_grad()
+            xt.grad = torch.from_numpy(S @ xt.detach().numpy() - b)
+            opt.step()
+        assert rel(out[k], xt.detach().numpy()) <= 1e-11
+
+
 @pytest.mark.parametrize("name", ["gram_schmidt_qr", "lanczos", "sor", "kaczmarz", "expm",
-                                  "denman_beavers", "fista_elastic_net", "huber_irls"])
+                                  "denman_beavers", "fista_elastic_net", "huber_irls",
+                                  "adam_least_squares"])
 def test_the_readme_row_is_the_build(name):
     """README's row: layers first in the second column, then 'WIDTH at d = ...' and the widest
     MLP (or 'no MLP') in the third."""
