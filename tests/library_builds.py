@@ -12,6 +12,11 @@ import tcompile
 PROGRAMS = Path(__file__).resolve().parents[1] / "programs"
 
 
-@functools.lru_cache(maxsize=None)
 def build(name: str, loops: str = "unrolled", **params):
-    return tcompile.compile_file(PROGRAMS / f"{name}.tp", params=params or None, loops=loops)
+    return _build(name, loops, tuple(sorted(params.items())))
+
+
+@functools.lru_cache(maxsize=None)
+def _build(name: str, loops: str, params: tuple):
+    """One key per build however it is asked for (build(name) and build(name, "unrolled"))."""
+    return tcompile.compile_file(PROGRAMS / f"{name}.tp", params=dict(params) or None, loops=loops)

@@ -174,12 +174,23 @@ def _adam(rng):
     return {"A": A, "y": y}, x
 
 
+def _poisson(rng):
+    from sklearn.linear_model import PoissonRegressor
+    A = _unit_rows(rng, 40, 4)
+    x_true = rng.standard_normal(4)
+    y = np.minimum(rng.poisson(np.exp(A @ (x_true / max(1.0, np.linalg.norm(x_true))))), 4)
+    y = y.astype(float)
+    return {"A": A, "y": y}, PoissonRegressor(alpha=1.0, fit_intercept=False, tol=1e-14,
+                                              solver="newton-cholesky", max_iter=1000).fit(A, y).coef_
+
+
 ORACLES = {   # program: (output compared, one seeded problem)
     "gd_least_squares": ("w", _lstsq), "ridge_newton_schulz": ("w", _ridge),
     "cubic_newton_schulz": ("X", _inverse), "newton_schulz_sign": ("X", _sign),
     "newton_schulz_sqrt": ("R", _sqrt), "gd_logistic": ("x", _logistic),
     "ista_lasso": ("x", _lasso), "fista_elastic_net": ("x", _elastic_net),
-    "huber_irls": ("x", _huber), "adam_least_squares": ("x", _adam), "jacobi": ("x", _jacobi), "softmax_regression": ("W", _softmax),
+    "huber_irls": ("x", _huber), "adam_least_squares": ("x", _adam),
+    "poisson_newton": ("x", _poisson), "jacobi": ("x", _jacobi), "softmax_regression": ("W", _softmax),
 }
 
 
@@ -361,7 +372,7 @@ CLAIMS: list = [
                      "gd_logistic", "ista_lasso", "jacobi", "conjugate_gradient",
                      "power_iteration", "softmax_regression", "gram_schmidt_qr", "lanczos", "sor",
                      "kaczmarz", "expm", "denman_beavers", "fista_elastic_net", "huber_irls",
-                     "adam_least_squares")
+                     "adam_least_squares", "poisson_newton")
       for c in library_row(name)],
     *library_row("sinkhorn", iters=3),           # the row's "3 iterations unrolled"
     *shared_rows("README.md", "unrolled layers"),

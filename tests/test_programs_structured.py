@@ -1,6 +1,6 @@
 """The programs written with indexing, slicing, stack, tril/triu and M * I (gram_schmidt_qr,
 lanczos, sor, kaczmarz, expm, denman_beavers), and the newer library programs
-(fista_elastic_net, huber_irls, adam_least_squares): each against its numpy/scipy/scikit-learn oracle and the
+(fista_elastic_net, huber_irls, adam_least_squares, poisson_newton): each against its numpy/scipy/scikit-learn oracle and the
 interpreter, with the README row (layers, width, widest MLP) asserted exactly."""
 from __future__ import annotations
 
@@ -282,9 +282,38 @@ def test_adam_least_squares_matches_numpy_adam_of_the_same_steps():
         assert rel(out[k], xt.detach().numpy()) <= 1e-11
 
 
+def poisson_problem(rng, n=40, d=4):
+    """Rows of norm <= 1, Poisson counts of rates exp(a_i^T x_true) (||x_true|| <= 1), capped
+    at the declared 4."""
+    A = rng.standard_normal((n, d))
+    A /= np.linalg.norm(A, axis=1, keepdims=True)
+    x_true = rng.standard_normal(d)
+    x_true /= max(1.0, np.linalg.norm(x_true))
+    return A, np.minimum(rng.poisson(np.exp(A @ x_true)), 4).astype(float)
+
+
+def test_poisson_newton_matches_sklearn_poisson_regressor():
+    """sklearn's PoissonRegressor(alpha=1, fit_intercept=False) minimises the same objective
+    (newton-cholesky to tol 1e-14); the compiled model's error is its exp fit's (tol rel 3e-8),
+    the interpreter's is rounding."""
+    from sklearn.linear_model import PoissonRegressor
+    prog, row = build("poisson_newton")
+    assert row == (33, 24, 4870)
+    rng = np.random.default_rng(9)
+    problems = [poisson_problem(rng) for _ in range(4)]
+    A, y = np.stack([p[0] for p in problems]), np.stack([p[1] for p in problems])
+    out = prog.run(A=A, y=y)["x"]
+    ref = interpret("poisson_newton", A=A, y=y)["x"]
+    for k, (Ak, yk) in enumerate(problems):
+        want = PoissonRegressor(alpha=1.0, fit_intercept=False, solver="newton-cholesky",
+                                tol=1e-14, max_iter=1000).fit(Ak, yk).coef_
+        assert rel(out[k], want) <= 3e-8
+        assert rel(ref[k], want) <= 1e-12
+
+
 @pytest.mark.parametrize("name", ["gram_schmidt_qr", "lanczos", "sor", "kaczmarz", "expm",
                                   "denman_beavers", "fista_elastic_net", "huber_irls",
-                                  "adam_least_squares"])
+                                  "adam_least_squares", "poisson_newton"])
 def test_the_readme_row_is_the_build(name):
     """README's row: layers first in the second column, then 'WIDTH at d = ...' and the widest
     MLP (or 'no MLP') in the third."""
