@@ -257,7 +257,7 @@ def test_adam_least_squares_matches_numpy_adam_of_the_same_steps():
     products are exact heads: the compiled Adam is numpy's to ~1e-12 relative (the target was
     1e-8), with the floor on vhat inactive on this data."""
     prog, row = build("adam_least_squares")
-    assert row == (182, 64, 896)
+    assert row == (180, 67, 896)
     rng = np.random.default_rng(8)
     A = rng.standard_normal((4, 40, 4))
     A /= np.linalg.norm(A, axis=2, keepdims=True)
