@@ -46,6 +46,15 @@ class Allocation:
     slots: dict[Pair, Slot] = field(default_factory=dict)
     clear_terms: dict[int, list] = field(default_factory=dict)   # MLP sublayer → (old, row idx, new)
     width: int = 0
+    wide: dict[int, bool] = field(default_factory=dict, repr=False)   # _is_wide's answers
+
+
+def _is_wide(al: "Allocation", a: int) -> bool:
+    """_wide(al.atoms, a), asked once per atom (the table does not change while rows are
+    allocated; the allocator asks for every free row of every block)."""
+    if a not in al.wide:
+        al.wide[a] = _wide(al.atoms, a)
+    return al.wide[a]
 
 
 def identity_sizes(atoms: AtomTable, s: Schedule) -> tuple[int, int]:
@@ -142,7 +151,7 @@ def _choose_rows(al: Allocation, p: Pair, occupant, last, identity_size: int) ->
     # rows change hands between a sensitive value and another only where an MLP can clear
     # them exactly first
     free = [r for r in free if occupant[r] is None
-            or not (_wide(al.atoms, occupant[r][0]) or _wide(al.atoms, p[0]))
+            or not (_is_wide(al, occupant[r][0]) or _is_wide(al, p[0]))
             or _clearing_mlp(al, occupant[r], t, last) is not None]
     free.sort(key=lambda r: (occupant[r] is not None, r))
     return free[:need]
@@ -177,7 +186,7 @@ def _subtract_previous(al: Allocation, p: Pair, rows: list[int], occupant) -> No
         return
     t = al.write_time[p]
     for q in list(olds):
-        sensitive = _wide(al.atoms, q[0]) or _wide(al.atoms, p[0])
+        sensitive = _is_wide(al, q[0]) or _is_wide(al, p[0])
         m = _clearing_mlp(al, q, t, {q: al.slots[q].last_read}) if sensitive else None
         in_place = _role(al.atoms[p[0]]) == _role(al.atoms[q[0]]) and any(
             term.real.x == Operand("atom", q[0], q[1]) for term in al.terms.get(p, []))
