@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..runtime.sparse import SparseMatrix
 from .naming import assignment_lines, block_name
 
 
@@ -53,10 +54,25 @@ def _nonzero(mat: np.ndarray, axis: int) -> np.ndarray:
     return np.flatnonzero(np.any(mat != 0, axis=axis))
 
 
-def layer_units(prog, L: int) -> list[Unit]:
-    """The heads and the MLP of layer L (0-based), with what each reads and writes."""
+def _lines(w, name: str, axis: int) -> np.ndarray:
+    """_nonzero of the layer's matrix `name`, from its nonzeros where it is held as such (an
+    MLP's W_1, W_2: the card need not build sinkhorn's 1.1 GB of dense MLP weights)."""
+    held = w.matrix(name) if hasattr(w, "matrix") else getattr(w, name)
+    if not isinstance(held, SparseMatrix):
+        return _nonzero(held, axis)
+    cols = held.shape[1]
+    return np.unique(held.index % cols if axis == 0 else held.index // cols)
+
+
+def layer_units(prog, L: int, owners: dict | None = None) -> list[Unit]:
+    """The heads and the MLP of layer L (0-based), with what each reads and writes
+    (`owners`: _owners by sublayer, kept across the layers of all_units)."""
     w, lay = prog.layers[L], prog.layout
-    before, mid, after = _owners(lay, 2 * L), _owners(lay, 2 * L + 1), _owners(lay, 2 * L + 2)
+    owners = {} if owners is None else owners
+    for t in (2 * L, 2 * L + 1, 2 * L + 2):
+        if t not in owners:
+            owners[t] = _owners(lay, t)
+    before, mid, after = owners[2 * L], owners[2 * L + 1], owners[2 * L + 2]
     units = []
     for h in range(w.heads):
         read_rows = np.union1d(np.union1d(_nonzero(w.W_K[h], 0), _nonzero(w.W_Q[h], 0)),
@@ -64,13 +80,14 @@ def layer_units(prog, L: int) -> list[Unit]:
         units.append(Unit(f"head {h}", _keys(read_rows, before), _keys(_nonzero(w.W_V[h], 1), mid),
                           f"dk {w.dk}"))
     if w.mlp_hidden:
-        units.append(Unit("MLP", _keys(_nonzero(w.W_1, 0), mid), _keys(_nonzero(w.W_2, 1), after),
+        units.append(Unit("MLP", _keys(_lines(w, "W_1", 0), mid), _keys(_lines(w, "W_2", 1), after),
                           f"{w.mlp_hidden:,} ReLUs"))
     return units
 
 
 def all_units(prog) -> list[list[Unit]]:
-    return [layer_units(prog, L) for L in range(prog.n_layers)]
+    owners: dict = {}
+    return [layer_units(prog, L, owners) for L in range(prog.n_layers)]
 
 
 def display_names(prog, units: list[list[Unit]] | None = None) -> dict[str, str]:
