@@ -133,13 +133,26 @@ def watch_module(prog, module, enabled: bool = True):
             h.remove()
 
 
+def observe(reads, seen: list) -> None:
+    """(check, tensor) pairs → (check, aminmax) appended to `seen`, one reduction per tensor:
+    checks of the same block at the same point (two pieces fitted on one variable) read the
+    same tensor and share its reduction."""
+    import torch
+    done: dict = {}
+    for i, x in reads:
+        if id(x) not in done:
+            done[id(x)] = (x, torch.aminmax(x))      # x kept: its id is not reused meanwhile
+        seen.append((i, done[id(x)][1]))
+
+
 def settle(seen: list) -> dict[int, tuple[float, float]]:
     """(check, (min tensor, max tensor)) pairs → check → (min, max) in floats, one transfer."""
     if not seen:
         return {}
     import torch
-    vals = torch.stack([torch.stack([mm[0], mm[1]]) for _, mm in seen]).double().cpu().tolist()
-    return merge((i, lo, hi) for (i, _), (lo, hi) in zip(seen, vals))
+    vals = torch.stack([x for _, mm in seen for x in mm]).double().cpu().tolist()    # one call
+    return merge((i, vals[2 * k], vals[2 * k + 1]) for k, (i, _) in enumerate(seen))
 
 
-__all__ = ["MODES", "check_mode", "outside", "merge", "enforce", "watch_module", "settle"]
+__all__ = ["MODES", "check_mode", "outside", "merge", "enforce", "watch_module", "observe",
+           "settle"]

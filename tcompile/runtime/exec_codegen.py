@@ -17,7 +17,9 @@ and `trace` writes them out as the body of a Python function:
 f·: the functions called (torch.bmm, Tensor.add_, ...), c·: everything else they were given
 (weights, index tensors, slices, sizes, scalars), bound once as the function's globals.
 Calls that return no tensor (shape queries) were only the plan deciding something; their
-answers are already in the recorded arguments, so they are not replayed. Tensors are told
+answers are already in the recorded arguments, so they are not replayed; nor are views of
+constants only (a weight's rows, a constant slot broadcast), which are constants themselves,
+taken once while tracing and bound as globals. Tensors are told
 apart by identity while they live (a freed tensor's variable is forgotten, its id may come
 back), and lines are written as the calls happen, so tracing frees memory as a plain run does.
 
@@ -101,6 +103,9 @@ class _Writer(TorchFunctionMode):
         parts = [self.arg(a) for a in args] + [f"{k}={self.arg(v)}" for k, v in kwargs.items()]
         call = f"{self.funcs[fk]}({', '.join(parts)})"
         lines = self.lines
+        if isinstance(out, torch.Tensor) and _is_view(func, args, kwargs) and \
+                not any(id(a) in self.names for a in _tensors(args)):
+            return out        # a view of constants is a constant: taken once, here (a global)
         if isinstance(out, torch.Tensor) and _is_view(func, args, kwargs):
             if call in self.views:               # the same view of the same tensor: reuse it
                 self.name(out, self.views[call])
@@ -206,6 +211,14 @@ def _plain(a) -> bool:
     if isinstance(a, float):
         return a == a and a not in (float("inf"), float("-inf"))
     return True
+
+
+def _tensors(args):
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            yield a
+        elif isinstance(a, (list, tuple)):
+            yield from _tensors(a)
 
 
 def _has_tensor(x) -> bool:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .codec import in_shape
+from .domain_guard import observe
 from .exec_codegen import NotTraceable, trace
 from .exec_ops import ReadOp, fit
 from .exec_plan import Occupancy, concrete, initial_occupancy
@@ -329,8 +330,7 @@ class LoopRunner:
         return self._held_keys[id(s)]
 
     def _watch(self, s: LayerStep, state, like, seen: list) -> None:
-        for c, rd in self.watches.get(id(s), ()):
-            seen.append((c, torch.aminmax(rd(state, like))))
+        observe(((c, rd(state, like)) for c, rd in self.watches.get(id(s), ())), seen)
 
     def _halting_loop(self, s: LoopStep, state, counts, like, h: Halting) -> None:
         """The loop with a test between applications; the bookkeeping is numpy (B flags, one

@@ -41,7 +41,7 @@ from .exec_codegen import NotTraceable, trace
 from .exec_ops import HeadOp, MlpOp, ReadOp, baddbmm, fit
 from .exec_plan import concrete, initial_occupancy, sub_read
 from .exec_sublayers import HeadSpec, SublayerPlan, plan_program
-from .domain_guard import settle
+from .domain_guard import observe, settle
 from .layout import Block, Layout
 from .model import exact_float32
 from .weights import LayerWeights
@@ -355,8 +355,7 @@ class Watch:
 
 def _watch(reads: list, state: dict, like, seen: list) -> None:
     """Each watched block's (min, max), one reduction per check, kept as tensors (no sync)."""
-    for i, rd in reads:
-        seen.append((i, torch.aminmax(rd(state, like))))
+    observe(((i, rd(state, like)) for i, rd in reads), seen)
 
 
 TRACES_KEPT = 8     # generated forward functions kept per executor (one per input shapes)
