@@ -13,6 +13,8 @@ batch size B, in float64 and float32:
   and of the direct torch iteration (bench/direct_reference.py: bmm/baddbmm, buffers allocated
   beforehand, no loop over problems), warm-up first, median and spread (min, max) over
   repeats, `torch.cuda.synchronize()` around each run on CUDA;
+* `aten_calls`: aten operations per forward of structured, guarded and direct (a
+  TorchDispatchMode counter; deterministic, where timings on a loaded machine are not);
 * the direct iteration against the float64 interpreter on the batch's first problem
   (`rel_diff_direct_vs_interpreter`: the reference computes the program);
 * with --torch-compile, also `executor="compiled"` (torch.compile of the structured
@@ -47,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -141,6 +144,25 @@ def rel_diff(out: dict, ref: dict) -> float:
         den = np.max(np.abs(r), axis=axes)
         worst = max(worst, float(np.max(num / np.where(den > 0, den, 1.0))))
     return worst
+
+
+class _Count(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+def aten_calls(fn) -> int:
+    """aten operations one call of fn dispatches (after a first call: the generated code's
+    forward, not its tracing): a deterministic proxy for time where the machine is loaded."""
+    fn()
+    with _Count() as c:
+        fn()
+    return c.n
 
 
 def to_numpy(out: dict) -> dict:
@@ -255,7 +277,8 @@ def bench(args) -> dict:
                 rec = {"program": name, "d": d, "n": c["n"], "batch": B, "dtype": dt_name,
                        "device": device, "compile_s": c["compile_s"], **card_of(prog),
                        "module_gflop": gflop,
-                       "rel_diff_structured_vs_direct": rel_diff(out_s, to_numpy(c["f_direct"]()))}
+                       "rel_diff_structured_vs_direct": rel_diff(out_s, to_numpy(c["f_direct"]())),
+                       "aten_calls": {k: aten_calls(c[f"f_{k}"]) for k in ("structured", "guarded", "direct")}}
                 if dt_name == "float64":           # the reference computes the program
                     rec["rel_diff_direct_vs_interpreter"] = check_against_interpreter(
                         name, ROOT / "programs" / f"{name}.tp", c["params"], c["inputs"])
