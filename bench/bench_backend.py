@@ -13,6 +13,10 @@ batch size B, in float64 and float32:
   and of the direct torch iteration (bench/direct_reference.py: bmm/baddbmm, buffers allocated
   beforehand, no loop over problems), warm-up first, median and spread (min, max) over
   repeats, `torch.cuda.synchronize()` around each run on CUDA;
+* `cpu_min_s` beside each side's wall-clock times: the least CPU time of the timing thread
+  over the repeats (`time.thread_time`: time descheduled by other processes is not counted,
+  which on a loaded machine makes it steadier than wall-clock minima; cache and memory
+  contention still count), and `ratio_<side>_of_cpu_min`;
 * `aten_calls`: aten operations per forward of structured, guarded and direct (a
   TorchDispatchMode counter; deterministic, where timings on a loaded machine are not);
 * the direct iteration against the float64 interpreter on the batch's first problem
@@ -109,6 +113,7 @@ class Timing:
     def __init__(self, fns: dict, device: str):
         self.fns, self.device = fns, device
         self.samples = {k: [] for k in fns}
+        self.cpu = {k: [] for k in fns}          # the thread's CPU time (CPU devices)
 
     def warm_up(self):
         for f in self.fns.values():
@@ -118,7 +123,9 @@ class Timing:
         t_end = time.perf_counter() + budget_s
         for _ in range(max_reps):
             for k, f in self.fns.items():
+                c0 = time.thread_time()
                 self.samples[k].append(timed(f, self.device))
+                self.cpu[k].append(time.thread_time() - c0)
             if time.perf_counter() >= t_end:
                 break
 
@@ -126,7 +133,7 @@ class Timing:
         out = {}
         for k, ts in self.samples.items():
             out[k] = {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts),
-                      "repeats": len(ts)}
+                      "repeats": len(ts), "cpu_min_s": min(self.cpu[k])}
         return out
 
 
@@ -312,7 +319,9 @@ def bench(args) -> dict:
             if side != "direct":
                 rec[f"ratio_{side}"] = res[side]["median_s"] / res["direct"]["median_s"]
                 rec[f"ratio_{side}_of_min"] = res[side]["min_s"] / res["direct"]["min_s"]
+                rec[f"ratio_{side}_of_cpu_min"] = res[side]["cpu_min_s"] / res["direct"]["cpu_min_s"]
         rec["guard_overhead"] = res["guarded"]["median_s"] / res["structured"]["median_s"] - 1
+        rec["guard_overhead_cpu_min"] = res["guarded"]["cpu_min_s"] / res["structured"]["cpu_min_s"] - 1
         records.append(rec)
     return {"records": records, "skipped": skipped}
 
