@@ -4,7 +4,6 @@ on `device`, the table passes sized for it, the generated code, the domain guard
 the float64 module on the CPU (≤ 1e-13 in float64, float32 accuracy in float32)."""
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import builds
 import tcompile
 from arrays import rel
 from tcompile.errors import DomainError
@@ -30,9 +30,8 @@ if DEVICE.startswith("cuda") and not torch.cuda.is_available():
     pytest.skip("TCOMPILE_TEST_DEVICE=cuda but no CUDA device", allow_module_level=True)
 
 
-@functools.lru_cache(maxsize=None)
 def compiled(name: str, params: tuple):
-    return tcompile.compile_file(ROOT / "programs" / f"{name}.tp", params=dict(params))
+    return builds.build(name, dict(params))
 
 
 def module_cpu(prog, inputs: dict) -> dict:

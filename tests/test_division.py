@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import builds
 import tcompile
 from tcompile.compiler import refine
 from tcompile.compiler.approx import power_relative
@@ -216,7 +217,7 @@ def rel(w, ref):
 
 @pytest.fixture(scope="module")
 def cg():
-    return tcompile.compile_file("programs/conjugate_gradient.tp")
+    return builds.build("conjugate_gradient")
 
 
 def test_conjugate_gradient_meets_issue_11(cg):
@@ -274,7 +275,7 @@ def test_conjugate_gradient_survives_early_convergence(cg):
 
 
 def test_power_iteration_matches_numpy_eigh():
-    prog = tcompile.compile_file("programs/power_iteration.tp")
+    prog = builds.build("power_iteration")
     rep = prog.report
     assert (rep["layers"], rep["width"], rep["mlp_hidden_max"]) == (283, 21, 290)
     rng = np.random.default_rng(3)

@@ -27,14 +27,18 @@ from typing import Callable
 import numpy as np
 import pytest
 
+import builds
 import tcompile
-from library_builds import build      # cached per session, shared with test_programs_structured
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRAMS = ROOT / "programs"
 
 
 # ---- measurements (cached: several claims read one build) ----------------------------------
+
+def build(name: str, loops: str = "unrolled", **params):
+    """The session's build (tests/builds.py), shared with test_programs_structured's oracles."""
+    return builds.build(name, params, loops=loops)
 
 
 def report(name: str, loops: str = "unrolled", **params) -> dict:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import builds
 import tcompile
 from cli_in_process import run_in_process
 from tcompile.errors import DomainError, InputError, TcompileError
@@ -84,7 +85,7 @@ def test_one_bad_problem_in_a_batch_is_caught(cg_narrow):
 def test_structured_ranges_equal_check_domains():
     """The executor's watched ranges are the ranges check_domains reads from the module."""
     params = {"d": 3, "steps": 2, "inv_steps": 3}
-    prog = tcompile.compile_file(ROOT / "programs" / "newton_logistic.tp", params)
+    prog = builds.build("newton_logistic", params)
     inputs = sample_inputs(prog.program, params, n=10, batch=4, seed=5)
     _, ranges = executor_for(prog, "structured").run_watched(prog.prepare_inputs(inputs))
     rows = prog.check_domains(**inputs)

@@ -6,14 +6,12 @@ interpreter, and Sinkhorn against a float64 numpy Sinkhorn of the same iteration
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
+import builds
 import tcompile
 from tcompile.language.parser import parse_source
 
-PROGRAMS = Path(__file__).resolve().parents[1] / "programs"
 
 PRODUCTS = """program products
 dim k = 4
@@ -75,7 +73,7 @@ def numpy_sinkhorn(K, b, iters):
 def test_sinkhorn_has_no_fitted_product_and_matches_numpy():
     """n = 32 sources, k = 8 targets, 3 iterations unrolled (the default 50 are for a shared
     build): 12 layers per iteration, every product a head."""
-    prog = tcompile.compile_file(PROGRAMS / "sinkhorn.tp", params={"iters": 3})
+    prog = builds.build("sinkhorn", {"iters": 3})
     assert (prog.report["layers"], prog.report["width"]) == (37, 82)
     assert not any(a["name"].startswith("(u+v)^2") for a in prog.report["approximations"])
     worst = 0.0

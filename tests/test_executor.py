@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import builds
 import tcompile
 from arrays import rel
 from tcompile.errors import InputError
@@ -47,7 +48,7 @@ def module_outputs(prog, inputs: dict, dtype=torch.float64) -> dict:
 
 @pytest.mark.parametrize("name,params,n", SHIPPED, ids=[s[0] for s in SHIPPED])
 def test_shipped_structured_equals_module_and_interpreter(name, params, n):
-    prog = tcompile.compile_file(PROGRAMS / f"{name}.tp", params=params)
+    prog = builds.build(name, params)
     batch = sample_inputs(prog.program, params, n=n or 16, batch=5, seed=1)
     got = prog.run(**batch)                                    # the default executor
     ref = module_outputs(prog, batch)
@@ -67,7 +68,7 @@ def test_logistic_runs_its_sigmoid_as_a_table_and_its_products_as_tables():
     """The agreement above covers the table path: the sigmoid piece and the product pieces of
     newton_logistic are evaluated as tables, not ReLUs."""
     name, params, n = SHIPPED[2]
-    prog = tcompile.compile_file(PROGRAMS / f"{name}.tp", params=params)
+    prog = builds.build(name, params)
     ex = StructuredExecutor(prog.layers, prog.layout)
     kinds = [op.kind for sub in ex.resolved(n).sublayers for op in sub.ops if hasattr(op, "kind")]
     assert kinds.count("table") >= 3 * params["steps"]

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+import builds
 import tcompile
 from arrays import rel
 from cli_in_process import run_in_process
@@ -34,7 +35,7 @@ RTOL = 1e-12
 @pytest.fixture(scope="module", params=SHIPPED, ids=[s[0] for s in SHIPPED])
 def case(request):
     name, params, n = request.param
-    prog = tcompile.compile_file(ROOT / "programs" / f"{name}.tp", params=params)
+    prog = builds.build(name, params)
     inputs = sample_inputs(prog.program, params, n=n or prog.layout.min_tokens, batch=3, seed=1)
     prepared = prog.prepare_inputs(inputs)
     want = interpreter_assignments(prog.program, prog.info.float_params(), prepared.arrays,
@@ -229,7 +230,7 @@ def test_rotated_run_guards_domains_like_the_original():
     from tcompile.errors import DomainError
     from tcompile.runtime.domain_guard import merge
     name, params, n = SHIPPED[2]
-    prog = tcompile.compile_file(ROOT / "programs" / f"{name}.tp", params=params)
+    prog = builds.build(name, params)
     inputs = sample_inputs(prog.program, params, n=n, batch=2, seed=3)
     rot = prog.rotated(4)
     rot.run(**inputs)

@@ -5,19 +5,15 @@ oracle with the bound each program's header derives.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import scipy.linalg
 
-import tcompile
-
-PROGRAMS = Path(__file__).resolve().parents[1] / "programs"
+import builds
 
 
 def build(name: str, **params):
-    return tcompile.compile_file(PROGRAMS / f"{name}.tp", params=params or None)
+    return builds.build(name, params)
 
 
 def unit_rows(rng, n: int, d: int) -> np.ndarray:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-import library_builds
+import builds
 import tcompile
 from arrays import rel
 
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def build(name: str):
     """The default build and its README numbers (built once per test session, shared with
     test_docs_numbers.py)."""
-    prog = library_builds.build(name)
+    prog = builds.build(name)
     rep = prog.report
     return prog, (rep["layers"], rep["width"], rep["mlp_hidden_max"])
 
