@@ -1,7 +1,6 @@
 """PL approximations: accuracy on an independent grid, the ReLU form, exactness, neuron counts
 (the DESIGN §5 promises), and domain errors."""
 import functools
-import time
 
 import numpy as np
 import pytest
@@ -158,10 +157,21 @@ def test_design_neuron_counts(name, f, lo, hi, tol, bound, bound_interp):
         assert np.max(np.abs(p(x) - (f or REFERENCE[name])(x))) <= tol
 
 
-def test_sigmoid_small_tol_is_fast():
-    t0 = time.perf_counter()
+def test_sigmoid_small_tol_search_work_is_bounded(monkeypatch):
+    """The knot search stays cheap at a small tolerance, measured as work (how often and on how
+    many points it evaluates f), not as time: a timed assertion fails on a loaded machine.
+    Its wall time is in bench/ (bench_build.py)."""
+    calls, points = [0], [0]
+    sigmoid = FUNCTIONS["sigmoid"]
+
+    def counted(x):
+        calls[0] += 1
+        points[0] += np.size(x)
+        return sigmoid(x)
+    monkeypatch.setitem(FUNCTIONS, "sigmoid", counted)
     p = approximate("sigmoid", -14.5, 14.5, 1e-6)
-    assert time.perf_counter() - t0 < 1.0 and p.neurons <= 620
+    assert p.neurons <= 620
+    assert calls[0] <= 1600 and points[0] <= 460_000  # 1,266 and 362,645 as built, (calls[0], points[0])
     assert approximate("sigmoid", -10, 10, 1e-3).neurons <= 35
 
 
