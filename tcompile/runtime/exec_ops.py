@@ -426,7 +426,9 @@ class _Tables:
         are the grid's."""
         T, O = self.T, self.O
         if self.grid is None or N < SEARCH_BELOW:
-            k = torch.searchsorted(self.bp, s if T == 1 else s.view(T, N), out_int32=True)
+            # searchsorted copies a strided input itself, with a UserWarning: copy it here
+            k = torch.searchsorted(self.bp, s.contiguous() if T == 1 else s.view(T, N),
+                                   out_int32=True)
             if self.s_off is not None:
                 k = torch.add(k, self.s_off)
             return (k if k.dim() == 1 else k.view(-1)), False
