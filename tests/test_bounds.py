@@ -34,6 +34,20 @@ w = 0.1 / (max(abs(y - z), 0.1)) on [0.1, 6]
 """
 
 
+def assigned_types(prog) -> dict:
+    """The type (with its interval) the checker gives each assigned variable, read by walking
+    the program with the checker's own Walker (the last assignment of a name wins)."""
+    from tcompile.language.checker import Walker, resolve_params
+    seen = {}
+
+    class Spy(Walker):
+        def _assign(self, stmt, env):
+            super()._assign(stmt, env)
+            seen[stmt.target] = env[stmt.target].ty
+    Spy(prog, resolve_params(prog)).run()
+    return seen
+
+
 def _interpret(src, **inputs):
     return tcompile.interpret_program(parse_source(src), None, **inputs)
 
@@ -110,8 +124,6 @@ def test_a_bound_on_a_divisor_is_the_division_domain_and_a_trailing_tol_the_stat
     ("(x) on [0, 3]", 0.0, 1.0),            # the user's bound, met with the input's
 ])
 def test_the_checker_bounds_what_flows_through_exact_functions(expr, lo, hi):
-    from tcompile.language.checker import Walker, resolve_params
-    from tcompile.language import ast
     src = f"""program p
 input A : [n, 3] in [-1, 1]
 input M : [3] in [-2, 2]
@@ -120,13 +132,7 @@ output r
 r = {expr}
 """
     prog = parse_source(src)
-    seen = {}
-
-    class Spy(Walker):
-        def _assign(self, stmt, env):
-            super()._assign(stmt, env)
-            seen[stmt.target] = env[stmt.target].ty
-    Spy(prog, resolve_params(prog)).run()
+    seen = assigned_types(prog)
     assert (seen["r"].lo, seen["r"].hi) == (lo, hi)
 
 
@@ -218,17 +224,10 @@ def test_a_product_of_a_value_with_itself_is_bounded_like_its_square(lo, hi, bod
     read twice, or the same text) they are bounded as its power, exactly — [0, 4] for g * g
     with g in [-2, 2], not the [-4, 4] of two independent factors — and other factors as
     independent values."""
-    from tcompile.language.checker import Walker, resolve_params
     src = ("program p\ninput x : [n]\noutput r\n"
            + body.replace("LO", repr(lo)).replace("HI", repr(hi)) + "\n")
     prog = parse_source(src)
-    seen = {}
-
-    class Spy(Walker):
-        def _assign(self, stmt, env):
-            super()._assign(stmt, env)
-            seen[stmt.target] = env[stmt.target].ty
-    Spy(prog, resolve_params(prog)).run()
+    seen = assigned_types(prog)
     grid = np.unique(np.concatenate([np.linspace(lo - 1, hi + 1, 4001), [lo, hi, 0.0, -1.0]]))
     r = tcompile.interpret_program(prog, None, x=grid)["r"]
     got = (seen["r"].lo, seen["r"].hi)

@@ -29,6 +29,12 @@ def interpret(name: str, **inputs):
     return tcompile.interpret(ROOT / "programs" / f"{name}.tp", None, **inputs)
 
 
+def compiled_and_interpreted(prog, name: str, problems: list) -> tuple:
+    """x of the compiled program and of the interpreter on the problems (A, y), batched."""
+    A, y = np.stack([p[0] for p in problems]), np.stack([p[1] for p in problems])
+    return prog.run(A=A, y=y)["x"], interpret(name, A=A, y=y)["x"]
+
+
 def test_gram_schmidt_qr_matches_numpy_qr():
     prog, row = build("gram_schmidt_qr")
     assert row == (28, 23, 82)
@@ -225,9 +231,7 @@ def test_huber_irls_matches_numpy_irls_and_scipy():
     assert row == (120, 24, 608)
     rng = np.random.default_rng(7)
     problems = [huber_problem(rng) for _ in range(4)]
-    A, y = np.stack([p[0] for p in problems]), np.stack([p[1] for p in problems])
-    out = prog.run(A=A, y=y)["x"]
-    ref = interpret("huber_irls", A=A, y=y)["x"]
+    out, ref = compiled_and_interpreted(prog, "huber_irls", problems)
     for k, (Ak, yk) in enumerate(problems):
         assert np.abs(yk - Ak @ out[k]).max() > 1.5              # outliers beyond delta = 1
         assert rel(out[k], huber_irls_numpy(Ak, yk)) <= 1e-13
@@ -301,9 +305,7 @@ def test_poisson_newton_matches_sklearn_poisson_regressor():
     assert row == (33, 24, 3028)
     rng = np.random.default_rng(9)
     problems = [poisson_problem(rng) for _ in range(4)]
-    A, y = np.stack([p[0] for p in problems]), np.stack([p[1] for p in problems])
-    out = prog.run(A=A, y=y)["x"]
-    ref = interpret("poisson_newton", A=A, y=y)["x"]
+    out, ref = compiled_and_interpreted(prog, "poisson_newton", problems)
     for k, (Ak, yk) in enumerate(problems):
         want = PoissonRegressor(alpha=1.0, fit_intercept=False, solver="newton-cholesky",
                                 tol=1e-14, max_iter=1000).fit(Ak, yk).coef_
