@@ -20,23 +20,25 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from ..errors import CompileError
+from ..runtime import clock
+from ..runtime.clock import ENCODER  # noqa: F401  (the encoder's time, re-exported for passes)
 from .heads import HeadTerm, Operand, Realization
 from .orient import HeadOptions, OrientationCost, Pair, mlp_input_pair, pair_rows
 from .poly import Atom, AtomTable
 
-ENCODER = 0                      # the sublayer "time" of the encoder's writes
+# The scheduler counts layers from 1 (layer 0 = "ready from the encoder"); the clock
+# (runtime/clock.py) numbers them from 0. These three are the only translation between the two.
 
 
 def attention_time(layer: int) -> int:
-    return 2 * layer - 1
+    return clock.attention_time(layer - 1)
 
 
 def mlp_time(layer: int) -> int:
-    return 2 * layer
+    return clock.mlp_time(layer - 1)
 
 
-def written_by_mlp(time: int) -> bool:
-    return time > ENCODER and time % 2 == 0
+written_by_mlp = clock.is_mlp
 
 
 def attention_layer(read_ready: Iterable[int]) -> int:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..runtime import clock
 from ..runtime.sparse import SparseMatrix
 from .naming import assignment_lines, block_name
 
@@ -69,10 +70,11 @@ def layer_units(prog, L: int, owners: dict | None = None) -> list[Unit]:
     (`owners`: _owners by sublayer, kept across the layers of all_units)."""
     w, lay = prog.layers[L], prog.layout
     owners = {} if owners is None else owners
-    for t in (2 * L, 2 * L + 1, 2 * L + 2):
+    times = clock.before_layer(L), clock.attention_time(L), clock.mlp_time(L)
+    for t in times:
         if t not in owners:
             owners[t] = _owners(lay, t)
-    before, mid, after = owners[2 * L], owners[2 * L + 1], owners[2 * L + 2]
+    before, mid, after = (owners[t] for t in times)
     units = []
     for h in range(w.heads):
         read_rows = np.union1d(np.union1d(_nonzero(w.W_K[h], 0), _nonzero(w.W_Q[h], 0)),

@@ -31,6 +31,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..runtime import clock
 from ..runtime.layout import Block, Layout
 
 LIVE, DEAD, FREE = "live", "dead", "free"
@@ -68,7 +69,7 @@ _CONST_NAMES = {"const:eye": "I", "const:eye_inv_n": "I/n", "const:ones": "ones"
 
 
 def _where(t: int) -> tuple[int | None, str]:
-    return (None, "embed") if t == 0 else ((t - 1) // 2, "attn" if t % 2 else "mlp")
+    return (None, "embed") if t == clock.ENCODER else (clock.layer_of(t), clock.sublayer_of(t))
 
 
 def _describe(blk: Block, lines: dict[str, int], iterations: dict[str, int],

@@ -10,6 +10,7 @@ line and the iteration; `layer` counts the layers run so far, from 0.
 """
 from __future__ import annotations
 
+from ..runtime import clock
 from .reference import interpreter_assignments
 from .tolerance import Tolerances, rounding_sensitivity
 from .trace import trace_row
@@ -35,8 +36,9 @@ def trace_loops(prog, **kwargs) -> list[dict]:
                 if name in want:
                     blk = prog.layout.block(key)
                     got = prog.read_block(h, blk, list(want[name].shape[1:]))
-                    rows.append(_loop_row(trace_row(2 * ctx.layers, name, blk, got, want[name],
-                                               policy.for_variable(name)), spec, it))
+                    row = trace_row(clock.n_times(ctx.layers), name, blk, got, want[name],
+                                    policy.for_variable(name))
+                    rows.append(_loop_row(row, spec, it))
         return after
 
     x = prog.encode_inputs(prepared, "float64", "cpu")
@@ -51,7 +53,7 @@ def trace_loops(prog, **kwargs) -> list[dict]:
         if final is not None:
             blk = prog.layout.block(out.block)
             got = prog.read_block(h, blk, list(want[final].shape[1:]))
-            rows.append({**trace_row(2 * last, final, blk, got, want[final],
+            rows.append({**trace_row(clock.n_times(last), final, blk, got, want[final],
                                 policy.for_variable(final)), "loop_line": None, "iteration": None})
     return rows
 

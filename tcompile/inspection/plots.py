@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..runtime import clock
 from .figures import _plt, _save
 from .weight_plots import plot_weights
 
@@ -189,13 +190,14 @@ def _convergence(prog, spec, states, exact: dict, reference) -> dict:
     for b in blocks:
         var = max((v for v in b.vars if v.split("@")[0] == name), key=lambda v: int(v.split("@")[1]))
         if var in exact:
-            iterates.append(((b.written + 1) // 2, _err(exact[var], ref), var))
+            iterates.append((clock.layer_of(b.written) + 1, _err(exact[var], ref), var))
     compiled = []
     for ell in range(1, prog.n_layers + 1):
-        live = [b for b in blocks if b.written <= 2 * ell]
+        t = clock.mlp_time(ell - 1)                 # after layer ell (counted from 1 here)
+        live = [b for b in blocks if b.written <= t]
         if live:
             latest = max(live, key=lambda b: b.written)
-            compiled.append((ell, _err(prog.read_block(states[2 * ell], latest, spec.shape), ref)))
+            compiled.append((ell, _err(prog.read_block(states[t], latest, spec.shape), ref)))
     return {"compiled": compiled, "exact": sorted(iterates)}
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..runtime import clock
 
 
 @dataclass
@@ -186,7 +187,7 @@ def compiled_activations(prog, inputs: dict) -> dict[str, np.ndarray]:
     model's: "embed" (the encoder's x) and "L" (after layer L's MLP: blocks.L.hook_resid_post)."""
     prog._unrolled_only("compiled_activations")
     states = prog.sublayer_states(prog.prepare_inputs(inputs))
-    return {"embed": states[0], **{str(L): states[2 * L + 2] for L in range(prog.n_layers)}}
+    return {"embed": states[0], **{str(L): states[clock.mlp_time(L)] for L in range(prog.n_layers)}}
 
 
 def written_layer(prog) -> dict[str, str]:
@@ -195,7 +196,7 @@ def written_layer(prog) -> dict[str, str]:
     out = {}
     for blk in sorted(prog.layout.blocks, key=lambda b: b.written):
         for point in blk.vars:
-            out.setdefault(point, "embed" if blk.written == 0 else str((blk.written - 1) // 2))
+            out.setdefault(point, "embed" if blk.written == clock.ENCODER else str(clock.layer_of(blk.written)))
     return out
 
 

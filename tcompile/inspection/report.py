@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from ..runtime import clock
 from ..runtime.artifact import approximation_to_json
 from ..runtime.layout import Layout
 from ..runtime.manifest import Manifest, ProgramInfo
@@ -30,7 +31,7 @@ def depth_per_iteration(layout: Layout) -> dict[str, float]:
     out = {}
     for spec in layout.outputs:
         name = spec.name
-        written = sorted({(b.written + 1) // 2 for b in layout.blocks
+        written = sorted({clock.layer_of(b.written) + 1 for b in layout.blocks
                           for v in b.vars if v.split("@")[0] == name and b.written > 0})
         gaps = np.diff(written)
         if len(gaps):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..runtime import clock
 from .reference import interpreter_assignments, relative_error
 from .tolerance import tolerances
 
@@ -63,7 +64,7 @@ def trace_row(t: int, var: str, blk, got: np.ndarray, ref: np.ndarray, tol: floa
     ok = rel <= tol or err <= tol
     # about zero (at most tol), or small enough that only the absolute test passes
     absolute = ok and err <= tol and (scale <= tol or rel > tol)
-    return {"layer": (t - 1) // 2, "sublayer": "attn" if t % 2 else "mlp", "variable": var,
+    return {"layer": clock.layer_of(t), "sublayer": clock.sublayer_of(t), "variable": var,
             "block": blk.key, "max_abs_err": err, "rel_err": rel, "tol": tol, "ok": bool(ok),
             "ref_scale": scale, "judged": "absolute" if absolute else "relative"}
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..runtime import clock
 from .figures import _plt, _save
 
 
@@ -185,7 +186,7 @@ def _matrix_panels(prog, L: int, names: dict[str, str]) -> list[list[tuple]]:
     """Rows of (matrix, title, row labels, column labels), each cut to its nonzero support."""
     from .flows import _owners
     w, lay = prog.layers[L], prog.layout
-    before, mid, after = (_owners(lay, t) for t in (2 * L, 2 * L + 1, 2 * L + 2))
+    before, mid, after = (_owners(lay, t) for t in (clock.before_layer(L), clock.attention_time(L), clock.mlp_time(L)))
     label = lambda owners, r: _row_label(names, owners, r, lay)  # noqa: E731
     rows = []
     for h in range(w.heads):

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from . import clock
 from .codec import in_shape
 from .domain_guard import observe
 from .exec_codegen import NotTraceable, trace
@@ -74,7 +75,7 @@ class _StoredLayout:
 
     def __init__(self, templates: dict[int, dict[int, list]], n_layers: int,
                  separate_first: bool):
-        self.templates, self.period = templates, 2 * n_layers
+        self.templates, self.period = templates, clock.n_times(n_layers)
         self.separate_first = separate_first
         self.shift = 0                 # added to t while a first application is planned
         self.firsts = 0
@@ -124,15 +125,15 @@ def _plan_sequence(seq, layers, stored: _StoredLayout, occ: Occupancy) -> list:
 
 def _plan_layer(i: int, w: LayerWeights, stored: _StoredLayout, occ: Occupancy) -> LayerStep:
     plans = []
-    t = 2 * i + stored.shift
+    t_attn, t_mlp = (clock.attention_time(i) + stored.shift, clock.mlp_time(i) + stored.shift)
     heads = plan_heads(w, occ)
-    if heads or stored.written_at(t + 1):
-        plans.append(plan_sublayer(stored, t + 1, heads, occ))
+    if heads or stored.written_at(t_attn):
+        plans.append(plan_sublayer(stored, t_attn, heads, occ))
     watches = [(c, occ.read(rows)) for c, rows in stored.checks.get(i, ())]
     watch_at = len(plans)
     groups = plan_mlp(w.W_1, w.W_2, occ)
-    if groups or stored.written_at(t + 2):
-        plans.append(plan_sublayer(stored, t + 2, groups, occ))
+    if groups or stored.written_at(t_mlp):
+        plans.append(plan_sublayer(stored, t_mlp, groups, occ))
     return LayerStep(i, plans, watches, watch_at)
 
 

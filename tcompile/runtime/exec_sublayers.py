@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import clock
 from .exec_plan import (Occupancy, Read, Slot, emax, emin, new_slots, nonzero_cols,
                         nonzero_rows)
 from .layout import Layout
@@ -106,11 +107,11 @@ def plan_program(layout: Layout, layers: list[LayerWeights], occ: Occupancy) -> 
     blocks_at = {b.written for b in layout.blocks}
     for i, w in enumerate(layers):
         heads = plan_heads(w, occ)
-        if heads or 2 * i + 1 in blocks_at:
-            plans.append(plan_sublayer(layout, 2 * i + 1, heads, occ))
+        if heads or clock.attention_time(i) in blocks_at:
+            plans.append(plan_sublayer(layout, clock.attention_time(i), heads, occ))
         groups: list[MlpGroup] = plan_mlp(w.W_1, w.W_2, occ)
-        if groups or 2 * i + 2 in blocks_at:
-            plans.append(plan_sublayer(layout, 2 * i + 2, groups, occ))
+        if groups or clock.mlp_time(i) in blocks_at:
+            plans.append(plan_sublayer(layout, clock.mlp_time(i), groups, occ))
     return plans
 
 

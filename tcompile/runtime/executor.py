@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from . import clock
 from .codec import ValidatedInputs, constant_storage, in_shape, storage_at_input
 from .exec_codegen import NotTraceable, trace
 from .exec_ops import HeadOp, MlpOp, ReadOp, baddbmm, fit
@@ -380,7 +381,7 @@ class StructuredExecutor:
             self.all_slots.update({s.key: s for s in p.slots})
         self.inputs = [s for s in self.initial.slots.values() if s.const is None]
         if watches is None:
-            watches = [Watch(i, 2 * chk.layer + 1, layout.block(chk.block))
+            watches = [Watch(i, clock.attention_time(chk.layer), layout.block(chk.block))
                        for i, chk in enumerate(domains)]
         self._watch_reads = self._place_watches(watches)
         self._drop = self._lifetimes()
@@ -534,7 +535,7 @@ class ExpandedExecutor(StructuredExecutor):
                  base_sequence: list[int], domains=()):
         # a check names a stored layer and a block of the base unrolling; its rows are pinned,
         # so every run of that layer is watched at those rows
-        watches = [Watch(c, 2 * pos + 1, layout.block(chk.block))
+        watches = [Watch(c, clock.attention_time(pos), layout.block(chk.block))
                    for pos, i in enumerate(sequence)
                    for c, chk in enumerate(domains) if chk.layer == i]
         self.outputs = {o.name: (layout.output_block(o.name), o.shape) for o in layout.outputs}
@@ -542,10 +543,10 @@ class ExpandedExecutor(StructuredExecutor):
         for b in layout.blocks:
             by_time.setdefault(b.written, []).append(b)
         template = _block_templates(base_sequence, by_time)
-        blocks = list(by_time.get(0, []))
+        blocks = list(by_time.get(clock.ENCODER, []))
         for pos, i in enumerate(sequence):
-            for sub in (1, 2):
-                blocks += [replace(b, key=f"{b.key}#{pos}", written=2 * pos + sub, last_read=-1)
+            for sub, t in _sublayer_times(pos):
+                blocks += [replace(b, key=f"{b.key}#{pos}", written=t, last_read=-1)
                            for b in template.get(i, {}).get(sub, [])]
         super().__init__([layers[i] for i in sequence],
                          replace(layout, blocks=tuple(blocks), n_layers=len(sequence)),
@@ -635,13 +636,19 @@ def _block_templates(base_sequence: list[int], by_time: dict) -> dict[int, dict[
     for pos, i in enumerate(base_sequence):
         runs.setdefault(i, []).append(pos)
 
-    def writes(pos: int, sub: int):
-        return sorted((b.rows, b.transposed, tuple(b.cshape)) for b in by_time.get(2 * pos + sub, []))
+    def writes(pos: int):
+        return [sorted((b.rows, b.transposed, tuple(b.cshape)) for b in by_time.get(t, []))
+                for _, t in _sublayer_times(pos)]
     out = {}
     for i, positions in runs.items():
-        if all(writes(p, sub) == writes(positions[0], sub) for p in positions for sub in (1, 2)):
-            out[i] = {sub: by_time.get(2 * positions[0] + sub, []) for sub in (1, 2)}
+        if all(writes(p) == writes(positions[0]) for p in positions):
+            out[i] = {sub: by_time.get(t, []) for sub, t in _sublayer_times(positions[0])}
     return out
+
+
+def _sublayer_times(pos: int) -> tuple[tuple[int, int], ...]:
+    """(1, attention time), (2, MLP time) of the layer at position `pos` of a run."""
+    return (1, clock.attention_time(pos)), (2, clock.mlp_time(pos))
 
 
 EXPANDED_KEPT = 4      # a shared build keeps the executors of its last few counts

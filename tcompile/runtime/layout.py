@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
+from . import clock
+
 TOKENS = "n"           # the token axis in a canonical shape
 LIVE_TO_END = -1       # Block.last_read of a value that must survive to the output
 
@@ -118,7 +120,7 @@ class Layout:
 
     @property
     def n_sublayers(self) -> int:
-        return 2 * self.n_layers
+        return clock.n_times(self.n_layers)
 
     @cached_property
     def _by_key(self) -> dict[str, Block]:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import artifact, codec
+from . import artifact, clock, codec
 from .codec import ValidatedInputs
 from .layout import Block, Layout
 from .loops import LoopProgram
@@ -370,7 +370,7 @@ class CompiledProgram:
         states = self.sublayer_states(self.prepare_inputs(inputs))
         out = []
         for chk in self.typed_manifest.domains:
-            h = states[2 * chk.layer + 1]                     # after attention of that layer
+            h = states[clock.attention_time(chk.layer)]       # after attention of that layer
             vals = codec.read_block(h, self.layout.block(chk.block), [0, 0])
             out.append(_domain_row(chk, float(vals.min()), float(vals.max())))
         return DomainReport(self, out)
