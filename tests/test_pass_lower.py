@@ -100,6 +100,40 @@ p = y * sigmoid(-y * (A @ x)) on [-3, 3]
     assert p.inputs[-1] == table.ones and set(p.piece.inputs) <= set(p.inputs)
 
 
+CONSTANT_CALLS = """program t
+dim d = 3
+dim k = 2
+input A : [n, d] assume row_norm <= 1
+input y : [n] in [0, 4]
+input Y : [n, k] in [0, 4]
+output g, mu, m, s
+z = zeros(n)
+mu = exp(z) on [-1, 1] tol rel 1e-6     # the first step of a Poisson loop from w = 0
+g = A.T @ (mu - y) / n                  # was refused: exp(0) - y fitted relative to itself
+m = (sigmoid(zeros(d)) tol rel 1e-6) + ones(d)
+s = A.T @ ((exp(zeros(n, k)) tol rel 1e-6) * Y) / n
+"""
+
+
+def test_a_smooth_function_of_a_constant_is_that_constant_not_a_fit():
+    """exp(z) with z = zeros(n) is ones(n), computed while lowering (no piece, no budget, no
+    relative tol handed to the `- y` it is fused with); a [k] or [n, k] constant is a
+    leaf-free tree. Compiled = interpreter in float64."""
+    import tcompile
+    from tcompile.language.parser import parse_source
+    prog = tcompile.compile_source(CONSTANT_CALLS)
+    assert not any("exp" in a["name"] or "sigmoid" in a["name"]
+                   for a in prog.report["approximations"])
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((7, 3))
+    A /= np.linalg.norm(A, axis=1, keepdims=True)
+    data = dict(A=A, y=rng.uniform(0, 4, 7), Y=rng.uniform(0, 4, (7, 2)))
+    got = prog.run(**data)
+    want = tcompile.interpret_program(parse_source(CONSTANT_CALLS), None, **data)
+    for name in ("g", "mu", "m", "s"):
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-14, atol=1e-15, err_msg=name)
+
+
 def test_the_one_over_n_atom_has_a_named_place():
     src = """program t
 dim d = 2

@@ -51,3 +51,33 @@ def test_a_relative_budget_where_the_function_reaches_zero_is_refused():
     src = "program p\ninput z : [n] in [-1, 1]\noutput a\na = z ** 3 tol rel 1e-6\n"
     with pytest.raises(tcompile.TcompileError, match="reaches 0"):
         tcompile.compile_source(src)
+
+
+FUSED = """program p
+dim d = 3
+input A : [n, d] assume row_norm <= 1
+input x : [d] assume norm <= 1
+output m, r
+z = A @ x
+mu = exp(z) on [-1, 1] tol rel 1e-6
+m = mu - 1                           # fused into one piece: exp(z) - 1, which reaches 0
+q = 1 / (z + 2) on [1, 3] tol rel 1e-6
+r = q - 0.5                          # 1/(z + 2) - 0.5 reaches 0 at z = 0
+"""
+
+
+def test_a_relative_budget_fused_with_a_constant_stays_relative_to_the_call():
+    """The budget was asked of exp(z) (and of 1/(z + 2)): the fused piece exp(z) - 1 is fitted
+    to 1e-6·exp(z), not refused for reaching 0 (it was: 'the function reaches 0')."""
+    prog = tcompile.compile_source(FUSED)
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((200, 3))
+    A /= np.linalg.norm(A, axis=1, keepdims=True)
+    x = np.array([0.6, -0.8, 0.0])
+    got = prog.run(A=A, x=x)
+    want = tcompile.interpret_program(parse_source(FUSED), None, A=A, x=x)
+    z = A @ x
+    assert np.max(np.abs(got["m"] - want["m"]) / np.exp(z)) <= 1e-6 * (1 + 1e-6)
+    assert np.max(np.abs(got["r"] - want["r"]) * (z + 2)) <= 1e-6 * (1 + 1e-6)
+    names = [a["name"] for a in prog.report["approximations"]]
+    assert "exp(z) + -1 (relative to exp(z))" in names, names

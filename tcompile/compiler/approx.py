@@ -243,21 +243,27 @@ def power_relative(name: str, p: float, lo: float, hi: float, rtol: float,
 
 
 def relative_callable(name: str, f: Callable, lo: float, hi: float, rtol: float,
-                      max_neurons: int = 200_000) -> PLApprox:
+                      max_neurons: int = 200_000, ref: Callable | None = None) -> PLApprox:
     """f on [lo, hi] within a *relative* error rtol (|pl - f| <= rtol |f|), for any continuous
     f without a zero there: the domain is cut where |f| has changed by a factor 2, each band is
     fitted as an interpolant (so the bands join) to the absolute budget rtol · min |f| of that
     band, and the bands' knots are joined. Within a band the budget is at most twice too tight,
     so the count is within √2 of the best for the relative budget, and it grows with the
-    decades f spans (exp on [-20, 5], sigmoid far left), not with 1 / min |f|."""
+    decades f spans (exp on [-20, 5], sigmoid far left), not with 1 / min |f|.
+    `ref`: the error is relative to |ref| instead of |f| (|pl - f| <= rtol |ref|): a
+    relative budget asked of one function inside a larger one (exp(z) tol rel 1e-6 fused
+    with the - 1 after it: the error is relative to exp(z), the part the budget was asked of,
+    and exp(z) - 1 may pass through 0)."""
     lo, hi, rtol = _check_interval(name, lo, hi, rtol)
+    scale = f if ref is None else ref
     if not rtol < 1:
         raise ApproxError(f"{name}: a relative tolerance must be below 1, got {rtol:g}")
     where = f"{name} on [{lo:g}, {hi:g}] at relative tol {rtol:g}"
     xg = np.linspace(lo, hi, _GRID)
     with np.errstate(all="ignore"):
-        fg = np.abs(_feval(f, xg))
-    if not np.all(np.isfinite(fg)):
+        fg = np.abs(_feval(scale, xg))
+        finite = np.all(np.isfinite(fg)) and np.all(np.isfinite(_feval(f, xg)))
+    if not finite:
         raise ApproxError(f"{where}: the function is not finite on the domain")
     if fg.min() <= 0:
         raise ApproxError(f"{where}: the function reaches 0 on the domain, where no relative "
@@ -279,21 +285,23 @@ def relative_callable(name: str, f: Callable, lo: float, hi: float, rtol: float,
     t, v = np.concatenate(ts), np.concatenate(vs)
     if len(t) - 1 + 2 > max_neurons:
         raise ApproxError(f"{where}: needs {len(t) + 1} neurons > max_neurons {max_neurons}")
-    err = _relative_error(f, t, v)
+    err = _relative_error(f, t, v, ref=ref)
     if err > rtol:
         raise ApproxError(f"{where}: relative error {err:.3g} over {rtol:g}")
     return PLApprox(name, lo, hi, _frozen(t), _frozen(v), err, rtol, False, relative=True)
 
 
-def _relative_error(f, t, v, m=1024, iters=40):
-    """max |pl - f| / |f| over every interval: m samples, then a ternary search at the peak."""
+def _relative_error(f, t, v, m=1024, iters=40, ref=None):
+    """max |pl - f| / |f| (|ref| where given) over every interval: m samples, then a ternary
+    search at the peak."""
     a, h, va, dv = t[:-1, None], np.diff(t)[:, None], v[:-1, None], np.diff(v)[:, None]
     s = np.arange(m + 1) / m
 
     def err(q, rows=slice(None)):
         x = a[rows] + h[rows] * q
         fx = _feval(f, x)                            # once: it is both the error and the scale
-        return np.abs(fx - (va[rows] + dv[rows] * q)) / np.abs(fx)
+        scale = fx if ref is None else _feval(ref, x)
+        return np.abs(fx - (va[rows] + dv[rows] * q)) / np.abs(scale)
 
     # the m + 1 samples of every interval, a few intervals at a time (the same numbers as one
     # (intervals, m + 1) array, without its memory traffic: 16,508 intervals are 17 M samples)

@@ -20,21 +20,22 @@ import math
 import re
 
 import networkx as nx
+import numpy as np
 
 from ..errors import ApproxError, CompileError
 from ..language.checker import TOKEN
 from . import refine
 from .dataflow import DataflowGraph
-from .elementwise import (BOUND, Call, Const, Elementwise, Leaf, Product, Sum, affine, calls,
-                          leaves, to_text)
+from .approx import exact_function
+from .elementwise import (BOUND, EXACT_PL, Call, Const, Elementwise, Leaf, Product, Sum, affine,
+                          calls, evaluate, leaves, to_text)
 from .heads import realizable
 from .nodes import CARRIED, COPY, HOISTED, VARS
-from .pieces import MAX_SIGN_LEAVES, PieceBuilder, Words
+from .pieces import MAX_SIGN_LEAVES, UNNAMED, PieceBuilder, Words
 from .poly import (MAX_FACTORS, Atom, AtomTable, Mono, Poly, add_polys, dims, max_degree,
                    mul_polys, symmetrize_weighted_grams, transpose_poly)
 
 
-UNNAMED = "a value computed in it"        # an error's name for a leaf no variable names
 
 
 # ---- building the atoms --------------------------------------------------------------------
@@ -271,12 +272,33 @@ class Lowering:
             return refined
         node = self.g.nodes[nid]
         arg = self.ew_operand(node["args"][0], allow_products=False)
+        if not leaves(arg) and node["func"] not in EXACT_PL:
+            return self.constant_call(nid, arg)
         rel = bool(node.get("tol_rel"))
         line = node["loc"].line if node["loc"] is not None else None
         note = self.notes.get(nid, node.get("note", ""))
         return Elementwise(Call(node["func"], node["fargs"], arg, node["domain"], node["tol"],
                                 rel, note=note, line=line),
                            tol=node["tol"], rel=rel)
+
+    def constant_call(self, nid, arg) -> Poly | Elementwise:
+        """A smooth function of a compile-time constant (exp(z) with z = zeros(n), or A @ x
+        with x = zeros(d): the value the lowering found is 0) is that constant, computed now
+        with the exact function, not a fitted piece: no budget, no domain, no relative tol
+        inherited by whatever it is fused into (exp(0) - y is 1 - y, exact). A scalar or
+        token column is a Poly (c·1, c·ones: heads, no MLP); other shapes stay a constant
+        leaf-free tree (relu(1)-style fills, written from the gate rows)."""
+        node = self.g.nodes[nid]
+        with np.errstate(all="ignore"):
+            value = float(exact_function(node["func"], *node["fargs"])(evaluate(arg, {})))
+        if not math.isfinite(value):
+            raise self.error(f"{node['func']}() of the constant {to_text(arg, {})} has no finite "
+                             "value", nid)
+        if node["cshape"] == (1, 1):
+            return {Mono(()): value} if value != 0.0 else {}
+        if node["cshape"] == (TOKEN, 1):
+            return {Mono(((self.ones_atom(), False),)): value} if value != 0.0 else {}
+        return Elementwise(Const(value))
 
     def bound(self, nid) -> Poly | Elementwise:
         """`(x) on [lo, hi]`: x itself. Inside an elementwise tree it stays a call (the

@@ -30,10 +30,12 @@ import numpy as np
 from ..language import portable_math as pm
 from ..errors import ApproxError
 from .approx import PLApprox, approximate_callable, power_relative, relative_callable
-from .elementwise import (BOUND, Expr, active_interval, affine, calls, evaluate, pl_of,
-                          pulled_back_domains, shape_key, to_text)
+from .elementwise import (BOUND, Call, Const, Expr, Leaf, Product, Sum, active_interval, affine,
+                          calls, evaluate, leaves, pl_of, pulled_back_domains, shape_key,
+                          to_text)
 
 DEFAULT_TOL = 1e-6
+UNNAMED = "a value computed in it"        # an error's name for a leaf no variable names
 FITTED_PRODUCT = ("fitted: no head computes this product (neither factor is a bounded small "
                   "vector u for diag(u) @ v), so it is ((u+v)^2 - (u-v)^2)/4 with fitted squares")
 MAX_SIGN_LEAVES = 2
@@ -204,10 +206,14 @@ class PieceBuilder:
         relative (|err| <= tol |f|), which a power c·u^p meets with geometric knots. `words`:
         the piece in the user's terms (the statement, the leaves as it names them), for error
         messages; `names` label the card."""
+        ref = None
         if tol is None:
             tight = [c for c in calls(e) if c.tol is not None]
             tol = min((c.tol for c in tight), default=self.default_tol)
             rel = any(c.rel and c.tol == tol for c in tight)
+            if rel:             # the budget is relative to the calls that asked for it
+                part = _relative_part(e, {c for c in tight if c.rel and c.tol == tol})
+                ref = None if part == e else part
         label = to_text(e, names)
         words = words or Words(label, names)
         what = words.expr
@@ -215,7 +221,9 @@ class PieceBuilder:
             lo, hi, _ = self._domain(e, cont, gates, [()] if not gates else
                                      list(itertools.product((1.0, -1.0), repeat=len(gates))),
                                      bounds, what, words.names, loc_error, saturate=False)
-            return self._relative(e, cont, gates, lo, hi, tol, label, loc_error, what)
+            return self._relative(e, cont, gates, lo, hi, tol, label, loc_error, what, ref,
+                                  to_text(e, _user_names(e, names, words.names)),
+                                  "" if ref is None else to_text(ref, names))
         patterns = list(itertools.product(*[(1.0, -1.0) if kind == "sign" else (1.0, 0.0)
                                              for _, kind in gates]))
         exact = self._exact_piece(e, cont, gates, patterns, bounds, label, tol)
@@ -260,15 +268,19 @@ class PieceBuilder:
             piece.approximations.append(Approximation(label + suffix, lo, hi, pl, choice=choice))
         return piece
 
-    def _relative(self, e, cont, gates, lo, hi, rtol, label, loc_error, what) -> UnaryPiece:
+    def _relative(self, e, cont, gates, lo, hi, rtol, label, loc_error, what,
+                  ref=None, user=None, ref_label="") -> UnaryPiece:
         """A relative budget: e must be c·u^p (reciprocal, sqrt, 1/sqrt, scaled), fitted with
-        geometric knots (approx.power_relative), so [1e-9, 1] costs neurons ∝ log(hi/lo)."""
+        geometric knots (approx.power_relative), so [1e-9, 1] costs neurons ∝ log(hi/lo).
+        `ref`: the part of e the budget was asked of, where e adds more to it (exp(z) tol rel
+        fused with the `- 1` after it): the error is relative to that part's value."""
         if gates or cont is None:
             raise loc_error(f"{what}: a relative tolerance applies to a function of one real "
                             "value, without sign or flag inputs")
-        power = _power_of(e, cont, lo, hi)
+        power = None if ref is not None else _power_of(e, cont, lo, hi)
         if power is None:           # any other smooth function: relative bands (approx.py)
-            return self._relative_general(e, cont, lo, hi, rtol, label, loc_error, what)
+            return self._relative_general(e, cont, lo, hi, rtol, label, loc_error, what, ref,
+                                          user, ref_label)
         c, p = power
         if lo <= 0 <= hi or (p != -1.0 and lo < 0):
             raise loc_error(f"{what} on [{lo:g}, {hi:g}]: a relative tolerance needs a domain "
@@ -283,19 +295,26 @@ class PieceBuilder:
         piece.approximations.append(Approximation(f"{label} (relative)", lo, hi, pl))
         return piece
 
-    def _relative_general(self, e, cont, lo, hi, rtol, label, loc_error, what) -> UnaryPiece:
+    def _relative_general(self, e, cont, lo, hi, rtol, label, loc_error, what,
+                          ref=None, user=None, ref_label="") -> UnaryPiece:
         """A relative budget on exp, log, sigmoid, softplus, x ** k, ... of one leaf: fitted
-        band by band where the value changes by a factor 2 (approx.relative_callable)."""
-        key = ("relative", shape_key(e, cont, []), lo, hi, rtol)
+        band by band where the value changes by a factor 2 (approx.relative_callable);
+        relative to `ref`'s value where given (see _relative). `user`: e with its leaf named
+        as the statement names it, for the error message."""
+        key = ("relative", shape_key(e, cont, []), lo, hi, rtol) + \
+            (() if ref is None else (shape_key(ref, cont, []),))
         if key not in self._cache:
             try:
-                self._cache[key] = relative_callable(label, _leaf_function(e, cont, {}), lo, hi,
-                                                     rtol)
+                self._cache[key] = relative_callable(
+                    label, _leaf_function(e, cont, {}), lo, hi, rtol,
+                    ref=None if ref is None else _leaf_function(ref, cont, {}))
             except ApproxError as err:
-                raise loc_error(f"{what}: {err.args[0] if err.args else err}") from None
+                msg = err.args[0] if err.args else str(err)
+                raise loc_error(f"{what}: {msg.replace(label, user or label)}") from None
         pl = self._cache[key]
         piece = UnaryPiece(cont, [], {(): pl}, lo, hi, label)
-        piece.approximations.append(Approximation(f"{label} (relative)", lo, hi, pl))
+        of = "" if ref is None else f" to {ref_label}"
+        piece.approximations.append(Approximation(f"{label} (relative{of})", lo, hi, pl))
         return piece
 
     def seed(self, leaf: int, ref, label: str) -> UnaryPiece:
@@ -426,6 +445,36 @@ def _leaf_interval(e, cont, gates, patterns, bounds) -> tuple[float, float]:
         blo, bhi = bounds[cont]
         lo, hi = max(lo, blo), min(hi, bhi)
     return lo, hi
+
+
+def _user_names(e, names, user) -> dict:
+    """e's leaves named as the statement names them, else as the card does."""
+    return {a: user[a] if user.get(a) not in (None, UNNAMED) else names.get(a, f"t{a}")
+            for a in leaves(e)}
+
+
+def _relative_part(e, rel: set):
+    """The part of e made of the calls in `rel` (those whose relative budget e inherits), where
+    e is affine in them (sums, and products by leaf-free factors): e = part + the rest. None
+    where a call in `rel` is reached through anything else (its budget is then e's)."""
+    if isinstance(e, Call) and e in rel:
+        return e
+    if isinstance(e, (Leaf, Const)):
+        return None
+    if isinstance(e, Call):
+        return _relative_part(e.arg, rel) if e.func == BOUND else None
+    if isinstance(e, Sum):
+        a, b = _relative_part(e.a, rel), _relative_part(e.b, rel)
+        if a is None and b is None:
+            return None
+        if (a is None and set(calls(e.a)) & rel) or (b is None and set(calls(e.b)) & rel):
+            return None
+        return a if b is None else b if a is None else Sum(a, b)
+    for c, x in ((e.a, e.b), (e.b, e.a)):
+        if not leaves(c) and not set(calls(c)) & rel:
+            part = _relative_part(x, rel)
+            return None if part is None else Product(c, part)
+    return None
 
 
 def _power_of(e, cont, lo, hi) -> tuple[float, float] | None:
