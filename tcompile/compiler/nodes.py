@@ -75,6 +75,10 @@ ITERATION = "iteration"  # shared builds only: ((loop key, index), ...) of the l
                          #   being walked when the node was made; depth.py keeps a loop's state
                          #   from being inlined into a later iteration of its loop (code after
                          #   the loop may inline it, as unrolled builds do) (steady_state.py)
+TWIN = "twin"            # shared builds only: (iteration indices, (loop keys, loc, op, cshape),
+                         #   occurrence) of a value made inside loops; the same value of the
+                         #   previous iteration has the same key with one index lower, and
+                         #   rows.py gives a value its twin's rows where they are free
 COPY = "copy"            # scale (C = 1) in a shared build: a loop state that is another state's
                          #   value of the previous iteration (`x_prev = x`), stored in rows of
                          #   its own (steady_state.py; the lowering stores it)
@@ -86,7 +90,7 @@ REFINED = "refined"      # set by the lowering on a scalar refinement's values (
                          #   'arg' on its argument; rows.py clears their rows exactly
 
 ATTRIBUTES = frozenset({OP, ARGS, CSHAPE, LOC, NAME, SYMMETRIC, ENTRIES, SIGN, FLAG, LO, HI, VALUE,
-                        K, C, FUNC, FARGS, DOMAIN, TOL, TOL_REL, VARS, CARRIED, LOOP_STATE, ITERATION,
+                        K, C, FUNC, FARGS, DOMAIN, TOL, TOL_REL, VARS, CARRIED, LOOP_STATE, ITERATION, TWIN,
                         COPY, HOISTED, REFINED, NOTE})
 REQUIRED = (OP, ARGS, CSHAPE, LOC)
 

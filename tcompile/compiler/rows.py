@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from .heads import HeadTerm, Operand, Realization
+from .nodes import TWIN
 from .orient import Pair, mlp_input_pair, pair_rows
 from .poly import Atom, AtomTable
 from .schedule import ENCODER, Schedule, written_by_mlp
@@ -47,6 +48,7 @@ class Allocation:
     clear_terms: dict[int, list] = field(default_factory=dict)   # MLP sublayer → (old, row idx, new)
     width: int = 0
     wide: dict[int, bool] = field(default_factory=dict, repr=False)   # _is_wide's answers
+    twins: dict | None = field(default=None, repr=False)   # _twin_rows's index of twin keys
 
 
 def _is_wide(al: "Allocation", a: int) -> bool:
@@ -146,13 +148,17 @@ def _choose_rows(al: Allocation, p: Pair, occupant, last, identity_size: int) ->
     pinned = _pinned_rows(al, p, occupant, free)
     if pinned is not None:
         return pinned
-    if own:
-        return list(al.slots[own[0]].rows)
     # rows change hands between a sensitive value and another only where an MLP can clear
     # them exactly first
-    free = [r for r in free if occupant[r] is None
-            or not (_is_wide(al, occupant[r][0]) or _is_wide(al, p[0]))
-            or _clearing_mlp(al, occupant[r], t, last) is not None]
+    clearable = [r for r in free if occupant[r] is None
+                 or not (_is_wide(al, occupant[r][0]) or _is_wide(al, p[0]))
+                 or _clearing_mlp(al, occupant[r], t, last) is not None]
+    twin = _twin_rows(al, p, clearable)
+    if twin is not None:
+        return twin
+    if own:
+        return list(al.slots[own[0]].rows)
+    free = clearable
     free.sort(key=lambda r: (occupant[r] is not None, r))
     return free[:need]
 
@@ -172,6 +178,38 @@ def _pinned_rows(al: Allocation, p: Pair, occupant, free) -> list[int] | None:
     rows = al.slots[q].rows
     if len(rows) == pair_rows(al.atoms, p) and set(rows) <= set(free):
         return list(rows)       # the predecessor's rows (another dead value may hold them now)
+    return None
+
+
+def _twin_rows(al: Allocation, p: Pair, free) -> list[int] | None:
+    """A shared build's value made inside a loop takes the rows the same value of the previous
+    iteration had (its twin, steady_state.py), where they are free: the first and last
+    iterations, which the pipeline's fill and drain overlap with other code, then lay out
+    their values as the body does, and their layers can be the body's. Unrolled builds mark
+    no twins and never come here."""
+    key = al.atoms[p[0]].node.get(TWIN)
+    if key is None:
+        return None
+    if al.twins is None:
+        al.twins = {}
+        for a, atom in al.atoms.items():
+            k = atom.node.get(TWIN)
+            if k is not None:
+                al.twins[(k[0], k[1], k[2])] = a
+    idx, where, occ = key
+    earlier = []
+    for i in range(len(idx) - 1, -1, -1):     # the previous iteration of the innermost loop
+        if idx[i] > 0:                        # first, then of the loops around it
+            earlier.append(idx[:i] + (idx[i] - 1,) + idx[i + 1:])
+    for before in earlier:
+        a = al.twins.get((before, where, occ))
+        q = (a, p[1])
+        if a is None or q not in al.slots:
+            continue
+        rows = al.slots[q].rows
+        if len(rows) == pair_rows(al.atoms, p) and set(rows) <= set(free):
+            return list(rows)
+        return None
     return None
 
 

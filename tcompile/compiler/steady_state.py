@@ -23,7 +23,7 @@ from ..language import ast
 from ..language.checker import Ty, Val, Walker
 from ..language.run_params import loop_param, run_time_counts
 from .dataflow import GraphBuilder, _carried
-from .nodes import CSHAPE, HI, LO, LOC, LOOP_STATE, VARS
+from .nodes import CSHAPE, HI, LO, LOC, LOOP_STATE, TWIN, VARS
 
 
 @dataclass(frozen=True)
@@ -153,10 +153,20 @@ class SharedGraphBuilder(_SteadyState, GraphBuilder):
                  plain: frozenset = frozenset()):
         GraphBuilder.__init__(self, program, params)
         self.setup_steady(unroll, plain)
+        self._occurrences: dict = {}
 
     def node(self, op: str, args: tuple = (), cshape=None, loc=None, **attrs) -> int:
+        new = self.graph.number_of_nodes()
         nid = super().node(op, args, cshape, loc, **attrs)
         self.graph.nodes[nid].setdefault("iteration", self.iteration)
+        if self.iteration:
+            # counted on every call, a value the memo hands back included, so that each
+            # iteration numbers its values alike
+            where = (tuple(k for k, _ in self.iteration), str(loc), op, cshape)
+            occ = self._occurrences[(where, self.iteration)] = \
+                self._occurrences.get((where, self.iteration), 0) + 1
+            if nid == new:
+                self.graph.nodes[nid][TWIN] = (tuple(i for _, i in self.iteration), where, occ)
         return nid
 
     def widen_data(self, data, ty: Ty) -> None:
