@@ -16,6 +16,7 @@ import networkx as nx
 from ..language.checker import TOKEN, Ty, Val, Walker, resolve_params
 from ..language.types import is_square, is_unit
 from . import selection
+from .nodes import ARGS, C, CARRIED, CSHAPE, HI, LO, LOC, NAME, OP, SYMMETRIC, VALUE
 from ..errors import CompileError
 
 
@@ -54,21 +55,21 @@ class GraphBuilder(Walker):
         return nid
 
     def cshape(self, nid):
-        return self.graph.nodes[nid]["cshape"]
+        return self.graph.nodes[nid][CSHAPE]
 
     def transpose(self, nid, loc=None):
         g = self.graph.nodes[nid]
-        if g["op"] == "T":
-            return g["args"][0]
-        if g["op"] == "eye" or g.get("symmetric"):
+        if g[OP] == "T":
+            return g[ARGS][0]
+        if g[OP] == "eye" or g.get(SYMMETRIC):
             return nid
         r, c = self.cshape(nid)
         return self.node("T", (nid,), (c, r), loc)
 
     def matmul(self, a, b, loc=None):
-        if self.graph.nodes[a]["op"] == "eye":
+        if self.graph.nodes[a][OP] == "eye":
             return b
-        if self.graph.nodes[b]["op"] == "eye":
+        if self.graph.nodes[b][OP] == "eye":
             return a
         (r, k1), (k2, c) = self.cshape(a), self.cshape(b)
         assert k1 == k2, (self.cshape(a), self.cshape(b))
@@ -77,14 +78,14 @@ class GraphBuilder(Walker):
     def sized_eye(self, nid, k):
         """A still-unsized c·I becomes c·I_k (c folded as scale nodes above the eye)."""
         g = self.graph.nodes[nid]
-        if g["cshape"] is not None:
+        if g[CSHAPE] is not None:
             return nid
-        if g["op"] == "eye":
+        if g[OP] == "eye":
             return self.node("eye", (), (k, k), k=k)
-        if g["op"] == "scale":
-            return self.node("scale", (self.sized_eye(g["args"][0], k),), (k, k), c=g["c"])
-        if g["op"] == "smul":
-            return self.node("smul", (self.sized_eye(g["args"][0], k), g["args"][1]), (k, k))
+        if g[OP] == "scale":
+            return self.node("scale", (self.sized_eye(g[ARGS][0], k),), (k, k), c=g[C])
+        if g[OP] == "smul":
+            return self.node("smul", (self.sized_eye(g[ARGS][0], k), g[ARGS][1]), (k, k))
         raise AssertionError(g)  # pragma: no cover
 
     def budget(self, tol=None, rel=False) -> dict:
@@ -139,21 +140,21 @@ class GraphBuilder(Walker):
         for name in _carried(loop.body):
             val = env.get(name)
             if val is not None and isinstance(val.data, int):
-                self.graph.nodes[val.data]["carried"] = True
+                self.graph.nodes[val.data][CARRIED] = True
 
     # the walker's hooks -------------------------------------------------------------------
     def input_value(self, decl, ty: Ty) -> Val:
         nid = self.node("input", (), canonical_shape(ty.shape), decl.loc, name=decl.name,
                         symmetric=ty.symmetric, sign=ty.sign, flag=ty.flag)
         if ty.bounded:
-            self.graph.nodes[nid]["lo"], self.graph.nodes[nid]["hi"] = ty.lo, ty.hi
+            self.graph.nodes[nid][LO], self.graph.nodes[nid][HI] = ty.lo, ty.hi
         return Val(ty, nid)
 
     def apply(self, op, ty: Ty, args, node) -> Val:
         val = self._apply(op, ty, args, node)
         attrs = self.graph.nodes[val.data]
         if ty.bounded and "lo" not in attrs:          # the checker's bounds, for MLP domains
-            attrs["lo"], attrs["hi"] = ty.lo, ty.hi
+            attrs[LO], attrs[HI] = ty.lo, ty.hi
         return val
 
     def _apply(self, op, ty: Ty, args, node) -> Val:
@@ -303,17 +304,17 @@ class GraphBuilder(Walker):
     def _unsized(self, nid):
         """An unsized c·s·I as (c, s): compile-time c, runtime scalar node s or None."""
         g = self.graph.nodes[nid]
-        if g["op"] == "eye":
+        if g[OP] == "eye":
             return 1.0, None
-        if g["op"] == "scale":
-            c, s = self._unsized(g["args"][0])
-            return g["c"] * c, s
-        if g["op"] == "smul":
-            c, s = self._unsized(g["args"][0])
+        if g[OP] == "scale":
+            c, s = self._unsized(g[ARGS][0])
+            return g[C] * c, s
+        if g[OP] == "smul":
+            c, s = self._unsized(g[ARGS][0])
             if s is not None:
                 raise CompileError("a product of two runtime scalars times I is not supported",
-                                   g["loc"], source=self.src)
-            return c, g["args"][1]
+                                   g[LOC], source=self.src)
+            return c, g[ARGS][1]
         raise AssertionError(g)  # pragma: no cover
 
     def _combine_unsized(self, op, a, b, loc):
@@ -374,9 +375,9 @@ class GraphBuilder(Walker):
                 return self.scale(x, c, loc)
             if ts.shape == ():
                 if op == "/":              # the checker allows only n here (runtime: _divide)
-                    assert self.graph.nodes[s]["op"] == "n", self.graph.nodes[s]
+                    assert self.graph.nodes[s][OP] == "n", self.graph.nodes[s]
                     s = self.node("inv_n", (), (1, 1))
-                if self.graph.nodes[x]["cshape"] is None:
+                if self.graph.nodes[x][CSHAPE] is None:
                     return self.node("smul", (x, s), None, loc)
                 return self.node("smul", (x, s), cs, loc)
         if a == b and op == "*":
@@ -422,7 +423,7 @@ class GraphBuilder(Walker):
                 continue
             k = tu.shape[0]
             if tv.shape == (k,) or tv.shape == (TOKEN, k):
-                is_input = self.graph.nodes[u]["op"] == "input"
+                is_input = self.graph.nodes[u][OP] == "input"
                 options.append((not is_input, u, (u, tu, v, tv)))
         for x, tx, y, ty in ((a, ta, b, tb), (b, tb, a, ta)):
             made = self._head_products.get(x)
@@ -462,8 +463,8 @@ class GraphBuilder(Walker):
 
     def smul_or_scale(self, base, s, loc):
         g = self.graph.nodes[s]
-        if g["op"] == "const":
-            return self.scale(base, g["value"], loc)
+        if g[OP] == "const":
+            return self.scale(base, g[VALUE], loc)
         return self.node("smul", (base, s), self.cshape(base), loc)
 
 
@@ -551,7 +552,7 @@ def walk_to_graph(builder: GraphBuilder, program, values: dict,
     """Run a graph builder over the program (this module's, or the shared build's that
     widens loop state: steady_state.py) and collect what it built."""
     outputs = builder.run()
-    inputs = {d["name"]: n for n, d in builder.graph.nodes(data=True) if d["op"] == "input"}
+    inputs = {d[NAME]: n for n, d in builder.graph.nodes(data=True) if d[OP] == "input"}
     input_types = {d.name: builder.input_type(d) for d in program.inputs}
     return DataflowGraph(builder.graph, inputs,
                          {name: val.data for name, val in outputs.items()},

@@ -16,6 +16,7 @@ from ..runtime.weights import LayerWeights
 from ..runtime.codec import pattern_name
 from ..runtime.layout import LIVE_TO_END
 from .heads import HeadTerm, Operand
+from .nodes import CSHAPE, ENTRIES, OP, VARS
 from .pieces import piece_unit_count, piece_unit_entries, piece_units
 from .plan import Plan
 from .rows import AFTER_LAST_SUBLAYER, IDENTITY_BLOCK, IDENTITY_OVER_N_BLOCK
@@ -31,16 +32,16 @@ def block_key(plan: Plan, pair) -> str:
     elif atom.kind == "const":
         base = f"const:{const_name(atom.node)}"
     else:
-        vs = atom.node.get("vars") or []
+        vs = atom.node.get(VARS) or []
         base = vs[-1] if vs else f"tmp{atom.id}"
     return base + (".T" if pair[1] and atom.kind not in ("input", "const") else "")
 
 
 def const_name(node: dict) -> str:
     """Which constant the encoder writes: `ones`, `n`, `inv_n`, or a 0/1 pattern by value."""
-    if node["op"] == "pattern":
-        return pattern_name(node["cshape"], node["entries"])
-    return node["op"]
+    if node[OP] == "pattern":
+        return pattern_name(node[CSHAPE], node[ENTRIES])
+    return node[OP]
 
 
 def emit(plan: Plan, outputs: dict[str, int], progress=None) -> tuple[list[LayerWeights], list[Block], dict]:
@@ -97,7 +98,7 @@ def _blocks(plan: Plan, outputs: dict[str, int], keys: dict) -> list[Block]:
             key=keys[pair], kind=atom.kind, rows=list(slot.rows), transposed=bool(pair[1]),
             cshape=list(atom.cshape), written=slot.write,
             last_read=LIVE_TO_END if slot.last_read >= AFTER_LAST_SUBLAYER else slot.last_read,
-            vars=list(atom.node.get("vars") or []),
+            vars=list(atom.node.get(VARS) or []),
             name=atom.name if atom.kind == "input" else out_pairs.get(pair),
             const=const_name(atom.node) if atom.kind == "const" else None))
     return blocks

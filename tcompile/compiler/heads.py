@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..language.checker import TOKEN
+from .nodes import ENTRIES, OP
 from .poly import AtomTable, Factor, MAX_FACTORS, Mono, Poly, dims, transpose_mono
 
 @dataclass(frozen=True)
@@ -186,10 +187,10 @@ def _operand(atoms, item, flip: bool) -> Operand | None:
 def _selection(atom, transposed: bool) -> Operand | None:
     """A constant 0/1 pattern (transposed or not) with at most one 1 per row, as identity rows;
     None for any other atom (or a pattern whose rows would be the token axis)."""
-    if atom.kind != "const" or atom.node.get("op") != "pattern":
+    if atom.kind != "const" or atom.node.get(OP) != "pattern":
         return None
     rows, cols = atom.cshape
-    entries = atom.node["entries"]
+    entries = atom.node[ENTRIES]
     if transposed:
         rows, cols, entries = cols, rows, tuple((j, i) for i, j in entries)
     if rows == TOKEN:

@@ -30,7 +30,8 @@ from .approx import exact_function
 from .elementwise import (BOUND, EXACT_PL, Call, Const, Elementwise, Leaf, Product, Sum, affine,
                           calls, evaluate, leaves, to_text)
 from .heads import realizable
-from .nodes import CARRIED, COPY, HOISTED, VARS
+from .nodes import (ARGS, C, CARRIED, COPY, CSHAPE, DOMAIN, FARGS, FLAG, FUNC, HI, HOISTED, LO, LOC,
+                    NAME, NOTE, OP, REFINED, SIGN, SYMMETRIC, TOL, TOL_REL, VALUE, VARS)
 from .pieces import MAX_SIGN_LEAVES, UNNAMED, PieceBuilder, Words
 from .poly import (MAX_FACTORS, Atom, AtomTable, Mono, Poly, add_polys, dims, max_degree,
                    mul_polys, symmetrize_weighted_grams, transpose_poly)
@@ -70,13 +71,13 @@ class Lowering:
         self.user_bounds: dict[int, tuple] = {}         # atom → the user's `(x) on [lo, hi]`
 
     def error(self, msg, nid, expected=None):
-        return CompileError(msg, self.g.nodes[nid]["loc"], source=self.df.source,
+        return CompileError(msg, self.g.nodes[nid][LOC], source=self.df.source,
                             expected=expected)
 
     def statement(self, nid) -> str:
         """The source statement that made node `nid`, as written (comment stripped), quoted:
         how error messages show the user's expression rather than the compiler's expansion."""
-        loc = self.g.nodes[nid]["loc"]
+        loc = self.g.nodes[nid][LOC]
         lines = (self.df.source or "").splitlines()
         if loc is None or not 0 < loc.line <= len(lines):
             return "this statement"
@@ -91,28 +92,28 @@ class Lowering:
         names = {}
         for a in atoms:
             node = self.g.nodes[a]
-            known = [node["name"]] if node.get("name") else []
-            known += [v.split("@")[0] for v in node.get("vars", ())]
+            known = [node[NAME]] if node.get(NAME) else []
+            known += [v.split("@")[0] for v in node.get(VARS, ())]
             used = [k for k in known if re.search(rf"\b{re.escape(k)}\b", text)]
             names[a] = used[-1] if used else (UNNAMED if not known else compiler.get(a, UNNAMED))
         return Words(text, names)
 
     def approx_error(self, msg, nid):
         """A fit that cannot meet its budget, located at the statement that asked for it."""
-        return ApproxError(msg, self.g.nodes[nid]["loc"], source=self.df.source)
+        return ApproxError(msg, self.g.nodes[nid][LOC], source=self.df.source)
 
     def make_atom(self, nid: int, kind: str, poly: Poly | None = None) -> Poly:
         node = self.g.nodes[nid]
         atom = self.atoms.get(nid)
         if atom is None:
-            atom = self.atoms[nid] = Atom(nid, kind, node["cshape"], None, dict(node), node.get("name"))
+            atom = self.atoms[nid] = Atom(nid, kind, node[CSHAPE], None, dict(node), node.get(NAME))
             # a scalar is its own transpose; an input is symmetric when declared so, a 0/1
             # pattern (selection.py) when it equals its transpose
-            atom.symmetric = node["cshape"] == (1, 1) or (kind in ("input", "const") and
-                                                          bool(node.get("symmetric")))
+            atom.symmetric = node[CSHAPE] == (1, 1) or (kind in ("input", "const") and
+                                                          bool(node.get(SYMMETRIC)))
         if poly is not None:
             atom.define(self.atoms, symmetrize_weighted_grams(self.atoms, poly))
-        me = Mono((), (nid,)) if node["cshape"] == (1, 1) else Mono(((nid, False),))
+        me = Mono((), (nid,)) if node[CSHAPE] == (1, 1) else Mono(((nid, False),))
         self.polys[nid] = {me: 1.0}
         return self.polys[nid]
 
@@ -123,7 +124,7 @@ class Lowering:
         poly = self.polys[nid]
         stale = not self.stale_ok and any(s in self.polys and s != self.current
                                           for s in self.g.successors(nid))
-        if self.g.nodes[nid]["cshape"] is None:
+        if self.g.nodes[nid][CSHAPE] is None:
             raise self.error("the size of this multiple of I cannot be inferred", nid)
         result = self.make_atom(nid, "attn", poly)
         if stale:       # consumers already expanded it symbolically: redo them
@@ -156,7 +157,7 @@ class Lowering:
             for i, a in enumerate(made):
                 rank[a] = rank[call] - 1 + (i + 1) / (len(made) + 1)
         for a in sorted(self._hoisted.values()):     # invariant products: after their factors
-            rank[a] = max(rank.get(f, -1) for f in self.g.nodes[a]["args"]) + 0.5
+            rank[a] = max(rank.get(f, -1) for f in self.g.nodes[a][ARGS]) + 0.5
         ordered = sorted(self.atoms, key=lambda a: rank.get(a, -1))
         return AtomTable(((a, self.atoms[a]) for a in ordered), self.atoms.inv_n, self.atoms.ones)
 
@@ -177,7 +178,7 @@ class Lowering:
                     self.materialize(nid)
             else:
                 self.polys[nid] = self.expand(nid)
-                if self.g.nodes[nid].get("carried") and nid not in self.atoms:
+                if self.g.nodes[nid].get(CARRIED) and nid not in self.atoms:
                     self._store_loop_state(nid)
 
     def _store_loop_state(self, nid):
@@ -193,7 +194,7 @@ class Lowering:
     def expand(self, nid: int):
         """A node's value over atoms: a Poly (attention) or an `Elementwise` tree."""
         node = self.g.nodes[nid]
-        op, args = node["op"], node["args"]
+        op, args = node[OP], node[ARGS]
         if op == "input":
             return self.make_atom(nid, "input")
         if op == "pattern":                 # a constant 0/1 block the encoder writes
@@ -203,7 +204,7 @@ class Lowering:
                 self.atoms.inv_n = nid
             return self.make_atom(nid, "const")
         if op == "const":
-            return {Mono(()): node["value"]} if node["value"] != 0 else {}
+            return {Mono(()): node[VALUE]} if node[VALUE] != 0 else {}
         if op == "eye":
             return {Mono(()): 1.0}
         if op == "call":
@@ -213,11 +214,11 @@ class Lowering:
         if op == "ewmul":
             a, b = (self.ew_operand(x, allow_products=False) for x in args)
             if len(self.real_leaves(Product(a, b))) <= 1:      # x ** k: tol rel allowed
-                return Elementwise(Product(a, b), tol=node.get("tol"),
-                                   rel=bool(node.get("tol_rel")))
+                return Elementwise(Product(a, b), tol=node.get(TOL),
+                                   rel=bool(node.get(TOL_REL)))
             for x in args:                 # two real factors: a product piece of two atoms
                 self.need_poly(x)
-            tol = node.get("tol")
+            tol = node.get(TOL)
             return Elementwise(Product(self.ew_operand(args[0]), self.ew_operand(args[1])),
                                product=True, tol=tol)
         if op in ("scale", "add") and any(isinstance(self.polys[a], Elementwise) for a in args):
@@ -225,16 +226,16 @@ class Lowering:
             if op == "scale":
                 inner = self.polys[args[0]]
                 if isinstance(inner, Elementwise) and inner.rel:   # survives scaling: -x ** 4
-                    return Elementwise(Product(Const(node["c"]), exprs[0]), tol=inner.tol,
+                    return Elementwise(Product(Const(node[C]), exprs[0]), tol=inner.tol,
                                        rel=True)
-                return Elementwise(Product(Const(node["c"]), exprs[0]))
+                return Elementwise(Product(Const(node[C]), exprs[0]))
             if len(self.real_leaves(Sum(*exprs))) <= 1:
                 return Elementwise(Sum(*exprs))
             for a in args:
                 self.need_poly(a)
         ps = [self.need_poly(a) for a in args]
         if op == "scale":
-            return add_polys((node["c"], ps[0]))
+            return add_polys((node[C], ps[0]))
         if op == "add":
             return add_polys((1.0, ps[0]), (1.0, ps[1]))
         if op == "T":
@@ -242,12 +243,12 @@ class Lowering:
         if op in ("matmul", "smul"):
             while True:
                 prod = mul_polys(self.atoms, self.polys[args[0]], self.polys[args[1]])
-                if max_degree(prod) <= MAX_FACTORS and realizable(self.atoms, prod, node["cshape"]):
+                if max_degree(prod) <= MAX_FACTORS and realizable(self.atoms, prod, node[CSHAPE]):
                     return prod
                 # store an operand whose storing lowers the degree (2+ factors), preferring
                 # the one most consumers share (a loop variable, typically), else the longest
                 widest = max(args, key=lambda a: (a not in self.atoms and max_degree(self.polys[a]) > 1,
-                                                  bool(self.g.nodes[a].get("vars")),
+                                                  bool(self.g.nodes[a].get(VARS)),
                                                   self.fanout(a), max_degree(self.polys[a])))
                 if widest not in self.atoms and self.variant(widest) and \
                         self.fanout(widest) == 1 and not self.g.nodes[widest].get(VARS):
@@ -255,12 +256,12 @@ class Lowering:
                     # first try storing the product's loop-invariant factors once instead
                     hoisted = self.hoist_invariants(nid, prod)
                     if hoisted is not None and max_degree(hoisted) <= MAX_FACTORS and \
-                            realizable(self.atoms, hoisted, node["cshape"]):
+                            realizable(self.atoms, hoisted, node[CSHAPE]):
                         return hoisted
                 if widest in self.atoms:
                     raise self.error("this product cannot be computed by attention heads "
-                                     f"(shapes {self.g.nodes[args[0]]['cshape']} and "
-                                     f"{self.g.nodes[args[1]]['cshape']})", nid)
+                                     f"(shapes {self.g.nodes[args[0]][CSHAPE]} and "
+                                     f"{self.g.nodes[args[1]][CSHAPE]})", nid)
                 self.materialize(widest)
         raise self.error(f"the back end cannot lower '{op}' yet", nid)  # pragma: no cover
 
@@ -271,15 +272,15 @@ class Lowering:
         if refined is not None:
             return refined
         node = self.g.nodes[nid]
-        arg = self.ew_operand(node["args"][0], allow_products=False)
-        if not leaves(arg) and node["func"] not in EXACT_PL:
+        arg = self.ew_operand(node[ARGS][0], allow_products=False)
+        if not leaves(arg) and node[FUNC] not in EXACT_PL:
             return self.constant_call(nid, arg)
-        rel = bool(node.get("tol_rel"))
-        line = node["loc"].line if node["loc"] is not None else None
-        note = self.notes.get(nid, node.get("note", ""))
-        return Elementwise(Call(node["func"], node["fargs"], arg, node["domain"], node["tol"],
+        rel = bool(node.get(TOL_REL))
+        line = node[LOC].line if node[LOC] is not None else None
+        note = self.notes.get(nid, node.get(NOTE, ""))
+        return Elementwise(Call(node[FUNC], node[FARGS], arg, node[DOMAIN], node[TOL],
                                 rel, note=note, line=line),
-                           tol=node["tol"], rel=rel)
+                           tol=node[TOL], rel=rel)
 
     def constant_call(self, nid, arg) -> Poly | Elementwise:
         """A smooth function of a compile-time constant (exp(z) with z = zeros(n), or A @ x
@@ -290,13 +291,13 @@ class Lowering:
         leaf-free tree (relu(1)-style fills, written from the gate rows)."""
         node = self.g.nodes[nid]
         with np.errstate(all="ignore"):
-            value = float(exact_function(node["func"], *node["fargs"])(evaluate(arg, {})))
+            value = float(exact_function(node[FUNC], *node[FARGS])(evaluate(arg, {})))
         if not math.isfinite(value):
-            raise self.error(f"{node['func']}() of the constant {to_text(arg, {})} has no finite "
+            raise self.error(f"{node[FUNC]}() of the constant {to_text(arg, {})} has no finite "
                              "value", nid)
-        if node["cshape"] == (1, 1):
+        if node[CSHAPE] == (1, 1):
             return {Mono(()): value} if value != 0.0 else {}
-        if node["cshape"] == (TOKEN, 1):
+        if node[CSHAPE] == (TOKEN, 1):
             return {Mono(((self.ones_atom(), False),)): value} if value != 0.0 else {}
         return Elementwise(Const(value))
 
@@ -306,11 +307,11 @@ class Lowering:
         stored x (one atom, scaled) takes the bound on the atom; any other polynomial keeps
         it on this node, which a piece reading it stores with its bounds."""
         node = self.g.nodes[nid]
-        arg, (lo, hi) = node["args"][0], node["domain"]
+        arg, (lo, hi) = node[ARGS][0], node[DOMAIN]
         p = self.polys[arg]
         if isinstance(p, Elementwise):
             e = self.ew_operand(arg, allow_products=False)
-            line = node["loc"].line if node["loc"] is not None else None
+            line = node[LOC].line if node[LOC] is not None else None
             return Elementwise(Call(BOUND, (), e, (lo, hi), None, line=line), tol=p.tol, rel=p.rel)
         if len(p) == 1:
             (m, c), = p.items()
@@ -337,13 +338,13 @@ class Lowering:
         its value the last iterate kept symbolic; None where the direct fit is chosen (the
         reason goes to the call's note, hence to the report)."""
         node = self.g.nodes[nid]
-        if node["cshape"] != (1, 1) or node["func"] not in ("reciprocal", "sqrt") or node["fargs"]:
+        if node[CSHAPE] != (1, 1) or node[FUNC] not in ("reciprocal", "sqrt") or node[FARGS]:
             return None
-        kind, arg, domain = node["func"], node["args"][0], node["domain"]
+        kind, arg, domain = node[FUNC], node[ARGS][0], node[DOMAIN]
         inner = self.g.nodes[arg]
-        if kind == "reciprocal" and inner["op"] == "call" and inner["func"] == "sqrt" \
-                and inner["cshape"] == (1, 1):
-            kind, arg, domain = "rsqrt", inner["args"][0], inner["domain"]
+        if kind == "reciprocal" and inner[OP] == "call" and inner[FUNC] == "sqrt" \
+                and inner[CSHAPE] == (1, 1):
+            kind, arg, domain = "rsqrt", inner[ARGS][0], inner[DOMAIN]
         elif kind == "sqrt" and self._only_reciprocals(nid):
             return None                     # they refine it as an rsqrt
         if isinstance(self.polys.get(arg), Elementwise) and not self.is_gate(arg):
@@ -352,8 +353,8 @@ class Lowering:
             return None
         if domain is None or self.is_gate(arg):
             return None
-        tol = node["tol"] or self.pieces.default_tol
-        key = (kind, tuple(domain), tol, bool(node.get("tol_rel")))
+        tol = node[TOL] or self.pieces.default_tol
+        key = (kind, tuple(domain), tol, bool(node.get(TOL_REL)))
         if key not in self._choices:
             direct = refine.direct_neurons(kind, *domain, tol, key[3])
             self._choices[key] = refine.choose(kind, *domain, tol, key[3], direct)
@@ -361,9 +362,9 @@ class Lowering:
         if ref is None:
             self.notes[nid] = why
             return None
-        self.g.nodes[nid]["refined"] = "w" if kind == "sqrt" else "r"
+        self.g.nodes[nid][REFINED] = "w" if kind == "sqrt" else "r"
         a = self.scalar_atom(arg)
-        self.g.nodes[a]["refined"] = self.atoms[a].node["refined"] = "arg"
+        self.g.nodes[a][REFINED] = self.atoms[a].node[REFINED] = "arg"
         return self._newton_atoms(nid, kind, a, ref)
 
     def _newton_atoms(self, nid, kind, a, ref) -> Poly:
@@ -377,8 +378,8 @@ class Lowering:
             if i == len(made):
                 new = max(self.g.nodes) + 1
                 node = self.g.nodes[nid]
-                self.g.add_node(new, op="call", args=(a,), cshape=(1, 1), loc=node["loc"],
-                                func=node["func"], fargs=(), domain=node["domain"], tol=node["tol"],
+                self.g.add_node(new, op="call", args=(a,), cshape=(1, 1), loc=node[LOC],
+                                func=node[FUNC], fargs=(), domain=node[DOMAIN], tol=node[TOL],
                                 refined=role)
                 self.g.add_edge(a, new)
                 made.append(new)
@@ -391,7 +392,7 @@ class Lowering:
         if r not in self.atoms:
             self.make_atom(r, "mlp")
             self.atoms[r].piece = self.pieces.seed(a, ref, label)
-            loc = self.g.nodes[r]["loc"]
+            loc = self.g.nodes[r][LOC]
             self.atoms[r].lines = (loc.line,) if loc is not None else ()
             self.piece_ranges[r] = self.atoms[r].piece.range
         i = 1
@@ -425,16 +426,16 @@ class Lowering:
     def _only_reciprocals(self, nid) -> bool:
         users = [s for s in self.g.successors(nid) if s in self.live]
         return bool(users) and nid not in self.df.outputs.values() and all(
-            self.g.nodes[s]["op"] == "call" and self.g.nodes[s]["func"] == "reciprocal"
+            self.g.nodes[s][OP] == "call" and self.g.nodes[s][FUNC] == "reciprocal"
             for s in users)
 
     # ---- elementwise -----------------------------------------------------------------------
     def is_gate(self, atom_id) -> str | None:
         """'sign' or 'flag' for an input declared so (an exact MLP gate), else None."""
         node = self.g.nodes[atom_id]
-        if node["op"] != "input":
+        if node[OP] != "input":
             return None
-        return "sign" if node.get("sign") else "flag" if node.get("flag") else None
+        return "sign" if node.get(SIGN) else "flag" if node.get(FLAG) else None
 
     def real_leaves(self, expr) -> set[int]:
         return {a for a in leaves(expr) if self.is_gate(a) is None}
@@ -453,11 +454,11 @@ class Lowering:
         if len(p) == 1:
             (m, c), = p.items()
             atom_ids = [a for a, t in m.chain if not t] + list(m.scalars)
-            if m.degree == 0 and self.g.nodes[nid]["cshape"] == (1, 1):
+            if m.degree == 0 and self.g.nodes[nid][CSHAPE] == (1, 1):
                 return Const(c)
             if m.degree == 1 and len(atom_ids) == 1:
                 a = atom_ids[0]
-                if self.atoms[a].node.get("op") == "ones":
+                if self.atoms[a].node.get(OP) == "ones":
                     return Const(c)
                 return Leaf(a) if c == 1.0 else Product(Const(c), Leaf(a))
         self.materialize(nid)
@@ -472,7 +473,7 @@ class Lowering:
         """The ones row (a token piece's gate): the program's own `ones` node if it has one,
         else a node added for it."""
         if self.atoms.ones is None:
-            nid = next((a for a, atom in self.atoms.items() if atom.node.get("op") == "ones"), None)
+            nid = next((a for a, atom in self.atoms.items() if atom.node.get(OP) == "ones"), None)
             if nid is None:
                 nid = max(self.g.nodes) + 1
                 self.g.add_node(nid, op="ones", args=(), cshape=(TOKEN, 1), loc=None)
@@ -511,7 +512,7 @@ class Lowering:
             if cont is not None:
                 node_c = self.g.nodes[cont]
                 if "lo" in node_c:
-                    bounds[cont] = (node_c["lo"], node_c["hi"])
+                    bounds[cont] = (node_c[LO], node_c[HI])
                 elif cont in self.piece_ranges:
                     bounds[cont] = self.piece_ranges[cont]
                 if self.leaf_bounds(cont, bounds.get(cont)) is not None:
@@ -529,12 +530,12 @@ class Lowering:
         atom = self.atoms[nid]
         atom.piece = piece
         atom.lines = tuple(sorted({c.line for c in calls(e) if c.line is not None} |
-                                  ({node["loc"].line} if node["loc"] is not None else set())))
+                                  ({node[LOC].line} if node[LOC] is not None else set())))
         if piece.kind == "product":
             for a, b in ((piece.u, piece.v), (piece.v, piece.u)):
-                if self.g.nodes[a]["cshape"] == (TOKEN, 1) and self.g.nodes[b]["cshape"] == node["cshape"]:
+                if self.g.nodes[a][CSHAPE] == (TOKEN, 1) and self.g.nodes[b][CSHAPE] == node[CSHAPE]:
                     atom.diag_of = b
-        if TOKEN in node["cshape"]:
+        if TOKEN in node[CSHAPE]:
             atom.gate = self.ones_atom()
         if stale:
             raise _Restart(nid)
@@ -575,7 +576,7 @@ class Lowering:
         if rng is not None and math.isfinite(rng[0]) and math.isfinite(rng[1]):
             return rng
         if "lo" in node:                # an exact piece (relu) has no finite range: the checker's
-            return (node["lo"], node["hi"])
+            return (node[LO], node[HI])
         return None
 
     # ---- loop-invariant code motion ----------------------------------------------------------
@@ -590,11 +591,11 @@ class Lowering:
                 stack.pop()
                 continue
             node = self.g.nodes[n]
-            args = [a for a in node["args"] if a not in memo]
+            args = [a for a in node[ARGS] if a not in memo]
             if args and not node.get(CARRIED):
                 stack.extend(args)
                 continue
-            memo[n] = bool(node.get(CARRIED)) or any(memo[a] for a in node["args"])
+            memo[n] = bool(node.get(CARRIED)) or any(memo[a] for a in node[ARGS])
             stack.pop()
         return memo[nid]
 
@@ -639,7 +640,7 @@ class Lowering:
         cols = dims(self.atoms, chain[-1])[1]
         args = tuple(a for a, _ in chain) + scalars
         self.g.add_node(new, op="matmul", args=args, cshape=(rows, cols),
-                        loc=self.g.nodes[nid]["loc"], **{HOISTED: True})
+                        loc=self.g.nodes[nid][LOC], **{HOISTED: True})
         for a in set(args):
             self.g.add_edge(a, new)
         self._variant[new] = False
@@ -657,9 +658,9 @@ class Lowering:
         (the order in which a table-wide pass would have named it), else None; or, where
         `known` answers ..., the factors whose names it needs first."""
         atom, node = self.atoms[a], self.g.nodes[a]
-        vs = node.get("vars")
-        if node.get("name") or vs:
-            return node.get("name") or vs[-1].split("@")[0]
+        vs = node.get(VARS)
+        if node.get(NAME) or vs:
+            return node.get(NAME) or vs[-1].split("@")[0]
         if atom.piece is not None:
             return f"[{atom.piece.label}]"
         if atom.poly is not None and len(atom.poly) == 1:

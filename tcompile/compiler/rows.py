@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from .heads import HeadTerm, Operand, Realization
-from .nodes import TWIN
+from .nodes import LOOP_STATE, REFINED, TWIN
 from .orient import Pair, mlp_input_pair, pair_rows
 from .poly import Atom, AtomTable
 from .schedule import ENCODER, Schedule, written_by_mlp
@@ -167,11 +167,11 @@ def _pinned_rows(al: Allocation, p: Pair, occupant, free) -> list[int] | None:
     """A shared build's loop state takes the rows its previous iteration's value had, so that
     every iteration of the stored body finds it in the same place (row pinning). Unrolled
     builds mark no loop state (steady_state.py) and never come here."""
-    state = al.atoms[p[0]].node.get("loop_state")
+    state = al.atoms[p[0]].node.get(LOOP_STATE)
     if state is None:
         return None
     before = [q for q, slot in al.slots.items() if q[1] == p[1] and q[0] != p[0]
-              and al.atoms[q[0]].node.get("loop_state") == state]
+              and al.atoms[q[0]].node.get(LOOP_STATE) == state]
     if not before:
         return None
     q = max(before, key=lambda q: al.slots[q].write)
@@ -258,7 +258,7 @@ def _clearing_mlp(al: Allocation, q: Pair, t: int, last) -> int | None:
 def _role(atom) -> str | None:
     """r, w or arg for a value of a scalar refinement (below), None for others: an iterate
     may overwrite its own predecessor in place (the same magnitude), nothing else."""
-    return atom.node.get("refined")
+    return atom.node.get(REFINED)
 
 
 def _wide(atoms: AtomTable, a: int) -> bool:
@@ -269,16 +269,16 @@ def _wide(atoms: AtomTable, a: int) -> bool:
     another only through an exact clear: an attention writer that subtracts the old value
     beside the new one leaves ulp(old) in it."""
     atom = atoms[a]
-    return bool(atom.node.get("refined")) or atom.kind == "attn" and any(
+    return bool(atom.node.get(REFINED)) or atom.kind == "attn" and any(
         _refined_result(atoms, f) for m in atom.poly for f in _factors(m) if f in atoms)
 
 
 def _refined_result(atoms: AtomTable, a: int) -> bool:
     """A refinement's seed or iterate, or the value a head assembles from them (1/√ρ)."""
     atom = atoms[a]
-    if atom.node.get("refined") in ("r", "w"):
+    if atom.node.get(REFINED) in ("r", "w"):
         return True
-    return atom.kind == "attn" and any(atoms[f].node.get("refined") in ("r", "w")
+    return atom.kind == "attn" and any(atoms[f].node.get(REFINED) in ("r", "w")
                                        for m in atom.poly for f in _factors(m) if f in atoms)
 
 

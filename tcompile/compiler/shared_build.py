@@ -28,7 +28,7 @@ from ..runtime.weights import LayerWeights
 from .backend import build_manifest, compile_dataflow
 from .dataflow import walk_to_graph
 from .fold import Loop, NoSteadyState, digest, fold_loop
-from .nodes import LOOP_STATE
+from .nodes import LOOP_STATE, VARS
 from .pieces import PieceBuilder
 from .steady_state import LoopSite, SharedGraphBuilder, loop_sites
 
@@ -233,7 +233,7 @@ def _items(seq):
 
 def _assignment(atom, name: str) -> int | None:
     """k of the `name@k` an atom holds (None if it holds none)."""
-    ks = [int(v.split("@")[1]) for v in atom.node.get("vars", ()) if v.split("@")[0] == name]
+    ks = [int(v.split("@")[1]) for v in atom.node.get(VARS, ()) if v.split("@")[0] == name]
     return max(ks) if ks else None
 
 

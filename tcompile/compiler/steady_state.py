@@ -174,7 +174,7 @@ class SharedGraphBuilder(_SteadyState, GraphBuilder):
             return
         attrs = self.graph.nodes[data]
         if ty.bounded:
-            attrs["lo"], attrs["hi"] = ty.lo, ty.hi
+            attrs[LO], attrs[HI] = ty.lo, ty.hi
         else:
             attrs.pop("lo", None)
             attrs.pop("hi", None)
