@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import artifact, clock, codec
+from . import artifact, codec
 from .codec import ValidatedInputs
 from .layout import Block, Layout
 from .loops import LoopProgram
@@ -365,22 +365,16 @@ class CompiledProgram:
         inspection.domains.DomainReport: `.all_inside`, `.outside`, and `.summary` (or `print`
         it) naming the pieces and program values that left their domain."""
         from ..inspection.domains import DomainReport
-        if self.loops is not None:
-            return DomainReport(self, self._check_loop_domains(inputs))
-        states = self.sublayer_states(self.prepare_inputs(inputs))
-        out = []
-        for chk in self.typed_manifest.domains:
-            h = states[clock.attention_time(chk.layer)]       # after attention of that layer
-            vals = codec.read_block(h, self.layout.block(chk.block), [0, 0])
-            out.append(_domain_row(chk, float(vals.min()), float(vals.max())))
-        return DomainReport(self, out)
+        return DomainReport(self, self._domain_ranges(inputs))
 
-    def _check_loop_domains(self, kwargs: dict) -> list[dict]:
-        """check_domains of a shared build: each check's stored layer runs many times; the
-        range is taken over all of them (a forward hook after that layer's attention)."""
+    def _domain_ranges(self, kwargs: dict) -> list[dict]:
+        """One path for both builds: a forward hook after the attention of each check's layer
+        (the MLP that reads the block runs next) records the block's min and max in float64;
+        in a shared build that layer runs many times and the range is taken over all of them."""
         import torch
         counts, inputs = self.split_counts(kwargs, None, None)
         module = self.module_for("float64", "cpu")
+        layers = module.stored if self.loops is not None else module.blocks
         seen: dict[int, list] = {i: [np.inf, -np.inf] for i in range(len(self.typed_manifest.domains))}
         handles = []
         for i, chk in enumerate(self.typed_manifest.domains):
@@ -390,10 +384,11 @@ class CompiledProgram:
                 vals = codec.read_block(out.detach().numpy(), blk, [0, 0])
                 seen[i][0] = min(seen[i][0], float(vals.min()))
                 seen[i][1] = max(seen[i][1], float(vals.max()))
-            handles.append(module.stored[chk.layer].hook_resid_mid.register_forward_hook(hook))
+            handles.append(layers[chk.layer].hook_resid_mid.register_forward_hook(hook))
+        x = self.encode_inputs(self.prepare_inputs(inputs))
         try:
             with torch.no_grad():
-                module(self.encode_inputs(self.prepare_inputs(inputs)), counts)
+                module(x, counts) if self.loops is not None else module(x)
         finally:
             for h in handles:
                 h.remove()
