@@ -70,11 +70,18 @@ def numpy_sinkhorn(K, b, iters):
     return u, v
 
 
+def sinkhorn_problem(seed):
+    rng = np.random.default_rng(seed)
+    K = np.exp(-rng.uniform(0, 1, (32, 8)) / 0.5)
+    b = rng.uniform(0.5, 1.5, 8)
+    return K, b / b.sum()
+
+
 def test_sinkhorn_has_no_fitted_product_and_matches_numpy():
     """n = 32 sources, k = 8 targets, 3 iterations unrolled (the default 50 are for a shared
-    build): 12 layers per iteration, every product a head."""
+    build): 13 layers per iteration, every product a head."""
     prog = builds.build("sinkhorn", {"iters": 3})
-    assert (prog.report["layers"], prog.report["width"]) == (37, 82)
+    assert (prog.report["layers"], prog.report["width"]) == (40, 82)
     assert not any(a["name"].startswith("(u+v)^2") for a in prog.report["approximations"])
     worst = 0.0
     for seed in range(3):
@@ -85,4 +92,23 @@ def test_sinkhorn_has_no_fitted_product_and_matches_numpy():
         out = prog.run(K=K, b=b)
         u, v = numpy_sinkhorn(K, b, 3)
         worst = max(worst, np.max(np.abs(out["u"] - u) / u), np.max(np.abs(out["v"] - v) / v))
+    assert worst <= 1e-8
+
+
+def test_sinkhorn_50_iterations_shared_within_1e8_of_numpy_in_5m_parameters():
+    """The issue's targets: 50 iterations (the shared build, the one test_shared_loops reads)
+    within 1e-8 relative of numpy's. The program's normalisation a <- (2 - s) a, s = a . v,
+    keeps the token reciprocal's mean fit error out of v's scale, where it added up over the
+    iterations (4.9e-8 after 50 at tol rel 2e-9 without it; bench/sinkhorn_error.py): the error
+    is its last fit's (7e-9) at any count, and the budget is 7e-9 instead of 2e-9: 3.5 M
+    parameters (target 5 M; 6.0 M before)."""
+    prog = builds.build("sinkhorn", loops="shared")
+    assert prog.report["parameters"] <= 5_000_000
+    worst = 0.0
+    for seed in range(3):
+        K, b = sinkhorn_problem(seed)
+        for iters in (10, 50):
+            out = prog.run(K=K, b=b, iters=iters)
+            u, v = numpy_sinkhorn(K, b, iters)
+            worst = max(worst, np.max(np.abs(out["u"] - u) / u), np.max(np.abs(out["v"] - v) / v))
     assert worst <= 1e-8

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import builds
 import tcompile
 from tcompile.errors import InputError, NotConvergedWarning
 from tcompile.language.interpreter import interpret_program
@@ -59,7 +60,9 @@ def least_squares():
 
 @functools.lru_cache(maxsize=None)
 def shared_build(name: str, params: tuple = ()):
-    return tcompile.compile_file(PROGRAMS + name, dict(params), loops="shared")
+    """The session's shared build (tests/builds.py: one per program and settings, read by
+    test_exact_products' Sinkhorn test too)."""
+    return builds.build(PROGRAMS + name, dict(params), loops="shared")
 
 
 @pytest.fixture(scope="module")
