@@ -79,6 +79,8 @@ TWIN = "twin"            # shared builds only: (iteration indices, (loop keys, l
                          #   occurrence) of a value made inside loops; the same value of the
                          #   previous iteration has the same key with one index lower, and
                          #   rows.py gives a value its twin's rows where they are free
+ENTERS = "enters"        # shared builds only: ["loop key/variable", ...] on a value a loop's state
+                         #   starts from (x0 in x = x0); rows.py offers it the state's rows
 COPY = "copy"            # scale (C = 1) in a shared build: a loop state that is another state's
                          #   value of the previous iteration (`x_prev = x`), stored in rows of
                          #   its own (steady_state.py; the lowering stores it)
@@ -90,8 +92,8 @@ REFINED = "refined"      # set by the lowering on a scalar refinement's values (
                          #   'arg' on its argument; rows.py clears their rows exactly
 
 ATTRIBUTES = frozenset({OP, ARGS, CSHAPE, LOC, NAME, SYMMETRIC, ENTRIES, SIGN, FLAG, LO, HI, VALUE,
-                        K, C, FUNC, FARGS, DOMAIN, TOL, TOL_REL, VARS, CARRIED, LOOP_STATE, ITERATION, TWIN,
-                        COPY, HOISTED, REFINED, NOTE})
+                        K, C, FUNC, FARGS, DOMAIN, TOL, TOL_REL, VARS, CARRIED, LOOP_STATE, ITERATION,
+                        TWIN, ENTERS, COPY, HOISTED, REFINED, NOTE})
 REQUIRED = (OP, ARGS, CSHAPE, LOC)
 
 

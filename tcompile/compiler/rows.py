@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from .heads import HeadTerm, Operand, Realization
-from .nodes import LOOP_STATE, REFINED, TWIN
+from .nodes import ENTERS, LOOP_STATE, REFINED, TWIN
 from .orient import Pair, mlp_input_pair, pair_rows
 from .poly import Atom, AtomTable
 from .schedule import ENCODER, Schedule, written_by_mlp
@@ -49,6 +49,7 @@ class Allocation:
     width: int = 0
     wide: dict[int, bool] = field(default_factory=dict, repr=False)   # _is_wide's answers
     twins: dict | None = field(default=None, repr=False)   # _twin_rows's index of twin keys
+    hints: dict = field(default_factory=dict, repr=False)  # pair → rows a first scan suggests
 
 
 def _is_wide(al: "Allocation", a: int) -> bool:
@@ -111,7 +112,50 @@ def last_reads(al: Allocation, atoms: AtomTable, orient, outputs: dict[str, int]
 
 def allocate(atoms: AtomTable, s: Schedule, outputs: dict[str, int]) -> Allocation:
     sizes = identity_sizes(atoms, s)
+    al = _scan(atoms, s, outputs, sizes, {})
+    if al.twins:
+        # a shared build's loops: scan again, the first iteration's values (and the values a
+        # loop starts from) preferring the rows the first scan gave the next iteration's
+        # (the loop's state rows), so that the first iteration lays its values out as the
+        # body does; kept if it is no wider
+        again = _scan(atoms, s, outputs, sizes, _hints(al))
+        if again.width <= al.width:
+            return again
+    return al
+
+
+def _hints(al: Allocation) -> dict[Pair, list[int]]:
+    """For a second scan: each value made inside a loop → the rows its twin of the next
+    iteration had; each value a loop's state starts from (`enters`) → the state's rows."""
+    hints: dict[Pair, list[int]] = {}
+    state_rows: dict[tuple, list[int]] = {}
+    for p, slot in sorted(al.slots.items(), key=lambda kv: kv[1].write):
+        state = al.atoms[p[0]].node.get(LOOP_STATE)
+        if state is not None:
+            state_rows.setdefault((state, p[1]), slot.rows)
+    for p, slot in al.slots.items():
+        node = al.atoms[p[0]].node
+        key = node.get(TWIN)
+        if key is not None:
+            idx, where, occ = key
+            for i in range(len(idx) - 1, -1, -1):
+                a = al.twins.get((idx[:i] + (idx[i] + 1,) + idx[i + 1:], where, occ))
+                q = (a, p[1])
+                if a is not None and q in al.slots:
+                    if len(al.slots[q].rows) == len(slot.rows):
+                        hints[p] = list(al.slots[q].rows)
+                    break
+        for tag in node.get(ENTERS, ()):
+            rows = state_rows.get((tag, p[1]))
+            if rows is not None and len(rows) == len(slot.rows):
+                hints.setdefault(p, list(rows))
+    return hints
+
+
+def _scan(atoms: AtomTable, s: Schedule, outputs: dict[str, int], sizes,
+          hints: dict[Pair, list[int]]) -> Allocation:
     al = with_constant_blocks(atoms, s, sizes)
+    al.hints = hints
     last = last_reads(al, atoms, s.orient, outputs, sizes[0])
     # a constant no head or piece reads (1/n when the I/n block serves) is not encoded
     al.pairs -= {q for q in al.pairs if al.atoms[q[0]].kind == "const" and last[q] == ENCODER}
@@ -156,6 +200,11 @@ def _choose_rows(al: Allocation, p: Pair, occupant, last, identity_size: int) ->
     twin = _twin_rows(al, p, clearable)
     if twin is not None:
         return twin
+    hint = al.hints.get(p)
+    if hint is not None and all(r >= len(occupant) or r in set(clearable) for r in hint):
+        while len(occupant) <= max(hint):    # rows the first scan made, not made yet here
+            occupant.append(None)
+        return list(hint)
     if own:
         return list(al.slots[own[0]].rows)
     free = clearable

@@ -254,14 +254,17 @@ def _shared_manifest(m: Manifest, stored: list[LayerWeights], loops: LoopProgram
     """The base unrolling's manifest with the stored layers: its blocks keep the times of the
     base unrolling (`LoopProgram.base_counts`; rows are the same at every iteration, and the
     structured executor re-times them for a run's counts); each domain check once, at the
-    stored layer it runs in."""
+    stored layer it runs in: checks of several iterations that land on one stored layer, read
+    the same rows and have the same label but for the temporaries it names (`t62`, `t114`:
+    one per iteration) are one check."""
     where = loops.expand(dict(loops.base_counts))      # base layer → stored layer
     domains, seen = [], set()
     for chk in m.domains:
         moved = replace(chk, layer=where[chk.layer])
         rows = m.layout.block(chk.block).rows
-        if (chk.label, rows, chk.lo, chk.hi, moved.layer) not in seen:
-            seen.add((chk.label, rows, chk.lo, chk.hi, moved.layer))
+        key = (re.sub(r"\bt\d+\b", "t", chk.label), rows, chk.lo, chk.hi, moved.layer)
+        if key not in seen:
+            seen.add(key)
             domains.append(moved)
     layout = replace(m.layout, n_layers=len(stored), layers=tuple(LayerSpec.of(w) for w in stored))
     return replace(m, layout=layout, domains=tuple(domains), loops=loops)

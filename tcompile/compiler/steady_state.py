@@ -23,7 +23,7 @@ from ..language import ast
 from ..language.checker import Ty, Val, Walker
 from ..language.run_params import loop_param, run_time_counts
 from .dataflow import GraphBuilder, _carried
-from .nodes import CSHAPE, HI, LO, LOC, LOOP_STATE, TWIN, VARS
+from .nodes import CSHAPE, ENTERS, HI, LO, LOC, LOOP_STATE, TWIN, VARS
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,7 @@ class _SteadyState:
         if why is not None:
             return self._unroll_plainly(key, stmt, count, env, in_function)
         times = self.unroll_counts.get(key, count)
+        self.mark_entering(key, env, state)
         self.loops_around.append(key)
         try:
             for i in range(times):
@@ -138,6 +139,9 @@ class _SteadyState:
     def widen_data(self, data, ty: Ty) -> None:
         """Give the value's data the hull's bounds (the graph builder: its node's lo/hi)."""
 
+    def mark_entering(self, key: str, env, state) -> None:
+        """Tag the values the loop's state starts from (the graph builder: ENTERS)."""
+
 
 class _Probe(_SteadyState, Walker):
     def __init__(self, program, params):
@@ -178,6 +182,14 @@ class SharedGraphBuilder(_SteadyState, GraphBuilder):
         else:
             attrs.pop("lo", None)
             attrs.pop("hi", None)
+
+    def mark_entering(self, key: str, env, state) -> None:
+        for name in state:
+            val = env.get(name)
+            if val is not None and isinstance(val.data, int):
+                tags = self.graph.nodes[val.data].setdefault(ENTERS, [])
+                if f"{key}/{name}" not in tags:
+                    tags.append(f"{key}/{name}")
 
     def end_of_iteration(self, loop, env):
         key = self.loops_around[-1]
