@@ -21,7 +21,7 @@ from tcompile.inspection.sampling import sample_inputs
 from tcompile.runtime import exec_ops
 from tcompile.runtime.exec_ops import HeadOp, MlpOp, relu_pairs_linear
 from tcompile.runtime.executor import StructuredExecutor, executor_for
-from tcompile.runtime.pl_tables import build_table, grid_table
+from tcompile.runtime.pl_tables import build_table, clamped_grid_table, grid_table
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRAMS = ROOT / "programs"
@@ -236,6 +236,44 @@ def test_grid_table_is_the_table(spread, dtype):
     assert np.max(np.abs(got - want)) <= 8 * np.finfo(dtype).eps * np.max(np.abs(want))
     assert grid_table(np.array([0.0, 1e-12, 2e-12, 1.0, 1 + 1e-12]), np.arange(6.0)[:, None] ** 2,
                       np.zeros((6, 1)), 1, max_cells=64) is None
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_clamped_grid_table_is_the_table(dtype):
+    """A table constant beyond its ends with uniform kinks inside but for the last (a domain
+    end cutting the last interval short: newton_logistic's squares) is looked up with no kink
+    compared: s clamped to [lo, hi], the cell j = trunc(s · inv_h + shift) with no clamp
+    (padding cells), then slope[j] s + icpt[j]; on the breakpoints, one ulp either side, on
+    and beside every cell edge and far beyond both ends, within rounding of build_table's
+    interval. Not for a table whose end pieces slope or whose inner kinks are not uniform."""
+    lo, hi, h = -0.9976331909086259, 1.250037197000374, 0.03992001499554
+    bp = np.append(lo + h * np.arange(57), hi)
+    v = bp ** 2
+    sl = np.diff(v) / np.diff(bp)
+    slope = np.concatenate([[0.0], sl, [0.0]])[:, None]
+    icpt = np.concatenate([[v[0]], v[:-1] - sl * bp[:-1], [v[-1]]])[:, None]
+    gt = clamped_grid_table(bp, slope, icpt)
+    assert gt is not None and gt.m == 0 and gt.clamp == (lo, hi) and gt.G == 57 + 2
+    rng = np.random.default_rng(3)
+    bpd = bp.astype(dtype)
+    edges = (gt.lo + np.arange(gt.G + 1) / gt.inv_h).astype(dtype)
+    s = np.concatenate([bpd, np.nextafter(bpd, dtype(np.inf)), np.nextafter(bpd, dtype(-np.inf)),
+                        edges, np.nextafter(edges, dtype(np.inf)), np.nextafter(edges, dtype(-np.inf)),
+                        rng.uniform(-9, 9, 5000).astype(dtype), np.array([-1e6, 1e6], dtype)])
+    sc = np.clip(s, dtype(lo), dtype(hi))
+    j = (sc * dtype(gt.inv_h) + dtype(-gt.lo * gt.inv_h)).astype(np.int64)
+    assert j.min() >= 0 and j.max() < gt.G
+    got = gt.slope.astype(dtype)[j] * sc[:, None] + gt.icpt.astype(dtype)[j]
+    s64 = s.astype(np.float64)
+    i = np.searchsorted(bp, s64)
+    want = slope[i] * s64[:, None] + icpt[i]
+    assert np.max(np.abs(got - want)) <= 8 * np.finfo(dtype).eps * np.max(np.abs(want))
+    sloped = slope.copy()
+    sloped[-1] = 1e-3
+    assert clamped_grid_table(bp, sloped, icpt - np.append(np.zeros(58), hi * 1e-3)[:, None]) is None
+    uneven = bp.copy()
+    uneven[20] += 1e-3
+    assert clamped_grid_table(uneven, slope, icpt) is None
 
 
 # ---- generated straight-line code (exec_codegen.py) and fused BLAS calls ---------------------

@@ -22,7 +22,7 @@ import torch
 
 from .exec_plan import Read, concrete, sub_read
 from .exec_sublayers import HeadSpec
-from .pl_tables import MlpGroup, build_table, grid_table
+from .pl_tables import MlpGroup, build_table, clamped_grid_table, grid_table
 
 # Table entries looked up per pass: a pass's temporaries (a dozen arrays of this many entries)
 # stay in cache on a CPU, and on any device their memory does not grow with the batch (on a GPU
@@ -351,7 +351,10 @@ class _Tables:
       j = clamp(s · inv_h + shift) (one add, one clamp, one cast; the tables' cells are
       numbered one after another, so shift and the clamp's bounds place each table's own),
       then m kink comparisons (a gather, a compare, an add each) — k = (m + 1) j + #kinks
-      below s — and one gather per coefficient column;
+      below s — and one gather per coefficient column; tables constant beyond their ends
+      with uniform kinks inside (pl_tables.clamped_grid_table: newton_logistic's squares)
+      clamp s to their ends first (one pass per table, in place of the cell's clamp) and
+      compare no kink (m = 0);
     * by one searchsorted (tables that have no grid, and passes of fewer than SEARCH_BELOW
       entries, where a call costs more than the work): the breakpoints padded to (T, K).
 
@@ -378,8 +381,15 @@ class _Tables:
         self.s_slope, self.s_icpt = t(sl.reshape(-1)), t(ic.reshape(-1))
         off = (np.arange(O)[:, None, None] * T + np.arange(T)[None, :, None]) * (K + 1)
         self.s_off = t(off[:, 0] if T == 1 else off[0], torch.int32) if O * T > 1 else None
-        # the grid, where every table has one with the same (fewest) kinks per cell
-        self.grid = None
+        # the grid, where every table has one with the same (fewest) kinks per cell: no kink
+        # at all when every table is constant beyond its ends with uniform kinks inside, s
+        # clamped first (clamped_grid_table); else the coarsest grid of m kinks per cell
+        self.grid, self.clamp = None, None
+        grids = [clamped_grid_table(bp, slope, icpt) for bp, slope, icpt, _ in tables]
+        if all(g is not None for g in grids):
+            self._grid(grids, 0, t)
+            self.clamp = [g.clamp for g in grids]
+            return
         for m in GRID_KINKS:
             grids = [grid_table(bp, slope, icpt, m) for bp, slope, icpt, _ in tables]
             if all(g is not None for g in grids):
@@ -421,17 +431,33 @@ class _Tables:
                 St.add_(x, alpha=c)
         return S.view(-1)
 
-    def index(self, s: torch.Tensor, N: int) -> tuple[torch.Tensor, bool]:
-        """Each entry's row of the coefficient columns (int32, (O · T · N,)) and whether they
-        are the grid's."""
+    def index(self, s: torch.Tensor, N: int, own: bool) -> tuple[torch.Tensor, bool, torch.Tensor]:
+        """Each entry's row of the coefficient columns (int32, (O · T · N,)), whether they
+        are the grid's, and s as the rows' coefficients take it (clamped to each table's
+        ends by a clamped grid: into s itself when `own`)."""
         T, O = self.T, self.O
+        if self.clamp is not None and N >= SEARCH_BELOW:
+            if T == 1:
+                (lo, hi), = self.clamp
+                s = s.clamp_(lo, hi) if own else torch.clamp(s, lo, hi)
+                j = torch.add(self.shift[0], s, alpha=self.inv_h[0])
+            else:
+                j = s.new_empty((T, N))
+                for i, (jt, st) in enumerate(zip(j.unbind(0), s.view(T, N).unbind(0))):
+                    st.clamp_(*self.clamp[i])
+                    torch.add(self.shift[i], st, alpha=self.inv_h[i], out=jt)
+                j = j.view(-1)
+            k = j.to(torch.int32)
+            if self.g_off is not None:
+                k = torch.add(k, self.g_off).view(-1)
+            return k, True, s
         if self.grid is None or N < SEARCH_BELOW:
             # searchsorted copies a strided input itself, with a UserWarning: copy it here
             k = torch.searchsorted(self.bp, s.contiguous() if T == 1 else s.view(T, N),
                                    out_int32=True)
             if self.s_off is not None:
                 k = torch.add(k, self.s_off)
-            return (k if k.dim() == 1 else k.view(-1)), False
+            return (k if k.dim() == 1 else k.view(-1)), False, s
         if T == 1:
             j = torch.add(self.shift[0], s, alpha=self.inv_h[0]).clamp_(self.jmin[0], self.jmax[0])
         else:
@@ -449,7 +475,7 @@ class _Tables:
             k = j
         if self.g_off is not None:
             k = torch.add(k, self.g_off).view(-1)
-        return k, True
+        return k, True, s
 
     def __call__(self, xs: list, shape: tuple, dst: torch.Tensor) -> None:
         """The tables' sum for entries of `shape` (batch, instances, tokens), written into
@@ -457,7 +483,7 @@ class _Tables:
         T, O = self.T, self.O
         N = shape[0] * shape[1] * shape[2]
         s = self.s_into(xs, shape, dst)
-        k, grid = self.index(s, N)
+        k, grid, s = self.index(s, N, T > 1)
         slope, icpt = (self.g_slope, self.g_icpt) if grid else (self.s_slope, self.s_icpt)
         a, b = slope.index_select(0, k), icpt.index_select(0, k)
         if T == 1 and O == 1:

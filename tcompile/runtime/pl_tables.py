@@ -161,6 +161,7 @@ class GridTable:
     t: np.ndarray          # (m, G): each cell's kinks in order, +inf beyond its own
     slope: np.ndarray      # (G · (m + 1), O)
     icpt: np.ndarray
+    clamp: tuple | None = None     # (lo, hi): s is clamped to it first (clamped_grid_table)
 
 
 def grid_table(bp: np.ndarray, slope: np.ndarray, icpt: np.ndarray, m: int,
@@ -215,4 +216,47 @@ def grid_table(bp: np.ndarray, slope: np.ndarray, icpt: np.ndarray, m: int,
     return GridTable(lo, 1.0 / h, G, m, t, slope[rows], icpt[rows])
 
 
-__all__ = ["MIN_TABLE_UNITS", "MlpGroup", "plan_mlp", "build_table", "kinks_of", "GridTable", "grid_table"]
+def clamped_grid_table(bp: np.ndarray, slope: np.ndarray, icpt: np.ndarray,
+                       max_cells: int = 1 << 14) -> GridTable | None:
+    """A table that is constant beyond its first and last kinks (its end slopes 0, or within
+    64 ulp of its largest slope: the ReLU sums of a fit clamped to its domain [lo, hi], such
+    as newton_logistic's squares) is f(clamp(s, lo, hi)), and inside (lo, hi) its kinks are
+    often uniform from lo but for the last one, hi, a domain end that cuts the last interval
+    short. Then with s clamped first, a grid of spacing h from lo holds no kink inside any
+    cell (m = 0): the cell is j = floor((clamp(s) − lo) · inv_h) + 1, with one padding cell at
+    either end (a copy of its neighbour) for s·inv_h rounded across a cell edge near lo or hi
+    (so j needs no clamp), and f(s) = slope[j] clamp(s) + icpt[j] (within rounding of the
+    exact interval's value, beyond the ends |end slope| × |s − end| more: rounding residue).
+    None when the table is not of this kind."""
+    k = kinks_of(slope, icpt)
+    if len(k) < 2 or not np.all(np.isfinite(bp)):
+        return None
+    big = max(float(np.max(np.abs(slope))), np.finfo(np.float64).tiny)
+    flat = 64 * np.finfo(np.float64).eps * big
+    if np.max(np.abs(slope[0])) > flat or np.max(np.abs(slope[-1])) > flat:
+        return None
+    lo, hi = float(bp[k[0]]), float(bp[k[-1]])
+    inner = bp[k[1:-1]]
+    tol = 4 * np.finfo(np.float64).eps * max(abs(lo), abs(hi))
+    if len(inner):
+        h = float(inner[-1] - lo) / len(inner)
+        if not h > 0 or np.max(np.abs(inner - (lo + h * np.arange(1, len(inner) + 1)))) > \
+                tol + 4 * np.finfo(np.float64).eps * abs(h) * len(inner) or hi - inner[-1] > h + tol:
+            return None
+    else:
+        h = hi - lo
+    if not h > 0:
+        return None
+    G = int(np.floor((hi - lo) / h)) + 1            # cells over [lo, hi] (the last may overhang)
+    if G + 2 > max_cells:
+        return None
+    mid = lo + (np.arange(G) + 0.5) * h
+    mid = np.minimum(mid, (lo + np.arange(G) * h + hi) / 2)     # a point of the cell in [lo, hi]
+    rows = np.searchsorted(bp, mid, side="left")
+    rows = np.concatenate([rows[:1], rows, rows[-1:]])          # padding cells either side
+    return GridTable(lo - h, 1.0 / h, G + 2, 0, np.zeros((0, G + 2)), slope[rows], icpt[rows],
+                     clamp=(lo, hi))
+
+
+__all__ = ["MIN_TABLE_UNITS", "MlpGroup", "plan_mlp", "build_table", "kinks_of", "GridTable", "grid_table",
+           "clamped_grid_table"]
