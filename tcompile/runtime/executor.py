@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -46,6 +47,26 @@ from .domain_guard import observe, settle
 from .layout import Block, Layout
 from .model import exact_float32
 from .weights import LayerWeights
+
+
+class _Piece(NamedTuple):
+    """One term of a written slot's residual sum: alpha · (rows `src` of what `get` gives,
+    over `have` token columns, fitted to the slot's), added into rows `dst` of the slot."""
+    get: object          # an op's index in _Sublayer.ops, or a ReadOp (the slot's old value)
+    src: object          # rows of the op's output (a slice or a list), None: all of them
+    have: int            # token columns the op's output spans
+    dst: object          # rows of the slot it adds to (an index tensor), None: all of them
+    alpha: float
+    spare: bool          # the op's output was made for this term alone (may be added into)
+
+
+class _Write(NamedTuple):
+    """A slot a sublayer writes: its terms, and the head added by one baddbmm, if any."""
+    key: str
+    rows: int
+    e: int               # token columns
+    pieces: list         # [_Piece]
+    fused: tuple | None  # (op index, alpha): + alpha · L @ R, the head's factors
 
 
 class _Sublayer:
@@ -105,30 +126,30 @@ class _Sublayer:
                 width = len(M) if M is not None else len(plan.contribs[i].out_rows)
                 whole = src == tuple(range(width))
                 have = concrete(plan.contribs[i].ext, n)
-                pieces.append((i, None if whole else _rows(src), have,
-                               None if dst == tuple(range(len(slot.rows)))
-                               else torch.tensor(dst, device=device), ops[i].alpha,
-                               ops[i].fresh and uses[i] == 1 and whole and have == e))
+                pieces.append(_Piece(i, None if whole else _rows(src), have,
+                                     None if dst == tuple(range(len(slot.rows)))
+                                     else torch.tensor(dst, device=device), ops[i].alpha,
+                                     ops[i].fresh and uses[i] == 1 and whole and have == e))
             if old_read is not None:
-                pieces.insert(0, (old_read[0], None, e, old_read[1], 1.0, False))
+                pieces.insert(0, _Piece(old_read[0], None, e, old_read[1], 1.0, False))
             pieces = self._merge_same_reads(pieces, e, uses)
             fused = self._fusable(pieces, e, uses)
             if fused is not None:
                 pieces.remove(fused)
-                fused = (fused[0], fused[4])
-            base = [k for k, pc in enumerate(pieces) if pc[5] and pc[3] is None][:1]
+                fused = (fused.get, fused.alpha)
+            base = [k for k, pc in enumerate(pieces) if pc.spare and pc.dst is None][:1]
             pieces = [pieces[k] for k in base] + [pc for k, pc in enumerate(pieces) if k not in base]
-            self.writes.append((slot.key, len(slot.rows), e, pieces, fused))
-        self.skip = {w[4][0] for w in self.writes if w[4] is not None}
+            self.writes.append(_Write(slot.key, len(slot.rows), e, pieces, fused))
+        self.skip = {w.fused[0] for w in self.writes if w.fused is not None}
 
     def _merge_same_reads(self, pieces: list, e: int, uses: list) -> list:
         """A head that returns its query scaled (s·Q) where Q is the residual's old value
         (the same rows, the same columns) adds to that term's coefficient: 2X, not X + X."""
-        old = [pc for pc in pieces if not isinstance(pc[0], int) and pc[3] is None]
+        old = [pc for pc in pieces if not isinstance(pc.get, int) and pc.dst is None]
         if not old:
             return pieces
         old = old[0]
-        alpha, out = old[4], []
+        alpha, out = old.alpha, []
         for pc in pieces:
             get, src, have, dst, a, _ = pc
             op = self.ops[get] if isinstance(get, int) else None
@@ -141,8 +162,7 @@ class _Sublayer:
             out.append(pc)
         if alpha == 0.0:                    # x − x: the clearing of a reused row, dropped
             return [pc for pc in out if pc is not old]
-        return [(get, src, have, dst, alpha, spare) if pc is old else pc
-                for pc in out for get, src, have, dst, _, spare in [pc]]
+        return [pc._replace(alpha=alpha) if pc is old else pc for pc in out]
 
     def _fusable(self, pieces: list, e: int, uses: list):
         """The term a baddbmm adds: a head that is one product L @ R over the whole slot,
@@ -150,7 +170,7 @@ class _Sublayer:
         if len(pieces) < 2:
             return None
         for pc in pieces:
-            get, src, have, dst = pc[:4]
+            get, src, have, dst = pc.get, pc.src, pc.have, pc.dst
             if isinstance(get, int) and isinstance(self.ops[get], HeadOp) and \
                     self.ops[get].fusable and src is None and dst is None and have == e and \
                     uses[get] == 1:
@@ -164,8 +184,8 @@ class _Sublayer:
                 else op(state, like) for i, (op, head) in enumerate(zip(self.ops, self.heads))]
         new = {}
         for key, rows, e, pieces, fused in self.writes:
-            if fused is None and len(pieces) == 1 and pieces[0][3] is None and \
-                    isinstance(pieces[0][0], int):
+            if fused is None and len(pieces) == 1 and pieces[0].dst is None and \
+                    isinstance(pieces[0].get, int):
                 # one term, no residual
                 get, src, have, _, alpha, spare = pieces[0]
                 part = fit(outs[get] if src is None else outs[get][:, src], have, e)
