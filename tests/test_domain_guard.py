@@ -127,3 +127,20 @@ def test_cli_run_exits_nonzero_on_a_domain_error(tmp_path, cg_narrow):
     r = run_in_process(["run", tmp_path / "cg", "--inputs", tmp_path / "small.npz",
                         "--domains", "warn"])
     assert r.returncode == 0 and "warning: " in r.stderr and "w =" in r.stdout
+
+
+def test_observe_reduces_an_unwritten_tensor_once_per_run():
+    """A tensor read at several points of a run (an input every step's piece reads) is reduced
+    once when `done` spans the run; written in place between the points, it is reduced again
+    and the later checks see its new range."""
+    import torch
+    from tcompile.runtime.domain_guard import observe, settle
+    x, y = torch.tensor([1.0, -2.0]), torch.tensor([5.0])
+    seen, done = [], {}
+    observe([(0, x), (1, y)], seen, done)
+    observe([(2, x)], seen, done)
+    assert len(done) == 2 and seen[2][1] is seen[0][1]
+    x.mul_(3.0)
+    observe([(3, x)], seen, done)
+    assert len(done) == 3
+    assert settle(seen) == {0: (-2.0, 1.0), 1: (5.0, 5.0), 2: (-2.0, 1.0), 3: (-6.0, 3.0)}

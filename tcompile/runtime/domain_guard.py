@@ -133,16 +133,20 @@ def watch_module(prog, module, enabled: bool = True):
             h.remove()
 
 
-def observe(reads, seen: list) -> None:
+def observe(reads, seen: list, done: dict | None = None) -> None:
     """(check, tensor) pairs → (check, aminmax) appended to `seen`, one reduction per tensor:
     checks of the same block at the same point (two pieces fitted on one variable) read the
-    same tensor and share its reduction."""
+    same tensor and share its reduction. `done`, kept by the caller over a whole run, shares
+    it between points too: a tensor not written since (same object, same version counter),
+    such as an input every Newton step's product piece reads (newton_logistic's A), is reduced
+    once per run, not once per step."""
     import torch
-    done: dict = {}
+    done = {} if done is None else done
     for i, x in reads:
-        if id(x) not in done:
-            done[id(x)] = (x, torch.aminmax(x))      # x kept: its id is not reused meanwhile
-        seen.append((i, done[id(x)][1]))
+        key = (id(x), x._version)
+        if key not in done:
+            done[key] = (x, torch.aminmax(x))        # x kept: its id is not reused meanwhile
+        seen.append((i, done[key][1]))
 
 
 def settle(seen: list) -> dict[int, tuple[float, float]]:

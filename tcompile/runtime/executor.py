@@ -374,9 +374,10 @@ class Watch:
     block: Block
 
 
-def _watch(reads: list, state: dict, like, seen: list) -> None:
-    """Each watched block's (min, max), one reduction per check, kept as tensors (no sync)."""
-    observe(((i, rd(state, like)) for i, rd in reads), seen)
+def _watch(reads: list, state: dict, like, seen: list, done: dict) -> None:
+    """Each watched block's (min, max), one reduction per check and tensor read (`done`: the
+    run's reductions so far), kept as tensors (no sync)."""
+    observe(((i, rd(state, like)) for i, rd in reads), seen, done)
 
 
 TRACES_KEPT = 8     # generated forward functions kept per executor (one per input shapes)
@@ -523,12 +524,13 @@ class StructuredExecutor:
         B = _batch(state)
         state.update(res.consts)
         seen: list = []
+        done: dict = {}
         if watch:
-            _watch(res.watches[0], state, res.like, seen)
+            _watch(res.watches[0], state, res.like, seen, done)
         for k, (sub, drop) in enumerate(zip(res.sublayers, self._drop), 1):
             sub(state, res.like)
             if watch and res.watches[k]:
-                _watch(res.watches[k], state, res.like, seen)
+                _watch(res.watches[k], state, res.like, seen, done)
             for key in drop:
                 state.pop(key, None)
         return self._decode(state, B, res.n), seen
