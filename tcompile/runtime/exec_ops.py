@@ -591,9 +591,10 @@ class MlpOp:
             return self.const
         if self.kind != "table":
             X = self.var(state, like)
-            if self.kind == "relu":
-                return self.W2 @ torch.relu(self.W1 @ X + self.bias)
-            return X if self.M is None else self.M @ X
+            if self.kind == "relu":     # bias + W1 X in one baddbmm (the bias broadcast)
+                W1, X = _batched(self.W1, X)
+                return mm(self.W2, torch.baddbmm(self.bias, W1, X).relu_())
+            return X if self.M is None else mm(self.M, X)
         xs = [rd(state, like) for rd in self.coords]
         B, e = max(x.shape[0] for x in xs), self.e
         out = like.new_empty((B, self.inst * self.outs, e))
