@@ -76,7 +76,9 @@ class _Writer(TorchFunctionMode):
         return var
 
     def const(self, obj) -> str:
-        key = id(obj)
+        # equal indices (tuples of slices, sizes) are one global, so that the same view of the
+        # same tensor, asked for twice with equal but distinct index objects, is taken once
+        key = ("=", type(obj), repr(obj)) if _by_value(obj) else id(obj)
         if key not in self.consts:
             self.consts[key] = f"c{len(self.consts)}"
             self.glob[self.consts[key]] = obj
@@ -227,6 +229,16 @@ def _same_view(func, args, kwargs, out) -> bool:
     return name in _SAME_VIEWS and "out" not in (kwargs or {}) and out.dtype == a.dtype and \
         out.shape == a.shape and out.stride() == a.stride() and \
         out.storage_offset() == a.storage_offset() and out.data_ptr() == a.data_ptr()
+
+
+def _by_value(obj) -> bool:
+    """An index or size whose repr determines it (slices, Ellipsis, ints, strings, tuples of
+    them): equal ones are interchangeable."""
+    if isinstance(obj, (tuple, list)):
+        return all(_by_value(x) for x in obj)
+    if isinstance(obj, slice):
+        return all(x is None or type(x) is int for x in (obj.start, obj.stop, obj.step))
+    return obj is None or obj is Ellipsis or type(obj) in (int, str, bool)
 
 
 def _plain(a) -> bool:
