@@ -50,7 +50,7 @@ class ReadOp:
     when the rows are a whole slot)."""
 
     def __init__(self, read: Read, slots: dict, e: int, n: int):
-        self.e, self.parts = e, []
+        self.e, self.parts, self.read = e, [], read
         start = 0
         for seg in read.segments:
             L = len(seg.positions)

@@ -131,7 +131,11 @@ class _Sublayer:
                                      else torch.tensor(dst, device=device), ops[i].alpha,
                                      ops[i].fresh and uses[i] == 1 and whole and have == e))
             if old_read is not None:
-                pieces.insert(0, _Piece(old_read[0], None, e, old_read[1], 1.0, False))
+                rd, have = old_read[0], e
+                if len(rd.parts) == 1 and rd.parts[0][0] is not None and rd.parts[0][2] < e:
+                    have = rd.parts[0][2]           # held over fewer columns: read as it is
+                    rd = ReadOp(rd.read, slots, have, n)
+                pieces.insert(0, _Piece(rd, None, have, old_read[1], 1.0, False))
             pieces = self._merge_same_reads(pieces, e, uses)
             fused = self._fusable(pieces, e, uses)
             if fused is not None:
@@ -139,6 +143,11 @@ class _Sublayer:
                 fused = (fused.get, fused.alpha)
             base = [k for k, pc in enumerate(pieces) if pc.spare and pc.dst is None][:1]
             pieces = [pieces[k] for k in base] + [pc for k, pc in enumerate(pieces) if k not in base]
+            # terms over fewer token columns last: added into the sum's columns they cover
+            # (_Sum.add_cols), not padded with zeros first, once another term made the sum
+            narrow = [pc for pc in pieces if pc.have < e and pc.dst is None]
+            if narrow and len(narrow) < len(pieces):
+                pieces = [pc for pc in pieces if not (pc.have < e and pc.dst is None)] + narrow
             self.writes.append(_Write(slot.key, len(slot.rows), e, pieces, fused))
         self.skip = {w.fused[0] for w in self.writes if w.fused is not None}
 
@@ -199,6 +208,9 @@ class _Sublayer:
                         outs[get] = None            # its one use: it lives on in acc only
                 else:
                     part = get(state, like)         # the old value
+                if have < e and dst is None and acc.t is not None:
+                    acc.add_cols(part, alpha, have)
+                    continue
                 part = fit(part, have, e)
                 if dst is None:
                     acc.add(part, alpha, spare)
@@ -246,6 +258,17 @@ class _Sum:
             self.settle()
             return self.add(part, alpha, spare)
         self.own = True
+
+    def add_cols(self, part, alpha: float, have: int) -> None:
+        """t[..., :have] += alpha·part: a term over the first `have` token columns only (no
+        zero padding), into a tensor of the sum's own of the full (broadcast) shape."""
+        shape = (max(self.t.shape[0], part.shape[0]),) + tuple(self.t.shape[1:])
+        if self.scale != 1.0:
+            self.t, self.scale = torch.mul(self.t.expand(shape), self.scale), 1.0
+        elif not self.own or self.t.shape != shape:
+            self.t = self.t.expand(shape).clone(memory_format=torch.contiguous_format)
+        self.own = True
+        self.t[..., :have].add_(part, alpha=alpha)
 
     def index_add(self, part, alpha: float, dst, rows: int, e: int, like) -> None:
         """Rows dst of t += alpha·part."""
