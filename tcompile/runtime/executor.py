@@ -84,10 +84,14 @@ class _Sublayer:
         make = lambda c: (HeadOp if isinstance(c, HeadSpec) else MlpOp)(  # noqa: E731
             c, slots, consts, n, dtype, device)
         ops = [make(c) for c in plan.contribs]
+        # constant contributions that are zero (an MLP's units whose gated bias is off on
+        # every token): x + 0 = x, their terms are dropped
+        zero = {i for i, op in enumerate(ops)
+                if getattr(op, "const", None) is not None and not bool(torch.any(op.const))}
         writes = []
         for slot, old, terms in zip(plan.slots, plan.olds, plan.terms):
             e = concrete(slot.ext, n)
-            ts = [(tm.index, tm.src, tm.dst) for tm in terms]
+            ts = [(tm.index, tm.src, tm.dst) for tm in terms if tm.index not in zero]
             held = {d for d in range(len(old.rows)) if old.owner_of(d) is not None}
             cleared = set()
             for i, src, dst in ts:
