@@ -586,6 +586,16 @@ class MlpOp:
         self.tables += other.tables
         self._lookup = _Tables(self.tables, self._dtype, self._device)
 
+    def add_intercept(self, row: int, c: float) -> None:
+        """Output row `row` (one instance: its output) + c on every entry, by the first
+        table's intercepts (executor._fold_constants)."""
+        assert self.kind == "table" and self.inst == 1 and self.alpha == 1.0
+        bp, slope, icpt, coef = self.tables[0]
+        icpt = icpt.copy()
+        icpt[:, row] += c
+        self.tables[0] = (bp, slope, icpt, coef)
+        self._lookup = _Tables(self.tables, self._dtype, self._device)
+
     def __call__(self, state: dict, like) -> torch.Tensor:
         if self.const is not None:
             return self.const

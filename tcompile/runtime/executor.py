@@ -114,6 +114,7 @@ class _Sublayer:
             writes.append((slot, old_read, ts))
         ops, writes = _prune_linear(ops, writes)
         ops, writes = _merge_tables(ops, writes)
+        writes = _fold_constants(ops, writes, n)
         _share_grams(ops)
         self.ops = ops
         self.heads = [isinstance(op, HeadOp) for op in ops]
@@ -372,6 +373,47 @@ def _merge_tables(ops, writes):
                 break
     writes = [(slot, old, [tm for tm in ts if ops[tm[0]] is not None]) for slot, old, ts in writes]
     return ops, writes
+
+
+def _fold_constants(ops, writes, n):
+    """A constant term (an MLP's units on constants only) that adds the same number on every
+    token column of a row into which a one-instance table's output row is added too, that
+    row used by no other term, goes into that output's intercepts (f(s) + c is a table
+    too): one pass fewer per row (newton_logistic's sigmoid and lambda pieces)."""
+    uses: dict = {}
+    for _, _, ts in writes:
+        for i, src, _ in ts:
+            for r in src:
+                uses[(i, r)] = uses.get((i, r), 0) + 1
+    out = []
+    for slot, old, ts in writes:
+        e = concrete(slot.ext, n)
+        table_at = {}                           # slot row → (table op, its output row)
+        for i, src, dst in ts:
+            op = ops[i]
+            if isinstance(op, MlpOp) and op.kind == "table" and op.inst == 1 and op.e == e:
+                for r, d in zip(src, dst):
+                    if uses[(i, r)] == 1:
+                        table_at[d] = (i, r)
+        new_ts = []
+        for i, src, dst in ts:
+            op = ops[i]
+            C = op.const if isinstance(op, MlpOp) else None
+            if C is None or C.shape[-1] != e or not table_at:
+                new_ts.append((i, src, dst))
+                continue
+            keep = []
+            for r, d in zip(src, dst):
+                row, at = C[0, r], table_at.get(d)
+                if at is not None and bool(torch.all(row == row[0])):
+                    ops[at[0]].add_intercept(at[1], float(row[0]))
+                    del table_at[d]
+                else:
+                    keep.append((r, d))
+            if keep:
+                new_ts.append((i, tuple(r for r, _ in keep), tuple(d for _, d in keep)))
+        out.append((slot, old, new_ts))
+    return out
 
 
 class _Resolved:
