@@ -90,7 +90,8 @@ def test_logistic_product_pieces_share_reads_and_the_hessian_shares_its_gram():
     """The fast forms newton_logistic takes (agreement with the module is the test above):
     each product piece's two squares are one op over the shared rows (A's d rows, p(1 − p) read
     once and broadcast); the Hessian's two symmetric halves share V Kᵀ (one computes AMᵀ, the
-    other takes its transpose); the MLP clearing of reused rows is found linear and dropped."""
+    other takes its transpose), and so do the gradient's two writes (g and gᵀ: one product
+    A (y p), not two); the MLP clearing of reused rows is found linear and dropped."""
     prog, params, subs = logistic_ops(12)
     d, steps = params["d"], params["steps"]
     pairs = [op for ops in subs for op in ops
@@ -100,7 +101,11 @@ def test_logistic_product_pieces_share_reads_and_the_hessian_shares_its_gram():
         assert op.inst == d and [rd.rows for rd in op.coords] == [d, 1]
     keys = [{op.gram_key for op in ops if isinstance(op, HeadOp) and op.gram_key}
             for ops in subs]
-    assert sum(any(k[::-1] in ks for k in ks) for ks in keys) == steps
+    # per step: the Hessian's halves, and the gradient's A (y p) written as g and gᵀ
+    assert sum(any(k[::-1] in ks for k in ks) for ks in keys) == 2 * steps
+    # the Hessian halves' W_V, [I/(2n); c I], is left to the residual sums: no product by it
+    assert sum(isinstance(op, HeadOp) and op.stacked is not None
+               for ops in subs for op in ops) == 2 * steps
     relu_reads = [len(op.q_rows) for ops in subs for op in ops
                   if isinstance(op, MlpOp) and op.kind in ("relu", "linear")]
     assert max(relu_reads) <= 3          # y, and the pieces gated by it: no clearing of H

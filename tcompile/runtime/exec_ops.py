@@ -119,6 +119,8 @@ class HeadOp:
     """V Kᵀ G Q for one head (times W_V), in the cheapest multiplication order for this n."""
 
     fresh = True        # __call__ returns a new tensor (the residual sum may add into it)
+    stack = stacked = None      # a first factor [s_1 I; s_2 I; ...] (found, left out)
+    shared_out = False          # the output is a V Kᵀ another head shares
 
     def __init__(self, spec: HeadSpec, slots, consts, n, dtype, device):
         t, like = _converters(dtype, device)
@@ -172,23 +174,52 @@ class HeadOp:
             factors[i] = factors[i] * alpha
             alpha = 1.0
         self.alpha = alpha
+        # a first constant factor that is a column of scaled identities [s_1 I; s_2 I; ...]
+        # (W_V writing s·(V Kᵀ) into several slots: newton_logistic's Hessian halves) can be
+        # left to the residual sums, block b of the output being s_b times the rest's product
+        # (unstack, when every term reads rows of one block)
+        self.stack = self.stacked = None
+        f0 = factors[0]
+        if not isinstance(f0, str) and len(factors) > 1 and f0.shape[0] % f0.shape[1] == 0 and \
+                f0.shape[0] > f0.shape[1]:
+            w = f0.shape[1]
+            sc = [scalar_of(f0[b * w:(b + 1) * w]) for b in range(f0.shape[0] // w)]
+            if all(x is not None for x in sc):
+                self.stack = (w, sc)
+        self._plan_args = (spec, m, dims, t)
+        self._plan(factors)
+
+    def _plan(self, factors) -> None:
+        """Bracket the factors; find the V Kᵀ they hold (shared by symmetric heads)."""
+        spec, m, dims, t = self._plan_args
+        self._all_factors = factors
         p = [dims[f][0] if isinstance(f, str) else f.shape[0] for f in factors[:1]]
         p += [dims[f][1] if isinstance(f, str) else f.shape[1] for f in factors]
         self.tree = _bracket(p)
         self.fresh = not isinstance(self.tree, int)     # one factor: a read, returned as is
+        self.shared_out = False
         names = [f if isinstance(f, str) else None for f in factors]
         if "V" in names and "K" in names:
             iv = names.index("V")
-            if names.index("K") == iv + 1 and _has_node(self.tree, (iv, iv + 1)) and \
-                    self.tree[:2] != (iv, iv + 1):      # shared, so never the output itself
+            if names.index("K") == iv + 1 and _has_node(self.tree, (iv, iv + 1)):
                 self.gram_node = (iv, iv + 1)
                 self.gram_key = (_read_key(spec.v, m), _read_key(spec.k, m))
         self._leaves = [f if isinstance(f, str) else t(f) for f in factors]
         self.share_gram(None)
 
+    def unstack(self) -> None:
+        """Drop the first factor, a column of scaled identities (`stack`): the output is the
+        rest's product, block b of the old output that times stack[1][b] (the residual sums
+        take the scale: `stacked`)."""
+        self.stacked = self.stack
+        self._plan(self._all_factors[1:])
+
     def share_gram(self, slot, transposed: bool = False) -> None:
         """Take V Kᵀ from grams[slot] (its transpose if `transposed`), computing and storing it
         there if no head of the sublayer has yet; slot None: compute it here, unshared."""
+        # the output itself, when shared, is another head's too: never added into
+        self.shared_out = slot is not None and self.tree[:2] == self.gram_node
+        self.fresh = not isinstance(self.tree, int) and not self.shared_out
         self._product = self._compile(self.tree, slot, transposed)
         if isinstance(self.tree, int):
             self._factors = None
@@ -227,7 +258,7 @@ class HeadOp:
         """Is the head one product L @ R, whose two factors `factors` gives (so that the
         residual sum can add it with one baddbmm)?"""
         return self.const is None and self.M is None and self.scale is None and \
-            self._factors is not None
+            self._factors is not None and not self.shared_out
 
     def factors(self, state: dict, like, grams: dict):
         """(L, R) with L @ R the head's output divided by alpha (fusable heads only)."""

@@ -115,6 +115,12 @@ class _Sublayer:
         ops, writes = _prune_linear(ops, writes)
         ops, writes = _merge_tables(ops, writes)
         writes = _fold_constants(ops, writes, n)
+        for i, op in enumerate(ops):            # heads whose W_V is a column of s_b I
+            if isinstance(op, HeadOp) and op.stack is not None:
+                w = op.stack[0]
+                srcs = [src for _, _, ts in writes for j, src, _ in ts if j == i]
+                if srcs and all(len({r // w for r in src}) == 1 for src in srcs):
+                    op.unstack()
         _share_grams(ops)
         self.ops = ops
         self.heads = [isinstance(op, HeadOp) for op in ops]
@@ -129,11 +135,16 @@ class _Sublayer:
             for i, src, dst in ts:
                 M = ops[i].linear_map()         # rows pruned: fewer than the contribution's
                 width = len(M) if M is not None else len(plan.contribs[i].out_rows)
+                alpha = ops[i].alpha
+                stacked = getattr(ops[i], "stacked", None)
+                if stacked is not None:         # block b of the old output: s_b · the output
+                    width, b = stacked[0], src[0] // stacked[0]
+                    src, alpha = tuple(r - b * width for r in src), alpha * stacked[1][b]
                 whole = src == tuple(range(width))
                 have = concrete(plan.contribs[i].ext, n)
                 pieces.append(_Piece(i, None if whole else _rows(src), have,
                                      None if dst == tuple(range(len(slot.rows)))
-                                     else torch.tensor(dst, device=device), ops[i].alpha,
+                                     else torch.tensor(dst, device=device), alpha,
                                      ops[i].fresh and uses[i] == 1 and whole and have == e))
             if old_read is not None:
                 rd, have = old_read[0], e
