@@ -36,7 +36,8 @@ SHIPPED = [
     "conjugate_gradient.tp", "cubic_newton_schulz.tp", "gd_least_squares.tp", "gd_logistic.tp",
     "ista_lasso.tp", "jacobi.tp", "newton_logistic_warm.tp", "newton_schulz_sign.tp",
     "newton_schulz_sqrt.tp", "power_iteration.tp", "ridge_newton_schulz.tp",
-    "softmax_regression.tp", "fista_elastic_net.tp")]
+    "softmax_regression.tp", "fista_elastic_net.tp", "huber_irls.tp", "adam_least_squares.tp",
+    "poisson_newton.tp")]
 
 
 def artifact_digests(path: Path, params: dict | None, build=None) -> dict[str, str]:
