@@ -3,8 +3,8 @@ programs of tests/test_shared_loops.py, built unrolled and shared (`loops="share
 
 For each build: which loops were kept as loops and which stayed unrolled (with the reason the
 build gives), the layers per iteration of each kept loop beside the unrolled build's (both as
-the layers one more iteration adds: the build run at count + 1 minus count, per instance of the
-loop), stored layers, layers run, parameters, build times, and the largest output difference
+the layers two more iterations add, halved: the build run at count + 2 minus count, per
+instance of the loop — a kernel of 2 iterations adds its layers every other count), stored layers, layers run, parameters, build times, and the largest output difference
 between the two builds on sampled inputs, relative to max(1, |unrolled output|).
 Prints a table and writes bench/results/loop_fold.json.
 
@@ -58,15 +58,16 @@ def measure(label: str, build, inputs_for, params: dict) -> dict:
     for spec in (lp.loops if lp else ()):
         row = {"line": spec.line, "key": spec.key, "count": spec.count, "param": spec.param,
                "depth": spec.depth, "min_count": spec.min_count,
-               "layers_per_iteration_spec": spec.layers_per_iteration}
+               "layers_per_iteration_spec": spec.layers_per_iteration / spec.every,
+               "every": spec.every}
         if spec.param is not None:
             c = shared.info.params[spec.param]
-            more = {**params, spec.param: c + 1}
+            more = {**params, spec.param: c + 2}
             n_inst = instances.get(spec.key, 1)
-            u1 = build(more, "unrolled").n_layers
-            row["unrolled_per_iteration"] = (u1 - unrolled.n_layers) / n_inst
-            row["shared_per_iteration"] = (_layers_run(shared, {spec.param: c + 1})
-                                           - _layers_run(shared)) / n_inst
+            u2 = build(more, "unrolled").n_layers
+            row["unrolled_per_iteration"] = (u2 - unrolled.n_layers) / n_inst / 2
+            row["shared_per_iteration"] = (_layers_run(shared, {spec.param: c + 2})
+                                           - _layers_run(shared)) / n_inst / 2
         loops.append(row)
     kept_unrolled = [{"line": line, "count": count, "why": why}
                      for line, count, why in (lp.unrolled if lp else ())]
@@ -90,7 +91,7 @@ def _instances(lp) -> dict[str, int]:
     def walk(seq, mult):
         for item in seq:
             if isinstance(item, LoopItem):
-                runs = built[item.loop] - item.offset
+                runs = item.runs(built[item.loop])[0]
                 out[item.loop] = out.get(item.loop, 0) + mult
                 walk(item.body, mult * runs)
     walk(lp.sequence, 1)

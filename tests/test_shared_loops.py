@@ -318,7 +318,7 @@ def test_halting_watches_a_variable_the_loop_starts_from_a_constant():
     prog = tcompile.compile_source(RIDGE, loops="shared")
     (spec,) = prog.loops.loops
     ((var, _block, first, stride),) = spec.state
-    assert var == "w" and stride == 1
+    assert var == "w" and stride == 1 and spec.layers_per_iteration == 1
     (item,) = [i for i in prog.loops.sequence if isinstance(i, LoopItem)]
     rng = np.random.default_rng(4)
     B, n, d, tol, cap = 6, 12, 4, 1e-9, 120
@@ -334,9 +334,12 @@ def test_halting_watches_a_variable_the_loop_starts_from_a_constant():
         for _ in range(cap):
             w = w - (A[i].T @ (A[i] @ w - y[i]) / n + 0.3 * w)
             ws.append(w)
-        # after application j the rows hold w_(first + j); the count reported is offset + j + 1
-        t = next(t for t in range(1, cap + 1) if np.abs(ws[t] - ws[t - 1]).max() <= tol)
-        assert abs(int(out["steps"][i]) - (t + item.offset + 1 - first)) <= 1, (i, out["steps"][i], t)
+        # after application j the rows hold w_(first + j·stride); the count reported is
+        # offset + stride·(j + 1)
+        t = next(t for t in range(first, cap + 1, stride)
+                 if np.abs(ws[t] - ws[t - stride]).max() <= tol)
+        assert abs(int(out["steps"][i]) - (t + item.offset + stride - first)) <= 1, \
+            (i, out["steps"][i], t)
         assert rel(out["w"][i], ws[int(out["steps"][i])]) <= 1e-12
     assert len(set(out["steps"].tolist())) > 2
     short = prog.run(A=A, y=y, until=("w", 1e-300), max_steps=20)
@@ -372,8 +375,10 @@ def test_until_accepts_every_variable_a_top_level_loop_carries(name):
             continue
         # the first count halting may report: one application of the body, and min_count
         (item,) = [i for i in prog.loops.sequence if isinstance(i, LoopItem) and i.loop == spec.key]
-        first = max(spec.min_count, item.offset + 1)
-        cap = first + (spec.max_count is None or spec.max_count > first)
+        # (a kernel of k iterations: a count it divides past the offset, and k more)
+        first = max(spec.min_count, item.offset + item.every)
+        first += -(first - item.offset) % item.every
+        cap = first + item.every * (spec.max_count is None or spec.max_count > first)
         # the halting mechanics, not the domains: sampled inputs need not keep a program's
         # run-time values inside its declared domains (sinkhorn's K @ v on [1, 8])
         fixed = prog.run(**{spec.param: first}, domains="off", **inputs)
@@ -478,6 +483,88 @@ def test_a_variable_holding_another_ones_previous_value_keeps_rows_of_its_own():
     assert prog.loops.n_layers(prog.loops.counts()) == unrolled.n_layers == 121 and gap <= 1e-14
     gap, unrolled = _shared_vs_unrolled("fista_elastic_net.tp", {"d": 4}, prog, {"steps": 37})
     assert prog.module.n_layers(steps=37) == unrolled.n_layers and gap <= 1e-14
+
+
+RICHARDSON = """program rich
+dim d = 4
+param steps = 40
+param omega = 0.5
+input M : [d, d] assume spectrum in [0.2, 1]
+input b : [d] assume norm <= 1
+output x
+x = zeros(d)
+repeat steps {
+  x = x + omega * (b - M @ x)
+}
+"""
+
+
+@functools.lru_cache(maxsize=None)
+def richardson():
+    return tcompile.compile_source(RICHARDSON, loops="shared")
+
+
+def _richardson_problem(rng, lows=None):
+    def one(lo):
+        Q, _ = np.linalg.qr(rng.standard_normal((4, 4)))
+        b = rng.standard_normal(4)
+        return (Q * np.linspace(lo, 1, 4)) @ Q.T, b / np.linalg.norm(b)
+    if lows is None:
+        M, b = one(0.2)
+        return {"M": M, "b": b}
+    pairs = [one(lo) for lo in lows]
+    return {"M": np.stack([m for m, _ in pairs]), "b": np.stack([b for _, b in pairs])}
+
+
+def test_richardson_runs_two_iterations_per_layer_as_unrolled():
+    """x + ω(b − M x): the unrolled build fits two iterations in a layer (x_(k+2) from x_k,
+    M x_k and M M x_k in one attention). A one-iteration body cost a layer per iteration (41
+    layers run at 40 steps against 21); the shared build now runs a kernel of 2 iterations —
+    1 layer —, and a count it does not divide runs the one left over in a tail (2 layers: the
+    partial group and the last whole one), so every count runs as many layers as the unrolled
+    build of that count, and gives its values."""
+    prog = richardson()
+    (spec,) = prog.loops.loops
+    (item,) = [i for i in prog.loops.sequence if isinstance(i, LoopItem)]
+    assert (spec.every, spec.layers_per_iteration, item.every) == (2, 1, 2)
+    assert len(prog.layers) == 3 and [len(t) for t in item.tails] == [0, 2]
+    inputs = _richardson_problem(np.random.default_rng(6))
+    for steps in (spec.min_count, 7, 40, 41):
+        unrolled = tcompile.compile_source(RICHARDSON, params={"steps": steps})
+        assert prog.module.n_layers(steps=steps) <= unrolled.n_layers, steps
+        want = interpret_program(parse_source(RICHARDSON), {"steps": steps}, **inputs)["x"]
+        b = unrolled.run(executor="module", **inputs)["x"]
+        for executor in (None, "module"):
+            a = prog.run(steps=steps, executor=executor, **inputs)["x"]
+            assert np.abs(a - b).max() <= 1e-14 and np.abs(a - want).max() <= 1e-14, steps
+    assert "1 layer per 2 iterations (a kernel of 2)" in prog.report_text()
+
+
+def test_halting_on_a_kernel_loop_checks_every_two_iterations():
+    """until on a kernel of 2 iterations: tested between kernel applications (the rows hold
+    x after 2, 4, ... iterations), so each problem halts at the first even count where x moved
+    by at most tol over the last application's 2 iterations; that count is exact (a fixed-count
+    run at it gives the same output), and the step limit is taken down to an even count."""
+    from tcompile.runtime.exec_loops import shared_executor_for
+    prog = richardson()
+    assert shared_executor_for(prog) is not None
+    B, tol, cap = 4, 1e-8, 101
+    inputs = _richardson_problem(np.random.default_rng(7), [0.9, 0.7, 0.5, 0.4])
+    out = prog.run(until=("x", tol), max_steps=cap, **inputs)
+    assert out["converged"].all() and len(set(out["steps"].tolist())) > 1
+    for i in range(B):
+        M, b = inputs["M"][i], inputs["b"][i]
+        xs = [np.zeros(4)]
+        for _ in range(cap):
+            xs.append(xs[-1] + 0.5 * (b - M @ xs[-1]))
+        want = next(t for t in range(2, cap, 2) if np.abs(xs[t] - xs[t - 2]).max() <= tol)
+        assert int(out["steps"][i]) == want, (i, out["steps"][i], want)
+        fixed = prog.run(M=M, b=b, steps=want)["x"]
+        assert np.array_equal(out["x"][i], fixed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotConvergedWarning)
+        stuck = prog.run(until=("x", 0.0), max_steps=9, **inputs)
+    assert (stuck["steps"] == 8).all() and not stuck["converged"].any()
 
 
 # ---- random loop programs -----------------------------------------------------------------------

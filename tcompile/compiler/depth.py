@@ -13,7 +13,7 @@ atom's layer drops. Atoms no one reads any more are removed.
 from __future__ import annotations
 
 from .heads import realizable
-from .nodes import ITERATION, LOOP_STATE
+from .nodes import ITERATION, LOOP_KERNEL, LOOP_STATE, kernel_group
 from .poly import (MAX_FACTORS, Atom, AtomTable, Mono, Poly, add_polys, max_degree, mul_polys,
                    transpose_poly)
 from .schedule import ENCODER, attention_layer, mlp_layer
@@ -100,7 +100,9 @@ def _crosses_iterations(f: Atom, reader: Atom) -> bool:
     body can repeat. A reader outside that loop (the code after it, another loop, the rest of
     an outer body after an inner loop) may inline the last iteration's definition, as the
     unrolled build does: it runs once, in the layers around the body. (Unrolled builds mark no
-    loop state, and merge freely.)"""
+    loop state, and merge freely.) A loop run by a kernel of k iterations (shared_build.py)
+    is the exception inside a kernel: an iteration may inline the state of an earlier one of
+    its own group of k, as the unrolled build does — the kernel stores the group's layers."""
     state = f.node.get(LOOP_STATE)
     if not state:
         return False
@@ -109,6 +111,10 @@ def _crosses_iterations(f: Atom, reader: Atom) -> bool:
         return True
     mine = dict(f.node.get(ITERATION) or ())
     theirs = dict(reader.node[ITERATION])
+    k, times = f.node.get(LOOP_KERNEL, (1, 0))
+    if k > 1 and key in mine and key in theirs and \
+            kernel_group(theirs[key], k, times)[0] == kernel_group(mine[key], k, times)[0]:
+        return False
     return key in theirs and theirs.get(key) != mine.get(key)
 
 

@@ -27,10 +27,15 @@ from ..runtime.weights import WEIGHT_NAMES, LayerWeights
 
 @dataclass(frozen=True)
 class Loop:
-    """A folded loop in a sequence: `body` runs `count − offset` times there."""
+    """A folded loop in a sequence: `body` runs `count − offset` times there. A kernel of
+    `every` > 1 iterations: with r = (count − offset) mod every, `body` runs
+    (count − offsets[r]) / every times, then `tails[r]` once."""
     key: str
     body: tuple
     offset: int
+    every: int = 1
+    tails: tuple = ()
+    offsets: tuple = ()
 
 
 def digest(layer: LayerWeights) -> str:
@@ -43,17 +48,18 @@ def digest(layer: LayerWeights) -> str:
     return h.hexdigest()
 
 
-def fold_loop(key: str, count: int, seqs: list[list]) -> list:
-    """Fold loop `key` in sequences compiled with `count`, `count + 1`, `count + 2` iterations
-    of it (its inner loops already folded); the folded sequence, the same for all three."""
+def fold_loop(key: str, count: int, seqs: list[list], every: int = 1) -> list:
+    """Fold loop `key` in sequences compiled with `count`, `count + every`, `count + 2·every`
+    iterations of it (its inner loops already folded; `every` > 1: its iterations grouped in
+    kernels of that many, steady_state.py); the folded sequence, the same for all three."""
     folded = []
     for i, (seq, longer) in enumerate(zip(seqs, seqs[1:])):
         sites = _sites(seq, longer)
-        folded.append(_compress(longer, sites, key, count + i + 1))
+        folded.append(_compress(longer, sites, key, count + (i + 1) * every, every))
         if i == 0:
             folded.insert(0, _compress(seq, [(_back(a, sites, k), reps - 1, body)
                                              for k, (a, reps, body) in enumerate(sites)],
-                                       key, count))
+                                       key, count, every))
     if not all(f == folded[0] for f in folded[1:]):
         raise NoSteadyState("its iterations do not repeat the same layers")
     return folded[0]
@@ -93,16 +99,60 @@ def _back(a: int, sites, k: int) -> int:
     return a - k * len(sites[k][2])
 
 
-def _compress(seq: list, sites, key: str, count: int) -> list:
+def _compress(seq: list, sites, key: str, count: int, every: int = 1) -> list:
     out, i = [], 0
     for a, reps, body in sites:
         if reps < 0 or tuple(seq[a:a + reps * len(body)]) != body * reps:
             raise NoSteadyState("its runs do not line up from one unrolling to the next")
         out.extend(seq[i:a])
-        out.append(Loop(key, body, count - reps))
+        out.append(Loop(key, body, count - every * reps, every))
         i = a + reps * len(body)
     out.extend(seq[i:])
     return out
+
+
+def join_residues(key: str, folded: list[list]) -> list:
+    """One sequence from the folds of a kernel loop at each residue r of its count (folded[r]:
+    counts ≡ offset + r mod every): the same before the loop and in its kernel; after each of
+    its runs, the layers that differ (the partial group of iterations and what follows it,
+    nodes.kernel_group) become the loop's tails, one per residue, and the rest is shared."""
+    every = len(folded)
+    cut = [[i for i, t in enumerate(seq) if isinstance(t, Loop) and t.key == key] for seq in folded]
+    if len({len(c) for c in cut}) != 1 or not cut[0]:
+        raise NoSteadyState("its runs differ from one residue of the count to the next")
+    loops = [[seq[i] for i in c] for seq, c in zip(folded, cut)]
+    for r, mine in enumerate(loops):
+        if any((t.body, t.every, (t.offset - u.offset - r) % every) != (u.body, every, 0)
+               for t, u in zip(mine, loops[0])):
+            raise NoSteadyState("its kernel differs from one residue of the count to the next")
+    if len({tuple(seq[:c[0]]) for seq, c in zip(folded, cut)}) != 1:
+        raise NoSteadyState("the layers before it differ from one residue of the count to the next")
+    out = list(folded[0][:cut[0][0]])
+    for j, first in enumerate(loops[0]):
+        segs = [seq[c[j] + 1:(c[j + 1] if j + 1 < len(c) else len(seq))]
+                for seq, c in zip(folded, cut)]
+        common = 0
+        while common < min(map(len, segs)) and len({s[len(s) - 1 - common] for s in segs}) == 1:
+            common += 1
+        out.append(_single(Loop(key, first.body, first.offset, every,
+                                tuple(tuple(s[:len(s) - common]) for s in segs),
+                                tuple(mine[j].offset for mine in loops))))
+        out.extend(segs[0][len(segs[0]) - common:])
+    return out
+
+
+def _single(loop: Loop) -> Loop:
+    """A kernel that is one body k times over, whose tails are that body once per leftover
+    iteration, is that body run once per iteration (the same layers at every count; the
+    grouping only changed the layers around it): say so, and halting tests every iteration."""
+    k, n = loop.every, len(loop.body)
+    if n % k:
+        return loop
+    body = loop.body[:n // k]
+    if loop.body != body * k or any(tail != body * (o - loop.offset)
+                                    for tail, o in zip(loop.tails, loop.offsets)):
+        return loop
+    return Loop(loop.key, body, loop.offset)
 
 
 class NoSteadyState(Exception):
@@ -114,4 +164,4 @@ class NoSteadyState(Exception):
         self.why, self.key, self.final = why, key, final
 
 
-__all__ = ["Loop", "NoSteadyState", "digest", "fold_loop"]
+__all__ = ["Loop", "NoSteadyState", "digest", "fold_loop", "join_residues"]

@@ -81,6 +81,12 @@ TWIN = "twin"            # shared builds only: (iteration indices, (loop keys, l
                          #   rows.py gives a value its twin's rows where they are free
 ENTERS = "enters"        # shared builds only: ["loop key/variable", ...] on a value a loop's state
                          #   starts from (x0 in x = x0); rows.py offers it the state's rows
+LOOP_PHASE = "loop_phase"  # shared builds, loops run by a kernel of k > 1 iterations only: on a
+                         #   loop state, its place in its group of iterations (kernel_group), -1
+                         #   at a group's end; rows.py pins it to the rows of the last value of
+                         #   the same phase (a kernel's state returns to its rows every k)
+LOOP_KERNEL = "loop_kernel"  # with LOOP_PHASE: (k, iterations walked); depth.py lets an iteration
+                         #   inline the state of an earlier iteration of its own group
 COPY = "copy"            # scale (C = 1) in a shared build: a loop state that is another state's
                          #   value of the previous iteration (`x_prev = x`), stored in rows of
                          #   its own (steady_state.py; the lowering stores it)
@@ -93,8 +99,25 @@ REFINED = "refined"      # set by the lowering on a scalar refinement's values (
 
 ATTRIBUTES = frozenset({OP, ARGS, CSHAPE, LOC, NAME, SYMMETRIC, ENTRIES, SIGN, FLAG, LO, HI, VALUE,
                         K, C, FUNC, FARGS, DOMAIN, TOL, TOL_REL, VARS, CARRIED, LOOP_STATE, ITERATION,
-                        TWIN, ENTERS, COPY, HOISTED, REFINED, NOTE})
+                        TWIN, ENTERS, LOOP_PHASE, LOOP_KERNEL, COPY, HOISTED, REFINED, NOTE})
 REQUIRED = (OP, ARGS, CSHAPE, LOC)
+
+
+def kernel_group(i: int, k: int, times: int) -> tuple[int, int, bool]:
+    """Iteration i of a loop walked `times` times by a kernel of k: (its group, its place in
+    it — -1 at the group's end —, whether the group is whole). Groups of k from the first
+    iteration; where k does not divide `times`, the r = times mod k iterations left over form
+    a partial group just before the last whole one, so that the layers before and after the
+    loop are those of a count k divides (the partial group runs between kernel applications)."""
+    r = times % k
+    split = times - k - r                     # the partial group starts here
+    if i < split or r == 0:
+        group, pos, size = i // k, i % k, k
+    elif i < split + r:
+        group, pos, size = split // k, i - split, r
+    else:
+        group, pos, size = split // k + 1, i - split - r, k
+    return group, (-1 if pos == size - 1 else pos), size == k
 
 
 def undocumented(attrs: dict) -> set[str]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from .heads import HeadTerm, Operand, Realization
-from .nodes import ENTERS, LOOP_STATE, REFINED, TWIN
+from .nodes import ENTERS, LOOP_PHASE, LOOP_STATE, REFINED, TWIN
 from .orient import Pair, mlp_input_pair, pair_rows
 from .poly import Atom, AtomTable
 from .schedule import ENCODER, Schedule, written_by_mlp
@@ -219,8 +219,10 @@ def _pinned_rows(al: Allocation, p: Pair, occupant, free) -> list[int] | None:
     state = al.atoms[p[0]].node.get(LOOP_STATE)
     if state is None:
         return None
-    before = [q for q, slot in al.slots.items() if q[1] == p[1] and q[0] != p[0]
-              and al.atoms[q[0]].node.get(LOOP_STATE) == state]
+    phase = al.atoms[p[0]].node.get(LOOP_PHASE)     # a kernel of k iterations: the rows
+    before = [q for q, slot in al.slots.items() if q[1] == p[1] and q[0] != p[0]  # of k back
+              and al.atoms[q[0]].node.get(LOOP_STATE) == state
+              and al.atoms[q[0]].node.get(LOOP_PHASE) == phase]
     if not before:
         return None
     q = max(before, key=lambda q: al.slots[q].write)

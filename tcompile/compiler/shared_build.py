@@ -13,6 +13,11 @@ overlaps with the code around the loop (its fill and drain) become the layers be
 it. Every loop state value sits in the same rows at every iteration (rows.py pins it), so the
 stored body reads its state where the previous application left it.
 
+Where the unrolled schedule fits two iterations of a loop in one layer, a one-iteration body
+cannot (it costs a whole layer each): such a loop may instead run a kernel of 2 iterations,
+the iterations grouped two by two in its unrollings, with a tail for a count 2 does not divide
+(`_choose_kernels`, `fold.join_residues`; docs/architecture.md §6½).
+
 The artifact stores each tree position's layer once: its size does not depend on the counts.
 """
 from __future__ import annotations
@@ -27,8 +32,8 @@ from ..runtime.program import CompiledProgram
 from ..runtime.weights import LayerWeights
 from .backend import build_manifest, compile_dataflow
 from .dataflow import walk_to_graph
-from .fold import Loop, NoSteadyState, digest, fold_loop
-from .nodes import LOOP_STATE, VARS
+from .fold import Loop, NoSteadyState, digest, fold_loop, join_residues
+from .nodes import ITERATION, LOOP_KERNEL, LOOP_STATE, VARS
 from .pieces import PieceBuilder
 from .steady_state import LoopSite, SharedGraphBuilder, loop_sites
 
@@ -36,11 +41,12 @@ UNROLLINGS = (2, 4)             # the shortest and longest base unrolling of a l
 
 
 def shared_dataflow(program, values: dict, tol, unroll: dict[str, int] | None,
-                    plain: frozenset = frozenset()):
+                    plain: frozenset = frozenset(), kernel: dict[str, int] | None = None):
     """The dataflow graph of the program with each loop unrolled `unroll[key]` times, its state
     widened to the hull every iteration (steady_state.py); loops in `plain` are walked as the
-    unrolled build walks them."""
-    return walk_to_graph(SharedGraphBuilder(program, values, unroll, plain), program, values, tol)
+    unrolled build walks them; a loop in `kernel` has its iterations grouped by that many."""
+    return walk_to_graph(SharedGraphBuilder(program, values, unroll, plain, kernel), program,
+                         values, tol)
 
 
 class _Unrollings:
@@ -54,10 +60,12 @@ class _Unrollings:
         self.layers: dict[str, LayerWeights] = {}
         self.pieces = PieceBuilder(tol)          # every unrolling fits each function once
 
-    def compile(self, counts: dict[str, int], plain: frozenset = frozenset()) -> tuple:
-        key = (tuple(sorted(counts.items())), plain)
+    def compile(self, counts: dict[str, int], plain: frozenset = frozenset(),
+                kernel: dict[str, int] | None = None) -> tuple:
+        kernel = {k: e for k, e in (kernel or {}).items() if e > 1}
+        key = (tuple(sorted(counts.items())), plain, tuple(sorted(kernel.items())))
         if key not in self.built:
-            df = shared_dataflow(self.program, self.values, self.tol, counts, plain)
+            df = shared_dataflow(self.program, self.values, self.tol, counts, plain, kernel)
             plan, layers, blocks, keys = compile_dataflow(df, None, self.values, self.max_memory,
                                                           None, self.pieces)
             self.built[key] = (df, plan, layers, blocks, keys)
@@ -65,8 +73,17 @@ class _Unrollings:
                 self.layers.setdefault(digest(layer), layer)
         return self.built[key]
 
-    def sequence(self, counts: dict[str, int], plain: frozenset = frozenset()) -> list:
-        return [digest(layer) for layer in self.compile(counts, plain)[2]]
+    def outputs(self, counts: dict[str, int], plain: frozenset = frozenset(),
+                kernel: dict[str, int] | None = None) -> tuple:
+        """Where the outputs end: ((name, rows, transposed), ...)."""
+        df, plan, _layers, blocks, keys = self.compile(counts, plain, kernel)
+        where = {b.key: (tuple(b.rows), b.transposed) for b in blocks}
+        return tuple((name, *where[keys[(nid, plan.orient[nid])]])
+                     for name, nid in sorted(df.outputs.items()))
+
+    def sequence(self, counts: dict[str, int], plain: frozenset = frozenset(),
+                 kernel: dict[str, int] | None = None) -> list:
+        return [digest(layer) for layer in self.compile(counts, plain, kernel)[2]]
 
 
 def compile_shared(program, values: dict, tol, max_memory, report) -> CompiledProgram:
@@ -76,10 +93,15 @@ def compile_shared(program, values: dict, tol, max_memory, report) -> CompiledPr
     runs = _Unrollings(program, values, tol, max_memory, report)
     stage("fold")
     folded, base, kept = _fold_all(runs, sites)
+    kernel = _choose_kernels(runs, sites, folded, base, kept)
+    if kernel:
+        folded, base, kept = _fold_all(runs, sites, kernel)
     # the layout and domain checks come from one more iteration than the base of every folded
-    # loop (compiled by the fold already), so that each body runs at least once in it
-    counts = {k: base[k] + (k not in kept) for k in base}
-    df, plan, layers, blocks, keys = runs.compile(counts, frozenset(kept))
+    # loop (compiled by the fold already), so that each body runs at least once in it (a
+    # kernel of k iterations: k + 1 more, so that its tail for one leftover iteration runs too)
+    counts = {k: base[k] + (k not in kept) * (1 + (kernel.get(k, 1) > 1) * kernel.get(k, 1))
+              for k in base}
+    df, plan, layers, blocks, keys = runs.compile(counts, frozenset(kept), kernel)
     stored: list[LayerWeights] = []
     sequence = _store(folded, runs.layers, stored, in_loop=False, where={})
     shared = {k: s for k, s in sites.items() if k not in kept}
@@ -90,34 +112,48 @@ def compile_shared(program, values: dict, tol, max_memory, report) -> CompiledPr
     return CompiledProgram(_shared_manifest(manifest, stored, loops), stored)
 
 
-def _fold_all(runs: _Unrollings, sites: dict[str, LoopSite]):
+def _fold_all(runs: _Unrollings, sites: dict[str, LoopSite], kernel: dict[str, int] | None = None):
     """Fold every loop, innermost first, from a base unrolling of UNROLLINGS[0] iterations per
     loop; a loop whose pipeline needs more (its fill and drain hold more iterations) gets a
     longer base unrolling, up to UNROLLINGS[-1]. A loop that still does not fold (its
     iterations merge into other layers, its rows alternate, it runs fewer times than its
     pipeline holds) is kept unrolled at its own count, and the others fold around it.
+    A loop in `kernel` is folded by groups of k iterations (a kernel), once per residue of its
+    count mod k, and the residues joined (fold.join_residues).
     Returns (folded sequence, the base unrolling's counts, {kept loop: NoSteadyState})."""
+    kernel = kernel or {}
     order = sorted(sites.values(), key=lambda s: -s.depth)
     kept: dict[str, NoSteadyState] = {s.key: NoSteadyState(s.unshareable, s.key, final=True)
                                       for s in order if s.unshareable}
     # nested loops pipeline deeper (newton_logistic's damped step holds 3 iterations around
     # its body): start them one longer, which saves the unrollings a failed base costs
     start = UNROLLINGS[0] + any(s.depth for s in sites.values())
-    base = {k: start if k not in kept else sites[k].count for k in sites}
+    # a kernel's pipeline holds more iterations (its first groups may merge with the code
+    # before the loop): start it KERNEL longer, and allow KERNEL groups more
+    base = {k: sites[k].count if k in kept else start + (kernel.get(k, 1) > 1) * KERNEL
+            for k in sites}
+    longest = {k: UNROLLINGS[-1] + (kernel.get(k, 1) > 1) * 2 * KERNEL for k in sites}
 
     def folded(counts: dict[str, int], upto: int) -> list:
         if upto == 0:
-            return runs.sequence(counts, frozenset(kept))
+            return runs.sequence(counts, frozenset(kept), kernel)
         site = order[upto - 1]
         if site.key in kept:
             return folded(counts, upto - 1)
-        variants = [folded({**counts, site.key: counts[site.key] + i}, upto - 1) for i in range(3)]
+        k, c = kernel.get(site.key, 1), counts[site.key]
+        variants = [[folded({**counts, site.key: c + r + k * i}, upto - 1) for i in range(3)]
+                    for r in range(k)]          # (inner loops' failures name their loops)
         try:
-            seq = fold_loop(site.key, counts[site.key], variants)
+            residues = [fold_loop(site.key, c + r, v, k) for r, v in enumerate(variants)]
+            seq = residues[0] if k == 1 else join_residues(site.key, residues)
+            if k > 1 and len({runs.outputs({**counts, site.key: c + r}, frozenset(kept), kernel)
+                              for r in range(k)}) != 1:
+                raise NoSteadyState("its outputs end in other rows for some counts than for others")
         except NoSteadyState as e:
             e.key = site.key
             raise
-        low = max([base[site.key]] + [t.offset for t in _loops_of(seq, site.key)])
+        low = max([base[site.key]] + [o for t in _loops_of(seq, site.key)
+                                      for o in (t.offsets or (t.offset,))])
         if site.count < low:
             raise NoSteadyState(f"it runs {site.count} times, and the layers around its body "
                                 f"hold {low} pipelined iterations", site.key, final=True)
@@ -127,11 +163,72 @@ def _fold_all(runs: _Unrollings, sites: dict[str, LoopSite]):
         try:
             return folded(base, len(order)), base, kept
         except NoSteadyState as e:
-            if not e.final and base[e.key] < UNROLLINGS[-1]:
+            if not e.final and base[e.key] < longest[e.key]:
                 base[e.key] += 1
             else:
                 kept[e.key] = e
                 base[e.key] = sites[e.key].count
+
+
+KERNEL = 2     # the kernel a loop may get instead of one iteration per application
+
+
+def _choose_kernels(runs: _Unrollings, sites: dict[str, LoopSite], folded, base, kept) -> dict:
+    """Which loops run by a kernel of KERNEL iterations: those where the kernel runs fewer
+    layers than the one-iteration body (where the unrolled schedule fits two iterations in a
+    layer, Richardson's x + ω(b − M x), a one-iteration body costs a whole layer each), or
+    that fold only so (their rows alternate between iterations and return every KERNEL).
+    Tried on top-level loops of programs without nested loops, in source order; a kernel is
+    kept only if it is no deeper per iteration and runs fewer layers at the built count and at
+    one more (so the choice is the same for every machine and run: deterministic)."""
+    if any(s.depth for s in sites.values()):
+        return {}
+    chosen: dict[str, int] = {}
+    best = folded
+    for key in sorted(sites, key=lambda k: (sites[k].line, k)):
+        site = sites[key]
+        if site.unshareable or (key in kept and kept[key].final):
+            continue
+        if key not in kept:       # a cheap look first: is the base unrolling any shorter?
+            plain = frozenset(kept)
+            if len(runs.sequence(base, plain, {**chosen, key: KERNEL})) >= len(runs.sequence(
+                    base, plain, chosen)):
+                continue
+        trial = {**chosen, key: KERNEL}
+        seq, _base, kept2 = _fold_all(runs, sites, trial)
+        if key in kept2 or any(k not in kept for k in kept2):
+            continue
+        if key not in kept:
+            counts = {k: s.count for k, s in sites.items()}
+            more = {**counts, key: counts[key] + 1}
+            if not (_per_iteration(seq, key) <= _per_iteration(best, key)
+                    and _run_length(seq, counts) + _run_length(seq, more)
+                    < _run_length(best, counts) + _run_length(best, more)):
+                continue
+        chosen, best = trial, seq
+        kept = kept2
+    return chosen
+
+
+def _per_iteration(seq, key: str) -> float:
+    loop = next(_loops_of(seq, key))
+    return len(loop.body) / loop.every
+
+
+def _run_length(seq, counts: dict[str, int]) -> int:
+    """Layers a folded token sequence runs at these counts (loops without inner loops)."""
+    n = 0
+    for t in seq:
+        if isinstance(t, Loop):
+            if t.every == 1:
+                n += (counts[t.key] - t.offset) * _run_length(t.body, counts)
+            else:
+                r = (counts[t.key] - t.offset) % t.every
+                n += ((counts[t.key] - t.offsets[r]) // t.every * _run_length(t.body, counts)
+                      + _run_length(t.tails[r], counts))
+        else:
+            n += 1
+    return n
 
 
 def _loops_of(seq, key: str):
@@ -150,7 +247,9 @@ def _store(tokens, by_digest, stored: list, in_loop: bool, where: dict) -> tuple
     out = []
     for t in tokens:
         if isinstance(t, Loop):
-            out.append(LoopItem(t.key, t.offset, _store(t.body, by_digest, stored, True, where)))
+            out.append(LoopItem(t.key, t.offset, _store(t.body, by_digest, stored, True, where),
+                                t.every, tuple(_store(tail, by_digest, stored, in_loop, where)
+                                               for tail in t.tails), t.offsets))
         elif t in where:
             out.append(where[t])
         else:
@@ -168,7 +267,8 @@ def _specs(sites, sequence, base, counts, plan, keys) -> tuple[LoopSpec, ...]:
     unrolling `plan` comes from."""
     offsets: dict[str, list[int]] = {}
     bodies: dict[str, tuple] = {}
-    _collect(sequence, offsets, bodies)
+    every: dict[str, int] = {}
+    _collect(sequence, offsets, bodies, every)
     built = {k: s.count for k, s in sites.items()}
     specs = []
     for key, site in sites.items():
@@ -177,23 +277,25 @@ def _specs(sites, sequence, base, counts, plan, keys) -> tuple[LoopSpec, ...]:
         specs.append(LoopSpec(key, site.line, site.count, site.param, low, site.max_count,
                               probe.n_layers(built), site.depth,
                               _state_blocks(site, sequence, counts, plan, keys)
-                              if site.depth == 0 else ()))
+                              if site.depth == 0 else (), every[key]))
     return tuple(specs)
 
 
-def _collect(seq, offsets, bodies) -> None:
+def _collect(seq, offsets, bodies, every) -> None:
     for item in seq:
         if isinstance(item, LoopItem):
-            offsets.setdefault(item.loop, []).append(item.offset)
+            offsets.setdefault(item.loop, []).extend(item.offsets or (item.offset,))
             bodies.setdefault(item.loop, item.body)
-            _collect(item.body, offsets, bodies)
+            every.setdefault(item.loop, item.every)
+            _collect(item.body, offsets, bodies, every)
 
 
 def _state_blocks(site: LoopSite, sequence, base, plan, keys) -> tuple[tuple, ...]:
     """For each variable a top-level loop carries: (variable, block, first, stride) — the
     block holding it between applications of the body (its rows are the same at every
     iteration: rows.py pins them), and which assignment it then holds: `name@(first +
-    j·stride)` after application j (from 0), as the trace and halting read it.
+    j·stride)` after application j (from 0), as the trace and halting read it (a kernel of
+    k iterations: stride k; the values its partial group leaves do not count).
 
     The block is the one the first application of the body leaves the variable in (in the
     base unrolling): the value written last inside that application's layers. Values of the
@@ -202,14 +304,15 @@ def _state_blocks(site: LoopSite, sequence, base, plan, keys) -> tuple[tuple, ..
     start = _loop_start(sequence, base, site.key)
     if start is None:
         return ()
-    body = next(i.body for i in _items(sequence) if i.loop == site.key)
-    end = start + LoopProgram((), body, ()).n_layers(base)
+    item = next(i for i in _items(sequence) if i.loop == site.key)
+    end = start + LoopProgram((), item.body, ()).n_layers(base)
     out = []
     for name in site.state:
         tag = f"{site.key}/{name}"
         tagged = [p for p in plan.slots if p[0] in plan.atoms
                   and plan.atoms[p[0]].node.get(LOOP_STATE) == tag
-                  and _assignment(plan.atoms[p[0]], name) is not None]
+                  and _assignment(plan.atoms[p[0]], name) is not None
+                  and (item.every == 1 or _group_end(plan.atoms[p[0]].node, site.key))]
         inside = [p for p in tagged if 2 * start < plan.slots[p].write <= 2 * end]
         if not inside:        # the body writes no value of it (e.g. `x = x`): nothing to watch
             continue
@@ -222,6 +325,17 @@ def _state_blocks(site: LoopSite, sequence, base, plan, keys) -> tuple[tuple, ..
             continue
         out.append((name, keys[held], _assignment(plan.atoms[held[0]], name), steps.pop()))
     return tuple(out)
+
+
+def _group_end(node, key: str) -> bool:
+    """Whether a loop state value is one a kernel application leaves (the end of a whole
+    group of k iterations before the partial group, if any: the groups from there on are the
+    tail's; every value of a loop without a kernel)."""
+    k, times = node.get(LOOP_KERNEL, (1, 0))
+    if k == 1:
+        return True
+    i = dict(node.get(ITERATION) or ()).get(key)
+    return i is not None and (i + 1) % k == 0 and (times % k == 0 or i < times - k - times % k)
 
 
 def _items(seq):
@@ -244,7 +358,7 @@ def _loop_start(sequence, base, key) -> int | None:
         if isinstance(item, LoopItem):
             if item.loop == key:
                 return pos
-            pos += LoopProgram((), item.body, ()).n_layers(base) * (base[item.loop] - item.offset)
+            pos += LoopProgram((), (item,), ()).n_layers(base)
         else:
             pos += 1
     return None

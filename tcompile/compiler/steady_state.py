@@ -23,7 +23,8 @@ from ..language import ast
 from ..language.checker import Ty, Val, Walker
 from ..language.run_params import loop_param, run_time_counts
 from .dataflow import GraphBuilder, _carried
-from .nodes import CSHAPE, ENTERS, HI, LO, LOC, LOOP_STATE, TWIN, VARS
+from .nodes import (CSHAPE, ENTERS, HI, LO, LOC, LOOP_KERNEL, LOOP_PHASE, LOOP_STATE, TWIN,
+                    VARS, kernel_group)
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,11 @@ class _SteadyState:
     unroll_counts: dict[str, int]
     sites: dict[str, LoopSite]
 
-    def setup_steady(self, unroll: dict[str, int] | None, plain: frozenset = frozenset()):
+    def setup_steady(self, unroll: dict[str, int] | None, plain: frozenset = frozenset(),
+                     kernel: dict[str, int] | None = None):
         self.unroll_counts = dict(unroll or {})
+        self.kernel = dict(kernel or {})  # loops run by a kernel of k > 1 iterations (grouped)
+        self.times: dict[str, int] = {}   # iterations each loop is walked
         self.plain = plain               # loops kept unrolled: walked as an unrolled build does
         self.sites = {}
         self.counts = run_time_counts(self.program)
@@ -78,6 +82,7 @@ class _SteadyState:
             return self._unroll_plainly(key, stmt, count, env, in_function)
         times = self.unroll_counts.get(key, count)
         self.mark_entering(key, env, state)
+        self.times[key] = times
         self.loops_around.append(key)
         try:
             for i in range(times):
@@ -154,9 +159,9 @@ class SharedGraphBuilder(_SteadyState, GraphBuilder):
     state widened to its hull at every iteration (see the module docstring)."""
 
     def __init__(self, program, params, unroll: dict[str, int] | None = None,
-                 plain: frozenset = frozenset()):
+                 plain: frozenset = frozenset(), kernel: dict[str, int] | None = None):
         GraphBuilder.__init__(self, program, params)
-        self.setup_steady(unroll, plain)
+        self.setup_steady(unroll, plain, kernel)
         self._occurrences: dict = {}
 
     def node(self, op: str, args: tuple = (), cshape=None, loc=None, **attrs) -> int:
@@ -198,10 +203,16 @@ class SharedGraphBuilder(_SteadyState, GraphBuilder):
         super().end_of_iteration(loop, env)
         if key in self.plain:
             return
+        k = self.kernel.get(key, 1)
+        # a kernel of k iterations (nodes.kernel_group): a group's end keeps one row set
+        phase = kernel_group(self.iteration[-1][1], k, self.times[key])[1]
         for name in _carried(loop.body):
             val = env.get(name)
             if val is not None and isinstance(val.data, int):
                 self.graph.nodes[val.data][LOOP_STATE] = f"{key}/{name}"
+                if k > 1:
+                    self.graph.nodes[val.data][LOOP_PHASE] = phase
+                    self.graph.nodes[val.data][LOOP_KERNEL] = (k, self.times[key])
 
     def _copy_aliased_state(self, key: str, loop, env) -> None:
         """A variable that takes another's value from the previous iteration (`x_prev = x`)

@@ -94,7 +94,7 @@ def _loop_depths(program, layout: Layout) -> dict[str, float]:
     loop's layers per iteration — the one figure the card gives per loop (the base
     unrolling's blocks would give the pipelined fill and drain too)."""
     outputs = {o.name for o in layout.outputs}
-    return {var: float(s.layers_per_iteration) for s in program.loops if s.depth == 0
+    return {var: s.layers_per_iteration / s.every for s in program.loops if s.depth == 0
             for var, *_ in s.state if var in outputs}
 
 
@@ -107,7 +107,8 @@ def _loops(program) -> dict:
         "paths": layer_paths(program),
         "loops": [{"line": s.line, "param": s.param, "count": s.count, "depth": s.depth,
                    "layers_per_iteration": s.layers_per_iteration, "min_count": s.min_count,
-                   "max_count": s.max_count, "until": sorted(var for var, *_ in s.state)}
+                   "max_count": s.max_count, "until": sorted(var for var, *_ in s.state),
+                   **({"every": s.every} if s.every != 1 else {})}
                   for s in program.loops],
         "kept_unrolled": [{"line": line, "count": count, "why": why}
                           for line, count, why in program.unrolled],
@@ -270,9 +271,15 @@ def _loop_lines(rep: dict) -> list[str]:
                     if lp["max_count"] is not None else "")
                  if lp["param"] else f"{lp['count']} (fixed)")
         nested = "  (nested)" if lp["depth"] else ""
+        every = lp.get("every", 1)
+        per = "iteration" if every == 1 else f"{every} iterations (a kernel of {every})"
         lines.append(f"    line {lp['line']:<4} repeat {count}   {lp['layers_per_iteration']} "
-                     f"layer{'s' * (lp['layers_per_iteration'] != 1)} per iteration{nested}")
-        if lp["param"] and not lp["depth"]:
+                     f"layer{'s' * (lp['layers_per_iteration'] != 1)} per {per}{nested}")
+        if lp["param"] and not lp["depth"] and every != 1:
+            lines.append(f"              layers run at {lp['param']} = K: {loops['layers_run']} + "
+                         f"{lp['layers_per_iteration']} per {every} more iterations (K − "
+                         f"{lp['count']}), and a tail's layer more where {every} does not divide K − {lp['count']}")
+        elif lp["param"] and not lp["depth"]:
             lines.append(f"              layers run at {lp['param']} = K: {loops['layers_run']} + "
                          f"{lp['layers_per_iteration']} (K − {lp['count']})")
         if not lp["depth"] and rep.get("paper_depth"):

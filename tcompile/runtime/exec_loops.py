@@ -9,7 +9,10 @@ writes the same slots (a slot is named by the stored layer and block that writes
 at every iteration: rows.py pins the loop state), so the occupancy after the steady application
 is the one after the first — checked when planning (a fixed point), and if it does not hold the
 program falls back to the expanded executor. Nested loops nest the same way. The plan depends
-on no count: a run executes first once and steady `count − offset − 1` times.
+on no count: a run executes first once and steady `count − offset − 1` times. A kernel of k
+iterations (loops.py `LoopItem.every`) runs its applications as many times as the count
+gives, then the tail of the count's residue, each tail planned from the loop's exit (every
+tail must leave the same slots).
 
 Between applications of a top-level loop the driver may test a halting condition (`until`):
 the rows a loop variable is pinned to are read before and after each application, a problem
@@ -55,13 +58,18 @@ class LayerStep:
 
 @dataclass
 class LoopStep:
-    """A loop: `first` is its first application, `steady` every later one."""
+    """A loop: `first` is its first application, `steady` every later one. A kernel of
+    every > 1 iterations (loops.py `LoopItem`): `item` says how many applications a count
+    runs, and `tails[r]` is planned after them for residue r (every tail leaves the same
+    occupancy)."""
     key: str
     offset: int
     first: list
     steady: list
     entry: Occupancy              # the occupancy before the first application
     exit: Occupancy               # after any application (the fixed point)
+    item: LoopItem | None = None
+    tails: list | None = None
 
 
 class _StoredLayout:
@@ -117,7 +125,18 @@ def _plan_sequence(seq, layers, stored: _StoredLayout, occ: Occupancy) -> list:
             if not _same(after_first, occ):
                 raise NotSteady(f"loop {item.loop}: the body leaves its values in other slots "
                                 "after the second application than after the first")
-            out.append(LoopStep(item.loop, item.offset, first, steady, entry, occ.copy()))
+            exit_ = occ.copy()
+            tails, ends = [], []
+            for tail in item.tails:               # a kernel: one tail per residue
+                mine = exit_.copy()
+                tails.append(_plan_sequence(tail, layers, stored, mine))
+                ends.append(mine)
+            if ends:
+                if not all(_same(ends[0], e) for e in ends[1:]):
+                    raise NotSteady(f"loop {item.loop}: its tails leave values in different slots")
+                occ.slots, occ.owner = ends[0].slots, ends[0].owner
+            out.append(LoopStep(item.loop, item.offset, first, steady, entry, exit_, item,
+                                tails or None))
         else:
             out.append(_plan_layer(item, layers[item], stored, occ))
     return out
@@ -158,6 +177,8 @@ def _layer_steps(steps):
         else:
             yield from _layer_steps(s.first)
             yield from _layer_steps(s.steady)
+            for tail in s.tails or ():
+                yield from _layer_steps(tail)
 
 
 def _all_plans(steps) -> list[SublayerPlan]:
@@ -167,13 +188,17 @@ def _all_plans(steps) -> list[SublayerPlan]:
             out += s.plans
         else:
             out += _all_plans(s.first) + _all_plans(s.steady)
+            for tail in s.tails or ():
+                out += _all_plans(tail)
     return out
 
 
 def _linear(steps, out: list, shadow: bool) -> None:
     """The plans in a run order that repeats each steady body once more (its copy `shadow`):
     a slot read by the next application is then read after the steady plan's last use. A
-    layer's domain-check reads count as read by its first plan after them."""
+    layer's domain-check reads count as read by its first plan after them. A kernel's tails
+    (one per residue) come one after another: each run takes one of them, so a slot dropped
+    after its last read here is read by no later plan of that run."""
     for s in steps:
         if isinstance(s, LayerStep):
             out += [(p, shadow, [r for _, r in s.watches] if k == s.watch_at else [])
@@ -182,6 +207,8 @@ def _linear(steps, out: list, shadow: bool) -> None:
             _linear(s.first, out, shadow)
             _linear(s.steady, out, shadow)
             _linear(s.steady, out, True)
+            for tail in s.tails or ():
+                _linear(tail, out, shadow)
 
 
 def _reads(c):
@@ -260,9 +287,11 @@ class LoopRunner:
             if halting is not None and s.key == halting.key:
                 self._halting_loop(s, state, counts, like, halting)
             else:
-                n = counts[s.key] - s.offset
-                for it in range(n):
+                for it in range(s.item.runs(counts[s.key])[0]):
                     self._run(s.first if it == 0 else s.steady, state, counts, like, None)
+            if s.tails:
+                r = (counts[s.key] - s.offset) % s.item.every
+                self._run(s.tails[r], state, counts, like, None)
 
     def _segment(self, segment: list, state: dict, like) -> None:
         """Layers between loops, run by the straight-line code generated for these slot
@@ -344,17 +373,18 @@ class LoopRunner:
         held = self._held(s)
         kept: dict[str, torch.Tensor] = {}
         before = entry(state, like) if entry is not None else like
-        for it in range(h.count - s.offset):
+        every = s.item.every       # h.count: a count of residue 0 for a kernel (halting.py)
+        for it in range((h.count - s.offset) // every):
             self._run(s.first if it == 0 else s.steady, state, counts, like, None)
             after = exit_(state, like)
-            if s.offset + it + 1 < h.min_count:
+            if s.offset + every * (it + 1) < h.min_count:
                 before = after
                 continue
             moved = torch.amax(torch.sub(after, before).abs_(), dim=(1, 2)).cpu().numpy()
             before = after
             now = active & (moved <= h.tol)
             if now.any():
-                steps[now] = s.offset + it + 1
+                steps[now] = s.offset + every * (it + 1)
                 mask = torch.as_tensor(now, device=like.device).view(-1, 1, 1)
                 for key in held:
                     v = state.get(key)       # a slot no later sublayer reads is gone already
@@ -443,7 +473,7 @@ class SharedExecutor:
     def covers(self, counts: dict[str, int]) -> bool:
         """Whether these counts run every loop body at least once (the plan's layers after a
         loop read what its applications leave; a loop run 0 times needs the expanded plan)."""
-        return all(counts[item.loop] - item.offset >= 1 for item in _loop_items(self.loops.sequence))
+        return all(item.runs(counts[item.loop])[0] >= 1 for item in _loop_items(self.loops.sequence))
 
     def input_state(self, inputs, dtype=torch.float64, device="cpu") -> dict:
         from .codec import storage_at_input

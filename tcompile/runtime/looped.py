@@ -58,14 +58,26 @@ class _Sequence(nn.Module):
 
 class LoopBlock(_Sequence):
     """One loop: its body's parts (`layers`, or `pre`, `loop`, `post` around an inner loop),
-    run `count − offset` times."""
+    run `count − offset` times — a kernel of `every` iterations: (count − offsets[r]) / every
+    times, then `tail{r}`, for r = (count − offset) mod every (loops.py `LoopItem`)."""
 
     def __init__(self, item: LoopItem, blocks: list[Block], depth_of: dict[str, int]):
         super().__init__(item.body, blocks, False, depth_of)
-        self.key, self.offset = item.loop, item.offset
+        self.key, self.offset, self.every = item.loop, item.offset, item.every
+        self.item = item
+        for r, tail in enumerate(item.tails):
+            self.add_module(f"tail{r}", _Sequence(tail, blocks, False, depth_of))
 
     def run(self, x, counts, ctx, path):
-        for it in range(counts[self.key] - self.offset):
+        apps, _ = self.item.runs(counts[self.key])
+        x = self._applications(x, apps, counts, ctx, path)
+        if self.item.tails:
+            r = (counts[self.key] - self.offset) % self.every
+            x = getattr(self, f"tail{r}").run(x, counts, ctx, path + (f"tail{r}",))
+        return x
+
+    def _applications(self, x, apps, counts, ctx, path):
+        for it in range(apps):
             x = ctx.after_iteration(self, x, self.apply(x, counts, ctx, path + (it,)), it)
             if ctx.stop:
                 ctx.stop = False        # halting stops this loop only: the ones after it run

@@ -30,13 +30,28 @@ class LoopSpec:
     # top-level loops: (variable, block key, first, stride) — the rows the variable is pinned to,
     # and which assignment they hold after application j of the body: name@(first + j·stride)
     state: tuple[tuple[str, str, int, int], ...] = ()
+    every: int = 1                 # iterations one application of its body runs (a kernel)
 
 
 @dataclass(frozen=True)
 class LoopItem:
+    """`body` runs count − offset times. A kernel of every > 1 iterations (compiler/
+    shared_build.py): with r = (count − offset) mod every, `body` runs (count − offsets[r]) /
+    every times, then tails[r] once (the r iterations left over, in a partial group, and the
+    layers after it that differ for them)."""
     loop: str                      # LoopSpec.key
     offset: int
     body: tuple                    # of int (a stored layer) | LoopItem
+    every: int = 1
+    tails: tuple = ()              # every > 1: one sequence (like body) per residue
+    offsets: tuple = ()            # every > 1: the offset per residue (offsets[0] = offset)
+
+    def runs(self, count: int) -> tuple[int, tuple]:
+        """(applications of the body, the tail run after them) at this count."""
+        if self.every == 1:
+            return count - self.offset, ()
+        r = (count - self.offset) % self.every
+        return (count - self.offsets[r]) // self.every, self.tails[r]
 
 
 @dataclass(frozen=True)
@@ -83,6 +98,10 @@ class LoopProgram:
             out[s.key] = n
         return out
 
+    def item(self, key: str) -> LoopItem | None:
+        """The (first) LoopItem of loop `key`."""
+        return _find(self.sequence, key)
+
     def expand(self, counts: dict[str, int]) -> list[int]:
         """The stored layer indices in the order they run."""
         out: list[int] = []
@@ -128,6 +147,8 @@ def layer_paths(program: LoopProgram) -> list[str]:
             here = prefix if name == "layers" else prefix + [name]
             if isinstance(part, LoopItem):
                 walk(part.body, False, here + ["{" + "ijkl"[level] + "}"], level + 1)
+                for r, tail in enumerate(part.tails):
+                    walk(tail, False, here + [f"tail{r}"], level)
             elif any(isinstance(i, LoopItem) for i in part):
                 walk(tuple(part), False, here, level)
             else:
@@ -137,18 +158,37 @@ def layer_paths(program: LoopProgram) -> list[str]:
     return [", ".join(out[i]) for i in sorted(out)]
 
 
+def _find(seq, key):
+    for item in seq:
+        if isinstance(item, LoopItem):
+            if item.loop == key:
+                return item
+            found = _find(item.body, key)
+            if found is not None:
+                return found
+    return None
+
+
 def _expand(seq, counts, out) -> None:
     for item in seq:
         if isinstance(item, LoopItem):
-            for _ in range(counts[item.loop] - item.offset):
+            apps, tail = item.runs(counts[item.loop])
+            for _ in range(apps):
                 _expand(item.body, counts, out)
+            _expand(tail, counts, out)
         else:
             out.append(item)
 
 
 def _count(seq, counts) -> int:
-    return sum(_count(i.body, counts) * (counts[i.loop] - i.offset) if isinstance(i, LoopItem)
-               else 1 for i in seq)
+    n = 0
+    for i in seq:
+        if isinstance(i, LoopItem):
+            apps, tail = i.runs(counts[i.loop])
+            n += _count(i.body, counts) * apps + _count(tail, counts)
+        else:
+            n += 1
+    return n
 
 
 # ---- JSON ------------------------------------------------------------------------------------
@@ -157,14 +197,18 @@ def loops_to_json(p: LoopProgram) -> dict:
     return {"loops": [{"key": s.key, "line": s.line, "count": s.count, "param": s.param,
                        "min_count": s.min_count, "max_count": s.max_count,
                        "layers_per_iteration": s.layers_per_iteration, "depth": s.depth,
-                       "state": [list(x) for x in s.state]} for s in p.loops],
+                       "state": [list(x) for x in s.state],
+                       **({"every": s.every} if s.every != 1 else {})} for s in p.loops],
             "sequence": _seq_to_json(p.sequence),
             "base_counts": [list(x) for x in p.base_counts],
             "unrolled": [list(x) for x in p.unrolled]}
 
 
 def _seq_to_json(seq) -> list:
-    return [{"loop": i.loop, "offset": i.offset, "body": _seq_to_json(i.body)}
+    return [{"loop": i.loop, "offset": i.offset, "body": _seq_to_json(i.body),
+             **({"every": i.every, "tails": [_seq_to_json(t) for t in i.tails],
+                 "offsets": list(i.offsets)}
+                if i.every != 1 else {})}
             if isinstance(i, LoopItem) else i for i in seq]
 
 
@@ -173,7 +217,8 @@ def loops_from_json(d: dict, n_layers: int) -> LoopProgram:
     loops = tuple(LoopSpec(str(s["key"]), int(s["line"]), int(s["count"]), s["param"],
                            int(s["min_count"]), None if s["max_count"] is None else int(s["max_count"]),
                            int(s["layers_per_iteration"]), int(s["depth"]),
-                           tuple((str(a), str(b), int(c), int(e)) for a, b, c, e in s["state"]))
+                           tuple((str(a), str(b), int(c), int(e)) for a, b, c, e in s["state"]),
+                           _every(s.get("every", 1)))
                   for s in d["loops"])
     keys = {s.key for s in loops}
     prog = LoopProgram(loops, _seq_from_json(d["sequence"], keys, n_layers),
@@ -182,13 +227,27 @@ def loops_from_json(d: dict, n_layers: int) -> LoopProgram:
     return prog
 
 
+def _every(v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"a loop's kernel must be a whole number >= 1, got {v!r}")
+    return v
+
+
 def _seq_from_json(seq, keys, n_layers) -> tuple:
     out = []
     for i in seq:
         if isinstance(i, dict):
             if i["loop"] not in keys:
                 raise ValueError(f"the loop sequence names an unknown loop {i['loop']!r}")
-            out.append(LoopItem(i["loop"], int(i["offset"]), _seq_from_json(i["body"], keys, n_layers)))
+            every = _every(i.get("every", 1))
+            tails = tuple(_seq_from_json(t, keys, n_layers) for t in i.get("tails", []))
+            offsets = tuple(int(o) for o in i.get("offsets", []))
+            if every > 1 and not (len(tails) == len(offsets) == every
+                                  and offsets[0] == int(i["offset"])):
+                raise ValueError(f"loop {i['loop']!r}: a kernel of {every} needs a tail and an "
+                                 "offset per residue")
+            out.append(LoopItem(i["loop"], int(i["offset"]), _seq_from_json(i["body"], keys, n_layers),
+                                every, tails, offsets))
         elif isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n_layers:
             out.append(i)
         else:
