@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import artifact, codec
+from . import artifact, codec, dispatch
 from .codec import ValidatedInputs
 from .layout import Block, Layout
 from .loops import LoopProgram
@@ -28,15 +28,12 @@ from .manifest import Manifest, ProgramInfo
 from .run_budget import RunEstimate, check_run, estimate_run, whole_count
 from .weights import LayerWeights
 from ..errors import InputError, NonFiniteOutputWarning
-from ..language.inputs import input_sizes, validate_inputs
+from ..language.inputs import validate_inputs
 
 if TYPE_CHECKING:       # torch is imported on first use: building and saving never need it
     import torch
 
     from .model import CompiledTransformer
-
-_DTYPES = ("float64", "float32")
-
 
 def _warning_on_non_finite(run):
     """`run`, plus a NonFiniteOutputWarning naming every output that holds NaN or infinity
@@ -182,7 +179,7 @@ class CompiledProgram:
 
     def encode(self, dtype="float64", device="cpu", **inputs) -> torch.Tensor:
         """Named inputs → x of shape (batch, n, D); a batch axis of 1 is added if none was given."""
-        dtype, device = run_options(dtype, device, "encode")
+        dtype, device = dispatch.run_options(dtype, device, "encode")
         return self.encode_inputs(self.prepare_inputs(inputs), dtype, device)
 
     def encode_inputs(self, inputs: ValidatedInputs, dtype="float64", device="cpu") -> torch.Tensor:
@@ -226,61 +223,10 @@ class CompiledProgram:
         warns, "off" does not watch (domain_guard.py)."""
         from .domain_guard import check_mode, enforce
         mode = check_mode(domains)
-        out, ranges = self._run_watched(dtype, device, executor, until, max_steps,
-                                        mode != "off", inputs)
+        out, ranges = dispatch.run_watched(self, dtype, device, executor, until, max_steps,
+                                           mode != "off", inputs)
         enforce(self, ranges, mode)
         return out
-
-    def _run_watched(self, dtype, device, executor, until, max_steps, watch: bool,
-                     inputs: dict) -> tuple[dict, dict]:
-        """run's work: (outputs, the range each domain check saw: {} when not `watch`)."""
-        import torch
-
-        from .domain_guard import settle, watch_module
-        from .executor import executor_for
-        tdtype, device = run_options(dtype, device, "run")
-        counts, inputs = self.split_counts(inputs, until, max_steps)
-        batch, n = input_sizes(self.program, self.info.float_params(), inputs)
-        self.check_run_cost(batch or 1, n or self.layout.min_tokens, tdtype, until, max_steps,
-                            **counts)                       # before validation copies anything
-        prepared = self.prepare_inputs(inputs)
-        self.check_run_cost(prepared.size, prepared.n, tdtype, until, max_steps, **counts)
-
-        def numpy(out):
-            return prepared.unbatch({k: v.detach().to("cpu", torch.float64).numpy()
-                                     for k, v in out.items()})
-
-        def structured(ex):
-            if watch:
-                out, ranges = ex.run_watched(prepared, tdtype, device)
-                return numpy(out), ranges
-            return numpy(ex.run_inputs(prepared, tdtype, device)), {}
-        if self.loops is not None:
-            if executor not in (None, "structured", "module"):
-                raise InputError(f"executor={executor!r}: a shared build runs 'structured' (the "
-                                 "default: its loops expanded) or 'module' (the looped module)")
-            if executor != "module":
-                done = _run_shared(self, prepared, counts, until, max_steps, tdtype, device, watch)
-                if done is not None:
-                    out, ranges = done
-                    return prepared.unbatch(out), ranges
-            x = self.encode_inputs(prepared, tdtype, device)
-            module = self.module_for(tdtype, device)
-            with torch.no_grad(), watch_module(self, module, watch) as seen:
-                if until is None:
-                    return prepared.unbatch(self.decode(module(x, counts))), settle(seen)
-                from .halting import run_until
-                y, steps, converged = run_until(self, module, x, counts, until, max_steps)
-            return prepared.unbatch({**self.decode(y), "steps": steps, "converged": converged}), \
-                settle(seen)
-        executor = executor or "structured"
-        if executor != "module":
-            return structured(executor_for(self, executor))
-        x = self.encode_inputs(prepared, tdtype, device)
-        module = self.module_for(tdtype, device)
-        with torch.no_grad(), watch_module(self, module, watch) as seen:
-            y = module(x)
-        return prepared.unbatch(self.decode(y)), settle(seen)
 
     def check_run_cost(self, batch: int, n: int, dtype="float64", until=None, max_steps=None,
                        **counts) -> RunEstimate:
@@ -514,7 +460,7 @@ class RotatedProgram(CompiledProgram):
     def _watch_domains(self, seen: list, dtype, device) -> list:
         """Forward hooks recording (check, min, max) of each domain check's block, read from
         the rotated stream rotated back (domain_guard.watch_module reads rows as they are)."""
-        tdtype, dev = run_options(dtype, device, "run")
+        tdtype, dev = dispatch.run_options(dtype, device, "run")
         module = self.module_for(tdtype, dev)
         layers = module.stored if hasattr(module, "stored") else module.blocks
         handles = []
@@ -570,72 +516,6 @@ def _domain_row(chk, lo: float, hi: float) -> dict:
     return {**asdict(chk), "min": lo, "max": hi, "outside": outside(chk.lo, chk.hi, lo, hi)}
 
 
-def run_options(dtype, device, method: str) -> tuple[torch.dtype, torch.device]:
-    """`dtype` and `device` of run/encode checked before any work, as InputErrors that say what
-    is accepted (not a bare KeyError or torch's AssertionError). A dict in the dtype slot is
-    the inputs passed positionally: say to pass them by name."""
-    import torch
-    if isinstance(dtype, dict):
-        raise InputError(f"{method}() takes the inputs by name: prog.{method}(**inputs) or "
-                         f"prog.{method}(A=..., ...), not a dict as its first argument "
-                         f"(which is the dtype)")
-    name = str(dtype).replace("torch.", "")
-    if not isinstance(dtype, (str, torch.dtype)):
-        try:
-            name = np.dtype(dtype).name
-        except TypeError:
-            pass
-    if name not in _DTYPES:
-        raise InputError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise InputError(f"device must be 'cpu', 'cuda' or 'cuda:K', got {device!r}") from None
-    if dev.type not in ("cpu", "cuda"):         # 'meta' holds no numbers; others are untested
-        raise InputError(f"device must be 'cpu', 'cuda' or 'cuda:K', got {device!r}")
-    if dev.type != "cpu":
-        try:
-            torch.empty(0, device=dev)
-        except (RuntimeError, AssertionError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise InputError(f"device {str(dev)!r} is not usable here ({first}); use device='cpu'"
-                             ) from None
-    return getattr(torch, name), dev
-
-
-def _run_shared(prog, prepared, counts, until, max_steps, dtype, device, watch: bool):
-    """A shared build on the structured executor: the looping one (exec_loops.py: each body
-    planned once, halting tested between applications) where its plan covers the counts, else
-    the plan expanded for these counts (executor.py). (outputs as numpy, domain ranges), or
-    None where halting must go through the looped module (a loop run 0 times)."""
-    import torch
-
-    from .exec_loops import shared_executor_for
-    from .executor import expanded_executor_for
-    looping = shared_executor_for(prog)
-    extra, ranges = {}, {}
-    if until is not None:
-        if looping is None:
-            return None
-        from .halting import structured_until
-        done = structured_until(prog, looping, prepared, counts, until, max_steps, dtype, device,
-                                watch)
-        if done is None:
-            return None
-        out, steps, converged, ranges = done
-        extra = {"steps": steps, "converged": converged}
-    else:
-        resolved = prog.loops.counts(counts)
-        if looping is not None and looping.covers(resolved):
-            out, _, ranges = looping.run_inputs(prepared, resolved, dtype, device, watch=watch)
-        else:
-            ex = expanded_executor_for(prog, resolved)
-            out, ranges = ex.run_watched(prepared, dtype, device) if watch else \
-                (ex.run_inputs(prepared, dtype, device), {})
-    return {**{k: v.detach().to("cpu", torch.float64).numpy() for k, v in out.items()},
-            **extra}, ranges
-
-
 def _torch_dtype(dtype) -> torch.dtype:
     """A torch dtype given itself or its name ("float64", "float32")."""
     import torch
@@ -647,4 +527,4 @@ def load(path) -> CompiledProgram:
     return CompiledProgram.load(path)
 
 
-__all__ = ["CompiledProgram", "RotatedProgram", "load", "run_options"]
+__all__ = ["CompiledProgram", "RotatedProgram", "load"]
