@@ -37,7 +37,7 @@ import numpy as np
 
 from ..errors import ArtifactError
 from .layout import Block, InputSpec, LayerSpec, Layout, OutputSpec, RowUse
-from .loops import loops_from_json, loops_to_json
+from .loops import LoopItem, LoopProgram, LoopSpec
 from .resources import available_memory, format_bytes
 from .manifest import (FORMAT, FORMAT_VERSION, ApproxRecord, DomainCheck, Manifest,
                        ProgramInfo)
@@ -95,6 +95,25 @@ def approximation_to_json(a: ApproxRecord) -> dict:
             "neurons_per_entry": a.neurons_per_entry, "max_error": a.max_error, "tol": a.tol,
             "exact": a.exact, "entries": a.entries, **({"choice": a.choice} if a.choice else {}),
             **({"lines": list(a.lines)} if a.lines else {})}
+
+
+def loops_to_json(p: LoopProgram) -> dict:
+    return {"loops": [{"key": s.key, "line": s.line, "count": s.count, "param": s.param,
+                       "min_count": s.min_count, "max_count": s.max_count,
+                       "layers_per_iteration": s.layers_per_iteration, "depth": s.depth,
+                       "state": [list(x) for x in s.state],
+                       **({"every": s.every} if s.every != 1 else {})} for s in p.loops],
+            "sequence": _seq_to_json(p.sequence),
+            "base_counts": [list(x) for x in p.base_counts],
+            "unrolled": [list(x) for x in p.unrolled]}
+
+
+def _seq_to_json(seq) -> list:
+    return [{"loop": i.loop, "offset": i.offset, "body": _seq_to_json(i.body),
+             **({"every": i.every, "tails": [_seq_to_json(t) for t in i.tails],
+                 "offsets": list(i.offsets)}
+                if i.every != 1 else {})}
+            if isinstance(i, LoopItem) else i for i in seq]
 
 
 # ---- JSON → typed manifest -------------------------------------------------------------------
@@ -169,6 +188,49 @@ def _check_encoder_blocks(layout: Layout) -> None:
                 raise ValueError(f"block {b.key!r} holds an unknown constant {b.const!r}") from None
         elif b.kind != "input":
             raise ValueError(f"block {b.key!r} ({b.kind}) is written by the encoder")
+
+
+def loops_from_json(d: dict, n_layers: int) -> LoopProgram:
+    """Read it back (KeyError, TypeError, ValueError where malformed)."""
+    loops = tuple(LoopSpec(str(s["key"]), int(s["line"]), int(s["count"]), s["param"],
+                           int(s["min_count"]), None if s["max_count"] is None else int(s["max_count"]),
+                           int(s["layers_per_iteration"]), int(s["depth"]),
+                           tuple((str(a), str(b), int(c), int(e)) for a, b, c, e in s["state"]),
+                           _every(s.get("every", 1)))
+                  for s in d["loops"])
+    keys = {s.key for s in loops}
+    prog = LoopProgram(loops, _seq_from_json(d["sequence"], keys, n_layers),
+                       tuple((str(k), int(v)) for k, v in d["base_counts"]),
+                       tuple((int(a), int(b), str(c)) for a, b, c in d.get("unrolled", [])))
+    return prog
+
+
+def _every(v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"a loop's kernel must be a whole number >= 1, got {v!r}")
+    return v
+
+
+def _seq_from_json(seq, keys, n_layers) -> tuple:
+    out = []
+    for i in seq:
+        if isinstance(i, dict):
+            if i["loop"] not in keys:
+                raise ValueError(f"the loop sequence names an unknown loop {i['loop']!r}")
+            every = _every(i.get("every", 1))
+            tails = tuple(_seq_from_json(t, keys, n_layers) for t in i.get("tails", []))
+            offsets = tuple(int(o) for o in i.get("offsets", []))
+            if every > 1 and not (len(tails) == len(offsets) == every
+                                  and offsets[0] == int(i["offset"])):
+                raise ValueError(f"loop {i['loop']!r}: a kernel of {every} needs a tail and an "
+                                 "offset per residue")
+            out.append(LoopItem(i["loop"], int(i["offset"]), _seq_from_json(i["body"], keys, n_layers),
+                                every, tails, offsets))
+        elif isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n_layers:
+            out.append(i)
+        else:
+            raise ValueError(f"the loop sequence has a bad layer index {i!r}")
+    return tuple(out)
 
 
 # ---- the file --------------------------------------------------------------------------------
