@@ -540,6 +540,18 @@ def test_richardson_runs_two_iterations_per_layer_as_unrolled():
     assert "1 layer per 2 iterations (a kernel of 2)" in prog.report_text()
 
 
+def test_a_kernel_loop_saves_and_loads(tmp_path):
+    """The kernel's tails and offsets go through the artifact (loops.py JSON: written only
+    for a kernel, so other artifacts are unchanged) and run the same after loading."""
+    prog = richardson()
+    prog.save(tmp_path / "rich")
+    back = tcompile.load(tmp_path / "rich")
+    assert back.loops == prog.loops
+    inputs = _richardson_problem(np.random.default_rng(8))
+    for steps in (8, 9):
+        assert np.array_equal(back.run(steps=steps, **inputs)["x"], prog.run(steps=steps, **inputs)["x"])
+
+
 def test_halting_on_a_kernel_loop_checks_every_two_iterations():
     """until on a kernel of 2 iterations: tested between kernel applications (the rows hold
     x after 2, 4, ... iterations), so each problem halts at the first even count where x moved
