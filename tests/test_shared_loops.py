@@ -814,6 +814,41 @@ repeat steps {
     assert rel(got["w"], want["w"]) <= 1e-14 and got["c"] == 4
 
 
+def test_a_loop_that_runs_fewer_times_than_the_fold_starts_from_folds_from_its_count():
+    """The fold starts from 3 iterations of every loop where loops nest; a loop that runs 2
+    times starts from 2 (it stayed unrolled: 'runs 2 times, and the layers around its body
+    hold 3 pipelined iterations'; adam_least_squares' line 59 folds so, 92 → 88 stored
+    layers). Outputs equal the interpreter's and the unrolled build's."""
+    src = """program p
+dim d = 3
+param steps = 3
+input H : [d, d] assume spectrum in [0.5, 1]
+input v : [d] assume norm <= 1
+output x
+x = v
+c = 1
+repeat steps {
+  c = 0.5 * c
+  r = x
+  repeat 2 {
+    r = (r * (2 - H @ r)) on [-4, 4]
+  }
+  x = c * r
+}
+"""
+    prog = tcompile.compile_source(src, loops="shared")
+    ((line, count, why),) = prog.loops.unrolled
+    assert (line, count) == (9, 3) and "'c' is a compile-time number" in why
+    (spec,) = prog.loops.loops
+    assert (spec.line, spec.count, spec.min_count) == (12, 2, 2)
+    assert len(prog.layers) == 13           # 15 with the inner loop unrolled
+    inputs = {"v": np.array([0.6, 0.3, 0.2]), "H": np.diag([0.5, 0.75, 1.0])}   # r stays in [0, 2]
+    want = interpret_program(parse_source(src), None, **inputs)["x"]
+    unrolled = tcompile.compile_source(src).run(**inputs)["x"]
+    got = prog.run(**inputs)["x"]
+    assert rel(got, want) <= 1e-14 and rel(got, unrolled) <= 1e-14
+
+
 def test_the_structured_executor_runs_shared_builds_as_the_looped_module_does(least_squares,
                                                                                 logistic):
     rng = np.random.default_rng(12)

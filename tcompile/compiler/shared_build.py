@@ -129,8 +129,12 @@ def _fold_all(runs: _Unrollings, sites: dict[str, LoopSite], kernel: dict[str, i
     # its body): start them one longer, which saves the unrollings a failed base costs
     start = UNROLLINGS[0] + any(s.depth for s in sites.values())
     # a kernel's pipeline holds more iterations (its first groups may merge with the code
-    # before the loop): start it KERNEL longer, and allow KERNEL groups more
-    base = {k: sites[k].count if k in kept else start + (kernel.get(k, 1) > 1) * KERNEL
+    # before the loop): start it KERNEL longer, and allow KERNEL groups more. A loop that
+    # runs fewer times than the start begins from its own count: a body found from more
+    # iterations could not run it (min_count would exceed its count)
+    base = {k: sites[k].count if k in kept
+            else start + KERNEL if kernel.get(k, 1) > 1
+            else max(1, min(start, sites[k].count))
             for k in sites}
     longest = {k: UNROLLINGS[-1] + (kernel.get(k, 1) > 1) * 2 * KERNEL for k in sites}
 
