@@ -365,6 +365,10 @@ def test_until_accepts_every_variable_a_top_level_loop_carries(name):
     sites = loop_sites(program, {**prog.info.params})
     inputs = sample_inputs(program, prog.info.params, n=8, batch=2, seed=0)
     card = prog.report_text()
+    # halting runs on the looping structured executor, planned once per build (not through the
+    # looped module, tens of times slower): its plan of every body must repeat
+    from tcompile.runtime.exec_loops import shared_executor_for
+    assert not prog.loops.loops or shared_executor_for(prog) is not None, name
     for spec in prog.loops.loops:
         if spec.depth:
             continue

@@ -149,7 +149,10 @@ def new_slots(layout: Layout, t: int, occ: Occupancy, written: dict[int, object]
         ext = 0
         for r in rest:
             ext = emax(ext, emax(written[r], occ.read((r,)).ext))
-        slots.append(Slot(f"~{t}", rest, ext))
+        # named by the time and the extent: a stored layer that runs in several places of a
+        # shared build (a body layer stored once and also run after the loop) may widen its
+        # anonymous rows differently in each; one name per shape keeps the slots apart
+        slots.append(Slot(f"~{t}:{ext}", rest, ext))
     return slots
 
 
