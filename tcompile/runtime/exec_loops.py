@@ -77,7 +77,7 @@ class _StoredLayout:
     attention) or 2·layer + 2 (its MLP) writes the blocks that layer's first run in the base
     unrolling writes (executor._block_templates). With `separate_first`, the first application
     of each loop plans its sublayers at t + 2·N·k (N stored layers, k counting first
-    applications): rows written outside any block form anonymous slots named by t (`~t`), and a
+    applications): rows written outside any block form anonymous slots named by t (`~t:ext`), and a
     first application's may be wider than the steady one's (it reads what the layers before the
     loop left) — such a slot, dead at the end of the body, is then a slot of its own."""
 
