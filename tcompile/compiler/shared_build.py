@@ -26,7 +26,7 @@ import re
 from dataclasses import replace
 
 from ..runtime.layout import LayerSpec
-from ..runtime.loops import LoopItem, LoopProgram, LoopSpec
+from ..runtime.loops import LoopItem, LoopProgram, LoopSpec, applications
 from ..runtime.manifest import Manifest
 from ..runtime.program import CompiledProgram
 from ..runtime.weights import LayerWeights
@@ -224,12 +224,8 @@ def _run_length(seq, counts: dict[str, int]) -> int:
     n = 0
     for t in seq:
         if isinstance(t, Loop):
-            if t.every == 1:
-                n += (counts[t.key] - t.offset) * _run_length(t.body, counts)
-            else:
-                r = (counts[t.key] - t.offset) % t.every
-                n += ((counts[t.key] - t.offsets[r]) // t.every * _run_length(t.body, counts)
-                      + _run_length(t.tails[r], counts))
+            apps, tail = applications(counts[t.key], t.offset, t.every, t.offsets, t.tails)
+            n += apps * _run_length(t.body, counts) + _run_length(tail, counts)
         else:
             n += 1
     return n

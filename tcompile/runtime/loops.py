@@ -48,10 +48,19 @@ class LoopItem:
 
     def runs(self, count: int) -> tuple[int, tuple]:
         """(applications of the body, the tail run after them) at this count."""
-        if self.every == 1:
-            return count - self.offset, ()
-        r = (count - self.offset) % self.every
-        return (count - self.offsets[r]) // self.every, self.tails[r]
+        return applications(count, self.offset, self.every, self.offsets, self.tails)
+
+
+def applications(count: int, offset: int, every: int = 1, offsets: tuple = (),
+                 tails: tuple = ()) -> tuple[int, tuple]:
+    """A loop's (applications of its body, the tail run after them) at `count`: count − offset
+    of a one-iteration body; for a kernel of every > 1 iterations, with r = (count − offset)
+    mod every, (count − offsets[r]) / every and tails[r]. One rule for the runtime's LoopItem
+    and the compiler's folded Loop (shared_build), which carry the same fields."""
+    if every == 1:
+        return count - offset, ()
+    r = (count - offset) % every
+    return (count - offsets[r]) // every, tails[r]
 
 
 @dataclass(frozen=True)
@@ -191,4 +200,4 @@ def _count(seq, counts) -> int:
     return n
 
 
-__all__ = ["LoopSpec", "LoopItem", "LoopProgram", "parts", "layer_paths"]
+__all__ = ["LoopSpec", "LoopItem", "LoopProgram", "applications", "parts", "layer_paths"]
