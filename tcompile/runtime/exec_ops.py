@@ -178,7 +178,6 @@ class HeadOp:
         # (W_V writing s·(V Kᵀ) into several slots: newton_logistic's Hessian halves) can be
         # left to the residual sums, block b of the output being s_b times the rest's product
         # (unstack, when every term reads rows of one block)
-        self.stack = self.stacked = None
         f0 = factors[0]
         if not isinstance(f0, str) and len(factors) > 1 and f0.shape[0] % f0.shape[1] == 0 and \
                 f0.shape[0] > f0.shape[1]:
