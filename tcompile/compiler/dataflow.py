@@ -15,9 +15,9 @@ import networkx as nx
 
 from ..language.checker import TOKEN, Ty, Val, Walker, resolve_params
 from ..language.types import is_square, is_unit
-from . import selection
-from .nodes import ARGS, C, CARRIED, CSHAPE, HI, LO, LOC, NAME, OP, SYMMETRIC, VALUE
 from ..errors import CompileError
+from . import selection
+from .nodes import ARGS, C, CARRIED, CSHAPE, HI, LO, LOC, NAME, OP, SYMMETRIC, VALUE, VARS
 
 
 def canonical_shape(shape) -> tuple:
@@ -132,7 +132,7 @@ class GraphBuilder(Walker):
         point = self.program_point(stmt)
         nid = env[stmt.target].data
         if point is not None and isinstance(nid, int):
-            self.graph.nodes[nid].setdefault("vars", []).append(point)
+            self.graph.nodes[nid].setdefault(VARS, []).append(point)
 
     def end_of_iteration(self, loop, env):
         """The values a loop hands to its next iteration are its state: mark them, so the

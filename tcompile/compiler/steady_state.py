@@ -23,8 +23,8 @@ from ..language import ast
 from ..language.checker import Ty, Val, Walker
 from ..language.run_params import loop_param, run_time_counts
 from .dataflow import GraphBuilder, _carried
-from .nodes import (CSHAPE, ENTERS, HI, LO, LOC, LOOP_KERNEL, LOOP_PHASE, LOOP_STATE, TWIN,
-                    VARS, kernel_group)
+from .nodes import (CSHAPE, ENTERS, HI, ITERATION, LO, LOC, LOOP_KERNEL, LOOP_PHASE, LOOP_STATE,
+                    TWIN, VARS, kernel_group)
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,7 @@ class SharedGraphBuilder(_SteadyState, GraphBuilder):
     def node(self, op: str, args: tuple = (), cshape=None, loc=None, **attrs) -> int:
         new = self.graph.number_of_nodes()
         nid = super().node(op, args, cshape, loc, **attrs)
-        self.graph.nodes[nid].setdefault("iteration", self.iteration)
+        self.graph.nodes[nid].setdefault(ITERATION, self.iteration)
         if self.iteration:
             # counted on every call, a value the memo hands back included, so that each
             # iteration numbers its values alike
@@ -185,8 +185,8 @@ class SharedGraphBuilder(_SteadyState, GraphBuilder):
         if ty.bounded:
             attrs[LO], attrs[HI] = ty.lo, ty.hi
         else:
-            attrs.pop("lo", None)
-            attrs.pop("hi", None)
+            attrs.pop(LO, None)
+            attrs.pop(HI, None)
 
     def mark_entering(self, key: str, env, state) -> None:
         for name in state:
