@@ -551,7 +551,6 @@ class Lowering:
             return self.pieces.product(u, v, self.bounds_of(u, nid), self.bounds_of(v, nid),
                                        ew.tol, self.names())
         except ApproxError as err:
-            label = f"{self.names().get(u, u)} * {self.names().get(v, v)}"
             names = self.words(nid, {u, v}).names
             msg = err.args[0] if err.args else str(err)
             raise self.approx_error(f"{self.statement(nid)}: the product {names[u]} * {names[v]} "
@@ -575,7 +574,7 @@ class Lowering:
         rng = self.piece_ranges.get(atom_id)
         if rng is not None and math.isfinite(rng[0]) and math.isfinite(rng[1]):
             return rng
-        if "lo" in node:                # an exact piece (relu) has no finite range: the checker's
+        if LO in node:                # an exact piece (relu) has no finite range: the checker's
             return (node[LO], node[HI])
         return None
 
