@@ -22,7 +22,7 @@ the one a fixed-count run needs for the same output (halting.py's convention).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch

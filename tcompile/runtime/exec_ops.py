@@ -437,7 +437,7 @@ class _Tables:
                 break
 
     def _grid(self, grids, m: int, t) -> None:
-        T, O = self.T, self.O
+        O = self.O
         first = np.cumsum([0] + [g.G for g in grids])[:-1]          # each table's first cell
         shift = [f - g.lo * g.inv_h for f, g in zip(first, grids)]
         lo = [float(f) for f in first]
@@ -475,7 +475,7 @@ class _Tables:
         """Each entry's row of the coefficient columns (int32, (O · T · N,)), whether they
         are the grid's, and s as the rows' coefficients take it (clamped to each table's
         ends by a clamped grid: into s itself when `own`)."""
-        T, O = self.T, self.O
+        T = self.T
         if self.clamp is not None and N >= SEARCH_BELOW:
             if T == 1:
                 (lo, hi), = self.clamp
