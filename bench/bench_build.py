@@ -63,7 +63,8 @@ t_compile = time.perf_counter() - t
 t = time.perf_counter()
 with tempfile.TemporaryDirectory() as out:
     prog.save_to_dir(out)
-    prog.report_text()
+    from tcompile.inspection.report import report_text   # `tcompile build` prints the card
+    report_text(prog)
 print(t_import, t_compile, time.perf_counter() - t, prog.n_layers)
 """
 

@@ -64,7 +64,7 @@ def test_a_clipped_value_squared_compiles_exact_beyond_the_clip():
     want = _interpret(CLIPPED_SQUARE, A=A, x=x)["v"]
     got = prog.run(A=A, x=x)["v"]
     assert np.max(np.abs(got - want)) <= 1e-6
-    assert not any(row["outside"] for row in prog.check_domains(A=A, x=x))
+    assert not any(row["outside"] for row in tcompile.check_domains(prog, A=A, x=x))
 
 
 def test_a_reciprocal_of_a_floored_abs_compiles_and_checks_its_declared_domain():
@@ -74,9 +74,9 @@ def test_a_reciprocal_of_a_floored_abs_compiles_and_checks_its_declared_domain()
     want = _interpret(FLOORED_RECIPROCAL, y=y, z=z)["w"]
     got = prog.run(y=y, z=z)["w"]
     assert np.max(np.abs(got - want)) <= 1e-6
-    (row,) = prog.check_domains(y=y, z=z)
+    (row,) = tcompile.check_domains(prog, y=y, z=z)
     assert (row["lo"], row["hi"]) == (-6.0, 6.0) and not row["outside"]
-    far = prog.check_domains(y=y + 10, z=z)            # |y - z| > 6: the declared domain is left
+    far = tcompile.check_domains(prog, y=y + 10, z=z)            # |y - z| > 6: the declared domain is left
     assert far[0]["outside"]
 
 
@@ -100,8 +100,8 @@ q = sigmoid((2 * y + 1) on [-2, 4])
     assert np.max(np.abs(got["v"] - want["v"])) <= 1e-6
     assert np.max(np.abs(got["w"] - want["w"])) <= 1e-4
     assert np.max(np.abs(got["q"] - want["q"])) <= 1e-6
-    assert not any(r["outside"] for r in prog.check_domains(A=A, x=x, y=y))
-    rows = prog.check_domains(A=A, x=x * 10, y=y)      # A @ x leaves the user's [-3, 3]
+    assert not any(r["outside"] for r in tcompile.check_domains(prog, A=A, x=x, y=y))
+    rows = tcompile.check_domains(prog, A=A, x=x * 10, y=y)      # A @ x leaves the user's [-3, 3]
     assert any(r["outside"] for r in rows)
 
 

@@ -120,11 +120,11 @@ eta = 1 / (2 + sqrt(t))
 
 
 def test_the_model_card_says_how_each_division_was_chosen():
-    card = tcompile.compile_source(SCALARS).report_text()
+    card = tcompile.report_text(tcompile.compile_source(SCALARS))
     assert "chosen: refined: seed " in card
     assert "(bound implied by the seed's measured error)" in card
-    eta = tcompile.compile_source("program eta\ninput t : [] in [0, 25]\noutput eta\n"
-                                  "eta = 1 / (2 + sqrt(t))\n").report_text()
+    eta = tcompile.report_text(tcompile.compile_source(
+        "program eta\ninput t : [] in [0, 25]\noutput eta\neta = 1 / (2 + sqrt(t))\n"))
     assert "chosen: direct fit: " in eta and "(measured on the domain)" in eta
 
 
@@ -267,7 +267,7 @@ def test_conjugate_gradient_survives_early_convergence(cg):
     # the noise steps divide rounding noise by rounding noise, exact zeros among them (the
     # module sees some: below the seeds' lo; the program's header: they clamp harmlessly), so
     # run's domain guard is told to let them pass
-    assert any(r["outside"] for r in cg.check_domains(A=A, y=y))
+    assert any(r["outside"] for r in tcompile.check_domains(cg, A=A, y=y))
     w = cg.run(A=A, y=y, domains="off")["w"]     # the structured executor (= the module)
     for Ai, yi, wi in zip(A, y, w):
         assert np.all(np.isfinite(wi))

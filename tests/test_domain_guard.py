@@ -45,7 +45,7 @@ def test_divisor_below_its_lo_is_a_domain_error(cg_narrow, executor):
     assert "line 48 `rs = 1 / sqrt(g @ g) on [lo, hi]`" in msg        # the statement
     assert "seed of rsqrt((gᵀ@g))" in msg and "read tmp12" in msg     # the piece, its input
     assert "fitted on [0.001, 1e+15]" in msg                           # the domain
-    seen = [r for r in cg_narrow.check_domains(**small) if r["block"] == "tmp12"][0]
+    seen = [r for r in tcompile.check_domains(cg_narrow, **small) if r["block"] == "tmp12"][0]
     assert f"values in [{seen['min']:.6g}, {seen['max']:.6g}]" in msg  # the range seen
     # and it was right to: the clamped run is far from the least-squares solution
     off = cg_narrow.run(executor=executor, domains="off", **small)["w"]
@@ -55,7 +55,7 @@ def test_divisor_below_its_lo_is_a_domain_error(cg_narrow, executor):
 
 def test_in_domain_run_is_not_flagged_and_is_right(cg_narrow):
     ok = cg_problem(1.0, seed=3)
-    assert not any(r["outside"] for r in cg_narrow.check_domains(**ok))
+    assert not any(r["outside"] for r in tcompile.check_domains(cg_narrow, **ok))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         w = cg_narrow.run(**ok)["w"]
@@ -88,7 +88,7 @@ def test_structured_ranges_equal_check_domains():
     prog = builds.build("newton_logistic", params)
     inputs = sample_inputs(prog.program, params, n=10, batch=4, seed=5)
     _, ranges = executor_for(prog, "structured").run_watched(prog.prepare_inputs(inputs))
-    rows = prog.check_domains(**inputs)
+    rows = tcompile.check_domains(prog, **inputs)
     assert len(rows) == len(ranges) > 0
     for i, r in enumerate(rows):
         assert ranges[i] == pytest.approx((r["min"], r["max"]), rel=1e-12, abs=1e-14)
@@ -100,7 +100,7 @@ def test_shared_build_watches_every_iteration():
     with pytest.raises(DomainError, match="seed of"):
         prog.run(**small)
     ok = cg_problem(1.0, seed=3)
-    rows = prog.check_domains(**ok)                  # the looped module, every iteration
+    rows = tcompile.check_domains(prog, **ok)                  # the looped module, every iteration
     assert not any(r["outside"] for r in rows)
     prog.run(**ok)
     ex = expanded_executor_for(prog, prog.loops.counts({}))

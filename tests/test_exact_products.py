@@ -46,7 +46,7 @@ def test_products_of_a_bounded_small_vector_are_exact_heads():
     assert not any(a["name"].startswith("(u+v)^2") for a in approx)   # no fitted product
     exact = [a for a in approx if a.get("choice", "").startswith("exact: the elementwise product")]
     assert exact and all(a["exact"] for a in exact)
-    assert "chosen: exact: the elementwise product is diag(u) @ v" in prog.report_text()
+    assert "chosen: exact: the elementwise product is diag(u) @ v" in tcompile.report_text(prog)
 
 
 def test_a_product_no_head_can_do_is_fitted_and_the_card_says_so():
@@ -55,7 +55,7 @@ def test_a_product_no_head_can_do_is_fitted_and_the_card_says_so():
     prog = tcompile.compile_source(src)
     approx = prog.report["approximations"]
     assert len(approx) == 2 and all(a.get("choice", "").startswith("fitted:") for a in approx)
-    assert "chosen: fitted: no head computes this product" in prog.report_text()
+    assert "chosen: fitted: no head computes this product" in tcompile.report_text(prog)
     rng = np.random.default_rng(1)
     y, z = rng.uniform(-1, 1, 20), rng.uniform(0, 2, 20)
     assert np.max(np.abs(prog.run(y=y, z=z)["p"] - y * z)) <= 1e-4

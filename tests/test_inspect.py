@@ -54,7 +54,7 @@ def inputs(progs):
 
 @pytest.fixture(scope="module")
 def traces(progs, inputs):
-    return {name: prog.trace(**inputs[name]) for name, prog in progs.items()}
+    return {name: tcompile.trace(prog, **inputs[name]) for name, prog in progs.items()}
 
 
 def block_with_var(prog, var):
@@ -139,7 +139,7 @@ def ill_conditioned_least_squares(kappa=1e4, n=16, seed=0):
 def ill_conditioned():
     prog = tcompile.compile_file(ROOT / "programs" / "least_squares.tp", params={"steps": 34})
     inp = ill_conditioned_least_squares()
-    return prog, inp, prog.trace(**inp)
+    return prog, inp, tcompile.trace(prog, **inp)
 
 
 def test_ill_conditioned_least_squares_differs_only_by_rounding(ill_conditioned):
@@ -183,7 +183,7 @@ def test_corrupted_weight_is_found_at_its_layer_and_variable(progs, inputs, trac
     try:
         W_V[h, r, c] = saved + 0.5 * abs(saved) + 0.1
         prog._modules.clear()
-        rows = prog.trace(**inputs[name])
+        rows = tcompile.trace(prog, **inputs[name])
     finally:
         W_V[h, r, c] = saved
         prog._modules.clear()
@@ -202,7 +202,7 @@ def test_corrupted_weight_is_found_at_its_layer_and_variable(progs, inputs, trac
     text = format_trace(rows)
     assert f"first departure: layer {ell} (attn), variable {var}" in text
     # restored weights: the trace is clean again
-    assert first_departure(prog.trace(**inputs[name])) is None
+    assert first_departure(tcompile.trace(prog, **inputs[name])) is None
 
 
 def test_compact_trace_keeps_each_value_once_and_every_change(progs, traces):
@@ -248,7 +248,7 @@ def test_trace_filters_by_variable_and_failing(progs, inputs, traces):
     try:
         W_V[h, r, c] = saved + 0.5 * abs(saved) + 0.1
         prog._modules.clear()
-        bad_rows = prog.trace(**inputs["least_squares"])
+        bad_rows = tcompile.trace(prog, **inputs["least_squares"])
     finally:
         W_V[h, r, c] = saved
         prog._modules.clear()
@@ -475,7 +475,7 @@ def test_report_depth_per_iteration_vs_paper(progs, name, params, var, depth, pa
     # the depth the report claims is what one more iteration really costs
     longer = compiled(progs, name, dict(params, steps=params["steps"] + 1))
     assert longer.n_layers - prog.n_layers == got
-    assert f"depth per loop iteration ({var}): {got:g} layers   paper: {paper} (" in prog.report_text()
+    assert f"depth per loop iteration ({var}): {got:g} layers   paper: {paper} (" in tcompile.report_text(prog)
 
 
 # ---- pictures ------------------------------------------------------------------------------
@@ -668,5 +668,5 @@ X = X @ X
     prog = tcompile.compile_source(src)
     stored = {v for b in prog.layout.blocks for v in b.vars}
     assert stored == {"X@0", "X@1", "X@2"}                 # X@0 is the input block A
-    rows = prog.trace(A=np.array([[0.5, 0.1], [0.2, 0.3]]))
+    rows = tcompile.trace(prog, A=np.array([[0.5, 0.1], [0.2, 0.3]]))
     assert {r["variable"] for r in rows} >= {"X@1", "X@2"} and all(r["ok"] for r in rows)

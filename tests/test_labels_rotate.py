@@ -70,7 +70,7 @@ def live_gap(labels, states, want) -> tuple[float, int]:
 
 def test_every_row_at_every_sublayer_is_labelled(case):
     prog, *_ = case
-    labels = prog.residual_labels()
+    labels = tcompile.residual_labels(prog)
     assert len(labels) == (prog.layout.n_sublayers + 1) * prog.width
     assert [(lab.sublayer, lab.row) for lab in labels] == \
         [(t, r) for t in range(prog.layout.n_sublayers + 1) for r in range(prog.width)]
@@ -90,7 +90,7 @@ def test_every_row_at_every_sublayer_is_labelled(case):
 
 def test_live_labels_hold_the_interpreters_values(case):
     prog, _, prepared, want = case
-    labels = prog.residual_labels()
+    labels = tcompile.residual_labels(prog)
     states = prog.sublayer_states(prepared)
     worst, checked = live_gap(labels, states, want)
     assert checked > prog.width
@@ -103,7 +103,7 @@ def test_live_labels_hold_the_interpreters_values(case):
 
 def test_iterations_count_a_statements_assignments():
     prog = tcompile.compile_file(ROOT / "programs" / "least_squares.tp", params={"d": 2, "steps": 3})
-    labels = prog.residual_labels()
+    labels = tcompile.residual_labels(prog)
     xs = {lab.point: (lab.line, lab.iteration) for lab in labels if lab.name == "X"}
     lines = {line for line, _ in xs.values()}
     loop_line = max(lines)
@@ -113,7 +113,7 @@ def test_iterations_count_a_statements_assignments():
 
 def test_csv_and_json_round_trip(case, tmp_path):
     prog, *_ = case
-    labels = prog.residual_labels()
+    labels = tcompile.residual_labels(prog)
     rows = list(csv.DictReader(io.StringIO(labels_to_csv(labels))))
     assert len(rows) == len(labels)
     assert rows[5]["row"] == str(labels[5].row) and rows[5]["status"] == labels[5].status
@@ -130,7 +130,7 @@ def test_shared_build_labels_are_refused_clearly():
     prog = tcompile.compile_file(ROOT / "programs" / "newton_inverse.tp",
                                  params={"d": 2, "steps": 3}, loops="shared")
     with pytest.raises(InputError, match="unrolled"):
-        prog.residual_labels()
+        tcompile.residual_labels(prog)
 
 
 # ---- rotated builds --------------------------------------------------------------------------
@@ -161,12 +161,12 @@ def test_rotated_labels_reproduce_each_variable(case):
     rot = prog.rotated(11)
     states = rot.sublayer_states(prepared)                     # the rotated stream
     along = [s @ rot.directions for s in states]                # each row's direction
-    worst_rot, checked = live_gap(rot.residual_labels(), along, want)
-    worst, _ = live_gap(prog.residual_labels(), prog.sublayer_states(prepared), want)
+    worst_rot, checked = live_gap(tcompile.residual_labels(rot), along, want)
+    worst, _ = live_gap(tcompile.residual_labels(prog), prog.sublayer_states(prepared), want)
     assert checked > prog.width
     assert worst_rot <= worst + RTOL
     # the rotated stream itself is not axis-aligned: no single row holds a variable's entries
-    raw, _ = live_gap(rot.residual_labels(), states, want)
+    raw, _ = live_gap(tcompile.residual_labels(rot), states, want)
     assert raw > 1e-3
 
 
@@ -242,7 +242,7 @@ def test_rotated_run_guards_domains_like_the_original():
         for h in handles:
             h.remove()
     ranges = merge(seen)
-    want = prog.check_domains(**inputs)
+    want = tcompile.check_domains(prog, **inputs)
     assert len(ranges) == len(want) > 0
     for i, row in enumerate(want):
         scale = max(abs(row["min"]), abs(row["max"]), 1e-300)

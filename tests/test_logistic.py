@@ -177,7 +177,7 @@ def test_random_problems_reach_the_minimiser(prog, random_problems):
 
 def test_random_problems_stay_in_domain(prog, random_problems):
     for A, y, _ in random_problems:
-        checks = prog.check_domains(A=A, y=y, x0=np.zeros(D))
+        checks = tcompile.check_domains(prog, A=A, y=y, x0=np.zeros(D))
         assert checks
         bad = [c for c in checks if c["outside"]]
         assert not bad, bad
@@ -191,7 +191,7 @@ def test_breast_cancer(prog, real_problems):
 
 def test_breast_cancer_stays_in_domain(prog, real_problems):
     for A, y, _ in real_problems:
-        bad = [c for c in prog.check_domains(A=A, y=y, x0=np.zeros(D)) if c["outside"]]
+        bad = [c for c in tcompile.check_domains(prog, A=A, y=y, x0=np.zeros(D)) if c["outside"]]
         assert not bad, bad
 
 
@@ -209,7 +209,7 @@ def test_margins_and_step_size_inputs_stay_in_domain(prog, random_problems, real
     """The pieces fed by attention (z = A x, the decrement g@v) are inside their declared
     domains [-6, 6] and [0, 25]: the program's bounds hold on these data."""
     for A, y, _ in random_problems + real_problems:
-        for c in prog.check_domains(A=A, y=y, x0=np.zeros(D)):
+        for c in tcompile.check_domains(prog, A=A, y=y, x0=np.zeros(D)):
             if not c["label"].startswith("A*"):
                 assert not c["outside"], c
 

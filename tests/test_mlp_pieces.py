@@ -72,7 +72,7 @@ def test_scalar_function_within_tol(func, lo, hi, suffix, tol):
     assert entry["entries"] == 1
     # the report measures on a denser grid than ours: it cannot claim less than we observe
     assert err <= entry["max_error"] * (1 + 1e-6) + 1e-15
-    assert not any(c["outside"] for c in prog.check_domains(u=u))
+    assert not any(c["outside"] for c in tcompile.check_domains(prog, u=u))
 
 
 def test_scalar_function_batched_tokens():
@@ -151,7 +151,7 @@ def test_piecewise_linear_functions_need_no_domain(expr, ref):
     prog = compile_body(f"s = {expr}", "input u : [n]")
     u = np.linspace(-1e3, 1e3, 2001)
     assert np.max(np.abs(prog.run(u=u)["s"] - ref(u))) <= 1e-9
-    assert not any(c["outside"] for c in prog.check_domains(u=u))
+    assert not any(c["outside"] for c in tcompile.check_domains(prog, u=u))
 
 
 # ---- gated pieces --------------------------------------------------------------------------
@@ -235,7 +235,7 @@ def test_product_within_tol(tol):
     for e in entries:                 # each PL square within 2 tol: the product within tol
         assert e["tol"] == 2 * want_tol
         assert e["lo"] == pytest.approx(-1.0) and e["hi"] == pytest.approx(1.25)
-    assert not any(c["outside"] for c in prog.check_domains(w=w, A=A))
+    assert not any(c["outside"] for c in tcompile.check_domains(prog, w=w, A=A))
 
 
 CHAINED = """program t
@@ -259,7 +259,7 @@ def test_product_of_a_piece_within_budget():
 def test_product_fed_by_a_piece_is_fitted_on_its_whole_range():
     prog = tcompile.compile_source(CHAINED)
     z = grid(-6.0, 6.0)
-    checks = prog.check_domains(z=z, w=np.ones_like(z))
+    checks = tcompile.check_domains(prog, z=z, w=np.ones_like(z))
     assert len(checks) == 3
     assert not any(c["outside"] for c in checks), [c for c in checks if c["outside"]]
 
@@ -285,17 +285,17 @@ def test_out_of_domain_is_detected_and_clamped():
     assert (entry["lo"], entry["hi"]) == (-2.0, 2.0)
 
     inside = grid(-2.0, 2.0, 401)
-    (chk,) = prog.check_domains(u=inside)
+    (chk,) = tcompile.check_domains(prog, u=inside)
     assert chk["label"] == "sigmoid(u)" and (chk["lo"], chk["hi"]) == (-2.0, 2.0)
     assert chk["outside"] is False and chk["min"] == -2.0 and chk["max"] == 2.0
     assert np.max(np.abs(prog.run(u=inside)["s"] - expit(inside))) <= 1e-6
 
     outside = np.array([-1e3, -5.0, -2.5, -2.0, 0.0, 1.0, 2.0, 2.0001, 3.0, 100.0])
-    (chk,) = prog.check_domains(u=outside)
+    (chk,) = tcompile.check_domains(prog, u=outside)
     assert chk["outside"] is True and chk["min"] == -1e3 and chk["max"] == 100.0
-    (chk,) = prog.check_domains(u=np.array([0.0, 2.5]))            # one side is enough
+    (chk,) = tcompile.check_domains(prog, u=np.array([0.0, 2.5]))            # one side is enough
     assert chk["outside"] is True
-    (chk,) = prog.check_domains(u=np.array([[0.0, 1.0], [-2.1, 0.0]]))   # any batch member
+    (chk,) = tcompile.check_domains(prog, u=np.array([[0.0, 1.0], [-2.1, 0.0]]))   # any batch member
     assert chk["outside"] is True
 
     # run's domain guard says so (DomainError, by default) ...
@@ -314,7 +314,7 @@ def test_gated_piece_far_outside_is_flagged():
     z = np.array([-100.0, -20.0, -4.0, 4.0, 20.0, 100.0])
     for sign in (1.0, -1.0):
         y = np.full_like(z, sign)
-        report = prog.check_domains(y=y, z=z)[0]
+        report = tcompile.check_domains(prog, y=y, z=z)[0]
         assert report["outside"] and report["min"] == -100.0 and report["max"] == 100.0
 
 
@@ -326,7 +326,7 @@ def test_gated_piece_near_domain_is_clamped():
         y = np.full_like(z, sign)
         got = prog.run(y=y, z=z, domains="off")["s"]      # the guard would raise (above)
         assert np.max(np.abs(got - expit(-y * np.clip(z, -3, 3)))) <= 1e-6
-        assert prog.check_domains(y=y, z=z)[0]["outside"]
+        assert tcompile.check_domains(prog, y=y, z=z)[0]["outside"]
 
 
 def test_call_without_domain_is_a_program_error():

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import tcompile
 from tcompile.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +27,7 @@ def logistic():
 
 
 def test_card_names_each_approximation_by_its_source_line(logistic):
-    card = logistic.report_text()
+    card = tcompile.report_text(logistic)
     source = LOGISTIC.read_text().split("\n")
     found = re.findall(r"from line (\d+): (.*)", card)
     assert len(found) >= len(logistic.report["approximations"])
@@ -40,7 +41,7 @@ def test_card_names_each_approximation_by_its_source_line(logistic):
 
 
 def test_card_labels_the_gap_a_heuristic_and_explains_its_columns(logistic):
-    card = logistic.report_text()
+    card = tcompile.report_text(logistic)
     assert "estimated gap to the interpreter" in card and "heuristic, not a bound" in card
     for column in ("heads =", "dk =", "mlp_hidden =", "parameters =", "nonzero ="):
         assert column in " ".join(card.split())
@@ -48,7 +49,7 @@ def test_card_labels_the_gap_a_heuristic_and_explains_its_columns(logistic):
 
 
 def test_card_numbers_layers_from_0_like_the_hooks(logistic):
-    card = logistic.report_text()
+    card = tcompile.report_text(logistic)
     rows = re.findall(r"^  (\d+)(?:-(\d+))?\s+(\d+)\s+(\d+)\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)",
                       card, flags=re.M)
     covered = []
@@ -102,7 +103,7 @@ def test_trace_rows_count_layers_from_0(logistic):
     rng = np.random.default_rng(1)
     A = rng.normal(size=(8, 3))
     A /= 1.5 * np.linalg.norm(A, axis=1, keepdims=True)
-    rows = logistic.trace(A=A, y=np.sign(rng.normal(size=8)), x0=np.zeros(3))
+    rows = tcompile.trace(logistic, A=A, y=np.sign(rng.normal(size=8)), x0=np.zeros(3))
     assert min(r["layer"] for r in rows) == 0 and max(r["layer"] for r in rows) == logistic.n_layers - 1
 
 
@@ -110,7 +111,7 @@ def test_check_domains_names_the_layer_whose_mlp_reads_the_piece(logistic):
     rng = np.random.default_rng(2)
     A = rng.normal(size=(8, 3))
     A /= 1.5 * np.linalg.norm(A, axis=1, keepdims=True)
-    checks = logistic.check_domains(A=A, y=np.sign(rng.normal(size=8)), x0=np.zeros(3))
+    checks = tcompile.check_domains(logistic, A=A, y=np.sign(rng.normal(size=8)), x0=np.zeros(3))
     assert checks
     for c in checks:                         # oracle: the weights of module.blocks[layer]
         rows = list(logistic.layout.block(c["block"]).rows)
@@ -130,7 +131,7 @@ def test_trace_table_names_each_variable_by_its_source_line(logistic):
     rng = np.random.default_rng(3)
     A = rng.normal(size=(8, 3))
     A /= 1.5 * np.linalg.norm(A, axis=1, keepdims=True)
-    rows = logistic.trace(A=A, y=np.sign(rng.normal(size=8)), x0=np.zeros(3))
+    rows = tcompile.trace(logistic, A=A, y=np.sign(rng.normal(size=8)), x0=np.zeros(3))
     source = LOGISTIC.read_text().split("\n")
     text = format_trace(rows, source_lines(logistic), every=True).splitlines()
     named = 0
@@ -146,7 +147,7 @@ def test_trace_table_names_each_variable_by_its_source_line(logistic):
 
 
 def test_card_says_what_each_layer_writes_in_the_programs_words(logistic):
-    card = logistic.report_text()
+    card = tcompile.report_text(logistic)
     source = LOGISTIC.read_text().split("\n")
     mentions = re.findall(r"(?:part of )?(\w+) \(line (\d+)\)", card.split("approximated")[0])
     assert mentions
@@ -181,7 +182,7 @@ def test_card_groups_identical_exact_pieces_into_one_entry():
     records = prog.report["approximations"]
     exact = [a for a in records if a["exact"] and a["lines"] == [65]]
     assert len(exact) >= 10                               # 2 per step: many records ...
-    card = prog.report_text().split("approximated functions")[1]
+    card = tcompile.report_text(prog).split("approximated functions")[1]
     entries = re.findall(r"^  (\d+)\. (.*)$", card, flags=re.M)
     assert len(entries) == len(group_approximations(records)) < len(records)
     line65 = [text for _, text in entries if "relu((…))" in text]
@@ -195,20 +196,19 @@ def test_card_groups_identical_exact_pieces_into_one_entry():
 
 
 def test_check_domains_summarises_all_inside_and_names_what_left(logistic):
-    import tcompile
     rng = np.random.default_rng(2)
     A = rng.normal(size=(8, 3))
     A /= 1.5 * np.linalg.norm(A, axis=1, keepdims=True)
-    checks = logistic.check_domains(A=A, y=np.sign(rng.normal(size=8)), x0=np.zeros(3))
+    checks = tcompile.check_domains(logistic, A=A, y=np.sign(rng.normal(size=8)), x0=np.zeros(3))
     assert checks.all_inside and checks.outside == [] and not any(c["outside"] for c in checks)
     assert str(checks) == checks.summary == (f"all {len(checks)} domain checks inside: every MLP "
                                              f"piece read inputs within the domain it was fitted on")
     prog = tcompile.compile_source("program t\ninput u : [n]\noutput s\ns = sigmoid(u) on [-2, 2]\n",
                                    file="t.tp")
-    out = prog.check_domains(u=np.array([[0.0, 2.5], [-3.0, 0.0]]))
+    out = tcompile.check_domains(prog, u=np.array([[0.0, 2.5], [-3.0, 0.0]]))
     assert not out.all_inside and out.outside == [out[0]]
     lines = out.summary.splitlines()
     assert lines[0] == "1 of 1 domain checks left their domain (there the piece clamps, so its output is wrong):"
     assert lines[1] == "  sigmoid(u), reading u (input), at layer 0: saw [-3, 2.5], fitted on [-2, 2]"
-    assert "no domain checks" in str(tcompile.compile_source(
-        "program t\ninput u : [n]\noutput s\ns = 2 * u\n", file="t.tp").check_domains(u=np.ones(3)))
+    assert "no domain checks" in str(tcompile.check_domains(tcompile.compile_source(
+        "program t\ninput u : [n]\noutput s\ns = 2 * u\n", file="t.tp"), u=np.ones(3)))

@@ -1,8 +1,10 @@
 """The package's structure: the runtime stands alone, and no two modules import each other.
 
-- Loading and running an artifact imports no compiler module and not the interpreter (checked
-  in a fresh interpreter process, so nothing an earlier test imported can hide an import).
-- No module of tcompile/runtime reaches the compiler through any import, lazy ones included.
+- Loading, running and saving an artifact imports no compiler module, not the interpreter and
+  no inspection module (checked in a fresh interpreter process, so nothing an earlier test
+  imported can hide an import).
+- No module of tcompile/runtime reaches the compiler or inspection through any import, lazy
+  ones included: inspection imports the runtime, never the reverse.
 - The module import graph, read from the source with `ast` (imports inside functions count),
   has no cycles; nothing imports through importlib, which this check could not see.
 - The typed manifest survives its JSON form unchanged.
@@ -130,6 +132,15 @@ def test_runtime_reaches_no_compiler_module():
     runtime = {m for m in MODULES if m.startswith("tcompile.runtime")}
     reached = reachable(GRAPH, runtime)
     assert not {m for m in reached if m.startswith("tcompile.compiler")}, sorted(reached)
+
+
+def test_runtime_reaches_no_inspection_module():
+    """The layering is runtime ← inspection: the tools that read a program take it as an
+    argument, and nothing in the runtime reaches them through any import (lazy ones included)."""
+    runtime = {m for m in MODULES if m.startswith("tcompile.runtime")}
+    reached = reachable(GRAPH, runtime)
+    assert not {m for m in reached if m.startswith("tcompile.inspection")}, sorted(reached)
+    assert "tcompile.runtime.program" in GRAPH["tcompile.inspection.domains"]     # the reverse is fine
     for m in runtime:
         assert "tcompile.language.interpreter" not in GRAPH[m], m
 
@@ -143,17 +154,21 @@ import tcompile
 tcompile.load
 import tcompile.runtime.program, tcompile.runtime.artifact, tcompile.runtime.model
 
-def leaked():
+def leaked(inspection=True):
     return sorted(m for m in sys.modules if m.startswith("tcompile.compiler")
-                  or m == "tcompile.language.interpreter")
+                  or m == "tcompile.language.interpreter"
+                  or inspection and m.startswith("tcompile.inspection"))
 
 assert not leaked(), leaked()
 prog = tcompile.load(sys.argv[1])
 inputs = dict(np.load(sys.argv[2]))
 out = prog.run(**inputs)
-report = prog.report_text()
+assert prog.report["layers"] == prog.n_layers
+prog.save(sys.argv[1] + "_again")
+assert not leaked(), leaked()              # loading, running, saving: the runtime alone
+report = tcompile.report_text(prog)
 assert set(out) == {"w", "y_hat"}, out
-assert not leaked(), leaked()
+assert not leaked(inspection=False), leaked(inspection=False)
 np.savez(sys.argv[3], **out)
 print("ok")
 """
@@ -185,7 +200,7 @@ import sys
 import tcompile
 prog = tcompile.compile_file(sys.argv[1], params={"steps": 3})
 prog.save(sys.argv[2])
-print(prog.report_text()[:0] + "ok" if "torch" not in sys.modules else "torch imported")
+print(tcompile.report_text(prog)[:0] + "ok" if "torch" not in sys.modules else "torch imported")
 """
 
 
@@ -237,3 +252,20 @@ def test_tolerance_policy():
     assert policy.for_outputs(["x"]) == ROUNDING_FACTOR * 1e-11      # loosest over x@k
     assert policy.for_outputs(["x", "y"]) == ROUNDING_FACTOR * 1e-9
     assert policy.for_outputs(["z"]) == 1e-10
+
+
+def test_a_moved_method_says_where_it_went():
+    """The inspection tools left CompiledProgram (the runtime imports none of them): asking a
+    program for one of the old methods names the function to call, and that function exists."""
+    import tcompile.inspection.labels  # noqa: F401  (MOVED names a function of this module)
+    from tcompile.runtime.program import MOVED
+    prog = tcompile.compile_source("program t\ninput u : [n]\noutput s\ns = 2 * u\n", file="t.tp")
+    for name, call in MOVED.items():
+        with pytest.raises(AttributeError, match=f"CompiledProgram.{name} moved: call "):
+            getattr(prog, name)
+        target = tcompile
+        for part in call.split("(")[0].split(".")[1:]:          # tcompile.a.b(...) → a, b
+            target = getattr(target, part)
+        assert callable(target), call
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_thing'"):
+        prog.no_such_thing

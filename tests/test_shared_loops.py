@@ -119,7 +119,7 @@ def test_equal_layers_are_stored_once(logistic):
     (body,) = [i for i in logistic.loops.sequence if getattr(i, "loop", None) == outer.key]
     assert body.offset == 1 and outer.min_count == 3
     assert 4 * 550_368 <= 2_368_008
-    text = logistic.report_text()
+    text = tcompile.report_text(logistic)
     assert "body.{i}.loop.{j}.0, epilogue.loop.{i}.0" in text
 
 
@@ -368,7 +368,7 @@ def test_until_accepts_every_variable_a_top_level_loop_carries(name):
                         + (("steps", 4),) * adam)
     sites = loop_sites(program, {**prog.info.params})
     inputs = sample_inputs(program, prog.info.params, n=8, batch=2, seed=0)
-    card = prog.report_text()
+    card = tcompile.report_text(prog)
     # halting runs on the looping structured executor, planned once per build (not through the
     # looped module, tens of times slower): its plan of every body must repeat
     from tcompile.runtime.exec_loops import shared_executor_for
@@ -545,7 +545,7 @@ def test_richardson_runs_two_iterations_per_layer_as_unrolled():
         for executor in (None, "module"):
             a = prog.run(steps=steps, executor=executor, **inputs)["x"]
             assert np.abs(a - b).max() <= 1e-14 and np.abs(a - want).max() <= 1e-14, steps
-    assert "1 layer per 2 iterations (a kernel of 2)" in prog.report_text()
+    assert "1 layer per 2 iterations (a kernel of 2)" in tcompile.report_text(prog)
 
 
 def test_a_kernel_loop_saves_and_loads(tmp_path):
@@ -685,7 +685,7 @@ def test_most_random_loops_fold():
 
 def test_trace_compares_every_iteration_with_the_interpreter(least_squares):
     inputs = random_regression(np.random.default_rng(4), 30, 4)
-    rows = least_squares.trace(steps=8, **inputs)
+    rows = tcompile.trace(least_squares, steps=8, **inputs)
     looped = [r for r in rows if r["iteration"] is not None]
     assert all(r["ok"] for r in rows)
     (item,) = [i for i in least_squares.loops.sequence if isinstance(i, LoopItem)]
@@ -696,7 +696,7 @@ def test_trace_compares_every_iteration_with_the_interpreter(least_squares):
 
 
 def test_the_card_gives_layers_per_iteration_and_run_time_counts(logistic):
-    text = logistic.report_text()
+    text = tcompile.report_text(logistic)
     k = logistic.info.params["inv_steps"]
     assert f"{k + 3} layers per iteration" in text and "1 layer per iteration  (nested)" in text
     assert "repeat steps = 8, run-time: 3 or more" in text
@@ -785,8 +785,8 @@ def test_domain_checks_cover_every_iteration(logistic):
     for steps in (10,):
         unrolled = tcompile.compile_file(PROGRAMS + "newton_logistic.tp", {"steps": steps})
         ranges = {}
-        for which, rows in (("shared", logistic.check_domains(steps=steps, **inputs)),
-                            ("unrolled", unrolled.check_domains(**inputs))):
+        for which, rows in (("shared", tcompile.check_domains(logistic, steps=steps, **inputs)),
+                            ("unrolled", tcompile.check_domains(unrolled, **inputs))):
             for r in rows:
                 label = (re.sub(r"\(.*", "", r["label"]), r["lo"], r["hi"])
                 lo, hi = ranges.setdefault((which, label), [np.inf, -np.inf])

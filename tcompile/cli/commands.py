@@ -30,12 +30,15 @@ def cmd_build(args) -> int:
         progress.stage("write")
         paths = prog.save_to_dir(args.out)
         if rotate is not None:              # the rotated build's files beside the artifact
-            paths += prog.rotated(rotate, keep_io=args.rotate_keep_io).save_rotated(
-                Path(args.out) / f"{prog.name}.rotated")
+            from ..inspection.labels import labels_json
+            rotated = prog.rotated(rotate, keep_io=args.rotate_keep_io)
+            paths += rotated.save_rotated(Path(args.out) / f"{prog.name}.rotated",
+                                          labels_json(rotated) if prog.loops is None else None)
         ok = True
     finally:
         progress.finish(ok)
-    print(prog.report_text())
+    from ..inspection.report import report_text
+    print(report_text(prog))
     for p in paths:
         print(f"wrote {p}")
     return EXIT_OK
@@ -240,17 +243,18 @@ def cmd_report(args) -> int:
                                    max_memory=None, loops="unrolled"))
     if args.param:
         raise UsageError("-p goes with a .tp program (an artifact's params are built in)")
+    from ..inspection.report import report_text
     prog = load_artifact(args.artifact)
-    print(prog.report_text())
+    print(report_text(prog))
     return EXIT_OK
 
 
 def cmd_trace(args) -> int:
     """The trace table (compact unless --all; --var, --failing filter it); -o writes every row."""
-    from ..inspection.trace import format_trace, source_lines, traced_names, write_trace
+    from ..inspection.trace import format_trace, source_lines, trace, traced_names, write_trace
     out_path = output_file(args.out, inputs=args.inputs) if args.out is not None else None
     prog = load_artifact(args.artifact)
-    rows = prog.trace(**load_npz(args.inputs))
+    rows = trace(prog, **load_npz(args.inputs))
     names = traced_names(rows)
     if args.var is not None and args.var not in names and \
             not any(r["variable"] == args.var for r in rows):

@@ -41,7 +41,7 @@ def add_build_options(build) -> None:
 
 
 def cmd_labels(args) -> int:
-    from ..inspection.labels import labels_text
+    from ..inspection.labels import labels_json, labels_text, residual_labels
     from .commands import load_artifact
     path = output_file(args.out)
     if path.suffix not in (".csv", ".json"):
@@ -50,9 +50,9 @@ def cmd_labels(args) -> int:
     if args.rotate is not None:
         if path.suffix != ".json":
             raise UsageError("--rotate writes directions, which only JSON holds: use -o FILE.json")
-        text = prog.rotated(args.rotate).labels_json()
+        text = labels_json(prog.rotated(args.rotate))
     else:
-        text = labels_text(prog.residual_labels(), path)
+        text = labels_text(residual_labels(prog), path)
     from ..runtime.files import atomic_write_bytes
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ through affine steps (negation, constants, multiplication by a sign of the patte
 the checker's interval bounds on the leaf. Outside its domain a piece is clamped (constant
 extension of each PL function) — for sign-gated pieces only up to one domain length beyond
 either end, where the gate offsets stop covering it; past that the output is undefined.
-`CompiledProgram.check_domains` reports, per piece, whether any input left the domain.
+`tcompile.check_domains(prog, ...)` reports, per piece, whether any input left the domain.
 """
 from __future__ import annotations
 

@@ -1,8 +1,43 @@
-"""`check_domains`' answer: one row per MLP piece (the range its input took, the domain it was
-fitted on, whether it left it) and a summary in the program's words: all inside, or which
-pieces, reading which values of the program, left their domain at which layers (outside its
-domain a piece clamps, so what it computes there is wrong)."""
+"""`check_domains(prog, **inputs)`: for every MLP piece, the range its real input took on these
+inputs, and whether it left the domain the piece was fitted on (outside its domain a piece
+clamps, so what it computes there is wrong).
+
+One path for both builds, the one `run`'s module guard takes (runtime/domain_guard.py:
+`watch_module` hooks the attention output of each check's layer, the MLP that reads the block
+running next; in a shared build that layer runs many times and the range is taken over all of
+them, every iteration checked), and one rule for "left its domain" (`domain_guard.outside`).
+The answer is a DomainReport: one row per piece (the range, the domain, whether it left it)
+and a summary in the program's words: all inside, or which pieces, reading which values of
+the program, left their domain at which layers.
+"""
 from __future__ import annotations
+
+from dataclasses import asdict
+
+from ..runtime.domain_guard import outside, settle, watch_module
+from ..runtime.program import RotatedProgram
+
+
+def check_domains(prog, /, **inputs) -> "DomainReport":
+    """Run the float64 module on these inputs (a shared build: with its run-time counts by
+    name, `steps=50`) and report each MLP piece's input range against its fitted domain. A
+    rotated build answers with its original's rows (it computes the same values, to
+    rounding)."""
+    import torch
+    if isinstance(prog, RotatedProgram):
+        prog = prog.original
+    counts, inputs = prog.split_counts(inputs, None, None)
+    module = prog.module_for("float64", "cpu")
+    x = prog.encode_inputs(prog.prepare_inputs(inputs))
+    with watch_module(prog, module) as seen, torch.no_grad():
+        module(x, counts) if prog.loops is not None else module(x)
+    ranges = settle(seen)
+    rows = []
+    for i, chk in enumerate(prog.typed_manifest.domains):
+        lo, hi = ranges.get(i, (float("inf"), float("-inf")))      # never read: nothing seen
+        rows.append({**asdict(chk), "min": lo, "max": hi,
+                     "outside": outside(chk.lo, chk.hi, lo, hi)})
+    return DomainReport(prog, rows)
 
 
 class DomainReport(list):
@@ -80,4 +115,4 @@ def _readable(label: str) -> str:
     return readable(label)
 
 
-__all__ = ["DomainReport", "domain_summary"]
+__all__ = ["check_domains", "DomainReport", "domain_summary"]

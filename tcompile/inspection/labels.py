@@ -33,6 +33,7 @@ from pathlib import Path
 
 from ..runtime import clock
 from ..runtime.layout import Block, Layout
+from ..runtime.program import RotatedProgram
 
 LIVE, DEAD, FREE = "live", "dead", "free"
 FIELDS = ("sublayer", "layer", "part", "row", "status", "kind", "name", "point", "points",
@@ -131,8 +132,12 @@ def label_layout(layout: Layout, lines: dict[str, int],
 
 
 def residual_labels(prog) -> list[RowLabel]:
-    """`prog.residual_labels()`: the labels of an unrolled build (see the module docstring)."""
+    """`tcompile.residual_labels(prog)`: the labels of an unrolled build (see the module
+    docstring). A rotated build has its original's labels: row r of a label is the direction
+    `prog.directions[:, r]` of its stream (labels_json adds the directions)."""
     from .naming import assignment_lines
+    if isinstance(prog, RotatedProgram):
+        prog = prog.original
     prog._unrolled_only("residual_labels")
     lines = assignment_lines(prog.program, prog.info.float_params())
     input_lines = {d.name: d.loc.line for d in prog.program.inputs}
@@ -143,6 +148,17 @@ def labels_to_json(labels: list[RowLabel], extra: dict | None = None) -> str:
     """The labels as JSON: {"labels": [...], **extra} (extra: e.g. the rotation's directions)."""
     return json.dumps({**(extra or {}), "labels": [lab.as_dict() for lab in labels]},
                       indent=None, separators=(",", ":")) + "\n"
+
+
+def labels_json(prog) -> str:
+    """The labels as JSON (`tcompile labels -o FILE.json`); a rotated build's with its rotation:
+    {"seed", "keep_io", "directions" (D lists: entry r is the direction of original row r),
+    "labels"} (what `tcompile build --rotate` writes beside the rotated weights)."""
+    extra = None
+    if isinstance(prog, RotatedProgram):
+        extra = {"seed": prog.seed, "keep_io": prog.keep_io,
+                 "directions": [prog.Q[:, r].tolist() for r in range(prog.width)]}
+    return labels_to_json(residual_labels(prog), extra)
 
 
 def labels_to_csv(labels: list[RowLabel]) -> str:
@@ -168,4 +184,4 @@ def labels_text(labels: list[RowLabel], path: Path | str) -> str:
 
 
 __all__ = ["RowLabel", "LIVE", "DEAD", "FREE", "FIELDS", "label_layout", "residual_labels",
-           "iterations_of", "labels_to_json", "labels_to_csv", "labels_text"]
+           "iterations_of", "labels_json", "labels_to_json", "labels_to_csv", "labels_text"]

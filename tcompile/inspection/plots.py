@@ -6,7 +6,7 @@
 - convergence: error to the exact answer vs layer, the compiled model's iterates beside the
   exact algorithm's (the interpreter's), for each output.
 
-Layers are counted from 0, as in the report, the trace and the hooks (report.py says why).
+Layers are counted from 0, as in the report, the trace and the hooks (runtime/card.py says why).
 """
 from __future__ import annotations
 

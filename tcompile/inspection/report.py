@@ -1,126 +1,15 @@
-"""The model card: what was built (layers, width, heads, MLP sizes, parameters, approximations)
-and how it compares with the paper's construction for the same program.
+"""The model card as printed: `report_text(prog)` (what `tcompile build` and `tcompile report`
+print), with what each layer writes and where each approximation comes from named in the
+program's own words, and `summary_line` (what `tcompile check` prints).
 
-Layers are numbered from 0 everywhere (card, trace, plots, hooks): layer L is `module.blocks[L]`,
-`prog.layers[L]` and the hooks `blocks.L.*`, so a number read in the card indexes the model as is.
+The card's data, the dict `prog.report`, is the runtime's (runtime/card.py: the artifact's
+JSON copy embeds it); this module only reads it. Layers are numbered from 0 as there.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from ..runtime import clock
-from ..runtime.artifact import approximation_to_json
-from ..runtime.layout import Layout
-from ..runtime.manifest import Manifest, ProgramInfo
-from ..runtime.weights import WEIGHT_NAMES
-
-
-# The paper's depth for the same computation (Giannou et al. 2024): layers per loop iteration.
-PAPER_DEPTH = {
-    "newton_inverse": ("2 per step (Lemma 4.1; 1 if A is symmetric)", lambda p: 2),
-    "least_squares": ("T + 3 in all (Theorem 4.2): 1 per step", lambda p: 1),
-    "newton_logistic": ("2k + 11 per damped Newton step (Theorem 5.2), k = inv_steps",
-                        lambda p: 2 * int(p.get("inv_steps", 1)) + 11),
-}
-
-
-def depth_per_iteration(layout: Layout) -> dict[str, float]:
-    """Layers between successive stored iterates of each output variable (its loop's depth)."""
-    out = {}
-    for spec in layout.outputs:
-        name = spec.name
-        written = sorted({clock.layer_of(b.written) + 1 for b in layout.blocks
-                          for v in b.vars if v.split("@")[0] == name and b.written > 0})
-        gaps = np.diff(written)
-        if len(gaps):
-            out[name] = float(np.median(gaps))
-    return out
-
-
-def predicted_rtol(approximations) -> float:
-    """How far (relative, max over outputs) the compiled model may be from the interpreter in
-    float64: rounding alone when nothing is approximated, else 10x the largest approximation
-    error. A heuristic, not a proof: errors are not propagated analytically through the
-    program (measured gaps are 1e-7..1e-5 of the largest error's scale; tests check it)."""
-    if not approximations:
-        return 1e-10
-    return max(1e-10, 10 * max(a.max_error for a in approximations))
-
-
-def build_report(manifest: Manifest, layers) -> dict:
-    """The model card as a plain dict (`prog.report`; the artifact embeds it)."""
-    lay, info = manifest.layout, manifest.program
-    per_layer = []
-    total_params = nonzero = 0
-    for i, (spec, w) in enumerate(zip(lay.layers, layers)):       # layer i = module.blocks[i]
-        if hasattr(w, "shape_of"):       # LayerWeights: MLP matrices may be held as nonzeros
-            params = sum(math.prod(w.shape_of(n)) for n in WEIGHT_NAMES)
-            nz = sum(w.nonzero_count(n) for n in WEIGHT_NAMES)
-        else:
-            arrays = list(w.arrays().values())
-            params = sum(a.size for a in arrays)
-            nz = sum(int(np.count_nonzero(a)) for a in arrays)
-        total_params += params
-        nonzero += nz
-        per_layer.append({"layer": i, "heads": spec.heads, "dk": spec.dk,
-                          "mlp_hidden": spec.mlp_hidden, "parameters": int(params), "nonzero": nz})
-    return {
-        "program": info.name,
-        "params": dict(info.params),
-        "layers": lay.n_layers,
-        "width": lay.width,
-        "min_tokens": lay.min_tokens,
-        "heads_total": sum(p["heads"] for p in per_layer),
-        "heads_per_layer": [p["heads"] for p in per_layer],
-        "mlp_hidden_per_layer": [p["mlp_hidden"] for p in per_layer],
-        "mlp_hidden_max": max((p["mlp_hidden"] for p in per_layer), default=0),
-        "mlp_hidden_total": sum(p["mlp_hidden"] for p in per_layer),
-        "parameters": int(total_params),
-        "nonzero_parameters": int(nonzero),
-        "per_layer": per_layer,
-        "approximations": [approximation_to_json(a) for a in manifest.approximations],
-        "depth_per_iteration": (depth_per_iteration(lay) if manifest.loops is None
-                                else _loop_depths(manifest.loops, lay)),
-        "predicted_rtol": predicted_rtol(manifest.approximations),
-        "paper_depth": _paper(info),
-        **({"loops": _loops(manifest.loops)} if manifest.loops is not None else {}),
-    }
-
-
-def _loop_depths(program, layout: Layout) -> dict[str, float]:
-    """A shared build's depth per iteration of each output a top-level loop carries: its
-    loop's layers per iteration — the one figure the card gives per loop (the base
-    unrolling's blocks would give the pipelined fill and drain too)."""
-    outputs = {o.name for o in layout.outputs}
-    return {var: s.layers_per_iteration / s.every for s in program.loops if s.depth == 0
-            for var, *_ in s.state if var in outputs}
-
-
-def _loops(program) -> dict:
-    """A shared build's loops: what the card says about them (layers per iteration, the layers
-    a forward pass runs at the built counts, the counts a run may ask for)."""
-    from ..runtime.loops import layer_paths
-    return {
-        "layers_run": program.n_layers(program.counts()),
-        "paths": layer_paths(program),
-        "loops": [{"line": s.line, "param": s.param, "count": s.count, "depth": s.depth,
-                   "layers_per_iteration": s.layers_per_iteration, "min_count": s.min_count,
-                   "max_count": s.max_count, "until": sorted(var for var, *_ in s.state),
-                   **({"every": s.every} if s.every != 1 else {})}
-                  for s in program.loops],
-        "kept_unrolled": [{"line": line, "count": count, "why": why}
-                          for line, count, why in program.unrolled],
-    }
-
-
-def _paper(info: ProgramInfo) -> dict | None:
-    entry = PAPER_DEPTH.get(info.name)
-    if entry is None:
-        return None
-    text, per_iteration = entry
-    return {"formula": text, "per_iteration": per_iteration(info.params)}
+from ..runtime.loops import layer_paths
 
 
 GAP_NOTE = ("a heuristic, not a bound: 10 x the largest approximation error (1e-10 with none), "
@@ -143,9 +32,10 @@ def summary_line(rep: dict) -> str:
             f"{rep['parameters']:,} parameters ({rep['nonzero_parameters']:,} nonzero)")
 
 
-def card_text(prog) -> str:
-    """`prog.report_text()`: the card of a compiled program, with what each layer writes and
-    where each approximation comes from named in the program's own words."""
+def report_text(prog) -> str:
+    """The model card of a compiled program as text (`tcompile.report_text(prog)`; what
+    `tcompile build` and `tcompile report` print), with what each layer writes and where each
+    approximation comes from named in the program's own words."""
     return format_report(prog.report, prog.program, layer_writes(prog))
 
 
@@ -173,7 +63,6 @@ def _shared_writes(prog) -> list[str]:
     """A shared build's layers: where each sits in the looped module, and which loop state it
     writes (the state is pinned to the same rows in every iteration of its loop, so a body
     layer's written rows name it; any other rows it writes hold temporaries)."""
-    from ..runtime.loops import layer_paths
     paths = layer_paths(prog.loops)
     state = {}
     for spec in prog.loops.loops:

@@ -2,7 +2,7 @@
 wrong: one policy for both.
 
 A value is within tolerance if its relative gap is at most the larger of
-- the report's predicted gap (report.predicted_rtol: rounding alone, or 10x the largest
+- the report's predicted gap (runtime/card.py predicted_rtol: rounding alone, or 10x the largest
   approximation error), and
 - ROUNDING_FACTOR times what float64 rounding alone moves it on these inputs, measured by
   nudging the inputs by about one ulp (ill-conditioned problems amplify rounding, which a fixed

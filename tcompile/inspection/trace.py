@@ -5,9 +5,17 @@ assignment to X; inputs by name) is decoded from the residual stream and compare
 reference interpreter's value of that variable at that program point. Rows come out in time
 order, so the first row over tolerance names the first layer and variable that went wrong.
 
-Layers are counted from 0, as everywhere (report.py says why): a row of layer L was read after
+Layers are counted from 0, as everywhere (runtime/card.py says why): a row of layer L was read after
 the attention (`attn`) or the MLP (`mlp`) of `module.blocks[L]`, i.e. from the hook
 `blocks.L.hook_resid_mid` or `blocks.L.hook_resid_post`.
+
+A shared build's layers hold a different iteration each time they run, so the question —
+which stored value is in which rows after sublayer t — becomes: after application j of a loop
+body, which iterate is in the rows the loop state is pinned to? The build records it (loops.py
+`LoopSpec.state`: name@(first + j·stride)), so `trace_loops` compares each application with
+the interpreter's value of that assignment, and the outputs with the final ones. Its rows have
+the same columns plus the loop's line and the iteration; `layer` counts the layers run so far,
+from 0. `trace` picks the one the build needs.
 """
 from __future__ import annotations
 
@@ -21,7 +29,16 @@ import numpy as np
 
 from ..runtime import clock
 from .reference import interpreter_assignments, relative_error
-from .tolerance import tolerances
+from .tolerance import Tolerances, rounding_sensitivity, tolerances
+
+
+def trace(prog, /, **inputs) -> list[dict]:
+    """`tcompile.trace(prog, **inputs)`: every stored value against the interpreter, in time
+    order; a shared build's every iteration of every top-level loop (trace_loops; its
+    run-time counts may be given by name, `steps=50`)."""
+    if prog.loops is not None:
+        return trace_loops(prog, **inputs)
+    return trace_program(prog, **inputs)
 
 
 def trace_program(prog, **inputs) -> list[dict]:
@@ -45,6 +62,55 @@ def trace_program(prog, **inputs) -> list[dict]:
                 got = prog.read_block(states[t], blk, list(want[var].shape[1:]))
                 rows.append(trace_row(t, var, blk, got, want[var], policy.for_variable(var)))
     return rows
+
+
+def trace_loops(prog, **kwargs) -> list[dict]:
+    """A shared build's rows: every application of every top-level loop's body against the
+    interpreter's iterate (the looped module's `halt` hook reads the loop state after each),
+    then the outputs against their final values (`loop_line` and `iteration` None)."""
+    import torch
+    counts, inputs = prog.split_counts(kwargs, None, None)
+    prepared = prog.prepare_inputs(inputs)
+    params = {**prog.info.float_params(), **{k: float(v) for k, v in counts.items()}}
+    want = interpreter_assignments(prog.program, params, prepared.arrays, prepared.n)
+    policy = Tolerances(prog.predicted_rtol(), rounding_sensitivity(
+        prog.program, params, prepared.arrays, prepared.n, want))
+    specs = {s.key: s for s in prog.loops.loops if s.state}
+    rows: list[dict] = []
+
+    def record(ctx, loop, before, after, it):
+        spec = specs.get(loop.key)
+        if spec is not None:
+            h = after.detach().to("cpu", torch.float64).numpy()
+            for var, key, first, stride in spec.state:
+                name = f"{var}@{first + it * stride}"
+                if name in want:
+                    blk = prog.layout.block(key)
+                    got = prog.read_block(h, blk, list(want[name].shape[1:]))
+                    row = trace_row(clock.n_times(ctx.layers), name, blk, got, want[name],
+                                    policy.for_variable(name))
+                    rows.append(_loop_row(row, spec, it))
+        return after
+
+    x = prog.encode_inputs(prepared, "float64", "cpu")
+    module = prog.module_for("float64", "cpu")
+    with torch.no_grad():
+        y = module(x, counts, halt=record)
+    h = y.numpy()
+    last = module.n_layers(counts)
+    for out in prog.layout.outputs:
+        final = max((k for k in want if k.split("@")[0] == out.name),
+                    key=lambda k: int(k.split("@")[1]), default=None)
+        if final is not None:
+            blk = prog.layout.block(out.block)
+            got = prog.read_block(h, blk, list(want[final].shape[1:]))
+            rows.append({**trace_row(clock.n_times(last), final, blk, got, want[final],
+                                policy.for_variable(final)), "loop_line": None, "iteration": None})
+    return rows
+
+
+def _loop_row(row: dict, spec, it: int) -> dict:
+    return {**row, "loop_line": spec.line, "iteration": it}
 
 
 def _traced_names(blk) -> list[str]:
@@ -175,5 +241,5 @@ def write_trace(rows: list[dict], path: Path) -> None:
 
 
 # interpreter_assignments is re-exported: callers have long imported it from here.
-__all__ = ["trace_program", "first_departure", "select_rows", "traced_names", "base_name",
+__all__ = ["trace", "trace_program", "trace_loops", "first_departure", "select_rows", "traced_names", "base_name",
            "format_trace", "source_lines", "write_trace", "interpreter_assignments"]

@@ -2,7 +2,7 @@
 the MLP read and write, by the user's names, flows.py), and one layer's matrices as heatmaps
 cut to their nonzero rows and columns, with colour bars and named axes.
 
-Layers are counted from 0, as in the report, the trace and the hooks (report.py says why).
+Layers are counted from 0, as in the report, the trace and the hooks (runtime/card.py says why).
 """
 from __future__ import annotations
 

@@ -9,7 +9,8 @@ module: a forward hook on that layer's attention output) and, after the run, `en
 a DomainError naming the statement, the variable, the domain and the range seen (or warns, or
 does nothing: run(..., domains="raise" | "warn" | "off")).
 
-`outside` is the one rule for "left its domain", shared with CompiledProgram.check_domains.
+`outside` is the one rule for "left its domain", and `watch_module` the one way to read the
+ranges through the module: inspection/domains.py's check_domains uses both.
 """
 from __future__ import annotations
 

@@ -55,7 +55,8 @@ class ApproxRecord:
 @dataclass(frozen=True)
 class DomainCheck:
     """Where an MLP piece reads its real input, and the domain it was fitted on: outside it the
-    piece clamps, i.e. is wrong, so `CompiledProgram.check_domains` looks there."""
+    piece clamps, i.e. is wrong, so run's domain guard and `check_domains` (inspection/
+    domains.py) look there."""
     label: str
     block: str             # key of the block holding the piece's input
     lo: float

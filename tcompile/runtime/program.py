@@ -6,21 +6,23 @@ canonical shape, the sublayer that writes it and the last that reads it. The enc
 inputs and constants into an all-zero x of shape (batch, n, D) with x[b] = Hᵀ; the decoder
 reads the output blocks back (codec.py).
 
-The runtime stands alone: nothing here imports the compiler or the interpreter, so a saved
-artifact loads and runs with the front end's parser and input checks only.
+The runtime stands alone: nothing here imports the compiler, the interpreter or the
+inspection tools, so a saved artifact loads, runs and saves with the front end's parser and
+input checks only. The tools that read a program (trace, check_domains, the printed card,
+labels) are inspection's functions of it (`tcompile.trace(prog, ...)`); MOVED says where the
+methods they replaced went.
 """
 from __future__ import annotations
 
 import functools
 import warnings
-from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import artifact, codec, dispatch
+from . import artifact, card, codec, dispatch
 from .codec import ValidatedInputs
 from .layout import Block, Layout
 from .loops import LoopProgram
@@ -90,7 +92,7 @@ class CompiledProgram:
 
     def __repr__(self) -> str:
         """What it is at a glance: `<CompiledProgram least_squares: 26 layers, width 18,
-        params d=4 steps=24, unrolled>` (the model card is `report_text()`)."""
+        params d=4 steps=24, unrolled>` (the model card is `tcompile.report_text(prog)`)."""
         params = " ".join(f"{k}={v}" for k, v in self.info.params.items())
         loops = ("unrolled" if self.loops is None else
                  "shared, run-time counts " + (", ".join(self.loops.params) or "none"))
@@ -138,25 +140,29 @@ class CompiledProgram:
     def _unrolled_only(self, what: str) -> None:
         if self.loops is not None:
             raise InputError(f"{what} reads an unrolled build's layers one by one; this is a "
-                             "shared build (loops run as loops): use prog.trace, or "
+                             "shared build (loops run as loops): use tcompile.trace(prog, ...), or "
                              "prog.module.run_with_cache, whose names carry the iteration, "
                              "or build with loops='unrolled'")
 
     @property
     def report(self) -> dict:
-        """The model card (inspection/report.py): layers, width, heads, MLP sizes, approximations."""
-        from ..inspection.report import build_report
-        return build_report(self.typed_manifest, self.layers)
+        """The model card's data (card.py): layers, width, heads, MLP sizes, approximations,
+        loops; the artifact's JSON copy embeds it. `tcompile.report_text(prog)` prints it."""
+        return card.build_report(self.typed_manifest, self.layers)
 
     def predicted_rtol(self) -> float:
-        """Relative gap to the interpreter the report predicts (report.predicted_rtol)."""
-        from ..inspection.report import predicted_rtol
-        return predicted_rtol(self.typed_manifest.approximations)
+        """Relative gap to the interpreter the report predicts (card.predicted_rtol)."""
+        return card.predicted_rtol(self.typed_manifest.approximations)
 
-    def report_text(self) -> str:
-        """The model card as text (what `tcompile build` and `tcompile report` print)."""
-        from ..inspection.report import card_text
-        return card_text(self)
+    def __getattr__(self, name: str):
+        """A method that moved into the inspection layer (MOVED) says where it went: the
+        runtime never imports inspection, so the tools that read a program take it as their
+        first argument instead."""
+        if name in MOVED:
+            raise AttributeError(f"{type(self).__name__}.{name} moved: call {MOVED[name]} "
+                                 "(the inspection tools take the program; the runtime does "
+                                 "not import them)")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # ---- encode / decode -------------------------------------------------------------------
     def prepare_inputs(self, inputs: dict) -> ValidatedInputs:
@@ -252,7 +258,7 @@ class CompiledProgram:
 
     def split_counts(self, kwargs: dict, until, max_steps) -> tuple[dict, dict]:
         """run()'s keyword arguments → (run-time counts, inputs), with clear errors for a
-        count this build cannot take (loop_trace and check_domains split theirs the same way)."""
+        count this build cannot take (inspection's loop trace and check_domains split theirs the same way)."""
         params = self.loops.params if self.loops is not None else {}
         counts = {k: v for k, v in kwargs.items() if k in params}
         inputs = {k: v for k, v in kwargs.items() if k not in params}
@@ -304,58 +310,7 @@ class CompiledProgram:
         states = self.forward_states(self.encode_inputs(inputs, "float64", "cpu"))
         return [s.numpy() for s in states]
 
-    def check_domains(self, **inputs) -> list[dict]:
-        """For every MLP piece: the range of values its real input took on these inputs, and
-        whether any fell outside the domain it was fitted on (there it is clamped, i.e. wrong).
-        A shared build takes run-time counts too, and checks every iteration. The list is an
-        inspection.domains.DomainReport: `.all_inside`, `.outside`, and `.summary` (or `print`
-        it) naming the pieces and program values that left their domain."""
-        from ..inspection.domains import DomainReport
-        return DomainReport(self, self._domain_ranges(inputs))
-
-    def _domain_ranges(self, kwargs: dict) -> list[dict]:
-        """One path for both builds: a forward hook after the attention of each check's layer
-        (the MLP that reads the block runs next) records the block's min and max in float64;
-        in a shared build that layer runs many times and the range is taken over all of them."""
-        import torch
-        counts, inputs = self.split_counts(kwargs, None, None)
-        module = self.module_for("float64", "cpu")
-        layers = module.stored if self.loops is not None else module.blocks
-        seen: dict[int, list] = {i: [np.inf, -np.inf] for i in range(len(self.typed_manifest.domains))}
-        handles = []
-        for i, chk in enumerate(self.typed_manifest.domains):
-            blk = self.layout.block(chk.block)
-
-            def hook(_m, _inp, out, i=i, blk=blk):
-                vals = codec.read_block(out.detach().numpy(), blk, [0, 0])
-                seen[i][0] = min(seen[i][0], float(vals.min()))
-                seen[i][1] = max(seen[i][1], float(vals.max()))
-            handles.append(layers[chk.layer].hook_resid_mid.register_forward_hook(hook))
-        x = self.encode_inputs(self.prepare_inputs(inputs))
-        try:
-            with torch.no_grad():
-                module(x, counts) if self.loops is not None else module(x)
-        finally:
-            for h in handles:
-                h.remove()
-        return [_domain_row(chk, *seen[i]) for i, chk in enumerate(self.typed_manifest.domains)]
-
-    def trace(self, **inputs) -> list[dict]:
-        """Layer-by-layer comparison with the interpreter (inspection/trace.py); for a shared
-        build, iteration by iteration (loop_trace.py; run-time counts may be given by name)."""
-        if self.loops is not None:            # every iteration of every loop (loop_trace.py)
-            from ..inspection.loop_trace import trace_loops
-            return trace_loops(self, **inputs)
-        from ..inspection.trace import trace_program
-        return trace_program(self, **inputs)
-
-    # ---- research: labels, rotations, export -----------------------------------------------
-    def residual_labels(self) -> list:
-        """For every sublayer and residual row, which user variable it holds (or that it is
-        free): inspection/labels.py. Unrolled builds."""
-        from ..inspection.labels import residual_labels
-        return residual_labels(self)
-
+    # ---- research: rotations, export -------------------------------------------------------
     def rotated(self, seed: int, keep_io: bool = False) -> "RotatedProgram":
         """The same model in a random orthogonal residual basis (runtime/rotate.py): outputs
         equal to rounding, weights dense; keep_io leaves input and output rows unrotated."""
@@ -473,47 +428,24 @@ class RotatedProgram(CompiledProgram):
             handles.append(layers[chk.layer].hook_resid_mid.register_forward_hook(hook))
         return handles
 
-    def check_domains(self, **inputs) -> list[dict]:
-        """The original build's (the rotated one computes the same values, to rounding)."""
-        return self.original.check_domains(**inputs)
-
-    def residual_labels(self) -> list:
-        """The original build's labels: row r of a label is the direction `directions[:, r]`
-        of this build's stream (labels_json adds the directions)."""
-        return self.original.residual_labels()
-
-    def labels_json(self) -> str:
-        """The labels as JSON with the rotation: {"seed", "keep_io", "directions" (D lists:
-        entry r is the direction of original row r), "labels"}."""
-        from ..inspection.labels import labels_to_json
-        return labels_to_json(self.residual_labels(), {
-            "seed": self.seed, "keep_io": self.keep_io,
-            "directions": [self.Q[:, r].tolist() for r in range(self.width)]})
-
     # files ------------------------------------------------------------------------------------
     def save(self, path) -> list[Path]:
         raise InputError("a rotated build is not an artifact (the artifact format stores the "
                          "axis-aligned build): save the original and call .rotated(seed) after "
                          "loading, or write the rotated weights with save_rotated(path)")
 
-    def save_rotated(self, path) -> list[Path]:
+    def save_rotated(self, path, labels_json: str | None = None) -> list[Path]:
         """PATH.safetensors: the rotated module's state dict (float64, names as
         `prog.module.state_dict()`, so `module.load_state_dict` takes them) plus `rotation.Q`;
-        PATH.labels.json (unrolled builds): the labels with their directions (labels_json)."""
+        PATH.labels.json beside it when `labels_json` is given (the labels with their
+        directions: inspection.labels.labels_json(rotated), which `tcompile build --rotate`
+        passes for an unrolled build)."""
         import json
 
         from .rotate import write_rotated
         meta = {"format": "tcompile-rotated", "program": self.name, "seed": self.seed,
                 "keep_io": json.dumps(self.keep_io), "params": json.dumps(self.info.params)}
-        return write_rotated(path, self.module.state_dict(), self.Q, meta,
-                             self.labels_json() if self.loops is None else None)
-
-
-def _domain_row(chk, lo: float, hi: float) -> dict:
-    """check_domains' row: the range seen, and whether it left the fitted domain (the rule
-    run's domain guard applies: domain_guard.outside)."""
-    from .domain_guard import outside
-    return {**asdict(chk), "min": lo, "max": hi, "outside": outside(chk.lo, chk.hi, lo, hi)}
+        return write_rotated(path, self.module.state_dict(), self.Q, meta, labels_json)
 
 
 def _torch_dtype(dtype) -> torch.dtype:
@@ -527,4 +459,12 @@ def load(path) -> CompiledProgram:
     return CompiledProgram.load(path)
 
 
-__all__ = ["CompiledProgram", "RotatedProgram", "load"]
+# Methods that moved into the inspection layer → what to call instead (CompiledProgram.__getattr__).
+MOVED = {"report_text": "tcompile.report_text(prog)",
+         "trace": "tcompile.trace(prog, **inputs)",
+         "check_domains": "tcompile.check_domains(prog, **inputs)",
+         "residual_labels": "tcompile.residual_labels(prog)",
+         "labels_json": "tcompile.inspection.labels.labels_json(prog)"}
+
+
+__all__ = ["CompiledProgram", "RotatedProgram", "load", "MOVED"]
