@@ -59,3 +59,22 @@ def test_the_fits_evaluate_the_portable_functions():
     for name in ("exp", "log", "sigmoid", "softplus"):
         assert approx.FUNCTIONS[name] is pm.PORTABLE[name]
     assert set(pm.PORTABLE) == set(functions.EXACT)
+
+
+def test_one_value_at_a_time_gives_the_vector_bits():
+    """exp and log on a few values take a pure-Python path (the knot search's calls); it must
+    be the vector code's bits on every input, specials and both ends of the range included."""
+    rng = np.random.default_rng(7)
+    xs = np.concatenate([
+        rng.uniform(-745.2, 709.8, 4000), rng.uniform(-1, 1, 2000), rng.normal(size=2000) * 1e-8,
+        np.exp(rng.uniform(-700, 700, 3000)), rng.uniform(0, 1e-300, 200) * 1e-10,
+        [0.0, -0.0, 1.0, -1.0, np.inf, -np.inf, np.nan, 5e-324, 1e-310, 709.78, 709.79, 710.0,
+         -745.13, -745.14, -746.0, np.finfo(float).max, 0.5 * np.log(2), -0.5 * np.log(2)]])
+    for fn in (pm.exp, pm.log):
+        vector = fn(xs)
+        one = np.array([fn(float(x)) for x in xs])
+        shaped = np.concatenate([fn(xs[i:i + 1]) for i in range(len(xs))])
+        few = np.concatenate([fn(xs[i:i + 12].reshape(3, -1)).ravel()
+                              for i in range(0, len(xs) - 12, 12)])
+        assert vector.tobytes() == one.tobytes() == shaped.tobytes(), fn.__name__
+        assert few.tobytes() == vector[:len(few)].tobytes(), fn.__name__

@@ -17,6 +17,8 @@ bit for bit: only what reaches an artifact must).
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 _LN2_HI = 6.93147180369123816490e-01      # ln 2, its last 32 bits zero: k * _LN2_HI is exact
@@ -44,6 +46,8 @@ def exp(x):
     """e**x (fdlibm e_exp.c): x = k ln2 + r, |r| ≤ ln2/2, a rational approximation of e**r,
     scaled by 2**k."""
     xa = _array(x)
+    if xa.size <= _FEW:
+        return _few(_exp_float, xa, x)
     with np.errstate(all="ignore"):
         finite = np.isfinite(xa) & (xa <= _EXP_OVER) & (xa >= _EXP_UNDER)
         xs = np.where(finite, xa, 0.0)
@@ -63,6 +67,8 @@ def log(x):
     """Natural log (fdlibm e_log.c): x = 2**k m with √½ ≤ m < √2, f = m − 1, and
     log(1 + f) from s = f / (2 + f) by a polynomial in s²."""
     xa = _array(x)
+    if xa.size <= _FEW:
+        return _few(_log_float, xa, x)
     with np.errstate(all="ignore"):
         ok = np.isfinite(xa) & (xa > 0)
         m, k = np.frexp(np.where(ok, xa, 1.0))            # m in [0.5, 1)
@@ -81,6 +87,54 @@ def log(x):
         special = np.where(xa == 0, -np.inf, np.where(xa == np.inf, np.inf, np.nan))
         out = np.where(ok, out, special)
     return _scalar_or_array(out, x)
+
+
+# A few values at a time: the compiler's knot search calls exp and log on 1-16 values (its live
+# chunks) tens of thousands of times per build, where numpy's per-call overhead (~40 ufunc
+# calls of ~1 µs) is all the cost. These are the same operations in the same order on Python
+# floats, which are IEEE-754 binary64 with every + − × ÷ correctly rounded and no contraction,
+# so they give the vector code's bits (tests/test_portable_math.py compares them bit for bit).
+_FEW = 16
+
+
+def _few(fn, xa, x):
+    if np.ndim(x) == 0:
+        return fn(float(xa))
+    return np.array([fn(v) for v in xa.ravel().tolist()], dtype=np.float64).reshape(xa.shape)
+
+
+def _exp_float(x: float) -> float:
+    if not (_EXP_UNDER <= x <= _EXP_OVER):
+        return x if x != x else (math.inf if x > 0 else 0.0)
+    k = round(x * _INV_LN2)               # round half to even, as np.rint
+    hi = x - k * _LN2_HI
+    lo = k * _LN2_LO
+    r = hi - lo
+    t = r * r
+    c = r - t * (_P[0] + t * (_P[1] + t * (_P[2] + t * (_P[3] + t * _P[4]))))
+    y = 1.0 - ((lo - (r * c) / (2.0 - c)) - hi)
+    try:
+        return math.ldexp(y, k)
+    except OverflowError:             # np.ldexp's inf
+        return math.inf
+
+
+def _log_float(x: float) -> float:
+    if not (0.0 < x < math.inf):
+        return -math.inf if x == 0 else (math.inf if x == math.inf else math.nan)
+    m, k = math.frexp(x)                  # m in [0.5, 1)
+    if m < _SQRT_HALF:
+        m, k = m * 2.0, k - 1
+    k = float(k)
+    f = m - 1.0
+    s = f / (2.0 + f)
+    z = s * s
+    w = z * z
+    t1 = w * (_LG[1] + w * (_LG[3] + w * _LG[5]))
+    t2 = z * (_LG[0] + w * (_LG[2] + w * (_LG[4] + w * _LG[6])))
+    r = t2 + t1
+    hfsq = 0.5 * f * f
+    return k * _LN2_HI - ((hfsq - (s * (hfsq + r) + k * _LN2_LO)) - f)
 
 
 def log1p(x):
