@@ -244,6 +244,22 @@ def test_the_run_estimate_counts_what_a_run_holds(work):
         a.layer_runs + 96
 
 
+def test_counts_and_halting_are_refused_where_the_build_fixed_them(work):
+    """An unrolled build's counts are built in: a count or `until` given to run is refused
+    with what the build has; a shared build refuses a param that is no run-time count, and
+    names those it takes (dispatch.split_counts, the one place run's arguments are split)."""
+    with pytest.raises(InputError, match=r"param 'steps': counts and halting are set at run "
+                                         r"time only in a shared build .* unrolled with d = 2, steps = 4"):
+        loaded(work).run(steps=3, **inputs(work))
+    with pytest.raises(InputError, match=r"^until/max_steps: counts and halting"):
+        loaded(work).run(until=("w", 1e-9), **inputs(work))
+    with pytest.raises(InputError, match=r"d \(run-time params: steps;"):
+        loaded(work, "tiny_shared").run(d=3, **inputs(work))
+    shared = loaded(work, "tiny_shared").run(steps=3, **inputs(work))
+    np.testing.assert_allclose(shared["w"], tcompile.interpret(work / "tiny.tp", {"steps": 3},
+                                                               **inputs(work))["w"], rtol=1e-12)
+
+
 # ---- outputs: never through a link, never onto a device, never the inputs ------------------
 
 def test_trace_o_replaces_a_symlink_instead_of_writing_through_it(work, tmp_path):

@@ -228,20 +228,15 @@ def test_rotated_run_guards_domains_like_the_original():
     from dataclasses import replace
 
     from tcompile.errors import DomainError
-    from tcompile.runtime.domain_guard import merge
+    from tcompile.runtime.domain_guard import settle, watch_module
     name, params, n = SHIPPED[2]
     prog = builds.build(name, params)
     inputs = sample_inputs(prog.program, params, n=n, batch=2, seed=3)
     rot = prog.rotated(4)
     rot.run(**inputs)
-    seen: list = []
-    handles = rot._watch_domains(seen, "float64", "cpu")
-    try:
+    with watch_module(rot, rot.module, read=rot.unrotate_state) as seen:     # what run watches
         rot.run(domains="off", **inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    ranges = merge(seen)
+    ranges = settle(seen)
     want = tcompile.check_domains(prog, **inputs)
     assert len(ranges) == len(want) > 0
     for i, row in enumerate(want):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from ..runtime.dispatch import split_counts
 from ..runtime.domain_guard import outside, settle, watch_module
 from ..runtime.program import RotatedProgram
 
@@ -26,7 +27,7 @@ def check_domains(prog, /, **inputs) -> "DomainReport":
     import torch
     if isinstance(prog, RotatedProgram):
         prog = prog.original
-    counts, inputs = prog.split_counts(inputs, None, None)
+    counts, inputs = split_counts(prog, inputs)
     module = prog.module_for("float64", "cpu")
     x = prog.encode_inputs(prog.prepare_inputs(inputs))
     with watch_module(prog, module) as seen, torch.no_grad():

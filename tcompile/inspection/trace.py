@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime import clock
+from ..runtime.dispatch import split_counts
 from .reference import interpreter_assignments, relative_error
 from .tolerance import Tolerances, rounding_sensitivity, tolerances
 
@@ -69,7 +70,7 @@ def trace_loops(prog, **kwargs) -> list[dict]:
     interpreter's iterate (the looped module's `halt` hook reads the loop state after each),
     then the outputs against their final values (`loop_line` and `iteration` None)."""
     import torch
-    counts, inputs = prog.split_counts(kwargs, None, None)
+    counts, inputs = split_counts(prog, kwargs)
     prepared = prog.prepare_inputs(inputs)
     params = {**prog.info.float_params(), **{k: float(v) for k, v in counts.items()}}
     want = interpreter_assignments(prog.program, params, prepared.arrays, prepared.n)

@@ -29,7 +29,7 @@ def run_watched(prog, dtype, device, executor, until, max_steps, watch: bool,
     from .domain_guard import settle, watch_module
     from .executor import executor_for
     tdtype, device = run_options(dtype, device, "run")
-    counts, inputs = prog.split_counts(inputs, until, max_steps)
+    counts, inputs = split_counts(prog, inputs, until, max_steps)
     batch, n = input_sizes(prog.program, prog.info.float_params(), inputs)
     prog.check_run_cost(batch or 1, n or prog.layout.min_tokens, tdtype, until, max_steps,
                         **counts)                       # before validation copies anything
@@ -71,6 +71,26 @@ def run_watched(prog, dtype, device, executor, until, max_steps, watch: bool,
     with torch.no_grad(), watch_module(prog, module, watch) as seen:
         y = module(x)
     return prepared.unbatch(prog.decode(y)), settle(seen)
+
+
+def split_counts(prog, kwargs: dict, until=None, max_steps=None) -> tuple[dict, dict]:
+    """run()'s keyword arguments → (run-time counts, inputs), with clear errors for a count
+    this build cannot take; every call that takes a shared build's counts beside its inputs
+    (trace, check_domains, export_onnx) splits them here."""
+    params = prog.loops.params if prog.loops is not None else {}
+    counts = {k: v for k, v in kwargs.items() if k in params}
+    inputs = {k: v for k, v in kwargs.items() if k not in params}
+    fixed = [k for k in inputs if k in prog.info.params]
+    if prog.loops is None:
+        if fixed or until is not None or max_steps is not None:
+            what = f"param {fixed[0]!r}" if fixed else "until/max_steps"
+            built = ", ".join(f"{k} = {v}" for k, v in prog.info.params.items())
+            raise InputError(f"{what}: counts and halting are set at run time only in a "
+                             "shared build (tcompile build --loops shared); this build "
+                             f"is unrolled with {built}")
+    elif fixed:
+        prog.loops.counts({fixed[0]: 0})          # raises: says which params may be given
+    return counts, inputs
 
 
 def run_options(dtype, device, method: str) -> tuple[torch.dtype, torch.device]:

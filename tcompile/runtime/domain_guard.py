@@ -10,7 +10,8 @@ a DomainError naming the statement, the variable, the domain and the range seen 
 does nothing: run(..., domains="raise" | "warn" | "off")).
 
 `outside` is the one rule for "left its domain", and `watch_module` the one way to read the
-ranges through the module: inspection/domains.py's check_domains uses both.
+ranges through the module: run's module path, a rotated build's run (reading the stream
+rotated back) and inspection/domains.py's check_domains all use it.
 """
 from __future__ import annotations
 
@@ -110,10 +111,11 @@ def _describe(chk, lo: float, hi: float, lines: tuple, source: list[str]) -> str
 
 
 @contextmanager
-def watch_module(prog, module, enabled: bool = True):
+def watch_module(prog, module, enabled: bool = True, read=None):
     """Record each check's range while `module` runs (a CompiledTransformer: blocks[layer];
-    a LoopedTransformer: stored[layer], every iteration): yields the list of (check, min,
-    max) triples the hooks fill."""
+    a LoopedTransformer: stored[layer], every iteration): yields the list of (check, (min,
+    max)) pairs the hooks fill (`settle` turns them into ranges). `read` maps the stream the
+    module computes to the layout's rows first (a rotated build's `unrotate_state`)."""
     import torch
     seen: list = []
     handles = []
@@ -124,7 +126,8 @@ def watch_module(prog, module, enabled: bool = True):
             rows = list(blk.rows)
 
             def hook(_m, _inp, out, i=i, blk=blk, rows=rows):
-                vals = out[:, :blk.storage_cols(out.shape[1]), rows]
+                h = out if read is None else read(out)
+                vals = h[:, :blk.storage_cols(h.shape[1]), rows]
                 seen.append((i, torch.aminmax(vals)))
             handles.append(layers[chk.layer].hook_resid_mid.register_forward_hook(hook))
     try:

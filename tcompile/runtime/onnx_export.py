@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, TcompileError
+from .dispatch import split_counts
 
 OPSET = 17
 IR_VERSION = 8                    # onnx 1.10+ readers and every current onnxruntime load it
@@ -165,7 +166,7 @@ def onnx_model(prog, dtype="float64", **counts):
     if str(dtype).replace("torch.", "") not in ("float64", "float32"):
         raise InputError(f"export dtype must be float64 or float32, got {dtype!r}")
     tdtype = getattr(torch, str(dtype).replace("torch.", ""))
-    given, rest = prog.split_counts(counts, None, None)
+    given, rest = split_counts(prog, counts)
     if rest:
         raise InputError(f"export_onnx takes run-time counts only (a shared build's, e.g. "
                          f"steps=50), not {', '.join(sorted(rest))}")

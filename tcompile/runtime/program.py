@@ -256,25 +256,6 @@ class CompiledProgram:
             expanded = until is None
         return check_run(estimate_run(self.layout, batch, n, layer_runs, itemsize, expanded), what)
 
-    def split_counts(self, kwargs: dict, until, max_steps) -> tuple[dict, dict]:
-        """run()'s keyword arguments → (run-time counts, inputs), with clear errors for a
-        count this build cannot take (inspection's loop trace and check_domains split theirs the same way)."""
-        params = self.loops.params if self.loops is not None else {}
-        counts = {k: v for k, v in kwargs.items() if k in params}
-        inputs = {k: v for k, v in kwargs.items() if k not in params}
-        if self.loops is None:
-            fixed = [k for k in inputs if k in self.info.params]
-            if fixed or until is not None or max_steps is not None:
-                what = f"param {fixed[0]!r}" if fixed else "until/max_steps"
-                raise InputError(f"{what}: counts and halting are set at run time only in a "
-                                 "shared build (tcompile build --loops shared); this build "
-                                 f"is unrolled with {', '.join(f'{k} = {v}' for k, v in self.info.params.items())}")
-        else:
-            fixed = [k for k in inputs if k in self.info.params]
-            if fixed:
-                self.loops.counts({fixed[0]: 0})          # raises: says which params may be given
-        return counts, inputs
-
     def forward_states(self, x: torch.Tensor, dtype="float64", device="cpu", **counts):
         """The residual stream after every sublayer: [input, attn 0, mlp 0, attn 1, ...]. A
         shared build takes run-time counts (`steps=50`) and gives the states of every layer it
@@ -393,7 +374,7 @@ class RotatedProgram(CompiledProgram):
         structured executor's shortcuts assume the axis-aligned layout). No halting (`until`
         reads the loop state's rows, which a rotation mixes). The domain guard reads each
         checked block along its directions (the stream rotated back) and enforces as run does."""
-        from .domain_guard import check_mode, enforce, merge
+        from .domain_guard import check_mode, enforce, settle, watch_module
         if executor not in (None, "module"):
             raise InputError(f"executor={executor!r}: a rotated build runs through its module "
                              "(executor='module', the default here)")
@@ -401,32 +382,12 @@ class RotatedProgram(CompiledProgram):
             raise InputError("until/max_steps: halting reads the loop state's rows, which a "
                              "rotated build mixes; run the original build (prog.original)")
         mode = check_mode(domains)
-        seen: list = []
-        handles = self._watch_domains(seen, dtype, device) if mode != "off" else []
-        try:
+        module = self.module_for(*dispatch.run_options(dtype, device, "run"))
+        with watch_module(self, module, mode != "off", read=self.unrotate_state) as seen:
             out = super().run(dtype=dtype, device=device, executor="module", domains="off",
                               **inputs)
-        finally:
-            for h in handles:
-                h.remove()
-        enforce(self, merge(seen), mode)
+        enforce(self, settle(seen), mode)
         return out
-
-    def _watch_domains(self, seen: list, dtype, device) -> list:
-        """Forward hooks recording (check, min, max) of each domain check's block, read from
-        the rotated stream rotated back (domain_guard.watch_module reads rows as they are)."""
-        tdtype, dev = dispatch.run_options(dtype, device, "run")
-        module = self.module_for(tdtype, dev)
-        layers = module.stored if hasattr(module, "stored") else module.blocks
-        handles = []
-        for i, chk in enumerate(self.typed_manifest.domains):
-            blk = self.layout.block(chk.block)
-
-            def hook(_m, _inp, out, i=i, blk=blk):
-                vals = self.unrotate_state(out)[:, :blk.storage_cols(out.shape[1]), list(blk.rows)]
-                seen.append((i, float(vals.min()), float(vals.max())))
-            handles.append(layers[chk.layer].hook_resid_mid.register_forward_hook(hook))
-        return handles
 
     # files ------------------------------------------------------------------------------------
     def save(self, path) -> list[Path]:
