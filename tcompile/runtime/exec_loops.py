@@ -28,10 +28,9 @@ import numpy as np
 import torch
 
 from . import clock
-from .codec import in_shape
 from .domain_guard import observe
 from .exec_codegen import NotTraceable, trace
-from .exec_ops import ReadOp, fit
+from .exec_ops import ReadOp, read_outputs
 from .exec_plan import Occupancy, concrete, initial_occupancy
 from .exec_sublayers import HeadSpec, SublayerPlan, plan_heads, plan_sublayer
 from .layout import Layout
@@ -402,25 +401,6 @@ class LoopRunner:
         self.result = (steps, converged)
 
 
-def decode(outputs: dict, final: Occupancy, state: dict, B: int, n: int) -> dict:
-    """The outputs, read from the rows the layout names wherever they are at the end."""
-    like = next(iter(state.values()))
-    out = {}
-    for name, (blk, shape) in outputs.items():
-        cols = blk.storage_cols(n)
-        parts = [like.new_zeros((B, len(seg.positions), cols)) if seg.key is None else
-                 fit(state[seg.key][:, list(seg.positions)], state[seg.key].shape[-1],
-                     cols).expand(B, -1, -1)
-                 for seg in final.read(blk.rows).segments]
-        S = torch.cat(parts, dim=1)
-        out[name] = in_shape(S.mT if blk.transposed else S, shape)
-    return out
-
-
-__all__ = ["plan_loops", "NotSteady", "LoopStep", "LayerStep", "LoopRunner", "Halting",
-           "lifetimes", "decode"]
-
-
 class SharedExecutor:
     """A shared build's structured executor: `plan_loops`' steps resolved per (n, dtype,
     device) by executor.py's own sublayer code, run by `LoopRunner` at any counts."""
@@ -495,10 +475,7 @@ class SharedExecutor:
         state.update(res.consts)
         with torch.no_grad(), exact_float32():
             result, seen = runner.run(state, counts, res.like, halting, watch)
-            return decode(self.outputs, self.final, state, B, res.n), result, settle(seen)
-
-
-__all__ += ["SharedExecutor"]
+            return read_outputs(self.outputs, self.final, state, B, res.n), result, settle(seen)
 
 
 def shared_executor_for(prog) -> SharedExecutor | None:
@@ -513,4 +490,5 @@ def shared_executor_for(prog) -> SharedExecutor | None:
     return cache["shared"]
 
 
-__all__ += ["shared_executor_for"]
+__all__ = ["plan_loops", "NotSteady", "LoopStep", "LayerStep", "LoopRunner", "Halting",
+           "lifetimes", "SharedExecutor", "shared_executor_for"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .codec import in_shape
 from .exec_plan import Read, concrete, sub_read
 from .exec_sublayers import HeadSpec
 from .pl_tables import MlpGroup, build_table, clamped_grid_table, grid_table
@@ -95,6 +96,23 @@ def fit(T: torch.Tensor, have: int, want: int) -> torch.Tensor:
     if have > want:
         return T[..., :want]
     return torch.nn.functional.pad(T, (0, want - have))
+
+
+def read_outputs(outputs: dict, final, state: dict, B: int, n: int) -> dict:
+    """The outputs ({name: (block, shape)}) read from the rows the layout names, wherever the
+    final occupancy (exec_plan.Occupancy) says they are at the end: a slot's positions, or
+    zeros where no slot holds them. How the expanded and the looping executor both end."""
+    like = next(iter(state.values()))
+    out = {}
+    for name, (blk, shape) in outputs.items():
+        cols = blk.storage_cols(n)
+        parts = [like.new_zeros((B, len(seg.positions), cols)) if seg.key is None else
+                 fit(state[seg.key][:, list(seg.positions)], state[seg.key].shape[-1],
+                     cols).expand(B, -1, -1)
+                 for seg in final.read(blk.rows).segments]
+        S = torch.cat(parts, dim=1)
+        out[name] = in_shape(S.mT if blk.transposed else S, shape)
+    return out
 
 
 def const_array(op: ReadOp, consts: dict, like: torch.Tensor) -> np.ndarray:
@@ -649,4 +667,4 @@ class MlpOp:
         return out
 
 
-__all__ = ["scalar_of", "ReadOp", "fit", "HeadOp", "MlpOp", "relu_pairs_linear", "CHUNK"]
+__all__ = ["scalar_of", "ReadOp", "fit", "read_outputs", "HeadOp", "MlpOp", "relu_pairs_linear", "CHUNK"]

@@ -40,7 +40,7 @@ from ..errors import InputError
 from . import clock
 from .codec import ValidatedInputs, constant_storage, in_shape, storage_at_input
 from .exec_codegen import NotTraceable, trace
-from .exec_ops import HeadOp, MlpOp, ReadOp, baddbmm, fit
+from .exec_ops import HeadOp, MlpOp, ReadOp, baddbmm, fit, read_outputs
 from .exec_plan import concrete, initial_occupancy, sub_read
 from .exec_sublayers import HeadSpec, SublayerPlan, plan_program
 from .domain_guard import observe, settle
@@ -660,17 +660,7 @@ class ExpandedExecutor(StructuredExecutor):
         return [[k for k in drop if k not in keep] for drop in super()._lifetimes()]
 
     def _decode(self, state: dict, B: int, n: int) -> dict:
-        like = next(iter(state.values()))
-        out = {}
-        for name, (blk, shape) in self.outputs.items():
-            cols = blk.storage_cols(n)
-            parts = [like.new_zeros((B, len(seg.positions), cols)) if seg.key is None else
-                     fit(state[seg.key][:, list(seg.positions)], state[seg.key].shape[-1],
-                         cols).expand(B, -1, -1)
-                     for seg in self.final.read(blk.rows).segments]
-            S = torch.cat(parts, dim=1)
-            out[name] = in_shape(S.mT if blk.transposed else S, shape)
-        return out
+        return read_outputs(self.outputs, self.final, state, B, n)
 
 
 class CompiledExecutor:
