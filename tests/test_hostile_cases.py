@@ -244,6 +244,20 @@ def test_the_run_estimate_counts_what_a_run_holds(work):
         a.layer_runs + 96
 
 
+def test_a_halting_run_is_estimated_at_the_limit_it_runs_to(work):
+    """check_run_cost takes a halting run's step limit from halting.step_limit, the rule the
+    run itself follows: a run that never halts runs (and reports) exactly that many steps."""
+    from tcompile.errors import NotConvergedWarning
+    prog = loaded(work, "tiny_shared")
+    with pytest.warns(NotConvergedWarning, match="did not converge"):
+        out = prog.run(until=("w", 0.0), max_steps=9, **inputs(work))
+    assert int(out["steps"]) == 9 and not out["converged"]          # one problem, unbatched
+    assert prog.check_run_cost(1, 6, until=("w", 0.0), max_steps=9).layer_runs == \
+        prog.loops.n_layers(prog.loops.counts({"steps": 9}))
+    with pytest.raises(InputError, match="max_steps must be between 1 and"):
+        prog.check_run_cost(1, 6, until=("w", 0.0), max_steps=0)
+
+
 def test_counts_and_halting_are_refused_where_the_build_fixed_them(work):
     """An unrolled build's counts are built in: a count or `until` given to run is refused
     with what the build has; a shared build refuses a param that is no run-time count, and

@@ -45,8 +45,9 @@ def resolve_until(prog, until) -> tuple[str, str, float]:
                      f"this build: {', '.join(sorted(v for _, v, _ in options)) or 'none'}")
 
 
-def _limit(prog, counts: dict, until, max_steps):
-    """(loop key, rows, tol, spec, the most iterations) for a halting run."""
+def step_limit(prog, counts: dict, until, max_steps):
+    """(loop key, rows, tol, spec, the most iterations) for a halting run: both halting paths
+    run to it, and check_run_cost estimates a run at it."""
     key, block_key, tol = resolve_until(prog, until)
     spec = prog.loops.spec(key)
     if spec.param is None:
@@ -68,7 +69,7 @@ def structured_until(prog, executor, inputs, counts: dict, until, max_steps, dty
     each body once and tests the variable between applications; None where its plan does not
     cover the run (a loop run 0 times), and the looped module must do it."""
     from .exec_loops import Halting
-    key, rows, tol, spec, limit = _limit(prog, counts, until, max_steps)
+    key, rows, tol, spec, limit = step_limit(prog, counts, until, max_steps)
     resolved = prog.loops.counts({**counts, spec.param: limit})
     if not executor.covers(resolved):
         return None
@@ -83,7 +84,7 @@ def run_until(prog, module, x: torch.Tensor, counts: dict, until, max_steps):
     """Run the looped module with halting; (final residual, steps per problem, converged per
     problem: False where the variable still moved by more than the tolerance at the last
     iteration allowed)."""
-    key, rows, tol, spec, limit = _limit(prog, counts, until, max_steps)
+    key, rows, tol, spec, limit = step_limit(prog, counts, until, max_steps)
     rows = torch.tensor(rows, device=x.device)
     batch = x.shape[0]
     active = torch.ones(batch, dtype=torch.bool, device=x.device)
@@ -121,4 +122,4 @@ def warn_not_converged(converged: np.ndarray, until, tol: float, limit: int) -> 
             "a convergence: raise it with max_steps (--max-steps)"), stacklevel=4)
 
 
-__all__ = ["run_until", "resolve_until", "warn_not_converged"]
+__all__ = ["run_until", "resolve_until", "step_limit", "warn_not_converged"]

@@ -244,13 +244,12 @@ class CompiledProgram:
         layer_runs, what, expanded = self.n_layers, "the built layers", False
         if self.loops is not None:
             counts = {name: whole_count(value, name, lo=0) for name, value in counts.items()}
-            if until is not None:
-                from .halting import resolve_until
-                spec = self.loops.spec(resolve_until(self, until)[0])
-                if spec.param is not None:
-                    limit = counts.get(spec.param, spec.count) if max_steps is None else \
-                        whole_count(max_steps, "max_steps")
-                    counts = {**counts, spec.param: limit}
+            if until is not None:                 # at most the iterations halting may run
+                from .halting import step_limit
+                if max_steps is not None:
+                    max_steps = whole_count(max_steps, "max_steps")
+                *_, spec, limit = step_limit(self, counts, until, max_steps)
+                counts = {**counts, spec.param: limit}
             layer_runs = self.loops.n_layers(self.loops.counts(counts))
             what = ", ".join(f"{k} = {v:,}" for k, v in counts.items()) or "the built counts"
             expanded = until is None
