@@ -16,7 +16,7 @@ import tcompile
 from arrays import rel
 from tcompile.errors import DomainError
 from tcompile.inspection.sampling import sample_inputs
-from tcompile.runtime import exec_ops
+from tcompile.runtime import exec_ops, fused_lookup
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = os.environ.get("TCOMPILE_TEST_DEVICE", "cpu")
@@ -43,8 +43,9 @@ def module_cpu(prog, inputs: dict) -> dict:
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("name,params,n", CASES, ids=[c[0] for c in CASES])
 def test_structured_on_device_equals_module(monkeypatch, name, params, n, dtype):
-    if DEVICE == "cpu":      # the table passes a GPU takes (CHUNK_OTHER), here on the CPU
+    if DEVICE == "cpu":      # the table passes a GPU takes (CHUNK_OTHER, by torch), on the CPU
         monkeypatch.setitem(exec_ops.CHUNK, "cpu", exec_ops.CHUNK_OTHER)
+        monkeypatch.setenv(fused_lookup.ENV_SWITCH, "0")
     prog = compiled(name, tuple(sorted(params.items())))
     batch = sample_inputs(prog.program, params, n=n or 16, batch=4, seed=7)
     want = module_cpu(prog, batch)

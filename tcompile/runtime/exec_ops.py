@@ -11,7 +11,8 @@ adjacent constants multiplied out, is evaluated in the order of fewest flops.
 Tables (pl_tables.py) are looked up by a uniform grid of cells (`grid_table`: the cell
 straight from s, then the cell's few kinks compared) in chunks of entries, each pass one torch
 call over all of an op's tables and outputs; the two tables of a product piece, which read the
-same rows, are one op (`MlpOp.absorb`). ReLU units that pair up as (w, c), (−w, −c)
+same rows, are one op (`MlpOp.absorb`); on a CPU with a C compiler an op's passes are one
+call of fused_lookup's kernel (the same operations, bit for bit). ReLU units that pair up as (w, c), (−w, −c)
 are the linear map Σ c wᵀ (relu(t) − relu(−t) = t): the compiler's MLP clearing of rows it
 reuses, which the executor then drops with the value it clears (executor.py).
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from . import fused_lookup
 from .codec import in_shape
 from .exec_plan import Read, concrete, sub_read
 from .exec_sublayers import HeadSpec
@@ -34,6 +36,8 @@ CHUNK_OTHER = 1 << 22
 # than by the grid (3 + 3m calls, each far cheaper per entry: searchsorted costs 25-60 ns per
 # entry for 58-1,792 breakpoints on this CPU, the grid's passes 1-2 ns each).
 SEARCH_BELOW = 256
+# a pass's paths (_Tables.path; the fused kernel's `mode` argument)
+SEARCH, GRID, CLAMPED = 0, 1, 2
 # kinks per grid cell tried, fewest first (each costs a gather, a compare and an add per entry)
 GRID_KINKS = (0, 1, 2, 3)
 
@@ -489,12 +493,21 @@ class _Tables:
                 St.add_(x, alpha=c)
         return S.view(-1)
 
+    def path(self, N: int) -> int:
+        """How a pass of N entries finds intervals: CLAMPED (s clamped, then its cell), GRID
+        (the cell, then its kinks) or SEARCH (one searchsorted). The one rule for it: the fused
+        kernel (fused_lookup.py) takes the same path, so that its results are this one's."""
+        if self.clamp is not None and N >= SEARCH_BELOW:
+            return CLAMPED
+        return SEARCH if self.grid is None or N < SEARCH_BELOW else GRID
+
     def index(self, s: torch.Tensor, N: int, own: bool) -> tuple[torch.Tensor, bool, torch.Tensor]:
         """Each entry's row of the coefficient columns (int32, (O · T · N,)), whether they
         are the grid's, and s as the rows' coefficients take it (clamped to each table's
         ends by a clamped grid: into s itself when `own`)."""
         T = self.T
-        if self.clamp is not None and N >= SEARCH_BELOW:
+        path = self.path(N)
+        if path == CLAMPED:
             if T == 1:
                 (lo, hi), = self.clamp
                 s = s.clamp_(lo, hi) if own else torch.clamp(s, lo, hi)
@@ -509,7 +522,7 @@ class _Tables:
             if self.g_off is not None:
                 k = torch.add(k, self.g_off).view(-1)
             return k, True, s
-        if self.grid is None or N < SEARCH_BELOW:
+        if path == SEARCH:
             # searchsorted copies a strided input itself, with a UserWarning: copy it here
             k = torch.searchsorted(self.bp, s.contiguous() if T == 1 else s.view(T, N),
                                    out_int32=True)
@@ -617,7 +630,7 @@ class MlpOp:
         self.tables = [(bp, slope, icpt, g.W1v[0] / a[0])]
         self.chunk = CHUNK.get(torch.device(device).type, CHUNK_OTHER)
         self._dtype, self._device = dtype, device
-        self._lookup = _Tables(self.tables, dtype, device)
+        self._set_lookup()
 
     def absorbable(self, other) -> bool:
         """Does `other` (a later op of the same sublayer) read the same rows over the same
@@ -632,7 +645,7 @@ class MlpOp:
         """Evaluate `other`'s tables here too, summed into this op's output (the two squares
         of a product piece: one read of the operands, one output, one term)."""
         self.tables += other.tables
-        self._lookup = _Tables(self.tables, self._dtype, self._device)
+        self._set_lookup()
 
     def add_intercept(self, row: int, c: float) -> None:
         """Output row `row` (one instance: its output) + c on every entry, by the first
@@ -642,7 +655,13 @@ class MlpOp:
         icpt = icpt.copy()
         icpt[:, row] += c
         self.tables[0] = (bp, slope, icpt, coef)
+        self._set_lookup()
+
+    def _set_lookup(self) -> None:
+        """The tables by torch (_Tables), and fused into one C pass where that kernel is
+        available (fused_lookup.py: the same results bit for bit; None: torch only)."""
         self._lookup = _Tables(self.tables, self._dtype, self._device)
+        self._fused = fused_lookup.make(self._lookup, self._dtype, self._device, self._passes)
 
     def __call__(self, state: dict, like) -> torch.Tensor:
         if self.const is not None:
@@ -656,15 +675,22 @@ class MlpOp:
         xs = [rd(state, like) for rd in self.coords]
         B, e = max(x.shape[0] for x in xs), self.e
         out = like.new_empty((B, self.inst * self.outs, e))
+        if self._fused is not None:
+            return fused_lookup.lookup(self._fused, xs, (B, self.inst, e), out)
+        self._passes(xs, (B, self.inst, e), out)
+        return out
+
+    def _passes(self, xs: list, shape: tuple, out: torch.Tensor) -> None:
+        """The tables by torch, in passes of `chunk` entries over the batch."""
+        B, _, e = shape
         step = max(1, self.chunk // max(1, self.inst * e * len(self.tables)))
         if step >= B:
-            self._lookup(xs, (B, self.inst, e), out)
-            return out
+            self._lookup(xs, shape, out)
+            return
         for b0 in range(0, B, step):
             b1 = min(B, b0 + step)
             part = [x[b0:b1] if x.shape[0] > 1 else x for x in xs]
             self._lookup(part, (b1 - b0, self.inst, e), out[b0:b1])
-        return out
 
 
 __all__ = ["scalar_of", "ReadOp", "fit", "read_outputs", "HeadOp", "MlpOp", "relu_pairs_linear", "CHUNK"]
