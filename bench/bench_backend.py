@@ -24,9 +24,12 @@ batch size B, in float64 and float32:
 * with --torch-compile, also `executor="compiled"` (torch.compile of the structured
   executor) at the small sizes, with its one-off compile time;
 * the max relative difference structured vs module and structured vs direct (float64);
-* with --memory, peak memory of one forward at the largest size of each program, structured
-  vs direct (vs module where it fits), each measured in a fresh process (resident set growth
-  over the forward on CPU, sampled by a thread; max_memory_allocated on CUDA).
+* with --memory (or --memory-only, without the timings), peak memory of one forward at the
+  largest batch, for every (program, d) of the grid, structured vs direct (vs module where it
+  fits), each measured in a fresh process over a baseline holding the compiled program and
+  the inputs, so each side's own state (input slots and plan, preallocated buffers) counts
+  with its temporaries (resident set on CPU, sampled by a thread, malloc made to return freed
+  blocks; max_memory_allocated on CUDA).
 
 Relative difference of an output: for matrix/vector outputs the worst problem in the batch of
 max|a - b| / max|b|; for scalar outputs the batch is one vector. Worst over the outputs.
@@ -329,37 +332,60 @@ def bench(args) -> dict:
 # ---- memory (fresh process per measurement) ---------------------------------------------------
 
 def memory_probe(name: str, d: int, B: int, side: str, device: str) -> dict:
-    """Peak memory growth of one forward of `side`, set up first (inputs, encode, plan)."""
-    c = setup(name, d, B, "float64", device, {})
-    f = c[f"f_{side}"]
-    if side == "structured":
-        executor_for(c["prog"], "structured").resolved(c["n"], c["dtype"], device)
-    if device.startswith("cuda"):
+    """Peak memory of one forward of `side` over what both sides share (the compiled program
+    and the sampled inputs): the side's own state (the structured executor's input slots and
+    resolved plan, the reference's preallocated buffers, the module's encoded x) is set up
+    after the baseline is read, so it counts, as do the forward's temporaries."""
+    ds, extra = PROGRAMS[name]
+    prog = tcompile.compile_file(ROOT / "programs" / f"{name}.tp", params={"d": d, **extra})
+    params = {k: float(v) for k, v in prog.manifest["params"].items()}
+    inputs = sample_inputs(prog.program, {"d": d, **extra}, n=ds[d] or 16, batch=B, seed=0)
+    dtype = torch.float64
+    prep = prog.prepare_inputs(inputs)
+    cuda = device.startswith("cuda")
+    if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        f()
-        torch.cuda.synchronize()
-        return {"peak_bytes": torch.cuda.max_memory_allocated() - base}
-    f()                                    # warm (plans resolved, allocator settled)
-    return {"peak_bytes": rss_growth(f),
-            "note": "resident set growth over one forward, sampled every 0.2 ms"}
+    base = torch.cuda.memory_allocated() if cuda else _rss()
+
+    def setup_and_run():
+        if side == "structured":
+            ex = executor_for(prog, "structured")
+            state = ex.input_state(prep, dtype, device)
+            ex.resolved(prep.n, dtype, device)
+            return lambda: ex.run_state(state, prep.n, dtype, device)
+        if side == "direct":
+            tin = {k: torch.as_tensor(v, dtype=dtype, device=device) for k, v in inputs.items()}
+            direct = make_direct(name, tin, params)
+            return lambda: direct()
+        x = prog.encode_inputs(prep, dtype, device)
+        module = prog.module_for(dtype, device)
+        return lambda: module(x)
+    with torch.no_grad(), exact_float32():
+        if cuda:
+            setup_and_run()()
+            torch.cuda.synchronize()
+            return {"peak_bytes": torch.cuda.max_memory_allocated() - base}
+        return {"peak_bytes": rss_peak(lambda: setup_and_run()(), base),
+                "note": "resident set over the baseline during setup and one forward, sampled "
+                        "every 0.2 ms, malloc returning freed blocks (MALLOC_MMAP_THRESHOLD_)"}
 
 
-def rss_growth(f) -> int:
-    """Peak RSS during f() minus RSS just before (a sampling thread reads /proc/self/statm;
-    torch releases the GIL inside its ops). Large buffers are mmap'ed and returned on free, so
-    the baseline is what is live, not an earlier peak (ru_maxrss would be)."""
-    page = os.sysconf("SC_PAGE_SIZE")
+def _rss() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-    def rss():
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * page
-    base, peak, done = rss(), [0], threading.Event()
+
+def rss_peak(f, base: int) -> int:
+    """Peak RSS during f() minus `base` (a sampling thread reads /proc/self/statm; torch
+    releases the GIL inside its ops). The child runs with glibc's mmap threshold fixed (see
+    `memory`), so every large buffer is mmap'ed and unmapped on free: RSS follows what is
+    live instead of keeping an earlier peak in the heap."""
+    peak, done = [0], threading.Event()
 
     def sample():
         while not done.is_set():
-            peak[0] = max(peak[0], rss())
+            peak[0] = max(peak[0], _rss())
             time.sleep(0.0002)
     th = threading.Thread(target=sample)
     th.start()
@@ -368,13 +394,12 @@ def rss_growth(f) -> int:
     finally:
         done.set()
         th.join()
-    return max(peak[0], rss()) - base
+    return max(peak[0], _rss()) - base
 
 
 def memory(args) -> list[dict]:
     out = []
-    for name in (args.programs or PROGRAMS):
-        d = max(d for n2, d in grid(args) if n2 == name)
+    for name, d in grid(args):
         B = max(args.batch or [1024])
         for side in ("structured", "direct") + (() if args.no_module else ("module",)):
             cmd = [sys.executable, __file__, "--memory-probe", name, str(d), str(B), side,
@@ -387,7 +412,8 @@ def memory(args) -> list[dict]:
                     out.append({"program": name, "d": d, "batch": B, "side": side,
                                 "skipped": "over --max-gflop"})
                     continue
-            p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
             rec = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else \
                 {"error": p.stderr.strip().splitlines()[-1:]}
             out.append({"program": name, "d": d, "batch": B, "side": side, **rec})
@@ -448,7 +474,9 @@ def main(argv=None):
     ap.add_argument("--no-module", action="store_true",
                     help="do not time the dense module (it is the reference for agreement only)")
     ap.add_argument("--memory", action="store_true",
-                    help="peak memory at the largest size, fresh process per side")
+                    help="peak memory at the largest batch for every (program, d), fresh process per side")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only the peak memory measurements (no timing)")
     ap.add_argument("--keep-modules", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--memory-probe", nargs=4, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -465,8 +493,8 @@ def main(argv=None):
     t0, load0 = time.perf_counter(), loadavg()
     print(f"load average at start {load0}, {os.cpu_count()} CPUs, torch threads "
           f"{torch.get_num_threads()}", flush=True)
-    result = bench(args)
-    result["memory"] = memory(args) if args.memory else []
+    result = {"records": [], "skipped": []} if args.memory_only else bench(args)
+    result["memory"] = memory(args) if args.memory or args.memory_only else []
     result["machine"] = {**machine_info(args.device), "loadavg_at_start": load0,
                          "loadavg_at_end": loadavg()}
     result["settings"] = {k: v for k, v in vars(args).items() if k != "memory_probe"}
