@@ -29,13 +29,16 @@ from ..runtime.weights import WEIGHT_NAMES, LayerWeights
 class Loop:
     """A folded loop in a sequence: `body` runs `count − offset` times there. A kernel of
     `every` > 1 iterations: with r = (count − offset) mod every, `body` runs
-    (count − offsets[r]) / every times, then `tails[r]` once."""
+    (count − offsets[r]) / every times, then `tails[r]` once, and the program's outputs end
+    where `outputs[r]` says (when given: the tails may leave them in other rows)."""
     key: str
     body: tuple
     offset: int
     every: int = 1
     tails: tuple = ()
     offsets: tuple = ()
+    outputs: tuple = ()     # every > 1, where the outputs end in rows that depend on the
+                            #   residue: per residue, ((name, rows, transposed), ...)
 
 
 def digest(layer: LayerWeights) -> str:

@@ -150,9 +150,9 @@ def _fold_all(runs: _Unrollings, sites: dict[str, LoopSite], kernel: dict[str, i
         try:
             residues = [fold_loop(site.key, c + r, v, k) for r, v in enumerate(variants)]
             seq = residues[0] if k == 1 else join_residues(site.key, residues)
-            if k > 1 and len({runs.outputs({**counts, site.key: c + r}, frozenset(kept), kernel)
-                              for r in range(k)}) != 1:
-                raise NoSteadyState("its outputs end in other rows for some counts than for others")
+            if k > 1:
+                seq = _residue_outputs(seq, site.key, [runs.outputs(
+                    {**counts, site.key: c + r}, frozenset(kept), kernel) for r in range(k)])
         except NoSteadyState as e:
             e.key = site.key
             raise
@@ -175,6 +175,23 @@ def _fold_all(runs: _Unrollings, sites: dict[str, LoopSite], kernel: dict[str, i
 
 
 KERNEL = 2     # the kernel a loop may get instead of one iteration per application
+
+
+def _residue_outputs(seq: list, key: str, outputs: list[tuple]) -> list:
+    """A kernel loop's folded sequence with where the program's outputs end per residue of
+    its count (`outputs[r]`: at counts ≡ offset + r mod k; the fold's counts c + r are such,
+    as c ≡ offset). The tails of the residues may leave them in other rows (power iteration's
+    `u` and `lam` do at odd counts): the runtime reads them from the rows of the residue a run
+    takes (loops.py `LoopProgram.output_rows`). Recorded only where they differ (other builds'
+    artifacts stay as they were), for one run of one loop: the rows then depend on that loop's
+    residue alone."""
+    if len(set(outputs)) == 1:
+        return seq
+    where = [i for i, t in enumerate(seq) if isinstance(t, Loop) and t.key == key]
+    if len(where) != 1 or seq[where[0]].every == 1 or any(
+            isinstance(t, Loop) and t.outputs for t in seq):
+        raise NoSteadyState("its outputs end in other rows for some counts than for others")
+    return [replace(t, outputs=tuple(outputs)) if i == where[0] else t for i, t in enumerate(seq)]
 
 
 def _choose_kernels(runs: _Unrollings, sites: dict[str, LoopSite], folded, base, kept) -> dict:
@@ -249,7 +266,7 @@ def _store(tokens, by_digest, stored: list, in_loop: bool, where: dict) -> tuple
         if isinstance(t, Loop):
             out.append(LoopItem(t.key, t.offset, _store(t.body, by_digest, stored, True, where),
                                 t.every, tuple(_store(tail, by_digest, stored, in_loop, where)
-                                               for tail in t.tails), t.offsets))
+                                               for tail in t.tails), t.offsets, t.outputs))
         elif t in where:
             out.append(where[t])
         else:

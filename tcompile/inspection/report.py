@@ -176,6 +176,10 @@ def _loop_lines(rep: dict) -> list[str]:
                          f"iteration ({rep['paper_depth']['formula']})")
         if lp.get("until"):
             lines.append(f"              until may watch: {', '.join(lp['until'])}")
+        if lp.get("residue_outputs"):
+            lines += _wrap(f"outputs {', '.join(lp['residue_outputs'])} end in other rows at "
+                           f"each residue of K mod {every}; a run reads them from its own",
+                           "              ")
     for lp in loops["kept_unrolled"]:
         lines += _wrap(f"line {lp['line']}: repeat {lp['count']} kept unrolled: {lp['why']}", "    ")
     return lines

@@ -99,11 +99,12 @@ def trace_loops(prog, **kwargs) -> list[dict]:
         y = module(x, counts, halt=record)
     h = y.numpy()
     last = module.n_layers(counts)
+    blocks = prog.output_blocks(**counts)      # the rows these counts leave the outputs in
     for out in prog.layout.outputs:
         final = max((k for k in want if k.split("@")[0] == out.name),
                     key=lambda k: int(k.split("@")[1]), default=None)
         if final is not None:
-            blk = prog.layout.block(out.block)
+            blk = blocks[out.name]
             got = prog.read_block(h, blk, list(want[final].shape[1:]))
             rows.append({**trace_row(clock.n_times(last), final, blk, got, want[final],
                                 policy.for_variable(final)), "loop_line": None, "iteration": None})

@@ -112,7 +112,9 @@ def _seq_to_json(seq) -> list:
     return [{"loop": i.loop, "offset": i.offset, "body": _seq_to_json(i.body),
              **({"every": i.every, "tails": [_seq_to_json(t) for t in i.tails],
                  "offsets": list(i.offsets)}
-                if i.every != 1 else {})}
+                if i.every != 1 else {}),
+             **({"outputs": [[[name, list(rows), t] for name, rows, t in residue]
+                             for residue in i.outputs]} if i.outputs else {})}
             if isinstance(i, LoopItem) else i for i in seq]
 
 
@@ -150,7 +152,25 @@ def manifest_from_json(d: dict) -> Manifest:
     domains = tuple(DomainCheck(c["label"], c["block"], c["lo"], c["hi"], c["layer"])
                     for c in d.get("domains", []))
     loops = loops_from_json(d["loops"], layout.n_layers) if "loops" in d else None
+    if loops is not None:
+        _check_residue_outputs(loops, layout)
     return Manifest(info, layout, approximations, domains, loops)
+
+
+def _check_residue_outputs(loops: LoopProgram, layout: Layout) -> None:
+    """Rows a kernel loop's residue leaves the outputs in (LoopItem.outputs) name every output
+    once, as many rows as its block, each inside the residual stream."""
+    item = loops.residue_loop()
+    if item is None:
+        return
+    blocks = layout.output_blocks()
+    for residue in item.outputs:
+        if sorted(name for name, _, _ in residue) != sorted(blocks):
+            raise ValueError(f"loop {item.loop!r}: its outputs per residue do not name the "
+                             "program's outputs")
+        for name, rows, _ in residue:
+            if len(rows) != len(blocks[name].rows) or any(not 0 <= r < layout.width for r in rows):
+                raise ValueError(f"loop {item.loop!r}: output {name!r} has bad rows {rows!r}")
 
 
 def _whole(value, what: str) -> int:
@@ -211,6 +231,12 @@ def _every(v) -> int:
     return v
 
 
+def _flag(v) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"an output's transposed flag must be true or false, got {v!r}")
+    return v
+
+
 def _seq_from_json(seq, keys, n_layers) -> tuple:
     out = []
     for i in seq:
@@ -224,8 +250,13 @@ def _seq_from_json(seq, keys, n_layers) -> tuple:
                                   and offsets[0] == int(i["offset"])):
                 raise ValueError(f"loop {i['loop']!r}: a kernel of {every} needs a tail and an "
                                  "offset per residue")
+            outputs = tuple(tuple((str(name), tuple(int(r) for r in rows), _flag(t))
+                                  for name, rows, t in residue) for residue in i.get("outputs", []))
+            if outputs and len(outputs) != every:
+                raise ValueError(f"loop {i['loop']!r}: a kernel of {every} needs its outputs' "
+                                 "rows per residue")
             out.append(LoopItem(i["loop"], int(i["offset"]), _seq_from_json(i["body"], keys, n_layers),
-                                every, tails, offsets))
+                                every, tails, offsets, outputs))
         elif isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n_layers:
             out.append(i)
         else:

@@ -113,11 +113,20 @@ def _loops(program) -> dict:
         "loops": [{"line": s.line, "param": s.param, "count": s.count, "depth": s.depth,
                    "layers_per_iteration": s.layers_per_iteration, "min_count": s.min_count,
                    "max_count": s.max_count, "until": sorted(var for var, *_ in s.state),
-                   **({"every": s.every} if s.every != 1 else {})}
+                   **({"every": s.every} if s.every != 1 else {}),
+                   **({"residue_outputs": _residue_outputs(program.item(s.key))}
+                      if s.depth == 0 and program.item(s.key).outputs else {})}
                   for s in program.loops],
         "kept_unrolled": [{"line": line, "count": count, "why": why}
                           for line, count, why in program.unrolled],
     }
+
+
+def _residue_outputs(item) -> list[str]:
+    """The outputs a kernel loop's residue leaves in rows of their own (loops.py
+    `LoopItem.outputs`): those whose rows or orientation differ from one residue to another."""
+    where = [dict((name, (rows, t)) for name, rows, t in residue) for residue in item.outputs]
+    return sorted(name for name in where[0] if len({w[name] for w in where}) > 1)
 
 
 def _paper(info: ProgramInfo) -> dict | None:

@@ -137,10 +137,11 @@ def in_shape(C, shape):
     return C
 
 
-def decode(layout: Layout, h: np.ndarray) -> dict[str, np.ndarray]:
-    """Every output, read from its block, each with a leading batch axis."""
-    return {spec.name: read_block(h, layout.block(spec.block), spec.shape)
-            for spec in layout.outputs}
+def decode(layout: Layout, h: np.ndarray, where: dict | None = None) -> dict[str, np.ndarray]:
+    """Every output, read from its block, each with a leading batch axis; `where` moves
+    outputs to the rows a run left them in (Layout.output_blocks)."""
+    blocks = layout.output_blocks(where)
+    return {spec.name: read_block(h, blocks[spec.name], spec.shape) for spec in layout.outputs}
 
 
 def non_finite_message(out: dict) -> str | None:

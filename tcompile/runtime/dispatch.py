@@ -58,11 +58,11 @@ def run_watched(prog, dtype, device, executor, until, max_steps, watch: bool,
         module = prog.module_for(tdtype, device)
         with torch.no_grad(), watch_module(prog, module, watch) as seen:
             if until is None:
-                return prepared.unbatch(prog.decode(module(x, counts))), settle(seen)
+                return prepared.unbatch(prog.decode(module(x, counts), **counts)), settle(seen)
             from .halting import run_until
-            y, steps, converged = run_until(prog, module, x, counts, until, max_steps)
-        return prepared.unbatch({**prog.decode(y), "steps": steps, "converged": converged}), \
-            settle(seen)
+            y, steps, converged, ran = run_until(prog, module, x, counts, until, max_steps)
+        return prepared.unbatch({**prog.decode(y, **ran), "steps": steps,
+                                 "converged": converged}), settle(seen)
     executor = executor or "structured"
     if executor != "module":
         return structured(executor_for(prog, executor))

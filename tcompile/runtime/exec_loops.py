@@ -60,7 +60,7 @@ class LoopStep:
     """A loop: `first` is its first application, `steady` every later one. A kernel of
     every > 1 iterations (loops.py `LoopItem`): `item` says how many applications a count
     runs, and `tails[r]` is planned after them for residue r (every tail leaves the same
-    occupancy)."""
+    occupancy, or, `forked`, each holds the rest of the program: the run ends in its own)."""
     key: str
     offset: int
     first: list
@@ -69,6 +69,7 @@ class LoopStep:
     exit: Occupancy               # after any application (the fixed point)
     item: LoopItem | None = None
     tails: list | None = None
+    forked: bool = False          # its tails hold the rest of the program (plan_loops' finals)
 
 
 class _StoredLayout:
@@ -94,23 +95,31 @@ class _StoredLayout:
 
 def plan_loops(loops: LoopProgram, layers: list[LayerWeights], layout: Layout,
                templates: dict[int, dict[int, list]], separate_first: bool = False,
-               domains=()) -> tuple[list, Occupancy, Occupancy]:
-    """(steps, initial occupancy, final occupancy) — NotSteady where a body's plan does not
-    repeat. `domains`: the manifest's DomainChecks (each names a stored layer and a block
-    whose rows are pinned), read after that layer's attention wherever it runs."""
+               domains=()) -> tuple[list, Occupancy, list[Occupancy]]:
+    """(steps, initial occupancy, final occupancies) — NotSteady where a body's plan does not
+    repeat. The final occupancy is one, or one per residue of a top-level kernel loop whose
+    tails leave values in other slots (its `LoopStep.forked`). `domains`: the manifest's
+    DomainChecks (each names a stored layer and a block whose rows are pinned), read after
+    that layer's attention wherever it runs."""
     occ = initial_occupancy(layout)
     initial = occ.copy()
     stored = _StoredLayout(templates, len(layers), separate_first)
     stored.checks = {}
     for c, chk in enumerate(domains):
         stored.checks.setdefault(chk.layer, []).append((c, layout.block(chk.block).rows))
-    steps = _plan_sequence(loops.sequence, layers, stored, occ)
-    return steps, initial, occ
+    finals: list[Occupancy] = []
+    steps = _plan_sequence(loops.sequence, layers, stored, occ, finals)
+    return steps, initial, finals or [occ]
 
 
-def _plan_sequence(seq, layers, stored: _StoredLayout, occ: Occupancy) -> list:
+def _plan_sequence(seq, layers, stored: _StoredLayout, occ: Occupancy,
+                   finals: list | None = None) -> list:
+    """The steps of `seq` from occupancy `occ` (updated). `finals` (top level only): where a
+    kernel loop's tails leave values in different slots (power iteration's outputs end in
+    other rows at odd counts), each tail is planned with the rest of the sequence after it,
+    the steps end at that loop, and `finals` gets the occupancy each residue ends with."""
     out = []
-    for item in seq:
+    for n, item in enumerate(seq):
         if isinstance(item, LoopItem):
             entry = occ.copy()
             shift = stored.shift
@@ -130,9 +139,19 @@ def _plan_sequence(seq, layers, stored: _StoredLayout, occ: Occupancy) -> list:
                 mine = exit_.copy()
                 tails.append(_plan_sequence(tail, layers, stored, mine))
                 ends.append(mine)
-            if ends:
-                if not all(_same(ends[0], e) for e in ends[1:]):
+            if ends and not all(_same(ends[0], e) for e in ends[1:]):
+                if finals is None:
                     raise NotSteady(f"loop {item.loop}: its tails leave values in different slots")
+                rest = tuple(seq[n + 1:])
+                tails = []
+                for tail in item.tails:
+                    mine = exit_.copy()
+                    tails.append(_plan_sequence(tuple(tail) + rest, layers, stored, mine))
+                    finals.append(mine)
+                out.append(LoopStep(item.loop, item.offset, first, steady, entry, exit_, item,
+                                    tails, forked=True))
+                return out
+            if ends:
                 occ.slots, occ.owner = ends[0].slots, ends[0].owner
             out.append(LoopStep(item.loop, item.offset, first, steady, entry, exit_, item,
                                 tails or None))
@@ -419,17 +438,23 @@ class SharedExecutor:
         except NotSteady:               # a first application's anonymous slot differs
             self._plan(prog, templates, True)
         self.inputs = [s for s in self.initial.slots.values() if s.const is None]
-        self.outputs = {o.name: (layout.output_block(o.name), o.shape) for o in layout.outputs}
-        keep = {seg.key for blk, _ in self.outputs.values()
-                for seg in self.final.read(blk.rows).segments if seg.key is not None}
+        keep = {seg.key for r in range(len(self.finals))
+                for blk, _ in self._outputs(r).values()
+                for seg in self.finals[r].read(blk.rows).segments if seg.key is not None}
         constant = {k for k, s in self.all_slots.items() if s.const is not None}
         self.drops = lifetimes(self.steps, keep, constant)
         self._runners: dict = {}
 
     def _plan(self, prog, templates, separate_first: bool) -> None:
-        self.steps, self.initial, self.final = plan_loops(prog.loops, prog.layers, self.layout,
-                                                          templates, separate_first,
-                                                          prog.typed_manifest.domains)
+        self.steps, self.initial, self.finals = plan_loops(prog.loops, prog.layers, self.layout,
+                                                           templates, separate_first,
+                                                           prog.typed_manifest.domains)
+        forked = [s for s in self.steps if isinstance(s, LoopStep) and s.forked]
+        self.fork = forked[0].item if forked else None
+        residue = self.loops.residue_loop()
+        if residue is not None and residue != self.fork:
+            raise NotSteady(f"the outputs' rows depend on loop {residue.loop}'s residue, but "
+                            "its tails leave the same slots")
         self.plans = _all_plans(self.steps)
         self.all_slots = dict(self.initial.slots)
         for p in self.plans:
@@ -449,6 +474,17 @@ class SharedExecutor:
             self._runners[key] = (LoopRunner(self.steps, subs, self.drops, watches,
                                              self.all_slots, n), res)
         return self._runners[key]
+
+    def _outputs(self, r: int) -> dict:
+        """{output: (block, shape)} where a run that takes residue r of the forked loop (0 where
+        none forks) leaves them."""
+        where = dict(((n, (rows, t)) for n, rows, t in self.fork.outputs[r])
+                     if self.fork is not None and self.fork.outputs else ())
+        blocks = self.layout.output_blocks(where)
+        return {o.name: (blocks[o.name], o.shape) for o in self.layout.outputs}
+
+    def _residue(self, counts: dict[str, int]) -> int:
+        return 0 if self.fork is None else self.fork.residue(counts[self.fork.loop])
 
     def covers(self, counts: dict[str, int]) -> bool:
         """Whether these counts run every loop body at least once (the plan's layers after a
@@ -475,7 +511,9 @@ class SharedExecutor:
         state.update(res.consts)
         with torch.no_grad(), exact_float32():
             result, seen = runner.run(state, counts, res.like, halting, watch)
-            return read_outputs(self.outputs, self.final, state, B, res.n), result, settle(seen)
+            r = self._residue(counts)
+            return read_outputs(self._outputs(r), self.finals[r], state, B, res.n), result, \
+                settle(seen)
 
 
 def shared_executor_for(prog) -> SharedExecutor | None:

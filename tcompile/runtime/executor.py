@@ -634,13 +634,14 @@ class ExpandedExecutor(StructuredExecutor):
     the layout names, wherever they are at the end."""
 
     def __init__(self, sequence: list[int], layers: list[LayerWeights], layout: Layout,
-                 base_sequence: list[int], domains=()):
+                 base_sequence: list[int], domains=(), where: dict | None = None):
         # a check names a stored layer and a block of the base unrolling; its rows are pinned,
         # so every run of that layer is watched at those rows
         watches = [Watch(c, clock.attention_time(pos), layout.block(chk.block))
                    for pos, i in enumerate(sequence)
                    for c, chk in enumerate(domains) if chk.layer == i]
-        self.outputs = {o.name: (layout.output_block(o.name), o.shape) for o in layout.outputs}
+        blocks = layout.output_blocks(where)        # `where`: the counts' residue's rows
+        self.outputs = {o.name: (blocks[o.name], o.shape) for o in layout.outputs}
         by_time: dict[int, list] = {}
         for b in layout.blocks:
             by_time.setdefault(b.written, []).append(b)
@@ -757,7 +758,7 @@ def expanded_executor_for(prog, counts: dict[str, int]) -> ExpandedExecutor:
     else:
         kept[key] = ExpandedExecutor(prog.loops.expand(counts), prog.layers, prog.layout,
                                      prog.loops.expand(dict(prog.loops.base_counts)),
-                                     prog.typed_manifest.domains)
+                                     prog.typed_manifest.domains, prog.loops.output_rows(counts))
         while len(kept) > EXPANDED_KEPT:
             kept.pop(next(iter(kept)))
     return kept[key]

@@ -83,7 +83,8 @@ def structured_until(prog, executor, inputs, counts: dict, until, max_steps, dty
 def run_until(prog, module, x: torch.Tensor, counts: dict, until, max_steps):
     """Run the looped module with halting; (final residual, steps per problem, converged per
     problem: False where the variable still moved by more than the tolerance at the last
-    iteration allowed)."""
+    iteration allowed, the run-time counts the module ran: the step limit's, whose residue
+    every halting count shares, so decode reads the outputs from that residue's rows)."""
     key, rows, tol, spec, limit = step_limit(prog, counts, until, max_steps)
     rows = torch.tensor(rows, device=x.device)
     batch = x.shape[0]
@@ -102,11 +103,12 @@ def run_until(prog, module, x: torch.Tensor, counts: dict, until, max_steps):
         ctx.stop = not bool(active.any())
         return after
 
-    y = module(x, {**counts, spec.param: limit}, halt=halt)
+    ran = {**counts, spec.param: limit}
+    y = module(x, ran, halt=halt)
     converged = (steps >= 0).numpy()
     steps[steps < 0] = limit
     warn_not_converged(converged, until, tol, limit)
-    return y, steps.numpy().astype(np.int64), converged
+    return y, steps.numpy().astype(np.int64), converged, ran
 
 
 def warn_not_converged(converged: np.ndarray, until, tol: float, limit: int) -> None:

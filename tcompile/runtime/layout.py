@@ -12,7 +12,7 @@ with TOKENS standing for the token axis.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 from . import clock
@@ -145,6 +145,19 @@ class Layout:
         """The block the decoder reads output `name` from."""
         spec = next(o for o in self.outputs if o.name == name)
         return self.block(spec.block)
+
+    def output_blocks(self, where: dict | None = None) -> dict[str, Block]:
+        """Every output's block, by name; `where` ({name: (rows, transposed)}, a shared
+        build's `LoopProgram.output_rows` at a run's counts) moves those it names to the rows
+        the run leaves them in."""
+        out = {}
+        for spec in self.outputs:
+            blk = self.block(spec.block)
+            if where and spec.name in where:
+                rows, transposed = where[spec.name]
+                blk = replace(blk, rows=tuple(rows), transposed=transposed)
+            out[spec.name] = blk
+        return out
 
     def input_blocks(self) -> list[Block]:
         """The blocks the encoder writes (inputs and constants), in layout order."""

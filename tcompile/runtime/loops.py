@@ -38,17 +38,25 @@ class LoopItem:
     """`body` runs count − offset times. A kernel of every > 1 iterations (compiler/
     shared_build.py): with r = (count − offset) mod every, `body` runs (count − offsets[r]) /
     every times, then tails[r] once (the r iterations left over, in a partial group, and the
-    layers after it that differ for them)."""
+    layers after it that differ for them); the outputs then end where outputs[r] says, when
+    it is given (LoopProgram.output_rows)."""
     loop: str                      # LoopSpec.key
     offset: int
     body: tuple                    # of int (a stored layer) | LoopItem
     every: int = 1
     tails: tuple = ()              # every > 1: one sequence (like body) per residue
     offsets: tuple = ()            # every > 1: the offset per residue (offsets[0] = offset)
+    # every > 1 where its tails leave the program's outputs in rows that depend on the residue:
+    # per residue, ((output name, rows, transposed), ...); () where the layout's rows hold
+    outputs: tuple = ()
 
     def runs(self, count: int) -> tuple[int, tuple]:
         """(applications of the body, the tail run after them) at this count."""
         return applications(count, self.offset, self.every, self.offsets, self.tails)
+
+    def residue(self, count: int) -> int:
+        """Which tail (and which `outputs`) a count takes: (count − offset) mod every."""
+        return (count - self.offset) % self.every
 
 
 def applications(count: int, offset: int, every: int = 1, offsets: tuple = (),
@@ -106,6 +114,21 @@ class LoopProgram:
                                  f"{s.param}")
             out[s.key] = n
         return out
+
+    def output_rows(self, counts: dict[str, int]) -> dict[str, tuple[tuple[int, ...], bool]]:
+        """Where the outputs end at these (resolved) counts, for those whose rows depend on the
+        residue of a kernel loop's count: {name: (rows, transposed)}; the layout's output
+        blocks say where the others are (and these, at the build's own residue)."""
+        item = self.residue_loop()
+        if item is None:
+            return {}
+        return {name: (tuple(rows), bool(t))
+                for name, rows, t in item.outputs[item.residue(counts[item.loop])]}
+
+    def residue_loop(self) -> LoopItem | None:
+        """The kernel loop whose count's residue decides where the outputs end (None: none
+        does; the shared build allows one)."""
+        return next((i for i in self.sequence if isinstance(i, LoopItem) and i.outputs), None)
 
     def item(self, key: str) -> LoopItem | None:
         """The (first) LoopItem of loop `key`."""

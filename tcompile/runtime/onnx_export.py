@@ -188,8 +188,9 @@ def onnx_model(prog, dtype="float64", **counts):
         if "W1T" in s:
             x = _mlp(g, x, s)
     g.op("Identity", [x], out=RESIDUAL)
+    blocks = prog.output_blocks(**given)       # where these counts leave the outputs
     for spec in prog.layout.outputs:
-        _decode(g, RESIDUAL, prog.layout.block(spec.block), spec.shape, OUTPUT + spec.name, axes)
+        _decode(g, RESIDUAL, blocks[spec.name], spec.shape, OUTPUT + spec.name, axes)
 
     D = prog.width
     inputs = [helper.make_tensor_value_info("x", elem, ["batch", "n", D])]

@@ -198,9 +198,27 @@ class CompiledProgram:
         """The canonical value (batch, r, c) the encoder writes into an input or constant block."""
         return codec.value_at_input(self._block(block), inputs)
 
-    def decode(self, x: torch.Tensor) -> dict[str, np.ndarray]:
-        """x (batch, n, D) → outputs, each with a leading batch axis, float64 numpy."""
-        return codec.decode(self.layout, x.detach().to("cpu", _torch_dtype("float64")).numpy())
+    def decode(self, x: torch.Tensor, **counts) -> dict[str, np.ndarray]:
+        """x (batch, n, D) → outputs, each with a leading batch axis, float64 numpy. A shared
+        build takes the run-time counts x was run with (`steps=41`): a kernel loop may leave
+        the outputs in other rows at one residue of its count than at another."""
+        return codec.decode(self.layout, x.detach().to("cpu", _torch_dtype("float64")).numpy(),
+                            self.output_rows(counts))
+
+    def output_rows(self, counts: dict) -> dict:
+        """{output: (rows, transposed)} for those a run at these run-time counts leaves in other
+        rows than the layout's output blocks (loops.py `LoopProgram.output_rows`); {} for an
+        unrolled build."""
+        if self.loops is None:
+            if counts:
+                raise InputError(f"{', '.join(sorted(counts))}: an unrolled build takes no "
+                                 "run-time counts (its counts are fixed at build time)")
+            return {}
+        return self.loops.output_rows(self.loops.counts(counts))
+
+    def output_blocks(self, **counts) -> dict[str, Block]:
+        """Every output's block at these run-time counts (the rows a run leaves it in)."""
+        return self.layout.output_blocks(self.output_rows(counts))
 
     def read_block(self, h: np.ndarray, block: Block | str | dict, shape) -> np.ndarray:
         """The value a block holds in the embedding h (batch, n, D), in the program's shape.
@@ -359,9 +377,9 @@ class RotatedProgram(CompiledProgram):
         x = super().encode_inputs(inputs, "float64", "cpu")      # rotate in float64, then cast
         return self.rotate_state(x).to(device=device, dtype=_torch_dtype(dtype))
 
-    def decode(self, x) -> dict[str, np.ndarray]:
+    def decode(self, x, **counts) -> dict[str, np.ndarray]:
         import torch
-        return super().decode(self.unrotate_state(x.detach().to("cpu", torch.float64)))
+        return super().decode(self.unrotate_state(x.detach().to("cpu", torch.float64)), **counts)
 
     def read_block(self, h: np.ndarray, block: Block | str | dict, shape) -> np.ndarray:
         return super().read_block(self.unrotate_state(np.asarray(h)), block, shape)

@@ -48,6 +48,9 @@ def io_rows(prog) -> list[int]:
     """The rows the encoder writes (inputs, constants) and the decoder reads (outputs)."""
     rows = {r for b in prog.layout.input_blocks() for r in b.rows}
     rows |= {r for spec in prog.layout.outputs for r in prog.layout.block(spec.block).rows}
+    item = prog.loops.residue_loop() if prog.loops is not None else None
+    if item is not None:         # a kernel loop's residues leave outputs in rows of their own
+        rows |= {r for residue in item.outputs for _, where, _ in residue for r in where}
     return sorted(rows)
 
 
