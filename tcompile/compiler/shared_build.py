@@ -33,7 +33,7 @@ from ..runtime.weights import LayerWeights
 from .backend import build_manifest, compile_dataflow
 from .dataflow import walk_to_graph
 from .fold import Loop, NoSteadyState, digest, fold_loop, join_residues
-from .nodes import ITERATION, LOOP_KERNEL, LOOP_STATE, VARS
+from .nodes import LOOP_STATE, VARS
 from .pieces import PieceBuilder
 from .steady_state import LoopSite, SharedGraphBuilder, loop_sites
 
@@ -312,47 +312,65 @@ def _state_blocks(site: LoopSite, sequence, base, plan, keys) -> tuple[tuple, ..
     block holding it between applications of the body (its rows are the same at every
     iteration: rows.py pins them), and which assignment it then holds: `name@(first +
     j·stride)` after application j (from 0), as the trace and halting read it (a kernel of
-    k iterations: stride k; the values its partial group leaves do not count).
+    k iterations: stride k).
 
     The block is the one the first application of the body leaves the variable in (in the
-    base unrolling): the value written last inside that application's layers. Values of the
-    variable in other rows or the other orientation (its fill before the loop, an output
-    written transposed after it) are not what the body carries, and do not count."""
+    base unrolling): of its values written inside that application's layers and still in
+    their rows after them, the one written last. Values of the variable in other rows or the
+    other orientation (its fill before the loop, an output written transposed after it), and
+    values written over before the application ends (a kernel's pipeline may overwrite an
+    iterate inside the application, or never hold one between applications: power_iteration's
+    u, whose next S u starts from v), are not what the body carries, and do not count: a
+    variable with none is not one `until` may watch."""
     start = _loop_start(sequence, base, site.key)
     if start is None:
         return ()
     item = next(i for i in _items(sequence) if i.loop == site.key)
-    end = start + LoopProgram((), item.body, ()).n_layers(base)
+    length = LoopProgram((), item.body, ()).n_layers(base)
+    end = start + length
     out = []
     for name in site.state:
         tag = f"{site.key}/{name}"
         tagged = [p for p in plan.slots if p[0] in plan.atoms
                   and plan.atoms[p[0]].node.get(LOOP_STATE) == tag
-                  and _assignment(plan.atoms[p[0]], name) is not None
-                  and (item.every == 1 or _group_end(plan.atoms[p[0]].node, site.key))]
-        inside = [p for p in tagged if 2 * start < plan.slots[p].write <= 2 * end]
-        if not inside:        # the body writes no value of it (e.g. `x = x`): nothing to watch
+                  and _assignment(plan.atoms[p[0]], name) is not None]
+        held = _live_last(tagged, plan, start, end)
+        if held is None:      # the body leaves no value of it (`x = x`, or none outlives it)
             continue
-        held = max(inside, key=lambda p: (plan.slots[p].write, p))
         rows = plan.slots[held].rows
-        ks = sorted({_assignment(plan.atoms[p[0]], name) for p in tagged
-                     if p[1] == held[1] and plan.slots[p].rows == rows})
-        steps = {b - a for a, b in zip(ks, ks[1:])}
-        if len(steps) != 1:   # its rows do not hold one assignment per iteration
-            continue
-        out.append((name, keys[held], _assignment(plan.atoms[held[0]], name), steps.pop()))
+        first = _assignment(plan.atoms[held[0]], name)
+        same = [p for p in tagged if p[1] == held[1] and plan.slots[p].rows == rows]
+        if item.every == 1:
+            ks = sorted({_assignment(plan.atoms[p[0]], name) for p in same})
+            steps = {b - a for a, b in zip(ks, ks[1:])}
+            if len(steps) != 1:   # its rows do not hold one assignment per iteration
+                continue
+            stride = steps.pop()
+        else:                 # the next application leaves the assignment k further there
+            stride = item.every
+            if item.runs(base[site.key])[0] >= 2:
+                nxt = _live_last(same, plan, end, end + length)
+                if nxt is None or _assignment(plan.atoms[nxt[0]], name) != first + stride:
+                    continue
+        out.append((name, keys[held], first, stride))
     return tuple(out)
 
 
-def _group_end(node, key: str) -> bool:
-    """Whether a loop state value is one a kernel application leaves (the end of a whole
-    group of k iterations before the partial group, if any: the groups from there on are the
-    tail's; every value of a loop without a kernel)."""
-    k, times = node.get(LOOP_KERNEL, (1, 0))
-    if k == 1:
-        return True
-    i = dict(node.get(ITERATION) or ()).get(key)
-    return i is not None and (i + 1) % k == 0 and (times % k == 0 or i < times - k - times % k)
+def _live_last(slots, plan, start: int, end: int):
+    """Of these slots, the one written last inside layers start..end − 1 (sublayers 2·start + 1
+    .. 2·end) whose rows still hold it after them (no other value is written over it: a value
+    stays in its rows until a writer subtracts it, rows.py); None where none does."""
+    held = [p for p in slots if 2 * start < plan.slots[p].write <= 2 * end
+            and not _overwritten(p, plan, 2 * end)]
+    return max(held, key=lambda p: (plan.slots[p].write, p)) if held else None
+
+
+def _overwritten(pair, plan, t: int) -> bool:
+    """Whether another block is written over some of `pair`'s rows after it, by sublayer t."""
+    mine = plan.slots[pair]
+    rows = set(mine.rows)
+    return any(q != pair and mine.write < s.write <= t and rows.intersection(s.rows)
+               for q, s in plan.slots.items())
 
 
 def _items(seq):

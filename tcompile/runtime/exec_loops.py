@@ -308,7 +308,7 @@ class LoopRunner:
                 for it in range(s.item.runs(counts[s.key])[0]):
                     self._run(s.first if it == 0 else s.steady, state, counts, like, None)
             if s.tails:
-                r = (counts[s.key] - s.offset) % s.item.every
+                r = s.item.residue(counts[s.key])
                 self._run(s.tails[r], state, counts, like, None)
 
     def _segment(self, segment: list, state: dict, like) -> None:
@@ -391,18 +391,17 @@ class LoopRunner:
         held = self._held(s)
         kept: dict[str, torch.Tensor] = {}
         before = entry(state, like) if entry is not None else like
-        every = s.item.every       # h.count: a count of residue 0 for a kernel (halting.py)
-        for it in range((h.count - s.offset) // every):
+        for it in range(s.item.runs(h.count)[0]):    # then the tail of h.count's residue
             self._run(s.first if it == 0 else s.steady, state, counts, like, None)
             after = exit_(state, like)
-            if s.offset + every * (it + 1) < h.min_count:
+            if s.item.halted_count(it + 1, h.count) < h.min_count:
                 before = after
                 continue
             moved = torch.amax(torch.sub(after, before).abs_(), dim=(1, 2)).cpu().numpy()
             before = after
             now = active & (moved <= h.tol)
             if now.any():
-                steps[now] = s.offset + every * (it + 1)
+                steps[now] = s.item.halted_count(it + 1, h.count)
                 mask = torch.as_tensor(now, device=like.device).view(-1, 1, 1)
                 for key in held:
                     v = state.get(key)       # a slot no later sublayer reads is gone already

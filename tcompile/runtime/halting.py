@@ -14,14 +14,15 @@ A problem that halts after application j has the state a fixed-count run with
 
 A loop run by a kernel of k iterations (every > 1: where two iterations fit one layer) is
 tested between kernel applications, every k iterations: the movement is over the k
-iterations of the last application, a problem halts after application j with
-`count = offset + k·(j + 1)` (exact: a fixed-count run at that count gives the same output),
-and the step limit is taken down to such a count (to the next one up if that is below the
-build's least count).
+iterations of the last application. The step limit's residue r (loops.py `LoopItem.residue`)
+picks the tail every problem runs after the loop (a batch runs one), so a problem halts after
+application j with `count = offsets[r] + k·(j + 1)` (`LoopItem.halted_count`; exact: a
+fixed-count run at that count runs the same applications and tail): with an odd limit the
+counts are odd where the even ones are (power iteration's 5 + 2j against 2 + 2j), and the
+outputs are read from the rows that residue leaves them in.
 """
 from __future__ import annotations
 
-import numbers
 import warnings
 
 import numpy as np
@@ -54,12 +55,6 @@ def step_limit(prog, counts: dict, until, max_steps):
         raise InputError(f"the loop at line {spec.line} has a fixed count; halting needs one "
                          "set at run time")
     limit = counts.get(spec.param, spec.count) if max_steps is None else max_steps
-    item = prog.loops.item(key)
-    if item is not None and item.every > 1 and isinstance(limit, numbers.Integral) \
-            and not isinstance(limit, bool):
-        limit -= (limit - item.offset) % item.every      # the kernel's own counts: no lead
-        if limit < spec.min_count:
-            limit += item.every
     return key, prog.layout.block(block_key).rows, tol, spec, limit
 
 
@@ -92,13 +87,13 @@ def run_until(prog, module, x: torch.Tensor, counts: dict, until, max_steps):
     steps = torch.full((batch,), -1, dtype=torch.long)
 
     def halt(ctx, loop, before, after, it):
-        if loop.key != key or loop.offset + loop.every * (it + 1) < spec.min_count:
+        if loop.key != key or loop.item.halted_count(it + 1, limit) < spec.min_count:
             return after             # a count below min_count is not one this build runs
         keep = active.view(-1, 1, 1)
         after = torch.where(keep, after, before)
         moved = (after.index_select(2, rows) - before.index_select(2, rows)).abs().amax(dim=(1, 2))
         now = active & (moved <= tol)
-        steps[now.cpu()] = loop.offset + loop.every * (it + 1)
+        steps[now.cpu()] = loop.item.halted_count(it + 1, limit)
         active.copy_(active & ~now)
         ctx.stop = not bool(active.any())
         return after

@@ -72,7 +72,7 @@ class LoopBlock(_Sequence):
         apps, _ = self.item.runs(counts[self.key])
         x = self._applications(x, apps, counts, ctx, path)
         if self.item.tails:
-            r = (counts[self.key] - self.offset) % self.every
+            r = self.item.residue(counts[self.key])
             x = getattr(self, f"tail{r}").run(x, counts, ctx, path + (f"tail{r}",))
         return x
 

@@ -58,6 +58,15 @@ class LoopItem:
         """Which tail (and which `outputs`) a count takes: (count − offset) mod every."""
         return (count - self.offset) % self.every
 
+    def halted_count(self, apps: int, limit: int) -> int:
+        """The count of a run that stops after `apps` applications of the body and then runs
+        the tail of `limit`'s residue (halting: a problem whose variable settles there ends as
+        a fixed-count run at this count does): offsets[r] + every · apps for a kernel,
+        offset + apps for a one-iteration body."""
+        if self.every == 1:
+            return self.offset + apps
+        return self.offsets[self.residue(limit)] + self.every * apps
+
 
 def applications(count: int, offset: int, every: int = 1, offsets: tuple = (),
                  tails: tuple = ()) -> tuple[int, tuple]:
