@@ -18,7 +18,7 @@ iterations of the last application. The step limit's residue r (loops.py `LoopIt
 picks the tail every problem runs after the loop (a batch runs one), so a problem halts after
 application j with `count = offsets[r] + k·(j + 1)` (`LoopItem.halted_count`; exact: a
 fixed-count run at that count runs the same applications and tail): with an odd limit the
-counts are odd where the even ones are (power iteration's 5 + 2j against 2 + 2j), and the
+counts are odd where the even ones are (with offsets 2 and 5: 5 + 2j against 2 + 2j), and the
 outputs are read from the rows that residue leaves them in.
 """
 from __future__ import annotations
