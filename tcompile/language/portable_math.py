@@ -52,15 +52,33 @@ def exp(x):
         finite = np.isfinite(xa) & (xa <= _EXP_OVER) & (xa >= _EXP_UNDER)
         xs = np.where(finite, xa, 0.0)
         k = np.rint(xs * _INV_LN2)
-        hi = xs - k * _LN2_HI
-        lo = k * _LN2_LO
-        r = hi - lo
-        t = r * r
-        c = r - t * (_P[0] + t * (_P[1] + t * (_P[2] + t * (_P[3] + t * _P[4]))))
-        y = 1.0 - ((lo - (r * c) / (2.0 - c)) - hi)
-        out = np.ldexp(y, k.astype(np.int64))
+        out = np.ldexp(_exp_reduced(xs, k), k.astype(np.int64))
         out = np.where(finite, out, np.where(xa > 0, np.inf, np.where(xa < 0, 0.0, xa)))
     return _scalar_or_array(out, x)
+
+
+def _exp_reduced(x, k):
+    """e**(x − k ln2), |x − k ln2| ≤ ln2/2 (fdlibm's rational approximation), on floats or
+    arrays alike: the one copy of the arithmetic both paths run, in the same order."""
+    hi = x - k * _LN2_HI
+    lo = k * _LN2_LO
+    r = hi - lo
+    t = r * r
+    c = r - t * (_P[0] + t * (_P[1] + t * (_P[2] + t * (_P[3] + t * _P[4]))))
+    return 1.0 - ((lo - (r * c) / (2.0 - c)) - hi)
+
+
+def _log_reduced(f, k):
+    """k ln2 + log(1 + f) for √½ − 1 ≤ f < √2 − 1 (fdlibm's polynomial in s²), on floats or
+    arrays alike, like _exp_reduced."""
+    s = f / (2.0 + f)
+    z = s * s
+    w = z * z
+    t1 = w * (_LG[1] + w * (_LG[3] + w * _LG[5]))
+    t2 = z * (_LG[0] + w * (_LG[2] + w * (_LG[4] + w * _LG[6])))
+    r = t2 + t1
+    hfsq = 0.5 * f * f
+    return k * _LN2_HI - ((hfsq - (s * (hfsq + r) + k * _LN2_LO)) - f)
 
 
 def log(x):
@@ -75,15 +93,7 @@ def log(x):
         small = m < _SQRT_HALF
         m = np.where(small, m * 2.0, m)
         k = (k - small).astype(np.float64)
-        f = m - 1.0                                       # exact (Sterbenz)
-        s = f / (2.0 + f)
-        z = s * s
-        w = z * z
-        t1 = w * (_LG[1] + w * (_LG[3] + w * _LG[5]))
-        t2 = z * (_LG[0] + w * (_LG[2] + w * (_LG[4] + w * _LG[6])))
-        r = t2 + t1
-        hfsq = 0.5 * f * f
-        out = k * _LN2_HI - ((hfsq - (s * (hfsq + r) + k * _LN2_LO)) - f)
+        out = _log_reduced(m - 1.0, k)                    # m - 1 exact (Sterbenz)
         special = np.where(xa == 0, -np.inf, np.where(xa == np.inf, np.inf, np.nan))
         out = np.where(ok, out, special)
     return _scalar_or_array(out, x)
@@ -107,14 +117,8 @@ def _exp_float(x: float) -> float:
     if not (_EXP_UNDER <= x <= _EXP_OVER):
         return x if x != x else (math.inf if x > 0 else 0.0)
     k = round(x * _INV_LN2)               # round half to even, as np.rint
-    hi = x - k * _LN2_HI
-    lo = k * _LN2_LO
-    r = hi - lo
-    t = r * r
-    c = r - t * (_P[0] + t * (_P[1] + t * (_P[2] + t * (_P[3] + t * _P[4]))))
-    y = 1.0 - ((lo - (r * c) / (2.0 - c)) - hi)
     try:
-        return math.ldexp(y, k)
+        return math.ldexp(_exp_reduced(x, float(k)), k)
     except OverflowError:             # np.ldexp's inf
         return math.inf
 
@@ -125,16 +129,7 @@ def _log_float(x: float) -> float:
     m, k = math.frexp(x)                  # m in [0.5, 1)
     if m < _SQRT_HALF:
         m, k = m * 2.0, k - 1
-    k = float(k)
-    f = m - 1.0
-    s = f / (2.0 + f)
-    z = s * s
-    w = z * z
-    t1 = w * (_LG[1] + w * (_LG[3] + w * _LG[5]))
-    t2 = z * (_LG[0] + w * (_LG[2] + w * (_LG[4] + w * _LG[6])))
-    r = t2 + t1
-    hfsq = 0.5 * f * f
-    return k * _LN2_HI - ((hfsq - (s * (hfsq + r) + k * _LN2_LO)) - f)
+    return _log_reduced(m - 1.0, float(k))
 
 
 def log1p(x):
