@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 import builds
 import tcompile
@@ -412,3 +413,87 @@ def test_table_op_values_and_passes(monkeypatch, grid):
             assert len(p.calls) == cells + 3 * lk.m + fixed - (T > 1), p.calls
         else:
             assert len(p.calls) == 1 + fixed, p.calls
+
+
+# ---- shared products, input views, plan memory -------------------------------------------------
+
+class _Products(TorchFunctionMode):
+    """Counts the batched products (bmm, baddbmm) whose inner size is `inner`."""
+
+    def __init__(self, inner: int):
+        super().__init__()
+        self.inner, self.count = inner, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in (torch.bmm, torch.baddbmm, torch.Tensor.baddbmm_):
+            left = args[0] if func is torch.bmm else args[1]
+            self.count += left.shape[-1] == self.inner
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name,params,n,want", [
+    ("least_squares", {"d": 4, "steps": 6}, 20, 1),      # [A; y] Aᵀ: S, b and 2I − AᵀA/n
+    ("gd_least_squares", {"d": 3, "steps": 12}, 20, 2),  # was one per step (13)
+])
+def test_products_over_the_tokens_are_made_once(name, params, n, want):
+    """A V Kᵀ over the same slots is one product per forward (in a later sublayer too), and a
+    head whose V rows are some of an earlier head's takes those rows of its product: counted
+    as the products whose inner size is n, against the module."""
+    prog = tcompile.compile_file(PROGRAMS / f"{name}.tp", params=params)
+    batch = sample_inputs(prog.program, params, n=n, batch=3, seed=4)
+    prog.run(domains="off", **batch)                  # traced: the next run replays
+    with _Products(n) as p:
+        got = prog.run(domains="off", **batch)
+    assert p.count == want
+    assert rel_gap(got, module_outputs(prog, batch)) <= RTOL
+
+
+def test_a_concatenated_read_is_multiplied_in_batch_slices_bit_for_bit(monkeypatch):
+    """least_squares' [A; y] Aᵀ in slices of the batch (so that [A; y] never exists whole)
+    gives what the whole product gives, bit for bit."""
+    name, params, n = SHIPPED[1]
+    prog = tcompile.compile_file(PROGRAMS / f"{name}.tp", params=params)
+    batch = sample_inputs(prog.program, params, n=n, batch=7, seed=2)
+    whole = executor_for(prog, "structured").run_inputs(prog.prepare_inputs(batch))
+    monkeypatch.setitem(exec_ops.CHUNK, "cpu", 2 * (params["d"] + 1) * n)   # 2 problems a slice
+    prog2 = tcompile.compile_file(PROGRAMS / f"{name}.tp", params=params)
+    with _Products(n) as p:
+        sliced = executor_for(prog2, "structured").run_inputs(prog2.prepare_inputs(batch))
+    assert p.count == 4                               # ceil(7 / 2) slices, one product each
+    for k in whole:
+        assert torch.equal(whole[k], sliced[k]), k
+
+
+def test_inputs_are_read_in_place_and_left_as_they_were():
+    """A transposed input block (least_squares' A, held (d, n)) is a view of the caller's
+    array, not a copy; a run writes into none of them."""
+    name, params, n = SHIPPED[1]
+    prog = builds.build(name, params)
+    batch = sample_inputs(prog.program, params, n=n, batch=4, seed=3)
+    kept = {k: np.array(v, copy=True) for k, v in batch.items()}
+    prep = prog.prepare_inputs(batch)
+    state = executor_for(prog, "structured").input_state(prep)
+    A = state["input:A"]
+    assert A.shape == (4, params["d"], n) and not A.is_contiguous()
+    assert A.untyped_storage().data_ptr() == prep.arrays["A"].ctypes.data
+    prog.run(**batch)
+    for k, v in kept.items():
+        assert np.array_equal(batch[k], v), k
+
+
+def test_the_plan_keeps_no_dense_mlp_matrices_and_one_copy_of_equal_tables():
+    """Planning reads each layer's W_1, W_2 dense for that read only (the layers keep their
+    nonzeros); newton_logistic's product pieces' squares, equal in every Newton step, are one
+    _Tables (one copy of its grid, not one per step)."""
+    name, params, n = SHIPPED[2]
+    prog = tcompile.compile_file(PROGRAMS / f"{name}.tp", params=params)
+    held = [w._held("W_1") is not None for w in prog.layers]
+    assert any(held)
+    ex = StructuredExecutor(prog.layers, prog.layout)
+    assert [w._held("W_1") is not None for w in prog.layers] == held
+    ops = [op for sub in ex.resolved(n).sublayers for op in sub.ops
+           if isinstance(op, MlpOp) and op.kind == "table" and len(op.tables) == 2]
+    assert len(ops) == params["steps"] and len({id(op._lookup) for op in ops}) == 1
+    assert rel_gap(prog.run(**sample_inputs(prog.program, params, n=n, batch=2, seed=0)),
+                   module_outputs(prog, sample_inputs(prog.program, params, n=n, batch=2,
+                                                      seed=0))) <= RTOL

@@ -18,6 +18,9 @@ reuses, which the executor then drops with the value it clears (executor.py).
 """
 from __future__ import annotations
 
+import hashlib
+import weakref
+
 import numpy as np
 import torch
 
@@ -78,6 +81,14 @@ class ReadOp:
     def __call__(self, state: dict, like: torch.Tensor) -> torch.Tensor:
         if self.whole is not None:
             return state[self.whole]
+        out = self.pieces(state, like)
+        if len(out) == 1:
+            return out[0]
+        B = max(t.shape[0] for t in out)
+        return torch.cat([t.expand(B, -1, -1) for t in out], dim=1)
+
+    def pieces(self, state: dict, like: torch.Tensor) -> list:
+        """The parts the read concatenates (batch 1 where a part is a constant's)."""
         out = []
         for key, idx, src_e in self.parts:
             if key is None:
@@ -87,10 +98,7 @@ class ReadOp:
             if idx != slice(None):
                 T = T[:, idx]
             out.append(fit(T, src_e, self.e))
-        if len(out) == 1:
-            return out[0]
-        B = max(t.shape[0] for t in out)
-        return torch.cat([t.expand(B, -1, -1) for t in out], dim=1)
+        return out
 
 
 def fit(T: torch.Tensor, have: int, want: int) -> torch.Tensor:
@@ -151,6 +159,7 @@ class HeadOp:
         self.q = ReadOp(spec.q, slots, e, n)
         self.M = self.M_np = self.scale = self.const = None
         self.alpha, self.q_rows, self._t = 1.0, spec.q.rows, t
+        self.chunk = CHUNK.get(torch.device(device).type, CHUNK_OTHER)
         self.gram_key = self.gram_node = None
         Wv = spec.Wv
         if spec.k.const and spec.v.const:       # fold: one matrix (or scalar) applied to Q
@@ -235,21 +244,27 @@ class HeadOp:
         self.stacked = self.stack
         self._plan(self._all_factors[1:])
 
-    def share_gram(self, slot, transposed: bool = False) -> None:
-        """Take V Kᵀ from grams[slot] (its transpose if `transposed`), computing and storing it
-        there if no head of the sublayer has yet; slot None: compute it here, unshared."""
+    def share_gram(self, key, transposed: bool = False, glob=None, rows=None) -> None:
+        """Take V Kᵀ from grams[key] (its transpose if `transposed`) where another head of
+        the sublayer left it, else compute it and leave it there; key None: not shared in the
+        sublayer. glob: the key under which heads of other sublayers find V Kᵀ in the
+        orientation of the head that computed it (a transpose taken instead of a product
+        might round otherwise): this head takes it from there where it is (with `rows`: those
+        rows of another head's V Kᵀ, whose V reads these rows and more), else leaves its own
+        there (not with `rows`)."""
         # the output itself, when shared, is another head's too: never added into
-        self.shared_out = slot is not None and self.tree[:2] == self.gram_node
+        self.shared_out = (key is not None or glob is not None) and \
+            self.tree[:2] == self.gram_node
         self.fresh = not isinstance(self.tree, int) and not self.shared_out
-        self._product = self._compile(self.tree, slot, transposed)
+        self._share = (key, transposed, glob, rows)
+        self._product = self._compile(self.tree)
         if isinstance(self.tree, int):
             self._factors = None
         else:
             _, _, left, right = self.tree
-            self._factors = (self._compile(left, slot, transposed),
-                             self._compile(right, slot, transposed))
+            self._factors = (self._compile(left), self._compile(right))
 
-    def _compile(self, node, slot, transposed):
+    def _compile(self, node):
         """The bracketed product as nested closures of (state, like, grams)."""
         if isinstance(node, int):
             f = self._leaves[node]
@@ -261,18 +276,74 @@ class HeadOp:
             rd = self.v if f == "V" else self.q
             return lambda state, like, grams: rd(state, like)
         i, j, left, right = node
-        a, b = self._compile(left, slot, transposed), self._compile(right, slot, transposed)
-        if slot is None or (i, j) != self.gram_node:
-            return lambda state, like, grams: mm(a(state, like, grams), b(state, like, grams))
+        a, b = self._compile(left), self._compile(right)
+        prod = self._product_of(left, right, a, b)
+        key, transposed, glob, rows = self._share
+        if (key is None and glob is None) or (i, j) != self.gram_node:
+            return prod
 
         def gram(state, like, grams):           # V Kᵀ: two reads
-            g = grams.get(slot)
-            if g is None:
-                g = mm(a(state, like, grams), b(state, like, grams))
-                grams[slot] = g.mT if transposed else g
-                return g
-            return g.mT if transposed else g
+            g = grams.get(key)
+            if g is not None:
+                return g.mT if transposed else g
+            g = grams.get(glob)
+            if g is not None:
+                g = g if rows is None else g[:, rows]
+            else:
+                g = prod(state, like, grams)
+                if glob is not None and rows is None:
+                    grams[glob] = g
+            if key is not None:
+                grams[key] = g.mT if transposed else g
+            return g
         return gram
+
+    def _product_of(self, left, right, a, b):
+        """left @ right (closures a, b); where one factor is a read of rows from several
+        slots (a concatenation: least_squares' [A; y], whose S and b are one product) and
+        the concatenation would exceed `chunk` entries, the product is made in slices of the
+        batch, so that only a slice of the concatenation exists at a time (each problem's
+        product is the same call on the same numbers: the results are the same)."""
+        cat = [self._cat_read(left), self._cat_read(right)]
+        if (cat[0] is None) == (cat[1] is None):
+            return lambda state, like, grams: mm(a(state, like, grams), b(state, like, grams))
+        side = 0 if cat[0] is not None else 1
+        rd, transposed = cat[side]
+        other, chunk = (b, a)[side], self.chunk
+
+        def product(state, like, grams):
+            parts, R = rd.pieces(state, like), other(state, like, grams)
+            B = max([p.shape[0] for p in parts] + [R.shape[0] if R.dim() == 3 else 1])
+            rows = sum(p.shape[1] for p in parts)
+            cr, cc = (rd.e, rows) if transposed else (rows, rd.e)     # the factor's shape
+            inner = cc if side == 0 else cr
+            step = max(1, chunk // max(1, rows * rd.e))
+            if step >= B or R.dim() != 3 or inner == 1:
+                C = torch.cat([p.expand(B, -1, -1) for p in parts], dim=1)
+                C = C.mT if transposed else C
+                return mm(C, R) if side == 0 else mm(R, C)
+            shape = (B, cr, R.shape[-1]) if side == 0 else (B, R.shape[-2], cc)
+            out = R.new_empty(shape)
+            R = R.expand(B, -1, -1)
+            for b0 in range(0, B, step):
+                b1 = min(B, b0 + step)
+                C = torch.cat([p[b0:b1] if p.shape[0] > 1 else p.expand(b1 - b0, -1, -1)
+                               for p in parts], dim=1)
+                C = C.mT if transposed else C
+                L_, R_ = (C, R[b0:b1]) if side == 0 else (R[b0:b1], C)
+                torch.bmm(L_, R_, out=out[b0:b1])
+            return out
+        return product
+
+    def _cat_read(self, node):
+        """(the read, transposed) when leaf `node` reads rows of several slots, else None."""
+        if not isinstance(node, int) or not isinstance(self._leaves[node], str):
+            return None
+        f = self._leaves[node]
+        rd = {"V": self.v, "K": self.k, "Q": self.q}[f]
+        if rd.whole is not None or len(rd.parts) < 2:
+            return None
+        return rd, f == "K"
 
     @property
     def fusable(self) -> bool:
@@ -570,6 +641,41 @@ class _Tables:
                 dst.view(-1).add_(p)
 
 
+class _Lookup:
+    """A _Tables and its fused form, shared by the ops whose tables are the same."""
+    __slots__ = ("tables", "fused", "__weakref__")
+
+    def __init__(self, tables, fused):
+        self.tables, self.fused = tables, fused
+
+
+_LOOKUPS: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()
+
+
+def _shared_lookup(tables: list, dtype, device, passes) -> _Lookup:
+    """The _Tables and fused form of these tables (held by the op), the same objects for every op whose tables
+    are equal (by their bytes) while one of them lives: newton_logistic's sigmoid and λ
+    tables, the same in every Newton step, are held once, not once per step (8 copies of a
+    4,096-cell grid). `passes` is the first such op's torch path, which any of them may run
+    (it depends on the tables and the call's shapes only)."""
+    h = hashlib.blake2b(digest_size=20)
+    for table in tables:
+        for a in table:
+            a = np.ascontiguousarray(a, dtype=np.float64)
+            h.update(repr(a.shape).encode())
+            h.update(a.tobytes())
+    key = (h.digest(), str(dtype), str(torch.device(device)))
+    hit = _LOOKUPS.get(key)
+    if hit is None:
+        hit = _LOOKUPS[key] = _Lookup(_Tables(tables, dtype, device), None)
+    # the fused form of the kernel in use now (the environment may have switched it since)
+    if hit.fused is None or hit.fused.fn is not fused_lookup.kernel(dtype, _Tables):
+        hit = _Lookup(hit.tables, fused_lookup.make(hit.tables, dtype, device, passes))
+        if hit.fused is not None:
+            _LOOKUPS[key] = hit
+    return hit
+
+
 class MlpOp:
     """One MLP group: a constant, a linear map, ReLUs over the rows it reads, or PL tables."""
 
@@ -659,9 +765,10 @@ class MlpOp:
 
     def _set_lookup(self) -> None:
         """The tables by torch (_Tables), and fused into one C pass where that kernel is
-        available (fused_lookup.py: the same results bit for bit; None: torch only)."""
-        self._lookup = _Tables(self.tables, self._dtype, self._device)
-        self._fused = fused_lookup.make(self._lookup, self._dtype, self._device, self._passes)
+        available (fused_lookup.py: the same results bit for bit; None: torch only); one
+        pair for every op with the same tables (_shared_lookup)."""
+        self._shared = _shared_lookup(self.tables, self._dtype, self._device, self._passes)
+        self._lookup, self._fused = self._shared.tables, self._shared.fused
 
     def __call__(self, state: dict, like) -> torch.Tensor:
         if self.const is not None:

@@ -121,8 +121,14 @@ class _Sublayer:
                 srcs = [src for _, _, ts in writes for j, src, _ in ts if j == i]
                 if srcs and all(len({r // w for r in src}) == 1 for src in srcs):
                     op.unstack()
-        _share_grams(ops)
-        self.ops = ops
+        self.ops, self._pending = ops, (plan, writes, slots, n, device)
+
+    def finish(self) -> None:
+        """The residual sums, once the heads know which V Kᵀ they share (_share_grams, over
+        all sublayers: whether a head's output is its own decides what may be added into)."""
+        plan, writes, slots, n, device = self._pending
+        del self._pending
+        ops = self.ops
         self.heads = [isinstance(op, HeadOp) for op in ops]
         uses = [0] * len(ops)
         for _, _, ts in writes:
@@ -202,8 +208,10 @@ class _Sublayer:
                 return pc
         return None
 
-    def __call__(self, state: dict, like: torch.Tensor) -> None:
-        grams: dict = {}
+    def __call__(self, state: dict, like: torch.Tensor, grams: dict | None = None) -> None:
+        """Run the sublayer on `state`. grams: the V Kᵀ products shared so far in this
+        forward (by _share_grams' keys; None: none, only this sublayer's heads share)."""
+        grams = {} if grams is None else grams
         skip = self.skip
         outs = [None if op is None or i in skip else op(state, like, grams) if head
                 else op(state, like) for i, (op, head) in enumerate(zip(self.ops, self.heads))]
@@ -352,18 +360,78 @@ def _prune_linear(ops, writes):
     return ops, writes
 
 
-def _share_grams(ops) -> None:
-    """Heads whose V Kᵀ is another's (or its transpose: V and K swapped, the two symmetric
-    halves of AᵀDA) compute it once per call."""
-    by = {}
-    for op in ops:
-        if isinstance(op, HeadOp) and op.gram_key is not None:
-            key = op.gram_key
-            by.setdefault(min(key, key[::-1]), []).append(op)
-    for slot, (canon, heads) in enumerate(by.items()):
-        if len(heads) > 1:
-            for op in heads:
-                op.share_gram(slot, op.gram_key != canon)
+def _share_grams(sublayers: list) -> list[list]:
+    """V Kᵀ computed once per forward where heads share it:
+    * in one sublayer, heads whose V Kᵀ is another's or its transpose (V and K swapped: the
+      two symmetric halves of AᵀDA) take it, or its transpose, from the first that runs;
+    * across sublayers (slot keys name values, so a V Kᵀ over the same keys is the same
+      product), a head takes it in its own orientation from an earlier sublayer's head;
+    * a head whose K is an earlier sublayer's head's and whose V rows are some of that head's
+      V rows takes those rows of its V Kᵀ (least_squares: S = AᵀA/n and b = Aᵀy/n read
+      [A; y] in one product; the first Newton step's 2I − AᵀA/n, a sublayer later, reads A).
+    Returns, per sublayer, the keys of the products no later sublayer reads (dropped after
+    it)."""
+    canon_of: dict = {}                     # (sublayer, canon) → heads there
+    by_key: dict = {}                       # gram_key → [(sublayer, head)]
+    heads = []
+    for k, sub in enumerate(sublayers):
+        for op in sub.ops:
+            if isinstance(op, HeadOp) and op.gram_key is not None:
+                key = op.gram_key
+                canon_of.setdefault((k, min(key, key[::-1])), []).append(op)
+                by_key.setdefault(key, []).append(k)
+                heads.append((k, op))
+    last: dict = {}
+    glob_of = {}
+    for key, ks in by_key.items():          # the same product in several sublayers
+        if len(set(ks)) > 1:
+            glob_of[key] = (("glob", key), None)
+    for k, op in heads:                     # rows of an earlier sublayer's product
+        if op.gram_key in glob_of or len(canon_of[(k, min(op.gram_key, op.gram_key[::-1]))]) > 1:
+            continue
+        best = None
+        for k2, g in heads:
+            if k2 < k:
+                rows = _rows_within(op, g)
+                if rows is not None and (best is None or len(_gram_rows(g)) > len(_gram_rows(best[0]))):
+                    best = (g, rows)
+        if best is not None:
+            g, rows = best
+            glob_of.setdefault(g.gram_key, (("glob", g.gram_key), None))
+            glob_of[op.gram_key] = (("glob", g.gram_key), _rows(rows))
+    for k, op in heads:
+        canon = min(op.gram_key, op.gram_key[::-1])
+        local = (k, canon) if len(canon_of[(k, canon)]) > 1 else None
+        glob, rows = glob_of.get(op.gram_key, (None, None))
+        if local is None and glob is None:
+            continue
+        op.share_gram(local, op.gram_key != canon, glob, rows)
+        for key in (local, glob):
+            if key is not None:
+                last[key] = max(last.get(key, k), k)
+    drop = [[] for _ in sublayers]
+    for key, k in last.items():
+        drop[k].append(key)
+    return drop
+
+
+def _gram_rows(op):
+    """The (slot, position) of each V row of a head's V Kᵀ, None where one is zero."""
+    (segs, _), _ = op.gram_key
+    out = tuple((key, p) for key, pos in segs for p in pos)
+    return None if any(key is None for key, _ in out) else out
+
+
+def _rows_within(op, other):
+    """Where op's V rows sit among other's, when op's V Kᵀ is rows of other's (the same K
+    over the same tokens, op's V rows all read by other's V); else None."""
+    (_, m), kkey = op.gram_key
+    (_, m2), kkey2 = other.gram_key
+    mine, theirs = _gram_rows(op), _gram_rows(other)
+    if kkey != kkey2 or m != m2 or mine is None or theirs is None or \
+            not set(mine) <= set(theirs) or len(mine) >= len(theirs):
+        return None
+    return tuple(theirs.index(r) for r in mine)
 
 
 def _merge_tables(ops, writes):
@@ -441,6 +509,9 @@ class _Resolved:
                 self.consts[s.key] = torch.as_tensor(
                     np.ascontiguousarray(st), dtype=dtype, device=device)[None]
         self.sublayers = [_Sublayer(p, slots, self.consts, n, dtype, device) for p in ex.plans]
+        self.gram_drop = _share_grams(self.sublayers)
+        for sub in self.sublayers:
+            sub.finish()
         self.watches = [[(i, ReadOp(read, slots, blk.storage_cols(n), n)) for i, read, blk in at]
                         for at in ex._watch_reads]
 
@@ -452,6 +523,20 @@ class Watch:
     check: int
     time: int
     block: Block
+
+
+class _Planned:
+    """A layer as plan_program reads it, each matrix it holds as nonzeros (W_1, W_2:
+    weights.py) made dense for that one read. Read from the layer itself, the dense arrays
+    would stay on it (it keeps what it builds) as long as the program lives, for a plan that
+    keeps only the rows it uses: newton_logistic's at d = 10 are 32 MiB."""
+
+    def __init__(self, layer: LayerWeights):
+        self._layer = layer
+
+    def __getattr__(self, name):
+        held = self._layer._held(name)
+        return held.dense() if held is not None else getattr(self._layer, name)
 
 
 def _watch(reads: list, state: dict, like, seen: list, done: dict) -> None:
@@ -475,7 +560,7 @@ class StructuredExecutor:
         self.layout = layout
         occ = initial_occupancy(layout)
         self.initial = occ.copy()
-        self.plans = plan_program(layout, layers, occ)
+        self.plans = plan_program(layout, [_Planned(w) for w in layers], occ)
         self.final = occ                          # which slot holds each row at the end
         self.all_slots = dict(self.initial.slots)
         for p in self.plans:
@@ -534,7 +619,12 @@ class StructuredExecutor:
         state = {}
         for s in self.inputs:
             st = storage_at_input(self.layout.block(s.key), inputs)
-            state[s.key] = torch.as_tensor(np.ascontiguousarray(st), dtype=dtype, device=device)
+            # the caller's array as it is, a transposed block (least_squares' and
+            # newton_logistic's A, stored (d, n)) included: a view, not a copy of the largest
+            # input (the plan reads slots through any strides; none is written into)
+            if not st.flags.writeable:
+                st = np.ascontiguousarray(st)
+            state[s.key] = torch.as_tensor(st, dtype=dtype, device=device)
         return state
 
     def run_inputs(self, inputs: ValidatedInputs, dtype=torch.float64, device="cpu") -> dict:
@@ -607,8 +697,11 @@ class StructuredExecutor:
         done: dict = {}
         if watch:
             _watch(res.watches[0], state, res.like, seen, done)
-        for k, (sub, drop) in enumerate(zip(res.sublayers, self._drop), 1):
-            sub(state, res.like)
+        grams: dict = {}                    # V Kᵀ products shared across sublayers
+        for k, (sub, drop, gdrop) in enumerate(zip(res.sublayers, self._drop, res.gram_drop), 1):
+            sub(state, res.like, grams)
+            for key in gdrop:
+                grams.pop(key, None)
             if watch and res.watches[k]:
                 _watch(res.watches[k], state, res.like, seen, done)
             for key in drop:
