@@ -9,7 +9,10 @@ derived from the same LayerWeights and the Layout (exec_plan.py, exec_sublayers.
 * a head reads only the rows its W_K, W_Q, W_V read and writes only W_V's nonzero rows; its
   products run over the operands' extents, the chain W_V·V·Kᵀ·G·Q bracketed for the fewest
   flops with its constants multiplied out; two heads of a sublayer whose V and K are each
-  other's K and V (the symmetric halves of AᵀDA) share one V Kᵀ;
+  other's K and V (the symmetric halves of AᵀDA) share one V Kᵀ, and a V Kᵀ an earlier
+  sublayer made (or rows of it) is taken, not made again (_share_grams);
+* input slots are the caller's arrays, read in place through their strides; a slot read as
+  Kᵀ by many products is held column by column (_read_transposed);
 * heads whose K and V are encoder constants are one matrix (or scalar) applied to Q;
 * empty sublayers and heads or units that write nothing are skipped; a row that a linear term
   clears (adds −old) is neither read nor cleared;
@@ -79,6 +82,8 @@ class _Sublayer:
     computes only the rows some term still adds; and the sum is accumulated in place, into an
     op's output made for that one term where there is one, so that a written slot costs one
     tensor of its size."""
+
+    by_columns: frozenset = frozenset()     # slots held column by column (_read_transposed)
 
     def __init__(self, plan: SublayerPlan, slots: dict, consts: dict, n, dtype, device):
         make = lambda c: (HeadOp if isinstance(c, HeadSpec) else MlpOp)(  # noqa: E731
@@ -246,6 +251,10 @@ class _Sublayer:
                 new[key] = baddbmm(acc.t, acc.scale, L, R, alpha, acc.own)
                 continue
             new[key] = acc.value() if acc.t is not None else like.new_zeros((1, rows, e))
+        for key in self.by_columns.intersection(new):
+            t = new[key]
+            if t.dim() == 3 and t.shape[-2] > 1 and t.shape[-1] > 1:
+                new[key] = t.mT.contiguous().mT
         state.update(new)
 
 
@@ -415,6 +424,34 @@ def _share_grams(sublayers: list) -> list[list]:
     return drop
 
 
+# a slot read as Kᵀ this many times is worth one transposing copy (newton_logistic's H, read
+# by 5 Newton–Schulz steps at d = 10, B = 64: the copies cost more than they saved)
+READ_TRANSPOSED_MIN = 8
+
+
+def _read_transposed(sublayers: list) -> set:
+    """Written slots that heads read mostly as Kᵀ (the whole slot, READ_TRANSPOSED_MIN
+    times or more): held
+    column by column (a transposed contiguous copy, same values and shape), so that their
+    products take contiguous operands (least_squares' S, read as Sᵀ by both products of all
+    T Newton steps: a batched product by a transposed 10 × 10 operand costs ~30% more on
+    this CPU; one copy per write)."""
+    as_k: dict = {}
+    other: dict = {}
+    for sub in sublayers:
+        for op in sub.ops:
+            if not isinstance(op, HeadOp) or getattr(op, "_leaves", None) is None:
+                continue
+            for name, rd in (("K", op.k), ("V", op.v), ("Q", op.q)):
+                if rd.whole is not None and any(isinstance(f, str) and f == name
+                                                for f in op._leaves):
+                    d = as_k if name == "K" else other
+                    d[rd.whole] = d.get(rd.whole, 0) + 1
+    written = {w.key for sub in sublayers for w in sub.writes}
+    return {key for key, c in as_k.items()
+            if c >= READ_TRANSPOSED_MIN and c > other.get(key, 0) and key in written}
+
+
 def _gram_rows(op):
     """The (slot, position) of each V row of a head's V Kᵀ, None where one is zero."""
     (segs, _), _ = op.gram_key
@@ -512,6 +549,9 @@ class _Resolved:
         self.gram_drop = _share_grams(self.sublayers)
         for sub in self.sublayers:
             sub.finish()
+        by_columns = _read_transposed(self.sublayers)
+        for sub in self.sublayers:
+            sub.by_columns = by_columns
         self.watches = [[(i, ReadOp(read, slots, blk.storage_cols(n), n)) for i, read, blk in at]
                         for at in ex._watch_reads]
 
@@ -621,8 +661,10 @@ class StructuredExecutor:
             st = storage_at_input(self.layout.block(s.key), inputs)
             # the caller's array as it is, a transposed block (least_squares' and
             # newton_logistic's A, stored (d, n)) included: a view, not a copy of the largest
-            # input (the plan reads slots through any strides; none is written into)
-            if not st.flags.writeable:
+            # input (the plan reads slots through any strides; none is written into). Where
+            # a copy is made anyway (another dtype or device), a contiguous one
+            if not st.flags.writeable or torch.device(device).type != "cpu" or \
+                    torch.from_numpy(st[:0]).dtype != dtype:
                 st = np.ascontiguousarray(st)
             state[s.key] = torch.as_tensor(st, dtype=dtype, device=device)
         return state
