@@ -267,7 +267,7 @@ def grid(args) -> list[tuple[str, int]]:
 
 
 def bench(args) -> dict:
-    device, cuda = args.device, args.device.startswith("cuda")
+    device = args.device
     batches = args.batch or ([1, 64] if args.quick else [1, 64, 1024])
     cache, configs, skipped = {}, [], []
     for name, d in grid(args):
@@ -347,6 +347,7 @@ def memory_probe(name: str, d: int, B: int, side: str, device: str) -> dict:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated() if cuda else _rss()
+    base_anon = None if cuda else _rss(anon=True)
 
     def setup_and_run():
         if side == "structured":
@@ -366,26 +367,39 @@ def memory_probe(name: str, d: int, B: int, side: str, device: str) -> dict:
             setup_and_run()()
             torch.cuda.synchronize()
             return {"peak_bytes": torch.cuda.max_memory_allocated() - base}
-        return {"peak_bytes": rss_peak(lambda: setup_and_run()(), base),
+        peak, peak_anon = rss_peak(lambda: setup_and_run()(), base, base_anon)
+        return {"peak_bytes": peak, "peak_anon_bytes": peak_anon,
                 "note": "resident set over the baseline during setup and one forward, sampled "
-                        "every 0.2 ms, malloc returning freed blocks (MALLOC_MMAP_THRESHOLD_)"}
+                        "every 0.2 ms, malloc returning freed blocks (MALLOC_MMAP_THRESHOLD_); "
+                        "peak_anon_bytes: its anonymous part (data: resident minus file-backed "
+                        "pages, which are mostly libtorch's code paged in at an op's first use, "
+                        "~0.5 MiB per distinct op)"}
 
 
-def _rss() -> int:
+def _rss(anon: bool = False) -> int:
+    """Resident bytes of this process (anon: without file-backed pages, /proc's statm
+    resident − shared)."""
     with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        f = fh.read().split()
+    pages = int(f[1]) - (int(f[2]) if anon else 0)
+    return pages * os.sysconf("SC_PAGE_SIZE")
 
 
-def rss_peak(f, base: int) -> int:
-    """Peak RSS during f() minus `base` (a sampling thread reads /proc/self/statm; torch
-    releases the GIL inside its ops). The child runs with glibc's mmap threshold fixed (see
-    `memory`), so every large buffer is mmap'ed and unmapped on free: RSS follows what is
-    live instead of keeping an earlier peak in the heap."""
-    peak, done = [0], threading.Event()
+def rss_peak(f, base: int, base_anon: int) -> tuple[int, int]:
+    """Peak RSS during f() minus `base`, and the peak of its anonymous part minus
+    `base_anon` (a sampling thread reads /proc/self/statm; torch releases the GIL inside its
+    ops). The child runs with glibc's mmap threshold fixed (see `memory`), so every large
+    buffer is mmap'ed and unmapped on free: RSS follows what is live instead of keeping an
+    earlier peak in the heap."""
+    peak, done = [0, 0], threading.Event()
+
+    def read():
+        peak[0] = max(peak[0], _rss())
+        peak[1] = max(peak[1], _rss(anon=True))
 
     def sample():
         while not done.is_set():
-            peak[0] = max(peak[0], _rss())
+            read()
             time.sleep(0.0002)
     th = threading.Thread(target=sample)
     th.start()
@@ -394,7 +408,8 @@ def rss_peak(f, base: int) -> int:
     finally:
         done.set()
         th.join()
-    return max(peak[0], _rss()) - base
+    read()
+    return peak[0] - base, peak[1] - base_anon
 
 
 def memory(args) -> list[dict]:
@@ -418,7 +433,8 @@ def memory(args) -> list[dict]:
                 {"error": p.stderr.strip().splitlines()[-1:]}
             out.append({"program": name, "d": d, "batch": B, "side": side, **rec})
             print(f"memory {name} d={d} B={B} {side}: "
-                  f"{rec.get('peak_bytes', 0) / 2**20:.1f} MiB {rec.get('error', '')}", flush=True)
+                  f"{rec.get('peak_bytes', 0) / 2**20:.1f} MiB (anonymous "
+                  f"{rec.get('peak_anon_bytes', 0) / 2**20:.1f}) {rec.get('error', '')}", flush=True)
     return out
 
 
@@ -431,7 +447,7 @@ def fmt_t(s: float) -> str:
 def print_table(result: dict):
     recs = result["records"]
     print(f"\n{'program':<16}{'d':>3}{'n':>5}{'B':>6} {'dtype':<8}{'direct':>10}{'struct':>10}"
-          f"{'×':>7}{'(min)':>7}{'guard':>7}{'module':>10}{'×':>8}{'compiled':>10}{'×':>7}{'diff vs mod':>12}"
+          f"{'×':>7}{'(min)':>7}{'(cpu)':>7}{'guard':>7}{'module':>10}{'×':>8}{'compiled':>10}{'×':>7}{'diff vs mod':>12}"
           f"{'reps':>5}")
     for r in recs:
         t = r["times"]
@@ -440,6 +456,7 @@ def print_table(result: dict):
         print(f"{r['program']:<16}{r['d']:>3}{r['n']:>5}{r['batch']:>6} {r['dtype']:<8}"
               f"{fmt_t(t['direct']['median_s']):>10}{fmt_t(t['structured']['median_s']):>10}"
               f"{r['ratio_structured']:>6.2f}x{r['ratio_structured_of_min']:>6.2f}x"
+              f"{r['ratio_structured_of_cpu_min']:>6.2f}x"
               f"{100 * r['guard_overhead']:>6.1f}%"
               f"{fmt_t(mod['median_s']) if mod else '-':>10}"
               f"{(format(r['ratio_module'], '7.1f') + 'x') if mod else '-':>8}"
