@@ -115,7 +115,7 @@ class _Sublayer:
             if keep:
                 whole = keep == list(range(len(old.rows)))
                 old_read = (ReadOp(old if whole else sub_read(old, keep, slots), slots, e, n),
-                            None if whole else torch.tensor(keep, device=device))
+                            None if whole else _dst(keep, device))
             writes.append((slot, old_read, ts))
         ops, writes = _prune_linear(ops, writes)
         ops, writes = _merge_tables(ops, writes)
@@ -155,7 +155,7 @@ class _Sublayer:
                 have = concrete(plan.contribs[i].ext, n)
                 pieces.append(_Piece(i, None if whole else _rows(src), have,
                                      None if dst == tuple(range(len(slot.rows)))
-                                     else torch.tensor(dst, device=device), alpha,
+                                     else _dst(dst, device), alpha,
                                      ops[i].fresh and uses[i] == 1 and whole and have == e))
             if old_read is not None:
                 rd, have = old_read[0], e
@@ -309,7 +309,12 @@ class _Sum:
             self.t, self.own = like.new_zeros((part.shape[0], rows, e)), True
         self.settle()
         B = max(self.t.shape[0], part.shape[0])
-        if self.own and self.t.shape[0] == B:
+        if isinstance(dst, slice):              # consecutive rows: a view, added in place
+            if not self.own or self.t.shape[0] != B:
+                self.t = self.t.expand(B, -1, -1).clone(memory_format=torch.contiguous_format)
+                self.own = True
+            self.t[:, dst].add_(part.expand(B, -1, -1), alpha=alpha)
+        elif self.own and self.t.shape[0] == B:
             self.t.index_add_(1, dst, part.expand(B, -1, -1), alpha=alpha)
         else:
             self.t = self.t.expand(B, -1, -1).index_add(1, dst, part.expand(B, -1, -1),
@@ -324,6 +329,16 @@ class _Sum:
     def value(self):
         self.settle()
         return self.t
+
+
+def _dst(rows, device):
+    """Rows of a slot a term adds into: a slice where they are consecutive (a view added
+    in place; index_add_ is slower, and its kernel's first use alone pages in ~2 MiB of
+    libtorch), else an index tensor."""
+    rows = list(rows)
+    if rows == list(range(rows[0], rows[0] + len(rows))):
+        return slice(rows[0], rows[0] + len(rows))
+    return torch.tensor(rows, device=device)
 
 
 def _same_read(a: ReadOp, b: ReadOp) -> bool:
