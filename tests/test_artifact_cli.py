@@ -1,10 +1,14 @@
 """Artifacts on disk (save -> load -> run round trips, and every way a file can be broken must
 be an ArtifactError with a clear message, never another exception) and the command line end to
-end in subprocesses: build, run, check, report, their exit codes and what they write.
+end: build, run, check, report, their exit codes and what they write.
 
-Starting Python and importing torch takes seconds, so the subprocesses run at once from one
-module-scoped fixture (those that need the built artifact start as soon as `build` is done);
-the tests read their results. Extra error paths call `cli.main` in-process.
+`build` runs as a real `python -m tcompile` process, twice (the second under another hash seed:
+the artifact must not depend on set/dict iteration order, which only a new process changes).
+Starting Python and importing torch costs seconds per process, so the commands whose
+process-ness is not the point (run, report, check, the error exits) call `cli.main`
+in-process (tests/cli_in_process.py, the code `python -m tcompile` runs) while the builds go
+on; test_cli_errors keeps a usage error's real-process exit. One module-scoped fixture runs
+them all; the tests read their results.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import torch
 
 import tcompile
 from arrays import rel
+from cli_in_process import run_in_process
 from tcompile import ArtifactError
 from tcompile.cli.main import main
 
@@ -161,26 +166,25 @@ def cli(tmp_path_factory):
     inputs = ls_inputs(seed=4, n=12)
     np.savez(paths["inputs"], **inputs)
     np.savez(paths["missing"], A=inputs["A"], y=inputs["y"])
-    first = {
+    builds = {
         "build": _spawn(["build", LEAST_SQUARES, "-o", paths["build"], "-p", "steps=5"]),
-        # a different hash seed: the artifact must not depend on set/dict iteration order
         "build_again": _spawn(["build", LEAST_SQUARES, "-o", paths["build_again"], "-p", "steps=5"],
                               env={"PYTHONHASHSEED": "12345"}),
-        "check": _spawn(["check", NEWTON_INVERSE]),
-        "check_impossible": _spawn(["check", NEWTON_INVERSE, "--rtol", "1e-30"]),
-        "build_undefined": _spawn(["build", paths["bad_src"], "-o", paths["undefined"]]),
-        "usage": _spawn(["frobnicate"]),
     }
-    results = _collect({"build": first.pop("build")})   # the others go on meanwhile
+    results = {   # in this process while the builds go on
+        "check": run_in_process(["check", NEWTON_INVERSE]),
+        "check_impossible": run_in_process(["check", NEWTON_INVERSE, "--rtol", "1e-30"]),
+        "build_undefined": run_in_process(["build", paths["bad_src"], "-o", paths["undefined"]]),
+        "usage": run_in_process(["frobnicate"]),
+    }
+    results.update(_collect(builds))
     artifact = paths["build"] / "least_squares"
-    second = {
-        "run": _spawn(["run", artifact, "--inputs", paths["inputs"], "-o", paths["out"]]),
-        "report": _spawn(["report", artifact]),
-        "run_missing": _spawn(["run", artifact, "--inputs", paths["missing"]]),
-    }
+    results["run"] = run_in_process(["run", artifact, "--inputs", paths["inputs"], "-o", paths["out"]])
+    results["report"] = run_in_process(["report", artifact])
+    results["run_missing"] = run_in_process(["run", artifact, "--inputs", paths["missing"]])
     if not CUDA:
-        second["run_cuda"] = _spawn(["run", artifact, "--inputs", paths["inputs"], "--device", "cuda"])
-    results.update(_collect({**first, **second}))
+        results["run_cuda"] = run_in_process(["run", artifact, "--inputs", paths["inputs"],
+                                              "--device", "cuda"])
     results["paths"] = paths
     results["inputs"] = inputs
     return results
