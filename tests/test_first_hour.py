@@ -57,11 +57,11 @@ def test_readme_says_what_it_is_which_python_and_a_venv_before_its_two_commands(
         "pip install torch==2.13.0 && pip install -e . && tcompile build "
         "programs/newton_logistic.tp && tcompile check programs/newton_logistic.tp",
         "pip install torch==2.13.0 && pip install -e '.[test,plot,export,interp]' && python -m "
-        "pytest -q -p no:cacheprovider tests"]
+        "pytest -q -p no:cacheprovider -n 2 tests"]
     # .ci/run runs the same test command with the same extras
     ci = (ROOT / ".ci" / "run").read_text()
     assert "pip install --quiet -e '.[test,plot,export,interp]'" in ci
-    assert ci.rstrip().endswith("python -m pytest -q -p no:cacheprovider tests")
+    assert ci.rstrip().endswith("python -m pytest -q -p no:cacheprovider -n 2 tests")
 
 
 def test_readme_data_preparation_lines_write_what_run_reads(tmp_path, monkeypatch):
