@@ -12,7 +12,6 @@ them all; the tests read their results.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os

@@ -20,7 +20,6 @@ import tcompile
 from cli_in_process import run_in_process
 from tcompile.cli.main import build_parser
 from tcompile.errors import NotConvergedWarning, TcompileWarning
-from tcompile.runtime.program import CompiledProgram
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
