@@ -33,7 +33,8 @@ from ..runtime.weights import LayerWeights
 from .backend import build_manifest, compile_dataflow
 from .dataflow import walk_to_graph
 from .fold import Loop, NoSteadyState, digest, fold_loop, join_residues
-from .nodes import LOOP_STATE, VARS
+from ..runtime import clock
+from .nodes import ITERATION, LOOP_STATE, VARS
 from .pieces import PieceBuilder
 from .steady_state import LoopSite, SharedGraphBuilder, loop_sites
 
@@ -291,10 +292,12 @@ def _specs(sites, sequence, base, counts, plan, keys) -> tuple[LoopSpec, ...]:
     for key, site in sites.items():
         low = max([base[key]] + offsets.get(key, []))
         probe = LoopProgram((), bodies[key], ())
+        top = site.depth == 0
         specs.append(LoopSpec(key, site.line, site.count, site.param, low, site.max_count,
                               probe.n_layers(built), site.depth,
-                              _state_blocks(site, sequence, counts, plan, keys)
-                              if site.depth == 0 else (), every[key]))
+                              _state_blocks(site, sequence, counts, plan, keys) if top else (),
+                              every[key],
+                              _watch_points(site, sequence, counts, plan, keys) if top else ()))
     return tuple(specs)
 
 
@@ -353,6 +356,66 @@ def _state_blocks(site: LoopSite, sequence, base, plan, keys) -> tuple[tuple, ..
                 if nxt is None or _assignment(plan.atoms[nxt[0]], name) != first + stride:
                     continue
         out.append((name, keys[held], first, stride))
+    return tuple(out)
+
+
+def _watch_points(site: LoopSite, sequence, base, plan, keys) -> tuple[tuple, ...]:
+    """For each variable a top-level loop carries, where an application of the body writes its
+    value of an iteration: (variable, block, position, sublayer, count) — after sublayer 1
+    (attention) or 2 (MLP) of the body's item `position`, the rows of `block` hold the variable
+    as iteration `count` of the first application leaves it (application j: count + j·every),
+    whatever is written over them later in the application (halting reads them there:
+    runtime/halting.py). Found in the base unrolling: the values of iterations (the node a
+    variable holds at an iteration's end, LOOP_STATE, made in iteration i: count i + 1)
+    written by a layer of the first application — not one inside an inner loop, which runs
+    more than once per application — and, where the base unrolling runs a second application,
+    written there again one application later in the same rows. One per residue of the count
+    mod every (a kernel may write the values of both of its iterations), all in one
+    orientation (the values are compared with each other)."""
+    start = _loop_start(sequence, base, site.key)
+    if start is None:
+        return ()
+    item = next(i for i in _items(sequence) if i.loop == site.key)
+    spans, layer = [], start           # the layers each item of the body runs, in order
+    for pos, part in enumerate(item.body):
+        size = LoopProgram((), (part,), ()).n_layers(base)
+        spans.append((pos, layer, size, isinstance(part, LoopItem)))
+        layer += size
+    length = layer - start
+    second = item.runs(base[site.key])[0] >= 2
+    out = []
+    for name in site.state:
+        tag = f"{site.key}/{name}"
+        written: dict[tuple, tuple] = {}   # (count, layer, sub) → (block, rows), first key wins
+        for pair in sorted(plan.slots, key=lambda p: (plan.slots[p].write, keys.get(p, ""))):
+            atom = plan.atoms.get(pair[0])
+            if atom is None or atom.node.get(LOOP_STATE) != tag:
+                continue
+            it = dict(atom.node.get(ITERATION) or ()).get(site.key)
+            if it is None:
+                continue
+            t = plan.slots[pair].write
+            where = (it + 1, clock.layer_of(t), 1 + clock.is_mlp(t), pair[1])
+            written.setdefault(where, (keys[pair], plan.slots[pair].rows))
+        # per orientation (values compared must have one shape), the first value of each
+        # residue of the count mod every that an application writes where the next writes
+        # the next one
+        series: dict = {}
+        for (count, at, sub, orient), (block, rows) in sorted(written.items()):
+            if not start <= at < start + length:
+                continue
+            pos, _begin, _size, inner = next(s for s in spans if s[1] <= at < s[1] + s[2])
+            if inner:
+                continue
+            if second:        # the next application: the next value, in the same rows
+                nxt = written.get((count + item.every, at + length, sub, orient))
+                if nxt is None or nxt[1] != rows:
+                    continue
+            series.setdefault(orient, {}).setdefault(count % item.every, (name, block, pos, sub,
+                                                                          count))
+        if series:            # the orientation with the most residues (the first of a tie)
+            best = max(series.values(), key=len)
+            out += sorted(best.values(), key=lambda w: (w[2], w[3]))
     return tuple(out)
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 from ..language import ast
 from ..language.checker import Ty, Val, Walker
-from ..language.run_params import loop_param, run_time_counts
+from ..language.run_params import loop_key, loop_param, run_time_counts
 from .dataflow import GraphBuilder, _carried
 from .nodes import (CSHAPE, ENTERS, HI, ITERATION, LO, LOC, LOOP_KERNEL, LOOP_PHASE, LOOP_STATE,
                     TWIN, VARS, kernel_group)
@@ -38,11 +38,6 @@ class LoopSite:
     state: tuple[str, ...]   # the variables it carries from one iteration to the next
     depth: int               # loops around it
     unshareable: str | None = None   # why no iteration can be like the next (then unrolled)
-
-
-def loop_key(stmt: ast.Repeat, call_sites: list[ast.Call]) -> str:
-    where = [f"{c.loc.line}:{c.loc.column}" for c in call_sites]
-    return ">".join(where + [f"{stmt.loc.line}:{stmt.loc.column}"])
 
 
 class _SteadyState:

@@ -152,19 +152,56 @@ def _align_tokens(a, b, ta: Ty, tb: Ty):
     return a, b
 
 
-def interpret_program(program: ast.Program, params: dict | None = None, **inputs) -> dict[str, np.ndarray]:
+class HaltingWalker(NumpyWalker):
+    """The walk with a halting rule (runtime/halting.py `HaltingRule`, duck-typed: variable,
+    tol, loop, gap and `tests(c)`): the loop it names stops after the first iteration c it
+    tests where the variable moved by at most tol (max abs change) since iteration c − gap."""
+
+    def __init__(self, program, params, n, rule):
+        super().__init__(program, params, n)
+        self.rule, self.steps, self.converged = rule, None, False
+
+    def unroll(self, stmt: ast.Repeat, count: int, env, in_function: bool):
+        from .run_params import loop_key
+        rule = self.rule
+        if loop_key(stmt, self.call_sites) != rule.loop:
+            return super().unroll(stmt, count, env, in_function)
+        start = env[rule.variable].data         # `I` before the loop has no shape yet
+        seen = {} if isinstance(start, _ScaledIdentity) else {0: np.asarray(start, np.float64)}
+        self.steps = count
+        for c in range(1, count + 1):
+            ret = self.exec_block(stmt.body, env, in_function)
+            if ret is not None:
+                return ret
+            seen[c] = np.asarray(env[rule.variable].data, dtype=np.float64)
+            before = seen.pop(c - rule.gap, None)
+            if before is not None and rule.tests(c) and \
+                    np.max(np.abs(seen[c] - before), initial=0.0) <= rule.tol:
+                self.steps, self.converged = c, True
+                break
+        return None
+
+
+def interpret_program(program: ast.Program, params: dict | None = None, halting=None,
+                      **inputs) -> dict[str, np.ndarray]:
     """Run a parsed program on `inputs` in float64 numpy, problem by problem: the oracle every
-    compiled model is compared with (a leading batch axis on the inputs is optional)."""
+    compiled model is compared with (a leading batch axis on the inputs is optional).
+    `halting`: a halting rule (HaltingWalker; the count param at the rule's limit) — the
+    outputs then add `steps` and `converged` per problem, as a halting run of a build does."""
     values = resolve_params(program, params)
     Walker(program, values).run()                    # check first: errors name the program
     arrays, batch, n = validate_inputs(program, values, inputs)
     size = next(iter(arrays.values())).shape[0] if arrays else 1
     results: dict[str, list] = {}
     for b in range(size):
-        walker = NumpyWalker(program, values, n)
+        walker = NumpyWalker(program, values, n) if halting is None else \
+            HaltingWalker(program, values, n, halting)
         env = {d.name: Val(walker.input_type(d), arrays[d.name][b]) for d in program.inputs}
         for name, val in walker.run(env).items():
             results.setdefault(name, []).append(np.asarray(val.data, dtype=np.float64))
+        if halting is not None:
+            results.setdefault("steps", []).append(np.int64(walker.steps))
+            results.setdefault("converged", []).append(np.bool_(walker.converged))
     out = {name: np.stack(v) for name, v in results.items()}
     return out if batch is not None else {k: v[0] for k, v in out.items()}
 

@@ -27,6 +27,13 @@ def run_time_counts(program: ast.Program) -> set[str]:
             if found and all(_counts(program, node, parent, count_only) for node, parent in found)}
 
 
+def loop_key(stmt: ast.Repeat, call_sites: list[ast.Call]) -> str:
+    """A loop's name in a build and at run time ("line:col" of the repeat, after the call
+    sites inlining it): the shared build's LoopSpec.key, and the loop a halting rule names."""
+    where = [f"{c.loc.line}:{c.loc.column}" for c in call_sites]
+    return ">".join(where + [f"{stmt.loc.line}:{stmt.loc.column}"])
+
+
 def loop_param(program: ast.Program, stmt: ast.Repeat, call_sites: list[ast.Call],
                counts: set[str]) -> str | None:
     """The run-time param that sets this loop's count (None if the count is fixed): follow a

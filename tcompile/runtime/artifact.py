@@ -102,7 +102,9 @@ def loops_to_json(p: LoopProgram) -> dict:
                        "min_count": s.min_count, "max_count": s.max_count,
                        "layers_per_iteration": s.layers_per_iteration, "depth": s.depth,
                        "state": [list(x) for x in s.state],
-                       **({"every": s.every} if s.every != 1 else {})} for s in p.loops],
+                       **({"every": s.every} if s.every != 1 else {}),
+                       **({"watch": [list(w) for w in s.watch]} if s.watch else {})}
+                      for s in p.loops],
             "sequence": _seq_to_json(p.sequence),
             "base_counts": [list(x) for x in p.base_counts],
             "unrolled": [list(x) for x in p.unrolled]}
@@ -154,6 +156,7 @@ def manifest_from_json(d: dict) -> Manifest:
     loops = loops_from_json(d["loops"], layout.n_layers) if "loops" in d else None
     if loops is not None:
         _check_residue_outputs(loops, layout)
+        _check_watch(loops, layout)
     return Manifest(info, layout, approximations, domains, loops)
 
 
@@ -171,6 +174,18 @@ def _check_residue_outputs(loops: LoopProgram, layout: Layout) -> None:
         for name, rows, _ in residue:
             if len(rows) != len(blocks[name].rows) or any(not 0 <= r < layout.width for r in rows):
                 raise ValueError(f"loop {item.loop!r}: output {name!r} has bad rows {rows!r}")
+
+
+def _check_watch(loops: LoopProgram, layout: Layout) -> None:
+    """A watch point (LoopSpec.watch) names a block of the layout, an item of its loop's body
+    that is a stored layer, and sublayer 1 or 2: halting reads the rows there."""
+    keys = {b.key for b in layout.blocks}
+    for spec in loops.loops:
+        for var, block, pos, sub, _count in spec.watch:
+            item = loops.item(spec.key)
+            if block not in keys or sub not in (1, 2) or item is None or \
+                    not (pos < len(item.body) and isinstance(item.body[pos], int)):
+                raise ValueError(f"loop {spec.key!r}: bad watch point for {var!r}")
 
 
 def _whole(value, what: str) -> int:
@@ -216,13 +231,21 @@ def loops_from_json(d: dict, n_layers: int) -> LoopProgram:
                            int(s["min_count"]), None if s["max_count"] is None else int(s["max_count"]),
                            int(s["layers_per_iteration"]), int(s["depth"]),
                            tuple((str(a), str(b), int(c), int(e)) for a, b, c, e in s["state"]),
-                           _every(s.get("every", 1)))
+                           _every(s.get("every", 1)),
+                           tuple((str(a), str(b), _index(c), _index(e), _index(f))
+                                 for a, b, c, e, f in s.get("watch", [])))
                   for s in d["loops"])
     keys = {s.key for s in loops}
     prog = LoopProgram(loops, _seq_from_json(d["sequence"], keys, n_layers),
                        tuple((str(k), int(v)) for k, v in d["base_counts"]),
                        tuple((int(a), int(b), str(c)) for a, b, c in d.get("unrolled", [])))
     return prog
+
+
+def _index(v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f"a loop's watch point needs whole numbers >= 0, got {v!r}")
+    return v
 
 
 def _every(v) -> int:

@@ -112,7 +112,7 @@ def _loops(program) -> dict:
         "paths": layer_paths(program),
         "loops": [{"line": s.line, "param": s.param, "count": s.count, "depth": s.depth,
                    "layers_per_iteration": s.layers_per_iteration, "min_count": s.min_count,
-                   "max_count": s.max_count, "until": sorted(var for var, *_ in s.state),
+                   "max_count": s.max_count, "until": s.watchable,
                    **({"every": s.every} if s.every != 1 else {}),
                    **({"residue_outputs": _residue_outputs(program.item(s.key))}
                       if s.depth == 0 and program.item(s.key).outputs else {})}

@@ -53,6 +53,8 @@ class LayerStep:
     plans: list[SublayerPlan]
     watches: list = None
     watch_at: int = 0
+    # halting's watch points here: (sublayer, rows) → the Read of those rows after it
+    reads: dict = None
 
 
 @dataclass
@@ -95,16 +97,18 @@ class _StoredLayout:
 
 def plan_loops(loops: LoopProgram, layers: list[LayerWeights], layout: Layout,
                templates: dict[int, dict[int, list]], separate_first: bool = False,
-               domains=()) -> tuple[list, Occupancy, list[Occupancy]]:
+               domains=(), watch: dict | None = None) -> tuple[list, Occupancy, list[Occupancy]]:
     """(steps, initial occupancy, final occupancies) — NotSteady where a body's plan does not
     repeat. The final occupancy is one, or one per residue of a top-level kernel loop whose
     tails leave values in other slots (its `LoopStep.forked`). `domains`: the manifest's
     DomainChecks (each names a stored layer and a block whose rows are pinned), read after
-    that layer's attention wherever it runs."""
+    that layer's attention wherever it runs. `watch`: {loop key: {body position: [(sublayer,
+    rows)]}}, the rows halting reads after that sublayer (LayerStep.reads)."""
     occ = initial_occupancy(layout)
     initial = occ.copy()
     stored = _StoredLayout(templates, len(layers), separate_first)
     stored.checks = {}
+    stored.watch = watch or {}
     for c, chk in enumerate(domains):
         stored.checks.setdefault(chk.layer, []).append((c, layout.block(chk.block).rows))
     finals: list[Occupancy] = []
@@ -113,7 +117,7 @@ def plan_loops(loops: LoopProgram, layers: list[LayerWeights], layout: Layout,
 
 
 def _plan_sequence(seq, layers, stored: _StoredLayout, occ: Occupancy,
-                   finals: list | None = None) -> list:
+                   finals: list | None = None, reads: dict | None = None) -> list:
     """The steps of `seq` from occupancy `occ` (updated). `finals` (top level only): where a
     kernel loop's tails leave values in different slots (power iteration's outputs end in
     other rows at odd counts), each tail is planned with the rest of the sequence after it,
@@ -126,10 +130,11 @@ def _plan_sequence(seq, layers, stored: _StoredLayout, occ: Occupancy,
             if stored.separate_first:
                 stored.firsts += 1
                 stored.shift = stored.period * stored.firsts
-            first = _plan_sequence(item.body, layers, stored, occ)
+            reads_here = stored.watch.get(item.loop)
+            first = _plan_sequence(item.body, layers, stored, occ, reads=reads_here)
             stored.shift = shift
             after_first = occ.copy()
-            steady = _plan_sequence(item.body, layers, stored, occ)
+            steady = _plan_sequence(item.body, layers, stored, occ, reads=reads_here)
             if not _same(after_first, occ):
                 raise NotSteady(f"loop {item.loop}: the body leaves its values in other slots "
                                 "after the second application than after the first")
@@ -156,11 +161,12 @@ def _plan_sequence(seq, layers, stored: _StoredLayout, occ: Occupancy,
             out.append(LoopStep(item.loop, item.offset, first, steady, entry, exit_, item,
                                 tails or None))
         else:
-            out.append(_plan_layer(item, layers[item], stored, occ))
+            out.append(_plan_layer(item, layers[item], stored, occ, (reads or {}).get(n, ())))
     return out
 
 
-def _plan_layer(i: int, w: LayerWeights, stored: _StoredLayout, occ: Occupancy) -> LayerStep:
+def _plan_layer(i: int, w: LayerWeights, stored: _StoredLayout, occ: Occupancy,
+                reads=()) -> LayerStep:
     plans = []
     t_attn, t_mlp = (clock.attention_time(i) + stored.shift, clock.mlp_time(i) + stored.shift)
     heads = plan_heads(w, occ)
@@ -168,10 +174,12 @@ def _plan_layer(i: int, w: LayerWeights, stored: _StoredLayout, occ: Occupancy) 
         plans.append(plan_sublayer(stored, t_attn, heads, occ))
     watches = [(c, occ.read(rows)) for c, rows in stored.checks.get(i, ())]
     watch_at = len(plans)
+    got = {(sub, rows): occ.read(rows) for sub, rows in reads if sub == 1}
     groups = plan_mlp(w.W_1, w.W_2, occ)
     if groups or stored.written_at(t_mlp):
         plans.append(plan_sublayer(stored, t_mlp, groups, occ))
-    return LayerStep(i, plans, watches, watch_at)
+    got.update({(sub, rows): occ.read(rows) for sub, rows in reads if sub == 2})
+    return LayerStep(i, plans, watches, watch_at, got)
 
 
 def _loop_items(seq):
@@ -254,17 +262,6 @@ def lifetimes(steps, keep: set[str], constant: set[str]) -> dict[int, list[str]]
     return drop
 
 
-@dataclass
-class Halting:
-    """`until` resolved for the driver: the loop, the rows of the variable, the tolerance,
-    the most applications, and the least (below min_count a problem may not halt)."""
-    key: str
-    rows: tuple[int, ...]
-    tol: float
-    count: int
-    min_count: int
-
-
 class LoopRunner:
     """Runs resolved steps (one (n, dtype, device)): layers, and loops as loops."""
 
@@ -279,10 +276,10 @@ class LoopRunner:
         self.watches = watches          # id(LayerStep) → [(check, ReadOp)]
         self.seen: list | None = None
 
-    def run(self, state: dict, counts: dict[str, int], like, halting: Halting | None = None,
-            watch: bool = False):
-        """Runs every step on `state` (in place). Returns ((steps, converged) with halting
-        else None, the domain checks' (index, aminmax) pairs: [] without `watch`)."""
+    def run(self, state: dict, counts: dict[str, int], like, halting=None, watch: bool = False):
+        """Runs every step on `state` (in place); `halting`: a halting.HaltingPlan. Returns
+        ((steps, converged) with halting else None, the domain checks' (index, aminmax)
+        pairs: [] without `watch`)."""
         self.result = None
         self.seen = [] if watch else None
         try:
@@ -320,7 +317,7 @@ class LoopRunner:
         keys = tuple(sorted(state))
         args = [state[k] for k in keys]
         watch = self.seen is not None
-        key = (id(segment[0]), len(segment), keys, watch,
+        key = (id(segment[0]), id(segment[-1]), len(segment), keys, watch,
                tuple((a.shape, a.stride(), a.dtype, a.device) for a in args))
         fn = self._traces.get(key)
         if fn is None:
@@ -357,16 +354,35 @@ class LoopRunner:
             if s.watch_at == len(s.plans) and seen is not None:
                 self._watch(s, state, like, seen)
 
-    def _reads(self, s: LoopStep, rows) -> tuple:
-        """ReadOps of a loop variable's rows before the first application (None: all zero)
-        and after any, made once per runner."""
-        key = (id(s), rows)
+    def _pieces(self, s: LoopStep, plan, first: bool) -> list:
+        """The body's steps cut after each watch point of `plan`: [(steps, (point, ReadOp) or
+        None)], the read taken after its steps; made once per runner (the cut LayerSteps'
+        ids key their traces, so they are kept)."""
+        key = (id(s), plan.points, first)
         if key not in self._halting_reads:
-            entry, exit_ = s.entry.read(rows), s.exit.read(rows)
-            e = max(concrete(self.slots[seg.key].ext, self.n)
-                    for seg in exit_.segments if seg.key is not None)
-            self._halting_reads[key] = (None if entry.zero else ReadOp(entry, self.slots, e, self.n),
-                                        ReadOp(exit_, self.slots, e, self.n))
+            steps, out, done = list(s.first if first else s.steady), [], 0
+            for p in plan.points:
+                step = steps[p.position]
+                read = step.reads[(p.sublayer, p.rows)]
+                cut = step.watch_at if p.sublayer == 1 else len(step.plans)
+                head = steps[done:p.position]
+                if cut < len(step.plans):       # the rest of the layer runs after the read
+                    a = LayerStep(step.layer, step.plans[:cut], step.watches, step.watch_at,
+                                  step.reads)
+                    b = LayerStep(step.layer, step.plans[cut:], [], len(step.plans) + 1,
+                                  step.reads)
+                    self.watches[id(a)] = self.watches.get(id(step), [])
+                    steps[p.position] = b
+                    head.append(a)
+                    done = p.position
+                else:
+                    head.append(step)
+                    done = p.position + 1
+                e = max(concrete(self.slots[seg.key].ext, self.n)
+                        for seg in read.segments if seg.key is not None)
+                out.append((head, (p, ReadOp(read, self.slots, e, self.n))))
+            out.append((steps[done:], None))
+            self._halting_reads[key] = out
         return self._halting_reads[key]
 
     def _held(self, s: LoopStep) -> list[str]:
@@ -380,42 +396,33 @@ class LoopRunner:
     def _watch(self, s: LayerStep, state, like, seen: list) -> None:
         observe(((c, rd(state, like)) for c, rd in self.watches.get(id(s), ())), seen)
 
-    def _halting_loop(self, s: LoopStep, state, counts, like, h: Halting) -> None:
-        """The loop with a test between applications; the bookkeeping is numpy (B flags, one
-        transfer of B numbers per application), so an application costs its sublayers and
-        four small tensor operations more."""
+    def _halting_loop(self, s: LoopStep, state, counts, like, plan) -> None:
+        """The loop with the variable read where the body writes it (halting.py's Watch decides
+        who halts, and with the state of which application); the bookkeeping is numpy (B
+        flags, one transfer of B numbers per value tested), so an application costs its
+        sublayers and a few small tensor operations more."""
         B = max((v.shape[0] for v in state.values()), default=1)
-        active = np.ones(B, dtype=bool)
-        steps = np.full(B, -1, dtype=np.int64)
-        entry, exit_ = self._reads(s, h.rows)
+        watch = plan.watch(B)
         held = self._held(s)
         kept: dict[str, torch.Tensor] = {}
-        before = entry(state, like) if entry is not None else like
-        for it in range(s.item.runs(h.count)[0]):    # then the tail of h.count's residue
-            self._run(s.first if it == 0 else s.steady, state, counts, like, None)
-            after = exit_(state, like)
-            if s.item.halted_count(it + 1, h.count) < h.min_count:
-                before = after
-                continue
-            moved = torch.amax(torch.sub(after, before).abs_(), dim=(1, 2)).cpu().numpy()
-            before = after
-            now = active & (moved <= h.tol)
-            if now.any():
-                steps[now] = s.item.halted_count(it + 1, h.count)
-                mask = torch.as_tensor(now, device=like.device).view(-1, 1, 1)
-                for key in held:
-                    v = state.get(key)       # a slot no later sublayer reads is gone already
-                    if v is not None:
-                        kept[key] = torch.where(mask, v, kept.get(key, v))
-                active &= ~now
-                if not active.any():
-                    break
-        halted = torch.as_tensor(steps >= 0, device=like.device).view(-1, 1, 1)
+        for it in range(plan.applications):       # then the tail of the limit's residue
+            for steps, point in self._pieces(s, plan, it == 0):
+                self._run(steps, state, counts, like, None)
+                if point is not None:
+                    watch.read(it, point[0], point[1](state, like))
+            # references: a sublayer writes new tensors (a slot no later sublayer reads is
+            # gone already)
+            for mask, old in watch.settle(it, {k: state[k] for k in held if k in state}):
+                m = torch.as_tensor(mask, device=like.device).view(-1, 1, 1)
+                for key, v in old.items():
+                    kept[key] = torch.where(m, v, kept.get(key, v))
+            if watch.done:
+                break
+        steps, converged = watch.result()
+        halted = torch.as_tensor(converged, device=like.device).view(-1, 1, 1)
         for key, v in kept.items():
             if key in state:
                 state[key] = torch.where(halted, v, state[key])
-        converged = steps >= 0
-        steps[~converged] = h.count
         self.result = (steps, converged)
 
 
@@ -432,6 +439,11 @@ class SharedExecutor:
         templates = _block_templates(loops.expand(dict(loops.base_counts)), by_time)
         self.layout, self.loops = layout, loops
         self.domains = prog.typed_manifest.domains
+        self.watch: dict = {}           # halting's watch points (LoopSpec.watch)
+        for spec in loops.loops:
+            for _var, block, pos, sub, _c in spec.watch:
+                rows = tuple(layout.block(block).rows)
+                self.watch.setdefault(spec.key, {}).setdefault(pos, []).append((sub, rows))
         try:
             self._plan(prog, templates, False)
         except NotSteady:               # a first application's anonymous slot differs
@@ -447,7 +459,8 @@ class SharedExecutor:
     def _plan(self, prog, templates, separate_first: bool) -> None:
         self.steps, self.initial, self.finals = plan_loops(prog.loops, prog.layers, self.layout,
                                                            templates, separate_first,
-                                                           prog.typed_manifest.domains)
+                                                           prog.typed_manifest.domains,
+                                                           self.watch)
         forked = [s for s in self.steps if isinstance(s, LoopStep) and s.forked]
         self.fork = forked[0].item if forked else None
         residue = self.loops.residue_loop()
@@ -500,7 +513,7 @@ class SharedExecutor:
         return self.layout.block(self.domains[check].block).storage_cols(n)
 
     def run_inputs(self, inputs, counts: dict[str, int], dtype=torch.float64, device="cpu",
-                   halting: Halting | None = None, watch: bool = False):
+                   halting=None, watch: bool = False):
         """Prepared inputs → (outputs as tensors, (steps, converged) with halting else None,
         {domain check: (min, max)} with `watch` else {})."""
         from .domain_guard import settle
@@ -527,5 +540,5 @@ def shared_executor_for(prog) -> SharedExecutor | None:
     return cache["shared"]
 
 
-__all__ = ["plan_loops", "NotSteady", "LoopStep", "LayerStep", "LoopRunner", "Halting",
+__all__ = ["plan_loops", "NotSteady", "LoopStep", "LayerStep", "LoopRunner",
            "lifetimes", "SharedExecutor", "shared_executor_for"]

@@ -1,29 +1,34 @@
-"""Halting: each problem of a batch leaves a loop when its state stops moving.
+"""Halting: each problem of a batch leaves a loop when its variable stops moving.
 
 A universal transformer halts per position when a learned signal says so; here the signal is
-the loop variable itself, read from the rows the shared build pins it to (the same rows after
-every application of the body, loops.py `LoopSpec.state`). After each application, a problem
-whose variable moved by at most `tol` (max abs change over its rows) halts: from then on its
-residual stream is kept as it is while the rest of the batch goes on, and the loop stops when
-every problem has halted or after `max_steps` iterations. The layers after the loop (its
-drain, the epilogue) then run for all. Problems still moving at the limit are named in a
-NotConvergedWarning (the CLI prints it).
+the loop variable itself. The rule is the program's, not the build's (`HaltingRule`; the
+reference interpreter applies it too: language/interpreter.py `interpret_program(...,
+halting=rule)`): after iteration c, for the counts c the rule tests, a problem whose variable
+moved by at most `tol` (max abs change) since iteration c − gap halts, and its outputs are those
+of a fixed-count run of c iterations; a problem no test stops runs `limit` iterations and is
+not `converged` (a NotConvergedWarning names it; the CLI prints how many).
 
-A problem that halts after application j has the state a fixed-count run with
-`count = offset + j + 1` has there, and that is the count reported for it.
-
-A loop run by a kernel of k iterations (every > 1: where two iterations fit one layer) is
-tested between kernel applications, every k iterations: the movement is over the k
-iterations of the last application. The step limit's residue r (loops.py `LoopItem.residue`)
-picks the tail every problem runs after the loop (a batch runs one), so a problem halts after
-application j with `count = offsets[r] + k·(j + 1)` (`LoopItem.halted_count`; exact: a
-fixed-count run at that count runs the same applications and tail): with an odd limit the
-counts are odd where the even ones are (with offsets 2 and 5: 5 + 2j against 2 + 2j), and the
-outputs are read from the rows that residue leaves them in.
+Where the build can test is what the rule's counts say. The shared build records where an
+application of the body writes each carried variable's value of an iteration (loops.py
+`LoopSpec.watch`: a sublayer of the body and its rows, even if other values are written over
+them later in the application: power_iteration's u, huber_irls' r, sinkhorn's v), and the
+executors read it there, after that sublayer. A value may be written a few applications before
+or after the one that ends the count it belongs to (the pipeline carries some iterations into
+the layers around the body; huber_irls' x of iteration c is written in the application that
+ends count c + 1): a problem whose test passes is stopped at the application that ends count c
+— later (it runs on until then), or earlier (its state as that application left it, kept by
+reference: sublayers write new tensors, never into old ones). So the counts tested are those
+whose value, and the one gap before it, some application writes, from the first count the build
+runs (`min_count`) on. A kernel of k iterations (every > 1) ends one residue of the count mod k
+per run (the step limit's: its tail ends the batch), so its counts step by k; gap is 1 where its
+applications write the values of consecutive iterations, else k (Richardson writes only every
+other x). Where the limit's residue has no count whose value is written (power_iteration's u,
+written at even counts only), the limit is one lower.
 """
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,92 +36,258 @@ import torch
 from ..errors import InputError, NotConvergedWarning
 
 
+@dataclass(frozen=True)
+class HaltingRule:
+    """When a halting run stops, in the program's terms: the loop (its key, line:col), the
+    variable and the tolerance; the counts tested — first, first + every, ..., last —; a test at
+    count c compares the variable after c iterations with it after c − gap; `limit`: the count
+    a problem no test stops runs to."""
+    variable: str
+    tol: float
+    loop: str
+    first: int
+    last: int
+    every: int
+    gap: int
+    limit: int
+
+    def tests(self, c: int) -> bool:
+        return self.first <= c <= self.last and (c - self.first) % self.every == 0
+
+
+@dataclass(frozen=True, order=True)
+class WatchPoint:
+    """Where an application reads the variable: after sublayer `sublayer` (1 attention, 2 MLP)
+    of body item `position`, `rows` hold its value after `count` + every·j iterations in
+    application j."""
+    position: int
+    sublayer: int
+    rows: tuple[int, ...]
+    count: int
+
+
+@dataclass(frozen=True)
+class HaltingPlan:
+    """`until` resolved for one run: the rule, the loop, its watch points (in the order an
+    application reaches them), and how many applications the limit runs."""
+    rule: HaltingRule
+    key: str
+    item: object                   # loops.LoopItem
+    points: tuple[WatchPoint, ...]
+    applications: int
+
+    def ending(self, c: int) -> int:
+        """The application (from 0) after which a run of count c leaves the loop."""
+        item = self.item
+        start = item.offsets[item.residue(self.rule.limit)] if item.every > 1 else item.offset
+        return (c - start) // item.every - 1
+
+    def watch(self, batch: int) -> Watch:
+        return Watch(self, batch)
+
+
 def resolve_until(prog, until) -> tuple[str, str, float]:
-    """("x", tol) → (loop key, block key, tol), with clear errors."""
+    """("x", tol) → (loop key, variable, tol), with clear errors."""
     if not (isinstance(until, (tuple, list)) and len(until) == 2 and isinstance(until[0], str)):
         raise InputError(f"until must be (variable name, tolerance), got {until!r}")
     name, tol = until
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
         raise InputError(f"until's tolerance must be a number >= 0, got {tol!r}")
-    options = [(spec.key, var, block) for spec in prog.loops.loops for var, block, *_ in spec.state]
-    for key, var, block in options:
-        if var == name:
-            return key, block, float(tol)
+    options = {var: spec.key for spec in prog.loops.loops for var in spec.watchable}
+    if name in options:
+        return options[name], name, float(tol)
     raise InputError(f"until names {name!r}, which no top-level loop carries; loop variables of "
-                     f"this build: {', '.join(sorted(v for _, v, _ in options)) or 'none'}")
+                     f"this build: {', '.join(sorted(options)) or 'none'}")
 
 
 def step_limit(prog, counts: dict, until, max_steps):
-    """(loop key, rows, tol, spec, the most iterations) for a halting run: both halting paths
-    run to it, and check_run_cost estimates a run at it."""
-    key, block_key, tol = resolve_until(prog, until)
+    """(loop key, variable, tol, spec, the most iterations) for a halting run: both halting
+    paths run to it, and check_run_cost estimates a run at it."""
+    key, name, tol = resolve_until(prog, until)
     spec = prog.loops.spec(key)
     if spec.param is None:
         raise InputError(f"the loop at line {spec.line} has a fixed count; halting needs one "
                          "set at run time")
     limit = counts.get(spec.param, spec.count) if max_steps is None else max_steps
-    return key, prog.layout.block(block_key).rows, tol, spec, limit
+    item = prog.loops.item(key)
+    if item.every > 1:        # a limit whose residue no written value has: one lower
+        have = {c % item.every for var, *_, c in spec.watch if var == name}
+        if item.offsets[item.residue(limit)] % item.every not in have and limit > spec.min_count:
+            limit -= 1
+    return key, name, tol, spec, limit
+
+
+def halting_plan(prog, counts: dict, until, max_steps) -> HaltingPlan:
+    """The rule and the watch points of `until` at these counts (InputError where the build
+    cannot run it)."""
+    key, name, tol, spec, limit = step_limit(prog, counts, until, max_steps)
+    prog.loops.counts({**counts, spec.param: limit})            # a limit the build covers
+    item = prog.loops.item(key)
+    k = item.every
+    points = tuple(sorted(WatchPoint(pos, sub, tuple(prog.layout.block(block).rows), c)
+                          for var, block, pos, sub, c in spec.watch if var == name))
+    apps = item.runs(limit)[0]
+    start = item.offsets[item.residue(limit)] if k > 1 else item.offset
+    residues = {p.count % k for p in points}
+    gap = 1 if len(residues) > 1 or k == 1 else k
+    mine = [p.count for p in points if p.count % k == start % k]
+    prev = [p.count for p in points if p.count % k == (start - gap) % k]
+    if not mine:
+        rule = HaltingRule(name, tol, key, limit + 1, limit, k, gap, limit)   # tests nothing
+        return HaltingPlan(rule, key, item, points, apps)
+    c0 = min(mine)        # read in application j: c0 + k·j; the one before it: prev + k·j
+    lo = max(spec.min_count, start + k, c0, min(prev) + gap)
+    lo += (start - lo) % k
+    hi = min(limit, c0 + k * (apps - 1))
+    hi -= (hi - start) % k
+    return HaltingPlan(HaltingRule(name, tol, key, lo, hi, k, gap, limit), key, item, points,
+                       apps)
+
+
+class Watch:
+    """The rule applied to the values a run reads, for a batch: both executors call `read`
+    with each value as an application writes it, and `settle` after each application with a
+    reference to the state it left (a dict of slots, or the residual stream); `settle` returns
+    (problems, state) pairs: these problems halt with that state (an earlier application's,
+    or this one's)."""
+
+    def __init__(self, plan: HaltingPlan, batch: int):
+        self.plan, self.rule = plan, plan.rule
+        self.active = np.ones(batch, dtype=bool)
+        self.steps = np.full(batch, -1, dtype=np.int64)
+        self.values: dict[int, torch.Tensor] = {}
+        self.pending: dict[int, np.ndarray] = {}    # application → problems that halt there
+        self.saved: dict[int, object] = {}
+        # the most applications a value is read after the one that ends its count (its
+        # state is kept that long)
+        self.lag = max([0] + [-plan.ending(p.count) for p in plan.points])
+
+    def read(self, j: int, point: WatchPoint, value: torch.Tensor) -> None:
+        rule = self.rule
+        c = point.count + self.plan.item.every * j
+        self.values[c] = value
+        self.values.pop(c - rule.gap - 2 * rule.every, None)
+        before = self.values.get(c - rule.gap)
+        if before is None or not rule.tests(c):
+            return
+        moved = torch.amax(torch.sub(value, before).abs_(), dim=(1, 2)).cpu().numpy()
+        now = self.active & (moved <= rule.tol)
+        if now.any():
+            self.steps[now] = c
+            self.active &= ~now
+            at = self.plan.ending(c)
+            self.pending[at] = self.pending.get(at, False) | now
+
+    def settle(self, j: int, state) -> list[tuple[np.ndarray, object]]:
+        self.saved[j] = state
+        self.saved.pop(j - self.lag - 1, None)
+        out = [(self.pending.pop(at), self.saved[at]) for at in sorted(self.pending) if at <= j]
+        return out
+
+    @property
+    def done(self) -> bool:
+        return not self.active.any() and not self.pending
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, converged) per problem."""
+        converged = self.steps >= 0
+        steps = self.steps.copy()
+        steps[~converged] = self.rule.limit
+        return steps, converged
 
 
 def structured_until(prog, executor, inputs, counts: dict, until, max_steps, dtype, device,
                      watch: bool = False):
     """Halting through the shared build's structured executor (exec_loops.py), which plans
-    each body once and tests the variable between applications; None where its plan does not
-    cover the run (a loop run 0 times), and the looped module must do it."""
-    from .exec_loops import Halting
-    key, rows, tol, spec, limit = step_limit(prog, counts, until, max_steps)
-    resolved = prog.loops.counts({**counts, spec.param: limit})
+    each body once and reads the variable where the body writes it; None where its plan does
+    not cover the run (a loop run 0 times), and the looped module must do it."""
+    plan = halting_plan(prog, counts, until, max_steps)
+    spec = prog.loops.spec(plan.key)
+    resolved = prog.loops.counts({**counts, spec.param: plan.rule.limit})
     if not executor.covers(resolved):
         return None
-    out, (steps, converged), ranges = executor.run_inputs(
-        inputs, resolved, dtype, device, Halting(key, tuple(rows), tol, limit, spec.min_count),
-        watch)
-    warn_not_converged(converged, until, tol, limit)
+    out, (steps, converged), ranges = executor.run_inputs(inputs, resolved, dtype, device, plan,
+                                                          watch)
+    warn_not_converged(converged, until, plan.rule)
     return out, steps, converged, ranges
 
 
 def run_until(prog, module, x: torch.Tensor, counts: dict, until, max_steps):
     """Run the looped module with halting; (final residual, steps per problem, converged per
-    problem: False where the variable still moved by more than the tolerance at the last
-    iteration allowed, the run-time counts the module ran: the step limit's, whose residue
-    every halting count shares, so decode reads the outputs from that residue's rows)."""
-    key, rows, tol, spec, limit = step_limit(prog, counts, until, max_steps)
-    rows = torch.tensor(rows, device=x.device)
-    batch = x.shape[0]
-    active = torch.ones(batch, dtype=torch.bool, device=x.device)
-    steps = torch.full((batch,), -1, dtype=torch.long)
+    problem, the run-time counts the module ran: the step limit's, whose residue every halting
+    count shares, so decode reads the outputs from that residue's rows). The variable is read
+    where the structured executor reads it (a hook after that sublayer of that body item),
+    so both stop at the same counts."""
+    from .loops import parts
+    plan = halting_plan(prog, counts, until, max_steps)
+    spec = prog.loops.spec(plan.key)
+    depth_of = {s.key: s.depth for s in prog.loops.loops}
+    path = next((name,) for name, part in parts(prog.loops.sequence, True, depth_of)
+                if getattr(part, "loop", None) == plan.key)
+    where: dict[tuple, list[WatchPoint]] = {}       # the hook path after the iteration
+    at_item: dict[int, tuple] = {}
+    pos = 0
+    for name, part in parts(plan.item.body, False, depth_of):
+        for j, _ in enumerate(part if name != "loop" and not hasattr(part, "loop") else [part]):
+            at_item[pos] = (j,) if name == "layers" else (name, j)
+            pos += 1
+    for p in plan.points:
+        where.setdefault(at_item[p.position] + (p.sublayer,), []).append(p)
+    watcher = plan.watch(x.shape[0])
+    state = {"frozen": None, "halted": None}
+
+    def hook_for(sub):
+        def hook(_m, _i, out):
+            w = module._ctx.where
+            if len(w) < 2 or w[:1] != path or not isinstance(w[1], int):
+                return None
+            for p in where.get(tuple(w[2:]) + (sub,), ()):
+                watcher.read(w[1], p, out.index_select(2, torch.tensor(p.rows, device=out.device)))
+            return None
+        return hook
 
     def halt(ctx, loop, before, after, it):
-        if loop.key != key or loop.item.halted_count(it + 1, limit) < spec.min_count:
-            return after             # a count below min_count is not one this build runs
-        keep = active.view(-1, 1, 1)
-        after = torch.where(keep, after, before)
-        moved = (after.index_select(2, rows) - before.index_select(2, rows)).abs().amax(dim=(1, 2))
-        now = active & (moved <= tol)
-        steps[now.cpu()] = loop.item.halted_count(it + 1, limit)
-        active.copy_(active & ~now)
-        ctx.stop = not bool(active.any())
+        if loop.key != plan.key:
+            return after
+        for mask, old in watcher.settle(it, after):
+            m = torch.as_tensor(mask, device=after.device).view(-1, 1, 1)
+            frozen = state["frozen"]
+            state["frozen"] = torch.where(m, old, after if frozen is None else frozen)
+            state["halted"] = m if state["halted"] is None else state["halted"] | m
+        ctx.stop = watcher.done
+        if state["halted"] is not None:
+            after = torch.where(state["halted"], state["frozen"], after)
         return after
 
-    ran = {**counts, spec.param: limit}
-    y = module(x, ran, halt=halt)
-    converged = (steps >= 0).numpy()
-    steps[steps < 0] = limit
-    warn_not_converged(converged, until, tol, limit)
-    return y, steps.numpy().astype(np.int64), converged, ran
+    handles = []
+    for p in plan.points:
+        block = module.stored[plan.item.body[p.position]]
+        point = block.hook_resid_mid if p.sublayer == 1 else block.hook_resid_post
+        handles.append(point.register_forward_hook(hook_for(p.sublayer)))
+    ran = {**counts, spec.param: plan.rule.limit}
+    try:
+        y = module(x, ran, halt=halt)
+    finally:
+        for h in handles:
+            h.remove()
+    steps, converged = watcher.result()
+    warn_not_converged(converged, until, plan.rule)
+    return y, steps, converged, ran
 
 
-def warn_not_converged(converged: np.ndarray, until, tol: float, limit: int) -> None:
+def warn_not_converged(converged: np.ndarray, until, rule: HaltingRule) -> None:
     """A NotConvergedWarning naming the problems that hit the step limit still moving."""
     stuck = ~converged
     if stuck.any():
-        batch = len(converged)
+        batch, limit = len(converged), rule.limit
         which = ", ".join(map(str, np.flatnonzero(stuck)[:10])) + (", ..." if stuck.sum() > 10 else "")
+        last = f" (the last count it is tested at: {rule.last})" if rule.last != limit else ""
         warnings.warn(NotConvergedWarning(
             f"{int(stuck.sum())} of {batch} problem{'s' * (batch != 1)} did not converge: "
-            f"{until[0]} still moved more than {tol:g} in iteration {limit} (problem"
+            f"{until[0]} still moved more than {rule.tol:g} in iteration {limit}{last} (problem"
             f"{'s' * (int(stuck.sum()) != 1)} {which}); steps = {limit} there is the limit, not "
             "a convergence: raise it with max_steps (--max-steps)"), stacklevel=4)
 
 
-__all__ = ["run_until", "resolve_until", "step_limit", "warn_not_converged"]
+__all__ = ["HaltingRule", "HaltingPlan", "WatchPoint", "Watch", "halting_plan", "run_until",
+           "resolve_until", "step_limit", "structured_until", "warn_not_converged"]

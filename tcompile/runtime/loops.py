@@ -31,6 +31,17 @@ class LoopSpec:
     # and which assignment they hold after application j of the body: name@(first + j·stride)
     state: tuple[tuple[str, str, int, int], ...] = ()
     every: int = 1                 # iterations one application of its body runs (a kernel)
+    # top-level loops: (variable, block key, position, sublayer, count) — where an application
+    # of the body writes the variable's value of an iteration: after sublayer 1 (attention) or
+    # 2 (MLP) of body item `position`, `block`'s rows hold it as of iteration `count` in the
+    # first application (count + j·every in application j), even if written over later in the
+    # application: what halting reads (halting.py)
+    watch: tuple[tuple[str, str, int, int, int], ...] = ()
+
+    @property
+    def watchable(self) -> list[str]:
+        """The variables `until` may name on this loop."""
+        return sorted({w[0] for w in self.watch})
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,210 @@
+"""`until` on every top-level loop-carried variable, through the structured executor.
+
+Which variables: every variable a top-level loop carries (the table below, per program and
+loop line) is one `until` may name wherever the loop folds — those whose rows other values take
+later in the application (power_iteration's u, huber_irls' r, poisson_newton's z, sinkhorn's v)
+included: the build records where an application writes each value of an iteration
+(LoopSpec.watch), and halting reads it there (runtime/halting.py).
+
+Oracle: the reference interpreter run with the same halting rule (`interpret_program(...,
+halting=rule)`) stops every problem after the same iteration, and the outputs are those of a
+fixed-count run of the count returned (bit for bit on the structured executor: the same
+layers run; ≤ 1e-13 on the looped module, which reads the same points through hooks).
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import builds
+import tcompile
+from tcompile.compiler.steady_state import loop_sites
+from tcompile.errors import NotConvergedWarning
+from tcompile.language.interpreter import interpret_program
+from tcompile.language.parser import parse_file, parse_source
+from tcompile.runtime.halting import halting_plan
+
+from test_shared_loops import (PROGRAMS, RIDGE, _inputs, _power_problem, power_iteration,
+                               random_loop_program, shared_random)
+
+# every shipped program's top-level loops: {line: the variables it carries}
+CARRIED = {
+    "adam_least_squares.tp": {43: ("c1", "c2", "m", "v", "x")},
+    "conjugate_gradient.tp": {56: ("P", "ep", "om", "pt", "rho", "rs", "rzp", "z")},
+    "cubic_newton_schulz.tp": {21: ("R", "X")},
+    "denman_beavers.tp": {36: ("Y", "Z", "yh", "yl", "zh", "zl")},
+    "expm.tp": {21: ("E", "k"), 25: ("E",)},
+    "fista_elastic_net.tp": {30: ("x", "x_prev")},
+    "gd_least_squares.tp": {19: ("w",)},
+    "gd_logistic.tp": {26: ("x", "z")},
+    "gram_schmidt_qr.tp": {},
+    "huber_irls.tp": {33: ("X", "r", "x")},
+    "ista_lasso.tp": {21: ("x",)},
+    "jacobi.tp": {28: ("Dinv",), 32: ("x",)},
+    "kaczmarz.tp": {30: ("x",)},
+    "lanczos.tp": {},
+    "least_squares.tp": {22: ("X", "w")},
+    "newton_inverse.tp": {15: ("X",)},
+    "newton_logistic.tp": {47: ("x", "z")},
+    "newton_logistic_warm.tp": {34: ("X", "x", "z")},
+    "newton_schulz_sign.tp": {17: ("X",)},
+    "newton_schulz_sqrt.tp": {18: ("Y", "Z")},
+    "poisson_newton.tp": {34: ("X", "x", "z")},
+    "power_iteration.tp": {24: ("u",)},
+    "ridge_newton_schulz.tp": {21: ("X", "w")},
+    "sinkhorn.tp": {30: ("v",)},
+    "softmax_regression.tp": {28: ("W",)},
+    "sor.tp": {34: ("P",), 38: ("x",)},
+}
+# loops kept unrolled (their count is built in, so nothing to halt): a compile-time number
+# that changes every iteration (adam's bias corrections, denman_beavers' bounds, expm's k)
+UNROLLED = {("adam_least_squares.tp", 43), ("denman_beavers.tp", 36), ("expm.tp", 21)}
+
+
+def shipped(name: str):
+    """The shared build test_shared_loops reads (the same settings: one build per session)."""
+    program = parse_file(PROGRAMS + name)
+    small = "logistic" not in name and any(p.name == "d" for p in program.dims)
+    cg, adam = name == "conjugate_gradient.tp", name == "adam_least_squares.tp"
+    params = (("d", 6 if cg else 4),) * small + (("steps", 5),) * cg + (("steps", 4),) * adam
+    return program, builds.build(PROGRAMS + name, dict(params), loops="shared")
+
+
+def halts_as_interpreted(prog, program, inputs: dict, until, max_steps, executors=(None,),
+                         exact: bool = True):
+    """Run `until`; the interpreter with the same rule stops each problem at the same count
+    (`exact`: and gives the outputs to 1e-9 of their scale), and a fixed-count run at each
+    count returned gives the outputs (the structured executor: bit for bit). The run's
+    result."""
+    (spec,) = [s for s in prog.loops.loops if until[0] in s.watchable]
+    rule = halting_plan(prog, {}, until, max_steps).rule
+    want = interpret_program(program, {**prog.info.float_params(), spec.param: rule.limit},
+                             halting=rule, **inputs)
+    outs = []
+    for executor in executors:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotConvergedWarning)
+            out = prog.run(until=until, max_steps=max_steps, executor=executor, **inputs)
+        assert np.array_equal(out["steps"], want["steps"]), (executor, out["steps"], want["steps"])
+        assert np.array_equal(out["converged"], want["converged"]), executor
+        for c in sorted(set(out["steps"].tolist())):
+            which = np.flatnonzero(out["steps"] == c)
+            one = {k: np.asarray(v)[which] if np.ndim(v) and len(v) == len(out["steps"]) else v
+                   for k, v in inputs.items()}
+            fixed = prog.run(**{spec.param: c}, **one)
+            for k, v in fixed.items():
+                gap = np.abs(out[k][which] - v).max()
+                assert gap == 0 if executor is None else gap <= 1e-13, (executor, c, k, gap)
+                if exact:
+                    scale = max(float(np.abs(want[k][which]).max()), 1.0)
+                    assert np.abs(v - want[k][which]).max() <= 1e-9 * scale, (c, k)
+        outs.append(out)
+    return outs[0], rule
+
+
+@pytest.mark.parametrize("name", sorted(CARRIED))
+def test_until_accepts_every_variable_a_top_level_loop_carries(name):
+    """The table is what the programs carry; every folded top-level loop accepts all of them
+    (the card lists them); a halted run stops at the rule's first count when any movement is
+    small enough, equal to a fixed-count run there, and runs to the limit when none is."""
+    from tcompile.runtime.exec_loops import shared_executor_for
+    from tcompile.inspection.sampling import sample_inputs
+    program, prog = shipped(name)
+    sites = loop_sites(program, {**prog.info.params})
+    assert {s.line: s.state for s in sites.values() if s.depth == 0} == CARRIED[name]
+    assert not prog.loops.loops or shared_executor_for(prog) is not None, name
+    specs = {s.line: s for s in prog.loops.loops if s.depth == 0}
+    assert set(specs) == {line for line in CARRIED[name] if (name, line) not in UNROLLED}
+    card = " ".join(tcompile.report_text(prog).split())
+    inputs = sample_inputs(program, prog.info.params, n=8, batch=2, seed=0)
+    for line, spec in specs.items():
+        assert tuple(spec.watchable) == CARRIED[name][line], (name, line)
+        assert f"until may watch: {', '.join(spec.watchable)}" in card
+        if spec.param is None:
+            continue
+        item = prog.loops.item(spec.key)
+        cap = max(spec.min_count, item.offset + item.every) + 2 * item.every + 1
+        if spec.max_count is not None:
+            cap = min(cap, spec.max_count)
+        # the halting mechanics, not the domains: sampled inputs need not keep a program's
+        # run-time values inside its declared domains (sinkhorn's K @ v on [1, 8])
+        for var in spec.watchable:
+            rule = halting_plan(prog, {}, (var, np.inf), cap).rule
+            out = prog.run(until=(var, np.inf), max_steps=cap, domains="off", **inputs)
+            assert out["converged"].all() and (out["steps"] == rule.first).all(), (name, var)
+            fixed = prog.run(**{spec.param: rule.first}, domains="off", **inputs)
+            for key in fixed:
+                assert np.array_equal(out[key], fixed[key]), (name, var, key)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotConvergedWarning)
+            out = prog.run(until=(spec.watchable[0], 0.0), max_steps=cap, domains="off", **inputs)
+        rule = halting_plan(prog, {}, (spec.watchable[0], 0.0), cap).rule
+        assert (out["converged"] | (out["steps"] == rule.limit)).all()
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_until_on_every_variable_of_the_random_loop_programs(seed):
+    """Each of the 24 random loop programs: every variable its loop carries is one `until`
+    accepts, and each halts where the interpreter with the same rule does (a kernel of 2
+    included: programs 8, 13, 16, at an even and an odd limit)."""
+    src, prog = random_loop_program(seed), shared_random(seed)
+    program = parse_source(src)
+    (site,) = loop_sites(program, {**prog.info.params}).values()
+    (spec,) = prog.loops.loops
+    assert tuple(spec.watchable) == site.state
+    d = prog.info.params["d"]
+    problems = [_inputs(10 * seed + i, d) for i in range(3)]
+    batch = {k: np.stack([np.asarray(p[k]) for p in problems]) for k in problems[0]}
+    for var in spec.watchable:
+        for cap in ((30, 31) if spec.every > 1 else (30,)):
+            halts_as_interpreted(prog, program, batch, (var, 1e-7), cap)
+
+
+def test_until_on_variables_whose_rows_are_overwritten_in_the_body():
+    """power_iteration's u (written only at even counts by its kernel of 2: an odd limit runs
+    to the even count below it), huber_irls' r, poisson_newton's z and sinkhorn's v: values
+    written over later in the application, read where they are written; each problem halts
+    where the interpreter with the same rule does, on both executors."""
+    from test_programs_structured import huber_problem, poisson_problem
+    from test_exact_products import sinkhorn_problem
+    program, prog = parse_file(PROGRAMS + "power_iteration.tp"), power_iteration()
+    inputs = _power_problem(np.random.default_rng(3), gaps=(0.3, 0.5, 0.7))
+    for cap in (40, 41):
+        out, rule = halts_as_interpreted(prog, program, inputs, ("u", 1e-6), cap, (None, "module"))
+        assert rule.every == rule.gap == 2 and rule.limit == 40
+        assert out["converged"].all() and len(set(out["steps"].tolist())) == 3
+    rng = np.random.default_rng(5)
+    for name, var, problem, tol in (("huber_irls.tp", "r", huber_problem, 1e-5),
+                                    ("huber_irls.tp", "x", huber_problem, 1e-5),
+                                    ("poisson_newton.tp", "z", poisson_problem, 1e-6)):
+        program, prog = shipped(name)
+        A, y = zip(*[problem(rng) for _ in range(3)])
+        inputs = {"A": np.stack(A), "y": np.stack(y)}
+        out, _ = halts_as_interpreted(prog, program, inputs, (var, tol), 30, (None, "module"),
+                                      exact=False)
+        assert out["converged"].all(), name
+    program, prog = shipped("sinkhorn.tp")
+    K, b = zip(*[sinkhorn_problem(s) for s in range(3)])
+    out, rule = halts_as_interpreted(prog, program, {"K": np.stack(K), "b": np.stack(b)},
+                                     ("v", 1e-9), 50, (None, "module"), exact=False)
+    assert rule.gap == 1 and out["converged"].all()
+
+
+def test_until_on_ridge_by_gradient_descent():
+    """The issue's ridge program (w = zeros(d), a gradient step per iteration): w halts where
+    the interpreter's does, and its outputs are a fixed-count run's."""
+    prog = tcompile.compile_source(RIDGE, loops="shared")
+    assert prog.loops.loops[0].watchable == ["w"]
+    rng = np.random.default_rng(4)
+    B, n, d = 6, 12, 4
+    A = rng.standard_normal((B, n, d))
+    A /= np.linalg.norm(A, axis=2).max(axis=1)[:, None, None]
+    A *= np.linspace(1, 0.4, B)[:, None, None]               # slower for smaller A
+    y = rng.standard_normal((B, n))
+    y /= 2 * np.linalg.norm(y, axis=1, keepdims=True)
+    out, rule = halts_as_interpreted(prog, parse_source(RIDGE), {"A": A, "y": y}, ("w", 1e-9),
+                                     120, (None, "module"))
+    assert out["converged"].all() and len(set(out["steps"].tolist())) > 2
+    assert rule.first == prog.loops.loops[0].min_count
