@@ -21,6 +21,7 @@ import torch  # noqa: E402
 import tcompile  # noqa: E402
 from cli_in_process import run_in_process  # noqa: E402
 from tcompile.inspection import plots  # noqa: E402
+from tcompile.runtime import clock  # noqa: E402
 from tcompile.cli.main import main  # noqa: E402
 from tcompile.inspection.sampling import sample_inputs  # noqa: E402
 from tcompile.inspection.trace import first_departure, format_trace, interpreter_assignments  # noqa: E402
@@ -535,6 +536,36 @@ def test_convergence_data_matches_the_exact_iterates(progs, inputs):
         want = float(np.max(np.linalg.norm((X - A_inv).reshape(len(X), -1), axis=1)))
         assert exact[ell] == pytest.approx(want, rel=1e-8, abs=1e-13)
     assert errs[-1] < errs[0]
+
+
+def test_a_shared_build_plots_its_convergence_and_layout(progs, inputs, tmp_path):
+    """A shared build's stored layers run many times: its convergence is read after every
+    application of the loop body (here one layer each, so at the unrolled build's layers, with
+    its errors; the first iteration runs before the loop, in the prologue, and is not read),
+    and its layout is drawn at the counts its blocks come from."""
+    from tcompile import compile_file
+    shared = compile_file(ROOT / "programs" / "newton_inverse.tp", PROGRAMS["newton_inverse"],
+                          loops="shared")
+    steps = PROGRAMS["newton_inverse"]["steps"]
+    inp = inputs["newton_inverse"]
+    ref = {"X": np.linalg.inv(inp["A"])}
+    got = plots.convergence_data(shared, inp, reference=ref)["X"]
+    want = plots.convergence_data(progs["newton_inverse"], inp, reference=ref)["X"]
+    unrolled = dict(want["compiled"])
+    assert [ell for ell, _ in got["compiled"]] == list(range(2, steps + 1))   # a layer a step
+    assert max(unrolled) == steps
+    for ell, e in got["compiled"]:
+        assert e == pytest.approx(unrolled[ell], rel=1e-9, abs=1e-14)
+    assert [(ell, var) for ell, _, var in got["exact"]] == [
+        (ell, var) for ell, _, var in want["exact"] if ell >= 2]
+    check_pictures(plots.plot_convergence(shared, tmp_path, inp), "newton_inverse_convergence")
+    fig = plots.layout_figure(shared)
+    base = dict(shared.loops.base_counts)
+    title = fig.axes[0].get_title()
+    assert f"steps = {next(iter(base.values()))}" in title and "shared build" in title
+    assert fig.axes[0].get_xlim()[1] == pytest.approx(
+        clock.n_times(len(shared.loops.expand(base))) + 0.5)
+    check_pictures(plots.plot_layout(shared, tmp_path), "newton_inverse_layout")
 
 
 # ---- the command line, end to end ----------------------------------------------------------

@@ -6,6 +6,9 @@
 - convergence: error to the exact answer vs layer, the compiled model's iterates beside the
   exact algorithm's (the interpreter's), for each output.
 
+A shared build (loops run as loops) draws both: its layout at the counts its blocks come from,
+its convergence after every application of a loop body.
+
 Layers are counted from 0, as in the report, the trace and the hooks (runtime/card.py says why).
 """
 from __future__ import annotations
@@ -37,16 +40,10 @@ def layout_figure(prog):
     variable they are computed for), a legend naming every colour by the program's words,
     and a label inside a bar only where it fits (no label overlaps another or leaves its
     bar: the legend names what is too short to label)."""
-    if prog.loops is not None:
-        from ..errors import InputError
-        raise InputError("the layout picture draws an unrolled build's rows over every "
-                         "sublayer; this is a shared build, whose stored layers run many times "
-                         "(its card names each one's place in the loop): draw the unrolled "
-                         "build, or --what weights")
     from matplotlib.patches import Patch, Rectangle
     from .flows import display_names
     plt = _plt()
-    lay = prog.layout
+    lay, title = _drawn_layout(prog)
     T = lay.n_sublayers
     names = display_names(prog)
     owner = {blk.key: _owner(blk, names) for blk in lay.blocks}
@@ -80,12 +77,30 @@ def layout_figure(prog):
     ax.set_xlabel("sublayer (0 = the input; 2L+1 = attention of layer L, 2L+2 = its MLP; "
                   "layers counted from 0, as module.blocks[L])")
     ax.set_ylabel("row of the embedding")
-    ax.set_title(f"{prog.name}: which value occupies which rows when ({lay.n_layers} layers, "
-                 f"width {lay.width})")
+    ax.set_title(title, fontsize=10)
     from matplotlib.ticker import MaxNLocator
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     return fig
+
+
+def _drawn_layout(prog):
+    """The layout the picture draws, and its title. A shared build's blocks carry the times of
+    the unrolling its stored layers were folded from (loops.py `base_counts`): that run is
+    drawn, layer for layer what the shared build runs at those counts; at any other count the
+    loop bodies repeat in the same rows."""
+    lay = prog.layout
+    title = f"{prog.name}: which value occupies which rows when"
+    if prog.loops is None:
+        return lay, f"{title} ({lay.n_layers} layers, width {lay.width})"
+    from dataclasses import replace
+    base = dict(prog.loops.base_counts)
+    lay = replace(lay, n_layers=len(prog.loops.expand(base)))
+    runs = ", ".join(f"{s.param} = {base[s.key]}" if s.param else
+                     f"line {s.line} × {base[s.key]}" for s in prog.loops.loops if s.key in base)
+    return lay, (f"{title}: shared build run at {runs} ({lay.n_layers} layers of "
+                 f"{prog.n_layers} stored, width {lay.width});\nmore iterations repeat the "
+                 "loop bodies in the same rows")
 
 
 def _owner(blk, names: dict[str, str]) -> tuple[str, bool]:
@@ -174,17 +189,41 @@ def convergence_data(prog, inputs: dict, reference: dict | None = None) -> dict:
             more["steps"] = 2 * more["steps"] + 10
         reference = interpret_program(prog.program, more, **prepared.arrays)
     exact = interpreter_assignments(prog.program, params, prepared.arrays, prepared.n)
+    if prog.loops is not None:
+        return _loop_convergence(prog, prepared, exact, reference)
     states = prog.sublayer_states(prepared)
-    return {spec.name: _convergence(prog, spec, states, exact, reference[spec.name])
+    return {spec.name: _convergence(prog, spec, states, exact, _flat_ref(spec, reference))
             for spec in prog.layout.outputs}
+
+
+def _flat_ref(spec, reference: dict) -> np.ndarray:
+    ref = np.asarray(reference[spec.name])
+    return ref.reshape((-1, *ref.shape[-len(spec.shape):])) if spec.shape else ref.reshape(-1)
+
+
+def _loop_convergence(prog, prepared, exact: dict, reference: dict) -> dict:
+    """A shared build's: its stored layers run many times, so the points are where a value is
+    known to be — each top-level loop's state after every application of its body (read at
+    the layers run so far, at the built counts), and the outputs at the end; the exact
+    iterate is the interpreter's value of the same program point, at the same layer."""
+    from .trace import loop_iterates
+    run = loop_iterates(prog, prepared, prog.loops.params, exact)
+    out = {}
+    for spec in prog.layout.outputs:
+        ref = _flat_ref(spec, reference)
+        mine = [it for it in run.iterates if it.name.split("@")[0] == spec.name]
+        compiled = [(it.layers, _err(it.value, ref)) for it in mine if it.layers < run.layers]
+        compiled += [(run.layers, _err(got, ref)) for final, (_blk, got) in run.outputs.items()
+                     if final.split("@")[0] == spec.name]
+        iterates = [(it.layers, _err(exact[it.name], ref), it.name) for it in mine]
+        out[spec.name] = {"compiled": compiled, "exact": sorted(iterates)}
+    return out
 
 
 def _convergence(prog, spec, states, exact: dict, reference) -> dict:
     """One output's error per layer, compiled (its latest stored block after each layer) and
     exact (each stored iterate of the interpreter, at the layer that writes it)."""
-    name = spec.name
-    ref = np.asarray(reference)
-    ref = ref.reshape((-1, *ref.shape[-len(spec.shape):])) if spec.shape else ref.reshape(-1)
+    name, ref = spec.name, reference
     blocks = [b for b in prog.layout.blocks if any(v.split("@")[0] == name for v in b.vars)]
     iterates = []
     for b in blocks:

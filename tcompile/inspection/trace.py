@@ -23,6 +23,7 @@ import csv
 import io
 import json
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -69,15 +70,53 @@ def trace_loops(prog, **kwargs) -> list[dict]:
     """A shared build's rows: every application of every top-level loop's body against the
     interpreter's iterate (the looped module's `halt` hook reads the loop state after each),
     then the outputs against their final values (`loop_line` and `iteration` None)."""
-    import torch
     counts, inputs = split_counts(prog, kwargs)
     prepared = prog.prepare_inputs(inputs)
     params = {**prog.info.float_params(), **{k: float(v) for k, v in counts.items()}}
     want = interpreter_assignments(prog.program, params, prepared.arrays, prepared.n)
     policy = Tolerances(prog.predicted_rtol(), rounding_sensitivity(
         prog.program, params, prepared.arrays, prepared.n, want))
-    specs = {s.key: s for s in prog.loops.loops if s.state}
     rows: list[dict] = []
+    run = loop_iterates(prog, prepared, counts, want)
+    for it in run.iterates:
+        row = trace_row(clock.n_times(it.layers), it.name, it.block, it.value, want[it.name],
+                        policy.for_variable(it.name))
+        rows.append(_loop_row(row, it.spec, it.iteration))
+    for final, (blk, got) in run.outputs.items():
+        rows.append({**trace_row(clock.n_times(run.layers), final, blk, got, want[final],
+                                 policy.for_variable(final)),
+                     "loop_line": None, "iteration": None})
+    return rows
+
+
+@dataclass(frozen=True)
+class Iterate:
+    """One loop-state value read from the stream after one application of its loop's body."""
+    spec: object            # the loop's LoopSpec
+    iteration: int          # which application, from 0
+    name: str               # the program point it holds, `x@7`
+    block: object           # the layout block (its rows are the loop's state rows)
+    value: np.ndarray       # float64, the program's shape, batch first
+    layers: int             # layers run so far
+
+
+@dataclass(frozen=True)
+class LoopRun:
+    iterates: list          # Iterate, in the order they were read
+    outputs: dict           # an output's last program point (`x@9`) -> (block, value) at the end
+    layers: int             # layers run in all
+
+
+def loop_iterates(prog, prepared, counts: dict, want: dict) -> LoopRun:
+    """Run a shared build's looped module in float64 at `counts` (run-time params by name,
+    `steps=50`) and read every top-level loop's state after every application of its body (the
+    looped module's `halt` hook), and the outputs at the end: what trace and the convergence
+    plot compare with the interpreter.
+    `want` (the interpreter's assignments: `x@7` -> its value, batch first) says which points
+    are read and in what shape."""
+    import torch
+    specs = {s.key: s for s in prog.loops.loops if s.state}
+    iterates: list[Iterate] = []
 
     def record(ctx, loop, before, after, it):
         spec = specs.get(loop.key)
@@ -88,9 +127,7 @@ def trace_loops(prog, **kwargs) -> list[dict]:
                 if name in want:
                     blk = prog.layout.block(key)
                     got = prog.read_block(h, blk, list(want[name].shape[1:]))
-                    row = trace_row(clock.n_times(ctx.layers), name, blk, got, want[name],
-                                    policy.for_variable(name))
-                    rows.append(_loop_row(row, spec, it))
+                    iterates.append(Iterate(spec, it, name, blk, got, ctx.layers))
         return after
 
     x = prog.encode_inputs(prepared, "float64", "cpu")
@@ -98,17 +135,15 @@ def trace_loops(prog, **kwargs) -> list[dict]:
     with torch.no_grad():
         y = module(x, counts, halt=record)
     h = y.numpy()
-    last = module.n_layers(counts)
     blocks = prog.output_blocks(**counts)      # the rows these counts leave the outputs in
+    outputs = {}
     for out in prog.layout.outputs:
         final = max((k for k in want if k.split("@")[0] == out.name),
                     key=lambda k: int(k.split("@")[1]), default=None)
         if final is not None:
             blk = blocks[out.name]
-            got = prog.read_block(h, blk, list(want[final].shape[1:]))
-            rows.append({**trace_row(clock.n_times(last), final, blk, got, want[final],
-                                policy.for_variable(final)), "loop_line": None, "iteration": None})
-    return rows
+            outputs[final] = (blk, prog.read_block(h, blk, list(want[final].shape[1:])))
+    return LoopRun(iterates, outputs, module.n_layers(counts))
 
 
 def _loop_row(row: dict, spec, it: int) -> dict:
