@@ -92,19 +92,58 @@ def test_fused_equals_the_torch_path_bit_for_bit(dtype):
     assert paths == {exec_ops.SEARCH, exec_ops.GRID, exec_ops.CLAMPED}
 
 
-def test_nan_is_the_torch_paths_error():
-    """A NaN s makes the torch path's grid index out of range (an IndexError); the kernel
-    reports it and the call is made again by torch, which raises the same."""
-    op = next(op for op in _table_ops(torch.float64) if len(op.tables) == 2)
-    B = 40
-    xs = [torch.zeros((B, op.inst if i == 0 else 1, op.e), dtype=torch.float64)
-          for i in range(op.k)]
-    xs[0][3, 0, 2] = float("nan")
-    out = torch.empty((B, op.inst, op.e), dtype=torch.float64)
-    with pytest.raises(IndexError):
-        op._passes(xs, (B, op.inst, op.e), out)
-    with pytest.raises(IndexError):
-        fused_lookup.lookup(op._fused, xs, (B, op.inst, op.e), out)
+def test_nan_in_nan_out():
+    """A NaN s has no cell (the torch path's grid index is out of range; the kernel reports
+    it and the call is made again by torch): the entry comes out NaN, as through the dense
+    module's ReLUs, and every other entry as it is without the NaN, on both paths — so a run
+    that meets a NaN ends with NaN outputs and the domain guard's report, not an IndexError."""
+    for op in _table_ops(torch.float64):
+        B = 40
+        shape = (B, op.inst, op.e)
+        xs = [torch.full((B, op.inst if i == 0 else 1, op.e), 0.25, dtype=torch.float64)
+              for i in range(op.k)]
+        clean = torch.empty((B, op.inst * op.outs, op.e), dtype=torch.float64)
+        op._passes(xs, shape, clean)
+        j = min(2, op.e - 1)
+        xs[0][3, 0, j] = float("nan")
+        runs = [op._passes]
+        if op._fused is not None:
+            runs.append(lambda x, s, o: fused_lookup.lookup(op._fused, x, s, o))
+        for run in runs:
+            out = torch.empty_like(clean)
+            run(xs, shape, out)
+            nan = torch.isnan(out)
+            assert nan.any(), op.tables
+            assert not nan[:3].any() and not nan[4:].any()          # that problem's only,
+            assert not nan[:, :, :j].any() and not nan[:, :, j + 1:].any()   # that token's
+            assert torch.equal(out[~nan], clean[~nan])
+
+
+@pytest.mark.parametrize("switch", ["1", "0"])
+def test_a_nan_mid_run_ends_as_nan(monkeypatch, switch):
+    """A NaN reaching the tables mid-run (planted in one problem's data after validation, as
+    an overflow would make one), with the kernel and on the torch path, through the generated
+    straight-line code (twice: traced, then replayed): that problem's outputs NaN, every
+    other problem's the same bits as without it."""
+    monkeypatch.setenv(fused_lookup.ENV_SWITCH, switch)
+    fused_lookup._reset()
+    try:
+        name, params, n = LOGISTIC
+        prog = builds.build(name, params)
+        prep = prog.prepare_inputs(sample_inputs(prog.program, params, n=n, batch=12, seed=3))
+        ex = StructuredExecutor(prog.layers, prog.layout)
+        clean = ex.run_inputs(prep)
+        prep.arrays["A"][5, 0, 0] = np.nan
+        for _ in range(2):
+            got = ex.run_inputs(prep)
+            for k in clean:
+                nan = torch.isnan(got[k].reshape(12, -1))
+                keep = torch.arange(12) != 5
+                assert nan[5].all() and not nan[keep].any()
+                assert _same_bits(got[k][keep], clean[k][keep])
+    finally:
+        monkeypatch.undo()
+        fused_lookup._reset()
 
 
 def _logistic_run(B=4):

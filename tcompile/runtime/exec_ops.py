@@ -491,6 +491,10 @@ class _Tables:
     * by one searchsorted (tables that have no grid, and passes of fewer than SEARCH_BELOW
       entries, where a call costs more than the work): the breakpoints padded to (T, K).
 
+    A NaN s has no cell: a grid pass sends it to its table's first cell (one nan_to_num pass
+    on the cell; searchsorted sends it to the end), and slope · NaN + intercept is NaN — NaN
+    in, NaN out, as through the dense module's ReLUs, never an index out of range.
+
     Coefficients are 1-D columns (a gather of a 2-D table's rows and the strided passes over
     its columns cost 2-8x a contiguous gather on a CPU)."""
 
@@ -582,12 +586,12 @@ class _Tables:
             if T == 1:
                 (lo, hi), = self.clamp
                 s = s.clamp_(lo, hi) if own else torch.clamp(s, lo, hi)
-                j = torch.add(self.shift[0], s, alpha=self.inv_h[0])
+                j = torch.add(self.shift[0], s, alpha=self.inv_h[0]).nan_to_num_(self.jmin[0])
             else:
                 j = s.new_empty((T, N))
                 for i, (jt, st) in enumerate(zip(j.unbind(0), s.view(T, N).unbind(0))):
                     st.clamp_(*self.clamp[i])
-                    torch.add(self.shift[i], st, alpha=self.inv_h[i], out=jt)
+                    torch.add(self.shift[i], st, alpha=self.inv_h[i], out=jt).nan_to_num_(self.jmin[i])
                 j = j.view(-1)
             k = j.to(torch.int32)
             if self.g_off is not None:
@@ -602,11 +606,12 @@ class _Tables:
             return (k if k.dim() == 1 else k.view(-1)), False, s
         if T == 1:
             j = torch.add(self.shift[0], s, alpha=self.inv_h[0]).clamp_(self.jmin[0], self.jmax[0])
+            j.nan_to_num_(self.jmin[0])
         else:
             j = s.new_empty((T, N))
             for i, (jt, st) in enumerate(zip(j.unbind(0), s.view(T, N).unbind(0))):
                 torch.add(self.shift[i], st, alpha=self.inv_h[i], out=jt)
-                jt.clamp_(self.jmin[i], self.jmax[i])
+                jt.clamp_(self.jmin[i], self.jmax[i]).nan_to_num_(self.jmin[i])
             j = j.view(-1)
         j = j.to(torch.int32)
         if self.m:

@@ -12,8 +12,8 @@ are bit for bit the torch path's (`probe` checks that on this machine before it 
   source compiled with -ffp-contract=off so the compiler adds or removes none;
 * clamps keep s where s equals a bound (signed zeros) and pass NaN on, like torch.clamp;
 * intervals by searchsorted are torch's lower bound (the same comparisons, NaN → the end);
-* the cast to int32 truncates; a NaN s (which the torch path turns into an index out of range)
-  is reported, and the call is then made again by the torch path, which raises as before.
+* the cast to int32 truncates; a NaN s (which the torch path sends to its table's first cell,
+  exec_ops._Tables) is reported, and the call is then made again by the torch path: NaN out.
 
 The kernel is plain C (no torch headers: it compiles in about a second), keyed by a hash of
 its source, the compiler, the flags and the CPU, and kept in a per-user cache directory
@@ -388,7 +388,7 @@ def lookup(f: Fused, xs: list, shape: tuple, dst: torch.Tensor) -> torch.Tensor:
         f.passes(xs, shape, dst)
         return dst
     if f.fn(f.ref, f.mode(shape[0] * shape[1] * shape[2]), a.buffer_info()[0], dst.data_ptr()):
-        f.passes(xs, shape, dst)               # a NaN s: the torch path says what it says
+        f.passes(xs, shape, dst)               # a NaN s: the torch path (NaN out)
     return dst
 
 
