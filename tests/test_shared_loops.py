@@ -963,7 +963,13 @@ def test_the_structured_executor_runs_shared_builds_as_the_looped_module_does(le
 def test_the_looping_executor_plans_each_body_once_and_matches_the_expanded_plan(
         inverse, least_squares, logistic):
     """The structured executor runs a loop body's plan in a loop (exec_loops.py): the same
-    sublayers as the plan expanded for one count, bit for bit, and one plan for every count."""
+    sublayers as the plan expanded for one count, and one plan for every count.
+
+    Compared within 1e-14 of scale, not bit for bit: the two plans make the same products but
+    not always the same BLAS calls (a constant the expanded plan folds is a slot the loop
+    reads; a kernel's slots are laid out for every application, not for one count), and
+    whether such calls round alike depends on the BLAS kernel the CPU gets — equal on the
+    Intel machines this was written on, up to 8e-16 apart on an AMD EPYC (MKL, AVX-512)."""
     from tcompile.runtime.exec_loops import shared_executor_for
     from tcompile.runtime.executor import expanded_executor_for
     rng = np.random.default_rng(14)
@@ -978,8 +984,11 @@ def test_the_looping_executor_plans_each_body_once_and_matches_the_expanded_plan
             a, _, ranges = looping.run_inputs(prepared, counts, watch=True)
             b, want = expanded_executor_for(prog, counts).run_watched(prepared)
             for name in b:
-                assert torch.equal(a[name], b[name]), (prog.name, steps, name)
-            assert ranges == want                  # the domain guard's ranges, every check
+                assert rel(a[name], b[name]) <= 1e-14, (prog.name, steps, name)
+            assert ranges.keys() == want.keys()    # the domain guard's ranges, every check
+            for c, (lo, hi) in want.items():         # (values that are rounding noise,
+                scale = max(abs(lo), abs(hi), 1.0)      # ~1e-33, compared absolutely)
+                assert max(abs(ranges[c][0] - lo), abs(ranges[c][1] - hi)) <= 1e-14 * scale
         assert (prepared.n, torch.float64, "cpu") in looping._runners
         runners = len(looping._runners)
         prog.run(steps=40, **inputs)
