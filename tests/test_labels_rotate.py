@@ -126,13 +126,6 @@ def test_csv_and_json_round_trip(case, tmp_path):
     assert r.returncode == 2 and not (tmp_path / "labels.txt").exists()
 
 
-def test_shared_build_labels_are_refused_clearly():
-    prog = tcompile.compile_file(ROOT / "programs" / "newton_inverse.tp",
-                                 params={"d": 2, "steps": 3}, loops="shared")
-    with pytest.raises(InputError, match="unrolled"):
-        tcompile.residual_labels(prog)
-
-
 # ---- rotated builds --------------------------------------------------------------------------
 
 def test_rotated_build_equals_the_original_and_is_dense(case):

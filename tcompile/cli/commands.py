@@ -23,7 +23,7 @@ def cmd_build(args) -> int:
     rotate = getattr(args, "rotate", None)          # `report FILE.tp` builds without these
     if getattr(args, "rotate_keep_io", False) and rotate is None:
         raise UsageError("--rotate-keep-io goes with --rotate SEED")
-    progress, ok = Progress(), False
+    progress, ok, notes = Progress(), False, []
     try:
         prog = compile_file(args.file, params=parse_param_overrides(args.param), tol=args.tol,
                             max_memory=args.max_memory, progress=progress, loops=args.loops)
@@ -32,8 +32,11 @@ def cmd_build(args) -> int:
         if rotate is not None:              # the rotated build's files beside the artifact
             from ..inspection.labels import labels_json
             rotated = prog.rotated(rotate, keep_io=args.rotate_keep_io)
-            paths += rotated.save_rotated(Path(args.out) / f"{prog.name}.rotated",
-                                          labels_json(rotated) if prog.loops is None else None)
+            try:                            # a shared build's: the run at its built counts
+                labels = labels_json(rotated)
+            except InputError as e:         # what its base unrolling cannot say (run_layout)
+                labels, notes = None, [f"no rotated labels: {e}"]
+            paths += rotated.save_rotated(Path(args.out) / f"{prog.name}.rotated", labels)
         ok = True
     finally:
         progress.finish(ok)
@@ -41,6 +44,8 @@ def cmd_build(args) -> int:
     print(report_text(prog))
     for p in paths:
         print(f"wrote {p}")
+    for note in notes:
+        print(note)
     return EXIT_OK
 
 

@@ -15,9 +15,12 @@ def add_parsers(sub) -> None:
     """The research subcommands' parsers (main.build_parser calls this)."""
     lab = sub.add_parser("labels", help="which variable every residual row holds after every "
                          "sublayer (ground truth for probing), as CSV or JSON")
-    lab.add_argument("artifact", help="a built unrolled artifact (DIR/NAME)")
+    lab.add_argument("artifact", help="a built artifact (DIR/NAME)")
     lab.add_argument("-o", "--out", required=True, metavar="FILE.csv|FILE.json",
                      help="where to write the labels (.csv or .json)")
+    lab.add_argument("-p", "--param", action="append", default=[], metavar="NAME=COUNT",
+                     help="a shared build's run-time repeat count to label the run at "
+                          "(e.g. -p steps=50; the built counts by default)")
     lab.add_argument("--rotate", type=seed, default=None, metavar="SEED",
                      help="label the build rotated with this seed: JSON gains each row's "
                           "direction in the rotated stream")
@@ -46,13 +49,14 @@ def cmd_labels(args) -> int:
     path = output_file(args.out)
     if path.suffix not in (".csv", ".json"):
         raise UsageError(f"-o {args.out!r}: labels are written as FILE.csv or FILE.json")
+    counts = run_counts(args.param)
     prog = load_artifact(args.artifact)
     if args.rotate is not None:
         if path.suffix != ".json":
             raise UsageError("--rotate writes directions, which only JSON holds: use -o FILE.json")
-        text = labels_json(prog.rotated(args.rotate))
+        text = labels_json(prog.rotated(args.rotate), **counts)
     else:
-        text = labels_text(residual_labels(prog), path)
+        text = labels_text(residual_labels(prog, **counts), path)
     from ..runtime.files import atomic_write_bytes
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,17 +68,24 @@ def cmd_labels(args) -> int:
 def cmd_export(args) -> int:
     from .commands import load_artifact
     path = output_file(args.onnx)
-    counts = {}
-    for name, text in parse_param_overrides(args.param).items():
-        try:
-            counts[name] = int(text)
-        except ValueError:
-            raise UsageError(f"-p {name}={text}: a run-time count is a whole number") from None
+    counts = run_counts(args.param)
     prog = load_artifact(args.artifact)
     with writing(path):
         prog.export_onnx(path, dtype=args.dtype, **counts)
     print(f"wrote {path}")
     return EXIT_OK
+
+
+def run_counts(params: list[str]) -> dict[str, int]:
+    """`-p NAME=COUNT` options → a shared build's run-time counts (whole numbers; the build
+    says which names it takes)."""
+    counts = {}
+    for name, text in parse_param_overrides(params).items():
+        try:
+            counts[name] = int(text)
+        except ValueError:
+            raise UsageError(f"-p {name}={text}: a run-time count is a whole number") from None
+    return counts
 
 
 __all__ = ["COMMANDS", "add_parsers", "add_build_options", "cmd_labels", "cmd_export"]

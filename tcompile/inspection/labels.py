@@ -108,7 +108,7 @@ def label_layout(layout: Layout, lines: dict[str, int],
     input_lines = input_lines or {}
     n_sub = layout.n_sublayers
     order = sorted(layout.blocks, key=lambda b: b.written)       # stable: layout order in a time
-    described = {b.key: _describe(b, lines, iterations, input_lines) for b in order}
+    described = {id(b): _describe(b, lines, iterations, input_lines) for b in order}
     holder: list[tuple[Block, int] | None] = [None] * layout.width
     out = []
     by_time: dict[int, list[Block]] = {}
@@ -127,21 +127,21 @@ def label_layout(layout: Layout, lines: dict[str, int],
             b, i = holder[r]
             status = LIVE if t <= b.live_until(n_sub) else DEAD
             out.append(RowLabel(t, layer, part, r, status, axis="col" if b.transposed else "row",
-                                index=i, tokens=b.storage_ext, block=b.key, **described[b.key]))
+                                index=i, tokens=b.storage_ext, block=b.key, **described[id(b)]))
     return out
 
 
-def residual_labels(prog) -> list[RowLabel]:
-    """`tcompile.residual_labels(prog)`: the labels of an unrolled build (see the module
-    docstring). A rotated build has its original's labels: row r of a label is the direction
-    `prog.directions[:, r]` of its stream (labels_json adds the directions)."""
-    from .naming import assignment_lines
+def residual_labels(prog, /, **counts) -> list[RowLabel]:
+    """`tcompile.residual_labels(prog)`: the labels of every sublayer a run executes (see the
+    module docstring); a shared build's at its run-time counts, by param name (`steps=50`;
+    the built counts by default). A rotated build has its original's labels: row r of a label
+    is the direction `prog.directions[:, r]` of its stream (labels_json adds the directions)."""
+    from .run_layout import run_layout
     if isinstance(prog, RotatedProgram):
         prog = prog.original
-    prog._unrolled_only("residual_labels")
-    lines = assignment_lines(prog.program, prog.info.float_params())
+    layout, lines = run_layout(prog, **counts)
     input_lines = {d.name: d.loc.line for d in prog.program.inputs}
-    return label_layout(prog.layout, lines, input_lines)
+    return label_layout(layout, lines, input_lines)
 
 
 def labels_to_json(labels: list[RowLabel], extra: dict | None = None) -> str:
@@ -150,7 +150,7 @@ def labels_to_json(labels: list[RowLabel], extra: dict | None = None) -> str:
                       indent=None, separators=(",", ":")) + "\n"
 
 
-def labels_json(prog) -> str:
+def labels_json(prog, /, **counts) -> str:
     """The labels as JSON (`tcompile labels -o FILE.json`); a rotated build's with its rotation:
     {"seed", "keep_io", "directions" (D lists: entry r is the direction of original row r),
     "labels"} (what `tcompile build --rotate` writes beside the rotated weights)."""
@@ -158,7 +158,7 @@ def labels_json(prog) -> str:
     if isinstance(prog, RotatedProgram):
         extra = {"seed": prog.seed, "keep_io": prog.keep_io,
                  "directions": [prog.Q[:, r].tolist() for r in range(prog.width)]}
-    return labels_to_json(residual_labels(prog), extra)
+    return labels_to_json(residual_labels(prog, **counts), extra)
 
 
 def labels_to_csv(labels: list[RowLabel]) -> str:

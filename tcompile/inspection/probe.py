@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..runtime import clock
+from ..runtime.dispatch import split_counts
 
 
 @dataclass
@@ -120,13 +121,24 @@ def ridge_r2(X_train, Y_train, X_test, Y_test, alpha: float) -> float:
 
 def iterates(prog, inputs: dict) -> tuple[dict[str, np.ndarray], int]:
     """The interpreter's value of every assignment (`x@k` → (batch, ...)) on these inputs
-    (checked as prog.run checks them), and the batch size."""
+    (checked as prog.run checks them; a shared build's run-time counts may be among them,
+    `steps=50`), and the batch size."""
     from .reference import interpreter_assignments
+    counts, inputs = split_counts(prog, inputs)
     prepared = prog.prepare_inputs(inputs)
     if prepared.batch is None:
         raise InputError("probe needs a batch of problems: give the inputs a leading batch axis")
-    return interpreter_assignments(prog.program, prog.info.float_params(), prepared.arrays,
+    params = {**prog.info.float_params(), **_resolved(prog, counts)}
+    return interpreter_assignments(prog.program, params, prepared.arrays,
                                    prepared.n), prepared.size
+
+
+def _resolved(prog, counts: dict) -> dict[str, float]:
+    """A shared build's run-time params at these counts (the built ones where not given)."""
+    if prog.loops is None:
+        return {}
+    resolved = prog.loops.counts(counts)
+    return {s.param: float(resolved[s.key]) for s in prog.loops.loops if s.param is not None}
 
 
 def probe(activations, prog, inputs: dict, variables=None, *, tokens=None, alpha: float = 1e-6,
@@ -183,18 +195,23 @@ def probe(activations, prog, inputs: dict, variables=None, *, tokens=None, alpha
 
 
 def compiled_activations(prog, inputs: dict) -> dict[str, np.ndarray]:
-    """A compiled (unrolled) model's own hidden states on `inputs`, named like a trained
-    model's: "embed" (the encoder's x) and "L" (after layer L's MLP: blocks.L.hook_resid_post)."""
-    prog._unrolled_only("compiled_activations")
-    states = prog.sublayer_states(prog.prepare_inputs(inputs))
-    return {"embed": states[0], **{str(L): states[clock.mlp_time(L)] for L in range(prog.n_layers)}}
+    """A compiled model's own hidden states on `inputs`, named like a trained model's: "embed"
+    (the encoder's x) and "L" (after layer L's MLP: blocks.L.hook_resid_post). A shared build's
+    at its run-time counts, given among the inputs (`{**inputs, "steps": 50}`; the built ones
+    by default): "L" is the L-th layer it runs, counted from 0 in run order."""
+    counts, inputs = split_counts(prog, inputs)
+    states = prog.sublayer_states(prog.prepare_inputs(inputs), **counts)
+    layers = (len(states) - 1) // 2
+    return {"embed": states[0], **{str(L): states[clock.mlp_time(L)] for L in range(layers)}}
 
 
-def written_layer(prog) -> dict[str, str]:
+def written_layer(prog, /, **counts) -> dict[str, str]:
     """For a compiled model: the activation name (compiled_activations) after which each
-    stored iterate `x@k` first appears — the layer a probe should find it in."""
+    stored iterate `x@k` first appears — the layer a probe should find it in; a shared
+    build's at its run-time counts (`steps=50`), in the layout of that run (run_layout.py)."""
+    from .run_layout import run_layout
     out = {}
-    for blk in sorted(prog.layout.blocks, key=lambda b: b.written):
+    for blk in sorted(run_layout(prog, **counts)[0].blocks, key=lambda b: b.written):
         for point in blk.vars:
             out.setdefault(point, "embed" if blk.written == clock.ENCODER else str(clock.layer_of(blk.written)))
     return out

@@ -137,13 +137,6 @@ class CompiledProgram:
         """A shared build's loops (loops.py); None for an unrolled build."""
         return self.typed_manifest.loops
 
-    def _unrolled_only(self, what: str) -> None:
-        if self.loops is not None:
-            raise InputError(f"{what} reads an unrolled build's layers one by one; this is a "
-                             "shared build (loops run as loops): use tcompile.trace(prog, ...), or "
-                             "prog.module.run_with_cache, whose names carry the iteration, "
-                             "or build with loops='unrolled'")
-
     @property
     def report(self) -> dict:
         """The model card's data (card.py): layers, width, heads, MLP sizes, approximations,
@@ -300,12 +293,15 @@ class CompiledProgram:
                 h.remove()
         return states
 
-    def sublayer_states(self, inputs: ValidatedInputs) -> list[np.ndarray]:
+    def sublayer_states(self, inputs: ValidatedInputs, **counts) -> list[np.ndarray]:
         """`forward_states` of prepared inputs in float64 on the CPU, as numpy arrays: entry t
         is the embedding after sublayer t (0: the encoder's), what trace and plots decode
-        against the layout's sublayer times (an unrolled build's)."""
-        self._unrolled_only("sublayer_states")
-        states = self.forward_states(self.encode_inputs(inputs, "float64", "cpu"))
+        against the layout's sublayer times. A shared build's at its run-time counts
+        (`steps=50`; the built ones by default): one state per sublayer it runs, in run order,
+        the times of the layout of that run (inspection/run_layout.py, which the labels read)."""
+        if self.loops is None:
+            self.output_rows(counts)        # an unrolled build takes no counts: says so
+        states = self.forward_states(self.encode_inputs(inputs, "float64", "cpu"), **counts)
         return [s.numpy() for s in states]
 
     # ---- research: rotations, export -------------------------------------------------------

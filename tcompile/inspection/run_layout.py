@@ -1,0 +1,344 @@
+"""The layout of a shared build's run at given counts: every block at the time that run writes
+it, named for the iteration it holds, and live until that run reads it last.
+
+A shared build's layout (`prog.layout`) is the one of its base unrolling (`LoopProgram.
+base_counts`): blocks at the times of that run, named `x@k` for its iterations. A run at other
+counts runs the same stored layers in more or fewer applications of each loop body; every
+stored layer writes the same rows wherever it runs (the fold pins them: executor.
+_block_templates checks it per layer), but what the rows hold and how long they are read
+depend on where the layer runs. So each place the run executes a layer is matched with a place
+of the base unrolling (`_anchor`): the same layer at the same spot of the loop program, in an
+application that has the same future — the last applications of a loop with the last ones of
+the base, every earlier one with the base's first (its values are read by the next
+application, as the base's first application's are). The blocks that place writes in the base
+come over with
+
+- their times moved to the run's place;
+- their program points renamed: `x@k` of the base is the assignment of one statement at one
+  iteration of each top-level loop around it (`_Points`, the checker's walk); in the run it is
+  the same statement `δ` iterations later, δ = the applications between the two places times
+  the loop's `every` for a place inside the loop, the change of count for a place after it, 0
+  for one before it (a top-level loop's iterations are numbered from its start);
+- their last read moved to where the run reads them (`_reader`): in an application of the same
+  loop instance as the writer, as many applications after it as in the base; in a loop instance
+  the value was written before, its first application if the base's first read it last, else
+  the matching application from the end; after the loop, the same place after it.
+
+What the base unrolling cannot say is refused (InputError), never guessed: a kernel loop
+(`every > 1`) at a count of another residue than the base's (its tail for that residue ran in
+no recorded unrolling), a loop run 0 times, a base loop that ran one application where the run
+runs more (the base then has no application whose values a later application reads), and
+another count than the base's of a top-level repeat nested in another whose body assigns
+program points (they count their iterations within the outer loop's).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from ..errors import InputError
+from ..language import ast
+from ..runtime import clock
+from ..runtime.layout import LIVE_TO_END, Block, Layout
+from ..runtime.loops import LoopItem
+from .naming import _AssignmentLines
+
+
+@dataclass(frozen=True)
+class _Level:
+    """One loop instance around a place: its LoopItem and path, which application of its body,
+    how many the run makes and how many the base unrolling makes."""
+    item: LoopItem
+    where: tuple
+    app: int
+    apps: int
+    base_apps: int
+
+
+@dataclass(frozen=True)
+class _Place:
+    """One layer of a run: the stored layer, its path in the loop program, the loops around it."""
+    layer: int
+    path: tuple
+    levels: tuple[_Level, ...]
+
+    @property
+    def key(self) -> tuple:
+        return self.path, tuple(lv.app for lv in self.levels)
+
+
+def _places(seq, counts: dict[str, int], base: dict[str, int]) -> list[_Place]:
+    """The run's layers in the order they run (loops.LoopProgram.expand), each with its place."""
+    out: list[_Place] = []
+
+    def walk(seq, prefix, levels):
+        for i, item in enumerate(seq):
+            if isinstance(item, LoopItem):
+                apps, tail = item.runs(counts[item.loop])
+                base_apps = item.runs(base[item.loop])[0]
+                for a in range(apps):
+                    walk(item.body, prefix + (i, "body"),
+                         levels + (_Level(item, prefix + (i,), a, apps, base_apps),))
+                if tail:
+                    walk(tail, prefix + (i, f"tail{item.residue(counts[item.loop])}"), levels)
+            else:
+                out.append(_Place(item, prefix + (i,), levels))
+    walk(seq, (), ())
+    return out
+
+
+class _Points:
+    """Every top-level assignment `x@k` of a walk at some params as (statement, iterations):
+    the statement's place in the source and ((loop key, iteration), ...) of the top-level
+    repeats around it, outermost first; and back."""
+
+    def __init__(self, program: ast.Program, params: dict[str, float]):
+        walker = _IterationWalk(program, params)
+        walker.run()
+        self.lines = walker.lines
+        self.of = walker.points
+        self.back = {v: k for k, v in walker.points.items()}
+
+
+class _IterationWalk(_AssignmentLines):
+    """assignment_lines' walk, also keeping which iteration of each top-level repeat made it."""
+
+    def __init__(self, program, params):
+        super().__init__(program, params)
+        self.points: dict[str, tuple] = {}
+        self.stack: list[list] = []
+
+    def unroll(self, stmt, count, env, in_function):
+        top = not self.call_stack
+        if top:
+            self.stack.append([f"{stmt.loc.line}:{stmt.loc.column}", 0, stmt])
+        try:
+            return super().unroll(stmt, count, env, in_function)
+        finally:
+            if top:
+                self.stack.pop()
+
+    def end_of_iteration(self, loop, env) -> None:
+        super().end_of_iteration(loop, env)
+        if self.stack and self.stack[-1][2] is loop and not self.call_stack:
+            self.stack[-1][1] += 1
+
+    def program_point(self, stmt):
+        point = super().program_point(stmt)
+        if point is not None:
+            self.points[point] = ((stmt.loc.line, stmt.loc.column),
+                                  tuple((k, it) for k, it, _ in self.stack))
+        return point
+
+
+def _params_at(prog, counts: dict[str, int]) -> dict[str, float]:
+    """The program's params with the loops' run-time params at these (resolved) counts."""
+    params = dict(prog.info.float_params())
+    for spec in prog.loops.loops:
+        if spec.param is not None:
+            params[spec.param] = float(counts[spec.key])
+    return params
+
+
+def layout_at(prog, counts: dict[str, int]) -> tuple[Layout, dict[str, int]]:
+    """(the layout of the run at these resolved counts — `prog.loops.counts(...)` — with one
+    layer per layer run, the source line of every program point of that run). See the
+    module docstring for how it is derived and what is refused."""
+    loops = prog.loops
+    built = dict(loops.base_counts)          # (which also counts the loops kept unrolled)
+    base = {s.key: built[s.key] for s in loops.loops}
+    run, base_run = _places(loops.sequence, counts, base), _places(loops.sequence, base, base)
+    at = {p.key: i for i, p in enumerate(run)}
+    base_at = {p.key: i for i, p in enumerate(base_run)}
+    _refuse_what_the_base_cannot_say(loops, counts, base)
+    points = _Points(prog.program, _params_at(prog, counts))
+    same = counts == base
+    base_points = points if same else _Points(prog.program, _params_at(prog, base))
+    for _stmt, its in base_points.of.values():   # a nested repeat's points: its count held
+        moved = [k for k, _ in its[1:] if k in counts and counts[k] != base[k]]
+        if moved:
+            spec = loops.spec(moved[0])
+            raise InputError(f"labels at {_counts_text(loops, counts)}: the repeat at line "
+                             f"{spec.line} is nested in another top-level repeat, and labels "
+                             f"at another count of it than the base unrolling's "
+                             f"({spec.param or 'its count'} = {base[spec.key]}) are not "
+                             "supported (its program points count their iterations within the "
+                             "outer loop's)")
+    mapper = _Mapper(prog, counts, base, run, base_run, at, base_at, base_points, points)
+    blocks = [replace(b, last_read=mapper.last_read(b, None, None))
+              for b in prog.layout.written_at(clock.ENCODER)]
+    for i, place in enumerate(run):
+        j = base_at.get(_anchor(place))
+        if j is None:
+            raise InputError(f"labels at {_counts_text(loops, counts)}: layer {i} (stored "
+                             f"layer {place.layer}) has no place in the base unrolling "
+                             f"({_counts_text(loops, base)}) to take its blocks from")
+        for t0, t in ((clock.attention_time(j), clock.attention_time(i)),
+                      (clock.mlp_time(j), clock.mlp_time(i))):
+            for b in prog.layout.written_at(t0):
+                blocks.append(mapper.moved(b, t, place, base_run[j]))
+    outputs = tuple(replace(o, block=mapper.keys.get(o.block, o.block))
+                    for o in prog.layout.outputs)
+    layout = replace(prog.layout, blocks=tuple(blocks), n_layers=len(run), outputs=outputs)
+    return layout, points.lines
+
+
+def _counts_text(loops, counts: dict[str, int]) -> str:
+    return ", ".join(f"{s.param or 'the loop at line ' + str(s.line)} = {counts[s.key]}"
+                     for s in loops.loops)
+
+
+def _refuse_what_the_base_cannot_say(loops, counts, base) -> None:
+    if counts == base:
+        return
+    for spec in loops.loops:
+        item = loops.item(spec.key)
+        if item is None:
+            continue
+        apps, _ = item.runs(counts[spec.key])
+        base_apps, _ = item.runs(base[spec.key])
+        what = f"{spec.param or 'the count'} = {counts[spec.key]}"
+        if item.every > 1 and item.residue(counts[spec.key]) != item.residue(base[spec.key]):
+            raise InputError(
+                f"labels at {what}: the loop at line {spec.line} runs a kernel of "
+                f"{item.every} iterations, and a count of residue "
+                f"{item.residue(counts[spec.key])} (mod {item.every}) ends it in a tail no "
+                f"recorded unrolling ran (the build's layout is the unrolling at "
+                f"{base[spec.key]}); label a count of residue {item.residue(base[spec.key])}, "
+                "or build it unrolled")
+        if apps == 0 and base_apps != 0:
+            raise InputError(f"labels at {what}: the loop at line {spec.line} runs its body 0 "
+                             "times, which the build's base unrolling never does")
+        if base_apps == 1 and apps > 1:
+            raise InputError(
+                f"labels at {what}: the build's base unrolling ({base[spec.key]}) runs the "
+                f"body of the loop at line {spec.line} once, so no application of it shows "
+                "what a later application reads; only its own count's labels are recorded "
+                "(build it unrolled to label others)")
+
+
+def _anchor(place: _Place) -> tuple:
+    """The base unrolling's place whose blocks the run's `place` writes: the same path, and in
+    each loop the application with the same future (the last ones with the base's last ones,
+    every earlier one with its first)."""
+    return place.path, tuple(max(0, lv.app - lv.apps + lv.base_apps) for lv in place.levels)
+
+
+class _Mapper:
+    """Moves the base unrolling's blocks to the run's places (layout_at)."""
+
+    def __init__(self, prog, counts, base, run, base_run, at, base_at, base_points, points):
+        self.prog, self.counts, self.base = prog, counts, base
+        self.run, self.base_run, self.at, self.base_at = run, base_run, at, base_at
+        self.base_points, self.points = base_points, points
+        self.keys: dict[str, str] = {}          # base output block key → the run's
+        self.top = {s.key: s for s in prog.loops.loops if s.depth == 0}
+        self.index = {it.loop: i for i, it in enumerate(prog.loops.sequence)
+                      if isinstance(it, LoopItem)}
+
+    def moved(self, b: Block, t: int, place: _Place, anchor: _Place) -> Block:
+        shift = self._shift(place, anchor)
+        names = tuple(self._rename(v, shift) for v in b.vars)
+        key = b.key
+        core = key.rstrip("'")
+        primes = key[len(core):]
+        tr = ".T" if core.endswith(".T") else ""
+        if b.vars and core[:len(core) - len(tr)] == b.vars[-1]:
+            key = names[-1] + tr + primes
+        out = replace(b, key=key, vars=names, written=t,
+                      last_read=self.last_read(b, place, anchor))
+        if b.last_read == LIVE_TO_END:
+            self.keys[b.key] = key
+        return out
+
+    def _shift(self, place: _Place, anchor: _Place) -> dict[str, int]:
+        """Iterations each top-level loop's points move by from `anchor` to `place`."""
+        out = {}
+        for key, spec in self.top.items():
+            i = self.index.get(key)
+            inside = place.levels and place.levels[0].item.loop == key
+            if inside:
+                out[key] = (place.levels[0].app - anchor.levels[0].app) * place.levels[0].item.every
+            elif i is not None and place.path[0] >= i:
+                out[key] = self.counts[key] - self.base[key]
+            else:
+                out[key] = 0
+        return out
+
+    def _rename(self, point: str, shift: dict[str, int]) -> str:
+        where = self.base_points.of.get(point)
+        if where is None:
+            raise self._refuse(f"the base unrolling's block of {point} names no assignment of "
+                               "the program")
+        stmt, its = where
+        moved = (stmt, tuple((k, it + shift.get(k, 0)) for k, it in its))
+        name = self.points.back.get(moved)
+        if name is None:
+            raise self._refuse(f"the base unrolling's {point} has no counterpart in this run")
+        return name
+
+    def last_read(self, b: Block, place: _Place | None, anchor: _Place | None) -> int:
+        """The time the run reads `b` (written at `place`, taken from `anchor`) for the last
+        time: the base's last read moved to the run's matching place (`_reader`)."""
+        if b.last_read == LIVE_TO_END:
+            return LIVE_TO_END
+        t0 = b.last_read
+        reader = self.base_run[clock.layer_of(t0)]
+        q = self._reader(place, anchor, reader)
+        i = self.at.get(q)
+        if i is None:
+            raise self._refuse(f"block {b.key} of the base unrolling is read where this run "
+                               "has no layer")
+        return clock.attention_time(i) if clock.sublayer_of(t0) == "attn" else clock.mlp_time(i)
+
+    def _reader(self, w: _Place | None, w0: _Place | None, r0: _Place) -> tuple:
+        """The run's place (key) of the base's reader `r0` of a value `w0` writes in the base
+        and `w` in the run (None: the encoder)."""
+        apps = []
+        for level, lv in enumerate(r0.levels):
+            if _same_instance(w0, r0, level):       # as many applications after the writer
+                apps.append(w.levels[level].app + lv.app - w0.levels[level].app)
+            elif lv.app == 0 and lv.base_apps > 1:  # read last by the first application
+                apps.append(0)
+            elif lv.app == lv.base_apps - 1:        # by every one: the last
+                apps.append(lv.app + _run_apps(lv, self.counts) - lv.base_apps)
+            else:
+                raise self._refuse(f"which application of the loop at line "
+                                   f"{self.prog.loops.spec(lv.item.loop).line} reads a value "
+                                   "last cannot be told from the base unrolling")
+        for level, lv in enumerate(w0.levels if w0 is not None else ()):
+            run = w.levels[level]                   # read after the writer's loop instance:
+            if not _same_instance(w0, r0, level) and run.app - lv.app != run.apps - lv.base_apps:
+                raise self._refuse("a value an application writes is read after its loop in "
+                                   "the base unrolling, but later applications follow it here")
+        return r0.path, tuple(apps)
+
+    def _refuse(self, why: str) -> InputError:
+        return InputError(f"labels at {_counts_text(self.prog.loops, self.counts)}: {why}")
+
+
+def _run_apps(lv: _Level, counts: dict[str, int]) -> int:
+    return lv.item.runs(counts[lv.item.loop])[0]
+
+
+def _same_instance(w0: _Place | None, r0: _Place, level: int) -> bool:
+    """Whether the base's writer and reader sit in the same instance of the loop at nesting
+    `level` (the same LoopItem, in the same applications of the loops around it)."""
+    if w0 is None or len(w0.levels) <= level or len(r0.levels) <= level:
+        return False
+    return (w0.levels[level].where == r0.levels[level].where
+            and [x.app for x in w0.levels[:level]] == [x.app for x in r0.levels[:level]])
+
+
+
+
+
+def run_layout(prog, /, **counts) -> tuple[Layout, dict[str, int]]:
+    """(the layout of the run at these run-time counts, by param name — `steps=50`, the built
+    counts where not given — one layer per layer it runs; `x@k` → source line for that run).
+    An unrolled build's is its own layout (it takes no counts)."""
+    from .naming import assignment_lines
+    if prog.loops is None:
+        prog.output_rows(counts)            # an unrolled build takes no counts: says so
+        return prog.layout, assignment_lines(prog.program, prog.info.float_params())
+    return layout_at(prog, prog.loops.counts(counts))
+__all__ = ["layout_at", "run_layout"]

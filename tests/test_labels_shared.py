@@ -1,0 +1,209 @@
+"""Labels, sublayer states and probing activations of a shared build at run-time counts
+(inspection/run_layout.py: the base unrolling's blocks moved to the run's layers).
+
+Oracles: the unrolled build compiled at the same counts — where its layers are the run's, bit
+for bit (newton_inverse), the labels and states are its own; where only the schedule is
+(least_squares and newton_logistic pin other rows than the unrolled allocator), every program
+point is written, read last and shaped as there — the float64 interpreter (every live label's
+rows hold the labelled point's value, within the trace's tolerance policy, at counts the base
+unrolling never ran), and the build's own layout at its base counts."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import builds
+import tcompile
+from cli_in_process import run_in_process
+from tcompile.errors import InputError
+from tcompile.inspection.labels import LIVE, label_layout
+from tcompile.inspection.naming import assignment_lines
+from tcompile.inspection.probe import compiled_activations, written_layer
+from tcompile.inspection.reference import interpreter_assignments
+from tcompile.inspection.run_layout import run_layout
+from tcompile.inspection.sampling import sample_inputs
+from tcompile.inspection.tolerance import Tolerances, rounding_sensitivity
+
+ROOT = Path(__file__).resolve().parents[1]
+# program, built params, tokens, run-time counts to label (the base unrolling's among them)
+CASES = [("newton_inverse", {"d": 3, "steps": 6}, None, [{"steps": 2}, {"steps": 3},
+                                                        {"steps": 5}, {"steps": 9}]),
+         ("least_squares", {"d": 3, "steps": 6}, 12, [{"steps": 3}, {"steps": 4}, {"steps": 7}]),
+         ("newton_logistic", {"d": 3, "steps": 4, "inv_steps": 3}, 12,
+          [{"steps": 3, "inv_steps": 3}, {"steps": 4, "inv_steps": 4},
+           {"steps": 5, "inv_steps": 6}]),
+         ("power_iteration", {"d": 3, "steps": 6}, None, [{"steps": 3}, {"steps": 4},
+                                                         {"steps": 8}])]
+IDS = [c[0] for c in CASES]
+
+
+def shared(name, params):
+    return builds.build(name, params, loops="shared")
+
+
+def run_length(prog, counts) -> int:
+    return len(prog.loops.expand(prog.loops.counts(counts)))
+
+
+def same_layers(prog, unrolled, counts) -> bool:
+    """Whether the shared build's run at `counts` executes the unrolled build's layers."""
+    run = prog.loops.expand(prog.loops.counts(counts))
+    return len(run) == unrolled.n_layers and all(
+        all(np.array_equal(a, b) for a, b in zip(prog.layers[i].arrays().values(),
+                                                 unrolled.layers[k].arrays().values()))
+        for k, i in enumerate(run))
+
+
+def schedule(layout) -> list:
+    """Every stored program point, input and constant: when it is written, read last, how."""
+    return sorted((b.vars, b.name or "", b.transposed, b.cshape, b.written, b.last_read)
+                  for b in layout.blocks if b.vars or b.kind in ("input", "const"))
+
+
+@pytest.mark.parametrize("name,params,n,counts_list", CASES, ids=IDS)
+def test_a_label_per_row_of_every_sublayer_the_run_executes(name, params, n, counts_list):
+    prog = shared(name, params)
+    inputs = sample_inputs(prog.program, params, n=n or prog.layout.min_tokens, batch=1, seed=2)
+    prepared = prog.prepare_inputs(inputs)
+    for counts in counts_list:
+        layers = run_length(prog, counts)
+        labels = tcompile.residual_labels(prog, **counts)
+        assert [(lab.sublayer, lab.row) for lab in labels] == \
+            [(t, r) for t in range(2 * layers + 1) for r in range(prog.width)]
+        assert len(prog.sublayer_states(prepared, **counts)) == 2 * layers + 1
+        # the outputs are live at the end, in the rows the run leaves them in
+        last = {lab.row: lab for lab in labels if lab.sublayer == 2 * layers}
+        for out, blk in prog.output_blocks(**counts).items():
+            assert {(last[r].status, last[r].name) for r in blk.rows} == {(LIVE, out)}
+    assert tcompile.residual_labels(prog) == tcompile.residual_labels(prog, **prog.loops.params)
+
+
+@pytest.mark.parametrize("name,params,n,counts_list", CASES, ids=IDS)
+def test_at_the_base_counts_the_labels_are_the_layouts(name, params, n, counts_list):
+    """The build's layout is its base unrolling's: labelled at those counts it is itself."""
+    prog = shared(name, params)
+    base = dict(prog.loops.base_counts)
+    counts = {s.param: base[s.key] for s in prog.loops.loops if s.param is not None}
+    lines = assignment_lines(prog.program, {**prog.info.float_params(),
+                                            **{k: float(v) for k, v in counts.items()}})
+    layout = replace(prog.layout, n_layers=run_length(prog, counts))
+    inputs = {d.name: d.loc.line for d in prog.program.inputs}
+    assert tcompile.residual_labels(prog, **counts) == label_layout(layout, lines, inputs)
+
+
+def test_where_the_run_is_the_unrolled_builds_layers_labels_and_states_are_its():
+    name, params, _, counts_list = CASES[0]
+    prog = shared(name, params)
+    A = np.random.default_rng(0).standard_normal((2, 3, 3)) / 4
+    for counts in counts_list:
+        unrolled = builds.build(name, {**params, **counts})
+        assert same_layers(prog, unrolled, counts)
+        assert tcompile.residual_labels(prog, **counts) == tcompile.residual_labels(unrolled)
+        got = prog.sublayer_states(prog.prepare_inputs({"A": A}), **counts)
+        want = unrolled.sublayer_states(unrolled.prepare_inputs({"A": A}))
+        assert len(got) == len(want)
+        assert all(np.array_equal(g, w) for g, w in zip(got, want))
+        assert written_layer(prog, **counts) == written_layer(unrolled)
+        acts = compiled_activations(prog, {"A": A, **counts})
+        assert list(acts) == list(compiled_activations(unrolled, {"A": A}))
+        assert all(np.array_equal(v, compiled_activations(unrolled, {"A": A})[k])
+                   for k, v in acts.items())
+
+
+@pytest.mark.parametrize("name,params,n,counts_list", CASES[:3], ids=IDS[:3])
+def test_every_point_is_scheduled_as_in_the_unrolled_build(name, params, n, counts_list):
+    """least_squares and newton_logistic pin their loop state to other rows than the unrolled
+    allocator picks, so the rows differ; the schedule may not: each program point (its
+    iteration named from the run's counts) written, read last, oriented and shaped as the
+    unrolled build at those counts has it."""
+    prog = shared(name, params)
+    for counts in counts_list:
+        unrolled = builds.build(name, {**params, **counts})
+        assert unrolled.n_layers == run_length(prog, counts)
+        assert schedule(run_layout(prog, **counts)[0]) == schedule(unrolled.layout), counts
+
+
+@pytest.mark.parametrize("name,params,n,counts_list", CASES, ids=IDS)
+def test_live_labels_hold_the_interpreters_values(name, params, n, counts_list):
+    prog = shared(name, params)
+    inputs = sample_inputs(prog.program, params, n=n or prog.layout.min_tokens, batch=2, seed=1)
+    prepared = prog.prepare_inputs(inputs)
+    for counts in counts_list:
+        at = {**prog.info.float_params(), **{k: float(v) for k, v in counts.items()}}
+        want = interpreter_assignments(prog.program, at, prepared.arrays, prepared.n)
+        policy = Tolerances(prog.predicted_rtol(), rounding_sensitivity(
+            prog.program, at, prepared.arrays, prepared.n, want))
+        want.update({f"input:{k}": v for k, v in prepared.arrays.items()})
+        states = prog.sublayer_states(prepared, **counts)
+        checked = 0
+        for lab in tcompile.residual_labels(prog, **counts):
+            if lab.status != LIVE or lab.point not in want:
+                continue
+            value = want[lab.point]
+            C = value[:, None, None] if value.ndim == 1 else value[:, :, None] \
+                if value.ndim == 2 else value
+            e = C[:, lab.index, :] if lab.axis == "row" else C[:, :, lab.index]
+            err = float(np.abs(states[lab.sublayer][:, :e.shape[1], lab.row] - e).max())
+            tol = policy.for_variable(lab.point)
+            assert err <= tol or err <= tol * float(np.abs(value).max()), (counts, lab)
+            checked += 1
+        assert checked > 2 * run_length(prog, counts)
+
+
+def test_a_kernel_is_labelled_only_where_its_base_unrolling_says(tmp_path):
+    """power_iteration folds to a kernel of 2 iterations whose base unrolling (7 steps) runs
+    one application and the odd residue's tail: other counts are refused, saying why."""
+    prog = shared("power_iteration", {})
+    item = prog.loops.item(prog.loops.loops[0].key)
+    assert item.every == 2
+    labels = tcompile.residual_labels(prog, steps=7)
+    assert len(labels) == (2 * run_length(prog, {"steps": 7}) + 1) * prog.width
+    for steps, why in ((8, "residue 0"), (40, "residue 0"), (9, "once"), (5, "0 times")):
+        with pytest.raises(InputError, match=why):
+            tcompile.residual_labels(prog, steps=steps)
+    with pytest.raises(InputError, match="residue"):
+        written_layer(prog)                    # the built count, 40, is even
+
+
+def test_counts_are_checked_like_a_runs():
+    prog = shared(*CASES[0][:2])
+    with pytest.raises(InputError, match="run-time count"):
+        tcompile.residual_labels(prog, d=4)
+    with pytest.raises(InputError, match="at least"):
+        tcompile.residual_labels(prog, steps=1)
+    with pytest.raises(InputError, match="unrolled build takes no run-time counts"):
+        tcompile.residual_labels(builds.build("newton_inverse", {"d": 3, "steps": 3}), steps=3)
+
+
+def test_cli_labels_a_shared_build_at_its_counts(tmp_path):
+    prog = shared(*CASES[0][:2])
+    prog.save(tmp_path / "p")
+    r = run_in_process(["labels", tmp_path / "p", "-p", "steps=5", "-o", tmp_path / "l.json"])
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "l.json").read_text())
+    assert doc["labels"] == [lab.as_dict() for lab in tcompile.residual_labels(prog, steps=5)]
+    r = run_in_process(["labels", tmp_path / "p", "-o", tmp_path / "built.csv"])
+    assert r.returncode == 0, r.stderr
+    lines = (tmp_path / "built.csv").read_text().splitlines()
+    assert len(lines) == 1 + (2 * run_length(prog, {}) + 1) * prog.width
+    for bad, code, why in ((["-p", "steps=x"], 2, "whole number"),
+                           (["-p", "nope=3"], 1, "not a run-time count"),
+                           (["-p", "steps=1"], 1, "at least 2")):
+        r = run_in_process(["labels", tmp_path / "p", *bad, "-o", tmp_path / "bad.json"])
+        assert r.returncode == code and why in r.stderr, (bad, r.stderr)
+        assert not (tmp_path / "bad.json").exists()
+
+
+def test_build_rotate_writes_a_shared_builds_labels(tmp_path):
+    r = run_in_process(["build", ROOT / "programs" / "newton_inverse.tp", "-p", "d=2",
+                        "-p", "steps=4", "--loops", "shared", "-o", tmp_path, "--rotate", "5"])
+    assert r.returncode == 0, r.stderr
+    prog = tcompile.load(tmp_path / "newton_inverse")
+    doc = json.loads((tmp_path / "newton_inverse.rotated.labels.json").read_text())
+    assert doc["seed"] == 5
+    assert doc["labels"] == [lab.as_dict() for lab in tcompile.residual_labels(prog)]
+    assert len(doc["labels"]) == (2 * 4 + 1) * prog.width
