@@ -24,7 +24,7 @@ from tcompile.inspection.labels import LIVE, label_layout
 from tcompile.inspection.naming import assignment_lines
 from tcompile.inspection.probe import compiled_activations, written_layer
 from tcompile.inspection.reference import interpreter_assignments
-from tcompile.inspection.run_layout import run_layout
+from tcompile.inspection.run_layout import _places, run_layout
 from tcompile.inspection.sampling import sample_inputs
 from tcompile.inspection.tolerance import Tolerances, rounding_sensitivity
 
@@ -33,12 +33,26 @@ ROOT = Path(__file__).resolve().parents[1]
 CASES = [("newton_inverse", {"d": 3, "steps": 6}, None, [{"steps": 2}, {"steps": 3},
                                                         {"steps": 5}, {"steps": 9}]),
          ("least_squares", {"d": 3, "steps": 6}, 12, [{"steps": 3}, {"steps": 4}, {"steps": 7}]),
+         # nested: the inversion loop inside the damped Newton step, and after it
          ("newton_logistic", {"d": 3, "steps": 4, "inv_steps": 3}, 12,
           [{"steps": 3, "inv_steps": 3}, {"steps": 4, "inv_steps": 4},
            {"steps": 5, "inv_steps": 6}]),
+         # a base unrolling that runs the body once (3 steps, offset 2)
+         ("newton_schulz_sqrt", {}, None, [{"steps": 3}, {"steps": 4}, {"steps": 6}]),
+         # two loops, the first's base running its body once
+         ("jacobi", {}, None, [{"inv_steps": 4, "steps": 3}, {"inv_steps": 6, "steps": 3},
+                               {"inv_steps": 4, "steps": 5}]),
          ("power_iteration", {"d": 3, "steps": 6}, None, [{"steps": 3}, {"steps": 4},
-                                                         {"steps": 8}])]
-IDS = [c[0] for c in CASES]
+                                                         {"steps": 8}]),
+         # a kernel of 2 iterations: the odd residue (the base unrolling's, 7 steps) only
+         ("power_iteration", {}, None, [{"steps": 7}, {"steps": 11}])]
+IDS = ["newton_inverse", "least_squares", "newton_logistic", "newton_schulz_sqrt", "jacobi",
+       "power_iteration", "power_iteration_kernel"]
+# where the run executes the unrolled build's own layers, bit for bit, at every count above
+SAME_LAYERS = {"newton_inverse", "newton_schulz_sqrt"}
+# where it runs as many layers as the unrolled build, whose rows may differ
+SAME_SCHEDULE = {"newton_inverse", "least_squares", "newton_logistic", "newton_schulz_sqrt",
+                 "jacobi"}
 
 
 def shared(name, params):
@@ -69,8 +83,12 @@ def test_a_label_per_row_of_every_sublayer_the_run_executes(name, params, n, cou
     prog = shared(name, params)
     inputs = sample_inputs(prog.program, params, n=n or prog.layout.min_tokens, batch=1, seed=2)
     prepared = prog.prepare_inputs(inputs)
+    base = dict(prog.loops.base_counts)
     for counts in counts_list:
         layers = run_length(prog, counts)
+        resolved = prog.loops.counts(counts)         # the places walk the order expand runs
+        assert [p.layer for p in _places(prog.loops.sequence, resolved, base)] == \
+            prog.loops.expand(resolved)
         labels = tcompile.residual_labels(prog, **counts)
         assert [(lab.sublayer, lab.row) for lab in labels] == \
             [(t, r) for t in range(2 * layers + 1) for r in range(prog.width)]
@@ -79,7 +97,13 @@ def test_a_label_per_row_of_every_sublayer_the_run_executes(name, params, n, cou
         last = {lab.row: lab for lab in labels if lab.sublayer == 2 * layers}
         for out, blk in prog.output_blocks(**counts).items():
             assert {(last[r].status, last[r].name) for r in blk.rows} == {(LIVE, out)}
-    assert tcompile.residual_labels(prog) == tcompile.residual_labels(prog, **prog.loops.params)
+    try:                                        # the built counts by default
+        built = tcompile.residual_labels(prog)
+    except InputError as e:                     # (the kernel's built count, 40, is even)
+        with pytest.raises(InputError, match=str(e)[:40]):
+            tcompile.residual_labels(prog, **prog.loops.params)
+    else:
+        assert built == tcompile.residual_labels(prog, **prog.loops.params)
 
 
 @pytest.mark.parametrize("name,params,n,counts_list", CASES, ids=IDS)
@@ -95,29 +119,34 @@ def test_at_the_base_counts_the_labels_are_the_layouts(name, params, n, counts_l
     assert tcompile.residual_labels(prog, **counts) == label_layout(layout, lines, inputs)
 
 
-def test_where_the_run_is_the_unrolled_builds_layers_labels_and_states_are_its():
-    name, params, _, counts_list = CASES[0]
+@pytest.mark.parametrize("name,params,n,counts_list",
+                         [c for c, i in zip(CASES, IDS) if i in SAME_LAYERS],
+                         ids=[i for i in IDS if i in SAME_LAYERS])
+def test_where_the_run_is_the_unrolled_builds_layers_labels_and_states_are_its(
+        name, params, n, counts_list):
     prog = shared(name, params)
-    A = np.random.default_rng(0).standard_normal((2, 3, 3)) / 4
+    inputs = sample_inputs(prog.program, params, n=n or prog.layout.min_tokens, batch=2, seed=0)
     for counts in counts_list:
         unrolled = builds.build(name, {**params, **counts})
         assert same_layers(prog, unrolled, counts)
         assert tcompile.residual_labels(prog, **counts) == tcompile.residual_labels(unrolled)
-        got = prog.sublayer_states(prog.prepare_inputs({"A": A}), **counts)
-        want = unrolled.sublayer_states(unrolled.prepare_inputs({"A": A}))
+        got = prog.sublayer_states(prog.prepare_inputs(inputs), **counts)
+        want = unrolled.sublayer_states(unrolled.prepare_inputs(inputs))
         assert len(got) == len(want)
         assert all(np.array_equal(g, w) for g, w in zip(got, want))
         assert written_layer(prog, **counts) == written_layer(unrolled)
-        acts = compiled_activations(prog, {"A": A, **counts})
-        assert list(acts) == list(compiled_activations(unrolled, {"A": A}))
-        assert all(np.array_equal(v, compiled_activations(unrolled, {"A": A})[k])
-                   for k, v in acts.items())
+        acts = compiled_activations(prog, {**inputs, **counts})
+        ref = compiled_activations(unrolled, inputs)
+        assert list(acts) == list(ref)
+        assert all(np.array_equal(v, ref[k]) for k, v in acts.items())
 
 
-@pytest.mark.parametrize("name,params,n,counts_list", CASES[:3], ids=IDS[:3])
+@pytest.mark.parametrize("name,params,n,counts_list",
+                         [c for c, i in zip(CASES, IDS) if i in SAME_SCHEDULE],
+                         ids=[i for i in IDS if i in SAME_SCHEDULE])
 def test_every_point_is_scheduled_as_in_the_unrolled_build(name, params, n, counts_list):
-    """least_squares and newton_logistic pin their loop state to other rows than the unrolled
-    allocator picks, so the rows differ; the schedule may not: each program point (its
+    """least_squares, newton_logistic and jacobi pin their loop state to other rows than the
+    unrolled allocator picks, so the rows differ; the schedule may not: each program point (its
     iteration named from the run's counts) written, read last, oriented and shaped as the
     unrolled build at those counts has it."""
     prog = shared(name, params)
@@ -154,15 +183,13 @@ def test_live_labels_hold_the_interpreters_values(name, params, n, counts_list):
         assert checked > 2 * run_length(prog, counts)
 
 
-def test_a_kernel_is_labelled_only_where_its_base_unrolling_says(tmp_path):
-    """power_iteration folds to a kernel of 2 iterations whose base unrolling (7 steps) runs
-    one application and the odd residue's tail: other counts are refused, saying why."""
+def test_a_kernel_is_labelled_only_where_its_base_unrolling_says():
+    """power_iteration folds to a kernel of 2 iterations whose base unrolling (7 steps) ends in
+    the odd residue's tail: odd counts are labelled (test_live_labels_...), even ones, whose
+    tail no recorded unrolling ran, refused, saying why."""
     prog = shared("power_iteration", {})
-    item = prog.loops.item(prog.loops.loops[0].key)
-    assert item.every == 2
-    labels = tcompile.residual_labels(prog, steps=7)
-    assert len(labels) == (2 * run_length(prog, {"steps": 7}) + 1) * prog.width
-    for steps, why in ((8, "residue 0"), (40, "residue 0"), (9, "once"), (5, "0 times")):
+    assert prog.loops.item(prog.loops.loops[0].key).every == 2
+    for steps, why in ((8, "residue 0"), (40, "residue 0"), (5, "0 times")):
         with pytest.raises(InputError, match=why):
             tcompile.residual_labels(prog, steps=steps)
     with pytest.raises(InputError, match="residue"):

@@ -20,8 +20,12 @@ counted from 0); inputs are `input:A`, encoder constants `const:eye` (I), `const
 Several program points may share one block (a copy `w = b` stores nothing new): `points`
 lists them all, `point` is the last.
 
-Only an unrolled build has one layout sublayer per module sublayer; a shared build runs its
-stored layers many times, so `residual_labels` refuses it with a pointer to the unrolled build.
+A shared build runs its stored layers many times, so its labels are those of a run at given
+run-time counts (`residual_labels(prog, steps=50)`, the built counts by default): one sublayer
+per sublayer the run executes (2·len(prog.loops.expand(counts)) + 1, as `prog.sublayer_states
+(inputs, steps=50)`), read off the layout of that run (run_layout.py), its points named by the
+run's iterations. Counts that run's layout cannot be derived for are refused with an
+InputError that says why (run_layout.py lists them).
 """
 from __future__ import annotations
 

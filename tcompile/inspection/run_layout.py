@@ -1,35 +1,41 @@
 """The layout of a shared build's run at given counts: every block at the time that run writes
-it, named for the iteration it holds, and live until that run reads it last.
+it, named for the iteration it holds, and live until that run reads it last — what the labels
+(labels.py), `written_layer` (probe.py) and so the states of every sublayer run are read
+against.
 
-A shared build's layout (`prog.layout`) is the one of its base unrolling (`LoopProgram.
-base_counts`): blocks at the times of that run, named `x@k` for its iterations. A run at other
-counts runs the same stored layers in more or fewer applications of each loop body; every
-stored layer writes the same rows wherever it runs (the fold pins them: executor.
-_block_templates checks it per layer), but what the rows hold and how long they are read
-depend on where the layer runs. So each place the run executes a layer is matched with a place
-of the base unrolling (`_anchor`): the same layer at the same spot of the loop program, in an
-application that has the same future — the last applications of a loop with the last ones of
-the base, every earlier one with the base's first (its values are read by the next
-application, as the base's first application's are). The blocks that place writes in the base
-come over with
+A shared build's layout (`prog.layout`) is its base unrolling's (`LoopProgram.base_counts`):
+blocks at the times of that run, named `x@k` for its iterations. A run at other counts runs
+the same stored layers in more or fewer applications of each loop body (the order is
+`LoopProgram.expand`'s; `_places` walks it keeping where each layer sits). Every stored layer
+writes the same rows wherever it runs (the fold pins them; executor._block_templates checks
+it per layer, which is what lets the structured executor plan a body once), but which
+iteration the rows hold and how long it is read depend on where the layer runs, so each layer
+of the run is matched with one of the base unrolling (`_anchor`): the same layer at the same
+spot of the loop program, in the application with the same future — the last applications of
+a loop with the base's last ones, every earlier one with the base's first. The blocks the
+matched layer writes in the base come over with
 
-- their times moved to the run's place;
-- their program points renamed: `x@k` of the base is the assignment of one statement at one
-  iteration of each top-level loop around it (`_Points`, the checker's walk); in the run it is
-  the same statement `δ` iterations later, δ = the applications between the two places times
-  the loop's `every` for a place inside the loop, the change of count for a place after it, 0
-  for one before it (a top-level loop's iterations are numbered from its start);
-- their last read moved to where the run reads them (`_reader`): in an application of the same
-  loop instance as the writer, as many applications after it as in the base; in a loop instance
-  the value was written before, its first application if the base's first read it last, else
-  the matching application from the end; after the loop, the same place after it.
+- their times moved to the run's layer;
+- their program points renamed: `x@k` of the base is the assignment made by one statement at
+  one iteration of each top-level repeat around it (`_Points`: the checker's walk, as
+  assignment_lines); in the run it is the same statement δ iterations later, δ = the
+  applications between the two places times the loop's `every` inside the loop, the change of
+  its count after it, 0 before it;
+- their last read moved to where the run reads them (`_Mapper.last_read`): in the same loop
+  instance as the writer, as many applications after it as in the base; in a loop instance
+  entered with the value, its first application where the base's first reads it last and is
+  not also its last, or where the body writes over the value's rows, else its last one;
+  after the loop, the same place after it. A value of an application that the base reads
+  only after the loop (a base that runs the body once, whose one application is its last)
+  is, in the run, read by the next application as the base's first application reads the
+  value that holds exactly those rows when it starts: the same stored layers read the same
+  rows in every application (`_next_read`).
 
-What the base unrolling cannot say is refused (InputError), never guessed: a kernel loop
+What the base unrolling cannot say is refused with an InputError, never guessed: a kernel loop
 (`every > 1`) at a count of another residue than the base's (its tail for that residue ran in
-no recorded unrolling), a loop run 0 times, a base loop that ran one application where the run
-runs more (the base then has no application whose values a later application reads), and
-another count than the base's of a top-level repeat nested in another whose body assigns
-program points (they count their iterations within the outer loop's).
+no recorded unrolling), a loop run 0 times, another count than the base's of a top-level
+repeat nested in another whose body assigns program points (they count their iterations
+within the outer loop's), and a value whose reads the rules above do not place.
 """
 from __future__ import annotations
 
@@ -208,12 +214,6 @@ def _refuse_what_the_base_cannot_say(loops, counts, base) -> None:
         if apps == 0 and base_apps != 0:
             raise InputError(f"labels at {what}: the loop at line {spec.line} runs its body 0 "
                              "times, which the build's base unrolling never does")
-        if base_apps == 1 and apps > 1:
-            raise InputError(
-                f"labels at {what}: the build's base unrolling ({base[spec.key]}) runs the "
-                f"body of the loop at line {spec.line} once, so no application of it shows "
-                "what a later application reads; only its own count's labels are recorded "
-                "(build it unrolled to label others)")
 
 
 def _anchor(place: _Place) -> tuple:
@@ -277,43 +277,98 @@ class _Mapper:
         return name
 
     def last_read(self, b: Block, place: _Place | None, anchor: _Place | None) -> int:
-        """The time the run reads `b` (written at `place`, taken from `anchor`) for the last
-        time: the base's last read moved to the run's matching place (`_reader`)."""
+        """The time the run reads `b` (written at `place`, taken from `anchor`; None: the
+        encoder) for the last time: the base's last read moved to the run's matching place
+        (`_reader`), or, for a value of an application that the base reads only after the
+        loop (a base that runs the body once: its one application is also its last), where
+        the next application reads those rows (`_next_read`)."""
+        level = _not_last(place, anchor)
         if b.last_read == LIVE_TO_END:
-            return LIVE_TO_END
-        t0 = b.last_read
-        reader = self.base_run[clock.layer_of(t0)]
-        q = self._reader(place, anchor, reader)
-        i = self.at.get(q)
+            return LIVE_TO_END if level is None else self._next_read(b, place, anchor, level)
+        reader = self.base_run[clock.layer_of(b.last_read)]
+        if level is not None and not _same_instance(anchor, reader, level):
+            return self._next_read(b, place, anchor, level)
+        return self._time(self._reader(place, anchor, reader, b.rows), b.last_read, b)
+
+    def _time(self, key: tuple, t0: int, b: Block) -> int:
+        """The run's time of the sublayer at place `key` that is base time t0's sublayer."""
+        i = self.at.get(key)
         if i is None:
             raise self._refuse(f"block {b.key} of the base unrolling is read where this run "
                                "has no layer")
         return clock.attention_time(i) if clock.sublayer_of(t0) == "attn" else clock.mlp_time(i)
 
-    def _reader(self, w: _Place | None, w0: _Place | None, r0: _Place) -> tuple:
-        """The run's place (key) of the base's reader `r0` of a value `w0` writes in the base
-        and `w` in the run (None: the encoder)."""
+    def _reader(self, w: _Place | None, w0: _Place | None, r0: _Place, rows) -> tuple:
+        """The run's place (key) of the base's reader `r0` of a value in `rows` that `w0`
+        writes in the base and `w` in the run (None: the encoder)."""
         apps = []
         for level, lv in enumerate(r0.levels):
             if _same_instance(w0, r0, level):       # as many applications after the writer
                 apps.append(w.levels[level].app + lv.app - w0.levels[level].app)
-            elif lv.app == 0 and lv.base_apps > 1:  # read last by the first application
-                apps.append(0)
-            elif lv.app == lv.base_apps - 1:        # by every one: the last
-                apps.append(lv.app + _run_apps(lv, self.counts) - lv.base_apps)
             else:
-                raise self._refuse(f"which application of the loop at line "
-                                   f"{self.prog.loops.spec(lv.item.loop).line} reads a value "
-                                   "last cannot be told from the base unrolling")
-        for level, lv in enumerate(w0.levels if w0 is not None else ()):
-            run = w.levels[level]                   # read after the writer's loop instance:
-            if not _same_instance(w0, r0, level) and run.app - lv.app != run.apps - lv.base_apps:
-                raise self._refuse("a value an application writes is read after its loop in "
-                                   "the base unrolling, but later applications follow it here")
+                apps.append(self._entered(lv, r0, rows))
         return r0.path, tuple(apps)
+
+    def _entered(self, lv: _Level, r0: _Place, rows) -> int:
+        """Which application of a loop instance entered with a value reads it last, given the
+        base's (`lv`): the first, where the base's first does and is not its last, or where
+        the body writes over the value's rows; else every one does: the last."""
+        if lv.app == 0 and (lv.base_apps > 1 or set(rows) & self._rows_written(r0, lv)):
+            return 0
+        if lv.app == lv.base_apps - 1:
+            return lv.app + _run_apps(lv, self.counts) - lv.base_apps
+        raise self._refuse(f"which application of the loop at line "
+                           f"{self.prog.loops.spec(lv.item.loop).line} reads a value last "
+                           "cannot be told from the base unrolling")
+
+    def _span(self, r0: _Place, level: int) -> list[int]:
+        """The base positions of the first application of the loop instance at `level` around
+        base place r0."""
+        outer = [x.app for x in r0.levels[:level]]
+        where = r0.levels[level].where
+        return [i for i, p in enumerate(self.base_run)
+                if len(p.levels) > level and p.levels[level].where == where
+                and [x.app for x in p.levels[:level]] == outer and p.levels[level].app == 0]
+
+    def _rows_written(self, r0: _Place, lv: _Level) -> set[int]:
+        level = r0.levels.index(lv)
+        span = self._span(r0, level)
+        return {r for i in span for t in (clock.attention_time(i), clock.mlp_time(i))
+                for blk in self.prog.layout.written_at(t) for r in blk.rows}
+
+    def _next_read(self, b: Block, w: _Place, w0: _Place, level: int) -> int:
+        """Where the run's next application reads `b`'s rows last: as the base's first
+        application reads the value its rows hold when it starts (the same stored layers read
+        the same rows in every application), found by the rows exactly."""
+        span = self._span(w0, level)
+        start, end = clock.attention_time(span[0]), clock.mlp_time(span[-1])
+        before = [c for c in self.prog.layout.blocks
+                  if c.written < start and set(c.rows) & set(b.rows)]
+        holder = max(before, key=lambda c: c.written, default=None)
+        if holder is None or holder.rows != b.rows or holder.last_read == LIVE_TO_END \
+                or not start <= holder.last_read <= end \
+                or sum(c.written == holder.written for c in before) > 1:
+            raise self._refuse(f"block {b.key} is read by the next application of the loop at "
+                               f"line {self.prog.loops.spec(w.levels[level].item.loop).line}, "
+                               "which the base unrolling runs after no application of it")
+        r0 = self.base_run[clock.layer_of(holder.last_read)]
+        apps = [x.app for x in w.levels[:level]] + [w.levels[level].app + 1]
+        apps += [self._entered(lv, r0, b.rows) for lv in r0.levels[level + 1:]]
+        return self._time((r0.path, tuple(apps)), holder.last_read, b)
 
     def _refuse(self, why: str) -> InputError:
         return InputError(f"labels at {_counts_text(self.prog.loops, self.counts)}: {why}")
+
+
+def _not_last(w: _Place | None, w0: _Place | None) -> int | None:
+    """The outermost loop level at which the run's place `w` is not as far from the end of
+    its loop instance as its anchor `w0` is in the base (None: at none; its values are read
+    as the base's are)."""
+    for level, lv in enumerate(w0.levels if w0 is not None else ()):
+        run = w.levels[level]
+        if run.apps - run.app != lv.base_apps - lv.app:
+            return level
+    return None
 
 
 def _run_apps(lv: _Level, counts: dict[str, int]) -> int:
