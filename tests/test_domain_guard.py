@@ -15,7 +15,7 @@ import tcompile
 from cli_in_process import run_in_process
 from tcompile.errors import DomainError, InputError, TcompileError
 from tcompile.inspection.sampling import sample_inputs
-from tcompile.runtime.domain_guard import outside
+from tcompile.runtime.domain_guard import guarded, outside
 from tcompile.runtime.executor import executor_for, expanded_executor_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,15 +83,61 @@ def test_one_bad_problem_in_a_batch_is_caught(cg_narrow):
 
 
 def test_structured_ranges_equal_check_domains():
-    """The executor's watched ranges are the ranges check_domains reads from the module."""
+    """The executor's watched ranges are the ranges check_domains reads from the module, for
+    every check the guard reads; check_domains reads the implied ones too."""
     params = {"d": 3, "steps": 2, "inv_steps": 3}
     prog = builds.build("newton_logistic", params)
     inputs = sample_inputs(prog.program, params, n=10, batch=4, seed=5)
     _, ranges = executor_for(prog, "structured").run_watched(prog.prepare_inputs(inputs))
     rows = tcompile.check_domains(prog, **inputs)
-    assert len(rows) == len(ranges) > 0
-    for i, r in enumerate(rows):
-        assert ranges[i] == pytest.approx((r["min"], r["max"]), rel=1e-12, abs=1e-14)
+    read = {i for i, _ in guarded(prog.typed_manifest.domains)}
+    assert set(ranges) == read and 0 < len(read) < len(rows)
+    for i in read:
+        assert ranges[i] == pytest.approx((rows[i]["min"], rows[i]["max"]), rel=1e-12, abs=1e-14)
+
+
+@pytest.mark.parametrize("name,params,n", [
+    ("newton_logistic", {}, 26), ("newton_logistic", {"d": 3, "steps": 2, "inv_steps": 3}, 10),
+    ("huber_irls", {}, 30), ("poisson_newton", {}, 30), ("newton_logistic_warm", {}, 26)])
+def test_implied_checks_hold_whenever_the_others_do(name, params, n):
+    """A check the guard skips (DomainCheck.implied: a unary piece's output, its values on
+    the piece's domain inside this check's) is inside on every input whose other checks are:
+    check_domains, which reads them all, on random problems. Which checks are implied: a
+    product's factor that a fitted piece computes (the Hessians' p(1 − p), huber's weights w,
+    poisson's mu = exp(z)), its domain exactly that piece's values."""
+    prog = builds.build(name, params)
+    checks = prog.typed_manifest.domains
+    implied = [i for i, c in enumerate(checks) if c.implied]
+    assert implied and len(guarded(checks)) == len(checks) - len(implied)
+    for i in implied:
+        c = checks[i]
+        assert c.label.startswith("A*")                  # the second factor of A * (...)
+        assert c.implied.endswith(f"takes values in [{c.lo:.6g}, {c.hi:.6g}]")
+    inside_runs = 0
+    for seed in range(4):
+        inputs = sample_inputs(prog.program, params, n=n, batch=3, seed=seed)
+        rows = tcompile.check_domains(prog, **inputs)
+        others_inside = all(not r["outside"] for i, r in enumerate(rows) if i not in implied)
+        if others_inside:
+            inside_runs += 1
+            assert not any(rows[i]["outside"] for i in implied), [rows[i] for i in implied]
+    assert inside_runs >= 2
+
+
+def test_a_skipped_checks_premise_failing_is_still_an_error():
+    """newton_logistic with its sigmoid fitted on [-0.5, 0.5]: |z| goes beyond 0.5, the check
+    of z (which the guard reads) fails, and run raises naming the sigmoid — skipping the
+    p(1 − p) check that z's implies loses no error."""
+    src = (ROOT / "programs" / "newton_logistic.tp").read_text()
+    assert src.count("on [-6, 6]") == 1
+    prog = tcompile.compile_source(src.replace("on [-6, 6]", "on [-0.5, 0.5]"),
+                                   params={"d": 3, "steps": 2, "inv_steps": 3})
+    assert any(c.implied for c in prog.typed_manifest.domains)
+    inputs = sample_inputs(prog.program, {"d": 3}, n=10, batch=2, seed=1)
+    inputs["x0"] = np.tile([0.9, 0.0, 0.0], (2, 1))
+    inputs["A"][:, 0] = np.array([1.0, 0.0, 0.0])              # z = A x0 = 0.9 in row 0
+    with pytest.raises(DomainError, match=r"sigmoid.*fitted on \[-0.5, 0.5\]"):
+        prog.run(**inputs)
 
 
 def test_shared_build_watches_every_iteration():

@@ -1006,7 +1006,9 @@ def test_random_loop_programs_run_looping_as_expanded():
         counts = prog.loops.counts({"steps": prog.info.params["steps"] + 2})
         a, _, _ = looping.run_inputs(prepared, counts)
         b = expanded_executor_for(prog, counts).run_inputs(prepared)
-        assert all(torch.equal(a[name], b[name]) for name in b), seed
+        for name in b:       # within rounding, as the looping executor's own test says why
+            scale = max(float(b[name].abs().max()), 1.0)
+            assert float((a[name] - b[name]).abs().max()) <= 1e-14 * scale, (seed, name)
 
 
 def test_halting_on_the_structured_executor_agrees_with_the_looped_module(least_squares):

@@ -121,8 +121,27 @@ def _domain_checks(plan, keys) -> tuple[DomainCheck, ...]:
             if not (math.isfinite(lo) and math.isfinite(hi)):
                 continue                        # exact on all of R: nothing to check
             pair = plan.mlp_input(leaf, atom.id)
-            out.append(DomainCheck(piece.label, keys[pair], float(lo), float(hi), int(layer)))
+            out.append(DomainCheck(piece.label, keys[pair], float(lo), float(hi), int(layer),
+                                   _implied(plan, leaf, lo, hi)))
     return tuple(out)
+
+
+def _implied(plan, leaf: int, lo: float, hi: float) -> str:
+    """Why a check of `leaf` against [lo, hi] holds whenever the checks before it do ("":
+    it may not). A leaf that is a unary piece's output takes the values of its PL function,
+    whose extremes on the piece's domain are at its knots (UnaryPiece.range: the range a
+    product fitted on it was given, newton_logistic's p(1 − p)); where the piece's own input
+    stays in its domain — checked itself — the leaf stays in that range, up to rounding far
+    inside the guard's slack. A product piece's range is the exact product's, not its fitted
+    squares' (those err by their tolerance), so it implies nothing."""
+    atom = plan.atoms.get(leaf)
+    piece = atom.piece if atom is not None else None
+    if piece is None or piece.kind != "unary":
+        return ""
+    plo, phi = piece.range
+    if not (math.isfinite(plo) and math.isfinite(phi)) or plo < lo or phi > hi:
+        return ""
+    return f"{piece.label} on [{piece.lo:.6g}, {piece.hi:.6g}] takes values in [{plo:.6g}, {phi:.6g}]"
 
 
 __all__ = ["compile_dataflow", "build_manifest"]

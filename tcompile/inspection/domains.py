@@ -30,7 +30,7 @@ def check_domains(prog, /, **inputs) -> "DomainReport":
     counts, inputs = split_counts(prog, inputs)
     module = prog.module_for("float64", "cpu")
     x = prog.encode_inputs(prog.prepare_inputs(inputs))
-    with watch_module(prog, module) as seen, torch.no_grad():
+    with watch_module(prog, module, every=True) as seen, torch.no_grad():
         module(x, counts) if prog.loops is not None else module(x)
     ranges = settle(seen)
     rows = []

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from . import clock
-from .domain_guard import observe
+from .domain_guard import guarded, observe
 from .exec_codegen import NotTraceable, trace
 from .exec_ops import ReadOp, read_outputs
 from .exec_plan import Occupancy, concrete, initial_occupancy
@@ -109,7 +109,7 @@ def plan_loops(loops: LoopProgram, layers: list[LayerWeights], layout: Layout,
     stored = _StoredLayout(templates, len(layers), separate_first)
     stored.checks = {}
     stored.watch = watch or {}
-    for c, chk in enumerate(domains):
+    for c, chk in guarded(domains):
         stored.checks.setdefault(chk.layer, []).append((c, layout.block(chk.block).rows))
     finals: list[Occupancy] = []
     steps = _plan_sequence(loops.sequence, layers, stored, occ, finals)

@@ -46,7 +46,7 @@ from .exec_codegen import NotTraceable, trace
 from .exec_ops import HeadOp, MlpOp, ReadOp, baddbmm, fit, read_outputs
 from .exec_plan import concrete, initial_occupancy, sub_read
 from .exec_sublayers import HeadSpec, SublayerPlan, plan_program
-from .domain_guard import observe, settle
+from .domain_guard import guarded, observe, pack, settle
 from .layout import Block, Layout
 from .model import exact_float32
 from .weights import LayerWeights
@@ -623,7 +623,7 @@ class StructuredExecutor:
         self.inputs = [s for s in self.initial.slots.values() if s.const is None]
         if watches is None:
             watches = [Watch(i, clock.attention_time(chk.layer), layout.block(chk.block))
-                       for i, chk in enumerate(domains)]
+                       for i, chk in guarded(domains)]
         self._watch_reads = self._place_watches(watches)
         self._drop = self._lifetimes()
         self._resolved: dict = {}
@@ -763,7 +763,7 @@ class StructuredExecutor:
                 _watch(res.watches[k], state, res.like, seen, done)
             for key in drop:
                 state.pop(key, None)
-        return self._decode(state, B, res.n), seen
+        return self._decode(state, B, res.n), pack(seen)
 
     def _decode(self, state: dict, B: int, n: int) -> dict:
         out = {}
@@ -789,7 +789,7 @@ class ExpandedExecutor(StructuredExecutor):
         # so every run of that layer is watched at those rows
         watches = [Watch(c, clock.attention_time(pos), layout.block(chk.block))
                    for pos, i in enumerate(sequence)
-                   for c, chk in enumerate(domains) if chk.layer == i]
+                   for c, chk in guarded(domains) if chk.layer == i]
         blocks = layout.output_blocks(where)        # `where`: the counts' residue's rows
         self.outputs = {o.name: (blocks[o.name], o.shape) for o in layout.outputs}
         by_time: dict[int, list] = {}

@@ -62,6 +62,10 @@ class DomainCheck:
     lo: float
     hi: float
     layer: int             # the input is read after this layer's attention (from 0)
+    # why `run`'s guard need not read it ("" where it must): the input is the output of a
+    # fitted piece whose own input is checked, and the piece's values on its domain lie inside
+    # this one (compiler/backend.py `_implied`); check_domains still reads every check
+    implied: str = ""
 
 
 @dataclass(frozen=True)
