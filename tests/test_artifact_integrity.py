@@ -22,7 +22,7 @@ from safetensors.numpy import save as st_save
 import tcompile
 from tcompile import ArtifactError
 from tcompile.runtime.artifact import _compact, _expand, content_sha256
-from tcompile.runtime.sparse import pack, to_dense, to_sparse, unpack
+from tcompile.runtime.sparse import to_dense, to_sparse
 
 ROOT = Path(__file__).resolve().parents[1]
 LEAST_SQUARES = ROOT / "programs" / "least_squares.tp"

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-import tcompile
 from tcompile.errors import InputError, ProgramError
 from tcompile.language.interpreter import interpret_program
 from tcompile.language.parser import parse_source

@@ -6,7 +6,6 @@ oracle with the bound each program's header derives.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import scipy.linalg
 
 import builds

@@ -7,7 +7,6 @@ stored blocks (random matrices for the atoms) must equal the monomial's value.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from tcompile.compiler.heads import Operand, Realization, realizable, realizations
 from tcompile.compiler.poly import Atom, AtomTable, Mono

@@ -286,8 +286,11 @@ def test_halting_stops_each_problem_where_its_iterate_settles(least_squares):
         first = next((t for t in range(1, cap + 1) if np.abs(ws[t] - ws[t - 1]).max() <= tol), cap)
         assert abs(int(steps[i]) - first) <= 2, (i, steps[i], first)
     for i in range(0, B, 9):         # a halted problem kept its state: a fixed-count run's
-        fixed = least_squares.run(A=As[i], y=ys[i], a_test=np.zeros(d), steps=int(steps[i]))
-        assert rel(out["w"][i], fixed["w"]) <= 1e-14
+        # of the same batch (the same calls, bit for bit on any machine; a run of problem i
+        # alone may round otherwise: 2e-12 at cond(A) = 1e3 with MKL_CBWR=COMPATIBLE)
+        fixed = least_squares.run(A=np.stack(As), y=np.stack(ys), a_test=np.zeros((B, d)),
+                                  steps=int(steps[i]))
+        assert np.array_equal(out["w"][i], fixed["w"][i]), i
     assert len(set(steps.tolist())) > 3
 
 
@@ -520,8 +523,8 @@ def test_halting_on_a_kernel_loop_checks_every_two_iterations():
             xs.append(xs[-1] + 0.5 * (b - M @ xs[-1]))
         want = next(t for t in range(2, cap, 2) if np.abs(xs[t] - xs[t - 2]).max() <= tol)
         assert int(out["steps"][i]) == want, (i, out["steps"][i], want)
-        fixed = prog.run(M=M, b=b, steps=want)["x"]
-        assert np.array_equal(out["x"][i], fixed)
+        fixed = prog.run(M=M, b=b, steps=want)["x"]     # alone: to rounding (see above)
+        assert np.abs(out["x"][i] - fixed).max() <= 1e-14 * max(np.abs(fixed).max(), 1.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotConvergedWarning)
         stuck = prog.run(until=("x", 0.0), max_steps=9, **inputs)

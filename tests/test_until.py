@@ -76,8 +76,8 @@ def halts_as_interpreted(prog, program, inputs: dict, until, max_steps, executor
                          exact: bool = True):
     """Run `until`; the interpreter with the same rule stops each problem at the same count
     (`exact`: and gives the outputs to 1e-9 of their scale), and a fixed-count run at each
-    count returned gives the outputs (the structured executor: bit for bit). The run's
-    result."""
+    count returned gives the outputs (the structured executor: to 1e-14 of their scale, bit
+    for bit where the BLAS rounds a batch as its parts). The run's result."""
     (spec,) = [s for s in prog.loops.loops if until[0] in s.watchable]
     rule = halting_plan(prog, {}, until, max_steps).rule
     want = interpret_program(program, {**prog.info.float_params(), spec.param: rule.limit},
@@ -95,8 +95,11 @@ def halts_as_interpreted(prog, program, inputs: dict, until, max_steps, executor
                    for k, v in inputs.items()}
             fixed = prog.run(**{spec.param: c}, **one)
             for k, v in fixed.items():
-                gap = np.abs(out[k][which] - v).max()
-                assert gap == 0 if executor is None else gap <= 1e-13, (executor, c, k, gap)
+                # the fixed-count run takes those problems alone: bit for bit on most
+                # machines, but a BLAS kernel may round a batch of another size otherwise
+                # (2.8e-17 with MKL_CBWR=COMPATIBLE), so within rounding of the scale
+                gap = np.abs(out[k][which] - v).max() / max(float(np.abs(v).max()), 1.0)
+                assert gap <= (1e-14 if executor is None else 1e-13), (executor, c, k, gap)
                 if exact:
                     scale = max(float(np.abs(want[k][which]).max()), 1.0)
                     assert np.abs(v - want[k][which]).max() <= 1e-9 * scale, (c, k)
