@@ -21,7 +21,7 @@ import tcompile
 from arrays import rel
 from cli_in_process import run_in_process
 from tcompile.errors import InputError
-from tcompile.inspection.labels import DEAD, FREE, LIVE, labels_to_csv
+from tcompile.inspection.labels import CLEARED, DEAD, FREE, LIVE, labels_to_csv
 from tcompile.inspection.reference import interpreter_assignments
 from tcompile.inspection.sampling import sample_inputs
 
@@ -74,7 +74,7 @@ def test_every_row_at_every_sublayer_is_labelled(case):
     assert len(labels) == (prog.layout.n_sublayers + 1) * prog.width
     assert [(lab.sublayer, lab.row) for lab in labels] == \
         [(t, r) for t in range(prog.layout.n_sublayers + 1) for r in range(prog.width)]
-    assert {lab.status for lab in labels} <= {LIVE, DEAD, FREE}
+    assert {lab.status for lab in labels} <= {LIVE, DEAD, CLEARED, FREE}
     # the encoder's rows are the inputs and constants; outputs are live at the end
     at0 = [lab for lab in labels if lab.sublayer == 0 and lab.status != FREE]
     assert {lab.kind for lab in at0} <= {"input", "const"}

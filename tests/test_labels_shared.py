@@ -20,11 +20,12 @@ import builds
 import tcompile
 from cli_in_process import run_in_process
 from tcompile.errors import InputError
+from tcompile.inspection.clears import cleared_rows
 from tcompile.inspection.labels import LIVE, label_layout
 from tcompile.inspection.naming import assignment_lines
 from tcompile.inspection.probe import compiled_activations, written_layer
 from tcompile.inspection.reference import interpreter_assignments
-from tcompile.inspection.run_layout import _places, run_layout
+from tcompile.inspection.run_layout import _places, run_layers, run_layout
 from tcompile.inspection.sampling import sample_inputs
 from tcompile.inspection.tolerance import Tolerances, rounding_sensitivity
 
@@ -116,7 +117,8 @@ def test_at_the_base_counts_the_labels_are_the_layouts(name, params, n, counts_l
                                             **{k: float(v) for k, v in counts.items()}})
     layout = replace(prog.layout, n_layers=run_length(prog, counts))
     inputs = {d.name: d.loc.line for d in prog.program.inputs}
-    assert tcompile.residual_labels(prog, **counts) == label_layout(layout, lines, inputs)
+    clears = cleared_rows(layout, run_layers(prog, **counts))    # the run's layers' clears
+    assert tcompile.residual_labels(prog, **counts) == label_layout(layout, lines, inputs, clears)
 
 
 @pytest.mark.parametrize("name,params,n,counts_list",

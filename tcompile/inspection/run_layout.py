@@ -396,4 +396,16 @@ def run_layout(prog, /, **counts) -> tuple[Layout, dict[str, int]]:
         prog.output_rows(counts)            # an unrolled build takes no counts: says so
         return prog.layout, assignment_lines(prog.program, prog.info.float_params())
     return layout_at(prog, prog.loops.counts(counts))
-__all__ = ["layout_at", "run_layout"]
+
+
+def run_layers(prog, /, **counts) -> list:
+    """The LayerWeights of the layers a run at these run-time counts executes, in run order
+    (one per layer of `run_layout`'s layout): an unrolled build's own, a shared build's stored
+    layers as `loops.expand` runs them."""
+    if prog.loops is None:
+        prog.output_rows(counts)            # an unrolled build takes no counts: says so
+        return list(prog.layers)
+    return [prog.layers[i] for i in prog.loops.expand(prog.loops.counts(counts))]
+
+
+__all__ = ["layout_at", "run_layout", "run_layers"]
