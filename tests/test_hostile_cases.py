@@ -233,6 +233,19 @@ def test_a_run_time_batch_of_3_million_is_refused_by_its_memory_estimate(work, m
         loaded(work).run(**inputs(work, batch=3_000_000))
 
 
+def test_a_small_run_does_not_read_the_memory_available(work, monkeypatch):
+    """Below run_budget.ALWAYS_FITS a run is not checked against the memory available (the
+    probe reads /proc and cgroup files: a tenth of a 1 ms run); above it, it is."""
+    from tcompile.runtime import run_budget
+    calls = []
+    monkeypatch.setattr(resources, "available_memory", lambda: calls.append(1) or 2 ** 40)
+    prog = loaded(work)
+    prog.run(**inputs(work, batch=4))
+    assert calls == [] and prog.check_run_cost(4, 6).bytes <= run_budget.ALWAYS_FITS
+    big = int(run_budget.ALWAYS_FITS / prog.check_run_cost(1, 6).bytes) + 1
+    assert prog.check_run_cost(big, 6).bytes > run_budget.ALWAYS_FITS and calls == [1]
+
+
 def test_the_run_estimate_counts_what_a_run_holds(work):
     """The estimate grows with batch, n, dtype and step count as the sizes say."""
     prog = loaded(work, "tiny_shared")
