@@ -970,7 +970,7 @@ def test_the_looping_executor_plans_each_body_once_and_matches_the_expanded_plan
     not always the same BLAS calls (a constant the expanded plan folds is a slot the loop
     reads; a kernel's slots are laid out for every application, not for one count), and
     whether such calls round alike depends on the BLAS kernel the CPU gets — equal on the
-    Intel machines this was written on, up to 8e-16 apart on an AMD EPYC (MKL, AVX-512)."""
+    machine this was written on, up to 8e-16 apart on an AMD EPYC (MKL, AVX-512)."""
     from tcompile.runtime.exec_loops import shared_executor_for
     from tcompile.runtime.executor import expanded_executor_for
     rng = np.random.default_rng(14)
