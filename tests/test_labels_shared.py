@@ -158,17 +158,24 @@ def test_every_point_is_scheduled_as_in_the_unrolled_build(name, params, n, coun
         assert schedule(run_layout(prog, **counts)[0]) == schedule(unrolled.layout), counts
 
 
+def interpreter_values(prog, prepared, counts: dict) -> tuple[dict, Tolerances]:
+    """The interpreter's value of every program point (and the inputs, `input:A`) at these
+    run-time counts, and the trace's tolerance policy for them."""
+    at = {**prog.info.float_params(), **{k: float(v) for k, v in counts.items()}}
+    want = interpreter_assignments(prog.program, at, prepared.arrays, prepared.n)
+    policy = Tolerances(prog.predicted_rtol(), rounding_sensitivity(
+        prog.program, at, prepared.arrays, prepared.n, want))
+    want.update({f"input:{k}": v for k, v in prepared.arrays.items()})
+    return want, policy
+
+
 @pytest.mark.parametrize("name,params,n,counts_list", CASES, ids=IDS)
 def test_live_labels_hold_the_interpreters_values(name, params, n, counts_list):
     prog = shared(name, params)
     inputs = sample_inputs(prog.program, params, n=n or prog.layout.min_tokens, batch=2, seed=1)
     prepared = prog.prepare_inputs(inputs)
     for counts in counts_list:
-        at = {**prog.info.float_params(), **{k: float(v) for k, v in counts.items()}}
-        want = interpreter_assignments(prog.program, at, prepared.arrays, prepared.n)
-        policy = Tolerances(prog.predicted_rtol(), rounding_sensitivity(
-            prog.program, at, prepared.arrays, prepared.n, want))
-        want.update({f"input:{k}": v for k, v in prepared.arrays.items()})
+        want, policy = interpreter_values(prog, prepared, counts)
         states = prog.sublayer_states(prepared, **counts)
         checked = 0
         for lab in tcompile.residual_labels(prog, **counts):

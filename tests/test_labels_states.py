@@ -30,10 +30,9 @@ import tcompile
 from cli_in_process import run_in_process
 from tcompile.inspection.clears import cleared_rows
 from tcompile.inspection.labels import CLEARED, DEAD, FREE, LIVE, STATUSES, label_layout
-from tcompile.inspection.reference import interpreter_assignments
 from tcompile.inspection.run_layout import run_layers, run_layout
 from tcompile.inspection.sampling import sample_inputs
-from tcompile.inspection.tolerance import Tolerances, rounding_sensitivity
+from test_labels_shared import interpreter_values
 
 # every program in programs/ at params small enough to build and run in well under a second
 SMALL = {
@@ -99,11 +98,7 @@ def check_against_states(prog, params: dict, counts: dict, seed: int) -> dict[st
     (the module docstring's rules); how many labels of each status were checked."""
     inputs = draw(prog, params, seed)
     prepared = prog.prepare_inputs(inputs)
-    at = {**prog.info.float_params(), **{k: float(v) for k, v in counts.items()}}
-    want = interpreter_assignments(prog.program, at, prepared.arrays, prepared.n)
-    policy = Tolerances(prog.predicted_rtol(), rounding_sensitivity(
-        prog.program, at, prepared.arrays, prepared.n, want))
-    want.update({f"input:{k}": v for k, v in prepared.arrays.items()})
+    want, policy = interpreter_values(prog, prepared, counts)
     states = prog.sublayer_states(prepared, **counts)
     labels = tcompile.residual_labels(prog, **counts)
     layout = run_layout(prog, **counts)[0]
