@@ -196,7 +196,9 @@ def pack(seen: list) -> list:
 
 
 def settle(seen: list) -> dict[int, tuple[float, float]]:
-    """(check, (min tensor, max tensor)) pairs → check → (min, max) in floats, one transfer."""
+    """What a run saw → check → (min, max) in floats: (check, (min tensor, max tensor)) pairs
+    (the module's hooks, a loop's segments: read by .item() on the CPU, else in one transfer)
+    and `pack`'s (Packed, tensor) entries (one transfer each)."""
     if not seen:
         return {}
     import torch
