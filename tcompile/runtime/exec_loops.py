@@ -400,30 +400,44 @@ class LoopRunner:
         """The loop with the variable read where the body writes it (halting.py's Watch decides
         who halts, and with the state of which application); the bookkeeping is numpy (B
         flags, one transfer of B numbers per value tested), so an application costs its
-        sublayers and a few small tensor operations more."""
+        sublayers and a few small tensor operations more. The first problems to halt keep
+        their state by reference, later ones by torch.where over it, and the final merge is
+        skipped where every problem halted (it would pick the kept values everywhere)."""
         B = max((v.shape[0] for v in state.values()), default=1)
         watch = plan.watch(B)
         held = self._held(s)
+        pieces = [self._fast(p) for p in (self._pieces(s, plan, True),
+                                          self._pieces(s, plan, False))]
         kept: dict[str, torch.Tensor] = {}
         for it in range(plan.applications):       # then the tail of the limit's residue
-            for steps, point in self._pieces(s, plan, it == 0):
-                self._run(steps, state, counts, like, None)
+            for steps, layers, point in pieces[it > 0]:
+                if layers:
+                    self._segment(steps, state, like)
+                elif steps:
+                    self._run(steps, state, counts, like, None)
                 if point is not None:
                     watch.read(it, point[0], point[1](state, like))
-            # references: a sublayer writes new tensors (a slot no later sublayer reads is
-            # gone already)
-            for mask, old in watch.settle(it, {k: state[k] for k in held if k in state}):
+            # references (a sublayer writes new tensors): a copy of the dict, not of its values
+            for mask, old in watch.settle(it, dict(state)):
                 m = torch.as_tensor(mask, device=like.device).view(-1, 1, 1)
-                for key, v in old.items():
-                    kept[key] = torch.where(m, v, kept.get(key, v))
+                for key in held:
+                    if key in old:
+                        v = old[key]
+                        kept[key] = torch.where(m, v, kept[key]) if key in kept else v
             if watch.done:
                 break
         steps, converged = watch.result()
-        halted = torch.as_tensor(converged, device=like.device).view(-1, 1, 1)
+        every = bool(converged.all())
+        halted = None if every else torch.as_tensor(converged, device=like.device).view(-1, 1, 1)
         for key, v in kept.items():
             if key in state:
-                state[key] = torch.where(halted, v, state[key])
+                state[key] = v if every else torch.where(halted, v, state[key])
         self.result = (steps, converged)
+
+    def _fast(self, pieces: list) -> list:
+        """(steps, whether they are layers only — one segment, no loop to walk —, read)."""
+        return [(steps, bool(steps) and all(isinstance(x, LayerStep) for x in steps), point)
+                for steps, point in pieces]
 
 
 class SharedExecutor:
