@@ -26,8 +26,9 @@ from tcompile.language.interpreter import interpret_program
 from tcompile.language.parser import parse_file, parse_source
 from tcompile.runtime.halting import halting_plan
 
-from test_shared_loops import (PROGRAMS, RIDGE, _inputs, _power_problem, power_iteration,
-                               random_loop_program, shared_random)
+from test_shared_loops import (PROGRAMS, RIDGE, _inputs, _power_problem,  # noqa: F401
+                               least_squares, power_iteration, random_loop_program,
+                               shared_random)
 
 # every shipped program's top-level loops: {line: the variables it carries}
 CARRIED = {
@@ -211,3 +212,55 @@ def test_until_on_ridge_by_gradient_descent():
                                      120, (None, "module"))
     assert out["converged"].all() and len(set(out["steps"].tolist())) > 2
     assert rule.first == prog.loops.loops[0].min_count
+
+
+def test_the_watch_passes_the_problems_whose_largest_change_is_within_tol(least_squares):
+    """Watch.read on the CPU tests in numpy (every entry within tol; nothing more where fewer
+    entries than one problem has are): the problems it stops, and at which count, are those
+    of the largest change by torch (amax of |value − before| ≤ tol), float32 and NaN too."""
+    import torch
+    tol = 2.0 ** -20                    # a change of exactly tol is exact in both dtypes
+    plan = halting_plan(least_squares, {}, ("w", tol), 60)
+    rule, (point,) = plan.rule, plan.points
+    rng = np.random.default_rng(5)
+    B = 40
+    for dtype in (torch.float64, torch.float32):
+        scale = np.logspace(-3, 2, B)[:, None, None]
+        watch, values = plan.watch(B), []
+        for j in range(40):
+            step = scale * 0.6 ** j * rng.standard_normal((B, 4, 1))
+            step[3] = 0.0                            # never moves: passes at the first test
+            value = (values[-1].double().numpy() if values else 0.0) + step
+            value[7, 2] = np.nan                     # never passes
+            value[11], value[12] = j * tol, 2 * j * tol   # moves by exactly tol, by 2 tol
+            values.append(torch.tensor(value, dtype=dtype))
+            watch.read(j, point, values[-1])
+        want = np.full(B, -1)
+        for j in range(1, len(values)):
+            c = point.count + j
+            moved = torch.amax(torch.sub(values[j], values[j - 1]).abs_(), dim=(1, 2))
+            if rule.tests(c):
+                want[(want < 0) & (moved.numpy() <= rule.tol)] = c
+        assert np.array_equal(watch.steps, want), (dtype, watch.steps, want)
+        assert want[3] == want[11] == rule.first and want[7] == want[12] == -1
+        assert len(set(want.tolist())) > 5
+
+
+def test_a_kept_halting_plan_does_not_let_an_equal_but_bad_until_through(least_squares):
+    """structured_until keeps each until's plan: ("w", True) equals ("w", 1) but is refused."""
+    from tcompile.errors import InputError
+    inputs = _ls_inputs(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotConvergedWarning)
+        first = least_squares.run(until=("w", 1), max_steps=6, **inputs)
+        again = least_squares.run(until=("w", 1), max_steps=6, **inputs)
+    assert np.array_equal(first["steps"], again["steps"])
+    with pytest.raises(InputError, match="tolerance"):
+        least_squares.run(until=("w", True), max_steps=6, **inputs)
+
+
+def _ls_inputs(B: int, n: int = 40, d: int = 4) -> dict:
+    rng = np.random.default_rng(2)
+    As = rng.standard_normal((B, n, d))
+    As /= np.linalg.norm(As, axis=2).max(axis=1)[:, None, None]
+    return {"A": As, "y": rng.standard_normal((B, n)), "a_test": rng.standard_normal((B, d))}

@@ -419,7 +419,7 @@ class LoopRunner:
                     watch.read(it, point[0], point[1](state, like))
             # references (a sublayer writes new tensors): a copy of the dict, not of its values
             for mask, old in watch.settle(it, dict(state)):
-                m = torch.as_tensor(mask, device=like.device).view(-1, 1, 1)
+                m = torch.as_tensor(mask.reshape(-1, 1, 1), device=like.device)
                 for key in held:
                     if key in old:
                         v = old[key]

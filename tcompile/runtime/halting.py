@@ -164,9 +164,11 @@ class Watch:
         self.lag = max([0] + [-plan.ending(p.count) for p in plan.points])
 
     def read(self, j: int, point: WatchPoint, value: torch.Tensor) -> None:
-        """On the CPU the values are kept as numpy views and the movement is numpy's (the same
-        numbers: a difference, its absolute value and a maximum are exact in either), which
-        costs less than torch's calls on B small rows."""
+        """On the CPU the values are kept as numpy views and the test is numpy's — every entry
+        of a problem within tol, which is its largest change within tol (a difference and its
+        absolute value are exact in either; NaN passes neither) —, which costs less than
+        torch's calls on B small rows; and where fewer entries than one problem has are within
+        tol, no problem passes and nothing more is computed."""
         rule = self.rule
         c = point.count + self.plan.item.every * j
         if value.device.type == "cpu":
@@ -177,10 +179,14 @@ class Watch:
         if before is None or not rule.tests(c):
             return
         if isinstance(value, np.ndarray):
-            moved = abs(value - before).reshape(len(value), -1).max(axis=1)
+            still = abs(value - before) <= rule.tol
+            if len(still) and np.count_nonzero(still) < still[0].size:
+                return       # fewer entries within tol than one problem has: none passes
+            passed = still.reshape(len(value), -1).all(axis=1)
         else:
             moved = torch.amax(torch.sub(value, before).abs_(), dim=(1, 2)).cpu().numpy()
-        now = self.active & (moved <= rule.tol)
+            passed = moved <= rule.tol
+        now = self.active & passed
         if np.count_nonzero(now):
             self.steps[now] = c
             self.active &= ~now
@@ -212,16 +218,39 @@ def structured_until(prog, executor, inputs, counts: dict, until, max_steps, dty
                      watch: bool = False):
     """Halting through the shared build's structured executor (exec_loops.py), which plans
     each body once and reads the variable where the body writes it; None where its plan does
-    not cover the run (a loop run 0 times), and the looped module must do it."""
-    plan = halting_plan(prog, counts, until, max_steps)
-    spec = prog.loops.spec(plan.key)
-    resolved = prog.loops.counts({**counts, spec.param: plan.rule.limit})
-    if not executor.covers(resolved):
+    not cover the run (a loop run 0 times), and the looped module must do it. The plan of
+    each (until, max_steps, counts) is kept on the executor (a run's fixed cost, ~10 µs:
+    B = 64 least_squares runs in ~1 ms); the key holds the types too, so that an until that
+    only equals a checked one (("w", True) beside ("w", 1)) is checked itself."""
+    cache = executor.__dict__.setdefault("_halting_plans", {})
+    try:
+        key = (_typed(until), _typed(max_steps), tuple(sorted(counts.items())),
+               tuple(map(_typed, counts.values())))
+        hash(key)
+    except TypeError:
+        key = None
+    got = None if key is None else cache.get(key)
+    if got is None:
+        plan = halting_plan(prog, counts, until, max_steps)
+        spec = prog.loops.spec(plan.key)
+        resolved = prog.loops.counts({**counts, spec.param: plan.rule.limit})
+        got = (plan, resolved, executor.covers(resolved))
+        if key is not None and len(cache) < 64:
+            cache[key] = got
+    plan, resolved, covered = got
+    if not covered:
         return None
     out, (steps, converged), ranges = executor.run_inputs(inputs, resolved, dtype, device, plan,
                                                           watch)
     warn_not_converged(converged, until, plan.rule)
     return out, steps, converged, ranges
+
+
+def _typed(x):
+    """x with the type of it and of its items: a cache key that tells 1 from True and 1.0."""
+    if isinstance(x, (tuple, list)):
+        return (type(x),) + tuple(_typed(y) for y in x)
+    return (type(x), x)
 
 
 def run_until(prog, module, x: torch.Tensor, counts: dict, until, max_steps):
