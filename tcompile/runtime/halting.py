@@ -187,12 +187,13 @@ class Watch:
             moved = torch.amax(torch.sub(value, before).abs_(), dim=(1, 2)).cpu().numpy()
             passed = moved <= rule.tol
         now = self.active & passed
-        if np.count_nonzero(now):
+        halts = int(np.count_nonzero(now))
+        if halts:
             self.steps[now] = c
-            self.active &= ~now
-            self.left = int(np.count_nonzero(self.active))
+            self.active ^= now                  # now ⊆ active: these leave it
+            self.left -= halts
             at = self.plan.ending(c)
-            self.pending[at] = self.pending.get(at, False) | now
+            self.pending[at] = self.pending[at] | now if at in self.pending else now
 
     def settle(self, j: int, state) -> list[tuple[np.ndarray, object]]:
         saved = self.saved
