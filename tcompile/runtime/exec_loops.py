@@ -406,7 +406,7 @@ class LoopRunner:
         B = max((v.shape[0] for v in state.values()), default=1)
         watch = plan.watch(B)
         held = self._held(s)
-        pieces = [self._fast(p) for p in (self._pieces(s, plan, True),
+        pieces = [self._layers_only(p) for p in (self._pieces(s, plan, True),
                                           self._pieces(s, plan, False))]
         kept: dict[str, torch.Tensor] = {}
         for it in range(plan.applications):       # then the tail of the limit's residue
@@ -417,7 +417,10 @@ class LoopRunner:
                     self._run(steps, state, counts, like, None)
                 if point is not None:
                     watch.read(it, point[0], point[1](state, like))
-            # references (a sublayer writes new tensors): a copy of the dict, not of its values
+            # references (a sublayer writes new tensors): a copy of the dict, not of its values;
+            # its entries besides the held slots are the loop's inputs and constants, the same
+            # tensors in every application (a slot the body writes and no later one reads is
+            # dropped already), so keeping them costs no memory
             for mask, old in watch.settle(it, dict(state)):
                 m = torch.as_tensor(mask.reshape(-1, 1, 1), device=like.device)
                 for key in held:
@@ -434,7 +437,7 @@ class LoopRunner:
                 state[key] = v if every else torch.where(halted, v, state[key])
         self.result = (steps, converged)
 
-    def _fast(self, pieces: list) -> list:
+    def _layers_only(self, pieces: list) -> list:
         """(steps, whether they are layers only — one segment, no loop to walk —, read)."""
         return [(steps, bool(steps) and all(isinstance(x, LayerStep) for x in steps), point)
                 for steps, point in pieces]
