@@ -7,7 +7,8 @@ Measures, side by side in one process (float64, CPU, 1 thread):
     that expands the plan per count (executor.ExpandedExecutor) at 1,000 steps;
   * least_squares (d = 4, B = 64): halting on w (tolerance 1e-13, at most 200 steps) against a
     fixed-count run of as many steps as the last problem to halt took (the same iterations:
-    the batch runs until its last problem halts).
+    the batch runs until its last problem halts), the two timed alternately (at least 30
+    pairs): medians, and the median of the per-pair ratios.
 Prints a table and writes bench/results/loop_executor.json.
 
     python bench/bench_loop_executor.py [--repeats R] [--out bench/results/loop_executor.json]
@@ -39,6 +40,20 @@ def timed(fn, repeats: int) -> tuple[float, list[float]]:
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times), times
+
+
+def timed_pair(a, b, repeats: int) -> tuple[float, float, float]:
+    """a and b timed alternately (a, b, b, a, ...: a load burst hits both alike): their
+    medians, and the median of the per-pair ratios b / a (steadier than a ratio of medians
+    on a shared machine)."""
+    ta, tb = [], []
+    for i in range(repeats):
+        for which in ((a, ta), (b, tb)) if i % 2 == 0 else ((b, tb), (a, ta)):
+            t = time.perf_counter()
+            which[0]()
+            which[1].append(time.perf_counter() - t)
+    return (statistics.median(ta), statistics.median(tb),
+            statistics.median(y / x for x, y in zip(ta, tb)))
 
 
 def main() -> None:
@@ -97,16 +112,19 @@ def main() -> None:
     out = ls.run(until=("w", 1e-13), max_steps=200, **inputs)
     N = int(out["steps"].max())
     ls.run(steps=N, **inputs)
-    fixed, _ = timed(lambda: ls.run(steps=N, **inputs), args.repeats)
-    halting, _ = timed(lambda: ls.run(until=("w", 1e-13), max_steps=200, **inputs), args.repeats)
+    ls.run(until=("w", 1e-13), max_steps=200, **inputs)
+    fixed, halting, paired = timed_pair(lambda: ls.run(steps=N, **inputs),
+                                        lambda: ls.run(until=("w", 1e-13), max_steps=200, **inputs),
+                                        max(args.repeats, 30))
     module, _ = timed(lambda: ls.run(until=("w", 1e-13), max_steps=200, executor="module",
                                      **inputs), 1)
     rows["least_squares_halting_B64"] = {
         "iterations": N, "fixed_count_s_median": fixed, "halting_s_median": halting,
-        "halting_over_fixed": halting / fixed, "module_halting_s": module}
-    print(f"least_squares B = 64, halting after {N} steps: fixed count {1e3 * fixed:.1f} ms, "
-          f"halting {1e3 * halting:.1f} ms (x{halting / fixed:.2f}); halting on the looped "
-          f"module {1e3 * module:.0f} ms")
+        "halting_over_fixed": halting / fixed, "halting_over_fixed_paired_median": paired,
+        "module_halting_s": module}
+    print(f"least_squares B = 64, halting after {N} steps: fixed count {1e3 * fixed:.2f} ms, "
+          f"halting {1e3 * halting:.2f} ms (x{halting / fixed:.2f}; median of paired ratios "
+          f"x{paired:.2f}); halting on the looped module {1e3 * module:.0f} ms")
     doc = {"machine": platform.platform(), "python": platform.python_version(),
            "torch": torch.__version__, "load_average": os.getloadavg()[0], "rows": rows}
     Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
