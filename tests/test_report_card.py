@@ -13,6 +13,7 @@ import pytest
 
 import tcompile
 from tcompile.cli.main import main
+from tcompile.runtime.domain_guard import guarded
 
 ROOT = Path(__file__).resolve().parents[1]
 LOGISTIC = ROOT / "programs" / "newton_logistic.tp"
@@ -201,8 +202,12 @@ def test_check_domains_summarises_all_inside_and_names_what_left(logistic):
     A /= 1.5 * np.linalg.norm(A, axis=1, keepdims=True)
     checks = tcompile.check_domains(logistic, A=A, y=np.sign(rng.normal(size=8)), x0=np.zeros(3))
     assert checks.all_inside and checks.outside == [] and not any(c["outside"] for c in checks)
+    implied = sum(1 for c in checks if c["implied"])
+    assert implied == len(checks) - len(guarded(logistic.typed_manifest.domains)) > 0
     assert str(checks) == checks.summary == (f"all {len(checks)} domain checks inside: every MLP "
-                                             f"piece read inputs within the domain it was fitted on")
+                                             f"piece read inputs within the domain it was fitted on"
+                                             f" ({implied} implied by the others, which run's "
+                                             "guard reads instead)")
     prog = tcompile.compile_source("program t\ninput u : [n]\noutput s\ns = sigmoid(u) on [-2, 2]\n",
                                    file="t.tp")
     out = tcompile.check_domains(prog, u=np.array([[0.0, 2.5], [-3.0, 0.0]]))

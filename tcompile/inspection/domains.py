@@ -73,8 +73,10 @@ def domain_summary(prog, rows: list[dict]) -> str:
         return "no domain checks: this model has no approximated (clamping) MLP pieces"
     bad = [r for r in rows if r["outside"]]
     if not bad:
+        implied = sum(1 for r in rows if r.get("implied"))
         return (f"all {len(rows)} domain checks inside: every MLP piece read inputs within the "
-                f"domain it was fitted on")
+                f"domain it was fitted on" + (f" ({implied} implied by the others, which run's "
+                                               "guard reads instead)" if implied else ""))
     names = _reads(prog)
     groups: dict[tuple, list[dict]] = {}
     for r in bad:
