@@ -128,17 +128,10 @@ def iterates(prog, inputs: dict) -> tuple[dict[str, np.ndarray], int]:
     prepared = prog.prepare_inputs(inputs)
     if prepared.batch is None:
         raise InputError("probe needs a batch of problems: give the inputs a leading batch axis")
-    params = {**prog.info.float_params(), **_resolved(prog, counts)}
+    run = prog.loops.run_params(prog.resolve_counts(counts)) if prog.loops is not None else {}
+    params = {**prog.info.float_params(), **{k: float(v) for k, v in run.items()}}
     return interpreter_assignments(prog.program, params, prepared.arrays,
                                    prepared.n), prepared.size
-
-
-def _resolved(prog, counts: dict) -> dict[str, float]:
-    """A shared build's run-time params at these counts (the built ones where not given)."""
-    if prog.loops is None:
-        return {}
-    resolved = prog.loops.counts(counts)
-    return {s.param: float(resolved[s.key]) for s in prog.loops.loops if s.param is not None}
 
 
 def probe(activations, prog, inputs: dict, variables=None, *, tokens=None, alpha: float = 1e-6,

@@ -138,11 +138,8 @@ class _IterationWalk(_AssignmentLines):
 
 def _params_at(prog, counts: dict[str, int]) -> dict[str, float]:
     """The program's params with the loops' run-time params at these (resolved) counts."""
-    params = dict(prog.info.float_params())
-    for spec in prog.loops.loops:
-        if spec.param is not None:
-            params[spec.param] = float(counts[spec.key])
-    return params
+    return {**prog.info.float_params(),
+            **{k: float(v) for k, v in prog.loops.run_params(counts).items()}}
 
 
 def layout_at(prog, counts: dict[str, int]) -> tuple[Layout, dict[str, int]]:
@@ -384,28 +381,25 @@ def _same_instance(w0: _Place | None, r0: _Place, level: int) -> bool:
             and [x.app for x in w0.levels[:level]] == [x.app for x in r0.levels[:level]])
 
 
-
-
-
 def run_layout(prog, /, **counts) -> tuple[Layout, dict[str, int]]:
     """(the layout of the run at these run-time counts, by param name — `steps=50`, the built
     counts where not given — one layer per layer it runs; `x@k` → source line for that run).
     An unrolled build's is its own layout (it takes no counts)."""
     from .naming import assignment_lines
+    resolved = prog.resolve_counts(counts)
     if prog.loops is None:
-        prog.output_rows(counts)            # an unrolled build takes no counts: says so
         return prog.layout, assignment_lines(prog.program, prog.info.float_params())
-    return layout_at(prog, prog.loops.counts(counts))
+    return layout_at(prog, resolved)
 
 
 def run_layers(prog, /, **counts) -> list:
     """The LayerWeights of the layers a run at these run-time counts executes, in run order
     (one per layer of `run_layout`'s layout): an unrolled build's own, a shared build's stored
     layers as `loops.expand` runs them."""
+    resolved = prog.resolve_counts(counts)
     if prog.loops is None:
-        prog.output_rows(counts)            # an unrolled build takes no counts: says so
         return list(prog.layers)
-    return [prog.layers[i] for i in prog.loops.expand(prog.loops.counts(counts))]
+    return [prog.layers[i] for i in prog.loops.expand(resolved)]
 
 
 __all__ = ["layout_at", "run_layout", "run_layers"]

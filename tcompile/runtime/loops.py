@@ -106,6 +106,11 @@ class LoopProgram:
         """Run-time params and their built values."""
         return {s.param: s.count for s in self.loops if s.param is not None}
 
+    def run_params(self, resolved: dict[str, int]) -> dict[str, int]:
+        """The run-time params at these resolved counts (`counts`' result, or `base_counts`):
+        {param: count}, what the interpreter takes for the same run."""
+        return {s.param: resolved[s.key] for s in self.loops if s.param is not None}
+
     def counts(self, given: dict | None = None) -> dict[str, int]:
         """Every loop's count for these run-time params (the built ones where not given);
         InputError for an unknown param, a bad value, or a count the build does not cover."""

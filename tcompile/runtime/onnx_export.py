@@ -205,8 +205,8 @@ def onnx_model(prog, dtype="float64", **counts):
     model.ir_version = IR_VERSION
     from . import artifact
     meta = {"tcompile.program": prog.name, "tcompile.params": json.dumps(prog.info.params),
-            "tcompile.counts": json.dumps({s.param: resolved[s.key] for s in prog.loops.loops
-                                           if s.param} if prog.loops is not None else {}),
+            "tcompile.counts": json.dumps(prog.loops.run_params(resolved)
+                                          if prog.loops is not None else {}),
             "tcompile.layers_run": str(len(order)),
             "tcompile.manifest": json.dumps(artifact.manifest_to_json(prog.typed_manifest))}
     helper.set_model_props(model, meta)

@@ -198,16 +198,23 @@ class CompiledProgram:
         return codec.decode(self.layout, x.detach().to("cpu", _torch_dtype("float64")).numpy(),
                             self.output_rows(counts))
 
-    def output_rows(self, counts: dict) -> dict:
-        """{output: (rows, transposed)} for those a run at these run-time counts leaves in other
-        rows than the layout's output blocks (loops.py `LoopProgram.output_rows`); {} for an
-        unrolled build."""
+    def resolve_counts(self, counts: dict) -> dict[str, int]:
+        """Every loop's count of a run at these run-time counts, by param name (loops.py
+        `LoopProgram.counts`; InputError for a count the build cannot take); {} for an
+        unrolled build, which takes none (InputError if some are given)."""
         if self.loops is None:
             if counts:
                 raise InputError(f"{', '.join(sorted(counts))}: an unrolled build takes no "
                                  "run-time counts (its counts are fixed at build time)")
             return {}
-        return self.loops.output_rows(self.loops.counts(counts))
+        return self.loops.counts(counts)
+
+    def output_rows(self, counts: dict) -> dict:
+        """{output: (rows, transposed)} for those a run at these run-time counts leaves in other
+        rows than the layout's output blocks (loops.py `LoopProgram.output_rows`); {} for an
+        unrolled build."""
+        resolved = self.resolve_counts(counts)
+        return {} if self.loops is None else self.loops.output_rows(resolved)
 
     def output_blocks(self, **counts) -> dict[str, Block]:
         """Every output's block at these run-time counts (the rows a run leaves it in)."""
@@ -299,8 +306,7 @@ class CompiledProgram:
         against the layout's sublayer times. A shared build's at its run-time counts
         (`steps=50`; the built ones by default): one state per sublayer it runs, in run order,
         the times of the layout of that run (inspection/run_layout.py, which the labels read)."""
-        if self.loops is None:
-            self.output_rows(counts)        # an unrolled build takes no counts: says so
+        self.resolve_counts(counts)         # counts this build cannot take: said before the run
         states = self.forward_states(self.encode_inputs(inputs, "float64", "cpu"), **counts)
         return [s.numpy() for s in states]
 
