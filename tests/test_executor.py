@@ -379,9 +379,9 @@ class _Passes(torch.utils._python_dispatch.TorchDispatchMode):
 def test_table_op_values_and_passes(monkeypatch, grid):
     """newton_logistic's sigmoid op (one table, two outputs) and a product op (two squares)
     against build_table's function in numpy, and the passes each makes over its entries (a
-    deterministic proxy for its cost): by the grid 4 for the cell (add, clamp, NaN to the
-    first cell: one each per table; one cast), 3 per kink a cell holds (gather, compare, add), 2 gathers and 1
-    multiply-add for all outputs and tables together (the sigmoid's two outputs: +1, their
+    deterministic proxy for its cost): by the grid for the cell an add and a clamp per table,
+    then one pass sending NaN to cell 0 and one cast, 3 per kink a cell holds (gather, compare,
+    add), 2 gathers and 1 multiply-add for all outputs and tables together (the sigmoid's two outputs: +1, their
     offsets; a product: + its two s and the sum of its squares); by searchsorted the cell
     passes are one call (+1 for the offsets of outputs or tables)."""
     monkeypatch.setattr(exec_ops, "SEARCH_BELOW", 0 if grid else 1 << 30)
@@ -409,7 +409,7 @@ def test_table_op_values_and_passes(monkeypatch, grid):
         fixed = s_pass + (O * T > 1) + 3 + (T - 1)      # offsets, 2 gathers + 1 multiply-add, sum
         if grid:
             assert lk.grid is not None
-            cells = 4 if T == 1 else 3 * T + 1   # add, clamp, nan_to_num per table; one cast
+            cells = 2 * T + 2                    # add, clamp per table; one nan_to_num, one cast
             assert len(p.calls) == cells + 3 * lk.m + fixed - (T > 1), p.calls
         else:
             assert len(p.calls) == 1 + fixed, p.calls

@@ -491,9 +491,10 @@ class _Tables:
     * by one searchsorted (tables that have no grid, and passes of fewer than SEARCH_BELOW
       entries, where a call costs more than the work): the breakpoints padded to (T, K).
 
-    A NaN s has no cell: a grid pass sends it to its table's first cell (one nan_to_num pass
-    on the cell; searchsorted sends it to the end), and slope · NaN + intercept is NaN — NaN
-    in, NaN out, as through the dense module's ReLUs, never an index out of range.
+    A NaN s has no cell: a grid pass sends it to cell 0 (the first table's first cell: any
+    valid cell will do; one nan_to_num pass over all tables' cells, before the cast;
+    searchsorted sends it to the end), and slope · NaN + intercept is NaN — NaN in, NaN out,
+    as through the dense module's ReLUs, never an index out of range.
 
     Coefficients are 1-D columns (a gather of a 2-D table's rows and the strided passes over
     its columns cost 2-8x a contiguous gather on a CPU)."""
@@ -586,14 +587,14 @@ class _Tables:
             if T == 1:
                 (lo, hi), = self.clamp
                 s = s.clamp_(lo, hi) if own else torch.clamp(s, lo, hi)
-                j = torch.add(self.shift[0], s, alpha=self.inv_h[0]).nan_to_num_(self.jmin[0])
+                j = torch.add(self.shift[0], s, alpha=self.inv_h[0])
             else:
                 j = s.new_empty((T, N))
                 for i, (jt, st) in enumerate(zip(j.unbind(0), s.view(T, N).unbind(0))):
                     st.clamp_(*self.clamp[i])
-                    torch.add(self.shift[i], st, alpha=self.inv_h[i], out=jt).nan_to_num_(self.jmin[i])
+                    torch.add(self.shift[i], st, alpha=self.inv_h[i], out=jt)
                 j = j.view(-1)
-            k = j.to(torch.int32)
+            k = j.nan_to_num_(0.0).to(torch.int32)
             if self.g_off is not None:
                 k = torch.add(k, self.g_off).view(-1)
             return k, True, s
@@ -606,14 +607,13 @@ class _Tables:
             return (k if k.dim() == 1 else k.view(-1)), False, s
         if T == 1:
             j = torch.add(self.shift[0], s, alpha=self.inv_h[0]).clamp_(self.jmin[0], self.jmax[0])
-            j.nan_to_num_(self.jmin[0])
         else:
             j = s.new_empty((T, N))
             for i, (jt, st) in enumerate(zip(j.unbind(0), s.view(T, N).unbind(0))):
                 torch.add(self.shift[i], st, alpha=self.inv_h[i], out=jt)
-                jt.clamp_(self.jmin[i], self.jmax[i]).nan_to_num_(self.jmin[i])
+                jt.clamp_(self.jmin[i], self.jmax[i])
             j = j.view(-1)
-        j = j.to(torch.int32)
+        j = j.nan_to_num_(0.0).to(torch.int32)
         if self.m:
             k = torch.add(torch.lt(self.kinks[0].index_select(0, j), s), j, alpha=self.m + 1)
             for tk in self.kinks[1:]:

@@ -12,8 +12,8 @@ are bit for bit the torch path's (`probe` checks that on this machine before it 
   source compiled with -ffp-contract=off so the compiler adds or removes none;
 * clamps keep s where s equals a bound (signed zeros) and pass NaN on, like torch.clamp;
 * intervals by searchsorted are torch's lower bound (the same comparisons, NaN → the end);
-* the cast to int32 truncates; a NaN s (which the torch path sends to its table's first cell,
-  exec_ops._Tables) is reported, and the call is then made again by the torch path: NaN out.
+* the cast to int32 truncates; a NaN s (which the torch path sends to cell 0, exec_ops.
+  _Tables) is reported, and the call is then made again by the torch path: NaN out.
 
 The kernel is plain C (no torch headers: it compiles in about a second), keyed by a hash of
 its source, the compiler, the flags and the CPU, and kept in a per-user cache directory
