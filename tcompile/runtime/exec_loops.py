@@ -472,6 +472,7 @@ class SharedExecutor:
         constant = {k for k, s in self.all_slots.items() if s.const is not None}
         self.drops = lifetimes(self.steps, keep, constant)
         self._runners: dict = {}
+        self.halting_plans: dict = {}   # halting.structured_until's plan of each until
 
     def _plan(self, prog, templates, separate_first: bool) -> None:
         self.steps, self.initial, self.finals = plan_loops(prog.loops, prog.layers, self.layout,

@@ -223,7 +223,7 @@ def structured_until(prog, executor, inputs, counts: dict, until, max_steps, dty
     each (until, max_steps, counts) is kept on the executor (a run's fixed cost, ~10 µs:
     B = 64 least_squares runs in ~1 ms); the key holds the types too, so that an until that
     only equals a checked one (("w", True) beside ("w", 1)) is checked itself."""
-    cache = executor.__dict__.setdefault("_halting_plans", {})
+    cache = executor.halting_plans
     try:
         key = (_typed(until), _typed(max_steps), tuple(sorted(counts.items())),
                tuple(map(_typed, counts.values())))
