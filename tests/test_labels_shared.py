@@ -195,14 +195,19 @@ def test_live_labels_hold_the_interpreters_values(name, params, n, counts_list):
 def test_a_kernel_is_labelled_only_where_its_base_unrolling_says():
     """power_iteration folds to a kernel of 2 iterations whose base unrolling (7 steps) ends in
     the odd residue's tail: odd counts are labelled (test_live_labels_...), even ones, whose
-    tail no recorded unrolling ran, refused, saying why."""
+    tail no recorded unrolling ran, refused, saying why; so is a count that runs a body 0
+    times (conjugate_gradient at its fewest count, 3)."""
     prog = shared("power_iteration", {})
     assert prog.loops.item(prog.loops.loops[0].key).every == 2
-    for steps, why in ((8, "residue 0"), (40, "residue 0"), (5, "0 times")):
-        with pytest.raises(InputError, match=why):
+    for steps in (4, 8, 40):
+        with pytest.raises(InputError, match="residue 0"):
             tcompile.residual_labels(prog, steps=steps)
+    assert tcompile.residual_labels(prog, steps=5)
     with pytest.raises(InputError, match="residue"):
         written_layer(prog)                    # the built count, 40, is even
+    cg = shared("conjugate_gradient", {})
+    with pytest.raises(InputError, match="0 times"):
+        tcompile.residual_labels(cg, steps=3)
 
 
 def test_counts_are_checked_like_a_runs():

@@ -556,24 +556,26 @@ def _power_problem(rng, gaps=(0.5,)):
 
 
 def test_power_iteration_runs_a_kernel_whose_outputs_end_by_the_counts_residue():
-    """power_iteration's one-iteration body costs 8 layers (322 run at 40 steps); a kernel of
-    2 iterations costs 15, but its tails leave `u` and `lam` in other rows at odd counts than
+    """power_iteration's orientation alternates from one iteration to the next, so it runs a
+    kernel of 2 iterations, whose tails leave `u` and `lam` in other rows at odd counts than
     at even ones. The build records the rows per residue (loops.py `LoopItem.outputs`) and
-    every run reads them from the rows of its own count's residue: 302 layers at 40 steps
-    (unrolled 283: the unrolled build starts the next S u from u's definition, which a stored
-    body cannot), the outputs of the unrolled build and the interpreter at even and odd
-    counts, on the structured executor and the looped module."""
+    every run reads them from the rows of its own count's residue. The kernel reads ahead
+    (nodes.LOOP_AHEAD): the next v = S u is the one head S v r, as in the unrolled build, with
+    u stored beside it, so it runs 14 layers per 2 iterations (15 waiting for u, 8 for a
+    one-iteration body) and 283 layers at 40 steps, as many as the unrolled build, from 20
+    stored layers (43 before). The outputs are the unrolled build's and the interpreter's at
+    even and odd counts, on the structured executor and the looped module."""
     prog = power_iteration()
     (spec,) = prog.loops.loops
     item = prog.loops.item(spec.key)
-    assert prog.loops.unrolled == () and (spec.every, spec.layers_per_iteration) == (2, 15)
+    assert prog.loops.unrolled == () and (spec.every, spec.layers_per_iteration) == (2, 14)
     assert prog.loops.residue_loop() == item and len(item.outputs) == 2
     assert prog.output_blocks(steps=8)["lam"].rows != prog.output_blocks(steps=7)["lam"].rows
-    assert (prog.loops.n_layers(prog.loops.counts()), builds.build("power_iteration").n_layers) \
-        == (302, 283)
+    assert (prog.loops.n_layers(prog.loops.counts()), builds.build("power_iteration").n_layers,
+            len(prog.layers), prog.width) == (283, 283, 20, builds.build("power_iteration").width)
     inputs = _power_problem(np.random.default_rng(21))
     source = parse_file(PROGRAMS + "power_iteration.tp")
-    for steps, layers, unrolled_layers in ((7, 55, 52), (8, 62, 59)):
+    for steps, layers, unrolled_layers in ((7, 52, 52), (8, 59, 59)):
         unrolled = tcompile.compile_file(PROGRAMS + "power_iteration.tp", {"steps": steps})
         assert (prog.module.n_layers(steps=steps), unrolled.n_layers) == (layers, unrolled_layers)
         b = unrolled.run(executor="module", **inputs)

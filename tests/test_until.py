@@ -167,8 +167,9 @@ def test_until_on_every_variable_of_the_random_loop_programs(seed):
 
 
 def test_until_on_variables_whose_rows_are_overwritten_in_the_body():
-    """power_iteration's u (written only at even counts by its kernel of 2: an odd limit runs
-    to the even count below it), huber_irls' r, poisson_newton's z and sinkhorn's v: values
+    """power_iteration's u (its kernel of 2 writes u at every iteration beside the next S v r,
+    nodes.LOOP_AHEAD: each application tests the change over its last iteration, gap 1, and
+    an odd limit is run to), huber_irls' r, poisson_newton's z and sinkhorn's v: values
     written over later in the application, read where they are written; each problem halts
     where the interpreter with the same rule does, on both executors."""
     from test_programs_structured import huber_problem, poisson_problem
@@ -177,7 +178,7 @@ def test_until_on_variables_whose_rows_are_overwritten_in_the_body():
     inputs = _power_problem(np.random.default_rng(3), gaps=(0.3, 0.5, 0.7))
     for cap in (40, 41):
         out, rule = halts_as_interpreted(prog, program, inputs, ("u", 1e-6), cap, (None, "module"))
-        assert rule.every == rule.gap == 2 and rule.limit == 40
+        assert (rule.every, rule.gap, rule.limit) == (2, 1, cap)
         assert out["converged"].all() and len(set(out["steps"].tolist())) == 3
     rng = np.random.default_rng(5)
     for name, var, problem, tol in (("huber_irls.tp", "r", huber_problem, 1e-5),

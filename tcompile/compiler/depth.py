@@ -13,7 +13,7 @@ atom's layer drops. Atoms no one reads any more are removed.
 from __future__ import annotations
 
 from .heads import realizable
-from .nodes import ITERATION, LOOP_KERNEL, LOOP_STATE, kernel_group
+from .nodes import ITERATION, LOOP_AHEAD, LOOP_KERNEL, LOOP_STATE, kernel_group
 from .poly import (MAX_FACTORS, Atom, AtomTable, Mono, Poly, add_polys, max_degree, mul_polys,
                    transpose_poly)
 from .schedule import ENCODER, attention_layer, mlp_layer
@@ -102,7 +102,11 @@ def _crosses_iterations(f: Atom, reader: Atom) -> bool:
     unrolled build does: it runs once, in the layers around the body. (Unrolled builds mark no
     loop state, and merge freely.) A loop run by a kernel of k iterations (shared_build.py)
     is the exception inside a kernel: an iteration may inline the state of an earlier one of
-    its own group of k, as the unrolled build does — the kernel stores the group's layers."""
+    its own group of k, as the unrolled build does — the kernel stores the group's layers.
+    A loop that reads ahead (LOOP_AHEAD) is another: the next iteration may inline the state
+    of the one before it, a layer of its own still running one iteration's work (its factors
+    are the previous iteration's stored values, which the fold then finds in the same rows at
+    every iteration, or the loop is not read ahead)."""
     state = f.node.get(LOOP_STATE)
     if not state:
         return False
@@ -115,14 +119,19 @@ def _crosses_iterations(f: Atom, reader: Atom) -> bool:
     if k > 1 and key in mine and key in theirs and \
             kernel_group(theirs[key], k, times)[0] == kernel_group(mine[key], k, times)[0]:
         return False
+    if f.node.get(LOOP_AHEAD) and key in mine and theirs.get(key) == mine[key] + 1:
+        return False
     return key in theirs and theirs.get(key) != mine.get(key)
 
 
 def _drop_unread(atoms: AtomTable, outputs: dict[str, int]) -> AtomTable:
-    """Remove stored values nothing reads any more (their readers now read their definitions)."""
+    """Remove stored values nothing reads any more (their readers now read their definitions).
+    The state of a loop that reads ahead stays: `until`, the trace and the outputs read it at
+    every iteration's end, though the next iteration reads its definition."""
     keep = atoms.restricted(atoms)
+    ahead = {a for a, atom in atoms.items() if atom.node.get(LOOP_AHEAD)}
     while True:
-        read = set(outputs.values())
+        read = set(outputs.values()) | (ahead & set(keep))
         for atom in keep.values():
             if atom.kind == "attn":
                 read |= {f for m in atom.poly for f in _factors(m)}

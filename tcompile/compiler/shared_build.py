@@ -42,12 +42,14 @@ UNROLLINGS = (2, 4)             # the shortest and longest base unrolling of a l
 
 
 def shared_dataflow(program, values: dict, tol, unroll: dict[str, int] | None,
-                    plain: frozenset = frozenset(), kernel: dict[str, int] | None = None):
+                    plain: frozenset = frozenset(), kernel: dict[str, int] | None = None,
+                    ahead: frozenset = frozenset()):
     """The dataflow graph of the program with each loop unrolled `unroll[key]` times, its state
     widened to the hull every iteration (steady_state.py); loops in `plain` are walked as the
-    unrolled build walks them; a loop in `kernel` has its iterations grouped by that many."""
-    return walk_to_graph(SharedGraphBuilder(program, values, unroll, plain, kernel), program,
-                         values, tol)
+    unrolled build walks them; a loop in `kernel` has its iterations grouped by that many; a
+    loop in `ahead` reads ahead (nodes.LOOP_AHEAD)."""
+    return walk_to_graph(SharedGraphBuilder(program, values, unroll, plain, kernel, ahead),
+                         program, values, tol)
 
 
 class _Unrollings:
@@ -62,11 +64,12 @@ class _Unrollings:
         self.pieces = PieceBuilder(tol)          # every unrolling fits each function once
 
     def compile(self, counts: dict[str, int], plain: frozenset = frozenset(),
-                kernel: dict[str, int] | None = None) -> tuple:
+                kernel: dict[str, int] | None = None, ahead: frozenset = frozenset()) -> tuple:
         kernel = {k: e for k, e in (kernel or {}).items() if e > 1}
-        key = (tuple(sorted(counts.items())), plain, tuple(sorted(kernel.items())))
+        key = (tuple(sorted(counts.items())), plain, tuple(sorted(kernel.items())),
+               tuple(sorted(ahead)))
         if key not in self.built:
-            df = shared_dataflow(self.program, self.values, self.tol, counts, plain, kernel)
+            df = shared_dataflow(self.program, self.values, self.tol, counts, plain, kernel, ahead)
             plan, layers, blocks, keys = compile_dataflow(df, None, self.values, self.max_memory,
                                                           None, self.pieces)
             self.built[key] = (df, plan, layers, blocks, keys)
@@ -75,16 +78,16 @@ class _Unrollings:
         return self.built[key]
 
     def outputs(self, counts: dict[str, int], plain: frozenset = frozenset(),
-                kernel: dict[str, int] | None = None) -> tuple:
+                kernel: dict[str, int] | None = None, ahead: frozenset = frozenset()) -> tuple:
         """Where the outputs end: ((name, rows, transposed), ...)."""
-        df, plan, _layers, blocks, keys = self.compile(counts, plain, kernel)
+        df, plan, _layers, blocks, keys = self.compile(counts, plain, kernel, ahead)
         where = {b.key: (tuple(b.rows), b.transposed) for b in blocks}
         return tuple((name, *where[keys[(nid, plan.orient[nid])]])
                      for name, nid in sorted(df.outputs.items()))
 
     def sequence(self, counts: dict[str, int], plain: frozenset = frozenset(),
-                 kernel: dict[str, int] | None = None) -> list:
-        return [digest(layer) for layer in self.compile(counts, plain, kernel)[2]]
+                 kernel: dict[str, int] | None = None, ahead: frozenset = frozenset()) -> list:
+        return [digest(layer) for layer in self.compile(counts, plain, kernel, ahead)[2]]
 
 
 def compile_shared(program, values: dict, tol, max_memory, report) -> CompiledProgram:
@@ -97,12 +100,15 @@ def compile_shared(program, values: dict, tol, max_memory, report) -> CompiledPr
     kernel = _choose_kernels(runs, sites, folded, base, kept)
     if kernel:
         folded, base, kept = _fold_all(runs, sites, kernel)
+    ahead = _choose_read_ahead(runs, sites, folded, base, kept, kernel)
+    if ahead:
+        folded, base, kept = _fold_all(runs, sites, kernel, ahead)
     # the layout and domain checks come from one more iteration than the base of every folded
     # loop (compiled by the fold already), so that each body runs at least once in it (a
     # kernel of k iterations: k + 1 more, so that its tail for one leftover iteration runs too)
     counts = {k: base[k] + (k not in kept) * (1 + (kernel.get(k, 1) > 1) * kernel.get(k, 1))
               for k in base}
-    df, plan, layers, blocks, keys = runs.compile(counts, frozenset(kept), kernel)
+    df, plan, layers, blocks, keys = runs.compile(counts, frozenset(kept), kernel, ahead)
     stored: list[LayerWeights] = []
     sequence = _store(folded, runs.layers, stored, in_loop=False, where={})
     shared = {k: s for k, s in sites.items() if k not in kept}
@@ -113,7 +119,8 @@ def compile_shared(program, values: dict, tol, max_memory, report) -> CompiledPr
     return CompiledProgram(_shared_manifest(manifest, stored, loops), stored)
 
 
-def _fold_all(runs: _Unrollings, sites: dict[str, LoopSite], kernel: dict[str, int] | None = None):
+def _fold_all(runs: _Unrollings, sites: dict[str, LoopSite], kernel: dict[str, int] | None = None,
+              ahead: frozenset = frozenset()):
     """Fold every loop, innermost first, from a base unrolling of UNROLLINGS[0] iterations per
     loop; a loop whose pipeline needs more (its fill and drain hold more iterations) gets a
     longer base unrolling, up to UNROLLINGS[-1]. A loop that still does not fold (its
@@ -141,7 +148,7 @@ def _fold_all(runs: _Unrollings, sites: dict[str, LoopSite], kernel: dict[str, i
 
     def folded(counts: dict[str, int], upto: int) -> list:
         if upto == 0:
-            return runs.sequence(counts, frozenset(kept), kernel)
+            return runs.sequence(counts, frozenset(kept), kernel, ahead)
         site = order[upto - 1]
         if site.key in kept:
             return folded(counts, upto - 1)
@@ -153,7 +160,7 @@ def _fold_all(runs: _Unrollings, sites: dict[str, LoopSite], kernel: dict[str, i
             seq = residues[0] if k == 1 else join_residues(site.key, residues)
             if k > 1:
                 seq = _residue_outputs(seq, site.key, [runs.outputs(
-                    {**counts, site.key: c + r}, frozenset(kept), kernel) for r in range(k)])
+                    {**counts, site.key: c + r}, frozenset(kept), kernel, ahead) for r in range(k)])
         except NoSteadyState as e:
             e.key = site.key
             raise
@@ -230,6 +237,49 @@ def _choose_kernels(runs: _Unrollings, sites: dict[str, LoopSite], folded, base,
         chosen, best = trial, seq
         kept = kept2
     return chosen
+
+
+def _choose_read_ahead(runs: _Unrollings, sites: dict[str, LoopSite], folded, base, kept,
+                       kernel: dict[str, int]) -> frozenset:
+    """Which loops read ahead (nodes.LOOP_AHEAD): the next iteration multiplies out the
+    state's definition, as the unrolled build does, instead of waiting a layer for the state
+    to be stored — power iteration's next v = S u = S v r is one head on v and r, and its
+    stored u (kept for `until` and the outputs) is written beside it. Tried as kernels are:
+    on top-level loops of programs without nested loops, in source order, each kept only if
+    the loop still folds (its layers repeat bit for bit, the oracle of every shared build),
+    no loop falls back to unrolled, it is no deeper per iteration, no wider, and it runs fewer
+    layers at the built count and at one more (deterministic: the same choice everywhere)."""
+    if any(s.depth for s in sites.values()):
+        return frozenset()
+    counts = {k: s.count for k, s in sites.items()}
+    chosen: frozenset = frozenset()
+    best = folded
+    for key in sorted(sites, key=lambda k: (sites[k].line, k)):
+        if key in kept:
+            continue
+        trial = chosen | {key}
+        plain = frozenset(kept)       # a cheap look first: is the base unrolling any shorter?
+        if len(runs.sequence(base, plain, kernel, trial)) >= len(runs.sequence(
+                base, plain, kernel, chosen)):
+            continue
+        seq, trial_base, kept2 = _fold_all(runs, sites, kernel, trial)
+        if kept2.keys() != kept.keys():
+            continue
+        more = {**counts, key: counts[key] + 1}
+        if not (_per_iteration(seq, key) <= _per_iteration(best, key)
+                and _run_length(seq, counts) + _run_length(seq, more)
+                < _run_length(best, counts) + _run_length(best, more)
+                and _width(runs, trial_base, kept, kernel, trial)
+                <= _width(runs, trial_base, kept, kernel, chosen)):
+            continue
+        chosen, best = trial, seq
+    return chosen
+
+
+def _width(runs: _Unrollings, counts, kept, kernel, ahead) -> int:
+    """The residual width of an unrolling."""
+    layers = runs.compile(counts, frozenset(kept), kernel, ahead)[2]
+    return int(layers[0].W_1.shape[1]) if layers else 0
 
 
 def _per_iteration(seq, key: str) -> float:

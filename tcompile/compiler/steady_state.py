@@ -23,7 +23,7 @@ from ..language import ast
 from ..language.checker import Ty, Val, Walker
 from ..language.run_params import loop_key, loop_param, run_time_counts
 from .dataflow import GraphBuilder, _carried
-from .nodes import (CSHAPE, ENTERS, HI, ITERATION, LO, LOC, LOOP_KERNEL, LOOP_PHASE, LOOP_STATE,
+from .nodes import (CSHAPE, ENTERS, HI, ITERATION, LO, LOC, LOOP_AHEAD, LOOP_KERNEL, LOOP_PHASE, LOOP_STATE,
                     TWIN, VARS, kernel_group)
 
 
@@ -47,9 +47,10 @@ class _SteadyState:
     sites: dict[str, LoopSite]
 
     def setup_steady(self, unroll: dict[str, int] | None, plain: frozenset = frozenset(),
-                     kernel: dict[str, int] | None = None):
+                     kernel: dict[str, int] | None = None, ahead: frozenset = frozenset()):
         self.unroll_counts = dict(unroll or {})
         self.kernel = dict(kernel or {})  # loops run by a kernel of k > 1 iterations (grouped)
+        self.ahead = ahead                # loops whose next iteration may read ahead (LOOP_AHEAD)
         self.times: dict[str, int] = {}   # iterations each loop is walked
         self.plain = plain               # loops kept unrolled: walked as an unrolled build does
         self.sites = {}
@@ -154,9 +155,10 @@ class SharedGraphBuilder(_SteadyState, GraphBuilder):
     state widened to its hull at every iteration (see the module docstring)."""
 
     def __init__(self, program, params, unroll: dict[str, int] | None = None,
-                 plain: frozenset = frozenset(), kernel: dict[str, int] | None = None):
+                 plain: frozenset = frozenset(), kernel: dict[str, int] | None = None,
+                 ahead: frozenset = frozenset()):
         GraphBuilder.__init__(self, program, params)
-        self.setup_steady(unroll, plain, kernel)
+        self.setup_steady(unroll, plain, kernel, ahead)
         self._occurrences: dict = {}
 
     def node(self, op: str, args: tuple = (), cshape=None, loc=None, **attrs) -> int:
@@ -205,6 +207,8 @@ class SharedGraphBuilder(_SteadyState, GraphBuilder):
             val = env.get(name)
             if val is not None and isinstance(val.data, int):
                 self.graph.nodes[val.data][LOOP_STATE] = f"{key}/{name}"
+                if key in self.ahead:
+                    self.graph.nodes[val.data][LOOP_AHEAD] = True
                 if k > 1:
                     self.graph.nodes[val.data][LOOP_PHASE] = phase
                     self.graph.nodes[val.data][LOOP_KERNEL] = (k, self.times[key])
