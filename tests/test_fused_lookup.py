@@ -221,3 +221,55 @@ head -c 1000 {real} > "$2"; sleep 0.2; cat {real} > "$2" """)
     assert got[0].read_bytes() == real.read_bytes()
     calls = log.read_text().count("x")
     assert fused_lookup._build(cc) == got[0] and log.read_text().count("x") == calls
+
+
+def test_the_probe_verdict_is_kept_beside_the_kernel(monkeypatch, tmp_path):
+    """The first load in a cache probes and writes its verdict beside the library; the next
+    load (another process, here a reset) takes the same functions without probing, and takes
+    what a verdict says (no kernel for a dtype it says none matches); a verdict file that is
+    not one (truncated, edited) or a torch dispatching to another CPU capability
+    (other kernels: FMA or not) probes again."""
+    fused_lookup.kernel(torch.float64, exec_ops._Tables)
+    real = fused_lookup.library()
+    assert real is not None, fused_lookup.why_not()
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / real.name).write_bytes(real.read_bytes())      # the library, as if built here
+    monkeypatch.setenv(fused_lookup.ENV_CACHE, str(cache))
+    calls = []
+    probe = fused_lookup.probe
+
+    def counted(*args):
+        calls.append(args[1])
+        return probe(*args)
+    monkeypatch.setattr(fused_lookup, "probe", counted)
+
+    def load():
+        fused_lookup._reset()
+        return {dt: fused_lookup.kernel(dt, exec_ops._Tables) for dt in (torch.float64,
+                                                                          torch.float32)}
+    try:
+        first = load()
+        assert calls and all(first.values())
+        (verdict,) = cache.glob("*-probe-*.json")
+        assert verdict.name.startswith(real.stem)
+        assert sorted(p.name for p in cache.iterdir()) == sorted([real.name, verdict.name])
+        n = len(calls)
+        again = load()
+        assert len(calls) == n                                   # not probed again
+        assert {dt: fn.__name__ for dt, fn in again.items()} == \
+            {dt: fn.__name__ for dt, fn in first.items()}
+        verdict.write_text('{"f32": null, "f64": "mad"}')       # a verdict is taken as it is
+        got = load()
+        assert len(calls) == n and got[torch.float32] is None
+        assert got[torch.float64].__name__ == "lookup_f64_mad"
+        verdict.write_text('{"f64": "fma"')                      # not a verdict: probe
+        load()
+        assert len(calls) > n and fused_lookup._read_verdict(verdict) is not None
+        n = len(calls)
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+        load()
+        assert len(calls) > n and len(list(cache.glob("*-probe-*.json"))) == 2
+    finally:
+        monkeypatch.undo()
+        fused_lookup._reset()

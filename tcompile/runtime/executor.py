@@ -90,9 +90,11 @@ class _Sublayer:
             c, slots, consts, n, dtype, device)
         ops = [make(c) for c in plan.contribs]
         # constant contributions that are zero (an MLP's units whose gated bias is off on
-        # every token): x + 0 = x, their terms are dropped
+        # every token): x + 0 = x, their terms are dropped. Plan-time tests of constants are
+        # numpy's: torch ops the forward never runs would page in libtorch code for them
+        # (~0.5 MiB each, a third of newton_logistic's resident set at d = 5, bench/README.md)
         zero = {i for i, op in enumerate(ops)
-                if getattr(op, "const", None) is not None and not bool(torch.any(op.const))}
+                if getattr(op, "const", None) is not None and not _host(op.const).any()}
         writes = []
         for slot, old, terms in zip(plan.slots, plan.olds, plan.terms):
             e = concrete(slot.ext, n)
@@ -533,10 +535,10 @@ def _fold_constants(ops, writes, n):
             if C is None or C.shape[-1] != e or not table_at:
                 new_ts.append((i, src, dst))
                 continue
-            keep = []
+            keep, C = [], _host(C[0])
             for r, d in zip(src, dst):
-                row, at = C[0, r], table_at.get(d)
-                if at is not None and bool(torch.all(row == row[0])):
+                row, at = C[r], table_at.get(d)
+                if at is not None and (row == row[0]).all():
                     ops[at[0]].add_intercept(at[1], float(row[0]))
                     del table_at[d]
                 else:
@@ -546,6 +548,11 @@ def _fold_constants(ops, writes, n):
         out.append((slot, old, new_ts))
     return out
 
+
+
+def _host(t: torch.Tensor) -> np.ndarray:
+    """A plan-time constant as numpy, to be tested there (see _Sublayer)."""
+    return t.detach().cpu().numpy()
 
 class _Resolved:
     """The plan for one (n, dtype, device): constant slots and resolved sublayers."""

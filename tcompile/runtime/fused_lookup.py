@@ -19,7 +19,13 @@ The kernel is plain C (no torch headers: it compiles in about a second), keyed b
 its source, the compiler, the flags and the CPU, and kept in a per-user cache directory
 ($TCOMPILE_CACHE_DIR, else $XDG_CACHE_HOME/tcompile, else ~/.cache/tcompile), written under a
 temporary name and renamed into place (atomic: processes compiling at once each write their
-own file and the last rename wins with an identical one). Never inside the repository or
+own file and the last rename wins with an identical one). The probe's verdict (which variant,
+if any, matches torch for each dtype) is kept beside it, keyed by all it depends on besides the
+library — torch's version, the CPU capability torch's kernels dispatch to (ATEN_CPU_CAPABILITY
+may lower it, and with it torch's use of FMA) and the source of the torch path it compares
+with —, so that only the first process on a machine runs it: the probe runs the torch path's
+table ops, ~14 ms and ~8 MiB of libtorch's code paged in (newton_logistic's structured run at
+d = 5 otherwise touches none of them: its resident set grew by 18.8 MiB, 9.6 MiB without). Never inside the repository or
 artifacts, and a build does not depend on it: it only changes how the executor evaluates a
 table. Without a compiler, when compiling or loading fails, when the probe finds the kernel
 not bit-identical to torch here, or with TCOMPILE_FUSED_LOOKUP=0, tables run by torch.
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -242,9 +249,47 @@ def _build(cc: str) -> Path:
     raise RuntimeError(f"{cc} failed: {last}")
 
 
+def _verdict_path(library: Path, tables_cls) -> Path:
+    """Where the probe's verdict on `library` is kept: named for what the verdict depends on
+    besides the library (whose name covers its source, compiler, flags and CPU)."""
+    sources = b"".join(Path(m.__file__).read_bytes() for m in (
+        sys.modules[tables_cls.__module__], sys.modules[__name__],
+        sys.modules[tables_cls.__module__.rsplit(".", 1)[0] + ".pl_tables"]))
+    key = hashlib.sha256(b"\0".join([torch.__version__.encode(),
+                                      torch.backends.cpu.get_cpu_capability().encode(),
+                                      sources])).hexdigest()[:20]
+    return library.with_name(f"{library.stem}-probe-{key}.json")
+
+
+def _read_verdict(path: Path) -> dict | None:
+    """{dtype tag: variant or None} as written by _write_verdict; None when absent or not
+    such a file (then the probe runs again and writes it anew)."""
+    try:
+        got = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(got, dict) and set(got) == set(_DTYPES.values()) and all(
+        v in (None, "fma", "mad") for v in got.values())
+    return got if ok else None
+
+
+def _write_verdict(path: Path, verdict: dict) -> None:
+    """Written under a temporary name and renamed into place, as the library is; a cache that
+    cannot be written only means the next process probes again."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".probe-", suffix=".json", dir=path.parent)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(verdict, fh, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError:
+        if "tmp" in locals() and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def _load(tables_cls) -> dict:
-    """dtype → the C function whose results equal the torch path's here (checked by `probe`);
-    empty when the kernel is off, cannot be built, or matches torch in no variant."""
+    """dtype → the C function whose results equal the torch path's here (checked by `probe`,
+    or by an earlier process's probe of the same library, torch and torch path: its verdict
+    file); empty when the kernel is off, cannot be built, or matches torch in no variant."""
     with _lock:
         if "kernels" in _state:
             return _state["kernels"]
@@ -256,20 +301,31 @@ def _load(tables_cls) -> dict:
                 raise RuntimeError("no C compiler (cc, $CC or $TCOMPILE_CC)")
             path = _build(cc)
             lib = ctypes.CDLL(str(path))
+            where = _verdict_path(path, tables_cls)
+            known = _read_verdict(where)
+            verdict = {}                      # dtype tag → the variant that matches, or None
             for dtype, tag in _DTYPES.items():
-                for variant in ("fma", "mad"):
-                    fn = getattr(lib, f"lookup_{tag}_{variant}")
-                    fn.restype = ctypes.c_int64
-                    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
-                                   ctypes.c_void_p]
-                    if probe(fn, dtype, tables_cls):
-                        kernels[dtype] = fn
-                        break
+                if known is not None:
+                    verdict[tag] = known[tag]
+                else:
+                    verdict[tag] = next((v for v in ("fma", "mad") if probe(
+                        _function(lib, tag, v), dtype, tables_cls)), None)
+                if verdict[tag] is not None:
+                    kernels[dtype] = _function(lib, tag, verdict[tag])
+            if known is None:
+                _write_verdict(where, verdict)
             _state["path"] = path
             _state["why"] = None if kernels else "the kernel's results differ from torch's here"
         except Exception as exc:          # no compiler, a failed compile or load: torch path
             _state["why"] = f"{type(exc).__name__}: {exc}"
         return kernels
+
+
+def _function(lib, tag: str, variant: str):
+    fn = getattr(lib, f"lookup_{tag}_{variant}")
+    fn.restype = ctypes.c_int64
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+    return fn
 
 
 def kernel(dtype, tables_cls):
@@ -321,9 +377,12 @@ class Fused:
             tb.m = tables.m
             tb.cells = sum(G for G, _ in tables.grid)
             tb.L = tb.cells * (tables.m + 1)
-            tb.shift = ptr(torch.stack(tables.shift))
+            # joined by numpy: torch's stack and cat would page in code the forward never
+            # runs (executor._host)
+            tb.shift = ptr(torch.from_numpy(np.stack([s.numpy() for s in tables.shift])))
             tb.inv_h, tb.jmin, tb.jmax = ptr(tables.inv_h), ptr(tables.jmin), ptr(tables.jmax)
-            tb.kinks = ptr(torch.cat(tables.kinks)) if tables.m else None
+            tb.kinks = ptr(torch.from_numpy(np.concatenate([k.numpy() for k in tables.kinks]))) \
+                if tables.m else None
             tb.g_slope, tb.g_icpt = ptr(tables.g_slope), ptr(tables.g_icpt)
             if tables.clamp is not None:
                 tb.lo = ptr([lo for lo, _ in tables.clamp])
