@@ -589,6 +589,25 @@ def test_power_iteration_runs_a_kernel_whose_outputs_end_by_the_counts_residue()
         tcompile.report_text(prog).split())
 
 
+def test_the_card_gives_a_kernel_loops_layers_at_every_count():
+    """A kernel loop's tails differ by residue of its count, so the card gives the layers run
+    at one count of each residue (`layers_by_residue`), and one formula where every residue
+    keeps the per-iteration rate: power_iteration 283 + 7 (K − 40); Richardson (1 layer per 2
+    iterations) one per residue. Each holds at counts around the built one."""
+    for prog, text in ((power_iteration(), "layers run at steps = K: 283 + 7 (K − 40)"),
+                       (richardson(), "layers run at steps = K: 21 + 1 per 2 more iterations "
+                                      "(K − 40) for K ≡ 0 (mod 2); 22 + 1 per 2 more "
+                                      "iterations (K − 41) for K ≡ 1 (mod 2)")):
+        (lp,) = prog.report["loops"]["loops"]
+        every, per = lp["every"], lp["layers_per_iteration"]
+        assert every == 2 and len(lp["layers_by_residue"]) == 2
+        for K0, L0 in lp["layers_by_residue"]:
+            for j in range(-1, 4):
+                K = K0 + every * j
+                assert prog.loops.n_layers(prog.loops.counts({"steps": K})) == L0 + per * j, K
+        assert text in " ".join(tcompile.report_text(prog).split())
+
+
 def test_per_residue_outputs_save_load_and_trace(tmp_path):
     """The rows per residue go through the artifact (its loop section's `outputs`, written only
     where they differ, so other artifacts are unchanged); the loaded build reads each count's

@@ -150,6 +150,18 @@ def _approximation_group(i: int, group: list[dict], program) -> list[str]:
         (_wrap(f"chosen: {choice}", "       ") if choice else [])
 
 
+def _kernel_formula(lp: dict) -> str:
+    """Layers run at K by a kernel loop: one formula where every residue's tail keeps the
+    per-iteration rate (power_iteration: 283 + 7 (K − 40)), else one per residue."""
+    p, per, every = lp["param"], lp["layers_per_iteration"], lp["every"]
+    (K0, L0), *rest = lp["layers_by_residue"]
+    if per % every == 0 and all(L == L0 + per // every * (K - K0) for K, L in rest):
+        return f"layers run at {p} = K: {L0} + {per // every} (K − {K0})"
+    parts = [f"{L} + {per} per {every} more iterations (K − {K}) for K ≡ {K % every} (mod {every})"
+             for K, L in lp["layers_by_residue"]]
+    return f"layers run at {p} = K: " + "; ".join(parts)
+
+
 def _loop_lines(rep: dict) -> list[str]:
     loops = rep["loops"]
     lines = [f"  loops (shared build: each body stored once; {loops['layers_run']} layers run at "
@@ -164,10 +176,8 @@ def _loop_lines(rep: dict) -> list[str]:
         per = "iteration" if every == 1 else f"{every} iterations (a kernel of {every})"
         lines.append(f"    line {lp['line']:<4} repeat {count}   {lp['layers_per_iteration']} "
                      f"layer{'s' * (lp['layers_per_iteration'] != 1)} per {per}{nested}")
-        if lp["param"] and not lp["depth"] and every != 1:
-            lines.append(f"              layers run at {lp['param']} = K: {loops['layers_run']} + "
-                         f"{lp['layers_per_iteration']} per {every} more iterations (K − "
-                         f"{lp['count']}), and a tail's layer more where {every} does not divide K − {lp['count']}")
+        if lp["param"] and not lp["depth"] and every != 1 and lp.get("layers_by_residue"):
+            lines += _wrap(_kernel_formula(lp), "              ")
         elif lp["param"] and not lp["depth"]:
             lines.append(f"              layers run at {lp['param']} = K: {loops['layers_run']} + "
                          f"{lp['layers_per_iteration']} (K − {lp['count']})")

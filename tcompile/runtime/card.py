@@ -113,13 +113,30 @@ def _loops(program) -> dict:
         "loops": [{"line": s.line, "param": s.param, "count": s.count, "depth": s.depth,
                    "layers_per_iteration": s.layers_per_iteration, "min_count": s.min_count,
                    "max_count": s.max_count, "until": s.watchable,
-                   **({"every": s.every} if s.every != 1 else {}),
+                   **({"every": s.every, "layers_by_residue": _by_residue(program, s)}
+                      if s.every != 1 else {}),
                    **({"residue_outputs": _residue_outputs(program.item(s.key))}
                       if s.depth == 0 and program.item(s.key).outputs else {})}
                   for s in program.loops],
         "kept_unrolled": [{"line": line, "count": count, "why": why}
                           for line, count, why in program.unrolled],
     }
+
+
+def _by_residue(program, spec) -> list[list[int]] | None:
+    """A kernel loop's layers run, one count of each residue mod its kernel: [[K, layers at
+    K], ...] (the tails differ by residue, so no one formula from the built count says it);
+    None for a nested loop or one without a run-time count."""
+    if spec.depth or not spec.param:
+        return None
+    out = []
+    for r in range(spec.every):
+        K = spec.count + r
+        if spec.max_count is not None and K > spec.max_count:
+            K -= spec.every
+        if K >= spec.min_count:
+            out.append([K, program.n_layers(program.counts({spec.param: K}))])
+    return out
 
 
 def _residue_outputs(item) -> list[str]:
