@@ -162,6 +162,11 @@ class Watch:
         # the most applications a value is read after the one that ends its count (its
         # state is kept that long)
         self.lag = max([0] + [-plan.ending(p.count) for p in plan.points])
+        # read's constants, looked up once: it runs after every application
+        rule = plan.rule
+        self._step, self._gap, self._tol = plan.item.every, rule.gap, rule.tol
+        self._drop = rule.gap + 2 * rule.every     # values older than this are read no more
+        self._tested = range(rule.first, rule.last + 1, rule.every)   # rule.tests, as a range
 
     def read(self, j: int, point: WatchPoint, value: torch.Tensor) -> None:
         """On the CPU the values are kept as numpy views and the test is numpy's — every entry
@@ -169,23 +174,23 @@ class Watch:
         absolute value are exact in either; NaN passes neither) —, which costs less than
         torch's calls on B small rows; and where fewer entries than one problem has are within
         tol, no problem passes and nothing more is computed."""
-        rule = self.rule
-        c = point.count + self.plan.item.every * j
-        if value.device.type == "cpu":
+        c = point.count + self._step * j
+        if value.is_cpu:
             value = value.numpy()
-        self.values[c] = value
-        self.values.pop(c - rule.gap - 2 * rule.every, None)
-        before = self.values.get(c - rule.gap)
-        if before is None or not rule.tests(c):
+        values = self.values
+        values[c] = value
+        values.pop(c - self._drop, None)
+        before = values.get(c - self._gap)
+        if before is None or c not in self._tested:
             return
         if isinstance(value, np.ndarray):
-            still = abs(value - before) <= rule.tol
+            still = abs(value - before) <= self._tol
             if len(still) and np.count_nonzero(still) < still[0].size:
                 return       # fewer entries within tol than one problem has: none passes
             passed = still.reshape(len(value), -1).all(axis=1)
         else:
             moved = torch.amax(torch.sub(value, before).abs_(), dim=(1, 2)).cpu().numpy()
-            passed = moved <= rule.tol
+            passed = moved <= self._tol
         now = self.active & passed
         halts = int(np.count_nonzero(now))
         if halts:
