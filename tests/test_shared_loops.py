@@ -1095,3 +1095,26 @@ def test_a_sweep_over_counts_keeps_only_the_last_few_executors():
         expanded_executor_for(inverse, inverse.loops.counts({"steps": steps}))
     kept = inverse._executors["expanded"]
     assert len(kept) == EXPANDED_KEPT and (("15:1", 11),) in kept
+
+
+def test_the_fold_digest_reads_the_nonzeros_a_layer_holds():
+    """fold.digest: equal for equal weights whether a matrix is held as its nonzeros or
+    dense (the canonical sparse form the artifact stores), different for one changed bit of a
+    nonzero or another shape; reading it builds no dense MLP matrix on the layer."""
+    from dataclasses import replace as dc_replace
+
+    from tcompile.compiler.fold import digest
+    fresh = tcompile.compile_file(PROGRAMS + "power_iteration.tp", {"d": 3, "steps": 6},
+                                  loops="shared")      # its own: nothing read densely yet
+    layer = next(l for l in fresh.layers if l.mlp_hidden)
+    assert layer._held("W_1") is not None
+    d = digest(layer)
+    assert "W_1" not in layer.__dict__ and "W_2" not in layer.__dict__      # nothing densified
+    dense = dc_replace(layer, W_1=np.array(layer.W_1), W_2=np.array(layer.W_2))
+    assert dense._held("W_1") is None and digest(dense) == d
+    W_1 = np.array(layer.W_1)
+    i = np.flatnonzero(W_1)[0]
+    W_1.reshape(-1)[i] = np.nextafter(W_1.reshape(-1)[i], np.inf)
+    assert digest(dc_replace(dense, W_1=W_1)) != d
+    assert digest(dc_replace(dense, W_1=np.zeros((W_1.shape[0] + 1, W_1.shape[1])))) != \
+        digest(dc_replace(dense, W_1=np.zeros((W_1.shape[0], W_1.shape[1]))))

@@ -20,8 +20,8 @@ import difflib
 import hashlib
 from dataclasses import dataclass
 
-import numpy as np
 
+from ..runtime.sparse import to_sparse
 from ..runtime.weights import WEIGHT_NAMES, LayerWeights
 
 
@@ -42,12 +42,16 @@ class Loop:
 
 
 def digest(layer: LayerWeights) -> str:
-    """Equal digests ⇔ equal weights (shapes and every bit), whatever the head labels say."""
+    """Equal digests ⇔ equal weights (shapes and every bit of every nonzero), whatever the
+    head labels say. Read in the canonical sparse form the artifact stores (sparse.to_sparse:
+    nonzero positions and values; a signed zero is a zero, as there), from the nonzeros a
+    layer holds its MLP matrices as: no dense W_1, W_2 is built (and kept on the layer) for it."""
     h = hashlib.sha256()
     for name in WEIGHT_NAMES:
-        a = np.ascontiguousarray(getattr(layer, name))
-        h.update(repr(a.shape).encode())
-        h.update(a.tobytes())
+        index, values = to_sparse(layer.matrix(name))
+        h.update(repr(tuple(layer.shape_of(name))).encode())
+        h.update(index.tobytes())
+        h.update(values.tobytes())
     return h.hexdigest()
 
 

@@ -61,20 +61,28 @@ class _Unrollings:
         self.max_memory, self.report = max_memory, report
         self.built: dict[tuple, tuple] = {}
         self.layers: dict[str, LayerWeights] = {}
+        self.digests: dict[tuple, list[str]] = {}     # each compile's layers' digests, in order
         self.pieces = PieceBuilder(tol)          # every unrolling fits each function once
+
+    @staticmethod
+    def _key(counts: dict[str, int], plain: frozenset, kernel: dict[str, int] | None,
+             ahead: frozenset) -> tuple:
+        kernel = {k: e for k, e in (kernel or {}).items() if e > 1}
+        return (tuple(sorted(counts.items())), plain, tuple(sorted(kernel.items())),
+                tuple(sorted(ahead)))
 
     def compile(self, counts: dict[str, int], plain: frozenset = frozenset(),
                 kernel: dict[str, int] | None = None, ahead: frozenset = frozenset()) -> tuple:
-        kernel = {k: e for k, e in (kernel or {}).items() if e > 1}
-        key = (tuple(sorted(counts.items())), plain, tuple(sorted(kernel.items())),
-               tuple(sorted(ahead)))
+        key = self._key(counts, plain, kernel, ahead)
         if key not in self.built:
+            kernel = {k: e for k, e in (kernel or {}).items() if e > 1}
             df = shared_dataflow(self.program, self.values, self.tol, counts, plain, kernel, ahead)
             plan, layers, blocks, keys = compile_dataflow(df, None, self.values, self.max_memory,
                                                           None, self.pieces)
             self.built[key] = (df, plan, layers, blocks, keys)
-            for layer in layers:
-                self.layers.setdefault(digest(layer), layer)
+            self.digests[key] = [digest(layer) for layer in layers]
+            for d, layer in zip(self.digests[key], layers):
+                self.layers.setdefault(d, layer)
         return self.built[key]
 
     def outputs(self, counts: dict[str, int], plain: frozenset = frozenset(),
@@ -87,7 +95,9 @@ class _Unrollings:
 
     def sequence(self, counts: dict[str, int], plain: frozenset = frozenset(),
                  kernel: dict[str, int] | None = None, ahead: frozenset = frozenset()) -> list:
-        return [digest(layer) for layer in self.compile(counts, plain, kernel, ahead)[2]]
+        """The digests of that compile's layers, in order (computed once per compile)."""
+        self.compile(counts, plain, kernel, ahead)
+        return list(self.digests[self._key(counts, plain, kernel, ahead)])
 
 
 def compile_shared(program, values: dict, tol, max_memory, report) -> CompiledProgram:

@@ -11,20 +11,36 @@ a param is a run-time count when every mention of it is a `repeat` count on its 
 from __future__ import annotations
 
 import dataclasses
+import weakref
 
 from . import ast
 
+# program (by identity; a parsed program is not changed after parsing) → its run-time counts:
+# a shared build walks the program a dozen times (newton_logistic: 9 unrollings), and this
+# walk of the whole syntax tree was a fifth of each
+_COUNTS: dict[int, tuple[weakref.ref, frozenset]] = {}
 
-def run_time_counts(program: ast.Program) -> set[str]:
+
+def run_time_counts(program: ast.Program) -> frozenset[str]:
     """The params of `program` that only count repeats (directly or through functions)."""
+    held = _COUNTS.get(id(program))
+    if held is not None and held[0]() is program:
+        return held[1]
+    found = _run_time_counts(program)
+    key = id(program)
+    _COUNTS[key] = (weakref.ref(program, lambda _r: _COUNTS.pop(key, None)), found)
+    return found
+
+
+def _run_time_counts(program: ast.Program) -> frozenset[str]:
     count_only = _count_only_function_params(program)
     names = {p.name for p in program.params}
     uses: dict[str, list] = {name: [] for name in names}
     for node, parent in _walk(program, None):
         if isinstance(node, ast.Name) and node.id in uses:
             uses[node.id].append((node, parent))
-    return {name for name, found in uses.items()
-            if found and all(_counts(program, node, parent, count_only) for node, parent in found)}
+    return frozenset(name for name, found in uses.items() if found and all(
+        _counts(program, node, parent, count_only) for node, parent in found))
 
 
 def loop_key(stmt: ast.Repeat, call_sites: list[ast.Call]) -> str:
