@@ -249,12 +249,16 @@ def _build(cc: str) -> Path:
     raise RuntimeError(f"{cc} failed: {last}")
 
 
-def _verdict_path(library: Path, tables_cls) -> Path:
+def _verdict_path(library: Path, tables_cls) -> Path | None:
     """Where the probe's verdict on `library` is kept: named for what the verdict depends on
-    besides the library (whose name covers its source, compiler, flags and CPU)."""
-    sources = b"".join(Path(m.__file__).read_bytes() for m in (
-        sys.modules[tables_cls.__module__], sys.modules[__name__],
-        sys.modules[tables_cls.__module__.rsplit(".", 1)[0] + ".pl_tables"]))
+    besides the library (whose name covers its source, compiler, flags and CPU); None where
+    the torch path's source cannot be read (then every process probes)."""
+    try:
+        sources = b"".join(Path(m.__file__).read_bytes() for m in (
+            sys.modules[tables_cls.__module__], sys.modules[__name__],
+            sys.modules[tables_cls.__module__.rsplit(".", 1)[0] + ".pl_tables"]))
+    except (KeyError, TypeError, OSError):
+        return None
     key = hashlib.sha256(b"\0".join([torch.__version__.encode(),
                                       torch.backends.cpu.get_cpu_capability().encode(),
                                       sources])).hexdigest()[:20]
@@ -302,7 +306,7 @@ def _load(tables_cls) -> dict:
             path = _build(cc)
             lib = ctypes.CDLL(str(path))
             where = _verdict_path(path, tables_cls)
-            known = _read_verdict(where)
+            known = None if where is None else _read_verdict(where)
             verdict = {}                      # dtype tag → the variant that matches, or None
             for dtype, tag in _DTYPES.items():
                 if known is not None:
@@ -312,7 +316,7 @@ def _load(tables_cls) -> dict:
                         _function(lib, tag, v), dtype, tables_cls)), None)
                 if verdict[tag] is not None:
                     kernels[dtype] = _function(lib, tag, verdict[tag])
-            if known is None:
+            if known is None and where is not None:
                 _write_verdict(where, verdict)
             _state["path"] = path
             _state["why"] = None if kernels else "the kernel's results differ from torch's here"
