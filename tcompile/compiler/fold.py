@@ -20,7 +20,6 @@ import difflib
 import hashlib
 from dataclasses import dataclass
 
-
 from ..runtime.sparse import to_sparse
 from ..runtime.weights import WEIGHT_NAMES, LayerWeights
 

@@ -87,10 +87,11 @@ LOOP_PHASE = "loop_phase"  # shared builds, loops run by a kernel of k > 1 itera
                          #   the same phase (a kernel's state returns to its rows every k)
 LOOP_KERNEL = "loop_kernel"  # with LOOP_PHASE: (k, iterations walked); depth.py lets an iteration
                          #   inline the state of an earlier iteration of its own group
-LOOP_AHEAD = "loop_ahead"  # shared builds, loops read ahead only (shared_build._choose_read_ahead): on
-                         #   a loop state (True), depth.py lets the next iteration multiply out its
-                         #   definition as unrolled builds do (power iteration's next S u is S v r),
-                         #   and keeps the state stored beside it for `until`, trace and outputs
+LOOP_AHEAD = "loop_ahead"  # shared builds, loops that read ahead only (shared_build.
+                         #   _choose_read_ahead): on a loop state (True), depth.py lets the next
+                         #   iteration multiply out its definition as unrolled builds do (power
+                         #   iteration's next S u is S v r), and keeps the state stored beside it
+                         #   for `until`, trace and outputs
 COPY = "copy"            # scale (C = 1) in a shared build: a loop state that is another state's
                          #   value of the previous iteration (`x_prev = x`), stored in rows of
                          #   its own (steady_state.py; the lowering stores it)
@@ -103,7 +104,8 @@ REFINED = "refined"      # set by the lowering on a scalar refinement's values (
 
 ATTRIBUTES = frozenset({OP, ARGS, CSHAPE, LOC, NAME, SYMMETRIC, ENTRIES, SIGN, FLAG, LO, HI, VALUE,
                         K, C, FUNC, FARGS, DOMAIN, TOL, TOL_REL, VARS, CARRIED, LOOP_STATE, ITERATION,
-                        TWIN, ENTERS, LOOP_PHASE, LOOP_KERNEL, LOOP_AHEAD, COPY, HOISTED, REFINED, NOTE})
+                        TWIN, ENTERS, LOOP_PHASE, LOOP_KERNEL, LOOP_AHEAD, COPY, HOISTED, REFINED,
+                        NOTE})
 REQUIRED = (OP, ARGS, CSHAPE, LOC)
 
 

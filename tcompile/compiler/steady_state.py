@@ -23,8 +23,8 @@ from ..language import ast
 from ..language.checker import Ty, Val, Walker
 from ..language.run_params import loop_key, loop_param, run_time_counts
 from .dataflow import GraphBuilder, _carried
-from .nodes import (CSHAPE, ENTERS, HI, ITERATION, LO, LOC, LOOP_AHEAD, LOOP_KERNEL, LOOP_PHASE, LOOP_STATE,
-                    TWIN, VARS, kernel_group)
+from .nodes import (CSHAPE, ENTERS, HI, ITERATION, LO, LOC, LOOP_AHEAD, LOOP_KERNEL, LOOP_PHASE,
+                    LOOP_STATE, TWIN, VARS, kernel_group)
 
 
 @dataclass(frozen=True)

@@ -157,8 +157,8 @@ def _kernel_formula(lp: dict) -> str:
     (K0, L0), *rest = lp["layers_by_residue"]
     if per % every == 0 and all(L == L0 + per // every * (K - K0) for K, L in rest):
         return f"layers run at {p} = K: {L0} + {per // every} (K − {K0})"
-    parts = [f"{L} + {per} per {every} more iterations (K − {K}) for K ≡ {K % every} (mod {every})"
-             for K, L in lp["layers_by_residue"]]
+    parts = [f"{L} + {per} per {every} more iterations (K − {K}) for K ≡ {K % every} "
+             f"(mod {every})" for K, L in lp["layers_by_residue"]]
     return f"layers run at {p} = K: " + "; ".join(parts)
 
 

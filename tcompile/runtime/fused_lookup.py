@@ -23,12 +23,13 @@ own file and the last rename wins with an identical one). The probe's verdict (w
 if any, matches torch for each dtype) is kept beside it, keyed by all it depends on besides the
 library — torch's version, the CPU capability torch's kernels dispatch to (ATEN_CPU_CAPABILITY
 may lower it, and with it torch's use of FMA) and the source of the torch path it compares
-with —, so that only the first process on a machine runs it: the probe runs the torch path's
-table ops, ~14 ms and ~8 MiB of libtorch's code paged in (newton_logistic's structured run at
-d = 5 otherwise touches none of them: its resident set grew by 18.8 MiB, 9.6 MiB without). Never inside the repository or
-artifacts, and a build does not depend on it: it only changes how the executor evaluates a
-table. Without a compiler, when compiling or loading fails, when the probe finds the kernel
-not bit-identical to torch here, or with TCOMPILE_FUSED_LOOKUP=0, tables run by torch.
+with —, so that only the first process on a machine runs it: the probe takes ~14 ms and runs
+the torch path's table ops, whose libtorch code a run on the kernel never needs
+(newton_logistic at d = 5, B = 1024: 1–2 MiB of the process's resident set,
+bench/README.md). The cache is never inside the repository or artifacts, and a build does not
+depend on it: it only changes how the executor evaluates a table. Without a compiler, when
+compiling or loading fails, when the probe finds the kernel not bit-identical to torch here,
+or with TCOMPILE_FUSED_LOOKUP=0, tables run by torch.
 """
 from __future__ import annotations
 
