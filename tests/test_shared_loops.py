@@ -682,6 +682,28 @@ def test_the_trace_reads_each_kernel_application_from_the_rows_it_leaves():
             assert all(r["ok"] for r in rows), (seed, steps, [r for r in rows if not r["ok"]])
 
 
+
+def test_the_trace_reads_a_variable_no_rows_hold_between_applications_where_it_is_written():
+    """power_iteration's u is in no rows between applications (the next S u starts from v and
+    r; its stored u is written over within the application), so the loop state holds nothing
+    to trace: the trace reads it where an application writes it (LoopSpec.watch, as halting
+    does), every iteration the applications run (u@1 .. u@38 at 40 steps, u@1 .. u@40 at
+    41), each within tolerance of the interpreter's u at that count."""
+    prog = power_iteration()
+    (spec,) = prog.loops.loops
+    assert spec.state == () and spec.watchable == ["u"]
+    inputs = _power_problem(np.random.default_rng(23), gaps=(0.5, 0.8))
+    source = parse_file(PROGRAMS + "power_iteration.tp")
+    for steps, last in ((40, 38), (41, 40)):
+        rows = tcompile.trace(prog, steps=steps, **inputs)
+        looped = [r for r in rows if r["iteration"] is not None]
+        assert [r["variable"] for r in looped] == [f"u@{k}" for k in range(1, last + 1)]
+        assert all(r["ok"] for r in rows) and max(r["rel_err"] for r in looped) <= 1e-12
+        want = interpret_program(source, {**prog.info.float_params(), "steps": steps}, **inputs)
+        final = [r for r in rows if r["iteration"] is None and r["variable"].startswith("u@")]
+        assert final and final[0]["variable"] == f"u@{steps}"
+        assert np.abs(prog.run(steps=steps, **inputs)["u"] - want["u"]).max() <= 1e-14
+
 # ---- random loop programs -----------------------------------------------------------------------
 
 HEADER = """program rand{seed}

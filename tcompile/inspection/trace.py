@@ -115,6 +115,8 @@ def loop_iterates(prog, prepared, counts: dict, want: dict) -> LoopRun:
     `want` (the interpreter's assignments: `x@7` -> its value, batch first) says which points
     are read and in what shape."""
     import torch
+
+    from ..runtime.halting import WatchPoint, watch_hooks
     specs = {s.key: s for s in prog.loops.loops if s.state}
     iterates: list[Iterate] = []
 
@@ -132,8 +134,31 @@ def loop_iterates(prog, prepared, counts: dict, want: dict) -> LoopRun:
 
     x = prog.encode_inputs(prepared, "float64", "cpu")
     module = prog.module_for("float64", "cpu")
-    with torch.no_grad():
-        y = module(x, counts, halt=record)
+    # a carried variable the loop does not hold between applications (power_iteration's u: the
+    # next S u starts from v) is read where an application writes it, as halting reads it
+    handles = []
+    for spec in prog.loops.loops:
+        held = {var for var, *_ in spec.state}
+        blocks = {WatchPoint(pos, sub, tuple(prog.layout.block(b).rows), c):
+                  (var, prog.layout.block(b)) for var, b, pos, sub, c in spec.watch
+                  if var not in held}
+        if not blocks:
+            continue
+
+        def read(j, p, out, spec=spec, blocks=blocks):
+            var, blk = blocks[p]
+            name = f"{var}@{p.count + j * spec.every}"
+            if name in want:
+                h = out.detach().to("cpu", torch.float64).numpy()
+                got = prog.read_block(h, blk, list(want[name].shape[1:]))
+                iterates.append(Iterate(spec, j, name, blk, got, module._ctx.layers))
+        handles += watch_hooks(prog, module, spec.key, sorted(blocks), read)
+    try:
+        with torch.no_grad():
+            y = module(x, counts, halt=record)
+    finally:
+        for hd in handles:
+            hd.remove()
     h = y.numpy()
     blocks = prog.output_blocks(**counts)      # the rows these counts leave the outputs in
     outputs = {}

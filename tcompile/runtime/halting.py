@@ -265,33 +265,13 @@ def run_until(prog, module, x: torch.Tensor, counts: dict, until, max_steps):
     count shares, so decode reads the outputs from that residue's rows). The variable is read
     where the structured executor reads it (a hook after that sublayer of that body item),
     so both stop at the same counts."""
-    from .loops import parts
     plan = halting_plan(prog, counts, until, max_steps)
     spec = prog.loops.spec(plan.key)
-    depth_of = {s.key: s.depth for s in prog.loops.loops}
-    path = next((name,) for name, part in parts(prog.loops.sequence, True, depth_of)
-                if getattr(part, "loop", None) == plan.key)
-    where: dict[tuple, list[WatchPoint]] = {}       # the hook path after the iteration
-    at_item: dict[int, tuple] = {}
-    pos = 0
-    for name, part in parts(plan.item.body, False, depth_of):
-        for j, _ in enumerate(part if name != "loop" and not hasattr(part, "loop") else [part]):
-            at_item[pos] = (j,) if name == "layers" else (name, j)
-            pos += 1
-    for p in plan.points:
-        where.setdefault(at_item[p.position] + (p.sublayer,), []).append(p)
     watcher = plan.watch(x.shape[0])
     state = {"frozen": None, "halted": None}
 
-    def hook_for(sub):
-        def hook(_m, _i, out):
-            w = module._ctx.where
-            if len(w) < 2 or w[:1] != path or not isinstance(w[1], int):
-                return None
-            for p in where.get(tuple(w[2:]) + (sub,), ()):
-                watcher.read(w[1], p, out.index_select(2, torch.tensor(p.rows, device=out.device)))
-            return None
-        return hook
+    def read(j, p, out):
+        watcher.read(j, p, out.index_select(2, torch.tensor(p.rows, device=out.device)))
 
     def halt(ctx, loop, before, after, it):
         if loop.key != plan.key:
@@ -306,11 +286,7 @@ def run_until(prog, module, x: torch.Tensor, counts: dict, until, max_steps):
             after = torch.where(state["halted"], state["frozen"], after)
         return after
 
-    handles = []
-    for p in plan.points:
-        block = module.stored[plan.item.body[p.position]]
-        point = block.hook_resid_mid if p.sublayer == 1 else block.hook_resid_post
-        handles.append(point.register_forward_hook(hook_for(p.sublayer)))
+    handles = watch_hooks(prog, module, plan.key, plan.points, read)
     ran = {**counts, spec.param: plan.rule.limit}
     try:
         y = module(x, ran, halt=halt)
@@ -320,6 +296,48 @@ def run_until(prog, module, x: torch.Tensor, counts: dict, until, max_steps):
     steps, converged = watcher.result()
     warn_not_converged(converged, until, plan.rule)
     return y, steps, converged, ran
+
+
+def watch_hooks(prog, module, key: str, points, read) -> list:
+    """Forward hooks on the looped module that call read(application, point, stream) right
+    after the sublayer of the body item where an application of top-level loop `key` writes
+    each WatchPoint's value (`stream`: the whole residual stream there, batch first), as the
+    structured executor reads it; the handles, for the caller to remove. Halting's module path
+    and the trace of a variable the loop does not hold between applications use it."""
+    from .loops import parts
+    item = prog.loops.item(key)
+    depth_of = {s.key: s.depth for s in prog.loops.loops}
+    path = next((name,) for name, part in parts(prog.loops.sequence, True, depth_of)
+                if getattr(part, "loop", None) == key)
+    where: dict[tuple, list[WatchPoint]] = {}       # the hook path after the iteration
+    at_item: dict[int, tuple] = {}
+    pos = 0
+    for name, part in parts(item.body, False, depth_of):
+        for j, _ in enumerate(part if name != "loop" and not hasattr(part, "loop") else [part]):
+            at_item[pos] = (j,) if name == "layers" else (name, j)
+            pos += 1
+    for p in points:
+        where.setdefault(at_item[p.position] + (p.sublayer,), []).append(p)
+
+    def hook_for(sub):
+        def hook(_m, _i, out):
+            w = module._ctx.where
+            if len(w) < 2 or w[:1] != path or not isinstance(w[1], int):
+                return None
+            for p in where.get(tuple(w[2:]) + (sub,), ()):
+                read(w[1], p, out)
+            return None
+        return hook
+
+    handles, hooked = [], set()
+    for p in points:      # one hook per stored layer and sublayer: it finds every point there
+        block = module.stored[item.body[p.position]]
+        if (id(block), p.sublayer) in hooked:
+            continue
+        hooked.add((id(block), p.sublayer))
+        point = block.hook_resid_mid if p.sublayer == 1 else block.hook_resid_post
+        handles.append(point.register_forward_hook(hook_for(p.sublayer)))
+    return handles
 
 
 def warn_not_converged(converged: np.ndarray, until, rule: HaltingRule) -> None:
@@ -337,4 +355,5 @@ def warn_not_converged(converged: np.ndarray, until, rule: HaltingRule) -> None:
 
 
 __all__ = ["HaltingRule", "HaltingPlan", "WatchPoint", "Watch", "halting_plan", "run_until",
-           "resolve_until", "step_limit", "structured_until", "warn_not_converged"]
+           "resolve_until", "step_limit", "structured_until", "warn_not_converged",
+           "watch_hooks"]
