@@ -870,6 +870,19 @@ def test_command_line_builds_runs_halts_and_traces(tmp_path):
     assert bad.returncode != 0 and "at least 3 times" in bad.stderr
     traced = run_in_process(["trace", art, "--inputs", tmp_path / "in.npz"])
     assert traced.returncode == 0 and "every traced value matches" in traced.stdout
+    longer = run_in_process(["trace", art, "--inputs", tmp_path / "in.npz", "-p", "steps=40",
+                             "--var", "w", "--all"])      # every iteration of a run at 40
+    assert longer.returncode == 0 and "every traced value matches" in longer.stdout
+    assert " w@39 " in longer.stdout
+    for args, why in ((["-p", "steps=two"], "a run-time count is a whole number"),
+                      (["-p", "d=5"], "is not a run-time count of this build")):
+        bad = run_in_process(["trace", art, "--inputs", tmp_path / "in.npz", *args])
+        assert bad.returncode != 0 and why in bad.stderr, bad.stderr
+    unrolled = run_in_process(["build", PROGRAMS + "least_squares.tp", "-o", tmp_path / "u"])
+    assert unrolled.returncode == 0
+    bad = run_in_process(["trace", tmp_path / "u" / "least_squares", "--inputs",
+                          tmp_path / "in.npz", "-p", "steps=8"])
+    assert bad.returncode != 0 and "only in a shared build" in bad.stderr, bad.stderr
 
 
 def test_the_artifact_digest_covers_the_loops(tmp_path, inverse):

@@ -259,7 +259,12 @@ def cmd_trace(args) -> int:
     from ..inspection.trace import format_trace, source_lines, trace, traced_names, write_trace
     out_path = output_file(args.out, inputs=args.inputs) if args.out is not None else None
     prog = load_artifact(args.artifact)
-    rows = trace(prog, **load_npz(args.inputs))
+    counts = {k: _count(k, v) for k, v in parse_param_overrides(args.param).items()}
+    inputs = load_npz(args.inputs)
+    clash = sorted(set(counts) & set(inputs))
+    if clash:
+        raise UsageError(f"{clash[0]!r} is given both by -p and in {args.inputs}")
+    rows = trace(prog, **counts, **inputs)
     names = traced_names(rows)
     if args.var is not None and args.var not in names and \
             not any(r["variable"] == args.var for r in rows):

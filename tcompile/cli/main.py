@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--var", default=None, metavar="NAME",
                    help="only the values of program variable NAME (x: every x@k; x@3; an input)")
     t.add_argument("--failing", action="store_true", help="only the rows over tolerance")
+    t.add_argument("-p", "--param", action="append", default=[], metavar="NAME=COUNT",
+                   help="a shared build's run-time repeat count (e.g. -p steps=50): every "
+                        "iteration at that count is traced")
     t.add_argument("--all", dest="every", action="store_true",
                    help="every value after every sublayer (default: each value where it first "
                         "appears and wherever its error changes)")

@@ -40,6 +40,7 @@ def trace(prog, /, **inputs) -> list[dict]:
     run-time counts may be given by name, `steps=50`)."""
     if prog.loops is not None:
         return trace_loops(prog, **inputs)
+    _counts, inputs = split_counts(prog, inputs)     # a count on an unrolled build: said so
     return trace_program(prog, **inputs)
 
 
