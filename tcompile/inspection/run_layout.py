@@ -201,13 +201,19 @@ def _refuse_what_the_base_cannot_say(loops, counts, base) -> None:
         base_apps, _ = item.runs(base[spec.key])
         what = f"{spec.param or 'the count'} = {counts[spec.key]}"
         if item.every > 1 and item.residue(counts[spec.key]) != item.residue(base[spec.key]):
+            near = [c for c in range(counts[spec.key] - item.every + 1,
+                                     counts[spec.key] + item.every)
+                    if item.residue(c) == item.residue(base[spec.key]) and c >= spec.min_count
+                    and (spec.max_count is None or c <= spec.max_count)]
+            nearest = (f" ({spec.param or 'the count'} = {' or '.join(map(str, near))})"
+                       if near else "")
             raise InputError(
                 f"labels at {what}: the loop at line {spec.line} runs a kernel of "
                 f"{item.every} iterations, and a count of residue "
                 f"{item.residue(counts[spec.key])} (mod {item.every}) ends it in a tail no "
                 f"recorded unrolling ran (the build's layout is the unrolling at "
-                f"{base[spec.key]}); label a count of residue {item.residue(base[spec.key])}, "
-                "or build it unrolled")
+                f"{base[spec.key]}); label a count of residue {item.residue(base[spec.key])}"
+                f"{nearest}, or build it unrolled")
         if apps == 0 and base_apps != 0:
             raise InputError(f"labels at {what}: the loop at line {spec.line} runs its body 0 "
                              "times, which the build's base unrolling never does")
