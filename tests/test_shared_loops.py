@@ -1132,6 +1132,57 @@ def test_a_sweep_over_counts_keeps_only_the_last_few_executors():
     assert len(kept) == EXPANDED_KEPT and (("15:1", 11),) in kept
 
 
+NEWTON_RIDGE = """program newton_ridge
+dim d = 3
+param steps = 5
+param inner = 4
+param lam = 0.5
+input A : [n, d] assume row_norm <= 1
+input y : [n] in [-1, 1]
+output x
+
+def inv(M, k) {
+  X = 1 / (1 + lam) * I
+  repeat k {
+    X = 2 * X - X @ M @ X
+  }
+  return X
+}
+
+H = A.T @ A / n + lam * I
+x = zeros(d)
+repeat steps {
+  g = A.T @ (A @ x - y) / n + lam * x
+  x = x - inv(H, inner) @ g
+}
+"""
+
+
+def test_a_nested_loop_hoisted_out_of_its_loop_is_said_to_run_once():
+    """inv(H, inner) inside the outer loop does not depend on x: the lowering computes it once
+    before the loop, so the inner loop runs once per run, not per outer iteration. The card
+    says so ("hoisted ... runs once"), not "(nested)"; newton_logistic's inversion, which
+    depends on the iterate, is nested; the build runs as the unrolled one and the interpreter."""
+    prog = tcompile.compile_source(NEWTON_RIDGE, loops="shared")
+    outer, inner = sorted(prog.loops.loops, key=lambda s: s.depth)
+    assert inner.depth == 1 and prog.loops.hoisted(inner.key) and not prog.loops.hoisted(outer.key)
+    assert (outer.layers_per_iteration, prog.loops.n_layers(prog.loops.counts())) == (2, 13)
+    text = " ".join(tcompile.report_text(prog).split())
+    assert "1 layer per iteration (nested in the source, hoisted out of its loop: runs once)" \
+        in text
+    (nested,) = [s for s in shared_build("newton_logistic.tp").loops.loops if s.depth]
+    assert not shared_build("newton_logistic.tp").loops.hoisted(nested.key)
+    rng = np.random.default_rng(8)
+    A = rng.standard_normal((10, 3))
+    inputs = {"A": A / (1.01 * np.linalg.norm(A, axis=1).max()), "y": rng.uniform(-1, 1, 10)}
+    for counts in ({}, {"steps": 8, "inner": 6}):
+        got = prog.run(**counts, **inputs)["x"]
+        params = {"steps": 5, "inner": 4, **counts}
+        unrolled = tcompile.compile_source(NEWTON_RIDGE, params=params).run(**inputs)["x"]
+        want = interpret_program(parse_source(NEWTON_RIDGE), params, **inputs)["x"]
+        assert np.abs(got - unrolled).max() <= 1e-14 and np.abs(got - want).max() <= 1e-12
+
+
 def test_the_fold_digest_reads_the_nonzeros_a_layer_holds():
     """fold.digest: equal for equal weights whether a matrix is held as its nonzeros or
     dense (the canonical sparse form the artifact stores), different for one changed bit of a

@@ -171,7 +171,8 @@ def _loop_lines(rep: dict) -> list[str]:
                  + (f", at most {lp['max_count']} (its domains grow with the count)"
                     if lp["max_count"] is not None else "")
                  if lp["param"] else f"{lp['count']} (fixed)")
-        nested = "  (nested)" if lp["depth"] else ""
+        nested = ("  (nested in the source, hoisted out of its loop: runs once)"
+                  if lp.get("hoisted") else "  (nested)" if lp["depth"] else "")
         every = lp.get("every", 1)
         per = "iteration" if every == 1 else f"{every} iterations (a kernel of {every})"
         lines.append(f"    line {lp['line']:<4} repeat {count}   {lp['layers_per_iteration']} "

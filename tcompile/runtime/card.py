@@ -113,6 +113,7 @@ def _loops(program) -> dict:
         "loops": [{"line": s.line, "param": s.param, "count": s.count, "depth": s.depth,
                    "layers_per_iteration": s.layers_per_iteration, "min_count": s.min_count,
                    "max_count": s.max_count, "until": s.watchable,
+                   **({"hoisted": True} if program.hoisted(s.key) else {}),
                    **({"every": s.every, "layers_by_residue": _by_residue(program, s)}
                       if s.every != 1 else {}),
                    **({"residue_outputs": _residue_outputs(program.item(s.key))}

@@ -159,6 +159,24 @@ class LoopProgram:
         """The (first) LoopItem of loop `key`."""
         return _find(self.sequence, key)
 
+    def hoisted(self, key: str) -> bool:
+        """Whether loop `key`, nested in another in the source, runs at the top of the
+        sequence: the lowering moved it out of the loop around it (loop-invariant, such as an
+        inverse of a matrix the outer loop does not change), so it runs once per run, not once
+        per outer iteration."""
+        places: list[bool] = []          # each occurrence: at the top of the sequence?
+
+        def walk(seq, top):
+            for i in seq:
+                if isinstance(i, LoopItem):
+                    if i.loop == key:
+                        places.append(top)
+                    walk(i.body, False)
+                    for tail in i.tails:
+                        walk(tail, False)
+        walk(self.sequence, True)
+        return self.spec(key).depth > 0 and places == [True]
+
     def expand(self, counts: dict[str, int]) -> list[int]:
         """The stored layer indices in the order they run."""
         out: list[int] = []
