@@ -45,8 +45,9 @@ CASES = [("newton_inverse", {"d": 3, "steps": 6}, None, [{"steps": 2}, {"steps":
                                {"inv_steps": 4, "steps": 5}]),
          ("power_iteration", {"d": 3, "steps": 6}, None, [{"steps": 3}, {"steps": 4},
                                                          {"steps": 8}]),
-         # a kernel of 2 iterations: the odd residue (the base unrolling's, 7 steps) only
-         ("power_iteration", {}, None, [{"steps": 7}, {"steps": 11}])]
+         # a kernel of 2 iterations: the even residue only (the built count's, 40, and so
+         # the base unrolling's, 8 steps)
+         ("power_iteration", {}, None, [{"steps": 8}, {"steps": 12}])]
 IDS = ["newton_inverse", "least_squares", "newton_logistic", "newton_schulz_sqrt", "jacobi",
        "power_iteration", "power_iteration_kernel"]
 # where the run executes the unrolled build's own layers, bit for bit, at every count above
@@ -193,18 +194,20 @@ def test_live_labels_hold_the_interpreters_values(name, params, n, counts_list):
 
 
 def test_a_kernel_is_labelled_only_where_its_base_unrolling_says():
-    """power_iteration folds to a kernel of 2 iterations whose base unrolling (7 steps) ends in
-    the odd residue's tail: odd counts are labelled (test_live_labels_...), even ones, whose
-    tail no recorded unrolling ran, refused, saying why; so is a count that runs a body 0
-    times (conjugate_gradient at its fewest count, 3)."""
+    """power_iteration folds to a kernel of 2 iterations; its base unrolling is taken of the
+    built count's residue (8 steps, shared_build._built_residue: 40 is even), so even counts
+    are labelled (test_live_labels_...), the built one included, and odd ones, whose tail no
+    recorded unrolling ran, refused, naming the nearest even counts; so is a count that runs
+    a body 0 times (conjugate_gradient at its fewest count, 3)."""
     prog = shared("power_iteration", {})
     assert prog.loops.item(prog.loops.loops[0].key).every == 2
-    for steps in (4, 8, 40):
-        with pytest.raises(InputError, match="residue 0"):
+    assert prog.loops.base_counts == ((prog.loops.loops[0].key, 8),)
+    for steps, near in ((5, "4 or 6"), (41, "40 or 42")):
+        with pytest.raises(InputError, match=f"residue 0 \\(steps = {near}\\)"):
             tcompile.residual_labels(prog, steps=steps)
-    assert tcompile.residual_labels(prog, steps=5)
-    with pytest.raises(InputError, match="residue 1 \\(steps = 39 or 41\\)"):
-        written_layer(prog)                    # the built count, 40, is even: the nearest odd
+    assert tcompile.residual_labels(prog, steps=4) and tcompile.residual_labels(prog)
+    at = written_layer(prog)                   # at the built count, 40
+    assert at["u@40"] == "281" and at["lam@0"] == "282"
     cg = shared("conjugate_gradient", {})
     with pytest.raises(InputError, match="0 times"):
         tcompile.residual_labels(cg, steps=3)

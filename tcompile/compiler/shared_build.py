@@ -118,6 +118,7 @@ def compile_shared(program, values: dict, tol, max_memory, report) -> CompiledPr
     # kernel of k iterations: k + 1 more, so that its tail for one leftover iteration runs too)
     counts = {k: base[k] + (k not in kept) * (1 + (kernel.get(k, 1) > 1) * kernel.get(k, 1))
               for k in base}
+    counts = _built_residue(runs, sites, counts, kept, kernel, ahead)
     df, plan, layers, blocks, keys = runs.compile(counts, frozenset(kept), kernel, ahead)
     stored: list[LayerWeights] = []
     sequence = _store(folded, runs.layers, stored, in_loop=False, where={})
@@ -127,6 +128,27 @@ def compile_shared(program, values: dict, tol, max_memory, report) -> CompiledPr
     unrolled = tuple((sites[k].line, sites[k].count, why.why) for k, why in kept.items())
     loops = LoopProgram(specs, sequence, tuple(sorted(counts.items())), unrolled)
     return CompiledProgram(_shared_manifest(manifest, stored, loops), stored)
+
+
+def _built_residue(runs: _Unrollings, sites: dict[str, LoopSite], counts: dict[str, int], kept,
+                   kernel: dict[str, int], ahead: frozenset) -> dict[str, int]:
+    """The layout's unrolling ends a kernel loop in one residue's tail, and the labels and
+    states of a run can be given only at counts of that residue (inspection/run_layout.py).
+    Where the built count has the other residue (power_iteration: 40 steps, the layout's 7),
+    take the unrolling one longer, of the built count's residue (compiled by the fold
+    already) — so that the counts a build runs by default are the ones its labels cover —
+    provided it holds every stored layer with an MLP the other holds (the domain checks come
+    from the layout's layers: none may be lost)."""
+    plain = frozenset(kept)
+    for key, k in kernel.items():
+        if k < 2 or key in kept or (counts[key] - sites[key].count) % k == 0:
+            continue
+        alt = {**counts, key: counts[key] + (sites[key].count - counts[key]) % k}
+        held = set(runs.sequence(alt, plain, kernel, ahead))
+        if all(d in held for d in runs.sequence(counts, plain, kernel, ahead)
+               if runs.layers[d].mlp_hidden):
+            counts = alt
+    return counts
 
 
 def _fold_all(runs: _Unrollings, sites: dict[str, LoopSite], kernel: dict[str, int] | None = None,
