@@ -92,7 +92,7 @@ class _Sublayer:
         # constant contributions that are zero (an MLP's units whose gated bias is off on
         # every token): x + 0 = x, their terms are dropped. Plan-time tests of constants are
         # numpy's: torch ops the forward never runs would page in libtorch code for them
-        # (~0.5 MiB each, a third of newton_logistic's resident set at d = 5, bench/README.md)
+        # (~0.5 MiB of resident set each, bench/README.md's peak memory)
         zero = {i for i, op in enumerate(ops)
                 if getattr(op, "const", None) is not None and not _host(op.const).any()}
         writes = []
@@ -549,10 +549,10 @@ def _fold_constants(ops, writes, n):
     return out
 
 
-
 def _host(t: torch.Tensor) -> np.ndarray:
     """A plan-time constant as numpy, to be tested there (see _Sublayer)."""
     return t.detach().cpu().numpy()
+
 
 class _Resolved:
     """The plan for one (n, dtype, device): constant slots and resolved sublayers."""

@@ -281,13 +281,14 @@ def _read_verdict(path: Path) -> dict | None:
 def _write_verdict(path: Path, verdict: dict) -> None:
     """Written under a temporary name and renamed into place, as the library is; a cache that
     cannot be written only means the next process probes again."""
+    tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=".probe-", suffix=".json", dir=path.parent)
         with os.fdopen(fd, "w") as fh:
             json.dump(verdict, fh, sort_keys=True)
         os.replace(tmp, path)
     except OSError:
-        if "tmp" in locals() and os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
