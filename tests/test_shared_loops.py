@@ -15,6 +15,7 @@ import torch
 
 import builds
 import tcompile
+import tcompile.compiler.shared_build as shared_build_module
 from tcompile.errors import InputError, NotConvergedWarning
 from tcompile.language.interpreter import interpret_program
 from tcompile.language.parser import parse_file, parse_source
@@ -1181,6 +1182,47 @@ def test_a_nested_loop_hoisted_out_of_its_loop_is_said_to_run_once():
         unrolled = tcompile.compile_source(NEWTON_RIDGE, params=params).run(**inputs)["x"]
         want = interpret_program(parse_source(NEWTON_RIDGE), params, **inputs)["x"]
         assert np.abs(got - unrolled).max() <= 1e-14 and np.abs(got - want).max() <= 1e-12
+
+
+NORMALIZED_GD = """program normalized_gd
+dim d = 3
+param steps = 15
+input A : [n, d] assume row_norm <= 1
+input y : [n] in [-1, 1]
+output w
+
+S = A.T @ A / n + 0.2 * I
+b = A.T @ y / n
+w = zeros(d)
+repeat steps {
+  g = S @ w - b
+  w = w - 0.3 * g
+  w = w / sqrt(1 + w @ w) on [1, 10]
+}
+"""
+
+
+def test_reading_ahead_runs_a_normalised_step_as_deep_as_unrolled(monkeypatch):
+    """A step renormalised every iteration (w / sqrt(1 + w·w)): with the next iteration reading
+    ahead (nodes.LOOP_AHEAD) the shared build runs the unrolled build's layers at the built
+    count and at others, with its outputs to 1e-15 and `until w` where the interpreter stops;
+    without it (the chooser off) it runs more."""
+    from tcompile.inspection.sampling import sample_inputs
+    prog = tcompile.compile_source(NORMALIZED_GD, loops="shared")
+    inputs = sample_inputs(prog.program, {}, n=10, batch=3, seed=2)
+    for steps in (6, 15, 18):
+        unrolled = tcompile.compile_source(NORMALIZED_GD, params={"steps": steps})
+        assert prog.loops.n_layers(prog.loops.counts({"steps": steps})) == unrolled.n_layers
+        gap = np.abs(prog.run(steps=steps, **inputs)["w"] - unrolled.run(**inputs)["w"]).max()
+        assert gap <= 1e-15, (steps, gap)
+    from test_until import halts_as_interpreted
+    out, _ = halts_as_interpreted(prog, parse_source(NORMALIZED_GD), inputs, ("w", 1e-6), 120,
+                                  (None, "module"), exact=False)
+    assert out["converged"].all()
+    monkeypatch.setattr(shared_build_module, "_choose_read_ahead", lambda *a: frozenset())
+    waiting = tcompile.compile_source(NORMALIZED_GD, loops="shared")
+    assert waiting.loops.n_layers(waiting.loops.counts()) > prog.loops.n_layers(
+        prog.loops.counts())
 
 
 def test_the_fold_digest_reads_the_nonzeros_a_layer_holds():
