@@ -559,6 +559,9 @@ def test_a_shared_build_plots_its_convergence_and_layout(progs, inputs, tmp_path
     assert [(ell, var) for ell, _, var in got["exact"]] == [
         (ell, var) for ell, _, var in want["exact"] if ell >= 2]
     check_pictures(plots.plot_convergence(shared, tmp_path, inp), "newton_inverse_convergence")
+    longer = plots.convergence_data(shared, {**inp, "steps": steps + 4}, reference=ref)["X"]
+    assert [ell for ell, _ in longer["compiled"]] == list(range(2, steps + 5))   # a run-time count
+    assert longer["compiled"][:steps - 1] == got["compiled"]
     fig = plots.layout_figure(shared)
     base = dict(shared.loops.base_counts)
     title = fig.axes[0].get_title()
@@ -678,6 +681,30 @@ def test_cli_plot_convergence_in_process(artifacts, inputs, tmp_path, capsys):
                  "--inputs", str(tmp_path / "in.npz"), "-o", str(tmp_path / "o")]) == 0
     assert "wrote" in capsys.readouterr().out
     check_pictures(sorted((tmp_path / "o").iterdir()), "newton_inverse_convergence")
+    for what, args, why in (("layout", [], "-p goes with --what convergence"),
+                            ("convergence", ["--inputs", str(tmp_path / "in.npz")],
+                             "only in a shared build")):
+        code = main(["plot", str(artifacts["newton_inverse"]), "--what", what, *args,
+                     "-p", "steps=9", "-o", str(tmp_path / "p")])
+        assert code != 0 and why in capsys.readouterr().err
+
+
+def test_cli_plot_convergence_of_a_shared_build_at_a_run_time_count(inputs, tmp_path, capsys):
+    """`-p steps=K` plots a shared build's convergence over a run of K steps (the run's
+    layers on the axis, u* the interpreter after 2K + 10)."""
+    from tcompile import compile_file
+    shared = compile_file(ROOT / "programs" / "newton_inverse.tp", PROGRAMS["newton_inverse"],
+                          loops="shared")
+    shared.save(tmp_path / "ni")
+    np.savez(tmp_path / "in.npz", **inputs["newton_inverse"])
+    steps = PROGRAMS["newton_inverse"]["steps"] + 6
+    assert main(["plot", str(tmp_path / "ni"), "--what", "convergence", "--inputs",
+                 str(tmp_path / "in.npz"), "-p", f"steps={steps}", "-o", str(tmp_path / "o")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    fig = plots.convergence_figure(shared, {**inputs["newton_inverse"], "steps": steps})
+    caption = " ".join(t.get_text() for t in fig.texts)
+    assert f"after {2 * steps + 10} steps" in caption and f"this run's {steps}" in caption
+    assert max(fig.axes[0].lines[0].get_xdata()) == steps
 
 
 def test_a_def_local_named_like_a_variable_does_not_shift_program_points():

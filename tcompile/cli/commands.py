@@ -288,10 +288,19 @@ def cmd_plot(args) -> int:
         raise UsageError("--what convergence needs --inputs FILE.npz (the problems to converge on)")
     if args.layer is not None and args.what != "weights":
         raise UsageError("--layer goes with --what weights")
+    if args.param and args.what != "convergence":
+        raise UsageError("-p goes with --what convergence (the layout is drawn at the counts "
+                         "its blocks come from)")
     prog = load_artifact(args.artifact)
     if args.layer is not None and not 0 <= args.layer < prog.n_layers:
         raise UsageError(f"--layer {args.layer}: {prog.name} has layers 0 to {prog.n_layers - 1}")
     inputs = load_npz(args.inputs) if args.inputs else None
+    if args.param:
+        counts = {k: _count(k, v) for k, v in parse_param_overrides(args.param).items()}
+        clash = sorted(set(counts) & set(inputs))
+        if clash:
+            raise UsageError(f"{clash[0]!r} is given both by -p and in {args.inputs}")
+        inputs = {**inputs, **counts}
     with writing(out):
         paths = plot(prog, args.what, out, inputs, layer=args.layer)
     for p in paths:

@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--inputs", default=None, help="inputs .npz (needed by --what convergence)")
     pl.add_argument("--layer", type=int, default=None, metavar="L",
                     help="with --what weights: one layer's matrices (layer L, counted from 0)")
+    pl.add_argument("-p", "--param", action="append", default=[], metavar="NAME=COUNT",
+                    help="with --what convergence: a shared build's run-time repeat count "
+                         "(e.g. -p steps=60)")
     pl.add_argument("-o", "--out", default="plots", help="output directory (default: plots/)")
     research.add_parsers(sub)
     return p

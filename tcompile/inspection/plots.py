@@ -175,13 +175,16 @@ def _legend_label(base: str, prog, names: dict[str, str]) -> str:
 def convergence_data(prog, inputs: dict, reference: dict | None = None) -> dict:
     """Per output: [(layers applied, error)] for the compiled model and for the exact iterates
     (a count, not a layer index: k layers applied is after layer k - 1; 0 is the input).
+    A shared build's run-time counts may be given among the inputs by name (`steps=60`).
 
     The exact answer is `reference` if given, else the interpreter run with twice the
     program's `steps` param (plus 10), else the interpreter's final output.
     """
     from ..language.interpreter import interpret_program
+    from ..runtime.dispatch import split_counts
     from .reference import interpreter_assignments
-    params = prog.info.float_params()
+    counts, inputs = split_counts(prog, inputs)
+    params = {**prog.info.float_params(), **{k: float(v) for k, v in counts.items()}}
     prepared = prog.prepare_inputs(inputs)
     if reference is None:
         more = dict(params)
@@ -190,7 +193,8 @@ def convergence_data(prog, inputs: dict, reference: dict | None = None) -> dict:
         reference = interpret_program(prog.program, more, **prepared.arrays)
     exact = interpreter_assignments(prog.program, params, prepared.arrays, prepared.n)
     if prog.loops is not None:
-        return _loop_convergence(prog, prepared, exact, reference)
+        return _loop_convergence(prog, prepared, exact, reference,
+                                 {**prog.loops.params, **counts})
     states = prog.sublayer_states(prepared)
     return {spec.name: _convergence(prog, spec, states, exact, _flat_ref(spec, reference))
             for spec in prog.layout.outputs}
@@ -201,13 +205,13 @@ def _flat_ref(spec, reference: dict) -> np.ndarray:
     return ref.reshape((-1, *ref.shape[-len(spec.shape):])) if spec.shape else ref.reshape(-1)
 
 
-def _loop_convergence(prog, prepared, exact: dict, reference: dict) -> dict:
+def _loop_convergence(prog, prepared, exact: dict, reference: dict, counts: dict) -> dict:
     """A shared build's: its stored layers run many times, so the points are where a value is
     known to be — each top-level loop's state after every application of its body (read at
     the layers run so far, at the built counts), and the outputs at the end; the exact
     iterate is the interpreter's value of the same program point, at the same layer."""
     from .trace import loop_iterates
-    run = loop_iterates(prog, prepared, prog.loops.params, exact)
+    run = loop_iterates(prog, prepared, counts, exact)
     out = {}
     for spec in prog.layout.outputs:
         ref = _flat_ref(spec, reference)
@@ -272,21 +276,23 @@ def convergence_figure(prog, inputs: dict, reference: dict | None = None):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.text(0.01, 0.01, _star_caption(prog, data, reference), fontsize=8, va="bottom", wrap=True)
+    steps = inputs.get("steps", prog.info.params.get("steps"))
+    fig.text(0.01, 0.01, _star_caption(steps, data, reference), fontsize=8, va="bottom",
+             wrap=True)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     return fig
 
 
-def _star_caption(prog, data: dict, reference: dict | None) -> str:
-    """What the starred value is: the reference given, or the interpreter run further."""
+def _star_caption(steps, data: dict, reference: dict | None) -> str:
+    """What the starred value is: the reference given, or the interpreter run further
+    (`steps`: the run's, a run-time count or the built one)."""
     names = ", ".join(f"{n}*" for n in data)
     if reference is not None:
         return f"{names}: the reference answer given to the plot"
-    steps = prog.info.params.get("steps")
     if steps is not None:
         return (f"{names}: the exact answer, taken as the interpreter's {', '.join(data)} after "
                 f"{2 * int(steps) + 10} steps (2 × steps + 10: the exact algorithm, float64, run "
-                f"well past this build's {int(steps)}); errors are the largest over the problems "
+                f"well past this run's {int(steps)}); errors are the largest over the problems "
                 f"in the inputs")
     return (f"{names}: the interpreter's final {', '.join(data)} (float64, exact functions); "
             f"errors are the largest over the problems in the inputs")
