@@ -1225,6 +1225,54 @@ def test_reading_ahead_runs_a_normalised_step_as_deep_as_unrolled(monkeypatch):
         prog.loops.counts())
 
 
+TWO_PHASE = """program two_phase
+dim d = 3
+param warm = 5
+param steps = 10
+input A : [n, d] assume row_norm <= 1
+input y : [n] in [-1, 1]
+output w
+
+S = A.T @ A / n + 0.1 * I
+b = A.T @ y / n
+w = zeros(d)
+repeat warm {
+  w = w - 0.2 * (S @ w - b)
+}
+X = 1 / 1.2 * I
+repeat steps {
+  X = 2 * X - X @ S @ X
+  w = w - X @ (S @ w - b)
+}
+"""
+
+
+def test_two_loops_carrying_one_variable_trace_and_halt_at_any_counts():
+    """w is carried by a warm-up loop and by the main one. The main loop's w@k are numbered
+    after the warm-up's assignments, so at another warm-up count they are other program points
+    than in the base unrolling: the trace names them at the run's counts (run_layout.
+    point_mover) and matches the interpreter (it compared w@4 with w@6 before, 1.9 apart).
+    `until w` halts the later loop (LoopProgram.until_loops), and only its card line lists w."""
+    from tcompile.inspection.sampling import sample_inputs
+    prog = tcompile.compile_source(TWO_PHASE, loops="shared")
+    inputs = sample_inputs(prog.program, {}, n=10, batch=2, seed=3)
+    for counts in ({}, {"warm": 7, "steps": 12}, {"warm": 3}):
+        rows = tcompile.trace(prog, **counts, **inputs)
+        assert all(r["ok"] for r in rows), (counts, [r for r in rows if not r["ok"]][:2])
+        warm = counts.get("warm", 5)
+        main = [r["variable"] for r in rows if r["loop_line"] == 16 and r["variable"][0] == "w"]
+        assert main[0] == f"w@{warm + 1}" and main == [f"w@{warm + 1 + j}" for j in
+                                                      range(len(main))]
+    warm_loop, main_loop = prog.loops.loops
+    assert warm_loop.watchable == ["w"] and prog.loops.until_loops()["w"] == main_loop.key
+    lines = [lp["until"] for lp in prog.report["loops"]["loops"]]
+    assert lines == [[], ["X", "w"]]
+    from test_until import halts_as_interpreted
+    out, rule = halts_as_interpreted(prog, parse_source(TWO_PHASE), inputs, ("w", 1e-10), 40,
+                                     (None, "module"), exact=False)
+    assert rule.loop == main_loop.key and out["converged"].all()
+
+
 def test_the_fold_digest_reads_the_nonzeros_a_layer_holds():
     """fold.digest: equal for equal weights whether a matrix is held as its nonzeros or
     dense (the canonical sparse form the artifact stores), different for one changed bit of a

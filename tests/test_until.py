@@ -79,7 +79,7 @@ def halts_as_interpreted(prog, program, inputs: dict, until, max_steps, executor
     (`exact`: and gives the outputs to 1e-9 of their scale), and a fixed-count run at each
     count returned gives the outputs (the structured executor: to 1e-14 of their scale, bit
     for bit where the BLAS rounds a batch as its parts). The run's result."""
-    (spec,) = [s for s in prog.loops.loops if until[0] in s.watchable]
+    spec = prog.loops.spec(prog.loops.until_loops()[until[0]])     # the loop it halts
     rule = halting_plan(prog, {}, until, max_steps).rule
     want = interpret_program(program, {**prog.info.float_params(), spec.param: rule.limit},
                              halting=rule, **inputs)

@@ -185,6 +185,25 @@ def layout_at(prog, counts: dict[str, int]) -> tuple[Layout, dict[str, int]]:
     return layout, points.lines
 
 
+def point_mover(prog, counts: dict[str, int]):
+    """move(point, key, shift): the base unrolling's program point `x@k`, made at some
+    iteration i of top-level loop `key`, as the run at these resolved counts names the same
+    statement's assignment at iteration i + shift of that loop (None where the run makes
+    none). A point's number depends on every loop before it that assigns the variable: a loop
+    after one whose count differs from the base's holds other numbers than the base did."""
+    built = dict(prog.loops.base_counts)
+    base = _Points(prog.program, _params_at(prog, built))
+    run = base if counts == built else _Points(prog.program, _params_at(prog, counts))
+
+    def move(point: str, key: str, shift: int) -> str | None:
+        where = base.of.get(point)
+        if where is None:
+            return None
+        stmt, its = where
+        return run.back.get((stmt, tuple((k, i + shift if k == key else i) for k, i in its)))
+    return move
+
+
 def _counts_text(loops, counts: dict[str, int]) -> str:
     return ", ".join(f"{s.param or 'the loop at line ' + str(s.line)} = {counts[s.key]}"
                      for s in loops.loops)

@@ -118,15 +118,20 @@ def loop_iterates(prog, prepared, counts: dict, want: dict) -> LoopRun:
     import torch
 
     from ..runtime.halting import WatchPoint, watch_hooks
+    from .run_layout import point_mover
     specs = {s.key: s for s in prog.loops.loops if s.state}
     iterates: list[Iterate] = []
+    # the points an application holds are named as the base unrolling names them, moved to
+    # the run's counts (a loop after another assigning the same variable at another count
+    # holds other numbers)
+    move = point_mover(prog, prog.loops.counts(counts))
 
     def record(ctx, loop, before, after, it):
         spec = specs.get(loop.key)
         if spec is not None:
             h = after.detach().to("cpu", torch.float64).numpy()
             for var, key, first, stride in spec.state:
-                name = f"{var}@{first + it * stride}"
+                name = move(f"{var}@{first}", spec.key, it * spec.every)
                 if name in want:
                     blk = prog.layout.block(key)
                     got = prog.read_block(h, blk, list(want[name].shape[1:]))
@@ -148,7 +153,8 @@ def loop_iterates(prog, prepared, counts: dict, want: dict) -> LoopRun:
 
         def read(j, p, out, spec=spec, blocks=blocks):
             var, blk = blocks[p]
-            name = f"{var}@{p.count + j * spec.every}"
+            mine = next((v for v in blk.vars if v.split("@")[0] == var), None)
+            name = None if mine is None else move(mine, spec.key, j * spec.every)
             if name in want:
                 h = out.detach().to("cpu", torch.float64).numpy()
                 got = prog.read_block(h, blk, list(want[name].shape[1:]))

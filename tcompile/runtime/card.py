@@ -112,7 +112,8 @@ def _loops(program) -> dict:
         "paths": layer_paths(program),
         "loops": [{"line": s.line, "param": s.param, "count": s.count, "depth": s.depth,
                    "layers_per_iteration": s.layers_per_iteration, "min_count": s.min_count,
-                   "max_count": s.max_count, "until": s.watchable,
+                   "max_count": s.max_count,
+                   "until": [v for v in s.watchable if program.until_loops()[v] == s.key],
                    **({"hoisted": True} if program.hoisted(s.key) else {}),
                    **({"every": s.every, "layers_by_residue": _by_residue(program, s)}
                       if s.every != 1 else {}),

@@ -93,7 +93,7 @@ def resolve_until(prog, until) -> tuple[str, str, float]:
     name, tol = until
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
         raise InputError(f"until's tolerance must be a number >= 0, got {tol!r}")
-    options = {var: spec.key for spec in prog.loops.loops for var in spec.watchable}
+    options = prog.loops.until_loops()
     if name in options:
         return options[name], name, float(tol)
     raise InputError(f"until names {name!r}, which no top-level loop carries; loop variables of "

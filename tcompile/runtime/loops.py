@@ -159,6 +159,13 @@ class LoopProgram:
         """The (first) LoopItem of loop `key`."""
         return _find(self.sequence, key)
 
+    def until_loops(self) -> dict[str, str]:
+        """variable → the top-level loop `until` halts on it: the loop that carries it, or, of
+        several that do (a warm-up loop and the main one), the last the program runs (`loops`
+        is in the order the checker's walk meets them) — the one rule for halting
+        (halting.resolve_until) and the card's "until may watch"."""
+        return {var: spec.key for spec in self.loops for var in spec.watchable}
+
     def hoisted(self, key: str) -> bool:
         """Whether loop `key`, nested in another in the source, runs at the top of the
         sequence: the lowering moved it out of the loop around it (loop-invariant, such as an
