@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import EXIT_CHECK_FAILED, EXIT_OK, UsageError, parse_param_overrides
+from .common import EXIT_CHECK_FAILED, EXIT_OK, UsageError, parse_param_overrides, run_counts
 from ..errors import InputError, NonFiniteOutputWarning, TcompileError, TcompileWarning
 from .outputs import output_file, write_npz, writing
 from ..runtime.program import CompiledProgram
@@ -112,11 +112,7 @@ def cmd_run(args) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise TcompileError("--device cuda was asked for, but no CUDA device is available")
     out_path = output_file(args.out, inputs=args.inputs) if args.out is not None else None
-    counts = {k: _count(k, v) for k, v in parse_param_overrides(args.param).items()}
-    inputs = load_npz(args.inputs)
-    clash = sorted(set(counts) & set(inputs))
-    if clash:
-        raise UsageError(f"{clash[0]!r} is given both by -p and in {args.inputs}")
+    counts, inputs = _counts_and_inputs(args)
     if args.max_steps is not None and args.until is None:
         raise UsageError("--max-steps goes with --until")
     until = _until(args.until) if args.until is not None else None
@@ -160,11 +156,15 @@ def _convergence(converged: np.ndarray, until) -> str:
             f"{until[1]:g} at the last step allowed (raise --max-steps or the tolerance)")
 
 
-def _count(name: str, text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise UsageError(f"-p {name}={text}: a run-time count is a whole number") from None
+def _counts_and_inputs(args) -> tuple[dict[str, int], dict]:
+    """`-p NAME=COUNT` and `--inputs FILE.npz` → (run-time counts, inputs: {} without the
+    file); a name given both ways is refused."""
+    counts = run_counts(args.param)
+    inputs = load_npz(args.inputs) if args.inputs else {}
+    clash = sorted(set(counts) & set(inputs))
+    if clash:
+        raise UsageError(f"{clash[0]!r} is given both by -p and in {args.inputs}")
+    return counts, inputs
 
 
 def _until(text: str) -> tuple[str, float]:
@@ -259,11 +259,7 @@ def cmd_trace(args) -> int:
     from ..inspection.trace import format_trace, source_lines, trace, traced_names, write_trace
     out_path = output_file(args.out, inputs=args.inputs) if args.out is not None else None
     prog = load_artifact(args.artifact)
-    counts = {k: _count(k, v) for k, v in parse_param_overrides(args.param).items()}
-    inputs = load_npz(args.inputs)
-    clash = sorted(set(counts) & set(inputs))
-    if clash:
-        raise UsageError(f"{clash[0]!r} is given both by -p and in {args.inputs}")
+    counts, inputs = _counts_and_inputs(args)
     rows = trace(prog, **counts, **inputs)
     names = traced_names(rows)
     if args.var is not None and args.var not in names and \
@@ -294,13 +290,8 @@ def cmd_plot(args) -> int:
     prog = load_artifact(args.artifact)
     if args.layer is not None and not 0 <= args.layer < prog.n_layers:
         raise UsageError(f"--layer {args.layer}: {prog.name} has layers 0 to {prog.n_layers - 1}")
-    inputs = load_npz(args.inputs) if args.inputs else None
-    if args.param:
-        counts = {k: _count(k, v) for k, v in parse_param_overrides(args.param).items()}
-        clash = sorted(set(counts) & set(inputs))
-        if clash:
-            raise UsageError(f"{clash[0]!r} is given both by -p and in {args.inputs}")
-        inputs = {**inputs, **counts}
+    counts, inputs = _counts_and_inputs(args)
+    inputs = {**inputs, **counts} if args.inputs else None
     with writing(out):
         paths = plot(prog, args.what, out, inputs, layer=args.layer)
     for p in paths:

@@ -24,6 +24,18 @@ def parse_param_overrides(items: list[str]) -> dict[str, str]:
     return params
 
 
+def run_counts(params: list[str]) -> dict[str, int]:
+    """`-p NAME=COUNT` options → a shared build's run-time counts (whole numbers; the build
+    says which names it takes)."""
+    counts = {}
+    for name, text in parse_param_overrides(params).items():
+        try:
+            counts[name] = int(text)
+        except ValueError:
+            raise UsageError(f"-p {name}={text}: a run-time count is a whole number") from None
+    return counts
+
+
 def positive_int(text: str) -> int:
     """argparse type: a whole number >= 1 (`check --batch 0` would check nothing and pass)."""
     try:

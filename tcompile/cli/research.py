@@ -5,7 +5,7 @@ file atomically."""
 from __future__ import annotations
 
 
-from .common import EXIT_OK, UsageError, parse_param_overrides, seed
+from .common import EXIT_OK, UsageError, run_counts, seed
 from .outputs import output_file, writing
 
 COMMANDS = ("labels", "export")
@@ -74,18 +74,6 @@ def cmd_export(args) -> int:
         prog.export_onnx(path, dtype=args.dtype, **counts)
     print(f"wrote {path}")
     return EXIT_OK
-
-
-def run_counts(params: list[str]) -> dict[str, int]:
-    """`-p NAME=COUNT` options → a shared build's run-time counts (whole numbers; the build
-    says which names it takes)."""
-    counts = {}
-    for name, text in parse_param_overrides(params).items():
-        try:
-            counts[name] = int(text)
-        except ValueError:
-            raise UsageError(f"-p {name}={text}: a run-time count is a whole number") from None
-    return counts
 
 
 __all__ = ["COMMANDS", "add_parsers", "add_build_options", "cmd_labels", "cmd_export"]
