@@ -184,7 +184,7 @@ def convergence_data(prog, inputs: dict, reference: dict | None = None) -> dict:
     from ..runtime.dispatch import split_counts
     from .reference import interpreter_assignments
     counts, inputs = split_counts(prog, inputs)
-    params = {**prog.info.float_params(), **{k: float(v) for k, v in counts.items()}}
+    params = prog.interpreter_params(counts)
     prepared = prog.prepare_inputs(inputs)
     if reference is None:
         more = dict(params)

@@ -128,10 +128,8 @@ def iterates(prog, inputs: dict) -> tuple[dict[str, np.ndarray], int]:
     prepared = prog.prepare_inputs(inputs)
     if prepared.batch is None:
         raise InputError("probe needs a batch of problems: give the inputs a leading batch axis")
-    run = prog.loops.run_params(prog.resolve_counts(counts)) if prog.loops is not None else {}
-    params = {**prog.info.float_params(), **{k: float(v) for k, v in run.items()}}
-    return interpreter_assignments(prog.program, params, prepared.arrays,
-                                   prepared.n), prepared.size
+    return interpreter_assignments(prog.program, prog.interpreter_params(counts),
+                                   prepared.arrays, prepared.n), prepared.size
 
 
 def probe(activations, prog, inputs: dict, variables=None, *, tokens=None, alpha: float = 1e-6,

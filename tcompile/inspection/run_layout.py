@@ -137,9 +137,8 @@ class _IterationWalk(_AssignmentLines):
 
 
 def _params_at(prog, counts: dict[str, int]) -> dict[str, float]:
-    """The program's params with the loops' run-time params at these (resolved) counts."""
-    return {**prog.info.float_params(),
-            **{k: float(v) for k, v in prog.loops.run_params(counts).items()}}
+    """The interpreter's params for the run at these resolved counts (by loop key)."""
+    return prog.interpreter_params(prog.loops.run_params(counts))
 
 
 def layout_at(prog, counts: dict[str, int]) -> tuple[Layout, dict[str, int]]:

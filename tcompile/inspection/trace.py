@@ -73,7 +73,7 @@ def trace_loops(prog, **kwargs) -> list[dict]:
     then the outputs against their final values (`loop_line` and `iteration` None)."""
     counts, inputs = split_counts(prog, kwargs)
     prepared = prog.prepare_inputs(inputs)
-    params = {**prog.info.float_params(), **{k: float(v) for k, v in counts.items()}}
+    params = prog.interpreter_params(counts)
     want = interpreter_assignments(prog.program, params, prepared.arrays, prepared.n)
     policy = Tolerances(prog.predicted_rtol(), rounding_sensitivity(
         prog.program, params, prepared.arrays, prepared.n, want))

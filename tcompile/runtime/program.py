@@ -209,6 +209,14 @@ class CompiledProgram:
             return {}
         return self.loops.counts(counts)
 
+    def interpreter_params(self, counts: dict) -> dict[str, float]:
+        """The params the reference interpreter takes for a run at these run-time counts (by
+        param name, `steps=50`; the built ones where not given): the program's, the loops'
+        run-time params at the run's counts (InputError for a count the build cannot take)."""
+        resolved = self.resolve_counts(counts)
+        run = self.loops.run_params(resolved) if self.loops is not None else {}
+        return {**self.info.float_params(), **{k: float(v) for k, v in run.items()}}
+
     def output_rows(self, counts: dict) -> dict:
         """{output: (rows, transposed)} for those a run at these run-time counts leaves in other
         rows than the layout's output blocks (loops.py `LoopProgram.output_rows`); {} for an
