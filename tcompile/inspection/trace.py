@@ -117,7 +117,7 @@ def loop_iterates(prog, prepared, counts: dict, want: dict) -> LoopRun:
     are read and in what shape."""
     import torch
 
-    from ..runtime.halting import WatchPoint, watch_hooks
+    from ..runtime.halting import watch_hooks, watch_points
     from .run_layout import point_mover
     specs = {s.key: s for s in prog.loops.loops if s.state}
     iterates: list[Iterate] = []
@@ -145,8 +145,7 @@ def loop_iterates(prog, prepared, counts: dict, want: dict) -> LoopRun:
     handles = []
     for spec in prog.loops.loops:
         held = {var for var, *_ in spec.state}
-        blocks = {WatchPoint(pos, sub, tuple(prog.layout.block(b).rows), c):
-                  (var, prog.layout.block(b)) for var, b, pos, sub, c in spec.watch
+        blocks = {p: (var, prog.layout.block(b)) for p, var, b in watch_points(prog, spec)
                   if var not in held}
         if not blocks:
             continue

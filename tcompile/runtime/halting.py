@@ -51,8 +51,13 @@ class HaltingRule:
     gap: int
     limit: int
 
+    @property
+    def tested(self) -> range:
+        """The counts tested: first, first + every, ..., last (empty where first > last)."""
+        return range(self.first, self.last + 1, self.every)
+
     def tests(self, c: int) -> bool:
-        return self.first <= c <= self.last and (c - self.first) % self.every == 0
+        return c in self.tested
 
 
 @dataclass(frozen=True, order=True)
@@ -124,8 +129,7 @@ def halting_plan(prog, counts: dict, until, max_steps) -> HaltingPlan:
     prog.loops.counts({**counts, spec.param: limit})            # a limit the build covers
     item = prog.loops.item(key)
     k = item.every
-    points = tuple(sorted(WatchPoint(pos, sub, tuple(prog.layout.block(block).rows), c)
-                          for var, block, pos, sub, c in spec.watch if var == name))
+    points = tuple(sorted(p for p, var, _ in watch_points(prog, spec) if var == name))
     apps = item.runs(limit)[0]
     start = item.offsets[item.residue(limit)] if k > 1 else item.offset
     residues = {p.count % k for p in points}
@@ -166,7 +170,7 @@ class Watch:
         rule = plan.rule
         self._step, self._gap, self._tol = plan.item.every, rule.gap, rule.tol
         self._drop = rule.gap + 2 * rule.every     # values older than this are read no more
-        self._tested = range(rule.first, rule.last + 1, rule.every)   # rule.tests, as a range
+        self._tested = rule.tested
 
     def read(self, j: int, point: WatchPoint, value: torch.Tensor) -> None:
         """On the CPU the values are kept as numpy views and the test is numpy's — every entry
@@ -298,6 +302,15 @@ def run_until(prog, module, x: torch.Tensor, counts: dict, until, max_steps):
     return y, steps, converged, ran
 
 
+def watch_points(prog, spec) -> list[tuple[WatchPoint, str, str]]:
+    """A top-level loop's `LoopSpec.watch` as (WatchPoint, variable, block key) triples: where
+    an application writes each carried variable's value of an iteration, in the rows of that
+    block — what halting reads, and the trace for a variable no rows hold between
+    applications."""
+    return [(WatchPoint(pos, sub, tuple(prog.layout.block(block).rows), c), var, block)
+            for var, block, pos, sub, c in spec.watch]
+
+
 def watch_hooks(prog, module, key: str, points, read) -> list:
     """Forward hooks on the looped module that call read(application, point, stream) right
     after the sublayer of the body item where an application of top-level loop `key` writes
@@ -356,4 +369,4 @@ def warn_not_converged(converged: np.ndarray, until, rule: HaltingRule) -> None:
 
 __all__ = ["HaltingRule", "HaltingPlan", "WatchPoint", "Watch", "halting_plan", "run_until",
            "resolve_until", "step_limit", "structured_until", "warn_not_converged",
-           "watch_hooks"]
+           "watch_points", "watch_hooks"]
