@@ -259,13 +259,8 @@ def _choose_kernels(runs: _Unrollings, sites: dict[str, LoopSite], folded, base,
         seq, _base, kept2 = _fold_all(runs, sites, trial)
         if key in kept2 or any(k not in kept for k in kept2):
             continue
-        if key not in kept:
-            counts = {k: s.count for k, s in sites.items()}
-            more = {**counts, key: counts[key] + 1}
-            if not (_per_iteration(seq, key) <= _per_iteration(best, key)
-                    and _run_length(seq, counts) + _run_length(seq, more)
-                    < _run_length(best, counts) + _run_length(best, more)):
-                continue
+        if key not in kept and not _shorter(seq, best, key, sites):
+            continue
         chosen, best = trial, seq
         kept = kept2
     return chosen
@@ -283,7 +278,6 @@ def _choose_read_ahead(runs: _Unrollings, sites: dict[str, LoopSite], folded, ba
     layers at the built count and at one more (deterministic: the same choice everywhere)."""
     if any(s.depth for s in sites.values()):
         return frozenset()
-    counts = {k: s.count for k, s in sites.items()}
     chosen: frozenset = frozenset()
     best = folded
     for key in sorted(sites, key=lambda k: (sites[k].line, k)):
@@ -297,21 +291,29 @@ def _choose_read_ahead(runs: _Unrollings, sites: dict[str, LoopSite], folded, ba
         seq, trial_base, kept2 = _fold_all(runs, sites, kernel, trial)
         if kept2.keys() != kept.keys():
             continue
-        more = {**counts, key: counts[key] + 1}
-        if not (_per_iteration(seq, key) <= _per_iteration(best, key)
-                and _run_length(seq, counts) + _run_length(seq, more)
-                < _run_length(best, counts) + _run_length(best, more)
-                and _width(runs, trial_base, kept, kernel, trial)
+        if not (_shorter(seq, best, key, sites) and _width(runs, trial_base, kept, kernel, trial)
                 <= _width(runs, trial_base, kept, kernel, chosen)):
             continue
         chosen, best = trial, seq
     return chosen
 
 
+def _shorter(seq, best, key: str, sites: dict[str, LoopSite]) -> bool:
+    """Whether folded sequence `seq` is no deeper per iteration of loop `key` than `best`
+    and runs fewer layers at the built counts and at one more of that loop: what a kernel and
+    reading ahead must both earn (a deterministic choice, the same on every machine)."""
+    counts = {k: s.count for k, s in sites.items()}
+    more = {**counts, key: counts[key] + 1}
+    return (_per_iteration(seq, key) <= _per_iteration(best, key)
+            and _run_length(seq, counts) + _run_length(seq, more)
+            < _run_length(best, counts) + _run_length(best, more))
+
+
 def _width(runs: _Unrollings, counts, kept, kernel, ahead) -> int:
-    """The residual width of an unrolling."""
+    """The residual width of an unrolling (read off a layer's shape: its W_1 stays held as
+    nonzeros)."""
     layers = runs.compile(counts, frozenset(kept), kernel, ahead)[2]
-    return int(layers[0].W_1.shape[1]) if layers else 0
+    return int(layers[0].shape_of("W_1")[1]) if layers else 0
 
 
 def _per_iteration(seq, key: str) -> float:
