@@ -107,13 +107,14 @@ def _loop_depths(program, layout: Layout) -> dict[str, float]:
 def _loops(program) -> dict:
     """A shared build's loops: what the card says about them (layers per iteration, the layers
     a forward pass runs at the built counts, the counts a run may ask for)."""
+    halts = program.until_loops()
     return {
         "layers_run": program.n_layers(program.counts()),
         "paths": layer_paths(program),
         "loops": [{"line": s.line, "param": s.param, "count": s.count, "depth": s.depth,
                    "layers_per_iteration": s.layers_per_iteration, "min_count": s.min_count,
                    "max_count": s.max_count,
-                   "until": [v for v in s.watchable if program.until_loops()[v] == s.key],
+                   "until": [v for v in s.watchable if halts[v] == s.key],
                    **({"hoisted": True} if program.hoisted(s.key) else {}),
                    **({"every": s.every, "layers_by_residue": _by_residue(program, s)}
                       if s.every != 1 else {}),
