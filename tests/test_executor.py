@@ -21,6 +21,7 @@ from tcompile.errors import InputError
 from tcompile.inspection.sampling import sample_inputs
 from tcompile.runtime import exec_ops, fused_lookup
 from tcompile.runtime.exec_ops import HeadOp, MlpOp, relu_pairs_linear
+from tcompile.runtime.exec_plan import common, sorted_distinct
 from tcompile.runtime.executor import StructuredExecutor, executor_for
 from tcompile.runtime.pl_tables import build_table, clamped_grid_table, grid_table
 
@@ -204,6 +205,20 @@ def test_pl_table_is_the_relu_sum(seed):
     i = np.searchsorted(bp, s)
     got = slope[i] * s[:, None] + icpt[i]
     assert np.max(np.abs(got - want)) <= 1e-13 * np.max(np.abs(C).sum(1) * 5)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_planning_set_routines_are_numpys(seed):
+    """exec_plan.common and sorted_distinct (which planning uses so that numpy.ma stays
+    unimported) against np.intersect1d and np.unique, repeats and empty sets included."""
+    rng = np.random.default_rng(seed)
+    for _ in range(100):
+        t = rng.integers(-6, 6, size=rng.integers(1, 40)) / 3.0
+        got, want = sorted_distinct(t), np.unique(t, return_inverse=True)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1].ravel())
+        a, b = (np.unique(rng.integers(0, 25, size=rng.integers(0, 12))) for _ in range(2))
+        np.testing.assert_array_equal(common(a, b), np.intersect1d(a, b))
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -127,17 +127,31 @@ def read_outputs(outputs: dict, final, state: dict, B: int, n: int) -> dict:
     return out
 
 
+def host(t: torch.Tensor) -> np.ndarray:
+    """A plan-time tensor as float64 numpy, to be tested or multiplied out there. A CPU float64
+    tensor is viewed, not converted: every distinct torch op a plan calls pages in its code
+    (about 0.5 MiB resident each), and the forward never runs these."""
+    if t.device.type == "cpu" and t.dtype == torch.float64:
+        return t.detach().numpy()
+    return t.detach().to("cpu", torch.float64).numpy()      # constants may live on a GPU
+
+
 def const_array(op: ReadOp, consts: dict, like: torch.Tensor) -> np.ndarray:
     """A read of constant rows, evaluated once at plan time: (rows, e) in float64 numpy, for
     multiplying constant operands out before any input is seen."""
-    return op(consts, like).double().cpu().numpy()[0]      # constants may live on a GPU
+    return host(op(consts, like))[0]
+
+
+def template(dtype, device) -> torch.Tensor:
+    """A 0-d tensor whose dtype and device new tensors take (its value is never read)."""
+    return torch.empty((), dtype=dtype, device=device)
 
 
 def _converters(dtype, device):
     """(numpy array → contiguous tensor of this dtype on this device, a 0-d tensor like it)."""
     def t(a):
         return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)
-    return t, torch.zeros((), dtype=dtype, device=device)
+    return t, template(dtype, device)
 
 
 def _read_key(read: Read, e: int):

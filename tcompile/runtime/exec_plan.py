@@ -165,5 +165,29 @@ def nonzero_cols(W: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.any(W != 0, axis=0))
 
 
+# numpy's set routines (np.unique, np.intersect1d) check for masked arrays, which imports
+# numpy.ma: 1.2 MiB resident that a run would carry for nothing. Planning uses these two.
+
+def common(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The entries of both a and b, each sorted without repeats (as nonzero_rows gives them)."""
+    if not len(a) or not len(b):
+        return a[:0]
+    pos = np.minimum(np.searchsorted(b, a), len(b) - 1)
+    return a[b[pos] == a]
+
+
+def sorted_distinct(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(t, return_inverse=True) for a 1-D float array without NaN: the distinct
+    values ascending, and each entry's index among them."""
+    order = np.argsort(t, kind="stable")
+    s = t[order]
+    first = np.ones(len(s), dtype=bool)
+    first[1:] = s[1:] != s[:-1]
+    rank = np.empty(len(t), dtype=np.intp)
+    rank[order] = np.cumsum(first) - 1
+    return s[first], rank
+
+
 __all__ = ["emax", "emin", "concrete", "Slot", "Segment", "Read", "sub_read", "Occupancy",
-           "initial_occupancy", "new_slots", "nonzero_rows", "nonzero_cols"]
+           "initial_occupancy", "new_slots", "nonzero_rows", "nonzero_cols", "common",
+           "sorted_distinct"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import clock
-from .exec_plan import (Occupancy, Read, Slot, emax, emin, new_slots, nonzero_cols,
+from .exec_plan import (Occupancy, Read, Slot, common, emax, emin, new_slots, nonzero_cols,
                         nonzero_rows)
 from .layout import Layout
 from .pl_tables import MlpGroup, plan_mlp
@@ -56,7 +56,7 @@ def plan_heads(w: LayerWeights, occ: Occupancy) -> list[HeadSpec]:
     specs = []
     for h in range(w.heads):
         Wk, Wq, Wv = w.W_K[h], w.W_Q[h], w.W_V[h]
-        keep = np.intersect1d(nonzero_rows(Wk), nonzero_rows(Wq))    # rows of Kᵀ Q that count
+        keep = common(nonzero_rows(Wk), nonzero_rows(Wq))    # rows of Kᵀ Q that count
         rk, rq = nonzero_cols(Wk[keep]), nonzero_cols(Wq[keep])
         out, rv = nonzero_rows(Wv), nonzero_cols(Wv)
         if not (len(keep) and len(out)):

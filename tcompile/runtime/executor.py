@@ -43,7 +43,7 @@ from ..errors import InputError
 from . import clock
 from .codec import ValidatedInputs, constant_storage, in_shape, storage_at_input
 from .exec_codegen import NotTraceable, trace
-from .exec_ops import HeadOp, MlpOp, ReadOp, baddbmm, fit, read_outputs
+from .exec_ops import HeadOp, MlpOp, ReadOp, baddbmm, fit, host, read_outputs, template
 from .exec_plan import concrete, initial_occupancy, sub_read
 from .exec_sublayers import HeadSpec, SublayerPlan, plan_program
 from .domain_guard import guarded, observe, pack, settle
@@ -94,7 +94,7 @@ class _Sublayer:
         # numpy's: torch ops the forward never runs would page in libtorch code for them
         # (~0.5 MiB of resident set each, bench/README.md's peak memory)
         zero = {i for i, op in enumerate(ops)
-                if getattr(op, "const", None) is not None and not _host(op.const).any()}
+                if getattr(op, "const", None) is not None and not host(op.const).any()}
         writes = []
         for slot, old, terms in zip(plan.slots, plan.olds, plan.terms):
             e = concrete(slot.ext, n)
@@ -535,7 +535,7 @@ def _fold_constants(ops, writes, n):
             if C is None or C.shape[-1] != e or not table_at:
                 new_ts.append((i, src, dst))
                 continue
-            keep, C = [], _host(C[0])
+            keep, C = [], host(C[0])
             for r, d in zip(src, dst):
                 row, at = C[r], table_at.get(d)
                 if at is not None and (row == row[0]).all():
@@ -549,17 +549,12 @@ def _fold_constants(ops, writes, n):
     return out
 
 
-def _host(t: torch.Tensor) -> np.ndarray:
-    """A plan-time constant as numpy, to be tested there (see _Sublayer)."""
-    return t.detach().cpu().numpy()
-
-
 class _Resolved:
     """The plan for one (n, dtype, device): constant slots and resolved sublayers."""
 
     def __init__(self, ex: "StructuredExecutor", n: int, dtype, device):
         self.n = n
-        self.like = torch.zeros((), dtype=dtype, device=device)
+        self.like = template(dtype, device)
         slots = dict(ex.all_slots)
         self.consts = {}
         for s in ex.initial.slots.values():

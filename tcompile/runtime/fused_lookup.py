@@ -369,7 +369,7 @@ class Fused:
             if a is None:
                 return None
             t = a if isinstance(a, torch.Tensor) else \
-                torch.as_tensor(np.asarray(a, dtype=np.float64)).to(dtype)
+                torch.as_tensor(np.asarray(a, dtype=np.float64), dtype=dtype)
             t = t.contiguous()
             keep.append(t)
             return t.data_ptr()
@@ -384,7 +384,7 @@ class Fused:
             tb.cells = sum(G for G, _ in tables.grid)
             tb.L = tb.cells * (tables.m + 1)
             # joined by numpy: torch's stack and cat would page in code the forward never
-            # runs (executor._host)
+            # runs (exec_ops.host)
             tb.shift = ptr(torch.from_numpy(np.stack([s.numpy() for s in tables.shift])))
             tb.inv_h, tb.jmin, tb.jmax = ptr(tables.inv_h), ptr(tables.jmin), ptr(tables.jmax)
             tb.kinks = ptr(torch.from_numpy(np.concatenate([k.numpy() for k in tables.kinks]))) \

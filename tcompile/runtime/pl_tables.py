@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .exec_plan import Occupancy, Read, emax, nonzero_cols, nonzero_rows
+from .exec_plan import Occupancy, Read, common, emax, nonzero_cols, nonzero_rows, sorted_distinct
 
 MIN_TABLE_UNITS = 8     # below this a direction's units are cheaper as ReLUs
 
@@ -55,7 +55,7 @@ def _direction_key(row: np.ndarray):
 
 def plan_mlp(W1: np.ndarray, W2: np.ndarray, occ: Occupancy) -> list[MlpGroup]:
     """Partition the units of one MLP that can write something nonzero into groups."""
-    units = np.intersect1d(nonzero_rows(W1), nonzero_cols(W2))     # read and written
+    units = common(nonzero_rows(W1), nonzero_cols(W2))     # read and written
     if not len(units):
         return []
     rows = nonzero_cols(W1[units])
@@ -124,7 +124,7 @@ def build_table(a: np.ndarray, b: np.ndarray, C: np.ndarray):
     interval subtracts units that are off (a seed of 1/a on [1e-120, 1e6] has coefficients
     from 1e-12 to 1e240, and subtracting the big ones left nothing of the small)."""
     t = -b / a
-    bp, rank = np.unique(t, return_inverse=True)
+    bp, rank = sorted_distinct(t)
     K = len(bp)
     ld = np.longdouble
     ca = (C * a).T.astype(ld)                       # (U, O): slope of each unit when on
