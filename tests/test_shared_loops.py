@@ -1225,6 +1225,69 @@ def test_reading_ahead_runs_a_normalised_step_as_deep_as_unrolled(monkeypatch):
         prog.loops.counts())
 
 
+EXPONENTIATED_GRADIENT = """program exponentiated_gradient
+dim d = 3
+param eta = 0.5
+param steps = 10
+input A : [n, d] assume row_norm <= 1
+input y : [n] in [-1, 1]
+output w
+
+w = ones(d) / d
+repeat steps {
+  g = A.T @ (A @ w - y) / n
+  u = w * exp(-eta * g) on [-1, 1]
+  w = (u / (sum(u)) on [0.2, 3]) on [0, 1]
+}
+"""
+
+
+def test_reading_ahead_is_judged_by_the_width_as_built(monkeypatch):
+    """Exponentiated gradient (a multiplicative step renormalised onto the simplex), written
+    as a new user would: reading ahead runs it as deep as the unrolled build (5 layers per
+    step; 6 waiting for w) with its outputs to 1e-15 of the unrolled build's and `until w` where
+    the interpreter stops. The chooser once compared widths at the base unrolling, where reading
+    ahead takes 2 more rows than waiting, though as built both take 50, and refused it."""
+    from tcompile.inspection.sampling import sample_inputs
+    prog = tcompile.compile_source(EXPONENTIATED_GRADIENT, loops="shared")
+    (spec,) = prog.loops.loops
+    assert (spec.layers_per_iteration, spec.min_count, prog.n_layers) == (5, 4, 21)
+    inputs = sample_inputs(prog.program, {}, n=10, batch=4, seed=2)
+    for steps in (4, 7, 10):
+        unrolled = tcompile.compile_source(EXPONENTIATED_GRADIENT, params={"steps": steps})
+        assert prog.loops.n_layers(prog.loops.counts({"steps": steps})) == unrolled.n_layers
+        gap = np.abs(prog.run(steps=steps, **inputs)["w"] - unrolled.run(**inputs)["w"]).max()
+        assert gap <= 1e-15, (steps, gap)
+    from test_until import halts_as_interpreted
+    halts_as_interpreted(prog, parse_source(EXPONENTIATED_GRADIENT), inputs, ("w", 1e-3), 10,
+                         (None, "module"), exact=False)
+    monkeypatch.setattr(shared_build_module, "_choose_read_ahead", lambda *a: frozenset())
+    waiting = tcompile.compile_source(EXPONENTIATED_GRADIENT, loops="shared")
+    assert waiting.loops.n_layers(waiting.loops.counts()) == 62 > prog.loops.n_layers(
+        prog.loops.counts()) == 54
+
+
+def test_no_reading_ahead_over_huge_gate_offsets(monkeypatch):
+    """Without the declared bounds on w, its bounds grow five-fold an iteration and the gate
+    offsets of the exact product w * exp(...) reach 7.2e10 (a head writes -c I). Read ahead,
+    values land in rows such an offset was cleared from, and the dense module keeps ~c·2⁻⁵³ of
+    it (it differed from the structured executor by 4e-6); so the loop waits for its state, and
+    the two agree to rounding (READ_AHEAD_MAX_HEAD_WEIGHT)."""
+    from tcompile.inspection.sampling import sample_inputs
+    loose = EXPONENTIATED_GRADIENT.replace("w = (u / (sum(u)) on [0.2, 3]) on [0, 1]",
+                                           "w = u / (sum(u)) on [0.2, 3]")
+    prog = tcompile.compile_source(loose, loops="shared")
+    assert shared_build_module._largest_head_weight(prog.layers) > 1e10
+    inputs = sample_inputs(prog.program, {}, n=10, batch=8, seed=2)
+
+    def disagreement(p):
+        return np.abs(p.run(**inputs)["w"] - p.run(executor="module", **inputs)["w"]).max()
+    assert prog.loops.n_layers(prog.loops.counts()) == 62 and disagreement(prog) <= 1e-13
+    monkeypatch.setattr(shared_build_module, "READ_AHEAD_MAX_HEAD_WEIGHT", float("inf"))
+    ahead = tcompile.compile_source(loose, loops="shared")
+    assert ahead.loops.n_layers(ahead.loops.counts()) == 54 and disagreement(ahead) > 1e-9
+
+
 TWO_PHASE = """program two_phase
 dim d = 3
 param warm = 5

@@ -25,6 +25,8 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
+import numpy as np
+
 from ..runtime.layout import LayerSpec
 from ..runtime.loops import LoopItem, LoopProgram, LoopSpec, applications
 from ..runtime.manifest import Manifest
@@ -113,12 +115,7 @@ def compile_shared(program, values: dict, tol, max_memory, report) -> CompiledPr
     ahead = _choose_read_ahead(runs, sites, folded, base, kept, kernel)
     if ahead:
         folded, base, kept = _fold_all(runs, sites, kernel, ahead)
-    # the layout and domain checks come from one more iteration than the base of every folded
-    # loop (compiled by the fold already), so that each body runs at least once in it (a
-    # kernel of k iterations: k + 1 more, so that its tail for one leftover iteration runs too)
-    counts = {k: base[k] + (k not in kept) * (1 + (kernel.get(k, 1) > 1) * kernel.get(k, 1))
-              for k in base}
-    counts = _built_residue(runs, sites, counts, kept, kernel, ahead)
+    counts = _layout_counts(runs, sites, base, kept, kernel, ahead)
     df, plan, layers, blocks, keys = runs.compile(counts, frozenset(kept), kernel, ahead)
     stored: list[LayerWeights] = []
     sequence = _store(folded, runs.layers, stored, in_loop=False, where={})
@@ -128,6 +125,17 @@ def compile_shared(program, values: dict, tol, max_memory, report) -> CompiledPr
     unrolled = tuple((sites[k].line, sites[k].count, why.why) for k, why in kept.items())
     loops = LoopProgram(specs, sequence, tuple(sorted(counts.items())), unrolled)
     return CompiledProgram(_shared_manifest(manifest, stored, loops), stored)
+
+
+def _layout_counts(runs: _Unrollings, sites: dict[str, LoopSite], base: dict[str, int], kept,
+                   kernel: dict[str, int], ahead: frozenset) -> dict[str, int]:
+    """The unrolling the build's layout, rows and domain checks come from: one more iteration
+    than the base of every folded loop (compiled by the fold already), so that each body runs
+    at least once in it (a kernel of k iterations: k + 1 more, so that its tail for one
+    leftover iteration runs too), of the built count's residue (_built_residue)."""
+    counts = {k: base[k] + (k not in kept) * (1 + (kernel.get(k, 1) > 1) * kernel.get(k, 1))
+              for k in base}
+    return _built_residue(runs, sites, counts, kept, kernel, ahead)
 
 
 def _built_residue(runs: _Unrollings, sites: dict[str, LoopSite], counts: dict[str, int], kept,
@@ -279,7 +287,7 @@ def _choose_read_ahead(runs: _Unrollings, sites: dict[str, LoopSite], folded, ba
     if any(s.depth for s in sites.values()):
         return frozenset()
     chosen: frozenset = frozenset()
-    best = folded
+    best, best_base = folded, base
     for key in sorted(sites, key=lambda k: (sites[k].line, k)):
         if key in kept:
             continue
@@ -291,11 +299,31 @@ def _choose_read_ahead(runs: _Unrollings, sites: dict[str, LoopSite], folded, ba
         seq, trial_base, kept2 = _fold_all(runs, sites, kernel, trial)
         if kept2.keys() != kept.keys():
             continue
-        if not (_shorter(seq, best, key, sites) and _width(runs, trial_base, kept, kernel, trial)
-                <= _width(runs, trial_base, kept, kernel, chosen)):
+        if not _shorter(seq, best, key, sites):
             continue
-        chosen, best = trial, seq
+        # widths as built (the layout's unrolling): a short unrolling's may differ from the
+        # build's either way (exponentiated gradient's reading ahead: 50 rows against 48 at the
+        # base unrolling, 50 against 50 as built)
+        layers = runs.compile(_layout_counts(runs, sites, trial_base, kept, kernel, trial),
+                              frozenset(kept), kernel, trial)[2]
+        if _width_of(layers) > _width(runs, _layout_counts(runs, sites, best_base, kept, kernel,
+                                                           chosen), kept, kernel, chosen) \
+                or _largest_head_weight(layers) > READ_AHEAD_MAX_HEAD_WEIGHT:
+            continue
+        chosen, best, best_base = trial, seq, trial_base
     return chosen
+
+
+# Reading ahead moves values into other rows. In the dense module a value written where a
+# larger one was cleared keeps about |cleared| · 2⁻⁵³ of it: harmless for the values a program
+# computes, not for the gate offsets of exact products (−c I written by a head, c the bound of
+# the gated factor), which a factor whose bounds grow every iteration makes huge (exponentiated
+# gradient without declared bounds: c = 7.2e10; read ahead, its module differed from the
+# structured executor by 4e-6). A loop reads ahead only where no head weight is larger than
+# this (a cleared value then leaves at most ~1e-10 behind); otherwise it waits a layer for its
+# state, as before. (The shipped programs' head weights are at most 20, adam's gate 1.01e6;
+# MLP weights are not values written and may be huge: power iteration's 1/√ on [1e-100, 1].)
+READ_AHEAD_MAX_HEAD_WEIGHT = 1e6
 
 
 def _shorter(seq, best, key: str, sites: dict[str, LoopSite]) -> bool:
@@ -310,10 +338,20 @@ def _shorter(seq, best, key: str, sites: dict[str, LoopSite]) -> bool:
 
 
 def _width(runs: _Unrollings, counts, kept, kernel, ahead) -> int:
-    """The residual width of an unrolling (read off a layer's shape: its W_1 stays held as
+    """The residual width of an unrolling."""
+    return _width_of(runs.compile(counts, frozenset(kept), kernel, ahead)[2])
+
+
+def _width_of(layers: list[LayerWeights]) -> int:
+    """The residual width of compiled layers (read off a layer's shape: its W_1 stays held as
     nonzeros)."""
-    layers = runs.compile(counts, frozenset(kept), kernel, ahead)[2]
     return int(layers[0].shape_of("W_1")[1]) if layers else 0
+
+
+def _largest_head_weight(layers: list[LayerWeights]) -> float:
+    """The largest |entry| of any head's W_K, W_Q or W_V."""
+    return max((float(np.abs(getattr(layer, name)).max(initial=0.0))
+                for layer in layers for name in ("W_K", "W_Q", "W_V")), default=0.0)
 
 
 def _per_iteration(seq, key: str) -> float:
