@@ -1288,6 +1288,56 @@ def test_no_reading_ahead_over_huge_gate_offsets(monkeypatch):
     assert ahead.loops.n_layers(ahead.loops.counts()) == 54 and disagreement(ahead) > 1e-9
 
 
+BFGS = """program bfgs_least_squares
+dim d = 6
+param steps = 6
+input A : [n, d] assume row_norm <= 1
+input y : [n] in [-1, 1]
+output x
+
+S = A.T @ A / n + 0.1 * I
+b = A.T @ y / n
+x = zeros(d)
+H = I
+g = S @ x - b
+repeat steps {
+  p = -(H @ g)
+  alpha = -(g @ p) / (p @ S @ p) on [1e-30, 100]
+  s = alpha * p
+  x = x + s
+  g_new = S @ x - b
+  yv = g_new - g
+  rho = 1 / (yv @ s) on [1e-40, 100]
+  V = I - rho * outer(s, yv)
+  H = V @ H @ V.T + rho * outer(s, s)
+  g = g_new
+}
+"""
+
+
+def test_bfgs_folds_by_a_kernel_of_its_plain_walk():
+    """BFGS with exact line search, written as a new user would: its rows return every 2
+    iterations of the plain walk, while the kernel's grouping (nodes.LOOP_PHASE) pipelines
+    them apart, so it stayed unrolled. Folded every 2 iterations of the plain walk
+    (_Unrollings.unmarked), it runs the unrolled build's 14 layers per step at both residues,
+    the same numbers at 5 steps and within the interpreter's own gap at 6 (the last steps
+    divide by p·Sp near 1e-30)."""
+    from tcompile.inspection.sampling import sample_inputs
+    prog = tcompile.compile_source(BFGS, loops="shared")
+    (spec,) = prog.loops.loops
+    assert (spec.layers_per_iteration, spec.every, prog.n_layers) == (28, 2, 59)
+    inputs = sample_inputs(prog.program, {}, n=16, batch=4, seed=3)
+    for steps, tol in ((5, 0.0), (6, 1e-11)):
+        unrolled = tcompile.compile_source(BFGS, params={"steps": steps})
+        assert prog.loops.n_layers(prog.loops.counts({"steps": steps})) == unrolled.n_layers
+        got = prog.run(steps=steps, **inputs)["x"]
+        assert np.abs(got - unrolled.run(**inputs)["x"]).max() <= tol, steps
+        want = np.stack([interpret_program(parse_source(BFGS), {"steps": steps},
+                                           **{k: v[i] for k, v in inputs.items()})["x"]
+                         for i in range(4)])
+        assert np.abs(got - want).max() <= 1e-12
+
+
 TWO_PHASE = """program two_phase
 dim d = 3
 param warm = 5

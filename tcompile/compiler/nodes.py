@@ -84,7 +84,9 @@ ENTERS = "enters"        # shared builds only: ["loop key/variable", ...] on a v
 LOOP_PHASE = "loop_phase"  # shared builds, loops run by a kernel of k > 1 iterations only: on a
                          #   loop state, its place in its group of iterations (kernel_group), -1
                          #   at a group's end; rows.py pins it to the rows of the last value of
-                         #   the same phase (a kernel's state returns to its rows every k)
+                         #   the same phase (a kernel's state returns to its rows every k). Not
+                         #   set for a kernel folded from the plain walk (shared_build.
+                         #   _Unrollings.unmarked: its rows return every k without it)
 LOOP_KERNEL = "loop_kernel"  # with LOOP_PHASE: (k, iterations walked); depth.py lets an iteration
                          #   inline the state of an earlier iteration of its own group
 LOOP_AHEAD = "loop_ahead"  # shared builds, loops that read ahead only (shared_build.

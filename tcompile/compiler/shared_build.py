@@ -65,19 +65,24 @@ class _Unrollings:
         self.layers: dict[str, LayerWeights] = {}
         self.digests: dict[tuple, list[str]] = {}     # each compile's layers' digests, in order
         self.pieces = PieceBuilder(tol)          # every unrolling fits each function once
+        # kernel loops walked without their grouping: folded every k iterations of the walk
+        # the one-iteration body has (_choose_kernels)
+        self.unmarked: frozenset = frozenset()
 
-    @staticmethod
-    def _key(counts: dict[str, int], plain: frozenset, kernel: dict[str, int] | None,
+    def _marked(self, kernel: dict[str, int] | None) -> dict[str, int]:
+        """The kernels the walk groups iterations by."""
+        return {k: e for k, e in (kernel or {}).items() if e > 1 and k not in self.unmarked}
+
+    def _key(self, counts: dict[str, int], plain: frozenset, kernel: dict[str, int] | None,
              ahead: frozenset) -> tuple:
-        kernel = {k: e for k, e in (kernel or {}).items() if e > 1}
-        return (tuple(sorted(counts.items())), plain, tuple(sorted(kernel.items())),
+        return (tuple(sorted(counts.items())), plain, tuple(sorted(self._marked(kernel).items())),
                 tuple(sorted(ahead)))
 
     def compile(self, counts: dict[str, int], plain: frozenset = frozenset(),
                 kernel: dict[str, int] | None = None, ahead: frozenset = frozenset()) -> tuple:
         key = self._key(counts, plain, kernel, ahead)
         if key not in self.built:
-            kernel = {k: e for k, e in (kernel or {}).items() if e > 1}
+            kernel = self._marked(kernel)
             df = shared_dataflow(self.program, self.values, self.tol, counts, plain, kernel, ahead)
             plan, layers, blocks, keys = compile_dataflow(df, None, self.values, self.max_memory,
                                                           None, self.pieces)
@@ -265,6 +270,13 @@ def _choose_kernels(runs: _Unrollings, sites: dict[str, LoopSite], folded, base,
                 continue
         trial = {**chosen, key: KERNEL}
         seq, _base, kept2 = _fold_all(runs, sites, trial)
+        if (key in kept2 or any(k not in kept for k in kept2)) and key in kept:
+            # rows that alternate may return every KERNEL iterations of the plain walk while
+            # the kernel's grouping (nodes.LOOP_PHASE) pipelines them apart (BFGS's H, g, x)
+            runs.unmarked = runs.unmarked | {key}
+            seq, _base, kept2 = _fold_all(runs, sites, trial)
+            if key in kept2 or any(k not in kept for k in kept2):
+                runs.unmarked = runs.unmarked - {key}
         if key in kept2 or any(k not in kept for k in kept2):
             continue
         if key not in kept and not _shorter(seq, best, key, sites):
