@@ -252,10 +252,10 @@ def _choose_kernels(runs: _Unrollings, sites: dict[str, LoopSite], folded, base,
     layers than the one-iteration body (where the unrolled schedule fits two iterations in a
     layer, Richardson's x + ω(b − M x), a one-iteration body costs a whole layer each), or
     that fold only so (their rows alternate between iterations and return every KERNEL).
-    Tried on top-level loops of programs without nested loops, in source order; a kernel is
+    Tried where no loop runs inside another (_runs_flat), in source order; a kernel is
     kept only if it is no deeper per iteration and runs fewer layers at the built count and at
     one more (so the choice is the same for every machine and run: deterministic)."""
-    if any(s.depth for s in sites.values()):
+    if not _runs_flat(folded, sites):
         return {}
     chosen: dict[str, int] = {}
     best = folded
@@ -292,11 +292,11 @@ def _choose_read_ahead(runs: _Unrollings, sites: dict[str, LoopSite], folded, ba
     state's definition, as the unrolled build does, instead of waiting a layer for the state
     to be stored — power iteration's next v = S u = S v r is one head on v and r, and its
     stored u (kept for `until` and the outputs) is written beside it. Tried as kernels are:
-    on top-level loops of programs without nested loops, in source order, each kept only if
+    where no loop runs inside another (_runs_flat), in source order, each kept only if
     the loop still folds (its layers repeat bit for bit, the oracle of every shared build),
     no loop falls back to unrolled, it is no deeper per iteration, no wider, and it runs fewer
     layers at the built count and at one more (deterministic: the same choice everywhere)."""
-    if any(s.depth for s in sites.values()):
+    if not _runs_flat(folded, sites):
         return frozenset()
     chosen: frozenset = frozenset()
     best, best_base = folded, base
@@ -336,6 +336,18 @@ def _choose_read_ahead(runs: _Unrollings, sites: dict[str, LoopSite], folded, ba
 # state, as before. (The shipped programs' head weights are at most 20, adam's gate 1.01e6;
 # MLP weights are not values written and may be huge: power iteration's 1/√ on [1e-100, 1].)
 READ_AHEAD_MAX_HEAD_WEIGHT = 1e6
+
+
+def _runs_flat(seq, sites: dict[str, LoopSite]) -> bool:
+    """Whether no loop runs inside another: none folded inside another's body or tails, and
+    every loop nested in the source folded once at the top (the lowering hoisted it: an
+    inverse of a matrix the outer loop does not change runs once, before it; not one kept
+    unrolled inside an unrolled loop). The kernels and reading ahead are tried only on such
+    programs."""
+    top = [t.key for t in seq if isinstance(t, Loop)]
+    inner = any(isinstance(u, Loop) for t in seq if isinstance(t, Loop)
+                for part in (t.body, *t.tails) for u in part)
+    return not inner and all(top.count(k) == 1 for k, s in sites.items() if s.depth)
 
 
 def _shorter(seq, best, key: str, sites: dict[str, LoopSite]) -> bool:
