@@ -675,6 +675,16 @@ def test_cli_convergence_without_inputs_is_a_usage_error(cli):
     assert not cli["paths"]["noinputs"].exists()
 
 
+def test_cli_plot_out_named_like_a_picture_is_a_usage_error(artifacts, tmp_path, capsys):
+    """-o is a directory: `-o conv.png` would have made a directory of that name. Refused,
+    and nothing is written."""
+    out = tmp_path / "conv.png"
+    assert main(["plot", str(artifacts["least_squares"]), "--what", "layout", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "looks like a picture's name" in err and "-o DIR" in err
+    assert not out.exists()
+
+
 def test_cli_plot_convergence_in_process(artifacts, inputs, tmp_path, capsys):
     np.savez(tmp_path / "in.npz", **inputs["newton_inverse"])
     assert main(["plot", str(artifacts["newton_inverse"]), "--what", "convergence",

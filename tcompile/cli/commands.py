@@ -280,6 +280,9 @@ def cmd_plot(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"-o {args.out!r} is a file; plot writes pictures into a directory")
+    if not out.exists() and out.suffix.lower() in (".png", ".svg", ".pdf", ".jpg", ".jpeg"):
+        raise UsageError(f"-o {args.out!r} looks like a picture's name; plot writes its pictures "
+                         f"(.png and .svg, named for the program) into a directory: -o DIR")
     if args.what == "convergence" and not args.inputs:
         raise UsageError("--what convergence needs --inputs FILE.npz (the problems to converge on)")
     if args.layer is not None and args.what != "weights":
