@@ -16,6 +16,8 @@ import torch
 import builds
 import tcompile
 import tcompile.compiler.shared_build as shared_build_module
+from tcompile.compiler.pipeline import check_program
+from tcompile.compiler.steady_state import loop_sites
 from tcompile.errors import InputError, NotConvergedWarning
 from tcompile.language.interpreter import interpret_program
 from tcompile.language.parser import parse_file, parse_source
@@ -1258,18 +1260,34 @@ def test_reading_ahead_is_judged_by_the_width_as_built(monkeypatch):
     (spec,) = prog.loops.loops
     assert (spec.layers_per_iteration, spec.min_count, prog.n_layers) == (5, 4, 21)
     inputs = sample_inputs(prog.program, {}, n=10, batch=4, seed=2)
-    for steps in (4, 7, 10):
+    for steps in (4, 7, 10, 13):
         unrolled = tcompile.compile_source(EXPONENTIATED_GRADIENT, params={"steps": steps})
         assert prog.loops.n_layers(prog.loops.counts({"steps": steps})) == unrolled.n_layers
         gap = np.abs(prog.run(steps=steps, **inputs)["w"] - unrolled.run(**inputs)["w"]).max()
         assert gap <= 1e-15, (steps, gap)
     from test_until import halts_as_interpreted
-    halts_as_interpreted(prog, parse_source(EXPONENTIATED_GRADIENT), inputs, ("w", 1e-3), 10,
+    halts_as_interpreted(prog, parse_source(EXPONENTIATED_GRADIENT), inputs, ("w", 1e-3), 40,
                          (None, "module"), exact=False)
     monkeypatch.setattr(shared_build_module, "_choose_read_ahead", lambda *a: frozenset())
     waiting = tcompile.compile_source(EXPONENTIATED_GRADIENT, loops="shared")
     assert waiting.loops.n_layers(waiting.loops.counts()) == 62 > prog.loops.n_layers(
         prog.loops.counts()) == 54
+
+
+def test_declared_bounds_of_a_loop_state_widen_its_hull():
+    """w's lower bound shrinks every step (w >= u / 3 >= w e^-1 / 3) inside its declared
+    [0, 1], so the hull of the built steps was never closed and the build refused counts above
+    the built one. Widened to the declared interval (steady_state._declared_bounds), one body
+    stays inside it: every count runs (max_count None), as deep as the unrolled build and
+    within 1e-15 of it (the count loop above). Without the declaration nothing is widened."""
+    def site(source):
+        program = parse_source(source)
+        (s,) = loop_sites(program, check_program(program, {})).values()
+        return s
+    assert site(EXPONENTIATED_GRADIENT).max_count is None
+    undeclared = EXPONENTIATED_GRADIENT.replace("w = (u / (sum(u)) on [0.2, 3]) on [0, 1]",
+                                                "w = u / (sum(u)) on [0.2, 3]")
+    assert site(undeclared).max_count == 10
 
 
 def test_no_reading_ahead_over_huge_gate_offsets(monkeypatch):

@@ -10,7 +10,9 @@ and sound for each, since interval arithmetic is monotone.
 
 The hull also decides how far the run time may go: if one more body from the hull stays in the
 hull, every count is covered (`LoopSite.max_count` None); otherwise only counts up to the built
-one are, and the runtime refuses more.
+one are, and the runtime refuses more. A state whose last assignment declares its bounds
+(`w = (...) on [0, 1]`) is widened to them where its own bounds drift inside them without end
+(interval arithmetic's widening, to the user's thresholds).
 
 The walk unrolls each loop `unroll[key]` times (the fold, fold.py, compiles a few small
 unrollings and finds the body's steady state); the real count is recorded in `LoopSite`.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ..errors import TcompileError
 from ..language import ast
 from ..language.checker import Ty, Val, Walker
 from ..language.run_params import loop_key, loop_param, run_time_counts
@@ -123,11 +126,32 @@ class _SteadyState:
             hull = {n: _join(hull[n], types[n].ty, n, stmt) for n in state}
             if {k: v.ty for k, v in types.items()} == before:
                 break             # a fixed point: the later iterations add nothing to the hull
+        if self._closed(probe, stmt, env, in_function, state, hull):
+            return hull, True
+        # widening: a state whose last assignment declares its bounds (`w = (...) on [0, 1]`)
+        # may drift inside them without end (a lower bound shrinking toward 0); its declared
+        # interval is a hull if one body from it stays inside
+        declared = _declared_bounds(probe, stmt.body, state, types)
+        if not declared:
+            return hull, False
+        wide = dict(hull)
+        for n, (lo, hi) in declared.items():
+            if hull[n].bounded:
+                wide[n] = replace(hull[n], lo=min(hull[n].lo, lo), hi=max(hull[n].hi, hi))
+        try:
+            if self._closed(probe, stmt, env, in_function, state, wide):
+                return wide, True
+        except TcompileError:
+            pass                # the wider bounds leave some domain (a divisor may be 0)
+        return hull, False
+
+    @staticmethod
+    def _closed(probe, stmt, env, in_function, state, hull) -> bool:
+        """Whether one body run from the hull leaves every state inside it."""
         types = {k: Val(v.ty) for k, v in env.items()}
         types.update({n: Val(hull[n]) for n in state})
         probe.exec_block(stmt.body, types, in_function)
-        closed = all(_inside(types[n].ty, hull[n]) for n in state)
-        return hull, closed
+        return all(_inside(types[n].ty, hull[n]) for n in state)
 
     def _widen(self, env, hull: dict[str, Ty]) -> None:
         for name, ty in hull.items():
@@ -261,6 +285,17 @@ def _join(a: Ty, b: Ty, name: str, stmt) -> Ty:
     if not (a.bounded and b.bounded):
         return replace(a, lo=None, hi=None, **both)
     return replace(a, lo=min(a.lo, b.lo), hi=max(a.hi, b.hi), **both)
+
+
+def _declared_bounds(probe, body, state, env) -> dict[str, tuple[float, float]]:
+    """{state: (lo, hi)} for the states whose last assignment in the loop's own body (not an
+    inner loop's) is `name = (expr) on [lo, hi]`."""
+    last = {}
+    for st in body:
+        if isinstance(st, ast.Assign) and st.target in state:
+            last[st.target] = st.value
+    return {n: probe._declared_domain(v, env) for n, v in last.items()
+            if isinstance(v, ast.Bound)}
 
 
 def _inside(a: Ty, hull: Ty) -> bool:
