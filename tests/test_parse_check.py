@@ -202,6 +202,11 @@ BAD = [
      "a repeat count must be a non-negative integer, got -1", 6, 8),
     ("repeat_runtime_count", H + IN + "x = A\nrepeat n {\n  x = x + 1\n}\n", ProgramError,
      "a repeat count must be a compile-time number", 5, 8),
+    ("function_parameter_shadows_param", H + "param k = 2\ndef f(a, k) {\n  return a\n}\n" + IN
+     + "x = f(A, A)\n", ProgramError, "parameter 'k' of 'f' shadows a reserved name or a param",
+     3, 10),
+    ("function_parameter_twice", H + "def f(a, a) {\n  return a\n}\n" + IN + "x = f(A, A)\n",
+     ProgramError, "'f' has two parameters named 'a'", 2, 10),
     ("recursion", H + "def f(a) {\n  return f(a)\n}\n" + IN + "x = f(A)\n", ProgramError,
      "'f' calls itself", 3, 10),
     ("mutual_recursion", H + "def f(a) {\n  return g(a)\n}\ndef g(a) {\n  return f(a)\n}\n" + IN + "x = f(A)\n",

@@ -177,6 +177,7 @@ class FuncDef:
     params: tuple[str, ...]
     body: tuple[Stmt, ...]
     loc: SourceLocation
+    param_locs: tuple[SourceLocation, ...] = ()     # where each parameter is named
 
 
 @dataclass

@@ -664,13 +664,15 @@ class Walker:
             raise self.err(f"'{e.func}' calls itself; functions are inlined and cannot recurse",
                            e.loc, expected="a repeat loop instead")
         local = {}
-        for pname, arg in zip(fn.params, e.args):
+        where = fn.param_locs or (fn.loc,) * len(fn.params)
+        for pname, arg, loc in zip(fn.params, e.args, where):
             if pname in RESERVED or pname in self.params:
                 raise self.err(f"parameter '{pname}' of '{fn.name}' shadows a reserved name or a param",
-                               fn.loc, expected="another parameter name")
+                               loc, expected="another parameter name")
             local[pname] = self.eval(arg, env)
-        if len(set(fn.params)) != len(fn.params):
-            raise self.err(f"'{fn.name}' has two parameters with the same name", fn.loc)
+        for i, pname in enumerate(fn.params):
+            if pname in fn.params[:i]:
+                raise self.err(f"'{fn.name}' has two parameters named '{pname}'", where[i])
         self.call_stack.append(e.func)
         self.call_sites.append(e)
         try:

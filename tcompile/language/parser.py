@@ -212,8 +212,9 @@ class _ToAst(Transformer):
     def funcdef(self, meta, children):
         name, *rest = children
         body = rest[-1]
-        params = tuple(str(p) for p in rest[:-1] if p is not None)
-        return ast.FuncDef(str(name), params, body, self._tok_loc(name))
+        tokens = [p for p in rest[:-1] if p is not None]
+        return ast.FuncDef(str(name), tuple(str(p) for p in tokens), body, self._tok_loc(name),
+                           tuple(self._tok_loc(p) for p in tokens))
 
 
 def parse_source(source: str, file: str = "<string>") -> ast.Program:
