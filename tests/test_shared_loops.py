@@ -1361,6 +1361,54 @@ def test_bfgs_folds_by_a_kernel_of_its_plain_walk():
         assert np.abs(got - want).max() <= 1e-12
 
 
+TWO_INVERSES = """program two_inverses
+dim d = 3
+param k = 6
+param steps = 8
+input A : [n, d] assume row_norm <= 1
+input y : [n] in [-1, 1]
+output x, X2
+
+def inv(M, c, m) {
+  X = c * I
+  repeat m {
+    X = 2 * X - X @ M @ X
+  }
+  return X
+}
+
+S = A.T @ A / n + 0.3 * I
+X1 = inv(S, 0.7, k)
+X2 = inv(S + 0.5 * I, 0.05, k)
+x = zeros(d)
+repeat steps {
+  x = x - X1 @ (S @ x - A.T @ y / n)
+}
+"""
+
+
+def test_a_param_that_counts_a_loop_kept_unrolled_is_fixed():
+    """`k` counts both calls' loops; the first folds, the second is kept unrolled (its rows
+    alternate). A run at k = 9 ran 9 iterations in one and 6 in the other: X2 was 0.044 off
+    the interpreter's, without a word. k is now fixed at its built value (a run asking for
+    another is an InputError naming the run-time params), the card says "(fixed)" and lists
+    no `until` variable there, and `steps` still runs at any count."""
+    prog = tcompile.compile_source(TWO_INVERSES, loops="shared")
+    assert prog.loops.unrolled and [s.param for s in prog.loops.loops] == [None, "steps"]
+    text = tcompile.report_text(prog)
+    assert "repeat 6 (fixed)   1 layer per iteration\n    line 21" in text
+    rng = np.random.default_rng(2)
+    A = rng.standard_normal((10, 3))
+    inputs = {"A": A / (1.01 * np.linalg.norm(A, axis=1, keepdims=True)),
+              "y": rng.uniform(-1, 1, 10)}
+    with pytest.raises(InputError, match="k is not a run-time count of this build"):
+        prog.run(k=9, **inputs)
+    for counts in ({}, {"steps": 12}):
+        got = prog.run(**counts, **inputs)
+        want = interpret_program(parse_source(TWO_INVERSES), counts, **inputs)
+        assert max(np.abs(got[v] - want[v]).max() for v in want) <= 1e-14
+
+
 TWO_PHASE = """program two_phase
 dim d = 3
 param warm = 5

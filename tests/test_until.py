@@ -21,7 +21,7 @@ import pytest
 import builds
 import tcompile
 from tcompile.compiler.steady_state import loop_sites
-from tcompile.errors import NotConvergedWarning
+from tcompile.errors import InputError, NotConvergedWarning
 from tcompile.language.interpreter import interpret_program
 from tcompile.language.parser import parse_file, parse_source
 from tcompile.runtime.halting import halting_plan
@@ -110,8 +110,9 @@ def halts_as_interpreted(prog, program, inputs: dict, until, max_steps, executor
 
 @pytest.mark.parametrize("name", sorted(CARRIED))
 def test_until_accepts_every_variable_a_top_level_loop_carries(name):
-    """The table is what the programs carry; every folded top-level loop accepts all of them
-    (the card lists them); a halted run stops at the rule's first count when any movement is
+    """The table is what the programs carry; every folded top-level loop with a run-time count
+    accepts all of them (the card lists them; a fixed count refuses them, and the card lists
+    none); a halted run stops at the rule's first count when any movement is
     small enough, equal to a fixed-count run there, and runs to the limit when none is."""
     from tcompile.runtime.exec_loops import shared_executor_for
     from tcompile.inspection.sampling import sample_inputs
@@ -125,9 +126,12 @@ def test_until_accepts_every_variable_a_top_level_loop_carries(name):
     inputs = sample_inputs(program, prog.info.params, n=8, batch=2, seed=0)
     for line, spec in specs.items():
         assert tuple(spec.watchable) == CARRIED[name][line], (name, line)
-        assert f"until may watch: {', '.join(spec.watchable)}" in card
-        if spec.param is None:
+        if spec.param is None:       # a fixed count: halting refuses it, the card lists none
+            assert "until may watch" not in card
+            with pytest.raises(InputError, match="has a fixed count"):
+                prog.run(until=(spec.watchable[0], 1e-9), max_steps=spec.count, **inputs)
             continue
+        assert f"until may watch: {', '.join(spec.watchable)}" in card
         item = prog.loops.item(spec.key)
         cap = max(spec.min_count, item.offset + item.every) + 2 * item.every + 1
         if spec.max_count is not None:
@@ -249,7 +253,6 @@ def test_the_watch_passes_the_problems_whose_largest_change_is_within_tol(least_
 
 def test_a_kept_halting_plan_does_not_let_an_equal_but_bad_until_through(least_squares):
     """structured_until keeps each until's plan: ("w", True) equals ("w", 1) but is refused."""
-    from tcompile.errors import InputError
     inputs = _ls_inputs(4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotConvergedWarning)

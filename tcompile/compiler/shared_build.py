@@ -124,7 +124,12 @@ def compile_shared(program, values: dict, tol, max_memory, report) -> CompiledPr
     df, plan, layers, blocks, keys = runs.compile(counts, frozenset(kept), kernel, ahead)
     stored: list[LayerWeights] = []
     sequence = _store(folded, runs.layers, stored, in_loop=False, where={})
-    shared = {k: s for k, s in sites.items() if k not in kept}
+    # a param that also counts a loop kept unrolled is fixed at its built value: `inv(S, k)`
+    # called twice, one call's loop folded and the other's kept, would otherwise run k
+    # iterations in one and the built count in the other
+    fixed = {sites[k].param for k in kept} - {None}
+    shared = {k: replace(s, param=None) if s.param in fixed else s
+              for k, s in sites.items() if k not in kept}
     specs = _specs(shared, sequence, base, counts, plan, keys)
     manifest = build_manifest(program, values, tol, df, plan, layers, blocks, keys)
     unrolled = tuple((sites[k].line, sites[k].count, why.why) for k, why in kept.items())
