@@ -245,6 +245,19 @@ def test_cli_check_passes(cli):
     assert "newton_inverse" in r.stdout and "yes" in r.stdout
 
 
+def test_cli_check_points_to_the_card_of_the_build_it_checked(cli):
+    """The summary's last line gives the build command of what was checked: its -p overrides,
+    --tol and --loops (a shared check pointed to the unrolled build's card)."""
+    assert cli["check"].stdout.rstrip().splitlines()[-1] == (
+        f"the full card: tcompile build {NEWTON_INVERSE}, then tcompile report build/newton_inverse")
+    r = run_in_process(["check", NEWTON_INVERSE, "-p", "steps=6", "--tol", "1e-7", "--loops",
+                        "shared"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.rstrip().splitlines()[-1] == (
+        f"the full card: tcompile build {NEWTON_INVERSE} -p steps=6 --tol 1e-07 --loops shared, "
+        "then tcompile report build/newton_inverse")
+
+
 def test_cli_check_impossible_tolerance_exits_3(cli):
     r = cli["check_impossible"]
     assert r.returncode == 3, r.stdout + r.stderr

@@ -229,8 +229,20 @@ def _check_summary(prog, args, n: int, rtol: float, rows) -> str:
               for name, err, rel, ok in rows]
     lines.append(f"the model card's gap estimate (a heuristic, not a bound): "
                  f"{prog.predicted_rtol():.1e}; measured here: {worst:.1e}")
-    lines.append(f"the full card: tcompile build {args.file}, then tcompile report build/{prog.name}")
+    lines.append(f"the full card: tcompile build {_build_options(args)}, then tcompile report "
+                 f"build/{prog.name}")
     return "\n".join(lines)
+
+
+def _build_options(args) -> str:
+    """The `tcompile build` arguments that compile what `check` compiled (its -p, --tol and
+    --loops), so that the card the summary points to is this build's."""
+    words = [str(args.file)] + [f"-p {p}" for p in args.param or ()]
+    if args.tol is not None:
+        words.append(f"--tol {args.tol:g}")
+    if args.loops != "unrolled":
+        words.append(f"--loops {args.loops}")
+    return " ".join(words)
 
 
 def _check_tolerance(prog, inputs: dict, want: dict) -> float:
