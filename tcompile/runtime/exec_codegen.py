@@ -12,7 +12,7 @@ and `trace` writes them out as the body of a Python function:
         v0 = f0(s0, c0)          # torch.bmm(state['input:A'], <a weight>)
         v1 = f1(v0, c1, ...)     # torch.Tensor.add_(...)
         ...
-        return [v7, v12]
+        return {'X@3': v7}, [v12]   # the run's result, its dicts and lists written out
 
 f·: the functions called (torch.bmm, Tensor.add_, ...), c·: everything else they were given
 (weights, index tensors, slices, sizes, scalars), bound once as the function's globals.
@@ -138,15 +138,15 @@ class _Writer(TorchFunctionMode):
 
 
 class Traced:
-    """The generated function and the output template it fills."""
+    """The generated function: it returns the result's structure itself (its return statement
+    writes the dicts and lists out), so that a call is the tensor calls and one return; a
+    loop's segment runs once per iteration."""
 
-    def __init__(self, fn, template, n_out: int, source: str, n_calls: int):
-        self.fn, self.template, self.n_out = fn, template, n_out
-        self.source, self.n_calls = source, n_calls
+    def __init__(self, fn, source: str, n_calls: int):
+        self.fn, self.source, self.n_calls = fn, source, n_calls
 
     def __call__(self, *inputs):
-        flat = self.fn(*inputs)
-        return _fill(self.template, flat)
+        return self.fn(*inputs)
 
 
 def trace(body, inputs: list[torch.Tensor]) -> tuple[Traced, object]:
@@ -155,18 +155,14 @@ def trace(body, inputs: list[torch.Tensor]) -> tuple[Traced, object]:
     w = _Writer(inputs)
     with w:
         result = body(*inputs)
-    flat: list[str] = []
-
-    def slot(t) -> int:
-        flat.append(w.names.get(id(t)) or w.const(t))
-        return len(flat) - 1
-    template = _template(result, slot)
+    returned: set[str] = set()
+    out = _returned(result, w, returned)
     params = ", ".join(f"s{i}" for i in range(len(inputs)))
-    source = (f"def forward({params}):\n" + "\n".join(_freed(w.lines, set(flat))) +
-              f"\n    return [{', '.join(flat)}]\n")
+    source = (f"def forward({params}):\n" + "\n".join(_freed(w.lines, returned)) +
+              f"\n    return {out}\n")
     glob = w.glob
     exec(compile(source, "<tcompile structured executor>", "exec"), glob)
-    return Traced(glob["forward"], template, len(flat), source, len(w.lines)), result
+    return Traced(glob["forward"], source, len(w.lines)), result
 
 
 _VARIABLE = re.compile(r"\b[vr]\d+\b")
@@ -264,36 +260,27 @@ def _has_tensor(x) -> bool:
     return False
 
 
-class _Slot:
-    __slots__ = ("i",)
-
-    def __init__(self, i):
-        self.i = i
-
-
-def _template(obj, slot):
-    """The result's structure with every tensor replaced by its position in the flat list."""
+def _returned(obj, w: _Writer, names: set) -> str:
+    """The result as a Python expression: a tensor by its variable (or a global, a constant
+    tensor), dicts, lists and tuples written out, anything else by value or as a global.
+    `names` collects the variables it reads (they are not freed before the return)."""
     if isinstance(obj, torch.Tensor):
-        return _Slot(slot(obj))
+        var = w.names.get(id(obj))
+        if var is None:
+            return w.const(obj)
+        names.add(var)
+        return var
     if isinstance(obj, dict):
-        return {k: _template(v, slot) for k, v in obj.items()}
+        return "{" + ", ".join(f"{_returned(k, w, names)}: {_returned(v, w, names)}"
+                               for k, v in obj.items()) + "}"
     if isinstance(obj, list):
-        return [_template(v, slot) for v in obj]
+        return "[" + ", ".join(_returned(v, w, names) for v in obj) + "]"
     if isinstance(obj, tuple):                   # named ones (aminmax) come back plain
-        return tuple(_template(v, slot) for v in obj)
-    return obj
-
-
-def _fill(tmpl, flat):
-    if isinstance(tmpl, _Slot):
-        return flat[tmpl.i]
-    if isinstance(tmpl, dict):
-        return {k: _fill(v, flat) for k, v in tmpl.items()}
-    if isinstance(tmpl, list):
-        return [_fill(v, flat) for v in tmpl]
-    if isinstance(tmpl, tuple):
-        return tuple(_fill(v, flat) for v in tmpl)
-    return tmpl
+        inner = ", ".join(_returned(v, w, names) for v in obj)
+        return f"({inner}{',' if len(obj) == 1 else ''})"
+    if obj is None or isinstance(obj, (bool, int, str)) or isinstance(obj, float) and _plain(obj):
+        return repr(obj)
+    return w.const(obj)
 
 
 __all__ = ["trace", "Traced", "NotTraceable"]
