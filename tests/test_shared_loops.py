@@ -1409,6 +1409,55 @@ def test_a_param_that_counts_a_loop_kept_unrolled_is_fixed():
         assert max(np.abs(got[v] - want[v]).max() for v in want) <= 1e-14
 
 
+NEWTON_LOGISTIC_USER = """program logistic_newton_user
+dim d = 3
+param mu = 0.1
+param steps = 6
+param inv_steps = 8
+input A : [n, d] assume row_norm <= 1
+input y : [n] sign
+output w, nll
+def inv_spd(H, lo, hi, k) {
+  X = 2 / (lo + hi) * I
+  repeat k {
+    X = 2 * X - X @ H @ X
+  }
+  return X
+}
+w = zeros(d)
+repeat steps {
+  z = (A @ w) on [-8, 8]
+  p = sigmoid(-y * z)
+  g = mu * w - A.T @ (y * p) / n
+  H = A.T @ ((p * (1 - p)) * A) / n + mu * I
+  w = w - inv_spd(H, mu, mu + 0.25, inv_steps) @ g
+}
+nll = sum(softplus(-y * ((A @ w) on [-8, 8]))) / n + 0.5 * mu * (w @ w) on [0, 100]
+"""
+
+
+def test_a_loop_around_a_nested_one_reads_ahead():
+    """Newton's method for regularised logistic regression with the Hessian inverted by a
+    nested Newton–Schulz loop, written as a new user would: the next z = A w reads w's
+    definition (nodes.LOOP_AHEAD on the outer loop; the chooser once skipped every program
+    with a loop inside another). 10 layers per step as unrolled (11 waiting for w): the
+    unrolled build's layers and outputs (1e-15) at the built counts and at others, and `until
+    w` halts where the interpreter does."""
+    from tcompile.inspection.sampling import sample_inputs
+    prog = tcompile.compile_source(NEWTON_LOGISTIC_USER, loops="shared")
+    outer = next(s for s in prog.loops.loops if not s.depth)
+    assert outer.layers_per_iteration == 10
+    inputs = sample_inputs(prog.program, {}, n=12, batch=3, seed=4)
+    for counts in ({}, {"steps": 8}, {"steps": 4, "inv_steps": 10}):
+        unrolled = tcompile.compile_source(NEWTON_LOGISTIC_USER, params=counts)
+        assert prog.loops.n_layers(prog.loops.counts(counts)) == unrolled.n_layers
+        got, want = prog.run(**counts, **inputs), unrolled.run(**inputs)
+        assert max(np.abs(got[k] - want[k]).max() for k in want) <= 1e-15, counts
+    from test_until import halts_as_interpreted
+    halts_as_interpreted(prog, parse_source(NEWTON_LOGISTIC_USER), inputs, ("w", 1e-4), 12,
+                         (None,), exact=False)
+
+
 TWO_PHASE = """program two_phase
 dim d = 3
 param warm = 5

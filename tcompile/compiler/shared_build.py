@@ -296,17 +296,17 @@ def _choose_read_ahead(runs: _Unrollings, sites: dict[str, LoopSite], folded, ba
     """Which loops read ahead (nodes.LOOP_AHEAD): the next iteration multiplies out the
     state's definition, as the unrolled build does, instead of waiting a layer for the state
     to be stored — power iteration's next v = S u = S v r is one head on v and r, and its
-    stored u (kept for `until` and the outputs) is written beside it. Tried as kernels are:
-    where no loop runs inside another (_runs_flat), in source order, each kept only if
-    the loop still folds (its layers repeat bit for bit, the oracle of every shared build),
-    no loop falls back to unrolled, it is no deeper per iteration, no wider, and it runs fewer
+    stored u (kept for `until` and the outputs) is written beside it. Tried on every loop
+    where no loop runs inside another (_runs_flat), else on the top-level loops only (a
+    Newton step around a nested inversion reads the next z = A w from w's definition), in
+    source order, each kept only if the loop still folds (its layers repeat bit for bit, the
+    oracle of every shared build), no loop falls back to unrolled, it is no deeper per iteration, no wider, and it runs fewer
     layers at the built count and at one more (deterministic: the same choice everywhere)."""
-    if not _runs_flat(folded, sites):
-        return frozenset()
+    flat = _runs_flat(folded, sites)
     chosen: frozenset = frozenset()
     best, best_base = folded, base
     for key in sorted(sites, key=lambda k: (sites[k].line, k)):
-        if key in kept:
+        if key in kept or not flat and sites[key].depth:
             continue
         trial = chosen | {key}
         plain = frozenset(kept)       # a cheap look first: is the base unrolling any shorter?
