@@ -1252,7 +1252,7 @@ repeat steps {
 def test_reading_ahead_is_judged_by_the_width_as_built(monkeypatch):
     """Exponentiated gradient (a multiplicative step renormalised onto the simplex), written
     as a new user would: reading ahead runs it as deep as the unrolled build (5 layers per
-    step; 6 waiting for w) with its outputs to 1e-15 of the unrolled build's and `until w` where
+    step; 6 waiting for w) with its outputs to 1e-14 of the unrolled build's and `until w` where
     the interpreter stops. The chooser once compared widths at the base unrolling, where reading
     ahead takes 2 more rows than waiting, though as built both take 50, and refused it."""
     from tcompile.inspection.sampling import sample_inputs
@@ -1264,7 +1264,7 @@ def test_reading_ahead_is_judged_by_the_width_as_built(monkeypatch):
         unrolled = tcompile.compile_source(EXPONENTIATED_GRADIENT, params={"steps": steps})
         assert prog.loops.n_layers(prog.loops.counts({"steps": steps})) == unrolled.n_layers
         gap = np.abs(prog.run(steps=steps, **inputs)["w"] - unrolled.run(**inputs)["w"]).max()
-        assert gap <= 1e-15, (steps, gap)
+        assert gap <= 1e-14, (steps, gap)        # 7e-16 here
     from test_until import halts_as_interpreted
     halts_as_interpreted(prog, parse_source(EXPONENTIATED_GRADIENT), inputs, ("w", 1e-3), 40,
                          (None, "module"), exact=False)
@@ -1343,14 +1343,15 @@ def test_bfgs_folds_by_a_kernel_of_its_plain_walk():
     iterations of the plain walk, while the kernel's grouping (nodes.LOOP_PHASE) pipelines
     them apart, so it stayed unrolled. Folded every 2 iterations of the plain walk
     (_Unrollings.unmarked), it runs the unrolled build's 14 layers per step at both residues,
-    the same numbers at 5 steps and within the interpreter's own gap at 6 (the last steps
-    divide by p·Sp near 1e-30)."""
+    the same numbers at 5 steps (bit for bit here; 1e-13 allowed for other BLAS kernels: the
+    steps near convergence amplify rounding) and within the interpreter's own gap at 6 (the
+    last steps divide by p·Sp near 1e-30)."""
     from tcompile.inspection.sampling import sample_inputs
     prog = tcompile.compile_source(BFGS, loops="shared")
     (spec,) = prog.loops.loops
     assert (spec.layers_per_iteration, spec.every, prog.n_layers) == (28, 2, 59)
     inputs = sample_inputs(prog.program, {}, n=16, batch=4, seed=3)
-    for steps, tol in ((5, 0.0), (6, 1e-11)):
+    for steps, tol in ((5, 1e-13), (6, 1e-11)):
         unrolled = tcompile.compile_source(BFGS, params={"steps": steps})
         assert prog.loops.n_layers(prog.loops.counts({"steps": steps})) == unrolled.n_layers
         got = prog.run(steps=steps, **inputs)["x"]
@@ -1441,7 +1442,7 @@ def test_a_loop_around_a_nested_one_reads_ahead():
     nested Newton–Schulz loop, written as a new user would: the next z = A w reads w's
     definition (nodes.LOOP_AHEAD on the outer loop; the chooser once skipped every program
     with a loop inside another). 10 layers per step as unrolled (11 waiting for w): the
-    unrolled build's layers and outputs (1e-15) at the built counts and at others, and `until
+    unrolled build's layers and outputs (1e-14) at the built counts and at others, and `until
     w` halts where the interpreter does."""
     from tcompile.inspection.sampling import sample_inputs
     prog = tcompile.compile_source(NEWTON_LOGISTIC_USER, loops="shared")
@@ -1452,7 +1453,7 @@ def test_a_loop_around_a_nested_one_reads_ahead():
         unrolled = tcompile.compile_source(NEWTON_LOGISTIC_USER, params=counts)
         assert prog.loops.n_layers(prog.loops.counts(counts)) == unrolled.n_layers
         got, want = prog.run(**counts, **inputs), unrolled.run(**inputs)
-        assert max(np.abs(got[k] - want[k]).max() for k in want) <= 1e-15, counts
+        assert max(np.abs(got[k] - want[k]).max() for k in want) <= 1e-14, counts   # 2e-16
     from test_until import halts_as_interpreted
     halts_as_interpreted(prog, parse_source(NEWTON_LOGISTIC_USER), inputs, ("w", 1e-4), 12,
                          (None,), exact=False)
