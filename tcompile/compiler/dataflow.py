@@ -249,7 +249,9 @@ class GraphBuilder(Walker):
             raise CompileError("diag() is computed with ReLUs gated by the identity, which need "
                                "bounds on its argument, and this one has none", loc,
                                source=self.src, expected="bounds on the argument: an input "
-                               "assumption, clip(x, lo, hi), or a bounded function of it")
+                               "assumption, clip(x, lo, hi), (x) on [lo, hi], or a bounded "
+                               "function of it (matrix products carry no bounds: A.T @ A / n "
+                               "needs an 'on')")
         k = tx.shape[0]
         c = max(abs(tx.lo), abs(tx.hi), 1e-300)
         ones = self.fill((k, 1), 1.0, loc)
@@ -294,7 +296,8 @@ class GraphBuilder(Walker):
                            "bounds", loc, source=self.src,
                            expected=("M @ M for the matrix square; for the entrywise square, "
                                      if matrix else "") + "bounds on the base (an input "
-                           "assumption, or clip(x, lo, hi))")
+                           "assumption, clip(x, lo, hi), or (x) on [lo, hi]; matrix products "
+                           "carry no bounds)")
 
     def transpose_if_vector(self, nid, ty, loc):
         """1ᵀA is a row; the program's [k] result is a column."""
