@@ -1360,6 +1360,11 @@ def test_bfgs_folds_by_a_kernel_of_its_plain_walk():
                                            **{k: v[i] for k, v in inputs.items()})["x"]
                          for i in range(4)])
         assert np.abs(got - want).max() <= 1e-12
+    # its layout is the odd residue's (the even unrolling lacks a fitted layer of the odd
+    # tail): the built count, 6, is refused naming 7 — not 5, which runs the kernel 0 times
+    with pytest.raises(InputError, match=r"residue 1 \(steps = 7\), or build it unrolled"):
+        tcompile.residual_labels(prog)
+    assert tcompile.residual_labels(prog, steps=7)
 
 
 TWO_INVERSES = """program two_inverses

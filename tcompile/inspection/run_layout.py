@@ -222,7 +222,8 @@ def _refuse_what_the_base_cannot_say(loops, counts, base) -> None:
             near = [c for c in range(counts[spec.key] - item.every + 1,
                                      counts[spec.key] + item.every)
                     if item.residue(c) == item.residue(base[spec.key]) and c >= spec.min_count
-                    and (spec.max_count is None or c <= spec.max_count)]
+                    and (spec.max_count is None or c <= spec.max_count)
+                    and (item.runs(c)[0] or not base_apps)]     # one the labels cover
             nearest = (f" ({spec.param or 'the count'} = {' or '.join(map(str, near))})"
                        if near else "")
             raise InputError(
