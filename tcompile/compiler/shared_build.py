@@ -269,9 +269,10 @@ def _choose_kernels(runs: _Unrollings, sites: dict[str, LoopSite], folded, base,
         if site.unshareable or (key in kept and kept[key].final):
             continue
         if key not in kept:       # a cheap look first: is the base unrolling any shorter?
-            plain = frozenset(kept)
-            if len(runs.sequence(base, plain, {**chosen, key: KERNEL})) >= len(runs.sequence(
-                    base, plain, chosen)):
+            plain = frozenset(kept)   # (or one longer: at an odd count a group of 2 may gain
+            looks = (base, {**base, key: base[key] + 1})    # nothing, a warm-up loop of 3)
+            if all(len(runs.sequence(c, plain, {**chosen, key: KERNEL})) >= len(
+                    runs.sequence(c, plain, chosen)) for c in looks):
                 continue
         trial = {**chosen, key: KERNEL}
         seq, _base, kept2 = _fold_all(runs, sites, trial)
