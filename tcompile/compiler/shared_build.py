@@ -259,7 +259,9 @@ def _choose_kernels(runs: _Unrollings, sites: dict[str, LoopSite], folded, base,
     that fold only so (their rows alternate between iterations and return every KERNEL).
     Tried where no loop runs inside another (_runs_flat), in source order; a kernel is
     kept only if it is no deeper per iteration and runs fewer layers at the built count and at
-    one more (so the choice is the same for every machine and run: deterministic)."""
+    one more (so the choice is the same for every machine and run: deterministic). A loop
+    whose grouped walk does not fold is tried once more from its plain walk, folded every
+    KERNEL iterations (_Unrollings.unmarked)."""
     if not _runs_flat(folded, sites):
         return {}
     chosen: dict[str, int] = {}
@@ -268,9 +270,11 @@ def _choose_kernels(runs: _Unrollings, sites: dict[str, LoopSite], folded, base,
         site = sites[key]
         if site.unshareable or (key in kept and kept[key].final):
             continue
-        if key not in kept:       # a cheap look first: is the base unrolling any shorter?
-            plain = frozenset(kept)   # (or one longer: at an odd count a group of 2 may gain
-            looks = (base, {**base, key: base[key] + 1})    # nothing, a warm-up loop of 3)
+        if key not in kept:
+            # a cheap look first: is the base unrolling, or the one a step longer, any shorter?
+            # (at an odd count a group of 2 may gain nothing: a warm-up loop of 3 steps)
+            plain = frozenset(kept)
+            looks = (base, {**base, key: base[key] + 1})
             if all(len(runs.sequence(c, plain, {**chosen, key: KERNEL})) >= len(
                     runs.sequence(c, plain, chosen)) for c in looks):
                 continue
@@ -301,8 +305,10 @@ def _choose_read_ahead(runs: _Unrollings, sites: dict[str, LoopSite], folded, ba
     where no loop runs inside another (_runs_flat), else on the top-level loops only (a
     Newton step around a nested inversion reads the next z = A w from w's definition), in
     source order, each kept only if the loop still folds (its layers repeat bit for bit, the
-    oracle of every shared build), no loop falls back to unrolled, it is no deeper per iteration, no wider, and it runs fewer
-    layers at the built count and at one more (deterministic: the same choice everywhere)."""
+    oracle of every shared build), no loop falls back to unrolled, it is no deeper per
+    iteration, no wider as built, no head weight exceeds READ_AHEAD_MAX_HEAD_WEIGHT, and it
+    runs fewer layers at the built count and at one more (deterministic: the same choice
+    everywhere)."""
     flat = _runs_flat(folded, sites)
     chosen: frozenset = frozenset()
     best, best_base = folded, base
