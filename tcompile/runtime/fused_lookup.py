@@ -49,6 +49,8 @@ import numpy as np
 import torch
 from torch.overrides import handle_torch_function, has_torch_function
 
+from .files import atomic_write_bytes
+
 ENV_SWITCH = "TCOMPILE_FUSED_LOOKUP"      # "0", "off", "no", "false": tables run by torch
 ENV_CACHE = "TCOMPILE_CACHE_DIR"
 ENV_CC = "TCOMPILE_CC"                    # the C compiler (else $CC, else cc)
@@ -279,17 +281,12 @@ def _read_verdict(path: Path) -> dict | None:
 
 
 def _write_verdict(path: Path, verdict: dict) -> None:
-    """Written under a temporary name and renamed into place, as the library is; a cache that
-    cannot be written only means the next process probes again."""
-    tmp = None
+    """Written atomically (files.atomic_write_bytes: a reader sees the old file or the new
+    one); a cache that cannot be written only means the next process probes again."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".probe-", suffix=".json", dir=path.parent)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(verdict, fh, sort_keys=True)
-        os.replace(tmp, path)
+        atomic_write_bytes(path, json.dumps(verdict, sort_keys=True).encode())
     except OSError:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+        pass
 
 
 def _load(tables_cls) -> dict:
