@@ -137,7 +137,7 @@ class _SteadyState:
         wide = dict(hull)
         for n, (lo, hi) in declared.items():
             if hull[n].bounded:
-                wide[n] = replace(hull[n], lo=min(hull[n].lo, lo), hi=max(hull[n].hi, hi))
+                wide[n] = _join(hull[n], replace(hull[n], lo=lo, hi=hi), n, stmt)
         try:
             if self._closed(probe, stmt, env, in_function, state, wide):
                 return wide, True
