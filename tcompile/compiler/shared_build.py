@@ -279,21 +279,29 @@ def _choose_kernels(runs: _Unrollings, sites: dict[str, LoopSite], folded, base,
                     runs.sequence(c, plain, chosen)) for c in looks):
                 continue
         trial = {**chosen, key: KERNEL}
-        seq, _base, kept2 = _fold_all(runs, sites, trial)
-        if (key in kept2 or any(k not in kept for k in kept2)) and key in kept:
+        seq, kept2, ok = _kernel_folds(runs, sites, trial, key, kept)
+        if not ok and key in kept:
             # rows that alternate may return every KERNEL iterations of the plain walk while
             # the kernel's grouping (nodes.LOOP_PHASE) pipelines them apart (BFGS's H, g, x)
             runs.unmarked = runs.unmarked | {key}
-            seq, _base, kept2 = _fold_all(runs, sites, trial)
-            if key in kept2 or any(k not in kept for k in kept2):
+            seq, kept2, ok = _kernel_folds(runs, sites, trial, key, kept)
+            if not ok:
                 runs.unmarked = runs.unmarked - {key}
-        if key in kept2 or any(k not in kept for k in kept2):
+        if not ok:
             continue
         if key not in kept and not _shorter(seq, best, key, sites):
             continue
         chosen, best = trial, seq
         kept = kept2
     return chosen
+
+
+def _kernel_folds(runs: _Unrollings, sites: dict[str, LoopSite], trial: dict[str, int],
+                  key: str, kept) -> tuple[list, dict, bool]:
+    """The fold with kernels `trial`: (sequence, loops kept unrolled, whether loop `key`
+    folds and no loop folded before falls back to unrolled)."""
+    seq, _base, kept2 = _fold_all(runs, sites, trial)
+    return seq, kept2, key not in kept2 and all(k in kept for k in kept2)
 
 
 def _choose_read_ahead(runs: _Unrollings, sites: dict[str, LoopSite], folded, base, kept,
