@@ -51,6 +51,16 @@ def interpreted(path, params, inputs):
     return interpret_program(prog, params, **inputs)
 
 
+def runs_as_unrolled(prog, source: str, counts: dict, inputs: dict, extra_layers: int = 0):
+    """Shared build `prog` of `source`, run at these run-time counts: asserts it runs as many
+    layers as the unrolled build compiled at them (plus `extra_layers`, a kernel's tail), and
+    returns (its outputs, the unrolled build's)."""
+    unrolled = tcompile.compile_source(source, params=counts)
+    assert prog.loops.n_layers(prog.loops.counts(counts)) == unrolled.n_layers + extra_layers, \
+        counts
+    return prog.run(**counts, **inputs), unrolled.run(**inputs)
+
+
 @pytest.fixture(scope="module")
 def inverse():
     return tcompile.compile_file(PROGRAMS + "newton_inverse.tp", {"d": 4}, loops="shared")
@@ -1182,13 +1192,11 @@ def test_a_nested_loop_hoisted_out_of_its_loop_is_said_to_run_once():
     A = rng.standard_normal((10, 3))
     inputs = {"A": A / (1.01 * np.linalg.norm(A, axis=1).max()), "y": rng.uniform(-1, 1, 10)}
     for counts in ({}, {"steps": 8, "inner": 6}):
-        got = prog.run(**counts, **inputs)["x"]
-        params = {"steps": 5, "inner": 4, **counts}
-        unrolled_build = tcompile.compile_source(NEWTON_RIDGE, params=params)
-        assert prog.loops.n_layers(prog.loops.counts(counts)) == unrolled_build.n_layers
-        unrolled = unrolled_build.run(**inputs)["x"]
-        want = interpret_program(parse_source(NEWTON_RIDGE), params, **inputs)["x"]
-        assert np.abs(got - unrolled).max() <= 1e-14 and np.abs(got - want).max() <= 1e-12
+        got, unrolled = runs_as_unrolled(prog, NEWTON_RIDGE, counts, inputs)
+        want = interpret_program(parse_source(NEWTON_RIDGE), {"steps": 5, "inner": 4, **counts},
+                                 **inputs)["x"]
+        assert np.abs(got["x"] - unrolled["x"]).max() <= 1e-14
+        assert np.abs(got["x"] - want).max() <= 1e-12
 
 
 NORMALIZED_GD = """program normalized_gd
@@ -1218,9 +1226,8 @@ def test_reading_ahead_runs_a_normalised_step_as_deep_as_unrolled(monkeypatch):
     prog = tcompile.compile_source(NORMALIZED_GD, loops="shared")
     inputs = sample_inputs(prog.program, {}, n=10, batch=3, seed=2)
     for steps in (6, 15, 18):
-        unrolled = tcompile.compile_source(NORMALIZED_GD, params={"steps": steps})
-        assert prog.loops.n_layers(prog.loops.counts({"steps": steps})) == unrolled.n_layers
-        gap = np.abs(prog.run(steps=steps, **inputs)["w"] - unrolled.run(**inputs)["w"]).max()
+        got, unrolled = runs_as_unrolled(prog, NORMALIZED_GD, {"steps": steps}, inputs)
+        gap = np.abs(got["w"] - unrolled["w"]).max()
         assert gap <= 1e-15, (steps, gap)
     from test_until import halts_as_interpreted
     out, _ = halts_as_interpreted(prog, parse_source(NORMALIZED_GD), inputs, ("w", 1e-6), 120,
@@ -1261,9 +1268,8 @@ def test_reading_ahead_is_judged_by_the_width_as_built(monkeypatch):
     assert (spec.layers_per_iteration, spec.min_count, prog.n_layers) == (5, 4, 21)
     inputs = sample_inputs(prog.program, {}, n=10, batch=4, seed=2)
     for steps in (4, 7, 10, 13):
-        unrolled = tcompile.compile_source(EXPONENTIATED_GRADIENT, params={"steps": steps})
-        assert prog.loops.n_layers(prog.loops.counts({"steps": steps})) == unrolled.n_layers
-        gap = np.abs(prog.run(steps=steps, **inputs)["w"] - unrolled.run(**inputs)["w"]).max()
+        got, unrolled = runs_as_unrolled(prog, EXPONENTIATED_GRADIENT, {"steps": steps}, inputs)
+        gap = np.abs(got["w"] - unrolled["w"]).max()
         assert gap <= 1e-14, (steps, gap)        # 7e-16 here
     from test_until import halts_as_interpreted
     halts_as_interpreted(prog, parse_source(EXPONENTIATED_GRADIENT), inputs, ("w", 1e-3), 40,
@@ -1352,10 +1358,9 @@ def test_bfgs_folds_by_a_kernel_of_its_plain_walk():
     assert (spec.layers_per_iteration, spec.every, prog.n_layers) == (28, 2, 59)
     inputs = sample_inputs(prog.program, {}, n=16, batch=4, seed=3)
     for steps, tol in ((5, 1e-13), (6, 1e-11)):
-        unrolled = tcompile.compile_source(BFGS, params={"steps": steps})
-        assert prog.loops.n_layers(prog.loops.counts({"steps": steps})) == unrolled.n_layers
-        got = prog.run(steps=steps, **inputs)["x"]
-        assert np.abs(got - unrolled.run(**inputs)["x"]).max() <= tol, steps
+        out, unrolled = runs_as_unrolled(prog, BFGS, {"steps": steps}, inputs)
+        got = out["x"]
+        assert np.abs(got - unrolled["x"]).max() <= tol, steps
         want = np.stack([interpret_program(parse_source(BFGS), {"steps": steps},
                                            **{k: v[i] for k, v in inputs.items()})["x"]
                          for i in range(4)])
@@ -1455,9 +1460,7 @@ def test_a_loop_around_a_nested_one_reads_ahead():
     assert outer.layers_per_iteration == 10
     inputs = sample_inputs(prog.program, {}, n=12, batch=3, seed=4)
     for counts in ({}, {"steps": 8}, {"steps": 4, "inv_steps": 10}):
-        unrolled = tcompile.compile_source(NEWTON_LOGISTIC_USER, params=counts)
-        assert prog.loops.n_layers(prog.loops.counts(counts)) == unrolled.n_layers
-        got, want = prog.run(**counts, **inputs), unrolled.run(**inputs)
+        got, want = runs_as_unrolled(prog, NEWTON_LOGISTIC_USER, counts, inputs)
         assert max(np.abs(got[k] - want[k]).max() for k in want) <= 1e-14, counts   # 2e-16
     from test_until import halts_as_interpreted
     halts_as_interpreted(prog, parse_source(NEWTON_LOGISTIC_USER), inputs, ("w", 1e-4), 12,
@@ -1494,10 +1497,9 @@ def test_a_warm_up_loop_takes_a_kernel_its_base_unrolling_hides():
     Q, _ = np.linalg.qr(rng.standard_normal((4, 4)))
     inputs = {"M": Q @ np.diag([0.5, 0.8, 1.1, 1.5]) @ Q.T, "b": np.full(4, 0.45)}
     for counts, extra in (({}, 0), ({"warm": 7, "steps": 21}, 1), ({"warm": 9, "steps": 30}, 0)):
-        unrolled = tcompile.compile_source(RICHARDSON_TWO_PHASE, params=counts)
-        assert prog.loops.n_layers(prog.loops.counts(counts)) == unrolled.n_layers + extra
+        got, _ = runs_as_unrolled(prog, RICHARDSON_TWO_PHASE, counts, inputs, extra)
         want = interpret_program(parse_source(RICHARDSON_TWO_PHASE), counts, **inputs)["x"]
-        assert np.abs(prog.run(**counts, **inputs)["x"] - want).max() <= 1e-14
+        assert np.abs(got["x"] - want).max() <= 1e-14
 
 
 TWO_PHASE = """program two_phase
