@@ -1,9 +1,8 @@
 """A labelled residual stream: for every sublayer and every row, which user variable it holds.
 
 Ground truth for probing and circuit-finding methods, read off the layout and the weights (no
-run): row r
-after sublayer t (0: the encoder, 2L+1: the attention of layer L, 2L+2: its MLP, as in
-layout.py) holds the block written last into r at or before t, if any:
+run): row r after sublayer t (0: the encoder, 2L+1: the attention of layer L, 2L+2: its MLP,
+as in layout.py) holds the block written last into r at or before t, if any:
 
 - `live`: the block's value is still to be read (or is an output, kept to the end);
 - `dead`: nothing reads it any more, but no later block has reused the row, so the value is
@@ -41,8 +40,9 @@ A shared build runs its stored layers many times, so its labels are those of a r
 run-time counts (`residual_labels(prog, steps=50)`, the built counts by default): one sublayer
 per sublayer the run executes (2·len(prog.loops.expand(counts)) + 1, as `prog.sublayer_states
 (inputs, steps=50)`), read off the layout of that run (run_layout.py), its points named by the
-run's iterations, its clears those of the stored layers where the run executes them. Counts that run's layout cannot be derived for are refused with an
-InputError that says why (run_layout.py lists them).
+run's iterations, its clears those of the stored layers where the run executes them. Counts
+that run's layout cannot be derived for are refused with an InputError that says why
+(run_layout.py lists them).
 """
 from __future__ import annotations
 
@@ -216,5 +216,6 @@ def labels_text(labels: list[RowLabel], path: Path | str) -> str:
     raise ValueError(f"labels are written as .csv or .json, not {suffix or 'a file without suffix'!r}")
 
 
-__all__ = ["RowLabel", "LIVE", "DEAD", "CLEARED", "FREE", "STATUSES", "FIELDS", "label_layout", "residual_labels",
-           "iterations_of", "labels_json", "labels_to_json", "labels_to_csv", "labels_text"]
+__all__ = ["RowLabel", "LIVE", "DEAD", "CLEARED", "FREE", "STATUSES", "FIELDS", "label_layout",
+           "residual_labels", "iterations_of", "labels_json", "labels_to_json", "labels_to_csv",
+           "labels_text"]
