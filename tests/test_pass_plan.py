@@ -4,12 +4,15 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+import tcompile
 from passes import plan
 from tcompile.compiler.rows import AFTER_LAST_SUBLAYER, IDENTITY_BLOCK
 from tcompile.compiler.schedule import (attention_layer, attention_time, latest_write_layer,
                                         mlp_layer, mlp_time, written_by_mlp)
+from tcompile.language.parser import parse_source
 
 NEWTON = """program t
 dim d = 3
@@ -104,6 +107,33 @@ def test_identity_block_is_allocated_once_and_kept():
     slot = p.slots[(IDENTITY_BLOCK, False)]
     assert slot.write == 0 and slot.last_read == AFTER_LAST_SUBLAYER
     assert len(slot.rows) == p.identity_size == 3
+
+
+STENCIL = """program stencil
+param steps = 2
+input u0 : [6] in [-1, 1]
+output u
+u = u0
+repeat steps {
+  u = stack(u[0], (u[0] + u[2]) / 2, (u[1] + u[3]) / 2, (u[2] + u[4]) / 2, (u[3] + u[5]) / 2, u[5])
+}
+"""
+
+
+def test_a_dead_block_wider_than_the_identity_is_cleared_by_the_mlp_before_its_rows_return():
+    """The stencil's u is 6 rows and the identity block 1, so no head can subtract it (I Iᵀ
+    old): the MLP of the layer before its new writer clears it with ReLU pairs. Before, its
+    rows were never reused and the width grew by 6 per step (13, 19, ..., 67 at 10 steps)."""
+    df, p = plan(STENCIL)
+    assert p.identity_size == 1
+    assert p.clear_terms and all(len(idx) == 6 for ts in p.clear_terms.values()
+                                 for _q, idx, _p in ts)
+    u0 = np.random.default_rng(0).uniform(-1, 1, 6)
+    for steps in (2, 5, 12):
+        prog = tcompile.compile_source(STENCIL, params={"steps": steps})
+        assert (prog.n_layers, prog.layout.width) == (steps, 13)
+        want = tcompile.interpret_program(parse_source(STENCIL), {"steps": steps}, u0=u0)
+        assert np.array_equal(prog.run(u0=u0)["u"], want["u"])      # the clear is exact
 
 
 def _lifetimes_overlap(a, b) -> bool:

@@ -25,6 +25,7 @@ from tcompile.language.run_params import run_time_counts
 from tcompile.runtime.loops import LoopItem
 
 from arrays import rel, with_singular_values
+from test_pass_plan import STENCIL
 
 PROGRAMS = "programs/"
 
@@ -1500,6 +1501,21 @@ def test_a_warm_up_loop_takes_a_kernel_its_base_unrolling_hides():
         got, _ = runs_as_unrolled(prog, RICHARDSON_TWO_PHASE, counts, inputs, extra)
         want = interpret_program(parse_source(RICHARDSON_TWO_PHASE), counts, **inputs)["x"]
         assert np.abs(got["x"] - want).max() <= 1e-14
+
+
+def test_a_stencil_on_a_stack_folds_now_that_its_rows_are_reused():
+    """The stencil (test_pass_plan.STENCIL): its 6-row u is taller than the 1-row identity,
+    so no head could subtract it and its rows were never reused; the rows of every iteration
+    were new, and the loop stayed unrolled ("rows alternate"). With the MLP clearing them it
+    folds (a kernel of 2 iterations, from 4 steps) and runs any count as unrolled."""
+    prog = tcompile.compile_source(STENCIL, params={"steps": 10}, loops="shared")
+    assert not prog.loops.unrolled and prog.loops.params == {"steps": 10}
+    u0 = np.random.default_rng(2).uniform(-1, 1, 6)
+    for steps in (4, 7, 12):
+        got, unrolled = runs_as_unrolled(prog, STENCIL, {"steps": steps}, {"u0": u0})
+        want = interpret_program(parse_source(STENCIL), {"steps": steps}, u0=u0)["u"]
+        assert np.array_equal(got["u"], unrolled["u"]) and np.abs(got["u"] - want).max() <= 1e-15
+    assert prog.layout.width == 13
 
 
 TWO_PHASE = """program two_phase

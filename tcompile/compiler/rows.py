@@ -4,8 +4,9 @@ A linear scan over the blocks in write order with liveness: a block's rows are f
 last reader has run. A writer that lands on rows still holding a dead value subtracts it in
 the same sublayer — a head (merged with an identical monomial when the dead value is the
 variable's own previous value: that is an in-place update), or ReLU pairs in an MLP — so no
-sublayer is ever spent on clearing. Attention can clear only what fits in the identity block
-(the subtraction head is I Iᵀ old), so it reuses only such rows.
+sublayer is ever spent on clearing. Attention can subtract only what fits in the identity
+block (the subtraction head is I Iᵀ old); a taller dead block is cleared by the MLP sublayer
+before its new writer (after its last read), else its rows are not reused.
 
 The constant identity blocks [I 0] and [I/n 0] are allocated here like any block, as
 pseudo atoms with the ids below.
@@ -182,7 +183,8 @@ def _choose_rows(al: Allocation, p: Pair, occupant, last, identity_size: int) ->
     by_attention = t > ENCODER and not written_by_mlp(t)
     free = [r for r, q in enumerate(occupant) if q is None or (
         t > ENCODER and last[q] <= t and al.write_time[q] < t
-        and (not by_attention or pair_rows(al.atoms, q) <= identity_size))]
+        and (not by_attention or pair_rows(al.atoms, q) <= identity_size
+             or _clearing_mlp(al, q, t, last) is not None))]
     own = [q for term in al.terms.get(p, []) if term.real.x is not None and term.real.x.kind == "atom"
            for q in [(term.real.x.atom, term.real.x.transposed)]
            if q in al.slots and pair_rows(al.atoms, q) == need
@@ -276,10 +278,14 @@ def _subtract_previous(al: Allocation, p: Pair, rows: list[int], occupant) -> No
     t = al.write_time[p]
     for q in list(olds):
         sensitive = _is_wide(al, q[0]) or _is_wide(al, p[0])
-        m = _clearing_mlp(al, q, t, {q: al.slots[q].last_read}) if sensitive else None
+        # a head subtracts only what fits the identity block (I Iᵀ old); a larger dead
+        # value is cleared by the MLP before its new writer (_choose_rows took its rows so)
+        too_big = not written_by_mlp(t) and pair_rows(al.atoms, q) > al.identity_sizes[0]
+        m = _clearing_mlp(al, q, t, {q: al.slots[q].last_read}) if sensitive or too_big \
+            else None
         in_place = _role(al.atoms[p[0]]) == _role(al.atoms[q[0]]) and any(
             term.real.x == Operand("atom", q[0], q[1]) for term in al.terms.get(p, []))
-        if m is not None and not in_place:
+        if m is not None and (too_big or not in_place):
             # exact: an MLP between its last read and this write clears it alone (x − x = 0),
             # where subtracting it beside the new value would leave ulp(old) in the new value
             al.clear_terms.setdefault(m, []).append((q, tuple(olds.pop(q)), p))
