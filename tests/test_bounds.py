@@ -163,6 +163,51 @@ def test_a_bound_that_cannot_hold_is_refused_at_the_bound(body, message):
     assert err.value.line == 4
 
 
+LOOP_FROM_A_NUMBER = """program p
+param steps = 4
+input a : [] in [1, 4]
+output x
+x = 1
+repeat steps {
+  x = ((x + a / x on [0.5, 4]) / 2) on [1, 2.5]
+}
+"""
+
+
+def test_a_variable_holding_a_number_in_the_first_iteration_keeps_its_declared_domains():
+    """`x = 1` before the loop: the first iteration divides by the number 1 and bounds a
+    number; the `on`s are for the later iterations. They were refused ("'on [lo, hi]' is for
+    a runtime divisor; this one is a compile-time number"); now they are checked against the
+    number (test below) and the program runs as the interpreter does."""
+    prog = tcompile.compile_source(LOOP_FROM_A_NUMBER)
+    want = tcompile.interpret_program(parse_source(LOOP_FROM_A_NUMBER), None, a=np.array(3.0))
+    assert abs(float(prog.run(a=np.array(3.0))["x"]) - float(want["x"])) <= 1e-5
+    assert abs(float(want["x"]) - np.sqrt(3.0)) <= 1e-8
+    # a bound on an expression that is a number in the first iteration only
+    doubled = LOOP_FROM_A_NUMBER.replace("((x + a / x on [0.5, 4]) / 2) on [1, 2.5]",
+                                         "(2 * x) on [0, 10]; x = x * a / 4")
+    got = tcompile.compile_source(doubled).run(a=np.array(3.0))["x"]
+    assert float(got) == float(tcompile.interpret_program(parse_source(doubled), None,
+                                                          a=np.array(3.0))["x"])
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("a / x on [0.5, 4]", "a / x on [2, 4]",
+     "the divisor is the number 1 here, outside its declared domain \\[2, 4\\]"),
+    ("((x + a / x on [0.5, 4]) / 2) on [1, 2.5]", "(2 * x) on [3, 4]; x = x * a / 4",
+     "misses this expression's value here, the number 2"),
+    ("a / x on [0.5, 4]", "a / 2 on [0.5, 4]",
+     "is for a runtime divisor; this one is a compile-time number"),
+])
+def test_a_declared_domain_that_misses_the_number_or_bounds_a_written_number_is_refused(
+        old, new, message):
+    """A domain the first iteration's number lies outside is the user's mistake; so is an
+    `on` for a divisor written as a number (it can never be a runtime value)."""
+    with pytest.raises(tcompile.ProgramError, match=message) as err:
+        check_program(parse_source(LOOP_FROM_A_NUMBER.replace(old, new)))
+    assert err.value.line == 7
+
+
 # ---- errors in the user's terms ----------------------------------------------------------------
 
 def _compile_error(src):

@@ -499,8 +499,16 @@ class Walker:
                            expected="a value of known shape")
         lo, hi = self._declared_domain(e, env)
         if t.const is not None:
-            raise self.err(f"'on [lo, hi]' bounds a runtime value; this one is the number "
-                           f"{t.const:g}", e.domain.loc, expected="no 'on' here")
+            if not _reads_variable(e.operand, env):
+                raise self.err(f"'on [lo, hi]' bounds a runtime value; this one is the number "
+                               f"{t.const:g}", e.domain.loc, expected="no 'on' here")
+            # a variable holding a number here (`x = 1` before a loop, in its first
+            # iteration): the bound is for the iterations where it is a runtime value
+            if not lo <= t.const <= hi:
+                raise self.err(f"the declared [{lo:g}, {hi:g}] misses this expression's value "
+                               f"here, the number {t.const:g}", e.domain.loc,
+                               expected="an interval that holds it")
+            return a
         if t.bounded:
             if t.hi < lo or t.lo > hi:
                 raise self.err(f"the declared [{lo:g}, {hi:g}] misses every value this "
@@ -523,9 +531,19 @@ class Walker:
                                     "or [n, k] / [n] (per token)")
         by_n = isinstance(e.right, ast.Name) and e.right.id == TOKEN
         if tb.const is not None or by_n:
-            if e.domain is not None:
+            if e.domain is not None and (by_n or not _reads_variable(e.right, env)):
                 raise self.err("'on [lo, hi]' is for a runtime divisor; this one is "
-                               + ("n" if by_n else "a compile-time number"), e.domain.loc)
+                               + ("n" if by_n else "a compile-time number"), e.domain.loc,
+                               expected="no 'on' here; to bound the quotient, parenthesise it: "
+                                        "(a / b) on [lo, hi]")
+            if e.domain is not None:
+                # a variable holding a number here (`x = 1` before a loop, in its first
+                # iteration): the domain is for the iterations where it is a runtime value
+                lo, hi = self._declared_domain(e, env)
+                if not lo <= tb.const <= hi:
+                    raise self.err(f"the divisor is the number {tb.const:g} here, outside its "
+                                   f"declared domain [{lo:g}, {hi:g}]", e.domain.loc,
+                                   expected="a domain that holds it")
             return None
         tol = self.tolerance(e.tol, e.tol_rel, env)
         domain = self._declared_domain(e, env)
@@ -699,3 +717,15 @@ def check_program(program: ast.Program, params: dict | None = None) -> dict[str,
     values = resolve_params(program, params)
     Walker(program, values).run()
     return values
+
+
+def _reads_variable(e, env) -> bool:
+    """Whether the expression reads a variable or input (not only numbers, params and dims):
+    then its being a compile-time number is a fact of this point of the walk (a loop's first
+    iteration), not of how it is written."""
+    if isinstance(e, ast.Name):
+        return e.id in env
+    fields = getattr(e, "__dataclass_fields__", None)
+    if fields is None:
+        return isinstance(e, (tuple, list)) and any(_reads_variable(x, env) for x in e)
+    return any(_reads_variable(getattr(e, f), env) for f in fields if f != "loc")
