@@ -1518,6 +1518,43 @@ def test_a_stencil_on_a_stack_folds_now_that_its_rows_are_reused():
     assert prog.layout.width == 13
 
 
+RAYLEIGH = """program rayleigh
+dim d = 5
+param steps = 25
+input M : [d, d] spectrum in [0.1, 1]
+input v0 : [d] assume norm <= 1
+output v, lam
+v = v0 / 2 + 0.5 * ones(d) / d
+repeat steps {
+  u = M @ v
+  s = sqrt(u @ u) on [1e-3, 2] tol rel 1e-12
+  v = u / s
+  lam = v @ M @ v
+}
+"""
+
+
+def test_a_first_value_is_not_laid_out_by_the_code_after_the_loop():
+    """A normalised power step with a refined square root. Read ahead (in a kernel of 2) it
+    runs 5 layers per step as unrolled, but it did not fold: the first v, stored as a column,
+    took the rows of the only other v stored so, the output copy after the last iteration,
+    which the code after the loop lays out differently at odd and even counts; the layers
+    before the loop then differed between the residues. It ran 6 per step (5.5 in a kernel
+    of 2: 140 layers against 128). The first value's hint now skips the last iteration's."""
+    prog = tcompile.compile_source(RAYLEIGH, loops="shared")
+    (spec,) = prog.loops.loops
+    assert spec.every == 2 and spec.layers_per_iteration == 10
+    rng = np.random.default_rng(3)
+    Q, _ = np.linalg.qr(rng.standard_normal((5, 5)))
+    inputs = {"M": Q @ np.diag([1.0, 0.6, 0.4, 0.2, 0.1]) @ Q.T, "v0": np.full(5, 0.4)}
+    for counts in ({}, {"steps": 24}, {"steps": 31}):
+        got, unrolled = runs_as_unrolled(prog, RAYLEIGH, counts, inputs)
+        want = interpret_program(parse_source(RAYLEIGH), counts, **inputs)
+        for k in ("v", "lam"):
+            assert np.array_equal(got[k], unrolled[k])
+            assert np.abs(got[k] - want[k]).max() <= 1e-9
+
+
 TWO_PHASE = """program two_phase
 dim d = 3
 param warm = 5

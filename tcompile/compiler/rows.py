@@ -132,7 +132,7 @@ def _hints(al: Allocation) -> dict[Pair, list[int]]:
     state_rows: dict[tuple, list[int]] = {}
     for p, slot in sorted(al.slots.items(), key=lambda kv: kv[1].write):
         state = al.atoms[p[0]].node.get(LOOP_STATE)
-        if state is not None:
+        if state is not None and _has_next(al, p):
             state_rows.setdefault((state, p[1]), slot.rows)
     for p, slot in al.slots.items():
         node = al.atoms[p[0]].node
@@ -151,6 +151,20 @@ def _hints(al: Allocation) -> dict[Pair, list[int]]:
             if rows is not None and len(rows) == len(slot.rows):
                 hints.setdefault(p, list(rows))
     return hints
+
+
+def _has_next(al: Allocation, p: Pair) -> bool:
+    """Whether loop value p has a twin in a later iteration: it is not the last iteration's.
+    The last iteration's value is laid out by the code after the loop, which differs with the
+    count; where it was the only one stored in its orientation (the output copy of a state the
+    body reads transposed), a first value hinted to its rows differed with the count's parity
+    (a normalised power step's v), and the loop could not fold."""
+    key = al.atoms[p[0]].node.get(TWIN)
+    if key is None:
+        return False
+    idx, where, occ = key
+    return any((idx[:i] + (idx[i] + 1,) + idx[i + 1:], where, occ) in al.twins
+               for i in range(len(idx)))
 
 
 def _scan(atoms: AtomTable, s: Schedule, outputs: dict[str, int], sizes,
