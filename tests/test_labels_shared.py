@@ -43,8 +43,9 @@ CASES = [("newton_inverse", {"d": 3, "steps": 6}, None, [{"steps": 2}, {"steps":
          # two loops, the first's base running its body once
          ("jacobi", {}, None, [{"inv_steps": 4, "steps": 3}, {"inv_steps": 6, "steps": 3},
                                {"inv_steps": 4, "steps": 5}]),
-         ("power_iteration", {"d": 3, "steps": 6}, None, [{"steps": 3}, {"steps": 4},
-                                                         {"steps": 8}]),
+         # a kernel of 2 that reads ahead, from 4 steps (the even residue: the built count's)
+         ("power_iteration", {"d": 3, "steps": 6}, None, [{"steps": 4}, {"steps": 6},
+                                                         {"steps": 10}]),
          # a kernel of 2 iterations: the even residue only (the built count's, 40, and so
          # the base unrolling's, 8 steps)
          ("power_iteration", {}, None, [{"steps": 8}, {"steps": 12}])]

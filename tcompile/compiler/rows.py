@@ -175,7 +175,10 @@ def _scan(atoms: AtomTable, s: Schedule, outputs: dict[str, int], sizes,
     # a constant no head or piece reads (1/n when the I/n block serves) is not encoded
     al.pairs -= {q for q in al.pairs if al.atoms[q[0]].kind == "const" and last[q] == ENCODER}
     occupant: list[Pair | None] = []       # row → the block there now (or None)
-    for p in sorted(al.pairs, key=lambda p: (al.write_time[p], p)):
+    pinned = _pinnable(al)
+    # a loop state pinned to its predecessor's rows takes them before its other orientation,
+    # written in the same sublayer, can
+    for p in sorted(al.pairs, key=lambda p: (al.write_time[p], p[0], p not in pinned, p)):
         t = al.write_time[p]
         rows = _choose_rows(al, p, occupant, last, sizes[0])
         while len(rows) < pair_rows(al.atoms, p):
@@ -226,6 +229,21 @@ def _choose_rows(al: Allocation, p: Pair, occupant, last, identity_size: int) ->
     free = clearable
     free.sort(key=lambda r: (occupant[r] is not None, r))
     return free[:need]
+
+
+def _pinnable(al: Allocation) -> set[Pair]:
+    """The loop state blocks that have a predecessor to be pinned to (_pinned_rows): an
+    earlier block of the same state, orientation and kernel phase."""
+    first: dict[tuple, int] = {}
+    states = []
+    for p in al.pairs:
+        node = al.atoms[p[0]].node
+        state = node.get(LOOP_STATE)
+        if state is not None:
+            tag = (state, node.get(LOOP_PHASE), p[1])
+            states.append((p, tag))
+            first[tag] = min(first.get(tag, al.write_time[p]), al.write_time[p])
+    return {p for p, tag in states if al.write_time[p] > first[tag]}
 
 
 def _pinned_rows(al: Allocation, p: Pair, occupant, free) -> list[int] | None:

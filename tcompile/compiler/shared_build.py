@@ -117,7 +117,7 @@ def compile_shared(program, values: dict, tol, max_memory, report) -> CompiledPr
     kernel = _choose_kernels(runs, sites, folded, base, kept)
     if kernel:
         folded, base, kept = _fold_all(runs, sites, kernel)
-    ahead = _choose_read_ahead(runs, sites, folded, base, kept, kernel)
+    ahead, kernel = _choose_read_ahead(runs, sites, folded, base, kept, kernel)
     if ahead:
         folded, base, kept = _fold_all(runs, sites, kernel, ahead)
     counts = _layout_counts(runs, sites, base, kept, kernel, ahead)
@@ -305,7 +305,7 @@ def _kernel_folds(runs: _Unrollings, sites: dict[str, LoopSite], trial: dict[str
 
 
 def _choose_read_ahead(runs: _Unrollings, sites: dict[str, LoopSite], folded, base, kept,
-                       kernel: dict[str, int]) -> frozenset:
+                       kernel: dict[str, int]) -> tuple[frozenset, dict[str, int]]:
     """Which loops read ahead (nodes.LOOP_AHEAD): the next iteration multiplies out the
     state's definition, as the unrolled build does, instead of waiting a layer for the state
     to be stored — power iteration's next v = S u = S v r is one head on v and r, and its
@@ -316,7 +316,10 @@ def _choose_read_ahead(runs: _Unrollings, sites: dict[str, LoopSite], folded, ba
     oracle of every shared build), no loop falls back to unrolled, it is no deeper per
     iteration, no wider as built, no head weight exceeds READ_AHEAD_MAX_HEAD_WEIGHT, and it
     runs fewer layers at the built count and at one more (deterministic: the same choice
-    everywhere)."""
+    everywhere). A loop without a kernel that does not fold reading ahead is tried once more
+    reading ahead in a kernel of KERNEL iterations (power iteration: read ahead, its rows
+    alternate every iteration and return every 2). Returns the loops that read ahead and the
+    kernels, those added here included."""
     flat = _runs_flat(folded, sites)
     chosen: frozenset = frozenset()
     best, best_base = folded, base
@@ -324,26 +327,42 @@ def _choose_read_ahead(runs: _Unrollings, sites: dict[str, LoopSite], folded, ba
         if key in kept or not flat and sites[key].depth:
             continue
         trial = chosen | {key}
-        plain = frozenset(kept)       # a cheap look first: is the base unrolling any shorter?
-        if len(runs.sequence(base, plain, kernel, trial)) >= len(runs.sequence(
-                base, plain, kernel, chosen)):
-            continue
-        seq, trial_base, kept2 = _fold_all(runs, sites, kernel, trial)
-        if kept2.keys() != kept.keys():
-            continue
-        if not _shorter(seq, best, key, sites):
-            continue
-        # widths as built (the layout's unrolling): a short unrolling's may differ from the
-        # build's either way (exponentiated gradient's reading ahead: 50 rows against 48 at the
-        # base unrolling, 50 against 50 as built)
-        layers = runs.compile(_layout_counts(runs, sites, trial_base, kept, kernel, trial),
-                              frozenset(kept), kernel, trial)[2]
-        if _width_of(layers) > _width(runs, _layout_counts(runs, sites, best_base, kept, kernel,
-                                                           chosen), kept, kernel, chosen) \
-                or _largest_head_weight(layers) > READ_AHEAD_MAX_HEAD_WEIGHT:
-            continue
-        chosen, best, best_base = trial, seq, trial_base
-    return chosen
+        tries = [kernel] + ([{**kernel, key: KERNEL}] if flat and key not in kernel else [])
+        for grouped in tries:
+            found = _read_ahead_trial(runs, sites, kept, base,
+                                      (kernel, chosen, best, best_base), (grouped, trial), key)
+            if found is not None:
+                chosen, kernel = trial, grouped
+                best, best_base = found
+                break
+    return chosen, kernel
+
+
+def _read_ahead_trial(runs: _Unrollings, sites: dict[str, LoopSite], kept, base, now, trial,
+                      key: str) -> tuple | None:
+    """The folded sequence and base unrolling of reading ahead `trial` (kernels, loops that
+    read ahead), where _choose_read_ahead keeps it over `now` (kernels, loops that read ahead,
+    folded sequence, its base unrolling); else None. `base`: the plain fold's, for the cheap
+    look."""
+    kernel, chosen, best, best_base = now
+    grouped, ahead = trial
+    plain = frozenset(kept)           # a cheap look first: is the base unrolling any shorter?
+    if len(runs.sequence(base, plain, grouped, ahead)) >= len(runs.sequence(
+            base, plain, kernel, chosen)):
+        return None
+    seq, trial_base, kept2 = _fold_all(runs, sites, grouped, ahead)
+    if kept2.keys() != kept.keys() or not _shorter(seq, best, key, sites):
+        return None
+    # widths as built (the layout's unrolling): a short unrolling's may differ from the
+    # build's either way (exponentiated gradient's reading ahead: 50 rows against 48 at the
+    # base unrolling, 50 against 50 as built)
+    layers = runs.compile(_layout_counts(runs, sites, trial_base, kept, grouped, ahead),
+                          frozenset(kept), grouped, ahead)[2]
+    if _width_of(layers) > _width(runs, _layout_counts(runs, sites, best_base, kept, kernel,
+                                                       chosen), kept, kernel, chosen) \
+            or _largest_head_weight(layers) > READ_AHEAD_MAX_HEAD_WEIGHT:
+        return None
+    return seq, trial_base
 
 
 # Reading ahead moves values into other rows. In the dense module a value written where a
