@@ -247,14 +247,15 @@ def test_a_small_run_does_not_read_the_memory_available(work, monkeypatch):
 
 
 def test_the_run_estimate_counts_what_a_run_holds(work):
-    """The estimate grows with batch, n, dtype and step count as the sizes say."""
+    """The estimate grows with batch, n, dtype and step count as the sizes say (tiny's loop
+    runs two steps per layer, as its unrolled build does: a kernel of 2 that reads ahead)."""
     prog = loaded(work, "tiny_shared")
     a = prog.check_run_cost(10, 6)
     assert prog.check_run_cost(20, 6).bytes > 1.99 * a.bytes - 1e6
     assert prog.check_run_cost(10, 6, "float32").bytes < a.bytes
-    assert prog.check_run_cost(10, 6, steps=40).layer_runs == a.layer_runs + 36
+    assert prog.check_run_cost(10, 6, steps=40).layer_runs == a.layer_runs + 36 // 2
     assert prog.check_run_cost(10, 6, until=("w", 1e-9), max_steps=100).layer_runs == \
-        a.layer_runs + 96
+        a.layer_runs + 96 // 2
 
 
 def test_a_halting_run_is_estimated_at_the_limit_it_runs_to(work):
@@ -282,8 +283,8 @@ def test_counts_and_halting_are_refused_where_the_build_fixed_them(work):
         loaded(work).run(until=("w", 1e-9), **inputs(work))
     with pytest.raises(InputError, match=r"d \(run-time params: steps;"):
         loaded(work, "tiny_shared").run(d=3, **inputs(work))
-    shared = loaded(work, "tiny_shared").run(steps=3, **inputs(work))
-    np.testing.assert_allclose(shared["w"], tcompile.interpret(work / "tiny.tp", {"steps": 3},
+    shared = loaded(work, "tiny_shared").run(steps=5, **inputs(work))
+    np.testing.assert_allclose(shared["w"], tcompile.interpret(work / "tiny.tp", {"steps": 5},
                                                                **inputs(work))["w"], rtol=1e-12)
 
 

@@ -19,6 +19,7 @@ from arrays import rel
 from cli_in_process import run_in_process
 from tcompile.errors import InputError
 from tcompile.inspection.sampling import sample_inputs
+from test_hostile_cases import TINY
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -91,6 +92,17 @@ def test_shared_build_exports_at_a_given_count(name, tmp_path):
     # a stored layer is one initializer however often it runs
     n_weights = sum(1 for i in model.graph.initializer if ".W_" in i.name)
     assert n_weights <= 5 * len(prog.layers)
+
+
+def test_a_kernel_whose_output_ends_transposed_at_one_residue_exports_at_both(tmp_path):
+    """tiny (test_hostile_cases.TINY) runs a kernel of 2 that reads ahead: its w is a column
+    at even counts and a row at odd ones (LoopItem.outputs). The export decodes it from the
+    rows and orientation of the count's residue, as the run does."""
+    prog = tcompile.compile_source(TINY, loops="shared")
+    outputs = prog.loops.residue_loop().outputs
+    assert {res[0][2] for res in outputs} == {False, True}
+    for steps in (6, 7):
+        check_export(prog, {}, tmp_path, steps=steps)
 
 
 def test_float32_export_runs_in_float32(tmp_path):

@@ -1621,6 +1621,71 @@ def test_two_power_iterations_in_sequence_both_read_ahead_in_kernels():
             assert np.abs(got[k] - want[k]).max() <= 1e-8
 
 
+VALUE_ITERATION = """program value_iteration
+dim k = 5
+param steps = 40
+param gamma = 0.9
+input P1 : [k, k] in [0, 0.2]
+input P2 : [k, k] in [0, 0.2]
+input R1 : [k] in [0, 1]
+input R2 : [k] in [0, 1]
+output V, Q1
+V = zeros(k)
+repeat steps {
+  Q1 = R1 + gamma * P1 @ V
+  V = max(Q1, R2 + gamma * P2 @ V)
+}
+"""
+
+HOPFIELD = """program hopfield_retrieval
+dim d = 4
+param steps = 5
+param beta = 2
+input X : [n, d] assume row_norm <= 1
+input q0 : [d] assume norm <= 1
+output q
+q = q0
+repeat steps {
+  e = exp(beta * (X @ q) on [-1, 1]) tol rel 1e-9
+  m = sum(e) / n
+  q = X.T @ e / n / (m) on [0.13, 7.4]
+}
+"""
+
+
+def _value_iteration_inputs(rng):
+    return {"P1": rng.uniform(0, 0.2, (5, 5)), "P2": rng.uniform(0, 0.2, (5, 5)),
+            "R1": rng.uniform(0, 1, 5), "R2": rng.uniform(0, 1, 5)}
+
+
+def _hopfield_inputs(rng):
+    X = rng.standard_normal((12, 4))
+    return {"X": X / np.linalg.norm(X, axis=1, keepdims=True), "q0": np.full(4, 0.3)}
+
+
+@pytest.mark.parametrize("source, inputs, per_step, counts", [
+    (VALUE_ITERATION, _value_iteration_inputs, 1, ({}, {"steps": 37}, {"steps": 50})),
+    (HOPFIELD, _hopfield_inputs, 4, ({}, {"steps": 3}, {"steps": 9})),
+], ids=["value_iteration", "hopfield"])
+def test_reading_ahead_a_row_wider_is_kept_where_each_iteration_moves_less(source, inputs,
+                                                                         per_step, counts):
+    """Value iteration (1 layer per step unrolled) and a Hopfield retrieval step (4) read
+    ahead as the unrolled build runs them, a row or more wider than waiting for the state
+    (28 rows against 27; 21 against 17). The chooser refused any wider read-ahead, so they
+    ran 1.5 (a kernel of 2) and 5 layers per step: 61 layers against 42, 25 against 21. It
+    now keeps it where layers per iteration × width does not grow."""
+    prog = tcompile.compile_source(source, loops="shared")
+    (spec,) = prog.loops.loops
+    assert spec.layers_per_iteration / spec.every == per_step
+    data = inputs(np.random.default_rng(5))
+    for c in counts:
+        got, unrolled = runs_as_unrolled(prog, source, c, data)
+        want = interpret_program(parse_source(source), c, **data)
+        for k in want:      # the same layers; their rows may differ (rounding order)
+            assert np.abs(got[k] - unrolled[k]).max() <= 1e-14 * max(1, np.abs(want[k]).max())
+            assert np.abs(got[k] - want[k]).max() <= 1e-8, (c, k)
+
+
 TWO_PHASE = """program two_phase
 dim d = 3
 param warm = 5

@@ -162,7 +162,8 @@ def manifest_from_json(d: dict) -> Manifest:
 
 def _check_residue_outputs(loops: LoopProgram, layout: Layout) -> None:
     """Rows a kernel loop's residue leaves the outputs in (LoopItem.outputs) name every output
-    once, as many rows as its block, each inside the residual stream."""
+    once, as many rows as its block has stored that way (a residue may leave it transposed:
+    a loop whose orientation alternates), each inside the residual stream."""
     item = loops.residue_loop()
     if item is None:
         return
@@ -171,8 +172,10 @@ def _check_residue_outputs(loops: LoopProgram, layout: Layout) -> None:
         if sorted(name for name, _, _ in residue) != sorted(blocks):
             raise ValueError(f"loop {item.loop!r}: its outputs per residue do not name the "
                              "program's outputs")
-        for name, rows, _ in residue:
-            if len(rows) != len(blocks[name].rows) or any(not 0 <= r < layout.width for r in rows):
+        for name, rows, transposed in residue:
+            shape = blocks[name].cshape
+            if len(rows) != shape[1 if transposed else 0] or \
+                    any(not 0 <= r < layout.width for r in rows):
                 raise ValueError(f"loop {item.loop!r}: output {name!r} has bad rows {rows!r}")
 
 
