@@ -437,6 +437,33 @@ class Lowering:
             return None
         return "sign" if node.get(SIGN) else "flag" if node.get(FLAG) else None
 
+    def _product_hint(self, nid, e, real: set[int]) -> str:
+        """What to write instead, naming the product of two real values the statement holds
+        (`p = r * g`, then `x + h * p`): a plain product u * v is the one such form a piece
+        computes, and a user who splits off the wrong part meets this error again."""
+        def core(x):            # a side without its constant factors
+            while isinstance(x, Product) and (isinstance(x.a, Const) or isinstance(x.b, Const)):
+                x = x.b if isinstance(x.a, Const) else x.a
+            return x
+
+        def find(x):
+            if isinstance(x, Product) and leaves(x.a) & real and leaves(x.b) & real:
+                return x
+            for part in ((x.a, x.b) if isinstance(x, (Sum, Product)) else
+                         (x.arg,) if isinstance(x, Call) else ()):
+                found = find(part)
+                if found is not None:
+                    return found
+            return None
+
+        product = find(e)
+        if product is None:
+            return "the product in a statement of its own"
+        names = self.words(nid, leaves(e)).names
+        text = f"{to_text(core(product.a), names, False)} * {to_text(core(product.b), names, False)}"
+        return (f"the product in a statement of its own, p = {text}, and p in this one "
+                "(a piece computes a plain product u * v of two values, and functions of one)")
+
     def real_leaves(self, expr) -> set[int]:
         return {a for a in leaves(expr) if self.is_gate(a) is None}
 
@@ -497,7 +524,7 @@ class Lowering:
             if not (isinstance(e, Product) and isinstance(e.a, Leaf) and isinstance(e.b, Leaf)):
                 raise self.error(f"{self.statement(nid)}: an elementwise expression of two real "
                                  "values other than a plain product u * v is not supported", nid,
-                                 expected="the product in a statement of its own")
+                                 expected=self._product_hint(nid, e, set(real)))
             piece = self._product_piece(nid, ew, e.a.atom, e.b.atom)
         else:
             if len(gates) > MAX_SIGN_LEAVES:
