@@ -316,11 +316,11 @@ def _choose_read_ahead(runs: _Unrollings, sites: dict[str, LoopSite], folded, ba
     oracle of every shared build), no loop falls back to unrolled, it is no deeper per
     iteration, no wider as built (or wider by no larger a factor than it is shallower), no
     head weight exceeds READ_AHEAD_MAX_HEAD_WEIGHT, and it runs fewer layers at the built
-    count and at one more (deterministic: the same choice
-    everywhere). A loop without a kernel that does not fold reading ahead is tried once more
-    reading ahead in a kernel of KERNEL iterations (power iteration: read ahead, its rows
-    alternate every iteration and return every 2). Returns the loops that read ahead and the
-    kernels, those added here included."""
+    count and at one more (deterministic: the same choice everywhere). In a program where no
+    loop runs inside another, a loop without a kernel whose reading ahead is not kept is tried
+    once more reading ahead in a kernel of KERNEL iterations (power iteration: read ahead, its
+    rows alternate every iteration and return every 2). Returns the loops that read ahead and
+    the kernels, those added here included."""
     flat = _runs_flat(folded, sites)
     chosen: frozenset = frozenset()
     best, best_base = folded, base
