@@ -217,3 +217,12 @@ def test_check_domains_summarises_all_inside_and_names_what_left(logistic):
     assert lines[1] == "  sigmoid(u), reading u (input), at layer 0: saw [-3, 2.5], fitted on [-2, 2]"
     assert "no domain checks" in str(tcompile.check_domains(tcompile.compile_source(
         "program t\ninput u : [n]\noutput s\ns = 2 * u\n", file="t.tp"), u=np.ones(3)))
+
+
+def test_a_shared_build_of_a_program_without_loops_says_so():
+    """--loops shared on a program with no repeat: the card's loop section said only '1 layers
+    run at the built counts:' and stopped."""
+    prog = tcompile.compile_source("program p\ninput A : [n, 3]\noutput S\nS = A.T @ A / n\n",
+                                   loops="shared")
+    text = " ".join(tcompile.report_text(prog).split())
+    assert "1 layer run at the built counts): none: the program has no repeat" in text

@@ -164,8 +164,12 @@ def _kernel_formula(lp: dict) -> str:
 
 def _loop_lines(rep: dict) -> list[str]:
     loops = rep["loops"]
-    lines = [f"  loops (shared build: each body stored once; {loops['layers_run']} layers run at "
-             "the built counts):"]
+    run = loops["layers_run"]
+    lines = [f"  loops (shared build: each body stored once; {run} layer{'s' * (run != 1)} run "
+             "at the built counts):"]
+    if not loops["loops"] and not loops["kept_unrolled"]:
+        lines.append("    none: the program has no repeat, so each layer is stored once and "
+                     "runs once, as unrolled")
     for lp in loops["loops"]:
         count = (f"{lp['param']} = {lp['count']}, run-time: {lp['min_count']} or more"
                  + (f", at most {lp['max_count']} (its domains grow with the count)"
