@@ -571,6 +571,19 @@ def test_a_shared_build_plots_its_convergence_and_layout(progs, inputs, tmp_path
     check_pictures(plots.plot_layout(shared, tmp_path), "newton_inverse_layout")
 
 
+def test_a_read_ahead_loops_convergence_ends_with_the_exact_output_beside_the_compiled_one():
+    """Value iteration reads ahead (test_shared_loops.VALUE_ITERATION): its last iterates sit
+    in no application's state, so the exact curve stopped two layers before the compiled
+    output's point. The output's own program point (V@40) is now drawn beside it."""
+    from test_shared_loops import VALUE_ITERATION, _value_iteration_inputs
+    prog = tcompile.compile_source(VALUE_ITERATION, loops="shared")
+    inp = _value_iteration_inputs(np.random.default_rng(6))
+    data = plots.convergence_data(prog, inp)["V"]
+    (last, err, name), (end, got) = data["exact"][-1], data["compiled"][-1]
+    assert (name, last) == ("V@40", end) and end == prog.loops.n_layers(prog.loops.counts())
+    assert err == pytest.approx(got, rel=1e-6, abs=1e-15)
+
+
 # ---- the command line, end to end ----------------------------------------------------------
 
 @pytest.fixture(scope="module")

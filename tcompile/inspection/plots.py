@@ -220,6 +220,11 @@ def _loop_convergence(prog, prepared, exact: dict, reference: dict, counts: dict
         compiled += [(run.layers, _err(got, ref)) for final, (_blk, got) in run.outputs.items()
                      if final.split("@")[0] == spec.name]
         iterates = [(it.layers, _err(exact[it.name], ref), it.name) for it in mine]
+        # the output's own program point beside the compiled output (the last iterate, where
+        # no application's state holds it: a read-ahead loop's last iterations)
+        seen = {it.name for it in mine}
+        iterates += [(run.layers, _err(exact[final], ref), final) for final in run.outputs
+                     if final.split("@")[0] == spec.name and final in exact and final not in seen]
         out[spec.name] = {"compiled": compiled, "exact": sorted(iterates)}
     return out
 
