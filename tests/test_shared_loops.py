@@ -1646,7 +1646,7 @@ input q0 : [d] assume norm <= 1
 output q
 q = q0
 repeat steps {
-  e = exp(beta * (X @ q) on [-1, 1]) tol rel 1e-9
+  e = exp(beta * (X @ q) on [-1, 1]) tol rel 1e-6
   m = sum(e) / n
   q = X.T @ e / n / (m) on [0.13, 7.4]
 }
@@ -1663,12 +1663,12 @@ def _hopfield_inputs(rng):
     return {"X": X / np.linalg.norm(X, axis=1, keepdims=True), "q0": np.full(4, 0.3)}
 
 
-@pytest.mark.parametrize("source, inputs, per_step, counts", [
-    (VALUE_ITERATION, _value_iteration_inputs, 1, ({}, {"steps": 37}, {"steps": 50})),
-    (HOPFIELD, _hopfield_inputs, 4, ({}, {"steps": 3}, {"steps": 9})),
+@pytest.mark.parametrize("source, inputs, per_step, counts, tol", [
+    (VALUE_ITERATION, _value_iteration_inputs, 1, ({}, {"steps": 37}, {"steps": 50}), 1e-12),
+    (HOPFIELD, _hopfield_inputs, 4, ({}, {"steps": 3}, {"steps": 9}), 1e-5),   # exp's fit
 ], ids=["value_iteration", "hopfield"])
 def test_reading_ahead_a_row_wider_is_kept_where_each_iteration_moves_less(source, inputs,
-                                                                         per_step, counts):
+                                                                         per_step, counts, tol):
     """Value iteration (1 layer per step unrolled) and a Hopfield retrieval step (4) read
     ahead as the unrolled build runs them, a row or more wider than waiting for the state
     (28 rows against 27; 21 against 17). The chooser refused any wider read-ahead, so they
@@ -1683,7 +1683,7 @@ def test_reading_ahead_a_row_wider_is_kept_where_each_iteration_moves_less(sourc
         want = interpret_program(parse_source(source), c, **data)
         for k in want:      # the same layers; their rows may differ (rounding order)
             assert np.abs(got[k] - unrolled[k]).max() <= 1e-14 * max(1, np.abs(want[k]).max())
-            assert np.abs(got[k] - want[k]).max() <= 1e-8, (c, k)
+            assert np.abs(got[k] - want[k]).max() <= tol, (c, k)
 
 
 TWO_PHASE = """program two_phase
