@@ -1,6 +1,7 @@
 """Byte-identical builds, across refactors and across machines.
 
-Every shipped program (the seed programs at two settings) and a fixed corpus of random programs
+Every shipped program (the seed programs at two settings), three shared builds (whose fold,
+kernel and read-ahead choices compare layers bit for bit) and a fixed corpus of random programs
 (tests/corpus/*.tp) must build to the artifacts recorded in tests/corpus/checksums.json. A change
 that is meant to alter compiled weights or the manifest regenerates them
 (`python tests/corpus/regenerate.py`) and says so in its commit message.
