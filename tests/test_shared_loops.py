@@ -1673,10 +1673,12 @@ def test_reading_ahead_a_row_wider_is_kept_where_each_iteration_moves_less(sourc
     ahead as the unrolled build runs them, a row or more wider than waiting for the state
     (28 rows against 27; 21 against 17). The chooser refused any wider read-ahead, so they
     ran 1.5 (a kernel of 2) and 5 layers per step: 61 layers against 42, 25 against 21. It
-    now keeps it where layers per iteration × width does not grow."""
+    now keeps it where layers per iteration × width does not grow; and reading ahead needs no
+    kernel here (value iteration's first choice, a kernel of 2 waiting for V, is dropped for
+    it: the loop then runs from 3 steps, not 4)."""
     prog = tcompile.compile_source(source, loops="shared")
     (spec,) = prog.loops.loops
-    assert spec.layers_per_iteration / spec.every == per_step
+    assert (spec.every, spec.layers_per_iteration) == (1, per_step)
     data = inputs(np.random.default_rng(5))
     for c in counts:
         got, unrolled = runs_as_unrolled(prog, source, c, data)
@@ -1684,6 +1686,22 @@ def test_reading_ahead_a_row_wider_is_kept_where_each_iteration_moves_less(sourc
         for k in want:      # the same layers; their rows may differ (rounding order)
             assert np.abs(got[k] - unrolled[k]).max() <= 1e-14 * max(1, np.abs(want[k]).max())
             assert np.abs(got[k] - want[k]).max() <= tol, (c, k)
+
+
+def test_a_kernel_that_stores_its_state_every_other_iteration_keeps_its_first_values_hint():
+    """Random program 102: z and w fold two steps per layer, so a kernel of 2 stores them only
+    at the end of each group. The first values' hint took the state's rows only from a value
+    with a twin in the *next* iteration, which no stored w or z has in a kernel: the kernel
+    stopped folding (2 layers more than unrolled at 6 steps). It takes any later one now."""
+    src = random_loop_program(102)
+    prog = tcompile.compile_source(src, loops="shared")
+    (spec,) = prog.loops.loops
+    assert (spec.every, spec.layers_per_iteration) == (2, 1)
+    inputs = _inputs(102, 3)
+    for counts in ({}, {"steps": 7}, {"steps": 8}):
+        got, unrolled = runs_as_unrolled(prog, src, counts, inputs)
+        for k in unrolled:
+            assert np.abs(got[k] - unrolled[k]).max() <= 1e-14 * max(1, np.abs(unrolled[k]).max())
 
 
 TWO_PHASE = """program two_phase

@@ -130,9 +130,10 @@ def _hints(al: Allocation) -> dict[Pair, list[int]]:
     iteration had; each value a loop's state starts from (`enters`) → the state's rows."""
     hints: dict[Pair, list[int]] = {}
     state_rows: dict[tuple, list[int]] = {}
+    last = _last_iterations(al)
     for p, slot in sorted(al.slots.items(), key=lambda kv: kv[1].write):
         state = al.atoms[p[0]].node.get(LOOP_STATE)
-        if state is not None and _has_next(al, p):
+        if state is not None and _has_later(al, p, last):
             state_rows.setdefault((state, p[1]), slot.rows)
     for p, slot in al.slots.items():
         node = al.atoms[p[0]].node
@@ -153,18 +154,29 @@ def _hints(al: Allocation) -> dict[Pair, list[int]]:
     return hints
 
 
-def _has_next(al: Allocation, p: Pair) -> bool:
-    """Whether loop value p has a twin in a later iteration: it is not the last iteration's.
-    The last iteration's value is laid out by the code after the loop, which differs with the
-    count; where it was the only one stored in its orientation (the output copy of a state the
-    body reads transposed), a first value hinted to its rows differed with the count's parity
-    (a normalised power step's v), and the loop could not fold."""
+def _has_later(al: Allocation, p: Pair, last: dict) -> bool:
+    """Whether loop value p has a twin in a later iteration of its loop: it is not the last
+    iteration's. The last iteration's value is laid out by the code after the loop, which
+    differs with the count; where it was the only one stored in its orientation (the output
+    copy of a state the body reads transposed), a first value hinted to its rows differed with
+    the count's parity (a normalised power step's v), and the loop could not fold. (Later, not
+    next: a kernel stores a state only at the end of each group of its iterations.)"""
     key = al.atoms[p[0]].node.get(TWIN)
-    if key is None:
+    if key is None or not key[0]:
         return False
     idx, where, occ = key
-    return any((idx[:i] + (idx[i] + 1,) + idx[i + 1:], where, occ) in al.twins
-               for i in range(len(idx)))
+    return idx[-1] < last[(idx[:-1], where, occ)]
+
+
+def _last_iterations(al: Allocation) -> dict:
+    """(outer iterations, where, occurrence) of a twin key → the last iteration of its own
+    (innermost) loop that made such a value."""
+    last: dict = {}
+    for idx, where, occ in al.twins:
+        if idx:
+            group = (idx[:-1], where, occ)
+            last[group] = max(last.get(group, idx[-1]), idx[-1])
+    return last
 
 
 def _scan(atoms: AtomTable, s: Schedule, outputs: dict[str, int], sizes,
