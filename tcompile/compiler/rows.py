@@ -133,7 +133,7 @@ def _hints(al: Allocation) -> dict[Pair, list[int]]:
     last = _last_iterations(al)
     for p, slot in sorted(al.slots.items(), key=lambda kv: kv[1].write):
         state = al.atoms[p[0]].node.get(LOOP_STATE)
-        if state is not None and _has_later(al, p, last):
+        if state is not None and not _is_last(al, p, last):
             state_rows.setdefault((state, p[1]), slot.rows)
     for p, slot in al.slots.items():
         node = al.atoms[p[0]].node
@@ -154,18 +154,18 @@ def _hints(al: Allocation) -> dict[Pair, list[int]]:
     return hints
 
 
-def _has_later(al: Allocation, p: Pair, last: dict) -> bool:
-    """Whether loop value p has a twin in a later iteration of its loop: it is not the last
-    iteration's. The last iteration's value is laid out by the code after the loop, which
-    differs with the count; where it was the only one stored in its orientation (the output
-    copy of a state the body reads transposed), a first value hinted to its rows differed with
-    the count's parity (a normalised power step's v), and the loop could not fold. (Later, not
+def _is_last(al: Allocation, p: Pair, last: dict) -> bool:
+    """Whether loop value p is its loop's last iteration's: no twin in a later iteration. The
+    last iteration's value is laid out by the code after the loop, which differs with the
+    count; where it was the only one stored in its orientation (the output copy of a state the
+    body reads transposed), a first value hinted to its rows differed with the count's parity
+    (a normalised power step's v), and the loop could not fold. (Any later twin, not only the
     next: a kernel stores a state only at the end of each group of its iterations.)"""
     key = al.atoms[p[0]].node.get(TWIN)
     if key is None or not key[0]:
         return False
     idx, where, occ = key
-    return idx[-1] < last[(idx[:-1], where, occ)]
+    return idx[-1] >= last[(idx[:-1], where, occ)]
 
 
 def _last_iterations(al: Allocation) -> dict:
