@@ -1567,15 +1567,25 @@ def test_a_first_value_is_not_laid_out_by_the_code_after_the_loop():
     prog = tcompile.compile_source(RAYLEIGH, loops="shared")
     (spec,) = prog.loops.loops
     assert spec.every == 2 and spec.layers_per_iteration == 10
-    rng = np.random.default_rng(3)
-    Q, _ = np.linalg.qr(rng.standard_normal((5, 5)))
-    inputs = {"M": Q @ np.diag([1.0, 0.6, 0.4, 0.2, 0.1]) @ Q.T, "v0": np.full(5, 0.4)}
-    for counts in ({}, {"steps": 24}, {"steps": 31}):
-        got, unrolled = runs_as_unrolled(prog, RAYLEIGH, counts, inputs)
-        want = interpret_program(parse_source(RAYLEIGH), counts, **inputs)
-        for k in ("v", "lam"):
-            assert np.array_equal(got[k], unrolled[k])
-            assert np.abs(got[k] - want[k]).max() <= 1e-9
+    inputs = {"M": _symmetric_with([1.0, 0.6, 0.4, 0.2, 0.1], 3), "v0": np.full(5, 0.4)}
+    _bit_for_bit_as_unrolled(prog, RAYLEIGH, ({}, {"steps": 24}, {"steps": 31}), inputs, 1e-9)
+
+
+def _symmetric_with(eigenvalues, seed: int) -> np.ndarray:
+    """A symmetric matrix with these eigenvalues and random eigenvectors."""
+    Q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((len(eigenvalues),) * 2))
+    return Q @ np.diag(eigenvalues) @ Q.T
+
+
+def _bit_for_bit_as_unrolled(prog, source: str, counts_list, inputs: dict, tol: float) -> None:
+    """At each counts: as many layers as the unrolled build, its outputs bit for bit, and the
+    interpreter's within tol."""
+    for counts in counts_list:
+        got, unrolled = runs_as_unrolled(prog, source, counts, inputs)
+        want = interpret_program(parse_source(source), counts, **inputs)
+        for k in want:
+            assert np.array_equal(got[k], unrolled[k]), (counts, k)
+            assert np.abs(got[k] - want[k]).max() <= tol, (counts, k)
 
 
 DEFLATION = """program deflation
@@ -1610,15 +1620,8 @@ def test_two_power_iterations_in_sequence_both_read_ahead_in_kernels():
     306, and every count as deep as unrolled and bit-identical to it."""
     prog = tcompile.compile_source(DEFLATION, loops="shared")
     assert [(s.every, s.layers_per_iteration) for s in prog.loops.loops] == [(2, 10), (2, 10)]
-    rng = np.random.default_rng(4)
-    Q, _ = np.linalg.qr(rng.standard_normal((5, 5)))
-    inputs = {"M": Q @ np.diag([1.0, 0.7, 0.4, 0.2, 0.1]) @ Q.T, "v0": np.full(5, 0.4)}
-    for counts in ({}, {"steps": 13}, {"steps": 30}):
-        got, unrolled = runs_as_unrolled(prog, DEFLATION, counts, inputs)
-        want = interpret_program(parse_source(DEFLATION), counts, **inputs)
-        for k in ("v1", "v2", "l1", "l2"):
-            assert np.array_equal(got[k], unrolled[k])
-            assert np.abs(got[k] - want[k]).max() <= 1e-8
+    inputs = {"M": _symmetric_with([1.0, 0.7, 0.4, 0.2, 0.1], 4), "v0": np.full(5, 0.4)}
+    _bit_for_bit_as_unrolled(prog, DEFLATION, ({}, {"steps": 13}, {"steps": 30}), inputs, 1e-8)
 
 
 VALUE_ITERATION = """program value_iteration
