@@ -1707,6 +1707,70 @@ def test_a_kernel_that_stores_its_state_every_other_iteration_keeps_its_first_va
             assert np.abs(got[k] - unrolled[k]).max() <= 1e-14 * max(1, np.abs(unrolled[k]).max())
 
 
+SWEEPS = """program outer_inner
+dim d = 3
+param sweeps = 5
+param inner = 4
+input S : [d, d] spectrum in [0.2, 1]
+input b : [d] assume norm <= 1
+output x, X
+x = zeros(d)
+X = I
+repeat sweeps {
+  repeat inner {
+    X = 2 * X - X @ S @ X
+  }
+  x = x + X @ (b - S @ x)
+}
+"""
+
+NEWTON_DEPENDENT = """program newton_nested_dependent
+dim d = 3
+param steps = 4
+param k = 6
+input A : [n, d] assume row_norm <= 1
+input y : [n] in [-1, 1]
+output w
+def inv(B, iters) {
+  X = 0.4 * I
+  repeat iters {
+    X = 2 * X - X @ B @ X
+  }
+  return X
+}
+w = zeros(d)
+repeat steps {
+  r = (A @ w - y) on [-3, 3]
+  D = diag(ones(d) + 0.1 * (w * w))
+  H = A.T @ A / n + D
+  w = (w - inv(H, k) @ (A.T @ r / n + 0.1 * w)) on [-3, 3]
+}
+"""
+
+
+@pytest.mark.parametrize("source, counts, inputs", [
+    (SWEEPS, ({}, {"sweeps": 7}, {"sweeps": 5, "inner": 6}),
+     lambda: {"S": _symmetric_with([0.3, 0.6, 0.9], 7), "b": np.full(3, 0.5)}),
+    (NEWTON_DEPENDENT, ({}, {"steps": 6}, {"steps": 4, "k": 8}),
+     lambda: {"A": _inputs(8, 3)["A"], "y": np.linspace(-0.9, 0.9, 7)}),
+], ids=["sweeps", "newton_dependent"])
+def test_a_loops_first_step_from_constants_is_read_ahead_into_its_second(source, counts, inputs):
+    """An inner Newton–Schulz loop from X = I (or 0.4 I): the unrolled build multiplies its
+    first step, 2I − S, out into the second (one layer on S), but a stored body reads every
+    state stored, so the shared build ran one layer more, once (21 against 20; 39 against 38).
+    The read-ahead chooser now also tries reading ahead the first iteration's state only
+    (FIRST_ONLY, nodes.LOOP_FIRST): as deep as unrolled at every count tried."""
+    prog = tcompile.compile_source(source, loops="shared")
+    data = inputs()
+    for c in counts:
+        got, unrolled = runs_as_unrolled(prog, source, c, data)
+        want = interpret_program(parse_source(source), c, **data)
+        for k in want:
+            scale = max(1.0, float(np.abs(want[k]).max()))
+            assert np.abs(got[k] - unrolled[k]).max() <= 1e-14 * scale, (c, k)
+            assert np.abs(got[k] - want[k]).max() <= 1e-12 * scale, (c, k)
+
+
 TWO_PHASE = """program two_phase
 dim d = 3
 param warm = 5

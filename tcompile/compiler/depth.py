@@ -13,7 +13,7 @@ atom's layer drops. Atoms no one reads any more are removed.
 from __future__ import annotations
 
 from .heads import realizable
-from .nodes import ITERATION, LOOP_AHEAD, LOOP_KERNEL, LOOP_STATE, kernel_group
+from .nodes import ITERATION, LOOP_AHEAD, LOOP_FIRST, LOOP_KERNEL, LOOP_STATE, kernel_group
 from .poly import (MAX_FACTORS, Atom, AtomTable, Mono, Poly, add_polys, max_degree, mul_polys,
                    transpose_poly)
 from .schedule import ENCODER, attention_layer, mlp_layer
@@ -106,7 +106,9 @@ def _crosses_iterations(f: Atom, reader: Atom) -> bool:
     A loop that reads ahead (LOOP_AHEAD) is another: the next iteration may inline the state
     of the one before it, a layer of its own still running one iteration's work (its factors
     are the previous iteration's stored values, which the fold then finds in the same rows at
-    every iteration, or the loop is not read ahead)."""
+    every iteration, or the loop is not read ahead). LOOP_FIRST allows that from the first
+    iteration's state only (its factors come from before the loop); either only within the
+    same iterations of the loops around."""
     state = f.node.get(LOOP_STATE)
     if not state:
         return False
@@ -119,9 +121,18 @@ def _crosses_iterations(f: Atom, reader: Atom) -> bool:
     if k > 1 and key in mine and key in theirs and \
             kernel_group(theirs[key], k, times)[0] == kernel_group(mine[key], k, times)[0]:
         return False
-    if f.node.get(LOOP_AHEAD) and key in mine and theirs.get(key) == mine[key] + 1:
+    ahead = f.node.get(LOOP_AHEAD) or f.node.get(LOOP_FIRST) and mine.get(key) == 0
+    if ahead and key in mine and theirs.get(key) == mine[key] + 1 and \
+            _same_outside(mine, theirs, key):
         return False
     return key in theirs and theirs.get(key) != mine.get(key)
+
+
+def _same_outside(mine: dict, theirs: dict, key: str) -> bool:
+    """Whether two values' iterations agree on every loop but `key` (a nested loop reads
+    ahead within one iteration of the loops around it, not across them)."""
+    return {k: i for k, i in mine.items() if k != key} == \
+        {k: i for k, i in theirs.items() if k != key}
 
 
 def _drop_unread(atoms: AtomTable, outputs: dict[str, int]) -> AtomTable:

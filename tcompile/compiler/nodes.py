@@ -94,6 +94,12 @@ LOOP_AHEAD = "loop_ahead"  # shared builds, loops that read ahead only (shared_b
                          #   iteration multiply out its definition as unrolled builds do (power
                          #   iteration's next S u is S v r), and keeps the state stored beside it
                          #   for `until`, trace and outputs
+LOOP_FIRST = "loop_first"  # shared builds, on the first iteration's state of a loop chosen as
+                         #   `key + FIRST_ONLY` (shared_build._choose_read_ahead): depth.py lets
+                         #   the second iteration multiply out its definition, a first step made
+                         #   of values from before the loop (X1 = 2I - S from X0 = I: X2 is one
+                         #   layer on S, as unrolled), and the state need not stay stored
+FIRST_ONLY = "@first"    # the suffix of such a loop's key in the shared build's `ahead` set
 COPY = "copy"            # scale (C = 1) in a shared build: a loop state that is another state's
                          #   value of the previous iteration (`x_prev = x`), stored in rows of
                          #   its own (steady_state.py; the lowering stores it)
@@ -106,7 +112,7 @@ REFINED = "refined"      # set by the lowering on a scalar refinement's values (
 
 ATTRIBUTES = frozenset({OP, ARGS, CSHAPE, LOC, NAME, SYMMETRIC, ENTRIES, SIGN, FLAG, LO, HI, VALUE,
                         K, C, FUNC, FARGS, DOMAIN, TOL, TOL_REL, VARS, CARRIED, LOOP_STATE, ITERATION,
-                        TWIN, ENTERS, LOOP_PHASE, LOOP_KERNEL, LOOP_AHEAD, COPY, HOISTED, REFINED,
+                        TWIN, ENTERS, LOOP_PHASE, LOOP_KERNEL, LOOP_AHEAD, LOOP_FIRST, COPY, HOISTED, REFINED,
                         NOTE})
 REQUIRED = (OP, ARGS, CSHAPE, LOC)
 

@@ -26,8 +26,8 @@ from ..language import ast
 from ..language.checker import Ty, Val, Walker
 from ..language.run_params import loop_key, loop_param, run_time_counts
 from .dataflow import GraphBuilder, _carried
-from .nodes import (CSHAPE, ENTERS, HI, ITERATION, LO, LOC, LOOP_AHEAD, LOOP_KERNEL, LOOP_PHASE,
-                    LOOP_STATE, TWIN, VARS, kernel_group)
+from .nodes import (CSHAPE, ENTERS, FIRST_ONLY, HI, ITERATION, LO, LOC, LOOP_AHEAD, LOOP_FIRST,
+                    LOOP_KERNEL, LOOP_PHASE, LOOP_STATE, TWIN, VARS, kernel_group)
 
 
 @dataclass(frozen=True)
@@ -233,6 +233,8 @@ class SharedGraphBuilder(_SteadyState, GraphBuilder):
                 self.graph.nodes[val.data][LOOP_STATE] = f"{key}/{name}"
                 if key in self.ahead:
                     self.graph.nodes[val.data][LOOP_AHEAD] = True
+                if key + FIRST_ONLY in self.ahead and self.iteration[-1][1] == 0:
+                    self.graph.nodes[val.data][LOOP_FIRST] = True
                 if k > 1:
                     self.graph.nodes[val.data][LOOP_PHASE] = phase
                     self.graph.nodes[val.data][LOOP_KERNEL] = (k, self.times[key])
