@@ -316,16 +316,18 @@ def _choose_read_ahead(runs: _Unrollings, sites: dict[str, LoopSite], folded, ba
     oracle of every shared build), no loop falls back to unrolled, it is no deeper per
     iteration, no wider as built (or wider by no larger a factor than it is shallower), no
     head weight exceeds READ_AHEAD_MAX_HEAD_WEIGHT, and it runs fewer layers at the built
-    count and at one more (deterministic: the same choice everywhere). Last, a loop (nested
+    count and at one more (deterministic: the same choice everywhere).
+
+    A loop with a kernel is tried reading ahead without it first (value iteration: 1.5 layers
+    per step in a kernel of 2, 1 reading ahead, with or without the kernel). In a program
+    where no loop runs inside another, a loop without a kernel whose reading ahead is not
+    kept is tried once more reading ahead in a kernel of KERNEL iterations (power iteration:
+    read ahead, its rows alternate every iteration and return every 2). Last, a loop (nested
     ones too) may read ahead its first iteration's state only (`key + FIRST_ONLY`,
     nodes.LOOP_FIRST): a first step made of values from before the loop, X1 = 2I − S from
-    X0 = I, multiplied out into the second, as unrolled. A loop with a kernel is
-    tried reading ahead without it first (value iteration: 1.5 layers per step in a kernel of
-    2, 1 reading ahead, with or without the kernel). In a program where no loop runs inside
-    another, a loop without a kernel whose reading ahead is not kept is tried once more
-    reading ahead in a kernel of KERNEL iterations (power iteration: read ahead, its rows
-    alternate every iteration and return every 2). Returns the loops that read ahead and the
-    kernels, those changed here included."""
+    X0 = I, multiplied out into the second, as unrolled; it saves a layer once, so it is kept
+    at most 1/16 wider. Returns the loops that read ahead and the kernels, those changed here
+    included."""
     flat = _runs_flat(folded, sites)
     chosen: frozenset = frozenset()
     best, best_base = folded, base
