@@ -192,7 +192,7 @@ def _scan(atoms: AtomTable, s: Schedule, outputs: dict[str, int], sizes,
     # written in the same sublayer, can
     for p in sorted(al.pairs, key=lambda p: (al.write_time[p], p[0], p not in pinned, p)):
         t = al.write_time[p]
-        rows = _choose_rows(al, p, occupant, last, sizes[0])
+        rows = _choose_rows(al, p, occupant, last)
         while len(rows) < pair_rows(al.atoms, p):
             occupant.append(None)
             rows.append(len(occupant) - 1)
@@ -205,15 +205,13 @@ def _scan(atoms: AtomTable, s: Schedule, outputs: dict[str, int], sizes,
     return al
 
 
-def _choose_rows(al: Allocation, p: Pair, occupant, last, identity_size: int) -> list[int]:
+def _choose_rows(al: Allocation, p: Pair, occupant, last) -> list[int]:
     """Free rows for p, preferring the rows of the value it overwrites in place (its own
     previous value: an X of its heads of the same size, still whole in its rows)."""
     t, need = al.write_time[p], pair_rows(al.atoms, p)
-    by_attention = t > ENCODER and not written_by_mlp(t)
     free = [r for r, q in enumerate(occupant) if q is None or (
         t > ENCODER and last[q] <= t and al.write_time[q] < t
-        and (not by_attention or pair_rows(al.atoms, q) <= identity_size
-             or _clearing_mlp(al, q, t, last) is not None))]
+        and (_writer_removes(al, q, t) or _clearing_mlp(al, q, t, last) is not None))]
     own = [q for term in al.terms.get(p, []) if term.real.x is not None and term.real.x.kind == "atom"
            for q in [(term.real.x.atom, term.real.x.transposed)]
            if q in al.slots and pair_rows(al.atoms, q) == need
@@ -243,32 +241,38 @@ def _choose_rows(al: Allocation, p: Pair, occupant, last, identity_size: int) ->
     return free[:need]
 
 
+def _writer_removes(al: Allocation, q: Pair, t: int) -> bool:
+    """Whether the writer at sublayer t can remove dead block q from its rows beside its own
+    value: an MLP always (ReLU pairs), a head only what fits the identity block (I Iᵀ old)."""
+    return written_by_mlp(t) or pair_rows(al.atoms, q) <= al.identity_sizes[0]
+
+
+def _pin_tag(al: Allocation, p: Pair) -> tuple | None:
+    """What row pinning matches loop state blocks by: the state, its kernel phase (a kernel
+    of k iterations: the rows of k back) and the orientation; None for other blocks."""
+    node = al.atoms[p[0]].node
+    state = node.get(LOOP_STATE)
+    return None if state is None else (state, node.get(LOOP_PHASE), p[1])
+
+
 def _pinnable(al: Allocation) -> set[Pair]:
     """The loop state blocks that have a predecessor to be pinned to (_pinned_rows): an
-    earlier block of the same state, orientation and kernel phase."""
+    earlier block of the same pin tag."""
     first: dict[tuple, int] = {}
-    states = []
-    for p in al.pairs:
-        node = al.atoms[p[0]].node
-        state = node.get(LOOP_STATE)
-        if state is not None:
-            tag = (state, node.get(LOOP_PHASE), p[1])
-            states.append((p, tag))
-            first[tag] = min(first.get(tag, al.write_time[p]), al.write_time[p])
-    return {p for p, tag in states if al.write_time[p] > first[tag]}
+    tags = {p: tag for p in al.pairs for tag in [_pin_tag(al, p)] if tag is not None}
+    for p, tag in tags.items():
+        first[tag] = min(first.get(tag, al.write_time[p]), al.write_time[p])
+    return {p for p, tag in tags.items() if al.write_time[p] > first[tag]}
 
 
 def _pinned_rows(al: Allocation, p: Pair, occupant, free) -> list[int] | None:
     """A shared build's loop state takes the rows its previous iteration's value had, so that
     every iteration of the stored body finds it in the same place (row pinning). Unrolled
     builds mark no loop state (steady_state.py) and never come here."""
-    state = al.atoms[p[0]].node.get(LOOP_STATE)
-    if state is None:
+    tag = _pin_tag(al, p)
+    if tag is None:
         return None
-    phase = al.atoms[p[0]].node.get(LOOP_PHASE)     # a kernel of k iterations: the rows
-    before = [q for q, slot in al.slots.items() if q[1] == p[1] and q[0] != p[0]  # of k back
-              and al.atoms[q[0]].node.get(LOOP_STATE) == state
-              and al.atoms[q[0]].node.get(LOOP_PHASE) == phase]
+    before = [q for q in al.slots if q[0] != p[0] and _pin_tag(al, q) == tag]
     if not before:
         return None
     q = max(before, key=lambda q: al.slots[q].write)
@@ -324,7 +328,7 @@ def _subtract_previous(al: Allocation, p: Pair, rows: list[int], occupant) -> No
         sensitive = _is_wide(al, q[0]) or _is_wide(al, p[0])
         # a head subtracts only what fits the identity block (I Iᵀ old); a larger dead
         # value is cleared by the MLP before its new writer (_choose_rows took its rows so)
-        too_big = not written_by_mlp(t) and pair_rows(al.atoms, q) > al.identity_sizes[0]
+        too_big = not _writer_removes(al, q, t)
         m = _clearing_mlp(al, q, t, {q: al.slots[q].last_read}) if sensitive or too_big \
             else None
         in_place = _role(al.atoms[p[0]]) == _role(al.atoms[q[0]]) and any(
