@@ -121,7 +121,7 @@ def _crosses_iterations(f: Atom, reader: Atom) -> bool:
     if k > 1 and key in mine and key in theirs and \
             kernel_group(theirs[key], k, times)[0] == kernel_group(mine[key], k, times)[0]:
         return False
-    ahead = f.node.get(LOOP_AHEAD) or f.node.get(LOOP_FIRST) and mine.get(key) == 0
+    ahead = f.node.get(LOOP_AHEAD) or f.node.get(LOOP_FIRST)   # LOOP_FIRST: iteration 0's only
     if ahead and key in mine and theirs.get(key) == mine[key] + 1 and \
             _same_outside(mine, theirs, key):
         return False
