@@ -5,6 +5,7 @@ walk them (through `checker.Walker`), so they agree on what a program means.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from ..errors import SourceLocation
@@ -192,3 +193,25 @@ class Program:
     outputs: list[Output] = field(default_factory=list)
     functions: dict[str, FuncDef] = field(default_factory=dict)
     body: list[Stmt] = field(default_factory=list)
+
+
+def walk(node, parent=None):
+    """Every AST node under `node` with its parent (dataclass fields, tuples, lists, dicts;
+    not locations or the source text): for the analyses that read the program's syntax
+    rather than walking it as the checker does (run_params.py's run-time counts, the
+    checker's test of whether an expression reads a variable)."""
+    if isinstance(node, (list, tuple)):
+        for item in node:
+            yield from walk(item, parent)
+        return
+    if isinstance(node, dict):
+        for item in node.values():
+            yield from walk(item, parent)
+        return
+    if not dataclasses.is_dataclass(node):
+        return
+    yield node, parent
+    for f in dataclasses.fields(node):
+        if f.name in ("loc", "source", "file"):
+            continue
+        yield from walk(getattr(node, f.name), node)

@@ -723,9 +723,4 @@ def _reads_variable(e, env) -> bool:
     """Whether the expression reads a variable or input (not only numbers, params and dims):
     then its being a compile-time number is a fact of this point of the walk (a loop's first
     iteration), not of how it is written."""
-    if isinstance(e, ast.Name):
-        return e.id in env
-    fields = getattr(e, "__dataclass_fields__", None)
-    if fields is None:
-        return isinstance(e, (tuple, list)) and any(_reads_variable(x, env) for x in e)
-    return any(_reads_variable(getattr(e, f), env) for f in fields if f != "loc")
+    return any(isinstance(node, ast.Name) and node.id in env for node, _ in ast.walk(e))

@@ -10,7 +10,6 @@ a param is a run-time count when every mention of it is a `repeat` count on its 
 """
 from __future__ import annotations
 
-import dataclasses
 import weakref
 
 from . import ast
@@ -36,7 +35,7 @@ def _run_time_counts(program: ast.Program) -> frozenset[str]:
     count_only = _count_only_function_params(program)
     names = {p.name for p in program.params}
     uses: dict[str, list] = {name: [] for name in names}
-    for node, parent in _walk(program, None):
+    for node, parent in ast.walk(program, None):
         if isinstance(node, ast.Name) and node.id in uses:
             uses[node.id].append((node, parent))
     return frozenset(name for name, found in uses.items() if found and all(
@@ -89,33 +88,14 @@ def _count_only_function_params(program: ast.Program) -> dict[str, set[str]]:
         for name, fn in program.functions.items():
             keep = set()
             for p in result[name]:
-                found = [(n, parent) for n, parent in _walk(fn.body, None)
+                found = [(n, parent) for n, parent in ast.walk(fn.body, None)
                          if isinstance(n, ast.Name) and n.id == p]
-                assigned = any(isinstance(n, ast.Assign) and n.target == p for n, _ in _walk(fn.body, None))
+                assigned = any(isinstance(n, ast.Assign) and n.target == p for n, _ in ast.walk(fn.body, None))
                 if found and not assigned and all(_counts(program, n, parent, result) for n, parent in found):
                     keep.add(p)
             if keep != result[name]:
                 result[name], changed = keep, True
     return result
-
-
-def _walk(node, parent):
-    """Every AST node under `node` with its parent (dataclass fields, tuples, dicts)."""
-    if isinstance(node, (list, tuple)):
-        for item in node:
-            yield from _walk(item, parent)
-        return
-    if isinstance(node, dict):
-        for item in node.values():
-            yield from _walk(item, parent)
-        return
-    if not dataclasses.is_dataclass(node):
-        return
-    yield node, parent
-    for f in dataclasses.fields(node):
-        if f.name in ("loc", "source", "file"):
-            continue
-        yield from _walk(getattr(node, f.name), node)
 
 
 __all__ = ["run_time_counts", "loop_param"]
