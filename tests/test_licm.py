@@ -82,3 +82,53 @@ repeat steps {
     got = prog.run(**inputs)
     for name in want:
         assert np.abs(got[name] - want[name]).max() <= 1e-13
+
+
+RUNTIME_ETA = """program gd_eta
+dim d = 4
+param steps = 12
+input A : [n, d] assume row_norm <= 1
+input y : [n] in [-1, 1]
+input eta0 : [] in [0.05, 0.5]
+output w
+w = zeros(d)
+eta = eta0
+repeat steps {
+  w = w - eta * A.T @ (A @ w - y) / n
+  eta = eta * 0.9
+}
+"""
+RUNTIME_ETA_BY_HAND = RUNTIME_ETA.replace("w = zeros(d)\n", "S = A.T @ A / n\nb = A.T @ y / n\nw = zeros(d)\n").replace(
+    "eta * A.T @ (A @ w - y) / n", "eta * (S @ w - b)")
+
+
+def _with_eta(seed: int) -> dict:
+    return {**_problem(seed), "eta0": np.array(0.3)}
+
+
+def test_a_runtime_step_size_builds_and_keeps_one_layer_per_step():
+    """`eta * A.T @ (A @ w - y) / n` with eta a runtime scalar: the scalar cannot ride with
+    AᵀA (no head computes eta·AᵀA: no side of length 1) and the 1/n comes after the product.
+    The build once failed ("no assignment of stored orientations", a hoisted eta·AᵀA), and
+    before that took 2 layers per step; now AᵀA/n is hoisted and eta stays in the step's head,
+    1 layer per step as with S and b written by hand — decaying (eta = 0.9 eta) or not."""
+    for src in (RUNTIME_ETA, RUNTIME_ETA.replace("  eta = eta * 0.9\n", "")):
+        hand_src = src.replace("w = zeros(d)\n", "S = A.T @ A / n\nb = A.T @ y / n\nw = zeros(d)\n").replace(
+            "eta * A.T @ (A @ w - y) / n", "eta * (S @ w - b)")
+        raw = {k: tcompile.compile_source(src, params={"steps": k}).n_layers for k in (6, 12)}
+        hand = {k: tcompile.compile_source(hand_src, params={"steps": k}).n_layers for k in (6, 12)}
+        assert raw[12] - raw[6] == 6 == hand[12] - hand[6]
+        assert raw[12] <= hand[12] + 1
+        inputs = _with_eta(4)
+        got = tcompile.compile_source(src).run(**inputs)["w"]
+        want = interpret_program(parse_source(src), {}, **inputs)["w"]
+        assert np.abs(got - want).max() <= 1e-13
+
+
+def test_a_product_of_invariants_too_long_for_one_head_is_hoisted_whole(monkeypatch):
+    """eta·Aᵀy/n has four factors (Aᵀ, y, eta, 1/n) and reads no loop state: it becomes one
+    invariant atom. Kept as it stands, it made each step's product a layer of its own."""
+    from tcompile.compiler.lower import Lowering
+    assert tcompile.compile_source(RUNTIME_ETA).n_layers == 14
+    monkeypatch.setattr(Lowering, "_one_head", lambda *_: True)
+    assert tcompile.compile_source(RUNTIME_ETA).n_layers == 25

@@ -17,6 +17,7 @@ only records them (elementwise.py): how they become ReLUs is pieces.py's busines
 from __future__ import annotations
 
 import math
+from itertools import combinations
 import re
 
 import networkx as nx
@@ -34,7 +35,7 @@ from .nodes import (ARGS, C, CARRIED, COPY, CSHAPE, DOMAIN, FARGS, FLAG, FUNC, H
                     NAME, NOTE, OP, REFINED, SIGN, SYMMETRIC, TOL, TOL_REL, VALUE, VARS)
 from .pieces import MAX_SIGN_LEAVES, UNNAMED, PieceBuilder, Words
 from .poly import (MAX_FACTORS, Atom, AtomTable, Mono, Poly, add_polys, dims, max_degree,
-                   mul_polys, symmetrize_weighted_grams, transpose_poly)
+                   mul_polys, symmetrize_weighted_grams, transpose_mono, transpose_poly)
 
 
 
@@ -627,14 +628,19 @@ class Lowering:
 
     def hoist_invariants(self, nid: int, prod: Poly) -> Poly | None:
         """Loop-invariant code motion for a product that is not one sublayer as it stands: in
-        each monomial that reads a loop's state, the longest run of two or more factors that do
-        not (with its loop-invariant scalars) becomes an atom of its own — one node for every
-        iteration, so it is computed once, before the loop. `Aᵀ (A w − y) / n` then reads
-        S = AᵀA/n and w: one head per step, as with S written by hand. None if no monomial has
-        such a run."""
+        each monomial that reads a loop's state (or reads none but is too long for one head),
+        the longest run of two or more factors that do not, with the loop-invariant scalars a
+        head can carry with it, becomes an atom of its own — one node for every iteration, so
+        it is computed once, before the loop. `Aᵀ (A w − y) / n` then reads S = AᵀA/n and w:
+        one head per step, as with S written by hand. A stored invariant product in the
+        monomial (a hoisted AᵀA, a stored eta·Aᵀ) counts as its factors again, so a scalar
+        that comes later (`eta * Aᵀ (A w − y) / n` divides by n after the product) joins the
+        run instead of costing a layer per step. None if no monomial has such a run."""
         out: Poly = {}
         changed = False
-        for m, c in prod.items():
+        for m0, c0 in prod.items():
+            m, scale = self._unhoisted(m0)
+            c = c0 * scale
             fixed = [self.atoms[a].kind in ("input", "const") for a, _ in m.chain]
             best, i = None, 0
             while i < len(fixed):
@@ -644,16 +650,71 @@ class Lowering:
                 if j - i >= 2 and (best is None or j - i > best[1] - best[0]):
                     best = (i, j)
                 i = max(j, i + 1)
-            if best is None or all(fixed):
-                out[m] = out.get(m, 0.0) + c
+            if best is None or all(fixed) and self._one_head(nid, m0):
+                out[m0] = out.get(m0, 0.0) + c0
                 continue
-            scalars = tuple(x for x in m.scalars if not self.variant(x))
-            atom = self.invariant_atom(nid, m.chain[best[0]:best[1]], scalars)
-            new = Mono(m.chain[:best[0]] + ((atom, False),) + m.chain[best[1]:],
-                       tuple(x for x in m.scalars if x not in scalars))
+            run = m.chain[best[0]:best[1]]
+            scalars = self._carried_scalars(run, tuple(x for x in m.scalars if not self.variant(x)))
+            if scalars is None:
+                out[m0] = out.get(m0, 0.0) + c0
+                continue
+            atom = self.invariant_atom(nid, run, scalars)
+            rest = list(m.scalars)
+            for x in scalars:
+                rest.remove(x)
+            new = Mono(m.chain[:best[0]] + ((atom, False),) + m.chain[best[1]:], tuple(rest))
             out[new] = out.get(new, 0.0) + c
             changed = True
         return out if changed else None
+
+    def _unhoisted(self, m: Mono) -> tuple[Mono, float]:
+        """The monomial with each stored invariant product it reads (a hoisted AᵀA, a stored
+        0.9·eta·Aᵀ) written as its factors again, so that runs are found across it; and the
+        coefficients those products carried."""
+        chain, scalars, coef = [], list(m.scalars), 1.0
+        for f in m.chain:
+            made = self._invariant_product(f[0])
+            if made is None:
+                chain.append(f)
+                continue
+            mono, c = made
+            if f[1]:
+                mono = transpose_mono(self.atoms, mono)
+            chain.extend(mono.chain)
+            scalars.extend(mono.scalars)
+            coef *= c
+        return Mono(tuple(chain), tuple(sorted(scalars))), coef
+
+    def _invariant_product(self, a: int) -> tuple[Mono, float] | None:
+        """An attention atom that is one product of inputs and loop-invariant scalars, as that
+        monomial and its coefficient; None for anything else."""
+        atom = self.atoms[a]
+        if atom.kind != "attn" or atom.poly is None or len(atom.poly) != 1:
+            return None
+        (m, c), = atom.poly.items()
+        if any(self.atoms[f].kind not in ("input", "const") for f, _ in m.chain) or \
+                any(self.variant(x) for x in m.scalars):
+            return None
+        return m, c
+
+    def _carried_scalars(self, run: tuple, invariant: tuple) -> tuple | None:
+        """The most invariant scalars one head computes together with this run: all of them if
+        it can, else the largest subset (in order); None if the run has no head even alone.
+        A scalar times AᵀA has none (no side of length 1), 1/n times it has (the I/n block)."""
+        for k in range(len(invariant), -1, -1):
+            for subset in combinations(invariant, k):
+                if self._run_realizable(run, subset):
+                    return subset
+        return None
+
+    def _one_head(self, nid: int, m: Mono) -> bool:
+        """Whether the monomial, a term of node nid, is one sublayer as it stands."""
+        return m.degree <= MAX_FACTORS and realizable(self.atoms, {m: 1.0}, self.g.nodes[nid][CSHAPE])
+
+    def _run_realizable(self, chain: tuple, scalars: tuple) -> bool:
+        """Whether one sublayer computes this run of factors (with these scalars) as an atom."""
+        shape = (dims(self.atoms, chain[0])[0], dims(self.atoms, chain[-1])[1])
+        return realizable(self.atoms, {Mono(chain, scalars): 1.0}, shape)
 
     def invariant_atom(self, nid: int, chain: tuple, scalars: tuple) -> int:
         """The atom holding the product of these loop-invariant factors (made once, a node of
