@@ -229,9 +229,9 @@ class Lowering:
                 if isinstance(inner, Elementwise) and inner.rel:   # survives scaling: -x ** 4
                     return Elementwise(Product(Const(node[C]), exprs[0]), tol=inner.tol,
                                        rel=True)
-                return Elementwise(Product(Const(node[C]), exprs[0]))
+                return Elementwise(Product(Const(node[C]), exprs[0]), **self._inner_budget(args))
             if len(self.real_leaves(Sum(*exprs))) <= 1:
-                return Elementwise(Sum(*exprs))
+                return Elementwise(Sum(*exprs), **self._inner_budget(args))
             for a in args:
                 self.need_poly(a)
         ps = [self.need_poly(a) for a in args]
@@ -265,6 +265,20 @@ class Lowering:
                                      f"{self.g.nodes[args[1]][CSHAPE]})", nid)
                 self.materialize(widest)
         raise self.error(f"the back end cannot lower '{op}' yet", nid)  # pragma: no cover
+
+    def _inner_budget(self, args) -> dict:
+        """The budget a sum or multiple of elementwise values keeps: the tightest of its
+        operands' (a product's or power's is its statement's: `f = m * m * m + m tol 1e-3` is
+        fitted to 1e-3, not the default; with `tol rel 1e-8` relative to f). Calls keep their
+        own budgets inside the expression (the piece reads them there, relative to the call
+        where it asked so), so an operand with a call adds none here. Absolute where operands'
+        budgets are of both kinds."""
+        given = [p for p in (self.polys[a] for a in args)
+                 if isinstance(p, Elementwise) and p.tol is not None and not calls(p.expr)]
+        absolute = [p.tol for p in given if not p.rel]
+        if absolute or not given:
+            return {"tol": min(absolute, default=None)}
+        return {"tol": min(p.tol for p in given), "rel": True}
 
     def call(self, nid) -> Poly | Elementwise:
         """A scalar function: refined in heads (a 1×1 division or root, when cheaper), else an
