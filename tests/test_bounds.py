@@ -315,3 +315,16 @@ def test_a_clipped_square_under_sqrt_needs_no_domain_and_matches_the_interpreter
     x = rng.normal(size=3) * 3
     want, got = _interpret(src, A=A, x=x), prog.run(A=A, x=x)
     assert np.max(np.abs(got["u"] - want["u"])) <= 1e-6
+
+
+def test_a_fit_needing_too_many_relus_says_which_range_and_budget_to_change():
+    """A bisection's midpoint, its bounds grown by interval analysis over the iterations, was
+    cubed on [0, 64] at tol 1e-6 and refused with only "needs more than max_neurons": the
+    error now names the value whose range to narrow and how, and the budget."""
+    src = ("program wide\ninput a : [n] in [0, 1000]\noutput f\nm = a + 1\n"
+           "f = m * m * m + m tol 1e-5\n")
+    with pytest.raises(tcompile.errors.ApproxError) as e:
+        tcompile.compile_source(src)
+    assert "max_neurons" in e.value.message and (e.value.line, e.value.column) == (5, 5)
+    assert "a narrower range for m (bound it where it is assigned: m = (...) on [lo, hi]" in e.value.expected
+    assert "tol 1e-05 at the end of the statement" in e.value.expected

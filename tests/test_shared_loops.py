@@ -247,8 +247,9 @@ repeat steps {
     assert spec.max_count == 4                 # t's bound grows with every iteration
     want = interpret_program(parse_source(src), {"steps": 3}, s=0.5)["t"]
     assert rel(prog.run(s=0.5, steps=3)["t"], want) <= 1e-5
-    with pytest.raises(InputError, match="at most 4 iterations"):
+    with pytest.raises(InputError, match="at most 4 iterations") as e:
         prog.run(s=0.5, steps=5)
+    assert "or declare the bounds of the loop's variables where its body assigns them last" in str(e.value)
 
 
 def test_a_loop_that_does_not_fold_stays_unrolled_and_says_why():

@@ -99,9 +99,21 @@ class Lowering:
             names[a] = used[-1] if used else (UNNAMED if not known else compiler.get(a, UNNAMED))
         return Words(text, names)
 
-    def approx_error(self, msg, nid):
+    def approx_error(self, msg, nid, expected=None):
         """A fit that cannot meet its budget, located at the statement that asked for it."""
-        return ApproxError(msg, self.g.nodes[nid][LOC], source=self.df.source)
+        return ApproxError(msg, self.g.nodes[nid][LOC], expected, source=self.df.source)
+
+    def _fewer_relus_hint(self, msg: str, nid: int, leaf: int | None, tol) -> str | None:
+        """What to change when a fit needs more ReLUs than the limit: the range of the value
+        it is a function of (often wider than the user thinks: interval bounds of a loop
+        variable grow with the iterations) or the budget."""
+        if "max_neurons" not in msg or leaf is None:
+            return None
+        name = self.words(nid, {leaf}).names[leaf]
+        budget = f"tol {tol:g} at the end of the statement" if tol else "a looser tol"
+        return (f"a narrower range for {name} (bound it where it is assigned: "
+                f"{name} = (...) on [lo, hi], or clip it) or a looser budget ({budget}): "
+                f"the ReLUs grow with the range and like 1/sqrt(tol)")
 
     def make_atom(self, nid: int, kind: str, poly: Poly | None = None) -> Poly:
         node = self.g.nodes[nid]
@@ -565,8 +577,8 @@ class Lowering:
                                           tol=ew.tol, rel=ew.rel, words=words)
             except ApproxError as err:       # say where, in the user's words
                 msg = err.args[0] if err.args else str(err)
-                raise self.approx_error(msg.replace(to_text(e, self.names()), words.expr),
-                                        nid) from None
+                raise self.approx_error(msg.replace(to_text(e, self.names()), words.expr), nid,
+                                        self._fewer_relus_hint(msg, nid, cont, ew.tol)) from None
         self.piece_ranges[nid] = piece.range
         poly = self.make_atom(nid, "mlp")
         atom = self.atoms[nid]

@@ -136,7 +136,9 @@ class LoopProgram:
                 raise InputError(f"{s.param} = {n}: the loop at line {s.line} was built for at "
                                  f"most {s.max_count} iterations — its fitted domains were derived "
                                  "from bounds that grow with the count; rebuild with a larger "
-                                 f"{s.param}")
+                                 f"{s.param}, or declare the bounds of the loop's variables where "
+                                 "its body assigns them last (x = (...) on [lo, hi]), which lifts "
+                                 "the limit where one iteration from them stays inside")
             out[s.key] = n
         return out
 
