@@ -219,6 +219,44 @@ def test_until_on_ridge_by_gradient_descent():
     assert rule.first == prog.loops.loops[0].min_count
 
 
+DAMPED_LEAPFROG = """program leapfrog
+param steps = 40
+param dt = 0.3
+dim d = 3
+input K : [d, d] spectrum in [0.5, 2]
+input x0 : [d] in [-1, 1]
+output x, p
+x = x0
+p = zeros(d)
+repeat steps {
+  p = 0.9 * p - dt / 2 * K @ x
+  x = x + dt * p
+  p = 0.9 * p - dt / 2 * K @ x
+}
+"""
+
+
+def test_until_where_one_sublayer_writes_the_variable_of_both_kernel_iterations():
+    """A damped leapfrog step is linear: its kernel of 2 writes x of both iterations in one
+    attention sublayer. The structured executor then failed (KeyError 'p@6': the second read
+    at that sublayer cut the layer again after its MLP), and both executors read the two
+    values in row order, not count order, so x never halted at an even limit (200 steps,
+    where the interpreter stops at 92-116). Each problem now halts where the interpreter does,
+    on both executors, at either parity of the limit."""
+    prog = tcompile.compile_source(DAMPED_LEAPFROG, loops="shared")
+    rng = np.random.default_rng(6)
+    K = np.stack([q @ np.diag(rng.uniform(0.5, 2, 3)) @ q.T
+                  for q in (np.linalg.qr(rng.standard_normal((3, 3)))[0] for _ in range(3))])
+    inputs = {"K": K, "x0": rng.uniform(-1, 1, (3, 3)) * np.array([[1], [0.5], [0.1]])}
+    for cap in (200, 201):
+        plan = halting_plan(prog, {}, ("x", 1e-6), cap)
+        assert [p.count for p in plan.points] == [5, 6] and \
+            {(p.position, p.sublayer) for p in plan.points} == {(0, 1)}
+        out, rule = halts_as_interpreted(prog, parse_source(DAMPED_LEAPFROG), inputs,
+                                         ("x", 1e-6), cap, (None, "module"))
+        assert out["converged"].all() and rule.gap == 1
+
+
 def test_the_watch_passes_the_problems_whose_largest_change_is_within_tol(least_squares):
     """Watch.read on the CPU tests in numpy (every entry within tol; nothing more where fewer
     entries than one problem has are): the problems it stops, and at which count, are those

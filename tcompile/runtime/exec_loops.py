@@ -360,10 +360,14 @@ class LoopRunner:
         ids key their traces, so they are kept)."""
         key = (id(s), plan.points, first)
         if key not in self._halting_reads:
-            steps, out, done = list(s.first if first else s.steady), [], 0
+            steps, out, done, last = list(s.first if first else s.steady), [], 0, None
             for p in plan.points:
                 step = steps[p.position]
                 read = step.reads[(p.sublayer, p.rows)]
+                if (p.position, p.sublayer) == last:    # read where the last point was read:
+                    out.append(([], (p, self._read_op(read))))   # nothing runs in between
+                    continue
+                last = (p.position, p.sublayer)
                 cut = step.watch_at if p.sublayer == 1 else len(step.plans)
                 head = steps[done:p.position]
                 if cut < len(step.plans):       # the rest of the layer runs after the read
@@ -378,12 +382,15 @@ class LoopRunner:
                 else:
                     head.append(step)
                     done = p.position + 1
-                e = max(concrete(self.slots[seg.key].ext, self.n)
-                        for seg in read.segments if seg.key is not None)
-                out.append((head, (p, ReadOp(read, self.slots, e, self.n))))
+                out.append((head, (p, self._read_op(read))))
             out.append((steps[done:], None))
             self._halting_reads[key] = out
         return self._halting_reads[key]
+
+    def _read_op(self, read) -> ReadOp:
+        e = max(concrete(self.slots[seg.key].ext, self.n)
+                for seg in read.segments if seg.key is not None)
+        return ReadOp(read, self.slots, e, self.n)
 
     def _held(self, s: LoopStep) -> list[str]:
         """The slots the loop's applications write that hold rows when one ends: all a

@@ -129,7 +129,11 @@ def halting_plan(prog, counts: dict, until, max_steps) -> HaltingPlan:
     prog.loops.counts({**counts, spec.param: limit})            # a limit the build covers
     item = prog.loops.item(key)
     k = item.every
-    points = tuple(sorted(p for p, var, _ in watch_points(prog, spec) if var == name))
+    # in the order an application reads them, and in count order where one sublayer writes
+    # two (a kernel of 2 whose attention writes x of both iterations: the Watch compares each
+    # value with the one before it, and keeps only the last few)
+    points = tuple(sorted((p for p, var, _ in watch_points(prog, spec) if var == name),
+                          key=lambda p: (p.position, p.sublayer, p.count)))
     apps = item.runs(limit)[0]
     start = item.offsets[item.residue(limit)] if k > 1 else item.offset
     residues = {p.count % k for p in points}
