@@ -1527,6 +1527,36 @@ def test_a_warm_up_loop_takes_a_kernel_its_base_unrolling_hides():
         assert np.abs(got["x"] - want).max() <= 1e-14
 
 
+HEAT = """program heat2d
+param steps = 25
+param r = 0.2
+dim k = 5
+input U0 : [k, k] in [0, 1]
+output U
+T = triu(tril(ones(k, k), 1), -1) - 3 * I
+U = U0
+repeat steps {
+  U = U + r * (T @ U + U @ T)
+}
+"""
+
+
+def test_a_kernel_whose_gain_shows_from_four_iterations_is_found():
+    """A 2-D heat stencil fits two steps in a layer unrolled (17 layers at 25 steps), but a
+    group of 2 is no shorter at the fold's base unrollings of 2 and 3 steps (5 and 6 layers
+    either way); from 4 it is (6 against 7). The kernel chooser's cheap look skipped it, and
+    the shared build ran a layer per step (28 at 25). It now also looks two steps longer: a
+    kernel of 2, the unrolled build's layers at every count tried, its outputs to rounding."""
+    prog = tcompile.compile_source(HEAT, loops="shared")
+    assert [s.every for s in prog.loops.loops] == [2]
+    U0 = np.random.default_rng(3).uniform(0, 1, (5, 5))
+    for steps in (8, 25, 26, 31):
+        got, unrolled = runs_as_unrolled(prog, HEAT, {"steps": steps}, {"U0": U0})
+        want = interpret_program(parse_source(HEAT), {"steps": steps}, U0=U0)["U"]
+        assert np.abs(got["U"] - unrolled["U"]).max() <= 1e-15
+        assert np.abs(got["U"] - want).max() <= 1e-15
+
+
 def test_a_stencil_on_a_stack_folds_now_that_its_rows_are_reused():
     """The stencil (test_pass_plan.STENCIL): its 6-row u is taller than the 1-row identity,
     so no head could subtract it and its rows were never reused; the rows of every iteration

@@ -271,10 +271,11 @@ def _choose_kernels(runs: _Unrollings, sites: dict[str, LoopSite], folded, base,
         if site.unshareable or (key in kept and kept[key].final):
             continue
         if key not in kept:
-            # a cheap look first: is the base unrolling, or the one a step longer, any shorter?
-            # (at an odd count a group of 2 may gain nothing: a warm-up loop of 3 steps)
+            # a cheap look first: is the base unrolling, or one a step or two longer, any
+            # shorter? (at an odd count a group of 2 may gain nothing: a warm-up loop of 3
+            # steps; and a pipeline may need 4 iterations to gain: a heat stencil's 2 per layer)
             plain = frozenset(kept)
-            looks = (base, {**base, key: base[key] + 1})
+            looks = (base, {**base, key: base[key] + 1}, {**base, key: base[key] + 2})
             if all(len(runs.sequence(c, plain, {**chosen, key: KERNEL})) >= len(
                     runs.sequence(c, plain, chosen)) for c in looks):
                 continue
