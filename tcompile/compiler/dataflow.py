@@ -208,7 +208,7 @@ class GraphBuilder(Walker):
             if p == 1.0:
                 return Val(ty, a)
             if p == int(p) and p >= 2:      # x·x·…·x: one elementwise tree of x, fitted as one
-                self._check_square(ta, loc, f"'**' is elementwise: x ** {p:g}")
+                self._check_square(ta, loc, f"'**' is elementwise: x ** {p:g}", a)
                 power = a
                 for _ in range(int(p) - 1):
                     power = self._elementwise("*", power, ta, a, ta, ty, loc, power=True)
@@ -281,9 +281,11 @@ class GraphBuilder(Walker):
             return self.node("add", tuple(sorted((v, r))), cs, loc)
         return self.node("add", tuple(sorted((u, self.scale(r, -1.0, loc)))), cs, loc)
 
-    def _check_square(self, ta: Ty, loc, written: str = "'**' is elementwise: x ** 2"):
+    def _check_square(self, ta: Ty, loc, written: str = "'**' is elementwise: x ** 2",
+                      base: int | None = None):
         """x ** 2 (or x * x) squares every entry: an MLP piece fitted on x's range, so x needs
-        bounds (a square matrix was perhaps meant as M @ M)."""
+        bounds (a square matrix was perhaps meant as M @ M). The base is named where it is a
+        variable (`D * D` with D = X - q, q a weighted mean: it names D, not "this value")."""
         if ta.bounded:
             return
         matrix = is_square(ta.shape)
@@ -291,13 +293,26 @@ class GraphBuilder(Walker):
         lines = (self.src or "").splitlines()
         stmt = (f"'{lines[loc.line - 1].split('#')[0].strip()}': "
                 if loc is not None and 0 < loc.line <= len(lines) else "")
+        name = self._variable_name(base)
+        which, x = (name, name) if name else ("this value", "x")
+        if name:
+            written = written.replace("x * x", f"{name} * {name}").replace(": x **", f": {name} **")
         raise CompileError(f"{stmt}{written} {verb} every entry, which the compiled "
-                           "model approximates on a known range, and this value has no known "
+                           f"model approximates on a known range, and {which} has no known "
                            "bounds", loc, source=self.src,
                            expected=("M @ M for the matrix square; for the entrywise square, "
-                                     if matrix else "") + "bounds on the base (an input "
-                           "assumption, clip(x, lo, hi), or (x) on [lo, hi]; matrix products "
-                           "carry no bounds)")
+                                     if matrix else "") + f"bounds on {x} (an input "
+                           f"assumption, clip({x}, lo, hi), or ({x}) on [lo, hi]"
+                           + (" where it is assigned" if name else "")
+                           + "; matrix products carry no bounds)")
+
+    def _variable_name(self, nid: int | None) -> str | None:
+        """The program variable or input a node holds, if one (for messages)."""
+        if nid is None:
+            return None
+        node = self.graph.nodes[nid]
+        held = node.get(VARS) or ([node[NAME]] if node.get(NAME) else [])
+        return held[0].split("@")[0] if held else None
 
     def transpose_if_vector(self, nid, ty, loc):
         """1ᵀA is a row; the program's [k] result is a column."""
@@ -384,7 +399,7 @@ class GraphBuilder(Walker):
                     return self.node("smul", (x, s), None, loc)
                 return self.node("smul", (x, s), cs, loc)
         if a == b and op == "*":
-            self._check_square(ta, loc, "x * x")
+            self._check_square(ta, loc, "x * x", a)
         return self.ewmul(a, ta, b, tb, cs, loc, power)
 
     def ewmul(self, a, ta: Ty, b, tb: Ty, cs, loc, power=False):
