@@ -207,7 +207,8 @@ def test_diag_of_unbounded_value_needs_bounds():
 @pytest.mark.parametrize("stmt, words, matrix", [
     ("r = (A.T @ A) ** 2", "'**' is elementwise", True), ("r = (M @ v) ** 2", "'**'", False),
     ("t = M @ v\nr = t * t", "t * t squares every entry", False),
-    ("t = M @ v\nr = t ** 3", "'**' is elementwise: t ** 3", False)])
+    ("t = M @ v\nr = t ** 3", "'**' is elementwise: t ** 3", False),
+    ("r = (M @ v) * (M @ v)", "a value times itself squares every entry", False)])
 def test_elementwise_square_of_unbounded_value_says_so(stmt, words, matrix):
     """The base is named where it is a variable (a mean-shift step's D = X - q, q a weighted
     mean, squared as D * D, was "this value")."""
@@ -218,3 +219,5 @@ def test_elementwise_square_of_unbounded_value_says_so(stmt, words, matrix):
     if "t = " in stmt:
         assert "and t has no known bounds" in err.message
         assert "clip(t, lo, hi), or (t) on [lo, hi] where it is assigned" in err.expected
+    if "(M @ v) * (M @ v)" in stmt:
+        assert "name it and bound it, r = (...) on [lo, hi]" in err.expected

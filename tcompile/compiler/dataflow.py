@@ -294,17 +294,20 @@ class GraphBuilder(Walker):
         stmt = (f"'{lines[loc.line - 1].split('#')[0].strip()}': "
                 if loc is not None and 0 < loc.line <= len(lines) else "")
         name = self._variable_name(base)
-        which, x = (name, name) if name else ("this value", "x")
         if name:
             written = written.replace("x * x", f"{name} * {name}").replace(": x **", f": {name} **")
+            how = (f"bounds on {name} (an input assumption, clip({name}, lo, hi), or ({name}) on "
+                   "[lo, hi] where it is assigned; matrix products carry no bounds)")
+        else:       # an expression: `(A @ w - y) * (A @ w - y)`
+            written = written.replace("x * x", "a value times itself")
+            how = ("bounds on the value squared: name it and bound it, r = (...) on [lo, hi] "
+                   "or clip(..., lo, hi), then r * r (matrix products carry no bounds)")
         raise CompileError(f"{stmt}{written} {verb} every entry, which the compiled "
-                           f"model approximates on a known range, and {which} has no known "
-                           "bounds", loc, source=self.src,
+                           f"model approximates on a known range, and "
+                           f"{name or 'the value squared'} has no known bounds", loc,
+                           source=self.src,
                            expected=("M @ M for the matrix square; for the entrywise square, "
-                                     if matrix else "") + f"bounds on {x} (an input "
-                           f"assumption, clip({x}, lo, hi), or ({x}) on [lo, hi]"
-                           + (" where it is assigned" if name else "")
-                           + "; matrix products carry no bounds)")
+                                     if matrix else "") + how)
 
     def _variable_name(self, nid: int | None) -> str | None:
         """The program variable or input a node holds, if one (for messages)."""
