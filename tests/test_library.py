@@ -37,7 +37,7 @@ def shape_of(prog) -> tuple[int, int]:
 def test_gd_least_squares_vs_lstsq():
     """A step eta = 3 (valid for this data: lambda_max(S) < 2/3) to keep the build short."""
     prog = build("gd_least_squares", steps=60, eta=3)
-    assert shape_of(prog) == (61, 21)           # one layer per step, + S and b
+    assert shape_of(prog) == (60, 18)           # one layer per step (x0 = 0: the first step reads b)
     rng = np.random.default_rng(1)
     A, y = unit_rows(rng, 200, 4), rng.standard_normal(200)
     w_star = np.linalg.lstsq(A, y, rcond=None)[0]
@@ -100,7 +100,7 @@ def test_newton_schulz_sqrt_vs_sqrtm():
 def test_gd_logistic_vs_sklearn():
     from sklearn.linear_model import LogisticRegression
     prog = build("gd_logistic", steps=40)
-    assert shape_of(prog) == (81, 24)           # two layers per step, + z = A x
+    assert shape_of(prog) == (80, 20)           # two layers per step (x0 = 0: z0 = 0 is no layer)
     assert prog.report["mlp_hidden_max"] == 4482
     rng = np.random.default_rng(6)
     A, y = logistic_data(rng, 26, 5)
@@ -116,7 +116,7 @@ def test_ista_lasso_vs_sklearn():
     """A step eta = 2.5 (valid for this data: 1 / lambda_max(S) > 2.5) keeps the build short."""
     from sklearn.linear_model import Lasso
     prog = build("ista_lasso", steps=80, eta=2.5)
-    assert shape_of(prog) == (81, 22)
+    assert shape_of(prog) == (80, 22)
     assert all(a["exact"] for a in prog.report["approximations"])
     rng = np.random.default_rng(7)
     A = unit_rows(rng, 200, 5)
@@ -173,7 +173,7 @@ def test_softmax_regression_vs_sklearn():
     per step plus the fitted exp/log budgets (1e-7, divided by mu and s >= K e^-B)."""
     from sklearn.linear_model import LogisticRegression
     prog = build("softmax_regression", steps=8)
-    assert shape_of(prog) == (33, 29)           # four layers per step, + Z = A W
+    assert shape_of(prog) == (32, 28)           # four layers per step (W0 = 0: Z0 = 0 is no layer)
     assert prog.report["mlp_hidden_max"] == 11934
     rng = np.random.default_rng(10)
     n = 60

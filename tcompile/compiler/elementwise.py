@@ -157,8 +157,8 @@ def affine(e: Expr, leaf: int | None, env: dict) -> tuple[float, float] | None:
         return (0.0, float(env[e.atom])) if e.atom in env else None
     if isinstance(e, Const):
         return (0.0, float(e.value))
-    if isinstance(e, Call):
-        return None if leaf in leaves(e) else (0.0, float(evaluate(e, env)))
+    if isinstance(e, Call):         # constant only where env fixes every leaf it reads
+        return None if not leaves(e) <= env.keys() else (0.0, float(evaluate(e, env)))
     a, b = affine(e.a, leaf, env), affine(e.b, leaf, env)
     if a is None or b is None:
         return None

@@ -234,6 +234,8 @@ class Lowering:
             tol = node.get(TOL)
             return Elementwise(Product(self.ew_operand(args[0]), self.ew_operand(args[1])),
                                product=True, tol=tol)
+        if op == "scale" and node[C] == 0.0:
+            return {}           # zeros(d): 0 · a constant piece is no value to compute or store
         if op in ("scale", "add") and any(isinstance(self.polys[a], Elementwise) for a in args):
             exprs = [self.ew_operand(a, allow_products=False) for a in args]
             if op == "scale":

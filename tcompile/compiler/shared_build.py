@@ -344,8 +344,11 @@ def _choose_read_ahead(runs: _Unrollings, sites: dict[str, LoopSite], folded, ba
             [kernel] + ([{**kernel, key: KERNEL}] if flat and key not in kernel else [])]
         tries.append((kernel, chosen | {key + FIRST_ONLY}))
         for trial in tries:
+            # a loop of a flat program may gain only past its first iterations (from
+            # zeros(d)); the first iteration's state read ahead gains at the start, if at all
             found = _read_ahead_trial(runs, sites, kept, base,
-                                      (kernel, chosen, best, best_base), trial, key)
+                                      (kernel, chosen, best, best_base), trial, key,
+                                      longer=flat and key + FIRST_ONLY not in trial[1])
             if found is not None:
                 kernel, chosen = trial
                 best, best_base = found
@@ -354,16 +357,21 @@ def _choose_read_ahead(runs: _Unrollings, sites: dict[str, LoopSite], folded, ba
 
 
 def _read_ahead_trial(runs: _Unrollings, sites: dict[str, LoopSite], kept, base, now, trial,
-                      key: str) -> tuple | None:
+                      key: str, longer: bool = False) -> tuple | None:
     """The folded sequence and base unrolling of reading ahead `trial` (kernels, loops that
     read ahead), where _choose_read_ahead keeps it over `now` (kernels, loops that read ahead,
     folded sequence, its base unrolling); else None. `base`: the plain fold's, for the cheap
-    look."""
+    look; `longer`: look at unrollings of loop `key` one and two iterations longer too."""
     kernel, chosen, best, best_base = now
     grouped, ahead = trial
-    plain = frozenset(kept)           # a cheap look first: is the base unrolling any shorter?
-    if len(runs.sequence(base, plain, grouped, ahead)) >= len(runs.sequence(
-            base, plain, kernel, chosen)):
+    # a cheap look first: is the base unrolling, or one one or two iterations longer, any
+    # shorter? (a loop whose first iterations cost no layer, from x = zeros(d), gains only
+    # past them: a leapfrog step read ahead in a kernel, from 4 iterations on)
+    plain = frozenset(kept)
+    looks = (base, {**base, key: base[key] + 1}, {**base, key: base[key] + 2}) \
+        if longer else (base,)
+    if all(len(runs.sequence(c, plain, grouped, ahead)) >= len(runs.sequence(
+            c, plain, kernel, chosen)) for c in looks):
         return None
     seq, trial_base, kept2 = _fold_all(runs, sites, grouped, ahead)
     if kept2.keys() != kept.keys() or not _shorter(seq, best, key, sites):
