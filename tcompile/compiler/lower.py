@@ -17,8 +17,8 @@ only records them (elementwise.py): how they become ReLUs is pieces.py's busines
 from __future__ import annotations
 
 import math
-from itertools import combinations
 import re
+from itertools import combinations
 
 import networkx as nx
 import numpy as np
@@ -737,7 +737,8 @@ class Lowering:
 
     def _one_head(self, nid: int, m: Mono) -> bool:
         """Whether the monomial, a term of node nid, is one sublayer as it stands."""
-        return m.degree <= MAX_FACTORS and realizable(self.atoms, {m: 1.0}, self.g.nodes[nid][CSHAPE])
+        return m.degree <= MAX_FACTORS and realizable(self.atoms, {m: 1.0},
+                                                      self.g.nodes[nid][CSHAPE])
 
     def _run_realizable(self, chain: tuple, scalars: tuple) -> bool:
         """Whether one sublayer computes this run of factors (with these scalars) as an atom."""
