@@ -98,8 +98,12 @@ repeat steps {
   eta = eta * 0.9
 }
 """
-RUNTIME_ETA_BY_HAND = RUNTIME_ETA.replace("w = zeros(d)\n", "S = A.T @ A / n\nb = A.T @ y / n\nw = zeros(d)\n").replace(
-    "eta * A.T @ (A @ w - y) / n", "eta * (S @ w - b)")
+
+
+def _hoisted_by_hand(src: str) -> str:
+    """The program with S = AᵀA/n and b = Aᵀy/n written before the loop."""
+    return src.replace("w = zeros(d)\n", "S = A.T @ A / n\nb = A.T @ y / n\nw = zeros(d)\n").replace(
+        "eta * A.T @ (A @ w - y) / n", "eta * (S @ w - b)")
 
 
 def _with_eta(seed: int) -> dict:
@@ -113,10 +117,9 @@ def test_a_runtime_step_size_builds_and_keeps_one_layer_per_step():
     before that took 2 layers per step; now AᵀA/n is hoisted and eta stays in the step's head,
     1 layer per step as with S and b written by hand — decaying (eta = 0.9 eta) or not."""
     for src in (RUNTIME_ETA, RUNTIME_ETA.replace("  eta = eta * 0.9\n", "")):
-        hand_src = src.replace("w = zeros(d)\n", "S = A.T @ A / n\nb = A.T @ y / n\nw = zeros(d)\n").replace(
-            "eta * A.T @ (A @ w - y) / n", "eta * (S @ w - b)")
         raw = {k: tcompile.compile_source(src, params={"steps": k}).n_layers for k in (6, 12)}
-        hand = {k: tcompile.compile_source(hand_src, params={"steps": k}).n_layers for k in (6, 12)}
+        hand = {k: tcompile.compile_source(_hoisted_by_hand(src), params={"steps": k}).n_layers
+                for k in (6, 12)}
         assert raw[12] - raw[6] == 6 == hand[12] - hand[6]
         assert raw[12] <= hand[12] + 1
         inputs = _with_eta(4)
