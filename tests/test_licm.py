@@ -135,3 +135,39 @@ def test_a_product_of_invariants_too_long_for_one_head_is_hoisted_whole(monkeypa
     assert tcompile.compile_source(RUNTIME_ETA).n_layers == 13
     monkeypatch.setattr(Lowering, "_one_head", lambda *_: True)
     assert tcompile.compile_source(RUNTIME_ETA).n_layers == 24
+
+
+PACKED = """program icl_packed
+param steps = 8
+param eta = 0.8
+dim d = 3
+input Z : [n, 4] in [-1, 1]
+output w
+X = Z[:, 0:3]
+y = Z[:, 3]
+w = zeros(d)
+repeat steps {
+  w = w - eta * X.T @ (X @ w - y) / n
+}
+"""
+
+
+def test_tokens_that_pack_x_and_y_take_one_layer_per_step(monkeypatch):
+    """The in-context learning layout: each token z_i = (x_i, y_i), X and y sliced out of Z.
+    XᵀX w/n is PᵀZᵀZP w/n (P selects the columns), and no head computes PᵀZᵀZP: hoisting the
+    longest run failed, and each step stored a value of its own (2 layers per step). Windows of the run and then runs of the products just made are hoisted now
+    (PᵀZᵀZ, then that times P/n), so the step is one head: 9 layers at 8 steps, against 17
+    without. A step that would keep a runtime scalar is not hoisted so (kaczmarz's
+    projections keep their layers: tests/test_build_identity.py)."""
+    from tcompile.compiler.lower import Lowering
+    prog = tcompile.compile_source(PACKED)
+    rng = np.random.default_rng(5)
+    Z = rng.uniform(-1, 1, (20, 4))
+    want = interpret_program(parse_source(PACKED), {}, Z=Z)["w"]
+    assert prog.n_layers == 9 and np.abs(prog.run(Z=Z)["w"] - want).max() <= 1e-14
+    shared = tcompile.compile_source(PACKED, loops="shared")
+    assert shared.loops.loops[0].layers_per_iteration == 1
+    assert np.abs(shared.run(Z=Z, steps=13)["w"] - interpret_program(
+        parse_source(PACKED), {"steps": 13}, Z=Z)["w"]).max() <= 1e-14
+    monkeypatch.setattr(Lowering, "_hoist_repeatedly", lambda *_: None)
+    assert tcompile.compile_source(PACKED).n_layers == 17

@@ -216,9 +216,9 @@ def test_until_on_ridge_by_gradient_descent():
     out, rule = halts_as_interpreted(prog, parse_source(RIDGE), {"A": A, "y": y}, ("w", 1e-9),
                                      120, (None, "module"))
     assert out["converged"].all() and len(set(out["steps"].tolist())) > 2
-    # the first count tested is the first whose predecessor an application reads: w@3, read in
-    # the first application, against w@4 (the prologue's w@2 is in no rows then)
-    assert rule.first == prog.loops.loops[0].min_count + 1 == 4
+    # the first count tested is the first whose predecessor an application reads: w@2, read in
+    # the first application, against w@3 (the prologue's w@1 is in no rows then)
+    assert rule.first == prog.loops.loops[0].min_count + 1 == 3
 
 
 DAMPED_LEAPFROG = """program leapfrog

@@ -666,34 +666,102 @@ class Lowering:
         run instead of costing a layer per step. None if no monomial has such a run."""
         out: Poly = {}
         changed = False
+        step = any(self._reads_state(m) for m in prod)
         for m0, c0 in prod.items():
             m, scale = self._unhoisted(m0)
-            c = c0 * scale
-            fixed = [self.atoms[a].kind in ("input", "const") for a, _ in m.chain]
-            best, i = None, 0
-            while i < len(fixed):
-                j = i
-                while j < len(fixed) and fixed[j]:
-                    j += 1
-                if j - i >= 2 and (best is None or j - i > best[1] - best[0]):
-                    best = (i, j)
-                i = max(j, i + 1)
-            if best is None or all(fixed) and self._one_head(nid, m0):
+            if all(self._stored(a) for a, _ in m.chain) and self._one_head(nid, m0):
                 out[m0] = out.get(m0, 0.0) + c0
                 continue
-            run = m.chain[best[0]:best[1]]
-            scalars = self._carried_scalars(run, tuple(x for x in m.scalars if not self.variant(x)))
-            if scalars is None:
+            new = self._hoist_run(nid, m, self._stored, self._hoisted_atom(nid), windows=False)
+            if (new is None or not self._one_head(nid, new)) and step:
+                new = self._hoist_repeatedly(nid, m) or new
+            if new is None:
                 out[m0] = out.get(m0, 0.0) + c0
                 continue
-            atom = self.invariant_atom(nid, run, scalars)
-            rest = list(m.scalars)
-            for x in scalars:
-                rest.remove(x)
-            new = Mono(m.chain[:best[0]] + ((atom, False),) + m.chain[best[1]:], tuple(rest))
-            out[new] = out.get(new, 0.0) + c
+            out[new] = out.get(new, 0.0) + c0 * scale
             changed = True
         return out if changed else None
+
+    def _stored(self, a: int) -> bool:
+        return self.atoms[a].kind in ("input", "const")
+
+    def _hoisted_atom(self, nid: int):
+        return lambda run, scalars: self.invariant_atom(nid, run, scalars)
+
+    def _reads_state(self, m: Mono) -> bool:
+        return any(self.variant(a) for a, _ in m.chain) or any(self.variant(x) for x in m.scalars)
+
+    def _hoist_repeatedly(self, nid: int, m: Mono) -> Mono | None:
+        """Where hoisting the longest run leaves no one-head product — `Xᵀ X w / n` with
+        X = Z[:, 0:3], a selection of token data: PᵀZᵀZP has no head — hoist windows of it and
+        then runs of the products just made (PᵀZᵀZ, then that times P/n), until one head
+        computes the step. Only in a product that reads the loop's state (the caller's test:
+        one computed once costs its layers once, and a chain of hoisted products can cost more
+        than storing an operand, the ridge step's first-iteration AᵀAAᵀy/n²), and kept only
+        where a monomial that reads the state then carries no runtime scalar: one would sit
+        at a side of length 1 and want the state in the other orientation every step (a
+        Kaczmarz projection g·aᵀa x runs deeper so than storing a x). Tried on stand-in atoms
+        first, so a refused plan leaves no node behind."""
+        made: list[int] = []
+
+        def stand_in(run, scalars):
+            a = -1 - len(made)
+            shape = (dims(self.atoms, run[0])[0], dims(self.atoms, run[-1])[1])
+            self.atoms[a] = Atom(a, "attn", shape)
+            made.append(a)
+            return a
+
+        def plan(make) -> Mono | None:
+            new = self._hoist_run(nid, m, self._stored, make, windows=True)
+            while new is not None and not self._one_head(nid, new):
+                hoisted = set(made) | set(self._hoisted.values())
+                again = self._hoist_run(nid, new, lambda a: self._stored(a) or a in hoisted,
+                                        make, windows=True)
+                if again is None:
+                    return None
+                new = again
+            return new
+
+        try:
+            trial = plan(stand_in)
+        finally:
+            for a in made:
+                del self.atoms[a]
+        if trial is None or trial.scalars and self._reads_state(m):
+            return None
+        made.clear()
+        return plan(self._hoisted_atom(nid))
+
+    def _hoist_run(self, nid: int, m: Mono, stored, make, windows: bool) -> Mono | None:
+        """m with its longest run of two or more factors for which `stored` holds (with the
+        invariant scalars one head computes with it) replaced by the atom `make(run, scalars)`
+        returns; with `windows`, where that run has no head, its longest window that has one
+        (leftmost first). None if none has."""
+        flags = [stored(a) for a, _ in m.chain]
+        best, i = None, 0
+        while i < len(flags):
+            j = i
+            while j < len(flags) and flags[j]:
+                j += 1
+            if j - i >= 2 and (best is None or j - i > best[1] - best[0]):
+                best = (i, j)
+            i = max(j, i + 1)
+        if best is None:
+            return None
+        invariant = tuple(x for x in m.scalars if not self.variant(x))
+        longest = best[1] - best[0]
+        for size in range(longest, 1 if windows else longest - 1, -1):
+            for lo in range(best[0], best[1] - size + 1):
+                run = m.chain[lo:lo + size]
+                scalars = self._carried_scalars(run, invariant)
+                if scalars is None:
+                    continue
+                atom = make(run, scalars)
+                rest = list(m.scalars)
+                for x in scalars:
+                    rest.remove(x)
+                return Mono(m.chain[:lo] + ((atom, False),) + m.chain[lo + size:], tuple(rest))
+        return None
 
     def _unhoisted(self, m: Mono) -> tuple[Mono, float]:
         """The monomial with each stored invariant product it reads (a hoisted AᵀA, a stored
@@ -717,8 +785,8 @@ class Lowering:
         """An attention atom that is one product of inputs and loop-invariant scalars, as that
         monomial and its coefficient; None for anything else."""
         atom = self.atoms[a]
-        if atom.kind != "attn" or atom.poly is None or len(atom.poly) != 1:
-            return None
+        if atom.kind != "attn" or atom.poly is None or len(atom.poly) != 1 or self.variant(a):
+            return None         # (a loop's first state, w1 = η Aᵀy/n, is state, not an invariant)
         (m, c), = atom.poly.items()
         if any(self.atoms[f].kind not in ("input", "const") for f, _ in m.chain) or \
                 any(self.variant(x) for x in m.scalars):
