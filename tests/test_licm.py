@@ -102,7 +102,8 @@ repeat steps {
 
 def _hoisted_by_hand(src: str) -> str:
     """The program with S = AᵀA/n and b = Aᵀy/n written before the loop."""
-    return src.replace("w = zeros(d)\n", "S = A.T @ A / n\nb = A.T @ y / n\nw = zeros(d)\n").replace(
+    return src.replace("w = zeros(d)\n",
+                       "S = A.T @ A / n\nb = A.T @ y / n\nw = zeros(d)\n").replace(
         "eta * A.T @ (A @ w - y) / n", "eta * (S @ w - b)")
 
 
@@ -155,8 +156,9 @@ repeat steps {
 def test_tokens_that_pack_x_and_y_take_one_layer_per_step(monkeypatch):
     """The in-context learning layout: each token z_i = (x_i, y_i), X and y sliced out of Z.
     XᵀX w/n is PᵀZᵀZP w/n (P selects the columns), and no head computes PᵀZᵀZP: hoisting the
-    longest run failed, and each step stored a value of its own (2 layers per step). Windows of the run and then runs of the products just made are hoisted now
-    (PᵀZᵀZ, then that times P/n), so the step is one head: 9 layers at 8 steps, against 17
+    longest run failed, and each step stored a value of its own (2 layers per step). Windows
+    of the run and then runs of the products just made are hoisted now (PᵀZᵀZ, then that
+    times P/n), so the step is one head: 9 layers at 8 steps, against 17
     without. A step that would keep a runtime scalar is not hoisted so (kaczmarz's
     projections keep their layers: tests/test_build_identity.py)."""
     from tcompile.compiler.lower import Lowering

@@ -786,7 +786,7 @@ class Lowering:
         monomial and its coefficient; None for anything else."""
         atom = self.atoms[a]
         if atom.kind != "attn" or atom.poly is None or len(atom.poly) != 1 or self.variant(a):
-            return None         # (a loop's first state, w1 = η Aᵀy/n, is state, not an invariant)
+            return None         # a loop's first state, w1 = η Aᵀy/n, is state, no invariant
         (m, c), = atom.poly.items()
         if any(self.atoms[f].kind not in ("input", "const") for f, _ in m.chain) or \
                 any(self.variant(x) for x in m.scalars):
