@@ -270,6 +270,41 @@ repeat 3 {
     assert rel(prog.run(v=np.array([0.3, -0.2]))["w"], 0.125 * np.array([0.3, -0.2])) <= 1e-15
 
 
+PACKED_RIDGE = """program icl_ridge
+param steps = 8
+param lam = 0.1
+dim d = 3
+input Z : [n, 4] in [-1, 1]
+input eta : [] in [0.1, 1]
+output w
+X = Z[:, 0:3]
+y = Z[:, 3]
+w = zeros(d)
+repeat steps {
+  w = w - eta * (X.T @ (X @ w - y) / n + lam * w)
+}
+"""
+
+
+def test_a_loop_whose_first_iterations_merge_folds_from_a_longer_base():
+    """Ridge steps on packed tokens with a runtime step size run 1, 3, 4, 6, 6, 7, 8 layers
+    at 0..6 steps unrolled: the third and fourth steps share their layers, and from there one
+    step is one layer. The fold, from its base unrolling of 3 steps, saw a fourth step add no
+    layer ("it has no layers of its own") and kept the loop unrolled without trying a longer
+    base, as a loop that never has layers of its own needs no more tries. It now tries up to
+    the longest base: the loop folds and runs every count as the unrolled build."""
+    prog = tcompile.compile_source(PACKED_RIDGE, loops="shared")
+    (spec,) = prog.loops.loops
+    assert not prog.loops.unrolled and spec.layers_per_iteration / spec.every == 1
+    rng = np.random.default_rng(7)
+    inputs = {"Z": rng.uniform(-1, 1, (16, 4)), "eta": np.array(0.6)}
+    for steps in (spec.min_count, 8, 13):
+        got, unrolled = runs_as_unrolled(prog, PACKED_RIDGE, {"steps": steps}, inputs)
+        want = interpret_program(parse_source(PACKED_RIDGE), {"steps": steps}, **inputs)["w"]
+        assert np.abs(got["w"] - unrolled["w"]).max() <= 1e-15
+        assert np.abs(got["w"] - want).max() <= 1e-14
+
+
 # ---- halting ----------------------------------------------------------------------------------
 
 def _iterate_w(A, y, steps):

@@ -78,7 +78,7 @@ def _sites(seq: list, longer: list) -> list[tuple[int, int, tuple]]:
     inserts = [(j1, j2) for tag, _i1, _i2, j1, j2 in ops if tag != "equal"]
     if not inserts or len(seq) == len(longer):
         raise NoSteadyState("it has no layers of its own: its iterations merge into the layers "
-                            "around it", final=True)
+                            "around it")
     if any(tag not in ("equal", "insert") for tag, *_ in ops):
         raise NoSteadyState("one more iteration changes layers instead of adding them: e.g. a "
                             "loop variable is still read after its next value is written, so "
