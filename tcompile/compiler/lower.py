@@ -663,7 +663,8 @@ class Lowering:
         one head per step, as with S written by hand. A stored invariant product in the
         monomial (a hoisted AᵀA, a stored eta·Aᵀ) counts as its factors again, so a scalar
         that comes later (`eta * Aᵀ (A w − y) / n` divides by n after the product) joins the
-        run instead of costing a layer per step. None if no monomial has such a run."""
+        run instead of costing a layer per step. Where the longest run has no head, a step
+        hoists in stages (_hoist_repeatedly). None if no monomial has such a run."""
         out: Poly = {}
         changed = False
         step = any(self._reads_state(m) for m in prod)
@@ -730,7 +731,10 @@ class Lowering:
         if trial is None or trial.scalars and self._reads_state(m):
             return None
         made.clear()
-        return plan(self._hoisted_atom(nid))
+        real = plan(self._hoisted_atom(nid))   # the same plan, unless a real atom's symmetry
+        if real is None or real.scalars and self._reads_state(m):     # offered another head
+            return None
+        return real
 
     def _hoist_run(self, nid: int, m: Mono, stored, make, windows: bool) -> Mono | None:
         """m with its longest run of two or more factors for which `stored` holds (with the
