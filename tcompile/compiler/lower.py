@@ -258,7 +258,7 @@ class Lowering:
         if op in ("matmul", "smul"):
             while True:
                 prod = mul_polys(self.atoms, self.polys[args[0]], self.polys[args[1]])
-                if max_degree(prod) <= MAX_FACTORS and realizable(self.atoms, prod, node[CSHAPE]):
+                if self._one_sublayer(nid, prod):
                     return prod
                 # store an operand whose storing lowers the degree (2+ factors), preferring
                 # the one most consumers share (a loop variable, typically), else the longest
@@ -270,8 +270,7 @@ class Lowering:
                     # storing it would cost a layer every iteration, for this product alone:
                     # first try storing the product's loop-invariant factors once instead
                     hoisted = self.hoist_invariants(nid, prod)
-                    if hoisted is not None and max_degree(hoisted) <= MAX_FACTORS and \
-                            realizable(self.atoms, hoisted, node[CSHAPE]):
+                    if hoisted is not None and self._one_sublayer(nid, hoisted):
                         return hoisted
                 if widest in self.atoms:
                     raise self.error("this product cannot be computed by attention heads "
@@ -792,7 +791,7 @@ class Lowering:
         if atom.kind != "attn" or atom.poly is None or len(atom.poly) != 1 or self.variant(a):
             return None         # a loop's first state, w1 = η Aᵀy/n, is state, no invariant
         (m, c), = atom.poly.items()
-        if any(self.atoms[f].kind not in ("input", "const") for f, _ in m.chain) or \
+        if not all(self._stored(f) for f, _ in m.chain) or \
                 any(self.variant(x) for x in m.scalars):
             return None
         return m, c
@@ -807,10 +806,15 @@ class Lowering:
                     return subset
         return None
 
+    def _one_sublayer(self, nid: int, poly: Poly) -> bool:
+        """Whether one attention sublayer computes this value of node nid as it stands: three
+        factors at most per monomial, and heads for each."""
+        return max_degree(poly) <= MAX_FACTORS and realizable(self.atoms, poly,
+                                                              self.g.nodes[nid][CSHAPE])
+
     def _one_head(self, nid: int, m: Mono) -> bool:
         """Whether the monomial, a term of node nid, is one sublayer as it stands."""
-        return m.degree <= MAX_FACTORS and realizable(self.atoms, {m: 1.0},
-                                                      self.g.nodes[nid][CSHAPE])
+        return self._one_sublayer(nid, {m: 1.0})
 
     def _run_realizable(self, chain: tuple, scalars: tuple) -> bool:
         """Whether one sublayer computes this run of factors (with these scalars) as an atom."""
