@@ -235,6 +235,19 @@ def _fold_all(runs: _Unrollings, sites: dict[str, LoopSite], kernel: dict[str, i
 KERNEL = 2     # the kernel a loop may get instead of one iteration per application
 
 
+def _looks(base: dict[str, int], key: str) -> tuple:
+    """The unrollings a cheap look compiles: the base and those one and two iterations of loop
+    `key` longer."""
+    return (base, {**base, key: base[key] + 1}, {**base, key: base[key] + 2})
+
+
+def _gains(runs: _Unrollings, looks, plain: frozenset, trial: tuple, now: tuple) -> bool:
+    """The cheap look of the kernel and read-ahead choosers: whether (kernels, loops that
+    read ahead) `trial` compiles any of these unrollings to fewer layers than `now` does."""
+    return any(len(runs.sequence(c, plain, *trial)) < len(runs.sequence(c, plain, *now))
+               for c in looks)
+
+
 def _residue_outputs(seq: list, key: str, outputs: list[tuple]) -> list:
     """A kernel loop's folded sequence with where the program's outputs end per residue of
     its count (`outputs[r]`: at counts ≡ offset + r mod k; the fold's counts c + r are such,
@@ -271,13 +284,11 @@ def _choose_kernels(runs: _Unrollings, sites: dict[str, LoopSite], folded, base,
         if site.unshareable or (key in kept and kept[key].final):
             continue
         if key not in kept:
-            # a cheap look first: is the base unrolling, or one a step or two longer, any
-            # shorter? (at an odd count a group of 2 may gain nothing: a warm-up loop of 3
-            # steps; and a pipeline may need 4 iterations to gain: a heat stencil's 2 per layer)
-            plain = frozenset(kept)
-            looks = (base, {**base, key: base[key] + 1}, {**base, key: base[key] + 2})
-            if all(len(runs.sequence(c, plain, {**chosen, key: KERNEL})) >= len(
-                    runs.sequence(c, plain, chosen)) for c in looks):
+            # a cheap look first (at an odd count a group of 2 may gain nothing: a warm-up
+            # loop of 3 steps; and a pipeline may need 4 iterations to gain: a heat stencil's
+            # 2 per layer)
+            if not _gains(runs, _looks(base, key), frozenset(kept),
+                          ({**chosen, key: KERNEL}, frozenset()), (chosen, frozenset())):
                 continue
         trial = {**chosen, key: KERNEL}
         seq, kept2, ok = _kernel_folds(runs, sites, trial, key, kept)
@@ -364,14 +375,10 @@ def _read_ahead_trial(runs: _Unrollings, sites: dict[str, LoopSite], kept, base,
     look; `longer`: look at unrollings of loop `key` one and two iterations longer too."""
     kernel, chosen, best, best_base = now
     grouped, ahead = trial
-    # a cheap look first: is the base unrolling, or one one or two iterations longer, any
-    # shorter? (a loop whose first iterations cost no layer, from x = zeros(d), gains only
-    # past them: a leapfrog step read ahead in a kernel, from 4 iterations on)
-    plain = frozenset(kept)
-    looks = (base, {**base, key: base[key] + 1}, {**base, key: base[key] + 2}) \
-        if longer else (base,)
-    if all(len(runs.sequence(c, plain, grouped, ahead)) >= len(runs.sequence(
-            c, plain, kernel, chosen)) for c in looks):
+    # a cheap look first (a loop whose first iterations cost no layer, from x = zeros(d),
+    # gains only past them: a leapfrog step read ahead in a kernel, from 4 iterations on)
+    looks = _looks(base, key) if longer else (base,)
+    if not _gains(runs, looks, frozenset(kept), trial, (kernel, chosen)):
         return None
     seq, trial_base, kept2 = _fold_all(runs, sites, grouped, ahead)
     if kept2.keys() != kept.keys() or not _shorter(seq, best, key, sites):
