@@ -751,3 +751,16 @@ X = X @ X
     assert stored == {"X@0", "X@1", "X@2"}                 # X@0 is the input block A
     rows = tcompile.trace(prog, A=np.array([[0.5, 0.1], [0.2, 0.3]]))
     assert {r["variable"] for r in rows} >= {"X@1", "X@2"} and all(r["ok"] for r in rows)
+
+
+def test_program_points_are_read_back_as_they_were_written():
+    """language/points.py reads `name@k` back: every value a build stores names a variable
+    and an assignment count that spell the same point again (the card, trace and plots find
+    blocks through these two readings)."""
+    from tcompile.language.points import point_count, point_variable, program_point
+    prog = tcompile.compile_file(ROOT / "programs" / "newton_inverse.tp", params={"steps": 3})
+    points = [v for b in prog.layout.blocks for v in b.vars if "@" in v]
+    assert sorted(points) == ["X@1", "X@2", "X@3"]
+    assert [point_variable(v) for v in sorted(points)] == ["X"] * 3
+    assert [point_count(v) for v in sorted(points)] == [1, 2, 3]
+    assert all(program_point(point_variable(v), point_count(v)) == v for v in points)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 import networkx as nx
 
+from ..language.points import point_variable
 from ..language.checker import TOKEN, Ty, Val, Walker, resolve_params
 from ..language.types import is_square, is_unit
 from ..errors import CompileError
@@ -315,7 +316,7 @@ class GraphBuilder(Walker):
             return None
         node = self.graph.nodes[nid]
         held = node.get(VARS) or ([node[NAME]] if node.get(NAME) else [])
-        return held[0].split("@")[0] if held else None
+        return point_variable(held[0]) if held else None
 
     def transpose_if_vector(self, nid, ty, loc):
         """1ᵀA is a row; the program's [k] result is a column."""

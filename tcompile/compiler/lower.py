@@ -23,6 +23,7 @@ from itertools import combinations
 import networkx as nx
 import numpy as np
 
+from ..language.points import point_variable
 from ..errors import ApproxError, CompileError
 from ..language.checker import TOKEN
 from . import refine
@@ -94,7 +95,7 @@ class Lowering:
         for a in atoms:
             node = self.g.nodes[a]
             known = [node[NAME]] if node.get(NAME) else []
-            known += [v.split("@")[0] for v in node.get(VARS, ())]
+            known += [point_variable(v) for v in node.get(VARS, ())]
             used = [k for k in known if re.search(rf"\b{re.escape(k)}\b", text)]
             names[a] = used[-1] if used else (UNNAMED if not known else compiler.get(a, UNNAMED))
         return Words(text, names)
@@ -852,7 +853,7 @@ class Lowering:
         atom, node = self.atoms[a], self.g.nodes[a]
         vs = node.get(VARS)
         if node.get(NAME) or vs:
-            return node.get(NAME) or vs[-1].split("@")[0]
+            return node.get(NAME) or point_variable(vs[-1])
         if atom.piece is not None:
             return f"[{atom.piece.label}]"
         if atom.poly is not None and len(atom.poly) == 1:

@@ -27,6 +27,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from ..language.points import point_count, point_variable
 from ..runtime.layout import LayerSpec
 from ..runtime.loops import LoopItem, LoopProgram, LoopSpec, applications
 from ..runtime.manifest import Manifest
@@ -674,7 +675,7 @@ def _items(seq):
 
 def _assignment(atom, name: str) -> int | None:
     """k of the `name@k` an atom holds (None if it holds none)."""
-    ks = [int(v.split("@")[1]) for v in atom.node.get(VARS, ()) if v.split("@")[0] == name]
+    ks = [point_count(v) for v in atom.node.get(VARS, ()) if point_variable(v) == name]
     return max(ks) if ks else None
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ..language.points import point_variable
 from ..errors import TcompileError
 from ..language import ast
 from ..language.checker import Ty, Val, Walker
@@ -257,7 +258,7 @@ class SharedGraphBuilder(_SteadyState, GraphBuilder):
             bounds = {k: attrs[k] for k in (LO, HI) if k in attrs}
             nid = self.node("scale", (val.data,), attrs[CSHAPE], attrs[LOC], c=1.0, copy=True)
             self.graph.nodes[nid].update(bounds)
-            mine = [v for v in attrs.get(VARS, ()) if v.split("@")[0] == name]
+            mine = [v for v in attrs.get(VARS, ()) if point_variable(v) == name]
             if mine:        # the assignment `x_prev@k` is the copy, not the value it copies
                 attrs[VARS] = [v for v in attrs[VARS] if v not in mine]
                 self.graph.nodes[nid][VARS] = mine

@@ -52,6 +52,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..language.points import point_count, point_variable
 from ..runtime import clock
 from ..runtime.layout import Block, Layout
 from ..runtime.program import RotatedProgram
@@ -108,7 +109,7 @@ def _describe(blk: Block, lines: dict[str, int], iterations: dict[str, int],
                 "line": input_lines.get(blk.name), "iteration": None}
     points = tuple(blk.vars) or (blk.key,)
     point = points[-1]
-    return {"kind": "variable", "name": point.partition("@")[0], "point": point,
+    return {"kind": "variable", "name": point_variable(point), "point": point,
             "points": points, "line": lines.get(point), "iteration": iterations.get(point)}
 
 
@@ -116,8 +117,8 @@ def iterations_of(lines: dict[str, int]) -> dict[str, int]:
     """`x@k` → how many earlier assignments to x were made by the statement (line) of x@k."""
     seen: dict[tuple[str, int], int] = {}
     out = {}
-    for point in sorted(lines, key=lambda p: (p.partition("@")[0], int(p.partition("@")[2]))):
-        key = (point.partition("@")[0], lines[point])
+    for point in sorted(lines, key=lambda p: (point_variable(p), point_count(p))):
+        key = (point_variable(point), lines[point])
         out[point] = seen.get(key, 0)
         seen[key] = out[point] + 1
     return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..language.points import point_variable
 from ..language import ast
 from ..language.checker import Walker
 
@@ -58,7 +59,7 @@ def readable(expr: str) -> str:
 
 def value_name(var: str, lines: dict[str, int]) -> str:
     """`x@3` → "x (line 38)"; an input or constant key → its name; a temporary stays."""
-    base, _, _ = var.partition("@")
+    base = point_variable(var)
     if var in lines:
         return f"{base} (line {lines[var]})"
     if var.startswith("input:"):

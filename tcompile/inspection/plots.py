@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..language.points import point_count, point_variable
 from ..runtime import clock
 from .figures import _plt, _save
 from .weight_plots import plot_weights
@@ -24,7 +25,7 @@ from .weight_plots import plot_weights
 
 def _base(blk) -> str:
     """The program variable (or input/constant name) a block belongs to: one colour each."""
-    return blk.label.split("@")[0].split(":")[-1]
+    return point_variable(blk.label).split(":")[-1]
 
 
 LAYOUT_FONT = 7          # points, the labels inside the bars
@@ -165,7 +166,7 @@ def _legend_label(base: str, prog, names: dict[str, str]) -> str:
         return "temporaries"
     from .naming import assignment_lines
     lines = assignment_lines(prog.program, prog.info.float_params())
-    mine = sorted({n for k, n in lines.items() if k.split("@")[0] == base})
+    mine = sorted({n for k, n in lines.items() if point_variable(k) == base})
     if mine:
         return f"{base} (line{'s' * (len(mine) > 1)} {', '.join(map(str, mine))})"
     blk = next(b for b in prog.layout.blocks if _base(b) == base)
@@ -215,16 +216,16 @@ def _loop_convergence(prog, prepared, exact: dict, reference: dict, counts: dict
     out = {}
     for spec in prog.layout.outputs:
         ref = _flat_ref(spec, reference)
-        mine = [it for it in run.iterates if it.name.split("@")[0] == spec.name]
+        mine = [it for it in run.iterates if point_variable(it.name) == spec.name]
         compiled = [(it.layers, _err(it.value, ref)) for it in mine if it.layers < run.layers]
         compiled += [(run.layers, _err(got, ref)) for final, (_blk, got) in run.outputs.items()
-                     if final.split("@")[0] == spec.name]
+                     if point_variable(final) == spec.name]
         iterates = [(it.layers, _err(exact[it.name], ref), it.name) for it in mine]
         # the output's own program point beside the compiled output (the last iterate, where
         # no application's state holds it: a read-ahead loop's last iterations)
         seen = {it.name for it in mine}
         iterates += [(run.layers, _err(exact[final], ref), final) for final in run.outputs
-                     if final.split("@")[0] == spec.name and final in exact and final not in seen]
+                     if point_variable(final) == spec.name and final in exact and final not in seen]
         out[spec.name] = {"compiled": compiled, "exact": sorted(iterates)}
     return out
 
@@ -233,10 +234,10 @@ def _convergence(prog, spec, states, exact: dict, reference) -> dict:
     """One output's error per layer, compiled (its latest stored block after each layer) and
     exact (each stored iterate of the interpreter, at the layer that writes it)."""
     name, ref = spec.name, reference
-    blocks = [b for b in prog.layout.blocks if any(v.split("@")[0] == name for v in b.vars)]
+    blocks = [b for b in prog.layout.blocks if any(point_variable(v) == name for v in b.vars)]
     iterates = []
     for b in blocks:
-        var = max((v for v in b.vars if v.split("@")[0] == name), key=lambda v: int(v.split("@")[1]))
+        var = max((v for v in b.vars if point_variable(v) == name), key=point_count)
         if var in exact:
             iterates.append((clock.layer_of(b.written) + 1, _err(exact[var], ref), var))
     compiled = []

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..language.points import point_count, point_variable
 from ..errors import InputError
 from ..runtime import clock
 from ..runtime.dispatch import split_counts
@@ -68,7 +69,7 @@ class ProbeResult:
             im = ax.imshow(np.clip(self.r2[name], 0, 1), vmin=0, vmax=1, cmap="viridis",
                            aspect="auto", origin="upper")
             ax.set_xticks(range(len(self.points[name])))
-            ax.set_xticklabels([p.partition("@")[2] for p in self.points[name]], fontsize=7)
+            ax.set_xticklabels([str(point_count(p)) for p in self.points[name]], fontsize=7)
             ax.set_yticks(range(len(self.layers)))
             ax.set_yticklabels(self.layers, fontsize=7)
             ax.set_xlabel(f"iterate k of {name} (the k-th assignment, {name}@k)")
@@ -154,8 +155,8 @@ def probe(activations, prog, inputs: dict, variables=None, *, tokens=None, alpha
         raise InputError(f"alpha must be > 0, got {alpha!r}")
     want, batch = iterates(prog, inputs)
     by_var: dict[str, list[str]] = {}
-    for point in sorted(want, key=lambda p: (p.partition("@")[0], int(p.partition("@")[2]))):
-        by_var.setdefault(point.partition("@")[0], []).append(point)
+    for point in sorted(want, key=lambda p: (point_variable(p), point_count(p))):
+        by_var.setdefault(point_variable(point), []).append(point)
     if variables is None:
         variables = [v for v, pts in by_var.items() if len(pts) > 1]
     unknown = [v for v in variables if v not in by_var]

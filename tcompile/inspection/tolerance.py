@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..language.points import point_variable
 from .reference import interpreter_assignments, relative_error
 
 ROUNDING_PROBE = 1e-15        # relative input perturbation that stands in for float64 rounding
@@ -49,7 +50,7 @@ class Tolerances:
         loosest tolerance of any assignment to any of them."""
         names = set(names)
         return max([self.predicted] + [self.for_variable(k) for k in self.sensitivity
-                                       if k.split("@")[0] in names])
+                                       if point_variable(k) in names])
 
 
 def tolerances(prog, inputs, reference: dict | None = None) -> Tolerances:

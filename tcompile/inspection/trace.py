@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..language.points import point_count, point_variable, program_point
 from ..runtime import clock
 from ..runtime.dispatch import split_counts
 from .reference import interpreter_assignments, relative_error
@@ -131,7 +132,7 @@ def loop_iterates(prog, prepared, counts: dict, want: dict) -> LoopRun:
         if spec is not None:
             h = after.detach().to("cpu", torch.float64).numpy()
             for var, key, first, stride in spec.state:
-                name = move(f"{var}@{first}", spec.key, it * spec.every)
+                name = move(program_point(var, first), spec.key, it * spec.every)
                 if name in want:
                     blk = prog.layout.block(key)
                     got = prog.read_block(h, blk, list(want[name].shape[1:]))
@@ -152,7 +153,7 @@ def loop_iterates(prog, prepared, counts: dict, want: dict) -> LoopRun:
 
         def read(j, p, out, spec=spec, blocks=blocks):
             var, blk = blocks[p]
-            mine = next((v for v in blk.vars if v.split("@")[0] == var), None)
+            mine = next((v for v in blk.vars if point_variable(v) == var), None)
             name = None if mine is None else move(mine, spec.key, j * spec.every)
             if name in want:
                 h = out.detach().to("cpu", torch.float64).numpy()
@@ -169,8 +170,8 @@ def loop_iterates(prog, prepared, counts: dict, want: dict) -> LoopRun:
     blocks = prog.output_blocks(**counts)      # the rows these counts leave the outputs in
     outputs = {}
     for out in prog.layout.outputs:
-        final = max((k for k in want if k.split("@")[0] == out.name),
-                    key=lambda k: int(k.split("@")[1]), default=None)
+        final = max((k for k in want if point_variable(k) == out.name),
+                    key=point_count, default=None)
         if final is not None:
             blk = blocks[out.name]
             outputs[final] = (blk, prog.read_block(h, blk, list(want[final].shape[1:])))
@@ -209,7 +210,7 @@ def first_departure(rows: list[dict]) -> dict | None:
 
 def base_name(variable: str) -> str:
     """The program's name of a traced value: `x@3` → x, `input:A` → A, `const:eye` → eye."""
-    return variable.split("@")[0].split(":")[-1]
+    return point_variable(variable).split(":")[-1]
 
 
 def select_rows(rows: list[dict], var: str | None = None, failing: bool = False,

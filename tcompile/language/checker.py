@@ -23,6 +23,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from .points import program_point
 from . import ast
 from . import portable_math as pm
 from .types import (TOKEN, Ty, Val, _divisible, _interval, check_holdable,  # noqa: F401 (re-exported)
@@ -130,7 +131,7 @@ class Walker:
             return None
         k = self._assignments.get(stmt.target, 0)
         self._assignments[stmt.target] = k + 1
-        return f"{stmt.target}@{k}"
+        return program_point(stmt.target, k)
 
     # hooks -------------------------------------------------------------------------------
     def apply(self, op: str, ty: Ty, args: tuple[Val, ...], node) -> Val:

@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 
+from ..language.points import point_variable
 from . import clock
 from .artifact import approximation_to_json
 from .layout import Layout
@@ -38,7 +39,7 @@ def depth_per_iteration(layout: Layout) -> dict[str, float]:
     for spec in layout.outputs:
         name = spec.name
         written = sorted({clock.layer_of(b.written) + 1 for b in layout.blocks
-                          for v in b.vars if v.split("@")[0] == name and b.written > 0})
+                          for v in b.vars if point_variable(v) == name and b.written > 0})
         gaps = np.diff(written)
         if len(gaps):
             out[name] = float(np.median(gaps))
