@@ -126,6 +126,13 @@ BAD = [
      "unexpected end of file", 6, 12),
     ("syntax_no_header", IN + "x = A\n", ProgramSyntaxError, "unexpected 'input'", 1, 1),
     ("syntax_two_operators", H + IN + "x = A + * 2\n", ProgramSyntaxError, "unexpected '*'", 4, 9),
+    # `on` after what it cannot bound, and after `tol`: say where it belongs
+    ("syntax_on_after_product", H + IN + "x = 2 * A on [-2, 2]\n", ProgramSyntaxError,
+     "'on [lo, hi]' cannot follow this expression", 4, 11),
+    ("syntax_on_inside_call", H + IN + "x = exp(2 * A on [-2, 2])\n", ProgramSyntaxError,
+     "it bounds a call, a parenthesized expression or a division", 4, 15),
+    ("syntax_on_after_tol", H + IN + "x = exp(A) tol rel 1e-3 on [-2, 2]\n", ProgramSyntaxError,
+     "'on [lo, hi]' comes before 'tol'", 4, 25),
     ("syntax_unknown_qualifier", H + "input A : [n, 2] positive\noutput x\nx = A\n", ProgramSyntaxError,
      "unexpected 'positive'", 2, 18),
     ("syntax_missing_colon", H + "input A [n, 2]\noutput x\nx = A\n", ProgramSyntaxError,

@@ -241,6 +241,7 @@ def parse_source(source: str, file: str = "<string>") -> ast.Program:
         _refuse_index_assignment(file, source, e.token.line)
         tok = e.token
         _refuse_unclosed(parser, file, source, tok)
+        _refuse_misplaced_domain(file, source, tok)
         what = "end of file" if tok.type == "$END" else (
             "end of line" if tok.type == "_NL" else f"{str(tok)!r}")
         line = tok.line if tok.line is not None else 1
@@ -298,6 +299,24 @@ def _refuse_index_assignment(file: str, source: str, line: int | None) -> None:
         SourceLocation(file, line, m.start(1) + 1), source=source,
         expected="build the value from its parts, e.g. y = stack(a, b, c) for a vector or "
                  "stack(row0, row1) for a matrix")
+
+
+def _refuse_misplaced_domain(file: str, source: str, tok) -> None:
+    """`on [lo, hi]` binds only to a call, a parenthesized expression or a division; after
+    anything else (`2 * x on [-2, 2]`, `exp(beta * L on [...])`) the parser's own list of
+    what could come next (';', 'tol', end of line) does not say where the bound belongs."""
+    if tok.type != "_ON":
+        return
+    before = source.split("\n")[tok.line - 1][:tok.column - 1]
+    if re.search(r"\btol\s+(rel\s+)?\S+\s*$", before):
+        raise ProgramSyntaxError("'on [lo, hi]' comes before 'tol'",
+                                 SourceLocation(file, tok.line, tok.column), source=source,
+                                 expected="f(x) on [lo, hi] tol eps")
+    raise ProgramSyntaxError(
+        "'on [lo, hi]' cannot follow this expression: it bounds a call, a parenthesized "
+        "expression or a division", SourceLocation(file, tok.line, tok.column), source=source,
+        expected="parentheses around what it bounds, e.g. (2 * x) on [lo, hi], or f(x) on "
+                 "[lo, hi] for a builtin call, or x / y on [lo, hi]")
 
 
 _CONTROL_FLOW = re.compile(r"[ \t]*(if|while|for|else|elif)\b(?![ \t]*=[^=])")
