@@ -130,6 +130,17 @@ def test_sparse_matrix_from_entries_is_the_dense_sum_in_order():
         index, values = to_sparse(dense.reshape(5, 8))
         assert got.index.tobytes() == index.tobytes() and got.values.tobytes() == values.tobytes()
         assert got.dense().tobytes() == dense.reshape(5, 8).tobytes()
+    # no position repeated (the usual MLP), given sorted (W_1) or not (W_2): the short way
+    unique = rng.permutation(40)[:30]
+    vals = rng.standard_normal(30)
+    vals[[3, 11]] = -0.0, 0.0
+    for positions in (np.sort(unique), unique):
+        dense = np.zeros(40)
+        np.add.at(dense, positions, vals)
+        got = SparseMatrix.from_entries((5, 8), positions, vals)
+        index, values = to_sparse(dense.reshape(5, 8))
+        assert got.index.tobytes() == index.tobytes() and got.values.tobytes() == values.tobytes()
+        assert got.nnz == 28
 
 
 @pytest.mark.parametrize("index, values, message", [

@@ -41,13 +41,21 @@ class SparseMatrix:
         `to_sparse`, without the dense array."""
         positions = np.asarray(positions, dtype=np.int64)
         values = np.asarray(values, dtype=np.float64)
-        order = np.argsort(positions, kind="stable")     # equal positions keep their order
-        pos = positions[order]
+        if len(positions) > 1 and np.all(positions[1:] > positions[:-1]):
+            pos, vals = positions, values                  # already canonical order (W_1)
+        else:
+            order = np.argsort(positions, kind="stable")  # equal positions keep their order
+            pos, vals = positions[order], values[order]
         first = np.ones(len(pos), dtype=bool)
         first[1:] = pos[1:] != pos[:-1]
-        index = pos[first]
-        acc = np.zeros(len(index))
-        np.add.at(acc, np.cumsum(first) - 1, values[order])   # 0.0 + v1 + v2 ..., in order
+        if first.all():
+            # no position repeats (an MLP's units read and write their own entries, almost
+            # always): each sum is 0.0 + v, which is v except for -0.0, dropped below anyway
+            index, acc = pos, vals
+        else:
+            index = pos[first]
+            acc = np.zeros(len(index))
+            np.add.at(acc, np.cumsum(first) - 1, vals)    # 0.0 + v1 + v2 ..., in order
         keep = acc != 0                                   # as flatnonzero: -0.0 is zero too
         return cls(shape, index[keep], acc[keep])
 
