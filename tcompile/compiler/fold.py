@@ -20,7 +20,9 @@ import difflib
 import hashlib
 from dataclasses import dataclass
 
-from ..runtime.sparse import to_sparse
+import numpy as np
+
+from ..runtime.sparse import SparseMatrix, to_sparse
 from ..runtime.weights import WEIGHT_NAMES, LayerWeights
 
 
@@ -47,10 +49,13 @@ def digest(layer: LayerWeights) -> str:
     layer holds its MLP matrices as: no dense W_1, W_2 is built (and kept on the layer) for it."""
     h = hashlib.sha256()
     for name in WEIGHT_NAMES:
-        index, values = to_sparse(layer.matrix(name))
+        m = layer.matrix(name)
+        # a SparseMatrix is canonical already: its arrays are hashed in place (an MLP's may
+        # hold millions of nonzeros, and the fold digests every layer of every unrolling)
+        index, values = (m.index, m.values) if isinstance(m, SparseMatrix) else to_sparse(m)
         h.update(repr(tuple(layer.shape_of(name))).encode())
-        h.update(index.tobytes())
-        h.update(values.tobytes())
+        h.update(np.ascontiguousarray(index, dtype=np.int64))
+        h.update(np.ascontiguousarray(values, dtype=np.float64))
     return h.hexdigest()
 
 
