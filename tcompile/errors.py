@@ -8,7 +8,7 @@ and (when known) what was expected there.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -16,6 +16,20 @@ class SourceLocation:
     file: str
     line: int
     column: int
+    # where the construct ends (exclusive), when the parser knows: lets a message quote a
+    # sub-expression as written (source_text). Not part of equality: a location is its start.
+    end_line: int | None = field(default=None, compare=False)
+    end_column: int | None = field(default=None, compare=False)
+
+    def source_text(self, source: str | None) -> str | None:
+        """The construct's text as written, where it lies on one line (None otherwise)."""
+        if source is None or self.end_line != self.line or self.end_column is None:
+            return None
+        lines = source.splitlines()
+        if not 0 < self.line <= len(lines):
+            return None
+        text = lines[self.line - 1][self.column - 1:self.end_column - 1]
+        return text or None
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.column}"

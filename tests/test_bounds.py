@@ -254,6 +254,20 @@ def test_a_product_without_bounds_names_the_factor_as_the_statement_does():
     assert "(t) on [lo, hi]" in err.expected
 
 
+@pytest.mark.parametrize("body, factor, column", [
+    ("w = (A.T @ B) * outer(s, ones(2))", "A.T @ B", 6),
+    ("w = (outer(r, ones(2))) * S", "outer(r, ones(2))", 6)])
+def test_a_product_without_bounds_quotes_a_factor_no_variable_names(body, factor, column):
+    """A factor that is part of the statement, not a variable (a matrix product, a call), is
+    quoted as written, with the caret under it, not called 'a value computed in it'."""
+    err = _compile_error("program p\ninput A : [n, 2] in [-1, 1]\ninput B : [n, 2] in [-1, 1]\n"
+                         "input S : [2, 2] in [-1, 1]\ninput s : [2] in [0.5, 1]\n"
+                         "input r : [2]\noutput w\n" + body + "\n")
+    assert f"'{factor}' has no known bounds" in err.message, err.format()
+    assert f"({factor}) on [lo, hi]" in err.expected and "a value computed in it" not in err.format()
+    assert (err.line, err.column) == (8, column)
+
+
 @pytest.mark.parametrize("body, func", [("w = 1 / sum(sum(S)) on [1, 2]", "sum"),
                                         ("w = 1 / f(S) on [1, 2]", "f")])
 def test_a_trailing_on_that_binds_to_an_inner_call_says_to_parenthesise(body, func):

@@ -97,8 +97,18 @@ class Lowering:
             known = [node[NAME]] if node.get(NAME) else []
             known += [point_variable(v) for v in node.get(VARS, ())]
             used = [k for k in known if re.search(rf"\b{re.escape(k)}\b", text)]
-            names[a] = used[-1] if used else (UNNAMED if not known else compiler.get(a, UNNAMED))
+            names[a] = used[-1] if used else (self._written(a, nid) if not known
+                                              else compiler.get(a, UNNAMED))
         return Words(text, names)
+
+    def _written(self, a, nid) -> str:
+        """A leaf no variable names, as the statement of `nid` writes it (`outer(r, a)`), where
+        its node comes from a part of that statement; else UNNAMED."""
+        loc, at = self.g.nodes[a].get(LOC), self.g.nodes[nid].get(LOC)
+        text = loc.source_text(self.df.source) if loc is not None and at is not None else None
+        if text is None or loc.line != at.line or loc == at:
+            return UNNAMED
+        return text
 
     def approx_error(self, msg, nid, expected=None):
         """A fit that cannot meet its budget, located at the statement that asked for it."""
@@ -619,10 +629,12 @@ class Lowering:
             name = self.words(nid, {atom_id}).names[atom_id]
             which, it = (f"'{name}'", name) if name != UNNAMED else (f"one factor ({name})",
                                                                    "that factor")
+            # a factor quoted from the statement is where the caret goes
+            at = atom_id if name != UNNAMED and name == self._written(atom_id, nid) else nid
             raise self.error(f"{self.statement(nid)}: a product of two real values is fitted "
                              f"on known ranges of both, and {which} has no known bounds",
-                             nid, expected=f"bounds on {which}: an input assumption, "
-                                           f"clip({it}, lo, hi), or ({it}) on [lo, hi]")
+                             at, expected=f"bounds on {which}: an input assumption, "
+                                          f"clip({it}, lo, hi), or ({it}) on [lo, hi]")
         return found
 
     def _known_bounds(self, atom_id):

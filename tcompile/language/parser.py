@@ -79,7 +79,8 @@ class _ToAst(Transformer):
         self.source = source
 
     def _loc(self, meta) -> SourceLocation:
-        return SourceLocation(self.file, getattr(meta, "line", 1), getattr(meta, "column", 1))
+        return SourceLocation(self.file, getattr(meta, "line", 1), getattr(meta, "column", 1),
+                              getattr(meta, "end_line", None), getattr(meta, "end_column", None))
 
     def _tok_loc(self, tok) -> SourceLocation:
         return SourceLocation(self.file, tok.line, tok.column)
@@ -146,7 +147,10 @@ class _ToAst(Transformer):
         domain, tol = rest[-2], rest[-1]
         args = tuple(a for a in rest[:-2] if a is not None)
         value, rel = tol if tol is not None else (None, False)
-        return ast.Call(str(name), args, self._tok_loc(name), domain, value, rel)
+        start = self._tok_loc(name)
+        loc = SourceLocation(start.file, start.line, start.column,
+                             getattr(meta, "end_line", None), getattr(meta, "end_column", None))
+        return ast.Call(str(name), args, loc, domain, value, rel)
 
     # statements
     def assign(self, meta, children):
