@@ -26,7 +26,8 @@ def sig_slope(x):
 
 SMOOTH = [("sigmoid", -10, 10), ("sigmoid", -14.5, 14.5), ("sqrt", 0, 4), ("sqrt", 0.25, 9),
           ("reciprocal", 0.1, 10), ("reciprocal", -4, -0.5), ("exp", -5, 3), ("log", 0.01, 10),
-          ("softplus", -6, 6), ("square", -2, 3)]
+          ("softplus", -6, 6), ("square", -2, 3), ("tanh", -4, 4), ("sin", -7, 7),
+          ("cos", -3, 5)]
 
 
 @functools.lru_cache(maxsize=None)
@@ -195,7 +196,7 @@ def test_best_uniform_neurons():
     (lambda: approximate("sigmoid", -10, 10, 1e-6, max_neurons=500), ["sigmoid", "[-10, 10]", "max_neurons"]),
     (lambda: approximate("exp", 0, 1000, 1e-3), ["exp", "[0, 1000]", "not finite"]),
     (lambda: approximate_callable("jump", lambda x: (x > 0.3) * 1.0, 0, 1, 1e-3), ["jump", "[0, 1]"]),
-    (lambda: approximate("tanh", 0, 1, 1e-3), ["tanh"]),
+    (lambda: approximate("cosh", 0, 1, 1e-3), ["cosh"]),
     (lambda: approximate_callable("sq", np.square, 1e8, 1e8 + 1, 1e-6), ["sq", "rounding"]),
     (lambda: approximate("clip", 0, 1, 1e-3), ["clip"]),
 ])

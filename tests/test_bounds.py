@@ -342,3 +342,19 @@ def test_a_fit_needing_too_many_relus_says_which_range_and_budget_to_change():
     assert "max_neurons" in e.value.message and (e.value.line, e.value.column) == (5, 5)
     assert "a narrower range for m (bound it where it is assigned: m = (...) on [lo, hi]" in e.value.expected
     assert "tol 1e-05 at the end of the statement" in e.value.expected
+
+
+@pytest.mark.parametrize("func, ref", [("sin", np.sin), ("cos", np.cos), ("tanh", np.tanh)])
+def test_the_image_of_sin_cos_tanh_holds_every_value_and_no_more(func, ref):
+    """The checker's bounds on f(x) for x in [lo, hi] (what later fits and domains use): every
+    value on a dense grid lies inside, and the bounds are reached (an extreme of sin and cos
+    inside the interval gives ±1, else the ends)."""
+    from tcompile.language.checker import _FUNC_RANGE
+    rng = np.random.default_rng(3)
+    cases = [(0.0, np.pi / 2), (-1.0, 1.0), (2.0, 4.0), (-10.0, -9.5), (3.0, 3.1), (-0.1, 7.0)]
+    cases += [tuple(sorted(rng.uniform(-12, 12, 2))) for _ in range(200)]
+    for lo, hi in cases:
+        got_lo, got_hi = _FUNC_RANGE[func](lo, hi)
+        values = ref(np.linspace(lo, hi, 100_001))
+        assert got_lo <= values.min() + 1e-15 and values.max() - 1e-15 <= got_hi, (lo, hi)
+        assert values.min() - got_lo < 1e-8 and got_hi - values.max() < 1e-8, (lo, hi)

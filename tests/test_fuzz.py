@@ -66,7 +66,7 @@ def test_random_text(text):
 VOCAB = ["program", "param", "dim", "input", "output", "def", "repeat", "return", "assume",
          "sign", "flag", "symmetric", "in", "row_norm", "norm", "spectrum", "on", "tol", "n",
          "I", "x", "A", "y", "k", "f", "d", "sigmoid", "sqrt", "reciprocal", "exp", "log",
-         "softplus", "abs", "relu", "clip", "sum", "0", "1", "2", "0.5", "-1", "1e3", "1e400",
+         "softplus", "tanh", "sin", "cos", "abs", "relu", "clip", "sum", "0", "1", "2", "0.5", "-1", "1e3", "1e400",
          "(", ")", "[", "]", "{", "}", ",", ":", ";", "=", "<=", "+", "-", "*", "/", "@", "**",
          ".T", "\n", "\n", "\n", "#c\n"]
 

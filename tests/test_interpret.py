@@ -328,7 +328,7 @@ input b : [3]
 input M : [3, 3]
 input c : [] in [0.5, 4]
 output token_scale, row_sub, identity, col_sum, mean, row_times, mat_vec, dot, contract
-output powers, unary, transpose, funcs, clipped, loop, folded
+output powers, unary, transpose, funcs, trig, clipped, loop, folded
 token_scale = u * A
 row_sub = A - b
 identity = 2 * I - M @ I + I / 4
@@ -342,6 +342,7 @@ powers = c ** 0.5 + c ** -1 + c ** 2 + 2 ** k
 unary = +b - -b
 transpose = M.T
 funcs = sigmoid(A) + softplus(A) + exp(A) + log(A + 3) + sqrt(A + 2) + reciprocal(A + 3) + abs(A) + relu(A)
+trig = tanh(A) + sin(A) * cos(A)
 clipped = clip(A, -1, 0.5)
 loop = twice(M, k)
 folded = (1 + 2) * k / 9 - 1
@@ -374,6 +375,7 @@ def test_semantics_against_numpy():
         "transpose": m.T,
         "funcs": expit(a) + np.logaddexp(0, a) + np.exp(a) + np.log(a + 3) + np.sqrt(a + 2)
                  + 1 / (a + 3) + np.abs(a) + np.maximum(a, 0),
+        "trig": np.tanh(a) + np.sin(a) * np.cos(a),
         "clipped": np.clip(a, -1, 0.5),
         "loop": 8 * m,
         "folded": 0.0,

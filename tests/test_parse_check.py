@@ -187,6 +187,8 @@ BAD = [
      "log() is undefined on part of [0, 1]", 4, 15),
     ("sqrt_of_negative_range", H + "input A : [n, 2] in [-1, 1]\noutput x\nx = sqrt(A)\n", ProgramError,
      "sqrt() is undefined on part of [-1, 1]", 4, 5),
+    ("sin_beyond_its_range", H + IN + "x = sin(A) on [-2e9, 1]\n", ProgramError,
+     "the compiler evaluates sin for |x| <= 2^30 only", 4, 15),
     ("empty_domain", H + IN + "x = sigmoid(A) on [1, -1]\n", ProgramError, "empty domain [1, -1]", 4, 19),
     ("runtime_domain_bound", H + IN + "input c : []\nx = sigmoid(A) on [c, 1]\n", ProgramError,
      "a domain bound must be a compile-time number", 5, 20),

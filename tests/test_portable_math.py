@@ -28,9 +28,21 @@ def ulps(got, want) -> float:
                                                   np.exp(RNG.uniform(-30, 30, 5_000))]), 2),
     ("sigmoid", pm.sigmoid, functions.sigmoid, RNG.uniform(-40, 40, 20_000), 2),
     ("softplus", pm.softplus, functions.softplus, RNG.uniform(-40, 40, 20_000), 3),
+    ("tanh", pm.tanh, np.tanh, np.concatenate([RNG.uniform(-25, 25, 20_000), RNG.uniform(-1, 1, 20_000),
+                                               RNG.uniform(-1e-8, 1e-8, 500), [0.55, -0.55]]), 2),
 ])
 def test_within_a_few_ulps_of_numpy(name, fn, ref, xs, bound):
     assert ulps(fn(xs), ref(xs)) <= bound
+
+
+@pytest.mark.parametrize("fn,ref", [(pm.sin, np.sin), (pm.cos, np.cos)], ids=["sin", "cos"])
+def test_sin_cos_within_an_ulp_of_one_of_numpy(fn, ref):
+    """Absolutely: near a zero of sin the relative error of any float64 reduction is larger."""
+    xs = np.concatenate([RNG.uniform(-7, 7, 50_000), RNG.uniform(-1e5, 1e5, 50_000),
+                         np.pi * np.arange(-8, 9) / 4, RNG.uniform(-1e-9, 1e-9, 500)])
+    assert np.max(np.abs(fn(xs) - ref(xs))) <= 2.0 ** -52
+    assert fn(0.0) == (0.0 if fn is pm.sin else 1.0)
+    assert np.isnan(fn(np.inf)) and np.isnan(fn(np.nan)) and np.isnan(fn(2.0 ** 31))
 
 
 @pytest.mark.parametrize("p,bound", [(-1, 0), (0.5, 0), (-0.5, 2), (2, 0), (3, 1), (-2, 2),
@@ -56,7 +68,7 @@ def test_special_values_match_math():
 
 def test_the_fits_evaluate_the_portable_functions():
     """The compiler's fits (approx.FUNCTIONS) are portable_math's, not numpy's SIMD ones."""
-    for name in ("exp", "log", "sigmoid", "softplus"):
+    for name in ("exp", "log", "sigmoid", "softplus", "tanh", "sin", "cos"):
         assert approx.FUNCTIONS[name] is pm.PORTABLE[name]
     assert set(pm.PORTABLE) == set(functions.EXACT)
 
@@ -70,7 +82,7 @@ def test_one_value_at_a_time_gives_the_vector_bits():
         np.exp(rng.uniform(-700, 700, 3000)), rng.uniform(0, 1e-300, 200) * 1e-10,
         [0.0, -0.0, 1.0, -1.0, np.inf, -np.inf, np.nan, 5e-324, 1e-310, 709.78, 709.79, 710.0,
          -745.13, -745.14, -746.0, np.finfo(float).max, 0.5 * np.log(2), -0.5 * np.log(2)]])
-    for fn in (pm.exp, pm.log):
+    for fn in (pm.exp, pm.log, pm.tanh, pm.sin, pm.cos):
         vector = fn(xs)
         one = np.array([fn(float(x)) for x in xs])
         shaped = np.concatenate([fn(xs[i:i + 1]) for i in range(len(xs))])

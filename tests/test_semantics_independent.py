@@ -83,7 +83,7 @@ def aligned(x: V, y: V):
 ARITH = {"+": np.add, "-": np.subtract, "*": np.multiply, "/": np.divide}
 BUILTINS = {"sigmoid": expit, "sqrt": np.sqrt, "reciprocal": lambda x: 1.0 / x, "exp": np.exp,
             "log": np.log, "softplus": lambda x: np.logaddexp(0.0, x), "abs": np.abs,
-            "relu": lambda x: np.maximum(x, 0.0)}
+            "relu": lambda x: np.maximum(x, 0.0), "tanh": np.tanh, "sin": np.sin, "cos": np.cos}
 
 
 def binop(op: str, x, y):

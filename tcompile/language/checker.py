@@ -31,7 +31,8 @@ from .types import (TOKEN, Ty, Val, _divisible, _interval, check_holdable,  # no
                     same_expression)
 from ..errors import ParamError, ProgramError, SourceLocation
 
-SCALAR_FUNCTIONS = {"sigmoid", "sqrt", "reciprocal", "exp", "log", "softplus", "abs", "relu"}
+SCALAR_FUNCTIONS = {"sigmoid", "sqrt", "reciprocal", "exp", "log", "softplus", "tanh", "sin",
+                    "cos", "abs", "relu"}
 EXACT_PL_FUNCTIONS = {"abs", "relu", "clip"}
 STRUCTURAL_FUNCTIONS = {"ones", "zeros", "sum", "max", "min", "diag",    # structural.py
                         "stack", "tril", "triu", "outer"}
@@ -47,12 +48,29 @@ _FUNC_RANGE = {
     "sigmoid": lambda lo, hi: (pm.sigmoid(lo), pm.sigmoid(hi)),
     "exp": lambda lo, hi: (pm.exp(lo), pm.exp(hi)),
     "softplus": lambda lo, hi: (pm.softplus(lo), pm.softplus(hi)),
+    "tanh": lambda lo, hi: (pm.tanh(lo), pm.tanh(hi)),
+    "sin": lambda lo, hi: _periodic_image(pm.sin, lo, hi, 0.5),
+    "cos": lambda lo, hi: _periodic_image(pm.cos, lo, hi, 0.0),
     "sqrt": lambda lo, hi: (math.sqrt(lo), math.sqrt(hi)) if lo >= 0 else None,
     "log": lambda lo, hi: (pm.log(lo), pm.log(hi)) if lo > 0 else None,
     "reciprocal": lambda lo, hi: (1 / hi, 1 / lo) if lo > 0 or hi < 0 else None,
     "relu": lambda lo, hi: (max(lo, 0.0), max(hi, 0.0)),
     "abs": lambda lo, hi: (0.0 if lo <= 0 <= hi else min(abs(lo), abs(hi)), max(abs(lo), abs(hi))),
 }
+
+
+def _periodic_image(f, lo: float, hi: float, peak: float) -> tuple[float, float] | None:
+    """The image of sin (peak 1/2) or cos (peak 0) on [lo, hi]: 1 where the interval holds a
+    maximum (x = (peak + 2j) π), -1 where it holds a minimum ((peak + 1 + 2j) π), else the
+    values at the ends (the function is monotone between its extremes). None where an end is
+    beyond portable_math's range for them (|x| > 2³⁰)."""
+    ends = (f(lo), f(hi))
+    if any(math.isnan(v) for v in ends):
+        return None
+
+    def holds(offset: float) -> bool:      # some whole j with lo <= (offset + 2j) π <= hi
+        return math.floor((hi / math.pi - offset) / 2) >= math.ceil((lo / math.pi - offset) / 2)
+    return (-1.0 if holds(peak + 1) else min(ends)), (1.0 if holds(peak) else max(ends))
 
 
 # ---- params --------------------------------------------------------------------------------
@@ -663,6 +681,11 @@ class Walker:
         if domain is None:
             return None, None
         image = _FUNC_RANGE[e.func](*domain)
+        if image is None and e.func in ("sin", "cos"):
+            raise self.err(f"{e.func}() on [{domain[0]:g}, {domain[1]:g}]: the compiler "
+                           f"evaluates {e.func} for |x| <= 2^30 only",
+                           e.domain.loc if e.domain else e.loc,
+                           expected="a domain within [-1.07e9, 1.07e9]")
         if image is None:
             raise self.err(f"{e.func}() is undefined on part of [{domain[0]:g}, {domain[1]:g}]",
                            e.domain.loc if e.domain else e.loc,

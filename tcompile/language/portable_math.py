@@ -194,6 +194,116 @@ def softplus(x):
     return _scalar_or_array(np.maximum(xa, 0.0) + log1p(exp(-np.abs(xa))), x)
 
 
+# ---- tanh, sin, cos -----------------------------------------------------------------------
+
+_TANH_SMALL = 0.55          # below: Lambert's continued fraction; above: 1 − 2/(e^{2|x|} + 1)
+_TANH_DEPTH = 10            # its truncation error at |x| = 0.55 is far below an ulp
+
+
+def _tanh_small(x):
+    """tanh x = x / (1 + x²/(3 + x²/(5 + ...))), evaluated from the tail, on floats or arrays
+    alike (the one copy of the arithmetic both paths run); |x| < _TANH_SMALL."""
+    z = x * x
+    d = 2.0 * _TANH_DEPTH + 1.0
+    for k in range(_TANH_DEPTH, 0, -1):
+        d = (2.0 * k - 1.0) + z / d
+    return x / d
+
+
+def tanh(x):
+    """tanh from exp: 1 − 2/(e^{2|x|} + 1) (≥ 0.5 there, so no cancellation) with the sign
+    of x; a continued fraction near 0, where that form would cancel."""
+    xa = _array(x)
+    if xa.size <= _FEW:
+        return _few(_tanh_float, xa, x)
+    with np.errstate(all="ignore"):
+        ax = np.abs(xa)
+        big = 1.0 - 2.0 / (exp(2.0 * ax) + 1.0)
+        small = _tanh_small(np.where(ax < _TANH_SMALL, ax, 0.0))
+        out = np.where(ax < _TANH_SMALL, small, big)
+        out = np.where(xa < 0, -out, out)
+        out = np.where(np.isnan(xa), xa, out)
+    return _scalar_or_array(out, x)
+
+
+def _tanh_float(x: float) -> float:
+    if x != x:
+        return x
+    ax = abs(x)
+    out = _tanh_small(ax) if ax < _TANH_SMALL else 1.0 - 2.0 / (_exp_float(2.0 * ax) + 1.0)
+    return -out if x < 0 else out
+
+
+# sin and cos (fdlibm k_sin.c, k_cos.c, and the Cody–Waite reduction of e_rem_pio2.c): x =
+# k π/2 + r, |r| ≤ π/4, with π/2 in three 33-bit parts so that k·part is exact for |k| < 2²⁰;
+# accurate to about an ulp for |x| up to ~1e6. Beyond _TRIG_MAX the reduction means nothing
+# and the value is NaN (the checker then refuses the domain; a fit there could not be made).
+_TRIG_MAX = 2.0 ** 30
+_PIO2 = (1.57079632673412561417e+00, 6.07710050630396597660e-11, 2.02226624871116645580e-21)
+_TWO_OVER_PI = 6.36619772367581382433e-01
+_S = (-1.66666666666666324348e-01, 8.33333333332248946124e-03, -1.98412698298579493134e-04,
+      2.75573137070700676789e-06, -2.50507602534068634195e-08, 1.58969099521155010221e-10)
+_C = (4.16666666666666019037e-02, -1.38888888888741095749e-03, 2.48015872894767294178e-05,
+      -2.75573143513906633035e-07, 2.08757232129817482790e-09, -1.13596475577881948265e-11)
+
+
+def _reduce(x, k):
+    """x − k π/2 for a whole k near x · 2/π."""
+    return ((x - k * _PIO2[0]) - k * _PIO2[1]) - k * _PIO2[2]
+
+
+def _sin_kernel(r):
+    z = r * r
+    return r + (z * r) * (_S[0] + z * (_S[1] + z * (_S[2] + z * (_S[3] + z * (_S[4] + z * _S[5])))))
+
+
+def _cos_kernel(r):
+    z = r * r
+    return 1.0 - (0.5 * z - z * (z * (_C[0] + z * (_C[1] + z * (_C[2] + z * (_C[3] + z * (
+        _C[4] + z * _C[5])))))))
+
+
+def _quadrant(k):
+    """k mod 4 of a whole float k, in float arithmetic (exact below 2⁵³; larger floats are
+    multiples of 4), on floats or arrays alike: no integer conversion, which differs between
+    the two paths where k is huge."""
+    return k - 4.0 * (np.floor(k * 0.25) if isinstance(k, np.ndarray) else math.floor(k * 0.25))
+
+
+def _sin_cos(x, shift: int):
+    """sin x (shift 0) or cos x = sin(x + π/2) (shift 1), from the quadrant k mod 4."""
+    xa = _array(x)
+    if xa.size <= _FEW:
+        return _few(lambda v: _sin_cos_float(v, shift), xa, x)
+    with np.errstate(all="ignore"):
+        finite = np.abs(xa) <= _TRIG_MAX
+        xs = np.where(finite, xa, 0.0)
+        k = np.rint(xs * _TWO_OVER_PI)
+        r = _reduce(xs, k)
+        q = _quadrant(k + shift)
+        s, c = _sin_kernel(r), _cos_kernel(r)
+        out = np.where(q == 0, s, np.where(q == 1, c, np.where(q == 2, -s, -c)))
+        out = np.where(finite, out, np.nan)
+    return _scalar_or_array(out, x)
+
+
+def _sin_cos_float(x: float, shift: int) -> float:
+    if not abs(x) <= _TRIG_MAX:
+        return math.nan
+    k = float(round(x * _TWO_OVER_PI))     # round half to even, as np.rint
+    r = _reduce(x, k)
+    q = _quadrant(k + shift)
+    return (_sin_kernel(r), _cos_kernel(r), -_sin_kernel(r), -_cos_kernel(r))[int(q)]
+
+
+def sin(x):
+    return _sin_cos(x, 0)
+
+
+def cos(x):
+    return _sin_cos(x, 1)
+
+
 # The language's scalar functions as the compiler evaluates them (same names as
 # functions.EXACT, which the interpreter uses).
 PORTABLE = {
@@ -203,6 +313,9 @@ PORTABLE = {
     "exp": exp,
     "log": log,
     "softplus": softplus,
+    "tanh": tanh,
+    "sin": sin,
+    "cos": cos,
     "abs": np.abs,
     "relu": lambda x: np.maximum(x, 0.0),
     "square": np.square,
