@@ -157,7 +157,7 @@ def test_newton_logistic_warm_reaches_1e6_in_30_layers():
 
 def test_jacobi_vs_solve():
     prog = build("jacobi", steps=20)
-    assert shape_of(prog) == (35, 47)           # diag (3 layers) and D^-1 (7) overlap the steps
+    assert shape_of(prog) == (34, 62)           # diag (3 layers) and D^-1 (7) overlap the steps
     rng = np.random.default_rng(9)
     m, C, b = rng.uniform(1, 10, 5), rng.uniform(-0.2, 0.2, (5, 5)), rng.standard_normal(5)
     M = np.diag(m) + C - np.diag(np.diag(C))

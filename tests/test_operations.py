@@ -53,7 +53,7 @@ EXACT = [  # (statement, numpy, (layers, width)) as built
     ("r = A - y", lambda A, y, **_: A - y[:, None], (2, 10)),          # per token
     ("r = diag(u)", lambda u, **_: np.diag(u), (3, 15)),
     ("r = diag(clip(M, -3, 3))", lambda M, **_: np.diag(np.clip(M, -3, 3)), (3, 15)),
-    ("r = M @ diag(u)", lambda M, u, **_: M @ np.diag(u), (4, 14)),
+    ("r = M @ diag(u)", lambda M, u, **_: M @ np.diag(u), (3, 18)),
     ("r = y + A @ M", lambda A, y, M, **_: y[:, None] + A @ M, (2, 13)),
 ]
 

@@ -19,6 +19,21 @@ Pair = tuple[int, bool]          # (atom, stored transposed)
 SECOND_ORIENTATION_COST = 1000   # rows a second stored orientation of one atom is priced at
 
 
+def second_orientation_cost(atoms: AtomTable, a: int) -> int:
+    """What storing atom a in its second orientation costs beyond its rows: a computed value's
+    copy is written by a head after the value (SECOND_ORIENTATION_COST: possibly a layer); an
+    input's or a constant's is written by the encoder with the rest of the data (rows only).
+    So a step `w - lam * G @ w - H @ w` may store G and H both ways and alternate w's
+    orientation from one iteration to the next, instead of a transposed copy of w each step."""
+    return 0 if atoms[a].kind in ("input", "const") else SECOND_ORIENTATION_COST
+
+
+def missing_block_cost(atoms: AtomTable, pair: Pair) -> int:
+    """What a head option pays for a block not stored yet (always a second orientation: the
+    first is stored anyway): its rows, and a computed value's copy its possible layer."""
+    return pair_rows(atoms, pair) + second_orientation_cost(atoms, pair[0])
+
+
 def pair_rows(atoms: AtomTable, pair: Pair) -> int:
     """Rows of the embedding the block `pair` takes."""
     r, c = atoms[pair[0]].cshape
@@ -58,6 +73,19 @@ class HeadOptions:
         return self._cache[key]
 
 
+def block_readers(atoms: AtomTable, options: HeadOptions) -> dict[Pair, int]:
+    """How many monomials have a head, in either orientation of their atom, that reads each
+    block: how widely a stored copy of it could serve."""
+    count: dict[Pair, int] = {}
+    for a, atom in atoms.items():
+        if atom.kind != "attn":
+            continue
+        for m in atom.poly:
+            for p in {p for t in (False, True) for r in options(m, atom, t) for p in r.needs()}:
+                count[p] = count.get(p, 0) + 1
+    return count
+
+
 class OrientationCost:
     """Rows a choice of orientations needs when each monomial picks its cheapest head."""
 
@@ -67,9 +95,13 @@ class OrientationCost:
 
     def __call__(self, orient: dict[int, bool]):
         """(cost, stored pairs, chosen head per (atom, monomial)); cost inf if some monomial
-        has no head."""
+        has no head. Each monomial takes its cheapest head given the blocks stored so far;
+        among equally cheap ones, the one whose new blocks more monomials could read
+        (block_readers: a transposed copy of an invariant serves every iteration of a loop,
+        one of an iterate only the next)."""
         pairs = {(a, orient[a]) for a in self.atoms}
         choice: dict[tuple[int, Mono], Realization] = {}
+        readers = block_readers(self.atoms, self.options)
         for a, atom in self.atoms.items():          # dependency order
             if atom.kind == "mlp":
                 pairs.update(mlp_input_pair(self.atoms, arg, a, orient) for arg in atom.inputs)
@@ -79,9 +111,11 @@ class OrientationCost:
                 opts = self.options(m, atom, orient[a])
                 if not opts:
                     return float("inf"), pairs, choice
-                best = min(opts, key=lambda r: sum(pair_rows(self.atoms, p) for p in r.needs() - pairs))
+                best = min(opts, key=lambda r: (
+                    sum(missing_block_cost(self.atoms, p) for p in r.needs() - pairs),
+                    -sum(readers.get(p, 0) for p in r.needs() - pairs)))
                 pairs |= best.needs()
                 choice[(a, m)] = best
-        extra = sum(1 for (a, t) in pairs if t != orient[a])
+        extra = sum(second_orientation_cost(self.atoms, a) for (a, t) in pairs if t != orient[a])
         rows = sum(pair_rows(self.atoms, p) for p in pairs)
-        return rows + SECOND_ORIENTATION_COST * extra, pairs, choice
+        return rows + extra, pairs, choice

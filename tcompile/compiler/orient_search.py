@@ -23,7 +23,7 @@ import heapq
 from bisect import bisect_left, insort
 
 from ..language.checker import TOKEN
-from .orient import SECOND_ORIENTATION_COST, HeadOptions, Pair, mlp_input_pair, pair_rows
+from .orient import HeadOptions, Pair, mlp_input_pair, pair_rows, second_orientation_cost
 from .poly import AtomTable
 
 
@@ -72,6 +72,7 @@ class IncrementalCost:
             for p in s.blocks:
                 self.block_readers.setdefault(p, []).append(i)
         self._rows = _PairRows(atoms)                    # pair_rows, once per block
+        self._extra = {a: second_orientation_cost(atoms, a) for a in atoms}   # once per atom
         self._log: dict | None = None                   # what a flip changed, for undo()
         self.adders: dict[Pair, list[int]] = {}          # block → steps that store it (sorted)
         self.chosen: list[tuple | None] = [() for _ in self.steps]
@@ -103,17 +104,19 @@ class IncrementalCost:
         if s.mono is None:
             return tuple(sorted({mlp_input_pair(self.atoms, arg, s.atom, orient)
                                  for arg in self.atoms[s.atom].inputs})), (0, 0)
-        adders, rows = self.adders, self._rows
-        best, at = None, (0, 0)
+        adders, rows, extra, readers = self.adders, self._rows, self._extra, self.block_readers
+        best, at, shared = None, (0, 0), 0
         for k, needs in enumerate(s.options[orient[s.atom]]):
-            c = 0
+            c, r = 0, 0
             for p in needs:
                 if p[1] != orient[p[0]]:
                     lst = adders.get(p)
                     if not lst or lst[0] >= i:
-                        c += rows[p]
-            if best is None or c < at[1]:                   # first minimum, as min() picks
-                best, at = needs, (k, c)
+                        c += rows[p] + extra[p[0]]
+                        r += len(readers[p])
+            # the first minimum of (cost, -readers of the new blocks), as OrientationCost's min()
+            if best is None or c < at[1] or (c == at[1] and r > shared):
+                best, at, shared = needs, (k, c), r
                 if c == 0:                                  # nothing later is below 0
                     break
         return best, at
@@ -157,7 +160,7 @@ class IncrementalCost:
     def _contribution(self, p: Pair) -> int:
         if p[1] == self.orient[p[0]] or not self.adders.get(p):
             return 0
-        return self._rows[p] + SECOND_ORIENTATION_COST
+        return self._rows[p] + self._extra[p[0]]
 
     def _set_choice(self, i: int, new: tuple | None, at) -> list[tuple[Pair, int | None, bool]]:
         """Record step i's new choice; the secondary blocks whose first adder moved, each with
