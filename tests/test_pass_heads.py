@@ -238,3 +238,28 @@ def test_inv_n_times_a_small_matrix():
                           Realization(atom(M), eye(D), eye_inv_n(D)),
                           Realization(eye(D), eye_inv_n(D), atom(M)),
                           Realization(eye(D), atom(M, True), eye_inv_n(D))}
+
+
+def test_realizations_from_templates_are_the_direct_ones():
+    """heads.realizations serves monomials of one structure from one computed template: on
+    every monomial of programs with repeated factors (X H X), 1/n, selections and scalars,
+    in both orientations, it gives exactly what _realizations computes for those atoms."""
+    from pathlib import Path
+    from passes import atoms
+    from tcompile.compiler import heads
+    root = Path(__file__).resolve().parents[1]
+    paths = [root / "programs" / p for p in ("newton_inverse.tp", "least_squares.tp",
+                                              "newton_logistic.tp", "lanczos.tp")]
+    checked = 0
+    for path in paths:
+        src = path.read_text()
+        _df, table = atoms(src, {"steps": 3} if "param steps" in src else None)
+        for atom in table.values():
+            if atom.kind != "attn":
+                continue
+            for m in atom.poly:
+                for t in (False, True):
+                    assert heads.realizations(table, m, atom.cshape, t) == \
+                        heads._realizations(table, m, atom.cshape, t)
+                    checked += 1
+    assert checked > 200

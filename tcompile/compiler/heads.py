@@ -80,7 +80,50 @@ def realizable(atoms: AtomTable, poly: Poly, cshape) -> bool:
     return False
 
 
+# realizations by the structure they depend on (_signature): an unrolled loop asks the same
+# question for every iteration's atoms, and a shared build for every unrolling it compiles
+_TEMPLATES: dict[tuple, list[Realization]] = {}
+_MAX_TEMPLATES = 100_000
+
+
 def realizations(atoms: AtomTable, m: Mono, out_shape: tuple, transposed_out: bool) -> list[Realization]:
+    """`_realizations`, computed once per structure: what it reads of each atom is its shape,
+    symmetry, constant 0/1 pattern and whether it is 1/n, so a monomial with the same of
+    those (and the same atoms repeated in the same places) has the same heads on its own
+    atoms. Kept as templates over the monomial's distinct atoms, in order of appearance."""
+    ids = list(dict.fromkeys([a for a, _ in m.chain] + list(m.scalars)))
+    local = {a: i for i, a in enumerate(ids)}
+    key = (tuple(_structure(atoms, a) for a in ids),
+           tuple((local[a], t) for a, t in m.chain), tuple(local[x] for x in m.scalars),
+           out_shape, transposed_out)
+    found = _TEMPLATES.get(key)
+    if found is None:
+        found = [_renamed(r, local) for r in _realizations(atoms, m, out_shape, transposed_out)]
+        if len(_TEMPLATES) >= _MAX_TEMPLATES:
+            _TEMPLATES.clear()
+        _TEMPLATES[key] = found
+    return [_renamed(r, ids) for r in found]
+
+
+def _structure(atoms: AtomTable, a: int) -> tuple:
+    """What _realizations reads of atom a."""
+    atom = atoms[a]
+    pattern = atom.node.get(ENTRIES) if atom.kind == "const" and atom.node.get(OP) == "pattern" \
+        else None
+    return (atom.cshape, atom.symmetric, pattern, a == atoms.inv_n)
+
+
+def _renamed(r: Realization, name) -> Realization:
+    """r with every atom id a replaced by name[a] (a dict, or a list indexed by local id)."""
+    if r.split:
+        return Realization(None, None, None,
+                           split=tuple((_renamed(part, name), row) for part, row in r.split))
+    return Realization(*(o if o is None or o.kind != "atom" else
+                         Operand(o.kind, name[o.atom], o.transposed, o.k, o.row, o.rows)
+                         for o in (r.x, r.y, r.z)))
+
+
+def _realizations(atoms: AtomTable, m: Mono, out_shape: tuple, transposed_out: bool) -> list[Realization]:
     """Every way to compute monomial `m` (its storage: transposed when `transposed_out`).
 
     A factor sequence G1 G2 G3 is computed by the head X=G1, Y=G2ᵀ, Z=G3. Scalars go where a
