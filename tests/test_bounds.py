@@ -358,3 +358,14 @@ def test_the_image_of_sin_cos_tanh_holds_every_value_and_no_more(func, ref):
         values = ref(np.linspace(lo, hi, 100_001))
         assert got_lo <= values.min() + 1e-15 and values.max() - 1e-15 <= got_hi, (lo, hi)
         assert values.min() - got_lo < 1e-8 and got_hi - values.max() < 1e-8, (lo, hi)
+
+
+def test_an_unbounded_leaf_from_an_earlier_statement_is_quoted_as_written_there():
+    """A hinge-loss subgradient: m = y * (A @ w) is read through `active` in the step; the
+    value with no bounds is A @ w, which no variable names: the message quotes it."""
+    err = _compile_error("program p\ndim d = 2\ninput A : [n, d] assume row_norm <= 1\n"
+                         "input y : [n] sign\noutput w\nw = zeros(d)\nrepeat 3 {\n"
+                         "  m = y * (A @ w)\n  active = clip(1000 * (1 - m), 0, 1)\n"
+                         "  w = w + 0.1 * A.T @ (y * active) / n\n}\n")
+    assert "which values A @ w takes" in err.message and "(A @ w) on [lo, hi]" in err.message
+    assert "a value computed in it" not in err.format()

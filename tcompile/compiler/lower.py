@@ -102,11 +102,12 @@ class Lowering:
         return Words(text, names)
 
     def _written(self, a, nid) -> str:
-        """A leaf no variable names, as the statement of `nid` writes it (`outer(r, a)`), where
-        its node comes from a part of that statement; else UNNAMED."""
+        """A leaf no variable names, as the program writes it: `outer(r, a)` where its node is
+        a part of the statement of `nid`, `A @ w` where it is a part of an earlier one (`m = y
+        * (A @ w)`, read here through m); else UNNAMED."""
         loc, at = self.g.nodes[a].get(LOC), self.g.nodes[nid].get(LOC)
         text = loc.source_text(self.df.source) if loc is not None and at is not None else None
-        if text is None or loc.line != at.line or loc == at:
+        if text is None or loc == at:
             return UNNAMED
         return text
 
@@ -630,7 +631,8 @@ class Lowering:
             which, it = (f"'{name}'", name) if name != UNNAMED else (f"one factor ({name})",
                                                                    "that factor")
             # a factor quoted from the statement is where the caret goes
-            at = atom_id if name != UNNAMED and name == self._written(atom_id, nid) else nid
+            at = atom_id if name != UNNAMED and name == self._written(atom_id, nid) and \
+                self.g.nodes[atom_id][LOC].line == self.g.nodes[nid][LOC].line else nid
             raise self.error(f"{self.statement(nid)}: a product of two real values is fitted "
                              f"on known ranges of both, and {which} has no known bounds",
                              at, expected=f"bounds on {which}: an input assumption, "
