@@ -369,3 +369,35 @@ def test_an_unbounded_leaf_from_an_earlier_statement_is_quoted_as_written_there(
                          "  w = w + 0.1 * A.T @ (y * active) / n\n}\n")
     assert "which values A @ w takes" in err.message and "(A @ w) on [lo, hi]" in err.message
     assert "a value computed in it" not in err.format()
+
+
+@pytest.mark.parametrize("expr, lo, hi", [
+    ("(D * D) @ ones(3)", 0.0, 12.0),          # D in [-2, 2]: each row sum of 3 squares
+    ("ones(3) @ M", -3.0, 6.0),
+    ("D @ (-0.5 * ones(3, 3))", -3.0, 3.0),
+    ("sum(M)", -3.0, 6.0),                    # M : [3, 3] in [-1, 2]
+])
+def test_sums_over_a_small_axis_carry_bounds(expr, lo, hi):
+    """A sum of k bounded entries (sum over a small first axis, a product with a constant
+    fill) lies in k [lo, hi]: a sigmoid of a row sum needs no declared domain, the data's
+    sums lie inside the bound, and the compiled sigmoid follows the interpreter's."""
+    from tcompile.language.checker import Walker
+    src = ("program p\ninput D : [n, 3] in [-2, 2]\ninput M : [3, 3] in [-1, 2]\noutput s, y\n"
+           f"s = {expr}\ny = sigmoid(s)\n")
+    walker = Walker(parse_source(src), {})
+    env = walker.run()
+    assert (env["s"].ty.lo, env["s"].ty.hi) == (lo, hi)
+    prog = tcompile.compile_source(src)
+    rng = np.random.default_rng(0)
+    D, M = rng.choice([-2.0, 2.0], (7, 3)), rng.uniform(-1, 2, (3, 3))
+    want = tcompile.interpret_program(parse_source(src), None, D=D, M=M)
+    assert lo <= np.min(want["s"]) and np.max(want["s"]) <= hi
+    assert np.max(np.abs(prog.run(D=D, M=M)["y"] - want["y"])) <= 1e-6
+
+
+def test_a_product_of_two_bounded_values_and_a_token_sum_still_carry_no_bounds():
+    from tcompile.language.checker import Walker
+    src = ("program p\ninput D : [n, 3] in [-2, 2]\ninput M : [3, 3] in [-1, 2]\noutput a, b\n"
+           "a = D @ M\nb = sum(D)\n")
+    env = Walker(parse_source(src), {}).run()
+    assert env["a"].ty.lo is None and env["b"].ty.lo is None

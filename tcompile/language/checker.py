@@ -410,7 +410,8 @@ class Walker:
         if op == "@":
             shape = matmul_shape(ta, tb, e.loc, self.src)
             check_holdable(shape, e.loc, self.src)
-            return self.apply("@", Ty(shape), (a, b), e)
+            lo, hi = _constant_product_interval(ta, tb)
+            return self.apply("@", Ty(shape, lo=lo, hi=hi), (a, b), e)
         if op == "**":
             if tb.const is None:
                 raise self.err("an exponent must be a compile-time number", e.right.loc,
@@ -726,6 +727,22 @@ class Walker:
             raise self.err(f"function '{fn.name}' does not end with 'return'", fn.loc,
                            expected="'return EXPR' as its last statement")
         return ret
+
+
+def _constant_product_interval(ta: Ty, tb: Ty) -> tuple[float | None, float | None]:
+    """Bounds on a matrix product where one factor has every entry the same known number c
+    (ones(k), 2 * ones(k, k)) and the other is bounded: each entry is c times a sum of k
+    bounded values, over a small axis of known length k — row sums `(D * D) @ ones(d)`. Any
+    other product carries no bounds (they would grow with every iteration of a loop)."""
+    sa, sb = ta.shape, tb.shape
+    if not sa or not sb or not (ta.bounded and tb.bounded):
+        return None, None
+    k = sa[-1]
+    if k == TOKEN or not (ta.lo == ta.hi or tb.lo == tb.hi):
+        return None, None
+    c, other = (ta.lo, tb) if ta.lo == ta.hi else (tb.lo, ta)
+    ends = sorted((k * c * other.lo, k * c * other.hi))
+    return ends[0], ends[1]
 
 
 def _sym_or_scalar(t: Ty) -> bool:

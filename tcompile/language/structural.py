@@ -54,7 +54,10 @@ def call_structural(walker, e, env):
         x = args[0]
         if x.ty.shape == ():
             raise walker.err("sum() of a scalar", e.args[0].loc, expected="a vector or matrix")
-        return walker.apply("sum", Ty(x.ty.shape[1:]), args, e)
+        # over a small axis of k entries, the sum lies in k [lo, hi]; over tokens, n is unknown
+        k = x.ty.shape[0]
+        lo, hi = (k * x.ty.lo, k * x.ty.hi) if x.ty.bounded and k != TOKEN else (None, None)
+        return walker.apply("sum", Ty(x.ty.shape[1:], lo=lo, hi=hi), args, e)
     return _max_min(walker, e, args)
 
 
