@@ -395,6 +395,23 @@ def test_sums_over_a_small_axis_carry_bounds(expr, lo, hi):
     assert np.max(np.abs(prog.run(D=D, M=M)["y"] - want["y"])) <= 1e-6
 
 
+def test_a_mean_over_the_tokens_lies_in_the_values_bounds():
+    """sum(x) / n of a bounded token value is a mean: a softmax-weighted readout's normaliser
+    sum(e) / n of e = exp(s) needs no declared domain for its reciprocal."""
+    from tcompile.language.checker import Walker
+    src = ("program p\ninput X : [n, 3] in [-1, 1]\ninput s : [n] in [-2, 1]\noutput m, Z, o\n"
+           "m = sum(X) / n\ne = exp(s)\nZ = sum(e) / n\no = (X.T @ e / n) / Z\n")
+    env = Walker(parse_source(src), {}).run()
+    assert (env["m"].ty.lo, env["m"].ty.hi) == (-1.0, 1.0)
+    assert env["Z"].ty.lo == pytest.approx(np.exp(-2)) and env["Z"].ty.hi == pytest.approx(np.e)
+    prog = tcompile.compile_source(src)
+    rng = np.random.default_rng(1)
+    X, sv = rng.uniform(-1, 1, (11, 3)), rng.uniform(-2, 1, 11)
+    want = tcompile.interpret_program(parse_source(src), None, X=X, s=sv)
+    got = prog.run(X=X, s=sv)
+    assert np.max(np.abs(got["o"] - want["o"])) <= 1e-5
+
+
 def test_a_product_of_two_bounded_values_and_a_token_sum_still_carry_no_bounds():
     from tcompile.language.checker import Walker
     src = ("program p\ninput D : [n, 3] in [-2, 2]\ninput M : [3, 3] in [-1, 2]\noutput a, b\n"

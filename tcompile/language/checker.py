@@ -139,6 +139,8 @@ class Walker:
         self.call_sites: list[ast.Call] = []      # the calls being inlined, outermost first
         self._assignments: dict[str, int] = {}
         self._factor_ty: dict[int, Ty] = {}      # id(ast operand of a `*`) -> its type, this walk
+        # id(ast `sum(x)` over the token axis) -> x's bounds: the mean `sum(x) / n` lies in them
+        self.token_sum_bounds: dict[int, tuple[float, float]] = {}
 
     def program_point(self, stmt: ast.Assign) -> str | None:
         """`name@k` for the k-th top-level assignment to name: how stored blocks, the trace
@@ -458,6 +460,9 @@ class Walker:
             lo, hi = power_interval(ta, 2)      # a value times itself is a square: >= 0
         elif op == "*":
             lo, hi = self._product_interval(e, ta, tb)
+        elif op == "/" and isinstance(e.right, ast.Name) and e.right.id == TOKEN and \
+                id(e.left) in self.token_sum_bounds:
+            lo, hi = self.token_sum_bounds[id(e.left)]      # a mean over the tokens
         else:
             lo, hi = _interval(op, ta, tb)
         sym = (op in "+-" and _sym_or_scalar(ta) and _sym_or_scalar(tb)) or \
