@@ -418,3 +418,16 @@ def test_a_product_of_two_bounded_values_and_a_token_sum_still_carry_no_bounds()
            "a = D @ M\nb = sum(D)\n")
     env = Walker(parse_source(src), {}).run()
     assert env["a"].ty.lo is None and env["b"].ty.lo is None
+
+
+def test_a_divisor_known_to_be_one_number_divides_as_that_number():
+    """Softmax policy gradient from th = zeros(k): in the first iteration e = exp(0) is all
+    ones and sum(e) is exactly 4, a one-point interval; the reciprocal's piece is fitted on
+    a sliver around it (it was refused: 'the domains declared ... leave no room')."""
+    src = ("program p\ndim k = 4\nparam steps = 3\ninput r : [k] in [0, 1]\noutput p\n"
+           "th = zeros(k)\nrepeat steps {\n  e = exp(clip(th, -5, 5))\n  p = e / sum(e)\n"
+           "  th = th + 0.5 * (r - p @ r) * p\n}\n")
+    prog = tcompile.compile_source(src)
+    r = np.array([0.1, 0.9, 0.5, 0.3])
+    want = tcompile.interpret_program(parse_source(src), None, r=r)["p"]
+    assert np.max(np.abs(prog.run(r=r)["p"] - want)) <= 1e-5

@@ -365,6 +365,12 @@ class PieceBuilder:
             raise loc_error(f"{label}: cannot tell which values {leaf} takes here, so the "
                             "functions of it cannot be fitted; give the function a domain "
                             f"(f(...) on [lo, hi]) or {bound_it}")
+        if lo == hi:
+            # known to be one number (sum(e) of e = exp(0) in a loop's first iteration): any
+            # function of it is that constant; fitted on a sliver around it, the rounding of
+            # the compiled value included
+            pad = 1e-9 * max(1.0, abs(lo))
+            lo, hi = lo - pad, hi + pad
         if not lo < hi:
             raise loc_error(f"the domains declared in {label} leave no room for {leaf} "
                             f"([{lo:g}, {hi:g}])")
