@@ -80,7 +80,7 @@ def realizable(atoms: AtomTable, poly: Poly, cshape) -> bool:
     return False
 
 
-# realizations by the structure they depend on (_signature): an unrolled loop asks the same
+# realizations by the structure they depend on (_structure): an unrolled loop asks the same
 # question for every iteration's atoms, and a shared build for every unrolling it compiles
 _TEMPLATES: dict[tuple, list[Realization]] = {}
 _MAX_TEMPLATES = 100_000
