@@ -431,3 +431,6 @@ def test_a_divisor_known_to_be_one_number_divides_as_that_number():
     r = np.array([0.1, 0.9, 0.5, 0.3])
     want = tcompile.interpret_program(parse_source(src), None, r=r)["p"]
     assert np.max(np.abs(prog.run(r=r)["p"] - want)) <= 1e-5
+    # and 1 / sum(e) of that number is computed now, not refined in heads: the first
+    # iteration costs what its constant p = ones / 4 needs (5 layers with a refinement)
+    assert tcompile.compile_source(src, params={"steps": 1}).n_layers == 3

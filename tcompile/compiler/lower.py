@@ -391,8 +391,8 @@ class Lowering:
             self.notes[nid] = ("direct fit: its argument is itself an elementwise function, "
                                "fitted with it as one piece")
             return None
-        if domain is None or self.is_gate(arg):
-            return None
+        if domain is None or self.is_gate(arg) or _constant_poly(self.polys.get(arg)):
+            return None         # (of a number the lowering found, call() computes it now)
         tol = node[TOL] or self.pieces.default_tol
         key = (kind, tuple(domain), tol, bool(node.get(TOL_REL)))
         if key not in self._choices:
@@ -882,6 +882,12 @@ class Lowering:
 
     def fanout(self, nid) -> int:
         return sum(1 for s in self.g.successors(nid) if s in self.live)
+
+
+def _constant_poly(p) -> bool:
+    """A polynomial with no atoms: a number (sum(e) of e = exp(0), a loop's first iteration
+    from zeros)."""
+    return isinstance(p, dict) and all(not m.chain and not m.scalars for m in p)
 
 
 class _Names:
