@@ -126,6 +126,11 @@ BAD = [
      "unexpected end of file", 6, 12),
     ("syntax_no_header", IN + "x = A\n", ProgramSyntaxError, "unexpected 'input'", 1, 1),
     ("syntax_two_operators", H + IN + "x = A + * 2\n", ProgramSyntaxError, "unexpected '*'", 4, 9),
+    # a def's body does not see the program's inputs or variables: say so, and to pass them
+    ("def_reads_an_input", H + IN + "def f(k) {\n  return A * k\n}\nx = f(2)\n", ProgramError,
+     "'A' is an input of the program, which the body of 'f' does not see", 5, 10),
+    ("def_reads_a_variable", H + IN + "B = 2 * A\ndef f(k) {\n  return B * k\n}\nx = f(2)\n",
+     ProgramError, "'B' is a variable of the program, which the body of 'f' does not see", 6, 10),
     # `on` after what it cannot bound, and after `tol`: say where it belongs
     ("syntax_on_after_product", H + IN + "x = 2 * A on [-2, 2]\n", ProgramSyntaxError,
      "'on [lo, hi]' cannot follow this expression", 4, 11),
@@ -151,7 +156,7 @@ BAD = [
      ProgramError, "function 'f' is defined twice (first at line 2)", 5, 5),
     ("reserved_dim_name", H + "dim n = 3\n" + IN + "x = A\n", ProgramError, "'n' is reserved", 2, 5),
     ("function_scope_hides_inputs", H + IN + "def f(a) {\n  return a + A\n}\nx = f(A)\n", ProgramError,
-     "undefined name 'A'", 5, 14),
+     "'A' is an input of the program, which the body of 'f' does not see", 5, 14),
     ("function_used_as_value", H + "def f(a) {\n  return a\n}\n" + IN + "x = f\n", ProgramError,
      "'f' is a function; call it with arguments", 7, 5),
     # arity
