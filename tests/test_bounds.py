@@ -434,3 +434,19 @@ def test_a_divisor_known_to_be_one_number_divides_as_that_number():
     # and 1 / sum(e) of that number is computed now, not refined in heads: the first
     # iteration costs what its constant p = ones / 4 needs (5 layers with a refinement)
     assert tcompile.compile_source(src, params={"steps": 1}).n_layers == 3
+
+
+def test_a_saturating_relu_is_not_flagged_for_a_fit_error_below_its_corner():
+    """Row norms sqrt(relu((X * X) @ ones(d))): the row sums' bounds start at 0, the fitted
+    squares' sums reach -3e-6 on rows of zeros, and relu makes that the 0 the piece gives;
+    the domain check watches sqrt's top, and below 0 a width past the fit (saturated)."""
+    src = ("program p\ndim d = 3\ninput X : [n, d] in [-1, 1]\noutput r\n"
+           "r = sqrt(relu((X * X) @ ones(d)))\n")
+    prog = tcompile.compile_source(src)
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-1, 1, (50, 3))
+    X[:5] = 0.0
+    got = prog.run(X=X)["r"]                                  # domains="raise"
+    assert np.max(np.abs(got - np.linalg.norm(X, axis=1))) < 1e-3
+    (check,) = [c for c in prog.manifest["domains"] if "sqrt" in c["label"]]
+    assert (check["lo"], check["hi"]) == (-3.0, 3.0)          # 0 - the width: saturated

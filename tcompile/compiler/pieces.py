@@ -183,6 +183,27 @@ class ProductPiece:
         return min(c), max(c)
 
 
+def _saturated_sides(e, cont, lo: float, hi: float, checked):
+    """The domain check of a piece fitted on [lo, hi], widened on a side where e is constant
+    beyond the fit (clip or relu saturate there, exactly) and no declared domain is left:
+    a value past it, by a fit's error upstream, reads that same constant. sqrt(relu(s)) with
+    s = (X * X) @ ones(d), whose bounds start at 0, saw -3e-6 from the fitted squares and was
+    flagged though sqrt(relu(-3e-6)) is the 0 the piece gives. The checked interval (finite:
+    a saturated side is widened by the fit's width, far past any fit error), or None where
+    it is [lo, hi]."""
+    free = active_interval(e, cont, {})
+    declared = active_interval(e, cont, {}, declared_only=True)
+    if free is None or declared is None:
+        return checked
+    c_lo, c_hi = checked or (lo, hi)
+    width = hi - lo          # any value past a saturated side is right; a check is two-sided
+    if free[0] >= lo and declared[0] < free[0]:               # and finite: a width beyond
+        c_lo = min(c_lo, max(declared[0], lo - width))
+    if free[1] <= hi and declared[1] > free[1]:
+        c_hi = max(c_hi, min(declared[1], hi + width))
+    return None if (c_lo, c_hi) == (lo, hi) else (c_lo, c_hi)
+
+
 class PieceBuilder:
     """Turns elementwise trees into pieces; caches PL fits by function shape, so the unrolled loop's
     iterations (same function, new leaf) cost one fit."""
@@ -350,6 +371,7 @@ class PieceBuilder:
                 declared = declared or (-math.inf, math.inf)
                 checked = (max(lo, declared[0]), min(hi, declared[1]))
                 lo, hi = max(lo, active[0]), min(hi, active[1])
+            checked = _saturated_sides(e, cont, lo, hi, checked)
         leaf = names.get(cont, "the value")
         bound_it = (f"bound {leaf}: an input assumption, clip({leaf}, lo, hi), or "
                     f"({leaf}) on [lo, hi]")
