@@ -18,7 +18,8 @@ from ..language.checker import TOKEN, Ty, Val, Walker, resolve_params
 from ..language.types import is_square, is_unit
 from ..errors import CompileError
 from . import selection
-from .nodes import ARGS, C, CARRIED, CSHAPE, HI, LO, LOC, NAME, OP, SYMMETRIC, VALUE, VARS
+from .nodes import (ARGS, C, CARRIED, CSHAPE, HI, INFERRED, LO, LOC, NAME, OP, SYMMETRIC,
+                    VALUE, VARS)
 
 
 def canonical_shape(shape) -> tuple:
@@ -198,8 +199,9 @@ class GraphBuilder(Walker):
             if ty.const is not None:
                 return Val(ty, self.node("const", (), (1, 1), value=float(ty.const)))
             extra = tuple(float(t.const) for t in tys[1:])
+            inferred = {INFERRED: True} if domain is not None and e.domain is None else {}
             return Val(ty, self.node("call", (xs[0],), cs, loc, func=e.func, domain=domain,
-                                     fargs=extra, **self.budget(tol, rel)))
+                                     fargs=extra, **self.budget(tol, rel), **inferred))
         a, b = xs
         ta, tb = tys
         if op == "@":

@@ -32,8 +32,9 @@ from .approx import exact_function
 from .elementwise import (BOUND, EXACT_PL, Call, Const, Elementwise, Leaf, Product, Sum, affine,
                           calls, evaluate, leaves, to_text)
 from .heads import realizable
-from .nodes import (ARGS, C, CARRIED, COPY, CSHAPE, DOMAIN, FARGS, FLAG, FUNC, HI, HOISTED, LO, LOC,
-                    NAME, NOTE, OP, REFINED, SIGN, SYMMETRIC, TOL, TOL_REL, VALUE, VARS)
+from .nodes import (ARGS, C, CARRIED, COPY, CSHAPE, DOMAIN, FARGS, FLAG, FUNC, HI, HOISTED, INFERRED,
+                    LO, LOC, LOOP_STATE, NAME, NOTE, OP, REFINED, SIGN, SYMMETRIC, TOL, TOL_REL,
+                    VALUE, VARS)
 from .pieces import MAX_SIGN_LEAVES, UNNAMED, PieceBuilder, Words
 from .poly import (MAX_FACTORS, Atom, AtomTable, Mono, Poly, add_polys, dims, max_degree,
                    mul_polys, symmetrize_weighted_grams, transpose_mono, transpose_poly)
@@ -318,9 +319,29 @@ class Lowering:
         rel = bool(node.get(TOL_REL))
         line = node[LOC].line if node[LOC] is not None else None
         note = self.notes.get(nid, node.get(NOTE, ""))
-        return Elementwise(Call(node[FUNC], node[FARGS], arg, node[DOMAIN], node[TOL],
+        return Elementwise(Call(node[FUNC], node[FARGS], arg, self._call_domain(nid), node[TOL],
                                 rel, note=note, line=line),
                            tol=node[TOL], rel=rel)
+
+    def _call_domain(self, nid) -> tuple | None:
+        """A call's domain: as declared; an inferred one (the argument's exact bounds) widened
+        to where the compiled argument may be, fit errors upstream included (_poly_range), as
+        far as the function is defined: log of a row sum of fitted exps, at data on its
+        bounds, reads a value just below the exact sum's lower bound."""
+        node = self.g.nodes[nid]
+        domain = node[DOMAIN]
+        if domain is None or not node.get(INFERRED):
+            return domain
+        found = self._poly_range(self.polys.get(node[ARGS][0]))
+        if found is None:
+            return domain
+        lo, hi = min(domain[0], found[0]), max(domain[1], found[1])
+        if node[FUNC] in ("sqrt", "log", "reciprocal") and (lo <= 0.0 < domain[0] or
+                                                             hi >= 0.0 > domain[1]):
+            return domain                 # not across the point where it is undefined
+        if node[FUNC] == "sqrt" and lo < 0.0 <= domain[0]:
+            lo = domain[0]
+        return lo, hi
 
     def constant_call(self, nid, arg) -> Poly | Elementwise:
         """A smooth function of a compile-time constant (exp(z) with z = zeros(n), or A @ x
@@ -362,6 +383,69 @@ class Lowering:
                 old = self.user_bounds.get(a, (-math.inf, math.inf))
                 self.user_bounds[a] = (max(old[0], ends[0]), min(old[1], ends[1]))
         return dict(p)
+
+    def _with_fit_errors(self, a, exact: tuple) -> tuple:
+        """The checker's bounds of atom a are the exact values'; where a sums fitted pieces
+        times constants (exp(X) @ ones(k), a row sum or mean of fitted values), the compiled
+        value may pass them by the pieces' errors, and a function fitted on them would see it
+        (log of that sum at data on its bounds: a DomainError). So they are widened to the
+        interval the pieces' own ranges give, which holds their errors."""
+        atom = self.atoms.get(a)
+        if atom is None or atom.kind != "attn":
+            return exact
+        found = self._poly_range(atom.poly)
+        return exact if found is None else (min(exact[0], found[0]), max(exact[1], found[1]))
+
+    def _poly_range(self, poly, depth: int = 0) -> tuple | None:
+        """An interval holding the compiled values of `poly` where it is built from fitted
+        pieces (their PL ranges, errors included), exact pieces and constants (their bounds)
+        and attention atoms of those, through sums and products over small axes; None where
+        something in it has no such interval, or no fitted piece is in it."""
+        if not isinstance(poly, dict) or depth > 4:
+            return None
+        lo = hi = 0.0
+        fitted = False
+        for m, c in poly.items():
+            if not m.chain and not m.scalars:
+                lo, hi = lo + c, hi + c                         # a constant term
+                continue
+            cur = None
+            for f in list(m.chain) + [(x, False) for x in m.scalars]:
+                rng, was_fitted = self._atom_range(f[0], depth)
+                if rng is None:
+                    return None
+                fitted |= was_fitted
+                if cur is not None:
+                    k = 1 if self.atoms[f[0]].cshape == (1, 1) else dims(self.atoms, f)[0]
+                    if k == TOKEN:
+                        return None
+                    ends = [x * y for x in cur for y in rng]
+                    rng = (k * min(ends), k * max(ends))
+                cur = rng
+            lo, hi = lo + min(c * cur[0], c * cur[1]), hi + max(c * cur[0], c * cur[1])
+        return (lo, hi) if fitted else None
+
+    def _atom_range(self, a, depth: int) -> tuple[tuple | None, bool]:
+        """(an interval of atom a's compiled values, whether a fitted piece is in it)."""
+        b, rng = self.atoms.get(a), self.piece_ranges.get(a)
+        if b is None:
+            return None, False
+        if b.kind == "mlp" and rng is not None and all(map(math.isfinite, rng)):
+            return rng, True             # a fitted piece: its PL values, errors included
+        node = self.g.nodes[a]
+        stop = node.get(CARRIED) or LOOP_STATE in node or a in self.user_bounds
+        if b.kind == "attn" and not stop:
+            # (not into a loop's state, whose bounds every iteration shares, nor a value the
+            # user bounded: its domain check watches it)
+            inner = self._poly_range(b.poly, depth + 1)
+            if inner is not None:
+                return inner, True
+        if LO in b.node and all(map(math.isfinite, (b.node[LO], b.node[HI]))):
+            return (b.node[LO], b.node[HI]), False      # exact: relu(1) = ones, constants
+        if node[OP] == "call" and self.g.nodes[node[ARGS][0]][OP] == "const" and not node[FARGS]:
+            v = float(exact_function(node[FUNC])(self.g.nodes[node[ARGS][0]][VALUE]))
+            return (v, v), False                        # the ones a sum() reads: relu(1)
+        return None, False
 
     def leaf_bounds(self, a, bounds: tuple | None) -> tuple | None:
         """`bounds` narrowed by the user's `(x) on [lo, hi]` of that atom, if any."""
@@ -579,7 +663,7 @@ class Lowering:
             if cont is not None:
                 node_c = self.g.nodes[cont]
                 if "lo" in node_c:
-                    bounds[cont] = (node_c[LO], node_c[HI])
+                    bounds[cont] = self._with_fit_errors(cont, (node_c[LO], node_c[HI]))
                 elif cont in self.piece_ranges:
                     bounds[cont] = self.piece_ranges[cont]
                 if self.leaf_bounds(cont, bounds.get(cont)) is not None:

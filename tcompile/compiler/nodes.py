@@ -62,6 +62,8 @@ FUNC = "func"            # call: the scalar function's name (language/functions.
 FARGS = "fargs"          # call: extra constant arguments (clip's bounds)
 DOMAIN = "domain"        # call: the declared `on [lo, hi]`, or the argument's bounds, or None;
                          #   bound: the user's interval
+INFERRED = "inferred"    # call: present (True) where DOMAIN is the argument's exact bounds, not
+                         #   a declared `on` (the lowering widens it by upstream fit errors)
 TOL = "tol"              # call/ewmul: the statement's (or call's) error budget, or None
 TOL_REL = "tol_rel"      # call, and ewmul of x ** k: present (True) when TOL is relative (`tol rel eps`:
                          #   |error| <= eps·|exact value|); absent when TOL is absolute
@@ -111,7 +113,7 @@ REFINED = "refined"      # set by the lowering on a scalar refinement's values (
                          #   'arg' on its argument; rows.py clears their rows exactly
 
 ATTRIBUTES = frozenset({OP, ARGS, CSHAPE, LOC, NAME, SYMMETRIC, ENTRIES, SIGN, FLAG, LO, HI, VALUE,
-                        K, C, FUNC, FARGS, DOMAIN, TOL, TOL_REL, VARS, CARRIED, LOOP_STATE, ITERATION,
+                        K, C, FUNC, FARGS, DOMAIN, INFERRED, TOL, TOL_REL, VARS, CARRIED, LOOP_STATE, ITERATION,
                         TWIN, ENTERS, LOOP_PHASE, LOOP_KERNEL, LOOP_AHEAD, LOOP_FIRST, COPY, HOISTED, REFINED,
                         NOTE})
 REQUIRED = (OP, ARGS, CSHAPE, LOC)
