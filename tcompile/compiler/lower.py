@@ -391,7 +391,7 @@ class Lowering:
         (log of that sum at data on its bounds: a DomainError). So they are widened to the
         interval the pieces' own ranges give, which holds their errors."""
         atom = self.atoms.get(a)
-        if atom is None or atom.kind != "attn":
+        if atom is None or atom.kind != "attn" or self._range_stops_at(a):
             return exact
         found = self._poly_range(atom.poly)
         return exact if found is None else (min(exact[0], found[0]), max(exact[1], found[1]))
@@ -425,6 +425,13 @@ class Lowering:
             lo, hi = lo + min(c * cur[0], c * cur[1]), hi + max(c * cur[0], c * cur[1])
         return (lo, hi) if fitted else None
 
+    def _range_stops_at(self, a) -> bool:
+        """Where _poly_range does not look into a value's definition: a loop's state (every
+        iteration shares its bounds, so the loop's iterations stay alike) and a value the
+        user bounded (its own domain check watches it)."""
+        node = self.g.nodes[a]
+        return bool(node.get(CARRIED)) or LOOP_STATE in node or a in self.user_bounds
+
     def _atom_range(self, a, depth: int) -> tuple[tuple | None, bool]:
         """(an interval of atom a's compiled values, whether a fitted piece is in it)."""
         b, rng = self.atoms.get(a), self.piece_ranges.get(a)
@@ -433,10 +440,7 @@ class Lowering:
         if b.kind == "mlp" and rng is not None and all(map(math.isfinite, rng)):
             return rng, True             # a fitted piece: its PL values, errors included
         node = self.g.nodes[a]
-        stop = node.get(CARRIED) or LOOP_STATE in node or a in self.user_bounds
-        if b.kind == "attn" and not stop:
-            # (not into a loop's state, whose bounds every iteration shares, nor a value the
-            # user bounded: its domain check watches it)
+        if b.kind == "attn" and not self._range_stops_at(a):
             inner = self._poly_range(b.poly, depth + 1)
             if inner is not None:
                 return inner, True
