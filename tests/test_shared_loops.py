@@ -1911,3 +1911,28 @@ def test_the_fold_digest_reads_the_nonzeros_a_layer_holds():
     assert digest(dc_replace(dense, W_1=W_1)) != d
     assert digest(dc_replace(dense, W_1=np.zeros((W_1.shape[0] + 1, W_1.shape[1])))) != \
         digest(dc_replace(dense, W_1=np.zeros((W_1.shape[0], W_1.shape[1]))))
+
+
+@pytest.mark.parametrize("update", ["t = t + sum(w)", "t = t + w[0] + w[1] + w[2]"])
+def test_a_state_whose_bounds_reach_no_fit_does_not_bound_the_count(update):
+    """An accumulator's interval bounds grow with every iteration; nothing fitted reads
+    them, so the shared build runs any count (it ran at most the built one), and the
+    consensus step X - h (X - mean) likewise."""
+    src = ("program acc\ndim k = 3\nparam steps = 6\ninput v : [k] in [0, 1]\n"
+           "input w0 : [k] in [0, 1]\noutput t, w\nt = 0\nw = w0\nrepeat steps {\n"
+           f"  w = clip(w - 0.3 * (w - v), 0, 1)\n  {update}\n}}\n")
+    shared = tcompile.compile_source(src, file="a.tp", loops="shared")
+    assert [spec.max_count for spec in shared.loops.loops] == [None]
+    v, w0 = np.array([0.2, 0.5, 0.9]), np.array([1.0, 0.0, 0.5])
+    for k in (6, 40):
+        want = tcompile.interpret_program(parse_source(src, "a.tp"), {"steps": k}, v=v, w0=w0)
+        got = shared.run(v=v, w0=w0, steps=k)
+        assert max(float(np.max(np.abs(got[x] - want[x]))) for x in want) <= 1e-12
+
+
+def test_the_bounds_a_fit_reads_still_bound_the_count():
+    """x * x is fitted on x's bounds, which grow: they stay the build's limit."""
+    src = ("program grow\nparam steps = 4\ninput a : [3] in [0, 1]\noutput x\nx = a\n"
+           "repeat steps {\n  x = x + 0.1 * a * x * x\n}\n")
+    shared = tcompile.compile_source(src, file="g.tp", loops="shared")
+    assert [spec.max_count for spec in shared.loops.loops] == [4]

@@ -26,7 +26,7 @@ from ..errors import TcompileError
 from ..language import ast
 from ..language.checker import Ty, Val, Walker
 from ..language.run_params import loop_key, loop_param, run_time_counts
-from .dataflow import GraphBuilder, _carried
+from .dataflow import GraphBuilder, _carried, _names_read
 from .nodes import (CSHAPE, ENTERS, FIRST_ONLY, HI, ITERATION, LO, LOC, LOOP_AHEAD, LOOP_FIRST,
                     LOOP_KERNEL, LOOP_PHASE, LOOP_STATE, TWIN, VARS, kernel_group)
 
@@ -133,17 +133,29 @@ class _SteadyState:
         # may drift inside them without end (a lower bound shrinking toward 0); its declared
         # interval is a hull if one body from it stays inside
         declared = _declared_bounds(probe, stmt.body, state, types)
-        if not declared:
-            return hull, False
-        wide = dict(hull)
-        for n, (lo, hi) in declared.items():
-            if hull[n].bounded:
-                wide[n] = _join(hull[n], replace(hull[n], lo=lo, hi=hi), n, stmt)
-        try:
-            if self._closed(probe, stmt, env, in_function, state, wide):
-                return wide, True
-        except TcompileError:
-            pass                # the wider bounds leave some domain (a divisor may be 0)
+        if declared:
+            wide = dict(hull)
+            for n, (lo, hi) in declared.items():
+                if hull[n].bounded:
+                    wide[n] = _join(hull[n], replace(hull[n], lo=lo, hi=hi), n, stmt)
+            try:
+                if self._closed(probe, stmt, env, in_function, state, wide):
+                    return wide, True
+            except TcompileError:
+                pass            # the wider bounds leave some domain (a divisor may be 0)
+        # a state whose bounds reach no function, product or divisor (an accumulator
+        # `t = t + sum(w)`, consensus `X = X - h * (X - sum(X) / n)`): its growing bounds
+        # need not bound the count
+        needed = None if in_function else _bounds_needed(self.program)
+        loose = {n: replace(t, lo=None, hi=None)
+                 if t.bounded and needed is not None and n not in needed else t
+                 for n, t in hull.items()}
+        if loose != hull:
+            try:
+                if self._closed(probe, stmt, env, in_function, state, loose):
+                    return loose, True
+            except TcompileError:
+                pass
         return hull, False
 
     @staticmethod
@@ -299,6 +311,70 @@ def _declared_bounds(probe, body, state, env) -> dict[str, tuple[float, float]]:
             last[st.target] = st.value
     return {n: probe._declared_domain(v, env) for n, v in last.items()
             if isinstance(v, ast.Bound)}
+
+
+# calls whose value needs no bounds on their arguments (exact selections and fills)
+_BOUNDS_FREE_CALLS = {"ones", "zeros", "sum", "stack", "tril", "triu", "outer"}
+
+
+def _bounds_needed(program) -> set[str]:
+    """The variables whose bounds may reach a fitted domain, found from the program text:
+    those read inside a builtin call (other than exact selections and fills), a power, a
+    division by anything but a number or n, an elementwise product of two values neither
+    of which is a number, or a user function's argument; and, backwards, every variable an
+    assignment to such a variable reads. Conservative: a variable not in it flows only into
+    sums, differences, multiples, matrix products and selections."""
+    consts = {p.name for p in program.params} | {d.name for d in program.dims}
+
+    def constant(e) -> bool:
+        if isinstance(e, ast.Number):
+            return True
+        if isinstance(e, ast.Name):
+            return e.id in consts
+        if isinstance(e, ast.Neg):
+            return constant(e.operand)
+        if isinstance(e, ast.BinOp) and e.op != "@":
+            return constant(e.left) and constant(e.right)
+        return False
+
+    direct: set[str] = set()
+
+    def scan(e) -> None:
+        if isinstance(e, ast.Call):
+            if e.func not in _BOUNDS_FREE_CALLS:
+                direct.update(*(_names_read(a) for a in e.args))
+            for a in e.args:
+                scan(a)
+        elif isinstance(e, ast.BinOp):
+            if e.op == "**" or (e.op == "/" and not constant(e.right) and
+                                not (isinstance(e.right, ast.Name) and e.right.id == "n")) or \
+                    (e.op == "*" and not constant(e.left) and not constant(e.right)):
+                direct.update(_names_read(e))
+            scan(e.left)
+            scan(e.right)
+        elif isinstance(e, (ast.Neg, ast.Transpose, ast.Bound)):
+            scan(e.operand)
+        elif isinstance(e, ast.Index):
+            scan(e.value)
+
+    reads: dict[str, set[str]] = {}
+
+    def walk(body) -> None:
+        for st in body:
+            if isinstance(st, ast.Assign):
+                scan(st.value)
+                reads.setdefault(st.target, set()).update(_names_read(st.value))
+            elif isinstance(st, ast.Repeat):
+                direct.update(_names_read(st.count))
+                walk(st.body)
+    walk(program.body)
+    needed, todo = set(direct), list(direct)
+    while todo:
+        for name in reads.get(todo.pop(), ()):
+            if name not in needed:
+                needed.add(name)
+                todo.append(name)
+    return needed
 
 
 def _inside(a: Ty, hull: Ty) -> bool:
