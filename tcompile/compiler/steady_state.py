@@ -338,36 +338,20 @@ def _bounds_needed(program) -> set[str]:
         return False
 
     direct: set[str] = set()
-
-    def scan(e) -> None:
-        if isinstance(e, ast.Call):
-            if e.func not in _BOUNDS_FREE_CALLS:
-                direct.update(*(_names_read(a) for a in e.args))
-            for a in e.args:
-                scan(a)
-        elif isinstance(e, ast.BinOp):
-            if e.op == "**" or (e.op == "/" and not constant(e.right) and
-                                not (isinstance(e.right, ast.Name) and e.right.id == "n")) or \
-                    (e.op == "*" and not constant(e.left) and not constant(e.right)):
-                direct.update(_names_read(e))
-            scan(e.left)
-            scan(e.right)
-        elif isinstance(e, (ast.Neg, ast.Transpose, ast.Bound)):
-            scan(e.operand)
-        elif isinstance(e, ast.Index):
-            scan(e.value)
-
     reads: dict[str, set[str]] = {}
-
-    def walk(body) -> None:
-        for st in body:
-            if isinstance(st, ast.Assign):
-                scan(st.value)
-                reads.setdefault(st.target, set()).update(_names_read(st.value))
-            elif isinstance(st, ast.Repeat):
-                direct.update(_names_read(st.count))
-                walk(st.body)
-    walk(program.body)
+    for node, _ in ast.walk(program.body):          # (defs are not in the body)
+        if isinstance(node, ast.Assign):
+            reads.setdefault(node.target, set()).update(_names_read(node.value))
+        elif isinstance(node, ast.Repeat):
+            direct.update(_names_read(node.count))
+        elif isinstance(node, ast.Call) and node.func not in _BOUNDS_FREE_CALLS:
+            direct.update(*(_names_read(a) for a in node.args))
+        elif isinstance(node, ast.BinOp) and (
+                node.op == "**" or
+                (node.op == "/" and not constant(node.right) and
+                 not (isinstance(node.right, ast.Name) and node.right.id == "n")) or
+                (node.op == "*" and not constant(node.left) and not constant(node.right))):
+            direct.update(_names_read(node))
     needed, todo = set(direct), list(direct)
     while todo:
         for name in reads.get(todo.pop(), ()):

@@ -407,7 +407,9 @@ class Walker:
         if self.call_stack:
             fn = self.call_stack[-1]
             inputs = {i.name for i in self.program.inputs}
-            if e.id in inputs or e.id in _assigned(self.program.body):
+            assigned = {n.target for n, _ in ast.walk(self.program.body)
+                        if isinstance(n, ast.Assign)}
+            if e.id in inputs or e.id in assigned:
                 kind = "an input" if e.id in inputs else "a variable"
                 raise self.err(f"'{e.id}' is {kind} of the program, which the body of '{fn}' "
                                "does not see: a function sees its parameters, params, dims, "
@@ -758,17 +760,6 @@ def _constant_product_interval(ta: Ty, tb: Ty) -> tuple[float | None, float | No
     c, other = (ta.lo, tb) if ta.lo == ta.hi else (tb.lo, ta)
     ends = sorted((k * c * other.lo, k * c * other.hi))
     return ends[0], ends[1]
-
-
-def _assigned(body) -> set[str]:
-    """The variables the statements assign, in repeats too (not inside defs)."""
-    out: set[str] = set()
-    for stmt in body:
-        if isinstance(stmt, ast.Assign):
-            out.add(stmt.target)
-        elif isinstance(stmt, ast.Repeat):
-            out |= _assigned(stmt.body)
-    return out
 
 
 def _sym_or_scalar(t: Ty) -> bool:
