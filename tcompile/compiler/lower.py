@@ -406,7 +406,7 @@ class Lowering:
         lo = hi = 0.0
         fitted = False
         for m, c in poly.items():
-            if not m.chain and not m.scalars:
+            if m.degree == 0:
                 lo, hi = lo + c, hi + c                         # a constant term
                 continue
             cur = None
@@ -975,7 +975,7 @@ class Lowering:
 def _constant_poly(p) -> bool:
     """A polynomial with no atoms: a number (sum(e) of e = exp(0), a loop's first iteration
     from zeros)."""
-    return isinstance(p, dict) and all(not m.chain and not m.scalars for m in p)
+    return isinstance(p, dict) and max_degree(p) == 0
 
 
 class _Names:

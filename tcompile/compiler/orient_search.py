@@ -23,7 +23,8 @@ import heapq
 from bisect import bisect_left, insort
 
 from ..language.checker import TOKEN
-from .orient import HeadOptions, Pair, mlp_input_pair, pair_rows, second_orientation_cost
+from .orient import (HeadOptions, Pair, block_readers, mlp_input_pair, pair_rows,
+                     second_orientation_cost)
 from .poly import AtomTable
 
 
@@ -73,6 +74,7 @@ class IncrementalCost:
                 self.block_readers.setdefault(p, []).append(i)
         self._rows = _PairRows(atoms)                    # pair_rows, once per block
         self._extra = {a: second_orientation_cost(atoms, a) for a in atoms}   # once per atom
+        self._readers = block_readers(atoms, options)    # the tie-break OrientationCost uses
         self._log: dict | None = None                   # what a flip changed, for undo()
         self.adders: dict[Pair, list[int]] = {}          # block → steps that store it (sorted)
         self.chosen: list[tuple | None] = [() for _ in self.steps]
@@ -104,7 +106,7 @@ class IncrementalCost:
         if s.mono is None:
             return tuple(sorted({mlp_input_pair(self.atoms, arg, s.atom, orient)
                                  for arg in self.atoms[s.atom].inputs})), (0, 0)
-        adders, rows, extra, readers = self.adders, self._rows, self._extra, self.block_readers
+        adders, rows, extra, readers = self.adders, self._rows, self._extra, self._readers
         best, at, shared = None, (0, 0), 0
         for k, needs in enumerate(s.options[orient[s.atom]]):
             c, r = 0, 0
@@ -113,7 +115,7 @@ class IncrementalCost:
                     lst = adders.get(p)
                     if not lst or lst[0] >= i:
                         c += rows[p] + extra[p[0]]
-                        r += len(readers[p])
+                        r += readers.get(p, 0)
             # the first minimum of (cost, -readers of the new blocks), as OrientationCost's min()
             if best is None or c < at[1] or (c == at[1] and r > shared):
                 best, at, shared = needs, (k, c), r
