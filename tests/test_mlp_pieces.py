@@ -422,8 +422,9 @@ repeat steps {
 
 def test_a_loop_of_sin_and_cos_follows_numpy_unrolled_and_shared():
     """Mean-field Kuramoto oscillators: each step's sin and cos are fitted within 1e-6, so ten
-    steps stay within 2e-6 of the same recursion in numpy; the shared build runs any count as
-    deep as the unrolled one."""
+    steps stay within 2e-6 of the same recursion in numpy; a step is one layer (the means
+    times the token vectors, S·cos θ, are heads reading the encoder's row of 1/n: two layers
+    per step before), and the shared build runs any count as deep as the unrolled one."""
     rng = np.random.default_rng(5)
     th0, w = rng.uniform(-3, 3, 16), rng.uniform(-0.5, 0.5, 16)
 
@@ -436,8 +437,10 @@ def test_a_loop_of_sin_and_cos_follows_numpy_unrolled_and_shared():
     unrolled = tcompile.compile_source(KURAMOTO, file="k.tp")
     shared = tcompile.compile_source(KURAMOTO, file="k.tp", loops="shared")
     assert np.max(np.abs(unrolled.run(th0=th0, w=w)["th"] - numpy_steps(10))) < 2e-6
+    assert unrolled.n_layers == 11
     for k in (4, 13):
         got = shared.run(th0=th0, w=w, steps=k)["th"]
         assert np.max(np.abs(got - numpy_steps(k))) < 3e-6
         assert shared.loops.n_layers(shared.loops.counts({"steps": k})) == \
             tcompile.compile_source(KURAMOTO, file="k.tp", params={"steps": k}).n_layers
+

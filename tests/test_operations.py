@@ -55,6 +55,11 @@ EXACT = [  # (statement, numpy, (layers, width)) as built
     ("r = diag(clip(M, -3, 3))", lambda M, **_: np.diag(np.clip(M, -3, 3)), (3, 15)),
     ("r = M @ diag(u)", lambda M, u, **_: M @ np.diag(u), (3, 18)),
     ("r = y + A @ M", lambda A, y, M, **_: y[:, None] + A @ M, (2, 13)),
+    # a token mean broadcast back to the tokens: 1·1ᵀA/n is one head, reading the encoder's
+    # row of 1/n (heads.py); it took 2 layers when 1/n needed an operand of its own
+    ("r = A - sum(A) / n", lambda A, **_: A - A.mean(axis=0), (1, 8)),
+    ("r = y * (sum(y) / n)", lambda y, **_: y * y.mean(), (1, 3)),
+    ("r = A.T @ (A - sum(A) / n) / n", lambda A, **_: np.cov(A.T, bias=True), (2, 12)),
 ]
 
 

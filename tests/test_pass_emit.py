@@ -20,6 +20,12 @@ repeat 3 {
   X = 2 * X - X @ A @ X
 }
 """,
+    "centred": """program t
+input X : [n, 3] in [-1, 1]
+output Y, m
+m = sum(X) / n
+Y = X - 0.5 * (X - m)
+""",
     "tokens": """program t
 dim d = 2
 input A : [n, d] assume row_norm <= 1
@@ -44,6 +50,7 @@ def encode(blocks, inputs: dict, n: int) -> np.ndarray:
         else:
             k = len(b.rows)
             C = {"eye": np.eye(k), "eye_inv_n": np.eye(k) / n, "ones": np.ones((n, 1)),
+                 "ones_inv_n": np.full((1, n), 1 / n),
                  "inv_n": np.full((1, 1), 1 / n), "n": np.full((1, 1), float(n))}[b.const]
         S = C.T if b.transposed else C
         H[list(b.rows), :S.shape[1]] = S
@@ -80,6 +87,15 @@ def test_emitted_weights_compute_the_program(name):
         b = by_key[keys[(nid, plan.orient[nid])]]
         got = read(states[-1], b, n).reshape(np.shape(want[out]))
         np.testing.assert_allclose(got, want[out], rtol=1e-12, atol=1e-13)
+
+
+def test_a_token_mean_broadcast_to_the_tokens_is_one_layer():
+    """X − 0.5 (X − 1 mᵀ), m = Xᵀ1/n: the head reads 1·1ᵀ/n as the ones row and the
+    encoder's row of 1/n (heads.py), in the same layer as m."""
+    df, plan, layers, blocks, keys = emitted(PROGRAMS["centred"])
+    assert len(layers) == 1
+    assert [b.key for b in blocks if b.const == "ones_inv_n"] == ["const:ones_inv_n"]
+    assert any("const:ones_inv_n" in lab for w in layers for lab in w.head_labels)
 
 
 def test_heads_select_rows_and_write_only_their_destination():

@@ -9,13 +9,13 @@ from __future__ import annotations
 import numpy as np
 
 from tcompile.compiler.heads import Operand, Realization, realizable, realizations
-from tcompile.compiler.poly import Atom, AtomTable, Mono
+from tcompile.compiler.poly import Atom, AtomTable, Mono, head_operands
 from tcompile.language.checker import TOKEN
 
 N, D, K = 5, 3, 2
 # M, P, Q, S (symmetric): D×D; R: D×K; A, B: token data N×K; y: token vector N×1;
-# v: D×1; s, t: runtime scalars; inv_n: the 1/n constant
-M, P, Q, S, R, A, B, y, v, s, t, INV_N = range(1, 13)
+# v: D×1; s, t: runtime scalars; inv_n: the 1/n constant; ones: the column of ones
+M, P, Q, S, R, A, B, y, v, s, t, INV_N, ONES = range(1, 14)
 
 
 def table() -> AtomTable:
@@ -24,7 +24,8 @@ def table() -> AtomTable:
              Atom(A, "input", (TOKEN, K)), Atom(B, "input", (TOKEN, K)),
              Atom(y, "input", (TOKEN, 1)), Atom(v, "input", (D, 1)),
              Atom(s, "input", (1, 1), symmetric=True), Atom(t, "input", (1, 1), symmetric=True),
-             Atom(INV_N, "const", (1, 1), symmetric=True)]
+             Atom(INV_N, "const", (1, 1), symmetric=True),
+             Atom(ONES, "const", (TOKEN, 1), node={"op": "ones"})]
     return AtomTable(((a.id, a) for a in atoms), inv_n=INV_N)
 
 
@@ -34,7 +35,7 @@ def values(seed=0) -> dict[int, np.ndarray]:
     sym = g((D, D))
     return {M: g((D, D)), P: g((D, D)), Q: g((D, D)), S: sym + sym.T, R: g((D, K)),
             A: g((N, K)), B: g((N, K)), y: g((N, 1)), v: g((D, 1)), s: g((1, 1)),
-            t: g((1, 1)), INV_N: np.array([[1.0 / N]])}
+            t: g((1, 1)), INV_N: np.array([[1.0 / N]]), ONES: np.ones((N, 1))}
 
 
 def mono(*chain, scalars=()) -> Mono:
@@ -69,6 +70,8 @@ def block(atoms, vals, op: Operand) -> np.ndarray:
     if op.kind == "atom":
         assert atoms[op.atom].storable(op.transposed), f"atom {op.atom} stored with n as rows"
         b = vals[op.atom].T if op.transposed else vals[op.atom]
+    elif op.kind == "ones_inv_n":
+        b = np.full((1, N), 1.0 / N)
     else:
         b = np.eye(op.k) / (N if op.kind == "eye_inv_n" else 1)
     return b if op.row is None else b[op.row:op.row + 1]
@@ -238,6 +241,24 @@ def test_inv_n_times_a_small_matrix():
                           Realization(atom(M), eye(D), eye_inv_n(D)),
                           Realization(eye(D), eye_inv_n(D), atom(M)),
                           Realization(eye(D), atom(M, True), eye_inv_n(D))}
+
+
+def test_inv_n_joins_a_ones_factor_as_the_row_of_one_over_n():
+    # Aᵀ 1 1ᵀ / n, a token mean broadcast back to the tokens (stored K × n): four operands
+    # with 1/n as a scalar, three with 1·(1/n) read from the encoder's row of 1/n
+    m = mono((A, True), (ONES, False), (ONES, True), scalars=(INV_N,))
+    row = Operand("ones_inv_n", k=1)
+    assert set(check(m, (K, TOKEN), False)) == {
+        Realization(atom(A, True), row, atom(ONES, True)),
+        Realization(atom(A, True), atom(ONES, True), row)}
+    assert head_operands(table(), m) == 3
+    # another scalar there has no row to join: still four operands, no head
+    other = mono((A, True), (ONES, False), (ONES, True), scalars=(s,))
+    assert realizations(table(), other, (K, TOKEN), False) == []
+    assert head_operands(table(), other) == 4
+    # the mean itself, Aᵀ 1 / n, keeps its heads and gains the row: both compute it
+    assert Realization(atom(A, True), row, eye(1)) in check(
+        mono((A, True), (ONES, False), scalars=(INV_N,)), (K, 1), False)
 
 
 def test_realizations_from_templates_are_the_direct_ones():

@@ -1936,3 +1936,24 @@ def test_the_bounds_a_fit_reads_still_bound_the_count():
            "repeat steps {\n  x = x + 0.1 * a * x * x\n}\n")
     shared = tcompile.compile_source(src, file="g.tp", loops="shared")
     assert [spec.max_count for spec in shared.loops.loops] == [4]
+
+
+def test_consensus_dynamics_run_one_layer_per_step():
+    """X ← X − h (X − 1 mᵀ), m the token mean: 1·1ᵀX/n is one head (the encoder's row of
+    1/n, heads.py), so a step is one layer unrolled and shared (two before), against the same
+    dynamics written in numpy, at token counts the build was not sampled at."""
+    src = ("program consensus\nparam steps = 10\ninput X0 : [n, 3] in [-1, 1]\noutput X\n"
+           "X = X0\nrepeat steps {\n  m = sum(X) / n\n  X = X - 0.3 * (X - m)\n}\n")
+    unrolled = tcompile.compile_source(src, file="c.tp")
+    shared = tcompile.compile_source(src, file="c.tp", loops="shared")
+    assert unrolled.n_layers == 10
+    rng = np.random.default_rng(5)
+    for n, steps in ((4, 10), (9, 17), (31, 3)):
+        X0 = rng.uniform(-1, 1, (n, 3))
+        want = X0.copy()
+        for _ in range(steps):
+            want = want - 0.3 * (want - want.mean(axis=0))
+        assert shared.loops.n_layers(shared.loops.counts({"steps": steps})) == steps
+        np.testing.assert_allclose(shared.run(X0=X0, steps=steps)["X"], want, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(unrolled.run(X0=X0)["X"], shared.run(X0=X0, steps=10)["X"],
+                               rtol=0, atol=1e-15)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from .heads import realizable
 from .nodes import ITERATION, LOOP_AHEAD, LOOP_FIRST, LOOP_KERNEL, LOOP_STATE, kernel_group
-from .poly import (MAX_FACTORS, Atom, AtomTable, Mono, Poly, add_polys, max_degree, mul_polys,
-                   transpose_poly)
+from .poly import (MAX_FACTORS, Atom, AtomTable, Mono, Poly, add_polys, max_head_operands,
+                   mul_polys, transpose_poly)
 from .schedule import ENCODER, attention_layer, mlp_layer
 
 
@@ -82,7 +82,7 @@ def _lower_layer(atoms: AtomTable, atom: Atom, lv, layer: int) -> Poly | None:
                 break
             mm, i = late[0]
             sub = _substitute(atoms, mm, i)
-            if max_degree(sub) > MAX_FACTORS:
+            if max_head_operands(atoms, sub) > MAX_FACTORS:
                 return None
             current = add_polys((1.0, {k: v for k, v in current.items() if k != mm}), (current[mm], sub))
         if any(_mono_layer(mm, lv) >= layer - 1 for mm in current):

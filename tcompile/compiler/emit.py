@@ -19,7 +19,7 @@ from .heads import HeadTerm, Operand
 from .nodes import CSHAPE, ENTRIES, OP, VARS
 from .pieces import piece_unit_count, piece_unit_entries, piece_units
 from .plan import Plan
-from .rows import AFTER_LAST_SUBLAYER, IDENTITY_BLOCK, IDENTITY_OVER_N_BLOCK
+from .rows import AFTER_LAST_SUBLAYER, IDENTITY_BLOCK, IDENTITY_OVER_N_BLOCK, ONES_OVER_N_BLOCK
 from .schedule import attention_time, mlp_time
 
 
@@ -113,7 +113,8 @@ def _operand_rows(plan: Plan, op: Operand) -> list:
         eye = plan.slots[(IDENTITY_BLOCK, False)].rows
         rows = [None if r is None else eye[r] for r in op.rows]
     else:
-        pseudo = IDENTITY_BLOCK if op.kind == "eye" else IDENTITY_OVER_N_BLOCK
+        pseudo = {"eye": IDENTITY_BLOCK, "eye_inv_n": IDENTITY_OVER_N_BLOCK,
+                  "ones_inv_n": ONES_OVER_N_BLOCK}[op.kind]
         rows = plan.slots[(pseudo, False)].rows[:op.k]
     return rows if op.row is None else [rows[op.row]]
 
@@ -177,6 +178,8 @@ def _operand_label(op: Operand, keys) -> str:
         return keys[(op.atom, op.transposed)]
     if op.kind == "select":
         return f"I{op.k}[" + ",".join("-" if r is None else str(r) for r in op.rows) + "]"
+    if op.kind == "ones_inv_n":
+        return "const:ones_inv_n"
     return f"I{op.k}" if op.kind == "eye" else f"I{op.k}/n"
 
 

@@ -3,8 +3,9 @@
 A head reads three stored blocks X, Y, Z (W_V, W_K, W_Q select their rows) and adds X Yᵀ Z;
 the contraction X·Yᵀ runs over stored columns (tokens, or a small matrix's columns), so a
 monomial's factors must be stored in the right orientations, identities pad short chains at
-small dimensions, runtime scalars sit where a dimension is 1 (or 1/n becomes the I/n block), and
-a scalar times a block with no side of length 1 is split into one head per row.
+small dimensions, runtime scalars sit where a dimension is 1 (or 1/n becomes the I/n block, or
+joins the row of ones as the row of 1/n), and a scalar times a block with no side of length 1
+is split into one head per row.
 """
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ class Operand:
     rows of the identity block). kind 'eye_inv_n': I_k / n (a constant block the encoder fills).
     kind 'select': a constant 0/1 pattern with at most one 1 per row (selection.py) read as
     rows of the identity block: `rows[i]` is the identity row that is its row i (None: a zero
-    row), so the pattern itself is never stored — the weights select.
+    row), so the pattern itself is never stored — the weights select. kind 'ones_inv_n': the
+    1 × n row of 1/n (a constant row the encoder fills), where 1/n meets the ones row: a token
+    mean broadcast back to the tokens, X − 1·1ᵀX/n, is then one head.
     """
     kind: str
     atom: int | None = None
@@ -110,7 +113,7 @@ def _structure(atoms: AtomTable, a: int) -> tuple:
     atom = atoms[a]
     pattern = atom.node.get(ENTRIES) if atom.kind == "const" and atom.node.get(OP) == "pattern" \
         else None
-    return (atom.cshape, atom.symmetric, pattern, a == atoms.inv_n)
+    return (atom.cshape, atom.symmetric, pattern, a == atoms.inv_n, atoms.is_ones(a))
 
 
 def _renamed(r: Realization, name) -> Realization:
@@ -170,6 +173,8 @@ def _item_dims(atoms, item):
         return dims(atoms, v)
     if kind == "s":
         return (1, 1)
+    if kind == "ones_inv_n":       # v: transposed (the 1 × n row) or not (the n × 1 column)
+        return (1, TOKEN) if v else (TOKEN, 1)
     return (v, v)   # 'eye' / 'eye_inv_n' of size v
 
 
@@ -193,6 +198,12 @@ def _place_scalars(atoms, items, scalars, p, q):
         elif s == atoms.inv_n and _is_small(dim):
             results += _place_scalars(atoms, items[:pos] + [("eye_inv_n", dim)] + items[pos:], rest,
                                       p, q)
+    if s == atoms.inv_n:
+        # 1/n joins a ones factor: 1·(1/n) is the row of 1/n the encoder writes
+        for i, (kind, v) in enumerate(items):
+            if kind == "f" and atoms.is_ones(v[0]):
+                joined = items[:i] + [("ones_inv_n", v[1])] + items[i + 1:]
+                results += _place_scalars(atoms, joined, rest, p, q)
     return results
 
 
@@ -224,6 +235,8 @@ def _operand(atoms, item, flip: bool) -> Operand | None:
         return Operand("atom", a, t)
     if kind == "s":
         return Operand("atom", v, False)
+    if kind == "ones_inv_n":       # stored as the 1 × n row only
+        return Operand(kind, k=1) if (v != flip) else None
     return Operand(kind, k=v)
 
 

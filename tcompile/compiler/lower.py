@@ -37,7 +37,8 @@ from .nodes import (ARGS, C, CARRIED, COPY, CSHAPE, DOMAIN, FARGS, FLAG, FUNC, H
                     VALUE, VARS)
 from .pieces import MAX_SIGN_LEAVES, UNNAMED, PieceBuilder, Words
 from .poly import (MAX_FACTORS, Atom, AtomTable, Mono, Poly, add_polys, dims, max_degree,
-                   mul_polys, symmetrize_weighted_grams, transpose_mono, transpose_poly)
+                   max_head_operands, mul_polys, symmetrize_weighted_grams, transpose_mono,
+                   transpose_poly)
 
 
 
@@ -912,7 +913,7 @@ class Lowering:
     def _one_sublayer(self, nid: int, poly: Poly) -> bool:
         """Whether one attention sublayer computes this value of node nid as it stands: three
         factors at most per monomial, and heads for each."""
-        return max_degree(poly) <= MAX_FACTORS and realizable(self.atoms, poly,
+        return max_head_operands(self.atoms, poly) <= MAX_FACTORS and realizable(self.atoms, poly,
                                                               self.g.nodes[nid][CSHAPE])
 
     def _one_head(self, nid: int, m: Mono) -> bool:

@@ -35,6 +35,7 @@ class Plan:
     n_layers: int
     identity_size: int                  # rows of the [I 0] block (0: none)
     inv_n_identity_size: int            # rows of the [I/n 0] block (0: none)
+    ones_inv_n_size: int                # 1 where heads read the 1 × n row of 1/n, else 0
 
     def mlp_input(self, arg: int, mlp_atom: int) -> Pair:
         """The block an MLP piece reads its input `arg` from (orient.mlp_input_pair)."""

@@ -82,6 +82,12 @@ class AtomTable(dict):
         """The same table with only the atoms in `keep` (order and constants preserved)."""
         return AtomTable(((a, atom) for a, atom in self.items() if a in keep), self.inv_n, self.ones)
 
+    def is_ones(self, a: int) -> bool:
+        """Whether atom a is a column of ones (the program's `ones(n)`, a `sum`'s, a gate's):
+        1/n beside it is the encoder's row of 1/n (heads.py)."""
+        atom = self[a]
+        return atom.kind == "const" and atom.node.get("op") == "ones"
+
 
 def dims(atoms: dict[int, Atom], f: Factor) -> tuple:
     r, c = atoms[f[0]].cshape
@@ -141,3 +147,14 @@ def mul_polys(atoms, a: Poly, b: Poly) -> Poly:
 
 def max_degree(p: Poly) -> int:
     return max((m.degree for m in p), default=0)
+
+
+def head_operands(atoms: "AtomTable", m: Mono) -> int:
+    """The stored operands m needs at least: its degree, less one where 1/n joins a ones
+    factor (the encoder's row of 1/n: heads.py), so that 1·1ᵀX/n counts three."""
+    joined = atoms.inv_n in m.scalars and any(atoms.is_ones(f) for f, _ in m.chain)
+    return m.degree - joined
+
+
+def max_head_operands(atoms: "AtomTable", p: Poly) -> int:
+    return max((head_operands(atoms, m) for m in p), default=0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from ..language.types import TOKEN
 from .heads import HeadTerm, Operand, Realization
 from .nodes import ENTERS, LOOP_PHASE, LOOP_STATE, REFINED, TWIN
 from .orient import Pair, mlp_input_pair, pair_rows
@@ -25,6 +26,7 @@ from .schedule import ENCODER, Schedule, written_by_mlp
 # every graph node in the allocator's (write time, pair) order, which fixes their rows.
 IDENTITY_BLOCK = -1              # [I 0]
 IDENTITY_OVER_N_BLOCK = -2       # [I/n 0]
+ONES_OVER_N_BLOCK = -3           # the 1 × n row of 1/n
 AFTER_LAST_SUBLAYER = 10**9      # the "last read" of an output: it is read after the last layer
 
 
@@ -44,7 +46,7 @@ class Allocation:
     pairs: set[Pair]
     write_time: dict[Pair, int]
     terms: dict[Pair, list[HeadTerm]]             # the schedule's heads + subtraction heads
-    identity_sizes: tuple[int, int]               # rows of [I 0] and [I/n 0] (0: none)
+    identity_sizes: tuple[int, int, int]          # rows of [I 0], [I/n 0], the 1/n row (0: none)
     slots: dict[Pair, Slot] = field(default_factory=dict)
     clear_terms: dict[int, list] = field(default_factory=dict)   # MLP sublayer → (old, row idx, new)
     width: int = 0
@@ -61,25 +63,29 @@ def _is_wide(al: "Allocation", a: int) -> bool:
     return al.wide[a]
 
 
-def identity_sizes(atoms: AtomTable, s: Schedule) -> tuple[int, int]:
-    """Sizes of the [I 0] and [I/n 0] blocks the heads read; small MLP pieces also take their
-    constants from the identity rows (one per column of the value)."""
+def identity_sizes(atoms: AtomTable, s: Schedule) -> tuple[int, int, int]:
+    """Sizes of the [I 0] and [I/n 0] blocks and the 1/n row (1 or 0) the heads read; small MLP
+    pieces also take their constants from the identity rows (one per column of the value)."""
     operands = [o for ts in s.terms.values() for t in ts for o in t.real.operands()]
     gate_sizes = [pair_rows(atoms, (a, not s.orient[a])) for a, atom in atoms.items()
                   if atom.kind == "mlp" and not atom.is_token]
     eye = max([o.k for o in operands if o.kind in ("eye", "select")] + gate_sizes, default=0)
     eye_inv_n = max((o.k for o in operands if o.kind == "eye_inv_n"), default=0)
-    return eye, eye_inv_n
+    ones_inv_n = int(any(o.kind == "ones_inv_n" for o in operands))
+    return eye, eye_inv_n, ones_inv_n
 
 
-def with_constant_blocks(atoms: AtomTable, s: Schedule, sizes: tuple[int, int]) -> Allocation:
-    """The allocation's starting point: the schedule's blocks plus the identity blocks."""
+def with_constant_blocks(atoms: AtomTable, s: Schedule, sizes: tuple[int, int, int]) -> Allocation:
+    """The allocation's starting point: the schedule's blocks plus the constant blocks heads
+    read that are no graph node (the identity blocks, the 1/n row)."""
     table = atoms.restricted(atoms)
     pairs, write_time = set(s.pairs), dict(s.write_time)
-    for pseudo, size, op in ((IDENTITY_BLOCK, sizes[0], "eye"),
-                             (IDENTITY_OVER_N_BLOCK, sizes[1], "eye_inv_n")):
+    for pseudo, size, op, cshape in (
+            (IDENTITY_BLOCK, sizes[0], "eye", (sizes[0], sizes[0])),
+            (IDENTITY_OVER_N_BLOCK, sizes[1], "eye_inv_n", (sizes[1], sizes[1])),
+            (ONES_OVER_N_BLOCK, sizes[2], "ones_inv_n", (1, TOKEN))):
         if size:
-            table[pseudo] = Atom(pseudo, "const", (size, size), node={"op": op})
+            table[pseudo] = Atom(pseudo, "const", cshape, node={"op": op})
             pairs.add((pseudo, False))
             write_time[(pseudo, False)] = ENCODER
     terms = {p: [replace(t) for t in ts] for p, ts in s.terms.items()}
@@ -90,14 +96,15 @@ def last_reads(al: Allocation, atoms: AtomTable, orient, outputs: dict[str, int]
                identity_size: int) -> dict[Pair, int]:
     """The last sublayer that reads each block (its write time if none does)."""
     last = {p: al.write_time[p] for p in al.pairs}
-    over_n = (IDENTITY_OVER_N_BLOCK, False)
+    pseudo = {"eye_inv_n": (IDENTITY_OVER_N_BLOCK, False), "ones_inv_n": (ONES_OVER_N_BLOCK, False)}
     for p, ts in al.terms.items():
         t = al.write_time[p]
         for term in ts:
             for q in term.real.needs():
                 last[q] = max(last[q], t)
-            if any(o.kind == "eye_inv_n" for o in term.real.operands()):
-                last[over_n] = max(last[over_n], t)
+            for o in term.real.operands():
+                if o.kind in pseudo:
+                    last[pseudo[o.kind]] = max(last[pseudo[o.kind]], t)
     if identity_size:
         last[(IDENTITY_BLOCK, False)] = AFTER_LAST_SUBLAYER     # subtraction heads may need it any time
     for a, atom in atoms.items():

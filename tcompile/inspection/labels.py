@@ -90,7 +90,7 @@ class RowLabel:
 
 
 _CONST_NAMES = {"const:eye": "I", "const:eye_inv_n": "I/n", "const:ones": "ones",
-                "const:inv_n": "1/n", "const:n": "n"}
+                "const:ones_inv_n": "ones/n", "const:inv_n": "1/n", "const:n": "n"}
 
 
 def _where(t: int) -> tuple[int | None, str]:

@@ -66,7 +66,7 @@ def value_name(var: str, lines: dict[str, int]) -> str:
         return f"{var[6:]} (input)"
     if var.startswith("const:"):
         return {"const:eye": "I", "const:ones": "ones", "const:inv_n": "1/n",
-                "const:eye_inv_n": "I/n"}.get(var, var[6:])
+                "const:eye_inv_n": "I/n", "const:ones_inv_n": "ones/n"}.get(var, var[6:])
     return var
 
 

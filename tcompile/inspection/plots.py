@@ -157,7 +157,8 @@ def _short(blk) -> str:
     constant's name."""
     if blk.vars:
         return blk.vars[-1] + ("ᵀ" if blk.transposed else "")
-    return {"eye": "I", "inv_n": "1/n", "eye_inv_n": "I/n"}.get(_base(blk), _base(blk))
+    return {"eye": "I", "inv_n": "1/n", "eye_inv_n": "I/n",
+            "ones_inv_n": "ones/n"}.get(_base(blk), _base(blk))
 
 
 def _legend_label(base: str, prog, names: dict[str, str]) -> str:

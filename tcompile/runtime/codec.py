@@ -85,6 +85,7 @@ def constant_value(op: str, k: int, n: int) -> np.ndarray:
     return {"eye": lambda: np.eye(k),
             "eye_inv_n": lambda: np.eye(k) / n,
             "ones": lambda: np.ones((n, 1)),
+            "ones_inv_n": lambda: np.full((1, n), 1.0 / n),
             "inv_n": lambda: np.full((1, 1), 1.0 / n),
             "n": lambda: np.full((1, 1), float(n))}[op]()
 
