@@ -465,3 +465,40 @@ def test_a_function_of_a_sum_of_fitted_values_allows_their_errors(expr):
         X = np.full((4, 3), value)
         got = prog.run(X=X)["L"]                              # domains="raise"
         assert np.max(np.abs(got - np.log(3 * np.exp(value)))) <= 3e-6
+
+
+EM_TWO_GAUSSIANS = """program em_two_gaussians
+param steps = 10
+input x : [n] in [-4, 4]
+output mu1, mu2
+mu1 = -1
+mu2 = 1
+repeat steps {
+  r = sigmoid(((mu1 - mu2) * x + (mu2 * mu2 - mu1 * mu1) / 2) on [-20, 20])
+  s1 = (sum(r) / n) on [0.05, 1]
+  s2 = (sum(1 - r) / n) on [0.05, 1]
+  mu1 = ((sum(r * x) / n) / s1) on [-4, 4]
+  mu2 = ((sum((1 - r) * x) / n) / s2) on [-4, 4]
+}
+"""
+
+
+def test_one_minus_a_fitted_value_carries_its_fit_error_into_the_next_domain():
+    """EM for two Gaussian means: `(1 - r) * x` with r a fitted sigmoid. The product was
+    fitted on 1 - r's exact bounds [sigmoid(-20), 1], while the compiled 1 - r reaches
+    -7.7e-7 (r's fit error): a DomainError at every run. Bounds of a sum of fitted pieces and
+    ones now hold the pieces' errors; the build runs, unrolled and shared, as EM in numpy."""
+    rng = np.random.default_rng(2)
+    x = np.clip(np.concatenate([rng.normal(-1.5, 1, 20), rng.normal(2, 1, 20)]), -4, 4)
+
+    def em(steps):
+        m1, m2 = -1.0, 1.0
+        for _ in range(steps):
+            r = 1 / (1 + np.exp(-((m1 - m2) * x + (m2 * m2 - m1 * m1) / 2)))
+            m1, m2 = (r * x).sum() / r.sum(), ((1 - r) * x).sum() / (1 - r).sum()
+        return m1, m2
+    unrolled = tcompile.compile_source(EM_TWO_GAUSSIANS, file="em.tp")
+    shared = tcompile.compile_source(EM_TWO_GAUSSIANS, file="em.tp", loops="shared")
+    for prog, steps in ((unrolled, 10), (shared, 10), (shared, 17)):
+        got = prog.run(x=x, steps=steps) if prog is shared else prog.run(x=x)
+        assert np.allclose((got["mu1"], got["mu2"]), em(steps), rtol=0, atol=1e-5)

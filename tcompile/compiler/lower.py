@@ -447,6 +447,8 @@ class Lowering:
                 return inner, True
         if LO in b.node and all(map(math.isfinite, (b.node[LO], b.node[HI]))):
             return (b.node[LO], b.node[HI]), False      # exact: relu(1) = ones, constants
+        if self.atoms.is_ones(a):
+            return (1.0, 1.0), False                    # 1 - r, r fitted: 1·1 - r
         if node[OP] == "call" and self.g.nodes[node[ARGS][0]][OP] == "const" and not node[FARGS]:
             v = float(exact_function(node[FUNC])(self.g.nodes[node[ARGS][0]][VALUE]))
             return (v, v), False                        # the ones a sum() reads: relu(1)
@@ -733,8 +735,8 @@ class Lowering:
         rng = self.piece_ranges.get(atom_id)
         if rng is not None and math.isfinite(rng[0]) and math.isfinite(rng[1]):
             return rng
-        if LO in node:                # an exact piece (relu) has no finite range: the checker's
-            return (node[LO], node[HI])
+        if LO in node:                # an exact piece (relu) has no finite range: the checker's,
+            return self._with_fit_errors(atom_id, (node[LO], node[HI]))   # fit errors included
         return None
 
     # ---- loop-invariant code motion ----------------------------------------------------------
