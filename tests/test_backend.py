@@ -382,13 +382,25 @@ def test_runtime_scalar_times_matrix_is_row_split():
 
 
 @pytest.mark.parametrize("body, message", [
-    ("R = 2 * B * (s * B)", "not supported"),            # a product of two scaled reals
+    # a product of two scaled reals is one scaled product piece, fitted on B's bounds
+    ("R = 2 * B * (s * B)", "'B' has no known bounds"),
 ])
 def test_unsupported_forms_are_compile_errors(body, message):
     src = "program u\ndim d = 3\ninput B : [d, d]\ninput s : []\noutput R\n" + body + "\n"
     with pytest.raises(CompileError, match=message) as exc:
         compile_source(src, "u.tp")
     assert exc.value.line == 6                    # points at the offending statement
+
+
+def test_a_product_of_two_scaled_reals_with_bounds_is_one_piece():
+    """2 * B * (s * B), refused as "not supported" until products took their numbers along:
+    with B bounded it is 2s · B ⊙ B, one layer, within the default budget of numpy."""
+    src = ("program u\ndim d = 3\ninput B : [d, d] in [-1, 1]\ninput s : [] in [0, 2]\n"
+           "output R\nR = 2 * B * (s * B)\n")
+    prog = compile_source(src, "u.tp")
+    B, s = np.random.default_rng(1).uniform(-1, 1, (3, 3)), np.array(1.3)
+    assert prog.n_layers == 1
+    assert np.abs(prog.run(B=B, s=s)["R"] - 2 * s * B * B).max() <= 2 * 2 * 1e-6
 
 
 @pytest.mark.parametrize("body", ["t = sum(y)", "t = sum(y) / n", "t = sum(Z) / n",

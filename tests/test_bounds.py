@@ -216,20 +216,18 @@ def _compile_error(src):
     return err.value
 
 
-def test_a_product_inside_a_larger_expression_is_named_in_the_fix():
-    """`x + h * r * g` of three real values: the fix names the product to split off, in the
-    statement's names, so following it compiles (before: "the product in a statement of its
-    own", and splitting off `g = x * (1 - x)`, as a new user did, met the same error)."""
+def test_a_scaled_product_inside_a_larger_expression_compiles_as_written():
+    """`x + 0.1 * r * g` of three real values was refused ("other than a plain product u *
+    v"; a new user split off `g = x * (1 - x)` and met the same error): 0.1 * r * g is now
+    one product piece scaled by 0.1, so the program runs as written, as its split form does."""
     src = ("program p\ninput r : [n] in [0.5, 2]\ninput x0 : [n] in [0.01, 0.5]\noutput x\n"
            "x = x0\nrepeat 3 {\n  g = x * (1 - x)\n  x = (x + 0.1 * r * g) on [0, 1]\n}\n")
-    err = _compile_error(src)
-    assert err.line == 8 and "other than a plain product" in err.message
-    assert "p = g * r, and p in this one" in err.expected
-    fixed = src.replace("  x = (x + 0.1 * r * g)", "  p = g * r\n  x = (x + 0.1 * p)")
+    split = src.replace("  x = (x + 0.1 * r * g)", "  p = g * r\n  x = (x + 0.1 * p)")
     r, x0 = np.linspace(0.5, 2, 7), np.linspace(0.01, 0.5, 7)
-    got = tcompile.compile_source(fixed).run(r=r, x0=x0)["x"]
-    want = tcompile.interpret_program(parse_source(fixed), None, r=r, x0=x0)["x"]
-    assert np.abs(got - want).max() <= 1e-5
+    for program in (src, split):
+        got = tcompile.compile_source(program).run(r=r, x0=x0)["x"]
+        want = tcompile.interpret_program(parse_source(program), None, r=r, x0=x0)["x"]
+        assert np.abs(got - want).max() <= 1e-5
 
 
 def test_an_unbounded_square_names_the_statement_and_its_variable_not_a_sign():

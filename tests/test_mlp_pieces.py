@@ -444,3 +444,32 @@ def test_a_loop_of_sin_and_cos_follows_numpy_unrolled_and_shared():
         assert shared.loops.n_layers(shared.loops.counts({"steps": k})) == \
             tcompile.compile_source(KURAMOTO, file="k.tp", params={"steps": k}).n_layers
 
+
+PRODUCT_HEAD = ("program p\ninput u : [n] in [0.5, 2]\ninput v : [n] in [-1, 0.5]\noutput z\n")
+SCALED_PRODUCTS = [   # (statement, numpy, what the report's pieces are)
+    ("z = 3.2 * u * v", lambda u, v: 3.2 * u * v, "3.2*u*v"),
+    ("z = u * v / 4", lambda u, v: u * v / 4, "0.25*u*v"),
+    ("z = -(u * v)", lambda u, v: -(u * v), "-u*v"),
+    ("z = u * (1 - u)", lambda u, v: u * (1 - u), "u"),
+    ("z = (1 - v) * (2 * v + 1)", lambda u, v: (1 - v) * (2 * v + 1), "v"),
+]
+
+
+@pytest.mark.parametrize("stmt, ref, piece", SCALED_PRODUCTS, ids=[s[0] for s in SCALED_PRODUCTS])
+def test_a_product_scaled_by_numbers_or_of_one_value_is_one_piece(stmt, ref, piece):
+    """`3.2 * u * v` was refused ("other than a plain product u * v"), `u * v / 4` took a
+    head layer after the product, and `u * (1 - u)` was a product of two values (u and a
+    stored 1 - u). Now a number scales the product piece's output, and a factor c₀ + c·u of
+    the other's u makes the product a function of u alone: one layer, one piece, within the
+    default budget of numpy."""
+    src = PRODUCT_HEAD + stmt + "\n"
+    prog = tcompile.compile_source(src, file="p.tp")
+    u, v = np.linspace(0.5, 2, 23), np.linspace(-1, 0.5, 23)[::-1]
+    assert np.abs(prog.run(u=u, v=v)["z"] - ref(u, v)).max() <= 1e-6
+    assert prog.n_layers == 1
+    names = [a["name"] for a in prog.report["approximations"]]
+    if piece in ("u", "v"):                   # one unary piece of that input
+        assert len(names) == 1 and "^2 of" not in names[0]
+    else:                                     # the two fitted squares of one scaled product
+        swapped = piece.replace("u*v", "v*u")       # the factors in either order
+        assert len(names) == 2 and all(n.endswith(("= " + piece, "= " + swapped)) for n in names)

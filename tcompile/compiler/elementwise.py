@@ -122,6 +122,23 @@ def evaluate(e: Expr, env: dict, clamped: bool = False):
         return exact_function(e.func, *e.fargs)(x)
 
 
+def scaled_product(e: Expr) -> tuple[float, int, int] | None:
+    """(c, a, b) where e is c · a ⊙ b, a product of two leaves and numbers in any grouping
+    (`3.2 * u * v` is (3.2·u)·v): what one product piece computes; None for any other tree."""
+    c, atoms, todo = 1.0, [], [e]
+    while todo:
+        x = todo.pop()
+        if isinstance(x, Product):
+            todo += [x.b, x.a]
+        elif isinstance(x, Const):
+            c *= x.value
+        elif isinstance(x, Leaf):
+            atoms.append(x.atom)
+        else:
+            return None
+    return (c, *atoms) if len(atoms) == 2 and c != 0.0 else None
+
+
 def to_text(e: Expr, names: dict, top: bool = True) -> str:
     """Readable source-like text (labels in the report): leaves by their variable names."""
     if isinstance(e, Leaf):
@@ -362,6 +379,6 @@ def shape_key(e: Expr, cont: int | None, gates) -> tuple:
     return walk(e)
 
 
-__all__ = ["Leaf", "Const", "Sum", "Product", "Call", "Expr", "Elementwise", "leaves", "calls",
+__all__ = ["scaled_product", "Leaf", "Const", "Sum", "Product", "Call", "Expr", "Elementwise", "leaves", "calls",
            "tolerances", "evaluate", "to_text", "affine", "pulled_back_domains", "shape_key",
            "PLFunction", "pl_of", "active_interval", "BOUND", "EXACT_PL"]

@@ -30,7 +30,7 @@ from . import refine
 from .dataflow import DataflowGraph
 from .approx import exact_function
 from .elementwise import (BOUND, EXACT_PL, Call, Const, Elementwise, Leaf, Product, Sum, affine,
-                          calls, evaluate, leaves, to_text)
+                          calls, evaluate, leaves, scaled_product, to_text)
 from .heads import realizable
 from .nodes import (ARGS, C, CARRIED, COPY, CSHAPE, DOMAIN, FARGS, FLAG, FUNC, HI, HOISTED, INFERRED,
                     LO, LOC, LOOP_STATE, NAME, NOTE, OP, REFINED, SIGN, SYMMETRIC, TOL, TOL_REL,
@@ -239,7 +239,10 @@ class Lowering:
         if op == "bound":
             return self.bound(nid)
         if op == "ewmul":
-            a, b = (self.ew_operand(x, allow_products=False) for x in args)
+            # a factor c₀ + c·x of the other's atom x stays an expression: x * (1 - x) is a
+            # function of x alone (one piece), not a product of two values
+            a, b = self._one_value_factors(args) or \
+                (self.ew_operand(x, allow_products=False) for x in args)
             if len(self.real_leaves(Product(a, b))) <= 1:      # x ** k: tol rel allowed
                 return Elementwise(Product(a, b), tol=node.get(TOL),
                                    rel=bool(node.get(TOL_REL)))
@@ -250,6 +253,11 @@ class Lowering:
                                product=True, tol=tol)
         if op == "scale" and node[C] == 0.0:
             return {}           # zeros(d): 0 · a constant piece is no value to compute or store
+        if op == "scale" and isinstance(self.polys[args[0]], Elementwise) and \
+                self.polys[args[0]].product and self.fanout(args[0]) == 1 and \
+                scaled_product(self.polys[args[0]].expr) is not None:
+            inner = self.polys[args[0]]       # u * v / 3: one piece of (1/3)·u ⊙ v, no head after
+            return Elementwise(Product(Const(node[C]), inner.expr), product=True, tol=inner.tol)
         if op in ("scale", "add") and any(isinstance(self.polys[a], Elementwise) for a in args):
             exprs = [self.ew_operand(a, allow_products=False) for a in args]
             if op == "scale":
@@ -622,6 +630,72 @@ class Lowering:
         self.materialize(nid)
         return Leaf(nid)
 
+    def _one_value_factors(self, args) -> tuple | None:
+        """The two factors of an entrywise product as expressions of one real value, where a
+        factor c₀ + c·x of the other's x makes them so: x * (1 - x) is a function of x (one
+        piece), not a product of two values. None otherwise (nothing materialized)."""
+        if len(set().union(*map(self._plain_leaves, args))) <= 1:
+            return None                         # one value already: m * m
+        affine = [self._affine_operand(x) for x in args]
+        if all(e is None for e in affine):
+            return None
+        exprs = []
+        for x, e in zip(args, affine):
+            p = self.polys[x]
+            if e is None and isinstance(p, Elementwise) and not p.product:
+                e = p.expr
+            elif e is None and not isinstance(p, Elementwise) and self._is_leaf_term(x):
+                e = self.ew_operand(x)           # c·a or a number: a leaf, no atom made
+            if e is None:
+                return None
+            exprs.append(e)
+        return tuple(exprs) if len(self.real_leaves(Product(*exprs))) <= 1 else None
+
+    def _plain_leaves(self, nid) -> set:
+        """The real leaves ew_operand would give this node (a stored value: itself)."""
+        p = self.polys[nid]
+        if isinstance(p, Elementwise):
+            real = self.real_leaves(p.expr)
+            return {nid} if p.product or len(real) > 1 else real
+        if self._is_leaf_term(nid):
+            return self.real_leaves(self.ew_operand(nid))
+        return {nid}
+
+    def _is_leaf_term(self, nid) -> bool:
+        """Whether ew_operand reads this Poly as it is (a number, or c·a of one atom a) rather
+        than storing it."""
+        p = self.polys[nid]
+        if len(p) != 1:
+            return not p
+        (m, _c), = p.items()
+        return (m.degree == 0 and self.g.nodes[nid][CSHAPE] == (1, 1)) or \
+            (m.degree == 1 and len([a for a, t in m.chain if not t] + list(m.scalars)) == 1)
+
+    def _affine_operand(self, nid):
+        """A node whose value is c₀ + c·a, a one atom and c₀ a number (`1 - x`), as an
+        expression over a; None for any other value (one of one term is ew_operand's)."""
+        p = self.polys[nid]
+        if isinstance(p, Elementwise) or len(p) < 2:
+            return None
+        const, term = 0.0, None
+        shape = self.g.nodes[nid][CSHAPE]
+        token = shape == (TOKEN, 1)
+        for m, c in p.items():
+            if m.degree == 0 and shape == (1, 1):       # (c·I of a matrix is no entrywise c)
+                const += c
+            elif m.degree == 1 and m.chain and not m.chain[0][1] and \
+                    self.atoms.is_ones(m.chain[0][0]) and token:
+                const += c
+            elif m.degree == 1 and m.chain and not m.chain[0][1] and term is None and \
+                    self.atoms[m.chain[0][0]].cshape == shape:
+                term = (m.chain[0][0], c)
+            else:
+                return None
+        if term is None:
+            return None
+        a, c = term
+        return Sum(Const(const), Leaf(a) if c == 1.0 else Product(Const(c), Leaf(a)))
+
     def need_poly(self, nid) -> Poly:
         if isinstance(self.polys[nid], Elementwise):
             return self.materialize_mlp(nid)
@@ -652,11 +726,12 @@ class Lowering:
         real = sorted(self.real_leaves(e))
         loc_error = lambda msg: self.error(msg, nid)  # noqa: E731
         if ew.product or len(real) > 1:
-            if not (isinstance(e, Product) and isinstance(e.a, Leaf) and isinstance(e.b, Leaf)):
+            plain = scaled_product(e)
+            if plain is None:
                 raise self.error(f"{self.statement(nid)}: an elementwise expression of two real "
                                  "values other than a plain product u * v is not supported", nid,
                                  expected=self._product_hint(nid, e, set(real)))
-            piece = self._product_piece(nid, ew, e.a.atom, e.b.atom)
+            piece = self._product_piece(nid, ew, *plain)
         else:
             if len(gates) > MAX_SIGN_LEAVES:
                 raise self.error(f"an elementwise expression gated by more than "
@@ -699,15 +774,16 @@ class Lowering:
             raise _Restart(nid)
         return poly
 
-    def _product_piece(self, nid, ew, u, v):
-        """u ⊙ v of two real atoms; a fit that cannot meet the budget says where and which."""
+    def _product_piece(self, nid, ew, scale, u, v):
+        """scale · u ⊙ v of two real atoms; a fit that cannot meet the budget says where and
+        which."""
         if ew.rel:
             raise self.error("a relative tolerance (tol rel) applies to a function of one "
                              "value (reciprocal, sqrt); a product u * v of two takes an "
                              "absolute one", nid)
         try:
             return self.pieces.product(u, v, self.bounds_of(u, nid), self.bounds_of(v, nid),
-                                       ew.tol, self.names())
+                                       ew.tol, self.names(), scale)
         except ApproxError as err:
             names = self.words(nid, {u, v}).names
             msg = err.args[0] if err.args else str(err)

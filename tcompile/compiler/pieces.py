@@ -172,6 +172,7 @@ class ProductPiece:
     label: str
     kind: str = "product"
     approximations: list[Approximation] = field(default_factory=list)
+    scale: float = 1.0                     # the piece computes scale · u ⊙ v (3.2 * u * v)
 
     @property
     def inputs(self) -> list[int]:
@@ -179,7 +180,7 @@ class ProductPiece:
 
     @property
     def range(self) -> tuple[float, float]:
-        c = [a * b for a in self.u_range for b in self.v_range]
+        c = [self.scale * a * b for a in self.u_range for b in self.v_range]
         return min(c), max(c)
 
 
@@ -426,8 +427,9 @@ class PieceBuilder:
             piece.approximations.append(Approximation(label, piece.lo, piece.hi, pl, choice=choice))
         return piece
 
-    def product(self, u, v, u_range, v_range, tol, names) -> ProductPiece:
-        tol = tol or self.default_tol
+    def product(self, u, v, u_range, v_range, tol, names, scale: float = 1.0) -> ProductPiece:
+        """scale · u ⊙ v within tol: the squares are fitted within tol / |scale| each side."""
+        tol = (tol or self.default_tol) / abs(scale)
         plus_lo, plus_hi = u_range[0] + v_range[0], u_range[1] + v_range[1]
         minus_lo, minus_hi = u_range[0] - v_range[1], u_range[1] - v_range[0]
         square = np.square
@@ -436,9 +438,10 @@ class PieceBuilder:
             if hi - lo < 1e-12:
                 hi = lo + 1e-12
             return self.fit("square", square, lo, hi, 2 * tol, ("square",))
-        label = f"{names.get(u, u)}*{names.get(v, v)}"
+        factor = {1.0: "", -1.0: "-"}.get(scale, f"{scale:g}*")
+        label = f"{factor}{names.get(u, u)}*{names.get(v, v)}"
         piece = ProductPiece(u, v, fit(plus_lo, plus_hi), fit(minus_lo, minus_hi),
-                             tuple(u_range), tuple(v_range), label)
+                             tuple(u_range), tuple(v_range), label, scale=scale)
         piece.approximations = [Approximation(f"(u+v)^2 of u*v = {label}", plus_lo, plus_hi,
                                               piece.plus, choice=FITTED_PRODUCT),
                                 Approximation(f"(u-v)^2 of u*v = {label}", minus_lo, minus_hi,
@@ -626,7 +629,7 @@ def _product_blocks(piece, rows, gate_rows):
         nz = a != 0
         steps = [(rows(piece.u), a, nz), (rows(piece.v), sign * a, nz)]
         steps += [(gr, b, None) for gr in gate_rows]
-        blocks.append((sign * c / 4.0, steps))
+        blocks.append((sign * c / 4.0 * piece.scale, steps))
     return blocks
 
 
@@ -710,7 +713,7 @@ def _product_units(piece, row, r, gate_rows):
                 _add(w1, row(piece.v, r), sign * a[j])
             for gr in gate_rows:
                 _add(w1, gr, b[j])
-            yield w1, sign * c[j] / 4.0
+            yield w1, sign * c[j] / 4.0 * piece.scale
 
 
 __all__ = ["UnaryPiece", "ProductPiece", "PieceBuilder", "Words", "piece_units", "piece_unit_entries",
