@@ -138,6 +138,11 @@ BAD = [
      "it bounds a call, a parenthesized expression or a division", 4, 15),
     ("syntax_on_after_tol", H + IN + "x = exp(A) tol rel 1e-3 on [-2, 2]\n", ProgramSyntaxError,
      "'on [lo, hi]' comes before 'tol'", 4, 25),
+    # a second qualifier without its comma: say that commas separate them
+    ("syntax_qualifiers_without_comma", H + "input S : [2, 2] symmetric assume norm <= 1\noutput x\n"
+     "x = S\n", ProgramSyntaxError, "qualifiers are separated by commas", 2, 28),
+    ("syntax_qualifiers_without_comma_2", H + "input S : [2, 2] symmetric spectrum in [0.2, 1]\n"
+     "output x\nx = S\n", ProgramSyntaxError, "'spectrum' after a qualifier", 2, 28),
     ("syntax_unknown_qualifier", H + "input A : [n, 2] positive\noutput x\nx = A\n", ProgramSyntaxError,
      "unexpected 'positive'", 2, 18),
     ("syntax_missing_colon", H + "input A [n, 2]\noutput x\nx = A\n", ProgramSyntaxError,
@@ -358,3 +363,14 @@ def test_def_with_reserved_name(fname):
     err = error_of(H + f"def {fname}(a) {{\n  return a\n}}\n" + IN + f"x = {fname}(A)\n")
     assert isinstance(err, ProgramError) and "reserved" in err.message
     assert (err.line, err.column) == (2, 5)
+
+
+def test_a_missing_qualifier_comma_gives_the_line_that_parses():
+    """The expected text is the declaration with its comma (and no second `assume`), and that
+    line parses, with both qualifiers."""
+    src = H + "input S : [2, 2] symmetric assume norm <= 1\noutput x\nx = S\n"
+    with pytest.raises(ProgramSyntaxError) as err:
+        parse_source(src, "q.tp")
+    assert err.value.expected == "input S : [2, 2] symmetric, norm <= 1"
+    fixed = parse_source(H + err.value.expected + "\noutput x\nx = S\n", "q.tp")
+    assert [q.kind for q in fixed.inputs[0].qualifiers] == ["symmetric", "norm"]

@@ -246,6 +246,7 @@ def parse_source(source: str, file: str = "<string>") -> ast.Program:
         tok = e.token
         _refuse_unclosed(parser, file, source, tok)
         _refuse_misplaced_domain(file, source, tok)
+        _refuse_unseparated_qualifier(file, source, tok)
         what = "end of file" if tok.type == "$END" else (
             "end of line" if tok.type == "_NL" else f"{str(tok)!r}")
         line = tok.line if tok.line is not None else 1
@@ -321,6 +322,27 @@ def _refuse_misplaced_domain(file: str, source: str, tok) -> None:
         "expression or a division", SourceLocation(file, tok.line, tok.column), source=source,
         expected="parentheses around what it bounds, e.g. (2 * x) on [lo, hi], or f(x) on "
                  "[lo, hi] for a builtin call, or x / y on [lo, hi]")
+
+
+_QUALIFIER_WORDS = {"assume", "sign", "flag", "symmetric", "in", "row_norm", "norm", "spectrum"}
+
+
+def _refuse_unseparated_qualifier(file: str, source: str, tok) -> None:
+    """`input S : [k, k] symmetric assume norm <= 1`: a second qualifier without a comma (or
+    `assume` before it) met the parser's list of what may follow (',', ';', end of line),
+    which does not say that qualifiers are separated by commas, `assume` only before the
+    first. The line as it would parse is the expected text."""
+    if str(tok) not in _QUALIFIER_WORDS or tok.line is None:
+        return
+    text = source.split("\n")[tok.line - 1]
+    before, after = text[:tok.column - 1], text[tok.column - 1:]
+    if not re.match(r"\s*input\b[^:]*:\s*\[[^\]]*\]\s*\S", before):
+        return
+    rest = re.sub(r"^assume\s+", "", after.split("#")[0].strip())
+    raise ProgramSyntaxError(
+        f"'{tok}' after a qualifier: qualifiers are separated by commas, and 'assume' may "
+        "only come before the first", SourceLocation(file, tok.line, tok.column), source=source,
+        expected=f"{before.rstrip()}, {rest}".strip())
 
 
 _CONTROL_FLOW = re.compile(r"[ \t]*(if|while|for|else|elif)\b(?![ \t]*=[^=])")
