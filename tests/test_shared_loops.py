@@ -1957,3 +1957,86 @@ def test_consensus_dynamics_run_one_layer_per_step():
         np.testing.assert_allclose(shared.run(X0=X0, steps=steps)["X"], want, rtol=0, atol=1e-14)
     np.testing.assert_allclose(unrolled.run(X0=X0)["X"], shared.run(X0=X0, steps=10)["X"],
                                rtol=0, atol=1e-15)
+
+
+def test_extrapolated_hull_goes_past_a_geometric_limit_and_not_across_zero():
+    """steady_state._extrapolated: ends whose steps shrink by q go to the limit they point
+    to (a margin past it); an end that kept one sign stops at 0; steps that do not shrink,
+    or nothing moving, give None."""
+    from tcompile.compiler.steady_state import _extrapolated
+    from tcompile.language.types import Ty
+
+    def walk(seq):        # per iteration: (lo, hi) of v
+        return [{"v": Ty((3,), lo=lo, hi=hi)} for lo, hi in seq]
+    # hi_k = 0.9 hi + 0.4 -> 4; lo_k = 0.9 lo -> 0 from above
+    seq = [(1.0, 1.0)]
+    for _ in range(6):
+        seq.append((0.9 * seq[-1][0], 0.9 * seq[-1][1] + 0.4))
+    hull = {"v": Ty((3,), lo=seq[-1][0], hi=seq[-1][1])}
+    out = _extrapolated(hull, walk(seq), 1e-6)["v"]
+    assert out.lo == 0.0 and 4.0 < out.hi < 4.0 + 1e-4
+    # a drift by equal steps has no limit; nothing moving needs none
+    assert _extrapolated({"v": Ty((3,), lo=-3.0, hi=3.0)},
+                         walk([(-1.0, 1.0), (-2.0, 2.0), (-3.0, 3.0)]), 1e-6) is None
+    assert _extrapolated(hull, walk([(0.5, 2.0)] * 3), 1e-6) is None
+
+
+DAMPED_MEAN_FIELD = """program ising_mean_field
+dim k = 5
+param steps = 12
+param beta = 0.8
+input J : [k, k] symmetric, norm <= 1
+input h : [k] in [-0.5, 0.5]
+output m
+m = zeros(k)
+repeat steps {
+  m = 0.5 * m + 0.5 * tanh(beta * (J @ m + h) on [-2, 2])
+}
+"""
+
+RMSPROP = """program rmsprop
+dim d = 3
+param steps = 12
+input A : [n, d] assume row_norm <= 1
+input y : [n] in [-1, 1]
+output w
+w = zeros(d)
+v = ones(d)
+repeat steps {
+  g = clip(A.T @ (A @ w - y) / n, -2, 2)
+  v = 0.9 * v + 0.1 * g * g
+  w = w - 0.05 * g / sqrt(v + 1e-3)
+}
+"""
+
+
+def test_a_damped_state_converging_to_its_bounds_runs_any_count():
+    """m = 0.5 m + 0.5 tanh(...) and v = 0.9 v + 0.1 g²: their bounds approach a limit that
+    no built count reaches, so the hull was never closed and the shared build ran at most
+    its built count. Widened to the limit (steady_state._extrapolated, checked closed), it
+    runs past it, as the unrolled build of that count and as numpy (RMSprop's w drifts by
+    equal steps: its bounds reach no fit, only clip, so they are dropped)."""
+    rng = np.random.default_rng(4)
+    S = rng.normal(size=(5, 5))
+    J = (S + S.T) / np.linalg.norm(S + S.T, 2)             # symmetric, norm 1
+    h = rng.uniform(-0.5, 0.5, 5)
+    shared = tcompile.compile_source(DAMPED_MEAN_FIELD, file="m.tp", loops="shared")
+    assert [spec.max_count for spec in shared.loops.loops] == [None]
+    m = np.zeros(5)
+    for _ in range(30):
+        m = 0.5 * m + 0.5 * np.tanh(0.8 * (J @ m + h))
+    assert np.abs(shared.run(J=J, h=h, steps=30)["m"] - m).max() <= 1e-5
+
+    A = rng.uniform(-1, 1, (20, 3)) / np.sqrt(3)
+    y = rng.uniform(-1, 1, 20)
+    shared = tcompile.compile_source(RMSPROP, file="r.tp", loops="shared")
+    assert [spec.max_count for spec in shared.loops.loops] == [None]
+    w, v = np.zeros(3), np.ones(3)
+    for _ in range(25):
+        g = np.clip(A.T @ (A @ w - y) / 20, -2, 2)
+        v = 0.9 * v + 0.1 * g * g
+        w = w - 0.05 * g / np.sqrt(v + 1e-3)
+    unrolled = tcompile.compile_source(RMSPROP, file="r.tp", params={"steps": 25})
+    got = shared.run(A=A, y=y, steps=25)["w"]
+    assert np.abs(got - w).max() <= 1e-6
+    assert np.abs(got - unrolled.run(A=A, y=y)["w"]).max() <= 1e-6

@@ -121,10 +121,12 @@ class _SteadyState:
         probe.loops_around = list(self.loops_around)
         types = {k: Val(v.ty) for k, v in env.items()}
         hull = {n: types[n].ty for n in state}
+        walked: list[dict[str, Ty]] = []          # each iteration's state bounds
         for _ in range(count):
             before = {k: v.ty for k, v in types.items()}
             probe.exec_block(stmt.body, types, in_function)
             hull = {n: _join(hull[n], types[n].ty, n, stmt) for n in state}
+            walked.append({n: types[n].ty for n in state})
             if {k: v.ty for k, v in types.items()} == before:
                 break             # a fixed point: the later iterations add nothing to the hull
         if self._closed(probe, stmt, env, in_function, state, hull):
@@ -154,6 +156,20 @@ class _SteadyState:
             try:
                 if self._closed(probe, stmt, env, in_function, state, loose):
                     return loose, True
+            except TcompileError:
+                pass
+        # widening by extrapolation: bounds that still move by shrinking steps (a damped
+        # update m = 0.5 m + 0.5 tanh(...), an average v = 0.9 v + 0.1 g * g) approach a
+        # limit they never reach, so no hull of the built iterations is closed; the limit
+        # their steps point to, with a margin, is a hull if one body from it stays inside
+        # (which makes it sound for every count, as any closed hull)
+        for margin in EXTRAPOLATION_MARGINS:
+            limit = _extrapolated(loose, walked, margin)
+            if limit is None:
+                break
+            try:
+                if self._closed(probe, stmt, env, in_function, state, limit):
+                    return limit, True
             except TcompileError:
                 pass
         return hull, False
@@ -302,6 +318,45 @@ def _join(a: Ty, b: Ty, name: str, stmt) -> Ty:
     return replace(a, lo=min(a.lo, b.lo), hi=max(a.hi, b.hi), **both)
 
 
+# how far past the limit its steps point to a widened end goes (a fraction of the distance
+# left, and of the hull's width): just past it first, then a quarter more
+EXTRAPOLATION_MARGINS = (1e-6, 0.25)
+
+
+def _extrapolated(hull: dict[str, Ty], walked: list[dict[str, Ty]],
+                  margin: float) -> dict[str, Ty] | None:
+    """The hull widened to where each state's bounds go, from their last three iterations:
+    an end that moved by d₁ then d₂, 0 < d₂/d₁ < 1, goes on by about d₂·q/(1 − q) if its
+    steps keep shrinking by q = d₂/d₁; that distance, by the margin more, is added, but not
+    across 0 for an end that has kept one sign (v = 0.9 v + 0.1 g * g shrinks toward 0 from
+    above: a sqrt reads it). None where nothing moves, or an end moves by steps that do not
+    shrink (a drift w = w - eta * g: the caller has already dropped the bounds of such states
+    where they reach no fit)."""
+    if len(walked) < 3:
+        return None
+    out, moved = dict(hull), False
+    for n, ty in hull.items():
+        ends = [w[n] for w in walked[-3:]]
+        if not ty.bounded or not all(e.bounded for e in ends):
+            continue
+        lo, hi = ty.lo, ty.hi
+        for side, sign in (("lo", -1.0), ("hi", 1.0)):
+            a, b, c = (getattr(e, side) for e in ends)
+            d1, d2 = sign * (b - a), sign * (c - b)
+            if d1 <= 0.0 and d2 <= 0.0:
+                continue                                # this end does not move outwards
+            if not (d1 > 0.0 and 0.0 <= d2 < d1):
+                return None                             # steps that do not shrink
+            moved = True
+            q = d2 / d1
+            end = c + sign * (d2 * q / (1.0 - q) * (1.0 + margin) + margin * (ty.hi - ty.lo))
+            if min(a, b, c) >= 0.0 > end or max(a, b, c) <= 0.0 < end:
+                end = 0.0
+            lo, hi = (min(lo, end), hi) if side == "lo" else (lo, max(hi, end))
+        out[n] = replace(ty, lo=lo, hi=hi)
+    return out if moved else None
+
+
 def _declared_bounds(probe, body, state, env) -> dict[str, tuple[float, float]]:
     """{state: (lo, hi)} for the states whose last assignment in the loop's own body (not an
     inner loop's) is `name = (expr) on [lo, hi]`."""
@@ -313,8 +368,11 @@ def _declared_bounds(probe, body, state, env) -> dict[str, tuple[float, float]]:
             if isinstance(v, ast.Bound)}
 
 
-# calls whose value needs no bounds on their arguments (exact selections and fills)
-_BOUNDS_FREE_CALLS = {"ones", "zeros", "sum", "stack", "tril", "triu", "outer"}
+# calls whose value needs no bounds on their arguments: exact selections and fills, and the
+# exactly piecewise-linear functions (their ReLU form holds on all of R; one gated by a sign
+# input reads a product with it, which the product rule of _bounds_needed catches)
+_BOUNDS_FREE_CALLS = {"ones", "zeros", "sum", "stack", "tril", "triu", "outer",
+                      "relu", "abs", "clip", "max", "min"}
 
 
 def _bounds_needed(program) -> set[str]:
@@ -322,8 +380,10 @@ def _bounds_needed(program) -> set[str]:
     those read inside a builtin call (other than exact selections and fills), a power, a
     division by anything but a number or n, an elementwise product of two values neither
     of which is a number, or a user function's argument; and, backwards, every variable an
-    assignment to such a variable reads. Conservative: a variable not in it flows only into
-    sums, differences, multiples, matrix products and selections."""
+    assignment to such a variable reads, unless that assignment's value is clipped to numbers
+    or declared (`on`): it is bounded then whatever it reads. Conservative otherwise: a variable
+    not in it flows only into sums, differences, multiples, matrix products, selections and
+    exactly piecewise-linear calls."""
     consts = {p.name for p in program.params} | {d.name for d in program.dims}
 
     def constant(e) -> bool:
@@ -341,7 +401,13 @@ def _bounds_needed(program) -> set[str]:
     reads: dict[str, set[str]] = {}
     for node, _ in ast.walk(program.body):          # (defs are not in the body)
         if isinstance(node, ast.Assign):
-            reads.setdefault(node.target, set()).update(_names_read(node.value))
+            # a value clipped to numbers (or declared, `on`) is bounded whatever it reads:
+            # g = clip(A.T @ (A @ w - y) / n, -2, 2) needs no bounds on w
+            bounded = isinstance(node.value, ast.Bound) or (
+                isinstance(node.value, ast.Call) and node.value.func == "clip" and
+                len(node.value.args) == 3 and all(map(constant, node.value.args[1:])))
+            reads.setdefault(node.target, set()).update(
+                () if bounded else _names_read(node.value))
         elif isinstance(node, ast.Repeat):
             direct.update(_names_read(node.count))
         elif isinstance(node, ast.Call) and node.func not in _BOUNDS_FREE_CALLS:
