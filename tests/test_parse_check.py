@@ -153,6 +153,9 @@ BAD = [
     # names
     ("undefined_name", H + IN + "x = A + B\n", ProgramError, "undefined name 'B'", 4, 9),
     ("unknown_function", H + IN + "x = foo(A)\n", ProgramError, "unknown function 'foo'", 4, 5),
+    # functions users reach for that the language writes otherwise: say how
+    ("function_written_otherwise", H + IN + "x = A - mean(A)\n", ProgramError,
+     "there is no function 'mean'; the language writes it otherwise", 4, 9),
     ("param_twice", H + "param k = 1\nparam k = 2\n" + IN + "x = A * k\n", ProgramError,
      "'k' is declared twice (first at line 2)", 3, 7),
     ("input_twice", H + "input A : [n, 2]\n" + IN + "x = A\n", ProgramError,
@@ -374,3 +377,14 @@ def test_a_missing_qualifier_comma_gives_the_line_that_parses():
     assert err.value.expected == "input S : [2, 2] symmetric, norm <= 1"
     fixed = parse_source(H + err.value.expected + "\noutput x\nx = S\n", "q.tp")
     assert [q.kind for q in fixed.inputs[0].qualifiers] == ["symmetric", "norm"]
+
+
+@pytest.mark.parametrize("func", ["sign", "mean", "norm", "softmax", "dot", "transpose", "inv"])
+def test_a_function_written_otherwise_says_what_to_write(func):
+    """The error names what to write instead (the table beside BUILTINS), not the list of
+    builtins an unknown name gets."""
+    from tcompile.language.checker import WRITTEN_OTHERWISE
+    src = H + "input A : [n, 2]\noutput x\nx = " + func + "(A)\n"
+    with pytest.raises(ProgramError) as err:
+        check_program(parse_source(src, "w.tp"))
+    assert err.value.expected == WRITTEN_OTHERWISE[func]

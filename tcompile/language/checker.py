@@ -37,6 +37,25 @@ EXACT_PL_FUNCTIONS = {"abs", "relu", "clip"}
 STRUCTURAL_FUNCTIONS = {"ones", "zeros", "sum", "max", "min", "diag",    # structural.py
                         "stack", "tril", "triu", "outer"}
 BUILTINS = SCALAR_FUNCTIONS | {"clip"} | STRUCTURAL_FUNCTIONS
+# functions users reach for that the language writes otherwise: what to write instead
+WRITTEN_OTHERWISE = {
+    "sign": "clip(k * x, -1, 1) with a large k: sign(x) wherever |x| >= 1/k (a step has no "
+            "continuous form to compile; a sign input is declared `input y : [n] sign`)",
+    "mean": "sum(x) / n for the mean over the tokens, x @ ones(k) / k over a small axis",
+    "norm": "sqrt(x @ x) on [lo, hi]",
+    "softmax": "e = exp(x), then e / sum(e)",
+    "logsumexp": "log(sum(exp(x)))",
+    "dot": "a @ b",
+    "matmul": "A @ B",
+    "transpose": "A.T",
+    "inv": "a Newton–Schulz loop, X = 2 * X - X @ A @ X (programs/newton_inverse.tp)",
+    "square": "x * x, or x ** 2",
+    "pow": "x ** k",
+    "maximum": "max(u, v)",
+    "minimum": "min(u, v)",
+    "argmax": "a choice blended both ways: max(u, v), or weights e = exp(beta * x) / sum(...)",
+    "tan": "sin(x) / cos(x) on [lo, hi]",
+}
 RESERVED = {TOKEN, "I"} | BUILTINS
 MAX_UNROLLED_STATEMENTS = 200_000
 MAX_CALL_DEPTH = 50
@@ -630,6 +649,9 @@ class Walker:
     def _call(self, e: ast.Call, env) -> Val:
         if e.func in self.program.functions:
             return self._call_user(e, env)
+        if e.func in WRITTEN_OTHERWISE:
+            raise self.err(f"there is no function '{e.func}'; the language writes it otherwise",
+                           e.loc, expected=WRITTEN_OTHERWISE[e.func])
         if e.func not in BUILTINS:
             raise self.err(f"unknown function '{e.func}'", e.loc,
                            expected="a builtin (" + ", ".join(sorted(BUILTINS)) + ") or a def")
