@@ -865,7 +865,12 @@ class Lowering:
         return out if changed else None
 
     def _stored(self, a: int) -> bool:
-        return self.atoms[a].kind in ("input", "const")
+        """A factor a hoisted run may hold: an input, a constant, or a value computed before
+        the loop from them alone (centred data Ac = A - sum(A) / n: Acᵀ Ac / n is hoisted as
+        AᵀA / n is)."""
+        kind = self.atoms[a].kind
+        return kind in ("input", "const") or (kind == "attn" and a in self.g.nodes and
+                                              not self.variant(a))
 
     def _hoisted_atom(self, nid: int):
         return lambda run, scalars: self.invariant_atom(nid, run, scalars)
