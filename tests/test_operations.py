@@ -85,6 +85,9 @@ DIVISIONS = [  # (statement, numpy, relative budget the fit was given)
     ("r = B / y tol 1e-8", lambda B, y, **_: B / y[:, None], 1e-8),
     ("r = 1 / y tol 1e-8", lambda y, **_: 1 / y, 1e-8),
     ("r = u / s tol 1e-8", lambda u, s, **_: u / s, 1e-8),
+    # every row divided entrywise by a [d] vector (numpy's broadcast), per feature
+    ("r = B / (u * u + 1) tol 1e-8", lambda B, u, **_: B / (u * u + 1), 1e-8),
+    ("r = 2 * A / (u * u + 1) tol 1e-8", lambda A, u, **_: 2 * A / (u * u + 1), 1e-8),
 ]
 
 

@@ -188,8 +188,11 @@ def check_holdable(shape, loc, src):
 
 
 def _divisible(sa, sb) -> bool:
-    """Shapes `/` accepts: a scalar or equal-shaped divisor, a scalar numerator (1 / u), or
-    token data divided per token by an [n] value."""
+    """Shapes `/` accepts: a scalar or equal-shaped divisor, a scalar numerator (1 / u), token
+    data divided per token by an [n] value, or a matrix's rows divided entrywise by a [k]
+    vector (numpy's broadcast of [r, k] / [k]: per-feature scaling, C / sqrt(var))."""
     if sb == () or sa == sb or sa == () or (is_unit(sb) and sa is not None and len(sb) <= len(sa)):
+        return True
+    if sa is not None and len(sa) == 2 and sb == (sa[1],) and sa[1] != TOKEN:
         return True
     return sb == (TOKEN,) and sa is not None and len(sa) == 2 and sa[0] == TOKEN
