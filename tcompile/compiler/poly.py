@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..language.checker import TOKEN
+from .nodes import OP
 
 MAX_FACTORS = 3                 # X Yᵀ Z
 Factor = tuple[int, bool]       # (atom id, transposed)
@@ -86,7 +87,7 @@ class AtomTable(dict):
         """Whether atom a is a column of ones (the program's `ones(n)`, a `sum`'s, a gate's):
         1/n beside it is the encoder's row of 1/n (heads.py)."""
         atom = self[a]
-        return atom.kind == "const" and atom.node.get("op") == "ones"
+        return atom.kind == "const" and atom.node.get(OP) == "ones"
 
 
 def dims(atoms: dict[int, Atom], f: Factor) -> tuple:

@@ -584,7 +584,7 @@ class Walker:
         if not _divisible(ta.shape, tb.shape):
             raise self.err(f"cannot divide {fmt_shape(ta.shape)} by {fmt_shape(tb.shape)}", e.loc,
                            expected="a scalar divisor, equal shapes, a scalar divided by anything, "
-                                    "[n, k] / [n] (per token) or [r, k] / [k] (per column)")
+                                    "[n, k] / [n] (per token) or [n, k] / [k] (per feature)")
         by_n = isinstance(e.right, ast.Name) and e.right.id == TOKEN
         if tb.const is not None or by_n:
             if e.domain is not None and (by_n or not _reads_variable(e.right, env)):
