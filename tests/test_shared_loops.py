@@ -1050,7 +1050,8 @@ def test_a_loop_that_runs_fewer_times_than_the_fold_starts_from_folds_from_its_c
     """The fold starts from 3 iterations of every loop where loops nest; a loop that runs 2
     times starts from 2 (it stayed unrolled: 'runs 2 times, and the layers around its body
     hold 3 pipelined iterations'; adam_least_squares' line 59 folds so, 92 → 88 stored
-    layers). Outputs equal the interpreter's and the unrolled build's."""
+    layers). Outputs equal the interpreter's and the unrolled build's. (sqrt(c) keeps c a
+    number the outer loop cannot carry as a runtime value: that loop stays unrolled.)"""
     src = """program p
 dim d = 3
 param steps = 3
@@ -1065,7 +1066,7 @@ repeat steps {
   repeat 2 {
     r = (r * (2 - H @ r)) on [-4, 4]
   }
-  x = c * r
+  x = sqrt(c) * r
 }
 """
     prog = tcompile.compile_source(src, loops="shared")
@@ -2040,3 +2041,65 @@ def test_a_damped_state_converging_to_its_bounds_runs_any_count():
     got = shared.run(A=A, y=y, steps=25)["w"]
     assert np.abs(got - w).max() <= 1e-6
     assert np.abs(got - unrolled.run(A=A, y=y)["w"]).max() <= 1e-6
+
+
+DECAYING_STEP = """program gd_decaying_step
+dim d = 3
+param steps = 12
+param eta0 = 0.8
+input A : [n, d] assume row_norm <= 1
+input y : [n] in [-1, 1]
+output w, eta
+w = zeros(d)
+eta = eta0
+repeat steps {
+  w = w - eta * A.T @ (A @ w - y) / n
+  eta = 0.9 * eta
+}
+"""
+
+
+def test_a_decaying_step_size_is_carried_as_a_runtime_value():
+    """eta = 0.9 * eta with eta0 a param: a compile-time number per iteration, so the loop
+    stayed unrolled in the shared build ("'eta' is a compile-time number that changes every
+    iteration"). It is only multiplied, so the shared build carries it as loop state (the
+    encoder writes 0.8, heads compute 0.9·eta exactly): the loop runs any count, one layer per
+    step (one more than unrolled in all), as GD with that schedule in numpy."""
+    from tcompile.compiler.steady_state import _linear_scalars
+    assert _linear_scalars(parse_source(DECAYING_STEP)) == {"eta"}
+    shared = tcompile.compile_source(DECAYING_STEP, file="e.tp", loops="shared")
+    assert shared.loops.unrolled == ()
+    (spec,) = shared.loops.loops
+    assert (spec.param, spec.max_count) == ("steps", None)
+    rng = np.random.default_rng(6)
+    A = rng.uniform(-1, 1, (14, 3)) / np.sqrt(3)
+    y = rng.uniform(-1, 1, 14)
+    for steps in (12, 19):
+        w, eta = np.zeros(3), 0.8
+        for _ in range(steps):
+            w, eta = w - eta * A.T @ (A @ w - y) / 14, 0.9 * eta
+        got = shared.run(A=A, y=y, steps=steps)
+        assert np.abs(got["w"] - w).max() <= 1e-14 and abs(float(got["eta"]) - eta) <= 1e-16
+        unrolled = tcompile.compile_source(DECAYING_STEP, params={"steps": steps}).n_layers
+        assert shared.loops.n_layers(shared.loops.counts({"steps": steps})) == unrolled + 1
+
+
+def test_a_counter_is_carried_where_no_deeper_and_a_nonlinear_number_is_not():
+    """A counter t = t + 1 beside a 1-layer-per-step GD is carried as a runtime value (as
+    deep as unrolled; its output is the count, exactly); one beside a step the unrolled build
+    runs two per layer stays a number (test_a_loop_carrying_a_changing_constant_stays_
+    unrolled); 1 / (1 - c1), Adam's bias correction, needs c1 as a number."""
+    from tcompile.compiler.steady_state import _linear_scalars
+    assert "c1" not in _linear_scalars(parse_file(PROGRAMS + "adam_least_squares.tp"))
+    counter = DECAYING_STEP.replace("eta = 0.9 * eta", "eta = eta + 1").replace(
+        "w - eta * A.T", "w - 0.5 * A.T")
+    shared = tcompile.compile_source(counter, file="c.tp", loops="shared")
+    assert shared.loops.unrolled == ()
+    A, y = np.eye(3)[[0, 1, 2, 0]] / 2, np.array([0.5, -0.5, 0.25, 0.1])
+    for steps in (12, 31):
+        t = 0.8
+        for _ in range(steps):
+            t += 1
+        assert float(shared.run(A=A, y=y, steps=steps)["eta"]) == t
+        assert shared.loops.n_layers(shared.loops.counts({"steps": steps})) == \
+            tcompile.compile_source(counter, params={"steps": steps}).n_layers

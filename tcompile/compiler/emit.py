@@ -13,10 +13,10 @@ import numpy as np
 from ..runtime.layout import Block
 from ..runtime.sparse import SparseMatrix
 from ..runtime.weights import LayerWeights
-from ..runtime.codec import pattern_name
+from ..runtime.codec import NUMBER, pattern_name
 from ..runtime.layout import LIVE_TO_END
 from .heads import HeadTerm, Operand
-from .nodes import CSHAPE, ENTRIES, OP, VARS
+from .nodes import CSHAPE, ENTRIES, OP, VALUE, VARS
 from .pieces import piece_unit_count, piece_unit_entries, piece_units
 from .plan import Plan
 from .rows import AFTER_LAST_SUBLAYER, IDENTITY_BLOCK, IDENTITY_OVER_N_BLOCK, ONES_OVER_N_BLOCK
@@ -38,9 +38,12 @@ def block_key(plan: Plan, pair) -> str:
 
 
 def const_name(node: dict) -> str:
-    """Which constant the encoder writes: `ones`, `n`, `inv_n`, or a 0/1 pattern by value."""
+    """Which constant the encoder writes: `ones`, `n`, `inv_n`, a 0/1 pattern by value, or a
+    number by value (`number:0.45`: a loop's number carried as a runtime value)."""
     if node[OP] == "pattern":
         return pattern_name(node[CSHAPE], node[ENTRIES])
+    if node[OP] == "number":
+        return f"{NUMBER}{node[VALUE]!r}"
     return node[OP]
 
 

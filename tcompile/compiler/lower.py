@@ -209,13 +209,19 @@ class Lowering:
                     self._store_loop_state(nid)
 
     def _store_loop_state(self, nid):
-        """A loop's state gets rows unless it is trivially another value (c·atom, c·I)."""
+        """A loop's state gets rows unless it is trivially another value (c·atom, c·I) — but
+        a shared build's scalar state c·s, c ≠ 1 (a decaying step size eta = 0.9 * eta), is
+        stored: left symbolic, iteration k would read 0.9ᵏ·s, a number of its own in every
+        iteration's weights, and no body could repeat."""
         p = self.polys[nid]
+        node = self.g.nodes[nid]
         if isinstance(p, Elementwise):
             if p.product or len(leaves(p.expr)) > 0 and not isinstance(p.expr, Leaf):
                 self.materialize_mlp(nid)
             return
-        if len(p) > 1 or max_degree(p) > 1 or self.g.nodes[nid].get(COPY):
+        scaled_scalar = LOOP_STATE in node and node[CSHAPE] == (1, 1) and len(p) == 1 and \
+            next(iter(p.values())) != 1.0
+        if len(p) > 1 or max_degree(p) > 1 or node.get(COPY) or scaled_scalar:
             self.materialize(nid)
 
     def expand(self, nid: int):
@@ -226,7 +232,7 @@ class Lowering:
             return self.make_atom(nid, "input")
         if op == "pattern":                 # a constant 0/1 block the encoder writes
             return self.make_atom(nid, "const")
-        if op in ("ones", "n", "inv_n"):
+        if op in ("ones", "n", "inv_n", "number"):
             if op == "inv_n":
                 self.atoms.inv_n = nid
             return self.make_atom(nid, "const")

@@ -11,6 +11,9 @@ Operations (attribute OP), with their arguments (attribute ARGS, node ids) and m
     input     -           a program input (NAME; SYMMETRIC, SIGN, FLAG; LO/HI if bounded)
     const     -           compile-time scalar VALUE, 1×1
     n, inv_n  -           the token count and its reciprocal: runtime scalars the encoder writes
+    number    -           a compile-time scalar VALUE stored as a runtime 1×1 value the encoder
+                          writes: where a shared build carries a loop's compile-time number as
+                          loop state (a decaying step size eta = 0.9 * eta: steady_state.py)
     ones      -           the n×1 column of ones (a constant row of the embedding)
     eye       -           the identity, K rows (None until it meets a square matrix)
     pattern   -           a constant 0/1 matrix of CSHAPE with ones at ENTRIES (SYMMETRIC when
@@ -40,8 +43,8 @@ min(u, v) is u − relu(u − v): add, scale and call nodes. Nodes are hash-cons
 """
 from __future__ import annotations
 
-OPS = frozenset({"input", "const", "n", "inv_n", "ones", "eye", "pattern", "matmul", "T", "add", "scale",
-                 "smul", "ewmul", "call", "bound"})
+OPS = frozenset({"input", "const", "n", "inv_n", "number", "ones", "eye", "pattern", "matmul", "T",
+                 "add", "scale", "smul", "ewmul", "call", "bound"})
 
 # attribute → what it holds. Every node has the first four.
 OP = "op"                # str, one of OPS

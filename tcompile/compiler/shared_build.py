@@ -27,6 +27,8 @@ from dataclasses import replace
 
 import numpy as np
 
+from ..errors import TcompileError
+from ..language.checker import check_program
 from ..language.points import point_count, point_variable
 from ..runtime.layout import LayerSpec
 from ..runtime.loops import LoopItem, LoopProgram, LoopSpec, applications
@@ -34,7 +36,7 @@ from ..runtime.manifest import Manifest
 from ..runtime.program import CompiledProgram
 from ..runtime.weights import LayerWeights
 from .backend import build_manifest, compile_dataflow
-from .dataflow import walk_to_graph
+from .dataflow import build_dataflow, walk_to_graph
 from .fold import Loop, NoSteadyState, digest, fold_loop, join_residues
 from ..runtime import clock
 from .nodes import FIRST_ONLY, ITERATION, LOOP_STATE, VARS
@@ -46,12 +48,13 @@ UNROLLINGS = (2, 4)             # the shortest and longest base unrolling of a l
 
 def shared_dataflow(program, values: dict, tol, unroll: dict[str, int] | None,
                     plain: frozenset = frozenset(), kernel: dict[str, int] | None = None,
-                    ahead: frozenset = frozenset()):
+                    ahead: frozenset = frozenset(), demote: bool = True):
     """The dataflow graph of the program with each loop unrolled `unroll[key]` times, its state
     widened to the hull every iteration (steady_state.py); loops in `plain` are walked as the
     unrolled build walks them; a loop in `kernel` has its iterations grouped by that many; a
     loop in `ahead` reads ahead (nodes.LOOP_AHEAD)."""
-    return walk_to_graph(SharedGraphBuilder(program, values, unroll, plain, kernel, ahead),
+    return walk_to_graph(SharedGraphBuilder(program, values, unroll, plain, kernel, ahead,
+                                            demote),
                          program, values, tol)
 
 
@@ -59,8 +62,8 @@ class _Unrollings:
     """Compiles of the program at given per-loop unroll counts, kept (the fold asks for the
     same counts more than once), and every layer by digest."""
 
-    def __init__(self, program, values, tol, max_memory, report):
-        self.program, self.values, self.tol = program, values, tol
+    def __init__(self, program, values, tol, max_memory, report, demote: bool = True):
+        self.program, self.values, self.tol, self.demote = program, values, tol, demote
         self.max_memory, self.report = max_memory, report
         self.built: dict[tuple, tuple] = {}
         self.layers: dict[str, LayerWeights] = {}
@@ -84,7 +87,8 @@ class _Unrollings:
         key = self._key(counts, plain, kernel, ahead)
         if key not in self.built:
             kernel = self._marked(kernel)
-            df = shared_dataflow(self.program, self.values, self.tol, counts, plain, kernel, ahead)
+            df = shared_dataflow(self.program, self.values, self.tol, counts, plain, kernel, ahead,
+                                 self.demote)
             plan, layers, blocks, keys = compile_dataflow(df, None, self.values, self.max_memory,
                                                           None, self.pieces)
             self.built[key] = (df, plan, layers, blocks, keys)
@@ -109,10 +113,51 @@ class _Unrollings:
 
 
 def compile_shared(program, values: dict, tol, max_memory, report) -> CompiledProgram:
+    """The shared build. Where a loop kept unrolled for a compile-time number it changes
+    every iteration could run as a loop with that number carried as a runtime value
+    (steady_state._SteadyState._demote: a decaying step size eta = 0.9 * eta), that build is
+    tried first, and kept if every such loop then folds and runs no more than a layer deeper
+    than the unrolled build, at its built count and two more (`_no_deeper`); otherwise (or
+    if it fails) the build is the one with every number a number, as before."""
+    plain_sites = loop_sites(program, values, demote=False)
+    numbers = {k for k, s in plain_sites.items()
+               if s.unshareable and "compile-time number" in s.unshareable}
+    if numbers and not numbers & {k for k, s in loop_sites(program, values).items()
+                                  if s.unshareable}:
+        try:
+            built, kept = _compile_shared(program, values, tol, max_memory, report, True)
+            if not numbers & set(kept) and _no_deeper(built, program, values, tol, max_memory,
+                                                      plain_sites, numbers):
+                return built
+        except TcompileError:
+            pass
+    return _compile_shared(program, values, tol, max_memory, report, False)[0]
+
+
+def _no_deeper(built: CompiledProgram, program, values, tol, max_memory,
+               sites: dict[str, LoopSite], keys: set[str]) -> bool:
+    """Whether the shared build runs at most one layer more than the program unrolled (walked
+    as the unrolled build walks it) at the built counts, and at two more iterations of each
+    loop in `keys` that has a run-time count: a runtime number costs no depth per iteration
+    where heads multiply by it in the layers that run anyway (a step size), and is not kept
+    where it would (a counter whose loop the unrolled build runs two iterations per layer)."""
+    pieces = PieceBuilder(tol)
+
+    def unrolled_layers(given: dict) -> int:
+        counted = check_program(program, {**values, **given})
+        df = build_dataflow(program, counted, default_tol=tol)
+        return len(compile_dataflow(df, None, counted, max_memory, None, pieces)[1])
+    trials = [{}] + [{s.param: s.count + 2} for k, s in sites.items() if k in keys and s.param]
+    return all(built.loops.n_layers(built.loops.counts(given)) <= unrolled_layers(given) + 1
+               for given in trials)
+
+
+def _compile_shared(program, values: dict, tol, max_memory, report,
+                    demote: bool) -> tuple[CompiledProgram, dict]:
     stage = report.stage if report else (lambda _name: None)
     stage("loops")
-    sites = loop_sites(program, values)
-    runs = _Unrollings(program, values, tol, max_memory, report)
+    sites = loop_sites(program, values, demote)
+    runs = _Unrollings(program, values, tol, max_memory, report, demote)
     stage("fold")
     folded, base, kept = _fold_all(runs, sites)
     kernel = _choose_kernels(runs, sites, folded, base, kept)
@@ -135,7 +180,7 @@ def compile_shared(program, values: dict, tol, max_memory, report) -> CompiledPr
     manifest = build_manifest(program, values, tol, df, plan, layers, blocks, keys)
     unrolled = tuple((sites[k].line, sites[k].count, why.why) for k, why in kept.items())
     loops = LoopProgram(specs, sequence, tuple(sorted(counts.items())), unrolled)
-    return CompiledProgram(_shared_manifest(manifest, stored, loops), stored)
+    return CompiledProgram(_shared_manifest(manifest, stored, loops), stored), kept
 
 
 def _layout_counts(runs: _Unrollings, sites: dict[str, LoopSite], base: dict[str, int], kept,

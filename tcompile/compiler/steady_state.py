@@ -51,7 +51,8 @@ class _SteadyState:
     sites: dict[str, LoopSite]
 
     def setup_steady(self, unroll: dict[str, int] | None, plain: frozenset = frozenset(),
-                     kernel: dict[str, int] | None = None, ahead: frozenset = frozenset()):
+                     kernel: dict[str, int] | None = None, ahead: frozenset = frozenset(),
+                     demote: bool = True):
         self.unroll_counts = dict(unroll or {})
         self.kernel = dict(kernel or {})  # loops run by a kernel of k > 1 iterations (grouped)
         self.ahead = ahead                # loops whose next iteration may read ahead (LOOP_AHEAD)
@@ -61,6 +62,8 @@ class _SteadyState:
         self.counts = run_time_counts(self.program)
         self.loops_around: list[str] = []
         self.iteration: tuple = ()       # (loop key, index) of the iterations being walked
+        # numbers a loop may carry as runtime values (_demote)
+        self.demotable = _linear_scalars(self.program) if demote else frozenset()
 
     def unroll(self, stmt: ast.Repeat, count: int, env, in_function: bool):
         key = loop_key(stmt, self.call_sites)
@@ -81,6 +84,7 @@ class _SteadyState:
         if why is not None:
             return self._unroll_plainly(key, stmt, count, env, in_function)
         times = self.unroll_counts.get(key, count)
+        self._demote(env, hull)
         self.mark_entering(key, env, state)
         self.times[key] = times
         self.loops_around.append(key)
@@ -121,11 +125,13 @@ class _SteadyState:
         probe.loops_around = list(self.loops_around)
         types = {k: Val(v.ty) for k, v in env.items()}
         hull = {n: types[n].ty for n in state}
+        # (top-level loops only: an inner loop's numbers restart with every outer iteration)
+        demote = set() if in_function or self.loops_around else self.demotable
         walked: list[dict[str, Ty]] = []          # each iteration's state bounds
         for _ in range(count):
             before = {k: v.ty for k, v in types.items()}
             probe.exec_block(stmt.body, types, in_function)
-            hull = {n: _join(hull[n], types[n].ty, n, stmt) for n in state}
+            hull = {n: _join(hull[n], types[n].ty, n, stmt, n in demote) for n in state}
             walked.append({n: types[n].ty for n in state})
             if {k: v.ty for k, v in types.items()} == before:
                 break             # a fixed point: the later iterations add nothing to the hull
@@ -182,6 +188,24 @@ class _SteadyState:
         probe.exec_block(stmt.body, types, in_function)
         return all(_inside(types[n].ty, hull[n]) for n in state)
 
+    def _demote(self, env, hull: dict[str, Ty]) -> None:
+        """A compile-time number the loop changes every iteration, and which it only adds,
+        subtracts, multiplies and divides (eta = 0.9 * eta; `_linear_scalars`), enters the
+        loop as a runtime value: the encoder writes its first value (nodes.py `number`), and
+        every iteration computes the next with heads, exactly as the interpreter does. (Kept
+        a number, each iteration would fold its own value into its weights, and no body could
+        repeat: the loop stayed unrolled.)"""
+        for name, ty in hull.items():
+            now = env[name].ty
+            if name in self.demotable and ty.shape == () and ty.const is None and \
+                    now.const is not None and not self.loops_around:
+                env[name] = Val(ty, self.number_data(now.const))
+                self.widen_data(env[name].data, ty)
+
+    def number_data(self, value: float):
+        """The data of a number stored as a runtime value (the graph builder: its node)."""
+        return None
+
     def _widen(self, env, hull: dict[str, Ty]) -> None:
         for name, ty in hull.items():
             now = env[name].ty
@@ -198,9 +222,9 @@ class _SteadyState:
 
 
 class _Probe(_SteadyState, Walker):
-    def __init__(self, program, params):
+    def __init__(self, program, params, demote: bool = True):
         Walker.__init__(self, program, params)
-        self.setup_steady(None)
+        self.setup_steady(None, demote=demote)
 
 
 class SharedGraphBuilder(_SteadyState, GraphBuilder):
@@ -209,9 +233,9 @@ class SharedGraphBuilder(_SteadyState, GraphBuilder):
 
     def __init__(self, program, params, unroll: dict[str, int] | None = None,
                  plain: frozenset = frozenset(), kernel: dict[str, int] | None = None,
-                 ahead: frozenset = frozenset()):
+                 ahead: frozenset = frozenset(), demote: bool = True):
         GraphBuilder.__init__(self, program, params)
-        self.setup_steady(unroll, plain, kernel, ahead)
+        self.setup_steady(unroll, plain, kernel, ahead, demote)
         self._occurrences: dict = {}
 
     def node(self, op: str, args: tuple = (), cshape=None, loc=None, **attrs) -> int:
@@ -226,6 +250,11 @@ class SharedGraphBuilder(_SteadyState, GraphBuilder):
                 self._occurrences.get((where, self.iteration), 0) + 1
             if nid == new:
                 self.graph.nodes[nid][TWIN] = (tuple(i for _, i in self.iteration), where, occ)
+        return nid
+
+    def number_data(self, value: float):
+        nid = self.node("number", (), (1, 1), None, value=float(value))
+        self.graph.nodes[nid][LO] = self.graph.nodes[nid][HI] = float(value)
         return nid
 
     def widen_data(self, data, ty: Ty) -> None:
@@ -293,10 +322,11 @@ class SharedGraphBuilder(_SteadyState, GraphBuilder):
             env[name] = Val(val.ty, nid)
 
 
-def loop_sites(program, values: dict) -> dict[str, LoopSite]:
+def loop_sites(program, values: dict, demote: bool = True) -> dict[str, LoopSite]:
     """Every loop of the program, with its count, run-time param and covered counts (a
-    types-only walk, outermost loops first)."""
-    probe = _Probe(program, values)
+    types-only walk, outermost loops first); `demote`: numbers a loop changes may become
+    runtime loop state (_SteadyState._demote)."""
+    probe = _Probe(program, values, demote)
     probe.run()
     return probe.sites
 
@@ -305,8 +335,16 @@ class _Unshareable(Exception):
     """No two iterations of this loop can be the same body (said in the card)."""
 
 
-def _join(a: Ty, b: Ty, name: str, stmt) -> Ty:
-    """The hull of two types of the same loop variable."""
+def _join(a: Ty, b: Ty, name: str, stmt, demote: bool = False) -> Ty:
+    """The hull of two types of the same loop variable; `demote`: a scalar that is a
+    different number in each iteration becomes a runtime value bounded by those numbers
+    (_SteadyState._demote) instead of keeping the loop unrolled."""
+    if demote and a.shape == b.shape == () and a.const != b.const:
+        ends = [e for t in (a, b) for e in ((t.const, t.const) if t.const is not None
+                                            else (t.lo, t.hi))]
+        if any(e is None for e in ends):
+            return Ty(())
+        return Ty((), lo=min(ends), hi=max(ends))
     if a.shape != b.shape or (a.const is not None and b.const is None):
         return b      # X = c I, r = 1 before the loop; a [d, d] or runtime value after one body
     if a.const != b.const:
@@ -355,6 +393,54 @@ def _extrapolated(hull: dict[str, Ty], walked: list[dict[str, Ty]],
             lo, hi = (min(lo, end), hi) if side == "lo" else (lo, max(hi, end))
         out[n] = replace(ty, lo=lo, hi=hi)
     return out if moved else None
+
+
+def _linear_scalars(program) -> frozenset[str]:
+    """The variables a shared build may carry as runtime values where they are compile-time
+    numbers that change every iteration: those that reach every assignment reading them
+    through sums, differences, products (entrywise or matrix) and numerators only, and assigned only to such variables or to
+    values that read the data anyway — by the program text. A number read anywhere else (a
+    call, a divisor, a power, a domain or tolerance, an index, a count) must stay a number (a
+    runtime one would need a fitted function, or is not allowed there)."""
+    assigned: dict[str, set[str]] = {}
+    parents: dict[int, object] = {}
+    names = []
+    for node, parent in ast.walk(program.body):       # (defs are not in the body)
+        parents[id(node)] = parent
+        if isinstance(node, ast.Assign):
+            assigned.setdefault(node.target, set()).update(_names_read(node.value))
+        elif isinstance(node, ast.Name):
+            names.append(node)
+
+    def linear(node) -> bool:       # each step up to its assignment: + − × @, −x, xᵀ, a numerator
+        while True:
+            parent = parents[id(node)]
+            if isinstance(parent, ast.Assign):
+                return node is parent.value
+            if not (isinstance(parent, (ast.Neg, ast.Transpose)) or isinstance(parent, ast.BinOp)
+                    and (parent.op in ("+", "-", "*", "@") or
+                         parent.op == "/" and node is parent.left)):
+                return False
+            node = parent
+    bad = {node.id for node in names if not linear(node)}
+    # values that are runtime whatever the numbers are (they read the data): the rule above
+    # does not concern them
+    runtime = {d.name for d in program.inputs} | {"n"}
+    grew = True
+    while grew:
+        grew = False
+        for t, reads in assigned.items():
+            if t not in runtime and reads & runtime:
+                runtime.add(t)
+                grew = True
+    todo = [t for t in assigned if t in bad and t not in runtime]
+    while todo:         # a number assigned from one that turns runtime turns runtime too
+        t = todo.pop()
+        for s in assigned.get(t, ()):
+            if s not in bad:
+                bad.add(s)
+                todo.append(s)
+    return frozenset(t for t in assigned if t not in bad and t not in runtime)
 
 
 def _declared_bounds(probe, body, state, env) -> dict[str, tuple[float, float]]:

@@ -42,6 +42,8 @@ def canonical(arr: np.ndarray) -> np.ndarray:
 
 
 PATTERN = "pattern:"
+NUMBER = "number:"       # `number:0.45`: a number the encoder writes as a 1×1 value (a loop's
+                         # compile-time number a shared build carries as loop state)
 
 
 def pattern_name(cshape, entries) -> str:
@@ -80,6 +82,11 @@ def constant_value(op: str, k: int, n: int) -> np.ndarray:
     if isinstance(op, str) and op.startswith(PATTERN):
         try:
             return _pattern(op, n)
+        except ValueError:
+            raise KeyError(op) from None
+    if isinstance(op, str) and op.startswith(NUMBER):
+        try:
+            return np.full((1, 1), float(op[len(NUMBER):]))
         except ValueError:
             raise KeyError(op) from None
     return {"eye": lambda: np.eye(k),
@@ -163,6 +170,6 @@ def non_finite_message(out: dict) -> str | None:
             "on the way; scale the inputs down (or use float64 if this ran in float32)")
 
 
-__all__ = ["ValidatedInputs", "non_finite_message", "canonical", "constant_value", "pattern_name",
+__all__ = ["NUMBER", "ValidatedInputs", "non_finite_message", "canonical", "constant_value", "pattern_name",
            "pattern_min_tokens", "constant_storage",
            "storage_at_input", "value_at_input", "encode", "read_block", "in_shape", "decode"]
