@@ -119,19 +119,23 @@ def compile_shared(program, values: dict, tol, max_memory, report) -> CompiledPr
     tried first, and kept if every such loop then folds and runs no more than a layer deeper
     than the unrolled build, at its built count and two more (`_no_deeper`); otherwise (or
     if it fails) the build is the one with every number a number, as before."""
+    stage = report.stage if report else (lambda _name: None)
+    stage("loops")
     plain_sites = loop_sites(program, values, demote=False)
     numbers = {k for k, s in plain_sites.items()
                if s.unshareable and "compile-time number" in s.unshareable}
-    if numbers and not numbers & {k for k, s in loop_sites(program, values).items()
-                                  if s.unshareable}:
-        try:
-            built, kept = _compile_shared(program, values, tol, max_memory, report, True)
-            if not numbers & set(kept) and _no_deeper(built, program, values, tol, max_memory,
-                                                      plain_sites, numbers):
-                return built
-        except TcompileError:
-            pass
-    return _compile_shared(program, values, tol, max_memory, report, False)[0]
+    if numbers:
+        sites = loop_sites(program, values)
+        if not numbers & {k for k, s in sites.items() if s.unshareable}:
+            try:
+                built, kept = _compile_shared(program, values, tol, max_memory, report, sites,
+                                              True)
+                if not numbers & set(kept) and _no_deeper(built, program, values, tol,
+                                                          max_memory, plain_sites, numbers):
+                    return built
+            except TcompileError:
+                pass
+    return _compile_shared(program, values, tol, max_memory, report, plain_sites, False)[0]
 
 
 def _no_deeper(built: CompiledProgram, program, values, tol, max_memory,
@@ -152,11 +156,11 @@ def _no_deeper(built: CompiledProgram, program, values, tol, max_memory,
                for given in trials)
 
 
-def _compile_shared(program, values: dict, tol, max_memory, report,
+def _compile_shared(program, values: dict, tol, max_memory, report, sites: dict[str, LoopSite],
                     demote: bool) -> tuple[CompiledProgram, dict]:
+    """The shared build from these loop sites (loop_sites with the same `demote`); with the
+    loops it keeps unrolled."""
     stage = report.stage if report else (lambda _name: None)
-    stage("loops")
-    sites = loop_sites(program, values, demote)
     runs = _Unrollings(program, values, tol, max_memory, report, demote)
     stage("fold")
     folded, base, kept = _fold_all(runs, sites)

@@ -119,7 +119,7 @@ class _SteadyState:
     def _hull(self, stmt, count, env, in_function, state) -> tuple[dict[str, Ty], bool]:
         """The loop state's bounds over the built iterations, and whether one more body from
         them stays inside (then any count is covered)."""
-        probe = _Probe(self.program, self.params)
+        probe = _Probe(self.program, self.params, demote=False)   # (types only: self's rules)
         probe.call_stack, probe.call_sites = list(self.call_stack), list(self.call_sites)
         probe.inputs = self.inputs
         probe.loops_around = list(self.loops_around)
@@ -395,7 +395,20 @@ def _extrapolated(hull: dict[str, Ty], walked: list[dict[str, Ty]],
     return out if moved else None
 
 
+_LINEAR_SCALARS: dict[int, tuple] = {}      # id(program) → (program, its _linear_scalars)
+
+
 def _linear_scalars(program) -> frozenset[str]:
+    """_find_linear_scalars, once per program (a shared build walks it for every unrolling)."""
+    held = _LINEAR_SCALARS.get(id(program))
+    if held is None or held[0] is not program:
+        if len(_LINEAR_SCALARS) > 64:
+            _LINEAR_SCALARS.clear()
+        held = _LINEAR_SCALARS[id(program)] = (program, _find_linear_scalars(program))
+    return held[1]
+
+
+def _find_linear_scalars(program) -> frozenset[str]:
     """The variables a shared build may carry as runtime values where they are compile-time
     numbers that change every iteration: those that reach every assignment reading them
     through sums, differences, products (entrywise or matrix) and numerators only, and assigned only to such variables or to
