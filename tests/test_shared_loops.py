@@ -2084,6 +2084,19 @@ def test_a_decaying_step_size_is_carried_as_a_runtime_value():
         assert shared.loops.n_layers(shared.loops.counts({"steps": steps})) == unrolled + 1
 
 
+def test_a_carried_number_is_saved_and_loaded_with_the_artifact(tmp_path):
+    """The encoder writes eta's first value from the block's name (const:number:0.8): a
+    saved build loads and runs as built."""
+    shared = tcompile.compile_source(DECAYING_STEP, file="e.tp", loops="shared")
+    assert "number:0.8" in {b.const for b in shared.layout.blocks if b.const}
+    shared.save(tmp_path / "e")
+    again = tcompile.load(tmp_path / "e")
+    A, y = np.eye(3)[[0, 1, 2, 1]] / 2, np.array([0.5, -0.5, 0.25, 0.1])
+    for steps in (12, 20):
+        a, b = shared.run(A=A, y=y, steps=steps), again.run(A=A, y=y, steps=steps)
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
 def test_a_counter_is_carried_where_no_deeper_and_a_nonlinear_number_is_not():
     """A counter t = t + 1 beside a 1-layer-per-step GD is carried as a runtime value (as
     deep as unrolled; its output is the count, exactly); one beside a step the unrolled build
