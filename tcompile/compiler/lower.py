@@ -32,9 +32,9 @@ from .approx import exact_function
 from .elementwise import (BOUND, EXACT_PL, Call, Const, Elementwise, Leaf, Product, Sum, affine,
                           calls, evaluate, leaves, scaled_product, to_text)
 from .heads import realizable
-from .nodes import (ARGS, C, CARRIED, COPY, CSHAPE, DOMAIN, FARGS, FLAG, FUNC, HI, HOISTED, INFERRED,
-                    LO, LOC, LOOP_STATE, NAME, NOTE, OP, REFINED, SIGN, SYMMETRIC, TOL, TOL_REL,
-                    VALUE, VARS)
+from .nodes import (ARGS, C, CARRIED, COPY, CSHAPE, DOMAIN, ENTERS, FARGS, FLAG, FUNC, HI, HOISTED,
+                    INFERRED, LO, LOC, LOOP_STATE, NAME, NOTE, OP, REFINED, SIGN, SYMMETRIC, TOL,
+                    TOL_REL, VALUE, VARS)
 from .pieces import MAX_SIGN_LEAVES, UNNAMED, PieceBuilder, Words
 from .poly import (MAX_FACTORS, Atom, AtomTable, Mono, Poly, add_polys, dims, max_degree,
                    max_head_operands, mul_polys, symmetrize_weighted_grams, transpose_mono,
@@ -219,10 +219,22 @@ class Lowering:
             if p.product or len(leaves(p.expr)) > 0 and not isinstance(p.expr, Leaf):
                 self.materialize_mlp(nid)
             return
-        scaled_scalar = LOOP_STATE in node and node[CSHAPE] == (1, 1) and len(p) == 1 and \
-            next(iter(p.values())) != 1.0
-        if len(p) > 1 or max_degree(p) > 1 or node.get(COPY) or scaled_scalar:
+        if len(p) > 1 or max_degree(p) > 1 or node.get(COPY) or self._scales_itself(nid, p):
             self.materialize(nid)
+
+    def _scales_itself(self, nid, p: Poly) -> bool:
+        """Whether a shared build's scalar loop state is c·(its own previous value, or the
+        value it entered with), c ≠ 1: eta = 0.9 * eta."""
+        node = self.g.nodes[nid]
+        state = node.get(LOOP_STATE)
+        if state is None or node[CSHAPE] != (1, 1) or len(p) != 1:
+            return False
+        (m, c), = p.items()
+        factors = [a for a, _ in m.chain] + list(m.scalars)
+        if c == 1.0 or len(factors) != 1:
+            return False
+        before = self.g.nodes[factors[0]]
+        return before.get(LOOP_STATE) == state or state in (before.get(ENTERS) or ())
 
     def expand(self, nid: int):
         """A node's value over atoms: a Poly (attention) or an `Elementwise` tree."""

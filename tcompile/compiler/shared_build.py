@@ -41,7 +41,7 @@ from .fold import Loop, NoSteadyState, digest, fold_loop, join_residues
 from ..runtime import clock
 from .nodes import FIRST_ONLY, ITERATION, LOOP_STATE, VARS
 from .pieces import PieceBuilder
-from .steady_state import LoopSite, SharedGraphBuilder, loop_sites
+from .steady_state import CHANGING_NUMBER, LoopSite, SharedGraphBuilder, loop_sites
 
 UNROLLINGS = (2, 4)             # the shortest and longest base unrolling of a loop
 
@@ -123,7 +123,7 @@ def compile_shared(program, values: dict, tol, max_memory, report) -> CompiledPr
     stage("loops")
     plain_sites = loop_sites(program, values, demote=False)
     numbers = {k for k, s in plain_sites.items()
-               if s.unshareable and "compile-time number" in s.unshareable}
+               if s.unshareable and CHANGING_NUMBER in s.unshareable}
     if numbers:
         sites = loop_sites(program, values)
         if not numbers & {k for k, s in sites.items() if s.unshareable}:

@@ -331,6 +331,9 @@ def loop_sites(program, values: dict, demote: bool = True) -> dict[str, LoopSite
     return probe.sites
 
 
+CHANGING_NUMBER = "is a compile-time number that changes every iteration"   # (a site's why)
+
+
 class _Unshareable(Exception):
     """No two iterations of this loop can be the same body (said in the card)."""
 
@@ -348,7 +351,7 @@ def _join(a: Ty, b: Ty, name: str, stmt, demote: bool = False) -> Ty:
     if a.shape != b.shape or (a.const is not None and b.const is None):
         return b      # X = c I, r = 1 before the loop; a [d, d] or runtime value after one body
     if a.const != b.const:
-        raise _Unshareable(f"'{name}' is a compile-time number that changes every iteration")
+        raise _Unshareable(f"'{name}' {CHANGING_NUMBER}")
     both = dict(sign=a.sign and b.sign, flag=a.flag and b.flag,
                 symmetric=a.symmetric and b.symmetric)
     if not (a.bounded and b.bounded):
@@ -532,4 +535,4 @@ def _inside(a: Ty, hull: Ty) -> bool:
     return a.bounded and hull.lo <= a.lo and a.hi <= hull.hi
 
 
-__all__ = ["LoopSite", "SharedGraphBuilder", "loop_key", "loop_sites"]
+__all__ = ["CHANGING_NUMBER", "LoopSite", "SharedGraphBuilder", "loop_key", "loop_sites"]
