@@ -2116,3 +2116,22 @@ def test_a_counter_is_carried_where_no_deeper_and_a_nonlinear_number_is_not():
         assert float(shared.run(A=A, y=y, steps=steps)["eta"]) == t
         assert shared.loops.n_layers(shared.loops.counts({"steps": steps})) == \
             tcompile.compile_source(counter, params={"steps": steps}).n_layers
+
+
+def test_a_growing_scalar_that_only_scales_the_step_does_not_bound_the_count():
+    """A warm-up step size eta = eta + 0.1 (eta0 an input) grows every iteration, and
+    `eta * A.T @ ...` read textually as a product of two values made its bounds needed: the
+    shared build ran at most its built count. A runtime scalar times a value is heads, exact,
+    so those bounds reach no fit: the loop runs past the built count, as numpy does."""
+    src = ("program warm\ndim d = 3\nparam warm = 5\ninput A : [n, d] assume row_norm <= 1\n"
+           "input y : [n] in [-1, 1]\ninput eta0 : [] in [0, 0.1]\noutput w\nw = zeros(d)\n"
+           "eta = eta0\nrepeat warm {\n  eta = eta + 0.1\n"
+           "  w = w - eta * A.T @ (A @ w - y) / n\n}\n")
+    shared = tcompile.compile_source(src, file="w.tp", loops="shared")
+    assert [spec.max_count for spec in shared.loops.loops] == [None]
+    A, y = np.eye(3)[[0, 1, 2, 0, 1]] / 2, np.array([0.5, -0.5, 0.25, 0.1, 0.3])
+    w, eta = np.zeros(3), 0.05
+    for _ in range(9):
+        eta += 0.1
+        w = w - eta * A.T @ (A @ w - y) / 5
+    assert np.abs(shared.run(A=A, y=y, eta0=np.array(0.05), warm=9)["w"] - w).max() <= 1e-14

@@ -154,7 +154,8 @@ class _SteadyState:
         # a state whose bounds reach no function, product or divisor (an accumulator
         # `t = t + sum(w)`, consensus `X = X - h * (X - sum(X) / n)`): its growing bounds
         # need not bound the count
-        needed = None if in_function else _bounds_needed(self.program)
+        scalars = frozenset(k for k, v in env.items() if v.ty.shape == ())
+        needed = None if in_function else _bounds_needed(self.program, scalars)
         loose = {n: replace(t, lo=None, hi=None)
                  if t.bounded and needed is not None and n not in needed else t
                  for n, t in hull.items()}
@@ -477,16 +478,20 @@ _BOUNDS_FREE_CALLS = {"ones", "zeros", "sum", "stack", "tril", "triu", "outer",
                       "relu", "abs", "clip", "max", "min"}
 
 
-def _bounds_needed(program) -> set[str]:
+def _bounds_needed(program, scalars: frozenset = frozenset()) -> set[str]:
     """The variables whose bounds may reach a fitted domain, found from the program text:
     those read inside a builtin call (other than exact selections and fills), a power, a
-    division by anything but a number or n, an elementwise product of two values neither
-    of which is a number, or a user function's argument; and, backwards, every variable an
+    division by anything but a number or n, a product of two values neither of which is a
+    number or a scalar variable (`scalars`: a runtime scalar times a value is heads, exact),
+    or a user function's argument; and, backwards, every variable an
     assignment to such a variable reads, unless that assignment's value is clipped to numbers
     or declared (`on`): it is bounded then whatever it reads. Conservative otherwise: a variable
     not in it flows only into sums, differences, multiples, matrix products, selections and
     exactly piecewise-linear calls."""
     consts = {p.name for p in program.params} | {d.name for d in program.dims}
+
+    def scalar(e) -> bool:       # a runtime scalar times a value is heads, exact: no bounds
+        return isinstance(e, ast.Name) and e.id in scalars
 
     def constant(e) -> bool:
         if isinstance(e, ast.Number):
@@ -518,7 +523,8 @@ def _bounds_needed(program) -> set[str]:
                 node.op == "**" or
                 (node.op == "/" and not constant(node.right) and
                  not (isinstance(node.right, ast.Name) and node.right.id == "n")) or
-                (node.op == "*" and not constant(node.left) and not constant(node.right))):
+                (node.op == "*" and not constant(node.left) and not constant(node.right)
+                 and not scalar(node.left) and not scalar(node.right))):
             direct.update(_names_read(node))
     needed, todo = set(direct), list(direct)
     while todo:
