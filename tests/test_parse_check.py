@@ -388,3 +388,15 @@ def test_a_function_written_otherwise_says_what_to_write(func):
     with pytest.raises(ProgramError) as err:
         check_program(parse_source(src, "w.tp"))
     assert err.value.expected == WRITTEN_OTHERWISE[func]
+
+
+def test_a_runtime_repeat_count_says_how_counts_are_chosen_at_run_time():
+    """`repeat k` with k an input: the count must be a compile-time number, and the fix says
+    how a count is chosen when the model runs (a param given to a shared build) or how a loop
+    stops by itself (until)."""
+    src = H + "input A : [n, 2]\ninput k : [] in [1, 5]\noutput x\nx = A\nrepeat k {\n  x = 0.5 * x\n}\n"
+    with pytest.raises(ProgramError) as err:
+        check_program(parse_source(src, "k.tp"))
+    assert "a repeat count must be a compile-time number" in err.value.message
+    assert "`param k = 10`" in err.value.expected and "-p k=N" in err.value.expected
+    assert "until=" in err.value.expected

@@ -242,11 +242,11 @@ class Walker:
         return (self.const_of(q.interval.lo, "an interval bound"),
                 self.const_of(q.interval.hi, "an interval bound"))
 
-    def const_of(self, e, what: str, env=None) -> float:
+    def const_of(self, e, what: str, env=None, hint: str = "") -> float:
         ty = self.eval(e, env or {}).ty
         if ty.const is None:
             raise self.err(f"{what} must be a compile-time number", e.loc,
-                           expected="numbers, params and arithmetic on them")
+                           expected="numbers, params and arithmetic on them" + hint)
         return ty.const
 
     def run(self, inputs: dict[str, Val] | None = None) -> dict[str, Val]:
@@ -325,7 +325,13 @@ class Walker:
         return self.unroll(stmt, self.repeat_count(stmt, env), env, in_function)
 
     def repeat_count(self, stmt: ast.Repeat, env) -> int:
-        count = self.const_of(stmt.count, "a repeat count", env)
+        name = stmt.count.id if isinstance(stmt.count, ast.Name) and \
+            stmt.count.id not in RESERVED else "steps"
+        count = self.const_of(stmt.count, "a repeat count", env,
+                              hint=f"; a count chosen when the model runs is a param "
+                                   f"(`param {name} = 10`), given at run time to a shared build "
+                                   f"(--loops shared, then -p {name}=N), and a loop that stops "
+                                   "by itself runs with until=(variable, tol)")
         if not math.isfinite(count) or count != int(count) or count < 0:
             raise self.err(f"a repeat count must be a non-negative integer, got {count:g}",
                            stmt.count.loc)
