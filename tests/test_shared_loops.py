@@ -2087,8 +2087,11 @@ def test_a_decaying_step_size_is_carried_as_a_runtime_value():
 def test_a_carried_number_is_saved_and_loaded_with_the_artifact(tmp_path):
     """The encoder writes eta's first value from the block's name (const:number:0.8): a
     saved build loads and runs as built."""
+    from tcompile.inspection.naming import constant_name
     shared = tcompile.compile_source(DECAYING_STEP, file="e.tp", loops="shared")
     assert "number:0.8" in {b.const for b in shared.layout.blocks if b.const}
+    assert constant_name("const:number:0.8") == "0.8"           # as probes and labels name it
+    assert constant_name("const:ones_inv_n") == "ones/n"
     shared.save(tmp_path / "e")
     again = tcompile.load(tmp_path / "e")
     A, y = np.eye(3)[[0, 1, 2, 1]] / 2, np.array([0.5, -0.5, 0.25, 0.1])

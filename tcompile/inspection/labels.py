@@ -56,6 +56,7 @@ from ..language.points import point_count, point_variable
 from ..runtime import clock
 from ..runtime.layout import Block, Layout
 from ..runtime.program import RotatedProgram
+from .naming import constant_name
 
 LIVE, DEAD, CLEARED, FREE = "live", "dead", "cleared", "free"
 STATUSES = (LIVE, DEAD, CLEARED, FREE)
@@ -89,10 +90,6 @@ class RowLabel:
         return d
 
 
-_CONST_NAMES = {"const:eye": "I", "const:eye_inv_n": "I/n", "const:ones": "ones",
-                "const:ones_inv_n": "ones/n", "const:inv_n": "1/n", "const:n": "n"}
-
-
 def _where(t: int) -> tuple[int | None, str]:
     return (None, "embed") if t == clock.ENCODER else (clock.layer_of(t), clock.sublayer_of(t))
 
@@ -101,7 +98,7 @@ def _describe(blk: Block, lines: dict[str, int], iterations: dict[str, int],
               input_lines: dict[str, int]) -> dict:
     """The fields a block gives every row it holds (all but row, index and status)."""
     if blk.kind == "const":
-        return {"kind": "const", "name": _CONST_NAMES.get(blk.key, blk.key[6:]),
+        return {"kind": "const", "name": constant_name(blk.key),
                 "point": blk.key, "points": (blk.key,), "line": None, "iteration": None}
     if blk.kind == "input":
         point = f"input:{blk.name}"

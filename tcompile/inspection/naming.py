@@ -65,9 +65,21 @@ def value_name(var: str, lines: dict[str, int]) -> str:
     if var.startswith("input:"):
         return f"{var[6:]} (input)"
     if var.startswith("const:"):
-        return {"const:eye": "I", "const:ones": "ones", "const:inv_n": "1/n",
-                "const:eye_inv_n": "I/n", "const:ones_inv_n": "ones/n"}.get(var, var[6:])
+        return constant_name(var)
     return var
+
+
+_CONSTANTS = {"const:eye": "I", "const:eye_inv_n": "I/n", "const:ones": "ones",
+              "const:ones_inv_n": "ones/n", "const:inv_n": "1/n", "const:n": "n"}
+
+
+def constant_name(key: str) -> str:
+    """An encoder constant's block key as a reader writes it: `const:eye` → "I",
+    `const:number:0.8` (a loop's number carried as a runtime value) → "0.8", a pattern by its
+    key."""
+    if key.startswith("const:number:"):
+        return key[len("const:number:"):]
+    return _CONSTANTS.get(key, key[6:])
 
 
 def block_name(blk, lines: dict[str, int]) -> str:
@@ -86,4 +98,5 @@ def source_lines(program: ast.Program, lines) -> list[SourceLine]:
             if 0 < n <= len(source)]
 
 
-__all__ = ["readable", "SourceLine", "assignment_lines", "value_name", "block_name", "source_lines"]
+__all__ = ["readable", "SourceLine", "assignment_lines", "value_name", "constant_name", "block_name",
+           "source_lines"]
