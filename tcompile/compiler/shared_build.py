@@ -48,7 +48,7 @@ UNROLLINGS = (2, 4)             # the shortest and longest base unrolling of a l
 
 def shared_dataflow(program, values: dict, tol, unroll: dict[str, int] | None,
                     plain: frozenset = frozenset(), kernel: dict[str, int] | None = None,
-                    ahead: frozenset = frozenset(), demote: bool = True):
+                    ahead: frozenset = frozenset(), demote: bool = False):
     """The dataflow graph of the program with each loop unrolled `unroll[key]` times, its state
     widened to the hull every iteration (steady_state.py); loops in `plain` are walked as the
     unrolled build walks them; a loop in `kernel` has its iterations grouped by that many; a
@@ -62,7 +62,7 @@ class _Unrollings:
     """Compiles of the program at given per-loop unroll counts, kept (the fold asks for the
     same counts more than once), and every layer by digest."""
 
-    def __init__(self, program, values, tol, max_memory, report, demote: bool = True):
+    def __init__(self, program, values, tol, max_memory, report, demote: bool = False):
         self.program, self.values, self.tol, self.demote = program, values, tol, demote
         self.max_memory, self.report = max_memory, report
         self.built: dict[tuple, tuple] = {}
@@ -121,11 +121,11 @@ def compile_shared(program, values: dict, tol, max_memory, report) -> CompiledPr
     if it fails) the build is the one with every number a number, as before."""
     stage = report.stage if report else (lambda _name: None)
     stage("loops")
-    plain_sites = loop_sites(program, values, demote=False)
+    plain_sites = loop_sites(program, values)
     numbers = {k for k, s in plain_sites.items()
                if s.unshareable and CHANGING_NUMBER in s.unshareable}
     if numbers:
-        sites = loop_sites(program, values)
+        sites = loop_sites(program, values, demote=True)
         if not numbers & {k for k, s in sites.items() if s.unshareable}:
             try:
                 built, kept = _compile_shared(program, values, tol, max_memory, report, sites,

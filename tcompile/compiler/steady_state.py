@@ -52,7 +52,7 @@ class _SteadyState:
 
     def setup_steady(self, unroll: dict[str, int] | None, plain: frozenset = frozenset(),
                      kernel: dict[str, int] | None = None, ahead: frozenset = frozenset(),
-                     demote: bool = True):
+                     demote: bool = False):
         self.unroll_counts = dict(unroll or {})
         self.kernel = dict(kernel or {})  # loops run by a kernel of k > 1 iterations (grouped)
         self.ahead = ahead                # loops whose next iteration may read ahead (LOOP_AHEAD)
@@ -119,7 +119,7 @@ class _SteadyState:
     def _hull(self, stmt, count, env, in_function, state) -> tuple[dict[str, Ty], bool]:
         """The loop state's bounds over the built iterations, and whether one more body from
         them stays inside (then any count is covered)."""
-        probe = _Probe(self.program, self.params, demote=False)   # (types only: self's rules)
+        probe = _Probe(self.program, self.params)        # (types only: self's rules apply)
         probe.call_stack, probe.call_sites = list(self.call_stack), list(self.call_sites)
         probe.inputs = self.inputs
         probe.loops_around = list(self.loops_around)
@@ -223,7 +223,7 @@ class _SteadyState:
 
 
 class _Probe(_SteadyState, Walker):
-    def __init__(self, program, params, demote: bool = True):
+    def __init__(self, program, params, demote: bool = False):
         Walker.__init__(self, program, params)
         self.setup_steady(None, demote=demote)
 
@@ -234,7 +234,7 @@ class SharedGraphBuilder(_SteadyState, GraphBuilder):
 
     def __init__(self, program, params, unroll: dict[str, int] | None = None,
                  plain: frozenset = frozenset(), kernel: dict[str, int] | None = None,
-                 ahead: frozenset = frozenset(), demote: bool = True):
+                 ahead: frozenset = frozenset(), demote: bool = False):
         GraphBuilder.__init__(self, program, params)
         self.setup_steady(unroll, plain, kernel, ahead, demote)
         self._occurrences: dict = {}
@@ -323,7 +323,7 @@ class SharedGraphBuilder(_SteadyState, GraphBuilder):
             env[name] = Val(val.ty, nid)
 
 
-def loop_sites(program, values: dict, demote: bool = True) -> dict[str, LoopSite]:
+def loop_sites(program, values: dict, demote: bool = False) -> dict[str, LoopSite]:
     """Every loop of the program, with its count, run-time param and covered counts (a
     types-only walk, outermost loops first); `demote`: numbers a loop changes may become
     runtime loop state (_SteadyState._demote)."""
@@ -415,8 +415,9 @@ def _linear_scalars(program) -> frozenset[str]:
 def _find_linear_scalars(program) -> frozenset[str]:
     """The variables a shared build may carry as runtime values where they are compile-time
     numbers that change every iteration: those that reach every assignment reading them
-    through sums, differences, products (entrywise or matrix) and numerators only, and assigned only to such variables or to
-    values that read the data anyway — by the program text. A number read anywhere else (a
+    through sums, differences, products (entrywise or matrix) and numerators only, and are
+    assigned only to such variables or to values that read the data anyway — by the program
+    text. A number read anywhere else (a
     call, a divisor, a power, a domain or tolerance, an index, a count) must stay a number (a
     runtime one would need a fitted function, or is not allowed there)."""
     assigned: dict[str, set[str]] = {}
