@@ -400,3 +400,12 @@ def test_a_runtime_repeat_count_says_how_counts_are_chosen_at_run_time():
     assert "a repeat count must be a compile-time number" in err.value.message
     assert "`param k = 10`" in err.value.expected and "-p k=N" in err.value.expected
     assert "until=" in err.value.expected
+
+
+@pytest.mark.parametrize("call, words", [("log(x)", "log(...) on [lo, hi] with lo > 0"),
+                                          ("sqrt(x - 1)", "sqrt(...) on [lo, hi] with lo >= 0")])
+def test_a_function_undefined_on_its_arguments_bounds_says_which_domain(call, words):
+    src = H + "input x : [n] in [0, 1]\noutput z\nz = " + call + "\n"
+    with pytest.raises(ProgramError) as err:
+        check_program(parse_source(src, "u.tp"))
+    assert "is undefined on part of" in err.value.message and words in err.value.expected

@@ -733,9 +733,13 @@ class Walker:
                            e.domain.loc if e.domain else e.loc,
                            expected="a domain within [-1.07e9, 1.07e9]")
         if image is None:
+            where = {"log": "lo > 0", "sqrt": "lo >= 0", "reciprocal": "no 0 inside"}.get(e.func)
             raise self.err(f"{e.func}() is undefined on part of [{domain[0]:g}, {domain[1]:g}]",
                            e.domain.loc if e.domain else e.loc,
-                           expected="a domain where the function is finite")
+                           expected="a domain where the function is finite" + (
+                               f": {e.func}(...) on [lo, hi] with {where}, or bounds on its "
+                               "argument within that (clip, an input's `in`)"
+                               if where else ""))
         return image
 
     def _call_user(self, e: ast.Call, env) -> Val:
