@@ -633,6 +633,19 @@ class Lowering:
                     self.materialize_mlp(nid)
                     return Leaf(nid)
             return p.expr
+        e = self._read_as_is(nid)
+        if e is not None:
+            return e
+        self.materialize(nid)
+        return Leaf(nid)
+
+    def _read_as_is(self, nid):
+        """The expression ew_operand gives this node without storing anything: a function of
+        at most one real value as it stands, a number, or c·a of one atom; None where it would
+        store the node first (a polynomial of several terms, a product of two values)."""
+        p = self.polys[nid]
+        if isinstance(p, Elementwise):
+            return None if p.product or len(self.real_leaves(p.expr)) > 1 else p.expr
         if not p:
             return Const(0.0)
         if len(p) == 1:
@@ -642,11 +655,10 @@ class Lowering:
                 return Const(c)
             if m.degree == 1 and len(atom_ids) == 1:
                 a = atom_ids[0]
-                if self.atoms[a].node.get(OP) == "ones":
+                if self.atoms.is_ones(a):
                     return Const(c)
                 return Leaf(a) if c == 1.0 else Product(Const(c), Leaf(a))
-        self.materialize(nid)
-        return Leaf(nid)
+        return None
 
     def _one_value_factors(self, args) -> tuple | None:
         """The two factors of an entrywise product as expressions of one real value, where a
@@ -657,37 +669,15 @@ class Lowering:
         affine = [self._affine_operand(x) for x in args]
         if all(e is None for e in affine):
             return None
-        exprs = []
-        for x, e in zip(args, affine):
-            p = self.polys[x]
-            if e is None and isinstance(p, Elementwise) and not p.product:
-                e = p.expr
-            elif e is None and not isinstance(p, Elementwise) and self._is_leaf_term(x):
-                e = self.ew_operand(x)           # c·a or a number: a leaf, no atom made
-            if e is None:
-                return None
-            exprs.append(e)
+        exprs = [e if e is not None else self._read_as_is(x) for x, e in zip(args, affine)]
+        if any(e is None for e in exprs):
+            return None
         return tuple(exprs) if len(self.real_leaves(Product(*exprs))) <= 1 else None
 
     def _plain_leaves(self, nid) -> set:
         """The real leaves ew_operand would give this node (a stored value: itself)."""
-        p = self.polys[nid]
-        if isinstance(p, Elementwise):
-            real = self.real_leaves(p.expr)
-            return {nid} if p.product or len(real) > 1 else real
-        if self._is_leaf_term(nid):
-            return self.real_leaves(self.ew_operand(nid))
-        return {nid}
-
-    def _is_leaf_term(self, nid) -> bool:
-        """Whether ew_operand reads this Poly as it is (a number, or c·a of one atom a) rather
-        than storing it."""
-        p = self.polys[nid]
-        if len(p) != 1:
-            return not p
-        (m, _c), = p.items()
-        return (m.degree == 0 and self.g.nodes[nid][CSHAPE] == (1, 1)) or \
-            (m.degree == 1 and len([a for a, t in m.chain if not t] + list(m.scalars)) == 1)
+        e = self._read_as_is(nid)
+        return {nid} if e is None else self.real_leaves(e)
 
     def _affine_operand(self, nid):
         """A node whose value is c₀ + c·a, a one atom and c₀ a number (`1 - x`), as an
@@ -723,7 +713,7 @@ class Lowering:
         """The ones row (a token piece's gate): the program's own `ones` node if it has one,
         else a node added for it."""
         if self.atoms.ones is None:
-            nid = next((a for a, atom in self.atoms.items() if atom.node.get(OP) == "ones"), None)
+            nid = next((a for a in self.atoms if self.atoms.is_ones(a)), None)
             if nid is None:
                 nid = max(self.g.nodes) + 1
                 self.g.add_node(nid, op="ones", args=(), cshape=(TOKEN, 1), loc=None)
