@@ -19,7 +19,7 @@ from .heads import HeadTerm, Operand
 from .nodes import CSHAPE, ENTRIES, OP, VALUE, VARS
 from .pieces import piece_unit_count, piece_unit_entries, piece_units
 from .plan import Plan
-from .rows import AFTER_LAST_SUBLAYER, IDENTITY_BLOCK, IDENTITY_OVER_N_BLOCK, ONES_OVER_N_BLOCK
+from .rows import AFTER_LAST_SUBLAYER, IDENTITY_BLOCK, PSEUDO_BLOCK
 from .schedule import attention_time, mlp_time
 
 
@@ -116,9 +116,7 @@ def _operand_rows(plan: Plan, op: Operand) -> list:
         eye = plan.slots[(IDENTITY_BLOCK, False)].rows
         rows = [None if r is None else eye[r] for r in op.rows]
     else:
-        pseudo = {"eye": IDENTITY_BLOCK, "eye_inv_n": IDENTITY_OVER_N_BLOCK,
-                  "ones_inv_n": ONES_OVER_N_BLOCK}[op.kind]
-        rows = plan.slots[(pseudo, False)].rows[:op.k]
+        rows = plan.slots[(PSEUDO_BLOCK[op.kind], False)].rows[:op.k]
     return rows if op.row is None else [rows[op.row]]
 
 

@@ -27,6 +27,9 @@ from .schedule import ENCODER, Schedule, written_by_mlp
 IDENTITY_BLOCK = -1              # [I 0]
 IDENTITY_OVER_N_BLOCK = -2       # [I/n 0]
 ONES_OVER_N_BLOCK = -3           # the 1 × n row of 1/n
+# a head operand's constant kind (heads.Operand) → the pseudo atom whose rows it reads
+PSEUDO_BLOCK = {"eye": IDENTITY_BLOCK, "eye_inv_n": IDENTITY_OVER_N_BLOCK,
+                "ones_inv_n": ONES_OVER_N_BLOCK}
 AFTER_LAST_SUBLAYER = 10**9      # the "last read" of an output: it is read after the last layer
 
 
@@ -96,15 +99,15 @@ def last_reads(al: Allocation, atoms: AtomTable, orient, outputs: dict[str, int]
                identity_size: int) -> dict[Pair, int]:
     """The last sublayer that reads each block (its write time if none does)."""
     last = {p: al.write_time[p] for p in al.pairs}
-    pseudo = {"eye_inv_n": (IDENTITY_OVER_N_BLOCK, False), "ones_inv_n": (ONES_OVER_N_BLOCK, False)}
     for p, ts in al.terms.items():
         t = al.write_time[p]
         for term in ts:
             for q in term.real.needs():
                 last[q] = max(last[q], t)
             for o in term.real.operands():
-                if o.kind in pseudo:
-                    last[pseudo[o.kind]] = max(last[pseudo[o.kind]], t)
+                if o.kind in PSEUDO_BLOCK:
+                    q = (PSEUDO_BLOCK[o.kind], False)
+                    last[q] = max(last[q], t)
     if identity_size:
         last[(IDENTITY_BLOCK, False)] = AFTER_LAST_SUBLAYER     # subtraction heads may need it any time
     for a, atom in atoms.items():
