@@ -22,6 +22,7 @@ from tcompile.errors import InputError, NotConvergedWarning
 from tcompile.language.interpreter import interpret_program
 from tcompile.language.parser import parse_file, parse_source
 from tcompile.language.run_params import run_time_counts
+from tcompile.compiler.fold import Loop, digest
 from tcompile.runtime.loops import LoopItem
 
 from arrays import rel, with_singular_values
@@ -1694,6 +1695,78 @@ def test_two_power_iterations_in_sequence_both_read_ahead_in_kernels():
     assert [(s.every, s.layers_per_iteration) for s in prog.loops.loops] == [(2, 10), (2, 10)]
     inputs = {"M": _symmetric_with([1.0, 0.7, 0.4, 0.2, 0.1], 4), "v0": np.full(5, 0.4)}
     _bit_for_bit_as_unrolled(prog, DEFLATION, ({}, {"steps": 13}, {"steps": 30}), inputs, 1e-8)
+
+
+TWO_RICHARDSON = """program two_richardson
+dim d = 4
+param steps = 6
+input M : [d, d] spectrum in [0.2, 1]
+input b : [d] assume norm <= 1
+output x, y
+x = zeros(d)
+repeat steps {
+  x = x + 0.5 * (b - M @ x)
+}
+y = x
+repeat steps {
+  y = y + 0.5 * (x - M @ y)
+}
+"""
+
+WARM_THEN_MAIN = """program warm_then_main
+dim d = 3
+param warm = 3
+param steps = 8
+input A : [n, d] assume row_norm <= 1
+input y : [n] in [-1, 1]
+output w
+w = zeros(d)
+repeat warm {
+  w = w - 0.05 * A.T @ (A @ w - y) / n
+}
+repeat steps {
+  w = w - 0.5 * A.T @ (A @ w - y) / n
+}
+"""
+
+
+def test_carried_over_keeps_the_folds_whose_layers_are_unchanged():
+    """A loop token stays where the longer unrolling keeps its layers (here before the
+    change); one whose layers the longer unrolling changes leaves no fold to carry over."""
+    loop = Loop("L", ("b",), 1)
+    folded = ["a", loop, "c", "d"]                  # a b b c d at L = 3
+    assert shared_build_module._carried_over(folded, {"L": 3}, list("abbcxd")) == [
+        "a", loop, "c", "x", "d"]
+    assert shared_build_module._carried_over(folded, {"L": 3}, list("abzbcd")) is None
+
+
+@pytest.mark.parametrize("source, kernels", [(TWO_RICHARDSON, [2, 2]),
+                                             (WARM_THEN_MAIN, [1, 1])])
+def test_loops_in_sequence_fold_across_as_the_grid_does(monkeypatch, source, kernels):
+    """Loops in sequence fold across (each loop's unrollings with the others at their base,
+    their folds carried over) instead of over the grid of every loop's unrollings: the same
+    artifact from fewer compiles; and where the fold across does not hold at the corner
+    unrolling, the grid's."""
+    compiles = []
+    real = shared_build_module.compile_dataflow
+    monkeypatch.setattr(shared_build_module, "compile_dataflow",
+                        lambda *a, **k: compiles.append(1) or real(*a, **k))
+
+    def build():
+        compiles.clear()
+        prog = tcompile.compile_source(source, loops="shared")
+        return ([digest(layer) for layer in prog.layers], prog.loops, prog.typed_manifest), \
+            len(compiles)
+
+    across, fewer = build()
+    assert [s.every for s in across[1].loops] == kernels and not across[1].unrolled
+    with monkeypatch.context() as m:
+        m.setattr(shared_build_module, "_carried_over", lambda *a: None)
+        grid, more = build()
+    assert across == grid and fewer < more
+    with monkeypatch.context() as m:      # a corner that differs: the grid decides
+        m.setattr(shared_build_module, "_expanded", lambda seq, counts: ["differs"])
+        assert build()[0] == grid
 
 
 VALUE_ITERATION = """program value_iteration

@@ -173,6 +173,7 @@ class NoSteadyState(Exception):
     def __init__(self, why: str, key: str | None = None, final: bool = False):
         super().__init__(why)
         self.why, self.key, self.final = why, key, final
+        self.carried = False    # found from folds carried over (shared_build._carried_over)
 
 
 __all__ = ["Loop", "NoSteadyState", "digest", "fold_loop", "join_residues"]
