@@ -15,6 +15,7 @@ import pytest
 import tcompile
 from tcompile.compiler.elementwise import Call, Leaf, PLFunction, active_interval, pl_of
 from tcompile.language.checker import check_program
+from tcompile.language.interpreter import interpret_program
 from tcompile.language.parser import parse_source
 
 CLIPPED_SQUARE = """program clipped_square
@@ -340,6 +341,31 @@ def test_a_fit_needing_too_many_relus_says_which_range_and_budget_to_change():
     assert "max_neurons" in e.value.message and (e.value.line, e.value.column) == (5, 5)
     assert "a narrower range for m (bound it where it is assigned: m = (...) on [lo, hi]" in e.value.expected
     assert "tol 1e-05 at the end of the statement" in e.value.expected
+
+
+def test_a_product_fit_needing_too_many_relus_gives_its_factors_ranges_and_the_fix():
+    """A multiplicative NMF step, H * P / Q with Q's domain declared wide: its product was
+    refused as "the product a value computed in it * a value computed in it of two real
+    values", with no fix. A factor no variable names is now told by its range, and the error
+    says what to narrow or loosen; doing so builds (within the budget of the interpreter)."""
+    head = ("program nmf_step\ndim d = 4\ndim k = 2\ninput X : [n, d] in [0.1, 1]\n"
+            "input W : [n, k] in [0.2, 1]\ninput H : [k, d] in [0.2, 1]\noutput G\n"
+            "P = (W.T @ X / n) on [0, 10]\n")
+    src = head + "G = H * P / (W.T @ W @ H / n) on [1e-3, 1e3]\n"
+    with pytest.raises(tcompile.errors.ApproxError) as e:
+        tcompile.compile_source(src)
+    assert (e.value.line, e.value.column) == (9, 5)
+    assert "the product of a value computed in it (on [0, 10]) and a value computed in it " \
+        "(on [0.000999, 1e+03])" in e.value.message
+    assert e.value.expected.startswith("narrower ranges for the factors")
+    fixed = head + "G = (H * (P / (W.T @ W @ H / n) on [0.05, 5])) on [0, 50] tol 1e-4\n"
+    rng = np.random.default_rng(0)
+    inputs = {"X": rng.uniform(0.1, 1, (7, 4)), "W": rng.uniform(0.2, 1, (7, 2)),
+              "H": rng.uniform(0.2, 1, (2, 4))}
+    got = tcompile.compile_source(fixed).run(**inputs)["G"]
+    want = interpret_program(parse_source(fixed), {}, **inputs)["G"]
+    # two fits at 1e-4 each: the product's, and the reciprocal's scaled by H * P <= 10
+    assert np.abs(got - want).max() <= 1e-4 + 10 * 1e-4
 
 
 @pytest.mark.parametrize("func, ref", [("sin", np.sin), ("cos", np.cos), ("tanh", np.tanh)])

@@ -379,7 +379,8 @@ def test_a_missing_qualifier_comma_gives_the_line_that_parses():
     assert [q.kind for q in fixed.inputs[0].qualifiers] == ["symmetric", "norm"]
 
 
-@pytest.mark.parametrize("func", ["sign", "mean", "norm", "softmax", "dot", "transpose", "inv"])
+@pytest.mark.parametrize("func", ["sign", "mean", "norm", "softmax", "dot", "transpose", "inv",
+                                  "eye"])
 def test_a_function_written_otherwise_says_what_to_write(func):
     """The error names what to write instead (the table beside BUILTINS), not the list of
     builtins an unknown name gets."""

@@ -789,15 +789,25 @@ class Lowering:
             raise self.error("a relative tolerance (tol rel) applies to a function of one "
                              "value (reciprocal, sqrt); a product u * v of two takes an "
                              "absolute one", nid)
+        bounds = {u: self.bounds_of(u, nid), v: self.bounds_of(v, nid)}
         try:
-            return self.pieces.product(u, v, self.bounds_of(u, nid), self.bounds_of(v, nid),
-                                       ew.tol, self.names(), scale)
+            return self.pieces.product(u, v, bounds[u], bounds[v], ew.tol, self.names(), scale)
         except ApproxError as err:
             names = self.words(nid, {u, v}).names
+            # a factor no variable names is told by its range (`H * P / Q`: the product of
+            # H * P and the reciprocal of Q, neither written as such)
+            said = {a: f"'{names[a]}'" if names[a] != UNNAMED else
+                    f"{UNNAMED} (on [{bounds[a][0]:.3g}, {bounds[a][1]:.3g}])" for a in (u, v)}
             msg = err.args[0] if err.args else str(err)
-            raise self.approx_error(f"{self.statement(nid)}: the product {names[u]} * {names[v]} "
-                                    f"of two real values (fitted to an absolute budget): {msg}",
-                                    nid) from None
+            hint = None
+            if "max_neurons" in msg:
+                hint = ("narrower ranges for the factors (bound a value where it is assigned: "
+                        "x = (...) on [lo, hi], or clip it) or a looser budget (e.g. tol 1e-4 at "
+                        "the end of the statement): the ReLUs grow with the ranges and like "
+                        "1/sqrt(tol)")
+            raise self.approx_error(f"{self.statement(nid)}: the product of {said[u]} and "
+                                    f"{said[v]} (two real values, fitted to an absolute budget): "
+                                    f"{msg}", nid, hint) from None
 
     def bounds_of(self, atom_id, nid):
         found = self.leaf_bounds(atom_id, self._known_bounds(atom_id))

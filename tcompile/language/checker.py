@@ -55,6 +55,8 @@ WRITTEN_OTHERWISE = {
     "minimum": "min(u, v)",
     "argmax": "a choice blended both ways: max(u, v), or weights e = exp(beta * x) / sum(...)",
     "tan": "sin(x) / cos(x) on [lo, hi]",
+    "eye": "I, the identity: its size comes from the matrix beside it (A + 0.1 * I)",
+    "identity": "I, the identity: its size comes from the matrix beside it (A + 0.1 * I)",
 }
 RESERVED = {TOKEN, "I"} | BUILTINS
 MAX_UNROLLED_STATEMENTS = 200_000
