@@ -391,6 +391,26 @@ def test_a_function_written_otherwise_says_what_to_write(func):
     assert err.value.expected == WRITTEN_OTHERWISE[func]
 
 
+def test_an_error_in_a_later_iteration_names_the_loop_variable_whose_shape_changed():
+    """Orthogonal iteration with `Q = stack(q1, q2)` ([2, 5]; `.T` was meant) for Q : [5, 2]:
+    the second iteration's `M @ Q` was refused for its inner dimensions alone, though the
+    line looks right. The error now says which loop variable the body reshaped, and where;
+    an error in the first iteration, or with no shape changed, is as before."""
+    src = ("program orth\ndim d = 5\ninput M : [d, d] spectrum in [0.1, 1]\n"
+           "input Q0 : [d, 2] assume norm <= 1\noutput Q\nQ = Q0\nrepeat 3 {\n"
+           "  Z = M @ Q\n  Q = stack(Z[:, 0], Z[:, 1])\n}\n")
+    with pytest.raises(ProgramError) as err:
+        check_program(parse_source(src, "o.tp"))
+    assert (err.value.line, err.value.column) == (8, 7)
+    assert err.value.message == (
+        "inner dimensions of [5, 5] @ [2, 5] differ (5 vs 2) (in a later iteration: 'Q' "
+        "entered the loop as [5, 2] and the body makes it [2, 5] (line 9))")
+    check_program(parse_source(src.replace("Z[:, 1])", "Z[:, 1]).T"), "o.tp"))
+    with pytest.raises(ProgramError) as err:
+        check_program(parse_source(src.replace("M @ Q", "Q @ M"), "o.tp"))
+    assert "later iteration" not in err.value.message
+
+
 def test_a_runtime_repeat_count_says_how_counts_are_chosen_at_run_time():
     """`repeat k` with k an input: the count must be a compile-time number, and the fix says
     how a count is chosen when the model runs (a param given to a shared build) or how a loop

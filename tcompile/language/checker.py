@@ -155,6 +155,7 @@ class Walker:
         self.src = program.source
         self.params = params
         self.dims = {d.name for d in program.dims}
+        self.assigned_at: dict = {}     # variable → its latest assignment's location
         self.statements = 0
         self.call_stack: list[str] = []
         self.call_sites: list[ast.Call] = []      # the calls being inlined, outermost first
@@ -349,9 +350,14 @@ class Walker:
         state between them: compiler/steady_state.py). A types-only walk stops at a fixed
         point: an iteration that changes no variable's type (its checks then repeat as they
         are), so checking 10,000 iterations costs as much as checking a few."""
-        for _ in range(int(count)):
+        entry = {k: v.ty.shape for k, v in env.items()}
+        for i in range(int(count)):
             before = _types(env) if self.types_only else None
-            ret = self.exec_block(stmt.body, env, in_function)
+            starts = {k: v.ty.shape for k, v in env.items()}
+            try:
+                ret = self.exec_block(stmt.body, env, in_function)
+            except ProgramError as e:
+                raise _with_shape_changes(e, entry, starts, self.assigned_at) if i else e
             if ret is not None:
                 return ret
             self.end_of_iteration(stmt, env)
@@ -373,6 +379,7 @@ class Walker:
         self.tolerance(stmt.tol, stmt.tol_rel, env)
         val = self.eval(stmt.value, env)
         env[name] = val
+        self.assigned_at[name] = stmt.loc
 
     def tolerance(self, e, relative: bool, env) -> float | None:
         """The budget of `tol eps` (absolute) or `tol rel eps` (relative: 0 < eps < 1)."""
@@ -802,6 +809,22 @@ def _sym_or_scalar(t: Ty) -> bool:
 
 def _types(env: dict) -> dict:
     return {k: v.ty for k, v in env.items()}
+
+
+def _with_shape_changes(e: ProgramError, entry: dict, starts: dict, assigned_at: dict):
+    """An error in a loop's second iteration or later, with the loop variables whose shape
+    the body changed (`Q = stack(q1, q2)`: [2, 5] where Q entered as [5, 2]) named: the
+    error's own shapes (an `@` whose inner dimensions differ) do not say why they changed."""
+    changed = [k for k in entry if k in starts and starts[k] != entry[k]]
+    if not changed or "(in a later iteration: " in e.message:     # (an inner loop's said so)
+        return e
+    notes = "; ".join(
+        f"'{k}' entered the loop as {fmt_shape(entry[k])} and the body makes it "
+        f"{fmt_shape(starts[k])}" + (f" (line {assigned_at[k].line})" if k in assigned_at else "")
+        for k in changed)
+    return type(e)(f"{e.message} (in a later iteration: {notes})", e.loc,
+                   e.expected or "the same shape for a loop variable in every iteration",
+                   source=e.source)
 
 
 def check_program(program: ast.Program, params: dict | None = None) -> dict[str, float]:
