@@ -526,3 +526,93 @@ def test_one_minus_a_fitted_value_carries_its_fit_error_into_the_next_domain():
     for prog, steps in ((unrolled, 10), (shared, 10), (shared, 17)):
         got = prog.run(x=x, steps=steps) if prog is shared else prog.run(x=x)
         assert np.allclose((got["mu1"], got["mu2"]), em(steps), rtol=0, atol=1e-5)
+
+
+NORMS = """program norms
+dim d = 4
+input K : [n, d] assume row_norm <= 0.5
+input q : [d] assume norm <= 2
+input M : [d, d] spectrum in [-3, 1]
+input P : [d, 3] assume norm <= 1.5
+output s, t, u, m, v, r, z, c
+s = K @ q
+t = q @ K.T
+u = M @ (-q)
+m = q @ P
+v = K @ (2 * q)
+x = q
+repeat 2 {
+  x = 0.5 * M @ x
+}
+r = K @ x
+z = K @ q
+repeat 2 {
+  z = 0.5 * z
+}
+w = q
+repeat 1 {
+  c = K @ w
+  w = 0.5 * w
+}
+"""
+
+
+@pytest.mark.parametrize("name, bound", [
+    ("s", 1.0),     # a token's vector (row_norm 0.5) against q (norm 2): Cauchy–Schwarz
+    ("t", 1.0),     # the same product read as q @ K.T: K.T's columns are the tokens
+    ("u", 6.0),     # a spectral norm (|spectrum| <= 3) bounds every row; negation keeps q's norm
+    ("m", 3.0),     # a row vector times a matrix of spectral norm 1.5
+    ("v", None),    # 2 * q is computed: its norm is not declared, so no bound from norms
+    ("r", None),    # nor a loop's state, whose norm could grow with every iteration
+    ("z", None),    # nor a loop's starting value: its first iteration would get fits of its own
+    ("c", None),    # w = q starts a loop: w keeps no declared norm, even in the first iteration
+])
+def test_declared_norms_bound_products_of_declared_values_and_nothing_else(name, bound):
+    """`row_norm`, `norm` and `spectrum` bound every entry of a product of two declared
+    values (|a_i . x| <= |a_i| |x|); every entry sampled data gives lies inside."""
+    from tcompile.inspection.sampling import sample_inputs
+    from tcompile.language.checker import Walker, resolve_params
+    prog = parse_source(NORMS)
+    ty = Walker(prog, resolve_params(prog)).run()[name].ty
+    if bound is None:
+        assert ty.lo is None and ty.hi is None
+        return
+    assert (ty.lo, ty.hi) == (-bound, bound)
+    for seed in range(20):
+        got = tcompile.interpret_program(prog, None, **sample_inputs(prog, n=13, seed=seed))
+        assert np.max(np.abs(got[name])) <= bound * (1 + 1e-12)
+
+
+def test_norm_product_bound_pairs_rows_of_the_left_with_columns_of_the_right():
+    from tcompile.language.types import TOKEN, Ty, norm_product_bound
+    tokens, qvec = Ty((TOKEN, 4), token_norm=0.5), Ty((4,), norm=2.0)
+    assert norm_product_bound(tokens, qvec) == 1.0
+    # the transpose's rows are not tokens: K.T @ y has no bound from K's row norms
+    assert norm_product_bound(Ty((4, TOKEN), token_norm=0.5), Ty((TOKEN,), norm=2.0)) is None
+    assert norm_product_bound(qvec, Ty((4, TOKEN), token_norm=0.5)) == 1.0
+    assert norm_product_bound(qvec, Ty((4,))) is None
+    assert norm_product_bound(Ty((4, 4), norm=3.0), Ty((4, 2), norm=0.5)) == 1.5
+
+
+ATTENTION = """program attention_readout
+dim d = 4
+param beta = 2
+input K : [n, d] assume row_norm <= 1
+input V : [n, d] in [-1, 1]
+input q : [d] assume norm <= 1
+output o
+e = exp(beta * (K @ q))
+o = (V.T @ e / n) / (sum(e) / n)
+"""
+
+
+def test_a_softmax_readout_of_normed_keys_and_query_needs_no_declared_domain():
+    """A user's attention readout: exp of the scores K @ q was refused ("cannot tell which
+    values reach exp()") though row_norm and norm bound them by 1. It builds and follows the
+    interpreter on data with every norm from 0.3 to 1."""
+    from tcompile.inspection.sampling import sample_inputs
+    prog = tcompile.compile_source(ATTENTION)
+    for seed in range(3):
+        ins = sample_inputs(parse_source(ATTENTION), n=9 + seed, seed=seed)
+        want = tcompile.interpret_program(parse_source(ATTENTION), None, **ins)
+        assert np.max(np.abs(prog.run(**ins)["o"] - want["o"])) <= 1e-6

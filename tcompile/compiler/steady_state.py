@@ -354,10 +354,16 @@ def _join(a: Ty, b: Ty, name: str, stmt, demote: bool = False) -> Ty:
     if a.const != b.const:
         raise _Unshareable(f"'{name}' {CHANGING_NUMBER}")
     both = dict(sign=a.sign and b.sign, flag=a.flag and b.flag,
-                symmetric=a.symmetric and b.symmetric)
+                symmetric=a.symmetric and b.symmetric,
+                norm=_larger(a.norm, b.norm), token_norm=_larger(a.token_norm, b.token_norm))
     if not (a.bounded and b.bounded):
         return replace(a, lo=None, hi=None, **both)
     return replace(a, lo=min(a.lo, b.lo), hi=max(a.hi, b.hi), **both)
+
+
+def _larger(x: float | None, y: float | None) -> float | None:
+    """The hull of two declared norms: the larger, or none where either has none."""
+    return None if x is None or y is None else max(x, y)
 
 
 # how far past the limit its steps point to a widened end goes (a fraction of the distance

@@ -27,7 +27,8 @@ from .points import program_point
 from . import ast
 from . import portable_math as pm
 from .types import (TOKEN, Ty, Val, _divisible, _interval, check_holdable,  # noqa: F401 (re-exported)
-                    elementwise_shape, fmt_shape, is_square, matmul_shape, power_interval,
+                    elementwise_shape, fmt_shape, is_square, matmul_shape, norm_product_bound,
+                    power_interval,
                     same_expression)
 from ..errors import ParamError, ProgramError, SourceLocation
 
@@ -156,6 +157,8 @@ class Walker:
         self.params = params
         self.dims = {d.name for d in program.dims}
         self.assigned_at: dict = {}     # variable → its latest assignment's location
+        self.norm_bounds = True         # may products get bounds from declared norms here
+        self._loop_start_cache: dict = {}
         self.statements = 0
         self.call_stack: list[str] = []
         self.call_sites: list[ast.Call] = []      # the calls being inlined, outermost first
@@ -231,13 +234,14 @@ class Walker:
             b = self.const_of(q.bound, f"the bound of '{q.kind}'")
             if b <= 0:
                 raise self.err(f"'{q.kind}' bound must be positive, got {b:g}", q.bound.loc)
-            return replace(ty, lo=-b, hi=b)
+            norms = {"norm": b} if q.kind == "norm" else {"token_norm": b}
+            return replace(ty, lo=-b, hi=b, **norms)
         lo, hi = self.interval_of(q)
         if not lo <= hi:
             raise self.err(f"empty interval [{lo:g}, {hi:g}]", q.interval.loc, expected="lo <= hi")
         if q.kind == "spectrum":
             m = max(abs(lo), abs(hi))
-            return replace(ty, symmetric=True, lo=-m, hi=m)
+            return replace(ty, symmetric=True, lo=-m, hi=m, norm=m)
         return replace(ty, lo=lo, hi=hi)
 
     def interval_of(self, q: ast.Qualifier) -> tuple[float, float]:
@@ -297,10 +301,17 @@ class Walker:
         return outputs
 
     def exec_block(self, stmts, env, in_function: bool):
+        loop_starts = self._loop_starts(stmts)
         for i, stmt in enumerate(stmts):
             self._count_statements(1, stmt)
             if isinstance(stmt, ast.Assign):
-                self._assign(stmt, env)
+                outer, self.norm_bounds = self.norm_bounds, self.norm_bounds and i not in loop_starts
+                try:
+                    self._assign(stmt, env)
+                finally:
+                    self.norm_bounds = outer
+                if i in loop_starts:
+                    env[stmt.target] = _without_norms(env[stmt.target])
             elif isinstance(stmt, ast.Repeat):
                 ret = self._repeat(stmt, env, in_function)
                 if ret is not None:
@@ -366,6 +377,25 @@ class Walker:
         if int(count) == 0:   # still check the body's names and shapes once
             self.exec_block(stmt.body, dict(env), in_function)
         return None
+
+    def _loop_starts(self, stmts) -> frozenset[int]:
+        """The positions in a block of assignments that give a later loop of the block its
+        starting value (`z = A @ x0` or `q = q0` before `repeat { ... }`). Their products
+        get no bounds from declared norms, and the variable keeps no declared norm: the
+        loop's later iterations cannot have them (their values are computed), so the first
+        iteration would be fitted apart from the rest."""
+        key = id(stmts)
+        if key not in self._loop_start_cache:
+            later: set[str] = set()
+            starts = set()
+            for i in range(len(stmts) - 1, -1, -1):
+                stmt = stmts[i]
+                if isinstance(stmt, ast.Repeat):
+                    later |= _assigned_names(stmt.body)
+                elif isinstance(stmt, ast.Assign) and stmt.target in later:
+                    starts.add(i)
+            self._loop_start_cache[key] = (stmts, frozenset(starts))    # (keeps id(stmts) alive)
+        return self._loop_start_cache[key][1]
 
     def _assign(self, stmt: ast.Assign, env):
         name = stmt.target
@@ -459,6 +489,9 @@ class Walker:
             shape = matmul_shape(ta, tb, e.loc, self.src)
             check_holdable(shape, e.loc, self.src)
             lo, hi = _constant_product_interval(ta, tb)
+            bound = norm_product_bound(ta, tb) if self.norm_bounds else None
+            if bound is not None and (lo is None or hi - lo > 2 * bound):
+                lo, hi = -bound, bound
             return self.apply("@", Ty(shape, lo=lo, hi=hi), (a, b), e)
         if op == "**":
             if tb.const is None:
@@ -825,6 +858,23 @@ def _with_shape_changes(e: ProgramError, entry: dict, starts: dict, assigned_at:
     return type(e)(f"{e.message} (in a later iteration: {notes})", e.loc,
                    e.expected or "the same shape for a loop variable in every iteration",
                    source=e.source)
+
+
+def _without_norms(val: Val) -> Val:
+    if val.ty.norm is None and val.ty.token_norm is None:
+        return val
+    return replace(val, ty=replace(val.ty, norm=None, token_norm=None))
+
+
+def _assigned_names(stmts) -> set[str]:
+    """Every variable a block assigns, inside its loops too."""
+    names = set()
+    for stmt in stmts:
+        if isinstance(stmt, ast.Assign):
+            names.add(stmt.target)
+        elif isinstance(stmt, ast.Repeat):
+            names |= _assigned_names(stmt.body)
+    return names
 
 
 def check_program(program: ast.Program, params: dict | None = None) -> dict[str, float]:

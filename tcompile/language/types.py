@@ -32,6 +32,11 @@ class Ty:
     sign: bool = False               # every entry is -1 or +1
     flag: bool = False               # every entry is 0 or 1
     symmetric: bool = False
+    # declared norms of an input (and of its transpose, negation, `on`): only products of
+    # declared values get bounds from them (norm_product_bound), never a computed value,
+    # whose norm would grow with every iteration of a loop
+    norm: float | None = None        # 2-norm of a vector, spectral norm of a matrix
+    token_norm: float | None = None  # 2-norm of each token's vector ([n, k]: rows; [k, n]: columns)
 
     @property
     def is_token(self) -> bool:
@@ -169,6 +174,20 @@ def matmul_shape(a: Ty, b: Ty, loc, src) -> tuple | None:
                            f"({la[1]} vs {lb[0]})", loc,
                            expected=f"a right operand whose first axis is {la[1]}", source=src)
     return tuple(x for x in (la[0], lb[1]) if x is not None)
+
+
+def norm_product_bound(a: Ty, b: Ty) -> float | None:
+    """A bound on every entry of a @ b from declared norms (Cauchy–Schwarz: an entry is a row
+    of a times a column of b, and |x·y| <= |x| |y|): an attention score `K @ q` with
+    `K : [n, d] assume row_norm <= 1` and `q : [d] assume norm <= 1` lies in [-1, 1]. A
+    spectral norm bounds every row and column; a token's vector is a row of [n, k] data and a
+    column of its transpose. None where no such pair is declared."""
+    sa, sb = a.shape or (), b.shape or ()
+    rows = a.norm if a.norm is not None else (
+        a.token_norm if len(sa) == 2 and sa[0] == TOKEN else None)
+    cols = b.norm if b.norm is not None else (
+        b.token_norm if len(sb) == 2 and sb[1] == TOKEN else None)
+    return None if rows is None or cols is None else rows * cols
 
 
 def is_square(shape) -> bool:
