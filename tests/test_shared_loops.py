@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import warnings
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -1740,13 +1741,27 @@ def test_carried_over_keeps_the_folds_whose_layers_are_unchanged():
     assert shared_build_module._carried_over(folded, {"L": 3}, list("abzbcd")) is None
 
 
-@pytest.mark.parametrize("source, kernels", [(TWO_RICHARDSON, [2, 2]),
-                                             (WARM_THEN_MAIN, [1, 1])])
-def test_loops_in_sequence_fold_across_as_the_grid_does(monkeypatch, source, kernels):
-    """Loops in sequence fold across (each loop's unrollings with the others at their base,
-    their folds carried over) instead of over the grid of every loop's unrollings: the same
-    artifact from fewer compiles; and where the fold across does not hold at the corner
-    unrolling, the grid's."""
+def test_an_outer_loop_run_longer_keeps_its_inner_loops_folded():
+    """Nested loops: the outer loop one iteration longer adds an inner loop as unrolled
+    (b b at I = 3, its first iteration before the loop); it is found there and put back as the inner loop, so the outer loop
+    folds over the inner one's fold without compiling the inner loop's unrollings again."""
+    inner = Loop("I", ("b",), 1)
+    folded = ["a", inner, "c", inner, "d"]          # a bb c bb d at I = 3
+    assert shared_build_module._carried_over(folded, {"I": 3}, list("abbcbbcbbd")) == [
+        "a", inner, "c", inner, "c", inner, "d"]
+    # an inner loop whose layers changed (b z) is not found: no fold to carry over
+    assert shared_build_module._carried_over(folded, {"I": 3}, list("abzcbzcbzd")) is None
+
+
+@pytest.mark.parametrize("source, kernels", [
+    (TWO_RICHARDSON, [2, 2]), (WARM_THEN_MAIN, [1, 1]),
+    ((Path(__file__).parents[1] / PROGRAMS / "newton_logistic.tp").read_text(),
+     [1, 1])])                                      # nested: 12 -> 9 compiles
+def test_loops_fold_across_as_the_grid_does(monkeypatch, source, kernels):
+    """Loops fold across (each loop's unrollings with the others at their base, their folds
+    carried over: in sequence, or an inner loop's inside an outer loop run longer) instead
+    of over the grid of every loop's unrollings: the same artifact from fewer compiles; and
+    where the fold across does not hold at the corner unrolling, the grid's."""
     compiles = []
     real = shared_build_module.compile_dataflow
     monkeypatch.setattr(shared_build_module, "compile_dataflow",

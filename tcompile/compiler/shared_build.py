@@ -228,14 +228,15 @@ def _fold_all(runs: _Unrollings, sites: dict[str, LoopSite], kernel: dict[str, i
     pipeline holds) is kept unrolled at its own count, and the others fold around it.
     A loop in `kernel` is folded by groups of k iterations (a kernel), once per residue of its
     count mod k, and the residues joined (fold.join_residues).
-    Loops in sequence (no loop inside another: `flat`) fold across, not over a grid: the
-    unrollings of one loop, with the others at their base, carry the other loops' folds
-    over from the base unrolling where those loops' layers are unchanged (_carried_over):
-    about 3k compiles per loop (kernel k) instead of (3k)ᴸ for L loops (two power iterations
-    in sequence, each in a kernel of 2: 11 and 2 corners where the grid compiled 36). The
-    folded sequence is then checked
-    against an unrolling of every loop longer at once (`_corners`); where it differs, or the
-    fold across fails, the grid decides, as before.
+    Loops fold across, not over a grid: the unrollings of one loop, with the others at
+    their base, carry the other loops' folds over from the base unrolling where those loops'
+    layers are unchanged (_carried_over; an outer loop run longer gets its added inner loops
+    put back folded): about 3k compiles per loop (kernel k) instead of (3k)ᴸ for L loops (two
+    power iterations in sequence, each in a kernel of 2: 11 and 2 corners where the grid
+    compiled 36; newton_logistic's damped step around an inversion: 6 where the grid
+    compiled 9). The folded sequence is then checked against an unrolling of every loop
+    longer at once (`_corners`); where it differs, or the fold across fails, the grid
+    decides, as before.
     Returns (folded sequence, the base unrolling's counts, {kept loop: NoSteadyState})."""
     kernel = kernel or {}
     order = sorted(sites.values(), key=lambda s: -s.depth)
@@ -253,8 +254,6 @@ def _fold_all(runs: _Unrollings, sites: dict[str, LoopSite], kernel: dict[str, i
             else max(1, min(start, sites[k].count))
             for k in sites}
     longest = {k: UNROLLINGS[-1] + (kernel.get(k, 1) > 1) * 2 * KERNEL for k in sites}
-
-    flat = all(s.depth == 0 for s in sites.values())
 
     def folded(counts: dict[str, int], upto: int, across: bool) -> list:
         if upto == 0:
@@ -297,7 +296,7 @@ def _fold_all(runs: _Unrollings, sites: dict[str, LoopSite], kernel: dict[str, i
 
     def checked() -> list:
         """The fold across where it holds, else the grid's."""
-        if flat and len(order) - len(kept) > 1:
+        if len(order) - len(kept) > 1:
             try:
                 seq = folded(base, len(order), True)
                 if all(_expanded(seq, c) == runs.sequence(c, frozenset(kept), kernel, ahead)
@@ -345,15 +344,45 @@ def _carried_over(folded: list, counts: dict[str, int], longer: list) -> list | 
     while j > i and end + len(pieces[j - 1]) <= same_end:
         end += len(pieces[j - 1])
         j -= 1
-    if any(isinstance(t, Loop) for t in folded[i:j]):
-        return None
-    return folded[:i] + longer[start:len(longer) - end] + folded[j:]
+    mid = longer[start:len(longer) - end]
+    loops = [t for t in folded if isinstance(t, Loop)]
+    if loops:
+        # an outer loop run longer: the layers between hold the inner loops as unrolled at
+        # these counts; each inner loop found there again stays folded (and one that was
+        # folded there before must be found again)
+        mid = _refolded(mid, loops, counts)
+        if (sum(isinstance(t, Loop) for t in mid)
+                < sum(isinstance(t, Loop) for t in folded[i:j])):
+            return None
+    return folded[:i] + mid + folded[j:]
+
+
+def _refolded(layers: list, loops: list, counts: dict[str, int]) -> list:
+    """`layers` with every run that is the unrolling of one of `loops` at `counts` put back
+    as that loop (the longest first, left to right). A run that only looks like one is
+    caught by the check of the whole fold against the corner unrollings (_corners)."""
+    runs = sorted({id(t): (t, _expanded([t], counts)) for t in loops}.values(),
+                  key=lambda tr: -len(tr[1]))
+    out, at = [], 0
+    while at < len(layers):
+        for t, run in runs:
+            if run and layers[at:at + len(run)] == run:
+                out.append(t)
+                at += len(run)
+                break
+        else:
+            out.append(layers[at])
+            at += 1
+    return out
 
 
 def _corners(base: dict[str, int], kept, kernel: dict[str, int]) -> list[dict[str, int]]:
-    """The unrollings a fold across loops is checked against: every folded loop at once at
-    the longest unrolling its own fold compiled, and (kernels) at the other residue too."""
-    longest = {k: c + (k not in kept) * (3 * kernel.get(k, 1) - 1) for k, c in base.items()}
+    """The unrollings a fold across loops is checked against: every folded loop at once one
+    iteration longer than its base (the build's layout unrolling, which is compiled anyway:
+    _layout_counts), and a kernel loop at the longest unrolling its own fold compiled and at
+    the other residue too."""
+    longest = {k: c + (k not in kept) * (3 * kernel.get(k, 1) - 1 if kernel.get(k, 1) > 1 else 1)
+               for k, c in base.items()}
     if not any(kernel.get(k, 1) > 1 for k in base if k not in kept):
         return [longest]
     return [longest, {k: c - (k not in kept) * (kernel.get(k, 1) - 1) for k, c in longest.items()}]
