@@ -355,7 +355,8 @@ def test_a_product_fit_needing_too_many_relus_gives_its_factors_ranges_and_the_f
     with pytest.raises(tcompile.errors.ApproxError) as e:
         tcompile.compile_source(src)
     assert (e.value.line, e.value.column) == (9, 5)
-    assert "the product of a value computed in it (on [0, 10]) and a value computed in it " \
+    # H * P lies in [0.2, 1] [0.02, 1] (P, a mean over the tokens of products, in [0.02, 1])
+    assert "the product of a value computed in it (on [0.004, 1]) and a value computed in it " \
         "(on [0.000999, 1e+03])" in e.value.message
     assert e.value.expected.startswith("narrower ranges for the factors")
     fixed = head + "G = (H * (P / (W.T @ W @ H / n) on [0.05, 5])) on [0, 50] tol 1e-4\n"
@@ -434,6 +435,34 @@ def test_a_mean_over_the_tokens_lies_in_the_values_bounds():
     want = tcompile.interpret_program(parse_source(src), None, X=X, s=sv)
     got = prog.run(X=X, s=sv)
     assert np.max(np.abs(got["o"] - want["o"])) <= 1e-5
+
+
+@pytest.mark.parametrize("expr, lo, hi", [
+    ("A.T @ r / n", -2.0, 5.0),       # each a_i r_i lies in [0.1, 1] [-2, 5]: so does their mean
+    ("r @ A / n", -2.0, 5.0),
+    ("A.T @ X / n", -1.0, 1.0),       # a [3, 3] matrix of means of products
+    ("r @ r / n", 0.0, 25.0),         # a mean of squares
+    ("A.T @ ones(n) / n", 0.1, 1.0),
+])
+def test_a_mean_over_the_tokens_of_products_lies_in_the_products_bounds(expr, lo, hi):
+    """`A.T @ r / n` is the mean of the products a_i r_i (Richardson–Lucy's `A.T @ (y / (A @
+    x)) / n`, FastICA's `X.T @ g / n`): it lies in the bounds of one product, and a function
+    of it needs no declared domain. Without `/ n` it is a sum over the tokens: no bounds."""
+    from tcompile.language.checker import Walker
+    src = ("program p\ninput A : [n, 3] in [0.1, 1]\ninput X : [n, 3] in [-1, 1]\n"
+           f"input r : [n] in [-2, 5]\noutput s, y, t\ns = {expr}\ny = sigmoid(s)\n"
+           f"t = {expr.replace(' / n', '')}\n")
+    env = Walker(parse_source(src), {}).run()
+    assert (env["s"].ty.lo, env["s"].ty.hi) == (lo, hi)
+    assert env["t"].ty.lo is None and env["t"].ty.hi is None
+    prog = tcompile.compile_source(src)
+    rng = np.random.default_rng(2)
+    for n in (5, 40):
+        ins = dict(A=rng.uniform(0.1, 1, (n, 3)), X=rng.choice([-1.0, 1.0], (n, 3)),
+                   r=rng.choice([-2.0, 5.0], n))
+        want = tcompile.interpret_program(parse_source(src), None, **ins)
+        assert lo <= np.min(want["s"]) and np.max(want["s"]) <= hi
+        assert np.max(np.abs(prog.run(**ins)["y"] - want["y"])) <= 1e-6
 
 
 def test_a_product_of_two_bounded_values_and_a_token_sum_still_carry_no_bounds():

@@ -1362,6 +1362,81 @@ def test_declared_bounds_of_a_loop_state_widen_its_hull():
     assert site(undeclared).max_count == 10
 
 
+HINGE = """program hinge_subgradient
+dim d = 3
+param steps = 20
+param eta = 0.2
+input A : [n, d] assume row_norm <= 1
+input y : [n] sign
+output w
+w = zeros(d)
+repeat steps {
+  m = (y * (A @ w)) on [-5, 5]
+  active = clip(1000 * (1 - m), 0, 1)
+  w = w + eta * A.T @ (y * active) / n - eta * 0.01 * w
+}
+"""
+
+COORDINATE_LASSO = """program coordinate_lasso
+param sweeps = 10
+input A : [n, 2] assume row_norm <= 1
+input y : [n] in [-1, 1]
+output w
+S = A.T @ A / n
+b = A.T @ y / n
+w = zeros(2)
+repeat sweeps {
+  z0 = (b[0] - S[0, 1] * w[1]) / (S[0, 0]) on [0.05, 2]
+  w = stack(relu(z0 - 0.1) - relu(-z0 - 0.1), w[1])
+  z1 = (b[1] - S[1, 0] * w[0]) / (S[1, 1]) on [0.05, 2]
+  w = stack(w[0], relu(z1 - 0.1) - relu(-z1 - 0.1))
+}
+"""
+
+
+@pytest.mark.parametrize("source, d, param", [(HINGE, 3, "steps"),
+                                               (COORDINATE_LASSO, 2, "sweeps")])
+def test_a_state_whose_bounds_reach_no_fit_runs_any_count_though_its_step_is_bounded(
+        source, d, param):
+    """The step of w is a mean over the tokens of bounded products (`A.T @ (y * active) /
+    n`), or a quotient by one scalar entry (`/ S[0, 0]`), so w's bounds grow with every
+    iteration. They reach no fit: w is read only through matrix products with no bounds
+    (`A @ w`), products with one scalar entry (`S[0, 1] * w[1]`, heads) and exact relus. So
+    w's growing bounds do not limit the count (`_bounds_needed`): any count runs, as the
+    unrolled build does."""
+    from tcompile.compiler.steady_state import _bounds_needed
+    program = parse_source(source)
+    assert "w" not in _bounds_needed(program)
+    (s,) = loop_sites(program, check_program(program, {})).values()
+    assert s.max_count is None
+    prog = tcompile.compile_source(source, loops="shared")
+    rng = np.random.default_rng(5)
+    A = rng.standard_normal((12, d))
+    A /= np.linalg.norm(A, axis=1, keepdims=True)
+    y = np.sign(rng.standard_normal(12))
+    for count in (4, 25):
+        got = prog.run(A=A, y=y, **{param: count})["w"]
+        want = interpret_program(program, {param: count}, A=A, y=y)["w"]
+        assert np.max(np.abs(got - want)) <= 1e-9
+
+
+def test_a_mean_over_the_tokens_has_no_bounds_in_an_iteration_whose_products_have_none():
+    """The first iteration from w = zeros has A @ w = 0: the means sum(A @ w) / n and
+    A.T @ (A @ w) / n are bounded there and not in the next. The walker kept the first
+    iteration's bounds for the next (they were recorded per expression and never cleared),
+    so a function of the mean was fitted on [0, 0] alone."""
+    from tcompile.language.checker import Walker, resolve_params
+    src = ("program p\ndim d = 2\ninput A : [n, d] in [-1, 1]\ninput b : [d] in [-1, 1]\n"
+           "output w, m, g\nw = zeros(d)\n"
+           "repeat {k} {\n  m = sum(A @ w) / n\n  g = A.T @ (A @ w) / n\n  w = w + b\n}\n")
+    one = parse_source(src.replace("{k}", "1"))
+    env = Walker(one, resolve_params(one)).run()
+    assert (env["m"].ty.lo, env["m"].ty.hi, env["g"].ty.lo, env["g"].ty.hi) == (0, 0, 0, 0)
+    two = parse_source(src.replace("{k}", "2"))
+    env = Walker(two, resolve_params(two)).run()
+    assert env["m"].ty.lo is None and env["g"].ty.lo is None
+
+
 def test_no_reading_ahead_over_huge_gate_offsets(monkeypatch):
     """Without the declared bounds on w, its bounds grow five-fold an iteration and the gate
     offsets of the exact product w * exp(...) reach 7.2e10 (a head writes -c I). Read ahead,

@@ -26,6 +26,7 @@ from ..errors import TcompileError
 from ..language import ast
 from ..language.checker import Ty, Val, Walker
 from ..language.run_params import loop_key, loop_param, run_time_counts
+from ..language.types import TOKEN
 from .dataflow import GraphBuilder, _carried, _names_read
 from .nodes import (CSHAPE, ENTERS, FIRST_ONLY, HI, ITERATION, LO, LOC, LOOP_AHEAD, LOOP_FIRST,
                     LOOP_KERNEL, LOOP_PHASE, LOOP_STATE, TWIN, VARS, kernel_group)
@@ -498,6 +499,8 @@ def _bounds_needed(program, scalars: frozenset = frozenset()) -> set[str]:
     consts = {p.name for p in program.params} | {d.name for d in program.dims}
 
     def scalar(e) -> bool:       # a runtime scalar times a value is heads, exact: no bounds
+        if isinstance(e, ast.Index):            # one entry, S[0, 1] or w[2]
+            return not any(isinstance(i, ast.Slice) for i in e.subscripts)
         return isinstance(e, ast.Name) and e.id in scalars
 
     def constant(e) -> bool:
@@ -511,6 +514,15 @@ def _bounds_needed(program, scalars: frozenset = frozenset()) -> set[str]:
             return constant(e.left) and constant(e.right)
         return False
 
+    # variables holding a fill (`o = ones(k)`): a matrix product with one carries bounds
+    fills = {node.target for node, _ in ast.walk(program.body)
+             if isinstance(node, ast.Assign) and _is_fill(node.value, set())}
+    fills -= {node.target for node, _ in ast.walk(program.body)
+              if isinstance(node, ast.Assign) and not _is_fill(node.value, set())}
+
+    def bounds_read(e) -> set[str]:
+        return _bounds_read(e, fills)
+
     direct: set[str] = set()
     reads: dict[str, set[str]] = {}
     for node, _ in ast.walk(program.body):          # (defs are not in the body)
@@ -521,18 +533,22 @@ def _bounds_needed(program, scalars: frozenset = frozenset()) -> set[str]:
                 isinstance(node.value, ast.Call) and node.value.func == "clip" and
                 len(node.value.args) == 3 and all(map(constant, node.value.args[1:])))
             reads.setdefault(node.target, set()).update(
-                () if bounded else _names_read(node.value))
+                () if bounded else bounds_read(node.value))
         elif isinstance(node, ast.Repeat):
             direct.update(_names_read(node.count))
         elif isinstance(node, ast.Call) and node.func not in _BOUNDS_FREE_CALLS:
-            direct.update(*(_names_read(a) for a in node.args))
+            direct.update(*(bounds_read(a) for a in node.args))
+        elif isinstance(node, ast.BinOp) and node.op == "/" and scalar(node.right):
+            # the reciprocal of one runtime scalar is fitted on the divisor's domain, and the
+            # quotient is heads (a scalar times a value): the numerator needs no bounds
+            direct.update(bounds_read(node.right))
         elif isinstance(node, ast.BinOp) and (
                 node.op == "**" or
                 (node.op == "/" and not constant(node.right) and
                  not (isinstance(node.right, ast.Name) and node.right.id == "n")) or
                 (node.op == "*" and not constant(node.left) and not constant(node.right)
                  and not scalar(node.left) and not scalar(node.right))):
-            direct.update(_names_read(node))
+            direct.update(bounds_read(node))
     needed, todo = set(direct), list(direct)
     while todo:
         for name in reads.get(todo.pop(), ()):
@@ -540,6 +556,36 @@ def _bounds_needed(program, scalars: frozenset = frozenset()) -> set[str]:
                 needed.add(name)
                 todo.append(name)
     return needed
+
+
+def _bounds_read(e, fills: set[str]) -> set[str]:
+    """The variables whose bounds reach the bounds of `e`: those it reads, but not through a
+    matrix product, which has bounds (checker.py, `@`) only with a fill factor
+    (`D @ ones(k)`: sums of k entries) or as a mean over the tokens (`A.T @ r / n`); declared
+    norms bound products of declared values only, never of a loop's state."""
+    if isinstance(e, ast.Name):
+        return {e.id}
+    if isinstance(e, ast.BinOp):
+        if e.op == "@" and not (_is_fill(e.left, fills) or _is_fill(e.right, fills)):
+            return set()
+        if e.op == "/" and isinstance(e.right, ast.Name) and e.right.id == TOKEN and \
+                isinstance(e.left, ast.BinOp) and e.left.op == "@":
+            e = e.left                  # a mean over the tokens: bounded by its operands'
+        return _bounds_read(e.left, fills) | _bounds_read(e.right, fills)
+    if isinstance(e, (ast.Neg, ast.Transpose, ast.Bound)):
+        return _bounds_read(e.operand, fills)
+    if isinstance(e, ast.Call):
+        return set().union(*(_bounds_read(a, fills) for a in e.args))
+    if isinstance(e, ast.Index):
+        return _bounds_read(e.value, fills)     # (subscripts are compile-time integers)
+    return set()
+
+
+def _is_fill(e, fills: set[str]) -> bool:
+    """An expression whose entries are all one number: ones(k), 2 * ones(k, k), a fill
+    variable (conservative: anything that mentions one)."""
+    return any((isinstance(x, ast.Call) and x.func in ("ones", "zeros")) or
+               (isinstance(x, ast.Name) and x.id in fills) for x, _ in ast.walk(e))
 
 
 def _inside(a: Ty, hull: Ty) -> bool:

@@ -492,6 +492,13 @@ class Walker:
             bound = norm_product_bound(ta, tb) if self.norm_bounds else None
             if bound is not None and (lo is None or hi - lo > 2 * bound):
                 lo, hi = -bound, bound
+            # a sum over the tokens of products a_i b_i: `A.T @ r / n` is their mean (set or
+            # cleared on every walk of the node: a loop's later iterations may have no bounds)
+            self.token_sum_bounds.pop(id(e), None)
+            if _contracts_tokens(ta, tb) and ta.bounded and tb.bounded:
+                self.token_sum_bounds[id(e)] = (
+                    power_interval(ta, 2) if a is b or same_expression(e.left, e.right)
+                    else _interval("*", ta, tb))
             return self.apply("@", Ty(shape, lo=lo, hi=hi), (a, b), e)
         if op == "**":
             if tb.const is None:
@@ -818,6 +825,11 @@ class Walker:
             raise self.err(f"function '{fn.name}' does not end with 'return'", fn.loc,
                            expected="'return EXPR' as its last statement")
         return ret
+
+
+def _contracts_tokens(ta: Ty, tb: Ty) -> bool:
+    """a @ b sums over the token axis: a is [k, n] or [n], b is [n] or [n, m]."""
+    return bool(ta.shape) and bool(tb.shape) and ta.shape[-1] == TOKEN and tb.shape[0] == TOKEN
 
 
 def _constant_product_interval(ta: Ty, tb: Ty) -> tuple[float | None, float | None]:
