@@ -156,7 +156,8 @@ class _SteadyState:
         # `t = t + sum(w)`, consensus `X = X - h * (X - sum(X) / n)`): its growing bounds
         # need not bound the count
         scalars = frozenset(k for k, v in env.items() if v.ty.shape == ())
-        needed = None if in_function else _bounds_needed(self.program, scalars)
+        ranks = {k: len(v.ty.shape) for k, v in env.items() if v.ty.shape is not None}
+        needed = None if in_function else _bounds_needed(self.program, scalars, ranks)
         loose = {n: replace(t, lo=None, hi=None)
                  if t.bounded and needed is not None and n not in needed else t
                  for n, t in hull.items()}
@@ -486,12 +487,14 @@ _BOUNDS_FREE_CALLS = {"ones", "zeros", "sum", "stack", "tril", "triu", "outer",
                       "relu", "abs", "clip", "max", "min"}
 
 
-def _bounds_needed(program, scalars: frozenset = frozenset()) -> set[str]:
+def _bounds_needed(program, scalars: frozenset = frozenset(),
+                   ranks: dict[str, int] | None = None) -> set[str]:
     """The variables whose bounds may reach a fitted domain, found from the program text:
     those read inside a builtin call (other than exact selections and fills), a power, a
     division by anything but a number or n, a product of two values neither of which is a
     number or a scalar variable (`scalars`: a runtime scalar times a value is heads, exact),
-    or a user function's argument; and, backwards, every variable an
+    or a user function's argument (a product with, or a quotient by, one entry of a
+    variable of known rank `ranks`, S[0, 1], is a scalar's); and, backwards, every variable an
     assignment to such a variable reads, unless that assignment's value is clipped to numbers
     or declared (`on`): it is bounded then whatever it reads. Conservative otherwise: a variable
     not in it flows only into sums, differences, multiples, matrix products, selections and
@@ -499,8 +502,10 @@ def _bounds_needed(program, scalars: frozenset = frozenset()) -> set[str]:
     consts = {p.name for p in program.params} | {d.name for d in program.dims}
 
     def scalar(e) -> bool:       # a runtime scalar times a value is heads, exact: no bounds
-        if isinstance(e, ast.Index):            # one entry, S[0, 1] or w[2]
-            return not any(isinstance(i, ast.Slice) for i in e.subscripts)
+        if isinstance(e, ast.Index) and isinstance(e.value, ast.Name):
+            # one entry, S[0, 1] or w[2]: an integer for every axis
+            return (len(e.subscripts) == (ranks or {}).get(e.value.id, -1) and
+                    not any(isinstance(i, ast.Slice) for i in e.subscripts))
         return isinstance(e, ast.Name) and e.id in scalars
 
     def constant(e) -> bool:
@@ -514,11 +519,17 @@ def _bounds_needed(program, scalars: frozenset = frozenset()) -> set[str]:
             return constant(e.left) and constant(e.right)
         return False
 
-    # variables holding a fill (`o = ones(k)`): a matrix product with one carries bounds
-    fills = {node.target for node, _ in ast.walk(program.body)
-             if isinstance(node, ast.Assign) and _is_fill(node.value, set())}
-    fills -= {node.target for node, _ in ast.walk(program.body)
-              if isinstance(node, ast.Assign) and not _is_fill(node.value, set())}
+    # variables that always hold a fill (`o = ones(k)`, `o2 = 2 * o`): a matrix product with
+    # one carries bounds. (`w = zeros(d)` before `w = w - ...` holds one only in the first
+    # iteration, whatever w's bounds: its products have none after it.)
+    assigns = [node for node, _ in ast.walk(program.body) if isinstance(node, ast.Assign)]
+    fills: set[str] = set()
+    while True:
+        more = {a.target for a in assigns} - {a.target for a in assigns
+                                               if not _is_fill(a.value, fills)}
+        if more <= fills:
+            break
+        fills |= more
 
     def bounds_read(e) -> set[str]:
         return _bounds_read(e, fills)
