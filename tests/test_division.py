@@ -314,3 +314,28 @@ def test_the_tutorials_plain_cg_builds_as_it_says():
     assert rel(tcompile.interpret("docs/tutorial_programs/cg_plain.tp", None, A=A, y=y)["w"],
                w_star) <= 2e-11
     assert rel(prog.run(A=A, y=y)["w"], w_star) <= 1e-10
+
+
+@pytest.mark.parametrize("divide, fix", [
+    ("P / c", "diag(1 / c on [0.2, 1]) @ P"),          # row i by c_i: EM's weighted means
+    ("P / e", "P @ diag(1 / e on [0.2, 1])"),          # column j by e_j
+])
+def test_a_small_matrix_divided_by_a_vector_says_how_diag_divides_it(divide, fix):
+    """`[3, 2] / [3]` (EM's means over each cluster's weight) has no broadcast (numpy aligns
+    [3] with the last axis); the error names the diag that divides rows (or columns), and
+    that program follows the interpreter."""
+    from tcompile.errors import ProgramError
+    from tcompile.language.parser import parse_source
+    src = ("program p\ninput P : [3, 2] in [-1, 1]\ninput c : [3] in [0.2, 1]\n"
+           "input e : [2] in [0.2, 1]\noutput M\nM = {}\n")
+    with pytest.raises(ProgramError) as err:
+        tcompile.compile_source(src.format(divide))
+    assert ("diag(1 / b) @ a" if "c" in divide else "a @ diag(1 / b)") in err.value.expected
+    assert "(with 1 / b on [lo, hi])" in err.value.expected
+    prog = tcompile.compile_source(src.format(fix))
+    rng = np.random.default_rng(3)
+    ins = dict(P=rng.uniform(-1, 1, (3, 2)), c=rng.uniform(0.2, 1, 3), e=rng.uniform(0.2, 1, 2))
+    want = ins["P"] / ins["c"][:, None] if "c" in divide else ins["P"] / ins["e"]
+    assert np.allclose(tcompile.interpret_program(parse_source(src.format(fix)), None, **ins)["M"],
+                       want, rtol=0, atol=1e-15)
+    assert np.max(np.abs(prog.run(**ins)["M"] - want)) <= 1e-5

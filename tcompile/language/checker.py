@@ -28,8 +28,7 @@ from . import ast
 from . import portable_math as pm
 from .types import (TOKEN, Ty, Val, _divisible, _interval, check_holdable,  # noqa: F401 (re-exported)
                     elementwise_shape, fmt_shape, is_square, matmul_shape, norm_product_bound,
-                    power_interval,
-                    same_expression)
+                    power_interval, same_expression, small_matrix_diag_hint)
 from ..errors import ParamError, ProgramError, SourceLocation
 
 SCALAR_FUNCTIONS = {"sigmoid", "sqrt", "reciprocal", "exp", "log", "softplus", "tanh", "sin",
@@ -639,7 +638,8 @@ class Walker:
         if not _divisible(ta.shape, tb.shape):
             raise self.err(f"cannot divide {fmt_shape(ta.shape)} by {fmt_shape(tb.shape)}", e.loc,
                            expected="a scalar divisor, equal shapes, a scalar divided by anything, "
-                                    "[n, k] / [n] (per token) or [n, k] / [k] (per feature)")
+                                    "[n, k] / [n] (per token) or [n, k] / [k] (per feature)"
+                                    + small_matrix_diag_hint("/", ta.shape, tb.shape))
         by_n = isinstance(e.right, ast.Name) and e.right.id == TOKEN
         if tb.const is not None or by_n:
             if e.domain is not None and (by_n or not _reads_variable(e.right, env)):

@@ -137,7 +137,29 @@ def elementwise_shape(op: str, a: Ty, b: Ty, loc, src) -> tuple | None:
         if len(x) == 1 and x[0] != TOKEN and y == (TOKEN, x[0]):   # numpy broadcast over tokens
             return y
     raise ProgramError(f"shapes {fmt_shape(sa)} and {fmt_shape(sb)} do not match for '{op}'",
-                       loc, expected="equal shapes, a scalar, or [n] with [n, k]", source=src)
+                       loc, expected="equal shapes, a scalar, or [n] or [k] with [n, k]"
+                       + small_matrix_diag_hint(op, sa, sb), source=src)
+
+
+def small_matrix_diag_hint(op: str, sa, sb) -> str:
+    """A small matrix times or divided by a vector along one of its axes (EM's means over
+    each cluster's weight, [3, 2] / [3]): no broadcast reads it (numpy aligns a vector with
+    the last axis, and [n, k] is the only matrix the language broadcasts over), but diag
+    scales rows or columns. The clause to add to the error's expected text, or ""."""
+    if op not in "*/" or not (sa and sb):
+        return ""
+    mat, vec = (sa, sb) if len(sa) == 2 and len(sb) == 1 else \
+        (sb, sa) if op == "*" and len(sb) == 2 and len(sa) == 1 else (None, None)
+    if mat is None or TOKEN in mat:
+        return ""
+    by = "1 / b" if op == "/" else "b"
+    hint = "" if op == "*" else " (with 1 / b on [lo, hi])"
+    what = "divide" if op == "/" else "scale"
+    if vec[0] == mat[0]:
+        return f"; to {what} row i of the matrix a by b_i (b the vector), diag({by}) @ a{hint}"
+    if vec[0] == mat[1]:
+        return f"; to {what} column j of the matrix a by b_j (b the vector), a @ diag({by}){hint}"
+    return ""
 
 
 def is_unit(shape) -> bool:
