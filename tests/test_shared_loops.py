@@ -251,8 +251,8 @@ repeat steps {
     assert rel(prog.run(s=0.5, steps=3)["t"], want) <= 1e-5
     with pytest.raises(InputError, match="at most 4 iterations") as e:
         prog.run(s=0.5, steps=5)
-    assert ("or declare the bounds of the loop's variables where its body assigns them last"
-            in str(e.value))
+    assert ("or declare the bounds of the loop's variables (t) where its body assigns them "
+            "last (t = (...) on [lo, hi])" in str(e.value))
 
 
 def test_a_loop_that_does_not_fold_stays_unrolled_and_says_why():

@@ -133,12 +133,15 @@ class LoopProgram:
                                  f"{s.min_count} times in this build (its pipeline fill and drain "
                                  "are compiled around the body); build it unrolled for fewer")
             if s.max_count is not None and n > s.max_count:
+                names = sorted({v[0] for v in s.state})
+                which = f" ({', '.join(names)})" if names else ""
+                x = names[0] if names else "x"
                 raise InputError(f"{s.param} = {n}: the loop at line {s.line} was built for at "
                                  f"most {s.max_count} iterations — its fitted domains were derived "
                                  "from bounds that grow with the count; rebuild with a larger "
-                                 f"{s.param}, or declare the bounds of the loop's variables where "
-                                 "its body assigns them last (x = (...) on [lo, hi]), which lifts "
-                                 "the limit where one iteration from them stays inside")
+                                 f"{s.param}, or declare the bounds of the loop's variables{which} "
+                                 f"where its body assigns them last ({x} = (...) on [lo, hi]), "
+                                 "which lifts the limit where one iteration from them stays inside")
             out[s.key] = n
         return out
 
