@@ -520,6 +520,22 @@ def test_a_function_of_a_sum_of_fitted_values_allows_their_errors(expr):
         assert np.max(np.abs(got - np.log(3 * np.exp(value)))) <= 3e-6
 
 
+@pytest.mark.parametrize("mean", ["A.T @ r / n", "sum(r) / n"])
+def test_a_function_of_a_mean_over_the_tokens_of_fitted_values_allows_their_errors(mean):
+    """r = sigmoid(z) is fitted; its mean over the tokens (alone or times A) lies in r's exact
+    bounds, which sqrt's domain was, and on data at those bounds the compiled mean passed them
+    by r's fit error: a DomainError on valid data. The domain now holds the pieces' ranges,
+    as for sums over a small axis."""
+    src = ("program edge\ndim d = 2\ninput A : [n, d] in [0.1, 1]\ninput z : [n] in [-1, 1]\n"
+           f"output s\nr = sigmoid(z)\nm = {mean}\ns = sqrt(m)\n")
+    prog = tcompile.compile_source(src)
+    for z, a in ((-1.0, 0.1), (1.0, 1.0), (-1.0, 1.0), (0.2, 0.5)):
+        inputs = {"A": np.full((6, 2), a), "z": np.full(6, z)}
+        want = interpret_program(parse_source(src), None, **inputs)["s"]
+        got = prog.run(**inputs)["s"]                          # domains="raise"
+        assert np.max(np.abs(got - want)) <= 3e-6
+
+
 EM_TWO_GAUSSIANS = """program em_two_gaussians
 param steps = 10
 input x : [n] in [-4, 4]

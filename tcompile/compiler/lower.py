@@ -426,8 +426,10 @@ class Lowering:
     def _poly_range(self, poly, depth: int = 0) -> tuple | None:
         """An interval holding the compiled values of `poly` where it is built from fitted
         pieces (their PL ranges, errors included), exact pieces and constants (their bounds)
-        and attention atoms of those, through sums and products over small axes; None where
-        something in it has no such interval, or no fitted piece is in it."""
+        and attention atoms of those, through sums and products over small axes and means over
+        the tokens (a sum over them times 1/n: `sum(r) / n`, `A.T @ r / n`, in the range of
+        one term); None where something in it has no such interval, or no fitted piece is in
+        it."""
         if not isinstance(poly, dict) or depth > 4:
             return None
         lo = hi = 0.0
@@ -436,8 +438,12 @@ class Lowering:
             if m.degree == 0:
                 lo, hi = lo + c, hi + c                         # a constant term
                 continue
+            factors = list(m.chain) + [(x, False) for x in m.scalars]
+            inv_n = next((x for x in m.scalars if self.g.nodes[x][OP] == "inv_n"), None)
+            if inv_n is not None:
+                factors.remove((inv_n, False))      # the 1/n of a mean over the tokens
             cur = None
-            for f in list(m.chain) + [(x, False) for x in m.scalars]:
+            for f in factors:
                 rng, was_fitted = self._atom_range(f[0], depth)
                 if rng is None:
                     return None
@@ -445,10 +451,14 @@ class Lowering:
                 if cur is not None:
                     k = 1 if self.atoms[f[0]].cshape == (1, 1) else dims(self.atoms, f)[0]
                     if k == TOKEN:
-                        return None
+                        if inv_n is None:
+                            return None
+                        k, inv_n = 1, None          # a mean lies in the range of one term
                     ends = [x * y for x in cur for y in rng]
                     rng = (k * min(ends), k * max(ends))
                 cur = rng
+            if inv_n is not None:
+                return None                         # a 1/n with no sum over the tokens
             lo, hi = lo + min(c * cur[0], c * cur[1]), hi + max(c * cur[0], c * cur[1])
         return (lo, hi) if fitted else None
 
