@@ -1422,6 +1422,22 @@ def test_a_state_whose_bounds_reach_no_fit_runs_any_count_though_its_step_is_bou
         assert np.max(np.abs(got - want)) <= 1e-9
 
 
+def test_the_bounds_a_loop_needs_pass_matrix_products_only_with_a_fill():
+    """softmax_regression: W's bounds reach Z = A @ W, a product with no bounds, and no fit;
+    L = log(E @ ones(K)) reads a fill, but L is no fill itself (a first mended version of
+    the rule took anything that mentions one for one, needed W, and capped the shipped
+    program's count at its built 30). A variable that always holds a fill passes bounds."""
+    from tcompile.compiler.steady_state import _bounds_needed
+    program = parse_file(PROGRAMS + "softmax_regression.tp")
+    assert "W" not in _bounds_needed(program, frozenset(), {"W": 2})
+    prog = tcompile.compile_file(PROGRAMS + "softmax_regression.tp", loops="shared")
+    assert [s.max_count for s in prog.loops.loops] == [None]
+    src = ("program p\ndim d = 2\ninput D : [n, d] in [-1, 1]\noutput x\no = ones(d)\n"
+           "o2 = 2 * o\nx = zeros(d)\nrepeat 3 {\n  x = x + D.T @ sigmoid(D @ x + D @ o2) / n\n}\n")
+    needed = _bounds_needed(parse_source(src), frozenset(), {"x": 1})
+    assert {"o2", "o"} <= needed and "x" not in needed
+
+
 def test_a_mean_over_the_tokens_has_no_bounds_in_an_iteration_whose_products_have_none():
     """The first iteration from w = zeros has A @ w = 0: the means sum(A @ w) / n and
     A.T @ (A @ w) / n are bounded there and not in the next. The walker kept the first

@@ -521,18 +521,18 @@ def _bounds_needed(program, scalars: frozenset = frozenset(),
 
     # variables that always hold a fill (`o = ones(k)`, `o2 = 2 * o`): a matrix product with
     # one carries bounds. (`w = zeros(d)` before `w = w - ...` holds one only in the first
-    # iteration, whatever w's bounds: its products have none after it.)
+    # iteration, whatever w's bounds: its products have none after it.) The largest such set:
+    # every assigned variable, less those with an assignment that is not a fill, until none is
     assigns = [node for node, _ in ast.walk(program.body) if isinstance(node, ast.Assign)]
-    fills: set[str] = set()
+    fills = {a.target for a in assigns}
     while True:
-        more = {a.target for a in assigns} - {a.target for a in assigns
-                                               if not _is_fill(a.value, fills)}
-        if more <= fills:
+        fewer = fills - {a.target for a in assigns if not _is_fill(a.value, fills, consts)}
+        if fewer == fills:
             break
-        fills |= more
+        fills = fewer
 
     def bounds_read(e) -> set[str]:
-        return _bounds_read(e, fills)
+        return _bounds_read(e, fills | consts)
 
     direct: set[str] = set()
     reads: dict[str, set[str]] = {}
@@ -592,11 +592,20 @@ def _bounds_read(e, fills: set[str]) -> set[str]:
     return set()
 
 
-def _is_fill(e, fills: set[str]) -> bool:
-    """An expression whose entries are all one number: ones(k), 2 * ones(k, k), a fill
-    variable (conservative: anything that mentions one)."""
-    return any((isinstance(x, ast.Call) and x.func in ("ones", "zeros")) or
-               (isinstance(x, ast.Name) and x.id in fills) for x, _ in ast.walk(e))
+def _is_fill(e, fills: set[str], consts: frozenset | set = frozenset()) -> bool:
+    """An expression whose entries are all one number: ones(k), 2 * ones(k, k) / k, a
+    number, a param, a fill variable, and + − × ÷ of those."""
+    if isinstance(e, ast.Call):
+        return e.func in ("ones", "zeros")
+    if isinstance(e, ast.Number):
+        return True
+    if isinstance(e, ast.Name):
+        return e.id in fills or e.id in consts
+    if isinstance(e, (ast.Neg, ast.Transpose, ast.Bound)):
+        return _is_fill(e.operand, fills, consts)
+    if isinstance(e, ast.BinOp) and e.op in ("+", "-", "*", "/"):
+        return _is_fill(e.left, fills, consts) and _is_fill(e.right, fills, consts)
+    return False
 
 
 def _inside(a: Ty, hull: Ty) -> bool:
