@@ -536,6 +536,22 @@ def test_a_function_of_a_mean_over_the_tokens_of_fitted_values_allows_their_erro
         assert np.max(np.abs(got - want)) <= 3e-6
 
 
+def test_a_root_of_a_mean_of_fitted_squares_allows_their_errors():
+    """RMS of a fitted tanh, `sqrt(t @ t / n + 0.01)` and `t / s` (an rsqrt refined by
+    Newton steps): with every token at a bound the compiled mean of squares passes the exact
+    bound by the fit error. The range of t @ t was taken as t's range times itself,
+    [-0.58, 0.58], which crosses 0 where sqrt is undefined, so the domain was not widened;
+    it is a sum of squares, >= 0, and the seed's domain is widened as the fitted piece's is."""
+    src = "program rms\ninput z : [n] in [-1, 1]\noutput s, u\nt = tanh(z)\n" \
+          "s = sqrt(t @ t / n + 0.01)\nu = t / s\n"
+    prog = tcompile.compile_source(src)
+    for value in (-1.0, 1.0, 0.5):
+        z = np.full(7, value)
+        want = interpret_program(parse_source(src), None, z=z)
+        got = prog.run(z=z)                                    # domains="raise"
+        assert max(np.max(np.abs(got[k] - want[k])) for k in want) <= 1e-5
+
+
 EM_TWO_GAUSSIANS = """program em_two_gaussians
 param steps = 10
 input x : [n] in [-4, 4]

@@ -442,7 +442,7 @@ class Lowering:
             inv_n = next((x for x in m.scalars if self.g.nodes[x][OP] == "inv_n"), None)
             if inv_n is not None:
                 factors.remove((inv_n, False))      # the 1/n of a mean over the tokens
-            cur = None
+            cur, alone = None, None         # (alone: the one factor cur is the range of)
             for f in factors:
                 rng, was_fitted = self._atom_range(f[0], depth)
                 if rng is None:
@@ -454,8 +454,15 @@ class Lowering:
                         if inv_n is None:
                             return None
                         k, inv_n = 1, None          # a mean lies in the range of one term
-                    ends = [x * y for x in cur for y in rng]
+                    if alone == f[0]:               # t @ t: a sum of squares, >= 0
+                        sq = sorted(x * x for x in rng)
+                        ends = [0.0 if rng[0] <= 0.0 <= rng[1] else sq[0], sq[-1]]
+                    else:
+                        ends = [x * y for x in cur for y in rng]
                     rng = (k * min(ends), k * max(ends))
+                    alone = None
+                else:
+                    alone = f[0]
                 cur = rng
             if inv_n is not None:
                 return None                         # a 1/n with no sum over the tokens
@@ -507,11 +514,12 @@ class Lowering:
         node = self.g.nodes[nid]
         if node[CSHAPE] != (1, 1) or node[FUNC] not in ("reciprocal", "sqrt") or node[FARGS]:
             return None
-        kind, arg, domain = node[FUNC], node[ARGS][0], node[DOMAIN]
+        # (an inferred domain widened to hold the fit errors upstream, as a fitted piece's is)
+        kind, arg, domain = node[FUNC], node[ARGS][0], self._call_domain(nid)
         inner = self.g.nodes[arg]
         if kind == "reciprocal" and inner[OP] == "call" and inner[FUNC] == "sqrt" \
                 and inner[CSHAPE] == (1, 1):
-            kind, arg, domain = "rsqrt", inner[ARGS][0], inner[DOMAIN]
+            kind, arg, domain = "rsqrt", inner[ARGS][0], self._call_domain(arg)
         elif kind == "sqrt" and self._only_reciprocals(nid):
             return None                     # they refine it as an rsqrt
         if isinstance(self.polys.get(arg), Elementwise) and not self.is_gate(arg):
