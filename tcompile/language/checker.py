@@ -163,7 +163,8 @@ class Walker:
         self.call_sites: list[ast.Call] = []      # the calls being inlined, outermost first
         self._assignments: dict[str, int] = {}
         self._factor_ty: dict[int, Ty] = {}      # id(ast operand of a `*`) -> its type, this walk
-        # id(ast `sum(x)` over the token axis) -> x's bounds: the mean `sum(x) / n` lies in them
+        # id(ast `sum(x)` or `A.T @ r` over the token axis) -> one term's bounds, which the mean
+        # `... / n` lies in (note_token_sum)
         self.token_sum_bounds: dict[int, tuple[float, float]] = {}
 
     def program_point(self, stmt: ast.Assign) -> str | None:
@@ -390,11 +391,21 @@ class Walker:
             for i in range(len(stmts) - 1, -1, -1):
                 stmt = stmts[i]
                 if isinstance(stmt, ast.Repeat):
-                    later |= _assigned_names(stmt.body)
+                    later |= {n.target for n, _ in ast.walk(stmt.body)
+                              if isinstance(n, ast.Assign)}
                 elif isinstance(stmt, ast.Assign) and stmt.target in later:
                     starts.add(i)
             self._loop_start_cache[key] = (stmts, frozenset(starts))    # (keeps id(stmts) alive)
         return self._loop_start_cache[key][1]
+
+    def note_token_sum(self, e, bounds: tuple | None) -> None:
+        """Record the bounds of one term of a sum over the tokens (`sum(x)`, `A.T @ r`), which
+        its mean `... / n` lies in; None clears them. Set or cleared on every walk of the
+        node: a loop's later iterations may have none where its first had some."""
+        if bounds is None:
+            self.token_sum_bounds.pop(id(e), None)
+        else:
+            self.token_sum_bounds[id(e)] = bounds
 
     def _assign(self, stmt: ast.Assign, env):
         name = stmt.target
@@ -491,13 +502,12 @@ class Walker:
             bound = norm_product_bound(ta, tb) if self.norm_bounds else None
             if bound is not None and (lo is None or hi - lo > 2 * bound):
                 lo, hi = -bound, bound
-            # a sum over the tokens of products a_i b_i: `A.T @ r / n` is their mean (set or
-            # cleared on every walk of the node: a loop's later iterations may have no bounds)
-            self.token_sum_bounds.pop(id(e), None)
+            # a sum over the tokens of products a_i b_i: `A.T @ r / n` is their mean
+            term = None
             if _contracts_tokens(ta, tb) and ta.bounded and tb.bounded:
-                self.token_sum_bounds[id(e)] = (
-                    power_interval(ta, 2) if a is b or same_expression(e.left, e.right)
-                    else _interval("*", ta, tb))
+                term = (power_interval(ta, 2) if a is b or same_expression(e.left, e.right)
+                        else _interval("*", ta, tb))
+            self.note_token_sum(e, term)
             return self.apply("@", Ty(shape, lo=lo, hi=hi), (a, b), e)
         if op == "**":
             if tb.const is None:
@@ -876,17 +886,6 @@ def _without_norms(val: Val) -> Val:
     if val.ty.norm is None and val.ty.token_norm is None:
         return val
     return replace(val, ty=replace(val.ty, norm=None, token_norm=None))
-
-
-def _assigned_names(stmts) -> set[str]:
-    """Every variable a block assigns, inside its loops too."""
-    names = set()
-    for stmt in stmts:
-        if isinstance(stmt, ast.Assign):
-            names.add(stmt.target)
-        elif isinstance(stmt, ast.Repeat):
-            names |= _assigned_names(stmt.body)
-    return names
 
 
 def check_program(program: ast.Program, params: dict | None = None) -> dict[str, float]:

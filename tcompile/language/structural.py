@@ -57,9 +57,7 @@ def call_structural(walker, e, env):
         # over a small axis of k entries, the sum lies in k [lo, hi]; over tokens, n is unknown
         k = x.ty.shape[0]
         lo, hi = (k * x.ty.lo, k * x.ty.hi) if x.ty.bounded and k != TOKEN else (None, None)
-        walker.token_sum_bounds.pop(id(e), None)    # (a later iteration may have none)
-        if k == TOKEN and x.ty.bounded:
-            walker.token_sum_bounds[id(e)] = (x.ty.lo, x.ty.hi)
+        walker.note_token_sum(e, (x.ty.lo, x.ty.hi) if k == TOKEN and x.ty.bounded else None)
         return walker.apply("sum", Ty(x.ty.shape[1:], lo=lo, hi=hi), args, e)
     return _max_min(walker, e, args)
 
