@@ -120,7 +120,8 @@ def test_a_bound_on_a_divisor_is_the_division_domain_and_a_trailing_tol_the_stat
     ("x ** 2", 0.0, 1.0),
     ("(x + 1) ** 3", 0.0, 8.0),
     ("max(abs(x - 1), 0.5) * clip(M, 0, 1) + relu(x)", 0.0, 3.0),
-    ("A @ x", None, None),                  # not bounded: it would grow with every loop
+    ("A @ (2 * x)", None, None),            # computed x: not bounded, it would grow in a loop
+    ("A @ x", -3.0, 3.0),                   # declared ranges, over 3 features
     ("(A @ x) on [-2, 2] * 2", -4.0, 4.0),
     ("(x) on [0, 3]", 0.0, 1.0),            # the user's bound, met with the input's
 ])
@@ -466,11 +467,13 @@ def test_a_mean_over_the_tokens_of_products_lies_in_the_products_bounds(expr, lo
 
 
 def test_a_product_of_two_bounded_values_and_a_token_sum_still_carry_no_bounds():
+    """Bounded, but computed: only declared ranges bound a product (D @ M, 3 x [-4, 4])."""
     from tcompile.language.checker import Walker
-    src = ("program p\ninput D : [n, 3] in [-2, 2]\ninput M : [3, 3] in [-1, 2]\noutput a, b\n"
-           "a = D @ M\nb = sum(D)\n")
+    src = ("program p\ninput D : [n, 3] in [-2, 2]\ninput M : [3, 3] in [-1, 2]\noutput a, b, c\n"
+           "a = D @ (0.5 * M)\nb = sum(D)\nc = D @ M\n")
     env = Walker(parse_source(src), {}).run()
     assert env["a"].ty.lo is None and env["b"].ty.lo is None
+    assert (env["c"].ty.lo, env["c"].ty.hi) == (-12.0, 12.0)
 
 
 def test_a_divisor_known_to_be_one_number_divides_as_that_number():
@@ -653,6 +656,89 @@ def test_norm_product_bound_pairs_rows_of_the_left_with_columns_of_the_right():
     assert norm_product_bound(qvec, Ty((4, TOKEN), token_norm=0.5)) == 1.0
     assert norm_product_bound(qvec, Ty((4,))) is None
     assert norm_product_bound(Ty((4, 4), norm=3.0), Ty((4, 2), norm=0.5)) == 1.5
+
+
+RANGES = """program ranges
+dim d = 3
+input a : [d] in [0.5, 1]
+input b : [d] in [-1, 2]
+input M : [d, 2] in [-1, 1]
+input K : [n, d] in [-1, 1]
+output s, t, u, k, v, m, x, y, h
+s = a @ a
+t = a @ b
+u = b @ M
+k = K @ a
+v = (2 * a) @ b
+m = -a @ b.T
+x = a
+repeat 2 {
+  x = 0.5 * x
+}
+x = x @ b
+y = a @ b
+repeat 1 {
+  y = 0.5 * y
+}
+h = a / sqrt(a @ a)
+repeat 1 {
+  h = 0.5 * h
+}
+"""
+
+
+@pytest.mark.parametrize("name, bounds", [
+    ("s", (0.75, 3.0)),     # a square over d = 3 entries: 3 * [0.25, 1], so sqrt(a @ a) builds
+    ("t", (-3.0, 6.0)),     # 3 * (a_i b_i in [-1, 2])
+    ("u", (-6.0, 6.0)),     # a row vector times a matrix: each entry sums 3 products in [-2, 2]
+    ("k", (-3.0, 3.0)),     # token data times a vector, over its 3 features (not the tokens)
+    ("m", (-6.0, 3.0)),     # negation and .T keep the declared ranges
+    ("v", None),            # 2 * a is computed: its range could grow in a loop
+    ("x", None),            # a loop's state is computed
+    ("y", None),            # a loop's starting value: its first iteration would be fitted apart
+    ("h", (0.25 / 3 ** 0.5, 0.5 / 0.75 ** 0.5)),   # ... but a divisor in one is bounded
+])
+def test_declared_ranges_bound_products_of_declared_values_over_small_axes(name, bounds):
+    """Entries declared `in [lo, hi]` bound a product of two such values summed over a small
+    axis of k entries by k times one term's range; every entry sampled data gives lies
+    inside. A user's `v = v0 / sqrt(v0 @ v0)` was refused ("no known bounds")."""
+    from tcompile.inspection.sampling import sample_inputs
+    from tcompile.language.checker import Walker, resolve_params
+    prog = parse_source(RANGES)
+    ty = Walker(prog, resolve_params(prog)).run()[name].ty
+    if bounds is None:
+        assert ty.lo is None and ty.hi is None
+        return
+    assert ty.lo == pytest.approx(bounds[0], rel=1e-15) and ty.hi == pytest.approx(bounds[1], rel=1e-15)
+    for seed in range(20):
+        got = tcompile.interpret_program(prog, None, **sample_inputs(prog, n=7, seed=seed))[name]
+        assert bounds[0] * (1 + 1e-12) - 1e-12 <= np.min(got) and np.max(got) <= bounds[1] * (1 + 1e-12)
+
+
+NORMALISED_START = """program top_singular
+dim d = 5
+param steps = 6
+input A : [n, d] assume row_norm <= 1
+input v0 : [d] assume in [0.5, 1]
+output v
+v = v0 / sqrt(v0 @ v0)
+C = A.T @ A / n
+repeat steps {
+  u = C @ v
+  v = (u / sqrt(u @ u) on [1e-4, 1]) on [-1, 1]
+}
+"""
+
+
+def test_a_loop_started_from_a_normalised_input_builds_and_follows_the_interpreter():
+    from tcompile.inspection.sampling import sample_inputs
+    prog = parse_source(NORMALISED_START)
+    for loops in ("unrolled", "shared"):
+        built = tcompile.compile_source(NORMALISED_START, loops=loops)
+        for seed in range(3):
+            ins = sample_inputs(prog, n=12, seed=seed)
+            want = tcompile.interpret_program(prog, None, **ins)["v"]
+            assert np.max(np.abs(built.run(**ins)["v"] - want)) <= 1e-6
 
 
 ATTENTION = """program attention_readout

@@ -301,7 +301,38 @@ def test_a_fit_that_cannot_meet_its_budget_names_the_statement():
         tcompile.compile_source(src, file="t.tp")
     text = str(err.value)
     assert "t.tp:4:5" in text and "below the float64 rounding" in text
-    assert text.rstrip().endswith("^")
+    # what to write: a budget above the rounding of values up to 1 (2 x 16 eps), or a
+    # narrower range where the values are large for a wide one
+    assert "expected: a budget above their rounding (tol 7e-15 or more" in text
+    assert "a narrower range for z" in text
+
+
+WEISZFELD = """program weiszfeld
+dim d = 2
+param steps = 3
+input X : [n, d] assume in [-1, 1]
+output z
+z = sum(X) / n
+repeat steps {
+  D = X - z
+  r = sqrt((D * D) @ ones(d) + 1e-6)
+  w = 1 / (r) on [1e-3, 3]
+  z = (X.T @ w / n) / (sum(w) / n) on [0.05, 1000]
+}
+"""
+
+
+def test_a_square_of_a_value_a_loop_widened_names_the_value_to_bound():
+    """A user's geometric median: z's interval bounds grow to [-20000, 20000] over the
+    iterations, so D * D reaches 4e8, whose rounding is above the default budget. The error
+    said only that; it now names D and says why its range may be that wide."""
+    from tcompile.errors import ApproxError
+    with pytest.raises(ApproxError) as err:
+        tcompile.compile_source(WEISZFELD, file="wz.tp")
+    text = str(err.value)
+    assert "wz.tp:9:13" in text and "values up to 4e+08" in text
+    assert "a narrower range for D (bound it where it is assigned" in text
+    assert "their bounds grow with the iterations unless declared" in text
 
 
 def test_the_tutorials_plain_cg_builds_as_it_says():

@@ -121,6 +121,12 @@ class PLApprox:
         return a[keep], b[keep], c[keep]
 
 
+def rounding_floor(largest: float) -> float:
+    """The float64 rounding of values up to `largest` in magnitude, as a fit's check sees it:
+    an absolute budget at or below it could not be told from rounding."""
+    return 16 * _EPS * largest
+
+
 def approximate(name: str, lo: float, hi: float, tol: float, *args: float,
                 max_neurons: int = 200_000, interpolate: bool = False) -> PLApprox:
     """The named functions know where they are defined, so a bad domain fails here, by name,
@@ -146,7 +152,7 @@ def approximate_callable(name: str, f: Callable, lo: float, hi: float, tol: floa
         fg = _feval(f, xg)
     if not np.all(np.isfinite(fg)):
         raise ApproxError(f"{where}: the function is not finite on the domain")
-    noise = 16 * _EPS * float(np.max(np.abs(fg)))          # float64 rounding of the values
+    noise = rounding_floor(float(np.max(np.abs(fg))))
     if tol <= noise:
         raise ApproxError(f"{where}: tol is below the float64 rounding of values up to "
                           f"{np.max(np.abs(fg)):.3g}, so no error could be checked")

@@ -28,7 +28,7 @@ from ..errors import ApproxError, CompileError
 from ..language.checker import TOKEN
 from . import refine
 from .dataflow import DataflowGraph
-from .approx import exact_function
+from .approx import exact_function, rounding_floor
 from .elementwise import (BOUND, EXACT_PL, Call, Const, Elementwise, Leaf, Product, Sum, affine,
                           calls, evaluate, leaves, scaled_product, to_text)
 from .heads import realizable
@@ -118,16 +118,29 @@ class Lowering:
         return ApproxError(msg, self.g.nodes[nid][LOC], expected, source=self.df.source)
 
     def _fewer_relus_hint(self, msg: str, nid: int, leaf: int | None, tol) -> str | None:
-        """What to change when a fit needs more ReLUs than the limit: the range of the value
-        it is a function of (often wider than the user thinks: interval bounds of a loop
-        variable grow with the iterations) or the budget."""
-        if "max_neurons" not in msg or leaf is None:
+        """What to change when a fit needs more ReLUs than the limit, or its values are so
+        large that the absolute budget is below their rounding: the range of the value it is
+        a function of (often wider than the user thinks: interval bounds of a loop variable
+        grow with the iterations, and so do those of what is computed from one) or the
+        budget."""
+        if leaf is None:
             return None
         name = self.words(nid, {leaf}).names[leaf]
         budget = f"tol {tol:g} at the end of the statement" if tol else "a looser tol"
-        return (f"a narrower range for {name} (bound it where it is assigned: "
-                f"{name} = (...) on [lo, hi], or clip it) or a looser budget ({budget}): "
-                f"the ReLUs grow with the range and like 1/sqrt(tol)")
+        bound = (f"a narrower range for {name} (bound it where it is assigned: "
+                 f"{name} = (...) on [lo, hi], or clip it; where it is computed from a loop's "
+                 "variables, their bounds grow with the iterations unless declared where the "
+                 "loop assigns them)")
+        if "max_neurons" in msg:
+            return f"{bound} or a looser budget ({budget}): the ReLUs grow with the range and " \
+                   "like 1/sqrt(tol)"
+        largest = re.search(r"values up to ([0-9.e+-]+)", msg)
+        if largest is not None:     # the rounding of the values is above the absolute budget
+            need = 2 * rounding_floor(float(largest.group(1)))
+            return (f"a budget above their rounding (tol {need:.1g} or more at the end of the "
+                    f"statement), or, where the values are that large because the range is "
+                    f"wide, {bound}")
+        return None
 
     def make_atom(self, nid: int, kind: str, poly: Poly | None = None) -> Poly:
         node = self.g.nodes[nid]

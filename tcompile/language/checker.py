@@ -27,8 +27,9 @@ from .points import program_point
 from . import ast
 from . import portable_math as pm
 from .types import (TOKEN, Ty, Val, _divisible, _interval, check_holdable,  # noqa: F401 (re-exported)
-                    elementwise_shape, fmt_shape, is_square, matmul_shape, norm_product_bound,
-                    power_interval, same_expression, small_matrix_diag_hint)
+                    declared_product_interval, elementwise_shape, fmt_shape, is_square,
+                    matmul_shape, norm_product_bound, power_interval, same_expression,
+                    small_matrix_diag_hint)
 from ..errors import ParamError, ProgramError, SourceLocation
 
 SCALAR_FUNCTIONS = {"sigmoid", "sqrt", "reciprocal", "exp", "log", "softplus", "tanh", "sin",
@@ -156,7 +157,7 @@ class Walker:
         self.params = params
         self.dims = {d.name for d in program.dims}
         self.assigned_at: dict = {}     # variable → its latest assignment's location
-        self.norm_bounds = True         # may products get bounds from declared norms here
+        self.declared_bounds = True     # may products get bounds from declared norms, ranges
         self._loop_start_cache: dict = {}
         self.statements = 0
         self.call_stack: list[str] = []
@@ -216,7 +217,7 @@ class Walker:
         ty = Ty(shape)
         for q in decl.qualifiers:
             ty = self._qualify(ty, q)
-        return ty
+        return replace(ty, declared=ty.bounded)
 
     def _qualify(self, ty: Ty, q: ast.Qualifier) -> Ty:
         if q.kind == "sign":
@@ -305,13 +306,14 @@ class Walker:
         for i, stmt in enumerate(stmts):
             self._count_statements(1, stmt)
             if isinstance(stmt, ast.Assign):
-                outer, self.norm_bounds = self.norm_bounds, self.norm_bounds and i not in loop_starts
+                outer = self.declared_bounds
+                self.declared_bounds = outer and i not in loop_starts
                 try:
                     self._assign(stmt, env)
                 finally:
-                    self.norm_bounds = outer
+                    self.declared_bounds = outer
                 if i in loop_starts:
-                    env[stmt.target] = _without_norms(env[stmt.target])
+                    env[stmt.target] = _undeclared(env[stmt.target])
             elif isinstance(stmt, ast.Repeat):
                 ret = self._repeat(stmt, env, in_function)
                 if ret is not None:
@@ -381,9 +383,9 @@ class Walker:
     def _loop_starts(self, stmts) -> frozenset[int]:
         """The positions in a block of assignments that give a later loop of the block its
         starting value (`z = A @ x0` or `q = q0` before `repeat { ... }`). Their products
-        get no bounds from declared norms, and the variable keeps no declared norm: the
-        loop's later iterations cannot have them (their values are computed), so the first
-        iteration would be fitted apart from the rest."""
+        get no bounds from declared norms or ranges (_domain_operand aside), and the variable
+        keeps none: the loop's later iterations cannot have them (their values are computed),
+        so the first iteration would be fitted apart from the rest."""
         key = id(stmts)
         if key not in self._loop_start_cache:
             later: set[str] = set()
@@ -452,7 +454,10 @@ class Walker:
                 shape = (shape[1], shape[0])
             return self.apply("T", replace(a.ty, shape=shape), (a,), e)
         if isinstance(e, ast.BinOp):
-            return self._binop(e, self.eval(e.left, env), self.eval(e.right, env), env)
+            left = self.eval(e.left, env)           # (left first: nodes are made in order)
+            right = (self._domain_operand(e.right, env) if e.op == "/"
+                     else self.eval(e.right, env))
+            return self._binop(e, left, right, env)
         if isinstance(e, ast.Call):
             return self._call(e, env)
         if isinstance(e, ast.Index):
@@ -461,6 +466,17 @@ class Walker:
         if isinstance(e, ast.Bound):
             return self._bound(e, env)
         raise TypeError(f"unknown expression node {e!r}")  # pragma: no cover - parser makes none
+
+    def _domain_operand(self, e, env) -> Val:
+        """A fitted function's argument or a divisor, whose bounds are its domain: products of
+        declared values in it get bounds even in a loop's starting statement (`v = v0 /
+        sqrt(v0 @ v0)`), where a product at the top (`z = A @ x0`) gets none: without them
+        the statement would be refused, not fitted apart."""
+        outer, self.declared_bounds = self.declared_bounds, True
+        try:
+            return self.eval(e, env)
+        finally:
+            self.declared_bounds = outer
 
     def _name(self, e: ast.Name, env) -> Val:
         if e.id in env:
@@ -499,14 +515,16 @@ class Walker:
             shape = matmul_shape(ta, tb, e.loc, self.src)
             check_holdable(shape, e.loc, self.src)
             lo, hi = _constant_product_interval(ta, tb)
-            bound = norm_product_bound(ta, tb) if self.norm_bounds else None
-            if bound is not None and (lo is None or hi - lo > 2 * bound):
-                lo, hi = -bound, bound
+            square = a is b or same_expression(e.left, e.right)
+            if self.declared_bounds:
+                lo, hi = _narrower((lo, hi), declared_product_interval(ta, tb, square))
+                bound = norm_product_bound(ta, tb)
+                if bound is not None:
+                    lo, hi = _narrower((lo, hi), (-bound, bound))
             # a sum over the tokens of products a_i b_i: `A.T @ r / n` is their mean
             term = None
             if _contracts_tokens(ta, tb) and ta.bounded and tb.bounded:
-                term = (power_interval(ta, 2) if a is b or same_expression(e.left, e.right)
-                        else _interval("*", ta, tb))
+                term = power_interval(ta, 2) if square else _interval("*", ta, tb)
             self.note_token_sum(e, term)
             return self.apply("@", Ty(shape, lo=lo, hi=hi), (a, b), e)
         if op == "**":
@@ -727,7 +745,10 @@ class Walker:
         if len(e.args) != arity:
             raise self.err(f"{e.func}() takes {arity} argument{'s' * (arity > 1)}, got {len(e.args)}",
                            e.loc, expected=f"{e.func}(" + ", ".join(["x", "lo", "hi"][:arity]) + ")")
-        args = tuple(self.eval(a, env) for a in e.args)
+        if e.func in EXACT_PL_FUNCTIONS:
+            args = tuple(self.eval(a, env) for a in e.args)
+        else:
+            args = (self._domain_operand(e.args[0], env),)
         self.require_size(e.func, e.args[0], args[0])
         t = args[0].ty
         domain = self._declared_domain(e, env)
@@ -882,10 +903,20 @@ def _with_shape_changes(e: ProgramError, entry: dict, starts: dict, assigned_at:
                    source=e.source)
 
 
-def _without_norms(val: Val) -> Val:
-    if val.ty.norm is None and val.ty.token_norm is None:
+def _undeclared(val: Val) -> Val:
+    """The value as a computed one: no declared norms or range for products to use."""
+    if val.ty.norm is None and val.ty.token_norm is None and not val.ty.declared:
         return val
-    return replace(val, ty=replace(val.ty, norm=None, token_norm=None))
+    return replace(val, ty=replace(val.ty, norm=None, token_norm=None, declared=False))
+
+
+def _narrower(known, other):
+    """The narrower of two intervals (None, None: unknown), each a valid bound."""
+    if other[0] is None:
+        return known
+    if known[0] is None or known[1] - known[0] > other[1] - other[0]:
+        return other
+    return known
 
 
 def check_program(program: ast.Program, params: dict | None = None) -> dict[str, float]:

@@ -37,6 +37,9 @@ class Ty:
     # whose norm would grow with every iteration of a loop
     norm: float | None = None        # 2-norm of a vector, spectral norm of a matrix
     token_norm: float | None = None  # 2-norm of each token's vector ([n, k]: rows; [k, n]: columns)
+    # lo/hi are an input's declared range (`in [lo, hi]`, ...), kept like the norms: products
+    # of two such values get bounds (declared_product_interval)
+    declared: bool = False
 
     @property
     def is_token(self) -> bool:
@@ -210,6 +213,21 @@ def norm_product_bound(a: Ty, b: Ty) -> float | None:
     cols = b.norm if b.norm is not None else (
         b.token_norm if len(sb) == 2 and sb[1] == TOKEN else None)
     return None if rows is None or cols is None else rows * cols
+
+
+def declared_product_interval(a: Ty, b: Ty, square: bool) -> tuple[float | None, float | None]:
+    """Bounds on every entry of a @ b where both factors have declared ranges and the axis
+    the product sums over is a small one of k entries: k times the range of one term (of a
+    square, where a and b are one value: `v0 @ v0 >= 0`, so `sqrt(v0 @ v0)` needs no domain).
+    Only declared values, as for the norms: a computed value's range would grow with every
+    iteration of a loop. Over the tokens the count is n, known only at run time."""
+    if not (a.declared and b.declared and a.bounded and b.bounded and a.shape):
+        return None, None
+    k = a.shape[-1]
+    if k == TOKEN:
+        return None, None
+    lo, hi = power_interval(a, 2) if square else _interval("*", a, b)
+    return k * lo, k * hi
 
 
 def is_square(shape) -> bool:
