@@ -234,25 +234,33 @@ def test_refusals_name_what_may_be_given(inverse):
         unrolled.run(A=A, steps=5)
 
 
-def test_a_count_the_domains_depend_on_is_capped_at_the_built_count():
+def test_a_count_the_domains_depend_on_is_capped_at_the_built_count(tmp_path):
     src = """program grow
 param steps = 4
 input s : [] in [0, 1]
-output t
+output t, c
 t = s
+c = s
 repeat steps {
   t = sigmoid(t) + t
+  c = c + t
 }
 """
     prog = tcompile.compile_source(src, loops="shared")
     (spec,) = prog.loops.loops
     assert spec.max_count == 4                 # t's bound grows with every iteration
+    assert spec.growing == ("t",)              # (c's never reach a fit: not a limit)
     want = interpret_program(parse_source(src), {"steps": 3}, s=0.5)["t"]
     assert rel(prog.run(s=0.5, steps=3)["t"], want) <= 1e-5
     with pytest.raises(InputError, match="at most 4 iterations") as e:
         prog.run(s=0.5, steps=5)
+    assert "derived from the bounds of t, which grow with the count" in str(e.value)
     assert ("or declare the bounds of the loop's variables (t) where its body assigns them "
             "last (t = (...) on [lo, hi])" in str(e.value))
+    assert "at most 4 (the bounds of t grow with the count)" in tcompile.report_text(prog)
+    # the artifact keeps it (a build without a limit writes no such field)
+    prog.save(tmp_path / "grow")
+    assert tcompile.load(tmp_path / "grow").loops.loops[0].growing == ("t",)
 
 
 def test_a_loop_that_does_not_fold_stays_unrolled_and_says_why():

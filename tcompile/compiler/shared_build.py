@@ -691,7 +691,8 @@ def _specs(sites, sequence, base, counts, plan, keys) -> tuple[LoopSpec, ...]:
                               probe.n_layers(built), site.depth,
                               _state_blocks(site, sequence, counts, plan, keys) if top else (),
                               every[key],
-                              _watch_points(site, sequence, counts, plan, keys) if top else ()))
+                              _watch_points(site, sequence, counts, plan, keys) if top else (),
+                              site.growing if site.max_count is not None else ()))
     return tuple(specs)
 
 

@@ -43,6 +43,7 @@ class LoopSite:
     state: tuple[str, ...]   # the variables it carries from one iteration to the next
     depth: int               # loops around it
     unshareable: str | None = None   # why no iteration can be like the next (then unrolled)
+    growing: tuple[str, ...] = ()    # max_count set: the state whose bounds one body widens
 
 
 class _SteadyState:
@@ -72,12 +73,13 @@ class _SteadyState:
             return self._unroll_plainly(key, stmt, count, env, in_function)
         state = tuple(sorted(n for n in _carried(stmt.body) if n in env))
         try:
-            hull, closed, why = *self._hull(stmt, count, env, in_function, state), None
+            hull, growing, why = *self._hull(stmt, count, env, in_function, state), None
         except _Unshareable as e:
-            hull, closed, why = {}, False, str(e)
+            hull, growing, why = {}, (), str(e)
         site = LoopSite(key, stmt.loc.line, count,
                         loop_param(self.program, stmt, self.call_sites, self.counts),
-                        None if closed else count, state, len(self.loops_around), why)
+                        None if growing is None else count, state, len(self.loops_around), why,
+                        growing or ())
         if key in self.sites and self.sites[key] != site:
             why = "it runs with different counts or state bounds on different passes"
             site = replace(site, unshareable=why)
@@ -117,9 +119,10 @@ class _SteadyState:
         finally:
             self.loops_around.pop()
 
-    def _hull(self, stmt, count, env, in_function, state) -> tuple[dict[str, Ty], bool]:
-        """The loop state's bounds over the built iterations, and whether one more body from
-        them stays inside (then any count is covered)."""
+    def _hull(self, stmt, count, env, in_function, state) -> tuple[dict[str, Ty], tuple | None]:
+        """The loop state's bounds over the built iterations, and the variables one more body
+        from them takes outside (None where none does: then any count is covered; else the
+        count is limited, and the error and the card name them)."""
         probe = _Probe(self.program, self.params)        # (types only: self's rules apply)
         probe.call_stack, probe.call_sites = list(self.call_stack), list(self.call_sites)
         probe.inputs = self.inputs
@@ -137,7 +140,7 @@ class _SteadyState:
             if {k: v.ty for k, v in types.items()} == before:
                 break             # a fixed point: the later iterations add nothing to the hull
         if self._closed(probe, stmt, env, in_function, state, hull):
-            return hull, True
+            return hull, None
         # widening: a state whose last assignment declares its bounds (`w = (...) on [0, 1]`)
         # may drift inside them without end (a lower bound shrinking toward 0); its declared
         # interval is a hull if one body from it stays inside
@@ -149,7 +152,7 @@ class _SteadyState:
                     wide[n] = _join(hull[n], replace(hull[n], lo=lo, hi=hi), n, stmt)
             try:
                 if self._closed(probe, stmt, env, in_function, state, wide):
-                    return wide, True
+                    return wide, None
             except TcompileError:
                 pass            # the wider bounds leave some domain (a divisor may be 0)
         # a state whose bounds reach no function, product or divisor (an accumulator
@@ -164,7 +167,7 @@ class _SteadyState:
         if loose != hull:
             try:
                 if self._closed(probe, stmt, env, in_function, state, loose):
-                    return loose, True
+                    return loose, None
             except TcompileError:
                 pass
         # widening by extrapolation: bounds that still move by shrinking steps (a damped
@@ -178,18 +181,28 @@ class _SteadyState:
                 break
             try:
                 if self._closed(probe, stmt, env, in_function, state, limit):
-                    return limit, True
+                    return limit, None
             except TcompileError:
                 pass
-        return hull, False
+        try:        # (loose == hull was walked above without an error)
+            growing = self._leaving(probe, stmt, env, in_function, state, loose)
+        except TcompileError:
+            growing = ()
+        return hull, growing or tuple(state)
+
+    @classmethod
+    def _closed(cls, probe, stmt, env, in_function, state, hull) -> bool:
+        """Whether one body run from the hull leaves every state inside it."""
+        return not cls._leaving(probe, stmt, env, in_function, state, hull)
 
     @staticmethod
-    def _closed(probe, stmt, env, in_function, state, hull) -> bool:
-        """Whether one body run from the hull leaves every state inside it."""
+    def _leaving(probe, stmt, env, in_function, state, hull) -> tuple[str, ...]:
+        """The states one body run from the hull takes outside it (those whose bounds
+        matter: `loose` has none for the others)."""
         types = {k: Val(v.ty) for k, v in env.items()}
         types.update({n: Val(hull[n]) for n in state})
         probe.exec_block(stmt.body, types, in_function)
-        return all(_inside(types[n].ty, hull[n]) for n in state)
+        return tuple(n for n in state if not _inside(types[n].ty, hull[n]))
 
     def _demote(self, env, hull: dict[str, Ty]) -> None:
         """A compile-time number the loop changes every iteration, and which it only adds,

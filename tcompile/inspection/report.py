@@ -162,6 +162,14 @@ def _kernel_formula(lp: dict) -> str:
     return f"layers run at {p} = K: " + "; ".join(parts)
 
 
+def _growing(lp: dict) -> str:
+    """Why a loop's count is limited, naming the variables to declare where known."""
+    names = lp.get("growing")
+    if not names:
+        return "its domains grow"
+    return f"the bounds of {', '.join(names)} grow"
+
+
 def _loop_lines(rep: dict) -> list[str]:
     loops = rep["loops"]
     run = loops["layers_run"]
@@ -172,7 +180,7 @@ def _loop_lines(rep: dict) -> list[str]:
                      "runs once, as unrolled")
     for lp in loops["loops"]:
         count = (f"{lp['param']} = {lp['count']}, run-time: {lp['min_count']} or more"
-                 + (f", at most {lp['max_count']} (its domains grow with the count)"
+                 + (f", at most {lp['max_count']} ({_growing(lp)} with the count)"
                     if lp["max_count"] is not None else "")
                  if lp["param"] else f"{lp['count']} (fixed)")
         nested = ("  (nested in the source, hoisted out of its loop: runs once)"

@@ -103,7 +103,8 @@ def loops_to_json(p: LoopProgram) -> dict:
                        "layers_per_iteration": s.layers_per_iteration, "depth": s.depth,
                        "state": [list(x) for x in s.state],
                        **({"every": s.every} if s.every != 1 else {}),
-                       **({"watch": [list(w) for w in s.watch]} if s.watch else {})}
+                       **({"watch": [list(w) for w in s.watch]} if s.watch else {}),
+                       **({"growing": list(s.growing)} if s.growing else {})}
                       for s in p.loops],
             "sequence": _seq_to_json(p.sequence),
             "base_counts": [list(x) for x in p.base_counts],
@@ -236,7 +237,8 @@ def loops_from_json(d: dict, n_layers: int) -> LoopProgram:
                            tuple((str(a), str(b), int(c), int(e)) for a, b, c, e in s["state"]),
                            _every(s.get("every", 1)),
                            tuple((str(a), str(b), _index(c), _index(e), _index(f))
-                                 for a, b, c, e, f in s.get("watch", [])))
+                                 for a, b, c, e, f in s.get("watch", [])),
+                           tuple(str(v) for v in s.get("growing", [])))
                   for s in d["loops"])
     keys = {s.key for s in loops}
     prog = LoopProgram(loops, _seq_from_json(d["sequence"], keys, n_layers),

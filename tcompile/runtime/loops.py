@@ -37,6 +37,8 @@ class LoopSpec:
     # first application (count + j·every in application j), even if written over later in the
     # application: what halting reads (halting.py)
     watch: tuple[tuple[str, str, int, int, int], ...] = ()
+    # max_count set: the loop variables whose bounds one more iteration widens (what to declare)
+    growing: tuple[str, ...] = ()
 
     @property
     def watchable(self) -> list[str]:
@@ -133,12 +135,14 @@ class LoopProgram:
                                  f"{s.min_count} times in this build (its pipeline fill and drain "
                                  "are compiled around the body); build it unrolled for fewer")
             if s.max_count is not None and n > s.max_count:
-                names = sorted({v[0] for v in s.state})
+                names = list(s.growing) or sorted({v[0] for v in s.state})
                 which = f" ({', '.join(names)})" if names else ""
                 x = names[0] if names else "x"
+                grow = (f"the bounds of {', '.join(s.growing)}, which grow" if s.growing
+                        else "bounds that grow")
                 raise InputError(f"{s.param} = {n}: the loop at line {s.line} was built for at "
                                  f"most {s.max_count} iterations — its fitted domains were derived "
-                                 "from bounds that grow with the count; rebuild with a larger "
+                                 f"from {grow} with the count; rebuild with a larger "
                                  f"{s.param}, or declare the bounds of the loop's variables{which} "
                                  f"where its body assigns them last ({x} = (...) on [lo, hi]), "
                                  "which lifts the limit where one iteration from them stays inside")
