@@ -263,6 +263,41 @@ repeat steps {
     assert tcompile.load(tmp_path / "grow").loops.loops[0].growing == ("t",)
 
 
+MULTIPLICATIVE_WEIGHTS = """program multiplicative_weights
+dim k = 4
+param steps = 10
+param eta = 0.3
+input L : [k] in [0, 1]
+output w
+w = ones(k) / k
+repeat steps {
+  v = w * exp(-eta * L)
+  w = (v / sum(v)) on [0, 1]
+}
+"""
+
+
+def test_declared_bounds_that_do_not_lift_the_count_limit_say_why(tmp_path):
+    """A user's multiplicative weights declared w's bounds, as the card's limit said to, and
+    the limit stayed: from w in [0, 1] the divisor sum(v) may be 0. The spec, the card, the
+    run-time error and the saved artifact say so; declaring the divisor's domain lifts it."""
+    prog = tcompile.compile_source(MULTIPLICATIVE_WEIGHTS, loops="shared")
+    (spec,) = prog.loops.loops
+    assert (spec.max_count, spec.growing) == (10, ("w",))
+    why = ("one iteration from the declared w on [0, 1] fails: the divisor may be 0: its "
+           "values lie in [0, 4] (line 10)")
+    assert spec.declared_fails == why
+    assert "the declared bounds do not lift the limit: one iteration" in tcompile.report_text(prog)
+    with pytest.raises(InputError) as e:
+        prog.run(L=np.array([0.1, 0.2, 0.3, 0.4]), steps=11)
+    assert f"the declared bounds would lift it, but {why}" in str(e.value)
+    prog.save(tmp_path / "mw")
+    assert tcompile.load(tmp_path / "mw").loops.loops[0].declared_fails == why
+    fixed = MULTIPLICATIVE_WEIGHTS.replace("(v / sum(v)) on", "(v / (sum(v)) on [0.1, 4]) on")
+    (spec,) = tcompile.compile_source(fixed, loops="shared").loops.loops
+    assert (spec.max_count, spec.growing, spec.declared_fails) == (None, (), "")
+
+
 def test_a_loop_that_does_not_fold_stays_unrolled_and_says_why():
     src = """program p
 dim d = 2

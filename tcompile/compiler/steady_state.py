@@ -44,6 +44,8 @@ class LoopSite:
     depth: int               # loops around it
     unshareable: str | None = None   # why no iteration can be like the next (then unrolled)
     growing: tuple[str, ...] = ()    # max_count set: the state whose bounds one body widens
+    # max_count set where some state's bounds are declared: why they do not lift the limit
+    declared_fails: str = ""
 
 
 class _SteadyState:
@@ -73,13 +75,13 @@ class _SteadyState:
             return self._unroll_plainly(key, stmt, count, env, in_function)
         state = tuple(sorted(n for n in _carried(stmt.body) if n in env))
         try:
-            hull, growing, why = *self._hull(stmt, count, env, in_function, state), None
+            hull, growing, fails, why = *self._hull(stmt, count, env, in_function, state), None
         except _Unshareable as e:
-            hull, growing, why = {}, (), str(e)
+            hull, growing, fails, why = {}, (), "", str(e)
         site = LoopSite(key, stmt.loc.line, count,
                         loop_param(self.program, stmt, self.call_sites, self.counts),
                         None if growing is None else count, state, len(self.loops_around), why,
-                        growing or ())
+                        growing or (), fails)
         if key in self.sites and self.sites[key] != site:
             why = "it runs with different counts or state bounds on different passes"
             site = replace(site, unshareable=why)
@@ -119,10 +121,11 @@ class _SteadyState:
         finally:
             self.loops_around.pop()
 
-    def _hull(self, stmt, count, env, in_function, state) -> tuple[dict[str, Ty], tuple | None]:
-        """The loop state's bounds over the built iterations, and the variables one more body
+    def _hull(self, stmt, count, env, in_function, state) -> tuple[dict[str, Ty], tuple | None, str]:
+        """The loop state's bounds over the built iterations; the variables one more body
         from them takes outside (None where none does: then any count is covered; else the
-        count is limited, and the error and the card name them)."""
+        count is limited, and the error and the card name them); and where the body declares
+        some state's bounds and they do not lift the limit, why not."""
         probe = _Probe(self.program, self.params)        # (types only: self's rules apply)
         probe.call_stack, probe.call_sites = list(self.call_stack), list(self.call_sites)
         probe.inputs = self.inputs
@@ -140,21 +143,25 @@ class _SteadyState:
             if {k: v.ty for k, v in types.items()} == before:
                 break             # a fixed point: the later iterations add nothing to the hull
         if self._closed(probe, stmt, env, in_function, state, hull):
-            return hull, None
+            return hull, None, ""
         # widening: a state whose last assignment declares its bounds (`w = (...) on [0, 1]`)
         # may drift inside them without end (a lower bound shrinking toward 0); its declared
         # interval is a hull if one body from it stays inside
         declared = _declared_bounds(probe, stmt.body, state, types)
+        fails = ""
         if declared:
             wide = dict(hull)
             for n, (lo, hi) in declared.items():
                 if hull[n].bounded:
                     wide[n] = _join(hull[n], replace(hull[n], lo=lo, hi=hi), n, stmt)
+            said = ", ".join(f"{n} on [{lo:g}, {hi:g}]" for n, (lo, hi) in sorted(declared.items()))
             try:
                 if self._closed(probe, stmt, env, in_function, state, wide):
-                    return wide, None
-            except TcompileError:
-                pass            # the wider bounds leave some domain (a divisor may be 0)
+                    return wide, None, ""
+                fails = f"one iteration from the declared {said} leaves them"
+            except TcompileError as e:  # the wider bounds leave some domain (a divisor may be 0)
+                at = f" (line {e.line})" if e.line is not None else ""
+                fails = f"one iteration from the declared {said} fails: {e.message}{at}"
         # a state whose bounds reach no function, product or divisor (an accumulator
         # `t = t + sum(w)`, consensus `X = X - h * (X - sum(X) / n)`): its growing bounds
         # need not bound the count
@@ -167,7 +174,7 @@ class _SteadyState:
         if loose != hull:
             try:
                 if self._closed(probe, stmt, env, in_function, state, loose):
-                    return loose, None
+                    return loose, None, ""
             except TcompileError:
                 pass
         # widening by extrapolation: bounds that still move by shrinking steps (a damped
@@ -181,14 +188,14 @@ class _SteadyState:
                 break
             try:
                 if self._closed(probe, stmt, env, in_function, state, limit):
-                    return limit, None
+                    return limit, None, ""
             except TcompileError:
                 pass
         try:        # (loose == hull was walked above without an error)
             growing = self._leaving(probe, stmt, env, in_function, state, loose)
         except TcompileError:
             growing = ()
-        return hull, growing or tuple(state)
+        return hull, growing or tuple(state), fails
 
     @classmethod
     def _closed(cls, probe, stmt, env, in_function, state, hull) -> bool:

@@ -189,6 +189,9 @@ def _loop_lines(rep: dict) -> list[str]:
         per = "iteration" if every == 1 else f"{every} iterations (a kernel of {every})"
         lines.append(f"    line {lp['line']:<4} repeat {count}   {lp['layers_per_iteration']} "
                      f"layer{'s' * (lp['layers_per_iteration'] != 1)} per {per}{nested}")
+        if lp.get("declared_fails") and lp["param"]:
+            lines += _wrap(f"the declared bounds do not lift the limit: {lp['declared_fails']}",
+                           "              ")
         if lp["param"] and not lp["depth"] and every != 1 and lp.get("layers_by_residue"):
             lines += _wrap(_kernel_formula(lp), "              ")
         elif lp["param"] and not lp["depth"]:

@@ -104,7 +104,8 @@ def loops_to_json(p: LoopProgram) -> dict:
                        "state": [list(x) for x in s.state],
                        **({"every": s.every} if s.every != 1 else {}),
                        **({"watch": [list(w) for w in s.watch]} if s.watch else {}),
-                       **({"growing": list(s.growing)} if s.growing else {})}
+                       **({"growing": list(s.growing)} if s.growing else {}),
+                       **({"declared_fails": s.declared_fails} if s.declared_fails else {})}
                       for s in p.loops],
             "sequence": _seq_to_json(p.sequence),
             "base_counts": [list(x) for x in p.base_counts],
@@ -238,7 +239,8 @@ def loops_from_json(d: dict, n_layers: int) -> LoopProgram:
                            _every(s.get("every", 1)),
                            tuple((str(a), str(b), _index(c), _index(e), _index(f))
                                  for a, b, c, e, f in s.get("watch", [])),
-                           tuple(str(v) for v in s.get("growing", [])))
+                           tuple(str(v) for v in s.get("growing", [])),
+                           str(s.get("declared_fails", "")))
                   for s in d["loops"])
     keys = {s.key for s in loops}
     prog = LoopProgram(loops, _seq_from_json(d["sequence"], keys, n_layers),

@@ -116,6 +116,7 @@ def _loops(program) -> dict:
                    "layers_per_iteration": s.layers_per_iteration, "min_count": s.min_count,
                    "max_count": s.max_count,
                    **({"growing": list(s.growing)} if s.growing else {}),
+                   **({"declared_fails": s.declared_fails} if s.declared_fails else {}),
                    # halting varies the count: a loop whose count is fixed is not one `until`
                    # may stop (halting.resolve_until refuses it, saying so)
                    "until": [v for v in s.watchable if halts[v] == s.key] if s.param else [],

@@ -39,6 +39,7 @@ class LoopSpec:
     watch: tuple[tuple[str, str, int, int, int], ...] = ()
     # max_count set: the loop variables whose bounds one more iteration widens (what to declare)
     growing: tuple[str, ...] = ()
+    declared_fails: str = ""       # ... and where the body declares bounds, why they do not lift it
 
     @property
     def watchable(self) -> list[str]:
@@ -140,12 +141,15 @@ class LoopProgram:
                 x = names[0] if names else "x"
                 grow = (f"the bounds of {', '.join(s.growing)}, which grow" if s.growing
                         else "bounds that grow")
+                lift = (f"the declared bounds would lift it, but {s.declared_fails}"
+                        if s.declared_fails else
+                        f"or declare the bounds of the loop's variables{which} where its body "
+                        f"assigns them last ({x} = (...) on [lo, hi]), which lifts the limit "
+                        "where one iteration from them stays inside")
                 raise InputError(f"{s.param} = {n}: the loop at line {s.line} was built for at "
                                  f"most {s.max_count} iterations — its fitted domains were derived "
                                  f"from {grow} with the count; rebuild with a larger "
-                                 f"{s.param}, or declare the bounds of the loop's variables{which} "
-                                 f"where its body assigns them last ({x} = (...) on [lo, hi]), "
-                                 "which lifts the limit where one iteration from them stays inside")
+                                 f"{s.param}, {lift}")
             out[s.key] = n
         return out
 
