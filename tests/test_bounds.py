@@ -715,6 +715,81 @@ def test_declared_ranges_bound_products_of_declared_values_over_small_axes(name,
         assert bounds[0] * (1 + 1e-12) - 1e-12 <= np.min(got) and np.max(got) <= bounds[1] * (1 + 1e-12)
 
 
+BETWEEN = """program between
+dim k = 3
+input a : [k] in [-1, 2]
+input b : [k] in [0, 5]
+input g : [k] in [0, 1]
+input s : [] in [0, 1]
+output u, v, w, z, q, r
+u = g * a + (1 - g) * b
+v = (1 - s) * b + a * s
+w = a + s * (b - a)
+z = a + (b - a) * 0.3
+q = g * a + (1 - a) * b
+r = a + 2 * s * (b - a)
+"""
+
+
+@pytest.mark.parametrize("name, bounds", [
+    ("u", (-1.0, 5.0)),     # g * a + (1 - g) * b, g in [0, 1]: between a and b
+    ("v", (-1.0, 5.0)),     # either order, on either side
+    ("w", (-1.0, 5.0)),     # a + s * (b - a)
+    ("z", (-1.0, 5.0)),     # ... with a number for the step
+    ("q", (-6.0, 12.0)),    # 1 - a is no gate's complement: interval arithmetic
+    ("r", (-5.0, 14.0)),    # 2 * s * (...) may pass b: interval arithmetic
+])
+def test_a_sum_between_two_values_lies_in_their_hull(name, bounds):
+    from tcompile.inspection.sampling import sample_inputs
+    from tcompile.language.checker import Walker, resolve_params
+    prog = parse_source(BETWEEN)
+    ty = Walker(prog, resolve_params(prog)).run()[name].ty
+    assert (ty.lo, ty.hi) == bounds
+    for seed in range(20):
+        got = tcompile.interpret_program(prog, None, **sample_inputs(prog, seed=seed))[name]
+        assert bounds[0] <= np.min(got) and np.max(got) <= bounds[1]
+
+
+BISECTION = """program bisect
+param steps = 20
+input a : [n] in [0, 10]
+output m
+lo = zeros(n)
+hi = 2 * ones(n)
+repeat steps {
+  m = (lo + hi) / 2
+  f = m * m * m + m - a
+  up = clip(1e6 * f, 0, 1)
+  hi = up * m + (1 - up) * hi
+  lo = up * lo + (1 - up) * m
+}
+m = (lo + hi) / 2
+"""
+
+
+def test_a_bisection_keeps_its_bracket_bounds_and_runs_any_count():
+    """A user's per-token bisection: interval arithmetic made hi = up * m + (1 - up) * hi
+    grow every step (without an `on` on m the cube's fit was refused: [0, 64], over the
+    neuron limit), and with one the shared build covered at most the built 20 steps. Between
+    m and hi it stays in [0, 2]; the bounds approach it from inside (lo's upper end 2 - 2^-k),
+    and the extrapolated hull closes with lo and hi sharing it (steady_state._envelope): any
+    count runs. Each run ends within its bracket (2^(1 - steps))
+    of the root numpy finds, plus the width of the program's own ramp `clip(1e6 * f, 0, 1)`
+    (1e-6 in f, f' >= 1), and the compiled one plus what the fitted cube's budget (1e-6) can
+    move a decision by."""
+    prog = tcompile.compile_source(BISECTION, loops="shared")
+    (spec,) = prog.loops.loops
+    assert spec.max_count is None
+    a = np.linspace(0.0, 10.0, 9)
+    root = np.array([next(r.real for r in np.roots([1, 0, 1, -ai]) if abs(r.imag) < 1e-9)
+                     for ai in a])
+    for steps in (12, 20, 31):
+        want = tcompile.interpret_program(parse_source(BISECTION), {"steps": steps}, a=a)["m"]
+        assert np.max(np.abs(want - root)) <= 2.0 ** (1 - steps) + 1e-6
+        got = prog.run(a=a, steps=steps)["m"]
+        assert np.max(np.abs(got - root)) <= 2.0 ** (1 - steps) + 2e-6
+
+
 NORMALISED_START = """program top_singular
 dim d = 5
 param steps = 6

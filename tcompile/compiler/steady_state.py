@@ -182,15 +182,20 @@ class _SteadyState:
         # limit they never reach, so no hull of the built iterations is closed; the limit
         # their steps point to, with a margin, is a hull if one body from it stays inside
         # (which makes it sound for every count, as any closed hull)
+        # (an end that stays put may be passed by one that was extrapolated: a bisection's
+        # hi <= 2, and m = (lo + hi) / 2 with lo's upper end extrapolated a hair past 2 puts
+        # the next hi past it; states of one shape sharing their bounds are tried as well)
         for margin in EXTRAPOLATION_MARGINS:
             limit = _extrapolated(loose, walked, margin)
             if limit is None:
                 break
-            try:
-                if self._closed(probe, stmt, env, in_function, state, limit):
-                    return limit, None, ""
-            except TcompileError:
-                pass
+            for hull_ in (limit, _envelope(limit)):
+                try:
+                    if hull_ is not None and \
+                            self._closed(probe, stmt, env, in_function, state, hull_):
+                        return hull_, None, ""
+                except TcompileError:
+                    pass
         try:        # (loose == hull was walked above without an error)
             growing = self._leaving(probe, stmt, env, in_function, state, loose)
         except TcompileError:
@@ -381,6 +386,19 @@ def _join(a: Ty, b: Ty, name: str, stmt, demote: bool = False) -> Ty:
     if not (a.bounded and b.bounded):
         return replace(a, lo=None, hi=None, **both)
     return replace(a, lo=min(a.lo, b.lo), hi=max(a.hi, b.hi), **both)
+
+
+def _envelope(hull: dict[str, Ty]) -> dict[str, Ty] | None:
+    """The hull with the bounded states of each shape given the union of their bounds (a
+    bracket's lo and hi both in [0, 2]); None where that changes nothing."""
+    out = dict(hull)
+    for shape in {t.shape for t in hull.values() if t.bounded}:
+        group = [n for n, t in hull.items() if t.bounded and t.shape == shape]
+        lo = min(hull[n].lo for n in group)
+        hi = max(hull[n].hi for n in group)
+        for n in group:
+            out[n] = replace(hull[n], lo=lo, hi=hi)
+    return None if out == hull else out
 
 
 def _larger(x: float | None, y: float | None) -> float | None:

@@ -163,7 +163,7 @@ class Walker:
         self.call_stack: list[str] = []
         self.call_sites: list[ast.Call] = []      # the calls being inlined, outermost first
         self._assignments: dict[str, int] = {}
-        self._factor_ty: dict[int, Ty] = {}      # id(ast operand of a `*`) -> its type, this walk
+        self._factor_ty: dict[int, Ty] = {}      # id(ast operand of a `*` or `-`) -> its type, this walk
         # id(ast `sum(x)` or `A.T @ r` over the token axis) -> one term's bounds, which the mean
         # `... / n` lies in (note_token_sum)
         self.token_sum_bounds: dict[int, tuple[float, float]] = {}
@@ -558,7 +558,7 @@ class Walker:
         else:
             node = e
         shape = elementwise_shape(op, ta, tb, e.loc, self.src)
-        if op == "*":
+        if op in "*-":
             self._factor_ty[id(e.left)], self._factor_ty[id(e.right)] = ta, tb
         const = None
         if ta.const is not None and tb.const is not None:
@@ -576,6 +576,8 @@ class Walker:
         elif op == "/" and isinstance(e.right, ast.Name) and e.right.id == TOKEN and \
                 id(e.left) in self.token_sum_bounds:
             lo, hi = self.token_sum_bounds[id(e.left)]      # a mean over the tokens
+        elif op == "+" and (between := self._between(e, ta)) is not None:
+            lo, hi = between
         else:
             lo, hi = _interval(op, ta, tb)
         sym = (op in "+-" and _sym_or_scalar(ta) and _sym_or_scalar(tb)) or \
@@ -584,6 +586,45 @@ class Walker:
         return self.apply(op, Ty(shape, const=const, lo=lo, hi=hi, symmetric=bool(sym),
                                  sign=sign, flag=op == "*" and ta.flag and tb.flag), (a, b),
                           e if node is None else node)
+
+    def _between(self, e: ast.BinOp, ta: Ty) -> tuple[float, float] | None:
+        """Bounds on a sum that lies between two values: `g * a + (1 - g) * b` or
+        `a + g * (b - a)` with every entry of g in [0, 1] (a gate, a step size) lies, entry by
+        entry, between a and b, so in the hull of their bounds. Interval arithmetic alone
+        gives the sum of both ranges: a bisection's `hi = up * m + (1 - up) * hi` grew
+        without end and limited the count a shared build covers. None for other sums."""
+        typed = self._factor_ty
+
+        def gate(g) -> bool:
+            t = typed.get(id(g))
+            return t is not None and t.bounded and 0.0 <= t.lo and t.hi <= 1.0
+
+        def hull(*ids) -> tuple[float, float] | None:
+            ts = [typed.get(i) for i in ids]
+            if not all(t is not None and t.bounded for t in ts):
+                return None
+            return min(t.lo for t in ts), max(t.hi for t in ts)
+
+        def operands(x, op):
+            return ((x.left, x.right), (x.right, x.left)) if isinstance(x, ast.BinOp) and \
+                x.op == op and x.domain is None else ()
+
+        def one_minus(h, g) -> bool:
+            return isinstance(h, ast.BinOp) and h.op == "-" and h.domain is None and \
+                isinstance(h.left, ast.Number) and h.left.value == 1 and \
+                same_expression(h.right, g)
+
+        for p, q in ((e.left, e.right), (e.right, e.left)):    # g * a + (1 - g) * b
+            for g, a in operands(p, "*"):
+                for h, b in operands(q, "*"):
+                    if gate(g) and one_minus(h, g):
+                        return hull(id(a), id(b))
+        for x, rest in ((e.left, e.right), (e.right, e.left)):  # a + g * (b - a)
+            for g, d in operands(rest, "*"):
+                if gate(g) and isinstance(d, ast.BinOp) and d.op == "-" and d.domain is None \
+                        and same_expression(d.right, x) and ta.bounded:
+                    return hull(id(d.left), id(d.right))
+        return None
 
     def _product_interval(self, e: ast.BinOp, ta: Ty, tb: Ty):
         """Bounds on a chain of products such as `(1 - beta2) * g * g`: its factors (the
