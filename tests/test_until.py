@@ -22,6 +22,7 @@ import builds
 import tcompile
 from tcompile.compiler.steady_state import loop_sites
 from tcompile.errors import InputError, NotConvergedWarning
+from tcompile.inspection.sampling import sample_inputs
 from tcompile.language.interpreter import interpret_program
 from tcompile.language.parser import parse_file, parse_source
 from tcompile.runtime.halting import halting_plan
@@ -111,7 +112,7 @@ def halts_as_interpreted(prog, program, inputs: dict, until, max_steps, executor
 @pytest.mark.parametrize("name", sorted(CARRIED))
 def test_until_accepts_every_variable_a_top_level_loop_carries(name):
     """The table is what the programs carry; every folded top-level loop with a run-time count
-    accepts all of them (the card lists them; a fixed count refuses them, and the card lists
+    accepts all of them, and the stored values its body assigns (the card lists them; a fixed count refuses them, and the card lists
     none); a halted run stops at the rule's first count when any movement is
     small enough, equal to a fixed-count run there, and runs to the limit when none is."""
     from tcompile.runtime.exec_loops import shared_executor_for
@@ -124,8 +125,12 @@ def test_until_accepts_every_variable_a_top_level_loop_carries(name):
     assert set(specs) == {line for line in CARRIED[name] if (name, line) not in UNROLLED}
     card = " ".join(tcompile.report_text(prog).split())
     inputs = sample_inputs(program, prog.info.params, n=8, batch=2, seed=0)
+    assigned = {s.line: s.assigned for s in sites.values() if s.depth == 0}
     for line, spec in specs.items():
-        assert tuple(spec.watchable) == CARRIED[name][line], (name, line)
+        # what it carries, and of what its body assigns, what the model stores in rows of its
+        # own (ista_lasso's u, power_iteration's v, the Newton steps' gradient g and H)
+        carried, extra = set(CARRIED[name][line]), set(spec.watchable) - set(CARRIED[name][line])
+        assert carried <= set(spec.watchable) and extra <= set(assigned[line]), (name, line)
         if spec.param is None:       # a fixed count: halting refuses it, the card lists none
             assert "until may watch" not in card
             with pytest.raises(InputError, match="has a fixed count"):
@@ -150,6 +155,66 @@ def test_until_accepts_every_variable_a_top_level_loop_carries(name):
             out = prog.run(until=(spec.watchable[0], 0.0), max_steps=cap, domains="off", **inputs)
         rule = halting_plan(prog, {}, (spec.watchable[0], 0.0), cap).rule
         assert (out["converged"] | (out["steps"] == rule.limit)).all()
+
+
+LOGISTIC_WATCH = """program logistic_gd_watch
+dim d = 3
+param steps = 30
+param eta = 2
+input A : [n, d] assume row_norm <= 1
+input y : [n] assume in [0, 1]
+output w
+w = zeros(d)
+repeat steps {
+  p = sigmoid((A @ w) on [-10, 10])
+  w = (w - eta * (A.T @ (p - y) / n + 0.1 * w)) on [-10, 10]
+}
+"""
+
+ADMM = """program admm_lasso
+dim d = 3
+param steps = 10
+param inv_steps = 8
+input A : [n, d] assume row_norm <= 1
+input y : [n] assume in [-1, 1]
+output x, z
+S = A.T @ A / n + I
+b = A.T @ y / n
+Q = I / 2
+repeat inv_steps {
+  Q = 2 * Q - Q @ S @ Q
+}
+x = zeros(d)
+z = zeros(d)
+u = zeros(d)
+repeat steps {
+  x = Q @ (b + z - u)
+  v = x + u
+  z = relu(v - 0.05) - relu(-v - 0.05)
+  u = u + x - z
+}
+"""
+
+
+def test_until_watches_a_stored_value_the_body_assigns_without_carrying_it():
+    """A user wanted to stop a logistic regression when its predictions p settle: p is
+    assigned every iteration but not carried, and `until` said no top-level loop carries it.
+    The model stores p (a fitted sigmoid) every iteration, so a halting run reads it there and
+    stops where the interpreter with the same rule does (both executors). ADMM's x, folded
+    into the sums that read it, is in no rows of its own: the error lists what may be watched."""
+    prog = tcompile.compile_source(LOGISTIC_WATCH, loops="shared")
+    (spec,) = prog.loops.loops
+    assert spec.watchable == ["p", "w"]
+    program = parse_source(LOGISTIC_WATCH)
+    inputs = sample_inputs(program, {}, n=16, batch=6, seed=2)
+    out, _ = halts_as_interpreted(prog, program, inputs, ("p", 1e-7), 80, (None, "module"),
+                                  exact=False)
+    assert out["converged"].all() and 30 <= out["steps"].min()
+    admm = tcompile.compile_source(ADMM, loops="shared")
+    assert [s.watchable for s in admm.loops.loops] == [["Q"], ["u", "z"]]
+    with pytest.raises(InputError, match="until names 'x', which no top-level loop of this "
+                                         "build assigns; its loop variables: Q, u, z"):
+        admm.run(until=("x", 1e-9), max_steps=40, **sample_inputs(parse_source(ADMM), n=8))
 
 
 @pytest.mark.parametrize("seed", range(24))

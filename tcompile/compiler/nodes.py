@@ -76,6 +76,10 @@ VARS = "vars"            # the program variables this value is, as name@assignme
 CARRIED = "carried"      # True: a loop's state, handed to the next iteration (always stored)
 LOOP_STATE = "loop_state"  # shared builds only: "loop key/variable" on a loop's state at the end
                          #   of an iteration; rows.py pins every iteration's value to one row set
+LOOP_WATCH = "loop_watch"  # shared builds only: "loop key/variable" on the value a variable the
+                         #   body assigns but does not carry (ADMM's x = Q @ (...)) holds at the
+                         #   end of an iteration: only where `until` may read it (shared_build.
+                         #   _watch_points); no pass places or schedules by it
 ITERATION = "iteration"  # shared builds only: ((loop key, index), ...) of the loop iterations
                          #   being walked when the node was made; depth.py keeps a loop's state
                          #   from being inlined into a later iteration of its loop (code after
@@ -116,8 +120,8 @@ REFINED = "refined"      # set by the lowering on a scalar refinement's values (
                          #   'arg' on its argument; rows.py clears their rows exactly
 
 ATTRIBUTES = frozenset({OP, ARGS, CSHAPE, LOC, NAME, SYMMETRIC, ENTRIES, SIGN, FLAG, LO, HI, VALUE,
-                        K, C, FUNC, FARGS, DOMAIN, INFERRED, TOL, TOL_REL, VARS, CARRIED, LOOP_STATE, ITERATION,
-                        TWIN, ENTERS, LOOP_PHASE, LOOP_KERNEL, LOOP_AHEAD, LOOP_FIRST, COPY, HOISTED, REFINED,
+                        K, C, FUNC, FARGS, DOMAIN, INFERRED, TOL, TOL_REL, VARS, CARRIED, LOOP_STATE,
+                        LOOP_WATCH, ITERATION, TWIN, ENTERS, LOOP_PHASE, LOOP_KERNEL, LOOP_AHEAD, LOOP_FIRST, COPY, HOISTED, REFINED,
                         NOTE})
 REQUIRED = (OP, ARGS, CSHAPE, LOC)
 

@@ -39,7 +39,7 @@ from .backend import build_manifest, compile_dataflow
 from .dataflow import build_dataflow, walk_to_graph
 from .fold import Loop, NoSteadyState, digest, fold_loop, join_residues
 from ..runtime import clock
-from .nodes import FIRST_ONLY, ITERATION, LOOP_STATE, VARS
+from .nodes import FIRST_ONLY, ITERATION, LOOP_STATE, LOOP_WATCH, VARS
 from .pieces import PieceBuilder
 from .steady_state import CHANGING_NUMBER, LoopSite, SharedGraphBuilder, loop_sites
 
@@ -756,13 +756,14 @@ def _state_blocks(site: LoopSite, sequence, base, plan, keys) -> tuple[tuple, ..
 
 
 def _watch_points(site: LoopSite, sequence, base, plan, keys) -> tuple[tuple, ...]:
-    """For each variable a top-level loop carries, where an application of the body writes its
-    value of an iteration: (variable, block, position, sublayer, count) — after sublayer 1
-    (attention) or 2 (MLP) of the body's item `position`, the rows of `block` hold the variable
-    as iteration `count` of the first application leaves it (application j: count + j·every),
-    whatever is written over them later in the application (halting reads them there:
-    runtime/halting.py). Found in the base unrolling: the values of iterations (the node a
-    variable holds at an iteration's end, LOOP_STATE, made in iteration i: count i + 1)
+    """For each variable a top-level loop carries or its body assigns, where an application of
+    the body writes its value of an iteration: (variable, block, position, sublayer, count) —
+    after sublayer 1 (attention) or 2 (MLP) of the body's item `position`, the rows of `block`
+    hold the variable as iteration `count` of the first application leaves it (application j:
+    count + j·every), whatever is written over them later in the application (halting reads
+    them there: runtime/halting.py). Found in the base unrolling: the values of iterations (the
+    node a variable holds at an iteration's end, LOOP_STATE or LOOP_WATCH, made in iteration i:
+    count i + 1)
     written by a layer of the first application — not one inside an inner loop, which runs
     more than once per application — and, where the base unrolling runs a second application,
     written there again one application later in the same rows. One per residue of the count
@@ -780,12 +781,12 @@ def _watch_points(site: LoopSite, sequence, base, plan, keys) -> tuple[tuple, ..
     length = layer - start
     second = item.runs(base[site.key])[0] >= 2
     out = []
-    for name in site.state:
+    for name in site.state + site.assigned:
         tag = f"{site.key}/{name}"
         written: dict[tuple, tuple] = {}   # (count, layer, sub) → (block, rows), first key wins
         for pair in sorted(plan.slots, key=lambda p: (plan.slots[p].write, keys.get(p, ""))):
             atom = plan.atoms.get(pair[0])
-            if atom is None or atom.node.get(LOOP_STATE) != tag:
+            if atom is None or tag not in (atom.node.get(LOOP_STATE), atom.node.get(LOOP_WATCH)):
                 continue
             it = dict(atom.node.get(ITERATION) or ()).get(site.key)
             if it is None:

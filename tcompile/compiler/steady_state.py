@@ -29,7 +29,7 @@ from ..language.run_params import loop_key, loop_param, run_time_counts
 from ..language.types import TOKEN
 from .dataflow import GraphBuilder, _carried, _names_read
 from .nodes import (CSHAPE, ENTERS, FIRST_ONLY, HI, ITERATION, LO, LOC, LOOP_AHEAD, LOOP_FIRST,
-                    LOOP_KERNEL, LOOP_PHASE, LOOP_STATE, TWIN, VARS, kernel_group)
+                    LOOP_KERNEL, LOOP_PHASE, LOOP_STATE, LOOP_WATCH, TWIN, VARS, kernel_group)
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,9 @@ class LoopSite:
     state: tuple[str, ...]   # the variables it carries from one iteration to the next
     depth: int               # loops around it
     unshareable: str | None = None   # why no iteration can be like the next (then unrolled)
+    # the variables its body assigns (not in an inner loop) without carrying them: `until`
+    # may watch them too (their value of each iteration, LOOP_WATCH)
+    assigned: tuple[str, ...] = ()
     growing: tuple[str, ...] = ()    # max_count set: the state whose bounds one body widens
     # max_count set where some state's bounds are declared: why they do not lift the limit
     declared_fails: str = ""
@@ -78,10 +81,12 @@ class _SteadyState:
             hull, growing, fails, why = *self._hull(stmt, count, env, in_function, state), None
         except _Unshareable as e:
             hull, growing, fails, why = {}, (), "", str(e)
+        assigned = tuple(sorted({s.target for s in stmt.body if isinstance(s, ast.Assign)}
+                                - set(state)))
         site = LoopSite(key, stmt.loc.line, count,
                         loop_param(self.program, stmt, self.call_sites, self.counts),
                         None if growing is None else count, state, len(self.loops_around), why,
-                        growing or (), fails)
+                        assigned, growing or (), fails)
         if key in self.sites and self.sites[key] != site:
             why = "it runs with different counts or state bounds on different passes"
             site = replace(site, unshareable=why)
@@ -313,6 +318,11 @@ class SharedGraphBuilder(_SteadyState, GraphBuilder):
         k = self.kernel.get(key, 1)
         # a kernel of k iterations (nodes.kernel_group): a group's end keeps one row set
         phase = kernel_group(self.iteration[-1][1], k, self.times[key])[1]
+        for name in self.sites[key].assigned:
+            val = env.get(name)
+            if val is not None and isinstance(val.data, int) and \
+                    LOOP_STATE not in self.graph.nodes[val.data]:
+                self.graph.nodes[val.data][LOOP_WATCH] = f"{key}/{name}"
         for name in _carried(loop.body):
             val = env.get(name)
             if val is not None and isinstance(val.data, int):

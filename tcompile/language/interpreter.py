@@ -166,8 +166,10 @@ class HaltingWalker(NumpyWalker):
         rule = self.rule
         if loop_key(stmt, self.call_sites) != rule.loop:
             return super().unroll(stmt, count, env, in_function)
-        start = env[rule.variable].data         # `I` before the loop has no shape yet
-        seen = {} if isinstance(start, _ScaledIdentity) else {0: np.asarray(start, np.float64)}
+        # (`I` before the loop has no shape yet; a variable only the body assigns, none)
+        start = env[rule.variable].data if rule.variable in env else None
+        seen = {} if start is None or isinstance(start, _ScaledIdentity) else \
+            {0: np.asarray(start, np.float64)}
         self.steps = count
         for c in range(1, count + 1):
             ret = self.exec_block(stmt.body, env, in_function)

@@ -101,8 +101,8 @@ def resolve_until(prog, until) -> tuple[str, str, float]:
     options = prog.loops.until_loops()
     if name in options:
         return options[name], name, float(tol)
-    raise InputError(f"until names {name!r}, which no top-level loop carries; loop variables of "
-                     f"this build: {', '.join(sorted(options)) or 'none'}")
+    raise InputError(f"until names {name!r}, which no top-level loop of this build assigns; "
+                     f"its loop variables: {', '.join(sorted(options)) or 'none'}")
 
 
 def step_limit(prog, counts: dict, until, max_steps):
