@@ -213,8 +213,41 @@ def test_until_watches_a_stored_value_the_body_assigns_without_carrying_it():
     admm = tcompile.compile_source(ADMM, loops="shared")
     assert [s.watchable for s in admm.loops.loops] == [["Q"], ["u", "z"]]
     with pytest.raises(InputError, match="until names 'x', which no top-level loop of this "
-                                         "build assigns; its loop variables: Q, u, z"):
+                                         "build assigns; its loop variables: Q, u, z") as e:
         admm.run(until=("x", 1e-9), max_steps=40, **sample_inputs(parse_source(ADMM), n=8))
+    assert "build with keep=['x'], `tcompile build ... --keep x`" in str(e.value)
+
+
+def test_a_kept_variable_is_stored_traced_and_watched(tmp_path):
+    """keep=["x"] stores every value of ADMM's x in rows of its own (the build folded it into
+    the sums that read it): the unrolled trace shows every x@k within tolerance of the
+    interpreter, the shared build's halting stops on x where the interpreter with the same
+    rule does (both executors), outputs follow the interpreter, the artifact and card record
+    the option, and a name the program does not assign is refused."""
+    from tcompile.errors import ParamError
+    program = parse_source(ADMM)
+    inputs = sample_inputs(program, n=12, batch=4, seed=3)
+    unrolled = tcompile.compile_source(ADMM, keep=["x"])
+    def traced_x(prog):
+        rows = tcompile.trace(prog, **inputs)
+        assert all(r["ok"] for r in rows)
+        return {r["variable"] for r in rows if r["variable"].startswith("x@")}
+    assert traced_x(unrolled) == {f"x@{k}" for k in range(1, 11)}
+    assert traced_x(tcompile.compile_source(ADMM)) == {"x@10"}        # the output only
+    shared = tcompile.compile_source(ADMM, loops="shared", keep=["x"])
+    assert [s.watchable for s in shared.loops.loops] == [["Q"], ["u", "x", "z"]]
+    out, _ = halts_as_interpreted(shared, program, inputs, ("x", 1e-6), 300, (None, "module"))
+    assert out["converged"].all()
+    want = interpret_program(program, None, **inputs)
+    for prog in (unrolled, shared):
+        got = prog.run(**inputs)
+        assert max(np.abs(got[k] - want[k]).max() for k in want) <= 1e-12
+    assert "kept in rows of their own: x" in tcompile.report_text(shared)
+    shared.save(tmp_path / "admm")
+    assert tcompile.load(tmp_path / "admm").info.keep == ("x",)
+    with pytest.raises(ParamError, match="keep names 'y', which the program does not assign; "
+                                         "its variables: Q, S, b, u, v, x, z"):
+        tcompile.compile_source(ADMM, keep=["y"])
 
 
 @pytest.mark.parametrize("seed", range(24))

@@ -26,7 +26,8 @@ def cmd_build(args) -> int:
     progress, ok, notes = Progress(), False, []
     try:
         prog = compile_file(args.file, params=parse_param_overrides(args.param), tol=args.tol,
-                            max_memory=args.max_memory, progress=progress, loops=args.loops)
+                            max_memory=args.max_memory, progress=progress, loops=args.loops,
+                            keep=getattr(args, "keep", ()))
         progress.stage("write")
         paths = prog.save_to_dir(args.out)
         if rotate is not None:              # the rotated build's files beside the artifact
@@ -184,7 +185,7 @@ def cmd_check(args) -> int:
     from ..language.interpreter import interpret_program
     params = parse_param_overrides(args.param)
     prog = compile_file(args.file, params=params, tol=args.tol, max_memory=args.max_memory,
-                        progress=True, loops=args.loops)
+                        progress=True, loops=args.loops, keep=args.keep)
     n = args.n or max(16, 2 * prog.layout.min_tokens)
     if n < prog.layout.min_tokens:
         raise UsageError(f"--n {n}: {prog.name} needs at least {prog.layout.min_tokens} tokens "
@@ -242,6 +243,7 @@ def _build_options(args) -> str:
         words.append(f"--tol {args.tol:g}")
     if args.loops != "unrolled":
         words.append(f"--loops {args.loops}")
+    words += [f"--keep {k}" for k in args.keep]
     return " ".join(words)
 
 

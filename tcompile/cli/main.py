@@ -28,6 +28,9 @@ LOOPS_HELP = ("unrolled (default): every iteration its own layers; shared: each 
 PARAM_HELP = "set a param or dim of the program (repeatable), e.g. -p d=8 -p steps=20"
 TOL_HELP = ("error budget of the approximated functions no statement sets, in (0, 1) "
             "(default: the program's, else 1e-6)")
+KEEP_HELP = ("store every value of this variable in rows of its own (repeat it for more), "
+             "where the build would fold it into the sums that read it: trace, probes and "
+             "until then see it; costs rows, sometimes a layer")
 ARTIFACT_HELP = "a built artifact: DIR/NAME, or DIR/NAME.safetensors (e.g. build/least_squares)"
 INPUTS_HELP = "an .npz archive of the named inputs, e.g. numpy.savez('in.npz', A=A, y=y)"
 
@@ -44,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--tol", type=tolerance, default=None, help=TOL_HELP)
     b.add_argument("--max-memory", type=memory_size, default=None, metavar="SIZE", help=MAX_MEMORY_HELP)
     b.add_argument("--loops", default="unrolled", choices=["unrolled", "shared"], help=LOOPS_HELP)
+    b.add_argument("--keep", action="append", default=[], metavar="VAR", help=KEEP_HELP)
     research.add_build_options(b)
     c = sub.add_parser("check", help="compile, run on random valid inputs, compare with the interpreter")
     c.add_argument("file", help="the program, a .tp file")
@@ -60,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--rtol", type=positive_float, default=None,
                    help="tolerance on the relative error (default: the trace's policy)")
     c.add_argument("--loops", default="unrolled", choices=["unrolled", "shared"], help=LOOPS_HELP)
+    c.add_argument("--keep", action="append", default=[], metavar="VAR", help=KEEP_HELP)
     r = sub.add_parser("run", help="run a built artifact on inputs from an .npz file")
     r.add_argument("artifact", help=ARTIFACT_HELP)
     r.add_argument("--inputs", required=True, metavar="FILE.npz", help=INPUTS_HELP)

@@ -63,7 +63,8 @@ def build_manifest(program, values, tol, df, plan, layers, blocks, keys) -> Mani
     info = ProgramInfo(
         name=program.name, file=Path(program.file).name, source=program.source,
         params={k: (int(v) if float(v).is_integer() else v) for k, v in values.items()},
-        default_tol=tol if tol is not None else DEFAULT_TOL, compiler_version=__version__)
+        default_tol=tol if tol is not None else DEFAULT_TOL, compiler_version=__version__,
+        keep=tuple(program.keep))
     layout = Layout(
         width=plan.width, n_layers=plan.n_layers, min_tokens=int(min_tokens),
         max_small_dim=max_small_dim(blocks),

@@ -18,7 +18,7 @@ from ..language.checker import TOKEN, Ty, Val, Walker, resolve_params
 from ..language.types import is_square, is_unit
 from ..errors import CompileError
 from . import selection
-from .nodes import (ARGS, C, CARRIED, CSHAPE, HI, INFERRED, LO, LOC, NAME, OP, SYMMETRIC,
+from .nodes import (ARGS, C, CARRIED, CSHAPE, HI, INFERRED, KEEP, LO, LOC, NAME, OP, SYMMETRIC,
                     VALUE, VARS)
 
 
@@ -135,6 +135,8 @@ class GraphBuilder(Walker):
         nid = env[stmt.target].data
         if point is not None and isinstance(nid, int):
             self.graph.nodes[nid].setdefault(VARS, []).append(point)
+            if stmt.target in self.program.keep and not self.call_stack:
+                self.graph.nodes[nid][KEEP] = True
 
     def end_of_iteration(self, loop, env):
         """The values a loop hands to its next iteration are its state: mark them, so the

@@ -33,8 +33,8 @@ from .elementwise import (BOUND, EXACT_PL, Call, Const, Elementwise, Leaf, Produ
                           calls, evaluate, leaves, scaled_product, to_text)
 from .heads import realizable
 from .nodes import (ARGS, C, CARRIED, COPY, CSHAPE, DOMAIN, ENTERS, FARGS, FLAG, FUNC, HI, HOISTED,
-                    INFERRED, LO, LOC, LOOP_STATE, NAME, NOTE, OP, REFINED, SIGN, SYMMETRIC, TOL,
-                    TOL_REL, VALUE, VARS)
+                    INFERRED, KEEP, LO, LOC, LOOP_STATE, NAME, NOTE, OP, REFINED, SIGN, SYMMETRIC,
+                    TOL, TOL_REL, VALUE, VARS)
 from .pieces import MAX_SIGN_LEAVES, UNNAMED, PieceBuilder, Words
 from .poly import (MAX_FACTORS, Atom, AtomTable, Mono, Poly, add_polys, dims, max_degree,
                    max_head_operands, mul_polys, symmetrize_weighted_grams, transpose_mono,
@@ -218,7 +218,8 @@ class Lowering:
                     self.materialize(nid)
             else:
                 self.polys[nid] = self.expand(nid)
-                if self.g.nodes[nid].get(CARRIED) and nid not in self.atoms:
+                node = self.g.nodes[nid]
+                if (node.get(CARRIED) or node.get(KEEP)) and nid not in self.atoms:
                     self._store_loop_state(nid)
 
     def _store_loop_state(self, nid):

@@ -74,6 +74,8 @@ NOTE = "note"            # call: why the compiler built it (the relu of an exact
                          #   diag, compiler/dataflow.py); shown as the card's 'chosen:' line
 VARS = "vars"            # the program variables this value is, as name@assignment-count
 CARRIED = "carried"      # True: a loop's state, handed to the next iteration (always stored)
+KEEP = "keep"            # True: a value of a variable the build was asked to keep
+                         #   (compile_program(keep=...)): stored as a loop's state is
 LOOP_STATE = "loop_state"  # shared builds only: "loop key/variable" on a loop's state at the end
                          #   of an iteration; rows.py pins every iteration's value to one row set
 LOOP_WATCH = "loop_watch"  # shared builds only: "loop key/variable" on the value a variable the
@@ -120,7 +122,7 @@ REFINED = "refined"      # set by the lowering on a scalar refinement's values (
                          #   'arg' on its argument; rows.py clears their rows exactly
 
 ATTRIBUTES = frozenset({OP, ARGS, CSHAPE, LOC, NAME, SYMMETRIC, ENTRIES, SIGN, FLAG, LO, HI, VALUE,
-                        K, C, FUNC, FARGS, DOMAIN, INFERRED, TOL, TOL_REL, VARS, CARRIED, LOOP_STATE,
+                        K, C, FUNC, FARGS, DOMAIN, INFERRED, TOL, TOL_REL, VARS, CARRIED, KEEP, LOOP_STATE,
                         LOOP_WATCH, ITERATION, TWIN, ENTERS, LOOP_PHASE, LOOP_KERNEL, LOOP_AHEAD, LOOP_FIRST, COPY, HOISTED, REFINED,
                         NOTE})
 REQUIRED = (OP, ARGS, CSHAPE, LOC)

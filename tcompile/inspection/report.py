@@ -217,7 +217,9 @@ def _header(rep: dict) -> list[str]:
     stored = (f"  stored layers {rep['layers']} (numbered 0 to {last}; "
               f"{rep['loops']['layers_run']} run)" if "loops" in rep
               else f"  layers {rep['layers']} (numbered 0 to {last})")
-    return [f"program {rep['program']} ({params})",
+    kept = (f"   kept in rows of their own: {', '.join(rep['keep'])}" if rep.get("keep")
+            else "")
+    return [f"program {rep['program']} ({params}){kept}",
             f"{stored}   width D = {rep['width']} rows   "
             f"heads {rep['heads_total']}   MLP hidden max {rep['mlp_hidden_max']:,} "
             f"(total {rep['mlp_hidden_total']:,} ReLUs)",

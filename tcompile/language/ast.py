@@ -193,6 +193,9 @@ class Program:
     outputs: list[Output] = field(default_factory=list)
     functions: dict[str, FuncDef] = field(default_factory=dict)
     body: list[Stmt] = field(default_factory=list)
+    # a build option, not program text (compile_program(keep=...)): variables whose every
+    # value the model stores in rows of its own, for trace, probes and `until`
+    keep: tuple[str, ...] = ()
 
 
 def walk(node, parent=None):

@@ -62,6 +62,7 @@ def manifest_to_json(m: Manifest) -> dict:
         "source_sha256": info.source_sha256,
         "default_tol": info.default_tol,
         "params": dict(info.params),
+        **({"keep": list(info.keep)} if info.keep else {}),
         "inputs": [{"name": s.name, "shape": list(s.shape)} for s in lay.inputs],
         "outputs": [{"name": s.name, "shape": list(s.shape), "block": s.block} for s in lay.outputs],
         "width": lay.width,
@@ -134,7 +135,8 @@ def manifest_from_json(d: dict) -> Manifest:
             isinstance(v, bool) or not isinstance(v, (int, float)) for v in params.values()):
         raise ValueError(f"params must map names to numbers, got {params!r}")
     info = ProgramInfo(name=d["program"], file=d["file"], source=d["source"], params=params,
-                       default_tol=d["default_tol"], compiler_version=d["compiler_version"])
+                       default_tol=d["default_tol"], compiler_version=d["compiler_version"],
+                       keep=tuple(str(k) for k in d.get("keep", [])))
     layout = Layout(
         width=_whole(d["width"], "width"), n_layers=d["n_layers"], min_tokens=d["min_tokens"],
         max_small_dim=d["max_small_dim"],

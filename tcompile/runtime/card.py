@@ -76,6 +76,7 @@ def build_report(manifest: Manifest, layers) -> dict:
     return {
         "program": info.name,
         "params": dict(info.params),
+        **({"keep": list(info.keep)} if info.keep else {}),
         "layers": lay.n_layers,
         "width": lay.width,
         "min_tokens": lay.min_tokens,

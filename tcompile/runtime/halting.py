@@ -102,7 +102,9 @@ def resolve_until(prog, until) -> tuple[str, str, float]:
     if name in options:
         return options[name], name, float(tol)
     raise InputError(f"until names {name!r}, which no top-level loop of this build assigns; "
-                     f"its loop variables: {', '.join(sorted(options)) or 'none'}")
+                     f"its loop variables: {', '.join(sorted(options)) or 'none'} (a variable "
+                     "the body assigns is in rows of its own only where the build stores it: "
+                     f"build with keep=[{name!r}], `tcompile build ... --keep {name}`, for that)")
 
 
 def step_limit(prog, counts: dict, until, max_steps):

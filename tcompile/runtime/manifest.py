@@ -25,6 +25,7 @@ class ProgramInfo:
     params: dict           # resolved params and dims (ints where integral); do not mutate
     default_tol: float     # the error budget of approximations nothing else sets
     compiler_version: str
+    keep: tuple[str, ...] = ()   # variables the build was asked to store (compile_program)
 
     @property
     def source_sha256(self) -> str:
