@@ -215,7 +215,7 @@ def test_until_watches_a_stored_value_the_body_assigns_without_carrying_it():
     with pytest.raises(InputError, match="until names 'x', which no top-level loop of this "
                                          "build assigns; its loop variables: Q, u, z") as e:
         admm.run(until=("x", 1e-9), max_steps=40, **sample_inputs(parse_source(ADMM), n=8))
-    assert "build with keep=['x'], `tcompile build ... --keep x`" in str(e.value)
+    assert "build with keep=['x'], `tcompile build ... --keep x`, to store it" in str(e.value)
 
 
 def test_a_kept_variable_is_stored_traced_and_watched(tmp_path):

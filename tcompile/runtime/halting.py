@@ -102,9 +102,10 @@ def resolve_until(prog, until) -> tuple[str, str, float]:
     if name in options:
         return options[name], name, float(tol)
     raise InputError(f"until names {name!r}, which no top-level loop of this build assigns; "
-                     f"its loop variables: {', '.join(sorted(options)) or 'none'} (a variable "
-                     "the body assigns is in rows of its own only where the build stores it: "
-                     f"build with keep=[{name!r}], `tcompile build ... --keep {name}`, for that)")
+                     f"its loop variables: {', '.join(sorted(options)) or 'none'} (where a "
+                     "loop's body assigns it, the build folded it into the values that read it: "
+                     f"build with keep=[{name!r}], `tcompile build ... --keep {name}`, to store "
+                     "it)")
 
 
 def step_limit(prog, counts: dict, until, max_steps):
