@@ -290,7 +290,7 @@ def test_declared_bounds_that_do_not_lift_the_count_limit_say_why(tmp_path):
     assert "the declared bounds do not lift the limit: one iteration" in tcompile.report_text(prog)
     with pytest.raises(InputError) as e:
         prog.run(L=np.array([0.1, 0.2, 0.3, 0.4]), steps=11)
-    assert f"the declared bounds would lift it, but {why}" in str(e.value)
+    assert f"steps, or make the declared bounds lift it: {why}" in str(e.value)
     prog.save(tmp_path / "mw")
     assert tcompile.load(tmp_path / "mw").loops.loops[0].declared_fails == why
     fixed = MULTIPLICATIVE_WEIGHTS.replace("(v / sum(v)) on", "(v / (sum(v)) on [0.1, 4]) on")

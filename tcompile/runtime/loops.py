@@ -141,7 +141,7 @@ class LoopProgram:
                 x = names[0] if names else "x"
                 grow = (f"the bounds of {', '.join(s.growing)}, which grow" if s.growing
                         else "bounds that grow")
-                lift = (f"the declared bounds would lift it, but {s.declared_fails}"
+                lift = (f"or make the declared bounds lift it: {s.declared_fails}"
                         if s.declared_fails else
                         f"or declare the bounds of the loop's variables{which} where its body "
                         f"assigns them last ({x} = (...) on [lo, hi]), which lifts the limit "
