@@ -248,6 +248,9 @@ def test_a_kept_variable_is_stored_traced_and_watched(tmp_path):
     with pytest.raises(ParamError, match="keep names 'y', which the program does not assign; "
                                          "its variables: Q, S, b, u, v, x, z"):
         tcompile.compile_source(ADMM, keep=["y"])
+    for bad in ("x", 5, [1]):
+        with pytest.raises(ParamError, match="keep must be a list of variable names"):
+            tcompile.compile_source(ADMM, keep=bad)
 
 
 @pytest.mark.parametrize("seed", range(24))

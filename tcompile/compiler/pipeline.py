@@ -79,7 +79,10 @@ def compile_program(program, params: dict | None = None, tol: float | None = Non
 
 def _with_keep(program, keep):
     """The program with its `keep` build option, every name one the program assigns."""
-    if isinstance(keep, str) or not all(isinstance(k, str) for k in keep):
+    if keep is None:
+        return program
+    if not isinstance(keep, (list, tuple, set, frozenset)) or \
+            not all(isinstance(k, str) for k in keep):
         raise ParamError(f"keep must be a list of variable names, got {keep!r}")
     assigned = sorted({n.target for n, _ in ast.walk(program.body) if isinstance(n, ast.Assign)})
     unknown = [k for k in keep if k not in assigned]
