@@ -190,3 +190,39 @@ def test_observe_reduces_an_unwritten_tensor_once_per_run():
     observe([(3, x)], seen, done)
     assert len(done) == 3
     assert settle(seen) == {0: (-2.0, 1.0), 1: (5.0, 5.0), 2: (-2.0, 1.0), 3: (-6.0, 3.0)}
+
+
+SINKHORN = """program sinkhorn_small
+dim k = 5
+param steps = 6
+input C : [k, k] assume in [0, 1]
+input a : [k] assume in [0.1, 0.3]
+input b : [k] assume in [0.1, 0.3]
+output P
+K = exp(-2 * C)
+v = ones(k)
+repeat steps {
+  u = a / (K @ v) on [0.01, 100]
+  v = b / (K.T @ u) on [0.01, 100]
+}
+P = diag(u) @ K @ diag(v)
+"""
+
+
+def test_a_fit_two_statements_share_names_the_statement_whose_value_left(tmp_path):
+    """A user's Sinkhorn: one reciprocal fit on [0.01, 100] serves both divisions (one
+    approximation record, lines 11 and 12), and K.T @ u leaves it. The message led with line
+    11's statement; each domain check now carries its own statement's line (kept by save and
+    load), and the message leads with line 12, the other as 'also'. (At 40 steps; the
+    shared build takes the count at run time.)"""
+    from tcompile.language.parser import parse_source
+    inputs = sample_inputs(parse_source(SINKHORN), seed=3)
+    prog = tcompile.compile_source(SINKHORN, loops="shared")
+    prog.save(tmp_path / "sinkhorn")
+    for p in (prog, tcompile.load(tmp_path / "sinkhorn")):
+        p.run(steps=6, **inputs)                         # inside its domains at 6
+        with pytest.raises(DomainError) as e:
+            p.run(steps=40, **inputs)
+        first = str(e.value).splitlines()[1]
+        assert first.startswith("  line 12 `v = b / (K.T @ u) on [0.01, 100]` (also line "
+                                "11): reciprocal((Kᵀ@u)) read"), first

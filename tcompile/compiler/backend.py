@@ -123,7 +123,7 @@ def _domain_checks(plan, keys) -> tuple[DomainCheck, ...]:
                 continue                        # exact on all of R: nothing to check
             pair = plan.mlp_input(leaf, atom.id)
             out.append(DomainCheck(piece.label, keys[pair], float(lo), float(hi), int(layer),
-                                   _implied(plan, leaf, lo, hi)))
+                                   _implied(plan, leaf, lo, hi), tuple(atom.lines)))
     return tuple(out)
 
 

@@ -75,7 +75,8 @@ def manifest_to_json(m: Manifest) -> dict:
                     "head_labels": list(s.head_labels)} for s in lay.layers],
         "approximations": [approximation_to_json(a) for a in m.approximations],
         "domains": [{"label": d.label, "block": d.block, "lo": d.lo, "hi": d.hi, "layer": d.layer,
-                     **({"implied": d.implied} if d.implied else {})} for d in m.domains],
+                     **({"implied": d.implied} if d.implied else {}),
+                     **({"lines": list(d.lines)} if d.lines else {})} for d in m.domains],
         **({"loops": loops_to_json(m.loops)} if m.loops is not None else {}),
     }
 
@@ -156,7 +157,9 @@ def manifest_from_json(d: dict) -> Manifest:
                      lines=tuple(int(x) for x in a.get("lines", ())))
         for a in d.get("approximations", []))
     domains = tuple(DomainCheck(c["label"], c["block"], c["lo"], c["hi"], c["layer"],
-                                str(c.get("implied", ""))) for c in d.get("domains", []))
+                                str(c.get("implied", "")),
+                                tuple(_index(x) for x in c.get("lines", [])))
+                    for c in d.get("domains", []))
     loops = loops_from_json(d["loops"], layout.n_layers) if "loops" in d else None
     if loops is not None:
         _check_residue_outputs(loops, layout)

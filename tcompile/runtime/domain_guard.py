@@ -90,15 +90,18 @@ SHOWN = 5      # checks listed in a DomainError's message
 
 
 def _lines_of(prog, chk) -> tuple[int, ...]:
-    """The source lines of the statements applying the check's piece: the approximation
-    records of the same function (`reciprocal`, `sigmoid`, ...) on the same domain (a fit is
-    one record however many statements use it)."""
+    """The source lines of the statements applying the check's piece, its own first (the
+    check's `lines`; an artifact written before they were recorded has none), then the
+    others the same fit serves: the approximation records of the same function
+    (`reciprocal`, `sigmoid`, ...) on the same domain (a fit is one record however many
+    statements use it)."""
     fn = _function(chk.label)
     lines: set[int] = set()
     for a in prog.typed_manifest.approximations:
         if _function(a.name) == fn and a.lo == chk.lo and a.hi == chk.hi:
             lines.update(a.lines)
-    return tuple(sorted(lines))
+    own = tuple(sorted(chk.lines))
+    return own + tuple(sorted(lines - set(own)))
 
 
 def _function(label: str) -> str:

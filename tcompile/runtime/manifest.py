@@ -67,6 +67,9 @@ class DomainCheck:
     # fitted piece whose own input is checked, and the piece's values on its domain lie inside
     # this one (compiler/backend.py `_implied`); check_domains still reads every check
     implied: str = ""
+    # the source lines of the statements this piece applies (one fit may serve several
+    # statements, each its own piece: the message names the statement whose value left)
+    lines: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
