@@ -692,8 +692,7 @@ def _specs(sites, sequence, base, counts, plan, keys) -> tuple[LoopSpec, ...]:
                               _state_blocks(site, sequence, counts, plan, keys) if top else (),
                               every[key],
                               _watch_points(site, sequence, counts, plan, keys) if top else (),
-                              *((site.growing, site.declared_fails) if site.max_count is not None
-                                else ((), ""))))
+                              site.growing, site.declared_fails))
     return tuple(specs)
 
 

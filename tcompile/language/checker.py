@@ -163,7 +163,8 @@ class Walker:
         self.call_stack: list[str] = []
         self.call_sites: list[ast.Call] = []      # the calls being inlined, outermost first
         self._assignments: dict[str, int] = {}
-        self._factor_ty: dict[int, Ty] = {}      # id(ast operand of a `*` or `-`) -> its type, this walk
+        # id(ast operand of a `*` or `-`) -> its type, this walk (_product_interval, _between)
+        self._operand_ty: dict[int, Ty] = {}
         # id(ast `sum(x)` or `A.T @ r` over the token axis) -> one term's bounds, which the mean
         # `... / n` lies in (note_token_sum)
         self.token_sum_bounds: dict[int, tuple[float, float]] = {}
@@ -559,7 +560,7 @@ class Walker:
             node = e
         shape = elementwise_shape(op, ta, tb, e.loc, self.src)
         if op in "*-":
-            self._factor_ty[id(e.left)], self._factor_ty[id(e.right)] = ta, tb
+            self._operand_ty[id(e.left)], self._operand_ty[id(e.right)] = ta, tb
         const = None
         if ta.const is not None and tb.const is not None:
             try:
@@ -576,7 +577,7 @@ class Walker:
         elif op == "/" and isinstance(e.right, ast.Name) and e.right.id == TOKEN and \
                 id(e.left) in self.token_sum_bounds:
             lo, hi = self.token_sum_bounds[id(e.left)]      # a mean over the tokens
-        elif op == "+" and (between := self._between(e, ta)) is not None:
+        elif op == "+" and (between := self._between(e)) is not None:
             lo, hi = between
         else:
             lo, hi = _interval(op, ta, tb)
@@ -587,13 +588,13 @@ class Walker:
                                  sign=sign, flag=op == "*" and ta.flag and tb.flag), (a, b),
                           e if node is None else node)
 
-    def _between(self, e: ast.BinOp, ta: Ty) -> tuple[float, float] | None:
+    def _between(self, e: ast.BinOp) -> tuple[float, float] | None:
         """Bounds on a sum that lies between two values: `g * a + (1 - g) * b` or
         `a + g * (b - a)` with every entry of g in [0, 1] (a gate, a step size) lies, entry by
         entry, between a and b, so in the hull of their bounds. Interval arithmetic alone
         gives the sum of both ranges: a bisection's `hi = up * m + (1 - up) * hi` grew
         without end and limited the count a shared build covers. None for other sums."""
-        typed = self._factor_ty
+        typed = self._operand_ty
 
         def gate(g) -> bool:
             t = typed.get(id(g))
@@ -622,8 +623,8 @@ class Walker:
         for x, rest in ((e.left, e.right), (e.right, e.left)):  # a + g * (b - a)
             for g, d in operands(rest, "*"):
                 if gate(g) and isinstance(d, ast.BinOp) and d.op == "-" and d.domain is None \
-                        and same_expression(d.right, x) and ta.bounded:
-                    return hull(id(d.left), id(d.right))
+                        and same_expression(d.right, x):
+                    return hull(id(d.left), id(d.right))        # (d.right: a's twin)
         return None
 
     def _product_interval(self, e: ast.BinOp, ta: Ty, tb: Ty):
@@ -631,7 +632,7 @@ class Walker:
         operands of the `*` nodes it is made of, as this walk typed them), the same expression
         gathered into a power (`g * g` is a square, >= 0), the groups multiplied as independent
         values. Without a repeated factor this is `_interval` of the two operands."""
-        factor_ty = self._factor_ty      # every `*` node records its operands' types (in
+        factor_ty = self._operand_ty      # every `*` node records its operands' types (in
         factors: list = []               # _binop), so a chain's factors are typed afresh
 
         def flatten(x):
