@@ -46,8 +46,9 @@ class LoopSite:
     # the variables its body assigns (not in an inner loop) without carrying them: `until`
     # may watch them too (their value of each iteration, LOOP_WATCH)
     assigned: tuple[str, ...] = ()
-    growing: tuple[str, ...] = ()    # max_count set: the state whose bounds one body widens
-    # max_count set where some state's bounds are declared: why they do not lift the limit
+    # set with max_count only (else empty): the state whose bounds one body widens, and where
+    # some state's bounds are declared, why they do not lift the limit
+    growing: tuple[str, ...] = ()
     declared_fails: str = ""
 
 
@@ -392,7 +393,8 @@ def _join(a: Ty, b: Ty, name: str, stmt, demote: bool = False) -> Ty:
         raise _Unshareable(f"'{name}' {CHANGING_NUMBER}")
     both = dict(sign=a.sign and b.sign, flag=a.flag and b.flag,
                 symmetric=a.symmetric and b.symmetric,
-                norm=_larger(a.norm, b.norm), token_norm=_larger(a.token_norm, b.token_norm))
+                norm=_larger(a.norm, b.norm), token_norm=_larger(a.token_norm, b.token_norm),
+                declared=a.declared and b.declared)
     if not (a.bounded and b.bounded):
         return replace(a, lo=None, hi=None, **both)
     return replace(a, lo=min(a.lo, b.lo), hi=max(a.hi, b.hi), **both)
