@@ -294,12 +294,17 @@ def test_power_iteration_matches_numpy_eigh():
         assert abs(out["lam"] / vals[-1] - 1) <= 1e-13
 
 
-def test_a_fit_that_cannot_meet_its_budget_names_the_statement():
+def approx_error_text(src: str, file: str) -> str:
+    """The ApproxError a build of `src` raises, as the user reads it."""
     from tcompile.errors import ApproxError
-    src = "program t\ninput z : [n]\noutput q\nq = sigmoid(z) on [-1000, 1000] tol 1e-17\n"
     with pytest.raises(ApproxError) as err:
-        tcompile.compile_source(src, file="t.tp")
-    text = str(err.value)
+        tcompile.compile_source(src, file=file)
+    return str(err.value)
+
+
+def test_a_fit_that_cannot_meet_its_budget_names_the_statement():
+    src = "program t\ninput z : [n]\noutput q\nq = sigmoid(z) on [-1000, 1000] tol 1e-17\n"
+    text = approx_error_text(src, "t.tp")
     assert "t.tp:4:5" in text and "below the float64 rounding" in text
     # what to write: a budget above the rounding of values up to 1 (2 x 16 eps), or a
     # narrower range where the values are large for a wide one
@@ -326,10 +331,7 @@ def test_a_square_of_a_value_a_loop_widened_names_the_value_to_bound():
     """A user's geometric median: z's interval bounds grow to [-20000, 20000] over the
     iterations, so D * D reaches 4e8, whose rounding is above the default budget. The error
     said only that; it now names D and says why its range may be that wide."""
-    from tcompile.errors import ApproxError
-    with pytest.raises(ApproxError) as err:
-        tcompile.compile_source(WEISZFELD, file="wz.tp")
-    text = str(err.value)
+    text = approx_error_text(WEISZFELD, "wz.tp")
     assert "wz.tp:9:13" in text and "values up to 4e+08" in text
     assert "a narrower range for D (bound it where it is assigned" in text
     assert "their bounds grow with the iterations unless declared" in text
