@@ -387,11 +387,12 @@ def test_the_image_of_sin_cos_tanh_holds_every_value_and_no_more(func, ref):
 
 
 def test_an_unbounded_leaf_from_an_earlier_statement_is_quoted_as_written_there():
-    """A hinge-loss subgradient: m = y * (A @ w) is read through `active` in the step; the
-    value with no bounds is A @ w, which no variable names: the message quotes it."""
+    """A squared-hinge gradient step: m = y * (A @ w) is read through `active` in the step;
+    the value with no bounds is A @ w, which no variable names: the message quotes it. (The
+    plain hinge's clip(1000 * (1 - m), 0, 1) saturates and builds: test_a_hinge_...)"""
     err = _compile_error("program p\ndim d = 2\ninput A : [n, d] assume row_norm <= 1\n"
                          "input y : [n] sign\noutput w\nw = zeros(d)\nrepeat 3 {\n"
-                         "  m = y * (A @ w)\n  active = clip(1000 * (1 - m), 0, 1)\n"
+                         "  m = y * (A @ w)\n  active = relu(1 - m)\n"
                          "  w = w + 0.1 * A.T @ (y * active) / n\n}\n")
     assert "which values A @ w takes" in err.message and "(A @ w) on [lo, hi]" in err.message
     assert "a value computed in it" not in err.format()
@@ -838,3 +839,56 @@ def test_a_softmax_readout_of_normed_keys_and_query_needs_no_declared_domain():
         ins = sample_inputs(parse_source(ATTENTION), n=9 + seed, seed=seed)
         want = tcompile.interpret_program(parse_source(ATTENTION), None, **ins)
         assert np.max(np.abs(prog.run(**ins)["o"] - want["o"])) <= 1e-6
+
+
+SVM_HINGE = """program svm_hinge
+dim d = 4
+param steps = 12
+param eta = 0.5
+param lam = 0.01
+input X : [n, d] assume row_norm <= 1
+input y : [n] sign
+output w
+w = zeros(d)
+repeat steps {
+  m = y * (X @ w)
+  act = clip(1e4 * (1 - m), 0, 1)
+  w = w - eta * (lam * w - X.T @ (act * y) / n)
+}
+"""
+
+
+def _svm_numpy(X, y, steps, eta=0.5, lam=0.01):
+    """Subgradient descent on the ridge-regularised hinge loss, written apart from the
+    program (the active set as a boolean mask where the margin is clearly on one side)."""
+    w = np.zeros(X.shape[1])
+    for _ in range(steps):
+        margin = y * (X @ w)
+        act = np.clip(1e4 * (1 - margin), 0.0, 1.0)
+        w = w - eta * (lam * w - X.T @ (act * y) / len(y))
+    return w
+
+
+def test_a_hinge_subgradient_step_on_sign_labels_builds_and_follows_numpy():
+    """A user's linear SVM: the labels y are a sign input, and the margins y * (X @ w) of the
+    loop's state have no known bounds, so the gated piece for act * y was refused ("cannot
+    tell which values X @ w takes here") — also with `clip(X @ w, -2, 2)` written in, as the
+    error advised. The hinge is constant outside |X @ w| <= 1 under either label, so the piece
+    now reads X @ w clamped there (one exact sublayer more per step): unrolled and shared it
+    follows an independent numpy implementation, at the built count and at run-time ones."""
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(40, 4))
+    X /= np.maximum(1.0, np.linalg.norm(X, axis=1))[:, None]
+    y = np.where(X @ np.array([1.0, -0.5, 0.25, 0.0]) + 0.1 * rng.normal(size=40) > 0, 1.0, -1.0)
+    # the ramp's slope 1e4 turns a margin's last-bit difference into 1e4 times that in act
+    tol = 1e-10
+    unrolled = tcompile.compile_source(SVM_HINGE)
+    assert unrolled.n_layers == 3 * 12 - 1       # X @ w and its clamp, the hinge, the step
+    assert np.max(np.abs(unrolled.run(X=X, y=y)["w"] - _svm_numpy(X, y, 12))) <= tol
+    shared = tcompile.compile_source(SVM_HINGE, loops="shared")
+    for steps in (5, 12, 30):
+        got = shared.run(X=X, y=y, steps=steps)["w"]
+        assert np.max(np.abs(got - _svm_numpy(X, y, steps))) <= tol
+    clipped = SVM_HINGE.replace("y * (X @ w)", "y * clip(X @ w, -2, 2)")
+    got = tcompile.compile_source(clipped).run(X=X, y=y)["w"]
+    assert np.max(np.abs(got - _svm_numpy(X, y, 12))) <= tol

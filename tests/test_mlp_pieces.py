@@ -332,6 +332,48 @@ def test_gated_piece_near_domain_is_clamped():
         assert tcompile.check_domains(prog, y=y, z=z)[0]["outside"]
 
 
+SATURATING_GATED = [
+    # a hinge's active set, signed: constant outside [-1, 1] under either sign
+    ("y * clip(1e4 * (1 - y * z), 0, 1)",
+     lambda y, f, z: y * np.clip(1e4 * (1 - y * z), 0, 1)),
+    ("y * clip(z, -2, 2)", lambda y, f, z: y * np.clip(z, -2, 2)),
+    ("f * sigmoid(clip(z, -3, 3))", lambda y, f, z: f * expit(np.clip(z, -3, 3))),
+    ("f * relu(1 - relu(z))", lambda y, f, z: f * np.maximum(1 - np.maximum(z, 0), 0)),
+]
+
+
+@pytest.mark.parametrize("expr, ref", SATURATING_GATED, ids=[c[0] for c in SATURATING_GATED])
+def test_gated_piece_of_an_unbounded_value_that_saturates(expr, ref):
+    """A gate needs its leaf's range, and nothing bounds z here; but every sign pattern is
+    constant outside a known interval, so the piece reads z clamped to it (an exact piece one
+    sublayer before): the same values at every z, however far out, and no domain left."""
+    prog = compile_body(f"s = {expr}", "input y : [n] sign\ninput f : [n] flag\ninput z : [n]")
+    z = np.concatenate([grid(-4.0, 4.0), [-1e6, -50.0, 50.0, 1e6]])
+    for y, f in ((Y, RNG.integers(0, 2, Y.size)), (1.0, 1.0), (-1.0, 0.0)):
+        y = np.broadcast_to(np.pad(np.broadcast_to(y, Y.shape), (0, 4), mode="wrap"), z.shape)
+        f = np.broadcast_to(np.pad(np.broadcast_to(f, Y.shape), (0, 4), mode="wrap"), z.shape)
+        inputs = dict(y=y.astype(float), f=f.astype(float), z=z)
+        assert np.max(np.abs(prog.run(**inputs)["s"] - ref(y, f, z))) <= 1e-6
+        assert not any(c["outside"] for c in tcompile.check_domains(prog, **inputs))
+    assert prog.n_layers == 2            # the clamp's MLP, then the gated piece's
+
+
+def test_gated_exact_offsets_need_no_clamp():
+    """clip(z, 0, 1) + y differs between the patterns by a constant: one exact form and a
+    gated offset, which needs no range of z, so no clamp (and no second layer) is added."""
+    prog = compile_body("s = clip(z, 0, 1) + y", "input y : [n] sign\ninput z : [n]")
+    assert prog.n_layers == 1
+    z = np.array([-1e6, -1.0, 0.25, 0.5, 3.0, 1e6])
+    y = np.array([1.0, -1.0, 1.0, -1.0, -1.0, 1.0])
+    assert np.max(np.abs(prog.run(y=y, z=z)["s"] - (np.clip(z, 0, 1) + y))) <= 1e-12
+
+
+def test_gated_piece_that_does_not_saturate_still_needs_bounds():
+    """y * relu(z) grows without bound in z: no clamp gives its values, so the error stays."""
+    with pytest.raises(tcompile.CompileError, match="bound z"):
+        compile_body("s = y * relu(z)", "input y : [n] sign\ninput z : [n]")
+
+
 def test_call_without_domain_is_a_program_error():
     source = "program t\ninput u : [n]\noutput s\nx = 2 * u\ns = sigmoid(x)\n"
     with pytest.raises(tcompile.ProgramError) as info:

@@ -332,21 +332,22 @@ def clamp_set(c: Call) -> tuple[float, float] | None:
 
 
 def active_interval(e: Expr, leaf: int, env: dict, bounds: tuple = (-math.inf, math.inf),
-                    declared_only: bool = False):
+                    declared_only: bool = False, exact_only: bool = False):
     """An interval of the leaf outside which e (its calls clamped to their domains) is
     constant: the leaf's bounds narrowed by every clip, relu and declared domain it passes
     through, through PL steps exactly (else the argument's own interval). None: e does not
     depend on the leaf. `declared_only`: narrow by declared domains only — outside that
     interval some declared domain is left, so the compiled piece is wrong there (its domain
-    check); clip and relu saturate exactly and need no check."""
+    check); clip and relu saturate exactly and need no check. `exact_only`: by clip and relu
+    only — outside that interval e itself, not only its compiled piece, is constant."""
     if isinstance(e, Leaf):
         return tuple(bounds) if e.atom == leaf else None
     if isinstance(e, Const):
         return None
     if isinstance(e, Call):
-        inner = active_interval(e.arg, leaf, env, bounds, declared_only)
+        inner = active_interval(e.arg, leaf, env, bounds, declared_only, exact_only)
         clamp = clamp_set(e)
-        if declared_only and e.func in EXACT_PL:
+        if declared_only and e.func in EXACT_PL or exact_only and e.func not in EXACT_PL:
             clamp = None
         if inner is None or clamp is None:
             return inner
@@ -354,8 +355,9 @@ def active_interval(e: Expr, leaf: int, env: dict, bounds: tuple = (-math.inf, m
         if f is None:
             return inner
         return f.preimage_hull(*clamp, inner)
-    parts = [x for x in (active_interval(e.a, leaf, env, bounds, declared_only),
-                         active_interval(e.b, leaf, env, bounds, declared_only)) if x is not None]
+    parts = [x for x in (active_interval(e.a, leaf, env, bounds, declared_only, exact_only),
+                         active_interval(e.b, leaf, env, bounds, declared_only, exact_only))
+             if x is not None]
     if not parts:
         return None
     return min(p[0] for p in parts), max(p[1] for p in parts)

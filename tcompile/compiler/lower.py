@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 from itertools import combinations
 
 import networkx as nx
@@ -32,10 +33,10 @@ from .approx import exact_function, rounding_floor
 from .elementwise import (BOUND, EXACT_PL, Call, Const, Elementwise, Leaf, Product, Sum, affine,
                           calls, evaluate, leaves, scaled_product, to_text)
 from .heads import realizable
-from .nodes import (ARGS, C, CARRIED, COPY, CSHAPE, DOMAIN, ENTERS, FARGS, FLAG, FUNC, HI, HOISTED,
+from .nodes import (ARGS, C, CARRIED, CLAMP, COPY, CSHAPE, DOMAIN, ENTERS, FARGS, FLAG, FUNC, HI, HOISTED,
                     INFERRED, KEEP, LO, LOC, LOOP_STATE, NAME, NOTE, OP, REFINED, SIGN, SYMMETRIC,
                     TOL, TOL_REL, VALUE, VARS)
-from .pieces import MAX_SIGN_LEAVES, UNNAMED, PieceBuilder, Words
+from .pieces import MAX_SIGN_LEAVES, UNNAMED, PieceBuilder, Words, saturation_interval
 from .poly import (MAX_FACTORS, Atom, AtomTable, Mono, Poly, add_polys, dims, max_degree,
                    max_head_operands, mul_polys, symmetrize_weighted_grams, transpose_mono,
                    transpose_poly)
@@ -71,6 +72,8 @@ class Lowering:
         self._refined: dict[int, list[int]] = {}        # call → its seed and iterate nodes
         self._variant: dict[int, bool] = {}             # node → depends on a loop's state
         self._hoisted: dict[tuple, int] = {}            # invariant (chain, scalars) → its atom
+        self._clamps: dict[tuple, int] = {}             # (leaf, L, H) → its clamp atom
+        self._clamp_readers: dict[int, set[int]] = {}   # clamp atom → the pieces that read it
         self._chains: dict[tuple, int] = {}             # (argument, refinement) → that call
         self.user_bounds: dict[int, tuple] = {}         # atom → the user's `(x) on [lo, hi]`
 
@@ -198,6 +201,8 @@ class Lowering:
                 rank[a] = rank[call] - 1 + (i + 1) / (len(made) + 1)
         for a in sorted(self._hoisted.values()):     # invariant products: after their factors
             rank[a] = max(rank.get(f, -1) for f in self.g.nodes[a][ARGS]) + 0.5
+        for a, readers in self._clamp_readers.items():   # clamps: just before their readers
+            rank[a] = min(rank[r] for r in readers if r in self.atoms) - 0.5
         ordered = sorted(self.atoms, key=lambda a: rank.get(a, -1))
         return AtomTable(((a, self.atoms[a]) for a in ordered), self.atoms.inv_n, self.atoms.ones)
 
@@ -764,7 +769,6 @@ class Lowering:
         node = self.g.nodes[nid]
         gates = sorted((a, k) for a in leaves(e) for k in [self.is_gate(a)] if k)
         real = sorted(self.real_leaves(e))
-        loc_error = lambda msg: self.error(msg, nid)  # noqa: E731
         if ew.product or len(real) > 1:
             plain = scaled_product(e)
             if plain is None:
@@ -790,14 +794,14 @@ class Lowering:
                     bounds[cont] = self.piece_ranges[cont]
                 if self.leaf_bounds(cont, bounds.get(cont)) is not None:
                     bounds[cont] = self.leaf_bounds(cont, bounds.get(cont))
-            words = self.words(nid, leaves(e))
             try:
-                piece = self.pieces.unary(e, cont, gates, bounds, self.names(), loc_error,
-                                          tol=ew.tol, rel=ew.rel, words=words)
-            except ApproxError as err:       # say where, in the user's words
-                msg = err.args[0] if err.args else str(err)
-                raise self.approx_error(msg.replace(to_text(e, self.names()), words.expr), nid,
-                                        self._fewer_relus_hint(msg, nid, cont, ew.tol)) from None
+                piece = self._unary_piece(nid, ew, e, cont, gates, bounds)
+            except CompileError:
+                clamped = self._clamped_leaf(nid, e, cont, gates, bounds)
+                if clamped is None:
+                    raise
+                e, cont, bounds = clamped
+                piece = self._unary_piece(nid, ew, e, cont, gates, bounds)
         self.piece_ranges[nid] = piece.range
         poly = self.make_atom(nid, "mlp")
         atom = self.atoms[nid]
@@ -813,6 +817,53 @@ class Lowering:
         if stale:
             raise _Restart(nid)
         return poly
+
+    def _unary_piece(self, nid, ew, e, cont, gates, bounds):
+        """The piece of a function of one real leaf; a fit that fails says where, in the
+        user's words."""
+        words = self.words(nid, leaves(e))
+        try:
+            return self.pieces.unary(e, cont, gates, bounds, self.names(),
+                                     lambda msg: self.error(msg, nid), tol=ew.tol, rel=ew.rel,
+                                     words=words)
+        except ApproxError as err:
+            msg = err.args[0] if err.args else str(err)
+            raise self.approx_error(msg.replace(to_text(e, self.names()), words.expr), nid,
+                                    self._fewer_relus_hint(msg, nid, cont, ew.tol)) from None
+
+    def _clamped_leaf(self, nid, e, cont, gates, bounds):
+        """A piece gated by sign or flag inputs needs a known range of its real leaf (its gate
+        offsets must cover it). Where nothing bounds the leaf but every pattern's function is
+        constant outside some [L, H] (pieces.saturation_interval: a hinge's
+        y * clip(1e4 * (1 - y * (X @ w)), 0, 1)), the piece may read clip(leaf, L, H) instead,
+        which gives the same values exactly: an exact piece of its own, one MLP sublayer
+        before this one — so only where the piece could not be built otherwise. None where
+        that does not hold; else the piece's expression, leaf and bounds over the clamp."""
+        if not gates or cont is None:
+            return None
+        span = saturation_interval(e, cont, gates, bounds)
+        if span is None:
+            return None
+        clamp = self.clamp_atom(nid, cont, span)
+        return (_with_leaf(e, cont, Leaf(clamp)), clamp,
+                {**{a: b for a, b in bounds.items() if a != cont}, clamp: span})
+
+    def clamp_atom(self, nid: int, leaf: int, span: tuple) -> int:
+        """The atom holding clip(leaf, *span) (a node of its own marked `clamp`, nodes.py),
+        one for every piece that reads the same leaf clamped alike."""
+        key = (leaf, *span)
+        new = self._clamps.get(key)
+        if new is None:
+            new = self._clamps[key] = max(self.g.nodes) + 1
+            self.g.add_node(new, op="call", args=(leaf,), cshape=self.g.nodes[leaf][CSHAPE],
+                            loc=self.g.nodes[nid][LOC], func="clip", fargs=tuple(span),
+                            domain=None, tol=None, lo=span[0], hi=span[1], **{CLAMP: True})
+            self.g.add_edge(leaf, new)
+            self._variant[new] = self.variant(leaf)
+            self.polys[new] = Elementwise(Call("clip", tuple(span), Leaf(leaf), None, None))
+            self.materialize_mlp(new)
+        self._clamp_readers.setdefault(new, set()).add(nid)
+        return new
 
     def _product_piece(self, nid, ew, scale, u, v):
         """scale · u ⊙ v of two real atoms; a fit that cannot meet the budget says where and
@@ -1104,6 +1155,17 @@ class Lowering:
 
     def fanout(self, nid) -> int:
         return sum(1 for s in self.g.successors(nid) if s in self.live)
+
+
+def _with_leaf(e, leaf: int, new):
+    """e with every Leaf(leaf) replaced by the expression `new`."""
+    if isinstance(e, Leaf):
+        return new if e.atom == leaf else e
+    if isinstance(e, Const):
+        return e
+    if isinstance(e, Call):
+        return replace(e, arg=_with_leaf(e.arg, leaf, new))
+    return type(e)(_with_leaf(e.a, leaf, new), _with_leaf(e.b, leaf, new))
 
 
 def _constant_poly(p) -> bool:

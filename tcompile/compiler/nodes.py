@@ -117,13 +117,16 @@ COPY = "copy"            # scale (C = 1) in a shared build: a loop state that is
 HOISTED = "hoisted"      # set by the lowering on a node it adds: the loop-invariant part of a
                          #   product (op matmul, ARGS its factors then its runtime scalars, in
                          #   chain order), computed once before the loop (lower.hoist_invariants)
+CLAMP = "clamp"          # set by the lowering on a node it adds: clip(ARGS[0], *FARGS) read by a
+                         #   piece gated by sign/flag inputs in place of its unbounded leaf,
+                         #   where the piece is constant outside FARGS (lower._clamped_leaf)
 REFINED = "refined"      # set by the lowering on a scalar refinement's values (refine.py): 'r' or
                          #   'w' on its seed/iterate nodes (calls it adds) and the refined call,
                          #   'arg' on its argument; rows.py clears their rows exactly
 
 ATTRIBUTES = frozenset({OP, ARGS, CSHAPE, LOC, NAME, SYMMETRIC, ENTRIES, SIGN, FLAG, LO, HI, VALUE,
                         K, C, FUNC, FARGS, DOMAIN, INFERRED, TOL, TOL_REL, VARS, CARRIED, KEEP, LOOP_STATE,
-                        LOOP_WATCH, ITERATION, TWIN, ENTERS, LOOP_PHASE, LOOP_KERNEL, LOOP_AHEAD, LOOP_FIRST, COPY, HOISTED, REFINED,
+                        LOOP_WATCH, ITERATION, TWIN, ENTERS, LOOP_PHASE, LOOP_KERNEL, LOOP_AHEAD, LOOP_FIRST, COPY, HOISTED, CLAMP, REFINED,
                         NOTE})
 REQUIRED = (OP, ARGS, CSHAPE, LOC)
 

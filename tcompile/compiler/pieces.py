@@ -246,8 +246,7 @@ class PieceBuilder:
             return self._relative(e, cont, gates, lo, hi, tol, label, loc_error, what, ref,
                                   to_text(e, _user_names(e, names, words.names)),
                                   "" if ref is None else to_text(ref, names))
-        patterns = list(itertools.product(*[(1.0, -1.0) if kind == "sign" else (1.0, 0.0)
-                                             for _, kind in gates]))
+        patterns = _patterns(gates)
         exact = self._exact_piece(e, cont, gates, patterns, bounds, label, tol)
         if exact is not None:
             return exact
@@ -461,6 +460,32 @@ def _leaf_function(e, cont, env, clamped=False):
         return np.broadcast_to(evaluate(e, {**env, cont: u} if cont is not None else env,
                                         clamped), np.shape(u)).astype(float)
     return f
+
+
+def _patterns(gates) -> list[tuple]:
+    """Every value the gates can take together: ±1 for a sign input, 1 or 0 for a flag."""
+    return list(itertools.product(*[(1.0, -1.0) if kind == "sign" else (1.0, 0.0)
+                                    for _, kind in gates]))
+
+
+def saturation_interval(e, cont: int, gates, bounds: dict) -> tuple[float, float] | None:
+    """Where a gated piece's leaf matters, when nothing else bounds it: [L, H] such that, under
+    every sign pattern, e is constant in the leaf outside it (a clip or relu of it saturates
+    there: a hinge's y * clip(1e4 * (1 - y * z), 0, 1)). e then has the same value at the
+    leaf clamped to [L, H], exactly, and a gated piece, whose gate offsets must cover a known
+    range of its leaf, may read that clamp instead. None where the leaf is bounded already
+    (declared domains, its own bounds) or some pattern does not saturate on both sides."""
+    patterns = _patterns(gates)
+    lo, hi = _leaf_interval(e, cont, gates, patterns, bounds)
+    if math.isfinite(lo) and math.isfinite(hi):
+        return None
+    spans = [active_interval(e, cont, _pattern_env(gates, pat), exact_only=True)
+             for pat in patterns]
+    spans = [s for s in spans if s is not None]
+    if not spans:
+        return None
+    lo, hi = min(s[0] for s in spans), max(s[1] for s in spans)
+    return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) and lo < hi else None
 
 
 def _leaf_interval(e, cont, gates, patterns, bounds) -> tuple[float, float]:
