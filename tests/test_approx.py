@@ -176,6 +176,25 @@ def test_sigmoid_small_tol_search_work_is_bounded(monkeypatch):
     assert approximate("sigmoid", -10, 10, 1e-3).neurons <= 35
 
 
+def test_a_singular_end_spreads_its_knots_over_chunks():
+    """1/sqrt(x) on [1e-8, 1] at 1e-6: four fifths of its 86k knots lie in the first cell of
+    the check grid, which the chunks used to split evenly, so one chunk placed 31.7k knots one
+    at a time (96,342 calls on 338 M points, 23 s). Cells that hold more than a chunk's share
+    are re-estimated on finer grids (approx._refined_cells). Work, not time, is asserted; the
+    fit meets its budget on an independent log-spaced grid."""
+    calls, points = [0], [0]
+
+    def rsqrt(x):
+        calls[0] += 1
+        points[0] += np.size(x)
+        return 1 / np.sqrt(x)
+    p = approximate_callable("rsqrt", rsqrt, 1e-8, 1.0, 1e-6)
+    assert p.neurons <= 86_500
+    assert calls[0] <= 3000 and points[0] <= 40_000_000     # 1,837 and 27.3 M as built
+    x = np.concatenate([np.logspace(-8, 0, 200_001), probe(1e-8, 1.0, p.knots, seed=3)])
+    assert np.max(np.abs(p(x) - 1 / np.sqrt(x))) <= 1e-6
+
+
 def test_best_uniform_neurons():
     sig = expit
     assert 3170 <= best_uniform_neurons(sig, -14.5, 14.5, 1e-6) <= 3200
