@@ -892,3 +892,52 @@ def test_a_hinge_subgradient_step_on_sign_labels_builds_and_follows_numpy():
     clipped = SVM_HINGE.replace("y * (X @ w)", "y * clip(X @ w, -2, 2)")
     got = tcompile.compile_source(clipped).run(X=X, y=y)["w"]
     assert np.max(np.abs(got - _svm_numpy(X, y, 12))) <= tol
+
+
+CLIPPED_STEP = """program clipped_step
+dim d = 4
+param steps = 8
+param c = 0.1
+input A : [n, d] assume row_norm <= 1
+input y : [n] in [-1, 1]
+output w
+w = zeros(d)
+repeat steps {
+  g = A.T @ (A @ w - y) / n
+  s = min(1, c / DIVISOR)
+  w = w - 0.5 * s * g
+}
+"""
+
+
+@pytest.mark.parametrize("written, meant", [
+    ("(sqrt(g @ g + 1e-12)) on [1e-6, 10]", "sqrt(g @ g + 1e-12) on [1e-12, 100]"),
+    ("((sqrt(g @ g + 1e-12)) on [1e-6, 10])", "(sqrt(g @ g + 1e-12) on [1e-12, 100])"),
+])
+def test_a_bound_on_a_calls_value_is_its_arguments_domain_read_through_it(written, meant):
+    """A user clipping a gradient by its norm bounded the norm, `c / (sqrt(g @ g)) on [1e-6,
+    10]`, and was told sqrt's argument has no known bounds: g @ g of a computed g has none.
+    A bound on the value of a monotone call, as a divisor's domain or `(f(x)) on [lo, hi]`,
+    is now the call's domain read back through f: the same build, weight for weight, as with
+    the argument's domain written out, and the same results as the interpreter."""
+    from tcompile.inspection.sampling import sample_inputs
+    built = tcompile.compile_source(CLIPPED_STEP.replace("DIVISOR", written))
+    plain = tcompile.compile_source(CLIPPED_STEP.replace("DIVISOR", meant))
+    assert built.n_layers == plain.n_layers
+    for a, b in zip(built.layers, plain.layers):
+        theirs = b.arrays()
+        for name, tensor in a.arrays().items():
+            assert np.array_equal(tensor, theirs[name]), name
+    ins = sample_inputs(parse_source(CLIPPED_STEP.replace("DIVISOR", written)), n=12, seed=1)
+    want = tcompile.interpret_program(parse_source(CLIPPED_STEP.replace("DIVISOR", written)),
+                                      None, **ins)["w"]
+    assert np.max(np.abs(built.run(**ins)["w"] - want)) <= 1e-12
+
+
+@pytest.mark.parametrize("written", [
+    "(exp(g @ g)) on [0, 5]",               # exp's value down to 0: its argument down to -inf
+    "(sigmoid(g @ g)) on [0, 0.9]",          # sigmoid reaches 0 only at -inf
+])
+def test_a_bound_that_leaves_the_argument_unbounded_still_asks_for_a_domain(written):
+    err = _compile_error(CLIPPED_STEP.replace("DIVISOR", written))
+    assert "no known bounds" in err.message or "cannot tell" in err.message

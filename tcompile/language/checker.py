@@ -81,6 +81,28 @@ _FUNC_RANGE = {
 }
 
 
+def _finite_pair(lo: float, hi: float) -> tuple[float, float] | None:
+    return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) and lo < hi else None
+
+
+# The argument's interval where a monotone function's value is declared to lie in [lo, hi]
+# (`(sqrt(g @ g)) on [1e-6, 10]`, `c / (sqrt(g @ g)) on [1e-6, 10]`): None where that leaves
+# the argument unbounded (exp's value down to 0) or the function cannot reach it.
+_FUNC_PREIMAGE = {
+    "sqrt": lambda lo, hi: _finite_pair(max(lo, 0.0) ** 2, hi * hi) if hi > 0 else None,
+    "exp": lambda lo, hi: _finite_pair(pm.log(lo), pm.log(hi)) if lo > 0 else None,
+    "log": lambda lo, hi: _finite_pair(pm.exp(lo), pm.exp(hi)),
+    "reciprocal": lambda lo, hi: _finite_pair(1 / hi, 1 / lo) if lo > 0 or hi < 0 else None,
+    "sigmoid": lambda lo, hi: (_finite_pair(pm.log(lo / (1 - lo)), pm.log(hi / (1 - hi)))
+                               if 0 < lo and hi < 1 else None),
+    "tanh": lambda lo, hi: (_finite_pair(0.5 * pm.log((1 + lo) / (1 - lo)),
+                                         0.5 * pm.log((1 + hi) / (1 - hi)))
+                            if -1 < lo and hi < 1 else None),
+    "softplus": lambda lo, hi: (_finite_pair(pm.log(pm.exp(lo) - 1), pm.log(pm.exp(hi) - 1))
+                                if lo > 0 else None),
+}
+
+
 def _periodic_image(f, lo: float, hi: float, peak: float) -> tuple[float, float] | None:
     """The image of sin (peak 1/2) or cos (peak 0) on [lo, hi]: 1 where the interval holds a
     maximum (x = (peak + 2j) π), -1 where it holds a minimum ((peak + 1 + 2j) π), else the
@@ -158,6 +180,7 @@ class Walker:
         self.dims = {d.name for d in program.dims}
         self.assigned_at: dict = {}     # variable → its latest assignment's location
         self.declared_bounds = True     # may products get bounds from declared norms, ranges
+        self._value_domains: dict[int, object] = {}   # id(call) → the `on` that bounds its value
         self._loop_start_cache: dict = {}
         self.statements = 0
         self.call_stack: list[str] = []
@@ -456,6 +479,8 @@ class Walker:
             return self.apply("T", replace(a.ty, shape=shape), (a,), e)
         if isinstance(e, ast.BinOp):
             left = self.eval(e.left, env)           # (left first: nodes are made in order)
+            if e.op == "/" and e.domain is not None and isinstance(e.right, ast.Call):
+                self._value_domains[id(e.right)] = e
             right = (self._domain_operand(e.right, env) if e.op == "/"
                      else self.eval(e.right, env))
             return self._binop(e, left, right, env)
@@ -672,6 +697,8 @@ class Walker:
             raise self.err("a 'tol' after '(expr) on [lo, hi]' belongs to a division "
                            "(a / (b) on [lo, hi] tol eps) or to the end of a statement",
                            e.tol.loc, expected="the tol at the end of the statement")
+        if isinstance(e.operand, ast.Call):
+            self._value_domains[id(e.operand)] = e
         a = self.eval(e.operand, env)
         t = a.ty
         if t.shape is None:
@@ -809,12 +836,27 @@ class Walker:
                               (e, None, None, False))
         if domain is None:
             if e.func not in EXACT_PL_FUNCTIONS and not t.bounded:
+                domain = self._value_preimage(e, env)
+            if domain is None and e.func not in EXACT_PL_FUNCTIONS and not t.bounded:
                 raise self.err(f"cannot tell which values reach {e.func}(): its argument has no "
                                "known bounds", e.loc,
                                expected=f"a domain, e.g. {e.func}(...) on [lo, hi]")
-            domain = (t.lo, t.hi) if t.bounded else None
+            if domain is None:
+                domain = (t.lo, t.hi) if t.bounded else None
         lo, hi = self._image(e, domain)
         return self.apply("call", Ty(t.shape, lo=lo, hi=hi), args, (e, domain, tol, e.tol_rel))
+
+    def _value_preimage(self, e: ast.Call, env) -> tuple[float, float] | None:
+        """A call whose argument has no known bounds, but whose value the program bounds
+        right where it is made — `(sqrt(g @ g)) on [1e-6, 10]`, or as a divisor,
+        `c / (sqrt(g @ g)) on [1e-6, 10]` — gets the domain those values imply, where the
+        function is monotone: sqrt's argument on [1e-12, 100] here. It is the user's bound
+        read through the function, checked by the compiled model as any domain is."""
+        where = self._value_domains.get(id(e))
+        if where is None or e.func not in _FUNC_PREIMAGE:
+            return None
+        lo, hi = self._declared_domain(where, env)
+        return _FUNC_PREIMAGE[e.func](lo, hi)
 
     def require_size(self, func: str, arg: ast.Expr, val: Val) -> None:
         """A builtin's argument must have a shape: an unsized multiple of I has none yet."""
