@@ -941,3 +941,38 @@ def test_a_bound_on_a_calls_value_is_its_arguments_domain_read_through_it(writte
 def test_a_bound_that_leaves_the_argument_unbounded_still_asks_for_a_domain(written):
     err = _compile_error(CLIPPED_STEP.replace("DIVISOR", written))
     assert "no known bounds" in err.message or "cannot tell" in err.message
+
+
+PERCEPTRON = """program perceptron
+dim d = 3
+param epochs = 10
+input X : [n, d] assume row_norm <= 1
+input y : [n] sign
+output w
+w = zeros(d)
+repeat epochs {
+  wrong = clip(1 - 1e6 * (y * (X @ w)), 0, 1)
+  w = w + X.T @ (wrong * y) / n
+}
+"""
+
+
+def test_a_steep_exact_ramp_widens_the_predicted_gap(tmp_path):
+    """A perceptron's misclassification ramp has slope 1e6: exact in real arithmetic, but its
+    ReLUs cancel terms of size 1e6 |m|, so `tcompile check` found w 8e-10 (relative) from the
+    interpreter against a predicted 1e-10 and printed NO. The steepest exact ramp is recorded
+    (ApproxRecord.steepest, kept by save/load) and the prediction is at least 10 ulps times
+    it; the measured gap lies within it. Programs without such ramps keep 1e-10."""
+    from tcompile.inspection.sampling import sample_inputs
+    prog = tcompile.compile_source(PERCEPTRON)
+    assert prog.predicted_rtol() == 10 * 2.0 ** -52 * 1e6
+    parsed = parse_source(PERCEPTRON)
+    for seed in range(4):
+        ins = sample_inputs(parsed, n=16, seed=seed)
+        want = tcompile.interpret_program(parsed, None, **ins)["w"]
+        got = prog.run(**ins)["w"]
+        assert np.max(np.abs(got - want)) <= prog.predicted_rtol() * np.max(np.abs(want))
+    prog.save(tmp_path / "p")
+    assert tcompile.load(tmp_path / "p").predicted_rtol() == prog.predicted_rtol()
+    gentle = tcompile.compile_source(PERCEPTRON.replace("1e6", "1e2"))
+    assert gentle.predicted_rtol() == 1e-10

@@ -93,14 +93,16 @@ def _approximations(plan) -> tuple[ApproxRecord, ...]:
             # a fitted function is one fit object however its leaves are named; exact pieces
             # are made per use, so those are the same function when they read the same
             key = (id(ap.pl) if not ap.pl.exact else d["name"],) + tuple(
-                d[k] for k in ("lo", "hi", "neurons_per_entry", "max_error", "tol", "exact", "choice"))
+                d[k] for k in ("lo", "hi", "neurons_per_entry", "max_error", "tol", "exact", "choice",
+                               "steepest"))
             entry = seen.setdefault(key, [d, 0, set()])
             entry[1] += rows
             entry[2].update(atom.lines)
     return tuple(ApproxRecord(
         name=d["name"], lo=d["lo"], hi=d["hi"], neurons=entries * d["neurons_per_entry"],
         neurons_per_entry=d["neurons_per_entry"], max_error=d["max_error"], tol=d["tol"],
-        exact=d["exact"], entries=entries, choice=d["choice"], lines=tuple(sorted(lines)))
+        exact=d["exact"], entries=entries, choice=d["choice"], lines=tuple(sorted(lines)),
+        steepest=d["steepest"])
         for d, entries, lines in seen.values())
 
 

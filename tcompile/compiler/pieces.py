@@ -128,7 +128,25 @@ class Approximation:
         tol = self.pl.tol if self.target is None else self.target
         return {"name": self.label, "lo": self.lo if finite else None, "hi": self.hi if finite else None, "neurons": self.pl.neurons * self.rows,
                 "neurons_per_entry": self.pl.neurons, "max_error": float(err),
-                "tol": float(tol), "exact": bool(self.pl.exact), "choice": self.choice}
+                "tol": float(tol), "exact": bool(self.pl.exact), "choice": self.choice,
+                "steepest": steep_ramp(self.pl)}
+
+
+STEEP_RAMP = 1e3      # an exact piece this steep is recorded: it amplifies its input's rounding
+
+
+def steep_ramp(pl: PLApprox) -> float:
+    """The largest |slope| of an exact piece where it is at least STEEP_RAMP, else 0: a
+    ramp clip(1e6 * m, 0, 1) is exact in real arithmetic, but its ReLUs cancel terms of the
+    size 1e6 |m|, so the last bits of m come out 1e6 times larger (card.predicted_rtol). A
+    fitted piece's own error is its budget, far above that."""
+    if not pl.exact or len(pl.knots) < 2:
+        return 0.0
+    with np.errstate(all="ignore"):
+        slopes = np.abs(np.diff(pl.values) / np.diff(pl.knots))
+    slopes = slopes[np.isfinite(slopes)]
+    top = float(slopes.max()) if slopes.size else 0.0
+    return top if top >= STEEP_RAMP else 0.0
 
 
 @dataclass

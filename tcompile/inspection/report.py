@@ -12,7 +12,8 @@ import numpy as np
 from ..runtime.loops import layer_paths
 
 
-GAP_NOTE = ("a heuristic, not a bound: 10 x the largest approximation error (1e-10 with none), "
+GAP_NOTE = ("a heuristic, not a bound: 10 x the largest approximation error (1e-10 with none; "
+            "at least 10 ulps times the steepest exact ramp), "
             "errors are not propagated through the program; `tcompile check` measures the "
             "real gap on random inputs")
 

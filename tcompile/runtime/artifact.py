@@ -96,7 +96,8 @@ def approximation_to_json(a: ApproxRecord) -> dict:
     return {"name": a.name, "lo": a.lo, "hi": a.hi, "neurons": a.neurons,
             "neurons_per_entry": a.neurons_per_entry, "max_error": a.max_error, "tol": a.tol,
             "exact": a.exact, "entries": a.entries, **({"choice": a.choice} if a.choice else {}),
-            **({"lines": list(a.lines)} if a.lines else {})}
+            **({"lines": list(a.lines)} if a.lines else {}),
+            **({"steepest": a.steepest} if a.steepest else {})}
 
 
 def loops_to_json(p: LoopProgram) -> dict:
@@ -154,7 +155,8 @@ def manifest_from_json(d: dict) -> Manifest:
                              "head labels")
     approximations = tuple(
         ApproxRecord(**{k: a[k] for k in _APPROX_KEYS}, choice=a.get("choice", ""),
-                     lines=tuple(int(x) for x in a.get("lines", ())))
+                     lines=tuple(int(x) for x in a.get("lines", ())),
+                     steepest=float(a.get("steepest", 0.0)))
         for a in d.get("approximations", []))
     domains = tuple(DomainCheck(c["label"], c["block"], c["lo"], c["hi"], c["layer"],
                                 str(c.get("implied", "")),

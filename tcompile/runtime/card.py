@@ -46,14 +46,20 @@ def depth_per_iteration(layout: Layout) -> dict[str, float]:
     return out
 
 
+ULP = 2.0 ** -52
+
+
 def predicted_rtol(approximations) -> float:
     """How far (relative, max over outputs) the compiled model may be from the interpreter in
     float64: rounding alone when nothing is approximated, else 10x the largest approximation
-    error. A heuristic, not a proof: errors are not propagated analytically through the
-    program (measured gaps are 1e-7..1e-5 of the largest error's scale; tests check it)."""
+    error, and at least 10 ulps times the steepest exact ramp (a perceptron's
+    clip(1 - 1e6 * m, 0, 1) turns m's last bits into 1e6 times as much: 2.2e-9). A
+    heuristic, not a proof: errors are not propagated analytically through the program
+    (measured gaps are 1e-7..1e-5 of the largest error's scale; tests check it)."""
     if not approximations:
         return 1e-10
-    return max(1e-10, 10 * max(a.max_error for a in approximations))
+    return max(1e-10, 10 * max(a.max_error for a in approximations),
+               10 * ULP * max(a.steepest for a in approximations))
 
 
 def build_report(manifest: Manifest, layers) -> dict:

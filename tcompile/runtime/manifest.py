@@ -51,6 +51,7 @@ class ApproxRecord:
     choice: str = ""       # how the compiler chose to compute it and why (a scalar division or
                            #   root: direct fit or seed + Newton in heads, compiler/refine.py)
     lines: tuple[int, ...] = ()   # the source lines of the statements that apply it
+    steepest: float = 0.0  # an exact piece's largest |slope|, where >= 1e3 (pieces.steep_ramp)
 
 
 @dataclass(frozen=True)
