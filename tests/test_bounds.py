@@ -976,3 +976,42 @@ def test_a_steep_exact_ramp_widens_the_predicted_gap(tmp_path):
     assert tcompile.load(tmp_path / "p").predicted_rtol() == prog.predicted_rtol()
     gentle = tcompile.compile_source(PERCEPTRON.replace("1e6", "1e2"))
     assert gentle.predicted_rtol() == 1e-10
+
+
+NMF = """program nmf_mult
+dim r = 4
+dim c = 3
+dim k = 2
+param steps = 4
+input V : [r, c] in [0.1, 1]
+input W0 : [r, k] in [0.5, 1]
+input H0 : [k, c] in [0.5, 1]
+output W, H
+W = W0
+H = H0
+repeat steps {
+  H = (H * (W.T @ V) / (W.T @ W @ H) on [0.01, 20]) on [0.01, 5] tol 1e-4
+  W = (W * (V @ H.T) / (W @ H @ H.T) on [0.01, 20]) on [0.01, 5] tol 1e-4
+}
+"""
+
+
+def test_values_bounded_by_on_in_every_assignment_bound_their_products():
+    """Lee–Seung multiplicative updates: H * (W.T @ V) is a fitted product, and W.T @ V had
+    no known bounds although every value of W is declared by the user's `on` and V by its
+    input range: a user's bound did not count as a declared range, and W's start `W = W0`
+    lost its range as a loop start. Both count now (W.T @ V lies in 4 x [0.001, 5]): the
+    program builds, unrolled and shared, and follows the interpreter within its budgets; a
+    state the loop also assigns without an `on` still gets no product bounds."""
+    from tcompile.inspection.sampling import sample_inputs
+    parsed = parse_source(NMF)
+    for loops in ("unrolled", "shared"):
+        prog = tcompile.compile_source(NMF, loops=loops)
+        for seed in range(2):
+            ins = sample_inputs(parsed, n=4, seed=seed)
+            want = tcompile.interpret_program(parsed, None, **ins)
+            got = prog.run(**ins)
+            for name in ("W", "H"):
+                assert np.max(np.abs(got[name] - want[name])) <= 1e-3, (loops, name)
+    err = _compile_error(NMF.replace("  W = (W * (V @ H.T)", "  W = W + 0\n  W = (W * (V @ H.T)"))
+    assert "W.T @ V" in err.message and "no known bounds" in err.message

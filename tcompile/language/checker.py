@@ -413,13 +413,18 @@ class Walker:
         key = id(stmts)
         if key not in self._loop_start_cache:
             later: set[str] = set()
+            bounded: set[str] = set()       # every assignment in the later loops is `(...) on`
+            unbounded: set[str] = set()
             starts = set()
             for i in range(len(stmts) - 1, -1, -1):
                 stmt = stmts[i]
                 if isinstance(stmt, ast.Repeat):
-                    later |= {n.target for n, _ in ast.walk(stmt.body)
-                              if isinstance(n, ast.Assign)}
-                elif isinstance(stmt, ast.Assign) and stmt.target in later:
+                    for n, _ in ast.walk(stmt.body):
+                        if isinstance(n, ast.Assign):
+                            later.add(n.target)
+                            (bounded if isinstance(n.value, ast.Bound) else unbounded).add(n.target)
+                elif isinstance(stmt, ast.Assign) and stmt.target in later and \
+                        (stmt.target in unbounded or stmt.target not in bounded):
                     starts.add(i)
             self._loop_start_cache[key] = (stmts, frozenset(starts))    # (keeps id(stmts) alive)
         return self._loop_start_cache[key][1]
@@ -723,7 +728,7 @@ class Walker:
                                expected="an interval that meets the value's known bounds")
             lo, hi = max(lo, t.lo), min(hi, t.hi)
         ty = replace(t, lo=lo, hi=hi, sign=t.sign and lo <= -1 and hi >= 1,
-                     flag=t.flag and lo <= 0 and hi >= 1)
+                     flag=t.flag and lo <= 0 and hi >= 1, declared=True)
         return self.apply("bound", ty, (a,), (e, (lo, hi)))
 
     def _division(self, e: ast.BinOp, ta: Ty, tb: Ty, env):
