@@ -374,6 +374,21 @@ def test_gated_piece_that_does_not_saturate_still_needs_bounds():
         compile_body("s = y * relu(z)", "input y : [n] sign\ninput z : [n]")
 
 
+def test_a_divisor_domain_read_back_through_abs_says_where_it_is_not_finite():
+    """`a / (abs(u)) on [1e-3, 5]`: read back through abs, the divisor's domain spans [-5, 5],
+    where 1 / abs(u) is infinite at 0. The error said only "not finite on the domain", after a
+    numpy RuntimeWarning leaked from comparing the sign patterns; it now names the point and
+    how to keep the value away from it, and nothing else is printed."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(tcompile.errors.ApproxError) as info:
+            compile_body("s = a / (abs(u)) on [1e-3, 5]",
+                         "input u : [n]\ninput a : [n] in [-1, 1]")
+    assert "not finite on the domain (at 0)" in info.value.message
+    assert "max(abs(x), 1e-3)" in info.value.expected
+
+
 def test_call_without_domain_is_a_program_error():
     source = "program t\ninput u : [n]\noutput s\nx = 2 * u\ns = sigmoid(x)\n"
     with pytest.raises(tcompile.ProgramError) as info:

@@ -151,7 +151,8 @@ def approximate_callable(name: str, f: Callable, lo: float, hi: float, tol: floa
     with np.errstate(all="ignore"):
         fg = _feval(f, xg)
     if not np.all(np.isfinite(fg)):
-        raise ApproxError(f"{where}: the function is not finite on the domain")
+        at = float(xg[np.flatnonzero(~np.isfinite(fg))[0]])
+        raise ApproxError(f"{where}: the function is not finite on the domain (at {at:g})")
     noise = rounding_floor(float(np.max(np.abs(fg))))
     if tol <= noise:
         raise ApproxError(f"{where}: tol is below the float64 rounding of values up to "

@@ -828,8 +828,14 @@ class Lowering:
                                      words=words)
         except ApproxError as err:
             msg = err.args[0] if err.args else str(err)
+            hint = self._fewer_relus_hint(msg, nid, cont, ew.tol)
+            if hint is None and "not finite on the domain" in msg:
+                hint = ("a domain on which the statement is finite: a declared domain read "
+                        "back through abs (or another function that is not monotone) spans "
+                        "both sides, the point above included; keep the value away from it "
+                        "instead, e.g. max(abs(x), 1e-3)")
             raise self.approx_error(msg.replace(to_text(e, self.names()), words.expr), nid,
-                                    self._fewer_relus_hint(msg, nid, cont, ew.tol)) from None
+                                    hint) from None
 
     def _clamped_leaf(self, nid, e, cont, gates, bounds):
         """A piece gated by sign or flag inputs needs a known range of its real leaf (its gate

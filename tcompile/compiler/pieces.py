@@ -280,7 +280,8 @@ class PieceBuilder:
         # p(1 − p) does not depend on y at all, y·σ(−y z) = σ(−z) + (y − 1)/2
         first_pat = next(iter(fits))
         first = fits[first_pat][1]
-        diffs = {pat: vals - first for pat, (_, vals) in fits.items()}
+        with np.errstate(invalid="ignore"):     # inf - inf: the fit below says where
+            diffs = {pat: vals - first for pat, (_, vals) in fits.items()}
         scale = max(1.0, float(np.abs(first).max()))
         offsets = {}
         if all(np.ptp(dv) <= 1e-13 * scale for dv in diffs.values()):
