@@ -176,7 +176,7 @@ def test_if_is_still_a_name():
     ("r = ones(2.5)", ["positive integer"]),
     ("r = ones(d) on [0, 1]", ["exact", "no domain"]),
     ("r = max(u)", ["takes 2 arguments"]),
-    ("r = max(u, M)", ["do not match"]),
+    ("r = max(u, y)", ["do not match"]),
     ("r = diag(A)", ["diag() of a [n, 3] value", "square matrix"]),
     ("r = diag(s)", ["diag() of a [] value"]),
 ])

@@ -448,7 +448,7 @@ class GraphBuilder(Walker):
             if not small_vector(tu) or tv.shape is None:
                 continue
             k = tu.shape[0]
-            if tv.shape == (k,) or tv.shape == (TOKEN, k):
+            if tv.shape == (k,) or len(tv.shape) == 2 and tv.shape[1] == k:
                 is_input = self.graph.nodes[u][OP] == "input"
                 options.append((not is_input, u, (u, tu, v, tv)))
         for x, tx, y, ty in ((a, ta, b, tb), (b, tb, a, ta)):
@@ -464,8 +464,8 @@ class GraphBuilder(Walker):
         note = ("exact: the elementwise product is diag(u) @ v, an attention head; diag(u) is "
                 "these ReLUs gated by the identity, exact where |u| <= its bound")
         d = self._diag(u, tu, loc, note)
-        if tv.shape == (TOKEN, tu.shape[0]):
-            return self.matmul(v, d, loc)        # row i of v scaled entrywise: v diag(u)
+        if len(tv.shape) == 2:
+            return self.matmul(v, d, loc)        # every row of v scaled entrywise: v diag(u)
         return self._remember(self.matmul(d, v, loc), d, v, tv)
 
     def _remember(self, product, d, v, tv):
@@ -482,7 +482,8 @@ class GraphBuilder(Walker):
             if tx.shape is not None and len(tx.shape) == 1 and cs[1] != 1:
                 if tx.shape[0] == TOKEN:
                     return self.matmul(x, self.transpose(self.fill((cs[1], 1), 1.0, loc), loc), loc)
-                ones = self.node("ones", (), (TOKEN, 1))
+                ones = (self.node("ones", (), (TOKEN, 1)) if cs[0] == TOKEN
+                        else self.fill((cs[0], 1), 1.0, loc))      # a small matrix's rows
                 return self.matmul(ones, self.transpose(x, loc), loc)
             return x
         return self.smul_or_scale(self.fill(cs, 1.0, loc), x, loc)

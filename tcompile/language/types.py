@@ -137,8 +137,8 @@ def elementwise_shape(op: str, a: Ty, b: Ty, loc, src) -> tuple | None:
     for x, y in ((sa, sb), (sb, sa)):
         if x == (TOKEN,) and len(y) == 2 and y[0] == TOKEN:
             return y
-        if len(x) == 1 and x[0] != TOKEN and y == (TOKEN, x[0]):   # numpy broadcast over tokens
-            return y
+        if len(x) == 1 and x[0] != TOKEN and len(y) == 2 and y[1] == x[0]:
+            return y                  # numpy's broadcast: the vector meets every row
     raise ProgramError(f"shapes {fmt_shape(sa)} and {fmt_shape(sb)} do not match for '{op}'",
                        loc, expected="equal shapes, a scalar, or [n] or [k] with [n, k]"
                        + small_matrix_diag_hint(op, sa, sb), source=src)
@@ -147,7 +147,7 @@ def elementwise_shape(op: str, a: Ty, b: Ty, loc, src) -> tuple | None:
 def small_matrix_diag_hint(op: str, sa, sb) -> str:
     """A small matrix times or divided by a vector along one of its axes (EM's means over
     each cluster's weight, [3, 2] / [3]): no broadcast reads it (numpy aligns a vector with
-    the last axis, and [n, k] is the only matrix the language broadcasts over), but diag
+    the last axis: [3, 2] / [2] divides columns, as numpy does), but diag
     scales rows or columns. The clause to add to the error's expected text, or ""."""
     if op not in "*/" or not (sa and sb):
         return ""
