@@ -397,3 +397,25 @@ def test_a_vector_along_a_small_matrixs_last_axis_broadcasts_as_numpy(stmt, ref)
         assert np.max(np.abs(got - want)) <= 1e-15
         tol = 1e-5 if "/" in stmt else 1e-15
         assert np.max(np.abs(prog.run(**ins)["M"] - want)) <= tol
+
+
+@pytest.mark.parametrize("stmt, ref", [
+    ("a = A * f", lambda A, f, g: A * f),
+    ("a = A * g", lambda A, f, g: A * g),
+    ("a = g * A", lambda A, f, g: g * A),
+    ("a = M * g", lambda A, f, g: A[:2] * g),
+])
+def test_token_data_times_a_sign_or_flag_vector_scales_its_columns(stmt, ref):
+    """`A * g` with g : [3] sign and A : [n, 3] was built as an MLP gate of A's own shape and
+    came out silently wrong (every token's row gated by the first tokens' values: relative
+    error 1.96); a sign or flag vector across the rows is a head, A @ diag(g), exact."""
+    from tcompile.language.parser import parse_source
+    src = ("program p\ninput f : [3] flag\ninput g : [3] sign\ninput A : [n, 3] in [-1, 1]\n"
+           "input M : [2, 3] in [-1, 1]\noutput a\n" + stmt + "\n")
+    prog = tcompile.compile_source(src)
+    rng = np.random.default_rng(11)
+    A = rng.uniform(-1, 1, (7, 3))
+    ins = dict(A=A, M=A[:2], f=np.array([1.0, 0.0, 1.0]), g=np.array([1.0, -1.0, 1.0]))
+    want = ref(A, ins["f"], ins["g"])
+    assert np.max(np.abs(tcompile.interpret_program(parse_source(src), None, **ins)["a"] - want)) == 0
+    assert np.max(np.abs(prog.run(**ins)["a"] - want)) <= 1e-15

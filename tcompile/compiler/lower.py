@@ -202,7 +202,11 @@ class Lowering:
         for a in sorted(self._hoisted.values()):     # invariant products: after their factors
             rank[a] = max(rank.get(f, -1) for f in self.g.nodes[a][ARGS]) + 0.5
         for a, readers in self._clamp_readers.items():   # clamps: just before their readers
-            rank[a] = min(rank[r] for r in readers if r in self.atoms) - 0.5
+            live = [rank[r] for r in readers if r in self.atoms]
+            if live:
+                rank[a] = min(live) - 0.5
+            else:                 # every reader became linear when expanded again: unused
+                del self.atoms[a]
         ordered = sorted(self.atoms, key=lambda a: rank.get(a, -1))
         return AtomTable(((a, self.atoms[a]) for a in ordered), self.atoms.inv_n, self.atoms.ones)
 

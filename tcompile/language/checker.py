@@ -409,22 +409,19 @@ class Walker:
         starting value (`z = A @ x0` or `q = q0` before `repeat { ... }`). Their products
         get no bounds from declared norms or ranges (_domain_operand aside), and the variable
         keeps none: the loop's later iterations cannot have them (their values are computed),
-        so the first iteration would be fitted apart from the rest."""
+        so the first iteration would be fitted apart from the rest. A variable that every
+        assignment in the later loops bounds, `W = (...) on [lo, hi]`, is no such start:
+        every value of it is declared."""
         key = id(stmts)
         if key not in self._loop_start_cache:
-            later: set[str] = set()
-            bounded: set[str] = set()       # every assignment in the later loops is `(...) on`
-            unbounded: set[str] = set()
+            unbounded: set[str] = set()     # assigned in a later loop other than by `(...) on`
             starts = set()
             for i in range(len(stmts) - 1, -1, -1):
                 stmt = stmts[i]
                 if isinstance(stmt, ast.Repeat):
-                    for n, _ in ast.walk(stmt.body):
-                        if isinstance(n, ast.Assign):
-                            later.add(n.target)
-                            (bounded if isinstance(n.value, ast.Bound) else unbounded).add(n.target)
-                elif isinstance(stmt, ast.Assign) and stmt.target in later and \
-                        (stmt.target in unbounded or stmt.target not in bounded):
+                    unbounded |= {n.target for n, _ in ast.walk(stmt.body)
+                                  if isinstance(n, ast.Assign) and not isinstance(n.value, ast.Bound)}
+                elif isinstance(stmt, ast.Assign) and stmt.target in unbounded:
                     starts.add(i)
             self._loop_start_cache[key] = (stmts, frozenset(starts))    # (keeps id(stmts) alive)
         return self._loop_start_cache[key][1]
