@@ -990,8 +990,8 @@ output W, H
 W = W0
 H = H0
 repeat steps {
-  H = (H * (W.T @ V) / (W.T @ W @ H) on [0.01, 20]) on [0.01, 5] tol 1e-4
-  W = (W * (V @ H.T) / (W @ H @ H.T) on [0.01, 20]) on [0.01, 5] tol 1e-4
+  H = (H * (W.T @ V) / (W.T @ W @ H) on [0.01, 20]) on [0.01, 5] tol 1e-3
+  W = (W * (V @ H.T) / (W @ H @ H.T) on [0.01, 20]) on [0.01, 5] tol 1e-3
 }
 """
 
@@ -1012,6 +1012,7 @@ def test_values_bounded_by_on_in_every_assignment_bound_their_products():
             want = tcompile.interpret_program(parsed, None, **ins)
             got = prog.run(**ins)
             for name in ("W", "H"):
-                assert np.max(np.abs(got[name] - want[name])) <= 1e-3, (loops, name)
+                # 4 steps of two fitted products and two quotients, each within 1e-3
+                assert np.max(np.abs(got[name] - want[name])) <= 2e-2, (loops, name)
     err = _compile_error(NMF.replace("  W = (W * (V @ H.T)", "  W = W + 0\n  W = (W * (V @ H.T)"))
     assert "W.T @ V" in err.message and "no known bounds" in err.message
