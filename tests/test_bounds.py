@@ -493,6 +493,23 @@ def test_a_divisor_known_to_be_one_number_divides_as_that_number():
     assert tcompile.compile_source(src, params={"steps": 1}).n_layers == 3
 
 
+def test_a_steep_piece_of_a_value_known_to_be_one_number_is_that_value_exactly():
+    """A perceptron written with `clip(-1e6 * margin, 0, 1)` never moves w from zeros(d):
+    at w = 0 every margin is 0 and nothing counts as misclassified (the program's own slip).
+    The checker knows X @ w is the number 0; its piece was fitted on a 1e-9 sliver around 0,
+    across which the ramp varies by 1e-3, so the fit's 1e-6 error moved the compiled w and
+    the next iteration's domain check fired. On the sliver the piece is now the function's
+    value at that number: w stays exactly 0, as in the interpreter."""
+    src = PERCEPTRON.replace("clip(1 - 1e6 * (y * (X @ w)), 0, 1)", "clip(-1e6 * (y * (X @ w)), 0, 1)")
+    assert src != PERCEPTRON
+    from tcompile.inspection.sampling import sample_inputs
+    prog = tcompile.compile_source(src)
+    ins = sample_inputs(parse_source(src), n=12, seed=0)
+    assert not np.any(tcompile.interpret_program(parse_source(src), None, **ins)["w"])
+    assert not np.any(prog.run(**ins)["w"])
+    assert not any(c["outside"] for c in tcompile.check_domains(prog, **ins))
+
+
 def test_a_saturating_relu_is_not_flagged_for_a_fit_error_below_its_corner():
     """Row norms sqrt(relu((X * X) @ ones(d))): the row sums' bounds start at 0, the fitted
     squares' sums reach -3e-6 on rows of zeros, and relu makes that the 0 the piece gives;

@@ -271,10 +271,15 @@ class PieceBuilder:
         lo, hi, checked = self._domain(e, cont, gates, patterns, bounds, what, words.names,
                                        loc_error)
         key = shape_key(e, cont, gates)
+        point = _one_point(e, cont, gates, patterns, bounds)
+        if point is not None:
+            key = ("at one point", point) + key
         fits: dict[tuple, PLApprox] = {}
         grid = np.linspace(lo, hi, 257)
         for pat in patterns:
             f = _leaf_function(e, cont, _pattern_env(gates, pat), clamped=checked is not None)
+            if point is not None:
+                f = _constant_function(float(f(np.array([point]))[0]))
             fits[pat] = (f, f(grid))
         # patterns whose functions differ by constants share one fit plus gated constants:
         # p(1 − p) does not depend on y at all, y·σ(−y z) = σ(−z) + (y − 1)/2
@@ -505,6 +510,22 @@ def saturation_interval(e, cont: int, gates, bounds: dict) -> tuple[float, float
         return None
     lo, hi = min(s[0] for s in spans), max(s[1] for s in spans)
     return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) and lo < hi else None
+
+
+def _one_point(e, cont, gates, patterns, bounds) -> float | None:
+    """The leaf's value where its bounds are one number (sum(e) of e = exp(0) in a loop's
+    first iteration, X @ w of w = zeros(d)), else None. The piece is then fitted on a sliver
+    around it for the compiled value's rounding, and is the function's value there on all of
+    it: a steep function (a perceptron's clip(1 - 1e6 * m, 0, 1) at m = 0) would otherwise
+    vary across the sliver by its budget and move what the program keeps fixed."""
+    if cont is None:
+        return None
+    lo, hi = _leaf_interval(e, cont, gates, patterns, bounds)
+    return lo if lo == hi else None
+
+
+def _constant_function(value: float):
+    return lambda u: np.full(np.shape(u), value)
 
 
 def _leaf_interval(e, cont, gates, patterns, bounds) -> tuple[float, float]:
