@@ -108,9 +108,14 @@ class PLApprox:
             object.__setattr__(self, "_relu_form", cached)
         return cached
 
+    @property
+    def slopes(self) -> np.ndarray:
+        """The slope of each interval between knots."""
+        return np.diff(self.values) / np.diff(self.knots)
+
     def _relu_form_of_knots(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         t, v = self.knots, self.values
-        s = np.diff(v) / np.diff(t)
+        s = self.slopes
         c = np.diff(np.concatenate([[0.0], s, [0.0]]))          # slope change at each knot
         if abs(s[0]) > abs(s[-1]):      # relu(t - u): zero right of hi, so constant = v[-1]
             a, b, const = -np.ones_like(t), t.copy(), v[-1]
@@ -162,11 +167,8 @@ def approximate_callable(name: str, f: Callable, lo: float, hi: float, tol: floa
     # and rounding must not push it over the target.
     shift = 0.0 if interpolate else max(target * (1 - _RTOL) - 256 * _EPS * np.max(np.abs(fg)), 0.0)
     sig = _convexity_sign(xg, fg)
-    # sqrt|f''| on the grid: it sizes the chunks, the first guesses, and the early size check.
     step = (hi - lo) / (_GRID - 1)
-    d2 = np.abs(np.diff(fg, 2))
-    w = np.sqrt(np.where(d2 > 4 * noise, d2, 0.0)) / step                  # at xg[1:-1]
-    cell = np.concatenate([w[:1], (w[1:] + w[:-1]) / 2, w[-1:]]) * step     # per grid cell
+    w, cell = _curvature(fg, step, noise)
     total = float(cell.sum())
     per_knot = np.sqrt(8 * target * (1 if interpolate else 2))
     estimate = total / per_knot
@@ -471,6 +473,15 @@ def _next_length(h, c, prev_h, prev_c, ok_h, bad_h, level, tries):
     return np.where((tries % 3 == 0) & np.isfinite(ratio), ok_h * np.sqrt(ratio), hn)
 
 
+def _curvature(fvals, step: float, noise: float):
+    """sqrt|f''| at the interior points of a uniform grid of spacing `step` (second
+    differences above rounding only), and its integral over each grid cell: it sizes the
+    chunks, the first guesses, and the early size check."""
+    d2 = np.abs(np.diff(fvals, 2))
+    w = np.sqrt(np.where(d2 > 4 * noise, d2, 0.0)) / step                  # at x[1:-1]
+    return w, np.concatenate([w[:1], (w[1:] + w[:-1]) / 2, w[-1:]]) * step     # per cell
+
+
 _REFINE_SPLIT = 64       # subcells per refined grid cell
 _REFINE_ROUNDS = 12      # refinements of a cell within a cell at most
 
@@ -496,10 +507,7 @@ def _refined_cells(f, xg, cell, noise, per_knot):
             sub = np.linspace(xs[i], xs[i + 1], _REFINE_SPLIT + 1)
             with np.errstate(all="ignore"):
                 fs = _feval(f, sub)
-            h = sub[1] - sub[0]
-            d2 = np.abs(np.diff(fs, 2))
-            w = np.sqrt(np.where(d2 > 4 * noise, d2, 0.0)) / h
-            sub_c = np.concatenate([w[:1], (w[1:] + w[:-1]) / 2, w[-1:]]) * h
+            _, sub_c = _curvature(fs, sub[1] - sub[0], noise)
             new_x += [xs[start:i + 1], sub[1:-1]]
             new_c += [cs[start:i], sub_c]
             start = i + 1

@@ -420,9 +420,8 @@ class GraphBuilder(Walker):
         gated = ta.sign or ta.flag or tb.sign or tb.flag
         # a sign or flag gates an MLP piece of a value of its own shape; a [k] one across the
         # rows of [n, k] or [r, k] (`A * f`) is a head, A @ diag(f), like any bounded [k]
-        across = ta.shape != tb.shape and {len(ta.shape or ()), len(tb.shape or ())} == {1, 2} \
-            and TOKEN not in ((ta.shape if len(ta.shape or ()) == 1 else tb.shape) or ())
-        exact = None if gated and not across else self._as_head_product(a, ta, b, tb, loc)
+        exact = None if gated and ta.shape == tb.shape else \
+            self._as_head_product(a, ta, b, tb, loc)
         if exact is not None:
             return exact
         relative = self.stmt_tol_rel and self.stmt_tol is not None

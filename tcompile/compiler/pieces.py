@@ -143,7 +143,7 @@ def steep_ramp(pl: PLApprox) -> float:
     if not pl.exact or len(pl.knots) < 2:
         return 0.0
     with np.errstate(all="ignore"):
-        slopes = np.abs(np.diff(pl.values) / np.diff(pl.knots))
+        slopes = np.abs(pl.slopes)
     slopes = slopes[np.isfinite(slopes)]
     top = float(slopes.max()) if slopes.size else 0.0
     return top if top >= STEEP_RAMP else 0.0
