@@ -140,8 +140,8 @@ class Evaluator:
             elif isinstance(s, ast.Repeat):
                 for _ in range(int(round(float(self.expr(s.count, env).a)))):
                     self.block(s.body, env)
-            else:
-                raise Return(self.expr(s.value, env))
+            else:       # `return a, b`: a call takes one value (Call.part)
+                raise Return(tuple(self.expr(v, env) for v in s.values))
 
     def expr(self, e, env):
         if isinstance(e, ast.Number):
@@ -174,7 +174,7 @@ class Evaluator:
             try:
                 self.block(fn.body, scope)
             except Return as r:
-                return r.value
+                return r.value[e.part or 0]
             raise AssertionError(f"{e.func} returned nothing")
         x = args[0]
         if e.func == "sum":                          # over the first axis

@@ -134,6 +134,7 @@ class _SteadyState:
         some state's bounds and they do not lift the limit, why not."""
         probe = _Probe(self.program, self.params)        # (types only: self's rules apply)
         probe.call_stack, probe.call_sites = list(self.call_stack), list(self.call_sites)
+        probe.return_parts = list(self.return_parts)
         probe.inputs = self.inputs
         probe.loops_around = list(self.loops_around)
         types = {k: Val(v.ty) for k, v in env.items()}

@@ -94,6 +94,9 @@ class Call:
     domain: Interval | None = None     # `on [lo, hi]`: where an approximated function is used
     tol: "Expr | None" = None          # `tol 1e-6`: its error budget
     tol_rel: bool = False              # `tol rel 1e-6`: the budget is relative, |err| <= eps |f|
+    # which value of a def that returns several (`return a, b`): set by multi_assign.py for
+    # `x, y = f(...)`, which becomes one call per value; None for a def of one value
+    part: int | None = None
 
 
 Expr = Number | Name | BinOp | Neg | Transpose | Call | Index
@@ -119,8 +122,20 @@ class Repeat:
 
 @dataclass(frozen=True)
 class Return:
-    value: Expr
+    values: tuple[Expr, ...]           # `return a, b` returns two; a call takes one (Call.part)
     loc: SourceLocation
+
+
+@dataclass(frozen=True)
+class MultiAssign:
+    """`x, y = e1, e2` or `x, y = f(...)`: the parser's record of it, which multi_assign.py
+    turns into plain Assigns before any other pass sees the program."""
+    targets: tuple[str, ...]
+    target_locs: tuple[SourceLocation, ...]
+    values: tuple[Expr, ...]
+    loc: SourceLocation
+    tol: "Expr | None" = None
+    tol_rel: bool = False
 
 
 Stmt = Assign | Repeat | Return

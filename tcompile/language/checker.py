@@ -185,6 +185,7 @@ class Walker:
         self.statements = 0
         self.call_stack: list[str] = []
         self.call_sites: list[ast.Call] = []      # the calls being inlined, outermost first
+        self.return_parts: list[int] = []         # which of its values each call returns
         self._assignments: dict[str, int] = {}
         # id(ast operand of a `*` or `-`) -> its type, this walk (_product_interval, _between)
         self._operand_ty: dict[int, Ty] = {}
@@ -348,7 +349,7 @@ class Walker:
                 if i != len(stmts) - 1:
                     raise self.err("statements after 'return' are never run", stmts[i + 1].loc,
                                    expected="'return' as the last statement")
-                return self.eval(stmt.value, env)
+                return self.eval(stmt.values[self.return_parts[-1]], env)
         return None
 
     def _count_statements(self, k, stmt) -> None:
@@ -933,11 +934,13 @@ class Walker:
                 raise self.err(f"'{fn.name}' has two parameters named '{pname}'", where[i])
         self.call_stack.append(e.func)
         self.call_sites.append(e)
+        self.return_parts.append(e.part or 0)
         try:
             ret = self.exec_block(fn.body, local, in_function=True)
         finally:
             self.call_stack.pop()
             self.call_sites.pop()
+            self.return_parts.pop()
         if ret is None:
             raise self.err(f"function '{fn.name}' does not end with 'return'", fn.loc,
                            expected="'return EXPR' as its last statement")

@@ -10,9 +10,10 @@ from functools import lru_cache
 from pathlib import Path
 
 import lark
-from lark import Lark, Transformer, v_args
+from lark import Lark, Token, Transformer, v_args
 
 from . import ast
+from .multi_assign import expand_multi_assignments
 from .nesting import too_deep
 from ..errors import ProgramError, ProgramSyntaxError, SourceLocation, TcompileError
 
@@ -163,11 +164,19 @@ class _ToAst(Transformer):
             expr = ast.Bound(expr.operand, expr.domain, expr.loc)
         return ast.Assign(str(children[0]), expr, self._tok_loc(children[0]), value, rel)
 
+    def multi_assign(self, meta, children):
+        *parts, tol = children
+        names = [c for c in parts if isinstance(c, Token)]
+        values = tuple(c for c in parts if not isinstance(c, Token))
+        value, rel = tol if tol is not None else (None, False)
+        return ast.MultiAssign(tuple(str(t) for t in names), tuple(self._tok_loc(t) for t in names),
+                               values, self._tok_loc(names[0]), value, rel)
+
     def repeat(self, meta, children):
         return ast.Repeat(children[0], children[1], self._loc(meta))
 
     def return_stmt(self, meta, children):
-        return ast.Return(children[0], self._loc(meta))
+        return ast.Return(tuple(children), self._loc(meta))
 
     def block(self, meta, children):
         return tuple(children)
@@ -386,6 +395,7 @@ def _build_program(tree, file: str, source: str) -> ast.Program:
                                expected="an assignment or 'repeat'", source=source)
         else:
             prog.body.append(item)
+    expand_multi_assignments(prog)
     return prog
 
 
