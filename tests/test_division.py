@@ -378,6 +378,7 @@ def test_a_small_matrix_divided_by_a_vector_says_how_diag_divides_it(divide, fix
     ("M = P * e", lambda P, e, q: P * e),            # P @ diag(e): a head, exact
     ("M = q - P", lambda P, e, q: q - P),            # q subtracted from every row: 1 qᵀ, a head
     ("M = max(P, q)", lambda P, e, q: np.maximum(P, q)),
+    ("M = q / (P + 2)", lambda P, e, q: q / (P + 2)),   # the vector over the rows: q * (1 / M)
 ])
 def test_a_vector_along_a_small_matrixs_last_axis_broadcasts_as_numpy(stmt, ref):
     """A user's distances to inducing points, `(xq - C) * (xq - C)` with xq : [2] and

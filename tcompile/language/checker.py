@@ -738,7 +738,8 @@ class Walker:
         if not _divisible(ta.shape, tb.shape):
             raise self.err(f"cannot divide {fmt_shape(ta.shape)} by {fmt_shape(tb.shape)}", e.loc,
                            expected="a scalar divisor, equal shapes, a scalar divided by anything, "
-                                    "[n, k] / [n] (per token) or [n, k] / [k] (per feature)"
+                                    "[n, k] / [n] (per token), [r, k] / [k] (per column) or "
+                                    "[k] / [r, k]"
                                     + small_matrix_diag_hint("/", ta.shape, tb.shape))
         by_n = isinstance(e.right, ast.Name) and e.right.id == TOKEN
         if tb.const is not None or by_n:

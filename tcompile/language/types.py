@@ -249,9 +249,12 @@ def check_holdable(shape, loc, src):
 def _divisible(sa, sb) -> bool:
     """Shapes `/` accepts: a scalar or equal-shaped divisor, a scalar numerator (1 / u), token
     data divided per token by an [n] value, or a matrix's rows divided entrywise by a [k]
-    vector (numpy's broadcast of [r, k] / [k]: per-feature scaling, C / sqrt(var))."""
+    vector (numpy's broadcast of [r, k] / [k]: per-feature scaling, C / sqrt(var)), and a [k]
+    vector by a matrix's rows ([k] / [r, k], numpy's broadcast the other way: u * (1 / M))."""
     if sb == () or sa == sb or sa == () or (is_unit(sb) and sa is not None and len(sb) <= len(sa)):
         return True
     if sa is not None and len(sa) == 2 and sb == (sa[1],) and sa[1] != TOKEN:
+        return True
+    if sb is not None and len(sb) == 2 and sa == (sb[1],) and sb[1] != TOKEN:
         return True
     return sb == (TOKEN,) and sa is not None and len(sa) == 2 and sa[0] == TOKEN
