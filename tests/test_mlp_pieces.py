@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from scipy.special import expit
 
 import tcompile
@@ -374,19 +375,31 @@ def test_gated_piece_that_does_not_saturate_still_needs_bounds():
         compile_body("s = y * relu(z)", "input y : [n] sign\ninput z : [n]")
 
 
-def test_a_divisor_domain_read_back_through_abs_says_where_it_is_not_finite():
-    """`a / (abs(u)) on [1e-3, 5]`: read back through abs, the divisor's domain spans [-5, 5],
-    where 1 / abs(u) is infinite at 0. The error said only "not finite on the domain", after a
-    numpy RuntimeWarning leaked from comparing the sign patterns; it now names the point and
-    how to keep the value away from it, and nothing else is printed."""
+def test_a_divisor_declared_on_abs_is_stored_and_checked_there():
+    """`a / (abs(u)) on [0.1, 5]` bounds abs(u), but one piece of u was fitted on u's domain
+    read back through abs, [-5, 5], where 1 / abs(u) is infinite at 0: the build was refused
+    (first with a numpy RuntimeWarning leaking, then "not finite on the domain (at 0)"). Now
+    abs(u) is stored by a piece of its own (exact) and the reciprocal reads it on the
+    declared domain, which the model checks: a value of abs(u) below 0.1 is a DomainError
+    naming the statement, as for any divisor. Nothing is printed on the way."""
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with pytest.raises(tcompile.errors.ApproxError) as info:
-            compile_body("s = a / (abs(u)) on [1e-3, 5]",
-                         "input u : [n]\ninput a : [n] in [-1, 1]")
-    assert "not finite on the domain (at 0)" in info.value.message
-    assert "max(abs(x), 1e-3)" in info.value.expected
+        prog = compile_body("s = a / (abs(u)) on [0.1, 5]", "input u : [n]\ninput a : [n] in [-1, 1]")
+    # weight for weight the program a user would write with abs(u) stored by hand
+    by_hand = compile_body("t = abs(u)\ns = a / (t) on [0.1, 5]",
+                           "input u : [n]\ninput a : [n] in [-1, 1]")
+    mine, theirs = prog.module.state_dict(), by_hand.module.state_dict()
+    assert mine.keys() == theirs.keys()
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    rng = np.random.default_rng(4)
+    u = rng.choice([-1.0, 1.0], 40) * rng.uniform(0.1, 5, 40)
+    a = rng.uniform(-1, 1, 40)
+    assert np.max(np.abs(prog.run(u=u, a=a)["s"] - a / np.abs(u))) <= 2e-6
+    u[3] = -0.05
+    with pytest.raises(tcompile.errors.DomainError, match=r"line 5 `s = a / \(abs\(u\)\) on "
+                                                          r"\[0.1, 5\]`.*values in \[0.05"):
+        prog.run(u=u, a=a)
 
 
 def test_call_without_domain_is_a_program_error():

@@ -800,11 +800,12 @@ class Lowering:
                     bounds[cont] = self.leaf_bounds(cont, bounds.get(cont))
             try:
                 piece = self._unary_piece(nid, ew, e, cont, gates, bounds)
-            except CompileError:
-                clamped = self._clamped_leaf(nid, e, cont, gates, bounds)
-                if clamped is None:
+            except (CompileError, ApproxError):
+                split = (self._clamped_leaf(nid, e, cont, gates, bounds)
+                         or self._stored_bounded_operand(nid, e, cont, bounds))
+                if split is None:
                     raise
-                e, cont, bounds = clamped
+                e, cont, bounds = split
                 piece = self._unary_piece(nid, ew, e, cont, gates, bounds)
         self.piece_ranges[nid] = piece.range
         poly = self.make_atom(nid, "mlp")
@@ -857,6 +858,48 @@ class Lowering:
         clamp = self.clamp_atom(nid, cont, span)
         return (_with_leaf(e, cont, Leaf(clamp)), clamp,
                 {**{a: b for a, b in bounds.items() if a != cont}, clamp: span})
+
+    def _stored_bounded_operand(self, nid, e, cont, bounds):
+        """`a / (abs(u)) on [1e-3, 5]`: the user bounds abs(u), but one piece of u would be
+        fitted on u's own domain, read back through abs to both sides of 0, where 1/abs(u) is
+        infinite. Where the piece fails so and a declared `(x) on [lo, hi]` in it bounds a
+        function x of the leaf (not the leaf itself), x is stored (its own MLP piece, one
+        sublayer earlier) and the piece reads it on the declared domain, which the model then
+        checks as any piece's. Only where the piece could not be built otherwise: every other
+        build keeps one piece. None where no such bound is in the tree; else the piece's
+        expression, leaf and bounds over the stored operand."""
+        if cont is None:
+            return None
+        for b in self._bounds_in_tree(nid):
+            inner, (lo, hi) = self.g.nodes[b][ARGS][0], self.g.nodes[b][DOMAIN]
+            p = self.polys.get(inner)
+            if inner in self.atoms or not isinstance(p, Elementwise) or p.product or \
+                    leaves(p.expr) != {cont} or not _contains(e, p.expr):
+                continue
+            self.materialize_mlp(inner)
+            have = self.piece_ranges.get(inner, (lo, hi))
+            span = (max(lo, have[0]), min(hi, have[1]))
+            return (_with_subexpr(e, p.expr, Leaf(inner)), inner,
+                    {**{a: v for a, v in bounds.items() if a != cont}, inner: span})
+        return None
+
+    def _bounds_in_tree(self, nid) -> list[int]:
+        """The nodes of nid's elementwise tree (nid included, not behind an atom) that declare
+        their argument's domain: `(x) on [lo, hi]`, and a call or divisor with `on [lo, hi]`;
+        outermost first."""
+        found, seen, todo = [], {nid}, [nid]
+        while todo:
+            x = todo.pop(0)
+            node = self.g.nodes[x]
+            if node[OP] == "bound" or (node[OP] == "call" and node.get(DOMAIN) is not None
+                                       and not node.get(INFERRED)):
+                found.append(x)
+            for a in node[ARGS]:
+                if a not in seen and a not in self.atoms and \
+                        isinstance(self.polys.get(a), Elementwise):
+                    seen.add(a)
+                    todo.append(a)
+        return found
 
     def clamp_atom(self, nid: int, leaf: int, span: tuple) -> int:
         """The atom holding clip(leaf, *span) (a node of its own marked `clamp`, nodes.py),
@@ -1176,6 +1219,28 @@ def _with_leaf(e, leaf: int, new):
     if isinstance(e, Call):
         return replace(e, arg=_with_leaf(e.arg, leaf, new))
     return type(e)(_with_leaf(e.a, leaf, new), _with_leaf(e.b, leaf, new))
+
+
+def _contains(e, sub) -> bool:
+    """Whether the expression `sub` is a subtree of e."""
+    if e == sub:
+        return True
+    if isinstance(e, (Leaf, Const)):
+        return False
+    if isinstance(e, Call):
+        return _contains(e.arg, sub)
+    return _contains(e.a, sub) or _contains(e.b, sub)
+
+
+def _with_subexpr(e, sub, new):
+    """e with every subtree equal to `sub` replaced by `new`."""
+    if e == sub:
+        return new
+    if isinstance(e, (Leaf, Const)):
+        return e
+    if isinstance(e, Call):
+        return replace(e, arg=_with_subexpr(e.arg, sub, new))
+    return type(e)(_with_subexpr(e.a, sub, new), _with_subexpr(e.b, sub, new))
 
 
 def _constant_poly(p) -> bool:
