@@ -32,3 +32,13 @@ def build(program, params: dict | None = None, tol: float | None = None,
 @functools.lru_cache(maxsize=None)
 def _build(path: str, params: tuple, tol, loops: str):
     return tcompile.compile_file(path, params=dict(params) or None, tol=tol, loops=loops)
+
+
+def fresh(program, params: dict | None = None, tol: float | None = None,
+          loops: str = "unrolled"):
+    """A new CompiledProgram over the shared build's manifest and weights: none of the
+    caches a program keeps (its modules, its executors and their plans), for tests that plan
+    or trace anew, without compiling again. A test that edits weights compiles its own."""
+    from tcompile.runtime.program import CompiledProgram
+    built = build(program, params, tol, loops)
+    return CompiledProgram(built.typed_manifest, built.layers)

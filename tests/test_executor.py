@@ -82,7 +82,7 @@ def test_logistic_runs_its_sigmoid_as_a_table_and_its_products_as_tables():
 
 def logistic_ops(n: int, dtype=torch.float64):
     name, params, _ = SHIPPED[2]
-    prog = tcompile.compile_file(PROGRAMS / f"{name}.tp", params=params)
+    prog = builds.fresh(name, params)
     ex = StructuredExecutor(prog.layers, prog.layout)
     return prog, params, [[op for op in sub.ops if op is not None]
                           for sub in ex.resolved(n, dtype).sublayers]
@@ -123,7 +123,7 @@ def test_logistic_chunked_tables_equal_module(monkeypatch, chunk, dtype):
     monkeypatch.setitem(exec_ops.CHUNK, "cpu", chunk)
     monkeypatch.setenv(fused_lookup.ENV_SWITCH, "0")
     name, params, n = SHIPPED[2]
-    prog = tcompile.compile_file(PROGRAMS / f"{name}.tp", params=params)
+    prog = builds.fresh(name, params)
     batch = sample_inputs(prog.program, params, n=n, batch=5, seed=5)
     ex = StructuredExecutor(prog.layers, prog.layout)
     dt = getattr(torch, dtype)
@@ -166,7 +166,7 @@ def test_corpus_structured_equals_module(fname):
 
 def test_float32_path_runs_and_is_float32_accurate():
     name, params, n = SHIPPED[1]
-    prog = tcompile.compile_file(PROGRAMS / f"{name}.tp", params=params)
+    prog = builds.fresh(name, params)
     inputs = sample_inputs(prog.program, params, n=n, batch=4, seed=2)
     got = prog.run(dtype="float32", **inputs)
     assert rel_gap(got, module_outputs(prog, inputs)) <= 1e-4
@@ -309,7 +309,7 @@ def _interpreted(ex):
 
 @pytest.mark.parametrize("name,params,n", SHIPPED, ids=[s[0] for s in SHIPPED])
 def test_generated_code_replays_the_plan_bit_for_bit(name, params, n):
-    prog = tcompile.compile_file(PROGRAMS / f"{name}.tp", params=params)
+    prog = builds.fresh(name, params)
     ex = executor_for(prog, "structured")
     for B, seed in ((3, 1), (3, 2), (1, 3)):        # a new shape traces anew; a seen one replays
         batch = sample_inputs(prog.program, params, n=n or 16, batch=B, seed=seed)
@@ -362,7 +362,7 @@ def test_table_lookup_by_grid_or_searchsorted_agrees(monkeypatch, search_below):
     """The two ways a table pass finds intervals (the grid; one searchsorted, for small
     passes) give the same function: the module's, and each other's to rounding."""
     name, params, n = SHIPPED[2]
-    prog = tcompile.compile_file(PROGRAMS / f"{name}.tp", params=params)
+    prog = builds.fresh(name, params)
     batch = sample_inputs(prog.program, params, n=n, batch=5, seed=4)
     prep = prog.prepare_inputs(batch)
     default = StructuredExecutor(prog.layers, prog.layout).run_inputs(prep)
@@ -454,7 +454,7 @@ def test_products_over_the_tokens_are_made_once(name, params, n, want):
     """A V Kᵀ over the same slots is one product per forward (in a later sublayer too), and a
     head whose V rows are some of an earlier head's takes those rows of its product: counted
     as the products whose inner size is n, against the module."""
-    prog = tcompile.compile_file(PROGRAMS / f"{name}.tp", params=params)
+    prog = builds.fresh(name, params)
     batch = sample_inputs(prog.program, params, n=n, batch=3, seed=4)
     prog.run(domains="off", **batch)                  # traced: the next run replays
     with _Products(n) as p:
@@ -467,11 +467,11 @@ def test_a_concatenated_read_is_multiplied_in_batch_slices_bit_for_bit(monkeypat
     """least_squares' [A; y] Aᵀ in slices of the batch (so that [A; y] never exists whole)
     gives what the whole product gives, bit for bit."""
     name, params, n = SHIPPED[1]
-    prog = tcompile.compile_file(PROGRAMS / f"{name}.tp", params=params)
+    prog = builds.fresh(name, params)
     batch = sample_inputs(prog.program, params, n=n, batch=7, seed=2)
     whole = executor_for(prog, "structured").run_inputs(prog.prepare_inputs(batch))
     monkeypatch.setitem(exec_ops.CHUNK, "cpu", 2 * (params["d"] + 1) * n)   # 2 problems a slice
-    prog2 = tcompile.compile_file(PROGRAMS / f"{name}.tp", params=params)
+    prog2 = builds.fresh(name, params)
     with _Products(n) as p:
         sliced = executor_for(prog2, "structured").run_inputs(prog2.prepare_inputs(batch))
     assert p.count == 4                               # ceil(7 / 2) slices, one product each
@@ -501,7 +501,7 @@ def test_the_plan_keeps_no_dense_mlp_matrices_and_one_copy_of_equal_tables():
     nonzeros); newton_logistic's product pieces' squares, equal in every Newton step, are one
     _Tables (one copy of its grid, not one per step)."""
     name, params, n = SHIPPED[2]
-    prog = tcompile.compile_file(PROGRAMS / f"{name}.tp", params=params)
+    prog = tcompile.compile_file(PROGRAMS / f"{name}.tp", params=params)   # (its layers' state)
     held = [w._held("W_1") is not None for w in prog.layers]
     assert any(held)
     ex = StructuredExecutor(prog.layers, prog.layout)
