@@ -384,11 +384,14 @@ CLAIMS: list = [
     *[Cell("docs/architecture.md", SHARED, name, "artifact bytes, steps = 10 / 1000",
            all_of(whole(shared_bytes(name, 10)), whole(shared_bytes(name, 1000))))
       for name in ("newton_inverse", "least_squares")],
-    Prose("README.md", r"newton_inverse: ([\d,]+) bytes at 10 steps and at\s+1,000",
+    Prose("README.md", r"newton_inverse: ([\d,]+) bytes at 10 steps and",
           lambda: f"{artifact_bytes('newton_inverse', 'shared', steps=10):,}"),
-    Prose("README.md", r"newton_inverse: [\d,]+ bytes at 10 steps and at\s+1,000",
-          lambda: artifact_bytes("newton_inverse", "shared", steps=10)
-          == artifact_bytes("newton_inverse", "shared", steps=1000) or "differs at 1,000"),
+    Prose("README.md", r"newton_inverse: [\d,]+ bytes at 10 steps and\s+([\d,]+) at 1,000",
+          lambda: f"{artifact_bytes('newton_inverse', 'shared', steps=1000):,}"),
+    # (the count's digits in the params are all that grows: at most one 8-byte pad step)
+    Prose("README.md", r"newton_inverse: [\d,]+ bytes at 10 steps and\s+[\d,]+ at 1,000",
+          lambda: artifact_bytes("newton_inverse", "shared", steps=1000)
+          - artifact_bytes("newton_inverse", "shared", steps=10) <= 8 or "grows at 1,000"),
     # README: the sparse artifact against the dense weights
     Prose("README.md", r"([\d.]+) MB for newton_inverse at d = 64, 200 steps",
           lambda: f"{artifact_bytes('newton_inverse', d=64, steps=200) / 1e6:.1f}"),

@@ -39,7 +39,8 @@ def compile_dataflow(df, params, values, max_memory, report, pieces=None):
     stage("size check")
     check_plan(plan, cause, max_memory)
     stage("emit")
-    layers, blocks, keys = emit(plan, df.outputs, progress=report.layer if report else None)
+    layers, blocks, keys = emit(plan, df.outputs, progress=report.layer if report else None,
+                                source=df.source)
     return plan, layers, blocks, keys
 
 

@@ -16,7 +16,7 @@ from ..runtime.weights import LayerWeights
 from ..runtime.codec import NUMBER, pattern_name
 from ..runtime.layout import LIVE_TO_END
 from .heads import HeadTerm, Operand
-from .nodes import CSHAPE, ENTRIES, OP, VALUE, VARS
+from .nodes import ARGS, CLAMP, CSHAPE, ENTRIES, FARGS, LOC, OP, VALUE, VARS
 from .pieces import piece_unit_count, piece_unit_entries, piece_units
 from .plan import Plan
 from .rows import AFTER_LAST_SUBLAYER, IDENTITY_BLOCK, PSEUDO_BLOCK
@@ -47,11 +47,12 @@ def const_name(node: dict) -> str:
     return node[OP]
 
 
-def emit(plan: Plan, outputs: dict[str, int], progress=None) -> tuple[list[LayerWeights], list[Block], dict]:
+def emit(plan: Plan, outputs: dict[str, int], progress=None,
+         source: str | None = None) -> tuple[list[LayerWeights], list[Block], dict]:
     """(weights per layer, the stored blocks in write order, block key per stored pair);
     `progress(layer, n_layers)`, if given, is called as each layer is emitted."""
     keys = _block_keys(plan)
-    blocks = _blocks(plan, outputs, keys)
+    blocks = _blocks(plan, outputs, keys, source)
     writers = writers_by_time(plan)
     layers = []
     for layer in range(1, plan.n_layers + 1):
@@ -92,7 +93,8 @@ def _block_keys(plan: Plan) -> dict:
     return keys
 
 
-def _blocks(plan: Plan, outputs: dict[str, int], keys: dict) -> list[Block]:
+def _blocks(plan: Plan, outputs: dict[str, int], keys: dict,
+            source: str | None = None) -> list[Block]:
     out_pairs = {(o, plan.orient[o]): name for name, o in outputs.items()}
     blocks = []
     for pair, slot in _in_write_order(plan):
@@ -103,8 +105,25 @@ def _blocks(plan: Plan, outputs: dict[str, int], keys: dict) -> list[Block]:
             last_read=LIVE_TO_END if slot.last_read >= AFTER_LAST_SUBLAYER else slot.last_read,
             vars=list(atom.node.get(VARS) or []),
             name=atom.name if atom.kind == "input" else out_pairs.get(pair),
-            const=const_name(atom.node) if atom.kind == "const" else None))
+            const=const_name(atom.node) if atom.kind == "const" else None,
+            **_written_as(plan, atom, source)))
     return blocks
+
+
+def _written_as(plan: Plan, atom, source: str | None) -> dict:
+    """A compiler temporary's text as the program writes it (`X @ w`, from the node's source
+    location) and its line: what a researcher probing the stream reads instead of `tmp37`.
+    A clamp the lowering adds (nodes.CLAMP) is written as the clip it computes of its leaf."""
+    node = atom.node
+    if atom.kind in ("input", "const") or node.get(VARS) or node.get(LOC) is None:
+        return {}
+    loc = node[LOC]
+    if node.get(CLAMP):
+        leaf = plan.atoms[node[ARGS][0]].node if node[ARGS][0] in plan.atoms else None
+        inner = leaf[LOC].source_text(source) if leaf is not None and leaf.get(LOC) else None
+        lo, hi = node[FARGS]
+        return {"expr": f"clip({inner or '…'}, {lo:g}, {hi:g})", "line": loc.line}
+    return {"expr": loc.source_text(source), "line": loc.line}
 
 
 def _operand_rows(plan: Plan, op: Operand) -> list:

@@ -34,7 +34,10 @@ its name, the source line of the assignment and its `iteration` (how many earlie
 to the same name the same statement made: the loop iteration of a statement inside a repeat,
 counted from 0); inputs are `input:A`, encoder constants `const:eye` (I), `const:inv_n` (1/n).
 Several program points may share one block (a copy `w = b` stores nothing new): `points`
-lists them all, `point` is the last.
+lists them all, `point` is the last. A value the program never named (`X @ w` inside a
+statement, which the compiler stores for a later piece or head) is a `temporary`: its `name`
+is its text as written in the program (`X @ w`; a clamp the compiler adds, `clip(X @ w, -1,
+1)`), `line` that text's line, `point` the block's key (`tmp30`).
 
 A shared build runs its stored layers many times, so its labels are those of a run at given
 run-time counts (`residual_labels(prog, steps=50)`, the built counts by default): one sublayer
@@ -72,7 +75,7 @@ class RowLabel:
     part: str              # "embed" | "attn" | "mlp"
     row: int
     status: str            # live | dead | cleared | free
-    kind: str | None       # variable | input | const (None when free)
+    kind: str | None       # variable | temporary | input | const (None when free)
     name: str | None       # the user's name: x, A, I, 1/n (None when free)
     point: str | None      # x@3, input:A, const:eye
     points: tuple[str, ...]
@@ -104,10 +107,12 @@ def _describe(blk: Block, lines: dict[str, int], iterations: dict[str, int],
         point = f"input:{blk.name}"
         return {"kind": "input", "name": blk.name, "point": point, "points": (point,),
                 "line": input_lines.get(blk.name), "iteration": None}
-    points = tuple(blk.vars) or (blk.key,)
-    point = points[-1]
+    if not blk.vars:            # a value the program never named: its text as written
+        return {"kind": "temporary", "name": blk.expr or blk.key, "point": blk.key,
+                "points": (blk.key,), "line": blk.line, "iteration": None}
+    point = blk.vars[-1]
     return {"kind": "variable", "name": point_variable(point), "point": point,
-            "points": points, "line": lines.get(point), "iteration": iterations.get(point)}
+            "points": tuple(blk.vars), "line": lines.get(point), "iteration": iterations.get(point)}
 
 
 def iterations_of(lines: dict[str, int]) -> dict[str, int]:

@@ -84,7 +84,8 @@ def manifest_to_json(m: Manifest) -> dict:
 def block_to_json(b: Block) -> dict:
     return {"key": b.key, "kind": b.kind, "rows": list(b.rows), "transposed": b.transposed,
             "cshape": list(b.cshape), "written": b.written, "last_read": b.last_read,
-            "vars": list(b.vars), "name": b.name, "const": b.const}
+            "vars": list(b.vars), "name": b.name, "const": b.const, "expr": b.expr,
+            "line": b.line}
 
 
 def _row_use_to_json(u: RowUse) -> dict:
@@ -217,7 +218,8 @@ def _block_from_json(b: dict) -> Block:
         raise ValueError(f"block {b['key']!r} has rows that are not integers: {rows!r}")
     return Block(key=b["key"], kind=b["kind"], rows=rows, transposed=b["transposed"],
                  cshape=b["cshape"], written=b["written"], last_read=b["last_read"],
-                 vars=b.get("vars", []), name=b.get("name"), const=b.get("const"))
+                 vars=b.get("vars", []), name=b.get("name"), const=b.get("const"),
+                 expr=b.get("expr"), line=b.get("line"))
 
 
 def _check_encoder_blocks(layout: Layout) -> None:
@@ -389,8 +391,11 @@ def write_artifact(path, manifest: Manifest, layers: list[LayerWeights], report:
 
 
 _TABLES = {"blocks": ("key", "kind", "rows", "transposed", "cshape", "written", "last_read",
-                      "vars", "name", "const"),
+                      "vars", "name", "const", "expr", "line"),
            "layers": ("heads", "dk", "mlp_hidden", "head_labels")}
+# tables an earlier compiler wrote, still read (the fields it lacks are None): blocks without
+# a temporary's text (`expr`, `line`), as written before temporaries were named in labels
+_EARLIER_FIELDS = {"blocks": [_TABLES["blocks"][:-2]]}
 
 
 def _compact(doc: dict) -> dict:
@@ -410,12 +415,13 @@ def _expand(doc) -> dict:
     out = dict(doc)
     for key, fields in _TABLES.items():
         table = doc[key]
-        if not isinstance(table, dict) or table.get("fields") != list(fields) or \
+        written = table.get("fields") if isinstance(table, dict) else None
+        if written not in [list(fields)] + [list(f) for f in _EARLIER_FIELDS.get(key, ())] or \
                 not isinstance(table.get("rows"), list):
             raise ValueError(f"the manifest's {key} table is malformed")
-        if any(not isinstance(r, list) or len(r) != len(fields) for r in table["rows"]):
+        if any(not isinstance(r, list) or len(r) != len(written) for r in table["rows"]):
             raise ValueError(f"a row of the manifest's {key} table has the wrong length")
-        out[key] = [dict(zip(fields, r)) for r in table["rows"]]
+        out[key] = [dict(zip(written, r)) for r in table["rows"]]
     return out
 
 

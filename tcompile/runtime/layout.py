@@ -38,6 +38,10 @@ class Block:
     vars: tuple[str, ...] = ()     # program variables it is (name@assignment)
     name: str | None = None        # input or output name
     const: str | None = None       # which constant the encoder writes (const blocks)
+    # a compiler temporary (no vars): the program text it computes, as written (`X @ w`), and
+    # that text's line, for labels and probes; None where it is not one expression on one line
+    expr: str | None = None
+    line: int | None = None
 
     def __post_init__(self):
         # The emitter builds blocks from lists and numpy integers; store plain immutable values.
