@@ -211,3 +211,16 @@ def test_returns_of_one_def_give_the_same_number_of_values():
                                            r"gives 2") as e:
         tcompile.compile_source(src)
     assert (e.value.line, e.value.column) == (8, 3)
+
+
+def test_a_tol_at_the_end_is_every_values_budget():
+    """`x, y = e1, (e2) on [lo, hi] tol eps`: the grammar hands the tol to the last bound, as in
+    a plain assignment; it is the statement's, so both values are built as they would be
+    assigned one by one with it."""
+    head = "program t\ninput u : [3] in [0, 1]\noutput a, b\n"
+    together = tcompile.compile_source(head + "a, b = sqrt(u + 1), (exp(u)) on [1, 3] tol 1e-3\n")
+    apart = tcompile.compile_source(head + "a = sqrt(u + 1) tol 1e-3\n"
+                                           "b = (exp(u)) on [1, 3] tol 1e-3\n")
+    wa, wb = together.module.state_dict(), apart.module.state_dict()
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert together.n_layers == apart.n_layers

@@ -169,6 +169,11 @@ class _ToAst(Transformer):
         names = [c for c in parts if isinstance(c, Token)]
         values = tuple(c for c in parts if not isinstance(c, Token))
         value, rel = tol if tol is not None else (None, False)
+        last = values[-1]
+        if isinstance(last, ast.Bound) and last.tol is not None and value is None:
+            # as in `assign`: a tol the grammar handed the last value's bound ends the statement
+            value, rel = last.tol, last.tol_rel
+            values = values[:-1] + (ast.Bound(last.operand, last.domain, last.loc),)
         return ast.MultiAssign(tuple(str(t) for t in names), tuple(self._tok_loc(t) for t in names),
                                values, self._tok_loc(names[0]), value, rel)
 
