@@ -101,7 +101,19 @@ class InputError(TcompileError):
 
 
 class ApproxError(TcompileError):
-    """A scalar function cannot be approximated as asked (bad domain, too many neurons)."""
+    """A scalar function cannot be approximated as asked (bad domain, too many neurons).
+
+    `reason` says which, for the hint the lowering adds (one of the constants below, or None):
+    the fit needs more ReLUs than allowed; its budget is below the float64 rounding of values
+    up to `largest`; the function is not finite on the domain."""
+
+    TOO_MANY_NEURONS, BELOW_ROUNDING, NOT_FINITE = "too_many_neurons", "below_rounding", "not_finite"
+
+    def __init__(self, message: str, loc: SourceLocation | None = None,
+                 expected: str | None = None, source: str | None = None, *,
+                 reason: str | None = None, largest: float | None = None):
+        super().__init__(message, loc, expected, source)
+        self.reason, self.largest = reason, largest
 
 
 class CompileError(TcompileError):

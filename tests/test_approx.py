@@ -224,6 +224,13 @@ def test_invalid_requests_raise(call, words):
         call()
     for w in words:
         assert w in str(info.value)
+    # the lowering picks its hint by the error's reason, not by matching these words
+    reason = {"max_neurons": ApproxError.TOO_MANY_NEURONS, "not finite": ApproxError.NOT_FINITE,
+              "rounding": ApproxError.BELOW_ROUNDING}
+    said = [reason[w] for w in words if w in reason]
+    assert info.value.reason == (said[0] if said else None)
+    if info.value.reason == ApproxError.BELOW_ROUNDING:
+        assert info.value.largest == pytest.approx((1e8 + 1) ** 2)
 
 
 def test_sqrt_singular_end_is_refined():

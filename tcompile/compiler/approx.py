@@ -157,11 +157,13 @@ def approximate_callable(name: str, f: Callable, lo: float, hi: float, tol: floa
         fg = _feval(f, xg)
     if not np.all(np.isfinite(fg)):
         at = float(xg[np.flatnonzero(~np.isfinite(fg))[0]])
-        raise ApproxError(f"{where}: the function is not finite on the domain (at {at:g})")
+        raise ApproxError(f"{where}: the function is not finite on the domain (at {at:g})",
+                          reason=ApproxError.NOT_FINITE)
     noise = rounding_floor(float(np.max(np.abs(fg))))
     if tol <= noise:
         raise ApproxError(f"{where}: tol is below the float64 rounding of values up to "
-                          f"{np.max(np.abs(fg)):.3g}, so no error could be checked")
+                          f"{np.max(np.abs(fg)):.3g}, so no error could be checked",
+                          reason=ApproxError.BELOW_ROUNDING, largest=float(np.max(np.abs(fg))))
     target = tol * (1 - _MARGIN)
     # Knot values sit a hair inside the band: where f is straight the error is the shift itself,
     # and rounding must not push it over the target.
@@ -174,7 +176,7 @@ def approximate_callable(name: str, f: Callable, lo: float, hi: float, tol: floa
     estimate = total / per_knot
     if estimate > 2 * max_neurons:
         raise ApproxError(f"{where}: needs about {estimate:.3g} neurons "
-                          f"> max_neurons {max_neurons}")
+                          f"> max_neurons {max_neurons}", reason=ApproxError.TOO_MANY_NEURONS)
     n_chunks = int(min(max(estimate // 250, 1), 4096))
     refined = _refined_cells(f, xg, cell, noise, per_knot)
     if refined is None:
@@ -207,7 +209,8 @@ def approximate_callable(name: str, f: Callable, lo: float, hi: float, tol: floa
     exact = bool(err <= 4 * _EPS * np.max(np.abs(fg)))
     out = PLApprox(name, lo, hi, _frozen(t), _frozen(v), err, tol, exact)
     if out.neurons > max_neurons:
-        raise ApproxError(f"{where}: needs {out.neurons} neurons > max_neurons {max_neurons}")
+        raise ApproxError(f"{where}: needs {out.neurons} neurons > max_neurons {max_neurons}",
+                          reason=ApproxError.TOO_MANY_NEURONS)
     return out
 
 
@@ -247,7 +250,8 @@ def power_relative(name: str, p: float, lo: float, hi: float, rtol: float,
     count = int(np.ceil(pm.log(hi / lo) / pm.log(q))) if q > 1 else max_neurons + 1
     if count + 2 > max_neurons:
         raise ApproxError(f"{name} on [{lo:g}, {hi:g}] at relative tol {rtol:g}: needs "
-                          f"{count + 2} neurons > max_neurons {max_neurons}")
+                          f"{count + 2} neurons > max_neurons {max_neurons}",
+                          reason=ApproxError.TOO_MANY_NEURONS)
     t = np.minimum(lo * pm.exp(np.arange(count + 1) * pm.log(q)), hi)     # lo q**j
     t[-1] = hi
     t = np.unique(t)
@@ -284,7 +288,8 @@ def relative_callable(name: str, f: Callable, lo: float, hi: float, rtol: float,
         fg = np.abs(_feval(scale, xg))
         finite = np.all(np.isfinite(fg)) and np.all(np.isfinite(_feval(f, xg)))
     if not finite:
-        raise ApproxError(f"{where}: the function is not finite on the domain")
+        raise ApproxError(f"{where}: the function is not finite on the domain",
+                          reason=ApproxError.NOT_FINITE)
     if fg.min() <= 0:
         raise ApproxError(f"{where}: the function reaches 0 on the domain, where no relative "
                           "error can be met (use an absolute tol)")
@@ -304,7 +309,8 @@ def relative_callable(name: str, f: Callable, lo: float, hi: float, rtol: float,
         vs.append(np.asarray(piece.values)[:-1] if b < hi else np.asarray(piece.values))
     t, v = np.concatenate(ts), np.concatenate(vs)
     if len(t) - 1 + 2 > max_neurons:
-        raise ApproxError(f"{where}: needs {len(t) + 1} neurons > max_neurons {max_neurons}")
+        raise ApproxError(f"{where}: needs {len(t) + 1} neurons > max_neurons {max_neurons}",
+                          reason=ApproxError.TOO_MANY_NEURONS)
     err = _relative_error(f, t, v, ref=ref)
     if err > rtol:
         raise ApproxError(f"{where}: relative error {err:.3g} over {rtol:g}")
@@ -557,7 +563,8 @@ def _sweep(f, ends, h0, target, shift, sig, cap, where):
                 vs.append(ok_v[done])
                 count += int(done.sum())
                 if count + 1 > cap:
-                    raise ApproxError(f"{where}: needs more than max_neurons {cap} neurons")
+                    raise ApproxError(f"{where}: needs more than max_neurons {cap} neurons",
+                                      reason=ApproxError.TOO_MANY_NEURONS)
                 a, va = np.where(done, ok_b, a), np.where(done, ok_v, va)
                 fa = np.where(done, ok_f, fa)
                 # lengths vary smoothly: extrapolate the last two accepted ones
@@ -618,4 +625,4 @@ def _verify(f, t, v, tol, xg, fg, where, cap):
         t, v = np.concatenate([t, mid]), np.concatenate([v, _feval(f, mid)])
         order = np.argsort(t)
         t, v = t[order], v[order]
-    raise ApproxError(f"{where}: could not meet tol within max_neurons {cap}")
+    raise ApproxError(f"{where}: could not meet tol within max_neurons {cap}", reason=ApproxError.TOO_MANY_NEURONS)

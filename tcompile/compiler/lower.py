@@ -120,7 +120,8 @@ class Lowering:
         """A fit that cannot meet its budget, located at the statement that asked for it."""
         return ApproxError(msg, self.g.nodes[nid][LOC], expected, source=self.df.source)
 
-    def _fewer_relus_hint(self, msg: str, nid: int, leaf: int | None, tol) -> str | None:
+    def _fewer_relus_hint(self, err: ApproxError, nid: int, leaf: int | None,
+                          tol) -> str | None:
         """What to change when a fit needs more ReLUs than the limit, or its values are so
         large that the absolute budget is below their rounding: the range of the value it is
         a function of (often wider than the user thinks: interval bounds of a loop variable
@@ -134,12 +135,11 @@ class Lowering:
                  f"{name} = (...) on [lo, hi], or clip it; where it is computed from a loop's "
                  "variables, their bounds grow with the iterations unless declared where the "
                  "loop assigns them)")
-        if "max_neurons" in msg:
+        if err.reason == ApproxError.TOO_MANY_NEURONS:
             return f"{bound} or a looser budget ({budget}): the ReLUs grow with the range and " \
                    "like 1/sqrt(tol)"
-        largest = re.search(r"values up to ([0-9.e+-]+)", msg)
-        if largest is not None:     # the rounding of the values is above the absolute budget
-            need = 2 * rounding_floor(float(largest.group(1)))
+        if err.reason == ApproxError.BELOW_ROUNDING:   # the values' rounding is over the budget
+            need = 2 * rounding_floor(err.largest)
             return (f"a budget above their rounding (tol {need:.1g} or more at the end of the "
                     f"statement), or, where the values are that large because the range is "
                     f"wide, {bound}")
@@ -833,8 +833,8 @@ class Lowering:
                                      words=words)
         except ApproxError as err:
             msg = err.args[0] if err.args else str(err)
-            hint = self._fewer_relus_hint(msg, nid, cont, ew.tol)
-            if hint is None and "not finite on the domain" in msg:
+            hint = self._fewer_relus_hint(err, nid, cont, ew.tol)
+            if hint is None and err.reason == ApproxError.NOT_FINITE:
                 hint = ("a domain on which the statement is finite: a declared domain read "
                         "back through abs (or another function that is not monotone) spans "
                         "both sides, the point above included; keep the value away from it "
@@ -936,7 +936,7 @@ class Lowering:
                     f"{UNNAMED} (on [{bounds[a][0]:.3g}, {bounds[a][1]:.3g}])" for a in (u, v)}
             msg = err.args[0] if err.args else str(err)
             hint = None
-            if "max_neurons" in msg:
+            if err.reason == ApproxError.TOO_MANY_NEURONS:
                 hint = ("narrower ranges for the factors (bound a value where it is assigned: "
                         "x = (...) on [lo, hi], or clip it) or a looser budget (e.g. tol 1e-4 at "
                         "the end of the statement): the ReLUs grow with the ranges and like "
