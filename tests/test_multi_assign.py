@@ -120,6 +120,8 @@ def test_gradient_descent_on_both_factors_matches_numpy(loops):
 
 def test_until_watches_a_variable_assigned_with_others():
     prog = tcompile.compile_source(FACTORS, loops="shared")
+    (spec,) = prog.loops.loops
+    assert spec.watchable == ["U", "V"]         # not U', which holds U's value
     program = parse_source(FACTORS)
     inputs = sample_inputs(program, {}, n=4, batch=2, seed=5)
     rule = ("V", 1e-6)

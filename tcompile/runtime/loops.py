@@ -43,8 +43,11 @@ class LoopSpec:
 
     @property
     def watchable(self) -> list[str]:
-        """The variables `until` may name on this loop."""
-        return sorted({w[0] for w in self.watch})
+        """The variables `until` may name on this loop. A primed temporary (`U'`, which
+        `U, V = ...` assigns first where the right sides read each other: multi_assign.py) is
+        left out where its variable is in: U takes that very value."""
+        names = {w[0] for w in self.watch}
+        return sorted(v for v in names if not (v.endswith("'") and v[:-1] in names))
 
 
 @dataclass(frozen=True)
