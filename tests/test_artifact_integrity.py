@@ -301,6 +301,8 @@ def test_resealed_edits_the_runtime_cannot_follow_are_artifact_errors(base, edit
     (lambda e: e.__setitem__("layers", None), "layers table is malformed"),
     (lambda e: e["blocks"]["fields"].reverse(), "blocks table is malformed"),
     (lambda e: e["blocks"]["rows"][0].pop(), "wrong length"),
+    (lambda e: e["blocks"]["rows"][0].__setitem__(-2, ["x"]), "expr that is not text"),
+    (lambda e: e["blocks"]["rows"][0].__setitem__(-1, 2.5), "line that is not an integer"),
     (lambda e: e.__setitem__("params", None), "inconsistent"),
     (lambda e: e.clear(), "missing"),
 ])

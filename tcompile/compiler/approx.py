@@ -625,4 +625,5 @@ def _verify(f, t, v, tol, xg, fg, where, cap):
         t, v = np.concatenate([t, mid]), np.concatenate([v, _feval(f, mid)])
         order = np.argsort(t)
         t, v = t[order], v[order]
-    raise ApproxError(f"{where}: could not meet tol within max_neurons {cap}", reason=ApproxError.TOO_MANY_NEURONS)
+    raise ApproxError(f"{where}: could not meet tol within max_neurons {cap}",
+                      reason=ApproxError.TOO_MANY_NEURONS)

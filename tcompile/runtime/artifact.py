@@ -216,6 +216,10 @@ def _block_from_json(b: dict) -> Block:
     rows = b["rows"]
     if not isinstance(rows, list) or any(not isinstance(r, int) for r in rows):
         raise ValueError(f"block {b['key']!r} has rows that are not integers: {rows!r}")
+    if not (b.get("expr") is None or isinstance(b["expr"], str)) or \
+            not (b.get("line") is None or type(b["line"]) is int):
+        raise ValueError(f"block {b['key']!r} has an expr that is not text or a line that is "
+                         "not an integer")
     return Block(key=b["key"], kind=b["kind"], rows=rows, transposed=b["transposed"],
                  cshape=b["cshape"], written=b["written"], last_read=b["last_read"],
                  vars=b.get("vars", []), name=b.get("name"), const=b.get("const"),
