@@ -574,12 +574,10 @@ class Lowering:
 
         def fresh(i, role="r"):
             if i == len(made):
-                new = max(self.g.nodes) + 1
                 node = self.g.nodes[nid]
-                self.g.add_node(new, op="call", args=(a,), cshape=(1, 1), loc=node[LOC],
-                                func=node[FUNC], fargs=(), domain=node[DOMAIN], tol=node[TOL],
-                                refined=role)
-                self.g.add_edge(a, new)
+                new = self.new_node("call", (a,), cshape=(1, 1), loc=node[LOC],
+                                    func=node[FUNC], fargs=(), domain=node[DOMAIN],
+                                    tol=node[TOL], refined=role)
                 made.append(new)
             return made[i]
 
@@ -756,8 +754,7 @@ class Lowering:
         if self.atoms.ones is None:
             nid = next((a for a in self.atoms if self.atoms.is_ones(a)), None)
             if nid is None:
-                nid = max(self.g.nodes) + 1
-                self.g.add_node(nid, op="ones", args=(), cshape=(TOKEN, 1), loc=None)
+                nid = self.new_node("ones", (), cshape=(TOKEN, 1), loc=None)
                 self.make_atom(nid, "const")
             self.atoms.ones = nid
         return self.atoms.ones
@@ -907,11 +904,10 @@ class Lowering:
         key = (leaf, *span)
         new = self._clamps.get(key)
         if new is None:
-            new = self._clamps[key] = max(self.g.nodes) + 1
-            self.g.add_node(new, op="call", args=(leaf,), cshape=self.g.nodes[leaf][CSHAPE],
-                            loc=self.g.nodes[nid][LOC], func="clip", fargs=tuple(span),
-                            domain=None, tol=None, lo=span[0], hi=span[1], **{CLAMP: True})
-            self.g.add_edge(leaf, new)
+            new = self._clamps[key] = self.new_node(
+                "call", (leaf,), cshape=self.g.nodes[leaf][CSHAPE], loc=self.g.nodes[nid][LOC],
+                func="clip", fargs=tuple(span), domain=None, tol=None, lo=span[0], hi=span[1],
+                **{CLAMP: True})
             self._variant[new] = self.variant(leaf)
             self.polys[new] = Elementwise(Call("clip", tuple(span), Leaf(leaf), None, None))
             self.materialize_mlp(new)
@@ -1168,17 +1164,24 @@ class Lowering:
         key = (chain, scalars)
         if key in self._hoisted:
             return self._hoisted[key]
-        new = max(self.g.nodes) + 1
         rows = dims(self.atoms, chain[0])[0]
         cols = dims(self.atoms, chain[-1])[1]
         args = tuple(a for a, _ in chain) + scalars
-        self.g.add_node(new, op="matmul", args=args, cshape=(rows, cols),
-                        loc=self.g.nodes[nid][LOC], **{HOISTED: True})
-        for a in set(args):
-            self.g.add_edge(a, new)
+        new = self.new_node("matmul", args, cshape=(rows, cols), loc=self.g.nodes[nid][LOC],
+                            **{HOISTED: True})
         self._variant[new] = False
         self.make_atom(new, "attn", {Mono(chain, scalars): 1.0})
         self._hoisted[key] = new
+        return new
+
+    def new_node(self, op: str, args: tuple, **attrs) -> int:
+        """A node the lowering adds to the dataflow graph (a refinement step, the ones row, a
+        clamp, a hoisted product): the next free id, with an edge from each argument, as the
+        graph builder's nodes have; its attributes are nodes.py's."""
+        new = max(self.g.nodes) + 1
+        self.g.add_node(new, op=op, args=args, **attrs)
+        for a in set(args):
+            self.g.add_edge(a, new)
         return new
 
     def names(self) -> "_Names":
