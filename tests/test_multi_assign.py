@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import tcompile
-from tcompile.errors import ProgramError
+from tcompile.errors import ProgramError, ProgramSyntaxError
 from tcompile.inspection.sampling import sample_inputs
 from tcompile.language import ast
 from tcompile.language.interpreter import interpret_program
@@ -226,3 +226,13 @@ def test_a_tol_at_the_end_is_every_values_budget():
     wa, wb = together.module.state_dict(), apart.module.state_dict()
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert together.n_layers == apart.n_layers
+
+
+@pytest.mark.parametrize("stmt, column", [("x[0], y = 1, 2", 1), ("y, x[1] = 1, 2", 4)])
+def test_a_part_of_a_variable_among_the_names_is_refused_as_alone(stmt, column):
+    """`x[0], y = ...` said only "unexpected '['"; it gets the message `x[0] = ...` gets."""
+    src = "program t\ninput u : [3] in [0, 1]\noutput x\nx = u\ny = u\n" + stmt + "\n"
+    with pytest.raises(ProgramSyntaxError) as e:
+        tcompile.compile_source(src)
+    assert "cannot assign to part of 'x': a variable is assigned whole" in str(e.value)
+    assert (e.value.line, e.value.column) == (6, column)

@@ -301,12 +301,13 @@ def _refuse_unclosed(parser: Lark, file: str, source: str, tok) -> None:
                              source=source)
 
 
-_INDEX_ASSIGNMENT = re.compile(r"[ \t]*([A-Za-z_][A-Za-z0-9_]*)[ \t]*\[[^\n]*\][ \t]*=(?!=)")
+_INDEX_ASSIGNMENT = re.compile(r"[ \t]*(?:[A-Za-z_][A-Za-z0-9_]*[ \t]*,[ \t]*)*"
+                               r"([A-Za-z_][A-Za-z0-9_]*)[ \t]*\[[^\n]*\][ \t]*(?:,[^\n=]*)?=(?!=)")
 
 
 def _refuse_index_assignment(file: str, source: str, line: int | None) -> None:
-    """`y[0] = ...` fails to parse at the '['; say that values are assigned whole, and how
-    to build one from its entries."""
+    """`y[0] = ...` (or `y[0], z = ...`) fails to parse at the '['; say that values are
+    assigned whole, and how to build one from its entries."""
     lines = source.split("\n")
     if line is None or not 1 <= line <= len(lines):
         return
