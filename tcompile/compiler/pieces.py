@@ -258,7 +258,7 @@ class PieceBuilder:
         words = words or Words(label, names)
         what = words.expr
         if rel:
-            lo, hi, _ = self._domain(e, cont, gates, [()] if not gates else
+            lo, hi, _, _ = self._domain(e, cont, gates, [()] if not gates else
                                      list(itertools.product((1.0, -1.0), repeat=len(gates))),
                                      bounds, what, words.names, loc_error, saturate=False)
             return self._relative(e, cont, gates, lo, hi, tol, label, loc_error, what, ref,
@@ -268,10 +268,9 @@ class PieceBuilder:
         exact = self._exact_piece(e, cont, gates, patterns, bounds, label, tol)
         if exact is not None:
             return exact
-        lo, hi, checked = self._domain(e, cont, gates, patterns, bounds, what, words.names,
-                                       loc_error)
+        lo, hi, checked, point = self._domain(e, cont, gates, patterns, bounds, what,
+                                              words.names, loc_error)
         key = shape_key(e, cont, gates)
-        point = _one_point(e, cont, gates, patterns, bounds)
         if point is not None:
             key = ("at one point", point) + key
         fits: dict[tuple, PLApprox] = {}
@@ -375,14 +374,19 @@ class PieceBuilder:
 
     @staticmethod
     def _domain(e, cont, gates, patterns, bounds, label, names, loc_error,
-                saturate=True) -> tuple[float, float, tuple | None]:
+                saturate=True) -> tuple[float, float, tuple | None, float | None]:
         """Where the piece is fitted: the declared domains pulled back to the leaf, for every
         sign pattern, intersected with the leaf's own bounds; [0, 1] for a function of
         signs only (its leaf-free value is read at any point). An ungated piece is narrowed
         further to where it varies (`active_interval`: clip, relu and declared domains,
         through PL steps): it is then fitted with its calls clamped to their domains, and the
         third value is the interval its domain check watches (declared domains only); None
-        where nothing was narrowed."""
+        where nothing was narrowed. The fourth is the leaf's value where its bounds are one
+        number (sum(e) of e = exp(0) in a loop's first iteration, X @ w of w = zeros(d)), else
+        None: the piece is then fitted on a sliver around it for the compiled value's
+        rounding, and is the function's value there on all of it (a steep function, a
+        perceptron's clip(1 - 1e6 * m, 0, 1) at m = 0, would otherwise vary across the sliver
+        by its budget and move what the program keeps fixed)."""
         lo, hi = _leaf_interval(e, cont, gates, patterns, bounds)
         checked = None
         if cont is None:
@@ -411,16 +415,16 @@ class PieceBuilder:
             raise loc_error(f"{label}: cannot tell which values {leaf} takes here, so the "
                             "functions of it cannot be fitted; give the function a domain "
                             f"(f(...) on [lo, hi]) or {bound_it}")
+        point = None
         if lo == hi:
-            # known to be one number (sum(e) of e = exp(0) in a loop's first iteration): any
-            # function of it is that constant; fitted on a sliver around it, the rounding of
-            # the compiled value included
-            pad = 1e-9 * max(1.0, abs(lo))
+            # known to be one number: any function of it is that constant; fitted on a sliver
+            # around it, the rounding of the compiled value included
+            point, pad = lo, 1e-9 * max(1.0, abs(lo))
             lo, hi = lo - pad, hi + pad
         if not lo < hi:
             raise loc_error(f"the domains declared in {label} leave no room for {leaf} "
                             f"([{lo:g}, {hi:g}])")
-        return lo, hi, checked
+        return lo, hi, checked, point
 
     def _exact_piece(self, e, cont, gates, patterns, bounds, label, tol) -> UnaryPiece | None:
         """relu/abs/clip/sign-products need no approximation: exact ReLU forms, no domain
@@ -510,18 +514,6 @@ def saturation_interval(e, cont: int, gates, bounds: dict) -> tuple[float, float
         return None
     lo, hi = min(s[0] for s in spans), max(s[1] for s in spans)
     return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) and lo < hi else None
-
-
-def _one_point(e, cont, gates, patterns, bounds) -> float | None:
-    """The leaf's value where its bounds are one number (sum(e) of e = exp(0) in a loop's
-    first iteration, X @ w of w = zeros(d)), else None. The piece is then fitted on a sliver
-    around it for the compiled value's rounding, and is the function's value there on all of
-    it: a steep function (a perceptron's clip(1 - 1e6 * m, 0, 1) at m = 0) would otherwise
-    vary across the sliver by its budget and move what the program keeps fixed."""
-    if cont is None:
-        return None
-    lo, hi = _leaf_interval(e, cont, gates, patterns, bounds)
-    return lo if lo == hi else None
 
 
 def _constant_function(value: float):
