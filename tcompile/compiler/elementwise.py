@@ -19,7 +19,7 @@ domain makes the tree constant beyond an interval (`clip(A @ x, -2, 2) ** 2`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Union
 
 import numpy as np
@@ -94,6 +94,29 @@ def calls(e: Expr) -> list[Call]:
     if isinstance(e, Call):
         return [e] + calls(e.arg)
     return calls(e.a) + calls(e.b)
+
+
+def contains(e: Expr, sub: Expr) -> bool:
+    """Whether `sub` is a subtree of e."""
+    if e == sub:
+        return True
+    if isinstance(e, (Leaf, Const)):
+        return False
+    if isinstance(e, Call):
+        return contains(e.arg, sub)
+    return contains(e.a, sub) or contains(e.b, sub)
+
+
+def substitute(e: Expr, sub: Expr, new: Expr) -> Expr:
+    """e with every subtree equal to `sub` replaced by `new` (a leaf by the clamp of it, a
+    bounded operand by its stored atom: lower.py)."""
+    if e == sub:
+        return new
+    if isinstance(e, (Leaf, Const)):
+        return e
+    if isinstance(e, Call):
+        return replace(e, arg=substitute(e.arg, sub, new))
+    return type(e)(substitute(e.a, sub, new), substitute(e.b, sub, new))
 
 
 def tolerances(e: Expr) -> list[float]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import replace
 from itertools import combinations
 
 import networkx as nx
@@ -31,7 +30,7 @@ from . import refine
 from .dataflow import DataflowGraph
 from .approx import exact_function, rounding_floor
 from .elementwise import (BOUND, EXACT_PL, Call, Const, Elementwise, Leaf, Product, Sum, affine,
-                          calls, evaluate, leaves, scaled_product, to_text)
+                          calls, contains, evaluate, leaves, scaled_product, substitute, to_text)
 from .heads import realizable
 from .nodes import (ARGS, C, CARRIED, CLAMP, COPY, CSHAPE, DOMAIN, ENTERS, FARGS, FLAG, FUNC, HI, HOISTED,
                     INFERRED, KEEP, LO, LOC, LOOP_STATE, NAME, NOTE, OP, REFINED, SIGN, SYMMETRIC,
@@ -853,7 +852,7 @@ class Lowering:
         if span is None:
             return None
         clamp = self.clamp_atom(nid, cont, span)
-        return (_with_leaf(e, cont, Leaf(clamp)), clamp,
+        return (substitute(e, Leaf(cont), Leaf(clamp)), clamp,
                 {**{a: b for a, b in bounds.items() if a != cont}, clamp: span})
 
     def _stored_bounded_operand(self, nid, e, cont, bounds):
@@ -871,12 +870,12 @@ class Lowering:
             inner, (lo, hi) = self.g.nodes[b][ARGS][0], self.g.nodes[b][DOMAIN]
             p = self.polys.get(inner)
             if inner in self.atoms or not isinstance(p, Elementwise) or p.product or \
-                    leaves(p.expr) != {cont} or not _contains(e, p.expr):
+                    leaves(p.expr) != {cont} or not contains(e, p.expr):
                 continue
             self.materialize_mlp(inner)
             have = self.piece_ranges.get(inner, (lo, hi))
             span = (max(lo, have[0]), min(hi, have[1]))
-            return (_with_subexpr(e, p.expr, Leaf(inner)), inner,
+            return (substitute(e, p.expr, Leaf(inner)), inner,
                     {**{a: v for a, v in bounds.items() if a != cont}, inner: span})
         return None
 
@@ -1211,39 +1210,6 @@ class Lowering:
 
     def fanout(self, nid) -> int:
         return sum(1 for s in self.g.successors(nid) if s in self.live)
-
-
-def _with_leaf(e, leaf: int, new):
-    """e with every Leaf(leaf) replaced by the expression `new`."""
-    if isinstance(e, Leaf):
-        return new if e.atom == leaf else e
-    if isinstance(e, Const):
-        return e
-    if isinstance(e, Call):
-        return replace(e, arg=_with_leaf(e.arg, leaf, new))
-    return type(e)(_with_leaf(e.a, leaf, new), _with_leaf(e.b, leaf, new))
-
-
-def _contains(e, sub) -> bool:
-    """Whether the expression `sub` is a subtree of e."""
-    if e == sub:
-        return True
-    if isinstance(e, (Leaf, Const)):
-        return False
-    if isinstance(e, Call):
-        return _contains(e.arg, sub)
-    return _contains(e.a, sub) or _contains(e.b, sub)
-
-
-def _with_subexpr(e, sub, new):
-    """e with every subtree equal to `sub` replaced by `new`."""
-    if e == sub:
-        return new
-    if isinstance(e, (Leaf, Const)):
-        return e
-    if isinstance(e, Call):
-        return replace(e, arg=_with_subexpr(e.arg, sub, new))
-    return type(e)(_with_subexpr(e.a, sub, new), _with_subexpr(e.b, sub, new))
 
 
 def _constant_poly(p) -> bool:
