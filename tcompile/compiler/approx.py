@@ -180,17 +180,13 @@ def approximate_callable(name: str, f: Callable, lo: float, hi: float, tol: floa
     n_chunks = int(min(max(estimate // 250, 1), 4096))
     refined = _refined_cells(f, xg, cell, noise, per_knot)
     if refined is None:
-        cum = np.concatenate([[0.0], np.cumsum(cell + 1e-3 * total / len(cell) + 1e-300)])
-        ends = np.unique(np.interp(np.linspace(0, cum[-1], n_chunks + 1), cum, xg))
-        ends[0], ends[-1] = lo, hi
+        ends = _chunk_ends(xg, cell, total, n_chunks, lo, hi)
         w_at = w[np.minimum(np.rint((ends[:-1] - lo) / step).astype(int), len(w) - 1)]
     else:
         xr, cell = refined
         total = float(cell.sum())
         n_chunks = int(min(max(total / per_knot // 250, 1), 4096))
-        cum = np.concatenate([[0.0], np.cumsum(cell + 1e-3 * total / len(cell) + 1e-300)])
-        ends = np.unique(np.interp(np.linspace(0, cum[-1], n_chunks + 1), cum, xr))
-        ends[0], ends[-1] = lo, hi
+        ends = _chunk_ends(xr, cell, total, n_chunks, lo, hi)
         inside = np.minimum(np.searchsorted(xr, ends[:-1], side="right") - 1, len(cell) - 1)
         w_at = cell[inside] / np.diff(xr)[inside]
     with np.errstate(divide="ignore"):       # first guess: the length where h**2 |f''| / 8 = tol
@@ -486,6 +482,15 @@ def _curvature(fvals, step: float, noise: float):
     d2 = np.abs(np.diff(fvals, 2))
     w = np.sqrt(np.where(d2 > 4 * noise, d2, 0.0)) / step                  # at x[1:-1]
     return w, np.concatenate([w[:1], (w[1:] + w[:-1]) / 2, w[-1:]]) * step     # per cell
+
+
+def _chunk_ends(x, cell, total: float, n_chunks: int, lo: float, hi: float) -> np.ndarray:
+    """The ends of n_chunks chunks of the grid x over [lo, hi] holding equal shares of the
+    cells' curvature integral (plus a floor, so that flat parts get chunks too)."""
+    cum = np.concatenate([[0.0], np.cumsum(cell + 1e-3 * total / len(cell) + 1e-300)])
+    ends = np.unique(np.interp(np.linspace(0, cum[-1], n_chunks + 1), cum, x))
+    ends[0], ends[-1] = lo, hi
+    return ends
 
 
 _REFINE_SPLIT = 64       # subcells per refined grid cell

@@ -839,14 +839,14 @@ class Walker:
             return self.apply("call", Ty((), const=value, lo=value, hi=value), args,
                               (e, None, None, False))
         if domain is None:
-            if e.func not in EXACT_PL_FUNCTIONS and not t.bounded:
+            if t.bounded:
+                domain = (t.lo, t.hi)
+            elif e.func not in EXACT_PL_FUNCTIONS:
                 domain = self._value_preimage(e, env)
-            if domain is None and e.func not in EXACT_PL_FUNCTIONS and not t.bounded:
-                raise self.err(f"cannot tell which values reach {e.func}(): its argument has no "
-                               "known bounds", e.loc,
-                               expected=f"a domain, e.g. {e.func}(...) on [lo, hi]")
-            if domain is None:
-                domain = (t.lo, t.hi) if t.bounded else None
+                if domain is None:
+                    raise self.err(f"cannot tell which values reach {e.func}(): its argument "
+                                   "has no known bounds", e.loc,
+                                   expected=f"a domain, e.g. {e.func}(...) on [lo, hi]")
         lo, hi = self._image(e, domain)
         return self.apply("call", Ty(t.shape, lo=lo, hi=hi), args, (e, domain, tol, e.tol_rel))
 
