@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import tcompile
+from tcompile.errors import ProgramError
 from tcompile.compiler.elementwise import Call, Leaf, PLFunction, active_interval, pl_of
 from tcompile.language.checker import check_program
 from tcompile.language.interpreter import interpret_program
@@ -731,6 +732,34 @@ def test_declared_ranges_bound_products_of_declared_values_over_small_axes(name,
     for seed in range(20):
         got = tcompile.interpret_program(prog, None, **sample_inputs(prog, n=7, seed=seed))[name]
         assert bounds[0] * (1 + 1e-12) - 1e-12 <= np.min(got) and np.max(got) <= bounds[1] * (1 + 1e-12)
+
+
+MATRIX_SQUARED = """program mm
+dim d = 3
+input M : [d, d] in [-1, 1]
+input v : [d] in [-1, 1]
+output r, s
+r = M @ M
+s = v @ v
+"""
+
+
+def test_a_matrix_times_itself_is_no_square():
+    """`v @ v` sums squares (>= 0), but `M @ M` does not: its entries sum products M_ik M_kj
+    of different entries. The checker typed M @ M as [0, 3], and sqrt(M @ M) built and met
+    negative values at run time (the domain guard caught it); now it is [-3, 3] and the
+    sqrt is refused where it is written."""
+    from tcompile.inspection.sampling import sample_inputs
+    from tcompile.language.checker import Walker, resolve_params
+    prog = parse_source(MATRIX_SQUARED)
+    got = Walker(prog, resolve_params(prog)).run()
+    assert (got["r"].ty.lo, got["r"].ty.hi) == (-3.0, 3.0)
+    assert (got["s"].ty.lo, got["s"].ty.hi) == (0.0, 3.0)
+    seen = min(np.min(tcompile.interpret_program(prog, None, **sample_inputs(prog, seed=k))["r"])
+               for k in range(5))
+    assert seen < 0         # the oracle: M @ M does take negative values
+    with pytest.raises(ProgramError, match=r"sqrt\(\) is undefined on part of \[-3, 3\]"):
+        tcompile.compile_source(MATRIX_SQUARED.replace("r = M @ M", "r = sqrt(M @ M)"))
 
 
 BETWEEN = """program between

@@ -544,7 +544,10 @@ class Walker:
             shape = matmul_shape(ta, tb, e.loc, self.src)
             check_holdable(shape, e.loc, self.src)
             lo, hi = _constant_product_interval(ta, tb)
-            square = a is b or same_expression(e.left, e.right)
+            # a vector dotted with itself is a sum of squares (>= 0); a matrix times itself
+            # is not (M @ M has negative entries for M in [-1, 1])
+            square = (a is b or same_expression(e.left, e.right)) and \
+                len(ta.shape or ()) == 1 and len(tb.shape or ()) == 1
             if self.declared_bounds:
                 lo, hi = _narrower((lo, hi), declared_product_interval(ta, tb, square))
                 bound = norm_product_bound(ta, tb)
