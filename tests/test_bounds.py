@@ -887,6 +887,23 @@ def test_a_softmax_readout_of_normed_keys_and_query_needs_no_declared_domain():
         assert np.max(np.abs(prog.run(**ins)["o"] - want["o"])) <= 1e-6
 
 
+@pytest.mark.parametrize("written, divisor", [
+    ("o = V.T @ e / sum(e)", "sum(e)"),
+    ("o = V.T @ e / (e @ e)", "e @ e"),
+])
+def test_a_sum_over_the_tokens_as_a_divisor_is_refused_with_the_quotient_of_means(written,
+                                                                                  divisor):
+    """`V.T @ e / sum(e)` (a softmax readout as a user first writes it) said only "no known
+    bounds": sum(e) lies in n [lo, hi], and n is known at run time. The message gives the
+    same value as a quotient of means, and that program builds (the test above)."""
+    src = ATTENTION.replace("o = (V.T @ e / n) / (sum(e) / n)", written)
+    with pytest.raises(ProgramError) as err:
+        tcompile.compile_source(src)
+    assert "sums over the n tokens" in err.value.message
+    assert err.value.expected.endswith(f"(V.T @ e / n) / ({divisor} / n)")
+    assert err.value.loc.column == written.index(divisor) + 1      # the caret under it
+
+
 SVM_HINGE = """program svm_hinge
 dim d = 4
 param steps = 12

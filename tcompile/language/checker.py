@@ -44,7 +44,8 @@ WRITTEN_OTHERWISE = {
             "continuous form to compile; a sign input is declared `input y : [n] sign`)",
     "mean": "sum(x) / n for the mean over the tokens, x @ ones(k) / k over a small axis",
     "norm": "sqrt(x @ x) on [lo, hi]",
-    "softmax": "e = exp(x), then e / sum(e)",
+    "softmax": "e = exp(x), then e / sum(e) over a small axis, or the quotient of means "
+               "(e / n) / (sum(e) / n) over the tokens",
     "logsumexp": "log(sum(exp(x)))",
     "dot": "a @ b",
     "matmul": "A @ B",
@@ -769,6 +770,16 @@ class Walker:
                                expected="an interval on one side of 0, e.g. on [1e-3, 10]")
             self._quotient_rounding(e, (lo, hi), tol)
             return e, (lo, hi), tol, e.tol_rel
+        if not tb.bounded and id(e.right) in self.token_sum_bounds:
+            # sum(e) over the tokens lies in n [lo, hi] with n known only at run time; its
+            # mean sum(e) / n is bounded (note_token_sum), and the quotient is the same
+            text = e.right.loc.source_text(self.src) or "the sum"
+            top = e.left.loc.source_text(self.src) or "the numerator"
+            raise self.err("cannot tell which values the divisor takes: it sums over the n "
+                           "tokens, so it grows with n, which is known only at run time",
+                           e.right.loc,
+                           expected=f"the quotient of two means, which is the same value: "
+                                    f"({top} / n) / ({text} / n)")
         if not tb.bounded:
             raise self.err("cannot tell which values the divisor takes: it has no known bounds",
                            e.right.loc, expected="a domain for the divisor: a / (expr) on [lo, hi], "
