@@ -762,6 +762,81 @@ def test_a_matrix_times_itself_is_no_square():
         tcompile.compile_source(MATRIX_SQUARED.replace("r = M @ M", "r = sqrt(M @ M)"))
 
 
+DIAGONALS = """program diagonals
+dim d = 3
+input A : [n, d] assume row_norm <= 1
+input M : [d, d] in [-1, 1]
+input u : [d] in [0.5, 2]
+output g, h, j, k, m, p
+S = A.T @ A / n + 0.5 * I
+g = diag(S)
+h = diag(A.T @ A / n)
+j = diag(M * I + 2 * I)
+k = diag(-diag(u))
+m = diag(M @ M)
+p = diag(S - I)
+"""
+
+
+@pytest.mark.parametrize("name, bounds", [
+    ("g", (0.5, 1.5)),      # a mean Gram matrix's diagonal is a mean of squares, in [0, 1]
+    ("h", (0.0, 1.0)),
+    ("j", (1.0, 3.0)),      # M's diagonal part, shifted by I's ones
+    ("k", (-2.0, -0.5)),    # diag(u) carries u's bounds on its diagonal, negation flips them
+    ("m", (-3.0, 3.0)),     # no diagonal bounds of its own: the entries'
+    ("p", (-0.5, 0.5)),
+])
+def test_diagonals_are_bounded_tighter_than_the_entries(name, bounds):
+    """`1 / diag(A.T @ A / n + 0.5 * I)`, a Jacobi preconditioner as a user writes it, was
+    refused ("no known bounds": I had none, and the entries of the Gram matrix lie in [-1, 1],
+    which holds 0). The diagonal's own bounds ride beside the entries' (Ty.diag); every
+    diagonal entry sampled data gives lies inside."""
+    from tcompile.inspection.sampling import sample_inputs
+    from tcompile.language.checker import Walker, resolve_params
+    prog = parse_source(DIAGONALS)
+    ty = Walker(prog, resolve_params(prog)).run()[name].ty
+    assert (ty.lo, ty.hi) == pytest.approx(bounds, rel=1e-15)
+    for seed in range(20):
+        got = tcompile.interpret_program(prog, None, **sample_inputs(prog, n=7, seed=seed))[name]
+        assert bounds[0] - 1e-15 <= np.min(got) and np.max(got) <= bounds[1] + 1e-15
+
+
+JACOBI_PRECONDITIONED = """program jacobi_preconditioned_gd
+dim d = 4
+param steps = 20
+input A : [n, d] assume row_norm <= 1
+input y : [n] in [-1, 1]
+output w
+S = A.T @ A / n + 0.5 * I
+b = A.T @ y / n
+Dinv = 1 / diag(S)
+w = zeros(d)
+repeat steps {
+  w = w - 0.5 * Dinv * (S @ w - b)
+}
+"""
+
+
+@pytest.mark.parametrize("loops", ["unrolled", "shared"])
+def test_a_jacobi_preconditioner_needs_no_declared_domain(loops):
+    """The preconditioned gradient step against numpy, unrolled and shared (at the built 20
+    steps and at 31): 1 / diag(S) is fitted on [1/1.5, 1/0.5] from the diagonal's bounds."""
+    rng = np.random.default_rng(3)
+    A = rng.uniform(-1, 1, (11, 4))
+    A /= np.maximum(1.0, np.linalg.norm(A, axis=1))[:, None]
+    y = rng.uniform(-1, 1, 11)
+    prog = tcompile.compile_source(JACOBI_PRECONDITIONED, loops=loops)
+    S = A.T @ A / 11 + 0.5 * np.eye(4)
+    b = A.T @ y / 11
+    for steps in ((20, 31) if loops == "shared" else (20,)):
+        w = np.zeros(4)
+        for _ in range(steps):
+            w = w - 0.5 * (S @ w - b) / np.diag(S)
+        got = prog.run(A=A, y=y, steps=steps)["w"] if loops == "shared" else \
+            prog.run(A=A, y=y)["w"]
+        assert np.max(np.abs(got - w)) <= 1e-8
+
+
 BETWEEN = """program between
 dim k = 3
 input a : [k] in [-1, 2]

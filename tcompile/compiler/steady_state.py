@@ -389,10 +389,12 @@ def _join(a: Ty, b: Ty, name: str, stmt, demote: bool = False) -> Ty:
             return Ty(())
         return Ty((), lo=min(ends), hi=max(ends))
     if a.shape != b.shape or (a.const is not None and b.const is None):
-        return b      # X = c I, r = 1 before the loop; a [d, d] or runtime value after one body
+        # X = c I, r = 1 before the loop; a [d, d] or runtime value after one body
+        return replace(b, diag=None)
     if a.const != b.const:
         raise _Unshareable(f"'{name}' {CHANGING_NUMBER}")
-    both = dict(sign=a.sign and b.sign, flag=a.flag and b.flag,
+    # (diag=None: the hull bounds entries only; _inside does not check a diagonal)
+    both = dict(sign=a.sign and b.sign, flag=a.flag and b.flag, diag=None,
                 symmetric=a.symmetric and b.symmetric,
                 norm=_larger(a.norm, b.norm), token_norm=_larger(a.token_norm, b.token_norm),
                 declared=a.declared and b.declared)

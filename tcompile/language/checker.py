@@ -27,7 +27,8 @@ from .points import program_point
 from . import ast
 from . import portable_math as pm
 from .types import (TOKEN, Ty, Val, _divisible, _interval, check_holdable,  # noqa: F401 (re-exported)
-                    declared_product_interval, elementwise_shape, fmt_shape, is_square,
+                    declared_product_interval, diagonal_interval, diagonal_rule,
+                    elementwise_shape, fmt_shape, is_square,
                     matmul_shape, norm_product_bound, power_interval, same_expression,
                     small_matrix_diag_hint)
 from ..errors import ParamError, ProgramError, SourceLocation
@@ -193,6 +194,8 @@ class Walker:
         # id(ast `sum(x)` or `A.T @ r` over the token axis) -> one term's bounds, which the mean
         # `... / n` lies in (note_token_sum)
         self.token_sum_bounds: dict[int, tuple[float, float]] = {}
+        # ... and of one term on the diagonal, where that is tighter (a Gram matrix's x_i²)
+        self.token_sum_diag: dict[int, tuple[float, float]] = {}
 
     def program_point(self, stmt: ast.Assign) -> str | None:
         """`name@k` for the k-th top-level assignment to name: how stored blocks, the trace
@@ -428,14 +431,16 @@ class Walker:
             self._loop_start_cache[key] = (stmts, frozenset(starts))    # (keeps id(stmts) alive)
         return self._loop_start_cache[key][1]
 
-    def note_token_sum(self, e, bounds: tuple | None) -> None:
+    def note_token_sum(self, e, bounds: tuple | None, diag: tuple | None = None) -> None:
         """Record the bounds of one term of a sum over the tokens (`sum(x)`, `A.T @ r`), which
-        its mean `... / n` lies in; None clears them. Set or cleared on every walk of the
-        node: a loop's later iterations may have none where its first had some."""
-        if bounds is None:
-            self.token_sum_bounds.pop(id(e), None)
-        else:
-            self.token_sum_bounds[id(e)] = bounds
+        its mean `... / n` lies in, and of one diagonal term where tighter (`A.T @ A`); None
+        clears them. Set or cleared on every walk of the node: a loop's later iterations may
+        have none where its first had some."""
+        for table, value in ((self.token_sum_bounds, bounds), (self.token_sum_diag, diag)):
+            if value is None:
+                table.pop(id(e), None)
+            else:
+                table[id(e)] = value
 
     def _assign(self, stmt: ast.Assign, env):
         name = stmt.target
@@ -473,7 +478,8 @@ class Walker:
             a = self.eval(e.operand, env)
             t = a.ty
             ty = replace(t, const=None if t.const is None else -t.const, flag=False,
-                         lo=None if t.hi is None else -t.hi, hi=None if t.lo is None else -t.lo)
+                         lo=None if t.hi is None else -t.hi, hi=None if t.lo is None else -t.lo,
+                         diag=None if t.diag is None else (-t.diag[1], -t.diag[0]))
             return self.apply("neg", ty, (a,), e)
         if isinstance(e, ast.Transpose):
             a = self.eval(e.operand, env)
@@ -520,7 +526,8 @@ class Walker:
                                e.loc, expected="an input of shape [n, ...]")
             return self.apply("n", Ty((), lo=1.0, hi=math.inf), (), e)
         if e.id == "I":
-            return self.apply("I", Ty(None, symmetric=True), (), e)
+            return self.apply("I", Ty(None, lo=0.0, hi=1.0, symmetric=True, diag=(1.0, 1.0)),
+                              (), e)
         if e.id in self.program.functions or e.id in BUILTINS:
             raise self.err(f"'{e.id}' is a function; call it with arguments", e.loc,
                            expected=f"{e.id}(...)")
@@ -558,7 +565,10 @@ class Walker:
             term = None
             if _contracts_tokens(ta, tb) and ta.bounded and tb.bounded:
                 term = power_interval(ta, 2) if square else _interval("*", ta, tb)
-            self.note_token_sum(e, term)
+            # a Gram matrix X.T @ X sums squares on its diagonal: its mean's lie in x_i²'s bounds
+            gram = _contracts_tokens(ta, tb) and tb.bounded and is_square(shape) and \
+                isinstance(e.left, ast.Transpose) and same_expression(e.left.operand, e.right)
+            self.note_token_sum(e, term, power_interval(tb, 2) if gram else None)
             return self.apply("@", Ty(shape, lo=lo, hi=hi), (a, b), e)
         if op == "**":
             if tb.const is None:
@@ -600,15 +610,19 @@ class Walker:
                          "*": lambda: ta.const * tb.const, "/": lambda: ta.const / tb.const}[op]()
             except ZeroDivisionError:
                 raise self.err("division by zero", e.loc) from None
+        squared = op == "*" and (a is b or same_expression(e.left, e.right))
+        diag = diagonal_rule(op, ta, tb, squared) if shape is None or (
+            is_square(shape) and TOKEN not in shape) else None
         if const is not None:
             lo, hi = const, const
-        elif op == "*" and (a is b or same_expression(e.left, e.right)):
+        elif squared:
             lo, hi = power_interval(ta, 2)      # a value times itself is a square: >= 0
         elif op == "*":
             lo, hi = self._product_interval(e, ta, tb)
         elif op == "/" and isinstance(e.right, ast.Name) and e.right.id == TOKEN and \
                 id(e.left) in self.token_sum_bounds:
             lo, hi = self.token_sum_bounds[id(e.left)]      # a mean over the tokens
+            diag = self.token_sum_diag.get(id(e.left))
         elif op == "+" and (between := self._between(e)) is not None:
             lo, hi = between
         else:
@@ -617,7 +631,8 @@ class Walker:
               (op in "*/" and (ta.shape == () and tb.symmetric or tb.shape == () and ta.symmetric))
         sign = op in "*/" and ta.sign and tb.sign
         return self.apply(op, Ty(shape, const=const, lo=lo, hi=hi, symmetric=bool(sym),
-                                 sign=sign, flag=op == "*" and ta.flag and tb.flag), (a, b),
+                                 sign=sign, flag=op == "*" and ta.flag and tb.flag, diag=diag),
+                          (a, b),
                           e if node is None else node)
 
     def _between(self, e: ast.BinOp) -> tuple[float, float] | None:

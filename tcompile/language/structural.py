@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import math
 
-from .types import TOKEN, Ty, _interval, check_holdable, elementwise_shape, fmt_shape, is_square
+from .types import (TOKEN, Ty, _interval, check_holdable, diagonal_interval, elementwise_shape,
+                    fmt_shape, is_square)
 
 
 def call_structural(walker, e, env):
@@ -95,9 +96,13 @@ def _diag(walker, e, x):
                                   "(gives its diagonal [k])")
     t = x.ty
     lo = hi = None
-    if t.bounded:
-        lo, hi = (min(t.lo, 0.0), max(t.hi, 0.0)) if len(out) == 2 else (t.lo, t.hi)
-    return walker.apply("diag", Ty(out, lo=lo, hi=hi, symmetric=len(out) == 2), (x,), e)
+    if len(out) == 1:           # a matrix's diagonal: its diagonal bounds where it has them
+        lo, hi = diagonal_interval(t) or (None, None)
+    elif t.bounded:
+        lo, hi = min(t.lo, 0.0), max(t.hi, 0.0)
+    return walker.apply("diag", Ty(out, lo=lo, hi=hi, symmetric=len(out) == 2,
+                                   diag=(t.lo, t.hi) if len(out) == 2 and t.bounded else None),
+                        (x,), e)
 
 
 def _max_min(walker, e, args):

@@ -40,6 +40,11 @@ class Ty:
     # lo/hi are an input's declared range (`in [lo, hi]`, ...), kept like the norms: products
     # of two such values get bounds (declared_product_interval)
     declared: bool = False
+    # bounds on the diagonal entries of a small square matrix where they are tighter than
+    # lo/hi: I's are 1, a mean Gram matrix A.T @ A / n has them >= 0, so that
+    # 1 / diag(A.T @ A / n + 0.5 * I) needs no declared domain (diagonal_interval). Not
+    # carried by a loop's state (steady_state._join drops it): a hull bounds entries only
+    diag: tuple[float, float] | None = None
 
     @property
     def is_token(self) -> bool:
@@ -73,6 +78,30 @@ def _interval(op, a: Ty, b: Ty):
         c = [a.lo / b.lo, a.lo / b.hi, a.hi / b.lo, a.hi / b.hi]
         return min(c), max(c)
     return None, None
+
+
+def diagonal_interval(t: Ty) -> tuple[float, float] | None:
+    """Bounds on the diagonal entries of t's value: its `diag` narrowed by its entries' bounds,
+    or those bounds alone (None where neither is known). Of a scalar or a [k] vector that
+    meets a matrix's diagonal in `+ - * /` (broadcast), its own entries' bounds."""
+    entries = (t.lo, t.hi) if t.bounded else None
+    if t.diag is None or entries is None:
+        return t.diag or entries
+    return max(t.diag[0], entries[0]), min(t.diag[1], entries[1])
+
+
+def diagonal_rule(op: str, a: Ty, b: Ty, square: bool = False) -> tuple[float, float] | None:
+    """The diagonal's bounds for an entrywise `a op b` whose result is a small square matrix
+    (or I's shapeless multiples), where an operand has diagonal bounds of its own; else None
+    (the entries' bounds say as much). `square`: a value times itself."""
+    if a.diag is None and b.diag is None:
+        return None
+    da, db = diagonal_interval(a), diagonal_interval(b)
+    if da is None or db is None:
+        return None
+    x, y = Ty((), lo=da[0], hi=da[1]), Ty((), lo=db[0], hi=db[1])
+    lo, hi = power_interval(x, 2) if square else _interval(op, x, y)
+    return None if lo is None else (lo, hi)
 
 
 def same_expression(x, y) -> bool:
