@@ -27,10 +27,9 @@ from .points import program_point
 from . import ast
 from . import portable_math as pm
 from .types import (TOKEN, Ty, Val, _divisible, _interval, check_holdable,  # noqa: F401 (re-exported)
-                    declared_product_interval, diagonal_interval, diagonal_rule,
-                    elementwise_shape, fmt_shape, is_square,
-                    matmul_shape, norm_product_bound, power_interval, same_expression,
-                    small_matrix_diag_hint)
+                    declared_product_interval, diagonal_rule, elementwise_shape, fmt_shape,
+                    is_square, matmul_shape, norm_product_bound, power_interval,
+                    same_expression, small_matrix_diag_hint)
 from ..errors import ParamError, ProgramError, SourceLocation
 
 SCALAR_FUNCTIONS = {"sigmoid", "sqrt", "reciprocal", "exp", "log", "softplus", "tanh", "sin",
