@@ -2367,3 +2367,41 @@ def test_a_growing_scalar_that_only_scales_the_step_does_not_bound_the_count():
         eta += 0.1
         w = w - eta * A.T @ (A @ w - y) / 5
     assert np.abs(shared.run(A=A, y=y, eta0=np.array(0.05), warm=9)["w"] - w).max() <= 1e-14
+
+
+def test_an_inner_loop_is_aligned_by_its_insertions_not_by_the_longest_common_block():
+    """difflib pairs the longest common block: with three Newton–Schulz steps between
+    damped steps (KLM NN OPQR NNN OPQR NNN ST against one more each) it matched OPQR NNN
+    across outer iterations and reported a deletion, so the inner loop of
+    newton_logistic_warm stayed unrolled at every refine count. The leftmost match reads one
+    N inserted at each of the three places."""
+    import difflib
+    from tcompile.compiler.fold import _leftmost_inserts, fold_loop
+    seqs = [list("KLM" + "N" * (c - 1) + ("OPQR" + "N" * c) * 2 + "ST") for c in (3, 4, 5)]
+    ops = difflib.SequenceMatcher(None, seqs[0], seqs[1], autojunk=False).get_opcodes()
+    assert any(tag == "delete" for tag, *_ in ops)                  # what difflib saw
+    assert _leftmost_inserts(seqs[0], seqs[1]) == [(5, 6), (13, 14), (21, 22)]
+    assert _leftmost_inserts(list("abc"), list("axc")) is None      # a change, not an insert
+    assert fold_loop("I", 3, seqs) == ["K", "L", "M", Loop("I", ("N",), 1), "O", "P", "Q", "R",
+                                        Loop("I", ("N",), 0), "O", "P", "Q", "R",
+                                        Loop("I", ("N",), 0), "S", "T"]
+
+
+@pytest.mark.parametrize("refine", [2, 3])
+def test_newton_logistic_warms_inverse_refinement_runs_as_a_loop(refine):
+    """With refine >= 2 the inner loop folds: its count is set at run time, and every count
+    runs as deep as the unrolled build and within 1e-14 of its outputs' scale. (refine = 1,
+    the default, stays unrolled: its one iteration is pipelined into the layers around it.)"""
+    from tcompile.inspection.sampling import sample_inputs
+    path = str(Path(__file__).parents[1] / PROGRAMS / "newton_logistic_warm.tp")
+    shared = builds.build(path, {"refine": refine}, loops="shared")
+    inner = next(s for s in shared.loops.loops if s.depth == 1)
+    assert (inner.param, inner.count, inner.min_count, inner.layers_per_iteration) == (
+        "refine", refine, refine, 1)
+    assert not shared.loops.unrolled
+    inputs = sample_inputs(parse_file(path), n=16, seed=1)
+    for given in ({}, {"refine": refine + 2}, {"steps": 9, "refine": refine + 1}):
+        unrolled = tcompile.compile_file(path, params={"refine": refine, **given})
+        assert shared.loops.n_layers(shared.loops.counts(given)) == unrolled.n_layers
+        want = unrolled.run(**inputs)["x"]
+        assert rel(shared.run(**inputs, **given)["x"], want) <= 1e-14

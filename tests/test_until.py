@@ -213,7 +213,8 @@ def test_until_watches_a_stored_value_the_body_assigns_without_carrying_it():
     admm = tcompile.compile_source(ADMM, loops="shared")
     assert [s.watchable for s in admm.loops.loops] == [["Q"], ["u", "z"]]
     with pytest.raises(InputError, match="until names 'x', which no top-level loop of this "
-                                         "build assigns; its loop variables: Q, u, z") as e:
+                                         "build assigns where it can be watched; its loop "
+                                         "variables: Q, u, z") as e:
         admm.run(until=("x", 1e-9), max_steps=40, **sample_inputs(parse_source(ADMM), n=8))
     assert "build with keep=['x'], `tcompile build ... --keep x`, to store it" in str(e.value)
 

@@ -85,9 +85,11 @@ def _sites(seq: list, longer: list) -> list[tuple[int, int, tuple]]:
         raise NoSteadyState("it has no layers of its own: its iterations merge into the layers "
                             "around it")
     if any(tag not in ("equal", "insert") for tag, *_ in ops):
-        raise NoSteadyState("one more iteration changes layers instead of adding them: e.g. a "
-                            "loop variable is still read after its next value is written, so "
-                            "its rows alternate between iterations")
+        inserts = _leftmost_inserts(seq, longer)
+        if inserts is None:
+            raise NoSteadyState("one more iteration changes layers instead of adding them: e.g. "
+                                "a loop variable is still read after its next value is written, "
+                                "so its rows alternate between iterations")
     period = inserts[0][1] - inserts[0][0]
     if any(j2 - j1 != period for j1, j2 in inserts):
         raise NoSteadyState("one more iteration adds different numbers of layers")
@@ -103,6 +105,25 @@ def _sites(seq: list, longer: list) -> list[tuple[int, int, tuple]]:
             raise NoSteadyState("two of its runs overlap")
         sites.append((a, (e - a) // period, tuple(longer[a:a + period])))
     return sites
+
+
+def _leftmost_inserts(seq: list, longer: list) -> list[tuple[int, int]] | None:
+    """`longer` as `seq` with runs inserted, matching `seq` leftmost: the inserted runs as
+    (start, end) in `longer`, or None where `seq` is no subsequence of it. difflib aligns by
+    the longest common block, which can pair an inner loop's layers across iterations of the
+    loop around it and report a deletion where one more iteration only inserted (three
+    Newton–Schulz steps between the damped steps of newton_logistic_warm: KLMNN·OPQR·NNN…
+    against KLMNNN·OPQR·NNNN…); the leftmost match inserts each new layer at the end of its
+    run, and the runs are then widened and checked as before (_sites)."""
+    inserts, i = [], 0
+    for j, token in enumerate(longer):
+        if i < len(seq) and seq[i] == token:
+            i += 1
+        elif inserts and inserts[-1][1] == j:
+            inserts[-1] = (inserts[-1][0], j + 1)
+        else:
+            inserts.append((j, j + 1))
+    return inserts if i == len(seq) else None
 
 
 def _back(a: int, sites, k: int) -> int:

@@ -101,11 +101,13 @@ def resolve_until(prog, until) -> tuple[str, str, float]:
     options = prog.loops.until_loops()
     if name in options:
         return options[name], name, float(tol)
-    raise InputError(f"until names {name!r}, which no top-level loop of this build assigns; "
-                     f"its loop variables: {', '.join(sorted(options)) or 'none'} (where a "
-                     "loop's body assigns it, the build folded it into the values that read it: "
-                     f"build with keep=[{name!r}], `tcompile build ... --keep {name}`, to store "
-                     "it)")
+    raise InputError(f"until names {name!r}, which no top-level loop of this build assigns "
+                     f"where it can be watched; its loop variables: "
+                     f"{', '.join(sorted(options)) or 'none'} (a value only a loop nested in "
+                     "the body assigns is not one: watch a value the body computes from it; "
+                     "where a loop's body assigns it, the build may have folded it into the "
+                     f"values that read it: build with keep=[{name!r}], `tcompile build ... "
+                     f"--keep {name}`, to store it)")
 
 
 def step_limit(prog, counts: dict, until, max_steps):
