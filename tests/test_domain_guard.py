@@ -43,7 +43,8 @@ def test_divisor_below_its_lo_is_a_domain_error(cg_narrow, executor):
         cg_narrow.run(executor=executor, **small)
     msg = str(e.value)
     assert "line 48 `rs = 1 / sqrt(g @ g) on [lo, hi]`" in msg        # the statement
-    assert "seed of rsqrt((gᵀ@g))" in msg and "read tmp12" in msg     # the piece, its input
+    assert "seed of rsqrt((gᵀ@g))" in msg                             # the piece
+    assert "read `g @ g` (tmp12, after layer" in msg                  # its input, as written
     assert "fitted on [0.001, 1e+15]" in msg                           # the domain
     seen = [r for r in tcompile.check_domains(cg_narrow, **small) if r["block"] == "tmp12"][0]
     assert f"values in [{seen['min']:.6g}, {seen['max']:.6g}]" in msg  # the range seen

@@ -73,7 +73,8 @@ def enforce(prog, ranges: dict[int, tuple[float, float]], mode: str) -> None:
     if not bad:
         return
     source = prog.info.source.split("\n")
-    rows = [_describe(chk, lo, hi, _lines_of(prog, chk), source) for chk, lo, hi in bad]
+    rows = [_describe(chk, lo, hi, _lines_of(prog, chk), source, _text_of(prog, chk.block))
+            for chk, lo, hi in bad]
     shown = rows[:SHOWN] + ([f"and {len(rows) - SHOWN} more"] if len(rows) > SHOWN else [])
     message = (f"{len(bad)} fitted piece{'s' if len(bad) > 1 else ''} saw values outside "
                "its fitted domain (a piece clamps there: the result is wrong):\n"
@@ -108,16 +109,28 @@ def _function(label: str) -> str:
     return label.removeprefix("seed of ").split("(")[0].strip()
 
 
-def _describe(chk, lo: float, hi: float, lines: tuple, source: list[str]) -> str:
-    """One line of the message: the statement, the piece, the variable (block), the range
-    seen and the domain."""
+def _text_of(prog, key: str) -> str | None:
+    """The program text a temporary block computes, as written (`g @ g + 1e-6`), where the
+    layout records it: a message names what the user wrote, not only `tmp164`."""
+    try:
+        return prog.layout.block(key).expr
+    except (KeyError, AttributeError):
+        return None
+
+
+def _describe(chk, lo: float, hi: float, lines: tuple, source: list[str],
+              computes: str | None = None) -> str:
+    """One line of the message: the statement, the piece, the variable (block; a temporary
+    with its text as written), the range seen and the domain."""
     if lines:
         text = source[lines[0] - 1].strip() if 0 < lines[0] <= len(source) else ""
         others = f" (also line {', '.join(map(str, lines[1:]))})" if len(lines) > 1 else ""
         at = f"line {lines[0]} `{text}`{others}: "
     else:
         at = ""
-    return (f"{at}{chk.label} read {chk.block} (after layer {chk.layer}): values in "
+    what = f"`{computes}` ({chk.block}, after layer {chk.layer})" if computes else \
+        f"{chk.block} (after layer {chk.layer})"
+    return (f"{at}{chk.label} read {what}: values in "
             f"[{lo:.6g}, {hi:.6g}], fitted on [{chk.lo:.6g}, {chk.hi:.6g}]")
 
 
