@@ -100,14 +100,17 @@ class _Sublayer:
             e = concrete(slot.ext, n)
             ts = [(tm.index, tm.src, tm.dst) for tm in terms if tm.index not in zero]
             held = {d for d in range(len(old.rows)) if old.owner_of(d) is not None}
-            cleared = set()
+            cleared, gone = set(), set()
             for i, src, dst in ts:
                 for s, d in zip(src, dst):
-                    if d in held and _clears_row(ops[i], s, slot.rows[d]) and \
-                            concrete(plan.contribs[i].ext, n) >= \
+                    # one −old per row cancels the old value: a second term that also adds
+                    # −(that row) is part of the new value (X0 − X1 written over X1 adds
+                    # X0 − X1 and −X1) and stays
+                    if d in held and d not in gone and _clears_row(ops[i], s, slot.rows[d]) \
+                            and concrete(plan.contribs[i].ext, n) >= \
                             concrete(slots[old.owner_of(d)].ext, n):
                         cleared.add((i, s, d))
-            gone = {d for _, _, d in cleared}
+                        gone.add(d)
             ts = [(i, tuple(s for s, d in zip(src, dst) if (i, s, d) not in cleared),
                    tuple(d for s, d in zip(src, dst) if (i, s, d) not in cleared))
                   for i, src, dst in ts]
