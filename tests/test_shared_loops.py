@@ -2405,3 +2405,51 @@ def test_newton_logistic_warms_inverse_refinement_runs_as_a_loop(refine):
         assert shared.loops.n_layers(shared.loops.counts(given)) == unrolled.n_layers
         want = unrolled.run(**inputs)["x"]
         assert rel(shared.run(**inputs, **given)["x"], want) <= 1e-14
+
+
+TWO_RATES = """program two_rates
+dim d = 3
+param steps = 4
+input X : [n, d] in [-1, 1]
+input r : [n] in [-1, 1]
+output a, b
+a = r
+b = X[:, 1]
+repeat steps {
+  a = clip(abs(max(a, X[:, 2])), -1, 1)
+  b = clip(0.5 * (b + X[:, 0]), -1, 1)
+}
+"""
+
+
+def test_a_loop_whose_chains_run_at_two_rates_is_paced_and_folds():
+    """a's step takes 2 layers (a max, then abs and clip), b's 1. Scheduled as soon as
+    possible, b's iterations all ran in the first half of the layers and a's alone in the
+    second: no run of layers repeated per iteration, and the loop stayed unrolled ("its
+    iterations do not repeat the same layers"; 14 of 60 such random two-variable loops did).
+    Paced (schedule.paced_release: iteration i no earlier than start + 2i), every 2 layers
+    hold one step of each: the loop folds into a 2-layer body, runs every count as deep as
+    the unrolled build and equals the interpreter, and `until` stops where it does."""
+    prog = tcompile.compile_source(TWO_RATES, loops="shared")
+    assert not prog.loops.unrolled
+    (spec,) = prog.loops.loops
+    assert spec.layers_per_iteration == 2 and spec.min_count <= 4
+    rng = np.random.default_rng(5)
+    ins = dict(X=rng.uniform(-1, 1, (9, 3)), r=rng.uniform(-1, 1, 9))
+    for steps in (4, 7, 12):
+        unrolled = tcompile.compile_source(TWO_RATES, params={"steps": steps})
+        assert prog.loops.n_layers(prog.loops.counts({"steps": steps})) == unrolled.n_layers
+        want = interpret_program(parse_source(TWO_RATES), {"steps": steps}, **ins)
+        got = prog.run(**ins, steps=steps)
+        assert all(np.max(np.abs(got[k] - want[k])) <= 1e-15 for k in want)
+        assert all(np.max(np.abs(prog.run(**ins, steps=steps, executor="module")[k] - want[k]))
+                   <= 1e-15 for k in want)
+    halted = prog.run(**ins, until=("b", 1e-9), max_steps=80)
+    b, k = ins["X"][:, 1], 0
+    while True:
+        nxt = np.clip(0.5 * (b + ins["X"][:, 0]), -1, 1)
+        k += 1
+        if np.max(np.abs(nxt - b)) < 1e-9:
+            break
+        b = nxt
+    assert int(halted["steps"]) == k

@@ -24,9 +24,10 @@ from .pieces import DEFAULT_TOL
 from .plan import plan_program
 
 
-def compile_dataflow(df, params, values, max_memory, report, pieces=None):
+def compile_dataflow(df, params, values, max_memory, report, pieces=None, pace=None):
     """Dataflow graph → (plan, layers, blocks, keys): the passes after the front end.
-    `pieces`: a PieceBuilder whose fits to reuse (lower.py)."""
+    `pieces`: a PieceBuilder whose fits to reuse (lower.py); `pace`: loops whose iterations
+    the schedule releases at a fixed rate (shared builds: plan.plan_program)."""
     stage = report.stage if report else (lambda _name: None)
     stage("lower")
     lowered = lower(df, pieces)
@@ -35,7 +36,7 @@ def compile_dataflow(df, params, values, max_memory, report, pieces=None):
     cause = _size_cause(params, values)
     check_early(atoms, cause, max_memory)
     stage("plan")
-    plan = plan_program(atoms, df.outputs)
+    plan = plan_program(atoms, df.outputs, pace)
     stage("size check")
     check_plan(plan, cause, max_memory)
     stage("emit")

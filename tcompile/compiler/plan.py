@@ -17,7 +17,7 @@ from .orient import HeadOptions, Pair, mlp_input_pair
 from .orient_search import choose_orientations
 from .poly import AtomTable
 from .rows import Slot, allocate
-from .schedule import AsapScheduler, delay
+from .schedule import AsapScheduler, delay, paced_release
 
 
 @dataclass(frozen=True)
@@ -42,11 +42,17 @@ class Plan:
         return mlp_input_pair(self.atoms, arg, mlp_atom, self.orient)
 
 
-def plan_program(atoms: AtomTable, outputs: dict[str, int]) -> Plan:
-    """Orient, schedule (ASAP and ALAP, same depth) and allocate; keep the narrower plan."""
+def plan_program(atoms: AtomTable, outputs: dict[str, int],
+                 pace: dict[str, int] | None = None) -> Plan:
+    """Orient, schedule (ASAP and ALAP, same depth) and allocate; keep the narrower plan.
+    `pace` (shared builds: loop key → layers per iteration): those loops' iterations are
+    released one every that many layers (schedule.paced_release)."""
     options = HeadOptions(atoms)
     orient = choose_orientations(atoms, options)
     schedule = AsapScheduler(atoms, options, outputs)
+    if pace:
+        schedule = AsapScheduler(atoms, options, outputs,
+                                 paced_release(atoms, schedule(orient), pace))
     best = None
     for late in (False, True):
         s = schedule(orient)

@@ -24,6 +24,7 @@ from ..runtime import clock
 from ..runtime.clock import ENCODER  # noqa: F401  (the encoder's time, re-exported for passes)
 from .heads import HeadTerm, Operand, Realization
 from .orient import HeadOptions, OrientationCost, Pair, mlp_input_pair, pair_rows
+from .nodes import ITERATION
 from .poly import Atom, AtomTable
 
 # The scheduler counts layers from 1 (layer 0 = "ready from the encoder"); the clock
@@ -85,10 +86,12 @@ def _transpose_head(atoms: AtomTable, src: Pair, dest: Pair) -> HeadTerm:
 class AsapScheduler:
     """Places every block in the first layer the timing rules allow."""
 
-    def __init__(self, atoms: AtomTable, options: HeadOptions, outputs: dict[str, int]):
+    def __init__(self, atoms: AtomTable, options: HeadOptions, outputs: dict[str, int],
+                 release: dict[int, int] | None = None):
         self.atoms = atoms
         self.options = options
         self.outputs = outputs
+        self.release = release or {}        # atom → the first layer it may be placed in
 
     def __call__(self, orient: dict[int, bool]) -> Schedule:
         cost, pairs, choice = OrientationCost(self.atoms, self.options)(orient)
@@ -112,7 +115,8 @@ class AsapScheduler:
 
     def _place_mlp(self, s: Schedule, atom: Atom, mine: list[Pair]) -> None:
         reads = [mlp_input_pair(self.atoms, arg, atom.id, s.orient) for arg in atom.inputs]
-        layer = mlp_layer((s.ready[q], written_by_mlp(s.write_time[q])) for q in reads)
+        layer = max(mlp_layer((s.ready[q], written_by_mlp(s.write_time[q])) for q in reads),
+                    self.release.get(atom.id, 0))
         primary = (atom.id, s.orient[atom.id])
         s.ready[primary], s.write_time[primary] = layer, mlp_time(layer)
         for p in mine:        # an MLP cannot write a transpose: a head does, a layer on
@@ -122,7 +126,9 @@ class AsapScheduler:
 
     def _place_attention(self, s: Schedule, atom: Atom, mine: list[Pair], choice) -> None:
         a = atom.id
-        layer = attention_layer(s.ready[q] for m in atom.poly for q in choice[(a, m)].needs())
+        layer = max(attention_layer(s.ready[q] for m in atom.poly
+                                    for q in choice[(a, m)].needs()),
+                    self.release.get(a, 0))
         primary = (a, s.orient[a])
         s.ready[primary], s.write_time[primary] = layer, attention_time(layer)
         s.terms[primary] = [HeadTerm(choice[(a, m)], c, primary) for m, c in atom.poly.items()]
@@ -146,6 +152,32 @@ class AsapScheduler:
             return
         s.ready[p], s.write_time[p] = layer + 1, attention_time(layer + 1)
         s.terms[p] = [_transpose_head(self.atoms, (atom.id, not p[1]), p)]
+
+
+def paced_release(atoms: AtomTable, s: Schedule, pace: dict[str, int]) -> dict[int, int]:
+    """Release times that give a loop of a shared build's unrolling one iteration every
+    `pace[key]` layers: iteration i's atoms are placed no earlier than layer start + i·II,
+    where start is the first layer of iteration 0 in `s` (the schedule without them).
+    ASAP alone runs a loop's chains each at its own rate: in `a = clip(abs(max(a, x)), -1,
+    1)` beside `b = clip(0.5 * (b + y), -1, 1)`, a takes 2 layers an iteration and b 1, so
+    b's iterations all run in the first half of the layers and a's alone in the second; no
+    run of layers repeats per iteration and the loop could not be folded (shared_build.py
+    tries this where a loop does not fold). Paced at the slowest chain's rate, every
+    iteration holds one step of each chain: the modulo schedule's kernel, with the
+    initiation interval II the unrolling's own layers per iteration."""
+    release: dict[int, int] = {}
+    for key, ii in pace.items():
+        at = {a: dict(atom.node.get(ITERATION) or ()).get(key) for a, atom in atoms.items()
+              if atom.kind not in ("input", "const")}
+        at = {a: i for a, i in at.items() if i is not None}
+        first = [s.ready[(a, s.orient[a])] for a, i in at.items() if i == 0
+                 and (a, s.orient[a]) in s.ready]
+        if not first:
+            continue
+        start = min(first)
+        for a, i in at.items():
+            release[a] = max(release.get(a, 0), start + i * ii)
+    return release
 
 
 def delay(atoms: AtomTable, s: Schedule, outputs: dict[str, int]) -> None:

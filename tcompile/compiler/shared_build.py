@@ -72,6 +72,8 @@ class _Unrollings:
         # kernel loops walked without their grouping: folded every k iterations of the walk
         # the one-iteration body has (_choose_kernels)
         self.unmarked: frozenset = frozenset()
+        # loops whose iterations the schedule releases one every II layers (_pace_loops)
+        self.pace: dict[str, int] = {}
 
     def _marked(self, kernel: dict[str, int] | None) -> dict[str, int]:
         """The kernels the walk groups iterations by."""
@@ -80,7 +82,7 @@ class _Unrollings:
     def _key(self, counts: dict[str, int], plain: frozenset, kernel: dict[str, int] | None,
              ahead: frozenset) -> tuple:
         return (tuple(sorted(counts.items())), plain, tuple(sorted(self._marked(kernel).items())),
-                tuple(sorted(ahead)))
+                tuple(sorted(ahead)), tuple(sorted(self.pace.items())))
 
     def compile(self, counts: dict[str, int], plain: frozenset = frozenset(),
                 kernel: dict[str, int] | None = None, ahead: frozenset = frozenset()) -> tuple:
@@ -90,7 +92,7 @@ class _Unrollings:
             df = shared_dataflow(self.program, self.values, self.tol, counts, plain, kernel, ahead,
                                  self.demote)
             plan, layers, blocks, keys = compile_dataflow(df, None, self.values, self.max_memory,
-                                                          None, self.pieces)
+                                                          None, self.pieces, self.pace)
             self.built[key] = (df, plan, layers, blocks, keys)
             self.digests[key] = [digest(layer) for layer in layers]
             for d, layer in zip(self.digests[key], layers):
@@ -170,6 +172,8 @@ def _compile_shared(program, values: dict, tol, max_memory, report, sites: dict[
     ahead, kernel = _choose_read_ahead(runs, sites, folded, base, kept, kernel)
     if ahead:
         folded, base, kept = _fold_all(runs, sites, kernel, ahead)
+    if _pace_loops(runs, sites, kept, kernel, ahead):
+        folded, base, kept = _fold_all(runs, sites, kernel, ahead)
     counts = _layout_counts(runs, sites, base, kept, kernel, ahead)
     df, plan, layers, blocks, keys = runs.compile(counts, frozenset(kept), kernel, ahead)
     stored: list[LayerWeights] = []
@@ -185,6 +189,35 @@ def _compile_shared(program, values: dict, tol, max_memory, report, sites: dict[
     unrolled = tuple((sites[k].line, sites[k].count, why.why) for k, why in kept.items())
     loops = LoopProgram(specs, sequence, tuple(sorted(counts.items())), unrolled)
     return CompiledProgram(_shared_manifest(manifest, stored, loops), stored), kept
+
+
+def _pace_loops(runs: _Unrollings, sites: dict[str, LoopSite], kept: dict, kernel: dict,
+                ahead: frozenset) -> bool:
+    """Pace the top-level loops that did not fold because their iterations do not repeat:
+    release each iteration one initiation interval after the last (schedule.paced_release),
+    the interval being the layers one more iteration adds to the unrolling. Kept (runs.pace)
+    where the loop then folds and no loop that folded before stops folding; True if any is."""
+    tried = [k for k, why in kept.items() if not why.final and sites[k].depth == 0
+             and kernel.get(k, 1) == 1 and k not in ahead]
+    paced = False
+    for key in tried:
+        plain = frozenset(kept) - {key}
+        base = {k: sites[k].count if k in kept else UNROLLINGS[0] for k in sites}
+        short = runs.sequence({**base, key: UNROLLINGS[0]}, plain, kernel, ahead)
+        long = runs.sequence({**base, key: UNROLLINGS[0] + 1}, plain, kernel, ahead)
+        ii = len(long) - len(short)
+        if ii < 1:
+            continue
+        runs.pace = {**runs.pace, key: ii}
+        try:
+            _folded, _base, now = _fold_all(runs, sites, kernel, ahead)
+        except TcompileError:
+            now = None
+        if now is not None and key not in now and set(now) <= set(kept):
+            paced = True
+        else:
+            runs.pace = {k: v for k, v in runs.pace.items() if k != key}
+    return paced
 
 
 def _layout_counts(runs: _Unrollings, sites: dict[str, LoopSite], base: dict[str, int], kept,
