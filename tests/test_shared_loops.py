@@ -2452,3 +2452,44 @@ def test_a_loop_whose_chains_run_at_two_rates_is_paced_and_folds():
             break
         b = nxt
     assert int(halted["steps"]) == k
+
+
+THREE_RATES = """program three_rates
+dim d = 3
+param steps = 5
+input X : [n, d] in [-1, 1]
+input r : [n] in [-1, 1]
+input s : [] in [-1, 1]
+output a, b, c
+a = r
+b = X[:, 1]
+c = 0.5 * r
+repeat steps {
+  a = clip(0.5 * a + s * s * s, -1, 1)
+  b = clip(0.5 * b + (max(b, c) - a), -1, 1)
+  c = clip(0.5 * c + (0.5 * a + X[:, 1]), -1, 1)
+}
+"""
+
+
+def test_a_paced_loop_whose_rows_alternate_folds_as_a_kernel_of_two():
+    """a runs ahead of b (1 layer a step against 2) and its values piled up: the width grew
+    with the count (10, 11, ... 15 rows at 2 ... 7 steps) and the loop stayed unrolled.
+    Paced, the width is constant (11 rows at every count, where the unrolled build's grows:
+    13, 17, 28 at 5, 9, 20 steps) and the rows alternate between iterations; a kernel of 2
+    iterations of the plain walk folds it. It runs every count as deep as the unrolled build
+    and equals the interpreter; structured equals module."""
+    prog = tcompile.compile_source(THREE_RATES, loops="shared")
+    assert not prog.loops.unrolled
+    (spec,) = prog.loops.loops
+    assert spec.every == 2
+    assert prog.layout.width == 11      # the unrolled build: 13, 17, 28 rows at 5, 9, 20 steps
+    rng = np.random.default_rng(2)
+    ins = dict(X=rng.uniform(-1, 1, (7, 3)), r=rng.uniform(-1, 1, 7), s=np.array(0.7))
+    for steps in (5, 8, 13):
+        unrolled = tcompile.compile_source(THREE_RATES, params={"steps": steps})
+        assert prog.loops.n_layers(prog.loops.counts({"steps": steps})) == unrolled.n_layers
+        want = interpret_program(parse_source(THREE_RATES), {"steps": steps}, **ins)
+        for executor in ("structured", "module"):
+            got = prog.run(**ins, steps=steps, executor=executor)
+            assert all(np.max(np.abs(got[k] - want[k])) <= 1e-15 for k in want)

@@ -172,7 +172,9 @@ def _compile_shared(program, values: dict, tol, max_memory, report, sites: dict[
     ahead, kernel = _choose_read_ahead(runs, sites, folded, base, kept, kernel)
     if ahead:
         folded, base, kept = _fold_all(runs, sites, kernel, ahead)
-    if _pace_loops(runs, sites, kept, kernel, ahead):
+    paced = _pace_loops(runs, sites, kept, kernel, ahead)
+    if paced is not None:
+        kernel = paced
         folded, base, kept = _fold_all(runs, sites, kernel, ahead)
     counts = _layout_counts(runs, sites, base, kept, kernel, ahead)
     df, plan, layers, blocks, keys = runs.compile(counts, frozenset(kept), kernel, ahead)
@@ -192,14 +194,17 @@ def _compile_shared(program, values: dict, tol, max_memory, report, sites: dict[
 
 
 def _pace_loops(runs: _Unrollings, sites: dict[str, LoopSite], kept: dict, kernel: dict,
-                ahead: frozenset) -> bool:
+                ahead: frozenset) -> dict | None:
     """Pace the top-level loops that did not fold because their iterations do not repeat:
     release each iteration one initiation interval after the last (schedule.paced_release),
     the interval being the layers one more iteration adds to the unrolling. Kept (runs.pace)
-    where the loop then folds and no loop that folded before stops folding; True if any is."""
+    where the loop then folds — by itself, or, where paced rows alternate between iterations,
+    as a kernel of KERNEL iterations of the plain walk (_choose_kernels' fallback) — and no
+    loop that folded before stops folding. Returns the kernels to fold with where any loop is
+    paced, else None."""
     tried = [k for k, why in kept.items() if not why.final and sites[k].depth == 0
              and kernel.get(k, 1) == 1 and k not in ahead]
-    paced = False
+    kernel, paced = dict(kernel), False
     for key in tried:
         plain = frozenset(kept) - {key}
         base = {k: sites[k].count if k in kept else UNROLLINGS[0] for k in sites}
@@ -215,9 +220,19 @@ def _pace_loops(runs: _Unrollings, sites: dict[str, LoopSite], kept: dict, kerne
             now = None
         if now is not None and key not in now and set(now) <= set(kept):
             paced = True
+            continue
+        trial = {**kernel, key: KERNEL}
+        runs.unmarked = runs.unmarked | {key}
+        try:
+            _folded, _base, now = _fold_all(runs, sites, trial, ahead)
+        except TcompileError:
+            now = None
+        if now is not None and key not in now and set(now) <= set(kept):
+            kernel, paced = trial, True
         else:
+            runs.unmarked = runs.unmarked - {key}
             runs.pace = {k: v for k, v in runs.pace.items() if k != key}
-    return paced
+    return kernel if paced else None
 
 
 def _layout_counts(runs: _Unrollings, sites: dict[str, LoopSite], base: dict[str, int], kept,
