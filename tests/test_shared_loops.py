@@ -2493,3 +2493,41 @@ def test_a_paced_loop_whose_rows_alternate_folds_as_a_kernel_of_two():
         for executor in ("structured", "module"):
             got = prog.run(**ins, steps=steps, executor=executor)
             assert all(np.max(np.abs(got[k] - want[k])) <= 1e-15 for k in want)
+
+
+NESTED_TWO_RATES = """program nested_two_rates
+dim d = 3
+param steps = 4
+param inner = 3
+input X : [n, d] in [-1, 1]
+input r : [n] in [-1, 1]
+output a, b, c
+a = r
+b = X[:, 1]
+c = 0.5 * r
+repeat steps {
+  repeat inner {
+    a = clip(abs(max(a, X[:, 2])), -1, 1)
+    b = clip(0.5 * (b + X[:, 0]), -1, 1)
+  }
+  c = clip(0.5 * c + a - b, -1, 1)
+}
+"""
+
+
+def test_a_nested_loop_is_paced_per_instance_and_both_loops_fold():
+    """The two rates inside an inner loop: each instance (one per outer iteration) is paced
+    from where its slower chain can start (the next instance's b is free long before its a),
+    so the inner loop folds, and then the outer; before, the inner loop stayed unrolled.
+    Both counts are set at run time, every count as deep as the unrolled build, equal to the
+    interpreter."""
+    prog = tcompile.compile_source(NESTED_TWO_RATES, loops="shared")
+    assert not prog.loops.unrolled and set(prog.loops.params) == {"steps", "inner"}
+    rng = np.random.default_rng(1)
+    ins = dict(X=rng.uniform(-1, 1, (7, 3)), r=rng.uniform(-1, 1, 7))
+    for given in ({}, {"inner": 5}, {"steps": 7, "inner": 4}):
+        unrolled = tcompile.compile_source(NESTED_TWO_RATES, params=given)
+        assert prog.loops.n_layers(prog.loops.counts(given)) == unrolled.n_layers
+        want = interpret_program(parse_source(NESTED_TWO_RATES), given, **ins)
+        got = prog.run(**ins, **given)
+        assert all(np.max(np.abs(got[k] - want[k])) <= 1e-15 for k in want)

@@ -167,17 +167,37 @@ def paced_release(atoms: AtomTable, s: Schedule, pace: dict[str, int]) -> dict[i
     initiation interval II the unrolling's own layers per iteration."""
     release: dict[int, int] = {}
     for key, ii in pace.items():
-        at = {a: dict(atom.node.get(ITERATION) or ()).get(key) for a, atom in atoms.items()
+        # a nested loop has an instance per iteration of the loops around it; each starts
+        # where its last chain can (the latest first step of iteration 0: an instance's b
+        # may be free to start long before its a, which waits for the instance before)
+        at = {a: iteration_of(atom, key) for a, atom in atoms.items()
               if atom.kind not in ("input", "const")}
-        at = {a: i for a, i in at.items() if i is not None}
-        first = [s.ready[(a, s.orient[a])] for a, i in at.items() if i == 0
-                 and (a, s.orient[a]) in s.ready]
-        if not first:
-            continue
-        start = min(first)
-        for a, i in at.items():
-            release[a] = max(release.get(a, 0), start + i * ii)
+        at = {a: w for a, w in at.items() if w is not None}
+        start: dict[tuple, int] = {}
+        for a, (around, i) in at.items():
+            if i == 0 and (a, s.orient[a]) in s.ready and \
+                    not any(at.get(b) == (around, 0) for b in _reads(atoms[a])):
+                start[around] = max(start.get(around, 0), s.ready[(a, s.orient[a])])
+        for a, (around, i) in at.items():
+            if around in start:
+                release[a] = max(release.get(a, 0), start[around] + i * ii)
     return release
+
+
+def iteration_of(atom: Atom, key: str) -> tuple[tuple, int] | None:
+    """(its iterations of the other loops it is in, its iteration of loop `key`), from the
+    node's ITERATION (nodes.py); None for an atom outside that loop."""
+    it = dict(atom.node.get(ITERATION) or ())
+    if key not in it:
+        return None
+    return tuple(sorted((k, i) for k, i in it.items() if k != key)), it[key]
+
+
+def _reads(atom: Atom) -> set[int]:
+    """The atoms an atom's definition reads (its monomials' factors, or its piece's inputs)."""
+    if atom.kind == "mlp":
+        return set(atom.inputs)
+    return {f for m in (atom.poly or {}) for f in [a for a, _ in m.chain] + list(m.scalars)}
 
 
 def delay(atoms: AtomTable, s: Schedule, outputs: dict[str, int]) -> None:

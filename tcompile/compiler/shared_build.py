@@ -41,6 +41,7 @@ from .fold import Loop, NoSteadyState, digest, fold_loop, join_residues
 from ..runtime import clock
 from .nodes import FIRST_ONLY, ITERATION, LOOP_STATE, LOOP_WATCH, VARS
 from .pieces import PieceBuilder
+from .schedule import iteration_of
 from .steady_state import CHANGING_NUMBER, LoopSite, SharedGraphBuilder, loop_sites
 
 UNROLLINGS = (2, 4)             # the shortest and longest base unrolling of a loop
@@ -195,44 +196,64 @@ def _compile_shared(program, values: dict, tol, max_memory, report, sites: dict[
 
 def _pace_loops(runs: _Unrollings, sites: dict[str, LoopSite], kept: dict, kernel: dict,
                 ahead: frozenset) -> dict | None:
-    """Pace the top-level loops that did not fold because their iterations do not repeat:
-    release each iteration one initiation interval after the last (schedule.paced_release),
-    the interval being the layers one more iteration adds to the unrolling. Kept (runs.pace)
-    where the loop then folds — by itself, or, where paced rows alternate between iterations,
-    as a kernel of KERNEL iterations of the plain walk (_choose_kernels' fallback) — and no
-    loop that folded before stops folding. Returns the kernels to fold with where any loop is
-    paced, else None."""
-    tried = [k for k, why in kept.items() if not why.final and sites[k].depth == 0
-             and kernel.get(k, 1) == 1 and k not in ahead]
-    kernel, paced = dict(kernel), False
-    for key in tried:
-        plain = frozenset(kept) - {key}
-        base = {k: sites[k].count if k in kept else UNROLLINGS[0] for k in sites}
-        short = runs.sequence({**base, key: UNROLLINGS[0]}, plain, kernel, ahead)
-        long = runs.sequence({**base, key: UNROLLINGS[0] + 1}, plain, kernel, ahead)
-        ii = len(long) - len(short)
-        if ii < 1:
-            continue
-        runs.pace = {**runs.pace, key: ii}
-        try:
-            _folded, _base, now = _fold_all(runs, sites, kernel, ahead)
-        except TcompileError:
-            now = None
-        if now is not None and key not in now and set(now) <= set(kept):
-            paced = True
-            continue
-        trial = {**kernel, key: KERNEL}
-        runs.unmarked = runs.unmarked | {key}
+    """Pace the loops that did not fold because their iterations do not repeat: release each
+    iteration one initiation interval after the last (schedule.paced_release), the interval
+    being the layers one more iteration adds to each instance of the loop in the unrolling.
+    Kept (runs.pace) where the loop then folds — by itself, or, where paced rows alternate
+    between iterations, as a kernel of KERNEL iterations of the plain walk (_choose_kernels'
+    fallback) — and no loop that folded before stops folding. Tried again while a pass paces
+    one: a loop nested in a paced one may fold only once the loop around it does. Returns the
+    kernels to fold with where any loop is paced, else None."""
+    kernel, paced, progress = dict(kernel), False, True
+    while progress:
+        progress = False
+        for key in [k for k, why in kept.items() if not why.final and k not in runs.pace
+                    and kernel.get(k, 1) == 1 and k not in ahead]:
+            now = _paced_fold(runs, sites, kept, kernel, ahead, key)
+            if now is None:
+                continue
+            kernel, kept = now
+            paced = progress = True
+            break
+    return kernel if paced else None
+
+
+def _paced_fold(runs: _Unrollings, sites: dict[str, LoopSite], kept: dict, kernel: dict,
+                ahead: frozenset, key: str) -> tuple[dict, dict] | None:
+    """Loop `key` paced (runs.pace, and runs.unmarked for a kernel of its plain walk):
+    (kernels, loops kept unrolled) where it folds and no other loop stops folding, else None
+    with runs as before."""
+    # the loops around it walked as loops where they can be (not plain): their iterations
+    # tag its instances
+    plain = frozenset(k for k in kept if k != key and
+                      (kept[k].final or sites[k].depth >= sites[key].depth))
+    base = {k: sites[k].count if k in plain else UNROLLINGS[0] for k in sites}
+    short = runs.sequence({**base, key: UNROLLINGS[0]}, plain, kernel, ahead)
+    long = runs.sequence({**base, key: UNROLLINGS[0] + 1}, plain, kernel, ahead)
+    # one more iteration of each instance (a nested loop runs once per iteration of the
+    # loops around it)
+    atoms = runs.compile({**base, key: UNROLLINGS[0]}, plain, kernel, ahead)[1].atoms
+    instances = len({w[0] for w in (iteration_of(atom, key) for atom in atoms.values())
+                     if w is not None})
+    ii, rest = divmod(len(long) - len(short), max(instances, 1))
+    if ii < 1 or rest or (sites[key].depth and instances < 2):
+        return None        # (a loop around it kept plain: its instances are not told apart)
+    runs.pace = {**runs.pace, key: ii}
+    if len(runs.sequence({**base, key: UNROLLINGS[0] + 1}, plain, kernel, ahead)) > len(long) + 1:
+        runs.pace = {k: v for k, v in runs.pace.items() if k != key}
+        return None        # paced, the unrolling runs deeper: not a schedule to fold
+    for trial in (kernel, {**kernel, key: KERNEL}):
+        if trial is not kernel:
+            runs.unmarked = runs.unmarked | {key}
         try:
             _folded, _base, now = _fold_all(runs, sites, trial, ahead)
         except TcompileError:
-            now = None
-        if now is not None and key not in now and set(now) <= set(kept):
-            kernel, paced = trial, True
-        else:
-            runs.unmarked = runs.unmarked - {key}
-            runs.pace = {k: v for k, v in runs.pace.items() if k != key}
-    return kernel if paced else None
+            continue
+        if key not in now and set(now) <= set(kept):
+            return trial, now
+    runs.unmarked = runs.unmarked - {key}
+    runs.pace = {k: v for k, v in runs.pace.items() if k != key}
+    return None
 
 
 def _layout_counts(runs: _Unrollings, sites: dict[str, LoopSite], base: dict[str, int], kept,
