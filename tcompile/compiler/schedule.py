@@ -156,9 +156,9 @@ class AsapScheduler:
 
 def paced_release(atoms: AtomTable, s: Schedule, pace: dict[str, int]) -> dict[int, int]:
     """Release times that give a loop of a shared build's unrolling one iteration every
-    `pace[key]` layers: iteration i's atoms are placed no earlier than layer start + i·II,
-    where start is the first layer of iteration 0 in `s` (the schedule without them).
-    ASAP alone runs a loop's chains each at its own rate: in `a = clip(abs(max(a, x)), -1,
+    II = `pace[key]` layers: iteration i's atoms are placed no earlier than layer start + i·II,
+    where start is where the last of iteration 0's chains can begin in `s` (the schedule
+    without release times), per instance of a nested loop. ASAP alone runs a loop's chains each at its own rate: in `a = clip(abs(max(a, x)), -1,
     1)` beside `b = clip(0.5 * (b + y), -1, 1)`, a takes 2 layers an iteration and b 1, so
     b's iterations all run in the first half of the layers and a's alone in the second; no
     run of layers repeats per iteration and the loop could not be folded (shared_build.py
@@ -168,8 +168,9 @@ def paced_release(atoms: AtomTable, s: Schedule, pace: dict[str, int]) -> dict[i
     release: dict[int, int] = {}
     for key, ii in pace.items():
         # a nested loop has an instance per iteration of the loops around it; each starts
-        # where its last chain can (the latest first step of iteration 0: an instance's b
-        # may be free to start long before its a, which waits for the instance before)
+        # where its last chain can: the latest first step of iteration 0 (an atom reading no
+        # other atom of it). An instance's b may be free long before its a, which waits for
+        # the instance before
         at = {a: iteration_of(atom, key) for a, atom in atoms.items()
               if atom.kind not in ("input", "const")}
         at = {a: w for a, w in at.items() if w is not None}
