@@ -252,3 +252,14 @@ def test_build_rotate_writes_a_shared_builds_labels(tmp_path):
     assert doc["seed"] == 5
     assert doc["labels"] == [lab.as_dict() for lab in tcompile.residual_labels(prog)]
     assert len(doc["labels"]) == (2 * 4 + 1) * prog.width
+
+
+def test_labels_at_an_inner_count_the_base_does_not_hold_say_which_count_to_give():
+    """A paced nested build (test_shared_loops' NESTED_TWO_RATES) lays out its inner loop at
+    4 iterations; labels at its built 3 are refused, and the message now gives the count that
+    works, which does."""
+    from test_shared_loops import NESTED_TWO_RATES
+    prog = tcompile.compile_source(NESTED_TWO_RATES, loops="shared")
+    with pytest.raises(InputError, match=r"give inner = 4 \(tcompile labels \.\.\. -p inner=4\)"):
+        tcompile.residual_labels(prog)
+    assert tcompile.residual_labels(prog, inner=4)

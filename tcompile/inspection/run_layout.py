@@ -164,7 +164,9 @@ def layout_at(prog, counts: dict[str, int]) -> tuple[Layout, dict[str, int]]:
                              f"at another count of it than the base unrolling's "
                              f"({spec.param or 'its count'} = {base[spec.key]}) are not "
                              "supported (its program points count their iterations within the "
-                             "outer loop's)")
+                             "outer loop's)"
+                             + (f"; give {spec.param} = {base[spec.key]} (tcompile labels ... "
+                                f"-p {spec.param}={base[spec.key]})" if spec.param else ""))
     mapper = _Mapper(prog, counts, base, run, base_run, at, base_at, base_points, points)
     blocks = [replace(b, last_read=mapper.last_read(b, None, None))
               for b in prog.layout.written_at(clock.ENCODER)]
