@@ -2531,3 +2531,37 @@ def test_a_nested_loop_is_paced_per_instance_and_both_loops_fold():
         want = interpret_program(parse_source(NESTED_TWO_RATES), given, **ins)
         got = prog.run(**ins, **given)
         assert all(np.max(np.abs(got[k] - want[k])) <= 1e-15 for k in want)
+
+
+SLOW_FILL = """program slow_fill
+dim d = 3
+param steps = 5
+input X : [n, d] in [-1, 1]
+input r : [n] in [-1, 1]
+input u : [d] in [-1, 1]
+input s : [] in [-1, 1]
+output a, b, c
+a = r
+b = X[:, 1]
+c = 0.5 * r
+repeat steps {
+  a = clip(0.5 * a + (((X @ u) - X[:, 0]) * s), -1, 1)
+  b = clip(0.5 * b + r, -1, 1)
+  c = clip(0.5 * c + max(X[:, 1], (b * X[:, 0])), -1, 1)
+}
+"""
+
+
+def test_a_loop_too_short_for_its_paced_pipeline_says_which_count_folds_it():
+    """Paced, this loop folds as a kernel of 2 only from 6 iterations (its pipeline fills
+    over them); at the built 5 it stays unrolled, and the card said only that one more
+    iteration changes layers. It now says the count that folds it, and built with that count
+    it runs as a loop."""
+    short = tcompile.compile_source(SLOW_FILL, loops="shared")
+    ((line, count, why),) = short.loops.unrolled
+    assert (line, count) == (12, 5)
+    assert why == ("it runs 5 times, and the layers around its body hold 6 pipelined "
+                   "iterations; built with steps = 6 or more it may run as a loop")
+    folded = tcompile.compile_source(SLOW_FILL, loops="shared", params={"steps": 6})
+    (spec,) = folded.loops.loops
+    assert not folded.loops.unrolled and (spec.min_count, spec.every) == (6, 2)

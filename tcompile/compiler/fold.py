@@ -189,11 +189,13 @@ def _single(loop: Loop) -> Loop:
 
 class NoSteadyState(Exception):
     """This loop does not fold; the shared build keeps it unrolled (`why` goes in the report).
-    `final`: no longer base unrolling would fold it either (it has no layers of its own)."""
+    `final`: no longer base unrolling would fold it either (it has no layers of its own).
+    `needs`: it folds, but only from this many iterations, more than it runs."""
 
-    def __init__(self, why: str, key: str | None = None, final: bool = False):
+    def __init__(self, why: str, key: str | None = None, final: bool = False,
+                 needs: int | None = None):
         super().__init__(why)
-        self.why, self.key, self.final = why, key, final
+        self.why, self.key, self.final, self.needs = why, key, final, needs
         self.carried = False    # found from folds carried over (shared_build._carried_over)
 
 

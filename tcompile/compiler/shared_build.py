@@ -173,10 +173,11 @@ def _compile_shared(program, values: dict, tol, max_memory, report, sites: dict[
     ahead, kernel = _choose_read_ahead(runs, sites, folded, base, kept, kernel)
     if ahead:
         folded, base, kept = _fold_all(runs, sites, kernel, ahead)
-    paced = _pace_loops(runs, sites, kept, kernel, ahead)
+    paced, reasons = _pace_loops(runs, sites, kept, kernel, ahead)
     if paced is not None:
         kernel = paced
         folded, base, kept = _fold_all(runs, sites, kernel, ahead)
+    kept = {k: reasons.get(k, why) for k, why in kept.items()}
     counts = _layout_counts(runs, sites, base, kept, kernel, ahead)
     df, plan, layers, blocks, keys = runs.compile(counts, frozenset(kept), kernel, ahead)
     stored: list[LayerWeights] = []
@@ -195,7 +196,7 @@ def _compile_shared(program, values: dict, tol, max_memory, report, sites: dict[
 
 
 def _pace_loops(runs: _Unrollings, sites: dict[str, LoopSite], kept: dict, kernel: dict,
-                ahead: frozenset) -> dict | None:
+                ahead: frozenset) -> tuple[dict | None, dict]:
     """Pace the loops that did not fold because their iterations do not repeat: release each
     iteration one initiation interval after the last (schedule.paced_release), the interval
     being the layers one more iteration adds to each instance of the loop in the unrolling.
@@ -203,26 +204,28 @@ def _pace_loops(runs: _Unrollings, sites: dict[str, LoopSite], kept: dict, kerne
     between iterations, as a kernel of KERNEL iterations of the plain walk (_choose_kernels'
     fallback) — and no loop that folded before stops folding. Tried again while a pass paces
     one: a loop nested in a paced one may fold only once the loop around it does. Returns the
-    kernels to fold with where any loop is paced, else None."""
-    kernel, paced, progress = dict(kernel), False, True
+    kernels to fold with where any loop is paced, else None; and, for a loop that paced
+    folds only from more iterations than it runs, that reason (the card's: it names the
+    count that would fold it)."""
+    kernel, paced, progress, reasons = dict(kernel), False, True, {}
     while progress:
         progress = False
         for key in [k for k, why in kept.items() if not why.final and k not in runs.pace
                     and kernel.get(k, 1) == 1 and k not in ahead]:
-            now = _paced_fold(runs, sites, kept, kernel, ahead, key)
+            now = _paced_fold(runs, sites, kept, kernel, ahead, key, reasons)
             if now is None:
                 continue
             kernel, kept = now
             paced = progress = True
             break
-    return kernel if paced else None
+    return (kernel if paced else None), reasons
 
 
 def _paced_fold(runs: _Unrollings, sites: dict[str, LoopSite], kept: dict, kernel: dict,
-                ahead: frozenset, key: str) -> tuple[dict, dict] | None:
+                ahead: frozenset, key: str, reasons: dict) -> tuple[dict, dict] | None:
     """Loop `key` paced (runs.pace, and runs.unmarked for a kernel of its plain walk):
     (kernels, loops kept unrolled) where it folds and no other loop stops folding, else None
-    with runs as before."""
+    with runs as before (and in `reasons`, why not, where it would fold from a larger count)."""
     # the loops around it walked as loops where they can be (not plain): their iterations
     # tag its instances
     plain = frozenset(k for k in kept if k != key and
@@ -251,6 +254,8 @@ def _paced_fold(runs: _Unrollings, sites: dict[str, LoopSite], kept: dict, kerne
             continue
         if key not in now and set(now) <= set(kept):
             return trial, now
+        if key in now and now[key].needs is not None:
+            reasons[key] = now[key]
     runs.unmarked = runs.unmarked - {key}
     runs.pace = {k: v for k, v in runs.pace.items() if k != key}
     return None
@@ -356,8 +361,12 @@ def _fold_all(runs: _Unrollings, sites: dict[str, LoopSite], kernel: dict[str, i
             low = max([base[site.key]] + [o for t in _loops_of(seq, site.key)
                                           for o in (t.offsets or (t.offset,))])
             if site.count < low:
-                raise NoSteadyState(f"it runs {site.count} times, and the layers around its "
-                                    f"body hold {low} pipelined iterations", final=True)
+                more = (f"; built with {site.param} = {low} or more it may run as a loop"
+                        if site.param else "")
+                times = "once" if site.count == 1 else f"{site.count} times"
+                raise NoSteadyState(f"it runs {times}, and the layers around its "
+                                    f"body hold {low} pipelined iterations{more}", final=True,
+                                    needs=low)
         except NoSteadyState as e:
             e.key, e.carried = site.key, bool(carried)
             raise
