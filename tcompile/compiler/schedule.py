@@ -158,8 +158,9 @@ def paced_release(atoms: AtomTable, s: Schedule, pace: dict[str, int]) -> dict[i
     """Release times that give a loop of a shared build's unrolling one iteration every
     II = `pace[key]` layers: iteration i's atoms are placed no earlier than layer start + i·II,
     where start is where the last of iteration 0's chains can begin in `s` (the schedule
-    without release times), per instance of a nested loop. ASAP alone runs a loop's chains each at its own rate: in `a = clip(abs(max(a, x)), -1,
-    1)` beside `b = clip(0.5 * (b + y), -1, 1)`, a takes 2 layers an iteration and b 1, so
+    without release times), per instance of a nested loop. ASAP alone runs a loop's chains
+    each at its own rate: in `a = clip(abs(max(a, x)), -1, 1)` beside
+    `b = clip(0.5 * (b + y), -1, 1)`, a takes 2 layers an iteration and b 1, so
     b's iterations all run in the first half of the layers and a's alone in the second; no
     run of layers repeats per iteration and the loop could not be folded (shared_build.py
     tries this where a loop does not fold). Paced at the slowest chain's rate, every
