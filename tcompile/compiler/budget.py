@@ -88,13 +88,7 @@ def _attention_chain(atoms) -> int:
     needs a layer of its own with at least one head."""
     depth: dict[int, int] = {}
     for a, atom in atoms.items():
-        if atom.kind == "attn":
-            reads = {f for m in atom.poly for f, _ in m.chain} | {s for m in atom.poly for s in m.scalars}
-        elif atom.kind == "mlp":
-            reads = set(atom.inputs)
-        else:
-            reads = set()
-        below = max((depth.get(f, 0) for f in reads), default=0)
+        below = max((depth.get(f, 0) for f in atom.reads), default=0)
         depth[a] = below + (1 if atom.kind == "attn" and atom.poly else 0)
     return max(depth.values(), default=0)
 

@@ -27,18 +27,14 @@ def ready_layers(atoms: AtomTable) -> dict[int, int]:
         if atom.kind in ("input", "const"):
             lv[a] = ENCODER
         elif atom.kind == "attn":
-            lv[a] = attention_layer(lv[f] for m in atom.poly for f in _factors(m))
+            lv[a] = attention_layer(lv[f] for m in atom.poly for f in m.factors)
         else:
             lv[a] = mlp_layer((lv[i], atoms[i].kind == "mlp") for i in atom.inputs)
     return lv
 
 
-def _factors(m: Mono) -> list[int]:
-    return [f for f, _ in m.chain] + list(m.scalars)
-
-
 def _mono_layer(m: Mono, lv) -> int:
-    return max((lv[f] for f in _factors(m)), default=0)
+    return max((lv[f] for f in m.factors), default=0)
 
 
 def _substitute(atoms: AtomTable, m: Mono, i: int) -> Poly:
@@ -144,10 +140,7 @@ def _drop_unread(atoms: AtomTable, outputs: dict[str, int]) -> AtomTable:
     while True:
         read = set(outputs.values()) | (ahead & set(keep))
         for atom in keep.values():
-            if atom.kind == "attn":
-                read |= {f for m in atom.poly for f in _factors(m)}
-            elif atom.kind == "mlp":
-                read |= set(atom.inputs)
+            read |= atom.reads
         dead = [a for a, atom in keep.items() if a not in read and atom.kind in ("attn", "mlp")]
         if not dead:
             return keep

@@ -24,6 +24,11 @@ class Mono:
     def degree(self) -> int:
         return len(self.chain) + len(self.scalars)
 
+    @property
+    def factors(self) -> list[int]:
+        """The atoms it multiplies: its chain's, then its scalars."""
+        return [f for f, _ in self.chain] + list(self.scalars)
+
 
 Poly = dict  # Mono -> float
 
@@ -51,6 +56,14 @@ class Atom:
     def inputs(self) -> list[int]:
         """mlp: the atoms its piece reads (the piece's leaves, then the gate)."""
         return list(self.piece.inputs) + ([self.gate] if self.gate is not None else [])
+
+    @property
+    def reads(self) -> set[int]:
+        """The atoms its value is computed from: an attention atom's monomials' factors, an
+        MLP atom's inputs; none for an input or a constant (no poly)."""
+        if self.kind == "mlp":
+            return set(self.inputs)
+        return {f for m in (self.poly or {}) for f in m.factors}
 
     def storable(self, transposed: bool) -> bool:
         """Stored blocks have the token axis (if any) as their columns."""

@@ -178,7 +178,7 @@ def paced_release(atoms: AtomTable, s: Schedule, pace: dict[str, int]) -> dict[i
         start: dict[tuple, int] = {}
         for a, (around, i) in at.items():
             if i == 0 and (a, s.orient[a]) in s.ready and \
-                    not any(at.get(b) == (around, 0) for b in _reads(atoms[a])):
+                    not any(at.get(b) == (around, 0) for b in atoms[a].reads):
                 start[around] = max(start.get(around, 0), s.ready[(a, s.orient[a])])
         for a, (around, i) in at.items():
             if around in start:
@@ -194,12 +194,6 @@ def iteration_of(atom: Atom, key: str) -> tuple[tuple, int] | None:
         return None
     return tuple(sorted((k, i) for k, i in it.items() if k != key)), it[key]
 
-
-def _reads(atom: Atom) -> set[int]:
-    """The atoms an atom's definition reads (its monomials' factors, or its piece's inputs)."""
-    if atom.kind == "mlp":
-        return set(atom.inputs)
-    return {f for m in (atom.poly or {}) for f in [a for a, _ in m.chain] + list(m.scalars)}
 
 
 def delay(atoms: AtomTable, s: Schedule, outputs: dict[str, int]) -> None:

@@ -39,7 +39,7 @@ from .backend import build_manifest, compile_dataflow
 from .dataflow import build_dataflow, walk_to_graph
 from .fold import Loop, NoSteadyState, digest, fold_loop, join_residues
 from ..runtime import clock
-from .nodes import FIRST_ONLY, ITERATION, LOOP_STATE, LOOP_WATCH, VARS
+from .nodes import FIRST_ONLY, LOOP_STATE, LOOP_WATCH, VARS
 from .pieces import PieceBuilder
 from .schedule import iteration_of
 from .steady_state import CHANGING_NUMBER, LoopSite, SharedGraphBuilder, loop_sites
@@ -249,10 +249,10 @@ def _paced_fold(runs: _Unrollings, sites: dict[str, LoopSite], kept: dict, kerne
         if trial is not kernel:
             runs.unmarked = runs.unmarked | {key}
         try:
-            _folded, _base, now = _fold_all(runs, sites, trial, ahead)
+            _folded, now, ok = _kernel_folds(runs, sites, trial, key, kept, ahead)
         except TcompileError:
             continue
-        if key not in now and set(now) <= set(kept):
+        if ok:
             return trial, now
         if key in now and now[key].needs is not None:
             reasons[key] = now[key]
@@ -552,10 +552,10 @@ def _choose_kernels(runs: _Unrollings, sites: dict[str, LoopSite], folded, base,
 
 
 def _kernel_folds(runs: _Unrollings, sites: dict[str, LoopSite], trial: dict[str, int],
-                  key: str, kept) -> tuple[list, dict, bool]:
-    """The fold with kernels `trial`: (sequence, loops kept unrolled, whether loop `key`
-    folds and no loop folded before falls back to unrolled)."""
-    seq, _base, kept2 = _fold_all(runs, sites, trial)
+                  key: str, kept, ahead: frozenset = frozenset()) -> tuple[list, dict, bool]:
+    """The fold with kernels `trial` (and loops `ahead` reading ahead): (sequence, loops kept
+    unrolled, whether loop `key` folds and no loop folded before falls back to unrolled)."""
+    seq, _base, kept2 = _fold_all(runs, sites, trial, ahead)
     return seq, kept2, key not in kept2 and all(k in kept for k in kept2)
 
 
@@ -865,9 +865,10 @@ def _watch_points(site: LoopSite, sequence, base, plan, keys) -> tuple[tuple, ..
             atom = plan.atoms.get(pair[0])
             if atom is None or tag not in (atom.node.get(LOOP_STATE), atom.node.get(LOOP_WATCH)):
                 continue
-            it = dict(atom.node.get(ITERATION) or ()).get(site.key)
-            if it is None:
+            at = iteration_of(atom, site.key)
+            if at is None:
                 continue
+            it = at[1]
             t = plan.slots[pair].write
             where = (it + 1, clock.layer_of(t), 1 + clock.is_mlp(t), pair[1])
             written.setdefault(where, (keys[pair], plan.slots[pair].rows))

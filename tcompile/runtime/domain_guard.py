@@ -114,7 +114,7 @@ def _text_of(prog, key: str) -> str | None:
     layout records it: a message names what the user wrote, not only `tmp164`."""
     try:
         return prog.layout.block(key).expr
-    except (KeyError, AttributeError):
+    except KeyError:
         return None
 
 
