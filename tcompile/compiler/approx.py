@@ -23,6 +23,8 @@ reproduces exactly; abs, relu and clip are instead their exact ReLU forms on all
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -97,7 +99,11 @@ class PLApprox:
         their large coefficients never cancel inside the domain.  Units with c == 0 are dropped.
         That is knots + 1 units: clamping both ends costs one more than a PL function that is
         left to extrapolate linearly on one side (DESIGN §5 counts intervals + 1).
+        Inside `errors_shifted` a fitted function's form is moved by its own error.
         """
+        shift = _ERROR_SHIFT.get()
+        if shift and not self.exact and self.max_error > 0:
+            return self._shifted_form(shift)
         if self._form is not None:
             return self._form
         cached = self.__dict__.get("_relu_form")
@@ -108,22 +114,52 @@ class PLApprox:
             object.__setattr__(self, "_relu_form", cached)
         return cached
 
+    def _shifted_form(self, direction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The ReLU form of this fit moved by its own measured error (see errors_shifted):
+        up or down by max_error, or scaled by 1 ± max_error for a relative fit."""
+        moved = self.values * (1 + direction * self.max_error) if self.relative else \
+            self.values + direction * self.max_error
+        return _relu_form_of(self.knots, moved)
+
     @property
     def slopes(self) -> np.ndarray:
         """The slope of each interval between knots."""
         return np.diff(self.values) / np.diff(self.knots)
 
     def _relu_form_of_knots(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        t, v = self.knots, self.values
-        s = self.slopes
-        c = np.diff(np.concatenate([[0.0], s, [0.0]]))          # slope change at each knot
-        if abs(s[0]) > abs(s[-1]):      # relu(t - u): zero right of hi, so constant = v[-1]
-            a, b, const = -np.ones_like(t), t.copy(), v[-1]
-        else:                           # relu(u - t): zero left of lo, so constant = v[0]
-            a, b, const = np.ones_like(t), -t, v[0]
-        a, b, c = np.append(a, 0.0), np.append(b, 1.0), np.append(c, const)
-        keep = c != 0
-        return a[keep], b[keep], c[keep]
+        return _relu_form_of(self.knots, self.values)
+
+
+def _relu_form_of(t: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PLApprox.relu_form of the PL function through the points (t, v)."""
+    s = np.diff(v) / np.diff(t)
+    c = np.diff(np.concatenate([[0.0], s, [0.0]]))          # slope change at each knot
+    if abs(s[0]) > abs(s[-1]):      # relu(t - u): zero right of hi, so constant = v[-1]
+        a, b, const = -np.ones_like(t), t.copy(), v[-1]
+    else:                           # relu(u - t): zero left of lo, so constant = v[0]
+        a, b, const = np.ones_like(t), -t, v[0]
+    a, b, c = np.append(a, 0.0), np.append(b, 1.0), np.append(c, const)
+    keep = c != 0
+    return a[keep], b[keep], c[keep]
+
+
+# A what-if build for the tolerance of `check` and `trace` (inspection/tolerance.py): every
+# fitted function off by its own measured error, all in one direction, shows how far errors
+# of that size carry to each value on given inputs, which the card's fixed estimate cannot
+# (a loop applies a fit once per iteration). The what-if build is a whole compile inside it;
+# its layout is checked equal to the build's.
+_ERROR_SHIFT: ContextVar[float] = ContextVar("fit_error_shift", default=0.0)
+
+
+@contextmanager
+def errors_shifted(direction: float = 1.0):
+    """Inside: PLApprox.relu_form of every fitted (not exact) function is moved by
+    `direction` times its measured error (relative fits: scaled by 1 + direction·error)."""
+    token = _ERROR_SHIFT.set(float(direction))
+    try:
+        yield
+    finally:
+        _ERROR_SHIFT.reset(token)
 
 
 def rounding_floor(largest: float) -> float:

@@ -6,7 +6,14 @@ A value is within tolerance if its relative gap is at most the larger of
   approximation error), and
 - ROUNDING_FACTOR times what float64 rounding alone moves it on these inputs, measured by
   nudging the inputs by about one ulp (ill-conditioned problems amplify rounding, which a fixed
-  tolerance cannot know).
+  tolerance cannot know), and
+- FIT_FACTOR times what the fits move it on these inputs: the model compiled again with every
+  fitted function off by its own measured error, all up and all down (`what_if_builds`). The
+  card's estimate is one number for the whole program, but a loop applies a fit once per
+  iteration and a value downstream of several fits gathers their errors (ten RK2 steps whose
+  right-hand side is fitted within 1e-6 leave the state 6e-6 off, 1.4 times the estimate). This term
+  costs two more compiles, so `check` and `trace` compute it only where the other two would
+  call a value wrong.
 """
 from __future__ import annotations
 
@@ -19,6 +26,10 @@ from .reference import interpreter_assignments, relative_error
 
 ROUNDING_PROBE = 1e-15        # relative input perturbation that stands in for float64 rounding
 ROUNDING_FACTOR = 100.0       # how much worse than the interpreter's own rounding is tolerated
+# how much more than the what-if build's move is tolerated: measured gaps were 0.14 to 1.7
+# times the move (a shift in one direction cancels where fits feed both sides of a
+# difference, as log(sum(exp(s - m))) does in a log-sum-exp; tests/test_tolerance.py)
+FIT_FACTOR = 3.0
 
 
 def rounding_sensitivity(program, params, arrays: dict, n, base: dict | None = None) -> dict[str, float]:
@@ -53,6 +64,34 @@ class Tolerances:
                                        if point_variable(k) in names])
 
 
+def what_if_builds(prog):
+    """`prog` compiled again from its source and build options twice, with every fitted
+    function off by its own measured error up, then down (compiler/approx.py
+    `errors_shifted`): how far the two runs part is what errors of that size move a value,
+    whatever `prog`'s own weights hold (a model changed after its build is not excused by its
+    twins). Both have `prog`'s layout, so a value reads from the same rows of all three. None
+    where `prog` fits nothing, or where a what-if build came out with another layout (a moved
+    constant can cost a unit, and a unit can tip a choice); the policy then has no fit term."""
+    if not any(not a.exact and a.max_error > 0 for a in prog.typed_manifest.approximations):
+        return None
+    from ..compiler.approx import errors_shifted
+    from ..compiler.pipeline import compile_source
+    info = prog.info
+    builds = []
+    for direction in (1.0, -1.0):
+        with errors_shifted(direction):
+            builds.append(compile_source(
+                info.source, info.file, params=info.params, tol=info.default_tol,
+                loops="unrolled" if prog.loops is None else "shared", keep=info.keep))
+    return tuple(builds) if all(b.layout == prog.layout for b in builds) else None
+
+
+def fit_tolerance(tol: float, up, down) -> float:
+    """`tol` loosened to FIT_FACTOR times how far a value moves with the fits' errors: half the
+    gap between its values in the two what-if builds (`up`, `down`)."""
+    return max(tol, FIT_FACTOR * relative_error(up, down) / 2)
+
+
 def tolerances(prog, inputs, reference: dict | None = None) -> Tolerances:
     """The policy for compiled program `prog` on prepared inputs (`prog.prepare_inputs`);
     `reference`: the interpreter's values on them, if already computed (rounding_sensitivity)."""
@@ -61,4 +100,5 @@ def tolerances(prog, inputs, reference: dict | None = None) -> Tolerances:
                       rounding_sensitivity(prog.program, params, inputs.arrays, inputs.n, reference))
 
 
-__all__ = ["ROUNDING_PROBE", "ROUNDING_FACTOR", "rounding_sensitivity", "Tolerances", "tolerances"]
+__all__ = ["ROUNDING_PROBE", "ROUNDING_FACTOR", "FIT_FACTOR", "rounding_sensitivity", "Tolerances",
+           "tolerances", "what_if_builds", "fit_tolerance"]

@@ -32,7 +32,8 @@ from ..language.points import point_count, point_variable, program_point
 from ..runtime import clock
 from ..runtime.dispatch import split_counts
 from .reference import interpreter_assignments, relative_error
-from .tolerance import Tolerances, rounding_sensitivity, tolerances
+from .tolerance import (Tolerances, fit_tolerance, rounding_sensitivity, tolerances,
+                        what_if_builds)
 
 
 def trace(prog, /, **inputs) -> list[dict]:
@@ -55,7 +56,7 @@ def trace_program(prog, **inputs) -> list[dict]:
     policy = tolerances(prog, prepared, want)          # before `want` gains the inputs
     want.update({f"input:{name}": a for name, a in prepared.arrays.items()})
     states = prog.sublayer_states(prepared)
-    rows = []
+    rows, read = [], []
     for t in range(1, len(states)):
         for blk in prog.layout.readable_at(t):
             if blk.kind == "const":
@@ -65,7 +66,21 @@ def trace_program(prog, **inputs) -> list[dict]:
                     continue
                 got = prog.read_block(states[t], blk, list(want[var].shape[1:]))
                 rows.append(trace_row(t, var, blk, got, want[var], policy.for_variable(var)))
-    return rows
+                read.append((t, blk, got))
+    if all(r["ok"] for r in rows):
+        return rows
+    builds = what_if_builds(prog)               # the policy's fit term, where it is needed
+    if builds is None:
+        return rows
+    up, down = (b.sublayer_states(prepared) for b in builds)
+
+    def tol(row, t, blk, got):
+        shape = list(got.shape[1:])
+        return fit_tolerance(row["tol"], prog.read_block(up[t], blk, shape),
+                             prog.read_block(down[t], blk, shape))
+    return [row if row["ok"] else trace_row(t, row["variable"], blk, got, want[row["variable"]],
+                                            tol(row, t, blk, got))
+            for row, (t, blk, got) in zip(rows, read)]
 
 
 def trace_loops(prog, **kwargs) -> list[dict]:
@@ -78,15 +93,37 @@ def trace_loops(prog, **kwargs) -> list[dict]:
     want = interpreter_assignments(prog.program, params, prepared.arrays, prepared.n)
     policy = Tolerances(prog.predicted_rtol(), rounding_sensitivity(
         prog.program, params, prepared.arrays, prepared.n, want))
-    rows: list[dict] = []
     run = loop_iterates(prog, prepared, counts, want)
-    for it in run.iterates:
-        row = trace_row(clock.n_times(it.layers), it.name, it.block, it.value, want[it.name],
-                        policy.for_variable(it.name))
+    read = _reads(run)
+    tols = [policy.for_variable(name) for name, _ in read]
+    rows = _loop_rows(run, want, tols)
+    if all(r["ok"] for r in rows):
+        return rows
+    builds = what_if_builds(prog)               # the policy's fit term, where it is needed
+    if builds is None:
+        return rows
+    up, down = (_reads(loop_iterates(b, prepared, counts, want)) for b in builds)
+    names = [name for name, _ in read]
+    if [name for name, _ in up] != names or [name for name, _ in down] != names:
+        return rows                             # not read alike: no fit term
+    return _loop_rows(run, want, [tol if row["ok"] else fit_tolerance(tol, u, d)
+                                  for row, tol, (_, u), (_, d) in zip(rows, tols, up, down)])
+
+
+def _reads(run) -> list[tuple[str, np.ndarray]]:
+    """(program point, value) of a loop run's rows, in trace_loops' order."""
+    return [(it.name, it.value) for it in run.iterates] + \
+        [(final, got) for final, (_, got) in run.outputs.items()]
+
+
+def _loop_rows(run, want: dict, tols: list[float]) -> list[dict]:
+    """trace_loops' rows of one run, each with its tolerance (in _reads' order)."""
+    rows: list[dict] = []
+    for it, tol in zip(run.iterates, tols):
+        row = trace_row(clock.n_times(it.layers), it.name, it.block, it.value, want[it.name], tol)
         rows.append(_loop_row(row, it.spec, it.iteration))
-    for final, (blk, got) in run.outputs.items():
-        rows.append({**trace_row(clock.n_times(run.layers), final, blk, got, want[final],
-                                 policy.for_variable(final)),
+    for (final, (blk, got)), tol in zip(run.outputs.items(), tols[len(run.iterates):]):
+        rows.append({**trace_row(clock.n_times(run.layers), final, blk, got, want[final], tol),
                      "loop_line": None, "iteration": None})
     return rows
 
