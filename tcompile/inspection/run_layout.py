@@ -17,10 +17,13 @@ matched layer writes in the base come over with
 
 - their times moved to the run's layer;
 - their program points renamed: `x@k` of the base is the assignment made by one statement at
-  one iteration of each top-level repeat around it (`_Points`: the checker's walk, as
-  assignment_lines); in the run it is the same statement δ iterations later, δ = the
+  one iteration of each repeat around it (`_Points`: the checker's walk, as
+  assignment_lines; a repeat nested in another counts its iterations within its instance);
+  in the run it is the same statement δ iterations later in each of them, δ = the
   applications between the two places times the loop's `every` inside the loop, the change of
-  its count after it, 0 before it;
+  its count after it, 0 before it; for a nested repeat whose iteration a layer outside its
+  body holds, that layer holds its first iterations (δ = 0) or its last (δ = the change of
+  its count), told apart by the iterations the base's body applications write;
 - their last read moved to where the run reads them (`_Mapper.last_read`): in the same loop
   instance as the writer, as many applications after it as in the base; in a loop instance
   entered with the value, its first application where the base's first reads it last and is
@@ -33,9 +36,9 @@ matched layer writes in the base come over with
 
 What the base unrolling cannot say is refused with an InputError, never guessed: a kernel loop
 (`every > 1`) at a count of another residue than the base's (its tail for that residue ran in
-no recorded unrolling), a loop run 0 times, another count than the base's of a top-level
-repeat nested in another whose body assigns program points (they count their iterations
-within the outer loop's), and a value whose reads the rules above do not place.
+no recorded unrolling), a loop run 0 times, a nested repeat's iteration held outside its body
+that the base does not place before or after it, and a value whose reads the rules above do
+not place.
 """
 from __future__ import annotations
 
@@ -155,18 +158,6 @@ def layout_at(prog, counts: dict[str, int]) -> tuple[Layout, dict[str, int]]:
     points = _Points(prog.program, _params_at(prog, counts))
     same = counts == base
     base_points = points if same else _Points(prog.program, _params_at(prog, base))
-    for _stmt, its in base_points.of.values():   # a nested repeat's points: its count held
-        moved = [k for k, _ in its[1:] if k in counts and counts[k] != base[k]]
-        if moved:
-            spec = loops.spec(moved[0])
-            raise InputError(f"labels at {_counts_text(loops, counts)}: the repeat at line "
-                             f"{spec.line} is nested in another top-level repeat, and labels "
-                             f"at another count of it than the base unrolling's "
-                             f"({spec.param or 'its count'} = {base[spec.key]}) are not "
-                             "supported (its program points count their iterations within the "
-                             "outer loop's)"
-                             + (f"; give {spec.param} = {base[spec.key]} (tcompile labels ... "
-                                f"-p {spec.param}={base[spec.key]})" if spec.param else ""))
     mapper = _Mapper(prog, counts, base, run, base_run, at, base_at, base_points, points)
     blocks = [replace(b, last_read=mapper.last_read(b, None, None))
               for b in prog.layout.written_at(clock.ENCODER)]
@@ -258,6 +249,7 @@ class _Mapper:
         self.top = {s.key: s for s in prog.loops.loops if s.depth == 0}
         self.index = {it.loop: i for i, it in enumerate(prog.loops.sequence)
                       if isinstance(it, LoopItem)}
+        self.inside = self._iterations_inside()
 
     def moved(self, b: Block, t: int, place: _Place, anchor: _Place) -> Block:
         shift = self._shift(place, anchor)
@@ -274,31 +266,65 @@ class _Mapper:
             self.keys[b.key] = key
         return out
 
-    def _shift(self, place: _Place, anchor: _Place) -> dict[str, int]:
-        """Iterations each top-level loop's points move by from `anchor` to `place`."""
-        out = {}
-        for key, spec in self.top.items():
+    def _shift(self, place: _Place, anchor: _Place) -> dict[str, int | None]:
+        """Iterations each loop's points move by from `anchor` to `place`: a loop around it,
+        by the applications between the two (times its `every`); a top-level loop before it,
+        by the change of its count, after it not at all; a nested loop not around it, None:
+        that depends on the point (`_nested_shift`)."""
+        out: dict[str, int | None] = {}
+        for key in self.counts:
             i = self.index.get(key)
-            inside = place.levels and place.levels[0].item.loop == key
-            if inside:
-                out[key] = (place.levels[0].app - anchor.levels[0].app) * place.levels[0].item.every
-            elif i is not None and place.path[0] >= i:
-                out[key] = self.counts[key] - self.base[key]
-            else:
-                out[key] = 0
+            ended = i is not None and place.path[0] >= i
+            out[key] = None if key not in self.top else \
+                self.counts[key] - self.base[key] if ended else 0
+        for lv, lv0 in zip(place.levels, anchor.levels):
+            out[lv.item.loop] = (lv.app - lv0.app) * lv.item.every
         return out
 
-    def _rename(self, point: str, shift: dict[str, int]) -> str:
+    def _nested_shift(self, key: str, stmt, it: int, point: str) -> int:
+        """How far iteration `it` of a nested repeat moves where a layer outside its loop
+        body holds it: a nested repeat's points count its iterations within its instance, and
+        the layers around the body hold its first iterations (before it: the same in every
+        run) or its last (after it: moved by the change of its count). Its first and last
+        iteration are one or the other; between them, where the base's body applications
+        write the statement's later (or earlier) iterations."""
+        inside = self.inside.get((key, stmt), ())
+        if self.counts[key] == self.base[key] or it == 0 or inside and it < min(inside):
+            return 0
+        if it == self.base[key] - 1 or inside and it > max(inside):
+            return self.counts[key] - self.base[key]
+        raise self._refuse(f"the base unrolling's {point} (iteration {it} of the repeat at "
+                           f"line {self.prog.loops.spec(key).line}) is held outside that "
+                           "loop's body, and the base does not say whether before or after it")
+
+    def _rename(self, point: str, shift: dict[str, int | None]) -> str:
         where = self.base_points.of.get(point)
         if where is None:
             raise self._refuse(f"the base unrolling's block of {point} names no assignment of "
                                "the program")
         stmt, its = where
-        moved = (stmt, tuple((k, it + shift.get(k, 0)) for k, it in its))
+        moved = (stmt, tuple((k, it + (self._nested_shift(k, stmt, it, point)
+                                       if shift.get(k, 0) is None else shift.get(k, 0)))
+                             for k, it in its))
         name = self.points.back.get(moved)
         if name is None:
             raise self._refuse(f"the base unrolling's {point} has no counterpart in this run")
         return name
+
+    def _iterations_inside(self) -> dict[tuple, set[int]]:
+        """Per nested repeat and statement, the iterations (within their instance) that the
+        base writes in the layers of the repeat's body applications."""
+        out: dict[tuple, set[int]] = {}
+        for b in self.prog.layout.blocks:
+            if b.written == clock.ENCODER:
+                continue
+            keys = {lv.item.loop for lv in self.base_run[clock.layer_of(b.written)].levels}
+            for v in b.vars:
+                stmt, its = self.base_points.of.get(v, (None, ()))
+                for k, it in its:
+                    if k in keys and k not in self.top:
+                        out.setdefault((k, stmt), set()).add(it)
+        return out
 
     def last_read(self, b: Block, place: _Place | None, anchor: _Place | None) -> int:
         """The time the run reads `b` (written at `place`, taken from `anchor`; None: the
