@@ -280,3 +280,35 @@ def test_labels_at_other_counts_of_a_repeat_nested_in_a_top_level_one():
         run = prog.loops.counts(counts)          # every iterate of a is labelled somewhere
         assert {p for p in checked if p.startswith("a@")} == \
             {f"a@{k}" for k in range(1, run["11:1"] * run["12:3"] + 1)}
+
+
+NESTED_FIXED = """program nested_fixed
+param steps = 4
+input X : [n, 3] in [-1, 1]
+input r : [n] in [-1, 1]
+output a, c
+a = r
+c = 0.5 * r
+repeat steps {
+  repeat 2 {
+    a = clip(0.5 * a + X[:, 0], -1, 1)
+  }
+  c = clip(0.5 * c + a, -1, 1)
+}
+"""
+
+
+def test_labels_of_a_nested_repeat_with_a_fixed_count():
+    """`repeat 2` has no param, so the interpreter's walk cannot be given the base
+    unrolling's 3 iterations by param: the program points are walked at the loops' counts by
+    key (run_layout._Points). adam_least_squares' fixed Newton refinement is this case; its
+    labels were refused at its only counts."""
+    prog = tcompile.compile_source(NESTED_FIXED, loops="shared")
+    assert dict(prog.loops.base_counts)["9:3"] == 3 and prog.loops.spec("9:3").param is None
+    inputs = sample_inputs(prog.program, {}, n=8, batch=2, seed=1)
+    prepared = prog.prepare_inputs(inputs)
+    for counts in ({}, {"steps": 6}):
+        checked = live_labels_hold(prog, prepared, counts)
+        steps = prog.loops.counts(counts)["8:1"]
+        assert {p for p in checked if p.startswith("a@")} == \
+            {f"a@{k}" for k in range(1, 2 * steps + 1)}

@@ -46,6 +46,7 @@ from dataclasses import dataclass, replace
 
 from ..errors import InputError
 from ..language import ast
+from ..language.run_params import loop_key
 from ..runtime import clock
 from ..runtime.layout import LIVE_TO_END, Block, Layout
 from ..runtime.loops import LoopItem
@@ -96,12 +97,13 @@ def _places(seq, counts: dict[str, int], base: dict[str, int]) -> list[_Place]:
 
 
 class _Points:
-    """Every top-level assignment `x@k` of a walk at some params as (statement, iterations):
-    the statement's place in the source and ((loop key, iteration), ...) of the top-level
+    """Every top-level assignment `x@k` of a walk at some params and loop counts (by loop
+    key: a loop with no param, `repeat 2`, has its count set there) as (statement,
+    iterations): the statement's place in the source and ((loop key, iteration), ...) of the
     repeats around it, outermost first; and back."""
 
-    def __init__(self, program: ast.Program, params: dict[str, float]):
-        walker = _IterationWalk(program, params)
+    def __init__(self, program: ast.Program, params: dict[str, float], counts: dict[str, int]):
+        walker = _IterationWalk(program, params, counts)
         walker.run()
         self.lines = walker.lines
         self.of = walker.points
@@ -111,12 +113,14 @@ class _Points:
 class _IterationWalk(_AssignmentLines):
     """assignment_lines' walk, also keeping which iteration of each top-level repeat made it."""
 
-    def __init__(self, program, params):
+    def __init__(self, program, params, counts: dict[str, int]):
         super().__init__(program, params)
         self.points: dict[str, tuple] = {}
         self.stack: list[list] = []
+        self.counts = counts
 
     def unroll(self, stmt, count, env, in_function):
+        count = self.counts.get(loop_key(stmt, self.call_sites), count)
         top = not self.call_stack
         if top:
             self.stack.append([f"{stmt.loc.line}:{stmt.loc.column}", 0, stmt])
@@ -155,9 +159,9 @@ def layout_at(prog, counts: dict[str, int]) -> tuple[Layout, dict[str, int]]:
     at = {p.key: i for i, p in enumerate(run)}
     base_at = {p.key: i for i, p in enumerate(base_run)}
     _refuse_what_the_base_cannot_say(loops, counts, base)
-    points = _Points(prog.program, _params_at(prog, counts))
+    points = _Points(prog.program, _params_at(prog, counts), counts)
     same = counts == base
-    base_points = points if same else _Points(prog.program, _params_at(prog, base))
+    base_points = points if same else _Points(prog.program, _params_at(prog, base), base)
     mapper = _Mapper(prog, counts, base, run, base_run, at, base_at, base_points, points)
     blocks = [replace(b, last_read=mapper.last_read(b, None, None))
               for b in prog.layout.written_at(clock.ENCODER)]
@@ -184,8 +188,8 @@ def point_mover(prog, counts: dict[str, int]):
     none). A point's number depends on every loop before it that assigns the variable: a loop
     after one whose count differs from the base's holds other numbers than the base did."""
     built = dict(prog.loops.base_counts)
-    base = _Points(prog.program, _params_at(prog, built))
-    run = base if counts == built else _Points(prog.program, _params_at(prog, counts))
+    base = _Points(prog.program, _params_at(prog, built), built)
+    run = base if counts == built else _Points(prog.program, _params_at(prog, counts), counts)
 
     def move(point: str, key: str, shift: int) -> str | None:
         where = base.of.get(point)
