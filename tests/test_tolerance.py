@@ -16,7 +16,7 @@ from tcompile.compiler.pipeline import compile_source
 from tcompile.inspection.reference import relative_error
 from tcompile.inspection.sampling import sample_inputs
 from tcompile.inspection.tolerance import FIT_FACTOR, fit_tolerance, what_if_builds
-from tcompile.inspection.trace import trace
+from tcompile.inspection.trace import format_trace, trace
 from tcompile.language.interpreter import interpret_program
 from tcompile.runtime.program import CompiledProgram
 from tcompile.runtime.weights import LayerWeights
@@ -141,5 +141,6 @@ def test_trace_uses_the_fit_term_and_still_fails_a_changed_model(loops):
     last = rows[-1]
     assert last["variable"].startswith("z") and last["tol"] > prog.predicted_rtol()
     assert last["rel_err"] > prog.predicted_rtol() and last["max_abs_err"] > last["tol"]
+    assert last["judged"] == "fits" and "yes+" in format_trace([last])
     bad = _with_mlp_scaled(prog, 1 + 1e-4)
     assert not trace(bad, **inputs)[-1]["ok"]

@@ -32,8 +32,8 @@ from ..language.points import point_count, point_variable, program_point
 from ..runtime import clock
 from ..runtime.dispatch import split_counts
 from .reference import interpreter_assignments, relative_error
-from .tolerance import (Tolerances, fit_tolerance, rounding_sensitivity, tolerances,
-                        what_if_builds)
+from .tolerance import (FIT_FACTOR, Tolerances, fit_tolerance, rounding_sensitivity,
+                        tolerances, what_if_builds)
 
 
 def trace(prog, /, **inputs) -> list[dict]:
@@ -78,8 +78,8 @@ def trace_program(prog, **inputs) -> list[dict]:
         shape = list(got.shape[1:])
         return fit_tolerance(row["tol"], prog.read_block(up[t], blk, shape),
                              prog.read_block(down[t], blk, shape))
-    return [row if row["ok"] else trace_row(t, row["variable"], blk, got, want[row["variable"]],
-                                            tol(row, t, blk, got))
+    return [row if row["ok"] else _judged_by_fits(trace_row(
+                t, row["variable"], blk, got, want[row["variable"]], tol(row, t, blk, got)))
             for row, (t, blk, got) in zip(rows, read)]
 
 
@@ -106,8 +106,14 @@ def trace_loops(prog, **kwargs) -> list[dict]:
     names = [name for name, _ in read]
     if [name for name, _ in up] != names or [name for name, _ in down] != names:
         return rows                             # not read alike: no fit term
-    return _loop_rows(run, want, [tol if row["ok"] else fit_tolerance(tol, u, d)
-                                  for row, tol, (_, u), (_, d) in zip(rows, tols, up, down)])
+    fitted = _loop_rows(run, want, [tol if row["ok"] else fit_tolerance(tol, u, d)
+                                    for row, tol, (_, u), (_, d) in zip(rows, tols, up, down)])
+    return [row if row["ok"] else _judged_by_fits(new) for row, new in zip(rows, fitted)]
+
+
+def _judged_by_fits(row: dict) -> dict:
+    """A row the policy's fit term passes (tolerance.py): `judged` says so."""
+    return {**row, "judged": "fits"} if row["ok"] and row["judged"] == "relative" else row
 
 
 def _reads(run) -> list[tuple[str, np.ndarray]]:
@@ -285,7 +291,8 @@ def format_trace(rows: list[dict], sources: dict[str, int] | None = None, *, var
 
     A row judged by its absolute error (a small value, whose relative error divides by almost
     nothing) is marked `yes*`, its relative error `(≈0)` when the value is at most the
-    tolerance, and the note under the table says why."""
+    tolerance, and the note under the table says why; one passed by the policy's fit term
+    (tolerance.py) `yes+`, with its note."""
     shown = select_rows(rows, var, failing, every)
     head = " layer  sub   variable          block             max abs err    rel err   ok"
     lines = [head + ("   source" if sources else "")]
@@ -293,7 +300,8 @@ def format_trace(rows: list[dict], sources: dict[str, int] | None = None, *, var
         where = sources.get(r["variable"]) if sources else None
         absolute = r.get("judged") == "absolute"
         rel = "(≈0)" if absolute and r["ref_scale"] <= r["tol"] else f"{r['rel_err']:9.2e}"
-        ok = ("yes*" if absolute else "yes ") if r["ok"] else "NO  "
+        ok = ("yes*" if absolute else "yes+" if r.get("judged") == "fits" else "yes ") \
+            if r["ok"] else "NO  "
         lines.append((f" {r['layer']:>5}  {r['sublayer']:<4}  {r['variable']:<16}  {r['block']:<16}"
                      f"  {r['max_abs_err']:11.3e}  {rel:>9}   {ok}"
                      + (f" line {where}" if where else "")).rstrip())
@@ -303,6 +311,11 @@ def format_trace(rows: list[dict], sources: dict[str, int] | None = None, *, var
                                "small ((≈0): its largest entry is at most tol, e.g. a gradient "
                                "that converged to zero), so its relative error, which divides "
                                "by it, means nothing", 96)
+    if any(r.get("judged") == "fits" for r in shown):
+        lines += textwrap.wrap(f"+ within {FIT_FACTOR:g}x what the fits move it: compiled again "
+                               "with every fitted function off by its own measured error, up and "
+                               "down, the model moves this value by more than a third of the "
+                               "card's estimate (a fit applied step after step adds up)", 96)
     if len(shown) < len(rows):
         lines += textwrap.wrap(_shown_note(len(shown), len(rows), var, failing, every), 96)
     bad = first_departure(rows)
