@@ -410,3 +410,19 @@ def _ls_inputs(B: int, n: int = 40, d: int = 4) -> dict:
     As = rng.standard_normal((B, n, d))
     As /= np.linalg.norm(As, axis=2).max(axis=1)[:, None, None]
     return {"A": As, "y": rng.standard_normal((B, n)), "a_test": rng.standard_normal((B, d))}
+
+
+def test_until_and_a_count_on_a_loop_kept_unrolled_say_so():
+    """expm's Horner loop (line 21) is kept unrolled: its k is a compile-time number that
+    changes every iteration. `until k` and a run-time `p` (its count) name that loop and the
+    reason, not the generic "no loop carries it" that sent users to --keep."""
+    from tcompile.inspection.sampling import sample_inputs
+    program, prog = shipped("expm.tp")
+    inputs = sample_inputs(program, prog.info.params, n=8, batch=1, seed=0)
+    why = r"keeps that loop unrolled \('k' is a compile-time number that changes every iteration\)"
+    with pytest.raises(InputError, match=r"until names 'k', which the loop at line 21 assigns, "
+                                         r"and this build " + why):
+        prog.run(until=("k", 1e-9), **inputs)
+    with pytest.raises(InputError, match=r"p counts the loop at line 21, which this build keeps "
+                                         r"unrolled \('k' is a compile-time number"):
+        prog.run(p=6, **inputs)

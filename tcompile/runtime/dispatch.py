@@ -89,7 +89,7 @@ def split_counts(prog, kwargs: dict, until=None, max_steps=None) -> tuple[dict, 
                              "shared build (tcompile build --loops shared); this build "
                              f"is unrolled with {built}")
     elif fixed:
-        prog.loops.counts({fixed[0]: 0})          # raises: says which params may be given
+        prog.resolve_counts({k: inputs[k] for k in fixed})   # raises: says which may be given
     return counts, inputs
 
 

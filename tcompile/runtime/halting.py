@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, NotConvergedWarning
+from .loops import kept_unrolled
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,14 @@ def resolve_until(prog, until) -> tuple[str, str, float]:
     options = prog.loops.until_loops()
     if name in options:
         return options[name], name, float(tol)
+    kept = [(line, why) for line, names, _param, why in kept_unrolled(prog.program, prog.loops)
+            if name in names]
+    if kept:
+        line, why = kept[0]
+        raise InputError(f"until names {name!r}, which the loop at line {line} assigns, and this "
+                         f"build keeps that loop unrolled ({why}): it runs the count it was "
+                         "built with, and nothing between its iterations can stop it; its "
+                         f"loop variables: {', '.join(sorted(options)) or 'none'}")
     raise InputError(f"until names {name!r}, which no top-level loop of this build assigns "
                      f"where it can be watched; its loop variables: "
                      f"{', '.join(sorted(options)) or 'none'} (a value only a loop nested in "

@@ -15,6 +15,7 @@ import numbers
 from dataclasses import dataclass
 
 from ..errors import InputError
+from ..language import ast
 
 
 @dataclass(frozen=True)
@@ -289,4 +290,21 @@ def _count(seq, counts) -> int:
     return n
 
 
-__all__ = ["LoopSpec", "LoopItem", "LoopProgram", "applications", "parts", "layer_paths"]
+def kept_unrolled(program, loops: LoopProgram) -> list[tuple[int, frozenset, str | None, str]]:
+    """The loops a shared build keeps unrolled (`LoopProgram.unrolled`), each as (line, the
+    variables its body assigns, the param that counts it or None, why), read off the
+    program's `repeat`s at those lines: what `until` or a run-time count of the user's may
+    name there, to be told why it cannot."""
+    whys = {line: why for line, _count, why in loops.unrolled}
+    out = []
+    for node, _parent in ast.walk(program):
+        if isinstance(node, ast.Repeat) and node.loc.line in whys:
+            names = frozenset(n.target for n, _ in ast.walk(node.body)
+                              if isinstance(n, ast.Assign))
+            param = node.count.id if isinstance(node.count, ast.Name) else None
+            out.append((node.loc.line, names, param, whys[node.loc.line]))
+    return out
+
+
+__all__ = ["LoopSpec", "LoopItem", "LoopProgram", "applications", "parts", "layer_paths",
+           "kept_unrolled"]

@@ -25,7 +25,7 @@ import numpy as np
 from . import artifact, card, codec, dispatch
 from .codec import ValidatedInputs
 from .layout import Block, Layout
-from .loops import LoopProgram
+from .loops import LoopProgram, kept_unrolled
 from .manifest import Manifest, ProgramInfo
 from .run_budget import RunEstimate, check_run, estimate_run, whole_count
 from .weights import LayerWeights
@@ -207,6 +207,11 @@ class CompiledProgram:
                 raise InputError(f"{', '.join(sorted(counts))}: an unrolled build takes no "
                                  "run-time counts (its counts are fixed at build time)")
             return {}
+        for line, _names, param, why in kept_unrolled(self.program, self.loops):
+            if param in counts and param not in self.loops.params:
+                raise InputError(f"{param} counts the loop at line {line}, which this build "
+                                 f"keeps unrolled ({why}): its count is fixed at build time; "
+                                 f"build again with {param} = {counts[param]} for that count")
         return self.loops.counts(counts)
 
     def interpreter_params(self, counts: dict) -> dict[str, float]:
