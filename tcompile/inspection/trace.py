@@ -314,8 +314,8 @@ def format_trace(rows: list[dict], sources: dict[str, int] | None = None, *, var
     if any(r.get("judged") == "fits" for r in shown):
         lines += textwrap.wrap(f"+ within {FIT_FACTOR:g}x what the fits move it: compiled again "
                                "with every fitted function off by its own measured error, up and "
-                               "down, the model moves this value by more than a third of the "
-                               "card's estimate (a fit applied step after step adds up)", 96)
+                               "down, the model moves this value further than the card's "
+                               "estimate allows (a fit applied step after step adds up)", 96)
     if len(shown) < len(rows):
         lines += textwrap.wrap(_shown_note(len(shown), len(rows), var, failing, every), 96)
     bad = first_departure(rows)
