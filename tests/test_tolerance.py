@@ -73,18 +73,26 @@ def _weights(prog):
     return [{k: np.asarray(v) for k, v in w.arrays().items()} for w in prog.layers]
 
 
-@pytest.mark.parametrize("loops", ["unrolled", "shared"])
-def test_what_if_builds_share_the_layout_and_leave_the_build_alone(loops):
-    before = compile_source(RK2_Y, "rk2.tp", loops=loops)
-    builds = what_if_builds(before)
-    after = compile_source(RK2_Y, "rk2.tp", loops=loops)
-    assert builds is not None and all(b.layout == before.layout for b in builds)
-    for w0, w1 in zip(_weights(before), _weights(after)):      # nothing leaked out
-        for k in w0:
-            np.testing.assert_array_equal(w0[k], w1[k])
+@pytest.fixture(scope="module")
+def rk2():
+    """RK2's unrolled build and its what-if builds (compiled once for the module)."""
+    prog = compile_source(RK2_Y, "rk2.tp")
+    return prog, what_if_builds(prog)
+
+
+def test_what_if_builds_share_the_layout_and_leave_the_build_alone(rk2):
+    prog, builds = rk2
+    assert builds is not None and all(b.layout == prog.layout for b in builds)
     up, down = builds
     assert any(not np.array_equal(a["W_2"], b["W_2"])
                for a, b in zip(_weights(up), _weights(down)))
+    before = compile_source(RK2_Y, "rk2.tp", loops="shared")     # and a shared build's
+    twins = what_if_builds(before)
+    after = compile_source(RK2_Y, "rk2.tp", loops="shared")
+    assert twins is not None and all(b.layout == before.layout for b in twins)
+    for w0, w1 in zip(_weights(before), _weights(after)):       # nothing leaked out
+        for k in w0:
+            np.testing.assert_array_equal(w0[k], w1[k])
 
 
 def test_a_program_without_fits_has_no_what_if_builds():
@@ -99,14 +107,14 @@ def test_fit_tolerance_is_the_larger_of_the_two():
     assert fit_tolerance(1e-3, up, down) == 1e-3
 
 
-def test_the_fits_move_explains_the_measured_gap():
+def test_the_fits_move_explains_the_measured_gap(rk2):
     """The interpreter is the oracle: the gap of the build is of the size the what-if builds
     move it (0.14 to 1.74 times on eleven outputs measured), not the card's one number."""
-    prog = compile_source(RK2_Y, "rk2.tp")
+    prog, builds = rk2
     inputs = sample_inputs(prog.program, prog.info.float_params(), n=16, batch=8, seed=0)
     got = prog.run(**inputs)["y"]
     want = interpret_program(prog.program, prog.info.float_params(), **inputs)["y"]
-    up, down = (b.run(**inputs)["y"] for b in what_if_builds(prog))
+    up, down = (b.run(**inputs)["y"] for b in builds)
     gap, move = relative_error(got, want), relative_error(up, down) / 2
     assert gap > prog.predicted_rtol()                     # the card's estimate alone says NO
     assert 0.3 * move < gap < move                         # the fits' move says why
