@@ -426,3 +426,6 @@ def test_until_and_a_count_on_a_loop_kept_unrolled_say_so():
     with pytest.raises(InputError, match=r"p counts the loop at line 21, which this build keeps "
                                          r"unrolled \('k' is a compile-time number"):
         prog.run(p=6, **inputs)
+    card = " ".join(tcompile.report_text(prog).split())        # and the card says what it means
+    assert ("line 21: repeat 12 kept unrolled: 'k' is a compile-time number that changes every "
+            "iteration (its count is fixed at build time; `until` cannot stop it)") in card

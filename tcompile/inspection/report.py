@@ -208,7 +208,8 @@ def _loop_lines(rep: dict) -> list[str]:
                            f"each residue of K mod {every}; a run reads them from its own",
                            "              ")
     for lp in loops["kept_unrolled"]:
-        lines += _wrap(f"line {lp['line']}: repeat {lp['count']} kept unrolled: {lp['why']}", "    ")
+        lines += _wrap(f"line {lp['line']}: repeat {lp['count']} kept unrolled: {lp['why']} "
+                       "(its count is fixed at build time; `until` cannot stop it)", "    ")
     return lines
 
 
