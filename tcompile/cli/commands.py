@@ -213,7 +213,10 @@ def cmd_check(args) -> int:
 def _fit_tolerances(prog, inputs: dict, got: dict, rtol: float) -> dict[str, float] | None:
     """Each output's tolerance with the fit term of the policy (inspection/tolerance.py): the
     what-if builds run on the same inputs. None where the model fits nothing."""
-    from ..inspection.tolerance import fit_tolerance, what_if_builds
+    from ..inspection.tolerance import fit_tolerance, has_fits, what_if_builds
+    if has_fits(prog):
+        print("tcompile: an output is over its tolerance; measuring how far the fits move it "
+              "(two more builds, every fitted function off by its own error)", file=sys.stderr)
     builds = what_if_builds(prog)
     if builds is None:
         return None

@@ -65,6 +65,12 @@ class Tolerances:
                                        if point_variable(k) in names])
 
 
+def has_fits(prog) -> bool:
+    """Whether any function in `prog` is fitted (not exact) with an error above zero: what
+    the fit term needs to measure anything."""
+    return any(not a.exact and a.max_error > 0 for a in prog.typed_manifest.approximations)
+
+
 def what_if_builds(prog):
     """`prog` compiled again from its source and build options twice, with every fitted
     function off by its own measured error up, then down (compiler/approx.py
@@ -73,7 +79,7 @@ def what_if_builds(prog):
     twins). Both have `prog`'s layout, so a value reads from the same rows of all three. None
     where `prog` fits nothing, or where a what-if build came out with another layout (a moved
     constant can cost a unit, and a unit can tip a choice); the policy then has no fit term."""
-    if not any(not a.exact and a.max_error > 0 for a in prog.typed_manifest.approximations):
+    if not has_fits(prog):
         return None
     from ..compiler.approx import errors_shifted
     from ..compiler.pipeline import compile_source
@@ -105,4 +111,4 @@ def tolerances(prog, inputs, reference: dict | None = None) -> Tolerances:
 
 
 __all__ = ["ROUNDING_PROBE", "ROUNDING_FACTOR", "FIT_FACTOR", "rounding_sensitivity", "Tolerances",
-           "tolerances", "what_if_builds", "fit_tolerance"]
+           "tolerances", "has_fits", "what_if_builds", "fit_tolerance"]
