@@ -111,7 +111,8 @@ class _Points:
 
 
 class _IterationWalk(_AssignmentLines):
-    """assignment_lines' walk, also keeping which iteration of each top-level repeat made it."""
+    """assignment_lines' walk at given loop counts, also keeping which iteration of each repeat
+    around it (outside function bodies) made each assignment."""
 
     def __init__(self, program, params, counts: dict[str, int]):
         super().__init__(program, params)
@@ -120,10 +121,11 @@ class _IterationWalk(_AssignmentLines):
         self.counts = counts
 
     def unroll(self, stmt, count, env, in_function):
-        count = self.counts.get(loop_key(stmt, self.call_sites), count)
+        key = loop_key(stmt, self.call_sites)
+        count = self.counts.get(key, count)
         top = not self.call_stack
         if top:
-            self.stack.append([f"{stmt.loc.line}:{stmt.loc.column}", 0, stmt])
+            self.stack.append([key, 0, stmt])
         try:
             return super().unroll(stmt, count, env, in_function)
         finally:
