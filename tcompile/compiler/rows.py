@@ -54,15 +54,18 @@ class Allocation:
     clear_terms: dict[int, list] = field(default_factory=dict)   # MLP sublayer → (old, row idx, new)
     width: int = 0
     wide: dict[int, bool] = field(default_factory=dict, repr=False)   # _is_wide's answers
+    refined: dict[int, bool] = field(default_factory=dict, repr=False)  # _is_refined_result's
+    pin_slots: dict[tuple, list[Pair]] = field(default_factory=dict, repr=False)  # pin tag → slots
     twins: dict | None = field(default=None, repr=False)   # _twin_rows's index of twin keys
     hints: dict = field(default_factory=dict, repr=False)  # pair → rows a first scan suggests
 
 
 def _is_wide(al: "Allocation", a: int) -> bool:
-    """_wide(al.atoms, a), asked once per atom (the table does not change while rows are
-    allocated; the allocator asks for every free row of every block)."""
+    """_wide(al, a), asked once per atom (the table does not change while rows are allocated,
+    and a second scan takes the first's answers; the allocator asks for every block it places
+    and every dead block it might reuse)."""
     if a not in al.wide:
-        al.wide[a] = _wide(al.atoms, a)
+        al.wide[a] = _wide(al, a)
     return al.wide[a]
 
 
@@ -129,7 +132,7 @@ def allocate(atoms: AtomTable, s: Schedule, outputs: dict[str, int]) -> Allocati
         # loop starts from) preferring the rows the first scan gave the next iteration's
         # (the loop's state rows), so that the first iteration lays its values out as the
         # body does; kept if it is no wider
-        again = _scan(atoms, s, outputs, sizes, _hints(al))
+        again = _scan(atoms, s, outputs, sizes, _hints(al), known=al)
         if again.width <= al.width:
             return again
     return al
@@ -190,13 +193,15 @@ def _last_iterations(al: Allocation) -> dict:
 
 
 def _scan(atoms: AtomTable, s: Schedule, outputs: dict[str, int], sizes,
-          hints: dict[Pair, list[int]]) -> Allocation:
+          hints: dict[Pair, list[int]], known: Allocation | None = None) -> Allocation:
     al = with_constant_blocks(atoms, s, sizes)
     al.hints = hints
+    if known is not None:       # a scan again of the same table: its per-atom answers hold
+        al.wide, al.refined = known.wide, known.refined
     last = last_reads(al, atoms, s.orient, outputs, sizes[0])
     # a constant no head or piece reads (1/n when the I/n block serves) is not encoded
     al.pairs -= {q for q in al.pairs if al.atoms[q[0]].kind == "const" and last[q] == ENCODER}
-    occupant: list[Pair | None] = []       # row → the block there now (or None)
+    occupant = _Occupancy()
     pinned = _pinnable(al)
     # a loop state pinned to its predecessor's rows takes them before its other orientation,
     # written in the same sublayer, can
@@ -204,51 +209,123 @@ def _scan(atoms: AtomTable, s: Schedule, outputs: dict[str, int], sizes,
         t = al.write_time[p]
         rows = _choose_rows(al, p, occupant, last)
         while len(rows) < pair_rows(al.atoms, p):
-            occupant.append(None)
-            rows.append(len(occupant) - 1)
+            rows.append(occupant.new_row())
         if t > ENCODER:
             _subtract_previous(al, p, rows, occupant)
-        for r in rows:
-            occupant[r] = p
-        al.slots[p] = Slot(p, rows, t, last[p])
+        occupant.put(p, rows)
+        _add_slot(al, Slot(p, rows, t, last[p]))
     al.width = len(occupant)
     return al
+
+
+class _Occupancy(list):
+    """The embedding's rows as the scan fills them, row → the block there now (None: empty);
+    kept with the other way round, block → the rows it still holds, and the empty rows, so
+    that the free rows are looked for block by block, not row by row. Changed only through
+    new_row and put."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: dict[Pair, set[int]] = {}
+        self.empty: set[int] = set()
+
+    def new_row(self) -> int:
+        """A new empty row after the last; its index."""
+        self.append(None)
+        self.empty.add(len(self) - 1)
+        return len(self) - 1
+
+    def put(self, p: Pair, rows: list[int]) -> None:
+        """Block p takes `rows`, from the blocks that held them or empty."""
+        for r in rows:
+            q = self[r]
+            if q is None:
+                self.empty.discard(r)
+            else:
+                self.held[q].discard(r)
+                if not self.held[q]:
+                    del self.held[q]
+            self[r] = p
+        self.held.setdefault(p, set()).update(rows)
+
+
+def _add_slot(al: Allocation, slot: Slot) -> None:
+    """Record slot (in write order), and a loop state's under its pin tag, so that
+    _pinned_rows finds its predecessor without a pass over every slot."""
+    al.slots[slot.pair] = slot
+    tag = _pin_tag(al, slot.pair)
+    if tag is not None:
+        al.pin_slots.setdefault(tag, []).append(slot.pair)
 
 
 def _choose_rows(al: Allocation, p: Pair, occupant, last) -> list[int]:
     """Free rows for p, preferring the rows of the value it overwrites in place (its own
     previous value: an X of its heads of the same size, still whole in its rows)."""
-    t, need = al.write_time[p], pair_rows(al.atoms, p)
-    free = [r for r, q in enumerate(occupant) if q is None or (
-        t > ENCODER and last[q] <= t and al.write_time[q] < t
-        and (_writer_removes(al, q, t) or _clearing_mlp(al, q, t, last) is not None))]
-    own = [q for term in al.terms.get(p, []) if term.real.x is not None and term.real.x.kind == "atom"
-           for q in [(term.real.x.atom, term.real.x.transposed)]
-           if q in al.slots and pair_rows(al.atoms, q) == need
-           and set(al.slots[q].rows) <= set(free)
-           and all(occupant[r] == q for r in al.slots[q].rows)
-           and _role(al.atoms[q[0]]) == _role(al.atoms[p[0]])]
+    need = pair_rows(al.atoms, p)
+    free, clearable = _free_rows(al, p, occupant, last)
     pinned = _pinned_rows(al, p, occupant, free)
     if pinned is not None:
         return pinned
-    # rows change hands between a sensitive value and another only where an MLP can clear
-    # them exactly first
-    clearable = [r for r in free if occupant[r] is None
-                 or not (_is_wide(al, occupant[r][0]) or _is_wide(al, p[0]))
-                 or _clearing_mlp(al, occupant[r], t, last) is not None]
     twin = _twin_rows(al, p, clearable)
     if twin is not None:
         return twin
     hint = al.hints.get(p)
-    if hint is not None and all(r >= len(occupant) or r in set(clearable) for r in hint):
+    if hint is not None and all(r >= len(occupant) or r in clearable for r in hint):
         while len(occupant) <= max(hint):    # rows the first scan made, not made yet here
-            occupant.append(None)
+            occupant.new_row()
         return list(hint)
-    if own:
-        return list(al.slots[own[0]].rows)
-    free = clearable
-    free.sort(key=lambda r: (occupant[r] is not None, r))
-    return free[:need]
+    own = _own_rows(al, p, occupant, free)
+    if own is not None:
+        return own
+    # empty rows first, then the lowest
+    return (sorted(clearable & occupant.empty) + sorted(clearable - occupant.empty))[:need]
+
+
+def _free_rows(al: Allocation, p: Pair, occupant: _Occupancy,
+               last) -> tuple[set[int], set[int]]:
+    """The rows p may take: empty ones and those of a dead value that its writer or an MLP
+    before it removes (free); and of these the ones where rows do not change hands between a
+    sensitive value (_is_wide) and another unless an MLP clears them exactly first
+    (clearable). Both depend only on the block a row holds, so each block is judged once.
+    (Sets: the callers ask only which rows are in them, and sort what they take.)"""
+    t, p_wide = al.write_time[p], _is_wide(al, p[0])
+    free, clearable = set(occupant.empty), set(occupant.empty)
+    for q, rows in occupant.held.items():
+        if last[q] > t:
+            continue        # still read: most blocks are (_may_take's first test, made here)
+        is_free, is_clearable = _may_take(al, q, t, last, p_wide)
+        if is_free:
+            free |= rows
+        if is_clearable:
+            clearable |= rows
+    return free, clearable
+
+
+def _may_take(al: Allocation, q: Pair, t: int, last, p_wide: bool) -> tuple[bool, bool]:
+    """Whether a block written at t (p_wide: a sensitive one) may take the rows of block q
+    (free), and whether also across sensitive values (clearable): see _free_rows."""
+    if not (t > ENCODER and last[q] <= t and al.write_time[q] < t):
+        return False, False
+    cleared_first = _clearing_mlp(al, q, t, last) is not None
+    free = cleared_first or _writer_removes(al, q, t)
+    return free, free and (cleared_first or not (p_wide or _is_wide(al, q[0])))
+
+
+def _own_rows(al: Allocation, p: Pair, occupant, free: set[int]) -> list[int] | None:
+    """The rows of the value p overwrites in place, if they are free: the first X of its heads
+    of p's size and role that still holds all its rows."""
+    need = pair_rows(al.atoms, p)
+    for term in al.terms.get(p, []):
+        x = term.real.x
+        if x is None or x.kind != "atom":
+            continue
+        q = (x.atom, x.transposed)
+        if q in al.slots and pair_rows(al.atoms, q) == need \
+                and free.issuperset(al.slots[q].rows) \
+                and all(occupant[r] == q for r in al.slots[q].rows) \
+                and _role(al.atoms[q[0]]) == _role(al.atoms[p[0]]):
+            return list(al.slots[q].rows)
+    return None
 
 
 def _writer_removes(al: Allocation, q: Pair, t: int) -> bool:
@@ -275,24 +352,24 @@ def _pinnable(al: Allocation) -> set[Pair]:
     return {p for p, tag in tags.items() if al.write_time[p] > first[tag]}
 
 
-def _pinned_rows(al: Allocation, p: Pair, occupant, free) -> list[int] | None:
+def _pinned_rows(al: Allocation, p: Pair, occupant, free: set[int]) -> list[int] | None:
     """A shared build's loop state takes the rows its previous iteration's value had, so that
     every iteration of the stored body finds it in the same place (row pinning). Unrolled
     builds mark no loop state (steady_state.py) and never come here."""
     tag = _pin_tag(al, p)
     if tag is None:
         return None
-    before = [q for q in al.slots if q[0] != p[0] and _pin_tag(al, q) == tag]
+    before = [q for q in al.pin_slots.get(tag, ()) if q[0] != p[0]]
     if not before:
         return None
     q = max(before, key=lambda q: al.slots[q].write)
     rows = al.slots[q].rows
-    if len(rows) == pair_rows(al.atoms, p) and set(rows) <= set(free):
+    if len(rows) == pair_rows(al.atoms, p) and free.issuperset(rows):
         return list(rows)       # the predecessor's rows (another dead value may hold them now)
     return None
 
 
-def _twin_rows(al: Allocation, p: Pair, free) -> list[int] | None:
+def _twin_rows(al: Allocation, p: Pair, free: set[int]) -> list[int] | None:
     """A shared build's value made inside a loop takes the rows the same value of the previous
     iteration had (its twin, steady_state.py), where they are free: the first and last
     iterations, which the pipeline's fill and drain overlap with other code, then lay out
@@ -318,7 +395,7 @@ def _twin_rows(al: Allocation, p: Pair, free) -> list[int] | None:
         if a is None or q not in al.slots:
             continue
         rows = al.slots[q].rows
-        if len(rows) == pair_rows(al.atoms, p) and set(rows) <= set(free):
+        if len(rows) == pair_rows(al.atoms, p) and free.issuperset(rows):
             return list(rows)
         return None
     return None
@@ -335,17 +412,8 @@ def _subtract_previous(al: Allocation, p: Pair, rows: list[int], occupant) -> No
         return
     t = al.write_time[p]
     for q in list(olds):
-        sensitive = _is_wide(al, q[0]) or _is_wide(al, p[0])
-        # a head subtracts only what fits the identity block (I Iᵀ old); a larger dead
-        # value is cleared by the MLP before its new writer (_choose_rows took its rows so)
-        too_big = not _writer_removes(al, q, t)
-        m = _clearing_mlp(al, q, t, {q: al.slots[q].last_read}) if sensitive or too_big \
-            else None
-        in_place = _role(al.atoms[p[0]]) == _role(al.atoms[q[0]]) and any(
-            term.real.x == Operand("atom", q[0], q[1]) for term in al.terms.get(p, []))
-        if m is not None and (too_big or not in_place):
-            # exact: an MLP between its last read and this write clears it alone (x − x = 0),
-            # where subtracting it beside the new value would leave ulp(old) in the new value
+        m = _clearing_first(al, p, q, t)
+        if m is not None:
             al.clear_terms.setdefault(m, []).append((q, tuple(olds.pop(q)), p))
     if written_by_mlp(t):                    # an MLP writer clears with ReLU pairs
         al.clear_terms.setdefault(t, []).extend((q, tuple(idx), p) for q, idx in olds.items())
@@ -363,6 +431,28 @@ def _subtract_previous(al: Allocation, p: Pair, rows: list[int], occupant) -> No
         al.terms[p].append(HeadTerm(real, -1.0, q, tuple(idx)))
 
 
+def _clearing_first(al: Allocation, p: Pair, q: Pair, t: int) -> int | None:
+    """The MLP sublayer that clears dead block q on its own before p, written at t, takes its
+    rows; None where p's writer removes it. A head subtracts only what fits the identity block
+    (I Iᵀ old): a larger dead value is cleared by the MLP before its new writer (_choose_rows
+    took its rows so). A sensitive value (_is_wide) is cleared exactly where an MLP can
+    (x − x = 0), where subtracting it beside the new value would leave ulp(old) in the new
+    value; but not where p updates it in place."""
+    too_big = not _writer_removes(al, q, t)
+    if not (too_big or _is_wide(al, q[0]) or _is_wide(al, p[0])):
+        return None
+    m = _clearing_mlp(al, q, t, {q: al.slots[q].last_read})
+    if m is not None and not too_big and _updates_in_place(al, p, q):
+        return None
+    return m
+
+
+def _updates_in_place(al: Allocation, p: Pair, q: Pair) -> bool:
+    """Whether p is the next value of q (the same role, q an X of its heads)."""
+    return _role(al.atoms[p[0]]) == _role(al.atoms[q[0]]) and any(
+        term.real.x == Operand("atom", q[0], q[1]) for term in al.terms.get(p, []))
+
+
 def _clearing_mlp(al: Allocation, q: Pair, t: int, last) -> int | None:
     """The latest MLP sublayer before t that runs after q's last read and after q is written,
     where q can be cleared on its own; None if there is none."""
@@ -376,16 +466,24 @@ def _role(atom) -> str | None:
     return atom.node.get(REFINED)
 
 
-def _wide(atoms: AtomTable, a: int) -> bool:
+def _wide(al: Allocation, a: int) -> bool:
     """A value of a scalar refinement (refine.py): its seed and iterates (1/a, 1/√a may dwarf
     the next occupant of their rows) and its argument (a tiny a must keep its relative
     precision); and a value a head scales by a refined result (rz · om in conjugate gradient:
     1/x grows as x shrinks, and so does what it scales). Rows pass between such a value and
     another only through an exact clear: an attention writer that subtracts the old value
     beside the new one leaves ulp(old) in it."""
-    atom = atoms[a]
+    atom = al.atoms[a]
     return bool(atom.node.get(REFINED)) or atom.kind == "attn" and any(
-        _refined_result(atoms, f) for m in atom.poly for f in _factors(m) if f in atoms)
+        _is_refined_result(al, f) for f in atom.reads if f in al.atoms)
+
+
+def _is_refined_result(al: Allocation, a: int) -> bool:
+    """_refined_result(al.atoms, a), asked once per atom: many values a head assembles share
+    their factors."""
+    if a not in al.refined:
+        al.refined[a] = _refined_result(al.atoms, a)
+    return al.refined[a]
 
 
 def _refined_result(atoms: AtomTable, a: int) -> bool:
@@ -394,11 +492,7 @@ def _refined_result(atoms: AtomTable, a: int) -> bool:
     if atom.node.get(REFINED) in ("r", "w"):
         return True
     return atom.kind == "attn" and any(atoms[f].node.get(REFINED) in ("r", "w")
-                                       for m in atom.poly for f in _factors(m) if f in atoms)
-
-
-def _factors(m) -> list[int]:
-    return [f for f, _ in m.chain] + list(m.scalars)
+                                       for f in atom.reads if f in atoms)
 
 
 def _copies(real: Realization, q: Pair) -> bool:
