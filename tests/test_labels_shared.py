@@ -217,8 +217,41 @@ def test_a_kernel_is_labelled_only_where_its_base_unrolling_says():
     at = written_layer(prog)                   # at the built count, 40
     assert at["u@40"] == "281" and at["lam@0"] == "282"
     cg = shared("conjugate_gradient", {})
-    with pytest.raises(InputError, match="0 times"):
+    with pytest.raises(InputError, match="0 times .*; label steps = 4 or more"):
         tcompile.residual_labels(cg, steps=3)
+
+
+REFINED_SOLVE = """program refined_solve
+dim d = 3
+param ns = 3
+param refine = 4
+input M : [d, d] spectrum in [0.5, 2]
+input b : [d] assume norm <= 1
+output x
+X = 0.8 * I
+repeat ns {
+  X = 2 * X - X @ M @ X
+}
+x = X @ b
+repeat refine {
+  x = x + X @ (b - M @ x)
+}
+"""
+
+
+def test_labels_refused_at_a_count_that_runs_no_body_name_the_first_that_does():
+    """A Newton–Schulz inverse, then residual corrections (written as a new user would):
+    the inverse's loop is built at 3 steps, all of which its pipeline's fill and drain hold,
+    so at the built counts it runs its body 0 times and `tcompile labels` at the defaults was
+    refused without saying what to do. It names ns = 4, where the labels hold the
+    interpreter's values."""
+    from tcompile.inspection.sampling import sample_inputs
+    prog = tcompile.compile_source(REFINED_SOLVE, loops="shared")
+    with pytest.raises(InputError, match="line 9 runs its body 0 times .*; label ns = 4 or more"):
+        tcompile.residual_labels(prog)
+    inputs = sample_inputs(prog.program, n=8, batch=2, seed=1)
+    for counts in ({"ns": 4}, {"ns": 6, "refine": 2}):
+        assert live_labels_hold(prog, prog.prepare_inputs(inputs), counts)
 
 
 def test_counts_are_checked_like_a_runs():

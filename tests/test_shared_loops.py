@@ -2495,6 +2495,59 @@ def test_a_paced_loop_whose_rows_alternate_folds_as_a_kernel_of_two():
             assert all(np.max(np.abs(got[k] - want[k])) <= 1e-15 for k in want)
 
 
+ORTHOGONAL_ITERATION = """program orthogonal_iteration
+dim d = 3
+param steps = 6
+input A : [n, d] assume row_norm <= 1
+input q0 : [d] assume norm <= 1
+input q1 : [d] assume norm <= 1
+output u, v
+C = A.T @ A / n + 0.1 * I
+u = q0
+v = q1
+repeat steps {
+  u = C @ u
+  u = u / sqrt(u @ u) on [0.001, 2]
+  v = C @ v
+  v = v - (u @ v) * u
+  v = v / sqrt(v @ v) on [0.0001, 2]
+}
+"""
+
+
+def test_a_chain_that_feeds_a_slower_one_keeps_its_lead_when_paced():
+    """Orthogonal iteration for two eigenvectors: u's step (a product, a normalisation) is
+    shorter than v's, which is orthogonalised against the new u. Scheduled as soon as
+    possible u's chain ran ahead, its values piling up (the unrolled width grows with the
+    count); paced with every value of iteration i released at start + i·II, the latest first
+    step of iteration 0 (a Newton step of u's normalisation) held u back until v waited for
+    it: 31 layers at 2 steps against 20, and the loop stayed unrolled ('rows alternate').
+    Paced with each value at its own offset in iteration 0, it folds: 7 layers an iteration
+    as unrolled, one layer more in all, the width constant; every count and `until` agree
+    with the interpreter to the fits' accuracy."""
+    prog = tcompile.compile_source(ORTHOGONAL_ITERATION, loops="shared")
+    assert not prog.loops.unrolled
+    (spec,) = prog.loops.loops
+    assert (spec.every, spec.layers_per_iteration, spec.min_count) == (1, 7, 2)
+    from tcompile.inspection.sampling import sample_inputs
+    program = parse_source(ORTHOGONAL_ITERATION)
+    ins = sample_inputs(program, n=12, batch=4, seed=3)
+    for steps in (2, 9):
+        unrolled = tcompile.compile_source(ORTHOGONAL_ITERATION, params={"steps": steps})
+        assert prog.loops.n_layers(prog.loops.counts({"steps": steps})) == unrolled.n_layers + 1
+        assert prog.layout.width < unrolled.layout.width
+        want = interpret_program(program, {"steps": steps}, **ins)
+        got = prog.run(**ins, steps=steps)
+        assert all(rel(got[k], want[k]) <= 1e-8 for k in want)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotConvergedWarning)
+        halted = prog.run(**ins, until=("u", 1e-6), max_steps=40)
+    for i, steps in enumerate(np.asarray(halted["steps"]).tolist()):
+        one = {k: a[i] for k, a in ins.items()}
+        want = interpret_program(program, {"steps": steps}, **one)
+        assert rel(halted["u"][i], want["u"]) <= 1e-8
+
+
 NESTED_TWO_RATES = """program nested_two_rates
 dim d = 3
 param steps = 4

@@ -445,6 +445,18 @@ class Lowering:
         found = self._poly_range(atom.poly)
         return exact if found is None else (min(exact[0], found[0]), max(exact[1], found[1]))
 
+    def _with_piece_range(self, a, exact: tuple) -> tuple:
+        """The checker's bounds of a fitted value widened to its piece's range, which holds
+        the fit's error: a clip fused into a fit (`b = clip(0.5 * b + relu(sigmoid(b)), -1,
+        1)`) reaches its bound, and the compiled value passes it by the fit's error (1 +
+        3.5e-8), which a function fitted on [-1, 1] of it then saw: a DomainError on valid
+        data. Only ever widened (a piece's range over a loose domain may be narrower than the
+        bounds, and is not what was checked)."""
+        found = self.piece_ranges.get(a)
+        if found is None or not (math.isfinite(found[0]) and math.isfinite(found[1])):
+            return exact
+        return min(exact[0], found[0]), max(exact[1], found[1])
+
     def _poly_range(self, poly, depth: int = 0) -> tuple | None:
         """An interval holding the compiled values of `poly` where it is built from fitted
         pieces (their PL ranges, errors included), exact pieces and constants (their bounds)
@@ -789,7 +801,8 @@ class Lowering:
             if cont is not None:
                 node_c = self.g.nodes[cont]
                 if "lo" in node_c:
-                    bounds[cont] = self._with_fit_errors(cont, (node_c[LO], node_c[HI]))
+                    bounds[cont] = self._with_piece_range(
+                        cont, self._with_fit_errors(cont, (node_c[LO], node_c[HI])))
                 elif cont in self.piece_ranges:
                     bounds[cont] = self.piece_ranges[cont]
                 if self.leaf_bounds(cont, bounds.get(cont)) is not None:

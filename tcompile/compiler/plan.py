@@ -17,7 +17,7 @@ from .orient import HeadOptions, Pair, mlp_input_pair
 from .orient_search import choose_orientations
 from .poly import AtomTable
 from .rows import Slot, allocate
-from .schedule import AsapScheduler, delay, paced_release
+from .schedule import AsapScheduler, Pace, delay, paced_release
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,10 @@ class Plan:
 
 
 def plan_program(atoms: AtomTable, outputs: dict[str, int],
-                 pace: dict[str, int] | None = None) -> Plan:
+                 pace: dict[str, Pace] | None = None) -> Plan:
     """Orient, schedule (ASAP and ALAP, same depth) and allocate; keep the narrower plan.
-    `pace` (shared builds: loop key → layers per iteration): those loops' iterations are
-    released one every that many layers (schedule.paced_release)."""
+    `pace` (shared builds: loop key → how): those loops' iterations are released one every
+    so many layers (schedule.paced_release)."""
     options = HeadOptions(atoms)
     orient = choose_orientations(atoms, options)
     schedule = AsapScheduler(atoms, options, outputs)

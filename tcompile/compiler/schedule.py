@@ -24,7 +24,7 @@ from ..runtime import clock
 from ..runtime.clock import ENCODER  # noqa: F401  (the encoder's time, re-exported for passes)
 from .heads import HeadTerm, Operand, Realization
 from .orient import HeadOptions, OrientationCost, Pair, mlp_input_pair, pair_rows
-from .nodes import ITERATION
+from .nodes import ITERATION, TWIN
 from .poly import Atom, AtomTable
 
 # The scheduler counts layers from 1 (layer 0 = "ready from the encoder"); the clock
@@ -154,24 +154,41 @@ class AsapScheduler:
         s.terms[p] = [_transpose_head(self.atoms, (atom.id, not p[1]), p)]
 
 
-def paced_release(atoms: AtomTable, s: Schedule, pace: dict[str, int]) -> dict[int, int]:
+@dataclass(frozen=True)
+class Pace:
+    """How a shared build's unrolling releases a loop's iterations (paced_release): one every
+    `ii` layers (the initiation interval); `offsets`: each value of a top-level loop at its
+    own offset in iteration 0, else all of an iteration where its last chain can start."""
+    ii: int
+    offsets: bool = False
+
+
+def paced_release(atoms: AtomTable, s: Schedule, pace: dict[str, Pace]) -> dict[int, int]:
     """Release times that give a loop of a shared build's unrolling one iteration every
-    II = `pace[key]` layers: iteration i's atoms are placed no earlier than layer start + i·II,
-    where start is where the last of iteration 0's chains can begin in `s` (the schedule
-    without release times), per instance of a nested loop. ASAP alone runs a loop's chains
-    each at its own rate: in `a = clip(abs(max(a, x)), -1, 1)` beside
-    `b = clip(0.5 * (b + y), -1, 1)`, a takes 2 layers an iteration and b 1, so
-    b's iterations all run in the first half of the layers and a's alone in the second; no
-    run of layers repeats per iteration and the loop could not be folded (shared_build.py
-    tries this where a loop does not fold). Paced at the slowest chain's rate, every
-    iteration holds one step of each chain: the modulo schedule's kernel, with the
-    initiation interval II the unrolling's own layers per iteration."""
+    II layers, II the unrolling's own layers per iteration: the modulo schedule's kernel
+    (a release is a lower bound: an atom still waits for what it reads). ASAP alone runs a
+    loop's chains each at its own rate: in `a = clip(abs(max(a, x)), -1, 1)` beside
+    `b = clip(0.5 * (b + y), -1, 1)`, a takes 2 layers an iteration and b 1, so b's iterations
+    all run in the first half of the layers and a's alone in the second; no run of layers
+    repeats per iteration and the loop could not be folded (shared_build.py tries this where
+    a loop does not fold). Paced, every iteration holds one step of each chain. Two ways,
+    tried in this order (shared_build._paced_fold):
+
+    - together: iteration i no earlier than start + i·II, start being where the last of
+      iteration 0's chains can begin in `s` (the schedule without release times: its latest
+      first step, an atom reading no other atom of iteration 0), per instance of a nested
+      loop (an instance's b may be free long before its a, which waits for the instance
+      before);
+    - offsets (a top-level loop): each value no earlier than its twin of iteration 0 (the same
+      value with that loop's index 0: nodes.TWIN) is in `s`, plus i·II — iteration 0 shifted.
+      Where a short chain feeds a slower one in the same iteration (orthogonal iteration's u,
+      normalised before v is orthogonalised against it), a late first step (a Newton step of
+      u's normalisation, which reads nothing of the iteration's) held all of an iteration
+      back until v waited for u; shifted, u keeps the lead it has in iteration 0. Nested
+      instances start together, as above."""
+    twins = {atom.node[TWIN]: a for a, atom in atoms.items() if atom.node.get(TWIN)}
     release: dict[int, int] = {}
-    for key, ii in pace.items():
-        # a nested loop has an instance per iteration of the loops around it; each starts
-        # where its last chain can: the latest first step of iteration 0 (an atom reading no
-        # other atom of it). An instance's b may be free long before its a, which waits for
-        # the instance before
+    for key, paced in pace.items():
         at = {a: iteration_of(atom, key) for a, atom in atoms.items()
               if atom.kind not in ("input", "const")}
         at = {a: w for a, w in at.items() if w is not None}
@@ -181,9 +198,24 @@ def paced_release(atoms: AtomTable, s: Schedule, pace: dict[str, int]) -> dict[i
                     not any(at.get(b) == (around, 0) for b in atoms[a].reads):
                 start[around] = max(start.get(around, 0), s.ready[(a, s.orient[a])])
         for a, (around, i) in at.items():
-            if around in start:
-                release[a] = max(release.get(a, 0), start[around] + i * ii)
+            if paced.offsets and not around:
+                first = _first_iteration_twin(atoms[a], key, twins)
+                at_first = s.ready.get((first, s.orient.get(first)))
+            else:
+                at_first = start.get(around)
+            if at_first is not None:
+                release[a] = max(release.get(a, 0), at_first + i * paced.ii)
     return release
+
+
+def _first_iteration_twin(atom: Atom, key: str, twins: dict) -> int | None:
+    """The atom that is the same value as `atom` in iteration 0 of loop `key` (its TWIN key
+    with that loop's index 0), if there is one."""
+    idx, where, occ = atom.node.get(TWIN) or ((), ((),), 0)
+    if key not in where[0]:
+        return None
+    j = where[0].index(key)
+    return twins.get((idx[:j] + (0,) + idx[j + 1:], where, occ))
 
 
 def iteration_of(atom: Atom, key: str) -> tuple[tuple, int] | None:

@@ -41,7 +41,7 @@ from .fold import Loop, NoSteadyState, digest, fold_loop, join_residues
 from ..runtime import clock
 from .nodes import FIRST_ONLY, LOOP_STATE, LOOP_WATCH, VARS
 from .pieces import PieceBuilder
-from .schedule import iteration_of
+from .schedule import Pace, iteration_of
 from .steady_state import CHANGING_NUMBER, LoopSite, SharedGraphBuilder, loop_sites
 
 UNROLLINGS = (2, 4)             # the shortest and longest base unrolling of a loop
@@ -74,7 +74,7 @@ class _Unrollings:
         # the one-iteration body has (_choose_kernels)
         self.unmarked: frozenset = frozenset()
         # loops whose iterations the schedule releases one every II layers (_pace_loops)
-        self.pace: dict[str, int] = {}
+        self.pace: dict[str, Pace] = {}
 
     def _marked(self, kernel: dict[str, int] | None) -> dict[str, int]:
         """The kernels the walk groups iterations by."""
@@ -241,22 +241,28 @@ def _paced_fold(runs: _Unrollings, sites: dict[str, LoopSite], kept: dict, kerne
     ii, rest = divmod(len(long) - len(short), max(instances, 1))
     if ii < 1 or rest or (sites[key].depth and instances < 2):
         return None        # (a loop around it kept plain: its instances are not told apart)
-    runs.pace = {**runs.pace, key: ii}
-    if len(runs.sequence({**base, key: UNROLLINGS[0] + 1}, plain, kernel, ahead)) > len(long) + 1:
-        runs.pace = {k: v for k, v in runs.pace.items() if k != key}
-        return None        # paced, the unrolling runs deeper: not a schedule to fold
-    for trial in (kernel, {**kernel, key: KERNEL}):
-        if trial is not kernel:
-            runs.unmarked = runs.unmarked | {key}
-        try:
-            _folded, now, ok = _kernel_folds(runs, sites, trial, key, kept, ahead)
-        except TcompileError:
-            continue
-        if ok:
-            return trial, now
-        if key in now and now[key].needs is not None:
-            reasons[key] = now[key]
-    runs.unmarked = runs.unmarked - {key}
+    # all of an iteration together, then (a top-level loop) each value at its offset in
+    # iteration 0 (schedule.paced_release)
+    for pace in (Pace(ii), Pace(ii, offsets=True))[:1 if sites[key].depth else 2]:
+        runs.pace = {**runs.pace, key: pace}
+        if len(runs.sequence({**base, key: UNROLLINGS[0] + 1}, plain, kernel, ahead)) > \
+                len(long) + 1:
+            continue       # paced, the unrolling runs deeper: not a schedule to fold
+        why = None         # where it would fold from a larger count
+        for trial in (kernel, {**kernel, key: KERNEL}):
+            if trial is not kernel:
+                runs.unmarked = runs.unmarked | {key}
+            try:
+                _folded, now, ok = _kernel_folds(runs, sites, trial, key, kept, ahead)
+            except TcompileError:
+                continue
+            if ok:
+                return trial, now
+            if key in now and now[key].needs is not None:
+                why = now[key]
+        if why is not None:
+            reasons.setdefault(key, why)
+        runs.unmarked = runs.unmarked - {key}
     runs.pace = {k: v for k, v in runs.pace.items() if k != key}
     return None
 

@@ -233,8 +233,16 @@ def _refuse_what_the_base_cannot_say(loops, counts, base) -> None:
                 f"{base[spec.key]}); label a count of residue {item.residue(base[spec.key])}"
                 f"{nearest}, or build it unrolled")
         if apps == 0 and base_apps != 0:
+            first = next((c for c in range(counts[spec.key] + 1,
+                                           counts[spec.key] + 2 * item.every + 1)
+                          if item.runs(c)[0] and (item.every == 1 or item.residue(c)
+                                                  == item.residue(base[spec.key]))
+                          and (spec.max_count is None or c <= spec.max_count)), None)
+            then = (f"; label {spec.param} = {first}{' or more' * (item.every == 1)}"
+                    if first is not None and spec.param else "")
             raise InputError(f"labels at {what}: the loop at line {spec.line} runs its body 0 "
-                             "times, which the build's base unrolling never does")
+                             "times (the layers around it hold all its iterations), which the "
+                             f"build's base unrolling never does{then}, or build it unrolled")
 
 
 def _anchor(place: _Place) -> tuple:
