@@ -627,8 +627,9 @@ def test_a_clip_fused_into_a_fit_passes_its_bound_by_the_fit_error_and_the_next_
     """The clip is fused into one fitted function of b, whose fit overshoots 1 by its error
     (the compiled b reached 1 + 3.5e-8 unrolled, 1 + 3e-7 shared), while the next iteration's
     function of b was fitted on the checker's exact bounds, ending at 1: a DomainError on
-    valid data (found by a fuzz of random loops). A fitted value's bounds are now widened to
-    its piece's range; both builds run and equal the interpreter to the fit budget."""
+    valid data (found by a fuzz of random loops). A piece's domain check now allows the error
+    of the fit that computes its leaf (its fit, and so the weights, unchanged); both builds
+    run and equal the interpreter to the fit budget."""
     rng = np.random.default_rng(25)
     x = rng.uniform(-1, 1, (6, 3))
     want = interpret_program(parse_source(CLIP_OF_A_FIT), X=x)["b"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 from itertools import combinations
 
 import networkx as nx
@@ -445,18 +446,6 @@ class Lowering:
         found = self._poly_range(atom.poly)
         return exact if found is None else (min(exact[0], found[0]), max(exact[1], found[1]))
 
-    def _with_piece_range(self, a, exact: tuple) -> tuple:
-        """The checker's bounds of a fitted value widened to its piece's range, which holds
-        the fit's error: a clip fused into a fit (`b = clip(0.5 * b + relu(sigmoid(b)), -1,
-        1)`) reaches its bound, and the compiled value passes it by the fit's error (1 +
-        3.5e-8), which a function fitted on [-1, 1] of it then saw: a DomainError on valid
-        data. Only ever widened (a piece's range over a loose domain may be narrower than the
-        bounds, and is not what was checked)."""
-        found = self.piece_ranges.get(a)
-        if found is None or not (math.isfinite(found[0]) and math.isfinite(found[1])):
-            return exact
-        return min(exact[0], found[0]), max(exact[1], found[1])
-
     def _poly_range(self, poly, depth: int = 0) -> tuple | None:
         """An interval holding the compiled values of `poly` where it is built from fitted
         pieces (their PL ranges, errors included), exact pieces and constants (their bounds)
@@ -801,8 +790,7 @@ class Lowering:
             if cont is not None:
                 node_c = self.g.nodes[cont]
                 if "lo" in node_c:
-                    bounds[cont] = self._with_piece_range(
-                        cont, self._with_fit_errors(cont, (node_c[LO], node_c[HI])))
+                    bounds[cont] = self._with_fit_errors(cont, (node_c[LO], node_c[HI]))
                 elif cont in self.piece_ranges:
                     bounds[cont] = self.piece_ranges[cont]
                 if self.leaf_bounds(cont, bounds.get(cont)) is not None:
@@ -816,6 +804,7 @@ class Lowering:
                     raise
                 e, cont, bounds = split
                 piece = self._unary_piece(nid, ew, e, cont, gates, bounds)
+            piece = self._checked_past_fit_error(piece)
         self.piece_ranges[nid] = piece.range
         poly = self.make_atom(nid, "mlp")
         atom = self.atoms[nid]
@@ -831,6 +820,37 @@ class Lowering:
         if stale:
             raise _Restart(nid)
         return poly
+
+    def _checked_past_fit_error(self, piece):
+        """The piece with its domain check widened by the error of the fit that computes its
+        leaf, if one does. The fit is on the leaf's exact bounds, which the compiled leaf
+        passes by that error where its values reach them: b = clip(0.5 * b + sigmoid(b), -1,
+        1) in a loop is one fitted function of b, which overshoots 1 by its error (the compiled
+        b reached 1 + 3.5e-8), and the next iteration's function of b, fitted on [-1, 1], was
+        flagged on valid data. A value past a bound by no more than the fit error upstream
+        reads the piece's end value (it clamps), which errs by that error's own effect, as a
+        value inside would. (Widening the fit's domain instead would change it in every
+        iteration of a loop whose state's bounds grow, and no body would repeat.)"""
+        err = self._fit_error(piece.leaf)
+        if not err or not (math.isfinite(piece.lo) and math.isfinite(piece.hi)):
+            return piece
+        lo, hi = piece.checked or (piece.lo, piece.hi)
+        return replace(piece, checked=(lo - err, hi + err))
+
+    def _fit_error(self, a) -> float:
+        """How far the compiled value of atom a may be from the exact one where a fitted
+        unary piece computes it (its largest error, absolute); 0 for any other atom."""
+        atom = self.atoms.get(a)
+        piece = atom.piece if atom is not None else None
+        if piece is None or piece.kind != "unary":
+            return 0.0
+        err = 0.0
+        for pl in piece.branches.values():
+            if pl.exact:
+                continue
+            size = float(np.abs(pl.values).max()) if pl.relative else 1.0
+            err = max(err, pl.max_error * size)
+        return err
 
     def _unary_piece(self, nid, ew, e, cont, gates, bounds):
         """The piece of a function of one real leaf; a fit that fails says where, in the
