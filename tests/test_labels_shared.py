@@ -254,6 +254,47 @@ def test_labels_refused_at_a_count_that_runs_no_body_name_the_first_that_does():
         assert live_labels_hold(prog, prog.prepare_inputs(inputs), counts)
 
 
+GROUP_PROX = """program group_prox
+dim d = 3
+param steps = 20
+param eta = 0.5
+param lam = 0.05
+input A : [n, d] assume row_norm <= 1
+input y : [n] in [-1, 1]
+output x
+S = A.T @ A / n
+b = A.T @ y / n
+x = zeros(d)
+repeat steps {
+  z = x - eta * (S @ x - b)
+  nz = sqrt(z @ z + 1e-6) on [1e-7, 4]
+  x = z * relu(1 - eta * lam / nz)
+}
+"""
+
+
+def test_the_card_says_which_counts_a_kernels_labels_cover_where_the_built_one_is_not():
+    """A proximal gradient step with a group-lasso shrinkage, written as a new user would, runs
+    as a kernel of 2 whose layout is the unrolling at 9 (the other residue's, 10, lacks one
+    of its MLP layers, and the domain checks come from the layout): labels at the built 20
+    are refused. The card now says so before anyone asks (the counts come from the rule
+    the refusal applies, LoopProgram.labelled_counts_near), and the labels at those counts
+    hold the interpreter's values."""
+    from tcompile.inspection.sampling import sample_inputs
+    prog = tcompile.compile_source(GROUP_PROX, loops="shared")
+    (spec,) = prog.loops.loops
+    assert (spec.every, dict(prog.loops.base_counts)[spec.key]) == (2, 9)
+    card = " ".join(tcompile.report_text(prog).split())
+    assert ("labels (tcompile labels) at counts of residue 1 (mod 2) only, not the built 20: "
+            "steps = 19 or 21 (the layout is the unrolling at 9)") in card
+    with pytest.raises(InputError, match=r"residue 1 \(steps = 19 or 21\)"):
+        tcompile.residual_labels(prog)
+    inputs = sample_inputs(prog.program, n=8, batch=2, seed=1)
+    assert live_labels_hold(prog, prog.prepare_inputs(inputs), {"steps": 21})
+    power = shared("power_iteration", {})         # built at 40, laid out at 8: no such line
+    assert "only, not the built" not in tcompile.report_text(power)
+
+
 def test_counts_are_checked_like_a_runs():
     prog = shared(*CASES[0][:2])
     with pytest.raises(InputError, match="run-time count"):

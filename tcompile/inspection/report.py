@@ -203,6 +203,14 @@ def _loop_lines(rep: dict) -> list[str]:
                          f"iteration ({rep['paper_depth']['formula']})")
         if lp.get("until"):
             lines.append(f"              until may watch: {', '.join(lp['until'])}")
+        if lp.get("labels"):
+            lab = lp["labels"]
+            near = " or ".join(map(str, lab["near"]))
+            lines += _wrap(f"labels (tcompile labels) at counts of residue {lab['residue']} "
+                           f"(mod {lab['every']}) only, not the built {lp['count']}"
+                           + (f": {lp['param']} = {near}" if near else "")
+                           + f" (the layout is the unrolling at {lab['layout_count']})",
+                           "              ")
         if lp.get("residue_outputs"):
             lines += _wrap(f"outputs {', '.join(lp['residue_outputs'])} end in other rows at "
                            f"each residue of K mod {every}; a run reads them from its own",

@@ -217,12 +217,8 @@ def _refuse_what_the_base_cannot_say(loops, counts, base) -> None:
         apps, _ = item.runs(counts[spec.key])
         base_apps, _ = item.runs(base[spec.key])
         what = f"{spec.param or 'the count'} = {counts[spec.key]}"
-        if item.every > 1 and item.residue(counts[spec.key]) != item.residue(base[spec.key]):
-            near = [c for c in range(counts[spec.key] - item.every + 1,
-                                     counts[spec.key] + item.every)
-                    if item.residue(c) == item.residue(base[spec.key]) and c >= spec.min_count
-                    and (spec.max_count is None or c <= spec.max_count)
-                    and (item.runs(c)[0] or not base_apps)]     # one the labels cover
+        near = loops.labelled_counts_near(spec.key, counts[spec.key])
+        if near is not None:
             nearest = (f" ({spec.param or 'the count'} = {' or '.join(map(str, near))})"
                        if near else "")
             raise InputError(

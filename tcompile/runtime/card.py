@@ -131,11 +131,24 @@ def _loops(program) -> dict:
                    **({"every": s.every, "layers_by_residue": _by_residue(program, s)}
                       if s.every != 1 else {}),
                    **({"residue_outputs": _residue_outputs(program.item(s.key))}
-                      if s.depth == 0 and program.item(s.key).outputs else {})}
+                      if s.depth == 0 and program.item(s.key).outputs else {}),
+                   **_labelled_counts(program, s)}
                   for s in program.loops],
         "kept_unrolled": [{"line": line, "count": count, "why": why}
                           for line, count, why in program.unrolled],
     }
+
+
+def _labelled_counts(program, spec) -> dict:
+    """Where a kernel loop's built count is not of the residue its layout's unrolling is, the
+    counts its labels (and a run's layout) can be given at, which `tcompile labels` at the
+    built counts refuses: {"labels": {"residue", "every", "layout_count", "near"}}; else {}."""
+    near = program.labelled_counts_near(spec.key, spec.count) if spec.param else None
+    if near is None:
+        return {}
+    item, at = program.item(spec.key), dict(program.base_counts)[spec.key]
+    return {"labels": {"residue": item.residue(at), "every": item.every, "layout_count": at,
+                       "near": near}}
 
 
 def _by_residue(program, spec) -> list[list[int]] | None:

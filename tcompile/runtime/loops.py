@@ -157,6 +157,25 @@ class LoopProgram:
             out[s.key] = n
         return out
 
+    def labelled_counts_near(self, key: str, count: int) -> list[int] | None:
+        """Where kernel loop `key`'s count is of another residue than the layout's, the nearest
+        counts of the layout's residue that a run may ask for (and whose body runs where the
+        layout's does); None where `count` is of the layout's residue or the loop runs one
+        iteration a body. The layout's unrolling ends the loop in one residue's tail, so a
+        run's layout, hence its labels, is derived only at counts of that residue
+        (inspection/run_layout.py); the card says so where the built count is not one."""
+        item, spec = self.item(key), self.spec(key)
+        if item is None or item.every == 1:
+            return None
+        base = dict(self.base_counts)[key]
+        if item.residue(count) == item.residue(base):
+            return None
+        base_apps = item.runs(base)[0]
+        return [c for c in range(count - item.every + 1, count + item.every)
+                if item.residue(c) == item.residue(base) and c >= spec.min_count
+                and (spec.max_count is None or c <= spec.max_count)
+                and (item.runs(c)[0] or not base_apps)]
+
     def output_rows(self, counts: dict[str, int]) -> dict[str, tuple[tuple[int, ...], bool]]:
         """Where the outputs end at these (resolved) counts, for those whose rows depend on the
         residue of a kernel loop's count: {name: (rows, transposed)}; the layout's output
