@@ -207,8 +207,11 @@ class CompiledProgram:
                 raise InputError(f"{', '.join(sorted(counts))}: an unrolled build takes no "
                                  "run-time counts (its counts are fixed at build time)")
             return {}
-        for line, _names, param, why in kept_unrolled(self.program, self.loops):
-            if param in counts and param not in self.loops.params:
+        # a count that is no run-time param is refused by LoopProgram.counts; where it counts
+        # a loop kept unrolled, say so (the program's repeats are read only on that path)
+        unknown = set(counts) - set(self.loops.params)
+        for line, _names, param, why in kept_unrolled(self.program, self.loops) if unknown else ():
+            if param in unknown:
                 raise InputError(f"{param} counts the loop at line {line}, which this build "
                                  f"keeps unrolled ({why}): its count is fixed at build time; "
                                  f"build again with {param} = {counts[param]} for that count")
