@@ -370,6 +370,9 @@ def test_a_failed_save_writes_nothing(progs, tmp_path):
     assert (tmp_path / "d" / "m.safetensors").read_bytes() == before
 
 
+_SAVED_ON = 3          # a saving child's exit status when no kill stopped it within its 5 s
+
+
 def _saving_child(progs, base: Path, first: int) -> int:
     """Fork a process that saves the two programs over `base`, turn about, until killed.
 
@@ -379,7 +382,12 @@ def _saving_child(progs, base: Path, first: int) -> int:
     ready, go = os.pipe()
     pid = os.fork()
     if pid == 0:                                   # the child: never returns into pytest
+        code = _SAVED_ON
         try:
+            # the signals' usual effects, whatever the worker process had set
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
             os.close(ready)
             os.write(go, b"1")
             os.close(go)
@@ -387,8 +395,10 @@ def _saving_child(progs, base: Path, first: int) -> int:
             while time.monotonic() - t0 < 5:
                 progs[i % 2].save(base)
                 i += 1
+        except KeyboardInterrupt:
+            code = 0
         finally:
-            os._exit(0)
+            os._exit(code)
     os.close(go)
     os.read(ready, 1)
     os.close(ready)
@@ -434,7 +444,12 @@ def test_killed_saves_leave_the_old_or_the_new_artifact(progs, tmp_path, sig):
         pid = _saving_child(progs, base, first=k + 1)
         time.sleep(rng.uniform(0.0, 4 * one_save))
         os.kill(pid, sig)
-        os.waitpid(pid, 0)
+        _, status = os.waitpid(pid, 0)
+        # the kill, not the child's 5 s, ended it (else this run interrupted no save)
+        if sig == signal.SIGINT:
+            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+        else:
+            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == sig, status
         loaded = tcompile.load(base)
         seen.append(loaded.manifest["params"]["steps"])
         assert dense_equal(loaded, progs[loaded.manifest["params"]["steps"] - 2])
