@@ -1839,6 +1839,43 @@ def test_two_power_iterations_in_sequence_both_read_ahead_in_kernels():
     _bit_for_bit_as_unrolled(prog, DEFLATION, ({}, {"steps": 13}, {"steps": 30}), inputs, 1e-8)
 
 
+SIGN_FIXED_POWER = """program sign_fixed_power
+dim d = 4
+param steps = 20
+input M : [d, d] spectrum in [0.1, 1]
+input u0 : [d] assume norm <= 1
+output u, lam
+u = u0 + 0.5 * ones(d)
+repeat steps {
+  w = M @ u
+  u = w / sqrt(w @ w) on [1e-4, 16]
+}
+s = clip(1000 * u[0], -1, 1)
+u = s * u
+lam = u @ (M @ u)
+"""
+
+
+def test_a_read_ahead_kernel_whose_residues_differ_in_width_folds_laid_out_at_the_wider():
+    """Power iteration with its sign fixed after the loop by the first coordinate (u[0]):
+    reading ahead in a kernel of 2, u ends as a row at one residue of the count and a column
+    at the other, and u[0] then needs a row more at even counts (16 rows against 15). Every
+    layer's shape differed between the residues, so the kernel was refused ("its kernel
+    differs from one residue of the count to the next") and the loop ran 11 layers per 2
+    iterations against the unrolled build's 10 (114 layers at 20 steps against 105). Every
+    unrolling of the fold is now laid out at the wider width: 10 per 2, every count as deep
+    as unrolled and bit-identical to it, at one width."""
+    prog = tcompile.compile_source(SIGN_FIXED_POWER, loops="shared")
+    assert [(s.every, s.layers_per_iteration) for s in prog.loops.loops] == [(2, 10)]
+    assert prog.width == 16
+    inputs = {"M": _symmetric_with([1.0, 0.6, 0.3, 0.1], 5), "u0": np.full(4, 0.3)}
+    _bit_for_bit_as_unrolled(prog, SIGN_FIXED_POWER,
+                             ({}, {"steps": 5}, {"steps": 6}, {"steps": 21}), inputs, 1e-8)
+    widths = {tcompile.compile_source(SIGN_FIXED_POWER, params={"steps": c}).width
+              for c in (5, 6)}
+    assert widths == {15, 16}                 # the unrolled build's, by residue
+
+
 TWO_RICHARDSON = """program two_richardson
 dim d = 4
 param steps = 6

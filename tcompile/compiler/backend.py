@@ -24,10 +24,12 @@ from .pieces import DEFAULT_TOL
 from .plan import plan_program
 
 
-def compile_dataflow(df, params, values, max_memory, report, pieces=None, pace=None):
+def compile_dataflow(df, params, values, max_memory, report, pieces=None, pace=None,
+                     min_width: int = 0):
     """Dataflow graph → (plan, layers, blocks, keys): the passes after the front end.
     `pieces`: a PieceBuilder whose fits to reuse (lower.py); `pace`: loops whose iterations
-    the schedule releases at a fixed rate (shared builds: plan.plan_program)."""
+    the schedule releases at a fixed rate, `min_width`: the residual width at least (shared
+    builds: plan.plan_program)."""
     stage = report.stage if report else (lambda _name: None)
     stage("lower")
     lowered = lower(df, pieces)
@@ -36,7 +38,7 @@ def compile_dataflow(df, params, values, max_memory, report, pieces=None, pace=N
     cause = _size_cause(params, values)
     check_early(atoms, cause, max_memory)
     stage("plan")
-    plan = plan_program(atoms, df.outputs, pace)
+    plan = plan_program(atoms, df.outputs, pace, min_width)
     stage("size check")
     check_plan(plan, cause, max_memory)
     stage("emit")

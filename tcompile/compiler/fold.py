@@ -190,12 +190,15 @@ def _single(loop: Loop) -> Loop:
 class NoSteadyState(Exception):
     """This loop does not fold; the shared build keeps it unrolled (`why` goes in the report).
     `final`: no longer base unrolling would fold it either (it has no layers of its own).
-    `needs`: it folds, but only from this many iterations, more than it runs."""
+    `needs`: it folds, but only from this many iterations, more than it runs.
+    `width`: its unrollings differ in residual width, the widest having this many rows: they
+    may fold laid out that wide (shared_build._Unrollings.width_floor)."""
 
     def __init__(self, why: str, key: str | None = None, final: bool = False,
-                 needs: int | None = None):
+                 needs: int | None = None, width: int | None = None):
         super().__init__(why)
         self.why, self.key, self.final, self.needs = why, key, final, needs
+        self.width = width
         self.carried = False    # found from folds carried over (shared_build._carried_over)
 
 

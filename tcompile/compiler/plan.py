@@ -43,10 +43,12 @@ class Plan:
 
 
 def plan_program(atoms: AtomTable, outputs: dict[str, int],
-                 pace: dict[str, Pace] | None = None) -> Plan:
+                 pace: dict[str, Pace] | None = None, min_width: int = 0) -> Plan:
     """Orient, schedule (ASAP and ALAP, same depth) and allocate; keep the narrower plan.
     `pace` (shared builds: loop key → how): those loops' iterations are released one every
-    so many layers (schedule.paced_release)."""
+    so many layers (schedule.paced_release). `min_width` (shared builds): the residual width
+    at least, the rows past the allocation's left empty, so that unrollings whose
+    allocations differ only in how many rows their ends need give layers of one shape."""
     options = HeadOptions(atoms)
     orient = choose_orientations(atoms, options)
     schedule = AsapScheduler(atoms, options, outputs)
@@ -59,7 +61,8 @@ def plan_program(atoms: AtomTable, outputs: dict[str, int],
         if late:
             delay(atoms, s, outputs)
         al = allocate(atoms, s, outputs)
-        if best is None or al.width < best.width:
-            best = Plan(al.atoms, s.orient, al.pairs, al.write_time, al.terms, al.clear_terms,
-                        al.slots, al.width, s.n_layers, *al.identity_sizes)
-    return best
+        if best is None or al.width < best[0].width:
+            best = al, s
+    al, s = best
+    return Plan(al.atoms, s.orient, al.pairs, al.write_time, al.terms, al.clear_terms,
+                al.slots, max(al.width, min_width), s.n_layers, *al.identity_sizes)

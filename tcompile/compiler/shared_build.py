@@ -75,6 +75,8 @@ class _Unrollings:
         self.unmarked: frozenset = frozenset()
         # loops whose iterations the schedule releases one every II layers (_pace_loops)
         self.pace: dict[str, Pace] = {}
+        # the residual width every compile takes at least (_fold_all sets it per fold)
+        self.width_floor = 0
 
     def _marked(self, kernel: dict[str, int] | None) -> dict[str, int]:
         """The kernels the walk groups iterations by."""
@@ -83,7 +85,7 @@ class _Unrollings:
     def _key(self, counts: dict[str, int], plain: frozenset, kernel: dict[str, int] | None,
              ahead: frozenset) -> tuple:
         return (tuple(sorted(counts.items())), plain, tuple(sorted(self._marked(kernel).items())),
-                tuple(sorted(ahead)), tuple(sorted(self.pace.items())))
+                tuple(sorted(ahead)), tuple(sorted(self.pace.items())), self.width_floor)
 
     def compile(self, counts: dict[str, int], plain: frozenset = frozenset(),
                 kernel: dict[str, int] | None = None, ahead: frozenset = frozenset()) -> tuple:
@@ -93,7 +95,8 @@ class _Unrollings:
             df = shared_dataflow(self.program, self.values, self.tol, counts, plain, kernel, ahead,
                                  self.demote)
             plan, layers, blocks, keys = compile_dataflow(df, None, self.values, self.max_memory,
-                                                          None, self.pieces, self.pace)
+                                                          None, self.pieces, self.pace,
+                                                          self.width_floor)
             self.built[key] = (df, plan, layers, blocks, keys)
             self.digests[key] = [digest(layer) for layer in layers]
             for d, layer in zip(self.digests[key], layers):
@@ -113,6 +116,14 @@ class _Unrollings:
         """The digests of that compile's layers, in order (computed once per compile)."""
         self.compile(counts, plain, kernel, ahead)
         return list(self.digests[self._key(counts, plain, kernel, ahead)])
+
+    def width_of(self, seq) -> int | None:
+        """The residual width a (folded) sequence's layers have (all of one compile: one)."""
+        for t in seq:
+            found = self.width_of(t.body) if isinstance(t, Loop) else _width_of([self.layers[t]])
+            if found is not None:
+                return found
+        return None
 
 
 def compile_shared(program, values: dict, tol, max_memory, report) -> CompiledProgram:
@@ -176,7 +187,9 @@ def _compile_shared(program, values: dict, tol, max_memory, report, sites: dict[
     paced, reasons = _pace_loops(runs, sites, kept, kernel, ahead)
     if paced is not None:
         kernel = paced
-        folded, base, kept = _fold_all(runs, sites, kernel, ahead)
+    # folded again as chosen (compiled already): this also sets the width floor the layout
+    # and every stored layer share, which a rejected trial's fold may have moved
+    folded, base, kept = _fold_all(runs, sites, kernel, ahead)
     kept = {k: reasons.get(k, why) for k, why in kept.items()}
     counts = _layout_counts(runs, sites, base, kept, kernel, ahead)
     df, plan, layers, blocks, keys = runs.compile(counts, frozenset(kept), kernel, ahead)
@@ -359,6 +372,13 @@ def _fold_all(runs: _Unrollings, sites: dict[str, LoopSite], kernel: dict[str, i
         variants = [[variant(c + r + k * i) for i in range(3)]
                     for r in range(k)]          # (inner loops' failures name their loops)
         try:
+            widths = {runs.width_of(v) for vs in variants for v in vs} - {None}
+            if len(widths) > 1:
+                # one unrolling's ends need a row more than another's (a read-ahead kernel's
+                # state ends as a row at one residue of the count and as a column at the
+                # other): every layer's shape differs, so none repeats. Laid out at the
+                # widest, the body may.
+                raise NoSteadyState("its unrollings differ in width", width=max(widths))
             residues = [fold_loop(site.key, c + r, v, k) for r, v in enumerate(variants)]
             seq = residues[0] if k == 1 else join_residues(site.key, residues)
             if k > 1:
@@ -391,13 +411,24 @@ def _fold_all(runs: _Unrollings, sites: dict[str, LoopSite], kernel: dict[str, i
                     raise
         return folded(base, len(order), False)
 
+    first = dict(base)
+    runs.width_floor = 0
+    floors: dict[str, int] = {}        # a loop the floor was raised for: the floor before
     while True:
         try:
             return checked(), base, kept
         except NoSteadyState as e:
             if not e.final and base[e.key] < longest[e.key]:
                 base[e.key] += 1
+            elif e.width is not None and e.width > runs.width_floor:
+                # the last resort before unrolled: every compile of the fold that wide, from
+                # the first base again (a longer base usually evens a width out: jacobi)
+                floors.setdefault(e.key, runs.width_floor)
+                runs.width_floor = e.width
+                base[e.key] = first[e.key]
             else:
+                if e.key in floors:     # kept unrolled all the same: not laid out wider for it
+                    runs.width_floor = floors.pop(e.key)
                 kept[e.key] = e
                 base[e.key] = sites[e.key].count
 
