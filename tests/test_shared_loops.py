@@ -623,11 +623,17 @@ def test_halting_on_a_kernel_loop_checks_every_two_iterations():
         assert int(out["steps"][i]) == want, (i, out["steps"][i], want)
         fixed = prog.run(M=M, b=b, steps=want)["x"]     # alone: to rounding (see above)
         assert np.abs(out["x"][i] - fixed).max() <= 1e-14 * max(np.abs(fixed).max(), 1.0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotConvergedWarning)
+    with pytest.warns(NotConvergedWarning) as caught:
         stuck = prog.run(until=("x", 0.0), max_steps=9, **inputs)
     assert (stuck["steps"] == 8).all() and not stuck["converged"].any()
     assert np.array_equal(stuck["x"], prog.run(steps=8, **inputs)["x"])
+    # the warning says why the limit is not the one asked
+    text = " ".join(str(w.message) for w in caught)
+    assert "steps = 8 there is the limit (not the 9 asked: the loop runs a kernel of 2 " \
+           "iterations, and this build writes x only at counts 2 apart, of which 9 is none)" in text
+    with pytest.warns(NotConvergedWarning) as caught:
+        prog.run(until=("x", 0.0), max_steps=10, **inputs)
+    assert "steps = 10 there is the limit, not a convergence" in str(caught[0].message)
 
 
 # ---- outputs whose rows depend on the residue of a kernel loop's count -------------------------

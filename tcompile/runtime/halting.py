@@ -51,6 +51,7 @@ class HaltingRule:
     every: int
     gap: int
     limit: int
+    asked: int | None = None        # the limit asked for, where the build ran one lower
 
     @property
     def tested(self) -> range:
@@ -127,7 +128,7 @@ def step_limit(prog, counts: dict, until, max_steps):
     if spec.param is None:
         raise InputError(f"the loop at line {spec.line} has a fixed count; halting needs one "
                          "set at run time")
-    limit = counts.get(spec.param, spec.count) if max_steps is None else max_steps
+    limit = _asked_limit(spec, counts, max_steps)
     item = prog.loops.item(key)
     if item.every > 1:        # a limit whose residue no written value has: one lower
         have = {c % item.every for var, *_, c in spec.watch if var == name}
@@ -136,10 +137,17 @@ def step_limit(prog, counts: dict, until, max_steps):
     return key, name, tol, spec, limit
 
 
+def _asked_limit(spec, counts: dict, max_steps) -> int:
+    """The most iterations a halting run was asked for: max_steps, else the loop's count."""
+    return counts.get(spec.param, spec.count) if max_steps is None else max_steps
+
+
 def halting_plan(prog, counts: dict, until, max_steps) -> HaltingPlan:
     """The rule and the watch points of `until` at these counts (InputError where the build
     cannot run it)."""
     key, name, tol, spec, limit = step_limit(prog, counts, until, max_steps)
+    asked = _asked_limit(spec, counts, max_steps)
+    asked = asked if asked != limit else None
     prog.loops.counts({**counts, spec.param: limit})            # a limit the build covers
     item = prog.loops.item(key)
     k = item.every
@@ -155,15 +163,15 @@ def halting_plan(prog, counts: dict, until, max_steps) -> HaltingPlan:
     mine = [p.count for p in points if p.count % k == start % k]
     prev = [p.count for p in points if p.count % k == (start - gap) % k]
     if not mine:
-        rule = HaltingRule(name, tol, key, limit + 1, limit, k, gap, limit)   # tests nothing
+        rule = HaltingRule(name, tol, key, limit + 1, limit, k, gap, limit, asked)  # tests nothing
         return HaltingPlan(rule, key, item, points, apps)
     c0 = min(mine)        # read in application j: c0 + k·j; the one before it: prev + k·j
     lo = max(spec.min_count, start + k, c0, min(prev) + gap)
     lo += (start - lo) % k
     hi = min(limit, c0 + k * (apps - 1))
     hi -= (hi - start) % k
-    return HaltingPlan(HaltingRule(name, tol, key, lo, hi, k, gap, limit), key, item, points,
-                       apps)
+    return HaltingPlan(HaltingRule(name, tol, key, lo, hi, k, gap, limit, asked), key, item,
+                       points, apps)
 
 
 class Watch:
@@ -378,11 +386,16 @@ def warn_not_converged(converged: np.ndarray, until, rule: HaltingRule) -> None:
         batch, limit = len(converged), rule.limit
         which = ", ".join(map(str, np.flatnonzero(stuck)[:10])) + (", ..." if stuck.sum() > 10 else "")
         last = f" (the last count it is tested at: {rule.last})" if rule.last != limit else ""
+        # a kernel loop writes some variables at counts of one residue only: the limit asked
+        # may not be one of them (halting.py's docstring)
+        lower = (f" (not the {rule.asked} asked: the loop runs a kernel of {rule.every} "
+                 f"iterations, and this build writes {until[0]} only at counts {rule.every} "
+                 f"apart, of which {rule.asked} is none)") if rule.asked is not None else ""
         warnings.warn(NotConvergedWarning(
             f"{int(stuck.sum())} of {batch} problem{'s' * (batch != 1)} did not converge: "
             f"{until[0]} still moved more than {rule.tol:g} in iteration {limit}{last} (problem"
-            f"{'s' * (int(stuck.sum()) != 1)} {which}); steps = {limit} there is the limit, not "
-            "a convergence: raise it with max_steps (--max-steps)"), stacklevel=4)
+            f"{'s' * (int(stuck.sum()) != 1)} {which}); steps = {limit} there is the limit"
+            f"{lower}, not a convergence: raise it with max_steps (--max-steps)"), stacklevel=4)
 
 
 __all__ = ["HaltingRule", "HaltingPlan", "WatchPoint", "Watch", "halting_plan", "run_until",
