@@ -1864,8 +1864,8 @@ lam = u @ (M @ u)
 
 def test_a_read_ahead_kernel_whose_residues_differ_in_width_folds_laid_out_at_the_wider():
     """Power iteration with its sign fixed after the loop by the first coordinate (u[0]):
-    reading ahead in a kernel of 2, u ends as a row at one residue of the count and a column
-    at the other, and u[0] then needs a row more at even counts (16 rows against 15). Every
+    reading ahead in a kernel of 2, the last group leaves other rows free at even counts than
+    at odd ones, and the sign s then takes a new row at even counts (16 rows against 15). Every
     layer's shape differed between the residues, so the kernel was refused ("its kernel
     differs from one residue of the count to the next") and the loop ran 11 layers per 2
     iterations against the unrolled build's 10 (114 layers at 20 steps against 105). Every
