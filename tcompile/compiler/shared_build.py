@@ -375,9 +375,9 @@ def _fold_all(runs: _Unrollings, sites: dict[str, LoopSite], kernel: dict[str, i
             widths = {runs.width_of(v) for vs in variants for v in vs} - {None}
             if len(widths) > 1:
                 # one unrolling's ends need a row more than another's (a read-ahead kernel's
-                # state ends as a row at one residue of the count and as a column at the
-                # other): every layer's shape differs, so none repeats. Laid out at the
-                # widest, the body may.
+                # last group leaves other rows free at one residue of the count, and code
+                # after the loop takes a new row there): every layer's shape differs, so
+                # none repeats. Laid out at the widest, the body may.
                 raise NoSteadyState("its unrollings differ in width", width=max(widths))
             residues = [fold_loop(site.key, c + r, v, k) for r, v in enumerate(variants)]
             seq = residues[0] if k == 1 else join_residues(site.key, residues)
