@@ -90,6 +90,14 @@ class PLApprox:
     def neurons(self) -> int:
         return len(self.relu_form()[2])
 
+    @property
+    def absolute_error(self) -> float:
+        """How far pl may be from f on [lo, hi], absolute: 0 for an exact form, max_error, or
+        max_error times the largest |value| for a relative fit."""
+        if self.exact:
+            return 0.0
+        return self.max_error * (float(np.abs(self.values).max()) if self.relative else 1.0)
+
     def relu_form(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(a, b, c) with pl(u) == sum_j c[j] * relu(a[j]*u + b[j]*gate) at gate = 1, on all of R.
 

@@ -844,13 +844,7 @@ class Lowering:
         piece = atom.piece if atom is not None else None
         if piece is None or piece.kind != "unary":
             return 0.0
-        err = 0.0
-        for pl in piece.branches.values():
-            if pl.exact:
-                continue
-            size = float(np.abs(pl.values).max()) if pl.relative else 1.0
-            err = max(err, pl.max_error * size)
-        return err
+        return max((pl.absolute_error for pl in piece.branches.values()), default=0.0)
 
     def _unary_piece(self, nid, ew, e, cont, gates, bounds):
         """The piece of a function of one real leaf; a fit that fails says where, in the
